@@ -1,0 +1,70 @@
+"""Build script: the package plus the pybind11 range-coder extension from csrc/."""
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _version():
+    ns = {}
+    with open(os.path.join(HERE, "slimkernels", "_version.py")) as f:
+        exec(f.read(), ns)
+    return ns["__version__"]
+
+
+def _ext_modules():
+    try:
+        from pybind11.setup_helpers import Pybind11Extension
+    except ImportError:  # pragma: no cover - only without build isolation
+        sys.exit("slimkernels: building needs pybind11 (pip install pybind11), "
+                 "or install with pip, which reads it from pyproject.toml.")
+    sources = sorted(os.path.join("csrc", f) for f in os.listdir(os.path.join(HERE, "csrc"))
+                     if f.endswith(".cpp"))
+    args = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    return [Pybind11Extension("slimkernels._coder", sources, include_dirs=["csrc"],
+                              extra_compile_args=args, cxx_std=17)]
+
+
+def _check_compiler():
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx.split()[0]) is None and shutil.which("g++") is None \
+            and shutil.which("clang++") is None:
+        sys.exit("slimkernels: no C++ compiler found (looked for $CXX, c++, g++, clang++). "
+                 "The entropy coder is a C++17 extension: install one "
+                 "(Debian/Ubuntu: apt-get install g++) and run the install again.")
+
+
+if any(a in sys.argv for a in ("build_ext", "bdist_wheel", "develop", "install", "editable_wheel",
+                                "build")):
+    _check_compiler()
+
+setup(
+    name="slimkernels",
+    version=_version(),
+    description="Slimmable compressive autoencoders on fast Triton kernels with a C++ range coder",
+    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    packages=find_packages(include=["slimkernels", "slimkernels.*"]),
+    package_data={"slimkernels": ["pretrained/*.pt", "pretrained/*.md", "pretrained/*.json",
+                                  "assets/*.png"]},
+    ext_modules=_ext_modules(),
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "pillow",
+        "triton; platform_system == 'Linux'",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy"],
+        "bench": ["matplotlib", "pytest-benchmark", "scipy"],
+        "docs": ["pdoc"],
+    },
+    entry_points={"console_scripts": ["slimkernels=slimkernels.cli:main"]},
+    zip_safe=False,
+)

@@ -1,0 +1,74 @@
+"""The one place that decides which implementation an op runs.
+
+Rules, in order:
+1. an explicit ``backend=`` argument of an op (``"triton"`` or ``"torch"``);
+2. the environment variable ``SLIMKERNELS_BACKEND`` (``triton`` | ``torch``);
+3. the tensor's device: CUDA tensors run the Triton kernels, CPU tensors the PyTorch path.
+
+Triton kernels on CPU tensors are only possible under Triton's interpreter
+(``TRITON_INTERPRET=1`` set before ``triton`` is imported); that is how CI tests them.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+
+BACKENDS = ("triton", "torch")
+ENV_VAR = "SLIMKERNELS_BACKEND"
+
+
+def triton_available() -> bool:
+    """True when the ``triton`` package can be imported."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton's interpreter mode is switched on (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _check_name(name: str, where: str) -> str:
+    name = name.strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r} from {where}: use one of {BACKENDS}")
+    return name
+
+
+def resolve_backend(x: torch.Tensor, backend: Optional[str] = None) -> str:
+    """Pick the backend for an op whose main input is ``x``.
+
+    Args:
+        x: the op's input tensor (any shape / dtype); only its device is read.
+        backend: ``"triton"``, ``"torch"`` or ``None`` (then ``SLIMKERNELS_BACKEND``, then the device).
+
+    Returns:
+        ``"triton"`` or ``"torch"``.
+
+    Raises:
+        ValueError: unknown backend name.
+        RuntimeError: Triton asked for on a CPU tensor without ``TRITON_INTERPRET=1``, or
+            Triton not installed.
+    """
+    if backend is not None:
+        name = _check_name(backend, "the backend= argument")
+    elif os.environ.get(ENV_VAR):
+        name = _check_name(os.environ[ENV_VAR], f"${ENV_VAR}")
+    else:
+        name = "triton" if (x.is_cuda and triton_available()) else "torch"
+    if name == "triton":
+        if not triton_available():
+            raise RuntimeError("the Triton backend was requested but triton is not installed: "
+                               "pip install triton, or use backend='torch'")
+        if not x.is_cuda and not interpreter_enabled():
+            raise RuntimeError(
+                "the Triton backend needs CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 "
+                "before importing triton (slow, for testing) or use backend='torch'")
+    return name
+
+
+def current_backend(device: str | torch.device = "cpu") -> str:
+    """The backend an op would use for a tensor on ``device`` with no explicit argument."""
+    return resolve_backend(torch.empty(0, device=device))

@@ -1,0 +1,9 @@
+"""Functional ops: width-sliced convolutions and fused GDN/IGDN.
+
+Every op takes the FULL parameter tensors and reads the active slice in place. The backend
+(Triton on CUDA, PyTorch on CPU) is chosen by :func:`slimkernels.backend.resolve_backend`.
+"""
+from .gdn import gdn, gdn_reference
+from .conv import slim_conv2d, slim_conv_transpose2d
+
+__all__ = ["gdn", "gdn_reference", "slim_conv2d", "slim_conv_transpose2d"]

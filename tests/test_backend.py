@@ -1,0 +1,32 @@
+import os
+
+import pytest
+import torch
+
+from slimkernels.backend import resolve_backend
+
+
+def test_cpu_defaults_to_torch(monkeypatch):
+    monkeypatch.delenv("SLIMKERNELS_BACKEND", raising=False)
+    assert resolve_backend(torch.zeros(1)) == "torch"
+
+
+def test_env_forces_backend(monkeypatch):
+    monkeypatch.setenv("SLIMKERNELS_BACKEND", "torch")
+    assert resolve_backend(torch.zeros(1)) == "torch"
+    monkeypatch.setenv("SLIMKERNELS_BACKEND", "cudnn")
+    with pytest.raises(ValueError, match="unknown backend 'cudnn'"):
+        resolve_backend(torch.zeros(1))
+
+
+def test_argument_wins_over_env(monkeypatch):
+    monkeypatch.setenv("SLIMKERNELS_BACKEND", "triton")
+    assert resolve_backend(torch.zeros(1), "torch") == "torch"
+
+
+def test_triton_on_cpu_needs_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        resolve_backend(torch.zeros(1), "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_backend(torch.zeros(1), "triton") == "triton"
