@@ -38,10 +38,34 @@ GDN_BWD_DGAMMA_CONFIGS: List[Dict] = [
 ]
 # The single config used under TRITON_INTERPRET (autotuning there would only cost time).
 GDN_INTERPRET_CONFIG = {
-    "fwd": _cfg(4, 3, BLOCK_P=16, BLOCK_CO=32, BLOCK_CI=32),
-    "bwd_dx": _cfg(4, 3, BLOCK_P=16, BLOCK_CO=32, BLOCK_CI=32),
-    "bwd_dgamma": _cfg(4, 3, BLOCK_I=32, BLOCK_J=32, BLOCK_P=16),
+    "fwd": _cfg(4, 3, BLOCK_P=16, BLOCK_CO=64, BLOCK_CI=64),
+    "bwd_dx": _cfg(4, 3, BLOCK_P=16, BLOCK_CO=64, BLOCK_CI=64),
+    "bwd_dgamma": _cfg(4, 3, BLOCK_I=64, BLOCK_J=64, BLOCK_P=16),
 }
+
+
+# ----- width-sliced conv / transposed conv (slimkernels/kernels/conv.py) ----------------------
+# Implicit GEMM: BLOCK_M output pixels x BLOCK_N output channels, BLOCK_K input channels per step
+# of the reduction (inside each tap). Small BLOCK_N / BLOCK_K entries exist for the narrow widths
+# (48, 72) and the 3-channel layers so that masking wastes little.
+CONV_FWD_CONFIGS: List[Dict] = [
+    _cfg(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=32),
+    _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=32),
+    _cfg(4, 4, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32),
+    _cfg(4, 3, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32),
+    _cfg(4, 4, BLOCK_M=128, BLOCK_N=32, BLOCK_K=16),
+    _cfg(4, 3, BLOCK_M=128, BLOCK_N=16, BLOCK_K=64),
+]
+# Conv + fused GDN epilogue: BLOCK_N is set by the launcher to next_pow2(C_out) (every active
+# output channel in one tile), so these configs leave it out.
+CONV_GDN_CONFIGS: List[Dict] = [
+    _cfg(4, 3, BLOCK_M=64, BLOCK_K=32),
+    _cfg(8, 3, BLOCK_M=128, BLOCK_K=32),
+    _cfg(4, 4, BLOCK_M=32, BLOCK_K=32),
+    _cfg(8, 3, BLOCK_M=64, BLOCK_K=16),
+]
+# Under TRITON_INTERPRET (CI on CPU) one small config; BLOCK_N is chosen by the launcher.
+CONV_INTERPRET_CONFIG: Dict = _cfg(4, 1, BLOCK_M=64, BLOCK_K=32)
 
 
 def to_triton(configs: List[Dict]):

@@ -1,4 +1,13 @@
-"""Width-sliced convolution and transposed convolution (dispatcher + PyTorch paths)."""
+"""Width-sliced convolution and transposed convolution (dispatcher + PyTorch paths).
+
+``weight`` is always the FULL parameter; the active slice is read in place. On CUDA (or under
+``TRITON_INTERPRET=1`` with ``backend="triton"``) the Triton implicit-GEMM kernels of
+:mod:`slimkernels.kernels.conv` run, with GDN / IGDN fused in their epilogue. On CPU the op calls
+oneDNN (``F.conv2d``) on the sliced *view* (measured no slower than a contiguous copy, see
+``bench/results/cpu/conv.md``), keeps the input's memory format (channels_last is the fast layout),
+and under ``torch.autocast("cpu", torch.bfloat16)`` casts the full weight once per weight version
+instead of once per call and width (autocast's own cache skips sliced, non-leaf weights).
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -10,54 +19,236 @@ from ..backend import resolve_backend
 from .gdn import gdn as _gdn
 
 
+def _gdn_kwargs(spec, inverse: bool):
+    if spec is None:
+        return None
+    if isinstance(spec, dict):
+        kw = dict(spec)
+    elif isinstance(spec, (tuple, list)) and len(spec) == 2:
+        kw = {"beta": spec[0], "gamma": spec[1]}
+    else:
+        raise ValueError("gdn/igdn must be a (beta, gamma) tuple or a dict of slimkernels.ops.gdn "
+                         f"arguments, got {type(spec).__name__}")
+    kw.pop("inverse", None)
+    kw.pop("backend", None)
+    if "beta" not in kw or "gamma" not in kw:
+        raise ValueError("gdn/igdn dict needs 'beta' and 'gamma' entries")
+    kw["inverse"] = inverse
+    return kw
+
+
+def _effective(kw, c):
+    """The effective (beta[:c], gamma[:c, :c]) of a gdn kwargs dict (SlimGDN+ scalars applied)."""
+    b, g = kw["beta"][:c], kw["gamma"][:c, :c]
+    if kw.get("gamma_scale") is not None:
+        g = g * kw["gamma_scale"]
+    if kw.get("gamma_bias") is not None:
+        g = g + kw["gamma_bias"]
+    if kw.get("beta_scale") is not None:
+        b = b * kw["beta_scale"]
+    if kw.get("beta_bias") is not None:
+        b = b + kw["beta_bias"]
+    return b, g
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(
+        t is not None and isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def _gdn_params_need_grad(kw) -> bool:
+    return kw is not None and _needs_grad(*[v for v in kw.values() if isinstance(v, torch.Tensor)])
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU helpers
+# ---------------------------------------------------------------------------------------------
+_CAST_CACHE: dict = {}
+_CAST_CACHE_MAX = 64
+
+
+def _autocast_dtype(x: torch.Tensor):
+    """The reduced dtype autocast would use for a conv on x's device, or None."""
+    dev = x.device.type
+    if dev != "cpu" or not torch.is_autocast_enabled(dev):
+        return None
+    dt = torch.get_autocast_dtype(dev)
+    return dt if dt in (torch.bfloat16, torch.float16) else None
+
+
+def _cast_full(t: Optional[torch.Tensor], dtype) -> Optional[torch.Tensor]:
+    """``t.to(dtype)``, cached by (storage, version) while no gradient is recorded."""
+    if t is None or t.dtype == dtype:
+        return t
+    if _needs_grad(t):
+        return t.to(dtype)  # in the graph; one cast per call (autocast would do the same)
+    key = (t.data_ptr(), tuple(t.shape), t.stride(), dtype)
+    hit = _CAST_CACHE.get(key)
+    if hit is not None and hit[0] == t._version and hit[1]() is t:
+        return hit[2]
+    out = t.detach().to(dtype)
+    if len(_CAST_CACHE) >= _CAST_CACHE_MAX:
+        _CAST_CACHE.clear()
+    import weakref
+    _CAST_CACHE[key] = (t._version, weakref.ref(t), out)
+    return out
+
+
+def _cpu_operands(x, weight, bias, widx, co):
+    """Slice (views) and apply CPU bf16/fp16 autocast by hand: without gradient the FULL weight is
+    cast once per weight version (cached) and then sliced; with gradient only the slice is cast,
+    in the graph. Returns x, weight slice, bias slice, and whether autocast must be switched off
+    around the conv call."""
+    dt = _autocast_dtype(x)
+    if dt is None or not x.is_floating_point():
+        return x, weight[widx], None if bias is None else bias[:co], False
+    if _needs_grad(weight) or _needs_grad(bias):
+        return (x.to(dt), weight[widx].to(dt), None if bias is None else bias[:co].to(dt), True)
+    b = _cast_full(bias, dt)
+    return x.to(dt), _cast_full(weight, dt)[widx], None if b is None else b[:co], True
+
+
+def _gdn_cpu_nograd(y: torch.Tensor, kw) -> torch.Tensor:
+    """GDN/IGDN on the conv output without gradient: 3 passes (y^2, 1x1 conv into norm, in-place
+    rsqrt*y) and no temporaries beyond the norm."""
+    beta, gamma = _effective(kw, y.shape[1])
+    norm = F.conv2d(y * y, gamma.to(y.dtype)[:, :, None, None], beta.to(y.dtype))
+    if kw["inverse"]:
+        return norm.sqrt_().mul_(y)
+    return norm.rsqrt_().mul_(y)
+
+
+def _apply_gdn(y, kw):
+    if kw is None:
+        return y
+    if y.device.type == "cpu" and not _needs_grad(y) and not _gdn_params_need_grad(kw):
+        return _gdn_cpu_nograd(y, kw)
+    return _gdn(y, **kw)
+
+
+def _check(x, weight, bias, name, transposed):
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"{name}: x must be a 4-D [N, C, H, W] tensor, got "
+                         f"{getattr(x, 'shape', type(x))}")
+    if weight.dim() != 4:
+        raise ValueError(f"{name}: weight must be the full 4-D parameter, got {tuple(weight.shape)}")
+    cin_max = weight.shape[0] if transposed else weight.shape[1]
+    if x.shape[1] > cin_max:
+        raise ValueError(f"{name}: x has {x.shape[1]} channels but the weight holds {cin_max} "
+                         f"input channels")
+    if bias is not None and bias.dim() != 1:
+        raise ValueError(f"{name}: bias must be 1-D [C_out_max], got {tuple(bias.shape)}")
+
+
+def _out_width(out_width, co_max, name):
+    co = co_max if out_width is None else int(out_width)
+    if not 1 <= co <= co_max:
+        raise ValueError(f"{name}: out_width={out_width} must be in [1, {co_max}] (the weight's "
+                         f"output channels)")
+    return co
+
+
+# ---------------------------------------------------------------------------------------------
+# public ops
+# ---------------------------------------------------------------------------------------------
 def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                 stride: int = 1, padding: int = 0, out_width: Optional[int] = None, gdn=None,
                 backend: Optional[str] = None) -> torch.Tensor:
     """Convolution with the active slice ``weight[:out_width, :x.shape[1]]`` of the full weight.
 
     Args:
-        x: ``[N, C_in, H, W]`` with ``C_in <= C_in_max``.
-        weight: full ``[C_out_max, C_in_max, k, k]`` parameter.
+        x: ``[N, C_in, H, W]`` with ``C_in <= C_in_max``; NCHW or channels_last; fp32/fp16/bf16.
+        weight: full ``[C_out_max, C_in_max, k, k]`` parameter (read in place, never copied).
         bias: full ``[C_out_max]`` or None.
+        stride, padding: ints (square).
         out_width: active output channels (default ``C_out_max``).
-        gdn: optional ``(beta, gamma)`` or dict of :func:`slimkernels.ops.gdn` arguments to fuse.
+        gdn: optional ``(beta, gamma)`` or dict of :func:`slimkernels.ops.gdn` arguments (full
+            effective parameters; SlimGDN+ scalars allowed) applied to the output. Fused into the
+            Triton conv epilogue when no gradient is recorded and ``out_width <= 256``.
+        backend: ``"triton"`` / ``"torch"`` / None (see :mod:`slimkernels.backend`).
 
     Returns:
-        ``[N, out_width, H_out, W_out]``.
+        ``[N, out_width, H_out, W_out]``, x's memory format; bf16 under CPU bf16 autocast.
+
+    Gradients flow to x, the active slice of ``weight`` (the rest of its gradient is zero),
+    ``bias`` and the GDN parameters.
     """
-    resolve_backend(x, backend)
+    _check(x, weight, bias, "slim_conv2d", False)
+    co = _out_width(out_width, weight.shape[0], "slim_conv2d")
+    kw = _gdn_kwargs(gdn, inverse=False)
+    if resolve_backend(x, backend) == "triton":
+        from ..kernels import conv as K
+        if x.dtype != weight.dtype:
+            weight = weight.to(x.dtype)
+            bias = None if bias is None else bias.to(x.dtype)
+        grad = _needs_grad(x, weight, bias) or _gdn_params_need_grad(kw)
+        if kw is not None and not grad and co <= 256:
+            return K.conv2d_fwd(x, weight, bias, stride=stride, padding=padding, out_width=co,
+                                gdn=_effective(kw, co))
+        y = K.SlimConv2dFunction.apply(x, weight, bias, stride, padding, co)
+        return y if kw is None else _gdn(y, **kw)
     ci = x.shape[1]
-    co = weight.shape[0] if out_width is None else out_width
-    w = weight[:co, :ci]
-    b = None if bias is None else bias[:co]
-    y = F.conv2d(x, w, b, stride=stride, padding=padding)
-    if gdn is not None:
-        kw = dict(gdn) if isinstance(gdn, dict) else {"beta": gdn[0], "gamma": gdn[1]}
-        y = _gdn(y, **kw)
-    return y
+    x, w, b, cast = _cpu_operands(x, weight, bias, (slice(0, co), slice(0, ci)), co)
+    if cast:
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.conv2d(x, w, b, stride=stride, padding=padding)
+    else:
+        y = F.conv2d(x, w, b, stride=stride, padding=padding)
+    return _apply_gdn(y, kw)
 
 
 def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                           *, stride: int = 1, padding: int = 0, output_padding: int = 0,
                           out_width: Optional[int] = None, igdn=None,
-                          backend: Optional[str] = None) -> torch.Tensor:
+                          backend: Optional[str] = None, out_igdn=None) -> torch.Tensor:
     """Transposed convolution with the active slice ``weight[:x.shape[1], :out_width]``.
 
     Args:
-        x: ``[N, C_in, H, W]``; weight: full ``[C_in_max, C_out_max, k, k]``; bias ``[C_out_max]``.
-        igdn: optional ``(beta, gamma)`` or dict; IGDN is applied to ``x`` before the convolution.
+        x: ``[N, C_in, H, W]``; NCHW or channels_last; fp32/fp16/bf16.
+        weight: full ``[C_in_max, C_out_max, k, k]`` (read in place); bias: full ``[C_out_max]``.
+        stride, padding, output_padding: ints (square), as in ``F.conv_transpose2d``.
+        out_width: active output channels (default ``C_out_max``).
+        igdn: optional ``(beta, gamma)`` or dict; IGDN is applied to ``x`` BEFORE the convolution
+            (the decoder's order). It runs as its own op (fusing it into this kernel's loads would
+            recompute it for every tap: KxK times the IGDN work).
+        out_igdn: optional ``(beta, gamma)`` or dict; IGDN applied to the OUTPUT, fused into the
+            Triton epilogue when no gradient is recorded. A decoder that passes the NEXT layer's
+            IGDN here (and ``igdn=None`` there) gets the fusion for two of its three IGDNs.
+        backend: ``"triton"`` / ``"torch"`` / None.
 
     Returns:
-        ``[N, out_width, H_out, W_out]``.
+        ``[N, out_width, (H-1)*stride - 2*padding + k + output_padding, ...]``.
     """
-    resolve_backend(x, backend)
-    if igdn is not None:
-        kw = dict(igdn) if isinstance(igdn, dict) else {"beta": igdn[0], "gamma": igdn[1]}
-        kw["inverse"] = True
-        x = _gdn(x, **kw)
+    _check(x, weight, bias, "slim_conv_transpose2d", True)
+    co = _out_width(out_width, weight.shape[1], "slim_conv_transpose2d")
+    if output_padding < 0 or output_padding >= max(stride, 1):
+        raise ValueError(f"slim_conv_transpose2d: output_padding={output_padding} must be in "
+                         f"[0, stride={stride})")
+    kin = _gdn_kwargs(igdn, inverse=True)
+    kout = _gdn_kwargs(out_igdn, inverse=True)
+    name = resolve_backend(x, backend)
+    if kin is not None:
+        x = _apply_gdn(x, kin) if name == "torch" else _gdn(x, **kin)
+    if name == "triton":
+        from ..kernels import conv as K
+        if x.dtype != weight.dtype:
+            weight = weight.to(x.dtype)
+            bias = None if bias is None else bias.to(x.dtype)
+        grad = _needs_grad(x, weight, bias) or _gdn_params_need_grad(kout)
+        if kout is not None and not grad and co <= 256:
+            return K.conv_transpose2d_fwd(x, weight, bias, stride=stride, padding=padding,
+                                          output_padding=output_padding, out_width=co,
+                                          gdn=_effective(kout, co), inverse=True)
+        y = K.SlimConvTranspose2dFunction.apply(x, weight, bias, stride, padding, output_padding,
+                                                co)
+        return y if kout is None else _gdn(y, **kout)
     ci = x.shape[1]
-    co = weight.shape[1] if out_width is None else out_width
-    w = weight[:ci, :co]
-    b = None if bias is None else bias[:co]
-    return F.conv_transpose2d(x, w, b, stride=stride, padding=padding,
-                              output_padding=output_padding)
+    x, w, b, cast = _cpu_operands(x, weight, bias, (slice(0, ci), slice(0, co)), co)
+    if cast:
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.conv_transpose2d(x, w, b, stride=stride, padding=padding,
+                                   output_padding=output_padding)
+    else:
+        y = F.conv_transpose2d(x, w, b, stride=stride, padding=padding,
+                               output_padding=output_padding)
+    return _apply_gdn(y, kout)

@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh Linux machine with Python 3.10+:
+#   make demo   - set up .venv, build, compress/decompress the bundled sample at every width
+#   make test   - set up .venv, build, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.slimkernels-installed
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.hpp)
+
+.PHONY: install demo test test-fast bench docs clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) $(SOURCES)
+	$(PY) -m pip install -q --upgrade pip
+	@# a CPU build of torch from local disk when none is installed (an unpinned torch is a CUDA build)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q setuptools wheel pybind11
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench,docs]"
+	$(PY) -c "import slimkernels._coder"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) python/demo.py
+
+test: install
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/report.py
+
+clean:
+	rm -rf build *.egg-info slimkernels/*.so $(VENV)

@@ -1,0 +1,131 @@
+// pybind11 binding of the rANS coder: module slimkernels._coder. Thin: shape checks, no copies
+// (arrays must already be C-contiguous int32 / float64; slimkernels/coding.py converts), the GIL
+// released while coding. slimcoder::Error is a std::invalid_argument -> Python ValueError.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "range_coder.hpp"
+
+namespace py = pybind11;
+using I32 = py::array_t<int32_t, py::array::c_style>;
+using F64 = py::array_t<double, py::array::c_style>;
+
+namespace {
+
+slimcoder::Tables make_tables(const I32& cdfs, const I32& lengths, const I32& offsets,
+                              int precision) {
+  if (cdfs.ndim() != 2)
+    throw slimcoder::Error("cdfs must be 2-D [num_cdfs, max_length], got " +
+                           std::to_string(cdfs.ndim()) + " dimensions");
+  if (lengths.ndim() != 1 || lengths.shape(0) != cdfs.shape(0))
+    throw slimcoder::Error("cdf_lengths must be 1-D with cdfs.shape[0] = " +
+                           std::to_string(cdfs.shape(0)) + " entries");
+  if (offsets.ndim() != 1 || offsets.shape(0) != cdfs.shape(0))
+    throw slimcoder::Error("offsets must be 1-D with cdfs.shape[0] = " +
+                           std::to_string(cdfs.shape(0)) + " entries");
+  slimcoder::Tables t;
+  t.cdfs = cdfs.data();
+  t.num_cdfs = cdfs.shape(0);
+  t.max_length = cdfs.shape(1);
+  t.lengths = lengths.data();
+  t.offsets = offsets.data();
+  t.precision = precision;
+  return t;
+}
+
+py::bytes encode(const I32& symbols, const I32& indexes, const I32& cdfs, const I32& lengths,
+                 const I32& offsets, int precision, int64_t streams, int threads) {
+  if (symbols.size() != indexes.size())
+    throw slimcoder::Error("symbols has " + std::to_string(symbols.size()) +
+                           " elements but indexes has " + std::to_string(indexes.size()));
+  const slimcoder::Tables t = make_tables(cdfs, lengths, offsets, precision);
+  std::vector<uint8_t> out;
+  {
+    py::gil_scoped_release release;
+    out = slimcoder::encode(symbols.data(), indexes.data(), indexes.size(), t, streams, threads);
+  }
+  return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+}
+
+I32 decode(const py::buffer& data, const I32& indexes, const I32& cdfs, const I32& lengths,
+           const I32& offsets, int precision, int threads) {
+  const py::buffer_info info = data.request();
+  if (info.itemsize != 1 || info.ndim > 1 || (info.ndim == 1 && info.strides[0] != 1))
+    throw slimcoder::Error("data must be a contiguous byte buffer (bytes, bytearray, uint8)");
+  const slimcoder::Tables t = make_tables(cdfs, lengths, offsets, precision);
+  std::vector<py::ssize_t> shape(indexes.shape(), indexes.shape() + indexes.ndim());
+  I32 out(shape);
+  int32_t* o = out.mutable_data();
+  const uint8_t* d = static_cast<const uint8_t*>(info.ptr);
+  const size_t size = size_t(info.size);
+  {
+    py::gil_scoped_release release;
+    slimcoder::decode(d, size, indexes.data(), indexes.size(), t, threads, o);
+  }
+  return out;
+}
+
+int64_t stream_count(const py::buffer& data) {
+  const py::buffer_info info = data.request();
+  if (info.itemsize != 1 || info.ndim > 1 || (info.ndim == 1 && info.strides[0] != 1))
+    throw slimcoder::Error("data must be a contiguous byte buffer (bytes, bytearray, uint8)");
+  return slimcoder::stream_count(static_cast<const uint8_t*>(info.ptr), size_t(info.size));
+}
+
+void validate(const I32& cdfs, const I32& lengths, const I32& offsets, int precision) {
+  slimcoder::validate_tables(make_tables(cdfs, lengths, offsets, precision));
+}
+
+I32 pmf_to_quantized_cdf(const F64& pmf, int precision) {
+  if (pmf.ndim() != 1) throw slimcoder::Error("pmf must be 1-D");
+  std::vector<int32_t> cdf = slimcoder::pmf_to_quantized_cdf(pmf.data(), pmf.size(), precision);
+  I32 out(py::ssize_t(cdf.size()));
+  std::copy(cdf.begin(), cdf.end(), out.mutable_data());
+  return out;
+}
+
+py::tuple pmfs_to_quantized_cdfs(const F64& pmfs, const I32& pmf_lengths, py::object tail_masses,
+                                 int precision) {
+  if (pmfs.ndim() != 2) throw slimcoder::Error("pmfs must be 2-D [num_cdfs, max_pmf_length]");
+  const py::ssize_t rows = pmfs.shape(0), cols = pmfs.shape(1);
+  if (pmf_lengths.ndim() != 1 || pmf_lengths.shape(0) != rows)
+    throw slimcoder::Error("pmf_lengths must be 1-D with pmfs.shape[0] entries");
+  const double* tails = nullptr;
+  F64 tail_arr;
+  if (!tail_masses.is_none()) {
+    tail_arr = tail_masses.cast<F64>();
+    if (tail_arr.ndim() != 1 || tail_arr.shape(0) != rows)
+      throw slimcoder::Error("tail_masses must be 1-D with pmfs.shape[0] entries");
+    tails = tail_arr.data();
+  }
+  I32 cdfs({rows, cols + 2});
+  I32 lengths(rows);
+  slimcoder::pmfs_to_quantized_cdfs(pmfs.data(), rows, cols, pmf_lengths.data(), tails, precision,
+                                    cdfs.mutable_data(), cols + 2, lengths.mutable_data());
+  return py::make_tuple(cdfs, lengths);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_coder, m) {
+  m.doc() = "slimkernels interleaved rANS entropy coder (C++17). Use slimkernels.coding.";
+  m.attr("FORMAT_VERSION") = int(slimcoder::kFormatVersion);
+  m.attr("LANES") = slimcoder::kLanes;
+  m.def("encode", &encode, py::arg("symbols").noconvert(), py::arg("indexes").noconvert(),
+        py::arg("cdfs").noconvert(), py::arg("cdf_lengths").noconvert(),
+        py::arg("offsets").noconvert(), py::arg("precision"), py::arg("streams"),
+        py::arg("threads"));
+  m.def("decode", &decode, py::arg("data"), py::arg("indexes").noconvert(),
+        py::arg("cdfs").noconvert(), py::arg("cdf_lengths").noconvert(),
+        py::arg("offsets").noconvert(), py::arg("precision"), py::arg("threads"));
+  m.def("stream_count", &stream_count, py::arg("data"));
+  m.def("validate_tables", &validate, py::arg("cdfs").noconvert(),
+        py::arg("cdf_lengths").noconvert(), py::arg("offsets").noconvert(),
+        py::arg("precision"));
+  m.def("pmf_to_quantized_cdf", &pmf_to_quantized_cdf, py::arg("pmf").noconvert(),
+        py::arg("precision"));
+  m.def("pmfs_to_quantized_cdfs", &pmfs_to_quantized_cdfs, py::arg("pmfs").noconvert(),
+        py::arg("pmf_lengths").noconvert(), py::arg("tail_masses"), py::arg("precision"));
+}

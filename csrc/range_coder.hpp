@@ -1,0 +1,78 @@
+// slimkernels entropy coder: interleaved rANS ("range ANS") over integer CDF tables.
+//
+// Plain C++17, no Python. The pybind11 binding lives in bindings.cpp; the libFuzzer harness in
+// fuzz/. Every function validates its inputs and throws slimcoder::Error (a std::invalid_argument,
+// which pybind11 turns into ValueError) before touching any symbol.
+//
+// Semantics (CompressAI's encode_with_indexes): element j uses CDF i = indexes[j]; its value is
+// v = symbols[j] - offsets[i] (computed in 64 bits). A CDF of length L codes v in [0, L-3] directly;
+// L-2 is the escape symbol, followed by the value in bypass bits, so any int32 round-trips.
+//
+// Byte layout and algorithm: see docs/coder.md.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace slimcoder {
+
+// Raised for every invalid argument and every corrupt / mismatched stream.
+class Error : public std::invalid_argument {
+ public:
+  explicit Error(const std::string& what) : std::invalid_argument(what) {}
+};
+
+constexpr int kMinPrecision = 1;
+constexpr int kMaxPrecision = 16;
+constexpr int kLanes = 4;               // interleaved rANS states per substream
+constexpr uint8_t kFormatVersion = 1;   // first byte of every encoded string
+
+// Borrowed, read-only view of the CDF tables (row-major int32 [num_cdfs, max_length]).
+struct Tables {
+  const int32_t* cdfs = nullptr;
+  int64_t num_cdfs = 0;
+  int64_t max_length = 0;
+  const int32_t* lengths = nullptr;  // [num_cdfs]
+  const int32_t* offsets = nullptr;  // [num_cdfs]
+  int precision = 16;
+};
+
+// Checks precision in [1, 16], num_cdfs >= 1, 2 <= max_length, every length in [2, max_length],
+// cdf[0] == 0, cdf[L-1] == 2^precision and strictly increasing cdf[0..L-1] (every symbol, the
+// escape included, has a frequency >= 1). Throws Error naming the first problem found.
+void validate_tables(const Tables& t);
+
+// Checks 0 <= indexes[j] < num_cdfs for all j. Throws Error naming the first bad position.
+void validate_indexes(const int32_t* indexes, int64_t n, int64_t num_cdfs);
+
+// Encodes n symbols into the multi-stream container. streams >= 1 (clamped to max(1, n));
+// threads <= 0 means min(streams, hardware threads). Validates everything first.
+std::vector<uint8_t> encode(const int32_t* symbols, const int32_t* indexes, int64_t n,
+                            const Tables& t, int64_t streams, int threads);
+
+// Decodes n symbols into out[0..n). Any byte string is accepted as input: the result is either a
+// successful decode or an Error, in time O(n * max_length + size). threads <= 0 means
+// min(streams in the data, hardware threads).
+void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
+            const Tables& t, int threads, int32_t* out);
+
+// Number of substreams recorded in an encoded string (parses and validates only the header).
+int64_t stream_count(const uint8_t* data, size_t size);
+
+// Quantizes a pmf (m >= 1 float64 entries, the last one being the tail mass that becomes the
+// escape) into an integer CDF of m + 1 entries: cdf[0] = 0, cdf[m] = 2^precision, every frequency
+// >= 1. Deterministic: float64 arithmetic in a fixed order, then integer largest-remainder.
+std::vector<int32_t> pmf_to_quantized_cdf(const double* pmf, int64_t m, int precision);
+
+// Same as above for the rows of pmfs [rows, row_stride]: row r uses pmfs[r, 0:pmf_lengths[r]]
+// followed by tail_masses[r] (tail_masses may be null: tail mass 0). Writes CDFs into
+// cdfs [rows, cdf_stride] (cdf_stride >= max(pmf_lengths) + 2, unused entries set to 0) and
+// lengths pmf_lengths[r] + 2 into cdf_lengths.
+void pmfs_to_quantized_cdfs(const double* pmfs, int64_t rows, int64_t row_stride,
+                            const int32_t* pmf_lengths, const double* tail_masses, int precision,
+                            int32_t* cdfs, int64_t cdf_stride, int32_t* cdf_lengths);
+
+}  // namespace slimcoder

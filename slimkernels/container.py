@@ -1,0 +1,149 @@
+"""The ``.slim`` file format: a versioned, checksummed container for one compressed image.
+
+Layout (all integers little-endian)::
+
+    offset  size  field
+    0       4     magic b"SLIM"
+    4       1     format version (1)
+    5       1     flags (0; reserved)
+    6       16    model id: first 16 bytes of SHA-256 over the model's config and weights
+    22      2     width: active sub-network width (latent channels)
+    24      4     image height (original, before padding)
+    28      4     image width
+    32      1     coder substreams (the payload also records each substream's size)
+    33      2     number of metadata entries M
+    35      ...   M x (key length u8, key UTF-8, value length u32, value bytes)
+    ...     4     payload length P
+    ...     4     CRC32 of the payload
+    ...     4     CRC32 of every header byte before this field
+    ...     P     payload: the range coder's byte string
+
+A reader checks every field and raises :class:`SlimFormatError` (a ``ValueError``) saying what
+is wrong: not a .slim file, newer version, corrupt header, truncated, corrupt payload, wrong model.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+MAGIC = b"SLIM"
+FORMAT_VERSION = 1
+_FIXED = struct.Struct("<4sBB16sHIIBH")
+_TAIL = struct.Struct("<III")
+MAX_SIDE = 1 << 20
+
+
+class SlimFormatError(ValueError):
+    """A ``.slim`` byte string that cannot be read; the message says why."""
+
+
+@dataclass
+class SlimFile:
+    """The decoded fields of a ``.slim`` file.
+
+    Attributes:
+        model_id: 16 bytes identifying the model (see ``SlimCAE.model_id``).
+        width: sub-network width. height, img_width: original image size in pixels.
+        streams: number of coder substreams. payload: the coder's byte string.
+        metadata: custom ``str -> bytes`` fields (keys up to 255 UTF-8 bytes).
+    """
+    model_id: bytes
+    width: int
+    height: int
+    img_width: int
+    streams: int
+    payload: bytes
+    metadata: Dict[str, bytes] = field(default_factory=dict)
+    version: int = FORMAT_VERSION
+
+
+def pack(f: SlimFile) -> bytes:
+    """Serialize a :class:`SlimFile` to bytes (ValueError on out-of-range fields)."""
+    if len(f.model_id) != 16:
+        raise ValueError(f"model_id must be 16 bytes, got {len(f.model_id)}")
+    if not 1 <= f.width < 1 << 16:
+        raise ValueError(f"width {f.width} out of range 1..65535")
+    for name, v in (("height", f.height), ("img_width", f.img_width)):
+        if not 1 <= v <= MAX_SIDE:
+            raise ValueError(f"{name} {v} out of range 1..{MAX_SIDE}")
+    if not 1 <= f.streams <= 255:
+        raise ValueError(f"streams {f.streams} out of range 1..255")
+    if len(f.metadata) >= 1 << 16:
+        raise ValueError("too many metadata entries (at most 65535)")
+    parts = [_FIXED.pack(MAGIC, FORMAT_VERSION, 0, bytes(f.model_id), f.width, f.height,
+                         f.img_width, f.streams, len(f.metadata))]
+    for k, v in f.metadata.items():
+        kb = k.encode("utf-8")
+        if not 1 <= len(kb) <= 255:
+            raise ValueError(f"metadata key {k!r} must be 1..255 UTF-8 bytes")
+        v = bytes(v)
+        parts.append(struct.pack("<B", len(kb)) + kb + struct.pack("<I", len(v)) + v)
+    header = b"".join(parts)
+    payload = bytes(f.payload)
+    pre = header + struct.pack("<II", len(payload), zlib.crc32(payload))
+    return pre + struct.pack("<I", zlib.crc32(pre)) + payload
+
+
+def unpack(data: bytes) -> SlimFile:
+    """Parse and verify a ``.slim`` byte string; raises :class:`SlimFormatError` if invalid."""
+    data = bytes(data)
+    if len(data) < 4 or data[:4] != MAGIC:
+        raise SlimFormatError("not a .slim file (the magic bytes 'SLIM' are missing)")
+    if len(data) < 5:
+        raise SlimFormatError("truncated .slim file (ends inside the header)")
+    if data[4] > FORMAT_VERSION:
+        raise SlimFormatError(f"this .slim file has format version {data[4]}, newer than this "
+                              f"slimkernels reads ({FORMAT_VERSION}): upgrade slimkernels")
+    if data[4] == 0:
+        raise SlimFormatError("corrupt .slim file: format version 0 does not exist")
+    if len(data) < _FIXED.size:
+        raise SlimFormatError("truncated .slim file (ends inside the header)")
+    magic, version, flags, model_id, width, height, img_w, streams, nmeta = \
+        _FIXED.unpack_from(data, 0)
+    pos = _FIXED.size
+    meta: Dict[str, bytes] = {}
+    try:
+        for _ in range(nmeta):
+            (kl,) = struct.unpack_from("<B", data, pos)
+            key = data[pos + 1:pos + 1 + kl]
+            pos += 1 + kl
+            (vl,) = struct.unpack_from("<I", data, pos)
+            pos += 4
+            if pos + vl > len(data):
+                raise struct.error("value past the end")
+            meta[key.decode("utf-8", errors="replace")] = data[pos:pos + vl]
+            pos += vl
+        plen, pcrc, hcrc = _TAIL.unpack_from(data, pos)
+    except struct.error:
+        raise SlimFormatError("truncated or corrupt .slim header") from None
+    if zlib.crc32(data[:pos + 8]) != hcrc:
+        raise SlimFormatError("corrupt .slim file: the header checksum does not match")
+    if flags != 0:
+        raise SlimFormatError(f"unsupported .slim flags {flags:#x}: written by a newer slimkernels?")
+    pos += _TAIL.size
+    payload = data[pos:]
+    if len(payload) < plen:
+        raise SlimFormatError(f"truncated .slim file: payload has {len(payload)} of {plen} bytes")
+    if len(payload) > plen:
+        raise SlimFormatError(f"corrupt .slim file: {len(payload) - plen} unexpected bytes after "
+                              "the payload")
+    if zlib.crc32(payload) != pcrc:
+        raise SlimFormatError("corrupt .slim file: the payload checksum does not match")
+    if not (1 <= height <= MAX_SIDE and 1 <= img_w <= MAX_SIDE and width >= 1 and streams >= 1):
+        raise SlimFormatError("corrupt .slim header: image size, width or streams out of range")
+    return SlimFile(model_id=model_id, width=width, height=height, img_width=img_w,
+                    streams=streams, payload=payload, metadata=meta, version=version)
+
+
+def read(path: str) -> SlimFile:
+    """Read and verify a ``.slim`` file from ``path``."""
+    with open(path, "rb") as fh:
+        return unpack(fh.read())
+
+
+def write(path: str, f: SlimFile, *, overwrite: bool = False) -> None:
+    """Write ``f`` to ``path`` atomically (temp file + rename); refuses to overwrite by default."""
+    from .io import atomic_write_bytes
+    atomic_write_bytes(path, pack(f), overwrite=overwrite)

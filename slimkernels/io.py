@@ -1,0 +1,77 @@
+"""File helpers: atomic writes and image reading/writing with clear errors."""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Tuple
+
+import numpy as np
+import torch
+
+
+def atomic_write_bytes(path: str, data: bytes, *, overwrite: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename, so a
+    failure never leaves a half-written file. FileExistsError if ``path`` exists and not
+    ``overwrite``."""
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists: refusing to overwrite it (use --force / overwrite=True)")
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".slim-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_image(path: str) -> Tuple[torch.Tensor, str]:
+    """Read an image file as ``[1, 3, H, W]`` float32 in [0, 1].
+
+    Grayscale, palette, RGBA (alpha dropped) and 16-bit images are converted to 8-bit RGB; the
+    second return value says what was converted ("" when nothing was).
+
+    Raises:
+        ValueError: not an image Pillow can read, or an empty image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(path)
+        im.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not an image file Pillow can read ({e})") from None
+    note = ""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        arr = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
+        im = Image.fromarray(arr, mode="L")
+        note = f"converted 16-bit {mode} to 8-bit; "
+    if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
+        note += f"dropped the alpha channel of a {mode} image; "
+    elif im.mode != "RGB":
+        note += f"converted {mode} to RGB; "
+    rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    if rgb.size == 0:
+        raise ValueError(f"{path}: the image is empty")
+    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div_(255.0)
+    return x, note.rstrip("; ")
+
+
+def image_to_png_bytes(x: torch.Tensor, fmt: str = "PNG") -> bytes:
+    """``[1, 3, H, W]`` (or ``[3, H, W]``) float in [0, 1] -> encoded image bytes (8-bit RGB)."""
+    import io
+
+    from PIL import Image
+
+    if x.dim() == 4:
+        x = x[0]
+    arr = x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(arr.cpu().numpy()).save(buf, format=fmt)
+    return buf.getvalue()

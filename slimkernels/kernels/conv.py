@@ -1,0 +1,526 @@
+"""Width-sliced convolution and transposed convolution as Triton implicit-GEMM kernels.
+
+Layout of the GEMM (forward conv)::
+
+    M = N * H_out * W_out   output pixels          (program axis 0, BLOCK_M)
+    N = C_out               active output channels (program axis 1, BLOCK_N)
+    K = C_in * KH * KW      taps x input channels  (loop, BLOCK_K)
+
+Every tensor is addressed through its strides, so
+
+* the active weight slice ``W[:C_out, :C_in]`` is read in place from the full parameter (no copy),
+* NCHW and channels_last inputs/outputs both work (channels_last gives unit-stride channel loads),
+* any width works: partial tiles are masked, there is no cliff at widths that are not a multiple of
+  the tile (the tile sizes are powers of two picked by the autotuner, masking costs one compare).
+
+Two K orders: ``FLAT_K=False`` loops over the KHxKW taps and, inside, over channel blocks (the
+fast path: the channel block is contiguous for channels_last); ``FLAT_K=True`` flattens
+``(tap, channel)`` into one K axis, which is what a 3-channel input (the first encoder layer, and
+the input gradient of the last decoder layer) needs to avoid padding 3 channels to a 16-wide block.
+
+Transposed convolution uses the sub-pixel (phase) decomposition: output pixels with the same
+``(oh + pad) % stride`` and ``(ow + pad) % stride`` only meet the taps ``kh = r_h + stride * t``,
+so every program handles one phase and loops over ``ceil(KH / stride)^2`` taps only (a plain gather
+formulation would mask away ``1 - 1/stride^2`` of its loads: 15/16 for the 9x9 stride-4 layer).
+
+The epilogue adds the bias and, when asked, GDN / IGDN of the output tile:
+``norm = beta + (y^2) @ gamma^T`` with a second tensor-core dot, then ``y * rsqrt(norm)`` (GDN) or
+``y * sqrt(norm)`` (IGDN), and stores once. That needs every active output channel of a pixel in the
+tile (``BLOCK_N >= C_out``); for ``BLOCK_N = 256`` (widths 129..256) the tile is split into two halves
+so the gamma operand stays 128 x 128 (64 KiB fp32 of shared memory instead of 256 KiB).
+
+References (pure PyTorch) are ``conv2d_reference`` / ``conv_transpose2d_reference`` below.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .configs import CONV_FWD_CONFIGS, CONV_GDN_CONFIGS, CONV_INTERPRET_CONFIG, to_triton
+
+# GDN epilogue modes
+EPI_NONE, EPI_GDN, EPI_IGDN = 0, 1, 2
+
+
+def _interpreting() -> bool:
+    import os
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# ----------------------------------------------------------------------------------------------
+# shared epilogue
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _gdn_half_norm(ya, yb, gamma_ptr, beta_ptr, offs_i, offs_ja, offs_jb, C, sg0, sg1,
+                   HAS_B: tl.constexpr, PRECISION: tl.constexpr):
+    """norm[:, i] = beta[i] + sum_j gamma[i, j] y[:, j]^2 over the two column halves ya, yb."""
+    mi = offs_i < C
+    ga = tl.load(gamma_ptr + offs_ja[:, None] * sg1 + offs_i[None, :] * sg0,
+                 mask=(offs_ja[:, None] < C) & mi[None, :], other=0.0).to(ya.dtype)
+    norm = tl.dot(ya * ya, ga, input_precision=PRECISION)
+    if HAS_B:
+        gb = tl.load(gamma_ptr + offs_jb[:, None] * sg1 + offs_i[None, :] * sg0,
+                     mask=(offs_jb[:, None] < C) & mi[None, :], other=0.0).to(yb.dtype)
+        norm = tl.dot(yb * yb, gb, norm, input_precision=PRECISION)
+    beta = tl.load(beta_ptr + offs_i, mask=mi, other=1.0).to(ya.dtype)
+    return norm + beta[None, :]
+
+
+@triton.jit
+def _store_part(y_ptr, y, offs_n, pix_off, m_ok, C_out, syc, EPI: tl.constexpr, norm):
+    if EPI == 1:
+        y = y * tl.math.rsqrt(norm)
+    elif EPI == 2:
+        y = y * tl.sqrt(norm)
+    ptrs = y_ptr + pix_off[:, None] + offs_n[None, :] * syc
+    tl.store(ptrs, y.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_n[None, :] < C_out))
+
+
+@triton.jit
+def _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
+              HAS_BIAS: tl.constexpr, EPI: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_n, mask=offs_n < C_out, other=0.0).to(acc.dtype)
+        acc = acc + bias[None, :]
+    if EPI == 0:
+        _store_part(y_ptr, acc, offs_n, pix_off, m_ok, C_out, syc, 0, acc)
+    elif BLOCK_N <= 128:
+        # the whole tile at once (offs_n starts at 0: the tile holds every active channel)
+        norm = _gdn_half_norm(acc, acc, gamma_ptr, beta_ptr, offs_n, offs_n, offs_n, C_out,
+                              sg0, sg1, False, PRECISION)
+        _store_part(y_ptr, acc, offs_n, pix_off, m_ok, C_out, syc, EPI, norm)
+    else:
+        # split the columns in two halves so that each gamma operand is (BLOCK_N/2)^2
+        HALF: tl.constexpr = BLOCK_N // 2
+        ya, yb = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, HALF)), (0, 2, 1)))
+        offs_a = tl.arange(0, HALF)
+        offs_b = HALF + tl.arange(0, HALF)
+        norm_a = _gdn_half_norm(ya, yb, gamma_ptr, beta_ptr, offs_a, offs_a, offs_b, C_out,
+                                sg0, sg1, True, PRECISION)
+        norm_b = _gdn_half_norm(ya, yb, gamma_ptr, beta_ptr, offs_b, offs_a, offs_b, C_out,
+                                sg0, sg1, True, PRECISION)
+        _store_part(y_ptr, ya, offs_a, pix_off, m_ok, C_out, syc, EPI, norm_a)
+        _store_part(y_ptr, yb, offs_b, pix_off, m_ok, C_out, syc, EPI, norm_b)
+
+
+# ----------------------------------------------------------------------------------------------
+# forward convolution
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def conv2d_fwd_kernel(
+        x_ptr, w_ptr, b_ptr, y_ptr, beta_ptr, gamma_ptr,
+        N, C_in, H, W, C_out, H_out, W_out, pad,
+        sxn, sxc, sxh, sxw, swo, swi, swh, sww, syn, syc, syh, syw, sg0, sg1,
+        STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+        HAS_BIAS: tl.constexpr, EPI: tl.constexpr, FLAT_K: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """y[n, co, oh, ow] = sum_{ci,kh,kw} x[n, ci, oh*S-pad+kh, ow*S-pad+kw] * w[co, ci, kh, kw]."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    M = N * H_out * W_out
+    m_ok = offs_m < M
+    n_ok = offs_n < C_out
+    img = offs_m // (H_out * W_out)
+    rem = offs_m % (H_out * W_out)
+    oh = rem // W_out
+    ow = rem % W_out
+    ih0 = oh * STRIDE - pad
+    iw0 = ow * STRIDE - pad
+    x_base = x_ptr + img.to(tl.int64) * sxn
+    w_base = w_ptr + offs_n * swo
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    if FLAT_K:
+        K_total = C_in * KH * KW
+        for k0 in range(0, K_total, BLOCK_K):
+            kk = k0 + offs_k
+            ci = kk % C_in
+            tap = kk // C_in
+            kh = tap // KW
+            kw = tap % KW
+            ih = ih0[:, None] + kh[None, :]
+            iw = iw0[:, None] + kw[None, :]
+            ok = m_ok[:, None] & (kk[None, :] < K_total) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_base[:, None] + ci[None, :] * sxc + ih * sxh + iw * sxw, mask=ok, other=0.0)
+            b = tl.load(w_base[None, :] + (ci * swi + kh * swh + kw * sww)[:, None],
+                        mask=(kk[:, None] < K_total) & n_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    else:
+        for tap in range(0, KH * KW):
+            kh = tap // KW
+            kw = tap % KW
+            ih = ih0 + kh
+            iw = iw0 + kw
+            pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a_ptrs = x_base + ih * sxh + iw * sxw
+            b_ptrs = w_base + kh * swh + kw * sww
+            for c0 in range(0, C_in, BLOCK_K):
+                ci = c0 + offs_k
+                c_ok = ci < C_in
+                a = tl.load(a_ptrs[:, None] + ci[None, :] * sxc,
+                            mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+                b = tl.load(b_ptrs[None, :] + ci[:, None] * swi,
+                            mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    pix_off = img.to(tl.int64) * syn + oh * syh + ow * syw
+    _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
+              HAS_BIAS, EPI, BLOCK_M, BLOCK_N, PRECISION)
+
+
+# ----------------------------------------------------------------------------------------------
+# forward transposed convolution (phase decomposition)
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def conv_transpose2d_fwd_kernel(
+        x_ptr, w_ptr, b_ptr, y_ptr, beta_ptr, gamma_ptr,
+        N, C_in, H, W, C_out, H_out, W_out, pad,
+        sxn, sxc, sxh, sxw, swi, swo, swh, sww, syn, syc, syh, syw, sg0, sg1,
+        STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+        HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """y[n, co, oh, ow] = sum x[n, ci, ih, iw] * w[ci, co, kh, kw] over oh = ih*S - pad + kh."""
+    pid0 = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    phase = pid0 % (STRIDE * STRIDE)
+    pid_m = pid0 // (STRIDE * STRIDE)
+    r_h = phase // STRIDE
+    r_w = phase % STRIDE
+    # first output row/col of this phase and the input offset of tap 0
+    oh0 = ((r_h - pad) % STRIDE + STRIDE) % STRIDE
+    ow0 = ((r_w - pad) % STRIDE + STRIDE) % STRIDE
+    c_h = (oh0 + pad - r_h) // STRIDE
+    c_w = (ow0 + pad - r_w) // STRIDE
+    Ha = (H_out + STRIDE - 1) // STRIDE
+    Wa = (W_out + STRIDE - 1) // STRIDE
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    img = offs_m // (Ha * Wa)
+    rem = offs_m % (Ha * Wa)
+    a_i = rem // Wa
+    b_i = rem % Wa
+    oh = oh0 + STRIDE * a_i
+    ow = ow0 + STRIDE * b_i
+    m_ok = (offs_m < N * Ha * Wa) & (oh < H_out) & (ow < W_out)
+    n_ok = offs_n < C_out
+    x_base = x_ptr + img.to(tl.int64) * sxn
+    w_base = w_ptr + offs_n * swo
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    TH: tl.constexpr = (KH + STRIDE - 1) // STRIDE
+    TW: tl.constexpr = (KW + STRIDE - 1) // STRIDE
+    for t in range(0, TH * TW):
+        th = t // TW
+        tw = t % TW
+        kh = r_h + STRIDE * th
+        kw = r_w + STRIDE * tw
+        ih = a_i - th + c_h
+        iw = b_i - tw + c_w
+        # taps past the kernel edge (KH not a multiple of STRIDE) are masked out as if off-image
+        kh_lim = tl.where(kw < KW, KH, 0)
+        pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & ((offs_m * 0 + kh) < kh_lim)
+        k_ok = (offs_k * 0 + kh) < kh_lim
+        a_ptrs = x_base + ih * sxh + iw * sxw
+        b_ptrs = w_base + kh * swh + kw * sww
+        for c0 in range(0, C_in, BLOCK_K):
+            ci = c0 + offs_k
+            c_ok = ci < C_in
+            a = tl.load(a_ptrs[:, None] + ci[None, :] * sxc,
+                        mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs[None, :] + ci[:, None] * swi,
+                        mask=(c_ok & k_ok)[:, None] & n_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    pix_off = img.to(tl.int64) * syn + oh * syh + ow * syw
+    _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
+              HAS_BIAS, EPI, BLOCK_M, BLOCK_N, PRECISION)
+
+
+# ----------------------------------------------------------------------------------------------
+# pure-PyTorch references
+# ----------------------------------------------------------------------------------------------
+def _gdn_ref(y, beta, gamma, inverse):
+    c = y.shape[1]
+    norm = F.conv2d(y * y, gamma[:c, :c].to(y.dtype)[:, :, None, None], beta[:c].to(y.dtype))
+    return y * torch.sqrt(norm) if inverse else y * torch.rsqrt(norm)
+
+
+def conv2d_reference(x, weight, bias=None, *, stride=1, padding=0, out_width=None, gdn=None,
+                     inverse=False):
+    """Reference of :func:`conv2d_fwd`: ``F.conv2d`` on the slice, then optional (I)GDN.
+
+    ``gdn`` is ``(beta[C_out], gamma[C_out, C_out])`` of effective parameters or None.
+    """
+    co = weight.shape[0] if out_width is None else out_width
+    y = F.conv2d(x, weight[:co, :x.shape[1]], None if bias is None else bias[:co],
+                 stride=stride, padding=padding)
+    return y if gdn is None else _gdn_ref(y, gdn[0], gdn[1], inverse)
+
+
+def conv_transpose2d_reference(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,
+                               out_width=None, gdn=None, inverse=True):
+    """Reference of :func:`conv_transpose2d_fwd`: ``F.conv_transpose2d`` on the slice, then
+    optional (I)GDN of the OUTPUT (the fused epilogue)."""
+    co = weight.shape[1] if out_width is None else out_width
+    y = F.conv_transpose2d(x, weight[:x.shape[1], :co], None if bias is None else bias[:co],
+                           stride=stride, padding=padding, output_padding=output_padding)
+    return y if gdn is None else _gdn_ref(y, gdn[0], gdn[1], inverse)
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------
+_TUNE_KEY = ["C_in", "C_out", "H_out", "W_out", "STRIDE", "KH"]
+_conv_tuned = triton.autotune(to_triton(CONV_FWD_CONFIGS), key=_TUNE_KEY)(conv2d_fwd_kernel)
+_conv_gdn_tuned = triton.autotune(to_triton(CONV_GDN_CONFIGS), key=_TUNE_KEY)(conv2d_fwd_kernel)
+_convt_tuned = triton.autotune(to_triton(CONV_FWD_CONFIGS), key=_TUNE_KEY)(
+    conv_transpose2d_fwd_kernel)
+_convt_gdn_tuned = triton.autotune(to_triton(CONV_GDN_CONFIGS), key=_TUNE_KEY)(
+    conv_transpose2d_fwd_kernel)
+
+
+def _precision(dtype: torch.dtype) -> Tuple[str, object]:
+    if dtype == torch.float64:
+        return "ieee", tl.float64
+    if dtype == torch.float32:
+        allow = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+        return ("tf32" if allow and not _interpreting() else "ieee"), tl.float32
+    if dtype in (torch.float16, torch.bfloat16):
+        return "ieee", tl.float32
+    raise ValueError(f"unsupported dtype {dtype}: use float32, float16, bfloat16 (float64 only "
+                     f"under TRITON_INTERPRET=1)")
+
+
+def _gdn_block_n(c_out: int) -> int:
+    if c_out > 256:
+        raise ValueError(f"fused GDN needs every output channel in one tile; C_out={c_out} > 256 "
+                         f"is not supported: run the conv and GDN separately (gdn=None)")
+    return max(16, triton.next_power_of_2(c_out))
+
+
+def _empty_like_layout(x: torch.Tensor, shape) -> torch.Tensor:
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    return torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=fmt)
+
+
+def _prep_gdn(gdn, c_out, device):
+    """(beta, gamma) effective params -> (beta[:C], gamma[:C,:C] in fp32) or dummies."""
+    if gdn is None:
+        z = torch.zeros(1, device=device, dtype=torch.float32)
+        return z, z.view(1, 1)
+    beta, gamma = gdn
+    if beta.shape[0] < c_out or gamma.shape[0] < c_out or gamma.shape[1] < c_out:
+        raise ValueError(f"GDN parameters hold {beta.shape[0]} channels, the conv outputs {c_out}")
+    beta = beta[:c_out].to(device=device, dtype=torch.float32 if beta.dtype != torch.float64 else beta.dtype)
+    gamma = gamma[:c_out, :c_out].to(device=device, dtype=beta.dtype)
+    return beta, gamma
+
+
+def _launch(kernel_tuned, kernel_gdn_tuned, kernel_plain, x, w, w_strides, bias, y, pad, stride,
+            kh, kw, c_in, c_out, h, wd, h_out, w_out, gdn, inverse, grid_fn, flat_k=None):
+    precision, acc_dtype = _precision(x.dtype)
+    epi = EPI_NONE if gdn is None else (EPI_IGDN if inverse else EPI_GDN)
+    beta, gamma = _prep_gdn(gdn, c_out, x.device)
+    b_arg = bias if bias is not None else beta
+    args = (x, w, b_arg, y, beta, gamma, x.shape[0], c_in, h, wd, c_out, h_out, w_out, pad,
+            *x.stride(), *w_strides, *y.stride(), gamma.stride(0), gamma.stride(-1))
+    meta = dict(STRIDE=stride, KH=kh, KW=kw, HAS_BIAS=bias is not None, EPI=epi,
+                PRECISION=precision, ACC_DTYPE=acc_dtype)
+    if flat_k is not None:
+        meta["FLAT_K"] = flat_k
+    if _interpreting():
+        cfg = dict(CONV_INTERPRET_CONFIG["kwargs"])
+        cfg["BLOCK_N"] = _gdn_block_n(c_out) if epi else max(16, min(64, triton.next_power_of_2(c_out)))
+        kernel_plain[grid_fn(cfg)](*args, **meta, **cfg, num_warps=CONV_INTERPRET_CONFIG["num_warps"],
+                                   num_stages=CONV_INTERPRET_CONFIG["num_stages"])
+    elif epi:
+        bn = _gdn_block_n(c_out)
+        kernel_gdn_tuned[grid_fn](*args, **meta, BLOCK_N=bn)
+    else:
+        kernel_tuned[grid_fn](*args, **meta)
+    return y
+
+
+def _check_common(x, weight, bias, name):
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(f"{name}: x must be [N, C, H, W] and weight [A, B, k, k]; got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise ValueError(f"{name}: x, weight and bias must share a dtype, got {x.dtype}, "
+                         f"{weight.dtype}, {None if bias is None else bias.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"{name}: x on {x.device} but weight on {weight.device}")
+
+
+def conv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+               stride: int = 1, padding: int = 0, out_width: Optional[int] = None,
+               gdn: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+               inverse: bool = False) -> torch.Tensor:
+    """Triton forward of the width-sliced convolution (no autograd; see ops.slim_conv2d).
+
+    Args:
+        x: ``[N, C_in, H, W]`` (NCHW or channels_last), fp32/fp16/bf16 (fp64 under the interpreter).
+        weight: full ``[C_out_max, C_in_max, KH, KW]``; ``weight[:out_width, :C_in]`` is read in place.
+        bias: full ``[C_out_max]`` or None.
+        gdn: ``(beta, gamma)`` effective GDN parameters (full size) fused in the epilogue, or None.
+        inverse: IGDN instead of GDN in the epilogue.
+
+    Returns:
+        ``[N, out_width, H_out, W_out]`` in x's dtype and memory format.
+    """
+    _check_common(x, weight, bias, "conv2d_fwd")
+    n, c_in, h, wd = x.shape
+    co_max, ci_max, kh, kw = weight.shape
+    c_out = co_max if out_width is None else int(out_width)
+    if c_in > ci_max or not 1 <= c_out <= co_max:
+        raise ValueError(f"conv2d_fwd: active widths C_in={c_in}, C_out={c_out} exceed the weight "
+                         f"[{co_max}, {ci_max}, ...]")
+    h_out = (h + 2 * padding - kh) // stride + 1
+    w_out = (wd + 2 * padding - kw) // stride + 1
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"conv2d_fwd: input {h}x{wd} too small for kernel {kh}x{kw} pad {padding}")
+    y = _empty_like_layout(x, (n, c_out, h_out, w_out))
+    m = n * h_out * w_out
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]))
+
+    ws = weight.stride()
+    return _launch(_conv_tuned, _conv_gdn_tuned, conv2d_fwd_kernel, x, weight, ws, bias, y,
+                   padding, stride, kh, kw, c_in, c_out, h, wd, h_out, w_out, gdn, inverse, grid,
+                   flat_k=c_in < 16)
+
+
+def conv_transpose2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                         *, stride: int = 1, padding: int = 0, output_padding: int = 0,
+                         out_width: Optional[int] = None,
+                         gdn: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                         inverse: bool = True) -> torch.Tensor:
+    """Triton forward of the width-sliced transposed convolution (no autograd).
+
+    Args:
+        x: ``[N, C_in, H, W]``; weight: full ``[C_in_max, C_out_max, KH, KW]`` (slice read in place);
+        bias: full ``[C_out_max]`` or None.
+        gdn: ``(beta, gamma)`` fused on the OUTPUT in the epilogue (IGDN by default, ``inverse``).
+
+    Returns:
+        ``[N, out_width, (H-1)*stride - 2*padding + KH + output_padding, ...]``.
+    """
+    _check_common(x, weight, bias, "conv_transpose2d_fwd")
+    n, c_in, h, wd = x.shape
+    ci_max, co_max, kh, kw = weight.shape
+    c_out = co_max if out_width is None else int(out_width)
+    if c_in > ci_max or not 1 <= c_out <= co_max:
+        raise ValueError(f"conv_transpose2d_fwd: active widths C_in={c_in}, C_out={c_out} exceed "
+                         f"the weight [{ci_max}, {co_max}, ...]")
+    if output_padding < 0 or output_padding >= max(stride, 1):
+        raise ValueError(f"output_padding={output_padding} must be smaller than stride={stride}")
+    h_out = (h - 1) * stride - 2 * padding + kh + output_padding
+    w_out = (wd - 1) * stride - 2 * padding + kw + output_padding
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"conv_transpose2d_fwd: output size {h_out}x{w_out} is empty")
+    y = _empty_like_layout(x, (n, c_out, h_out, w_out))
+    ha, wa = triton.cdiv(h_out, stride), triton.cdiv(w_out, stride)
+    m = n * ha * wa
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]) * stride * stride,
+                triton.cdiv(c_out, meta["BLOCK_N"]))
+
+    s = weight.stride()
+    return _launch(_convt_tuned, _convt_gdn_tuned, conv_transpose2d_fwd_kernel, x, weight,
+                   (s[0], s[1], s[2], s[3]), bias, y, padding, stride, kh, kw, c_in, c_out, h, wd,
+                   h_out, w_out, gdn, inverse, grid)
+
+
+# ----------------------------------------------------------------------------------------------
+# autograd
+# ----------------------------------------------------------------------------------------------
+def _scatter_full(full_like: torch.Tensor, part: torch.Tensor, idx) -> torch.Tensor:
+    g = torch.zeros_like(full_like)
+    g[idx] = part
+    return g
+
+
+def _weight_grad(dy, x, w_slice, stride, padding, output_padding, transposed):
+    """Gradient of the active weight slice: ATen's convolution_backward (cuDNN on CUDA) on the
+    sliced views (weight grad is a reduction over all pixels; see docs/kernels_conv.md)."""
+    return torch.ops.aten.convolution_backward(
+        dy, x, w_slice, None, [stride, stride], [padding, padding], [1, 1], transposed,
+        [output_padding, output_padding], 1, [False, True, False])[1]
+
+
+class SlimConv2dFunction(torch.autograd.Function):
+    """Autograd of the Triton width-sliced conv: dx by the transposed-conv kernel on the same
+    weight, dW (active slice only, rest zero) by ATen's convolution_backward, db by a sum."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, out_width):
+        y = conv2d_fwd(x, weight, bias, stride=stride, padding=padding, out_width=out_width)
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, y.shape[1], bias is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        stride, padding, co, has_bias = ctx.conf
+        ci = x.shape[1]
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            kh = weight.shape[2]
+            op = x.shape[2] - ((dy.shape[2] - 1) * stride - 2 * padding + kh)
+            opw = x.shape[3] - ((dy.shape[3] - 1) * stride - 2 * padding + weight.shape[3])
+            if op == opw and 0 <= op < max(stride, 1):
+                # conv weight [C_out_max, C_in_max] read as a transposed-conv weight [C_in, C_out]
+                dx = conv_transpose2d_fwd(dy, weight, None, stride=stride, padding=padding,
+                                          output_padding=op, out_width=ci)
+            else:  # unequal row/column remainders: fall back to ATen on the slice
+                dx = torch.ops.aten.convolution_backward(
+                    dy, x, weight[:co, :ci], None, [stride] * 2, [padding] * 2, [1, 1], False,
+                    [0, 0], 1, [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            dws = _weight_grad(dy, x, weight[:co, :ci], stride, padding, 0, False)
+            dw = _scatter_full(weight, dws, (slice(0, co), slice(0, ci)))
+        if has_bias and ctx.needs_input_grad[2]:
+            db = torch.zeros(weight.shape[0], dtype=dy.dtype, device=dy.device)
+            db[:co] = dy.sum(dim=(0, 2, 3))
+        return dx, dw, db, None, None, None
+
+
+class SlimConvTranspose2dFunction(torch.autograd.Function):
+    """Autograd of the Triton width-sliced transposed conv: dx by the conv kernel on the same
+    weight, dW (active slice only) by ATen's convolution_backward, db by a sum."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, output_padding, out_width):
+        y = conv_transpose2d_fwd(x, weight, bias, stride=stride, padding=padding,
+                                 output_padding=output_padding, out_width=out_width)
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, output_padding, y.shape[1], bias is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        stride, padding, op, co, has_bias = ctx.conf
+        ci = x.shape[1]
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            # transposed weight [C_in_max, C_out_max] read as a conv weight [out=C_in, in=C_out]
+            dx = conv2d_fwd(dy, weight, None, stride=stride, padding=padding, out_width=ci)
+        if ctx.needs_input_grad[1]:
+            dws = _weight_grad(dy, x, weight[:ci, :co], stride, padding, op, True)
+            dw = _scatter_full(weight, dws, (slice(0, ci), slice(0, co)))
+        if has_bias and ctx.needs_input_grad[2]:
+            db = torch.zeros(weight.shape[1], dtype=dy.dtype, device=dy.device)
+            db[:co] = dy.sum(dim=(0, 2, 3))
+        return dx, dw, db, None, None, None, None

@@ -1,0 +1,441 @@
+"""Fused GDN / IGDN Triton kernels (forward and backward) for any active width C.
+
+Math, per pixel p, with ``z = x^2`` and the effective SlimGDN+ parameters
+``gamma_k = s_g * gamma[:C, :C] + b_g``, ``beta_k = s_b * beta[:C] + b_b``::
+
+    n  = beta_k + gamma_k z                  (a GEMM: pixels x C_out x C_in)
+    GDN:  y = x n^(-1/2)        dn = -1/2 dy x n^(-3/2)      dx = dy n^(-1/2) + 2 x (gamma_k^T dn)
+    IGDN: y = x n^(+1/2)        dn = +1/2 dy x n^(-1/2)      dx = dy n^(+1/2) + 2 x (gamma_k^T dn)
+    dgamma_k = sum_p dn z^T,    dbeta_k = sum_p dn
+
+Kernels (see docs/kernels_gdn.md for the tiling and the bytes each one moves):
+
+* ``_gdn_fwd_kernel``: one program per (BLOCK_P pixels, BLOCK_CO output channels); loops over the
+  input channels in BLOCK_CI steps: loads x, squares it in registers, ``tl.dot`` with the gamma
+  tile (tensor cores; TF32 for fp32 inputs unless ``fp32_precision="ieee"``, bf16/fp16 inputs in
+  their own type), fp32 accumulation; epilogue adds beta, rsqrt/sqrt, multiplies by x, stores y.
+  Programs of the same pixel block are adjacent in launch order, so the re-reads of x for other
+  output-channel blocks hit L2: x is read from DRAM once and y written once.
+* ``_gdn_bwd_dn_kernel``: the same GEMM to recompute n (nothing but x is saved for backward),
+  then writes ``dn`` and ``dy * n^(-/+1/2)`` as fp32 ``[P, C]`` scratch.
+* ``_gdn_bwd_dx_kernel``: ``dx = dx0 + 2 x (dn @ gamma_k)`` (a GEMM over the output channels).
+* ``_gdn_bwd_dgamma_kernel``: ``dgamma_k = dn^T z`` and ``dbeta_k = sum dn``, the pixel reduction
+  split over SPLIT programs that ``atomic_add`` their fp32 partial tiles (order not deterministic,
+  like cuDNN's weight gradients).
+
+x may be contiguous NCHW or channels_last (any layout where H and W collapse into one stride);
+the pixel index p = n * H * W + hw and the strides are passed to the kernels.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ..backend import interpreter_enabled
+from .configs import (GDN_BWD_DGAMMA_CONFIGS, GDN_BWD_DX_CONFIGS, GDN_FWD_CONFIGS,
+                      GDN_INTERPRET_CONFIG, to_triton)
+
+# --------------------------------------------------------------------------------------------
+# Device helpers
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _pixel_offsets(offs_p, HW, stride_n, stride_hw):
+    """Element offset of pixel p = n * HW + hw (int64, no overflow on large tensors)."""
+    n = offs_p // HW
+    hw = offs_p - n * HW
+    return n.to(tl.int64) * stride_n + hw.to(tl.int64) * stride_hw
+
+
+@triton.jit
+def _gamma_tile(gamma_ptr, rows, cols, stride_r, stride_c, C, gs_ptr, gb_ptr,
+                HAS_GS: tl.constexpr, HAS_GB: tl.constexpr):
+    """fp32 tile of the effective gamma (s_g * gamma + b_g) at [rows, cols]; 0 outside C x C."""
+    mask = (rows[:, None] < C) & (cols[None, :] < C)
+    g = tl.load(gamma_ptr + rows[:, None] * stride_r + cols[None, :] * stride_c, mask=mask,
+                other=0.0).to(tl.float32)
+    if HAS_GS:
+        g = g * tl.load(gs_ptr).to(tl.float32)
+    if HAS_GB:
+        g = tl.where(mask, g + tl.load(gb_ptr).to(tl.float32), 0.0)
+    return g
+
+
+@triton.jit
+def _beta_vec(beta_ptr, offs, stride_b, C, bs_ptr, bb_ptr, HAS_BS: tl.constexpr,
+              HAS_BB: tl.constexpr):
+    """fp32 effective beta (s_b * beta + b_b) at offs; 1 outside C (keeps masked lanes finite)."""
+    mask = offs < C
+    b = tl.load(beta_ptr + offs * stride_b, mask=mask, other=1.0).to(tl.float32)
+    if HAS_BS:
+        b = tl.where(mask, b * tl.load(bs_ptr).to(tl.float32), 1.0)
+    if HAS_BB:
+        b = tl.where(mask, b + tl.load(bb_ptr).to(tl.float32), 1.0)
+    return b
+
+
+@triton.jit
+def _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_ptr, gs0, gs1,
+               gs_ptr, gb_ptr, bs_ptr, bb_ptr, HAS_GS: tl.constexpr, HAS_GB: tl.constexpr,
+               HAS_BS: tl.constexpr, HAS_BB: tl.constexpr, FP32_PRECISION: tl.constexpr,
+               BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
+    """n[p, co] = beta_k[co] + sum_ci gamma_k[co, ci] x[p, ci]^2, fp32 [BLOCK_P, BLOCK_CO]."""
+    acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
+    for k in range(0, C, BLOCK_CI):
+        offs_ci = k + tl.arange(0, BLOCK_CI)
+        m = mask_p[:, None] & (offs_ci[None, :] < C)
+        xk = tl.load(x_ptr + x_off[:, None] + offs_ci[None, :] * sxc, mask=m, other=0.0)
+        xf = xk.to(tl.float32)
+        z = (xf * xf).to(xk.dtype)  # half inputs: the dot runs in their type (fp32 accumulate)
+        # gamma^T tile [ci, co] = gamma[co, ci]
+        g = _gamma_tile(gamma_ptr, offs_ci, offs_co, gs1, gs0, C, gs_ptr, gb_ptr, HAS_GS, HAS_GB)
+        acc += tl.dot(z, g.to(xk.dtype), input_precision=FP32_PRECISION)
+    b = _beta_vec(beta_ptr, offs_co, stride_b, C, bs_ptr, bb_ptr, HAS_BS, HAS_BB)
+    return acc + b[None, :]
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _gdn_fwd_kernel(x_ptr, y_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, bb_ptr,
+                    P, C, HW, sxn, sxc, sxhw, syn, syc, syhw, gs0, gs1, stride_b,
+                    INVERSE: tl.constexpr, HAS_GS: tl.constexpr, HAS_GB: tl.constexpr,
+                    HAS_BS: tl.constexpr, HAS_BB: tl.constexpr, FP32_PRECISION: tl.constexpr,
+                    BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
+    """y = x * n^(-1/2) (GDN) or x * n^(1/2) (IGDN) for one [BLOCK_P, BLOCK_CO] tile."""
+    pid = tl.program_id(0)
+    n_co = tl.cdiv(C, BLOCK_CO)
+    pid_p = pid // n_co
+    pid_co = pid - pid_p * n_co
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    mask_co = offs_co < C
+    x_off = _pixel_offsets(offs_p, HW, sxn, sxhw)
+    n = _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_ptr, gs0, gs1,
+                   gs_ptr, gb_ptr, bs_ptr, bb_ptr, HAS_GS, HAS_GB, HAS_BS, HAS_BB, FP32_PRECISION,
+                   BLOCK_P, BLOCK_CO, BLOCK_CI)
+    m = mask_p[:, None] & mask_co[None, :]
+    xv = tl.load(x_ptr + x_off[:, None] + offs_co[None, :] * sxc, mask=m, other=0.0)
+    if INVERSE:
+        y = xv.to(tl.float32) * tl.sqrt(n)
+    else:
+        y = xv.to(tl.float32) * tl.rsqrt(n)
+    y_off = _pixel_offsets(offs_p, HW, syn, syhw)
+    tl.store(y_ptr + y_off[:, None] + offs_co[None, :] * syc, y.to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _gdn_bwd_dn_kernel(x_ptr, dy_ptr, dn_ptr, dx0_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr,
+                       bs_ptr, bb_ptr, P, C, HW, sxn, sxc, sxhw, sdn, sdc, sdhw, gs0, gs1, stride_b,
+                       INVERSE: tl.constexpr, HAS_GS: tl.constexpr, HAS_GB: tl.constexpr,
+                       HAS_BS: tl.constexpr, HAS_BB: tl.constexpr, FP32_PRECISION: tl.constexpr,
+                       BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
+    """Recompute n; write dn and dx0 = dy * n^(-/+1/2) as fp32 [P, C] (row-major) scratch."""
+    pid = tl.program_id(0)
+    n_co = tl.cdiv(C, BLOCK_CO)
+    pid_p = pid // n_co
+    pid_co = pid - pid_p * n_co
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    mask_co = offs_co < C
+    x_off = _pixel_offsets(offs_p, HW, sxn, sxhw)
+    n = _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_ptr, gs0, gs1,
+                   gs_ptr, gb_ptr, bs_ptr, bb_ptr, HAS_GS, HAS_GB, HAS_BS, HAS_BB, FP32_PRECISION,
+                   BLOCK_P, BLOCK_CO, BLOCK_CI)
+    m = mask_p[:, None] & mask_co[None, :]
+    xv = tl.load(x_ptr + x_off[:, None] + offs_co[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
+    dy_off = _pixel_offsets(offs_p, HW, sdn, sdhw)
+    dy = tl.load(dy_ptr + dy_off[:, None] + offs_co[None, :] * sdc, mask=m,
+                 other=0.0).to(tl.float32)
+    r = tl.rsqrt(n)
+    if INVERSE:
+        dn = 0.5 * dy * xv * r
+        dx0 = dy * (n * r)  # dy * sqrt(n)
+    else:
+        dn = -0.5 * dy * xv * (r * r * r)
+        dx0 = dy * r
+    dn = tl.where(m, dn, 0.0)
+    s_off = offs_p.to(tl.int64)[:, None] * C + offs_co[None, :]
+    tl.store(dn_ptr + s_off, dn, mask=m)
+    tl.store(dx0_ptr + s_off, dx0, mask=m)
+
+
+@triton.jit
+def _gdn_bwd_dx_kernel(x_ptr, dn_ptr, dx0_ptr, dx_ptr, gamma_ptr, gs_ptr, gb_ptr,
+                       P, C, HW, sxn, sxc, sxhw, sdxn, sdxc, sdxhw, gs0, gs1,
+                       HAS_GS: tl.constexpr, HAS_GB: tl.constexpr, FP32_PRECISION: tl.constexpr,
+                       BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
+    """dx[p, j] = dx0[p, j] + 2 x[p, j] sum_i dn[p, i] gamma_k[i, j] for one tile (j = BLOCK_CO)."""
+    pid = tl.program_id(0)
+    n_j = tl.cdiv(C, BLOCK_CO)
+    pid_p = pid // n_j
+    pid_j = pid - pid_p * n_j
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < P
+    offs_j = pid_j * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    mask_j = offs_j < C
+    row = offs_p.to(tl.int64)[:, None] * C
+    acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
+    for k in range(0, C, BLOCK_CI):
+        offs_i = k + tl.arange(0, BLOCK_CI)
+        dn = tl.load(dn_ptr + row + offs_i[None, :], mask=mask_p[:, None] & (offs_i[None, :] < C),
+                     other=0.0)
+        g = _gamma_tile(gamma_ptr, offs_i, offs_j, gs0, gs1, C, gs_ptr, gb_ptr, HAS_GS, HAS_GB)
+        acc += tl.dot(dn, g, input_precision=FP32_PRECISION)
+    m = mask_p[:, None] & mask_j[None, :]
+    x_off = _pixel_offsets(offs_p, HW, sxn, sxhw)
+    xv = tl.load(x_ptr + x_off[:, None] + offs_j[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
+    dx0 = tl.load(dx0_ptr + row + offs_j[None, :], mask=m, other=0.0)
+    dx = dx0 + 2.0 * xv * acc
+    dx_off = _pixel_offsets(offs_p, HW, sdxn, sdxhw)
+    tl.store(dx_ptr + dx_off[:, None] + offs_j[None, :] * sdxc, dx.to(dx_ptr.dtype.element_ty),
+             mask=m)
+
+
+@triton.jit
+def _gdn_bwd_dgamma_kernel(x_ptr, dn_ptr, dgamma_ptr, dbeta_ptr, P, C, HW, sxn, sxc, sxhw,
+                           FP32_PRECISION: tl.constexpr, BLOCK_I: tl.constexpr,
+                           BLOCK_J: tl.constexpr, BLOCK_P: tl.constexpr):
+    """dgamma_k[i, j] += sum_p dn[p, i] x[p, j]^2 and dbeta_k[i] += sum_p dn[p, i] over one split.
+
+    Grid: (tiles of [BLOCK_I, BLOCK_J], SPLIT). fp32 atomics into zeroed [C, C] / [C] buffers.
+    """
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    P_PER_SPLIT = tl.cdiv(tl.cdiv(P, tl.num_programs(1)), BLOCK_P) * BLOCK_P
+    n_j = tl.cdiv(C, BLOCK_J)
+    pid_i = pid // n_j
+    pid_j = pid - pid_i * n_j
+    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    offs_j = pid_j * BLOCK_J + tl.arange(0, BLOCK_J)
+    mask_i = offs_i < C
+    mask_j = offs_j < C
+    acc = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float32)
+    dbeta = tl.zeros([BLOCK_I], dtype=tl.float32)
+    p_start = split * P_PER_SPLIT
+    for p0 in range(p_start, p_start + P_PER_SPLIT, BLOCK_P):
+        offs_p = p0 + tl.arange(0, BLOCK_P)
+        mask_p = offs_p < P
+        # dn^T tile [BLOCK_I, BLOCK_P]
+        dnt = tl.load(dn_ptr + offs_p.to(tl.int64)[None, :] * C + offs_i[:, None],
+                      mask=mask_i[:, None] & mask_p[None, :], other=0.0)
+        x_off = _pixel_offsets(offs_p, HW, sxn, sxhw)
+        xv = tl.load(x_ptr + x_off[:, None] + offs_j[None, :] * sxc,
+                     mask=mask_p[:, None] & mask_j[None, :], other=0.0).to(tl.float32)
+        acc += tl.dot(dnt, xv * xv, input_precision=FP32_PRECISION)
+        dbeta += tl.sum(dnt, axis=1)
+    tl.atomic_add(dgamma_ptr + offs_i[:, None] * C + offs_j[None, :], acc,
+                  mask=mask_i[:, None] & mask_j[None, :])
+    first_j = (tl.zeros([BLOCK_I], dtype=tl.int32) + pid_j) == 0  # dbeta once per i tile
+    tl.atomic_add(dbeta_ptr + offs_i, dbeta, mask=mask_i & first_j)
+
+
+# --------------------------------------------------------------------------------------------
+# Autotuned wrappers (the raw kernels above stay available for the AOT test and the interpreter)
+# --------------------------------------------------------------------------------------------
+
+_fwd_tuned = triton.autotune(configs=to_triton(GDN_FWD_CONFIGS), key=["C", "P", "sxhw"])(
+    _gdn_fwd_kernel)
+_bwd_dn_tuned = triton.autotune(configs=to_triton(GDN_FWD_CONFIGS), key=["C", "P", "sxhw"])(
+    _gdn_bwd_dn_kernel)
+_bwd_dx_tuned = triton.autotune(configs=to_triton(GDN_BWD_DX_CONFIGS), key=["C", "P", "sxhw"])(
+    _gdn_bwd_dx_kernel)
+_bwd_dgamma_tuned = triton.autotune(configs=to_triton(GDN_BWD_DGAMMA_CONFIGS),
+                                    key=["C", "P", "sxhw"],
+                                    reset_to_zero=["dgamma_ptr", "dbeta_ptr"])(
+    _gdn_bwd_dgamma_kernel)
+
+#: programs the dgamma reduction aims for (enough to fill an H100's 132 SMs a few times)
+_DGAMMA_TARGET_PROGRAMS = 528
+
+
+def _pick(tuned, raw, name):
+    """Autotuned kernel on GPU; the raw kernel with one fixed config under the interpreter."""
+    if interpreter_enabled():
+        cfg = GDN_INTERPRET_CONFIG[name]
+        return raw, dict(cfg["kwargs"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return tuned, {}
+
+
+def _layout(t: torch.Tensor):
+    """(tensor, stride_n, stride_c, stride_hw) with H, W collapsible into one pixel stride."""
+    if t.stride(2) != t.shape[3] * t.stride(3):
+        t = t.contiguous()
+    return t, t.stride(0), t.stride(1), t.stride(3)
+
+
+def _scalar_ptrs(x, scalars):
+    """Turn the four optional scalars into (tensor-or-dummy, has) pairs on x's device."""
+    out = []
+    for s in scalars:
+        if s is None:
+            out.append((x, False))  # dummy pointer, never read
+        else:
+            out.append((s.reshape(()).contiguous(), True))
+    return out
+
+
+def gdn_fwd(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, inverse: bool = False,
+            gamma_scale=None, gamma_bias=None, beta_scale=None, beta_bias=None,
+            fp32_precision: str = "tf32") -> torch.Tensor:
+    """Launch the forward kernel. Shapes as :func:`slimkernels.ops.gdn`; no autograd."""
+    x, sxn, sxc, sxhw = _layout(x)
+    N, C, H, W = x.shape
+    y = torch.empty_like(x)
+    _, syn, syc, syhw = _layout(y)
+    P, HW = N * H * W, H * W
+    if P == 0 or C == 0:
+        return y
+    (gs, hgs), (gb, hgb), (bs, hbs), (bb, hbb) = _scalar_ptrs(
+        x, (gamma_scale, gamma_bias, beta_scale, beta_bias))
+    kern, meta = _pick(_fwd_tuned, _gdn_fwd_kernel, "fwd")
+
+    def grid(META):
+        return (triton.cdiv(P, META["BLOCK_P"]) * triton.cdiv(C, META["BLOCK_CO"]),)
+
+    kern[grid](x, y, beta, gamma, gs, gb, bs, bb, P, C, HW, sxn, sxc, sxhw, syn, syc, syhw,
+               gamma.stride(0), gamma.stride(1), beta.stride(0), INVERSE=inverse, HAS_GS=hgs,
+               HAS_GB=hgb, HAS_BS=hbs, HAS_BB=hbb, FP32_PRECISION=fp32_precision, **meta)
+    return y
+
+
+def gdn_bwd(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor,
+            inverse: bool = False, gamma_scale=None, gamma_bias=None, beta_scale=None,
+            beta_bias=None, fp32_precision: str = "tf32"):
+    """Launch the three backward kernels.
+
+    Returns:
+        ``(dx, dgamma_k, dbeta_k)``: dx like x (x's dtype and layout); dgamma_k ``[C, C]`` and
+        dbeta_k ``[C]`` fp32, the gradients of the EFFECTIVE (scaled, biased) parameters.
+    """
+    x, sxn, sxc, sxhw = _layout(x)
+    dy, sdn, sdc, sdhw = _layout(dy)
+    N, C, H, W = x.shape
+    P, HW = N * H * W, H * W
+    dx = torch.empty_like(x)
+    _, sdxn, sdxc, sdxhw = _layout(dx)
+    dgamma = torch.zeros(C, C, device=x.device, dtype=torch.float32)
+    dbeta = torch.zeros(C, device=x.device, dtype=torch.float32)
+    if P == 0 or C == 0:
+        return dx.zero_(), dgamma, dbeta
+    dn = torch.empty(P, C, device=x.device, dtype=torch.float32)
+    dx0 = torch.empty(P, C, device=x.device, dtype=torch.float32)
+    (gs, hgs), (gb, hgb), (bs, hbs), (bb, hbb) = _scalar_ptrs(
+        x, (gamma_scale, gamma_bias, beta_scale, beta_bias))
+    g0, g1 = gamma.stride(0), gamma.stride(1)
+
+    def grid_pc(META):
+        return (triton.cdiv(P, META["BLOCK_P"]) * triton.cdiv(C, META["BLOCK_CO"]),)
+
+    kern, meta = _pick(_bwd_dn_tuned, _gdn_bwd_dn_kernel, "fwd")
+    kern[grid_pc](x, dy, dn, dx0, beta, gamma, gs, gb, bs, bb, P, C, HW, sxn, sxc, sxhw,
+                  sdn, sdc, sdhw, g0, g1, beta.stride(0), INVERSE=inverse, HAS_GS=hgs,
+                  HAS_GB=hgb, HAS_BS=hbs, HAS_BB=hbb, FP32_PRECISION=fp32_precision, **meta)
+    kern, meta = _pick(_bwd_dx_tuned, _gdn_bwd_dx_kernel, "bwd_dx")
+    kern[grid_pc](x, dn, dx0, dx, gamma, gs, gb, P, C, HW, sxn, sxc, sxhw, sdxn, sdxc, sdxhw,
+                  g0, g1, HAS_GS=hgs, HAS_GB=hgb, FP32_PRECISION=fp32_precision, **meta)
+    del dx0
+
+    def grid_g(META):
+        tiles = triton.cdiv(C, META["BLOCK_I"]) * triton.cdiv(C, META["BLOCK_J"])
+        blocks = triton.cdiv(P, META["BLOCK_P"])
+        return (tiles, max(1, min(blocks, _DGAMMA_TARGET_PROGRAMS // tiles)))
+
+    kern, meta = _pick(_bwd_dgamma_tuned, _gdn_bwd_dgamma_kernel, "bwd_dgamma")
+    kern[grid_g](x, dn, dgamma, dbeta, P, C, HW, sxn, sxc, sxhw, FP32_PRECISION=fp32_precision,
+                 **meta)
+    return dx, dgamma, dbeta
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------------
+
+
+def _as_tensor(s, like: torch.Tensor) -> Optional[torch.Tensor]:
+    if s is None or isinstance(s, torch.Tensor):
+        return s
+    return torch.tensor(float(s), device=like.device, dtype=torch.float32)
+
+
+def _reduce_like(g: torch.Tensor, s: Optional[torch.Tensor]):
+    return None if s is None else g.reshape(s.shape).to(s.dtype)
+
+
+class GDNFunction(torch.autograd.Function):
+    """GDN / IGDN with Triton forward and backward.
+
+    ``forward(x, beta, gamma, gamma_scale, gamma_bias, beta_scale, beta_bias, inverse,
+    fp32_precision)``: scalars are 0-dim tensors or None. Saves only x and the parameters.
+    """
+
+    @staticmethod
+    def forward(ctx, x, beta, gamma, gs, gb, bs, bb, inverse, fp32_precision):
+        y = gdn_fwd(x, beta, gamma, inverse, gs, gb, bs, bb, fp32_precision)
+        ctx.save_for_backward(x, beta, gamma, gs, gb, bs, bb)
+        ctx.inverse = inverse
+        ctx.fp32_precision = fp32_precision
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, beta, gamma, gs, gb, bs, bb = ctx.saved_tensors
+        C = x.shape[1]
+        dx, dgk, dbk = gdn_bwd(dy, x, beta, gamma, ctx.inverse, gs, gb, bs, bb,
+                               ctx.fp32_precision)
+        need = ctx.needs_input_grad
+        dgamma = dbeta = dgs = dgb = dbs = dbb = None
+        if need[2]:
+            dgamma = torch.zeros_like(gamma)
+            dgamma[:C, :C] = dgk * gs.float() if gs is not None else dgk
+        if need[1]:
+            dbeta = torch.zeros_like(beta)
+            dbeta[:C] = dbk * bs.float() if bs is not None else dbk
+        if gs is not None and need[3]:
+            dgs = _reduce_like((dgk * gamma[:C, :C].float()).sum(), gs)
+        if gb is not None and need[4]:
+            dgb = _reduce_like(dgk.sum(), gb)
+        if bs is not None and need[5]:
+            dbs = _reduce_like((dbk * beta[:C].float()).sum(), bs)
+        if bb is not None and need[6]:
+            dbb = _reduce_like(dbk.sum(), bb)
+        return (dx if need[0] else None), dbeta, dgamma, dgs, dgb, dbs, dbb, None, None
+
+
+def gdn_triton(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bool = False,
+               gamma_scale=None, gamma_bias=None, beta_scale=None, beta_bias=None,
+               fp32_precision: str = "tf32") -> torch.Tensor:
+    """GDN / IGDN through the Triton kernels, differentiable in x, beta, gamma and the scalars.
+
+    Args:
+        x: ``[N, C, H, W]`` NCHW or channels_last, fp32 / fp16 / bf16 (CUDA, or CPU under
+            ``TRITON_INTERPRET=1``).
+        beta: ``[C_max]``, gamma: ``[C_max, C_max]`` (``[C_out, C_in]``) effective parameters, any
+            float dtype, read in place at ``[:C]`` / ``[:C, :C]``.
+        gamma_scale, gamma_bias, beta_scale, beta_bias: None, floats or 0-dim tensors.
+        fp32_precision: ``"tf32"`` (default, tensor cores) or ``"ieee"`` for fp32 inputs.
+
+    Returns:
+        ``[N, C, H, W]``, x's dtype and memory format.
+    """
+    if fp32_precision not in ("tf32", "ieee"):
+        raise ValueError(f"fp32_precision must be 'tf32' or 'ieee', got {fp32_precision!r}")
+    scal = [_as_tensor(s, x) for s in (gamma_scale, gamma_bias, beta_scale, beta_bias)]
+    return GDNFunction.apply(x, beta, gamma, *scal, bool(inverse), fp32_precision)
+
+
+def gdn_torch_reference(x, beta, gamma, inverse=False, gamma_scale=None, gamma_bias=None,
+                        beta_scale=None, beta_bias=None):
+    """Pure-PyTorch reference of what these kernels compute (see slimkernels.ops.gdn_reference)."""
+    from ..ops.gdn import gdn_reference
+    return gdn_reference(x, beta, gamma, inverse=inverse, gamma_scale=gamma_scale,
+                         gamma_bias=gamma_bias, beta_scale=beta_scale, beta_bias=beta_bias)

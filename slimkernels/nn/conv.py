@@ -1,0 +1,114 @@
+"""Slimmable convolution layers: nn.Conv2d / nn.ConvTranspose2d that run at any active width."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .. import ops
+
+
+def _single(v, name):
+    if isinstance(v, (tuple, list)):
+        if len(set(v)) != 1:
+            raise ValueError(f"slimmable layers support square {name} only, got {tuple(v)}")
+        return int(v[0])
+    return int(v)
+
+
+class _SlimMixin:
+    def _init_widths(self, widths: Optional[Sequence[int]], full: int):
+        self.slim_output = widths is not None
+        if widths is None:
+            widths = [full]
+        widths = [int(w) for w in widths]
+        bad = [w for w in widths if not 1 <= w <= full]
+        if bad:
+            raise ValueError(f"widths {bad} are outside 1..{full} (the layer's output channels)")
+        self.widths = sorted(set(widths), reverse=True)
+        self.width = max(self.widths)
+
+    def set_width(self, width: int) -> None:
+        """Set the active output width (one of ``self.widths``) used when ``forward`` gets none."""
+        self.width = self._check_width(width)
+
+    def _check_width(self, width: Optional[int]) -> int:
+        if width is None:
+            return self.width
+        if int(width) not in self.widths:
+            raise ValueError(f"{type(self).__name__}: width {width} is not one of {self.widths}")
+        return int(width)
+
+    def _check_input(self, x: torch.Tensor, full_in: int):
+        if x.dim() != 4:
+            raise ValueError(f"{type(self).__name__} expects [N, C, H, W], got {tuple(x.shape)}")
+        if x.shape[1] > full_in:
+            raise ValueError(f"{type(self).__name__}: input has {x.shape[1]} channels, the layer "
+                             f"holds at most {full_in}")
+
+
+class SlimConv2d(_SlimMixin, nn.Conv2d):
+    """``nn.Conv2d`` (same arguments, same state_dict keys) that runs at any active width.
+
+    The input width is ``x.shape[1]``; the output width is ``width`` (per call), else the one set
+    by :meth:`set_width`, else the full ``out_channels``. The op reads
+    ``weight[:w_out, :w_in]`` in place. Square kernels/strides/paddings, groups=1, dilation=1.
+
+    Args:
+        widths: allowed output widths (default: only ``out_channels``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 bias: bool = True, widths: Optional[Sequence[int]] = None, **kwargs):
+        for k in ("groups", "dilation"):
+            if kwargs.get(k, 1) not in (1, (1, 1)):
+                raise ValueError(f"SlimConv2d supports {k}=1 only")
+        if kwargs.get("padding_mode", "zeros") != "zeros":
+            raise ValueError("SlimConv2d supports padding_mode='zeros' only")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         bias=bias, **kwargs)
+        self._k = _single(self.kernel_size, "kernel_size")
+        self._s = _single(self.stride, "stride")
+        self._p = _single(self.padding, "padding")
+        self._init_widths(widths, out_channels)
+
+    def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
+        """``x``: ``[N, C_in<=in_channels, H, W]`` -> ``[N, width, H', W']`` (x's dtype)."""
+        self._check_input(x, self.in_channels)
+        return ops.slim_conv2d(x, self.weight, self.bias, stride=self._s, padding=self._p,
+                               out_width=self._check_width(width))
+
+
+class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (same arguments and state_dict keys) at any active width.
+
+    Reads ``weight[:w_in, :w_out]`` (PyTorch's ``[C_in, C_out, k, k]`` layout) in place.
+
+    Args:
+        widths: allowed output widths (default: only ``out_channels``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 output_padding=0, bias: bool = True, widths: Optional[Sequence[int]] = None,
+                 **kwargs):
+        for k in ("groups", "dilation"):
+            if kwargs.get(k, 1) not in (1, (1, 1)):
+                raise ValueError(f"SlimConvTranspose2d supports {k}=1 only")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         output_padding=output_padding, bias=bias, **kwargs)
+        self._k = _single(self.kernel_size, "kernel_size")
+        self._s = _single(self.stride, "stride")
+        self._p = _single(self.padding, "padding")
+        self._op = _single(self.output_padding, "output_padding")
+        self._init_widths(widths, out_channels)
+
+    def forward(self, x: torch.Tensor, width: Optional[int] = None,
+                output_size=None) -> torch.Tensor:
+        """``x``: ``[N, C_in<=in_channels, H, W]`` -> ``[N, width, H', W']`` (x's dtype)."""
+        if output_size is not None:
+            raise ValueError("SlimConvTranspose2d does not take output_size; set output_padding")
+        self._check_input(x, self.in_channels)
+        return ops.slim_conv_transpose2d(x, self.weight, self.bias, stride=self._s,
+                                         padding=self._p, output_padding=self._op,
+                                         out_width=self._check_width(width))

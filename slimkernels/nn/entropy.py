@@ -1,0 +1,213 @@
+"""Factorized entropy model (Balle et al. 2018 "deep factorized" density), one per width."""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .parametrizers import lower_bound
+
+_CDF_BUFFERS = ("_quantized_cdf", "_cdf_length", "_offset")
+
+
+class EntropyBottleneck(nn.Module):
+    """Per-channel factorized density with integer CDF tables for the range coder.
+
+    Training adds uniform noise U(-0.5, 0.5); evaluation rounds around the channel medians:
+    ``y_hat = round(y - median) + median``. The quantile parameters (learned through
+    :meth:`loss`, the auxiliary loss) give the medians and the coded support. Everything runs in
+    float32 (inputs in other dtypes are converted).
+
+    Args:
+        channels: C, the number of latent channels.
+        filters: hidden sizes of the cumulative MLP (default ``(3, 3, 3)``).
+        init_scale: initial support scale. tail_mass: probability mass outside the coded support.
+        likelihood_bound: lower bound of the returned likelihoods.
+    """
+
+    def __init__(self, channels: int, filters: Sequence[int] = (3, 3, 3), init_scale: float = 10.0,
+                 tail_mass: float = 1e-9, likelihood_bound: float = 1e-9, precision: int = 16):
+        super().__init__()
+        self.channels = int(channels)
+        self.filters = tuple(int(f) for f in filters)
+        self.init_scale = float(init_scale)
+        self.tail_mass = float(tail_mass)
+        self.likelihood_bound = float(likelihood_bound)
+        self.precision = int(precision)
+        dims = (1,) + self.filters + (1,)
+        scale = self.init_scale ** (1.0 / (len(self.filters) + 1))
+        self.matrices = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        for i in range(len(self.filters) + 1):
+            init = math.log(math.expm1(1.0 / scale / dims[i + 1]))
+            self.matrices.append(nn.Parameter(torch.full((channels, dims[i + 1], dims[i]), init)))
+            self.biases.append(nn.Parameter(torch.rand(channels, dims[i + 1], 1) - 0.5))
+            if i < len(self.filters):
+                self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
+        q = torch.tensor([-self.init_scale, 0.0, self.init_scale])
+        self.quantiles = nn.Parameter(q.repeat(channels, 1, 1))
+        t = math.log(2.0 / self.tail_mass - 1.0)
+        self.register_buffer("target", torch.tensor([-t, 0.0, t]))
+        self.register_buffer("_offset", torch.zeros(0, dtype=torch.int32))
+        self.register_buffer("_quantized_cdf", torch.zeros(0, 0, dtype=torch.int32))
+        self.register_buffer("_cdf_length", torch.zeros(0, dtype=torch.int32))
+
+    # -- density ---------------------------------------------------------------------------
+    def _logits_cumulative(self, inputs: torch.Tensor, stop_gradient: bool) -> torch.Tensor:
+        logits = inputs
+        for i in range(len(self.filters) + 1):
+            m = F.softplus(self.matrices[i])
+            b = self.biases[i]
+            if stop_gradient:
+                m, b = m.detach(), b.detach()
+            logits = torch.matmul(m, logits) + b
+            if i < len(self.filters):
+                f = torch.tanh(self.factors[i])
+                if stop_gradient:
+                    f = f.detach()
+                logits = logits + f * torch.tanh(logits)
+        return logits
+
+    def _likelihood(self, values: torch.Tensor) -> torch.Tensor:
+        """``values``: ``[C, 1, M]`` float32 -> probability of each unit bin, same shape."""
+        lower = self._logits_cumulative(values - 0.5, stop_gradient=False)
+        upper = self._logits_cumulative(values + 0.5, stop_gradient=False)
+        sign = -torch.sign(lower + upper).detach()
+        return torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
+
+    def medians(self) -> torch.Tensor:
+        """``[C]`` float32 channel medians (learned quantiles)."""
+        return self.quantiles[:, 0, 1].detach()
+
+    def loss(self) -> torch.Tensor:
+        """Auxiliary loss that fits the quantiles (0-dim float32); optimize it separately."""
+        logits = self._logits_cumulative(self.quantiles, stop_gradient=True)
+        return torch.abs(logits - self.target).sum()
+
+    def forward(self, y: torch.Tensor, training: Optional[bool] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Quantize ``y`` and return ``(y_hat, likelihoods)``.
+
+        Args:
+            y: ``[N, C, H, W]`` latent (any float dtype; computed in float32).
+            training: noise (True) or median rounding (False); default ``self.training``.
+        Returns:
+            ``y_hat`` and ``likelihoods``, both ``[N, C, H, W]`` float32.
+        """
+        if y.dim() != 4 or y.shape[1] != self.channels:
+            raise ValueError(f"EntropyBottleneck({self.channels}) expects [N, {self.channels}, H, W]"
+                             f", got {tuple(y.shape)}")
+        if training is None:
+            training = self.training
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            y = y.float()
+            if training:
+                y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+            else:
+                m = self.medians().view(1, -1, 1, 1)
+                y_hat = torch.round(y - m) + m
+            values = y_hat.permute(1, 0, 2, 3).reshape(self.channels, 1, -1)
+            lik = self._likelihood(values)
+            lik = lower_bound(lik, torch.tensor(self.likelihood_bound, device=lik.device))
+            lik = lik.reshape(self.channels, y.shape[0], y.shape[2], y.shape[3]).permute(1, 0, 2, 3)
+        return y_hat, lik
+
+    # -- integer tables for coding -----------------------------------------------------------
+    @torch.no_grad()
+    def update(self, force: bool = True) -> bool:
+        """Build the integer CDF tables from the current density (call after training).
+
+        The tables (``_quantized_cdf`` int32 ``[C, L_max]``, ``_cdf_length`` and ``_offset`` int32
+        ``[C]``) live in the state_dict, so decoding depends on no float arithmetic.
+        Returns True when the tables were (re)built.
+        """
+        from .. import coding
+
+        if self._cdf_length.numel() and not force:
+            return False
+        med = self.medians()
+        minima = torch.ceil(med - self.quantiles[:, 0, 0]).clamp(min=0).to(torch.int64)
+        maxima = torch.ceil(self.quantiles[:, 0, 2] - med).clamp(min=0).to(torch.int64)
+        pmf_start = med - minima
+        pmf_length = maxima + minima + 1
+        L = int(pmf_length.max())
+        samples = torch.arange(L, device=med.device, dtype=torch.float32)
+        samples = samples[None, :] + pmf_start[:, None]
+        samples = samples[:, None, :]
+        lower = self._logits_cumulative(samples - 0.5, stop_gradient=True)
+        upper = self._logits_cumulative(samples + 0.5, stop_gradient=True)
+        sign = -torch.sign(lower + upper)
+        pmf = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))[:, 0, :]
+        tail = torch.sigmoid(lower[:, 0, :1]) + torch.sigmoid(-upper[:, 0, -1:])
+        pmf64 = pmf.double().cpu().numpy()
+        tail64 = tail.double().cpu().numpy()[:, 0]
+        lengths = pmf_length.cpu().numpy()
+        cdfs = np.zeros((self.channels, L + 2), dtype=np.int32)
+        for c in range(self.channels):
+            n = int(lengths[c])
+            p = np.concatenate([pmf64[c, :n], tail64[c:c + 1]])
+            cdf = coding.pmf_to_quantized_cdf(p, precision=self.precision)
+            cdfs[c, :len(cdf)] = cdf
+        dev = self.quantiles.device
+        self._quantized_cdf = torch.from_numpy(cdfs).to(dev)
+        self._cdf_length = (pmf_length + 2).to(torch.int32).to(dev)
+        self._offset = (-minima).to(torch.int32).to(dev)
+        return True
+
+    def has_tables(self) -> bool:
+        """True once :meth:`update` has built (or a state_dict has loaded) the CDF tables."""
+        return self._cdf_length.numel() == self.channels
+
+    def quantize_symbols(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` ``[N, C, H, W]`` float -> int32 symbols ``round(y - median)``."""
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            m = self.medians().view(1, -1, 1, 1)
+            return torch.round(y.float() - m).to(torch.int32)
+
+    def dequantize_symbols(self, s: torch.Tensor) -> torch.Tensor:
+        """int32 symbols ``[N, C, H, W]`` -> float32 ``y_hat = s + median``."""
+        return s.float() + self.medians().view(1, -1, 1, 1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the CDF tables change shape with update(): take the loaded shapes
+        for name in _CDF_BUFFERS:
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key], device=self.quantiles.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class SlimEntropyBottleneck(nn.Module):
+    """One :class:`EntropyBottleneck` per width (not sliced): ``bottlenecks.k`` has ``widths[k]``
+    channels; the latent's channel count picks it.
+    """
+
+    def __init__(self, widths: Sequence[int], **kwargs):
+        super().__init__()
+        self.widths = [int(w) for w in widths]
+        if len(set(self.widths)) != len(self.widths) or not self.widths:
+            raise ValueError(f"widths must be distinct and non-empty, got {list(widths)}")
+        self.bottlenecks = nn.ModuleList(EntropyBottleneck(w, **kwargs) for w in self.widths)
+
+    def for_width(self, width: int) -> EntropyBottleneck:
+        """The bottleneck of ``width`` (ValueError if it is not one of ``widths``)."""
+        if int(width) not in self.widths:
+            raise ValueError(f"no entropy model for width {width}: widths are {self.widths}")
+        return self.bottlenecks[self.widths.index(int(width))]
+
+    def forward(self, y: torch.Tensor, training: Optional[bool] = None):
+        """``y``: ``[N, w, H, W]`` -> ``(y_hat, likelihoods)`` float32 of the same shape."""
+        return self.for_width(y.shape[1])(y, training)
+
+    def loss(self) -> torch.Tensor:
+        """Sum of the auxiliary losses of every width (0-dim float32)."""
+        return sum(b.loss() for b in self.bottlenecks)
+
+    def update(self, force: bool = True) -> bool:
+        """Build the CDF tables of every width; see :meth:`EntropyBottleneck.update`."""
+        return all([b.update(force) for b in self.bottlenecks])

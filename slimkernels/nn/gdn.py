@@ -1,0 +1,134 @@
+"""The GDN family for slimmable networks: SlimGDN (shared), SwitchGDN (per width), SlimGDNPlus."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .. import ops
+from .parametrizers import NonNegativeParametrizer
+
+
+class SlimGDN(nn.Module):
+    """GDN / IGDN of ``in_channels`` channels, applied at any active width ``C <= in_channels``.
+
+    Width ``C`` uses ``beta[:C]`` and ``gamma[:C, :C]`` (read in place). Parameters ``beta``
+    ``[C]`` and ``gamma`` ``[C, C]`` are stored reparameterized exactly as in CompressAI's ``GDN``,
+    so a CompressAI GDN state_dict loads and gives the same output at full width.
+
+    Args:
+        in_channels: the full channel count C_max.
+        inverse: IGDN (``x * sqrt(...)``) instead of GDN.
+        beta_min: lower bound of the effective beta.
+        gamma_init: the effective gamma starts as ``gamma_init * I``.
+    """
+
+    def __init__(self, in_channels: int, inverse: bool = False, beta_min: float = 1e-6,
+                 gamma_init: float = 0.1):
+        super().__init__()
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        self.in_channels = int(in_channels)
+        self.inverse = bool(inverse)
+        self.beta_reparam = NonNegativeParametrizer(minimum=beta_min)
+        self.beta = nn.Parameter(self.beta_reparam.init(torch.ones(in_channels)))
+        self.gamma_reparam = NonNegativeParametrizer()
+        self.gamma = nn.Parameter(self.gamma_reparam.init(gamma_init * torch.eye(in_channels)))
+
+    def effective_params(self):
+        """Effective ``(beta [C_max], gamma [C_max, C_max])`` after the reparameterization."""
+        return self.beta_reparam(self.beta), self.gamma_reparam(self.gamma)
+
+    def _check(self, x: torch.Tensor):
+        if x.dim() != 4:
+            raise ValueError(f"{type(self).__name__} expects [N, C, H, W], got {tuple(x.shape)}")
+        if x.shape[1] > self.in_channels:
+            raise ValueError(f"{type(self).__name__}: input has {x.shape[1]} channels, more than "
+                             f"the {self.in_channels} this layer holds")
+
+    def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
+        """``x``: ``[N, C, H, W]`` float; returns the same shape and dtype. ``width`` is ignored
+        (the active width is ``x.shape[1]``); it is accepted so every slimmable layer has one call."""
+        self._check(x)
+        beta, gamma = self.effective_params()
+        return ops.gdn(x, beta, gamma, inverse=self.inverse)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, inverse={self.inverse}"
+
+
+class SwitchGDN(nn.Module):
+    """An independent GDN per width (what the official SlimCAE code uses).
+
+    ``gdns.k`` is a :class:`SlimGDN` of ``widths[k]`` channels; the input's channel count picks it.
+    """
+
+    def __init__(self, widths: Sequence[int], inverse: bool = False, beta_min: float = 1e-6,
+                 gamma_init: float = 0.1):
+        super().__init__()
+        self.widths = [int(w) for w in widths]
+        if len(set(self.widths)) != len(self.widths) or not self.widths:
+            raise ValueError(f"widths must be distinct and non-empty, got {list(widths)}")
+        self.inverse = bool(inverse)
+        self.gdns = nn.ModuleList(SlimGDN(w, inverse, beta_min, gamma_init) for w in self.widths)
+
+    def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
+        """``x``: ``[N, C, H, W]`` with C one of ``widths``; returns the same shape and dtype."""
+        C = x.shape[1] if x.dim() == 4 else -1
+        if C not in self.widths:
+            raise ValueError(f"SwitchGDN has GDNs for widths {self.widths}, got input of shape "
+                             f"{tuple(x.shape)}")
+        return self.gdns[self.widths.index(C)](x)
+
+
+class SlimGDNPlus(nn.Module):
+    """Shared GDN plus four non-negative scalars per width (SlimGDN+).
+
+    For width index k: ``gamma_k = gamma_scale[k] * gamma[:w,:w] + gamma_bias[k]`` and
+    ``beta_k = beta_scale[k] * beta[:w] + beta_bias[k]``, after the reparameterization.
+    Scales start at 1, biases at 0.
+    """
+
+    def __init__(self, widths: Sequence[int], inverse: bool = False, beta_min: float = 1e-6,
+                 gamma_init: float = 0.1):
+        super().__init__()
+        self.widths = [int(w) for w in widths]
+        if len(set(self.widths)) != len(self.widths) or not self.widths:
+            raise ValueError(f"widths must be distinct and non-empty, got {list(widths)}")
+        self.inverse = bool(inverse)
+        self.gdn = SlimGDN(max(self.widths), inverse, beta_min, gamma_init)
+        K = len(self.widths)
+        self.scalar_reparam = NonNegativeParametrizer()
+        init = self.scalar_reparam.init
+        self.gamma_scale = nn.Parameter(init(torch.ones(K)))
+        self.gamma_bias = nn.Parameter(init(torch.zeros(K)))
+        self.beta_scale = nn.Parameter(init(torch.ones(K)))
+        self.beta_bias = nn.Parameter(init(torch.zeros(K)))
+
+    def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
+        """``x``: ``[N, C, H, W]`` with C one of ``widths``; returns the same shape and dtype."""
+        C = x.shape[1] if x.dim() == 4 else -1
+        if C not in self.widths:
+            raise ValueError(f"SlimGDNPlus has widths {self.widths}, got input of shape "
+                             f"{tuple(x.shape)}")
+        k = self.widths.index(C)
+        beta, gamma = self.gdn.effective_params()
+        r = self.scalar_reparam
+        return ops.gdn(x, beta, gamma, inverse=self.inverse,
+                       gamma_scale=r(self.gamma_scale)[k], gamma_bias=r(self.gamma_bias)[k],
+                       beta_scale=r(self.beta_scale)[k], beta_bias=r(self.beta_bias)[k])
+
+
+GDN_VARIANTS = ("switch", "slim", "slim+")
+
+
+def make_gdn(variant: str, widths: Sequence[int], inverse: bool = False) -> nn.Module:
+    """Build a GDN layer of the named variant: ``"switch"``, ``"slim"`` or ``"slim+"``."""
+    if variant == "switch":
+        return SwitchGDN(widths, inverse)
+    if variant == "slim":
+        return SlimGDN(max(widths), inverse)
+    if variant in ("slim+", "slimplus"):
+        return SlimGDNPlus(widths, inverse)
+    raise ValueError(f"unknown GDN variant {variant!r}: use 'switch', 'slim' or 'slim+'")

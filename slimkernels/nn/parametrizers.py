@@ -1,0 +1,63 @@
+"""Non-negative reparameterization (tensorflow-compression / CompressAI convention)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class _LowerBoundFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bound):
+        ctx.save_for_backward(x, bound)
+        return torch.max(x, bound)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, bound = ctx.saved_tensors
+        # pass the gradient where x is above the bound, or where it pushes x back up
+        pass_through = (x >= bound) | (grad < 0)
+        return pass_through.to(grad.dtype) * grad, None
+
+
+def lower_bound(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """``max(x, bound)`` whose gradient still flows when it would move ``x`` up past the bound.
+
+    Args:
+        x: any float tensor. bound: 0-dim tensor of the same dtype.
+    Returns: tensor of x's shape and dtype.
+    """
+    return _LowerBoundFn.apply(x, bound)
+
+
+class LowerBound(nn.Module):
+    """Module form of :func:`lower_bound`; the bound is a buffer named ``bound`` (CompressAI keys)."""
+
+    def __init__(self, bound: float):
+        super().__init__()
+        self.register_buffer("bound", torch.tensor([float(bound)]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lower_bound(x, self.bound.to(x.dtype))
+
+
+class NonNegativeParametrizer(nn.Module):
+    """Stores ``v = sqrt(max(p + pedestal, pedestal))`` and returns ``p = lb(v)^2 - pedestal``.
+
+    ``minimum`` is the smallest value ``p`` may take. Buffers ``pedestal`` and
+    ``lower_bound.bound`` have CompressAI's names so CompressAI state_dicts load.
+    """
+
+    def __init__(self, minimum: float = 0.0, reparam_offset: float = 2 ** -18):
+        super().__init__()
+        pedestal = float(reparam_offset) ** 2
+        self.register_buffer("pedestal", torch.tensor([pedestal]))
+        self.lower_bound = LowerBound((float(minimum) + pedestal) ** 0.5)
+
+    def init(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored value for the effective value ``x`` (any shape, float)."""
+        return torch.sqrt(torch.max(x + self.pedestal, self.pedestal))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Effective (non-negative) value of the stored tensor ``x``."""
+        out = self.lower_bound(x)
+        return out * out - self.pedestal.to(x.dtype)

@@ -1,0 +1,79 @@
+"""The bundled pretrained SlimCAE and loading/saving of model files.
+
+A model file is a ``torch.save`` of ``{"format": "slimkernels-model", "config": {...},
+"state_dict": {...}, "info": {...}}``; the state_dict includes the integer CDF tables.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import torch
+
+from ..models import SlimCAE
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_MODEL = os.path.join(HERE, "slimcae.pt")
+
+
+def bundled_model_path() -> Optional[str]:
+    """Path of the bundled weights, or None when this install has none."""
+    return DEFAULT_MODEL if os.path.exists(DEFAULT_MODEL) else None
+
+
+def save_model(model: SlimCAE, path: str, info: Optional[Dict] = None) -> None:
+    """Save ``model`` (config + fp32 state_dict incl. CDF tables, built if missing) to ``path``."""
+    if not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
+        model.update()
+    sd = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
+          for k, v in model.state_dict().items()}
+    obj = {"format": "slimkernels-model", "config": model.config(), "state_dict": sd,
+           "info": dict(info or {})}
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(path: Optional[str] = None, device: str = "cpu") -> SlimCAE:
+    """Load a model file (default: the bundled model) in eval mode, CDF tables ready.
+
+    Also accepts a training checkpoint (``{"model": state_dict, "config": ...}``) from
+    ``python/train.py``; its CDF tables are built on load.
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (or no bundled model in this install).
+        ValueError: the file is not a slimkernels model.
+    """
+    if path is None:
+        path = bundled_model_path()
+        if path is None:
+            raise FileNotFoundError("this install has no bundled pretrained model "
+                                    f"({DEFAULT_MODEL}); pass a model file with --model")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise ValueError(f"{path} is not a readable model file ({type(e).__name__}: {e})") from None
+    if isinstance(obj, dict) and obj.get("format") == "slimkernels-model":
+        cfg, sd = obj["config"], obj["state_dict"]
+    elif isinstance(obj, dict) and "model" in obj and "config" in obj:  # training checkpoint
+        cfg = {"widths": obj["config"]["widths"], "gdn": obj["config"]["gdn"]}
+        sd = obj["model"]
+    else:
+        raise ValueError(f"{path} is not a slimkernels model file or training checkpoint")
+    model = SlimCAE(**cfg)
+    model.load_state_dict(sd)
+    model = model.to(device).eval()
+    if not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
+        model.update()
+    return model
+
+
+def model_info(path: Optional[str] = None) -> Dict:
+    """The ``info`` dict stored with a model file (training steps, lambdas, Kodak results...)."""
+    path = path or bundled_model_path()
+    if path is None:
+        return {}
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    return dict(obj.get("info", {})) if isinstance(obj, dict) else {}

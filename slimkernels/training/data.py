@@ -1,0 +1,91 @@
+"""Training data: PNG/JPEG folders held in memory as uint8, sampled as random crops."""
+from __future__ import annotations
+
+import os
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+
+
+def list_images(folder: str) -> List[str]:
+    """Sorted paths of the image files directly in ``folder`` (ValueError if there are none)."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"image folder {folder!r} does not exist")
+    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                   if f.lower().endswith(IMAGE_EXTS))
+    if not paths:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder!r}")
+    return paths
+
+
+def load_rgb(path: str) -> torch.Tensor:
+    """Read an image as a ``[3, H, W]`` uint8 tensor (converted to RGB)."""
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def split_train_val(paths: Sequence[str], val_every: int = 20) -> Tuple[List[str], List[str]]:
+    """Deterministic hold-out: every ``val_every``-th path (sorted order) is validation."""
+    paths = list(paths)
+    val = paths[val_every // 2::val_every]
+    train = [p for p in paths if p not in set(val)]
+    return train, val
+
+
+class CropSampler:
+    """Random crops with random horizontal flips from images kept in memory.
+
+    Args:
+        images: list of ``[3, H, W]`` uint8 tensors (each at least ``crop`` on both sides).
+        seed: RNG seed (the sampler state is saved in checkpoints through :meth:`state_dict`).
+    """
+
+    def __init__(self, images: Sequence[torch.Tensor], seed: int = 0):
+        if not images:
+            raise ValueError("CropSampler needs at least one image")
+        self.images = list(images)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def sample(self, batch: int, crop: int) -> torch.Tensor:
+        """A ``[batch, 3, crop, crop]`` float32 batch in [0, 1]."""
+        out = torch.empty(batch, 3, crop, crop, dtype=torch.uint8)
+        g = self.gen
+        for b in range(batch):
+            while True:
+                img = self.images[int(torch.randint(len(self.images), (1,), generator=g))]
+                _, H, W = img.shape
+                if H >= crop and W >= crop:
+                    break
+            i = int(torch.randint(H - crop + 1, (1,), generator=g))
+            j = int(torch.randint(W - crop + 1, (1,), generator=g))
+            patch = img[:, i:i + crop, j:j + crop]
+            if bool(torch.randint(2, (1,), generator=g)):
+                patch = patch.flip(-1)
+            out[b] = patch
+        return out.float().div_(255.0)
+
+    def state_dict(self):
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state):
+        self.gen.set_state(state["gen"])
+
+
+def center_crops(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
+    """Center crops ``[len(images), 3, size, size]`` float32 in [0, 1] (for validation)."""
+    out = []
+    for img in images:
+        _, H, W = img.shape
+        s = min(size, H, W) // 16 * 16
+        i, j = (H - s) // 2, (W - s) // 2
+        crop = img[:, i:i + s, j:j + s]
+        if s != size:
+            crop = torch.nn.functional.interpolate(crop[None].float(), size=(size, size),
+                                                   mode="bilinear", align_corners=False)[0]
+        out.append(crop.float())
+    return torch.stack(out).div_(255.0)

@@ -1,0 +1,82 @@
+"""Lambda scheduling (SlimCAE's training contribution), as a resumable state machine.
+
+Lambdas use the 255^2 convention: loss_k = bpp_k + lambda_k * 255^2 * MSE_k.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+# the official predefined lambdas (2048 ... 128 on the [0,1]-MSE scale) in the 255^2 convention
+PREDEFINED_LAMBDAS = (0.0315, 0.0157, 0.00787, 0.00394, 0.00197)
+
+
+def rd_slope(bpp: Sequence[float], psnr: Sequence[float], i: int) -> float:
+    """Chord slope (dB per bpp) between widths ``i`` and ``i + 1``."""
+    db = float(bpp[i]) - float(bpp[i + 1])
+    if abs(db) < 1e-9:
+        db = 1e-9 if db >= 0 else -1e-9
+    return (float(psnr[i]) - float(psnr[i + 1])) / db
+
+
+class LambdaScheduler:
+    """The search of SLIMCAE.md: for each pair (i, i+1), widest first, multiply the lambdas of all
+    narrower widths by ``factor`` (at most ``max_reductions`` times) while the RD chord slope
+    between widths i and i+1 keeps falling; the widest lambda never changes.
+
+    Drive it with :meth:`observe` after each validation; it returns the lambdas to train with next
+    (or None when the search is over). The whole state is in :meth:`state_dict`.
+    """
+
+    def __init__(self, lambdas: Sequence[float], factor: float = 0.8, max_reductions: int = 7):
+        self.lambdas: List[float] = [float(v) for v in lambdas]
+        if len(self.lambdas) < 2:
+            raise ValueError("lambda scheduling needs at least two widths")
+        self.factor = float(factor)
+        self.max_reductions = int(max_reductions)
+        self.i = 0
+        self.m = 0
+        self.s_ref: Optional[float] = None
+        self.done = False
+        self.history: List[Dict] = []
+
+    def _reduce(self):
+        for j in range(self.i + 1, len(self.lambdas)):
+            self.lambdas[j] *= self.factor
+        self.m += 1
+
+    def observe(self, bpp: Sequence[float], psnr: Sequence[float]) -> Optional[List[float]]:
+        """Feed per-width validation results (widest first); returns the new lambdas or None."""
+        if self.done:
+            return None
+        K = len(self.lambdas)
+        if len(bpp) != K or len(psnr) != K:
+            raise ValueError(f"expected {K} bpp and psnr values, got {len(bpp)} and {len(psnr)}")
+        s = rd_slope(bpp, psnr, self.i)
+        event = {"pair": self.i, "reductions": self.m, "slope": s, "s_ref": self.s_ref,
+                 "bpp": list(map(float, bpp)), "psnr": list(map(float, psnr)),
+                 "lambdas_before": list(self.lambdas)}
+        if self.s_ref is not None and (s > self.s_ref or self.m >= self.max_reductions):
+            # past the tangent point (or out of reductions): go to the next pair
+            self.i += 1
+            self.m = 0
+            if self.i >= K - 1:
+                self.done = True
+                event["action"] = "done"
+                self.history.append(event)
+                return None
+            s = rd_slope(bpp, psnr, self.i)
+        self.s_ref = s
+        self._reduce()
+        event["action"] = f"reduce narrower than width index {self.i}"
+        event["lambdas_after"] = list(self.lambdas)
+        self.history.append(event)
+        return list(self.lambdas)
+
+    def state_dict(self) -> Dict:
+        return {"lambdas": self.lambdas, "factor": self.factor, "max_reductions": self.max_reductions,
+                "i": self.i, "m": self.m, "s_ref": self.s_ref, "done": self.done,
+                "history": self.history}
+
+    def load_state_dict(self, state: Dict):
+        for k, v in state.items():
+            setattr(self, k, v)

@@ -1,0 +1,279 @@
+"""Joint training of every width of a SlimCAE, with checkpoint/resume and lambda scheduling."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from ..models import SlimCAE
+from .data import CropSampler, center_crops, list_images, load_rgb, split_train_val
+from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved in every checkpoint."""
+    data: str = "../shared/data/train"
+    out: str = "runs/slimcae"
+    widths: List[int] = field(default_factory=lambda: [192, 144, 96, 72, 48])
+    gdn: str = "switch"
+    lambdas: List[float] = field(default_factory=lambda: list(PREDEFINED_LAMBDAS))
+    batch: int = 8
+    crop: int = 128
+    crop_large: int = 256
+    large_after: int = 10 ** 9          # switch to crop_large after this many steps
+    steps: int = 1000                   # train until this global step
+    lr: float = 1e-4
+    aux_lr: float = 1e-3
+    clip: float = 1.0
+    bf16: bool = True                   # bf16 autocast for the transforms (CPU AMX / CUDA)
+    channels_last: bool = True
+    device: str = "cpu"
+    threads: int = 0                    # torch threads (0: leave as is)
+    seed: int = 0
+    val_every: int = 1000               # validate every N steps
+    val_size: int = 256
+    val_split: int = 20                 # every val_split-th training image is held out
+    ckpt_every_s: float = 600.0
+    schedule: bool = False              # lambda scheduling
+    schedule_start: int = 0             # first scheduler validation at this step
+    schedule_steps: int = 2000          # fine-tuning steps between lambda updates (T)
+    init: str = ""                      # weights to start from (state_dict or checkpoint)
+    progress: bool = True
+
+
+def rd_loss(model: nn.Module, x: torch.Tensor, widths, lambdas, bf16: bool):
+    """Sum over widths of ``bpp_k + lambda_k * 255^2 * MSE_k`` (fp32) and per-width stats.
+
+    Args:
+        x: ``[N, 3, H, W]`` float32 in [0, 1].
+    Returns:
+        ``(loss 0-dim float32, {"bpp": [K], "mse": [K]} floats)``.
+    """
+    N, _, H, W = x.shape
+    num_pixels = N * H * W
+    total = x.new_zeros(())
+    bpps, mses = [], []
+    for w, lam in zip(widths, lambdas):
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x, w)
+        lik = out["likelihoods"]["y"]
+        bpp = torch.log(lik).sum() / (-math.log(2) * num_pixels)
+        mse = torch.mean((out["x_hat"].float() - x) ** 2)
+        total = total + bpp + lam * 255 ** 2 * mse
+        bpps.append(float(bpp.detach()))
+        mses.append(float(mse.detach()))
+    return total, {"bpp": bpps, "mse": mses}
+
+
+class _AllWidths(nn.Module):
+    """One forward = the whole multi-width loss, so DDP sees one forward per backward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, widths, lambdas, bf16):
+        return rd_loss(self.model, x, widths, lambdas, bf16)
+
+
+@torch.no_grad()
+def validate(model: SlimCAE, images: torch.Tensor, widths, bf16: bool, batch: int = 4) -> Dict:
+    """Per-width estimated bpp and PSNR (8-bit rounded) on ``images`` ``[M, 3, S, S]``."""
+    was = model.training
+    model.eval()
+    bpp, psnr = [], []
+    for w in widths:
+        bits, se_db = 0.0, []
+        for k in range(0, len(images), batch):
+            x = images[k:k + batch]
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = model(x, w)
+            bits += float(-torch.log2(out["likelihoods"]["y"]).sum())
+            xh = out["x_hat"].float().clamp(0, 1).mul(255).round()
+            mse = ((xh - x.mul(255).round()) ** 2).flatten(1).mean(1)
+            se_db += (10 * torch.log10(255 ** 2 / mse.clamp_min(1e-10))).tolist()
+        bpp.append(bits / (images.shape[0] * images.shape[2] * images.shape[3]))
+        psnr.append(sum(se_db) / len(se_db))
+    model.train(was)
+    return {"bpp": bpp, "psnr": psnr}
+
+
+def _rank_world():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Runs :class:`TrainConfig`; resumes from ``<out>/checkpoint.pt`` when it exists."""
+
+    def __init__(self, cfg: TrainConfig, log=print):
+        self.cfg = cfg
+        self.rank, self.world = _rank_world()
+        self._print = log
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed + self.rank)
+        self.device = torch.device(cfg.device)
+        self.model = SlimCAE(cfg.widths, cfg.gdn).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        main = [p for n, p in self.model.named_parameters() if not n.endswith("quantiles")]
+        aux = [p for n, p in self.model.named_parameters() if n.endswith("quantiles")]
+        self.opt = torch.optim.Adam(main, lr=cfg.lr)
+        self.aux_opt = torch.optim.Adam(aux, lr=cfg.aux_lr)
+        self.step = 0
+        self.lambdas = list(cfg.lambdas)
+        if len(self.lambdas) != len(cfg.widths):
+            raise ValueError(f"{len(cfg.widths)} widths but {len(self.lambdas)} lambdas")
+        self.scheduler = LambdaScheduler(self.lambdas) if cfg.schedule else None
+        self.next_schedule = cfg.schedule_start
+        self.sampler: Optional[CropSampler] = None
+        self.val_images: Optional[torch.Tensor] = None
+        os.makedirs(cfg.out, exist_ok=True)
+        self.ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
+        self.log_path = os.path.join(cfg.out, "log.jsonl")
+        self._resume_or_init()
+        self.wrapped = _AllWidths(self.model)
+        if self.world > 1:
+            self.wrapped = nn.parallel.DistributedDataParallel(self.wrapped,
+                                                               find_unused_parameters=True)
+
+    # -- logging / checkpoints ---------------------------------------------------------------
+    def log(self, record: Dict):
+        if self.rank != 0:
+            return
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": self.step, **record}
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _resume_or_init(self):
+        cfg = self.cfg
+        if os.path.exists(self.ckpt_path):
+            ck = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["opt"])
+            self.aux_opt.load_state_dict(ck["aux_opt"])
+            self.step = ck["step"]
+            self.lambdas = ck["lambdas"]
+            self.next_schedule = ck.get("next_schedule", self.next_schedule)
+            if self.scheduler is not None and ck.get("scheduler"):
+                self.scheduler.load_state_dict(ck["scheduler"])
+            self._sampler_state = ck.get("sampler")
+            self._print(f"resumed from {self.ckpt_path} at step {self.step}")
+        else:
+            self._sampler_state = None
+            if cfg.init:
+                ck = torch.load(cfg.init, map_location=self.device, weights_only=False)
+                sd = ck.get("model", ck.get("state_dict", ck)) if isinstance(ck, dict) else ck
+                self.model.load_state_dict(sd)
+                self._print(f"initialized weights from {cfg.init}")
+
+    def save(self):
+        """Atomically write ``checkpoint.pt`` (model, optimizers, step, lambdas, sampler)."""
+        if self.rank != 0:
+            return
+        ck = {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+              "aux_opt": self.aux_opt.state_dict(), "step": self.step, "lambdas": self.lambdas,
+              "next_schedule": self.next_schedule, "config": asdict(self.cfg),
+              "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+              "sampler": self.sampler.state_dict() if self.sampler else None}
+        tmp = self.ckpt_path + ".tmp"
+        torch.save(ck, tmp)
+        os.replace(tmp, self.ckpt_path)
+
+    # -- data ------------------------------------------------------------------------------
+    def load_data(self):
+        cfg = self.cfg
+        train_paths, val_paths = split_train_val(list_images(cfg.data), cfg.val_split)
+        if not val_paths:
+            val_paths = train_paths[:1]
+        self._print(f"loading {len(train_paths)} training and {len(val_paths)} validation images")
+        self.sampler = CropSampler([load_rgb(p) for p in train_paths], seed=cfg.seed + self.rank)
+        if self._sampler_state:
+            self.sampler.load_state_dict(self._sampler_state)
+        self.val_images = center_crops([load_rgb(p) for p in val_paths], cfg.val_size)
+        self.val_images = self.val_images.to(self.device)
+
+    # -- loop ------------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor) -> Dict:
+        cfg = self.cfg
+        self.opt.zero_grad(set_to_none=True)
+        loss, stats = self.wrapped(x, cfg.widths, self.lambdas, cfg.bf16)
+        loss.backward()
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], cfg.clip)
+        self.opt.step()
+        self.aux_opt.zero_grad(set_to_none=True)
+        aux = self.model.aux_loss()
+        aux.backward()
+        self.aux_opt.step()
+        if not math.isfinite(float(loss.detach())):
+            raise FloatingPointError(f"loss is {float(loss.detach())} at step {self.step}: lower the lr or "
+                                     "resume from the last checkpoint")
+        return {"loss": float(loss.detach()), "aux": float(aux.detach()), **stats}
+
+    def run_validation(self) -> Dict:
+        res = validate(self.model, self.val_images, self.cfg.widths, self.cfg.bf16)
+        self.log({"event": "val", "lambdas": self.lambdas, **res})
+        if self.scheduler is not None and not self.scheduler.done and self.step >= self.next_schedule:
+            new = self.scheduler.observe(res["bpp"], res["psnr"])
+            ev = self.scheduler.history[-1]
+            self.log({"event": "lambda_update", **ev})
+            self._print(f"lambda scheduler: {ev['action']} -> {new}")
+            if new is not None:
+                self.lambdas = new
+            self.next_schedule = self.step + self.cfg.schedule_steps
+        return res
+
+    def fit(self):
+        """Train until ``cfg.steps``; validates, logs and checkpoints on the way."""
+        cfg = self.cfg
+        if self.sampler is None:
+            self.load_data()
+        x_dev = self.device
+        last_ckpt = time.time()
+        t0, n0 = time.time(), self.step
+        bar = None
+        if cfg.progress and self.rank == 0:
+            try:
+                from tqdm import tqdm
+                bar = tqdm(total=cfg.steps, initial=self.step, dynamic_ncols=True,
+                           disable=not sys.stderr.isatty(), mininterval=5)
+            except ImportError:
+                bar = None
+        self.model.train()
+        while self.step < cfg.steps:
+            crop = cfg.crop_large if self.step >= cfg.large_after else cfg.crop
+            x = self.sampler.sample(cfg.batch, crop).to(x_dev)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            stats = self.train_step(x)
+            self.step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}")
+            if self.step % 50 == 0:
+                rate = (self.step - n0) / max(time.time() - t0, 1e-9)
+                self.log({"event": "train", "crop": crop, "steps_per_s": rate, **stats})
+            # a scheduled validation, or the scheduler's due date
+            due_sched = (self.scheduler is not None and not self.scheduler.done
+                         and self.step >= self.next_schedule)
+            if (cfg.val_every and self.step % cfg.val_every == 0) or due_sched:
+                self.run_validation()
+            if time.time() - last_ckpt > cfg.ckpt_every_s:
+                self.save()
+                last_ckpt = time.time()
+        self.save()
+        if bar is not None:
+            bar.close()
+        return self
