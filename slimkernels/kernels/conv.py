@@ -119,7 +119,7 @@ def conv2d_fwd_kernel(
         STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
         HAS_BIAS: tl.constexpr, EPI: tl.constexpr, FLAT_K: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr):
+        PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, DOT_UPCAST: tl.constexpr = False):
     """y[n, co, oh, ow] = sum_{ci,kh,kw} x[n, ci, oh*S-pad+kh, ow*S-pad+kw] * w[co, ci, kh, kw]."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -152,6 +152,9 @@ def conv2d_fwd_kernel(
             a = tl.load(x_base[:, None] + ci[None, :] * sxc + ih * sxh + iw * sxw, mask=ok, other=0.0)
             b = tl.load(w_base[None, :] + (ci * swi + kh * swh + kw * sww)[:, None],
                         mask=(kk[:, None] < K_total) & n_ok[None, :], other=0.0)
+            if DOT_UPCAST:  # the interpreter's bf16 dot is broken (triton 3.9): exact fp32 dot
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
     else:
         for tap in range(0, KH * KW):
@@ -169,6 +172,9 @@ def conv2d_fwd_kernel(
                             mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
                 b = tl.load(b_ptrs[None, :] + ci[:, None] * swi,
                             mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+                if DOT_UPCAST:  # the interpreter's bf16 dot is broken (triton 3.9): exact fp32 dot
+                    a = a.to(tl.float32)
+                    b = b.to(tl.float32)
                 acc = tl.dot(a, b, acc, input_precision=PRECISION)
     pix_off = img.to(tl.int64) * syn + oh * syh + ow * syw
     _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
@@ -186,7 +192,7 @@ def conv_transpose2d_fwd_kernel(
         STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
         HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr):
+        PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, DOT_UPCAST: tl.constexpr = False):
     """y[n, co, oh, ow] = sum x[n, ci, ih, iw] * w[ci, co, kh, kw] over oh = ih*S - pad + kh."""
     pid0 = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -237,6 +243,9 @@ def conv_transpose2d_fwd_kernel(
                         mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
             b = tl.load(b_ptrs[None, :] + ci[:, None] * swi,
                         mask=(c_ok & k_ok)[:, None] & n_ok[None, :], other=0.0)
+            if DOT_UPCAST:  # the interpreter's bf16 dot is broken (triton 3.9): exact fp32 dot
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
     pix_off = img.to(tl.int64) * syn + oh * syh + ow * syw
     _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
@@ -337,6 +346,7 @@ def _launch(kernel_tuned, kernel_gdn_tuned, kernel_plain, x, w, w_strides, bias,
     if flat_k is not None:
         meta["FLAT_K"] = flat_k
     if _interpreting():
+        meta["DOT_UPCAST"] = x.dtype in (torch.float16, torch.bfloat16)
         cfg = dict(CONV_INTERPRET_CONFIG["kwargs"])
         cfg["BLOCK_N"] = _gdn_block_n(c_out) if epi else max(16, min(64, triton.next_power_of_2(c_out)))
         kernel_plain[grid_fn(cfg)](*args, **meta, **cfg, num_warps=CONV_INTERPRET_CONFIG["num_warps"],

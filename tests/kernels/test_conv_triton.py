@@ -1,0 +1,292 @@
+"""Triton width-sliced conv / transposed conv under the interpreter (CPU tensors), vs PyTorch.
+
+References are ``F.conv2d`` / ``F.conv_transpose2d`` (and eager GDN) in float64. Spatial sizes are
+tiny (the interpreter is slow) but cover every SlimCAE layer shape, odd sizes and odd widths.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slimkernels.backend import interpreter_enabled, triton_available
+
+pytestmark = [pytest.mark.interpret,
+              pytest.mark.skipif(not (triton_available() and (interpreter_enabled()
+                                                              or torch.cuda.is_available())),
+                                 reason="needs triton (interpreter or CUDA)")]
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# SlimCAE layers: (kind, C_in, C_out, k, stride, pad, output_padding, input H, W)
+W_MAX = 192
+
+
+def _K():
+    from slimkernels.kernels import conv as K
+    return K
+
+
+def rel_err(y, r):
+    assert torch.isfinite(y).all(), "non-finite output"
+    return ((y.double() - r.double()).abs().max() / r.double().abs().max().clamp_min(1e-30)).item()
+
+
+def _params(co_max, ci_max, k, dtype, transposed=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (ci_max, co_max, k, k) if transposed else (co_max, ci_max, k, k)
+    w = (torch.randn(shape, generator=g, dtype=torch.float64) / (k * (ci_max ** 0.5))).to(DEV, dtype)
+    b = torch.randn(co_max, generator=g, dtype=torch.float64).to(DEV, dtype)
+    return w, b
+
+
+def _gdn_params(c_max, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    beta = (torch.rand(c_max, generator=g, dtype=torch.float64) + 0.5).to(DEV)
+    gamma = (torch.rand(c_max, c_max, generator=g, dtype=torch.float64) * 0.1).to(DEV)
+    return beta, gamma
+
+
+def _x(n, c, h, w, dtype, cl=False, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64).to(DEV, dtype)
+    return x.to(memory_format=torch.channels_last) if cl else x
+
+
+# ---------------------------------------------------------------------------------- forward conv
+@pytest.mark.parametrize("ci,co,k,s,p,h,w", [
+    (3, 47, 9, 4, 4, 13, 17),      # encoder layer 1 (FLAT_K path), odd width
+    (3, 192, 9, 4, 4, 9, 11),      # encoder layer 1 at full width
+    (1, 1, 3, 1, 1, 5, 6),         # width 1
+    (3, 3, 5, 2, 2, 9, 11),        # width 3
+    (47, 47, 5, 2, 2, 9, 11),      # encoder layer 2/3 at odd width
+    (72, 72, 5, 2, 2, 7, 9),       # w=72 (not a multiple of 32)
+    (192, 192, 5, 2, 2, 5, 7),     # full width
+    (20, 33, 3, 1, 0, 6, 5),       # general: 3x3 stride 1 no padding
+    (17, 9, 4, 3, 1, 10, 8),       # general: even kernel, stride 3
+])
+def test_conv_fwd_float64(ci, co, k, s, p, h, w):
+    K = _K()
+    wt, b = _params(co + 3, ci + 5, k, torch.float64)
+    x = _x(2 if co < 100 else 1, ci, h, w, torch.float64)
+    y = K.conv2d_fwd(x, wt, b, stride=s, padding=p, out_width=co)
+    r = F.conv2d(x, wt[:co, :ci], b[:co], stride=s, padding=p)
+    assert y.shape == r.shape
+    assert rel_err(y, r) < 1e-12
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2),
+                                       (torch.float16, 2e-3)])
+@pytest.mark.parametrize("cl", [False, True])
+def test_conv_fwd_dtypes_layouts(dtype, tol, cl):
+    K = _K()
+    ci, co = 47, 72
+    wt, b = _params(96, 64, 5, dtype)
+    x = _x(1, ci, 9, 11, dtype, cl)
+    y = K.conv2d_fwd(x, wt, b, stride=2, padding=2, out_width=co)
+    r = F.conv2d(x.double(), wt[:co, :ci].double(), b[:co].double(), stride=2, padding=2)
+    assert y.dtype == dtype
+    assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    assert rel_err(y, r) < tol
+
+
+def test_weight_slice_read_in_place_noncontiguous_weight():
+    """A weight that is itself a strided view (e.g. transposed storage) is read via strides."""
+    K = _K()
+    base = torch.randn(5, 5, 40, 30, dtype=torch.float64, device=DEV)
+    wt = base.permute(2, 3, 0, 1)  # [40, 30, 5, 5], not contiguous
+    x = _x(1, 21, 9, 7, torch.float64, cl=True)
+    y = K.conv2d_fwd(x, wt, None, stride=2, padding=2, out_width=33)
+    r = F.conv2d(x, wt[:33, :21], None, stride=2, padding=2)
+    assert rel_err(y, r) < 1e-12
+
+
+# ---------------------------------------------------------------------------- transposed forward
+@pytest.mark.parametrize("ci,co,k,s,p,op,h,w", [
+    (47, 47, 5, 2, 2, 1, 5, 6),    # decoder layers 1/2, odd width
+    (72, 72, 5, 2, 2, 1, 3, 5),
+    (192, 192, 5, 2, 2, 1, 3, 4),
+    (1, 1, 5, 2, 2, 1, 3, 4),
+    (3, 3, 5, 2, 2, 1, 4, 3),
+    (47, 3, 9, 4, 4, 3, 3, 4),     # decoder layer 3
+    (192, 3, 9, 4, 4, 3, 2, 3),
+    (9, 13, 3, 1, 1, 0, 5, 6),     # general: stride 1
+    (8, 6, 4, 3, 0, 2, 3, 4),      # general: even kernel, stride 3, no padding
+    (8, 6, 3, 2, 1, 0, 4, 5),      # general: odd output size
+])
+def test_conv_transpose_fwd_float64(ci, co, k, s, p, op, h, w):
+    K = _K()
+    wt, b = _params(co + 2, ci + 4, k, torch.float64, transposed=True)
+    x = _x(2 if ci < 100 else 1, ci, h, w, torch.float64)
+    y = K.conv_transpose2d_fwd(x, wt, b, stride=s, padding=p, output_padding=op, out_width=co)
+    r = F.conv_transpose2d(x, wt[:ci, :co], b[:co], stride=s, padding=p, output_padding=op)
+    assert y.shape == r.shape
+    assert rel_err(y, r) < 1e-12
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_conv_transpose_fwd_channels_last(dtype, tol):
+    K = _K()
+    wt, b = _params(80, 50, 5, dtype, transposed=True)
+    x = _x(1, 47, 4, 5, dtype, cl=True)
+    y = K.conv_transpose2d_fwd(x, wt, b, stride=2, padding=2, output_padding=1, out_width=72)
+    r = F.conv_transpose2d(x.double(), wt[:47, :72].double(), b[:72].double(), stride=2, padding=2,
+                           output_padding=1)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, r) < tol
+
+
+# ------------------------------------------------------------------------------- fused GDN/IGDN
+def _gdn_ref(y, beta, gamma, inverse):
+    c = y.shape[1]
+    norm = F.conv2d(y * y, gamma[:c, :c, None, None], beta[:c])
+    return y * torch.sqrt(norm) if inverse else y * torch.rsqrt(norm)
+
+
+@pytest.mark.parametrize("co", [1, 3, 47, 72, 192])
+def test_conv_fused_gdn_vs_unfused(co):
+    """BLOCK_N = next_pow2(C_out): 16, 16, 64, 128 and 256 (the split-in-halves epilogue)."""
+    K = _K()
+    ci = 5 if co > 100 else 11
+    wt, b = _params(W_MAX, 16, 5, torch.float64)
+    beta, gamma = _gdn_params(W_MAX)
+    x = _x(1, ci, 9, 11, torch.float64)
+    fused = K.conv2d_fwd(x, wt, b, stride=2, padding=2, out_width=co, gdn=(beta, gamma))
+    unfused = _gdn_ref(K.conv2d_fwd(x, wt, b, stride=2, padding=2, out_width=co), beta, gamma, False)
+    ref = _gdn_ref(F.conv2d(x, wt[:co, :ci], b[:co], stride=2, padding=2), beta, gamma, False)
+    assert rel_err(fused, ref) < 1e-12
+    assert rel_err(unfused, ref) < 1e-12
+
+
+@pytest.mark.parametrize("co", [3, 72, 144])
+def test_conv_transpose_fused_igdn_output(co):
+    K = _K()
+    wt, b = _params(W_MAX, 8, 5, torch.float64, transposed=True)
+    beta, gamma = _gdn_params(W_MAX)
+    x = _x(1, 7, 3, 4, torch.float64)
+    y = K.conv_transpose2d_fwd(x, wt, b, stride=2, padding=2, output_padding=1, out_width=co,
+                               gdn=(beta, gamma), inverse=True)
+    ref = _gdn_ref(F.conv_transpose2d(x, wt[:7, :co], b[:co], stride=2, padding=2,
+                                      output_padding=1), beta, gamma, True)
+    assert rel_err(y, ref) < 1e-12
+
+
+def test_fused_gdn_fp32_and_bf16():
+    K = _K()
+    beta, gamma = _gdn_params(W_MAX)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        wt, b = _params(W_MAX, 50, 5, dtype)
+        x = _x(1, 48, 7, 9, dtype, cl=True)
+        y = K.conv2d_fwd(x, wt, b, stride=2, padding=2, out_width=144, gdn=(beta, gamma))
+        ref = _gdn_ref(F.conv2d(x.double(), wt[:144, :48].double(), b[:144].double(), stride=2,
+                                padding=2), beta, gamma, False)
+        assert rel_err(y, ref) < tol, dtype
+
+
+# ----------------------------------------------------------------------- ops dispatch + backward
+@pytest.mark.parametrize("ci,co,k,s,p,h,w", [
+    (3, 47, 9, 4, 4, 13, 11),
+    (47, 72, 5, 2, 2, 9, 11),
+    (72, 3, 5, 2, 2, 7, 6),
+])
+def test_conv_backward_float64(ci, co, k, s, p, h, w):
+    from slimkernels.ops import slim_conv2d
+    wt, b = _params(co + 4, ci + 3, k, torch.float64)
+    x = _x(2, ci, h, w, torch.float64)
+    outs = []
+    for backend in ("triton", "ref"):
+        xx = x.clone().requires_grad_()
+        ww = wt.clone().requires_grad_()
+        bb = b.clone().requires_grad_()
+        if backend == "triton":
+            y = slim_conv2d(xx, ww, bb, stride=s, padding=p, out_width=co, backend="triton")
+        else:
+            y = F.conv2d(xx, ww[:co, :ci], bb[:co], stride=s, padding=p)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=y.dtype)
+        (y * g.to(DEV)).sum().backward()
+        outs.append((y, xx.grad, ww.grad, bb.grad))
+    for a, r in zip(outs[0], outs[1]):
+        assert rel_err(a, r) < 1e-12
+    assert outs[0][2][co:].abs().max() == 0 and outs[0][2][:, ci:].abs().max() == 0
+    assert outs[0][3][co:].abs().max() == 0
+
+
+@pytest.mark.parametrize("ci,co,k,s,p,op,h,w", [
+    (47, 72, 5, 2, 2, 1, 4, 5),
+    (72, 3, 9, 4, 4, 3, 3, 2),
+    (3, 5, 3, 1, 1, 0, 5, 4),
+])
+def test_conv_transpose_backward_float64(ci, co, k, s, p, op, h, w):
+    from slimkernels.ops import slim_conv_transpose2d
+    wt, b = _params(co + 4, ci + 3, k, torch.float64, transposed=True)
+    x = _x(2, ci, h, w, torch.float64)
+    outs = []
+    for backend in ("triton", "ref"):
+        xx = x.clone().requires_grad_()
+        ww = wt.clone().requires_grad_()
+        bb = b.clone().requires_grad_()
+        if backend == "triton":
+            y = slim_conv_transpose2d(xx, ww, bb, stride=s, padding=p, output_padding=op,
+                                      out_width=co, backend="triton")
+        else:
+            y = F.conv_transpose2d(xx, ww[:ci, :co], bb[:co], stride=s, padding=p,
+                                   output_padding=op)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=y.dtype)
+        (y * g.to(DEV)).sum().backward()
+        outs.append((y, xx.grad, ww.grad, bb.grad))
+    for a, r in zip(outs[0], outs[1]):
+        assert rel_err(a, r) < 1e-12
+    assert outs[0][2][ci:].abs().max() == 0 and outs[0][2][:, co:].abs().max() == 0
+
+
+def test_conv_gdn_backward_through_ops():
+    """With gradients recorded the op runs conv (Triton autograd) + GDN op: grads match eager."""
+    from slimkernels.ops import slim_conv2d
+    wt, b = _params(80, 40, 5, torch.float64)
+    beta, gamma = _gdn_params(80)
+    x = _x(1, 33, 7, 9, torch.float64)
+    res = []
+    for backend in ("triton", "ref"):
+        xx, ww = x.clone().requires_grad_(), wt.clone().requires_grad_()
+        gg = gamma.clone().requires_grad_()
+        if backend == "triton":
+            y = slim_conv2d(xx, ww, b, stride=2, padding=2, out_width=72, gdn=(beta, gg),
+                            backend="triton")
+        else:
+            y = _gdn_ref(F.conv2d(xx, ww[:72, :33], b[:72], stride=2, padding=2), beta, gg, False)
+        y.pow(2).sum().backward()
+        res.append((y, xx.grad, ww.grad, gg.grad))
+    for a, r in zip(*res):
+        assert rel_err(a, r) < 1e-10
+
+
+def test_ops_fused_path_no_grad_matches_reference():
+    from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
+    wt, b = _params(W_MAX, W_MAX, 5, torch.float64)
+    beta, gamma = _gdn_params(W_MAX)
+    x = _x(1, 47, 5, 7, torch.float64)
+    kw = {"beta": beta, "gamma": gamma, "gamma_scale": torch.tensor(0.7, dtype=torch.float64),
+          "beta_bias": 0.25}
+    with torch.no_grad():
+        y = slim_conv2d(x, wt, b, stride=2, padding=2, out_width=72, gdn=kw, backend="triton")
+        g = gamma[:72, :72] * 0.7
+        r = _gdn_ref(F.conv2d(x, wt[:72, :47], b[:72], stride=2, padding=2), beta[:72] + 0.25, g,
+                     False)
+        assert rel_err(y, r) < 1e-12
+        z = slim_conv_transpose2d(x, wt, b, stride=2, padding=2, output_padding=1, out_width=48,
+                                  out_igdn=(beta, gamma), backend="triton")
+        r = _gdn_ref(F.conv_transpose2d(x, wt[:47, :48], b[:48], stride=2, padding=2,
+                                        output_padding=1), beta, gamma, True)
+        assert rel_err(z, r) < 1e-12
+
+
+def test_errors_are_clear():
+    K = _K()
+    wt, b = _params(8, 4, 3, torch.float64)
+    with pytest.raises(ValueError, match="exceed"):
+        K.conv2d_fwd(_x(1, 6, 5, 5, torch.float64), wt, b, padding=1)
+    with pytest.raises(ValueError, match="dtype"):
+        K.conv2d_fwd(_x(1, 4, 5, 5, torch.float32), wt, b, padding=1)
+    with pytest.raises(ValueError, match="C_out=300"):
+        big = torch.zeros(300, 4, 3, 3, dtype=torch.float64, device=DEV)
+        K.conv2d_fwd(_x(1, 4, 5, 5, torch.float64), big, None, padding=1,
+                     gdn=(torch.ones(300, dtype=torch.float64), torch.zeros(300, 300, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="output_padding"):
+        K.conv_transpose2d_fwd(_x(1, 8, 3, 3, torch.float64), wt, None, stride=2, output_padding=2)
