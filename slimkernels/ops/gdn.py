@@ -44,6 +44,60 @@ def gdn_reference(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, i
     return x * torch.sqrt(norm) if inverse else x * torch.rsqrt(norm)
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """dtype of the channel mixing: x's, or the CPU autocast dtype for fp32 x under autocast
+    (what ``F.conv2d`` would use there)."""
+    if x.dtype == torch.float32 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return x.dtype
+
+
+def gdn_torch(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bool = False,
+              gamma_scale=None, gamma_bias=None, beta_scale=None, beta_bias=None) -> torch.Tensor:
+    """The PyTorch path (CPU, or any device without Triton): GDN as one GEMM and in-place ops.
+
+    The channel mixing is a matrix product on a view of x (``[C, HW]`` per image for NCHW,
+    ``[N*H*W, C]`` for channels_last) with the strided view ``gamma[:C, :C]`` and beta as the GEMM's
+    bias (addmm / baddbmm), so no parameter slice is copied and no weight reorder happens. Without
+    autograd the GEMM output is turned into y in place (rsqrt_/sqrt_ then mul_): 4 passes, 2
+    allocations (z and y) instead of the eager composition's 4. With autograd, the same graph
+    runs out of place. Under CPU autocast an fp32 x gets its GEMM in the autocast dtype and an
+    fp32 result, as ``F.conv2d`` would give.
+
+    Args/Returns: as :func:`gdn`. Output is channels_last when x is, else contiguous NCHW.
+    """
+    N, C, H, W = x.shape
+    b, g = _effective_params(beta, gamma, C, gamma_scale, gamma_bias, beta_scale, beta_bias)
+    cd = _compute_dtype(x)
+    grad = torch.is_grad_enabled() and (x.requires_grad or b.requires_grad or g.requires_grad)
+    channels_last = (x.is_contiguous(memory_format=torch.channels_last)
+                     and not x.is_contiguous())
+    if not channels_last:
+        x = x.contiguous()
+    with torch.autocast("cpu", enabled=False):
+        gc, bc = g.to(cd), b.to(cd)  # views (no copy) when the dtypes already match
+        if channels_last:
+            xv = x.permute(0, 2, 3, 1).reshape(N * H * W, C)  # a view
+            z = torch.mul(xv, xv) if cd == x.dtype else torch.mul(xv, xv).to(cd)
+            n = torch.addmm(bc, z, gc.t())
+        else:
+            xv = x.view(N, C, H * W)
+            z = torch.mul(xv, xv) if cd == x.dtype else torch.mul(xv, xv).to(cd)
+            if N == 1:
+                n = torch.addmm(bc[:, None], gc, z[0]).unsqueeze(0)
+            else:
+                n = torch.baddbmm(bc[None, :, None], gc.expand(N, C, C), z)
+        del z
+        if grad:
+            y = xv * (torch.sqrt(n) if inverse else torch.rsqrt(n))
+        else:
+            n = n.sqrt_() if inverse else n.rsqrt_()
+            y = n.mul_(xv) if n.dtype == x.dtype else torch.mul(xv, n)
+    if channels_last:
+        return y.view(N, H, W, C).permute(0, 3, 1, 2)
+    return y.view(N, C, H, W)
+
+
 def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bool = False,
         gamma_scale=None, gamma_bias=None, beta_scale=None, beta_bias=None,
         backend: Optional[str] = None) -> torch.Tensor:
@@ -52,7 +106,16 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
     Args:
         x: ``[N, C, H, W]``, NCHW or channels_last, fp32 / fp16 / bf16.
         beta: ``[C_max]``, gamma: ``[C_max, C_max]`` full effective parameters (read in place).
-        backend: ``"triton"`` / ``"torch"`` / ``None`` (automatic, see :mod:`slimkernels.backend`).
+        inverse: IGDN (``x * sqrt(n)``) instead of GDN (``x / sqrt(n)``).
+        gamma_scale, gamma_bias, beta_scale, beta_bias: SlimGDN+ scalars (None, floats or 0-dim
+            tensors, differentiable): ``gamma_k = gamma_scale * gamma[:C, :C] + gamma_bias``,
+            ``beta_k = beta_scale * beta[:C] + beta_bias``.
+        backend: ``"triton"`` / ``"torch"`` / ``None`` (automatic, see :mod:`slimkernels.backend`):
+            CUDA tensors run the fused Triton kernels (:mod:`slimkernels.kernels.gdn`), CPU
+            tensors :func:`gdn_torch`.
+
+    Raises:
+        ValueError: wrong shapes, C > C_max, non-float dtypes, parameters on another device.
 
     Returns:
         ``[N, C, H, W]`` tensor, same dtype as ``x``.
@@ -66,6 +129,15 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
                          f"{tuple(beta.shape)} and {tuple(gamma.shape)}")
     if C > beta.shape[0]:
         raise ValueError(f"x has {C} channels but the GDN parameters hold only {beta.shape[0]}")
-    resolve_backend(x, backend)
-    return gdn_reference(x, beta, gamma, inverse=inverse, gamma_scale=gamma_scale,
-                         gamma_bias=gamma_bias, beta_scale=beta_scale, beta_bias=beta_bias)
+    if not (x.is_floating_point() and beta.is_floating_point() and gamma.is_floating_point()):
+        raise ValueError(f"gdn expects floating-point x, beta, gamma, got {x.dtype}, "
+                         f"{beta.dtype}, {gamma.dtype}")
+    if beta.device != x.device or gamma.device != x.device:
+        raise ValueError(f"gdn: x is on {x.device} but beta on {beta.device} and gamma on "
+                         f"{gamma.device}; move the parameters to x's device")
+    kw = dict(inverse=inverse, gamma_scale=gamma_scale, gamma_bias=gamma_bias,
+              beta_scale=beta_scale, beta_bias=beta_bias)
+    if resolve_backend(x, backend) == "triton":
+        from ..kernels.gdn import gdn_triton
+        return gdn_triton(x, beta, gamma, **kw)
+    return gdn_torch(x, beta, gamma, **kw)

@@ -1,0 +1,141 @@
+"""The GDN dispatcher and its PyTorch (CPU) path against a float64 reference."""
+import pytest
+import torch
+
+from slimkernels.ops import gdn, gdn_reference
+from slimkernels.ops.gdn import gdn_torch
+
+C_MAX = 192
+
+
+def _params(seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    beta = (torch.rand(C_MAX, generator=g) + 0.5).to(dtype)
+    gamma = (torch.rand(C_MAX, C_MAX, generator=g) * 0.1).to(dtype)  # not symmetric
+    return beta, gamma
+
+
+def _x(N, C, H, W, channels_last, seed=1):
+    x = torch.randn(N, C, H, W, generator=torch.Generator().manual_seed(seed))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    assert torch.isfinite(a).all(), "NaN/Inf in the result"
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+SCALARS = {"none": (None, None, None, None), "slimgdn+": (1.3, 0.02, 0.8, 0.1)}
+
+
+@pytest.mark.parametrize("C", [1, 3, 17, 48, 72, 96, 144, 192])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_forward_fp32_matches_float64(C, channels_last, inverse):
+    beta, gamma = _params()
+    x = _x(2, C, 5, 7, channels_last)
+    y = gdn(x, beta, gamma, inverse=inverse)
+    ref = gdn_reference(x.double(), beta.double(), gamma.double(), inverse=inverse)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert _rel(y, ref) < 1e-5
+    if channels_last and C > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("N", [1, 3])
+def test_forward_half_dtypes(dtype, channels_last, N):
+    beta, gamma = _params()
+    x = _x(N, 72, 9, 5, channels_last).to(dtype)
+    y = gdn(x, beta, gamma)
+    assert y.dtype == dtype
+    ref = gdn_reference(x.double(), beta.double(), gamma.double())
+    assert _rel(y, ref) < 1e-2
+
+
+@pytest.mark.parametrize("scalars", list(SCALARS))
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("C", [17, 96])
+def test_gradients_match_float64(scalars, channels_last, inverse, C):
+    beta, gamma = _params()
+    x = _x(2, C, 5, 3, channels_last)
+    vals = SCALARS[scalars]
+    scal = [None if v is None else torch.tensor(v) for v in vals]
+    leaves = [x, beta, gamma] + [s for s in scal if s is not None]
+    for t in leaves:
+        t.requires_grad_(True)
+    kw = lambda sc: dict(zip(("gamma_scale", "gamma_bias", "beta_scale", "beta_bias"), sc))
+    y = gdn(x, beta, gamma, inverse=inverse, **kw(scal))
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, leaves, dy)
+    leaves64 = [t.detach().double().requires_grad_(True) for t in leaves]
+    it = iter(leaves64[3:])
+    scal64 = [None if s is None else next(it) for s in scal]
+    y64 = gdn_reference(*leaves64[:3], inverse=inverse, **kw(scal64))
+    grads64 = torch.autograd.grad(y64, leaves64, dy.double())
+    assert _rel(y, y64) < 1e-5
+    for name, a, b in zip(["x", "beta", "gamma", "s1", "s2", "s3", "s4"], grads, grads64):
+        assert _rel(a, b) < 1e-5, name
+    # only the active slice receives gradient
+    assert grads[2][C:].abs().max() == 0 and grads[2][:, C:].abs().max() == 0
+    assert grads[1][C:].abs().max() == 0
+
+
+def test_autocast_bf16_matches_conv2d_under_autocast():
+    beta, gamma = _params()
+    x = _x(2, 48, 7, 9, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = gdn(x, beta, gamma)
+        ref = gdn_reference(x, beta, gamma)  # F.conv2d path, autocast to bf16
+    assert y.dtype == ref.dtype == torch.float32
+    assert _rel(y, ref) < 1e-2
+    ref64 = gdn_reference(x.double(), beta.double(), gamma.double())
+    assert _rel(y, ref64) < 1e-2
+    # and it trains: gradients flow under autocast
+    x.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gdn(x, beta, gamma).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_no_grad_path_equals_grad_path():
+    beta, gamma = _params()
+    x = _x(1, 96, 6, 10, False)
+    with torch.no_grad():
+        a = gdn_torch(x, beta, gamma)
+    b = gdn_torch(x, beta, gamma.clone().requires_grad_(True))
+    assert torch.equal(a, b.detach())
+
+
+def test_non_contiguous_input_and_params():
+    beta, gamma = _params()
+    big = torch.randn(2, 64, 9, 12)
+    x = big[:, :40, :, ::2]  # neither NCHW- nor channels_last-contiguous
+    gT = gamma.t().contiguous().t()  # same values, transposed storage
+    y = gdn(x, beta, gT)
+    ref = gdn_reference(x.double(), beta.double(), gamma.double())
+    assert _rel(y, ref) < 1e-5
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (lambda b, g: (torch.randn(2, 3, 4), b, g), "N, C, H, W"),
+    (lambda b, g: (torch.randn(1, 200, 3, 3), b, g), "only 192"),
+    (lambda b, g: (torch.randn(1, 8, 3, 3), b[:100], g), "beta"),
+    (lambda b, g: (torch.randn(1, 8, 3, 3), b, g[:, :100]), "gamma"),
+    (lambda b, g: (torch.randint(0, 3, (1, 8, 3, 3)), b, g), "floating-point"),
+])
+def test_errors_name_the_problem(bad, msg):
+    beta, gamma = _params()
+    with pytest.raises(ValueError, match=msg):
+        gdn(*bad(beta, gamma))
+
+
+def test_reference_is_the_formula():
+    beta, gamma = _params(dtype=torch.float64)
+    x = torch.randn(1, 5, 2, 3, dtype=torch.float64)
+    n = beta[:5, None, None] + torch.einsum("ij,njhw->nihw", gamma[:5, :5], x * x)
+    torch.testing.assert_close(gdn_reference(x, beta, gamma), x / n.sqrt())
+    torch.testing.assert_close(gdn_reference(x, beta, gamma, inverse=True), x * n.sqrt())
