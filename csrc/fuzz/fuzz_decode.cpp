@@ -42,7 +42,7 @@ struct TableSet {
 void add_row(TableSet& ts, const std::vector<double>& pmf, int32_t offset) {
   std::vector<int32_t> cdf = slimcoder::pmf_to_quantized_cdf(pmf.data(), int64_t(pmf.size()),
                                                              ts.precision);
-  std::vector<int32_t> row(size_t(ts.max_length), 0);
+  std::vector<int32_t> row(static_cast<size_t>(ts.max_length), 0);
   std::copy(cdf.begin(), cdf.end(), row.begin());
   ts.cdfs.insert(ts.cdfs.end(), row.begin(), row.end());
   ts.lengths.push_back(int32_t(cdf.size()));
@@ -51,7 +51,7 @@ void add_row(TableSet& ts, const std::vector<double>& pmf, int32_t offset) {
 }
 
 std::vector<double> laplace(int n, double scale) {
-  std::vector<double> p(size_t(n) + 1);
+  std::vector<double> p(static_cast<size_t>(n) + 1);
   double sum = 0;
   for (int i = 0; i < n; ++i) {
     const double x = i - n / 2;
@@ -132,7 +132,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const Tables t = ts.view();
   const int64_t n = (data[2] | (int64_t(data[3]) << 8)) & 0xfff;  // at most 4095 symbols
   Reader r{data + 4, size - 4};
-  std::vector<int32_t> idx(size_t(n));
+  std::vector<int32_t> idx(static_cast<size_t>(n));
   for (int64_t j = 0; j < n; ++j) idx[size_t(j)] = int32_t((j * 7 + j / 5) % ts.num);
   std::vector<int32_t> out;
 
@@ -144,7 +144,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (mode == 1) {
     const int k = 1 + (r.byte() & 7);
     const int64_t streams = std::min<int64_t>(k, std::max<int64_t>(1, n));
-    std::vector<std::vector<uint8_t>> subs(size_t(streams));
+    std::vector<std::vector<uint8_t>> subs(static_cast<size_t>(streams));
     const size_t per = r.n / size_t(streams);
     for (auto& s : subs) {
       size_t len = std::max<size_t>(32, per & ~size_t(3));
@@ -163,7 +163,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   // Modes 2 and 3: a valid stream first.
-  std::vector<int32_t> sym(size_t(n));
+  std::vector<int32_t> sym(static_cast<size_t>(n));
   for (int64_t j = 0; j < n; ++j) {
     const uint8_t b = r.byte();
     const int32_t off = ts.offsets[size_t(idx[size_t(j)])];

@@ -1,0 +1,243 @@
+"""Entropy coding: a fast, exact, multi-stream rANS coder written in C++ (``slimkernels._coder``).
+
+The contract is CompressAI's ``encode_with_indexes`` / ``decode_with_indexes``: element ``j`` is
+coded with CDF ``i = indexes[j]`` as the value ``v = symbols[j] - offsets[i]``. A CDF of length
+``L`` codes ``v`` in ``[0, L - 3]`` directly; ``L - 2`` is the escape symbol, after which ``v`` is
+written in bypass bits, so every int32 symbol (``INT32_MIN`` .. ``INT32_MAX``) round-trips exactly.
+
+Arrays are read in place: numpy arrays or CPU torch tensors of dtype int32 (C-contiguous) are
+passed to C++ without copies; other integer dtypes are converted after a range check. CDF tables
+are integer, so encoder and decoder agree bit for bit on every machine.
+
+Byte layout, algorithm and safety guarantees: ``docs/coder.md``.
+
+Example::
+
+    cdf = pmf_to_quantized_cdf(np.array([0.5, 0.25, 0.2, 0.05]))  # 3 symbols + tail mass
+    cdfs = cdf[None, :]                                                # [1, 5] int32
+    lengths, offsets = np.array([5], np.int32), np.array([-1], np.int32)
+    data = encode(symbols, np.zeros_like(symbols), cdfs, lengths, offsets)
+    assert (decode(data, np.zeros_like(symbols), cdfs, lengths, offsets) == symbols).all()
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = [
+    "encode",
+    "decode",
+    "pmf_to_quantized_cdf",
+    "pmfs_to_quantized_cdfs",
+    "validate_tables",
+    "stream_count",
+    "MIN_PRECISION",
+    "MAX_PRECISION",
+]
+
+MIN_PRECISION = 1
+MAX_PRECISION = 16
+
+_I32_MIN, _I32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+
+
+def _ext():
+    try:
+        from . import _coder
+    except ImportError as e:  # pragma: no cover - only when the extension was not built
+        raise ImportError(
+            "slimkernels._coder (the C++ entropy coder) is not built: run "
+            "`pip install --no-build-isolation -e .` or `python setup.py build_ext --inplace` "
+            "in the slimkernels checkout (needs a C++17 compiler and pybind11)") from e
+    return _coder
+
+
+def _to_numpy(x, name):
+    """Return a numpy view of ``x`` (numpy array, CPU torch tensor or array-like)."""
+    if isinstance(x, np.ndarray):
+        return x
+    mod = type(x).__module__
+    if mod.startswith("torch"):
+        if getattr(x, "device", None) is not None and x.device.type != "cpu":
+            raise ValueError(f"{name} is a tensor on {x.device}; the coder runs on the CPU: "
+                             f"pass {name}.cpu()")
+        return x.detach().numpy()
+    if isinstance(x, (bytes, bytearray, memoryview, str)):
+        raise ValueError(f"{name} must be an integer array, got {type(x).__name__}")
+    return np.asarray(x)
+
+
+def _as_int32(x, name, ndim=None):
+    """C-contiguous int32 view of ``x``; copies only when the dtype or layout requires it."""
+    a = _to_numpy(x, name)
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(a.shape)}")
+    if a.dtype != np.int32:
+        if a.dtype == np.bool_ or a.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integers (int32), got dtype {a.dtype}")
+        if a.size and (a.min() < _I32_MIN or a.max() > _I32_MAX):
+            raise ValueError(f"{name} has values outside the int32 range")
+        a = a.astype(np.int32)
+    return np.ascontiguousarray(a)
+
+
+def _as_float64(x, name, ndim):
+    a = _to_numpy(x, name)
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(a.shape)}")
+    if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
+        raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _check_int(v, name, lo, hi=None):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"{name} must be an int, got {type(v).__name__}")
+    v = int(v)
+    if v < lo or (hi is not None and v > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be {rng}, got {v}")
+    return v
+
+
+def _threads(threads):
+    return 0 if threads is None else _check_int(threads, "threads", 1)
+
+
+def _tables(cdfs, cdf_lengths, offsets, precision):
+    precision = _check_int(precision, "precision", MIN_PRECISION, MAX_PRECISION)
+    return (_as_int32(cdfs, "cdfs", 2), _as_int32(cdf_lengths, "cdf_lengths", 1),
+            _as_int32(offsets, "offsets", 1), precision)
+
+
+def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, streams=1,
+           threads=None) -> bytes:
+    """Entropy-code ``symbols`` with the CDF of each element chosen by ``indexes``.
+
+    Args:
+        symbols: int32 array of any shape (numpy or CPU torch), read in place.
+        indexes: int32 array with the same number of elements; ``indexes[j]`` in
+            ``[0, num_cdfs)`` selects the CDF of element ``j`` (both flattened in C order).
+        cdfs: int32 ``[num_cdfs, max_length]``; row ``i`` holds a CDF of length
+            ``cdf_lengths[i]``: ``cdf[0] = 0``, ``cdf[L-1] = 2**precision``, strictly increasing
+            (every symbol, escape included, has frequency >= 1). Entries past ``L-1`` are ignored.
+        cdf_lengths: int32 ``[num_cdfs]``, each in ``[2, max_length]``.
+        offsets: int32 ``[num_cdfs]``: element ``j`` is coded as ``symbols[j] - offsets[i]``.
+        precision: CDF precision in bits, 1..16.
+        streams: number of independent substreams (>= 1). Symbols are split into that many
+            contiguous chunks (clamped to the symbol count) coded in parallel threads with the
+            GIL released; the substream sizes are stored in the output.
+        threads: worker threads (>= 1); ``None`` means ``min(streams, cpu count)``.
+
+    Returns:
+        The encoded ``bytes`` (self-describing: format version, precision, symbol count,
+        substream sizes; see docs/coder.md).
+
+    Raises:
+        ValueError: on any invalid argument or table, before anything is coded.
+    """
+    sym = _as_int32(symbols, "symbols")
+    idx = _as_int32(indexes, "indexes")
+    if sym.size != idx.size:
+        raise ValueError(f"symbols has {sym.size} elements but indexes has {idx.size}")
+    if sym.shape != idx.shape:
+        idx = idx.reshape(sym.shape)
+    cdfs, lengths, offsets, precision = _tables(cdfs, cdf_lengths, offsets, precision)
+    streams = _check_int(streams, "streams", 1)
+    return _ext().encode(sym, idx, cdfs, lengths, offsets, precision, streams, _threads(threads))
+
+
+def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
+           threads=None) -> np.ndarray:
+    """Decode symbols written by :func:`encode` with the same tables.
+
+    Args:
+        data: ``bytes``, ``bytearray``, ``memoryview`` or 1-D uint8 array.
+        indexes, cdfs, cdf_lengths, offsets, precision: as for :func:`encode`.
+        threads: worker threads (>= 1); ``None`` means ``min(substreams, cpu count)``.
+
+    Returns:
+        numpy int32 array with the shape of ``indexes``.
+
+    Raises:
+        ValueError: for invalid tables or indexes, or when ``data`` is not a stream encoded
+            with these tables (truncated, damaged, another precision or symbol count). Decoding
+            any byte string is safe: it returns or raises ValueError in time linear in the
+            symbol count and the data size; it never reads outside its inputs.
+    """
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8 or data.ndim != 1:
+            raise ValueError(f"data must be bytes or a 1-D uint8 array, got {data.dtype} "
+                             f"with shape {data.shape}")
+        data = np.ascontiguousarray(data)
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"data must be bytes, bytearray, memoryview or a uint8 array, got "
+                         f"{type(data).__name__}")
+    elif isinstance(data, memoryview) and (not data.c_contiguous or data.itemsize != 1):
+        data = data.tobytes()
+    idx = _as_int32(indexes, "indexes")
+    cdfs, lengths, offsets, precision = _tables(cdfs, cdf_lengths, offsets, precision)
+    return _ext().decode(data, idx, cdfs, lengths, offsets, precision, _threads(threads))
+
+
+def stream_count(data) -> int:
+    """Number of substreams recorded in an encoded byte string (validates the header only)."""
+    if isinstance(data, np.ndarray):
+        data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+    return int(_ext().stream_count(data))
+
+
+def validate_tables(cdfs, cdf_lengths, offsets, *, precision=16) -> None:
+    """Check CDF tables as :func:`encode` does; raise ValueError naming the first problem.
+
+    Rules: precision in 1..16; ``cdfs`` int32 ``[num_cdfs >= 1, max_length >= 2]``;
+    ``cdf_lengths[i]`` in ``[2, max_length]``; ``cdf[i, 0] == 0``;
+    ``cdf[i, L-1] == 2**precision``; ``cdf[i, 0:L]`` strictly increasing.
+    """
+    cdfs, lengths, offsets, precision = _tables(cdfs, cdf_lengths, offsets, precision)
+    _ext().validate_tables(cdfs, lengths, offsets, precision)
+
+
+def pmf_to_quantized_cdf(pmf, precision=16) -> np.ndarray:
+    """Quantize a pmf into an integer CDF (CompressAI's convention).
+
+    Args:
+        pmf: float64 ``[n + 1]``: the probabilities of the ``n`` codable symbols followed by the
+            tail mass (probability of everything else), which becomes the escape symbol. Entries
+            must be finite and >= 0; they need not sum to 1 (they are normalised).
+        precision: bits, 1..16; ``n + 1 <= 2**precision`` is required.
+
+    Returns:
+        int32 ``[n + 2]`` CDF: ``cdf[0] = 0``, ``cdf[n + 1] = 2**precision``, every frequency
+        ``cdf[k+1] - cdf[k] >= 1``. Each entry first gets frequency 1; the remaining
+        ``2**precision - (n + 1)`` slots are shared in proportion to the pmf by the largest
+        remainder method (ties to the lower index). Deterministic (float64 in a fixed order).
+
+    Raises:
+        ValueError: negative, NaN or infinite entries, an empty pmf, or too low a precision.
+    """
+    precision = _check_int(precision, "precision", MIN_PRECISION, MAX_PRECISION)
+    return _ext().pmf_to_quantized_cdf(_as_float64(pmf, "pmf", 1), precision)
+
+
+def pmfs_to_quantized_cdfs(pmfs, pmf_lengths, tail_masses=None, precision=16):
+    """Batch :func:`pmf_to_quantized_cdf` for an entropy model's table of CDFs.
+
+    Args:
+        pmfs: float64 ``[num_cdfs, max_pmf_length]``; row ``i`` uses its first
+            ``pmf_lengths[i]`` entries.
+        pmf_lengths: int32 ``[num_cdfs]``, each in ``[0, max_pmf_length]``.
+        tail_masses: float64 ``[num_cdfs]`` (the escape's probability per row) or ``None``
+            for zero tail mass (the escape still gets frequency 1).
+        precision: bits, 1..16.
+
+    Returns:
+        ``(cdfs, cdf_lengths)``: int32 ``[num_cdfs, max_pmf_length + 2]`` (zero padded) and
+        int32 ``[num_cdfs]`` = ``pmf_lengths + 2``, ready for :func:`encode`.
+    """
+    precision = _check_int(precision, "precision", MIN_PRECISION, MAX_PRECISION)
+    p = _as_float64(pmfs, "pmfs", 2)
+    lengths = _as_int32(pmf_lengths, "pmf_lengths", 1)
+    tails = None if tail_masses is None else _as_float64(tail_masses, "tail_masses", 1)
+    return _ext().pmfs_to_quantized_cdfs(p, lengths, tails, precision)
