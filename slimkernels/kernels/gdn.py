@@ -82,7 +82,8 @@ def _beta_vec(beta_ptr, offs, stride_b, C, bs_ptr, bb_ptr, HAS_BS: tl.constexpr,
 def _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_ptr, gs0, gs1,
                gs_ptr, gb_ptr, bs_ptr, bb_ptr, HAS_GS: tl.constexpr, HAS_GB: tl.constexpr,
                HAS_BS: tl.constexpr, HAS_BB: tl.constexpr, FP32_PRECISION: tl.constexpr,
-               BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
+               EMULATE_HALF_DOT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr,
+               BLOCK_CI: tl.constexpr):
     """n[p, co] = beta_k[co] + sum_ci gamma_k[co, ci] x[p, ci]^2, fp32 [BLOCK_P, BLOCK_CO]."""
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
     for k in range(0, C, BLOCK_CI):
@@ -93,7 +94,11 @@ def _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_
         z = (xf * xf).to(xk.dtype)  # half inputs: the dot runs in their type (fp32 accumulate)
         # gamma^T tile [ci, co] = gamma[co, ci]
         g = _gamma_tile(gamma_ptr, offs_ci, offs_co, gs1, gs0, C, gs_ptr, gb_ptr, HAS_GS, HAS_GB)
-        acc += tl.dot(z, g.to(xk.dtype), input_precision=FP32_PRECISION)
+        g = g.to(xk.dtype)
+        if EMULATE_HALF_DOT:  # interpreter: its bf16 tl.dot is broken; same rounding in fp32
+            acc += tl.dot(z.to(tl.float32), g.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(z, g, input_precision=FP32_PRECISION)
     b = _beta_vec(beta_ptr, offs_co, stride_b, C, bs_ptr, bb_ptr, HAS_BS, HAS_BB)
     return acc + b[None, :]
 
@@ -108,7 +113,8 @@ def _gdn_fwd_kernel(x_ptr, y_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, b
                     P, C, HW, sxn, sxc, sxhw, syn, syc, syhw, gs0, gs1, stride_b,
                     INVERSE: tl.constexpr, HAS_GS: tl.constexpr, HAS_GB: tl.constexpr,
                     HAS_BS: tl.constexpr, HAS_BB: tl.constexpr, FP32_PRECISION: tl.constexpr,
-                    BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
+                    EMULATE_HALF_DOT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr,
+                    BLOCK_CI: tl.constexpr):
     """y = x * n^(-1/2) (GDN) or x * n^(1/2) (IGDN) for one [BLOCK_P, BLOCK_CO] tile."""
     pid = tl.program_id(0)
     n_co = tl.cdiv(C, BLOCK_CO)
@@ -121,7 +127,7 @@ def _gdn_fwd_kernel(x_ptr, y_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, b
     x_off = _pixel_offsets(offs_p, HW, sxn, sxhw)
     n = _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_ptr, gs0, gs1,
                    gs_ptr, gb_ptr, bs_ptr, bb_ptr, HAS_GS, HAS_GB, HAS_BS, HAS_BB, FP32_PRECISION,
-                   BLOCK_P, BLOCK_CO, BLOCK_CI)
+                   EMULATE_HALF_DOT, BLOCK_P, BLOCK_CO, BLOCK_CI)
     m = mask_p[:, None] & mask_co[None, :]
     xv = tl.load(x_ptr + x_off[:, None] + offs_co[None, :] * sxc, mask=m, other=0.0)
     if INVERSE:
@@ -137,7 +143,8 @@ def _gdn_bwd_dn_kernel(x_ptr, dy_ptr, dn_ptr, dx0_ptr, beta_ptr, gamma_ptr, gs_p
                        bs_ptr, bb_ptr, P, C, HW, sxn, sxc, sxhw, sdn, sdc, sdhw, gs0, gs1, stride_b,
                        INVERSE: tl.constexpr, HAS_GS: tl.constexpr, HAS_GB: tl.constexpr,
                        HAS_BS: tl.constexpr, HAS_BB: tl.constexpr, FP32_PRECISION: tl.constexpr,
-                       BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
+                       EMULATE_HALF_DOT: tl.constexpr, BLOCK_P: tl.constexpr,
+                       BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
     """Recompute n; write dn and dx0 = dy * n^(-/+1/2) as fp32 [P, C] (row-major) scratch."""
     pid = tl.program_id(0)
     n_co = tl.cdiv(C, BLOCK_CO)
@@ -150,7 +157,7 @@ def _gdn_bwd_dn_kernel(x_ptr, dy_ptr, dn_ptr, dx0_ptr, beta_ptr, gamma_ptr, gs_p
     x_off = _pixel_offsets(offs_p, HW, sxn, sxhw)
     n = _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_ptr, gs0, gs1,
                    gs_ptr, gb_ptr, bs_ptr, bb_ptr, HAS_GS, HAS_GB, HAS_BS, HAS_BB, FP32_PRECISION,
-                   BLOCK_P, BLOCK_CO, BLOCK_CI)
+                   EMULATE_HALF_DOT, BLOCK_P, BLOCK_CO, BLOCK_CI)
     m = mask_p[:, None] & mask_co[None, :]
     xv = tl.load(x_ptr + x_off[:, None] + offs_co[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
     dy_off = _pixel_offsets(offs_p, HW, sdn, sdhw)
@@ -266,6 +273,13 @@ def _pick(tuned, raw, name):
     return tuned, {}
 
 
+def _emulate_half_dot(x: torch.Tensor) -> bool:
+    """Triton's interpreter computes tl.dot on bf16 operands wrongly (it multiplies the raw
+    bits): there, round the operands to bf16 and multiply in fp32, which is what the tensor cores
+    do. Never on a GPU."""
+    return (not x.is_cuda) and interpreter_enabled() and x.dtype == torch.bfloat16
+
+
 def _layout(t: torch.Tensor):
     """(tensor, stride_n, stride_c, stride_hw) with H, W collapsible into one pixel stride."""
     if t.stride(2) != t.shape[3] * t.stride(3):
@@ -304,7 +318,8 @@ def gdn_fwd(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, inverse: b
 
     kern[grid](x, y, beta, gamma, gs, gb, bs, bb, P, C, HW, sxn, sxc, sxhw, syn, syc, syhw,
                gamma.stride(0), gamma.stride(1), beta.stride(0), INVERSE=inverse, HAS_GS=hgs,
-               HAS_GB=hgb, HAS_BS=hbs, HAS_BB=hbb, FP32_PRECISION=fp32_precision, **meta)
+               HAS_GB=hgb, HAS_BS=hbs, HAS_BB=hbb, FP32_PRECISION=fp32_precision,
+               EMULATE_HALF_DOT=_emulate_half_dot(x), **meta)
     return y
 
 
@@ -339,7 +354,8 @@ def gdn_bwd(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, gamma: torch.
     kern, meta = _pick(_bwd_dn_tuned, _gdn_bwd_dn_kernel, "fwd")
     kern[grid_pc](x, dy, dn, dx0, beta, gamma, gs, gb, bs, bb, P, C, HW, sxn, sxc, sxhw,
                   sdn, sdc, sdhw, g0, g1, beta.stride(0), INVERSE=inverse, HAS_GS=hgs,
-                  HAS_GB=hgb, HAS_BS=hbs, HAS_BB=hbb, FP32_PRECISION=fp32_precision, **meta)
+                  HAS_GB=hgb, HAS_BS=hbs, HAS_BB=hbb, FP32_PRECISION=fp32_precision,
+               EMULATE_HALF_DOT=_emulate_half_dot(x), **meta)
     kern, meta = _pick(_bwd_dx_tuned, _gdn_bwd_dx_kernel, "bwd_dx")
     kern[grid_pc](x, dn, dx0, dx, gamma, gs, gb, P, C, HW, sxn, sxc, sxhw, sdxn, sdxc, sdxhw,
                   g0, g1, HAS_GS=hgs, HAS_GB=hgb, FP32_PRECISION=fp32_precision, **meta)

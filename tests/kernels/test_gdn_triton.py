@@ -1,0 +1,166 @@
+"""Fused GDN/IGDN Triton kernels, forward and every gradient, against a float64 reference.
+
+Runs on CPU tensors under Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 when no
+GPU is present); there tl.dot computes in fp32, so fp32 results must match to ~1e-5. The
+``cuda``-marked tests check the same on a GPU with TF32 tensor cores (~1e-3).
+"""
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from slimkernels.backend import interpreter_enabled  # noqa: E402
+from slimkernels.ops import gdn, gdn_reference  # noqa: E402
+
+C_MAX = 192
+WIDTHS = [1, 3, 17, 48, 72, 96, 144, 192]
+SCALARS = {"none": (None, None, None, None), "slimgdn+": (1.3, 0.02, 0.8, 0.1)}
+NAMES = ["x", "beta", "gamma", "gamma_scale", "gamma_bias", "beta_scale", "beta_bias"]
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and not interpreter_enabled():  # pragma: no cover
+    pytest.skip("no GPU and TRITON_INTERPRET is off", allow_module_level=True)
+
+pytestmark = pytest.mark.interpret
+
+
+def _rel(a, b):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    assert torch.isfinite(a).all(), "NaN/Inf in the result"
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def _case(C, channels_last, scalars, dtype=torch.float32, N=2, H=3, W=5, seed=0,
+          device=DEVICE):
+    g = torch.Generator().manual_seed(seed + C)
+    beta = torch.rand(C_MAX, generator=g) + 0.5
+    gamma = torch.rand(C_MAX, C_MAX, generator=g) * 0.1
+    x = torch.randn(N, C, H, W, generator=g).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    scal = [None if v is None else torch.tensor(v) for v in SCALARS[scalars]]
+    return [t if t is None else t.to(device) for t in [x, beta, gamma] + scal]
+
+
+def _run(x, beta, gamma, scal, inverse, backend, dy=None, fp64=False):
+    """Forward + gradients of every tensor input (None scalars skipped)."""
+    leaves = [x, beta, gamma] + [s for s in scal if s is not None]
+    if fp64:
+        leaves = [t.detach().double() for t in leaves]
+    leaves = [t.detach().clone().requires_grad_(True) for t in leaves]
+    it = iter(leaves[3:])
+    sc = [None if s is None else next(it) for s in scal]
+    kw = dict(zip(("gamma_scale", "gamma_bias", "beta_scale", "beta_bias"), sc))
+    if backend == "reference":
+        y = gdn_reference(*leaves[:3], inverse=inverse, **kw)
+    else:
+        y = gdn(*leaves[:3], inverse=inverse, backend=backend, **kw)
+    if dy is None:
+        dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(y.device)
+    grads = torch.autograd.grad(y, leaves, dy.to(y.dtype))
+    return y, grads, dy
+
+
+def _check(C, channels_last, inverse, scalars, dtype, tol, device=DEVICE, **shape):
+    x, beta, gamma, *scal = _case(C, channels_last, scalars, dtype, device=device, **shape)
+    y, grads, dy = _run(x, beta, gamma, scal, inverse, "triton")
+    y64, grads64, _ = _run(x, beta, gamma, scal, inverse, "reference", dy=dy.double(), fp64=True)
+    assert y.dtype == dtype and y.shape == x.shape
+    if channels_last and C > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    assert y.grad_fn is not None and "GDNFunction" in type(y.grad_fn).__name__
+    assert _rel(y, y64) < tol, "y"
+    names = [n for n, s in zip(NAMES, [1, 1, 1] + scal) if s is not None]
+    ref = dict(zip(names, grads64))
+    for name, a, b in zip(names, grads, grads64):
+        assert a.shape == b.shape, name
+        if b.dim() == 0:
+            # a scalar's gradient is a signed sum over C x C (or C) terms: measure the error
+            # against the sum of the terms' magnitudes (its condition), not the cancelled result
+            dg, db = ref["gamma"][:C, :C], ref["beta"][:C]
+            sg = scal[0].double().cpu() if scal[0] is not None else 1.0
+            sb = scal[2].double().cpu() if scal[2] is not None else 1.0
+            terms = {"gamma_scale": dg / sg * gamma[:C, :C].double().cpu(),
+                     "gamma_bias": dg / sg, "beta_scale": db / sb * beta[:C].double().cpu(),
+                     "beta_bias": db / sb}[name]
+            err = (a.double().cpu() - b.cpu()).abs() / terms.cpu().abs().sum()
+            assert torch.isfinite(a) and err < tol, name
+        else:
+            assert _rel(a, b) < tol, name
+    # gradient only on the active slice
+    assert grads[2][C:].abs().sum() == 0 and grads[2][:, C:].abs().sum() == 0
+    assert grads[1][C:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("C", WIDTHS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("inverse", [False, True], ids=["gdn", "igdn"])
+@pytest.mark.parametrize("scalars", list(SCALARS))
+def test_fp32_forward_and_all_gradients(C, channels_last, inverse, scalars):
+    """Every width x layout x GDN/IGDN x SlimGDN+ scalars: y, dx, dbeta, dgamma, d(scalars)."""
+    _check(C, channels_last, inverse, scalars, torch.float32, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("C", [17, 96])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_half_inputs(dtype, C, channels_last):
+    _check(C, channels_last, False, "slimgdn+", dtype, 1e-2)
+    _check(C, channels_last, True, "none", dtype, 1e-2)
+
+
+def test_odd_spatial_several_pixel_blocks():
+    """More pixels than one block, N > 1 crossing image boundaries inside a block."""
+    _check(72, True, False, "slimgdn+", torch.float32, 1e-5, N=3, H=7, W=9)
+    _check(48, False, True, "none", torch.float32, 1e-5, N=3, H=7, W=9)
+
+
+def test_non_contiguous_inputs_and_strided_params():
+    x, beta, gamma, *scal = _case(48, False, "none")
+    big = torch.randn(2, 64, 3, 10, device=x.device)
+    xs = big[:, :48, :, ::2]  # neither layout: copied to contiguous first
+    gT = gamma.t().contiguous().t()  # same values, column-major storage
+    y = gdn(xs, beta, gT, backend="triton")
+    ref = gdn_reference(xs.double(), beta.double(), gamma.double())
+    assert _rel(y, ref) < 1e-5
+
+
+def test_grad_through_reparameterized_params():
+    """beta/gamma as non-leaf tensors (like the model layer's reparameterization)."""
+    x, beta, gamma, *_ = _case(17, True, "none")
+    vb = beta.sqrt().requires_grad_(True)
+    vg = gamma.sqrt().requires_grad_(True)
+    x.requires_grad_(True)
+    y = gdn(x, vb * vb, vg * vg, backend="triton")
+    y.square().sum().backward()
+    vb64 = vb.detach().double().requires_grad_(True)
+    vg64 = vg.detach().double().requires_grad_(True)
+    x64 = x.detach().double().requires_grad_(True)
+    gdn_reference(x64, vb64 * vb64, vg64 * vg64).square().sum().backward()
+    for a, b in ((x.grad, x64.grad), (vb.grad, vb64.grad), (vg.grad, vg64.grad)):
+        assert _rel(a, b) < 1e-5
+
+
+def test_fp32_precision_argument():
+    from slimkernels.kernels.gdn import gdn_triton
+    x, beta, gamma, *_ = _case(17, False, "none")
+    with pytest.raises(ValueError, match="fp32_precision"):
+        gdn_triton(x, beta, gamma, fp32_precision="fast")
+    y = gdn_triton(x, beta, gamma, fp32_precision="ieee")
+    assert _rel(y, gdn_reference(x.double(), beta.double(), gamma.double())) < 1e-5
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("C", [48, 72, 192])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("inverse", [False, True], ids=["gdn", "igdn"])
+def test_cuda_tf32(C, channels_last, inverse):
+    """On a GPU: TF32 tensor cores, autotuned configs, a realistic shape."""
+    _check(C, channels_last, inverse, "slimgdn+", torch.float32, 1e-3, device="cuda",
+           N=2, H=33, W=47)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_cuda_half(dtype):
+    _check(144, True, False, "slimgdn+", dtype, 1e-2, device="cuda", N=2, H=33, W=47)
