@@ -1,0 +1,137 @@
+"""Bjontegaard deltas: BD-rate and BD-PSNR between two rate-distortion curves.
+
+BD-rate is the average rate difference (in %) of a *test* codec against an *anchor* codec at
+equal quality: log-rate is interpolated as a function of quality (PSNR, or any metric) on each
+curve, both interpolants are integrated over the quality range the two curves share, and the
+mean log-rate difference ``d`` gives ``(10**d - 1) * 100``. Negative = the test codec saves rate.
+BD-PSNR swaps the axes: the average quality difference (dB) over the shared log-rate range.
+
+Interpolation methods:
+    ``"pchip"``: piecewise cubic Hermite (monotone, Fritsch-Carlson; scipy PchipInterpolator),
+    ``"akima"``: Akima 1970 spline (scipy Akima1DInterpolator; linear for two points),
+    ``"cubic"``: the original VCEG-M33 Bjontegaard: one cubic polynomial fitted by least squares
+    (needs >= 4 points per curve).
+PCHIP/Akima follow the ``bjontegaard`` package (Herglotz et al.) and the VCEG-AL22 advice that
+piecewise interpolation is more robust than the single cubic.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+
+METHODS = ("pchip", "akima", "cubic")
+
+
+def _curve(rate: Sequence[float], quality: Sequence[float], name: str) -> Tuple[np.ndarray, np.ndarray]:
+    r = np.asarray(rate, dtype=np.float64).ravel()
+    q = np.asarray(quality, dtype=np.float64).ravel()
+    if r.shape != q.shape:
+        raise ValueError(f"{name}: {r.size} rates but {q.size} quality values")
+    if r.size < 2:
+        raise ValueError(f"{name}: a BD metric needs at least 2 rate-distortion points, got {r.size}")
+    if not (np.isfinite(r).all() and np.isfinite(q).all()):
+        raise ValueError(f"{name}: rates and quality values must be finite, got {r} / {q}")
+    if (r <= 0).any():
+        raise ValueError(f"{name}: rates must be > 0 (log-rate is interpolated), got {r}")
+    return r, q
+
+
+class _Interp:
+    """``y(x)`` through the points, with ``integrate(a, b)``; x must be strictly increasing."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, method: str, name: str):
+        order = np.argsort(x, kind="stable")
+        x, y = x[order], y[order]
+        if np.any(np.diff(x) <= 0):
+            raise ValueError(f"{name}: two points share the value {x[np.argmin(np.diff(x))]} on the "
+                             "integration axis; BD metrics need distinct values (average or drop "
+                             "duplicate points)")
+        from scipy import interpolate
+
+        if method == "pchip":
+            self.f = interpolate.PchipInterpolator(x, y)
+            self.integrate = self.f.integrate
+        elif method == "akima":
+            if x.size == 2:
+                self.f = interpolate.make_interp_spline(x, y, k=1)
+            else:
+                self.f = interpolate.Akima1DInterpolator(x, y)
+            self.integrate = self.f.integrate
+        elif method == "cubic":
+            if x.size < 4:
+                raise ValueError(f"{name}: the cubic Bjontegaard fit needs >= 4 points, got "
+                                 f"{x.size}; use method='pchip' or 'akima'")
+            p = np.polyint(np.polyfit(x, y, 3))
+            self.f = np.poly1d(np.polyfit(x, y, 3))
+            self.integrate = lambda a, b: float(np.polyval(p, b) - np.polyval(p, a))
+        else:
+            raise ValueError(f"unknown interpolation method {method!r}; choose one of {METHODS}")
+
+
+def _delta(x_anchor, y_anchor, x_test, y_test, method: str) -> float:
+    fa = _Interp(x_anchor, y_anchor, method, "anchor")
+    ft = _Interp(x_test, y_test, method, "test")
+    lo = max(x_anchor.min(), x_test.min())
+    hi = min(x_anchor.max(), x_test.max())
+    if not hi > lo:
+        raise ValueError(
+            f"the curves do not overlap on the integration axis: anchor spans "
+            f"[{x_anchor.min():.4g}, {x_anchor.max():.4g}], test spans [{x_test.min():.4g}, "
+            f"{x_test.max():.4g}]; a BD metric is undefined without a shared range")
+    return float((ft.integrate(lo, hi) - fa.integrate(lo, hi)) / (hi - lo))
+
+
+def overlap(anchor_values: Sequence[float], test_values: Sequence[float]) -> float:
+    """Fraction of the union range of two value sets that both cover (0 = disjoint, 1 = same)."""
+    a, t = np.asarray(anchor_values, float), np.asarray(test_values, float)
+    total = max(a.max(), t.max()) - min(a.min(), t.min())
+    shared = max(0.0, min(a.max(), t.max()) - max(a.min(), t.min()))
+    return float(shared / total) if total > 0 else 1.0
+
+
+def bd_rate(rate_anchor: Sequence[float], quality_anchor: Sequence[float],
+            rate_test: Sequence[float], quality_test: Sequence[float],
+            method: str = "pchip") -> float:
+    """Bjontegaard delta rate of ``test`` against ``anchor``, in percent.
+
+    Args:
+        rate_anchor, quality_anchor: the anchor curve (e.g. bpp and PSNR dB), >= 2 points.
+        rate_test, quality_test: the test curve.
+        method: ``"pchip"`` (default), ``"akima"`` or ``"cubic"``.
+
+    Returns:
+        average rate change at equal quality over the shared quality range, in % (-10.0 means the
+        test codec needs 10 % fewer bits).
+
+    Raises:
+        ValueError: too few points, non-positive rates, duplicate quality values, no overlap.
+    """
+    ra, qa = _curve(rate_anchor, quality_anchor, "anchor")
+    rt, qt = _curve(rate_test, quality_test, "test")
+    d = _delta(qa, np.log10(ra), qt, np.log10(rt), method)
+    return float((10.0 ** d - 1.0) * 100.0)
+
+
+def bd_psnr(rate_anchor: Sequence[float], quality_anchor: Sequence[float],
+            rate_test: Sequence[float], quality_test: Sequence[float],
+            method: str = "pchip") -> float:
+    """Bjontegaard delta quality (dB for PSNR) of ``test`` against ``anchor`` at equal rate.
+
+    Same arguments as :func:`bd_rate`; the quality is interpolated over log10(rate) and averaged
+    over the shared log-rate range. Positive = the test codec is better.
+    """
+    ra, qa = _curve(rate_anchor, quality_anchor, "anchor")
+    rt, qt = _curve(rate_test, quality_test, "test")
+    return _delta(np.log10(ra), qa, np.log10(rt), qt, method)
+
+
+def quality_at_rate(rate: Sequence[float], quality: Sequence[float], at: float,
+                    method: str = "pchip") -> float:
+    """Quality of a curve at rate ``at`` (interpolated over log10 rate; NaN outside the curve)."""
+    r, q = _curve(rate, quality, "curve")
+    x = np.log10(r)
+    t = np.log10(float(at))
+    if t < x.min() or t > x.max():
+        return float("nan")
+    return float(_Interp(x, q, method, "curve").f(t))

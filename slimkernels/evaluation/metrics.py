@@ -1,0 +1,171 @@
+"""Image quality metrics on 8-bit RGB: PSNR and MS-SSIM (Wang et al. 2003).
+
+Both take images as float tensors in [0, 1] (``[N, 3, H, W]`` or ``[3, H, W]``) or uint8
+tensors/arrays in [0, 255], round them to 8-bit values first (what a decoder writes to a PNG),
+and compute in float64. This is the field's convention for Kodak tables (SLIMCAE.md).
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ImageLike = Union[torch.Tensor, np.ndarray]
+
+#: MS-SSIM scale weights of Wang, Simoncelli & Bovik (2003), as in pytorch_msssim / TF.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+WIN_SIZE = 11
+WIN_SIGMA = 1.5
+K1, K2 = 0.01, 0.03
+
+
+def to_uint8_values(x: ImageLike) -> torch.Tensor:
+    """Image -> ``[N, 3, H, W]`` float64 tensor of 8-bit values (integers 0..255).
+
+    Args:
+        x: float tensor/array in [0, 1] (rounded as ``round(clamp(x, 0, 1) * 255)``), or a uint8
+            tensor/array in [0, 255]; shape ``[N, C, H, W]`` or ``[C, H, W]``.
+
+    Raises:
+        ValueError: wrong rank, or a non-finite float image.
+    """
+    t = torch.as_tensor(x)
+    if t.dim() == 3:
+        t = t[None]
+    if t.dim() != 4:
+        raise ValueError(f"expected an image [N, C, H, W] or [C, H, W], got shape {tuple(t.shape)}")
+    if t.dtype == torch.uint8:
+        return t.to(torch.float64)
+    if not torch.is_floating_point(t):
+        raise ValueError(f"expected a float image in [0, 1] or uint8, got dtype {t.dtype}")
+    t = t.detach().to(torch.float64)
+    if not torch.isfinite(t).all():
+        raise ValueError("the image holds NaN or inf values")
+    return t.clamp(0, 1).mul(255).round()
+
+
+def _pair(a: ImageLike, b: ImageLike):
+    x, y = to_uint8_values(a), to_uint8_values(b)
+    if x.shape != y.shape:
+        raise ValueError(f"images differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
+    return x, y.to(x.device)
+
+
+def mse(a: ImageLike, b: ImageLike) -> torch.Tensor:
+    """Per-image mean squared error of the 8-bit values: ``[N]`` float64."""
+    x, y = _pair(a, b)
+    return (x - y).pow(2).flatten(1).mean(1)
+
+
+def psnr(a: ImageLike, b: ImageLike) -> torch.Tensor:
+    """Per-image PSNR in dB on 8-bit rounded RGB: ``20 log10 255 - 10 log10 MSE``.
+
+    Returns:
+        ``[N]`` float64 (``inf`` for identical images).
+    """
+    m = mse(a, b)
+    return 20 * np.log10(255.0) - 10 * torch.log10(m)
+
+
+def gaussian_window(size: int = WIN_SIZE, sigma: float = WIN_SIGMA,
+                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Normalized 1-D Gaussian ``[size]`` (the separable SSIM window)."""
+    c = torch.arange(size, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(c ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def _filter_plane(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    k = g.numel()
+    H, W = x.shape[-2:]
+    w = [float(v) for v in g]
+    out = x[:, 0:W - k + 1] * w[0]
+    for i in range(1, k):
+        out.add_(x[:, i:W - k + 1 + i], alpha=w[i])
+    x = out
+    out = x[0:H - k + 1, :] * w[0]
+    for i in range(1, k):
+        out.add_(x[i:H - k + 1 + i, :], alpha=w[i])
+    return out
+
+
+def _filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Separable 'valid' Gaussian filtering of ``[..., H, W]`` (each plane on its own).
+
+    Sums of shifted slices, one plane at a time (cache-sized temporaries): float64 grouped
+    convolutions take a slow path on CPU.
+    """
+    H, W = x.shape[-2:]
+    planes = x.reshape(-1, H, W)
+    out = torch.stack([_filter_plane(p, g) for p in planes])
+    return out.reshape(*x.shape[:-2], *out.shape[-2:])
+
+
+def _ssim_cs(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, data_range: float):
+    """Per-image, per-channel mean SSIM and contrast-structure term: ``([N, C], [N, C])``."""
+    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
+    mu_x, mu_y = _filter(x, g), _filter(y, g)
+    sxx = _filter(x * x, g) - mu_x ** 2
+    syy = _filter(y * y, g) - mu_y ** 2
+    sxy = _filter(x * y, g) - mu_x * mu_y
+    cs_map = (2 * sxy + c2) / (sxx + syy + c2)
+    ssim_map = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1) * cs_map
+    return ssim_map.flatten(2).mean(-1), cs_map.flatten(2).mean(-1)
+
+
+def ssim(a: ImageLike, b: ImageLike, data_range: float = 255.0) -> torch.Tensor:
+    """Single-scale SSIM (11x11 Gaussian, sigma 1.5) on 8-bit values: ``[N]`` float64."""
+    x, y = _pair(a, b)
+    if min(x.shape[-2:]) < WIN_SIZE:
+        raise ValueError(f"SSIM needs images of at least {WIN_SIZE}x{WIN_SIZE}, got "
+                         f"{tuple(x.shape[-2:])}")
+    s, _ = _ssim_cs(x, y, gaussian_window(dtype=x.dtype).to(x.device), data_range)
+    return s.mean(1)
+
+
+def ms_ssim(a: ImageLike, b: ImageLike, data_range: float = 255.0) -> torch.Tensor:
+    """Multi-scale SSIM (Wang et al. 2003) on 8-bit rounded RGB, per image.
+
+    Five scales with weights :data:`MS_SSIM_WEIGHTS`, an 11x11 Gaussian window (sigma 1.5), K1 0.01,
+    K2 0.03, 2x2 average-pool downsampling (zero padding of odd sizes, as pytorch_msssim), negative
+    per-channel SSIM/CS values clipped to 0, channels averaged at the end. Matches
+    ``pytorch_msssim.ms_ssim(x, y, data_range=255)``.
+
+    Args:
+        a, b: images ``[N, 3, H, W]`` / ``[3, H, W]``, float in [0, 1] or uint8.
+        data_range: dynamic range of the 8-bit values (255).
+
+    Returns:
+        ``[N]`` float64 in [0, 1].
+
+    Raises:
+        ValueError: shapes differ, or the smaller side is <= 160 pixels (the 5th scale would be
+            smaller than the window).
+    """
+    x, y = _pair(a, b)
+    levels = len(MS_SSIM_WEIGHTS)
+    min_side = (WIN_SIZE - 1) * 2 ** (levels - 1)
+    if min(x.shape[-2:]) <= min_side:
+        raise ValueError(f"MS-SSIM needs both image sides > {min_side} pixels, got "
+                         f"{tuple(x.shape[-2:])}")
+    g = gaussian_window(dtype=x.dtype).to(x.device)
+    w = torch.tensor(MS_SSIM_WEIGHTS, dtype=x.dtype, device=x.device)
+    mcs = []
+    for i in range(levels):
+        s, cs = _ssim_cs(x, y, g, data_range)
+        if i < levels - 1:
+            mcs.append(torch.relu(cs))
+            pad = [d % 2 for d in x.shape[2:]]
+            x = F.avg_pool2d(x, kernel_size=2, padding=pad)
+            y = F.avg_pool2d(y, kernel_size=2, padding=pad)
+    vals = torch.stack(mcs + [torch.relu(s)], dim=0)  # [levels, N, C]
+    return torch.prod(vals ** w.view(-1, 1, 1), dim=0).mean(1)
+
+
+def ms_ssim_db(value: Union[float, torch.Tensor]):
+    """MS-SSIM on a dB scale, ``-10 log10(1 - ms_ssim)`` (how RD plots usually show it)."""
+    if isinstance(value, torch.Tensor):
+        return -10 * torch.log10(1 - value)
+    return float(-10 * np.log10(1 - value))

@@ -1,0 +1,103 @@
+"""BD-rate / BD-PSNR against analytic values and the `bjontegaard` package."""
+import math
+
+import numpy as np
+import pytest
+
+from slimkernels.evaluation.bdrate import bd_psnr, bd_rate, overlap, quality_at_rate
+
+# a realistic pair: published Kodak points (SLIMCAE.md)
+BALLE = ([0.120, 0.195, 0.316, 0.481, 0.721, 1.061], [26.78, 28.35, 30.02, 31.73, 33.69, 35.82])
+CAI = ([0.123, 0.189, 0.288, 0.440, 0.648, 0.967], [26.91, 28.22, 29.62, 31.28, 32.96, 35.38])
+ALL = ("pchip", "akima", "cubic")
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_identical_curves_give_zero(method):
+    r, q = BALLE
+    assert bd_rate(r, q, r, q, method) == pytest.approx(0.0, abs=1e-12)
+    assert bd_psnr(r, q, r, q, method) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("scale,expect", [(0.9, -10.0), (2.0, 100.0), (1.25, 25.0)])
+def test_uniformly_scaled_rates(method, scale, expect):
+    r, q = BALLE
+    assert bd_rate(r, q, [scale * v for v in r], q, method) == pytest.approx(expect, abs=1e-9)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_uniform_psnr_shift(method):
+    r, q = BALLE
+    assert bd_psnr(r, q, r, [v + 0.5 for v in q], method) == pytest.approx(0.5, abs=1e-12)
+    # the same shift makes the test codec cheaper at equal quality
+    assert bd_rate(r, q, r, [v + 0.5 for v in q], method) < 0
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_linear_log_rate_analytic(method):
+    """log10 R linear in PSNR on both curves (every method reproduces lines exactly), sampled at
+    different PSNRs; the shared range is [30, 36] and the mean log-rate difference
+    -0.02 * 33 + 0.5 = -0.16."""
+    qa = np.array([28.0, 30.5, 33.0, 35.5, 38.0])
+    qt = np.array([30.0, 31.0, 33.7, 34.9, 36.0])
+    ra = 10 ** (0.10 * qa - 3.0)
+    rt = 10 ** (0.08 * qt - 2.5)
+    assert bd_rate(ra, qa, rt, qt, method) == pytest.approx((10 ** -0.16 - 1) * 100, abs=1e-9)
+
+
+def test_point_order_does_not_matter():
+    r, q = np.array(CAI[0]), np.array(CAI[1])
+    p = np.random.default_rng(0).permutation(len(r))
+    for m in ALL:
+        assert bd_rate(*BALLE, r[p], q[p], m) == pytest.approx(bd_rate(*BALLE, r, q, m), abs=1e-12)
+
+
+def test_methods_differ_on_realistic_curves():
+    vals = [bd_rate(*BALLE, *CAI, m) for m in ALL]
+    assert all(abs(v) < 10 for v in vals)
+    assert len({round(v, 9) for v in vals}) == 3  # three distinct interpolants
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_matches_bjontegaard_package(method):
+    bj = pytest.importorskip("bjontegaard", reason="the bjontegaard package is not installed")
+    assert bd_rate(*BALLE, *CAI, method) == pytest.approx(
+        bj.bd_rate(*BALLE, *CAI, method=method, min_overlap=0), rel=1e-9, abs=1e-9)
+    assert bd_psnr(*BALLE, *CAI, method) == pytest.approx(
+        bj.bd_psnr(*BALLE, *CAI, method=method, min_overlap=0), rel=1e-9, abs=1e-9)
+    # a pair with partial overlap and unequal point counts (JPEG-like anchor)
+    jr = [0.25, 0.4, 0.6, 0.9, 1.3, 2.0]
+    jq = [24.5, 27.0, 29.2, 31.3, 33.2, 35.5]
+    assert bd_rate(jr, jq, *BALLE, method) == pytest.approx(
+        bj.bd_rate(jr, jq, *BALLE, method=method, min_overlap=0), rel=1e-9)
+    assert bd_rate(jr, jq, *BALLE, method) < -30
+
+
+def test_errors_are_clear():
+    r, q = BALLE
+    with pytest.raises(ValueError, match="do not overlap"):
+        bd_rate(r, q, r, [v + 20 for v in q])
+    with pytest.raises(ValueError, match="at least 2"):
+        bd_rate(r, q, [0.5], [30.0])
+    with pytest.raises(ValueError, match="> 0"):
+        bd_rate(r, q, [0.0, 0.5], [28.0, 31.0])
+    with pytest.raises(ValueError, match="distinct"):
+        bd_rate(r, q, [0.2, 0.3, 0.5], [29.0, 29.0, 31.0])
+    with pytest.raises(ValueError, match=">= 4 points"):
+        bd_rate(r, q, [0.2, 0.3, 0.5], [28.0, 29.0, 31.0], "cubic")
+    with pytest.raises(ValueError, match="unknown interpolation"):
+        bd_rate(r, q, r, q, "spline")
+    with pytest.raises(ValueError, match="finite"):
+        bd_rate(r, q, [0.2, 0.5], [28.0, float("nan")])
+    with pytest.raises(ValueError, match="rates but"):
+        bd_rate(r, q, [0.2, 0.5], [28.0])
+
+
+def test_helpers():
+    assert overlap([1, 3], [2, 4]) == pytest.approx(1 / 3)
+    assert overlap([1, 2], [3, 4]) == 0.0
+    assert quality_at_rate(*BALLE, 0.481) == pytest.approx(31.73, abs=1e-12)
+    v = quality_at_rate(*BALLE, 0.6)
+    assert 31.73 < v < 33.69
+    assert math.isnan(quality_at_rate(*BALLE, 2.0))

@@ -1,0 +1,163 @@
+"""PSNR and MS-SSIM against a float64 NumPy/SciPy reference and known properties."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from slimkernels.evaluation.metrics import (MS_SSIM_WEIGHTS, ms_ssim, ms_ssim_db, psnr, ssim,
+                                            to_uint8_values)
+
+from .conftest import make_image
+
+
+# -- independent float64 reference (NumPy / SciPy, no torch) -----------------------------------
+def _ref_gauss(size=11, sigma=1.5):
+    c = np.arange(size) - size // 2
+    g = np.exp(-c ** 2 / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def _ref_valid_filter(img, g):
+    """Separable 'valid' correlation (SciPy's C implementation), cropped to fully-covered pixels."""
+    from scipy import ndimage
+
+    r = len(g) // 2
+    out = ndimage.correlate1d(ndimage.correlate1d(img, g, axis=1, mode="constant"), g, axis=0,
+                              mode="constant")
+    return out[r:-r, r:-r]
+
+
+def _ref_down(img):
+    """2x2 average with one zero row/column on both sides of an odd side (count_include_pad)."""
+    h, w = img.shape
+    ph, pw = h % 2, w % 2
+    p = np.pad(img, ((ph, ph), (pw, pw)))
+    oh, ow = (h + 2 * ph) // 2, (w + 2 * pw) // 2
+    p = p[: 2 * oh, : 2 * ow]
+    return p.reshape(oh, 2, ow, 2).mean(axis=(1, 3))
+
+
+def _ref_ms_ssim(a, b, L=255.0):
+    """a, b: [H, W, 3] uint8 -> MS-SSIM (float64), channel-wise then averaged."""
+    g = _ref_gauss()
+    c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
+    vals = []
+    for ch in range(3):
+        x, y = a[..., ch].astype(np.float64), b[..., ch].astype(np.float64)
+        prod = 1.0
+        for lvl, wgt in enumerate(MS_SSIM_WEIGHTS):
+            mx, my = _ref_valid_filter(x, g), _ref_valid_filter(y, g)
+            vx = _ref_valid_filter(x * x, g) - mx ** 2
+            vy = _ref_valid_filter(y * y, g) - my ** 2
+            cxy = _ref_valid_filter(x * y, g) - mx * my
+            cs = ((2 * cxy + c2) / (vx + vy + c2))
+            if lvl < 4:
+                prod *= max(cs.mean(), 0.0) ** wgt
+                x, y = _ref_down(x), _ref_down(y)
+            else:
+                s = ((2 * mx * my + c1) / (mx ** 2 + my ** 2 + c1) * cs).mean()
+                prod *= max(s, 0.0) ** wgt
+        vals.append(prod)
+    return float(np.mean(vals))
+
+
+def _t(arr):
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
+
+
+def test_psnr_known_value():
+    a = np.full((20, 30, 3), 100, np.uint8)
+    b = a.copy()
+    b[..., 0] += 6  # MSE = 36 / 3 = 12
+    expect = 20 * math.log10(255) - 10 * math.log10(12.0)
+    assert float(psnr(_t(a), _t(b))[0]) == pytest.approx(expect, abs=1e-10)
+    assert float(psnr(torch.from_numpy(a).permute(2, 0, 1), torch.from_numpy(b).permute(2, 0, 1))[0]) \
+        == pytest.approx(expect, abs=1e-10)
+
+
+def test_psnr_rounds_to_8bit_and_is_per_image():
+    x = torch.rand(2, 3, 16, 16)
+    q = to_uint8_values(x) / 255
+    jitter = q + 0.4 / 255 * (torch.rand_like(q) - 0.5)  # stays within the same 8-bit bin
+    assert torch.isinf(psnr(q, jitter)).all()
+    y = x.clone()
+    y[1] = 1 - y[1]
+    p = psnr(x, y)
+    assert p.shape == (2,) and p.dtype == torch.float64
+    assert math.isinf(p[0]) and math.isfinite(p[1])
+
+
+def test_psnr_rejects_bad_input():
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 9))
+    with pytest.raises(ValueError, match="NaN"):
+        psnr(torch.full((1, 3, 4, 4), float("nan")), torch.rand(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="shape"):
+        psnr(torch.rand(8, 8), torch.rand(8, 8))
+
+
+@pytest.mark.parametrize("h,w", [(176, 200), (171, 203)])
+def test_ms_ssim_matches_float64_reference(h, w):
+    a = make_image(3, h, w)
+    rng = np.random.default_rng(4)
+    b = np.clip(a + rng.normal(0, 12, a.shape), 0, 255).round().astype(np.uint8)
+    got = float(ms_ssim(_t(a), _t(b))[0])
+    ref = _ref_ms_ssim(a, b)
+    assert 0.5 < ref < 1.0
+    assert got == pytest.approx(ref, rel=1e-10, abs=1e-12)
+
+
+def test_ms_ssim_properties():
+    a = make_image(5, 176, 176)
+    rng = np.random.default_rng(6)
+    x = _t(a)
+    assert float(ms_ssim(x, x)[0]) == pytest.approx(1.0, abs=1e-12)
+    vals = []
+    for sd in (2, 8, 30):
+        b = np.clip(a + rng.normal(0, sd, a.shape), 0, 255).round().astype(np.uint8)
+        y = _t(b)
+        v = float(ms_ssim(x, y)[0])
+        assert float(ms_ssim(y, x)[0]) == pytest.approx(v, abs=1e-12)  # symmetric
+        assert 0.0 <= v < 1.0
+        vals.append(v)
+    assert vals[0] > vals[1] > vals[2]
+    batch = ms_ssim(torch.cat([x, x]), torch.cat([x, _t(b)]))
+    assert batch.shape == (2,) and batch[0] == pytest.approx(1.0) and batch[1] == pytest.approx(vals[2])
+    assert ms_ssim_db(0.99) == pytest.approx(20.0)
+
+
+def test_ssim_and_ms_ssim_size_checks():
+    with pytest.raises(ValueError, match="> 160"):
+        ms_ssim(torch.rand(1, 3, 160, 300), torch.rand(1, 3, 160, 300))
+    with pytest.raises(ValueError, match="at least 11"):
+        ssim(torch.rand(1, 3, 10, 30), torch.rand(1, 3, 10, 30))
+    assert float(ssim(torch.ones(1, 3, 20, 20) * 0.5, torch.ones(1, 3, 20, 20) * 0.5)[0]) == pytest.approx(1.0)
+
+
+def test_ms_ssim_matches_pytorch_msssim(monkeypatch):
+    pm = pytest.importorskip("pytorch_msssim", reason="pytorch-msssim is not installed")
+    import sys
+
+    pms = sys.modules["pytorch_msssim.ssim"]
+    a = make_image(7, 200, 232)
+    rng = np.random.default_rng(8)
+    b = np.clip(a + rng.normal(0, 10, a.shape), 0, 255).round().astype(np.uint8)
+    xa = torch.from_numpy(a).permute(2, 0, 1)[None].double()
+    xb = torch.from_numpy(b).permute(2, 0, 1)[None].double()
+    ours = float(ms_ssim(_t(a), _t(b))[0])
+    # as shipped: pytorch_msssim builds its Gaussian window in float32 (~1e-7 relative error)
+    theirs = float(pm.ms_ssim(xa, xb, data_range=255, size_average=True))
+    assert ours == pytest.approx(theirs, rel=1e-5)
+    # with a float64 window the two agree to float64 rounding
+    orig = pms._fspecial_gauss_1d
+
+    def gauss64(size, sigma):
+        c = torch.arange(size, dtype=torch.float64) - size // 2
+        g = torch.exp(-(c ** 2) / (2 * sigma ** 2))
+        return (g / g.sum())[None, None]
+
+    monkeypatch.setattr(pms, "_fspecial_gauss_1d", gauss64)
+    theirs64 = float(pms.ms_ssim(xa, xb, data_range=255, size_average=True))
+    monkeypatch.setattr(pms, "_fspecial_gauss_1d", orig)
+    assert ours == pytest.approx(theirs64, rel=1e-10)
