@@ -1,0 +1,79 @@
+"""Command line of the evaluation: ``slimkernels eval DIR`` and ``python python/evaluate.py DIR``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``eval`` arguments to ``parser`` (a subcommand parser or a fresh one)."""
+    parser.add_argument("folder", metavar="DIR", help="folder of images (e.g. Kodak PNGs)")
+    parser.add_argument("--model", default=None,
+                        help="model file or training checkpoint (default: the bundled model)")
+    parser.add_argument("--widths", type=int, nargs="+", default=None,
+                        help="widths to evaluate (default: all of the model's)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--out", default="results", help="output folder (default: results/)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
+    parser.add_argument("--no-classical", action="store_true",
+                        help="skip the JPEG/WebP sweeps (the Balle 2017 curve is still plotted)")
+    parser.add_argument("--jpeg-qualities", type=int, nargs="+", default=None)
+    parser.add_argument("--webp-qualities", type=int, nargs="+", default=None)
+    parser.add_argument("--streams", type=int, default=1, help="coder substreams")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quiet", action="store_true", help="no per-image lines")
+    return parser
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run the evaluation for parsed ``args``; print the table; return the exit code.
+
+    Exit codes: 0 done, 2 bad input (missing folder/model, bad width), 3 the range coder
+    extension is missing.
+    """
+    from ..pretrained import load_model
+    from .kodak import evaluate_all, list_images
+
+    def err(msg: str) -> int:
+        print(f"slimkernels eval: error: {msg}", file=sys.stderr)
+        return 2
+
+    try:
+        list_images(args.folder, args.limit)
+    except ValueError as e:
+        return err(str(e))
+    try:
+        model = load_model(args.model, device=args.device)
+    except (FileNotFoundError, ValueError) as e:
+        return err(str(e))
+    try:
+        from .. import coding  # noqa: F401  (compress needs the C++ range coder)
+    except ImportError as e:
+        print(f"slimkernels eval: error: the range coder is not available ({e}); build it with "
+              "`pip install --no-build-isolation -e .`", file=sys.stderr)
+        return 3
+    log = None if args.quiet else (lambda s: print(s, flush=True))
+    try:
+        summary = evaluate_all(model, args.folder, args.out, widths=args.widths,
+                               precision=args.precision, limit=args.limit,
+                               classical=not args.no_classical, jpeg_qualities=args.jpeg_qualities,
+                               webp_qualities=args.webp_qualities, streams=args.streams,
+                               progress=log)
+    except ValueError as e:
+        return err(str(e))
+    with open(summary["files"]["table"]) as f:
+        print(f.read(), end="")
+    g = summary["goals"]
+    print(f"goals: monotone={g['monotone']} bpp span={g['bpp_span'][0]:.3f}-{g['bpp_span'][1]:.3f} "
+          f"BD-rate vs JPEG={g['bd_rate_vs_jpeg_pchip']} gap to Balle2017 at widest="
+          f"{g['gap_to_balle2017_db']}")
+    print("wrote " + ", ".join(sorted(v for k, v in summary["files"].items())))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="slimkernels eval",
+                                description="Rate-distortion evaluation of a SlimCAE on an image "
+                                            "folder, with JPEG/WebP and Balle 2017 references.")
+    return run_eval(add_eval_arguments(p).parse_args(argv))

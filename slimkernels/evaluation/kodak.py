@@ -1,0 +1,346 @@
+"""Rate-distortion evaluation of a SlimCAE on an image folder (Kodak), with reference curves.
+
+Per width and image: the image is compressed to a ``.slim`` file that is written to disk, the
+file is read back and decoded; the rate is the file size (``bytes * 8 / (H * W)`` of the unpadded
+image, container header included), quality PSNR and MS-SSIM of the decoded 8-bit RGB against the
+original (SLIMCAE.md conventions). The estimated rate is ``-sum log2 p(y_hat) / (H * W)`` from
+``model.forward`` on the same edge-padded input that ``compress`` codes, divided by the unpadded
+pixel count. RD values are means over images, times medians over images.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .bdrate import bd_psnr, bd_rate, overlap, quality_at_rate
+from .metrics import ms_ssim, ms_ssim_db, psnr
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
+
+#: Published Kodak RD points (bpp, RGB PSNR dB), SLIMCAE.md "Evaluation".
+BALLE2017 = {
+    "name": "Balle 2017 (factorized, published)",
+    "description": "Balle, Laparra, Simoncelli, ICLR 2017, factorized prior, MSE, Kodak RGB PSNR; "
+                   "published numbers (SLIMCAE.md), not measured here",
+    "results": {"bpp": [0.120, 0.195, 0.316, 0.481, 0.721, 1.061],
+                "psnr-rgb": [26.78, 28.35, 30.02, 31.73, 33.69, 35.82]},
+}
+COMPRESSAI_BMSHJ2018_FACTORIZED = {
+    "name": "CompressAI bmshj2018-factorized (published)",
+    "description": "CompressAI's re-trained bmshj2018-factorized, Kodak RGB PSNR; published numbers "
+                   "(SLIMCAE.md), not measured here",
+    "results": {"bpp": [0.123, 0.189, 0.288, 0.440, 0.648, 0.967],
+                "psnr-rgb": [26.91, 28.22, 29.62, 31.28, 32.96, 35.38]},
+}
+
+
+def list_images(folder: str, limit: Optional[int] = None) -> List[str]:
+    """Sorted image files in ``folder`` (first ``limit`` of them).
+
+    Raises:
+        ValueError: ``folder`` is not a directory, holds no images, or ``limit`` < 1.
+    """
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder} is not a directory: pass a folder of images (e.g. Kodak PNGs)")
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise ValueError(f"{folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    if limit is not None:
+        if int(limit) < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        files = files[: int(limit)]
+    return [os.path.join(folder, f) for f in files]
+
+
+def padded_input(x: torch.Tensor) -> torch.Tensor:
+    """``[1, 3, H, W]`` -> edge-replicated to multiples of 16 (what ``SlimCAE.compress`` codes)."""
+    H, W = x.shape[-2:]
+    ph, pw = (-H) % 16, (-W) % 16
+    if ph or pw:
+        return torch.nn.functional.pad(x.float(), (0, pw, 0, ph), mode="replicate")
+    return x.float()
+
+
+@torch.no_grad()
+def estimated_bpp(model, x: torch.Tensor, width: int, precision: str = "fp32") -> float:
+    """Model-estimated rate of ``x`` (``[1, 3, H, W]`` in [0, 1]) at ``width``, bits per pixel.
+
+    ``-sum log2 likelihoods`` of ``model.forward`` in eval mode (median rounding, as coded) on the
+    padded input, divided by the UNPADDED pixel count ``H * W``.
+    """
+    H, W = x.shape[-2:]
+    dev = next(model.parameters()).device
+    xp = padded_input(x).to(dev)
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = model(xp, width)
+    lik = out["likelihoods"]["y"].double()
+    return float(-torch.log2(lik).sum() / (H * W))
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precision: str = "fp32",
+             limit: Optional[int] = None, out_dir: Optional[str] = None, streams: int = 1,
+             warmup: bool = True, progress: Optional[Callable[[str], None]] = None) -> Dict:
+    """Evaluate ``model`` (a SlimCAE with CDF tables) on the images of ``folder``.
+
+    Args:
+        model: :class:`slimkernels.models.SlimCAE` (``update()`` done; eval mode is set here).
+        folder: directory of images (Kodak: 24 PNGs, 768x512).
+        widths: widths to evaluate (default: all of the model's).
+        precision: ``"fp32"`` or ``"bf16"`` (for compress, decompress and the estimate).
+        limit: only the first ``limit`` images (sorted by name).
+        out_dir: where the ``.slim`` files go (``out_dir/bitstreams/w{width}/{image}.slim``); a
+            temporary folder (deleted afterwards) when None.
+        streams: coder substreams.
+        warmup: one untimed compress/decompress per width before timing.
+        progress: called with a line of text after every image and width.
+
+    Returns:
+        CompressAI results layout, one entry per width in increasing width order:
+        ``{"name", "description", "results": {"width", "bpp", "bpp-estimated", "psnr-rgb",
+        "ms-ssim-rgb", "ms-ssim-db", "encoding_time", "decoding_time", "encode_ms",
+        "decode_ms"}, "per_image": [...], "images": [...], ...}``; bpp/PSNR/MS-SSIM are means over
+        images, times medians over images (``*_time`` in seconds, ``*_ms`` in ms).
+
+    Raises:
+        ValueError: bad folder, width, precision or limit.
+    """
+    from ..io import atomic_write_bytes, read_image
+
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    widths = sorted({int(w) for w in (widths or model.widths)})
+    bad = [w for w in widths if w not in model.widths]
+    if bad:
+        raise ValueError(f"widths {bad} are not widths of this model {list(model.widths)}")
+    paths = list_images(folder, limit)
+    model.eval()
+    if not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
+        model.update()
+    tmp = None
+    if out_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="slimkernels-eval-")
+        out_dir = tmp.name
+    try:
+        images = []
+        for p in paths:
+            x, _ = read_image(p)
+            images.append(x)
+        per_image = []
+        for w in widths:
+            wdir = os.path.join(out_dir, "bitstreams", f"w{w}")
+            os.makedirs(wdir, exist_ok=True)
+            if warmup:
+                model.decompress(model.compress(images[0], w, precision=precision, streams=streams),
+                                 precision=precision)
+            for p, x in zip(paths, images):
+                H, W = x.shape[-2:]
+                t0 = time.perf_counter()
+                data = model.compress(x, w, precision=precision, streams=streams)
+                t1 = time.perf_counter()
+                fpath = os.path.join(wdir, _stem(p) + ".slim")
+                atomic_write_bytes(fpath, data, overwrite=True)
+                size = os.path.getsize(fpath)
+                with open(fpath, "rb") as f:
+                    stored = f.read()
+                t2 = time.perf_counter()
+                x_hat = model.decompress(stored, precision=precision)
+                t3 = time.perf_counter()
+                row = {"image": _stem(p), "width": w, "height": int(H), "img_width": int(W),
+                       "bytes": int(size), "bpp": size * 8.0 / (H * W),
+                       "bpp_estimated": estimated_bpp(model, x, w, precision),
+                       "psnr": float(psnr(x, x_hat)[0]), "ms_ssim": float(ms_ssim(x, x_hat)[0]),
+                       "encode_ms": (t1 - t0) * 1e3, "decode_ms": (t3 - t2) * 1e3}
+                per_image.append(row)
+                if progress:
+                    progress(f"w{w:<4d} {row['image']}: {row['bpp']:.4f} bpp (est "
+                             f"{row['bpp_estimated']:.4f}), {row['psnr']:.2f} dB, MS-SSIM "
+                             f"{row['ms_ssim']:.4f}, enc {row['encode_ms']:.0f} ms, dec "
+                             f"{row['decode_ms']:.0f} ms")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    keys = ("width", "bpp", "bpp-estimated", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-db",
+            "encoding_time", "decoding_time", "encode_ms", "decode_ms")
+    res: Dict[str, List] = {k: [] for k in keys}
+    for w in widths:
+        rows = [r for r in per_image if r["width"] == w]
+        msv = float(np.mean([r["ms_ssim"] for r in rows]))
+        res["width"].append(w)
+        res["bpp"].append(float(np.mean([r["bpp"] for r in rows])))
+        res["bpp-estimated"].append(float(np.mean([r["bpp_estimated"] for r in rows])))
+        res["psnr-rgb"].append(float(np.mean([r["psnr"] for r in rows])))
+        res["ms-ssim-rgb"].append(msv)
+        res["ms-ssim-db"].append(ms_ssim_db(msv) if msv < 1 else float("inf"))
+        enc = float(np.median([r["encode_ms"] for r in rows]))
+        dec = float(np.median([r["decode_ms"] for r in rows]))
+        res["encode_ms"].append(enc)
+        res["decode_ms"].append(dec)
+        res["encoding_time"].append(enc / 1e3)
+        res["decoding_time"].append(dec / 1e3)
+    return {"name": "SlimCAE",
+            "description": f"SlimCAE widths {widths}, {precision}, {streams} coder stream(s), "
+                           f"{len(paths)} images of {folder}; bpp from the written .slim files; "
+                           "estimated bpp on the padded input over unpadded pixels; RD values "
+                           "averaged per image, times medians (s)",
+            "precision": precision, "model_id": model.model_id().hex(),
+            "images": [_stem(p) for p in paths], "results": res, "per_image": per_image}
+
+
+def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("pchip", "akima")
+               ) -> Dict[str, Dict]:
+    """BD-rate (%) and BD-PSNR (dB) of ``test`` against each anchor (CompressAI layout dicts).
+
+    Returns ``{anchor: {"bd_rate_pchip": ..., "bd_rate_akima": ..., "bd_psnr_pchip": ...,
+    "bd_rate_ms_ssim_pchip": ... (when both have MS-SSIM), "overlap_psnr": fraction}}``;
+    a value the curves cannot give (no overlap, too few points) is None with the reason under
+    ``"errors"``.
+    """
+    out: Dict[str, Dict] = {}
+    rt, qt = test["results"]["bpp"], test["results"]["psnr-rgb"]
+    mt = test["results"].get("ms-ssim-rgb")
+    for name, ref in anchors.items():
+        ra, qa = ref["results"]["bpp"], ref["results"]["psnr-rgb"]
+        ma = ref["results"].get("ms-ssim-rgb")
+        row: Dict = {"overlap_psnr": overlap(qa, qt), "errors": {}}
+        jobs = []
+        for m in methods:
+            jobs.append((f"bd_rate_{m}", bd_rate, (ra, qa, rt, qt, m)))
+            jobs.append((f"bd_psnr_{m}", bd_psnr, (ra, qa, rt, qt, m)))
+            if mt and ma and None not in mt and None not in ma:
+                dba = [ms_ssim_db(v) for v in ma]
+                dbt = [ms_ssim_db(v) for v in mt]
+                jobs.append((f"bd_rate_ms_ssim_{m}", bd_rate, (ra, dba, rt, dbt, m)))
+        for key, fn, a in jobs:
+            try:
+                row[key] = fn(*a)
+            except ValueError as e:
+                row[key] = None
+                row["errors"][key] = str(e)
+        if not row["errors"]:
+            del row["errors"]
+        out[name] = row
+    return out
+
+
+def goal_check(slim: Dict, bd: Dict[str, Dict], balle: Dict = BALLE2017) -> Dict:
+    """The issue's Kodak goals, evaluated on measured curves (values and pass/fail)."""
+    r = slim["results"]
+    order = np.argsort(r["width"])
+    bpp = np.asarray(r["bpp"])[order]
+    q = np.asarray(r["psnr-rgb"])[order]
+    widest_bpp, widest_psnr = float(bpp[-1]), float(q[-1])
+    ref = quality_at_rate(balle["results"]["bpp"], balle["results"]["psnr-rgb"], widest_bpp)
+    gap = None if math.isnan(ref) else ref - widest_psnr
+    jpeg = bd.get("JPEG", {}).get("bd_rate_pchip")
+    return {
+        "monotone": bool(np.all(np.diff(bpp) > 0) and np.all(np.diff(q) > 0)),
+        "bpp_span": [float(bpp.min()), float(bpp.max())],
+        "bd_rate_vs_jpeg_pchip": jpeg,
+        "bd_rate_vs_jpeg_below_-30": None if jpeg is None else bool(jpeg < -30),
+        "widest_bpp": widest_bpp, "widest_psnr": widest_psnr,
+        "balle2017_psnr_at_widest_bpp": None if math.isnan(ref) else ref,
+        "gap_to_balle2017_db": gap,
+        "within_1.5dB_of_balle2017": None if gap is None else bool(gap <= 1.5),
+    }
+
+
+def _fmt(v, spec):
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def markdown_table(slim: Dict, bd: Dict[str, Dict]) -> str:
+    """Markdown tables: per width RD values and times; BD-rates against each anchor."""
+    r = slim["results"]
+    lines = ["| width | bpp (file) | bpp (estimated) | PSNR dB | MS-SSIM | MS-SSIM dB | "
+             "encode ms | decode ms |", "|---|---|---|---|---|---|---|---|"]
+    for i, w in enumerate(r["width"]):
+        lines.append(f"| {w} | {r['bpp'][i]:.4f} | {r['bpp-estimated'][i]:.4f} | "
+                     f"{r['psnr-rgb'][i]:.2f} | {r['ms-ssim-rgb'][i]:.4f} | "
+                     f"{r['ms-ssim-db'][i]:.2f} | {r['encode_ms'][i]:.0f} | {r['decode_ms'][i]:.0f} |")
+    lines += ["", "| anchor | BD-rate PSNR (PCHIP) | BD-rate PSNR (Akima) | BD-PSNR dB (PCHIP) | "
+              "BD-rate MS-SSIM (PCHIP) | PSNR overlap |", "|---|---|---|---|---|---|"]
+    for name, b in bd.items():
+        lines.append(f"| {name} | {_fmt(b.get('bd_rate_pchip'), '+.1f')} % | "
+                     f"{_fmt(b.get('bd_rate_akima'), '+.1f')} % | {_fmt(b.get('bd_psnr_pchip'), '+.2f')} | "
+                     f"{_fmt(b.get('bd_rate_ms_ssim_pchip'), '+.1f')}"
+                     f"{' %' if b.get('bd_rate_ms_ssim_pchip') is not None else ''} | "
+                     f"{b['overlap_psnr']:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_json(path: str, obj) -> None:
+    from ..io import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode(),
+                       overwrite=True)
+
+
+def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int]] = None,
+                 precision: str = "fp32", limit: Optional[int] = None, classical: bool = True,
+                 jpeg_qualities: Optional[Sequence[int]] = None,
+                 webp_qualities: Optional[Sequence[int]] = None, streams: int = 1,
+                 plot: bool = True, progress: Optional[Callable[[str], None]] = None) -> Dict:
+    """Full evaluation: SlimCAE per width, JPEG and WebP on the same images, the published
+    Balle 2017 curve, BD-rates, the goal check; writes into ``out_dir``:
+
+    ``slimcae.json``, ``jpeg.json``, ``webp.json``, ``balle2017.json`` (CompressAI results
+    layout), ``summary.json`` (all of it plus BD-rates and goals), ``table.md``, ``rd.png`` and the
+    ``.slim`` files under ``bitstreams/``.
+
+    Returns:
+        ``{"slimcae": ..., "references": {name: curve}, "bd": {...}, "goals": {...},
+        "files": {...}}``.
+    """
+    from ..io import read_image
+    from .classical import codec_available, evaluate_codec
+
+    os.makedirs(out_dir, exist_ok=True)
+    slim = evaluate(model, folder, widths, precision, limit, out_dir, streams, progress=progress)
+    refs: Dict[str, Dict] = {}
+    files = {"slimcae": os.path.join(out_dir, "slimcae.json")}
+    _write_json(files["slimcae"], slim)
+    if classical:
+        images = [read_image(p)[0] for p in list_images(folder, limit)]
+        for codec, qs in (("jpeg", jpeg_qualities), ("webp", webp_qualities)):
+            if not codec_available(codec):
+                if progress:
+                    progress(f"{codec}: not available in this Pillow build, skipped")
+                continue
+            t0 = time.perf_counter()
+            curve = evaluate_codec(images, codec, qs)
+            refs[curve["name"]] = curve
+            files[codec] = os.path.join(out_dir, f"{codec}.json")
+            _write_json(files[codec], curve)
+            if progress:
+                progress(f"{curve['name']}: {len(curve['results']['bpp'])} qualities in "
+                         f"{time.perf_counter() - t0:.1f} s")
+    refs["Balle2017"] = BALLE2017
+    files["balle2017"] = os.path.join(out_dir, "balle2017.json")
+    _write_json(files["balle2017"], BALLE2017)
+    bd = bd_summary(slim, refs)
+    goals = goal_check(slim, bd)
+    files["table"] = os.path.join(out_dir, "table.md")
+    from ..io import atomic_write_bytes
+
+    atomic_write_bytes(files["table"], markdown_table(slim, bd).encode(), overwrite=True)
+    if plot:
+        from .plot import rd_plot
+
+        files["plot"] = os.path.join(out_dir, "rd.png")
+        rd_plot(slim, refs, files["plot"],
+                title=f"Kodak ({len(slim['images'])} images), {slim['precision']}")
+    summary = {"slimcae": slim, "references": refs, "bd": bd, "goals": goals, "files": files}
+    files["summary"] = os.path.join(out_dir, "summary.json")
+    _write_json(files["summary"], {k: v for k, v in summary.items()})
+    return summary

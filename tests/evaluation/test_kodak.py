@@ -1,0 +1,173 @@
+"""Folder evaluation of a SlimCAE, BD summary, goal check, plot and the ``eval`` command line."""
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from slimkernels.evaluation import kodak
+from slimkernels.evaluation.cli import add_eval_arguments, run_eval
+from slimkernels.evaluation.metrics import ms_ssim, psnr
+from slimkernels.evaluation.plot import rd_plot
+
+from .conftest import needs_coder
+
+
+def test_list_images(image_folder, tmp_path):
+    files = kodak.list_images(image_folder)
+    assert [os.path.basename(f) for f in files] == ["a.png", "b.png"]
+    assert len(kodak.list_images(image_folder, limit=1)) == 1
+    with pytest.raises(ValueError, match="not a directory"):
+        kodak.list_images(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        kodak.list_images(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="limit"):
+        kodak.list_images(image_folder, limit=0)
+
+
+def test_estimated_bpp_uses_padded_input_and_unpadded_pixels(tiny_model):
+    x = torch.rand(1, 3, 40, 50)
+    xp = kodak.padded_input(x)
+    assert xp.shape == (1, 3, 48, 64)
+    assert torch.equal(xp[..., :40, :50], x) and torch.equal(xp[0, :, 45, 50:], x[0, :, 39, 49:].expand(3, 14))
+    with torch.no_grad():
+        lik = tiny_model(xp, 8)["likelihoods"]["y"].double()
+    bits = float(-torch.log2(lik).sum())
+    assert kodak.estimated_bpp(tiny_model, x, 8) == pytest.approx(bits / (40 * 50), rel=1e-12)
+
+
+@needs_coder
+def test_evaluate_rates_and_quality_from_the_written_files(tiny_model, image_folder, tmp_path):
+    from slimkernels import container
+    from slimkernels.io import read_image
+
+    out = tmp_path / "out"
+    lines = []
+    res = kodak.evaluate(tiny_model, image_folder, out_dir=str(out), progress=lines.append)
+    r = res["results"]
+    assert r["width"] == [8, 16] and res["images"] == ["a", "b"] and len(lines) == 4
+    for key in ("bpp", "bpp-estimated", "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"):
+        assert len(r[key]) == 2 and all(np.isfinite(r[key])), key
+    assert r["bpp"][0] < r["bpp"][1]  # the wider sub-network codes more channels
+    for i, w in enumerate((8, 16)):
+        bpps, psnrs, mss = [], [], []
+        for name in ("a", "b"):
+            path = out / "bitstreams" / f"w{w}" / f"{name}.slim"
+            data = path.read_bytes()
+            x, _ = read_image(os.path.join(image_folder, name + ".png"))
+            H, W = x.shape[-2:]
+            bpps.append(len(data) * 8 / (H * W))
+            x_hat = tiny_model.decompress(data)
+            psnrs.append(float(psnr(x, x_hat)[0]))
+            mss.append(float(ms_ssim(x, x_hat)[0]))
+            # the estimate is the payload's size up to the coder's flush and CDF quantization
+            est_bits = kodak.estimated_bpp(tiny_model, x, w) * H * W
+            payload_bits = len(container.unpack(data).payload) * 8
+            assert 0.98 * est_bits <= payload_bits <= 1.02 * est_bits + 512
+        assert r["bpp"][i] == pytest.approx(np.mean(bpps), rel=1e-12)
+        assert r["psnr-rgb"][i] == pytest.approx(np.mean(psnrs), rel=1e-12)
+        assert r["ms-ssim-rgb"][i] == pytest.approx(np.mean(mss), rel=1e-12)
+        assert r["encode_ms"][i] == pytest.approx(1e3 * r["encoding_time"][i])
+    json.dumps(res)  # serializable
+
+
+@needs_coder
+def test_evaluate_one_width_limit_bf16(tiny_model, image_folder):
+    res = kodak.evaluate(tiny_model, image_folder, widths=[16], precision="bf16", limit=1,
+                         warmup=False)
+    assert res["results"]["width"] == [16] and res["images"] == ["a"]
+    assert res["precision"] == "bf16" and np.isfinite(res["results"]["psnr-rgb"][0])
+
+
+def test_evaluate_argument_errors(tiny_model, image_folder):
+    with pytest.raises(ValueError, match="not widths of this model"):
+        kodak.evaluate(tiny_model, image_folder, widths=[12])
+    with pytest.raises(ValueError, match="precision"):
+        kodak.evaluate(tiny_model, image_folder, precision="fp16")
+
+
+def _curve(bpp, q, ms=None, width=None):
+    r = {"bpp": list(bpp), "psnr-rgb": list(q)}
+    if ms is not None:
+        r["ms-ssim-rgb"] = list(ms)
+    if width is not None:
+        r["width"] = list(width)
+    return {"name": "x", "results": r}
+
+
+def test_bd_summary_and_goals():
+    b = kodak.BALLE2017["results"]
+    slim = _curve([v * 0.9 for v in b["bpp"]], b["psnr-rgb"],
+                  ms=[0.90, 0.93, 0.95, 0.96, 0.97, 0.98], width=[32, 48, 72, 96, 144, 192])
+    jpeg = _curve([0.3, 0.5, 0.8, 1.2, 2.0], [25.0, 27.5, 30.0, 32.0, 34.5],
+                  ms=[0.85, 0.90, 0.94, 0.96, 0.975])
+    far = _curve([1.0, 2.0], [50.0, 55.0])
+    bd = kodak.bd_summary(slim, {"JPEG": jpeg, "Balle2017": kodak.BALLE2017, "far": far})
+    # rates scaled by 0.9 against the same PSNRs -> exactly -10 % vs Balle 2017, both methods
+    assert bd["Balle2017"]["bd_rate_pchip"] == pytest.approx(-10.0, abs=1e-9)
+    assert bd["Balle2017"]["bd_rate_akima"] == pytest.approx(-10.0, abs=1e-9)
+    assert "bd_rate_ms_ssim_pchip" not in bd["Balle2017"]  # no MS-SSIM published
+    assert bd["JPEG"]["bd_rate_pchip"] < -30 and bd["JPEG"]["bd_rate_ms_ssim_pchip"] is not None
+    assert bd["far"]["bd_rate_pchip"] is None and "do not overlap" in bd["far"]["errors"]["bd_rate_pchip"]
+    g = kodak.goal_check(slim, bd)
+    assert g["monotone"] and g["bd_rate_vs_jpeg_below_-30"]
+    # the widest point sits at 0.9 * 1.061 bpp with Balle's PSNR at 1.061: above the curve
+    assert g["widest_bpp"] == pytest.approx(0.9 * 1.061)
+    assert g["gap_to_balle2017_db"] < 0 and g["within_1.5dB_of_balle2017"]
+    slim["results"]["psnr-rgb"][2] = 20.0
+    assert not kodak.goal_check(slim, bd)["monotone"]
+    md = kodak.markdown_table({"results": {**slim["results"], "bpp-estimated": slim["results"]["bpp"],
+                                           "ms-ssim-db": [10.0] * 6, "encode_ms": [1.0] * 6,
+                                           "decode_ms": [2.0] * 6}}, bd)
+    assert "| 192 |" in md and "-10.0 %" in md and "n/a" in md
+
+
+def test_rd_plot_writes_png(tmp_path):
+    slim = _curve([0.1, 0.2, 0.4], [26.0, 28.0, 30.0], ms=[0.9, 0.94, 0.96], width=[8, 16, 32])
+    refs = {"JPEG": _curve([0.3, 0.6, 3.0], [25.0, 29.0, 40.0], ms=[0.85, 0.93, 0.99]),
+            "Balle2017": kodak.BALLE2017}
+    path = rd_plot(slim, refs, str(tmp_path / "rd.png"), title="t")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    assert Image.open(path).size[0] > 1000  # two panels (PSNR, MS-SSIM)
+
+
+def _args(argv):
+    return add_eval_arguments(argparse.ArgumentParser()).parse_args(argv)
+
+
+def test_cli_input_errors(image_folder, tmp_path, capsys):
+    assert run_eval(_args([str(tmp_path / "nope")])) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert run_eval(_args([image_folder, "--model", str(tmp_path / "none.pt")])) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@needs_coder
+def test_cli_end_to_end(tiny_model, image_folder, tmp_path, capsys):
+    from slimkernels.pretrained import save_model
+
+    model_path = str(tmp_path / "tiny.pt")
+    save_model(tiny_model, model_path)
+    out = tmp_path / "results"
+    rc = run_eval(_args([image_folder, "--model", model_path, "--out", str(out), "--quiet",
+                         "--jpeg-qualities", "10", "50", "90", "--webp-qualities", "10", "50", "90"]))
+    assert rc == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    assert "| 16 |" in text and "goals:" in text
+    for name in ("slimcae.json", "jpeg.json", "webp.json", "balle2017.json", "summary.json",
+                 "table.md", "rd.png"):
+        assert (out / name).exists(), name
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["bd"]) == {"JPEG", "WebP", "Balle2017"}
+    slim = json.loads((out / "slimcae.json").read_text())
+    assert {"name", "description", "results"} <= set(slim)
+    assert slim["results"]["width"] == [8, 16]
+    assert len(list((out / "bitstreams" / "w16").glob("*.slim"))) == 2
+    jpeg = json.loads((out / "jpeg.json").read_text())
+    assert jpeg["results"]["quality"] == [10, 50, 90]
