@@ -23,6 +23,10 @@
 #define SK_UNLIKELY(x) (x)
 #endif
 
+#ifndef SK_LUT_BITS
+#define SK_LUT_BITS 12
+#endif
+
 namespace slimcoder {
 namespace {
 
@@ -149,18 +153,19 @@ void parallel_for(int64_t count, int threads, const F& f) {
     for (int64_t s = 0; s < count; ++s) f(s);
     return;
   }
-  std::vector<std::exception_ptr> errors(threads);
+  // Worker t takes substreams t, t + threads, ...; the calling thread is worker 0.
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
+  auto work = [&](int t) {
+    try {
+      for (int64_t s = t; s < count; s += threads) f(s);
+    } catch (...) {
+      errors[size_t(t)] = std::current_exception();
+    }
+  };
   std::vector<std::thread> pool;
-  pool.reserve(threads);
-  for (int t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      try {
-        for (int64_t s = t; s < count; s += threads) f(s);
-      } catch (...) {
-        errors[t] = std::current_exception();
-      }
-    });
-  }
+  pool.reserve(size_t(threads - 1));
+  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
+  work(0);
   for (auto& th : pool) th.join();
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
@@ -466,7 +471,7 @@ template <typename LutT>
 void decode_impl(const Header& h, const uint8_t* data, const int32_t* indexes, int64_t n,
                  const Tables& t, int threads, int32_t* out) {
   // Lookup table: up to 2^12 buckets per CDF, fewer when the table would dwarf the data.
-  int bits = std::min(t.precision, 12);
+  int bits = std::min(t.precision, SK_LUT_BITS);
   const int64_t budget = std::max<int64_t>(int64_t(1) << 16, 4 * n);
   while (bits > 0 && (t.num_cdfs << bits) > budget) --bits;
   auto lut = build_lut<LutT>(t, bits);

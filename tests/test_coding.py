@@ -389,10 +389,13 @@ def test_corrupted_streams_return_or_raise_quickly():
         try:
             out = coding.decode(bytes(data), idx, c, l, o, threads=int(rng.integers(1, 3)))
             assert out.shape == idx.shape and out.dtype == np.int32
+            # Accepted streams are canonical: exactly what the encoder writes for the output.
+            assert coding.encode(out, idx, c, l, o, streams=coding.stream_count(data)) == data
             n_ok += 1
         except ValueError:
             n_err += 1
     assert n_err > 300  # corruption is detected (final-state check), not silently accepted
+    assert n_ok > 0  # the right tables among the "wrong" ones decode (and re-encode) fine
     assert time.perf_counter() - t0 < 60  # bounded: this loop decodes 400 x 3072 symbols
 
 
@@ -417,6 +420,7 @@ def test_random_payload_behind_valid_header_never_crashes():
         try:
             out = coding.decode(data, idx, cdfs, lengths, offsets)
             assert out.shape == (n,)
+            assert coding.encode(out, idx, cdfs, lengths, offsets, streams=k) == data
         except ValueError as e:
             assert "corrupt" in str(e)
 

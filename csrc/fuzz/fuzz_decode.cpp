@@ -9,8 +9,9 @@
 //           decoded, and must round-trip exactly (any mismatch aborts);
 //   mode 3: as mode 2, then the valid stream is corrupted (bit flips, truncation, byte
 //           overwrites, wrong tables) and decoded again.
-// Decoding must return or throw slimcoder::Error; anything else (crash, sanitizer report,
-// other exception, timeout) is a finding.
+// Decoding must return or throw slimcoder::Error, and a successful decode must re-encode to the
+// very same bytes; anything else (crash, sanitizer report, other exception, mismatch, timeout)
+// is a finding.
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -122,6 +123,16 @@ bool try_decode(const std::vector<uint8_t>& data, const std::vector<int32_t>& id
   }
 }
 
+// A stream that decodes successfully must be exactly what the encoder writes for the decoded
+// symbols (the final-state check makes decoding injective); anything else is a finding.
+void check_reencode(const std::vector<uint8_t>& data, const std::vector<int32_t>& idx,
+                    const Tables& t, const std::vector<int32_t>& out, int threads) {
+  const int64_t k = slimcoder::stream_count(data.data(), data.size());
+  std::vector<uint8_t> again =
+      slimcoder::encode(out.data(), idx.data(), int64_t(idx.size()), t, k, threads);
+  if (again != data) std::abort();
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -138,7 +149,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   if (mode == 0) {
     std::vector<uint8_t> raw(r.p, r.p + r.n);
-    try_decode(raw, idx, t, threads, out);
+    if (try_decode(raw, idx, t, threads, out)) check_reencode(raw, idx, t, out, threads);
     return 0;
   }
   if (mode == 1) {
@@ -159,7 +170,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     put_varint(buf, uint64_t(streams));
     for (auto& s : subs) put_varint(buf, s.size());
     for (auto& s : subs) buf.insert(buf.end(), s.begin(), s.end());
-    try_decode(buf, idx, t, threads, out);
+    if (try_decode(buf, idx, t, threads, out)) check_reencode(buf, idx, t, out, threads);
     return 0;
   }
   // Modes 2 and 3: a valid stream first.
@@ -197,6 +208,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   std::vector<int32_t> idx2 = idx;
   for (auto& i : idx2) i %= int32_t(tables->num);
-  try_decode(enc, idx2, tables->view(), threads, out);
+  if (try_decode(enc, idx2, tables->view(), threads, out))
+    check_reencode(enc, idx2, tables->view(), out, threads);
   return 0;
 }

@@ -1,0 +1,33 @@
+"""pytest-benchmark tests of the entropy coder on a slice of the Kodak-like workload.
+
+Run the timings with ``pytest bench/test_bench_coder.py --benchmark-enable``; under the default
+``--benchmark-disable`` each case runs once as a quick correctness check. The full comparison with
+CompressAI and constriction is ``python bench/bench_coder.py``.
+"""
+import numpy as np
+import pytest
+
+from bench_coder import kodak_like_workload
+from slimkernels import coding
+
+
+@pytest.fixture(scope="module")
+def work():
+    # 48 channels x 32 x 48 = 73,728 symbols: a quarter of the Kodak latent.
+    return kodak_like_workload(seed=1, channels=48)
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_bench_encode(benchmark, work, streams):
+    sym, idx, cdfs, lengths, offsets = work
+    data = benchmark(coding.encode, sym, idx, cdfs, lengths, offsets, streams=streams,
+                     threads=streams)
+    np.testing.assert_array_equal(coding.decode(data, idx, cdfs, lengths, offsets), sym)
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_bench_decode(benchmark, work, streams):
+    sym, idx, cdfs, lengths, offsets = work
+    data = coding.encode(sym, idx, cdfs, lengths, offsets, streams=streams)
+    out = benchmark(coding.decode, data, idx, cdfs, lengths, offsets, threads=streams)
+    np.testing.assert_array_equal(out, sym)
