@@ -22,6 +22,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--webp-qualities", type=int, nargs="+", default=None)
     parser.add_argument("--streams", type=int, default=1, help="coder substreams")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice; 1 is much faster "
+                             "on a machine busy with other work)")
     parser.add_argument("--quiet", action="store_true", help="no per-image lines")
     return parser
 
@@ -39,6 +42,12 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"slimkernels eval: error: {msg}", file=sys.stderr)
         return 2
 
+    if args.threads is not None:
+        if args.threads < 1:
+            return err(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         list_images(args.folder, args.limit)
     except ValueError as e:

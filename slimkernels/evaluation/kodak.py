@@ -188,13 +188,15 @@ def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precisi
         res["decode_ms"].append(dec)
         res["encoding_time"].append(enc / 1e3)
         res["decoding_time"].append(dec / 1e3)
+    per_width = {str(w): {k: res[k][i] for k in keys if k != "width"} for i, w in enumerate(widths)}
     return {"name": "SlimCAE",
             "description": f"SlimCAE widths {widths}, {precision}, {streams} coder stream(s), "
                            f"{len(paths)} images of {folder}; bpp from the written .slim files; "
                            "estimated bpp on the padded input over unpadded pixels; RD values "
                            "averaged per image, times medians (s)",
             "precision": precision, "model_id": model.model_id().hex(),
-            "images": [_stem(p) for p in paths], "results": res, "per_image": per_image}
+            "images": [_stem(p) for p in paths], "results": res, "per_width": per_width,
+            "per_image": per_image}
 
 
 def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("pchip", "akima")
@@ -271,18 +273,28 @@ def markdown_table(slim: Dict, bd: Dict[str, Dict]) -> str:
     lines += ["", "| anchor | BD-rate PSNR (PCHIP) | BD-rate PSNR (Akima) | BD-PSNR dB (PCHIP) | "
               "BD-rate MS-SSIM (PCHIP) | PSNR overlap |", "|---|---|---|---|---|---|"]
     for name, b in bd.items():
-        lines.append(f"| {name} | {_fmt(b.get('bd_rate_pchip'), '+.1f')} % | "
-                     f"{_fmt(b.get('bd_rate_akima'), '+.1f')} % | {_fmt(b.get('bd_psnr_pchip'), '+.2f')} | "
-                     f"{_fmt(b.get('bd_rate_ms_ssim_pchip'), '+.1f')}"
-                     f"{' %' if b.get('bd_rate_ms_ssim_pchip') is not None else ''} | "
-                     f"{b['overlap_psnr']:.0%} |")
+        pct = [_fmt(b.get(k), "+.1f") for k in ("bd_rate_pchip", "bd_rate_akima", "bd_rate_ms_ssim_pchip")]
+        pct = [v if v == "n/a" else v + " %" for v in pct]
+        lines.append(f"| {name} | {pct[0]} | {pct[1]} | {_fmt(b.get('bd_psnr_pchip'), '+.2f')} | "
+                     f"{pct[2]} | {b['overlap_psnr']:.0%} |")
     return "\n".join(lines) + "\n"
+
+
+def _finite(obj):
+    """Replace NaN/inf floats by None (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _write_json(path: str, obj) -> None:
     from ..io import atomic_write_bytes
 
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode(),
+    atomic_write_bytes(path, (json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n").encode(),
                        overwrite=True)
 
 

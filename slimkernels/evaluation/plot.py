@@ -59,8 +59,8 @@ def rd_plot(slim: Dict, references: Dict[str, Dict], path: str,
         ax.set_xlabel("bits per pixel (file size)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-        xmax = min(max(xs + [1.0]) * 1.05, 2.0)
+        ax.legend(fontsize=8, loc="best")
+        xmax = max(xs + [1.0]) * 1.08  # every SlimCAE point; references beyond are cut off
         ax.set_xlim(0, xmax)
         seen = [y for x, y in pts if x <= xmax and y == y and abs(y) != float("inf")]
         if seen:

@@ -71,6 +71,7 @@ def test_evaluate_rates_and_quality_from_the_written_files(tiny_model, image_fol
         assert r["psnr-rgb"][i] == pytest.approx(np.mean(psnrs), rel=1e-12)
         assert r["ms-ssim-rgb"][i] == pytest.approx(np.mean(mss), rel=1e-12)
         assert r["encode_ms"][i] == pytest.approx(1e3 * r["encoding_time"][i])
+        assert res["per_width"][str(w)]["bpp"] == r["bpp"][i]
     json.dumps(res)  # serializable
 
 
@@ -122,7 +123,7 @@ def test_bd_summary_and_goals():
     md = kodak.markdown_table({"results": {**slim["results"], "bpp-estimated": slim["results"]["bpp"],
                                            "ms-ssim-db": [10.0] * 6, "encode_ms": [1.0] * 6,
                                            "decode_ms": [2.0] * 6}}, bd)
-    assert "| 192 |" in md and "-10.0 %" in md and "n/a" in md
+    assert "| 192 |" in md and "-10.0 %" in md and "n/a |" in md and "n/a %" not in md
 
 
 def test_rd_plot_writes_png(tmp_path):
@@ -163,7 +164,10 @@ def test_cli_end_to_end(tiny_model, image_folder, tmp_path, capsys):
     for name in ("slimcae.json", "jpeg.json", "webp.json", "balle2017.json", "summary.json",
                  "table.md", "rd.png"):
         assert (out / name).exists(), name
-    s = json.loads((out / "summary.json").read_text())
+    def strict(c):
+        raise AssertionError(f"non-standard JSON constant {c}")
+
+    s = json.loads((out / "summary.json").read_text(), parse_constant=strict)
     assert set(s["bd"]) == {"JPEG", "WebP", "Balle2017"}
     slim = json.loads((out / "slimcae.json").read_text())
     assert {"name", "description", "results"} <= set(slim)
