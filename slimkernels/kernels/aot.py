@@ -93,7 +93,8 @@ def _cubin_usage(cubin: bytes) -> Dict[str, int]:
     return {"n_regs": int(reg.group(1)) if reg else -1, "local": int(loc.group(1)) if loc else 0}
 
 
-def _make_source(kernel, signature: Mapping[str, str], constexprs: Mapping[str, Any]):
+def _make_source(kernel, signature: Mapping[str, str], constexprs: Mapping[str, Any],
+                 divisible_by_16=()):
     """Build an ``ASTSource`` for the Triton version at hand.
 
     Triton >= 3.2 wants every parameter in ``signature`` (constexpr ones typed ``"constexpr"``)
@@ -108,6 +109,10 @@ def _make_source(kernel, signature: Mapping[str, str], constexprs: Mapping[str, 
         sig.setdefault(name, "constexpr")
     params = inspect.signature(ASTSource.__init__).parameters
     if "constexprs" in params:
+        # what the JIT launcher adds for 16-byte aligned pointers / ints divisible by 16
+        attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisible_by_16}
+        if "attrs" in params:
+            return ASTSource(fn=kernel, signature=sig, constexprs=dict(constexprs), attrs=attrs)
         return ASTSource(fn=kernel, signature=sig, constexprs=dict(constexprs))
     # triton 3.0 / 3.1: constants keyed by name, constexpr args left out of the signature
     sig = {k: v for k, v in sig.items() if v != "constexpr"}
@@ -118,7 +123,8 @@ def _make_source(kernel, signature: Mapping[str, str], constexprs: Mapping[str, 
 
 def compile_for_target(kernel, signature: Mapping[str, str], constexprs: Mapping[str, Any],
                        arch: int, *, num_warps: int = 4, num_stages: int = 3,
-                       extra_options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                       divisible_by_16=(), extra_options: Optional[Mapping[str, Any]] = None
+                       ) -> Dict[str, Any]:
     """Compile a ``@triton.jit`` kernel for ``sm_<arch>`` without a GPU and report its resources.
 
     Args:
@@ -130,6 +136,10 @@ def compile_for_target(kernel, signature: Mapping[str, str], constexprs: Mapping
             ``kwargs`` plus the launcher's constexprs).
         arch: compute capability as an int, e.g. ``90`` (H100) or ``80`` (A100).
         num_warps, num_stages: as in a ``triton.Config``.
+        divisible_by_16: names of parameters the JIT launcher would mark ``tt.divisibility=16``
+            (pointers from torch allocations are 16-byte aligned; ints that are multiples of 16).
+            Ints equal to 1 are specialised by the launcher as constexprs: pass them in
+            ``constexprs`` to compile that variant (e.g. ``{"stride_c": 1}`` for channels_last).
         extra_options: more compiler options (e.g. ``{"maxnreg": 128}``).
 
     Returns:
@@ -152,7 +162,10 @@ def compile_for_target(kernel, signature: Mapping[str, str], constexprs: Mapping
     if missing:
         raise ValueError(f"compile_for_target: no type or value given for parameters {missing} "
                          f"of {kernel.__name__}")
-    src = _make_source(kernel, signature, constexprs)
+    unknown = [n for n in divisible_by_16 if n not in kernel.arg_names]
+    if unknown:
+        raise ValueError(f"compile_for_target: divisible_by_16 names unknown parameters {unknown}")
+    src = _make_source(kernel, signature, constexprs, tuple(divisible_by_16))
     options = {"num_warps": num_warps, "num_stages": num_stages}
     options.update(extra_options or {})
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)

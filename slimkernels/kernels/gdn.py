@@ -44,11 +44,21 @@ from .configs import (GDN_BWD_DGAMMA_CONFIGS, GDN_BWD_DX_CONFIGS, GDN_FWD_CONFIG
 
 
 @triton.jit
-def _pixel_offsets(offs_p, HW, stride_n, stride_hw):
-    """Element offset of pixel p = n * HW + hw (int64, no overflow on large tensors)."""
+def _pixel_offsets(offs_p, HW, stride_n, stride_hw, WIDE: tl.constexpr):
+    """Element offset of pixel p = n * HW + hw (int64 when WIDE: tensors of >= 2^31 elements)."""
     n = offs_p // HW
     hw = offs_p - n * HW
-    return n.to(tl.int64) * stride_n + hw.to(tl.int64) * stride_hw
+    if WIDE:
+        return n.to(tl.int64) * stride_n + hw.to(tl.int64) * stride_hw
+    return n * stride_n + hw * stride_hw
+
+
+@triton.jit
+def _wide(i, WIDE: tl.constexpr):
+    """int64 copy of an index tensor when WIDE, else unchanged (int32 address math)."""
+    if WIDE:
+        return i.to(tl.int64)
+    return i
 
 
 @triton.jit
@@ -113,8 +123,8 @@ def _gdn_fwd_kernel(x_ptr, y_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, b
                     P, C, HW, sxn, sxc, sxhw, syn, syc, syhw, gs0, gs1, stride_b,
                     INVERSE: tl.constexpr, HAS_GS: tl.constexpr, HAS_GB: tl.constexpr,
                     HAS_BS: tl.constexpr, HAS_BB: tl.constexpr, FP32_PRECISION: tl.constexpr,
-                    EMULATE_HALF_DOT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr,
-                    BLOCK_CI: tl.constexpr):
+                    EMULATE_HALF_DOT: tl.constexpr, WIDE: tl.constexpr, BLOCK_P: tl.constexpr,
+                    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
     """y = x * n^(-1/2) (GDN) or x * n^(1/2) (IGDN) for one [BLOCK_P, BLOCK_CO] tile."""
     pid = tl.program_id(0)
     n_co = tl.cdiv(C, BLOCK_CO)
@@ -124,7 +134,7 @@ def _gdn_fwd_kernel(x_ptr, y_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, b
     mask_p = offs_p < P
     offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     mask_co = offs_co < C
-    x_off = _pixel_offsets(offs_p, HW, sxn, sxhw)
+    x_off = _pixel_offsets(offs_p, HW, sxn, sxhw, WIDE)
     n = _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_ptr, gs0, gs1,
                    gs_ptr, gb_ptr, bs_ptr, bb_ptr, HAS_GS, HAS_GB, HAS_BS, HAS_BB, FP32_PRECISION,
                    EMULATE_HALF_DOT, BLOCK_P, BLOCK_CO, BLOCK_CI)
@@ -134,7 +144,7 @@ def _gdn_fwd_kernel(x_ptr, y_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, b
         y = xv.to(tl.float32) * tl.sqrt(n)
     else:
         y = xv.to(tl.float32) * tl.rsqrt(n)
-    y_off = _pixel_offsets(offs_p, HW, syn, syhw)
+    y_off = _pixel_offsets(offs_p, HW, syn, syhw, WIDE)
     tl.store(y_ptr + y_off[:, None] + offs_co[None, :] * syc, y.to(y_ptr.dtype.element_ty), mask=m)
 
 
@@ -143,8 +153,8 @@ def _gdn_bwd_dn_kernel(x_ptr, dy_ptr, dn_ptr, dx0_ptr, beta_ptr, gamma_ptr, gs_p
                        bs_ptr, bb_ptr, P, C, HW, sxn, sxc, sxhw, sdn, sdc, sdhw, gs0, gs1, stride_b,
                        INVERSE: tl.constexpr, HAS_GS: tl.constexpr, HAS_GB: tl.constexpr,
                        HAS_BS: tl.constexpr, HAS_BB: tl.constexpr, FP32_PRECISION: tl.constexpr,
-                       EMULATE_HALF_DOT: tl.constexpr, BLOCK_P: tl.constexpr,
-                       BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
+                       EMULATE_HALF_DOT: tl.constexpr, WIDE: tl.constexpr,
+                       BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
     """Recompute n; write dn and dx0 = dy * n^(-/+1/2) as fp32 [P, C] (row-major) scratch."""
     pid = tl.program_id(0)
     n_co = tl.cdiv(C, BLOCK_CO)
@@ -154,13 +164,13 @@ def _gdn_bwd_dn_kernel(x_ptr, dy_ptr, dn_ptr, dx0_ptr, beta_ptr, gamma_ptr, gs_p
     mask_p = offs_p < P
     offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     mask_co = offs_co < C
-    x_off = _pixel_offsets(offs_p, HW, sxn, sxhw)
+    x_off = _pixel_offsets(offs_p, HW, sxn, sxhw, WIDE)
     n = _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_ptr, gs0, gs1,
                    gs_ptr, gb_ptr, bs_ptr, bb_ptr, HAS_GS, HAS_GB, HAS_BS, HAS_BB, FP32_PRECISION,
                    EMULATE_HALF_DOT, BLOCK_P, BLOCK_CO, BLOCK_CI)
     m = mask_p[:, None] & mask_co[None, :]
     xv = tl.load(x_ptr + x_off[:, None] + offs_co[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
-    dy_off = _pixel_offsets(offs_p, HW, sdn, sdhw)
+    dy_off = _pixel_offsets(offs_p, HW, sdn, sdhw, WIDE)
     dy = tl.load(dy_ptr + dy_off[:, None] + offs_co[None, :] * sdc, mask=m,
                  other=0.0).to(tl.float32)
     r = tl.rsqrt(n)
@@ -171,7 +181,7 @@ def _gdn_bwd_dn_kernel(x_ptr, dy_ptr, dn_ptr, dx0_ptr, beta_ptr, gamma_ptr, gs_p
         dn = -0.5 * dy * xv * (r * r * r)
         dx0 = dy * r
     dn = tl.where(m, dn, 0.0)
-    s_off = offs_p.to(tl.int64)[:, None] * C + offs_co[None, :]
+    s_off = _wide(offs_p, WIDE)[:, None] * C + offs_co[None, :]
     tl.store(dn_ptr + s_off, dn, mask=m)
     tl.store(dx0_ptr + s_off, dx0, mask=m)
 
@@ -180,7 +190,8 @@ def _gdn_bwd_dn_kernel(x_ptr, dy_ptr, dn_ptr, dx0_ptr, beta_ptr, gamma_ptr, gs_p
 def _gdn_bwd_dx_kernel(x_ptr, dn_ptr, dx0_ptr, dx_ptr, gamma_ptr, gs_ptr, gb_ptr,
                        P, C, HW, sxn, sxc, sxhw, sdxn, sdxc, sdxhw, gs0, gs1,
                        HAS_GS: tl.constexpr, HAS_GB: tl.constexpr, FP32_PRECISION: tl.constexpr,
-                       BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
+                       WIDE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr,
+                       BLOCK_CI: tl.constexpr):
     """dx[p, j] = dx0[p, j] + 2 x[p, j] sum_i dn[p, i] gamma_k[i, j] for one tile (j = BLOCK_CO)."""
     pid = tl.program_id(0)
     n_j = tl.cdiv(C, BLOCK_CO)
@@ -190,7 +201,7 @@ def _gdn_bwd_dx_kernel(x_ptr, dn_ptr, dx0_ptr, dx_ptr, gamma_ptr, gs_ptr, gb_ptr
     mask_p = offs_p < P
     offs_j = pid_j * BLOCK_CO + tl.arange(0, BLOCK_CO)
     mask_j = offs_j < C
-    row = offs_p.to(tl.int64)[:, None] * C
+    row = _wide(offs_p, WIDE)[:, None] * C
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
     for k in range(0, C, BLOCK_CI):
         offs_i = k + tl.arange(0, BLOCK_CI)
@@ -199,18 +210,18 @@ def _gdn_bwd_dx_kernel(x_ptr, dn_ptr, dx0_ptr, dx_ptr, gamma_ptr, gs_ptr, gb_ptr
         g = _gamma_tile(gamma_ptr, offs_i, offs_j, gs0, gs1, C, gs_ptr, gb_ptr, HAS_GS, HAS_GB)
         acc += tl.dot(dn, g, input_precision=FP32_PRECISION)
     m = mask_p[:, None] & mask_j[None, :]
-    x_off = _pixel_offsets(offs_p, HW, sxn, sxhw)
+    x_off = _pixel_offsets(offs_p, HW, sxn, sxhw, WIDE)
     xv = tl.load(x_ptr + x_off[:, None] + offs_j[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
     dx0 = tl.load(dx0_ptr + row + offs_j[None, :], mask=m, other=0.0)
     dx = dx0 + 2.0 * xv * acc
-    dx_off = _pixel_offsets(offs_p, HW, sdxn, sdxhw)
+    dx_off = _pixel_offsets(offs_p, HW, sdxn, sdxhw, WIDE)
     tl.store(dx_ptr + dx_off[:, None] + offs_j[None, :] * sdxc, dx.to(dx_ptr.dtype.element_ty),
              mask=m)
 
 
 @triton.jit
 def _gdn_bwd_dgamma_kernel(x_ptr, dn_ptr, dgamma_ptr, dbeta_ptr, P, C, HW, sxn, sxc, sxhw,
-                           FP32_PRECISION: tl.constexpr, BLOCK_I: tl.constexpr,
+                           FP32_PRECISION: tl.constexpr, WIDE: tl.constexpr, BLOCK_I: tl.constexpr,
                            BLOCK_J: tl.constexpr, BLOCK_P: tl.constexpr):
     """dgamma_k[i, j] += sum_p dn[p, i] x[p, j]^2 and dbeta_k[i] += sum_p dn[p, i] over one split.
 
@@ -233,9 +244,9 @@ def _gdn_bwd_dgamma_kernel(x_ptr, dn_ptr, dgamma_ptr, dbeta_ptr, P, C, HW, sxn, 
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < P
         # dn^T tile [BLOCK_I, BLOCK_P]
-        dnt = tl.load(dn_ptr + offs_p.to(tl.int64)[None, :] * C + offs_i[:, None],
+        dnt = tl.load(dn_ptr + _wide(offs_p, WIDE)[None, :] * C + offs_i[:, None],
                       mask=mask_i[:, None] & mask_p[None, :], other=0.0)
-        x_off = _pixel_offsets(offs_p, HW, sxn, sxhw)
+        x_off = _pixel_offsets(offs_p, HW, sxn, sxhw, WIDE)
         xv = tl.load(x_ptr + x_off[:, None] + offs_j[None, :] * sxc,
                      mask=mask_p[:, None] & mask_j[None, :], other=0.0).to(tl.float32)
         acc += tl.dot(dnt, xv * xv, input_precision=FP32_PRECISION)
@@ -280,6 +291,13 @@ def _emulate_half_dot(x: torch.Tensor) -> bool:
     return (not x.is_cuda) and interpreter_enabled() and x.dtype == torch.bfloat16
 
 
+def _needs_wide(*tensors) -> bool:
+    """int64 address math only when some tensor spans >= 2^31 elements."""
+    return any(t.numel() + 1 >= 2 ** 31 or
+               sum((s - 1) * st for s, st in zip(t.shape, t.stride())) >= 2 ** 31 - 1
+               for t in tensors)
+
+
 def _layout(t: torch.Tensor):
     """(tensor, stride_n, stride_c, stride_hw) with H, W collapsible into one pixel stride."""
     if t.stride(2) != t.shape[3] * t.stride(3):
@@ -311,6 +329,7 @@ def gdn_fwd(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, inverse: b
         return y
     (gs, hgs), (gb, hgb), (bs, hbs), (bb, hbb) = _scalar_ptrs(
         x, (gamma_scale, gamma_bias, beta_scale, beta_bias))
+    wide = _needs_wide(x, y)
     kern, meta = _pick(_fwd_tuned, _gdn_fwd_kernel, "fwd")
 
     def grid(META):
@@ -319,7 +338,7 @@ def gdn_fwd(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, inverse: b
     kern[grid](x, y, beta, gamma, gs, gb, bs, bb, P, C, HW, sxn, sxc, sxhw, syn, syc, syhw,
                gamma.stride(0), gamma.stride(1), beta.stride(0), INVERSE=inverse, HAS_GS=hgs,
                HAS_GB=hgb, HAS_BS=hbs, HAS_BB=hbb, FP32_PRECISION=fp32_precision,
-               EMULATE_HALF_DOT=_emulate_half_dot(x), **meta)
+               EMULATE_HALF_DOT=_emulate_half_dot(x), WIDE=wide, **meta)
     return y
 
 
@@ -347,6 +366,7 @@ def gdn_bwd(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, gamma: torch.
     (gs, hgs), (gb, hgb), (bs, hbs), (bb, hbb) = _scalar_ptrs(
         x, (gamma_scale, gamma_bias, beta_scale, beta_bias))
     g0, g1 = gamma.stride(0), gamma.stride(1)
+    wide = _needs_wide(x, dy, dx, dn)
 
     def grid_pc(META):
         return (triton.cdiv(P, META["BLOCK_P"]) * triton.cdiv(C, META["BLOCK_CO"]),)
@@ -355,10 +375,11 @@ def gdn_bwd(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, gamma: torch.
     kern[grid_pc](x, dy, dn, dx0, beta, gamma, gs, gb, bs, bb, P, C, HW, sxn, sxc, sxhw,
                   sdn, sdc, sdhw, g0, g1, beta.stride(0), INVERSE=inverse, HAS_GS=hgs,
                   HAS_GB=hgb, HAS_BS=hbs, HAS_BB=hbb, FP32_PRECISION=fp32_precision,
-               EMULATE_HALF_DOT=_emulate_half_dot(x), **meta)
+               EMULATE_HALF_DOT=_emulate_half_dot(x), WIDE=wide, **meta)
     kern, meta = _pick(_bwd_dx_tuned, _gdn_bwd_dx_kernel, "bwd_dx")
     kern[grid_pc](x, dn, dx0, dx, gamma, gs, gb, P, C, HW, sxn, sxc, sxhw, sdxn, sdxc, sdxhw,
-                  g0, g1, HAS_GS=hgs, HAS_GB=hgb, FP32_PRECISION=fp32_precision, **meta)
+                  g0, g1, HAS_GS=hgs, HAS_GB=hgb, FP32_PRECISION=fp32_precision, WIDE=wide,
+                  **meta)
     del dx0
 
     def grid_g(META):
@@ -368,7 +389,7 @@ def gdn_bwd(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, gamma: torch.
 
     kern, meta = _pick(_bwd_dgamma_tuned, _gdn_bwd_dgamma_kernel, "bwd_dgamma")
     kern[grid_g](x, dn, dgamma, dbeta, P, C, HW, sxn, sxc, sxhw, FP32_PRECISION=fp32_precision,
-                 **meta)
+                 WIDE=wide, **meta)
     return dx, dgamma, dbeta
 
 
@@ -455,3 +476,68 @@ def gdn_torch_reference(x, beta, gamma, inverse=False, gamma_scale=None, gamma_b
     from ..ops.gdn import gdn_reference
     return gdn_reference(x, beta, gamma, inverse=inverse, gamma_scale=gamma_scale,
                          gamma_bias=gamma_bias, beta_scale=beta_scale, beta_bias=beta_bias)
+
+
+# --------------------------------------------------------------------------------------------
+# Ahead-of-time compilation specs (for tests/kernels/test_aot_gdn.py and docs)
+# --------------------------------------------------------------------------------------------
+
+_TL = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def aot_specs(dtype: torch.dtype = torch.float32, inverse: bool = False, all_configs: bool = True,
+              layout: str = "nchw"):
+    """Every (kernel, signature, constexprs, num_warps, num_stages) the CUDA path can launch.
+
+    Args:
+        dtype: x's dtype (fp32 / bf16 / fp16); parameters are fp32, scratch buffers fp32.
+        inverse: IGDN instead of GDN (the forward / dn kernels' epilogue).
+        all_configs: every autotune config, or only the first of each kernel.
+        layout: ``"nchw"`` or ``"channels_last"``: the pixel (resp. channel) strides are 1, which
+            the JIT launcher specialises as constexprs, so each layout is its own binary.
+
+    Returns:
+        list of dicts ``{"name", "kernel", "signature", "constexprs", "num_warps", "num_stages"}``
+        for :func:`slimkernels.kernels.aot.compile_for_target`. The SlimGDN+ scalars are on
+        (the most work per program); pointers are marked 16-byte aligned as the launcher does for
+        torch tensors; other ints are plain i32.
+    """
+    if layout not in ("nchw", "channels_last"):
+        raise ValueError(f"layout must be 'nchw' or 'channels_last', got {layout!r}")
+    t = _TL[dtype]
+    i32 = "i32"
+    scal = {"gs_ptr": "*fp32", "gb_ptr": "*fp32", "bs_ptr": "*fp32", "bb_ptr": "*fp32"}
+    has = dict(HAS_GS=True, HAS_GB=True, HAS_BS=True, HAS_BB=True)
+    fwd_sig = {"x_ptr": f"*{t}", "y_ptr": f"*{t}", "beta_ptr": "*fp32", "gamma_ptr": "*fp32",
+               **scal, **{k: i32 for k in ("P", "C", "HW", "sxn", "sxc", "sxhw", "syn", "syc",
+                                           "syhw", "gs0", "gs1", "stride_b")}}
+    dn_sig = {"x_ptr": f"*{t}", "dy_ptr": f"*{t}", "dn_ptr": "*fp32", "dx0_ptr": "*fp32",
+              "beta_ptr": "*fp32", "gamma_ptr": "*fp32", **scal,
+              **{k: i32 for k in ("P", "C", "HW", "sxn", "sxc", "sxhw", "sdn", "sdc", "sdhw",
+                                  "gs0", "gs1", "stride_b")}}
+    dx_sig = {"x_ptr": f"*{t}", "dn_ptr": "*fp32", "dx0_ptr": "*fp32", "dx_ptr": f"*{t}",
+              "gamma_ptr": "*fp32", "gs_ptr": "*fp32", "gb_ptr": "*fp32",
+              **{k: i32 for k in ("P", "C", "HW", "sxn", "sxc", "sxhw", "sdxn", "sdxc", "sdxhw",
+                                  "gs0", "gs1")}}
+    dg_sig = {"x_ptr": f"*{t}", "dn_ptr": "*fp32", "dgamma_ptr": "*fp32", "dbeta_ptr": "*fp32",
+              **{k: i32 for k in ("P", "C", "HW", "sxn", "sxc", "sxhw")}}
+    norm_k = dict(INVERSE=inverse, **has, FP32_PRECISION="tf32", EMULATE_HALF_DOT=False)
+    plan = [("gdn_fwd", _gdn_fwd_kernel, fwd_sig, norm_k, GDN_FWD_CONFIGS),
+            ("gdn_bwd_dn", _gdn_bwd_dn_kernel, dn_sig, norm_k, GDN_FWD_CONFIGS),
+            ("gdn_bwd_dx", _gdn_bwd_dx_kernel, dx_sig,
+             dict(HAS_GS=True, HAS_GB=True, FP32_PRECISION="tf32"), GDN_BWD_DX_CONFIGS),
+            ("gdn_bwd_dgamma", _gdn_bwd_dgamma_kernel, dg_sig, dict(FP32_PRECISION="tf32"),
+             GDN_BWD_DGAMMA_CONFIGS)]
+    ones = (("sxhw", "syhw", "sdhw", "sdxhw") if layout == "nchw" else
+            ("sxc", "syc", "sdc", "sdxc"))
+    specs = []
+    for name, kern, sig, const, configs in plan:
+        spec1 = {k: 1 for k in ones if k in sig}
+        sig = {k: v for k, v in sig.items() if k not in spec1}
+        for i, c in enumerate(configs if all_configs else configs[:1]):
+            specs.append({"name": f"{name}[{i}]", "kernel": kern, "signature": dict(sig),
+                          "constexprs": dict(const, WIDE=False, **spec1, **c["kwargs"]),
+                          "num_warps": c["num_warps"], "num_stages": c["num_stages"],
+                          "divisible_by_16": [k for k in sig if k.endswith("_ptr")],
+                          "config": c})
+    return specs

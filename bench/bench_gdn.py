@@ -1,0 +1,301 @@
+"""GDN / IGDN benchmark: static H100 table, CUDA timings (when a GPU is present), CPU timings.
+
+    python bench/bench_gdn.py                 # static table + CPU timings (+ CUDA if available)
+    python bench/bench_gdn.py --dry-run       # tiny shapes, every section exercised, quick
+    python bench/bench_gdn.py --no-cpu        # skip the CPU timings
+
+Every speed result is a ratio against the alternative measured in the same run:
+* CPU: ``slimkernels.ops.gdn`` (the PyTorch path) vs the eager composition
+  (x^2 -> F.conv2d 1x1 on the sliced gamma -> rsqrt -> mul), medians of interleaved repeats.
+* CUDA: the fused Triton kernels vs eager and ``torch.compile`` of eager, forward and
+  forward+backward, ``triton.testing.do_bench`` medians, next to the memory floor.
+Writes ``bench/results/cpu/gdn.json`` and ``gdn.md`` (CPU + static), and
+``bench/results/cuda/gdn.json`` / ``.md`` when a GPU ran.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from slimkernels.ops import gdn  # noqa: E402
+
+WIDTHS = [192, 144, 96, 72, 48]
+C_MAX = 192
+GPU_SHAPES = [(1, 256, 384), (8, 128, 128)]  # (N, H, W); C = width
+CPU_SHAPES = [(1, 128, 192)]  # the first GDN of the encoder on a 768x512 image
+H100_BW = 3.0e12  # bytes/s, copy bandwidth
+H100_TF32 = 400e12  # FLOP/s, dense TF32 tensor cores (usable)
+H100_BF16 = 800e12  # FLOP/s, dense BF16 tensor cores (usable)
+# ANCHORS.md, GDN eager / torch.compile on one H100, fp32 (TF32 allowed), ms
+ANCHOR_MS = {((1, 256, 384), 192): (0.314, 0.199), ((1, 256, 384), 48): (0.079, 0.179),
+             ((8, 128, 128), 192): (0.421, 0.421)}
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def eager_gdn(x, beta, gamma, inverse=False):
+    """The composition users write (CompressAI's GDN): 4 kernels, sliced gamma as conv weight."""
+    C = x.shape[1]
+    n = F.conv2d(x * x, gamma[:C, :C, None, None].to(x.dtype), beta[:C].to(x.dtype))
+    return x * torch.sqrt(n) if inverse else x * torch.rsqrt(n)
+
+
+def make_params(device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    beta = torch.rand(C_MAX, generator=g) + 0.5
+    gamma = torch.rand(C_MAX, C_MAX, generator=g) * 0.1
+    return beta.to(device), gamma.to(device)
+
+
+# ----------------------------------------------------------------------------------- static
+def static_row(N, H, W, C, esize=4, peak=H100_TF32):
+    """Bytes, FLOPs and H100 floor for one GDN layer (forward, and forward+backward)."""
+    P = N * H * W
+    act = P * C * esize
+    params = (C * C + C) * 4
+    fwd_bytes = 2 * act + params  # read x, write y
+    fwd_flops = 2 * C * C * P + 4 * C * P  # GEMM + square, bias, rsqrt, mul
+    bwd_bytes = fwd_bytes + 3 * act + params  # + read x, dy; write dx (scratch not counted)
+    bwd_flops = fwd_flops + 3 * 2 * C * C * P + 8 * C * P  # recompute n, dx GEMM, dgamma GEMM
+    floor = lambda b, f: max(b / H100_BW, f / peak) * 1e3  # noqa: E731
+    return {"shape": f"{N}x{C}x{H}x{W}", "N": N, "C": C, "H": H, "W": W,
+            "fwd_MB": fwd_bytes / 1e6, "fwd_GFLOP": fwd_flops / 1e9,
+            "fwd_floor_ms": floor(fwd_bytes, fwd_flops),
+            "fwdbwd_MB": bwd_bytes / 1e6, "fwdbwd_GFLOP": bwd_flops / 1e9,
+            "fwdbwd_floor_ms": floor(bwd_bytes, bwd_flops),
+            "anchor_eager_ms": ANCHOR_MS.get(((N, H, W), C), (None, None))[0],
+            "anchor_compile_ms": ANCHOR_MS.get(((N, H, W), C), (None, None))[1]}
+
+
+def static_table(shapes=GPU_SHAPES, widths=WIDTHS):
+    rows = []
+    for (N, H, W) in shapes:
+        for C in widths:
+            for dt, es, peak in (("fp32", 4, H100_TF32), ("bf16", 2, H100_BF16)):
+                r = static_row(N, H, W, C, es, peak)
+                r["dtype"] = dt
+                rows.append(r)
+    return rows
+
+
+# ------------------------------------------------------------------------------------- CPU
+def _median_interleaved(fns, reps, warmup=2):
+    """Median seconds of each fn, measured round-robin so that load changes hit all alike."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    ts = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in ts.items()}
+
+
+def _rel_err(y, ref):
+    return ((y.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def cpu_timings(shapes=CPU_SHAPES, widths=WIDTHS, reps=9, backward=False):
+    """Forward (inference, no_grad) on CPU: slimkernels.ops.gdn vs eager, same run."""
+    beta, gamma = make_params()
+    rows = []
+    for (N, H, W) in shapes:
+        for C in widths:
+            for dt in (torch.float32, torch.bfloat16):
+                for layout in ("nchw", "channels_last"):
+                    x = torch.randn(N, C, H, W, generator=torch.Generator().manual_seed(C))
+                    x = x.to(dt)
+                    if layout == "channels_last":
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    ref = eager_gdn(x.double(), beta.double(), gamma.double())
+                    with torch.no_grad():
+                        err_ours = _rel_err(gdn(x, beta, gamma), ref)
+                        err_eager = _rel_err(eager_gdn(x, beta, gamma), ref)
+                        t = _median_interleaved({"eager": lambda: eager_gdn(x, beta, gamma),
+                                                 "ours": lambda: gdn(x, beta, gamma)}, reps)
+                    row = {"shape": f"{N}x{C}x{H}x{W}", "C": C, "dtype": str(dt)[6:],
+                           "layout": layout, "pass": "fwd", "eager_ms": t["eager"] * 1e3,
+                           "ours_ms": t["ours"] * 1e3, "speedup": t["eager"] / t["ours"],
+                           "err_ours": err_ours, "err_eager": err_eager}
+                    rows.append(row)
+                    print(f"cpu {row['shape']:>14} {row['dtype']:>8} {layout:>13} fwd  "
+                          f"eager {row['eager_ms']:8.2f} ms  ours {row['ours_ms']:8.2f} ms  "
+                          f"x{row['speedup']:.2f}  err {err_ours:.1e} (eager {err_eager:.1e})",
+                          flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------ CUDA
+def cuda_timings(shapes=GPU_SHAPES, widths=WIDTHS, device="cuda", timer=None,
+                 use_compile=True):
+    """Forward and forward+backward: fused Triton vs eager vs torch.compile(eager), + floor.
+
+    ``timer(fn) -> ms``; defaults to ``triton.testing.do_bench`` (median). ``device="cpu"``
+    with a CPU timer is the dry run that exercises this code without a GPU.
+    """
+    if timer is None:
+        from triton.testing import do_bench
+
+        def timer(fn):
+            return do_bench(fn, warmup=25, rep=100, return_mode="median")
+    beta, gamma = make_params(device)
+    compiled = torch.compile(eager_gdn) if use_compile else None
+    rows = []
+    for (N, H, W) in shapes:
+        for C in widths:
+            for dt in (torch.float32, torch.bfloat16):
+                x = torch.randn(N, C, H, W, device=device, dtype=dt)
+                st = static_row(N, H, W, C, x.element_size(),
+                                H100_TF32 if dt == torch.float32 else H100_BF16)
+                impls = {"fused": lambda x, b, g: gdn(x, b, g), "eager": eager_gdn}
+                if compiled is not None:
+                    impls["compile"] = compiled
+                res = {}
+                for name, f in impls.items():
+                    with torch.no_grad():
+                        res[f"{name}_fwd_ms"] = timer(lambda: f(x, beta, gamma))
+                    xg = x.detach().clone().requires_grad_(True)
+                    bg = beta.detach().clone().requires_grad_(True)
+                    gg = gamma.detach().clone().requires_grad_(True)
+                    dy = torch.randn_like(x)
+
+                    def step():
+                        y = f(xg, bg, gg)
+                        torch.autograd.grad(y, (xg, bg, gg), dy)
+                    res[f"{name}_fwdbwd_ms"] = timer(step)
+                row = {"shape": f"{N}x{C}x{H}x{W}", "C": C, "dtype": str(dt)[6:], **res,
+                       "fwd_floor_ms": st["fwd_floor_ms"],
+                       "fwdbwd_floor_ms": st["fwdbwd_floor_ms"],
+                       "fwd_speedup_vs_eager": res["eager_fwd_ms"] / res["fused_fwd_ms"],
+                       "fwdbwd_speedup_vs_eager": res["eager_fwdbwd_ms"] / res["fused_fwdbwd_ms"],
+                       "fwd_vs_floor": res["fused_fwd_ms"] / st["fwd_floor_ms"]}
+                rows.append(row)
+                print(f"{device} {row['shape']:>14} {row['dtype']:>8} fwd fused "
+                      f"{res['fused_fwd_ms']:.3f} eager {res['eager_fwd_ms']:.3f} ms "
+                      f"(x{row['fwd_speedup_vs_eager']:.2f}, {row['fwd_vs_floor']:.1f}x floor) "
+                      f"fwd+bwd x{row['fwdbwd_speedup_vs_eager']:.2f}", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------- output
+def _fmt(v, nd=3):
+    return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def static_md(rows):
+    out = ["| shape | dtype | fwd MB | fwd GFLOP | fwd floor ms | fwd+bwd MB | fwd+bwd GFLOP | "
+           "fwd+bwd floor ms | eager ms (ANCHORS) | torch.compile ms (ANCHORS) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        anchor = r["dtype"] == "fp32"
+        out.append(f"| {r['shape']} | {r['dtype']} | {r['fwd_MB']:.1f} | {r['fwd_GFLOP']:.2f} | "
+                   f"{r['fwd_floor_ms']:.4f} | {r['fwdbwd_MB']:.1f} | {r['fwdbwd_GFLOP']:.2f} | "
+                   f"{r['fwdbwd_floor_ms']:.4f} | "
+                   f"{_fmt(r['anchor_eager_ms'] if anchor else None)} | "
+                   f"{_fmt(r['anchor_compile_ms'] if anchor else None)} |")
+    return "\n".join(out)
+
+
+def cpu_md(rows):
+    out = ["| shape | dtype | layout | eager ms | slimkernels ms | speedup | max rel err (ours / "
+           "eager) vs float64 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        out.append(f"| {r['shape']} | {r['dtype']} | {r['layout']} | {r['eager_ms']:.2f} | "
+                   f"{r['ours_ms']:.2f} | **x{r['speedup']:.2f}** | {r['err_ours']:.1e} / "
+                   f"{r['err_eager']:.1e} |")
+    return "\n".join(out)
+
+
+def cuda_md(rows):
+    out = ["| shape | dtype | fused fwd ms | eager fwd ms | compile fwd ms | floor ms | fwd x eager "
+           "| fwd / floor | fused fwd+bwd ms | eager fwd+bwd ms | fwd+bwd x eager |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        out.append(f"| {r['shape']} | {r['dtype']} | {r['fused_fwd_ms']:.3f} | "
+                   f"{r['eager_fwd_ms']:.3f} | {_fmt(r.get('compile_fwd_ms'))} | "
+                   f"{r['fwd_floor_ms']:.4f} | x{r['fwd_speedup_vs_eager']:.2f} | "
+                   f"{r['fwd_vs_floor']:.2f} | {r['fused_fwdbwd_ms']:.3f} | "
+                   f"{r['eager_fwdbwd_ms']:.3f} | x{r['fwdbwd_speedup_vs_eager']:.2f} |")
+    return "\n".join(out)
+
+
+def env_info():
+    return {"torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dry-run", action="store_true",
+                    help="tiny shapes, CPU stand-in for the CUDA section; writes to --out")
+    ap.add_argument("--no-cpu", action="store_true", help="skip the CPU timings")
+    ap.add_argument("--reps", type=int, default=9, help="CPU repeats per variant (median)")
+    ap.add_argument("--out", default=RESULTS, help="results root (cpu/ and cuda/ below)")
+    args = ap.parse_args(argv)
+
+    widths = [48, 17] if args.dry_run else WIDTHS
+    cpu_shapes = [(1, 9, 11)] if args.dry_run else CPU_SHAPES
+    st = static_table(GPU_SHAPES, WIDTHS)
+    print("Static H100 table (floor = max(bytes / 3.0 TB/s, FLOPs / peak); fp32 peak "
+          "400 TFLOP/s TF32, bf16 800):")
+    print(static_md(st))
+    report = {"env": env_info(), "static_h100": st}
+
+    if not args.no_cpu:
+        report["cpu"] = cpu_timings(cpu_shapes, widths, reps=2 if args.dry_run else args.reps)
+    cuda_rows = None
+    if torch.cuda.is_available() and not args.dry_run:
+        cuda_rows = cuda_timings()
+    elif args.dry_run:  # exercise the CUDA section's code on CPU with a wall-clock timer
+        def cpu_timer(fn):
+            return _median_interleaved({"f": fn}, reps=2, warmup=1)["f"] * 1e3
+        report["cuda_dry_run"] = cuda_timings([(1, 5, 7)], widths, device="cpu",
+                                              timer=cpu_timer, use_compile=False)
+        print(cuda_md(report["cuda_dry_run"]))
+
+    os.makedirs(os.path.join(args.out, "cpu"), exist_ok=True)
+    with open(os.path.join(args.out, "cpu", "gdn.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    md = [f"# GDN benchmark ({report['env']['date_utc']} UTC, torch {torch.__version__}, "
+          f"{report['env']['threads']} threads{', DRY RUN (tiny shapes)' if args.dry_run else ''})",
+          "", "## Static table: one GDN layer on an H100 (floor = max(bytes / 3.0 TB/s, "
+          "FLOPs / peak), peak 400 TFLOP/s TF32 for fp32, 800 for bf16)", "",
+          "Bytes: read x + write y (+ parameters); fwd+bwd adds read x, dy and write dx "
+          "(scratch not counted). FLOPs: the C x C GEMM per pixel (x3 more in backward: "
+          "recompute n, dx, dgamma) plus elementwise work.", "", static_md(st), ""]
+    if "cpu" in report:
+        md += ["## CPU: slimkernels.ops.gdn (PyTorch path) vs eager composition, forward, "
+               "no_grad, same run, medians of interleaved repeats", "", cpu_md(report["cpu"]), ""]
+    if cuda_rows is None:
+        md += ["## CUDA timings: OWED", "",
+               "No GPU was available when this file was written. Run `python bench/bench_gdn.py` "
+               "on a CUDA machine: it times the fused Triton kernels vs eager and torch.compile, "
+               "forward and forward+backward, at widths 192/144/96/72/48 on 1xCx256x384 and "
+               "8xCx128x128 (fp32, bf16), and writes bench/results/cuda/gdn.{json,md}.", ""]
+    with open(os.path.join(args.out, "cpu", "gdn.md"), "w") as f:
+        f.write("\n".join(md))
+    if cuda_rows is not None:
+        os.makedirs(os.path.join(args.out, "cuda"), exist_ok=True)
+        with open(os.path.join(args.out, "cuda", "gdn.json"), "w") as f:
+            json.dump({"env": env_info(), "rows": cuda_rows}, f, indent=1)
+        with open(os.path.join(args.out, "cuda", "gdn.md"), "w") as f:
+            f.write(f"# GDN on {torch.cuda.get_device_name()}\n\n" + cuda_md(cuda_rows) + "\n")
+    if "cpu" in report:
+        print(cpu_md(report["cpu"]))
+    return report
+
+
+if __name__ == "__main__":
+    main()
