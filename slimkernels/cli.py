@@ -1,0 +1,291 @@
+"""The ``slimkernels`` command line.
+
+Subcommands: ``env``, ``compress``, ``decompress``, ``info``, ``eval``, ``train``.
+Exit codes: 0 success, 1 error (message on stderr), 2 usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from typing import List, Optional
+
+from ._version import __version__
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class CLIError(Exception):
+    """An error to report in one line with exit code 1."""
+
+
+def _err(msg: str) -> None:
+    print(f"slimkernels: error: {msg}", file=sys.stderr)
+
+
+# -- env ---------------------------------------------------------------------------------------
+def env_report() -> str:
+    """Human-readable versions, backend and capabilities of this install."""
+    import torch
+
+    from . import backend
+
+    lines = [f"slimkernels {__version__}", f"python {platform.python_version()} ({sys.executable})",
+             f"torch {torch.__version__}"]
+    try:
+        import triton
+        lines.append(f"triton {triton.__version__} (interpreter: "
+                     f"{'on' if backend.interpreter_enabled() else 'off'})")
+    except ImportError:
+        lines.append("triton: not installed")
+    try:
+        import numpy
+        lines.append(f"numpy {numpy.__version__}")
+    except ImportError:  # pragma: no cover
+        pass
+    cuda = torch.cuda.is_available()
+    lines.append(f"CUDA GPU: {torch.cuda.get_device_name(0) if cuda else 'none'}")
+    lines.append(f"backend for CPU tensors: {backend.current_backend('cpu')}")
+    if cuda:
+        lines.append(f"backend for CUDA tensors: {backend.current_backend('cuda')}")
+    env = os.environ.get(backend.ENV_VAR)
+    lines.append(f"{backend.ENV_VAR}: {env or '(unset)'}")
+    try:
+        from . import _coder  # noqa: F401
+        lines.append(f"compiled range coder: yes ({_coder.__file__})")
+    except ImportError as e:
+        lines.append(f"compiled range coder: NO ({e})")
+    from .pretrained import bundled_model_path
+    lines.append(f"bundled model: {bundled_model_path() or 'none'}")
+    lines.append(f"CPU threads: {torch.get_num_threads()}, bf16 autocast on CPU: "
+                 f"{'yes' if torch.backends.mkldnn.is_available() else 'no'}")
+    return "\n".join(lines)
+
+
+def cmd_env(args) -> int:
+    print(env_report())
+    return EXIT_OK
+
+
+# -- compress / decompress / info ---------------------------------------------------------------
+def _load(args):
+    from .pretrained import load_model
+    try:
+        return load_model(args.model, device=args.device)
+    except (FileNotFoundError, ValueError) as e:
+        raise CLIError(str(e)) from None
+
+
+def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]:
+    if len(inputs) > 1 or os.path.isdir(output) or output.endswith(os.sep):
+        if not os.path.isdir(output):
+            raise CLIError(f"with several inputs the output must be an existing folder: {output}")
+        outs = [os.path.join(output, os.path.splitext(os.path.basename(p))[0] + ext)
+                for p in inputs]
+    else:
+        outs = [output]
+    if len(set(map(os.path.abspath, outs))) != len(outs):
+        raise CLIError("two inputs would write the same output file; rename one")
+    for i, o in zip(inputs, outs):
+        if os.path.abspath(i) == os.path.abspath(o):
+            raise CLIError(f"output {o} is the input file")
+        if os.path.exists(o) and not force:
+            raise CLIError(f"{o} exists: not overwriting it (use --force)")
+    return outs
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled or len(items) < 2:
+        return items
+    try:
+        from tqdm import tqdm
+        return tqdm(items, desc=desc, file=sys.stderr)
+    except ImportError:  # pragma: no cover
+        return items
+
+
+def _pick_width(model, x, args) -> int:
+    widths = model.widths  # widest first
+    if args.width is not None:
+        if args.width not in widths:
+            raise CLIError(f"--width {args.width} is not one of the model's widths {widths}")
+        return args.width
+    if args.quality is not None:
+        if not 1 <= args.quality <= len(widths):
+            raise CLIError(f"--quality must be 1..{len(widths)} (1 = narrowest, lowest rate)")
+        return widths[len(widths) - args.quality]
+    if args.target_bpp is not None:
+        from .ratecontrol import width_for_target_bpp
+        return width_for_target_bpp(model, x, args.target_bpp, precision=args.precision)
+    return widths[0]
+
+
+def cmd_compress(args) -> int:
+    import torch
+
+    from .io import atomic_write_bytes, read_image
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    outs = _outputs(args.inputs, args.output, ".slim", args.force)
+    model = _load(args)
+    for src, dst in _progress(list(zip(args.inputs, outs)), not args.quiet, "compress"):
+        try:
+            x, note = read_image(src)
+        except (ValueError, FileNotFoundError) as e:
+            raise CLIError(str(e)) from None
+        if note and not args.quiet:
+            print(f"{src}: {note}", file=sys.stderr)
+        width = _pick_width(model, x, args)
+        t0 = time.perf_counter()
+        data = model.compress(x.to(args.device), width, precision=args.precision,
+                              streams=args.streams)
+        dt = time.perf_counter() - t0
+        atomic_write_bytes(dst, data, overwrite=args.force)
+        if not args.quiet:
+            H, W = x.shape[-2:]
+            print(f"{src} -> {dst}: width {width}, {len(data)} bytes, "
+                  f"{8 * len(data) / (H * W):.4f} bpp, {dt * 1e3:.1f} ms")
+    return EXIT_OK
+
+
+def cmd_decompress(args) -> int:
+    import torch
+
+    from .container import SlimFormatError
+    from .io import atomic_write_bytes, image_to_png_bytes
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    outs = _outputs(args.inputs, args.output, ".png", args.force)
+    model = _load(args)
+    for src, dst in _progress(list(zip(args.inputs, outs)), not args.quiet, "decompress"):
+        fmt = {".png": "PNG", ".bmp": "BMP", ".ppm": "PPM", ".tif": "TIFF", ".tiff": "TIFF",
+               ".webp": "WEBP"}.get(os.path.splitext(dst)[1].lower())
+        if fmt is None:
+            raise CLIError(f"{dst}: choose a lossless output format (.png, .bmp, .ppm, .tif, .webp)")
+        try:
+            with open(src, "rb") as f:
+                data = f.read()
+            t0 = time.perf_counter()
+            x = model.decompress(data, precision=args.precision)
+            dt = time.perf_counter() - t0
+        except FileNotFoundError:
+            raise CLIError(f"{src} does not exist") from None
+        except SlimFormatError as e:
+            raise CLIError(f"{src}: {e}") from None
+        atomic_write_bytes(dst, image_to_png_bytes(x, fmt), overwrite=args.force)
+        if not args.quiet:
+            print(f"{src} -> {dst}: {x.shape[-1]}x{x.shape[-2]}, {dt * 1e3:.1f} ms")
+    return EXIT_OK
+
+
+def cmd_info(args) -> int:
+    from .container import SlimFormatError, read
+
+    for path in args.files:
+        try:
+            f = read(path)
+        except FileNotFoundError:
+            raise CLIError(f"{path} does not exist") from None
+        except SlimFormatError as e:
+            raise CLIError(f"{path}: {e}") from None
+        size = os.path.getsize(path)
+        print(f"{path}: .slim format v{f.version}, model {f.model_id.hex()}, width {f.width}, "
+              f"image {f.img_width}x{f.height}, {f.streams} substream(s), payload "
+              f"{len(f.payload)} bytes, file {size} bytes, {8 * size / (f.height * f.img_width):.4f} bpp")
+        for k, v in f.metadata.items():
+            print(f"  {k}: {v[:80]!r}")
+    return EXIT_OK
+
+
+def cmd_eval(args) -> int:
+    from .evaluation.cli import run_eval
+    return run_eval(args)
+
+
+def cmd_train(args) -> int:
+    from .training.cli import config_from_args
+    from .training.trainer import Trainer
+    Trainer(config_from_args(args)).fit()
+    return EXIT_OK
+
+
+# -- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slimkernels",
+                                description="Slimmable neural image compression (SlimCAE).")
+    p.add_argument("--version", action="version", version=f"slimkernels {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    s = sub.add_parser("env", help="print versions, backend, GPU and coder status")
+    s.set_defaults(func=cmd_env)
+
+    def common(s):
+        s.add_argument("--model", default=None, help="model file (default: the bundled model)")
+        s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+        s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+        s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+        s.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+        s.add_argument("-q", "--quiet", action="store_true")
+
+    s = sub.add_parser("compress", help="compress images to .slim files")
+    s.add_argument("inputs", nargs="+", metavar="IN")
+    s.add_argument("output", metavar="OUT", help="output file, or folder for several inputs")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--width", type=int, help="sub-network width (default: the widest)")
+    g.add_argument("--quality", type=int, help="1 (narrowest, lowest rate) .. number of widths")
+    g.add_argument("--target-bpp", type=float, help="pick the widest width at or under this rate")
+    s.add_argument("--streams", type=int, default=1, help="coder substreams (parallel decoding)")
+    common(s)
+    s.set_defaults(func=cmd_compress)
+
+    s = sub.add_parser("decompress", help="decompress .slim files to images")
+    s.add_argument("inputs", nargs="+", metavar="IN")
+    s.add_argument("output", metavar="OUT", help="output image (.png...), or folder")
+    common(s)
+    s.set_defaults(func=cmd_decompress)
+
+    s = sub.add_parser("info", help="show the header of .slim files")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("eval", help="evaluate on a folder of images (RD table, JSON, plot)")
+    try:
+        from .evaluation.cli import add_eval_arguments
+        add_eval_arguments(s)
+    except ImportError:  # pragma: no cover - evaluation extras missing
+        s.add_argument("dir")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("train", help="train a SlimCAE (see python/train.py)")
+    from .training.cli import build_parser as train_parser
+    train_parser(s)
+    s.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``slimkernels`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except CLIError as e:
+        _err(str(e))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_ERROR
+    except (ValueError, RuntimeError, OSError) as e:
+        _err(f"{type(e).__name__}: {e}")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slimkernels import container
+from slimkernels.models import SlimCAE
+
+pytest.importorskip("slimkernels._coder")
+
+WIDTHS = (24, 16, 8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = SlimCAE(widths=WIDTHS).eval()
+    with torch.no_grad():   # a less trivial density than the initial one
+        for eb in m.entropy_bottleneck.bottlenecks:
+            eb.quantiles.copy_(torch.tensor([-6.0, 0.3, 7.0]).repeat(eb.channels, 1, 1))
+    m.update()
+    return m
+
+
+def _own_reconstruction(m, x, width):
+    """The model's own quantized reconstruction (eval forward on the padded input), 8-bit."""
+    H, W = x.shape[-2:]
+    xp = F.pad(x, (0, (-W) % 16, 0, (-H) % 16), mode="replicate")
+    with torch.no_grad():
+        out = m(xp, width)["x_hat"][..., :H, :W].clamp(0, 1)
+    return out.mul(255).round()
+
+
+def test_forward_shapes_every_width():
+    m = SlimCAE(widths=WIDTHS)
+    x = torch.rand(2, 3, 32, 48)
+    for w in WIDTHS:
+        out = m(x, w)
+        assert out["x_hat"].shape == x.shape
+        assert out["likelihoods"]["y"].shape == (2, w, 2, 3)
+        assert out["likelihoods"]["y"].dtype == torch.float32
+    with pytest.raises(ValueError, match="width 10 is not one of"):
+        m(x, 10)
+    with pytest.raises(ValueError, match="RGB images"):
+        m(torch.rand(2, 1, 32, 32), 8)
+
+
+def test_narrow_width_ignores_weights_outside_its_slice():
+    torch.manual_seed(1)
+    m = SlimCAE(widths=WIDTHS, gdn="slim").eval()
+    x = torch.rand(1, 3, 32, 32)
+    y0 = m(x, 8)["x_hat"]
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Conv2d):
+                mod.weight[8:] += 1.0
+            if isinstance(mod, torch.nn.ConvTranspose2d) and mod.out_channels > 3:
+                mod.weight[:, 8:] += 1.0
+    torch.testing.assert_close(m(x, 8)["x_hat"], y0, rtol=0, atol=0)
+    assert not torch.allclose(m(x, 24)["x_hat"], y0)
+
+
+@pytest.mark.parametrize("size", [(32, 48), (37, 53), (1, 1), (17, 16)])
+def test_decompress_equals_own_quantized_reconstruction(model, size):
+    torch.manual_seed(sum(size))
+    x = torch.rand(1, 3, *size)
+    for w in WIDTHS:
+        data = model.compress(x, w)
+        xh = model.decompress(data)
+        assert xh.shape == x.shape
+        torch.testing.assert_close(xh.mul(255).round(), _own_reconstruction(model, x, w),
+                                   rtol=0, atol=0)
+        f, sym = model.decompress_latent(data)
+        H, W = size
+        xp = F.pad(x, (0, (-W) % 16, 0, (-H) % 16), mode="replicate")
+        with torch.no_grad():
+            ref_sym = model.entropy_bottleneck.for_width(w).quantize_symbols(model.encode(xp, w))
+        assert torch.equal(sym, ref_sym)
+        assert f.width == w and (f.height, f.img_width) == size
+
+
+def test_streams_and_metadata(model):
+    x = torch.rand(1, 3, 64, 64)
+    a = model.compress(x, 24, streams=1)
+    b = model.compress(x, 24, streams=3, metadata={"author": b"me"})
+    assert container.unpack(b).metadata == {"author": b"me"}
+    assert container.unpack(b).streams == 3
+    torch.testing.assert_close(model.decompress(a), model.decompress(b), rtol=0, atol=0)
+
+
+def test_bf16_file_decodes_in_fp32_to_the_same_latents(model):
+    x = torch.rand(1, 3, 48, 32)
+    data = model.compress(x, 16, precision="bf16")
+    _, sym = model.decompress_latent(data)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model.encode(x, 16)
+    ref = model.entropy_bottleneck.for_width(16).quantize_symbols(y)
+    assert torch.equal(sym, ref)
+    xh32 = model.decompress(data, precision="fp32")
+    xh16 = model.decompress(data, precision="bf16")
+    assert (xh32 - xh16).abs().max() < 0.05      # bf16 decoder: same latents, ~1e-2 image error
+
+
+def test_wrong_model_corrupt_truncated_and_newer_files_are_refused(model):
+    x = torch.rand(1, 3, 32, 32)
+    data = model.compress(x, 8)
+    other = SlimCAE(widths=WIDTHS).eval()
+    other.update()
+    with pytest.raises(container.SlimFormatError, match="different model"):
+        other.decompress(data)
+    bad = bytearray(data)
+    bad[-1] ^= 0x40
+    with pytest.raises(container.SlimFormatError, match="payload checksum"):
+        model.decompress(bytes(bad))
+    with pytest.raises(container.SlimFormatError, match="truncated"):
+        model.decompress(data[:-3])
+    newer = bytearray(data)
+    newer[4] = container.FORMAT_VERSION + 1
+    with pytest.raises(container.SlimFormatError, match="newer"):
+        model.decompress(bytes(newer))
+    with pytest.raises(container.SlimFormatError, match="not a .slim file"):
+        model.decompress(b"\x89PNG....")
+
+
+def test_compress_needs_tables_and_valid_input():
+    m = SlimCAE(widths=(8,)).eval()
+    with pytest.raises(RuntimeError, match="update"):
+        m.compress(torch.rand(1, 3, 16, 16), 8)
+    m.update()
+    with pytest.raises(ValueError, match="one RGB image"):
+        m.compress(torch.rand(2, 3, 16, 16), 8)
+    with pytest.raises(ValueError, match="float image"):
+        m.compress(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), 8)
+
+
+def test_model_id_tracks_weights(model):
+    a = model.model_id()
+    assert a == model.model_id() and len(a) == 16
+    m2 = SlimCAE(widths=WIDTHS)
+    m2.load_state_dict(model.state_dict())
+    assert m2.model_id() == a
+    with torch.no_grad():
+        m2.g_a[0].bias[0] += 1e-3
+    assert m2.model_id() != a
+
+
+def test_gdn_variants_build_and_run():
+    for variant in ("switch", "slim", "slim+"):
+        m = SlimCAE(widths=(16, 8), gdn=variant)
+        out = m(torch.rand(1, 3, 32, 32), 8)
+        assert torch.isfinite(out["x_hat"]).all()
+    with pytest.raises(ValueError, match="unknown GDN variant"):
+        SlimCAE(widths=(8,), gdn="bogus")

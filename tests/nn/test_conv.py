@@ -1,0 +1,75 @@
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from slimkernels.nn import SlimConv2d, SlimConvTranspose2d
+
+
+def test_conv_full_width_matches_torch_and_loads_plain_checkpoint():
+    torch.manual_seed(0)
+    ref = nn.Conv2d(8, 12, 5, stride=2, padding=2)
+    slim = SlimConv2d(8, 12, 5, stride=2, padding=2, widths=[12, 6, 3])
+    slim.load_state_dict(ref.state_dict())          # same keys
+    assert set(slim.state_dict()) == set(ref.state_dict())
+    x = torch.randn(2, 8, 13, 11)
+    torch.testing.assert_close(slim(x), ref(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("win,wout", [(8, 12), (5, 6), (3, 3), (1, 12)])
+def test_conv_slice_equals_sliced_weights_float64(win, wout):
+    torch.manual_seed(1)
+    slim = SlimConv2d(8, 12, 5, stride=2, padding=2, widths=[12, 6, 3]).double()
+    x = torch.randn(2, win, 9, 7, dtype=torch.float64)
+    y = slim(x, wout)
+    ref = F.conv2d(x, slim.weight[:wout, :win], slim.bias[:wout], stride=2, padding=2)
+    assert y.shape == (2, wout, 5, 4)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_width_outside_slice_has_no_effect():
+    torch.manual_seed(2)
+    slim = SlimConv2d(8, 12, 3, padding=1, widths=[12, 6])
+    x = torch.randn(1, 4, 6, 6)
+    y0 = slim(x, 6)
+    with torch.no_grad():
+        slim.weight[6:] += 100
+        slim.weight[:, 4:] += 100
+        slim.bias[6:] += 100
+    torch.testing.assert_close(slim(x, 6), y0, rtol=0, atol=0)
+
+
+def test_set_width_and_errors():
+    slim = SlimConv2d(8, 12, 3, padding=1, widths=[12, 6])
+    slim.set_width(6)
+    assert slim(torch.randn(1, 8, 4, 4)).shape[1] == 6
+    with pytest.raises(ValueError, match="width 5 is not one of"):
+        slim(torch.randn(1, 8, 4, 4), 5)
+    with pytest.raises(ValueError, match="9 channels"):
+        slim(torch.randn(1, 9, 4, 4))
+    with pytest.raises(ValueError, match="outside"):
+        SlimConv2d(8, 12, 3, widths=[13])
+    with pytest.raises(ValueError, match="groups"):
+        SlimConv2d(8, 12, 3, groups=2)
+
+
+def test_conv_transpose_full_width_and_slice():
+    torch.manual_seed(3)
+    ref = nn.ConvTranspose2d(10, 6, 5, stride=2, padding=2, output_padding=1)
+    slim = SlimConvTranspose2d(10, 6, 5, stride=2, padding=2, output_padding=1, widths=[6, 4])
+    slim.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 10, 5, 7)
+    torch.testing.assert_close(slim(x), ref(x), rtol=0, atol=0)
+    s64 = slim.double()
+    x = torch.randn(2, 7, 5, 7, dtype=torch.float64)
+    y = s64(x, 4)
+    r = F.conv_transpose2d(x, s64.weight[:7, :4], s64.bias[:4], stride=2, padding=2,
+                           output_padding=1)
+    assert y.shape == (2, 4, 10, 14)
+    torch.testing.assert_close(y, r, rtol=1e-12, atol=1e-12)
+
+
+def test_fixed_output_layer_takes_no_width():
+    last = SlimConvTranspose2d(8, 3, 9, stride=4, padding=4, output_padding=3)
+    assert last.slim_output is False and last.widths == [3]
+    assert last(torch.randn(1, 5, 2, 3)).shape == (1, 3, 8, 12)

@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+import torch
+
+from slimkernels.nn import EntropyBottleneck, SlimEntropyBottleneck
+from tests._compressai import load_compressai_module
+
+
+def _trained_bottleneck(C=4, steps=120, seed=0):
+    torch.manual_seed(seed)
+    eb = EntropyBottleneck(C)
+    opt = torch.optim.Adam([p for n, p in eb.named_parameters() if n != "quantiles"], lr=1e-2)
+    aux = torch.optim.Adam([eb.quantiles], lr=2e-1)
+    scales = torch.tensor([0.5, 1.0, 3.0, 8.0])[:C].view(1, C, 1, 1)
+    for _ in range(steps):
+        y = torch.randn(4, C, 8, 8) * scales + 2.0
+        _, lik = eb(y, training=True)
+        loss = -torch.log2(lik).mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+        aux.zero_grad(); eb.loss().backward(); aux.step()
+    return eb
+
+
+def test_likelihoods_form_a_distribution_over_integer_bins():
+    eb = _trained_bottleneck()
+    grid = torch.arange(-80, 81, dtype=torch.float32).view(1, 1, -1, 1).expand(1, 4, -1, 1)
+    _, lik = eb(grid.contiguous() + eb.medians().view(1, -1, 1, 1), training=False)
+    total = lik.sum(dim=2).flatten()
+    torch.testing.assert_close(total, torch.ones(4), rtol=0, atol=1e-3)
+
+
+def test_training_adds_noise_and_eval_rounds_around_median():
+    eb = _trained_bottleneck(steps=50)
+    y = torch.randn(2, 4, 5, 5) * 3
+    y_tr, _ = eb(y, training=True)
+    d = y_tr - y
+    assert d.abs().max() <= 0.5 and d.abs().max() > 0
+    y_ev, _ = eb(y, training=False)
+    m = eb.medians().view(1, -1, 1, 1)
+    torch.testing.assert_close(y_ev, torch.round(y - m) + m, rtol=0, atol=0)
+    s = eb.quantize_symbols(y)
+    assert s.dtype == torch.int32
+    torch.testing.assert_close(eb.dequantize_symbols(s), y_ev, rtol=0, atol=0)
+
+
+def test_aux_loss_moves_quantiles_towards_tails():
+    eb = _trained_bottleneck()
+    q = eb.quantiles.detach()[:, 0]
+    # the widest channel (scale 8) needs a wider support than the narrowest (scale 0.5)
+    assert (q[3, 2] - q[3, 0]) > 2 * (q[0, 2] - q[0, 0])
+    assert torch.isfinite(eb.loss())
+
+
+def test_update_builds_valid_integer_tables_and_state_dict_roundtrip():
+    pytest.importorskip("slimkernels._coder")
+    eb = _trained_bottleneck()
+    assert not eb.has_tables()
+    eb.update()
+    assert eb.has_tables()
+    cdf, lengths, offs = eb._quantized_cdf.numpy(), eb._cdf_length.numpy(), eb._offset.numpy()
+    for c in range(4):
+        L = lengths[c]
+        row = cdf[c, :L]
+        assert row[0] == 0 and row[-1] == 1 << 16
+        assert np.all(np.diff(row) >= 1)
+    assert lengths[3] > lengths[0]
+    fresh = EntropyBottleneck(4)
+    fresh.load_state_dict(eb.state_dict())
+    assert fresh.has_tables()
+    assert torch.equal(fresh._quantized_cdf, eb._quantized_cdf)
+
+
+def test_matches_compressai_entropy_bottleneck():
+    import sys
+    try:
+        load_compressai_module("ops/bound_ops.py", "compressai.ops.bound_ops")
+    except Exception:  # noqa: BLE001
+        pytest.skip("compressai not installed (pip install --no-deps compressai)")
+    if "compressai.ops.bound_ops" not in sys.modules:
+        pytest.skip("compressai not installed (pip install --no-deps compressai)")
+    sys.modules["compressai.ops"].LowerBound = sys.modules["compressai.ops.bound_ops"].LowerBound
+    sys.modules["compressai"].get_entropy_coder = lambda: "ans"
+    sys.modules["compressai"].available_entropy_coders = lambda: ["ans"]
+    try:
+        mod = load_compressai_module("entropy_models/entropy_models.py",
+                                     "compressai.entropy_models.entropy_models")
+    except ImportError as e:
+        pytest.skip(f"compressai's entropy model needs {e}")
+    torch.manual_seed(0)
+    ours = _trained_bottleneck(steps=30)
+    ref = mod.EntropyBottleneck(4, filters=(3, 3, 3))   # SlimCAE: 1-3-3-3-1
+    sd = ours.state_dict()      # same parameter names as CompressAI's
+    skip = ("_offset", "_quantized_cdf", "_cdf_length")
+    missing, unexpected = ref.load_state_dict(
+        {k: v for k, v in sd.items() if k not in skip}, strict=False)
+    assert not unexpected and set(missing) <= set(skip) | {"likelihood_lower_bound.bound"}
+    y = torch.randn(2, 4, 6, 5) * 3
+    ref.eval()
+    y_ref, lik_ref = ref(y, training=False)
+    y_ours, lik_ours = ours(y, training=False)
+    torch.testing.assert_close(y_ours, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(lik_ours, lik_ref, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(ours.loss(), ref.loss(), rtol=1e-5, atol=1e-6)
+
+
+def test_slim_entropy_bottleneck_per_width():
+    seb = SlimEntropyBottleneck([8, 4])
+    y = torch.randn(1, 4, 3, 3)
+    y_hat, lik = seb(y, training=False)
+    assert lik.shape == y.shape and lik.dtype == torch.float32
+    assert seb.for_width(4) is seb.bottlenecks[1]
+    with pytest.raises(ValueError, match="no entropy model for width 5"):
+        seb(torch.randn(1, 5, 3, 3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, lik16 = seb(y.bfloat16(), training=False)
+    assert lik16.dtype == torch.float32

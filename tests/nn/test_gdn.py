@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from slimkernels.nn import NonNegativeParametrizer, SlimGDN, SlimGDNPlus, SwitchGDN, lower_bound
+from tests._compressai import load_compressai_module
+
+
+def _gdn64(x, beta, gamma, inverse):
+    norm = torch.einsum("ij,njhw->nihw", gamma, x * x) + beta.view(1, -1, 1, 1)
+    return x * norm.sqrt() if inverse else x / norm.sqrt()
+
+
+def test_reparam_roundtrip_and_lower_bound_gradient():
+    p = NonNegativeParametrizer(minimum=1e-6)
+    v = torch.tensor([0.5, 2.0, 1e-9])
+    eff = p(p.init(v))
+    torch.testing.assert_close(eff[:2], v[:2], rtol=1e-6, atol=0)
+    assert eff[2] >= 1e-6 - 1e-12          # clamped to the minimum
+    x = torch.tensor([0.0, 2.0], requires_grad=True)
+    b = torch.tensor(1.0)
+    lower_bound(x, b).backward(torch.tensor([-1.0, 1.0]))
+    # below the bound: gradient passes only when it pushes x up (negative grad)
+    assert x.grad.tolist() == [-1.0, 1.0]
+    x.grad = None
+    lower_bound(x, b).backward(torch.tensor([1.0, 1.0]))
+    assert x.grad.tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("C", [1, 5, 16])
+def test_slim_gdn_matches_float64_formula(inverse, C):
+    torch.manual_seed(C)
+    g = SlimGDN(16, inverse=inverse).double()
+    with torch.no_grad():
+        g.gamma.add_(0.05 * torch.rand(16, 16, dtype=torch.float64))
+        g.beta.add_(0.1 * torch.rand(16, dtype=torch.float64))
+    beta, gamma = g.effective_params()
+    x = torch.randn(2, C, 5, 7, dtype=torch.float64)
+    torch.testing.assert_close(g(x), _gdn64(x, beta[:C], gamma[:C, :C], inverse),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_compressai_gdn_state_dict_loads_and_matches():
+    mod = load_compressai_module("layers/gdn.py", "compressai.layers.gdn")
+    if mod is None:
+        pytest.skip("compressai not installed (pip install --no-deps compressai)")
+    torch.manual_seed(0)
+    for inverse in (False, True):
+        ref = mod.GDN(24, inverse=inverse)
+        with torch.no_grad():
+            ref.gamma.add_(0.02 * torch.rand_like(ref.gamma))
+            ref.beta.add_(0.3 * torch.rand_like(ref.beta))
+        ours = SlimGDN(24, inverse=inverse)
+        ours.load_state_dict(ref.state_dict())          # strict: identical keys
+        x = torch.randn(2, 24, 9, 11)
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
+def test_switch_gdn_picks_width_and_rejects_others():
+    sw = SwitchGDN([8, 4])
+    with torch.no_grad():
+        sw.gdns[1].beta.fill_(2.0)
+    x = torch.randn(1, 4, 3, 3)
+    torch.testing.assert_close(sw(x), sw.gdns[1](x), rtol=0, atol=0)
+    assert not torch.allclose(sw(x), sw.gdns[0](torch.nn.functional.pad(x, (0, 0, 0, 0, 0, 4)))[:, :4])
+    with pytest.raises(ValueError, match="widths \\[8, 4\\]"):
+        sw(torch.randn(1, 5, 3, 3))
+
+
+def test_slim_gdn_plus_identity_scalars_and_gradients():
+    torch.manual_seed(4)
+    gp = SlimGDNPlus([8, 4], inverse=False).double()
+    x = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    torch.testing.assert_close(gp(x), gp.gdn(x), rtol=1e-9, atol=1e-9)   # scales 1, biases ~0
+    with torch.no_grad():
+        gp.gamma_scale[1] = gp.scalar_reparam.init(torch.tensor(2.0, dtype=torch.float64))
+        gp.beta_bias[1] = gp.scalar_reparam.init(torch.tensor(0.5, dtype=torch.float64))
+    beta, gamma = gp.gdn.effective_params()
+    ref = _gdn64(x, beta[:4] + 0.5, 2 * gamma[:4, :4], False)
+    torch.testing.assert_close(gp(x), ref, rtol=1e-9, atol=1e-9)
+    gp(x).sum().backward()
+    for p in (gp.gamma_scale, gp.gamma_bias, gp.beta_scale, gp.beta_bias, gp.gdn.gamma):
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    assert gp.gamma_scale.grad[1] != 0 and gp.gamma_scale.grad[0] == 0

@@ -1,0 +1,77 @@
+import struct
+import zlib
+
+import pytest
+
+from slimkernels import container as C
+
+
+def _file(**kw):
+    f = dict(model_id=bytes(range(16)), width=96, height=512, img_width=768, streams=2,
+             payload=b"\x01\x02\x03" * 50, metadata={"k": b"v", "\u00e9t\u00e9": b"\x00" * 5})
+    f.update(kw)
+    return C.SlimFile(**f)
+
+
+def test_roundtrip():
+    data = C.pack(_file())
+    f = C.unpack(data)
+    assert (f.width, f.height, f.img_width, f.streams) == (96, 512, 768, 2)
+    assert f.metadata == {"k": b"v", "\u00e9t\u00e9": b"\x00" * 5}
+    assert f.payload == b"\x01\x02\x03" * 50 and f.version == C.FORMAT_VERSION
+
+
+def test_every_truncation_is_refused():
+    data = C.pack(_file())
+    for n in range(len(data)):
+        with pytest.raises(C.SlimFormatError):
+            C.unpack(data[:n])
+
+
+def test_every_single_bit_flip_is_refused():
+    data = C.pack(_file(payload=b"xyz" * 4, metadata={}))
+    for i in range(len(data)):
+        for bit in (0, 3, 7):
+            bad = bytearray(data)
+            bad[i] ^= 1 << bit
+            with pytest.raises(C.SlimFormatError):
+                C.unpack(bytes(bad))
+
+
+def test_messages_name_the_problem():
+    data = C.pack(_file())
+    with pytest.raises(C.SlimFormatError, match="magic"):
+        C.unpack(b"JUNK" + data[4:])
+    newer = bytearray(data)
+    newer[4] = C.FORMAT_VERSION + 1
+    with pytest.raises(C.SlimFormatError, match="newer"):
+        C.unpack(bytes(newer))
+    with pytest.raises(C.SlimFormatError, match="unexpected bytes"):
+        C.unpack(data + b"\x00")
+    with pytest.raises(C.SlimFormatError, match="header checksum"):
+        bad = bytearray(data)
+        bad[23] ^= 1               # the width field
+        C.unpack(bytes(bad))
+
+
+def test_pack_validates_fields():
+    with pytest.raises(ValueError, match="model_id"):
+        C.pack(_file(model_id=b"short"))
+    with pytest.raises(ValueError, match="width"):
+        C.pack(_file(width=0))
+    with pytest.raises(ValueError, match="height"):
+        C.pack(_file(height=0))
+    with pytest.raises(ValueError, match="metadata key"):
+        C.pack(_file(metadata={"": b"x"}))
+
+
+def test_write_is_atomic_and_refuses_overwrite(tmp_path):
+    p = tmp_path / "a.slim"
+    C.write(str(p), _file())
+    before = p.read_bytes()
+    with pytest.raises(FileExistsError, match="--force"):
+        C.write(str(p), _file(width=8))
+    assert p.read_bytes() == before
+    C.write(str(p), _file(width=8), overwrite=True)
+    assert C.read(str(p)).width == 8
+    assert [q.name for q in tmp_path.iterdir()] == ["a.slim"]   # no temp files left
