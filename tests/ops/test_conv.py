@@ -1,0 +1,148 @@
+"""CPU (PyTorch) path of the width-sliced conv ops vs float64 references."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
+from slimkernels.ops import conv as conv_mod
+
+LAYERS = [  # SlimCAE: (transposed, C_in(w), C_out(w), k, stride, pad, output_padding)
+    ("enc1", False, lambda w: 3, lambda w: w, 9, 4, 4, 0),
+    ("enc2", False, lambda w: w, lambda w: w, 5, 2, 2, 0),
+    ("dec1", True, lambda w: w, lambda w: w, 5, 2, 2, 1),
+    ("dec3", True, lambda w: w, lambda w: 3, 9, 4, 4, 3),
+]
+
+
+def rel_err(y, r):
+    assert torch.isfinite(y).all()
+    return ((y.double() - r.double()).abs().max() / r.double().abs().max()).item()
+
+
+def _gdn_ref(y, beta, gamma, inverse):
+    c = y.shape[1]
+    norm = F.conv2d(y * y, gamma[:c, :c, None, None].to(y.dtype), beta[:c].to(y.dtype))
+    return y * torch.sqrt(norm) if inverse else y * torch.rsqrt(norm)
+
+
+def _full(name, tr, k, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (192, 192, k, k) if not tr else (192, 192, k, k)
+    if name == "enc1":
+        shape = (192, 3, k, k)
+    if name == "dec3":
+        shape = (192, 3, k, k)
+    w = torch.randn(shape, generator=g, dtype=torch.float64) / (k * 8)
+    b = torch.randn(shape[1] if tr else shape[0], generator=g, dtype=torch.float64)
+    return w.to(dtype), b.to(dtype)
+
+
+@pytest.mark.parametrize("width", [1, 3, 47, 72, 192])
+@pytest.mark.parametrize("layer", LAYERS, ids=[l[0] for l in LAYERS])
+def test_layers_fp32_vs_float64(layer, width):
+    name, tr, fci, fco, k, s, p, op = layer
+    ci, co = fci(width), fco(width)
+    w, b = _full(name, tr, k)
+    x = torch.randn(2, ci, 11, 9, dtype=torch.float64)
+    if tr:
+        ref = F.conv_transpose2d(x, w[:ci, :co], b[:co], stride=s, padding=p, output_padding=op)
+        y = slim_conv_transpose2d(x.float(), w.float(), b.float(), stride=s, padding=p,
+                                  output_padding=op, out_width=co)
+    else:
+        ref = F.conv2d(x, w[:co, :ci], b[:co], stride=s, padding=p)
+        y = slim_conv2d(x.float(), w.float(), b.float(), stride=s, padding=p, out_width=co)
+    assert y.shape == ref.shape and y.dtype == torch.float32
+    assert rel_err(y, ref) < 1e-5
+
+
+def test_channels_last_kept():
+    w, b = _full("enc2", False, 5, torch.float32)
+    x = torch.randn(1, 72, 16, 12).to(memory_format=torch.channels_last)
+    y = slim_conv2d(x, w, b, stride=2, padding=2, out_width=72)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    ref = F.conv2d(x.double(), w[:72, :72].double(), b[:72].double(), stride=2, padding=2)
+    assert rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.parametrize("width", [48, 192])
+def test_bf16_autocast_matches_and_caches_weight_cast(width):
+    conv_mod._CAST_CACHE.clear()
+    w, b = _full("enc2", False, 5, torch.float32)
+    x = torch.randn(1, width, 12, 10)
+    ref = F.conv2d(x.double(), w[:width, :width].double(), b[:width].double(), stride=2, padding=2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = slim_conv2d(x, w, b, stride=2, padding=2, out_width=width)
+        y2 = slim_conv2d(x, w, b, stride=2, padding=2, out_width=width)
+        auto = F.conv2d(x, w[:width, :width], b[:width], stride=2, padding=2)
+    assert y.dtype == torch.bfloat16 == auto.dtype
+    assert rel_err(y, ref) < 2e-2
+    assert torch.equal(y, y2)
+    assert len(conv_mod._CAST_CACHE) == 2  # full weight + full bias, cast once
+    # an in-place update of the weight invalidates the cached cast
+    with torch.no_grad():
+        w.mul_(2.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y3 = slim_conv2d(x, w, None, stride=2, padding=2, out_width=width)
+    ref3 = F.conv2d(x.double(), w[:width, :width].double(), None, stride=2, padding=2)  # doubled w
+    assert rel_err(y3, ref3) < 2e-2
+
+
+def test_bf16_autocast_with_grad_flows_to_weight_slice():
+    w, b = _full("enc2", False, 5, torch.float32)
+    w.requires_grad_()
+    x = torch.randn(1, 47, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = slim_conv2d(x, w, b, stride=2, padding=2, out_width=72)
+    y.float().sum().backward()
+    assert w.grad[72:].abs().max() == 0 and w.grad[:, 47:].abs().max() == 0
+    assert w.grad[:72, :47].abs().max() > 0
+
+
+@pytest.mark.parametrize("width", [47, 192])
+def test_gdn_fused_cpu_nograd_and_grad(width):
+    w, b = _full("enc2", False, 5, torch.float64)
+    g = torch.Generator().manual_seed(3)
+    beta = torch.rand(192, generator=g, dtype=torch.float64) + 0.5
+    gamma = torch.rand(192, 192, generator=g, dtype=torch.float64) * 0.1
+    x = torch.randn(1, width, 9, 11, dtype=torch.float64)
+    ref = _gdn_ref(F.conv2d(x, w[:width, :width], b[:width], stride=2, padding=2), beta, gamma,
+                   False)
+    with torch.no_grad():
+        y = slim_conv2d(x.float(), w.float(), b.float(), stride=2, padding=2, out_width=width,
+                        gdn=(beta.float(), gamma.float()))
+    assert rel_err(y, ref) < 1e-5
+    xx = x.clone().requires_grad_()
+    y = slim_conv2d(xx, w, b, stride=2, padding=2, out_width=width, gdn={"beta": beta, "gamma": gamma})
+    y.sum().backward()
+    xr = x.clone().requires_grad_()
+    _gdn_ref(F.conv2d(xr, w[:width, :width], b[:width], stride=2, padding=2), beta, gamma,
+             False).sum().backward()
+    assert rel_err(xx.grad, xr.grad) < 1e-10
+
+
+def test_transposed_igdn_input_and_output():
+    w, b = _full("dec1", True, 5, torch.float64)
+    g = torch.Generator().manual_seed(4)
+    beta = torch.rand(192, generator=g, dtype=torch.float64) + 0.5
+    gamma = torch.rand(192, 192, generator=g, dtype=torch.float64) * 0.1
+    x = torch.randn(1, 72, 5, 6, dtype=torch.float64)
+    y = slim_conv_transpose2d(x, w, b, stride=2, padding=2, output_padding=1, out_width=48,
+                              igdn=(beta, gamma), out_igdn=(beta, gamma))
+    ref = F.conv_transpose2d(_gdn_ref(x, beta, gamma, True), w[:72, :48], b[:48], stride=2,
+                             padding=2, output_padding=1)
+    ref = _gdn_ref(ref, beta, gamma, True)
+    assert rel_err(y, ref) < 1e-12
+
+
+def test_errors():
+    w, b = _full("enc2", False, 5, torch.float32)
+    with pytest.raises(ValueError, match="out_width"):
+        slim_conv2d(torch.randn(1, 8, 9, 9), w, b, out_width=193)
+    with pytest.raises(ValueError, match="channels"):
+        slim_conv2d(torch.randn(1, 200, 9, 9), w, b)
+    with pytest.raises(ValueError, match="4-D"):
+        slim_conv2d(torch.randn(8, 9, 9), w, b)
+    with pytest.raises(ValueError, match="output_padding"):
+        slim_conv_transpose2d(torch.randn(1, 8, 5, 5), w, b, stride=2, output_padding=2)
+    with pytest.raises(ValueError, match="gdn"):
+        slim_conv2d(torch.randn(1, 8, 9, 9), w, b, gdn=torch.ones(3))
