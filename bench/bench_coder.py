@@ -76,6 +76,17 @@ def ideal_bytes(sym, idx, cdfs, lengths, offsets, precision=16):
     return float(-np.log2(freq / (1 << precision)).sum() / 8)
 
 
+def escape_bypass_bytes(sym, idx, lengths, offsets):
+    """Bytes of bypass bits slimkernels spends on escapes (6-bit length + k bits, docs/coder.md)."""
+    i = idx.reshape(-1)
+    v = sym.reshape(-1).astype(np.int64) - offsets[i]
+    nd = (lengths[i] - 2).astype(np.int64)
+    esc = (v < 0) | (v >= nd)
+    z = np.where(v < 0, 2 * (-v - 1) + 1, 2 * (v - nd))[esc]
+    k = np.floor(np.log2(z + 1.0)).astype(np.int64)
+    return float((6 + k).sum() / 8)
+
+
 def timeit(fn, repeat, warmup):
     for _ in range(warmup):
         fn()
@@ -197,6 +208,7 @@ def main(argv=None):
     sym = work[0]
     n = sym.size
     ideal = ideal_bytes(*work)
+    bypass = escape_bypass_bytes(sym, work[1], work[3], work[4])
     load_before = os.getloadavg()
     rows = bench_slimkernels(work, n, args.repeat, args.warmup)
     notes = []
@@ -211,6 +223,8 @@ def main(argv=None):
     single = rows[0]
     for r in rows:
         r["size_vs_ideal"] = r["size_bytes"] / ideal - 1
+        if r["coder"].startswith("slimkernels"):
+            r["overhead_bytes_vs_ideal_plus_bypass"] = r["size_bytes"] - ideal - bypass
         if base:
             r["encode_vs_compressai"] = base["encode_s"] / r["encode_s"]
             r["decode_vs_compressai"] = base["decode_s"] / r["decode_s"]
@@ -219,7 +233,7 @@ def main(argv=None):
 
     escapes = int(np.sum(np.abs(sym) > 40))
     meta = dict(symbols=n, channels=int(sym.shape[1]), alphabet=81, precision=16,
-                escapes=escapes, ideal_bytes=ideal, repeat=args.repeat, warmup=args.warmup,
+                escapes=escapes, ideal_bytes=ideal, slimkernels_escape_bypass_bytes=bypass, repeat=args.repeat, warmup=args.warmup,
                 statistic="median wall time", machine=platform.processor() or platform.machine(),
                 cpu_count=os.cpu_count(), loadavg_before=load_before, loadavg_after=load_after,
                 python=platform.python_version(), notes=notes)
@@ -243,6 +257,9 @@ def main(argv=None):
               f"encode {base['encode_msym_s_with_tolist']:.1f}, decode "
               f"{base['decode_msym_s_with_tolist']:.1f} M sym/s")
     two = next(r for r in rows if r["streams"] == 2 and r["threads"] == 2)
+    overheads = ", ".join(f"{r['streams']} stream(s) {r['overhead_bytes_vs_ideal_plus_bypass']:.0f} B"
+                          for r in rows if "overhead_bytes_vs_ideal_plus_bypass" in r)
+    print(f"slimkernels size - (ideal + {bypass:.0f} B of escape bypass bits): {overheads}")
     print(f"2 streams / 2 threads vs 1 stream: encode {two['encode_vs_slim_1_stream']:.2f}x, "
           f"decode {two['decode_vs_slim_1_stream']:.2f}x")
     for note in notes:
@@ -264,6 +281,8 @@ def main(argv=None):
                     f"caller pays ({base['tolist_s'] * 1e3:.1f} ms per call) it runs at "
                     f"{base['encode_msym_s_with_tolist']:.1f} M sym/s encode and "
                     f"{base['decode_msym_s_with_tolist']:.1f} M sym/s decode.\n")
+        f.write(f"\nslimkernels spends {bypass:.0f} B on escape bypass bits ({escapes} escapes); "
+                f"its size minus (ideal + bypass): {overheads} (header + final rANS states).\n")
         f.write(f"\n2 streams on 2 threads vs 1 stream: encode "
                 f"{two['encode_vs_slim_1_stream']:.2f}x, decode "
                 f"{two['decode_vs_slim_1_stream']:.2f}x.\n")

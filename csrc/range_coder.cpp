@@ -343,10 +343,12 @@ SK_INLINE void dec_renorm(uint64_t& x, DecState& st) {
       x = (x << 32) | w;
     }
   } else {
-    const bool c = x < kL;
-    const uint32_t w = load32(st.ptr);
-    x = c ? ((x << 32) | w) : x;
-    st.ptr += c ? 4 : 0;
+    // Arithmetic select: the renormalisation is taken about once per 9 symbols at random,
+    // a branch would mispredict.
+    const uint64_t c = uint64_t(x < kL);
+    const uint64_t w = load32(st.ptr);
+    x = (x << (c << 5)) | (w & (0 - c));
+    st.ptr += c << 2;
   }
 }
 
@@ -375,17 +377,22 @@ SK_NOINLINE int32_t dec_escape(uint64_t& x, DecState& st, int64_t nd, int32_t of
   return int32_t(s);
 }
 
-template <typename LutT, bool kChecked>
+// kP, kBits: compile-time precision and lookup-table bits (0: read them from c at run time).
+template <typename LutT, bool kChecked, int kP, int kBits>
 SK_INLINE void dec_one(const DecCtx<LutT>& c, int64_t j, uint64_t& x, DecState& st, int32_t* out,
                        uint64_t& overflow) {
+  const int p = kP ? kP : c.p;
+  const uint32_t mask = kP ? uint32_t((1u << kP) - 1) : c.mask;
+  const int lut_bits = kP ? kBits : c.lut_bits;
+  const int lut_shift = kP ? kP - kBits : c.lut_shift;
   const int32_t i = c.idx[j];
   const int32_t* row = c.cdfs + int64_t(i) * c.stride;
-  const uint32_t slot = uint32_t(x) & c.mask;
-  uint32_t s = c.lut[(int64_t(i) << c.lut_bits) + (slot >> c.lut_shift)];
+  const uint32_t slot = uint32_t(x) & mask;
+  uint32_t s = c.lut[(int64_t(i) << lut_bits) + (slot >> lut_shift)];
   while (uint32_t(row[s + 1]) <= slot) ++s;
   const uint32_t start = uint32_t(row[s]);
   const uint32_t freq = uint32_t(row[s + 1]) - start;
-  x = uint64_t(freq) * (x >> c.p) + (slot - start);
+  x = uint64_t(freq) * (x >> p) + (slot - start);
   dec_renorm<kChecked>(x, st);
   const int64_t nd = int64_t(c.lengths[i]) - 2;
   if (SK_UNLIKELY(int64_t(s) >= nd)) {
@@ -397,7 +404,7 @@ SK_INLINE void dec_one(const DecCtx<LutT>& c, int64_t j, uint64_t& x, DecState& 
   out[j] = int32_t(uint32_t(uint64_t(v)));
 }
 
-template <typename LutT>
+template <typename LutT, int kP, int kBits>
 void decode_substream(const DecCtx<LutT>& c, const uint8_t* data, int64_t size, int64_t begin,
                       int64_t end, int32_t* out, int64_t stream_no) {
   // size >= kStateBytes and size % 4 == 0 were checked by parse_header.
@@ -416,22 +423,22 @@ void decode_substream(const DecCtx<LutT>& c, const uint8_t* data, int64_t size, 
   cc.idx = idx + begin;
   for (int64_t j = 0; j < m4; j += 4) {
     if (st.end - st.ptr >= kBlockBytes) {
-      dec_one<LutT, false>(cc, j, x0, st, o, overflow);
-      dec_one<LutT, false>(cc, j + 1, x1, st, o, overflow);
-      dec_one<LutT, false>(cc, j + 2, x2, st, o, overflow);
-      dec_one<LutT, false>(cc, j + 3, x3, st, o, overflow);
+      dec_one<LutT, false, kP, kBits>(cc, j, x0, st, o, overflow);
+      dec_one<LutT, false, kP, kBits>(cc, j + 1, x1, st, o, overflow);
+      dec_one<LutT, false, kP, kBits>(cc, j + 2, x2, st, o, overflow);
+      dec_one<LutT, false, kP, kBits>(cc, j + 3, x3, st, o, overflow);
     } else {
-      dec_one<LutT, true>(cc, j, x0, st, o, overflow);
-      dec_one<LutT, true>(cc, j + 1, x1, st, o, overflow);
-      dec_one<LutT, true>(cc, j + 2, x2, st, o, overflow);
-      dec_one<LutT, true>(cc, j + 3, x3, st, o, overflow);
+      dec_one<LutT, true, kP, kBits>(cc, j, x0, st, o, overflow);
+      dec_one<LutT, true, kP, kBits>(cc, j + 1, x1, st, o, overflow);
+      dec_one<LutT, true, kP, kBits>(cc, j + 2, x2, st, o, overflow);
+      dec_one<LutT, true, kP, kBits>(cc, j + 3, x3, st, o, overflow);
     }
   }
   for (int64_t j = m4; j < m; ++j) {
     switch (j & 3) {
-      case 0: dec_one<LutT, true>(cc, j, x0, st, o, overflow); break;
-      case 1: dec_one<LutT, true>(cc, j, x1, st, o, overflow); break;
-      default: dec_one<LutT, true>(cc, j, x2, st, o, overflow); break;  // m - m4 <= 3
+      case 0: dec_one<LutT, true, kP, kBits>(cc, j, x0, st, o, overflow); break;
+      case 1: dec_one<LutT, true, kP, kBits>(cc, j, x1, st, o, overflow); break;
+      default: dec_one<LutT, true, kP, kBits>(cc, j, x2, st, o, overflow); break;  // m - m4 <= 3
     }
   }
   if (overflow)
@@ -478,9 +485,16 @@ void decode_impl(const Header& h, const uint8_t* data, const int32_t* indexes, i
   DecCtx<LutT> c{indexes, t.cdfs, t.max_length, t.lengths, t.offsets, lut.get(),
                  t.precision, uint32_t((1u << t.precision) - 1), bits, t.precision - bits};
   const int64_t k = int64_t(h.offsets.size()) - 1;
+  // The common case (16-bit CDFs, 12-bit lookup) gets compile-time shifts and masks.
+  const bool fixed = t.precision == 16 && bits == 12;
   parallel_for(k, resolve_threads(threads, k), [&](int64_t s) {
-    decode_substream<LutT>(c, data + h.offsets[s], h.offsets[s + 1] - h.offsets[s],
-                           chunk_begin(n, k, s), chunk_begin(n, k, s + 1), out, s);
+    const uint8_t* sub = data + h.offsets[s];
+    const int64_t size = h.offsets[s + 1] - h.offsets[s];
+    const int64_t b = chunk_begin(n, k, s), e = chunk_begin(n, k, s + 1);
+    if (fixed)
+      decode_substream<LutT, 16, 12>(c, sub, size, b, e, out, s);
+    else
+      decode_substream<LutT, 0, 0>(c, sub, size, b, e, out, s);
   });
 }
 
