@@ -153,7 +153,7 @@ def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
     """Decode symbols written by :func:`encode` with the same tables.
 
     Args:
-        data: ``bytes``, ``bytearray``, ``memoryview`` or 1-D uint8 array.
+        data: ``bytes``, ``bytearray``, ``memoryview`` or 1-D uint8 array (numpy or CPU torch).
         indexes, cdfs, cdf_lengths, offsets, precision: as for :func:`encode`.
         threads: worker threads (>= 1); ``None`` means ``min(substreams, cpu count)``.
 
@@ -166,6 +166,8 @@ def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
             any byte string is safe: it returns or raises ValueError in time linear in the
             symbol count and the data size; it never reads outside its inputs.
     """
+    if type(data).__module__.startswith("torch"):
+        data = _to_numpy(data, "data")
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8 or data.ndim != 1:
             raise ValueError(f"data must be bytes or a 1-D uint8 array, got {data.dtype} "

@@ -228,6 +228,9 @@ def test_torch_and_noncontiguous_inputs(rng):
                          torch.from_numpy(lengths), torch.from_numpy(offsets)) == ref
     out = coding.decode(ref, torch.from_numpy(idx), cdfs, lengths, offsets)
     np.testing.assert_array_equal(out, sym)
+    out = coding.decode(torch.frombuffer(bytearray(ref), dtype=torch.uint8), idx, cdfs, lengths,
+                        offsets)
+    np.testing.assert_array_equal(out, sym)
     # Non-contiguous views and other integer dtypes are accepted (converted).
     sym_t = np.ascontiguousarray(sym.transpose(0, 1, 3, 2))
     idx_t = np.ascontiguousarray(idx.transpose(0, 1, 3, 2))
