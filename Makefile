@@ -18,6 +18,8 @@ $(STAMP): $(PY) $(SOURCES)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q setuptools wheel pybind11
 	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench,docs]"
+	@# CompressAI as a reference in tests and benchmarks; --no-deps: only its source files and coder are used
+	$(PY) -m pip install -q --no-deps compressai==1.2.8
 	$(PY) -c "import slimkernels._coder"
 	touch $(STAMP)
 

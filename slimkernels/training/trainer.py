@@ -169,6 +169,8 @@ class Trainer:
             if self.scheduler is not None and ck.get("scheduler"):
                 self.scheduler.load_state_dict(ck["scheduler"])
             self._sampler_state = ck.get("sampler")
+            if ck.get("torch_rng") is not None and self.world == 1:
+                torch.set_rng_state(ck["torch_rng"])   # the training noise continues exactly
             self._print(f"resumed from {self.ckpt_path} at step {self.step}")
         else:
             self._sampler_state = None
@@ -186,7 +188,8 @@ class Trainer:
               "aux_opt": self.aux_opt.state_dict(), "step": self.step, "lambdas": self.lambdas,
               "next_schedule": self.next_schedule, "config": asdict(self.cfg),
               "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-              "sampler": self.sampler.state_dict() if self.sampler else None}
+              "sampler": self.sampler.state_dict() if self.sampler else None,
+              "torch_rng": torch.get_rng_state()}
         tmp = self.ckpt_path + ".tmp"
         torch.save(ck, tmp)
         os.replace(tmp, self.ckpt_path)

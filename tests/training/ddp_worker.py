@@ -1,0 +1,22 @@
+"""Run by test_trainer.py under torchrun (2 CPU processes, gloo): a few DDP steps, then each
+rank saves its weights so the test can check that the replicas agree."""
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from slimkernels.training import TrainConfig, Trainer
+
+data, out = sys.argv[1], sys.argv[2]
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+cfg = TrainConfig(data=data, out=out, widths=[8, 4], lambdas=[0.01, 0.002], batch=2, crop=32,
+                  steps=3, val_every=0, val_split=5, bf16=False, progress=False, ckpt_every_s=1e9)
+t = Trainer(cfg, log=lambda *_: None)
+if rank == 0:
+    torch.save({k: v.clone() for k, v in t.model.state_dict().items()}, os.path.join(out, "init.pt"))
+t.fit()
+torch.save(t.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+dist.barrier()
+dist.destroy_process_group()

@@ -1,0 +1,57 @@
+import pytest
+
+from slimkernels.training import LambdaScheduler, rd_slope
+
+
+def test_rd_slope():
+    assert rd_slope([1.0, 0.5], [34.0, 31.0], 0) == pytest.approx(6.0)
+
+
+def _synthetic_rd(lambdas):
+    """A toy RD model: each width's rate grows with log lambda, PSNR is a concave function of
+    rate, and narrow widths lose some quality. Deterministic."""
+    import math
+    bpp = [0.15 * (k + 1) ** -0.3 * (1 + math.log(lam / 1e-4)) for k, lam in enumerate(lambdas)]
+    psnr = [24 + 9 * math.log1p(b) - 0.4 * k for k, b in enumerate(bpp)]
+    return bpp, psnr
+
+
+def test_scheduler_follows_the_paper_search_and_never_touches_the_widest():
+    lam0 = [0.03] * 5
+    s = LambdaScheduler(lam0)
+    lambdas = list(lam0)
+    updates = 0
+    while True:
+        new = s.observe(*_synthetic_rd(lambdas))
+        if new is None:
+            break
+        updates += 1
+        assert new[0] == 0.03
+        assert all(a >= b for a, b in zip(new, new[1:]))   # narrower never above wider
+        lambdas = new
+        assert updates < 5 * 8
+    assert s.done
+    assert lambdas[-1] < lambdas[1] <= 0.03
+    for ev in s.history:
+        if ev["action"] != "done":
+            assert ev["reductions"] <= s.max_reductions
+
+
+def test_scheduler_stops_a_pair_when_the_slope_rises():
+    s = LambdaScheduler([1.0, 1.0, 1.0])
+    assert s.observe([1.0, 0.5, 0.2], [35, 32, 29]) == [1.0, 0.8, 0.8]          # s_ref = 6
+    assert s.observe([1.0, 0.45, 0.2], [35, 31.8, 29]) == pytest.approx([1.0, 0.64, 0.64])  # 5.8
+    # slope rises above 5.8: pair 0 is done, pair 1 starts from its own slope and reduces width 2
+    out = s.observe([1.0, 0.4, 0.2], [35, 31.0, 29])
+    assert out == pytest.approx([1.0, 0.64, 0.512]) and s.i == 1
+    assert s.history[-1]["pair"] == 0
+
+
+def test_state_dict_roundtrip():
+    s = LambdaScheduler([1.0, 1.0])
+    s.observe([1.0, 0.5], [33, 30])
+    t = LambdaScheduler([9.0, 9.0])
+    t.load_state_dict(s.state_dict())
+    assert t.lambdas == s.lambdas and t.i == s.i and t.s_ref == s.s_ref
+    with pytest.raises(ValueError, match="expected 2"):
+        t.observe([1.0], [30])

@@ -1,0 +1,91 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from slimkernels.training import TrainConfig, Trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(5):
+        base = rng.integers(0, 255, (1, 1, 3))
+        arr = np.clip(base + rng.normal(0, 20, (48, 64, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(d / f"im{i}.png")
+    return str(d)
+
+
+def _cfg(image_dir, out, **kw):
+    c = dict(data=image_dir, out=str(out), widths=[8, 4], lambdas=[0.01, 0.002], batch=2, crop=32,
+             steps=4, val_every=2, val_size=32, val_split=5, bf16=False, progress=False,
+             ckpt_every_s=1e9, seed=3)
+    c.update(kw)
+    return TrainConfig(**c)
+
+
+def test_training_reduces_loss_and_resumes_exactly(image_dir, tmp_path):
+    torch.manual_seed(0)
+    t = Trainer(_cfg(image_dir, tmp_path / "a", steps=3), log=lambda *_: None)
+    t.load_data()
+    x = t.sampler.sample(2, 32)
+    first = t.train_step(x)["loss"]
+    for _ in range(15):
+        last = t.train_step(x)["loss"]
+    assert last < first
+
+    # a run of 4 steps equals a run of 2 steps + resume for 2 more
+    full = Trainer(_cfg(image_dir, tmp_path / "full"), log=lambda *_: None).fit()
+    Trainer(_cfg(image_dir, tmp_path / "split", steps=2), log=lambda *_: None).fit()
+    resumed = Trainer(_cfg(image_dir, tmp_path / "split"), log=lambda *_: None)
+    assert resumed.step == 2
+    resumed.fit()
+    assert resumed.step == 4
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+    log = [json.loads(l) for l in open(tmp_path / "full" / "log.jsonl")]
+    vals = [r for r in log if r["event"] == "val"]
+    assert len(vals) == 2 and len(vals[0]["bpp"]) == 2
+
+
+def test_lambda_scheduling_updates_are_logged(image_dir, tmp_path):
+    cfg = _cfg(image_dir, tmp_path / "s", steps=6, schedule=True, schedule_start=2,
+               schedule_steps=2, val_every=0)
+    t = Trainer(cfg, log=lambda *_: None).fit()
+    log = [json.loads(l) for l in open(tmp_path / "s" / "log.jsonl")]
+    ups = [r for r in log if r["event"] == "lambda_update"]
+    assert ups and ups[0]["lambdas_before"] == [0.01, 0.002]
+    assert t.lambdas[0] == 0.01 and t.lambdas[1] < 0.002
+
+
+def test_bad_config_is_refused(image_dir, tmp_path):
+    with pytest.raises(ValueError, match="2 widths but 3 lambdas"):
+        Trainer(_cfg(image_dir, tmp_path / "x", lambdas=[1, 2, 3]))
+    with pytest.raises(ValueError, match="does not exist"):
+        Trainer(_cfg(str(tmp_path / "nope"), tmp_path / "y")).fit()
+
+
+def test_ddp_two_cpu_processes_keep_replicas_identical(image_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29500 + os.getpid() % 1000),
+           os.path.join(ROOT, "tests", "training", "ddp_worker.py"), image_dir, str(out)]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    a = torch.load(out / "rank0.pt")
+    b = torch.load(out / "rank1.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    init = torch.load(out / "init.pt")
+    assert any(not torch.equal(init[k], a[k]) for k in a)    # it did train
