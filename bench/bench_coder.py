@@ -40,6 +40,24 @@ sys.path.insert(0, os.path.dirname(HERE))
 from slimkernels import coding  # noqa: E402
 
 
+def laplace_scales(channels):
+    return np.exp(np.linspace(np.log(0.3), np.log(8.0), channels))
+
+
+def laplace_pmfs(channels=192, n_sym=81):
+    """Discretized Laplace pmfs [channels, n_sym] (integers -n_sym//2 ..) and tail masses."""
+    half = n_sym // 2
+    x = np.arange(-half, half + 1, dtype=np.float64)
+    pmfs = np.empty((channels, n_sym))
+    for c, b in enumerate(laplace_scales(channels)):
+        lo, hi = x - 0.5, x + 0.5
+        cdf_hi = np.where(hi < 0, 0.5 * np.exp(hi / b), 1 - 0.5 * np.exp(-hi / b))
+        cdf_lo = np.where(lo < 0, 0.5 * np.exp(lo / b), 1 - 0.5 * np.exp(-lo / b))
+        pmfs[c] = cdf_hi - cdf_lo
+    tails = np.clip(1.0 - pmfs.sum(1), 0.0, None)
+    return pmfs, tails
+
+
 def kodak_like_workload(seed=0, channels=192, h=32, w=48, n_sym=81, precision=16):
     """Symbols [1, channels, h, w] int32, indexes, and per-channel discretized-Laplace tables.
 
@@ -48,15 +66,8 @@ def kodak_like_workload(seed=0, channels=192, h=32, w=48, n_sym=81, precision=16
     """
     rng = np.random.default_rng(seed)
     half = n_sym // 2
-    scales = np.exp(np.linspace(np.log(0.3), np.log(8.0), channels))
-    x = np.arange(-half, half + 1, dtype=np.float64)
-    pmfs = np.empty((channels, n_sym))
-    for c, b in enumerate(scales):
-        lo, hi = x - 0.5, x + 0.5
-        cdf_hi = np.where(hi < 0, 0.5 * np.exp(hi / b), 1 - 0.5 * np.exp(-hi / b))
-        cdf_lo = np.where(lo < 0, 0.5 * np.exp(lo / b), 1 - 0.5 * np.exp(-lo / b))
-        pmfs[c] = cdf_hi - cdf_lo
-    tails = np.clip(1.0 - pmfs.sum(1), 0.0, None)
+    scales = laplace_scales(channels)
+    pmfs, tails = laplace_pmfs(channels, n_sym)
     cdfs, lengths = coding.pmfs_to_quantized_cdfs(pmfs, np.full(channels, n_sym, np.int32), tails,
                                                   precision=precision)
     offsets = np.full(channels, -half, np.int32)
@@ -108,6 +119,33 @@ def load_compressai_ans():
             spec.loader.exec_module(mod)
             return mod
     return None
+
+
+def quantization_loss(channels=192, n_sym=81, precision=16):
+    """Mean cross-entropy excess (bits/symbol) of quantized CDFs over the true pmf entropy:
+    slimkernels.coding.pmf_to_quantized_cdf vs CompressAI's pmf_to_quantized_cdf (_CXX)."""
+    pmfs, tails = laplace_pmfs(channels, n_sym)
+    cxx = None
+    for d in sys.path:
+        hits = glob.glob(os.path.join(d, "compressai", "_CXX*.so"))
+        if hits:
+            spec = importlib.util.spec_from_file_location("_CXX", hits[0])
+            cxx = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(cxx)
+            break
+    out = {"slimkernels": 0.0, "compressai": 0.0 if cxx else None}
+    for c in range(channels):
+        p = np.append(pmfs[c], tails[c])
+        pn = p / p.sum()
+        ent = -(pn[pn > 0] * np.log2(pn[pn > 0])).sum()
+        for name, cdf in (("slimkernels", coding.pmf_to_quantized_cdf(p, precision)),
+                          ("compressai", cxx.pmf_to_quantized_cdf(p.tolist(), precision)
+                           if cxx else None)):
+            if cdf is None:
+                continue
+            q = np.diff(np.asarray(cdf, np.float64)) / (1 << precision)
+            out[name] += float(-(pn * np.log2(q)).sum() - ent) / channels
+    return out
 
 
 def bench_slimkernels(work, n, repeat, warmup):
@@ -218,6 +256,7 @@ def main(argv=None):
         if note:
             notes.append(note)
     load_after = os.getloadavg()
+    qloss = quantization_loss()
 
     base = next((r for r in rows if r["coder"].startswith("CompressAI")), None)
     single = rows[0]
@@ -236,7 +275,8 @@ def main(argv=None):
                 escapes=escapes, ideal_bytes=ideal, slimkernels_escape_bypass_bytes=bypass, repeat=args.repeat, warmup=args.warmup,
                 statistic="median wall time", machine=platform.processor() or platform.machine(),
                 cpu_count=os.cpu_count(), loadavg_before=load_before, loadavg_after=load_after,
-                python=platform.python_version(), notes=notes)
+                python=platform.python_version(), notes=notes,
+                quantization_loss_bits_per_symbol=qloss)
 
     head = ("| coder | encode M sym/s | decode M sym/s | encode vs CompressAI | "
             "decode vs CompressAI | size B | vs ideal |")
@@ -262,6 +302,9 @@ def main(argv=None):
     print(f"slimkernels size - (ideal + {bypass:.0f} B of escape bypass bits): {overheads}")
     print(f"2 streams / 2 threads vs 1 stream: encode {two['encode_vs_slim_1_stream']:.2f}x, "
           f"decode {two['decode_vs_slim_1_stream']:.2f}x")
+    qtxt = ", ".join(f"{k} {v:.2e}" for k, v in qloss.items() if v is not None)
+    print(f"pmf -> 16-bit CDF quantization loss (bits/symbol over the entropy, mean of "
+          f"{sym.shape[1]} Laplace channels): {qtxt}")
     for note in notes:
         print("note:", note)
 
@@ -288,6 +331,8 @@ def main(argv=None):
                 f"{two['decode_vs_slim_1_stream']:.2f}x.\n")
         f.write("\nconstriction codes escaped values as the escape slot only (no bypass bits) "
                 "and builds its models outside the timed region.\n")
+        f.write(f"\npmf -> 16-bit CDF quantization loss, bits/symbol above the entropy of the "
+                f"true pmf (mean over the {sym.shape[1]} Laplace channels): {qtxt}.\n")
         for note in notes:
             f.write(f"\nNote: {note}\n")
     return rows
