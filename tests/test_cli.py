@@ -1,0 +1,127 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from slimkernels import __version__
+from slimkernels.cli import main
+from slimkernels.models import SlimCAE
+from slimkernels.pretrained import load_model, save_model
+
+pytest.importorskip("slimkernels._coder")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    m = SlimCAE(widths=(16, 8)).eval()
+    m.update()
+    p = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(m, str(p), info={"note": "random weights"})
+    return str(p)
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    paths = {}
+    for mode in ("RGB", "L", "RGBA", "P"):
+        p = tmp_path / f"img_{mode}.png"
+        Image.fromarray(rgb).convert(mode).save(p)
+        paths[mode] = str(p)
+    p16 = tmp_path / "img16.png"
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(p16)
+    paths["I;16"] = str(p16)
+    return paths
+
+
+def test_version_and_env(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and __version__ in capsys.readouterr().out
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled range coder: yes" in out and "backend for CPU tensors: torch" in out
+
+
+def test_roundtrip_and_info(model_file, images, tmp_path, capsys):
+    slim = str(tmp_path / "a.slim")
+    png = str(tmp_path / "a.png")
+    assert main(["compress", images["RGB"], slim, "--model", model_file, "--width", "8"]) == 0
+    assert main(["decompress", slim, png, "--model", model_file]) == 0
+    assert main(["info", slim]) == 0
+    out = capsys.readouterr().out
+    assert "width 8" in out and "image 30x20" in out
+    m = load_model(model_file)
+    ref = m.decompress(open(slim, "rb").read()).mul(255).round().to(torch.uint8)[0].permute(1, 2, 0)
+    assert np.array_equal(np.asarray(Image.open(png)), ref.numpy())
+
+
+def test_quality_and_target_bpp(model_file, images, tmp_path):
+    for flag in (["--quality", "1"], ["--quality", "2"], ["--target-bpp", "1000"]):
+        out = str(tmp_path / f"q{flag[1]}.slim")
+        assert main(["compress", images["RGB"], out, "--model", model_file, "-q"] + flag) == 0
+    from slimkernels.container import read
+    assert read(str(tmp_path / "q1.slim")).width == 8
+    assert read(str(tmp_path / "q2.slim")).width == 16
+    assert read(str(tmp_path / "q1000.slim")).width == 16
+    assert main(["compress", images["RGB"], str(tmp_path / "x.slim"), "--model", model_file,
+                 "--quality", "3"]) == 1
+
+
+def test_refuses_overwrite_without_force(model_file, images, tmp_path, capsys):
+    out = tmp_path / "a.slim"
+    out.write_bytes(b"precious")
+    assert main(["compress", images["RGB"], str(out), "--model", model_file]) == 1
+    assert out.read_bytes() == b"precious"
+    assert "--force" in capsys.readouterr().err
+    assert main(["compress", images["RGB"], str(out), "--model", model_file, "--force"]) == 0
+    assert out.read_bytes()[:4] == b"SLIM"
+
+
+def test_conversions_are_reported(model_file, images, tmp_path, capsys):
+    for mode in ("L", "RGBA", "P", "I;16"):
+        out = tmp_path / f"{mode.replace(';', '')}.slim"
+        assert main(["compress", images[mode], str(out), "--model", model_file]) == 0
+    err = capsys.readouterr().err
+    assert "converted L to RGB" in err and "alpha" in err and "16-bit" in err
+    assert "converted P to RGB" in err
+
+
+def test_several_inputs_into_a_folder(model_file, images, tmp_path):
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    assert main(["compress", images["RGB"], images["L"], str(outdir), "--model", model_file,
+                 "-q"]) == 0
+    assert sorted(os.listdir(outdir)) == ["img_L.slim", "img_RGB.slim"]
+    assert main(["compress", images["RGB"], images["L"], str(tmp_path / "nofolder"),
+                 "--model", model_file]) == 1
+
+
+def test_errors_exit_1_and_leave_no_partial_files(model_file, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert main(["compress", str(bad), str(tmp_path / "o.slim"), "--model", model_file]) == 1
+    assert "not an image file" in capsys.readouterr().err
+    corrupt = tmp_path / "c.slim"
+    corrupt.write_bytes(b"SLIM\x01garbage")
+    assert main(["decompress", str(corrupt), str(tmp_path / "c.png"), "--model", model_file]) == 1
+    assert "c.slim" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["bad.png", "c.slim"]
+    assert main(["compress", str(tmp_path / "missing.png"), str(tmp_path / "m.slim"),
+                 "--model", model_file]) == 1
+    assert main(["decompress", str(corrupt), str(tmp_path / "c.png"),
+                 "--model", str(tmp_path / "nomodel.pt")]) == 1
+
+
+def test_usage_errors_exit_2():
+    r = subprocess.run([sys.executable, "-m", "slimkernels", "compress"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "usage" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "slimkernels"], capture_output=True, text=True)
+    assert r.returncode == 2
