@@ -8,6 +8,7 @@
 #include <exception>
 #include <iomanip>
 #include <sstream>
+#include <system_error>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -164,12 +165,20 @@ void parallel_for(int64_t count, int threads, const F& f) {
   };
   std::vector<std::thread> pool;
   pool.reserve(size_t(threads - 1));
-  for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
+  int spawned = 1;
+  try {
+    for (; spawned < threads; ++spawned) pool.emplace_back(work, spawned);
+  } catch (const std::system_error&) {
+    // Out of threads: the calling thread does the share of the workers that did not start.
+  }
   work(0);
+  for (int t = spawned; t < threads; ++t) work(t);
   for (auto& th : pool) th.join();
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
 }
+
+constexpr int64_t kMaxThreads = 256;
 
 int resolve_threads(int threads, int64_t streams) {
   int64_t t = threads;
@@ -177,7 +186,7 @@ int resolve_threads(int threads, int64_t streams) {
     const unsigned hw = std::thread::hardware_concurrency();
     t = hw ? hw : 1;
   }
-  return int(std::max<int64_t>(1, std::min<int64_t>(t, streams)));
+  return int(std::max<int64_t>(1, std::min({t, streams, kMaxThreads})));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ void validate_tables(const Tables& t);
 void validate_indexes(const int32_t* indexes, int64_t n, int64_t num_cdfs);
 
 // Encodes n symbols into the multi-stream container. streams >= 1 (clamped to max(1, n));
-// threads <= 0 means min(streams, hardware threads). Validates everything first.
+// threads <= 0 means min(streams, hardware threads); at most 256 threads are used (the calling
+// thread is one of them). Validates everything first.
 std::vector<uint8_t> encode(const int32_t* symbols, const int32_t* indexes, int64_t n,
                             const Tables& t, int64_t streams, int threads);
 

@@ -128,7 +128,8 @@ def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, stream
         streams: number of independent substreams (>= 1). Symbols are split into that many
             contiguous chunks (clamped to the symbol count) coded in parallel threads with the
             GIL released; the substream sizes are stored in the output.
-        threads: worker threads (>= 1); ``None`` means ``min(streams, cpu count)``.
+        threads: worker threads (>= 1, capped at ``streams`` and 256); ``None`` means
+            ``min(streams, cpu count)``.
 
     Returns:
         The encoded ``bytes`` (self-describing: format version, precision, symbol count,
@@ -155,7 +156,8 @@ def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
     Args:
         data: ``bytes``, ``bytearray``, ``memoryview`` or 1-D uint8 array (numpy or CPU torch).
         indexes, cdfs, cdf_lengths, offsets, precision: as for :func:`encode`.
-        threads: worker threads (>= 1); ``None`` means ``min(substreams, cpu count)``.
+        threads: worker threads (>= 1, capped at the substream count and 256); ``None`` means
+            ``min(substreams, cpu count)``.
 
     Returns:
         numpy int32 array with the shape of ``indexes``.

@@ -487,3 +487,12 @@ def test_pmfs_batch_matches_single(rng):
         bad = pmfs.copy()
         bad[2, 1] = -1
         coding.pmfs_to_quantized_cdfs(bad, lens, tails)
+
+
+def test_many_streams_and_threads(rng):
+    cdfs, lengths, offsets = _random_tables(rng, 3, 20, 12)
+    sym = rng.integers(-30, 30, 700).astype(np.int32)
+    idx = rng.integers(0, 3, 700).astype(np.int32)
+    data = _roundtrip(sym, idx, cdfs, lengths, offsets, 12, streams=300, threads=10_000)
+    assert coding.stream_count(data) == 300
+    assert data == _ref_encode(sym, idx, cdfs, lengths, offsets, 12, 300)
