@@ -1,7 +1,7 @@
 """The GDN family for slimmable networks: SlimGDN (shared), SwitchGDN (per width), SlimGDNPlus."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -47,12 +47,19 @@ class SlimGDN(nn.Module):
             raise ValueError(f"{type(self).__name__}: input has {x.shape[1]} channels, more than "
                              f"the {self.in_channels} this layer holds")
 
+    def op_kwargs(self, width: int) -> Dict:
+        """Keyword arguments of :func:`slimkernels.ops.gdn` at ``width`` (full effective
+        parameters, read in place by the op), e.g. to fuse this GDN into a convolution."""
+        if not 1 <= width <= self.in_channels:
+            raise ValueError(f"SlimGDN({self.in_channels}) cannot run at width {width}")
+        beta, gamma = self.effective_params()
+        return {"beta": beta, "gamma": gamma, "inverse": self.inverse}
+
     def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
         """``x``: ``[N, C, H, W]`` float; returns the same shape and dtype. ``width`` is ignored
         (the active width is ``x.shape[1]``); it is accepted so every slimmable layer has one call."""
         self._check(x)
-        beta, gamma = self.effective_params()
-        return ops.gdn(x, beta, gamma, inverse=self.inverse)
+        return ops.gdn(x, **self.op_kwargs(x.shape[1]))
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, inverse={self.inverse}"
@@ -73,13 +80,20 @@ class SwitchGDN(nn.Module):
         self.inverse = bool(inverse)
         self.gdns = nn.ModuleList(SlimGDN(w, inverse, beta_min, gamma_init) for w in self.widths)
 
+    def _index(self, C: int, shape) -> int:
+        if C not in self.widths:
+            raise ValueError(f"{type(self).__name__} has widths {self.widths}, got input of shape "
+                             f"{tuple(shape)}")
+        return self.widths.index(C)
+
+    def op_kwargs(self, width: int) -> Dict:
+        """Keyword arguments of :func:`slimkernels.ops.gdn` at ``width`` (one of ``widths``)."""
+        return self.gdns[self._index(width, ("?", width))].op_kwargs(width)
+
     def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
         """``x``: ``[N, C, H, W]`` with C one of ``widths``; returns the same shape and dtype."""
         C = x.shape[1] if x.dim() == 4 else -1
-        if C not in self.widths:
-            raise ValueError(f"SwitchGDN has GDNs for widths {self.widths}, got input of shape "
-                             f"{tuple(x.shape)}")
-        return self.gdns[self.widths.index(C)](x)
+        return self.gdns[self._index(C, x.shape)](x)
 
 
 class SlimGDNPlus(nn.Module):
@@ -106,18 +120,25 @@ class SlimGDNPlus(nn.Module):
         self.beta_scale = nn.Parameter(init(torch.ones(K)))
         self.beta_bias = nn.Parameter(init(torch.zeros(K)))
 
+    def op_kwargs(self, width: int) -> Dict:
+        """Keyword arguments of :func:`slimkernels.ops.gdn` at ``width`` (one of ``widths``),
+        with this width's four scalars."""
+        if width not in self.widths:
+            raise ValueError(f"SlimGDNPlus has widths {self.widths}, not {width}")
+        k = self.widths.index(width)
+        beta, gamma = self.gdn.effective_params()
+        r = self.scalar_reparam
+        return {"beta": beta, "gamma": gamma, "inverse": self.inverse,
+                "gamma_scale": r(self.gamma_scale)[k], "gamma_bias": r(self.gamma_bias)[k],
+                "beta_scale": r(self.beta_scale)[k], "beta_bias": r(self.beta_bias)[k]}
+
     def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
         """``x``: ``[N, C, H, W]`` with C one of ``widths``; returns the same shape and dtype."""
         C = x.shape[1] if x.dim() == 4 else -1
         if C not in self.widths:
             raise ValueError(f"SlimGDNPlus has widths {self.widths}, got input of shape "
                              f"{tuple(x.shape)}")
-        k = self.widths.index(C)
-        beta, gamma = self.gdn.effective_params()
-        r = self.scalar_reparam
-        return ops.gdn(x, beta, gamma, inverse=self.inverse,
-                       gamma_scale=r(self.gamma_scale)[k], gamma_bias=r(self.gamma_bias)[k],
-                       beta_scale=r(self.beta_scale)[k], beta_bias=r(self.beta_bias)[k])
+        return ops.gdn(x, **self.op_kwargs(C))
 
 
 GDN_VARIANTS = ("switch", "slim", "slim+")

@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Turn a training checkpoint into a model file (fp32 weights + integer CDF tables + info).
+
+    python python/export_model.py runs/slimcae/checkpoint.pt slimkernels/pretrained/slimcae.pt
+
+The info stored with the model records the training run: steps, crop sizes, lambdas (initial and
+current), data folder, and the log's last validation. Refuses to overwrite without --force.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from slimkernels.pretrained import load_model, save_model
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("output")
+    p.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+    if os.path.exists(args.output) and not args.force:
+        print(f"{args.output} exists: not overwriting it (use --force)", file=sys.stderr)
+        return 1
+    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    cfg = ck["config"]
+    model = load_model(args.checkpoint)          # builds the CDF tables
+    log = os.path.join(os.path.dirname(args.checkpoint), "log.jsonl")
+    val, lambda_updates = None, []
+    if os.path.exists(log):
+        for line in open(log):
+            r = json.loads(line)
+            if r.get("event") == "val":
+                val = r
+            elif r.get("event") == "lambda_update":
+                lambda_updates.append(r)
+    info = {"steps": ck["step"], "batch": cfg["batch"], "crop": cfg["crop"],
+            "crop_large": cfg["crop_large"], "large_after": cfg["large_after"],
+            "lambdas_initial": cfg["lambdas"], "lambdas_final": ck["lambdas"],
+            "lambda_updates": len(lambda_updates), "lr": cfg["lr"], "bf16": cfg["bf16"],
+            "data": os.path.basename(os.path.normpath(cfg["data"])), "last_validation": val}
+    save_model(model, args.output, info=info)
+    print(json.dumps(info, indent=1)[:2000])
+    print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
