@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""Rate control: pick the SlimCAE width (and so the compute cost) for a target bpp or PSNR.
+
+Every image of the folder is compressed and decompressed at every width
+(:func:`slimkernels.ratecontrol.rd_table`). For each image the script picks the width the
+library's rules pick: for ``--target-bpp`` the widest width whose file fits, for
+``--target-psnr`` the narrowest (cheapest) width that reaches it. It then picks one width for the
+whole folder by the same rules on the folder means, and prints each width's cost in
+multiply-accumulates per pixel (encoder + decoder transforms).
+
+    python python/rate_control.py ../shared/data/kodak --target-bpp 0.5
+    python python/rate_control.py IMAGES --target-psnr 30 --model runs/slimcae/checkpoint.pt
+    python python/rate_control.py --tiny --target-bpp 2     # random model, generated images (CI)
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+from typing import Dict, List
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from slimkernels.ratecontrol import rd_table  # noqa: E402
+
+
+def macs_per_pixel(model, width: int, size: int = 64) -> float:
+    """Multiply-accumulates per input pixel of ``model``'s encoder + decoder at ``width``
+    (convolutions and GDN channel mixing), counted with forward hooks on a ``size``^2 input."""
+    from slimkernels.nn import SlimGDN, SlimGDNPlus
+    total = [0]
+
+    def conv_hook(m, inp, out):
+        k = m.kernel_size[0] * m.kernel_size[1]
+        if isinstance(m, torch.nn.ConvTranspose2d):    # each input pixel feeds k outputs
+            total[0] += inp[0].numel() * out.shape[1] * k
+        else:
+            total[0] += out.numel() * inp[0].shape[1] * k
+
+    def gdn_hook(m, inp, out):
+        total[0] += inp[0].numel() * inp[0].shape[1]
+
+    hooks = [m.register_forward_hook(conv_hook if isinstance(m, torch.nn.modules.conv._ConvNd)
+                                     else gdn_hook)
+             for m in model.modules()
+             if isinstance(m, (torch.nn.modules.conv._ConvNd, SlimGDN, SlimGDNPlus))]
+    try:
+        with torch.no_grad():
+            model.decode(model.encode(torch.zeros(1, 3, size, size), width))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0] / (size * size)
+
+
+def pick(rows: List[Dict], target_bpp=None, target_psnr=None) -> int:
+    """The width for a target, from ``rd_table`` rows (widest first), by the rules of
+    ``slimkernels.ratecontrol.width_for_target_bpp`` / ``width_for_target_psnr``."""
+    if target_bpp is not None:
+        fits = [r["width"] for r in rows if r["bpp"] <= target_bpp]
+        return fits[0] if fits else rows[-1]["width"]
+    good = [r["width"] for r in rows if r["psnr"] >= target_psnr]
+    return good[-1] if good else rows[0]["width"]
+
+
+def tiny_setup(folder: str):
+    """A random-weight SlimCAE (widths 24, 16, 8) and three generated images in ``folder``."""
+    from PIL import Image
+
+    from slimkernels.models import SlimCAE
+    g = torch.Generator().manual_seed(0)
+    for i, (h, w) in enumerate([(48, 64), (64, 64), (40, 56)]):
+        low = torch.rand(3, h // 8, w // 8, generator=g)[None]
+        img = torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear")[0]
+        arr = img.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(arr).save(os.path.join(folder, f"gen{i}.png"))
+    torch.manual_seed(0)
+    model = SlimCAE(widths=(24, 16, 8), gdn="slim+").eval()
+    model.update()
+    return model
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", nargs="?", default=None, help="folder of images")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-bpp", type=float, help="largest acceptable bits per pixel")
+    goal.add_argument("--target-psnr", type=float, help="smallest acceptable PSNR (dB, RGB)")
+    p.add_argument("--model", default=None, help="model file or training checkpoint "
+                                                 "(e.g. runs/slimcae/checkpoint.pt); default: "
+                                                 "the bundled model")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--max-images", type=int, default=0, help="use only the first N images")
+    p.add_argument("--json", default=None, help="write the tables and choices to this file")
+    p.add_argument("--tiny", action="store_true", help="random model, generated images (CI)")
+    args = p.parse_args(argv)
+    if args.target_bpp is not None and not args.target_bpp > 0:
+        p.error(f"--target-bpp must be > 0, got {args.target_bpp}")
+
+    from slimkernels.io import read_image
+    from slimkernels.training.data import list_images
+    if args.tiny:
+        args.folder = args.folder or tempfile.mkdtemp(prefix="rate-control-")
+        model = tiny_setup(args.folder)
+    else:
+        from slimkernels.pretrained import load_model
+        if args.folder is None:
+            p.error("give a folder of images (or --tiny)")
+        try:
+            model = load_model(args.model)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    try:
+        paths = list_images(args.folder)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    paths = paths[:args.max_images] if args.max_images > 0 else paths
+
+    goal_txt = (f"target {args.target_bpp} bpp" if args.target_bpp is not None
+                else f"target {args.target_psnr} dB PSNR")
+    cost = {w: macs_per_pixel(model, w) for w in model.widths}
+    print(f"{len(paths)} images in {args.folder}, widths {model.widths}, {goal_txt}\n")
+    print(f"{'image':<24} {'width':>5} {'bpp':>7} {'PSNR dB':>8} {'kMAC/px':>8}")
+    tables, chosen = {}, {}
+    for path in paths:
+        x, _ = read_image(path)
+        rows = rd_table(model, x, precision=args.precision)
+        w = pick(rows, args.target_bpp, args.target_psnr)
+        r = next(r for r in rows if r["width"] == w)
+        name = os.path.basename(path)
+        tables[name], chosen[name] = rows, w
+        print(f"{name:<24} {w:5d} {r['bpp']:7.3f} {r['psnr']:8.2f} {cost[w] / 1e3:8.1f}")
+
+    mean = [{"width": w,
+             "bpp": sum(next(r["bpp"] for r in t if r["width"] == w) for t in tables.values())
+             / len(tables),
+             "psnr": sum(next(r["psnr"] for r in t if r["width"] == w) for t in tables.values())
+             / len(tables)} for w in model.widths]
+    folder_w = pick(mean, args.target_bpp, args.target_psnr)
+    print(f"\nfolder means{'':<12} {'width':>5} {'bpp':>7} {'PSNR dB':>8} {'kMAC/px':>8} "
+          f"{'cost':>6}")
+    for m in mean:
+        mark = "  <- chosen" if m["width"] == folder_w else ""
+        print(f"{'':<24} {m['width']:5d} {m['bpp']:7.3f} {m['psnr']:8.2f} "
+              f"{cost[m['width']] / 1e3:8.1f} {cost[m['width']] / cost[model.widths[0]]:6.2f}{mark}")
+    print(f"\nfolder width for {goal_txt}: {folder_w} "
+          f"({cost[folder_w] / cost[model.widths[0]]:.2f}x the compute of the full width)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"goal": goal_txt, "widths": model.widths, "macs_per_pixel": cost,
+                       "per_image": tables, "chosen": chosen, "folder_means": mean,
+                       "folder_width": folder_w}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""A reusable base class for slimmable codecs: subclass it, get compress/decompress for free.
+
+:class:`SlimCodec` gives any slimmable autoencoder the whole coding path of
+:class:`slimkernels.models.SlimCAE`: quantization by the per-width entropy model, the C++ range
+coder (:mod:`slimkernels.coding`) and the ``.slim`` container (:mod:`slimkernels.container`).
+A subclass builds three things in ``__init__`` and describes itself in :meth:`SlimCodec.config`:
+
+* ``self.g_a``: analysis transform, called ``g_a(x, width)``: ``[N, 3, H, W]`` ->
+  ``[N, width, H/s, W/s]`` (``s`` = :attr:`SlimCodec.downsampling`);
+* ``self.g_s``: synthesis transform, called ``g_s(y_hat, width)``: ``[N, width, h, w]`` ->
+  ``[N, 3, s*h, s*w]``;
+* ``self.entropy_bottleneck``: a :class:`slimkernels.nn.SlimEntropyBottleneck` over the widths.
+
+:class:`SlimSequential` chains slimmable layers and hands each the active width. Example::
+
+    class Tiny(SlimCodec):
+        downsampling = 4
+        def __init__(self, widths=(32, 16)):
+            super().__init__(widths)
+            N = self.widths[0]
+            self.g_a = SlimSequential(SlimConv2d(3, N, 5, 2, 2, widths=self.widths),
+                                      SlimGDN(N),
+                                      SlimConv2d(N, N, 5, 2, 2, widths=self.widths))
+            self.g_s = SlimSequential(SlimConvTranspose2d(N, N, 5, 2, 2, 1, widths=self.widths),
+                                      SlimGDN(N, inverse=True),
+                                      SlimConvTranspose2d(N, 3, 5, 2, 2, 1))
+            self.entropy_bottleneck = SlimEntropyBottleneck(self.widths)
+        def config(self):
+            return {"arch": "tiny", "widths": self.widths}
+
+    model = Tiny().eval(); model.update()
+    data = model.compress(x, width=16)            # bytes of a .slim file
+    x_hat = model.decompress(data)                # [1, 3, H, W] float32 in [0, 1]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import coding, container
+
+__all__ = ["SlimCodec", "SlimSequential", "model_fingerprint"]
+
+
+class SlimSequential(nn.Sequential):
+    """``nn.Sequential`` whose ``forward(x, width)`` hands the active width to every layer.
+
+    A layer whose output size is fixed (``slim_output = False``, e.g. a last ``SlimConv2d`` built
+    without ``widths``) gets ``None`` instead.
+    """
+
+    def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
+        """``x``: ``[N, C, H, W]``; returns the last layer's output."""
+        for layer in self:
+            x = layer(x, width if getattr(layer, "slim_output", True) else None)
+        return x
+
+
+def model_fingerprint(model: nn.Module, config: Dict) -> bytes:
+    """16 bytes: the first half of SHA-256 over ``config`` (JSON, sorted keys) and every
+    state_dict tensor (name, dtype, shape, raw bytes) in name order. The ``.slim`` model id.
+
+    Same algorithm as :meth:`slimkernels.models.SlimCAE.model_id`, so a file names the exact
+    weights that wrote it; put an architecture name in ``config`` to tell codecs apart.
+    """
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        t = v.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.digest()[:16]
+
+
+def _indexes(width: int, h: int, w: int) -> np.ndarray:
+    # element (c, i, j) is coded with channel c's CDF
+    return np.ascontiguousarray(
+        np.broadcast_to(np.arange(width, dtype=np.int32)[None, :, None, None], (1, width, h, w)))
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+
+
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=precision == "bf16")
+
+
+class SlimCodec(nn.Module):
+    """Base class of a slimmable codec: forward for training, compress/decompress for coding.
+
+    Args:
+        widths: the sub-network widths (latent channels); stored sorted widest first in
+            ``self.widths``.
+
+    Class attributes:
+        downsampling: total stride ``s`` of ``g_a`` (images are padded to a multiple of it).
+
+    Raises:
+        ValueError: ``widths`` empty or not positive.
+    """
+
+    downsampling: int = 16
+
+    def __init__(self, widths: Sequence[int]):
+        super().__init__()
+        ws = sorted({int(w) for w in widths}, reverse=True)
+        if not ws or ws[-1] < 1:
+            raise ValueError(f"widths must be positive integers, got {list(widths)}")
+        self.widths = ws
+
+    # -- to be provided by a subclass --------------------------------------------------------
+    def config(self) -> Dict:
+        """JSON-serializable constructor arguments (and an architecture name); hashed into
+        :meth:`model_id`. Subclasses must override it."""
+        raise NotImplementedError(f"{type(self).__name__} must define config()")
+
+    # -- transforms ----------------------------------------------------------------------------
+    def _width(self, width: Optional[int]) -> int:
+        if width is None:
+            return self.widths[0]
+        if int(width) not in self.widths:
+            raise ValueError(f"width {width} is not one of this model's widths {self.widths}")
+        return int(width)
+
+    def encode(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
+        """Analysis: ``[N, 3, H, W]`` -> latent ``[N, width, H/s, W/s]`` (default: widest)."""
+        return self.g_a(x, self._width(width))
+
+    def decode(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """Synthesis: ``[N, w, h, w']`` -> ``[N, 3, s*h, s*w']``; the width is ``y_hat.shape[1]``."""
+        return self.g_s(y_hat, self._width(y_hat.shape[1]))
+
+    def forward(self, x: torch.Tensor, width: Optional[int] = None) -> Dict:
+        """Run sub-network ``width`` on ``x`` ``[N, 3, H, W]`` float32 (H, W multiples of ``s``).
+
+        Returns:
+            ``{"x_hat": [N, 3, H, W], "likelihoods": {"y": [N, width, H/s, W/s] float32}}``;
+            noisy quantization in training mode, median rounding in eval mode.
+        """
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{type(self).__name__} expects RGB images [N, 3, H, W], "
+                             f"got {tuple(x.shape)}")
+        y = self.encode(x, width)
+        y_hat, lik = self.entropy_bottleneck(y)
+        return {"x_hat": self.decode(y_hat.to(y.dtype)), "likelihoods": {"y": lik}}
+
+    def aux_loss(self) -> torch.Tensor:
+        """The entropy models' auxiliary (quantile) loss summed over widths (0-dim float32)."""
+        return self.entropy_bottleneck.loss()
+
+    def update(self, force: bool = True) -> bool:
+        """Build the integer CDF tables of every width (call after training, before compress)."""
+        return self.entropy_bottleneck.update(force)
+
+    def model_id(self) -> bytes:
+        """16-byte id of this model's config and weights (see :func:`model_fingerprint`)."""
+        return model_fingerprint(self, self.config())
+
+    # -- coding --------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, width: Optional[int] = None, *, precision: str = "fp32",
+                 streams: int = 1, metadata: Optional[Dict[str, bytes]] = None) -> bytes:
+        """Compress one image to the bytes of a ``.slim`` file.
+
+        Args:
+            x: ``[1, 3, H, W]`` or ``[3, H, W]`` float in [0, 1], any ``H, W >= 1`` (padded to a
+                multiple of ``s`` by edge replication; cropped back by :meth:`decompress`).
+            width: sub-network width (default: the widest).
+            precision: ``"fp32"`` or ``"bf16"`` (autocast for the transform; the entropy model
+                runs in fp32).
+            streams: range-coder substreams (1..255).
+            metadata: custom ``str -> bytes`` fields stored in the container.
+
+        Raises:
+            ValueError: bad shape, dtype, width or precision.
+            RuntimeError: :meth:`update` was not called.
+        """
+        width = self._width(width)
+        if x.dim() == 3:
+            x = x[None]
+        if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+            raise ValueError(f"compress expects one RGB image [1, 3, H, W], got {tuple(x.shape)}")
+        if not torch.is_floating_point(x):
+            raise ValueError(f"compress expects a float image in [0, 1], got dtype {x.dtype}")
+        _check_precision(precision)
+        eb = self.entropy_bottleneck.for_width(width)
+        if not eb.has_tables():
+            raise RuntimeError("the entropy model has no CDF tables: call model.update() first")
+        H, W = x.shape[-2:]
+        s = int(self.downsampling)
+        ph, pw = (-H) % s, (-W) % s
+        x = x.float().to(self._device())
+        if ph or pw:
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+        with _autocast(x.device, precision):
+            y = self.encode(x, width)
+        sym = eb.quantize_symbols(y).cpu().contiguous()
+        _, C, h, w = sym.shape
+        payload = coding.encode(sym.numpy(), _indexes(C, h, w), eb._quantized_cdf.cpu().numpy(),
+                                eb._cdf_length.cpu().numpy(), eb._offset.cpu().numpy(),
+                                precision=eb.precision, streams=streams)
+        return container.pack(container.SlimFile(
+            model_id=self.model_id(), width=width, height=H, img_width=W, streams=streams,
+            payload=payload, metadata=dict(metadata or {})))
+
+    @torch.no_grad()
+    def decompress_latent(self, data: bytes) -> Tuple[container.SlimFile, torch.Tensor]:
+        """Parse ``data`` and decode its symbols: ``(SlimFile, int32 [1, width, h, w])``.
+
+        Raises:
+            slimkernels.container.SlimFormatError: invalid file, another model's file, or a
+                width this model does not have.
+        """
+        f = container.unpack(data)
+        mine = self.model_id()
+        if f.model_id != mine:
+            raise container.SlimFormatError(
+                f"this file was written with a different model (id {f.model_id.hex()}); this "
+                f"model's id is {mine.hex()}: decode it with the model that wrote it")
+        if f.width not in self.widths:
+            raise container.SlimFormatError(f"the file's width {f.width} is not one of this "
+                                            f"model's widths {self.widths}")
+        eb = self.entropy_bottleneck.for_width(f.width)
+        s = int(self.downsampling)
+        h, w = -(-f.height // s), -(-f.img_width // s)
+        sym = coding.decode(f.payload, _indexes(f.width, h, w), eb._quantized_cdf.cpu().numpy(),
+                            eb._cdf_length.cpu().numpy(), eb._offset.cpu().numpy(),
+                            precision=eb.precision)
+        return f, torch.from_numpy(sym)
+
+    @torch.no_grad()
+    def decompress(self, data: bytes, *, precision: str = "fp32") -> torch.Tensor:
+        """Decode the bytes of a ``.slim`` file to ``[1, 3, H, W]`` float32 in [0, 1].
+
+        Args:
+            precision: ``"fp32"`` or ``"bf16"`` (autocast for the synthesis transform).
+
+        Raises:
+            slimkernels.container.SlimFormatError: see :meth:`decompress_latent`.
+            ValueError: unknown ``precision``.
+        """
+        _check_precision(precision)
+        f, sym = self.decompress_latent(data)
+        eb = self.entropy_bottleneck.for_width(f.width)
+        dev = self._device()
+        with _autocast(dev, precision):
+            x_hat = self.decode(eb.dequantize_symbols(sym.to(dev)))
+        return x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)
