@@ -199,14 +199,20 @@ def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precisi
             "per_image": per_image}
 
 
+#: below this shared fraction of the quality range a BD value is reported with a warning
+#: (the ``bjontegaard`` package's default)
+MIN_OVERLAP = 0.75
+
+
 def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("pchip", "akima")
                ) -> Dict[str, Dict]:
     """BD-rate (%) and BD-PSNR (dB) of ``test`` against each anchor (CompressAI layout dicts).
 
     Returns ``{anchor: {"bd_rate_pchip": ..., "bd_rate_akima": ..., "bd_psnr_pchip": ...,
-    "bd_rate_ms_ssim_pchip": ... (when both have MS-SSIM), "overlap_psnr": fraction}}``;
-    a value the curves cannot give (no overlap, too few points) is None with the reason under
-    ``"errors"``.
+    "bd_rate_ms_ssim_pchip": ... (when both have MS-SSIM), "overlap_psnr": fraction,
+    "overlap_log_rate": ..., "overlap_ms_ssim": ...}}``; a value the curves cannot give (no
+    overlap, too few points) is None with the reason under ``"errors"``; a value computed over
+    less than :data:`MIN_OVERLAP` of the union range gets a line under ``"warnings"``.
     """
     out: Dict[str, Dict] = {}
     rt, qt = test["results"]["bpp"], test["results"]["psnr-rgb"]
@@ -214,12 +220,17 @@ def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("
     for name, ref in anchors.items():
         ra, qa = ref["results"]["bpp"], ref["results"]["psnr-rgb"]
         ma = ref["results"].get("ms-ssim-rgb")
-        row: Dict = {"overlap_psnr": overlap(qa, qt), "errors": {}}
+        row: Dict = {"overlap_psnr": overlap(qa, qt),
+                     "overlap_log_rate": overlap(np.log10(ra), np.log10(rt)), "errors": {},
+                     "warnings": []}
+        has_ms = bool(mt and ma and None not in mt and None not in ma)
+        if has_ms:
+            row["overlap_ms_ssim"] = overlap([ms_ssim_db(v) for v in ma], [ms_ssim_db(v) for v in mt])
         jobs = []
         for m in methods:
             jobs.append((f"bd_rate_{m}", bd_rate, (ra, qa, rt, qt, m)))
             jobs.append((f"bd_psnr_{m}", bd_psnr, (ra, qa, rt, qt, m)))
-            if mt and ma and None not in mt and None not in ma:
+            if has_ms:
                 dba = [ms_ssim_db(v) for v in ma]
                 dbt = [ms_ssim_db(v) for v in mt]
                 jobs.append((f"bd_rate_ms_ssim_{m}", bd_rate, (ra, dba, rt, dbt, m)))
@@ -229,8 +240,17 @@ def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("
             except ValueError as e:
                 row[key] = None
                 row["errors"][key] = str(e)
-        if not row["errors"]:
-            del row["errors"]
+        axis = {"bd_rate": "overlap_psnr", "bd_psnr": "overlap_log_rate",
+                "bd_rate_ms_ssim": "overlap_ms_ssim"}
+        for key, _, _ in jobs:
+            ov = row[axis[key.rsplit("_", 1)[0]]]
+            if row[key] is not None and ov < MIN_OVERLAP:
+                row["warnings"].append(f"{key}: the curves share only {ov:.0%} of their range on "
+                                       f"the integration axis (< {MIN_OVERLAP:.0%}); the value "
+                                       "averages over that part only")
+        for k in ("errors", "warnings"):
+            if not row[k]:
+                del row[k]
         out[name] = row
     return out
 
@@ -272,11 +292,25 @@ def markdown_table(slim: Dict, bd: Dict[str, Dict]) -> str:
                      f"{r['ms-ssim-db'][i]:.2f} | {r['encode_ms'][i]:.0f} | {r['decode_ms'][i]:.0f} |")
     lines += ["", "| anchor | BD-rate PSNR (PCHIP) | BD-rate PSNR (Akima) | BD-PSNR dB (PCHIP) | "
               "BD-rate MS-SSIM (PCHIP) | PSNR overlap |", "|---|---|---|---|---|---|"]
+    low = False
     for name, b in bd.items():
-        pct = [_fmt(b.get(k), "+.1f") for k in ("bd_rate_pchip", "bd_rate_akima", "bd_rate_ms_ssim_pchip")]
-        pct = [v if v == "n/a" else v + " %" for v in pct]
-        lines.append(f"| {name} | {pct[0]} | {pct[1]} | {_fmt(b.get('bd_psnr_pchip'), '+.2f')} | "
-                     f"{pct[2]} | {b['overlap_psnr']:.0%} |")
+        warned = " ".join(b.get("warnings", []))
+
+        def cell(key, spec, unit=""):
+            nonlocal low
+            v = _fmt(b.get(key), spec)
+            if v == "n/a":
+                return v
+            mark = "*" if key + ":" in warned else ""
+            low = low or bool(mark)
+            return v + unit + mark
+
+        lines.append(f"| {name} | {cell('bd_rate_pchip', '+.1f', ' %')} | "
+                     f"{cell('bd_rate_akima', '+.1f', ' %')} | {cell('bd_psnr_pchip', '+.2f')} | "
+                     f"{cell('bd_rate_ms_ssim_pchip', '+.1f', ' %')} | {b['overlap_psnr']:.0%} |")
+    if low:
+        lines.append(f"\n\\* the two curves share less than {MIN_OVERLAP:.0%} of their range on "
+                     "the integration axis: the value averages over a small range (see summary.json)")
     return "\n".join(lines) + "\n"
 
 

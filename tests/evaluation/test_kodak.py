@@ -112,6 +112,10 @@ def test_bd_summary_and_goals():
     assert bd["Balle2017"]["bd_rate_akima"] == pytest.approx(-10.0, abs=1e-9)
     assert "bd_rate_ms_ssim_pchip" not in bd["Balle2017"]  # no MS-SSIM published
     assert bd["JPEG"]["bd_rate_pchip"] < -30 and bd["JPEG"]["bd_rate_ms_ssim_pchip"] is not None
+    # PSNR ranges [25, 34.5] vs [26.78, 35.82] share (34.5 - 26.78) / (35.82 - 25) = 71 % < 75 %
+    assert bd["JPEG"]["overlap_psnr"] == pytest.approx((34.5 - 26.78) / (35.82 - 25))
+    assert any(w.startswith("bd_rate_pchip:") for w in bd["JPEG"]["warnings"])
+    assert "warnings" not in bd["Balle2017"] and bd["Balle2017"]["overlap_psnr"] == 1.0
     assert bd["far"]["bd_rate_pchip"] is None and "do not overlap" in bd["far"]["errors"]["bd_rate_pchip"]
     g = kodak.goal_check(slim, bd)
     assert g["monotone"] and g["bd_rate_vs_jpeg_below_-30"]
@@ -124,6 +128,7 @@ def test_bd_summary_and_goals():
                                            "ms-ssim-db": [10.0] * 6, "encode_ms": [1.0] * 6,
                                            "decode_ms": [2.0] * 6}}, bd)
     assert "| 192 |" in md and "-10.0 %" in md and "n/a |" in md and "n/a %" not in md
+    assert "| JPEG | -" in md and " %* |" in md and "share less than 75%" in md
 
 
 def test_rd_plot_writes_png(tmp_path):
