@@ -62,17 +62,13 @@ def _wide(i, WIDE: tl.constexpr):
 
 
 @triton.jit
-def _gamma_tile(gamma_ptr, rows, cols, stride_r, stride_c, C, gs_ptr, gb_ptr,
-                HAS_GS: tl.constexpr, HAS_GB: tl.constexpr):
-    """fp32 tile of the effective gamma (s_g * gamma + b_g) at [rows, cols]; 0 outside C x C."""
+def _gamma_tile(gamma_ptr, rows, cols, stride_r, stride_c, C):
+    """fp32 tile of the raw gamma at [rows, cols]; 0 outside C x C. A plain masked load: the
+    SlimGDN+ scalars are applied to the GEMM result instead (s_g * (G z) + b_g * sum(z)), which
+    keeps the operand load free of arithmetic (fewer registers, direct async copies)."""
     mask = (rows[:, None] < C) & (cols[None, :] < C)
-    g = tl.load(gamma_ptr + rows[:, None] * stride_r + cols[None, :] * stride_c, mask=mask,
-                other=0.0).to(tl.float32)
-    if HAS_GS:
-        g = g * tl.load(gs_ptr).to(tl.float32)
-    if HAS_GB:
-        g = tl.where(mask, g + tl.load(gb_ptr).to(tl.float32), 0.0)
-    return g
+    return tl.load(gamma_ptr + rows[:, None] * stride_r + cols[None, :] * stride_c, mask=mask,
+                   other=0.0)
 
 
 @triton.jit
@@ -96,19 +92,25 @@ def _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_
                BLOCK_CI: tl.constexpr):
     """n[p, co] = beta_k[co] + sum_ci gamma_k[co, ci] x[p, ci]^2, fp32 [BLOCK_P, BLOCK_CO]."""
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
+    zsum = tl.zeros([BLOCK_P], dtype=tl.float32)
     for k in range(0, C, BLOCK_CI):
         offs_ci = k + tl.arange(0, BLOCK_CI)
         m = mask_p[:, None] & (offs_ci[None, :] < C)
         xk = tl.load(x_ptr + x_off[:, None] + offs_ci[None, :] * sxc, mask=m, other=0.0)
         xf = xk.to(tl.float32)
+        if HAS_GB:
+            zsum += tl.sum(xf * xf, axis=1)
         z = (xf * xf).to(xk.dtype)  # half inputs: the dot runs in their type (fp32 accumulate)
         # gamma^T tile [ci, co] = gamma[co, ci]
-        g = _gamma_tile(gamma_ptr, offs_ci, offs_co, gs1, gs0, C, gs_ptr, gb_ptr, HAS_GS, HAS_GB)
-        g = g.to(xk.dtype)
+        g = _gamma_tile(gamma_ptr, offs_ci, offs_co, gs1, gs0, C).to(xk.dtype)
         if EMULATE_HALF_DOT:  # interpreter: its bf16 tl.dot is broken; same rounding in fp32
             acc += tl.dot(z.to(tl.float32), g.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(z, g, input_precision=FP32_PRECISION)
+    if HAS_GS:
+        acc = acc * tl.load(gs_ptr).to(tl.float32)
+    if HAS_GB:
+        acc += tl.load(gb_ptr).to(tl.float32) * zsum[:, None]
     b = _beta_vec(beta_ptr, offs_co, stride_b, C, bs_ptr, bb_ptr, HAS_BS, HAS_BB)
     return acc + b[None, :]
 
@@ -203,12 +205,20 @@ def _gdn_bwd_dx_kernel(x_ptr, dn_ptr, dx0_ptr, dx_ptr, gamma_ptr, gs_ptr, gb_ptr
     mask_j = offs_j < C
     row = _wide(offs_p, WIDE)[:, None] * C
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
+    dnsum = tl.zeros([BLOCK_P], dtype=tl.float32)
     for k in range(0, C, BLOCK_CI):
         offs_i = k + tl.arange(0, BLOCK_CI)
         dn = tl.load(dn_ptr + row + offs_i[None, :], mask=mask_p[:, None] & (offs_i[None, :] < C),
                      other=0.0)
-        g = _gamma_tile(gamma_ptr, offs_i, offs_j, gs0, gs1, C, gs_ptr, gb_ptr, HAS_GS, HAS_GB)
+        if HAS_GB:
+            dnsum += tl.sum(dn, axis=1)
+        g = _gamma_tile(gamma_ptr, offs_i, offs_j, gs0, gs1, C).to(tl.float32)
         acc += tl.dot(dn, g, input_precision=FP32_PRECISION)
+    # (dn @ gamma_k)[p, j] = s_g (dn @ gamma)[p, j] + b_g sum_i dn[p, i]
+    if HAS_GS:
+        acc = acc * tl.load(gs_ptr).to(tl.float32)
+    if HAS_GB:
+        acc += tl.load(gb_ptr).to(tl.float32) * dnsum[:, None]
     m = mask_p[:, None] & mask_j[None, :]
     x_off = _pixel_offsets(offs_p, HW, sxn, sxhw, WIDE)
     xv = tl.load(x_ptr + x_off[:, None] + offs_j[None, :] * sxc, mask=m, other=0.0).to(tl.float32)

@@ -1,0 +1,88 @@
+"""GPU readiness of the GDN kernels without a GPU: compile ahead of time for sm_90 and sm_80.
+
+Every autotune config of every GDN kernel (slimkernels/kernels/configs.py) must compile with
+no register spills, shared memory within the chip's per-block limit, and tensor-core
+instructions (HMMA on sm_80; HGMMA or HMMA on sm_90) in the SASS: the only tl.dot calls are the
+channel-mixing GEMM loops, so tensor-core instructions there mean the mixing uses tensor cores.
+
+The compiles run in a subprocess with TRITON_INTERPRET=0 (under the interpreter the kernels are
+not compilable). The default run checks a representative subset (first config of each kernel,
+fp32 on both archs, bf16 forward); ``-m slow`` runs every config x dtype x layout x arch.
+"""
+import json
+import os
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton")
+
+from slimkernels.kernels.aot import SMEM_LIMIT_PER_BLOCK, run_in_subprocess  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_CODE = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {root!r})
+    import torch
+    from slimkernels.kernels.gdn import aot_specs
+    from slimkernels.kernels.aot import compile_for_target, tensor_core_ops
+    jobs = json.loads({jobs!r})
+    out = []
+    for dtype, layout, all_configs, only, archs in jobs:
+        for sp in aot_specs(getattr(torch, dtype), all_configs=all_configs, layout=layout):
+            if only and not sp["name"].startswith(tuple(only)):
+                continue
+            for arch in archs:
+                r = compile_for_target(sp["kernel"], sp["signature"], sp["constexprs"], arch,
+                                       num_warps=sp["num_warps"], num_stages=sp["num_stages"],
+                                       divisible_by_16=sp["divisible_by_16"])
+                out.append(dict(name=sp["name"], dtype=dtype, layout=layout, arch=arch,
+                                config=sp["config"], n_regs=r["n_regs"],
+                                n_spills=r["n_spills"], local=r["local"], shared=r["shared"],
+                                tc=tensor_core_ops(r["sass"])))
+    print(json.dumps(out))
+""")
+
+
+def _compile(jobs):
+    return run_in_subprocess(_CODE.format(root=ROOT, jobs=json.dumps(jobs)), timeout=3000)
+
+
+def _check(results):
+    assert results, "nothing was compiled"
+    bad = []
+    for r in results:
+        what = f"{r['name']} {r['dtype']} {r['layout']} sm_{r['arch']} {r['config']}"
+        if r["n_spills"] != 0:
+            bad.append(f"{what}: {r['n_spills']} bytes spilled ({r['n_regs']} registers)")
+        if r["shared"] > SMEM_LIMIT_PER_BLOCK[r["arch"]]:
+            bad.append(f"{what}: {r['shared']} B shared > {SMEM_LIMIT_PER_BLOCK[r['arch']]}")
+        tc = r["tc"]["HMMA"] + (r["tc"]["HGMMA"] if r["arch"] >= 90 else 0)
+        if tc == 0:
+            bad.append(f"{what}: no tensor-core instruction in the SASS ({r['tc']})")
+        if r["n_regs"] > 255 or r["n_regs"] <= 0:
+            bad.append(f"{what}: {r['n_regs']} registers")
+    assert not bad, "\n".join(bad)
+
+
+def test_aot_representative_subset():
+    results = _compile([
+        ["float32", "nchw", False, None, [90, 80]],
+        ["bfloat16", "channels_last", False, ["gdn_fwd"], [90, 80]],
+    ])
+    assert {r["arch"] for r in results} == {90, 80}
+    assert len({r["name"] for r in results}) == 4  # fwd, bwd_dn, bwd_dx, bwd_dgamma
+    _check(results)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_aot_every_config(dtype, layout):
+    from slimkernels.kernels.configs import (GDN_BWD_DGAMMA_CONFIGS, GDN_BWD_DX_CONFIGS,
+                                             GDN_FWD_CONFIGS)
+    results = _compile([[dtype, layout, True, None, [90, 80]]])
+    n = 2 * len(GDN_FWD_CONFIGS) + len(GDN_BWD_DX_CONFIGS) + len(GDN_BWD_DGAMMA_CONFIGS)
+    assert len(results) == 2 * n
+    _check(results)
