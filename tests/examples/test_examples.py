@@ -1,0 +1,126 @@
+"""Run each example program of python/ in a subprocess on tiny inputs and check what it prints
+and writes (the examples must keep working as the library changes)."""
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PY = os.path.join(ROOT, "python")
+
+
+def run(script, *args, timeout=120):
+    # one thread: tiny inputs gain nothing from more, and CI machines are shared
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    for k in ("TRITON_INTERPRET", "SLIMKERNELS_BACKEND"):   # run as a user would
+        env.pop(k, None)
+    return subprocess.run([sys.executable, os.path.join(PY, script), *map(str, args)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(PY, name))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# -- custom_codec.py ----------------------------------------------------------------------------
+def test_custom_codec_tiny(tmp_path):
+    r = run("custom_codec.py", "--tiny", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = re.findall(r"^\s*(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+|inf)\s*$", r.stdout, re.M)
+    assert [int(w) for w, *_ in rows] == [128, 64, 32], r.stdout
+    sizes = [int(b) for _, b, _, _ in rows]
+    assert sizes == sorted(sizes, reverse=True), "narrower widths must code fewer symbols"
+    for _, b, bpp, psnr in rows:
+        assert float(bpp) == pytest.approx(8 * int(b) / (72 * 80), abs=1e-3)
+        assert math.isfinite(float(psnr)) and float(psnr) > 0
+    from slimkernels import container
+    for w in (128, 64, 32):
+        f = container.read(str(tmp_path / f"image_w{w}.slim"))
+        assert (f.width, f.height, f.img_width) == (w, 80, 72)
+        assert f.metadata == {"codec": b"four-layer-gdn+"}
+
+
+def test_custom_codec_is_short():
+    with open(os.path.join(PY, "custom_codec.py")) as f:
+        assert len(f.read().splitlines()) <= 160
+
+
+# -- accelerate_compressai.py -------------------------------------------------------------------
+def test_accelerate_compressai_tiny():
+    r = run("accelerate_compressai.py", "--tiny")
+    assert r.returncode == 0, r.stdout + r.stderr
+    if importlib.util.find_spec("compressai") is None:
+        assert "SKIP: compressai is not installed" in r.stdout
+        return
+    assert "swapped 6 GDN layers" in r.stdout
+    assert len(re.findall(r" ok$", r.stdout, re.M)) == 3, r.stdout
+    assert "PASS" in r.stdout and "MISMATCH" not in r.stdout
+
+
+def test_accelerate_compressai_swap_is_used():
+    """The swapped model really runs SlimGDN: changing its gamma changes the output."""
+    torch = pytest.importorskip("torch")
+    mod = load_script("accelerate_compressai.py")
+    models = mod.import_compressai_models()
+    if models is None:
+        pytest.skip("compressai is not installed")
+    from slimkernels.nn import SlimGDN
+    torch.manual_seed(0)
+    ref = models.FactorizedPrior(8, 12).eval()
+    mod.randomize_gdn(ref)
+    x = torch.rand(1, 3, 32, 32)
+    y_ref = ref.g_a(x)
+    assert mod.swap_gdn(ref) == 6
+    assert sum(isinstance(m, SlimGDN) for m in ref.modules()) == 6
+    assert not any(type(m).__name__ == "GDN" for m in ref.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(ref.g_a(x), y_ref, rtol=1e-5, atol=1e-6)
+        ref.g_a[1].gamma.mul_(1.5)
+        assert (ref.g_a(x) - y_ref).abs().max() > 1e-4
+
+
+# -- rate_control.py ----------------------------------------------------------------------------
+def _check_rules(res, bpp=None, psnr=None):
+    def rule(rows):
+        if bpp is not None:
+            fits = [r["width"] for r in rows if r["bpp"] <= bpp]
+            return fits[0] if fits else rows[-1]["width"]
+        good = [r["width"] for r in rows if r["psnr"] >= psnr]
+        return good[-1] if good else rows[0]["width"]
+    for name, rows in res["per_image"].items():
+        assert [r["width"] for r in rows] == res["widths"]
+        assert res["chosen"][name] == rule(rows)
+    assert res["folder_width"] == rule(res["folder_means"])
+
+
+def test_rate_control_tiny_bpp(tmp_path):
+    out = tmp_path / "rc.json"
+    r = run("rate_control.py", "--tiny", "--target-bpp", 0.7,
+            "--json", out)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["widths"] == [24, 16, 8] and len(res["per_image"]) == 3
+    _check_rules(res, bpp=0.7)
+    means = {m["width"]: m["bpp"] for m in res["folder_means"]}
+    assert means[24] > means[16] > means[8]
+    macs = {int(k): v for k, v in res["macs_per_pixel"].items()}
+    assert macs[24] > macs[16] > macs[8] > 0
+    assert f"folder width for target 0.7 bpp: {res['folder_width']}" in r.stdout
+
+
+def test_rate_control_without_model_says_what_to_do(tmp_path):
+    from slimkernels.pretrained import bundled_model_path
+    if bundled_model_path() is not None:
+        pytest.skip("this install bundles a model")
+    (tmp_path / "a.png").write_bytes(b"")
+    r = run("rate_control.py", tmp_path, "--target-psnr", 30)
+    assert r.returncode == 2
+    assert "no bundled pretrained model" in r.stderr and "--model" in r.stderr
