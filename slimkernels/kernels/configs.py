@@ -59,10 +59,15 @@ CONV_FWD_CONFIGS: List[Dict] = [
     _cfg(4, 3, BLOCK_M=128, BLOCK_N=16, BLOCK_K=64),
 ]
 # Conv + fused GDN epilogue: BLOCK_N is set by the launcher to next_pow2(C_out) (every active
-# output channel in one tile), so these configs leave it out.
-CONV_GDN_CONFIGS: List[Dict] = [
+# output channel in one tile), so these configs leave it out. 8 warps: the epilogue's second dot
+# (y^2 @ gamma^T in 64 x 64 chunks) needs the registers (4 warps spill at BLOCK_N=128).
+CONV_GDN_CONFIGS: List[Dict] = [          # BLOCK_N <= 128 (widths up to 128)
     _cfg(8, 3, BLOCK_M=64, BLOCK_K=32),
     _cfg(8, 3, BLOCK_M=32, BLOCK_K=32),
+    _cfg(8, 4, BLOCK_M=64, BLOCK_K=16),
+]
+CONV_GDN256_CONFIGS: List[Dict] = [       # BLOCK_N = 256 (widths 129..256; bf16/fp16 only)
+    _cfg(8, 3, BLOCK_M=64, BLOCK_K=32),
     _cfg(8, 4, BLOCK_M=64, BLOCK_K=16),
 ]
 # Under TRITON_INTERPRET (CI on CPU) one small config; BLOCK_N is chosen by the launcher.

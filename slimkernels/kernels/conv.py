@@ -26,8 +26,10 @@ formulation would mask away ``1 - 1/stride^2`` of its loads: 15/16 for the 9x9 s
 The epilogue adds the bias and, when asked, GDN / IGDN of the output tile:
 ``norm = beta + (y^2) @ gamma^T`` with a second tensor-core dot, then ``y * rsqrt(norm)`` (GDN) or
 ``y * sqrt(norm)`` (IGDN), and stores once. That needs every active output channel of a pixel in the
-tile (``BLOCK_N >= C_out``); for ``BLOCK_N = 256`` (widths 129..256) the tile is split into two halves
-so the gamma operand stays 128 x 128 (64 KiB fp32 of shared memory instead of 256 KiB).
+tile (``BLOCK_N >= C_out``). For ``BLOCK_N`` of 128 or 256 the accumulator is split (reshape/split,
+in registers) into 64-column chunks and the norm of chunk q is ``sum_j (y_j^2) @ gamma[q, j]^T`` over
+64 x 64 gamma operands: a 256 x 256 fp32 gamma operand would need 256 KiB of shared memory and
+spills every register file (measured by the AOT test).
 
 References (pure PyTorch) are ``conv2d_reference`` / ``conv_transpose2d_reference`` below.
 """
@@ -40,7 +42,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .configs import CONV_FWD_CONFIGS, CONV_GDN_CONFIGS, CONV_INTERPRET_CONFIG, to_triton
+from .configs import (CONV_FWD_CONFIGS, CONV_GDN256_CONFIGS, CONV_GDN_CONFIGS,
+                      CONV_INTERPRET_CONFIG, to_triton)
 
 # GDN epilogue modes
 EPI_NONE, EPI_GDN, EPI_IGDN = 0, 1, 2
@@ -55,19 +58,15 @@ def _interpreting() -> bool:
 # shared epilogue
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _gdn_half_norm(ya, yb, gamma_ptr, beta_ptr, offs_i, offs_ja, offs_jb, C, sg0, sg1,
-                   HAS_B: tl.constexpr, PRECISION: tl.constexpr):
-    """norm[:, i] = beta[i] + sum_j gamma[i, j] y[:, j]^2 over the two column halves ya, yb."""
-    mi = offs_i < C
-    ga = tl.load(gamma_ptr + offs_ja[:, None] * sg1 + offs_i[None, :] * sg0,
-                 mask=(offs_ja[:, None] < C) & mi[None, :], other=0.0).to(ya.dtype)
-    norm = tl.dot(ya * ya, ga, input_precision=PRECISION)
-    if HAS_B:
-        gb = tl.load(gamma_ptr + offs_jb[:, None] * sg1 + offs_i[None, :] * sg0,
-                     mask=(offs_jb[:, None] < C) & mi[None, :], other=0.0).to(yb.dtype)
-        norm = tl.dot(yb * yb, gb, norm, input_precision=PRECISION)
-    beta = tl.load(beta_ptr + offs_i, mask=mi, other=1.0).to(ya.dtype)
-    return norm + beta[None, :]
+def _norm_part(norm, y, gamma_ptr, offs_j, offs_i, C, sg0, sg1, PRECISION: tl.constexpr,
+               DOT16: tl.constexpr):
+    """norm += y[:, j]^2 @ gamma[i, j]^T for one (j-chunk, i-chunk) pair. The square is
+    recomputed per use (one FMUL) rather than kept live: fewer registers for the 256-wide tile."""
+    g = tl.load(gamma_ptr + offs_j[:, None] * sg1 + offs_i[None, :] * sg0,
+                mask=(offs_j[:, None] < C) & (offs_i[None, :] < C), other=0.0)
+    if DOT16:  # bf16 operands (16-bit inputs only): half the registers of fp32 operands
+        return tl.dot((y * y).to(tl.bfloat16), g.to(tl.bfloat16), norm)
+    return tl.dot(y * y, g.to(y.dtype), norm, input_precision=PRECISION)
 
 
 @triton.jit
@@ -81,31 +80,64 @@ def _store_part(y_ptr, y, offs_n, pix_off, m_ok, C_out, syc, EPI: tl.constexpr, 
 
 
 @triton.jit
+def _gdn_store_chunk(y_q, q, z0, z1, z2, z3, NCH: tl.constexpr, CH: tl.constexpr,
+                     y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok, C_out, syc, sg0, sg1,
+                     EPI: tl.constexpr, PRECISION: tl.constexpr, DOT16: tl.constexpr):
+    """(I)GDN of output-channel chunk q (CH columns) from the column chunks z0..z{NCH-1} of y."""
+    offs_i = q * CH + tl.arange(0, CH)
+    norm = tl.zeros(y_q.shape, dtype=y_q.dtype)
+    norm = _norm_part(norm, z0, gamma_ptr, tl.arange(0, CH), offs_i, C_out, sg0, sg1, PRECISION, DOT16)
+    if NCH > 1:
+        norm = _norm_part(norm, z1, gamma_ptr, CH + tl.arange(0, CH), offs_i, C_out, sg0, sg1,
+                          PRECISION, DOT16)
+    if NCH > 2:
+        norm = _norm_part(norm, z2, gamma_ptr, 2 * CH + tl.arange(0, CH), offs_i, C_out, sg0,
+                          sg1, PRECISION, DOT16)
+        norm = _norm_part(norm, z3, gamma_ptr, 3 * CH + tl.arange(0, CH), offs_i, C_out, sg0,
+                          sg1, PRECISION, DOT16)
+    beta = tl.load(beta_ptr + offs_i, mask=offs_i < C_out, other=1.0).to(y_q.dtype)
+    _store_part(y_ptr, y_q, offs_i, pix_off, m_ok, C_out, syc, EPI, norm + beta[None, :])
+
+
+@triton.jit
+def _halves(t, BLOCK_M: tl.constexpr, HALF: tl.constexpr):
+    """Columns [0, HALF) and [HALF, 2*HALF) of a [BLOCK_M, 2*HALF] register tile."""
+    return tl.split(tl.permute(tl.reshape(t, (BLOCK_M, 2, HALF)), (0, 2, 1)))
+
+
+@triton.jit
 def _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
               HAS_BIAS: tl.constexpr, EPI: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+              BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, DOT16: tl.constexpr):
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_n, mask=offs_n < C_out, other=0.0).to(acc.dtype)
         acc = acc + bias[None, :]
     if EPI == 0:
         _store_part(y_ptr, acc, offs_n, pix_off, m_ok, C_out, syc, 0, acc)
-    elif BLOCK_N <= 128:
-        # the whole tile at once (offs_n starts at 0: the tile holds every active channel)
-        norm = _gdn_half_norm(acc, acc, gamma_ptr, beta_ptr, offs_n, offs_n, offs_n, C_out,
-                              sg0, sg1, False, PRECISION)
-        _store_part(y_ptr, acc, offs_n, pix_off, m_ok, C_out, syc, EPI, norm)
+    elif BLOCK_N <= 64:
+        # the tile holds every active channel (offs_n starts at 0); one gamma operand
+        _gdn_store_chunk(acc, 0, acc, acc, acc, acc, 1, BLOCK_N, y_ptr, beta_ptr, gamma_ptr,
+                         pix_off, m_ok, C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
+    elif BLOCK_N == 128:
+        # two 64-column chunks: the gamma operands stay 64 x 64 (small register/smem footprint)
+        y0, y1 = _halves(acc, BLOCK_M, 64)
+        _gdn_store_chunk(y0, 0, y0, y1, y0, y0, 2, 64, y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok,
+                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
+        _gdn_store_chunk(y1, 1, y0, y1, y0, y0, 2, 64, y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok,
+                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
     else:
-        # split the columns in two halves so that each gamma operand is (BLOCK_N/2)^2
-        HALF: tl.constexpr = BLOCK_N // 2
-        ya, yb = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, HALF)), (0, 2, 1)))
-        offs_a = tl.arange(0, HALF)
-        offs_b = HALF + tl.arange(0, HALF)
-        norm_a = _gdn_half_norm(ya, yb, gamma_ptr, beta_ptr, offs_a, offs_a, offs_b, C_out,
-                                sg0, sg1, True, PRECISION)
-        norm_b = _gdn_half_norm(ya, yb, gamma_ptr, beta_ptr, offs_b, offs_a, offs_b, C_out,
-                                sg0, sg1, True, PRECISION)
-        _store_part(y_ptr, ya, offs_a, pix_off, m_ok, C_out, syc, EPI, norm_a)
-        _store_part(y_ptr, yb, offs_b, pix_off, m_ok, C_out, syc, EPI, norm_b)
+        # BLOCK_N == 256: four 64-column chunks
+        ya, yb = _halves(acc, BLOCK_M, 128)
+        y0, y1 = _halves(ya, BLOCK_M, 64)
+        y2, y3 = _halves(yb, BLOCK_M, 64)
+        _gdn_store_chunk(y0, 0, y0, y1, y2, y3, 4, 64, y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok,
+                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
+        _gdn_store_chunk(y1, 1, y0, y1, y2, y3, 4, 64, y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok,
+                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
+        _gdn_store_chunk(y2, 2, y0, y1, y2, y3, 4, 64, y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok,
+                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
+        _gdn_store_chunk(y3, 3, y0, y1, y2, y3, 4, 64, y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok,
+                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +151,8 @@ def conv2d_fwd_kernel(
         STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
         HAS_BIAS: tl.constexpr, EPI: tl.constexpr, FLAT_K: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, DOT_UPCAST: tl.constexpr = False):
+        PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, EPI_PRECISION: tl.constexpr = "ieee",
+        EPI_DOT16: tl.constexpr = False, DOT_UPCAST: tl.constexpr = False):
     """y[n, co, oh, ow] = sum_{ci,kh,kw} x[n, ci, oh*S-pad+kh, ow*S-pad+kw] * w[co, ci, kh, kw]."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -178,7 +211,7 @@ def conv2d_fwd_kernel(
                 acc = tl.dot(a, b, acc, input_precision=PRECISION)
     pix_off = img.to(tl.int64) * syn + oh * syh + ow * syw
     _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
-              HAS_BIAS, EPI, BLOCK_M, BLOCK_N, PRECISION)
+              HAS_BIAS, EPI, BLOCK_M, BLOCK_N, EPI_PRECISION, EPI_DOT16)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,7 +225,8 @@ def conv_transpose2d_fwd_kernel(
         STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
         HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, DOT_UPCAST: tl.constexpr = False):
+        PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, EPI_PRECISION: tl.constexpr = "ieee",
+        EPI_DOT16: tl.constexpr = False, DOT_UPCAST: tl.constexpr = False):
     """y[n, co, oh, ow] = sum x[n, ci, ih, iw] * w[ci, co, kh, kw] over oh = ih*S - pad + kh."""
     pid0 = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -249,7 +283,7 @@ def conv_transpose2d_fwd_kernel(
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
     pix_off = img.to(tl.int64) * syn + oh * syh + ow * syw
     _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
-              HAS_BIAS, EPI, BLOCK_M, BLOCK_N, PRECISION)
+              HAS_BIAS, EPI, BLOCK_M, BLOCK_N, EPI_PRECISION, EPI_DOT16)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,12 +321,22 @@ def conv_transpose2d_reference(x, weight, bias=None, *, stride=1, padding=0, out
 # launchers
 # ----------------------------------------------------------------------------------------------
 _TUNE_KEY = ["C_in", "C_out", "H_out", "W_out", "STRIDE", "KH"]
-_conv_tuned = triton.autotune(to_triton(CONV_FWD_CONFIGS), key=_TUNE_KEY)(conv2d_fwd_kernel)
-_conv_gdn_tuned = triton.autotune(to_triton(CONV_GDN_CONFIGS), key=_TUNE_KEY)(conv2d_fwd_kernel)
-_convt_tuned = triton.autotune(to_triton(CONV_FWD_CONFIGS), key=_TUNE_KEY)(
-    conv_transpose2d_fwd_kernel)
-_convt_gdn_tuned = triton.autotune(to_triton(CONV_GDN_CONFIGS), key=_TUNE_KEY)(
-    conv_transpose2d_fwd_kernel)
+
+def _tuned(kernel):
+    return {"plain": triton.autotune(to_triton(CONV_FWD_CONFIGS), key=_TUNE_KEY)(kernel),
+            "gdn": triton.autotune(to_triton(CONV_GDN_CONFIGS), key=_TUNE_KEY)(kernel),
+            "gdn256": triton.autotune(to_triton(CONV_GDN256_CONFIGS), key=_TUNE_KEY)(kernel)}
+
+
+_CONV = _tuned(conv2d_fwd_kernel)
+_CONVT = _tuned(conv_transpose2d_fwd_kernel)
+
+
+def fused_gdn_supported(c_out: int, dtype: torch.dtype) -> bool:
+    """Whether the fused (I)GDN epilogue handles ``c_out`` channels of ``dtype`` on the GPU:
+    up to 128 channels in any dtype, up to 256 in bf16/fp16 (an fp32 256-wide epilogue spills)."""
+    return c_out <= 128 or (c_out <= 256 and dtype in (torch.float16, torch.bfloat16)) or \
+        (_interpreting() and c_out <= 256)
 
 
 def _precision(dtype: torch.dtype) -> Tuple[str, object]:
@@ -333,7 +377,7 @@ def _prep_gdn(gdn, c_out, device):
     return beta, gamma
 
 
-def _launch(kernel_tuned, kernel_gdn_tuned, kernel_plain, x, w, w_strides, bias, y, pad, stride,
+def _launch(tuned, kernel_plain, x, w, w_strides, bias, y, pad, stride,
             kh, kw, c_in, c_out, h, wd, h_out, w_out, gdn, inverse, grid_fn, flat_k=None):
     precision, acc_dtype = _precision(x.dtype)
     epi = EPI_NONE if gdn is None else (EPI_IGDN if inverse else EPI_GDN)
@@ -341,8 +385,13 @@ def _launch(kernel_tuned, kernel_gdn_tuned, kernel_plain, x, w, w_strides, bias,
     b_arg = bias if bias is not None else beta
     args = (x, w, b_arg, y, beta, gamma, x.shape[0], c_in, h, wd, c_out, h_out, w_out, pad,
             *x.stride(), *w_strides, *y.stride(), gamma.stride(0), gamma.stride(-1))
+    # the GDN dot of the epilogue has fp32 operands (y^2, gamma): TF32 on the GPU unless the
+    # input is fp32 with TF32 switched off
+    epi_precision = "ieee" if (_interpreting() or x.dtype == torch.float64 or
+                               (x.dtype == torch.float32 and precision == "ieee")) else "tf32"
     meta = dict(STRIDE=stride, KH=kh, KW=kw, HAS_BIAS=bias is not None, EPI=epi,
-                PRECISION=precision, ACC_DTYPE=acc_dtype)
+                PRECISION=precision, ACC_DTYPE=acc_dtype, EPI_PRECISION=epi_precision,
+                EPI_DOT16=x.dtype in (torch.float16, torch.bfloat16) and not _interpreting())
     if flat_k is not None:
         meta["FLAT_K"] = flat_k
     if _interpreting():
@@ -353,9 +402,12 @@ def _launch(kernel_tuned, kernel_gdn_tuned, kernel_plain, x, w, w_strides, bias,
                                    num_stages=CONV_INTERPRET_CONFIG["num_stages"])
     elif epi:
         bn = _gdn_block_n(c_out)
-        kernel_gdn_tuned[grid_fn](*args, **meta, BLOCK_N=bn)
+        if not fused_gdn_supported(c_out, x.dtype):
+            raise ValueError(f"fused GDN for C_out={c_out} in {x.dtype} is not supported (the "
+                             f"256-wide fp32 epilogue spills): use bf16/fp16 or gdn=None + GDN op")
+        tuned["gdn256" if bn > 128 else "gdn"][grid_fn](*args, **meta, BLOCK_N=bn)
     else:
-        kernel_tuned[grid_fn](*args, **meta)
+        tuned["plain"][grid_fn](*args, **meta)
     return y
 
 
@@ -404,7 +456,7 @@ def conv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(c_out, meta["BLOCK_N"]))
 
     ws = weight.stride()
-    return _launch(_conv_tuned, _conv_gdn_tuned, conv2d_fwd_kernel, x, weight, ws, bias, y,
+    return _launch(_CONV, conv2d_fwd_kernel, x, weight, ws, bias, y,
                    padding, stride, kh, kw, c_in, c_out, h, wd, h_out, w_out, gdn, inverse, grid,
                    flat_k=c_in < 16)
 
@@ -446,7 +498,7 @@ def conv_transpose2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                 triton.cdiv(c_out, meta["BLOCK_N"]))
 
     s = weight.stride()
-    return _launch(_convt_tuned, _convt_gdn_tuned, conv_transpose2d_fwd_kernel, x, weight,
+    return _launch(_CONVT, conv_transpose2d_fwd_kernel, x, weight,
                    (s[0], s[1], s[2], s[3]), bias, y, padding, stride, kh, kw, c_in, c_out, h, wd,
                    h_out, w_out, gdn, inverse, grid)
 

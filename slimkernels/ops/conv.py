@@ -164,7 +164,8 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         out_width: active output channels (default ``C_out_max``).
         gdn: optional ``(beta, gamma)`` or dict of :func:`slimkernels.ops.gdn` arguments (full
             effective parameters; SlimGDN+ scalars allowed) applied to the output. Fused into the
-            Triton conv epilogue when no gradient is recorded and ``out_width <= 256``.
+            Triton conv epilogue when no gradient is recorded and ``out_width <= 128`` (any dtype)
+            or ``<= 256`` (bf16/fp16); otherwise the conv kernel then the GDN op.
         backend: ``"triton"`` / ``"torch"`` / None (see :mod:`slimkernels.backend`).
 
     Returns:
@@ -182,7 +183,7 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
             weight = weight.to(x.dtype)
             bias = None if bias is None else bias.to(x.dtype)
         grad = _needs_grad(x, weight, bias) or _gdn_params_need_grad(kw)
-        if kw is not None and not grad and co <= 256:
+        if kw is not None and not grad and K.fused_gdn_supported(co, x.dtype):
             return K.conv2d_fwd(x, weight, bias, stride=stride, padding=padding, out_width=co,
                                 gdn=_effective(kw, co))
         y = K.SlimConv2dFunction.apply(x, weight, bias, stride, padding, co)
@@ -235,7 +236,7 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
             weight = weight.to(x.dtype)
             bias = None if bias is None else bias.to(x.dtype)
         grad = _needs_grad(x, weight, bias) or _gdn_params_need_grad(kout)
-        if kout is not None and not grad and co <= 256:
+        if kout is not None and not grad and K.fused_gdn_supported(co, x.dtype):
             return K.conv_transpose2d_fwd(x, weight, bias, stride=stride, padding=padding,
                                           output_padding=output_padding, out_width=co,
                                           gdn=_effective(kout, co), inverse=True)

@@ -1,0 +1,389 @@
+"""Benchmark of the width-sliced convolutions, per SlimCAE layer and width.
+
+Three sections:
+
+1. ``static``: per layer and width, FLOPs, minimum bytes (x read once, weight slice, y written
+   once) and the H100 floor ``max(bytes / 3.0 TB/s, FLOPs / peak)`` with peak ~400 TFLOP/s (TF32)
+   or ~800 TFLOP/s (bf16), beside the cuDNN times of ANCHORS.md (5x5 stride-2 conv, 1 x w x 256 x 384).
+2. ``cpu``: every layer at every width on this CPU, fp32 and bf16 autocast, ``slim_conv2d`` (sliced
+   view, NCHW and channels_last) against the plain ``F.conv2d(x, W[:o, :i].contiguous())`` in the same
+   run; encoder layers also conv+GDN (ours, fused passes) against conv + eager GDN. Rounds are
+   interleaved (one call of every variant per round) and the median over rounds is reported.
+3. ``device``: every layer and width at ``1x3x512x768`` and ``8x3x256x256``, fp32 / bf16, ours
+   (Triton) vs cuDNN (``cudnn.benchmark=True``, sliced weight) vs ``torch.compile(max-autotune)``,
+   and fused conv+GDN vs cuDNN + eager GDN. Runs on CUDA; ``--dry-run`` exercises the same code on
+   CPU with tiny shapes (Triton under the interpreter when ``TRITON_INTERPRET=1``).
+
+Usage::
+
+    python bench/bench_conv.py                 # static + cpu  -> bench/results/cpu/conv.{json,md}
+    python bench/bench_conv.py --device        # + CUDA section -> bench/results/gpu/conv.{json,md}
+    python bench/bench_conv.py --dry-run --out /tmp/x   # tiny, CPU, every code path once
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from slimkernels.ops import gdn as gdn_op  # noqa: E402
+from slimkernels.ops import slim_conv2d, slim_conv_transpose2d  # noqa: E402
+
+WIDTHS = [192, 144, 96, 72, 48]
+HBM_BPS = 3.0e12
+PEAK = {"fp32": 400e12, "bf16": 800e12}  # TF32 / bf16 dense tensor-core peaks (H100 SXM, approx.)
+# ANCHORS.md: single 5x5 stride-2 conv, input 1 x w x 256 x 384, H100, cuDNN (TF32) and fp16 ms
+ANCHOR_CUDNN = {192: (0.356, 0.176), 144: (0.273, 0.165), 96: (0.111, 0.081), 72: (0.132, 0.092),
+                48: (0.090, 0.052)}
+
+
+# --------------------------------------------------------------------------------------- layers
+def slimcae_layers(n: int, h: int, w: int, width: int) -> List[Dict]:
+    """The six SlimCAE transforms for an ``n x 3 x h x w`` image at ``width``: name, kind, input
+    shape, weight shape (full, 192 max), stride, padding, output_padding, output channels, gdn."""
+    W = 192
+    return [
+        dict(name="enc1", tr=False, x=(n, 3, h, w), wshape=(W, 3, 9, 9), s=4, p=4, op=0, co=width,
+             gdn=True),
+        dict(name="enc2", tr=False, x=(n, width, h // 4, w // 4), wshape=(W, W, 5, 5), s=2, p=2,
+             op=0, co=width, gdn=True),
+        dict(name="enc3", tr=False, x=(n, width, h // 8, w // 8), wshape=(W, W, 5, 5), s=2, p=2,
+             op=0, co=width, gdn=True),
+        dict(name="dec1", tr=True, x=(n, width, h // 16, w // 16), wshape=(W, W, 5, 5), s=2, p=2,
+             op=1, co=width, gdn=True),
+        dict(name="dec2", tr=True, x=(n, width, h // 8, w // 8), wshape=(W, W, 5, 5), s=2, p=2,
+             op=1, co=width, gdn=True),
+        dict(name="dec3", tr=True, x=(n, width, h // 4, w // 4), wshape=(W, 3, 9, 9), s=4, p=4,
+             op=3, co=3, gdn=False),
+    ]
+
+
+def out_hw(L) -> tuple:
+    _, _, h, w = L["x"]
+    k = L["wshape"][2]
+    if L["tr"]:
+        return ((h - 1) * L["s"] - 2 * L["p"] + k + L["op"], (w - 1) * L["s"] - 2 * L["p"] + k + L["op"])
+    return ((h + 2 * L["p"] - k) // L["s"] + 1, (w + 2 * L["p"] - k) // L["s"] + 1)
+
+
+def layer_cost(L, bytes_per_el: int) -> Dict:
+    n, ci, h, w = L["x"]
+    k = L["wshape"][2]
+    ho, wo = out_hw(L)
+    co = L["co"]
+    if L["tr"]:
+        macs = n * h * w * ci * co * k * k  # every input pixel meets every tap once
+    else:
+        macs = n * ho * wo * ci * co * k * k
+    byts = bytes_per_el * (n * ci * h * w + ci * co * k * k + n * co * ho * wo)
+    return {"flops": 2 * macs, "bytes": byts}
+
+
+# ----------------------------------------------------------------------------------------- static
+def static_table(n=1, h=512, w=768) -> List[Dict]:
+    rows = []
+    for width in WIDTHS:
+        for L in slimcae_layers(n, h, w, width):
+            for dt, bpe in (("fp32", 4), ("bf16", 2)):
+                c = layer_cost(L, bpe)
+                floor = max(c["bytes"] / HBM_BPS, c["flops"] / PEAK[dt])
+                rows.append({"layer": L["name"], "width": width, "dtype": dt, "x": list(L["x"]),
+                             "gflop": c["flops"] / 1e9, "mbytes": c["bytes"] / 1e6,
+                             "h100_floor_us": floor * 1e6,
+                             "bound": "memory" if c["bytes"] / HBM_BPS > c["flops"] / PEAK[dt]
+                             else "compute"})
+    # the ANCHORS.md shape: 5x5 s2 conv on 1 x w x 256 x 384
+    for width, (t32, t16) in ANCHOR_CUDNN.items():
+        L = dict(name="anchor_5x5s2", tr=False, x=(1, width, 256, 384), wshape=(192, 192, 5, 5), s=2,
+                 p=2, op=0, co=width)
+        for dt, bpe, t in (("fp32", 4, t32), ("bf16", 2, t16)):
+            c = layer_cost(L, bpe)
+            floor = max(c["bytes"] / HBM_BPS, c["flops"] / PEAK[dt])
+            rows.append({"layer": "anchor_5x5s2", "width": width, "dtype": dt, "x": list(L["x"]),
+                         "gflop": c["flops"] / 1e9, "mbytes": c["bytes"] / 1e6,
+                         "h100_floor_us": floor * 1e6, "cudnn_ms": t,
+                         "cudnn_tflops": c["flops"] / (t * 1e-3) / 1e12,
+                         "cudnn_over_floor": t * 1e3 / (floor * 1e6)})
+    return rows
+
+
+# ------------------------------------------------------------------------------------- timing
+def interleaved_medians(fns: Dict[str, Callable], rounds: int, warmup: int = 1,
+                        sync: Callable = lambda: None) -> Dict[str, float]:
+    """Median wall time (ms) of every fn, timed one call each per round, rounds interleaved."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    sync()
+    ts = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            sync()
+            ts[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in ts.items()}
+
+
+def _make(L, device, dtype=torch.float32, cl=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(L["x"], generator=g).to(device, dtype)
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    wt = (torch.randn(L["wshape"], generator=g) * 0.02).to(device, dtype)
+    co_max = L["wshape"][1] if L["tr"] else L["wshape"][0]
+    b = torch.randn(co_max, generator=g).to(device, dtype)
+    beta = (torch.rand(192, generator=g) + 0.5).to(device)
+    gamma = (torch.rand(192, 192, generator=g) * 0.1 / 192).to(device)
+    return x, wt, b, beta, gamma
+
+
+def _ours(L, x, wt, b, gdn=None, backend=None):
+    ci = x.shape[1]
+    if L["tr"]:
+        return lambda: slim_conv_transpose2d(x, wt, b, stride=L["s"], padding=L["p"],
+                                             output_padding=L["op"], out_width=L["co"],
+                                             out_igdn=gdn, backend=backend)
+    return lambda: slim_conv2d(x, wt, b, stride=L["s"], padding=L["p"], out_width=L["co"], gdn=gdn,
+                               backend=backend)
+
+
+def _plain(L, x, wt, b, contiguous=True):
+    """The composition users write: F.conv on the (copied) slice."""
+    ci, co = x.shape[1], L["co"]
+    if L["tr"]:
+        def f():
+            w = wt[:ci, :co]
+            return F.conv_transpose2d(x, w.contiguous() if contiguous else w, b[:co], stride=L["s"],
+                                      padding=L["p"], output_padding=L["op"])
+    else:
+        def f():
+            w = wt[:co, :ci]
+            return F.conv2d(x, w.contiguous() if contiguous else w, b[:co], stride=L["s"],
+                            padding=L["p"])
+    return f
+
+
+def _eager_gdn(f, beta, gamma, inverse):
+    return lambda: gdn_op(f(), beta, gamma, inverse=inverse, backend="torch")
+
+
+def cpu_section(n=1, h=512, w=768, widths=WIDTHS, rounds=5, layers=None, gdn=True) -> List[Dict]:
+    rows = []
+    for width in widths:
+        for L in slimcae_layers(n, h, w, width):
+            if layers and L["name"] not in layers:
+                continue
+            x, wt, b, beta, gamma = _make(L, "cpu")
+            xcl = x.to(memory_format=torch.channels_last)
+            with torch.no_grad():
+                fns = {"plain_contig": _plain(L, x, wt, b, True),
+                       "plain_view": _plain(L, x, wt, b, False),
+                       "ours_nchw": _ours(L, x, wt, b),
+                       "ours_cl": _ours(L, xcl, wt, b)}
+                if gdn and L["gdn"]:
+                    g = (beta, gamma)
+                    fns["plain_contig+gdn"] = _eager_gdn(_plain(L, x, wt, b, True), beta, gamma,
+                                                         L["tr"])
+                    fns["ours_cl+gdn"] = _ours(L, xcl, wt, b, gdn=g)
+                t32 = interleaved_medians(fns, rounds)
+
+                def bf(f):
+                    def g_():
+                        with torch.autocast("cpu", dtype=torch.bfloat16):
+                            return f()
+                    return g_
+                t16 = interleaved_medians({k: bf(f) for k, f in fns.items()}, rounds)
+            for dt, t in (("fp32", t32), ("bf16", t16)):
+                row = {"layer": L["name"], "width": width, "dtype": dt, "x": list(L["x"]),
+                       **{f"{k}_ms": v for k, v in t.items()}}
+                row["speedup_cl_vs_plain"] = t["plain_contig"] / t["ours_cl"]
+                row["speedup_view_vs_contig"] = t["plain_contig"] / t["plain_view"]
+                if "ours_cl+gdn" in t:
+                    row["speedup_gdn_fused_vs_eager"] = t["plain_contig+gdn"] / t["ours_cl+gdn"]
+                rows.append(row)
+                print(f"{L['name']:5s} w={width:3d} {dt}: " + "  ".join(
+                    f"{k}={v:7.2f}" for k, v in t.items()), flush=True)
+    return rows
+
+
+def cpu_goals(rows) -> Dict:
+    """Goal checks: w->w layers at the narrowest width under twice their work share of the widest
+    (w=48 vs 192: work 1/16, goal 1/8); bf16 >= 1.8x fp32 at the widest width."""
+    get = {(r["layer"], r["width"], r["dtype"]): r for r in rows}
+    ws = sorted({r["width"] for r in rows})
+    out = {}
+    if not ws:
+        return out
+    hi, lo = ws[-1], ws[0]
+    for name in ("enc2", "enc3", "dec1", "dec2"):
+        for dt in ("fp32", "bf16"):
+            a, z = get.get((name, hi, dt)), get.get((name, lo, dt))
+            if a and z and hi != lo:
+                ratio = z["ours_cl_ms"] / a["ours_cl_ms"]
+                goal = 2 * (lo / hi) ** 2
+                out[f"{name}_{dt}_w{lo}_over_w{hi}"] = {"ratio": ratio, "goal": goal,
+                                                        "met": ratio < goal}
+        a32, a16 = get.get((name, hi, "fp32")), get.get((name, hi, "bf16"))
+        if a32 and a16:
+            s_ = a32["ours_cl_ms"] / a16["ours_cl_ms"]
+            out[f"{name}_bf16_speedup_w{hi}"] = {"ratio": s_, "goal": 1.8, "met": s_ >= 1.8}
+    return out
+
+
+# ------------------------------------------------------------------------------ device section
+def device_section(device="cuda", shapes=((1, 512, 768), (8, 256, 256)), widths=WIDTHS,
+                   dtypes=(torch.float32, torch.bfloat16), compile_mode="max-autotune",
+                   compile_backend="inductor", rounds=None, layers=None) -> List[Dict]:
+    """Ours (Triton) vs cuDNN vs torch.compile, and fused conv+GDN vs cuDNN + eager GDN."""
+    on_cuda = device == "cuda"
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        from triton.testing import do_bench
+
+        def bench(fns):
+            return {k: do_bench(f, warmup=25, rep=100, return_mode="median") for k, f in fns.items()}
+        backend = "triton"
+    else:
+        def bench(fns):
+            return interleaved_medians(fns, rounds or 1)
+        from slimkernels.backend import interpreter_enabled
+        backend = "triton" if interpreter_enabled() else "torch"
+    rows = []
+    for (n, h, w) in shapes:
+        for width in widths:
+            for L in slimcae_layers(n, h, w, width):
+                if layers and L["name"] not in layers:
+                    continue
+                for dtype in dtypes:
+                    x, wt, b, beta, gamma = _make(L, device, dtype, cl=True)
+                    with torch.no_grad():
+                        plain = _plain(L, x, wt, b, contiguous=False)
+                        compiled = torch.compile(plain, mode=compile_mode if compile_backend ==
+                                                 "inductor" else None, backend=compile_backend,
+                                                 dynamic=False)
+                        fns = {"ours": _ours(L, x, wt, b, backend=backend), "cudnn": plain,
+                               "compile": compiled}
+                        if L["gdn"]:
+                            fns["ours_fused_gdn"] = _ours(L, x, wt, b, gdn=(beta, gamma),
+                                                          backend=backend)
+                            fns["cudnn+eager_gdn"] = _eager_gdn(plain, beta, gamma, L["tr"])
+                        # correctness of ours against cuDNN before timing
+                        ref, got = plain().float(), fns["ours"]().float()
+                        err = ((got - ref).abs().max() / ref.abs().max()).item()
+                        t = bench(fns)
+                    c = layer_cost(L, 4 if dtype == torch.float32 else 2)
+                    dt = "fp32" if dtype == torch.float32 else "bf16"
+                    row = {"layer": L["name"], "width": width, "dtype": dt, "x": list(L["x"]),
+                           "rel_err_vs_cudnn": err, **{f"{k}_ms": v for k, v in t.items()},
+                           "speedup_vs_cudnn": t["cudnn"] / t["ours"],
+                           "speedup_vs_compile": t["compile"] / t["ours"],
+                           "ours_tflops": c["flops"] / (t["ours"] * 1e-3) / 1e12}
+                    if L["gdn"]:
+                        row["speedup_fused_gdn"] = t["cudnn+eager_gdn"] / t["ours_fused_gdn"]
+                    rows.append(row)
+                    print(f"{n}x3x{h}x{w} {L['name']} w={width} {dt}: " + "  ".join(
+                        f"{k}={v:.4f}" for k, v in t.items()), flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------- output
+def _md_table(rows, cols) -> str:
+    head = "| " + " | ".join(cols) + " |\n| " + " | ".join("---" for _ in cols) + " |\n"
+    body = ""
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+        body += "| " + " | ".join(cells) + " |\n"
+    return head + body
+
+
+def write(out_dir, result) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "conv.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    md = ["# Width-sliced conv benchmark\n", f"Machine: {result['machine']}\n"]
+    if result.get("static"):
+        md.append("\n## Static: FLOPs, bytes, H100 floor (1x3x512x768 image; anchor rows: "
+                  "ANCHORS.md cuDNN)\n\n")
+        md.append(_md_table(result["static"], ["layer", "width", "dtype", "gflop", "mbytes",
+                                               "h100_floor_us", "bound", "cudnn_ms",
+                                               "cudnn_tflops", "cudnn_over_floor"]))
+    if result.get("cpu"):
+        md.append(f"\n## CPU ({result['cpu_threads']} threads), median ms over interleaved "
+                  "rounds, no grad\n\n")
+        cols = ["layer", "width", "dtype", "plain_contig_ms", "plain_view_ms", "ours_nchw_ms",
+                "ours_cl_ms", "speedup_cl_vs_plain", "speedup_view_vs_contig",
+                "plain_contig+gdn_ms", "ours_cl+gdn_ms", "speedup_gdn_fused_vs_eager"]
+        md.append(_md_table(result["cpu"], cols))
+        md.append("\n### CPU goals\n\n")
+        md.append(_md_table([{"check": k, **v} for k, v in result["cpu_goals"].items()],
+                            ["check", "ratio", "goal", "met"]))
+    if result.get("device"):
+        md.append(f"\n## Device ({result.get('device_name')})\n\n")
+        md.append(_md_table(result["device"], ["layer", "width", "dtype", "x", "ours_ms",
+                                               "cudnn_ms", "compile_ms", "speedup_vs_cudnn",
+                                               "speedup_vs_compile", "ours_fused_gdn_ms",
+                                               "cudnn+eager_gdn_ms", "speedup_fused_gdn",
+                                               "rel_err_vs_cudnn"]))
+    else:
+        md.append("\n## GPU\n\nOwed: no GPU in the session that produced this file. Run "
+                  "`python bench/bench_conv.py --device` on an H100.\n")
+    with open(os.path.join(out_dir, "conv.md"), "w") as f:
+        f.write("".join(md))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dry-run", action="store_true", help="tiny shapes, every code path once")
+    ap.add_argument("--device", action="store_true", help="run the CUDA section")
+    ap.add_argument("--no-cpu", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--widths", type=str, default="")
+    ap.add_argument("--out", type=str, default="")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    widths = [int(v) for v in a.widths.split(",")] if a.widths else WIDTHS
+    here = os.path.dirname(os.path.abspath(__file__))
+    res = {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+           "cpu_threads": torch.get_num_threads(), "static": static_table()}
+    if a.dry_run:
+        widths = [int(v) for v in a.widths.split(",")] if a.widths else [8, 5]
+        res["cpu"] = cpu_section(1, 32, 48, widths, rounds=1)
+        res["cpu_goals"] = cpu_goals(res["cpu"])
+        res["device"] = device_section("cpu", shapes=((1, 32, 32),), widths=widths,
+                                       dtypes=(torch.float32,), compile_backend="eager", rounds=1)
+        res["device_name"] = "cpu dry run"
+        write(a.out or os.path.join("/tmp", "bench_conv_dry"), res)
+        return res
+    if not a.no_cpu:
+        res["cpu"] = cpu_section(widths=widths, rounds=a.rounds)
+        res["cpu_goals"] = cpu_goals(res["cpu"])
+    out = a.out or os.path.join(here, "results", "cpu")
+    if a.device:
+        if not torch.cuda.is_available():
+            raise SystemExit("--device needs a CUDA GPU")
+        res["device"] = device_section("cuda", widths=widths)
+        res["device_name"] = torch.cuda.get_device_name()
+        out = a.out or os.path.join(here, "results", "gpu")
+    write(out, res)
+    return res
+
+
+if __name__ == "__main__":
+    main()

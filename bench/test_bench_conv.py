@@ -1,0 +1,39 @@
+"""The conv benchmark's every code path runs (tiny shapes, CPU) and writes its JSON/Markdown."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_static_table_numbers():
+    import bench_conv as B
+    rows = {(r["layer"], r["width"], r["dtype"]): r for r in B.static_table()}
+    enc2 = rows[("enc2", 192, "fp32")]
+    # 1x192x128x192 -> 64x96, 5x5: 2 * 192*192*25*64*96 FLOPs
+    assert abs(enc2["gflop"] - 2 * 192 * 192 * 25 * 64 * 96 / 1e9) < 1e-9
+    # the SlimCAE MAC count of SLIMCAE.md: 18.8 GMAC at w=192 and 1.6 at w=48 (enc + dec,
+    # convs + 6 GDN/IGDN layers of w^2 MACs per pixel at 128x192, 64x96, 32x48, twice)
+    for w, gmac in ((192, 18.8), (48, 1.6)):
+        tot = sum(r["gflop"] for k, r in rows.items() if k[1] == w and k[2] == "fp32"
+                  and k[0] != "anchor_5x5s2") / 2
+        tot += 2 * w * w * (128 * 192 + 64 * 96 + 32 * 48) / 1e9
+        assert abs(tot - gmac) / gmac < 0.03, (w, tot)
+    a = rows[("anchor_5x5s2", 192, "fp32")]
+    assert 120 < a["cudnn_tflops"] < 135  # ANCHORS.md: 127 TFLOP/s
+
+
+def test_dry_run_writes_results(tmp_path):
+    import bench_conv as B
+    res = B.main(["--dry-run", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "conv.json").read_text())
+    md = (tmp_path / "conv.md").read_text()
+    assert len(data["cpu"]) == 24 and len(data["device"]) == 12
+    for r in data["device"]:
+        assert r["rel_err_vs_cudnn"] < 1e-4
+        assert r["ours_ms"] > 0 and r["cudnn_ms"] > 0 and r["compile_ms"] > 0
+    assert all("ours_fused_gdn_ms" in r for r in data["device"] if r["layer"] != "dec3")
+    assert "speedup_cl_vs_plain" in md and "Device" in md
+    assert res["cpu_goals"]

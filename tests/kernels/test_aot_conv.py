@@ -1,0 +1,117 @@
+"""Ahead-of-time compilation of the conv kernels for sm_90 (H100) and sm_80 (A100), no GPU needed.
+
+Each autotune config of :mod:`slimkernels.kernels.conv` is compiled (in a subprocess without
+``TRITON_INTERPRET``) for the SlimCAE case it targets: bf16, channels_last activations and a
+channels_last weight (unit channel strides, passed as constexpr 1 exactly as Triton's launcher
+specializes them) and 16-divisible strides and widths (192/144/96/48). Checked: no register spills,
+shared memory within the per-block limit, tensor-core instructions (HGMMA on sm_90 / HMMA on sm_80)
+inside the main loop, and 128-bit global loads (``LDG.E.128``) for the activation tiles.
+
+The normal run compiles one config per kernel and epilogue; ``-m slow`` compiles all of them.
+"""
+import json
+import textwrap
+
+import pytest
+
+from slimkernels.backend import triton_available
+
+pytestmark = pytest.mark.skipif(not triton_available(), reason="needs triton")
+
+_CODE = textwrap.dedent(r'''
+import json, re, sys
+import triton.language as tl
+from slimkernels.kernels import aot
+from slimkernels.kernels import conv as K
+from slimkernels.kernels.configs import CONV_FWD_CONFIGS, CONV_GDN_CONFIGS, CONV_GDN256_CONFIGS
+
+FULL = __FULL__
+DIV16 = ("x_ptr", "w_ptr", "b_ptr", "y_ptr", "beta_ptr", "gamma_ptr", "C_in", "C_out",
+         "sxn", "sxh", "sxw", "swo", "swh", "sww", "syn", "syh", "syw", "sg0")
+def one(kernel, transposed, cfg, bn, epi, arch, dtype="bf16"):
+    p = "*" + dtype
+    sig = {"x_ptr": p, "w_ptr": p, "b_ptr": p, "y_ptr": p, "beta_ptr": "*fp32",
+           "gamma_ptr": "*fp32"}
+    for n in ("N", "C_in", "H", "W", "C_out", "H_out", "W_out", "pad", "sxn", "sxh", "sxw",
+              "swo", "swh", "sww", "syn", "syh", "syw", "sg0"):
+        sig[n] = "i32"
+    if transposed:
+        sig["swi"] = "i32"; sig.pop("swo")
+    cx = dict(cfg["kwargs"])
+    cx.update(sxc=1, syc=1, sg1=1, STRIDE=2, KH=5, KW=5, HAS_BIAS=True, EPI=epi,
+              PRECISION="tf32" if dtype == "fp32" else "ieee", ACC_DTYPE=tl.float32,
+              EPI_PRECISION="tf32", EPI_DOT16=dtype != "fp32",
+              DOT_UPCAST=False)
+    if transposed:
+        cx["swo"] = 1           # channels_last transposed weight [Ci, Co, k, k]: co contiguous
+    else:
+        cx["swi"] = 1           # channels_last conv weight [Co, Ci, k, k]: ci contiguous
+        cx["FLAT_K"] = False
+    if bn is not None:
+        cx["BLOCK_N"] = bn
+    r = aot.compile_for_target(kernel, sig, cx, arch, num_warps=cfg["num_warps"],
+                               num_stages=cfg["num_stages"],
+                               divisible_by_16=[n for n in DIV16 if n in sig and n not in cx])
+    sass = r["sass"]
+    tc = aot.tensor_core_ops(sass)
+    # main loop = the SASS between the first and the last backward branch target... simpler and
+    # robust: tensor-core ops must sit before the first store of the output (STG) of the epilogue
+    first_stg = sass.find("STG")
+    tc_before = len(re.findall(r"\bH(G)?MMA\.", sass[:first_stg if first_stg >= 0 else None]))
+    return {"kernel": kernel.__name__, "arch": arch, "dtype": dtype, "epi": epi, "BLOCK_N": bn,
+            **cfg["kwargs"], "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
+            "n_regs": r["n_regs"], "n_spills": r["n_spills"], "local": r["local"],
+            "shared": r["shared"], "HMMA": tc["HMMA"], "HGMMA": tc["HGMMA"],
+            "tc_before_store": tc_before, "LDG128": len(re.findall(r"LDG\.E\.128", sass)),
+            "LDG": len(re.findall(r"\bLDG\.", sass)), "LDGSTS128": len(re.findall(r"LDGSTS[.\w]*\.128\b", sass))}
+
+out = []
+archs = (90, 80)
+plain = CONV_FWD_CONFIGS if FULL else CONV_FWD_CONFIGS[:1]
+gdn = [(c, bn) for c in CONV_GDN_CONFIGS for bn in (64, 128)] if FULL else []
+gdn += [(c, 256) for c in (CONV_GDN256_CONFIGS if FULL else CONV_GDN256_CONFIGS[:1])]
+for arch in archs:
+    for kernel, tr in ((K.conv2d_fwd_kernel, False), (K.conv_transpose2d_fwd_kernel, True)):
+        for cfg in plain:
+            out.append(one(kernel, tr, cfg, None, 0, arch))
+        for cfg, bn in gdn:
+            out.append(one(kernel, tr, cfg, bn, 2 if tr else 1, arch))
+    if FULL:  # fp32 (TF32) inputs: plain and the 128-wide fused epilogue
+        out.append(one(K.conv2d_fwd_kernel, False, CONV_FWD_CONFIGS[0], None, 0, arch, "fp32"))
+        out.append(one(K.conv2d_fwd_kernel, False, CONV_GDN_CONFIGS[0], 128, 1, arch, "fp32"))
+print(json.dumps(out))
+''')
+
+
+def _run(full):
+    from slimkernels.kernels.aot import run_in_subprocess
+    return run_in_subprocess(_CODE.replace("__FULL__", str(bool(full))), timeout=3000)
+
+
+def _check(rows):
+    from slimkernels.kernels.aot import SMEM_LIMIT_PER_BLOCK
+    for r in rows:
+        tag = json.dumps({k: r[k] for k in ("kernel", "arch", "epi", "BLOCK_M", "BLOCK_N",
+                                            "BLOCK_K", "num_warps", "num_stages") if k in r})
+        assert r["n_spills"] == 0 and r["local"] == 0, f"spills in {tag}: {r}"
+        assert r["shared"] <= SMEM_LIMIT_PER_BLOCK[r["arch"]], f"shared memory over limit: {tag}"
+        tc = r["HGMMA"] + r["HMMA"]
+        assert tc > 0, f"no tensor-core instruction in {tag}"
+        assert r["tc_before_store"] > 0, f"tensor-core ops only in the epilogue: {tag}"
+        if r["arch"] == 90 and r["dtype"] != "fp32":
+            assert r["HGMMA"] > 0 or r["HMMA"] > 0
+        # activation tile of a channels_last bf16 input with 16-divisible widths: 128-bit loads
+        # (direct LDG.E.128 or the async-copy LDGSTS.*.128 of the pipelined loop)
+        assert r["LDG128"] + r["LDGSTS128"] > 0, f"no 128-bit global loads in {tag}"
+
+
+def test_aot_conv_fast_subset():
+    rows = _run(False)
+    assert len(rows) == 8
+    _check(rows)
+
+
+@pytest.mark.slow
+def test_aot_conv_all_configs():
+    rows = _run(True)
+    _check(rows)
