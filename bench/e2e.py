@@ -1,0 +1,655 @@
+"""End-to-end measurements: SlimCAE ``compress`` / ``decompress`` at every width, side by side.
+
+In ONE run, interleaved (round-robin, medians), on one image:
+
+* ours: :meth:`SlimCAE.compress` / :meth:`SlimCAE.decompress`, ``precision="fp32"`` and ``"bf16"``,
+  and the same pipeline step by step to split the time into transform / entropy coding /
+  container (the split's bytes are checked equal to the API's);
+* plain: the same SlimCAE in plain PyTorch (:mod:`bench.plain_slimcae`: ``F.conv2d`` on sliced
+  weights, eager GDN, fp32, NCHW), loading the same state_dict; its latent is rounded, coded and
+  packed exactly like ours, so the ratio isolates the transforms;
+* CompressAI ``bmshj2018-factorized`` quality 6 (N=192, M=320, random weights: same cost), its own
+  ``compress`` / ``decompress`` (``compressai.ans`` rANS).
+
+Peak memory: a fresh subprocess per implementation (glibc told to return every block >= 64 KiB
+to the OS on free, so RSS follows the live tensors) runs each operation once (warm-up), resets
+the kernel's RSS high-water mark (``/proc/self/clear_refs``), runs it again and reports
+``VmHWM - VmRSS_before`` (falls back to ``ru_maxrss`` deltas where clear_refs is unavailable).
+
+Library only; :mod:`bench.report` runs it and writes the files. Every speed number is a median
+of interleaved repeats, and every comparison is a ratio inside the same run.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import types
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from plain_slimcae import PlainSlimCAE  # noqa: E402
+from slimkernels import coding, container  # noqa: E402
+from slimkernels.models import SlimCAE  # noqa: E402
+
+WIDTHS = (192, 144, 96, 72, 48)
+KODAK = os.environ.get("SLIMKERNELS_KODAK", "/work/shared/data/kodak")
+DEFAULT_IMAGE = "kodim01.png"
+QUICK_HW = (64, 96)  # --quick: a tiny crop
+PRECISIONS = ("fp32", "bf16")
+
+
+# --------------------------------------------------------------------------------- inputs
+def load_image(path: Optional[str] = None, quick: bool = False) -> torch.Tensor:
+    """The benchmark image ``[1, 3, H, W]`` float32 in [0, 1].
+
+    ``path`` defaults to kodim01 (768x512) of ``$SLIMKERNELS_KODAK``; without Kodak a fixed
+    random image of that size is used. ``quick`` crops the top-left 64x96.
+    """
+    from slimkernels.io import read_image
+
+    if path is None:
+        path = os.path.join(KODAK, DEFAULT_IMAGE)
+    if os.path.exists(path):
+        x, _ = read_image(path)
+    else:
+        x = torch.rand(1, 3, 512, 768, generator=torch.Generator().manual_seed(0))
+    if quick:
+        x = x[..., :QUICK_HW[0], :QUICK_HW[1]].contiguous()
+    return x
+
+
+def image_source(path: Optional[str] = None) -> str:
+    path = path or os.path.join(KODAK, DEFAULT_IMAGE)
+    return path if os.path.exists(path) else "random 768x512 (Kodak not found)"
+
+
+def load_model(path: Optional[str] = None, seed: int = 0):
+    """``(SlimCAE in eval mode with CDF tables, description)``.
+
+    ``path``: a slimkernels model file (``{"format": "slimkernels-model", ...}``), a trainer
+    checkpoint (``{"model": state_dict, ...}``), or None: the bundled model if this install has
+    one, else random weights (``torch.manual_seed(seed)``).
+    """
+    if path is None:
+        try:
+            from slimkernels.pretrained import bundled_model_path
+            path = bundled_model_path()
+        except Exception:  # pragma: no cover - pretrained module optional
+            path = None
+    if path is None:
+        torch.manual_seed(seed)
+        model = SlimCAE()
+        desc = f"random weights (seed {seed})"
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        if isinstance(obj, dict) and "state_dict" in obj:
+            cfg, sd, desc = obj.get("config", {}), obj["state_dict"], f"model file {path}"
+        elif isinstance(obj, dict) and "model" in obj:
+            cfg = {}
+            sd, desc = obj["model"], f"trainer checkpoint {path} (step {obj.get('step')})"
+        else:
+            raise ValueError(f"{path}: neither a slimkernels model file nor a trainer checkpoint")
+        if not cfg:
+            gdn = "switch" if any(".gdns." in k for k in sd) else (
+                "slim+" if any(k.endswith("gamma_scale") for k in sd) else "slim")
+            widths = sorted({int(v.shape[0]) for k, v in sd.items()
+                             if k.startswith("entropy_bottleneck.bottlenecks.")
+                             and k.endswith("quantiles")}, reverse=True)
+            cfg = {"widths": widths, "gdn": gdn}
+        model = SlimCAE(**cfg)
+        model.load_state_dict(sd)
+    model.eval()
+    if not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
+        model.update()
+    return model, desc
+
+
+# ------------------------------------------------------------------------ CompressAI loading
+def _compressai_root() -> Optional[str]:
+    pkg = sys.modules.get("compressai")
+    if pkg is not None and getattr(pkg, "__path__", None):  # a stub (ours, tests/_compressai.py)
+        return list(pkg.__path__)[0]
+    spec = importlib.util.find_spec("compressai")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
+def _load_file(name: str, path: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def load_compressai_factorized():
+    """CompressAI's ``FactorizedPrior`` class (``bmshj2018-factorized``), or None.
+
+    The ``compressai`` package ``__init__`` imports datasets, torchvision, torch-geometric (point
+    clouds) and more; this loads only the files the model needs, from the installed package, with
+    stubs for ``compressai.registry`` (a no-op ``register_model``) and ``compressai.latent_codecs``
+    (``LatentCodec`` is only a base class there). The ``_CXX`` and ``ans`` extensions are loaded
+    by file. The stubs stay in ``sys.modules`` under ``compressai.*``.
+    """
+    root = _compressai_root()
+    if root is None:
+        return None
+    if "compressai.models.google" in sys.modules:
+        return sys.modules["compressai.models.google"].FactorizedPrior
+    import torch.nn as nn
+
+    def pkg(name, sub):
+        m = sys.modules.get(name)
+        if m is None or getattr(m, "__file__", None):  # a real package import would pull deps
+            m = types.ModuleType(name)
+            m.__path__ = [os.path.join(root, *sub)]
+            sys.modules[name] = m
+        return m
+
+    top = pkg("compressai", ())
+    for ext in ("_CXX", "ans"):
+        hits = glob.glob(os.path.join(root, ext + ".*so")) + glob.glob(os.path.join(root, ext + ".*pyd"))
+        if not hits:
+            return None
+        setattr(top, ext, _load_file("compressai." + ext, hits[0]))
+    # what compressai/__init__.py defines for the entropy models: the "ans" coder only
+    top.get_entropy_coder = lambda: "ans"
+    top.available_entropy_coders = lambda: ["ans"]
+    _load_file("compressai.ops", os.path.join(root, "ops", "__init__.py"))
+    em = pkg("compressai.entropy_models", ("entropy_models",))
+    src = _load_file("compressai.entropy_models.entropy_models",
+                     os.path.join(root, "entropy_models", "entropy_models.py"))
+    em.EntropyBottleneck, em.GaussianConditional = src.EntropyBottleneck, src.GaussianConditional
+    layers = pkg("compressai.layers", ("layers",))
+    layers.GDN = _load_file("compressai.layers.gdn", os.path.join(root, "layers", "gdn.py")).GDN
+    layers.MaskedConv2d = _load_file("compressai.layers.layers",
+                                     os.path.join(root, "layers", "layers.py")).MaskedConv2d
+    reg = types.ModuleType("compressai.registry")
+    reg.register_model = lambda name: (lambda cls: cls)
+    sys.modules["compressai.registry"] = reg
+    lc = types.ModuleType("compressai.latent_codecs")
+
+    class LatentCodec(nn.Module):  # only a base class / isinstance target in models/base.py
+        pass
+
+    lc.LatentCodec = LatentCodec
+    sys.modules["compressai.latent_codecs"] = lc
+    pkg("compressai.models", ("models",))
+    _load_file("compressai.models.utils", os.path.join(root, "models", "utils.py"))
+    _load_file("compressai.models.base", os.path.join(root, "models", "base.py"))
+    google = _load_file("compressai.models.google", os.path.join(root, "models", "google.py"))
+    return google.FactorizedPrior
+
+
+def make_compressai(N: int = 192, M: int = 320, seed: int = 0):
+    """``bmshj2018-factorized`` quality 6 (N=192, M=320) with random weights and CDF tables."""
+    cls = load_compressai_factorized()
+    if cls is None:
+        return None
+    torch.manual_seed(seed)
+    m = cls(N, M).eval()
+    m.update(force=True)
+    return m
+
+
+# ----------------------------------------------------------------------------------- pipelines
+def _tables(eb):
+    return (eb._quantized_cdf.cpu().numpy(), eb._cdf_length.cpu().numpy(),
+            eb._offset.cpu().numpy())
+
+
+def _indexes(C, h, w):
+    from slimkernels.models.slimcae import _indexes as idx
+    return idx(C, h, w)
+
+
+@torch.no_grad()
+def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: str = "fp32",
+                        streams: int = 1):
+    """:meth:`SlimCAE.compress` step by step: ``(bytes, {"transform", "entropy", "container"} s)``.
+
+    Mirrors the method (padding, layout, autocast, quantization, coding, packing) so that its
+    bytes equal ``model.compress(x, width, precision=precision)``; :func:`check_split` checks it.
+    """
+    t0 = time.perf_counter()
+    H, W = x.shape[-2:]
+    ph, pw = (-H) % 16, (-W) % 16
+    xp = torch.nn.functional.pad(x.float(), (0, pw, 0, ph), mode="replicate") if ph or pw else x
+    if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
+        xp = xp.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        y = model.encode(xp, width)
+    t1 = time.perf_counter()
+    eb = model.entropy_bottleneck.for_width(width)
+    sym = eb.quantize_symbols(y).cpu().contiguous()
+    _, C, h, w = sym.shape
+    cdf, lengths, offsets = _tables(eb)
+    payload = coding.encode(sym.numpy(), _indexes(C, h, w), cdf, lengths, offsets,
+                            precision=eb.precision, streams=streams)
+    t2 = time.perf_counter()
+    f = container.SlimFile(model_id=model.model_id(), width=width, height=H, img_width=W,
+                           streams=streams, payload=payload, metadata={})
+    data = container.pack(f)
+    t3 = time.perf_counter()
+    return data, {"transform": t1 - t0, "entropy": t2 - t1, "container": t3 - t2}
+
+
+@torch.no_grad()
+def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32"):
+    """:meth:`SlimCAE.decompress` step by step: ``(x_hat, {"container", "entropy", "transform"})``."""
+    t0 = time.perf_counter()
+    f = container.unpack(data)
+    if f.model_id != model.model_id():
+        raise ValueError("file written by another model")
+    t1 = time.perf_counter()
+    eb = model.entropy_bottleneck.for_width(f.width)
+    h, w = (f.height + 15) // 16, (f.img_width + 15) // 16
+    cdf, lengths, offsets = _tables(eb)
+    sym = torch.from_numpy(coding.decode(f.payload, _indexes(f.width, h, w), cdf, lengths, offsets,
+                                         precision=eb.precision))
+    t2 = time.perf_counter()
+    y_hat = eb.dequantize_symbols(sym)
+    if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
+        y_hat = y_hat.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        x_hat = model.decode(y_hat)
+    x_hat = x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)
+    t3 = time.perf_counter()
+    return x_hat, {"container": t1 - t0, "entropy": t2 - t1, "transform": t3 - t2}
+
+
+@torch.no_grad()
+def plain_compress(plain: PlainSlimCAE, model: SlimCAE, x: torch.Tensor, width: int,
+                   split: Optional[Dict] = None) -> bytes:
+    """The plain transforms, then the same rounding, coding and container as ours.
+
+    (Sizes that are not multiples of 16 are padded like ours.)"""
+    t0 = time.perf_counter()
+    H, W = x.shape[-2:]
+    ph, pw = (-H) % 16, (-W) % 16
+    xp = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+    y = plain.encode(xp, width)
+    t1 = time.perf_counter()
+    eb = model.entropy_bottleneck.for_width(width)
+    sym = torch.round(y - eb.medians().view(1, -1, 1, 1)).to(torch.int32).contiguous()
+    _, C, h, w = sym.shape
+    cdf, lengths, offsets = _tables(eb)
+    payload = coding.encode(sym.numpy(), _indexes(C, h, w), cdf, lengths, offsets,
+                            precision=eb.precision)
+    t2 = time.perf_counter()
+    data = container.pack(container.SlimFile(model_id=model.model_id(), width=width, height=H,
+                                             img_width=W, streams=1, payload=payload, metadata={}))
+    if split is not None:
+        split.update(transform=t1 - t0, entropy=t2 - t1, container=time.perf_counter() - t2)
+    return data
+
+
+@torch.no_grad()
+def plain_decompress(plain: PlainSlimCAE, model: SlimCAE, data: bytes,
+                     split: Optional[Dict] = None) -> torch.Tensor:
+    """Same container and coder as ours, then the plain decoder transform."""
+    t0 = time.perf_counter()
+    f, sym = model.decompress_latent(data)
+    t1 = time.perf_counter()
+    y_hat = sym.float() + model.entropy_bottleneck.for_width(f.width).medians().view(1, -1, 1, 1)
+    x_hat = plain.decode(y_hat)[..., :f.height, :f.img_width].clamp_(0, 1)
+    if split is not None:
+        split.update(entropy=t1 - t0, transform=time.perf_counter() - t1)
+    return x_hat
+
+
+def psnr(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """PSNR (dB) of 8-bit-rounded images in [0, 1] (float64)."""
+    a = torch.round(x.double().clamp(0, 1) * 255)
+    b = torch.round(x_hat.double().clamp(0, 1) * 255)
+    mse = torch.mean((a - b) ** 2).item()
+    return float("inf") if mse == 0 else 10 * __import__("math").log10(255.0 ** 2 / mse)
+
+
+# ---------------------------------------------------------------------------------- timing
+def interleaved(fns: Dict[str, Callable[[], Optional[Dict]]], repeats: int, warmup: int = 1
+                ) -> Dict[str, Dict[str, float]]:
+    """Run every fn round-robin (``warmup`` unrecorded rounds, then ``repeats``); each fn may
+    return a dict of component seconds. Returns ``{name: {"total": median s, component: median
+    s, ..., "n": repeats}}``."""
+    samples: Dict[str, List[Dict[str, float]]] = {k: [] for k in fns}
+    for r in range(warmup + repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            parts = f()
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                samples[k].append({"total": dt, **(parts if isinstance(parts, dict) else {})})
+    out = {}
+    for k, rows in samples.items():
+        keys = rows[0].keys()
+        out[k] = {c: statistics.median(r[c] for r in rows) for c in keys}
+        out[k]["n"] = len(rows)
+    return out
+
+
+def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5, warmup: int = 1,
+                precisions=PRECISIONS, compressai_model=None, log=print) -> Dict:
+    """Interleaved timings of every configuration at every width, plus fidelity checks.
+
+    Returns ``{"rows": [...], "compressai": {...} or None, "checks": {...}}``; row keys:
+    ``width``, ``impl`` (``ours`` / ``plain``), ``precision``, ``op`` (``compress`` /
+    ``decompress``), ``ms`` (API call, median), ``split_ms`` ({transform, entropy, container}
+    from the step-by-step run, medians), ``bytes``, ``bpp``, ``psnr``.
+    """
+    plain = PlainSlimCAE.from_model(model).eval()
+    H, W = x.shape[-2:]
+    fns: Dict[str, Callable] = {}
+    data: Dict = {}
+    checks: Dict = {}
+    for width in widths:
+        for p in precisions:
+            b_api = model.compress(x, width, precision=p)
+            b_split, _ = ours_compress_split(model, x, width, p)
+            checks[f"split_bytes_equal_api_w{width}_{p}"] = b_api == b_split
+            data[("ours", p, width)] = b_api
+            fns[f"ours|{p}|{width}|compress"] = (
+                lambda w=width, p=p: (model.compress(x, w, precision=p), None)[1])
+            fns[f"ours|{p}|{width}|compress_split"] = (
+                lambda w=width, p=p: ours_compress_split(model, x, w, p)[1])
+            fns[f"ours|{p}|{width}|decompress"] = (
+                lambda w=width, p=p: (model.decompress(data[("ours", p, w)], precision=p), None)[1])
+            fns[f"ours|{p}|{width}|decompress_split"] = (
+                lambda w=width, p=p: ours_decompress_split(model, data[("ours", p, w)], p)[1])
+        data[("plain", "fp32", width)] = plain_compress(plain, model, x, width)
+
+        def pc(w=width):
+            s = {}
+            plain_compress(plain, model, x, w, s)
+            return s
+
+        def pd(w=width):
+            s = {}
+            plain_decompress(plain, model, data[("plain", "fp32", w)], s)
+            return s
+        fns[f"plain|fp32|{width}|compress"] = pc
+        fns[f"plain|fp32|{width}|decompress"] = pd
+    cai_data = None
+    if compressai_model is not None:
+        with torch.no_grad():
+            cai_data = compressai_model.compress(x)
+
+        def cc():
+            with torch.no_grad():
+                compressai_model.compress(x)
+
+        def cd():
+            with torch.no_grad():
+                compressai_model.decompress(cai_data["strings"], cai_data["shape"])
+        fns["compressai|fp32|0|compress"] = cc
+        fns["compressai|fp32|0|decompress"] = cd
+    log(f"e2e: {len(fns)} configurations x {repeats} repeats (+{warmup} warm-up), interleaved")
+    t = interleaved(fns, repeats, warmup)
+
+    rows = []
+    x_plain = {}
+    for width in widths:
+        x_plain[width] = plain_decompress(plain, model, data[("plain", "fp32", width)])
+    for width in widths:
+        ref = x_plain[width]
+        for impl, p in [("ours", q) for q in precisions] + [("plain", "fp32")]:
+            b = data[(impl, p, width)]
+            if impl == "ours":
+                x_hat = model.decompress(b, precision=p)
+            else:
+                x_hat = ref
+            q = {"psnr": psnr(x, x_hat), "bytes": len(b), "bpp": len(b) * 8 / (H * W),
+                 "max_abs_diff_vs_plain": (x_hat - ref).abs().max().item()}
+            for op in ("compress", "decompress"):
+                key = f"{impl}|{p}|{width}|{op}"
+                row = {"width": width, "impl": impl, "precision": p, "op": op,
+                       "ms": t[key]["total"] * 1e3, "n": t[key]["n"], **q}
+                sk = key + "_split" if impl == "ours" else key
+                row["split_ms"] = {c: t[sk][c] * 1e3 for c in ("transform", "entropy", "container")
+                                   if c in t[sk]}
+                rows.append(row)
+                log(f"  w={width:3d} {impl:5s} {p} {op:10s} {row['ms']:8.1f} ms  "
+                    + " ".join(f"{c}={v:.1f}" for c, v in row["split_ms"].items())
+                    + f"  {row['bpp']:.3f} bpp  {row['psnr']:.2f} dB")
+    cai = None
+    if compressai_model is not None:
+        x_hat = compressai_model.decompress(cai_data["strings"], cai_data["shape"])["x_hat"]
+        nbytes = sum(len(s) for s in cai_data["strings"][0])
+        cai = {"model": "bmshj2018-factorized q6 (N=192, M=320), random weights",
+               "compress_ms": t["compressai|fp32|0|compress"]["total"] * 1e3,
+               "decompress_ms": t["compressai|fp32|0|decompress"]["total"] * 1e3,
+               "bytes": nbytes, "n": t["compressai|fp32|0|compress"]["n"],
+               "psnr": psnr(x, x_hat)}
+        log(f"  CompressAI factorized q6: compress {cai['compress_ms']:.1f} ms, decompress "
+            f"{cai['decompress_ms']:.1f} ms")
+    return {"rows": rows, "compressai": cai, "checks": checks,
+            "image": {"height": int(H), "width": int(W)}}
+
+
+def ratios(e2e: Dict, widths=WIDTHS) -> List[Dict]:
+    """Per width and op: ours (each precision) vs plain fp32 and vs CompressAI (same-run ratios),
+    the entropy-coding share and the RD difference vs plain fp32."""
+    get = {(r["impl"], r["precision"], r["width"], r["op"]): r for r in e2e["rows"]}
+    cai = e2e.get("compressai")
+    out = []
+    for width in widths:
+        for p in sorted({r["precision"] for r in e2e["rows"] if r["impl"] == "ours"}):
+            for op in ("compress", "decompress"):
+                o, pl = get.get(("ours", p, width, op)), get.get(("plain", "fp32", width, op))
+                if not o or not pl:
+                    continue
+                row = {"width": width, "precision": p, "op": op, "ours_ms": o["ms"],
+                       "plain_ms": pl["ms"], "speedup_vs_plain": pl["ms"] / o["ms"],
+                       "transform_speedup_vs_plain": (pl["split_ms"]["transform"]
+                                                      / o["split_ms"]["transform"]),
+                       "entropy_share": o["split_ms"]["entropy"] / sum(o["split_ms"].values()),
+                       "dpsnr_vs_plain_db": o["psnr"] - pl["psnr"],
+                       "max_abs_diff_vs_plain": o["max_abs_diff_vs_plain"]}
+                if cai:
+                    row["speedup_vs_compressai"] = cai[f"{op}_ms"] / o["ms"]
+                out.append(row)
+    return out
+
+
+def ours_steps(model: SlimCAE, width: int, part: str):
+    """Our encoder (``part="enc"``) or decoder at ``width`` as ``[(name, fn)]``, names as
+    :meth:`PlainSlimCAE.encoder_steps`; each fn is the model's own layer call."""
+    seq = model.g_a if part == "enc" else model.g_s
+    names = ([f"enc.{n}{i}" for i in (1, 2, 3) for n in ("conv", "gdn")] if part == "enc" else
+             [f"dec.{n}{i}" for i in (1, 2, 3) for n in ("igdn", "tconv")])
+    return [(nm, (lambda x, L=L: L(x, width if getattr(L, "slim_output", True) else None)))
+            for nm, L in zip(names, seq)]
+
+
+@torch.no_grad()
+def layer_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5,
+                  precisions=PRECISIONS, log=print) -> List[Dict]:
+    """Each layer of the encoder and decoder on its real input (this image), ours (each
+    precision, the model's layout) vs plain fp32, interleaved, medians.
+
+    Rows: ``layer``, ``width``, ``precision``, ``ours_ms``, ``plain_ms``, ``speedup``."""
+    plain = PlainSlimCAE.from_model(model).eval()
+    cl = next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
+    rows = []
+    for width in widths:
+        for part in ("enc", "dec"):
+            psteps = plain.encoder_steps(width) if part == "enc" else plain.decoder_steps(width)
+            if part == "enc":
+                inp = x
+            else:
+                eb = model.entropy_bottleneck.for_width(width)
+                inp = eb.dequantize_symbols(eb.quantize_symbols(plain.encode(x, width)))
+            fns, acts = {}, {}
+            a = inp
+            for name, f in psteps:  # the inputs every layer sees (plain fp32 activations)
+                acts[name] = a
+                a = f(a)
+            for p in precisions:
+                for name, f in ours_steps(model, width, part):
+                    a_in = acts[name]
+                    if cl:
+                        a_in = a_in.contiguous(memory_format=torch.channels_last)
+
+                    def run(f=f, a_in=a_in, p=p):
+                        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
+                            f(a_in)
+                    fns[(name, p, "ours")] = run
+            for name, f in psteps:
+                fns[(name, "fp32", "plain")] = (lambda f=f, a_in=acts[name]: f(a_in))
+            t = interleaved(fns, repeats, warmup=1)
+            for p in precisions:
+                for name, _ in psteps:
+                    o, pl = t[(name, p, "ours")]["total"], t[(name, "fp32", "plain")]["total"]
+                    rows.append({"layer": name, "width": width, "precision": p,
+                                 "ours_ms": o * 1e3, "plain_ms": pl * 1e3, "speedup": pl / o})
+                    log(f"  layer {name:10s} w={width:3d} {p}: ours {o * 1e3:7.2f} ms  plain "
+                        f"{pl * 1e3:7.2f} ms  x{pl / o:.2f}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------- memory
+def _status_kb(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _mem_child(common: Dict, configs: List[Dict]):
+    """Runs in a fresh process (see :func:`peak_memory`); yields one result per config: run the
+    op once (warm-up), reset the RSS high-water mark, run it again; the peak RSS above the
+    pre-call RSS (MiB)."""
+    import gc
+    import resource
+
+    if common.get("threads"):
+        torch.set_num_threads(int(common["threads"]))
+    x = load_image(common.get("image"), common.get("quick", False))
+    cache: Dict = {}
+    for c in configs:
+        impl, op, width, p = c["impl"], c["op"], c["width"], c["precision"]
+        if impl == "compressai":
+            if "cai" not in cache:
+                cache["cai"] = make_compressai()
+            m = cache["cai"]
+            with torch.no_grad():
+                enc = m.compress(x)
+
+            def run(m=m, enc=enc):
+                with torch.no_grad():
+                    if op == "compress":
+                        m.compress(x)
+                    else:
+                        m.decompress(enc["strings"], enc["shape"])
+        else:
+            if "model" not in cache:
+                cache["model"] = load_model(common.get("model"), common.get("seed", 0))[0]
+            model = cache["model"]
+            if impl == "plain":
+                if "plain" not in cache:
+                    cache["plain"] = PlainSlimCAE.from_model(model).eval()
+                plain = cache["plain"]
+                b = plain_compress(plain, model, x, width)
+                run = ((lambda: plain_compress(plain, model, x, width)) if op == "compress"
+                       else (lambda: plain_decompress(plain, model, b)))
+            else:
+                b = model.compress(x, width, precision=p)
+                run = ((lambda: model.compress(x, width, precision=p)) if op == "compress"
+                       else (lambda: model.decompress(b, precision=p)))
+        run()  # warm-up: oneDNN primitives, weight caches, lazy allocations
+        gc.collect()
+        method = "VmHWM after clear_refs" if _reset_hwm() else "ru_maxrss delta"
+        before = _status_kb("VmRSS") or 0
+        maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        run()
+        if method.startswith("VmHWM"):
+            peak = (_status_kb("VmHWM") or 0) - before
+        else:
+            peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                       - max(before, maxrss_before))
+        yield {**c, "peak_mib": peak / 1024.0, "rss_before_mib": before / 1024.0,
+               "method": method}
+
+
+def peak_memory(configs: List[Dict], common: Dict, log=print, timeout: float = 600) -> List[Dict]:
+    """Peak RSS (MiB) of one call above the RSS before it, for each configuration.
+
+    One fresh subprocess per implementation (ours / plain / compressai) measures its
+    configurations one after the other; glibc is told to serve every block >= 64 KiB by mmap and
+    return it on free, so RSS follows the live tensors (no allocator caching) and the high-water
+    mark, reset before each measured call, is that call's peak.
+
+    ``configs``: dicts with ``impl`` (ours/plain/compressai), ``op``, ``width``, ``precision``;
+    ``common``: ``image``, ``quick``, ``model``, ``seed``, ``threads``.
+    """
+    rows = []
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    env["MALLOC_TRIM_THRESHOLD_"] = "131072"
+    groups: Dict[str, List[Dict]] = {}
+    for c in configs:
+        groups.setdefault(c["impl"], []).append(c)
+    for impl, cs in groups.items():
+        r = subprocess.run([sys.executable, os.path.abspath(__file__), "--mem-child",
+                            json.dumps({"common": common, "configs": cs})],
+                           capture_output=True, text=True, env=env, timeout=timeout)
+        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("MEM ")]
+        if r.returncode != 0 or len(lines) != len(cs):
+            raise RuntimeError(f"memory subprocess for {impl} failed (rc {r.returncode}): "
+                               f"{r.stderr[-2000:]}")
+        for ln in lines:
+            res = json.loads(ln[4:])
+            rows.append(res)
+            log(f"  mem {res['impl']:10s} {res['precision']} w={res['width']:3d} "
+                f"{res['op']:10s} peak +{res['peak_mib']:.1f} MiB")
+    return rows
+
+
+def memory_configs(widths=WIDTHS, precisions=PRECISIONS, plain=True, compressai=True,
+                   ops=("compress", "decompress")) -> List[Dict]:
+    """The default set of memory configurations."""
+    cfg = []
+    for op in ops:
+        for w in widths:
+            for p in precisions:
+                cfg.append({"impl": "ours", "op": op, "width": w, "precision": p})
+            if plain:
+                cfg.append({"impl": "plain", "op": op, "width": w, "precision": "fp32"})
+        if compressai:
+            cfg.append({"impl": "compressai", "op": op, "width": 0, "precision": "fp32"})
+    return cfg
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--mem-child":
+    _spec = json.loads(sys.argv[2])
+    for _res in _mem_child(_spec["common"], _spec["configs"]):
+        print("MEM " + json.dumps(_res), flush=True)

@@ -1,0 +1,188 @@
+"""The end-to-end report on CUDA: transforms, compress and decompress at every width.
+
+Ours (the Triton kernels, picked automatically for CUDA tensors, and the same replayed from CUDA
+graphs) against the same model in plain PyTorch eager (:mod:`bench.plain_slimcae`) and
+``torch.compile`` of it, on one image, medians of interleaved repeats with a device
+synchronisation around each call.
+
+Without a GPU, ``dry_run=True`` runs the same code on CPU tensors on a tiny image (CUDA graphs
+replaced by direct calls, ``torch.compile`` by eager, since neither exists there): this exercises
+every row and the table, not the speed. Goals (issue 8): transforms >= 3x eager at every width,
+w=48 at most 30 % of w=192, compress and decompress <= 10 ms each at w=192.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+import e2e
+from plain_slimcae import PlainSlimCAE
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class GraphRunner:
+    """``fn(static_input)`` captured once into a CUDA graph and replayed (copying new inputs into
+    the static buffer); on CPU (dry run) it just calls ``fn``."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor):
+        self.fn = fn
+        self.graph = None
+        if example.device.type == "cuda":
+            self.static_in = example.clone()
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(2):  # warm-up (Triton autotuning, allocator) outside the graph
+                    fn(self.static_in)
+            torch.cuda.current_stream().wait_stream(s)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_out = fn(self.static_in)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.graph is None:
+            return self.fn(x)
+        self.static_in.copy_(x)
+        self.graph.replay()
+        return self.static_out
+
+
+def _timed(fns: Dict[str, Callable], device, repeats: int, warmup: int = 2) -> Dict[str, float]:
+    def wrap(f):
+        def g():
+            _sync(device)
+            t0 = time.perf_counter()
+            f()
+            _sync(device)
+            return {"dev": time.perf_counter() - t0}
+        return g
+    t = e2e.interleaved({k: wrap(f) for k, f in fns.items()}, repeats, warmup)
+    return {k: v["dev"] * 1e3 for k, v in t.items()}
+
+
+@torch.no_grad()
+def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
+                 device: Optional[str] = None, dry_run: bool = False, use_compile: bool = True,
+                 log=print) -> Dict:
+    """Rows per width and dtype: encoder / decoder transforms (ours, ours + CUDA graph, eager,
+    torch.compile) and ours compress / decompress, in ms, with the same-run ratios.
+
+    Args:
+        model: a :class:`SlimCAE` (CPU, eval, with CDF tables); a copy goes to the device.
+        x: ``[1, 3, H, W]`` image (cropped to a multiple of 16).
+        device: ``"cuda"`` (default when available); ``dry_run`` forces CPU and no compile/graphs.
+    Returns:
+        ``{"device": str, "dry_run": bool, "rows": [...], "goals": {...}}``.
+    """
+    import copy
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() and not dry_run else "cpu"
+    dev = torch.device(device)
+    if dev.type != "cuda" and not dry_run:
+        raise ValueError("cuda_section needs a CUDA device; pass dry_run=True to exercise it on CPU")
+    H, W = (x.shape[-2] // 16) * 16, (x.shape[-1] // 16) * 16
+    x = x[..., :H, :W].to(dev).contiguous()
+    ours = copy.deepcopy(model).to(dev).eval()
+    plain = PlainSlimCAE.from_model(model).to(dev).eval()
+    compile_ok = use_compile and dev.type == "cuda"
+    rows: List[Dict] = []
+    for width in widths:
+        eb = ours.entropy_bottleneck.for_width(width)
+        y_hat = eb.dequantize_symbols(eb.quantize_symbols(ours.encode(x, width)))
+        for dt in (torch.float32, torch.bfloat16):
+            # bf16: autocast around fp32 inputs and weights (what compress(precision="bf16")
+            # does, and what a user of plain PyTorch would write)
+            def ac(f, dt=dt):
+                def g(a):
+                    with torch.autocast(dev.type, dtype=torch.bfloat16,
+                                        enabled=dt == torch.bfloat16):
+                        return f(a)
+                return g
+            f_enc = ac(lambda a, w=width: ours.encode(a, w))
+            f_dec = ac(ours.decode)
+            g_enc, g_dec = GraphRunner(f_enc, x), GraphRunner(f_dec, y_hat)
+            p_enc = ac(lambda a, w=width: plain.encode(a, w))
+            p_dec = ac(plain.decode)
+            fns = {"enc_ours": lambda: f_enc(x), "enc_graph": lambda: g_enc(x),
+                   "enc_eager": lambda: p_enc(x), "dec_ours": lambda: f_dec(y_hat),
+                   "dec_graph": lambda: g_dec(y_hat), "dec_eager": lambda: p_dec(y_hat)}
+            if compile_ok:
+                c_enc = torch.compile(p_enc, dynamic=False)
+                c_dec = torch.compile(p_dec, dynamic=False)
+                fns["enc_compile"] = lambda: c_enc(x)
+                fns["dec_compile"] = lambda: c_dec(y_hat)
+            prec = "fp32" if dt == torch.float32 else "bf16"
+            data = ours.compress(x, width, precision=prec)
+            fns["compress"] = lambda w=width, p=prec: ours.compress(x, w, precision=p)
+            fns["decompress"] = lambda d=data, p=prec: ours.decompress(d, precision=p)
+            t = _timed(fns, dev, repeats)
+            row = {"width": width, "dtype": str(dt).replace("torch.", ""),
+                   **{f"{k}_ms": v for k, v in t.items()}}
+            for part in ("enc", "dec"):
+                best = min(t[f"{part}_ours"], t[f"{part}_graph"])
+                row[f"{part}_speedup_vs_eager"] = t[f"{part}_eager"] / best
+                if f"{part}_compile" in t:
+                    row[f"{part}_speedup_vs_compile"] = t[f"{part}_compile"] / best
+            rows.append(row)
+            log(f"  cuda w={width:3d} {row['dtype']}: " + "  ".join(
+                f"{k}={v:.3f}" for k, v in t.items()))
+    goals = cuda_goals(rows)
+    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)",
+            "dry_run": dry_run or dev.type != "cuda", "image": [H, W], "rows": rows,
+            "goals": goals}
+
+
+def cuda_goals(rows: List[Dict]) -> Dict:
+    """The issue's GPU goals, evaluated on the fp32 rows (and bf16 where it is better)."""
+    out = {}
+    by = {(r["width"], r["dtype"]): r for r in rows}
+    ws = sorted({r["width"] for r in rows})
+    if not ws:
+        return out
+    hi, lo = ws[-1], ws[0]
+    for dt in ("float32", "bfloat16"):
+        rs = [by[(w, dt)] for w in ws if (w, dt) in by]
+        if not rs:
+            continue
+        sp = min(min(r["enc_speedup_vs_eager"], r["dec_speedup_vs_eager"]) for r in rs)
+        out[f"transforms_vs_eager_{dt}"] = {"value": sp, "goal": ">= 3", "met": sp >= 3}
+        if (hi, dt) in by and (lo, dt) in by and hi != lo:
+            def tr(r):
+                return min(r["enc_ours_ms"], r["enc_graph_ms"]) + min(r["dec_ours_ms"],
+                                                                     r["dec_graph_ms"])
+            frac = tr(by[(lo, dt)]) / tr(by[(hi, dt)])
+            out[f"w{lo}_over_w{hi}_{dt}"] = {"value": frac, "goal": "<= 0.30", "met": frac <= 0.30}
+        if (hi, dt) in by:
+            r = by[(hi, dt)]
+            out[f"compress_ms_w{hi}_{dt}"] = {"value": r["compress_ms"], "goal": "<= 10",
+                                              "met": r["compress_ms"] <= 10}
+            out[f"decompress_ms_w{hi}_{dt}"] = {"value": r["decompress_ms"], "goal": "<= 10",
+                                                "met": r["decompress_ms"] <= 10}
+    return out
+
+
+def cuda_markdown(res: Dict) -> str:
+    """The CUDA table (Markdown)."""
+    lines = []
+    if res.get("dry_run"):
+        lines.append("**Owed:** no GPU in this run; the rows below come from a CPU dry run of the "
+                     "same code on a tiny image (no CUDA graphs, no torch.compile) and say "
+                     "nothing about GPU speed. Run `python bench/report.py` on a CUDA machine.")
+        lines.append("")
+    cols = ["width", "dtype", "enc_ours_ms", "enc_graph_ms", "enc_eager_ms", "enc_compile_ms",
+            "dec_ours_ms", "dec_graph_ms", "dec_eager_ms", "dec_compile_ms", "compress_ms",
+            "decompress_ms", "enc_speedup_vs_eager", "dec_speedup_vs_eager"]
+    lines.append("| " + " | ".join(c.replace("_ms", " ms") for c in cols) + " |")
+    lines.append("|" + "---|" * len(cols))
+    for r in res["rows"]:
+        lines.append("| " + " | ".join(
+            (f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "-"))) for c in cols)
+            + " |")
+    return "\n".join(lines)

@@ -1,0 +1,425 @@
+"""Run the end-to-end benchmark set on this machine and write the report.
+
+    python bench/report.py                          # full run: Kodak 768x512, every width
+    python bench/report.py --quick                  # tiny image, 1 repeat (CI smoke test)
+    python bench/report.py --model runs/slimcae/checkpoint.pt --repeats 7 --threads 2
+    python bench/report.py --cuda-dry-run           # also exercise the CUDA section on CPU
+
+Writes into ``bench/results/<machine>/`` (``--out`` overrides), where ``<machine>`` is
+``cpu-<cpu-model-slug>-<cores>c`` or ``cuda-<gpu-name-slug>``:
+
+* ``e2e.json``: every configuration (ours fp32/bf16, plain PyTorch, CompressAI), medians, the
+  transform / entropy / container split, bytes, PSNR, the same-run ratios and the fidelity
+  checks; ``memory.json``: peak RSS per configuration; ``layers.json``: per-layer times;
+  ``goals.json``: issue 8's goals, met or not, with the numbers; ``cuda.json`` when the CUDA
+  section ran (for real or dry);
+* ``e2e_time.png``, ``e2e_memory.png``, ``layers_time.png``: time and memory against width;
+* ``README.md``: the tables (included / linked from the project README).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from typing import Dict, List
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import torch  # noqa: E402
+
+import e2e  # noqa: E402
+
+
+def _slug(s: str) -> str:
+    s = re.sub(r"\((r|tm|R|TM)\)", "", s)
+    s = re.sub(r"\b(cpu|processor)\b", "", s, flags=re.I) if "@" in s else s
+    s = s.split("@")[0]
+    return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-") or "unknown"
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_name(device: str = None) -> str:
+    """``cuda-<gpu-name>`` when running the CUDA report, else ``cpu-<model-name>-<ncores>c``."""
+    if device == "cuda" or (device is None and torch.cuda.is_available()):
+        return "cuda-" + _slug(torch.cuda.get_device_name(0))
+    return f"cpu-{_slug(cpu_model_name())}-{os.cpu_count()}c"
+
+
+def env_info(threads: int) -> Dict:
+    return {"machine": machine_name("cpu"), "cpu": cpu_model_name(), "cores": os.cpu_count(),
+            "torch_threads": threads, "torch": torch.__version__, "python": platform.python_version(),
+            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+# ------------------------------------------------------------------------------------ goals
+def _strictly_decreasing(vals: List[float]) -> bool:
+    return all(a > b for a, b in zip(vals, vals[1:]))
+
+
+def goals(res: Dict, ratios: List[Dict], mem: List[Dict], widths, default: str = "fp32") -> Dict:
+    """Issue 8's CPU goals: ``{name: {"value", "goal", "met", "detail"}}``.
+
+    ``widths`` largest first. Speed goals are evaluated on ``default`` precision (the
+    ``compress``/``decompress`` default) and, separately, on bf16."""
+    out: Dict[str, Dict] = {}
+    rows = {(r["impl"], r["precision"], r["width"], r["op"]): r for r in res["rows"]}
+    rat = {(r["precision"], r["width"], r["op"]): r for r in ratios}
+    precs = sorted({r["precision"] for r in ratios})
+    hi, lo = widths[0], widths[-1]
+    for p in precs:
+        sp = {f"{op} w={w}": rat[(p, w, op)]["speedup_vs_plain"] for w in widths
+              for op in ("compress", "decompress") if (p, w, op) in rat}
+        dps = [rat[(p, w, "compress")]["dpsnr_vs_plain_db"] for w in widths if (p, w, "compress") in rat]
+        if sp:
+            v = min(sp.values())
+            rd_ok = all(abs(d) <= 0.05 for d in dps)
+            out[f"vs_plain_{p}"] = {
+                "value": v, "goal": ">= 1.5x at every width, abs(dPSNR) <= 0.05 dB",
+                "met": v >= 1.5 and rd_ok,
+                "detail": {**{k: round(x, 3) for k, x in sp.items()},
+                           "max_abs_dpsnr_db": max(abs(d) for d in dps) if dps else None}}
+        cai = res.get("compressai")
+        if cai:
+            for w, g in ((hi, 5.0), (lo, 30.0)):
+                vs = {op: rat[(p, w, op)]["speedup_vs_compressai"] for op in ("compress", "decompress")
+                      if (p, w, op) in rat}
+                if vs:
+                    out[f"vs_compressai_w{w}_{p}"] = {"value": min(vs.values()), "goal": f">= {g:g}x",
+                                                      "met": min(vs.values()) >= g, "detail": vs}
+        for op in ("compress", "decompress"):
+            ts = [rows[("ours", p, w, op)]["ms"] for w in widths if ("ours", p, w, op) in rows]
+            if len(ts) == len(widths) and len(ts) > 1:
+                out[f"decreasing_{op}_{p}"] = {"value": [round(t, 2) for t in ts],
+                                               "goal": "strictly decreasing with width",
+                                               "met": _strictly_decreasing(ts)}
+                f = ts[-1] / ts[0]
+                out[f"w{lo}_over_w{hi}_{op}_{p}"] = {"value": f, "goal": "<= 0.15", "met": f <= 0.15}
+        shares = {w: rat[(p, w, "compress")]["entropy_share"] for w in widths
+                  if (p, w, "compress") in rat}
+        if shares:
+            out[f"entropy_share_compress_{p}"] = {"value": max(shares.values()), "goal": "<= 0.10",
+                                                  "met": max(shares.values()) <= 0.10,
+                                                  "detail": {str(k): round(v, 4)
+                                                             for k, v in shares.items()}}
+    for p in precs:
+        for op in ("compress", "decompress"):
+            ms = {m["width"]: m["peak_mib"] for m in mem
+                  if m["impl"] == "ours" and m["precision"] == p and m["op"] == op}
+            vals = [ms[w] for w in widths if w in ms]
+            if len(vals) == len(widths) and len(vals) > 1:
+                out[f"memory_falling_{op}_{p}"] = {"value": [round(v, 1) for v in vals],
+                                                   "goal": "peak MiB strictly decreasing with width",
+                                                   "met": _strictly_decreasing(vals)}
+    return out
+
+
+# ------------------------------------------------------------------------------------ plots
+def plot_all(out: str, res: Dict, mem: List[Dict], layers: List[Dict], widths) -> List[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    ws = list(widths)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, op in zip(axes, ("compress", "decompress")):
+        for impl, p, style in (("ours", "fp32", "o-"), ("ours", "bf16", "s-"),
+                               ("plain", "fp32", "x--")):
+            pts = [(r["width"], r["ms"]) for r in res["rows"]
+                   if r["impl"] == impl and r["precision"] == p and r["op"] == op]
+            if pts:
+                pts.sort()
+                ax.plot(*zip(*pts), style, label=f"{impl} {p}")
+            if impl == "ours" and p == "fp32":
+                tr = sorted((r["width"], r["split_ms"]["transform"]) for r in res["rows"]
+                            if r["impl"] == impl and r["precision"] == p and r["op"] == op)
+                en = sorted((r["width"], r["split_ms"]["entropy"]) for r in res["rows"]
+                            if r["impl"] == impl and r["precision"] == p and r["op"] == op)
+                if en:
+                    ax.plot(*zip(*en), ":", color="gray", label="ours fp32: entropy coding")
+        cai = res.get("compressai")
+        if cai:
+            ax.axhline(cai[f"{op}_ms"], color="r", ls="-.", label="CompressAI factorized q6")
+        ax.set_xlabel("width")
+        ax.set_ylabel("ms (median)")
+        ax.set_yscale("log")
+        ax.set_xticks(ws)
+        ax.set_title(op)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fn = os.path.join(out, "e2e_time.png")
+    fig.savefig(fn, dpi=110)
+    plt.close(fig)
+    files.append(fn)
+
+    if mem:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, op in zip(axes, ("compress", "decompress")):
+            for impl, p, style in (("ours", "fp32", "o-"), ("ours", "bf16", "s-"),
+                                   ("plain", "fp32", "x--")):
+                pts = sorted((m["width"], m["peak_mib"]) for m in mem
+                             if m["impl"] == impl and m["precision"] == p and m["op"] == op)
+                if pts:
+                    ax.plot(*zip(*pts), style, label=f"{impl} {p}")
+            cai = [m["peak_mib"] for m in mem if m["impl"] == "compressai" and m["op"] == op]
+            if cai:
+                ax.axhline(cai[0], color="r", ls="-.", label="CompressAI factorized q6")
+            ax.set_xlabel("width")
+            ax.set_ylabel("peak RSS above baseline, MiB")
+            ax.set_xticks(ws)
+            ax.set_title(f"{op}: peak memory")
+            ax.grid(True, alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        fn = os.path.join(out, "e2e_memory.png")
+        fig.savefig(fn, dpi=110)
+        plt.close(fig)
+        files.append(fn)
+
+    if layers:
+        names = list(dict.fromkeys(r["layer"] for r in layers))
+        fig, axes = plt.subplots(2, 6, figsize=(18, 6), sharex=True)
+        for ax, name in zip(axes.flat, names):
+            for key, p, style in (("ours_ms", "fp32", "o-"), ("ours_ms", "bf16", "s-"),
+                                  ("plain_ms", "fp32", "x--")):
+                pts = sorted((r["width"], r[key]) for r in layers
+                             if r["layer"] == name and r["precision"] == p)
+                if pts:
+                    ax.plot(*zip(*pts), style, label=f"{'ours' if key == 'ours_ms' else 'plain'} {p}")
+            ax.set_title(name, fontsize=9)
+            ax.set_xticks(ws)
+            ax.grid(True, alpha=0.3)
+        axes.flat[0].set_ylabel("ms")
+        axes.flat[6].set_ylabel("ms")
+        axes.flat[0].legend(fontsize=6)
+        fig.tight_layout()
+        fn = os.path.join(out, "layers_time.png")
+        fig.savefig(fn, dpi=100)
+        plt.close(fig)
+        files.append(fn)
+    return files
+
+
+# --------------------------------------------------------------------------------- markdown
+def _f(v, nd=1):
+    return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers: List[Dict],
+             gl: Dict, cuda_md: str, ext_layers: Dict) -> str:
+    L = [f"# Benchmarks on `{meta['machine']}`", "",
+         f"{meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads, "
+         f"torch {meta['torch']}; {meta['time_utc']}; load average at start "
+         f"{_f(meta['load_avg'][0] if meta.get('load_avg') else None, 2)}.", "",
+         f"Command: `{meta['command']}`", "",
+         f"Image: {meta['image']} ({res['image']['width']}x{res['image']['height']}); model: "
+         f"{meta['model']}. Medians of {meta['repeats']} interleaved repeats (all "
+         "configurations round-robin in one run, so load hits all alike); every ratio is from "
+         "this run. `plain` = the same SlimCAE in plain PyTorch (`bench/plain_slimcae.py`: "
+         "F.conv2d on sliced weights, eager GDN, fp32, NCHW), same weights, same coder and "
+         "container, so its ratio isolates the transforms. CompressAI = `bmshj2018-factorized` "
+         "quality 6 (N=192, M=320, random weights: same cost), its own compress/decompress.", ""]
+    if meta.get("quick"):
+        L += ["**Quick mode** (tiny image, 1 repeat): a smoke test, not a measurement.", ""]
+    L += ["## End to end (ms)", "",
+          "| width | op | ours fp32 | ours bf16 | plain fp32 | fp32 vs plain | bf16 vs plain | "
+          "fp32 vs CompressAI | bf16 vs CompressAI | fp32 transform / entropy / container | "
+          "entropy share fp32 | bpp | PSNR fp32 / bf16 / plain |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = {(r["impl"], r["precision"], r["width"], r["op"]): r for r in res["rows"]}
+    rat = {(r["precision"], r["width"], r["op"]): r for r in ratios}
+    for w in meta["widths"]:
+        for op in ("compress", "decompress"):
+            o32, o16 = rows.get(("ours", "fp32", w, op)), rows.get(("ours", "bf16", w, op))
+            pl = rows.get(("plain", "fp32", w, op))
+            r32, r16 = rat.get(("fp32", w, op), {}), rat.get(("bf16", w, op), {})
+            s = o32["split_ms"] if o32 else {}
+            L.append("| " + " | ".join([
+                str(w), op, _f(o32 and o32["ms"]), _f(o16 and o16["ms"]), _f(pl and pl["ms"]),
+                _f(r32.get("speedup_vs_plain"), 2) + "x", _f(r16.get("speedup_vs_plain"), 2) + "x",
+                _f(r32.get("speedup_vs_compressai"), 1) + "x",
+                _f(r16.get("speedup_vs_compressai"), 1) + "x",
+                " / ".join(_f(s.get(k)) for k in ("transform", "entropy", "container")),
+                _f(r32.get("entropy_share") and 100 * r32["entropy_share"]) + " %",
+                _f(o32 and o32["bpp"], 3),
+                " / ".join(_f(r and r["psnr"], 2) for r in (o32, o16, pl))]) + " |")
+    cai = res.get("compressai")
+    if cai:
+        L += ["", f"CompressAI factorized q6, same image, same run: compress "
+              f"{cai['compress_ms']:.1f} ms, decompress {cai['decompress_ms']:.1f} ms "
+              f"({cai['bytes']} bytes, random weights)."]
+    L += ["", "Fidelity: " + ", ".join(f"{k}={v}" for k, v in res["checks"].items()), ""]
+    if mem:
+        L += ["## Peak memory (MiB above the RSS before the call)", "",
+              "One fresh process per implementation; each call warmed up once, then the RSS "
+              "high-water mark reset (`/proc/self/clear_refs`) and the call run again, with glibc "
+              "returning every block >= 64 KiB to the OS on free.", "",
+              "| width | op | ours fp32 | ours bf16 | plain fp32 |", "|---|---|---|---|---|"]
+        mm = {(m["impl"], m["precision"], m["width"], m["op"]): m["peak_mib"] for m in mem}
+        for op in ("compress", "decompress"):
+            for w in meta["widths"]:
+                L.append(f"| {w} | {op} | {_f(mm.get(('ours', 'fp32', w, op)))} | "
+                         f"{_f(mm.get(('ours', 'bf16', w, op)))} | "
+                         f"{_f(mm.get(('plain', 'fp32', w, op)))} |")
+        c = [(m["op"], m["peak_mib"]) for m in mem if m["impl"] == "compressai"]
+        if c:
+            L += ["", "CompressAI factorized q6: " + ", ".join(f"{op} {v:.1f} MiB" for op, v in c)]
+        L.append("")
+    L += ["## Goals (issue 8, CPU)", "", "| goal | target | value | met |", "|---|---|---|---|"]
+    for k, g in gl.items():
+        v = g["value"]
+        vs = (f"{v:.3f}" if isinstance(v, float) else str(v))
+        if g.get("detail"):
+            vs += f" ({json.dumps(g['detail'])})"
+        L.append(f"| {k} | {g['goal']} | {vs} | {'yes' if g['met'] else '**no**'} |")
+    L.append("")
+    if layers:
+        L += ["## Per layer (ms; each layer on its real input in this image)", "",
+              "| layer | " + " | ".join(f"w={w} fp32 / bf16 / plain" for w in meta["widths"]) + " |",
+              "|---|" + "---|" * len(meta["widths"])]
+        lk = {(r["layer"], r["width"], r["precision"]): r for r in layers}
+        for name in dict.fromkeys(r["layer"] for r in layers):
+            cells = []
+            for w in meta["widths"]:
+                a, b = lk.get((name, w, "fp32")), lk.get((name, w, "bf16"))
+                cells.append(f"{_f(a and a['ours_ms'], 2)} / {_f(b and b['ours_ms'], 2)} / "
+                             f"{_f(a and a['plain_ms'], 2)}")
+            L.append(f"| {name} | " + " | ".join(cells) + " |")
+        L.append("")
+    if ext_layers:
+        L += ["Per-op microbenchmarks (kernel engineers' files): " + ", ".join(
+            f"[{k}]({os.path.relpath(v, meta['out'])})" for k, v in ext_layers.items()), ""]
+    L += ["Plots: `e2e_time.png`, `e2e_memory.png`, `layers_time.png`.", "",
+          "## CUDA", "", cuda_md, ""]
+    return "\n".join(L)
+
+
+# ------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny image, 1 repeat, widths 192/48")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7; quick 1)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--out", default=None, help="output folder (default bench/results/<machine>)")
+    ap.add_argument("--model", default=None, help="model file or trainer checkpoint "
+                    "(default: bundled model, else random weights)")
+    ap.add_argument("--image", default=None, help="image (default Kodak kodim01)")
+    ap.add_argument("--widths", default=None, help="comma-separated widths (default all)")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-layers", action="store_true")
+    ap.add_argument("--no-compressai", action="store_true")
+    ap.add_argument("--cuda-dry-run", action="store_true",
+                    help="without a GPU: run the CUDA section's code on CPU on a tiny image")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    threads = torch.get_num_threads()
+    repeats = a.repeats or (1 if a.quick else 7)
+    if a.widths:
+        widths = sorted({int(w) for w in a.widths.split(",")}, reverse=True)
+    else:
+        widths = [192, 48] if a.quick else list(e2e.WIDTHS)
+    machine = machine_name("cpu")
+    out = a.out or os.path.join(HERE, "results", machine)
+    os.makedirs(out, exist_ok=True)
+    t_start = time.time()
+
+    model, model_desc = e2e.load_model(a.model)
+    bad = [w for w in widths if w not in model.widths]
+    if bad:
+        print(f"error: widths {bad} are not widths of the model {model.widths}", file=sys.stderr)
+        return 2
+    x = e2e.load_image(a.image, a.quick)
+    cai = None if a.no_compressai else e2e.make_compressai()
+    meta = {**env_info(threads), "command": "python bench/report.py " + " ".join(
+                argv if argv is not None else sys.argv[1:]),
+            "quick": a.quick, "repeats": repeats, "widths": widths, "model": model_desc,
+            "image": e2e.image_source(a.image) + (" (64x96 crop)" if a.quick else ""), "out": out}
+    print(f"report on {machine}: {model_desc}, image {tuple(x.shape)}, {threads} threads")
+
+    res = e2e.e2e_timings(model, x, widths, repeats=repeats, warmup=1, compressai_model=cai)
+    rat = e2e.ratios(res, widths)
+    mem = []
+    if not a.no_memory:
+        cfgs = (e2e.memory_configs(widths, precisions=("fp32",), plain=True, compressai=False,
+                                   ops=("compress",)) if a.quick else
+                e2e.memory_configs(widths, compressai=cai is not None))
+        mem = e2e.peak_memory(cfgs, {"image": a.image, "quick": a.quick, "model": a.model,
+                                     "threads": threads})
+    layers = [] if a.no_layers else e2e.layer_timings(model, x, widths, repeats=repeats)
+    gl = goals(res, rat, mem, widths)
+    ext_layers = {}
+    for sub in (machine, "cpu"):
+        for name in ("conv", "gdn", "coder"):
+            p = os.path.join(HERE, "results", sub, name + ".md")
+            if os.path.exists(p) and name not in ext_layers:
+                ext_layers[name] = p
+
+    import e2e_cuda
+    if torch.cuda.is_available():
+        cres = e2e_cuda.cuda_section(model, e2e.load_image(a.image, a.quick), widths,
+                                     repeats=max(repeats, 10 if not a.quick else 1))
+        cdir = os.path.join(HERE, "results", machine_name("cuda"))
+        os.makedirs(cdir, exist_ok=True)
+        with open(os.path.join(cdir, "cuda.json"), "w") as f:
+            json.dump({"meta": meta, **cres}, f, indent=1)
+        cuda_md = e2e_cuda.cuda_markdown(cres)
+        with open(os.path.join(cdir, "README.md"), "w") as f:
+            f.write(f"# CUDA end-to-end on {cres['device']}\n\nCommand: `{meta['command']}`\n\n"
+                    + cuda_md + "\n")
+    elif a.cuda_dry_run:
+        cres = e2e_cuda.cuda_section(model, e2e.load_image(a.image, True), widths[:2],
+                                     repeats=1, dry_run=True)
+        with open(os.path.join(out, "cuda_dry_run.json"), "w") as f:
+            json.dump(cres, f, indent=1)
+        cuda_md = e2e_cuda.cuda_markdown(cres)
+    else:
+        cuda_md = ("**Owed**: no GPU on this machine. The CUDA table (encoder / decoder transforms, "
+                   "compress, decompress: Triton kernels and CUDA graphs vs eager and "
+                   "torch.compile, every width, fp32 and bf16; goals: transforms >= 3x eager, "
+                   "w=48 <= 30 % of w=192, compress and decompress <= 10 ms at w=192) is written "
+                   "by `python bench/report.py` on a CUDA machine into "
+                   "`bench/results/cuda-<gpu>/`. Its code runs in CI on CPU "
+                   "(`--cuda-dry-run`, tests/bench/test_report.py).")
+
+    meta["seconds"] = time.time() - t_start
+    with open(os.path.join(out, "e2e.json"), "w") as f:
+        json.dump({"meta": meta, **res, "ratios": rat}, f, indent=1)
+    with open(os.path.join(out, "memory.json"), "w") as f:
+        json.dump({"meta": meta, "rows": mem}, f, indent=1)
+    with open(os.path.join(out, "layers.json"), "w") as f:
+        json.dump({"meta": meta, "rows": layers}, f, indent=1)
+    with open(os.path.join(out, "goals.json"), "w") as f:
+        json.dump({"meta": meta, "goals": gl}, f, indent=1)
+    plot_all(out, res, mem, layers, widths)
+    md = markdown(meta, res, rat, mem, layers, gl, cuda_md, ext_layers)
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write(md)
+    print(f"wrote {out} in {meta['seconds']:.0f} s")
+    for k, g in gl.items():
+        print(f"  goal {k}: {'met' if g['met'] else 'NOT met'} ({g['value']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

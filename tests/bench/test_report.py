@@ -1,0 +1,126 @@
+"""bench/report.py --quick end to end into tmp_path, and the pieces it is built from."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(ROOT, "bench")
+sys.path.insert(0, BENCH)
+
+import e2e  # noqa: E402
+import report  # noqa: E402
+from plain_slimcae import PlainSlimCAE  # noqa: E402
+
+
+def test_report_quick(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "report.py"), "--quick", "--threads",
+                        "1", "--out", str(tmp_path), "--cuda-dry-run"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("e2e.json", "memory.json", "layers.json", "goals.json", "cuda_dry_run.json",
+                 "README.md", "e2e_time.png", "e2e_memory.png", "layers_time.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    res = json.loads((tmp_path / "e2e.json").read_text())
+    ws = res["meta"]["widths"]
+    got = {(r["impl"], r["precision"], r["width"], r["op"]) for r in res["rows"]}
+    for w in ws:
+        for impl, p in (("ours", "fp32"), ("ours", "bf16"), ("plain", "fp32")):
+            for op in ("compress", "decompress"):
+                assert (impl, p, w, op) in got
+    for row in res["rows"]:
+        assert row["ms"] > 0 and row["bytes"] > 0
+        assert row["ms"] == row["ms"]  # not NaN
+    assert all(res["checks"].values()), res["checks"]
+    # ours fp32 and plain fp32 decode the same image (same weights, same coder)
+    for row in res["rows"]:
+        if row["precision"] == "fp32":
+            assert row["max_abs_diff_vs_plain"] < 1e-3
+    mem = json.loads((tmp_path / "memory.json").read_text())["rows"]
+    assert mem and all(m["peak_mib"] >= 0 for m in mem)
+    goals = json.loads((tmp_path / "goals.json").read_text())["goals"]
+    assert "vs_plain_fp32" in goals and "entropy_share_compress_fp32" in goals
+    assert all(isinstance(g["met"], bool) for g in goals.values())
+    md = (tmp_path / "README.md").read_text()
+    assert "## End to end" in md and "## Goals" in md and "Owed" in md
+    cuda = json.loads((tmp_path / "cuda_dry_run.json").read_text())
+    assert cuda["dry_run"] and cuda["rows"]
+    assert {"enc_ours_ms", "enc_graph_ms", "enc_eager_ms", "compress_ms"} <= set(cuda["rows"][0])
+    png = (tmp_path / "e2e_time.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_machine_name():
+    name = report.machine_name("cpu")
+    assert name.startswith("cpu-") and name.endswith(f"-{os.cpu_count()}c")
+    assert all(c.isalnum() or c == "-" for c in name)
+    assert report._slug("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz") == "intel-xeon-platinum-8480"
+    assert report._slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+@pytest.mark.parametrize("width", [192, 72])
+def test_plain_matches_ours(width):
+    """The plain-PyTorch baseline computes the same transforms as SlimCAE, against float64."""
+    model, _ = e2e.load_model(None, seed=1)
+    plain = PlainSlimCAE.from_model(model).eval()
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = plain.encode(x, width)
+        ref_y = PlainSlimCAE.from_model(model).double().encode(x.double(), width)
+        assert torch.allclose(y.double(), ref_y, rtol=1e-5, atol=1e-5 * ref_y.abs().max().item())
+        assert torch.allclose(model.encode(x, width).double(), ref_y, rtol=1e-5,
+                              atol=1e-5 * ref_y.abs().max().item())
+        y_hat = torch.round(y)
+        ref_x = PlainSlimCAE.from_model(model).double().decode(y_hat.double())
+        tol = 1e-5 * ref_x.abs().max().item()
+        assert torch.allclose(plain.decode(y_hat).double(), ref_x, rtol=1e-5, atol=tol)
+        assert torch.allclose(model.decode(y_hat).double(), ref_x, rtol=1e-5, atol=tol)
+
+
+def test_plain_load_rejects_other_state_dict():
+    plain = PlainSlimCAE((192, 48))
+    with pytest.raises(ValueError, match="missing keys"):
+        plain.load_state_dict({"g_a.0.weight": torch.zeros(192, 3, 9, 9)})
+
+
+def test_goals_logic():
+    ws = [192, 48]
+    res = {"rows": [], "compressai": {"compress_ms": 600.0, "decompress_ms": 600.0}}
+    rat = []
+    for w, ms in ((192, 100.0), (48, 10.0)):
+        for op in ("compress", "decompress"):
+            res["rows"].append({"impl": "ours", "precision": "fp32", "width": w, "op": op,
+                                "ms": ms})
+            rat.append({"precision": "fp32", "width": w, "op": op, "speedup_vs_plain": 2.0,
+                        "speedup_vs_compressai": 600.0 / ms, "entropy_share": 0.05,
+                        "dpsnr_vs_plain_db": 0.0})
+    mem = [{"impl": "ours", "precision": "fp32", "width": w, "op": "compress", "peak_mib": m}
+           for w, m in ((192, 50.0), (48, 60.0))]
+    g = report.goals(res, rat, mem, ws)
+    assert g["vs_plain_fp32"]["met"]
+    assert g["vs_compressai_w192_fp32"]["met"] and g["vs_compressai_w48_fp32"]["met"]
+    assert g["decreasing_compress_fp32"]["met"] and g["w48_over_w192_compress_fp32"]["met"]
+    assert g["entropy_share_compress_fp32"]["met"]
+    assert not g["memory_falling_compress_fp32"]["met"]  # 50 -> 60 MiB rises
+    rat[0]["dpsnr_vs_plain_db"] = -0.06
+    assert not report.goals(res, rat, mem, ws)["vs_plain_fp32"]["met"]
+
+
+def test_compressai_loads_without_package_import():
+    cls = e2e.load_compressai_factorized()
+    if cls is None:
+        pytest.skip("compressai is not installed")
+    torch.manual_seed(0)
+    m = cls(8, 12).eval()
+    m.update(force=True)
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        out = m.compress(x)
+        ref = m.g_s(torch.round(m.g_a(x) - m.entropy_bottleneck._get_medians())
+                    + m.entropy_bottleneck._get_medians()).clamp(0, 1)
+        x_hat = m.decompress(out["strings"], out["shape"])["x_hat"]
+    assert torch.allclose(x_hat, ref, atol=1e-5)
