@@ -22,8 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from slimkernels import container  # noqa: E402
 from slimkernels.codec import SlimCodec, SlimSequential  # noqa: E402
+from slimkernels.io import read_image  # noqa: E402
 from slimkernels.nn import (SlimConv2d, SlimConvTranspose2d, SlimEntropyBottleneck,  # noqa: E402
                             SlimGDNPlus)
+
+SAMPLE = os.path.join(os.path.dirname(container.__file__), "assets", "sample.png")
 
 
 # -- 1. the architecture ----------------------------------------------------------------------
@@ -65,12 +68,10 @@ def generated_images(n, size, seed=0):
     return (up + 0.03 * torch.randn(up.shape, generator=g)).clamp(0, 1)
 
 
-def folder_images(folder, n, crop):
-    """``n`` random ``crop`` x ``crop`` crops from the images in ``folder``, plus one full image."""
+def folder_crops(folder, n, crop):
+    """``n`` random ``crop`` x ``crop`` crops ``[n, 3, crop, crop]`` from images in ``folder``."""
     from slimkernels.training.data import CropSampler, list_images, load_rgb
-    paths = list_images(folder)[:8]
-    sampler = CropSampler([load_rgb(p) for p in paths], seed=0)
-    return sampler.sample(n, crop), load_rgb(paths[0])[None].float() / 255
+    return CropSampler([load_rgb(p) for p in list_images(folder)[:16]], seed=0).sample(n, crop)
 
 
 # -- 3. training: every width in every step, rate + lambda * distortion -----------------------
@@ -109,6 +110,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="../shared/data/train", help="folder of training images")
+    p.add_argument("--image", default=SAMPLE, help="image to compress (default: bundled sample)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--widths", default="128,64,32")
@@ -121,7 +123,7 @@ def main(argv=None):
         crops, image = generated_images(8, 64), generated_images(1, 80, seed=1)[..., :72]
         steps = min(args.steps, 5)
     else:
-        crops, image = folder_images(args.data, 64, args.crop)
+        crops, image = folder_crops(args.data, 64, args.crop), read_image(args.image)[0]
         steps = args.steps
     model = FourLayerCodec(widths)
     lambdas = [0.01 * 2 ** -k for k in range(len(model.widths))]   # widest: highest quality

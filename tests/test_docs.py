@@ -96,3 +96,41 @@ def test_build_api_script_runs(tmp_path):
     assert "wrote" in r.stdout
     page = (tmp_path / "slimkernels" / "container.html").read_text()
     assert "SlimFormatError" in page
+
+
+def test_format_md_worked_example_is_what_pack_writes():
+    """docs/format.md's hex dump is byte for byte what container.pack produces."""
+    import re
+    from slimkernels import container
+    with open(os.path.join(ROOT, "docs", "format.md")) as fh:
+        text = fh.read()
+    block = text.split("### Worked example", 1)[1].split("```")[1]
+    hexes = "".join(re.match(r"((?:[0-9a-f]{2} )*[0-9a-f]{2})", line.strip()).group(1)
+                    for line in block.strip().splitlines())
+    f = container.SlimFile(model_id=bytes(range(16)), width=8, height=3, img_width=5, streams=1,
+                           payload=b"\x01\x02\x03", metadata={"k": b"xy"})
+    assert bytes.fromhex(hexes.replace(" ", "")) == container.pack(f)
+
+
+def test_format_md_lists_every_reader_error():
+    """Every SlimFormatError message in container.py is in the validation table."""
+    import re
+    with open(os.path.join(ROOT, "slimkernels", "container.py")) as fh:
+        src = fh.read()
+    with open(os.path.join(ROOT, "docs", "format.md")) as fh:
+        doc = fh.read()
+    msgs = re.findall(r'SlimFormatError\(\s*f?"([^"{]{12,})', src)
+    assert len(msgs) >= 8
+    for m in msgs:
+        assert m.split("(")[0].strip() in doc, m
+
+
+@pytest.mark.parametrize("page", ["api.md", "format.md", "tutorial_custom_codec.md"])
+def test_relative_links_resolve(page):
+    import re
+    with open(os.path.join(ROOT, "docs", page)) as fh:
+        text = fh.read()
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+        if "://" in target:
+            continue
+        assert os.path.exists(os.path.join(ROOT, "docs", target)), f"{page}: {target}"
