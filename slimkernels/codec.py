@@ -157,16 +157,34 @@ class SlimCodec(nn.Module):
         return self.entropy_bottleneck.loss()
 
     def update(self, force: bool = True) -> bool:
-        """Build the integer CDF tables of every width (call after training, before compress)."""
+        """Build the integer CDF tables (int32 buffers) of every width; call after training and
+        before :meth:`compress`. Returns True when tables were (re)built."""
         return self.entropy_bottleneck.update(force)
 
     def model_id(self) -> bytes:
-        """16-byte id of this model's config and weights (see :func:`model_fingerprint`)."""
-        return model_fingerprint(self, self.config())
+        """16-byte id (``bytes`` of length 16) of this model's config and weights (see
+        :func:`model_fingerprint`). Cached until a parameter or buffer changes (tracked by the
+        tensors' version counters) or the config changes."""
+        cfg = self.config()
+        key = (json.dumps(cfg, sort_keys=True),
+               tuple((id(t), t._version) for t in self.state_dict(keep_vars=True).values()))
+        cache = self.__dict__.get("_model_id_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, model_fingerprint(self, cfg))
+            self.__dict__["_model_id_cache"] = cache
+        return cache[1]
 
     # -- coding --------------------------------------------------------------------------------
     def _device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def _like_params(self, t: torch.Tensor) -> torch.Tensor:
+        # follow the model's memory format (channels_last models get channels_last inputs)
+        w = next((p for p in self.parameters() if p.dim() == 4), None)
+        if w is not None and not w.is_contiguous() and \
+                w.is_contiguous(memory_format=torch.channels_last):
+            return t.contiguous(memory_format=torch.channels_last)
+        return t
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, width: Optional[int] = None, *, precision: str = "fp32",
@@ -203,6 +221,7 @@ class SlimCodec(nn.Module):
         x = x.float().to(self._device())
         if ph or pw:
             x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+        x = self._like_params(x)
         with _autocast(x.device, precision):
             y = self.encode(x, width)
         sym = eb.quantize_symbols(y).cpu().contiguous()
@@ -255,5 +274,5 @@ class SlimCodec(nn.Module):
         eb = self.entropy_bottleneck.for_width(f.width)
         dev = self._device()
         with _autocast(dev, precision):
-            x_hat = self.decode(eb.dequantize_symbols(sym.to(dev)))
+            x_hat = self.decode(self._like_params(eb.dequantize_symbols(sym.to(dev))))
         return x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)

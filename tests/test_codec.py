@@ -98,3 +98,51 @@ def test_fingerprint_is_slimcae_model_id():
     from slimkernels.models import SlimCAE
     m = SlimCAE(widths=(8, 4), gdn="slim")
     assert model_fingerprint(m, m.config()) == m.model_id()
+
+
+class CAEAsCodec(SlimCodec):
+    """SlimCAE's modules under SlimCodec: same state_dict keys, so the same model id."""
+
+    def __init__(self, cae):
+        super().__init__(cae.widths)
+        self.g_a, self.g_s, self.entropy_bottleneck = cae.g_a, cae.g_s, cae.entropy_bottleneck
+        self._cfg = cae.config()
+
+    def config(self):
+        return self._cfg
+
+
+def test_slimcae_could_be_a_slimcodec():
+    """SlimCodec writes the very bytes SlimCAE writes (the lead may rebase SlimCAE on it)."""
+    from slimkernels.models import SlimCAE
+    torch.manual_seed(0)
+    cae = SlimCAE(widths=(16, 8), gdn="slim+").eval()
+    cae.update()
+    codec = CAEAsCodec(cae).eval()
+    assert codec.model_id() == cae.model_id()
+    x = torch.rand(1, 3, 37, 21)
+    for w in (16, 8):
+        data = codec.compress(x, w, streams=2, metadata={"a": b"b"})
+        assert data == cae.compress(x, w, streams=2, metadata={"a": b"b"})
+        torch.testing.assert_close(codec.decompress(data), cae.decompress(data), rtol=0, atol=0)
+
+
+def test_model_id_cache_follows_weight_changes(model):
+    m = Tiny()
+    first = m.model_id()
+    assert m.model_id() is first                    # cached
+    with torch.no_grad():
+        m.g_s[0].weight[0, 0, 0, 0] += 1.0
+    assert m.model_id() != first
+    m.load_state_dict(model.state_dict())
+    assert m.model_id() == model.model_id()
+
+
+def test_channels_last_model_roundtrip(model):
+    m = Tiny().eval()
+    m.load_state_dict(model.state_dict())
+    m = m.to(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 12, 20)
+    data = m.compress(x, 8)
+    x_hat = m.decompress(data)
+    torch.testing.assert_close(x_hat, model.decompress(data), rtol=1e-5, atol=1e-6)
