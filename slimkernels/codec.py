@@ -44,7 +44,7 @@ import torch.nn as nn
 
 from . import coding, container
 
-__all__ = ["SlimCodec", "SlimSequential", "model_fingerprint"]
+__all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes"]
 
 
 class SlimSequential(nn.Sequential):
@@ -77,10 +77,18 @@ def model_fingerprint(model: nn.Module, config: Dict) -> bytes:
     return h.digest()[:16]
 
 
-def _indexes(width: int, h: int, w: int) -> np.ndarray:
-    # element (c, i, j) is coded with channel c's CDF
+def latent_indexes(width: int, h: int, w: int) -> np.ndarray:
+    """The coder's CDF index of every latent element: int32 ``[1, width, h, w]`` holding ``c``
+    at ``(0, c, i, j)`` (each channel has its own CDF in a width's entropy model). Pass it as
+    ``indexes`` to :func:`slimkernels.coding.encode` / :func:`~slimkernels.coding.decode`."""
     return np.ascontiguousarray(
         np.broadcast_to(np.arange(width, dtype=np.int32)[None, :, None, None], (1, width, h, w)))
+
+
+def _tables(eb) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # (cdfs int32 [C, L], cdf_lengths int32 [C], offsets int32 [C]) on the CPU
+    return (eb._quantized_cdf.cpu().numpy(), eb._cdf_length.cpu().numpy(),
+            eb._offset.cpu().numpy())
 
 
 def _check_precision(precision: str) -> None:
@@ -226,8 +234,7 @@ class SlimCodec(nn.Module):
             y = self.encode(x, width)
         sym = eb.quantize_symbols(y).cpu().contiguous()
         _, C, h, w = sym.shape
-        payload = coding.encode(sym.numpy(), _indexes(C, h, w), eb._quantized_cdf.cpu().numpy(),
-                                eb._cdf_length.cpu().numpy(), eb._offset.cpu().numpy(),
+        payload = coding.encode(sym.numpy(), latent_indexes(C, h, w), *_tables(eb),
                                 precision=eb.precision, streams=streams)
         return container.pack(container.SlimFile(
             model_id=self.model_id(), width=width, height=H, img_width=W, streams=streams,
@@ -253,8 +260,7 @@ class SlimCodec(nn.Module):
         eb = self.entropy_bottleneck.for_width(f.width)
         s = int(self.downsampling)
         h, w = -(-f.height // s), -(-f.img_width // s)
-        sym = coding.decode(f.payload, _indexes(f.width, h, w), eb._quantized_cdf.cpu().numpy(),
-                            eb._cdf_length.cpu().numpy(), eb._offset.cpu().numpy(),
+        sym = coding.decode(f.payload, latent_indexes(f.width, h, w), *_tables(eb),
                             precision=eb.precision)
         return f, torch.from_numpy(sym)
 

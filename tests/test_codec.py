@@ -146,3 +146,11 @@ def test_channels_last_model_roundtrip(model):
     data = m.compress(x, 8)
     x_hat = m.decompress(data)
     torch.testing.assert_close(x_hat, model.decompress(data), rtol=1e-5, atol=1e-6)
+
+
+def test_latent_indexes():
+    from slimkernels.codec import latent_indexes
+    idx = latent_indexes(3, 2, 4)
+    assert idx.shape == (1, 3, 2, 4) and idx.dtype.name == "int32" and idx.flags.c_contiguous
+    for c in range(3):
+        assert (idx[0, c] == c).all()
