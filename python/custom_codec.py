@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write your own slimmable codec with slimkernels (walked through in docs/tutorial_custom_codec.md).
+"""Write your own slimmable codec with slimkernels (walkthrough: docs/tutorial_custom_codec.md).
 
 A 4-layer codec (four 5x5 stride-2 convolutions, latent widths 128/64/32, SlimGDN+ between
 layers) built from the library's slimmable layers; ``SlimCodec`` adds the entropy coding and the

@@ -146,8 +146,9 @@ def main(argv=None) -> int:
           f"{'cost':>6}")
     for m in mean:
         mark = "  <- chosen" if m["width"] == folder_w else ""
-        print(f"{'':<24} {m['width']:5d} {m['bpp']:7.3f} {m['psnr']:8.2f} "
-              f"{cost[m['width']] / 1e3:8.1f} {cost[m['width']] / cost[model.widths[0]]:6.2f}{mark}")
+        c = cost[m["width"]]
+        print(f"{'':<24} {m['width']:5d} {m['bpp']:7.3f} {m['psnr']:8.2f} {c / 1e3:8.1f} "
+              f"{c / cost[model.widths[0]]:6.2f}{mark}")
     print(f"\nfolder width for {goal_txt}: {folder_w} "
           f"({cost[folder_w] / cost[model.widths[0]]:.2f}x the compute of the full width)")
     if args.json:

@@ -143,7 +143,7 @@ class SlimCodec(nn.Module):
         return self.g_a(x, self._width(width))
 
     def decode(self, y_hat: torch.Tensor) -> torch.Tensor:
-        """Synthesis: ``[N, w, h, w']`` -> ``[N, 3, s*h, s*w']``; the width is ``y_hat.shape[1]``."""
+        """Synthesis: ``[N, w, h, w']`` -> ``[N, 3, s*h, s*w']`` (width ``w = y_hat.shape[1]``)."""
         return self.g_s(y_hat, self._width(y_hat.shape[1]))
 
     def forward(self, x: torch.Tensor, width: Optional[int] = None) -> Dict:

@@ -1,4 +1,4 @@
-"""Docs smoke tests: the API reference builds (offline, with pdoc) and the public API is documented."""
+"""Docs smoke tests: the API reference builds (offline, pdoc) and the public API is documented."""
 import importlib
 import importlib.util
 import inspect
