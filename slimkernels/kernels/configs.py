@@ -60,7 +60,9 @@ CONV_FWD_CONFIGS: List[Dict] = [
 ]
 # Conv + fused GDN epilogue: BLOCK_N is set by the launcher to next_pow2(C_out) (every active
 # output channel in one tile), so these configs leave it out. 8 warps: the epilogue's second dot
-# (y^2 @ gamma^T in 64 x 64 chunks) needs the registers (4 warps spill at BLOCK_N=128).
+# (y^2 @ gamma^T in 64 x 64 chunks) needs the registers (4 warps spill at BLOCK_N=128). On sm_80
+# (mma.sync, more registers per thread than wgmma) BLOCK_M=64 spills at BLOCK_N >= 128: the
+# launcher prunes those configs there (``CONV_GDN_SM80_MAX_BLOCK_M``), the AOT test checks it.
 CONV_GDN_CONFIGS: List[Dict] = [          # BLOCK_N <= 128 (widths up to 128)
     _cfg(8, 3, BLOCK_M=64, BLOCK_K=32),
     _cfg(8, 3, BLOCK_M=32, BLOCK_K=32),
@@ -69,7 +71,9 @@ CONV_GDN_CONFIGS: List[Dict] = [          # BLOCK_N <= 128 (widths up to 128)
 CONV_GDN256_CONFIGS: List[Dict] = [       # BLOCK_N = 256 (widths 129..256; bf16/fp16 only)
     _cfg(8, 3, BLOCK_M=64, BLOCK_K=32),
     _cfg(8, 4, BLOCK_M=64, BLOCK_K=16),
+    _cfg(8, 3, BLOCK_M=32, BLOCK_K=32),
 ]
+CONV_GDN_SM80_MAX_BLOCK_M = 32            # for BLOCK_N >= 128 on compute capability < 9
 # Under TRITON_INTERPRET (CI on CPU) one small config; BLOCK_N is chosen by the launcher.
 CONV_INTERPRET_CONFIG: Dict = _cfg(4, 1, BLOCK_M=64, BLOCK_K=32)
 

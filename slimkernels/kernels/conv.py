@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from .configs import (CONV_FWD_CONFIGS, CONV_GDN256_CONFIGS, CONV_GDN_CONFIGS,
-                      CONV_INTERPRET_CONFIG, to_triton)
+                      CONV_GDN_SM80_MAX_BLOCK_M, CONV_INTERPRET_CONFIG, to_triton)
 
 # GDN epilogue modes
 EPI_NONE, EPI_GDN, EPI_IGDN = 0, 1, 2
@@ -322,10 +322,32 @@ def conv_transpose2d_reference(x, weight, bias=None, *, stride=1, padding=0, out
 # ----------------------------------------------------------------------------------------------
 _TUNE_KEY = ["C_in", "C_out", "H_out", "W_out", "STRIDE", "KH"]
 
+def gdn_configs_for(configs, block_n: int, capability_major: int):
+    """The fused-GDN configs usable at ``block_n`` on a GPU of ``capability_major``: before sm_90
+    only BLOCK_M <= CONV_GDN_SM80_MAX_BLOCK_M at BLOCK_N >= 128 (the others spill there)."""
+    if capability_major < 9 and block_n >= 128:
+        keep = [c for c in configs if _cfg_kwargs(c).get("BLOCK_M", 0) <= CONV_GDN_SM80_MAX_BLOCK_M]
+        return keep or configs
+    return configs
+
+
+def _cfg_kwargs(c):
+    return c["kwargs"] if isinstance(c, dict) else c.kwargs
+
+
+def _prune_gdn(configs, named_args, **kwargs):
+    bn = kwargs.get("BLOCK_N", named_args.get("BLOCK_N", 0) if isinstance(named_args, dict) else 0)
+    major = torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 9
+    return gdn_configs_for(configs, bn or 0, major)
+
+
 def _tuned(kernel):
+    prune = {"early_config_prune": _prune_gdn}
     return {"plain": triton.autotune(to_triton(CONV_FWD_CONFIGS), key=_TUNE_KEY)(kernel),
-            "gdn": triton.autotune(to_triton(CONV_GDN_CONFIGS), key=_TUNE_KEY)(kernel),
-            "gdn256": triton.autotune(to_triton(CONV_GDN256_CONFIGS), key=_TUNE_KEY)(kernel)}
+            "gdn": triton.autotune(to_triton(CONV_GDN_CONFIGS), key=_TUNE_KEY,
+                                   prune_configs_by=prune)(kernel),
+            "gdn256": triton.autotune(to_triton(CONV_GDN256_CONFIGS), key=_TUNE_KEY,
+                                      prune_configs_by=prune)(kernel)}
 
 
 _CONV = _tuned(conv2d_fwd_kernel)

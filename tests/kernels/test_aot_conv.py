@@ -69,16 +69,19 @@ out = []
 archs = (90, 80)
 plain = CONV_FWD_CONFIGS if FULL else CONV_FWD_CONFIGS[:1]
 gdn = [(c, bn) for c in CONV_GDN_CONFIGS for bn in (64, 128)] if FULL else []
-gdn += [(c, 256) for c in (CONV_GDN256_CONFIGS if FULL else CONV_GDN256_CONFIGS[:1])]
+gdn += [(c, 256) for c in (CONV_GDN256_CONFIGS if FULL else
+                           [CONV_GDN256_CONFIGS[0], CONV_GDN256_CONFIGS[-1]])]
 for arch in archs:
     for kernel, tr in ((K.conv2d_fwd_kernel, False), (K.conv_transpose2d_fwd_kernel, True)):
         for cfg in plain:
             out.append(one(kernel, tr, cfg, None, 0, arch))
         for cfg, bn in gdn:
-            out.append(one(kernel, tr, cfg, bn, 2 if tr else 1, arch))
+            # exactly the configs the launcher's pruning lets run on this arch
+            if cfg in K.gdn_configs_for([c for c, b in gdn if b == bn], bn, arch // 10):
+                out.append(one(kernel, tr, cfg, bn, 2 if tr else 1, arch))
     if FULL:  # fp32 (TF32) inputs: plain and the 128-wide fused epilogue
         out.append(one(K.conv2d_fwd_kernel, False, CONV_FWD_CONFIGS[0], None, 0, arch, "fp32"))
-        out.append(one(K.conv2d_fwd_kernel, False, CONV_GDN_CONFIGS[0], 128, 1, arch, "fp32"))
+        out.append(one(K.conv2d_fwd_kernel, False, CONV_GDN_CONFIGS[1], 128, 1, arch, "fp32"))
 print(json.dumps(out))
 ''')
 
@@ -107,7 +110,8 @@ def _check(rows):
 
 def test_aot_conv_fast_subset():
     rows = _run(False)
-    assert len(rows) == 8
+    # per arch and kernel: one plain config + the 256-wide GDN configs the arch keeps
+    assert len(rows) == 2 * (1 + 2) + 2 * (1 + 1)
     _check(rows)
 
 
