@@ -87,6 +87,8 @@ def latent_indexes(width: int, h: int, w: int) -> np.ndarray:
 
 def _tables(eb) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     # (cdfs int32 [C, L], cdf_lengths int32 [C], offsets int32 [C]) on the CPU
+    if hasattr(eb, "cdf_tables"):           # public accessor, when the entropy model has one
+        return eb.cdf_tables()
     return (eb._quantized_cdf.cpu().numpy(), eb._cdf_length.cpu().numpy(),
             eb._offset.cpu().numpy())
 
