@@ -129,7 +129,8 @@ def test_rate_control_without_model_says_what_to_do(tmp_path):
 def test_accelerate_compressai_skips_without_compressai():
     """Where compressai cannot be found, the script says so and exits 0 (a skip, not a crash)."""
     script = os.path.join(PY, "accelerate_compressai.py")
-    code = ("import sys, runpy; sys.modules['compressai'] = None; sys.argv = [sys.argv[0], '--tiny']; "
+    code = ("import sys, runpy; sys.modules['compressai'] = None; "
+            "sys.argv = [sys.argv[0], '--tiny']; "
             f"runpy.run_path({script!r}, run_name='__main__')")
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
