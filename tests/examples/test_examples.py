@@ -137,3 +137,45 @@ def test_accelerate_compressai_skips_without_compressai():
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "SKIP: compressai is not installed" in r.stdout
+
+
+# -- train.py -> evaluate.py -> demo.py on a tiny model ----------------------------------------
+def test_train_evaluate_demo_chain(tmp_path):
+    """The three programs of the main workflow, chained on generated images: train a tiny
+    SlimCAE for 2 steps, evaluate its checkpoint, run the demo with it."""
+    torch = pytest.importorskip("torch")
+    from PIL import Image
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):   # MS-SSIM in the evaluation needs sides > 160
+        low = torch.rand(1, 3, 8, 10, generator=g)
+        im = torch.nn.functional.interpolate(low, size=(176, 192), mode="bilinear")[0]
+        Image.fromarray(im.mul(255).round().byte().permute(1, 2, 0).numpy()).save(
+            imgs / f"g{i}.png")
+    run_dir = tmp_path / "run"
+    r = run("train.py", "--data", imgs, "--out", run_dir, "--widths", 16, 8, "--lambdas", 0.01,
+            0.005, "--batch", 2, "--crop", 32, "--crop-large", 32, "--steps", 2,
+            "--val-every", 1000, "--val-size", 32, "--val-split", 2, "--no-bf16",
+            "--no-channels-last", "--threads", 1, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    ckpt = run_dir / "checkpoint.pt"
+    assert torch.load(ckpt, weights_only=False, map_location="cpu")["step"] == 2
+
+    ev = tmp_path / "eval"
+    r = run("evaluate.py", imgs, "--model", ckpt, "--no-classical", "--out", ev, "--threads", 1)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((ev / "slimcae.json").read_text())
+    assert sorted(res["results"]["width"]) == [8, 16]
+    assert all(b > 0 for b in res["results"]["bpp"])
+
+    demo = tmp_path / "demo"
+    r = run("demo.py", "--model", ckpt, "--image", imgs / "g0.png", "--out", demo)
+    assert r.returncode == 0, r.stderr
+    rows = re.findall(r"^\s*(16|8)\s+(\d+)\s+([\d.]+)\s+([\d.]+)", r.stdout, re.M)
+    assert [int(w) for w, *_ in rows] == [16, 8], r.stdout
+    from slimkernels import container
+    for w, nbytes, _, _ in rows:
+        f = container.read(str(demo / f"sample_w{w}.slim"))
+        assert (f.width, f.height, f.img_width) == (int(w), 176, 192)
+        assert len(container.pack(f)) == int(nbytes)
