@@ -220,17 +220,19 @@ def _indexes(C, h, w):
 
 @torch.no_grad()
 def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: str = "fp32",
-                        streams: int = 1):
+                        streams: int = 1, channels_last: bool = False):
     """:meth:`SlimCAE.compress` step by step: ``(bytes, {"transform", "entropy", "container"} s)``.
 
     Mirrors the method (padding, layout, autocast, quantization, coding, packing) so that its
-    bytes equal ``model.compress(x, width, precision=precision)``; :func:`check_split` checks it.
+    bytes equal ``model.compress(x, width, precision=precision)`` (checked in
+    :func:`e2e_timings`). ``channels_last=True`` is the proposed model-level change: run the
+    transforms on a channels_last input whatever the parameters' layout.
     """
     t0 = time.perf_counter()
     H, W = x.shape[-2:]
     ph, pw = (-H) % 16, (-W) % 16
     xp = torch.nn.functional.pad(x.float(), (0, pw, 0, ph), mode="replicate") if ph or pw else x
-    if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
+    if channels_last or next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
         xp = xp.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         y = model.encode(xp, width)
@@ -250,8 +252,10 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
 
 
 @torch.no_grad()
-def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32"):
-    """:meth:`SlimCAE.decompress` step by step: ``(x_hat, {"container", "entropy", "transform"})``."""
+def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
+                          channels_last: bool = False):
+    """:meth:`SlimCAE.decompress` step by step: ``(x_hat, {"container", "entropy", "transform"})``
+    (``channels_last``: as in :func:`ours_compress_split`)."""
     t0 = time.perf_counter()
     f = container.unpack(data)
     if f.model_id != model.model_id():
@@ -264,7 +268,7 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32"):
                                          precision=eb.precision))
     t2 = time.perf_counter()
     y_hat = eb.dequantize_symbols(sym)
-    if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
+    if channels_last or next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
         y_hat = y_hat.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         x_hat = model.decode(y_hat)
@@ -344,13 +348,16 @@ def interleaved(fns: Dict[str, Callable[[], Optional[Dict]]], repeats: int, warm
 
 
 def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5, warmup: int = 1,
-                precisions=PRECISIONS, compressai_model=None, log=print) -> Dict:
+                precisions=PRECISIONS, compressai_model=None, proposals: bool = False,
+                log=print) -> Dict:
     """Interleaved timings of every configuration at every width, plus fidelity checks.
 
     Returns ``{"rows": [...], "compressai": {...} or None, "checks": {...}}``; row keys:
     ``width``, ``impl`` (``ours`` / ``plain``), ``precision``, ``op`` (``compress`` /
     ``decompress``), ``ms`` (API call, median), ``split_ms`` ({transform, entropy, container}
-    from the step-by-step run, medians), ``bytes``, ``bpp``, ``psnr``.
+    from the step-by-step run, medians), ``bytes``, ``bpp``, ``psnr``. With ``proposals``, impl
+    ``ours+cl`` is the step-by-step pipeline with the transforms on channels_last inputs (a
+    proposed change of ``SlimCAE.compress/decompress``; its ``ms`` is the step-by-step total).
     """
     plain = PlainSlimCAE.from_model(model).eval()
     H, W = x.shape[-2:]
@@ -371,6 +378,14 @@ def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5
                 lambda w=width, p=p: (model.decompress(data[("ours", p, w)], precision=p), None)[1])
             fns[f"ours|{p}|{width}|decompress_split"] = (
                 lambda w=width, p=p: ours_decompress_split(model, data[("ours", p, w)], p)[1])
+            if proposals:
+                data[("ours+cl", p, width)] = ours_compress_split(model, x, width, p,
+                                                                  channels_last=True)[0]
+                fns[f"ours+cl|{p}|{width}|compress"] = (
+                    lambda w=width, p=p: ours_compress_split(model, x, w, p, channels_last=True)[1])
+                fns[f"ours+cl|{p}|{width}|decompress"] = (
+                    lambda w=width, p=p: ours_decompress_split(
+                        model, data[("ours+cl", p, w)], p, channels_last=True)[1])
         data[("plain", "fp32", width)] = plain_compress(plain, model, x, width)
 
         def pc(w=width):
@@ -407,10 +422,15 @@ def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5
         x_plain[width] = plain_decompress(plain, model, data[("plain", "fp32", width)])
     for width in widths:
         ref = x_plain[width]
-        for impl, p in [("ours", q) for q in precisions] + [("plain", "fp32")]:
+        impls = [("ours", q) for q in precisions] + [("plain", "fp32")]
+        if proposals:
+            impls += [("ours+cl", q) for q in precisions]
+        for impl, p in impls:
             b = data[(impl, p, width)]
             if impl == "ours":
                 x_hat = model.decompress(b, precision=p)
+            elif impl == "ours+cl":
+                x_hat = ours_decompress_split(model, b, p, channels_last=True)[0]
             else:
                 x_hat = ref
             q = {"psnr": psnr(x, x_hat), "bytes": len(b), "bpp": len(b) * 8 / (H * W),
@@ -419,7 +439,7 @@ def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5
                 key = f"{impl}|{p}|{width}|{op}"
                 row = {"width": width, "impl": impl, "precision": p, "op": op,
                        "ms": t[key]["total"] * 1e3, "n": t[key]["n"], **q}
-                sk = key + "_split" if impl == "ours" else key
+                sk = key + "_split" if impl == "ours" else key  # ours+cl, plain: split only
                 row["split_ms"] = {c: t[sk][c] * 1e3 for c in ("transform", "entropy", "container")
                                    if c in t[sk]}
                 rows.append(row)
@@ -442,27 +462,31 @@ def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5
 
 
 def ratios(e2e: Dict, widths=WIDTHS) -> List[Dict]:
-    """Per width and op: ours (each precision) vs plain fp32 and vs CompressAI (same-run ratios),
-    the entropy-coding share and the RD difference vs plain fp32."""
+    """Per impl (``ours``, and ``ours+cl`` when measured), width, precision and op: speed vs
+    plain fp32 and vs CompressAI (same-run ratios), the entropy-coding share and the RD
+    difference vs plain fp32."""
     get = {(r["impl"], r["precision"], r["width"], r["op"]): r for r in e2e["rows"]}
     cai = e2e.get("compressai")
     out = []
-    for width in widths:
-        for p in sorted({r["precision"] for r in e2e["rows"] if r["impl"] == "ours"}):
-            for op in ("compress", "decompress"):
-                o, pl = get.get(("ours", p, width, op)), get.get(("plain", "fp32", width, op))
-                if not o or not pl:
-                    continue
-                row = {"width": width, "precision": p, "op": op, "ours_ms": o["ms"],
-                       "plain_ms": pl["ms"], "speedup_vs_plain": pl["ms"] / o["ms"],
-                       "transform_speedup_vs_plain": (pl["split_ms"]["transform"]
-                                                      / o["split_ms"]["transform"]),
-                       "entropy_share": o["split_ms"]["entropy"] / sum(o["split_ms"].values()),
-                       "dpsnr_vs_plain_db": o["psnr"] - pl["psnr"],
-                       "max_abs_diff_vs_plain": o["max_abs_diff_vs_plain"]}
-                if cai:
-                    row["speedup_vs_compressai"] = cai[f"{op}_ms"] / o["ms"]
-                out.append(row)
+    impls = [i for i in ("ours", "ours+cl") if any(r["impl"] == i for r in e2e["rows"])]
+    for impl in impls:
+        for width in widths:
+            for p in sorted({r["precision"] for r in e2e["rows"] if r["impl"] == impl}):
+                for op in ("compress", "decompress"):
+                    o, pl = get.get((impl, p, width, op)), get.get(("plain", "fp32", width, op))
+                    if not o or not pl:
+                        continue
+                    row = {"impl": impl, "width": width, "precision": p, "op": op,
+                           "ours_ms": o["ms"], "plain_ms": pl["ms"],
+                           "speedup_vs_plain": pl["ms"] / o["ms"],
+                           "transform_speedup_vs_plain": (pl["split_ms"]["transform"]
+                                                          / o["split_ms"]["transform"]),
+                           "entropy_share": o["split_ms"]["entropy"] / sum(o["split_ms"].values()),
+                           "dpsnr_vs_plain_db": o["psnr"] - pl["psnr"],
+                           "max_abs_diff_vs_plain": o["max_abs_diff_vs_plain"]}
+                    if cai:
+                        row["speedup_vs_compressai"] = cai[f"{op}_ms"] / o["ms"]
+                    out.append(row)
     return out
 
 
@@ -478,7 +502,7 @@ def ours_steps(model: SlimCAE, width: int, part: str):
 
 @torch.no_grad()
 def layer_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5,
-                  precisions=PRECISIONS, log=print) -> List[Dict]:
+                  precisions=PRECISIONS, warmup: int = 1, log=print) -> List[Dict]:
     """Each layer of the encoder and decoder on its real input (this image), ours (each
     precision, the model's layout) vs plain fp32, interleaved, medians.
 
@@ -511,7 +535,7 @@ def layer_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int =
                     fns[(name, p, "ours")] = run
             for name, f in psteps:
                 fns[(name, "fp32", "plain")] = (lambda f=f, a_in=acts[name]: f(a_in))
-            t = interleaved(fns, repeats, warmup=1)
+            t = interleaved(fns, repeats, warmup=warmup)
             for p in precisions:
                 for name, _ in psteps:
                     o, pl = t[(name, p, "ours")]["total"], t[(name, "fp32", "plain")]["total"]

@@ -74,14 +74,17 @@ def _strictly_decreasing(vals: List[float]) -> bool:
     return all(a > b for a, b in zip(vals, vals[1:]))
 
 
-def goals(res: Dict, ratios: List[Dict], mem: List[Dict], widths, default: str = "fp32") -> Dict:
+def goals(res: Dict, ratios: List[Dict], mem: List[Dict], widths, default: str = "fp32",
+          impl: str = "ours") -> Dict:
     """Issue 8's CPU goals: ``{name: {"value", "goal", "met", "detail"}}``.
 
-    ``widths`` largest first. Speed goals are evaluated on ``default`` precision (the
-    ``compress``/``decompress`` default) and, separately, on bf16."""
+    ``widths`` largest first. Evaluated per precision (fp32 is the ``compress``/``decompress``
+    default) for ``impl`` (``ours``: the API as shipped; ``ours+cl``: the proposal)."""
     out: Dict[str, Dict] = {}
-    rows = {(r["impl"], r["precision"], r["width"], r["op"]): r for r in res["rows"]}
-    rat = {(r["precision"], r["width"], r["op"]): r for r in ratios}
+    rows = {(r["impl"], r["precision"], r["width"], r["op"]): r for r in res["rows"]
+            if r["impl"] == impl}
+    rat = {(r["precision"], r["width"], r["op"]): r for r in ratios
+           if r.get("impl", "ours") == impl}
     precs = sorted({r["precision"] for r in ratios})
     hi, lo = widths[0], widths[-1]
     for p in precs:
@@ -105,7 +108,7 @@ def goals(res: Dict, ratios: List[Dict], mem: List[Dict], widths, default: str =
                     out[f"vs_compressai_w{w}_{p}"] = {"value": min(vs.values()), "goal": f">= {g:g}x",
                                                       "met": min(vs.values()) >= g, "detail": vs}
         for op in ("compress", "decompress"):
-            ts = [rows[("ours", p, w, op)]["ms"] for w in widths if ("ours", p, w, op) in rows]
+            ts = [rows[(impl, p, w, op)]["ms"] for w in widths if (impl, p, w, op) in rows]
             if len(ts) == len(widths) and len(ts) > 1:
                 out[f"decreasing_{op}_{p}"] = {"value": [round(t, 2) for t in ts],
                                                "goal": "strictly decreasing with width",
@@ -122,7 +125,7 @@ def goals(res: Dict, ratios: List[Dict], mem: List[Dict], widths, default: str =
     for p in precs:
         for op in ("compress", "decompress"):
             ms = {m["width"]: m["peak_mib"] for m in mem
-                  if m["impl"] == "ours" and m["precision"] == p and m["op"] == op}
+                  if m["impl"] == impl and m["precision"] == p and m["op"] == op}
             vals = [ms[w] for w in widths if w in ms]
             if len(vals) == len(widths) and len(vals) > 1:
                 out[f"memory_falling_{op}_{p}"] = {"value": [round(v, 1) for v in vals],
@@ -226,7 +229,7 @@ def _f(v, nd=1):
 
 
 def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers: List[Dict],
-             gl: Dict, cuda_md: str, ext_layers: Dict) -> str:
+             gl: Dict, cuda_md: str, ext_layers: Dict, gl_prop: Dict = None) -> str:
     L = [f"# Benchmarks on `{meta['machine']}`", "",
          f"{meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads, "
          f"torch {meta['torch']}; {meta['time_utc']}; load average at start "
@@ -247,7 +250,7 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
           "entropy share fp32 | bpp | PSNR fp32 / bf16 / plain |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = {(r["impl"], r["precision"], r["width"], r["op"]): r for r in res["rows"]}
-    rat = {(r["precision"], r["width"], r["op"]): r for r in ratios}
+    rat = {(r["precision"], r["width"], r["op"]): r for r in ratios if r["impl"] == "ours"}
     for w in meta["widths"]:
         for op in ("compress", "decompress"):
             o32, o16 = rows.get(("ours", "fp32", w, op)), rows.get(("ours", "bf16", w, op))
@@ -285,14 +288,42 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
         if c:
             L += ["", "CompressAI factorized q6: " + ", ".join(f"{op} {v:.1f} MiB" for op, v in c)]
         L.append("")
-    L += ["## Goals (issue 8, CPU)", "", "| goal | target | value | met |", "|---|---|---|---|"]
-    for k, g in gl.items():
-        v = g["value"]
-        vs = (f"{v:.3f}" if isinstance(v, float) else str(v))
-        if g.get("detail"):
-            vs += f" ({json.dumps(g['detail'])})"
-        L.append(f"| {k} | {g['goal']} | {vs} | {'yes' if g['met'] else '**no**'} |")
-    L.append("")
+    def goal_table(gs):
+        out = ["| goal | target | value | met |", "|---|---|---|---|"]
+        for k, g in gs.items():
+            v = g["value"]
+            vs = (f"{v:.3f}" if isinstance(v, float) else str(v))
+            if g.get("detail"):
+                vs += f" ({json.dumps(g['detail'])})"
+            out.append(f"| {k} | {g['goal']} | {vs} | {'yes' if g['met'] else '**no**'} |")
+        return out
+
+    L += ["## Goals (issue 8, CPU): `SlimCAE.compress/decompress` as shipped", ""]
+    L += goal_table(gl) + [""]
+    prop = [r for r in ratios if r["impl"] == "ours+cl"]
+    if prop:
+        L += ["## Proposed model-level change: transforms on channels_last inputs", "",
+              "`ours+cl` = the same pipeline step by step with the image / latent converted to "
+              "channels_last before the transforms, whatever the parameters' layout (the diff is "
+              "in the benchmark report); same run, same repeats. `vs ours` = time of the shipped "
+              "API / time of ours+cl.", "",
+              "| width | op | ours+cl fp32 ms | vs ours | vs plain | vs CompressAI | "
+              "ours+cl bf16 ms | vs ours | vs plain | vs CompressAI |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        pr = {(r["precision"], r["width"], r["op"]): r for r in prop}
+        for w in meta["widths"]:
+            for op in ("compress", "decompress"):
+                cells = []
+                for p in ("fp32", "bf16"):
+                    r, o = pr.get((p, w, op)), rows.get(("ours", p, w, op))
+                    cells += [_f(r and r["ours_ms"]),
+                              _f(r and o and o["ms"] / r["ours_ms"], 2) + "x",
+                              _f(r and r["speedup_vs_plain"], 2) + "x",
+                              _f(r and r.get("speedup_vs_compressai"), 1) + "x"]
+                L.append(f"| {w} | {op} | " + " | ".join(cells) + " |")
+        if gl_prop:
+            L += ["", "Goals with the proposal (`ours+cl`):", ""] + goal_table(gl_prop)
+        L.append("")
     if layers:
         L += ["## Per layer (ms; each layer on its real input in this image)", "",
               "| layer | " + " | ".join(f"w={w} fp32 / bf16 / plain" for w in meta["widths"]) + " |",
@@ -328,6 +359,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-layers", action="store_true")
     ap.add_argument("--no-compressai", action="store_true")
+    ap.add_argument("--no-proposals", action="store_true",
+                    help="skip the proposed model-level variant (ours+cl)")
     ap.add_argument("--cuda-dry-run", action="store_true",
                     help="without a GPU: run the CUDA section's code on CPU on a tiny image")
     a = ap.parse_args(argv)
@@ -357,17 +390,21 @@ def main(argv=None) -> int:
             "image": e2e.image_source(a.image) + (" (64x96 crop)" if a.quick else ""), "out": out}
     print(f"report on {machine}: {model_desc}, image {tuple(x.shape)}, {threads} threads")
 
-    res = e2e.e2e_timings(model, x, widths, repeats=repeats, warmup=1, compressai_model=cai)
+    warmup = 0 if a.quick else 1
+    res = e2e.e2e_timings(model, x, widths, repeats=repeats, warmup=warmup, compressai_model=cai,
+                          proposals=not a.no_proposals)
     rat = e2e.ratios(res, widths)
     mem = []
     if not a.no_memory:
-        cfgs = (e2e.memory_configs(widths, precisions=("fp32",), plain=True, compressai=False,
+        cfgs = (e2e.memory_configs(widths, precisions=("fp32",), plain=False, compressai=False,
                                    ops=("compress",)) if a.quick else
                 e2e.memory_configs(widths, compressai=cai is not None))
         mem = e2e.peak_memory(cfgs, {"image": a.image, "quick": a.quick, "model": a.model,
                                      "threads": threads})
-    layers = [] if a.no_layers else e2e.layer_timings(model, x, widths, repeats=repeats)
+    layers = [] if a.no_layers else e2e.layer_timings(model, x, widths, repeats=repeats,
+                                                      warmup=warmup)
     gl = goals(res, rat, mem, widths)
+    gl_prop = goals(res, rat, [], widths, impl="ours+cl") if not a.no_proposals else {}
     ext_layers = {}
     for sub in (machine, "cpu"):
         for name in ("conv", "gdn", "coder"):
@@ -410,9 +447,9 @@ def main(argv=None) -> int:
     with open(os.path.join(out, "layers.json"), "w") as f:
         json.dump({"meta": meta, "rows": layers}, f, indent=1)
     with open(os.path.join(out, "goals.json"), "w") as f:
-        json.dump({"meta": meta, "goals": gl}, f, indent=1)
+        json.dump({"meta": meta, "goals": gl, "goals_proposal_ours_cl": gl_prop}, f, indent=1)
     plot_all(out, res, mem, layers, widths)
-    md = markdown(meta, res, rat, mem, layers, gl, cuda_md, ext_layers)
+    md = markdown(meta, res, rat, mem, layers, gl, cuda_md, ext_layers, gl_prop)
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(md)
     print(f"wrote {out} in {meta['seconds']:.0f} s")
