@@ -300,6 +300,9 @@ def main(argv=None):
                     help="tiny shapes, CPU stand-in for the CUDA section; writes to --out")
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU timings")
     ap.add_argument("--reps", type=int, default=9, help="CPU repeats per variant (median)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads for the CPU section (default: torch's); 1 gives "
+                         "steadier ratios on a machine shared with other jobs")
     ap.add_argument("--out", default=RESULTS, help="results root (cpu/ and cuda/ below)")
     ap.add_argument("--aot", action="store_true",
                     help="only compile every kernel/config for sm_90 and sm_80 and write "
@@ -319,6 +322,8 @@ def main(argv=None):
         print(md)
         return {"aot": rows}
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     widths = [48, 17] if args.dry_run else WIDTHS
     cpu_shapes = [(1, 9, 11)] if args.dry_run else CPU_SHAPES
     st = static_table(GPU_SHAPES, WIDTHS)
