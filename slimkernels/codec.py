@@ -112,12 +112,16 @@ class SlimCodec(nn.Module):
 
     Class attributes:
         downsampling: total stride ``s`` of ``g_a`` (images are padded to a multiple of it).
+        input_channels_last: memory format of the transforms' inputs in ``compress`` /
+            ``decompress``: None (default) follows the layout of the model's parameters, True
+            always channels_last, False always contiguous NCHW.
 
     Raises:
         ValueError: ``widths`` empty or not positive.
     """
 
     downsampling: int = 16
+    input_channels_last: Optional[bool] = None
 
     def __init__(self, widths: Sequence[int]):
         super().__init__()
@@ -189,12 +193,13 @@ class SlimCodec(nn.Module):
         return next(self.parameters()).device
 
     def _like_params(self, t: torch.Tensor) -> torch.Tensor:
-        # follow the model's memory format (channels_last models get channels_last inputs)
-        w = next((p for p in self.parameters() if p.dim() == 4), None)
-        if w is not None and not w.is_contiguous() and \
-                w.is_contiguous(memory_format=torch.channels_last):
-            return t.contiguous(memory_format=torch.channels_last)
-        return t
+        # see input_channels_last; by default channels_last models get channels_last inputs
+        cl = self.input_channels_last
+        if cl is None:
+            w = next((p for p in self.parameters() if p.dim() == 4), None)
+            cl = (w is not None and not w.is_contiguous()
+                  and w.is_contiguous(memory_format=torch.channels_last))
+        return t.contiguous(memory_format=torch.channels_last) if cl else t.contiguous()
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, width: Optional[int] = None, *, precision: str = "fp32",

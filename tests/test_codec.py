@@ -154,3 +154,19 @@ def test_latent_indexes():
     assert idx.shape == (1, 3, 2, 4) and idx.dtype.name == "int32" and idx.flags.c_contiguous
     for c in range(3):
         assert (idx[0, c] == c).all()
+
+
+@pytest.mark.parametrize("layout", [True, False])
+def test_input_channels_last_switch(model, layout):
+    """Forcing the input layout changes only the memory format, not the decoded image."""
+    m = Tiny().eval()
+    m.load_state_dict(model.state_dict())
+    m.input_channels_last = layout
+    seen = []
+    hook = m.g_a[0].register_forward_pre_hook(lambda mod, inp: seen.append(
+        inp[0].is_contiguous(memory_format=torch.channels_last) and not inp[0].is_contiguous()))
+    x = torch.rand(1, 3, 12, 20)
+    data = m.compress(x, 12)
+    hook.remove()
+    assert seen == [layout]
+    torch.testing.assert_close(m.decompress(data), model.decompress(data), rtol=1e-5, atol=1e-6)
