@@ -65,17 +65,20 @@ def pick(rows: List[Dict], target_bpp=None, target_psnr=None) -> int:
     return good[-1] if good else rows[0]["width"]
 
 
-def tiny_setup(folder: str):
-    """A random-weight SlimCAE (widths 24, 16, 8) and three generated images in ``folder``."""
+def generate_images(folder: str) -> None:
+    """Write three small generated images (smooth random colours) into ``folder``."""
     from PIL import Image
-
-    from slimkernels.models import SlimCAE
     g = torch.Generator().manual_seed(0)
     for i, (h, w) in enumerate([(48, 64), (64, 64), (40, 56)]):
         low = torch.rand(3, h // 8, w // 8, generator=g)[None]
         img = torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear")[0]
         arr = img.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
         Image.fromarray(arr).save(os.path.join(folder, f"gen{i}.png"))
+
+
+def tiny_model():
+    """A random-weight SlimCAE (widths 24, 16, 8, SlimGDN+) with its CDF tables."""
+    from slimkernels.models import SlimCAE
     torch.manual_seed(0)
     model = SlimCAE(widths=(24, 16, 8), gdn="slim+").eval()
     model.update()
@@ -95,7 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--max-images", type=int, default=0, help="use only the first N images")
     p.add_argument("--json", default=None, help="write the tables and choices to this file")
-    p.add_argument("--tiny", action="store_true", help="random model, generated images (CI)")
+    p.add_argument("--tiny", action="store_true",
+                   help="random-weight model; generated images unless a folder is given (CI)")
     args = p.parse_args(argv)
     if args.target_bpp is not None and not args.target_bpp > 0:
         p.error(f"--target-bpp must be > 0, got {args.target_bpp}")
@@ -103,8 +107,10 @@ def main(argv=None) -> int:
     from slimkernels.io import read_image
     from slimkernels.training.data import list_images
     if args.tiny:
-        args.folder = args.folder or tempfile.mkdtemp(prefix="rate-control-")
-        model = tiny_setup(args.folder)
+        if args.folder is None:   # generated images in a new temporary folder
+            args.folder = tempfile.mkdtemp(prefix="rate-control-")
+            generate_images(args.folder)
+        model = tiny_model()
     else:
         from slimkernels.pretrained import load_model
         if args.folder is None:
