@@ -634,7 +634,8 @@ std::vector<int32_t> pmf_to_quantized_cdf(const double* pmf, int64_t m, int prec
     const double q = pmf[i];
     if (!(q >= 0.0) || !std::isfinite(q))
       throw Error("pmf[" + str(i) + "] = " + fmt(q) +
-                  " is negative, NaN or infinite; probabilities must be finite and >= 0");
+                  " is negative, NaN or infinite; probabilities must be finite and >= 0 "
+                  "(clip float rounding residue, e.g. a tail mass 1 - sum(pmf) < 0, to 0)");
     sum += q;
   }
   if (!std::isfinite(sum)) throw Error("pmf sums to infinity");
