@@ -343,6 +343,7 @@ def interleaved(fns: Dict[str, Callable[[], Optional[Dict]]], repeats: int, warm
     for k, rows in samples.items():
         keys = rows[0].keys()
         out[k] = {c: statistics.median(r[c] for r in rows) for c in keys}
+        out[k]["min"] = min(r["total"] for r in rows)
         out[k]["n"] = len(rows)
     return out
 
@@ -438,7 +439,8 @@ def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5
             for op in ("compress", "decompress"):
                 key = f"{impl}|{p}|{width}|{op}"
                 row = {"width": width, "impl": impl, "precision": p, "op": op,
-                       "ms": t[key]["total"] * 1e3, "n": t[key]["n"], **q}
+                       "ms": t[key]["total"] * 1e3, "min_ms": t[key]["min"] * 1e3,
+                       "n": t[key]["n"], **q}
                 sk = key + "_split" if impl == "ours" else key  # ours+cl, plain: split only
                 row["split_ms"] = {c: t[sk][c] * 1e3 for c in ("transform", "entropy", "container")
                                    if c in t[sk]}
@@ -453,6 +455,8 @@ def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5
         cai = {"model": "bmshj2018-factorized q6 (N=192, M=320), random weights",
                "compress_ms": t["compressai|fp32|0|compress"]["total"] * 1e3,
                "decompress_ms": t["compressai|fp32|0|decompress"]["total"] * 1e3,
+               "compress_min_ms": t["compressai|fp32|0|compress"]["min"] * 1e3,
+               "decompress_min_ms": t["compressai|fp32|0|decompress"]["min"] * 1e3,
                "bytes": nbytes, "n": t["compressai|fp32|0|compress"]["n"],
                "psnr": psnr(x, x_hat)}
         log(f"  CompressAI factorized q6: compress {cai['compress_ms']:.1f} ms, decompress "
