@@ -255,19 +255,18 @@ def conv_transpose2d_fwd_kernel(
     x_base = x_ptr + img.to(tl.int64) * sxn
     w_base = w_ptr + offs_n * swo
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    TH: tl.constexpr = (KH + STRIDE - 1) // STRIDE
-    TW: tl.constexpr = (KW + STRIDE - 1) // STRIDE
-    for t in range(0, TH * TW):
-        th = t // TW
-        tw = t % TW
+    # taps of this phase: kh = r_h + STRIDE * th for th < ceil((KH - r_h) / STRIDE) (a runtime trip
+    # count: no masked, wasted tap iterations when KH is not a multiple of STRIDE)
+    n_th = (KH - r_h + STRIDE - 1) // STRIDE
+    n_tw = (KW - r_w + STRIDE - 1) // STRIDE
+    for t in range(0, n_th * n_tw):
+        th = t // n_tw
+        tw = t % n_tw
         kh = r_h + STRIDE * th
         kw = r_w + STRIDE * tw
         ih = a_i - th + c_h
         iw = b_i - tw + c_w
-        # taps past the kernel edge (KH not a multiple of STRIDE) are masked out as if off-image
-        kh_lim = tl.where(kw < KW, KH, 0)
-        pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W) & ((offs_m * 0 + kh) < kh_lim)
-        k_ok = (offs_k * 0 + kh) < kh_lim
+        pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         a_ptrs = x_base + ih * sxh + iw * sxw
         b_ptrs = w_base + kh * swh + kw * sww
         for c0 in range(0, C_in, BLOCK_K):
@@ -276,7 +275,7 @@ def conv_transpose2d_fwd_kernel(
             a = tl.load(a_ptrs[:, None] + ci[None, :] * sxc,
                         mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
             b = tl.load(b_ptrs[None, :] + ci[:, None] * swi,
-                        mask=(c_ok & k_ok)[:, None] & n_ok[None, :], other=0.0)
+                        mask=c_ok[:, None] & n_ok[None, :], other=0.0)
             if DOT_UPCAST:  # the interpreter's bf16 dot is broken (triton 3.9): exact fp32 dot
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)

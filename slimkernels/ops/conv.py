@@ -70,7 +70,7 @@ _CAST_CACHE_MAX = 64
 def _autocast_dtype(x: torch.Tensor):
     """The reduced dtype autocast would use for a conv on x's device, or None."""
     dev = x.device.type
-    if dev != "cpu" or not torch.is_autocast_enabled(dev):
+    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
         return None
     dt = torch.get_autocast_dtype(dev)
     return dt if dt in (torch.bfloat16, torch.float16) else None
@@ -116,6 +116,18 @@ def _gdn_cpu_nograd(y: torch.Tensor, kw) -> torch.Tensor:
     if kw["inverse"]:
         return norm.sqrt_().mul_(y)
     return norm.rsqrt_().mul_(y)
+
+
+def _triton_operands(x, weight, bias):
+    """Autocast (cached full-weight cast without grad) and dtype agreement for the Triton path."""
+    dt = _autocast_dtype(x) if x.is_floating_point() else None
+    if dt is not None:
+        x = x.to(dt)
+    if weight.dtype != x.dtype:
+        weight = _cast_full(weight, x.dtype)
+    if bias is not None and bias.dtype != x.dtype:
+        bias = _cast_full(bias, x.dtype)
+    return x, weight, bias
 
 
 def _apply_gdn(y, kw):
@@ -179,9 +191,7 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     kw = _gdn_kwargs(gdn, inverse=False)
     if resolve_backend(x, backend) == "triton":
         from ..kernels import conv as K
-        if x.dtype != weight.dtype:
-            weight = weight.to(x.dtype)
-            bias = None if bias is None else bias.to(x.dtype)
+        x, weight, bias = _triton_operands(x, weight, bias)
         grad = _needs_grad(x, weight, bias) or _gdn_params_need_grad(kw)
         if kw is not None and not grad and K.fused_gdn_supported(co, x.dtype):
             return K.conv2d_fwd(x, weight, bias, stride=stride, padding=padding, out_width=co,
@@ -232,9 +242,7 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         x = _apply_gdn(x, kin) if name == "torch" else _gdn(x, **kin)
     if name == "triton":
         from ..kernels import conv as K
-        if x.dtype != weight.dtype:
-            weight = weight.to(x.dtype)
-            bias = None if bias is None else bias.to(x.dtype)
+        x, weight, bias = _triton_operands(x, weight, bias)
         grad = _needs_grad(x, weight, bias) or _gdn_params_need_grad(kout)
         if kout is not None and not grad and K.fused_gdn_supported(co, x.dtype):
             return K.conv_transpose2d_fwd(x, weight, bias, stride=stride, padding=padding,

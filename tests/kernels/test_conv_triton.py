@@ -110,6 +110,7 @@ def test_weight_slice_read_in_place_noncontiguous_weight():
     (9, 13, 3, 1, 1, 0, 5, 6),     # general: stride 1
     (8, 6, 4, 3, 0, 2, 3, 4),      # general: even kernel, stride 3, no padding
     (8, 6, 3, 2, 1, 0, 4, 5),      # general: odd output size
+    (5, 4, 2, 3, 0, 1, 3, 4),      # kernel smaller than stride: phases without any tap
 ])
 def test_conv_transpose_fwd_float64(ci, co, k, s, p, op, h, w):
     K = _K()
@@ -290,3 +291,14 @@ def test_errors_are_clear():
                      gdn=(torch.ones(300, dtype=torch.float64), torch.zeros(300, 300, dtype=torch.float64)))
     with pytest.raises(ValueError, match="output_padding"):
         K.conv_transpose2d_fwd(_x(1, 8, 3, 3, torch.float64), wt, None, stride=2, output_padding=2)
+
+
+def test_triton_path_honours_autocast():
+    from slimkernels.ops import slim_conv2d
+    wt, b = _params(96, 64, 5, torch.float32)
+    x = _x(1, 47, 7, 9, torch.float32, cl=True)
+    with torch.no_grad(), torch.autocast(DEV, dtype=torch.bfloat16):
+        y = slim_conv2d(x, wt, b, stride=2, padding=2, out_width=72, backend="triton")
+    r = F.conv2d(x.double(), wt[:72, :47].double(), b[:72].double(), stride=2, padding=2)
+    assert y.dtype == torch.bfloat16
+    assert rel_err(y, r) < 2e-2
