@@ -234,7 +234,7 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
          f"{meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads, "
          f"torch {meta['torch']}; {meta['time_utc']}; load average at start "
          f"{_f(meta['load_avg'][0] if meta.get('load_avg') else None, 2)}.", "",
-         f"Command: `{meta['command']}`", "",
+         f"Command: `{meta['command']}`", ""] + ([meta["note"], ""] if meta.get("note") else []) + [
          f"Image: {meta['image']} ({res['image']['width']}x{res['image']['height']}); model: "
          f"{meta['model']}. Medians of {meta['repeats']} interleaved repeats (all "
          "configurations round-robin in one run, so load hits all alike); every ratio is from "
@@ -356,6 +356,7 @@ def main(argv=None) -> int:
                     "(default: bundled model, else random weights)")
     ap.add_argument("--image", default=None, help="image (default Kodak kodim01)")
     ap.add_argument("--widths", default=None, help="comma-separated widths (default all)")
+    ap.add_argument("--note", default="", help="free text for the README (conditions of the run)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-layers", action="store_true")
     ap.add_argument("--no-compressai", action="store_true")
@@ -384,9 +385,11 @@ def main(argv=None) -> int:
         return 2
     x = e2e.load_image(a.image, a.quick)
     cai = None if a.no_compressai else e2e.make_compressai()
-    meta = {**env_info(threads), "command": "python bench/report.py " + " ".join(
+    import shlex
+    meta = {**env_info(threads), "command": "python bench/report.py " + shlex.join(
                 argv if argv is not None else sys.argv[1:]),
             "quick": a.quick, "repeats": repeats, "widths": widths, "model": model_desc,
+            "note": a.note,
             "image": e2e.image_source(a.image) + (" (64x96 crop)" if a.quick else ""), "out": out}
     print(f"report on {machine}: {model_desc}, image {tuple(x.shape)}, {threads} threads")
 
