@@ -218,6 +218,19 @@ def _indexes(C, h, w):
     return idx(C, h, w)
 
 
+def _layout(model: SlimCAE, t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The transforms' input layout: forced channels_last (the proposal), else what the model's
+    compress/decompress do (``_like_params`` where the model has it, else channels_last only for
+    channels_last parameters)."""
+    if channels_last:
+        return t.contiguous(memory_format=torch.channels_last)
+    if hasattr(model, "_like_params"):
+        return model._like_params(t)
+    if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
 @torch.no_grad()
 def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: str = "fp32",
                         streams: int = 1, channels_last: bool = False):
@@ -230,10 +243,12 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
     """
     t0 = time.perf_counter()
     H, W = x.shape[-2:]
-    ph, pw = (-H) % 16, (-W) % 16
-    xp = torch.nn.functional.pad(x.float(), (0, pw, 0, ph), mode="replicate") if ph or pw else x
-    if channels_last or next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
-        xp = xp.contiguous(memory_format=torch.channels_last)
+    s = int(getattr(model, "downsampling", 16))
+    ph, pw = (-H) % s, (-W) % s
+    xp = x.float().to(next(model.parameters()).device)
+    if ph or pw:
+        xp = torch.nn.functional.pad(xp, (0, pw, 0, ph), mode="replicate")
+    xp = _layout(model, xp, channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         y = model.encode(xp, width)
     t1 = time.perf_counter()
@@ -262,14 +277,13 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
         raise ValueError("file written by another model")
     t1 = time.perf_counter()
     eb = model.entropy_bottleneck.for_width(f.width)
-    h, w = (f.height + 15) // 16, (f.img_width + 15) // 16
+    ds = int(getattr(model, "downsampling", 16))
+    h, w = -(-f.height // ds), -(-f.img_width // ds)
     cdf, lengths, offsets = _tables(eb)
     sym = torch.from_numpy(coding.decode(f.payload, _indexes(f.width, h, w), cdf, lengths, offsets,
                                          precision=eb.precision))
     t2 = time.perf_counter()
-    y_hat = eb.dequantize_symbols(sym)
-    if channels_last or next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
-        y_hat = y_hat.contiguous(memory_format=torch.channels_last)
+    y_hat = _layout(model, eb.dequantize_symbols(sym), channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         x_hat = model.decode(y_hat)
     x_hat = x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)
@@ -382,6 +396,14 @@ def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5
             if proposals:
                 data[("ours+cl", p, width)] = ours_compress_split(model, x, width, p,
                                                                   channels_last=True)[0]
+                if hasattr(type(model), "input_channels_last"):  # the model's own switch
+                    model.input_channels_last = True
+                    try:
+                        b_cl = model.compress(x, width, precision=p)
+                    finally:
+                        del model.input_channels_last
+                    checks[f"cl_split_bytes_equal_api_input_channels_last_w{width}_{p}"] = (
+                        b_cl == data[("ours+cl", p, width)])
                 fns[f"ours+cl|{p}|{width}|compress"] = (
                     lambda w=width, p=p: ours_compress_split(model, x, w, p, channels_last=True)[1])
                 fns[f"ours+cl|{p}|{width}|decompress"] = (
