@@ -37,5 +37,8 @@ test-all: install
 bench: install
 	$(PY) bench/report.py
 
+docs: install
+	$(PY) docs/build_api.py
+
 clean:
 	rm -rf build *.egg-info slimkernels/*.so $(VENV)

@@ -3,7 +3,18 @@
 Submodules: ``ops`` (functional kernels), ``nn`` (modules), ``coding`` (C++ range coder),
 ``container`` (the ``.slim`` file format), ``models`` (``SlimCAE``).
 """
+import importlib
+
 from ._version import __version__
 from .backend import resolve_backend
 
-__all__ = ["__version__", "resolve_backend"]
+_SUBMODULES = ("ops", "nn", "codec", "coding", "container", "models", "pretrained",
+               "ratecontrol", "io")
+__all__ = ["__version__", "resolve_backend", *_SUBMODULES]
+
+
+def __getattr__(name: str):
+    """Import the public submodules on first use (``slimkernels.nn`` after ``import slimkernels``)."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'slimkernels' has no attribute {name!r}")

@@ -16,6 +16,9 @@ from typing import Optional
 
 import torch
 
+__all__ = ["resolve_backend", "current_backend", "triton_available", "interpreter_enabled",
+           "BACKENDS", "ENV_VAR"]
+
 BACKENDS = ("triton", "torch")
 ENV_VAR = "SLIMKERNELS_BACKEND"
 

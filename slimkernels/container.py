@@ -26,7 +26,10 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict
+
+__all__ = ["SlimFile", "SlimFormatError", "pack", "unpack", "read", "write", "MAGIC",
+           "FORMAT_VERSION", "MAX_SIDE"]
 
 MAGIC = b"SLIM"
 FORMAT_VERSION = 1
@@ -48,6 +51,10 @@ class SlimFile:
         width: sub-network width. height, img_width: original image size in pixels.
         streams: number of coder substreams. payload: the coder's byte string.
         metadata: custom ``str -> bytes`` fields (keys up to 255 UTF-8 bytes).
+        version: the format version read (``FORMAT_VERSION`` when writing; ``pack`` always
+            writes the current version).
+
+    The byte layout is specified in ``docs/format.md``.
     """
     model_id: bytes
     width: int
@@ -79,6 +86,8 @@ def pack(f: SlimFile) -> bytes:
         if not 1 <= len(kb) <= 255:
             raise ValueError(f"metadata key {k!r} must be 1..255 UTF-8 bytes")
         v = bytes(v)
+        if len(v) >= 1 << 32:
+            raise ValueError(f"metadata value of {k!r} is {len(v)} bytes (at most 2**32 - 1)")
         parts.append(struct.pack("<B", len(kb)) + kb + struct.pack("<I", len(v)) + v)
     header = b"".join(parts)
     payload = bytes(f.payload)
@@ -138,12 +147,22 @@ def unpack(data: bytes) -> SlimFile:
 
 
 def read(path: str) -> SlimFile:
-    """Read and verify a ``.slim`` file from ``path``."""
+    """Read and verify a ``.slim`` file from ``path``.
+
+    Raises:
+        FileNotFoundError / OSError: the file cannot be opened.
+        SlimFormatError: the bytes are not a valid ``.slim`` file (see :func:`unpack`).
+    """
     with open(path, "rb") as fh:
         return unpack(fh.read())
 
 
 def write(path: str, f: SlimFile, *, overwrite: bool = False) -> None:
-    """Write ``f`` to ``path`` atomically (temp file + rename); refuses to overwrite by default."""
+    """Write ``f`` to ``path`` atomically (temp file + rename); refuses to overwrite by default.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        ValueError: a field of ``f`` is out of range (see :func:`pack`).
+    """
     from .io import atomic_write_bytes
     atomic_write_bytes(path, pack(f), overwrite=overwrite)

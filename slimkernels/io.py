@@ -8,6 +8,8 @@ from typing import Tuple
 import numpy as np
 import torch
 
+__all__ = ["read_image", "image_to_png_bytes", "atomic_write_bytes"]
+
 
 def atomic_write_bytes(path: str, data: bytes, *, overwrite: bool = False) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename, so a

@@ -1,15 +1,39 @@
-"""Rate control: choose the sub-network width for a target rate or quality."""
+"""Rate control: choose the sub-network width for a target rate or quality.
+
+Works with any model that has ``widths`` (widest first), ``compress(x, width, precision=...)``
+and ``decompress(data, precision=...)``: :class:`slimkernels.models.SlimCAE` and every
+:class:`slimkernels.codec.SlimCodec`.
+"""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
+try:
+    from typing import Protocol
+except ImportError:  # pragma: no cover - Python < 3.8
+    Protocol = object
 
-def rd_table(model, x: torch.Tensor, precision: str = "fp32") -> List[Dict]:
-    """Compress ``x`` ``[1, 3, H, W]`` at every width: ``[{"width", "bpp", "psnr", "bytes"}]``,
-    widest first (PSNR on 8-bit rounded RGB)."""
+__all__ = ["Codec", "rd_table", "pick_width", "width_for_target_bpp", "width_for_target_psnr"]
+
+
+class Codec(Protocol):
+    """What rate control needs from a model."""
+
+    widths: Sequence[int]
+
+    def compress(self, x: torch.Tensor, width: Optional[int] = None, *,
+                 precision: str = "fp32") -> bytes: ...
+
+    def decompress(self, data: bytes, *, precision: str = "fp32") -> torch.Tensor: ...
+
+
+def rd_table(model: Codec, x: torch.Tensor, precision: str = "fp32") -> List[Dict]:
+    """Compress ``x`` ``[1, 3, H, W]`` float in [0, 1] at every width:
+    ``[{"width": int, "bpp": float, "psnr": float, "bytes": int}]``, widest first (bpp of the
+    whole ``.slim`` file; PSNR in dB on 8-bit rounded RGB, ``inf`` for a lossless result)."""
     H, W = x.shape[-2:]
     ref = x.clamp(0, 1).mul(255).round()
     out = []
@@ -22,8 +46,38 @@ def rd_table(model, x: torch.Tensor, precision: str = "fp32") -> List[Dict]:
     return out
 
 
-def width_for_target_bpp(model, x: torch.Tensor, target_bpp: float, precision: str = "fp32") -> int:
-    """The widest width whose file is at most ``target_bpp`` (the narrowest if none is)."""
+def pick_width(rows: List[Dict], target_bpp: Optional[float] = None,
+               target_psnr: Optional[float] = None) -> int:
+    """The width for a target from :func:`rd_table` rows (widest first): for ``target_bpp`` the
+    widest whose bpp is at most the target (else the narrowest); for ``target_psnr`` the
+    narrowest whose PSNR reaches it (else the widest).
+
+    Raises:
+        ValueError: not exactly one target given, a target that is not a finite positive
+            number, or no rows.
+    """
+    if (target_bpp is None) == (target_psnr is None):
+        raise ValueError("give exactly one of target_bpp and target_psnr")
+    t = target_bpp if target_bpp is not None else target_psnr
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"the target must be a finite number > 0, got {t}")
+    if not rows:
+        raise ValueError("no rate-distortion rows to choose from")
+    if target_bpp is not None:
+        fits = [r["width"] for r in rows if r["bpp"] <= target_bpp]
+        return fits[0] if fits else rows[-1]["width"]
+    good = [r["width"] for r in rows if r["psnr"] >= target_psnr]
+    return good[-1] if good else rows[0]["width"]
+
+
+def width_for_target_bpp(model: Codec, x: torch.Tensor, target_bpp: float,
+                         precision: str = "fp32") -> int:
+    """The widest width whose file for ``x`` ``[1, 3, H, W]`` is at most ``target_bpp`` (the
+    narrowest if none is). Compresses widest first and stops at the first that fits.
+
+    Raises:
+        ValueError: ``target_bpp`` not > 0.
+    """
     if not target_bpp > 0:
         raise ValueError(f"target bpp must be > 0, got {target_bpp}")
     H, W = x.shape[-2:]
@@ -33,10 +87,14 @@ def width_for_target_bpp(model, x: torch.Tensor, target_bpp: float, precision: s
     return model.widths[-1]
 
 
-def width_for_target_psnr(model, x: torch.Tensor, target_psnr: float,
+def width_for_target_psnr(model: Codec, x: torch.Tensor, target_psnr: float,
                           precision: str = "fp32") -> int:
-    """The narrowest (cheapest) width whose PSNR reaches ``target_psnr`` (the widest if none)."""
-    for row in reversed(rd_table(model, x, precision)):
-        if row["psnr"] >= target_psnr:
-            return row["width"]
-    return model.widths[0]
+    """The narrowest (cheapest) width whose PSNR on ``x`` ``[1, 3, H, W]`` reaches
+    ``target_psnr`` dB (the widest if none does).
+
+    Raises:
+        ValueError: ``target_psnr`` not a finite number > 0.
+    """
+    if not (math.isfinite(target_psnr) and target_psnr > 0):
+        raise ValueError(f"target PSNR must be a finite number > 0, got {target_psnr}")
+    return pick_width(rd_table(model, x, precision), target_psnr=target_psnr)

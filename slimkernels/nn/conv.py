@@ -1,12 +1,15 @@
 """Slimmable convolution layers: nn.Conv2d / nn.ConvTranspose2d that run at any active width."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from .. import ops
+
+
+_Size = Union[int, Tuple[int, int]]
 
 
 def _single(v, name):
@@ -59,8 +62,9 @@ class SlimConv2d(_SlimMixin, nn.Conv2d):
         widths: allowed output widths (default: only ``out_channels``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 bias: bool = True, widths: Optional[Sequence[int]] = None, **kwargs):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
+                 stride: _Size = 1, padding: _Size = 0, bias: bool = True,
+                 widths: Optional[Sequence[int]] = None, **kwargs):
         for k in ("groups", "dilation"):
             if kwargs.get(k, 1) not in (1, (1, 1)):
                 raise ValueError(f"SlimConv2d supports {k}=1 only")
@@ -89,9 +93,9 @@ class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
         widths: allowed output widths (default: only ``out_channels``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 output_padding=0, bias: bool = True, widths: Optional[Sequence[int]] = None,
-                 **kwargs):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
+                 stride: _Size = 1, padding: _Size = 0, output_padding: _Size = 0,
+                 bias: bool = True, widths: Optional[Sequence[int]] = None, **kwargs):
         for k in ("groups", "dilation"):
             if kwargs.get(k, 1) not in (1, (1, 1)):
                 raise ValueError(f"SlimConvTranspose2d supports {k}=1 only")
@@ -104,7 +108,7 @@ class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
         self._init_widths(widths, out_channels)
 
     def forward(self, x: torch.Tensor, width: Optional[int] = None,
-                output_size=None) -> torch.Tensor:
+                output_size: None = None) -> torch.Tensor:
         """``x``: ``[N, C_in<=in_channels, H, W]`` -> ``[N, width, H', W']`` (x's dtype)."""
         if output_size is not None:
             raise ValueError("SlimConvTranspose2d does not take output_size; set output_padding")

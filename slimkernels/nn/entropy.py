@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ class EntropyBottleneck(nn.Module):
         filters: hidden sizes of the cumulative MLP (default ``(3, 3, 3)``).
         init_scale: initial support scale. tail_mass: probability mass outside the coded support.
         likelihood_bound: lower bound of the returned likelihoods.
+        precision: bits of the integer CDFs (``1..16``; the coder's ``precision``).
     """
 
     def __init__(self, channels: int, filters: Sequence[int] = (3, 3, 3), init_scale: float = 10.0,
@@ -163,6 +164,19 @@ class EntropyBottleneck(nn.Module):
         """True once :meth:`update` has built (or a state_dict has loaded) the CDF tables."""
         return self._cdf_length.numel() == self.channels
 
+    def cdf_tables(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The coder's tables as CPU int32 numpy arrays: ``(cdfs [C, L_max], cdf_lengths [C],
+        offsets [C])``, for :func:`slimkernels.coding.encode` / ``decode`` with ``precision =
+        self.precision`` (the CDF of channel ``c`` is row ``c``).
+
+        Raises:
+            RuntimeError: no tables yet (call :meth:`update`).
+        """
+        if not self.has_tables():
+            raise RuntimeError("the entropy model has no CDF tables: call update() first")
+        return (self._quantized_cdf.cpu().numpy(), self._cdf_length.cpu().numpy(),
+                self._offset.cpu().numpy())
+
     def quantize_symbols(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` ``[N, C, H, W]`` float -> int32 symbols ``round(y - median)``."""
         with torch.autocast(device_type=y.device.type, enabled=False):
@@ -200,7 +214,8 @@ class SlimEntropyBottleneck(nn.Module):
             raise ValueError(f"no entropy model for width {width}: widths are {self.widths}")
         return self.bottlenecks[self.widths.index(int(width))]
 
-    def forward(self, y: torch.Tensor, training: Optional[bool] = None):
+    def forward(self, y: torch.Tensor, training: Optional[bool] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``y``: ``[N, w, H, W]`` -> ``(y_hat, likelihoods)`` float32 of the same shape."""
         return self.for_width(y.shape[1])(y, training)
 

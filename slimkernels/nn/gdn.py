@@ -1,7 +1,7 @@
 """The GDN family for slimmable networks: SlimGDN (shared), SwitchGDN (per width), SlimGDNPlus."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -36,7 +36,7 @@ class SlimGDN(nn.Module):
         self.gamma_reparam = NonNegativeParametrizer()
         self.gamma = nn.Parameter(self.gamma_reparam.init(gamma_init * torch.eye(in_channels)))
 
-    def effective_params(self):
+    def effective_params(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Effective ``(beta [C_max], gamma [C_max, C_max])`` after the reparameterization."""
         return self.beta_reparam(self.beta), self.gamma_reparam(self.gamma)
 
@@ -69,6 +69,16 @@ class SwitchGDN(nn.Module):
     """An independent GDN per width (what the official SlimCAE code uses).
 
     ``gdns.k`` is a :class:`SlimGDN` of ``widths[k]`` channels; the input's channel count picks it.
+
+    Args:
+        widths: the allowed widths (distinct; the largest is the full channel count).
+        inverse: IGDN instead of GDN.
+        beta_min: lower bound of the effective beta. gamma_init: the effective gamma starts as
+            ``gamma_init * I``.
+
+    Raises:
+        ValueError: ``widths`` empty or repeated; in ``forward``, an input whose channel count is
+            not one of ``widths``.
     """
 
     def __init__(self, widths: Sequence[int], inverse: bool = False, beta_min: float = 1e-6,
@@ -102,6 +112,16 @@ class SlimGDNPlus(nn.Module):
     For width index k: ``gamma_k = gamma_scale[k] * gamma[:w,:w] + gamma_bias[k]`` and
     ``beta_k = beta_scale[k] * beta[:w] + beta_bias[k]``, after the reparameterization.
     Scales start at 1, biases at 0.
+
+    Args:
+        widths: the allowed widths (distinct; the largest is the full channel count).
+        inverse: IGDN instead of GDN.
+        beta_min: lower bound of the effective beta. gamma_init: the effective gamma starts as
+            ``gamma_init * I``.
+
+    Raises:
+        ValueError: ``widths`` empty or repeated; in ``forward``, an input whose channel count is
+            not one of ``widths``.
     """
 
     def __init__(self, widths: Sequence[int], inverse: bool = False, beta_min: float = 1e-6,
@@ -145,7 +165,12 @@ GDN_VARIANTS = ("switch", "slim", "slim+")
 
 
 def make_gdn(variant: str, widths: Sequence[int], inverse: bool = False) -> nn.Module:
-    """Build a GDN layer of the named variant: ``"switch"``, ``"slim"`` or ``"slim+"``."""
+    """Build a GDN layer of the named variant: ``"switch"`` (:class:`SwitchGDN`), ``"slim"``
+    (:class:`SlimGDN` of ``max(widths)`` channels) or ``"slim+"`` (:class:`SlimGDNPlus`).
+
+    Raises:
+        ValueError: unknown ``variant``.
+    """
     if variant == "switch":
         return SwitchGDN(widths, inverse)
     if variant == "slim":

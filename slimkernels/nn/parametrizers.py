@@ -37,14 +37,19 @@ class LowerBound(nn.Module):
         self.register_buffer("bound", torch.tensor([float(bound)]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``max(x, bound)`` of any float tensor; same shape and dtype."""
         return lower_bound(x, self.bound.to(x.dtype))
 
 
 class NonNegativeParametrizer(nn.Module):
     """Stores ``v = sqrt(max(p + pedestal, pedestal))`` and returns ``p = lb(v)^2 - pedestal``.
 
-    ``minimum`` is the smallest value ``p`` may take. Buffers ``pedestal`` and
-    ``lower_bound.bound`` have CompressAI's names so CompressAI state_dicts load.
+    Buffers ``pedestal`` and ``lower_bound.bound`` have CompressAI's names so CompressAI
+    state_dicts load.
+
+    Args:
+        minimum: the smallest value ``p`` may take.
+        reparam_offset: ``sqrt(pedestal)``; keeps the gradient finite near 0.
     """
 
     def __init__(self, minimum: float = 0.0, reparam_offset: float = 2 ** -18):

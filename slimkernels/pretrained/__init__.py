@@ -12,6 +12,8 @@ import torch
 
 from ..models import SlimCAE
 
+__all__ = ["load_model", "save_model", "bundled_model_path", "model_info", "DEFAULT_MODEL"]
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MODEL = os.path.join(HERE, "slimcae.pt")
 
