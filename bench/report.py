@@ -244,11 +244,14 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
          "quality 6 (N=192, M=320, random weights: same cost), its own compress/decompress.", ""]
     if meta.get("quick"):
         L += ["**Quick mode** (tiny image, 1 repeat): a smoke test, not a measurement.", ""]
-    n_ok = sum(g["met"] for g in gl.values())
-    L += [f"**Goals met by `compress`/`decompress` as shipped: {n_ok} of {len(gl)}**"
-          + (f"; with the proposed channels_last change: "
-             f"{sum(g['met'] for g in gl_prop.values())} of {len(gl_prop)}" if gl_prop else "")
-          + " (memory goals: shipped only). Details below.", ""]
+    def count(gs, p):
+        sel = [g["met"] for k, g in gs.items() if k.endswith("_" + p)]
+        return f"{sum(sel)} of {len(sel)}"
+    L += ["**Goals met** by `compress`/`decompress` as shipped: fp32 (the default) "
+          f"{count(gl, 'fp32')}, bf16 {count(gl, 'bf16')}"
+          + (f"; with the proposed channels_last change (time goals only): fp32 "
+             f"{count(gl_prop, 'fp32')}, bf16 {count(gl_prop, 'bf16')}" if gl_prop else "")
+          + ". Details below.", ""]
     L += ["## End to end (ms)", "",
           "| width | op | ours fp32 | ours bf16 | plain fp32 | fp32 vs plain | bf16 vs plain | "
           "fp32 vs CompressAI | bf16 vs CompressAI | fp32 transform / entropy / container | "
