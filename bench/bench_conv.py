@@ -356,11 +356,40 @@ def write(out_dir, result) -> None:
         f.write("".join(md))
 
 
+def aot_section(out_dir) -> List[Dict]:
+    """Compile every conv autotune config for sm_90 and sm_80 (tests/kernels/test_aot_conv.py's
+    sweep, no GPU needed) and write conv_aot.{json,md}: registers, spills, shared memory,
+    tensor-core and 128-bit load instruction counts."""
+    import importlib.util
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(
+        "test_aot_conv", os.path.join(here, "..", "tests", "kernels", "test_aot_conv.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod._run(True)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "conv_aot.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    for r in rows:
+        r["kernel"] = "conv" if r["kernel"].startswith("conv2d") else "convT"
+        r["epi"] = ["none", "GDN", "IGDN"][r["epi"]]
+        r["smem_KiB"] = r["shared"] / 1024
+    md = ("# Conv kernels compiled ahead of time (bf16 channels_last unless fp32; 16-divisible "
+          "widths)\n\n" + _md_table(rows, ["kernel", "arch", "dtype", "epi", "BLOCK_M", "BLOCK_N",
+                                           "BLOCK_K", "num_warps", "num_stages", "n_regs",
+                                           "n_spills", "smem_KiB", "HGMMA", "HMMA",
+                                           "tc_before_store", "LDG128", "LDGSTS128"]))
+    with open(os.path.join(out_dir, "conv_aot.md"), "w") as f:
+        f.write(md)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes, every code path once")
     ap.add_argument("--device", action="store_true", help="run the CUDA section")
     ap.add_argument("--no-cpu", action="store_true")
+    ap.add_argument("--aot", action="store_true", help="only the AOT compile table (no GPU)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--widths", type=str, default="")
@@ -370,6 +399,8 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     widths = [int(v) for v in a.widths.split(",")] if a.widths else WIDTHS
     here = os.path.dirname(os.path.abspath(__file__))
+    if a.aot:
+        return aot_section(a.out or os.path.join(here, "results", "cpu"))
     res = {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
            "cpu_threads": torch.get_num_threads(), "static": static_table()}
     if a.dry_run:

@@ -4,8 +4,8 @@
 ``TRITON_INTERPRET=1`` with ``backend="triton"``) the Triton implicit-GEMM kernels of
 :mod:`slimkernels.kernels.conv` run, with GDN / IGDN fused in their epilogue. On CPU the op calls
 oneDNN (``F.conv2d``) on the sliced *view* (measured no slower than a contiguous copy, see
-``bench/results/cpu/conv.md``), keeps the input's memory format (channels_last is the fast layout),
-and under ``torch.autocast("cpu", torch.bfloat16)`` casts the full weight once per weight version
+``bench/results/cpu/conv.md``), in channels_last (an NCHW input is converted once; the output is
+channels_last, so the next layer needs no conversion: ``CPU_CHANNELS_LAST``), and under ``torch.autocast("cpu", torch.bfloat16)`` casts the full weight once per weight version
 instead of once per call and width (autocast's own cache skips sliced, non-leaf weights).
 """
 from __future__ import annotations
@@ -63,6 +63,12 @@ def _gdn_params_need_grad(kw) -> bool:
 # ---------------------------------------------------------------------------------------------
 # CPU helpers
 # ---------------------------------------------------------------------------------------------
+#: On CPU, convert NCHW inputs to channels_last before calling oneDNN (one pass over x; its output
+#: is then channels_last too, so a model pays it once at the first layer). Measured in
+#: bench/results/cpu/conv*.md: channels_last is the faster oneDNN layout at every SlimCAE layer,
+#: by up to 7x in bf16 (enc1 at w=192: 8.8 ms vs 63 ms NCHW, one thread).
+CPU_CHANNELS_LAST = True
+
 _CAST_CACHE: dict = {}
 _CAST_CACHE_MAX = 64
 
@@ -94,11 +100,19 @@ def _cast_full(t: Optional[torch.Tensor], dtype) -> Optional[torch.Tensor]:
     return out
 
 
+def _cpu_layout(x):
+    if CPU_CHANNELS_LAST and x.dim() == 4 and x.shape[1] > 1 and \
+            not x.is_contiguous(memory_format=torch.channels_last):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def _cpu_operands(x, weight, bias, widx, co):
     """Slice (views) and apply CPU bf16/fp16 autocast by hand: without gradient the FULL weight is
     cast once per weight version (cached) and then sliced; with gradient only the slice is cast,
     in the graph. Returns x, weight slice, bias slice, and whether autocast must be switched off
     around the conv call."""
+    x = _cpu_layout(x)
     dt = _autocast_dtype(x)
     if dt is None or not x.is_floating_point():
         return x, weight[widx], None if bias is None else bias[:co], False
@@ -181,7 +195,8 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         backend: ``"triton"`` / ``"torch"`` / None (see :mod:`slimkernels.backend`).
 
     Returns:
-        ``[N, out_width, H_out, W_out]``, x's memory format; bf16 under CPU bf16 autocast.
+        ``[N, out_width, H_out, W_out]``; channels_last on CPU (see ``CPU_CHANNELS_LAST``), x's
+        memory format on the Triton path; bf16 under bf16 autocast.
 
     Gradients flow to x, the active slice of ``weight`` (the rest of its gradient is zero),
     ``bias`` and the GDN parameters.

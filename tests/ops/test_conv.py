@@ -55,6 +55,21 @@ def test_layers_fp32_vs_float64(layer, width):
     assert rel_err(y, ref) < 1e-5
 
 
+def test_cpu_output_channels_last_for_nchw_input_and_switch():
+    w, b = _full("enc2", False, 5, torch.float32)
+    x = torch.randn(1, 47, 10, 12)
+    y = slim_conv2d(x, w, b, stride=2, padding=2, out_width=72)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    conv_mod.CPU_CHANNELS_LAST = False
+    try:
+        y2 = slim_conv2d(x, w, b, stride=2, padding=2, out_width=72)
+    finally:
+        conv_mod.CPU_CHANNELS_LAST = True
+    assert y2.is_contiguous()
+    ref = F.conv2d(x.double(), w[:72, :47].double(), b[:72].double(), stride=2, padding=2)
+    assert rel_err(y, ref) < 1e-5 and rel_err(y2, ref) < 1e-5
+
+
 def test_channels_last_kept():
     w, b = _full("enc2", False, 5, torch.float32)
     x = torch.randn(1, 72, 16, 12).to(memory_format=torch.channels_last)
