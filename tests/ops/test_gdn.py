@@ -147,3 +147,28 @@ def test_reference_is_the_formula():
     n = beta[:5, None, None] + torch.einsum("ij,njhw->nihw", gamma[:5, :5], x * x)
     torch.testing.assert_close(gdn_reference(x, beta, gamma), x / n.sqrt())
     torch.testing.assert_close(gdn_reference(x, beta, gamma, inverse=True), x * n.sqrt())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_bf16_gradients(channels_last, inverse):
+    beta, gamma = _params()
+    x = _x(2, 48, 5, 7, channels_last).bfloat16().requires_grad_(True)
+    g = gamma.clone().requires_grad_(True)
+    y = gdn(x, beta, g, inverse=inverse)
+    assert y.dtype == torch.bfloat16
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    dx, dg = torch.autograd.grad(y, (x, g), dy.bfloat16())
+    x64 = x.detach().double().requires_grad_(True)
+    g64 = gamma.double().requires_grad_(True)
+    y64 = gdn_reference(x64, beta.double(), g64, inverse=inverse)
+    dx64, dg64 = torch.autograd.grad(y64, (x64, g64), dy.bfloat16().double())
+    assert _rel(dx, dx64) < 2e-2 and _rel(dg, dg64) < 2e-2
+
+
+def test_fp32_backward_saves_little():
+    """The fp32 autograd path is the hand-written Function (x, gamma_k and n^-1/2 saved)."""
+    beta, gamma = _params()
+    x = _x(1, 17, 4, 6, False).requires_grad_(True)
+    y = gdn(x, beta, gamma)
+    assert "GDNCpuFunction" in type(y.grad_fn).__name__
