@@ -529,12 +529,12 @@ def ours_steps(model: SlimCAE, width: int, part: str):
 @torch.no_grad()
 def layer_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5,
                   precisions=PRECISIONS, warmup: int = 1, log=print) -> List[Dict]:
-    """Each layer of the encoder and decoder on its real input (this image), ours (each
-    precision, the model's layout) vs plain fp32, interleaved, medians.
+    """Each layer of the encoder and decoder on its real input (this image): ours (each
+    precision) on the activations of our own chain (their layout and dtype), plain fp32 on the
+    plain chain's; interleaved, medians.
 
     Rows: ``layer``, ``width``, ``precision``, ``ours_ms``, ``plain_ms``, ``speedup``."""
     plain = PlainSlimCAE.from_model(model).eval()
-    cl = next(model.parameters()).is_contiguous(memory_format=torch.channels_last)
     rows = []
     for width in widths:
         for part in ("enc", "dec"):
@@ -550,15 +550,15 @@ def layer_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int =
                 acts[name] = a
                 a = f(a)
             for p in precisions:
+                # our layers see what our own chain hands them (layout, and bf16 under autocast)
+                a = _layout(model, inp, False)
                 for name, f in ours_steps(model, width, part):
-                    a_in = acts[name]
-                    if cl:
-                        a_in = a_in.contiguous(memory_format=torch.channels_last)
-
-                    def run(f=f, a_in=a_in, p=p):
+                    def run(f=f, a_in=a, p=p):
                         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
                             f(a_in)
                     fns[(name, p, "ours")] = run
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
+                        a = f(a)
             for name, f in psteps:
                 fns[(name, "fp32", "plain")] = (lambda f=f, a_in=acts[name]: f(a_in))
             t = interleaved(fns, repeats, warmup=warmup)
