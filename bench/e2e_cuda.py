@@ -33,17 +33,23 @@ class GraphRunner:
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor):
         self.fn = fn
         self.graph = None
+        self.error = None  # why capture failed (the runner then calls fn directly)
         if example.device.type == "cuda":
-            self.static_in = example.clone()
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(2):  # warm-up (Triton autotuning, allocator) outside the graph
-                    fn(self.static_in)
-            torch.cuda.current_stream().wait_stream(s)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.static_out = fn(self.static_in)
+            try:
+                self.static_in = example.clone()
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    for _ in range(2):  # warm-up (Triton autotuning, allocator) outside the graph
+                        fn(self.static_in)
+                torch.cuda.current_stream().wait_stream(s)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self.static_out = fn(self.static_in)
+                self.graph = graph
+            except Exception as e:  # a sync or allocation the graph cannot hold: report it
+                self.error = f"{type(e).__name__}: {e}"[:300]
+                torch.cuda.synchronize()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.graph is None:
@@ -116,20 +122,30 @@ def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
             fns = {"enc_ours": lambda: f_enc(x), "enc_graph": lambda: g_enc(x),
                    "enc_eager": lambda: p_enc(x), "dec_ours": lambda: f_dec(y_hat),
                    "dec_graph": lambda: g_dec(y_hat), "dec_eager": lambda: p_dec(y_hat)}
+            notes = [f"{k} graph: {g.error}" for k, g in (("enc", g_enc), ("dec", g_dec))
+                     if g.error]
+            if g_enc.error:
+                del fns["enc_graph"]
+            if g_dec.error:
+                del fns["dec_graph"]
             if compile_ok:
-                c_enc = torch.compile(p_enc, dynamic=False)
-                c_dec = torch.compile(p_dec, dynamic=False)
-                fns["enc_compile"] = lambda: c_enc(x)
-                fns["dec_compile"] = lambda: c_dec(y_hat)
+                try:
+                    c_enc = torch.compile(p_enc, dynamic=False)
+                    c_dec = torch.compile(p_dec, dynamic=False)
+                    c_enc(x), c_dec(y_hat)  # compile now, outside the timing
+                    fns["enc_compile"] = lambda: c_enc(x)
+                    fns["dec_compile"] = lambda: c_dec(y_hat)
+                except Exception as e:
+                    notes.append(f"torch.compile: {type(e).__name__}: {e}"[:300])
             prec = "fp32" if dt == torch.float32 else "bf16"
             data = ours.compress(x, width, precision=prec)
             fns["compress"] = lambda w=width, p=prec: ours.compress(x, w, precision=p)
             fns["decompress"] = lambda d=data, p=prec: ours.decompress(d, precision=p)
             t = _timed(fns, dev, repeats, warmup=0 if dry_run else 2)
             row = {"width": width, "dtype": str(dt).replace("torch.", ""),
-                   **{f"{k}_ms": v for k, v in t.items()}}
+                   **{f"{k}_ms": v for k, v in t.items()}, "notes": notes}
             for part in ("enc", "dec"):
-                best = min(t[f"{part}_ours"], t[f"{part}_graph"])
+                best = min(t[f"{part}_ours"], t.get(f"{part}_graph", float("inf")))
                 row[f"{part}_speedup_vs_eager"] = t[f"{part}_eager"] / best
                 if f"{part}_compile" in t:
                     row[f"{part}_speedup_vs_compile"] = t[f"{part}_compile"] / best
@@ -158,8 +174,9 @@ def cuda_goals(rows: List[Dict]) -> Dict:
         out[f"transforms_vs_eager_{dt}"] = {"value": sp, "goal": ">= 3", "met": sp >= 3}
         if (hi, dt) in by and (lo, dt) in by and hi != lo:
             def tr(r):
-                return min(r["enc_ours_ms"], r["enc_graph_ms"]) + min(r["dec_ours_ms"],
-                                                                     r["dec_graph_ms"])
+                inf = float("inf")
+                return (min(r["enc_ours_ms"], r.get("enc_graph_ms", inf))
+                        + min(r["dec_ours_ms"], r.get("dec_graph_ms", inf)))
             frac = tr(by[(lo, dt)]) / tr(by[(hi, dt)])
             out[f"w{lo}_over_w{hi}_{dt}"] = {"value": frac, "goal": "<= 0.30", "met": frac <= 0.30}
         if (hi, dt) in by:
@@ -188,4 +205,12 @@ def cuda_markdown(res: Dict) -> str:
         lines.append("| " + " | ".join(
             (f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "-"))) for c in cols)
             + " |")
+    notes = sorted({n for r in res["rows"] for n in r.get("notes", [])})
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes)]
+    if not res.get("dry_run") and res.get("goals"):
+        lines += ["", "| goal | target | value | met |", "|---|---|---|---|"]
+        for k, g in res["goals"].items():
+            lines.append(f"| {k} | {g['goal']} | {g['value']:.3f} | "
+                         f"{'yes' if g['met'] else '**no**'} |")
     return "\n".join(lines)
