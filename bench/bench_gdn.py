@@ -142,6 +142,49 @@ def cpu_timings(shapes=CPU_SHAPES, widths=WIDTHS, reps=9, backward=False):
     return rows
 
 
+def cpu_train_timings(shapes=((8, 32, 32),), widths=WIDTHS, reps=9):
+    """Forward + backward on CPU (fp32, and fp32 x under bf16 autocast as in training):
+    slimkernels.ops.gdn vs the eager composition through autograd, same run."""
+    beta0, gamma0 = make_params()
+    rows = []
+    for (N, H, W) in shapes:
+        for C in widths:
+            for mode in ("fp32", "autocast-bf16"):
+                for layout in ("nchw", "channels_last"):
+                    x = torch.randn(N, C, H, W, generator=torch.Generator().manual_seed(C))
+                    if layout == "channels_last":
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    x.requires_grad_(True)
+                    beta = beta0.clone().requires_grad_(True)
+                    gamma = gamma0.clone().requires_grad_(True)
+                    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+
+                    def step(f):
+                        with torch.autocast("cpu", dtype=torch.bfloat16,
+                                            enabled=mode != "fp32"):
+                            y = f(x, beta, gamma)
+                        torch.autograd.grad(y, (x, beta, gamma), dy.to(y.dtype))
+                    t = _median_interleaved({"eager": lambda: step(eager_gdn),
+                                             "ours": lambda: step(gdn)}, reps)
+                    row = {"shape": f"{N}x{C}x{H}x{W}", "C": C, "dtype": mode, "layout": layout,
+                           "pass": "fwd+bwd", "eager_ms": t["eager"] * 1e3,
+                           "ours_ms": t["ours"] * 1e3, "speedup": t["eager"] / t["ours"]}
+                    rows.append(row)
+                    print(f"cpu {row['shape']:>12} {mode:>13} {layout:>13} fwd+bwd eager "
+                          f"{row['eager_ms']:8.2f} ms  ours {row['ours_ms']:8.2f} ms  "
+                          f"x{row['speedup']:.2f}", flush=True)
+    return rows
+
+
+def cpu_train_md(rows):
+    out = ["| shape | mode | layout | eager ms | slimkernels ms | speedup (medians) |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        out.append(f"| {r['shape']} | {r['dtype']} | {r['layout']} | {r['eager_ms']:.2f} | "
+                   f"{r['ours_ms']:.2f} | **x{r['speedup']:.2f}** |")
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------------------------ CUDA
 def cuda_timings(shapes=GPU_SHAPES, widths=WIDTHS, device="cuda", timer=None,
                  use_compile=True):
@@ -334,6 +377,8 @@ def main(argv=None):
 
     if not args.no_cpu:
         report["cpu"] = cpu_timings(cpu_shapes, widths, reps=2 if args.dry_run else args.reps)
+        report["cpu_train"] = cpu_train_timings([(2, 5, 7)] if args.dry_run else [(8, 32, 32)],
+                                                widths, reps=2 if args.dry_run else args.reps)
     cuda_rows = None
     if torch.cuda.is_available() and not args.dry_run:
         cuda_rows = cuda_timings()
@@ -361,7 +406,10 @@ def main(argv=None):
                f"{args.reps} repeats each, round-robin. Load average at the end of the run: "
                f"{load:.1f} on {os.cpu_count()} cores (other jobs share this machine: compare "
                "ratios, not absolute times; single runs are bimodal when a thread is "
-               "descheduled).", "", cpu_md(report["cpu"]), ""]
+               "descheduled).", "", cpu_md(report["cpu"]), "",
+               "## CPU training step: forward + backward (gradients of x, beta, gamma), fp32 and "
+               "fp32 x under bf16 autocast, same run, medians", "",
+               cpu_train_md(report["cpu_train"]), ""]
     if cuda_rows is None:
         md += ["## CUDA timings: OWED", "",
                "No GPU was available when this file was written. Run `python bench/bench_gdn.py` "

@@ -50,6 +50,8 @@ def test_dry_run_writes_tables(tmp_path):
         assert r["eager_ms"] > 0 and r["ours_ms"] > 0
         assert r["err_ours"] < (1e-5 if r["dtype"] == "float32" else 1e-2)
     assert all(r["fused_fwd_ms"] > 0 for r in report["cuda_dry_run"])
+    assert {r["dtype"] for r in report["cpu_train"]} == {"fp32", "autocast-bf16"}
+    assert all(r["eager_ms"] > 0 and r["ours_ms"] > 0 for r in report["cpu_train"])
 
 
 def test_static_numbers():
