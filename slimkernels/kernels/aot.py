@@ -102,7 +102,6 @@ def _make_source(kernel, signature: Mapping[str, str], constexprs: Mapping[str, 
     """
     import inspect
 
-    import triton
     from triton.compiler import ASTSource
     sig = dict(signature)
     for name in constexprs:
