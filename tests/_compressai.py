@@ -1,5 +1,6 @@
 """Load CompressAI's GDN / EntropyBottleneck source files without importing the compressai
 package (whose __init__ pulls many dependencies). Returns None when compressai is absent."""
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -19,6 +20,9 @@ def load_compressai_module(relpath: str, name: str):
         if pkg not in sys.modules or not hasattr(sys.modules[pkg], "__path__"):
             m = types.ModuleType(pkg)
             m.__path__ = [os.path.join(root, *pkg.split(".")[1:])]
+            # a real spec, so importlib.util.find_spec() keeps working for other code
+            m.__spec__ = importlib.machinery.ModuleSpec(pkg, None, is_package=True)
+            m.__spec__.submodule_search_locations = m.__path__
             sys.modules[pkg] = m
     for dep, rel in (("compressai.ops.bound_ops", "ops/bound_ops.py"),
                      ("compressai.ops.parametrizers", "ops/parametrizers.py")):
