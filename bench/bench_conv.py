@@ -278,6 +278,9 @@ def device_section(device="cuda", shapes=((1, 512, 768), (8, 256, 256)), widths=
                     continue
                 for dtype in dtypes:
                     x, wt, b, beta, gamma = _make(L, device, dtype, cl=True)
+                    # channels_last weights (unit channel stride -> vectorized in-place weight
+                    # loads in our kernel; cuDNN gets the same tensor)
+                    wt = wt.to(memory_format=torch.channels_last)
                     with torch.no_grad():
                         plain = _plain(L, x, wt, b, contiguous=False)
                         compiled = torch.compile(plain, mode=compile_mode if compile_backend ==

@@ -103,9 +103,14 @@ def _check(rows):
         assert r["tc_before_store"] > 0, f"tensor-core ops only in the epilogue: {tag}"
         if r["arch"] == 90 and r["dtype"] != "fp32":
             assert r["HGMMA"] > 0 or r["HMMA"] > 0
-        # activation tile of a channels_last bf16 input with 16-divisible widths: 128-bit loads
-        # (direct LDG.E.128 or the async-copy LDGSTS.*.128 of the pipelined loop)
+        # 128-bit global loads somewhere (main loop or the epilogue's gamma tiles) ...
         assert r["LDG128"] + r["LDGSTS128"] > 0, f"no 128-bit global loads in {tag}"
+        # ... and in the pipelined main loop (async copies LDGSTS.*.128) whenever the activation
+        # tile gives every thread at least 16 bytes (BLOCK_M*BLOCK_K*2 B / threads >= 16)
+        per_thread = r["BLOCK_M"] * r["BLOCK_K"] * (4 if r["dtype"] == "fp32" else 2) \
+            // (32 * r["num_warps"])
+        if per_thread >= 16:
+            assert r["LDGSTS128"] > 0, f"main-loop loads narrower than 128 bit in {tag}"
 
 
 def test_aot_conv_fast_subset():
