@@ -22,6 +22,7 @@ of interleaved repeats, and every comparison is a ratio inside the same run.
 from __future__ import annotations
 
 import glob
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -158,6 +159,9 @@ def load_compressai_factorized():
         if m is None or getattr(m, "__file__", None):  # a real package import would pull deps
             m = types.ModuleType(name)
             m.__path__ = [os.path.join(root, *sub)]
+            # a real spec, so importlib.util.find_spec() keeps working for other code
+            m.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+            m.__spec__.submodule_search_locations = m.__path__
             sys.modules[name] = m
         return m
 
@@ -179,10 +183,15 @@ def load_compressai_factorized():
     layers.GDN = _load_file("compressai.layers.gdn", os.path.join(root, "layers", "gdn.py")).GDN
     layers.MaskedConv2d = _load_file("compressai.layers.layers",
                                      os.path.join(root, "layers", "layers.py")).MaskedConv2d
-    reg = types.ModuleType("compressai.registry")
+    def stub(name):
+        m = types.ModuleType(name)
+        m.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        return m
+
+    reg = stub("compressai.registry")
     reg.register_model = lambda name: (lambda cls: cls)
     sys.modules["compressai.registry"] = reg
-    lc = types.ModuleType("compressai.latent_codecs")
+    lc = stub("compressai.latent_codecs")
 
     class LatentCodec(nn.Module):  # only a base class / isinstance target in models/base.py
         pass
