@@ -58,14 +58,25 @@ def _interpreting() -> bool:
 # shared epilogue
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _round_bf16(v):
+    """fp32 -> nearest bf16 value (ties to even), kept in fp32 (finite inputs)."""
+    u = v.to(tl.uint32, bitcast=True)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+    return u.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _norm_part(norm, y, gamma_ptr, offs_j, offs_i, C, sg0, sg1, PRECISION: tl.constexpr,
                DOT16: tl.constexpr):
     """norm += y[:, j]^2 @ gamma[i, j]^T for one (j-chunk, i-chunk) pair. The square is
     recomputed per use (one FMUL) rather than kept live: fewer registers for the 256-wide tile."""
     g = tl.load(gamma_ptr + offs_j[:, None] * sg1 + offs_i[None, :] * sg0,
                 mask=(offs_j[:, None] < C) & (offs_i[None, :] < C), other=0.0)
-    if DOT16:  # bf16 operands (16-bit inputs only): half the registers of fp32 operands
+    if DOT16 == 1:  # bf16 operands (16-bit inputs only): half the registers of fp32 operands
         return tl.dot((y * y).to(tl.bfloat16), g.to(tl.bfloat16), norm)
+    if DOT16 == 2:  # the same bf16 rounding, dot in fp32 (the interpreter's bf16 casts and dot
+        # are broken in triton 3.9): round-to-nearest-even to bf16 on the fp32 bits
+        return tl.dot(_round_bf16(y * y), _round_bf16(g.to(tl.float32)), norm)
     return tl.dot(y * y, g.to(y.dtype), norm, input_precision=PRECISION)
 
 
@@ -152,7 +163,7 @@ def conv2d_fwd_kernel(
         HAS_BIAS: tl.constexpr, EPI: tl.constexpr, FLAT_K: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, EPI_PRECISION: tl.constexpr = "ieee",
-        EPI_DOT16: tl.constexpr = False, DOT_UPCAST: tl.constexpr = False):
+        EPI_DOT16: tl.constexpr = 0, DOT_UPCAST: tl.constexpr = False):
     """y[n, co, oh, ow] = sum_{ci,kh,kw} x[n, ci, oh*S-pad+kh, ow*S-pad+kw] * w[co, ci, kh, kw]."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -226,7 +237,7 @@ def conv_transpose2d_fwd_kernel(
         HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, EPI_PRECISION: tl.constexpr = "ieee",
-        EPI_DOT16: tl.constexpr = False, DOT_UPCAST: tl.constexpr = False):
+        EPI_DOT16: tl.constexpr = 0, DOT_UPCAST: tl.constexpr = False):
     """y[n, co, oh, ow] = sum x[n, ci, ih, iw] * w[ci, co, kh, kw] over oh = ih*S - pad + kh."""
     pid0 = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -412,7 +423,8 @@ def _launch(tuned, kernel_plain, x, w, w_strides, bias, y, pad, stride,
                                (x.dtype == torch.float32 and precision == "ieee")) else "tf32"
     meta = dict(STRIDE=stride, KH=kh, KW=kw, HAS_BIAS=bias is not None, EPI=epi,
                 PRECISION=precision, ACC_DTYPE=acc_dtype, EPI_PRECISION=epi_precision,
-                EPI_DOT16=x.dtype in (torch.float16, torch.bfloat16) and not _interpreting())
+                EPI_DOT16=(2 if _interpreting() else 1) if x.dtype in (torch.float16, torch.bfloat16)
+                else 0)
     if flat_k is not None:
         meta["FLAT_K"] = flat_k
     if _interpreting():

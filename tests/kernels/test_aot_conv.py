@@ -40,7 +40,7 @@ def one(kernel, transposed, cfg, bn, epi, arch, dtype="bf16"):
     cx = dict(cfg["kwargs"])
     cx.update(sxc=1, syc=1, sg1=1, STRIDE=2, KH=5, KW=5, HAS_BIAS=True, EPI=epi,
               PRECISION="tf32" if dtype == "fp32" else "ieee", ACC_DTYPE=tl.float32,
-              EPI_PRECISION="tf32", EPI_DOT16=dtype != "fp32",
+              EPI_PRECISION="tf32", EPI_DOT16=1 if dtype != "fp32" else 0,
               DOT_UPCAST=False)
     if transposed:
         cx["swo"] = 1           # channels_last transposed weight [Ci, Co, k, k]: co contiguous
