@@ -65,7 +65,33 @@ class SlimGDN(nn.Module):
         return f"{self.in_channels}, inverse={self.inverse}"
 
 
-class SwitchGDN(nn.Module):
+class _WidthSelectedGDN(nn.Module):
+    """Base of the GDN layers whose parameters depend on the active width (one of ``widths``)."""
+
+    def __init__(self, widths: Sequence[int], inverse: bool):
+        super().__init__()
+        self.widths = [int(w) for w in widths]
+        if len(set(self.widths)) != len(self.widths) or not self.widths:
+            raise ValueError(f"widths must be distinct and non-empty, got {list(widths)}")
+        self.inverse = bool(inverse)
+
+    def _index(self, C: int, shape) -> int:
+        if C not in self.widths:
+            raise ValueError(f"{type(self).__name__} has widths {self.widths}, got input of shape "
+                             f"{tuple(shape)}")
+        return self.widths.index(C)
+
+    def op_kwargs(self, width: int) -> Dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
+        """``x``: ``[N, C, H, W]`` with C one of ``widths``; returns the same shape and dtype."""
+        C = x.shape[1] if x.dim() == 4 else -1
+        self._index(C, x.shape)
+        return ops.gdn(x, **self.op_kwargs(C))
+
+
+class SwitchGDN(_WidthSelectedGDN):
     """An independent GDN per width (what the official SlimCAE code uses).
 
     ``gdns.k`` is a :class:`SlimGDN` of ``widths[k]`` channels; the input's channel count picks it.
@@ -83,30 +109,15 @@ class SwitchGDN(nn.Module):
 
     def __init__(self, widths: Sequence[int], inverse: bool = False, beta_min: float = 1e-6,
                  gamma_init: float = 0.1):
-        super().__init__()
-        self.widths = [int(w) for w in widths]
-        if len(set(self.widths)) != len(self.widths) or not self.widths:
-            raise ValueError(f"widths must be distinct and non-empty, got {list(widths)}")
-        self.inverse = bool(inverse)
+        super().__init__(widths, inverse)
         self.gdns = nn.ModuleList(SlimGDN(w, inverse, beta_min, gamma_init) for w in self.widths)
-
-    def _index(self, C: int, shape) -> int:
-        if C not in self.widths:
-            raise ValueError(f"{type(self).__name__} has widths {self.widths}, got input of shape "
-                             f"{tuple(shape)}")
-        return self.widths.index(C)
 
     def op_kwargs(self, width: int) -> Dict:
         """Keyword arguments of :func:`slimkernels.ops.gdn` at ``width`` (one of ``widths``)."""
         return self.gdns[self._index(width, ("?", width))].op_kwargs(width)
 
-    def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
-        """``x``: ``[N, C, H, W]`` with C one of ``widths``; returns the same shape and dtype."""
-        C = x.shape[1] if x.dim() == 4 else -1
-        return self.gdns[self._index(C, x.shape)](x)
 
-
-class SlimGDNPlus(nn.Module):
+class SlimGDNPlus(_WidthSelectedGDN):
     """Shared GDN plus four non-negative scalars per width (SlimGDN+).
 
     For width index k: ``gamma_k = gamma_scale[k] * gamma[:w,:w] + gamma_bias[k]`` and
@@ -126,11 +137,7 @@ class SlimGDNPlus(nn.Module):
 
     def __init__(self, widths: Sequence[int], inverse: bool = False, beta_min: float = 1e-6,
                  gamma_init: float = 0.1):
-        super().__init__()
-        self.widths = [int(w) for w in widths]
-        if len(set(self.widths)) != len(self.widths) or not self.widths:
-            raise ValueError(f"widths must be distinct and non-empty, got {list(widths)}")
-        self.inverse = bool(inverse)
+        super().__init__(widths, inverse)
         self.gdn = SlimGDN(max(self.widths), inverse, beta_min, gamma_init)
         K = len(self.widths)
         self.scalar_reparam = NonNegativeParametrizer()
@@ -143,22 +150,12 @@ class SlimGDNPlus(nn.Module):
     def op_kwargs(self, width: int) -> Dict:
         """Keyword arguments of :func:`slimkernels.ops.gdn` at ``width`` (one of ``widths``),
         with this width's four scalars."""
-        if width not in self.widths:
-            raise ValueError(f"SlimGDNPlus has widths {self.widths}, not {width}")
-        k = self.widths.index(width)
+        k = self._index(width, ("?", width))
         beta, gamma = self.gdn.effective_params()
         r = self.scalar_reparam
         return {"beta": beta, "gamma": gamma, "inverse": self.inverse,
                 "gamma_scale": r(self.gamma_scale)[k], "gamma_bias": r(self.gamma_bias)[k],
                 "beta_scale": r(self.beta_scale)[k], "beta_bias": r(self.beta_bias)[k]}
-
-    def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
-        """``x``: ``[N, C, H, W]`` with C one of ``widths``; returns the same shape and dtype."""
-        C = x.shape[1] if x.dim() == 4 else -1
-        if C not in self.widths:
-            raise ValueError(f"SlimGDNPlus has widths {self.widths}, got input of shape "
-                             f"{tuple(x.shape)}")
-        return ops.gdn(x, **self.op_kwargs(C))
 
 
 GDN_VARIANTS = ("switch", "slim", "slim+")
