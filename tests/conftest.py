@@ -16,6 +16,13 @@ except Exception:  # pragma: no cover
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Tests check correctness on small tensors: one intra-op thread is faster for them and keeps the
+# suite's time stable on a busy 2-core machine. SLIMKERNELS_TEST_THREADS overrides.
+try:
+    torch.set_num_threads(int(os.environ.get("SLIMKERNELS_TEST_THREADS", "1")))
+except Exception:  # pragma: no cover
+    pass
+
 
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
