@@ -222,6 +222,65 @@ def cpu_section(n=1, h=512, w=768, widths=WIDTHS, rounds=5, layers=None, gdn=Tru
     return rows
 
 
+def transforms_section(widths=(192, 48), rounds=3, n=1, h=512, w=768) -> List[Dict]:
+    """Whole SlimCAE encoder (3 conv + GDN) and decoder (3 IGDN + transposed conv) on one image,
+    fp32 and bf16 autocast, ours (channels_last, fused passes) vs the plain composition (NCHW,
+    contiguous slices, eager GDN) in the same run - the ANCHORS.md CPU-baseline workload."""
+    rows = []
+    for width in widths:
+        Ls = slimcae_layers(n, h, w, width)
+        mk = [_make(L, "cpu", seed=i) for i, L in enumerate(Ls)]
+        x0 = mk[0][0]
+        y0 = mk[3][0]
+
+        def enc_plain():
+            t = x0
+            for L, (_, wt, b, beta, gamma) in zip(Ls[:3], mk[:3]):
+                t = _eager_gdn(_plain(L, t, wt, b), beta, gamma, False)()
+            return t
+
+        def enc_ours():
+            t = x0
+            for L, (_, wt, b, beta, gamma) in zip(Ls[:3], mk[:3]):
+                t = _ours(L, t, wt, b, gdn=(beta, gamma))()
+            return t
+
+        def dec_plain():
+            t = y0
+            for L, (_, wt, b, beta, gamma) in zip(Ls[3:], mk[3:]):
+                t = gdn_op(t, beta, gamma, inverse=True, backend="torch")
+                t = _plain(L, t, wt, b)()
+            return t
+
+        def dec_ours():
+            t = y0
+            for L, (_, wt, b, beta, gamma) in zip(Ls[3:], mk[3:]):
+                t = slim_conv_transpose2d(t, wt, b, stride=L["s"], padding=L["p"],
+                                          output_padding=L["op"], out_width=L["co"],
+                                          igdn=(beta, gamma))
+            return t
+
+        fns = {"enc_plain": enc_plain, "enc_ours": enc_ours, "dec_plain": dec_plain,
+               "dec_ours": dec_ours}
+        with torch.no_grad():
+            for dt in ("fp32", "bf16"):
+                def wrap(f):
+                    def g_():
+                        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dt == "bf16"):
+                            return f()
+                    return g_
+                mins = {}
+                t = interleaved_medians({k: wrap(f) for k, f in fns.items()}, rounds, mins=mins)
+                row = {"width": width, "dtype": dt, **{f"{k}_ms": v for k, v in t.items()},
+                       **{f"{k}_min_ms": v for k, v in mins.items()},
+                       "enc_speedup": t["enc_plain"] / t["enc_ours"],
+                       "dec_speedup": t["dec_plain"] / t["dec_ours"]}
+                rows.append(row)
+                print(f"transforms w={width} {dt}: " + "  ".join(f"{k}={v:.1f}" for k, v in t.items()),
+                      flush=True)
+    return rows
+
+
 def cpu_goals(rows) -> Dict:
     """Goal checks: w->w layers at the narrowest width under twice their work share of the widest
     (w=48 vs 192: work 1/16, goal 1/8); bf16 >= 1.8x fp32 at the widest width."""
@@ -393,6 +452,8 @@ def main(argv=None):
     ap.add_argument("--device", action="store_true", help="run the CUDA section")
     ap.add_argument("--no-cpu", action="store_true")
     ap.add_argument("--aot", action="store_true", help="only the AOT compile table (no GPU)")
+    ap.add_argument("--transforms", action="store_true",
+                    help="only whole encoder/decoder timings -> conv_transforms.{json,md}")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--widths", type=str, default="")
@@ -404,6 +465,18 @@ def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     if a.aot:
         return aot_section(a.out or os.path.join(here, "results", "cpu"))
+    if a.transforms:
+        rows = transforms_section(widths=widths if a.widths else (192, 48), rounds=a.rounds)
+        out = a.out or os.path.join(here, "results", "cpu")
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "conv_transforms.json"), "w") as f:
+            json.dump({"threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+        with open(os.path.join(out, "conv_transforms.md"), "w") as f:
+            f.write(f"# SlimCAE transforms on CPU ({torch.get_num_threads()} threads, median ms)\n\n"
+                    + _md_table(rows, ["width", "dtype", "enc_plain_ms", "enc_ours_ms",
+                                       "enc_speedup", "dec_plain_ms", "dec_ours_ms",
+                                       "dec_speedup", "enc_ours_min_ms", "dec_ours_min_ms"]))
+        return rows
     res = {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
            "cpu_threads": torch.get_num_threads(), "static": static_table()}
     if a.dry_run:

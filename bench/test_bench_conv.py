@@ -45,3 +45,9 @@ def test_dry_run_writes_results(tmp_path):
     assert res["cpu_goals"]
     from slimkernels.backend import interpreter_enabled
     assert torch.cuda.is_available() or interpreter_enabled()  # the Triton path ran
+
+
+def test_transforms_section_tiny():
+    import bench_conv as B
+    rows = B.transforms_section(widths=(8,), rounds=1, h=32, w=48)
+    assert len(rows) == 2 and all(r["enc_ours_ms"] > 0 and r["dec_ours_ms"] > 0 for r in rows)
