@@ -51,13 +51,34 @@ class SlimSequential(nn.Sequential):
     """``nn.Sequential`` whose ``forward(x, width)`` hands the active width to every layer.
 
     A layer whose output size is fixed (``slim_output = False``, e.g. a last ``SlimConv2d`` built
-    without ``widths``) gets ``None`` instead.
+    without ``widths``) gets ``None`` instead. A convolution followed by a GDN layer (or a
+    transposed convolution followed by an IGDN layer) runs as one fused op
+    (:func:`slimkernels.ops.slim_conv2d` with ``gdn=``, ``slim_conv_transpose2d`` with
+    ``out_igdn=``): the same result, one pass fewer over the activation.
     """
 
     def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
         """``x``: ``[N, C, H, W]``; returns the last layer's output."""
-        for layer in self:
-            x = layer(x, width if getattr(layer, "slim_output", True) else None)
+        from .nn.conv import SlimConv2d, SlimConvTranspose2d
+
+        layers = list(self)
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            w = width if getattr(layer, "slim_output", True) else None
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            if hasattr(nxt, "op_kwargs") and isinstance(layer, (SlimConv2d, SlimConvTranspose2d)):
+                out_w = layer._check_width(w)
+                if isinstance(layer, SlimConv2d) and not nxt.inverse:
+                    x = layer(x, w, gdn=nxt.op_kwargs(out_w))
+                    i += 2
+                    continue
+                if isinstance(layer, SlimConvTranspose2d) and nxt.inverse:
+                    x = layer(x, w, out_igdn=nxt.op_kwargs(out_w))
+                    i += 2
+                    continue
+            x = layer(x, w)
+            i += 1
         return x
 
 

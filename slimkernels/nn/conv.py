@@ -77,11 +77,16 @@ class SlimConv2d(_SlimMixin, nn.Conv2d):
         self._p = _single(self.padding, "padding")
         self._init_widths(widths, out_channels)
 
-    def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
-        """``x``: ``[N, C_in<=in_channels, H, W]`` -> ``[N, width, H', W']`` (x's dtype)."""
+    def forward(self, x: torch.Tensor, width: Optional[int] = None,
+                gdn: Optional[dict] = None) -> torch.Tensor:
+        """``x``: ``[N, C_in<=in_channels, H, W]`` -> ``[N, width, H', W']`` (x's dtype).
+
+        ``gdn``: optional :func:`slimkernels.ops.gdn` keyword dict (e.g. a GDN layer's
+        ``op_kwargs(width)``) applied to the output, fused into the convolution where the backend
+        can."""
         self._check_input(x, self.in_channels)
         return ops.slim_conv2d(x, self.weight, self.bias, stride=self._s, padding=self._p,
-                               out_width=self._check_width(width))
+                               out_width=self._check_width(width), gdn=gdn)
 
 
 class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
@@ -108,11 +113,14 @@ class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
         self._init_widths(widths, out_channels)
 
     def forward(self, x: torch.Tensor, width: Optional[int] = None,
-                output_size: None = None) -> torch.Tensor:
-        """``x``: ``[N, C_in<=in_channels, H, W]`` -> ``[N, width, H', W']`` (x's dtype)."""
+                output_size: None = None, out_igdn: Optional[dict] = None) -> torch.Tensor:
+        """``x``: ``[N, C_in<=in_channels, H, W]`` -> ``[N, width, H', W']`` (x's dtype).
+
+        ``out_igdn``: optional :func:`slimkernels.ops.gdn` keyword dict applied (as IGDN) to the
+        output, fused into the transposed convolution where the backend can."""
         if output_size is not None:
             raise ValueError("SlimConvTranspose2d does not take output_size; set output_padding")
         self._check_input(x, self.in_channels)
         return ops.slim_conv_transpose2d(x, self.weight, self.bias, stride=self._s,
                                          padding=self._p, output_padding=self._op,
-                                         out_width=self._check_width(width))
+                                         out_width=self._check_width(width), out_igdn=out_igdn)

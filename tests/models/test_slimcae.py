@@ -174,3 +174,49 @@ def test_triton_written_file_decodes_on_cpu_path_to_the_same_latents(model, monk
     assert data_triton == data_torch
     torch.testing.assert_close(model.decompress(data_triton).mul(255).round(),
                                _own_reconstruction(model, x, w), rtol=0, atol=0)
+
+
+def _unfused(seq, x, width):
+    for layer in seq:
+        x = layer(x, width if getattr(layer, "slim_output", True) else None)
+    return x
+
+
+@pytest.mark.parametrize("variant", ["switch", "slim", "slim+"])
+def test_fused_transforms_equal_layer_by_layer_float64(variant):
+    torch.manual_seed(3)
+    m = SlimCAE(widths=(24, 8), gdn=variant).double().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.01 * torch.rand_like(p))
+    x = torch.rand(1, 3, 32, 48, dtype=torch.float64)
+    for w in (24, 8):
+        with torch.no_grad():
+            y = m.g_a(x, w)
+            torch.testing.assert_close(y, _unfused(m.g_a, x, w), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(m.g_s(y, w), _unfused(m.g_s, y, w), rtol=1e-12, atol=1e-12)
+    # with gradients (training) too
+    y = m.g_a(x, 8)
+    y.sum().backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+@pytest.mark.interpret
+def test_fused_transforms_on_triton_match_torch(monkeypatch):
+    pytest.importorskip("triton")
+    from slimkernels.backend import interpreter_enabled
+    if not interpreter_enabled():
+        pytest.skip("needs TRITON_INTERPRET=1")
+    torch.manual_seed(4)
+    m = SlimCAE(widths=(16, 8)).eval()
+    x = torch.rand(1, 3, 32, 32)
+    monkeypatch.setenv("SLIMKERNELS_BACKEND", "torch")
+    with torch.no_grad():
+        y_ref = m.g_a(x, 8)
+        x_ref = m.g_s(y_ref, 8)
+    monkeypatch.setenv("SLIMKERNELS_BACKEND", "triton")
+    with torch.no_grad():
+        y = m.g_a(x, 8)
+        xh = m.g_s(y_ref, 8)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(xh, x_ref, rtol=1e-4, atol=1e-5)
