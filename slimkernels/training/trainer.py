@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
@@ -239,11 +241,11 @@ class Trainer:
         return res
 
     def fit(self):
-        """Train until ``cfg.steps``; validates, logs and checkpoints on the way."""
+        """Train until ``cfg.steps``; validates, logs and checkpoints on the way. SIGTERM or
+        SIGINT (Ctrl-C) end the current step, write the checkpoint and return."""
         cfg = self.cfg
         if self.sampler is None:
             self.load_data()
-        x_dev = self.device
         last_ckpt = time.time()
         t0, n0 = time.time(), self.step
         bar = None
@@ -255,7 +257,30 @@ class Trainer:
             except ImportError:
                 bar = None
         self.model.train()
-        while self.step < cfg.steps:
+        stop = {"signal": None}
+
+        def _on_signal(signum, frame):  # finish the step, checkpoint, then stop
+            stop["signal"] = signum
+
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old[sig] = signal.signal(sig, _on_signal)
+        try:
+            self._loop(cfg, bar, stop, t0, n0, last_ckpt)
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        self.save()
+        if bar is not None:
+            bar.close()
+        if stop["signal"] is not None:
+            self._print(f"stopped by signal {stop['signal']} at step {self.step}; checkpoint saved")
+        return self
+
+    def _loop(self, cfg, bar, stop, t0, n0, last_ckpt):
+        x_dev = self.device
+        while self.step < cfg.steps and stop["signal"] is None:
             crop = cfg.crop_large if self.step >= cfg.large_after else cfg.crop
             x = self.sampler.sample(cfg.batch, crop).to(x_dev)
             if cfg.channels_last:
@@ -276,7 +301,3 @@ class Trainer:
             if time.time() - last_ckpt > cfg.ckpt_every_s:
                 self.save()
                 last_ckpt = time.time()
-        self.save()
-        if bar is not None:
-            bar.close()
-        return self

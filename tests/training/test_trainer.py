@@ -89,3 +89,18 @@ def test_ddp_two_cpu_processes_keep_replicas_identical(image_dir, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     init = torch.load(out / "init.pt")
     assert any(not torch.equal(init[k], a[k]) for k in a)    # it did train
+
+
+def test_sigterm_checkpoints_and_stops(image_dir, tmp_path):
+    import signal
+    import threading
+    out = tmp_path / "sig"
+    t = Trainer(_cfg(image_dir, out, steps=10 ** 6, val_every=0), log=lambda *_: None)
+    t.load_data()
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    t.fit()
+    timer.join()
+    assert 0 < t.step < 10 ** 6
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == t.step
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
