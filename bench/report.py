@@ -310,11 +310,11 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
     L += goal_table(gl) + [""]
     prop = [r for r in ratios if r["impl"] == "ours+cl"]
     if prop:
-        L += ["## Proposed model-level change: transforms on channels_last inputs", "",
+        L += ["## Candidate model-level change: transforms on channels_last inputs", "",
               "`ours+cl` = the same pipeline step by step with the image / latent converted to "
-              "channels_last before the transforms, whatever the parameters' layout (the diff is "
-              "in the benchmark report); same run, same repeats. `vs ours` = time of the shipped "
-              "API / time of ours+cl.", "",
+              "channels_last by the caller before the transforms, whatever the parameters' layout "
+              "(`input_channels_last=True`); same run, same repeats. `vs ours` = time of the "
+              "shipped API / time of ours+cl: worth adopting only where it is clearly above 1.", "",
               "| width | op | ours+cl fp32 ms | vs ours | vs plain | vs CompressAI | "
               "ours+cl bf16 ms | vs ours | vs plain | vs CompressAI |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -334,6 +334,9 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
         L.append("")
     if layers:
         L += ["## Per layer (ms; each layer on its real input in this image)", "",
+              "Layer by layer: each SlimCAE layer called on its own (conv and GDN separately; "
+              "the model's `encode`/`decode` may fuse them, so the end-to-end table is the "
+              "reference), ours on our chain's activations, plain on the plain chain's.", "",
               "| layer | " + " | ".join(f"w={w} fp32 / bf16 / plain" for w in meta["widths"]) + " |",
               "|---|" + "---|" * len(meta["widths"])]
         lk = {(r["layer"], r["width"], r["precision"]): r for r in layers}
