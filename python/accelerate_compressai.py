@@ -41,7 +41,10 @@ def import_compressai_models():
     if spec is None:
         return None
     try:
-        return importlib.import_module("compressai.models")
+        models = importlib.import_module("compressai.models")
+        if hasattr(models, "FactorizedPrior"):
+            return models
+        # a stub 'compressai.models' left by other code in this process: load the files anew
     except ImportError as e:
         print(f"(the compressai package does not import here: {e}; loading its model files "
               "without the package __init__)")
