@@ -18,8 +18,9 @@ $(STAMP): $(PY) $(SOURCES)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q setuptools wheel pybind11
 	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench,docs]"
-	@# CompressAI as a reference in tests and benchmarks; --no-deps: only its source files and coder are used
-	$(PY) -m pip install -q --no-deps compressai==1.2.8
+	@# references for tests and benchmarks (--no-deps: only their own files are used): CompressAI's
+	@# layers and coder, the bjontegaard package (BD-rate cross-check), pytorch-msssim (MS-SSIM cross-check)
+	$(PY) -m pip install -q --no-deps compressai==1.2.8 bjontegaard==1.3.0 pytorch-msssim==1.0.0
 	$(PY) -c "import slimkernels._coder"
 	touch $(STAMP)
 
