@@ -10,6 +10,7 @@ instead of once per call and width (autocast's own cache skips sliced, non-leaf 
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -166,6 +167,72 @@ def _check(x, weight, bias, name, transposed):
         raise ValueError(f"{name}: bias must be 1-D [C_out_max], got {tuple(bias.shape)}")
 
 
+# -- CPU: a transposed conv with few output channels as a sub-pixel convolution ------------------
+SUBPIXEL_MAX_PHASE_CHANNELS = 64   # use it when C_out * stride^2 <= this (the image output layer)
+
+
+@functools.lru_cache(maxsize=32)
+def _subpixel_plan(k: int, s: int, p: int):
+    """Tap map of a stride-``s`` transposed conv (kernel ``k``, padding ``p``) as a stride-1 conv
+    with ``s*s`` output phases: ``idx[ry, rx, jy, jx]`` is the flat tap ``ky*k + kx`` (``k*k``:
+    no tap), and x rows ``q + lo .. q + hi`` feed output row ``q*s + r``."""
+    taps = {}
+    for r in range(s):
+        c, d = (r + p) % s, (r + p) // s
+        taps[r] = [(d - t, c + s * t) for t in range(max(0, -(-(k - c) // s)))]
+    offs = [o for r in taps for o, _ in taps[r]]
+    lo, hi = min(offs), max(offs)
+    kc = hi - lo + 1
+    idx = torch.full((s, s, kc, kc), k * k, dtype=torch.long)
+    for ry in range(s):
+        for oy, ky in taps[ry]:
+            for rx in range(s):
+                for ox, kx in taps[rx]:
+                    idx[ry, rx, oy - lo, ox - lo] = ky * k + kx
+    return idx.flatten(), lo, hi, kc
+
+
+def conv_transpose2d_subpixel(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
+                              stride: int, padding: int, output_padding: int) -> torch.Tensor:
+    """``F.conv_transpose2d`` computed as one stride-1 ``conv2d`` to ``C_out * stride^2`` phase
+    channels followed by ``pixel_shuffle`` (exact up to float rounding; differentiable).
+
+    On CPU this is 2.5x faster in fp32 (1.1-1.4x in bf16) for SlimCAE's 9x9/4 output layer
+    (C_out = 3), and slower for wide outputs (see ``SUBPIXEL_MAX_PHASE_CHANNELS``).
+
+    Args:
+        x: ``[N, C_in, H, W]``; w: ``[C_in, C_out, k, k]`` (the active slice); b: ``[C_out]``.
+    Returns:
+        ``[N, C_out, (H-1)*s - 2p + k + op, (W-1)*s - 2p + k + op]``.
+    """
+    N, Ci, H, W = x.shape
+    _, Co, k, _ = w.shape
+    s, p = stride, padding
+    Ho = (H - 1) * s - 2 * p + k + output_padding
+    Wo = (W - 1) * s - 2 * p + k + output_padding
+    idx, lo, hi, kc = _subpixel_plan(k, s, p)
+    wf = torch.cat([w.reshape(Ci, Co, k * k), w.new_zeros(Ci, Co, 1)], dim=2)
+    w2 = wf[:, :, idx].reshape(Ci, Co, s, s, kc, kc)
+    w2 = w2.permute(1, 2, 3, 0, 4, 5).reshape(Co * s * s, Ci, kc, kc)  # (co, ry, rx) order
+    Qh, Qw = -(-Ho // s), -(-Wo // s)
+    pad_b = max(0, (Qh - 1) + hi - (H - 1))
+    pad_r = max(0, (Qw - 1) + hi - (W - 1))
+    xp = F.pad(x, (max(-lo, 0), pad_r, max(-lo, 0), pad_b))
+    if lo > 0:
+        xp = xp[:, :, lo:, lo:]
+    bb = None if b is None else b.repeat_interleave(s * s)
+    y = F.conv2d(xp, w2, bb)[:, :, :Qh, :Qw]
+    return F.pixel_shuffle(y, s)[:, :, :Ho, :Wo]
+
+
+def _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding):
+    if stride > 1 and w.shape[-1] > stride and \
+            w.shape[1] * stride * stride <= SUBPIXEL_MAX_PHASE_CHANNELS:
+        return conv_transpose2d_subpixel(x, w, b, stride, padding, output_padding)
+    return F.conv_transpose2d(x, w, b, stride=stride, padding=padding,
+                              output_padding=output_padding)
+
+
 def _out_width(out_width, co_max, name):
     co = co_max if out_width is None else int(out_width)
     if not 1 <= co <= co_max:
@@ -270,9 +337,7 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     x, w, b, cast = _cpu_operands(x, weight, bias, (slice(0, ci), slice(0, co)), co)
     if cast:
         with torch.autocast(x.device.type, enabled=False):
-            y = F.conv_transpose2d(x, w, b, stride=stride, padding=padding,
-                                   output_padding=output_padding)
+            y = _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding)
     else:
-        y = F.conv_transpose2d(x, w, b, stride=stride, padding=padding,
-                               output_padding=output_padding)
+        y = _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding)
     return _apply_gdn(y, kout)

@@ -161,3 +161,38 @@ def test_errors():
         slim_conv_transpose2d(torch.randn(1, 8, 5, 5), w, b, stride=2, output_padding=2)
     with pytest.raises(ValueError, match="gdn"):
         slim_conv2d(torch.randn(1, 8, 9, 9), w, b, gdn=torch.ones(3))
+
+
+@pytest.mark.parametrize("k,s,p,op,H,W", [(9, 4, 4, 3, 5, 7), (9, 4, 4, 3, 1, 1), (5, 2, 2, 1, 6, 5),
+                                          (3, 2, 1, 1, 4, 4), (4, 2, 1, 0, 5, 3), (2, 3, 0, 0, 4, 4),
+                                          (7, 3, 1, 2, 3, 4)])
+def test_subpixel_transposed_conv_equals_conv_transpose2d_float64(k, s, p, op, H, W):
+    from slimkernels.ops.conv import conv_transpose2d_subpixel
+    torch.manual_seed(k * 10 + s)
+    x = torch.randn(2, 5, H, W, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, k, k, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    ref = F.conv_transpose2d(x, w, b, stride=s, padding=p, output_padding=op)
+    got = conv_transpose2d_subpixel(x, w, b, s, p, op)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(ref)
+    grads_ref = torch.autograd.grad(ref, (x, w, b), g)
+    grads = torch.autograd.grad(got, (x, w, b), g)
+    for a, r in zip(grads, grads_ref):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_output_layer_uses_subpixel_path_and_matches(monkeypatch):
+    import slimkernels.ops.conv as C
+    calls = []
+    orig = C.conv_transpose2d_subpixel
+    monkeypatch.setattr(C, "conv_transpose2d_subpixel", lambda *a: calls.append(1) or orig(*a))
+    torch.manual_seed(0)
+    x = torch.randn(1, 24, 4, 6, dtype=torch.float64)
+    w = torch.randn(32, 3, 9, 9, dtype=torch.float64)
+    b = torch.randn(3, dtype=torch.float64)
+    y = C.slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3, backend="torch")
+    assert calls, "the 9x9/4 output layer should take the sub-pixel path on CPU"
+    ref = F.conv_transpose2d(x, w[:24], b, stride=4, padding=4, output_padding=3)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
