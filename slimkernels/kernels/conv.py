@@ -152,6 +152,29 @@ def _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_o
 
 
 # ----------------------------------------------------------------------------------------------
+# the main loop shared by the conv and transposed-conv kernels
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _tap_channels(acc, a_ptrs, b_ptrs, pix_ok, n_ok, offs_k, C_in, sxc, swi,
+                  BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
+    """One kernel tap: ``acc[BLOCK_M, BLOCK_N] += x[pixels, ci] @ w[ci, outs]`` over every
+    active input channel, BLOCK_K at a time (``a_ptrs``: the tap's input pixel addresses,
+    ``b_ptrs``: its weight addresses per output channel)."""
+    for c0 in range(0, C_in, BLOCK_K):
+        ci = c0 + offs_k
+        c_ok = ci < C_in
+        a = tl.load(a_ptrs[:, None] + ci[None, :] * sxc,
+                    mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs[None, :] + ci[:, None] * swi,
+                    mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        if DOT_UPCAST:  # the interpreter's bf16 dot is broken (triton 3.9): exact fp32 dot
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    return acc
+
+
+# ----------------------------------------------------------------------------------------------
 # forward convolution
 # ----------------------------------------------------------------------------------------------
 @triton.jit
@@ -207,19 +230,9 @@ def conv2d_fwd_kernel(
             ih = ih0 + kh
             iw = iw0 + kw
             pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a_ptrs = x_base + ih * sxh + iw * sxw
-            b_ptrs = w_base + kh * swh + kw * sww
-            for c0 in range(0, C_in, BLOCK_K):
-                ci = c0 + offs_k
-                c_ok = ci < C_in
-                a = tl.load(a_ptrs[:, None] + ci[None, :] * sxc,
-                            mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
-                b = tl.load(b_ptrs[None, :] + ci[:, None] * swi,
-                            mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-                if DOT_UPCAST:  # the interpreter's bf16 dot is broken (triton 3.9): exact fp32 dot
-                    a = a.to(tl.float32)
-                    b = b.to(tl.float32)
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            acc = _tap_channels(acc, x_base + ih * sxh + iw * sxw, w_base + kh * swh + kw * sww,
+                                pix_ok, n_ok, offs_k, C_in, sxc, swi, BLOCK_K, PRECISION,
+                                DOT_UPCAST)
     pix_off = img.to(tl.int64) * syn + oh * syh + ow * syw
     _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
               HAS_BIAS, EPI, BLOCK_M, BLOCK_N, EPI_PRECISION, EPI_DOT16)
@@ -278,19 +291,8 @@ def conv_transpose2d_fwd_kernel(
         ih = a_i - th + c_h
         iw = b_i - tw + c_w
         pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a_ptrs = x_base + ih * sxh + iw * sxw
-        b_ptrs = w_base + kh * swh + kw * sww
-        for c0 in range(0, C_in, BLOCK_K):
-            ci = c0 + offs_k
-            c_ok = ci < C_in
-            a = tl.load(a_ptrs[:, None] + ci[None, :] * sxc,
-                        mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
-            b = tl.load(b_ptrs[None, :] + ci[:, None] * swi,
-                        mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-            if DOT_UPCAST:  # the interpreter's bf16 dot is broken (triton 3.9): exact fp32 dot
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = _tap_channels(acc, x_base + ih * sxh + iw * sxw, w_base + kh * swh + kw * sww,
+                            pix_ok, n_ok, offs_k, C_in, sxc, swi, BLOCK_K, PRECISION, DOT_UPCAST)
     pix_off = img.to(tl.int64) * syn + oh * syh + ow * syw
     _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
               HAS_BIAS, EPI, BLOCK_M, BLOCK_N, EPI_PRECISION, EPI_DOT16)
