@@ -121,13 +121,13 @@ def _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_
 
 
 @triton.jit
-def _gdn_fwd_kernel(x_ptr, y_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, bb_ptr,
-                    P, C, HW, sxn, sxc, sxhw, syn, syc, syhw, gs0, gs1, stride_b,
-                    INVERSE: tl.constexpr, HAS_GS: tl.constexpr, HAS_GB: tl.constexpr,
-                    HAS_BS: tl.constexpr, HAS_BB: tl.constexpr, FP32_PRECISION: tl.constexpr,
-                    EMULATE_HALF_DOT: tl.constexpr, WIDE: tl.constexpr, BLOCK_P: tl.constexpr,
-                    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
-    """y = x * n^(-1/2) (GDN) or x * n^(1/2) (IGDN) for one [BLOCK_P, BLOCK_CO] tile."""
+def _tile_norm(x_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, bb_ptr, P, C, HW, sxn, sxc,
+               sxhw, gs0, gs1, stride_b, HAS_GS: tl.constexpr, HAS_GB: tl.constexpr,
+               HAS_BS: tl.constexpr, HAS_BB: tl.constexpr, FP32_PRECISION: tl.constexpr,
+               EMULATE_HALF_DOT: tl.constexpr, WIDE: tl.constexpr, BLOCK_P: tl.constexpr,
+               BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
+    """This program's [BLOCK_P pixels, BLOCK_CO channels] tile (offsets and masks), x's pixel
+    offsets, and the norm n = beta + gamma x^2 on the tile (fp32)."""
     pid = tl.program_id(0)
     n_co = tl.cdiv(C, BLOCK_CO)
     pid_p = pid // n_co
@@ -140,6 +140,21 @@ def _gdn_fwd_kernel(x_ptr, y_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, b
     n = _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_ptr, gs0, gs1,
                    gs_ptr, gb_ptr, bs_ptr, bb_ptr, HAS_GS, HAS_GB, HAS_BS, HAS_BB, FP32_PRECISION,
                    EMULATE_HALF_DOT, BLOCK_P, BLOCK_CO, BLOCK_CI)
+    return offs_p, mask_p, offs_co, mask_co, x_off, n
+
+
+@triton.jit
+def _gdn_fwd_kernel(x_ptr, y_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, bb_ptr,
+                    P, C, HW, sxn, sxc, sxhw, syn, syc, syhw, gs0, gs1, stride_b,
+                    INVERSE: tl.constexpr, HAS_GS: tl.constexpr, HAS_GB: tl.constexpr,
+                    HAS_BS: tl.constexpr, HAS_BB: tl.constexpr, FP32_PRECISION: tl.constexpr,
+                    EMULATE_HALF_DOT: tl.constexpr, WIDE: tl.constexpr, BLOCK_P: tl.constexpr,
+                    BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
+    """y = x * n^(-1/2) (GDN) or x * n^(1/2) (IGDN) for one [BLOCK_P, BLOCK_CO] tile."""
+    offs_p, mask_p, offs_co, mask_co, x_off, n = _tile_norm(
+        x_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, bb_ptr, P, C, HW, sxn, sxc, sxhw,
+        gs0, gs1, stride_b, HAS_GS, HAS_GB, HAS_BS, HAS_BB, FP32_PRECISION, EMULATE_HALF_DOT,
+        WIDE, BLOCK_P, BLOCK_CO, BLOCK_CI)
     m = mask_p[:, None] & mask_co[None, :]
     xv = tl.load(x_ptr + x_off[:, None] + offs_co[None, :] * sxc, mask=m, other=0.0)
     if INVERSE:
@@ -158,18 +173,10 @@ def _gdn_bwd_dn_kernel(x_ptr, dy_ptr, dn_ptr, dx0_ptr, beta_ptr, gamma_ptr, gs_p
                        EMULATE_HALF_DOT: tl.constexpr, WIDE: tl.constexpr,
                        BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
     """Recompute n; write dn and dx0 = dy * n^(-/+1/2) as fp32 [P, C] (row-major) scratch."""
-    pid = tl.program_id(0)
-    n_co = tl.cdiv(C, BLOCK_CO)
-    pid_p = pid // n_co
-    pid_co = pid - pid_p * n_co
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < P
-    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    mask_co = offs_co < C
-    x_off = _pixel_offsets(offs_p, HW, sxn, sxhw, WIDE)
-    n = _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_ptr, gs0, gs1,
-                   gs_ptr, gb_ptr, bs_ptr, bb_ptr, HAS_GS, HAS_GB, HAS_BS, HAS_BB, FP32_PRECISION,
-                   EMULATE_HALF_DOT, BLOCK_P, BLOCK_CO, BLOCK_CI)
+    offs_p, mask_p, offs_co, mask_co, x_off, n = _tile_norm(
+        x_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, bb_ptr, P, C, HW, sxn, sxc, sxhw,
+        gs0, gs1, stride_b, HAS_GS, HAS_GB, HAS_BS, HAS_BB, FP32_PRECISION, EMULATE_HALF_DOT,
+        WIDE, BLOCK_P, BLOCK_CO, BLOCK_CI)
     m = mask_p[:, None] & mask_co[None, :]
     xv = tl.load(x_ptr + x_off[:, None] + offs_co[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
     dy_off = _pixel_offsets(offs_p, HW, sdn, sdhw, WIDE)
