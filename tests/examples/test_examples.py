@@ -118,12 +118,15 @@ def test_rate_control_tiny_bpp(tmp_path):
 
 def test_rate_control_without_model_says_what_to_do(tmp_path):
     from slimkernels.pretrained import bundled_model_path
-    if bundled_model_path() is not None:
-        pytest.skip("this install bundles a model")
     (tmp_path / "a.png").write_bytes(b"")
-    r = run("rate_control.py", tmp_path, "--target-psnr", 30)
+    if bundled_model_path() is None:
+        r = run("rate_control.py", tmp_path, "--target-psnr", 30)
+        assert r.returncode == 2
+        assert "no bundled pretrained model" in r.stderr and "--model" in r.stderr
+    missing = str(tmp_path / "missing.pt")
+    r = run("rate_control.py", tmp_path, "--target-psnr", 30, "--model", missing)
     assert r.returncode == 2
-    assert "no bundled pretrained model" in r.stderr and "--model" in r.stderr
+    assert missing in r.stderr and "does not exist" in r.stderr
 
 
 def test_accelerate_compressai_skips_without_compressai():
