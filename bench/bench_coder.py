@@ -78,13 +78,6 @@ def kodak_like_workload(seed=0, channels=192, h=32, w=48, n_sym=81, precision=16
     return sym, idx, cdfs, lengths, offsets
 
 
-def ideal_bytes(sym, idx, cdfs, lengths, offsets, precision=16):
-    i = idx.reshape(-1)
-    v = sym.reshape(-1).astype(np.int64) - offsets[i]
-    nd = lengths[i] - 2
-    v = np.where((v < 0) | (v >= nd), nd, v)
-    freq = cdfs[i, v + 1].astype(np.float64) - cdfs[i, v]
-    return float(-np.log2(freq / (1 << precision)).sum() / 8)
 
 
 def escape_bypass_bytes(sym, idx, lengths, offsets):
@@ -245,7 +238,7 @@ def main(argv=None):
     work = kodak_like_workload()
     sym = work[0]
     n = sym.size
-    ideal = ideal_bytes(*work)
+    ideal = coding.ideal_bytes(*work)
     bypass = escape_bypass_bytes(sym, work[1], work[3], work[4])
     load_before = os.getloadavg()
     rows = bench_slimkernels(work, n, args.repeat, args.warmup)

@@ -27,6 +27,7 @@ import numpy as np
 
 __all__ = [
     "encode",
+    "ideal_bytes",
     "decode",
     "pmf_to_quantized_cdf",
     "pmfs_to_quantized_cdfs",
@@ -245,3 +246,19 @@ def pmfs_to_quantized_cdfs(pmfs, pmf_lengths, tail_masses=None, precision=16):
     lengths = _as_int32(pmf_lengths, "pmf_lengths", 1)
     tails = None if tail_masses is None else _as_float64(tail_masses, "tail_masses", 1)
     return _ext().pmfs_to_quantized_cdfs(p, lengths, tails, precision)
+
+
+def ideal_bytes(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision: int = 16) -> float:
+    """Ideal size in bytes, ``-sum log2 p / 8``, of ``symbols`` under the quantized CDFs.
+
+    Out-of-range values count as the escape symbol only (the bypass bits that follow an escape
+    are not included). Arguments as in :func:`encode` (numpy or CPU torch int arrays); the
+    result is a float. Used to check the coder's overhead in tests and benchmarks.
+    """
+    i = np.asarray(indexes).reshape(-1)
+    cdfs = np.asarray(cdfs)
+    v = np.asarray(symbols).reshape(-1).astype(np.int64) - np.asarray(offsets)[i]
+    nd = np.asarray(cdf_lengths)[i] - 2
+    v = np.where((v < 0) | (v >= nd), nd, v)
+    freq = cdfs[i, v + 1].astype(np.float64) - cdfs[i, v]
+    return float(-np.log2(freq / (1 << precision)).sum() / 8)

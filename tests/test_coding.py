@@ -117,14 +117,6 @@ def _kodak_like(rng, channels=192, h=32, w=48, n_sym=81, escapes=True):
     return sym, np.ascontiguousarray(idx), cdfs, lengths, offsets
 
 
-def _ideal_bytes(sym, idx, cdfs, lengths, offsets, precision=16):
-    """-sum log2 p under the quantized CDFs (escapes: the escape symbol only)."""
-    i = idx.reshape(-1)
-    v = sym.reshape(-1).astype(np.int64) - offsets[i]
-    nd = lengths[i] - 2
-    v = np.where((v < 0) | (v >= nd), nd, v)
-    freq = cdfs[i, v + 1].astype(np.float64) - cdfs[i, v]
-    return float(-np.log2(freq / (1 << precision)).sum() / 8)
 
 
 def _roundtrip(sym, idx, cdfs, lengths, offsets, precision=16, streams=1, threads=None):
@@ -259,7 +251,7 @@ def test_size_close_to_ideal(streams):
     sym, idx, cdfs, lengths, offsets = _kodak_like(rng, channels=192, h=64, w=96, escapes=False)
     assert sym.size >= 1_000_000
     data = _roundtrip(sym, idx, cdfs, lengths, offsets, streams=streams)
-    ideal = _ideal_bytes(sym, idx, cdfs, lengths, offsets)
+    ideal = coding.ideal_bytes(sym, idx, cdfs, lengths, offsets)
     assert len(data) <= ideal * 1.001 + 16 * streams, (len(data), ideal)
     assert len(data) >= ideal - 1  # cannot beat the entropy: sanity of the measurement
 
@@ -267,7 +259,7 @@ def test_size_close_to_ideal(streams):
 def test_size_with_escapes_close_to_ideal_plus_bypass():
     rng = np.random.default_rng(8)
     sym, idx, cdfs, lengths, offsets = _kodak_like(rng, channels=64, h=32, w=32, escapes=True)
-    ideal = _ideal_bytes(sym, idx, cdfs, lengths, offsets)
+    ideal = coding.ideal_bytes(sym, idx, cdfs, lengths, offsets)
     v = sym.reshape(-1).astype(np.int64) - offsets[idx.reshape(-1)]
     nd = (lengths[idx.reshape(-1)] - 2).astype(np.int64)
     esc = (v < 0) | (v >= nd)
@@ -285,7 +277,7 @@ def test_ten_million_symbols():
     assert sym.size >= 10_000_000
     for streams in (1, 3):
         data = _roundtrip(sym, idx, cdfs, lengths, offsets, streams=streams)
-        ideal = _ideal_bytes(sym, idx, cdfs, lengths, offsets)
+        ideal = coding.ideal_bytes(sym, idx, cdfs, lengths, offsets)
         assert len(data) < ideal * 1.01
 
 
@@ -496,3 +488,15 @@ def test_many_streams_and_threads(rng):
     data = _roundtrip(sym, idx, cdfs, lengths, offsets, 12, streams=300, threads=10_000)
     assert coding.stream_count(data) == 300
     assert data == _ref_encode(sym, idx, cdfs, lengths, offsets, 12, 300)
+
+
+def test_ideal_bytes_known_value():
+    # 4 codable values + escape, freqs 16384, 16384, 16384, 16383, 1 (precision 16)
+    cdfs = np.array([[0, 16384, 32768, 49152, 65535, 65536]], np.int32)
+    lengths = np.array([6], np.int32)
+    offsets = np.array([0], np.int32)
+    sym = np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int32)      # 2 bits each -> 2 bytes
+    idx = np.zeros(8, np.int32)
+    assert coding.ideal_bytes(sym, idx, cdfs, lengths, offsets) == pytest.approx(2.0, abs=1e-12)
+    esc = np.array([100], np.int32)                            # escape: -log2(1/65536) = 16 bits
+    assert coding.ideal_bytes(esc, idx[:1], cdfs, lengths, offsets) == pytest.approx(2.0, abs=1e-12)
