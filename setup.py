@@ -24,8 +24,17 @@ def _ext_modules():
     sources = sorted(os.path.join("csrc", f) for f in os.listdir(os.path.join(HERE, "csrc"))
                      if f.endswith(".cpp"))
     args = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    cpu_dir = os.path.join("csrc", "cpu")
+    cpu_sources = sorted(os.path.join(cpu_dir, f) for f in os.listdir(os.path.join(HERE, cpu_dir))
+                         if f.endswith(".cpp"))
     return [Pybind11Extension("slimkernels._coder", sources, include_dirs=["csrc"],
-                              extra_compile_args=args, cxx_std=17)]
+                              extra_compile_args=args, cxx_std=17),
+            # Fused CPU kernels (AMX-BF16 GDN). Optional: if it fails to build (old compiler or
+            # assembler, another ISA), the package installs without it and slimkernels.ops.gdn
+            # falls back to its PyTorch path.
+            Pybind11Extension("slimkernels._cpu_kernels", cpu_sources, include_dirs=[cpu_dir],
+                              extra_compile_args=args + ["-pthread"],
+                              extra_link_args=["-pthread"], cxx_std=17, optional=True)]
 
 
 def _check_compiler():

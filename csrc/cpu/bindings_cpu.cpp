@@ -1,0 +1,66 @@
+// Thin pybind11 binding of the CPU kernel library (slimkernels._cpu_kernels). Pointers arrive as
+// integers (tensor.data_ptr()) after the Python side validated device, dtype and layout; the
+// GIL is released while the kernel runs.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+
+#include "gdn_cpu.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+void gdn_forward_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int64_t HW,
+                    bool channels_last, uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1,
+                    uintptr_t beta, int bdtype, int64_t b_s0, double gamma_scale,
+                    double gamma_bias, double beta_scale, double beta_bias, bool inverse,
+                    int splits, int nthreads) {
+  sk::GdnArgs a;
+  a.x = reinterpret_cast<const void*>(x);
+  a.y = reinterpret_cast<void*>(y);
+  a.xdtype = xdtype;
+  a.N = N;
+  a.C = C;
+  a.HW = HW;
+  a.channels_last = channels_last;
+  a.gamma = reinterpret_cast<const void*>(gamma);
+  a.gdtype = gdtype;
+  a.g_s0 = g_s0;
+  a.g_s1 = g_s1;
+  a.beta = reinterpret_cast<const void*>(beta);
+  a.bdtype = bdtype;
+  a.b_s0 = b_s0;
+  a.gamma_scale = gamma_scale;
+  a.gamma_bias = gamma_bias;
+  a.beta_scale = beta_scale;
+  a.beta_bias = beta_bias;
+  a.inverse = inverse;
+  a.splits = splits;
+  a.nthreads = nthreads;
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = sk::gdn_forward(a);
+  }
+  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.gdn_forward: ") +
+                                        sk::gdn_error_message(rc));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu_kernels, m) {
+  m.doc() = "Fused CPU kernels of slimkernels (AMX-BF16 GDN/IGDN forward).";
+  m.attr("F32") = static_cast<int>(sk::kF32);
+  m.attr("BF16") = static_cast<int>(sk::kBF16);
+  m.def("amx_available", &sk::amx_available,
+        "True when the CPU has AMX-BF16 + AVX512-BF16 and the OS granted the tile state.");
+  m.def("gdn_forward", &gdn_forward_py, py::arg("x"), py::arg("y"), py::arg("xdtype"),
+        py::arg("N"), py::arg("C"), py::arg("HW"), py::arg("channels_last"), py::arg("gamma"),
+        py::arg("gdtype"), py::arg("g_s0"), py::arg("g_s1"), py::arg("beta"), py::arg("bdtype"),
+        py::arg("b_s0"), py::arg("gamma_scale"), py::arg("gamma_bias"), py::arg("beta_scale"),
+        py::arg("beta_bias"), py::arg("inverse"), py::arg("splits"), py::arg("nthreads"),
+        "Fused GDN/IGDN forward on raw pointers (see csrc/cpu/gdn_cpu.hpp). x: [N*HW, C] "
+        "(channels_last) or [N, C, HW] (NCHW), fp32 (xdtype 0) or bf16 (1); y likewise.");
+}

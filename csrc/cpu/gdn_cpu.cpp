@@ -1,0 +1,466 @@
+// Fused GDN / IGDN forward on AMX-BF16 (see gdn_cpu.hpp).
+//
+// Work unit: a block of pixels. Per block:
+//   1. z = x^2 (fp32), rounded to bf16 (and for splits == 3 also z_lo = bf16(z - z_hi)) into a
+//      small per-thread buffer in the layout the GEMM wants;
+//   2. n = z gamma^T on AMX tiles (tdpbf16ps, fp32 accumulation) into a per-thread fp32 buffer;
+//   3. epilogue: y = x * rsqrt(n + beta) (IGDN: x * sqrt(n + beta)), written once.
+// channels_last: the block is 32 pixel rows; A = z [32 x K], B = gamma^T packed in VNNI pairs.
+// NCHW: the block is PB pixels of one image; A = gamma [C x K], B = z [K x PB] packed in VNNI
+// pairs (n comes out transposed, [C x PB], which is NCHW's layout).
+// Any C: K is padded to a multiple of 32 and the output channels to a multiple of 16 with zeros
+// in the packed buffers (zero rows/columns add nothing to n). splits == 3 triples K:
+// [z_hi | z_lo | z_hi] . [g_hi ; g_hi ; g_lo].
+#include "gdn_cpu.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define SK_HAVE_AMX_CODE 1
+#include <cpuid.h>
+// gcc 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* helpers
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define SK_HAVE_AMX_CODE 0
+#endif
+
+namespace sk {
+
+namespace {
+
+constexpr int kClRows = 32;  // channels_last: pixels per block (two 16-row A tiles)
+constexpr int kNchwPix = 64;  // NCHW: pixels per block (a multiple of 32)
+
+enum Err { kOk = 0, kNoAmx = 1, kBadArgs = 2, kNoMem = 3 };
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+inline float load_param(const void* p, int dtype, int64_t idx) {
+  if (dtype == kBF16) {
+    uint32_t u = static_cast<uint32_t>(static_cast<const uint16_t*>(p)[idx]) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  return static_cast<const float*>(p)[idx];
+}
+
+// fp32 -> bf16, round to nearest even (NaN stays NaN)
+inline uint16_t f2bf(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+inline float bf2f(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+struct AlignedFree {
+  void operator()(void* p) const { std::free(p); }
+};
+template <class T>
+using Buf = std::unique_ptr<T[], AlignedFree>;
+
+template <class T>
+Buf<T> alloc_zeroed(int64_t n) {
+  size_t bytes = static_cast<size_t>(round_up(std::max<int64_t>(n, 1) * sizeof(T), 64));
+  void* p = std::aligned_alloc(64, bytes);
+  if (p) std::memset(p, 0, bytes);
+  return Buf<T>(static_cast<T*>(p));
+}
+
+// Shapes shared by the workers of one call.
+struct Plan {
+  int64_t C, Kpad, Cpad, K3;  // K3 = splits * Kpad
+  int splits;
+  const uint16_t* gpack;      // packed gamma (layout depends on channels_last)
+  const float* beta;          // effective beta, fp32, [C] (padded to Cpad)
+};
+
+// Per-thread buffers: bf16 z operand and fp32 n, both 64-byte aligned and zeroed.
+struct Scratch {
+  Buf<uint16_t> z;
+  Buf<float> n;
+  bool ok() const { return z && n; }
+};
+
+}  // namespace
+
+#if SK_HAVE_AMX_CODE
+
+#define SK_TARGET                                                                         \
+  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16," \
+                        "fma,avx2")))
+
+namespace {
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+SK_TARGET void tile_config_full() {
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  cfg.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// C tiles 0..3 (C[i][j] = tmm(2i+j)), A tiles 4, 5, B tiles 6, 7.
+template <int MT, int NT>
+SK_TARGET inline void micro(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb,
+                            float* Cm, int64_t ldc, int64_t K) {
+  _tile_zero(0);
+  if constexpr (NT == 2) _tile_zero(1);
+  if constexpr (MT == 2) _tile_zero(2);
+  if constexpr (MT == 2 && NT == 2) _tile_zero(3);
+  const long sa = lda * 2, sb = ldb * 2;
+  for (int64_t k = 0; k < K; k += 32) {
+    _tile_loadd(4, A + k, sa);
+    if constexpr (MT == 2) _tile_loadd(5, A + 16 * lda + k, sa);
+    const uint16_t* b = B + (k / 2) * ldb;
+    _tile_loadd(6, b, sb);
+    if constexpr (NT == 2) _tile_loadd(7, b + 32, sb);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (NT == 2) _tile_dpbf16ps(1, 4, 7);
+    if constexpr (MT == 2) _tile_dpbf16ps(2, 5, 6);
+    if constexpr (MT == 2 && NT == 2) _tile_dpbf16ps(3, 5, 7);
+  }
+  const long sc = ldc * 4;
+  _tile_stored(0, Cm, sc);
+  if constexpr (NT == 2) _tile_stored(1, Cm + 16, sc);
+  if constexpr (MT == 2) _tile_stored(2, Cm + 16 * ldc, sc);
+  if constexpr (MT == 2 && NT == 2) _tile_stored(3, Cm + 16 * ldc + 16, sc);
+}
+
+// Cm[M x N] (fp32, ldc) = A[M x K] (bf16 row-major, lda) . B (VNNI: K/2 rows of N pairs, ldb
+// elements per row). M, N multiples of 16; K a multiple of 32.
+SK_TARGET void gemm(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb, float* Cm,
+                    int64_t ldc, int64_t M, int64_t N, int64_t K) {
+  for (int64_t i = 0; i < M; i += 32) {
+    const bool m2 = i + 32 <= M;
+    const uint16_t* a = A + i * lda;
+    for (int64_t j = 0; j < N; j += 32) {
+      const bool n2 = j + 32 <= N;
+      const uint16_t* b = B + 2 * j;
+      float* c = Cm + i * ldc + j;
+      if (m2 && n2) micro<2, 2>(a, lda, b, ldb, c, ldc, K);
+      else if (m2) micro<2, 1>(a, lda, b, ldb, c, ldc, K);
+      else if (n2) micro<1, 2>(a, lda, b, ldb, c, ldc, K);
+      else micro<1, 1>(a, lda, b, ldb, c, ldc, K);
+    }
+  }
+}
+
+SK_TARGET inline __m512 load16(const void* base, int dtype, int64_t idx, __mmask16 m) {
+  if (dtype == kBF16) {
+    __m256i h = _mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(base) + idx);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  return _mm512_maskz_loadu_ps(m, static_cast<const float*>(base) + idx);
+}
+
+SK_TARGET inline __m256i to_bf16(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+
+SK_TARGET inline __m512 from_bf16(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+SK_TARGET inline void store16(void* base, int dtype, int64_t idx, __m512 v, __mmask16 m) {
+  if (dtype == kBF16)
+    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(base) + idx, m, to_bf16(v));
+  else
+    _mm512_mask_storeu_ps(static_cast<float*>(base) + idx, m, v);
+}
+
+// x * rsqrt(n) (GDN) or x * sqrt(n) (IGDN); rsqrt14 + one Newton step (relative error ~1e-7),
+// with exact IEEE results at n = +-0, +inf (rsqrt(0) = inf, sqrt(inf) = inf, ...) and NaN for
+// n < 0 or NaN.
+template <bool INV>
+SK_TARGET inline __m512 gdn_apply(__m512 x, __m512 n) {
+  const __m512 r0 = _mm512_rsqrt14_ps(n);
+  const __m512 nr = _mm512_mul_ps(n, r0);
+  // r = r0 * (1.5 - 0.5 * n * r0^2)
+  const __m512 h = _mm512_mul_ps(_mm512_set1_ps(0.5f), r0);
+  const __m512 t = _mm512_fnmadd_ps(nr, h, _mm512_set1_ps(1.5f));  // 1.5 - 0.5 n r0^2
+  const __mmask16 special = _mm512_fpclass_ps_mask(r0, 0x02 | 0x04 | 0x08 | 0x10);
+  if constexpr (INV) {
+    __m512 s = _mm512_mul_ps(nr, t);  // n * r
+    s = _mm512_mask_mov_ps(s, special, n);
+    return _mm512_mul_ps(x, s);
+  } else {
+    __m512 r = _mm512_mul_ps(r0, t);
+    r = _mm512_mask_mov_ps(r, special, r0);
+    return _mm512_mul_ps(x, r);
+  }
+}
+
+inline __mmask16 tail_mask(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// ---------------------------------------------------------------- channels_last worker
+// zb: A = [32 x K3] bf16, zeroed; nb: [32 x Cpad] fp32
+template <bool INV>
+SK_TARGET void run_cl(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t row0,
+                      int64_t row1) {
+  const int64_t C = p.C, K3 = p.K3, Kpad = p.Kpad, Cpad = p.Cpad;
+  Buf<uint16_t>& zb = sc.z;
+  Buf<float>& nb = sc.n;
+  tile_config_full();
+  const int xd = a.xdtype;
+  bool tail_zeroed = false;
+  for (int64_t r0 = row0; r0 < row1; r0 += kClRows) {
+    const int64_t nr = std::min<int64_t>(kClRows, row1 - r0);
+    if (nr < kClRows && !tail_zeroed) {  // rows past the end: zeros (their n is discarded)
+      std::memset(zb.get() + nr * K3, 0, (kClRows - nr) * K3 * sizeof(uint16_t));
+      tail_zeroed = true;
+    }
+    for (int64_t r = 0; r < nr; ++r) {
+      const int64_t xo = (r0 + r) * C;
+      uint16_t* zr = zb.get() + r * K3;
+      for (int64_t c = 0; c < C; c += 16) {
+        const __mmask16 m = tail_mask(C - c);
+        const __m512 v = load16(a.x, xd, xo + c, m);
+        const __m512 z = _mm512_mul_ps(v, v);
+        const __m256i hi = to_bf16(z);
+        _mm256_mask_storeu_epi16(zr + c, m, hi);
+        if (p.splits == 3) {
+          const __m256i lo = to_bf16(_mm512_sub_ps(z, from_bf16(hi)));
+          _mm256_mask_storeu_epi16(zr + Kpad + c, m, lo);
+          _mm256_mask_storeu_epi16(zr + 2 * Kpad + c, m, hi);
+        }
+      }
+    }
+    gemm(zb.get(), K3, p.gpack, 2 * Cpad, nb.get(), Cpad, kClRows, Cpad, K3);
+    for (int64_t r = 0; r < nr; ++r) {
+      const int64_t xo = (r0 + r) * C;
+      const float* nr_ = nb.get() + r * Cpad;
+      for (int64_t c = 0; c < C; c += 16) {
+        const __mmask16 m = tail_mask(C - c);
+        const __m512 v = load16(a.x, xd, xo + c, m);
+        const __m512 n = _mm512_add_ps(_mm512_loadu_ps(nr_ + c), _mm512_loadu_ps(p.beta + c));
+        store16(a.y, xd, xo + c, gdn_apply<INV>(v, n), m);
+      }
+    }
+  }
+  _tile_release();
+}
+
+// ------------------------------------------------------------------------ NCHW worker
+// blocks b in [b0, b1): image b / nblk, pixels (b % nblk) * kNchwPix ...
+// zb: B = [K3/2 x PB x 2] bf16, zeroed; nb: [Cpad x PB] fp32
+template <bool INV>
+SK_TARGET void run_nchw(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t b0,
+                        int64_t b1) {
+  const int64_t C = p.C, K3 = p.K3, Kpad = p.Kpad, Cpad = p.Cpad, HW = a.HW;
+  const int64_t nblk = (HW + kNchwPix - 1) / kNchwPix;
+  constexpr int64_t PB = kNchwPix;
+  Buf<uint16_t>& zb = sc.z;
+  Buf<float>& nb = sc.n;
+  tile_config_full();
+  const int xd = a.xdtype;
+  const int64_t kpairs = (C + 1) / 2;
+  const int64_t half = Kpad / 2;  // pair rows per split part
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t img = b / nblk, p0 = (b % nblk) * PB;
+    const int64_t np = std::min<int64_t>(PB, HW - p0);
+    const int64_t base = img * C * HW + p0;  // x index of (img, c=0, p0)
+    for (int64_t k = 0; k < kpairs; ++k) {
+      const int64_t c0 = 2 * k, c1 = 2 * k + 1;
+      for (int64_t q = 0; q < PB; q += 16) {
+        const __mmask16 m = np - q > 0 ? tail_mask(np - q) : static_cast<__mmask16>(0);
+        const __m512 v0 = load16(a.x, xd, base + c0 * HW + q, m);
+        const __m512 v1 = c1 < C ? load16(a.x, xd, base + c1 * HW + q, m) : _mm512_setzero_ps();
+        const __m512 z0 = _mm512_mul_ps(v0, v0), z1 = _mm512_mul_ps(v1, v1);
+        const __m256i h0 = to_bf16(z0), h1 = to_bf16(z1);
+        const __m512i hi = _mm512_or_si512(_mm512_cvtepu16_epi32(h0),
+                                           _mm512_slli_epi32(_mm512_cvtepu16_epi32(h1), 16));
+        _mm512_store_si512(zb.get() + (k * PB + q) * 2, hi);
+        if (p.splits == 3) {
+          const __m256i l0 = to_bf16(_mm512_sub_ps(z0, from_bf16(h0)));
+          const __m256i l1 = to_bf16(_mm512_sub_ps(z1, from_bf16(h1)));
+          const __m512i lo = _mm512_or_si512(_mm512_cvtepu16_epi32(l0),
+                                             _mm512_slli_epi32(_mm512_cvtepu16_epi32(l1), 16));
+          _mm512_store_si512(zb.get() + ((half + k) * PB + q) * 2, lo);
+          _mm512_store_si512(zb.get() + ((2 * half + k) * PB + q) * 2, hi);
+        }
+      }
+    }
+    gemm(p.gpack, K3, zb.get(), 2 * PB, nb.get(), PB, Cpad, PB, K3);
+    for (int64_t c = 0; c < C; ++c) {
+      const __m512 bc = _mm512_set1_ps(p.beta[c]);
+      const float* nr_ = nb.get() + c * PB;
+      const int64_t xo = base + c * HW;
+      for (int64_t q = 0; q < np; q += 16) {
+        const __mmask16 m = tail_mask(np - q);
+        const __m512 v = load16(a.x, xd, xo + q, m);
+        const __m512 n = _mm512_add_ps(_mm512_loadu_ps(nr_ + q), bc);
+        store16(a.y, xd, xo + q, gdn_apply<INV>(v, n), m);
+      }
+    }
+  }
+  _tile_release();
+}
+
+bool detect_amx() {
+  unsigned eax, ebx, ecx, edx;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(1, 0, eax, ebx, ecx, edx);
+  if (!(ecx & (1u << 27))) return false;  // OSXSAVE
+  __cpuid_count(7, 0, eax, ebx, ecx, edx);
+  const bool avx512f = ebx & (1u << 16), avx512dq = ebx & (1u << 17),
+             avx512bw = ebx & (1u << 30), avx512vl = ebx & (1u << 31);
+  const bool amx_bf16 = edx & (1u << 22), amx_tile = edx & (1u << 24);
+  if (!(avx512f && avx512dq && avx512bw && avx512vl && amx_bf16 && amx_tile)) return false;
+  __cpuid_count(7, 1, eax, ebx, ecx, edx);
+  if (!(eax & (1u << 5))) return false;  // AVX512_BF16
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  const uint64_t xcr0 = (static_cast<uint64_t>(hi) << 32) | lo;
+  const uint64_t need = (1u << 1) | (1u << 2) | (7u << 5);  // SSE, AVX, AVX-512 state
+  if ((xcr0 & need) != need) return false;
+  // Linux >= 5.16: the tile data state must be requested per process.
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return false;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  const uint64_t xcr0b = (static_cast<uint64_t>(hi) << 32) | lo;
+  return (xcr0b & (3u << 17)) == (3u << 17);  // XTILECFG, XTILEDATA
+}
+
+}  // namespace
+
+#endif  // SK_HAVE_AMX_CODE
+
+bool amx_available() {
+#if SK_HAVE_AMX_CODE
+  static const bool ok = detect_amx();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+const char* gdn_error_message(int code) {
+  switch (code) {
+    case kOk: return "ok";
+    case kNoAmx: return "AMX-BF16 is not available on this CPU/OS (or this build)";
+    case kBadArgs: return "unsupported arguments (dtype, sizes or splits)";
+    case kNoMem: return "out of memory for the packed buffers";
+    default: return "unknown error";
+  }
+}
+
+int gdn_forward(const GdnArgs& a) {
+  if (!amx_available()) return kNoAmx;
+  if (a.N < 0 || a.C <= 0 || a.HW < 0 || !(a.splits == 1 || a.splits == 3) ||
+      !(a.xdtype == kF32 || a.xdtype == kBF16) || !(a.gdtype == kF32 || a.gdtype == kBF16) ||
+      !(a.bdtype == kF32 || a.bdtype == kBF16))
+    return kBadArgs;
+  if (a.N == 0 || a.HW == 0) return kOk;
+#if SK_HAVE_AMX_CODE
+  const int64_t C = a.C, Kpad = round_up(C, 32), Cpad = round_up(C, 16), K3 = a.splits * Kpad;
+  // effective gamma (fp32), split into bf16 hi / lo
+  std::vector<uint16_t> ghi(C * C), glo(C * C);
+  for (int64_t o = 0; o < C; ++o)
+    for (int64_t i = 0; i < C; ++i) {
+      const float g = static_cast<float>(
+          static_cast<double>(load_param(a.gamma, a.gdtype, o * a.g_s0 + i * a.g_s1)) *
+              a.gamma_scale + a.gamma_bias);
+      const uint16_t h = f2bf(g);
+      ghi[o * C + i] = h;
+      glo[o * C + i] = f2bf(g - bf2f(h));
+    }
+  // gamma parts along K: channels_last pairs with A = [z_hi | z_lo | z_hi], so B = [hi; hi; lo];
+  // NCHW pairs A = gamma with B = [z_hi; z_lo; z_hi], so A = [hi | hi | lo]. Same order.
+  auto part = [&](int s, int64_t o, int64_t i) -> uint16_t {
+    return (s == 2 ? glo : ghi)[o * C + i];
+  };
+  Buf<uint16_t> gpack = alloc_zeroed<uint16_t>(Cpad * K3);
+  Buf<float> beta = alloc_zeroed<float>(Cpad + 16);
+  if (!gpack || !beta) return kNoMem;
+  for (int64_t c = 0; c < C; ++c)
+    beta[c] = static_cast<float>(
+        static_cast<double>(load_param(a.beta, a.bdtype, c * a.b_s0)) * a.beta_scale +
+        a.beta_bias);
+  for (int s = 0; s < a.splits; ++s)
+    for (int64_t o = 0; o < C; ++o)
+      for (int64_t i = 0; i < C; ++i) {
+        const int64_t kk = s * Kpad + i;
+        if (a.channels_last)  // VNNI: [K3/2][Cpad][2], element (kk, o)
+          gpack[((kk / 2) * Cpad + o) * 2 + (kk & 1)] = part(s, o, i);
+        else  // row-major [Cpad][K3]
+          gpack[o * K3 + kk] = part(s, o, i);
+      }
+  Plan p{C, Kpad, Cpad, K3, a.splits, gpack.get(), beta.get()};
+
+  int64_t units, per_unit_pixels;
+  if (a.channels_last) {
+    units = (a.N * a.HW + kClRows - 1) / kClRows;
+    per_unit_pixels = kClRows;
+  } else {
+    units = a.N * ((a.HW + kNchwPix - 1) / kNchwPix);
+    per_unit_pixels = kNchwPix;
+  }
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, units / 4));
+  std::vector<Scratch> scratch(nt);
+  for (auto& s : scratch) {
+    s.z = alloc_zeroed<uint16_t>(per_unit_pixels * K3);
+    s.n = alloc_zeroed<float>(per_unit_pixels * Cpad);
+    if (!s.ok()) return kNoMem;
+  }
+  auto work = [&](int64_t t, int64_t u0, int64_t u1) {
+    if (u0 >= u1) return;
+    Scratch& sc = scratch[t];
+    if (a.channels_last) {
+      const int64_t P = a.N * a.HW;
+      const int64_t r0 = u0 * kClRows, r1 = std::min<int64_t>(P, u1 * kClRows);
+      if (a.inverse) run_cl<true>(a, p, sc, r0, r1);
+      else run_cl<false>(a, p, sc, r0, r1);
+    } else {
+      if (a.inverse) run_nchw<true>(a, p, sc, u0, u1);
+      else run_nchw<false>(a, p, sc, u0, u1);
+    }
+  };
+  if (nt <= 1) {
+    work(0, 0, units);
+  } else {
+    std::vector<std::thread> pool;
+    pool.reserve(nt - 1);
+    const int64_t chunk = (units + nt - 1) / nt;
+    for (int64_t t = 1; t < nt; ++t)
+      pool.emplace_back(work, t, t * chunk, std::min(units, (t + 1) * chunk));
+    work(0, 0, std::min(units, chunk));
+    for (auto& th : pool) th.join();
+  }
+  return kOk;
+#else
+  return kNoAmx;
+#endif
+}
+
+}  // namespace sk

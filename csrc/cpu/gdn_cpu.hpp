@@ -1,0 +1,45 @@
+// Fused GDN / IGDN forward on CPU: y = x * rsqrt(beta + gamma x^2)  (IGDN: x * sqrt(...)).
+// Plain C++17, no Python: raw pointers, strides and sizes. The channel mixing runs on AMX-BF16
+// tiles with fp32 accumulation; everything else (x^2, rsqrt/sqrt, the product) is fused around
+// it, so x is read once and y written once. Built with default compiler flags: the AMX /
+// AVX-512 code sits in functions with target attributes and is only called when the CPU and the
+// OS support it (see amx_available()).
+#pragma once
+#include <cstdint>
+
+namespace sk {
+
+enum DType : int { kF32 = 0, kBF16 = 1 };
+
+struct GdnArgs {
+  const void* x = nullptr;  // activations, dtype xdtype
+  void* y = nullptr;        // output, same dtype and layout as x
+  int xdtype = kF32;
+  int64_t N = 0, C = 0, HW = 0;  // batch, active channels, pixels per image
+  // true: x is [N*HW, C] (channels_last, channel stride 1, pixel stride C);
+  // false: x is [N, C, HW] contiguous (NCHW).
+  bool channels_last = false;
+  const void* gamma = nullptr;  // [C_max, C_max] parameter, read at [o * g_s0 + i * g_s1]
+  int gdtype = kF32;
+  int64_t g_s0 = 0, g_s1 = 1;
+  const void* beta = nullptr;  // [C_max] parameter, read at [c * b_s0]
+  int bdtype = kF32;
+  int64_t b_s0 = 1;
+  // SlimGDN+ per-width affine maps: gamma_k = gamma * gamma_scale + gamma_bias, likewise beta
+  double gamma_scale = 1.0, gamma_bias = 0.0, beta_scale = 1.0, beta_bias = 0.0;
+  bool inverse = false;
+  // Channel-mixing precision: 1 = one bf16 product (bf16 inputs); 3 = "bf16x3": z and gamma split
+  // into bf16 hi + lo parts, n = z_hi g_hi + z_lo g_hi + z_hi g_lo in fp32 (fp32 inputs).
+  int splits = 1;
+  int nthreads = 1;
+};
+
+// CPU has AMX-TILE, AMX-BF16, AVX512F/BW/VL/DQ and AVX512-BF16, the OS enables the tile state,
+// and (Linux) the process got permission to use it. Checked once, cached.
+bool amx_available();
+
+// Runs the fused forward. Returns 0 on success, else an error code (see gdn_error_message).
+int gdn_forward(const GdnArgs& a);
+const char* gdn_error_message(int code);
+
+}  // namespace sk
