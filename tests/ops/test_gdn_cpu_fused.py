@@ -1,0 +1,195 @@
+"""The fused CPU GDN kernel (slimkernels._cpu_kernels, AMX-BF16) against a float64 reference,
+and the dispatch between it and the PyTorch path."""
+import importlib
+
+import pytest
+import torch
+
+from slimkernels.ops import gdn, gdn_reference
+from slimkernels.ops.gdn import cpu_kernels_available, gdn_cpu_fused
+
+gdn_mod = importlib.import_module("slimkernels.ops.gdn")  # the module (ops.gdn is the function)
+
+C_MAX = 192
+WIDTHS = [1, 3, 17, 48, 72, 96, 144, 192]
+SCALARS = {"none": (None, None, None, None), "slimgdn+": (1.3, 0.02, 0.8, 0.1)}
+
+
+def _cpu_has_amx():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags and " amx_tile" in flags and " avx512_bf16" in flags
+
+
+HAS_AMX = _cpu_has_amx()
+needs_fused = pytest.mark.skipif(not HAS_AMX, reason="CPU without AMX-BF16: the fused kernel "
+                                                     "cannot run here (the fallback is tested)")
+
+
+@pytest.fixture(autouse=True)
+def _kernels_on(monkeypatch):
+    monkeypatch.delenv("SLIMKERNELS_CPU_KERNELS", raising=False)
+    monkeypatch.setattr(gdn_mod, "USE_CPU_KERNELS", True)
+
+
+def _params(seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    beta = (torch.rand(C_MAX, generator=g) + 0.5).to(dtype)
+    gamma = (torch.rand(C_MAX, C_MAX, generator=g) * 0.1).to(dtype)  # not symmetric
+    return beta, gamma
+
+
+def _x(N, C, H, W, channels_last, dtype=torch.float32, seed=1):
+    x = torch.randn(N, C, H, W, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _errs(y, ref):
+    """(max elementwise relative error, max error relative to max |ref|); NaN never passes."""
+    y, ref = y.double(), ref.double()
+    assert torch.isfinite(y).all(), "NaN/Inf in the result"
+    d = (y - ref).abs()
+    return ((d / ref.abs().clamp_min(1e-30)).max().item(),
+            (d.max() / ref.abs().max().clamp_min(1e-30)).item())
+
+
+def _ref(x, beta, gamma, inverse, sc):
+    gs, gb, bs, bb = sc
+    return gdn_reference(x.double(), beta.double(), gamma.double(), inverse=inverse,
+                         gamma_scale=gs, gamma_bias=gb, beta_scale=bs, beta_bias=bb)
+
+
+def test_cpu_kernels_available_matches_the_cpu():
+    """On a CPU with AMX-BF16 the extension must be built and usable (fails if it is not)."""
+    assert cpu_kernels_available() == HAS_AMX
+
+
+@needs_fused
+@pytest.mark.parametrize("C", WIDTHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("scalars", list(SCALARS))
+def test_fused_matches_float64(C, dtype, channels_last, inverse, scalars):
+    beta, gamma = _params()
+    sc = SCALARS[scalars]
+    x = _x(2, C, 5, 7, channels_last, dtype)
+    gs, gb, bs, bb = sc
+    gdn_mod.last_cpu_path = None
+    with torch.no_grad():
+        y = gdn(x, beta, gamma, inverse=inverse, gamma_scale=gs, gamma_bias=gb, beta_scale=bs,
+                beta_bias=bb)
+    assert gdn_mod.last_cpu_path == "fused"
+    assert y.dtype == dtype and y.shape == x.shape
+    if channels_last and C > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert y.is_contiguous()
+    elem, norm = _errs(y, _ref(x, beta, gamma, inverse, sc))
+    if dtype == torch.float32:  # bf16x3 channel mixing: the fp32 accuracy class
+        assert elem < 1e-5, elem
+    else:
+        assert norm < 1e-2 and elem < 2e-2, (elem, norm)
+
+
+@needs_fused
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_many_blocks_two_threads(channels_last, dtype):
+    """More pixels than one block (tails in both layouts), N > 1, pixels split over 2 threads;
+    tensor-valued SlimGDN+ scalars."""
+    beta, gamma = _params(3)
+    x = _x(3, 72, 33, 37, channels_last, dtype, seed=4)
+    sc = (torch.tensor(0.9), torch.tensor(0.01), torch.tensor(1.1), torch.tensor(0.05))
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y = gdn(x, beta, gamma, gamma_scale=sc[0], gamma_bias=sc[1], beta_scale=sc[2],
+                beta_bias=sc[3])
+    finally:
+        torch.set_num_threads(old)
+    assert gdn_mod.last_cpu_path == "fused"
+    elem, norm = _errs(y, _ref(x, beta, gamma, False, sc))
+    assert (elem < 1e-5) if dtype == torch.float32 else (norm < 1e-2), (elem, norm)
+
+
+@needs_fused
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_strided_and_bf16_parameters(channels_last):
+    """gamma / beta as strided views (a transposed parameter, every other element of a longer
+    vector) and as bf16 tensors: read in place with their strides."""
+    beta, gamma = _params(5)
+    gamma_t = gamma.t().contiguous().t()  # same values, strides (1, 192)
+    beta_s = torch.stack([beta, -beta], 1).reshape(-1)[::2]  # stride 2
+    assert gamma_t.stride() == (1, C_MAX) and beta_s.stride() == (2,)
+    x = _x(1, 96, 9, 11, channels_last)
+    y = gdn(x, beta_s, gamma_t, inverse=True)
+    assert gdn_mod.last_cpu_path == "fused"
+    assert _errs(y, _ref(x, beta, gamma, True, SCALARS["none"]))[0] < 1e-5
+    bb, gb = beta.bfloat16(), gamma.bfloat16()
+    y = gdn(x, bb, gb)
+    assert gdn_mod.last_cpu_path == "fused"
+    assert _errs(y, _ref(x, bb, gb, False, SCALARS["none"]))[0] < 1e-5
+
+
+@needs_fused
+@pytest.mark.parametrize("inverse", [False, True])
+def test_fused_special_values_like_reference(inverse):
+    """n = 0 (zero beta and zero x) and x = 0 rows: same zeros / infs / NaNs as the reference."""
+    beta, gamma = _params(6)
+    beta = beta.clone()
+    beta[:4] = 0.0
+    x = _x(1, 8, 3, 5, True)
+    x[:, :, 0, :] = 0.0  # n = beta: zero for channels 0..3
+    y = gdn(x, beta, gamma, inverse=inverse)
+    ref = gdn_reference(x.double(), beta.double(), gamma.double(), inverse=inverse)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    ok = ~torch.isnan(ref)
+    assert torch.allclose(y[ok].double(), ref[ok], rtol=1e-5, atol=0)
+
+
+def test_forced_off_takes_the_torch_path(monkeypatch):
+    beta, gamma = _params()
+    x = _x(1, 48, 5, 7, True)
+    ref = _ref(x, beta, gamma, False, SCALARS["none"])
+    monkeypatch.setenv("SLIMKERNELS_CPU_KERNELS", "0")
+    assert not cpu_kernels_available()
+    y = gdn(x, beta, gamma)
+    assert gdn_mod.last_cpu_path == "torch"
+    assert _errs(y, ref)[0] < 1e-5
+    monkeypatch.delenv("SLIMKERNELS_CPU_KERNELS")
+    monkeypatch.setattr(gdn_mod, "USE_CPU_KERNELS", False)
+    gdn(x, beta, gamma)
+    assert gdn_mod.last_cpu_path == "torch"
+
+
+@pytest.mark.parametrize("case", ["grad", "fp16", "strided_x", "autocast"])
+def test_uncovered_calls_fall_back(case):
+    """Autograd, fp16, non-contiguous x and CPU autocast keep the PyTorch path (and its
+    semantics: gradients flow, autocast's bf16 GEMM)."""
+    beta, gamma = _params()
+    x = _x(1, 17, 5, 7, False)
+    if case == "grad":
+        x.requires_grad_(True)
+        y = gdn(x, beta, gamma)
+        y.sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+    elif case == "fp16":
+        y = gdn(x.half(), beta, gamma)
+    elif case == "strided_x":
+        y = gdn(_x(1, 17, 5, 14, False)[..., ::2], beta, gamma)
+    else:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = gdn(x, beta, gamma)
+    assert gdn_mod.last_cpu_path == "torch"
+    assert torch.isfinite(y).all()
+
+
+@needs_fused
+def test_gdn_cpu_fused_rejects_uncovered_calls():
+    beta, gamma = _params()
+    with pytest.raises(ValueError, match="gdn_cpu_fused covers"):
+        gdn_cpu_fused(_x(1, 8, 3, 3, False).half(), beta, gamma)
