@@ -41,12 +41,17 @@ py::bytes encode(const I32& symbols, const I32& indexes, const I32& cdfs, const 
     throw slimcoder::Error("symbols has " + std::to_string(symbols.size()) +
                            " elements but indexes has " + std::to_string(indexes.size()));
   const slimcoder::Tables t = make_tables(cdfs, lengths, offsets, precision);
-  std::vector<uint8_t> out;
+  slimcoder::EncodedParts parts;
   {
     py::gil_scoped_release release;
-    out = slimcoder::encode(symbols.data(), indexes.data(), indexes.size(), t, streams, threads);
+    slimcoder::encode_parts(symbols.data(), indexes.data(), indexes.size(), t, streams, threads,
+                            parts);
   }
-  return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+  // One copy, straight into the bytes object.
+  PyObject* out = PyBytes_FromStringAndSize(nullptr, py::ssize_t(parts.total_size()));
+  if (!out) throw py::error_already_set();
+  parts.copy_to(reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(out)));
+  return py::reinterpret_steal<py::bytes>(out);
 }
 
 I32 decode(const py::buffer& data, const I32& indexes, const I32& cdfs, const I32& lengths,

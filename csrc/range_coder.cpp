@@ -3,7 +3,10 @@
 #include "range_coder.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <exception>
 #include <iomanip>
@@ -11,8 +14,11 @@
 #include <system_error>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <numeric>
 #include <thread>
+
+#include <unistd.h>
 
 #if defined(__GNUC__) || defined(__clang__)
 #define SK_INLINE inline __attribute__((always_inline))
@@ -73,6 +79,35 @@ void check_precision(int precision) {
   if (precision < kMinPrecision || precision > kMaxPrecision)
     throw Error("precision must be in [" + str(kMinPrecision) + ", " + str(kMaxPrecision) +
                 "], got " + str(precision));
+}
+
+// Position of the first index outside [0, num_cdfs), or -1.
+int64_t first_bad_index(const int32_t* indexes, int64_t n, int64_t num_cdfs) {
+  // Branch-free reduction first (vectorises); locate the culprit only on failure.
+  int32_t lo = 0, hi = 0;
+  if (n > 0) {
+    lo = hi = indexes[0];
+    for (int64_t j = 0; j < n; ++j) {
+      lo = std::min(lo, indexes[j]);
+      hi = std::max(hi, indexes[j]);
+    }
+  }
+  if (lo < 0 || int64_t(hi) >= num_cdfs) {
+    for (int64_t j = 0; j < n; ++j)
+      if (indexes[j] < 0 || int64_t(indexes[j]) >= num_cdfs) return j;
+  }
+  return -1;
+}
+
+Error index_error(int64_t at, int32_t value, int64_t num_cdfs) {
+  return Error("indexes[" + str(at) + "] (flattened) = " + str(value) + " is out of range [0, " +
+               str(num_cdfs) + ") (num_cdfs = cdfs.shape[0])");
+}
+
+void atomic_min(std::atomic<int64_t>& a, int64_t v) {
+  int64_t cur = a.load(std::memory_order_relaxed);
+  while (v < cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -148,34 +183,225 @@ SK_INLINE int64_t chunk_begin(int64_t n, int64_t k, int64_t s) {
   return int64_t((__int128)n * s / k);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Threads. One process-wide pool of worker threads, created on first use and kept for the next
+// calls (starting threads per call costs ~35 us each on a VM, a good part of a 1 ms call).
+// A job is a number of tasks; the calling thread runs tasks itself and claims them dynamically
+// together with the workers, so a worker that wakes late (busy machine) just finds less to do.
+// After a job, workers spin briefly for the next one (a futex wake-up costs tens of us on a
+// VM), then sleep on a condition variable. Only one job runs on the pool at a time; a caller
+// that finds it busy (another Python thread coding) starts its own threads as before.
+// fork(): the child gets a new pool (the parent's threads do not exist there; its pool object,
+// whose mutexes may be held, is left alone and leaked).
+using TaskFn = void (*)(void* ctx, int64_t task);
+constexpr int64_t kMaxPoolTasks = 0xffff;  // a job's task count and next task share one word
+
+class WorkerPool {
+ public:
+  explicit WorkerPool(pid_t pid) : pid_(pid) {}
+  pid_t pid() const { return pid_; }
+
+  // Runs fn(ctx, t) for t in [0, count) (count <= kMaxPoolTasks) on at most `threads` threads,
+  // the caller included. fn must not throw. Returns false without running anything if the pool
+  // is busy with another caller's job.
+  bool try_run(int64_t count, int threads, TaskFn fn, void* ctx) {
+    std::unique_lock<std::mutex> use(use_mu_, std::try_to_lock);
+    if (!use.owns_lock()) return false;
+    const int want = int(std::min<int64_t>(threads, count)) - 1;  // workers besides the caller
+    while (int(workers_.size()) < want) {
+      try {
+        const int id = int(workers_.size());
+        workers_.emplace_back([this, id] { worker_loop(id); });
+      } catch (const std::system_error&) {
+        break;  // out of threads: fewer helpers
+      }
+    }
+    fn_.store(fn, std::memory_order_relaxed);
+    ctx_.store(ctx, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    helpers_.store(std::min<int>(want, int(workers_.size())), std::memory_order_relaxed);
+    const uint32_t gen = ++gen_;
+    int sleepers;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      // Publishes the fields above: a worker reads them only after claiming a task of `gen`.
+      claim_.store((uint64_t(gen) << 32) | (uint64_t(count) << 16), std::memory_order_release);
+      sleepers = sleepers_;
+    }
+    if (sleepers) wake_cv_.notify_all();
+    run_tasks(gen);
+    // Wait for the tasks that workers claimed. Spin first (they are usually nearly done), yield
+    // for a while (a descheduled worker needs a core), then sleep.
+    for (int i = 0; done_.load(std::memory_order_acquire) != count; ++i) {
+      if (i < kCallerSpin) {
+        cpu_relax();
+      } else if (i < kCallerSpin + 64) {
+        std::this_thread::yield();
+      } else {
+        std::unique_lock<std::mutex> lk(mu_);
+        done_cv_.wait(lk, [&] { return done_.load(std::memory_order_acquire) == count; });
+        break;
+      }
+    }
+    return true;
+  }
+
+ private:
+  static constexpr int kCallerSpin = 1 << 14;
+  static constexpr int64_t kWorkerSpinNs = 200000;  // a worker stays awake 200 us after a job
+
+  static SK_INLINE void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  }
+
+  // Takes the next task of job `gen`; false when that job has none left (or is over).
+  bool claim(uint32_t gen, int64_t& task) {
+    uint64_t c = claim_.load(std::memory_order_acquire);
+    for (;;) {
+      const uint64_t count = (c >> 16) & 0xffff, next = c & 0xffff;
+      if (uint32_t(c >> 32) != gen || next >= count) return false;
+      if (claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+        task = int64_t(next);
+        return true;
+      }
+    }
+  }
+
+  // Runs tasks of job `gen` until none is left. A claimed task keeps its job (and the caller's
+  // ctx) alive: the caller waits until every task is done before it returns, so fn_ and ctx_
+  // read after a successful claim belong to that job.
+  void run_tasks(uint32_t gen) {
+    int64_t t;
+    while (claim(gen, t)) {
+      const int64_t count = int64_t((claim_.load(std::memory_order_relaxed) >> 16) & 0xffff);
+      fn_.load(std::memory_order_relaxed)(ctx_.load(std::memory_order_relaxed), t);
+      if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == count) {
+        std::lock_guard<std::mutex> lk(mu_);  // the caller may be going to sleep
+        done_cv_.notify_all();
+      }
+    }
+  }
+
+  void worker_loop(int id) {
+    uint32_t seen = uint32_t(claim_.load(std::memory_order_acquire) >> 32);
+    auto gen_now = [&] { return uint32_t(claim_.load(std::memory_order_acquire) >> 32); };
+    for (;;) {
+      // Wait for the next job: spin, then sleep.
+      uint32_t g = gen_now();
+      if (g == seen) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 1; (g = gen_now()) == seen; ++i) {
+          cpu_relax();
+          if ((i & 255) == 0 &&
+              std::chrono::steady_clock::now() - t0 > std::chrono::nanoseconds(kWorkerSpinNs))
+            break;
+        }
+      }
+      if (g == seen) {
+        std::unique_lock<std::mutex> lk(mu_);
+        ++sleepers_;
+        wake_cv_.wait(lk, [&] { return gen_now() != seen; });
+        --sleepers_;
+        g = gen_now();
+      }
+      seen = g;
+      if (id < helpers_.load(std::memory_order_relaxed)) run_tasks(seen);
+    }
+  }
+
+  const pid_t pid_;
+  std::mutex use_mu_;                 // one job at a time
+  uint32_t gen_ = 0;                  // guarded by use_mu_
+  std::vector<std::thread> workers_;  // never joined: the pool lives as long as the process
+  std::mutex mu_;
+  std::condition_variable wake_cv_, done_cv_;
+  int sleepers_ = 0;                   // guarded by mu_
+  std::atomic<uint64_t> claim_{0};     // job generation << 32 | task count << 16 | next task
+  std::atomic<TaskFn> fn_{nullptr};
+  std::atomic<void*> ctx_{nullptr};
+  std::atomic<int64_t> done_{0};
+  std::atomic<int> helpers_{0};
+};
+
+// The process's instance of T (WorkerPool, TableCache), created on first use. A forked child
+// gets its own: the parent's may have threads that do not exist in the child, or mutexes locked
+// at the time of the fork; it is left alone (leaked) there.
+template <typename T>
+T* per_process(std::atomic<T*>& slot) {
+  const pid_t pid = getpid();
+  for (;;) {
+    T* p = slot.load(std::memory_order_acquire);
+    if (p && p->pid() == pid) return p;
+    T* fresh = new T(pid);
+    if (slot.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) return fresh;
+    delete fresh;
+  }
+}
+
+WorkerPool* worker_pool() {
+  static std::atomic<WorkerPool*> pool{nullptr};
+  return per_process(pool);
+}
+
+// Fallback when the pool is busy: threads started for this call (the calling thread is one).
+void run_spawned(int64_t count, int threads, TaskFn fn, void* ctx) {
+  std::atomic<int64_t> next{0};
+  auto work = [&] {
+    for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < count;) fn(ctx, t);
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(size_t(threads - 1));
+  try {
+    for (int i = 1; i < threads; ++i) pool.emplace_back(work);
+  } catch (const std::system_error&) {
+    // Out of threads: the others (the calling thread at least) do the rest.
+  }
+  work();
+  for (auto& th : pool) th.join();
+}
+
+// Runs f(s) for s in [0, count) on up to `threads` threads. Exceptions thrown by f are caught
+// per task; the one of the lowest task is rethrown after all tasks finished.
 template <typename F>
 void parallel_for(int64_t count, int threads, const F& f) {
   if (threads <= 1 || count <= 1) {
     for (int64_t s = 0; s < count; ++s) f(s);
     return;
   }
-  // Worker t takes substreams t, t + threads, ...; the calling thread is worker 0.
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
-  auto work = [&](int t) {
-    try {
-      for (int64_t s = t; s < count; s += threads) f(s);
-    } catch (...) {
-      errors[size_t(t)] = std::current_exception();
+  struct Ctx {
+    const F* f = nullptr;
+    int64_t count = 0, groups = 0;
+    std::mutex mu;
+    int64_t err_at = std::numeric_limits<int64_t>::max();
+    std::exception_ptr err;
+  } ctx;
+  ctx.f = &f;
+  ctx.count = count;
+  ctx.groups = std::min(count, kMaxPoolTasks);  // task g runs a contiguous group of indices
+  const TaskFn fn = [](void* p, int64_t g) {
+    Ctx& c = *static_cast<Ctx*>(p);
+    const int64_t b = int64_t((__int128)c.count * g / c.groups);
+    const int64_t e = int64_t((__int128)c.count * (g + 1) / c.groups);
+    for (int64_t s = b; s < e; ++s) {
+      try {
+        (*c.f)(s);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(c.mu);
+        if (s < c.err_at) {
+          c.err_at = s;
+          c.err = std::current_exception();
+        }
+      }
     }
   };
-  std::vector<std::thread> pool;
-  pool.reserve(size_t(threads - 1));
-  int spawned = 1;
-  try {
-    for (; spawned < threads; ++spawned) pool.emplace_back(work, spawned);
-  } catch (const std::system_error&) {
-    // Out of threads: the calling thread does the share of the workers that did not start.
-  }
-  work(0);
-  for (int t = spawned; t < threads; ++t) work(t);
-  for (auto& th : pool) th.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  if (!worker_pool()->try_run(ctx.groups, threads, fn, &ctx))
+    run_spawned(ctx.groups, threads, fn, &ctx);
+  if (ctx.err) std::rethrow_exception(ctx.err);
 }
 
 constexpr int64_t kMaxThreads = 256;
@@ -192,24 +418,6 @@ int resolve_threads(int threads, int64_t streams) {
 // ---------------------------------------------------------------------------------------------
 // Encoder. Symbols are coded last to first; words are written backwards into a buffer so that
 // the decoder reads them forwards.
-struct WordSink {
-  std::unique_ptr<uint32_t[]> buf;
-  size_t cap = 0;
-  uint32_t* ptr = nullptr;  // next word goes to ptr[-1]
-
-  explicit WordSink(size_t c) : buf(new uint32_t[c]), cap(c), ptr(buf.get() + c) {}
-  size_t used() const { return size_t(buf.get() + cap - ptr); }
-  void grow(size_t need) {
-    const size_t u = used();
-    const size_t c = std::max(cap * 2, u + need + 64);
-    std::unique_ptr<uint32_t[]> nb(new uint32_t[c]);
-    std::memcpy(nb.get() + c - u, ptr, u * sizeof(uint32_t));
-    buf.swap(nb);
-    cap = c;
-    ptr = buf.get() + c - u;
-  }
-};
-
 struct EncCtx {
   const int32_t* sym;
   const int32_t* idx;
@@ -268,19 +476,36 @@ SK_INLINE void enc_one(const EncCtx& c, int64_t j, uint64_t& x, uint32_t*& ptr) 
   enc_put(x, ptr, start, uint32_t(row[v + 1]) - start, c.p);
 }
 
-// Encodes symbols [begin, end) into one substream: kLanes states then the words.
-std::vector<uint8_t> encode_substream(const EncCtx& c, int64_t begin, int64_t end) {
+// One encoded substream: bytes [data, data + size), in the caller's scratch buffer or in `own`
+// when it outgrew its share of the scratch buffer.
+struct Piece {
+  const uint8_t* data = nullptr;
+  size_t size = 0;
+  std::unique_ptr<uint32_t[]> own;
+};
+
+// Encodes symbols [begin, end) into one substream (kLanes states then the words), written
+// backwards from the end of words [region, region + cap).
+void encode_substream(const EncCtx& c, int64_t begin, int64_t end, uint32_t* region, size_t cap,
+                      Piece& out) {
   const int64_t m = end - begin;
-  WordSink sink(size_t(m / 4 + 64));
   uint64_t x0 = kL, x1 = kL, x2 = kL, x3 = kL;
   static_assert(kLanes == 4, "the unrolled loops below assume 4 lanes");
-  const size_t need = size_t(kMaxWordsPerSymbol) * kLanes;
-  uint32_t* ptr = sink.ptr;
+  // Room for one block of symbols plus the final states, checked once per block.
+  const size_t need = size_t(kMaxWordsPerSymbol) * kLanes + 2 * kLanes;
+  uint32_t* lo = region;
+  uint32_t* top = region + cap;
+  uint32_t* ptr = top;  // the next word goes to ptr[-1]
   auto ensure = [&]() {
-    if (SK_UNLIKELY(size_t(ptr - sink.buf.get()) < need)) {
-      sink.ptr = ptr;
-      sink.grow(need);
-      ptr = sink.ptr;
+    if (SK_UNLIKELY(size_t(ptr - lo) < need)) {
+      const size_t used = size_t(top - ptr);
+      const size_t ncap = std::max(2 * size_t(top - lo), used + need + 64);
+      std::unique_ptr<uint32_t[]> nb(new uint32_t[ncap]);
+      std::memcpy(nb.get() + ncap - used, ptr, used * sizeof(uint32_t));
+      lo = nb.get();
+      top = lo + ncap;
+      ptr = top - used;
+      out.own = std::move(nb);
     }
   };
   const int64_t m4 = m & ~int64_t(3);
@@ -301,17 +526,38 @@ std::vector<uint8_t> encode_substream(const EncCtx& c, int64_t begin, int64_t en
     enc_one(c, b + 1, x1, ptr);
     enc_one(c, b, x0, ptr);
   }
-  sink.ptr = ptr;
-  const size_t words = sink.used();
-  std::vector<uint8_t> out(size_t(kStateBytes) + 4 * words);
-  store64(out.data(), x0);
-  store64(out.data() + 8, x1);
-  store64(out.data() + 16, x2);
-  store64(out.data() + 24, x3);
-  uint8_t* o = out.data() + kStateBytes;
-  for (size_t w = 0; w < words; ++w) store32(o + 4 * w, ptr[w]);
-  return out;
+  ensure();
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  for (uint32_t* w = ptr; w < top; ++w) {  // words are little-endian in the format
+    const uint32_t v = *w;
+    store32(reinterpret_cast<uint8_t*>(w), v);
+  }
+#endif
+  ptr -= 2 * kLanes;
+  uint8_t* st = reinterpret_cast<uint8_t*>(ptr);
+  store64(st, x0);
+  store64(st + 8, x1);
+  store64(st + 16, x2);
+  store64(st + 24, x3);
+  out.data = st;
+  out.size = size_t(top - ptr) * sizeof(uint32_t);
 }
+
+// Scratch words for the substreams of this thread's encode calls, kept between calls (no
+// allocation, no page faults on repeated calls). Shrunk when a call needs far less.
+struct Scratch {
+  std::unique_ptr<uint32_t[]> buf;
+  size_t cap = 0;
+  uint32_t* get(size_t words) {
+    if (cap < words || (cap > (size_t(1) << 23) && cap / 4 > words)) {
+      buf.reset();
+      buf.reset(new uint32_t[words]);
+      cap = words;
+    }
+    return buf.get();
+  }
+};
+thread_local Scratch tls_scratch;
 
 // ---------------------------------------------------------------------------------------------
 // Decoder. Symbol lookup: a per-CDF table of 2^bits buckets gives the symbol at the start of the
@@ -464,47 +710,169 @@ void decode_substream(const DecCtx<LutT>& c, const uint8_t* data, int64_t size, 
                 " fails its final state check (wrong tables or damaged data)");
 }
 
+// Lookup table rows [i0, i1) of CDFs t at `bits` bits: entry (i, b) is the symbol whose
+// interval holds the first slot of bucket b.
 template <typename LutT>
-std::unique_ptr<LutT[]> build_lut(const Tables& t, int bits) {
-  const int shift = t.precision - bits;
+void build_lut_rows(const int32_t* cdfs, int64_t stride, const int32_t* lengths, int precision,
+                    int bits, int64_t i0, int64_t i1, LutT* lut) {
+  const int shift = precision - bits;
   const int64_t per = int64_t(1) << bits;
-  std::unique_ptr<LutT[]> lut(new LutT[size_t(t.num_cdfs * per)]);
   const int64_t round = (int64_t(1) << shift) - 1;
-  for (int64_t i = 0; i < t.num_cdfs; ++i) {
-    const int32_t* row = t.cdfs + i * t.max_length;
-    LutT* dst = lut.get() + i * per;
-    const int32_t L = t.lengths[i];
+  for (int64_t i = i0; i < i1; ++i) {
+    const int32_t* row = cdfs + i * stride;
+    LutT* dst = lut + i * per;
+    const int32_t L = lengths[i];
     for (int32_t s = 0; s + 1 < L; ++s) {
       const int64_t b0 = (int64_t(row[s]) + round) >> shift;
       const int64_t b1 = (int64_t(row[s + 1]) + round) >> shift;
       std::fill(dst + b0, dst + b1, LutT(s));
     }
   }
-  return lut;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Table cache. An entropy model codes every image with the same tables, so validating them and
+// building the decoder's lookup tables on every call is wasted work (serial work, too, that
+// limits the multi-thread speed-up). The cache keeps validated copies of the last few table sets
+// with their lookup tables; a call whose tables are equal (memcmp of cdfs and cdf_lengths, same
+// precision and shape) to a cached set uses it. The coder reads the cached copies, never the
+// caller's arrays after that comparison. Offsets are read from the caller (any value is valid).
+struct CachedTables {
+  pid_t pid = 0;
+  int precision = 0;
+  int64_t num = 0, stride = 0, max_len = 0;
+  std::vector<int32_t> cdfs, lengths;
+  std::mutex lut_mu;
+  std::unique_ptr<uint8_t[]> luts[kMaxPrecision + 1];  // by lookup bits (uint8 or uint16 entries)
+  std::atomic<size_t> bytes{0};
+
+  explicit CachedTables(const Tables& t)
+      : precision(t.precision), num(t.num_cdfs), stride(t.max_length),
+        cdfs(t.cdfs, t.cdfs + t.num_cdfs * t.max_length), lengths(t.lengths, t.lengths + t.num_cdfs) {
+    for (int32_t L : lengths) max_len = std::max<int64_t>(max_len, L);
+    bytes = (cdfs.size() + lengths.size()) * sizeof(int32_t);
+  }
+
+  bool matches(const Tables& t) const {
+    return t.precision == precision && t.num_cdfs == num && t.max_length == stride &&
+           std::memcmp(t.lengths, lengths.data(), lengths.size() * sizeof(int32_t)) == 0 &&
+           std::memcmp(t.cdfs, cdfs.data(), cdfs.size() * sizeof(int32_t)) == 0;
+  }
+
+  // The lookup table at `bits` bits, built on first use with up to `threads` threads.
+  template <typename LutT>
+  const LutT* lut(int bits, int threads) {
+    std::lock_guard<std::mutex> lk(lut_mu);
+    std::unique_ptr<uint8_t[]>& slot = luts[bits];
+    if (!slot) {
+      const size_t size = size_t(num << bits) * sizeof(LutT);
+      std::unique_ptr<uint8_t[]> buf(new uint8_t[size]);
+      LutT* dst = reinterpret_cast<LutT*>(buf.get());
+      const int64_t parts = std::min<int64_t>(num, threads);
+      parallel_for(parts, threads, [&](int64_t g) {
+        build_lut_rows<LutT>(cdfs.data(), stride, lengths.data(), precision, bits,
+                             num * g / parts, num * (g + 1) / parts, dst);
+      });
+      slot = std::move(buf);
+      bytes += size;
+    }
+    return reinterpret_cast<const LutT*>(slot.get());
+  }
+};
+
+class TableCache {
+ public:
+  explicit TableCache(pid_t pid) : pid_(pid) {}
+  pid_t pid() const { return pid_; }
+
+  // The cached entry equal to t, or a new one after validate_tables(t) (which throws Error).
+  std::shared_ptr<CachedTables> get(const Tables& t) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      for (size_t i = 0; i < lru_.size(); ++i) {
+        if (lru_[i]->matches(t)) {
+          std::shared_ptr<CachedTables> e = lru_[i];
+          lru_.erase(lru_.begin() + int64_t(i));
+          lru_.insert(lru_.begin(), e);
+          trim();
+          return e;
+        }
+      }
+    }
+    validate_tables(t);
+    auto e = std::make_shared<CachedTables>(t);
+    std::lock_guard<std::mutex> lk(mu_);
+    lru_.insert(lru_.begin(), e);
+    trim();
+    return e;
+  }
+
+ private:
+  static constexpr size_t kMaxEntries = 8;
+  static constexpr size_t kMaxBytes = size_t(64) << 20;
+
+  // Drops least recently used entries beyond kMaxEntries or kMaxBytes (the newest always stays;
+  // entries in use by a call live on through their shared_ptr).
+  void trim() {
+    size_t total = 0, keep = 0;
+    for (; keep < lru_.size() && keep < kMaxEntries; ++keep) {
+      total += lru_[keep]->bytes.load();
+      if (keep > 0 && total > kMaxBytes) break;
+    }
+    lru_.resize(keep);
+  }
+
+  const pid_t pid_;
+  std::mutex mu_;
+  std::vector<std::shared_ptr<CachedTables>> lru_;  // most recently used first
+};
+
+TableCache* table_cache() {
+  static std::atomic<TableCache*> cache{nullptr};
+  return per_process(cache);
 }
 
 template <typename LutT>
 void decode_impl(const Header& h, const uint8_t* data, const int32_t* indexes, int64_t n,
-                 const Tables& t, int threads, int32_t* out) {
+                 const Tables& t, CachedTables& tables, int threads, int32_t* out) {
   // Lookup table: up to 2^12 buckets per CDF, fewer when the table would dwarf the data.
   int bits = std::min(t.precision, SK_LUT_BITS);
   const int64_t budget = std::max<int64_t>(int64_t(1) << 16, 4 * n);
   while (bits > 0 && (t.num_cdfs << bits) > budget) --bits;
-  auto lut = build_lut<LutT>(t, bits);
-  DecCtx<LutT> c{indexes, t.cdfs, t.max_length, t.lengths, t.offsets, lut.get(),
-                 t.precision, uint32_t((1u << t.precision) - 1), bits, t.precision - bits};
   const int64_t k = int64_t(h.offsets.size()) - 1;
+  const int nthreads = resolve_threads(threads, k);
+  const LutT* lut = tables.lut<LutT>(bits, nthreads);
+  DecCtx<LutT> c{indexes, tables.cdfs.data(), t.max_length, tables.lengths.data(), t.offsets,
+                 lut, t.precision, uint32_t((1u << t.precision) - 1), bits, t.precision - bits};
   // The common case (16-bit CDFs, 12-bit lookup) gets compile-time shifts and masks.
   const bool fixed = t.precision == 16 && bits == 12;
-  parallel_for(k, resolve_threads(threads, k), [&](int64_t s) {
-    const uint8_t* sub = data + h.offsets[s];
-    const int64_t size = h.offsets[s + 1] - h.offsets[s];
-    const int64_t b = chunk_begin(n, k, s), e = chunk_begin(n, k, s + 1);
-    if (fixed)
-      decode_substream<LutT, 16, 12>(c, sub, size, b, e, out, s);
-    else
-      decode_substream<LutT, 0, 0>(c, sub, size, b, e, out, s);
-  });
+  // Each task checks the indexes it reads; a bad index is reported before any stream error.
+  std::atomic<int64_t> bad{std::numeric_limits<int64_t>::max()};
+  auto check_bad = [&] {
+    const int64_t at = bad.load();
+    if (at != std::numeric_limits<int64_t>::max())
+      throw index_error(at, indexes[at], t.num_cdfs);
+  };
+  try {
+    parallel_for(k, nthreads, [&](int64_t s) {
+      const uint8_t* sub = data + h.offsets[s];
+      const int64_t size = h.offsets[s + 1] - h.offsets[s];
+      const int64_t b = chunk_begin(n, k, s), e = chunk_begin(n, k, s + 1);
+      const int64_t at = first_bad_index(indexes + b, e - b, t.num_cdfs);
+      if (at >= 0) {
+        atomic_min(bad, b + at);
+        return;
+      }
+      if (fixed)
+        decode_substream<LutT, 16, 12>(c, sub, size, b, e, out, s);
+      else
+        decode_substream<LutT, 0, 0>(c, sub, size, b, e, out, s);
+    });
+  } catch (const Error&) {
+    check_bad();
+    throw;
+  }
+  check_bad();
 }
 
 }  // namespace
@@ -545,52 +913,79 @@ void validate_tables(const Tables& t) {
 }
 
 void validate_indexes(const int32_t* indexes, int64_t n, int64_t num_cdfs) {
-  // Branch-free reduction first (vectorises); locate the culprit only on failure.
-  int32_t lo = 0, hi = 0;
-  if (n > 0) {
-    lo = hi = indexes[0];
-    for (int64_t j = 0; j < n; ++j) {
-      lo = std::min(lo, indexes[j]);
-      hi = std::max(hi, indexes[j]);
-    }
+  const int64_t at = first_bad_index(indexes, n, num_cdfs);
+  if (at >= 0) throw index_error(at, indexes[at], num_cdfs);
+}
+
+void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, const Tables& t,
+                  int64_t streams, int threads, EncodedParts& out) {
+  if (n < 0) throw Error("negative symbol count");
+  if (streams < 1) throw Error("streams must be >= 1, got " + str(streams));
+  const auto tables = table_cache()->get(t);  // validated (or found equal to validated tables)
+  const int64_t k = std::min<int64_t>(streams, std::max<int64_t>(1, n));
+  EncCtx c{symbols, indexes, tables->cdfs.data(), t.max_length, tables->lengths.data(),
+           t.offsets, t.precision};
+  // Each substream gets a share of the scratch buffer sized for 16 bits per symbol (it moves to
+  // its own buffer if it needs more); the indexes a substream reads are checked by its task.
+  std::vector<size_t> region(static_cast<size_t>(k) + 1, 0);
+  for (int64_t s = 0; s < k; ++s) {
+    const int64_t m = chunk_begin(n, k, s + 1) - chunk_begin(n, k, s);
+    region[size_t(s) + 1] = region[size_t(s)] + size_t(m / 2 + 64);
   }
-  if (lo < 0 || int64_t(hi) >= num_cdfs) {
-    for (int64_t j = 0; j < n; ++j)
-      if (indexes[j] < 0 || int64_t(indexes[j]) >= num_cdfs)
-        throw Error("indexes[" + str(j) + "] (flattened) = " + str(indexes[j]) +
-                    " is out of range [0, " + str(num_cdfs) + ") (num_cdfs = cdfs.shape[0])");
+  uint32_t* scratch = tls_scratch.get(region.back());
+  std::vector<Piece> pieces(static_cast<size_t>(k));
+  std::atomic<int64_t> bad{std::numeric_limits<int64_t>::max()};
+  parallel_for(k, resolve_threads(threads, k), [&](int64_t s) {
+    const int64_t b = chunk_begin(n, k, s), e = chunk_begin(n, k, s + 1);
+    const int64_t at = first_bad_index(indexes + b, e - b, t.num_cdfs);
+    if (at >= 0) {
+      atomic_min(bad, b + at);
+      return;
+    }
+    encode_substream(c, b, e, scratch + region[size_t(s)],
+                     region[size_t(s) + 1] - region[size_t(s)], pieces[size_t(s)]);
+  });
+  const int64_t first_bad = bad.load();
+  if (first_bad != std::numeric_limits<int64_t>::max())
+    throw index_error(first_bad, indexes[first_bad], t.num_cdfs);
+  out.header.clear();
+  out.header.push_back(kFormatVersion);
+  out.header.push_back(uint8_t(t.precision));
+  put_varint(out.header, uint64_t(n));
+  put_varint(out.header, uint64_t(k));
+  out.parts.resize(size_t(k));
+  out.sizes.resize(size_t(k));
+  out.owned.clear();
+  for (int64_t s = 0; s < k; ++s) {
+    Piece& pc = pieces[size_t(s)];
+    put_varint(out.header, pc.size);
+    out.parts[size_t(s)] = pc.data;
+    out.sizes[size_t(s)] = pc.size;
+    if (pc.own) out.owned.push_back(std::move(pc.own));
+  }
+}
+
+size_t EncodedParts::total_size() const {
+  size_t total = header.size();
+  for (size_t z : sizes) total += z;
+  return total;
+}
+
+void EncodedParts::copy_to(uint8_t* dst) const {
+  std::memcpy(dst, header.data(), header.size());
+  dst += header.size();
+  for (size_t s = 0; s < parts.size(); ++s) {
+    std::memcpy(dst, parts[s], sizes[s]);
+    dst += sizes[s];
   }
 }
 
 std::vector<uint8_t> encode(const int32_t* symbols, const int32_t* indexes, int64_t n,
                             const Tables& t, int64_t streams, int threads) {
-  validate_tables(t);
-  if (n < 0) throw Error("negative symbol count");
-  if (streams < 1) throw Error("streams must be >= 1, got " + str(streams));
-  validate_indexes(indexes, n, t.num_cdfs);
-  const int64_t k = std::min<int64_t>(streams, std::max<int64_t>(1, n));
-  EncCtx c{symbols, indexes, t.cdfs, t.max_length, t.lengths, t.offsets, t.precision};
-  std::vector<std::vector<uint8_t>> subs(static_cast<size_t>(k));
-  parallel_for(k, resolve_threads(threads, k), [&](int64_t s) {
-    subs[size_t(s)] = encode_substream(c, chunk_begin(n, k, s), chunk_begin(n, k, s + 1));
-  });
-  std::vector<uint8_t> head;
-  head.push_back(kFormatVersion);
-  head.push_back(uint8_t(t.precision));
-  put_varint(head, uint64_t(n));
-  put_varint(head, uint64_t(k));
-  size_t total = 0;
-  for (auto& s : subs) {
-    put_varint(head, s.size());
-    total += s.size();
-  }
-  std::vector<uint8_t> out(head.size() + total);
-  std::memcpy(out.data(), head.data(), head.size());
-  size_t pos = head.size();
-  for (auto& s : subs) {
-    std::memcpy(out.data() + pos, s.data(), s.size());
-    pos += s.size();
-  }
+  EncodedParts parts;
+  encode_parts(symbols, indexes, n, t, streams, threads, parts);
+  std::vector<uint8_t> out(parts.total_size());
+  parts.copy_to(out.data());
   return out;
 }
 
@@ -600,23 +995,26 @@ int64_t stream_count(const uint8_t* data, size_t size) {
 
 void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
             const Tables& t, int threads, int32_t* out) {
-  validate_tables(t);
   if (n < 0) throw Error("negative symbol count");
-  validate_indexes(indexes, n, t.num_cdfs);
-  const Header h = parse_header(data, size);
-  if (h.precision != t.precision)
-    throw Error("stream was encoded with precision " + str(h.precision) +
-                " but decode was called with precision " + str(t.precision));
-  if (h.n != n)
-    throw Error("stream holds " + str(h.n) + " symbols but indexes has " + str(n) +
-                " elements (wrong indexes shape?)");
+  const auto tables = table_cache()->get(t);  // validated (or found equal to validated tables)
+  Header h;
+  try {
+    h = parse_header(data, size);
+    if (h.precision != t.precision)
+      throw Error("stream was encoded with precision " + str(h.precision) +
+                  " but decode was called with precision " + str(t.precision));
+    if (h.n != n)
+      throw Error("stream holds " + str(h.n) + " symbols but indexes has " + str(n) +
+                  " elements (wrong indexes shape?)");
+  } catch (const Error&) {
+    validate_indexes(indexes, n, t.num_cdfs);  // a bad argument is reported before bad data
+    throw;
+  }
   // Symbol numbers fit in 8 bits when every CDF has at most 256 symbols (escape included).
-  int64_t max_len = 0;
-  for (int64_t i = 0; i < t.num_cdfs; ++i) max_len = std::max<int64_t>(max_len, t.lengths[i]);
-  if (max_len - 1 <= 256)
-    decode_impl<uint8_t>(h, data, indexes, n, t, threads, out);
+  if (tables->max_len - 1 <= 256)
+    decode_impl<uint8_t>(h, data, indexes, n, t, *tables, threads, out);
   else
-    decode_impl<uint16_t>(h, data, indexes, n, t, threads, out);
+    decode_impl<uint16_t>(h, data, indexes, n, t, *tables, threads, out);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -50,9 +51,25 @@ void validate_indexes(const int32_t* indexes, int64_t n, int64_t num_cdfs);
 
 // Encodes n symbols into the multi-stream container. streams >= 1 (clamped to max(1, n));
 // threads <= 0 means min(streams, hardware threads); at most 256 threads are used (the calling
-// thread is one of them). Validates everything first.
+// thread is one of them; the others come from a process-wide pool kept between calls).
+// Validates everything first (tables found equal to recently validated ones are not re-checked).
 std::vector<uint8_t> encode(const int32_t* symbols, const int32_t* indexes, int64_t n,
                             const Tables& t, int64_t streams, int threads);
+
+// The encoder's output before concatenation: the container header and one byte range per
+// substream, so that a caller can copy them straight into its own buffer (one copy).
+struct EncodedParts {
+  std::vector<uint8_t> header;
+  std::vector<const uint8_t*> parts;  // valid until this thread's next encode call
+  std::vector<size_t> sizes;
+  std::vector<std::unique_ptr<uint32_t[]>> owned;  // substreams that outgrew the scratch space
+  size_t total_size() const;
+  void copy_to(uint8_t* dst) const;  // writes total_size() bytes: the encoded string
+};
+
+// encode() without the final copy: same arguments, same result once copied.
+void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, const Tables& t,
+                  int64_t streams, int threads, EncodedParts& out);
 
 // Decodes n symbols into out[0..n). Any byte string is accepted as input: the result is either a
 // successful decode or an Error, in time O(n * max_length + size). threads <= 0 means
