@@ -7,10 +7,24 @@ oneDNN (``F.conv2d``) on the sliced *view* (measured no slower than a contiguous
 ``bench/results/cpu/conv.md``), in channels_last (an NCHW input is converted once; the output is
 channels_last, so the next layer needs no conversion: ``CPU_CHANNELS_LAST``), and under ``torch.autocast("cpu", torch.bfloat16)`` casts the full weight once per weight version
 instead of once per call and width (autocast's own cache skips sliced, non-leaf weights).
+
+Without gradient (inference: ``compress`` / ``decompress``) the CPU path goes one step further
+(``CPU_PREPACK``): the active weight slice is cast, rearranged for the chosen formulation and
+reordered into oneDNN's blocked layout ONCE per (parameter, version, slice, dtype, geometry) and
+kept in a small LRU cache; the conv then runs ``torch.ops.mkldnn._convolution_pointwise`` on it.
+A plain ``F.conv2d`` call reorders the weight on every call (0.2-0.7 ms for a 192x192x5x5 bf16
+slice, 10-30 % of the conv). Narrow bf16 stride-s convs whose channel count fills AMX tiles badly
+(48 channels: 2 tiles of 32 per tap, 75 % used) read x through a free channels_last view with
+``s`` neighbouring columns folded into the channels (``_wfold``), which fills the tiles at the
+cost of ``s*ceil(k/s)/k`` the MACs. A parameter updated in place (optimizer step,
+``load_state_dict``, ``torch.no_grad(): w.mul_(2)``) bumps its version and invalidates its
+entries; writes through ``.data`` bypass version counting: call :func:`clear_cpu_caches` then.
 """
 from __future__ import annotations
 
 import functools
+import weakref
+from collections import OrderedDict
 from typing import Optional
 
 import torch
@@ -123,11 +137,200 @@ def _cpu_operands(x, weight, bias, widx, co):
     return x.to(dt), _cast_full(weight, dt)[widx], None if b is None else b[:co], True
 
 
+# -- CPU, no gradient: prepared (cast, rearranged, oneDNN-reordered) weights, cached -----------
+#: Run no-grad CPU convs on cached prepacked weights (see the module docstring).
+CPU_PREPACK = True
+#: Fold ``s`` columns into the channels of a reduced-precision stride-``s`` conv when the AMX tile
+#: use gain beats the extra MACs by this factor (estimated cost ratio <= this).
+WFOLD_MAX_COST = 0.9
+_PACK_CACHE: "OrderedDict" = OrderedDict()
+_PACK_CACHE_MAX = 128
+
+
+def clear_cpu_caches() -> None:
+    """Drop every cached weight cast / prepacked weight (needed only after writing a parameter
+    through ``.data``, which does not bump its version)."""
+    _PACK_CACHE.clear()
+    _CAST_CACHE.clear()
+
+
+@functools.lru_cache(maxsize=None)
+def _onednn(dtype) -> bool:
+    """Whether torch's prepacked oneDNN conv ops exist here for ``dtype``."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        ops = torch.ops.mkldnn
+        ops._convolution_pointwise, ops._reorder_convolution_weight  # noqa: B018
+        ops._convolution_transpose_pointwise, ops._reorder_convolution_transpose_weight  # noqa
+        if dtype == torch.bfloat16:
+            return bool(ops._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+    return dtype == torch.float32
+
+
+@functools.lru_cache(maxsize=None)
+def _amx() -> bool:
+    try:
+        return bool(torch._C._cpu._init_amx())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _packable(x: torch.Tensor) -> bool:
+    return (CPU_PREPACK and x.dtype in (torch.float32, torch.bfloat16)
+            and x.is_contiguous(memory_format=torch.channels_last) and _onednn(x.dtype))
+
+
+def _cached(key, sources, build):
+    """``build()`` once per ``key`` while every tensor in ``sources`` keeps its identity and
+    version (LRU, ``_PACK_CACHE_MAX`` entries)."""
+    src = [t for t in sources if t is not None]
+    key = key + tuple((t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) for t in src)
+    ver = tuple(t._version for t in src)
+    hit = _PACK_CACHE.get(key)
+    if hit is not None and hit[0] == ver and all(r() is t for r, t in zip(hit[1], src)):
+        _PACK_CACHE.move_to_end(key)
+        return hit[2]
+    with torch.no_grad():
+        val = build()
+    _PACK_CACHE[key] = (ver, [weakref.ref(t) for t in src], val)
+    _PACK_CACHE.move_to_end(key)
+    while len(_PACK_CACHE) > _PACK_CACHE_MAX:
+        _PACK_CACHE.popitem(last=False)
+    return val
+
+
+def _amx_k_use(c: int) -> float:
+    """Fraction of an AMX bf16 tile's K depth (32) used by a reduction over ``c`` channels."""
+    return c / (32 * -(-c // 32))
+
+
+def _wfold(x: torch.Tensor, k: int, stride: int, padding: int) -> int:
+    """The column fold factor for this conv: ``stride`` when folding pays (see
+    ``WFOLD_MAX_COST``), else 1. Needs a channels_last x, W and padding multiples of the stride."""
+    s, c = stride, x.shape[1]
+    if s < 2 or x.dtype != torch.bfloat16 or not _amx() or c < 16 or x.shape[-1] % s or \
+            padding % s:
+        return 1
+    kt = -(-k // s)
+    cost = (s * kt / k) * _amx_k_use(c) / _amx_k_use(s * c)
+    return s if cost <= WFOLD_MAX_COST + 1e-9 else 1
+
+
+def _fold_weight(w: torch.Tensor, s: int) -> torch.Tensor:
+    """``[O, C, kh, kw]`` -> ``[O, s*C, kh, ceil(kw/s)]``: folded channel ``r*C + c`` at column
+    tap ``t`` is the original tap ``s*t + r`` (zero past ``kw``)."""
+    O, C, kh, kw = w.shape
+    kt = -(-kw // s)
+    wp = F.pad(w, (0, kt * s - kw))
+    return wp.reshape(O, C, kh, kt, s).permute(0, 4, 1, 2, 3).reshape(O, s * C, kh, kt)
+
+
+def conv2d_wfold(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], stride: int,
+                 padding: int) -> torch.Tensor:
+    """``F.conv2d(x, w, b, stride, padding)`` with ``stride`` neighbouring columns of x folded into
+    its channels: x read through a free view when channels_last, a ``(k, ceil(k/s))`` kernel with
+    ``s*C`` input channels and column stride 1 (exact up to float rounding; differentiable).
+
+    Args:
+        x: ``[N, C, H, W]`` with ``W`` and ``padding`` multiples of ``stride``; w: ``[O, C, k, k]``;
+            b: ``[O]`` or None.
+    Returns:
+        ``[N, O, (H + 2p - k)//s + 1, (W + 2p - k)//s + 1]``.
+    """
+    x2, s2, p2 = _fold_input(x, stride, padding)
+    return F.conv2d(x2, _fold_weight(w, stride), b, stride=s2, padding=p2)
+
+
+def _fold_input(x, s, p):
+    N, C, H, W = x.shape
+    if W % s or p % s:
+        raise ValueError(f"conv2d_wfold: W={W} and padding={p} must be multiples of stride={s}")
+    x2 = x.permute(0, 2, 3, 1).reshape(N, H, W // s, s * C).permute(0, 3, 1, 2)
+    return x2, (s, 1), (p, p // s)
+
+
+def _prepack_input(x, weight, bias):
+    """x laid out and cast for the prepacked no-grad path, or None when that path does not apply
+    (gradient recorded, dtype without oneDNN support, weight dtype differing without autocast,
+    ``CPU_CHANNELS_LAST`` off)."""
+    if not CPU_PREPACK or not CPU_CHANNELS_LAST or _needs_grad(x, weight, bias) or \
+            not x.is_floating_point() or x.shape[1] < 2:
+        return None
+    dt = _autocast_dtype(x)
+    if dt is None and (weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)):
+        return None
+    x = _cpu_layout(x)
+    if dt is not None:
+        x = x.to(dt)
+    return x if _packable(x) else None
+
+
+def _conv2d_prepacked(x, weight, bias, co, stride, padding):
+    """No-grad CPU conv on the cached prepacked weight slice; x channels_last in its final dtype."""
+    ci, k = x.shape[1], weight.shape[-1]
+    fold = _wfold(x, k, stride, padding) if weight.shape[-2] == k else 1
+    if fold > 1:
+        x, st, pd = _fold_input(x, stride, padding)
+    else:
+        st, pd = (stride, stride), (padding, padding)
+    dt = x.dtype
+
+    def build():
+        w = weight[:co, :ci].detach().to(dt)
+        if fold > 1:
+            w = _fold_weight(w, fold)
+        w = torch.ops.mkldnn._reorder_convolution_weight(w.contiguous(), list(pd), list(st),
+                                                         [1, 1], 1, list(x.shape))
+        return w, None if bias is None else bias[:co].detach().to(dt).contiguous()
+    wp, bp = _cached(("conv", co, ci, dt, st, pd, tuple(x.shape)), (weight, bias), build)
+    return torch.ops.mkldnn._convolution_pointwise(x, wp, bp, list(pd), list(st), [1, 1], 1,
+                                                   "none", [], "")
+
+
+def _conv_transpose2d_prepacked(x, weight, bias, co, stride, padding, output_padding):
+    """No-grad CPU transposed conv on cached prepared weights (sub-pixel or direct oneDNN)."""
+    ci, k = x.shape[1], weight.shape[-1]
+    dt = x.dtype
+    if _use_subpixel(k, co, stride):
+        return _subpixel_prepacked(x, weight, bias, co, stride, padding, output_padding)
+    st, pd, op = [stride] * 2, [padding] * 2, [output_padding] * 2
+
+    def build():
+        w = weight[:ci, :co].detach().to(dt).contiguous()
+        w = torch.ops.mkldnn._reorder_convolution_transpose_weight(w, pd, op, st, [1, 1], 1,
+                                                                   list(x.shape))
+        return w, None if bias is None else bias[:co].detach().to(dt).contiguous()
+    wp, bp = _cached(("convT", co, ci, dt, stride, padding, output_padding, tuple(x.shape)),
+                     (weight, bias), build)
+    return torch.ops.mkldnn._convolution_transpose_pointwise(x, wp, bp, pd, op, st, [1, 1], 1,
+                                                             "none", [], "")
+
+
 def _gdn_cpu_nograd(y: torch.Tensor, kw) -> torch.Tensor:
     """GDN/IGDN on the conv output without gradient: 3 passes (y^2, 1x1 conv into norm, in-place
-    rsqrt*y) and no temporaries beyond the norm."""
-    beta, gamma = _effective(kw, y.shape[1])
-    norm = F.conv2d(y * y, gamma.to(y.dtype)[:, :, None, None], beta.to(y.dtype))
+    rsqrt*y) and no temporaries beyond the norm. The effective ``gamma`` slice (SlimGDN+ scalars
+    applied) is prepared, cast and prepacked once per parameter versions (``_cached``)."""
+    c = y.shape[1]
+    if _packable(y):
+        names = sorted(kw)
+        srcs = tuple(kw[n] for n in names if isinstance(kw[n], torch.Tensor))
+        consts = tuple((n, kw[n]) for n in names if not isinstance(kw[n], torch.Tensor))
+
+        def build():
+            beta, gamma = _effective(kw, c)
+            g = gamma.detach().to(y.dtype)[:, :, None, None].contiguous()
+            g = torch.ops.mkldnn._reorder_convolution_weight(g, [0, 0], [1, 1], [1, 1], 1,
+                                                             list(y.shape))
+            return g, beta.detach().to(y.dtype).contiguous()
+        g, b = _cached(("gdn", c, y.dtype, tuple(y.shape), consts), srcs, build)
+        norm = torch.ops.mkldnn._convolution_pointwise(y * y, g, b, [0, 0], [1, 1], [1, 1], 1,
+                                                       "none", [], "")
+    else:
+        beta, gamma = _effective(kw, c)
+        norm = F.conv2d(y * y, gamma.to(y.dtype)[:, :, None, None], beta.to(y.dtype))
     if kw["inverse"]:
         return norm.sqrt_().mul_(y)
     return norm.rsqrt_().mul_(y)
@@ -192,6 +395,41 @@ def _subpixel_plan(k: int, s: int, p: int):
     return idx.flatten(), lo, hi, kc
 
 
+def _use_subpixel(k: int, co: int, stride: int) -> bool:
+    return stride > 1 and k > stride and co * stride * stride <= SUBPIXEL_MAX_PHASE_CHANNELS
+
+
+def _subpixel_weight(w, b, s, p):
+    """``[C_in, C_out, k, k]`` -> the ``[C_out*s*s, C_in, kc, kc]`` phase weight, (co, ry, rx)
+    order, and the bias repeated per phase."""
+    Ci, Co, k, _ = w.shape
+    idx, lo, hi, kc = _subpixel_plan(k, s, p)
+    wf = torch.cat([w.reshape(Ci, Co, k * k), w.new_zeros(Ci, Co, 1)], dim=2)
+    w2 = wf[:, :, idx].reshape(Ci, Co, s, s, kc, kc)
+    w2 = w2.permute(1, 2, 3, 0, 4, 5).reshape(Co * s * s, Ci, kc, kc)
+    return w2, None if b is None else b.repeat_interleave(s * s)
+
+
+def _subpixel_input(x, k, s, p, output_padding):
+    """x padded for the phase conv: returns (x or padded x, symmetric conv padding, Ho, Wo, Qh,
+    Qw). When the bottom/right pads do not exceed the top/left one (SlimCAE's 9x9/4 layer) the
+    conv pads symmetrically and the extra rows are cropped: no copy of x."""
+    _, _, H, W = x.shape
+    _, lo, hi, _ = _subpixel_plan(k, s, p)
+    Ho = (H - 1) * s - 2 * p + k + output_padding
+    Wo = (W - 1) * s - 2 * p + k + output_padding
+    Qh, Qw = -(-Ho // s), -(-Wo // s)
+    top = max(-lo, 0)
+    pad_b = max(0, (Qh - 1) + hi - (H - 1))
+    pad_r = max(0, (Qw - 1) + hi - (W - 1))
+    if lo <= 0 and pad_b <= top and pad_r <= top:
+        return x, top, Ho, Wo, Qh, Qw
+    xp = F.pad(x, (top, pad_r, top, pad_b))
+    if lo > 0:
+        xp = xp[:, :, lo:, lo:]
+    return xp, 0, Ho, Wo, Qh, Qw
+
+
 def conv_transpose2d_subpixel(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
                               stride: int, padding: int, output_padding: int) -> torch.Tensor:
     """``F.conv_transpose2d`` computed as one stride-1 ``conv2d`` to ``C_out * stride^2`` phase
@@ -205,29 +443,35 @@ def conv_transpose2d_subpixel(x: torch.Tensor, w: torch.Tensor, b: Optional[torc
     Returns:
         ``[N, C_out, (H-1)*s - 2p + k + op, (W-1)*s - 2p + k + op]``.
     """
-    N, Ci, H, W = x.shape
-    _, Co, k, _ = w.shape
-    s, p = stride, padding
-    Ho = (H - 1) * s - 2 * p + k + output_padding
-    Wo = (W - 1) * s - 2 * p + k + output_padding
-    idx, lo, hi, kc = _subpixel_plan(k, s, p)
-    wf = torch.cat([w.reshape(Ci, Co, k * k), w.new_zeros(Ci, Co, 1)], dim=2)
-    w2 = wf[:, :, idx].reshape(Ci, Co, s, s, kc, kc)
-    w2 = w2.permute(1, 2, 3, 0, 4, 5).reshape(Co * s * s, Ci, kc, kc)  # (co, ry, rx) order
-    Qh, Qw = -(-Ho // s), -(-Wo // s)
-    pad_b = max(0, (Qh - 1) + hi - (H - 1))
-    pad_r = max(0, (Qw - 1) + hi - (W - 1))
-    xp = F.pad(x, (max(-lo, 0), pad_r, max(-lo, 0), pad_b))
-    if lo > 0:
-        xp = xp[:, :, lo:, lo:]
-    bb = None if b is None else b.repeat_interleave(s * s)
-    y = F.conv2d(xp, w2, bb)[:, :, :Qh, :Qw]
+    s, k = stride, w.shape[-1]
+    w2, bb = _subpixel_weight(w, b, s, padding)
+    xp, pc, Ho, Wo, Qh, Qw = _subpixel_input(x, k, s, padding, output_padding)
+    y = F.conv2d(xp, w2, bb, padding=pc)[:, :, :Qh, :Qw]
+    return F.pixel_shuffle(y, s)[:, :, :Ho, :Wo]
+
+
+def _subpixel_prepacked(x, weight, bias, co, stride, padding, output_padding):
+    """The sub-pixel transposed conv without gradient, on the cached prepacked phase weight."""
+    ci, k, dt, s = x.shape[1], weight.shape[-1], x.dtype, stride
+    xp, pc, Ho, Wo, Qh, Qw = _subpixel_input(x, k, s, padding, output_padding)
+    if not xp.is_contiguous(memory_format=torch.channels_last):
+        xp = xp.contiguous(memory_format=torch.channels_last)
+
+    def build():
+        w2, bb = _subpixel_weight(weight[:ci, :co].detach().to(dt),
+                                  None if bias is None else bias[:co].detach().to(dt), s, padding)
+        w2 = torch.ops.mkldnn._reorder_convolution_weight(w2.contiguous(), [pc, pc], [1, 1],
+                                                          [1, 1], 1, list(xp.shape))
+        return w2, None if bb is None else bb.contiguous()
+    wp, bp = _cached(("subpixel", co, ci, dt, s, padding, k, pc, tuple(xp.shape)),
+                     (weight, bias), build)
+    y = torch.ops.mkldnn._convolution_pointwise(xp, wp, bp, [pc, pc], [1, 1], [1, 1], 1, "none",
+                                                [], "")[:, :, :Qh, :Qw]
     return F.pixel_shuffle(y, s)[:, :, :Ho, :Wo]
 
 
 def _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding):
-    if stride > 1 and w.shape[-1] > stride and \
-            w.shape[1] * stride * stride <= SUBPIXEL_MAX_PHASE_CHANNELS:
+    if _use_subpixel(w.shape[-1], w.shape[1], stride):
         return conv_transpose2d_subpixel(x, w, b, stride, padding, output_padding)
     return F.conv_transpose2d(x, w, b, stride=stride, padding=padding,
                               output_padding=output_padding)
@@ -280,6 +524,9 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
                                 gdn=_effective(kw, co))
         y = K.SlimConv2dFunction.apply(x, weight, bias, stride, padding, co)
         return y if kw is None else _gdn(y, **kw)
+    xp = _prepack_input(x, weight, bias)
+    if xp is not None:
+        return _apply_gdn(_conv2d_prepacked(xp, weight, bias, co, stride, padding), kw)
     ci = x.shape[1]
     x, w, b, cast = _cpu_operands(x, weight, bias, (slice(0, co), slice(0, ci)), co)
     if cast:
@@ -333,6 +580,10 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         y = K.SlimConvTranspose2dFunction.apply(x, weight, bias, stride, padding, output_padding,
                                                 co)
         return y if kout is None else _gdn(y, **kout)
+    xp = _prepack_input(x, weight, bias)
+    if xp is not None:
+        return _apply_gdn(_conv_transpose2d_prepacked(xp, weight, bias, co, stride, padding,
+                                                      output_padding), kout)
     ci = x.shape[1]
     x, w, b, cast = _cpu_operands(x, weight, bias, (slice(0, ci), slice(0, co)), co)
     if cast:
