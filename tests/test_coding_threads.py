@@ -1,0 +1,222 @@
+"""Tests of the coder's threads and caches: the process-wide worker pool (repeated calls, every
+streams x threads combination, concurrent callers, fork), the per-stream index checks, and the
+cache of validated tables and decoder lookup tables (must follow the table *content*).
+
+Everything is compared with ``_ref_encode``, the independent pure-Python encoder of the format.
+"""
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from slimkernels import coding
+from tests.test_coding import _kodak_like, _random_tables, _ref_encode
+
+
+@pytest.fixture(scope="module")
+def work():
+    return _kodak_like(np.random.default_rng(11), channels=12, h=8, w=16)  # 1,536 symbols
+
+
+def _threads_now():
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_streams_times_threads_grid(work):
+    sym, idx, cdfs, lengths, offsets = work
+    for streams in range(1, 9):
+        ref = _ref_encode(sym, idx, cdfs, lengths, offsets, 16, streams)
+        for threads in range(1, 9):
+            data = coding.encode(sym, idx, cdfs, lengths, offsets, streams=streams,
+                                 threads=threads)
+            assert data == ref, (streams, threads)
+            for dthreads in (1, threads):
+                out = coding.decode(data, idx, cdfs, lengths, offsets, threads=dthreads)
+                np.testing.assert_array_equal(out, sym)
+
+
+def test_repeated_calls_alternating_tables_and_sizes():
+    rng = np.random.default_rng(12)
+    a = _kodak_like(rng, channels=6, h=8, w=16)
+    tb = _random_tables(rng, 4, 300, 14)  # 300 symbols: 16-bit lookup entries
+    b_sym = rng.integers(-40, 300, 2000).astype(np.int32)
+    b_idx = rng.integers(0, 4, 2000).astype(np.int32)
+    b = (b_sym, b_idx) + tb
+    refs = {}
+    for it in range(120):
+        (sym, idx, cdfs, lengths, offsets), prec = (a, 16) if it % 2 else (b, 14)
+        n = [7, 100, sym.size][it % 3]  # different sizes -> different lookup-table widths
+        s, i = sym.reshape(-1)[:n], idx.reshape(-1)[:n]
+        streams = 1 + it % 4
+        key = (it % 2, n, streams)
+        if key not in refs:
+            refs[key] = _ref_encode(s, i, cdfs, lengths, offsets, prec, streams)
+        data = coding.encode(s, i, cdfs, lengths, offsets, precision=prec, streams=streams,
+                             threads=1 + it % 3)
+        assert data == refs[key]
+        out = coding.decode(data, i, cdfs, lengths, offsets, precision=prec, threads=1 + it % 2)
+        np.testing.assert_array_equal(out, s)
+
+
+def test_tables_changed_in_place_are_not_served_from_cache(work):
+    sym, idx, cdfs, lengths, offsets = work
+    c = cdfs.copy()
+    data_a = coding.encode(sym, idx, c, lengths, offsets, streams=2)
+    np.testing.assert_array_equal(coding.decode(data_a, idx, c, lengths, offsets, threads=2), sym)
+    # Same array object, same shape, new content: channel order reversed.
+    c[:] = cdfs[::-1]
+    ref_b = _ref_encode(sym, idx, cdfs[::-1], lengths[::-1], offsets, 16, 2)
+    data_b = coding.encode(sym, idx, c, lengths[::-1].copy(), offsets, streams=2)
+    assert data_b == ref_b and data_b != data_a
+    np.testing.assert_array_equal(
+        coding.decode(data_b, idx, c, lengths[::-1].copy(), offsets, threads=2), sym)
+    # The lookup table cached for the first content must not be used for the second.
+    c2 = cdfs.copy()
+    coding.decode(data_a, idx, c2, lengths, offsets, threads=1)  # caches lookup tables of A
+    c2[3] = cdfs[11]  # one row changes (valid: another channel's CDF)
+    ref_c = _ref_encode(sym, idx, c2, lengths, offsets, 16, 1)
+    data_c = coding.encode(sym, idx, c2, lengths, offsets)
+    assert data_c == ref_c
+    np.testing.assert_array_equal(coding.decode(data_c, idx, c2, lengths, offsets), sym)
+    # Only the lengths change: validated again.
+    l2 = lengths.copy()
+    l2[0] = cdfs.shape[1] + 1
+    with pytest.raises(ValueError, match="cdf_lengths"):
+        coding.encode(sym, idx, cdfs, l2, offsets)
+
+
+def test_cached_tables_made_invalid_in_place_raise(work):
+    sym, idx, cdfs, lengths, offsets = work
+    c = cdfs.copy()
+    data = coding.encode(sym, idx, c, lengths, offsets, streams=2)
+    coding.decode(data, idx, c, lengths, offsets, threads=2)
+    c[2, 5] = c[2, 4]  # zero frequency
+    with pytest.raises(ValueError, match="strictly increasing"):
+        coding.encode(sym, idx, c, lengths, offsets, streams=2)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        coding.decode(data, idx, c, lengths, offsets, threads=2)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_first_bad_index_is_named_with_threads(work, threads):
+    sym, idx, cdfs, lengths, offsets = work
+    flat = idx.reshape(-1).copy()
+    data = coding.encode(sym, flat, cdfs, lengths, offsets, streams=4)
+    n = flat.size
+    flat[n - 5] = 99  # in the last stream
+    flat[n // 4 + 3] = -1  # in the second stream: the first bad position
+    msg = rf"indexes\[{n // 4 + 3}\]"
+    with pytest.raises(ValueError, match=msg):
+        coding.encode(sym, flat, cdfs, lengths, offsets, streams=4, threads=threads)
+    with pytest.raises(ValueError, match=msg):
+        coding.decode(data, flat, cdfs, lengths, offsets, threads=threads)
+    # A bad index is reported before corrupt data, whichever stream is corrupt.
+    bad = bytearray(data)
+    bad[-10] ^= 0xFF
+    with pytest.raises(ValueError, match=msg):
+        coding.decode(bytes(bad), flat, cdfs, lengths, offsets, threads=threads)
+    with pytest.raises(ValueError, match=msg):
+        coding.decode(bytes(bad[:-4]), flat, cdfs, lengths, offsets, threads=threads)
+
+
+def test_concurrent_callers(work):
+    """Python threads coding at the same time (GIL released): one gets the pool, the others
+    start their own threads; every result must be exact."""
+    sym, idx, cdfs, lengths, offsets = work
+    refs = {s: _ref_encode(sym, idx, cdfs, lengths, offsets, 16, s) for s in (1, 2, 3, 4)}
+    errors = []
+
+    def run(seed):
+        try:
+            for it in range(30):
+                s = 1 + (seed + it) % 4
+                data = coding.encode(sym, idx, cdfs, lengths, offsets, streams=s, threads=s)
+                assert data == refs[s]
+                out = coding.decode(data, idx, cdfs, lengths, offsets, threads=2)
+                np.testing.assert_array_equal(out, sym)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not any(t.is_alive() for t in ts), "a coding thread hangs"
+    assert not errors, errors[0]
+
+
+def _wait_child(pid, timeout=60.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return "timeout"
+
+
+def _child_codes(work, ref, streams):
+    """In a forked child: code with 2 threads; exit 0 if exact and a worker thread really ran."""
+    sym, idx, cdfs, lengths, offsets = work
+    code = 1
+    try:
+        before = _threads_now()
+        for _ in range(3):
+            data = coding.encode(sym, idx, cdfs, lengths, offsets, streams=streams, threads=2)
+            out = coding.decode(data, idx, cdfs, lengths, offsets, threads=2)
+            if data != ref or not np.array_equal(out, sym):
+                os._exit(2)
+        # The child starts with one thread; a 2-thread call must have started a worker here.
+        code = 0 if _threads_now() > before else 3
+    finally:
+        os._exit(code)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.isdir("/proc/self/task"),
+                    reason="needs fork and /proc")
+def test_pool_after_fork(work):
+    sym, idx, cdfs, lengths, offsets = work
+    ref = _ref_encode(sym, idx, cdfs, lengths, offsets, 16, 2)
+    # The parent has used its pool (and its table cache) with 2 threads.
+    assert coding.encode(sym, idx, cdfs, lengths, offsets, streams=2, threads=2) == ref
+    coding.decode(ref, idx, cdfs, lengths, offsets, threads=2)
+    pid = os.fork()
+    if pid == 0:
+        _child_codes(work, ref, 2)
+    assert _wait_child(pid) == 0
+    # The parent's pool still works after the fork.
+    assert coding.encode(sym, idx, cdfs, lengths, offsets, streams=2, threads=2) == ref
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.isdir("/proc/self/task"),
+                    reason="needs fork and /proc")
+def test_fork_while_another_thread_codes(work):
+    """Fork at random moments of another thread's 2-thread calls (pool and cache locks may be
+    held then): the child must not hang and must code exactly."""
+    sym, idx, cdfs, lengths, offsets = work
+    ref = _ref_encode(sym, idx, cdfs, lengths, offsets, 16, 2)
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            coding.encode(sym, idx, cdfs, lengths, offsets, streams=2, threads=2)
+            coding.decode(ref, idx, cdfs, lengths, offsets, threads=2)
+
+    t = threading.Thread(target=busy)
+    t.start()
+    try:
+        for _ in range(8):
+            time.sleep(0.003)
+            pid = os.fork()
+            if pid == 0:
+                _child_codes(work, ref, 2)
+            assert _wait_child(pid) == 0
+    finally:
+        stop.set()
+        t.join(30)
