@@ -5,8 +5,10 @@
     python bench/bench_gdn.py --no-cpu        # skip the CPU timings
 
 Every speed result is a ratio against the alternative measured in the same run:
-* CPU: ``slimkernels.ops.gdn`` (the PyTorch path) vs the eager composition
-  (x^2 -> F.conv2d 1x1 on the sliced gamma -> rsqrt -> mul), medians of interleaved repeats.
+* CPU: ``slimkernels.ops.gdn`` (the fused AMX-BF16 C++ kernel where the CPU has AMX, else the
+  PyTorch path) vs the eager composition (x^2 -> F.conv2d 1x1 on the sliced gamma -> rsqrt ->
+  mul) and vs the PyTorch path ``gdn_torch``, medians of interleaved repeats, with the max
+  relative errors vs float64.
 * CUDA: the fused Triton kernels vs eager and ``torch.compile`` of eager, forward and
   forward+backward, ``triton.testing.do_bench`` medians, next to the memory floor.
 Writes ``bench/results/cpu/gdn.json`` and ``gdn.md`` (CPU + static), and
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from slimkernels.ops import gdn  # noqa: E402
+from slimkernels.ops.gdn import cpu_kernels_available, gdn_torch  # noqa: E402
 
 WIDTHS = [192, 144, 96, 72, 48]
 C_MAX = 192
@@ -107,10 +110,25 @@ def _rel_err(y, ref):
     return ((y.double() - ref).abs().max() / ref.abs().max()).item()
 
 
+def _elem_err(y, ref):
+    """max elementwise relative error (NaN counts as infinite)."""
+    e = ((y.double() - ref).abs() / ref.abs()).max().item()
+    return float("inf") if e != e else e
+
+
 def cpu_timings(shapes=CPU_SHAPES, widths=WIDTHS, reps=9, backward=False):
     """Forward (inference, no_grad) on CPU: slimkernels.ops.gdn vs eager, same run."""
     beta, gamma = make_params()
     rows = []
+    # machine warm-up (~0.5 s: clocks, the allocator, oneDNN's and AMX's first use); without it
+    # the first rows of a run measured up to 2x slower for every variant
+    N, H, W = shapes[0]
+    xw = torch.randn(N, max(widths), H, W)
+    t_end = time.perf_counter() + 0.5
+    with torch.no_grad():
+        while time.perf_counter() < t_end:
+            eager_gdn(xw, beta, gamma), gdn(xw, beta, gamma), gdn(xw.bfloat16(), beta, gamma)
+    del xw
     for (N, H, W) in shapes:
         for C in widths:
             for dt in (torch.float32, torch.bfloat16):
@@ -121,23 +139,34 @@ def cpu_timings(shapes=CPU_SHAPES, widths=WIDTHS, reps=9, backward=False):
                         x = x.contiguous(memory_format=torch.channels_last)
                     ref = eager_gdn(x.double(), beta.double(), gamma.double())
                     with torch.no_grad():
-                        err_ours = _rel_err(gdn(x, beta, gamma), ref)
-                        err_eager = _rel_err(eager_gdn(x, beta, gamma), ref)
+                        y_ours, y_eager = gdn(x, beta, gamma), eager_gdn(x, beta, gamma)
+                        y_torch = gdn_torch(x, beta, gamma)
+                        errs = {k: (_rel_err(v, ref), _elem_err(v, ref)) for k, v in
+                                (("ours", y_ours), ("eager", y_eager), ("torch", y_torch))}
+                        del y_ours, y_eager, y_torch
                         t = _median_interleaved({"eager": lambda: eager_gdn(x, beta, gamma),
-                                                 "ours": lambda: gdn(x, beta, gamma)}, reps)
+                                                 "ours": lambda: gdn(x, beta, gamma),
+                                                 "torch": lambda: gdn_torch(x, beta, gamma)},
+                                                reps)
                         raw = _median_interleaved.last
                     tmin = {k: min(v) for k, v in raw.items()}
                     row = {"shape": f"{N}x{C}x{H}x{W}", "C": C, "dtype": str(dt)[6:],
                            "layout": layout, "pass": "fwd", "eager_ms": t["eager"] * 1e3,
                            "ours_ms": t["ours"] * 1e3, "speedup": t["eager"] / t["ours"],
+                           "torch_ms": t["torch"] * 1e3,
+                           "speedup_vs_torch": t["torch"] / t["ours"],
+                           "path": "fused-amx" if cpu_kernels_available() else "torch",
                            "eager_min_ms": tmin["eager"] * 1e3, "ours_min_ms": tmin["ours"] * 1e3,
                            "speedup_min": tmin["eager"] / tmin["ours"], "reps": reps,
-                           "err_ours": err_ours, "err_eager": err_eager}
+                           "err_ours": errs["ours"][0], "err_eager": errs["eager"][0],
+                           "err_torch": errs["torch"][0], "err_ours_elem": errs["ours"][1],
+                           "err_eager_elem": errs["eager"][1], "err_torch_elem": errs["torch"][1]}
                     rows.append(row)
                     print(f"cpu {row['shape']:>14} {row['dtype']:>8} {layout:>13} fwd  "
                           f"eager {row['eager_ms']:8.2f} ms  ours {row['ours_ms']:8.2f} ms  "
                           f"x{row['speedup']:.2f} (min: x{row['speedup_min']:.2f})  "
-                          f"err {err_ours:.1e} (eager {err_eager:.1e})",
+                          f"torch path {row['torch_ms']:8.2f} ms  "
+                          f"err {row['err_ours_elem']:.1e} (eager {row['err_eager_elem']:.1e})",
                           flush=True)
     return rows
 
@@ -307,12 +336,19 @@ def static_md(rows):
 
 
 def cpu_md(rows):
-    out = ["| shape | dtype | layout | eager ms (median) | slimkernels ms (median) | speedup "
-           "(medians) | speedup (best of each) | max rel err (ours / eager) vs float64 |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| shape | dtype | layout | path | eager ms (median) | ops.gdn ms (median) | speedup vs "
+           "eager (medians) | speedup (best of each) | torch-path ms | ops.gdn vs torch path | "
+           "max elementwise rel err vs float64 (ops.gdn / eager / torch path) | max err / max|ref| "
+           "(ops.gdn / eager) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        out.append(f"| {r['shape']} | {r['dtype']} | {r['layout']} | {r['eager_ms']:.2f} | "
-                   f"{r['ours_ms']:.2f} | **x{r['speedup']:.2f}** | x{r['speedup_min']:.2f} | "
+        out.append(f"| {r['shape']} | {r['dtype']} | {r['layout']} | {r.get('path', '-')} | "
+                   f"{r['eager_ms']:.2f} | {r['ours_ms']:.2f} | **x{r['speedup']:.2f}** | "
+                   f"x{r['speedup_min']:.2f} | {_fmt(r.get('torch_ms'), 2)} | "
+                   f"x{r.get('speedup_vs_torch', float('nan')):.2f} | "
+                   f"{r.get('err_ours_elem', float('nan')):.1e} / "
+                   f"{r.get('err_eager_elem', float('nan')):.1e} / "
+                   f"{r.get('err_torch_elem', float('nan')):.1e} | "
                    f"{r['err_ours']:.1e} / {r['err_eager']:.1e} |")
     return "\n".join(out)
 
@@ -342,6 +378,12 @@ def main(argv=None):
     ap.add_argument("--dry-run", action="store_true",
                     help="tiny shapes, CPU stand-in for the CUDA section; writes to --out")
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU timings")
+    ap.add_argument("--no-train", action="store_true",
+                    help="skip the CPU forward+backward (training step) timings")
+    ap.add_argument("--widths", default=None,
+                    help="comma-separated widths for the CPU section (default 192,144,96,72,48)")
+    ap.add_argument("--md-name", default="gdn",
+                    help="basename of the CPU result files (cpu/<name>.json, .md)")
     ap.add_argument("--reps", type=int, default=9, help="CPU repeats per variant (median)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads for the CPU section (default: torch's); 1 gives "
@@ -367,7 +409,8 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    widths = [48, 17] if args.dry_run else WIDTHS
+    widths = [48, 17] if args.dry_run else (
+        [int(w) for w in args.widths.split(",")] if args.widths else WIDTHS)
     cpu_shapes = [(1, 9, 11)] if args.dry_run else CPU_SHAPES
     st = static_table(GPU_SHAPES, WIDTHS)
     print("Static H100 table (floor = max(bytes / 3.0 TB/s, FLOPs / peak); fp32 peak "
@@ -377,8 +420,10 @@ def main(argv=None):
 
     if not args.no_cpu:
         report["cpu"] = cpu_timings(cpu_shapes, widths, reps=2 if args.dry_run else args.reps)
-        report["cpu_train"] = cpu_train_timings([(2, 5, 7)] if args.dry_run else [(8, 32, 32)],
-                                                widths, reps=2 if args.dry_run else args.reps)
+        if not args.no_train:
+            report["cpu_train"] = cpu_train_timings(
+                [(2, 5, 7)] if args.dry_run else [(8, 32, 32)], widths,
+                reps=2 if args.dry_run else args.reps)
     cuda_rows = None
     if torch.cuda.is_available() and not args.dry_run:
         cuda_rows = cuda_timings()
@@ -390,7 +435,7 @@ def main(argv=None):
         print(cuda_md(report["cuda_dry_run"]))
 
     os.makedirs(os.path.join(args.out, "cpu"), exist_ok=True)
-    with open(os.path.join(args.out, "cpu", "gdn.json"), "w") as f:
+    with open(os.path.join(args.out, "cpu", f"{args.md_name}.json"), "w") as f:
         json.dump(report, f, indent=1)
     md = [f"# GDN benchmark ({report['env']['date_utc']} UTC, torch {torch.__version__}, "
           f"{report['env']['threads']} threads{', DRY RUN (tiny shapes)' if args.dry_run else ''})",
@@ -401,22 +446,25 @@ def main(argv=None):
           "recompute n, dx, dgamma) plus elementwise work.", "", static_md(st), ""]
     if "cpu" in report:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        md += ["## CPU: slimkernels.ops.gdn (PyTorch path) vs eager composition, forward, "
-               "no_grad, same run, medians of interleaved repeats", "",
+        md += ["## CPU: slimkernels.ops.gdn vs eager composition (and vs the PyTorch path "
+               "gdn_torch), forward, no_grad, same run, medians of interleaved repeats", "",
+               f"Path: `fused-amx` = the fused C++ kernel (slimkernels._cpu_kernels, AMX-BF16; "
+               "fp32 channel mixing as bf16x3, see docs/kernels_gdn.md), `torch` = gdn_torch. "
                f"{args.reps} repeats each, round-robin. Load average at the end of the run: "
                f"{load:.1f} on {os.cpu_count()} cores (other jobs share this machine: compare "
                "ratios, not absolute times; single runs are bimodal when a thread is "
-               "descheduled).", "", cpu_md(report["cpu"]), "",
-               "## CPU training step: forward + backward (gradients of x, beta, gamma), fp32 and "
-               "fp32 x under bf16 autocast, same run, medians", "",
-               cpu_train_md(report["cpu_train"]), ""]
+               "descheduled).", "", cpu_md(report["cpu"]), ""]
+        if "cpu_train" in report:
+            md += ["## CPU training step: forward + backward (gradients of x, beta, gamma), fp32 "
+                   "and fp32 x under bf16 autocast, same run, medians (PyTorch path: autograd "
+                   "keeps it)", "", cpu_train_md(report["cpu_train"]), ""]
     if cuda_rows is None:
         md += ["## CUDA timings: OWED", "",
                "No GPU was available when this file was written. Run `python bench/bench_gdn.py` "
                "on a CUDA machine: it times the fused Triton kernels vs eager and torch.compile, "
                "forward and forward+backward, at widths 192/144/96/72/48 on 1xCx256x384 and "
                "8xCx128x128 (fp32, bf16), and writes bench/results/cuda/gdn.{json,md}.", ""]
-    with open(os.path.join(args.out, "cpu", "gdn.md"), "w") as f:
+    with open(os.path.join(args.out, "cpu", f"{args.md_name}.md"), "w") as f:
         f.write("\n".join(md))
     if cuda_rows is not None:
         os.makedirs(os.path.join(args.out, "cuda"), exist_ok=True)

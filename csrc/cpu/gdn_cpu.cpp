@@ -86,6 +86,24 @@ Buf<T> alloc_zeroed(int64_t n) {
   return Buf<T>(static_cast<T*>(p));
 }
 
+// A grow-only buffer kept between calls (one per calling thread): fresh multi-100-KB blocks come
+// from mmap and cost a page fault per 4 KB on every call, more than packing gamma itself.
+template <class T>
+struct Reusable {
+  Buf<T> buf;
+  int64_t cap = 0;
+  // n elements, zeroed; nullptr when out of memory
+  T* zeroed(int64_t n) {
+    if (n > cap) {
+      buf = alloc_zeroed<T>(n);
+      cap = buf ? n : 0;
+    } else {
+      std::memset(buf.get(), 0, static_cast<size_t>(n) * sizeof(T));
+    }
+    return buf.get();
+  }
+};
+
 // Shapes shared by the workers of one call.
 struct Plan {
   int64_t C, Kpad, Cpad, K3;  // K3 = splits * Kpad
@@ -94,10 +112,12 @@ struct Plan {
   const float* beta;          // effective beta, fp32, [C] (padded to Cpad)
 };
 
-// Per-thread buffers: bf16 z operand and fp32 n, both 64-byte aligned and zeroed.
+// Per-worker buffers: bf16 z operand and fp32 n, both 64-byte aligned and zeroed.
 struct Scratch {
-  Buf<uint16_t> z;
-  Buf<float> n;
+  Reusable<uint16_t> zr;
+  Reusable<float> nr;
+  uint16_t* z = nullptr;
+  float* n = nullptr;
   bool ok() const { return z && n; }
 };
 
@@ -229,20 +249,20 @@ template <bool INV>
 SK_TARGET void run_cl(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t row0,
                       int64_t row1) {
   const int64_t C = p.C, K3 = p.K3, Kpad = p.Kpad, Cpad = p.Cpad;
-  Buf<uint16_t>& zb = sc.z;
-  Buf<float>& nb = sc.n;
+  uint16_t* const zb = sc.z;
+  float* const nb = sc.n;
   tile_config_full();
   const int xd = a.xdtype;
   bool tail_zeroed = false;
   for (int64_t r0 = row0; r0 < row1; r0 += kClRows) {
     const int64_t nr = std::min<int64_t>(kClRows, row1 - r0);
     if (nr < kClRows && !tail_zeroed) {  // rows past the end: zeros (their n is discarded)
-      std::memset(zb.get() + nr * K3, 0, (kClRows - nr) * K3 * sizeof(uint16_t));
+      std::memset(zb + nr * K3, 0, (kClRows - nr) * K3 * sizeof(uint16_t));
       tail_zeroed = true;
     }
     for (int64_t r = 0; r < nr; ++r) {
       const int64_t xo = (r0 + r) * C;
-      uint16_t* zr = zb.get() + r * K3;
+      uint16_t* zr = zb + r * K3;
       for (int64_t c = 0; c < C; c += 16) {
         const __mmask16 m = tail_mask(C - c);
         const __m512 v = load16(a.x, xd, xo + c, m);
@@ -256,10 +276,10 @@ SK_TARGET void run_cl(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t row0
         }
       }
     }
-    gemm(zb.get(), K3, p.gpack, 2 * Cpad, nb.get(), Cpad, kClRows, Cpad, K3);
+    gemm(zb, K3, p.gpack, 2 * Cpad, nb, Cpad, kClRows, Cpad, K3);
     for (int64_t r = 0; r < nr; ++r) {
       const int64_t xo = (r0 + r) * C;
-      const float* nr_ = nb.get() + r * Cpad;
+      const float* nr_ = nb + r * Cpad;
       for (int64_t c = 0; c < C; c += 16) {
         const __mmask16 m = tail_mask(C - c);
         const __m512 v = load16(a.x, xd, xo + c, m);
@@ -280,8 +300,8 @@ SK_TARGET void run_nchw(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t b0
   const int64_t C = p.C, K3 = p.K3, Kpad = p.Kpad, Cpad = p.Cpad, HW = a.HW;
   const int64_t nblk = (HW + kNchwPix - 1) / kNchwPix;
   constexpr int64_t PB = kNchwPix;
-  Buf<uint16_t>& zb = sc.z;
-  Buf<float>& nb = sc.n;
+  uint16_t* const zb = sc.z;
+  float* const nb = sc.n;
   tile_config_full();
   const int xd = a.xdtype;
   const int64_t kpairs = (C + 1) / 2;
@@ -300,21 +320,21 @@ SK_TARGET void run_nchw(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t b0
         const __m256i h0 = to_bf16(z0), h1 = to_bf16(z1);
         const __m512i hi = _mm512_or_si512(_mm512_cvtepu16_epi32(h0),
                                            _mm512_slli_epi32(_mm512_cvtepu16_epi32(h1), 16));
-        _mm512_store_si512(zb.get() + (k * PB + q) * 2, hi);
+        _mm512_store_si512(zb + (k * PB + q) * 2, hi);
         if (p.splits == 3) {
           const __m256i l0 = to_bf16(_mm512_sub_ps(z0, from_bf16(h0)));
           const __m256i l1 = to_bf16(_mm512_sub_ps(z1, from_bf16(h1)));
           const __m512i lo = _mm512_or_si512(_mm512_cvtepu16_epi32(l0),
                                              _mm512_slli_epi32(_mm512_cvtepu16_epi32(l1), 16));
-          _mm512_store_si512(zb.get() + ((half + k) * PB + q) * 2, lo);
-          _mm512_store_si512(zb.get() + ((2 * half + k) * PB + q) * 2, hi);
+          _mm512_store_si512(zb + ((half + k) * PB + q) * 2, lo);
+          _mm512_store_si512(zb + ((2 * half + k) * PB + q) * 2, hi);
         }
       }
     }
-    gemm(p.gpack, K3, zb.get(), 2 * PB, nb.get(), PB, Cpad, PB, K3);
+    gemm(p.gpack, K3, zb, 2 * PB, nb, PB, Cpad, PB, K3);
     for (int64_t c = 0; c < C; ++c) {
       const __m512 bc = _mm512_set1_ps(p.beta[c]);
-      const float* nr_ = nb.get() + c * PB;
+      const float* nr_ = nb + c * PB;
       const int64_t xo = base + c * HW;
       for (int64_t q = 0; q < np; q += 16) {
         const __mmask16 m = tail_mask(np - q);
@@ -325,6 +345,51 @@ SK_TARGET void run_nchw(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t b0
     }
   }
   _tile_release();
+}
+
+// gamma_k = gamma[:C, :C] * gs + gb, split into bf16 hi / lo, packed for the GEMM along K as
+// [hi | hi | lo] (splits 3) or [hi] (splits 1): channels_last pairs it (as B, VNNI [K3/2][Cpad][2])
+// with A = [z_hi | z_lo | z_hi]; NCHW (as A, row-major [Cpad][K3]) with B = [z_hi; z_lo; z_hi].
+// gpack arrives zeroed (the padding stays zero).
+SK_TARGET void pack_gamma(const GdnArgs& a, int64_t C, int64_t Kpad, int64_t Cpad, int64_t K3,
+                          float gs, float gb, uint16_t* gpack) {
+  std::vector<float> tmp(a.g_s1 == 1 ? 0 : C);
+  std::vector<uint16_t> hi(Kpad, 0), lo(Kpad, 0);
+  const __m512 vs = _mm512_set1_ps(gs), vb = _mm512_set1_ps(gb);
+  uint32_t* const g32 = reinterpret_cast<uint32_t*>(gpack);
+  for (int64_t o = 0; o < C; ++o) {
+    const void* row;
+    int dtype;
+    int64_t off;
+    if (a.g_s1 == 1) {
+      row = a.gamma;
+      dtype = a.gdtype;
+      off = o * a.g_s0;
+    } else {
+      for (int64_t i = 0; i < C; ++i) tmp[i] = load_param(a.gamma, a.gdtype, o * a.g_s0 + i * a.g_s1);
+      row = tmp.data();
+      dtype = kF32;
+      off = 0;
+    }
+    for (int64_t i = 0; i < C; i += 16) {
+      const __mmask16 m = tail_mask(C - i);
+      const __m512 g = _mm512_add_ps(_mm512_mul_ps(load16(row, dtype, off + i, m), vs), vb);
+      const __m256i h = to_bf16(g);
+      _mm256_mask_storeu_epi16(hi.data() + i, m, h);
+      _mm256_mask_storeu_epi16(lo.data() + i, m, to_bf16(_mm512_sub_ps(g, from_bf16(h))));
+    }
+    for (int s = 0; s < a.splits; ++s) {
+      const uint16_t* src = s == 2 ? lo.data() : hi.data();
+      if (a.channels_last) {
+        const int64_t r0 = s * Kpad / 2;
+        for (int64_t i = 0; i < C; i += 2)
+          g32[(r0 + i / 2) * Cpad + o] = static_cast<uint32_t>(src[i]) |
+                                          (static_cast<uint32_t>(src[i + 1]) << 16);
+      } else {
+        std::memcpy(gpack + o * K3 + s * Kpad, src, static_cast<size_t>(C) * sizeof(uint16_t));
+      }
+    }
+  }
 }
 
 bool detect_amx() {
@@ -384,39 +449,17 @@ int gdn_forward(const GdnArgs& a) {
   if (a.N == 0 || a.HW == 0) return kOk;
 #if SK_HAVE_AMX_CODE
   const int64_t C = a.C, Kpad = round_up(C, 32), Cpad = round_up(C, 16), K3 = a.splits * Kpad;
-  // effective gamma (fp32), split into bf16 hi / lo
-  std::vector<uint16_t> ghi(C * C), glo(C * C);
-  for (int64_t o = 0; o < C; ++o)
-    for (int64_t i = 0; i < C; ++i) {
-      const float g = static_cast<float>(
-          static_cast<double>(load_param(a.gamma, a.gdtype, o * a.g_s0 + i * a.g_s1)) *
-              a.gamma_scale + a.gamma_bias);
-      const uint16_t h = f2bf(g);
-      ghi[o * C + i] = h;
-      glo[o * C + i] = f2bf(g - bf2f(h));
-    }
-  // gamma parts along K: channels_last pairs with A = [z_hi | z_lo | z_hi], so B = [hi; hi; lo];
-  // NCHW pairs A = gamma with B = [z_hi; z_lo; z_hi], so A = [hi | hi | lo]. Same order.
-  auto part = [&](int s, int64_t o, int64_t i) -> uint16_t {
-    return (s == 2 ? glo : ghi)[o * C + i];
-  };
-  Buf<uint16_t> gpack = alloc_zeroed<uint16_t>(Cpad * K3);
-  Buf<float> beta = alloc_zeroed<float>(Cpad + 16);
+  thread_local Reusable<uint16_t> gpack_buf;
+  thread_local Reusable<float> beta_buf;
+  uint16_t* const gpack = gpack_buf.zeroed(Cpad * K3);
+  float* const beta = beta_buf.zeroed(Cpad + 16);
   if (!gpack || !beta) return kNoMem;
-  for (int64_t c = 0; c < C; ++c)
-    beta[c] = static_cast<float>(
-        static_cast<double>(load_param(a.beta, a.bdtype, c * a.b_s0)) * a.beta_scale +
-        a.beta_bias);
-  for (int s = 0; s < a.splits; ++s)
-    for (int64_t o = 0; o < C; ++o)
-      for (int64_t i = 0; i < C; ++i) {
-        const int64_t kk = s * Kpad + i;
-        if (a.channels_last)  // VNNI: [K3/2][Cpad][2], element (kk, o)
-          gpack[((kk / 2) * Cpad + o) * 2 + (kk & 1)] = part(s, o, i);
-        else  // row-major [Cpad][K3]
-          gpack[o * K3 + kk] = part(s, o, i);
-      }
-  Plan p{C, Kpad, Cpad, K3, a.splits, gpack.get(), beta.get()};
+  // effective params in fp32, multiply then add (as the PyTorch path's _effective_params)
+  const float gs = static_cast<float>(a.gamma_scale), gb = static_cast<float>(a.gamma_bias);
+  const float bs = static_cast<float>(a.beta_scale), bb = static_cast<float>(a.beta_bias);
+  for (int64_t c = 0; c < C; ++c) beta[c] = load_param(a.beta, a.bdtype, c * a.b_s0) * bs + bb;
+  pack_gamma(a, C, Kpad, Cpad, K3, gs, gb, gpack);
+  Plan p{C, Kpad, Cpad, K3, a.splits, gpack, beta};
 
   int64_t units, per_unit_pixels;
   if (a.channels_last) {
@@ -427,10 +470,15 @@ int gdn_forward(const GdnArgs& a) {
     per_unit_pixels = kNchwPix;
   }
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, units / 4));
-  std::vector<Scratch> scratch(nt);
-  for (auto& s : scratch) {
-    s.z = alloc_zeroed<uint16_t>(per_unit_pixels * K3);
-    s.n = alloc_zeroed<float>(per_unit_pixels * Cpad);
+  thread_local std::vector<Scratch> tls_scratch;
+  // a plain reference: inside the worker lambda the thread_local's name would denote the
+  // worker thread's own (empty) instance
+  std::vector<Scratch>& scratch = tls_scratch;
+  if (static_cast<int64_t>(scratch.size()) < nt) scratch.resize(nt);
+  for (int64_t t = 0; t < nt; ++t) {
+    Scratch& s = scratch[t];
+    s.z = s.zr.zeroed(per_unit_pixels * K3);
+    s.n = s.nr.zeroed(per_unit_pixels * Cpad);
     if (!s.ok()) return kNoMem;
   }
   auto work = [&](int64_t t, int64_t u0, int64_t u1) {

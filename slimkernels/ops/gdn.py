@@ -305,6 +305,11 @@ def gdn_cpu_fused(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *,
                          "channels_last, fp32/bf16 parameters, without autograd; use gdn() "
                          f"(it falls back) -- got x {x.dtype} {tuple(x.stride())}, "
                          f"gamma {gamma.dtype}, beta {beta.dtype}")
+    return _run_fused(x, beta, gamma, lay, inverse, scalars)
+
+
+def _run_fused(x, beta, gamma, lay, inverse, scalars):
+    """The extension call; arguments already validated by :func:`_fused_cpu_layout`."""
     N, C, H, W = x.shape
     y = torch.empty_like(x, memory_format=torch.channels_last if lay == "channels_last"
                          else torch.contiguous_format)
@@ -370,10 +375,11 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
         return gdn_triton(x, beta, gamma, **kw)
     global last_cpu_path
     if x.device.type == "cpu" and cpu_kernels_available():
-        lay = _fused_cpu_layout(x, beta, gamma, (gamma_scale, gamma_bias, beta_scale, beta_bias))
+        scalars = (gamma_scale, gamma_bias, beta_scale, beta_bias)
+        lay = _fused_cpu_layout(x, beta, gamma, scalars)
         if lay is not None:
             last_cpu_path = "fused"
-            return gdn_cpu_fused(x, beta, gamma, layout=lay, **kw)
+            return _run_fused(x, beta, gamma, lay, inverse, scalars)
     if x.device.type == "cpu":
         last_cpu_path = "torch"
     return gdn_torch(x, beta, gamma, **kw)
