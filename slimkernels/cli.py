@@ -59,8 +59,12 @@ def env_report() -> str:
         lines.append(f"compiled range coder: NO ({e})")
     from .pretrained import bundled_model_path
     lines.append(f"bundled model: {bundled_model_path() or 'none'}")
+    from .codec import native_bf16, resolve_precision
     lines.append(f"CPU threads: {torch.get_num_threads()}, bf16 autocast on CPU: "
-                 f"{'yes' if torch.backends.mkldnn.is_available() else 'no'}")
+                 f"{'yes' if torch.backends.mkldnn.is_available() else 'no'}, native bf16: "
+                 f"{'yes' if native_bf16('cpu') else 'no'}")
+    lines.append(f"default precision (--precision auto): CPU {resolve_precision('auto', 'cpu')}"
+                 + (f", CUDA {resolve_precision('auto', 'cuda')}" if cuda else ""))
     return "\n".join(lines)
 
 
@@ -226,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     def common(s):
         s.add_argument("--model", default=None, help="model file (default: the bundled model)")
         s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-        s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+        s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                       help="transform precision: auto (default: bf16 autocast where the device "
+                            "has native bf16, e.g. AMX / AVX512-BF16 CPUs, else fp32), fp32, bf16")
         s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
         s.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
         s.add_argument("-q", "--quiet", action="store_true")

@@ -125,3 +125,37 @@ def test_usage_errors_exit_2():
     assert r.returncode == 2 and "usage" in r.stderr
     r = subprocess.run([sys.executable, "-m", "slimkernels"], capture_output=True, text=True)
     assert r.returncode == 2
+
+
+def test_precision_option(model_file, images, tmp_path, capsys):
+    """--precision auto (the default) is the library default; fp32 / bf16 files decode in any
+    precision to the same latents; the CLI's decoder writes the library's image."""
+    from slimkernels.codec import resolve_precision
+    from slimkernels.io import read_image
+
+    m = load_model(model_file)
+    x, _ = read_image(images["RGB"])
+    files = {}
+    for p in ("auto", "fp32", "bf16"):
+        files[p] = str(tmp_path / f"{p}.slim")
+        assert main(["compress", images["RGB"], files[p], "--model", model_file, "--width", "8",
+                     "--precision", p, "-q"]) == 0
+        data = open(files[p], "rb").read()
+        assert data == m.compress(x, 8, precision=resolve_precision(p, "cpu"))
+    assert open(files["auto"], "rb").read() == open(files["fp32" if resolve_precision(
+        "auto", "cpu") == "fp32" else "bf16"], "rb").read()
+    for p in ("fp32", "bf16"):
+        for q in ("fp32", "bf16"):
+            png = str(tmp_path / f"{p}_{q}.png")
+            assert main(["decompress", files[p], png, "--model", model_file, "--precision", q,
+                         "-q"]) == 0
+            ref = m.decompress(open(files[p], "rb").read(), precision=q)
+            ref = ref.mul(255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+            assert np.array_equal(np.asarray(Image.open(png)), ref)
+    with pytest.raises(SystemExit) as e:
+        main(["compress", images["RGB"], str(tmp_path / "x.slim"), "--model", model_file,
+              "--precision", "fp16"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    assert main(["env"]) == 0
+    assert f"default precision (--precision auto): CPU {resolve_precision('auto', 'cpu')}" in \
+        capsys.readouterr().out

@@ -34,11 +34,11 @@ def model():
 @pytest.mark.parametrize("width", [12, 8])
 @pytest.mark.parametrize("size", [(13, 10), (16, 16), (1, 5)])
 def test_roundtrip_matches_forward(model, width, size):
-    """decompress(compress(x)) is the eval-mode forward pass (median rounding), cropped."""
+    """decompress(compress(x)) in fp32 is the eval-mode forward pass (median rounding), cropped."""
     H, W = size
     x = torch.rand(1, 3, H, W)
-    data = model.compress(x, width)
-    x_hat = model.decompress(data)
+    data = model.compress(x, width, precision="fp32")
+    x_hat = model.decompress(data, precision="fp32")
     assert x_hat.shape == (1, 3, H, W) and x_hat.dtype == torch.float32
     xp = torch.nn.functional.pad(x, (0, (-W) % 4, 0, (-H) % 4), mode="replicate")
     with torch.no_grad():
@@ -143,9 +143,10 @@ def test_channels_last_model_roundtrip(model):
     m.load_state_dict(model.state_dict())
     m = m.to(memory_format=torch.channels_last)
     x = torch.rand(1, 3, 12, 20)
-    data = m.compress(x, 8)
-    x_hat = m.decompress(data)
-    torch.testing.assert_close(x_hat, model.decompress(data), rtol=1e-5, atol=1e-6)
+    data = m.compress(x, 8, precision="fp32")
+    x_hat = m.decompress(data, precision="fp32")
+    torch.testing.assert_close(x_hat, model.decompress(data, precision="fp32"), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_latent_indexes():
@@ -166,7 +167,161 @@ def test_input_channels_last_switch(model, layout):
     hook = m.g_a[0].register_forward_pre_hook(lambda mod, inp: seen.append(
         inp[0].is_contiguous(memory_format=torch.channels_last) and not inp[0].is_contiguous()))
     x = torch.rand(1, 3, 12, 20)
-    data = m.compress(x, 12)
+    data = m.compress(x, 12, precision="fp32")
     hook.remove()
     assert seen == [layout]
-    torch.testing.assert_close(m.decompress(data), model.decompress(data), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m.decompress(data, precision="fp32"),
+                               model.decompress(data, precision="fp32"), rtol=1e-5, atol=1e-6)
+
+
+# -- precision ---------------------------------------------------------------------------------
+def _cpuinfo_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(ln.split(":", 1)[1].split()) for ln in f if ln.startswith("flags")),
+                        None)
+    except OSError:
+        return None
+
+
+def test_native_bf16_follows_the_cpu_flags():
+    from slimkernels.codec import native_bf16
+    flags = _cpuinfo_flags()
+    if flags is None or not torch.backends.mkldnn.is_available():
+        pytest.skip("no /proc/cpuinfo flags or no oneDNN: nothing to compare with")
+    assert native_bf16("cpu") == bool({"amx_bf16", "avx512_bf16"} & flags)
+    assert native_bf16() == native_bf16(torch.device("cpu"))
+    assert native_bf16("meta") is False
+
+
+def test_resolve_precision():
+    from slimkernels.codec import PRECISIONS, native_bf16, resolve_precision
+    assert PRECISIONS == ("auto", "fp32", "bf16")
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"        # allowed everywhere
+    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16("cpu") else "fp32")
+    assert resolve_precision("auto", "meta") == "fp32"
+    for bad in ("fp16", "BF16", None, "float32"):
+        with pytest.raises(ValueError, match="'auto', 'fp32', 'bf16'"):
+            resolve_precision(bad, "cpu")
+    with pytest.raises(ValueError, match="precision"):
+        Tiny().decompress(b"", precision="fp16")
+
+
+def test_default_precision_is_auto(model):
+    from slimkernels.codec import resolve_precision
+    x = torch.rand(1, 3, 20, 28)
+    p = resolve_precision("auto", "cpu")
+    data = model.compress(x, 12)
+    assert data == model.compress(x, 12, precision=p)
+    torch.testing.assert_close(model.decompress(data), model.decompress(data, precision=p),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("enc", ["fp32", "bf16"])
+def test_cross_precision_files_decode_to_the_same_latents(model, enc):
+    """The coding path is exact: a file written in one precision decodes in the other to the
+    very latents the encoder quantized, and each decoder is its own transform of them."""
+    torch.manual_seed(5)
+    x = torch.rand(1, 3, 24, 20)
+    data = model.compress(x, 12, precision=enc)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=enc == "bf16"):
+        y = model.encode(x, 12)
+    eb = model.entropy_bottleneck.for_width(12)
+    _, sym = model.decompress_latent(data)
+    assert torch.equal(sym, eb.quantize_symbols(y))
+    outs = {}
+    for dec in ("fp32", "bf16"):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dec == "bf16"):
+            ref = model.decode(eb.dequantize_symbols(sym)).float().clamp(0, 1)
+        outs[dec] = model.decompress(data, precision=dec)
+        torch.testing.assert_close(outs[dec], ref, rtol=0, atol=0)
+    # bf16 decoder of the same latents: bf16-level differences only (~1e-2), never NaN
+    assert torch.isfinite(outs["bf16"]).all()
+    assert (outs["bf16"] - outs["fp32"]).abs().max().item() < 5e-2
+
+
+def test_image_input_is_dense_channels_last_and_cast_once(model):
+    """An HWC image viewed as NCHW ("channels_last" with batch stride 3) reaches the first conv
+    with dense channels_last strides (oneDNN's fast path), already in bf16 under bf16, and the
+    file is the one the plain autocast pipeline writes."""
+    torch.manual_seed(6)
+    hwc = torch.rand(16, 24, 3)
+    x = hwc.permute(2, 0, 1)[None]                       # strides (3, 1, 72, 3)
+    assert x.stride()[0] == 3
+    seen = []
+    hook = model.g_a[0].register_forward_pre_hook(lambda mod, inp: seen.append(
+        (inp[0].stride(), inp[0].dtype)))
+    try:
+        d32 = model.compress(x, 12, precision="fp32")
+        d16 = model.compress(x, 12, precision="bf16")
+    finally:
+        hook.remove()
+    dense_cl = (16 * 24 * 3, 1, 24 * 3, 3)
+    assert seen == [(dense_cl, torch.float32), (dense_cl, torch.bfloat16)]
+    eb = model.entropy_bottleneck.for_width(12)
+    for data, p in ((d32, "fp32"), (d16, "bf16")):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
+            y = model.encode(x.contiguous(), 12)
+        assert torch.equal(model.decompress_latent(data)[1], eb.quantize_symbols(y))
+
+
+def test_dense_strides_helper():
+    from slimkernels.codec import _dense
+    x = torch.rand(8, 10, 3).permute(2, 0, 1)[None]
+    out = _dense(x, torch.float32, torch.channels_last)
+    assert out.stride() == (240, 1, 30, 3) and torch.equal(out, x)
+    assert _dense(out, torch.float32, torch.channels_last) is out        # already dense: no copy
+    n = _dense(x, torch.bfloat16, torch.contiguous_format)
+    assert n.is_contiguous() and n.dtype == torch.bfloat16 and torch.equal(n, x.bfloat16())
+
+
+def test_latent_indexes_cached_read_only():
+    from slimkernels import codec
+    a = codec.latent_indexes(4, 3, 5)
+    assert codec.latent_indexes(4, 3, 5) is a and not a.flags.writeable
+    with pytest.raises(ValueError):
+        a[0, 0, 0, 0] = 1
+    big = codec.latent_indexes(8, 1024, 512)            # 16 MiB: built, not kept
+    assert big.shape == (1, 8, 1024, 512) and codec.latent_indexes(8, 1024, 512) is not big
+    for i in range(codec._INDEXES_CACHE_MAX + 2):       # bounded
+        codec.latent_indexes(2, 1, i + 1)
+    assert len(codec._INDEXES_CACHE) <= codec._INDEXES_CACHE_MAX
+
+
+def test_model_id_follows_update_and_data_swaps(model):
+    m = Tiny().eval()
+    m.load_state_dict(model.state_dict())
+    first = m.model_id()
+    with torch.no_grad():                                 # update() reassigns the CDF buffers
+        m.entropy_bottleneck.for_width(8).quantiles[:, 0, 2] += 3.0
+    assert m.model_id() != first                          # in place: version counter
+    second = m.model_id()
+    m.update()
+    assert m.model_id() != second                         # new buffer tensors
+    third = m.model_id()
+    m.g_a[0].bias.data = m.g_a[0].bias.data + 1.0         # .data swap: new storage
+    assert m.model_id() != third
+    from slimkernels.codec import model_fingerprint
+    assert m.model_id() == model_fingerprint(m, m.config())
+
+
+def test_gdn_fusion_only_on_triton_by_default(model):
+    """On CPU the GDN layers run as their own ops (faster there); fuse_gdn forces the fused op,
+    with the same result."""
+    from slimkernels.codec import SlimSequential
+    calls = []
+    hook = model.g_a[1].register_forward_hook(lambda *a: calls.append(1))
+    x = torch.rand(1, 3, 16, 16)
+    try:
+        with torch.no_grad():
+            y = model.g_a(x, 12)
+            assert calls == [1]
+            model.g_a.fuse_gdn = True
+            y_fused = model.g_a(x, 12)
+            assert calls == [1]                           # fused into the conv op
+    finally:
+        hook.remove()
+        del model.g_a.fuse_gdn
+    assert SlimSequential.fuse_gdn is None
+    torch.testing.assert_close(y_fused, y, rtol=1e-5, atol=1e-6)

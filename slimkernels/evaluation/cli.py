@@ -13,7 +13,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="model file or training checkpoint (default: the bundled model)")
     parser.add_argument("--widths", type=int, nargs="+", default=None,
                         help="widths to evaluate (default: all of the model's)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="transform precision: auto (default: bf16 autocast where the device "
+                             "has native bf16, e.g. AMX / AVX512-BF16 CPUs, else fp32), fp32, bf16")
     parser.add_argument("--out", default="results", help="output folder (default: results/)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--no-classical", action="store_true",

@@ -69,14 +69,19 @@ def padded_input(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def estimated_bpp(model, x: torch.Tensor, width: int, precision: str = "fp32") -> float:
+def estimated_bpp(model, x: torch.Tensor, width: int, precision: str = "auto") -> float:
     """Model-estimated rate of ``x`` (``[1, 3, H, W]`` in [0, 1]) at ``width``, bits per pixel.
 
     ``-sum log2 likelihoods`` of ``model.forward`` in eval mode (median rounding, as coded) on the
-    padded input, divided by the UNPADDED pixel count ``H * W``.
+    padded input, divided by the UNPADDED pixel count ``H * W``. ``precision``: ``"auto"``
+    (default), ``"fp32"`` or ``"bf16"``, as for ``compress`` (see
+    :func:`slimkernels.codec.resolve_precision`).
     """
+    from ..codec import resolve_precision
+
     H, W = x.shape[-2:]
     dev = next(model.parameters()).device
+    precision = resolve_precision(precision, dev)
     xp = padded_input(x).to(dev)
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         out = model(xp, width)
@@ -88,7 +93,7 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precision: str = "fp32",
+def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precision: str = "auto",
              limit: Optional[int] = None, out_dir: Optional[str] = None, streams: int = 1,
              warmup: bool = True, progress: Optional[Callable[[str], None]] = None) -> Dict:
     """Evaluate ``model`` (a SlimCAE with CDF tables) on the images of ``folder``.
@@ -97,7 +102,10 @@ def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precisi
         model: :class:`slimkernels.models.SlimCAE` (``update()`` done; eval mode is set here).
         folder: directory of images (Kodak: 24 PNGs, 768x512).
         widths: widths to evaluate (default: all of the model's).
-        precision: ``"fp32"`` or ``"bf16"`` (for compress, decompress and the estimate).
+        precision: ``"auto"`` (default: what ``compress`` / ``decompress`` use by default on the
+            model's device, see :func:`slimkernels.codec.resolve_precision`), ``"fp32"`` or
+            ``"bf16"`` (for compress, decompress and the estimate). The result records the
+            resolved one under ``"precision"`` and the argument under ``"precision_requested"``.
         limit: only the first ``limit`` images (sorted by name).
         out_dir: where the ``.slim`` files go (``out_dir/bitstreams/w{width}/{image}.slim``); a
             temporary folder (deleted afterwards) when None.
@@ -117,8 +125,10 @@ def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precisi
     """
     from ..io import atomic_write_bytes, read_image
 
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    from ..codec import resolve_precision
+
+    requested = precision
+    precision = resolve_precision(precision, next(model.parameters()).device)
     widths = sorted({int(w) for w in (widths or model.widths)})
     bad = [w for w in widths if w not in model.widths]
     if bad:
@@ -194,7 +204,8 @@ def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precisi
                            f"{len(paths)} images of {folder}; bpp from the written .slim files; "
                            "estimated bpp on the padded input over unpadded pixels; RD values "
                            "averaged per image, times medians (s)",
-            "precision": precision, "model_id": model.model_id().hex(),
+            "precision": precision, "precision_requested": requested,
+            "model_id": model.model_id().hex(),
             "images": [_stem(p) for p in paths], "results": res, "per_width": per_width,
             "per_image": per_image}
 
@@ -333,7 +344,7 @@ def _write_json(path: str, obj) -> None:
 
 
 def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int]] = None,
-                 precision: str = "fp32", limit: Optional[int] = None, classical: bool = True,
+                 precision: str = "auto", limit: Optional[int] = None, classical: bool = True,
                  jpeg_qualities: Optional[Sequence[int]] = None,
                  webp_qualities: Optional[Sequence[int]] = None, streams: int = 1,
                  plot: bool = True, progress: Optional[Callable[[str], None]] = None) -> Dict:
