@@ -2,12 +2,14 @@
 
 In ONE run, interleaved (round-robin, medians), on one image:
 
-* ours: :meth:`SlimCAE.compress` / :meth:`SlimCAE.decompress`, ``precision="fp32"`` and ``"bf16"``,
-  and the same pipeline step by step to split the time into transform / entropy coding /
-  container (the split's bytes are checked equal to the API's);
+* ours: :meth:`SlimCAE.compress` / :meth:`SlimCAE.decompress`, ``precision="fp32"`` and ``"bf16"``
+  (the default ``"auto"`` is one of them: :func:`default_precision`), and the same pipeline step
+  by step to split the time into transform / entropy coding / container (the split's bytes are
+  checked equal to the API's);
 * plain: the same SlimCAE in plain PyTorch (:mod:`bench.plain_slimcae`: ``F.conv2d`` on sliced
-  weights, eager GDN, fp32, NCHW), loading the same state_dict; its latent is rounded, coded and
-  packed exactly like ours, so the ratio isolates the transforms;
+  weights, eager GDN, NCHW), loading the same state_dict, in fp32 (the issue's baseline: what a
+  user would write) and under bf16 autocast (what a user would write knowing autocast); its
+  latent is rounded, coded and packed exactly like ours, so the ratio isolates the transforms;
 * CompressAI ``bmshj2018-factorized`` quality 6 (N=192, M=320, random weights: same cost), its own
   ``compress`` / ``decompress`` (``compressai.ans`` rANS).
 
@@ -51,6 +53,16 @@ KODAK = os.environ.get("SLIMKERNELS_KODAK", "/work/shared/data/kodak")
 DEFAULT_IMAGE = "kodim01.png"
 QUICK_HW = (64, 96)  # --quick: a tiny crop
 PRECISIONS = ("fp32", "bf16")
+
+
+def default_precision(device="cpu") -> str:
+    """What ``compress`` / ``decompress`` run by default (``precision="auto"``) on ``device``:
+    ``"bf16"`` or ``"fp32"`` (``"fp32"`` for a library without the ``auto`` default)."""
+    try:
+        from slimkernels.codec import resolve_precision
+    except ImportError:  # pragma: no cover - an older slimkernels
+        return "fp32"
+    return resolve_precision("auto", device)
 
 
 # --------------------------------------------------------------------------------- inputs
@@ -227,12 +239,16 @@ def _indexes(C, h, w):
     return idx(C, h, w)
 
 
-def _layout(model: SlimCAE, t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+def _layout(model: SlimCAE, t: torch.Tensor, channels_last: bool, image_precision=None
+            ) -> torch.Tensor:
     """The transforms' input layout: forced channels_last (the proposal), else what the model's
-    compress/decompress do (``_like_params`` where the model has it, else channels_last only for
+    compress/decompress do (``_image_input`` for the image when ``image_precision`` is given and
+    the model has it, ``_like_params`` where the model has it, else channels_last only for
     channels_last parameters)."""
     if channels_last:
         return t.contiguous(memory_format=torch.channels_last)
+    if image_precision is not None and hasattr(model, "_image_input"):
+        return model._image_input(t, image_precision)
     if hasattr(model, "_like_params"):
         return model._like_params(t)
     if next(model.parameters()).is_contiguous(memory_format=torch.channels_last):
@@ -257,7 +273,7 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
     xp = x.float().to(next(model.parameters()).device)
     if ph or pw:
         xp = torch.nn.functional.pad(xp, (0, pw, 0, ph), mode="replicate")
-    xp = _layout(model, xp, channels_last)
+    xp = _layout(model, xp, channels_last, image_precision=precision)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         y = model.encode(xp, width)
     t1 = time.perf_counter()
@@ -302,18 +318,20 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
 
 @torch.no_grad()
 def plain_compress(plain: PlainSlimCAE, model: SlimCAE, x: torch.Tensor, width: int,
-                   split: Optional[Dict] = None) -> bytes:
-    """The plain transforms, then the same rounding, coding and container as ours.
+                   split: Optional[Dict] = None, precision: str = "fp32") -> bytes:
+    """The plain transforms (``precision="bf16"``: under ``torch.autocast`` bf16, the way a user
+    would add it), then the same rounding, coding and container as ours.
 
     (Sizes that are not multiples of 16 are padded like ours.)"""
     t0 = time.perf_counter()
     H, W = x.shape[-2:]
     ph, pw = (-H) % 16, (-W) % 16
     xp = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
-    y = plain.encode(xp, width)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        y = plain.encode(xp, width)
     t1 = time.perf_counter()
     eb = model.entropy_bottleneck.for_width(width)
-    sym = torch.round(y - eb.medians().view(1, -1, 1, 1)).to(torch.int32).contiguous()
+    sym = torch.round(y.float() - eb.medians().view(1, -1, 1, 1)).to(torch.int32).contiguous()
     _, C, h, w = sym.shape
     cdf, lengths, offsets = _tables(eb)
     payload = coding.encode(sym.numpy(), _indexes(C, h, w), cdf, lengths, offsets,
@@ -328,13 +346,15 @@ def plain_compress(plain: PlainSlimCAE, model: SlimCAE, x: torch.Tensor, width: 
 
 @torch.no_grad()
 def plain_decompress(plain: PlainSlimCAE, model: SlimCAE, data: bytes,
-                     split: Optional[Dict] = None) -> torch.Tensor:
-    """Same container and coder as ours, then the plain decoder transform."""
+                     split: Optional[Dict] = None, precision: str = "fp32") -> torch.Tensor:
+    """Same container and coder as ours, then the plain decoder transform (bf16: autocast)."""
     t0 = time.perf_counter()
     f, sym = model.decompress_latent(data)
     t1 = time.perf_counter()
     y_hat = sym.float() + model.entropy_bottleneck.for_width(f.width).medians().view(1, -1, 1, 1)
-    x_hat = plain.decode(y_hat)[..., :f.height, :f.img_width].clamp_(0, 1)
+    with torch.autocast(y_hat.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        x_hat = plain.decode(y_hat)
+    x_hat = x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)
     if split is not None:
         split.update(entropy=t1 - t0, transform=time.perf_counter() - t1)
     return x_hat
@@ -369,6 +389,12 @@ def interleaved(fns: Dict[str, Callable[[], Optional[Dict]]], repeats: int, warm
         out[k]["min"] = min(r["total"] for r in rows)
         out[k]["n"] = len(rows)
     return out
+
+
+def plain_precisions(precisions) -> List[str]:
+    """The plain baseline's precisions: always fp32 (the issue's baseline), plus bf16 when ours
+    is measured in bf16 (so bf16 is also compared with bf16)."""
+    return ["fp32"] + (["bf16"] if "bf16" in precisions else [])
 
 
 def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5, warmup: int = 1,
@@ -418,19 +444,20 @@ def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5
                 fns[f"ours+cl|{p}|{width}|decompress"] = (
                     lambda w=width, p=p: ours_decompress_split(
                         model, data[("ours+cl", p, w)], p, channels_last=True)[1])
-        data[("plain", "fp32", width)] = plain_compress(plain, model, x, width)
+        for p in plain_precisions(precisions):
+            data[("plain", p, width)] = plain_compress(plain, model, x, width, precision=p)
 
-        def pc(w=width):
-            s = {}
-            plain_compress(plain, model, x, w, s)
-            return s
+            def pc(w=width, p=p):
+                s = {}
+                plain_compress(plain, model, x, w, s, precision=p)
+                return s
 
-        def pd(w=width):
-            s = {}
-            plain_decompress(plain, model, data[("plain", "fp32", w)], s)
-            return s
-        fns[f"plain|fp32|{width}|compress"] = pc
-        fns[f"plain|fp32|{width}|decompress"] = pd
+            def pd(w=width, p=p):
+                s = {}
+                plain_decompress(plain, model, data[("plain", p, w)], s, precision=p)
+                return s
+            fns[f"plain|{p}|{width}|compress"] = pc
+            fns[f"plain|{p}|{width}|decompress"] = pd
     cai_data = None
     if compressai_model is not None:
         with torch.no_grad():
@@ -454,7 +481,8 @@ def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5
         x_plain[width] = plain_decompress(plain, model, data[("plain", "fp32", width)])
     for width in widths:
         ref = x_plain[width]
-        impls = [("ours", q) for q in precisions] + [("plain", "fp32")]
+        impls = [("ours", q) for q in precisions] + [("plain", q) for q in
+                                                     plain_precisions(precisions)]
         if proposals:
             impls += [("ours+cl", q) for q in precisions]
         for impl, p in impls:
@@ -463,8 +491,10 @@ def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5
                 x_hat = model.decompress(b, precision=p)
             elif impl == "ours+cl":
                 x_hat = ours_decompress_split(model, b, p, channels_last=True)[0]
-            else:
+            elif p == "fp32":
                 x_hat = ref
+            else:
+                x_hat = plain_decompress(plain, model, b, precision=p)
             q = {"psnr": psnr(x, x_hat), "bytes": len(b), "bpp": len(b) * 8 / (H * W),
                  "max_abs_diff_vs_plain": (x_hat - ref).abs().max().item()}
             for op in ("compress", "decompress"):
@@ -498,8 +528,10 @@ def e2e_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5
 
 def ratios(e2e: Dict, widths=WIDTHS) -> List[Dict]:
     """Per impl (``ours``, and ``ours+cl`` when measured), width, precision and op: speed vs
-    plain fp32 and vs CompressAI (same-run ratios), the entropy-coding share and the RD
-    difference vs plain fp32."""
+    plain fp32 (``speedup_vs_plain``: the issue's baseline, whatever our precision), vs plain in
+    the same precision (``speedup_vs_plain_same_precision``: bf16 against plain bf16 autocast)
+    and vs CompressAI (same-run ratios), the entropy-coding share, and the RD difference vs
+    plain fp32 (``dpsnr_vs_plain_db``, ``dbpp_vs_plain``)."""
     get = {(r["impl"], r["precision"], r["width"], r["op"]): r for r in e2e["rows"]}
     cai = e2e.get("compressai")
     out = []
@@ -518,7 +550,12 @@ def ratios(e2e: Dict, widths=WIDTHS) -> List[Dict]:
                                                           / o["split_ms"]["transform"]),
                            "entropy_share": o["split_ms"]["entropy"] / sum(o["split_ms"].values()),
                            "dpsnr_vs_plain_db": o["psnr"] - pl["psnr"],
+                           "dbpp_vs_plain": o["bpp"] - pl["bpp"],
                            "max_abs_diff_vs_plain": o["max_abs_diff_vs_plain"]}
+                    same = get.get(("plain", p, width, op))
+                    if same:
+                        row["plain_same_precision_ms"] = same["ms"]
+                        row["speedup_vs_plain_same_precision"] = same["ms"] / o["ms"]
                     if cai:
                         row["speedup_vs_compressai"] = cai[f"{op}_ms"] / o["ms"]
                     out.append(row)

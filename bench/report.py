@@ -76,10 +76,14 @@ def _strictly_decreasing(vals: List[float]) -> bool:
 
 def goals(res: Dict, ratios: List[Dict], mem: List[Dict], widths, default: str = "fp32",
           impl: str = "ours") -> Dict:
-    """Issue 8's CPU goals: ``{name: {"value", "goal", "met", "detail"}}``.
+    """Issue 8's CPU goals: ``{name: {"value", "goal", "met", "detail"}}``, names ending in
+    ``_<precision>``.
 
-    ``widths`` largest first. Evaluated per precision (fp32 is the ``compress``/``decompress``
-    default) for ``impl`` (``ours``: the API as shipped; ``ours+cl``: the proposal)."""
+    ``widths`` largest first. Evaluated per precision for ``impl`` (``ours``: the API as
+    shipped; ``ours+cl``: the proposal); ``default`` is the precision ``compress`` /
+    ``decompress`` use by default here (``auto`` resolved), whose goals are the issue's. Speed
+    is against plain PyTorch fp32 (the issue's baseline) in every precision, and in bf16 also
+    against plain bf16 (``vs_plain_same_precision_bf16``)."""
     out: Dict[str, Dict] = {}
     rows = {(r["impl"], r["precision"], r["width"], r["op"]): r for r in res["rows"]
             if r["impl"] == impl}
@@ -95,10 +99,18 @@ def goals(res: Dict, ratios: List[Dict], mem: List[Dict], widths, default: str =
             v = min(sp.values())
             rd_ok = all(abs(d) <= 0.05 for d in dps)
             out[f"vs_plain_{p}"] = {
-                "value": v, "goal": ">= 1.5x at every width, abs(dPSNR) <= 0.05 dB",
+                "value": v, "goal": ">= 1.5x plain fp32 at every width, abs(dPSNR) <= 0.05 dB",
                 "met": v >= 1.5 and rd_ok,
                 "detail": {**{k: round(x, 3) for k, x in sp.items()},
                            "max_abs_dpsnr_db": max(abs(d) for d in dps) if dps else None}}
+        same = {f"{op} w={w}": rat[(p, w, op)]["speedup_vs_plain_same_precision"]
+                for w in widths for op in ("compress", "decompress")
+                if (p, w, op) in rat and "speedup_vs_plain_same_precision" in rat[(p, w, op)]}
+        if p != "fp32" and same:
+            v = min(same.values())
+            out[f"vs_plain_same_precision_{p}"] = {
+                "value": v, "goal": f">= 1.5x plain {p} (autocast) at every width",
+                "met": v >= 1.5, "detail": {k: round(x, 3) for k, x in same.items()}}
         cai = res.get("compressai")
         if cai:
             for w, g in ((hi, 5.0), (lo, 30.0)):
@@ -135,7 +147,8 @@ def goals(res: Dict, ratios: List[Dict], mem: List[Dict], widths, default: str =
 
 
 # ------------------------------------------------------------------------------------ plots
-def plot_all(out: str, res: Dict, mem: List[Dict], layers: List[Dict], widths) -> List[str]:
+def plot_all(out: str, res: Dict, mem: List[Dict], layers: List[Dict], widths,
+             default_precision: str = "fp32") -> List[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -145,19 +158,20 @@ def plot_all(out: str, res: Dict, mem: List[Dict], layers: List[Dict], widths) -
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, op in zip(axes, ("compress", "decompress")):
         for impl, p, style in (("ours", "fp32", "o-"), ("ours", "bf16", "s-"),
-                               ("plain", "fp32", "x--")):
+                               ("plain", "fp32", "x--"), ("plain", "bf16", "+--")):
             pts = [(r["width"], r["ms"]) for r in res["rows"]
                    if r["impl"] == impl and r["precision"] == p and r["op"] == op]
             if pts:
                 pts.sort()
                 ax.plot(*zip(*pts), style, label=f"{impl} {p}")
-            if impl == "ours" and p == "fp32":
+            if impl == "ours" and p == default_precision:
                 tr = sorted((r["width"], r["split_ms"]["transform"]) for r in res["rows"]
                             if r["impl"] == impl and r["precision"] == p and r["op"] == op)
                 en = sorted((r["width"], r["split_ms"]["entropy"]) for r in res["rows"]
                             if r["impl"] == impl and r["precision"] == p and r["op"] == op)
                 if en:
-                    ax.plot(*zip(*en), ":", color="gray", label="ours fp32: entropy coding")
+                    ax.plot(*zip(*en), ":", color="gray",
+                            label=f"ours {default_precision}: entropy coding")
         cai = res.get("compressai")
         if cai:
             ax.axhline(cai[f"{op}_ms"], color="r", ls="-.", label="CompressAI factorized q6")
@@ -239,41 +253,56 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
          f"{meta['model']}. Medians of {meta['repeats']} interleaved repeats (all "
          "configurations round-robin in one run, so load hits all alike); every ratio is from "
          "this run. `plain` = the same SlimCAE in plain PyTorch (`bench/plain_slimcae.py`: "
-         "F.conv2d on sliced weights, eager GDN, fp32, NCHW), same weights, same coder and "
-         "container, so its ratio isolates the transforms. CompressAI = `bmshj2018-factorized` "
-         "quality 6 (N=192, M=320, random weights: same cost), its own compress/decompress.", ""]
+         "F.conv2d on sliced weights, eager GDN, NCHW) in fp32 (the issue's baseline: what a user "
+         "would write without this library) and under bf16 autocast; same weights, same coder "
+         "and container, so its ratio isolates the transforms. CompressAI = "
+         "`bmshj2018-factorized` quality 6 (N=192, M=320, random weights: same cost), its own "
+         "compress/decompress.", ""]
     if meta.get("quick"):
         L += ["**Quick mode** (tiny image, 1 repeat): a smoke test, not a measurement.", ""]
+    dp = meta.get("default_precision", "fp32")
+    others = [p for p in ("fp32", "bf16") if p != dp]
+
     def count(gs, p):
-        sel = [g["met"] for k, g in gs.items() if k.endswith("_" + p)]
+        sel = [g["met"] for k, g in gs.items()
+               if k.endswith("_" + p) and "same_precision" not in k]
         return f"{sum(sel)} of {len(sel)}"
-    L += ["**Goals met** by `compress`/`decompress` as shipped: fp32 (the default) "
-          f"{count(gl, 'fp32')}, bf16 {count(gl, 'bf16')}"
+    L += [f"**Goals met** by `compress`/`decompress` as shipped, in the default precision "
+          f"(`precision=\"auto\"` = **{dp}** on this machine) against plain PyTorch fp32: "
+          f"**{count(gl, dp)}**; "
+          + "; ".join(f"{p} (explicit `precision=\"{p}\"`): {count(gl, p)}" for p in others)
           + (f"; with the proposed channels_last change (time goals only): fp32 "
              f"{count(gl_prop, 'fp32')}, bf16 {count(gl_prop, 'bf16')}" if gl_prop else "")
           + ". Details below.", ""]
     L += ["## End to end (ms)", "",
-          "| width | op | ours fp32 | ours bf16 | plain fp32 | fp32 vs plain | bf16 vs plain | "
-          "fp32 vs CompressAI | bf16 vs CompressAI | fp32 transform / entropy / container | "
-          "entropy share fp32 | bpp | PSNR fp32 / bf16 / plain |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          f"`ours <p>` = `compress(..., precision=\"<p>\")`; the default (`auto`) is {dp} here. "
+          "`vs plain` = plain fp32 time / ours (the issue's baseline); `bf16 vs plain bf16` = "
+          "plain under bf16 autocast / ours bf16.", "",
+          "| width | op | ours fp32 | ours bf16 | plain fp32 | plain bf16 | fp32 vs plain | "
+          "bf16 vs plain | bf16 vs plain bf16 | fp32 vs CompressAI | bf16 vs CompressAI | "
+          f"{dp} transform / entropy / container | entropy share {dp} | bpp {dp} | "
+          "PSNR fp32 / bf16 / plain fp32 / plain bf16 |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = {(r["impl"], r["precision"], r["width"], r["op"]): r for r in res["rows"]}
     rat = {(r["precision"], r["width"], r["op"]): r for r in ratios if r["impl"] == "ours"}
     for w in meta["widths"]:
         for op in ("compress", "decompress"):
             o32, o16 = rows.get(("ours", "fp32", w, op)), rows.get(("ours", "bf16", w, op))
-            pl = rows.get(("plain", "fp32", w, op))
+            pl, pl16 = rows.get(("plain", "fp32", w, op)), rows.get(("plain", "bf16", w, op))
             r32, r16 = rat.get(("fp32", w, op), {}), rat.get(("bf16", w, op), {})
-            s = o32["split_ms"] if o32 else {}
+            od, rd = rows.get(("ours", dp, w, op)), rat.get((dp, w, op), {})
+            s = od["split_ms"] if od else {}
             L.append("| " + " | ".join([
                 str(w), op, _f(o32 and o32["ms"]), _f(o16 and o16["ms"]), _f(pl and pl["ms"]),
+                _f(pl16 and pl16["ms"]),
                 _f(r32.get("speedup_vs_plain"), 2) + "x", _f(r16.get("speedup_vs_plain"), 2) + "x",
+                _f(r16.get("speedup_vs_plain_same_precision"), 2) + "x",
                 _f(r32.get("speedup_vs_compressai"), 1) + "x",
                 _f(r16.get("speedup_vs_compressai"), 1) + "x",
                 " / ".join(_f(s.get(k)) for k in ("transform", "entropy", "container")),
-                _f(r32.get("entropy_share") and 100 * r32["entropy_share"]) + " %",
-                _f(o32 and o32["bpp"], 3),
-                " / ".join(_f(r and r["psnr"], 2) for r in (o32, o16, pl))]) + " |")
+                _f(rd.get("entropy_share") and 100 * rd["entropy_share"]) + " %",
+                _f(od and od["bpp"], 3),
+                " / ".join(_f(r and r["psnr"], 2) for r in (o32, o16, pl, pl16))]) + " |")
     cai = res.get("compressai")
     if cai:
         L += ["", f"CompressAI factorized q6, same image, same run: compress "
@@ -306,8 +335,12 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
             out.append(f"| {k} | {g['goal']} | {vs} | {'yes' if g['met'] else '**no**'} |")
         return out
 
-    L += ["## Goals (issue 8, CPU): `SlimCAE.compress/decompress` as shipped", ""]
-    L += goal_table(gl) + [""]
+    L += [f"## Goals (issue 8, CPU): `compress`/`decompress` as shipped, default precision "
+          f"(`auto` = {dp} here) vs plain PyTorch fp32", ""]
+    L += goal_table({k: g for k, g in gl.items() if k.endswith("_" + dp)}) + [""]
+    for p in others:
+        L += [f"### The same goals with explicit `precision=\"{p}\"`", ""]
+        L += goal_table({k: g for k, g in gl.items() if k.endswith("_" + p)}) + [""]
     prop = [r for r in ratios if r["impl"] == "ours+cl"]
     if prop:
         L += ["## Candidate model-level change: transforms on channels_last inputs", "",
@@ -371,8 +404,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-layers", action="store_true")
     ap.add_argument("--no-compressai", action="store_true")
-    ap.add_argument("--no-proposals", action="store_true",
-                    help="skip the proposed model-level variant (ours+cl)")
+    ap.add_argument("--proposals", action="store_true",
+                    help="also time the candidate model-level variant ours+cl (transforms on "
+                         "channels_last inputs; compress does this on CPU by default now)")
     ap.add_argument("--cuda-dry-run", action="store_true",
                     help="without a GPU: run the CUDA section's code on CPU on a tiny image")
     a = ap.parse_args(argv)
@@ -400,13 +434,14 @@ def main(argv=None) -> int:
     meta = {**env_info(threads), "command": "python bench/report.py " + shlex.join(
                 argv if argv is not None else sys.argv[1:]),
             "quick": a.quick, "repeats": repeats, "widths": widths, "model": model_desc,
+            "default_precision": e2e.default_precision("cpu"),
             "note": a.note,
             "image": e2e.image_source(a.image) + (" (64x96 crop)" if a.quick else ""), "out": out}
     print(f"report on {machine}: {model_desc}, image {tuple(x.shape)}, {threads} threads")
 
     warmup = 0 if a.quick else 1
     res = e2e.e2e_timings(model, x, widths, repeats=repeats, warmup=warmup, compressai_model=cai,
-                          proposals=not a.no_proposals)
+                          proposals=a.proposals)
     rat = e2e.ratios(res, widths)
     mem = []
     if not a.no_memory:
@@ -417,8 +452,8 @@ def main(argv=None) -> int:
                                      "threads": threads})
     layers = [] if a.no_layers else e2e.layer_timings(model, x, widths, repeats=repeats,
                                                       warmup=warmup)
-    gl = goals(res, rat, mem, widths)
-    gl_prop = goals(res, rat, [], widths, impl="ours+cl") if not a.no_proposals else {}
+    gl = goals(res, rat, mem, widths, default=meta["default_precision"])
+    gl_prop = goals(res, rat, [], widths, impl="ours+cl") if a.proposals else {}
     ext_layers = {}
     for sub in (machine, "cpu"):
         for name in ("conv", "gdn", "coder"):
@@ -462,7 +497,7 @@ def main(argv=None) -> int:
         json.dump({"meta": meta, "rows": layers}, f, indent=1)
     with open(os.path.join(out, "goals.json"), "w") as f:
         json.dump({"meta": meta, "goals": gl, "goals_proposal_ours_cl": gl_prop}, f, indent=1)
-    plot_all(out, res, mem, layers, widths)
+    plot_all(out, res, mem, layers, widths, meta["default_precision"])
     md = markdown(meta, res, rat, mem, layers, gl, cuda_md, ext_layers, gl_prop)
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(md)

@@ -47,18 +47,48 @@ def test_plain_compress(benchmark, setup, width):
     model, plain, x = setup
     data = benchmark(e2e.plain_compress, plain, model, x, width)
     # same transforms up to fp32 rounding: the decoded images agree
-    a = model.decompress(data)
-    b = e2e.plain_decompress(plain, model, model.compress(x, width))
+    a = model.decompress(data, precision="fp32")
+    b = e2e.plain_decompress(plain, model, model.compress(x, width, precision="fp32"))
     assert (a - b).abs().max().item() < 1e-3
 
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_plain_decompress(benchmark, setup, width):
     model, plain, x = setup
-    data = model.compress(x, width)
+    data = model.compress(x, width, precision="fp32")
     x_hat = benchmark(e2e.plain_decompress, plain, model, data)
-    ref = model.decompress(data)
+    ref = model.decompress(data, precision="fp32")
     assert (x_hat - ref).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_plain_bf16(benchmark, setup, width):
+    """Plain PyTorch under bf16 autocast: its latents are the bf16 encoder's (same symbols as
+    ours in bf16 up to rare rounding flips), its decoder ours in bf16 up to bf16 rounding."""
+    model, plain, x = setup
+    data = benchmark(e2e.plain_compress, plain, model, x, width, precision="bf16")
+    _, sym = model.decompress_latent(data)
+    _, ours = model.decompress_latent(model.compress(x, width, precision="bf16"))
+    assert (sym != ours).float().mean().item() < 0.01
+    a = e2e.plain_decompress(plain, model, data, precision="bf16")
+    b = model.decompress(data, precision="bf16")
+    assert a.dtype == torch.float32 and torch.isfinite(a).all()
+    assert (a - b).abs().max().item() < 5e-2
+
+
+def test_default_precision():
+    from slimkernels.codec import resolve_precision
+    assert e2e.default_precision("cpu") == resolve_precision("auto", "cpu")
+    assert e2e.plain_precisions(("fp32",)) == ["fp32"]
+    assert e2e.plain_precisions(("fp32", "bf16")) == ["fp32", "bf16"]
+
+
+def test_compress_split_mirrors_the_api_on_an_hwc_image(setup):
+    """The split's steps are the API's (same bytes) on an image with HWC strides."""
+    model, _, x = setup
+    xh = x[0].permute(1, 2, 0).contiguous().permute(2, 0, 1)[None]   # strides (3, 1, 3W, 3)
+    for p in ("fp32", "bf16"):
+        assert e2e.ours_compress_split(model, xh, 48, p)[0] == model.compress(xh, 48, precision=p)
 
 
 def test_compressai_compress(benchmark, setup):

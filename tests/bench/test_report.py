@@ -29,7 +29,7 @@ def test_report_quick(tmp_path):
     ws = res["meta"]["widths"]
     got = {(r["impl"], r["precision"], r["width"], r["op"]) for r in res["rows"]}
     for w in ws:
-        for impl, p in (("ours", "fp32"), ("ours", "bf16"), ("plain", "fp32")):
+        for impl, p in (("ours", "fp32"), ("ours", "bf16"), ("plain", "fp32"), ("plain", "bf16")):
             for op in ("compress", "decompress"):
                 assert (impl, p, w, op) in got
     for row in res["rows"]:
@@ -47,6 +47,18 @@ def test_report_quick(tmp_path):
     assert all(isinstance(g["met"], bool) for g in goals.values())
     md = (tmp_path / "README.md").read_text()
     assert "## End to end" in md and "## Goals" in md and "Owed" in md
+    from slimkernels.codec import resolve_precision
+    dp = resolve_precision("auto", "cpu")
+    assert res["meta"]["default_precision"] == dp
+    assert f"default precision (`auto` = {dp} here) vs plain PyTorch fp32" in md
+    assert f"vs_plain_{dp}" in goals
+    rat = {(r["precision"], r["width"], r["op"]): r for r in res["ratios"]}
+    for w in ws:
+        for op in ("compress", "decompress"):
+            r16 = rat[("bf16", w, op)]
+            assert r16["speedup_vs_plain_same_precision"] > 0 and "dbpp_vs_plain" in r16
+            assert ("fp32", w, op) in rat
+    assert "vs_plain_same_precision_bf16" in goals
     cuda = json.loads((tmp_path / "cuda_dry_run.json").read_text())
     assert cuda["dry_run"] and cuda["rows"]
     assert {"enc_ours_ms", "enc_graph_ms", "enc_eager_ms", "compress_ms"} <= set(cuda["rows"][0])
