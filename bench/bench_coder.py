@@ -141,22 +141,86 @@ def quantization_loss(channels=192, n_sym=81, precision=16):
     return out
 
 
+def interleaved(fns, repeat, warmup):
+    """Median time of each callable, run round-robin (the same machine load for all of them)."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    ts = [[] for _ in fns]
+    for _ in range(repeat):
+        for t, fn in zip(ts, fns):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in ts]
+
+
+SLIM_CONFIGS = ((1, 1), (2, 2), (2, 1))  # (streams, threads)
+
+
 def bench_slimkernels(work, n, repeat, warmup):
+    """Encode and decode with 1 and 2 streams; the configurations run interleaved, so that their
+    ratios compare the same moments of a shared machine."""
     sym, idx, cdfs, lengths, offsets = work
-    rows = []
-    for streams, threads in ((1, 1), (2, 2), (2, 1)):
+    datas, fns = [], []
+    for streams, threads in SLIM_CONFIGS:
         data = coding.encode(sym, idx, cdfs, lengths, offsets, streams=streams, threads=threads)
         out = coding.decode(data, idx, cdfs, lengths, offsets, threads=threads)
         assert np.array_equal(out, sym), "slimkernels round trip failed"
-        te = timeit(lambda: coding.encode(sym, idx, cdfs, lengths, offsets, streams=streams,
-                                          threads=threads), repeat, warmup)
-        td = timeit(lambda: coding.decode(data, idx, cdfs, lengths, offsets, threads=threads),
-                    repeat, warmup)
+        datas.append(data)
+        fns.append(lambda s=streams, t=threads: coding.encode(sym, idx, cdfs, lengths, offsets,
+                                                             streams=s, threads=t))
+    enc = interleaved(fns, repeat, warmup)
+    dec = interleaved([lambda d=d, t=t: coding.decode(d, idx, cdfs, lengths, offsets, threads=t)
+                       for d, (_, t) in zip(datas, SLIM_CONFIGS)], repeat, warmup)
+    rows = []
+    for (streams, threads), te, td, data in zip(SLIM_CONFIGS, enc, dec, datas):
         rows.append(dict(coder=f"slimkernels rANS, {streams} stream(s), {threads} thread(s)",
                          streams=streams, threads=threads, encode_s=te, decode_s=td,
                          encode_msym_s=n / te / 1e6, decode_msym_s=n / td / 1e6,
                          size_bytes=len(data)))
     return rows
+
+
+def time_split(work, repeat, warmup):
+    """Where a call's time goes, 1 and 2 streams: the Python wrapper (slimkernels.coding) vs the
+    C++ call (slimkernels._coder), and the one-off cost of new tables (validation and, for
+    decode, the lookup-table build) measured by cycling through more table sets than the coder
+    caches. The variants differ only in an extra padding column (ignored by the coder, part of
+    the content the cache compares), so they code exactly the same data."""
+    from slimkernels import _coder
+    sym, idx, cdfs, lengths, offsets = work
+    variants = [np.ascontiguousarray(np.concatenate(
+        [cdfs, np.full((cdfs.shape[0], 1), v, np.int32)], axis=1)) for v in range(12)]
+    out = {}
+    for streams, threads in SLIM_CONFIGS[:2]:
+        data = coding.encode(sym, idx, cdfs, lengths, offsets, streams=streams)
+        assert coding.encode(sym, idx, variants[1], lengths, offsets, streams=streams) == data
+        cyc = {"enc": 0, "dec": 0}
+
+        def enc_cold():
+            cyc["enc"] += 1
+            _coder.encode(sym, idx, variants[cyc["enc"] % len(variants)], lengths, offsets, 16,
+                          streams, threads)
+
+        def dec_cold():
+            cyc["dec"] += 1
+            _coder.decode(data, idx, variants[cyc["dec"] % len(variants)], lengths, offsets, 16,
+                          threads)
+
+        t = interleaved([
+            lambda: coding.encode(sym, idx, cdfs, lengths, offsets, streams=streams,
+                                  threads=threads),
+            lambda: _coder.encode(sym, idx, cdfs, lengths, offsets, 16, streams, threads),
+            enc_cold,
+            lambda: coding.decode(data, idx, cdfs, lengths, offsets, threads=threads),
+            lambda: _coder.decode(data, idx, cdfs, lengths, offsets, 16, threads),
+            dec_cold], repeat, warmup)
+        out[f"{streams}_stream"] = dict(
+            streams=streams, threads=threads,
+            encode_python_s=t[0], encode_cxx_s=t[1], encode_new_tables_s=t[2],
+            decode_python_s=t[3], decode_cxx_s=t[4], decode_new_tables_s=t[5])
+    return out
 
 
 def bench_compressai(work, n, repeat, warmup):
@@ -233,6 +297,9 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=21)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "cpu"))
+    ap.add_argument("--only-slimkernels", action="store_true",
+                    help="skip CompressAI and constriction (quick check of the multi-stream "
+                         "speed-up); writes coder_slimkernels.json/md instead")
     args = ap.parse_args(argv)
 
     work = kodak_like_workload()
@@ -243,7 +310,8 @@ def main(argv=None):
     load_before = os.getloadavg()
     rows = bench_slimkernels(work, n, args.repeat, args.warmup)
     notes = []
-    for fn in (bench_compressai, bench_constriction):
+    split = time_split(work, args.repeat, args.warmup)
+    for fn in (() if args.only_slimkernels else (bench_compressai, bench_constriction)):
         r, note = fn(work, n, args.repeat, args.warmup)
         rows += r
         if note:
@@ -269,7 +337,7 @@ def main(argv=None):
                 statistic="median wall time", machine=platform.processor() or platform.machine(),
                 cpu_count=os.cpu_count(), loadavg_before=load_before, loadavg_after=load_after,
                 python=platform.python_version(), notes=notes,
-                quantization_loss_bits_per_symbol=qloss)
+                quantization_loss_bits_per_symbol=qloss, time_split=split)
 
     head = ("| coder | encode M sym/s | decode M sym/s | encode vs CompressAI | "
             "decode vs CompressAI | size B | vs ideal |")
@@ -295,6 +363,20 @@ def main(argv=None):
     print(f"slimkernels size - (ideal + {bypass:.0f} B of escape bypass bits): {overheads}")
     print(f"2 streams / 2 threads vs 1 stream: encode {two['encode_vs_slim_1_stream']:.2f}x, "
           f"decode {two['decode_vs_slim_1_stream']:.2f}x")
+    split_lines = ["| streams, threads | Python call | C++ call | Python wrapper | "
+                   "C++ call, new tables | new-tables cost |", "| --- | --- | --- | --- | --- | --- |"]
+    for sp in split.values():
+        for op in ("encode", "decode"):
+            py_s, cx_s, new_s = (sp[f"{op}_python_s"], sp[f"{op}_cxx_s"],
+                                 sp[f"{op}_new_tables_s"])
+            split_lines.append(
+                f"| {op}, {sp['streams']}, {sp['threads']} | {py_s * 1e6:.0f} us | "
+                f"{cx_s * 1e6:.0f} us | {(py_s - cx_s) * 1e6:+.0f} us | {new_s * 1e6:.0f} us | "
+                f"{(new_s - cx_s) * 1e6:+.0f} us |")
+    split_table = "\n".join(split_lines)
+    print("time split (median per call; 'new tables': tables not seen recently, so validated "
+          "and, for decode, lookup tables built):")
+    print(split_table)
     qtxt = ", ".join(f"{k} {v:.2e}" for k, v in qloss.items() if v is not None)
     print(f"pmf -> 16-bit CDF quantization loss (bits/symbol over the entropy, mean of "
           f"{sym.shape[1]} Laplace channels): {qtxt}")
@@ -302,11 +384,15 @@ def main(argv=None):
         print("note:", note)
 
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "coder.json"), "w") as f:
+    stem = "coder_slimkernels" if args.only_slimkernels else "coder"
+    cmd = (f"python bench/bench_coder.py --repeat {args.repeat} --warmup {args.warmup}"
+           + (" --only-slimkernels" if args.only_slimkernels else ""))
+    meta["command"] = cmd
+    with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump(dict(meta=meta, results=rows), f, indent=2)
-    with open(os.path.join(args.out, "coder.md"), "w") as f:
+    with open(os.path.join(args.out, stem + ".md"), "w") as f:
         f.write("# Entropy coder, Kodak-like workload (CPU)\n\n")
-        f.write(f"`python bench/bench_coder.py --repeat {args.repeat} --warmup {args.warmup}`: "
+        f.write(f"`{cmd}`: "
                 f"{n:,} symbols, {sym.shape[1]} CDFs x 81 symbols + escape, 16-bit, "
                 f"{escapes} escapes, ideal {ideal:,.0f} B (escape bypass bits excluded). "
                 f"Median of {args.repeat} runs, {os.cpu_count()} CPUs, load average "
@@ -321,7 +407,15 @@ def main(argv=None):
                 f"its size minus (ideal + bypass): {overheads} (header + final rANS states).\n")
         f.write(f"\n2 streams on 2 threads vs 1 stream: encode "
                 f"{two['encode_vs_slim_1_stream']:.2f}x, decode "
-                f"{two['decode_vs_slim_1_stream']:.2f}x.\n")
+                f"{two['decode_vs_slim_1_stream']:.2f}x (the slimkernels configurations run "
+                f"interleaved, call by call).\n")
+        f.write("\nTime split, median per call. Python call: `slimkernels.coding`; C++ call: "
+                "`slimkernels._coder` on the same arrays (the difference is the Python "
+                "wrapper); new tables: the C++ call with tables the coder has not seen "
+                "recently (validated again; decode also builds its lookup tables), measured by "
+                "cycling through 12 copies of the tables that differ only in an extra padding "
+                "column (more than the 8 table sets the coder keeps).\n\n")
+        f.write(split_table + "\n")
         f.write("\nconstriction codes escaped values as the escape slot only (no bypass bits) "
                 "and builds its models outside the timed region.\n")
         f.write(f"\npmf -> 16-bit CDF quantization loss, bits/symbol above the entropy of the "

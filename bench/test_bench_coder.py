@@ -31,3 +31,22 @@ def test_bench_decode(benchmark, work, streams):
     data = coding.encode(sym, idx, cdfs, lengths, offsets, streams=streams)
     out = benchmark(coding.decode, data, idx, cdfs, lengths, offsets, threads=streams)
     np.testing.assert_array_equal(out, sym)
+
+
+def test_bench_script_writes_results(tmp_path):
+    """bench_coder.py end to end (slimkernels only, one repeat): table, ratios, time split."""
+    import json
+
+    import bench_coder
+    rows = bench_coder.main(["--repeat", "1", "--warmup", "0", "--only-slimkernels",
+                             "--out", str(tmp_path)])
+    assert [(r["streams"], r["threads"]) for r in rows] == list(bench_coder.SLIM_CONFIGS)
+    res = json.loads((tmp_path / "coder_slimkernels.json").read_text())
+    split = res["meta"]["time_split"]
+    assert set(split) == {"1_stream", "2_stream"}
+    for sp in split.values():
+        for key in ("encode_python_s", "encode_cxx_s", "encode_new_tables_s", "decode_python_s",
+                    "decode_cxx_s", "decode_new_tables_s"):
+            assert sp[key] > 0
+    md = (tmp_path / "coder_slimkernels.md").read_text()
+    assert "--only-slimkernels" in md and "Time split" in md
