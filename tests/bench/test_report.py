@@ -120,6 +120,26 @@ def test_goals_logic():
     assert not g["memory_falling_compress_fp32"]["met"]  # 50 -> 60 MiB rises
     rat[0]["dpsnr_vs_plain_db"] = -0.06
     assert not report.goals(res, rat, mem, ws)["vs_plain_fp32"]["met"]
+    # with the equal-rate loss known, it decides: a PSNR gain bought with bits is no loss ...
+    for r in rat:
+        r["dpsnr_vs_plain_db"], r["rd_loss_vs_plain_db"] = 0.08, -0.02
+    g = report.goals(res, rat, mem, ws)["vs_plain_fp32"]
+    assert g["met"] and g["detail"]["max_rd_loss_db"] == -0.02
+    rat[2]["rd_loss_vs_plain_db"] = 0.051                       # ... a loss above 0.05 dB is
+    assert not report.goals(res, rat, mem, ws)["vs_plain_fp32"]["met"]
+    rat[2]["rd_loss_vs_plain_db"] = 0.0
+    rat[1]["speedup_vs_plain"] = 1.49                           # and so is one slow width
+    assert not report.goals(res, rat, mem, ws)["vs_plain_fp32"]["met"]
+
+
+def test_psnr_at_rate():
+    curve = [(0.1, 20.0), (0.4, 24.0), (1.6, 30.0)]             # log-rate steps of log(4)
+    assert e2e.psnr_at_rate(curve, 0.4) == pytest.approx(24.0)
+    assert e2e.psnr_at_rate(curve, 0.2) == pytest.approx(22.0)  # halfway in log-rate
+    assert e2e.psnr_at_rate(curve, 0.8) == pytest.approx(27.0)
+    assert e2e.psnr_at_rate(curve, 3.2) == pytest.approx(33.0)  # extended past the end
+    assert e2e.psnr_at_rate(curve, 0.05) == pytest.approx(18.0)
+    assert e2e.psnr_at_rate([(0.5, 25.0)], 0.7) == 25.0
 
 
 def test_compressai_loads_without_package_import():
