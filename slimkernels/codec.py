@@ -329,20 +329,20 @@ class SlimCodec(nn.Module):
         # persistent buffers): changes when a tensor is modified in place, replaced or reassigned.
         # A direct walk over the modules: ~0.1 ms here, vs ~0.26 ms for building the state_dict.
         ts = []
-        add = ts.append
+        ext = ts.extend
         stack = [self]
+        pop, push = stack.pop, stack.extend
         while stack:
-            m = stack.pop()
-            for t in m._parameters.values():
-                if t is not None:
-                    add(t)
-            if m._buffers:
+            m = pop()
+            if m is None:
+                continue
+            ext(m._parameters.values())
+            b = m._buffers
+            if b:
                 skip = m._non_persistent_buffers_set
-                for n, t in m._buffers.items():
-                    if t is not None and n not in skip:
-                        add(t)
-            stack.extend(c for c in m._modules.values() if c is not None)
-        return tuple([(id(t), t._version, t.data_ptr()) for t in ts])
+                ext([v for k, v in b.items() if k not in skip] if skip else b.values())
+            push(m._modules.values())
+        return tuple([(id(t), t._version, t.data_ptr()) for t in ts if t is not None])
 
     # -- coding --------------------------------------------------------------------------------
     def _device(self) -> torch.device:
