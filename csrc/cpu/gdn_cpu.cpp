@@ -18,17 +18,22 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <atomic>
 #include <thread>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(SK_NO_AMX)
 #define SK_HAVE_AMX_CODE 1
 #include <cpuid.h>
 // gcc 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* helpers
+#if !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
+#if !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 #include <sys/syscall.h>
 #include <unistd.h>
 #else
@@ -54,22 +59,6 @@ inline float load_param(const void* p, int dtype, int64_t idx) {
     return f;
   }
   return static_cast<const float*>(p)[idx];
-}
-
-// fp32 -> bf16, round to nearest even (NaN stays NaN)
-inline uint16_t f2bf(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
-inline float bf2f(uint16_t h) {
-  uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
 }
 
 struct AlignedFree {
@@ -147,8 +136,12 @@ SK_TARGET void tile_config_full() {
     cfg.rows[t] = 16;
     cfg.colsb[t] = 64;
   }
-  _tile_loadconfig(&cfg);
+  // not _tile_loadconfig: gcc 12's version declares only 8 bytes of the config as read, so the
+  // stores of rows/colsb can be dropped as dead (seen: #UD on the first tilezero)
+  __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory");
 }
+
+SK_TARGET void tiles_end() { _tile_release(); }
 
 // C tiles 0..3 (C[i][j] = tmm(2i+j)), A tiles 4, 5, B tiles 6, 7.
 template <int MT, int NT>
@@ -251,7 +244,6 @@ SK_TARGET void run_cl(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t row0
   const int64_t C = p.C, K3 = p.K3, Kpad = p.Kpad, Cpad = p.Cpad;
   uint16_t* const zb = sc.z;
   float* const nb = sc.n;
-  tile_config_full();
   const int xd = a.xdtype;
   bool tail_zeroed = false;
   for (int64_t r0 = row0; r0 < row1; r0 += kClRows) {
@@ -288,7 +280,6 @@ SK_TARGET void run_cl(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t row0
       }
     }
   }
-  _tile_release();
 }
 
 // ------------------------------------------------------------------------ NCHW worker
@@ -302,7 +293,6 @@ SK_TARGET void run_nchw(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t b0
   constexpr int64_t PB = kNchwPix;
   uint16_t* const zb = sc.z;
   float* const nb = sc.n;
-  tile_config_full();
   const int xd = a.xdtype;
   const int64_t kpairs = (C + 1) / 2;
   const int64_t half = Kpad / 2;  // pair rows per split part
@@ -344,7 +334,6 @@ SK_TARGET void run_nchw(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t b0
       }
     }
   }
-  _tile_release();
 }
 
 // gamma_k = gamma[:C, :C] * gs + gb, split into bf16 hi / lo, packed for the GEMM along K as
@@ -494,15 +483,27 @@ int gdn_forward(const GdnArgs& a) {
       else run_nchw<false>(a, p, sc, u0, u1);
     }
   };
+  // Dynamic schedule: workers grab chunks of blocks from a shared counter, so a thread that gets
+  // less CPU (e.g. sharing a core with an OpenMP worker still spinning after a torch op) does
+  // less of the work instead of holding everybody up.
+  std::atomic<int64_t> next{0};
+  const int64_t chunk = nt <= 1 ? units : std::max<int64_t>(1, units / (nt * 8));
+  auto worker = [&](int64_t t) {
+    tile_config_full();
+    for (;;) {
+      const int64_t u0 = next.fetch_add(chunk);
+      if (u0 >= units) break;
+      work(t, u0, std::min(units, u0 + chunk));
+    }
+    tiles_end();
+  };
   if (nt <= 1) {
-    work(0, 0, units);
+    worker(0);
   } else {
     std::vector<std::thread> pool;
     pool.reserve(nt - 1);
-    const int64_t chunk = (units + nt - 1) / nt;
-    for (int64_t t = 1; t < nt; ++t)
-      pool.emplace_back(work, t, t * chunk, std::min(units, (t + 1) * chunk));
-    work(0, 0, std::min(units, chunk));
+    for (int64_t t = 1; t < nt; ++t) pool.emplace_back(worker, t);
+    worker(0);
     for (auto& th : pool) th.join();
   }
   return kOk;
