@@ -51,3 +51,12 @@ def test_transforms_section_tiny():
     import bench_conv as B
     rows = B.transforms_section(widths=(8,), rounds=1, h=32, w=48)
     assert len(rows) == 2 and all(r["enc_ours_ms"] > 0 and r["dec_ours_ms"] > 0 for r in rows)
+
+
+def test_transforms_breakdown_tiny():
+    import bench_conv as B
+    rows = B.transforms_breakdown(widths=(8, 4), rounds=1, h=32, w=48)
+    assert [r["layer"] for r in rows[:6]] == ["enc1", "enc2", "enc3", "dec1", "dec2", "dec3"]
+    assert len(rows) == 12 and all(r["conv_ms_w8"] > 0 and r["w_ratio"] > 0 for r in rows)
+    ratios = B.transforms_ratios(B.transforms_section(widths=(8, 4), rounds=1, h=32, w=48))
+    assert len(ratios) == 2 and all(r["enc_ratio"] > 0 for r in ratios)
