@@ -32,9 +32,11 @@ def _ext_modules():
             # Fused CPU kernels (AMX-BF16 GDN). Optional: if it fails to build (old compiler or
             # assembler, another ISA), the package installs without it and slimkernels.ops.gdn
             # falls back to its PyTorch path.
+            # -fopenmp: its threads are torch's (same libgomp.so.1 once torch is loaded).
             Pybind11Extension("slimkernels._cpu_kernels", cpu_sources, include_dirs=[cpu_dir],
-                              extra_compile_args=args + ["-pthread"],
-                              extra_link_args=["-pthread"], cxx_std=17, optional=True)]
+                              extra_compile_args=args + ["-pthread", "-fopenmp"],
+                              extra_link_args=["-pthread", "-fopenmp"], cxx_std=17,
+                              optional=True)]
 
 
 def _check_compiler():
