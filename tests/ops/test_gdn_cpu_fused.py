@@ -193,3 +193,28 @@ def test_gdn_cpu_fused_rejects_uncovered_calls():
     beta, gamma = _params()
     with pytest.raises(ValueError, match="gdn_cpu_fused covers"):
         gdn_cpu_fused(_x(1, 8, 3, 3, False).half(), beta, gamma)
+
+
+def test_without_the_extension_gdn_falls_back(monkeypatch):
+    """A build without slimkernels._cpu_kernels (non-x86, no compiler support): gdn still works
+    through the PyTorch path; the direct entry point says what is missing."""
+    monkeypatch.setattr(gdn_mod, "_CK", None)
+    assert not cpu_kernels_available()
+    beta, gamma = _params()
+    x = _x(1, 17, 5, 7, True)
+    y = gdn(x, beta, gamma)
+    assert gdn_mod.last_cpu_path == "torch"
+    assert _errs(y, _ref(x, beta, gamma, False, SCALARS["none"]))[0] < 1e-5
+    with pytest.raises(RuntimeError, match="_cpu_kernels was not built"):
+        gdn_cpu_fused(x, beta, gamma)
+
+
+@needs_fused
+def test_binding_rejects_bad_arguments():
+    ck = gdn_mod._CK
+    x = torch.ones(1, 4, 2, 2)
+    y = torch.empty_like(x)
+    beta, gamma = _params()
+    with pytest.raises(RuntimeError, match="unsupported arguments"):
+        ck.gdn_forward(x.data_ptr(), y.data_ptr(), 0, 1, 4, 4, False, gamma.data_ptr(), 0, 192, 1,
+                       beta.data_ptr(), 0, 1, 1.0, 0.0, 1.0, 0.0, False, 2, 1)  # splits=2
