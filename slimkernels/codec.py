@@ -244,6 +244,13 @@ def _quantize(eb, y: torch.Tensor) -> torch.Tensor:
         return torch.sub(y, m).round_().to(torch.int32, memory_format=torch.contiguous_format)
 
 
+def _dequantize(eb, sym: torch.Tensor) -> torch.Tensor:
+    """``eb.dequantize_symbols(sym)`` (float32 ``sym + median``) in one pass: the int32 + float32
+    addition promotes to float32 itself (exact for ``|sym| < 2**24``)."""
+    with torch.autocast(device_type=sym.device.type, enabled=False):
+        return torch.add(sym, eb.medians().view(1, -1, 1, 1))
+
+
 def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                           enabled=precision == "bf16")
@@ -480,5 +487,5 @@ class SlimCodec(nn.Module):
         f, sym = self.decompress_latent(data)
         eb = self.entropy_bottleneck.for_width(f.width)
         with _autocast(dev, precision):
-            x_hat = self.decode(self._like_params(eb.dequantize_symbols(sym.to(dev))))
+            x_hat = self.decode(self._like_params(_dequantize(eb, sym.to(dev))))
         return x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)

@@ -339,3 +339,12 @@ def test_quantize_matches_the_entropy_model(model, dtype, channels_last):
     got = _quantize(eb, y)
     assert got.dtype == torch.int32 and got.is_contiguous()
     assert torch.equal(got, eb.quantize_symbols(y))
+
+
+def test_dequantize_matches_the_entropy_model(model):
+    from slimkernels.codec import _dequantize
+    eb = model.entropy_bottleneck.for_width(8)
+    sym = torch.randint(-300, 300, (1, 8, 3, 5), dtype=torch.int32)
+    sym.view(-1)[:2] = torch.tensor([(1 << 24) - 1, -(1 << 24) + 1], dtype=torch.int32)
+    got = _dequantize(eb, sym)
+    assert got.dtype == torch.float32 and torch.equal(got, eb.dequantize_symbols(sym))
