@@ -218,3 +218,28 @@ def test_binding_rejects_bad_arguments():
     with pytest.raises(RuntimeError, match="unsupported arguments"):
         ck.gdn_forward(x.data_ptr(), y.data_ptr(), 0, 1, 4, 4, False, gamma.data_ptr(), 0, 192, 1,
                        beta.data_ptr(), 0, 1, 1.0, 0.0, 1.0, 0.0, False, 2, 1)  # splits=2
+
+
+@needs_fused
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_packed_gamma_cache_follows_the_parameter(channels_last):
+    """The kernel reuses the last packed gamma only for identical bytes, scalars and width: an
+    in-place update of the parameter, other scalars or another width must all be seen."""
+    beta, gamma = _params(7)
+    x = _x(1, 48, 5, 7, channels_last)
+    none = SCALARS["none"]
+    for step in range(3):
+        y = gdn(x, beta, gamma)
+        assert _errs(y, _ref(x, beta, gamma, False, none))[0] < 1e-5, step
+        with torch.no_grad():
+            gamma[3, 5] += 0.05  # one element, in place: same pointer, same version semantics
+    sc = SCALARS["slimgdn+"]
+    y = gdn(x, beta, gamma, gamma_scale=sc[0], gamma_bias=sc[1], beta_scale=sc[2],
+            beta_bias=sc[3])
+    assert _errs(y, _ref(x, beta, gamma, False, sc))[0] < 1e-5
+    x2 = _x(1, 47, 5, 7, channels_last)
+    assert _errs(gdn(x2, beta, gamma), _ref(x2, beta, gamma, False, none))[0] < 1e-5
+    for dtype in (torch.bfloat16, torch.float32):  # same width, other x dtype (other split)
+        xd = x.to(dtype)
+        elem, norm = _errs(gdn(xd, beta, gamma), _ref(xd, beta, gamma, False, none))
+        assert (elem < 1e-5) if dtype == torch.float32 else (norm < 1e-2)
