@@ -299,12 +299,25 @@ SK_TARGET void run_nchw(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t b0
   const int xd = a.xdtype;
   const int64_t kpairs = (C + 1) / 2;
   const int64_t half = Kpad / 2;  // pair rows per split part
+  const int64_t nall = a.N * nblk;
+  const int64_t es = xd == kBF16 ? 2 : 4;
+  const char* const xb = static_cast<const char*>(a.x);
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t img = b / nblk, p0 = (b % nblk) * PB;
     const int64_t np = std::min<int64_t>(PB, HW - p0);
     const int64_t base = img * C * HW + p0;  // x index of (img, c=0, p0)
+    // The C channel rows of a block are C separate streams, more than the hardware prefetchers
+    // follow: prefetch the next block's x into L2 (measured 5-25% faster; prefetching y's lines
+    // for writing did not help).
+    const int64_t bn = b + 1 < nall ? b + 1 : b;
+    const int64_t p0n = (bn % nblk) * PB, npn = std::min<int64_t>(PB, HW - p0n);
+    const int64_t basen = (bn / nblk) * C * HW + p0n;
     for (int64_t k = 0; k < kpairs; ++k) {
       const int64_t c0 = 2 * k, c1 = 2 * k + 1;
+      for (int64_t q = 0; q < npn; q += 64 / es) {
+        _mm_prefetch(xb + (basen + c0 * HW + q) * es, _MM_HINT_T1);
+        if (c1 < C) _mm_prefetch(xb + (basen + c1 * HW + q) * es, _MM_HINT_T1);
+      }
       for (int64_t q = 0; q < PB; q += 16) {
         const __mmask16 m = np - q > 0 ? tail_mask(np - q) : static_cast<__mmask16>(0);
         const __m512 v0 = load16(a.x, xd, base + c0 * HW + q, m);
