@@ -234,6 +234,15 @@ def _tables(eb):
             eb._offset.cpu().numpy())
 
 
+def _auto_streams(n: int) -> int:
+    """The substream count ``compress`` picks by default (1 for a library without the choice)."""
+    try:
+        from slimkernels.codec import auto_streams
+    except ImportError:  # pragma: no cover - an older slimkernels
+        return 1
+    return auto_streams(n)
+
+
 def _indexes(C, h, w):
     from slimkernels.models.slimcae import _indexes as idx
     return idx(C, h, w)
@@ -258,7 +267,7 @@ def _layout(model: SlimCAE, t: torch.Tensor, channels_last: bool, image_precisio
 
 @torch.no_grad()
 def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: str = "fp32",
-                        streams: int = 1, channels_last: bool = False):
+                        streams: Optional[int] = None, channels_last: bool = False):
     """:meth:`SlimCAE.compress` step by step: ``(bytes, {"transform", "entropy", "container"} s)``.
 
     Mirrors the method (padding, layout, autocast, quantization, coding, packing) so that its
@@ -281,6 +290,8 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
     sym = eb.quantize_symbols(y).cpu().contiguous()
     _, C, h, w = sym.shape
     cdf, lengths, offsets = _tables(eb)
+    if streams is None:
+        streams = _auto_streams(sym.numel())
     payload = coding.encode(sym.numpy(), _indexes(C, h, w), cdf, lengths, offsets,
                             precision=eb.precision, streams=streams)
     t2 = time.perf_counter()
@@ -320,7 +331,8 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
 def plain_compress(plain: PlainSlimCAE, model: SlimCAE, x: torch.Tensor, width: int,
                    split: Optional[Dict] = None, precision: str = "fp32") -> bytes:
     """The plain transforms (``precision="bf16"``: under ``torch.autocast`` bf16, the way a user
-    would add it), then the same rounding, coding and container as ours.
+    would add it), then the same rounding, coding (same default substream count) and container
+    as ours.
 
     (Sizes that are not multiples of 16 are padded like ours.)"""
     t0 = time.perf_counter()
@@ -334,11 +346,13 @@ def plain_compress(plain: PlainSlimCAE, model: SlimCAE, x: torch.Tensor, width: 
     sym = torch.round(y.float() - eb.medians().view(1, -1, 1, 1)).to(torch.int32).contiguous()
     _, C, h, w = sym.shape
     cdf, lengths, offsets = _tables(eb)
+    streams = _auto_streams(sym.numel())
     payload = coding.encode(sym.numpy(), _indexes(C, h, w), cdf, lengths, offsets,
-                            precision=eb.precision)
+                            precision=eb.precision, streams=streams)
     t2 = time.perf_counter()
     data = container.pack(container.SlimFile(model_id=model.model_id(), width=width, height=H,
-                                             img_width=W, streams=1, payload=payload, metadata={}))
+                                             img_width=W, streams=streams, payload=payload,
+                                             metadata={}))
     if split is not None:
         split.update(transform=t1 - t0, entropy=t2 - t1, container=time.perf_counter() - t2)
     return data

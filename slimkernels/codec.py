@@ -46,7 +46,7 @@ import torch.nn as nn
 from . import coding, container
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "native_bf16",
-           "resolve_precision", "PRECISIONS"]
+           "resolve_precision", "auto_streams", "PRECISIONS", "STREAM_MIN_SYMBOLS"]
 
 #: The values of ``compress`` / ``decompress``'s ``precision``: ``"auto"`` (the default: bf16
 #: autocast where the device computes bf16 natively, else fp32), ``"fp32"`` and ``"bf16"``.
@@ -251,6 +251,18 @@ def _dequantize(eb, sym: torch.Tensor) -> torch.Tensor:
         return torch.add(sym, eb.medians().view(1, -1, 1, 1))
 
 
+#: Latent symbols per range-coder substream when ``compress(streams=None)`` picks the count.
+STREAM_MIN_SYMBOLS = 1 << 17
+
+
+def auto_streams(num_symbols: int) -> int:
+    """The substream count ``compress`` uses by default for ``num_symbols`` latent symbols:
+    ``num_symbols // STREAM_MIN_SYMBOLS`` clamped to ``[1, min(torch.get_num_threads(), 255)]``
+    (the coder runs one thread per substream; a substream costs ~26 bytes of header and flush).
+    """
+    return max(1, min(int(num_symbols) // STREAM_MIN_SYMBOLS, torch.get_num_threads(), 255))
+
+
 def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                           enabled=precision == "bf16")
@@ -398,7 +410,8 @@ class SlimCodec(nn.Module):
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, width: Optional[int] = None, *, precision: str = "auto",
-                 streams: int = 1, metadata: Optional[Dict[str, bytes]] = None) -> bytes:
+                 streams: Optional[int] = None, metadata: Optional[Dict[str, bytes]] = None
+                 ) -> bytes:
         """Compress one image to the bytes of a ``.slim`` file.
 
         Args:
@@ -409,7 +422,11 @@ class SlimCodec(nn.Module):
                 computes bf16 natively, see :func:`resolve_precision`, else fp32), ``"fp32"`` or
                 ``"bf16"``. The quantization and the entropy coding run in fp32 / integers
                 whatever the precision; the file does not depend on the decoder's precision.
-            streams: range-coder substreams (1..255).
+            streams: range-coder substreams (1..255), coded and decoded in parallel threads.
+                Default (None): one per :data:`STREAM_MIN_SYMBOLS` latent symbols, at most
+                ``torch.get_num_threads()`` (each substream costs ~26 bytes; 1 stream at w=48
+                and 2 at w=192 for a 768x512 image with 2 threads). The bytes then depend on the
+                thread count; any decoder reads any stream count.
             metadata: custom ``str -> bytes`` fields stored in the container.
 
         Raises:
@@ -439,6 +456,8 @@ class SlimCodec(nn.Module):
             y = self.encode(x, width)
         sym = _quantize(eb, y).cpu()
         _, C, h, w = sym.shape
+        if streams is None:
+            streams = auto_streams(sym.numel())
         payload = coding.encode(sym.numpy(), latent_indexes(C, h, w), *_tables(eb),
                                 precision=eb.precision, streams=streams)
         return container.pack(container.SlimFile(

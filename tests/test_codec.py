@@ -348,3 +348,28 @@ def test_dequantize_matches_the_entropy_model(model):
     sym.view(-1)[:2] = torch.tensor([(1 << 24) - 1, -(1 << 24) + 1], dtype=torch.int32)
     got = _dequantize(eb, sym)
     assert got.dtype == torch.float32 and torch.equal(got, eb.dequantize_symbols(sym))
+
+
+def test_auto_streams(model, monkeypatch):
+    from slimkernels import codec
+    n = codec.STREAM_MIN_SYMBOLS
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert [codec.auto_streams(k) for k in (0, n - 1, n, 2 * n - 1, 2 * n, 9 * n)] == \
+            [1, 1, 1, 1, 2, 2]
+        torch.set_num_threads(1)
+        assert codec.auto_streams(9 * n) == 1
+        monkeypatch.setattr(codec, "STREAM_MIN_SYMBOLS", 16)   # a small image, several streams
+        torch.set_num_threads(3)
+        x = torch.rand(1, 3, 32, 32)                             # 12 x 8 x 8 = 768 symbols
+        data = model.compress(x, 12, precision="fp32")
+        f = container.unpack(data)
+        from slimkernels import coding
+        assert f.streams == 3 == coding.stream_count(f.payload)
+        torch.testing.assert_close(model.decompress(data, precision="fp32"),
+                                   model.decompress(model.compress(x, 12, precision="fp32",
+                                                                   streams=1), precision="fp32"),
+                                   rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
