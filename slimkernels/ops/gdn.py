@@ -248,6 +248,9 @@ def _fused_cpu_layout(x, beta, gamma, scalars):
         return None
     if gamma.dtype not in _CK_DTYPES or beta.dtype not in _CK_DTYPES:
         return None
+    if gamma.device.type != "cpu" or beta.device.type != "cpu" or gamma.dim() != 2 \
+            or beta.dim() != 1 or min(gamma.shape[0], gamma.shape[1], beta.shape[0]) < x.shape[1]:
+        return None
     if torch.is_grad_enabled() and (x.requires_grad or beta.requires_grad or gamma.requires_grad
                                     or any(isinstance(s, torch.Tensor) and s.requires_grad
                                            for s in scalars)):
