@@ -166,10 +166,10 @@ def test_forced_off_takes_the_torch_path(monkeypatch):
     assert gdn_mod.last_cpu_path == "torch"
 
 
-@pytest.mark.parametrize("case", ["grad", "fp16", "strided_x", "autocast"])
+@pytest.mark.parametrize("case", ["grad", "fp16", "strided_x", "autocast_fp16"])
 def test_uncovered_calls_fall_back(case):
-    """Autograd, fp16, non-contiguous x and CPU autocast keep the PyTorch path (and its
-    semantics: gradients flow, autocast's bf16 GEMM)."""
+    """Autograd, fp16, non-contiguous x and fp16 CPU autocast keep the PyTorch path (and its
+    semantics: gradients flow, autocast's fp16 GEMM)."""
     beta, gamma = _params()
     x = _x(1, 17, 5, 7, False)
     if case == "grad":
@@ -182,7 +182,7 @@ def test_uncovered_calls_fall_back(case):
     elif case == "strided_x":
         y = gdn(_x(1, 17, 5, 14, False)[..., ::2], beta, gamma)
     else:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.float16):
             y = gdn(x, beta, gamma)
     assert gdn_mod.last_cpu_path == "torch"
     assert torch.isfinite(y).all()
@@ -243,3 +243,21 @@ def test_packed_gamma_cache_follows_the_parameter(channels_last):
         xd = x.to(dtype)
         elem, norm = _errs(gdn(xd, beta, gamma), _ref(xd, beta, gamma, False, none))
         assert (elem < 1e-5) if dtype == torch.float32 else (norm < 1e-2)
+
+
+@needs_fused
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_under_bf16_autocast(channels_last):
+    """fp32 x under CPU bf16 autocast: the fused kernel with one bf16 product (autocast's GEMM
+    precision), fp32 output, bf16 accuracy class; the PyTorch path agrees within it."""
+    beta, gamma = _params(8)
+    x = _x(2, 72, 7, 9, channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = gdn(x, beta, gamma, inverse=True)
+        assert gdn_mod.last_cpu_path == "fused"
+        y_torch = gdn_mod.gdn_torch(x, beta, gamma, inverse=True)
+    assert y.dtype == torch.float32
+    ref = _ref(x, beta, gamma, True, SCALARS["none"])
+    elem, norm = _errs(y, ref)
+    assert norm < 1e-2 and elem > 1e-5, (elem, norm)  # bf16 class, not the fp32 (x3) one
+    assert _errs(y_torch, ref)[1] < 1e-2
