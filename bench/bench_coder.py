@@ -141,14 +141,31 @@ def quantization_loss(channels=192, n_sym=81, precision=16):
     return out
 
 
-def interleaved(fns, repeat, warmup):
-    """Median time of each callable, run round-robin (the same machine load for all of them)."""
+def interleaved(fns, repeat, warmup, block=5):
+    """Median time per call of each callable. The callables take turns in blocks of ``block``
+    back-to-back calls (all of them timed), so that every one sees the same machine load while
+    each still runs as in a loop of calls (caches and worker threads as its previous call left
+    them, except for the first call of a block)."""
     for _ in range(warmup):
         for fn in fns:
             fn()
     ts = [[] for _ in fns]
+    for _ in range(max(1, -(-repeat // block))):
+        for t, fn in zip(ts, fns):
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                t.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in ts]
+
+
+def isolated(fns, repeat, idle_s=0.005):
+    """Median time of single calls, each after ``idle_s`` of sleep (the coder's worker threads
+    have gone to sleep by then: this includes waking them)."""
+    ts = [[] for _ in fns]
     for _ in range(repeat):
         for t, fn in zip(ts, fns):
+            time.sleep(idle_s)
             t0 = time.perf_counter()
             fn()
             t.append(time.perf_counter() - t0)
@@ -171,14 +188,18 @@ def bench_slimkernels(work, n, repeat, warmup):
         fns.append(lambda s=streams, t=threads: coding.encode(sym, idx, cdfs, lengths, offsets,
                                                              streams=s, threads=t))
     enc = interleaved(fns, repeat, warmup)
-    dec = interleaved([lambda d=d, t=t: coding.decode(d, idx, cdfs, lengths, offsets, threads=t)
-                       for d, (_, t) in zip(datas, SLIM_CONFIGS)], repeat, warmup)
+    decs = [lambda d=d, t=t: coding.decode(d, idx, cdfs, lengths, offsets, threads=t)
+            for d, (_, t) in zip(datas, SLIM_CONFIGS)]
+    dec = interleaved(decs, repeat, warmup)
+    iso_e = isolated(fns, repeat)
+    iso_d = isolated(decs, repeat)
     rows = []
-    for (streams, threads), te, td, data in zip(SLIM_CONFIGS, enc, dec, datas):
+    for k, ((streams, threads), te, td, data) in enumerate(zip(SLIM_CONFIGS, enc, dec, datas)):
         rows.append(dict(coder=f"slimkernels rANS, {streams} stream(s), {threads} thread(s)",
                          streams=streams, threads=threads, encode_s=te, decode_s=td,
                          encode_msym_s=n / te / 1e6, decode_msym_s=n / td / 1e6,
-                         size_bytes=len(data)))
+                         size_bytes=len(data), isolated_encode_s=iso_e[k],
+                         isolated_decode_s=iso_d[k]))
     return rows
 
 
@@ -216,8 +237,18 @@ def time_split(work, repeat, warmup):
             lambda: coding.decode(data, idx, cdfs, lengths, offsets, threads=threads),
             lambda: _coder.decode(data, idx, cdfs, lengths, offsets, 16, threads),
             dec_cold], repeat, warmup)
+        ts, ti = sym.reshape(-1)[:16].copy(), idx.reshape(-1)[:16].copy()
+        tdata = coding.encode(ts, ti, cdfs, lengths, offsets)
+        tiny = interleaved([
+            lambda: coding.encode(ts, ti, cdfs, lengths, offsets),
+            lambda: _coder.encode(ts, ti, cdfs, lengths, offsets, 16, 1, 1),
+            lambda: coding.decode(tdata, ti, cdfs, lengths, offsets),
+            lambda: _coder.decode(tdata, ti, cdfs, lengths, offsets, 16, 1)],
+            max(repeat, 50), warmup)
         out[f"{streams}_stream"] = dict(
             streams=streams, threads=threads,
+            encode_wrapper_16_symbols_s=tiny[0] - tiny[1],
+            decode_wrapper_16_symbols_s=tiny[2] - tiny[3],
             encode_python_s=t[0], encode_cxx_s=t[1], encode_new_tables_s=t[2],
             decode_python_s=t[3], decode_cxx_s=t[4], decode_new_tables_s=t[5])
     return out
@@ -300,6 +331,8 @@ def main(argv=None):
     ap.add_argument("--only-slimkernels", action="store_true",
                     help="skip CompressAI and constriction (quick check of the multi-stream "
                          "speed-up); writes coder_slimkernels.json/md instead")
+    ap.add_argument("--note", default="",
+                    help="text recorded with the results (e.g. how the machine was kept quiet)")
     args = ap.parse_args(argv)
 
     work = kodak_like_workload()
@@ -361,18 +394,27 @@ def main(argv=None):
     overheads = ", ".join(f"{r['streams']} stream(s) {r['overhead_bytes_vs_ideal_plus_bypass']:.0f} B"
                           for r in rows if "overhead_bytes_vs_ideal_plus_bypass" in r)
     print(f"slimkernels size - (ideal + {bypass:.0f} B of escape bypass bits): {overheads}")
+    iso = (f"single calls after 5 ms idle (workers asleep): 1 stream encode "
+           f"{single['isolated_encode_s'] * 1e6:.0f} us, decode "
+           f"{single['isolated_decode_s'] * 1e6:.0f} us; 2 streams / 2 threads encode "
+           f"{two['isolated_encode_s'] * 1e6:.0f} us "
+           f"({single['isolated_encode_s'] / two['isolated_encode_s']:.2f}x), decode "
+           f"{two['isolated_decode_s'] * 1e6:.0f} us "
+           f"({single['isolated_decode_s'] / two['isolated_decode_s']:.2f}x)")
     print(f"2 streams / 2 threads vs 1 stream: encode {two['encode_vs_slim_1_stream']:.2f}x, "
           f"decode {two['decode_vs_slim_1_stream']:.2f}x")
-    split_lines = ["| streams, threads | Python call | C++ call | Python wrapper | "
-                   "C++ call, new tables | new-tables cost |", "| --- | --- | --- | --- | --- | --- |"]
+    print(iso)
+    split_lines = ["| op, streams, threads | Python call | C++ call | Python wrapper (16-symbol "
+                   "call) | C++ call, new tables | new-tables cost |",
+                   "| --- | --- | --- | --- | --- | --- |"]
     for sp in split.values():
         for op in ("encode", "decode"):
             py_s, cx_s, new_s = (sp[f"{op}_python_s"], sp[f"{op}_cxx_s"],
                                  sp[f"{op}_new_tables_s"])
             split_lines.append(
                 f"| {op}, {sp['streams']}, {sp['threads']} | {py_s * 1e6:.0f} us | "
-                f"{cx_s * 1e6:.0f} us | {(py_s - cx_s) * 1e6:+.0f} us | {new_s * 1e6:.0f} us | "
-                f"{(new_s - cx_s) * 1e6:+.0f} us |")
+                f"{cx_s * 1e6:.0f} us | {sp[f'{op}_wrapper_16_symbols_s'] * 1e6:+.1f} us | "
+                f"{new_s * 1e6:.0f} us | {(new_s - cx_s) * 1e6:+.0f} us |")
     split_table = "\n".join(split_lines)
     print("time split (median per call; 'new tables': tables not seen recently, so validated "
           "and, for decode, lookup tables built):")
@@ -388,6 +430,7 @@ def main(argv=None):
     cmd = (f"python bench/bench_coder.py --repeat {args.repeat} --warmup {args.warmup}"
            + (" --only-slimkernels" if args.only_slimkernels else ""))
     meta["command"] = cmd
+    meta["note"] = args.note
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump(dict(meta=meta, results=rows), f, indent=2)
     with open(os.path.join(args.out, stem + ".md"), "w") as f:
@@ -397,6 +440,8 @@ def main(argv=None):
                 f"{escapes} escapes, ideal {ideal:,.0f} B (escape bypass bits excluded). "
                 f"Median of {args.repeat} runs, {os.cpu_count()} CPUs, load average "
                 f"{load_before[0]:.2f} before / {load_after[0]:.2f} after (shared machine).\n\n")
+        if args.note:
+            f.write(f"{args.note}\n\n")
         f.write(table + "\n")
         if base:
             f.write(f"\nCompressAI's API takes Python lists: with the numpy -> list conversion a "
@@ -407,11 +452,12 @@ def main(argv=None):
                 f"its size minus (ideal + bypass): {overheads} (header + final rANS states).\n")
         f.write(f"\n2 streams on 2 threads vs 1 stream: encode "
                 f"{two['encode_vs_slim_1_stream']:.2f}x, decode "
-                f"{two['decode_vs_slim_1_stream']:.2f}x (the slimkernels configurations run "
-                f"interleaved, call by call).\n")
+                f"{two['decode_vs_slim_1_stream']:.2f}x (the slimkernels configurations take "
+                f"turns in blocks of 5 back-to-back calls; median per call). In {iso}.\n")
         f.write("\nTime split, median per call. Python call: `slimkernels.coding`; C++ call: "
-                "`slimkernels._coder` on the same arrays (the difference is the Python "
-                "wrapper); new tables: the C++ call with tables the coder has not seen "
+                "`slimkernels._coder` on the same arrays; Python wrapper: the difference of "
+                "the two on a 16-symbol call (its fixed cost; nothing in it scales with the "
+                "data); new tables: the C++ call with tables the coder has not seen "
                 "recently (validated again; decode also builds its lookup tables), measured by "
                 "cycling through 12 copies of the tables that differ only in an extra padding "
                 "column (more than the 8 table sets the coder keeps).\n\n")

@@ -891,8 +891,8 @@ class TableCache {
   std::unique_ptr<uint8_t[]> take_buffer(size_t size) {
     {
       std::lock_guard<std::mutex> lk(buf_mu_);
-      size_t best = spare_.size();
-      for (size_t i = 0; i < spare_.size(); ++i)
+      size_t best = spare_.size();  // the smallest that fits; the newest of equal ones
+      for (size_t i = spare_.size(); i-- > 0;)
         if (spare_[i].first >= size && spare_[i].first <= 2 * size &&
             (best == spare_.size() || spare_[i].first < spare_[best].first))
           best = i;

@@ -7,7 +7,9 @@ written in bypass bits, so every int32 symbol (``INT32_MIN`` .. ``INT32_MAX``) r
 
 Arrays are read in place: numpy arrays or CPU torch tensors of dtype int32 (C-contiguous) are
 passed to C++ without copies; other integer dtypes are converted after a range check. CDF tables
-are integer, so encoder and decoder agree bit for bit on every machine.
+are integer, so encoder and decoder agree bit for bit on every machine. The coder keeps
+validated copies of the last few table sets it saw (with the decoder's lookup tables): calls
+with the same table content skip validation and table building.
 
 Byte layout, algorithm and safety guarantees: ``docs/coder.md``.
 
@@ -129,7 +131,8 @@ def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, stream
         streams: number of independent substreams (>= 1). Symbols are split into that many
             contiguous chunks (clamped to the symbol count) coded in parallel threads with the
             GIL released; the substream sizes are stored in the output.
-        threads: worker threads (>= 1, capped at ``streams`` and 256); ``None`` means
+        threads: threads (>= 1, capped at ``streams`` and 256), the calling thread included;
+            the others come from a worker pool kept between calls. ``None`` means
             ``min(streams, cpu count)``.
 
     Returns:
