@@ -234,6 +234,12 @@ def _tables(eb):
             eb._offset.cpu().numpy())
 
 
+def _codec_fn(name: str, fallback):
+    """``slimkernels.codec.<name>`` (the API's own step), or ``fallback`` for an older library."""
+    import slimkernels.codec as codec
+    return getattr(codec, name, fallback)
+
+
 def _auto_streams(n: int) -> int:
     """The substream count ``compress`` picks by default (1 for a library without the choice)."""
     try:
@@ -287,7 +293,7 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
         y = model.encode(xp, width)
     t1 = time.perf_counter()
     eb = model.entropy_bottleneck.for_width(width)
-    sym = eb.quantize_symbols(y).cpu().contiguous()
+    sym = (_codec_fn("_quantize", lambda e, t: e.quantize_symbols(t))(eb, y).cpu().contiguous())
     _, C, h, w = sym.shape
     cdf, lengths, offsets = _tables(eb)
     if streams is None:
@@ -319,7 +325,8 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
     sym = torch.from_numpy(coding.decode(f.payload, _indexes(f.width, h, w), cdf, lengths, offsets,
                                          precision=eb.precision))
     t2 = time.perf_counter()
-    y_hat = _layout(model, eb.dequantize_symbols(sym), channels_last)
+    y_hat = _layout(model, _codec_fn("_dequantize", lambda e, t: e.dequantize_symbols(t))(eb, sym),
+                    channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         x_hat = model.decode(y_hat)
     x_hat = x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)
