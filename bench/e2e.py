@@ -234,6 +234,12 @@ def _tables(eb):
             eb._offset.cpu().numpy())
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work (timings on CUDA); nothing on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _codec_fn(name: str, fallback):
     """``slimkernels.codec.<name>`` (the API's own step), or ``fallback`` for an older library."""
     import slimkernels.codec as codec
@@ -289,8 +295,9 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
     if ph or pw:
         xp = torch.nn.functional.pad(xp, (0, pw, 0, ph), mode="replicate")
     xp = _layout(model, xp, channels_last, image_precision=precision)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(xp.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         y = model.encode(xp, width)
+    _sync(xp.device)
     t1 = time.perf_counter()
     eb = model.entropy_bottleneck.for_width(width)
     sym = (_codec_fn("_quantize", lambda e, t: e.quantize_symbols(t))(eb, y).cpu().contiguous())
@@ -325,11 +332,13 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
     sym = torch.from_numpy(coding.decode(f.payload, _indexes(f.width, h, w), cdf, lengths, offsets,
                                          precision=eb.precision))
     t2 = time.perf_counter()
-    y_hat = _layout(model, _codec_fn("_dequantize", lambda e, t: e.dequantize_symbols(t))(eb, sym),
-                    channels_last)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    dev = next(model.parameters()).device
+    y_hat = _layout(model, _codec_fn("_dequantize", lambda e, t: e.dequantize_symbols(t))(
+        eb, sym.to(dev)), channels_last)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         x_hat = model.decode(y_hat)
     x_hat = x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)
+    _sync(dev)
     t3 = time.perf_counter()
     return x_hat, {"container": t1 - t0, "entropy": t2 - t1, "transform": t3 - t2}
 
@@ -348,9 +357,10 @@ def plain_compress(plain: PlainSlimCAE, model: SlimCAE, x: torch.Tensor, width: 
     xp = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         y = plain.encode(xp, width)
+    _sync(x.device)
     t1 = time.perf_counter()
     eb = model.entropy_bottleneck.for_width(width)
-    sym = torch.round(y.float() - eb.medians().view(1, -1, 1, 1)).to(torch.int32).contiguous()
+    sym = torch.round(y.float() - eb.medians().view(1, -1, 1, 1)).to(torch.int32).cpu().contiguous()
     _, C, h, w = sym.shape
     cdf, lengths, offsets = _tables(eb)
     streams = _auto_streams(sym.numel())
@@ -372,10 +382,12 @@ def plain_decompress(plain: PlainSlimCAE, model: SlimCAE, data: bytes,
     t0 = time.perf_counter()
     f, sym = model.decompress_latent(data)
     t1 = time.perf_counter()
-    y_hat = sym.float() + model.entropy_bottleneck.for_width(f.width).medians().view(1, -1, 1, 1)
+    m = model.entropy_bottleneck.for_width(f.width).medians()
+    y_hat = sym.to(m.device).float() + m.view(1, -1, 1, 1)
     with torch.autocast(y_hat.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         x_hat = plain.decode(y_hat)
     x_hat = x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)
+    _sync(x_hat.device)
     if split is not None:
         split.update(entropy=t1 - t0, transform=time.perf_counter() - t1)
     return x_hat
