@@ -653,7 +653,7 @@ def layer_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int =
                 a = f(a)
             for p in precisions:
                 # our layers see what our own chain hands them (layout, and bf16 under autocast)
-                a = _layout(model, inp, False)
+                a = _layout(model, inp, False, image_precision=p if part == "enc" else None)
                 for name, f in ours_steps(model, width, part):
                     def run(f=f, a_in=a, p=p):
                         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
