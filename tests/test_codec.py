@@ -373,3 +373,33 @@ def test_auto_streams(model, monkeypatch):
                                    rtol=0, atol=0)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_native_bf16_fallbacks(monkeypatch):
+    """Older torch (no get_capabilities, no probe) falls back to the /proc/cpuinfo flags; no
+    oneDNN means no native bf16; a probe that raises is skipped."""
+    from slimkernels import codec
+    flags = _cpuinfo_flags()
+    if flags is None:
+        pytest.skip("no /proc/cpuinfo")
+    expect = bool({"amx_bf16", "avx512_bf16"} & flags)
+    try:
+        monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported",
+                            lambda: (_ for _ in ()).throw(RuntimeError("old build")),
+                            raising=False)
+        codec._cpu_native_bf16.cache_clear()
+        assert codec._cpu_native_bf16() == (expect and torch.backends.mkldnn.is_available())
+        monkeypatch.setattr(codec, "_cpu_flags", lambda: {"fpu", "avx2"})
+        codec._cpu_native_bf16.cache_clear()
+        assert codec._cpu_native_bf16() is False
+        monkeypatch.setattr(codec, "_cpu_flags", lambda: {"fpu", "amx_bf16"})
+        codec._cpu_native_bf16.cache_clear()
+        assert codec._cpu_native_bf16() is torch.backends.mkldnn.is_available()
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+        codec._cpu_native_bf16.cache_clear()
+        assert codec._cpu_native_bf16() is False
+    finally:
+        monkeypatch.undo()
+        codec._cpu_native_bf16.cache_clear()
+    assert codec.native_bf16("cpu") == (expect and torch.backends.mkldnn.is_available())
