@@ -240,6 +240,8 @@ def _quantize(eb, y: torch.Tensor) -> torch.Tensor:
     passes instead of 5: the subtraction promotes a bf16 ``y`` to fp32 itself, rounding is in
     place, and the int32 cast writes NCHW directly (``y`` may be channels_last)."""
     m = eb.medians().view(1, -1, 1, 1)
+    if y.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        y = y.float()          # e.g. float64: round to fp32 first, as the entropy model does
     with torch.autocast(device_type=y.device.type, enabled=False):
         return torch.sub(y, m).round_().to(torch.int32, memory_format=torch.contiguous_format)
 

@@ -327,13 +327,15 @@ def test_gdn_fusion_only_on_triton_by_default(model):
     torch.testing.assert_close(y_fused, y, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_quantize_matches_the_entropy_model(model, dtype, channels_last):
     from slimkernels.codec import _quantize
     eb = model.entropy_bottleneck.for_width(12)
     y = (torch.randn(1, 12, 5, 7, dtype=torch.float64) * 6).to(dtype)
     y.view(-1)[:4] = torch.tensor([0.5, -0.5, 2.5, -3.5], dtype=dtype)   # ties (half to even)
+    m = float(eb.medians()[4])
+    y[0, 4, 0, 0] = m + 0.5 + 2.0 ** -40 if dtype == torch.float64 else y[0, 4, 0, 0]
     if channels_last:
         y = y.contiguous(memory_format=torch.channels_last)
     got = _quantize(eb, y)
