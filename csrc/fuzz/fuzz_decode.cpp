@@ -8,7 +8,8 @@
 //   mode 2: symbols (escapes of extreme values included) are derived from the rest, encoded,
 //           decoded, and must round-trip exactly (any mismatch aborts);
 //   mode 3: as mode 2, then the valid stream is corrupted (bit flips, truncation, byte
-//           overwrites, wrong tables) and decoded again.
+//           overwrites, wrong tables, tables changed in place after a decode that cached
+//           them) and decoded again.
 // Decoding must return or throw slimcoder::Error, and a successful decode must re-encode to the
 // very same bytes; anything else (crash, sanitizer report, other exception, mismatch, timeout)
 // is a finding.
@@ -196,6 +197,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // Mode 3: corrupt it.
   const int ops = 1 + (r.byte() & 7);
   const TableSet* tables = &ts;
+  bool mutate = false;
   for (int o = 0; o < ops && !enc.empty(); ++o) {
     const uint8_t op = r.byte();
     const size_t pos = size_t(r.u32()) % enc.size();
@@ -203,11 +205,43 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       case 0: enc[pos] ^= uint8_t(1u << (op >> 5)); break;
       case 1: enc.resize(pos); break;
       case 2: enc[pos] = r.byte(); break;
-      default: tables = &sets()[(op >> 2) % sets().size()]; break;
+      default:
+        if (op & 0x80)
+          mutate = true;
+        else
+          tables = &sets()[(op >> 2) % sets().size()];
+        break;
     }
   }
   std::vector<int32_t> idx2 = idx;
   for (auto& i : idx2) i %= int32_t(tables->num);
+  if (mutate) {
+    // Tables changed in place between calls (same addresses): the coder's table cache must
+    // follow the content. Decoding with a copy at other addresses must give the same result.
+    static TableSet scratch;
+    scratch = *tables;
+    try_decode(enc, idx2, scratch.view(), threads, out);  // caches the unchanged content
+    const size_t at = size_t(r.u32()) % scratch.cdfs.size();
+    scratch.cdfs[at] = int32_t(int64_t(scratch.cdfs[at]) + int64_t(r.byte()) - 128);
+    if (r.byte() & 1) {
+      const size_t row = size_t(r.byte()) % scratch.lengths.size();
+      scratch.lengths[row] = int32_t(r.byte() % (scratch.max_length + 2));
+    }
+    const TableSet copy = scratch;
+    std::vector<int32_t> out2;
+    const bool ok1 = try_decode(enc, idx2, scratch.view(), threads, out);
+    const bool ok2 = try_decode(enc, idx2, copy.view(), threads, out2);
+    if (ok1 != ok2 || (ok1 && out != out2)) std::abort();
+    bool valid = true;  // validate_tables itself caches nothing: an independent oracle
+    try {
+      slimcoder::validate_tables(scratch.view());
+    } catch (const slimcoder::Error&) {
+      valid = false;
+    }
+    if (ok1 && !valid) std::abort();  // decoded with tables that are no longer valid
+    if (ok1) check_reencode(enc, idx2, scratch.view(), out, threads);
+    return 0;
+  }
   if (try_decode(enc, idx2, tables->view(), threads, out))
     check_reencode(enc, idx2, tables->view(), out, threads);
   return 0;
