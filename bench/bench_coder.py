@@ -102,30 +102,35 @@ def timeit(fn, repeat, warmup):
     return statistics.median(ts)
 
 
-def load_compressai_ans():
-    """CompressAI's ``ans`` extension loaded by file path (the package import pulls heavy deps)."""
+def load_compressai_ext(name):
+    """CompressAI's compiled module ``compressai.<name>`` (``ans``, ``_CXX``), loaded by file
+    path (the package import pulls heavy deps), or None. Registered under its real name and
+    reused when already loaded: a pybind11 module initialised twice in one process (e.g. by
+    CompressAI's own entropy_models.py in a test run) crashes the interpreter at exit."""
+    full = f"compressai.{name}"
+    if full in sys.modules:
+        return sys.modules[full]
     for d in sys.path:
-        hits = glob.glob(os.path.join(d, "compressai", "ans*.so"))
+        hits = glob.glob(os.path.join(d, "compressai", f"{name}*.so"))
         if hits:
-            spec = importlib.util.spec_from_file_location("ans", hits[0])
+            spec = importlib.util.spec_from_file_location(full, hits[0])
             mod = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(mod)
+            sys.modules[full] = mod
             return mod
     return None
+
+
+def load_compressai_ans():
+    """CompressAI's ``ans`` extension (see load_compressai_ext)."""
+    return load_compressai_ext("ans")
 
 
 def quantization_loss(channels=192, n_sym=81, precision=16):
     """Mean cross-entropy excess (bits/symbol) of quantized CDFs over the true pmf entropy:
     slimkernels.coding.pmf_to_quantized_cdf vs CompressAI's pmf_to_quantized_cdf (_CXX)."""
     pmfs, tails = laplace_pmfs(channels, n_sym)
-    cxx = None
-    for d in sys.path:
-        hits = glob.glob(os.path.join(d, "compressai", "_CXX*.so"))
-        if hits:
-            spec = importlib.util.spec_from_file_location("_CXX", hits[0])
-            cxx = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(cxx)
-            break
+    cxx = load_compressai_ext("_CXX")
     out = {"slimkernels": 0.0, "compressai": 0.0 if cxx else None}
     for c in range(channels):
         p = np.append(pmfs[c], tails[c])
