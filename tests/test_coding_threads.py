@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -149,6 +150,13 @@ def test_concurrent_callers(work):
     assert not errors, errors[0]
 
 
+def _fork():
+    # Forking a multi-threaded process is the point here (Python >= 3.12 warns about it).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
 def _wait_child(pid, timeout=60.0):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -186,7 +194,7 @@ def test_pool_after_fork(work):
     # The parent has used its pool (and its table cache) with 2 threads.
     assert coding.encode(sym, idx, cdfs, lengths, offsets, streams=2, threads=2) == ref
     coding.decode(ref, idx, cdfs, lengths, offsets, threads=2)
-    pid = os.fork()
+    pid = _fork()
     if pid == 0:
         _child_codes(work, ref, 2)
     assert _wait_child(pid) == 0
@@ -213,7 +221,7 @@ def test_fork_while_another_thread_codes(work):
     try:
         for _ in range(8):
             time.sleep(0.003)
-            pid = os.fork()
+            pid = _fork()
             if pid == 0:
                 _child_codes(work, ref, 2)
             assert _wait_child(pid) == 0
