@@ -27,8 +27,10 @@ def _ext_modules():
     cpu_dir = os.path.join("csrc", "cpu")
     cpu_sources = sorted(os.path.join(cpu_dir, f) for f in os.listdir(os.path.join(HERE, cpu_dir))
                          if f.endswith(".cpp"))
+    # -pthread: the coder's worker pool (glibc >= 2.34 links it anyway; older systems need it).
     return [Pybind11Extension("slimkernels._coder", sources, include_dirs=["csrc"],
-                              extra_compile_args=args, cxx_std=17),
+                              extra_compile_args=args + ["-pthread"],
+                              extra_link_args=["-pthread"], cxx_std=17),
             # Fused CPU kernels (AMX-BF16 GDN). Optional: if it fails to build (old compiler or
             # assembler, another ISA), the package installs without it and slimkernels.ops.gdn
             # falls back to its PyTorch path.
