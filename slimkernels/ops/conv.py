@@ -262,6 +262,8 @@ def _prepack_input(x, weight, bias):
     dt = _autocast_dtype(x)
     if dt is None and (weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)):
         return None
+    if dt is None and x.shape[1] < 8:
+        return None  # fp32 on the 3-channel image: prepacking measured 3-5 % slower (enc1, w=192)
     if dt is not None:
         x = x.to(dt)  # before the layout change: that copy then moves half the bytes
     x = _cpu_layout(x)

@@ -247,8 +247,11 @@ def test_prepacked_nograd_every_layer_vs_float64(layer, width, dtype):
     assert y.dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
     assert rel_err(y, ref) < (1e-2 if dtype == "bf16" else 1e-5)
     assert torch.equal(y, y2)
-    if width > 1 and conv_mod._onednn(y.dtype):
+    ci = x.shape[1]
+    if conv_mod._onednn(y.dtype) and ci >= (8 if dtype == "fp32" else 2):
         assert len(conv_mod._PACK_CACHE) >= 1  # the prepacked path ran
+    else:  # fp32 with < 8 input channels (the image layer) and 1-channel inputs: F.conv
+        assert len(conv_mod._PACK_CACHE) == 0
 
 
 def test_prepacked_takes_column_fold_for_narrow_bf16(monkeypatch):
@@ -379,5 +382,25 @@ def test_prepacked_subpixel_general_vs_float64(k, s, p, op, Co, dtype):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
         y = slim_conv_transpose2d(x.float(), w.float(), b.float(), stride=s, padding=p,
                                   output_padding=op)
+    assert y.shape == ref.shape
+    assert rel_err(y, ref) < (1e-2 if dtype == "bf16" else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_prepacked_igdn_input_and_output_vs_float64(dtype):
+    conv_mod.clear_cpu_caches()
+    w, b = _full("dec1", True, 5, torch.float64)
+    g = torch.Generator().manual_seed(6)
+    beta = torch.rand(192, generator=g, dtype=torch.float64) + 0.5
+    gamma = torch.rand(192, 192, generator=g, dtype=torch.float64) * 0.1
+    x = torch.randn(1, 47, 5, 6, dtype=torch.float64)
+    ref = F.conv_transpose2d(_gdn_ref(x, beta, gamma, True), w[:47, :72], b[:72], stride=2,
+                             padding=2, output_padding=1)
+    ref = _gdn_ref(ref, beta, gamma, True)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        y = slim_conv_transpose2d(x.float(), w.float(), b.float(), stride=2, padding=2,
+                                  output_padding=1, out_width=72,
+                                  igdn=(beta.float(), gamma.float()),
+                                  out_igdn=(beta.float(), gamma.float()))
     assert y.shape == ref.shape
     assert rel_err(y, ref) < (1e-2 if dtype == "bf16" else 1e-5)
