@@ -23,6 +23,7 @@ entries; writes through ``.data`` bypass version counting: call :func:`clear_cpu
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from collections import OrderedDict
 from typing import Optional
@@ -145,12 +146,14 @@ CPU_PREPACK = True
 WFOLD_MAX_COST = 0.9
 _PACK_CACHE: "OrderedDict" = OrderedDict()
 _PACK_CACHE_MAX = 128
+_PACK_LOCK = threading.Lock()
 
 
 def clear_cpu_caches() -> None:
     """Drop every cached weight cast / prepacked weight (needed only after writing a parameter
     through ``.data``, which does not bump its version)."""
-    _PACK_CACHE.clear()
+    with _PACK_LOCK:
+        _PACK_CACHE.clear()
     _CAST_CACHE.clear()
 
 
@@ -189,16 +192,18 @@ def _cached(key, sources, build):
     src = [t for t in sources if t is not None]
     key = key + tuple(id(t) for t in src)  # identity checked below through weak references
     ver = [(t._version, t.data_ptr(), t.shape) for t in src]
-    hit = _PACK_CACHE.get(key)
-    if hit is not None and hit[0] == ver and all(r() is t for r, t in zip(hit[1], src)):
-        _PACK_CACHE.move_to_end(key)
-        return hit[2]
+    with _PACK_LOCK:  # transforms may run in several threads (LRU bookkeeping is not atomic)
+        hit = _PACK_CACHE.get(key)
+        if hit is not None and hit[0] == ver and all(r() is t for r, t in zip(hit[1], src)):
+            _PACK_CACHE.move_to_end(key)
+            return hit[2]
     with torch.no_grad():
         val = build()
-    _PACK_CACHE[key] = (ver, [weakref.ref(t) for t in src], val)
-    _PACK_CACHE.move_to_end(key)
-    while len(_PACK_CACHE) > _PACK_CACHE_MAX:
-        _PACK_CACHE.popitem(last=False)
+    with _PACK_LOCK:
+        _PACK_CACHE[key] = (ver, [weakref.ref(t) for t in src], val)
+        _PACK_CACHE.move_to_end(key)
+        while len(_PACK_CACHE) > _PACK_CACHE_MAX:
+            _PACK_CACHE.popitem(last=False)
     return val
 
 
