@@ -2,8 +2,9 @@
 """A/B of the CPU sub-pixel path for transposed convs with few output channels.
 
 Times, in one run and interleaved (medians): SlimCAE's 9x9/4 image layer as
-``F.conv_transpose2d`` vs ``slimkernels.ops.conv.conv_transpose2d_subpixel``, and the whole
-``decompress`` of a Kodak image with the sub-pixel path off and on.
+``F.conv_transpose2d`` vs ``slimkernels.ops.conv.conv_transpose2d_subpixel`` (the autograd-capable
+function), the op without gradient (prepacked cached weights) with the sub-pixel path off and on,
+and the whole ``decompress`` of a Kodak image with the sub-pixel path off and on.
 
     python bench/bench_subpixel.py [--threads 2] [--repeats 5] [--model PATH] [--image PATH]
 """
@@ -44,17 +45,28 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     torch.set_grad_enabled(False)
     H, W = (8, 12) if a.quick else (128, 192)
-    print("| layer | dtype | conv_transpose2d ms | sub-pixel ms | speed-up |\n|---|---|---|---|---|")
-    for ci in (192, 48):
-        for dt in (torch.float32, torch.bfloat16):
-            x = torch.randn(1, ci, H, W).to(dt).contiguous(memory_format=torch.channels_last)
-            w = torch.randn(ci, 3, 9, 9).to(dt)
-            b = torch.randn(3).to(dt)
-            r = _ab({"direct": lambda: F.conv_transpose2d(x, w, b, stride=4, padding=4,
-                                                          output_padding=3),
-                     "sub": lambda: C.conv_transpose2d_subpixel(x, w, b, 4, 4, 3)}, a.repeats)
-            print(f"| {ci}->3 9x9/4 | {str(dt)[6:]} | {r['direct']:.1f} | {r['sub']:.1f} | "
-                  f"{r['direct'] / r['sub']:.2f}x |")
+    print("| layer | dtype | conv_transpose2d ms | sub-pixel ms | speed-up | op, prepacked direct ms "
+          "| op, prepacked sub-pixel ms | speed-up |\n|---|---|---|---|---|---|---|---|")
+    old = C.SUBPIXEL_MAX_PHASE_CHANNELS
+    try:
+        for ci in (192, 48):
+            for dt in (torch.float32, torch.bfloat16):
+                x = torch.randn(1, ci, H, W).to(dt).contiguous(memory_format=torch.channels_last)
+                w = torch.randn(ci, 3, 9, 9).to(dt)
+                b = torch.randn(3).to(dt)
+
+                def op(v):
+                    C.SUBPIXEL_MAX_PHASE_CHANNELS = v   # the op without grad: cached weights
+                    return C.slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
+                r = _ab({"direct": lambda: F.conv_transpose2d(x, w, b, stride=4, padding=4,
+                                                              output_padding=3),
+                         "sub": lambda: C.conv_transpose2d_subpixel(x, w, b, 4, 4, 3),
+                         "op_direct": lambda: op(0), "op_sub": lambda: op(64)}, a.repeats)
+                print(f"| {ci}->3 9x9/4 | {str(dt)[6:]} | {r['direct']:.1f} | {r['sub']:.1f} | "
+                      f"{r['direct'] / r['sub']:.2f}x | {r['op_direct']:.1f} | {r['op_sub']:.1f} | "
+                      f"{r['op_direct'] / r['op_sub']:.2f}x |")
+    finally:
+        C.SUBPIXEL_MAX_PHASE_CHANNELS = old
     if a.quick:
         return 0
     from slimkernels.io import read_image
