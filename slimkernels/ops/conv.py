@@ -321,7 +321,7 @@ def _gdn_cpu_nograd(y: torch.Tensor, kw) -> torch.Tensor:
     rsqrt*y) and no temporaries beyond the norm. The effective ``gamma`` slice (SlimGDN+ scalars
     applied) is prepared, cast and prepacked once per parameter versions (``_cached``)."""
     c = y.shape[1]
-    if _packable(y):
+    if _packable(y) and c > 1:
         names = sorted(kw)
         srcs = tuple(kw[n] for n in names if isinstance(kw[n], torch.Tensor))
         consts = tuple((n, kw[n]) for n in names if not isinstance(kw[n], torch.Tensor))
@@ -343,6 +343,9 @@ def _gdn_cpu_nograd(y: torch.Tensor, kw) -> torch.Tensor:
     else:
         beta, gamma = _effective(kw, c)
         norm = F.conv2d(y * y, gamma.to(y.dtype)[:, :, None, None], beta.to(y.dtype))
+        if norm.dtype == torch.bfloat16 and y.dtype == torch.bfloat16:
+            r = torch.sqrt(norm)
+            return torch.mul(r, y) if kw["inverse"] else torch.div(y, r)
     if kw["inverse"]:
         return norm.sqrt_().mul_(y)
     return norm.rsqrt_().mul_(y)
@@ -589,6 +592,10 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     kout = _gdn_kwargs(out_igdn, inverse=True)
     name = resolve_backend(x, backend)
     if kin is not None:
+        if name == "torch" and not _gdn_params_need_grad(kin):
+            # cast + channels_last first (no grad): the IGDN then runs the prepacked bf16 passes
+            xp = _prepack_input(x, weight, bias)
+            x = x if xp is None else xp
         x = _apply_gdn(x, kin) if name == "torch" else _gdn(x, **kin)
     if name == "triton":
         from ..kernels import conv as K

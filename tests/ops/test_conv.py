@@ -404,6 +404,8 @@ def test_prepacked_igdn_input_and_output_vs_float64(dtype):
                                   out_igdn=(beta.float(), gamma.float()))
     assert y.shape == ref.shape
     assert rel_err(y, ref) < (1e-2 if dtype == "bf16" else 1e-5)
+    if conv_mod._onednn(y.dtype):  # both IGDNs ran the prepacked passes (NCHW fp32 x converted)
+        assert sorted(k[1] for k in conv_mod._PACK_CACHE if k[0] == "gdn") == [47, 72]
 
 
 def test_prepacked_path_from_several_threads(monkeypatch):
