@@ -45,8 +45,9 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     torch.set_grad_enabled(False)
     H, W = (8, 12) if a.quick else (128, 192)
-    print("| layer | dtype | conv_transpose2d ms | sub-pixel ms | speed-up | op, prepacked direct ms "
-          "| op, prepacked sub-pixel ms | speed-up |\n|---|---|---|---|---|---|---|---|")
+    print("| layer | dtype | conv_transpose2d ms | sub-pixel ms | speed-up "
+          "| op, prepacked direct ms | op, prepacked sub-pixel ms | speed-up |\n"
+          "|---|---|---|---|---|---|---|---|")
     old = C.SUBPIXEL_MAX_PHASE_CHANNELS
     try:
         for ci in (192, 48):
