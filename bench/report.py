@@ -258,7 +258,10 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
          f"Command: `{meta['command']}`", ""] + ([meta["note"], ""] if meta.get("note") else []) + [
          f"Image: {meta['image']} ({res['image']['width']}x{res['image']['height']}); model: "
          f"{meta['model']}. Medians of {meta['repeats']} interleaved repeats (all "
-         "configurations round-robin in one run, so load hits all alike); every ratio is from "
+         "configurations round-robin in one run, so load hits all alike"
+         + (f"; end to end, each timed call right after {meta['burst'] - 1} untimed call(s) of "
+            "the same configuration: its steady state, as when coding many images with one "
+            "setting" if meta.get("burst", 1) > 1 else "") + "); every ratio is from "
          "this run. `plain` = the same SlimCAE in plain PyTorch (`bench/plain_slimcae.py`: "
          "F.conv2d on sliced weights, eager GDN, NCHW) in fp32 (the issue's baseline: what a user "
          "would write without this library) and under bf16 autocast; same weights, same coder "
@@ -401,6 +404,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny image, 1 repeat, widths 192/48")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7; quick 1)")
+    ap.add_argument("--burst", type=int, default=None,
+                    help="end to end: calls of a configuration back to back per round, the last "
+                         "one timed (default 2: steady state per configuration; quick 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=None, help="output folder (default bench/results/<machine>)")
     ap.add_argument("--model", default=None, help="model file or trainer checkpoint "
@@ -421,6 +427,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     threads = torch.get_num_threads()
     repeats = a.repeats or (1 if a.quick else 7)
+    burst = a.burst or (1 if a.quick else 2)
     if a.widths:
         widths = sorted({int(w) for w in a.widths.split(",")}, reverse=True)
     else:
@@ -441,14 +448,14 @@ def main(argv=None) -> int:
     meta = {**env_info(threads), "command": "python bench/report.py " + shlex.join(
                 argv if argv is not None else sys.argv[1:]),
             "quick": a.quick, "repeats": repeats, "widths": widths, "model": model_desc,
-            "default_precision": e2e.default_precision("cpu"),
+            "default_precision": e2e.default_precision("cpu"), "burst": burst,
             "note": a.note,
             "image": e2e.image_source(a.image) + (" (64x96 crop)" if a.quick else ""), "out": out}
     print(f"report on {machine}: {model_desc}, image {tuple(x.shape)}, {threads} threads")
 
     warmup = 0 if a.quick else 1
     res = e2e.e2e_timings(model, x, widths, repeats=repeats, warmup=warmup, compressai_model=cai,
-                          proposals=a.proposals)
+                          proposals=a.proposals, burst=burst)
     rat = e2e.ratios(res, widths)
     mem = []
     if not a.no_memory:

@@ -156,3 +156,20 @@ def test_compressai_loads_without_package_import():
                     + m.entropy_bottleneck._get_medians()).clamp(0, 1)
         x_hat = m.decompress(out["strings"], out["shape"])["x_hat"]
     assert torch.allclose(x_hat, ref, atol=1e-5)
+
+
+def test_interleaved_burst_times_the_last_call_of_each_configuration():
+    calls = []
+
+    def make(name):
+        def f():
+            calls.append(name)
+            return {"part": float(len(calls))}
+        return f
+    t = e2e.interleaved({"a": make("a"), "b": make("b")}, repeats=2, warmup=1, burst=3)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    # recorded: the 3rd call of each burst in the 2 timed rounds (calls 9, 12, 15, 18)
+    assert t["a"]["n"] == t["b"]["n"] == 2
+    assert t["a"]["part"] == (9 + 15) / 2 and t["b"]["part"] == (12 + 18) / 2
+    t1 = e2e.interleaved({"a": make("a")}, repeats=3, warmup=0)
+    assert t1["a"]["n"] == 3 and calls[-3:] == ["a"] * 3
