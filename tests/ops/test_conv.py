@@ -404,8 +404,41 @@ def test_prepacked_igdn_input_and_output_vs_float64(dtype):
                                   out_igdn=(beta.float(), gamma.float()))
     assert y.shape == ref.shape
     assert rel_err(y, ref) < (1e-2 if dtype == "bf16" else 1e-5)
-    if conv_mod._onednn(y.dtype):  # both IGDNs ran the prepacked passes (NCHW fp32 x converted)
+    if conv_mod._onednn(y.dtype) and not conv_mod._fused_cpu_gdn_available():
+        # both IGDNs ran the prepacked passes (NCHW fp32 x converted)
         assert sorted(k[1] for k in conv_mod._PACK_CACHE if k[0] == "gdn") == [47, 72]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_nograd_gdn_fused_kernel_and_passes_agree_with_float64(fused, dtype, monkeypatch):
+    """Without grad the conv ops hand GDN/IGDN to the GDN op's fused CPU kernel when available,
+    else to the prepacked passes; both match float64 (SlimGDN+ scalars included)."""
+    import sys
+    gdn_mod = sys.modules["slimkernels.ops.gdn"]
+    if fused and not conv_mod._fused_cpu_gdn_available():
+        pytest.skip("no fused CPU GDN kernel here")
+    monkeypatch.setattr(conv_mod, "CPU_FUSED_GDN", fused)
+    w, b = _full("enc2", False, 5, torch.float64)
+    wt, bt = _full("dec1", True, 5, torch.float64, seed=1)
+    g = torch.Generator().manual_seed(7)
+    beta = torch.rand(192, generator=g, dtype=torch.float64) + 0.5
+    gamma = torch.rand(192, 192, generator=g, dtype=torch.float64) * 0.1
+    x = torch.randn(1, 47, 10, 12, dtype=torch.float64)
+    spec = {"beta": beta.float(), "gamma": gamma.float(), "gamma_scale": 0.5, "beta_bias": 0.25}
+    ref = _gdn_ref(F.conv2d(x, w[:72, :47], b[:72], stride=2, padding=2), beta + 0.25,
+                   gamma * 0.5, False)
+    ref = _gdn_ref(F.conv_transpose2d(ref, wt[:72, :47], bt[:47], stride=2, padding=2,
+                                      output_padding=1), beta + 0.25, gamma * 0.5, True)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        gdn_mod.last_cpu_path = None
+        y = slim_conv2d(x.float(), w.float(), b.float(), stride=2, padding=2, out_width=72,
+                        gdn=spec)
+        y = slim_conv_transpose2d(y, wt.float(), bt.float(), stride=2, padding=2,
+                                  output_padding=1, out_width=47, out_igdn=spec)
+    assert gdn_mod.last_cpu_path == ("fused" if fused else None)
+    assert y.shape == ref.shape
+    assert rel_err(y, ref) < (1e-2 if dtype == "bf16" else 1e-5)
 
 
 def test_prepacked_path_from_several_threads(monkeypatch):
