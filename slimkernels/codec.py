@@ -61,9 +61,10 @@ class SlimSequential(nn.Sequential):
     followed by a GDN layer (or a transposed convolution followed by an IGDN layer) runs as one
     fused op (:func:`slimkernels.ops.slim_conv2d` with ``gdn=``, ``slim_conv_transpose2d`` with
     ``out_igdn=``): the same result, the GDN in the conv kernel's epilogue. On the PyTorch
-    backend (CPU) the layers run one by one: there the fused op only chains the same calls, and
-    the GDN layer's own op (:func:`slimkernels.ops.gdn`) measured 1.1-1.8x faster than the conv
-    op's chained GDN (SlimCAE on Kodak, bf16 and fp32, every width). ``fuse_gdn`` (class or
+    backend (CPU) the layers run one by one: there the fused op only chains the same calls (it
+    measured 1.1-1.8x slower before the conv op routed its GDN to the GDN op's CPU kernel, and
+    equal since: SlimCAE on Kodak, bf16 and fp32, every width), so the GDN layer's own op
+    (:func:`slimkernels.ops.gdn`) runs directly. ``fuse_gdn`` (class or
     instance attribute) overrides it: True always fuses, False never, None (default) as above.
     """
 
