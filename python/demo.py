@@ -2,7 +2,7 @@
 """The main job in one command: compress and decompress the bundled sample image with the
 bundled SlimCAE at every width, and print a table (rate, quality, time).
 
-    python python/demo.py [--image PATH] [--model PATH] [--precision fp32|bf16] [--out DIR]
+    python python/demo.py [--image PATH] [--model PATH] [--precision auto|fp32|bf16] [--out DIR]
 """
 import argparse
 import math
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--image", default=SAMPLE)
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--out", default=None, help="folder for the .slim files and decoded PNGs "
                                                 "(default: a new temporary folder)")
     args = p.parse_args(argv)

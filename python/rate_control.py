@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="model file or training checkpoint "
                                                  "(e.g. runs/slimcae/checkpoint.pt); default: "
                                                  "the bundled model")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--max-images", type=int, default=0, help="use only the first N images")
     p.add_argument("--json", default=None, help="write the tables and choices to this file")
     p.add_argument("--tiny", action="store_true",

@@ -25,12 +25,12 @@ class Codec(Protocol):
     widths: Sequence[int]
 
     def compress(self, x: torch.Tensor, width: Optional[int] = None, *,
-                 precision: str = "fp32") -> bytes: ...
+                 precision: str = "auto") -> bytes: ...
 
-    def decompress(self, data: bytes, *, precision: str = "fp32") -> torch.Tensor: ...
+    def decompress(self, data: bytes, *, precision: str = "auto") -> torch.Tensor: ...
 
 
-def rd_table(model: Codec, x: torch.Tensor, precision: str = "fp32") -> List[Dict]:
+def rd_table(model: Codec, x: torch.Tensor, precision: str = "auto") -> List[Dict]:
     """Compress ``x`` ``[1, 3, H, W]`` float in [0, 1] at every width:
     ``[{"width": int, "bpp": float, "psnr": float, "bytes": int}]``, widest first (bpp of the
     whole ``.slim`` file; PSNR in dB on 8-bit rounded RGB, ``inf`` for a lossless result)."""
@@ -71,7 +71,7 @@ def pick_width(rows: List[Dict], target_bpp: Optional[float] = None,
 
 
 def width_for_target_bpp(model: Codec, x: torch.Tensor, target_bpp: float,
-                         precision: str = "fp32") -> int:
+                         precision: str = "auto") -> int:
     """The widest width whose file for ``x`` ``[1, 3, H, W]`` is at most ``target_bpp`` (the
     narrowest if none is). Compresses widest first and stops at the first that fits.
 
@@ -88,7 +88,7 @@ def width_for_target_bpp(model: Codec, x: torch.Tensor, target_bpp: float,
 
 
 def width_for_target_psnr(model: Codec, x: torch.Tensor, target_psnr: float,
-                          precision: str = "fp32") -> int:
+                          precision: str = "auto") -> int:
     """The narrowest (cheapest) width whose PSNR on ``x`` ``[1, 3, H, W]`` reaches
     ``target_psnr`` dB (the widest if none does).
 
