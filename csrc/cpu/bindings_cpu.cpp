@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <stdexcept>
 
+#include "conv_amx.hpp"
 #include "gdn_cpu.hpp"
 
 namespace py = pybind11;
@@ -50,6 +51,35 @@ void gdn_forward_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, 
 
 }  // namespace
 
+// -- direct AMX-BF16 convolution (csrc/cpu/conv_amx.hpp) ----------------------------------------
+
+namespace {
+
+void conv_amx_forward_py(uintptr_t x, int64_t N, int64_t Hp, int64_t Wp, int64_t C, uintptr_t w,
+                         int64_t kh, int64_t kw, int64_t stride, int64_t Co, uintptr_t bias,
+                         int64_t Ho, int64_t Wo, uintptr_t y, int64_t Hy, int64_t Wy, int64_t Cy,
+                         int64_t phase, int nthreads) {
+  sk::ConvAmxArgs a;
+  a.x = reinterpret_cast<const uint16_t*>(x);
+  a.N = N; a.Hp = Hp; a.Wp = Wp; a.C = C;
+  a.w = reinterpret_cast<const uint16_t*>(w);
+  a.kh = kh; a.kw = kw; a.stride = stride; a.Co = Co;
+  a.bias = reinterpret_cast<const float*>(bias);
+  a.Ho = Ho; a.Wo = Wo;
+  a.y = reinterpret_cast<uint16_t*>(y);
+  a.Hy = Hy; a.Wy = Wy; a.Cy = Cy; a.phase = phase;
+  a.nthreads = nthreads;
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = sk::conv_amx_forward(a);
+  }
+  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.conv_amx_forward: ") +
+                                        sk::conv_amx_error_message(rc));
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_cpu_kernels, m) {
   m.doc() = "Fused CPU kernels of slimkernels (AMX-BF16 GDN/IGDN forward).";
   m.attr("F32") = static_cast<int>(sk::kF32);
@@ -63,4 +93,12 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("beta_bias"), py::arg("inverse"), py::arg("splits"), py::arg("nthreads"),
         "Fused GDN/IGDN forward on raw pointers (see csrc/cpu/gdn_cpu.hpp). x: [N*HW, C] "
         "(channels_last) or [N, C, HW] (NCHW), fp32 (xdtype 0) or bf16 (1); y likewise.");
+  m.def("conv_amx_forward", &conv_amx_forward_py, py::arg("x"), py::arg("N"), py::arg("Hp"),
+        py::arg("Wp"), py::arg("C"), py::arg("w"), py::arg("kh"), py::arg("kw"),
+        py::arg("stride"), py::arg("Co"), py::arg("bias"), py::arg("Ho"), py::arg("Wo"),
+        py::arg("y"), py::arg("Hy"), py::arg("Wy"), py::arg("Cy"), py::arg("phase"),
+        py::arg("nthreads"),
+        "Direct AMX-BF16 conv on raw pointers (see csrc/cpu/conv_amx.hpp): x [N, Hp, Wp, C] "
+        "bf16 padded, w VNNI-packed bf16, bias fp32 or 0, y bf16 channels_last.");
 }
+
