@@ -18,19 +18,8 @@
 
 #include "gdn_cpu.hpp"  // amx_available()
 
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(SK_NO_AMX)
-#define SK_CONV_AMX_CODE 1
-#if !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#if !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#else
-#define SK_CONV_AMX_CODE 0
-#endif
+#include "amx_tiles.hpp"
+#define SK_CONV_AMX_CODE SK_HAVE_AMX_CODE
 
 namespace sk {
 
@@ -51,33 +40,9 @@ const char* conv_amx_error_message(int code) {
 
 #if SK_CONV_AMX_CODE
 
-#define SK_CTARGET                                                                        \
-  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16," \
-                        "fma,avx2")))
+#define SK_CTARGET SK_AMX_TARGET
 
 namespace {
-
-struct alignas(64) ConvTileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-SK_CTARGET void conv_tile_config() {
-  ConvTileConfig cfg;
-  std::memset(&cfg, 0, sizeof(cfg));
-  cfg.palette_id = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
-  // own ldtilecfg: see gdn_cpu.cpp (gcc 12's _tile_loadconfig lets the config stores be dropped)
-  __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory");
-}
-
-SK_CTARGET void conv_tiles_end() { _tile_release(); }
 
 // MT pixel blocks (each 16 output pixels of one row: A tiles read from xs[i]) x one tile of 16
 // output channels (B, prepacked at wnb): C tiles 0..MT-1, A tiles 5/6 alternating, B tile 7.
@@ -208,9 +173,9 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     const int64_t need = kMaxBlocks * 16 * ldc;
     if (static_cast<int64_t>(buf.size()) < need) buf.resize(need);
     float* acc = buf.data();
-    conv_tile_config();
+    amx::config_full();
     run_blocks(a, b0, b1, acc, ldc);
-    conv_tiles_end();
+    amx::release();
   };
   if (nt == 1) {
     worker(0);

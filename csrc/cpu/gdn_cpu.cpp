@@ -24,22 +24,11 @@
 #include <omp.h>
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(SK_NO_AMX)
-#define SK_HAVE_AMX_CODE 1
+#include "amx_tiles.hpp"
+#if SK_HAVE_AMX_CODE
 #include <cpuid.h>
-// gcc 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* helpers
-#if !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <immintrin.h>
-#if !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
 #include <sys/syscall.h>
 #include <unistd.h>
-#else
-#define SK_HAVE_AMX_CODE 0
 #endif
 
 namespace sk {
@@ -116,34 +105,12 @@ struct Scratch {
 
 #if SK_HAVE_AMX_CODE
 
-#define SK_TARGET                                                                         \
-  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16," \
-                        "fma,avx2")))
+#define SK_TARGET SK_AMX_TARGET
 
 namespace {
 
-struct alignas(64) TileConfig {
-  uint8_t palette_id;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-};
-
-SK_TARGET void tile_config_full() {
-  TileConfig cfg;
-  std::memset(&cfg, 0, sizeof(cfg));
-  cfg.palette_id = 1;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
-  // not _tile_loadconfig: gcc 12's version declares only 8 bytes of the config as read, so the
-  // stores of rows/colsb can be dropped as dead (seen: #UD on the first tilezero)
-  __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory");
-}
-
-SK_TARGET void tiles_end() { _tile_release(); }
+using amx::config_full;
+using amx::release;
 
 // C tiles 0..3 (C[i][j] = tmm(2i+j)), A tiles 4, 5, B tiles 6, 7.
 template <int MT, int NT>
@@ -549,13 +516,13 @@ int gdn_forward(const GdnArgs& a) {
   std::atomic<int64_t> next{0};
   const int64_t chunk = nt <= 1 ? units : std::max<int64_t>(1, units / (nt * 8));
   auto worker = [&](int64_t t) {
-    tile_config_full();
+    config_full();
     for (;;) {
       const int64_t u0 = next.fetch_add(chunk);
       if (u0 >= units) break;
       work(t, u0, std::min(units, u0 + chunk));
     }
-    tiles_end();
+    release();
   };
   if (nt <= 1) {
     worker(0);

@@ -1,0 +1,58 @@
+// Shared AMX-BF16 plumbing of the CPU kernels: the compile-time guard, the target attribute and
+// the one tile configuration both kernels use (8 tiles of 16 rows x 64 bytes).
+#pragma once
+
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(SK_NO_AMX)
+#define SK_HAVE_AMX_CODE 1
+// gcc 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* helpers
+#if !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+#if !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#else
+#define SK_HAVE_AMX_CODE 0
+#endif
+
+#if SK_HAVE_AMX_CODE
+#include <cstdint>
+#include <cstring>
+
+// Functions using AMX / AVX-512 intrinsics carry this, so the files build with default flags.
+#define SK_AMX_TARGET                                                                     \
+  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16," \
+                        "fma,avx2")))
+
+namespace sk {
+namespace amx {
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+// Configures tiles 0..7 as 16 rows x 64 bytes on the calling thread.
+SK_AMX_TARGET inline void config_full() {
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof(cfg));
+  cfg.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  // not _tile_loadconfig: gcc 12's version declares only 8 bytes of the config as read, so the
+  // stores of rows/colsb can be dropped as dead (seen: #UD on the first tilezero)
+  __asm__ volatile("ldtilecfg %0" : : "m"(cfg) : "memory");
+}
+
+SK_AMX_TARGET inline void release() { _tile_release(); }
+
+}  // namespace amx
+}  // namespace sk
+#endif
