@@ -17,8 +17,40 @@
 #define SK_HAVE_AMX_CODE 0
 #endif
 
-#if SK_HAVE_AMX_CODE
 #include <cstdint>
+#include <thread>
+#include <vector>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace sk {
+
+// Runs worker(t) for t in [0, nt) on nt threads, the caller being thread 0. With OpenMP (the
+// kernels build with -fopenmp) these are torch's own intra-op workers: once torch is loaded, the
+// loader resolves libgomp.so.1 to torch's copy. Fresh std::threads measured no faster than one
+// thread right after a torch op (torch's workers keep spinning for milliseconds).
+template <class F>
+void run_on_threads(int64_t nt, const F& worker) {
+  if (nt <= 1) {
+    worker(0);
+    return;
+  }
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(static_cast<int>(nt))
+  worker(omp_get_thread_num());
+#else
+  std::vector<std::thread> pool;
+  pool.reserve(static_cast<size_t>(nt - 1));
+  for (int64_t t = 1; t < nt; ++t) pool.emplace_back([&worker, t] { worker(t); });
+  worker(0);
+  for (auto& th : pool) th.join();
+#endif
+}
+
+}  // namespace sk
+
+#if SK_HAVE_AMX_CODE
 #include <cstring>
 
 // Functions using AMX / AVX-512 intrinsics carry this, so the files build with default flags.

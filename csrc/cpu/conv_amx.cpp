@@ -166,7 +166,6 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   const int64_t ldc = (a.Co + 15) / 16 * 16;
   const int64_t blocks = a.N * a.Ho * (Wq / 16);
   int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, blocks));
-  std::vector<int> fail(static_cast<size_t>(nt), 0);
   auto worker = [&](int64_t t) {
     const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
     thread_local std::vector<float, std::allocator<float>> buf;
@@ -177,16 +176,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     run_blocks(a, b0, b1, acc, ldc);
     amx::release();
   };
-  if (nt == 1) {
-    worker(0);
-  } else {
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(static_cast<int>(nt))
-    worker(omp_get_thread_num());
-#else
-    for (int64_t t = 0; t < nt; ++t) worker(t);
-#endif
-  }
+  run_on_threads(nt, worker);
   return kCOk;
 }
 

@@ -524,24 +524,7 @@ int gdn_forward(const GdnArgs& a) {
     }
     release();
   };
-  if (nt <= 1) {
-    worker(0);
-  } else {
-#if defined(_OPENMP)
-    // OpenMP, built with -fopenmp: when torch is loaded first (it always is, through
-    // slimkernels.ops), the loader resolves libgomp.so.1 to torch's copy, so these are torch's own
-    // intra-op worker threads. Fresh std::threads measured no faster than one thread right after
-    // a torch op: torch's workers keep spinning for milliseconds and took the second core.
-#pragma omp parallel num_threads(static_cast<int>(nt))
-    worker(omp_get_thread_num());
-#else
-    std::vector<std::thread> pool;
-    pool.reserve(nt - 1);
-    for (int64_t t = 1; t < nt; ++t) pool.emplace_back(worker, t);
-    worker(0);
-    for (auto& th : pool) th.join();
-#endif
-  }
+  run_on_threads(nt, worker);
   return kOk;
 #else
   return kNoAmx;
