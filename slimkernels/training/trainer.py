@@ -49,6 +49,7 @@ class TrainConfig:
     schedule_start: int = 0             # first scheduler validation at this step
     schedule_steps: int = 2000          # fine-tuning steps between lambda updates (T)
     init: str = ""                      # weights to start from (state_dict or checkpoint)
+    init_continue: bool = False         # with init: continue its step count and lambdas
     progress: bool = True
 
 
@@ -107,6 +108,20 @@ def validate(model: SlimCAE, images: torch.Tensor, widths, bf16: bool, batch: in
         psnr.append(sum(se_db) / len(se_db))
     model.train(was)
     return {"bpp": bpp, "psnr": psnr}
+
+
+def _init_progress(ck, path: str):
+    """Step count and lambdas recorded in an ``init`` file: a training checkpoint (``step``,
+    ``lambdas``) or a model file written by ``python/export_model.py`` (``info.steps``,
+    ``info.lambdas_final``). Raises ValueError when the file records no step count."""
+    if isinstance(ck, dict) and "step" in ck:
+        return int(ck["step"]), ck.get("lambdas")
+    info = ck.get("info") if isinstance(ck, dict) else None
+    if isinstance(info, dict) and "steps" in info:
+        return int(info["steps"]), info.get("lambdas_final")
+    raise ValueError(f"--init-continue: {path} records no step count (neither a training "
+                     "checkpoint nor an exported model file); leave out --init-continue to start "
+                     "the count at 0")
 
 
 def _rank_world():
@@ -180,7 +195,16 @@ class Trainer:
                 ck = torch.load(cfg.init, map_location=self.device, weights_only=False)
                 sd = ck.get("model", ck.get("state_dict", ck)) if isinstance(ck, dict) else ck
                 self.model.load_state_dict(sd)
-                self._print(f"initialized weights from {cfg.init}")
+                msg = f"initialized weights from {cfg.init}"
+                if cfg.init_continue:
+                    self.step, lambdas = _init_progress(ck, cfg.init)
+                    if lambdas is not None:
+                        if len(lambdas) != len(cfg.widths):
+                            raise ValueError(f"{cfg.init} was trained with {len(lambdas)} lambdas "
+                                             f"but this run has {len(cfg.widths)} widths")
+                        self.lambdas = list(lambdas)
+                    msg += f"; continuing at step {self.step} with lambdas {self.lambdas}"
+                self._print(msg)
 
     def save(self):
         """Atomically write ``checkpoint.pt`` (model, optimizers, step, lambdas, sampler)."""

@@ -67,6 +67,28 @@ def test_lambda_scheduling_updates_are_logged(image_dir, tmp_path):
     assert t.lambdas[0] == 0.01 and t.lambdas[1] < 0.002
 
 
+def test_init_continue_takes_step_and_lambdas_from_exported_model(image_dir, tmp_path):
+    from slimkernels.pretrained import save_model
+    t = Trainer(_cfg(image_dir, tmp_path / "a", steps=2), log=lambda *_: None).fit()
+    path = str(tmp_path / "model.pt")
+    t.model.update()
+    save_model(t.model, path, info={"steps": 7, "lambdas_final": [0.02, 0.001]})
+    # without the flag: weights only, count from 0
+    fresh = Trainer(_cfg(image_dir, tmp_path / "b", init=path), log=lambda *_: None)
+    assert fresh.step == 0 and fresh.lambdas == [0.01, 0.002]
+    cont = Trainer(_cfg(image_dir, tmp_path / "c", init=path, init_continue=True, steps=8),
+                   log=lambda *_: None)
+    assert cont.step == 7 and cont.lambdas == [0.02, 0.001]
+    for k, v in t.model.state_dict().items():
+        torch.testing.assert_close(cont.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    cont.fit()
+    assert cont.step == 8
+    # a bare state_dict records no progress: refused with a message, not silently 0
+    torch.save(t.model.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(ValueError, match="records no step count"):
+        Trainer(_cfg(image_dir, tmp_path / "d", init=str(tmp_path / "bare.pt"), init_continue=True))
+
+
 def test_bad_config_is_refused(image_dir, tmp_path):
     with pytest.raises(ValueError, match="2 widths but 3 lambdas"):
         Trainer(_cfg(image_dir, tmp_path / "x", lambdas=[1, 2, 3]))
