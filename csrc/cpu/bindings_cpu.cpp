@@ -55,14 +55,18 @@ void gdn_forward_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, 
 
 namespace {
 
-void conv_amx_forward_py(uintptr_t x, int64_t N, int64_t Hp, int64_t Wp, int64_t C, uintptr_t w,
-                         int64_t kh, int64_t kw, int64_t stride, int64_t Co, uintptr_t bias,
-                         int64_t Ho, int64_t Wo, uintptr_t y, int64_t Hy, int64_t Wy, int64_t Cy,
+void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t W, int64_t C,
+                         int64_t Hp, int64_t Wp, int64_t pad_top, int64_t pad_left, uintptr_t w,
+                         uintptr_t tile_nz, int64_t kh, int64_t kw, int64_t stride, int64_t Co,
+                         uintptr_t bias, int64_t Ho, int64_t Wo, uintptr_t y, int64_t Hy, int64_t Wy, int64_t Cy,
                          int64_t phase, int nthreads) {
   sk::ConvAmxArgs a;
-  a.x = reinterpret_cast<const uint16_t*>(x);
-  a.N = N; a.Hp = Hp; a.Wp = Wp; a.C = C;
+  a.x = reinterpret_cast<const void*>(x);
+  a.xdtype = xdtype;
+  a.N = N; a.H = H; a.W = W; a.C = C;
+  a.Hp = Hp; a.Wp = Wp; a.pad_top = pad_top; a.pad_left = pad_left;
   a.w = reinterpret_cast<const uint16_t*>(w);
+  a.tile_nz = reinterpret_cast<const uint8_t*>(tile_nz);
   a.kh = kh; a.kw = kw; a.stride = stride; a.Co = Co;
   a.bias = reinterpret_cast<const float*>(bias);
   a.Ho = Ho; a.Wo = Wo;
@@ -93,12 +97,16 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("beta_bias"), py::arg("inverse"), py::arg("splits"), py::arg("nthreads"),
         "Fused GDN/IGDN forward on raw pointers (see csrc/cpu/gdn_cpu.hpp). x: [N*HW, C] "
         "(channels_last) or [N, C, HW] (NCHW), fp32 (xdtype 0) or bf16 (1); y likewise.");
-  m.def("conv_amx_forward", &conv_amx_forward_py, py::arg("x"), py::arg("N"), py::arg("Hp"),
-        py::arg("Wp"), py::arg("C"), py::arg("w"), py::arg("kh"), py::arg("kw"),
+  m.def("conv_amx_forward", &conv_amx_forward_py, py::arg("x"), py::arg("xdtype"), py::arg("N"),
+        py::arg("H"), py::arg("W"), py::arg("C"), py::arg("Hp"), py::arg("Wp"),
+        py::arg("pad_top"), py::arg("pad_left"), py::arg("w"), py::arg("tile_nz"), py::arg("kh"),
+        py::arg("kw"),
         py::arg("stride"), py::arg("Co"), py::arg("bias"), py::arg("Ho"), py::arg("Wo"),
         py::arg("y"), py::arg("Hy"), py::arg("Wy"), py::arg("Cy"), py::arg("phase"),
         py::arg("nthreads"),
-        "Direct AMX-BF16 conv on raw pointers (see csrc/cpu/conv_amx.hpp): x [N, Hp, Wp, C] "
-        "bf16 padded, w VNNI-packed bf16, bias fp32 or 0, y bf16 channels_last.");
+        "Direct AMX-BF16 conv on raw pointers (see csrc/cpu/conv_amx.hpp): x [N, H, W, C] "
+        "dense channels_last fp32 (xdtype 0) or bf16 (1), padded into [N, Hp, Wp, C] inside; "
+        "w VNNI-packed bf16 (tile_nz: uint8 per B tile, 0 = all zero, skipped; or 0 = none), "
+        "bias fp32 or 0, y bf16 channels_last.");
 }
 

@@ -1,6 +1,6 @@
-// Direct AMX-BF16 convolution for narrow channels_last bf16 activations (no-grad inference path).
-// Plain C++17 on raw pointers. The caller (slimkernels/ops/conv.py) pads x spatially and in
-// channels and prepacks the weight into VNNI tiles; this file only runs the tile loop and the
+// Direct AMX-BF16 convolution for narrow channels_last activations (no-grad inference path).
+// Plain C++17 on raw pointers. The caller (slimkernels/ops/conv.py) prepacks the weight into VNNI
+// tiles; this file pads (and casts) x into a per-thread buffer, runs the tile loop and the
 // epilogue (bias, bf16 rounding, optional sub-pixel scatter of phase channels).
 #pragma once
 #include <cstdint>
@@ -8,17 +8,25 @@
 namespace sk {
 
 struct ConvAmxArgs {
-  // x: [N, Hp, Wp, C] bf16 contiguous, already zero padded. The GEMM's K runs over the kw*C
-  // contiguous elements (kx, c) of one tap row in chunks of 32 (KC = ceil(kw*C/32)); the last
-  // chunk may read past the row's taps (into finite data: the weights there are zero), so every
-  // 16-pixel block of output columns (Wq = round_up(Wo, 16)) must stay in its row:
-  // Wp*C >= (Wq - 1)*stride*C + 32*KC.
-  const uint16_t* x = nullptr;
-  int64_t N = 0, Hp = 0, Wp = 0, C = 0;
-  // w: [kh, KC, CoP/16, 16, 32] bf16 VNNI tiles: element [ky, kc, nb, r, 2j+e] is
+  // x: [N, H, W, C] dense channels_last, fp32 (xdtype kF32) or bf16 (kBF16), NOT padded. The
+  // kernel copies it (rounding fp32 to bf16, RNE) into a zero-bordered bf16 buffer [N, Hp, Wp, C]
+  // owned by the calling thread, with x's pixel (h, w) at (pad_top + h, pad_left + w). The GEMM's
+  // K runs over the kw*C contiguous elements (kx, c) of one tap row of that buffer in chunks of
+  // 32 (KC = ceil(kw*C/32)); the last chunk may read past the row's taps (into zeros or finite
+  // data: the weights there are zero), so every 16-pixel block of output columns
+  // (Wq = round_up(Wo, 16)) must stay in its row: Wp*C >= (Wq - 1)*stride*C + 32*KC.
+  const void* x = nullptr;
+  int xdtype = 1;
+  int64_t N = 0, H = 0, W = 0, C = 0;
+  int64_t Hp = 0, Wp = 0, pad_top = 0, pad_left = 0;
+  // w: [CoP/16, kh, KC, 16, 32] bf16 VNNI tiles (all K chunks of one channel tile contiguous:
+  // the order the kernel streams them): element [nb, ky, kc, r, 2j+e] is
   // W[nb*16+j, c, ky, kx] with kx*C + c = kc*32+2r+e (zero past kw*C and past Co);
   // CoP = round_up(Co, 16).
   const uint16_t* w = nullptr;
+  // tile_nz: [CoP/16, kh, KC] bytes, 0 where w's B tile is all zero (its products are skipped:
+  // the taps a sub-pixel phase does not use); nullptr: every tile is used.
+  const uint8_t* tile_nz = nullptr;
   int64_t kh = 0, kw = 0, stride = 1;
   int64_t Co = 0;             // conv output channels (phases * Cy when phase > 1)
   const float* bias = nullptr;  // [Co] fp32 or nullptr

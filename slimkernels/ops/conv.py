@@ -278,13 +278,34 @@ def _prepack_input(x, weight, bias):
     return x if _packable(x) else None
 
 
+def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding):
+    """The direct AMX conv when this geometry goes there (see ``_use_amx_conv``), else None."""
+    k = weight.shape[-1]
+    if weight.shape[-2] == k and _use_amx_conv(
+            x, x.shape[1], co, x.shape[0] * ((x.shape[2] + 2 * padding - k) // stride + 1) *
+            ((x.shape[3] + 2 * padding - k) // stride + 1)):
+        return _conv2d_amx(x, weight, bias, co, stride, padding)
+    return None
+
+
+def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, output_padding):
+    """The direct AMX transposed conv (sub-pixel phases) when this geometry goes there, else
+    None (wide or few output channels, stride 1, kernel <= stride, a tap plan that crops x)."""
+    k = weight.shape[-1]
+    if stride > 1 and k > stride and weight.shape[-2] == k and \
+            not _use_subpixel(k, co, stride) and \
+            _use_amx_conv(x, x.shape[1], co, x.shape[0] * x.shape[2] * x.shape[3]):
+        return _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding)
+    return None
+
+
 def _conv2d_prepacked(x, weight, bias, co, stride, padding):
     """No-grad CPU conv on the cached prepacked weight slice; x channels_last in its final dtype."""
     ci, k = x.shape[1], weight.shape[-1]
-    if weight.shape[-2] == k and _use_amx_conv(
-            x, ci, co, x.shape[0] * ((x.shape[2] + 2 * padding - k) // stride + 1) *
-            ((x.shape[3] + 2 * padding - k) // stride + 1)):
-        return _conv2d_amx(x, weight, bias, co, stride, padding)
+    if x.dtype == torch.bfloat16:
+        y = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding)
+        if y is not None:
+            return y
     fold = _wfold(x, k, stride, padding) if weight.shape[-2] == k else 1
     if fold > 1:
         x, st, pd = _fold_input(x, stride, padding)
@@ -308,9 +329,9 @@ def _conv_transpose2d_prepacked(x, weight, bias, co, stride, padding, output_pad
     """No-grad CPU transposed conv on cached prepared weights (sub-pixel or direct oneDNN)."""
     ci, k = x.shape[1], weight.shape[-1]
     dt = x.dtype
-    if stride > 1 and k > stride and weight.shape[-2] == k and not _use_subpixel(k, co, stride) \
-            and _use_amx_conv(x, ci, co, x.shape[0] * x.shape[2] * x.shape[3]):
-        y = _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding)
+    if dt == torch.bfloat16:
+        y = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,
+                                              output_padding)
         if y is not None:
             return y
     if _use_subpixel(k, co, stride):
@@ -413,18 +434,18 @@ def _check(x, weight, bias, name, transposed):
 
 
 # -- CPU: direct AMX-BF16 conv for narrow widths (csrc/cpu/conv_amx.cpp) ---------------------------
-#: Opt-in (off by default): no-grad bf16 channels_last convs (and stride-s transposed convs, as
-#: s*s sub-pixel phases) with at most ``AMX_CONV_MAX_CHANNELS`` input and output channels and at
-#: most ``AMX_CONV_MAX_PIXELS`` output pixels (phase pixels for the transposed conv) run on the
-#: direct AMX kernel instead of oneDNN. Off because it does not pay yet. Measured (1 thread, bf16,
-#: 1x3x512x768 image, medians of 25 interleaved runs, /tmp/me/mb.py): w=48 enc3 0.185 vs oneDNN
-#: 0.208 ms (1.13x), dec1 0.227 vs 0.236 (1.04x), enc2 0.794 vs 0.714 (0.90x), dec2 0.905 vs
-#: 0.828 (0.91x); w=192 0.52-0.74x. In bench/bench_conv.py (bf16x, w=48) enc3 0.258 vs 0.272 ms
-#: and dec1 0.331 vs 0.328: the w48/w192 goal does not move.
-CPU_AMX_CONV = False
+#: No-grad bf16 channels_last convs (and stride-s transposed convs, as s*s sub-pixel phases) with
+#: at most ``AMX_CONV_MAX_CHANNELS`` input and output channels and at most ``AMX_CONV_MAX_PIXELS``
+#: output pixels (phase pixels for the transposed conv) run on the direct AMX kernel instead of
+#: oneDNN: in SlimCAE the latent-resolution layers enc3 / dec1 at widths <= 64, where oneDNN's
+#: fixed costs dominate. Under bf16 autocast an fp32 x goes to the kernel as it is (it rounds x to
+#: bf16 while padding, saving the separate cast pass). Measured (1 thread, 1x3x512x768 image,
+#: ``/work/quiet.sh python /tmp/prof/amx5.py``-style A/B in one process, best of 2 medians):
+#: w=48 enc3 1.30x oneDNN, dec1 1.05-1.30x; larger layers (enc2/dec2, 6144 pixels) and w >= 96
+#: are 0.8-1.0x, hence the limits. Set False to always use oneDNN.
+CPU_AMX_CONV = True
 AMX_CONV_MAX_CHANNELS = 64
 AMX_CONV_MAX_PIXELS = 3072
-_AMX_TLS = threading.local()
 
 
 @functools.lru_cache(maxsize=None)
@@ -437,57 +458,62 @@ def _amx_conv_kernels():
 
 
 def _use_amx_conv(x, ci, co, pixels) -> bool:
-    return (CPU_AMX_CONV and x.dtype == torch.bfloat16 and ci <= AMX_CONV_MAX_CHANNELS and
-            co <= AMX_CONV_MAX_CHANNELS and pixels <= AMX_CONV_MAX_PIXELS and
-            x.is_contiguous(memory_format=torch.channels_last) and
-            _amx_conv_kernels() is not None)
+    """The direct AMX kernel takes this no-grad conv: x dense channels_last, bf16 (or fp32 that
+    the kernel rounds to bf16 while padding, under bf16 autocast), narrow and small enough."""
+    return (CPU_AMX_CONV and ci <= AMX_CONV_MAX_CHANNELS and co <= AMX_CONV_MAX_CHANNELS and
+            pixels <= AMX_CONV_MAX_PIXELS and x.device.type == "cpu" and
+            x.is_contiguous(memory_format=torch.channels_last) and _amx_conv_kernels() is not None)
+
+
+def _amx_direct_input(x, weight, bias) -> bool:
+    """Whether x can go to the direct AMX kernel as it is (no cast, no layout change first): no
+    gradient, bf16 compute (bf16 autocast on fp32/bf16 x, or bf16 x with bf16 parameters)."""
+    if not CPU_AMX_CONV or not CPU_PREPACK or x.shape[1] < 2 or _needs_grad(x, weight, bias):
+        return False  # (1 input channel: F.conv, as in the prepacked path)
+    if x.dtype == torch.float32:
+        return _autocast_dtype(x) == torch.bfloat16
+    if x.dtype != torch.bfloat16:
+        return False
+    dt = _autocast_dtype(x)
+    return dt == torch.bfloat16 or (dt is None and weight.dtype == torch.bfloat16 and
+                                    (bias is None or bias.dtype == torch.bfloat16))
 
 
 def _amx_pack(w):
-    """``[Co, Ci, kh, kw]`` -> bf16 VNNI tiles ``[kh, KC, CoP/16, 16, 32]``; K = (kx, c) of a tap
-    row, ``KC = ceil(kw*Ci/32)``, ``CoP = round_up(Co, 16)`` (see csrc/cpu/conv_amx.hpp)."""
+    """``[Co, Ci, kh, kw]`` -> ``(tiles, nonzero)``: bf16 VNNI tiles ``[CoP/16, kh, KC, 16, 32]``
+    (K = (kx, c) of a tap row, ``KC = ceil(kw*Ci/32)``, ``CoP = round_up(Co, 16)``) and uint8
+    ``[CoP/16, kh, KC]``, 0 for an all-zero tile, which the kernel skips (see
+    csrc/cpu/conv_amx.hpp)."""
     co, ci, kh, kw = w.shape
     cop, kc = -(-co // 16) * 16, -(-(kw * ci) // 32)
     wp = w.new_zeros(kh, kc * 32, cop, dtype=torch.bfloat16)
     wp[:, :kw * ci, :co] = w.permute(2, 3, 1, 0).reshape(kh, kw * ci, co)
-    return wp.view(kh, kc, 16, 2, cop // 16, 16).permute(0, 1, 4, 2, 5, 3).contiguous()
-
-
-def _amx_padded(x, top, hp, wp):
-    """x copied into a zero-bordered ``[N, hp, wp, C]`` buffer reused between calls (per thread and
-    geometry: the border is zeroed once, only the interior is rewritten)."""
-    N, ci, H, W = x.shape
-    cache = getattr(_AMX_TLS, "bufs", None)
-    if cache is None:
-        cache = _AMX_TLS.bufs = {}
-    key = (N, ci, H, W, top, hp, wp)
-    xp = cache.get(key)
-    if xp is None:
-        if len(cache) >= 8:
-            cache.clear()
-        xp = cache[key] = x.new_zeros(N, hp, wp, ci)
-    xp[:, top:top + H, top:top + W] = x.permute(0, 2, 3, 1)
-    return xp
+    tiles = wp.view(kh, kc, 16, 2, cop // 16, 16).permute(4, 0, 1, 2, 5, 3).contiguous()
+    nonzero = tiles.flatten(3).ne(0).any(dim=3).to(torch.uint8).contiguous()
+    return tiles, nonzero
 
 
 def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed):
-    N, ci = x.shape[:2]
+    """One call of the kernel (``wpk``: ``_amx_pack``'s pair): x (dense channels_last, bf16 or fp32) is padded by ``top`` rows and
+    columns into a ``[N, hp, wp, C]`` buffer inside the kernel (``wp >= wneed``, wide enough for
+    the last K chunk's over-read); returns the bf16 channels_last ``[N, Cy, Hy, Wy]`` output."""
+    N, ci, H, W = x.shape
     kcw = -(-(k * ci) // 32) * 32  # K of a tap row; the last chunk may read past it
     wq = -(-Wo // 16) * 16
     wp = max(wneed, (wq - 1) * s + -(-kcw // ci))
-    xp = _amx_padded(x, top, hp, wp)
     Hy, Wy = out_hw
     cy = co // (phase * phase)
     y = torch.empty((N, Hy, Wy, cy), dtype=torch.bfloat16)
     _amx_conv_kernels().conv_amx_forward(
-        xp.data_ptr(), N, hp, wp, ci, wpk.data_ptr(), k, k, s, co,
-        0 if b is None else b.data_ptr(), Ho, Wo, y.data_ptr(), Hy, Wy, cy, phase,
-        torch.get_num_threads())
+        x.data_ptr(), 1 if x.dtype == torch.bfloat16 else 0, N, H, W, ci, hp, wp, top, top,
+        wpk[0].data_ptr(), wpk[1].data_ptr(), k, k, s, co, 0 if b is None else b.data_ptr(),
+        Ho, Wo, y.data_ptr(), Hy, Wy, cy, phase, torch.get_num_threads())
     return y.permute(0, 3, 1, 2)
 
 
 def _conv2d_amx(x, weight, bias, co, stride, padding):
-    """No-grad direct AMX conv (square kernel); x bf16 channels_last. Returns bf16 channels_last."""
+    """No-grad direct AMX conv (square kernel); x bf16 or fp32 (rounded to bf16 by the kernel),
+    dense channels_last. Returns bf16 channels_last."""
     N, ci, H, W = x.shape
     k, s, p = weight.shape[-1], stride, padding
     Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
@@ -684,6 +710,10 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
                                 gdn=_effective(kw, co))
         y = K.SlimConv2dFunction.apply(x, weight, bias, stride, padding, co)
         return y if kw is None else _gdn(y, **kw)
+    if _amx_direct_input(x, weight, bias):
+        y = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding)
+        if y is not None:
+            return _apply_gdn(y, kw)
     xp = _prepack_input(x, weight, bias)
     if xp is not None:
         return _apply_gdn(_conv2d_prepacked(xp, weight, bias, co, stride, padding), kw)
@@ -744,6 +774,11 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         y = K.SlimConvTranspose2dFunction.apply(x, weight, bias, stride, padding, output_padding,
                                                 co)
         return y if kout is None else _gdn(y, **kout)
+    if _amx_direct_input(x, weight, bias):
+        y = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,
+                                              output_padding)
+        if y is not None:
+            return _apply_gdn(y, kout)
     xp = _prepack_input(x, weight, bias)
     if xp is not None:
         return _apply_gdn(_conv_transpose2d_prepacked(xp, weight, bias, co, stride, padding,

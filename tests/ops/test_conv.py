@@ -259,6 +259,7 @@ def test_prepacked_takes_column_fold_for_narrow_bf16(monkeypatch):
     and matches float64; wide (192) and fp32 convs do not fold."""
     if not (conv_mod._onednn(torch.bfloat16) and conv_mod._amx()):
         pytest.skip("needs oneDNN bf16 with AMX")
+    monkeypatch.setattr(conv_mod, "CPU_AMX_CONV", False)  # the oneDNN path, not the direct kernel
     calls = []
     orig = conv_mod._fold_input
     monkeypatch.setattr(conv_mod, "_fold_input", lambda *a: calls.append(a[0].shape) or orig(*a))

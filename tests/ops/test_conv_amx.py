@@ -1,5 +1,5 @@
 """The direct AMX-BF16 CPU conv (csrc/cpu/conv_amx.cpp) against float64 references, and its
-dispatch from the no-grad bf16 channels_last path of slimkernels.ops.conv (opt-in:
+dispatch from the no-grad bf16 channels_last path of slimkernels.ops.conv (switch:
 ``CPU_AMX_CONV``)."""
 import pytest
 import torch
@@ -104,7 +104,7 @@ def test_weight_update_invalidates_pack():
 @pytest.mark.parametrize("transposed", [False, True])
 def test_dispatch_takes_amx_and_falls_back(monkeypatch, transposed):
     name = "_conv_transpose2d_amx" if transposed else "_conv2d_amx"
-    monkeypatch.setattr(C, "CPU_AMX_CONV", True)  # opt-in (see slimkernels/ops/conv.py)
+    monkeypatch.setattr(C, "CPU_AMX_CONV", True)  # the default; set here so the test says so
     calls = []
     real = getattr(C, name)
     monkeypatch.setattr(C, name, lambda *a: calls.append(1) or real(*a))
@@ -128,3 +128,98 @@ def test_dispatch_takes_amx_and_falls_back(monkeypatch, transposed):
         y = op(x, W, b, **kw)
     assert calls == [1]
     _close(y, r)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("w", [1, 17, 48, 64])
+def test_fp32_input_is_rounded_in_the_kernel(transposed, w):
+    # an fp32 x goes to the kernel as it is; the padding copy rounds it to bf16 (RNE, as
+    # x.to(torch.bfloat16)): same output bits as the bf16 input
+    g = torch.Generator().manual_seed(20 + w)
+    xf = torch.randn(2, w, 9, 11, generator=g).contiguous(memory_format=torch.channels_last)
+    xb = xf.to(torch.bfloat16)
+    assert not torch.equal(xb.float(), xf)        # the rounding matters on this input
+    if transposed:
+        W = _param((64, 64, 5, 5), 21)
+        yf = C._conv_transpose2d_amx(xf, W, None, w, 2, 2, 1)
+        yb = C._conv_transpose2d_amx(xb, W, None, w, 2, 2, 1)
+        ref = F.conv_transpose2d(xb.double(), _bf(W[:w, :w]), None, stride=2, padding=2,
+                                 output_padding=1)
+    else:
+        W = _param((64, 64, 5, 5), 22)
+        yf = C._conv2d_amx(xf, W, None, w, 2, 2)
+        yb = C._conv2d_amx(xb, W, None, w, 2, 2)
+        ref = F.conv2d(xb.double(), _bf(W[:w, :w]), None, stride=2, padding=2)
+    assert yf.dtype == torch.bfloat16
+    assert torch.equal(yf, yb)
+    _close(yf, ref)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_autocast_fp32_input_goes_to_the_kernel_without_a_cast(monkeypatch, transposed):
+    # under bf16 autocast an fp32 channels_last x is handed to the kernel directly (no
+    # x.to(bf16) pass first); with gradient recorded it is not
+    monkeypatch.setattr(C, "CPU_AMX_CONV", True)
+    name = "_conv_transpose2d_amx" if transposed else "_conv2d_amx"
+    seen = []
+    real = getattr(C, name)
+    monkeypatch.setattr(C, name, lambda x, *a: seen.append(x.dtype) or real(x, *a))
+    W = _param((192, 192, 5, 5), 23)
+    b = torch.randn(192)
+    g = torch.Generator().manual_seed(24)
+    x = torch.randn(1, 48, 16, 24, generator=g).contiguous(memory_format=torch.channels_last)
+    kw = dict(stride=2, padding=2, out_width=48)
+    if transposed:
+        op, ref = slim_conv_transpose2d, F.conv_transpose2d
+        kw["output_padding"] = 1
+    else:
+        op, ref = slim_conv2d, F.conv2d
+    r = ref(x.to(torch.bfloat16).double(), _bf(W[:48, :48]), _bf(b[:48]),
+            **{k: v for k, v in kw.items() if k != "out_width"})
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = op(x, W, b, **kw)
+    assert seen == [torch.float32]
+    _close(y, r)
+    Wg = W.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = op(x, Wg, b, **kw)
+    assert seen == [torch.float32] and y.requires_grad   # the graph path, not the kernel
+    _close(y.detach(), r)
+
+
+def test_kernel_rejects_a_buffer_too_narrow_for_the_over_read():
+    ck = C._amx_conv_kernels()
+    W = _param((48, 48, 5, 5), 25)
+    wpk, nz = C._amx_pack(W)
+    x = _x(1, 48, 8, 32, 26)
+    y = torch.empty(1, 4, 16, 48, dtype=torch.bfloat16)
+    # Wp = 35: 35*48 < 15*2*48 + 8*32, what the last K chunk of a 16-pixel block reads: refused
+    with pytest.raises(RuntimeError, match="bad arguments"):
+        ck.conv_amx_forward(x.data_ptr(), 1, 1, 8, 32, 48, 12, 35, 2, 2, wpk.data_ptr(),
+                            nz.data_ptr(), 5, 5, 2, 48, 0, 4, 16, y.data_ptr(), 4, 16, 48, 1, 1)
+    with pytest.raises(RuntimeError, match="bad arguments"):   # unknown dtype code
+        ck.conv_amx_forward(x.data_ptr(), 7, 1, 8, 32, 48, 12, 80, 2, 2, wpk.data_ptr(),
+                            nz.data_ptr(), 5, 5, 2, 48, 0, 4, 16, y.data_ptr(), 4, 16, 48, 1, 1)
+
+
+def test_all_zero_weight_tiles_are_skipped_exactly():
+    # the sub-pixel phase weight of SlimCAE's 5x5/2 transposed conv has all-zero tiles (taps a
+    # phase does not use): the pack marks them, and skipping them changes nothing
+    W = _param((48, 48, 5, 5), 27)
+    w2, _ = C._subpixel_weight(W, None, 2, 2)
+    kc = w2.shape[-1]
+    w2 = w2.reshape(48, 4, 48, kc, kc).transpose(0, 1).reshape(4 * 48, 48, kc, kc)
+    _, nz = C._amx_pack(w2)
+    assert 0 < int(nz.sum()) < nz.numel()
+    # a whole output-channel tile of zeros (no chunk left for it) gives exactly the bias
+    Wz = _param((48, 40, 3, 3), 28)
+    Wz[16:32] = 0
+    b = torch.randn(48)
+    _, nzz = C._amx_pack(Wz)
+    assert int(nzz[1].sum()) == 0 and int(nzz[0].sum()) > 0
+    x = _x(1, 40, 9, 21, 29)
+    y = C._conv2d_amx(x, Wz, b, 48, 1, 1)
+    ref = F.conv2d(x.double(), _bf(Wz), b.double(), stride=1, padding=1)
+    _close(y, ref)
+    assert torch.equal(y[:, 16:32].float(), b[16:32].to(torch.bfloat16).float()
+                       .view(1, 16, 1, 1).expand(1, 16, 9, 21))
