@@ -440,7 +440,7 @@ def _check(x, weight, bias, name, transposed):
 #: oneDNN: in SlimCAE the latent-resolution layers enc3 / dec1 at widths <= 64, where oneDNN's
 #: fixed costs dominate. Under bf16 autocast an fp32 x goes to the kernel as it is (it rounds x to
 #: bf16 while padding, saving the separate cast pass). Measured (1 thread, 1x3x512x768 image,
-#: ``/work/quiet.sh python /tmp/prof/amx5.py``-style A/B in one process, best of 2 medians):
+#: ``python bench/bench_conv_amx.py``: A/B in one process, best of 2 medians):
 #: w=48 enc3 1.30x oneDNN, dec1 1.05-1.30x; larger layers (enc2/dec2, 6144 pixels) and w >= 96
 #: are 0.8-1.0x, hence the limits. Set False to always use oneDNN.
 CPU_AMX_CONV = True

@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""A/B of the CPU direct AMX-BF16 conv (``slimkernels.ops.conv.CPU_AMX_CONV``) against oneDNN's
+prepacked path, per SlimCAE w -> w layer and width, no grad, bf16 x, in one process (the two
+paths alternate; best of ``--reps`` medians). The size limits are lifted so every layer is
+compared, which is how ``AMX_CONV_MAX_CHANNELS`` / ``AMX_CONV_MAX_PIXELS`` were chosen.
+
+    python bench/bench_conv_amx.py --threads 1 --widths 48,64,72,96
+"""
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import slimkernels.ops.conv as oc
+from slimkernels import ops
+
+LAYERS = [("enc2", (128, 192), False), ("enc3", (64, 96), False), ("dec1", (32, 48), True),
+          ("dec2", (64, 96), True)]
+
+
+def _median_us(f, n):
+    for _ in range(max(3, n // 8)):
+        f()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts)) * 1e6
+
+
+def run(widths, threads=1, n=60, reps=2):
+    """Rows ``{layer, width, onednn_us, amx_us, speedup}`` (``[]`` without the AMX kernel)."""
+    if oc._amx_conv_kernels() is None:
+        return []
+    torch.set_num_threads(threads)
+    saved = (oc.CPU_AMX_CONV, oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS)
+    oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS = 1 << 20, 1 << 40
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(192, 192, 5, 5, generator=g) * 0.05
+    b = torch.randn(192, generator=g)
+    rows = []
+    try:
+        for w in widths:
+            for name, hw, transposed in LAYERS:
+                x = torch.randn(1, w, *hw, generator=g).to(torch.bfloat16)
+                x = x.contiguous(memory_format=torch.channels_last)
+                if transposed:
+                    def f():
+                        return ops.slim_conv_transpose2d(x, W, b, stride=2, padding=2,
+                                                         output_padding=1, out_width=w)
+                else:
+                    def f():
+                        return ops.slim_conv2d(x, W, b, stride=2, padding=2, out_width=w)
+                t = {False: [], True: []}
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                    for _ in range(reps):
+                        for amx in (False, True):
+                            oc.CPU_AMX_CONV = amx
+                            t[amx].append(_median_us(f, n))
+                rows.append({"layer": name, "width": w, "onednn_us": min(t[False]),
+                             "amx_us": min(t[True]), "speedup": min(t[False]) / min(t[True])})
+    finally:
+        oc.CPU_AMX_CONV, oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS = saved
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--widths", default="48,64,72,96")
+    ap.add_argument("--n", type=int, default=60, help="timed calls per median")
+    a = ap.parse_args(argv)
+    rows = run([int(v) for v in a.widths.split(",")], a.threads, a.n)
+    if not rows:
+        print("no AMX-BF16 here (or slimkernels._cpu_kernels not built): nothing to compare")
+        return 0
+    print(f"| layer | width | oneDNN us | direct AMX us | speedup |  ({a.threads} thread(s))")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['layer']} | {r['width']} | {r['onednn_us']:.1f} | {r['amx_us']:.1f} | "
+              f"{r['speedup']:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

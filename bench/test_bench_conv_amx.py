@@ -1,0 +1,20 @@
+"""The AMX-vs-oneDNN conv A/B runs both paths and leaves the dispatch switches as it found them."""
+import os
+import sys
+
+import slimkernels.ops.conv as oc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_ab_runs_both_paths_and_restores_the_switches():
+    import bench_conv_amx as bench
+    saved = (oc.CPU_AMX_CONV, oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS)
+    rows = bench.run([16], threads=1, n=2, reps=1)
+    assert (oc.CPU_AMX_CONV, oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS) == saved
+    if oc._amx_conv_kernels() is None:
+        assert rows == []
+        return
+    assert [r["layer"] for r in rows] == ["enc2", "enc3", "dec1", "dec2"]
+    for r in rows:
+        assert r["onednn_us"] > 0 and r["amx_us"] > 0 and r["speedup"] > 0
