@@ -405,3 +405,70 @@ def test_native_bf16_fallbacks(monkeypatch):
         monkeypatch.undo()
         codec._cpu_native_bf16.cache_clear()
     assert codec.native_bf16("cpu") == (expect and torch.backends.mkldnn.is_available())
+
+
+def _torch_quantize(y, m):
+    # the reference: fp32 subtraction, round half to even, int32 cast (NCHW)
+    return torch.sub(y.float() if y.dtype != torch.float32 else y, m.view(1, -1, 1, 1)).round_() \
+        .to(torch.int32, memory_format=torch.contiguous_format)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(1, 48, 32, 48), (2, 37, 5, 19), (1, 16, 1, 16), (1, 1, 3, 3),
+                                   (1, 192, 2, 33)])
+def test_quantize_kernel_equals_the_torch_passes(dtype, channels_last, shape):
+    from slimkernels import codec
+    ck = codec._latent_kernels()
+    if ck is None:
+        pytest.skip("slimkernels._cpu_kernels without AVX-512 latent quantization here")
+    g = torch.Generator().manual_seed(sum(shape))
+    C = shape[1]
+    m = torch.randn(C, generator=g) * 3
+
+    class EB:
+        def medians(self):
+            return m
+    y = (torch.randn(*shape, generator=g, dtype=torch.float64) * 20).to(dtype)
+    flat = y.view(-1)
+    # ties after the median shift, both parities, and values the int32 cast cannot hold
+    ties = (m[0] + torch.tensor([0.5, 1.5, -0.5, -2.5])).to(dtype)
+    flat[:4] = ties[: flat.numel()][:4] if flat.numel() >= 4 else flat[:4]
+    if flat.numel() > 8:
+        flat[5:9] = torch.tensor([float("nan"), float("inf"), -float("inf"), 3e9], dtype=dtype)
+    if channels_last:
+        y = y.contiguous(memory_format=torch.channels_last)
+    got = codec._quantize(EB(), y)
+    assert got.dtype == torch.int32 and got.is_contiguous() and got.shape == y.shape
+    assert torch.equal(got, _torch_quantize(y, m))
+
+
+@pytest.mark.parametrize("shape", [(1, 48, 32, 48), (2, 37, 5, 19), (1, 192, 2, 33)])
+def test_dequantize_kernel_equals_the_torch_addition(shape):
+    from slimkernels import codec
+    if codec._latent_kernels() is None:
+        pytest.skip("slimkernels._cpu_kernels without AVX-512 latent quantization here")
+    g = torch.Generator().manual_seed(sum(shape))
+    m = torch.randn(shape[1], generator=g) * 3
+
+    class EB:
+        def medians(self):
+            return m
+    sym = torch.randint(-500, 500, shape, generator=g, dtype=torch.int32)
+    sym.view(-1)[:2] = torch.tensor([(1 << 24) + 1, -(1 << 30)], dtype=torch.int32)
+    got = codec._dequantize(EB(), sym, channels_last=True)
+    ref = torch.add(sym, m.view(1, -1, 1, 1))
+    assert got.is_contiguous(memory_format=torch.channels_last) and got.dtype == torch.float32
+    assert torch.equal(got, ref)
+    assert torch.equal(codec._dequantize(EB(), sym), ref) and codec._dequantize(EB(), sym) \
+        .is_contiguous()
+
+
+def test_quantize_falls_back_without_the_kernel(monkeypatch, model):
+    from slimkernels import codec
+    eb = model.entropy_bottleneck.for_width(12)
+    y = (torch.randn(1, 12, 6, 7) * 5).contiguous(memory_format=torch.channels_last)
+    want = codec._quantize(eb, y)
+    monkeypatch.setattr(codec, "_latent_kernels", lambda: None)
+    assert torch.equal(codec._quantize(eb, y), want)
+    assert torch.equal(codec._quantize(eb, y), eb.quantize_symbols(y))

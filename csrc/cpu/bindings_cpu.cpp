@@ -8,6 +8,7 @@
 
 #include "conv_amx.hpp"
 #include "gdn_cpu.hpp"
+#include "latents.hpp"
 
 namespace py = pybind11;
 
@@ -84,8 +85,51 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
 
 }  // namespace
 
+// -- latents <-> coder symbols (csrc/cpu/latents.hpp) ------------------------------------------
+
+namespace {
+
+void quantize_latents_py(uintptr_t y, int ydtype, bool channels_last, int64_t N, int64_t C,
+                         int64_t H, int64_t W, uintptr_t medians, uintptr_t out, int nthreads) {
+  sk::QuantizeArgs a;
+  a.y = reinterpret_cast<const void*>(y);
+  a.ydtype = ydtype;
+  a.channels_last = channels_last;
+  a.N = N; a.C = C; a.H = H; a.W = W;
+  a.medians = reinterpret_cast<const float*>(medians);
+  a.out = reinterpret_cast<int32_t*>(out);
+  a.nthreads = nthreads;
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = sk::quantize_latents(a);
+  }
+  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.quantize_latents: ") +
+                                        sk::latents_error_message(rc));
+}
+
+void dequantize_latents_py(uintptr_t sym, int64_t N, int64_t C, int64_t H, int64_t W,
+                           uintptr_t medians, uintptr_t out, int nthreads) {
+  sk::DequantizeArgs a;
+  a.sym = reinterpret_cast<const int32_t*>(sym);
+  a.N = N; a.C = C; a.H = H; a.W = W;
+  a.medians = reinterpret_cast<const float*>(medians);
+  a.out = reinterpret_cast<float*>(out);
+  a.nthreads = nthreads;
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = sk::dequantize_latents(a);
+  }
+  if (rc != 0)
+    throw std::runtime_error(std::string("slimkernels._cpu_kernels.dequantize_latents: ") +
+                             sk::latents_error_message(rc));
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_cpu_kernels, m) {
-  m.doc() = "Fused CPU kernels of slimkernels (AMX-BF16 GDN/IGDN forward).";
+  m.doc() = "CPU kernels of slimkernels (AMX-BF16 GDN/IGDN and conv, latent quantization).";
   m.attr("F32") = static_cast<int>(sk::kF32);
   m.attr("BF16") = static_cast<int>(sk::kBF16);
   m.def("amx_available", &sk::amx_available,
@@ -97,6 +141,16 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("beta_bias"), py::arg("inverse"), py::arg("splits"), py::arg("nthreads"),
         "Fused GDN/IGDN forward on raw pointers (see csrc/cpu/gdn_cpu.hpp). x: [N*HW, C] "
         "(channels_last) or [N, C, HW] (NCHW), fp32 (xdtype 0) or bf16 (1); y likewise.");
+  m.def("latents_simd_available", &sk::latents_simd_available,
+        "True when the CPU has AVX512F + AVX512BW (quantize_latents / dequantize_latents).");
+  m.def("quantize_latents", &quantize_latents_py, py::arg("y"), py::arg("ydtype"),
+        py::arg("channels_last"), py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"),
+        py::arg("medians"), py::arg("out"), py::arg("nthreads"),
+        "out int32 NCHW = round_half_even(float(y) - medians[c]) (see csrc/cpu/latents.hpp); y "
+        "fp32 (0) or bf16 (1), dense channels_last or NCHW; medians fp32 [C].");
+  m.def("dequantize_latents", &dequantize_latents_py, py::arg("sym"), py::arg("N"), py::arg("C"),
+        py::arg("H"), py::arg("W"), py::arg("medians"), py::arg("out"), py::arg("nthreads"),
+        "out fp32 dense channels_last = float(sym) + medians[c]; sym int32 NCHW contiguous.");
   m.def("conv_amx_forward", &conv_amx_forward_py, py::arg("x"), py::arg("xdtype"), py::arg("N"),
         py::arg("H"), py::arg("W"), py::arg("C"), py::arg("Hp"), py::arg("Wp"),
         py::arg("pad_top"), py::arg("pad_left"), py::arg("w"), py::arg("tile_nz"), py::arg("kh"),

@@ -1,0 +1,215 @@
+// Quantization of latents to coder symbols and back (see latents.hpp).
+//
+// channels_last -> NCHW is a transpose of each image row's [W, C] block into [C, W]: 16 pixels x
+// 16 channels at a time in AVX-512 registers (convert, transpose, store 16 rows of 16 symbols);
+// the remainders (W or C not multiples of 16) run the scalar code, which defines the results.
+#include "latents.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "amx_tiles.hpp"  // SK_HAVE_AMX_CODE (x86-64 gcc/clang on Linux), run_on_threads
+
+namespace sk {
+
+namespace {
+
+enum LatErr { kLOk = 0, kLNoSimd = 1, kLBadArgs = 2 };
+constexpr int kLF32 = 0, kLBF16 = 1;
+
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// round half to even, then cvttss2si semantics (NaN / out of range -> INT32_MIN)
+inline int32_t quantize_one(float v, float m) {
+  const float r = std::nearbyint(v - m);  // default rounding mode: to nearest, ties to even
+  if (!(r >= -2147483648.0f && r < 2147483648.0f)) return INT32_MIN;
+  return static_cast<int32_t>(r);
+}
+
+inline float load_y(const void* y, int dt, int64_t i) {
+  return dt == kLBF16 ? bf16_to_float(static_cast<const uint16_t*>(y)[i])
+                      : static_cast<const float*>(y)[i];
+}
+
+// Scalar reference of one row (n, h): pixels [w0, w1) x channels [c0, c1).
+void quantize_row_scalar(const QuantizeArgs& a, int64_t n, int64_t h, int64_t w0, int64_t w1,
+                         int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) {
+    int32_t* o = a.out + ((n * a.C + c) * a.H + h) * a.W;
+    const float m = a.medians[c];
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t i = a.channels_last ? ((n * a.H + h) * a.W + w) * a.C + c
+                                        : ((n * a.C + c) * a.H + h) * a.W + w;
+      o[w] = quantize_one(load_y(a.y, a.ydtype, i), m);
+    }
+  }
+}
+
+void dequantize_row_scalar(const DequantizeArgs& a, int64_t n, int64_t h, int64_t w0, int64_t w1,
+                           int64_t c0, int64_t c1) {
+  for (int64_t w = w0; w < w1; ++w) {
+    float* o = a.out + ((n * a.H + h) * a.W + w) * a.C;
+    for (int64_t c = c0; c < c1; ++c)
+      o[c] = static_cast<float>(a.sym[((n * a.C + c) * a.H + h) * a.W + w]) + a.medians[c];
+  }
+}
+
+#if SK_HAVE_AMX_CODE
+#define SK_LTARGET __attribute__((target("avx512f,avx512bw")))
+
+// In-register transpose of a 16 x 16 block of 32-bit elements (r[i][j] -> r[j][i]).
+SK_LTARGET inline void transpose16(__m512i r[16]) {
+  __m512i t[16], u[16], v[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int g = 0; g < 16; g += 4) {
+    u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+    u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+    u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+    u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    v[k] = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88);
+    v[4 + k] = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xdd);
+    v[8 + k] = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88);
+    v[12 + k] = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xdd);
+  }
+  for (int k = 0; k < 4; ++k) {
+    r[k] = _mm512_shuffle_i32x4(v[k], v[8 + k], 0x88);
+    r[8 + k] = _mm512_shuffle_i32x4(v[k], v[8 + k], 0xdd);
+    r[4 + k] = _mm512_shuffle_i32x4(v[4 + k], v[12 + k], 0x88);
+    r[12 + k] = _mm512_shuffle_i32x4(v[4 + k], v[12 + k], 0xdd);
+  }
+}
+
+SK_LTARGET inline __m512 load16(const void* y, int dt, int64_t i) {
+  if (dt == kLBF16) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+        static_cast<const uint16_t*>(y) + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  return _mm512_loadu_ps(static_cast<const float*>(y) + i);
+}
+
+// round half to even, then truncating conversion (exact for integers; NaN / out of range ->
+// 0x80000000, as the scalar quantize_one)
+SK_LTARGET inline __m512i quantize16(__m512 v, __m512 m) {
+  const __m512 r = _mm512_roundscale_ps(_mm512_sub_ps(v, m),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_cvttps_epi32(r);
+}
+
+SK_LTARGET void quantize_row_simd(const QuantizeArgs& a, int64_t n, int64_t h) {
+  const int64_t W = a.W, C = a.C, W16 = W / 16 * 16, C16 = C / 16 * 16;
+  if (!a.channels_last) {  // NCHW: no transpose, 16 pixels of one channel at a time
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t base = ((n * C + c) * a.H + h) * W;
+      const __m512 m = _mm512_set1_ps(a.medians[c]);
+      for (int64_t w = 0; w < W16; w += 16)
+        _mm512_storeu_si512(a.out + base + w, quantize16(load16(a.y, a.ydtype, base + w), m));
+    }
+    if (W16 < W) quantize_row_scalar(a, n, h, W16, W, 0, C);
+    return;
+  }
+  const int64_t row = (n * a.H + h) * W * C;
+  for (int64_t c0 = 0; c0 < C16; c0 += 16) {
+    const __m512 m = _mm512_loadu_ps(a.medians + c0);
+    int32_t* o = a.out + ((n * C + c0) * a.H + h) * W;  // channel c0 + j at o + j*H*W
+    const int64_t plane = a.H * W;
+    for (int64_t w0 = 0; w0 < W16; w0 += 16) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = quantize16(load16(a.y, a.ydtype, row + (w0 + i) * C + c0), m);
+      transpose16(r);
+      for (int j = 0; j < 16; ++j) _mm512_storeu_si512(o + j * plane + w0, r[j]);
+    }
+  }
+  if (W16 < W) quantize_row_scalar(a, n, h, W16, W, 0, C16);
+  if (C16 < C) quantize_row_scalar(a, n, h, 0, W, C16, C);
+}
+
+SK_LTARGET void dequantize_row_simd(const DequantizeArgs& a, int64_t n, int64_t h) {
+  const int64_t W = a.W, C = a.C, W16 = W / 16 * 16, C16 = C / 16 * 16;
+  const int64_t plane = a.H * W;
+  float* orow = a.out + (n * a.H + h) * W * C;
+  for (int64_t c0 = 0; c0 < C16; c0 += 16) {
+    const __m512 m = _mm512_loadu_ps(a.medians + c0);
+    const int32_t* s = a.sym + ((n * C + c0) * a.H + h) * W;
+    for (int64_t w0 = 0; w0 < W16; w0 += 16) {
+      __m512i r[16];
+      for (int j = 0; j < 16; ++j) r[j] = _mm512_loadu_si512(s + j * plane + w0);
+      transpose16(r);
+      for (int i = 0; i < 16; ++i)
+        _mm512_storeu_ps(orow + (w0 + i) * C + c0, _mm512_add_ps(_mm512_cvtepi32_ps(r[i]), m));
+    }
+  }
+  if (W16 < W) dequantize_row_scalar(a, n, h, W16, W, 0, C16);
+  if (C16 < C) dequantize_row_scalar(a, n, h, 0, W, C16, C);
+}
+#endif  // SK_HAVE_AMX_CODE
+
+// rows of N*H split over the threads; small inputs on one thread (a parallel region costs more)
+template <class F>
+void for_rows(int64_t rows, int64_t per_row, int nthreads, const F& f) {
+  const int64_t work = rows * per_row;
+  const int64_t nt = std::max<int64_t>(
+      1, std::min<int64_t>({static_cast<int64_t>(nthreads), rows, work / 65536 + 1}));
+  run_on_threads(nt, [&](int64_t t) {
+    for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; ++r) f(r);
+  });
+}
+
+}  // namespace
+
+bool latents_simd_available() {
+#if SK_HAVE_AMX_CODE
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+const char* latents_error_message(int code) {
+  switch (code) {
+    case kLOk: return "ok";
+    case kLNoSimd: return "AVX-512 (F + BW) is not available on this CPU (or this build)";
+    case kLBadArgs: return "bad arguments (null pointer, negative size or unknown dtype)";
+  }
+  return "unknown error";
+}
+
+int quantize_latents(const QuantizeArgs& a) {
+  if (!latents_simd_available()) return kLNoSimd;
+  if (a.N < 0 || a.C < 0 || a.H < 0 || a.W < 0 || (a.ydtype != kLF32 && a.ydtype != kLBF16))
+    return kLBadArgs;
+  if (a.N * a.C * a.H * a.W == 0) return kLOk;
+  if (a.y == nullptr || a.medians == nullptr || a.out == nullptr) return kLBadArgs;
+#if SK_HAVE_AMX_CODE
+  for_rows(a.N * a.H, a.W * a.C, a.nthreads,
+           [&](int64_t r) { quantize_row_simd(a, r / a.H, r % a.H); });
+#endif
+  return kLOk;
+}
+
+int dequantize_latents(const DequantizeArgs& a) {
+  if (!latents_simd_available()) return kLNoSimd;
+  if (a.N < 0 || a.C < 0 || a.H < 0 || a.W < 0) return kLBadArgs;
+  if (a.N * a.C * a.H * a.W == 0) return kLOk;
+  if (a.sym == nullptr || a.medians == nullptr || a.out == nullptr) return kLBadArgs;
+#if SK_HAVE_AMX_CODE
+  for_rows(a.N * a.H, a.W * a.C, a.nthreads,
+           [&](int64_t r) { dequantize_row_simd(a, r / a.H, r % a.H); });
+#endif
+  return kLOk;
+}
+
+}  // namespace sk

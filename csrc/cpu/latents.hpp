@@ -1,0 +1,43 @@
+// Quantization of latents to coder symbols and back, in one pass each, with the layout change
+// between the transforms (channels_last activations) and the coder (NCHW symbol order) fused in.
+// Plain C++17 on raw pointers; the AVX-512 code sits in functions with target attributes and is
+// only called when the CPU has AVX512F + AVX512BW (latents_simd_available()).
+#pragma once
+#include <cstdint>
+
+namespace sk {
+
+struct QuantizeArgs {
+  // y: [N, C, H, W] latents, fp32 (ydtype kF32) or bf16 (kBF16), dense channels_last
+  // (element (n, c, h, w) at ((n*H + h)*W + w)*C + c) or contiguous NCHW.
+  const void* y = nullptr;
+  int ydtype = 0;
+  bool channels_last = true;
+  int64_t N = 0, C = 0, H = 0, W = 0;
+  const float* medians = nullptr;  // [C]
+  // out: int32 [N, C, H, W] contiguous: round_half_even(float(y) - medians[c]) converted as x86's
+  // cvttss2si does (NaN and values outside the int32 range give INT32_MIN), which is what
+  // torch's float -> int32 cast gives on this CPU.
+  int32_t* out = nullptr;
+  int nthreads = 1;
+};
+
+struct DequantizeArgs {
+  // sym: int32 [N, C, H, W] contiguous; out: fp32 [N, C, H, W] dense channels_last,
+  // out = float(sym) + medians[c] (exactly torch's int32 + float32 -> float32 addition).
+  const int32_t* sym = nullptr;
+  int64_t N = 0, C = 0, H = 0, W = 0;
+  const float* medians = nullptr;  // [C]
+  float* out = nullptr;
+  int nthreads = 1;
+};
+
+// The CPU has AVX512F and AVX512BW (checked once).
+bool latents_simd_available();
+
+// 0 on success; else an error code (latents_error_message).
+int quantize_latents(const QuantizeArgs& a);
+int dequantize_latents(const DequantizeArgs& a);
+const char* latents_error_message(int code);
+
+}  // namespace sk
