@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 
 from . import coding, container
+from ._cpu import cpu_kernels
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "native_bf16",
            "resolve_precision", "auto_streams", "PRECISIONS", "STREAM_MIN_SYMBOLS"]
@@ -236,14 +237,9 @@ def _dense(t: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_form
     return out.copy_(t)
 
 
-@functools.lru_cache(maxsize=None)
 def _latent_kernels():
     """``slimkernels._cpu_kernels`` when it has the AVX-512 latent (de)quantization, else None."""
-    try:
-        from . import _cpu_kernels as ck
-    except ImportError:
-        return None
-    return ck if hasattr(ck, "quantize_latents") and ck.latents_simd_available() else None
+    return cpu_kernels("latents_simd_available")
 
 
 def _dense_layout(t: torch.Tensor) -> Optional[bool]:

@@ -472,3 +472,18 @@ def test_quantize_falls_back_without_the_kernel(monkeypatch, model):
     monkeypatch.setattr(codec, "_latent_kernels", lambda: None)
     assert torch.equal(codec._quantize(eb, y), want)
     assert torch.equal(codec._quantize(eb, y), eb.quantize_symbols(y))
+
+
+def test_env_switch_turns_every_cpu_kernel_off(monkeypatch, model):
+    # SLIMKERNELS_CPU_KERNELS=0: latent quantization, the direct AMX conv and the fused GDN all
+    # take their PyTorch paths, with the same symbols
+    from slimkernels import codec
+    from slimkernels.ops import conv as conv_ops
+    import importlib
+    gdn_mod = importlib.import_module("slimkernels.ops.gdn")
+    x = torch.rand(1, 3, 32, 48)
+    data = model.compress(x, 12, precision="fp32")
+    monkeypatch.setenv("SLIMKERNELS_CPU_KERNELS", "0")
+    assert codec._latent_kernels() is None and conv_ops._amx_conv_kernels() is None
+    assert not gdn_mod.cpu_kernels_available()
+    assert model.compress(x, 12, precision="fp32") == data

@@ -31,6 +31,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .._cpu import cpu_kernels
 from ..backend import resolve_backend
 from .gdn import gdn as _gdn
 
@@ -448,13 +449,9 @@ AMX_CONV_MAX_CHANNELS = 64
 AMX_CONV_MAX_PIXELS = 3072
 
 
-@functools.lru_cache(maxsize=None)
 def _amx_conv_kernels():
-    try:
-        from .. import _cpu_kernels as ck
-    except ImportError:
-        return None
-    return ck if hasattr(ck, "conv_amx_forward") and ck.amx_available() else None
+    """``slimkernels._cpu_kernels`` when its direct AMX conv can run here, else None."""
+    return cpu_kernels("amx_available")
 
 
 def _use_amx_conv(x, ci, co, pixels) -> bool:

@@ -1,7 +1,6 @@
 """GDN / IGDN for any active channel count (dispatcher, fused CPU kernel, PyTorch paths)."""
 from __future__ import annotations
 
-import os
 import threading
 from typing import Optional
 
@@ -10,10 +9,13 @@ import torch.nn.functional as F
 
 from ..backend import resolve_backend
 
-try:  # the optional C++ extension with the fused AMX-BF16 kernel (csrc/cpu/)
-    from .. import _cpu_kernels as _CK
-except ImportError:  # pragma: no cover - built without it (non-x86, old compiler)
-    _CK = None
+from .._cpu import cpu_kernels
+
+
+def _fused_kernels():
+    """``slimkernels._cpu_kernels`` for the fused GDN kernel, or None (not built, no AMX-BF16 on
+    this CPU/OS, or ``SLIMKERNELS_CPU_KERNELS=0``)."""
+    return cpu_kernels("amx_available")
 
 #: Module switch for the fused CPU kernel; ``False`` (or env ``SLIMKERNELS_CPU_KERNELS=0``,
 #: read at every call) forces the PyTorch path :func:`gdn_torch`.
@@ -223,9 +225,7 @@ def cpu_kernels_available() -> bool:
     """True when the fused CPU kernel can run here: the ``slimkernels._cpu_kernels`` extension
     was built and the CPU/OS support AMX-BF16 (and :data:`USE_CPU_KERNELS` / the env switch
     ``SLIMKERNELS_CPU_KERNELS`` do not turn it off)."""
-    if not USE_CPU_KERNELS or os.environ.get("SLIMKERNELS_CPU_KERNELS", "1") == "0":
-        return False
-    return _CK is not None and bool(_CK.amx_available())
+    return USE_CPU_KERNELS and _fused_kernels() is not None
 
 
 def _scalar(v):
@@ -301,9 +301,10 @@ def gdn_cpu_fused(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *,
             :func:`cpu_kernels_available` first; :func:`gdn` does and falls back).
         ValueError: a call the kernel does not cover (see :func:`gdn` for the covered set).
     """
-    if _CK is None:
-        raise RuntimeError("slimkernels._cpu_kernels was not built; reinstall slimkernels with a "
-                           "C++17 compiler, or call gdn_torch")
+    if _fused_kernels() is None:
+        raise RuntimeError("slimkernels._cpu_kernels is not available here (not built: reinstall "
+                           "slimkernels with a C++17 compiler; no AMX-BF16 on this CPU/OS; or "
+                           "SLIMKERNELS_CPU_KERNELS=0): call gdn() or gdn_torch")
     scalars = (gamma_scale, gamma_bias, beta_scale, beta_bias)
     lay = _fused_cpu_layout(x, beta, gamma, scalars)
     if lay is None or (layout is not None and layout != lay):
@@ -320,12 +321,12 @@ def _run_fused(x, beta, gamma, lay, inverse, scalars):
     y = torch.empty_like(x, memory_format=torch.channels_last if lay == "channels_last"
                          else torch.contiguous_format)
     gs, gb, bs, bb = (_scalar(s) for s in scalars)
-    _CK.gdn_forward(x.data_ptr(), y.data_ptr(), _CK_DTYPES[x.dtype], N, C, H * W,
-                    lay == "channels_last", gamma.data_ptr(), _CK_DTYPES[gamma.dtype],
-                    gamma.stride(0), gamma.stride(1), beta.data_ptr(), _CK_DTYPES[beta.dtype],
-                    beta.stride(0), 1.0 if gs is None else gs, 0.0 if gb is None else gb,
-                    1.0 if bs is None else bs, 0.0 if bb is None else bb, bool(inverse),
-                    3 if _compute_dtype(x) == torch.float32 else 1, torch.get_num_threads())
+    _fused_kernels().gdn_forward(
+        x.data_ptr(), y.data_ptr(), _CK_DTYPES[x.dtype], N, C, H * W, lay == "channels_last",
+        gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0), gamma.stride(1),
+        beta.data_ptr(), _CK_DTYPES[beta.dtype], beta.stride(0), 1.0 if gs is None else gs,
+        0.0 if gb is None else gb, 1.0 if bs is None else bs, 0.0 if bb is None else bb,
+        bool(inverse), 3 if _compute_dtype(x) == torch.float32 else 1, torch.get_num_threads())
     return y
 
 

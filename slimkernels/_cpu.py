@@ -1,0 +1,33 @@
+"""The optional compiled CPU kernels (``slimkernels._cpu_kernels``, csrc/cpu/) and the one switch
+that turns all of them off: the environment variable ``SLIMKERNELS_CPU_KERNELS=0`` (read at every
+call), which sends every op to its PyTorch path."""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+
+@functools.lru_cache(maxsize=None)
+def _module():
+    try:
+        from . import _cpu_kernels
+    except ImportError:  # built without it (non-x86, old compiler or assembler)
+        return None
+    return _cpu_kernels
+
+
+@functools.lru_cache(maxsize=None)
+def _supported(probe: str) -> bool:
+    ck = _module()
+    return ck is not None and hasattr(ck, probe) and bool(getattr(ck, probe)())
+
+
+def cpu_kernels(probe: str) -> Optional[object]:
+    """The extension module when it is built, not switched off by ``SLIMKERNELS_CPU_KERNELS=0``,
+    and its capability check ``probe`` (``"amx_available"`` for the AMX-BF16 GDN / conv kernels,
+    ``"latents_simd_available"`` for the AVX-512 latent quantization) returns True on this CPU;
+    else None."""
+    if os.environ.get("SLIMKERNELS_CPU_KERNELS", "1") == "0":
+        return None
+    return _module() if _supported(probe) else None
