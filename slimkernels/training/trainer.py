@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..models import SlimCAE
+from ..ops.gdn import compiled_training
 from .data import CropSampler, center_crops, list_images, load_rgb, split_train_val
 from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler
 
@@ -37,6 +38,7 @@ class TrainConfig:
     aux_lr: float = 1e-3
     clip: float = 1.0
     bf16: bool = True                   # bf16 autocast for the transforms (CPU AMX / CUDA)
+    compile_gdn: bool = True            # CPU + bf16: GDN's autograd path via torch.compile
     channels_last: bool = True
     device: str = "cpu"
     threads: int = 0                    # torch threads (0: leave as is)
@@ -237,8 +239,10 @@ class Trainer:
     def train_step(self, x: torch.Tensor) -> Dict:
         cfg = self.cfg
         self.opt.zero_grad(set_to_none=True)
-        loss, stats = self.wrapped(x, cfg.widths, self.lambdas, cfg.bf16)
-        loss.backward()
+        # CPU + bf16: GDN's autograd composition through torch.compile (1.5-2.3x faster there)
+        with compiled_training(cfg.compile_gdn and cfg.bf16 and self.device.type == "cpu"):
+            loss, stats = self.wrapped(x, cfg.widths, self.lambdas, cfg.bf16)
+            loss.backward()
         if cfg.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], cfg.clip)
         self.opt.step()

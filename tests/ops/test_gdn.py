@@ -172,3 +172,75 @@ def test_fp32_backward_saves_little():
     x = _x(1, 17, 4, 6, False).requires_grad_(True)
     y = gdn(x, beta, gamma)
     assert "GDNCpuFunction" in type(y.grad_fn).__name__
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("scalars", list(SCALARS))
+def test_compiled_training_path_matches_float64(monkeypatch, channels_last, inverse, scalars):
+    """COMPILE_TRAINING (the trainer's --compile-gdn): the bf16 autograd composition through
+    torch.compile gives the forward and every gradient of the float64 formula (bf16 tolerance)."""
+    import importlib
+    gdn_mod = importlib.import_module("slimkernels.ops.gdn")
+    monkeypatch.setattr(gdn_mod, "COMPILE_TRAINING", True)
+    calls = []
+    real = gdn_mod._compiled_composition
+    monkeypatch.setattr(gdn_mod, "_compiled_composition",
+                        lambda *a: calls.append(1) or real(*a))
+    beta, gamma = _params(5)
+    sc = SCALARS[scalars]
+    x = _x(2, 24, 6, 5, channels_last).bfloat16().requires_grad_(True)
+    b, g = beta.clone().requires_grad_(True), gamma.clone().requires_grad_(True)
+    sct = [None if v is None else torch.tensor(v, requires_grad=True) for v in sc]
+    kw = dict(zip(("gamma_scale", "gamma_bias", "beta_scale", "beta_bias"), sct))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = gdn(x, b, g, inverse=inverse, **kw)
+    assert calls == [1] and y.dtype == torch.bfloat16
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(6)).bfloat16()
+    ins = [x, b, g] + [v for v in sct if v is not None]
+    grads = torch.autograd.grad(y, ins, dy)
+    x64 = x.detach().double().requires_grad_(True)
+    b64, g64 = beta.double().requires_grad_(True), gamma.double().requires_grad_(True)
+    sc64 = [None if v is None else torch.tensor(v, dtype=torch.float64, requires_grad=True)
+            for v in sc]
+    kw64 = dict(zip(("gamma_scale", "gamma_bias", "beta_scale", "beta_bias"), sc64))
+    y64 = gdn_reference(x64, b64, g64, inverse=inverse, **kw64)
+    ins64 = [x64, b64, g64] + [v for v in sc64 if v is not None]
+    grads64 = torch.autograd.grad(y64, ins64, dy.double())
+    assert _rel(y.detach(), y64) < 1e-2
+    for got, want in zip(grads, grads64):
+        assert _rel(got, want) < 2e-2
+
+
+def test_compiled_training_path_falls_back_when_compiling_fails(monkeypatch):
+    import importlib
+    gdn_mod = importlib.import_module("slimkernels.ops.gdn")
+    monkeypatch.setattr(gdn_mod, "COMPILE_TRAINING", True)
+    monkeypatch.setattr(gdn_mod, "_COMPILED", {})
+
+    def broken(*a, **k):
+        def fn(*a, **k):
+            raise RuntimeError("no C++ compiler")
+        return fn
+    monkeypatch.setattr(torch, "compile", broken)
+    beta, gamma = _params()
+    x = _x(1, 8, 4, 4, True).bfloat16().requires_grad_(True)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the GDN training path failed"):
+        y = gdn(x, beta, gamma)
+    assert gdn_mod.COMPILE_TRAINING is False and gdn_mod._COMPILED["broken"]
+    with gdn_mod.compiled_training():          # not tried again in this process
+        assert gdn_mod.COMPILE_TRAINING is False
+    ref = gdn_reference(x.detach().double(), beta.double(), gamma.double())
+    assert _rel(y.detach(), ref) < 1e-2
+
+
+def test_compiled_training_context_restores_the_setting():
+    import importlib
+    gdn_mod = importlib.import_module("slimkernels.ops.gdn")
+    assert gdn_mod.COMPILE_TRAINING is False
+    with gdn_mod.compiled_training():
+        assert gdn_mod.COMPILE_TRAINING is True
+        with gdn_mod.compiled_training(False):
+            assert gdn_mod.COMPILE_TRAINING is False
+        assert gdn_mod.COMPILE_TRAINING is True
+    assert gdn_mod.COMPILE_TRAINING is False

@@ -89,6 +89,22 @@ def test_init_continue_takes_step_and_lambdas_from_exported_model(image_dir, tmp
         Trainer(_cfg(image_dir, tmp_path / "d", init=str(tmp_path / "bare.pt"), init_continue=True))
 
 
+def test_bf16_training_runs_gdn_through_torch_compile(image_dir, tmp_path, monkeypatch):
+    import importlib
+    gdn_mod = importlib.import_module("slimkernels.ops.gdn")
+    seen = []
+    real = gdn_mod._compiled_composition
+    monkeypatch.setattr(gdn_mod, "_compiled_composition", lambda *a: seen.append(1) or real(*a))
+    t = Trainer(_cfg(image_dir, tmp_path / "c", bf16=True, steps=2), log=lambda *_: None)
+    t.fit()
+    assert t.step == 2 and len(seen) >= 4          # every GDN/IGDN of both widths, each step
+    assert gdn_mod.COMPILE_TRAINING is False        # only inside the steps
+    n = len(seen)
+    Trainer(_cfg(image_dir, tmp_path / "d", bf16=True, steps=1, compile_gdn=False),
+            log=lambda *_: None).fit()
+    assert len(seen) == n                           # --no-compile-gdn: the eager composition
+
+
 def test_bad_config_is_refused(image_dir, tmp_path):
     with pytest.raises(ValueError, match="2 widths but 3 lambdas"):
         Trainer(_cfg(image_dir, tmp_path / "x", lambdas=[1, 2, 3]))
