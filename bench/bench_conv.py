@@ -160,7 +160,6 @@ def _make(L, device, dtype=torch.float32, cl=False, seed=0):
 
 
 def _ours(L, x, wt, b, gdn=None, backend=None):
-    ci = x.shape[1]
     if L["tr"]:
         return lambda: slim_conv_transpose2d(x, wt, b, stride=L["s"], padding=L["p"],
                                              output_padding=L["op"], out_width=L["co"],

@@ -172,8 +172,6 @@ def plot_all(out: str, res: Dict, mem: List[Dict], layers: List[Dict], widths,
                 pts.sort()
                 ax.plot(*zip(*pts), style, label=f"{impl} {p}")
             if impl == "ours" and p == default_precision:
-                tr = sorted((r["width"], r["split_ms"]["transform"]) for r in res["rows"]
-                            if r["impl"] == impl and r["precision"] == p and r["op"] == op)
                 en = sorted((r["width"], r["split_ms"]["entropy"]) for r in res["rows"]
                             if r["impl"] == impl and r["precision"] == p and r["op"] == op)
                 if en:

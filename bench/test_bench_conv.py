@@ -3,7 +3,6 @@ import json
 import os
 import sys
 
-import pytest
 import torch
 
 # without a GPU the device section runs the Triton kernels under the interpreter (set before

@@ -1,6 +1,3 @@
-import struct
-import zlib
-
 import pytest
 
 from slimkernels import container as C

@@ -59,7 +59,7 @@ def run_eval(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         return err(str(e))
     try:
-        from .. import coding  # noqa: F401  (compress needs the C++ range coder)
+        from .. import _coder  # noqa: F401  (compress needs the compiled C++ range coder)
     except ImportError as e:
         print(f"slimkernels eval: error: the range coder is not available ({e}); build it with "
               "`pip install --no-build-isolation -e .`", file=sys.stderr)

@@ -57,7 +57,7 @@ def test_update_builds_valid_integer_tables_and_state_dict_roundtrip():
     assert not eb.has_tables()
     eb.update()
     assert eb.has_tables()
-    cdf, lengths, offs = eb._quantized_cdf.numpy(), eb._cdf_length.numpy(), eb._offset.numpy()
+    cdf, lengths = eb._quantized_cdf.numpy(), eb._cdf_length.numpy()
     for c in range(4):
         L = lengths[c]
         row = cdf[c, :L]
