@@ -59,11 +59,12 @@ def run_eval(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         return err(str(e))
     try:
-        from .. import _coder  # noqa: F401  (compress needs the compiled C++ range coder)
+        import importlib
+        importlib.import_module("slimkernels._coder")  # compress needs the compiled coder
     except ImportError as e:
         print(f"slimkernels eval: error: the range coder is not available ({e}); build it with "
               "`pip install --no-build-isolation -e .`", file=sys.stderr)
-        return 3
+        return 1
     log = None if args.quiet else (lambda s: print(s, flush=True))
     try:
         summary = evaluate_all(model, args.folder, args.out, widths=args.widths,

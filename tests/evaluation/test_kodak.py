@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -152,6 +153,19 @@ def test_cli_input_errors(image_folder, tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
     assert run_eval(_args([image_folder, "--model", str(tmp_path / "none.pt")])) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_without_the_compiled_coder_exits_1(tiny_model, image_folder, tmp_path, capsys,
+                                                monkeypatch):
+    from slimkernels.pretrained import save_model
+
+    model_path = str(tmp_path / "tiny.pt")
+    save_model(tiny_model, model_path)
+    monkeypatch.setitem(sys.modules, "slimkernels._coder", None)   # import raises ImportError
+    assert run_eval(_args([image_folder, "--model", model_path, "--out", str(tmp_path / "r"),
+                           "--quiet"])) == 1
+    assert "the range coder is not available" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 @needs_coder
