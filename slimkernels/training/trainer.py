@@ -182,6 +182,10 @@ class Trainer:
             self.model.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["opt"])
             self.aux_opt.load_state_dict(ck["aux_opt"])
+            # this run's learning rates apply from here on (load_state_dict restored the old ones)
+            for opt, lr in ((self.opt, cfg.lr), (self.aux_opt, cfg.aux_lr)):
+                for group in opt.param_groups:
+                    group["lr"] = lr
             self.step = ck["step"]
             self.lambdas = ck["lambdas"]
             self.next_schedule = ck.get("next_schedule", self.next_schedule)

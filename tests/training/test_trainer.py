@@ -57,6 +57,16 @@ def test_training_reduces_loss_and_resumes_exactly(image_dir, tmp_path):
     assert len(vals) == 2 and len(vals[0]["bpp"]) == 2
 
 
+def test_resume_takes_this_runs_learning_rates(image_dir, tmp_path):
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=1), log=lambda *_: None).fit()
+    t = Trainer(_cfg(image_dir, tmp_path / "r", steps=2, lr=2e-5, aux_lr=3e-4),
+                log=lambda *_: None)
+    assert t.step == 1
+    assert [g["lr"] for g in t.opt.param_groups] == [2e-5]
+    assert [g["lr"] for g in t.aux_opt.param_groups] == [3e-4]
+    assert t.opt.state                                 # the moments came back with it
+
+
 def test_lambda_scheduling_updates_are_logged(image_dir, tmp_path):
     cfg = _cfg(image_dir, tmp_path / "s", steps=6, schedule=True, schedule_start=2,
                schedule_steps=2, val_every=0)
