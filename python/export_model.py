@@ -3,8 +3,11 @@
 
     python python/export_model.py runs/slimcae/checkpoint.pt slimkernels/pretrained/slimcae.pt
 
-The info stored with the model records the training run: steps, crop sizes, lambdas (initial and
-current), data folder, and the log's last validation. Refuses to overwrite without --force.
+The weights are the moving average of the training weights when the checkpoint has one (the
+trainer's --ema, on by default; --raw takes the training weights instead); the CDF tables are built
+from the exported entropy model. The info stored with the model records the training run: steps,
+crop sizes, lambdas (initial and current), learning rate, which weights, data folder, and the log's
+last validation. Refuses to overwrite without --force.
 """
 import argparse
 import json
@@ -21,13 +24,17 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint")
     p.add_argument("output")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--raw", action="store_true",
+                   help="export the training weights, not their moving average")
     args = p.parse_args(argv)
     if os.path.exists(args.output) and not args.force:
         print(f"{args.output} exists: not overwriting it (use --force)", file=sys.stderr)
         return 1
     ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     cfg = ck["config"]
-    model = load_model(args.checkpoint)          # builds the CDF tables
+    use_ema = ck.get("ema") is not None and not args.raw
+    model = load_model(args.checkpoint, weights="ema" if use_ema else "train")  # + CDF tables
+    weights = f"ema (decay {ck.get('ema_decay')})" if use_ema else "train"
     log = os.path.join(os.path.dirname(args.checkpoint), "log.jsonl")
     val, lambda_updates = None, []
     if os.path.exists(log):
@@ -41,6 +48,7 @@ def main(argv=None) -> int:
             "crop_large": cfg["crop_large"], "large_after": cfg["large_after"],
             "lambdas_initial": cfg["lambdas"], "lambdas_final": ck["lambdas"],
             "lambda_updates": len(lambda_updates), "lr": cfg["lr"], "bf16": cfg["bf16"],
+            "weights": weights,
             "data": os.path.basename(os.path.normpath(cfg["data"])), "last_validation": val}
     save_model(model, args.output, info=info)
     print(json.dumps(info, indent=1)[:2000])

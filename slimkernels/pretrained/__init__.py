@@ -36,11 +36,14 @@ def save_model(model: SlimCAE, path: str, info: Optional[Dict] = None) -> None:
     os.replace(tmp, path)
 
 
-def load_model(path: Optional[str] = None, device: str = "cpu") -> SlimCAE:
+def load_model(path: Optional[str] = None, device: str = "cpu", *,
+               weights: str = "ema") -> SlimCAE:
     """Load a model file (default: the bundled model) in eval mode, CDF tables ready.
 
     Also accepts a training checkpoint (``{"model": state_dict, "config": ...}``) from
-    ``python/train.py``; its CDF tables are built on load.
+    ``python/train.py``; its CDF tables are built on load. ``weights`` picks, for a checkpoint
+    that keeps a moving average of its weights (the trainer's ``ema``), the average (``"ema"``,
+    default: what the trainer validates) or the training weights (``"train"``).
 
     Raises:
         FileNotFoundError: no file at ``path`` (or no bundled model in this install).
@@ -57,18 +60,24 @@ def load_model(path: Optional[str] = None, device: str = "cpu") -> SlimCAE:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
         raise ValueError(f"{path} is not a readable model file ({type(e).__name__}: {e})") from None
+    if weights not in ("ema", "train"):
+        raise ValueError(f"weights must be 'ema' or 'train', got {weights!r}")
+    averaged = False
     if isinstance(obj, dict) and obj.get("format") == "slimkernels-model":
         cfg, sd = obj["config"], obj["state_dict"]
     elif isinstance(obj, dict) and "model" in obj and "config" in obj:  # training checkpoint
         cfg = {"widths": obj["config"]["widths"], "gdn": obj["config"]["gdn"]}
         sd = obj["model"]
+        if weights == "ema" and obj.get("ema") is not None:
+            sd = {**sd, **obj["ema"]}
+            averaged = True
     else:
         raise ValueError(f"{path} is not a slimkernels model file or training checkpoint")
     model = SlimCAE(**cfg)
     model.load_state_dict(sd)
     model = model.to(device).eval()
-    if not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
-        model.update()
+    if averaged or not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
+        model.update()   # (the tables of an averaged entropy model are built from it)
     return model
 
 

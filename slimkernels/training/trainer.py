@@ -1,6 +1,7 @@
 """Joint training of every width of a SlimCAE, with checkpoint/resume and lambda scheduling."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,6 +38,8 @@ class TrainConfig:
     lr: float = 1e-4
     aux_lr: float = 1e-3
     clip: float = 1.0
+    ema: float = 0.999                  # decay of a moving average of the weights (0: off);
+    #                                     validation, the lambda scheduler and the export use it
     bf16: bool = True                   # bf16 autocast for the transforms (CPU AMX / CUDA)
     compile_gdn: bool = True            # CPU + bf16: GDN's autograd path via torch.compile
     channels_last: bool = True
@@ -161,7 +164,12 @@ class Trainer:
         os.makedirs(cfg.out, exist_ok=True)
         self.ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
         self.log_path = os.path.join(cfg.out, "log.jsonl")
+        self.ema: Optional[Dict[str, torch.Tensor]] = None
         self._resume_or_init()
+        if cfg.ema > 0 and self.ema is None:   # a new run, or a checkpoint written without one
+            self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        self._ema_pairs = None if self.ema is None else (
+            list(self.ema.values()), [p for _, p in self.model.named_parameters()])
         self.wrapped = _AllWidths(self.model)
         if self.world > 1:
             self.wrapped = nn.parallel.DistributedDataParallel(self.wrapped,
@@ -192,6 +200,12 @@ class Trainer:
             if self.scheduler is not None and ck.get("scheduler"):
                 self.scheduler.load_state_dict(ck["scheduler"])
             self._sampler_state = ck.get("sampler")
+            if cfg.ema > 0 and ck.get("ema") is not None:
+                names = [n for n, _ in self.model.named_parameters()]
+                if sorted(ck["ema"]) != sorted(names):
+                    raise ValueError(f"{self.ckpt_path}: its weight average does not match this "
+                                     "model's parameters; start it afresh with --ema 0 once")
+                self.ema = {n: ck["ema"][n].to(self.device) for n in names}
             if ck.get("torch_rng") is not None and self.world == 1:
                 torch.set_rng_state(ck["torch_rng"])   # the training noise continues exactly
             self._print(f"resumed from {self.ckpt_path} at step {self.step}")
@@ -221,6 +235,7 @@ class Trainer:
               "next_schedule": self.next_schedule, "config": asdict(self.cfg),
               "scheduler": self.scheduler.state_dict() if self.scheduler else None,
               "sampler": self.sampler.state_dict() if self.sampler else None,
+              "ema": self.ema, "ema_decay": self.cfg.ema if self.ema is not None else None,
               "torch_rng": torch.get_rng_state()}
         tmp = self.ckpt_path + ".tmp"
         torch.save(ck, tmp)
@@ -254,14 +269,38 @@ class Trainer:
         aux = self.model.aux_loss()
         aux.backward()
         self.aux_opt.step()
+        if self._ema_pairs is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(self._ema_pairs[0], self._ema_pairs[1], 1.0 - self.cfg.ema)
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"loss is {float(loss.detach())} at step {self.step}: lower the lr or "
                                      "resume from the last checkpoint")
         return {"loss": float(loss.detach()), "aux": float(aux.detach()), **stats}
 
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Within the block the model holds the moving average of its weights (when ``ema`` is
+        on); the training weights come back after it."""
+        if self._ema_pairs is None:
+            yield self.model
+            return
+        avg, params = self._ema_pairs
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in params]
+            torch._foreach_copy_(params, avg)
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, saved)
+
     def run_validation(self) -> Dict:
-        res = validate(self.model, self.val_images, self.cfg.widths, self.cfg.bf16)
-        self.log({"event": "val", "lambdas": self.lambdas, **res})
+        """Validate (the weight average when ``ema`` is on, else the training weights), log it
+        and feed the lambda scheduler."""
+        with self.averaged_weights() as m:
+            res = validate(m, self.val_images, self.cfg.widths, self.cfg.bf16)
+        weights = "ema" if self._ema_pairs is not None else "train"
+        self.log({"event": "val", "weights": weights, "lambdas": self.lambdas, **res})
         if self.scheduler is not None and not self.scheduler.done and self.step >= self.next_schedule:
             new = self.scheduler.observe(res["bpp"], res["psnr"])
             ev = self.scheduler.history[-1]

@@ -115,6 +115,57 @@ def test_bf16_training_runs_gdn_through_torch_compile(image_dir, tmp_path, monke
     assert len(seen) == n                           # --no-compile-gdn: the eager composition
 
 
+def test_weight_average_is_updated_saved_validated_and_exported(image_dir, tmp_path):
+    import subprocess
+    from slimkernels.pretrained import load_model
+    d = 0.9
+    t = Trainer(_cfg(image_dir, tmp_path / "e", steps=1, ema=d), log=lambda *_: None)
+    t.load_data()
+    before = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    assert all(torch.equal(t.ema[n], before[n]) for n in before)      # starts at the weights
+    x = t.sampler.sample(2, 32)
+    t.train_step(x)
+    for n, p in t.model.named_parameters():                            # ema = d ema + (1-d) w
+        torch.testing.assert_close(t.ema[n], d * before[n] + (1 - d) * p.detach(),
+                                   rtol=1e-6, atol=1e-7, msg=n)
+    moved = [n for n, p in t.model.named_parameters() if not torch.equal(t.ema[n], p)]
+    assert moved
+    # validation sees the average; the training weights come back after it
+    train_w = {n: p.detach().clone() for n, p in t.model.named_parameters()}
+    with t.averaged_weights() as m:
+        assert all(torch.equal(p, t.ema[n]) for n, p in m.named_parameters())
+    assert all(torch.equal(p, train_w[n]) for n, p in t.model.named_parameters())
+    t.run_validation()
+    assert all(torch.equal(p, train_w[n]) for n, p in t.model.named_parameters())
+    log = [json.loads(l) for l in open(tmp_path / "e" / "log.jsonl")]
+    assert log[-1]["event"] == "val" and log[-1]["weights"] == "ema"
+    t.save()
+    # resume keeps the average; a checkpoint is loaded (and exported) with it by default
+    r = Trainer(_cfg(image_dir, tmp_path / "e", steps=2, ema=d), log=lambda *_: None)
+    assert all(torch.equal(r.ema[n], t.ema[n]) for n in t.ema)
+    ckpt = str(tmp_path / "e" / "checkpoint.pt")
+    avg, raw = load_model(ckpt), load_model(ckpt, weights="train")
+    for n, p in avg.named_parameters():
+        assert torch.equal(p, t.ema[n]), n
+    assert any(not torch.equal(p, train_w[n]) for n, p in avg.named_parameters())
+    assert all(torch.equal(p, train_w[n]) for n, p in raw.named_parameters())
+    out = tmp_path / "m.pt"
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "python", "export_model.py"), ckpt,
+                          str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    exported = load_model(str(out))
+    assert all(torch.equal(p, t.ema[n]) for n, p in exported.named_parameters())
+    assert "ema" in torch.load(out, weights_only=False)["info"]["weights"]
+    with pytest.raises(ValueError, match="weights must be"):
+        load_model(ckpt, weights="best")
+
+
+def test_ema_off_keeps_no_average(image_dir, tmp_path):
+    t = Trainer(_cfg(image_dir, tmp_path / "n", steps=1, ema=0.0), log=lambda *_: None).fit()
+    assert t.ema is None
+    assert torch.load(tmp_path / "n" / "checkpoint.pt", weights_only=False)["ema"] is None
+
+
 def test_bad_config_is_refused(image_dir, tmp_path):
     with pytest.raises(ValueError, match="2 widths but 3 lambdas"):
         Trainer(_cfg(image_dir, tmp_path / "x", lambdas=[1, 2, 3]))
