@@ -9,6 +9,7 @@
 #include "conv_amx.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -268,7 +269,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   const int64_t ntp = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows / 8));
   run_on_threads(ntp, [&](int64_t t) { pad_rows(a, xpad, rows * t / ntp, rows * (t + 1) / ntp); });
   int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, blocks));
-  bool nomem = false;
+  std::atomic<bool> nomem{false};  // set by any worker that could not get its buffer
   auto worker = [&](int64_t t) {
     const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
     thread_local std::vector<float> buf;
@@ -277,7 +278,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
       try {
         buf.resize(need);
       } catch (const std::bad_alloc&) {
-        nomem = true;
+        nomem.store(true, std::memory_order_relaxed);
         return;
       }
     }
@@ -286,7 +287,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     amx::release();
   };
   run_on_threads(nt, worker);
-  return nomem ? kCNoMem : kCOk;
+  return nomem.load(std::memory_order_relaxed) ? kCNoMem : kCOk;
 }
 
 #else  // !SK_CONV_AMX_CODE
