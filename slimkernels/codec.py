@@ -475,7 +475,8 @@ class SlimCodec(nn.Module):
             metadata: custom ``str -> bytes`` fields stored in the container.
 
         Raises:
-            ValueError: bad shape, dtype, width or precision.
+            ValueError: bad shape, dtype, width or precision; an image (or model) that is not
+                finite (NaN / inf reach the latent).
             RuntimeError: :meth:`update` was not called.
         """
         width = self._width(width)
@@ -500,6 +501,10 @@ class SlimCodec(nn.Module):
         with _autocast(dev, precision):
             y = self.encode(x, width)
         sym = _quantize(eb, y).cpu()
+        if bool((sym == torch.iinfo(torch.int32).min).any()):  # NaN / inf / |y| >= 2^31
+            raise ValueError("compress: the latent has NaN, inf or values beyond the int32 range: "
+                             "the image (or the model's weights) is not finite; pass a finite "
+                             "float image in [0, 1]")
         _, C, h, w = sym.shape
         if streams is None:
             streams = auto_streams(sym.numel())

@@ -487,3 +487,11 @@ def test_env_switch_turns_every_cpu_kernel_off(monkeypatch, model):
     assert codec._latent_kernels() is None and conv_ops._amx_conv_kernels() is None
     assert not gdn_mod.cpu_kernels_available()
     assert model.compress(x, 12, precision="fp32") == data
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_compress_refuses_a_non_finite_image(model, bad):
+    x = torch.rand(1, 3, 32, 48)
+    x[0, 1, 7, 9] = bad
+    with pytest.raises(ValueError, match="not finite"):
+        model.compress(x, 12)
