@@ -101,6 +101,15 @@ def test_weight_update_invalidates_pack():
     _close(y, F.conv2d(x.double(), _bf(W[:48, :48]), None, stride=2, padding=2))
 
 
+def _op_ref_kwargs(transposed):
+    """(our op, the torch reference, their kwargs) for SlimCAE's w -> w 5x5/2 layer at w=48."""
+    kw = dict(stride=2, padding=2, out_width=48)
+    if transposed:
+        kw["output_padding"] = 1
+        return slim_conv_transpose2d, F.conv_transpose2d, kw
+    return slim_conv2d, F.conv2d, kw
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 def test_dispatch_takes_amx_and_falls_back(monkeypatch, transposed):
     name = "_conv_transpose2d_amx" if transposed else "_conv2d_amx"
@@ -111,12 +120,7 @@ def test_dispatch_takes_amx_and_falls_back(monkeypatch, transposed):
     W = _param((192, 192, 5, 5), 11).to(torch.bfloat16)
     b = torch.randn(192).to(torch.bfloat16)
     x = _x(1, 48, 16, 24, 12)
-    kw = dict(stride=2, padding=2, out_width=48)
-    if transposed:
-        op, ref = slim_conv_transpose2d, F.conv_transpose2d
-        kw["output_padding"] = 1
-    else:
-        op, ref = slim_conv2d, F.conv2d
+    op, ref, kw = _op_ref_kwargs(transposed)
     r = ref(x.double(), W[:48, :48].double(), b[:48].double(),
             **{k: v for k, v in kw.items() if k != "out_width"})
     with torch.no_grad():
@@ -168,12 +172,7 @@ def test_autocast_fp32_input_goes_to_the_kernel_without_a_cast(monkeypatch, tran
     b = torch.randn(192)
     g = torch.Generator().manual_seed(24)
     x = torch.randn(1, 48, 16, 24, generator=g).contiguous(memory_format=torch.channels_last)
-    kw = dict(stride=2, padding=2, out_width=48)
-    if transposed:
-        op, ref = slim_conv_transpose2d, F.conv_transpose2d
-        kw["output_padding"] = 1
-    else:
-        op, ref = slim_conv2d, F.conv2d
+    op, ref, kw = _op_ref_kwargs(transposed)
     r = ref(x.to(torch.bfloat16).double(), _bf(W[:48, :48]), _bf(b[:48]),
             **{k: v for k, v in kw.items() if k != "out_width"})
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
