@@ -251,11 +251,20 @@ def _dense_layout(t: torch.Tensor) -> Optional[bool]:
 
 def _quantize(eb, y: torch.Tensor) -> torch.Tensor:
     """``eb.quantize_symbols(y)`` (int32 ``round(float(y) - median)``, ties to even) as contiguous
-    NCHW. On CPU, for fp32 / bf16 ``y`` (channels_last or NCHW), one pass of the AVX-512 kernel
-    ``slimkernels._cpu_kernels.quantize_latents`` (the transpose to the coder's NCHW order
-    included; 0.41 -> ~0.05 ms at w=192, 768x512); elsewhere 3 torch passes: the subtraction
-    promotes a bf16 ``y`` to fp32 itself, rounding is in place, and the int32 cast writes NCHW
-    directly."""
+    NCHW; see :func:`_quantize_counted`."""
+    return _quantize_counted(eb, y)[0]
+
+
+def _quantize_counted(eb, y: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """``(symbols, invalid)``: ``eb.quantize_symbols(y)`` (int32 ``round(float(y) - median)``,
+    ties to even) as contiguous NCHW ``[N, C, H, W]``, and the number of symbols equal to
+    ``INT32_MIN`` (what NaN, inf and values beyond the int32 range become).
+
+    On CPU, for fp32 / bf16 ``y`` (channels_last or NCHW), one pass of the AVX-512 kernel
+    ``slimkernels._cpu_kernels.quantize_latents`` (the transpose to the coder's NCHW order and
+    the count included; 0.41 -> ~0.05 ms at w=192, 768x512); elsewhere 3 torch passes (the
+    subtraction promotes a bf16 ``y`` to fp32 itself, rounding is in place, and the int32 cast
+    writes NCHW directly) and one more for the count."""
     m = eb.medians().view(1, -1, 1, 1)
     ck = _latent_kernels() if y.device.type == "cpu" and y.dim() == 4 else None
     layout = _dense_layout(y) if ck is not None and y.dtype in (torch.float32,
@@ -263,13 +272,15 @@ def _quantize(eb, y: torch.Tensor) -> torch.Tensor:
     if layout is not None:
         med = m.detach().to("cpu", torch.float32).contiguous()
         out = torch.empty(y.shape, dtype=torch.int32)
-        ck.quantize_latents(y.data_ptr(), 1 if y.dtype == torch.bfloat16 else 0, layout,
-                            *y.shape, med.data_ptr(), out.data_ptr(), torch.get_num_threads())
-        return out
+        bad = ck.quantize_latents(y.data_ptr(), 1 if y.dtype == torch.bfloat16 else 0, layout,
+                                  *y.shape, med.data_ptr(), out.data_ptr(),
+                                  torch.get_num_threads())
+        return out, int(bad)
     if y.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         y = y.float()          # e.g. float64: round to fp32 first, as the entropy model does
     with torch.autocast(device_type=y.device.type, enabled=False):
-        return torch.sub(y, m).round_().to(torch.int32, memory_format=torch.contiguous_format)
+        out = torch.sub(y, m).round_().to(torch.int32, memory_format=torch.contiguous_format)
+    return out, int((out == torch.iinfo(torch.int32).min).sum())
 
 
 def _dequantize(eb, sym: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -500,8 +511,9 @@ class SlimCodec(nn.Module):
         x = self._image_input(x, precision)
         with _autocast(dev, precision):
             y = self.encode(x, width)
-        sym = _quantize(eb, y).cpu()
-        if bool((sym == torch.iinfo(torch.int32).min).any()):  # NaN / inf / |y| >= 2^31
+        sym, invalid = _quantize_counted(eb, y)
+        sym = sym.cpu()
+        if invalid:  # NaN / inf / |y| >= 2^31
             raise ValueError("compress: the latent has NaN, inf or values beyond the int32 range: "
                              "the image (or the model's weights) is not finite; pass a finite "
                              "float image in [0, 1]")

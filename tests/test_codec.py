@@ -438,9 +438,13 @@ def test_quantize_kernel_equals_the_torch_passes(dtype, channels_last, shape):
         flat[5:9] = torch.tensor([float("nan"), float("inf"), -float("inf"), 3e9], dtype=dtype)
     if channels_last:
         y = y.contiguous(memory_format=torch.channels_last)
-    got = codec._quantize(EB(), y)
+    got, invalid = codec._quantize_counted(EB(), y)
+    want = _torch_quantize(y, m)
     assert got.dtype == torch.int32 and got.is_contiguous() and got.shape == y.shape
-    assert torch.equal(got, _torch_quantize(y, m))
+    assert torch.equal(got, want)
+    # the count of INT32_MIN symbols comes from the same pass
+    assert invalid == int((want == torch.iinfo(torch.int32).min).sum())
+    assert (invalid >= 4) == (flat.numel() > 8)
 
 
 @pytest.mark.parametrize("shape", [(1, 48, 32, 48), (2, 37, 5, 19), (1, 192, 2, 33)])
@@ -468,9 +472,11 @@ def test_quantize_falls_back_without_the_kernel(monkeypatch, model):
     from slimkernels import codec
     eb = model.entropy_bottleneck.for_width(12)
     y = (torch.randn(1, 12, 6, 7) * 5).contiguous(memory_format=torch.channels_last)
-    want = codec._quantize(eb, y)
+    y[0, 3, 2, 4] = float("nan")
+    want, n_want = codec._quantize_counted(eb, y)
     monkeypatch.setattr(codec, "_latent_kernels", lambda: None)
-    assert torch.equal(codec._quantize(eb, y), want)
+    got, n_got = codec._quantize_counted(eb, y)
+    assert torch.equal(got, want) and n_got == n_want == 1
     assert torch.equal(codec._quantize(eb, y), eb.quantize_symbols(y))
 
 
@@ -489,8 +495,11 @@ def test_env_switch_turns_every_cpu_kernel_off(monkeypatch, model):
     assert model.compress(x, 12, precision="fp32") == data
 
 
+@pytest.mark.parametrize("kernels", [True, False])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_compress_refuses_a_non_finite_image(model, bad):
+def test_compress_refuses_a_non_finite_image(model, bad, kernels, monkeypatch):
+    if not kernels:
+        monkeypatch.setenv("SLIMKERNELS_CPU_KERNELS", "0")
     x = torch.rand(1, 3, 32, 48)
     x[0, 1, 7, 9] = bad
     with pytest.raises(ValueError, match="not finite"):

@@ -89,8 +89,8 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
 
 namespace {
 
-void quantize_latents_py(uintptr_t y, int ydtype, bool channels_last, int64_t N, int64_t C,
-                         int64_t H, int64_t W, uintptr_t medians, uintptr_t out, int nthreads) {
+int64_t quantize_latents_py(uintptr_t y, int ydtype, bool channels_last, int64_t N, int64_t C,
+                            int64_t H, int64_t W, uintptr_t medians, uintptr_t out, int nthreads) {
   sk::QuantizeArgs a;
   a.y = reinterpret_cast<const void*>(y);
   a.ydtype = ydtype;
@@ -99,6 +99,8 @@ void quantize_latents_py(uintptr_t y, int ydtype, bool channels_last, int64_t N,
   a.medians = reinterpret_cast<const float*>(medians);
   a.out = reinterpret_cast<int32_t*>(out);
   a.nthreads = nthreads;
+  int64_t invalid = 0;
+  a.invalid = &invalid;
   int rc;
   {
     py::gil_scoped_release release;
@@ -106,6 +108,7 @@ void quantize_latents_py(uintptr_t y, int ydtype, bool channels_last, int64_t N,
   }
   if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.quantize_latents: ") +
                                         sk::latents_error_message(rc));
+  return invalid;
 }
 
 void dequantize_latents_py(uintptr_t sym, int64_t N, int64_t C, int64_t H, int64_t W,
@@ -147,7 +150,8 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("channels_last"), py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"),
         py::arg("medians"), py::arg("out"), py::arg("nthreads"),
         "out int32 NCHW = round_half_even(float(y) - medians[c]) (see csrc/cpu/latents.hpp); y "
-        "fp32 (0) or bf16 (1), dense channels_last or NCHW; medians fp32 [C].");
+        "fp32 (0) or bf16 (1), dense channels_last or NCHW; medians fp32 [C]. Returns the number "
+        "of INT32_MIN results (NaN, inf or out of the int32 range), counted in the same pass.");
   m.def("dequantize_latents", &dequantize_latents_py, py::arg("sym"), py::arg("N"), py::arg("C"),
         py::arg("H"), py::arg("W"), py::arg("medians"), py::arg("out"), py::arg("nthreads"),
         "out fp32 dense channels_last = float(sym) + medians[c]; sym int32 NCHW contiguous.");

@@ -6,6 +6,7 @@
 #include "latents.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -38,8 +39,10 @@ inline float load_y(const void* y, int dt, int64_t i) {
 }
 
 // Scalar reference of one row (n, h): pixels [w0, w1) x channels [c0, c1).
-void quantize_row_scalar(const QuantizeArgs& a, int64_t n, int64_t h, int64_t w0, int64_t w1,
-                         int64_t c0, int64_t c1) {
+// Returns the number of INT32_MIN results.
+int64_t quantize_row_scalar(const QuantizeArgs& a, int64_t n, int64_t h, int64_t w0, int64_t w1,
+                            int64_t c0, int64_t c1) {
+  int64_t bad = 0;
   for (int64_t c = c0; c < c1; ++c) {
     int32_t* o = a.out + ((n * a.C + c) * a.H + h) * a.W;
     const float m = a.medians[c];
@@ -47,8 +50,10 @@ void quantize_row_scalar(const QuantizeArgs& a, int64_t n, int64_t h, int64_t w0
       const int64_t i = a.channels_last ? ((n * a.H + h) * a.W + w) * a.C + c
                                         : ((n * a.C + c) * a.H + h) * a.W + w;
       o[w] = quantize_one(load_y(a.y, a.ydtype, i), m);
+      bad += o[w] == INT32_MIN;
     }
   }
+  return bad;
 }
 
 void dequantize_row_scalar(const DequantizeArgs& a, int64_t n, int64_t h, int64_t w0, int64_t w1,
@@ -107,17 +112,23 @@ SK_LTARGET inline __m512i quantize16(__m512 v, __m512 m) {
   return _mm512_cvttps_epi32(r);
 }
 
-SK_LTARGET void quantize_row_simd(const QuantizeArgs& a, int64_t n, int64_t h) {
+// One image row (n, h); returns the number of INT32_MIN results.
+SK_LTARGET int64_t quantize_row_simd(const QuantizeArgs& a, int64_t n, int64_t h) {
   const int64_t W = a.W, C = a.C, W16 = W / 16 * 16, C16 = C / 16 * 16;
+  const __m512i vmin = _mm512_set1_epi32(INT32_MIN);
+  int64_t bad = 0;
   if (!a.channels_last) {  // NCHW: no transpose, 16 pixels of one channel at a time
     for (int64_t c = 0; c < C; ++c) {
       const int64_t base = ((n * C + c) * a.H + h) * W;
       const __m512 m = _mm512_set1_ps(a.medians[c]);
-      for (int64_t w = 0; w < W16; w += 16)
-        _mm512_storeu_si512(a.out + base + w, quantize16(load16(a.y, a.ydtype, base + w), m));
+      for (int64_t w = 0; w < W16; w += 16) {
+        const __m512i r = quantize16(load16(a.y, a.ydtype, base + w), m);
+        bad += __builtin_popcount(_mm512_cmpeq_epi32_mask(r, vmin));
+        _mm512_storeu_si512(a.out + base + w, r);
+      }
     }
-    if (W16 < W) quantize_row_scalar(a, n, h, W16, W, 0, C);
-    return;
+    if (W16 < W) bad += quantize_row_scalar(a, n, h, W16, W, 0, C);
+    return bad;
   }
   const int64_t row = (n * a.H + h) * W * C;
   for (int64_t c0 = 0; c0 < C16; c0 += 16) {
@@ -126,14 +137,17 @@ SK_LTARGET void quantize_row_simd(const QuantizeArgs& a, int64_t n, int64_t h) {
     const int64_t plane = a.H * W;
     for (int64_t w0 = 0; w0 < W16; w0 += 16) {
       __m512i r[16];
-      for (int i = 0; i < 16; ++i)
+      for (int i = 0; i < 16; ++i) {
         r[i] = quantize16(load16(a.y, a.ydtype, row + (w0 + i) * C + c0), m);
+        bad += __builtin_popcount(_mm512_cmpeq_epi32_mask(r[i], vmin));
+      }
       transpose16(r);
       for (int j = 0; j < 16; ++j) _mm512_storeu_si512(o + j * plane + w0, r[j]);
     }
   }
-  if (W16 < W) quantize_row_scalar(a, n, h, W16, W, 0, C16);
-  if (C16 < C) quantize_row_scalar(a, n, h, 0, W, C16, C);
+  if (W16 < W) bad += quantize_row_scalar(a, n, h, W16, W, 0, C16);
+  if (C16 < C) bad += quantize_row_scalar(a, n, h, 0, W, C16, C);
+  return bad;
 }
 
 SK_LTARGET void dequantize_row_simd(const DequantizeArgs& a, int64_t n, int64_t h) {
@@ -194,8 +208,12 @@ int quantize_latents(const QuantizeArgs& a) {
   if (a.N * a.C * a.H * a.W == 0) return kLOk;
   if (a.y == nullptr || a.medians == nullptr || a.out == nullptr) return kLBadArgs;
 #if SK_HAVE_AMX_CODE
-  for_rows(a.N * a.H, a.W * a.C, a.nthreads,
-           [&](int64_t r) { quantize_row_simd(a, r / a.H, r % a.H); });
+  std::atomic<int64_t> bad{0};
+  for_rows(a.N * a.H, a.W * a.C, a.nthreads, [&](int64_t r) {
+    const int64_t b = quantize_row_simd(a, r / a.H, r % a.H);
+    if (b) bad.fetch_add(b, std::memory_order_relaxed);
+  });
+  if (a.invalid) *a.invalid = bad.load();
 #endif
   return kLOk;
 }

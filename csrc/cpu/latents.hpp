@@ -20,6 +20,9 @@ struct QuantizeArgs {
   // torch's float -> int32 cast gives on this CPU.
   int32_t* out = nullptr;
   int nthreads = 1;
+  // optional output: the number of INT32_MIN results (NaN, inf or |y - median| >= 2^31, or
+  // exactly -2^31), counted in the same pass so callers need no second scan of `out`.
+  int64_t* invalid = nullptr;
 };
 
 struct DequantizeArgs {
