@@ -148,6 +148,11 @@ CPU_FUSED_GDN = True
 #: Fold ``s`` columns into the channels of a reduced-precision stride-``s`` conv when the AMX tile
 #: use gain beats the extra MACs by this factor (estimated cost ratio <= this).
 WFOLD_MAX_COST = 0.9
+#: Fold a few-channel input (C < 16: the image layer, SlimCAE's 3-channel 9x9/4 enc1) only when
+#: the conv has at most this many output channels (its cost is not K-starvation alone: oneDNN's
+#: small-C kernel. Measured on kodim01, bf16, fold vs not: 1.11-1.37x at 1 thread and 1.25-1.58x
+#: at 2 for 16-72 outputs; 1.0-1.1x at 96; 0.37-0.99x at 144-192.)
+WFOLD_SMALL_C_MAX_OUT = 72
 _PACK_CACHE: "OrderedDict" = OrderedDict()
 _PACK_CACHE_MAX = 128
 _PACK_LOCK = threading.Lock()
@@ -216,13 +221,15 @@ def _amx_k_use(c: int) -> float:
     return c / (32 * -(-c // 32))
 
 
-def _wfold(x: torch.Tensor, k: int, stride: int, padding: int) -> int:
-    """The column fold factor for this conv: ``stride`` when folding pays (see
-    ``WFOLD_MAX_COST``), else 1. Needs a channels_last x, W and padding multiples of the stride."""
+def _wfold(x: torch.Tensor, k: int, stride: int, padding: int, co: int) -> int:
+    """The column fold factor for this conv (``co`` output channels): ``stride`` when folding
+    pays (see ``WFOLD_MAX_COST``, ``WFOLD_SMALL_C_MAX_OUT``), else 1. Needs a channels_last x, W
+    and padding multiples of the stride."""
     s, c = stride, x.shape[1]
-    if s < 2 or x.dtype != torch.bfloat16 or not _amx() or c < 16 or x.shape[-1] % s or \
-            padding % s:
+    if s < 2 or x.dtype != torch.bfloat16 or not _amx() or x.shape[-1] % s or padding % s:
         return 1
+    if c < 16:
+        return s if co <= WFOLD_SMALL_C_MAX_OUT else 1
     kt = -(-k // s)
     cost = (s * kt / k) * _amx_k_use(c) / _amx_k_use(s * c)
     return s if cost <= WFOLD_MAX_COST + 1e-9 else 1
@@ -307,7 +314,7 @@ def _conv2d_prepacked(x, weight, bias, co, stride, padding):
         y = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding)
         if y is not None:
             return y
-    fold = _wfold(x, k, stride, padding) if weight.shape[-2] == k else 1
+    fold = _wfold(x, k, stride, padding, co) if weight.shape[-2] == k else 1
     if fold > 1:
         x, st, pd = _fold_input(x, stride, padding)
     else:

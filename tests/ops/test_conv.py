@@ -274,6 +274,29 @@ def test_prepacked_takes_column_fold_for_narrow_bf16(monkeypatch):
         assert rel_err(y, ref) < (1e-2 if dtype == "bf16" else 1e-5)
 
 
+def test_prepacked_folds_the_image_layer_only_when_narrow(monkeypatch):
+    """The 3-channel 9x9/4 image layer (enc1) folds its columns in bf16 up to
+    WFOLD_SMALL_C_MAX_OUT output channels (measured faster there, slower at 144-192), and matches
+    float64 either way; a width not a multiple of the stride never folds."""
+    if not (conv_mod._onednn(torch.bfloat16) and conv_mod._amx()):
+        pytest.skip("needs oneDNN bf16 with AMX")
+    monkeypatch.setattr(conv_mod, "CPU_AMX_CONV", False)  # the oneDNN path (Kodak-size images)
+    calls = []
+    orig = conv_mod._fold_input
+    monkeypatch.setattr(conv_mod, "_fold_input", lambda *a: calls.append(a[0].shape) or orig(*a))
+    enc1 = ALL_LAYERS[0]
+    wide_ok = enc1[:-1] + ((21, 28),)                     # W = 28: a multiple of the stride
+    for layer, width, folds in ((wide_ok, 48, True), (wide_ok, 72, True), (wide_ok, 96, False),
+                                (wide_ok, 192, False), (enc1, 48, False)):
+        calls.clear()
+        x, wt, b, ref, run = _layer_case(layer, width, seed=width)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            y = run(x.float(), wt.float(), b.float())
+        assert bool(calls) == folds, (layer[-1], width)
+        assert rel_err(y, ref) < 1e-2
+    assert conv_mod.WFOLD_SMALL_C_MAX_OUT == 72
+
+
 @pytest.mark.parametrize("k,s,p,H,W", [(5, 2, 2, 11, 10), (5, 2, 2, 6, 4), (9, 4, 4, 9, 12),
                                        (3, 3, 0, 7, 9), (4, 2, 2, 5, 8)])
 def test_conv2d_wfold_equals_conv2d_float64_with_grad(k, s, p, H, W):
