@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Every GPU check of this project in one prepared command, for a session that is lent a CUDA
+# machine (GPUs are rare here and a lease is short: one call should do it all).
+#
+#   Here, once:   mkdir -p .gpu_carry && cp ../shared/data/kodak/kodim01.png .gpu_carry/
+#                 (.gpu_carry/ is git-ignored; the ../shared data does not travel)
+#   Device call:  run(command="bash bench/gpu_session.sh", carry=[".gpu_carry"], timeout_s=590)
+#   Dry run here: GPU_SESSION_DRY=1 OUT=/tmp/gpu_out bash bench/gpu_session.sh   (CPU, tiny shapes)
+#
+# Steps, each under its own time limit so that one slow step leaves time for the others:
+#   env        nvidia-smi, torch / triton versions
+#   build      the C++ extensions in place, with the machine's python3 (pybind11 is there)
+#   tests      pytest -m cuda (Triton kernels on the GPU against float64 references)
+#   gdn        bench/bench_gdn.py: GDN/IGDN forward and forward+backward vs eager and torch.compile
+#   conv       bench/bench_conv.py --device: sliced conv / tconv vs cuDNN, fused conv+GDN
+#   report     bench/report.py: end to end on CUDA (Triton + CUDA graphs vs eager, torch.compile)
+# Output in $OUT (default ./gpu_out): summary.txt (each step's status and time), one log per
+# step, and results.tgz (every file the benchmarks wrote under bench/results/). Unpack it here
+# with `tar xzf results.tgz` in the repository root, review, commit.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}
+PY=${PY:-python3}
+DRY=${GPU_SESSION_DRY:-0}
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+STAMP=$(mktemp)
+export PYTHONUNBUFFERED=1
+
+step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log it, record status + time
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    local what=ok
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && what="TIMED OUT after ${limit} s"
+    [ $rc -ne 0 ] && [ "$what" = ok ] && what="FAILED (exit $rc)"
+    printf '%-8s %-28s %4d s\n' "$name" "$what" $((SECONDS - t0)) | tee -a "$SUMMARY"
+}
+
+IMAGE=slimkernels/assets/sample.png
+[ -f .gpu_carry/kodim01.png ] && IMAGE=.gpu_carry/kodim01.png
+echo "image: $IMAGE; dry run: $DRY" >> "$SUMMARY"
+
+step env 10 bash -c "nvidia-smi || true; $PY -c 'import sys, torch, triton; \
+print(sys.version); print(\"torch\", torch.__version__, \"triton\", triton.__version__); \
+print(\"cuda\", torch.cuda.is_available(), torch.cuda.get_device_name() \
+if torch.cuda.is_available() else \"\")'"
+if [ "$DRY" = 1 ]; then  # no rebuild under a running test process: check the built modules
+    step build 80 "$PY" -c "import slimkernels._coder, slimkernels._cpu_kernels"
+else
+    step build 80 "$PY" setup.py -q build_ext --inplace
+fi
+
+# limits: 10 + 80 + 110 + 100 + 110 + 170 = 580 s, inside one 600 s device command
+RESULTS=bench/results
+if [ "$DRY" = 1 ]; then
+    RESULTS="$OUT/dry_gdn $OUT/dry_conv $OUT/dry_report"
+    step tests 240 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests
+    step gdn 120 "$PY" bench/bench_gdn.py --dry-run --out "$OUT/dry_gdn"
+    step conv 120 "$PY" bench/bench_conv.py --dry-run --out "$OUT/dry_conv"
+    step report 180 "$PY" bench/report.py --quick --cuda-dry-run --no-memory --no-compressai \
+        --image "$IMAGE" --out "$OUT/dry_report"
+else
+    step tests 110 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests
+    step gdn 100 "$PY" bench/bench_gdn.py --no-cpu
+    step conv 110 "$PY" bench/bench_conv.py --device --no-cpu
+    step report 170 "$PY" bench/report.py --repeats 5 --no-memory --no-layers --no-compressai \
+        --widths 192,144,96,72,48 --image "$IMAGE" \
+        --note "bench/gpu_session.sh on a lent GPU machine; CPU rows are that machine's CPU"
+fi
+
+# every result file written during this run, in one archive (the device returns at most 8 files)
+# shellcheck disable=SC2086  # RESULTS is a list of folders
+find $RESULTS -type f -newer "$STAMP" -print0 | tar czf "$OUT/results.tgz" --null -T - 2>/dev/null
+rm -f "$STAMP"
+echo "results.tgz: $(tar tzf "$OUT/results.tgz" | wc -l) files" | tee -a "$SUMMARY"

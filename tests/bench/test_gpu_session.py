@@ -1,0 +1,26 @@
+"""bench/gpu_session.sh, the one-command GPU session, runs end to end in its CPU dry-run mode."""
+import os
+import subprocess
+import sys
+import tarfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_gpu_session_script_dry_run(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, PY=sys.executable, GPU_SESSION_DRY="1", OUT=str(out))
+    r = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_session.sh")], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = (out / "summary.txt").read_text().splitlines()
+    steps = {ln.split()[0]: ln for ln in lines if ln.split()[:1] and
+             ln.split()[0] in ("env", "build", "tests", "gdn", "conv", "report")}
+    # env may fail without nvidia-smi / triton; every other step must pass
+    assert set(steps) == {"env", "build", "tests", "gdn", "conv", "report"}, lines
+    for name in ("build", "tests", "gdn", "conv", "report"):
+        assert " ok " in steps[name], (steps[name], (out / f"{name}.log").read_text()[-2000:])
+    with tarfile.open(out / "results.tgz") as t:
+        names = t.getnames()
+    assert any(n.endswith(".md") for n in names) and any(n.endswith(".json") for n in names)
+    assert f"results.tgz: {len(names)} files" in lines[-1]
