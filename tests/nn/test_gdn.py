@@ -82,3 +82,56 @@ def test_slim_gdn_plus_identity_scalars_and_gradients():
     for p in (gp.gamma_scale, gp.gamma_bias, gp.beta_scale, gp.beta_bias, gp.gdn.gamma):
         assert p.grad is not None and torch.isfinite(p.grad).all()
     assert gp.gamma_scale.grad[1] != 0 and gp.gamma_scale.grad[0] == 0
+
+
+def test_effective_params_cached_without_grad_and_invalidated_by_updates():
+    g = SlimGDN(6)
+    with torch.no_grad():
+        g.gamma.add_(torch.rand(6, 6) * 0.1)
+
+    def fresh():
+        return g.beta_reparam(g.beta).detach(), g.gamma_reparam(g.gamma).detach()
+
+    with torch.no_grad():
+        b1, g1 = g.effective_params()
+        b2, g2 = g.effective_params()
+    assert b1 is b2 and g1 is g2                            # cached: the same tensors
+    assert torch.equal(b1, fresh()[0]) and torch.equal(g1, fresh()[1])
+    # with autograd: computed, attached to the graph, never cached
+    b3, g3 = g.effective_params()
+    assert g3.grad_fn is not None and g3 is not g1
+    g3.sum().backward()
+    assert g.gamma.grad is not None
+    # an optimizer step (in place: a version bump) invalidates the cache
+    torch.optim.SGD(g.parameters(), lr=0.5).step()
+    with torch.no_grad():
+        b4, g4 = g.effective_params()
+    assert not torch.equal(g4, g1) and torch.equal(g4, fresh()[1])
+    # so does load_state_dict (copies in place), a replaced parameter, and a buffer change
+    sd = {k: v.clone() for k, v in g.state_dict().items()}
+    sd["beta"] = sd["beta"] * 2
+    g.load_state_dict(sd)
+    with torch.no_grad():
+        assert torch.equal(g.effective_params()[0], fresh()[0])
+        g.gamma = torch.nn.Parameter(g.gamma * 0.5)
+        assert torch.equal(g.effective_params()[1], fresh()[1])
+        g.beta_reparam.lower_bound.bound.fill_(2.0)
+        assert torch.equal(g.effective_params()[0], fresh()[0])
+        assert bool((g.effective_params()[0] >= 4.0 - 1e-6).all())
+        # writes through .data bypass versions: clear_cache() after them
+        g.gamma.data.mul_(3.0)
+        g.clear_cache()
+        assert torch.equal(g.effective_params()[1], fresh()[1])
+
+
+def test_switch_gdn_inference_uses_current_parameters():
+    # the cached parameters follow an update between two no-grad calls
+    sg = SwitchGDN([4, 8])
+    x = torch.rand(1, 4, 3, 5)
+    with torch.no_grad():
+        y0 = sg(x)
+        sg.gdns[0].beta.add_(1.0)
+        y1 = sg(x)
+    ref = sg.gdns[0](x.requires_grad_(True)).detach()      # with autograd: the uncached path
+    assert not torch.allclose(y0, y1)
+    torch.testing.assert_close(y1, ref, rtol=1e-6, atol=1e-7)
