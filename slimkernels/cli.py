@@ -97,6 +97,10 @@ def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]
             raise CLIError(f"output {o} is the input file")
         if os.path.exists(o) and not force:
             raise CLIError(f"{o} exists: not overwriting it (use --force)")
+        folder = os.path.dirname(os.path.abspath(o))
+        if not os.path.isdir(folder):
+            raise CLIError(f"cannot write {o}: the folder {folder} does not exist (create it "
+                           "first)")
     return outs
 
 
@@ -150,8 +154,12 @@ def cmd_compress(args) -> int:
         atomic_write_bytes(dst, data, overwrite=args.force)
         if not args.quiet:
             H, W = x.shape[-2:]
+            bpp = 8 * len(data) / (H * W)
             print(f"{src} -> {dst}: width {width}, {len(data)} bytes, "
-                  f"{8 * len(data) / (H * W):.4f} bpp, {dt * 1e3:.1f} ms")
+                  f"{bpp:.4f} bpp, {dt * 1e3:.1f} ms")
+            if args.target_bpp is not None and bpp > args.target_bpp:
+                print(f"{src}: note: no width reaches --target-bpp {args.target_bpp:g}; wrote the "
+                      f"narrowest ({bpp:.4f} bpp)", file=sys.stderr)
     return EXIT_OK
 
 

@@ -74,6 +74,27 @@ def test_quality_and_target_bpp(model_file, images, tmp_path):
                  "--quality", "3"]) == 1
 
 
+def test_unreachable_target_bpp_is_reported(model_file, images, tmp_path, capsys):
+    out = tmp_path / "t.slim"
+    assert main(["compress", images["RGB"], str(out), "--model", model_file,
+                 "--target-bpp", "1e-6"]) == 0
+    from slimkernels.container import read
+    assert read(str(out)).width == 8                       # the narrowest
+    assert "no width reaches --target-bpp 1e-06" in capsys.readouterr().err
+
+
+def test_missing_output_folder_is_an_error_before_any_work(model_file, images, tmp_path, capsys):
+    for cmd, src in (("compress", images["RGB"]), ("decompress", None)):
+        if src is None:
+            src = str(tmp_path / "ok.slim")
+            assert main(["compress", images["RGB"], src, "--model", model_file, "-q"]) == 0
+        dst = tmp_path / "no" / "such" / ("x.slim" if cmd == "compress" else "x.png")
+        assert main([cmd, src, str(dst), "--model", model_file]) == 1
+        err = capsys.readouterr().err
+        assert "does not exist (create it first)" in err and str(tmp_path / "no" / "such") in err
+        assert not (tmp_path / "no").exists()
+
+
 def test_refuses_overwrite_without_force(model_file, images, tmp_path, capsys):
     out = tmp_path / "a.slim"
     out.write_bytes(b"precious")
