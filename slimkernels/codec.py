@@ -497,6 +497,9 @@ class SlimCodec(nn.Module):
             raise ValueError(f"compress expects one RGB image [1, 3, H, W], got {tuple(x.shape)}")
         if not torch.is_floating_point(x):
             raise ValueError(f"compress expects a float image in [0, 1], got dtype {x.dtype}")
+        if x.shape[-2] < 1 or x.shape[-1] < 1:
+            raise ValueError(f"compress expects an image of at least 1x1 pixels, got "
+                             f"{tuple(x.shape)}")
         dev = self._device()
         precision = resolve_precision(precision, dev)
         eb = self.entropy_bottleneck.for_width(width)

@@ -495,6 +495,12 @@ def test_env_switch_turns_every_cpu_kernel_off(monkeypatch, model):
     assert model.compress(x, 12, precision="fp32") == data
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 0, 5), (1, 3, 7, 0), (3, 0, 0)])
+def test_compress_refuses_an_empty_image(model, shape):
+    with pytest.raises(ValueError, match="at least 1x1 pixels"):
+        model.compress(torch.rand(shape), 12)
+
+
 @pytest.mark.parametrize("kernels", [True, False])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_compress_refuses_a_non_finite_image(model, bad, kernels, monkeypatch):
