@@ -403,6 +403,19 @@ class SlimCodec(nn.Module):
             self.__dict__["_model_id_cache"] = cache
         return cache[1]
 
+    def clear_caches(self) -> None:
+        """Drop every inference cache tied to this model's weights: the prepacked conv weights
+        (:func:`slimkernels.ops.conv.clear_cpu_caches`), the layers' cached effective GDN
+        parameters and the :meth:`model_id`. Needed only after writing a parameter or buffer
+        through ``.data`` (which bypasses version counters); in-place updates,
+        ``load_state_dict`` and optimizer steps are detected without it."""
+        from .ops.conv import clear_cpu_caches
+        clear_cpu_caches()
+        for m in self.modules():
+            if m is not self and callable(getattr(m, "clear_cache", None)):
+                m.clear_cache()
+        self.__dict__.pop("_model_id_cache", None)
+
     def _state_key(self) -> Tuple:
         # identity, version counter and data pointer of every state_dict tensor (parameters and
         # persistent buffers): changes when a tensor is modified in place, replaced or reassigned.

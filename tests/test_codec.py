@@ -510,3 +510,22 @@ def test_compress_refuses_a_non_finite_image(model, bad, kernels, monkeypatch):
     x[0, 1, 7, 9] = bad
     with pytest.raises(ValueError, match="not finite"):
         model.compress(x, 12)
+
+
+def test_clear_caches_after_data_writes(model):
+    """Writes through .data bypass version counters: clear_caches() drops every cache built from
+    the weights (prepacked convs, effective GDN parameters, model id), so the next call sees the
+    new weights."""
+    import copy
+    m = copy.deepcopy(model)
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        before = m.compress(x, 12, precision="fp32")
+        id_before = m.model_id()
+        for p in m.g_a.parameters():
+            p.data.mul_(0.5)                      # no version bump
+        m.clear_caches()
+        after = m.compress(x, 12, precision="fp32")
+    assert m.model_id() != id_before
+    fresh = copy.deepcopy(m)                      # a copy has no caches
+    assert fresh.compress(x, 12, precision="fp32") == after != before
