@@ -65,7 +65,7 @@ if [ "$DRY" = 1 ]; then
         --image "$IMAGE" --out "$OUT/dry_report"
 else
     step tests 110 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests
-    step gdn 100 "$PY" bench/bench_gdn.py --no-cpu
+    step gdn 100 "$PY" bench/bench_gdn.py --no-cpu --md-name gdn_cuda  # not over the CPU table
     step conv 110 "$PY" bench/bench_conv.py --device --no-cpu
     step report 170 "$PY" bench/report.py --repeats 5 --no-memory --no-layers --no-compressai \
         --widths 192,144,96,72,48 --image "$IMAGE" \
