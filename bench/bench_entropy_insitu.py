@@ -1,0 +1,115 @@
+"""The entropy step of ``compress`` in situ (right after the analysis transform) vs on its own.
+
+Why this exists: inside ``compress`` the quantization and the range coder run ~1.5x slower than in
+a loop of their own (issue 8's "entropy share" goal). This script measures, in one process and
+interleaved, for 1 and 2 coder streams:
+
+* ``in situ``: ``encode`` right after ``model.encode`` (as ``compress`` runs it);
+* ``in situ, indexes warm``: the same, with the per-symbol index array read once just before
+  (outside the timing), to show how much of the gap is the cold index array;
+* ``alone``: ``encode`` of the same symbols in a tight loop.
+
+Usage: ``python bench/bench_entropy_insitu.py [--width 192] [--threads 2] [--repeats 20]``
+(``--dry-run``: a random tiny model on a 64x96 image, to check that the code runs).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from slimkernels import coding  # noqa: E402
+from slimkernels.codec import _autocast, _quantize, _tables, latent_indexes, resolve_precision  # noqa: E402,E501
+
+
+def measure(model, x: torch.Tensor, width: int, repeats: int, precision: str = "auto"):
+    """``{(case, streams): median ms}`` for case in ("quantize", "in situ", "in situ, indexes
+    warm", "alone") and streams in (1, 2); ``x``: ``[1, 3, H, W]`` float32 in [0, 1] (H, W
+    multiples of the model's downsampling)."""
+    eb = model.entropy_bottleneck.for_width(width)
+    tabs = _tables(eb)
+    dev = next(model.parameters()).device
+    precision = resolve_precision(precision, dev)
+    xin = model._image_input(x.to(dev), precision)
+    times = {}
+
+    def add(key, v):
+        times.setdefault(key, []).append(v * 1e3)
+
+    with torch.no_grad():
+        for _ in range(repeats):
+            for streams in (1, 2):
+                for warm in (False, True):
+                    with _autocast(dev, precision):
+                        y = model.encode(xin, width)
+                    t0 = time.perf_counter()
+                    sym = _quantize(eb, y)
+                    t1 = time.perf_counter()
+                    _, C, h, w = sym.shape
+                    idx = latent_indexes(C, h, w)
+                    if warm:
+                        int(idx.sum())            # read once, outside the timing
+                    t2 = time.perf_counter()
+                    coding.encode(sym.numpy(), idx, *tabs, precision=eb.precision,
+                                  streams=streams)
+                    t3 = time.perf_counter()
+                    if not warm:
+                        add(("quantize", streams), t1 - t0)
+                    add(("in situ, indexes warm" if warm else "in situ", streams), t3 - t2)
+        s = sym.numpy()
+        for streams in (1, 2):
+            for _ in range(repeats):
+                t = time.perf_counter()
+                coding.encode(s, idx, *tabs, precision=eb.precision, streams=streams)
+                add(("alone", streams), time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def markdown(res) -> str:
+    lines = ["| case | 1 stream ms | 2 streams ms |", "|---|---|---|"]
+    for case in ("quantize", "in situ", "in situ, indexes warm", "alone"):
+        lines.append(f"| {case} | {res[(case, 1)]:.3f} | {res[(case, 2)]:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--width", type=int, default=192)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    ap.add_argument("--image", default=None, help="image (default: Kodak kodim01)")
+    ap.add_argument("--dry-run", action="store_true", help="random tiny model, 64x96 image")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    if a.dry_run:
+        from slimkernels.models import SlimCAE
+        torch.manual_seed(0)
+        model = SlimCAE(widths=(16, 8)).eval()
+        model.update()
+        x = torch.rand(1, 3, 64, 96)
+        width, repeats = 16, 2
+    else:
+        from slimkernels.io import read_image
+        from slimkernels.pretrained import load_model
+        model = load_model(a.model)
+        image = a.image or os.path.join(os.path.dirname(HERE), "..", "shared", "data", "kodak",
+                                        "kodim01.png")
+        x, _ = read_image(image)
+        width, repeats = a.width, a.repeats
+    res = measure(model, x, width, repeats)
+    print(f"w={width}, {a.threads} threads, medians of {repeats}:")
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
