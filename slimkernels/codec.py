@@ -45,6 +45,7 @@ import torch.nn as nn
 
 from . import coding, container
 from ._cpu import cpu_kernels
+from ._state import tensor_state_key
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "native_bf16",
            "resolve_precision", "auto_streams", "PRECISIONS", "STREAM_MIN_SYMBOLS"]
@@ -434,7 +435,7 @@ class SlimCodec(nn.Module):
                 skip = m._non_persistent_buffers_set
                 ext([v for k, v in b.items() if k not in skip] if skip else b.values())
             push(m._modules.values())
-        return tuple([(id(t), t._version, t.data_ptr()) for t in ts if t is not None])
+        return tensor_state_key([t for t in ts if t is not None])
 
     # -- coding --------------------------------------------------------------------------------
     def _device(self) -> torch.device:

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
+from .._state import tensor_state_key
 from .parametrizers import NonNegativeParametrizer
 
 
@@ -48,7 +49,7 @@ class SlimGDN(nn.Module):
             return self.beta_reparam(self.beta), self.gamma_reparam(self.gamma)
         ts = (self.beta, self.gamma, self.beta_reparam.pedestal, self.beta_reparam.lower_bound.bound,
               self.gamma_reparam.pedestal, self.gamma_reparam.lower_bound.bound)
-        key = tuple([(id(t), t._version, t.data_ptr()) for t in ts])
+        key = tensor_state_key(ts)
         cache = self.__dict__.get("_effective_cache")
         if cache is None or cache[0] != key:
             with torch.no_grad():
