@@ -24,7 +24,9 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
+import e2e  # noqa: E402
 from slimkernels import coding  # noqa: E402
 from slimkernels.codec import _autocast, _quantize, _tables, latent_indexes, resolve_precision  # noqa: E402,E501
 
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
-    ap.add_argument("--image", default=None, help="image (default: Kodak kodim01)")
+    ap.add_argument("--image", default=None, help="image (default: Kodak kodim01, as bench/report.py)")
     ap.add_argument("--dry-run", action="store_true", help="random tiny model, 64x96 image")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -97,12 +99,8 @@ def main(argv=None) -> int:
         x = torch.rand(1, 3, 64, 96)
         width, repeats = 16, 2
     else:
-        from slimkernels.io import read_image
-        from slimkernels.pretrained import load_model
-        model = load_model(a.model)
-        image = a.image or os.path.join(os.path.dirname(HERE), "..", "shared", "data", "kodak",
-                                        "kodim01.png")
-        x, _ = read_image(image)
+        model, _ = e2e.load_model(a.model)       # the report's loaders: same defaults
+        x = e2e.load_image(a.image)
         width, repeats = a.width, a.repeats
     res = measure(model, x, width, repeats)
     print(f"w={width}, {a.threads} threads, medians of {repeats}:")
