@@ -6,6 +6,7 @@ bundled SlimCAE at every width, and print a table (rate, quality, time).
 """
 import argparse
 import math
+import statistics
 import os
 import sys
 import tempfile
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
         with open(stem + ".png", "wb") as f:
             f.write(image_to_png_bytes(xh))
         print(f"{w:>5} {len(data):>7} {8 * len(data) / (H * W):>7.3f} {psnr:>8.2f} "
-              f"{sorted(enc)[1] * 1e3:>10.1f} {sorted(dec)[1] * 1e3:>10.1f}")
+              f"{statistics.median(enc) * 1e3:>10.1f} {statistics.median(dec) * 1e3:>10.1f}")
     print(f"\nEvery width decoded from its own .slim file; see {out}.")
     return 0
 
