@@ -35,17 +35,23 @@ slimcoder::Tables make_tables(const I32& cdfs, const I32& lengths, const I32& of
   return t;
 }
 
+// run: symbols per index (symbol j uses indexes[j / run]); symbols.size() == indexes.size() * run.
+void check_sizes(py::ssize_t symbols, py::ssize_t indexes, int64_t run) {
+  if (run < 1) throw slimcoder::Error("index run must be >= 1, got " + std::to_string(run));
+  if (symbols != py::ssize_t(indexes * run))
+    throw slimcoder::Error("symbols has " + std::to_string(symbols) + " elements but indexes has " +
+                           std::to_string(indexes) + (run == 1 ? "" : " x run " + std::to_string(run)));
+}
+
 py::bytes encode(const I32& symbols, const I32& indexes, const I32& cdfs, const I32& lengths,
-                 const I32& offsets, int precision, int64_t streams, int threads) {
-  if (symbols.size() != indexes.size())
-    throw slimcoder::Error("symbols has " + std::to_string(symbols.size()) +
-                           " elements but indexes has " + std::to_string(indexes.size()));
+                 const I32& offsets, int precision, int64_t streams, int threads, int64_t run) {
+  check_sizes(symbols.size(), indexes.size(), run);
   const slimcoder::Tables t = make_tables(cdfs, lengths, offsets, precision);
   slimcoder::EncodedParts parts;
   {
     py::gil_scoped_release release;
-    slimcoder::encode_parts(symbols.data(), indexes.data(), indexes.size(), t, streams, threads,
-                            parts);
+    slimcoder::encode_parts(symbols.data(), indexes.data(), symbols.size(), t, streams, threads,
+                            parts, run);
   }
   // One copy, straight into the bytes object.
   PyObject* out = PyBytes_FromStringAndSize(nullptr, py::ssize_t(parts.total_size()));
@@ -54,20 +60,32 @@ py::bytes encode(const I32& symbols, const I32& indexes, const I32& cdfs, const 
   return py::reinterpret_steal<py::bytes>(out);
 }
 
+// shape: the symbols' shape (None: that of indexes); run as for encode.
 I32 decode(const py::buffer& data, const I32& indexes, const I32& cdfs, const I32& lengths,
-           const I32& offsets, int precision, int threads) {
+           const I32& offsets, int precision, int threads, py::object shape, int64_t run) {
   const py::buffer_info info = data.request();
   if (info.itemsize != 1 || info.ndim > 1 || (info.ndim == 1 && info.strides[0] != 1))
     throw slimcoder::Error("data must be a contiguous byte buffer (bytes, bytearray, uint8)");
   const slimcoder::Tables t = make_tables(cdfs, lengths, offsets, precision);
-  std::vector<py::ssize_t> shape(indexes.shape(), indexes.shape() + indexes.ndim());
-  I32 out(shape);
+  std::vector<py::ssize_t> dims(indexes.shape(), indexes.shape() + indexes.ndim());
+  if (!shape.is_none()) {
+    dims.clear();
+    for (py::handle d : py::sequence(shape)) dims.push_back(d.cast<py::ssize_t>());
+  }
+  py::ssize_t n = 1;
+  for (py::ssize_t d : dims) {
+    if (d < 0) throw slimcoder::Error("shape has a negative dimension");
+    if (d > 0 && n > PY_SSIZE_T_MAX / d) throw slimcoder::Error("shape is too large");
+    n *= d;
+  }
+  check_sizes(n, indexes.size(), run);
+  I32 out(dims);
   int32_t* o = out.mutable_data();
   const uint8_t* d = static_cast<const uint8_t*>(info.ptr);
   const size_t size = size_t(info.size);
   {
     py::gil_scoped_release release;
-    slimcoder::decode(d, size, indexes.data(), indexes.size(), t, threads, o);
+    slimcoder::decode(d, size, indexes.data(), int64_t(n), t, threads, o, run);
   }
   return out;
 }
@@ -121,10 +139,11 @@ PYBIND11_MODULE(_coder, m) {
   m.def("encode", &encode, py::arg("symbols").noconvert(), py::arg("indexes").noconvert(),
         py::arg("cdfs").noconvert(), py::arg("cdf_lengths").noconvert(),
         py::arg("offsets").noconvert(), py::arg("precision"), py::arg("streams"),
-        py::arg("threads"));
+        py::arg("threads"), py::arg("run") = 1);
   m.def("decode", &decode, py::arg("data"), py::arg("indexes").noconvert(),
         py::arg("cdfs").noconvert(), py::arg("cdf_lengths").noconvert(),
-        py::arg("offsets").noconvert(), py::arg("precision"), py::arg("threads"));
+        py::arg("offsets").noconvert(), py::arg("precision"), py::arg("threads"),
+        py::arg("shape") = py::none(), py::arg("run") = 1);
   m.def("stream_count", &stream_count, py::arg("data"));
   m.def("validate_tables", &validate, py::arg("cdfs").noconvert(),
         py::arg("cdf_lengths").noconvert(), py::arg("offsets").noconvert(),

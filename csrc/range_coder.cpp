@@ -110,6 +110,24 @@ Error index_error(int64_t at, int32_t value, int64_t num_cdfs) {
                str(num_cdfs) + ") (num_cdfs = cdfs.shape[0])");
 }
 
+// The first bad index (position in the indexes array) among those read by symbols [b, e) when
+// symbol j uses indexes[j / run], or -1.
+int64_t first_bad_index_of(const int32_t* indexes, int64_t run, int64_t b, int64_t e,
+                           int64_t num_cdfs) {
+  if (e <= b) return -1;
+  const int64_t r0 = b / run, r1 = (e - 1) / run + 1;
+  const int64_t at = first_bad_index(indexes + r0, r1 - r0, num_cdfs);
+  return at < 0 ? -1 : r0 + at;
+}
+
+// Checks a run length: run >= 1 dividing n (the indexes array holds n / run entries).
+void check_run(int64_t n, int64_t run) {
+  if (run < 1) throw Error("index run must be >= 1, got " + str(run));
+  if (n % run != 0)
+    throw Error("index run " + str(run) + " does not divide the symbol count " + str(n) +
+                " (indexes must hold symbol count / run entries)");
+}
+
 void atomic_min(std::atomic<int64_t>& a, int64_t v) {
   int64_t cur = a.load(std::memory_order_relaxed);
   while (v < cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
@@ -490,10 +508,68 @@ int resolve_threads(int threads, int64_t streams) {
 // ---------------------------------------------------------------------------------------------
 // Encoder. Symbols are coded last to first; words are written backwards into a buffer so that
 // the decoder reads them forwards.
+// One coded symbol of a CDF row, with the division by its frequency done as a multiplication
+// (ryg_rans' rans64 construction after Alverson, "Integer division using reciprocals"): with
+// q = mulhi(x, rcp) >> shift = x / freq exactly for every state x < 2^63,
+//   x' = (x / freq) * 2^p + x % freq + start = x + bias + q * cmpl,   cmpl = 2^p - freq.
+// freq = 1 cannot have a reciprocal below 1: rcp = 2^64 - 1 and shift = 0 give q = x - 1, and
+// bias = start + 2^p - 1 makes up for it. The bytes are those of the division (same x').
+struct EncSym {
+  uint64_t rcp;
+  uint32_t bias;
+  uint16_t cmpl;  // 2^p - freq (freq >= 1, p <= 16)
+  uint8_t shift;
+  uint8_t pad;
+};
+static_assert(sizeof(EncSym) == 16, "EncSym is meant to be 16 bytes");
+
+EncSym make_enc_sym(uint32_t start, uint32_t freq, int p) {
+  EncSym e{};
+  e.cmpl = uint16_t((1u << p) - freq);
+  if (freq < 2) {
+    e.rcp = ~0ull;
+    e.shift = 0;
+    e.bias = start + (1u << p) - 1;
+  } else {
+    uint32_t shift = 0;  // ceil(log2(freq))
+    while (freq > (1u << shift)) ++shift;
+    const uint64_t x1 = 1ull << (shift + 31);
+    const uint64_t t1 = x1 / freq;
+    const uint64_t x0 = (freq - 1) + ((x1 % freq) << 32);
+    const uint64_t t0 = x0 / freq;
+    e.rcp = t0 + (t1 << 32);
+    e.shift = uint8_t(shift - 1);
+    e.bias = start;
+  }
+  return e;
+}
+
+// Indexes come one per symbol (run == 1) or one per run of `run` consecutive symbols (symbol j
+// uses idx[j / run]: a latent's channel index for its h * w symbols). The coding loops read them
+// a block at a time, runs expanded into a small buffer that stays in L1.
+constexpr int64_t kIdxBlock = 2048;  // symbols per block (a multiple of kLanes)
+static_assert(kIdxBlock % kLanes == 0, "blocks must keep the lanes of the format");
+
+// The indexes of symbols [lo, hi) (hi - lo <= kIdxBlock): p[j - lo] for symbol j. A view of idx
+// when run == 1, else the runs written out into buf.
+const int32_t* block_indexes(const int32_t* idx, int64_t run, int64_t lo, int64_t hi,
+                             int32_t* buf) {
+  if (run == 1) return idx + lo;
+  int64_t r = lo / run;
+  for (int64_t j = lo; j < hi; ++r) {
+    const int64_t e = std::min(hi, (r + 1) * run);
+    std::fill(buf + (j - lo), buf + (e - lo), idx[r]);
+    j = e;
+  }
+  return buf;
+}
+
 struct EncCtx {
   const int32_t* sym;
   const int32_t* idx;
+  int64_t run;
   const int32_t* cdfs;
+  const EncSym* enc;  // [num_cdfs, stride]: entry s of row i codes symbol s of CDF i
   int64_t stride;
   const int32_t* lengths;
   const int32_t* offsets;
@@ -535,17 +611,22 @@ SK_NOINLINE void enc_escape(uint64_t& x, uint32_t*& ptr, int64_t v, int64_t nd,
   enc_put(x, ptr, start, uint32_t(row[nd + 1]) - start, p);
 }
 
-SK_INLINE void enc_one(const EncCtx& c, int64_t j, uint64_t& x, uint32_t*& ptr) {
-  const int32_t i = c.idx[j];
+SK_INLINE void enc_one(const EncCtx& c, int32_t sym, int32_t i, uint64_t& x, uint32_t*& ptr) {
   const int32_t* row = c.cdfs + int64_t(i) * c.stride;
   const int64_t nd = int64_t(c.lengths[i]) - 2;
-  const int64_t v = int64_t(c.sym[j]) - int64_t(c.offsets[i]);
+  const int64_t v = int64_t(sym) - int64_t(c.offsets[i]);
   if (SK_UNLIKELY(uint64_t(v) >= uint64_t(nd))) {
     enc_escape(x, ptr, v, nd, row, c.p);
     return;
   }
-  const uint32_t start = uint32_t(row[v]);
-  enc_put(x, ptr, start, uint32_t(row[v + 1]) - start, c.p);
+  const EncSym e = c.enc[int64_t(i) * c.stride + v];
+  const uint64_t freq = (1ull << c.p) - e.cmpl;
+  const bool r = x >= (freq << (63 - c.p));
+  ptr[-1] = uint32_t(x);
+  ptr -= r;
+  x = r ? (x >> 32) : x;
+  const uint64_t q = uint64_t((unsigned __int128)x * e.rcp >> 64) >> e.shift;
+  x = x + e.bias + q * e.cmpl;
 }
 
 // One encoded substream: bytes [data, data + size), in the caller's scratch buffer or in `own`
@@ -580,23 +661,32 @@ void encode_substream(const EncCtx& c, int64_t begin, int64_t end, uint32_t* reg
       out.own = std::move(nb);
     }
   };
-  const int64_t m4 = m & ~int64_t(3);
-  for (int64_t j = m - 1; j >= m4; --j) {
-    ensure();
-    switch (j & 3) {
-      case 0: enc_one(c, begin + j, x0, ptr); break;
-      case 1: enc_one(c, begin + j, x1, ptr); break;
-      case 2: enc_one(c, begin + j, x2, ptr); break;
-      default: enc_one(c, begin + j, x3, ptr); break;
+  // Blocks from the last one down; every block starts at begin + a multiple of kIdxBlock, so
+  // symbol j's lane is (j - begin) & 3 in block-local numbering too. Only the last block can
+  // end with a partial group of lanes.
+  int32_t ibuf[kIdxBlock];
+  for (int64_t blk = m > 0 ? (m - 1) / kIdxBlock : -1; blk >= 0; --blk) {
+    const int64_t b0 = begin + blk * kIdxBlock;
+    const int64_t mb = std::min(end, b0 + kIdxBlock) - b0;
+    const int32_t* ix = block_indexes(c.idx, c.run, b0, b0 + mb, ibuf);
+    const int32_t* sy = c.sym + b0;
+    const int64_t m4 = mb & ~int64_t(3);
+    for (int64_t j = mb - 1; j >= m4; --j) {
+      ensure();
+      switch (j & 3) {
+        case 0: enc_one(c, sy[j], ix[j], x0, ptr); break;
+        case 1: enc_one(c, sy[j], ix[j], x1, ptr); break;
+        case 2: enc_one(c, sy[j], ix[j], x2, ptr); break;
+        default: enc_one(c, sy[j], ix[j], x3, ptr); break;
+      }
     }
-  }
-  for (int64_t j = m4 - 4; j >= 0; j -= 4) {
-    ensure();
-    const int64_t b = begin + j;
-    enc_one(c, b + 3, x3, ptr);
-    enc_one(c, b + 2, x2, ptr);
-    enc_one(c, b + 1, x1, ptr);
-    enc_one(c, b, x0, ptr);
+    for (int64_t j = m4 - 4; j >= 0; j -= 4) {
+      ensure();
+      enc_one(c, sy[j + 3], ix[j + 3], x3, ptr);
+      enc_one(c, sy[j + 2], ix[j + 2], x2, ptr);
+      enc_one(c, sy[j + 1], ix[j + 1], x1, ptr);
+      enc_one(c, sy[j], ix[j], x0, ptr);
+    }
   }
   ensure();
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -637,6 +727,7 @@ thread_local Scratch tls_scratch;
 template <typename LutT>
 struct DecCtx {
   const int32_t* idx;
+  int64_t run;  // as in EncCtx
   const int32_t* cdfs;
   int64_t stride;
   const int32_t* lengths;
@@ -742,30 +833,34 @@ void decode_substream(const DecCtx<LutT>& c, const uint8_t* data, int64_t size, 
     throw Error("corrupt stream: substream " + str(stream_no) + " starts with an invalid state");
   DecState st{data + kStateBytes, data + size};
   uint64_t overflow = 0;
-  const int64_t m = end - begin;
-  const int64_t m4 = m & ~int64_t(3);
-  int32_t* o = out + begin;
-  const int32_t* idx = c.idx;
   DecCtx<LutT> cc = c;
-  cc.idx = idx + begin;
-  for (int64_t j = 0; j < m4; j += 4) {
-    if (st.end - st.ptr >= kBlockBytes) {
-      dec_one<LutT, false, kP, kBits>(cc, j, x0, st, o, overflow);
-      dec_one<LutT, false, kP, kBits>(cc, j + 1, x1, st, o, overflow);
-      dec_one<LutT, false, kP, kBits>(cc, j + 2, x2, st, o, overflow);
-      dec_one<LutT, false, kP, kBits>(cc, j + 3, x3, st, o, overflow);
-    } else {
-      dec_one<LutT, true, kP, kBits>(cc, j, x0, st, o, overflow);
-      dec_one<LutT, true, kP, kBits>(cc, j + 1, x1, st, o, overflow);
-      dec_one<LutT, true, kP, kBits>(cc, j + 2, x2, st, o, overflow);
-      dec_one<LutT, true, kP, kBits>(cc, j + 3, x3, st, o, overflow);
+  int32_t ibuf[kIdxBlock];
+  // Blocks of kIdxBlock symbols from begin (lanes as in the encoder); only the last block can
+  // end with a partial group of lanes.
+  for (int64_t b0 = begin; b0 < end; b0 += kIdxBlock) {
+    const int64_t mb = std::min(end, b0 + kIdxBlock) - b0;
+    const int64_t m4 = mb & ~int64_t(3);
+    int32_t* o = out + b0;
+    cc.idx = block_indexes(c.idx, c.run, b0, b0 + mb, ibuf);
+    for (int64_t j = 0; j < m4; j += 4) {
+      if (st.end - st.ptr >= kBlockBytes) {
+        dec_one<LutT, false, kP, kBits>(cc, j, x0, st, o, overflow);
+        dec_one<LutT, false, kP, kBits>(cc, j + 1, x1, st, o, overflow);
+        dec_one<LutT, false, kP, kBits>(cc, j + 2, x2, st, o, overflow);
+        dec_one<LutT, false, kP, kBits>(cc, j + 3, x3, st, o, overflow);
+      } else {
+        dec_one<LutT, true, kP, kBits>(cc, j, x0, st, o, overflow);
+        dec_one<LutT, true, kP, kBits>(cc, j + 1, x1, st, o, overflow);
+        dec_one<LutT, true, kP, kBits>(cc, j + 2, x2, st, o, overflow);
+        dec_one<LutT, true, kP, kBits>(cc, j + 3, x3, st, o, overflow);
+      }
     }
-  }
-  for (int64_t j = m4; j < m; ++j) {
-    switch (j & 3) {
-      case 0: dec_one<LutT, true, kP, kBits>(cc, j, x0, st, o, overflow); break;
-      case 1: dec_one<LutT, true, kP, kBits>(cc, j, x1, st, o, overflow); break;
-      default: dec_one<LutT, true, kP, kBits>(cc, j, x2, st, o, overflow); break;  // m - m4 <= 3
+    for (int64_t j = m4; j < mb; ++j) {
+      switch (j & 3) {
+        case 0: dec_one<LutT, true, kP, kBits>(cc, j, x0, st, o, overflow); break;
+        case 1: dec_one<LutT, true, kP, kBits>(cc, j, x1, st, o, overflow); break;
+        default: dec_one<LutT, true, kP, kBits>(cc, j, x2, st, o, overflow); break;  // <= 3 left
+      }
     }
   }
   if (overflow)
@@ -912,8 +1007,30 @@ struct CachedTables {
     return reinterpret_cast<const LutT*>(slot.get());
   }
 
+  // The encoder's per-symbol reciprocals [num, stride] (EncSym), built on first use.
+  const EncSym* enc_table() {
+    std::lock_guard<std::mutex> lk(lut_mu);
+    if (!enc_) {
+      const size_t size = size_t(num * stride) * sizeof(EncSym);
+      LutBuf buf = take_buffer(size);
+      EncSym* dst = reinterpret_cast<EncSym*>(buf.get());
+      for (int64_t i = 0; i < num; ++i) {
+        const int32_t* row = cdfs.data() + i * stride;
+        EncSym* out = dst + i * stride;
+        const int64_t L = lengths[size_t(i)];
+        for (int64_t s = 0; s + 1 < L; ++s)
+          out[s] = make_enc_sym(uint32_t(row[s]), uint32_t(row[s + 1] - row[s]), precision);
+        for (int64_t s = std::max<int64_t>(L - 1, 0); s < stride; ++s) out[s] = EncSym{};
+      }
+      enc_ = std::move(buf);
+      bytes += size;
+    }
+    return reinterpret_cast<const EncSym*>(enc_.get());
+  }
+
  private:
   LutBuf take_buffer(size_t size);
+  LutBuf enc_;
 };
 
 class TableCache {
@@ -999,6 +1116,7 @@ class TableCache {
 
 CachedTables::~CachedTables() {
   for (int b = 0; b <= kMaxPrecision; ++b) owner->give_buffer(std::move(luts[b]));
+  owner->give_buffer(std::move(enc_));
 }
 
 LutBuf CachedTables::take_buffer(size_t size) {
@@ -1011,8 +1129,8 @@ TableCache* table_cache() {
 }
 
 template <typename LutT>
-void decode_impl(const Header& h, const uint8_t* data, const int32_t* indexes, int64_t n,
-                 const Tables& t, CachedTables& tables, int threads, int32_t* out) {
+void decode_impl(const Header& h, const uint8_t* data, const int32_t* indexes, int64_t run,
+                 int64_t n, const Tables& t, CachedTables& tables, int threads, int32_t* out) {
   // Lookup table: up to 2^12 buckets per CDF, fewer when the table would dwarf the data.
   int bits = std::min(t.precision, SK_LUT_BITS);
   const int64_t budget = std::max<int64_t>(int64_t(1) << 16, 4 * n);
@@ -1020,7 +1138,7 @@ void decode_impl(const Header& h, const uint8_t* data, const int32_t* indexes, i
   const int64_t k = int64_t(h.offsets.size()) - 1;
   const int nthreads = resolve_threads(threads, k);
   const LutT* lut = tables.lut<LutT>(bits, nthreads);
-  DecCtx<LutT> c{indexes, tables.cdfs.data(), t.max_length, tables.lengths.data(), t.offsets,
+  DecCtx<LutT> c{indexes, run, tables.cdfs.data(), t.max_length, tables.lengths.data(), t.offsets,
                  lut, t.precision, uint32_t((1u << t.precision) - 1), bits, t.precision - bits};
   // The common case (16-bit CDFs, 12-bit lookup) gets compile-time shifts and masks.
   const bool fixed = t.precision == 16 && bits == 12;
@@ -1036,9 +1154,9 @@ void decode_impl(const Header& h, const uint8_t* data, const int32_t* indexes, i
       const uint8_t* sub = data + h.offsets[s];
       const int64_t size = h.offsets[s + 1] - h.offsets[s];
       const int64_t b = chunk_begin(n, k, s), e = chunk_begin(n, k, s + 1);
-      const int64_t at = first_bad_index(indexes + b, e - b, t.num_cdfs);
+      const int64_t at = first_bad_index_of(indexes, run, b, e, t.num_cdfs);
       if (at >= 0) {
-        atomic_min(bad, b + at);
+        atomic_min(bad, at);
         return;
       }
       if (fixed)
@@ -1096,13 +1214,14 @@ void validate_indexes(const int32_t* indexes, int64_t n, int64_t num_cdfs) {
 }
 
 void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, const Tables& t,
-                  int64_t streams, int threads, EncodedParts& out) {
+                  int64_t streams, int threads, EncodedParts& out, int64_t run) {
   if (n < 0) throw Error("negative symbol count");
   if (streams < 1) throw Error("streams must be >= 1, got " + str(streams));
+  check_run(n, run);
   const auto tables = table_cache()->get(t);  // validated (or found equal to validated tables)
   const int64_t k = std::min<int64_t>(streams, std::max<int64_t>(1, n));
-  EncCtx c{symbols, indexes, tables->cdfs.data(), t.max_length, tables->lengths.data(),
-           t.offsets, t.precision};
+  EncCtx c{symbols, indexes, run, tables->cdfs.data(), tables->enc_table(), t.max_length,
+           tables->lengths.data(), t.offsets, t.precision};
   // Each substream gets a share of the scratch buffer sized for 16 bits per symbol (it moves to
   // its own buffer if it needs more); the indexes a substream reads are checked by its task.
   std::vector<size_t> region(static_cast<size_t>(k) + 1, 0);
@@ -1115,9 +1234,9 @@ void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, con
   std::atomic<int64_t> bad{std::numeric_limits<int64_t>::max()};
   parallel_for(k, resolve_threads(threads, k), [&](int64_t s) {
     const int64_t b = chunk_begin(n, k, s), e = chunk_begin(n, k, s + 1);
-    const int64_t at = first_bad_index(indexes + b, e - b, t.num_cdfs);
+    const int64_t at = first_bad_index_of(indexes, run, b, e, t.num_cdfs);
     if (at >= 0) {
-      atomic_min(bad, b + at);
+      atomic_min(bad, at);
       return;
     }
     encode_substream(c, b, e, scratch + region[size_t(s)],
@@ -1159,9 +1278,9 @@ void EncodedParts::copy_to(uint8_t* dst) const {
 }
 
 std::vector<uint8_t> encode(const int32_t* symbols, const int32_t* indexes, int64_t n,
-                            const Tables& t, int64_t streams, int threads) {
+                            const Tables& t, int64_t streams, int threads, int64_t run) {
   EncodedParts parts;
-  encode_parts(symbols, indexes, n, t, streams, threads, parts);
+  encode_parts(symbols, indexes, n, t, streams, threads, parts, run);
   std::vector<uint8_t> out(parts.total_size());
   parts.copy_to(out.data());
   return out;
@@ -1172,8 +1291,9 @@ int64_t stream_count(const uint8_t* data, size_t size) {
 }
 
 void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
-            const Tables& t, int threads, int32_t* out) {
+            const Tables& t, int threads, int32_t* out, int64_t run) {
   if (n < 0) throw Error("negative symbol count");
+  check_run(n, run);
   const auto tables = table_cache()->get(t);  // validated (or found equal to validated tables)
   Header h;
   try {
@@ -1182,17 +1302,17 @@ void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
       throw Error("stream was encoded with precision " + str(h.precision) +
                   " but decode was called with precision " + str(t.precision));
     if (h.n != n)
-      throw Error("stream holds " + str(h.n) + " symbols but indexes has " + str(n) +
-                  " elements (wrong indexes shape?)");
+      throw Error("stream holds " + str(h.n) + " symbols but " + str(n) +
+                  " were asked for (wrong indexes shape?)");
   } catch (const Error&) {
-    validate_indexes(indexes, n, t.num_cdfs);  // a bad argument is reported before bad data
+    validate_indexes(indexes, n / run, t.num_cdfs);  // a bad argument is reported before bad data
     throw;
   }
   // Symbol numbers fit in 8 bits when every CDF has at most 256 symbols (escape included).
   if (tables->max_len - 1 <= 256)
-    decode_impl<uint8_t>(h, data, indexes, n, t, *tables, threads, out);
+    decode_impl<uint8_t>(h, data, indexes, run, n, t, *tables, threads, out);
   else
-    decode_impl<uint16_t>(h, data, indexes, n, t, *tables, threads, out);
+    decode_impl<uint16_t>(h, data, indexes, run, n, t, *tables, threads, out);
 }
 
 // ---------------------------------------------------------------------------------------------

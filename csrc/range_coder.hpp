@@ -53,8 +53,12 @@ void validate_indexes(const int32_t* indexes, int64_t n, int64_t num_cdfs);
 // threads <= 0 means min(streams, hardware threads); at most 256 threads are used (the calling
 // thread is one of them; the others come from a process-wide pool kept between calls).
 // Validates everything first (tables found equal to recently validated ones are not re-checked).
+//
+// run >= 1 (dividing n): symbol j uses CDF indexes[j / run], indexes holding n / run entries
+// (e.g. one index per channel of an NCHW latent with run = H * W); 1 = one index per symbol.
+// The bytes do not depend on run, only on the index each symbol gets.
 std::vector<uint8_t> encode(const int32_t* symbols, const int32_t* indexes, int64_t n,
-                            const Tables& t, int64_t streams, int threads);
+                            const Tables& t, int64_t streams, int threads, int64_t run = 1);
 
 // The encoder's output before concatenation: the container header and one byte range per
 // substream, so that a caller can copy them straight into its own buffer (one copy).
@@ -69,13 +73,13 @@ struct EncodedParts {
 
 // encode() without the final copy: same arguments, same result once copied.
 void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, const Tables& t,
-                  int64_t streams, int threads, EncodedParts& out);
+                  int64_t streams, int threads, EncodedParts& out, int64_t run = 1);
 
 // Decodes n symbols into out[0..n). Any byte string is accepted as input: the result is either a
 // successful decode or an Error, in time O(n * max_length + size). threads <= 0 means
-// min(streams in the data, hardware threads).
+// min(streams in the data, hardware threads). run: as for encode.
 void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
-            const Tables& t, int threads, int32_t* out);
+            const Tables& t, int threads, int32_t* out, int64_t run = 1);
 
 // Number of substreams recorded in an encoded string (parses and validates only the header).
 int64_t stream_count(const uint8_t* data, size_t size);

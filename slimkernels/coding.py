@@ -23,6 +23,7 @@ Example::
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -114,6 +115,28 @@ def _tables(cdfs, cdf_lengths, offsets, precision):
             _as_int32(offsets, "offsets", 1), precision)
 
 
+def _index_run(shape, idx, name="symbols"):
+    """``(idx, run)`` such that element ``j`` of an array of ``shape`` uses flat index
+    ``j // run`` of ``idx``: run 1 when both have the same number of elements, else
+    ``prod(shape[k:])`` when ``idx.shape == shape[:k] + (1,) * (ndim - k)`` (an empty ``idx``
+    with run 1 when there are no symbols)."""
+    idx_shape = idx.shape
+    n, m = math.prod(shape), math.prod(idx_shape)
+    if m == n:
+        return idx, 1
+    if len(idx_shape) == len(shape):
+        k = 0
+        while k < len(shape) and idx_shape[k] == shape[k]:
+            k += 1
+        if all(d == 1 for d in idx_shape[k:]):
+            run = math.prod(shape[k:])
+            return (idx, run) if run else (idx.reshape(-1)[:0], 1)
+    raise ValueError(
+        f"indexes has shape {tuple(idx_shape)}: it must have as many elements as {name} "
+        f"{tuple(shape)} (one CDF index per symbol), or {name}' leading dimensions followed by "
+        f"1s (one index per run of trailing elements, e.g. [1, C, 1, 1] for [1, C, H, W])")
+
+
 def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, streams=1,
            threads=None) -> bytes:
     """Entropy-code ``symbols`` with the CDF of each element chosen by ``indexes``.
@@ -122,6 +145,10 @@ def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, stream
         symbols: int32 array of any shape (numpy or CPU torch), read in place.
         indexes: int32 array with the same number of elements; ``indexes[j]`` in
             ``[0, num_cdfs)`` selects the CDF of element ``j`` (both flattened in C order).
+            Or a compact form that broadcasts over trailing dimensions: ``symbols``' leading
+            dimensions followed by 1s, e.g. ``[1, C, 1, 1]`` for ``[1, C, H, W]`` symbols (one
+            CDF per channel). Same bytes as the expanded array, without reading 4 bytes of
+            index per symbol.
         cdfs: int32 ``[num_cdfs, max_length]``; row ``i`` holds a CDF of length
             ``cdf_lengths[i]``: ``cdf[0] = 0``, ``cdf[L-1] = 2**precision``, strictly increasing
             (every symbol, escape included, has frequency >= 1). Entries past ``L-1`` are ignored.
@@ -144,17 +171,15 @@ def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, stream
     """
     sym = _as_int32(symbols, "symbols")
     idx = _as_int32(indexes, "indexes")
-    if sym.size != idx.size:
-        raise ValueError(f"symbols has {sym.size} elements but indexes has {idx.size}")
-    if sym.shape != idx.shape:
-        idx = idx.reshape(sym.shape)
+    idx, run = _index_run(sym.shape, idx)
     cdfs, lengths, offsets, precision = _tables(cdfs, cdf_lengths, offsets, precision)
     streams = _check_int(streams, "streams", 1)
-    return _ext().encode(sym, idx, cdfs, lengths, offsets, precision, streams, _threads(threads))
+    return _ext().encode(sym, idx, cdfs, lengths, offsets, precision, streams, _threads(threads),
+                         run)
 
 
 def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
-           threads=None) -> np.ndarray:
+           threads=None, shape=None) -> np.ndarray:
     """Decode symbols written by :func:`encode` with the same tables.
 
     Args:
@@ -162,9 +187,11 @@ def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
         indexes, cdfs, cdf_lengths, offsets, precision: as for :func:`encode`.
         threads: worker threads (>= 1, capped at the substream count and 256); ``None`` means
             ``min(substreams, cpu count)``.
+        shape: the symbols' shape (a tuple of ints). Needed with compact ``indexes`` (see
+            :func:`encode`); ``None``: the shape of ``indexes``.
 
     Returns:
-        numpy int32 array with the shape of ``indexes``.
+        numpy int32 array of ``shape`` (default: the shape of ``indexes``).
 
     Raises:
         ValueError: for invalid tables or indexes, or when ``data`` is not a stream encoded
@@ -185,8 +212,18 @@ def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
     elif isinstance(data, memoryview) and (not data.c_contiguous or data.itemsize != 1):
         data = data.tobytes()
     idx = _as_int32(indexes, "indexes")
+    run = 1
+    if shape is not None:
+        if isinstance(shape, (int, np.integer)):
+            shape = (shape,)
+        try:
+            shape = tuple(_check_int(d, "shape entries", 0) for d in shape)
+        except TypeError:
+            raise ValueError(f"shape must be a tuple of ints, got {shape!r}") from None
+        idx, run = _index_run(shape, idx, "shape")
     cdfs, lengths, offsets, precision = _tables(cdfs, cdf_lengths, offsets, precision)
-    return _ext().decode(data, idx, cdfs, lengths, offsets, precision, _threads(threads))
+    return _ext().decode(data, idx, cdfs, lengths, offsets, precision, _threads(threads),
+                         shape, run)
 
 
 def stream_count(data) -> int:

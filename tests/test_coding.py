@@ -244,6 +244,97 @@ def test_reads_in_place():
 
 
 # ------------------------------------------------------------------------------------------
+# Compact indexes: one per run of trailing elements (e.g. [1, C, 1, 1] for a [1, C, H, W] latent)
+@st.composite
+def _compact_cases(draw):
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 5)), draw(st.integers(0, 40)),
+             draw(st.sampled_from([1, 3, 7, 45, 64])))
+    k = draw(st.integers(0, 3))                       # leading dims kept by the indexes
+    idx_shape = shape[:k] + (1,) * (4 - k)
+    precision = draw(st.integers(4, 16))
+    num_cdfs = draw(st.integers(1, 6))
+    cdfs, lengths, offsets = _random_tables(rng, num_cdfs, 30, precision)
+    idx = rng.integers(0, num_cdfs, idx_shape).astype(np.int32)
+    full = np.ascontiguousarray(np.broadcast_to(idx, shape))
+    v = rng.integers(-3, 35, shape)                    # mostly in range, some escapes
+    sym = (v + offsets[full]).astype(np.int32)
+    streams = draw(st.integers(1, 8))
+    threads = draw(st.sampled_from([None, 1, 2]))
+    return sym, idx, full, cdfs, lengths, offsets, precision, streams, threads
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_compact_cases())
+def test_compact_indexes_same_bytes_and_roundtrip(case):
+    sym, idx, full, cdfs, lengths, offsets, precision, streams, threads = case
+    data = coding.encode(sym, idx, cdfs, lengths, offsets, precision=precision, streams=streams,
+                         threads=threads)
+    assert data == coding.encode(sym, full, cdfs, lengths, offsets, precision=precision,
+                                 streams=streams, threads=threads)
+    if sym.size <= 3000:
+        assert data == _ref_encode(sym, full, cdfs, lengths, offsets, precision, streams)
+    out = coding.decode(data, idx, cdfs, lengths, offsets, precision=precision, threads=threads,
+                        shape=sym.shape)
+    assert out.shape == sym.shape and out.dtype == np.int32
+    np.testing.assert_array_equal(out, sym)
+
+
+@pytest.mark.parametrize("streams", [1, 2, 3, 5])
+def test_compact_channel_indexes_on_a_latent(rng, streams):
+    # 192 channels of 17 x 23 = 391 symbols: runs that are not a multiple of the 4 lanes and
+    # substreams and coder blocks (2048 symbols) that start inside a channel.
+    sym, full, cdfs, lengths, offsets = _kodak_like(rng, channels=192, h=17, w=23)
+    compact = np.arange(192, dtype=np.int32).reshape(1, 192, 1, 1)
+    data = coding.encode(sym, compact, cdfs, lengths, offsets, streams=streams)
+    assert data == coding.encode(sym, full, cdfs, lengths, offsets, streams=streams)
+    np.testing.assert_array_equal(
+        coding.decode(data, compact, cdfs, lengths, offsets, shape=sym.shape), sym)
+    # one CDF for everything: indexes of shape [1, 1, 1, 1]
+    one = np.zeros((1, 1, 1, 1), np.int32)
+    data = coding.encode(sym, one, cdfs, lengths, offsets, streams=streams)
+    assert data == coding.encode(sym, np.zeros_like(sym), cdfs, lengths, offsets, streams=streams)
+    np.testing.assert_array_equal(
+        coding.decode(data, one, cdfs, lengths, offsets, shape=list(sym.shape)), sym)
+
+
+def test_compact_indexes_bad_arguments_named():
+    cdfs, lengths, offsets = _random_tables(np.random.default_rng(1), 3, 10, 16)
+    sym = np.zeros((1, 3, 4, 5), np.int32)
+    comp = np.arange(3, dtype=np.int32).reshape(1, 3, 1, 1)
+    data = coding.encode(sym, comp, cdfs, lengths, offsets)
+    for bad in (np.zeros((1, 3, 4, 1), np.int32)[:, :, :2], np.zeros((3,), np.int32),
+                np.zeros((1, 3, 1), np.int32), np.zeros((2, 3, 1, 1), np.int32)):
+        with pytest.raises(ValueError, match="leading dimensions followed by 1s"):
+            coding.encode(sym, bad, cdfs, lengths, offsets)
+    with pytest.raises(ValueError, match=r"indexes\[2\] \(flattened\) = 3 is out of range"):
+        coding.encode(sym, np.array([0, 1, 3], np.int32).reshape(1, 3, 1, 1), cdfs, lengths,
+                      offsets)
+    with pytest.raises(ValueError, match="holds 60 symbols"):      # compact without shape=
+        coding.decode(data, comp, cdfs, lengths, offsets)
+    with pytest.raises(ValueError, match="leading dimensions followed by 1s"):
+        coding.decode(data, comp, cdfs, lengths, offsets, shape=(1, 4, 3, 5))
+    with pytest.raises(ValueError, match="shape entries"):
+        coding.decode(data, comp, cdfs, lengths, offsets, shape=(1, 3, -4, 5))
+    with pytest.raises(ValueError, match="shape"):
+        coding.decode(data, comp, cdfs, lengths, offsets, shape=(1, 3, 4.5, 5))
+    with pytest.raises(ValueError, match="shape must be a tuple"):
+        coding.decode(data, comp, cdfs, lengths, offsets, shape=object())
+    # the binding checks the run itself too
+    ext = coding._ext()
+    with pytest.raises(ValueError, match="index run must be >= 1"):
+        ext.encode(sym, comp, cdfs, lengths, offsets, 16, 1, 1, 0)
+    with pytest.raises(ValueError, match="x run 7"):
+        ext.encode(sym, comp, cdfs, lengths, offsets, 16, 1, 1, 7)
+    # empty symbols with compact indexes
+    empty = np.zeros((1, 3, 0, 5), np.int32)
+    data = coding.encode(empty, comp, cdfs, lengths, offsets)
+    assert coding.decode(data, comp, cdfs, lengths, offsets, shape=(1, 3, 0, 5)).shape == \
+        (1, 3, 0, 5)
+
+
+# ------------------------------------------------------------------------------------------
 # Size
 @pytest.mark.parametrize("streams", [1, 4])
 def test_size_close_to_ideal(streams):

@@ -10,6 +10,9 @@
 //   mode 3: as mode 2, then the valid stream is corrupted (bit flips, truncation, byte
 //           overwrites, wrong tables, tables changed in place after a decode that cached
 //           them) and decoded again.
+// Byte 0 also picks an index run (1..32): every encode and decode runs twice, with one index per
+// symbol and with one index per run of symbols (the same indexes, compact), and both must agree
+// (same bytes, same success, same symbols).
 // Decoding must return or throw slimcoder::Error, and a successful decode must re-encode to the
 // very same bytes; anything else (crash, sanitizer report, other exception, mismatch, timeout)
 // is a finding.
@@ -111,27 +114,61 @@ void put_varint(std::vector<uint8_t>& out, uint64_t v) {
   out.push_back(uint8_t(v));
 }
 
-// Decode must succeed or throw slimcoder::Error.
-bool try_decode(const std::vector<uint8_t>& data, const std::vector<int32_t>& idx, const Tables& t,
-                int threads, std::vector<int32_t>& out) {
-  out.assign(idx.size(), 0);
-  try {
-    slimcoder::decode(data.data(), data.size(), idx.data(), int64_t(idx.size()), t, threads,
-                      out.data());
-    return true;
-  } catch (const slimcoder::Error&) {
-    return false;
+// The same indexes twice: one per symbol (full) and one per run of `run` symbols (compact).
+struct Indexes {
+  std::vector<int32_t> compact, full;
+  int64_t run = 1;
+  void set(int64_t n, int64_t r, int64_t num) {
+    run = r;
+    compact.resize(size_t(n / r));
+    for (int64_t k = 0; k < n / r; ++k) compact[size_t(k)] = int32_t((k * 7 + k / 5) % num);
+    expand();
   }
+  void expand() {
+    full.resize(compact.size() * size_t(run));
+    for (size_t j = 0; j < full.size(); ++j) full[j] = compact[j / size_t(run)];
+  }
+};
+
+// Decode must succeed or throw slimcoder::Error, the same way with full and compact indexes.
+bool try_decode(const std::vector<uint8_t>& data, const Indexes& ix, const Tables& t,
+                int threads, std::vector<int32_t>& out) {
+  const int64_t n = int64_t(ix.full.size());
+  out.assign(size_t(n), 0);
+  std::vector<int32_t> out2(size_t(n), 0);
+  bool ok = true, ok2 = true;
+  try {
+    slimcoder::decode(data.data(), data.size(), ix.full.data(), n, t, threads, out.data());
+  } catch (const slimcoder::Error&) {
+    ok = false;
+  }
+  try {
+    slimcoder::decode(data.data(), data.size(), ix.compact.data(), n, t, threads, out2.data(),
+                      ix.run);
+  } catch (const slimcoder::Error&) {
+    ok2 = false;
+  }
+  if (ok != ok2 || (ok && out != out2)) std::abort();
+  return ok;
+}
+
+// Encodes with full and with compact indexes; the bytes must be equal.
+std::vector<uint8_t> encode_both(const std::vector<int32_t>& sym, const Indexes& ix,
+                                 const Tables& t, int64_t streams, int threads) {
+  const int64_t n = int64_t(ix.full.size());
+  std::vector<uint8_t> a = slimcoder::encode(sym.data(), ix.full.data(), n, t, streams, threads);
+  std::vector<uint8_t> b =
+      slimcoder::encode(sym.data(), ix.compact.data(), n, t, streams, threads, ix.run);
+  if (a != b) std::abort();
+  return a;
 }
 
 // A stream that decodes successfully must be exactly what the encoder writes for the decoded
 // symbols (the final-state check makes decoding injective); anything else is a finding.
-void check_reencode(const std::vector<uint8_t>& data, const std::vector<int32_t>& idx,
-                    const Tables& t, const std::vector<int32_t>& out, int threads) {
+void check_reencode(const std::vector<uint8_t>& data, const Indexes& ix, const Tables& t,
+                    const std::vector<int32_t>& out, int threads) {
   const int64_t k = slimcoder::stream_count(data.data(), data.size());
-  std::vector<uint8_t> again =
-      slimcoder::encode(out.data(), idx.data(), int64_t(idx.size()), t, k, threads);
-  if (again != data) std::abort();
+  if (encode_both(out, ix, t, k, threads) != data) std::abort();
 }
 
 }  // namespace
@@ -142,10 +179,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int threads = 1 + ((data[0] >> 2) & 1);
   const TableSet& ts = sets()[data[1] % sets().size()];
   const Tables t = ts.view();
-  const int64_t n = (data[2] | (int64_t(data[3]) << 8)) & 0xfff;  // at most 4095 symbols
+  const int64_t run = 1 + ((data[0] >> 3) & 31);
+  int64_t n = (data[2] | (int64_t(data[3]) << 8)) & 0xfff;  // at most 4095 symbols
+  n -= n % run;
   Reader r{data + 4, size - 4};
-  std::vector<int32_t> idx(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) idx[size_t(j)] = int32_t((j * 7 + j / 5) % ts.num);
+  Indexes idx;
+  idx.set(n, run, ts.num);
   std::vector<int32_t> out;
 
   if (mode == 0) {
@@ -178,7 +217,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<int32_t> sym(static_cast<size_t>(n));
   for (int64_t j = 0; j < n; ++j) {
     const uint8_t b = r.byte();
-    const int32_t off = ts.offsets[size_t(idx[size_t(j)])];
+    const int32_t off = ts.offsets[size_t(idx.full[size_t(j)])];
     switch (b >> 5) {
       case 0: sym[size_t(j)] = INT32_MIN + (b & 3); break;
       case 1: sym[size_t(j)] = INT32_MAX - (b & 3); break;
@@ -187,7 +226,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   const int64_t streams = 1 + (r.byte() & 7);
-  std::vector<uint8_t> enc = slimcoder::encode(sym.data(), idx.data(), n, t, streams, threads);
+  std::vector<uint8_t> enc = encode_both(sym, idx, t, streams, threads);
   if (mode == 2) {
     if (!try_decode(enc, idx, t, threads, out) || out != sym) {
       std::abort();  // round trip failed
@@ -213,8 +252,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
     }
   }
-  std::vector<int32_t> idx2 = idx;
-  for (auto& i : idx2) i %= int32_t(tables->num);
+  Indexes idx2 = idx;
+  for (auto& i : idx2.compact) i %= int32_t(tables->num);
+  idx2.expand();
   if (mutate) {
     // Tables changed in place between calls (same addresses): the coder's table cache must
     // follow the content. Decoding with a copy at other addresses must give the same result.

@@ -10,6 +10,19 @@ shift || true
 CXX="${CXX_FUZZ:-clang++}"
 OUT="$ROOT/build/fuzz"
 mkdir -p "$OUT/corpus" "$OUT/artifacts"
+if ! command -v "$CXX" >/dev/null 2>&1; then
+  # No clang (libFuzzer): random inputs through the same harness, g++ with ASan + UBSan. Not
+  # coverage-guided, so weaker than libFuzzer; it says so in its output.
+  echo "run_fuzz.sh: $CXX not found; random-input driver (g++, ASan + UBSan, not coverage-guided)"
+  g++ -g -O1 -std=c++17 -fno-omit-frame-pointer -fsanitize=address,undefined \
+    -fno-sanitize-recover=undefined -I"$ROOT/csrc" "$ROOT/csrc/range_coder.cpp" \
+    "$ROOT/csrc/fuzz/fuzz_decode.cpp" "$ROOT/csrc/fuzz/random_driver.cpp" \
+    -o "$OUT/fuzz_random" -pthread
+  export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
+  cd "$OUT/artifacts"  # a finding's input is saved here as crash-input
+  exec "$OUT/fuzz_random" "$SECONDS_TO_RUN" "${FUZZ_SEED:-1}"
+fi
 "$CXX" -g -O1 -std=c++17 -fno-omit-frame-pointer \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -I"$ROOT/csrc" "$ROOT/csrc/range_coder.cpp" "$ROOT/csrc/fuzz/fuzz_decode.cpp" \
