@@ -4,10 +4,13 @@ Why this exists: inside ``compress`` the quantization and the range coder run ~1
 a loop of their own (issue 8's "entropy share" goal). This script measures, in one process and
 interleaved, for 1 and 2 coder streams:
 
-* ``in situ``: ``encode`` right after ``model.encode`` (as ``compress`` runs it);
-* ``in situ, indexes warm``: the same, with the per-symbol index array read once just before
-  (outside the timing), to show how much of the gap is the cold index array;
-* ``alone``: ``encode`` of the same symbols in a tight loop.
+* ``in situ``: ``encode`` right after ``model.encode`` with one index per channel
+  (``channel_indexes``, as ``compress`` runs it);
+* ``in situ, per-symbol indexes``: the same with the per-symbol index array
+  (``latent_indexes``: 4 more bytes read per symbol, as ``compress`` did before);
+* ``in situ, indexes warm``: per-symbol indexes read once just before (outside the timing), to
+  show how much of the gap is that cold array;
+* ``alone``: ``encode`` of the same symbols (per-channel indexes) in a tight loop.
 
 Usage: ``python bench/bench_entropy_insitu.py [--width 192] [--threads 2] [--repeats 20]``
 (``--dry-run``: a random tiny model on a 64x96 image, to check that the code runs).
@@ -28,13 +31,17 @@ sys.path.insert(0, HERE)
 
 import e2e  # noqa: E402
 from slimkernels import coding  # noqa: E402
-from slimkernels.codec import _autocast, _quantize, _tables, latent_indexes, resolve_precision  # noqa: E402,E501
+from slimkernels.codec import (_autocast, _quantize, _tables, channel_indexes,  # noqa: E402
+                               latent_indexes, resolve_precision)
+
+
+#: The rows of the table, in order.
+CASES = ("quantize", "in situ", "in situ, per-symbol indexes", "in situ, indexes warm", "alone")
 
 
 def measure(model, x: torch.Tensor, width: int, repeats: int, precision: str = "auto"):
-    """``{(case, streams): median ms}`` for case in ("quantize", "in situ", "in situ, indexes
-    warm", "alone") and streams in (1, 2); ``x``: ``[1, 3, H, W]`` float32 in [0, 1] (H, W
-    multiples of the model's downsampling)."""
+    """``{(case, streams): median ms}`` for case in :data:`CASES` and streams in (1, 2);
+    ``x``: ``[1, 3, H, W]`` float32 in [0, 1] (H, W multiples of the model's downsampling)."""
     eb = model.entropy_bottleneck.for_width(width)
     tabs = _tables(eb)
     dev = next(model.parameters()).device
@@ -48,24 +55,25 @@ def measure(model, x: torch.Tensor, width: int, repeats: int, precision: str = "
     with torch.no_grad():
         for _ in range(repeats):
             for streams in (1, 2):
-                for warm in (False, True):
+                for case in CASES[1:4]:
                     with _autocast(dev, precision):
                         y = model.encode(xin, width)
                     t0 = time.perf_counter()
                     sym = _quantize(eb, y)
                     t1 = time.perf_counter()
                     _, C, h, w = sym.shape
-                    idx = latent_indexes(C, h, w)
-                    if warm:
+                    idx = channel_indexes(C) if case == "in situ" else latent_indexes(C, h, w)
+                    if case == "in situ, indexes warm":
                         int(idx.sum())            # read once, outside the timing
                     t2 = time.perf_counter()
                     coding.encode(sym.numpy(), idx, *tabs, precision=eb.precision,
                                   streams=streams)
                     t3 = time.perf_counter()
-                    if not warm:
+                    if case == "in situ":
                         add(("quantize", streams), t1 - t0)
-                    add(("in situ, indexes warm" if warm else "in situ", streams), t3 - t2)
+                    add((case, streams), t3 - t2)
         s = sym.numpy()
+        idx = channel_indexes(C)
         for streams in (1, 2):
             for _ in range(repeats):
                 t = time.perf_counter()
@@ -76,7 +84,7 @@ def measure(model, x: torch.Tensor, width: int, repeats: int, precision: str = "
 
 def markdown(res) -> str:
     lines = ["| case | 1 stream ms | 2 streams ms |", "|---|---|---|"]
-    for case in ("quantize", "in situ", "in situ, indexes warm", "alone"):
+    for case in CASES:
         lines.append(f"| {case} | {res[(case, 1)]:.3f} | {res[(case, 2)]:.3f} |")
     return "\n".join(lines)
 

@@ -256,8 +256,15 @@ def _auto_streams(n: int) -> int:
 
 
 def _indexes(C, h, w):
-    from slimkernels.models.slimcae import _indexes as idx
-    return idx(C, h, w)
+    """``(indexes, decode kwargs)`` as ``compress`` / ``decompress`` pass them to the coder: the
+    compact per-channel form where the library has it (``channel_indexes``), else the per-symbol
+    array."""
+    try:
+        from slimkernels.codec import channel_indexes
+    except ImportError:  # pragma: no cover - an older slimkernels
+        from slimkernels.models.slimcae import _indexes as idx
+        return idx(C, h, w), {}
+    return channel_indexes(C), {"shape": (1, C, h, w)}
 
 
 def _layout(model: SlimCAE, t: torch.Tensor, channels_last: bool, image_precision=None
@@ -305,7 +312,7 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
     cdf, lengths, offsets = _tables(eb)
     if streams is None:
         streams = _auto_streams(sym.numel())
-    payload = coding.encode(sym.numpy(), _indexes(C, h, w), cdf, lengths, offsets,
+    payload = coding.encode(sym.numpy(), _indexes(C, h, w)[0], cdf, lengths, offsets,
                             precision=eb.precision, streams=streams)
     t2 = time.perf_counter()
     f = container.SlimFile(model_id=model.model_id(), width=width, height=H, img_width=W,
@@ -329,8 +336,9 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
     ds = int(getattr(model, "downsampling", 16))
     h, w = -(-f.height // ds), -(-f.img_width // ds)
     cdf, lengths, offsets = _tables(eb)
-    sym = torch.from_numpy(coding.decode(f.payload, _indexes(f.width, h, w), cdf, lengths, offsets,
-                                         precision=eb.precision))
+    idx, kw = _indexes(f.width, h, w)
+    sym = torch.from_numpy(coding.decode(f.payload, idx, cdf, lengths, offsets,
+                                         precision=eb.precision, **kw))
     t2 = time.perf_counter()
     dev = next(model.parameters()).device
     y_hat = _layout(model, _codec_fn("_dequantize", lambda e, t: e.dequantize_symbols(t))(
@@ -364,7 +372,7 @@ def plain_compress(plain: PlainSlimCAE, model: SlimCAE, x: torch.Tensor, width: 
     _, C, h, w = sym.shape
     cdf, lengths, offsets = _tables(eb)
     streams = _auto_streams(sym.numel())
-    payload = coding.encode(sym.numpy(), _indexes(C, h, w), cdf, lengths, offsets,
+    payload = coding.encode(sym.numpy(), _indexes(C, h, w)[0], cdf, lengths, offsets,
                             precision=eb.precision, streams=streams)
     t2 = time.perf_counter()
     data = container.pack(container.SlimFile(model_id=model.model_id(), width=width, height=H,

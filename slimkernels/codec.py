@@ -47,7 +47,8 @@ from . import coding, container
 from ._cpu import cpu_kernels
 from ._state import tensor_state_key
 
-__all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "native_bf16",
+__all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
+           "native_bf16",
            "resolve_precision", "auto_streams", "PRECISIONS", "STREAM_MIN_SYMBOLS"]
 
 #: The values of ``compress`` / ``decompress``'s ``precision``: ``"auto"`` (the default: bf16
@@ -122,8 +123,30 @@ def latent_indexes(width: int, h: int, w: int) -> np.ndarray:
     ``indexes`` to :func:`slimkernels.coding.encode` / :func:`~slimkernels.coding.decode`.
 
     The array is cached per shape and read-only (the coder only reads it); copy it to modify it.
+    :func:`channel_indexes` gives the same bytes without the array's 4 bytes per symbol.
     """
     return _latent_indexes(int(width), int(h), int(w))
+
+
+def channel_indexes(width: int) -> np.ndarray:
+    """The compact form of :func:`latent_indexes`: int32 ``[1, width, 1, 1]`` holding ``c`` at
+    ``(0, c, 0, 0)``, so that the ``h * w`` symbols of channel ``c`` use CDF ``c``. Pass it as
+    ``indexes`` to :func:`slimkernels.coding.encode` (with the ``[1, width, h, w]`` symbols) and
+    :func:`~slimkernels.coding.decode` (with ``shape=(1, width, h, w)``): the bytes are those of
+    :func:`latent_indexes`, and the coder reads one index per channel instead of one per symbol.
+
+    Cached per width and read-only.
+    """
+    return _channel_indexes(int(width))
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_indexes(width: int) -> np.ndarray:
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    a = np.arange(width, dtype=np.int32).reshape(1, width, 1, 1)
+    a.setflags(write=False)
+    return a
 
 
 _INDEXES_CACHE: Dict[Tuple[int, int, int], np.ndarray] = {}
@@ -250,6 +273,14 @@ def _dense_layout(t: torch.Tensor) -> Optional[bool]:
     return True if t.is_contiguous(memory_format=torch.channels_last) else None
 
 
+def _coding_medians(eb) -> torch.Tensor:
+    """float32 ``[C]`` contiguous CPU medians of ``eb`` (cached by the entropy model when it
+    offers :meth:`~slimkernels.nn.entropy.EntropyBottleneck.coding_medians`)."""
+    if hasattr(eb, "coding_medians"):
+        return eb.coding_medians()
+    return eb.medians().detach().to("cpu", torch.float32).contiguous()
+
+
 def _quantize(eb, y: torch.Tensor) -> torch.Tensor:
     """``eb.quantize_symbols(y)`` (int32 ``round(float(y) - median)``, ties to even) as contiguous
     NCHW; see :func:`_quantize_counted`."""
@@ -266,17 +297,17 @@ def _quantize_counted(eb, y: torch.Tensor) -> Tuple[torch.Tensor, int]:
     the count included; 0.41 -> ~0.05 ms at w=192, 768x512); elsewhere 3 torch passes (the
     subtraction promotes a bf16 ``y`` to fp32 itself, rounding is in place, and the int32 cast
     writes NCHW directly) and one more for the count."""
-    m = eb.medians().view(1, -1, 1, 1)
     ck = _latent_kernels() if y.device.type == "cpu" and y.dim() == 4 else None
     layout = _dense_layout(y) if ck is not None and y.dtype in (torch.float32,
                                                                   torch.bfloat16) else None
     if layout is not None:
-        med = m.detach().to("cpu", torch.float32).contiguous()
+        med = _coding_medians(eb)
         out = torch.empty(y.shape, dtype=torch.int32)
         bad = ck.quantize_latents(y.data_ptr(), 1 if y.dtype == torch.bfloat16 else 0, layout,
                                   *y.shape, med.data_ptr(), out.data_ptr(),
                                   torch.get_num_threads())
         return out, int(bad)
+    m = eb.medians().view(1, -1, 1, 1)
     if y.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         y = y.float()          # e.g. float64: round to fp32 first, as the entropy model does
     with torch.autocast(device_type=y.device.type, enabled=False):
@@ -289,15 +320,15 @@ def _dequantize(eb, sym: torch.Tensor, channels_last: bool = False) -> torch.Ten
     On CPU with ``channels_last``, one pass of ``slimkernels._cpu_kernels.dequantize_latents``
     (transpose from the coder's NCHW order included); else the int32 + float32 addition (which
     promotes to float32 itself, exact for ``|sym| < 2**24``) and, for channels_last, one copy."""
-    m = eb.medians().view(1, -1, 1, 1)
     ck = _latent_kernels() if channels_last and sym.device.type == "cpu" and \
         sym.dtype == torch.int32 and sym.dim() == 4 and sym.is_contiguous() else None
     if ck is not None:
-        med = m.detach().to("cpu", torch.float32).contiguous()
+        med = _coding_medians(eb)
         out = torch.empty(sym.shape, dtype=torch.float32, memory_format=torch.channels_last)
         ck.dequantize_latents(sym.data_ptr(), *sym.shape, med.data_ptr(), out.data_ptr(),
                               torch.get_num_threads())
         return out
+    m = eb.medians().view(1, -1, 1, 1)
     with torch.autocast(device_type=sym.device.type, enabled=False):
         y = torch.add(sym, m)
     return _dense(y, torch.float32, torch.channels_last) if channels_last else y
@@ -407,9 +438,10 @@ class SlimCodec(nn.Module):
     def clear_caches(self) -> None:
         """Drop every inference cache tied to this model's weights: the prepacked conv weights
         (:func:`slimkernels.ops.conv.clear_cpu_caches`), the layers' cached effective GDN
-        parameters and the :meth:`model_id`. Needed only after writing a parameter or buffer
-        through ``.data`` (which bypasses version counters); in-place updates,
-        ``load_state_dict`` and optimizer steps are detected without it."""
+        parameters, the entropy models' coding medians and the :meth:`model_id`. Needed only
+        after writing a parameter or buffer through ``.data`` (which bypasses version
+        counters); in-place updates, ``load_state_dict`` and optimizer steps are detected
+        without it."""
         from .ops.conv import clear_cpu_caches
         clear_cpu_caches()
         for m in self.modules():
@@ -537,7 +569,7 @@ class SlimCodec(nn.Module):
         _, C, h, w = sym.shape
         if streams is None:
             streams = auto_streams(sym.numel())
-        payload = coding.encode(sym.numpy(), latent_indexes(C, h, w), *_tables(eb),
+        payload = coding.encode(sym.numpy(), channel_indexes(C), *_tables(eb),
                                 precision=eb.precision, streams=streams)
         return container.pack(container.SlimFile(
             model_id=self.model_id(), width=width, height=H, img_width=W, streams=streams,
@@ -563,8 +595,8 @@ class SlimCodec(nn.Module):
         eb = self.entropy_bottleneck.for_width(f.width)
         s = int(self.downsampling)
         h, w = -(-f.height // s), -(-f.img_width // s)
-        sym = coding.decode(f.payload, latent_indexes(f.width, h, w), *_tables(eb),
-                            precision=eb.precision)
+        sym = coding.decode(f.payload, channel_indexes(f.width), *_tables(eb),
+                            precision=eb.precision, shape=(1, f.width, h, w))
         return f, torch.from_numpy(sym)
 
     @torch.no_grad()

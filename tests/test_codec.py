@@ -529,3 +529,12 @@ def test_clear_caches_after_data_writes(model):
     assert m.model_id() != id_before
     fresh = copy.deepcopy(m)                      # a copy has no caches
     assert fresh.compress(x, 12, precision="fp32") == after != before
+    # the entropy model's medians too: a .data write is seen after clear_caches()
+    eb = m.entropy_bottleneck.for_width(12)
+    with torch.no_grad():
+        eb.quantiles.data[:, 0, 1] += 3.0
+        stale = m.compress(x, 12, precision="fp32")
+        m.clear_caches()
+        moved = m.compress(x, 12, precision="fp32")
+    assert after != moved and stale in (after, moved)   # stale only where the kernel path runs
+    assert copy.deepcopy(m).compress(x, 12, precision="fp32") == moved

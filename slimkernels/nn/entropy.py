@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .parametrizers import lower_bound
+from .._state import tensor_state_key
 
 _CDF_BUFFERS = ("_quantized_cdf", "_cdf_length", "_offset")
 
@@ -84,6 +85,23 @@ class EntropyBottleneck(nn.Module):
     def medians(self) -> torch.Tensor:
         """``[C]`` float32 channel medians (learned quantiles)."""
         return self.quantiles[:, 0, 1].detach()
+
+    def coding_medians(self) -> torch.Tensor:
+        """The medians as the CPU coding kernels read them: a contiguous float32 ``[C]`` CPU
+        tensor, cached until ``quantiles`` changes (version counter, identity, storage; call
+        :meth:`clear_cache` after writes through ``.data``). Do not modify it."""
+        key = tensor_state_key((self.quantiles,))
+        cache = self.__dict__.get("_medians_cache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                med = self.medians().to("cpu", torch.float32).contiguous()
+            cache = (key, med)
+            self.__dict__["_medians_cache"] = cache
+        return cache[1]
+
+    def clear_cache(self) -> None:
+        """Drop the cached :meth:`coding_medians`."""
+        self.__dict__.pop("_medians_cache", None)
 
     def loss(self) -> torch.Tensor:
         """Auxiliary loss that fits the quantiles (0-dim float32); optimize it separately."""

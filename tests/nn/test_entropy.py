@@ -114,3 +114,24 @@ def test_slim_entropy_bottleneck_per_width():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, lik16 = seb(y.bfloat16(), training=False)
     assert lik16.dtype == torch.float32
+
+
+def test_coding_medians_cached_until_quantiles_change():
+    eb = EntropyBottleneck(5)
+    med = eb.coding_medians()
+    assert med.dtype == torch.float32 and med.device.type == "cpu" and med.is_contiguous()
+    assert med.shape == (5,)
+    torch.testing.assert_close(med, eb.medians(), rtol=0, atol=0)
+    assert eb.coding_medians() is med                       # cached
+    with torch.no_grad():
+        eb.quantiles[:, 0, 1] += 1.5                        # in place: version bump
+    moved = eb.coding_medians()
+    assert moved is not med
+    torch.testing.assert_close(moved, eb.medians(), rtol=0, atol=0)
+    eb.quantiles.data[:, 0, 1] -= 1.0                       # .data: no version bump
+    assert eb.coding_medians() is moved                     # documented: stale until cleared
+    eb.clear_cache()
+    torch.testing.assert_close(eb.coding_medians(), eb.medians(), rtol=0, atol=0)
+    eb.load_state_dict({k: v.clone() + 0.25 if k == "quantiles" else v
+                        for k, v in eb.state_dict().items()}, strict=False)
+    torch.testing.assert_close(eb.coding_medians(), eb.medians(), rtol=0, atol=0)
