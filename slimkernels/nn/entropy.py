@@ -95,13 +95,15 @@ class EntropyBottleneck(nn.Module):
         if cache is None or cache[0] != key:
             with torch.no_grad():
                 med = self.medians().to("cpu", torch.float32).contiguous()
-            cache = (key, med)
+            # holding quantiles keeps its id (part of the key) from being reused
+            cache = (key, med, self.quantiles)
             self.__dict__["_medians_cache"] = cache
         return cache[1]
 
     def clear_cache(self) -> None:
-        """Drop the cached :meth:`coding_medians`."""
+        """Drop the cached :meth:`coding_medians` and :meth:`cdf_tables`."""
         self.__dict__.pop("_medians_cache", None)
+        self.__dict__.pop("_tables_cache", None)
 
     def loss(self) -> torch.Tensor:
         """Auxiliary loss that fits the quantiles (0-dim float32); optimize it separately."""
@@ -187,13 +189,22 @@ class EntropyBottleneck(nn.Module):
         offsets [C])``, for :func:`slimkernels.coding.encode` / ``decode`` with ``precision =
         self.precision`` (the CDF of channel ``c`` is row ``c``).
 
+        The arrays are cached until a table buffer changes (as :meth:`coding_medians`); they
+        are views of the buffers when these are on the CPU: do not modify them.
+
         Raises:
             RuntimeError: no tables yet (call :meth:`update`).
         """
+        bufs = (self._quantized_cdf, self._cdf_length, self._offset)
+        key = tensor_state_key(bufs)
+        cache = self.__dict__.get("_tables_cache")
+        if cache is not None and cache[0] == key:
+            return cache[1]
         if not self.has_tables():
             raise RuntimeError("the entropy model has no CDF tables: call update() first")
-        return (self._quantized_cdf.cpu().numpy(), self._cdf_length.cpu().numpy(),
-                self._offset.cpu().numpy())
+        tables = tuple(b.detach().cpu().numpy() for b in bufs)
+        self.__dict__["_tables_cache"] = (key, tables)
+        return tables
 
     def quantize_symbols(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` ``[N, C, H, W]`` float -> int32 symbols ``round(y - median)``."""

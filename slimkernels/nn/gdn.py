@@ -53,7 +53,8 @@ class SlimGDN(nn.Module):
         cache = self.__dict__.get("_effective_cache")
         if cache is None or cache[0] != key:
             with torch.no_grad():
-                cache = (key, (self.beta_reparam(self.beta), self.gamma_reparam(self.gamma)))
+                # holding ts keeps their ids (part of the key) from being reused
+                cache = (key, (self.beta_reparam(self.beta), self.gamma_reparam(self.gamma)), ts)
             self.__dict__["_effective_cache"] = cache
         return cache[1]
 

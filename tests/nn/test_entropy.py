@@ -135,3 +135,23 @@ def test_coding_medians_cached_until_quantiles_change():
     eb.load_state_dict({k: v.clone() + 0.25 if k == "quantiles" else v
                         for k, v in eb.state_dict().items()}, strict=False)
     torch.testing.assert_close(eb.coding_medians(), eb.medians(), rtol=0, atol=0)
+
+
+def test_cdf_tables_cached_until_update():
+    eb = EntropyBottleneck(4)
+    with pytest.raises(RuntimeError, match="update"):
+        eb.cdf_tables()
+    eb.update()
+    t1 = eb.cdf_tables()
+    assert eb.cdf_tables() is t1                            # cached
+    assert [a.dtype for a in t1] == [np.int32] * 3 and t1[0].shape[0] == 4
+    np.testing.assert_array_equal(t1[0], eb._quantized_cdf.numpy())
+    with torch.no_grad():
+        eb.quantiles[:, 0, 2] += 4.0                        # wider support: longer CDFs
+    eb.update(force=True)                                   # new buffers: new tables
+    t2 = eb.cdf_tables()
+    assert t2 is not t1 and t2[0].shape[1] > t1[0].shape[1]
+    np.testing.assert_array_equal(t2[1], eb._cdf_length.numpy())
+    eb._offset = eb._offset + 1                             # a replaced buffer: new tables
+    assert eb.cdf_tables() is not t2
+    np.testing.assert_array_equal(eb.cdf_tables()[2], t2[2] + 1)
