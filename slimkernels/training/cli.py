@@ -15,12 +15,15 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         name = "--" + f.name.replace("_", "-")
+        doc = f.metadata.get("help", "") + " (default: %(default)s)"
         if isinstance(default, bool):
-            p.add_argument(name, action=argparse.BooleanOptionalAction, default=default)
+            p.add_argument(name, action=argparse.BooleanOptionalAction, default=default,
+                           help=f.metadata.get("help", "") + f" (default: {'on' if default else 'off'})")
         elif isinstance(default, list):
-            p.add_argument(name, nargs="+", type=type(default[0]), default=default)
+            p.add_argument(name, nargs="+", type=type(default[0]), default=default,
+                           help=doc.replace("%(default)s", " ".join(map(str, default))))
         else:
-            p.add_argument(name, type=type(default), default=default)
+            p.add_argument(name, type=type(default), default=default, help=doc)
     return p
 
 

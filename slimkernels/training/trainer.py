@@ -22,40 +22,55 @@ from .data import CropSampler, center_crops, list_images, load_rgb, split_train_
 from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler
 
 
+def _opt(default, help: str, factory=None):
+    """A :class:`TrainConfig` field with its command-line help (``metadata["help"]``)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; saved in every checkpoint."""
-    data: str = "../shared/data/train"
-    out: str = "runs/slimcae"
-    widths: List[int] = field(default_factory=lambda: [192, 144, 96, 72, 48])
-    gdn: str = "switch"
-    lambdas: List[float] = field(default_factory=lambda: list(PREDEFINED_LAMBDAS))
-    batch: int = 8
-    crop: int = 128
-    crop_large: int = 256
-    large_after: int = 10 ** 9          # switch to crop_large after this many steps
-    steps: int = 1000                   # train until this global step
-    lr: float = 1e-4
-    aux_lr: float = 1e-3
-    clip: float = 1.0
-    ema: float = 0.999                  # decay of a moving average of the weights (0: off);
-    #                                     validation, the lambda scheduler and the export use it
-    bf16: bool = True                   # bf16 autocast for the transforms (CPU AMX / CUDA)
-    compile_gdn: bool = True            # CPU + bf16: GDN's autograd path via torch.compile
-    channels_last: bool = True
-    device: str = "cpu"
-    threads: int = 0                    # torch threads (0: leave as is)
-    seed: int = 0
-    val_every: int = 1000               # validate every N steps
-    val_size: int = 256
-    val_split: int = 20                 # every val_split-th training image is held out
-    ckpt_every_s: float = 600.0
-    schedule: bool = False              # lambda scheduling
-    schedule_start: int = 0             # first scheduler validation at this step
-    schedule_steps: int = 2000          # fine-tuning steps between lambda updates (T)
-    init: str = ""                      # weights to start from (state_dict or checkpoint)
-    init_continue: bool = False         # with init: continue its step count and lambdas
-    progress: bool = True
+    """Everything a training run needs; saved in every checkpoint. Each field is a
+    ``--option`` of ``python/train.py`` / ``slimkernels train`` (its help: ``metadata["help"]``)."""
+    data: str = _opt("../shared/data/train", "folder of training images (PNG/JPEG)")
+    out: str = _opt("runs/slimcae", "run folder (checkpoint.pt, log.jsonl); a checkpoint there is "
+                    "resumed")
+    widths: List[int] = _opt(None, "sub-network widths (latent channels), widest first",
+                             factory=lambda: [192, 144, 96, 72, 48])
+    gdn: str = _opt("switch", "GDN variant: switch (SwitchGDN), slim (SlimGDN) or slim+ (SlimGDN+)")
+    lambdas: List[float] = _opt(None, "rate-distortion lambda of each width "
+                                "(loss = bpp + lambda * 255^2 * MSE)",
+                                factory=lambda: list(PREDEFINED_LAMBDAS))
+    batch: int = _opt(8, "images per step")
+    crop: int = _opt(128, "random crop size (pixels) of the first steps")
+    crop_large: int = _opt(256, "crop size after --large-after steps")
+    large_after: int = _opt(10 ** 9, "switch to --crop-large after this many steps")
+    steps: int = _opt(1000, "train until this global step (a resumed run continues to it)")
+    lr: float = _opt(1e-4, "Adam learning rate of the transforms and the entropy models")
+    aux_lr: float = _opt(1e-3, "Adam learning rate of the entropy models' quantiles (aux loss)")
+    clip: float = _opt(1.0, "gradient-norm clipping (0: off)")
+    ema: float = _opt(0.999, "decay of a moving average of the weights (0: off); validation, "
+                      "the lambda scheduler and the export use it")
+    bf16: bool = _opt(True, "bf16 autocast for the transforms (CPU AMX / CUDA); the entropy "
+                      "model and the loss stay fp32")
+    compile_gdn: bool = _opt(True, "CPU + bf16: GDN's autograd path through torch.compile")
+    channels_last: bool = _opt(True, "channels_last activations and weights")
+    device: str = _opt("cpu", "cpu, cuda or cuda:N (torchrun sets the rank's GPU)")
+    threads: int = _opt(0, "torch threads (0: leave as is)")
+    seed: int = _opt(0, "random seed (crops, initialization)")
+    val_every: int = _opt(1000, "validate every N steps (held-out training images, never Kodak)")
+    val_size: int = _opt(256, "center-crop size of the validation images")
+    val_split: int = _opt(20, "every N-th training image is held out for validation")
+    ckpt_every_s: float = _opt(600.0, "save the checkpoint at least this often (seconds)")
+    schedule: bool = _opt(False, "lambda scheduling (SLIMCAE.md): scale the narrower widths' "
+                          "lambdas while the RD chord slope keeps falling; the widest never "
+                          "changes")
+    schedule_start: int = _opt(0, "first scheduler validation at this step")
+    schedule_steps: int = _opt(2000, "fine-tuning steps between lambda updates (T)")
+    init: str = _opt("", "weights to start from (a state_dict or a checkpoint)")
+    init_continue: bool = _opt(False, "with --init: continue its step count and lambdas")
+    progress: bool = _opt(True, "progress bar on stderr")
 
 
 def rd_loss(model: nn.Module, x: torch.Tensor, widths, lambdas, bf16: bool):

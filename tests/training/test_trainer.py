@@ -203,3 +203,20 @@ def test_sigterm_checkpoints_and_stops(image_dir, tmp_path):
     assert 0 < t.step < 10 ** 6
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == t.step
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_every_option_has_help_and_parses_to_the_config():
+    import dataclasses
+
+    from slimkernels.training.cli import build_parser, config_from_args
+    from slimkernels.training.trainer import TrainConfig
+    text = build_parser().format_help()
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get("help"), f"TrainConfig.{f.name} has no help text"
+        assert "--" + f.name.replace("_", "-") in text
+    assert "(default: 0.0001)" in text and "(default: 192 144 96 72 48)" in text
+    # the defaults of the parser are those of the dataclass
+    assert config_from_args(build_parser().parse_args([])) == TrainConfig()
+    cfg = config_from_args(build_parser().parse_args(["--widths", "16", "8", "--no-bf16",
+                                                      "--lr", "3e-5"]))
+    assert cfg.widths == [16, 8] and cfg.bf16 is False and cfg.lr == 3e-5
