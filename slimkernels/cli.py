@@ -144,7 +144,7 @@ def cmd_compress(args) -> int:
             x, note = read_image(src)
         except (ValueError, FileNotFoundError) as e:
             raise CLIError(str(e)) from None
-        if note and not args.quiet:
+        if note:                               # warnings go to stderr even with -q
             print(f"{src}: {note}", file=sys.stderr)
         width = _pick_width(model, x, args)
         t0 = time.perf_counter()
@@ -152,14 +152,14 @@ def cmd_compress(args) -> int:
                               streams=args.streams)
         dt = time.perf_counter() - t0
         atomic_write_bytes(dst, data, overwrite=args.force)
+        H, W = x.shape[-2:]
+        bpp = 8 * len(data) / (H * W)
         if not args.quiet:
-            H, W = x.shape[-2:]
-            bpp = 8 * len(data) / (H * W)
             print(f"{src} -> {dst}: width {width}, {len(data)} bytes, "
                   f"{bpp:.4f} bpp, {dt * 1e3:.1f} ms")
-            if args.target_bpp is not None and bpp > args.target_bpp:
-                print(f"{src}: note: no width reaches --target-bpp {args.target_bpp:g}; wrote the "
-                      f"narrowest ({bpp:.4f} bpp)", file=sys.stderr)
+        if args.target_bpp is not None and bpp > args.target_bpp:
+            print(f"{src}: note: no width reaches --target-bpp {args.target_bpp:g}; wrote the "
+                  f"narrowest ({bpp:.4f} bpp)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -237,16 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(s):
         s.add_argument("--model", default=None, help="model file (default: the bundled model)")
-        s.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+        s.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                       help="device of the transforms (default: cpu)")
         s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                        help="transform precision: auto (default: bf16 autocast where the device "
                             "has native bf16, e.g. AMX / AVX512-BF16 CPUs, else fp32), fp32, bf16")
         s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
         s.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
-        s.add_argument("-q", "--quiet", action="store_true")
+        s.add_argument("-q", "--quiet", action="store_true", help="no progress or per-file lines (warnings still go to stderr)")
 
     s = sub.add_parser("compress", help="compress images to .slim files")
-    s.add_argument("inputs", nargs="+", metavar="IN")
+    s.add_argument("inputs", nargs="+", metavar="IN", help="input images (PNG, JPEG, ...)")
     s.add_argument("output", metavar="OUT", help="output file, or folder for several inputs")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--width", type=int, help="sub-network width (default: the widest)")
@@ -257,13 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_compress)
 
     s = sub.add_parser("decompress", help="decompress .slim files to images")
-    s.add_argument("inputs", nargs="+", metavar="IN")
+    s.add_argument("inputs", nargs="+", metavar="IN", help=".slim files")
     s.add_argument("output", metavar="OUT", help="output image (.png...), or folder")
     common(s)
     s.set_defaults(func=cmd_decompress)
 
     s = sub.add_parser("info", help="show the header of .slim files")
-    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("files", nargs="+", metavar="FILE", help=".slim files")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("eval", help="evaluate on a folder of images (RD table, JSON, plot)")

@@ -81,6 +81,11 @@ def test_unreachable_target_bpp_is_reported(model_file, images, tmp_path, capsys
     from slimkernels.container import read
     assert read(str(out)).width == 8                       # the narrowest
     assert "no width reaches --target-bpp 1e-06" in capsys.readouterr().err
+    # -q silences the per-file lines, not the warning
+    assert main(["compress", images["RGB"], str(out), "--model", model_file, "-f", "-q",
+                 "--target-bpp", "1e-6"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == "" and "no width reaches --target-bpp 1e-06" in cap.err
 
 
 def test_missing_output_folder_is_an_error_before_any_work(model_file, images, tmp_path, capsys):

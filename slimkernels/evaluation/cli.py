@@ -20,10 +20,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--no-classical", action="store_true",
                         help="skip the JPEG/WebP sweeps (the Balle 2017 curve is still plotted)")
-    parser.add_argument("--jpeg-qualities", type=int, nargs="+", default=None)
-    parser.add_argument("--webp-qualities", type=int, nargs="+", default=None)
+    from .classical import DEFAULT_QUALITIES
+    for codec in ("jpeg", "webp"):
+        parser.add_argument(f"--{codec}-qualities", type=int, nargs="+", default=None,
+                            help=f"Pillow {codec.upper()} qualities of the sweep (default: "
+                                 + " ".join(map(str, DEFAULT_QUALITIES[codec])) + ")")
     parser.add_argument("--streams", type=int, default=1, help="coder substreams")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="device of the transforms: cpu, cuda, "
+                        "cuda:N (default: cpu)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice; 1 is much faster "
                              "on a machine busy with other work)")
