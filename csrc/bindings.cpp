@@ -79,10 +79,23 @@ I32 decode(const py::buffer& data, const I32& indexes, const I32& cdfs, const I3
     n *= d;
   }
   check_sizes(n, indexes.size(), run);
-  I32 out(dims);
-  int32_t* o = out.mutable_data();
   const uint8_t* d = static_cast<const uint8_t*>(info.ptr);
   const size_t size = size_t(info.size);
+  // A header that is unreadable or records another symbol count is reported (after the
+  // arguments, as decode checks them) before the output is allocated: a wrong shape= must not
+  // allocate memory for symbols the stream does not hold.
+  int64_t recorded = -1;
+  try {
+    recorded = slimcoder::symbol_count(d, size);
+  } catch (const slimcoder::Error&) {
+  }
+  if (recorded != int64_t(n)) {
+    py::gil_scoped_release release;
+    slimcoder::decode(d, size, indexes.data(), int64_t(n), t, threads, nullptr, run);  // throws
+    throw slimcoder::Error("internal: decode accepted a header it could not parse");
+  }
+  I32 out(dims);
+  int32_t* o = out.mutable_data();
   {
     py::gil_scoped_release release;
     slimcoder::decode(d, size, indexes.data(), int64_t(n), t, threads, o, run);

@@ -1290,6 +1290,10 @@ int64_t stream_count(const uint8_t* data, size_t size) {
   return int64_t(parse_header(data, size).offsets.size()) - 1;
 }
 
+int64_t symbol_count(const uint8_t* data, size_t size) {
+  return parse_header(data, size).n;
+}
+
 void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
             const Tables& t, int threads, int32_t* out, int64_t run) {
   if (n < 0) throw Error("negative symbol count");
@@ -1303,7 +1307,7 @@ void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
                   " but decode was called with precision " + str(t.precision));
     if (h.n != n)
       throw Error("stream holds " + str(h.n) + " symbols but " + str(n) +
-                  " were asked for (wrong indexes shape?)");
+                  " were asked for (wrong indexes or shape?)");
   } catch (const Error&) {
     validate_indexes(indexes, n / run, t.num_cdfs);  // a bad argument is reported before bad data
     throw;

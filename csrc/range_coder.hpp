@@ -84,6 +84,9 @@ void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
 // Number of substreams recorded in an encoded string (parses and validates only the header).
 int64_t stream_count(const uint8_t* data, size_t size);
 
+// Number of symbols recorded in an encoded string (parses and validates only the header).
+int64_t symbol_count(const uint8_t* data, size_t size);
+
 // Quantizes a pmf (m >= 1 float64 entries, the last one being the tail mass that becomes the
 // escape) into an integer CDF of m + 1 entries: cdf[0] = 0, cdf[m] = 2^precision, every frequency
 // >= 1. Deterministic: float64 arithmetic in a fixed order, then integer largest-remainder.

@@ -122,6 +122,8 @@ def _index_run(shape, idx, name="symbols"):
     with run 1 when there are no symbols)."""
     idx_shape = idx.shape
     n, m = math.prod(shape), math.prod(idx_shape)
+    if n >= 1 << 62:
+        raise ValueError(f"{name} {tuple(shape)} has too many elements ({n})")
     if m == n:
         return idx, 1
     if len(idx_shape) == len(shape):

@@ -321,6 +321,13 @@ def test_compact_indexes_bad_arguments_named():
         coding.decode(data, comp, cdfs, lengths, offsets, shape=(1, 3, 4.5, 5))
     with pytest.raises(ValueError, match="shape must be a tuple"):
         coding.decode(data, comp, cdfs, lengths, offsets, shape=object())
+    with pytest.raises(ValueError, match="too many elements"):
+        coding.decode(data, comp, cdfs, lengths, offsets, shape=(1, 3, 10**12, 10**12))
+    # a wrong shape is refused from the header, before memory for it is allocated (12 TiB here)
+    with pytest.raises(ValueError, match="holds 60 symbols but 3298534883328 were asked for"):
+        coding.decode(data, comp, cdfs, lengths, offsets, shape=(1, 3, 2**40, 1))
+    with pytest.raises(ValueError, match="first byte"):
+        coding.decode(b"junk", comp, cdfs, lengths, offsets, shape=(1, 3, 2**40, 1))
     # the binding checks the run itself too
     ext = coding._ext()
     with pytest.raises(ValueError, match="index run must be >= 1"):

@@ -189,7 +189,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   if (mode == 0) {
     std::vector<uint8_t> raw(r.p, r.p + r.n);
-    if (try_decode(raw, idx, t, threads, out)) check_reencode(raw, idx, t, out, threads);
+    int64_t recorded = -1;  // the header parser alone must agree with decode's
+    try {
+      recorded = slimcoder::symbol_count(raw.data(), raw.size());
+    } catch (const slimcoder::Error&) {
+    }
+    if (try_decode(raw, idx, t, threads, out)) {
+      if (recorded != n) std::abort();
+      check_reencode(raw, idx, t, out, threads);
+    }
     return 0;
   }
   if (mode == 1) {
