@@ -538,3 +538,33 @@ def test_clear_caches_after_data_writes(model):
         moved = m.compress(x, 12, precision="fp32")
     assert after != moved and stale in (after, moved)   # stale only where the kernel path runs
     assert copy.deepcopy(m).compress(x, 12, precision="fp32") == moved
+
+
+def test_crafted_files_with_valid_checksums_are_refused_without_huge_allocations(model):
+    """container.pack writes valid checksums, so these reach the coder: a forged image size (up
+    to MAX_SIDE x MAX_SIDE: a 12 x 65536 x 65536 latent) or a damaged payload must raise a
+    ValueError (SlimFormatError is one) quickly, not allocate for the claimed size."""
+    import dataclasses
+    import random
+    import time
+    x = torch.rand(1, 3, 24, 20)
+    f = container.unpack(model.compress(x, 12, precision="fp32"))
+    side = container.MAX_SIDE
+    forged = [dataclasses.replace(f, height=side, img_width=side),
+              dataclasses.replace(f, height=f.height + 4),
+              dataclasses.replace(f, width=8)]
+    rng = random.Random(0)
+    for _ in range(40):
+        p = bytearray(f.payload)
+        for _ in range(rng.randint(1, 4)):
+            p[rng.randrange(len(p))] ^= 1 << rng.randrange(8)
+        forged.append(dataclasses.replace(f, payload=bytes(p)))
+    forged.append(dataclasses.replace(f, payload=f.payload[:rng.randrange(len(f.payload))]))
+    t0 = time.perf_counter()
+    for g in forged:
+        try:
+            y = model.decompress(container.pack(g), precision="fp32")
+        except ValueError:
+            continue
+        assert y.shape == (1, 3, g.height, g.img_width)    # a flip that still decodes
+    assert time.perf_counter() - t0 < 60
