@@ -574,29 +574,22 @@ def test_compress_and_decompress_from_several_threads(model):
     """One model shared by threads (a server): every call gives the bytes and images of the same
     call made alone, while the caches (prepacked convs, GDN parameters, medians, tables, model
     id, the coder's table cache and worker pool) are shared."""
-    import threading
+    from tests._threads import run_in_threads
     xs = [torch.rand(1, 3, 20 + 4 * k, 28 - 4 * k) for k in range(4)]
     jobs = [(x, w, s) for x in xs for w in model.widths for s in (1, 2)]
     with torch.no_grad():
         ref = [model.compress(x, w, precision="fp32", streams=s) for x, w, s in jobs]
         ref_img = [model.decompress(d, precision="fp32") for d in ref]
-    errors = []
 
     def work(k):
-        try:
-            for i in range(3 * len(jobs)):
-                j = (k * 5 + i) % len(jobs)
-                x, w, s = jobs[j]
-                with torch.no_grad():
-                    d = model.compress(x, w, precision="fp32", streams=s)
-                    y = model.decompress(d, precision="fp32")
-                if d != ref[j] or not torch.equal(y, ref_img[j]):
-                    errors.append(j)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(repr(e))
-    ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors
+        errors = []
+        for i in range(3 * len(jobs)):
+            j = (k * 5 + i) % len(jobs)
+            x, w, s = jobs[j]
+            with torch.no_grad():
+                d = model.compress(x, w, precision="fp32", streams=s)
+                y = model.decompress(d, precision="fp32")
+            if d != ref[j] or not torch.equal(y, ref_img[j]):
+                errors.append(j)
+        return errors
+    assert not run_in_threads(work, 4)

@@ -467,28 +467,21 @@ def test_nograd_gdn_fused_kernel_and_passes_agree_with_float64(fused, dtype, mon
 
 def test_prepacked_path_from_several_threads(monkeypatch):
     """Concurrent no-grad calls with a tiny cache (constant eviction) stay correct."""
-    import threading
+    from tests._threads import run_in_threads
     conv_mod.clear_cpu_caches()
     monkeypatch.setattr(conv_mod, "_PACK_CACHE_MAX", 2)
     w, b = _full("enc2", False, 5, torch.float32)
     xs = {wd: torch.randn(1, wd, 6, 8) for wd in (8, 9, 10, 11)}
     refs = {wd: F.conv2d(x.double(), w[:wd, :wd].double(), b[:wd].double(), stride=2, padding=2)
             for wd, x in xs.items()}
-    errors = []
 
     def work(seed):
-        try:
-            for i in range(40):
-                wd = (8, 9, 10, 11)[(seed + i) % 4]
-                with torch.no_grad():
-                    y = slim_conv2d(xs[wd], w, b, stride=2, padding=2, out_width=wd)
-                if rel_err(y, refs[wd]) > 1e-5:
-                    errors.append(wd)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(repr(e))
-    ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors
+        errors = []
+        for i in range(40):
+            wd = (8, 9, 10, 11)[(seed + i) % 4]
+            with torch.no_grad():
+                y = slim_conv2d(xs[wd], w, b, stride=2, padding=2, out_width=wd)
+            if rel_err(y, refs[wd]) > 1e-5:
+                errors.append(wd)
+        return errors
+    assert not run_in_threads(work, 4)
