@@ -391,19 +391,22 @@ def main(argv=None):
     ap.add_argument("--out", default=RESULTS, help="results root (cpu/ and cuda/ below)")
     ap.add_argument("--aot", action="store_true",
                     help="only compile every kernel/config for sm_90 and sm_80 and write "
-                         "cpu/gdn_aot.{json,md} (registers, spills, shared memory, tensor cores)")
+                         "cpu/<md-name>_aot.{json,md} (registers, spills, shared memory, "
+                         "tensor cores)")
     args = ap.parse_args(argv)
     if args.aot:
+        import triton
         rows = aot_table()
         os.makedirs(os.path.join(args.out, "cpu"), exist_ok=True)
-        with open(os.path.join(args.out, "cpu", "gdn_aot.json"), "w") as f:
-            json.dump({"env": env_info(), "rows": rows}, f, indent=1)
+        name = f"{args.md_name}_aot"
+        with open(os.path.join(args.out, "cpu", name + ".json"), "w") as f:
+            json.dump({"env": env_info(), "triton": triton.__version__, "rows": rows}, f, indent=1)
         md = aot_md(rows)
-        with open(os.path.join(args.out, "cpu", "gdn_aot.md"), "w") as f:
+        with open(os.path.join(args.out, "cpu", name + ".md"), "w") as f:
             f.write("# GDN kernels compiled ahead of time (no GPU): sm_90 and sm_80\n\n"
-                    "`python bench/bench_gdn.py --aot`; SlimGDN+ scalars on, pointers 16-byte "
-                    "aligned, unit strides specialised per layout as the JIT launcher does.\n\n"
-                    + md + "\n")
+                    f"`python bench/bench_gdn.py --aot` with triton {triton.__version__}; SlimGDN+ "
+                    "scalars on, pointers 16-byte aligned, unit strides specialised per layout as "
+                    "the JIT launcher does.\n\n" + md + "\n")
         print(md)
         return {"aot": rows}
 
