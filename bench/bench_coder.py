@@ -177,31 +177,39 @@ def isolated(fns, repeat, idle_s=0.005):
     return [statistics.median(t) for t in ts]
 
 
-SLIM_CONFIGS = ((1, 1), (2, 2), (2, 1))  # (streams, threads)
+#: (streams, threads, indexes): "symbol" = one CDF index per symbol (CompressAI's contract),
+#: "channel" = the compact per-channel form ([1, C, 1, 1]) that compress uses; same bytes.
+SLIM_CONFIGS = ((1, 1, "symbol"), (2, 2, "symbol"), (2, 1, "symbol"), (1, 1, "channel"),
+                (2, 2, "channel"))
 
 
 def bench_slimkernels(work, n, repeat, warmup):
     """Encode and decode with 1 and 2 streams; the configurations run interleaved, so that their
     ratios compare the same moments of a shared machine."""
     sym, idx, cdfs, lengths, offsets = work
-    datas, fns = [], []
-    for streams, threads in SLIM_CONFIGS:
-        data = coding.encode(sym, idx, cdfs, lengths, offsets, streams=streams, threads=threads)
-        out = coding.decode(data, idx, cdfs, lengths, offsets, threads=threads)
+    compact = np.ascontiguousarray(idx[:, :, :1, :1])       # the workload's index is the channel
+    assert np.array_equal(np.broadcast_to(compact, idx.shape), idx)
+    datas, fns, decs = [], [], []
+    for streams, threads, form in SLIM_CONFIGS:
+        ix = idx if form == "symbol" else compact
+        data = coding.encode(sym, ix, cdfs, lengths, offsets, streams=streams, threads=threads)
+        out = coding.decode(data, ix, cdfs, lengths, offsets, threads=threads, shape=sym.shape)
         assert np.array_equal(out, sym), "slimkernels round trip failed"
         datas.append(data)
-        fns.append(lambda s=streams, t=threads: coding.encode(sym, idx, cdfs, lengths, offsets,
-                                                             streams=s, threads=t))
+        fns.append(lambda s=streams, t=threads, ix=ix: coding.encode(
+            sym, ix, cdfs, lengths, offsets, streams=s, threads=t))
+        decs.append(lambda d=data, t=threads, ix=ix: coding.decode(
+            d, ix, cdfs, lengths, offsets, threads=t, shape=sym.shape))
     enc = interleaved(fns, repeat, warmup)
-    decs = [lambda d=d, t=t: coding.decode(d, idx, cdfs, lengths, offsets, threads=t)
-            for d, (_, t) in zip(datas, SLIM_CONFIGS)]
     dec = interleaved(decs, repeat, warmup)
     iso_e = isolated(fns, repeat)
     iso_d = isolated(decs, repeat)
     rows = []
-    for k, ((streams, threads), te, td, data) in enumerate(zip(SLIM_CONFIGS, enc, dec, datas)):
-        rows.append(dict(coder=f"slimkernels rANS, {streams} stream(s), {threads} thread(s)",
-                         streams=streams, threads=threads, encode_s=te, decode_s=td,
+    for k, ((streams, threads, form), te, td, data) in enumerate(zip(SLIM_CONFIGS, enc, dec,
+                                                                       datas)):
+        name = f"slimkernels rANS, {streams} stream(s), {threads} thread(s)"
+        rows.append(dict(coder=name + (", per-channel indexes" if form == "channel" else ""),
+                         streams=streams, threads=threads, indexes=form, encode_s=te, decode_s=td,
                          encode_msym_s=n / te / 1e6, decode_msym_s=n / td / 1e6,
                          size_bytes=len(data), isolated_encode_s=iso_e[k],
                          isolated_decode_s=iso_d[k]))
@@ -219,7 +227,7 @@ def time_split(work, repeat, warmup):
     variants = [np.ascontiguousarray(np.concatenate(
         [cdfs, np.full((cdfs.shape[0], 1), v, np.int32)], axis=1)) for v in range(12)]
     out = {}
-    for streams, threads in SLIM_CONFIGS[:2]:
+    for streams, threads, _ in SLIM_CONFIGS[:2]:
         data = coding.encode(sym, idx, cdfs, lengths, offsets, streams=streams)
         assert coding.encode(sym, idx, variants[1], lengths, offsets, streams=streams) == data
         cyc = {"enc": 0, "dec": 0}

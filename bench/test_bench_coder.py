@@ -40,7 +40,9 @@ def test_bench_script_writes_results(tmp_path):
     import bench_coder
     rows = bench_coder.main(["--repeat", "1", "--warmup", "0", "--only-slimkernels",
                              "--out", str(tmp_path)])
-    assert [(r["streams"], r["threads"]) for r in rows] == list(bench_coder.SLIM_CONFIGS)
+    assert [(r["streams"], r["threads"], r["indexes"]) for r in rows] == \
+        list(bench_coder.SLIM_CONFIGS)
+    assert len({r["size_bytes"] for r in rows if r["streams"] == 2}) == 1   # same bytes
     res = json.loads((tmp_path / "coder_slimkernels.json").read_text())
     split = res["meta"]["time_split"]
     assert set(split) == {"1_stream", "2_stream"}
