@@ -440,10 +440,10 @@ class SlimCodec(nn.Module):
     def clear_caches(self) -> None:
         """Drop every inference cache tied to this model's weights: the prepacked conv weights
         (:func:`slimkernels.ops.conv.clear_cpu_caches`), the layers' cached effective GDN
-        parameters, the entropy models' coding medians and the :meth:`model_id`. Needed only
-        after writing a parameter or buffer through ``.data`` (which bypasses version
-        counters); in-place updates, ``load_state_dict`` and optimizer steps are detected
-        without it."""
+        parameters, the entropy models' coding medians and CDF tables, and the
+        :meth:`model_id`. Needed only after writing a parameter or buffer through ``.data``
+        (which bypasses version counters); in-place updates, ``load_state_dict`` and optimizer
+        steps are detected without it."""
         from .ops.conv import clear_cpu_caches
         clear_cpu_caches()
         for m in self.modules():
