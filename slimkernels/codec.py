@@ -45,7 +45,7 @@ import torch.nn as nn
 
 from . import coding, container
 from ._cpu import cpu_kernels
-from ._state import tensor_state_key
+from ._state import cached_on
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
            "native_bf16",
@@ -428,14 +428,9 @@ class SlimCodec(nn.Module):
         :func:`model_fingerprint`). Cached until a parameter or buffer changes (tracked by the
         tensors' version counters) or the config changes."""
         cfg = self.config()
-        ts = self._state_tensors()
-        key = (json.dumps(cfg, sort_keys=True), tensor_state_key(ts))
-        cache = self.__dict__.get("_model_id_cache")
-        if cache is None or cache[0] != key:
-            # holding ts keeps their ids (part of the key) from being reused
-            cache = (key, model_fingerprint(self, cfg), ts)
-            self.__dict__["_model_id_cache"] = cache
-        return cache[1]
+        return cached_on(self, "_model_id_cache", self._state_tensors(),
+                         lambda: model_fingerprint(self, cfg),
+                         extra=json.dumps(cfg, sort_keys=True))
 
     def clear_caches(self) -> None:
         """Drop every inference cache tied to this model's weights: the prepacked conv weights

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .parametrizers import lower_bound
-from .._state import tensor_state_key
+from .._state import cached_on
 
 _CDF_BUFFERS = ("_quantized_cdf", "_cdf_length", "_offset")
 
@@ -90,15 +90,10 @@ class EntropyBottleneck(nn.Module):
         """The medians as the CPU coding kernels read them: a contiguous float32 ``[C]`` CPU
         tensor, cached until ``quantiles`` changes (version counter, identity, storage; call
         :meth:`clear_cache` after writes through ``.data``). Do not modify it."""
-        key = tensor_state_key((self.quantiles,))
-        cache = self.__dict__.get("_medians_cache")
-        if cache is None or cache[0] != key:
+        def build():
             with torch.no_grad():
-                med = self.medians().to("cpu", torch.float32).contiguous()
-            # holding quantiles keeps its id (part of the key) from being reused
-            cache = (key, med, self.quantiles)
-            self.__dict__["_medians_cache"] = cache
-        return cache[1]
+                return self.medians().to("cpu", torch.float32).contiguous()
+        return cached_on(self, "_medians_cache", (self.quantiles,), build)
 
     def clear_cache(self) -> None:
         """Drop the cached :meth:`coding_medians` and :meth:`cdf_tables`."""
@@ -196,15 +191,12 @@ class EntropyBottleneck(nn.Module):
             RuntimeError: no tables yet (call :meth:`update`).
         """
         bufs = (self._quantized_cdf, self._cdf_length, self._offset)
-        key = tensor_state_key(bufs)
-        cache = self.__dict__.get("_tables_cache")
-        if cache is not None and cache[0] == key:
-            return cache[1]
-        if not self.has_tables():
-            raise RuntimeError("the entropy model has no CDF tables: call update() first")
-        tables = tuple(b.detach().cpu().numpy() for b in bufs)
-        self.__dict__["_tables_cache"] = (key, tables)
-        return tables
+
+        def build():
+            if not self.has_tables():
+                raise RuntimeError("the entropy model has no CDF tables: call update() first")
+            return tuple(b.detach().cpu().numpy() for b in bufs)
+        return cached_on(self, "_tables_cache", bufs, build)
 
     def quantize_symbols(self, y: torch.Tensor) -> torch.Tensor:
         """``y`` ``[N, C, H, W]`` float -> int32 symbols ``round(y - median)``."""

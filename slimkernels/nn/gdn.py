@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from .._state import tensor_state_key
+from .._state import cached_on
 from .parametrizers import NonNegativeParametrizer
 
 
@@ -49,14 +49,11 @@ class SlimGDN(nn.Module):
             return self.beta_reparam(self.beta), self.gamma_reparam(self.gamma)
         ts = (self.beta, self.gamma, self.beta_reparam.pedestal, self.beta_reparam.lower_bound.bound,
               self.gamma_reparam.pedestal, self.gamma_reparam.lower_bound.bound)
-        key = tensor_state_key(ts)
-        cache = self.__dict__.get("_effective_cache")
-        if cache is None or cache[0] != key:
+
+        def build():
             with torch.no_grad():
-                # holding ts keeps their ids (part of the key) from being reused
-                cache = (key, (self.beta_reparam(self.beta), self.gamma_reparam(self.gamma)), ts)
-            self.__dict__["_effective_cache"] = cache
-        return cache[1]
+                return self.beta_reparam(self.beta), self.gamma_reparam(self.gamma)
+        return cached_on(self, "_effective_cache", ts, build)
 
     def clear_cache(self) -> None:
         """Drop the cached effective parameters (see :meth:`effective_params`)."""
