@@ -16,7 +16,10 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         name = "--" + f.name.replace("_", "-")
         doc = f.metadata.get("help", "") + " (default: %(default)s)"
-        if isinstance(default, bool):
+        if f.metadata.get("auto_bool"):
+            p.add_argument(name, action=argparse.BooleanOptionalAction, default=default,
+                           help=f.metadata.get("help", "") + " (default: unset)")
+        elif isinstance(default, bool):
             p.add_argument(name, action=argparse.BooleanOptionalAction, default=default,
                            help=f.metadata.get("help", "") + f" (default: {'on' if default else 'off'})")
         elif isinstance(default, list):

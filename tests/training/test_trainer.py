@@ -220,3 +220,26 @@ def test_every_option_has_help_and_parses_to_the_config():
     cfg = config_from_args(build_parser().parse_args(["--widths", "16", "8", "--no-bf16",
                                                       "--lr", "3e-5"]))
     assert cfg.widths == [16, 8] and cfg.bf16 is False and cfg.lr == 3e-5
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_unset_follows_the_device(image_dir, tmp_path, monkeypatch, native):
+    """--bf16 unset: bf16 autocast only where the device computes bf16 natively (emulated bf16 is
+    ~10x slower than fp32 on an AVX2 CPU); --bf16 / --no-bf16 override; the choice is logged."""
+    import slimkernels.training.trainer as tr
+    from slimkernels.training.cli import build_parser, config_from_args
+    seen = []
+    monkeypatch.setattr(tr, "native_bf16", lambda dev: seen.append(torch.device(dev).type) or native)
+    assert build_parser().parse_args([]).bf16 is None
+    t = Trainer(_cfg(image_dir, tmp_path / "auto", bf16=None, steps=1, compile_gdn=False),
+                log=lambda *_: None)
+    assert t.bf16 is native and seen == ["cpu"]
+    t.fit()
+    start = [json.loads(l) for l in open(tmp_path / "auto" / "log.jsonl")][0]
+    assert start["event"] == "start" and start["bf16"] is native
+    for forced in (True, False):
+        cfg = config_from_args(build_parser().parse_args(["--bf16" if forced else "--no-bf16"]))
+        assert cfg.bf16 is forced
+        t2 = Trainer(_cfg(image_dir, tmp_path / f"f{forced}{native}", bf16=forced),
+                     log=lambda *_: None)
+        assert t2.bf16 is forced
