@@ -536,7 +536,10 @@ def test_clear_caches_after_data_writes(model):
         stale = m.compress(x, 12, precision="fp32")
         m.clear_caches()
         moved = m.compress(x, 12, precision="fp32")
-    assert after != moved and stale in (after, moved)   # stale only where the kernel path runs
+    # before clear_caches() a .data write is undefined territory (the docs say so): the cached
+    # model id is stale everywhere, the medians only where the AVX-512 quantize path caches them
+    assert stale[:22] == after[:22]
+    assert after != moved
     assert copy.deepcopy(m).compress(x, 12, precision="fp32") == moved
 
 

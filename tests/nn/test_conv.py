@@ -13,7 +13,10 @@ def test_conv_full_width_matches_torch_and_loads_plain_checkpoint():
     slim.load_state_dict(ref.state_dict())          # same keys
     assert set(slim.state_dict()) == set(ref.state_dict())
     x = torch.randn(2, 8, 13, 11)
-    torch.testing.assert_close(slim(x), ref(x), rtol=0, atol=0)
+    # fp32 tolerance, not bit equality: the CPU path runs oneDNN in channels_last, whose
+    # accumulation order differs from the NCHW kernel on some CPUs (AVX2 EPYC: 3e-5 relative at
+    # a near-zero output); the float64 test below checks the slicing exactly
+    torch.testing.assert_close(slim(x), ref(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("win,wout", [(8, 12), (5, 6), (3, 3), (1, 12)])
