@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "conv_amx.hpp"
+#include "gdn_avx2.hpp"
 #include "gdn_cpu.hpp"
 #include "latents.hpp"
 
@@ -48,6 +49,41 @@ void gdn_forward_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, 
   }
   if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.gdn_forward: ") +
                                         sk::gdn_error_message(rc));
+}
+
+void gdn_forward_avx2_py(uintptr_t x, uintptr_t y, int64_t N, int64_t C, int64_t HW,
+                         uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1, uintptr_t beta,
+                         int bdtype, int64_t b_s0, double gamma_scale, double gamma_bias,
+                         double beta_scale, double beta_bias, bool inverse, int nthreads) {
+  sk::GdnArgs a;
+  a.x = reinterpret_cast<const void*>(x);
+  a.y = reinterpret_cast<void*>(y);
+  a.xdtype = sk::kF32;
+  a.N = N;
+  a.C = C;
+  a.HW = HW;
+  a.channels_last = true;
+  a.gamma = reinterpret_cast<const void*>(gamma);
+  a.gdtype = gdtype;
+  a.g_s0 = g_s0;
+  a.g_s1 = g_s1;
+  a.beta = reinterpret_cast<const void*>(beta);
+  a.bdtype = bdtype;
+  a.b_s0 = b_s0;
+  a.gamma_scale = gamma_scale;
+  a.gamma_bias = gamma_bias;
+  a.beta_scale = beta_scale;
+  a.beta_bias = beta_bias;
+  a.inverse = inverse;
+  a.nthreads = nthreads;
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = sk::gdn_forward_avx2(a);
+  }
+  if (rc != 0)
+    throw std::runtime_error(std::string("slimkernels._cpu_kernels.gdn_forward_avx2: ") +
+                             sk::gdn_avx2_error_message(rc));
 }
 
 }  // namespace
@@ -132,7 +168,8 @@ void dequantize_latents_py(uintptr_t sym, int64_t N, int64_t C, int64_t H, int64
 }  // namespace
 
 PYBIND11_MODULE(_cpu_kernels, m) {
-  m.doc() = "CPU kernels of slimkernels (AMX-BF16 GDN/IGDN and conv, latent quantization).";
+  m.doc() = "CPU kernels of slimkernels (AMX-BF16 GDN/IGDN and conv, AVX2 fp32 GDN/IGDN, latent "
+           "quantization).";
   m.attr("F32") = static_cast<int>(sk::kF32);
   m.attr("BF16") = static_cast<int>(sk::kBF16);
   m.def("amx_available", &sk::amx_available,
@@ -144,6 +181,15 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("beta_bias"), py::arg("inverse"), py::arg("splits"), py::arg("nthreads"),
         "Fused GDN/IGDN forward on raw pointers (see csrc/cpu/gdn_cpu.hpp). x: [N*HW, C] "
         "(channels_last) or [N, C, HW] (NCHW), fp32 (xdtype 0) or bf16 (1); y likewise.");
+  m.def("gdn_avx2_available", &sk::gdn_avx2_available,
+        "True when the CPU has AVX2 + FMA (gdn_forward_avx2).");
+  m.def("gdn_forward_avx2", &gdn_forward_avx2_py, py::arg("x"), py::arg("y"), py::arg("N"),
+        py::arg("C"), py::arg("HW"), py::arg("gamma"), py::arg("gdtype"), py::arg("g_s0"),
+        py::arg("g_s1"), py::arg("beta"), py::arg("bdtype"), py::arg("b_s0"),
+        py::arg("gamma_scale"), py::arg("gamma_bias"), py::arg("beta_scale"),
+        py::arg("beta_bias"), py::arg("inverse"), py::arg("nthreads"),
+        "Fused fp32 GDN/IGDN forward on AVX2 + FMA (see csrc/cpu/gdn_avx2.hpp): x and y fp32 "
+        "[N*HW, C] channels_last; gamma/beta fp32 (0) or bf16 (1), any strides.");
   m.def("latents_simd_available", &sk::latents_simd_available,
         "True when the CPU has AVX512F + AVX512BW (quantize_latents / dequantize_latents).");
   m.def("quantize_latents", &quantize_latents_py, py::arg("y"), py::arg("ydtype"),

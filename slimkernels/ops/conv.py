@@ -413,6 +413,15 @@ def _fused_cpu_gdn_available() -> bool:
     return bool(cpu_kernels_available())
 
 
+def _avx2_cpu_gdn_covers(y, kw) -> bool:
+    """Whether :func:`slimkernels.ops.gdn.gdn` runs its fp32 AVX2 kernel on this call (CPUs
+    without AMX)."""
+    from .gdn import USE_CPU_KERNELS, _avx2_covers, _avx2_kernels
+    scalars = tuple(kw.get(n) for n in ("gamma_scale", "gamma_bias", "beta_scale", "beta_bias"))
+    return USE_CPU_KERNELS and _avx2_kernels() is not None and \
+        _avx2_covers(y, kw["beta"], kw["gamma"], scalars)
+
+
 def _apply_gdn(y, kw):
     """GDN/IGDN of a conv output. CPU without gradient: the GDN op's one-pass AMX kernel where it
     exists (fp32/bf16; 2-2.5x faster than the passes below at every SlimCAE shape, e.g. bf16
@@ -422,6 +431,8 @@ def _apply_gdn(y, kw):
     if y.device.type == "cpu" and not _needs_grad(y) and not _gdn_params_need_grad(kw):
         if y.dtype in (torch.float32, torch.bfloat16) and CPU_FUSED_GDN and \
                 _fused_cpu_gdn_available():
+            return _gdn(y, **kw)
+        if y.dtype == torch.float32 and CPU_FUSED_GDN and _avx2_cpu_gdn_covers(y, kw):
             return _gdn(y, **kw)
         return _gdn_cpu_nograd(y, kw)
     return _gdn(y, **kw)

@@ -18,7 +18,13 @@ def _fused_kernels():
     this CPU/OS, or ``SLIMKERNELS_CPU_KERNELS=0``)."""
     return cpu_kernels("amx_available")
 
-#: Module switch for the fused CPU kernel; ``False`` (or env ``SLIMKERNELS_CPU_KERNELS=0``,
+def _avx2_kernels():
+    """``slimkernels._cpu_kernels`` for the fp32 AVX2 + FMA GDN kernel (CPUs without AMX, e.g.
+    AMD EPYC), or None (not built, no AVX2/FMA, or ``SLIMKERNELS_CPU_KERNELS=0``)."""
+    return cpu_kernels("gdn_avx2_available")
+
+
+#: Module switch for the fused CPU kernels; ``False`` (or env ``SLIMKERNELS_CPU_KERNELS=0``,
 #: read at every call) forces the PyTorch path :func:`gdn_torch`.
 USE_CPU_KERNELS = True
 #: Training on CPU in half precision / under autocast (the autograd composition of
@@ -30,7 +36,7 @@ USE_CPU_KERNELS = True
 #: Off by default; :func:`compiled_training` turns it on for a block (the trainer does, for its
 #: steps: ``--compile-gdn``, on by default).
 COMPILE_TRAINING = False
-#: Which CPU path the last :func:`gdn` call on CPU took: ``"fused"`` or ``"torch"`` (diagnostics
+#: Which CPU path the last :func:`gdn` call on CPU took: ``"fused"`` (AMX), ``"avx2"`` or ``"torch"`` (diagnostics
 #: and tests; not thread-safe).
 last_cpu_path: Optional[str] = None
 
@@ -385,6 +391,28 @@ def gdn_cpu_fused(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *,
     return _run_fused(x, beta, gamma, lay, inverse, scalars)
 
 
+def _avx2_covers(x, beta, gamma, scalars) -> bool:
+    """Whether the fp32 AVX2 kernel covers this call: what :func:`_fused_cpu_layout` covers,
+    restricted to fp32 channels_last x computed in fp32 (no bf16 autocast)."""
+    return (x.dtype == torch.float32 and _compute_dtype(x) == torch.float32 and
+            _fused_cpu_layout(x, beta, gamma, scalars) == "channels_last")
+
+
+def _run_avx2(x, beta, gamma, inverse, scalars):
+    """The AVX2 kernel call (exact fp32: FMA accumulation, sqrt and division); arguments
+    already validated by :func:`_avx2_covers`."""
+    N, C, H, W = x.shape
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    gs, gb, bs, bb = (_scalar(s) for s in scalars)
+    _avx2_kernels().gdn_forward_avx2(
+        x.data_ptr(), y.data_ptr(), N, C, H * W, gamma.data_ptr(), _CK_DTYPES[gamma.dtype],
+        gamma.stride(0), gamma.stride(1), beta.data_ptr(), _CK_DTYPES[beta.dtype],
+        beta.stride(0), 1.0 if gs is None else gs, 0.0 if gb is None else gb,
+        1.0 if bs is None else bs, 0.0 if bb is None else bb, bool(inverse),
+        torch.get_num_threads())
+    return y
+
+
 def _run_fused(x, beta, gamma, lay, inverse, scalars):
     """The extension call; arguments already validated by :func:`_fused_cpu_layout`."""
     N, C, H, W = x.shape
@@ -416,8 +444,10 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
             CUDA tensors run the fused Triton kernels (:mod:`slimkernels.kernels.gdn`). CPU
             tensors run the fused C++ kernel :func:`gdn_cpu_fused` (AMX-BF16) when
             :func:`cpu_kernels_available` and the call is covered (fp32/bf16 x, NCHW or
-            channels_last, fp32/bf16 parameters, no autograd, no CPU autocast), else
-            :func:`gdn_torch` (training, fp16, other layouts, CPUs without AMX).
+            channels_last, fp32/bf16 parameters, no autograd, no CPU autocast); on CPUs
+            without AMX but with AVX2 + FMA, fp32 channels_last x without autograd or autocast
+            runs a fused fp32 AVX2 kernel (csrc/cpu/gdn_avx2.cpp: exact fp32 accumulation,
+            sqrt and division); else :func:`gdn_torch` (training, fp16, other layouts).
 
     Precision on CPU: the fused kernel computes the fp32 channel mixing as "bf16x3" (bf16 hi/lo
     splits of x^2 and gamma, fp32 accumulation; relative error of the norm <= ~2^-16, measured
@@ -457,6 +487,11 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
         if lay is not None:
             last_cpu_path = "fused"
             return _run_fused(x, beta, gamma, lay, inverse, scalars)
+    elif x.device.type == "cpu" and USE_CPU_KERNELS and _avx2_kernels() is not None:
+        scalars = (gamma_scale, gamma_bias, beta_scale, beta_bias)
+        if _avx2_covers(x, beta, gamma, scalars):
+            last_cpu_path = "avx2"
+            return _run_avx2(x, beta, gamma, inverse, scalars)
     if x.device.type == "cpu":
         last_cpu_path = "torch"
     return gdn_torch(x, beta, gamma, **kw)

@@ -1,0 +1,252 @@
+// Fused fp32 GDN / IGDN forward on AVX2 + FMA (see gdn_avx2.hpp).
+//
+// channels_last x is [P, C] (P = N * HW pixels, channel stride 1). Work unit: a block of up to
+// kPix pixels. Per block:
+//   1. z = x^2 (fp32) into a per-thread buffer [kPix][C] (L1-resident);
+//   2. per panel of 16 output channels (gamma^T packed once per call as [C][16] panels, zero
+//      past C): micro-tiles of kMr pixels x 16 channels accumulate n in 12 ymm registers
+//      (broadcast z, two B loads, 2 * kMr FMAs per input channel), the panel staying in L1
+//      across the block's micro-tiles;
+//   3. epilogue on the registers: n += beta, y = x / sqrt(n) (IGDN x * sqrt(n)), stored with a
+//      mask on the last panel.
+#include "gdn_avx2.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "amx_tiles.hpp"  // run_on_threads
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SK_HAVE_AVX2_CODE 1
+#include <immintrin.h>
+#else
+#define SK_HAVE_AVX2_CODE 0
+#endif
+
+namespace sk {
+
+namespace {
+enum Avx2Err { kAOk = 0, kANoAvx2 = 1, kABadArgs = 2, kANoMem = 3 };
+
+inline float param_at(const void* p, int dtype, int64_t idx) {
+  if (dtype == kBF16) {
+    uint32_t u = static_cast<uint32_t>(static_cast<const uint16_t*>(p)[idx]) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  return static_cast<const float*>(p)[idx];
+}
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using FloatBuf = std::unique_ptr<float[], FreeDeleter>;
+
+// n floats, 64-byte aligned (nullptr when out of memory)
+FloatBuf alloc_floats(int64_t n) {
+  size_t bytes = static_cast<size_t>((std::max<int64_t>(n, 1) * 4 + 63) / 64 * 64);
+  return FloatBuf(static_cast<float*>(std::aligned_alloc(64, bytes)));
+}
+
+constexpr int kMr = 6;     // pixels per micro-tile (12 accumulators + 2 B + 1 broadcast ymm)
+constexpr int kPix = 24;   // pixels per block: z (24 x C fp32) + one B panel stay in L1
+}  // namespace
+
+const char* gdn_avx2_error_message(int code) {
+  switch (code) {
+    case kAOk: return "ok";
+    case kANoAvx2: return "AVX2 + FMA is not available on this CPU; use the PyTorch path";
+    case kABadArgs: return "bad arguments (the AVX2 kernel covers fp32 channels_last x)";
+    case kANoMem: return "out of memory for the packed gamma or a per-thread buffer";
+  }
+  return "unknown error";
+}
+
+#if SK_HAVE_AVX2_CODE
+
+bool gdn_avx2_available() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+}
+
+#define SK_AVX2_TARGET __attribute__((target("avx2,fma")))
+
+namespace {
+
+// Lanes [0, valid) of an 8-float vector (valid clamped to 0..8).
+SK_AVX2_TARGET inline __m256i lane_mask(int64_t valid) {
+  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(valid)), idx);
+}
+
+// The epilogue of one pixel row: n = acc + beta, y = x / sqrt(n) (IGDN x * sqrt(n)) on
+// channels [0, valid) of the panel (all 16 when full).
+SK_AVX2_TARGET inline void finish(__m256 a0, __m256 a1, __m256 be0, __m256 be1, const float* xr,
+                                  float* yr, bool full, __m256i m0, __m256i m1, bool inverse) {
+  const __m256 s0 = _mm256_sqrt_ps(_mm256_add_ps(a0, be0));
+  const __m256 s1 = _mm256_sqrt_ps(_mm256_add_ps(a1, be1));
+  if (full) {
+    const __m256 x0 = _mm256_loadu_ps(xr), x1 = _mm256_loadu_ps(xr + 8);
+    _mm256_storeu_ps(yr, inverse ? _mm256_mul_ps(x0, s0) : _mm256_div_ps(x0, s0));
+    _mm256_storeu_ps(yr + 8, inverse ? _mm256_mul_ps(x1, s1) : _mm256_div_ps(x1, s1));
+  } else {
+    const __m256 x0 = _mm256_maskload_ps(xr, m0), x1 = _mm256_maskload_ps(xr + 8, m1);
+    _mm256_maskstore_ps(yr, m0, inverse ? _mm256_mul_ps(x0, s0) : _mm256_div_ps(x0, s0));
+    _mm256_maskstore_ps(yr + 8, m1, inverse ? _mm256_mul_ps(x1, s1) : _mm256_div_ps(x1, s1));
+  }
+}
+
+// MR pixels (z rows at z + r * C) x 16 output channels of one panel (bp: [C][16]): n in 2 * MR
+// named ymm accumulators (an array of vectors was kept in memory by gcc 12: a store per FMA),
+// then the epilogue: pixels' x rows at x + r * C, outputs at y + r * C, channels
+// [c0, c0 + valid) of the row (valid <= 16).
+template <int MR>
+SK_AVX2_TARGET void micro(const float* z, const float* bp, int64_t C, const float* beta16,
+                          const float* x, float* y, int64_t c0, int64_t valid, bool inverse) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  const float* z0 = z;
+  for (int64_t i = 0; i < C; ++i, ++z0) {
+    const __m256 b0 = _mm256_load_ps(bp + i * 16);
+    const __m256 b1 = _mm256_load_ps(bp + i * 16 + 8);
+    __m256 a = _mm256_broadcast_ss(z0);
+    c00 = _mm256_fmadd_ps(a, b0, c00);
+    c01 = _mm256_fmadd_ps(a, b1, c01);
+    if constexpr (MR > 1) {
+      a = _mm256_broadcast_ss(z0 + C);
+      c10 = _mm256_fmadd_ps(a, b0, c10);
+      c11 = _mm256_fmadd_ps(a, b1, c11);
+    }
+    if constexpr (MR > 2) {
+      a = _mm256_broadcast_ss(z0 + 2 * C);
+      c20 = _mm256_fmadd_ps(a, b0, c20);
+      c21 = _mm256_fmadd_ps(a, b1, c21);
+    }
+    if constexpr (MR > 3) {
+      a = _mm256_broadcast_ss(z0 + 3 * C);
+      c30 = _mm256_fmadd_ps(a, b0, c30);
+      c31 = _mm256_fmadd_ps(a, b1, c31);
+    }
+    if constexpr (MR > 4) {
+      a = _mm256_broadcast_ss(z0 + 4 * C);
+      c40 = _mm256_fmadd_ps(a, b0, c40);
+      c41 = _mm256_fmadd_ps(a, b1, c41);
+    }
+    if constexpr (MR > 5) {
+      a = _mm256_broadcast_ss(z0 + 5 * C);
+      c50 = _mm256_fmadd_ps(a, b0, c50);
+      c51 = _mm256_fmadd_ps(a, b1, c51);
+    }
+  }
+  const __m256 be0 = _mm256_load_ps(beta16), be1 = _mm256_load_ps(beta16 + 8);
+  const bool full = valid == 16;
+  const __m256i m0 = lane_mask(valid), m1 = lane_mask(valid - 8);
+  const float* xr = x + c0;
+  float* yr = y + c0;
+  finish(c00, c01, be0, be1, xr, yr, full, m0, m1, inverse);
+  if constexpr (MR > 1) finish(c10, c11, be0, be1, xr + C, yr + C, full, m0, m1, inverse);
+  if constexpr (MR > 2) finish(c20, c21, be0, be1, xr + 2 * C, yr + 2 * C, full, m0, m1, inverse);
+  if constexpr (MR > 3) finish(c30, c31, be0, be1, xr + 3 * C, yr + 3 * C, full, m0, m1, inverse);
+  if constexpr (MR > 4) finish(c40, c41, be0, be1, xr + 4 * C, yr + 4 * C, full, m0, m1, inverse);
+  if constexpr (MR > 5) finish(c50, c51, be0, be1, xr + 5 * C, yr + 5 * C, full, m0, m1, inverse);
+}
+
+// z[r][c] = x[r][c]^2 for np pixels
+SK_AVX2_TARGET void squares(const float* x, float* z, int64_t np, int64_t C) {
+  const int64_t n = np * C;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    _mm256_storeu_ps(z + i, _mm256_mul_ps(v, v));
+  }
+  for (; i < n; ++i) z[i] = x[i] * x[i];
+}
+
+SK_AVX2_TARGET void run_pixels(const GdnArgs& a, const float* bp, const float* beta, float* z,
+                               int64_t p0, int64_t p1) {
+  const int64_t C = a.C, NP = (C + 15) / 16;
+  const float* x = static_cast<const float*>(a.x);
+  float* y = static_cast<float*>(a.y);
+  for (int64_t b = p0; b < p1; b += kPix) {
+    const int64_t np = std::min<int64_t>(kPix, p1 - b);
+    squares(x + b * C, z, np, C);
+    for (int64_t q = 0; q < NP; ++q) {
+      const float* panel = bp + q * C * 16;
+      const int64_t c0 = q * 16, valid = std::min<int64_t>(16, C - c0);
+      int64_t r = 0;
+      for (; r + kMr <= np; r += kMr)
+        micro<kMr>(z + r * C, panel, C, beta + c0, x + (b + r) * C, y + (b + r) * C, c0, valid,
+                   a.inverse);
+      const float* zr = z + r * C;
+      const float* xr = x + (b + r) * C;
+      float* yr = y + (b + r) * C;
+      switch (np - r) {
+        case 5: micro<5>(zr, panel, C, beta + c0, xr, yr, c0, valid, a.inverse); break;
+        case 4: micro<4>(zr, panel, C, beta + c0, xr, yr, c0, valid, a.inverse); break;
+        case 3: micro<3>(zr, panel, C, beta + c0, xr, yr, c0, valid, a.inverse); break;
+        case 2: micro<2>(zr, panel, C, beta + c0, xr, yr, c0, valid, a.inverse); break;
+        case 1: micro<1>(zr, panel, C, beta + c0, xr, yr, c0, valid, a.inverse); break;
+        default: break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int gdn_forward_avx2(const GdnArgs& a) {
+  if (!gdn_avx2_available()) return kANoAvx2;
+  if (a.x == nullptr || a.y == nullptr || a.gamma == nullptr || a.beta == nullptr ||
+      a.xdtype != kF32 || !a.channels_last || a.N <= 0 || a.C <= 0 || a.HW <= 0 ||
+      (a.gdtype != kF32 && a.gdtype != kBF16) || (a.bdtype != kF32 && a.bdtype != kBF16))
+    return kABadArgs;
+  const int64_t C = a.C, NP = (C + 15) / 16, P = a.N * a.HW;
+  // gamma^T in panels of 16 output channels: bp[q][i][j] = gamma_k[q*16 + j, i] (0 past C);
+  // beta padded with 1 (the padded lanes are never stored)
+  FloatBuf bp = alloc_floats(NP * C * 16), beta = alloc_floats(NP * 16);
+  if (!bp || !beta) return kANoMem;
+  const float gs = static_cast<float>(a.gamma_scale), gb = static_cast<float>(a.gamma_bias);
+  const float bs = static_cast<float>(a.beta_scale), bb = static_cast<float>(a.beta_bias);
+  for (int64_t q = 0; q < NP; ++q)
+    for (int64_t i = 0; i < C; ++i)
+      for (int64_t j = 0; j < 16; ++j) {
+        const int64_t o = q * 16 + j;
+        bp[(q * C + i) * 16 + j] =
+            o < C ? param_at(a.gamma, a.gdtype, o * a.g_s0 + i * a.g_s1) * gs + gb : 0.0f;
+      }
+  for (int64_t o = 0; o < NP * 16; ++o)
+    beta[o] = o < C ? param_at(a.beta, a.bdtype, o * a.b_s0) * bs + bb : 1.0f;
+  // threads: pixel ranges in whole blocks, at least 4 blocks each
+  const int64_t blocks = (P + kPix - 1) / kPix;
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, blocks / 4));
+  std::vector<FloatBuf> zbuf(static_cast<size_t>(nt));
+  for (auto& zb : zbuf) {
+    zb = alloc_floats(kPix * C);
+    if (!zb) return kANoMem;
+  }
+  run_on_threads(nt, [&](int64_t t) {
+    const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+    run_pixels(a, bp.get(), beta.get(), zbuf[static_cast<size_t>(t)].get(), b0 * kPix,
+               std::min<int64_t>(P, b1 * kPix));
+  });
+  return kAOk;
+}
+
+#else  // !SK_HAVE_AVX2_CODE
+
+bool gdn_avx2_available() { return false; }
+int gdn_forward_avx2(const GdnArgs&) { return kANoAvx2; }
+
+#endif
+
+}  // namespace sk

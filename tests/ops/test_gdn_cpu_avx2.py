@@ -1,0 +1,157 @@
+"""The fp32 AVX2 + FMA GDN kernel (slimkernels._cpu_kernels.gdn_forward_avx2, for CPUs without
+AMX) against a float64 reference, and the dispatch to it."""
+import importlib
+
+import pytest
+import torch
+
+from slimkernels._cpu import cpu_kernels
+from slimkernels.ops import gdn, gdn_reference
+
+gdn_mod = importlib.import_module("slimkernels.ops.gdn")  # the module (ops.gdn is the function)
+
+C_MAX = 200
+SCALARS = {"none": (None, None, None, None), "slimgdn+": (1.3, 0.02, 0.8, 0.1)}
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+FLAGS = _cpu_flags()
+HAS_AVX2 = " avx2" in FLAGS and " fma" in FLAGS
+HAS_AMX = " amx_bf16" in FLAGS and " amx_tile" in FLAGS and " avx512_bf16" in FLAGS
+needs_avx2 = pytest.mark.skipif(cpu_kernels("gdn_avx2_available") is None,
+                                reason="no AVX2 + FMA here or slimkernels._cpu_kernels not built")
+
+
+@pytest.fixture(autouse=True)
+def _kernels_on(monkeypatch):
+    monkeypatch.delenv("SLIMKERNELS_CPU_KERNELS", raising=False)
+    monkeypatch.setattr(gdn_mod, "USE_CPU_KERNELS", True)
+
+
+def _params(seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    beta = (torch.rand(C_MAX, generator=g) + 0.5).to(dtype)
+    gamma = (torch.rand(C_MAX, C_MAX, generator=g) * 0.1).to(dtype)  # not symmetric
+    return beta, gamma
+
+
+def _x(N, C, H, W, seed=1):
+    x = torch.randn(N, C, H, W, generator=torch.Generator().manual_seed(seed))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _max_rel(y, ref):
+    y, ref = y.double(), ref.double()
+    assert torch.isfinite(y).all(), "NaN/Inf in the result"
+    return ((y - ref).abs() / ref.abs().clamp_min(1e-30)).max().item()
+
+
+def _ref(x, beta, gamma, inverse, sc):
+    gs, gb, bs, bb = sc
+    return gdn_reference(x.double(), beta.double(), gamma.double(), inverse=inverse,
+                         gamma_scale=gs, gamma_bias=gb, beta_scale=bs, beta_bias=bb)
+
+
+def _run(x, beta, gamma, inverse, sc):
+    return gdn_mod._run_avx2(x, beta, gamma, inverse, sc)
+
+
+def test_available_matches_the_cpu():
+    """On an x86 CPU with AVX2 + FMA the kernel must be built and usable (fails if it is not)."""
+    assert (cpu_kernels("gdn_avx2_available") is not None) == HAS_AVX2
+
+
+@needs_avx2
+@pytest.mark.parametrize("C", [2, 3, 8, 15, 16, 17, 33, 48, 72, 96, 144, 192, 200])
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("sc", list(SCALARS), ids=list(SCALARS))
+def test_matches_float64_reference(C, inverse, sc):
+    """Exact fp32 arithmetic: fp32 relative error (1e-5) elementwise at every channel count (16-
+    channel panels with a masked tail) and pixel count (6-pixel tiles, 24-pixel blocks, tails)."""
+    beta, gamma = _params()
+    x = _x(2, C, 7, 11)     # 77 pixels per image: block and tile tails
+    y = _run(x, beta, gamma, inverse, SCALARS[sc])
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert _max_rel(y, _ref(x, beta, gamma, inverse, SCALARS[sc])) < 1e-5
+
+
+@needs_avx2
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_give_the_same_result(threads):
+    """Pixels split across threads: every split gives the same values (each pixel's sums run in
+    the same order whatever thread takes it)."""
+    beta, gamma = _params(3)
+    x = _x(1, 48, 37, 29, seed=4)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run(x, beta, gamma, False, SCALARS["none"])
+        torch.set_num_threads(threads)
+        many = _run(x, beta, gamma, False, SCALARS["none"])
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, many)
+
+
+@needs_avx2
+def test_parameters_read_in_place_any_strides_and_bf16():
+    """gamma[:C, :C] read through its strides (a transposed view too) and bf16 parameters
+    (widened exactly), without copies by the caller."""
+    beta, gamma = _params(5)
+    x = _x(1, 40, 9, 10, seed=6)
+    gt = gamma.t()                                   # strides (1, C_MAX)
+    y = _run(x, beta, gt, False, SCALARS["none"])
+    assert _max_rel(y, _ref(x, beta, gt, False, SCALARS["none"])) < 1e-5
+    b16, g16 = beta.bfloat16(), gamma.bfloat16()
+    y = _run(x, b16, g16, True, SCALARS["slimgdn+"])
+    assert _max_rel(y, _ref(x, b16.float(), g16.float(), True, SCALARS["slimgdn+"])) < 1e-5
+
+
+@needs_avx2
+@pytest.mark.skipif(HAS_AMX, reason="AMX CPU: gdn() takes the AMX kernel (tested elsewhere)")
+def test_gdn_dispatches_to_it_and_falls_back():
+    """gdn(): fp32 channels_last without autograd or autocast -> the AVX2 kernel; NCHW, a
+    gradient, bf16 autocast or SLIMKERNELS_CPU_KERNELS=0 -> the PyTorch path; same values."""
+    beta, gamma = _params(7)
+    x = _x(1, 24, 6, 9, seed=8)
+    ref = _ref(x, beta, gamma, False, SCALARS["none"])
+    y = gdn(x, beta, gamma)
+    assert gdn_mod.last_cpu_path == "avx2" and _max_rel(y, ref) < 1e-5
+    gdn(x.contiguous(), beta, gamma)
+    assert gdn_mod.last_cpu_path == "torch"
+    xg = x.clone().requires_grad_(True)
+    gdn(xg, beta, gamma).sum().backward()
+    assert gdn_mod.last_cpu_path == "torch" and xg.grad is not None
+    with torch.autocast("cpu", torch.bfloat16):
+        gdn(x, beta, gamma)
+    assert gdn_mod.last_cpu_path == "torch"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLIMKERNELS_CPU_KERNELS", "0")
+        y0 = gdn(x, beta, gamma)
+        assert gdn_mod.last_cpu_path == "torch"
+    assert _max_rel(y0, ref) < 1e-5
+
+
+@needs_avx2
+def test_fused_conv_gdn_chain_uses_it_without_changing_the_model_output():
+    """The conv op's GDN epilogue on CPU (slim_conv2d(..., gdn=)) and a whole SlimCAE encoder in
+    fp32 agree with the PyTorch path (SLIMKERNELS_CPU_KERNELS=0) to fp32 tolerance."""
+    from slimkernels.models import SlimCAE
+    torch.manual_seed(0)
+    m = SlimCAE(widths=(32, 16)).eval()
+    x = torch.rand(1, 3, 64, 48).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for w in (32, 16):
+            y = m.g_a(x, w)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("SLIMKERNELS_CPU_KERNELS", "0")
+                y0 = m.g_a(x, w)
+            assert (y - y0).abs().max() <= 1e-5 * y0.abs().max()
