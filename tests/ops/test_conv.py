@@ -248,9 +248,10 @@ def test_prepacked_nograd_every_layer_vs_float64(layer, width, dtype):
     assert rel_err(y, ref) < (1e-2 if dtype == "bf16" else 1e-5)
     assert torch.equal(y, y2)
     ci = x.shape[1]
-    if conv_mod._onednn(y.dtype) and ci >= (8 if dtype == "fp32" else 2):
+    min_ci = 8 if dtype == "fp32" and conv_mod._cpu_capability() == "AVX512" else 2
+    if conv_mod._onednn(y.dtype) and ci >= min_ci:
         assert len(conv_mod._PACK_CACHE) >= 1  # the prepacked path ran
-    else:  # fp32 with < 8 input channels (the image layer) and 1-channel inputs: F.conv
+    else:  # fp32 with < 8 input channels on AVX-512 (the image layer), 1-channel inputs: F.conv
         assert len(conv_mod._PACK_CACHE) == 0
 
 
@@ -428,9 +429,15 @@ def test_prepacked_igdn_input_and_output_vs_float64(dtype):
                                   out_igdn=(beta.float(), gamma.float()))
     assert y.shape == ref.shape
     assert rel_err(y, ref) < (1e-2 if dtype == "bf16" else 1e-5)
-    if conv_mod._onednn(y.dtype) and not conv_mod._fused_cpu_gdn_available():
+    import sys
+    gdn_mod = sys.modules["slimkernels.ops.gdn"]
+    avx2 = dtype == "fp32" and gdn_mod._avx2_kernels() is not None
+    if conv_mod._onednn(y.dtype) and not conv_mod._fused_cpu_gdn_available() and not avx2:
         # both IGDNs ran the prepacked passes (NCHW fp32 x converted)
         assert sorted(k[1] for k in conv_mod._PACK_CACHE if k[0] == "gdn") == [47, 72]
+    elif avx2 and not conv_mod._fused_cpu_gdn_available():  # both ran the fp32 AVX2 kernel
+        assert gdn_mod.last_cpu_path == "avx2"
+        assert not [k for k in conv_mod._PACK_CACHE if k[0] == "gdn"]
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -199,6 +199,7 @@ def test_without_the_extension_gdn_falls_back(monkeypatch):
     """A build without slimkernels._cpu_kernels (non-x86, no compiler support): gdn still works
     through the PyTorch path; the direct entry point says what is missing."""
     monkeypatch.setattr(gdn_mod, "_fused_kernels", lambda: None)
+    monkeypatch.setattr(gdn_mod, "_avx2_kernels", lambda: None)
     assert not cpu_kernels_available()
     beta, gamma = _params()
     x = _x(1, 17, 5, 7, True)
