@@ -5,8 +5,8 @@
     python bench/bench_gdn.py --no-cpu        # skip the CPU timings
 
 Every speed result is a ratio against the alternative measured in the same run:
-* CPU: ``slimkernels.ops.gdn`` (the fused AMX-BF16 C++ kernel where the CPU has AMX, else the
-  PyTorch path) vs the eager composition (x^2 -> F.conv2d 1x1 on the sliced gamma -> rsqrt ->
+* CPU: ``slimkernels.ops.gdn`` (the fused AMX-BF16 C++ kernel where the CPU has AMX, the fp32
+  AVX2 kernel for fp32 channels_last on CPUs without AMX, else the PyTorch path) vs the eager composition (x^2 -> F.conv2d 1x1 on the sliced gamma -> rsqrt ->
   mul) and vs the PyTorch path ``gdn_torch``, medians of interleaved repeats, with the max
   relative errors vs float64.
 * CUDA: the fused Triton kernels vs eager and ``torch.compile`` of eager, forward and
@@ -29,7 +29,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from slimkernels.ops import gdn  # noqa: E402
-from slimkernels.ops.gdn import cpu_kernels_available, gdn_torch  # noqa: E402
+from slimkernels.ops.gdn import gdn_torch  # noqa: E402
+
+_gdn_mod = sys.modules["slimkernels.ops.gdn"]  # the module (slimkernels.ops.gdn is the function)
 
 WIDTHS = [192, 144, 96, 72, 48]
 C_MAX = 192
@@ -140,6 +142,8 @@ def cpu_timings(shapes=CPU_SHAPES, widths=WIDTHS, reps=9, backward=False):
                     ref = eager_gdn(x.double(), beta.double(), gamma.double())
                     with torch.no_grad():
                         y_ours, y_eager = gdn(x, beta, gamma), eager_gdn(x, beta, gamma)
+                        path = {"fused": "fused-amx", "avx2": "avx2-fp32"}.get(
+                            _gdn_mod.last_cpu_path, "torch")
                         y_torch = gdn_torch(x, beta, gamma)
                         errs = {k: (_rel_err(v, ref), _elem_err(v, ref)) for k, v in
                                 (("ours", y_ours), ("eager", y_eager), ("torch", y_torch))}
@@ -155,7 +159,7 @@ def cpu_timings(shapes=CPU_SHAPES, widths=WIDTHS, reps=9, backward=False):
                            "ours_ms": t["ours"] * 1e3, "speedup": t["eager"] / t["ours"],
                            "torch_ms": t["torch"] * 1e3,
                            "speedup_vs_torch": t["torch"] / t["ours"],
-                           "path": "fused-amx" if cpu_kernels_available() else "torch",
+                           "path": path,
                            "eager_min_ms": tmin["eager"] * 1e3, "ours_min_ms": tmin["ours"] * 1e3,
                            "speedup_min": tmin["eager"] / tmin["ours"], "reps": reps,
                            "err_ours": errs["ours"][0], "err_eager": errs["eager"][0],
