@@ -100,3 +100,17 @@ def test_compressai_compress(benchmark, setup):
         out = benchmark(cai.compress, x)
         x_hat = cai.decompress(out["strings"], out["shape"])["x_hat"]
     assert x_hat.shape == x.shape
+
+
+def test_e2e_fp32_script_prints_every_width_and_goal(tmp_path):
+    """bench/e2e_fp32.py (the fp32-only end-to-end run for CPUs without native bf16): a row per
+    width and op with positive times, the ratio lines, and the same table in --out."""
+    import e2e_fp32
+    out = tmp_path / "t.md"
+    md = e2e_fp32.main(["--quick", "--widths", "192,48", "--no-compressai", "--out", str(out)])
+    rows = [l for l in md.splitlines() if l.startswith("| 192 |") or l.startswith("| 48 |")]
+    assert len(rows) == 4
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        assert float(cells[2]) > 0 and float(cells[3]) > 0 and cells[4].endswith("x")
+    assert "compress: w=48 / w=192 = " in md and out.read_text().strip() == md.strip()
