@@ -15,11 +15,11 @@ namespace py = pybind11;
 
 namespace {
 
-void gdn_forward_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int64_t HW,
-                    bool channels_last, uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1,
-                    uintptr_t beta, int bdtype, int64_t b_s0, double gamma_scale,
-                    double gamma_bias, double beta_scale, double beta_bias, bool inverse,
-                    int splits, int nthreads) {
+sk::GdnArgs gdn_args(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int64_t HW,
+                     bool channels_last, uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1,
+                     uintptr_t beta, int bdtype, int64_t b_s0, double gamma_scale,
+                     double gamma_bias, double beta_scale, double beta_bias, bool inverse,
+                     int splits, int nthreads) {
   sk::GdnArgs a;
   a.x = reinterpret_cast<const void*>(x);
   a.y = reinterpret_cast<void*>(y);
@@ -42,6 +42,17 @@ void gdn_forward_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, 
   a.inverse = inverse;
   a.splits = splits;
   a.nthreads = nthreads;
+  return a;
+}
+
+void gdn_forward_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int64_t HW,
+                    bool channels_last, uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1,
+                    uintptr_t beta, int bdtype, int64_t b_s0, double gamma_scale,
+                    double gamma_bias, double beta_scale, double beta_bias, bool inverse,
+                    int splits, int nthreads) {
+  const sk::GdnArgs a = gdn_args(x, y, xdtype, N, C, HW, channels_last, gamma, gdtype, g_s0,
+                                 g_s1, beta, bdtype, b_s0, gamma_scale, gamma_bias, beta_scale,
+                                 beta_bias, inverse, splits, nthreads);
   int rc;
   {
     py::gil_scoped_release release;
@@ -55,27 +66,9 @@ void gdn_forward_avx2_py(uintptr_t x, uintptr_t y, int64_t N, int64_t C, int64_t
                          uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1, uintptr_t beta,
                          int bdtype, int64_t b_s0, double gamma_scale, double gamma_bias,
                          double beta_scale, double beta_bias, bool inverse, int nthreads) {
-  sk::GdnArgs a;
-  a.x = reinterpret_cast<const void*>(x);
-  a.y = reinterpret_cast<void*>(y);
-  a.xdtype = sk::kF32;
-  a.N = N;
-  a.C = C;
-  a.HW = HW;
-  a.channels_last = true;
-  a.gamma = reinterpret_cast<const void*>(gamma);
-  a.gdtype = gdtype;
-  a.g_s0 = g_s0;
-  a.g_s1 = g_s1;
-  a.beta = reinterpret_cast<const void*>(beta);
-  a.bdtype = bdtype;
-  a.b_s0 = b_s0;
-  a.gamma_scale = gamma_scale;
-  a.gamma_bias = gamma_bias;
-  a.beta_scale = beta_scale;
-  a.beta_bias = beta_bias;
-  a.inverse = inverse;
-  a.nthreads = nthreads;
+  const sk::GdnArgs a = gdn_args(x, y, sk::kF32, N, C, HW, true, gamma, gdtype, g_s0, g_s1, beta,
+                                 bdtype, b_s0, gamma_scale, gamma_bias, beta_scale, beta_bias,
+                                 inverse, 1, nthreads);
   int rc;
   {
     py::gil_scoped_release release;

@@ -21,6 +21,7 @@
 #endif
 
 #include "amx_tiles.hpp"  // run_on_threads
+#include "cpu_common.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define SK_HAVE_AVX2_CODE 1
@@ -34,26 +35,8 @@ namespace sk {
 namespace {
 enum Avx2Err { kAOk = 0, kANoAvx2 = 1, kABadArgs = 2, kANoMem = 3 };
 
-inline float param_at(const void* p, int dtype, int64_t idx) {
-  if (dtype == kBF16) {
-    uint32_t u = static_cast<uint32_t>(static_cast<const uint16_t*>(p)[idx]) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
-  return static_cast<const float*>(p)[idx];
-}
-
-struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
-};
-using FloatBuf = std::unique_ptr<float[], FreeDeleter>;
-
-// n floats, 64-byte aligned (nullptr when out of memory)
-FloatBuf alloc_floats(int64_t n) {
-  size_t bytes = static_cast<size_t>((std::max<int64_t>(n, 1) * 4 + 63) / 64 * 64);
-  return FloatBuf(static_cast<float*>(std::aligned_alloc(64, bytes)));
-}
+using detail::load_param;
+using FloatBuf = detail::Buf<float>;
 
 constexpr int kMr = 6;     // pixels per micro-tile (12 accumulators + 2 B + 1 broadcast ymm)
 constexpr int kPix = 24;   // pixels per block: z (24 x C fp32) + one B panel stay in L1
@@ -213,7 +196,8 @@ int gdn_forward_avx2(const GdnArgs& a) {
   const int64_t C = a.C, NP = (C + 15) / 16, P = a.N * a.HW;
   // gamma^T in panels of 16 output channels: bp[q][i][j] = gamma_k[q*16 + j, i] (0 past C);
   // beta padded with 1 (the padded lanes are never stored)
-  FloatBuf bp = alloc_floats(NP * C * 16), beta = alloc_floats(NP * 16);
+  FloatBuf bp = detail::alloc_aligned<float>(NP * C * 16);
+  FloatBuf beta = detail::alloc_aligned<float>(NP * 16);
   if (!bp || !beta) return kANoMem;
   const float gs = static_cast<float>(a.gamma_scale), gb = static_cast<float>(a.gamma_bias);
   const float bs = static_cast<float>(a.beta_scale), bb = static_cast<float>(a.beta_bias);
@@ -222,16 +206,16 @@ int gdn_forward_avx2(const GdnArgs& a) {
       for (int64_t j = 0; j < 16; ++j) {
         const int64_t o = q * 16 + j;
         bp[(q * C + i) * 16 + j] =
-            o < C ? param_at(a.gamma, a.gdtype, o * a.g_s0 + i * a.g_s1) * gs + gb : 0.0f;
+            o < C ? load_param(a.gamma, a.gdtype, o * a.g_s0 + i * a.g_s1) * gs + gb : 0.0f;
       }
   for (int64_t o = 0; o < NP * 16; ++o)
-    beta[o] = o < C ? param_at(a.beta, a.bdtype, o * a.b_s0) * bs + bb : 1.0f;
+    beta[o] = o < C ? load_param(a.beta, a.bdtype, o * a.b_s0) * bs + bb : 1.0f;
   // threads: pixel ranges in whole blocks, at least 4 blocks each
   const int64_t blocks = (P + kPix - 1) / kPix;
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, blocks / 4));
   std::vector<FloatBuf> zbuf(static_cast<size_t>(nt));
   for (auto& zb : zbuf) {
-    zb = alloc_floats(kPix * C);
+    zb = detail::alloc_aligned<float>(kPix * C);
     if (!zb) return kANoMem;
   }
   run_on_threads(nt, [&](int64_t t) {

@@ -25,6 +25,7 @@
 #endif
 
 #include "amx_tiles.hpp"
+#include "cpu_common.hpp"
 #if SK_HAVE_AMX_CODE
 #include <cpuid.h>
 #include <sys/syscall.h>
@@ -42,21 +43,9 @@ enum Err { kOk = 0, kNoAmx = 1, kBadArgs = 2, kNoMem = 3 };
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-inline float load_param(const void* p, int dtype, int64_t idx) {
-  if (dtype == kBF16) {
-    uint32_t u = static_cast<uint32_t>(static_cast<const uint16_t*>(p)[idx]) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
-  return static_cast<const float*>(p)[idx];
-}
-
-struct AlignedFree {
-  void operator()(void* p) const { std::free(p); }
-};
-template <class T>
-using Buf = std::unique_ptr<T[], AlignedFree>;
+using detail::AlignedFree;
+using detail::Buf;
+using detail::load_param;
 
 template <class T>
 Buf<T> alloc_zeroed(int64_t n) {

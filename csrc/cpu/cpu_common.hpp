@@ -1,0 +1,40 @@
+// Small helpers shared by the CPU kernels (internal; no Python, no intrinsics).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "gdn_cpu.hpp"  // kBF16
+
+namespace sk {
+namespace detail {
+
+// Element idx of a parameter array stored as fp32 or bf16 (widened exactly).
+inline float load_param(const void* p, int dtype, int64_t idx) {
+  if (dtype == kBF16) {
+    uint32_t u = static_cast<uint32_t>(static_cast<const uint16_t*>(p)[idx]) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  return static_cast<const float*>(p)[idx];
+}
+
+struct AlignedFree {
+  void operator()(void* p) const { std::free(p); }
+};
+// An array from std::aligned_alloc, freed with std::free.
+template <class T>
+using Buf = std::unique_ptr<T[], AlignedFree>;
+
+// n elements (uninitialized), 64-byte aligned; empty when out of memory.
+template <class T>
+Buf<T> alloc_aligned(int64_t n) {
+  const int64_t bytes = (std::max<int64_t>(n, 1) * static_cast<int64_t>(sizeof(T)) + 63) / 64 * 64;
+  return Buf<T>(static_cast<T*>(std::aligned_alloc(64, static_cast<size_t>(bytes))));
+}
+
+}  // namespace detail
+}  // namespace sk
