@@ -347,8 +347,12 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
           f"(`auto` = {dp} here) vs plain PyTorch fp32", ""]
     L += goal_table({k: g for k, g in gl.items() if k.endswith("_" + dp)}) + [""]
     for p in others:
+        sel = {k: g for k, g in gl.items() if k.endswith("_" + p)}
+        if not sel:   # not measured (--precisions)
+            L += [f"`precision=\"{p}\"` was not measured in this run (`--precisions`).", ""]
+            continue
         L += [f"### The same goals with explicit `precision=\"{p}\"`", ""]
-        L += goal_table({k: g for k, g in gl.items() if k.endswith("_" + p)}) + [""]
+        L += goal_table(sel) + [""]
     prop = [r for r in ratios if r["impl"] == "ours+cl"]
     if prop:
         L += ["## Candidate model-level change: transforms on channels_last inputs", "",
@@ -412,6 +416,10 @@ def main(argv=None) -> int:
     ap.add_argument("--image", default=None, help="image (default Kodak kodim01)")
     ap.add_argument("--widths", default=None, help="comma-separated widths (default all)")
     ap.add_argument("--note", default="", help="free text for the README (conditions of the run)")
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="comma-separated precisions of ours (and plain) to time (default "
+                         "fp32,bf16; on a CPU without native bf16, bf16 is emulated and ~10x "
+                         "slower: fp32 alone keeps the report to minutes)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-layers", action="store_true")
     ap.add_argument("--no-compressai", action="store_true")
@@ -430,6 +438,11 @@ def main(argv=None) -> int:
         widths = sorted({int(w) for w in a.widths.split(",")}, reverse=True)
     else:
         widths = [192, 48] if a.quick else list(e2e.WIDTHS)
+    precisions = tuple(dict.fromkeys(p.strip() for p in a.precisions.split(",") if p.strip()))
+    if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
+        print(f"error: --precisions takes fp32 and/or bf16 (comma-separated), got "
+              f"{a.precisions!r}", file=sys.stderr)
+        return 2
     machine = machine_name("cpu")
     out = a.out or os.path.join(HERE, "results", machine)
     os.makedirs(out, exist_ok=True)
@@ -453,17 +466,17 @@ def main(argv=None) -> int:
 
     warmup = 0 if a.quick else 1
     res = e2e.e2e_timings(model, x, widths, repeats=repeats, warmup=warmup, compressai_model=cai,
-                          proposals=a.proposals, burst=burst)
+                          proposals=a.proposals, burst=burst, precisions=precisions)
     rat = e2e.ratios(res, widths)
     mem = []
     if not a.no_memory:
         cfgs = (e2e.memory_configs(widths, precisions=("fp32",), plain=False, compressai=False,
                                    ops=("compress",)) if a.quick else
-                e2e.memory_configs(widths, compressai=cai is not None))
+                e2e.memory_configs(widths, precisions=precisions, compressai=cai is not None))
         mem = e2e.peak_memory(cfgs, {"image": a.image, "quick": a.quick, "model": a.model,
                                      "threads": threads})
     layers = [] if a.no_layers else e2e.layer_timings(model, x, widths, repeats=repeats,
-                                                      warmup=warmup)
+                                                      warmup=warmup, precisions=precisions)
     gl = goals(res, rat, mem, widths, default=meta["default_precision"])
     gl_prop = goals(res, rat, [], widths, impl="ours+cl") if a.proposals else {}
     ext_layers = {}

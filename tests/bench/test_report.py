@@ -16,6 +16,30 @@ import report  # noqa: E402
 from plain_slimcae import PlainSlimCAE  # noqa: E402
 
 
+def test_report_precisions_fp32_only(tmp_path):
+    """--precisions fp32 (CPUs without native bf16): no bf16 row anywhere, fp32 goals present,
+    the README says bf16 was not measured; a precision it does not know is refused."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, os.path.join(BENCH, "report.py"), "--quick", "--threads", "1",
+           "--no-compressai", "--out", str(tmp_path)]
+    r = subprocess.run(cmd + ["--precisions", "fp32"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "e2e.json").read_text())
+    assert {row["precision"] for row in res["rows"]} == {"fp32"}
+    layers = json.loads((tmp_path / "layers.json").read_text())
+    rows = layers["rows"] if isinstance(layers, dict) else layers
+    assert rows and {row["precision"] for row in rows} == {"fp32"}
+    goals = json.loads((tmp_path / "goals.json").read_text())["goals"]
+    assert "vs_plain_fp32" in goals and not any(k.endswith("_bf16") for k in goals)
+    md = (tmp_path / "README.md").read_text()
+    if res["meta"]["default_precision"] == "fp32":
+        assert '`precision="bf16"` was not measured in this run' in md
+    bad = subprocess.run(cmd + ["--precisions", "fp16"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert bad.returncode == 2 and "--precisions takes fp32 and/or bf16" in bad.stderr
+
+
 def test_report_quick(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, os.path.join(BENCH, "report.py"), "--quick", "--threads",
