@@ -63,10 +63,10 @@ void gdn_forward_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, 
 }
 
 void gdn_forward_avx2_py(uintptr_t x, uintptr_t y, int64_t N, int64_t C, int64_t HW,
-                         uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1, uintptr_t beta,
+                         bool channels_last, uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1, uintptr_t beta,
                          int bdtype, int64_t b_s0, double gamma_scale, double gamma_bias,
                          double beta_scale, double beta_bias, bool inverse, int nthreads) {
-  const sk::GdnArgs a = gdn_args(x, y, sk::kF32, N, C, HW, true, gamma, gdtype, g_s0, g_s1, beta,
+  const sk::GdnArgs a = gdn_args(x, y, sk::kF32, N, C, HW, channels_last, gamma, gdtype, g_s0, g_s1, beta,
                                  bdtype, b_s0, gamma_scale, gamma_bias, beta_scale, beta_bias,
                                  inverse, 1, nthreads);
   int rc;
@@ -177,12 +177,14 @@ PYBIND11_MODULE(_cpu_kernels, m) {
   m.def("gdn_avx2_available", &sk::gdn_avx2_available,
         "True when the CPU has AVX2 + FMA (gdn_forward_avx2).");
   m.def("gdn_forward_avx2", &gdn_forward_avx2_py, py::arg("x"), py::arg("y"), py::arg("N"),
-        py::arg("C"), py::arg("HW"), py::arg("gamma"), py::arg("gdtype"), py::arg("g_s0"),
+        py::arg("C"), py::arg("HW"), py::arg("channels_last"), py::arg("gamma"),
+        py::arg("gdtype"), py::arg("g_s0"),
         py::arg("g_s1"), py::arg("beta"), py::arg("bdtype"), py::arg("b_s0"),
         py::arg("gamma_scale"), py::arg("gamma_bias"), py::arg("beta_scale"),
         py::arg("beta_bias"), py::arg("inverse"), py::arg("nthreads"),
         "Fused fp32 GDN/IGDN forward on AVX2 + FMA (see csrc/cpu/gdn_avx2.hpp): x and y fp32 "
-        "[N*HW, C] channels_last; gamma/beta fp32 (0) or bf16 (1), any strides.");
+        "[N*HW, C] (channels_last) or [N, C, HW] (NCHW); gamma/beta fp32 (0) or bf16 (1), any "
+        "strides.");
   m.def("latents_simd_available", &sk::latents_simd_available,
         "True when the CPU has AVX512F + AVX512BW (quantize_latents / dequantize_latents).");
   m.def("quantize_latents", &quantize_latents_py, py::arg("y"), py::arg("ydtype"),

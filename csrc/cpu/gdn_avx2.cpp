@@ -1,7 +1,8 @@
 // Fused fp32 GDN / IGDN forward on AVX2 + FMA (see gdn_avx2.hpp).
 //
 // channels_last x is [P, C] (P = N * HW pixels, channel stride 1). Work unit: a block of up to
-// kPix pixels. Per block:
+// kPix pixels (NCHW: of one image, transposed into a [kPix][C] buffer first and back after).
+// Per block:
 //   1. z = x^2 (fp32) into a per-thread buffer [kPix][C] (L1-resident);
 //   2. per panel of 16 output channels (gamma^T packed once per call as [C][16] panels, zero
 //      past C): micro-tiles of kMr pixels x 16 channels accumulate n in 12 ymm registers
@@ -46,7 +47,7 @@ const char* gdn_avx2_error_message(int code) {
   switch (code) {
     case kAOk: return "ok";
     case kANoAvx2: return "AVX2 + FMA is not available on this CPU; use the PyTorch path";
-    case kABadArgs: return "bad arguments (the AVX2 kernel covers fp32 channels_last x)";
+    case kABadArgs: return "bad arguments (the AVX2 kernel covers fp32 x, NCHW or channels_last)";
     case kANoMem: return "out of memory for the packed gamma or a per-thread buffer";
   }
   return "unknown error";
@@ -155,33 +156,58 @@ SK_AVX2_TARGET void squares(const float* x, float* z, int64_t np, int64_t C) {
   for (; i < n; ++i) z[i] = x[i] * x[i];
 }
 
-SK_AVX2_TARGET void run_pixels(const GdnArgs& a, const float* bp, const float* beta, float* z,
-                               int64_t p0, int64_t p1) {
-  const int64_t C = a.C, NP = (C + 15) / 16;
+// One block of np <= kPix pixels whose x / y rows (C floats each, stride C) start at x / y.
+SK_AVX2_TARGET void run_block(const float* x, float* y, int64_t np, int64_t C, const float* bp,
+                              const float* beta, float* z, bool inverse) {
+  const int64_t NP = (C + 15) / 16;
+  squares(x, z, np, C);
+  for (int64_t q = 0; q < NP; ++q) {
+    const float* panel = bp + q * C * 16;
+    const int64_t c0 = q * 16, valid = std::min<int64_t>(16, C - c0);
+    int64_t r = 0;
+    for (; r + kMr <= np; r += kMr)
+      micro<kMr>(z + r * C, panel, C, beta + c0, x + r * C, y + r * C, c0, valid, inverse);
+    const float* zr = z + r * C;
+    const float* xr = x + r * C;
+    float* yr = y + r * C;
+    switch (np - r) {
+      case 5: micro<5>(zr, panel, C, beta + c0, xr, yr, c0, valid, inverse); break;
+      case 4: micro<4>(zr, panel, C, beta + c0, xr, yr, c0, valid, inverse); break;
+      case 3: micro<3>(zr, panel, C, beta + c0, xr, yr, c0, valid, inverse); break;
+      case 2: micro<2>(zr, panel, C, beta + c0, xr, yr, c0, valid, inverse); break;
+      case 1: micro<1>(zr, panel, C, beta + c0, xr, yr, c0, valid, inverse); break;
+      default: break;
+    }
+  }
+}
+
+// Blocks k0..k1 of the call. channels_last: block k is pixels k*kPix.. of [P, C] (read and
+// written in place). NCHW: block k is pixels j*kPix.. of image n (k = n * per_image + j),
+// transposed into xb ([np][C]) first, computed into yb, transposed back into y.
+SK_AVX2_TARGET void run_blocks(const GdnArgs& a, const float* bp, const float* beta, float* z,
+                               float* xb, float* yb, int64_t k0, int64_t k1) {
+  const int64_t C = a.C, HW = a.HW;
   const float* x = static_cast<const float*>(a.x);
   float* y = static_cast<float*>(a.y);
-  for (int64_t b = p0; b < p1; b += kPix) {
-    const int64_t np = std::min<int64_t>(kPix, p1 - b);
-    squares(x + b * C, z, np, C);
-    for (int64_t q = 0; q < NP; ++q) {
-      const float* panel = bp + q * C * 16;
-      const int64_t c0 = q * 16, valid = std::min<int64_t>(16, C - c0);
-      int64_t r = 0;
-      for (; r + kMr <= np; r += kMr)
-        micro<kMr>(z + r * C, panel, C, beta + c0, x + (b + r) * C, y + (b + r) * C, c0, valid,
-                   a.inverse);
-      const float* zr = z + r * C;
-      const float* xr = x + (b + r) * C;
-      float* yr = y + (b + r) * C;
-      switch (np - r) {
-        case 5: micro<5>(zr, panel, C, beta + c0, xr, yr, c0, valid, a.inverse); break;
-        case 4: micro<4>(zr, panel, C, beta + c0, xr, yr, c0, valid, a.inverse); break;
-        case 3: micro<3>(zr, panel, C, beta + c0, xr, yr, c0, valid, a.inverse); break;
-        case 2: micro<2>(zr, panel, C, beta + c0, xr, yr, c0, valid, a.inverse); break;
-        case 1: micro<1>(zr, panel, C, beta + c0, xr, yr, c0, valid, a.inverse); break;
-        default: break;
-      }
+  if (a.channels_last) {
+    const int64_t P = a.N * HW;
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t p = k * kPix, np = std::min<int64_t>(kPix, P - p);
+      run_block(x + p * C, y + p * C, np, C, bp, beta, z, a.inverse);
     }
+    return;
+  }
+  const int64_t per_image = (HW + kPix - 1) / kPix;
+  for (int64_t k = k0; k < k1; ++k) {
+    const int64_t n = k / per_image, p = (k % per_image) * kPix;
+    const int64_t np = std::min<int64_t>(kPix, HW - p);
+    const float* xi = x + n * C * HW + p;
+    float* yi = y + n * C * HW + p;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < np; ++r) xb[r * C + c] = xi[c * HW + r];
+    run_block(xb, yb, np, C, bp, beta, z, a.inverse);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < np; ++r) yi[c * HW + r] = yb[r * C + c];
   }
 }
 
@@ -190,7 +216,7 @@ SK_AVX2_TARGET void run_pixels(const GdnArgs& a, const float* bp, const float* b
 int gdn_forward_avx2(const GdnArgs& a) {
   if (!gdn_avx2_available()) return kANoAvx2;
   if (a.x == nullptr || a.y == nullptr || a.gamma == nullptr || a.beta == nullptr ||
-      a.xdtype != kF32 || !a.channels_last || a.N <= 0 || a.C <= 0 || a.HW <= 0 ||
+      a.xdtype != kF32 || a.N <= 0 || a.C <= 0 || a.HW <= 0 ||
       (a.gdtype != kF32 && a.gdtype != kBF16) || (a.bdtype != kF32 && a.bdtype != kBF16))
     return kABadArgs;
   const int64_t C = a.C, NP = (C + 15) / 16, P = a.N * a.HW;
@@ -210,18 +236,20 @@ int gdn_forward_avx2(const GdnArgs& a) {
       }
   for (int64_t o = 0; o < NP * 16; ++o)
     beta[o] = o < C ? load_param(a.beta, a.bdtype, o * a.b_s0) * bs + bb : 1.0f;
-  // threads: pixel ranges in whole blocks, at least 4 blocks each
-  const int64_t blocks = (P + kPix - 1) / kPix;
+  // threads: ranges of whole blocks, at least 4 blocks each (NCHW: blocks within one image)
+  const int64_t blocks = a.channels_last ? (P + kPix - 1) / kPix
+                                         : a.N * ((a.HW + kPix - 1) / kPix);
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, blocks / 4));
-  std::vector<FloatBuf> zbuf(static_cast<size_t>(nt));
-  for (auto& zb : zbuf) {
-    zb = detail::alloc_aligned<float>(kPix * C);
-    if (!zb) return kANoMem;
+  const int64_t per_thread = (a.channels_last ? 1 : 3) * kPix * C;  // z (+ xb, yb for NCHW)
+  std::vector<FloatBuf> bufs(static_cast<size_t>(nt));
+  for (auto& buf : bufs) {
+    buf = detail::alloc_aligned<float>(per_thread);
+    if (!buf) return kANoMem;
   }
   run_on_threads(nt, [&](int64_t t) {
-    const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-    run_pixels(a, bp.get(), beta.get(), zbuf[static_cast<size_t>(t)].get(), b0 * kPix,
-               std::min<int64_t>(P, b1 * kPix));
+    float* z = bufs[static_cast<size_t>(t)].get();
+    run_blocks(a, bp.get(), beta.get(), z, z + kPix * C, z + 2 * kPix * C, blocks * t / nt,
+               blocks * (t + 1) / nt);
   });
   return kAOk;
 }

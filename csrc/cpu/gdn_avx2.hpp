@@ -1,5 +1,5 @@
 // Fused GDN / IGDN forward in fp32 on AVX2 + FMA, for CPUs without AMX (e.g. AMD EPYC Zen 2/3):
-// y = x / sqrt(beta + gamma x^2)  (IGDN: x * sqrt(...)), channels_last fp32 x, one pass.
+// y = x / sqrt(beta + gamma x^2)  (IGDN: x * sqrt(...)), fp32 x (channels_last or NCHW), one pass.
 // Plain C++17, no Python. The AVX2 code sits in functions with a target attribute and runs only
 // where gdn_avx2_available() says so; the file builds with default compiler flags.
 #pragma once
@@ -10,7 +10,8 @@ namespace sk {
 // The CPU has AVX2 and FMA (and the OS saves the ymm state). Checked once, cached.
 bool gdn_avx2_available();
 
-// Covers: xdtype == kF32, channels_last == true; gamma / beta fp32 or bf16, any strides;
+// Covers: xdtype == kF32, channels_last [N*HW, C] or NCHW [N, C, HW] (a.channels_last);
+// gamma / beta fp32 or bf16, any strides;
 // SlimGDN+ scalars. Exact fp32 arithmetic: n = beta + sum_i gamma[o, i] * x_i^2 accumulated
 // with FMA in fp32 (the order: i ascending), then sqrt and a division (correctly rounded).
 // Returns 0 on success, else an error code (gdn_avx2_error_message).

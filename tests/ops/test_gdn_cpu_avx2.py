@@ -20,9 +20,9 @@ needs_avx2 = pytest.mark.skipif(cpu_kernels("gdn_avx2_available") is None,
                                 reason="no AVX2 + FMA here or slimkernels._cpu_kernels not built")
 
 
-def _x(N, C, H, W, seed=1):
+def _x(N, C, H, W, seed=1, channels_last=True):
     x = torch.randn(N, C, H, W, generator=torch.Generator().manual_seed(seed))
-    return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _max_rel(y, ref):
@@ -44,24 +44,30 @@ def test_available_matches_the_cpu():
 @pytest.mark.parametrize("C", [2, 3, 8, 15, 16, 17, 33, 48, 72, 96, 144, 191, 192])
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("sc", list(SCALARS), ids=list(SCALARS))
-def test_matches_float64_reference(C, inverse, sc):
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_matches_float64_reference(C, inverse, sc, layout):
     """Exact fp32 arithmetic: fp32 relative error (1e-5) elementwise at every channel count (16-
-    channel panels with a masked tail) and pixel count (6-pixel tiles, 24-pixel blocks, tails)."""
+    channel panels with a masked tail) and pixel count (6-pixel tiles, 24-pixel blocks, tails;
+    NCHW blocks stay within an image), y in x's layout."""
     beta, gamma = _params()
-    x = _x(2, C, 7, 11)     # 77 pixels per image: block and tile tails
+    x = _x(2, C, 7, 11, channels_last=layout == "channels_last")  # 77 pixels: tails
     y = _run(x, beta, gamma, inverse, SCALARS[sc])
     assert y.shape == x.shape and y.dtype == torch.float32
-    assert y.is_contiguous(memory_format=torch.channels_last)
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert y.is_contiguous()
     assert _max_rel(y, _ref(x, beta, gamma, inverse, SCALARS[sc])) < 1e-5
 
 
 @needs_avx2
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_threads_give_the_same_result(threads):
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_threads_give_the_same_result(threads, layout):
     """Pixels split across threads: every split gives the same values (each pixel's sums run in
     the same order whatever thread takes it)."""
     beta, gamma = _params(3)
-    x = _x(1, 48, 37, 29, seed=4)
+    x = _x(2, 48, 37, 29, seed=4, channels_last=layout == "channels_last")
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -90,15 +96,24 @@ def test_parameters_read_in_place_any_strides_and_bf16():
 @needs_avx2
 @pytest.mark.skipif(HAS_AMX, reason="AMX CPU: gdn() takes the AMX kernel (tested elsewhere)")
 def test_gdn_dispatches_to_it_and_falls_back():
-    """gdn(): fp32 channels_last without autograd or autocast -> the AVX2 kernel; NCHW, a
-    gradient, bf16 autocast or SLIMKERNELS_CPU_KERNELS=0 -> the PyTorch path; same values."""
+    """gdn(): fp32 NCHW or channels_last without autograd or autocast -> the AVX2 kernel; other
+    strides, a gradient, bf16 autocast or SLIMKERNELS_CPU_KERNELS=0 -> the PyTorch path; same
+    values."""
     beta, gamma = _params(7)
     x = _x(1, 24, 6, 9, seed=8)
     ref = _ref(x, beta, gamma, False, SCALARS["none"])
     y = gdn(x, beta, gamma)
     assert gdn_mod.last_cpu_path == "avx2" and _max_rel(y, ref) < 1e-5
-    gdn(x.contiguous(), beta, gamma)
+    yn = gdn(x.contiguous(), beta, gamma)                 # NCHW: the kernel too, NCHW out
+    assert gdn_mod.last_cpu_path == "avx2" and yn.is_contiguous() and _max_rel(yn, ref) < 1e-5
+    gdn(x.contiguous(memory_format=torch.channels_last)[:, :, ::2], beta, gamma)  # strided
     assert gdn_mod.last_cpu_path == "torch"
+    big = _x(1, 48, 96, 96, seed=9, channels_last=False)   # narrow and large NCHW: PyTorch
+    assert big.shape[2] * big.shape[3] > gdn_mod.AVX2_NCHW_MAX_SMALL_HW > 0
+    gdn(big, beta, gamma)
+    assert gdn_mod.last_cpu_path == "torch"
+    gdn(big.contiguous(memory_format=torch.channels_last), beta, gamma)
+    assert gdn_mod.last_cpu_path == "avx2"
     xg = x.clone().requires_grad_(True)
     gdn(xg, beta, gamma).sum().backward()
     assert gdn_mod.last_cpu_path == "torch" and xg.grad is not None
