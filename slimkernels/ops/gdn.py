@@ -36,8 +36,8 @@ USE_CPU_KERNELS = True
 #: Off by default; :func:`compiled_training` turns it on for a block (the trainer does, for its
 #: steps: ``--compile-gdn``, on by default).
 COMPILE_TRAINING = False
-#: Which CPU path the last :func:`gdn` call on CPU took: ``"fused"`` (AMX), ``"avx2"`` or ``"torch"`` (diagnostics
-#: and tests; not thread-safe).
+#: Which CPU path the last :func:`gdn` call on CPU took: ``"fused"`` (AMX), ``"avx2"`` or
+#: ``"torch"`` (diagnostics and tests; not thread-safe).
 last_cpu_path: Optional[str] = None
 
 
@@ -458,10 +458,10 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
             tensors run the fused C++ kernel :func:`gdn_cpu_fused` (AMX-BF16) when
             :func:`cpu_kernels_available` and the call is covered (fp32/bf16 x, NCHW or
             channels_last, fp32/bf16 parameters, no autograd, no CPU autocast); on CPUs
-            without AMX but with AVX2 + FMA, fp32 x (NCHW or channels_last) without autograd or
-            autocast
-            runs a fused fp32 AVX2 kernel (csrc/cpu/gdn_avx2.cpp: exact fp32 accumulation,
-            sqrt and division); else :func:`gdn_torch` (training, fp16, other layouts).
+            without AMX but with AVX2 + FMA, fp32 x without autograd or autocast (channels_last;
+            NCHW where it pays, see ``AVX2_NCHW_MIN_C``) runs a fused fp32 AVX2 kernel
+            (csrc/cpu/gdn_avx2.cpp: exact fp32 accumulation, sqrt and division); else
+            :func:`gdn_torch` (training, fp16, other layouts).
 
     Precision on CPU: the fused kernel computes the fp32 channel mixing as "bf16x3" (bf16 hi/lo
     splits of x^2 and gamma, fp32 accumulation; relative error of the norm <= ~2^-16, measured
