@@ -15,11 +15,13 @@ namespace py = pybind11;
 
 namespace {
 
-sk::GdnArgs gdn_args(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int64_t HW,
-                     bool channels_last, uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1,
-                     uintptr_t beta, int bdtype, int64_t b_s0, double gamma_scale,
-                     double gamma_bias, double beta_scale, double beta_bias, bool inverse,
-                     int splits, int nthreads) {
+// One binding body for both GDN kernels (AMX: sk::gdn_forward, AVX2 fp32:
+// sk::gdn_forward_avx2): the same raw arguments, the GIL released while Fn runs.
+template <int (*Fn)(const sk::GdnArgs&), const char* (*Msg)(int)>
+void gdn_call_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int64_t HW,
+                 bool channels_last, uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1,
+                 uintptr_t beta, int bdtype, int64_t b_s0, double gamma_scale, double gamma_bias,
+                 double beta_scale, double beta_bias, bool inverse, int splits, int nthreads) {
   sk::GdnArgs a;
   a.x = reinterpret_cast<const void*>(x);
   a.y = reinterpret_cast<void*>(y);
@@ -42,41 +44,13 @@ sk::GdnArgs gdn_args(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C,
   a.inverse = inverse;
   a.splits = splits;
   a.nthreads = nthreads;
-  return a;
-}
-
-void gdn_forward_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int64_t HW,
-                    bool channels_last, uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1,
-                    uintptr_t beta, int bdtype, int64_t b_s0, double gamma_scale,
-                    double gamma_bias, double beta_scale, double beta_bias, bool inverse,
-                    int splits, int nthreads) {
-  const sk::GdnArgs a = gdn_args(x, y, xdtype, N, C, HW, channels_last, gamma, gdtype, g_s0,
-                                 g_s1, beta, bdtype, b_s0, gamma_scale, gamma_bias, beta_scale,
-                                 beta_bias, inverse, splits, nthreads);
   int rc;
   {
     py::gil_scoped_release release;
-    rc = sk::gdn_forward(a);
+    rc = Fn(a);
   }
-  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.gdn_forward: ") +
-                                        sk::gdn_error_message(rc));
-}
-
-void gdn_forward_avx2_py(uintptr_t x, uintptr_t y, int64_t N, int64_t C, int64_t HW,
-                         bool channels_last, uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1, uintptr_t beta,
-                         int bdtype, int64_t b_s0, double gamma_scale, double gamma_bias,
-                         double beta_scale, double beta_bias, bool inverse, int nthreads) {
-  const sk::GdnArgs a = gdn_args(x, y, sk::kF32, N, C, HW, channels_last, gamma, gdtype, g_s0, g_s1, beta,
-                                 bdtype, b_s0, gamma_scale, gamma_bias, beta_scale, beta_bias,
-                                 inverse, 1, nthreads);
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = sk::gdn_forward_avx2(a);
-  }
-  if (rc != 0)
-    throw std::runtime_error(std::string("slimkernels._cpu_kernels.gdn_forward_avx2: ") +
-                             sk::gdn_avx2_error_message(rc));
+  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels GDN kernel: ") +
+                                        Msg(rc));
 }
 
 }  // namespace
@@ -167,24 +141,24 @@ PYBIND11_MODULE(_cpu_kernels, m) {
   m.attr("BF16") = static_cast<int>(sk::kBF16);
   m.def("amx_available", &sk::amx_available,
         "True when the CPU has AMX-BF16 + AVX512-BF16 and the OS granted the tile state.");
-  m.def("gdn_forward", &gdn_forward_py, py::arg("x"), py::arg("y"), py::arg("xdtype"),
-        py::arg("N"), py::arg("C"), py::arg("HW"), py::arg("channels_last"), py::arg("gamma"),
-        py::arg("gdtype"), py::arg("g_s0"), py::arg("g_s1"), py::arg("beta"), py::arg("bdtype"),
-        py::arg("b_s0"), py::arg("gamma_scale"), py::arg("gamma_bias"), py::arg("beta_scale"),
-        py::arg("beta_bias"), py::arg("inverse"), py::arg("splits"), py::arg("nthreads"),
-        "Fused GDN/IGDN forward on raw pointers (see csrc/cpu/gdn_cpu.hpp). x: [N*HW, C] "
-        "(channels_last) or [N, C, HW] (NCHW), fp32 (xdtype 0) or bf16 (1); y likewise.");
+  // the two GDN kernels take the same arguments (gdn_forward_avx2: xdtype must be F32; splits
+  // is ignored, its accumulation is plain fp32)
+  auto def_gdn = [&m](const char* name, auto fn, const char* doc) {
+    m.def(name, fn, py::arg("x"), py::arg("y"), py::arg("xdtype"), py::arg("N"), py::arg("C"),
+          py::arg("HW"), py::arg("channels_last"), py::arg("gamma"), py::arg("gdtype"),
+          py::arg("g_s0"), py::arg("g_s1"), py::arg("beta"), py::arg("bdtype"), py::arg("b_s0"),
+          py::arg("gamma_scale"), py::arg("gamma_bias"), py::arg("beta_scale"),
+          py::arg("beta_bias"), py::arg("inverse"), py::arg("splits"), py::arg("nthreads"), doc);
+  };
+  def_gdn("gdn_forward", &gdn_call_py<sk::gdn_forward, sk::gdn_error_message>,
+          "Fused GDN/IGDN forward on raw pointers (see csrc/cpu/gdn_cpu.hpp). x: [N*HW, C] "
+          "(channels_last) or [N, C, HW] (NCHW), fp32 (xdtype 0) or bf16 (1); y likewise.");
+  def_gdn("gdn_forward_avx2", &gdn_call_py<sk::gdn_forward_avx2, sk::gdn_avx2_error_message>,
+          "Fused fp32 GDN/IGDN forward on AVX2 + FMA (see csrc/cpu/gdn_avx2.hpp): x and y fp32 "
+          "(xdtype 0), [N*HW, C] (channels_last) or [N, C, HW] (NCHW); gamma/beta fp32 (0) or "
+          "bf16 (1), any strides.");
   m.def("gdn_avx2_available", &sk::gdn_avx2_available,
         "True when the CPU has AVX2 + FMA (gdn_forward_avx2).");
-  m.def("gdn_forward_avx2", &gdn_forward_avx2_py, py::arg("x"), py::arg("y"), py::arg("N"),
-        py::arg("C"), py::arg("HW"), py::arg("channels_last"), py::arg("gamma"),
-        py::arg("gdtype"), py::arg("g_s0"),
-        py::arg("g_s1"), py::arg("beta"), py::arg("bdtype"), py::arg("b_s0"),
-        py::arg("gamma_scale"), py::arg("gamma_bias"), py::arg("beta_scale"),
-        py::arg("beta_bias"), py::arg("inverse"), py::arg("nthreads"),
-        "Fused fp32 GDN/IGDN forward on AVX2 + FMA (see csrc/cpu/gdn_avx2.hpp): x and y fp32 "
-        "[N*HW, C] (channels_last) or [N, C, HW] (NCHW); gamma/beta fp32 (0) or bf16 (1), any "
-        "strides.");
   m.def("latents_simd_available", &sk::latents_simd_available,
         "True when the CPU has AVX512F + AVX512BW (quantize_latents / dequantize_latents).");
   m.def("quantize_latents", &quantize_latents_py, py::arg("y"), py::arg("ydtype"),

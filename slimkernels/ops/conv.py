@@ -183,7 +183,6 @@ def _onednn(dtype) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-@functools.lru_cache(maxsize=None)
 def _cpu_capability() -> str:
     """ATen's CPU kernel level here: ``"AVX512"``, ``"AVX2"``, ``"DEFAULT"``, ..."""
     try:
@@ -192,6 +191,7 @@ def _cpu_capability() -> str:
         return "DEFAULT"
 
 
+@functools.lru_cache(maxsize=None)
 def _amx() -> bool:
     try:
         return bool(torch._C._cpu._init_amx())
@@ -428,10 +428,9 @@ def _fused_cpu_gdn_available() -> bool:
 def _avx2_cpu_gdn_covers(y, kw) -> bool:
     """Whether :func:`slimkernels.ops.gdn.gdn` runs its fp32 AVX2 kernel on this call (CPUs
     without AMX)."""
-    from .gdn import USE_CPU_KERNELS, _avx2_covers, _avx2_kernels
+    from .gdn import _avx2_covers
     scalars = tuple(kw.get(n) for n in ("gamma_scale", "gamma_bias", "beta_scale", "beta_bias"))
-    return USE_CPU_KERNELS and _avx2_kernels() is not None and \
-        _avx2_covers(y, kw["beta"], kw["gamma"], scalars)
+    return _avx2_covers(y, kw["beta"], kw["gamma"], scalars)
 
 
 def _apply_gdn(y, kw):

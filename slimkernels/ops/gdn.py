@@ -400,8 +400,11 @@ AVX2_NCHW_MAX_SMALL_HW = 64 * 96
 
 
 def _avx2_covers(x, beta, gamma, scalars) -> bool:
-    """Whether the fp32 AVX2 kernel covers this call: what :func:`_fused_cpu_layout` covers,
-    restricted to fp32 x (NCHW or channels_last) computed in fp32 (no bf16 autocast)."""
+    """Whether :func:`gdn` runs the fp32 AVX2 kernel on this call: the kernel is switched on and
+    available (and AMX is not), and x is what :func:`_fused_cpu_layout` covers, restricted to
+    fp32 x (NCHW where it pays, or channels_last) computed in fp32 (no bf16 autocast)."""
+    if not USE_CPU_KERNELS or cpu_kernels_available() or _avx2_kernels() is None:
+        return False
     if x.dtype != torch.float32 or _compute_dtype(x) != torch.float32:
         return False
     lay = _fused_cpu_layout(x, beta, gamma, scalars)
@@ -410,35 +413,32 @@ def _avx2_covers(x, beta, gamma, scalars) -> bool:
     return lay == "channels_last"
 
 
-def _run_avx2(x, beta, gamma, inverse, scalars):
-    """The AVX2 kernel call (exact fp32: FMA accumulation, sqrt and division); arguments
-    already validated by :func:`_avx2_covers`. y in x's layout."""
-    N, C, H, W = x.shape
-    cl = not x.is_contiguous()   # covered: NCHW-contiguous or channels_last
-    y = torch.empty_like(x, memory_format=torch.channels_last if cl else torch.contiguous_format)
-    gs, gb, bs, bb = (_scalar(s) for s in scalars)
-    _avx2_kernels().gdn_forward_avx2(
-        x.data_ptr(), y.data_ptr(), N, C, H * W, cl, gamma.data_ptr(), _CK_DTYPES[gamma.dtype],
-        gamma.stride(0), gamma.stride(1), beta.data_ptr(), _CK_DTYPES[beta.dtype],
-        beta.stride(0), 1.0 if gs is None else gs, 0.0 if gb is None else gb,
-        1.0 if bs is None else bs, 0.0 if bb is None else bb, bool(inverse),
-        torch.get_num_threads())
-    return y
-
-
-def _run_fused(x, beta, gamma, lay, inverse, scalars):
-    """The extension call; arguments already validated by :func:`_fused_cpu_layout`."""
+def _run_kernel(fn, x, beta, gamma, lay, inverse, scalars, splits):
+    """One call of a GDN kernel binding (``gdn_forward`` or ``gdn_forward_avx2``: the same
+    arguments); y in the layout ``lay`` (x's)."""
     N, C, H, W = x.shape
     y = torch.empty_like(x, memory_format=torch.channels_last if lay == "channels_last"
                          else torch.contiguous_format)
     gs, gb, bs, bb = (_scalar(s) for s in scalars)
-    _fused_kernels().gdn_forward(
-        x.data_ptr(), y.data_ptr(), _CK_DTYPES[x.dtype], N, C, H * W, lay == "channels_last",
-        gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0), gamma.stride(1),
-        beta.data_ptr(), _CK_DTYPES[beta.dtype], beta.stride(0), 1.0 if gs is None else gs,
-        0.0 if gb is None else gb, 1.0 if bs is None else bs, 0.0 if bb is None else bb,
-        bool(inverse), 3 if _compute_dtype(x) == torch.float32 else 1, torch.get_num_threads())
+    fn(x.data_ptr(), y.data_ptr(), _CK_DTYPES[x.dtype], N, C, H * W, lay == "channels_last",
+       gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0), gamma.stride(1),
+       beta.data_ptr(), _CK_DTYPES[beta.dtype], beta.stride(0), 1.0 if gs is None else gs,
+       0.0 if gb is None else gb, 1.0 if bs is None else bs, 0.0 if bb is None else bb,
+       bool(inverse), splits, torch.get_num_threads())
     return y
+
+
+def _run_avx2(x, beta, gamma, inverse, scalars):
+    """The AVX2 kernel (exact fp32: FMA accumulation, sqrt and division); arguments already
+    validated by :func:`_avx2_covers`. y in x's layout."""
+    lay = "nchw" if x.is_contiguous() else "channels_last"
+    return _run_kernel(_avx2_kernels().gdn_forward_avx2, x, beta, gamma, lay, inverse, scalars, 1)
+
+
+def _run_fused(x, beta, gamma, lay, inverse, scalars):
+    """The AMX kernel; arguments already validated by :func:`_fused_cpu_layout`."""
+    return _run_kernel(_fused_kernels().gdn_forward, x, beta, gamma, lay, inverse, scalars,
+                       3 if _compute_dtype(x) == torch.float32 else 1)
 
 
 def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bool = False,
@@ -495,17 +495,15 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
         from ..kernels.gdn import gdn_triton
         return gdn_triton(x, beta, gamma, **kw)
     global last_cpu_path
+    scalars = (gamma_scale, gamma_bias, beta_scale, beta_bias)
     if x.device.type == "cpu" and cpu_kernels_available():
-        scalars = (gamma_scale, gamma_bias, beta_scale, beta_bias)
         lay = _fused_cpu_layout(x, beta, gamma, scalars)
         if lay is not None:
             last_cpu_path = "fused"
             return _run_fused(x, beta, gamma, lay, inverse, scalars)
-    elif x.device.type == "cpu" and USE_CPU_KERNELS and _avx2_kernels() is not None:
-        scalars = (gamma_scale, gamma_bias, beta_scale, beta_bias)
-        if _avx2_covers(x, beta, gamma, scalars):
-            last_cpu_path = "avx2"
-            return _run_avx2(x, beta, gamma, inverse, scalars)
+    elif x.device.type == "cpu" and _avx2_covers(x, beta, gamma, scalars):
+        last_cpu_path = "avx2"
+        return _run_avx2(x, beta, gamma, inverse, scalars)
     if x.device.type == "cpu":
         last_cpu_path = "torch"
     return gdn_torch(x, beta, gamma, **kw)
