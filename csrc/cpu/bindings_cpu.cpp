@@ -10,6 +10,7 @@
 #include "gdn_avx2.hpp"
 #include "gdn_cpu.hpp"
 #include "latents.hpp"
+#include "winograd.hpp"
 
 namespace py = pybind11;
 
@@ -134,6 +135,49 @@ void dequantize_latents_py(uintptr_t sym, int64_t N, int64_t C, int64_t H, int64
 
 }  // namespace
 
+// -- Winograd F(4x4, 3x3) transforms, fp32 AVX2 (csrc/cpu/winograd.hpp) -------------------------
+
+namespace {
+
+void winograd_input_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t s,
+                       int64_t P, int64_t th, int64_t tw, int64_t t_begin, int64_t t_count,
+                       uintptr_t V, int nthreads) {
+  sk::WinoInArgs a;
+  a.x = reinterpret_cast<const float*>(x);
+  a.N = N; a.H = H; a.W = W; a.C = C; a.s = s; a.P = P; a.th = th; a.tw = tw;
+  a.t_begin = t_begin; a.t_count = t_count;
+  a.V = reinterpret_cast<float*>(V);
+  a.nthreads = nthreads;
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = sk::winograd_input_f43(a);
+  }
+  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.winograd_input: ") +
+                                        sk::winograd_error_message(rc));
+}
+
+void winograd_output_py(uintptr_t M, uintptr_t bias, int64_t N, int64_t th, int64_t tw,
+                        int64_t Co, int64_t r, int64_t Ho, int64_t Wo, int64_t t_begin,
+                        int64_t t_count, uintptr_t y, int nthreads) {
+  sk::WinoOutArgs a;
+  a.M = reinterpret_cast<const float*>(M);
+  a.bias = reinterpret_cast<const float*>(bias);
+  a.N = N; a.th = th; a.tw = tw; a.Co = Co; a.r = r; a.Ho = Ho; a.Wo = Wo;
+  a.t_begin = t_begin; a.t_count = t_count;
+  a.y = reinterpret_cast<float*>(y);
+  a.nthreads = nthreads;
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = sk::winograd_output_f43(a);
+  }
+  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.winograd_output: ") +
+                                        sk::winograd_error_message(rc));
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_cpu_kernels, m) {
   m.doc() = "CPU kernels of slimkernels (AMX-BF16 GDN/IGDN and conv, AVX2 fp32 GDN/IGDN, latent "
            "quantization).";
@@ -170,6 +214,19 @@ PYBIND11_MODULE(_cpu_kernels, m) {
   m.def("dequantize_latents", &dequantize_latents_py, py::arg("sym"), py::arg("N"), py::arg("C"),
         py::arg("H"), py::arg("W"), py::arg("medians"), py::arg("out"), py::arg("nthreads"),
         "out fp32 dense channels_last = float(sym) + medians[c]; sym int32 NCHW contiguous.");
+  m.def("winograd_input", &winograd_input_py, py::arg("x"), py::arg("N"), py::arg("H"),
+        py::arg("W"), py::arg("C"), py::arg("s"), py::arg("P"), py::arg("th"), py::arg("tw"),
+        py::arg("t_begin"), py::arg("t_count"), py::arg("V"), py::arg("nthreads"),
+        "Winograd F(4x4,3x3) input transform (see csrc/cpu/winograd.hpp): x [N, H, W, C] dense "
+        "fp32; V [36, t_count, s*s*C] fp32: tiles [t_begin, t_begin + t_count) of N*th*tw "
+        "(t_count 0: all), the s*s polyphase 6x6 patches at row / column s*4*t - P, "
+        "transformed.");
+  m.def("winograd_output", &winograd_output_py, py::arg("M"), py::arg("bias"), py::arg("N"),
+        py::arg("th"), py::arg("tw"), py::arg("Co"), py::arg("r"), py::arg("Ho"), py::arg("Wo"),
+        py::arg("t_begin"), py::arg("t_count"), py::arg("y"), py::arg("nthreads"),
+        "Winograd F(4x4,3x3) output transform: M [36, t_count, r*r*Co] fp32 (tiles t_begin.., "
+        "channels (ry, rx, co)), bias [Co] fp32 or 0; y [N, Ho, Wo, Co] dense fp32, the r*r output phases "
+        "interleaved.");
   m.def("conv_amx_forward", &conv_amx_forward_py, py::arg("x"), py::arg("xdtype"), py::arg("N"),
         py::arg("H"), py::arg("W"), py::arg("C"), py::arg("Hp"), py::arg("Wp"),
         py::arg("pad_top"), py::arg("pad_left"), py::arg("w"), py::arg("tile_nz"), py::arg("kh"),

@@ -24,12 +24,7 @@
 #include "amx_tiles.hpp"  // run_on_threads
 #include "cpu_common.hpp"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define SK_HAVE_AVX2_CODE 1
-#include <immintrin.h>
-#else
-#define SK_HAVE_AVX2_CODE 0
-#endif
+#include "avx2_common.hpp"
 
 namespace sk {
 
@@ -63,15 +58,9 @@ bool gdn_avx2_available() {
   return ok;
 }
 
-#define SK_AVX2_TARGET __attribute__((target("avx2,fma")))
-
 namespace {
 
-// Lanes [0, valid) of an 8-float vector (valid clamped to 0..8).
-SK_AVX2_TARGET inline __m256i lane_mask(int64_t valid) {
-  const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(valid)), idx);
-}
+using detail::lane_mask;
 
 // The epilogue of one pixel row: n = acc + beta, y = x / sqrt(n) (IGDN x * sqrt(n)) on
 // channels [0, valid) of the panel (all 16 when full).

@@ -1,0 +1,214 @@
+// Winograd F(4x4, 3x3) input and output transforms, fp32, AVX2 + FMA (see winograd.hpp).
+//
+// Both transforms are separable: a 1-D transform along the columns of each row of the patch
+// (kept in a 6x6 (input) or 6x4 (output) array of vectors on the stack), then along the rows.
+// Vectors are 8 consecutive channels of one pixel; the last block of a channel run is masked.
+#include "winograd.hpp"
+
+#include <algorithm>
+
+#include "amx_tiles.hpp"  // run_on_threads
+#include "avx2_common.hpp"
+#include "gdn_avx2.hpp"   // gdn_avx2_available
+
+namespace sk {
+
+namespace {
+enum WinoErr { kWOk = 0, kWNoAvx2 = 1, kWBadArgs = 2 };
+}  // namespace
+
+const char* winograd_error_message(int code) {
+  switch (code) {
+    case kWOk: return "ok";
+    case kWNoAvx2: return "AVX2 + FMA is not available on this CPU; use the oneDNN path";
+    case kWBadArgs: return "bad arguments (null pointer, or a size that is not positive)";
+  }
+  return "unknown error";
+}
+
+#if SK_HAVE_AVX2_CODE
+namespace {
+using detail::lane_mask;
+
+// B^T for the points 0, 1, -1, 1/2, -1/2, inf:
+//   [1/4, 0, -5/4, 0, 1, 0], [0, -1/4, -1/4, 1, 1, 0], [0, 1/4, -1/4, -1, 1, 0],
+//   [0, -1/2, -1, 1/2, 1, 0], [0, 1/2, -1, -1/2, 1, 0], [0, 1/4, 0, -5/4, 0, 1]
+SK_AVX2_TARGET inline void bt6(const __m256* d, __m256* o) {
+  const __m256 q = _mm256_set1_ps(0.25f), h = _mm256_set1_ps(0.5f), f = _mm256_set1_ps(-1.25f);
+  const __m256 s12 = _mm256_add_ps(d[1], d[2]), d12 = _mm256_sub_ps(d[1], d[2]);
+  const __m256 s43 = _mm256_add_ps(d[4], d[3]), d43 = _mm256_sub_ps(d[4], d[3]);
+  const __m256 d42 = _mm256_sub_ps(d[4], d[2]), d31 = _mm256_sub_ps(d[3], d[1]);
+  o[0] = _mm256_fmadd_ps(f, d[2], _mm256_fmadd_ps(q, d[0], d[4]));
+  o[1] = _mm256_fnmadd_ps(q, s12, s43);
+  o[2] = _mm256_fmadd_ps(q, d12, d43);
+  o[3] = _mm256_fmadd_ps(h, d31, d42);
+  o[4] = _mm256_fnmadd_ps(h, d31, d42);
+  o[5] = _mm256_fmadd_ps(f, d[3], _mm256_fmadd_ps(q, d[1], d[5]));
+}
+
+// A^T: [1, 1, 1, 1, 1, 0], [0, 1, -1, 1/2, -1/2, 0], [0, 1, 1, 1/4, 1/4, 0],
+//      [0, 1, -1, 1/8, -1/8, 1]
+SK_AVX2_TARGET inline void at6(const __m256* m, __m256* o) {
+  const __m256 a = _mm256_add_ps(m[1], m[2]), b = _mm256_sub_ps(m[1], m[2]);
+  const __m256 c = _mm256_add_ps(m[3], m[4]), e = _mm256_sub_ps(m[3], m[4]);
+  o[0] = _mm256_add_ps(_mm256_add_ps(m[0], a), c);
+  o[1] = _mm256_fmadd_ps(_mm256_set1_ps(0.5f), e, b);
+  o[2] = _mm256_fmadd_ps(_mm256_set1_ps(0.25f), c, a);
+  o[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(0.125f), e, b), m[5]);
+}
+
+// Tiles [t0, t1) of the input transform.
+SK_AVX2_TARGET void input_tiles(const WinoInArgs& a, int64_t t0, int64_t t1) {
+  const int64_t C = a.C, s = a.s, K = s * s * C, T = a.t_count;
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 d[6], row[6][6], col[6], o[6];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t tx = t % a.tw, ty = (t / a.tw) % a.th, n = t / (a.tw * a.th);
+    const float* xn = a.x + n * a.H * a.W * C;
+    for (int64_t p = 0; p < s; ++p) {
+      int64_t rows[6];
+      for (int i = 0; i < 6; ++i) {
+        const int64_t h = s * (4 * ty + i) + p - a.P;
+        rows[i] = (h >= 0 && h < a.H) ? h : -1;
+      }
+      for (int64_t q = 0; q < s; ++q) {
+        int64_t cols[6];
+        for (int j = 0; j < 6; ++j) {
+          const int64_t w = s * (4 * tx + j) + q - a.P;
+          cols[j] = (w >= 0 && w < a.W) ? w : -1;
+        }
+        float* vt = a.V + (t - a.t_begin) * K + (p * s + q) * C;
+        for (int64_t c0 = 0; c0 < C; c0 += 8) {
+          const int64_t valid = std::min<int64_t>(8, C - c0);
+          const bool full = valid == 8;
+          const __m256i mask = lane_mask(valid);
+          for (int i = 0; i < 6; ++i) {
+            if (rows[i] < 0) {
+              for (int v = 0; v < 6; ++v) row[i][v] = zero;
+              continue;
+            }
+            const float* xr = xn + rows[i] * a.W * C + c0;
+            for (int j = 0; j < 6; ++j) {
+              if (cols[j] < 0) {
+                d[j] = zero;
+              } else {
+                const float* src = xr + cols[j] * C;
+                d[j] = full ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, mask);
+              }
+            }
+            bt6(d, row[i]);
+          }
+          for (int v = 0; v < 6; ++v) {
+            for (int i = 0; i < 6; ++i) col[i] = row[i][v];
+            bt6(col, o);
+            for (int u = 0; u < 6; ++u) {
+              float* dst = vt + (u * 6 + v) * T * K + c0;
+              if (full) {
+                _mm256_storeu_ps(dst, o[u]);
+              } else {
+                _mm256_maskstore_ps(dst, mask, o[u]);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Tiles [t0, t1) of the output transform.
+SK_AVX2_TARGET void output_tiles(const WinoOutArgs& a, int64_t t0, int64_t t1) {
+  const int64_t Co = a.Co, r = a.r, Cp = r * r * Co, T = a.t_count;
+  __m256 m[6], rowt[6][4], col[6], o[4];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t tx = t % a.tw, ty = (t / a.tw) % a.th, n = t / (a.tw * a.th);
+    float* yn = a.y + n * a.Ho * a.Wo * Co;
+    for (int64_t ry = 0; ry < r; ++ry) {
+      for (int64_t rx = 0; rx < r; ++rx) {
+        const float* mt = a.M + (t - a.t_begin) * Cp + (ry * r + rx) * Co;
+        for (int64_t c0 = 0; c0 < Co; c0 += 8) {
+          const int64_t valid = std::min<int64_t>(8, Co - c0);
+          const bool full = valid == 8;
+          const __m256i mask = lane_mask(valid);
+          for (int u = 0; u < 6; ++u) {
+            for (int v = 0; v < 6; ++v) {
+              const float* src = mt + (u * 6 + v) * T * Cp + c0;
+              m[v] = full ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, mask);
+            }
+            at6(m, rowt[u]);
+          }
+          __m256 bias = _mm256_setzero_ps();
+          if (a.bias != nullptr) {
+            bias = full ? _mm256_loadu_ps(a.bias + c0) : _mm256_maskload_ps(a.bias + c0, mask);
+          }
+          for (int j = 0; j < 4; ++j) {
+            const int64_t w = r * (4 * tx + j) + rx;
+            if (w >= a.Wo) break;
+            for (int u = 0; u < 6; ++u) col[u] = rowt[u][j];
+            at6(col, o);
+            for (int i = 0; i < 4; ++i) {
+              const int64_t h = r * (4 * ty + i) + ry;
+              if (h >= a.Ho) break;
+              float* dst = yn + (h * a.Wo + w) * Co + c0;
+              const __m256 val = _mm256_add_ps(o[i], bias);
+              if (full) {
+                _mm256_storeu_ps(dst, val);
+              } else {
+                _mm256_maskstore_ps(dst, mask, val);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// Tiles [b, b + T) split evenly over the threads.
+template <class F>
+void over_tiles(int64_t b, int64_t T, int nthreads, const F& body) {
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(nthreads, T));
+  run_on_threads(nt, [&](int64_t i) { body(b + T * i / nt, b + T * (i + 1) / nt); });
+}
+
+// Resolves t_count = 0 (all tiles); false when the range is outside [0, N*th*tw).
+template <class A>
+bool tile_range(A& a) {
+  const int64_t total = a.N * a.th * a.tw;
+  if (a.t_count == 0 && a.t_begin == 0) a.t_count = total;
+  return a.t_begin >= 0 && a.t_count > 0 && a.t_begin + a.t_count <= total;
+}
+}  // namespace
+
+int winograd_input_f43(const WinoInArgs& args) {
+  if (!gdn_avx2_available()) return kWNoAvx2;
+  WinoInArgs a = args;
+  if (a.x == nullptr || a.V == nullptr || a.N <= 0 || a.H <= 0 || a.W <= 0 || a.C <= 0 ||
+      a.s <= 0 || a.th <= 0 || a.tw <= 0 || !tile_range(a)) {
+    return kWBadArgs;
+  }
+  over_tiles(a.t_begin, a.t_count, a.nthreads,
+             [&a](int64_t t0, int64_t t1) { input_tiles(a, t0, t1); });
+  return kWOk;
+}
+
+int winograd_output_f43(const WinoOutArgs& args) {
+  if (!gdn_avx2_available()) return kWNoAvx2;
+  WinoOutArgs a = args;
+  if (a.M == nullptr || a.y == nullptr || a.N <= 0 || a.th <= 0 || a.tw <= 0 || a.Co <= 0 ||
+      a.r <= 0 || a.Ho <= 0 || a.Wo <= 0 || !tile_range(a)) {
+    return kWBadArgs;
+  }
+  over_tiles(a.t_begin, a.t_count, a.nthreads,
+             [&a](int64_t t0, int64_t t1) { output_tiles(a, t0, t1); });
+  return kWOk;
+}
+
+#else  // no AVX2 code on this compiler / architecture
+
+int winograd_input_f43(const WinoInArgs&) { return kWNoAvx2; }
+int winograd_output_f43(const WinoOutArgs&) { return kWNoAvx2; }
+
+#endif
+
+}  // namespace sk

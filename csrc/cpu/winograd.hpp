@@ -1,0 +1,51 @@
+// Winograd F(4x4, 3x3) transforms for fp32 convolutions on AVX2 + FMA CPUs (internal API).
+//
+// A stride-s conv whose kernel spans at most 3 phase taps (k <= 3s: SlimCAE's 5x5/2 and 9x9/4
+// layers) is a stride-1 3x3 correlation over the s*s polyphase images of x; a stride-s
+// transposed conv with a 3-tap sub-pixel plan is a stride-1 3x3 correlation onto s*s output
+// phases. Either way the work is Y = A^T [ (G g G^T) . (B^T d B) ] A per 4x4 output tile: the
+// input transform below writes V = B^T d B for every tile, a batched GEMM (done by the caller)
+// multiplies V by the transformed weights U, and the output transform writes A^T M A.
+// Interpolation points 0, 1, -1, 1/2, -1/2, inf (max relative error ~1e-5 against float64, as
+// direct fp32 summation order effects; the +-2 points of Lavin & Gray are ~4x worse).
+// Plain C++17, no Python; AVX2 code only behind a runtime check (gdn_avx2_available()).
+#pragma once
+#include <cstdint>
+
+namespace sk {
+
+// Input transform. x: [N, H, W, C] dense fp32 (channels_last). For tile t = (n, ty, tx)
+// (t = (n * th + ty) * tw + tx) and phases (p, q) in [0, s)^2 the 6x6 input patch is
+//   d[i][j][(p*s + q)*C + c] = x[n][s*(4*ty + i) + p - P][s*(4*tx + j) + q - P][c]
+// (zero outside x), and V[(u*6 + v)][t][k] = (B^T d B)[u][v][k] with K = s*s*C.
+struct WinoInArgs {
+  const float* x = nullptr;
+  int64_t N = 0, H = 0, W = 0, C = 0;
+  int64_t s = 1, P = 0;       // phases per axis, offset of the first row / column
+  int64_t th = 0, tw = 0;     // tiles per axis
+  int64_t t_begin = 0;        // transform tiles [t_begin, t_begin + t_count) of all N*th*tw;
+  int64_t t_count = 0;        // 0: all of them
+  float* V = nullptr;         // [36][t_count][s * s * C], tile t at row t - t_begin
+  int nthreads = 1;
+};
+
+// Output transform. M: [36][t_count][r*r*Co] (tiles t_begin.., phase-major channels (ry, rx, co));
+// writes y[n][r*(4*ty + i) + ry][r*(4*tx + j) + rx][co] = (A^T M A)[i][j] + bias[co] for every
+// position inside [Ho, Wo]. y: [N, Ho, Wo, Co] dense fp32 (channels_last).
+struct WinoOutArgs {
+  const float* M = nullptr;
+  const float* bias = nullptr;  // [Co] or null
+  int64_t N = 0, th = 0, tw = 0, Co = 0;
+  int64_t r = 1;                // output phases per axis
+  int64_t Ho = 0, Wo = 0;
+  int64_t t_begin = 0, t_count = 0;  // as in WinoInArgs (0: all N*th*tw tiles)
+  float* y = nullptr;
+  int nthreads = 1;
+};
+
+// Return 0 on success, else an error code (winograd_error_message).
+int winograd_input_f43(const WinoInArgs& a);
+int winograd_output_f43(const WinoOutArgs& a);
+const char* winograd_error_message(int code);
+
+}  // namespace sk

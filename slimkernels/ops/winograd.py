@@ -1,0 +1,311 @@
+"""Winograd F(4x4, 3x3) convolutions in fp32 on CPU (AVX2 + FMA), for inference.
+
+SlimCAE's wide layers are 5x5 stride-2 convs and transposed convs. On a CPU without AMX they are
+compute-bound in oneDNN's direct fp32 kernels (~85 % of the FMA peak on a Zen 3 core), so the
+only way to make them faster is to do fewer multiplications:
+
+* a stride-``s`` conv whose kernel spans at most 3 taps per phase (``k <= 3s``) is a stride-1
+  3x3 correlation over the ``s*s`` polyphase images of x (``K = s*s*C_in`` channels; the 5x5
+  kernel is zero-padded to 6x6, 36 taps for 25);
+* a stride-``s`` transposed conv with a 3-tap sub-pixel plan is a stride-1 3x3 correlation onto
+  ``s*s`` output phases (``s*s*C_out`` channels), as in :func:`conv_transpose2d_subpixel`;
+* a 3x3 correlation over 4x4 output tiles costs 36 products per tile and channel pair with
+  Winograd's F(4x4, 3x3) against 144 directly: 4x fewer, 2.8x after the zero padding.
+
+Per call: the C++ input transform (``csrc/cpu/winograd.cpp``) writes ``V = B^T d B`` for every
+6x6 patch, ``torch.bmm`` multiplies the 36 ``[tiles, K]`` slices by the cached transformed
+weights ``U = G g G^T`` (``[36, K, C_out']``), and the output transform writes ``A^T M A`` (+
+bias) into a channels_last output. The interpolation points are 0, 1, -1, 1/2, -1/2 and infinity:
+the result is within ~1e-5 (relative to the output's magnitude) of float64, as direct fp32 is.
+
+The transformed weights take 4x the memory of the weight slice (36 / 9); they are cached per
+(layer, width) by the conv op (:mod:`slimkernels.ops.conv`), which decides where this path runs.
+:func:`conv2d_winograd_reference` is the same algorithm in PyTorch ops (any dtype, any device).
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["winograd_available", "winograd_conv2d_weight", "winograd_conv_transpose2d_weight",
+           "conv2d_winograd", "conv_transpose2d_winograd", "conv2d_winograd_reference",
+           "conv_transpose2d_winograd_reference", "winograd_geometry_ok"]
+
+#: F(4x4, 3x3) for the points 0, 1, -1, 1/2, -1/2, inf (``Y = A^T [(G g G^T) * (B^T d B)] A``).
+_BT = ((0.25, 0, -1.25, 0, 1, 0), (0, -0.25, -0.25, 1, 1, 0), (0, 0.25, -0.25, -1, 1, 0),
+       (0, -0.5, -1, 0.5, 1, 0), (0, 0.5, -1, -0.5, 1, 0), (0, 0.25, 0, -1.25, 0, 1))
+_G = ((4, 0, 0), (2 / 3, 2 / 3, 2 / 3), (2 / 3, -2 / 3, 2 / 3), (-8 / 3, -4 / 3, -2 / 3),
+      (-8 / 3, 4 / 3, -2 / 3), (0, 0, 1))
+_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 0.5, -0.5, 0), (0, 1, 1, 0.25, 0.25, 0),
+       (0, 1, -1, 0.125, -0.125, 1))
+TILE = 4
+
+
+def winograd_matrices(dtype=torch.float64, device=None):
+    """``(B^T [6, 6], G [6, 3], A^T [4, 6])`` of F(4x4, 3x3) as tensors."""
+    return tuple(torch.tensor(m, dtype=dtype, device=device) for m in (_BT, _G, _AT))
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    try:
+        from .. import _cpu_kernels as K
+    except ImportError:
+        return None
+    if not (hasattr(K, "winograd_input") and K.gdn_avx2_available()):
+        return None
+    return K
+
+
+def winograd_available() -> bool:
+    """True when the compiled AVX2 + FMA transforms can run on this CPU."""
+    return _kernels() is not None
+
+
+def _phase_taps(k: int, s: int) -> int:
+    return -(-k // s)
+
+
+def winograd_geometry_ok(k: int, stride: int, padding: int, transposed: bool,
+                         output_padding: int = 0) -> bool:
+    """Whether a ``k x k`` (transposed) conv with this stride maps onto the 3x3 phase
+    correlation: ``ceil(k / stride) <= 3`` taps per phase (conv), a sub-pixel tap plan of at
+    most 3 input rows (transposed)."""
+    if k < 1 or stride < 1 or padding < 0:
+        return False
+    if not transposed:
+        return _phase_taps(k, stride) <= 3
+    from .conv import _subpixel_plan
+    _, lo, hi, kc = _subpixel_plan(k, stride, padding)
+    return kc <= 3 and hi - lo <= 2
+
+
+def _transform_weight(wc: torch.Tensor) -> torch.Tensor:
+    """``[C_out', K, 3, 3]`` (any float dtype) -> ``U [36, K, C_out']`` fp32 (``G g G^T`` in
+    float64, then rounded once)."""
+    _, G, _ = winograd_matrices(device=wc.device)
+    u = torch.einsum("ik,ockl,jl->ijco", G, wc.double(), G)
+    return u.reshape(36, wc.shape[1], wc.shape[0]).to(torch.float32).contiguous()
+
+
+def _phase_weight_conv(w: torch.Tensor, s: int) -> torch.Tensor:
+    """``[C_out, C_in, k, k]`` -> ``[C_out, s*s*C_in, 3, 3]``:
+    ``wq[co, (p*s + q)*C_in + ci, a, b] = w[co, ci, s*a + p, s*b + q]`` (zero past k)."""
+    co, ci, k, _ = w.shape
+    wp = F.pad(w, (0, 3 * s - k, 0, 3 * s - k))
+    wq = wp.reshape(co, ci, 3, s, 3, s).permute(0, 3, 5, 1, 2, 4)  # co, p, q, ci, a, b
+    return wq.reshape(co, s * s * ci, 3, 3)
+
+
+def winograd_conv2d_weight(w: torch.Tensor, stride: int) -> torch.Tensor:
+    """Transformed weights of a conv for :func:`conv2d_winograd`.
+
+    Args:
+        w: ``[C_out, C_in, k, k]`` (the active slice; any float dtype), ``ceil(k/stride) <= 3``.
+    Returns:
+        ``U [36, stride^2 * C_in, C_out]`` fp32, contiguous.
+    """
+    if not winograd_geometry_ok(w.shape[-1], stride, 0, False) or w.shape[-1] != w.shape[-2]:
+        raise ValueError(f"winograd_conv2d_weight: a {tuple(w.shape[-2:])} kernel at stride "
+                         f"{stride} has more than 3 taps per phase; use F.conv2d")
+    return _transform_weight(_phase_weight_conv(w.detach(), stride))
+
+
+def _phase_weight_transposed(w: torch.Tensor, s: int, padding: int) -> Tuple[torch.Tensor, int]:
+    """``[C_in, C_out, k, k]`` -> (``[s*s*C_out, C_in, 3, 3]`` with channels (ry, rx, co), the
+    row offset ``lo`` of its first tap)."""
+    from .conv import _subpixel_plan, _subpixel_weight
+    ci, co, k, _ = w.shape
+    _, lo, _, kc = _subpixel_plan(k, s, padding)
+    w2, _ = _subpixel_weight(w, None, s, padding)                     # (co, ry, rx), ci, kc, kc
+    w2 = w2.reshape(co, s * s, ci, kc, kc).transpose(0, 1).reshape(s * s * co, ci, kc, kc)
+    return F.pad(w2, (0, 3 - kc, 0, 3 - kc)), lo
+
+
+def winograd_conv_transpose2d_weight(w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    """Transformed weights of a transposed conv for :func:`conv_transpose2d_winograd`.
+
+    Args:
+        w: ``[C_in, C_out, k, k]`` (the active slice; any float dtype).
+    Returns:
+        ``U [36, C_in, stride^2 * C_out]`` fp32 (output channels ordered (ry, rx, co)).
+    """
+    if not winograd_geometry_ok(w.shape[-1], stride, padding, True) or \
+            w.shape[-1] != w.shape[-2]:
+        raise ValueError(f"winograd_conv_transpose2d_weight: kernel {tuple(w.shape[-2:])}, "
+                         f"stride {stride}, padding {padding} has no 3-tap sub-pixel plan; use "
+                         f"F.conv_transpose2d")
+    w3, _ = _phase_weight_transposed(w.detach(), stride, padding)
+    return _transform_weight(w3)
+
+
+def _check_x(x: torch.Tensor, name: str) -> None:
+    if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError(f"{name}: x must be a 4-D fp32 CPU tensor, got {x.dtype} "
+                         f"{tuple(x.shape)} on {x.device}")
+    if x.numel() == 0:
+        raise ValueError(f"{name}: x {tuple(x.shape)} is empty")
+    if not winograd_available():
+        raise RuntimeError(f"{name}: the AVX2 + FMA Winograd transforms are not available here "
+                           f"(no AVX2, or slimkernels._cpu_kernels did not build); use F.conv2d")
+
+
+#: Tiles per transform -> GEMM -> transform round: as many as keep ``V`` (36 x tiles x K fp32)
+#: within this many bytes, so that V and M stay in the cache between the three steps.
+CHUNK_BYTES = 16 << 20
+#: ... but at least this many tiles (the GEMM's M dimension).
+MIN_CHUNK_TILES = 16
+_WORKSPACE = threading.local()
+
+
+def _workspace(n: int) -> torch.Tensor:
+    """A per-thread fp32 buffer of >= ``n`` elements, reused across calls (a fresh multi-MB
+    tensor per call costs its page faults: ~40 % of the transforms' time)."""
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=torch.float32)
+        _WORKSPACE.buf = buf
+    return buf
+
+
+def release_workspace() -> None:
+    """Free this thread's transform buffer (it is reallocated on the next call)."""
+    _WORKSPACE.buf = None
+
+
+def _run(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int, P: int,
+         Qh: int, Qw: int, r: int, Ho: int, Wo: int, co: int) -> torch.Tensor:
+    K = _kernels()
+    N, C, H, W = x.shape
+    xc = x if x.is_contiguous(memory_format=torch.channels_last) else \
+        x.contiguous(memory_format=torch.channels_last)
+    th, tw = -(-Qh // TILE), -(-Qw // TILE)
+    T = N * th * tw
+    kdim, cp = U.shape[1], U.shape[2]
+    if U.dim() != 3 or U.shape[0] != 36 or kdim != s * s * C or cp != r * r * co:
+        raise ValueError(f"winograd: transformed weight {tuple(U.shape)} does not fit x "
+                         f"{tuple(x.shape)} (expected [36, {s * s * C}, {r * r * co}])")
+    b = 0
+    if bias is not None:
+        bias = bias.detach().to(torch.float32).contiguous()
+        if bias.shape != (co,):
+            raise ValueError(f"winograd: bias {tuple(bias.shape)} must be [{co}]")
+        b = bias.data_ptr()
+    nt = torch.get_num_threads()
+    tc = min(T, max(MIN_CHUNK_TILES, CHUNK_BYTES // (36 * 4 * kdim)))
+    ws = _workspace(36 * tc * (kdim + cp))
+    y = torch.empty((N, co, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
+    for t0 in range(0, T, tc):
+        n = min(tc, T - t0)
+        V = ws[:36 * n * kdim].view(36, n, kdim)
+        M = ws[36 * tc * kdim:36 * tc * kdim + 36 * n * cp].view(36, n, cp)
+        K.winograd_input(xc.data_ptr(), N, H, W, C, s, P, th, tw, t0, n, V.data_ptr(), nt)
+        torch.bmm(V, U, out=M)
+        K.winograd_output(M.data_ptr(), b, N, th, tw, co, r, Ho, Wo, t0, n, y.data_ptr(), nt)
+    return y
+
+
+def conv2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], k: int,
+                    stride: int, padding: int) -> torch.Tensor:
+    """``F.conv2d(x, w, bias, stride, padding)`` by Winograd F(4x4, 3x3), no gradient.
+
+    Args:
+        x: ``[N, C_in, H, W]`` fp32 CPU (channels_last avoids a copy).
+        U: :func:`winograd_conv2d_weight` of the ``[C_out, C_in, k, k]`` weight.
+        bias: ``[C_out]`` or None.
+    Returns:
+        ``[N, C_out, (H + 2p - k)//s + 1, (W + 2p - k)//s + 1]`` fp32, channels_last.
+    """
+    _check_x(x, "conv2d_winograd")
+    _, _, H, W = x.shape
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"conv2d_winograd: x {tuple(x.shape)} is smaller than the {k}x{k} "
+                         f"kernel with padding {padding}")
+    return _run(x, U, bias, stride, padding, Ho, Wo, 1, Ho, Wo, U.shape[2])
+
+
+def conv_transpose2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor],
+                              k: int, stride: int, padding: int,
+                              output_padding: int) -> torch.Tensor:
+    """``F.conv_transpose2d(x, w, bias, stride, padding, output_padding)`` by Winograd, no
+    gradient (stride-1 3x3 phase correlation, phases interleaved by the output transform).
+
+    Args:
+        x: ``[N, C_in, H, W]`` fp32 CPU (channels_last avoids a copy).
+        U: :func:`winograd_conv_transpose2d_weight` of the ``[C_in, C_out, k, k]`` weight.
+        bias: ``[C_out]`` or None.
+    Returns:
+        ``[N, C_out, (H-1)*s - 2p + k + op, (W-1)*s - 2p + k + op]`` fp32, channels_last.
+    """
+    from .conv import _subpixel_plan
+    _check_x(x, "conv_transpose2d_winograd")
+    s = stride
+    _, lo, _, _ = _subpixel_plan(k, s, padding)
+    _, _, H, W = x.shape
+    Ho = (H - 1) * s - 2 * padding + k + output_padding
+    Wo = (W - 1) * s - 2 * padding + k + output_padding
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"conv_transpose2d_winograd: empty output for x {tuple(x.shape)}")
+    co = U.shape[2] // (s * s)
+    return _run(x, U, bias, 1, -lo, -(-Ho // s), -(-Wo // s), s, Ho, Wo, co)
+
+
+# -- the same algorithm in PyTorch ops (reference; any dtype and device) -------------------------
+def _reference(ph: torch.Tensor, wc: torch.Tensor, Qh: int, Qw: int) -> torch.Tensor:
+    """3x3 valid correlation of ``ph [N, K, >= 4*th + 2, >= 4*tw + 2]`` with ``wc [C', K, 3, 3]``
+    by F(4x4, 3x3) -> ``[N, C', Qh, Qw]``."""
+    BT, G, AT = winograd_matrices(ph.dtype, ph.device)
+    N, Kc = ph.shape[:2]
+    th, tw = -(-Qh // TILE), -(-Qw // TILE)
+    ph = F.pad(ph, (0, max(0, 4 * tw + 2 - ph.shape[3]), 0, max(0, 4 * th + 2 - ph.shape[2])))
+    tiles = ph.unfold(2, 6, 4).unfold(3, 6, 4)[:, :, :th, :tw]          # N, K, th, tw, 6, 6
+    V = torch.einsum("ik,nctwkl,jl->ijntwc", BT, tiles, BT).reshape(36, -1, Kc)
+    U = torch.einsum("ik,ockl,jl->ijco", G, wc.to(ph.dtype), G).reshape(36, Kc, -1)
+    M = torch.bmm(V, U).reshape(6, 6, N, th, tw, -1)
+    Y = torch.einsum("ik,klntwc,jl->ntiwjc", AT, M, AT)                 # N, th, 4, tw, 4, C'
+    return Y.reshape(N, th * 4, tw * 4, -1)[:, :Qh, :Qw].permute(0, 3, 1, 2)
+
+
+def conv2d_winograd_reference(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor],
+                              stride: int, padding: int) -> torch.Tensor:
+    """Pure-PyTorch F(4x4, 3x3) conv (polyphase); x ``[N, C_in, H, W]``, w ``[C_out, C_in, k,
+    k]`` -> ``[N, C_out, H_out, W_out]`` in x's dtype."""
+    N, C, H, W = x.shape
+    k, s, p = w.shape[-1], stride, padding
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    th, tw = -(-Ho // TILE), -(-Wo // TILE)
+    # phase (p_, q_) image: ph[t] = x[s*t + p_ - p] for t in [0, 4*th + 2)
+    need_h, need_w = s * (4 * th + 2), s * (4 * tw + 2)
+    xp = F.pad(x, (p, max(0, need_w - W - p), p, max(0, need_h - H - p)))
+    ph = torch.cat([xp[:, :, a::s, b::s][:, :, :4 * th + 2, :4 * tw + 2]
+                    for a in range(s) for b in range(s)], 1)
+    y = _reference(ph, _phase_weight_conv(w, s), Ho, Wo)
+    return y if bias is None else y + bias.to(y.dtype)[:, None, None]
+
+
+def conv_transpose2d_winograd_reference(x: torch.Tensor, w: torch.Tensor,
+                                        bias: Optional[torch.Tensor], stride: int, padding: int,
+                                        output_padding: int) -> torch.Tensor:
+    """Pure-PyTorch F(4x4, 3x3) transposed conv (sub-pixel phases); x ``[N, C_in, H, W]``, w
+    ``[C_in, C_out, k, k]`` -> ``[N, C_out, H_out, W_out]`` in x's dtype."""
+    N, C, H, W = x.shape
+    k, s = w.shape[-1], stride
+    co = w.shape[1]
+    w3, lo = _phase_weight_transposed(w, s, padding)
+    Ho = (H - 1) * s - 2 * padding + k + output_padding
+    Wo = (W - 1) * s - 2 * padding + k + output_padding
+    Qh, Qw = -(-Ho // s), -(-Wo // s)
+    th, tw = -(-Qh // TILE), -(-Qw // TILE)
+    # ph[t] = x[t + lo]
+    top = max(0, -lo)
+    xp = F.pad(x, (top, max(0, 4 * tw + 2 + lo - W), top, max(0, 4 * th + 2 + lo - H)))
+    ph = xp[:, :, top + lo:, top + lo:]
+    y = _reference(ph, w3, Qh, Qw)                                       # N, (ry, rx, co), Qh, Qw
+    y = y.reshape(N, s, s, co, Qh, Qw).permute(0, 3, 4, 1, 5, 2).reshape(N, co, Qh * s, Qw * s)
+    y = y[:, :, :Ho, :Wo]
+    return y if bias is None else y + bias.to(y.dtype)[:, None, None]

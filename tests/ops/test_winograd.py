@@ -1,0 +1,244 @@
+"""Winograd F(4x4, 3x3) convs (slimkernels.ops.winograd: AVX2 transforms + torch.bmm) against
+float64 F.conv2d / F.conv_transpose2d, the PyTorch reference of the same algorithm, and the
+conv op's dispatch to them."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slimkernels.ops import conv as conv_mod
+from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
+from slimkernels.ops import winograd as Wg
+
+_FLAGS = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+HAS_AVX2 = " avx2" in _FLAGS and " fma" in _FLAGS
+needs_kernels = pytest.mark.skipif(not Wg.winograd_available(),
+                                   reason="no AVX2 + FMA here or _cpu_kernels not built")
+# fp32: the error relative to the output's largest magnitude (the transforms mix a tile's
+# values, so a per-element relative error is meaningless where outputs cancel to ~0)
+TOL = 1e-5
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _err(y, ref):
+    assert y.shape == ref.shape, (tuple(y.shape), tuple(ref.shape))
+    assert torch.isfinite(y).all(), "NaN/Inf in the result"
+    return ((y.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def _conv_case(N, ci, co, H, W, k, seed=0):
+    g = _gen(seed)
+    x = torch.randn(N, ci, H, W, generator=g)
+    w = torch.randn(co, ci, k, k, generator=g) / (ci * k * k) ** 0.5
+    b = torch.randn(co, generator=g)
+    return x, w, b
+
+
+def _convt_case(N, ci, co, H, W, k, seed=0):
+    g = _gen(seed)
+    x = torch.randn(N, ci, H, W, generator=g)
+    w = torch.randn(ci, co, k, k, generator=g) / (ci * k * k) ** 0.5
+    b = torch.randn(co, generator=g)
+    return x, w, b
+
+
+def test_available_matches_the_cpu():
+    """On an x86 CPU with AVX2 + FMA the transforms must be built (fails if they are not)."""
+    assert Wg.winograd_available() == HAS_AVX2
+
+
+def test_matrices_compute_a_correlation():
+    """A^T [(G g) * (B^T d)] = the 4 outputs of a 3-tap correlation, in float64."""
+    BT, G, AT = Wg.winograd_matrices()
+    g = torch.randn(3, dtype=torch.float64, generator=_gen(3))
+    d = torch.randn(6, dtype=torch.float64, generator=_gen(4))
+    y = AT @ ((G @ g) * (BT @ d))
+    ref = torch.stack([(d[i:i + 3] * g).sum() for i in range(4)])
+    torch.testing.assert_close(y, ref, rtol=1e-13, atol=1e-13)
+
+
+CONV_CASES = [  # N, C_in, C_out, H, W, k, stride, padding
+    (1, 16, 24, 37, 29, 5, 2, 2),   # SlimCAE's 5x5/2, odd sizes (partial tiles, both phases)
+    (2, 13, 7, 20, 18, 5, 2, 2),    # channel tails (13*4 = 52 and 7: masked blocks), batch 2
+    (1, 3, 20, 33, 47, 9, 4, 4),    # SlimCAE's 9x9/4 image layer (16 phases of 3 channels)
+    (1, 10, 9, 11, 13, 3, 1, 1),    # plain 3x3 stride 1
+    (1, 8, 8, 3, 2, 5, 2, 2),       # smaller than one tile
+    (1, 6, 5, 14, 10, 4, 2, 1),     # kernel shorter than 3 taps per phase (zero-padded)
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_reference_is_exact_in_float64(case):
+    N, ci, co, H, W, k, s, p = case
+    x, w, b = _conv_case(N, ci, co, H, W, k)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=s, padding=p)
+    y = Wg.conv2d_winograd_reference(x.double(), w.double(), b.double(), s, p)
+    torch.testing.assert_close(y, ref, rtol=1e-11, atol=1e-11)
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_conv2d_matches_float64(case, channels_last):
+    N, ci, co, H, W, k, s, p = case
+    x, w, b = _conv_case(N, ci, co, H, W, k)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=s, padding=p)
+    xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    y = Wg.conv2d_winograd(xin, Wg.winograd_conv2d_weight(w, s), b, k, s, p)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert _err(y, ref) < TOL
+
+
+CONVT_CASES = [  # N, C_in, C_out, H, W, k, stride, padding, output_padding
+    (1, 16, 24, 9, 13, 5, 2, 2, 1),   # SlimCAE's 5x5/2
+    (2, 7, 5, 6, 5, 5, 2, 2, 1),      # tails, batch 2
+    (1, 12, 3, 10, 7, 9, 4, 4, 3),    # SlimCAE's 9x9/4 output layer (16 phases)
+    (1, 6, 5, 7, 9, 3, 1, 1, 0),      # stride 1
+    (1, 9, 11, 2, 3, 5, 2, 2, 0),     # tiny input, no output padding
+]
+
+
+@pytest.mark.parametrize("case", CONVT_CASES)
+def test_transposed_reference_is_exact_in_float64(case):
+    N, ci, co, H, W, k, s, p, op = case
+    x, w, b = _convt_case(N, ci, co, H, W, k)
+    ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride=s, padding=p,
+                             output_padding=op)
+    y = Wg.conv_transpose2d_winograd_reference(x.double(), w.double(), b.double(), s, p, op)
+    torch.testing.assert_close(y, ref, rtol=1e-11, atol=1e-11)
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", CONVT_CASES)
+def test_conv_transpose2d_matches_float64(case):
+    N, ci, co, H, W, k, s, p, op = case
+    assert Wg.winograd_geometry_ok(k, s, p, True, op)
+    x, w, b = _convt_case(N, ci, co, H, W, k)
+    ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride=s, padding=p,
+                             output_padding=op)
+    y = Wg.conv_transpose2d_winograd(x, Wg.winograd_conv_transpose2d_weight(w, s, p), b, k, s,
+                                     p, op)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert _err(y, ref) < TOL
+
+
+@needs_kernels
+def test_wide_layer_within_fp32_tolerance():
+    """SlimCAE's widest 5x5/2 conv (K = 4 * 192 products per transformed value)."""
+    x, w, b = _conv_case(1, 192, 192, 32, 40, 5, seed=5)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=2, padding=2)
+    y = Wg.conv2d_winograd(x, Wg.winograd_conv2d_weight(w, 2), b, 5, 2, 2)
+    assert _err(y, ref) < TOL
+
+
+@needs_kernels
+def test_chunks(monkeypatch):
+    """Tiles processed in several transform -> GEMM -> transform rounds (a tiny ``CHUNK_BYTES``;
+    the last round partial) stay within the fp32 tolerance (not bitwise equal to one round: the
+    GEMM's summation order depends on its row count)."""
+    monkeypatch.setattr(Wg, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(Wg, "MIN_CHUNK_TILES", 7)  # 2 * 6 * 5 = 60 tiles: 9 rounds
+    x, w, b = _conv_case(2, 24, 16, 45, 39, 5, seed=6)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=2, padding=2)
+    assert _err(Wg.conv2d_winograd(x, Wg.winograd_conv2d_weight(w, 2), b, 5, 2, 2), ref) < TOL
+    xt, wt, bt = _convt_case(1, 16, 8, 11, 9, 5, seed=7)
+    ref = F.conv_transpose2d(xt.double(), wt.double(), bt.double(), stride=2, padding=2,
+                             output_padding=1)
+    y = Wg.conv_transpose2d_winograd(xt, Wg.winograd_conv_transpose2d_weight(wt, 2, 2), bt, 5, 2,
+                                     2, 1)
+    assert _err(y, ref) < TOL
+
+
+@needs_kernels
+def test_bad_input_is_refused():
+    x, w, b = _conv_case(1, 8, 8, 12, 12, 5)
+    U = Wg.winograd_conv2d_weight(w, 2)
+    with pytest.raises(ValueError, match="fp32"):
+        Wg.conv2d_winograd(x.double(), U, b, 5, 2, 2)
+    with pytest.raises(ValueError, match="does not fit"):
+        Wg.conv2d_winograd(x[:, :4], U, b, 5, 2, 2)
+    with pytest.raises(ValueError, match="bias"):
+        Wg.conv2d_winograd(x, U, b[:3], 5, 2, 2)
+    with pytest.raises(ValueError, match="empty"):
+        Wg.conv2d_winograd(x[:, :, :0], U, b, 5, 2, 2)
+    with pytest.raises(ValueError, match="smaller"):
+        Wg.conv2d_winograd(x[:, :, :1, :1], U, b, 5, 2, 0)
+    with pytest.raises(ValueError, match="3 taps"):
+        Wg.winograd_conv2d_weight(torch.randn(4, 4, 7, 7), 2)
+    with pytest.raises(ValueError, match="sub-pixel"):
+        Wg.winograd_conv_transpose2d_weight(torch.randn(4, 4, 9, 9), 2, 4)
+
+
+def test_geometry():
+    assert Wg.winograd_geometry_ok(5, 2, 2, False) and Wg.winograd_geometry_ok(9, 4, 4, False)
+    assert Wg.winograd_geometry_ok(3, 1, 1, False)
+    assert not Wg.winograd_geometry_ok(7, 2, 3, False)   # 4 taps per phase
+    assert Wg.winograd_geometry_ok(5, 2, 2, True) and Wg.winograd_geometry_ok(9, 4, 4, True)
+    assert not Wg.winograd_geometry_ok(9, 2, 4, True)
+
+
+# -- dispatch from the conv ops ----------------------------------------------------------------
+needs_dispatch = pytest.mark.skipif(
+    not Wg.winograd_available() or conv_mod._cpu_capability() != "AVX2",
+    reason="the conv op uses Winograd on AVX2 (non-AVX-512) CPUs only")
+
+
+def _count_calls(monkeypatch, name):
+    calls = []
+    real = getattr(Wg, name)
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(Wg, name, spy)
+    return calls
+
+
+@needs_dispatch
+def test_slim_conv2d_dispatches_wide_fp32_no_grad(monkeypatch):
+    calls = _count_calls(monkeypatch, "conv2d_winograd")
+    x, w, b = _conv_case(1, 96, 80, 24, 20, 5, seed=8)   # full weight [80, 96]: slice 72 x 64
+    xs = x[:, :64].contiguous(memory_format=torch.channels_last)
+    ref = F.conv2d(xs.double(), w[:72, :64].double(), b[:72].double(), stride=2, padding=2)
+    with torch.no_grad():
+        y = slim_conv2d(xs, w, b, stride=2, padding=2, out_width=72)
+    assert calls == [1]
+    assert _err(y, ref) < TOL
+    with torch.no_grad():   # narrow: oneDNN
+        slim_conv2d(x[:, :32], w, b, stride=2, padding=2, out_width=32)
+    assert calls == [1]
+    y = slim_conv2d(xs, w.requires_grad_(), b, stride=2, padding=2, out_width=72)  # gradient
+    assert calls == [1] and y.requires_grad
+    monkeypatch.setattr(conv_mod, "CPU_WINOGRAD", False)
+    with torch.no_grad():
+        slim_conv2d(xs, w, b, stride=2, padding=2, out_width=72)
+    assert calls == [1]
+
+
+@needs_dispatch
+def test_slim_conv_transpose2d_dispatches_wide_fp32_no_grad(monkeypatch):
+    calls = _count_calls(monkeypatch, "conv_transpose2d_winograd")
+    x, w, b = _convt_case(1, 96, 80, 9, 11, 5, seed=9)
+    xs = x[:, :72]
+    ref = F.conv_transpose2d(xs.double(), w[:72, :64].double(), b[:64].double(), stride=2,
+                             padding=2, output_padding=1)
+    with torch.no_grad():
+        y = slim_conv_transpose2d(xs, w, b, stride=2, padding=2, output_padding=1, out_width=64)
+    assert calls == [1]
+    assert _err(y, ref) < TOL
+
+
+@needs_dispatch
+def test_cached_weights_follow_parameter_updates():
+    """The transformed weights are cached per parameter version: an in-place update is seen."""
+    x, w, b = _conv_case(1, 64, 64, 16, 16, 5, seed=10)
+    with torch.no_grad():
+        y1 = slim_conv2d(x, w, b, stride=2, padding=2)
+        w.mul_(2)
+        b.mul_(2)
+        y2 = slim_conv2d(x, w, b, stride=2, padding=2)
+    torch.testing.assert_close(y2, 2 * y1, rtol=1e-5, atol=1e-5)
