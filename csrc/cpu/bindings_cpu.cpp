@@ -11,6 +11,7 @@
 #include "gdn_cpu.hpp"
 #include "latents.hpp"
 #include "winograd.hpp"
+#include "conv_avx2.hpp"
 
 namespace py = pybind11;
 
@@ -178,6 +179,32 @@ void winograd_output_py(uintptr_t M, uintptr_t bias, int64_t N, int64_t th, int6
 
 }  // namespace
 
+// -- direct fp32 conv for few input channels, AVX2 (csrc/cpu/conv_avx2.hpp) ---------------------
+
+namespace {
+
+void conv_avx2_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, uintptr_t w,
+                          uintptr_t bias, int64_t Co, int64_t k, int64_t stride, int64_t pad,
+                          int64_t Ho, int64_t Wo, uintptr_t y, int nthreads) {
+  sk::ConvAvx2Args a;
+  a.x = reinterpret_cast<const float*>(x);
+  a.N = N; a.H = H; a.W = W; a.C = C;
+  a.w = reinterpret_cast<const float*>(w);
+  a.bias = reinterpret_cast<const float*>(bias);
+  a.Co = Co; a.k = k; a.stride = stride; a.pad = pad; a.Ho = Ho; a.Wo = Wo;
+  a.y = reinterpret_cast<float*>(y);
+  a.nthreads = nthreads;
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = sk::conv_avx2_forward(a);
+  }
+  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.conv_avx2_forward: ") +
+                                        sk::conv_avx2_error_message(rc));
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_cpu_kernels, m) {
   m.doc() = "CPU kernels of slimkernels (AMX-BF16 GDN/IGDN and conv, AVX2 fp32 GDN/IGDN, latent "
            "quantization).";
@@ -227,6 +254,13 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "Winograd F(4x4,3x3) output transform: M [36, t_count, r*r*Co] fp32 (tiles t_begin.., "
         "channels (ry, rx, co)), bias [Co] fp32 or 0; y [N, Ho, Wo, Co] dense fp32, the r*r output phases "
         "interleaved.");
+  m.def("conv_avx2_forward", &conv_avx2_forward_py, py::arg("x"), py::arg("N"), py::arg("H"),
+        py::arg("W"), py::arg("C"), py::arg("w"), py::arg("bias"), py::arg("Co"), py::arg("k"),
+        py::arg("stride"), py::arg("pad"), py::arg("Ho"), py::arg("Wo"), py::arg("y"),
+        py::arg("nthreads"),
+        "Direct fp32 conv for few input channels on AVX2 (see csrc/cpu/conv_avx2.hpp): x [N, H, "
+        "W, C] dense fp32; w packed [ceil(Co/16), k, k*C, 16] fp32 (64-byte aligned); bias [Co] "
+        "fp32 or 0; y [N, Ho, Wo, Co] dense fp32.");
   m.def("conv_amx_forward", &conv_amx_forward_py, py::arg("x"), py::arg("xdtype"), py::arg("N"),
         py::arg("H"), py::arg("W"), py::arg("C"), py::arg("Hp"), py::arg("Wp"),
         py::arg("pad_top"), py::arg("pad_left"), py::arg("w"), py::arg("tile_nz"), py::arg("kh"),

@@ -1,0 +1,31 @@
+// Direct fp32 convolution for inputs with few channels (the image layer: 3 channels, 9x9,
+// stride 4) on AVX2 + FMA (internal API). Plain C++17, no Python.
+//
+// In channels_last x the k*C values of one tap row (kx, c) of an output pixel are contiguous, so
+// the kernel reads them in place (no im2col): micro-tiles of 6 output pixels x 16 output
+// channels accumulate in 12 ymm registers over ky and the k*C run (a broadcast of x, two weight
+// loads, 12 FMAs), the 16-channel weight panel staying in L1 and the k input rows of an output
+// row in L2. Pixels whose window crosses the left / right border read a zero-padded copy of
+// their window; rows outside x are skipped.
+#pragma once
+#include <cstdint>
+
+namespace sk {
+
+struct ConvAvx2Args {
+  const float* x = nullptr;   // [N, H, W, C] dense fp32
+  int64_t N = 0, H = 0, W = 0, C = 0;
+  const float* w = nullptr;   // packed [ceil(Co/16)][k][k*C][16] fp32 (conv_avx2_pack layout),
+                              // zero past Co
+  const float* bias = nullptr;  // [Co] or null
+  int64_t Co = 0, k = 0, stride = 1, pad = 0;
+  int64_t Ho = 0, Wo = 0;     // must equal (H + 2 pad - k) / stride + 1 (and for W)
+  float* y = nullptr;         // [N, Ho, Wo, Co] dense fp32
+  int nthreads = 1;
+};
+
+// Return 0 on success, else an error code (conv_avx2_error_message).
+int conv_avx2_forward(const ConvAvx2Args& a);
+const char* conv_avx2_error_message(int code);
+
+}  // namespace sk

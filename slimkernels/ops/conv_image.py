@@ -1,0 +1,98 @@
+"""Direct fp32 convolution for inputs with few channels (the image layer) on AVX2 CPUs.
+
+SlimCAE's first layer is a 9x9 stride-4 conv on the 3-channel image. oneDNN's fp32 kernels run it
+at ~60 % of a Zen 3 core's FMA peak (few input channels give its blocked kernels short
+reductions). In a channels_last image the ``k*C`` values of one tap row of an output pixel are
+contiguous (27 floats for 9x9 on RGB), so ``csrc/cpu/conv_avx2.cpp`` reads them in place, without
+an im2col copy: micro-tiles of 6 output pixels x 16 output channels accumulate in registers over
+the ``k`` tap rows and their ``k*C`` runs. No gradient; the reference is ``F.conv2d``.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["image_conv_available", "pack_image_conv_weight", "conv2d_image"]
+
+#: The kernel keeps a 6-pixel x 16-channel micro-tile and reads k*C contiguous values per tap
+#: row; it is meant for few input channels (an image).
+MAX_INPUT_CHANNELS = 8
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    try:
+        from .. import _cpu_kernels as K
+    except ImportError:
+        return None
+    if not (hasattr(K, "conv_avx2_forward") and K.gdn_avx2_available()):
+        return None
+    return K
+
+
+def image_conv_available() -> bool:
+    """True when the compiled AVX2 + FMA kernel can run on this CPU."""
+    return _kernels() is not None
+
+
+def pack_image_conv_weight(w: torch.Tensor) -> torch.Tensor:
+    """``[C_out, C_in, k, k]`` (any float dtype) -> ``[ceil(C_out/16), k, k*C_in, 16]`` fp32,
+    contiguous (``packed[p, ky, kx*C_in + c, j] = w[16p + j, c, ky, kx]``, zero past C_out)."""
+    co, ci, kh, kw = w.shape
+    if kh != kw:
+        raise ValueError(f"pack_image_conv_weight: square kernels only, got {kh}x{kw}")
+    panels = -(-co // 16)
+    wp = F.pad(w.detach().to(torch.float32), (0, 0, 0, 0, 0, 0, 0, 16 * panels - co))
+    wp = wp.reshape(panels, 16, ci, kh, kw).permute(0, 3, 4, 2, 1)   # p, ky, kx, c, j
+    return wp.reshape(panels, kh, kw * ci, 16).contiguous()
+
+
+def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor], k: int,
+                 stride: int, padding: int, out_channels: int) -> torch.Tensor:
+    """``F.conv2d(x, w, bias, stride, padding)`` for few-channel x, no gradient.
+
+    Args:
+        x: ``[N, C_in, H, W]`` fp32 CPU, ``C_in <= MAX_INPUT_CHANNELS`` (channels_last avoids a
+            copy).
+        wp: :func:`pack_image_conv_weight` of the ``[C_out, C_in, k, k]`` weight.
+        bias: ``[C_out]`` or None.
+        out_channels: ``C_out``.
+    Returns:
+        ``[N, C_out, (H + 2p - k)//s + 1, (W + 2p - k)//s + 1]`` fp32, channels_last.
+    """
+    K = _kernels()
+    if K is None:
+        raise RuntimeError("conv2d_image: the AVX2 + FMA kernel is not available here (no AVX2, "
+                           "or slimkernels._cpu_kernels did not build); use F.conv2d")
+    if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0:
+        raise ValueError(f"conv2d_image: x must be a non-empty 4-D fp32 CPU tensor, got "
+                         f"{x.dtype} {tuple(x.shape)} on {x.device}")
+    N, C, H, W = x.shape
+    co = int(out_channels)
+    if C > MAX_INPUT_CHANNELS:
+        raise ValueError(f"conv2d_image: x has {C} channels; this kernel is for <= "
+                         f"{MAX_INPUT_CHANNELS} (use F.conv2d)")
+    if wp.shape != (-(-co // 16), k, k * C, 16) or wp.dtype != torch.float32 or \
+            not wp.is_contiguous() or wp.data_ptr() % 32:
+        raise ValueError(f"conv2d_image: packed weight {tuple(wp.shape)} does not fit x "
+                         f"{tuple(x.shape)}, k={k}, C_out={co} (pack it with "
+                         f"pack_image_conv_weight)")
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"conv2d_image: x {tuple(x.shape)} is smaller than the {k}x{k} kernel "
+                         f"with padding {padding}")
+    b = 0
+    if bias is not None:
+        bias = bias.detach().to(torch.float32).contiguous()
+        if bias.shape != (co,):
+            raise ValueError(f"conv2d_image: bias {tuple(bias.shape)} must be [{co}]")
+        b = bias.data_ptr()
+    xc = x if x.is_contiguous(memory_format=torch.channels_last) else \
+        x.contiguous(memory_format=torch.channels_last)
+    y = torch.empty((N, co, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
+    K.conv_avx2_forward(xc.data_ptr(), N, H, W, C, wp.data_ptr(), b, co, k, stride, padding, Ho,
+                        Wo, y.data_ptr(), torch.get_num_threads())
+    return y

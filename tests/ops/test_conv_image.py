@@ -1,0 +1,104 @@
+"""The direct fp32 AVX2 conv for few-channel inputs (slimkernels.ops.conv_image) against float64
+F.conv2d, and the conv op's dispatch to it."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slimkernels.ops import conv as conv_mod
+from slimkernels.ops import conv_image as CI
+from slimkernels.ops import slim_conv2d
+
+_FLAGS = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+HAS_AVX2 = " avx2" in _FLAGS and " fma" in _FLAGS
+needs_kernel = pytest.mark.skipif(not CI.image_conv_available(),
+                                  reason="no AVX2 + FMA here or _cpu_kernels not built")
+TOL = 1e-5   # fp32, relative to the output's largest magnitude
+
+
+def _case(N, ci, co, H, W, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, ci, H, W, generator=g)
+    w = torch.randn(co, ci, k, k, generator=g) / (ci * k * k) ** 0.5
+    return x, w, torch.randn(co, generator=g)
+
+
+def _err(y, ref):
+    assert y.shape == ref.shape, (tuple(y.shape), tuple(ref.shape))
+    assert torch.isfinite(y).all(), "NaN/Inf in the result"
+    return ((y.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def test_available_matches_the_cpu():
+    assert CI.image_conv_available() == HAS_AVX2
+
+
+CASES = [  # N, C_in, C_out, H, W, k, stride, padding
+    (1, 3, 20, 33, 47, 9, 4, 4),    # SlimCAE's image layer, odd sizes, a partial 16-channel panel
+    (2, 3, 48, 64, 40, 9, 4, 4),    # batch 2, three full panels
+    (1, 1, 5, 7, 9, 3, 1, 1),       # one channel, stride 1
+    (1, 4, 33, 17, 23, 5, 2, 2),    # 4 channels, 3 panels (the last with one channel)
+    (1, 3, 16, 11, 13, 9, 4, 0),    # no padding: no border windows
+    (1, 3, 7, 4, 5, 9, 4, 4),       # smaller than the kernel: every window crosses a border
+    (1, 8, 17, 10, 30, 3, 2, 1),    # the most channels the kernel takes
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_matches_float64(case, channels_last):
+    N, ci, co, H, W, k, s, p = case
+    x, w, b = _case(N, ci, co, H, W, k)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=s, padding=p)
+    xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    y = CI.conv2d_image(xin, CI.pack_image_conv_weight(w), b, k, s, p, co)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert _err(y, ref) < TOL
+    y0 = CI.conv2d_image(xin, CI.pack_image_conv_weight(w), None, k, s, p, co)
+    assert _err(y0, ref - b.double()[:, None, None]) < TOL
+
+
+@needs_kernel
+def test_bad_input_is_refused():
+    x, w, b = _case(1, 3, 20, 16, 16, 9)
+    wp = CI.pack_image_conv_weight(w)
+    with pytest.raises(ValueError, match="fp32"):
+        CI.conv2d_image(x.double(), wp, b, 9, 4, 4, 20)
+    with pytest.raises(ValueError, match="does not fit"):
+        CI.conv2d_image(x, wp, b, 9, 4, 4, 40)
+    with pytest.raises(ValueError, match="does not fit"):
+        CI.conv2d_image(x, wp[:, :, 1:], b, 9, 4, 4, 20)
+    with pytest.raises(ValueError, match="channels"):
+        CI.conv2d_image(torch.randn(1, 9, 16, 16), wp, b, 9, 4, 4, 20)
+    with pytest.raises(ValueError, match="bias"):
+        CI.conv2d_image(x, wp, b[:3], 9, 4, 4, 20)
+    with pytest.raises(ValueError, match="smaller"):
+        CI.conv2d_image(x[:, :, :4, :4], wp, b, 9, 4, 0, 20)
+    with pytest.raises(ValueError, match="square"):
+        CI.pack_image_conv_weight(torch.randn(4, 3, 3, 5))
+
+
+@pytest.mark.skipif(not CI.image_conv_available() or conv_mod._cpu_capability() != "AVX2",
+                    reason="the conv op uses this kernel on AVX2 (non-AVX-512) CPUs only")
+def test_slim_conv2d_dispatches_the_image_layer(monkeypatch):
+    calls = []
+    real = CI.conv2d_image
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(CI, "conv2d_image", spy)
+    x, w, b = _case(1, 3, 64, 40, 56, 9, seed=3)
+    ref = F.conv2d(x.double(), w[:40].double(), b[:40].double(), stride=4, padding=4)
+    with torch.no_grad():
+        y = slim_conv2d(x, w, b, stride=4, padding=4, out_width=40)
+    assert calls == [1]
+    assert _err(y, ref) < TOL
+    y = slim_conv2d(x, w.requires_grad_(), b, stride=4, padding=4, out_width=40)  # gradient
+    assert calls == [1] and y.requires_grad
+    monkeypatch.setattr(conv_mod, "CPU_IMAGE_CONV", False)
+    with torch.no_grad():
+        slim_conv2d(x, w, b, stride=4, padding=4, out_width=40)
+    assert calls == [1]
