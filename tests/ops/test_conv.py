@@ -6,6 +6,12 @@ import torch.nn.functional as F
 from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
 from slimkernels.ops import conv as conv_mod
 
+# fp32 through Winograd F(4x4, 3x3) (the no-grad path of the 5x5/2 layers at >= 64 channels on
+# AVX2 CPUs): its error is 2-3x direct fp32's (max 4.7e-6 .. 1.0e-5 of the output's magnitude
+# over 12 seeds of enc2 at w=192, against 2.3e-6 .. 3.8e-6 for F.conv2d; points 0, +-1, +-1/2,
+# inf, the best known for F(4, 3); see docs/kernels_conv.md)
+WINOGRAD_FP32_TOL = 2e-5
+
 LAYERS = [  # SlimCAE: (transposed, C_in(w), C_out(w), k, stride, pad, output_padding)
     ("enc1", False, lambda w: 3, lambda w: w, 9, 4, 4, 0),
     ("enc2", False, lambda w: w, lambda w: w, 5, 2, 2, 0),
@@ -43,7 +49,8 @@ def test_layers_fp32_vs_float64(layer, width):
     name, tr, fci, fco, k, s, p, op = layer
     ci, co = fci(width), fco(width)
     w, b = _full(name, tr, k)
-    x = torch.randn(2, ci, 11, 9, dtype=torch.float64)
+    x = torch.randn(2, ci, 11, 9, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(width))
     if tr:
         ref = F.conv_transpose2d(x, w[:ci, :co], b[:co], stride=s, padding=p, output_padding=op)
         y = slim_conv_transpose2d(x.float(), w.float(), b.float(), stride=s, padding=p,
@@ -52,7 +59,8 @@ def test_layers_fp32_vs_float64(layer, width):
         ref = F.conv2d(x, w[:co, :ci], b[:co], stride=s, padding=p)
         y = slim_conv2d(x.float(), w.float(), b.float(), stride=s, padding=p, out_width=co)
     assert y.shape == ref.shape and y.dtype == torch.float32
-    assert rel_err(y, ref) < 1e-5
+    wino = conv_mod._use_winograd(x.float(), ci, co, k, s, p, tr, op)
+    assert rel_err(y, ref) < (WINOGRAD_FP32_TOL if wino else 1e-5)
 
 
 def test_cpu_output_channels_last_for_nchw_input_and_switch():

@@ -16,8 +16,10 @@ HAS_AVX2 = " avx2" in _FLAGS and " fma" in _FLAGS
 needs_kernels = pytest.mark.skipif(not Wg.winograd_available(),
                                    reason="no AVX2 + FMA here or _cpu_kernels not built")
 # fp32: the error relative to the output's largest magnitude (the transforms mix a tile's
-# values, so a per-element relative error is meaningless where outputs cancel to ~0)
-TOL = 1e-5
+# values, so a per-element relative error is meaningless where outputs cancel to ~0). F(4x4, 3x3)
+# in fp32 errs 2-3x more than a direct fp32 conv (SlimCAE's widest 5x5/2 layer, 12 seeds: 4.7e-6
+# .. 1.0e-5 against 2.3e-6 .. 3.8e-6), so ~1e-5 with that margin; a wrong tap or tile is O(1).
+TOL = 2e-5
 
 
 def _gen(seed):
