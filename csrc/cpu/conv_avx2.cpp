@@ -167,9 +167,140 @@ int conv_avx2_forward(const ConvAvx2Args& a) {
   return kCOk;
 }
 
+namespace {
+// ---- transposed conv onto few output channels --------------------------------------------------
+
+// Horizontal sum of the 8 lanes.
+SK_AVX2_TARGET inline float hsum(__m256 v) {
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+// PX output pixels of one phase (x columns qx0 + j + tap offset, all inside x unless CHECKED:
+// then taps outside x are skipped per pixel) x CO channels.
+template <int PX, int CO, bool CHECKED>
+SK_AVX2_TARGET void convt_pixels(const ConvTAvx2Args& a, const float* const* xrows,
+                                 const int32_t* krows, int nrows, const int32_t* offs,
+                                 const int32_t* kcols, int ncols, int64_t qx0,
+                                 const float* bias, float* y, int64_t ystride) {
+  __m256 acc[PX][CO];
+  for (int j = 0; j < PX; ++j)
+    for (int c = 0; c < CO; ++c) acc[j][c] = _mm256_setzero_ps();
+  const int64_t C = a.C, Cpad = a.Cpad, k = a.k;
+  const int64_t full = C / 8 * 8;
+  const __m256i tail = lane_mask(C - full);
+  for (int ia = 0; ia < nrows; ++ia) {
+    const float* xr = xrows[ia];
+    for (int ib = 0; ib < ncols; ++ib) {
+      const float* wk = a.w + (krows[ia] * k + kcols[ib]) * CO * Cpad;
+      const float* xp[PX];
+      bool ok[PX];
+      for (int j = 0; j < PX; ++j) {
+        const int64_t ix = qx0 + j + offs[ib];
+        ok[j] = !CHECKED || (ix >= 0 && ix < a.W);
+        xp[j] = xr + (ok[j] ? ix : 0) * C;
+      }
+      for (int64_t c0 = 0; c0 < Cpad; c0 += 8) {
+        __m256 wv[CO];
+        for (int c = 0; c < CO; ++c) wv[c] = _mm256_load_ps(wk + c * Cpad + c0);
+        for (int j = 0; j < PX; ++j) {
+          if (CHECKED && !ok[j]) continue;
+          const __m256 xv = c0 < full ? _mm256_loadu_ps(xp[j] + c0)
+                                      : _mm256_maskload_ps(xp[j] + c0, tail);
+          for (int c = 0; c < CO; ++c) acc[j][c] = _mm256_fmadd_ps(xv, wv[c], acc[j][c]);
+        }
+      }
+    }
+  }
+  for (int j = 0; j < PX; ++j)
+    for (int c = 0; c < CO; ++c) y[j * ystride + c] = hsum(acc[j][c]) + bias[c];
+}
+
+template <int CO>
+SK_AVX2_TARGET void convt_rows(const ConvTAvx2Args& a, const float* bias, int64_t r0, int64_t r1) {
+  constexpr int kPx = 4;
+  const int64_t s = a.s, C = a.C, kmax = a.kmax;
+  const float* xrows[64];
+  int32_t krows[64];
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t n = row / a.Ho, oy = row % a.Ho, q = oy / s, ry = oy % s;
+    const float* xn = a.x + n * a.H * a.W * C;
+    int nrows = 0;
+    for (int t = 0; t < a.ntap[ry]; ++t) {
+      const int64_t iy = q + a.tap_off[ry * kmax + t];
+      if (iy < 0 || iy >= a.H) continue;
+      xrows[nrows] = xn + iy * a.W * C;
+      krows[nrows++] = a.tap_k[ry * kmax + t];
+    }
+    float* yrow = a.y + (n * a.Ho + oy) * a.Wo * CO;
+    const int64_t ys = s * CO;
+    // interior columns [lo, hi): every tap column inside x for every phase rx (blocks of kPx
+    // pixels run all phases in turn, so their x columns stay in L1 across the phases)
+    int64_t lo = 0, hi = a.W;
+    for (int64_t rx = 0; rx < s; ++rx) {
+      const int64_t nq = rx < a.Wo ? (a.Wo - rx + s - 1) / s : 0;  // output columns q*s + rx
+      hi = std::min(hi, nq);
+      for (int t = 0; t < a.ntap[rx]; ++t) {
+        const int64_t o = a.tap_off[rx * kmax + t];
+        lo = std::max(lo, -o);
+        hi = std::min(hi, a.W - o);
+      }
+    }
+    hi = std::max(hi, lo);
+    const int64_t hi4 = lo + (hi - lo) / kPx * kPx;
+    for (int64_t qx = lo; qx < hi4; qx += kPx) {
+      for (int64_t rx = 0; rx < s; ++rx) {
+        convt_pixels<kPx, CO, false>(a, xrows, krows, nrows, a.tap_off + rx * kmax,
+                                     a.tap_k + rx * kmax, a.ntap[rx], qx, bias,
+                                     yrow + rx * CO + qx * ys, ys);
+      }
+    }
+    for (int64_t rx = 0; rx < s; ++rx) {  // the rest, one checked pixel at a time
+      const int64_t nq = rx < a.Wo ? (a.Wo - rx + s - 1) / s : 0;
+      for (int64_t qx = 0; qx < nq; ++qx) {
+        if (qx == lo && hi4 > lo) qx = hi4;
+        if (qx >= nq) break;
+        convt_pixels<1, CO, true>(a, xrows, krows, nrows, a.tap_off + rx * kmax,
+                                  a.tap_k + rx * kmax, a.ntap[rx], qx, bias,
+                                  yrow + rx * CO + qx * ys, ys);
+      }
+    }
+  }
+}
+}  // namespace
+
+int conv_transpose_avx2_forward(const ConvTAvx2Args& a) {
+  if (!gdn_avx2_available()) return kCNoAvx2;
+  if (a.x == nullptr || a.w == nullptr || a.y == nullptr || a.tap_off == nullptr ||
+      a.tap_k == nullptr || a.ntap == nullptr || a.N <= 0 || a.H <= 0 || a.W <= 0 || a.C <= 0 ||
+      a.Cpad < a.C || a.Cpad % 8 || a.Co < 1 || a.Co > 3 || a.k <= 0 || a.s <= 0 ||
+      a.kmax <= 0 || a.kmax > 64 || a.Ho <= 0 || a.Wo <= 0) {
+    return kCBadArgs;
+  }
+  for (int64_t r = 0; r < a.s; ++r) {
+    if (a.ntap[r] < 0 || a.ntap[r] > a.kmax) return kCBadArgs;
+    for (int t = 0; t < a.ntap[r]; ++t) {
+      if (a.tap_k[r * a.kmax + t] < 0 || a.tap_k[r * a.kmax + t] >= a.k) return kCBadArgs;
+    }
+  }
+  float bias[3] = {0.0f, 0.0f, 0.0f};
+  if (a.bias != nullptr) std::copy(a.bias, a.bias + a.Co, bias);
+  const int64_t rows = a.N * a.Ho;
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows));
+  run_on_threads(nt, [&](int64_t t) {
+    const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
+    if (a.Co == 1) convt_rows<1>(a, bias, r0, r1);
+    else if (a.Co == 2) convt_rows<2>(a, bias, r0, r1);
+    else convt_rows<3>(a, bias, r0, r1);
+  });
+  return kCOk;
+}
+
 #else
 
 int conv_avx2_forward(const ConvAvx2Args&) { return kCNoAvx2; }
+int conv_transpose_avx2_forward(const ConvTAvx2Args&) { return kCNoAvx2; }
 
 #endif
 

@@ -160,9 +160,10 @@ WFOLD_SMALL_C_MAX_OUT = 72
 #: measured 0.85-1.27x). Not on AVX-512 CPUs (not measured there) nor in bf16.
 CPU_WINOGRAD = True
 WINOGRAD_MIN_CHANNELS = 64
-#: Without gradient, run fp32 convs on few-channel inputs (the image layer) with the direct AVX2
-#: kernel of :mod:`slimkernels.ops.conv_image` on AVX2 CPUs (SlimCAE's enc1 on a Zen 3 EPYC:
-#: 1.1x oneDNN at 2 threads, 1.3x at 1).
+#: Without gradient, run fp32 convs on few-channel inputs and transposed convs onto 1-3 output
+#: channels (the image layers) with the direct AVX2 kernels of :mod:`slimkernels.ops.conv_image`
+#: on AVX2 CPUs (SlimCAE on a Zen 3 EPYC: enc1 1.1x oneDNN at 2 threads, 1.3x at 1; dec3
+#: 1.2-1.5x the prepacked sub-pixel conv).
 CPU_IMAGE_CONV = True
 _PACK_CACHE: "OrderedDict" = OrderedDict()
 _PACK_CACHE_MAX = 128
@@ -378,6 +379,22 @@ def _conv2d_image(x, weight, bias, co, stride, padding):
     return conv_image.conv2d_image(x, wp, b, k, stride, padding, co)
 
 
+def _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding):
+    """The direct AVX2 transposed conv onto 1-3 fp32 outputs (see ``CPU_IMAGE_CONV``), or None."""
+    from . import conv_image
+    ci, k = x.shape[1], weight.shape[-1]
+    if not CPU_IMAGE_CONV or x.dtype != torch.float32 or co > conv_image.MAX_OUTPUT_CHANNELS or \
+            weight.shape[-2] != k or _cpu_capability() != "AVX2" or \
+            not conv_image.image_conv_available():
+        return None
+
+    def build():
+        return (conv_image.pack_image_conv_transpose_weight(weight[:ci, :co]),
+                None if bias is None else bias[:co].detach().float().contiguous())
+    wp, b = _cached(("imageT", co, ci, k), (weight, bias), build)
+    return conv_image.conv_transpose2d_image(x, wp, b, k, stride, padding, output_padding, co)
+
+
 def _conv2d_prepacked(x, weight, bias, co, stride, padding):
     """No-grad CPU conv on the cached prepacked weight slice; x channels_last in its final dtype."""
     ci, k = x.shape[1], weight.shape[-1]
@@ -416,6 +433,9 @@ def _conv_transpose2d_prepacked(x, weight, bias, co, stride, padding, output_pad
     if weight.shape[-2] == k and _use_winograd(x, ci, co, k, stride, padding, True,
                                                output_padding):
         return _conv_transpose2d_winograd(x, weight, bias, co, stride, padding, output_padding)
+    y = _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding)
+    if y is not None:
+        return y
     if dt == torch.bfloat16:
         y = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,
                                               output_padding)

@@ -6,6 +6,13 @@ reductions). In a channels_last image the ``k*C`` values of one tap row of an ou
 contiguous (27 floats for 9x9 on RGB), so ``csrc/cpu/conv_avx2.cpp`` reads them in place, without
 an im2col copy: micro-tiles of 6 output pixels x 16 output channels accumulate in registers over
 the ``k`` tap rows and their ``k*C`` runs. No gradient; the reference is ``F.conv2d``.
+
+The last layer, a 9x9 stride-4 transposed conv onto the 3 image channels, has the mirror problem
+(3 output channels): oneDNN runs it as a stride-1 conv onto 48 sub-pixel phase channels with a
+zero-padded 3x3 kernel, 1.8x the products of the real taps. :func:`conv_transpose2d_image`
+computes each output pixel from its exact taps (``ceil`` of the kernel per phase: 3 or 2 per
+axis for 9x9/4), vectors over the input channels, four output pixels of one phase sharing each
+weight load, a horizontal sum per output value.
 """
 from __future__ import annotations
 
@@ -15,7 +22,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["image_conv_available", "pack_image_conv_weight", "conv2d_image"]
+__all__ = ["image_conv_available", "pack_image_conv_weight", "conv2d_image",
+           "pack_image_conv_transpose_weight", "conv_transpose2d_image"]
 
 #: The kernel keeps a 6-pixel x 16-channel micro-tile and reads k*C contiguous values per tap
 #: row; it is meant for few input channels (an image).
@@ -28,7 +36,7 @@ def _kernels():
         from .. import _cpu_kernels as K
     except ImportError:
         return None
-    if not (hasattr(K, "conv_avx2_forward") and K.gdn_avx2_available()):
+    if not (hasattr(K, "conv_transpose_avx2_forward") and K.gdn_avx2_available()):
         return None
     return K
 
@@ -95,4 +103,93 @@ def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor]
     y = torch.empty((N, co, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
     K.conv_avx2_forward(xc.data_ptr(), N, H, W, C, wp.data_ptr(), b, co, k, stride, padding, Ho,
                         Wo, y.data_ptr(), torch.get_num_threads())
+    return y
+
+
+#: The transposed kernel keeps 4 output pixels x C_out accumulators in registers.
+MAX_OUTPUT_CHANNELS = 3
+
+
+@functools.lru_cache(maxsize=32)
+def _tap_plan(k: int, s: int, p: int):
+    """int32 ``(offsets [s, kmax], kernel indices [s, kmax], counts [s])``: output row
+    ``q*s + r`` of a stride-``s`` transposed conv reads x row ``q + offsets[r, t]`` with kernel
+    row ``indices[r, t]``, ``t < counts[r]``."""
+    taps = []
+    for r in range(s):
+        c, d = (r + p) % s, (r + p) // s
+        taps.append([(d - t, c + s * t) for t in range(max(0, -(-(k - c) // s)))])
+    kmax = max(1, max(len(t) for t in taps))
+    off = torch.zeros((s, kmax), dtype=torch.int32)
+    kk = torch.zeros((s, kmax), dtype=torch.int32)
+    cnt = torch.tensor([len(t) for t in taps], dtype=torch.int32)
+    for r, t in enumerate(taps):
+        for i, (o, ki) in enumerate(t):
+            off[r, i], kk[r, i] = o, ki
+    return off, kk, cnt, kmax
+
+
+def pack_image_conv_transpose_weight(w: torch.Tensor) -> torch.Tensor:
+    """``[C_in, C_out, k, k]`` (any float dtype) -> ``[k, k, C_out, Cpad]`` fp32, contiguous
+    (``Cpad`` = C_in rounded up to 8, zeros past C_in)."""
+    ci, co, kh, kw = w.shape
+    if kh != kw:
+        raise ValueError(f"pack_image_conv_transpose_weight: square kernels only, got {kh}x{kw}")
+    cpad = -(-ci // 8) * 8
+    wp = F.pad(w.detach().to(torch.float32), (0, 0, 0, 0, 0, 0, 0, cpad - ci))
+    return wp.permute(2, 3, 1, 0).contiguous()
+
+
+def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor],
+                           k: int, stride: int, padding: int, output_padding: int,
+                           out_channels: int) -> torch.Tensor:
+    """``F.conv_transpose2d(x, w, bias, stride, padding, output_padding)`` onto 1-3 output
+    channels, no gradient.
+
+    Args:
+        x: ``[N, C_in, H, W]`` fp32 CPU (channels_last avoids a copy).
+        wp: :func:`pack_image_conv_transpose_weight` of the ``[C_in, C_out, k, k]`` weight.
+        bias: ``[C_out]`` or None.
+        out_channels: ``C_out`` (1 to ``MAX_OUTPUT_CHANNELS``).
+    Returns:
+        ``[N, C_out, (H-1)*s - 2p + k + op, (W-1)*s - 2p + k + op]`` fp32, channels_last.
+    """
+    K = _kernels()
+    if K is None:
+        raise RuntimeError("conv_transpose2d_image: the AVX2 + FMA kernel is not available here; "
+                           "use F.conv_transpose2d")
+    if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0:
+        raise ValueError(f"conv_transpose2d_image: x must be a non-empty 4-D fp32 CPU tensor, "
+                         f"got {x.dtype} {tuple(x.shape)} on {x.device}")
+    N, C, H, W = x.shape
+    co, s = int(out_channels), int(stride)
+    if not 1 <= co <= MAX_OUTPUT_CHANNELS:
+        raise ValueError(f"conv_transpose2d_image: {co} output channels; this kernel is for 1 to "
+                         f"{MAX_OUTPUT_CHANNELS} (use F.conv_transpose2d)")
+    cpad = -(-C // 8) * 8
+    if wp.shape != (k, k, co, cpad) or wp.dtype != torch.float32 or not wp.is_contiguous() or \
+            wp.data_ptr() % 32:
+        raise ValueError(f"conv_transpose2d_image: packed weight {tuple(wp.shape)} does not fit "
+                         f"x {tuple(x.shape)}, k={k}, C_out={co} (pack it with "
+                         f"pack_image_conv_transpose_weight)")
+    if s < 1 or padding < 0 or not 0 <= output_padding < max(s, 1):
+        raise ValueError(f"conv_transpose2d_image: stride={s}, padding={padding}, "
+                         f"output_padding={output_padding} are not a valid geometry")
+    Ho = (H - 1) * s - 2 * padding + k + output_padding
+    Wo = (W - 1) * s - 2 * padding + k + output_padding
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"conv_transpose2d_image: empty output for x {tuple(x.shape)}")
+    b = 0
+    if bias is not None:
+        bias = bias.detach().to(torch.float32).contiguous()
+        if bias.shape != (co,):
+            raise ValueError(f"conv_transpose2d_image: bias {tuple(bias.shape)} must be [{co}]")
+        b = bias.data_ptr()
+    off, kk, cnt, kmax = _tap_plan(k, s, padding)
+    xc = x if x.is_contiguous(memory_format=torch.channels_last) else \
+        x.contiguous(memory_format=torch.channels_last)
+    y = torch.empty((N, co, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
+    K.conv_transpose_avx2_forward(xc.data_ptr(), N, H, W, C, wp.data_ptr(), cpad, b, co, k, s,
+                                  off.data_ptr(), kk.data_ptr(), cnt.data_ptr(), kmax, Ho, Wo,
+                                  y.data_ptr(), torch.get_num_threads())
     return y

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from slimkernels.ops import conv as conv_mod
 from slimkernels.ops import conv_image as CI
-from slimkernels.ops import slim_conv2d
+from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
 
 _FLAGS = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
 HAS_AVX2 = " avx2" in _FLAGS and " fma" in _FLAGS
@@ -101,4 +101,77 @@ def test_slim_conv2d_dispatches_the_image_layer(monkeypatch):
     monkeypatch.setattr(conv_mod, "CPU_IMAGE_CONV", False)
     with torch.no_grad():
         slim_conv2d(x, w, b, stride=4, padding=4, out_width=40)
+    assert calls == [1]
+
+
+T_CASES = [  # N, C_in, C_out, H, W, k, stride, padding, output_padding
+    (1, 12, 3, 10, 7, 9, 4, 4, 3),   # SlimCAE's output layer (input channels: one tail block)
+    (2, 13, 3, 9, 11, 9, 4, 4, 3),   # batch 2, 13 channels
+    (1, 5, 1, 7, 9, 3, 1, 1, 0),     # one output channel, stride 1
+    (1, 16, 2, 6, 5, 5, 2, 2, 1),    # two output channels, 5x5/2
+    (1, 48, 3, 3, 2, 9, 4, 4, 3),    # input smaller than a 4-pixel block: checked pixels only
+    (1, 24, 3, 5, 40, 9, 4, 4, 0),   # wide rows: interior blocks, partial block, no out-padding
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", T_CASES)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_transposed_matches_float64(case, channels_last):
+    N, ci, co, H, W, k, s, p, op = case
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(N, ci, H, W, generator=g)
+    w = torch.randn(ci, co, k, k, generator=g) / (ci * k * k) ** 0.5
+    b = torch.randn(co, generator=g)
+    ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride=s, padding=p,
+                             output_padding=op)
+    xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    wp = CI.pack_image_conv_transpose_weight(w)
+    y = CI.conv_transpose2d_image(xin, wp, b, k, s, p, op, co)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert _err(y, ref) < TOL
+    y0 = CI.conv_transpose2d_image(xin, wp, None, k, s, p, op, co)
+    assert _err(y0, ref - b.double()[:, None, None]) < TOL
+
+
+@needs_kernel
+def test_transposed_bad_input_is_refused():
+    x = torch.randn(1, 16, 6, 6)
+    w = torch.randn(16, 3, 9, 9)
+    wp = CI.pack_image_conv_transpose_weight(w)
+    with pytest.raises(ValueError, match="fp32"):
+        CI.conv_transpose2d_image(x.double(), wp, None, 9, 4, 4, 3, 3)
+    with pytest.raises(ValueError, match="output channels"):
+        CI.conv_transpose2d_image(x, wp, None, 9, 4, 4, 3, 4)
+    with pytest.raises(ValueError, match="does not fit"):
+        CI.conv_transpose2d_image(x[:, :7], wp, None, 9, 4, 4, 3, 3)
+    with pytest.raises(ValueError, match="geometry"):
+        CI.conv_transpose2d_image(x, wp, None, 9, 4, 4, 4, 3)
+    with pytest.raises(ValueError, match="bias"):
+        CI.conv_transpose2d_image(x, wp, torch.zeros(2), 9, 4, 4, 3, 3)
+
+
+@pytest.mark.skipif(not CI.image_conv_available() or conv_mod._cpu_capability() != "AVX2",
+                    reason="the conv op uses this kernel on AVX2 (non-AVX-512) CPUs only")
+def test_slim_conv_transpose2d_dispatches_the_output_layer(monkeypatch):
+    calls = []
+    real = CI.conv_transpose2d_image
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(CI, "conv_transpose2d_image", spy)
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(64, 3, 9, 9, generator=g) / 50
+    b = torch.randn(3, generator=g)
+    x = torch.randn(1, 40, 7, 9, generator=g)
+    ref = F.conv_transpose2d(x.double(), w[:40].double(), b.double(), stride=4, padding=4,
+                             output_padding=3)
+    with torch.no_grad():
+        y = slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
+    assert calls == [1]
+    assert _err(y, ref) < TOL
+    monkeypatch.setattr(conv_mod, "CPU_IMAGE_CONV", False)
+    with torch.no_grad():
+        slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
     assert calls == [1]

@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""A/B of the fp32 AVX2 conv paths against oneDNN's prepacked convs, per SlimCAE layer.
+
+For each layer at a Kodak image's sizes (768x512) and each width, interleaved, medians: the
+no-grad conv op with ``CPU_WINOGRAD`` and ``CPU_IMAGE_CONV`` off (oneDNN prepacked, sub-pixel
+for the output layer) and on (what ships: Winograd F(4x4, 3x3) for the 5x5/2 layers at >= 64
+channels, the direct image-layer kernels for enc1 and dec3); prints a Markdown table.
+
+    python bench/bench_conv_avx2.py [--threads 2] [--repeats 7] [--widths 192,144,96,72,48]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+import slimkernels.ops.conv as C
+
+# name, transposed, C_in (None: width), C_out (None: width), H, W of the input, k, s, p, op
+LAYERS = [("enc1 9x9/4", False, 3, None, 512, 768, 9, 4, 4, 0),
+          ("enc2 5x5/2", False, None, None, 128, 192, 5, 2, 2, 0),
+          ("enc3 5x5/2", False, None, None, 64, 96, 5, 2, 2, 0),
+          ("dec1 5x5/2T", True, None, None, 32, 48, 5, 2, 2, 1),
+          ("dec2 5x5/2T", True, None, None, 64, 96, 5, 2, 2, 1),
+          ("dec3 9x9/4T", True, None, 3, 128, 192, 9, 4, 4, 3)]
+
+
+def _median_ms(fns, repeats):
+    for f in fns:
+        f()
+        f()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, f in enumerate(fns):
+            t = time.perf_counter()
+            f()
+            times[i].append(time.perf_counter() - t)
+    return [1e3 * statistics.median(t) for t in times]
+
+
+def _layer_fn(layer, width, scale):
+    name, transposed, ci, co, H, W, k, s, p, op = layer
+    ci, co = ci or width, co or width
+    H, W = max(1, H // scale), max(1, W // scale)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, ci, H, W, generator=g).contiguous(memory_format=torch.channels_last)
+    if transposed:
+        w = torch.randn(ci, co, k, k, generator=g) / (ci * k * k) ** 0.5
+        b = torch.randn(co, generator=g)
+        return lambda: C.slim_conv_transpose2d(x, w, b, stride=s, padding=p, output_padding=op)
+    w = torch.randn(co, ci, k, k, generator=g) / (ci * k * k) ** 0.5
+    b = torch.randn(co, generator=g)
+    return lambda: C.slim_conv2d(x, w, b, stride=s, padding=p)
+
+
+def _switched(fn, on):
+    def run():
+        was = C.CPU_WINOGRAD, C.CPU_IMAGE_CONV
+        C.CPU_WINOGRAD = C.CPU_IMAGE_CONV = on
+        try:
+            return fn()
+        finally:
+            C.CPU_WINOGRAD, C.CPU_IMAGE_CONV = was
+    return run
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--widths", default="192,144,96,72,48")
+    ap.add_argument("--scale", type=int, default=1, help="divide the image sizes (quick runs)")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    print(f"threads {a.threads}, medians of {a.repeats}, image /{a.scale}, CPU "
+          f"{C._cpu_capability()}\n")
+    print("| layer | width | oneDNN ms | ours ms | speed-up |\n|---|---|---|---|---|")
+    with torch.no_grad():
+        for width in (int(v) for v in a.widths.split(",")):
+            for layer in LAYERS:
+                fn = _layer_fn(layer, width, a.scale)
+                t0, t1 = _median_ms([_switched(fn, False), _switched(fn, True)], a.repeats)
+                print(f"| {layer[0]} | {width} | {t0:.2f} | {t1:.2f} | {t0 / t1:.2f}x |",
+                      flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
