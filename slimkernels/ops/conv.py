@@ -155,11 +155,15 @@ WFOLD_MAX_COST = 0.9
 WFOLD_SMALL_C_MAX_OUT = 72
 #: Without gradient, run fp32 convs and transposed convs whose geometry maps onto Winograd
 #: F(4x4, 3x3) (:mod:`slimkernels.ops.winograd`: SlimCAE's 5x5/2 layers) that way on AVX2 CPUs
-#: (where it was measured: 1.1-1.9x oneDNN's direct fp32 kernels for 72-192 channels on a Zen 3
-#: EPYC), when input and output have at least ``WINOGRAD_MIN_CHANNELS`` channels (at 48 it
-#: measured 0.85-1.27x). Not on AVX-512 CPUs (not measured there) nor in bf16.
+#: (where it was measured: 1.3-2.2x oneDNN's direct fp32 kernels for 72-192 channels on a Zen 3
+#: EPYC), when its batched GEMM ``[tiles, K] x [K, N]`` has ``N >= WINOGRAD_MIN_N`` (a conv:
+#: N = C_out; a transposed conv: N = stride^2 * C_out) and ``C_in >= WINOGRAD_MIN_CIN`` (the image
+#: layer, 3 channels, measured 0.46-0.83x). At 48 channels the 5x5/2 convs (N = 48) measured
+#: 0.84-0.97x and the transposed ones (N = 192) 1.04-1.54x. Not on AVX-512 CPUs (not measured
+#: there) nor in bf16.
 CPU_WINOGRAD = True
-WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_N = 64
+WINOGRAD_MIN_CIN = 32
 #: Without gradient, run fp32 convs on few-channel inputs and transposed convs onto 1-3 output
 #: channels (the image layers) with the direct AVX2 kernels of :mod:`slimkernels.ops.conv_image`
 #: on AVX2 CPUs (SlimCAE on a Zen 3 EPYC: enc1 1.1x oneDNN at 2 threads, 1.3x at 1; dec3
@@ -333,8 +337,9 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
 
 def _use_winograd(x, ci, co, k, stride, padding, transposed, output_padding=0) -> bool:
     """Whether this no-grad conv runs by Winograd (see ``CPU_WINOGRAD``)."""
-    if not CPU_WINOGRAD or x.dtype != torch.float32 or min(ci, co) < WINOGRAD_MIN_CHANNELS or \
-            _cpu_capability() != "AVX2":
+    ndim = stride * stride * co if transposed else co
+    if not CPU_WINOGRAD or x.dtype != torch.float32 or ndim < WINOGRAD_MIN_N or \
+            ci < WINOGRAD_MIN_CIN or _cpu_capability() != "AVX2":
         return False
     from . import winograd
     return winograd.winograd_available() and \

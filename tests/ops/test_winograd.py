@@ -244,3 +244,23 @@ def test_cached_weights_follow_parameter_updates():
         b.mul_(2)
         y2 = slim_conv2d(x, w, b, stride=2, padding=2)
     torch.testing.assert_close(y2, 2 * y1, rtol=1e-5, atol=1e-5)
+
+
+@needs_dispatch
+def test_dispatch_rule_follows_the_gemm_shape(monkeypatch):
+    """Winograd where its GEMM is wide enough: not for the 3-channel image layer (even with 96
+    outputs) nor a 48-channel conv (N = 48); yes for a 48-channel transposed conv (N = 4*48)."""
+    conv_calls = _count_calls(monkeypatch, "conv2d_winograd")
+    convt_calls = _count_calls(monkeypatch, "conv_transpose2d_winograd")
+    with torch.no_grad():
+        x, w, b = _conv_case(1, 3, 96, 40, 48, 9, seed=11)
+        slim_conv2d(x, w, b, stride=4, padding=4)
+        x, w, b = _conv_case(1, 48, 48, 24, 20, 5, seed=12)
+        slim_conv2d(x, w, b, stride=2, padding=2)
+        assert conv_calls == []
+        x, w, b = _convt_case(1, 48, 48, 6, 7, 5, seed=13)
+        ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride=2, padding=2,
+                                 output_padding=1)
+        y = slim_conv_transpose2d(x, w, b, stride=2, padding=2, output_padding=1)
+    assert convt_calls == [1]
+    assert _err(y, ref) < TOL
