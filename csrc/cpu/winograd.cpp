@@ -15,15 +15,13 @@ namespace sk {
 
 namespace {
 enum WinoErr { kWOk = 0, kWNoAvx2 = 1, kWBadArgs = 2 };
-constexpr int64_t kMaxPhases = 8;  // input phases per axis (stride of the polyphase conv)
 }  // namespace
 
 const char* winograd_error_message(int code) {
   switch (code) {
     case kWOk: return "ok";
     case kWNoAvx2: return "AVX2 + FMA is not available on this CPU; use the oneDNN path";
-    case kWBadArgs: return "bad arguments (null pointer, a size that is not positive, more than 8 "
-                           "phases, or a tile range outside the image)";
+    case kWBadArgs: return "bad arguments (null pointer, or a size that is not positive)";
   }
   return "unknown error";
 }
@@ -64,50 +62,47 @@ SK_AVX2_TARGET void input_tiles(const WinoInArgs& a, int64_t t0, int64_t t1) {
   const int64_t C = a.C, s = a.s, K = s * s * C, T = a.t_count;
   const __m256 zero = _mm256_setzero_ps();
   __m256 d[6], row[6][6], col[6], o[6];
-  const float* xrow[kMaxPhases][6];  // x row of patch row i in phase p (null: outside x)
-  int64_t xcol[kMaxPhases][6];       // element offset of patch column j in phase q (-1: outside)
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t tx = t % a.tw, ty = (t / a.tw) % a.th, n = t / (a.tw * a.th);
     const float* xn = a.x + n * a.H * a.W * C;
     for (int64_t p = 0; p < s; ++p) {
+      int64_t rows[6];
       for (int i = 0; i < 6; ++i) {
         const int64_t h = s * (4 * ty + i) + p - a.P;
-        xrow[p][i] = (h >= 0 && h < a.H) ? xn + h * a.W * C : nullptr;
-        const int64_t w = s * (4 * tx + i) + p - a.P;
-        xcol[p][i] = (w >= 0 && w < a.W) ? w * C : -1;
+        rows[i] = (h >= 0 && h < a.H) ? h : -1;
       }
-    }
-    float* vt = a.V + (t - a.t_begin) * K;
-    // channel blocks outermost: the s*s patches' 32-byte pieces of one block share cache lines
-    // with the next block's, which then hits L1
-    for (int64_t c0 = 0; c0 < C; c0 += 8) {
-      const int64_t valid = std::min<int64_t>(8, C - c0);
-      const bool full = valid == 8;
-      const __m256i mask = lane_mask(valid);
-      for (int64_t p = 0; p < s; ++p) {
-        for (int64_t q = 0; q < s; ++q) {
+      for (int64_t q = 0; q < s; ++q) {
+        int64_t cols[6];
+        for (int j = 0; j < 6; ++j) {
+          const int64_t w = s * (4 * tx + j) + q - a.P;
+          cols[j] = (w >= 0 && w < a.W) ? w : -1;
+        }
+        float* vt = a.V + (t - a.t_begin) * K + (p * s + q) * C;
+        for (int64_t c0 = 0; c0 < C; c0 += 8) {
+          const int64_t valid = std::min<int64_t>(8, C - c0);
+          const bool full = valid == 8;
+          const __m256i mask = lane_mask(valid);
           for (int i = 0; i < 6; ++i) {
-            if (xrow[p][i] == nullptr) {
+            if (rows[i] < 0) {
               for (int v = 0; v < 6; ++v) row[i][v] = zero;
               continue;
             }
-            const float* xr = xrow[p][i] + c0;
+            const float* xr = xn + rows[i] * a.W * C + c0;
             for (int j = 0; j < 6; ++j) {
-              if (xcol[q][j] < 0) {
+              if (cols[j] < 0) {
                 d[j] = zero;
               } else {
-                const float* src = xr + xcol[q][j];
+                const float* src = xr + cols[j] * C;
                 d[j] = full ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, mask);
               }
             }
             bt6(d, row[i]);
           }
-          float* vq = vt + (p * s + q) * C + c0;
           for (int v = 0; v < 6; ++v) {
             for (int i = 0; i < 6; ++i) col[i] = row[i][v];
             bt6(col, o);
             for (int u = 0; u < 6; ++u) {
-              float* dst = vq + (u * 6 + v) * T * K;
+              float* dst = vt + (u * 6 + v) * T * K + c0;
               if (full) {
                 _mm256_storeu_ps(dst, o[u]);
               } else {
@@ -128,25 +123,23 @@ SK_AVX2_TARGET void output_tiles(const WinoOutArgs& a, int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t tx = t % a.tw, ty = (t / a.tw) % a.th, n = t / (a.tw * a.th);
     float* yn = a.y + n * a.Ho * a.Wo * Co;
-    const float* mt0 = a.M + (t - a.t_begin) * Cp;
-    // channel blocks outermost (as in input_tiles: the phases' pieces share cache lines)
-    for (int64_t c0 = 0; c0 < Co; c0 += 8) {
-      const int64_t valid = std::min<int64_t>(8, Co - c0);
-      const bool full = valid == 8;
-      const __m256i mask = lane_mask(valid);
-      __m256 bias = _mm256_setzero_ps();
-      if (a.bias != nullptr) {
-        bias = full ? _mm256_loadu_ps(a.bias + c0) : _mm256_maskload_ps(a.bias + c0, mask);
-      }
-      for (int64_t ry = 0; ry < r; ++ry) {
-        for (int64_t rx = 0; rx < r; ++rx) {
-          const float* mt = mt0 + (ry * r + rx) * Co + c0;
+    for (int64_t ry = 0; ry < r; ++ry) {
+      for (int64_t rx = 0; rx < r; ++rx) {
+        const float* mt = a.M + (t - a.t_begin) * Cp + (ry * r + rx) * Co;
+        for (int64_t c0 = 0; c0 < Co; c0 += 8) {
+          const int64_t valid = std::min<int64_t>(8, Co - c0);
+          const bool full = valid == 8;
+          const __m256i mask = lane_mask(valid);
           for (int u = 0; u < 6; ++u) {
             for (int v = 0; v < 6; ++v) {
-              const float* src = mt + (u * 6 + v) * T * Cp;
+              const float* src = mt + (u * 6 + v) * T * Cp + c0;
               m[v] = full ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, mask);
             }
             at6(m, rowt[u]);
+          }
+          __m256 bias = _mm256_setzero_ps();
+          if (a.bias != nullptr) {
+            bias = full ? _mm256_loadu_ps(a.bias + c0) : _mm256_maskload_ps(a.bias + c0, mask);
           }
           for (int j = 0; j < 4; ++j) {
             const int64_t w = r * (4 * tx + j) + rx;
@@ -191,7 +184,7 @@ int winograd_input_f43(const WinoInArgs& args) {
   if (!gdn_avx2_available()) return kWNoAvx2;
   WinoInArgs a = args;
   if (a.x == nullptr || a.V == nullptr || a.N <= 0 || a.H <= 0 || a.W <= 0 || a.C <= 0 ||
-      a.s <= 0 || a.s > kMaxPhases || a.th <= 0 || a.tw <= 0 || !tile_range(a)) {
+      a.s <= 0 || a.th <= 0 || a.tw <= 0 || !tile_range(a)) {
     return kWBadArgs;
   }
   over_tiles(a.t_begin, a.t_count, a.nthreads,

@@ -21,7 +21,7 @@ namespace sk {
 struct WinoInArgs {
   const float* x = nullptr;
   int64_t N = 0, H = 0, W = 0, C = 0;
-  int64_t s = 1, P = 0;       // phases per axis (1..8), offset of the first row / column
+  int64_t s = 1, P = 0;       // phases per axis, offset of the first row / column
   int64_t th = 0, tw = 0;     // tiles per axis
   int64_t t_begin = 0;        // transform tiles [t_begin, t_begin + t_count) of all N*th*tw;
   int64_t t_count = 0;        // 0: all of them
