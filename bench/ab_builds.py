@@ -12,12 +12,15 @@ worktree (``git worktree add /tmp/wt <commit> && cd /tmp/wt && python setup.py b
 import argparse
 import importlib.machinery
 import importlib.util
-import statistics
-import time
+import os
+import sys
 
 import torch
 
 import slimkernels._cpu_kernels as NEW
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_conv_avx2 import interleaved_ms  # noqa: E402
 
 
 def load(path):
@@ -27,19 +30,6 @@ def load(path):
     mod = importlib.util.module_from_spec(spec)
     loader.exec_module(mod)
     return mod
-
-
-def interleaved_ms(fns, rounds):
-    for f in fns:
-        f()
-        f()
-    times = [[] for _ in fns]
-    for _ in range(rounds):
-        for i, f in enumerate(fns):
-            t = time.perf_counter()
-            f()
-            times[i].append(time.perf_counter() - t)
-    return [1e3 * statistics.median(t) for t in times]
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,9 @@ LAYERS = [("enc1 9x9/4", False, 3, None, 512, 768, 9, 4, 4, 0),
           ("dec3 9x9/4T", True, None, 3, 128, 192, 9, 4, 4, 3)]
 
 
-def _median_ms(fns, repeats):
+def interleaved_ms(fns, repeats):
+    """Medians (ms) of ``fns`` timed in alternation, ``repeats`` rounds after two warm-up calls
+    each: drifts of the machine hit all alike."""
     for f in fns:
         f()
         f()
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
         for width in (int(v) for v in a.widths.split(",")):
             for layer in LAYERS:
                 fn = _layer_fn(layer, width, a.scale)
-                t0, t1 = _median_ms([_switched(fn, False), _switched(fn, True)], a.repeats)
+                t0, t1 = interleaved_ms([_switched(fn, False), _switched(fn, True)], a.repeats)
                 print(f"| {layer[0]} | {width} | {t0:.2f} | {t1:.2f} | {t0 / t1:.2f}x |",
                       flush=True)
     return 0

@@ -346,25 +346,27 @@ def _use_winograd(x, ci, co, k, stride, padding, transposed, output_padding=0) -
         winograd.winograd_geometry_ok(k, stride, padding, transposed, output_padding)
 
 
+def _cached_fp32(key, weight, bias, co, pack):
+    """``(pack(), fp32 bias[:co] or None)``, cached like the prepacked weights (``_cached``)."""
+    def build():
+        return pack(), None if bias is None else bias[:co].detach().float().contiguous()
+    return _cached(key, (weight, bias), build)
+
+
 def _conv2d_winograd(x, weight, bias, co, stride, padding):
     from . import winograd
     ci, k = x.shape[1], weight.shape[-1]
-
-    def build():
-        return (winograd.winograd_conv2d_weight(weight[:co, :ci], stride),
-                None if bias is None else bias[:co].detach().float().contiguous())
-    U, b = _cached(("wino", co, ci, stride, k), (weight, bias), build)
+    U, b = _cached_fp32(("wino", co, ci, stride, k), weight, bias, co,
+                        lambda: winograd.winograd_conv2d_weight(weight[:co, :ci], stride))
     return winograd.conv2d_winograd(x, U, b, k, stride, padding)
 
 
 def _conv_transpose2d_winograd(x, weight, bias, co, stride, padding, output_padding):
     from . import winograd
     ci, k = x.shape[1], weight.shape[-1]
-
-    def build():
-        return (winograd.winograd_conv_transpose2d_weight(weight[:ci, :co], stride, padding),
-                None if bias is None else bias[:co].detach().float().contiguous())
-    U, b = _cached(("winoT", co, ci, stride, padding, k), (weight, bias), build)
+    U, b = _cached_fp32(("winoT", co, ci, stride, padding, k), weight, bias, co,
+                        lambda: winograd.winograd_conv_transpose2d_weight(weight[:ci, :co],
+                                                                          stride, padding))
     return winograd.conv_transpose2d_winograd(x, U, b, k, stride, padding, output_padding)
 
 
@@ -376,11 +378,8 @@ def _conv2d_image(x, weight, bias, co, stride, padding):
             weight.shape[-2] != k or _cpu_capability() != "AVX2" or \
             not conv_image.image_conv_available():
         return None
-
-    def build():
-        return (conv_image.pack_image_conv_weight(weight[:co, :ci]),
-                None if bias is None else bias[:co].detach().float().contiguous())
-    wp, b = _cached(("image", co, ci, k), (weight, bias), build)
+    wp, b = _cached_fp32(("image", co, ci, k), weight, bias, co,
+                         lambda: conv_image.pack_image_conv_weight(weight[:co, :ci]))
     return conv_image.conv2d_image(x, wp, b, k, stride, padding, co)
 
 
@@ -392,11 +391,8 @@ def _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding
             weight.shape[-2] != k or _cpu_capability() != "AVX2" or \
             not conv_image.image_conv_available():
         return None
-
-    def build():
-        return (conv_image.pack_image_conv_transpose_weight(weight[:ci, :co]),
-                None if bias is None else bias[:co].detach().float().contiguous())
-    wp, b = _cached(("imageT", co, ci, k), (weight, bias), build)
+    wp, b = _cached_fp32(("imageT", co, ci, k), weight, bias, co,
+                         lambda: conv_image.pack_image_conv_transpose_weight(weight[:ci, :co]))
     return conv_image.conv_transpose2d_image(x, wp, b, k, stride, padding, output_padding, co)
 
 

@@ -22,6 +22,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .._cpu import cpu_kernels
+from ._raw import bias_pointer, fp32_cpu_input
+
 __all__ = ["image_conv_available", "pack_image_conv_weight", "conv2d_image",
            "pack_image_conv_transpose_weight", "conv_transpose2d_image"]
 
@@ -30,19 +33,14 @@ __all__ = ["image_conv_available", "pack_image_conv_weight", "conv2d_image",
 MAX_INPUT_CHANNELS = 8
 
 
-@functools.lru_cache(maxsize=None)
 def _kernels():
-    try:
-        from .. import _cpu_kernels as K
-    except ImportError:
-        return None
-    if not (hasattr(K, "conv_transpose_avx2_forward") and K.gdn_avx2_available()):
-        return None
-    return K
+    K = cpu_kernels("gdn_avx2_available")  # None when switched off (SLIMKERNELS_CPU_KERNELS=0)
+    return K if K is not None and hasattr(K, "conv_transpose_avx2_forward") else None
 
 
 def image_conv_available() -> bool:
-    """True when the compiled AVX2 + FMA kernel can run on this CPU."""
+    """True when the compiled AVX2 + FMA kernels can run on this CPU (and are not switched off
+    by ``SLIMKERNELS_CPU_KERNELS=0``)."""
     return _kernels() is not None
 
 
@@ -75,9 +73,7 @@ def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor]
     if K is None:
         raise RuntimeError("conv2d_image: the AVX2 + FMA kernel is not available here (no AVX2, "
                            "or slimkernels._cpu_kernels did not build); use F.conv2d")
-    if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0:
-        raise ValueError(f"conv2d_image: x must be a non-empty 4-D fp32 CPU tensor, got "
-                         f"{x.dtype} {tuple(x.shape)} on {x.device}")
+    xc = fp32_cpu_input(x, "conv2d_image")
     N, C, H, W = x.shape
     co = int(out_channels)
     if C > MAX_INPUT_CHANNELS:
@@ -92,14 +88,7 @@ def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor]
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv2d_image: x {tuple(x.shape)} is smaller than the {k}x{k} kernel "
                          f"with padding {padding}")
-    b = 0
-    if bias is not None:
-        bias = bias.detach().to(torch.float32).contiguous()
-        if bias.shape != (co,):
-            raise ValueError(f"conv2d_image: bias {tuple(bias.shape)} must be [{co}]")
-        b = bias.data_ptr()
-    xc = x if x.is_contiguous(memory_format=torch.channels_last) else \
-        x.contiguous(memory_format=torch.channels_last)
+    b, _keep = bias_pointer(bias, co, "conv2d_image")
     y = torch.empty((N, co, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
     K.conv_avx2_forward(xc.data_ptr(), N, H, W, C, wp.data_ptr(), b, co, k, stride, padding, Ho,
                         Wo, y.data_ptr(), torch.get_num_threads())
@@ -158,9 +147,7 @@ def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[tor
     if K is None:
         raise RuntimeError("conv_transpose2d_image: the AVX2 + FMA kernel is not available here; "
                            "use F.conv_transpose2d")
-    if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0:
-        raise ValueError(f"conv_transpose2d_image: x must be a non-empty 4-D fp32 CPU tensor, "
-                         f"got {x.dtype} {tuple(x.shape)} on {x.device}")
+    xc = fp32_cpu_input(x, "conv_transpose2d_image")
     N, C, H, W = x.shape
     co, s = int(out_channels), int(stride)
     if not 1 <= co <= MAX_OUTPUT_CHANNELS:
@@ -179,15 +166,8 @@ def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[tor
     Wo = (W - 1) * s - 2 * padding + k + output_padding
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv_transpose2d_image: empty output for x {tuple(x.shape)}")
-    b = 0
-    if bias is not None:
-        bias = bias.detach().to(torch.float32).contiguous()
-        if bias.shape != (co,):
-            raise ValueError(f"conv_transpose2d_image: bias {tuple(bias.shape)} must be [{co}]")
-        b = bias.data_ptr()
+    b, _keep = bias_pointer(bias, co, "conv_transpose2d_image")
     off, kk, cnt, kmax = _tap_plan(k, s, padding)
-    xc = x if x.is_contiguous(memory_format=torch.channels_last) else \
-        x.contiguous(memory_format=torch.channels_last)
     y = torch.empty((N, co, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
     K.conv_transpose_avx2_forward(xc.data_ptr(), N, H, W, C, wp.data_ptr(), cpad, b, co, k, s,
                                   off.data_ptr(), kk.data_ptr(), cnt.data_ptr(), kmax, Ho, Wo,

@@ -24,12 +24,14 @@ The transformed weights take 4x the memory of the weight slice (36 / 9); they ar
 """
 from __future__ import annotations
 
-import functools
 import threading
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from .._cpu import cpu_kernels
+from ._raw import bias_pointer, fp32_cpu_input
 
 __all__ = ["winograd_available", "winograd_conv2d_weight", "winograd_conv_transpose2d_weight",
            "conv2d_winograd", "conv_transpose2d_winograd", "conv2d_winograd_reference",
@@ -50,19 +52,14 @@ def winograd_matrices(dtype=torch.float64, device=None):
     return tuple(torch.tensor(m, dtype=dtype, device=device) for m in (_BT, _G, _AT))
 
 
-@functools.lru_cache(maxsize=None)
 def _kernels():
-    try:
-        from .. import _cpu_kernels as K
-    except ImportError:
-        return None
-    if not (hasattr(K, "winograd_input") and K.gdn_avx2_available()):
-        return None
-    return K
+    K = cpu_kernels("gdn_avx2_available")  # None when switched off (SLIMKERNELS_CPU_KERNELS=0)
+    return K if K is not None and hasattr(K, "winograd_input") else None
 
 
 def winograd_available() -> bool:
-    """True when the compiled AVX2 + FMA transforms can run on this CPU."""
+    """True when the compiled AVX2 + FMA transforms can run on this CPU (and are not switched
+    off by ``SLIMKERNELS_CPU_KERNELS=0``)."""
     return _kernels() is not None
 
 
@@ -143,15 +140,12 @@ def winograd_conv_transpose2d_weight(w: torch.Tensor, stride: int, padding: int)
     return _transform_weight(w3)
 
 
-def _check_x(x: torch.Tensor, name: str) -> None:
-    if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu":
-        raise ValueError(f"{name}: x must be a 4-D fp32 CPU tensor, got {x.dtype} "
-                         f"{tuple(x.shape)} on {x.device}")
-    if x.numel() == 0:
-        raise ValueError(f"{name}: x {tuple(x.shape)} is empty")
+def _check_x(x: torch.Tensor, name: str) -> torch.Tensor:
+    xc = fp32_cpu_input(x, name)
     if not winograd_available():
         raise RuntimeError(f"{name}: the AVX2 + FMA Winograd transforms are not available here "
                            f"(no AVX2, or slimkernels._cpu_kernels did not build); use F.conv2d")
+    return xc
 
 
 #: Tiles per transform -> GEMM -> transform round: as many as keep ``V`` (36 x tiles x K fp32)
@@ -177,24 +171,17 @@ def release_workspace() -> None:
     _WORKSPACE.buf = None
 
 
-def _run(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int, P: int,
+def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int, P: int,
          Qh: int, Qw: int, r: int, Ho: int, Wo: int, co: int) -> torch.Tensor:
     K = _kernels()
-    N, C, H, W = x.shape
-    xc = x if x.is_contiguous(memory_format=torch.channels_last) else \
-        x.contiguous(memory_format=torch.channels_last)
+    N, C, H, W = xc.shape
     th, tw = -(-Qh // TILE), -(-Qw // TILE)
     T = N * th * tw
     kdim, cp = U.shape[1], U.shape[2]
     if U.dim() != 3 or U.shape[0] != 36 or kdim != s * s * C or cp != r * r * co:
         raise ValueError(f"winograd: transformed weight {tuple(U.shape)} does not fit x "
-                         f"{tuple(x.shape)} (expected [36, {s * s * C}, {r * r * co}])")
-    b = 0
-    if bias is not None:
-        bias = bias.detach().to(torch.float32).contiguous()
-        if bias.shape != (co,):
-            raise ValueError(f"winograd: bias {tuple(bias.shape)} must be [{co}]")
-        b = bias.data_ptr()
+                         f"{tuple(xc.shape)} (expected [36, {s * s * C}, {r * r * co}])")
+    b, _keep = bias_pointer(bias, co, "winograd")
     nt = torch.get_num_threads()
     tc = min(T, max(MIN_CHUNK_TILES, CHUNK_BYTES // (36 * 4 * kdim)))
     ws = _workspace(36 * tc * (kdim + cp))
@@ -220,13 +207,13 @@ def conv2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tenso
     Returns:
         ``[N, C_out, (H + 2p - k)//s + 1, (W + 2p - k)//s + 1]`` fp32, channels_last.
     """
-    _check_x(x, "conv2d_winograd")
+    xc = _check_x(x, "conv2d_winograd")
     _, _, H, W = x.shape
     Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv2d_winograd: x {tuple(x.shape)} is smaller than the {k}x{k} "
                          f"kernel with padding {padding}")
-    return _run(x, U, bias, stride, padding, Ho, Wo, 1, Ho, Wo, U.shape[2])
+    return _run(xc, U, bias, stride, padding, Ho, Wo, 1, Ho, Wo, U.shape[2])
 
 
 def conv_transpose2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor],
@@ -243,7 +230,7 @@ def conv_transpose2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[t
         ``[N, C_out, (H-1)*s - 2p + k + op, (W-1)*s - 2p + k + op]`` fp32, channels_last.
     """
     from .conv import _subpixel_plan
-    _check_x(x, "conv_transpose2d_winograd")
+    xc = _check_x(x, "conv_transpose2d_winograd")
     s = stride
     _, lo, _, _ = _subpixel_plan(k, s, padding)
     _, _, H, W = x.shape
@@ -252,7 +239,7 @@ def conv_transpose2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[t
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv_transpose2d_winograd: empty output for x {tuple(x.shape)}")
     co = U.shape[2] // (s * s)
-    return _run(x, U, bias, 1, -lo, -(-Ho // s), -(-Wo // s), s, Ho, Wo, co)
+    return _run(xc, U, bias, 1, -lo, -(-Ho // s), -(-Wo // s), s, Ho, Wo, co)
 
 
 # -- the same algorithm in PyTorch ops (reference; any dtype and device) -------------------------

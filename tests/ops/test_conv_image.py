@@ -175,3 +175,8 @@ def test_slim_conv_transpose2d_dispatches_the_output_layer(monkeypatch):
     with torch.no_grad():
         slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
     assert calls == [1]
+
+
+def test_global_switch_turns_it_off(monkeypatch):
+    monkeypatch.setenv("SLIMKERNELS_CPU_KERNELS", "0")
+    assert not CI.image_conv_available()

@@ -264,3 +264,17 @@ def test_dispatch_rule_follows_the_gemm_shape(monkeypatch):
         y = slim_conv_transpose2d(x, w, b, stride=2, padding=2, output_padding=1)
     assert convt_calls == [1]
     assert _err(y, ref) < TOL
+
+
+@needs_dispatch
+def test_global_switch_turns_it_off(monkeypatch):
+    """SLIMKERNELS_CPU_KERNELS=0 sends every op to its PyTorch path, this one included."""
+    calls = _count_calls(monkeypatch, "conv2d_winograd")
+    monkeypatch.setenv("SLIMKERNELS_CPU_KERNELS", "0")
+    assert not Wg.winograd_available()
+    x, w, b = _conv_case(1, 64, 64, 16, 16, 5, seed=14)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=2, padding=2)
+    with torch.no_grad():
+        y = slim_conv2d(x, w, b, stride=2, padding=2)
+    assert calls == []
+    assert _err(y, ref) < 1e-5

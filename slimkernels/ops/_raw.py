@@ -1,0 +1,28 @@
+"""Argument helpers shared by the ops that hand raw pointers to the compiled CPU kernels."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+
+def fp32_cpu_input(x: torch.Tensor, name: str) -> torch.Tensor:
+    """x as a dense channels_last fp32 CPU tensor (a copy only when it is not one); ValueError
+    naming ``name`` for anything but a non-empty 4-D fp32 CPU tensor."""
+    if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu" or x.numel() == 0:
+        raise ValueError(f"{name}: x must be a non-empty 4-D fp32 CPU tensor, got {x.dtype} "
+                         f"{tuple(x.shape)} on {x.device}")
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def bias_pointer(bias: Optional[torch.Tensor], co: int,
+                 name: str) -> Tuple[int, Optional[torch.Tensor]]:
+    """``(data pointer or 0, the fp32 contiguous tensor to keep alive during the call)``."""
+    if bias is None:
+        return 0, None
+    b = bias.detach().to(torch.float32).contiguous()
+    if b.shape != (co,):
+        raise ValueError(f"{name}: bias {tuple(bias.shape)} must be [{co}]")
+    return b.data_ptr(), b
