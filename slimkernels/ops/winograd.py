@@ -148,9 +148,9 @@ def _check_x(x: torch.Tensor, name: str) -> torch.Tensor:
     return xc
 
 
-#: Tiles per transform -> GEMM -> transform round: as many as keep ``V`` (36 x tiles x K fp32)
-#: within this many bytes, so that V and M stay in the cache between the three steps.
-CHUNK_BYTES = 16 << 20
+#: Tiles per transform -> GEMM -> transform round: as many as keep ``V`` and ``M`` (36 x tiles x
+#: (K + N) fp32) within this many bytes: the per-thread workspace kept between calls.
+CHUNK_BYTES = 32 << 20
 #: ... but at least this many tiles (the GEMM's M dimension).
 MIN_CHUNK_TILES = 16
 _WORKSPACE = threading.local()
@@ -183,7 +183,7 @@ def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int
                          f"{tuple(xc.shape)} (expected [36, {s * s * C}, {r * r * co}])")
     b, _keep = bias_pointer(bias, co, "winograd")
     nt = torch.get_num_threads()
-    tc = min(T, max(MIN_CHUNK_TILES, CHUNK_BYTES // (36 * 4 * kdim)))
+    tc = min(T, max(MIN_CHUNK_TILES, CHUNK_BYTES // (36 * 4 * (kdim + cp))))
     ws = _workspace(36 * tc * (kdim + cp))
     y = torch.empty((N, co, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
     for t0 in range(0, T, tc):
