@@ -177,10 +177,10 @@ def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int
     N, C, H, W = xc.shape
     th, tw = -(-Qh // TILE), -(-Qw // TILE)
     T = N * th * tw
+    if U.dim() != 3 or tuple(U.shape) != (36, s * s * C, r * r * co) or U.dtype != torch.float32:
+        raise ValueError(f"winograd: transformed weight {U.dtype} {tuple(U.shape)} does not fit x "
+                         f"{tuple(xc.shape)} (expected fp32 [36, {s * s * C}, {r * r * co}])")
     kdim, cp = U.shape[1], U.shape[2]
-    if U.dim() != 3 or U.shape[0] != 36 or kdim != s * s * C or cp != r * r * co:
-        raise ValueError(f"winograd: transformed weight {tuple(U.shape)} does not fit x "
-                         f"{tuple(xc.shape)} (expected [36, {s * s * C}, {r * r * co}])")
     b, _keep = bias_pointer(bias, co, "winograd")
     nt = torch.get_num_threads()
     tc = min(T, max(MIN_CHUNK_TILES, CHUNK_BYTES // (36 * 4 * (kdim + cp))))
@@ -202,8 +202,9 @@ def conv2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tenso
 
     Args:
         x: ``[N, C_in, H, W]`` fp32 CPU (channels_last avoids a copy).
-        U: :func:`winograd_conv2d_weight` of the ``[C_out, C_in, k, k]`` weight.
+        U: :func:`winograd_conv2d_weight` of the ``[C_out, C_in, k, k]`` weight at this stride.
         bias: ``[C_out]`` or None.
+        k, stride, padding: the weight's kernel size, and the conv's stride and padding.
     Returns:
         ``[N, C_out, (H + 2p - k)//s + 1, (W + 2p - k)//s + 1]`` fp32, channels_last.
     """
@@ -224,8 +225,10 @@ def conv_transpose2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[t
 
     Args:
         x: ``[N, C_in, H, W]`` fp32 CPU (channels_last avoids a copy).
-        U: :func:`winograd_conv_transpose2d_weight` of the ``[C_in, C_out, k, k]`` weight.
+        U: :func:`winograd_conv_transpose2d_weight` of the ``[C_in, C_out, k, k]`` weight at this
+            stride and padding.
         bias: ``[C_out]`` or None.
+        k, stride, padding, output_padding: as in ``F.conv_transpose2d`` (k: the weight's).
     Returns:
         ``[N, C_out, (H-1)*s - 2p + k + op, (W-1)*s - 2p + k + op]`` fp32, channels_last.
     """

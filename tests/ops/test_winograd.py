@@ -163,6 +163,10 @@ def test_bad_input_is_refused():
         Wg.conv2d_winograd(x.double(), U, b, 5, 2, 2)
     with pytest.raises(ValueError, match="does not fit"):
         Wg.conv2d_winograd(x[:, :4], U, b, 5, 2, 2)
+    with pytest.raises(ValueError, match="does not fit"):
+        Wg.conv2d_winograd(x, U[0], b, 5, 2, 2)
+    with pytest.raises(ValueError, match="does not fit"):
+        Wg.conv2d_winograd(x, U.double(), b, 5, 2, 2)
     with pytest.raises(ValueError, match="bias"):
         Wg.conv2d_winograd(x, U, b[:3], 5, 2, 2)
     with pytest.raises(ValueError, match="empty"):
