@@ -214,7 +214,7 @@ def conv2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tenso
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv2d_winograd: x {tuple(x.shape)} is smaller than the {k}x{k} "
                          f"kernel with padding {padding}")
-    return _run(xc, U, bias, stride, padding, Ho, Wo, 1, Ho, Wo, U.shape[2])
+    return _run(xc, U, bias, stride, padding, Ho, Wo, 1, Ho, Wo, U.shape[-1])
 
 
 def conv_transpose2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor],
@@ -241,7 +241,7 @@ def conv_transpose2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[t
     Wo = (W - 1) * s - 2 * padding + k + output_padding
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv_transpose2d_winograd: empty output for x {tuple(x.shape)}")
-    co = U.shape[2] // (s * s)
+    co = U.shape[-1] // (s * s)
     return _run(xc, U, bias, 1, -lo, -(-Ho // s), -(-Wo // s), s, Ho, Wo, co)
 
 
