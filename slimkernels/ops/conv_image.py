@@ -38,6 +38,15 @@ def _kernels():
     return K if K is not None and hasattr(K, "conv_transpose_avx2_forward") else None
 
 
+def _require(name: str, instead: str):
+    K = _kernels()
+    if K is None:
+        raise RuntimeError(f"{name}: the AVX2 + FMA kernel is not available here (no AVX2, "
+                           f"slimkernels._cpu_kernels not built, or SLIMKERNELS_CPU_KERNELS=0); "
+                           f"use {instead}")
+    return K
+
+
 def image_conv_available() -> bool:
     """True when the compiled AVX2 + FMA kernels can run on this CPU (and are not switched off
     by ``SLIMKERNELS_CPU_KERNELS=0``)."""
@@ -69,10 +78,7 @@ def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor]
     Returns:
         ``[N, C_out, (H + 2p - k)//s + 1, (W + 2p - k)//s + 1]`` fp32, channels_last.
     """
-    K = _kernels()
-    if K is None:
-        raise RuntimeError("conv2d_image: the AVX2 + FMA kernel is not available here (no AVX2, "
-                           "or slimkernels._cpu_kernels did not build); use F.conv2d")
+    K = _require("conv2d_image", "F.conv2d")
     xc = fp32_cpu_input(x, "conv2d_image")
     N, C, H, W = x.shape
     co = int(out_channels)
@@ -143,10 +149,7 @@ def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[tor
     Returns:
         ``[N, C_out, (H-1)*s - 2p + k + op, (W-1)*s - 2p + k + op]`` fp32, channels_last.
     """
-    K = _kernels()
-    if K is None:
-        raise RuntimeError("conv_transpose2d_image: the AVX2 + FMA kernel is not available here; "
-                           "use F.conv_transpose2d")
+    K = _require("conv_transpose2d_image", "F.conv_transpose2d")
     xc = fp32_cpu_input(x, "conv_transpose2d_image")
     N, C, H, W = x.shape
     co, s = int(out_channels), int(stride)
