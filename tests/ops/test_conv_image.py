@@ -180,3 +180,6 @@ def test_slim_conv_transpose2d_dispatches_the_output_layer(monkeypatch):
 def test_global_switch_turns_it_off(monkeypatch):
     monkeypatch.setenv("SLIMKERNELS_CPU_KERNELS", "0")
     assert not CI.image_conv_available()
+    x, w, b = _case(1, 3, 8, 12, 12, 9)
+    with pytest.raises(RuntimeError, match="SLIMKERNELS_CPU_KERNELS"):
+        CI.conv2d_image(x, CI.pack_image_conv_weight(w), b, 9, 4, 4, 8)
