@@ -49,7 +49,9 @@ def main(argv=None) -> int:
             "lambdas_initial": cfg["lambdas"], "lambdas_final": ck["lambdas"],
             "lambda_updates": len(lambda_updates), "lr": cfg["lr"], "bf16": cfg["bf16"],
             "weights": weights,
-            "data": os.path.basename(os.path.normpath(cfg["data"])), "last_validation": val}
+            "data": os.path.basename(os.path.normpath(cfg["data"])), "last_validation": val,
+            # the lambda schedule's state, so that --init MODEL --init-continue --schedule resumes it
+            "scheduler": ck.get("scheduler"), "next_schedule": ck.get("next_schedule")}
     save_model(model, args.output, info=info)
     print(json.dumps(info, indent=1)[:2000])
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB)")

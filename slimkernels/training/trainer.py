@@ -136,6 +136,15 @@ def validate(model: SlimCAE, images: torch.Tensor, widths, bf16: bool, batch: in
     return {"bpp": bpp, "psnr": psnr}
 
 
+def _init_schedule(ck):
+    """``(scheduler state, step of its next update)`` recorded in an ``init`` file (a training
+    checkpoint, or a model file whose ``info`` carries them), else ``(None, None)``."""
+    if not isinstance(ck, dict):
+        return None, None
+    src = ck if "step" in ck else ck.get("info") or {}
+    return src.get("scheduler"), src.get("next_schedule")
+
+
 def _init_progress(ck, path: str):
     """Step count and lambdas recorded in an ``init`` file: a training checkpoint (``step``,
     ``lambdas``) or a model file written by ``python/export_model.py`` (``info.steps``,
@@ -247,6 +256,14 @@ class Trainer:
                                              f"but this run has {len(cfg.widths)} widths")
                         self.lambdas = list(lambdas)
                     msg += f"; continuing at step {self.step} with lambdas {self.lambdas}"
+                    sched, due = _init_schedule(ck)
+                    if self.scheduler is not None and sched is not None:
+                        # the lambda schedule goes on where the exported run left it
+                        self.scheduler.load_state_dict(sched)
+                        self.lambdas = list(self.scheduler.lambdas)
+                        self.next_schedule = max(int(due or 0), self.step)
+                        msg += (f"; lambda schedule at pair {self.scheduler.i}, next update at "
+                                f"step {self.next_schedule}")
                 self._print(msg)
 
     def save(self):

@@ -77,6 +77,33 @@ def test_lambda_scheduling_updates_are_logged(image_dir, tmp_path):
     assert t.lambdas[0] == 0.01 and t.lambdas[1] < 0.002
 
 
+def test_init_continue_resumes_the_lambda_schedule(image_dir, tmp_path):
+    """A model file whose info carries the scheduler state (python/export_model.py writes it)
+    continues the schedule (pair, reductions, reference slope, lambdas, due step) under
+    --init-continue --schedule, instead of restarting at the widest pair."""
+    from slimkernels.pretrained import save_model
+    t = Trainer(_cfg(image_dir, tmp_path / "a", widths=[8, 6, 4], lambdas=[0.01, 0.005, 0.002],
+                     steps=4, schedule=True, schedule_steps=2), log=lambda *_: None).fit()
+    st = t.scheduler.state_dict()
+    assert st["m"] >= 1 or st["i"] >= 1          # the schedule has moved
+    path = str(tmp_path / "model.pt")
+    t.model.update()
+    save_model(t.model, path, info={"steps": t.step, "lambdas_final": t.lambdas,
+                                    "scheduler": st, "next_schedule": t.next_schedule})
+    cont = Trainer(_cfg(image_dir, tmp_path / "c", widths=[8, 6, 4], lambdas=[0.01, 0.005, 0.002],
+                        init=path, init_continue=True, schedule=True, schedule_steps=2, steps=6),
+                   log=lambda *_: None)
+    cst = cont.scheduler.state_dict()
+    for k in ("i", "m", "s_ref", "done", "lambdas"):
+        assert cst[k] == st[k], k
+    assert cont.lambdas == t.lambdas and cont.next_schedule == max(t.next_schedule, t.step)
+    # without a recorded state the schedule starts at the widest pair
+    save_model(t.model, path, info={"steps": t.step, "lambdas_final": t.lambdas})
+    fresh = Trainer(_cfg(image_dir, tmp_path / "d", widths=[8, 6, 4], lambdas=[0.01, 0.005, 0.002],
+                         init=path, init_continue=True, schedule=True), log=lambda *_: None)
+    assert fresh.scheduler.i == 0 and fresh.scheduler.m == 0
+
+
 def test_init_continue_takes_step_and_lambdas_from_exported_model(image_dir, tmp_path):
     from slimkernels.pretrained import save_model
     t = Trainer(_cfg(image_dir, tmp_path / "a", steps=2), log=lambda *_: None).fit()
@@ -155,7 +182,10 @@ def test_weight_average_is_updated_saved_validated_and_exported(image_dir, tmp_p
     assert res.returncode == 0, res.stderr
     exported = load_model(str(out))
     assert all(torch.equal(p, t.ema[n]) for n, p in exported.named_parameters())
-    assert "ema" in torch.load(out, weights_only=False)["info"]["weights"]
+    info = torch.load(out, weights_only=False)["info"]
+    assert "ema" in info["weights"]
+    # the export records the lambda schedule's state (none here: no --schedule) and due step
+    assert "scheduler" in info and info["scheduler"] is None and "next_schedule" in info
     with pytest.raises(ValueError, match="weights must be"):
         load_model(ckpt, weights="best")
 
