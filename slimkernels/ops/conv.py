@@ -335,7 +335,7 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
     return None
 
 
-def _use_winograd(x, ci, co, k, stride, padding, transposed, output_padding=0) -> bool:
+def _use_winograd(x, ci, co, k, stride, padding, transposed) -> bool:
     """Whether this no-grad conv runs by Winograd (see ``CPU_WINOGRAD``)."""
     ndim = stride * stride * co if transposed else co
     if not CPU_WINOGRAD or x.dtype != torch.float32 or ndim < WINOGRAD_MIN_N or \
@@ -343,7 +343,7 @@ def _use_winograd(x, ci, co, k, stride, padding, transposed, output_padding=0) -
         return False
     from . import winograd
     return winograd.winograd_available() and \
-        winograd.winograd_geometry_ok(k, stride, padding, transposed, output_padding)
+        winograd.winograd_geometry_ok(k, stride, padding, transposed)
 
 
 def _cached_fp32(key, weight, bias, co, pack):
@@ -370,13 +370,19 @@ def _conv_transpose2d_winograd(x, weight, bias, co, stride, padding, output_padd
     return winograd.conv_transpose2d_winograd(x, U, b, k, stride, padding, output_padding)
 
 
+def _image_kernels_apply(x, weight, few: int, limit: int) -> bool:
+    """Whether the image-layer kernels take this no-grad conv (``few <= limit`` channels)."""
+    from . import conv_image
+    return CPU_IMAGE_CONV and x.dtype == torch.float32 and few <= limit and \
+        weight.shape[-2] == weight.shape[-1] and _cpu_capability() == "AVX2" and \
+        conv_image.image_conv_available()
+
+
 def _conv2d_image(x, weight, bias, co, stride, padding):
     """The direct AVX2 conv for a few-channel fp32 x (see ``CPU_IMAGE_CONV``), or None."""
     from . import conv_image
     ci, k = x.shape[1], weight.shape[-1]
-    if not CPU_IMAGE_CONV or x.dtype != torch.float32 or ci > conv_image.MAX_INPUT_CHANNELS or \
-            weight.shape[-2] != k or _cpu_capability() != "AVX2" or \
-            not conv_image.image_conv_available():
+    if not _image_kernels_apply(x, weight, ci, conv_image.MAX_INPUT_CHANNELS):
         return None
     wp, b = _cached_fp32(("image", co, ci, k), weight, bias, co,
                          lambda: conv_image.pack_image_conv_weight(weight[:co, :ci]))
@@ -387,9 +393,7 @@ def _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding
     """The direct AVX2 transposed conv onto 1-3 fp32 outputs (see ``CPU_IMAGE_CONV``), or None."""
     from . import conv_image
     ci, k = x.shape[1], weight.shape[-1]
-    if not CPU_IMAGE_CONV or x.dtype != torch.float32 or co > conv_image.MAX_OUTPUT_CHANNELS or \
-            weight.shape[-2] != k or _cpu_capability() != "AVX2" or \
-            not conv_image.image_conv_available():
+    if not _image_kernels_apply(x, weight, co, conv_image.MAX_OUTPUT_CHANNELS):
         return None
     wp, b = _cached_fp32(("imageT", co, ci, k), weight, bias, co,
                          lambda: conv_image.pack_image_conv_transpose_weight(weight[:ci, :co]))
@@ -431,8 +435,7 @@ def _conv_transpose2d_prepacked(x, weight, bias, co, stride, padding, output_pad
     """No-grad CPU transposed conv on cached prepared weights (sub-pixel or direct oneDNN)."""
     ci, k = x.shape[1], weight.shape[-1]
     dt = x.dtype
-    if weight.shape[-2] == k and _use_winograd(x, ci, co, k, stride, padding, True,
-                                               output_padding):
+    if weight.shape[-2] == k and _use_winograd(x, ci, co, k, stride, padding, True):
         return _conv_transpose2d_winograd(x, weight, bias, co, stride, padding, output_padding)
     y = _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding)
     if y is not None:
@@ -666,15 +669,24 @@ SUBPIXEL_MAX_PHASE_CHANNELS = 64   # use it when C_out * stride^2 <= this (the i
 
 
 @functools.lru_cache(maxsize=32)
+def subpixel_taps(k: int, s: int, p: int):
+    """Per output phase ``r`` of a stride-``s`` transposed conv (kernel ``k``, padding ``p``):
+    the ``(x row offset, kernel row)`` taps, i.e. output row ``q*s + r`` sums
+    ``x[q + offset] * w[kernel row]``. A tuple of ``s`` tuples."""
+    taps = []
+    for r in range(s):
+        c, d = (r + p) % s, (r + p) // s
+        taps.append(tuple((d - t, c + s * t) for t in range(max(0, -(-(k - c) // s)))))
+    return tuple(taps)
+
+
+@functools.lru_cache(maxsize=32)
 def _subpixel_plan(k: int, s: int, p: int):
     """Tap map of a stride-``s`` transposed conv (kernel ``k``, padding ``p``) as a stride-1 conv
     with ``s*s`` output phases: ``idx[ry, rx, jy, jx]`` is the flat tap ``ky*k + kx`` (``k*k``:
     no tap), and x rows ``q + lo .. q + hi`` feed output row ``q*s + r``."""
-    taps = {}
-    for r in range(s):
-        c, d = (r + p) % s, (r + p) // s
-        taps[r] = [(d - t, c + s * t) for t in range(max(0, -(-(k - c) // s)))]
-    offs = [o for r in taps for o, _ in taps[r]]
+    taps = subpixel_taps(k, s, p)
+    offs = [o for t in taps for o, _ in t]
     lo, hi = min(offs), max(offs)
     kc = hi - lo + 1
     idx = torch.full((s, s, kc, kc), k * k, dtype=torch.long)

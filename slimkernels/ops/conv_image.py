@@ -110,10 +110,8 @@ def _tap_plan(k: int, s: int, p: int):
     """int32 ``(offsets [s, kmax], kernel indices [s, kmax], counts [s])``: output row
     ``q*s + r`` of a stride-``s`` transposed conv reads x row ``q + offsets[r, t]`` with kernel
     row ``indices[r, t]``, ``t < counts[r]``."""
-    taps = []
-    for r in range(s):
-        c, d = (r + p) % s, (r + p) // s
-        taps.append([(d - t, c + s * t) for t in range(max(0, -(-(k - c) // s)))])
+    from .conv import subpixel_taps
+    taps = subpixel_taps(k, s, p)
     kmax = max(1, max(len(t) for t in taps))
     off = torch.zeros((s, kmax), dtype=torch.int32)
     kk = torch.zeros((s, kmax), dtype=torch.int32)

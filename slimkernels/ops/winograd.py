@@ -67,8 +67,7 @@ def _phase_taps(k: int, s: int) -> int:
     return -(-k // s)
 
 
-def winograd_geometry_ok(k: int, stride: int, padding: int, transposed: bool,
-                         output_padding: int = 0) -> bool:
+def winograd_geometry_ok(k: int, stride: int, padding: int, transposed: bool) -> bool:
     """Whether a ``k x k`` (transposed) conv with this stride maps onto the 3x3 phase
     correlation: ``ceil(k / stride) <= 3`` taps per phase (conv), a sub-pixel tap plan of at
     most 3 input rows (transposed)."""
