@@ -204,21 +204,17 @@ void conv_avx2_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t 
 }
 
 void conv_transpose_avx2_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C,
-                                    uintptr_t w, int64_t Cpad, uintptr_t bias, int64_t Co,
-                                    int64_t k, int64_t s, uintptr_t tap_off, uintptr_t tap_k,
-                                    uintptr_t ntap, int64_t kmax, int64_t Ho, int64_t Wo,
+                                    uintptr_t w, int64_t L, uintptr_t bias, int64_t Co,
+                                    int64_t k, int64_t s, int64_t pad, int64_t Ho, int64_t Wo,
                                     uintptr_t y, int nthreads) {
   sk::ConvTAvx2Args a;
   a.x = reinterpret_cast<const float*>(x);
   a.N = N; a.H = H; a.W = W; a.C = C;
   a.w = reinterpret_cast<const float*>(w);
-  a.Cpad = Cpad;
+  a.L = L;
   a.bias = reinterpret_cast<const float*>(bias);
-  a.Co = Co; a.k = k; a.s = s;
-  a.tap_off = reinterpret_cast<const int32_t*>(tap_off);
-  a.tap_k = reinterpret_cast<const int32_t*>(tap_k);
-  a.ntap = reinterpret_cast<const int32_t*>(ntap);
-  a.kmax = kmax; a.Ho = Ho; a.Wo = Wo;
+  a.Co = Co; a.k = k; a.s = s; a.pad = pad;
+  a.Ho = Ho; a.Wo = Wo;
   a.y = reinterpret_cast<float*>(y);
   a.nthreads = nthreads;
   int rc;
@@ -290,13 +286,12 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "W, C] dense fp32; w packed [ceil(Co/16), k, k*C, 16] fp32 (64-byte aligned); bias [Co] "
         "fp32 or 0; y [N, Ho, Wo, Co] dense fp32.");
   m.def("conv_transpose_avx2_forward", &conv_transpose_avx2_forward_py, py::arg("x"),
-        py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("w"), py::arg("Cpad"),
-        py::arg("bias"), py::arg("Co"), py::arg("k"), py::arg("s"), py::arg("tap_off"),
-        py::arg("tap_k"), py::arg("ntap"), py::arg("kmax"), py::arg("Ho"), py::arg("Wo"),
-        py::arg("y"), py::arg("nthreads"),
-        "Transposed fp32 conv onto 1-3 output channels on AVX2 (see csrc/cpu/conv_avx2.hpp): x "
-        "[N, H, W, C] dense fp32; w packed [k, k, Co, Cpad] fp32 (32-byte aligned); tap plan "
-        "int32 [s, kmax] offsets and kernel indices, [s] counts; y [N, Ho, Wo, Co] dense fp32.");
+        py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("w"), py::arg("L"),
+        py::arg("bias"), py::arg("Co"), py::arg("k"), py::arg("s"), py::arg("pad"),
+        py::arg("Ho"), py::arg("Wo"), py::arg("y"), py::arg("nthreads"),
+        "Transposed fp32 conv onto few output channels on AVX2 (see csrc/cpu/conv_avx2.hpp): x "
+        "[N, H, W, C] dense fp32; w packed [k, C, L] fp32 (32-byte aligned, L = k*Co rounded up "
+        "to 8); bias [Co] fp32 or 0; y [N, Ho, Wo, Co] dense fp32.");
   m.def("conv_amx_forward", &conv_amx_forward_py, py::arg("x"), py::arg("xdtype"), py::arg("N"),
         py::arg("H"), py::arg("W"), py::arg("C"), py::arg("Hp"), py::arg("Wp"),
         py::arg("pad_top"), py::arg("pad_left"), py::arg("w"), py::arg("tile_nz"), py::arg("kh"),

@@ -170,129 +170,135 @@ int conv_avx2_forward(const ConvAvx2Args& a) {
 namespace {
 // ---- transposed conv onto few output channels --------------------------------------------------
 
-// Horizontal sum of the 8 lanes.
-SK_AVX2_TARGET inline float hsum(__m256 v) {
-  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
-}
-
-// PX output pixels of one phase (x columns qx0 + j + tap offset, all inside x unless CHECKED:
-// then taps outside x are skipped per pixel) x CO channels.
-template <int PX, int CO, bool CHECKED>
-SK_AVX2_TARGET void convt_pixels(const ConvTAvx2Args& a, const float* const* xrows,
-                                 const int32_t* krows, int nrows, const int32_t* offs,
-                                 const int32_t* kcols, int ncols, int64_t qx0,
-                                 const float* bias, float* y, int64_t ystride) {
-  __m256 acc[PX][CO];
+// PX consecutive input pixels (channels at x + j*C) times G 8-lane vectors of the packed taps
+// (wk: [C][L] floats, this group's lanes first): each pixel's k*Co products of one kernel row are
+// added into its own row buffer at dst[j] (the buffers of neighbouring pixels differ, so the
+// stores of one pixel never feed the loads of the next).
+template <int PX, int G>
+SK_AVX2_TARGET inline void convt_block(const float* x, int64_t C, const float* wk, int64_t L,
+                                       float* const* dst) {
+  __m256 acc[PX][G];
   for (int j = 0; j < PX; ++j)
-    for (int c = 0; c < CO; ++c) acc[j][c] = _mm256_setzero_ps();
-  const int64_t C = a.C, Cpad = a.Cpad, k = a.k;
-  const int64_t full = C / 8 * 8;
-  const __m256i tail = lane_mask(C - full);
-  for (int ia = 0; ia < nrows; ++ia) {
-    const float* xr = xrows[ia];
-    for (int ib = 0; ib < ncols; ++ib) {
-      const float* wk = a.w + (krows[ia] * k + kcols[ib]) * CO * Cpad;
-      const float* xp[PX];
-      bool ok[PX];
-      for (int j = 0; j < PX; ++j) {
-        const int64_t ix = qx0 + j + offs[ib];
-        ok[j] = !CHECKED || (ix >= 0 && ix < a.W);
-        xp[j] = xr + (ok[j] ? ix : 0) * C;
-      }
-      for (int64_t c0 = 0; c0 < Cpad; c0 += 8) {
-        __m256 wv[CO];
-        for (int c = 0; c < CO; ++c) wv[c] = _mm256_load_ps(wk + c * Cpad + c0);
-        for (int j = 0; j < PX; ++j) {
-          if (CHECKED && !ok[j]) continue;
-          const __m256 xv = c0 < full ? _mm256_loadu_ps(xp[j] + c0)
-                                      : _mm256_maskload_ps(xp[j] + c0, tail);
-          for (int c = 0; c < CO; ++c) acc[j][c] = _mm256_fmadd_ps(xv, wv[c], acc[j][c]);
-        }
-      }
+    for (int g = 0; g < G; ++g) acc[j][g] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < C; ++c) {
+    __m256 wv[G];
+    for (int g = 0; g < G; ++g) wv[g] = _mm256_load_ps(wk + c * L + 8 * g);
+    for (int j = 0; j < PX; ++j) {
+      const __m256 xb = _mm256_broadcast_ss(x + j * C + c);
+      for (int g = 0; g < G; ++g) acc[j][g] = _mm256_fmadd_ps(xb, wv[g], acc[j][g]);
     }
   }
   for (int j = 0; j < PX; ++j)
-    for (int c = 0; c < CO; ++c) y[j * ystride + c] = hsum(acc[j][c]) + bias[c];
+    for (int g = 0; g < G; ++g) {
+      float* d = dst[j] + 8 * g;
+      _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), acc[j][g]));
+    }
 }
 
-template <int CO>
-SK_AVX2_TARGET void convt_rows(const ConvTAvx2Args& a, const float* bias, int64_t r0, int64_t r1) {
-  constexpr int kPx = 4;
-  const int64_t s = a.s, C = a.C, kmax = a.kmax;
-  const float* xrows[64];
-  int32_t krows[64];
+// All pixels [0, W) of one x row (xr) through one kernel row (wk: [C][L]), lanes [8*v0, 8*v0 +
+// 8*G): pixel ix adds into bufs[ix % nb] + step*ix + 8*v0.
+template <int G>
+SK_AVX2_TARGET void convt_row_group(const float* xr, int64_t W, int64_t C, const float* wk,
+                                    int64_t L, int64_t v0, float* const* bufs, int64_t nb,
+                                    int64_t step) {
+  constexpr int PX = G == 1 ? 8 : G == 2 ? 6 : G == 3 ? 4 : 3;  // <= 12 accumulators
+  float* dst[PX];
+  const float* wc = wk + 8 * v0;
+  int64_t ix = 0, b = 0;  // b = ix % nb
+  for (; ix + PX <= W; ix += PX) {
+    for (int j = 0; j < PX; ++j) {
+      dst[j] = bufs[b] + step * (ix + j) + 8 * v0;
+      b = b + 1 == nb ? 0 : b + 1;
+    }
+    convt_block<PX, G>(xr + ix * C, C, wc, L, dst);
+  }
+  for (; ix < W; ++ix) {
+    dst[0] = bufs[b] + step * ix + 8 * v0;
+    b = b + 1 == nb ? 0 : b + 1;
+    convt_block<1, G>(xr + ix * C, C, wc, L, dst);
+  }
+}
+
+SK_AVX2_TARGET void convt_row(const float* xr, int64_t W, int64_t C, const float* wk, int64_t L,
+                              float* const* bufs, int64_t nb, int64_t step) {
+  const int64_t V = L / 8;
+  for (int64_t v0 = 0; v0 < V; v0 += 4) {
+    switch (std::min<int64_t>(4, V - v0)) {
+      case 1: convt_row_group<1>(xr, W, C, wk, L, v0, bufs, nb, step); break;
+      case 2: convt_row_group<2>(xr, W, C, wk, L, v0, bufs, nb, step); break;
+      case 3: convt_row_group<3>(xr, W, C, wk, L, v0, bufs, nb, step); break;
+      default: convt_row_group<4>(xr, W, C, wk, L, v0, bufs, nb, step); break;
+    }
+  }
+}
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// Output rows [r0, r1) (row index n * Ho + oy). ws: nb row buffers of blen floats, then a
+// bias row of Wo*Co + 8 floats.
+SK_AVX2_TARGET void convt_rows(const ConvTAvx2Args& a, int64_t nb, int64_t blen, float* ws,
+                               int64_t r0, int64_t r1) {
+  const int64_t s = a.s, k = a.k, p = a.pad, C = a.C, Co = a.Co, L = a.L;
+  const int64_t nout = a.Wo * Co;
+  float* bufs[64];
+  for (int64_t b = 0; b < nb; ++b) bufs[b] = ws + b * blen;
+  float* brow = ws + nb * blen;
+  for (int64_t f = 0; f < nout + 8; ++f) brow[f] = a.bias != nullptr ? a.bias[f % Co] : 0.0f;
+  std::fill(ws, ws + nb * blen, 0.0f);
   for (int64_t row = r0; row < r1; ++row) {
-    const int64_t n = row / a.Ho, oy = row % a.Ho, q = oy / s, ry = oy % s;
-    const float* xn = a.x + n * a.H * a.W * C;
-    int nrows = 0;
-    for (int t = 0; t < a.ntap[ry]; ++t) {
-      const int64_t iy = q + a.tap_off[ry * kmax + t];
-      if (iy < 0 || iy >= a.H) continue;
-      xrows[nrows] = xn + iy * a.W * C;
-      krows[nrows++] = a.tap_k[ry * kmax + t];
+    const int64_t n = row / a.Ho, oy = row % a.Ho;
+    // x rows iy with kernel row ky = oy + p - s*iy in [0, k)
+    const int64_t iy_lo = std::max<int64_t>(0, floor_div(oy + p - k, s) + 1);
+    const int64_t iy_hi = std::min<int64_t>(a.H - 1, floor_div(oy + p, s));
+    for (int64_t iy = iy_lo; iy <= iy_hi; ++iy) {
+      const float* xr = a.x + ((n * a.H + iy) * a.W) * C;
+      convt_row(xr, a.W, C, a.w + (oy + p - s * iy) * C * L, L, bufs, nb, s * Co);
     }
-    float* yrow = a.y + (n * a.Ho + oy) * a.Wo * CO;
-    const int64_t ys = s * CO;
-    // interior columns [lo, hi): every tap column inside x for every phase rx (blocks of kPx
-    // pixels run all phases in turn, so their x columns stay in L1 across the phases)
-    int64_t lo = 0, hi = a.W;
-    for (int64_t rx = 0; rx < s; ++rx) {
-      const int64_t nq = rx < a.Wo ? (a.Wo - rx + s - 1) / s : 0;  // output columns q*s + rx
-      hi = std::min(hi, nq);
-      for (int t = 0; t < a.ntap[rx]; ++t) {
-        const int64_t o = a.tap_off[rx * kmax + t];
-        lo = std::max(lo, -o);
-        hi = std::min(hi, a.W - o);
-      }
+    // y = bias + the buffers from column p on; the buffers are zeroed for the next row
+    float* yrow = a.y + (n * a.Ho + oy) * nout;
+    const int64_t off = p * Co;
+    int64_t f = 0;
+    for (; f + 8 <= nout; f += 8) {
+      __m256 v = _mm256_loadu_ps(brow + f);
+      for (int64_t b = 0; b < nb; ++b) v = _mm256_add_ps(v, _mm256_loadu_ps(bufs[b] + off + f));
+      _mm256_storeu_ps(yrow + f, v);
     }
-    hi = std::max(hi, lo);
-    const int64_t hi4 = lo + (hi - lo) / kPx * kPx;
-    for (int64_t qx = lo; qx < hi4; qx += kPx) {
-      for (int64_t rx = 0; rx < s; ++rx) {
-        convt_pixels<kPx, CO, false>(a, xrows, krows, nrows, a.tap_off + rx * kmax,
-                                     a.tap_k + rx * kmax, a.ntap[rx], qx, bias,
-                                     yrow + rx * CO + qx * ys, ys);
-      }
+    for (; f < nout; ++f) {
+      float v = brow[f];
+      for (int64_t b = 0; b < nb; ++b) v += bufs[b][off + f];
+      yrow[f] = v;
     }
-    for (int64_t rx = 0; rx < s; ++rx) {  // the rest, one checked pixel at a time
-      const int64_t nq = rx < a.Wo ? (a.Wo - rx + s - 1) / s : 0;
-      for (int64_t qx = 0; qx < nq; ++qx) {
-        if (qx == lo && hi4 > lo) qx = hi4;
-        if (qx >= nq) break;
-        convt_pixels<1, CO, true>(a, xrows, krows, nrows, a.tap_off + rx * kmax,
-                                  a.tap_k + rx * kmax, a.ntap[rx], qx, bias,
-                                  yrow + rx * CO + qx * ys, ys);
-      }
-    }
+    std::fill(ws, ws + nb * blen, 0.0f);
   }
 }
 }  // namespace
 
 int conv_transpose_avx2_forward(const ConvTAvx2Args& a) {
   if (!gdn_avx2_available()) return kCNoAvx2;
-  if (a.x == nullptr || a.w == nullptr || a.y == nullptr || a.tap_off == nullptr ||
-      a.tap_k == nullptr || a.ntap == nullptr || a.N <= 0 || a.H <= 0 || a.W <= 0 || a.C <= 0 ||
-      a.Cpad < a.C || a.Cpad % 8 || a.Co < 1 || a.Co > 3 || a.k <= 0 || a.s <= 0 ||
-      a.kmax <= 0 || a.kmax > 64 || a.Ho <= 0 || a.Wo <= 0) {
+  if (a.x == nullptr || a.w == nullptr || a.y == nullptr || a.N <= 0 || a.H <= 0 || a.W <= 0 ||
+      a.C <= 0 || a.Co < 1 || a.k <= 0 || a.s <= 0 || a.pad < 0 || a.L < a.k * a.Co ||
+      a.L % 8 || a.L >= a.k * a.Co + 8 || a.Ho <= 0 || a.Wo <= 0) {
     return kCBadArgs;
   }
-  for (int64_t r = 0; r < a.s; ++r) {
-    if (a.ntap[r] < 0 || a.ntap[r] > a.kmax) return kCBadArgs;
-    for (int t = 0; t < a.ntap[r]; ++t) {
-      if (a.tap_k[r * a.kmax + t] < 0 || a.tap_k[r * a.kmax + t] >= a.k) return kCBadArgs;
-    }
-  }
-  float bias[3] = {0.0f, 0.0f, 0.0f};
-  if (a.bias != nullptr) std::copy(a.bias, a.bias + a.Co, bias);
+  const int64_t full_h = (a.H - 1) * a.s - 2 * a.pad + a.k, full_w = (a.W - 1) * a.s - 2 * a.pad + a.k;
+  if (a.Ho < full_h || a.Ho >= full_h + a.s || a.Wo - full_w != a.Ho - full_h) return kCBadArgs;
+  // pixel ix writes lanes [s*Co*ix, s*Co*ix + L) of buffer ix % nb: nb*s*Co >= L keeps the
+  // pixels of one buffer apart
+  const int64_t step = a.s * a.Co;
+  const int64_t nb = (a.L + step - 1) / step;
+  if (nb > 64) return kCBadArgs;
+  // the last pixel ends at step*(W-1) + L; output column Wo-1 reads index (Wo-1+p)*Co + Co
+  const int64_t blen = (std::max(step * (a.W - 1) + a.L, (a.Wo + a.pad) * a.Co + 8) + 15) / 8 * 8;
   const int64_t rows = a.N * a.Ho;
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows));
+  const int64_t ws_len = nb * blen + a.Wo * a.Co + 8;
+  std::vector<detail::Buf<float>> ws;
+  for (int64_t t = 0; t < nt; ++t) {
+    ws.push_back(detail::alloc_aligned<float>(ws_len));
+    if (!ws.back()) return kCNoMem;
+  }
   run_on_threads(nt, [&](int64_t t) {
-    const int64_t r0 = rows * t / nt, r1 = rows * (t + 1) / nt;
-    if (a.Co == 1) convt_rows<1>(a, bias, r0, r1);
-    else if (a.Co == 2) convt_rows<2>(a, bias, r0, r1);
-    else convt_rows<3>(a, bias, r0, r1);
+    convt_rows(a, nb, blen, ws[t].get(), rows * t / nt, rows * (t + 1) / nt);
   });
   return kCOk;
 }

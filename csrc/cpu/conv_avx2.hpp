@@ -28,22 +28,22 @@ struct ConvAvx2Args {
 int conv_avx2_forward(const ConvAvx2Args& a);
 
 // Transposed conv onto few output channels (the output image layer: C_in = width, 3 outputs,
-// 9x9, stride 4), exact taps (no zero taps of a padded sub-pixel kernel). Output row
-// q*s + r reads x rows q + tap_off[r][t] with kernel row tap_k[r][t], t < ntap[r] (the same
-// plan for columns); vectors run over the input channels, 4 output pixels of one phase x Co
-// accumulators share each weight load, and a horizontal sum ends each output.
+// 9x9, stride 4), exact taps (no zero taps of a padded sub-pixel kernel). Input-stationary: for
+// one kernel row ky, an input pixel's k*Co products (kx, c) land on k*Co contiguous floats of a
+// channels_last output row, so the kernel runs a [pixels x C] x [C x L] product in registers
+// (L = k*Co rounded up to 8 lanes: 27 of 32 used for 9x9 onto RGB; broadcasts of x, no
+// horizontal sums) and adds each pixel's lanes into a per-thread row buffer. Output row oy takes
+// the x rows iy with oy + pad - s*iy in [0, k); neighbouring pixels add into different buffers
+// (pixel ix into buffer ix % nb), which are summed with the bias into y.
 struct ConvTAvx2Args {
   const float* x = nullptr;   // [N, H, W, C] dense fp32
   int64_t N = 0, H = 0, W = 0, C = 0;
-  const float* w = nullptr;   // packed [k][k][Co][Cpad] fp32, zero past C
-  int64_t Cpad = 0;           // C rounded up to a multiple of 8
+  const float* w = nullptr;   // packed [k][C][L] fp32, 32-byte aligned:
+                              // w[ky][c][kx*Co + o] = weight[c][o][ky][kx], zero past k*Co
+  int64_t L = 0;              // k*Co rounded up to a multiple of 8
   const float* bias = nullptr;  // [Co] or null
-  int64_t Co = 0, k = 0, s = 1;   // 1 <= Co <= 3
-  const int32_t* tap_off = nullptr;  // [s][kmax]
-  const int32_t* tap_k = nullptr;    // [s][kmax]
-  const int32_t* ntap = nullptr;     // [s]
-  int64_t kmax = 0;
-  int64_t Ho = 0, Wo = 0;
+  int64_t Co = 0, k = 0, s = 1, pad = 0;
+  int64_t Ho = 0, Wo = 0;     // (H-1)*s - 2*pad + k + output_padding, 0 <= output_padding < s
   float* y = nullptr;         // [N, Ho, Wo, Co] dense fp32
   int nthreads = 1;
 };

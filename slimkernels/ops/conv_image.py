@@ -10,13 +10,13 @@ the ``k`` tap rows and their ``k*C`` runs. No gradient; the reference is ``F.con
 The last layer, a 9x9 stride-4 transposed conv onto the 3 image channels, has the mirror problem
 (3 output channels): oneDNN runs it as a stride-1 conv onto 48 sub-pixel phase channels with a
 zero-padded 3x3 kernel, 1.8x the products of the real taps. :func:`conv_transpose2d_image`
-computes each output pixel from its exact taps (``ceil`` of the kernel per phase: 3 or 2 per
-axis for 9x9/4), vectors over the input channels, four output pixels of one phase sharing each
-weight load, a horizontal sum per output value.
+uses only the real taps and turns the layer around: for one kernel row, an input pixel's
+``k * C_out`` products (27 for 9x9 onto RGB) land on as many contiguous floats of a
+channels_last output row, so micro-tiles of a few input pixels x 32 lanes accumulate over the
+input channels from broadcasts of x (no horizontal sums) and are added into row buffers.
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
@@ -101,36 +101,24 @@ def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor]
     return y
 
 
-#: The transposed kernel keeps 4 output pixels x C_out accumulators in registers.
+#: The transposed kernel is for the image layer: a pixel's products of one kernel row fill
+#: ``k * C_out`` lanes (27 of 32 for 9x9 onto RGB); more output channels belong to the GEMM paths.
 MAX_OUTPUT_CHANNELS = 3
 
 
-@functools.lru_cache(maxsize=32)
-def _tap_plan(k: int, s: int, p: int):
-    """int32 ``(offsets [s, kmax], kernel indices [s, kmax], counts [s])``: output row
-    ``q*s + r`` of a stride-``s`` transposed conv reads x row ``q + offsets[r, t]`` with kernel
-    row ``indices[r, t]``, ``t < counts[r]``."""
-    from .conv import subpixel_taps
-    taps = subpixel_taps(k, s, p)
-    kmax = max(1, max(len(t) for t in taps))
-    off = torch.zeros((s, kmax), dtype=torch.int32)
-    kk = torch.zeros((s, kmax), dtype=torch.int32)
-    cnt = torch.tensor([len(t) for t in taps], dtype=torch.int32)
-    for r, t in enumerate(taps):
-        for i, (o, ki) in enumerate(t):
-            off[r, i], kk[r, i] = o, ki
-    return off, kk, cnt, kmax
+def _lanes(k: int, co: int) -> int:
+    return -(-(k * co) // 8) * 8
 
 
 def pack_image_conv_transpose_weight(w: torch.Tensor) -> torch.Tensor:
-    """``[C_in, C_out, k, k]`` (any float dtype) -> ``[k, k, C_out, Cpad]`` fp32, contiguous
-    (``Cpad`` = C_in rounded up to 8, zeros past C_in)."""
+    """``[C_in, C_out, k, k]`` (any float dtype) -> ``[k, C_in, L]`` fp32, contiguous, with
+    ``L`` = ``k * C_out`` rounded up to 8 (``packed[ky, c, kx*C_out + o] = w[c, o, ky, kx]``,
+    zero past ``k * C_out``)."""
     ci, co, kh, kw = w.shape
     if kh != kw:
         raise ValueError(f"pack_image_conv_transpose_weight: square kernels only, got {kh}x{kw}")
-    cpad = -(-ci // 8) * 8
-    wp = F.pad(w.detach().to(torch.float32), (0, 0, 0, 0, 0, 0, 0, cpad - ci))
-    return wp.permute(2, 3, 1, 0).contiguous()
+    wp = w.detach().to(torch.float32).permute(2, 0, 3, 1).reshape(kh, ci, kw * co)  # ky, c, kx*o
+    return F.pad(wp, (0, _lanes(kw, co) - kw * co)).contiguous()
 
 
 def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor],
@@ -154,8 +142,8 @@ def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[tor
     if not 1 <= co <= MAX_OUTPUT_CHANNELS:
         raise ValueError(f"conv_transpose2d_image: {co} output channels; this kernel is for 1 to "
                          f"{MAX_OUTPUT_CHANNELS} (use F.conv_transpose2d)")
-    cpad = -(-C // 8) * 8
-    if wp.shape != (k, k, co, cpad) or wp.dtype != torch.float32 or not wp.is_contiguous() or \
+    L = _lanes(k, co)
+    if wp.shape != (k, C, L) or wp.dtype != torch.float32 or not wp.is_contiguous() or \
             wp.data_ptr() % 32:
         raise ValueError(f"conv_transpose2d_image: packed weight {tuple(wp.shape)} does not fit "
                          f"x {tuple(x.shape)}, k={k}, C_out={co} (pack it with "
@@ -168,9 +156,7 @@ def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[tor
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv_transpose2d_image: empty output for x {tuple(x.shape)}")
     b, _keep = bias_pointer(bias, co, "conv_transpose2d_image")
-    off, kk, cnt, kmax = _tap_plan(k, s, padding)
     y = torch.empty((N, co, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
-    K.conv_transpose_avx2_forward(xc.data_ptr(), N, H, W, C, wp.data_ptr(), cpad, b, co, k, s,
-                                  off.data_ptr(), kk.data_ptr(), cnt.data_ptr(), kmax, Ho, Wo,
-                                  y.data_ptr(), torch.get_num_threads())
+    K.conv_transpose_avx2_forward(xc.data_ptr(), N, H, W, C, wp.data_ptr(), L, b, co, k, s,
+                                  padding, Ho, Wo, y.data_ptr(), torch.get_num_threads())
     return y

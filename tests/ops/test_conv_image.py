@@ -111,6 +111,9 @@ T_CASES = [  # N, C_in, C_out, H, W, k, stride, padding, output_padding
     (1, 16, 2, 6, 5, 5, 2, 2, 1),    # two output channels, 5x5/2
     (1, 48, 3, 3, 2, 9, 4, 4, 3),    # input smaller than a 4-pixel block: checked pixels only
     (1, 24, 3, 5, 40, 9, 4, 4, 0),   # wide rows: interior blocks, partial block, no out-padding
+    (1, 7, 3, 4, 11, 11, 4, 5, 2),   # 33 lanes: a 4-vector and a 1-vector group per row
+    (1, 9, 2, 5, 6, 7, 3, 0, 1),     # no padding: output columns from the first buffer lane
+    (1, 6, 3, 3, 4, 5, 2, 4, 1),     # padding past the kernel's half: inner output only
 ]
 
 
