@@ -7,6 +7,9 @@ for the output layer) and on (what ships: Winograd F(4x4, 3x3) for the 5x5/2 lay
 channels, the direct image-layer kernels for enc1 and dec3); prints a Markdown table.
 
     python bench/bench_conv_avx2.py [--threads 2] [--repeats 7] [--widths 192,144,96,72,48]
+
+``--round-mb 2,4,8,32`` instead times the Winograd layers with their transform -> GEMM ->
+transform rounds capped at each size (``winograd.CHUNK_*``), against the shipped rule.
 """
 import argparse
 import statistics
@@ -15,6 +18,7 @@ import time
 import torch
 
 import slimkernels.ops.conv as C
+import slimkernels.ops.winograd as Wg
 
 # name, transposed, C_in (None: width), C_out (None: width), H, W of the input, k, s, p, op
 LAYERS = [("enc1 9x9/4", False, 3, None, 512, 768, 9, 4, 4, 0),
@@ -66,19 +70,59 @@ def _switched(fn, on):
     return run
 
 
+def _rounds_capped(fn, nbytes):
+    """``fn`` with every Winograd round sized ``nbytes`` (None: the shipped rule)."""
+    def run():
+        was = Wg.CHUNK_BYTES, Wg.CHUNK_MIN_BYTES
+        if nbytes is not None:
+            Wg.CHUNK_BYTES = Wg.CHUNK_MIN_BYTES = nbytes
+        try:
+            return fn()
+        finally:
+            Wg.CHUNK_BYTES, Wg.CHUNK_MIN_BYTES = was
+    return run
+
+
+def round_sweep(widths, sizes_mb, repeats, scale):
+    """Markdown rows: each Winograd layer's ms with rounds of each size, and the shipped rule."""
+    print("| layer | width | " + " | ".join(f"{m:g} MB" for m in sizes_mb) + " | shipped |")
+    print("|---|---|" + "---|" * (len(sizes_mb) + 1))
+    for width in widths:
+        for layer in LAYERS:
+            name, tr, ci, co, H, W, k, s, p, _ = layer
+            ci_, co_ = ci or width, co or width
+            x = torch.empty(1, ci_, max(1, H // scale), max(1, W // scale))
+            if not C._use_winograd(x, ci_, co_, k, s, p, tr) or \
+                    C._image_kernels_apply(x, torch.empty(1, 1, k, k), co_ if tr else ci_,
+                                           3 if tr else 8):
+                continue
+            fn = _switched(_layer_fn(layer, width, scale), True)
+            ts = interleaved_ms([_rounds_capped(fn, int(m * (1 << 20))) for m in sizes_mb] +
+                                [_rounds_capped(fn, None)], repeats)
+            print(f"| {name} | {width} | " + " | ".join(f"{t:.2f}" for t in ts) + " |",
+                  flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--widths", default="192,144,96,72,48")
     ap.add_argument("--scale", type=int, default=1, help="divide the image sizes (quick runs)")
+    ap.add_argument("--round-mb", default=None,
+                    help="comma-separated Winograd round sizes (MB) to sweep instead")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     print(f"threads {a.threads}, medians of {a.repeats}, image /{a.scale}, CPU "
           f"{C._cpu_capability()}\n")
+    widths = [int(v) for v in a.widths.split(",")]
+    if a.round_mb:
+        with torch.no_grad():
+            round_sweep(widths, [float(v) for v in a.round_mb.split(",")], a.repeats, a.scale)
+        return 0
     print("| layer | width | oneDNN ms | ours ms | speed-up |\n|---|---|---|---|---|")
     with torch.no_grad():
-        for width in (int(v) for v in a.widths.split(",")):
+        for width in widths:
             for layer in LAYERS:
                 fn = _layer_fn(layer, width, a.scale)
                 t0, t1 = interleaved_ms([_switched(fn, False), _switched(fn, True)], a.repeats)

@@ -155,19 +155,21 @@ WFOLD_MAX_COST = 0.9
 WFOLD_SMALL_C_MAX_OUT = 72
 #: Without gradient, run fp32 convs and transposed convs whose geometry maps onto Winograd
 #: F(4x4, 3x3) (:mod:`slimkernels.ops.winograd`: SlimCAE's 5x5/2 layers) that way on AVX2 CPUs
-#: (where it was measured: 1.3-2.2x oneDNN's direct fp32 kernels for 72-192 channels on a Zen 3
-#: EPYC), when its batched GEMM ``[tiles, K] x [K, N]`` has ``N >= WINOGRAD_MIN_N`` (a conv:
-#: N = C_out; a transposed conv: N = stride^2 * C_out) and ``C_in >= WINOGRAD_MIN_CIN`` (the image
-#: layer, 3 channels, measured 0.46-0.83x). At 48 channels the 5x5/2 convs (N = 48) measured
-#: 0.84-0.97x and the transposed ones (N = 192) 1.04-1.54x. Not on AVX-512 CPUs (not measured
-#: there) nor in bf16.
+#: (where it was measured: 1.3-2.2x oneDNN's direct fp32 kernels for 96-192 channels on a Zen 3
+#: EPYC, 1.0-1.3x at 48-72), when its batched GEMM ``[tiles, K] x [K, N]`` has
+#: ``N >= WINOGRAD_MIN_N`` (a conv: N = C_out; a transposed conv: N = stride^2 * C_out) and
+#: ``C_in >= WINOGRAD_MIN_CIN`` (the image layer, 3 channels, measured 0.46-0.83x). 48-channel
+#: convs (N = 48) measured 0.84-0.97x with 32 MB rounds and 1.0-1.1x (compress at w=48: 1.02-1.1x
+#: in two order-swapped A/Bs) with the rounds sized to the weights (``winograd.CHUNK_*``). A
+#: transposed conv onto 1-3 channels goes to the image kernel first. Not on AVX-512 CPUs (not
+#: measured there) nor in bf16.
 CPU_WINOGRAD = True
-WINOGRAD_MIN_N = 64
+WINOGRAD_MIN_N = 48
 WINOGRAD_MIN_CIN = 32
 #: Without gradient, run fp32 convs on few-channel inputs and transposed convs onto 1-3 output
 #: channels (the image layers) with the direct AVX2 kernels of :mod:`slimkernels.ops.conv_image`
 #: on AVX2 CPUs (SlimCAE on a Zen 3 EPYC: enc1 1.1x oneDNN at 2 threads, 1.3x at 1; dec3
-#: 1.2-1.5x the prepacked sub-pixel conv).
+#: 1.4-1.6x the prepacked sub-pixel conv).
 CPU_IMAGE_CONV = True
 _PACK_CACHE: "OrderedDict" = OrderedDict()
 _PACK_CACHE_MAX = 128
@@ -435,11 +437,13 @@ def _conv_transpose2d_prepacked(x, weight, bias, co, stride, padding, output_pad
     """No-grad CPU transposed conv on cached prepared weights (sub-pixel or direct oneDNN)."""
     ci, k = x.shape[1], weight.shape[-1]
     dt = x.dtype
-    if weight.shape[-2] == k and _use_winograd(x, ci, co, k, stride, padding, True):
-        return _conv_transpose2d_winograd(x, weight, bias, co, stride, padding, output_padding)
+    # the image kernel first: onto 1-3 channels it beats Winograd (N = s^2 * C_out = 48 for
+    # SlimCAE's 9x9/4 output layer) below ~128 input channels and ties it above
     y = _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding)
     if y is not None:
         return y
+    if weight.shape[-2] == k and _use_winograd(x, ci, co, k, stride, padding, True):
+        return _conv_transpose2d_winograd(x, weight, bias, co, stride, padding, output_padding)
     if dt == torch.bfloat16:
         y = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,
                                               output_padding)

@@ -148,8 +148,16 @@ def _check_x(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 #: Tiles per transform -> GEMM -> transform round: as many as keep ``V`` and ``M`` (36 x tiles x
-#: (K + N) fp32) within this many bytes: the per-thread workspace kept between calls.
+#: (K + N) fp32) within ``CHUNK_U_FACTOR`` times the bytes of the transformed weight ``U``,
+#: clamped to [``CHUNK_MIN_BYTES``, ``CHUNK_BYTES``]. Every round reads all of ``U``, so wide
+#: layers want few rounds (w=192: U is 21 MB, 32 MB rounds were 1.4x faster than 8 MB ones),
+#: while narrow layers want rounds that stay in cache (w=72: 2-4 MB rounds 1.3-1.45x faster than
+#: 32 MB ones, w=48: 1.6x, when this Zen 3 VM's memory was slow; even when it was not:
+#: ``python bench/bench_conv_avx2.py --round-mb 2,4,8,16,32``).
+#: The workspace (the largest round so far) is kept per thread between calls.
 CHUNK_BYTES = 32 << 20
+CHUNK_MIN_BYTES = 2 << 20
+CHUNK_U_FACTOR = 1.5
 #: ... but at least this many tiles (the GEMM's M dimension).
 MIN_CHUNK_TILES = 16
 _WORKSPACE = threading.local()
@@ -182,7 +190,8 @@ def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int
     kdim, cp = U.shape[1], U.shape[2]
     b, _keep = bias_pointer(bias, co, "winograd")
     nt = torch.get_num_threads()
-    tc = min(T, max(MIN_CHUNK_TILES, CHUNK_BYTES // (36 * 4 * (kdim + cp))))
+    chunk = min(CHUNK_BYTES, max(CHUNK_MIN_BYTES, int(CHUNK_U_FACTOR * 4 * U.numel())))
+    tc = min(T, max(MIN_CHUNK_TILES, chunk // (36 * 4 * (kdim + cp))))
     ws = _workspace(36 * tc * (kdim + cp))
     y = torch.empty((N, co, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
     for t0 in range(0, T, tc):

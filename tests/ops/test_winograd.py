@@ -155,6 +155,43 @@ def test_chunks(monkeypatch):
     assert _err(y, ref) < TOL
 
 
+class _CountingKernels:
+    """The extension module with its ``winograd_input`` calls counted (one per round)."""
+
+    def __init__(self, K):
+        self._K, self.rounds = K, 0
+
+    def __getattr__(self, name):
+        return getattr(self._K, name)
+
+    def winograd_input(self, *a):
+        self.rounds += 1
+        return self._K.winograd_input(*a)
+
+
+@needs_kernels
+@pytest.mark.parametrize("factor, min_bytes, rounds", [
+    (0.0, 1 << 30, 1),       # the floor: one round holds all 36 tiles
+    (1.0, 0, 3),             # rounds of U's bytes: 16 tiles, then 16, then 4
+    (1.0, 1 << 30, 1),       # ... unless the floor is larger
+])
+def test_round_size_follows_the_weight_size(monkeypatch, factor, min_bytes, rounds):
+    """Tiles per round = CHUNK_U_FACTOR x U's bytes (clamped to [CHUNK_MIN_BYTES, CHUNK_BYTES])
+    over the bytes of one tile's V and M rows."""
+    x, w, b = _conv_case(1, 16, 32, 48, 48, 5, seed=8)   # 24x24 output: 6 x 6 = 36 tiles
+    U = Wg.winograd_conv2d_weight(w, 2)                   # [36, 64, 32]: 36*4*96 B per tile
+    tile_bytes = 36 * 4 * (U.shape[1] + U.shape[2])
+    monkeypatch.setattr(Wg, "CHUNK_U_FACTOR", factor * 16 * tile_bytes / (4 * U.numel()))
+    monkeypatch.setattr(Wg, "CHUNK_MIN_BYTES", min_bytes)
+    monkeypatch.setattr(Wg, "MIN_CHUNK_TILES", 1)
+    K = _CountingKernels(Wg._kernels())
+    monkeypatch.setattr(Wg, "_kernels", lambda: K)
+    y = Wg.conv2d_winograd(x, U, b, 5, 2, 2)
+    assert K.rounds == rounds
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=2, padding=2)
+    assert _err(y, ref) < TOL
+
+
 @needs_kernels
 def test_bad_input_is_refused():
     x, w, b = _conv_case(1, 8, 8, 12, 12, 5)
@@ -253,15 +290,20 @@ def test_cached_weights_follow_parameter_updates():
 @needs_dispatch
 def test_dispatch_rule_follows_the_gemm_shape(monkeypatch):
     """Winograd where its GEMM is wide enough: not for the 3-channel image layer (even with 96
-    outputs) nor a 48-channel conv (N = 48); yes for a 48-channel transposed conv (N = 4*48)."""
+    outputs) nor a 32-channel conv (N = 32); yes for a 48-channel conv (N = 48) and a 48-channel
+    transposed conv (N = 4*48)."""
+    monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_N", 48)
     conv_calls = _count_calls(monkeypatch, "conv2d_winograd")
     convt_calls = _count_calls(monkeypatch, "conv_transpose2d_winograd")
     with torch.no_grad():
         x, w, b = _conv_case(1, 3, 96, 40, 48, 9, seed=11)
         slim_conv2d(x, w, b, stride=4, padding=4)
-        x, w, b = _conv_case(1, 48, 48, 24, 20, 5, seed=12)
+        x, w, b = _conv_case(1, 32, 32, 24, 20, 5, seed=12)
         slim_conv2d(x, w, b, stride=2, padding=2)
         assert conv_calls == []
+        x, w, b = _conv_case(1, 48, 48, 24, 20, 5, seed=12)
+        slim_conv2d(x, w, b, stride=2, padding=2)
+        assert conv_calls == [1]
         x, w, b = _convt_case(1, 48, 48, 6, 7, 5, seed=13)
         ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride=2, padding=2,
                                  output_padding=1)

@@ -1,0 +1,38 @@
+"""bench/bench_conv_avx2.py on tiny images: both modes print one complete row per case."""
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import bench_conv_avx2 as B  # noqa: E402
+from slimkernels.ops import conv as C  # noqa: E402
+
+
+def _rows(out):
+    return [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+
+
+def test_ab_table(capsys):
+    assert B.main(["--widths", "48", "--repeats", "1", "--scale", "16", "--threads", "1"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert [r.split("|")[1].strip() for r in rows] == [layer[0] for layer in B.LAYERS]
+    for r in rows:
+        cells = [c.strip() for c in r.split("|")[1:-1]]
+        assert float(cells[2]) > 0 and float(cells[3]) > 0 and cells[4].endswith("x")
+
+
+@pytest.mark.skipif(not any(C._use_winograd(torch.empty(1, 48, 8, 8), 48, 48, 5, 2, 2, t)
+                            for t in (False, True)),
+                    reason="no Winograd path on this CPU: the sweep has no rows")
+def test_round_sweep(capsys):
+    assert B.main(["--widths", "48", "--repeats", "1", "--scale", "16", "--threads", "1",
+                   "--round-mb", "1,4"]) == 0
+    rows = _rows(capsys.readouterr().out)
+    names = [r.split("|")[1].strip() for r in rows]
+    assert [n.split()[0] for n in names] == ["enc2", "enc3", "dec1", "dec2"]  # not the image layers
+    for r in rows:
+        assert all(float(c) > 0 for c in [c.strip() for c in r.split("|")[3:-1]])
