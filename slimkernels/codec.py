@@ -251,12 +251,16 @@ def _dense(t: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_form
            ) -> torch.Tensor:
     """``t`` in ``dtype`` and ``memory_format`` with the dense strides of that format (one copy,
     or none when ``t`` already is). ``Tensor.contiguous`` keeps degenerate strides of size-1
-    dimensions (a batch stride of 3 for a channels_last view of an HWC image); this does not."""
+    dimensions (a batch stride of 3 for a channels_last view of an HWC image); this does not. A
+    single image whose other strides are the dense ones is returned as a view with the dense
+    strides (no copy)."""
     N, C, H, W = t.shape
     want = ((C * H * W, 1, W * C, C) if memory_format == torch.channels_last
             else (C * H * W, H * W, W, 1))
     if t.dtype == dtype and t.stride() == want:
         return t
+    if t.dtype == dtype and N == 1 and t.stride()[1:] == want[1:]:
+        return t.as_strided(t.shape, want)   # one image: only the batch stride differs, a view
     out = torch.empty((N, C, H, W), dtype=dtype, device=t.device, memory_format=memory_format)
     return out.copy_(t)
 

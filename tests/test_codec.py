@@ -271,7 +271,11 @@ def test_dense_strides_helper():
     x = torch.rand(8, 10, 3).permute(2, 0, 1)[None]
     out = _dense(x, torch.float32, torch.channels_last)
     assert out.stride() == (240, 1, 30, 3) and torch.equal(out, x)
+    assert out.data_ptr() == x.data_ptr()           # one image: a view with the dense strides
     assert _dense(out, torch.float32, torch.channels_last) is out        # already dense: no copy
+    xb = torch.rand(8, 10, 3, 2).permute(3, 2, 0, 1)                      # a batch: copied
+    ob = _dense(xb, torch.float32, torch.channels_last)
+    assert ob.stride() == (240, 1, 30, 3) and torch.equal(ob, xb) and ob.data_ptr() != xb.data_ptr()
     n = _dense(x, torch.bfloat16, torch.contiguous_format)
     assert n.is_contiguous() and n.dtype == torch.bfloat16 and torch.equal(n, x.bfloat16())
 
