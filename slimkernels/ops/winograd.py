@@ -150,14 +150,15 @@ def _check_x(x: torch.Tensor, name: str) -> torch.Tensor:
 #: Tiles per transform -> GEMM -> transform round: as many as keep ``V`` and ``M`` (36 x tiles x
 #: (K + N) fp32) within ``CHUNK_U_FACTOR`` times the bytes of the transformed weight ``U``,
 #: clamped to [``CHUNK_MIN_BYTES``, ``CHUNK_BYTES``]. Every round reads all of ``U``, so wide
-#: layers want few rounds (w=192: U is 21 MB, 32 MB rounds were 1.4x faster than 8 MB ones),
-#: while narrow layers want rounds that stay in cache (w=72: 2-4 MB rounds 1.3-1.45x faster than
-#: 32 MB ones, w=48: 1.6x, when this Zen 3 VM's memory was slow; even when it was not:
-#: ``python bench/bench_conv_avx2.py --round-mb 2,4,8,16,32``).
+#: layers want few rounds (w=192: U is 21 MB; 32 MB rounds 1.4x faster than 8 MB ones), while
+#: narrow layers want rounds that stay in cache when memory is slow (this Zen 3 VM in a slow
+#: phase: w=72 1.45x and w=48 1.6x faster with 2 MB rounds than with 32 MB ones; in a fast phase
+#: within +-8 % either way). 3x U's bytes (w=144..192: 32 MB, w=96: 16 MB, w=72: 9 MB, w=48:
+#: 4 MB) is the compromise: ``python bench/bench_conv_avx2.py --round-mb 2,4,8,16,32``.
 #: The workspace (the largest round so far) is kept per thread between calls.
 CHUNK_BYTES = 32 << 20
 CHUNK_MIN_BYTES = 2 << 20
-CHUNK_U_FACTOR = 1.5
+CHUNK_U_FACTOR = 3.0
 #: ... but at least this many tiles (the GEMM's M dimension).
 MIN_CHUNK_TILES = 16
 _WORKSPACE = threading.local()
