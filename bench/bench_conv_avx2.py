@@ -59,28 +59,27 @@ def _layer_fn(layer, width, scale):
     return lambda: C.slim_conv2d(x, w, b, stride=s, padding=p)
 
 
-def _switched(fn, on):
+def _with(fn, module, **values):
+    """``fn`` run with ``module``'s attributes set to ``values`` (restored afterwards)."""
     def run():
-        was = C.CPU_WINOGRAD, C.CPU_IMAGE_CONV
-        C.CPU_WINOGRAD = C.CPU_IMAGE_CONV = on
+        was = {k: getattr(module, k) for k in values}
+        for k, v in values.items():
+            setattr(module, k, v)
         try:
             return fn()
         finally:
-            C.CPU_WINOGRAD, C.CPU_IMAGE_CONV = was
+            for k, v in was.items():
+                setattr(module, k, v)
     return run
+
+
+def _switched(fn, on):
+    return _with(fn, C, CPU_WINOGRAD=on, CPU_IMAGE_CONV=on)
 
 
 def _rounds_capped(fn, nbytes):
     """``fn`` with every Winograd round sized ``nbytes`` (None: the shipped rule)."""
-    def run():
-        was = Wg.CHUNK_BYTES, Wg.CHUNK_MIN_BYTES
-        if nbytes is not None:
-            Wg.CHUNK_BYTES = Wg.CHUNK_MIN_BYTES = nbytes
-        try:
-            return fn()
-        finally:
-            Wg.CHUNK_BYTES, Wg.CHUNK_MIN_BYTES = was
-    return run
+    return fn if nbytes is None else _with(fn, Wg, CHUNK_BYTES=nbytes, CHUNK_MIN_BYTES=nbytes)
 
 
 def round_sweep(widths, sizes_mb, repeats, scale):
