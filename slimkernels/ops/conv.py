@@ -159,12 +159,13 @@ WFOLD_SMALL_C_MAX_OUT = 72
 #: EPYC, 1.0-1.3x at 48-72), when its batched GEMM ``[tiles, K] x [K, N]`` has
 #: ``N >= WINOGRAD_MIN_N`` (a conv: N = C_out; a transposed conv: N = stride^2 * C_out) and
 #: ``C_in >= WINOGRAD_MIN_CIN`` (the image layer, 3 channels, measured 0.46-0.83x). 48-channel
-#: convs (N = 48) measured 0.84-0.97x with 32 MB rounds and 1.0-1.1x (compress at w=48: 1.02-1.1x
-#: in two order-swapped A/Bs) with the rounds sized to the weights (``winograd.CHUNK_*``). A
-#: transposed conv onto 1-3 channels goes to the image kernel first. Not on AVX-512 CPUs (not
-#: measured there) nor in bf16.
+#: convs (N = 48) depend on this VM's memory speed: 0.84-0.97x with 32 MB rounds; with rounds
+#: sized to the weights (``winograd.CHUNK_*``) 1.5x in a slow-memory phase but 0.86-0.99x in a
+#: fast one, and compress at w=48 2-9 % faster in one order-swapped A/B, 6 % slower in another:
+#: no clear win, so they stay on oneDNN. A transposed conv onto 1-3 channels goes to the image
+#: kernel first. Not on AVX-512 CPUs (not measured there) nor in bf16.
 CPU_WINOGRAD = True
-WINOGRAD_MIN_N = 48
+WINOGRAD_MIN_N = 64
 WINOGRAD_MIN_CIN = 32
 #: Without gradient, run fp32 convs on few-channel inputs and transposed convs onto 1-3 output
 #: channels (the image layers) with the direct AVX2 kernels of :mod:`slimkernels.ops.conv_image`
