@@ -396,7 +396,8 @@ def _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding
     """The direct AVX2 transposed conv onto 1-3 fp32 outputs (see ``CPU_IMAGE_CONV``), or None."""
     from . import conv_image
     ci, k = x.shape[1], weight.shape[-1]
-    if not _image_kernels_apply(x, weight, co, conv_image.MAX_OUTPUT_CHANNELS):
+    if not _image_kernels_apply(x, weight, co, conv_image.MAX_OUTPUT_CHANNELS) or \
+            not conv_image.transposed_geometry_ok(k, stride, co):
         return None
     wp, b = _cached_fp32(("imageT", co, ci, k), weight, bias, co,
                          lambda: conv_image.pack_image_conv_transpose_weight(weight[:ci, :co]))

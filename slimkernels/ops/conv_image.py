@@ -110,6 +110,20 @@ def _lanes(k: int, co: int) -> int:
     return -(-(k * co) // 8) * 8
 
 
+#: The transposed kernel adds pixel ix's lanes into row buffer ix % nb, nb = ceil(lanes / (s*C_out))
+#: (3 for 9x9/4 onto RGB); it keeps at most this many.
+MAX_ROW_BUFFERS = 64
+
+
+def transposed_geometry_ok(k: int, stride: int, out_channels: int) -> bool:
+    """Whether :func:`conv_transpose2d_image` takes a ``k x k`` stride-``stride`` transposed conv
+    onto ``out_channels`` channels (1 to ``MAX_OUTPUT_CHANNELS``; a very large kernel at a small
+    stride needs more row buffers than the kernel keeps)."""
+    s, co = int(stride), int(out_channels)
+    return 1 <= co <= MAX_OUTPUT_CHANNELS and k >= 1 and s >= 1 and \
+        -(-_lanes(k, co) // (s * co)) <= MAX_ROW_BUFFERS
+
+
 def pack_image_conv_transpose_weight(w: torch.Tensor) -> torch.Tensor:
     """``[C_in, C_out, k, k]`` (any float dtype) -> ``[k, C_in, L]`` fp32, contiguous, with
     ``L`` = ``k * C_out`` rounded up to 8 (``packed[ky, c, kx*C_out + o] = w[c, o, ky, kx]``,
@@ -148,6 +162,10 @@ def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[tor
         raise ValueError(f"conv_transpose2d_image: packed weight {tuple(wp.shape)} does not fit "
                          f"x {tuple(x.shape)}, k={k}, C_out={co} (pack it with "
                          f"pack_image_conv_transpose_weight)")
+    if s >= 1 and not transposed_geometry_ok(k, s, co):
+        raise ValueError(f"conv_transpose2d_image: a {k}x{k} kernel at stride {s} onto {co} "
+                         f"channels needs more than {MAX_ROW_BUFFERS} row buffers (use "
+                         f"F.conv_transpose2d)")
     if s < 1 or padding < 0 or not 0 <= output_padding < max(s, 1):
         raise ValueError(f"conv_transpose2d_image: stride={s}, padding={padding}, "
                          f"output_padding={output_padding} are not a valid geometry")

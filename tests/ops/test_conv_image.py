@@ -154,6 +154,21 @@ def test_transposed_bad_input_is_refused():
         CI.conv_transpose2d_image(x, wp, torch.zeros(2), 9, 4, 4, 3, 3)
 
 
+@needs_kernel
+def test_transposed_too_many_row_buffers():
+    """A 65x65 stride-1 kernel onto one channel needs 72 row buffers: the kernel refuses it with
+    a clear error, and the conv op runs it on oneDNN instead."""
+    assert CI.transposed_geometry_ok(9, 4, 3) and not CI.transposed_geometry_ok(65, 1, 1)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 2, 3, 3, generator=g)
+    w = torch.randn(2, 1, 65, 65, generator=g) / 100
+    with pytest.raises(ValueError, match="row buffers"):
+        CI.conv_transpose2d_image(x, CI.pack_image_conv_transpose_weight(w), None, 65, 1, 0, 0, 1)
+    with torch.no_grad():
+        y = slim_conv_transpose2d(x, w, None, stride=1, padding=0)
+    assert _err(y, F.conv_transpose2d(x.double(), w.double())) < TOL
+
+
 @pytest.mark.skipif(not CI.image_conv_available() or conv_mod._cpu_capability() != "AVX2",
                     reason="the conv op uses this kernel on AVX2 (non-AVX-512) CPUs only")
 def test_slim_conv_transpose2d_dispatches_the_output_layer(monkeypatch):
