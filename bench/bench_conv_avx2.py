@@ -12,13 +12,16 @@ channels, the direct image-layer kernels for enc1 and dec3); prints a Markdown t
 transform rounds capped at each size (``winograd.CHUNK_*``), against the shipped rule.
 """
 import argparse
-import statistics
-import time
+import os
+import sys
 
 import torch
 
 import slimkernels.ops.conv as C
 import slimkernels.ops.winograd as Wg
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_conv import interleaved_medians  # noqa: E402
 
 # name, transposed, C_in (None: width), C_out (None: width), H, W of the input, k, s, p, op
 LAYERS = [("enc1 9x9/4", False, 3, None, 512, 768, 9, 4, 4, 0),
@@ -31,17 +34,11 @@ LAYERS = [("enc1 9x9/4", False, 3, None, 512, 768, 9, 4, 4, 0),
 
 def interleaved_ms(fns, repeats):
     """Medians (ms) of ``fns`` timed in alternation, ``repeats`` rounds after two warm-up calls
-    each: drifts of the machine hit all alike."""
-    for f in fns:
-        f()
-        f()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, f in enumerate(fns):
-            t = time.perf_counter()
-            f()
-            times[i].append(time.perf_counter() - t)
-    return [1e3 * statistics.median(t) for t in times]
+    each, in a new order every round (:func:`bench_conv.interleaved_medians`): drifts of the
+    machine hit all alike, and no fn always runs right after the same neighbour (a fixed order
+    put ~10 % between two identical configurations on this VM)."""
+    t = interleaved_medians({i: f for i, f in enumerate(fns)}, repeats, warmup=2)
+    return [t[i] for i in range(len(fns))]
 
 
 def _layer_fn(layer, width, scale):

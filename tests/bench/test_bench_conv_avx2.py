@@ -25,11 +25,11 @@ def test_ab_table(capsys):
         assert float(cells[2]) > 0 and float(cells[3]) > 0 and cells[4].endswith("x")
 
 
-@pytest.mark.skipif(not any(C._use_winograd(torch.empty(1, 48, 8, 8), 48, 48, 5, 2, 2, t)
+@pytest.mark.skipif(not any(C._use_winograd(torch.empty(1, 64, 8, 8), 64, 64, 5, 2, 2, t)
                             for t in (False, True)),
                     reason="no Winograd path on this CPU: the sweep has no rows")
 def test_round_sweep(capsys):
-    assert B.main(["--widths", "48", "--repeats", "1", "--scale", "16", "--threads", "1",
+    assert B.main(["--widths", "64", "--repeats", "1", "--scale", "16", "--threads", "1",
                    "--round-mb", "1,4"]) == 0
     rows = _rows(capsys.readouterr().out)
     names = [r.split("|")[1].strip() for r in rows]

@@ -191,9 +191,22 @@ def test_interleaved_burst_times_the_last_call_of_each_configuration():
             return {"part": float(len(calls))}
         return f
     t = e2e.interleaved({"a": make("a"), "b": make("b")}, repeats=2, warmup=1, burst=3)
-    assert calls == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
-    # recorded: the 3rd call of each burst in the 2 timed rounds (calls 9, 12, 15, 18)
+    bursts = [calls[i:i + 3] for i in range(0, len(calls), 3)]
+    assert len(calls) == 18 and all(len(set(b)) == 1 for b in bursts)
+    rounds = [{bursts[i][0], bursts[i + 1][0]} for i in range(0, 6, 2)]
+    assert rounds == [{"a", "b"}] * 3           # every round runs each fn once (in some order)
+    # recorded: the 3rd call of each burst in the 2 timed rounds (rounds 2 and 3)
+    last = {n: [3 * (i + 1) for i in range(2, 6) if bursts[i][0] == n] for n in "ab"}
     assert t["a"]["n"] == t["b"]["n"] == 2
-    assert t["a"]["part"] == (9 + 15) / 2 and t["b"]["part"] == (12 + 18) / 2
+    assert t["a"]["part"] == sum(last["a"]) / 2 and t["b"]["part"] == sum(last["b"]) / 2
     t1 = e2e.interleaved({"a": make("a")}, repeats=3, warmup=0)
     assert t1["a"]["n"] == 3 and calls[-3:] == ["a"] * 3
+
+
+def test_interleaved_order_changes_between_rounds():
+    """A new call order every round: no fn always runs right after the same neighbour."""
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abcd"}
+    e2e.interleaved(fns, repeats=12, warmup=0)
+    orders = {tuple(calls[i:i + 4]) for i in range(0, len(calls), 4)}
+    assert all(sorted(o) == list("abcd") for o in orders) and len(orders) > 1
