@@ -156,7 +156,7 @@ WFOLD_SMALL_C_MAX_OUT = 72
 #: Without gradient, run fp32 convs and transposed convs whose geometry maps onto Winograd
 #: F(4x4, 3x3) (:mod:`slimkernels.ops.winograd`: SlimCAE's 5x5/2 layers) that way on AVX2 CPUs
 #: (where it was measured: 1.3-2.2x oneDNN's direct fp32 kernels for 96-192 channels on a Zen 3
-#: EPYC, 1.0-1.3x at 48-72), when its batched GEMM ``[tiles, K] x [K, N]`` has
+#: EPYC, 1.0-1.3x at 72 and for the transposed ones at 48), when its batched GEMM ``[tiles, K] x [K, N]`` has
 #: ``N >= WINOGRAD_MIN_N`` (a conv: N = C_out; a transposed conv: N = stride^2 * C_out) and
 #: ``C_in >= WINOGRAD_MIN_CIN`` (the image layer, 3 channels, measured 0.46-0.83x). 48-channel
 #: convs (N = 48) depend on this VM's memory speed: 0.84-0.97x with 32 MB rounds; with rounds
