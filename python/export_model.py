@@ -8,6 +8,11 @@ trainer's --ema, on by default; --raw takes the training weights instead); the C
 from the exported entropy model. The info stored with the model records the training run: steps,
 crop sizes, lambdas (initial and current), learning rate, which weights, data folder, and the log's
 last validation. Refuses to overwrite without --force.
+
+A fine-tuning branch (e.g. a copy of the run resumed with a lower --lr and --no-schedule) has no
+schedule state of its own: --schedule-from MAIN_CHECKPOINT records the main run's (its lambdas
+must equal the branch's), so that --init MODEL --init-continue --schedule resumes the schedule
+where the main run is; --note TEXT is stored in the info as well (what the branch did).
 """
 import argparse
 import json
@@ -26,6 +31,9 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true")
     p.add_argument("--raw", action="store_true",
                    help="export the training weights, not their moving average")
+    p.add_argument("--schedule-from", default=None, metavar="CHECKPOINT",
+                   help="record this checkpoint's lambda schedule state (same lambdas required)")
+    p.add_argument("--note", default=None, help="free text stored in the info")
     args = p.parse_args(argv)
     if os.path.exists(args.output) and not args.force:
         print(f"{args.output} exists: not overwriting it (use --force)", file=sys.stderr)
@@ -52,6 +60,22 @@ def main(argv=None) -> int:
             "data": os.path.basename(os.path.normpath(cfg["data"])), "last_validation": val,
             # the lambda schedule's state, so that --init MODEL --init-continue --schedule resumes it
             "scheduler": ck.get("scheduler"), "next_schedule": ck.get("next_schedule")}
+    if args.schedule_from:
+        main_ck = torch.load(args.schedule_from, map_location="cpu", weights_only=False)
+        if main_ck.get("scheduler") is None:
+            print(f"{args.schedule_from} records no lambda schedule (trained without "
+                  f"--schedule): nothing to take", file=sys.stderr)
+            return 1
+        if list(main_ck.get("lambdas") or []) != list(ck["lambdas"]):
+            print(f"{args.schedule_from} has lambdas {main_ck.get('lambdas')}, {args.checkpoint} "
+                  f"{ck['lambdas']}: its schedule state does not describe this model",
+                  file=sys.stderr)
+            return 1
+        info["scheduler"] = main_ck["scheduler"]
+        info["next_schedule"] = main_ck.get("next_schedule")
+        info["schedule_from"] = {"path": args.schedule_from, "step": main_ck.get("step")}
+    if args.note:
+        info["note"] = args.note
     save_model(model, args.output, info=info)
     print(json.dumps(info, indent=1)[:2000])
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB)")

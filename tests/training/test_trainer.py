@@ -190,6 +190,34 @@ def test_weight_average_is_updated_saved_validated_and_exported(image_dir, tmp_p
         load_model(ckpt, weights="best")
 
 
+def test_export_takes_the_schedule_from_the_main_run(image_dir, tmp_path):
+    """A fine-tuning branch (no --schedule) exported with --schedule-from MAIN records the main
+    run's schedule state and a note; a main run with other lambdas is refused."""
+    main = Trainer(_cfg(image_dir, tmp_path / "main", widths=[8, 6, 4], lambdas=[0.01, 0.005, 0.002],
+                        steps=4, schedule=True, schedule_steps=2), log=lambda *_: None).fit()
+    branch = tmp_path / "branch"
+    branch.mkdir()
+    ck = torch.load(tmp_path / "main" / "checkpoint.pt", weights_only=False)
+    ck["scheduler"], ck["next_schedule"] = None, None
+    torch.save(ck, branch / "checkpoint.pt")
+    script = os.path.join(ROOT, "python", "export_model.py")
+    out = tmp_path / "m.pt"
+    res = subprocess.run([sys.executable, script, str(branch / "checkpoint.pt"), str(out),
+                          "--schedule-from", str(tmp_path / "main" / "checkpoint.pt"),
+                          "--note", "lr 1e-5 branch"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    info = torch.load(out, weights_only=False)["info"]
+    assert info["scheduler"] == main.scheduler.state_dict() and info["note"] == "lr 1e-5 branch"
+    assert info["next_schedule"] == main.next_schedule
+    ck["lambdas"] = [0.02, 0.005, 0.002]
+    torch.save(ck, branch / "checkpoint.pt")
+    res = subprocess.run([sys.executable, script, str(branch / "checkpoint.pt"),
+                          str(tmp_path / "m2.pt"), "--schedule-from",
+                          str(tmp_path / "main" / "checkpoint.pt")], capture_output=True, text=True)
+    assert res.returncode == 1 and "does not describe this model" in res.stderr
+    assert not (tmp_path / "m2.pt").exists()
+
+
 def test_ema_off_keeps_no_average(image_dir, tmp_path):
     t = Trainer(_cfg(image_dir, tmp_path / "n", steps=1, ema=0.0), log=lambda *_: None).fit()
     assert t.ema is None
