@@ -1,4 +1,4 @@
-"""Winograd F(4x4, 3x3) convolutions in fp32 on CPU (AVX2 + FMA), for inference.
+"""Winograd F(4x4, 3x3) convolutions in fp32 on CPU (AVX2 + FMA), for inference and training.
 
 SlimCAE's wide layers are 5x5 stride-2 convs and transposed convs. On a CPU without AMX they are
 compute-bound in oneDNN's direct fp32 kernels (~85 % of the FMA peak on a Zen 3 core), so the
@@ -21,6 +21,11 @@ the result is within ~1e-5 (relative to the output's magnitude) of float64, as d
 The transformed weights take 4x the memory of the weight slice (36 / 9); they are cached per
 (layer, width) by the conv op (:mod:`slimkernels.ops.conv`), which decides where this path runs.
 :func:`conv2d_winograd_reference` is the same algorithm in PyTorch ops (any dtype, any device).
+
+Training: :class:`WinogradConv2dFunction` / :class:`WinogradConvTranspose2dFunction` run the
+forward and the input gradient (the transposed conv of the output gradient, and vice versa) by
+Winograd on weights transformed per call in fp32; the weight and bias gradients stay on oneDNN.
+The conv op uses them for wide layers with enough tiles (``slimkernels.ops.conv``).
 """
 from __future__ import annotations
 
@@ -35,7 +40,9 @@ from ._raw import bias_pointer, fp32_cpu_input
 
 __all__ = ["winograd_available", "winograd_conv2d_weight", "winograd_conv_transpose2d_weight",
            "conv2d_winograd", "conv_transpose2d_winograd", "conv2d_winograd_reference",
-           "conv_transpose2d_winograd_reference", "winograd_geometry_ok"]
+           "conv_transpose2d_winograd_reference", "winograd_geometry_ok",
+           "transform_weight_fp32", "conv2d_weight_fp32", "conv_transpose2d_weight_fp32",
+           "WinogradConv2dFunction", "WinogradConvTranspose2dFunction"]
 
 #: F(4x4, 3x3) for the points 0, 1, -1, 1/2, -1/2, inf (``Y = A^T [(G g G^T) * (B^T d B)] A``).
 _BT = ((0.25, 0, -1.25, 0, 1, 0), (0, -0.25, -0.25, 1, 1, 0), (0, 0.25, -0.25, -1, 1, 0),
@@ -252,6 +259,136 @@ def conv_transpose2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[t
         raise ValueError(f"conv_transpose2d_winograd: empty output for x {tuple(x.shape)}")
     co = U.shape[-1] // (s * s)
     return _run(xc, U, bias, 1, -lo, -(-Ho // s), -(-Wo // s), s, Ho, Wo, co)
+
+
+# -- training: autograd Functions on weights that change every step -------------------------------
+def _kron_g() -> torch.Tensor:
+    _, G, _ = winograd_matrices(dtype=torch.float32)
+    return torch.kron(G, G)  # [36, 9]: [i*6 + j, a*3 + b] = G[i, a] * G[j, b]
+
+
+def transform_weight_fp32(wc: torch.Tensor) -> torch.Tensor:
+    """``[C_out', K, 3, 3]`` -> ``U [36, K, C_out']`` fp32 as one GEMM ``(G (x) G) [36, 9] x
+    [9, K*C_out']`` (for weights that change every training step: the float64 transform of the
+    inference caches takes ~65 ms for a 192-channel 5x5/2 layer). Differs from it by fp32
+    rounding. The weight is transposed first (it is 1/4 of U's size), so U is written in order."""
+    co, kdim = wc.shape[0], wc.shape[1]
+    t = wc.detach().to(torch.float32).permute(2, 3, 1, 0).reshape(9, kdim * co)
+    return (_kron_g() @ t).view(36, kdim, co)
+
+
+def conv2d_weight_fp32(w: torch.Tensor, stride: int) -> torch.Tensor:
+    """:func:`winograd_conv2d_weight` in fp32 for training (see :func:`transform_weight_fp32`):
+    ``[C_out, C_in, k, k]`` -> ``U [36, s*s*C_in, C_out]``, the polyphase split and the
+    transpose in one copy."""
+    co, ci, k, _ = w.shape
+    s = stride
+    wp = F.pad(w.detach().to(torch.float32), (0, 3 * s - k, 0, 3 * s - k))
+    t = wp.reshape(co, ci, 3, s, 3, s).permute(2, 4, 3, 5, 1, 0).reshape(9, s * s * ci * co)
+    return (_kron_g() @ t).view(36, s * s * ci, co)
+
+
+def conv_transpose2d_weight_fp32(w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    """:func:`winograd_conv_transpose2d_weight` in fp32 for training: ``[C_in, C_out, k, k]`` ->
+    ``U [36, C_in, s*s*C_out]`` (output channels (ry, rx, co)), by a row gather of the transposed
+    weight instead of the sub-pixel weight's copies."""
+    from .conv import _subpixel_plan
+    ci, co, k, _ = w.shape
+    s = stride
+    idx, _, _, kc = _subpixel_plan(k, s, padding)          # [s, s, kc, kc] flat taps, k*k: none
+    idx = F.pad(idx.view(s, s, kc, kc), (0, 3 - kc, 0, 3 - kc), value=k * k)
+    wt = w.detach().to(torch.float32).reshape(ci, co, k * k).permute(2, 0, 1)   # tap, ci, co
+    wt = torch.cat([wt, wt.new_zeros(1, ci, co)])                                # + no tap
+    g = wt[idx.permute(2, 3, 0, 1).reshape(-1)].view(3, 3, s, s, ci, co)       # a, b, ry, rx
+    t = g.permute(0, 1, 4, 2, 3, 5).reshape(9, ci * s * s * co)
+    return (_kron_g() @ t).view(36, ci, s * s * co)
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+class WinogradConv2dFunction(torch.autograd.Function):
+    """Differentiable :func:`conv2d_winograd` for training in fp32 on AVX2 CPUs.
+
+    ``apply(x, w, b, stride, padding)``: x ``[N, C_in, H, W]`` fp32 CPU, w ``[C_out, C_in, k, k]``
+    (a slice view of the full weight is fine: autograd scatters its gradient back), b ``[C_out]``
+    or None; returns ``[N, C_out, H_out, W_out]`` fp32 channels_last. The forward and the input
+    gradient (a transposed conv of the output gradient: :func:`conv_transpose2d_winograd`) run
+    by Winograd on weights transformed in fp32 per call (:func:`transform_weight_fp32`); the
+    weight and bias gradients by ``aten.convolution_backward`` (oneDNN). No double backward."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, stride: int, padding: int):
+        k = w.shape[-1]
+        U = conv2d_weight_fp32(w, stride)
+        y = conv2d_winograd(x.detach(), U, None if b is None else b.detach(), k, stride, padding)
+        ctx.save_for_backward(x, w)
+        ctx.geom = (stride, padding, b is not None)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        s, p, has_b = ctx.geom
+        k, H, Ho = w.shape[-1], x.shape[2], gy.shape[2]
+        gy = _channels_last(gy.to(torch.float32))
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            # d/dx of a stride-s conv: the transposed conv of gy with the same weight, viewed
+            # as [C_in' = C_out, C_out' = C_in]; output_padding restores x's size
+            op = H - ((Ho - 1) * s - 2 * p + k)
+            if 0 <= op < s and op == x.shape[3] - ((gy.shape[3] - 1) * s - 2 * p + k):
+                Ut = conv_transpose2d_weight_fp32(w, s, p)
+                gx = conv_transpose2d_winograd(gy, Ut, None, k, s, p, op)
+            else:  # x's height and width need different output paddings: one call cannot
+                gx = torch.ops.aten.convolution_backward(
+                    gy, x.detach(), w.detach(), None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
+                    [True, False, False])[0]
+        if ctx.needs_input_grad[1] or (has_b and ctx.needs_input_grad[2]):
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                gy, x.detach(), w.detach(), [w.shape[0]] if has_b else None, [s, s], [p, p],
+                [1, 1], False, [0, 0], 1,
+                [False, bool(ctx.needs_input_grad[1]), has_b and bool(ctx.needs_input_grad[2])])
+        return gx, gw, gb, None, None
+
+
+class WinogradConvTranspose2dFunction(torch.autograd.Function):
+    """Differentiable :func:`conv_transpose2d_winograd` for training in fp32 on AVX2 CPUs.
+
+    ``apply(x, w, b, stride, padding, output_padding)``: x ``[N, C_in, H, W]`` fp32 CPU, w
+    ``[C_in, C_out, k, k]`` (a slice view is fine), b ``[C_out]`` or None; returns ``[N, C_out,
+    (H-1)*s - 2p + k + op, ...]`` fp32 channels_last. The input gradient is a stride-s conv of
+    the output gradient with the same weight (:func:`conv2d_winograd`); the weight and bias
+    gradients come from ``aten.convolution_backward``. No double backward."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, stride: int, padding: int, output_padding: int):
+        k = w.shape[-1]
+        U = conv_transpose2d_weight_fp32(w, stride, padding)
+        y = conv_transpose2d_winograd(x.detach(), U, None if b is None else b.detach(), k,
+                                      stride, padding, output_padding)
+        ctx.save_for_backward(x, w)
+        ctx.geom = (stride, padding, output_padding, b is not None)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        s, p, op, has_b = ctx.geom
+        gy = _channels_last(gy.to(torch.float32))
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            U = conv2d_weight_fp32(w, s)
+            gx = conv2d_winograd(gy, U, None, w.shape[-1], s, p)
+        if ctx.needs_input_grad[1] or (has_b and ctx.needs_input_grad[2]):
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                gy, x.detach(), w.detach(), [w.shape[1]] if has_b else None, [s, s], [p, p],
+                [1, 1], True, [op, op], 1,
+                [False, bool(ctx.needs_input_grad[1]), has_b and bool(ctx.needs_input_grad[2])])
+        return gx, gw, gb, None, None, None
 
 
 # -- the same algorithm in PyTorch ops (reference; any dtype and device) -------------------------

@@ -254,6 +254,7 @@ def test_slim_conv2d_dispatches_wide_fp32_no_grad(monkeypatch):
     with torch.no_grad():   # narrow: oneDNN
         slim_conv2d(x[:, :32], w, b, stride=2, padding=2, out_width=32)
     assert calls == [1]
+    monkeypatch.setattr(conv_mod, "CPU_WINOGRAD_TRAIN", False)
     y = slim_conv2d(xs, w.requires_grad_(), b, stride=2, padding=2, out_width=72)  # gradient
     assert calls == [1] and y.requires_grad
     monkeypatch.setattr(conv_mod, "CPU_WINOGRAD", False)
@@ -324,3 +325,163 @@ def test_global_switch_turns_it_off(monkeypatch):
         y = slim_conv2d(x, w, b, stride=2, padding=2)
     assert calls == []
     assert _err(y, ref) < 1e-5
+
+
+# -- training: the autograd Functions ------------------------------------------------------------
+def _grads64(fn, x, w, b, gy):
+    """(y, dx, dw, db) of fn in float64 (the reference)."""
+    x, w, b = (t.detach().double().requires_grad_() for t in (x, w, b))
+    y = fn(x, w, b)
+    y.backward(gy.double())
+    return y.detach(), x.grad, w.grad, b.grad
+
+
+def test_fp32_weight_transform_matches_the_float64_one():
+    for shape in [(80, 4 * 24, 3, 3), (7, 5, 3, 3)]:
+        wc = torch.randn(*shape, generator=_gen(20))
+        ref = Wg._transform_weight(wc.double())  # float64 transform, rounded once
+        u = Wg.transform_weight_fp32(wc)
+        assert u.shape == ref.shape and u.dtype == torch.float32 and u.is_contiguous()
+        assert (u - ref).abs().max() / ref.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("k,s,p", [(5, 2, 2), (3, 1, 1), (4, 2, 1), (6, 2, 2), (3, 2, 1)])
+def test_fp32_layer_weights_match_the_float64_ones(k, s, p):
+    """The training builders (polyphase split / sub-pixel gather + transpose in one copy) give
+    the inference caches' transformed weights up to fp32 rounding."""
+    w = torch.randn(24, 20, k, k, generator=_gen(30))
+    ref = Wg.winograd_conv2d_weight(w, s)
+    u = Wg.conv2d_weight_fp32(w, s)
+    assert u.shape == ref.shape and (u - ref).abs().max() / ref.abs().max() < 1e-6
+    if Wg.winograd_geometry_ok(k, s, p, True):
+        ref = Wg.winograd_conv_transpose2d_weight(w, s, p)
+        u = Wg.conv_transpose2d_weight_fp32(w, s, p)
+        assert u.shape == ref.shape and (u - ref).abs().max() / ref.abs().max() < 1e-6
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", [(2, 40, 72, 16, 16, 5, 2, 2), (1, 36, 66, 13, 18, 5, 2, 2),
+                                  (2, 33, 65, 12, 9, 3, 1, 1), (1, 40, 64, 15, 15, 4, 2, 1)])
+def test_conv2d_function_gradients_match_float64(case):
+    """Forward, input, weight and bias gradients of WinogradConv2dFunction against float64
+    autograd through F.conv2d: even and odd sizes (x rows no output sees: the input gradient
+    falls back to oneDNN), 3x3/1 and 4x4/2 kernels, weight and bias slices of larger tensors."""
+    N, ci, co, H, W, k, s, p = case
+    x, w_full, b_full = _conv_case(N, ci + 8, co + 16, H, W, k, seed=21)
+    x = x[:, :ci].contiguous(memory_format=torch.channels_last).requires_grad_()
+    w_full.requires_grad_()
+    b_full.requires_grad_()
+    y = Wg.WinogradConv2dFunction.apply(x, w_full[:co, :ci], b_full[:co], s, p)
+    gy = torch.randn(y.shape, generator=_gen(22))
+    y.backward(gy)
+    ry, rdx, rdw, rdb = _grads64(lambda a, bw, bb: F.conv2d(a, bw, bb, stride=s, padding=p),
+                                 x, w_full[:co, :ci], b_full[:co], gy)
+    assert _err(y, ry) < TOL
+    assert _err(x.grad, rdx) < TOL
+    assert _err(w_full.grad[:co, :ci], rdw) < TOL
+    assert _err(b_full.grad[:co], rdb) < TOL
+    assert (w_full.grad[co:] == 0).all() and (w_full.grad[:, ci:] == 0).all()
+    assert (b_full.grad[co:] == 0).all()
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", [(2, 72, 40, 8, 8, 5, 2, 2, 1), (1, 66, 36, 7, 9, 5, 2, 2, 0),
+                                  (2, 64, 33, 6, 5, 3, 1, 1, 0)])
+def test_conv_transpose2d_function_gradients_match_float64(case):
+    N, ci, co, H, W, k, s, p, op = case
+    x, w_full, b_full = _convt_case(N, ci + 8, co + 16, H, W, k, seed=23)
+    x = x[:, :ci].contiguous(memory_format=torch.channels_last).requires_grad_()
+    w_full.requires_grad_()
+    b_full.requires_grad_()
+    y = Wg.WinogradConvTranspose2dFunction.apply(x, w_full[:ci, :co], b_full[:co], s, p, op)
+    gy = torch.randn(y.shape, generator=_gen(24))
+    y.backward(gy)
+    ry, rdx, rdw, rdb = _grads64(
+        lambda a, bw, bb: F.conv_transpose2d(a, bw, bb, stride=s, padding=p, output_padding=op),
+        x, w_full[:ci, :co], b_full[:co], gy)
+    assert _err(y, ry) < TOL
+    assert _err(x.grad, rdx) < TOL
+    assert _err(w_full.grad[:ci, :co], rdw) < TOL
+    assert _err(b_full.grad[:co], rdb) < TOL
+    assert (w_full.grad[ci:] == 0).all() and (w_full.grad[:, co:] == 0).all()
+
+
+@needs_kernels
+def test_functions_without_bias_and_with_frozen_parts():
+    """No bias; a weight that needs no gradient (only dx); an input that needs none (only dw)."""
+    x, w, _ = _conv_case(1, 40, 64, 12, 12, 5, seed=25)
+    x = x.contiguous(memory_format=torch.channels_last)
+    xr = x.clone().requires_grad_()
+    y = Wg.WinogradConv2dFunction.apply(xr, w, None, 2, 2)
+    gy = torch.randn(y.shape, generator=_gen(26))
+    y.backward(gy)
+    rdx = torch.ops.aten.convolution_backward(gy.double(), x.double(), w.double(), None, [2, 2],
+                                              [2, 2], [1, 1], False, [0, 0], 1,
+                                              [True, False, False])[0]
+    assert _err(xr.grad, rdx) < TOL
+    wr = w.clone().requires_grad_()
+    y = Wg.WinogradConv2dFunction.apply(x, wr, None, 2, 2)
+    y.backward(gy)
+    _, _, rdw = (None, None, torch.ops.aten.convolution_backward(
+        gy.double(), x.double(), w.double(), None, [2, 2], [2, 2], [1, 1], False, [0, 0], 1,
+        [False, True, False])[1])
+    assert _err(wr.grad, rdw) < TOL
+
+
+@needs_dispatch
+def test_training_convs_dispatch_to_the_functions(monkeypatch):
+    """With gradient, fp32 wide 5x5/2 convs and transposed convs run the Winograd Functions
+    (gradients equal float64 autograd); not under CPU_WINOGRAD_TRAIN=False, not for narrow
+    layers (N < WINOGRAD_MIN_N on either pass), and not under bf16 autocast."""
+    monkeypatch.setattr(conv_mod, "WINOGRAD_TRAIN_MIN_TILES", 1)
+    monkeypatch.setattr(conv_mod, "WINOGRAD_TRAIN_MIN_N", 64)
+    fwd = _count_calls(monkeypatch, "conv2d_winograd")
+    fwdt = _count_calls(monkeypatch, "conv_transpose2d_winograd")
+    x, w, b = _conv_case(2, 96, 80, 20, 20, 5, seed=27)
+    w.requires_grad_()
+    xs = x[:, :64].contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = slim_conv2d(xs, w, b, stride=2, padding=2, out_width=72)
+    gy = torch.randn(y.shape, generator=_gen(28))
+    y.backward(gy)
+    assert fwd == [1] and fwdt == [1]   # forward conv, input gradient as a transposed conv
+    ry, rdx, rdw, _ = _grads64(lambda a, bw, bb: F.conv2d(a, bw, bb, stride=2, padding=2),
+                               xs, w[:72, :64], b[:72], gy)
+    assert _err(y, ry) < TOL and _err(xs.grad, rdx) < TOL and _err(w.grad[:72, :64], rdw) < TOL
+
+    xt, wt, bt = _convt_case(2, 96, 80, 8, 8, 5, seed=29)
+    wt.requires_grad_()
+    xts = xt[:, :72].requires_grad_()
+    y = slim_conv_transpose2d(xts, wt, bt, stride=2, padding=2, output_padding=1, out_width=64)
+    y.backward(torch.ones_like(y))
+    assert fwd == [1, 1] and fwdt == [1, 1]
+    ry, rdx, rdw, _ = _grads64(lambda a, bw, bb: F.conv_transpose2d(
+        a, bw, bb, stride=2, padding=2, output_padding=1), xts, wt[:72, :64], bt[:64],
+        torch.ones(y.shape))
+    assert _err(y, ry) < TOL and _err(xts.grad, rdx) < TOL and _err(wt.grad[:72, :64], rdw) < TOL
+
+    slim_conv2d(x[:, :32], w, b, stride=2, padding=2, out_width=32).sum().backward()  # narrow
+    with torch.autocast("cpu", torch.bfloat16):
+        slim_conv2d(xs, w, b, stride=2, padding=2, out_width=72).float().sum().backward()
+    monkeypatch.setattr(conv_mod, "CPU_WINOGRAD_TRAIN", False)
+    slim_conv2d(xs, w, b, stride=2, padding=2, out_width=72).sum().backward()
+    assert fwd == [1, 1] and fwdt == [1, 1]
+
+
+@needs_dispatch
+def test_training_dispatch_needs_enough_tiles_and_channels(monkeypatch):
+    """Small phase grids and narrow layers stay on oneDNN (the per-call weight transforms would
+    cost more than Winograd saves): the thresholds are read per call."""
+    calls = _count_calls(monkeypatch, "conv2d_winograd")
+    x, w, b = _conv_case(1, 128, 128, 32, 32, 5, seed=31)    # output 16x16: 16 tiles
+    w.requires_grad_()
+    x = x.contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(conv_mod, "WINOGRAD_TRAIN_MIN_N", 128)
+    monkeypatch.setattr(conv_mod, "WINOGRAD_TRAIN_MIN_TILES", 17)
+    slim_conv2d(x, w, b, stride=2, padding=2)
+    assert calls == []
+    monkeypatch.setattr(conv_mod, "WINOGRAD_TRAIN_MIN_TILES", 16)
+    slim_conv2d(x, w, b, stride=2, padding=2)
+    assert calls == [1]
+    monkeypatch.setattr(conv_mod, "WINOGRAD_TRAIN_MIN_N", 129)
+    slim_conv2d(x, w, b, stride=2, padding=2)
+    assert calls == [1]
