@@ -177,6 +177,22 @@ void winograd_output_py(uintptr_t M, uintptr_t bias, int64_t N, int64_t th, int6
                                         sk::winograd_error_message(rc));
 }
 
+void winograd_weight_py(uintptr_t g, uintptr_t G, int64_t n, uintptr_t U, int nthreads) {
+  sk::WinoWeightArgs a;
+  a.g = reinterpret_cast<const float*>(g);
+  a.G = reinterpret_cast<const float*>(G);
+  a.n = n;
+  a.U = reinterpret_cast<float*>(U);
+  a.nthreads = nthreads;
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = sk::winograd_weight_f43(a);
+  }
+  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.winograd_weight: ") +
+                                        sk::winograd_error_message(rc));
+}
+
 }  // namespace
 
 // -- direct fp32 conv for few input channels, AVX2 (csrc/cpu/conv_avx2.hpp) ---------------------
@@ -278,6 +294,10 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "Winograd F(4x4,3x3) output transform: M [36, t_count, r*r*Co] fp32 (tiles t_begin.., "
         "channels (ry, rx, co)), bias [Co] fp32 or 0; y [N, Ho, Wo, Co] dense fp32, the r*r output phases "
         "interleaved.");
+  m.def("winograd_weight", &winograd_weight_py, py::arg("g"), py::arg("G"), py::arg("n"),
+        py::arg("U"), py::arg("nthreads"),
+        "Winograd F(4x4,3x3) weight transform: g [9, n] fp32 (3x3 taps of n kernels, one per "
+        "column), G [6, 3] fp32; writes U [36, n] fp32 = G g G^T per column.");
   m.def("conv_avx2_forward", &conv_avx2_forward_py, py::arg("x"), py::arg("N"), py::arg("H"),
         py::arg("W"), py::arg("C"), py::arg("w"), py::arg("bias"), py::arg("Co"), py::arg("k"),
         py::arg("stride"), py::arg("pad"), py::arg("Ho"), py::arg("Wo"), py::arg("y"),

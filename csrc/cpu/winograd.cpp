@@ -164,6 +164,40 @@ SK_AVX2_TARGET void output_tiles(const WinoOutArgs& a, int64_t t0, int64_t t1) {
   }
 }
 
+// Columns [c0, c1) of the weight transform: per 8 columns, t = G g (6x3) then U = t G^T (6x6),
+// 162 FMAs, the 9 inputs and one row of t in registers; the last block masked.
+SK_AVX2_TARGET void weight_cols(const WinoWeightArgs& a, int64_t c0, int64_t c1) {
+  const int64_t n = a.n;
+  const float* G = a.G;
+  for (int64_t c = c0; c < c1; c += 8) {
+    const int64_t valid = std::min<int64_t>(8, c1 - c);
+    const __m256i m = lane_mask(valid);
+    __m256 g[9];
+    for (int t = 0; t < 9; ++t) g[t] = _mm256_maskload_ps(a.g + t * n + c, m);
+    for (int i = 0; i < 6; ++i) {
+      const __m256 gi0 = _mm256_set1_ps(G[3 * i]), gi1 = _mm256_set1_ps(G[3 * i + 1]),
+                   gi2 = _mm256_set1_ps(G[3 * i + 2]);
+      __m256 t[3];
+      for (int b = 0; b < 3; ++b) {
+        t[b] = _mm256_fmadd_ps(gi2, g[6 + b], _mm256_fmadd_ps(gi1, g[3 + b],
+                                                              _mm256_mul_ps(gi0, g[b])));
+      }
+      for (int j = 0; j < 6; ++j) {
+        const __m256 u = _mm256_fmadd_ps(
+            _mm256_set1_ps(G[3 * j + 2]), t[2],
+            _mm256_fmadd_ps(_mm256_set1_ps(G[3 * j + 1]), t[1],
+                            _mm256_mul_ps(_mm256_set1_ps(G[3 * j]), t[0])));
+        float* dst = a.U + (i * 6 + j) * n + c;
+        if (valid == 8) {
+          _mm256_storeu_ps(dst, u);
+        } else {
+          _mm256_maskstore_ps(dst, m, u);
+        }
+      }
+    }
+  }
+}
+
 // Tiles [b, b + T) split evenly over the threads.
 template <class F>
 void over_tiles(int64_t b, int64_t T, int nthreads, const F& body) {
@@ -204,10 +238,22 @@ int winograd_output_f43(const WinoOutArgs& args) {
   return kWOk;
 }
 
+int winograd_weight_f43(const WinoWeightArgs& a) {
+  if (!gdn_avx2_available()) return kWNoAvx2;
+  if (a.g == nullptr || a.G == nullptr || a.U == nullptr || a.n <= 0) return kWBadArgs;
+  const int64_t blocks = (a.n + 7) / 8;
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, blocks));
+  run_on_threads(nt, [&a, blocks, nt](int64_t i) {
+    weight_cols(a, 8 * (blocks * i / nt), std::min(a.n, 8 * (blocks * (i + 1) / nt)));
+  });
+  return kWOk;
+}
+
 #else  // no AVX2 code on this compiler / architecture
 
 int winograd_input_f43(const WinoInArgs&) { return kWNoAvx2; }
 int winograd_output_f43(const WinoOutArgs&) { return kWNoAvx2; }
+int winograd_weight_f43(const WinoWeightArgs&) { return kWNoAvx2; }
 
 #endif
 

@@ -43,9 +43,22 @@ struct WinoOutArgs {
   int nthreads = 1;
 };
 
+// Weight transform. g: [9][n] fp32, the 3x3 taps (a*3 + b) of n kernels (a column each);
+// G: [6][3] fp32 row-major; writes U[(i*6 + j)][c] = (G g_c G^T)[i][j] for every column c.
+// For weights that change every training step (the inference caches transform once, in
+// float64). U: [36][n] fp32.
+struct WinoWeightArgs {
+  const float* g = nullptr;
+  const float* G = nullptr;
+  int64_t n = 0;
+  float* U = nullptr;
+  int nthreads = 1;
+};
+
 // Return 0 on success, else an error code (winograd_error_message).
 int winograd_input_f43(const WinoInArgs& a);
 int winograd_output_f43(const WinoOutArgs& a);
+int winograd_weight_f43(const WinoWeightArgs& a);
 const char* winograd_error_message(int code);
 
 }  // namespace sk

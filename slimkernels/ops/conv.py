@@ -169,13 +169,13 @@ WINOGRAD_MIN_N = 64
 WINOGRAD_MIN_CIN = 32
 #: With gradient (training in fp32 on AVX2 CPUs), run the same layers by Winograd as well: the
 #: forward and the input gradient (:class:`~slimkernels.ops.winograd.WinogradConv2dFunction`),
-#: on weights transformed in fp32 per call; weight and bias gradients stay on oneDNN. Measured
-#: at SlimCAE's training shapes (batch 8, 128x128 crops, Zen 3 EPYC): forward and input gradient
-#: 1.4-2.4x oneDNN at 96-192 channels without the per-call weight transforms, which cost 6-12 ms
-#: per layer at 192 channels. With them, forward + backward of one layer at w=192: 1.18x oneDNN
-#: with 128 Winograd tiles (enc2, dec2: 16x16 phase grids), 0.78x with 32 (enc3, dec1); at w=96
-#: 0.99-1.03x and 0.60-0.64x. So only where a call has >= ``WINOGRAD_TRAIN_MIN_TILES`` tiles and
-#: ``WINOGRAD_TRAIN_MIN_N`` output channels.
+#: on weights transformed in fp32 per call (~5 ms per direction at 192 channels); weight and bias
+#: gradients stay on oneDNN. Measured at SlimCAE's training shapes (batch 8, 128x128 crops, Zen 3
+#: EPYC, interleaved A/B), forward + backward of one layer against oneDNN: at w=192
+#: 1.30-1.33x with 128 Winograd tiles (enc2, dec2: 16x16 phase grids), 0.87x with 32 (enc3, dec1);
+#: at w=96 1.01-1.04x and 0.74-0.77x. So only where a call has >= ``WINOGRAD_TRAIN_MIN_TILES``
+#: tiles and ``WINOGRAD_TRAIN_MIN_N`` channels on both sides. Whole training step
+#: (``python bench/bench_train_step.py``): 1.03x at crop 128, 1.13x at crop 256.
 CPU_WINOGRAD_TRAIN = True
 WINOGRAD_TRAIN_MIN_TILES = 96
 WINOGRAD_TRAIN_MIN_N = 128

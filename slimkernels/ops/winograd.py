@@ -267,6 +267,22 @@ def _kron_g() -> torch.Tensor:
     return torch.kron(G, G)  # [36, 9]: [i*6 + j, a*3 + b] = G[i, a] * G[j, b]
 
 
+def _gg(t: torch.Tensor) -> torch.Tensor:
+    """``[9, n]`` fp32 (3x3 taps per column) -> ``[36, n]`` = ``G g G^T`` per column: the AVX2
+    kernel (``csrc/cpu/winograd.cpp``, ~4x torch's GEMM with its inner dimension of 9), else
+    ``(G (x) G) @ t``."""
+    K = _kernels()
+    if K is None or not hasattr(K, "winograd_weight") or t.device.type != "cpu":
+        return _kron_g() @ t
+    t = t.contiguous()
+    _, G, _ = winograd_matrices(dtype=torch.float32)
+    G = G.contiguous()
+    U = torch.empty(36, t.shape[1], dtype=torch.float32)
+    K.winograd_weight(t.data_ptr(), G.data_ptr(), t.shape[1], U.data_ptr(),
+                      torch.get_num_threads())
+    return U
+
+
 def transform_weight_fp32(wc: torch.Tensor) -> torch.Tensor:
     """``[C_out', K, 3, 3]`` -> ``U [36, K, C_out']`` fp32 as one GEMM ``(G (x) G) [36, 9] x
     [9, K*C_out']`` (for weights that change every training step: the float64 transform of the
@@ -274,7 +290,7 @@ def transform_weight_fp32(wc: torch.Tensor) -> torch.Tensor:
     rounding. The weight is transposed first (it is 1/4 of U's size), so U is written in order."""
     co, kdim = wc.shape[0], wc.shape[1]
     t = wc.detach().to(torch.float32).permute(2, 3, 1, 0).reshape(9, kdim * co)
-    return (_kron_g() @ t).view(36, kdim, co)
+    return _gg(t).view(36, kdim, co)
 
 
 def conv2d_weight_fp32(w: torch.Tensor, stride: int) -> torch.Tensor:
@@ -285,7 +301,7 @@ def conv2d_weight_fp32(w: torch.Tensor, stride: int) -> torch.Tensor:
     s = stride
     wp = F.pad(w.detach().to(torch.float32), (0, 3 * s - k, 0, 3 * s - k))
     t = wp.reshape(co, ci, 3, s, 3, s).permute(2, 4, 3, 5, 1, 0).reshape(9, s * s * ci * co)
-    return (_kron_g() @ t).view(36, s * s * ci, co)
+    return _gg(t).view(36, s * s * ci, co)
 
 
 def conv_transpose2d_weight_fp32(w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
@@ -301,7 +317,7 @@ def conv_transpose2d_weight_fp32(w: torch.Tensor, stride: int, padding: int) -> 
     wt = torch.cat([wt, wt.new_zeros(1, ci, co)])                                # + no tap
     g = wt[idx.permute(2, 3, 0, 1).reshape(-1)].view(3, 3, s, s, ci, co)       # a, b, ry, rx
     t = g.permute(0, 1, 4, 2, 3, 5).reshape(9, ci * s * s * co)
-    return (_kron_g() @ t).view(36, ci, s * s * co)
+    return _gg(t).view(36, ci, s * s * co)
 
 
 def _channels_last(t: torch.Tensor) -> torch.Tensor:

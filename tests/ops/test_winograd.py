@@ -345,6 +345,21 @@ def test_fp32_weight_transform_matches_the_float64_one():
         assert (u - ref).abs().max() / ref.abs().max() < 1e-6
 
 
+@needs_kernels
+@pytest.mark.parametrize("n", [1, 7, 8, 13, 4096 + 5])
+def test_weight_transform_kernel_matches_float64(n):
+    """csrc/cpu/winograd.cpp's weight transform (column tails masked, split over threads)
+    against G g G^T in float64; a null pointer is refused with the kernel's message."""
+    g = torch.randn(9, n, generator=_gen(32))
+    U = Wg._gg(g)
+    _, G, _ = Wg.winograd_matrices()
+    ref = torch.einsum("ia,abn,jb->ijn", G, g.double().view(3, 3, n), G).reshape(36, n)
+    assert U.shape == (36, n) and torch.isfinite(U).all()
+    assert (U - ref).abs().max() / ref.abs().max() < 1e-6
+    with pytest.raises(RuntimeError, match="bad arguments"):
+        Wg._kernels().winograd_weight(0, G.float().data_ptr(), n, U.data_ptr(), 1)
+
+
 @pytest.mark.parametrize("k,s,p", [(5, 2, 2), (3, 1, 1), (4, 2, 1), (6, 2, 2), (3, 2, 1)])
 def test_fp32_layer_weights_match_the_float64_ones(k, s, p):
     """The training builders (polyphase split / sub-pixel gather + transpose in one copy) give
