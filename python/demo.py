@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from slimkernels.allocator import tune_from_env
 from slimkernels.cli import env_report
 from slimkernels.io import image_to_png_bytes, read_image
 from slimkernels.pretrained import bundled_model_path, load_model
@@ -30,6 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="folder for the .slim files and decoded PNGs "
                                                 "(default: a new temporary folder)")
     args = p.parse_args(argv)
+    tune_from_env()   # glibc thresholds for repeated calls (slimkernels/allocator.py)
     if args.model is None and bundled_model_path() is None:
         print(env_report())
         print("\nNo bundled pretrained model in this install yet: the demo needs one "

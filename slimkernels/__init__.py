@@ -9,7 +9,7 @@ from ._version import __version__
 from .backend import resolve_backend
 
 _SUBMODULES = ("ops", "nn", "codec", "coding", "container", "models", "pretrained",
-               "ratecontrol", "io")
+               "ratecontrol", "io", "allocator")
 __all__ = ["__version__", "resolve_backend", *_SUBMODULES]
 
 

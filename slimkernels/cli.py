@@ -289,6 +289,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from . import allocator
+    allocator.tune_from_env()   # page-fault-free activations at narrow widths (allocator.py)
     try:
         return args.func(args)
     except CLIError as e:

@@ -92,4 +92,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="slimkernels eval",
                                 description="Rate-distortion evaluation of a SlimCAE on an image "
                                             "folder, with JPEG/WebP and Balle 2017 references.")
-    return run_eval(add_eval_arguments(p).parse_args(argv))
+    args = add_eval_arguments(p).parse_args(argv)
+    from ..allocator import tune_from_env
+    tune_from_env()
+    return run_eval(args)
