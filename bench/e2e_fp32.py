@@ -49,7 +49,13 @@ def main(argv=None) -> str:
     ap.add_argument("--quick", action="store_true", help="tiny image, 1 repeat (tests)")
     ap.add_argument("--no-compressai", action="store_true")
     ap.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    ap.add_argument("--no-tune-malloc", action="store_true",
+                    help="keep glibc's default thresholds (the CLI tunes them: "
+                         "slimkernels.allocator)")
     a = ap.parse_args(argv)
+    if not a.no_tune_malloc:
+        from slimkernels.allocator import tune_malloc
+        tune_malloc()
     if a.threads:
         torch.set_num_threads(a.threads)
     widths = tuple(int(w) for w in a.widths.split(","))

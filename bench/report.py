@@ -253,7 +253,10 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
          f"{meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads, "
          f"torch {meta['torch']}; {meta['time_utc']}; load average at start "
          f"{_f(meta['load_avg'][0] if meta.get('load_avg') else None, 2)}.", "",
-         f"Command: `{meta['command']}`", ""] + ([meta["note"], ""] if meta.get("note") else []) + [
+         f"Command: `{meta['command']}`", ""] + ([meta["note"], ""] if meta.get("note") else []) + (
+         ["glibc malloc thresholds tuned for the timings (`slimkernels.allocator.tune_malloc`, as "
+          "the command-line tools do); the memory children run with the defaults.", ""]
+         if meta.get("malloc_tuned") else []) + [
          f"Image: {meta['image']} ({res['image']['width']}x{res['image']['height']}); model: "
          f"{meta['model']}. Medians of {meta['repeats']} interleaved repeats (all "
          "configurations round-robin in one run, so load hits all alike"
@@ -420,6 +423,9 @@ def main(argv=None) -> int:
                     help="comma-separated precisions of ours (and plain) to time (default "
                          "fp32,bf16; on a CPU without native bf16, bf16 is emulated and ~10x "
                          "slower: fp32 alone keeps the report to minutes)")
+    ap.add_argument("--no-tune-malloc", action="store_true",
+                    help="keep glibc's default thresholds for the timings (the CLI tunes them: "
+                         "slimkernels.allocator; the memory children never do)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-layers", action="store_true")
     ap.add_argument("--no-compressai", action="store_true")
@@ -429,6 +435,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda-dry-run", action="store_true",
                     help="without a GPU: run the CUDA section's code on CPU on a tiny image")
     a = ap.parse_args(argv)
+    tuned = False
+    if not a.no_tune_malloc:
+        from slimkernels.allocator import tune_malloc
+        tuned = tune_malloc()
     if a.threads:
         torch.set_num_threads(a.threads)
     threads = torch.get_num_threads()
@@ -460,7 +470,7 @@ def main(argv=None) -> int:
                 argv if argv is not None else sys.argv[1:]),
             "quick": a.quick, "repeats": repeats, "widths": widths, "model": model_desc,
             "default_precision": e2e.default_precision("cpu"), "burst": burst,
-            "note": a.note,
+            "note": a.note, "malloc_tuned": tuned,
             "image": e2e.image_source(a.image) + (" (64x96 crop)" if a.quick else ""), "out": out}
     print(f"report on {machine}: {model_desc}, image {tuple(x.shape)}, {threads} threads")
 
