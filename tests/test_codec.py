@@ -419,13 +419,13 @@ def _torch_quantize(y, m):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("shape", [(1, 48, 32, 48), (2, 37, 5, 19), (1, 16, 1, 16), (1, 1, 3, 3),
+@pytest.mark.parametrize("shape", [(1, 48, 32, 48), (2, 37, 5, 19), (1, 16, 1, 16), (1, 1, 3, 3), (1, 24, 3, 40),
                                    (1, 192, 2, 33)])
 def test_quantize_kernel_equals_the_torch_passes(dtype, channels_last, shape):
     from slimkernels import codec
     ck = codec._latent_kernels()
     if ck is None:
-        pytest.skip("slimkernels._cpu_kernels without AVX-512 latent quantization here")
+        pytest.skip("slimkernels._cpu_kernels without the AVX-512 / AVX2 latent quantization here")
     g = torch.Generator().manual_seed(sum(shape))
     C = shape[1]
     m = torch.randn(C, generator=g) * 3
@@ -451,11 +451,11 @@ def test_quantize_kernel_equals_the_torch_passes(dtype, channels_last, shape):
     assert (invalid >= 4) == (flat.numel() > 8)
 
 
-@pytest.mark.parametrize("shape", [(1, 48, 32, 48), (2, 37, 5, 19), (1, 192, 2, 33)])
+@pytest.mark.parametrize("shape", [(1, 48, 32, 48), (2, 37, 5, 19), (1, 192, 2, 33), (1, 24, 3, 40)])
 def test_dequantize_kernel_equals_the_torch_addition(shape):
     from slimkernels import codec
     if codec._latent_kernels() is None:
-        pytest.skip("slimkernels._cpu_kernels without AVX-512 latent quantization here")
+        pytest.skip("slimkernels._cpu_kernels without the AVX-512 / AVX2 latent quantization here")
     g = torch.Generator().manual_seed(sum(shape))
     m = torch.randn(shape[1], generator=g) * 3
 

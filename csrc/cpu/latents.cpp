@@ -1,8 +1,9 @@
 // Quantization of latents to coder symbols and back (see latents.hpp).
 //
 // channels_last -> NCHW is a transpose of each image row's [W, C] block into [C, W]: 16 pixels x
-// 16 channels at a time in AVX-512 registers (convert, transpose, store 16 rows of 16 symbols);
-// the remainders (W or C not multiples of 16) run the scalar code, which defines the results.
+// 16 channels at a time in AVX-512 registers (convert, transpose, store 16 rows of 16 symbols),
+// or 8 x 8 in AVX2 registers on CPUs without AVX-512; the remainders (W or C not multiples of the
+// block) run the scalar code, which defines the results.
 #include "latents.hpp"
 
 #include <algorithm>
@@ -168,6 +169,108 @@ SK_LTARGET void dequantize_row_simd(const DequantizeArgs& a, int64_t n, int64_t 
   if (W16 < W) dequantize_row_scalar(a, n, h, W16, W, 0, C16);
   if (C16 < C) dequantize_row_scalar(a, n, h, 0, W, C16, C);
 }
+
+// ---- the same on AVX2 (8 x 8 blocks), for CPUs without AVX-512 -------------------------------
+#define SK_L2TARGET __attribute__((target("avx2,fma")))
+
+SK_L2TARGET inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+SK_L2TARGET inline __m256 load8(const void* y, int dt, int64_t i) {
+  if (dt == kLBF16) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(
+        static_cast<const uint16_t*>(y) + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  return _mm256_loadu_ps(static_cast<const float*>(y) + i);
+}
+
+// as quantize16: round half to even, truncating conversion (NaN / out of range -> 0x80000000)
+SK_L2TARGET inline __m256i quantize8(__m256 v, __m256 m) {
+  return _mm256_cvttps_epi32(_mm256_round_ps(_mm256_sub_ps(v, m),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+SK_L2TARGET inline int64_t count_min8(__m256i r) {
+  const __m256i eq = _mm256_cmpeq_epi32(r, _mm256_set1_epi32(INT32_MIN));
+  return __builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(eq)));
+}
+
+SK_L2TARGET int64_t quantize_row_avx2(const QuantizeArgs& a, int64_t n, int64_t h) {
+  const int64_t W = a.W, C = a.C, W8 = W / 8 * 8, C8 = C / 8 * 8;
+  int64_t bad = 0;
+  if (!a.channels_last) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t base = ((n * C + c) * a.H + h) * W;
+      const __m256 m = _mm256_set1_ps(a.medians[c]);
+      for (int64_t w = 0; w < W8; w += 8) {
+        const __m256i r = quantize8(load8(a.y, a.ydtype, base + w), m);
+        bad += count_min8(r);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.out + base + w), r);
+      }
+    }
+    if (W8 < W) bad += quantize_row_scalar(a, n, h, W8, W, 0, C);
+    return bad;
+  }
+  const int64_t row = (n * a.H + h) * W * C, plane = a.H * W;
+  for (int64_t c0 = 0; c0 < C8; c0 += 8) {
+    const __m256 m = _mm256_loadu_ps(a.medians + c0);
+    int32_t* o = a.out + ((n * C + c0) * a.H + h) * W;
+    for (int64_t w0 = 0; w0 < W8; w0 += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) {
+        const __m256i q = quantize8(load8(a.y, a.ydtype, row + (w0 + i) * C + c0), m);
+        bad += count_min8(q);
+        r[i] = _mm256_castsi256_ps(q);
+      }
+      transpose8(r);
+      for (int j = 0; j < 8; ++j)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j * plane + w0),
+                            _mm256_castps_si256(r[j]));
+    }
+  }
+  if (W8 < W) bad += quantize_row_scalar(a, n, h, W8, W, 0, C8);
+  if (C8 < C) bad += quantize_row_scalar(a, n, h, 0, W, C8, C);
+  return bad;
+}
+
+SK_L2TARGET void dequantize_row_avx2(const DequantizeArgs& a, int64_t n, int64_t h) {
+  const int64_t W = a.W, C = a.C, W8 = W / 8 * 8, C8 = C / 8 * 8;
+  const int64_t plane = a.H * W;
+  float* orow = a.out + (n * a.H + h) * W * C;
+  for (int64_t c0 = 0; c0 < C8; c0 += 8) {
+    const __m256 m = _mm256_loadu_ps(a.medians + c0);
+    const int32_t* s = a.sym + ((n * C + c0) * a.H + h) * W;
+    for (int64_t w0 = 0; w0 < W8; w0 += 8) {
+      __m256 r[8];
+      for (int j = 0; j < 8; ++j)
+        r[j] = _mm256_castsi256_ps(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + j * plane + w0)));
+      transpose8(r);
+      for (int i = 0; i < 8; ++i)
+        _mm256_storeu_ps(orow + (w0 + i) * C + c0,
+                         _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_castps_si256(r[i])), m));
+    }
+  }
+  if (W8 < W) dequantize_row_scalar(a, n, h, W8, W, 0, C8);
+  if (C8 < C) dequantize_row_scalar(a, n, h, 0, W, C8, C);
+}
 #endif  // SK_HAVE_AMX_CODE
 
 // rows of N*H split over the threads; small inputs on one thread (a parallel region costs more)
@@ -183,9 +286,21 @@ void for_rows(int64_t rows, int64_t per_row, int nthreads, const F& f) {
 
 }  // namespace
 
-bool latents_simd_available() {
+namespace {
+bool latents_avx512() {
 #if SK_HAVE_AMX_CODE
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return ok;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+bool latents_simd_available() {
+#if SK_HAVE_AMX_CODE
+  static const bool ok = latents_avx512() ||
+                         (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
   return ok;
 #else
   return false;
@@ -195,7 +310,8 @@ bool latents_simd_available() {
 const char* latents_error_message(int code) {
   switch (code) {
     case kLOk: return "ok";
-    case kLNoSimd: return "AVX-512 (F + BW) is not available on this CPU (or this build)";
+    case kLNoSimd: return "neither AVX-512 (F + BW) nor AVX2 + FMA is available on this CPU (or "
+                          "this build)";
     case kLBadArgs: return "bad arguments (null pointer, negative size or unknown dtype)";
   }
   return "unknown error";
@@ -209,8 +325,10 @@ int quantize_latents(const QuantizeArgs& a) {
   if (a.y == nullptr || a.medians == nullptr || a.out == nullptr) return kLBadArgs;
 #if SK_HAVE_AMX_CODE
   std::atomic<int64_t> bad{0};
+  const bool wide = latents_avx512();
   for_rows(a.N * a.H, a.W * a.C, a.nthreads, [&](int64_t r) {
-    const int64_t b = quantize_row_simd(a, r / a.H, r % a.H);
+    const int64_t b = wide ? quantize_row_simd(a, r / a.H, r % a.H)
+                           : quantize_row_avx2(a, r / a.H, r % a.H);
     if (b) bad.fetch_add(b, std::memory_order_relaxed);
   });
   if (a.invalid) *a.invalid = bad.load();
@@ -224,8 +342,14 @@ int dequantize_latents(const DequantizeArgs& a) {
   if (a.N * a.C * a.H * a.W == 0) return kLOk;
   if (a.sym == nullptr || a.medians == nullptr || a.out == nullptr) return kLBadArgs;
 #if SK_HAVE_AMX_CODE
-  for_rows(a.N * a.H, a.W * a.C, a.nthreads,
-           [&](int64_t r) { dequantize_row_simd(a, r / a.H, r % a.H); });
+  const bool wide = latents_avx512();
+  for_rows(a.N * a.H, a.W * a.C, a.nthreads, [&](int64_t r) {
+    if (wide) {
+      dequantize_row_simd(a, r / a.H, r % a.H);
+    } else {
+      dequantize_row_avx2(a, r / a.H, r % a.H);
+    }
+  });
 #endif
   return kLOk;
 }

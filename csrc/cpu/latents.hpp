@@ -1,7 +1,8 @@
 // Quantization of latents to coder symbols and back, in one pass each, with the layout change
 // between the transforms (channels_last activations) and the coder (NCHW symbol order) fused in.
-// Plain C++17 on raw pointers; the AVX-512 code sits in functions with target attributes and is
-// only called when the CPU has AVX512F + AVX512BW (latents_simd_available()).
+// Plain C++17 on raw pointers; the AVX-512 and AVX2 code sits in functions with target
+// attributes: AVX-512 when the CPU has AVX512F + AVX512BW, else AVX2 + FMA
+// (latents_simd_available(): one of the two).
 #pragma once
 #include <cstdint>
 
@@ -35,7 +36,7 @@ struct DequantizeArgs {
   int nthreads = 1;
 };
 
-// The CPU has AVX512F and AVX512BW (checked once).
+// The CPU has AVX512F + AVX512BW, or AVX2 + FMA (checked once).
 bool latents_simd_available();
 
 // 0 on success; else an error code (latents_error_message).
