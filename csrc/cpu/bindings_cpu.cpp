@@ -193,6 +193,28 @@ void winograd_weight_py(uintptr_t g, uintptr_t G, int64_t n, uintptr_t U, int nt
                                         sk::winograd_error_message(rc));
 }
 
+void winograd_kernel_weight_py(uintptr_t w, int64_t kk, int64_t R, int64_t L, int64_t Ic,
+                               int64_t Il, int64_t P, uintptr_t idx, uintptr_t G, uintptr_t U,
+                               int64_t S36, int64_t Sph, int64_t Sc, int nthreads) {
+  sk::WinoKernelWeightArgs a;
+  a.w = reinterpret_cast<const float*>(w);
+  a.kk = kk; a.R = R; a.L = L; a.Ic = Ic; a.Il = Il; a.P = P;
+  a.idx = reinterpret_cast<const int32_t*>(idx);
+  a.G = reinterpret_cast<const float*>(G);
+  a.U = reinterpret_cast<float*>(U);
+  a.S36 = S36; a.Sph = Sph; a.Sc = Sc;
+  a.nthreads = nthreads;
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = sk::winograd_kernel_weight_f43(a);
+  }
+  if (rc != 0) {
+    throw std::runtime_error(std::string("slimkernels._cpu_kernels.winograd_kernel_weight: ") +
+                             sk::winograd_error_message(rc));
+  }
+}
+
 }  // namespace
 
 // -- direct fp32 conv for few input channels, AVX2 (csrc/cpu/conv_avx2.hpp) ---------------------
@@ -298,6 +320,13 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("U"), py::arg("nthreads"),
         "Winograd F(4x4,3x3) weight transform: g [9, n] fp32 (3x3 taps of n kernels, one per "
         "column), G [6, 3] fp32; writes U [36, n] fp32 = G g G^T per column.");
+  m.def("winograd_kernel_weight", &winograd_kernel_weight_py, py::arg("w"), py::arg("kk"),
+        py::arg("R"), py::arg("L"), py::arg("Ic"), py::arg("Il"), py::arg("P"), py::arg("idx"),
+        py::arg("G"), py::arg("U"), py::arg("S36"), py::arg("Sph"), py::arg("Sc"),
+        py::arg("nthreads"),
+        "Winograd F(4x4,3x3) weights straight from a conv / transposed-conv weight (see "
+        "WinoKernelWeightArgs in csrc/cpu/winograd.hpp): kernel (c, o) at w + c*Ic + o*Il, phase "
+        "taps idx [P, 9] int32 (-1: zero), U written at ij*S36 + ph*Sph + c*Sc + o.");
   m.def("conv_avx2_forward", &conv_avx2_forward_py, py::arg("x"), py::arg("N"), py::arg("H"),
         py::arg("W"), py::arg("C"), py::arg("w"), py::arg("bias"), py::arg("Co"), py::arg("k"),
         py::arg("stride"), py::arg("pad"), py::arg("Ho"), py::arg("Wo"), py::arg("y"),

@@ -6,22 +6,26 @@
 #include "winograd.hpp"
 
 #include <algorithm>
+#include <vector>
 
 #include "amx_tiles.hpp"  // run_on_threads
 #include "avx2_common.hpp"
+#include "cpu_common.hpp"     // alloc_aligned
 #include "gdn_avx2.hpp"   // gdn_avx2_available
 
 namespace sk {
 
 namespace {
-enum WinoErr { kWOk = 0, kWNoAvx2 = 1, kWBadArgs = 2 };
+enum WinoErr { kWOk = 0, kWNoAvx2 = 1, kWBadArgs = 2, kWNoMem = 3 };
 }  // namespace
 
 const char* winograd_error_message(int code) {
   switch (code) {
     case kWOk: return "ok";
     case kWNoAvx2: return "AVX2 + FMA is not available on this CPU; use the oneDNN path";
-    case kWBadArgs: return "bad arguments (null pointer, or a size that is not positive)";
+    case kWBadArgs: return "bad arguments (null pointer, a size that is not positive, or a tap "
+                           "index outside the kernel)";
+    case kWNoMem: return "out of memory for a per-thread buffer";
   }
   return "unknown error";
 }
@@ -164,37 +168,67 @@ SK_AVX2_TARGET void output_tiles(const WinoOutArgs& a, int64_t t0, int64_t t1) {
   }
 }
 
+// U = G g G^T for 8 columns (g: the 9 taps a*3 + b), stored at dst + ij*stride (masked tail).
+SK_AVX2_TARGET inline void ggt8(const __m256* g, const float* G, float* dst, int64_t stride,
+                                int64_t valid, __m256i m) {
+  for (int i = 0; i < 6; ++i) {
+    const __m256 gi0 = _mm256_set1_ps(G[3 * i]), gi1 = _mm256_set1_ps(G[3 * i + 1]),
+                 gi2 = _mm256_set1_ps(G[3 * i + 2]);
+    __m256 t[3];
+    for (int b = 0; b < 3; ++b) {
+      t[b] = _mm256_fmadd_ps(gi2, g[6 + b], _mm256_fmadd_ps(gi1, g[3 + b],
+                                                            _mm256_mul_ps(gi0, g[b])));
+    }
+    for (int j = 0; j < 6; ++j) {
+      const __m256 u = _mm256_fmadd_ps(
+          _mm256_set1_ps(G[3 * j + 2]), t[2],
+          _mm256_fmadd_ps(_mm256_set1_ps(G[3 * j + 1]), t[1],
+                          _mm256_mul_ps(_mm256_set1_ps(G[3 * j]), t[0])));
+      float* d = dst + (i * 6 + j) * stride;
+      if (valid == 8) {
+        _mm256_storeu_ps(d, u);
+      } else {
+        _mm256_maskstore_ps(d, m, u);
+      }
+    }
+  }
+}
+
+// Rows [r0, r1) of winograd_kernel_weight_f43: per row and block of 8 lanes, the kernels' taps
+// are gathered into tap-major vectors (a small buffer), then every phase's 3x3 is transformed.
+SK_AVX2_TARGET void kernel_weight_rows(const WinoKernelWeightArgs& a, int64_t r0, int64_t r1,
+                                       float* buf) {
+  const int64_t kk = a.kk;
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t c = r0; c < r1; ++c) {
+    for (int64_t o = 0; o < a.L; o += 8) {
+      const int64_t valid = std::min<int64_t>(8, a.L - o);
+      const __m256i m = lane_mask(valid);
+      for (int64_t l = 0; l < 8; ++l) {
+        const float* src = a.w + c * a.Ic + (o + l) * a.Il;
+        for (int64_t t = 0; t < kk; ++t) buf[t * 8 + l] = l < valid ? src[t] : 0.0f;
+      }
+      for (int64_t ph = 0; ph < a.P; ++ph) {
+        __m256 g[9];
+        for (int t = 0; t < 9; ++t) {
+          const int32_t src = a.idx[ph * 9 + t];
+          g[t] = src < 0 ? zero : _mm256_loadu_ps(buf + src * 8);
+        }
+        ggt8(g, a.G, a.U + ph * a.Sph + c * a.Sc + o, a.S36, valid, m);
+      }
+    }
+  }
+}
+
 // Columns [c0, c1) of the weight transform: per 8 columns, t = G g (6x3) then U = t G^T (6x6),
 // 162 FMAs, the 9 inputs and one row of t in registers; the last block masked.
 SK_AVX2_TARGET void weight_cols(const WinoWeightArgs& a, int64_t c0, int64_t c1) {
-  const int64_t n = a.n;
-  const float* G = a.G;
   for (int64_t c = c0; c < c1; c += 8) {
     const int64_t valid = std::min<int64_t>(8, c1 - c);
     const __m256i m = lane_mask(valid);
     __m256 g[9];
-    for (int t = 0; t < 9; ++t) g[t] = _mm256_maskload_ps(a.g + t * n + c, m);
-    for (int i = 0; i < 6; ++i) {
-      const __m256 gi0 = _mm256_set1_ps(G[3 * i]), gi1 = _mm256_set1_ps(G[3 * i + 1]),
-                   gi2 = _mm256_set1_ps(G[3 * i + 2]);
-      __m256 t[3];
-      for (int b = 0; b < 3; ++b) {
-        t[b] = _mm256_fmadd_ps(gi2, g[6 + b], _mm256_fmadd_ps(gi1, g[3 + b],
-                                                              _mm256_mul_ps(gi0, g[b])));
-      }
-      for (int j = 0; j < 6; ++j) {
-        const __m256 u = _mm256_fmadd_ps(
-            _mm256_set1_ps(G[3 * j + 2]), t[2],
-            _mm256_fmadd_ps(_mm256_set1_ps(G[3 * j + 1]), t[1],
-                            _mm256_mul_ps(_mm256_set1_ps(G[3 * j]), t[0])));
-        float* dst = a.U + (i * 6 + j) * n + c;
-        if (valid == 8) {
-          _mm256_storeu_ps(dst, u);
-        } else {
-          _mm256_maskstore_ps(dst, m, u);
-        }
-      }
-    }
+    for (int t = 0; t < 9; ++t) g[t] = _mm256_maskload_ps(a.g + t * a.n + c, m);
+    ggt8(g, a.G, a.U + c, a.n, valid, m);
   }
 }
 
@@ -249,11 +283,33 @@ int winograd_weight_f43(const WinoWeightArgs& a) {
   return kWOk;
 }
 
+int winograd_kernel_weight_f43(const WinoKernelWeightArgs& a) {
+  if (!gdn_avx2_available()) return kWNoAvx2;
+  if (a.w == nullptr || a.idx == nullptr || a.G == nullptr || a.U == nullptr || a.kk <= 0 ||
+      a.R <= 0 || a.L <= 0 || a.P <= 0) {
+    return kWBadArgs;
+  }
+  for (int64_t i = 0; i < a.P * 9; ++i) {
+    if (a.idx[i] < -1 || a.idx[i] >= a.kk) return kWBadArgs;
+  }
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, a.R));
+  std::vector<detail::Buf<float>> bufs;
+  for (int64_t t = 0; t < nt; ++t) {
+    bufs.push_back(detail::alloc_aligned<float>(a.kk * 8));
+    if (!bufs.back()) return kWNoMem;
+  }
+  run_on_threads(nt, [&a, &bufs, nt](int64_t i) {
+    kernel_weight_rows(a, a.R * i / nt, a.R * (i + 1) / nt, bufs[i].get());
+  });
+  return kWOk;
+}
+
 #else  // no AVX2 code on this compiler / architecture
 
 int winograd_input_f43(const WinoInArgs&) { return kWNoAvx2; }
 int winograd_output_f43(const WinoOutArgs&) { return kWNoAvx2; }
 int winograd_weight_f43(const WinoWeightArgs&) { return kWNoAvx2; }
+int winograd_kernel_weight_f43(const WinoKernelWeightArgs&) { return kWNoAvx2; }
 
 #endif
 

@@ -55,10 +55,32 @@ struct WinoWeightArgs {
   int nthreads = 1;
 };
 
+// Weight transform straight from a conv / transposed-conv weight (training: no copies before
+// it). w: [A][B][k][k] fp32 contiguous. Column blocks: "rows" c in [0, R) and "lanes" o in [0, L),
+// kernel (c, o) at w + c*Ic + o*Il (its k*k taps contiguous). For every phase ph in [0, P) the
+// 3x3 Winograd kernel takes tap (a, b) from kernel tap idx[ph*9 + a*3 + b] (-1: zero), and
+// U[ij][...] = (G g G^T)[i][j] is written at U + ij*S36 + ph*Sph + c*Sc + o.
+//   conv [Co, Ci, k, k], stride s:  R = Ci, L = Co, Ic = k*k, Il = Ci*k*k, P = s*s,
+//       U [36][P*Ci][Co]: S36 = P*Ci*Co, Sph = Ci*Co, Sc = Co;
+//   transposed [Ci, Co, k, k]:      R = Ci, L = Co, Ic = Co*k*k, Il = k*k, P = s*s,
+//       U [36][Ci][P*Co]: S36 = Ci*P*Co, Sph = Co, Sc = P*Co.
+struct WinoKernelWeightArgs {
+  const float* w = nullptr;
+  int64_t kk = 0;               // k*k
+  int64_t R = 0, L = 0, Ic = 0, Il = 0;
+  int64_t P = 0;
+  const int32_t* idx = nullptr;  // [P][9]
+  const float* G = nullptr;      // [6][3]
+  float* U = nullptr;
+  int64_t S36 = 0, Sph = 0, Sc = 0;
+  int nthreads = 1;
+};
+
 // Return 0 on success, else an error code (winograd_error_message).
 int winograd_input_f43(const WinoInArgs& a);
 int winograd_output_f43(const WinoOutArgs& a);
 int winograd_weight_f43(const WinoWeightArgs& a);
+int winograd_kernel_weight_f43(const WinoKernelWeightArgs& a);
 const char* winograd_error_message(int code);
 
 }  // namespace sk

@@ -169,16 +169,16 @@ WINOGRAD_MIN_N = 64
 WINOGRAD_MIN_CIN = 32
 #: With gradient (training in fp32 on AVX2 CPUs), run the same layers by Winograd as well: the
 #: forward and the input gradient (:class:`~slimkernels.ops.winograd.WinogradConv2dFunction`),
-#: on weights transformed in fp32 per call (~5 ms per direction at 192 channels); weight and bias
-#: gradients stay on oneDNN. Measured at SlimCAE's training shapes (batch 8, 128x128 crops, Zen 3
-#: EPYC, interleaved A/B), forward + backward of one layer against oneDNN: at w=192
-#: 1.30-1.33x with 128 Winograd tiles (enc2, dec2: 16x16 phase grids), 0.87x with 32 (enc3, dec1);
-#: at w=96 1.01-1.04x and 0.74-0.77x. So only where a call has >= ``WINOGRAD_TRAIN_MIN_TILES``
-#: tiles and ``WINOGRAD_TRAIN_MIN_N`` channels on both sides. Whole training step
-#: (``python bench/bench_train_step.py``): 1.03x at crop 128, 1.13x at crop 256.
+#: on weights transformed per call in fp32 (one AVX2 pass from the weight slice: ~3 ms per
+#: direction at 192 channels); weight and bias gradients stay on oneDNN. Measured at SlimCAE's
+#: training shapes (batch 8, 128x128 crops, Zen 3 EPYC, interleaved A/B), forward + backward of
+#: one layer against oneDNN: at w=192 1.26-1.31x with 128 Winograd tiles (enc2, dec2: 16x16
+#: phase grids), 0.92-0.94x with 32 (enc3, dec1); at w=96 1.17-1.19x and 0.87-0.91x. So only
+#: where a call has >= ``WINOGRAD_TRAIN_MIN_TILES`` tiles and ``WINOGRAD_TRAIN_MIN_N`` channels
+#: on both sides. Whole training step: ``python bench/bench_train_step.py``.
 CPU_WINOGRAD_TRAIN = True
 WINOGRAD_TRAIN_MIN_TILES = 96
-WINOGRAD_TRAIN_MIN_N = 128
+WINOGRAD_TRAIN_MIN_N = 96
 #: Without gradient, run fp32 convs on few-channel inputs and transposed convs onto 1-3 output
 #: channels (the image layers) with the direct AVX2 kernels of :mod:`slimkernels.ops.conv_image`
 #: on AVX2 CPUs (SlimCAE on a Zen 3 EPYC: enc1 1.1x oneDNN at 2 threads, 1.3x at 1; dec3

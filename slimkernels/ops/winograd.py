@@ -29,6 +29,7 @@ The conv op uses them for wide layers with enough tiles (``slimkernels.ops.conv`
 """
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Optional, Tuple
 
@@ -293,27 +294,80 @@ def transform_weight_fp32(wc: torch.Tensor) -> torch.Tensor:
     return _gg(t).view(36, kdim, co)
 
 
+@functools.lru_cache(maxsize=32)
+def _taps_conv(k: int, s: int) -> torch.Tensor:
+    """int32 ``[s*s, 9]``: phase ``p*s + q``, tap ``a*3 + b`` -> kernel tap ``(s*a + p)*k + s*b +
+    q`` (-1 past the kernel), the polyphase split of :func:`_phase_weight_conv`."""
+    idx = torch.full((s, s, 3, 3), -1, dtype=torch.int32)
+    for p in range(s):
+        for q in range(s):
+            for a in range(3):
+                for b in range(3):
+                    ky, kx = s * a + p, s * b + q
+                    if ky < k and kx < k:
+                        idx[p, q, a, b] = ky * k + kx
+    return idx.view(s * s, 9)
+
+
+@functools.lru_cache(maxsize=32)
+def _taps_transposed(k: int, s: int, padding: int) -> torch.Tensor:
+    """int32 ``[s*s, 9]``: output phase ``ry*s + rx``, tap ``a*3 + b`` -> kernel tap (-1: none),
+    the sub-pixel plan of :func:`_phase_weight_transposed` padded to 3x3."""
+    from .conv import _subpixel_plan
+    idx, _, _, kc = _subpixel_plan(k, s, padding)
+    idx = F.pad(idx.view(s, s, kc, kc), (0, 3 - kc, 0, 3 - kc), value=k * k)
+    return torch.where(idx == k * k, -1, idx).to(torch.int32).reshape(s * s, 9)
+
+
+def _kernel_weight(w: torch.Tensor, rows_dim: int, taps: torch.Tensor, U: torch.Tensor,
+                   S36: int, Sph: int, Sc: int) -> bool:
+    """The AVX2 kernel ``winograd_kernel_weight`` on ``w`` in place (any strides with each
+    kernel's taps contiguous): rows = ``w``'s dim ``rows_dim`` (input channels), lanes = the other
+    (output channels). False (nothing written) where it cannot run."""
+    K = _kernels()
+    if K is None or not hasattr(K, "winograd_kernel_weight") or w.device.type != "cpu" or \
+            w.dtype != torch.float32 or w.stride(3) != 1 or w.stride(2) != w.shape[3]:
+        return False
+    lanes_dim = 1 - rows_dim
+    _, G, _ = winograd_matrices(dtype=torch.float32)
+    G = G.contiguous()
+    K.winograd_kernel_weight(w.data_ptr(), w.shape[2] * w.shape[3], w.shape[rows_dim],
+                             w.shape[lanes_dim], w.stride(rows_dim), w.stride(lanes_dim),
+                             taps.shape[0], taps.data_ptr(), G.data_ptr(), U.data_ptr(), S36, Sph,
+                             Sc, torch.get_num_threads())
+    return True
+
+
 def conv2d_weight_fp32(w: torch.Tensor, stride: int) -> torch.Tensor:
     """:func:`winograd_conv2d_weight` in fp32 for training (see :func:`transform_weight_fp32`):
-    ``[C_out, C_in, k, k]`` -> ``U [36, s*s*C_in, C_out]``, the polyphase split and the
-    transpose in one copy."""
+    ``[C_out, C_in, k, k]`` -> ``U [36, s*s*C_in, C_out]``. On AVX2 CPUs one pass of
+    ``winograd_kernel_weight`` reads the weight (a slice of a larger one in place) and writes U;
+    elsewhere the polyphase split and the transpose in one copy, then :func:`_gg`."""
     co, ci, k, _ = w.shape
     s = stride
-    wp = F.pad(w.detach().to(torch.float32), (0, 3 * s - k, 0, 3 * s - k))
+    w = w.detach()
+    U = torch.empty(36, s * s * ci, co, dtype=torch.float32)
+    if _kernel_weight(w, 1, _taps_conv(k, s), U, s * s * ci * co, ci * co, co):
+        return U
+    wp = F.pad(w.to(torch.float32), (0, 3 * s - k, 0, 3 * s - k))
     t = wp.reshape(co, ci, 3, s, 3, s).permute(2, 4, 3, 5, 1, 0).reshape(9, s * s * ci * co)
     return _gg(t).view(36, s * s * ci, co)
 
 
 def conv_transpose2d_weight_fp32(w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
     """:func:`winograd_conv_transpose2d_weight` in fp32 for training: ``[C_in, C_out, k, k]`` ->
-    ``U [36, C_in, s*s*C_out]`` (output channels (ry, rx, co)), by a row gather of the transposed
-    weight instead of the sub-pixel weight's copies."""
-    from .conv import _subpixel_plan
+    ``U [36, C_in, s*s*C_out]`` (output channels (ry, rx, co)); on AVX2 CPUs in one pass of
+    ``winograd_kernel_weight``, elsewhere by a row gather of the transposed weight."""
     ci, co, k, _ = w.shape
     s = stride
+    w = w.detach()
+    U = torch.empty(36, ci, s * s * co, dtype=torch.float32)
+    if _kernel_weight(w, 0, _taps_transposed(k, s, padding), U, ci * s * s * co, co, s * s * co):
+        return U
+    from .conv import _subpixel_plan
     idx, _, _, kc = _subpixel_plan(k, s, padding)          # [s, s, kc, kc] flat taps, k*k: none
     idx = F.pad(idx.view(s, s, kc, kc), (0, 3 - kc, 0, 3 - kc), value=k * k)
-    wt = w.detach().to(torch.float32).reshape(ci, co, k * k).permute(2, 0, 1)   # tap, ci, co
+    wt = w.to(torch.float32).reshape(ci, co, k * k).permute(2, 0, 1)            # tap, ci, co
     wt = torch.cat([wt, wt.new_zeros(1, ci, co)])                                # + no tap
     g = wt[idx.permute(2, 3, 0, 1).reshape(-1)].view(3, 3, s, s, ci, co)       # a, b, ry, rx
     t = g.permute(0, 1, 4, 2, 3, 5).reshape(9, ci * s * s * co)

@@ -360,11 +360,18 @@ def test_weight_transform_kernel_matches_float64(n):
         Wg._kernels().winograd_weight(0, G.float().data_ptr(), n, U.data_ptr(), 1)
 
 
+@pytest.mark.parametrize("path", ["kernel", "torch"])
 @pytest.mark.parametrize("k,s,p", [(5, 2, 2), (3, 1, 1), (4, 2, 1), (6, 2, 2), (3, 2, 1)])
-def test_fp32_layer_weights_match_the_float64_ones(k, s, p):
-    """The training builders (polyphase split / sub-pixel gather + transpose in one copy) give
-    the inference caches' transformed weights up to fp32 rounding."""
-    w = torch.randn(24, 20, k, k, generator=_gen(30))
+def test_fp32_layer_weights_match_the_float64_ones(monkeypatch, path, k, s, p):
+    """The training builders give the inference caches' transformed weights up to fp32
+    rounding: the AVX2 kernel reading a slice of a larger weight in place (lanes not a multiple
+    of 8), and the torch fallback (polyphase split / sub-pixel gather + transpose in one copy)."""
+    if path == "torch":
+        monkeypatch.setattr(Wg, "_kernel_weight", lambda *a, **kw: False)
+    elif not Wg.winograd_available():
+        pytest.skip("no AVX2 + FMA here or _cpu_kernels not built")
+    full = torch.randn(31, 27, k, k, generator=_gen(30))
+    w = full[:21, :19]                                     # a slice, not contiguous
     ref = Wg.winograd_conv2d_weight(w, s)
     u = Wg.conv2d_weight_fp32(w, s)
     assert u.shape == ref.shape and (u - ref).abs().max() / ref.abs().max() < 1e-6
@@ -372,6 +379,16 @@ def test_fp32_layer_weights_match_the_float64_ones(k, s, p):
         ref = Wg.winograd_conv_transpose2d_weight(w, s, p)
         u = Wg.conv_transpose2d_weight_fp32(w, s, p)
         assert u.shape == ref.shape and (u - ref).abs().max() / ref.abs().max() < 1e-6
+
+
+@needs_kernels
+def test_kernel_weight_refuses_bad_taps():
+    w = torch.randn(8, 8, 5, 5)
+    U = torch.empty(36, 32, 8)
+    taps = Wg._taps_conv(5, 2).clone()   # (a cached table: changed on a copy)
+    taps[1, 4] = 25                                        # past the 5x5 kernel
+    with pytest.raises(RuntimeError, match="tap index outside the kernel"):
+        Wg._kernel_weight(w, 1, taps, U, 32 * 8, 8 * 8, 8)
 
 
 @needs_kernels
