@@ -16,9 +16,10 @@ def test_table(capsys):
                    "--rounds", "2", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r.split("|")[1].strip() for r in rows] == ["on", "off"]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        "slimkernels (Winograd training convs on)", "slimkernels (off)", "plain PyTorch"]
     for r in rows:
         med, best = (float(c) for c in r.split("|")[2:4])
         assert 0 < best <= med
-    assert "off / on:" in out
+    assert "off / on:" in out and "plain / on:" in out
     assert C.CPU_WINOGRAD_TRAIN == before
