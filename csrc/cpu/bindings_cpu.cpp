@@ -215,6 +215,24 @@ void winograd_kernel_weight_py(uintptr_t w, int64_t kk, int64_t R, int64_t L, in
   }
 }
 
+void winograd_weight_grad_py(uintptr_t M, uintptr_t G, int64_t n, uintptr_t out, int nthreads) {
+  sk::WinoWeightGradArgs a;
+  a.M = reinterpret_cast<const float*>(M);
+  a.G = reinterpret_cast<const float*>(G);
+  a.n = n;
+  a.out = reinterpret_cast<float*>(out);
+  a.nthreads = nthreads;
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = sk::winograd_weight_grad_f43(a);
+  }
+  if (rc != 0) {
+    throw std::runtime_error(std::string("slimkernels._cpu_kernels.winograd_weight_grad: ") +
+                             sk::winograd_error_message(rc));
+  }
+}
+
 }  // namespace
 
 // -- direct fp32 conv for few input channels, AVX2 (csrc/cpu/conv_avx2.hpp) ---------------------
@@ -327,6 +345,10 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "Winograd F(4x4,3x3) weights straight from a conv / transposed-conv weight (see "
         "WinoKernelWeightArgs in csrc/cpu/winograd.hpp): kernel (c, o) at w + c*Ic + o*Il, phase "
         "taps idx [P, 9] int32 (-1: zero), U written at ij*S36 + ph*Sph + c*Sc + o.");
+  m.def("winograd_weight_grad", &winograd_weight_grad_py, py::arg("M"), py::arg("G"), py::arg("n"),
+        py::arg("out"), py::arg("nthreads"),
+        "Inverse Winograd weight transform (weight gradients by F(3x3,4x4)): M [36, n] fp32, "
+        "G [6, 3] fp32; writes out [9, n] fp32 = G^T M G per column.");
   m.def("conv_avx2_forward", &conv_avx2_forward_py, py::arg("x"), py::arg("N"), py::arg("H"),
         py::arg("W"), py::arg("C"), py::arg("w"), py::arg("bias"), py::arg("Co"), py::arg("k"),
         py::arg("stride"), py::arg("pad"), py::arg("Ho"), py::arg("Wo"), py::arg("y"),

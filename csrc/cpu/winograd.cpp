@@ -194,6 +194,37 @@ SK_AVX2_TARGET inline void ggt8(const __m256* g, const float* G, float* dst, int
   }
 }
 
+// Columns [c0, c1) of the inverse weight transform: per 8 columns and row i of M, r = M_i G
+// (3 vectors), then out[a][b] += G[i][a] r[b] (9 accumulators).
+SK_AVX2_TARGET void weight_grad_cols(const WinoWeightGradArgs& a, int64_t c0, int64_t c1) {
+  const float* G = a.G;
+  for (int64_t c = c0; c < c1; c += 8) {
+    const int64_t valid = std::min<int64_t>(8, c1 - c);
+    const __m256i m = lane_mask(valid);
+    __m256 acc[9];
+    for (int t = 0; t < 9; ++t) acc[t] = _mm256_setzero_ps();
+    for (int i = 0; i < 6; ++i) {
+      __m256 r[3] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      for (int j = 0; j < 6; ++j) {
+        const __m256 v = _mm256_maskload_ps(a.M + (i * 6 + j) * a.n + c, m);
+        for (int b = 0; b < 3; ++b) r[b] = _mm256_fmadd_ps(_mm256_set1_ps(G[3 * j + b]), v, r[b]);
+      }
+      for (int aa = 0; aa < 3; ++aa) {
+        const __m256 gi = _mm256_set1_ps(G[3 * i + aa]);
+        for (int b = 0; b < 3; ++b) acc[aa * 3 + b] = _mm256_fmadd_ps(gi, r[b], acc[aa * 3 + b]);
+      }
+    }
+    for (int t = 0; t < 9; ++t) {
+      float* d = a.out + t * a.n + c;
+      if (valid == 8) {
+        _mm256_storeu_ps(d, acc[t]);
+      } else {
+        _mm256_maskstore_ps(d, m, acc[t]);
+      }
+    }
+  }
+}
+
 // Rows [r0, r1) of winograd_kernel_weight_f43: per row and block of 8 lanes, the kernels' taps
 // are gathered into tap-major vectors (a small buffer), then every phase's 3x3 is transformed.
 SK_AVX2_TARGET void kernel_weight_rows(const WinoKernelWeightArgs& a, int64_t r0, int64_t r1,
@@ -304,12 +335,24 @@ int winograd_kernel_weight_f43(const WinoKernelWeightArgs& a) {
   return kWOk;
 }
 
+int winograd_weight_grad_f43(const WinoWeightGradArgs& a) {
+  if (!gdn_avx2_available()) return kWNoAvx2;
+  if (a.M == nullptr || a.G == nullptr || a.out == nullptr || a.n <= 0) return kWBadArgs;
+  const int64_t blocks = (a.n + 7) / 8;
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, blocks));
+  run_on_threads(nt, [&a, blocks, nt](int64_t i) {
+    weight_grad_cols(a, 8 * (blocks * i / nt), std::min(a.n, 8 * (blocks * (i + 1) / nt)));
+  });
+  return kWOk;
+}
+
 #else  // no AVX2 code on this compiler / architecture
 
 int winograd_input_f43(const WinoInArgs&) { return kWNoAvx2; }
 int winograd_output_f43(const WinoOutArgs&) { return kWNoAvx2; }
 int winograd_weight_f43(const WinoWeightArgs&) { return kWNoAvx2; }
 int winograd_kernel_weight_f43(const WinoKernelWeightArgs&) { return kWNoAvx2; }
+int winograd_weight_grad_f43(const WinoWeightGradArgs&) { return kWNoAvx2; }
 
 #endif
 

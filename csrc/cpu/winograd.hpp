@@ -76,11 +76,23 @@ struct WinoKernelWeightArgs {
   int nthreads = 1;
 };
 
+// Inverse weight transform (weight gradients by F(3x3, 4x4)): M [36][n] fp32 (the 6x6 products
+// summed over tiles, one column per (input channel, output channel) pair), G [6][3]; writes
+// out[a*3 + b][c] = (G^T M_c G)[a][b], out [9][n] fp32.
+struct WinoWeightGradArgs {
+  const float* M = nullptr;
+  const float* G = nullptr;
+  int64_t n = 0;
+  float* out = nullptr;
+  int nthreads = 1;
+};
+
 // Return 0 on success, else an error code (winograd_error_message).
 int winograd_input_f43(const WinoInArgs& a);
 int winograd_output_f43(const WinoOutArgs& a);
 int winograd_weight_f43(const WinoWeightArgs& a);
 int winograd_kernel_weight_f43(const WinoKernelWeightArgs& a);
+int winograd_weight_grad_f43(const WinoWeightGradArgs& a);
 const char* winograd_error_message(int code);
 
 }  // namespace sk

@@ -43,7 +43,8 @@ __all__ = ["winograd_available", "winograd_conv2d_weight", "winograd_conv_transp
            "conv2d_winograd", "conv_transpose2d_winograd", "conv2d_winograd_reference",
            "conv_transpose2d_winograd_reference", "winograd_geometry_ok",
            "transform_weight_fp32", "conv2d_weight_fp32", "conv_transpose2d_weight_fp32",
-           "WinogradConv2dFunction", "WinogradConvTranspose2dFunction"]
+           "conv2d_weight_grad", "conv_transpose2d_weight_grad", "WinogradConv2dFunction",
+           "WinogradConvTranspose2dFunction"]
 
 #: F(4x4, 3x3) for the points 0, 1, -1, 1/2, -1/2, inf (``Y = A^T [(G g G^T) * (B^T d B)] A``).
 _BT = ((0.25, 0, -1.25, 0, 1, 0), (0, -0.25, -0.25, 1, 1, 0), (0, 0.25, -0.25, -1, 1, 0),
@@ -374,6 +375,86 @@ def conv_transpose2d_weight_fp32(w: torch.Tensor, stride: int, padding: int) -> 
     return _gg(t).view(36, ci, s * s * co)
 
 
+def _wgrad_phases(xc: torch.Tensor, gyt: torch.Tensor, s: int, P: int) -> torch.Tensor:
+    """Weight gradient of the stride-1 3x3 phase correlation behind a Winograd conv, by
+    F(3x3, 4x4) (the transposition of F(4x4, 3x3): the same input transform B^T d B, the output
+    gradient's 4x4 tiles transformed by A (6x4), the sum over tiles a GEMM, then G^T . G):
+
+        dwq[c', k, a, b] = sum_{n, y, x} gyt[n, y, x, c'] * d[n, k, y + a, x + b]
+
+    with d the ``s*s`` polyphase images of x offset by ``P`` (as the forward's input transform).
+
+    Args:
+        xc: the forward's input, ``[N, C, H, W]`` dense channels_last fp32.
+        gyt: the output gradient on the phase grid, ``[N, Qh, Qw, C']`` fp32 (any strides).
+    Returns:
+        ``[C', s*s*C, 3, 3]`` fp32 (a permuted view of a tap-major ``[3, 3, s*s*C, C']`` tensor).
+    """
+    K = _kernels()
+    N, C, H, W = xc.shape
+    _, Qh, Qw, cp = gyt.shape
+    th, tw = -(-Qh // TILE), -(-Qw // TILE)
+    T, kdim = N * th * tw, s * s * C
+    _, G, AT = winograd_matrices(dtype=torch.float32)
+    if 4 * tw != Qw or 4 * th != Qh:
+        gyt = F.pad(gyt, (0, 0, 0, 4 * tw - Qw, 0, 4 * th - Qh))
+    g = gyt.reshape(N, th, 4, tw, 4, cp)
+    ug = torch.einsum("ai,ntawbc,bj->ijntwc", AT, g, AT).reshape(36, T, cp)
+    M = torch.zeros(36, kdim, cp, dtype=torch.float32)
+    chunk = min(CHUNK_BYTES, max(CHUNK_MIN_BYTES, int(CHUNK_U_FACTOR * 4 * M.numel())))
+    tc = min(T, max(MIN_CHUNK_TILES, chunk // (36 * 4 * kdim)))
+    ws = _workspace(36 * tc * kdim)
+    nt = torch.get_num_threads()
+    for t0 in range(0, T, tc):
+        n = min(tc, T - t0)
+        V = ws[:36 * n * kdim].view(36, n, kdim)
+        K.winograd_input(xc.data_ptr(), N, H, W, C, s, P, th, tw, t0, n, V.data_ptr(), nt)
+        M.baddbmm_(V.transpose(1, 2), ug[:, t0:t0 + n])
+    out = torch.empty(9, kdim, cp, dtype=torch.float32)
+    G = G.contiguous()
+    K.winograd_weight_grad(M.data_ptr(), G.data_ptr(), kdim * cp, out.data_ptr(), nt)
+    return out.view(3, 3, kdim, cp).permute(3, 2, 0, 1)
+
+
+def conv2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
+                       padding: int) -> torch.Tensor:
+    """Weight gradient of ``F.conv2d(x, w, stride, padding)`` (``w`` ``[C_out, C_in, k, k]``,
+    ``ceil(k/stride) <= 3``) by Winograd F(3x3, 4x4) on the polyphase split: 2.8x fewer products
+    than the direct sum. x ``[N, C_in, H, W]``, gy ``[N, C_out, H_out, W_out]`` fp32 CPU
+    (channels_last avoids copies) -> ``[C_out, C_in, k, k]`` fp32."""
+    xc = _check_x(x, "conv2d_weight_grad")
+    s, C, co = stride, x.shape[1], gy.shape[1]
+    gyt = gy.to(torch.float32).permute(0, 2, 3, 1)
+    dwq = _wgrad_phases(xc, gyt, s, padding)                          # [co, s*s*C, 3, 3]
+    dw = dwq.view(co, s, s, C, 3, 3).permute(0, 3, 4, 1, 5, 2).reshape(co, C, 3 * s, 3 * s)
+    return dw[:, :, :k, :k].contiguous()
+
+
+def conv_transpose2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
+                                 padding: int) -> torch.Tensor:
+    """Weight gradient of ``F.conv_transpose2d(x, w, stride, padding, output_padding)`` (``w``
+    ``[C_in, C_out, k, k]`` with a 3-tap sub-pixel plan) by Winograd F(3x3, 4x4) over its output
+    phases. x ``[N, C_in, H, W]``, gy ``[N, C_out, H_out, W_out]`` fp32 CPU -> ``[C_in, C_out,
+    k, k]`` fp32."""
+    from .conv import _subpixel_plan
+    xc = _check_x(x, "conv_transpose2d_weight_grad")
+    s, ci, co = stride, x.shape[1], gy.shape[1]
+    N, _, Ho, Wo = gy.shape
+    _, lo, _, _ = _subpixel_plan(k, s, padding)
+    Qh, Qw = -(-Ho // s), -(-Wo // s)
+    g = gy.to(torch.float32).permute(0, 2, 3, 1)
+    if Qw * s != Wo or Qh * s != Ho:
+        g = F.pad(g, (0, 0, 0, Qw * s - Wo, 0, Qh * s - Ho))
+    gyt = g.reshape(N, Qh, s, Qw, s, co).permute(0, 1, 3, 2, 4, 5).reshape(N, Qh, Qw, s * s * co)
+    dwq = _wgrad_phases(xc, gyt, 1, -lo)                              # [(ry, rx, co), ci, 3, 3]
+    src = dwq.view(s * s, co, ci, 9).permute(2, 1, 0, 3).reshape(ci, co, s * s * 9)
+    taps = _taps_transposed(k, s, padding).reshape(-1).long()
+    taps = torch.where(taps < 0, k * k, taps)
+    dw = torch.zeros(ci, co, k * k + 1, dtype=torch.float32)
+    dw.index_add_(2, taps, src)
+    return dw[:, :, :k * k].reshape(ci, co, k, k)
+
+
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
@@ -385,8 +466,9 @@ class WinogradConv2dFunction(torch.autograd.Function):
     (a slice view of the full weight is fine: autograd scatters its gradient back), b ``[C_out]``
     or None; returns ``[N, C_out, H_out, W_out]`` fp32 channels_last. The forward and the input
     gradient (a transposed conv of the output gradient: :func:`conv_transpose2d_winograd`) run
-    by Winograd on weights transformed in fp32 per call (:func:`transform_weight_fp32`); the
-    weight and bias gradients by ``aten.convolution_backward`` (oneDNN). No double backward."""
+    by Winograd F(4x4, 3x3) on weights transformed in fp32 per call
+    (:func:`conv2d_weight_fp32`), the weight gradient by F(3x3, 4x4)
+    (:func:`conv2d_weight_grad`). No double backward."""
 
     @staticmethod
     def forward(ctx, x, w, b, stride: int, padding: int):
@@ -416,11 +498,10 @@ class WinogradConv2dFunction(torch.autograd.Function):
                 gx = torch.ops.aten.convolution_backward(
                     gy, x.detach(), w.detach(), None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
                     [True, False, False])[0]
-        if ctx.needs_input_grad[1] or (has_b and ctx.needs_input_grad[2]):
-            _, gw, gb = torch.ops.aten.convolution_backward(
-                gy, x.detach(), w.detach(), [w.shape[0]] if has_b else None, [s, s], [p, p],
-                [1, 1], False, [0, 0], 1,
-                [False, bool(ctx.needs_input_grad[1]), has_b and bool(ctx.needs_input_grad[2])])
+        if ctx.needs_input_grad[1]:
+            gw = conv2d_weight_grad(x.detach(), gy, k, s, p)
+        if has_b and ctx.needs_input_grad[2]:
+            gb = gy.sum((0, 2, 3))
         return gx, gw, gb, None, None
 
 
@@ -430,8 +511,8 @@ class WinogradConvTranspose2dFunction(torch.autograd.Function):
     ``apply(x, w, b, stride, padding, output_padding)``: x ``[N, C_in, H, W]`` fp32 CPU, w
     ``[C_in, C_out, k, k]`` (a slice view is fine), b ``[C_out]`` or None; returns ``[N, C_out,
     (H-1)*s - 2p + k + op, ...]`` fp32 channels_last. The input gradient is a stride-s conv of
-    the output gradient with the same weight (:func:`conv2d_winograd`); the weight and bias
-    gradients come from ``aten.convolution_backward``. No double backward."""
+    the output gradient with the same weight (:func:`conv2d_winograd`); the weight gradient
+    comes from :func:`conv_transpose2d_weight_grad`. No double backward."""
 
     @staticmethod
     def forward(ctx, x, w, b, stride: int, padding: int, output_padding: int):
@@ -453,11 +534,10 @@ class WinogradConvTranspose2dFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             U = conv2d_weight_fp32(w, s)
             gx = conv2d_winograd(gy, U, None, w.shape[-1], s, p)
-        if ctx.needs_input_grad[1] or (has_b and ctx.needs_input_grad[2]):
-            _, gw, gb = torch.ops.aten.convolution_backward(
-                gy, x.detach(), w.detach(), [w.shape[1]] if has_b else None, [s, s], [p, p],
-                [1, 1], True, [op, op], 1,
-                [False, bool(ctx.needs_input_grad[1]), has_b and bool(ctx.needs_input_grad[2])])
+        if ctx.needs_input_grad[1]:
+            gw = conv_transpose2d_weight_grad(x.detach(), gy, w.shape[-1], s, p)
+        if has_b and ctx.needs_input_grad[2]:
+            gb = gy.sum((0, 2, 3))
         return gx, gw, gb, None, None, None
 
 

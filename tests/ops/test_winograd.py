@@ -517,3 +517,46 @@ def test_training_dispatch_needs_enough_tiles_and_channels(monkeypatch):
     monkeypatch.setattr(conv_mod, "WINOGRAD_TRAIN_MIN_N", 129)
     slim_conv2d(x, w, b, stride=2, padding=2)
     assert calls == [1]
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", [(2, 40, 72, 16, 16, 5, 2, 2), (1, 36, 66, 13, 18, 5, 2, 2),
+                                  (2, 33, 65, 12, 9, 3, 1, 1), (1, 40, 64, 15, 15, 4, 2, 1),
+                                  (3, 9, 17, 4, 5, 5, 2, 2)])
+def test_conv_weight_grad_matches_float64(case):
+    """F(3x3, 4x4) weight gradient of a conv (polyphase split; tiles past the output; kernels
+    that do not fill the 3x3 phase taps) against float64 aten.convolution_backward."""
+    N, ci, co, H, W, k, s, p = case
+    x, w, _ = _conv_case(N, ci, co, H, W, k, seed=40)
+    x = x.contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(F.conv2d(x, w, None, s, p).shape, generator=_gen(41))
+    ref = torch.ops.aten.convolution_backward(gy.double(), x.double(), w.double(), None, [s, s],
+                                              [p, p], [1, 1], False, [0, 0], 1,
+                                              [False, True, False])[1]
+    got = Wg.conv2d_weight_grad(x, gy, k, s, p)
+    assert got.dtype == torch.float32 and got.shape == w.shape
+    assert _err(got, ref) < TOL
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", [(2, 72, 40, 8, 8, 5, 2, 2, 1), (1, 66, 36, 7, 9, 5, 2, 2, 0),
+                                  (2, 64, 33, 6, 5, 3, 1, 1, 0), (1, 9, 17, 3, 4, 5, 2, 2, 1)])
+def test_conv_transpose_weight_grad_matches_float64(case):
+    N, ci, co, H, W, k, s, p, op = case
+    x, w, _ = _convt_case(N, ci, co, H, W, k, seed=42)
+    x = x.contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(F.conv_transpose2d(x, w, None, s, p, op).shape, generator=_gen(43))
+    ref = torch.ops.aten.convolution_backward(gy.double(), x.double(), w.double(), None, [s, s],
+                                              [p, p], [1, 1], True, [op, op], 1,
+                                              [False, True, False])[1]
+    got = Wg.conv_transpose2d_weight_grad(x, gy, k, s, p)
+    assert got.dtype == torch.float32 and got.shape == w.shape
+    assert _err(got, ref) < TOL
+
+
+@needs_kernels
+def test_weight_grad_kernel_refuses_bad_arguments():
+    _, G, _ = Wg.winograd_matrices(dtype=torch.float32)
+    out = torch.empty(9, 8)
+    with pytest.raises(RuntimeError, match="bad arguments"):
+        Wg._kernels().winograd_weight_grad(0, G.contiguous().data_ptr(), 8, out.data_ptr(), 1)
