@@ -400,7 +400,7 @@ def _wgrad_phases(xc: torch.Tensor, gyt: torch.Tensor, s: int, P: int) -> torch.
         gyt = F.pad(gyt, (0, 0, 0, 4 * tw - Qw, 0, 4 * th - Qh))
     g = gyt.reshape(N, th, 4, tw, 4, cp)
     ug = torch.einsum("ai,ntawbc,bj->ijntwc", AT, g, AT).reshape(36, T, cp)
-    M = torch.zeros(36, kdim, cp, dtype=torch.float32)
+    M = torch.empty(36, kdim, cp, dtype=torch.float32)
     chunk = min(CHUNK_BYTES, max(CHUNK_MIN_BYTES, int(CHUNK_U_FACTOR * 4 * M.numel())))
     tc = min(T, max(MIN_CHUNK_TILES, chunk // (36 * 4 * kdim)))
     ws = _workspace(36 * tc * kdim)
@@ -409,7 +409,10 @@ def _wgrad_phases(xc: torch.Tensor, gyt: torch.Tensor, s: int, P: int) -> torch.
         n = min(tc, T - t0)
         V = ws[:36 * n * kdim].view(36, n, kdim)
         K.winograd_input(xc.data_ptr(), N, H, W, C, s, P, th, tw, t0, n, V.data_ptr(), nt)
-        M.baddbmm_(V.transpose(1, 2), ug[:, t0:t0 + n])
+        if t0 == 0:
+            torch.bmm(V.transpose(1, 2), ug[:, :n], out=M)
+        else:
+            M.baddbmm_(V.transpose(1, 2), ug[:, t0:t0 + n])
     out = torch.empty(9, kdim, cp, dtype=torch.float32)
     G = G.contiguous()
     K.winograd_weight_grad(M.data_ptr(), G.data_ptr(), kdim * cp, out.data_ptr(), nt)

@@ -560,3 +560,18 @@ def test_weight_grad_kernel_refuses_bad_arguments():
     out = torch.empty(9, 8)
     with pytest.raises(RuntimeError, match="bad arguments"):
         Wg._kernels().winograd_weight_grad(0, G.contiguous().data_ptr(), 8, out.data_ptr(), 1)
+
+
+@needs_kernels
+def test_weight_grad_in_several_rounds(monkeypatch):
+    """Small rounds: the GEMM over tiles accumulates round after round (first round written,
+    the others added)."""
+    monkeypatch.setattr(Wg, "CHUNK_BYTES", 1 << 16)
+    monkeypatch.setattr(Wg, "CHUNK_MIN_BYTES", 1 << 14)
+    x, w, _ = _conv_case(2, 40, 72, 32, 32, 5, seed=44)
+    x = x.contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(F.conv2d(x, w, None, 2, 2).shape, generator=_gen(45))
+    ref = torch.ops.aten.convolution_backward(gy.double(), x.double(), w.double(), None, [2, 2],
+                                              [2, 2], [1, 1], False, [0, 0], 1,
+                                              [False, True, False])[1]
+    assert _err(Wg.conv2d_weight_grad(x, gy, 5, 2, 2), ref) < TOL
