@@ -263,6 +263,16 @@ SK_AVX2_TARGET void weight_cols(const WinoWeightArgs& a, int64_t c0, int64_t c1)
   }
 }
 
+// Columns [0, n) split over the threads in blocks of 8 (a block is one AVX2 vector wide).
+template <class F>
+void over_columns(int64_t n, int nthreads, const F& body) {
+  const int64_t blocks = (n + 7) / 8;
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(nthreads, blocks));
+  run_on_threads(nt, [&](int64_t i) {
+    body(8 * (blocks * i / nt), std::min(n, 8 * (blocks * (i + 1) / nt)));
+  });
+}
+
 // Tiles [b, b + T) split evenly over the threads.
 template <class F>
 void over_tiles(int64_t b, int64_t T, int nthreads, const F& body) {
@@ -306,11 +316,7 @@ int winograd_output_f43(const WinoOutArgs& args) {
 int winograd_weight_f43(const WinoWeightArgs& a) {
   if (!gdn_avx2_available()) return kWNoAvx2;
   if (a.g == nullptr || a.G == nullptr || a.U == nullptr || a.n <= 0) return kWBadArgs;
-  const int64_t blocks = (a.n + 7) / 8;
-  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, blocks));
-  run_on_threads(nt, [&a, blocks, nt](int64_t i) {
-    weight_cols(a, 8 * (blocks * i / nt), std::min(a.n, 8 * (blocks * (i + 1) / nt)));
-  });
+  over_columns(a.n, a.nthreads, [&a](int64_t c0, int64_t c1) { weight_cols(a, c0, c1); });
   return kWOk;
 }
 
@@ -338,11 +344,7 @@ int winograd_kernel_weight_f43(const WinoKernelWeightArgs& a) {
 int winograd_weight_grad_f43(const WinoWeightGradArgs& a) {
   if (!gdn_avx2_available()) return kWNoAvx2;
   if (a.M == nullptr || a.G == nullptr || a.out == nullptr || a.n <= 0) return kWBadArgs;
-  const int64_t blocks = (a.n + 7) / 8;
-  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, blocks));
-  run_on_threads(nt, [&a, blocks, nt](int64_t i) {
-    weight_grad_cols(a, 8 * (blocks * i / nt), std::min(a.n, 8 * (blocks * (i + 1) / nt)));
-  });
+  over_columns(a.n, a.nthreads, [&a](int64_t c0, int64_t c1) { weight_grad_cols(a, c0, c1); });
   return kWOk;
 }
 
