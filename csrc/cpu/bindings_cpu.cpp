@@ -233,6 +233,26 @@ void winograd_weight_grad_py(uintptr_t M, uintptr_t G, int64_t n, uintptr_t out,
   }
 }
 
+void winograd_grad_tiles_py(uintptr_t gy, int64_t N, int64_t Ho, int64_t Wo, int64_t Co,
+                            int64_t s, int64_t th, int64_t tw, uintptr_t AT, uintptr_t U,
+                            int nthreads) {
+  sk::WinoGradTilesArgs a;
+  a.gy = reinterpret_cast<const float*>(gy);
+  a.N = N; a.Ho = Ho; a.Wo = Wo; a.Co = Co; a.s = s; a.th = th; a.tw = tw;
+  a.AT = reinterpret_cast<const float*>(AT);
+  a.U = reinterpret_cast<float*>(U);
+  a.nthreads = nthreads;
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = sk::winograd_grad_tiles_f43(a);
+  }
+  if (rc != 0) {
+    throw std::runtime_error(std::string("slimkernels._cpu_kernels.winograd_grad_tiles: ") +
+                             sk::winograd_error_message(rc));
+  }
+}
+
 }  // namespace
 
 // -- direct fp32 conv for few input channels, AVX2 (csrc/cpu/conv_avx2.hpp) ---------------------
@@ -349,6 +369,11 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("out"), py::arg("nthreads"),
         "Inverse Winograd weight transform (weight gradients by F(3x3,4x4)): M [36, n] fp32, "
         "G [6, 3] fp32; writes out [9, n] fp32 = G^T M G per column.");
+  m.def("winograd_grad_tiles", &winograd_grad_tiles_py, py::arg("gy"), py::arg("N"), py::arg("Ho"),
+        py::arg("Wo"), py::arg("Co"), py::arg("s"), py::arg("th"), py::arg("tw"), py::arg("AT"),
+        py::arg("U"), py::arg("nthreads"),
+        "Output-gradient transform of the Winograd weight gradient: gy [N, Ho, Wo, Co] dense fp32 "
+        "on s x s phases, 4x4 tiles -> U [36, N*th*tw, s*s*Co] = A g A^T (see winograd.hpp).");
   m.def("conv_avx2_forward", &conv_avx2_forward_py, py::arg("x"), py::arg("N"), py::arg("H"),
         py::arg("W"), py::arg("C"), py::arg("w"), py::arg("bias"), py::arg("Co"), py::arg("k"),
         py::arg("stride"), py::arg("pad"), py::arg("Ho"), py::arg("Wo"), py::arg("y"),

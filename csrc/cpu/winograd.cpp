@@ -225,6 +225,55 @@ SK_AVX2_TARGET void weight_grad_cols(const WinoWeightGradArgs& a, int64_t c0, in
   }
 }
 
+// Tiles [t0, t1) of winograd_grad_tiles_f43: per tile, phase and 8 channels, the 4x4 values g
+// (zero past the image), then per row i of A: t = A_i g (4 vectors), U[i][j] = t A_j^T.
+SK_AVX2_TARGET void grad_tiles(const WinoGradTilesArgs& a, int64_t t0, int64_t t1) {
+  const int64_t s = a.s, Co = a.Co, cp = s * s * Co, T = a.N * a.th * a.tw;
+  const float* AT = a.AT;
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / (a.th * a.tw), ty = t / a.tw % a.th, tx = t % a.tw;
+    for (int64_t ry = 0; ry < s; ++ry) {
+      for (int64_t rx = 0; rx < s; ++rx) {
+        const int64_t ph = ry * s + rx;
+        for (int64_t o = 0; o < Co; o += 8) {
+          const int64_t valid = std::min<int64_t>(8, Co - o);
+          const __m256i m = lane_mask(valid);
+          __m256 g[16];
+          for (int i = 0; i < 4; ++i) {
+            const int64_t y = s * (4 * ty + i) + ry;
+            for (int j = 0; j < 4; ++j) {
+              const int64_t x = s * (4 * tx + j) + rx;
+              g[i * 4 + j] = (y < a.Ho && x < a.Wo)
+                  ? _mm256_maskload_ps(a.gy + ((n * a.Ho + y) * a.Wo + x) * Co + o, m) : zero;
+            }
+          }
+          float* dst = a.U + t * cp + ph * Co + o;
+          for (int i = 0; i < 6; ++i) {
+            __m256 r[4];
+            for (int b = 0; b < 4; ++b) {
+              __m256 acc = _mm256_mul_ps(_mm256_set1_ps(AT[i]), g[b]);
+              for (int k = 1; k < 4; ++k)
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(AT[k * 6 + i]), g[k * 4 + b], acc);
+              r[b] = acc;
+            }
+            for (int j = 0; j < 6; ++j) {
+              __m256 u = _mm256_mul_ps(_mm256_set1_ps(AT[j]), r[0]);
+              for (int k = 1; k < 4; ++k) u = _mm256_fmadd_ps(_mm256_set1_ps(AT[k * 6 + j]), r[k], u);
+              float* d = dst + (i * 6 + j) * T * cp;
+              if (valid == 8) {
+                _mm256_storeu_ps(d, u);
+              } else {
+                _mm256_maskstore_ps(d, m, u);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // Rows [r0, r1) of winograd_kernel_weight_f43: per row and block of 8 lanes, the kernels' taps
 // are gathered into tap-major vectors (a small buffer), then every phase's 3x3 is transformed.
 SK_AVX2_TARGET void kernel_weight_rows(const WinoKernelWeightArgs& a, int64_t r0, int64_t r1,
@@ -348,6 +397,17 @@ int winograd_weight_grad_f43(const WinoWeightGradArgs& a) {
   return kWOk;
 }
 
+int winograd_grad_tiles_f43(const WinoGradTilesArgs& a) {
+  if (!gdn_avx2_available()) return kWNoAvx2;
+  if (a.gy == nullptr || a.AT == nullptr || a.U == nullptr || a.N <= 0 || a.Ho <= 0 ||
+      a.Wo <= 0 || a.Co <= 0 || a.s <= 0 || a.th * 4 * a.s < a.Ho || a.tw * 4 * a.s < a.Wo) {
+    return kWBadArgs;
+  }
+  over_tiles(0, a.N * a.th * a.tw, a.nthreads,
+             [&a](int64_t t0, int64_t t1) { grad_tiles(a, t0, t1); });
+  return kWOk;
+}
+
 #else  // no AVX2 code on this compiler / architecture
 
 int winograd_input_f43(const WinoInArgs&) { return kWNoAvx2; }
@@ -355,6 +415,7 @@ int winograd_output_f43(const WinoOutArgs&) { return kWNoAvx2; }
 int winograd_weight_f43(const WinoWeightArgs&) { return kWNoAvx2; }
 int winograd_kernel_weight_f43(const WinoKernelWeightArgs&) { return kWNoAvx2; }
 int winograd_weight_grad_f43(const WinoWeightGradArgs&) { return kWNoAvx2; }
+int winograd_grad_tiles_f43(const WinoGradTilesArgs&) { return kWNoAvx2; }
 
 #endif
 

@@ -87,12 +87,26 @@ struct WinoWeightGradArgs {
   int nthreads = 1;
 };
 
+// Output-gradient transform of the weight gradient (F(3x3, 4x4)): gy [N, Ho, Wo, Co] dense fp32
+// (channels_last) on s x s output phases (s = 1 for a conv): phase (ry, rx) is the grid
+// q -> gy[s*qy + ry][s*qx + rx], Qh = ceil(Ho / s) rows, in 4x4 tiles (tile t = (n*th + ty)*tw +
+// tx, zero past the image); writes U[ij][t][(ry*s + rx)*Co + co] = (A g A^T)[i][j], A = AT^T.
+struct WinoGradTilesArgs {
+  const float* gy = nullptr;
+  int64_t N = 0, Ho = 0, Wo = 0, Co = 0, s = 1;
+  int64_t th = 0, tw = 0;
+  const float* AT = nullptr;  // [4][6]
+  float* U = nullptr;         // [36][N*th*tw][s*s*Co]
+  int nthreads = 1;
+};
+
 // Return 0 on success, else an error code (winograd_error_message).
 int winograd_input_f43(const WinoInArgs& a);
 int winograd_output_f43(const WinoOutArgs& a);
 int winograd_weight_f43(const WinoWeightArgs& a);
 int winograd_kernel_weight_f43(const WinoKernelWeightArgs& a);
 int winograd_weight_grad_f43(const WinoWeightGradArgs& a);
+int winograd_grad_tiles_f43(const WinoGradTilesArgs& a);
 const char* winograd_error_message(int code);
 
 }  // namespace sk

@@ -170,14 +170,14 @@ WINOGRAD_MIN_CIN = 32
 #: With gradient (training in fp32 on AVX2 CPUs), run the same layers by Winograd as well: the
 #: forward and the input gradient (:class:`~slimkernels.ops.winograd.WinogradConv2dFunction`),
 #: on weights transformed per call in fp32 (one AVX2 pass from the weight slice: ~3 ms per
-#: direction at 192 channels), and the weight gradient by F(3x3, 4x4) (w=192 enc2 1.44-1.50x
-#: oneDNN's, dec2 1.14-1.16x). Measured at SlimCAE's
+#: direction at 192 channels), and the weight gradient by F(3x3, 4x4) (w=192 enc2 1.56x
+#: oneDNN's, dec2 2.0x). Measured at SlimCAE's
 #: training shapes (batch 8, 128x128 crops, Zen 3 EPYC, interleaved A/B), forward + backward of
 #: one layer against oneDNN: at w=192 1.26-1.31x with 128 Winograd tiles (enc2, dec2: 16x16
 #: phase grids), 0.92-0.94x with 32 (enc3, dec1); at w=96 1.17-1.19x and 0.87-0.91x. So only
 #: where a call has >= ``WINOGRAD_TRAIN_MIN_TILES`` tiles and ``WINOGRAD_TRAIN_MIN_N`` channels
-#: on both sides. Whole training step (``python bench/bench_train_step.py``): 1.07-1.08x at
-#: crop 128, 1.16-1.18x at 256.
+#: on both sides. Whole training step (``python bench/bench_train_step.py``): 1.09-1.10x at
+#: crop 128, 1.31x at 256.
 CPU_WINOGRAD_TRAIN = True
 WINOGRAD_TRAIN_MIN_TILES = 96
 WINOGRAD_TRAIN_MIN_N = 96

@@ -375,36 +375,38 @@ def conv_transpose2d_weight_fp32(w: torch.Tensor, stride: int, padding: int) -> 
     return _gg(t).view(36, ci, s * s * co)
 
 
-def _wgrad_phases(xc: torch.Tensor, gyt: torch.Tensor, s: int, P: int) -> torch.Tensor:
+def _wgrad_phases(xc: torch.Tensor, gy: torch.Tensor, r: int, Qh: int, Qw: int, s: int,
+                  P: int) -> torch.Tensor:
     """Weight gradient of the stride-1 3x3 phase correlation behind a Winograd conv, by
     F(3x3, 4x4) (the transposition of F(4x4, 3x3): the same input transform B^T d B, the output
     gradient's 4x4 tiles transformed by A (6x4), the sum over tiles a GEMM, then G^T . G):
 
-        dwq[c', k, a, b] = sum_{n, y, x} gyt[n, y, x, c'] * d[n, k, y + a, x + b]
+        dwq[c', k, a, b] = sum_{n, y, x} g[n, c', y, x] * d[n, k, y + a, x + b]
 
-    with d the ``s*s`` polyphase images of x offset by ``P`` (as the forward's input transform).
+    with d the ``s*s`` polyphase images of x offset by ``P`` (as the forward's input transform)
+    and g the output gradient on ``r x r`` phase grids of ``Qh x Qw`` (channels (ry, rx, co)).
 
     Args:
         xc: the forward's input, ``[N, C, H, W]`` dense channels_last fp32.
-        gyt: the output gradient on the phase grid, ``[N, Qh, Qw, C']`` fp32 (any strides).
+        gy: the output gradient ``[N, Co, Ho, Wo]`` dense channels_last fp32.
     Returns:
-        ``[C', s*s*C, 3, 3]`` fp32 (a permuted view of a tap-major ``[3, 3, s*s*C, C']`` tensor).
+        ``[r*r*Co, s*s*C, 3, 3]`` fp32 (a permuted view of a tap-major tensor).
     """
     K = _kernels()
     N, C, H, W = xc.shape
-    _, Qh, Qw, cp = gyt.shape
+    co, Ho, Wo = gy.shape[1], gy.shape[2], gy.shape[3]
     th, tw = -(-Qh // TILE), -(-Qw // TILE)
-    T, kdim = N * th * tw, s * s * C
+    T, kdim, cp = N * th * tw, s * s * C, r * r * co
     _, G, AT = winograd_matrices(dtype=torch.float32)
-    if 4 * tw != Qw or 4 * th != Qh:
-        gyt = F.pad(gyt, (0, 0, 0, 4 * tw - Qw, 0, 4 * th - Qh))
-    g = gyt.reshape(N, th, 4, tw, 4, cp)
-    ug = torch.einsum("ai,ntawbc,bj->ijntwc", AT, g, AT).reshape(36, T, cp)
+    nt = torch.get_num_threads()
+    ug = torch.empty(36, T, cp, dtype=torch.float32)
+    AT = AT.contiguous()
+    K.winograd_grad_tiles(gy.data_ptr(), N, Ho, Wo, co, r, th, tw, AT.data_ptr(), ug.data_ptr(),
+                          nt)
     M = torch.empty(36, kdim, cp, dtype=torch.float32)
     chunk = min(CHUNK_BYTES, max(CHUNK_MIN_BYTES, int(CHUNK_U_FACTOR * 4 * M.numel())))
     tc = min(T, max(MIN_CHUNK_TILES, chunk // (36 * 4 * kdim)))
     ws = _workspace(36 * tc * kdim)
-    nt = torch.get_num_threads()
     for t0 in range(0, T, tc):
         n = min(tc, T - t0)
         V = ws[:36 * n * kdim].view(36, n, kdim)
@@ -419,6 +421,12 @@ def _wgrad_phases(xc: torch.Tensor, gyt: torch.Tensor, s: int, P: int) -> torch.
     return out.view(3, 3, kdim, cp).permute(3, 2, 0, 1)
 
 
+def _dense_cl(t: torch.Tensor) -> torch.Tensor:
+    t = t.to(torch.float32)
+    return t if t.is_contiguous(memory_format=torch.channels_last) else \
+        t.contiguous(memory_format=torch.channels_last)
+
+
 def conv2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
                        padding: int) -> torch.Tensor:
     """Weight gradient of ``F.conv2d(x, w, stride, padding)`` (``w`` ``[C_out, C_in, k, k]``,
@@ -427,9 +435,8 @@ def conv2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
     (channels_last avoids copies) -> ``[C_out, C_in, k, k]`` fp32."""
     xc = _check_x(x, "conv2d_weight_grad")
     s, C, co = stride, x.shape[1], gy.shape[1]
-    gyt = gy.to(torch.float32).permute(0, 2, 3, 1)
-    dwq = _wgrad_phases(xc, gyt, s, padding)                          # [co, s*s*C, 3, 3]
-    dw = dwq.view(co, s, s, C, 3, 3).permute(0, 3, 4, 1, 5, 2).reshape(co, C, 3 * s, 3 * s)
+    dwq = _wgrad_phases(xc, _dense_cl(gy), 1, gy.shape[2], gy.shape[3], s, padding)
+    dw = dwq.reshape(co, s, s, C, 3, 3).permute(0, 3, 4, 1, 5, 2).reshape(co, C, 3 * s, 3 * s)
     return dw[:, :, :k, :k].contiguous()
 
 
@@ -442,15 +449,10 @@ def conv_transpose2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stri
     from .conv import _subpixel_plan
     xc = _check_x(x, "conv_transpose2d_weight_grad")
     s, ci, co = stride, x.shape[1], gy.shape[1]
-    N, _, Ho, Wo = gy.shape
+    Ho, Wo = gy.shape[2], gy.shape[3]
     _, lo, _, _ = _subpixel_plan(k, s, padding)
-    Qh, Qw = -(-Ho // s), -(-Wo // s)
-    g = gy.to(torch.float32).permute(0, 2, 3, 1)
-    if Qw * s != Wo or Qh * s != Ho:
-        g = F.pad(g, (0, 0, 0, Qw * s - Wo, 0, Qh * s - Ho))
-    gyt = g.reshape(N, Qh, s, Qw, s, co).permute(0, 1, 3, 2, 4, 5).reshape(N, Qh, Qw, s * s * co)
-    dwq = _wgrad_phases(xc, gyt, 1, -lo)                              # [(ry, rx, co), ci, 3, 3]
-    src = dwq.view(s * s, co, ci, 9).permute(2, 1, 0, 3).reshape(ci, co, s * s * 9)
+    dwq = _wgrad_phases(xc, _dense_cl(gy), s, -(-Ho // s), -(-Wo // s), 1, -lo)
+    src = dwq.reshape(s * s, co, ci, 9).permute(2, 1, 0, 3).reshape(ci, co, s * s * 9)
     taps = _taps_transposed(k, s, padding).reshape(-1).long()
     taps = torch.where(taps < 0, k * k, taps)
     dw = torch.zeros(ci, co, k * k + 1, dtype=torch.float32)

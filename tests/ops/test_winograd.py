@@ -560,6 +560,13 @@ def test_weight_grad_kernel_refuses_bad_arguments():
     out = torch.empty(9, 8)
     with pytest.raises(RuntimeError, match="bad arguments"):
         Wg._kernels().winograd_weight_grad(0, G.contiguous().data_ptr(), 8, out.data_ptr(), 1)
+    _, _, AT = Wg.winograd_matrices(dtype=torch.float32)
+    AT = AT.contiguous()
+    gy = torch.zeros(1, 9, 9, 8)
+    U = torch.empty(36, 4, 8)
+    with pytest.raises(RuntimeError, match="bad arguments"):   # 2x2 tiles do not cover 9x9
+        Wg._kernels().winograd_grad_tiles(gy.data_ptr(), 1, 9, 9, 8, 1, 2, 2, AT.data_ptr(),
+                                          U.data_ptr(), 1)
 
 
 @needs_kernels
