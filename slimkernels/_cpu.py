@@ -26,8 +26,8 @@ def _supported(probe: str) -> bool:
 def cpu_kernels(probe: str) -> Optional[object]:
     """The extension module when it is built, not switched off by ``SLIMKERNELS_CPU_KERNELS=0``,
     and its capability check ``probe`` (``"amx_available"`` for the AMX-BF16 GDN / conv kernels,
-    ``"latents_simd_available"`` for the AVX-512 latent quantization) returns True on this CPU;
-    else None."""
+    ``"latents_simd_available"`` for the AVX-512 / AVX2 latent quantization) returns True on this
+    CPU; else None."""
     if os.environ.get("SLIMKERNELS_CPU_KERNELS", "1") == "0":
         return None
     return _module() if _supported(probe) else None

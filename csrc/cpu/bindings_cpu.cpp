@@ -331,7 +331,8 @@ PYBIND11_MODULE(_cpu_kernels, m) {
   m.def("gdn_avx2_available", &sk::gdn_avx2_available,
         "True when the CPU has AVX2 + FMA (gdn_forward_avx2).");
   m.def("latents_simd_available", &sk::latents_simd_available,
-        "True when the CPU has AVX512F + AVX512BW (quantize_latents / dequantize_latents).");
+        "True when the CPU has AVX512F + AVX512BW or AVX2 + FMA (quantize_latents / "
+        "dequantize_latents).");
   m.def("quantize_latents", &quantize_latents_py, py::arg("y"), py::arg("ydtype"),
         py::arg("channels_last"), py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"),
         py::arg("medians"), py::arg("out"), py::arg("nthreads"),
