@@ -17,6 +17,22 @@ namespace py = pybind11;
 
 namespace {
 
+// fn(a) with the GIL released; a non-zero code becomes a RuntimeError naming the binding and
+// carrying msg(code).
+template <class Args>
+void call_released(int (*fn)(const Args&), const Args& a, const char* (*msg)(int),
+                   const char* name) {
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = fn(a);
+  }
+  if (rc != 0) {
+    throw std::runtime_error(std::string("slimkernels._cpu_kernels.") + name + ": " + msg(rc));
+  }
+}
+
+
 // One binding body for both GDN kernels (AMX: sk::gdn_forward, AVX2 fp32:
 // sk::gdn_forward_avx2): the same raw arguments, the GIL released while Fn runs.
 template <int (*Fn)(const sk::GdnArgs&), const char* (*Msg)(int)>
@@ -46,13 +62,7 @@ void gdn_call_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int
   a.inverse = inverse;
   a.splits = splits;
   a.nthreads = nthreads;
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = Fn(a);
-  }
-  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels GDN kernel: ") +
-                                        Msg(rc));
+  call_released(Fn, a, Msg, "GDN kernel");
 }
 
 }  // namespace
@@ -79,13 +89,7 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
   a.y = reinterpret_cast<uint16_t*>(y);
   a.Hy = Hy; a.Wy = Wy; a.Cy = Cy; a.phase = phase;
   a.nthreads = nthreads;
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = sk::conv_amx_forward(a);
-  }
-  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.conv_amx_forward: ") +
-                                        sk::conv_amx_error_message(rc));
+  call_released(sk::conv_amx_forward, a, sk::conv_amx_error_message, "conv_amx_forward");
 }
 
 }  // namespace
@@ -106,13 +110,7 @@ int64_t quantize_latents_py(uintptr_t y, int ydtype, bool channels_last, int64_t
   a.nthreads = nthreads;
   int64_t invalid = 0;
   a.invalid = &invalid;
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = sk::quantize_latents(a);
-  }
-  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.quantize_latents: ") +
-                                        sk::latents_error_message(rc));
+  call_released(sk::quantize_latents, a, sk::latents_error_message, "quantize_latents");
   return invalid;
 }
 
@@ -124,14 +122,7 @@ void dequantize_latents_py(uintptr_t sym, int64_t N, int64_t C, int64_t H, int64
   a.medians = reinterpret_cast<const float*>(medians);
   a.out = reinterpret_cast<float*>(out);
   a.nthreads = nthreads;
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = sk::dequantize_latents(a);
-  }
-  if (rc != 0)
-    throw std::runtime_error(std::string("slimkernels._cpu_kernels.dequantize_latents: ") +
-                             sk::latents_error_message(rc));
+  call_released(sk::dequantize_latents, a, sk::latents_error_message, "dequantize_latents");
 }
 
 }  // namespace
@@ -149,13 +140,7 @@ void winograd_input_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, 
   a.t_begin = t_begin; a.t_count = t_count;
   a.V = reinterpret_cast<float*>(V);
   a.nthreads = nthreads;
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = sk::winograd_input_f43(a);
-  }
-  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.winograd_input: ") +
-                                        sk::winograd_error_message(rc));
+  call_released(sk::winograd_input_f43, a, sk::winograd_error_message, "winograd_input");
 }
 
 void winograd_output_py(uintptr_t M, uintptr_t bias, int64_t N, int64_t th, int64_t tw,
@@ -168,13 +153,7 @@ void winograd_output_py(uintptr_t M, uintptr_t bias, int64_t N, int64_t th, int6
   a.t_begin = t_begin; a.t_count = t_count;
   a.y = reinterpret_cast<float*>(y);
   a.nthreads = nthreads;
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = sk::winograd_output_f43(a);
-  }
-  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.winograd_output: ") +
-                                        sk::winograd_error_message(rc));
+  call_released(sk::winograd_output_f43, a, sk::winograd_error_message, "winograd_output");
 }
 
 void winograd_weight_py(uintptr_t g, uintptr_t G, int64_t n, uintptr_t U, int nthreads) {
@@ -184,13 +163,7 @@ void winograd_weight_py(uintptr_t g, uintptr_t G, int64_t n, uintptr_t U, int nt
   a.n = n;
   a.U = reinterpret_cast<float*>(U);
   a.nthreads = nthreads;
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = sk::winograd_weight_f43(a);
-  }
-  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.winograd_weight: ") +
-                                        sk::winograd_error_message(rc));
+  call_released(sk::winograd_weight_f43, a, sk::winograd_error_message, "winograd_weight");
 }
 
 void winograd_kernel_weight_py(uintptr_t w, int64_t kk, int64_t R, int64_t L, int64_t Ic,
@@ -204,15 +177,8 @@ void winograd_kernel_weight_py(uintptr_t w, int64_t kk, int64_t R, int64_t L, in
   a.U = reinterpret_cast<float*>(U);
   a.S36 = S36; a.Sph = Sph; a.Sc = Sc;
   a.nthreads = nthreads;
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = sk::winograd_kernel_weight_f43(a);
-  }
-  if (rc != 0) {
-    throw std::runtime_error(std::string("slimkernels._cpu_kernels.winograd_kernel_weight: ") +
-                             sk::winograd_error_message(rc));
-  }
+  call_released(sk::winograd_kernel_weight_f43, a,
+                sk::winograd_error_message, "winograd_kernel_weight");
 }
 
 void winograd_weight_grad_py(uintptr_t M, uintptr_t G, int64_t n, uintptr_t out, int nthreads) {
@@ -222,15 +188,8 @@ void winograd_weight_grad_py(uintptr_t M, uintptr_t G, int64_t n, uintptr_t out,
   a.n = n;
   a.out = reinterpret_cast<float*>(out);
   a.nthreads = nthreads;
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = sk::winograd_weight_grad_f43(a);
-  }
-  if (rc != 0) {
-    throw std::runtime_error(std::string("slimkernels._cpu_kernels.winograd_weight_grad: ") +
-                             sk::winograd_error_message(rc));
-  }
+  call_released(sk::winograd_weight_grad_f43, a,
+                sk::winograd_error_message, "winograd_weight_grad");
 }
 
 void winograd_grad_tiles_py(uintptr_t gy, int64_t N, int64_t Ho, int64_t Wo, int64_t Co,
@@ -242,15 +201,7 @@ void winograd_grad_tiles_py(uintptr_t gy, int64_t N, int64_t Ho, int64_t Wo, int
   a.AT = reinterpret_cast<const float*>(AT);
   a.U = reinterpret_cast<float*>(U);
   a.nthreads = nthreads;
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = sk::winograd_grad_tiles_f43(a);
-  }
-  if (rc != 0) {
-    throw std::runtime_error(std::string("slimkernels._cpu_kernels.winograd_grad_tiles: ") +
-                             sk::winograd_error_message(rc));
-  }
+  call_released(sk::winograd_grad_tiles_f43, a, sk::winograd_error_message, "winograd_grad_tiles");
 }
 
 }  // namespace
@@ -270,13 +221,7 @@ void conv_avx2_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t 
   a.Co = Co; a.k = k; a.stride = stride; a.pad = pad; a.Ho = Ho; a.Wo = Wo;
   a.y = reinterpret_cast<float*>(y);
   a.nthreads = nthreads;
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = sk::conv_avx2_forward(a);
-  }
-  if (rc != 0) throw std::runtime_error(std::string("slimkernels._cpu_kernels.conv_avx2_forward: ") +
-                                        sk::conv_avx2_error_message(rc));
+  call_released(sk::conv_avx2_forward, a, sk::conv_avx2_error_message, "conv_avx2_forward");
 }
 
 void conv_transpose_avx2_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C,
@@ -293,14 +238,8 @@ void conv_transpose_avx2_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W
   a.Ho = Ho; a.Wo = Wo;
   a.y = reinterpret_cast<float*>(y);
   a.nthreads = nthreads;
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = sk::conv_transpose_avx2_forward(a);
-  }
-  if (rc != 0)
-    throw std::runtime_error(std::string("slimkernels._cpu_kernels.conv_transpose_avx2_forward: ") +
-                             sk::conv_avx2_error_message(rc));
+  call_released(sk::conv_transpose_avx2_forward, a,
+                sk::conv_avx2_error_message, "conv_transpose_avx2_forward");
 }
 
 }  // namespace

@@ -24,8 +24,9 @@ The transformed weights take 4x the memory of the weight slice (36 / 9); they ar
 
 Training: :class:`WinogradConv2dFunction` / :class:`WinogradConvTranspose2dFunction` run the
 forward and the input gradient (the transposed conv of the output gradient, and vice versa) by
-Winograd on weights transformed per call in fp32; the weight and bias gradients stay on oneDNN.
-The conv op uses them for wide layers with enough tiles (``slimkernels.ops.conv``).
+F(4x4, 3x3) on weights transformed per call in fp32, and the weight gradient by F(3x3, 4x4),
+the transposed algorithm. The conv op uses them for wide layers with enough tiles
+(``slimkernels.ops.conv``).
 """
 from __future__ import annotations
 
@@ -59,6 +60,13 @@ TILE = 4
 def winograd_matrices(dtype=torch.float64, device=None):
     """``(B^T [6, 6], G [6, 3], A^T [4, 6])`` of F(4x4, 3x3) as tensors."""
     return tuple(torch.tensor(m, dtype=dtype, device=device) for m in (_BT, _G, _AT))
+
+
+@functools.lru_cache(maxsize=1)
+def _matrices32() -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`winograd_matrices` in fp32, contiguous, built once (handed to the kernels by
+    pointer on every training call; never written)."""
+    return tuple(m.contiguous() for m in winograd_matrices(dtype=torch.float32))
 
 
 def _kernels():
@@ -264,21 +272,15 @@ def conv_transpose2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[t
 
 
 # -- training: autograd Functions on weights that change every step -------------------------------
-def _kron_g() -> torch.Tensor:
-    _, G, _ = winograd_matrices(dtype=torch.float32)
-    return torch.kron(G, G)  # [36, 9]: [i*6 + j, a*3 + b] = G[i, a] * G[j, b]
-
-
 def _gg(t: torch.Tensor) -> torch.Tensor:
     """``[9, n]`` fp32 (3x3 taps per column) -> ``[36, n]`` = ``G g G^T`` per column: the AVX2
     kernel (``csrc/cpu/winograd.cpp``, ~4x torch's GEMM with its inner dimension of 9), else
     ``(G (x) G) @ t``."""
     K = _kernels()
+    _, G, _ = _matrices32()
     if K is None or not hasattr(K, "winograd_weight") or t.device.type != "cpu":
-        return _kron_g() @ t
+        return torch.kron(G, G).to(t.device) @ t  # [i*6 + j, a*3 + b] = G[i, a] * G[j, b]
     t = t.contiguous()
-    _, G, _ = winograd_matrices(dtype=torch.float32)
-    G = G.contiguous()
     U = torch.empty(36, t.shape[1], dtype=torch.float32)
     K.winograd_weight(t.data_ptr(), G.data_ptr(), t.shape[1], U.data_ptr(),
                       torch.get_num_threads())
@@ -330,8 +332,7 @@ def _kernel_weight(w: torch.Tensor, rows_dim: int, taps: torch.Tensor, U: torch.
             w.dtype != torch.float32 or w.stride(3) != 1 or w.stride(2) != w.shape[3]:
         return False
     lanes_dim = 1 - rows_dim
-    _, G, _ = winograd_matrices(dtype=torch.float32)
-    G = G.contiguous()
+    _, G, _ = _matrices32()
     K.winograd_kernel_weight(w.data_ptr(), w.shape[2] * w.shape[3], w.shape[rows_dim],
                              w.shape[lanes_dim], w.stride(rows_dim), w.stride(lanes_dim),
                              taps.shape[0], taps.data_ptr(), G.data_ptr(), U.data_ptr(), S36, Sph,
@@ -343,36 +344,29 @@ def conv2d_weight_fp32(w: torch.Tensor, stride: int) -> torch.Tensor:
     """:func:`winograd_conv2d_weight` in fp32 for training (see :func:`transform_weight_fp32`):
     ``[C_out, C_in, k, k]`` -> ``U [36, s*s*C_in, C_out]``. On AVX2 CPUs one pass of
     ``winograd_kernel_weight`` reads the weight (a slice of a larger one in place) and writes U;
-    elsewhere the polyphase split and the transpose in one copy, then :func:`_gg`."""
+    elsewhere (e.g. a channels_last weight) :func:`transform_weight_fp32` of the polyphase split
+    that the inference path builds too."""
     co, ci, k, _ = w.shape
     s = stride
     w = w.detach()
     U = torch.empty(36, s * s * ci, co, dtype=torch.float32)
     if _kernel_weight(w, 1, _taps_conv(k, s), U, s * s * ci * co, ci * co, co):
         return U
-    wp = F.pad(w.to(torch.float32), (0, 3 * s - k, 0, 3 * s - k))
-    t = wp.reshape(co, ci, 3, s, 3, s).permute(2, 4, 3, 5, 1, 0).reshape(9, s * s * ci * co)
-    return _gg(t).view(36, s * s * ci, co)
+    return transform_weight_fp32(_phase_weight_conv(w, s))
 
 
 def conv_transpose2d_weight_fp32(w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
     """:func:`winograd_conv_transpose2d_weight` in fp32 for training: ``[C_in, C_out, k, k]`` ->
     ``U [36, C_in, s*s*C_out]`` (output channels (ry, rx, co)); on AVX2 CPUs in one pass of
-    ``winograd_kernel_weight``, elsewhere by a row gather of the transposed weight."""
+    ``winograd_kernel_weight``, elsewhere :func:`transform_weight_fp32` of the sub-pixel phase
+    weight that the inference path builds too."""
     ci, co, k, _ = w.shape
     s = stride
     w = w.detach()
     U = torch.empty(36, ci, s * s * co, dtype=torch.float32)
     if _kernel_weight(w, 0, _taps_transposed(k, s, padding), U, ci * s * s * co, co, s * s * co):
         return U
-    from .conv import _subpixel_plan
-    idx, _, _, kc = _subpixel_plan(k, s, padding)          # [s, s, kc, kc] flat taps, k*k: none
-    idx = F.pad(idx.view(s, s, kc, kc), (0, 3 - kc, 0, 3 - kc), value=k * k)
-    wt = w.to(torch.float32).reshape(ci, co, k * k).permute(2, 0, 1)            # tap, ci, co
-    wt = torch.cat([wt, wt.new_zeros(1, ci, co)])                                # + no tap
-    g = wt[idx.permute(2, 3, 0, 1).reshape(-1)].view(3, 3, s, s, ci, co)       # a, b, ry, rx
-    t = g.permute(0, 1, 4, 2, 3, 5).reshape(9, ci * s * s * co)
-    return _gg(t).view(36, ci, s * s * co)
+    return transform_weight_fp32(_phase_weight_transposed(w, s, padding)[0])
 
 
 def _wgrad_phases(xc: torch.Tensor, gy: torch.Tensor, r: int, Qh: int, Qw: int, s: int,
@@ -397,10 +391,9 @@ def _wgrad_phases(xc: torch.Tensor, gy: torch.Tensor, r: int, Qh: int, Qw: int, 
     co, Ho, Wo = gy.shape[1], gy.shape[2], gy.shape[3]
     th, tw = -(-Qh // TILE), -(-Qw // TILE)
     T, kdim, cp = N * th * tw, s * s * C, r * r * co
-    _, G, AT = winograd_matrices(dtype=torch.float32)
+    _, G, AT = _matrices32()
     nt = torch.get_num_threads()
     ug = torch.empty(36, T, cp, dtype=torch.float32)
-    AT = AT.contiguous()
     K.winograd_grad_tiles(gy.data_ptr(), N, Ho, Wo, co, r, th, tw, AT.data_ptr(), ug.data_ptr(),
                           nt)
     M = torch.empty(36, kdim, cp, dtype=torch.float32)
@@ -416,15 +409,8 @@ def _wgrad_phases(xc: torch.Tensor, gy: torch.Tensor, r: int, Qh: int, Qw: int, 
         else:
             M.baddbmm_(V.transpose(1, 2), ug[:, t0:t0 + n])
     out = torch.empty(9, kdim, cp, dtype=torch.float32)
-    G = G.contiguous()
     K.winograd_weight_grad(M.data_ptr(), G.data_ptr(), kdim * cp, out.data_ptr(), nt)
     return out.view(3, 3, kdim, cp).permute(3, 2, 0, 1)
-
-
-def _dense_cl(t: torch.Tensor) -> torch.Tensor:
-    t = t.to(torch.float32)
-    return t if t.is_contiguous(memory_format=torch.channels_last) else \
-        t.contiguous(memory_format=torch.channels_last)
 
 
 def conv2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
@@ -435,7 +421,8 @@ def conv2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
     (channels_last avoids copies) -> ``[C_out, C_in, k, k]`` fp32."""
     xc = _check_x(x, "conv2d_weight_grad")
     s, C, co = stride, x.shape[1], gy.shape[1]
-    dwq = _wgrad_phases(xc, _dense_cl(gy), 1, gy.shape[2], gy.shape[3], s, padding)
+    gy = fp32_cpu_input(gy, "conv2d_weight_grad (gy)")
+    dwq = _wgrad_phases(xc, gy, 1, gy.shape[2], gy.shape[3], s, padding)
     dw = dwq.reshape(co, s, s, C, 3, 3).permute(0, 3, 4, 1, 5, 2).reshape(co, C, 3 * s, 3 * s)
     return dw[:, :, :k, :k].contiguous()
 
@@ -451,17 +438,14 @@ def conv_transpose2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stri
     s, ci, co = stride, x.shape[1], gy.shape[1]
     Ho, Wo = gy.shape[2], gy.shape[3]
     _, lo, _, _ = _subpixel_plan(k, s, padding)
-    dwq = _wgrad_phases(xc, _dense_cl(gy), s, -(-Ho // s), -(-Wo // s), 1, -lo)
+    gy = fp32_cpu_input(gy, "conv_transpose2d_weight_grad (gy)")
+    dwq = _wgrad_phases(xc, gy, s, -(-Ho // s), -(-Wo // s), 1, -lo)
     src = dwq.reshape(s * s, co, ci, 9).permute(2, 1, 0, 3).reshape(ci, co, s * s * 9)
     taps = _taps_transposed(k, s, padding).reshape(-1).long()
     taps = torch.where(taps < 0, k * k, taps)
     dw = torch.zeros(ci, co, k * k + 1, dtype=torch.float32)
     dw.index_add_(2, taps, src)
     return dw[:, :, :k * k].reshape(ci, co, k, k)
-
-
-def _channels_last(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous(memory_format=torch.channels_last)
 
 
 class WinogradConv2dFunction(torch.autograd.Function):
@@ -490,7 +474,7 @@ class WinogradConv2dFunction(torch.autograd.Function):
         x, w = ctx.saved_tensors
         s, p, has_b = ctx.geom
         k, H, Ho = w.shape[-1], x.shape[2], gy.shape[2]
-        gy = _channels_last(gy.to(torch.float32))
+        gy = fp32_cpu_input(gy.to(torch.float32), "Winograd backward (gy)")
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             # d/dx of a stride-s conv: the transposed conv of gy with the same weight, viewed
@@ -534,7 +518,7 @@ class WinogradConvTranspose2dFunction(torch.autograd.Function):
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
         s, p, op, has_b = ctx.geom
-        gy = _channels_last(gy.to(torch.float32))
+        gy = fp32_cpu_input(gy.to(torch.float32), "Winograd backward (gy)")
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             U = conv2d_weight_fp32(w, s)
