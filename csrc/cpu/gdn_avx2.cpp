@@ -8,8 +8,8 @@
 //      past C): micro-tiles of kMr pixels x 16 channels accumulate n in 12 ymm registers
 //      (broadcast z, two B loads, 2 * kMr FMAs per input channel), the panel staying in L1
 //      across the block's micro-tiles;
-//   3. epilogue on the registers: n += beta, y = x / sqrt(n) (IGDN x * sqrt(n)), stored with a
-//      mask on the last panel.
+//   3. epilogue on the registers: n += beta, y = x / sqrt(n) (IGDN x * sqrt(n)) by a refined
+//      reciprocal square root (rsqrt_nr), stored with a mask on the last panel.
 #include "gdn_avx2.hpp"
 
 #include <algorithm>
@@ -62,20 +62,31 @@ namespace {
 
 using detail::lane_mask;
 
+// sqrt(n) (want_sqrt) or 1 / sqrt(n) from the hardware estimate (12 bits) and one Newton step
+// r = r0 / 2 * (3 - n * r0^2): within a few ulp of the correctly rounded fp32 value (relative
+// error < 1e-6, measured against float64 in the tests), and on Zen 3 ~4x the throughput of
+// vsqrtps + vdivps, which share one divider and cost ~30 % of the kernel at 48 channels.
+// n > 0 and finite here (n = beta + gamma x^2 with beta > 0); n = inf (x^2 overflowing) gives
+// NaN, as does n = 0, where the exact form gives 0 or inf.
+SK_AVX2_TARGET inline __m256 rsqrt_nr(__m256 n, bool want_sqrt) {
+  const __m256 r0 = _mm256_rsqrt_ps(n);
+  const __m256 t = _mm256_mul_ps(n, r0);                                   // n r0
+  const __m256 u = _mm256_fnmadd_ps(t, r0, _mm256_set1_ps(3.0f));          // 3 - n r0^2
+  return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), want_sqrt ? t : r0), u);
+}
+
 // The epilogue of one pixel row: n = acc + beta, y = x / sqrt(n) (IGDN x * sqrt(n)) on
 // channels [0, valid) of the panel (all 16 when full).
 SK_AVX2_TARGET inline void finish(__m256 a0, __m256 a1, __m256 be0, __m256 be1, const float* xr,
                                   float* yr, bool full, __m256i m0, __m256i m1, bool inverse) {
-  const __m256 s0 = _mm256_sqrt_ps(_mm256_add_ps(a0, be0));
-  const __m256 s1 = _mm256_sqrt_ps(_mm256_add_ps(a1, be1));
+  const __m256 s0 = rsqrt_nr(_mm256_add_ps(a0, be0), inverse);
+  const __m256 s1 = rsqrt_nr(_mm256_add_ps(a1, be1), inverse);
   if (full) {
-    const __m256 x0 = _mm256_loadu_ps(xr), x1 = _mm256_loadu_ps(xr + 8);
-    _mm256_storeu_ps(yr, inverse ? _mm256_mul_ps(x0, s0) : _mm256_div_ps(x0, s0));
-    _mm256_storeu_ps(yr + 8, inverse ? _mm256_mul_ps(x1, s1) : _mm256_div_ps(x1, s1));
+    _mm256_storeu_ps(yr, _mm256_mul_ps(_mm256_loadu_ps(xr), s0));
+    _mm256_storeu_ps(yr + 8, _mm256_mul_ps(_mm256_loadu_ps(xr + 8), s1));
   } else {
-    const __m256 x0 = _mm256_maskload_ps(xr, m0), x1 = _mm256_maskload_ps(xr + 8, m1);
-    _mm256_maskstore_ps(yr, m0, inverse ? _mm256_mul_ps(x0, s0) : _mm256_div_ps(x0, s0));
-    _mm256_maskstore_ps(yr + 8, m1, inverse ? _mm256_mul_ps(x1, s1) : _mm256_div_ps(x1, s1));
+    _mm256_maskstore_ps(yr, m0, _mm256_mul_ps(_mm256_maskload_ps(xr, m0), s0));
+    _mm256_maskstore_ps(yr + 8, m1, _mm256_mul_ps(_mm256_maskload_ps(xr + 8, m1), s1));
   }
 }
 

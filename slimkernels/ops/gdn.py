@@ -429,7 +429,7 @@ def _run_kernel(fn, x, beta, gamma, lay, inverse, scalars, splits):
 
 
 def _run_avx2(x, beta, gamma, inverse, scalars):
-    """The AVX2 kernel (exact fp32: FMA accumulation, sqrt and division); arguments already
+    """The AVX2 kernel (fp32: FMA accumulation, refined reciprocal square root); arguments already
     validated by :func:`_avx2_covers`. y in x's layout."""
     lay = "nchw" if x.is_contiguous() else "channels_last"
     return _run_kernel(_avx2_kernels().gdn_forward_avx2, x, beta, gamma, lay, inverse, scalars, 1)
@@ -460,7 +460,7 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
             channels_last, fp32/bf16 parameters, no autograd, no CPU autocast); on CPUs
             without AMX but with AVX2 + FMA, fp32 x without autograd or autocast (channels_last;
             NCHW where it pays, see ``AVX2_NCHW_MIN_C``) runs a fused fp32 AVX2 kernel
-            (csrc/cpu/gdn_avx2.cpp: exact fp32 accumulation, sqrt and division); else
+            (csrc/cpu/gdn_avx2.cpp: fp32 accumulation, refined reciprocal square root); else
             :func:`gdn_torch` (training, fp16, other layouts).
 
     Precision on CPU: the fused kernel computes the fp32 channel mixing as "bf16x3" (bf16 hi/lo

@@ -46,7 +46,7 @@ def test_available_matches_the_cpu():
 @pytest.mark.parametrize("sc", list(SCALARS), ids=list(SCALARS))
 @pytest.mark.parametrize("layout", ["channels_last", "nchw"])
 def test_matches_float64_reference(C, inverse, sc, layout):
-    """Exact fp32 arithmetic: fp32 relative error (1e-5) elementwise at every channel count (16-
+    """fp32 arithmetic: fp32 relative error (1e-5) elementwise at every channel count (16-
     channel panels with a masked tail) and pixel count (6-pixel tiles, 24-pixel blocks, tails;
     NCHW blocks stay within an image), y in x's layout."""
     beta, gamma = _params()
