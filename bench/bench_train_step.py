@@ -43,7 +43,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--random", action="store_true", help="random pixels, a fresh model (tests)")
     ap.add_argument("--widths", default=None, help="model widths with --random, e.g. 16,8")
     ap.add_argument("--no-plain", action="store_true", help="leave out the plain PyTorch step")
+    ap.add_argument("--no-tune-malloc", action="store_true",
+                    help="leave glibc's allocator thresholds alone (the trainer's CLI sets them, "
+                         "slimkernels.allocator.tune_malloc; they apply to every step here)")
     a = ap.parse_args(argv)
+    tuned = False
+    if not a.no_tune_malloc:
+        from slimkernels.allocator import tune_malloc
+        tuned = tune_malloc()
     from slimkernels.ops import conv as C
     from slimkernels.training.trainer import TrainConfig, Trainer
     if a.threads:
@@ -78,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         C.CPU_WINOGRAD_TRAIN = old
     print(f"training step, batch {a.batch}, crop {a.crop}, {torch.get_num_threads()} threads, "
-          f"fp32, {a.rounds} interleaved rounds ({time.strftime('%Y-%m-%d %H:%M')})")
+          f"fp32, {a.rounds} interleaved rounds, glibc malloc {'tuned' if tuned else 'untuned'} "
+          f"({time.strftime('%Y-%m-%d %H:%M')})")
     names = {"on": "slimkernels (Winograd training convs on)", "off": "slimkernels (off)",
              "plain": "plain PyTorch"}
     print("| step | median s/step | best s/step |")

@@ -77,3 +77,25 @@ def test_cli_tunes_unless_switched_off(monkeypatch, capsys, env, calls):
     assert len(seen) == calls
     assert allocator.tune_from_env() is bool(calls)
     assert len(seen) == 2 * calls
+
+
+@pytest.mark.parametrize("env,calls", [("1", 1), ("0", 0)])
+def test_training_cli_tunes_unless_switched_off(monkeypatch, env, calls):
+    """`slimkernels train` / python/train.py set the thresholds before the trainer starts (its
+    weight gradients allocate fresh 10-20 MB buffers every step)."""
+    from slimkernels.training import cli as train_cli
+    order = []
+    monkeypatch.setattr(allocator, "tune_malloc", lambda *a, **k: order.append("tune") or True)
+
+    class FakeTrainer:
+        def __init__(self, cfg):
+            order.append("trainer")
+
+        def fit(self):
+            order.append("fit")
+
+    monkeypatch.setattr(train_cli, "Trainer", FakeTrainer)
+    monkeypatch.setenv("SLIMKERNELS_TUNE_MALLOC", env)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert train_cli.main(["--steps", "1"]) == 0
+    assert order == ["tune"] * calls + ["trainer", "fit"]
