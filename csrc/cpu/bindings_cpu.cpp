@@ -181,13 +181,17 @@ void winograd_kernel_weight_py(uintptr_t w, int64_t kk, int64_t R, int64_t L, in
                 sk::winograd_error_message, "winograd_kernel_weight");
 }
 
-void winograd_weight_grad_py(uintptr_t M, uintptr_t G, int64_t n, uintptr_t out, int nthreads) {
+void winograd_weight_grad_py(uintptr_t M, uintptr_t G, int64_t n, uintptr_t out, int nthreads,
+                             uintptr_t taps, int64_t cp, int64_t c1, int64_t c2, int64_t s1,
+                             int64_t s2) {
   sk::WinoWeightGradArgs a;
   a.M = reinterpret_cast<const float*>(M);
   a.G = reinterpret_cast<const float*>(G);
   a.n = n;
   a.out = reinterpret_cast<float*>(out);
   a.nthreads = nthreads;
+  a.taps = reinterpret_cast<const int32_t*>(taps);
+  a.cp = cp; a.c1 = c1; a.c2 = c2; a.s1 = s1; a.s2 = s2;
   call_released(sk::winograd_weight_grad_f43, a,
                 sk::winograd_error_message, "winograd_weight_grad");
 }
@@ -306,9 +310,11 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "WinoKernelWeightArgs in csrc/cpu/winograd.hpp): kernel (c, o) at w + c*Ic + o*Il, phase "
         "taps idx [P, 9] int32 (-1: zero), U written at ij*S36 + ph*Sph + c*Sc + o.");
   m.def("winograd_weight_grad", &winograd_weight_grad_py, py::arg("M"), py::arg("G"), py::arg("n"),
-        py::arg("out"), py::arg("nthreads"),
+        py::arg("out"), py::arg("nthreads"), py::arg("taps") = 0, py::arg("cp") = 0,
+        py::arg("c1") = 0, py::arg("c2") = 0, py::arg("s1") = 0, py::arg("s2") = 0,
         "Inverse Winograd weight transform (weight gradients by F(3x3,4x4)): M [36, n] fp32, "
-        "G [6, 3] fp32; writes out [9, n] fp32 = G^T M G per column.");
+        "G [6, 3] fp32; writes out [9, n] fp32 = G^T M G per column, or with taps ([phases, 9] "
+        "int32) the final weight-gradient layout (WinoWeightGradArgs in csrc/cpu/winograd.hpp).");
   m.def("winograd_grad_tiles", &winograd_grad_tiles_py, py::arg("gy"), py::arg("N"), py::arg("Ho"),
         py::arg("Wo"), py::arg("Co"), py::arg("s"), py::arg("th"), py::arg("tw"), py::arg("AT"),
         py::arg("U"), py::arg("nthreads"),

@@ -370,7 +370,8 @@ def conv_transpose2d_weight_fp32(w: torch.Tensor, stride: int, padding: int) -> 
 
 
 def _wgrad_phases(xc: torch.Tensor, gy: torch.Tensor, r: int, Qh: int, Qw: int, s: int,
-                  P: int) -> torch.Tensor:
+                  P: int, dw: torch.Tensor, taps: torch.Tensor, strides: Tuple[int, int]
+                  ) -> torch.Tensor:
     """Weight gradient of the stride-1 3x3 phase correlation behind a Winograd conv, by
     F(3x3, 4x4) (the transposition of F(4x4, 3x3): the same input transform B^T d B, the output
     gradient's 4x4 tiles transformed by A (6x4), the sum over tiles a GEMM, then G^T . G):
@@ -379,12 +380,19 @@ def _wgrad_phases(xc: torch.Tensor, gy: torch.Tensor, r: int, Qh: int, Qw: int, 
 
     with d the ``s*s`` polyphase images of x offset by ``P`` (as the forward's input transform)
     and g the output gradient on ``r x r`` phase grids of ``Qh x Qw`` (channels (ry, rx, co)).
+    The inverse transform writes each ``dwq[c', k]`` straight to its taps of the caller's weight
+    gradient (no permuting copy: 5.8 ms of 18.5 for w=192 enc2 before).
 
     Args:
         xc: the forward's input, ``[N, C, H, W]`` dense channels_last fp32.
         gy: the output gradient ``[N, Co, Ho, Wo]`` dense channels_last fp32.
+        dw: the weight gradient to write, contiguous fp32 (``[Co, C, k, k]`` or ``[C, Co, k,
+            k]``), zeroed where ``taps`` covers no tap.
+        taps: int32 ``[phases, 9]``: phase (``p*s + q`` of x, or ``ry*r + rx`` of the output),
+            3x3 tap -> offset in a ``[k, k]`` kernel, -1 for none; no offset twice.
+        strides: ``dw``'s strides for the input channel ``c`` and the output channel ``co``.
     Returns:
-        ``[r*r*Co, s*s*C, 3, 3]`` fp32 (a permuted view of a tap-major tensor).
+        ``dw``.
     """
     K = _kernels()
     N, C, H, W = xc.shape
@@ -408,9 +416,30 @@ def _wgrad_phases(xc: torch.Tensor, gy: torch.Tensor, r: int, Qh: int, Qw: int, 
             torch.bmm(V.transpose(1, 2), ug[:, :n], out=M)
         else:
             M.baddbmm_(V.transpose(1, 2), ug[:, t0:t0 + n])
-    out = torch.empty(9, kdim, cp, dtype=torch.float32)
-    K.winograd_weight_grad(M.data_ptr(), G.data_ptr(), kdim * cp, out.data_ptr(), nt)
-    return out.view(3, 3, kdim, cp).permute(3, 2, 0, 1)
+    assert dw.is_contiguous() and dw.dtype == torch.float32 and taps.dtype == torch.int32
+    K.winograd_weight_grad(M.data_ptr(), G.data_ptr(), kdim * cp, dw.data_ptr(), nt,
+                           taps.data_ptr(), cp, C, co, strides[0], strides[1])
+    return dw
+
+
+@functools.lru_cache(maxsize=64)
+def _conv_grad_taps(k: int, s: int) -> torch.Tensor:
+    """int32 ``[s*s, 9]``: polyphase ``p*s + q``, tap ``a*3 + b`` -> offset ``(s*a + p)*k + s*b +
+    q`` in a ``[k, k]`` kernel (-1 past ``k``): every tap exactly once (do not modify)."""
+    t = torch.full((s, s, 3, 3), -1, dtype=torch.int32)
+    for p in range(s):
+        for q in range(s):
+            for a in range(3):
+                for b in range(3):
+                    if s * a + p < k and s * b + q < k:
+                        t[p, q, a, b] = (s * a + p) * k + s * b + q
+    return t.reshape(s * s, 9)
+
+
+def _covers_once(taps: torch.Tensor, kk: int) -> Tuple[bool, bool]:
+    """``(no offset twice, every offset of a [k, k] kernel covered)`` for a tap table."""
+    v = taps[taps >= 0]
+    return v.numel() == v.unique().numel(), v.unique().numel() == kk
 
 
 def conv2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
@@ -422,9 +451,9 @@ def conv2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
     xc = _check_x(x, "conv2d_weight_grad")
     s, C, co = stride, x.shape[1], gy.shape[1]
     gy = fp32_cpu_input(gy, "conv2d_weight_grad (gy)")
-    dwq = _wgrad_phases(xc, gy, 1, gy.shape[2], gy.shape[3], s, padding)
-    dw = dwq.reshape(co, s, s, C, 3, 3).permute(0, 3, 4, 1, 5, 2).reshape(co, C, 3 * s, 3 * s)
-    return dw[:, :, :k, :k].contiguous()
+    dw = torch.empty(co, C, k, k, dtype=torch.float32)   # every tap written once
+    return _wgrad_phases(xc, gy, 1, gy.shape[2], gy.shape[3], s, padding, dw,
+                         _conv_grad_taps(k, s), (k * k, C * k * k))
 
 
 def conv_transpose2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
@@ -439,13 +468,14 @@ def conv_transpose2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stri
     Ho, Wo = gy.shape[2], gy.shape[3]
     _, lo, _, _ = _subpixel_plan(k, s, padding)
     gy = fp32_cpu_input(gy, "conv_transpose2d_weight_grad (gy)")
-    dwq = _wgrad_phases(xc, gy, s, -(-Ho // s), -(-Wo // s), 1, -lo)
-    src = dwq.reshape(s * s, co, ci, 9).permute(2, 1, 0, 3).reshape(ci, co, s * s * 9)
-    taps = _taps_transposed(k, s, padding).reshape(-1).long()
-    taps = torch.where(taps < 0, k * k, taps)
-    dw = torch.zeros(ci, co, k * k + 1, dtype=torch.float32)
-    dw.index_add_(2, taps, src)
-    return dw[:, :, :k * k].reshape(ci, co, k, k)
+    taps = _taps_transposed(k, s, padding)
+    once, full = _covers_once(taps, k * k)
+    if not once:  # pragma: no cover - a sub-pixel plan maps each tap to one phase
+        raise RuntimeError(f"conv_transpose2d_weight_grad: the sub-pixel plan of k={k}, s={s}, "
+                           f"padding={padding} uses a kernel tap twice")
+    dw = (torch.empty if full else torch.zeros)(ci, co, k, k, dtype=torch.float32)
+    return _wgrad_phases(xc, gy, s, -(-Ho // s), -(-Wo // s), 1, -lo, dw, taps,
+                         (co * k * k, k * k))
 
 
 class WinogradConv2dFunction(torch.autograd.Function):
