@@ -560,6 +560,15 @@ def test_weight_grad_kernel_refuses_bad_arguments():
     out = torch.empty(9, 8)
     with pytest.raises(RuntimeError, match="bad arguments"):
         Wg._kernels().winograd_weight_grad(0, G.contiguous().data_ptr(), 8, out.data_ptr(), 1)
+    M = torch.zeros(36, 8)
+    taps = torch.zeros(4, 9, dtype=torch.int32)
+    for cp, c1, c2 in [(3, 1, 1),     # cp does not divide n
+                       (4, 1, 3),     # c2 does not divide cp
+                       (2, 2, 1)]:    # phases on both sides (4 / 2 / 2 > 1 and 2 / 1 > 1)
+        with pytest.raises(RuntimeError, match="bad arguments"):
+            Wg._kernels().winograd_weight_grad(M.data_ptr(), G.contiguous().data_ptr(), 8,
+                                               out.data_ptr(), 1, taps.data_ptr(), cp, c1, c2,
+                                               1, 1)
     _, _, AT = Wg.winograd_matrices(dtype=torch.float32)
     AT = AT.contiguous()
     gy = torch.zeros(1, 9, 9, 8)
