@@ -181,6 +181,13 @@ WINOGRAD_MIN_CIN = 32
 CPU_WINOGRAD_TRAIN = True
 WINOGRAD_TRAIN_MIN_TILES = 96
 WINOGRAD_TRAIN_MIN_N = 96
+#: A transposed conv onto an image (fewer than ``WINOGRAD_MIN_CIN`` outputs, e.g. SlimCAE's 9x9/4
+#: dec3 onto RGB: ``stride^2 * C_out = 48`` phase channels) takes Winograd in training too when
+#: it has ``>= WINOGRAD_TRAIN_IMAGE_MIN_CIN`` inputs (and enough tiles): forward + backward at
+#: batch 8, 32x32 -> 128x128, against oneDNN's sub-pixel conv: 1.60x at C_in = 192 (17.9 vs
+#: 28.7 ms), 1.53x 144, 1.27x 96, 1.31x 72, 1.06x 48 (``python /work/prof/dec3.py``-style A/B,
+#: trainer paused). The image *input* layer (9x9/4 from RGB) stays on oneDNN: 0.93x-0.77x.
+WINOGRAD_TRAIN_IMAGE_MIN_CIN = 72
 #: Without gradient, run fp32 convs on few-channel inputs and transposed convs onto 1-3 output
 #: channels (the image layers) with the direct AVX2 kernels of :mod:`slimkernels.ops.conv_image`
 #: on AVX2 CPUs (SlimCAE on a Zen 3 EPYC: enc1 1.1x oneDNN at 2 threads, 1.3x at 1; dec3
@@ -379,8 +386,15 @@ def _use_winograd_grad(x, w, b, stride, padding, transposed) -> bool:
     n, _, h, wd = x.shape
     if not transposed:
         h, wd = (h + 2 * padding - k) // stride + 1, (wd + 2 * padding - k) // stride + 1
-    if n * -(-h // 4) * -(-wd // 4) < WINOGRAD_TRAIN_MIN_TILES or \
-            min(ci, co) < WINOGRAD_TRAIN_MIN_N:
+    if n * -(-h // 4) * -(-wd // 4) < WINOGRAD_TRAIN_MIN_TILES:
+        return False
+    if transposed and co < WINOGRAD_MIN_CIN:  # onto an image: see WINOGRAD_TRAIN_IMAGE_MIN_CIN
+        from . import winograd
+        return CPU_WINOGRAD and ci >= WINOGRAD_TRAIN_IMAGE_MIN_CIN and \
+            _cpu_capability() == "AVX2" and winograd.winograd_available() and \
+            winograd.winograd_geometry_ok(k, stride, padding, True) and \
+            winograd.winograd_geometry_ok(k, stride, padding, False)
+    if min(ci, co) < WINOGRAD_TRAIN_MIN_N:
         return False
     # the input gradient is the other kind of conv, with N = ci (conv) or s^2 * ci (transposed)
     back_n = ci if transposed else stride * stride * ci

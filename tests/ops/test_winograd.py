@@ -500,6 +500,39 @@ def test_training_convs_dispatch_to_the_functions(monkeypatch):
 
 
 @needs_dispatch
+def test_training_transposed_conv_onto_an_image(monkeypatch):
+    """A transposed 9x9/4 conv onto 3 channels (SlimCAE's dec3) with at least
+    WINOGRAD_TRAIN_IMAGE_MIN_CIN inputs trains by Winograd (forward transposed conv, input
+    gradient as a conv; gradients equal float64 autograd, output_padding 3); fewer inputs, too few
+    tiles or CPU_WINOGRAD_TRAIN=False stay on oneDNN."""
+    monkeypatch.setattr(conv_mod, "WINOGRAD_TRAIN_MIN_TILES", 8)
+    monkeypatch.setattr(conv_mod, "WINOGRAD_TRAIN_IMAGE_MIN_CIN", 40)
+    fwd = _count_calls(monkeypatch, "conv2d_winograd")
+    fwdt = _count_calls(monkeypatch, "conv_transpose2d_winograd")
+    xt, wt, bt = _convt_case(2, 48, 3, 6, 5, 9, seed=46)   # 2 * 2 * 2 = 8 tiles
+    wt.requires_grad_()
+    bt.requires_grad_()
+    xs = xt[:, :40].contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = slim_conv_transpose2d(xs, wt, bt, stride=4, padding=4, output_padding=3)
+    assert y.shape == (2, 3, 24, 20)
+    gy = torch.randn(y.shape, generator=_gen(47))
+    y.backward(gy)
+    assert fwdt == [1] and fwd == [1]
+    ry, rdx, rdw, rdb = _grads64(lambda a, bw, bb: F.conv_transpose2d(
+        a, bw, bb, stride=4, padding=4, output_padding=3), xs, wt[:40], bt, gy)
+    assert _err(y, ry) < TOL and _err(xs.grad, rdx) < TOL and _err(wt.grad[:40], rdw) < TOL
+    assert _err(bt.grad, rdb) < TOL
+    xn = xt[:, :39].contiguous(memory_format=torch.channels_last).requires_grad_()
+    slim_conv_transpose2d(xn, wt, bt, stride=4, padding=4, output_padding=3).sum().backward()
+    monkeypatch.setattr(conv_mod, "WINOGRAD_TRAIN_MIN_TILES", 9)
+    slim_conv_transpose2d(xs, wt, bt, stride=4, padding=4, output_padding=3).sum().backward()
+    monkeypatch.setattr(conv_mod, "WINOGRAD_TRAIN_MIN_TILES", 8)
+    monkeypatch.setattr(conv_mod, "CPU_WINOGRAD_TRAIN", False)
+    slim_conv_transpose2d(xs, wt, bt, stride=4, padding=4, output_padding=3).sum().backward()
+    assert fwdt == [1] and fwd == [1]
+
+
+@needs_dispatch
 def test_training_dispatch_needs_enough_tiles_and_channels(monkeypatch):
     """Small phase grids and narrow layers stay on oneDNN (the per-call weight transforms would
     cost more than Winograd saves): the thresholds are read per call."""
