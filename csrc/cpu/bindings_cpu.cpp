@@ -39,7 +39,8 @@ template <int (*Fn)(const sk::GdnArgs&), const char* (*Msg)(int)>
 void gdn_call_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int64_t HW,
                  bool channels_last, uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1,
                  uintptr_t beta, int bdtype, int64_t b_s0, double gamma_scale, double gamma_bias,
-                 double beta_scale, double beta_bias, bool inverse, int splits, int nthreads) {
+                 double beta_scale, double beta_bias, bool inverse, int splits, int nthreads,
+                 uintptr_t r) {
   sk::GdnArgs a;
   a.x = reinterpret_cast<const void*>(x);
   a.y = reinterpret_cast<void*>(y);
@@ -62,6 +63,7 @@ void gdn_call_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int
   a.inverse = inverse;
   a.splits = splits;
   a.nthreads = nthreads;
+  a.r = reinterpret_cast<float*>(r);
   call_released(Fn, a, Msg, "GDN kernel");
 }
 
@@ -262,7 +264,8 @@ PYBIND11_MODULE(_cpu_kernels, m) {
           py::arg("HW"), py::arg("channels_last"), py::arg("gamma"), py::arg("gdtype"),
           py::arg("g_s0"), py::arg("g_s1"), py::arg("beta"), py::arg("bdtype"), py::arg("b_s0"),
           py::arg("gamma_scale"), py::arg("gamma_bias"), py::arg("beta_scale"),
-          py::arg("beta_bias"), py::arg("inverse"), py::arg("splits"), py::arg("nthreads"), doc);
+          py::arg("beta_bias"), py::arg("inverse"), py::arg("splits"), py::arg("nthreads"),
+          py::arg("r") = 0, doc);
   };
   def_gdn("gdn_forward", &gdn_call_py<sk::gdn_forward, sk::gdn_error_message>,
           "Fused GDN/IGDN forward on raw pointers (see csrc/cpu/gdn_cpu.hpp). x: [N*HW, C] "
@@ -270,7 +273,7 @@ PYBIND11_MODULE(_cpu_kernels, m) {
   def_gdn("gdn_forward_avx2", &gdn_call_py<sk::gdn_forward_avx2, sk::gdn_avx2_error_message>,
           "Fused fp32 GDN/IGDN forward on AVX2 + FMA (see csrc/cpu/gdn_avx2.hpp): x and y fp32 "
           "(xdtype 0), [N*HW, C] (channels_last) or [N, C, HW] (NCHW); gamma/beta fp32 (0) or "
-          "bf16 (1), any strides.");
+          "bf16 (1), any strides; r (optional, channels_last): the factors y / x, fp32 like y.");
   m.def("gdn_avx2_available", &sk::gdn_avx2_available,
         "True when the CPU has AVX2 + FMA (gdn_forward_avx2).");
   m.def("latents_simd_available", &sk::latents_simd_available,

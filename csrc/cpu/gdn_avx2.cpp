@@ -77,16 +77,26 @@ SK_AVX2_TARGET inline __m256 rsqrt_nr(__m256 n, bool want_sqrt) {
 
 // The epilogue of one pixel row: n = acc + beta, y = x / sqrt(n) (IGDN x * sqrt(n)) on
 // channels [0, valid) of the panel (all 16 when full).
+// rr (nullable): the factors themselves, stored at the same offsets as y.
 SK_AVX2_TARGET inline void finish(__m256 a0, __m256 a1, __m256 be0, __m256 be1, const float* xr,
-                                  float* yr, bool full, __m256i m0, __m256i m1, bool inverse) {
+                                  float* yr, float* rr, bool full, __m256i m0, __m256i m1,
+                                  bool inverse) {
   const __m256 s0 = rsqrt_nr(_mm256_add_ps(a0, be0), inverse);
   const __m256 s1 = rsqrt_nr(_mm256_add_ps(a1, be1), inverse);
   if (full) {
     _mm256_storeu_ps(yr, _mm256_mul_ps(_mm256_loadu_ps(xr), s0));
     _mm256_storeu_ps(yr + 8, _mm256_mul_ps(_mm256_loadu_ps(xr + 8), s1));
+    if (rr != nullptr) {
+      _mm256_storeu_ps(rr, s0);
+      _mm256_storeu_ps(rr + 8, s1);
+    }
   } else {
     _mm256_maskstore_ps(yr, m0, _mm256_mul_ps(_mm256_maskload_ps(xr, m0), s0));
     _mm256_maskstore_ps(yr + 8, m1, _mm256_mul_ps(_mm256_maskload_ps(xr + 8, m1), s1));
+    if (rr != nullptr) {
+      _mm256_maskstore_ps(rr, m0, s0);
+      _mm256_maskstore_ps(rr + 8, m1, s1);
+    }
   }
 }
 
@@ -96,7 +106,8 @@ SK_AVX2_TARGET inline void finish(__m256 a0, __m256 a1, __m256 be0, __m256 be1, 
 // [c0, c0 + valid) of the row (valid <= 16).
 template <int MR>
 SK_AVX2_TARGET void micro(const float* z, const float* bp, int64_t C, const float* beta16,
-                          const float* x, float* y, int64_t c0, int64_t valid, bool inverse) {
+                          const float* x, float* y, float* r, int64_t c0, int64_t valid,
+                          bool inverse) {
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   const float* z0 = z;
@@ -137,12 +148,18 @@ SK_AVX2_TARGET void micro(const float* z, const float* bp, int64_t C, const floa
   const __m256i m0 = lane_mask(valid), m1 = lane_mask(valid - 8);
   const float* xr = x + c0;
   float* yr = y + c0;
-  finish(c00, c01, be0, be1, xr, yr, full, m0, m1, inverse);
-  if constexpr (MR > 1) finish(c10, c11, be0, be1, xr + C, yr + C, full, m0, m1, inverse);
-  if constexpr (MR > 2) finish(c20, c21, be0, be1, xr + 2 * C, yr + 2 * C, full, m0, m1, inverse);
-  if constexpr (MR > 3) finish(c30, c31, be0, be1, xr + 3 * C, yr + 3 * C, full, m0, m1, inverse);
-  if constexpr (MR > 4) finish(c40, c41, be0, be1, xr + 4 * C, yr + 4 * C, full, m0, m1, inverse);
-  if constexpr (MR > 5) finish(c50, c51, be0, be1, xr + 5 * C, yr + 5 * C, full, m0, m1, inverse);
+  float* rr = r == nullptr ? nullptr : r + c0;
+  auto row = [&](int i) { return rr == nullptr ? nullptr : rr + i * C; };
+  finish(c00, c01, be0, be1, xr, yr, row(0), full, m0, m1, inverse);
+  if constexpr (MR > 1) finish(c10, c11, be0, be1, xr + C, yr + C, row(1), full, m0, m1, inverse);
+  if constexpr (MR > 2)
+    finish(c20, c21, be0, be1, xr + 2 * C, yr + 2 * C, row(2), full, m0, m1, inverse);
+  if constexpr (MR > 3)
+    finish(c30, c31, be0, be1, xr + 3 * C, yr + 3 * C, row(3), full, m0, m1, inverse);
+  if constexpr (MR > 4)
+    finish(c40, c41, be0, be1, xr + 4 * C, yr + 4 * C, row(4), full, m0, m1, inverse);
+  if constexpr (MR > 5)
+    finish(c50, c51, be0, be1, xr + 5 * C, yr + 5 * C, row(5), full, m0, m1, inverse);
 }
 
 // z[r][c] = x[r][c]^2 for np pixels
@@ -156,26 +173,30 @@ SK_AVX2_TARGET void squares(const float* x, float* z, int64_t np, int64_t C) {
   for (; i < n; ++i) z[i] = x[i] * x[i];
 }
 
-// One block of np <= kPix pixels whose x / y rows (C floats each, stride C) start at x / y.
-SK_AVX2_TARGET void run_block(const float* x, float* y, int64_t np, int64_t C, const float* bp,
-                              const float* beta, float* z, bool inverse) {
+// One block of np <= kPix pixels whose x / y (/ r, nullable) rows (C floats each, stride C)
+// start at x / y / r.
+SK_AVX2_TARGET void run_block(const float* x, float* y, float* r, int64_t np, int64_t C,
+                              const float* bp, const float* beta, float* z, bool inverse) {
   const int64_t NP = (C + 15) / 16;
   squares(x, z, np, C);
   for (int64_t q = 0; q < NP; ++q) {
     const float* panel = bp + q * C * 16;
     const int64_t c0 = q * 16, valid = std::min<int64_t>(16, C - c0);
-    int64_t r = 0;
-    for (; r + kMr <= np; r += kMr)
-      micro<kMr>(z + r * C, panel, C, beta + c0, x + r * C, y + r * C, c0, valid, inverse);
-    const float* zr = z + r * C;
-    const float* xr = x + r * C;
-    float* yr = y + r * C;
-    switch (np - r) {
-      case 5: micro<5>(zr, panel, C, beta + c0, xr, yr, c0, valid, inverse); break;
-      case 4: micro<4>(zr, panel, C, beta + c0, xr, yr, c0, valid, inverse); break;
-      case 3: micro<3>(zr, panel, C, beta + c0, xr, yr, c0, valid, inverse); break;
-      case 2: micro<2>(zr, panel, C, beta + c0, xr, yr, c0, valid, inverse); break;
-      case 1: micro<1>(zr, panel, C, beta + c0, xr, yr, c0, valid, inverse); break;
+    int64_t p = 0;
+    for (; p + kMr <= np; p += kMr) {
+      micro<kMr>(z + p * C, panel, C, beta + c0, x + p * C, y + p * C,
+                 r == nullptr ? nullptr : r + p * C, c0, valid, inverse);
+    }
+    const float* zr = z + p * C;
+    const float* xr = x + p * C;
+    float* yr = y + p * C;
+    float* rr = r == nullptr ? nullptr : r + p * C;
+    switch (np - p) {
+      case 5: micro<5>(zr, panel, C, beta + c0, xr, yr, rr, c0, valid, inverse); break;
+      case 4: micro<4>(zr, panel, C, beta + c0, xr, yr, rr, c0, valid, inverse); break;
+      case 3: micro<3>(zr, panel, C, beta + c0, xr, yr, rr, c0, valid, inverse); break;
+      case 2: micro<2>(zr, panel, C, beta + c0, xr, yr, rr, c0, valid, inverse); break;
+      case 1: micro<1>(zr, panel, C, beta + c0, xr, yr, rr, c0, valid, inverse); break;
       default: break;
     }
   }
@@ -193,7 +214,8 @@ SK_AVX2_TARGET void run_blocks(const GdnArgs& a, const float* bp, const float* b
     const int64_t P = a.N * HW;
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t p = k * kPix, np = std::min<int64_t>(kPix, P - p);
-      run_block(x + p * C, y + p * C, np, C, bp, beta, z, a.inverse);
+      run_block(x + p * C, y + p * C, a.r == nullptr ? nullptr : a.r + p * C, np, C, bp,
+                beta, z, a.inverse);
     }
     return;
   }
@@ -205,7 +227,7 @@ SK_AVX2_TARGET void run_blocks(const GdnArgs& a, const float* bp, const float* b
     float* yi = y + n * C * HW + p;
     for (int64_t c = 0; c < C; ++c)
       for (int64_t r = 0; r < np; ++r) xb[r * C + c] = xi[c * HW + r];
-    run_block(xb, yb, np, C, bp, beta, z, a.inverse);
+    run_block(xb, yb, nullptr, np, C, bp, beta, z, a.inverse);
     for (int64_t c = 0; c < C; ++c)
       for (int64_t r = 0; r < np; ++r) yi[c * HW + r] = yb[r * C + c];
   }
@@ -217,7 +239,8 @@ int gdn_forward_avx2(const GdnArgs& a) {
   if (!gdn_avx2_available()) return kANoAvx2;
   if (a.x == nullptr || a.y == nullptr || a.gamma == nullptr || a.beta == nullptr ||
       a.xdtype != kF32 || a.N <= 0 || a.C <= 0 || a.HW <= 0 ||
-      (a.gdtype != kF32 && a.gdtype != kBF16) || (a.bdtype != kF32 && a.bdtype != kBF16))
+      (a.gdtype != kF32 && a.gdtype != kBF16) || (a.bdtype != kF32 && a.bdtype != kBF16) ||
+      (a.r != nullptr && !a.channels_last))
     return kABadArgs;
   const int64_t C = a.C, NP = (C + 15) / 16, P = a.N * a.HW;
   // gamma^T in panels of 16 output channels: bp[q][i][j] = gamma_k[q*16 + j, i] (0 past C);

@@ -32,6 +32,9 @@ struct GdnArgs {
   // into bf16 hi + lo parts, n = z_hi g_hi + z_lo g_hi + z_hi g_lo in fp32 (fp32 inputs).
   int splits = 1;
   int nthreads = 1;
+  // Optional (AVX2 kernel, fp32 channels_last only; nullptr: not written): the factor of y = x *
+  // r per element, r = 1/sqrt(n) (GDN) or sqrt(n) (IGDN), [N*HW, C] fp32 like y (for a backward).
+  float* r = nullptr;
 };
 
 // CPU has AMX-TILE, AMX-BF16, AVX512F/BW/VL/DQ and AVX512-BF16, the OS enables the tile state,

@@ -97,8 +97,8 @@ def test_parameters_read_in_place_any_strides_and_bf16():
 @pytest.mark.skipif(HAS_AMX, reason="AMX CPU: gdn() takes the AMX kernel (tested elsewhere)")
 def test_gdn_dispatches_to_it_and_falls_back():
     """gdn(): fp32 NCHW or channels_last without autograd or autocast -> the AVX2 kernel; other
-    strides, a gradient, bf16 autocast or SLIMKERNELS_CPU_KERNELS=0 -> the PyTorch path; same
-    values."""
+    strides, bf16 autocast or SLIMKERNELS_CPU_KERNELS=0 -> the PyTorch path (a gradient: the
+    training forward on the kernel); same values."""
     beta, gamma = _params(7)
     x = _x(1, 24, 6, 9, seed=8)
     ref = _ref(x, beta, gamma, False, SCALARS["none"])
@@ -116,7 +116,7 @@ def test_gdn_dispatches_to_it_and_falls_back():
     assert gdn_mod.last_cpu_path == "avx2"
     xg = x.clone().requires_grad_(True)
     gdn(xg, beta, gamma).sum().backward()
-    assert gdn_mod.last_cpu_path == "torch" and xg.grad is not None
+    assert gdn_mod.last_cpu_path == "avx2-train" and xg.grad is not None   # see the next tests
     with torch.autocast("cpu", torch.bfloat16):
         gdn(x, beta, gamma)
     assert gdn_mod.last_cpu_path == "torch"
@@ -142,3 +142,41 @@ def test_fused_conv_gdn_chain_uses_it_without_changing_the_model_output():
                 mp.setenv("SLIMKERNELS_CPU_KERNELS", "0")
                 y0 = m.g_a(x, w)
             assert (y - y0).abs().max() <= 1e-5 * y0.abs().max()
+
+
+@needs_avx2
+@pytest.mark.skipif(HAS_AMX, reason="AMX CPU: training GDN takes the PyTorch composition")
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("sc", ["none", "slimgdn+"])
+def test_training_forward_runs_the_kernel_with_float64_gradients(inverse, sc):
+    """fp32 channels_last x with autograd: the forward is the kernel (y and the saved factors r in
+    one pass), the hand-written backward uses r; values and gradients of x, beta and gamma (and
+    the SlimGDN+ scalars) match float64 autograd. NCHW x and SLIMKERNELS_CPU_KERNELS=0 take the
+    PyTorch composition with the same values."""
+    beta, gamma = _params(11)
+    x = _x(2, 40, 5, 7, seed=12).requires_grad_(True)
+    beta.requires_grad_(True)
+    gamma.requires_grad_(True)
+    scal = [None if v is None else torch.tensor(v, requires_grad=True) for v in SCALARS[sc]]
+    kw = dict(zip(("gamma_scale", "gamma_bias", "beta_scale", "beta_bias"), scal))
+    leaves = [x, beta, gamma] + [s for s in scal if s is not None]
+    y = gdn(x, beta, gamma, inverse=inverse, **kw)
+    assert gdn_mod.last_cpu_path == "avx2-train"
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(13))
+    grads = torch.autograd.grad(y, leaves, dy)
+    leaves64 = [t.detach().double().requires_grad_(True) for t in leaves]
+    it = iter(leaves64[3:])
+    kw64 = dict(zip(kw, [None if s is None else next(it) for s in scal]))
+    y64 = gdn_mod.gdn_reference(*leaves64[:3], inverse=inverse, **kw64)
+    grads64 = torch.autograd.grad(y64, leaves64, dy.double())
+    assert _max_rel(y, y64) < 1e-5
+    for a, b in zip(grads, grads64):
+        assert torch.isfinite(a).all()
+        assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max()
+    yn = gdn(x.contiguous(), beta, gamma, inverse=inverse, **kw)
+    assert gdn_mod.last_cpu_path == "torch" and _max_rel(yn, y64) < 1e-5
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLIMKERNELS_CPU_KERNELS", "0")
+        y0 = gdn(x, beta, gamma, inverse=inverse, **kw)
+        assert gdn_mod.last_cpu_path == "torch" and _max_rel(y0, y64) < 1e-5
