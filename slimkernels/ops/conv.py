@@ -174,10 +174,16 @@ WINOGRAD_MIN_CIN = 32
 #: oneDNN's, dec2 2.0x). Measured at SlimCAE's
 #: training shapes (batch 8, 128x128 crops, Zen 3 EPYC, interleaved A/B), forward + backward of
 #: one layer against oneDNN: at w=192 1.26-1.31x with 128 Winograd tiles (enc2, dec2: 16x16
-#: phase grids), 0.92-0.94x with 32 (enc3, dec1); at w=96 1.17-1.19x and 0.87-0.91x. So only
-#: where a call has >= ``WINOGRAD_TRAIN_MIN_TILES`` tiles and ``WINOGRAD_TRAIN_MIN_N`` channels
-#: on both sides. Whole training step (``python bench/bench_train_step.py``): 1.09-1.10x at
-#: crop 128, 1.31x at 256.
+#: phase grids), 0.92-0.94x with 32 (enc3, dec1); at w=96 1.17-1.19x and 0.87-0.91x. Since
+#: the weight gradient writes its final layout and the trainer tunes malloc (allocator.py), the
+#: narrow and 32-tile layers measure faster alone too (enc2 / dec2 at w=72 1.41x / 1.42x, w=48
+#: 1.36x / 1.27x; enc3 / dec1 at w=192 1.11x / 1.08x, 72 1.12x / 1.15x, 48 0.95x / 0.98x:
+#: forward + backward of one layer), but not inside a training step: crop 128, five
+#: configurations interleaved in one process (trainer paused), median s/step: 96 tiles / 96
+#: channels 0.582, 96 / 48 0.582, 32 / 96 0.610, 32 / 48 0.600 (another run: 32 / 48 0.740
+#: against 0.680). So calls with >= ``WINOGRAD_TRAIN_MIN_TILES`` tiles and
+#: ``WINOGRAD_TRAIN_MIN_N`` channels on both sides, as before. Whole training step (``python
+#: bench/bench_train_step.py``): 1.09-1.10x at crop 128, 1.31x at 256.
 CPU_WINOGRAD_TRAIN = True
 WINOGRAD_TRAIN_MIN_TILES = 96
 WINOGRAD_TRAIN_MIN_N = 96
@@ -389,20 +395,17 @@ def _use_winograd_grad(x, w, b, stride, padding, transposed) -> bool:
     if n * -(-h // 4) * -(-wd // 4) < WINOGRAD_TRAIN_MIN_TILES:
         return False
     if transposed and co < WINOGRAD_MIN_CIN:  # onto an image: see WINOGRAD_TRAIN_IMAGE_MIN_CIN
-        from . import winograd
-        return CPU_WINOGRAD and ci >= WINOGRAD_TRAIN_IMAGE_MIN_CIN and \
-            _cpu_capability() == "AVX2" and winograd.winograd_available() and \
-            winograd.winograd_geometry_ok(k, stride, padding, True) and \
-            winograd.winograd_geometry_ok(k, stride, padding, False)
-    if min(ci, co) < WINOGRAD_TRAIN_MIN_N:
+        if ci < WINOGRAD_TRAIN_IMAGE_MIN_CIN:
+            return False
+    elif min(ci, co) < WINOGRAD_TRAIN_MIN_N:
         return False
-    # the input gradient is the other kind of conv, with N = ci (conv) or s^2 * ci (transposed)
-    back_n = ci if transposed else stride * stride * ci
-    if back_n < WINOGRAD_MIN_N or co < WINOGRAD_MIN_CIN or \
-            not _use_winograd(x, ci, co, k, stride, padding, transposed):
+    if not CPU_WINOGRAD or _cpu_capability() != "AVX2":
         return False
     from . import winograd
-    return winograd.winograd_geometry_ok(k, stride, padding, not transposed)
+    # the forward and the input gradient (the other kind of conv) both map onto 3x3 phases
+    return winograd.winograd_available() and \
+        winograd.winograd_geometry_ok(k, stride, padding, transposed) and \
+        winograd.winograd_geometry_ok(k, stride, padding, not transposed)
 
 
 def _cached_fp32(key, weight, bias, co, pack):
