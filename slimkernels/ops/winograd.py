@@ -436,10 +436,18 @@ def _conv_grad_taps(k: int, s: int) -> torch.Tensor:
     return t.reshape(s * s, 9)
 
 
-def _covers_once(taps: torch.Tensor, kk: int) -> Tuple[bool, bool]:
-    """``(no offset twice, every offset of a [k, k] kernel covered)`` for a tap table."""
+@functools.lru_cache(maxsize=64)
+def _transposed_grad_taps(k: int, s: int, padding: int) -> torch.Tensor:
+    """:func:`_taps_transposed` for the weight gradient, checked to hold every tap of the
+    ``[k, k]`` kernel exactly once (true of every plan :func:`winograd_geometry_ok` admits;
+    ``tests/ops/test_winograd.py`` checks them all), so the gradient needs no zeroing and no
+    accumulation (do not modify)."""
+    taps = _taps_transposed(k, s, padding)
     v = taps[taps >= 0]
-    return v.numel() == v.unique().numel(), v.unique().numel() == kk
+    if v.numel() != k * k or v.unique().numel() != k * k:  # pragma: no cover - see the test
+        raise RuntimeError(f"conv_transpose2d_weight_grad: the sub-pixel plan of k={k}, s={s}, "
+                           f"padding={padding} does not hold every kernel tap exactly once")
+    return taps
 
 
 def conv2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
@@ -468,14 +476,9 @@ def conv_transpose2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stri
     Ho, Wo = gy.shape[2], gy.shape[3]
     _, lo, _, _ = _subpixel_plan(k, s, padding)
     gy = fp32_cpu_input(gy, "conv_transpose2d_weight_grad (gy)")
-    taps = _taps_transposed(k, s, padding)
-    once, full = _covers_once(taps, k * k)
-    if not once:  # pragma: no cover - a sub-pixel plan maps each tap to one phase
-        raise RuntimeError(f"conv_transpose2d_weight_grad: the sub-pixel plan of k={k}, s={s}, "
-                           f"padding={padding} uses a kernel tap twice")
-    dw = (torch.empty if full else torch.zeros)(ci, co, k, k, dtype=torch.float32)
-    return _wgrad_phases(xc, gy, s, -(-Ho // s), -(-Wo // s), 1, -lo, dw, taps,
-                         (co * k * k, k * k))
+    dw = torch.empty(ci, co, k, k, dtype=torch.float32)   # every tap written once
+    return _wgrad_phases(xc, gy, s, -(-Ho // s), -(-Wo // s), 1, -lo, dw,
+                         _transposed_grad_taps(k, s, padding), (co * k * k, k * k))
 
 
 class WinogradConv2dFunction(torch.autograd.Function):

@@ -587,6 +587,27 @@ def test_conv_transpose_weight_grad_matches_float64(case):
     assert _err(got, ref) < TOL
 
 
+def test_weight_grad_tap_tables_hold_every_tap_once():
+    """The weight gradient writes each kernel tap once into an uninitialized tensor: every
+    geometry the Winograd path admits (conv and transposed, k <= 9, s <= 4) must map its phases'
+    3x3 taps onto all k*k taps, none twice."""
+    seen = 0
+    for k in range(1, 10):
+        for s in range(1, 5):
+            for p in range(k):
+                if Wg.winograd_geometry_ok(k, s, p, False):
+                    v = Wg._conv_grad_taps(k, s)
+                    v = v[v >= 0]
+                    assert sorted(v.tolist()) == list(range(k * k)), (k, s)
+                    seen += 1
+                if Wg.winograd_geometry_ok(k, s, p, True):
+                    v = Wg._transposed_grad_taps(k, s, p)
+                    v = v[v >= 0]
+                    assert sorted(v.tolist()) == list(range(k * k)), (k, s, p)
+                    seen += 1
+    assert seen > 50
+
+
 @needs_kernels
 def test_weight_grad_kernel_refuses_bad_arguments():
     _, G, _ = Wg.winograd_matrices(dtype=torch.float32)
