@@ -387,9 +387,9 @@ def _wgrad_phases(xc: torch.Tensor, gy: torch.Tensor, r: int, Qh: int, Qw: int, 
         xc: the forward's input, ``[N, C, H, W]`` dense channels_last fp32.
         gy: the output gradient ``[N, Co, Ho, Wo]`` dense channels_last fp32.
         dw: the weight gradient to write, contiguous fp32 (``[Co, C, k, k]`` or ``[C, Co, k,
-            k]``), zeroed where ``taps`` covers no tap.
+            k]``; uninitialized is fine: ``taps`` covers every offset).
         taps: int32 ``[phases, 9]``: phase (``p*s + q`` of x, or ``ry*r + rx`` of the output),
-            3x3 tap -> offset in a ``[k, k]`` kernel, -1 for none; no offset twice.
+            3x3 tap -> offset in a ``[k, k]`` kernel, -1 for none; every offset exactly once.
         strides: ``dw``'s strides for the input channel ``c`` and the output channel ``co``.
     Returns:
         ``dw``.
