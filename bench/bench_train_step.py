@@ -102,13 +102,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def plain_step(tr, x):
     """A training step of the trainer's model written in plain PyTorch: the same loss
-    (``rd_loss``), clipping, Adam (a copy of the trainer's settings), auxiliary step and weight
+    (``rd_loss``), clipping, Adam (the trainer's ``make_adam``), auxiliary step and weight
     average, on :class:`plain_slimcae.PlainSlimCAE` transforms holding copies of the weights and
     the trainer's own entropy model (so that both steps code with the same model)."""
     import math
     import torch.nn as nn
     from plain_slimcae import PlainSlimCAE
-    from slimkernels.training.trainer import rd_loss
+    from slimkernels.training.trainer import make_adam, rd_loss
 
     plain = PlainSlimCAE.from_model(tr.model)
     eb = tr.model.entropy_bottleneck
@@ -126,9 +126,9 @@ def plain_step(tr, x):
     m = Model().train()
     cfg = tr.cfg
     params = [p for n, p in m.named_parameters() if not n.endswith("quantiles")]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    aux_opt = torch.optim.Adam([p for n, p in m.named_parameters() if n.endswith("quantiles")],
-                               lr=cfg.aux_lr)
+    opt = make_adam(params, cfg.lr)   # the trainer's Adam (fused): the transforms are compared
+    aux_opt = make_adam([p for n, p in m.named_parameters() if n.endswith("quantiles")],
+                        cfg.aux_lr)
     avg = [p.detach().clone() for p in params]
 
     def run():

@@ -136,6 +136,18 @@ def validate(model: SlimCAE, images: torch.Tensor, widths, bf16: bool, batch: in
     return {"bpp": bpp, "psnr": psnr}
 
 
+def make_adam(params, lr: float) -> torch.optim.Adam:
+    """Adam over ``params`` (a list of floating-point tensors on one device) in torch's fused
+    implementation where it exists for their device (CPU and CUDA, torch >= 2.4: one pass over
+    all parameters), else the foreach one. On CPU torch's default is a loop over the tensors:
+    for SlimCAE's 4.3 M parameters on the 2-core EPYC a step took 22.9 ms that way, 9.9 ms
+    foreach and 3.1 ms fused (``/work/prof/adam.py``)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
 def _init_schedule(ck):
     """``(scheduler state, step of its next update)`` recorded in an ``init`` file (a training
     checkpoint, or a model file whose ``info`` carries them), else ``(None, None)``."""
@@ -183,8 +195,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         main = [p for n, p in self.model.named_parameters() if not n.endswith("quantiles")]
         aux = [p for n, p in self.model.named_parameters() if n.endswith("quantiles")]
-        self.opt = torch.optim.Adam(main, lr=cfg.lr)
-        self.aux_opt = torch.optim.Adam(aux, lr=cfg.aux_lr)
+        self.opt = make_adam(main, cfg.lr)
+        self.aux_opt = make_adam(aux, cfg.aux_lr)
         self.step = 0
         self.lambdas = list(cfg.lambdas)
         if len(self.lambdas) != len(cfg.widths):
@@ -222,10 +234,13 @@ class Trainer:
             self.model.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["opt"])
             self.aux_opt.load_state_dict(ck["aux_opt"])
-            # this run's learning rates apply from here on (load_state_dict restored the old ones)
+            # this run's learning rates and implementation apply from here on (load_state_dict
+            # restored the old settings, e.g. fused=None from an older checkpoint)
             for opt, lr in ((self.opt, cfg.lr), (self.aux_opt, cfg.aux_lr)):
                 for group in opt.param_groups:
                     group["lr"] = lr
+                    group["fused"] = opt.defaults.get("fused")
+                    group["foreach"] = opt.defaults.get("foreach")
             self.step = ck["step"]
             self.lambdas = ck["lambdas"]
             self.next_schedule = ck.get("next_schedule", self.next_schedule)

@@ -65,6 +65,28 @@ def test_resume_takes_this_runs_learning_rates(image_dir, tmp_path):
     assert [g["lr"] for g in t.opt.param_groups] == [2e-5]
     assert [g["lr"] for g in t.aux_opt.param_groups] == [3e-4]
     assert t.opt.state                                 # the moments came back with it
+    # the fused implementation (CPU, torch >= 2.4) survives the resume
+    assert [g["fused"] for g in t.opt.param_groups + t.aux_opt.param_groups] == [True, True]
+
+
+def test_make_adam_is_fused_on_cpu_and_falls_back(monkeypatch):
+    from slimkernels.training.trainer import make_adam
+    p = [torch.nn.Parameter(torch.randn(5))]
+    opt = make_adam(p, 1e-3)
+    assert opt.defaults["fused"] is True
+    p[0].grad = torch.ones(5)
+    before = p[0].detach().clone()
+    opt.step()
+    torch.testing.assert_close(p[0].detach(), before - 1e-3, rtol=0, atol=1e-7)  # Adam's 1st step
+    real = torch.optim.Adam
+
+    def no_fused(params, lr, fused=None, foreach=None):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be on a supported device")
+        return real(params, lr=lr, foreach=foreach)
+    monkeypatch.setattr(torch.optim, "Adam", no_fused)
+    opt = make_adam(p, 1e-3)
+    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]
 
 
 def test_lambda_scheduling_updates_are_logged(image_dir, tmp_path):
