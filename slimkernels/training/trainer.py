@@ -65,6 +65,8 @@ class TrainConfig:
     device: str = _opt("cpu", "cpu, cuda or cuda:N (torchrun sets the rank's GPU)")
     threads: int = _opt(0, "torch threads (0: leave as is)")
     seed: int = _opt(0, "random seed (crops, initialization)")
+    sample_by_area: bool = _opt(False, "pick crops' images by pixel count (every pixel equally "
+                                       "likely) instead of uniformly over images")
     val_every: int = _opt(1000, "validate every N steps (held-out training images, never Kodak)")
     val_size: int = _opt(256, "center-crop size of the validation images")
     val_split: int = _opt(20, "every N-th training image is held out for validation")
@@ -303,7 +305,8 @@ class Trainer:
         if not val_paths:
             val_paths = train_paths[:1]
         self._print(f"loading {len(train_paths)} training and {len(val_paths)} validation images")
-        self.sampler = CropSampler([load_rgb(p) for p in train_paths], seed=cfg.seed + self.rank)
+        self.sampler = CropSampler([load_rgb(p) for p in train_paths], seed=cfg.seed + self.rank,
+                                   by_area=cfg.sample_by_area)
         if self._sampler_state:
             self.sampler.load_state_dict(self._sampler_state)
         self.val_images = center_crops([load_rgb(p) for p in val_paths], cfg.val_size)
