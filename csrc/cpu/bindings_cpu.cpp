@@ -313,11 +313,11 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "WinoKernelWeightArgs in csrc/cpu/winograd.hpp): kernel (c, o) at w + c*Ic + o*Il, phase "
         "taps idx [P, 9] int32 (-1: zero), U written at ij*S36 + ph*Sph + c*Sc + o.");
   m.def("winograd_weight_grad", &winograd_weight_grad_py, py::arg("M"), py::arg("G"), py::arg("n"),
-        py::arg("out"), py::arg("nthreads"), py::arg("taps") = 0, py::arg("cp") = 0,
-        py::arg("c1") = 0, py::arg("c2") = 0, py::arg("s1") = 0, py::arg("s2") = 0,
+        py::arg("out"), py::arg("nthreads"), py::arg("taps"), py::arg("cp"), py::arg("c1"),
+        py::arg("c2"), py::arg("s1"), py::arg("s2"),
         "Inverse Winograd weight transform (weight gradients by F(3x3,4x4)): M [36, n] fp32, "
-        "G [6, 3] fp32; writes out [9, n] fp32 = G^T M G per column, or with taps ([phases, 9] "
-        "int32) the final weight-gradient layout (WinoWeightGradArgs in csrc/cpu/winograd.hpp).");
+        "G [6, 3] fp32; writes G^T M G of each column into the final weight gradient out through "
+        "taps ([phases, 9] int32; WinoWeightGradArgs in csrc/cpu/winograd.hpp).");
   m.def("winograd_grad_tiles", &winograd_grad_tiles_py, py::arg("gy"), py::arg("N"), py::arg("Ho"),
         py::arg("Wo"), py::arg("Co"), py::arg("s"), py::arg("th"), py::arg("tw"), py::arg("AT"),
         py::arg("U"), py::arg("nthreads"),

@@ -214,27 +214,17 @@ SK_AVX2_TARGET void weight_grad_cols(const WinoWeightGradArgs& a, int64_t c0, in
         for (int b = 0; b < 3; ++b) acc[aa * 3 + b] = _mm256_fmadd_ps(gi, r[b], acc[aa * 3 + b]);
       }
     }
-    if (a.taps != nullptr) {  // the final layout: per lane, its 9 values to their taps
-      alignas(32) float buf[9][8];
-      for (int t = 0; t < 9; ++t) _mm256_store_ps(buf[t], acc[t]);
-      const int64_t phases2 = a.cp / a.c2;
-      for (int64_t l = 0; l < valid; ++l) {
-        const int64_t col = c + l, kidx = col / a.cp, j = col % a.cp;
-        const int64_t ph = kidx / a.c1 * phases2 + j / a.c2;
-        float* d = a.out + kidx % a.c1 * a.s1 + j % a.c2 * a.s2;
-        const int32_t* tp = a.taps + ph * 9;
-        for (int t = 0; t < 9; ++t)
-          if (tp[t] >= 0) d[tp[t]] = buf[t][l];
-      }
-      continue;
-    }
-    for (int t = 0; t < 9; ++t) {
-      float* d = a.out + t * a.n + c;
-      if (valid == 8) {
-        _mm256_storeu_ps(d, acc[t]);
-      } else {
-        _mm256_maskstore_ps(d, m, acc[t]);
-      }
+    // the final layout: per lane, its 9 values to their taps
+    alignas(32) float buf[9][8];
+    for (int t = 0; t < 9; ++t) _mm256_store_ps(buf[t], acc[t]);
+    const int64_t phases2 = a.cp / a.c2;
+    for (int64_t l = 0; l < valid; ++l) {
+      const int64_t col = c + l, kidx = col / a.cp, j = col % a.cp;
+      const int64_t ph = kidx / a.c1 * phases2 + j / a.c2;
+      float* d = a.out + kidx % a.c1 * a.s1 + j % a.c2 * a.s2;
+      const int32_t* tp = a.taps + ph * 9;
+      for (int t = 0; t < 9; ++t)
+        if (tp[t] >= 0) d[tp[t]] = buf[t][l];
     }
   }
 }
@@ -407,9 +397,9 @@ int winograd_kernel_weight_f43(const WinoKernelWeightArgs& a) {
 int winograd_weight_grad_f43(const WinoWeightGradArgs& a) {
   if (!gdn_avx2_available()) return kWNoAvx2;
   if (a.M == nullptr || a.G == nullptr || a.out == nullptr || a.n <= 0) return kWBadArgs;
-  if (a.taps != nullptr && (a.cp <= 0 || a.c1 <= 0 || a.c2 <= 0 || a.n % a.cp != 0 ||
-                            a.cp % a.c2 != 0 || (a.n / a.cp) % a.c1 != 0 || a.s1 < 0 ||
-                            a.s2 < 0 || (a.n / a.cp / a.c1 > 1 && a.cp / a.c2 > 1))) {
+  if (a.taps == nullptr || a.cp <= 0 || a.c1 <= 0 || a.c2 <= 0 || a.n % a.cp != 0 ||
+      a.cp % a.c2 != 0 || (a.n / a.cp) % a.c1 != 0 || a.s1 < 0 || a.s2 < 0 ||
+      (a.n / a.cp / a.c1 > 1 && a.cp / a.c2 > 1)) {
     return kWBadArgs;
   }
   over_columns(a.n, a.nthreads, [&a](int64_t c0, int64_t c1) { weight_grad_cols(a, c0, c1); });

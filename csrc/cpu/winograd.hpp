@@ -78,8 +78,7 @@ struct WinoKernelWeightArgs {
 
 // Inverse weight transform (weight gradients by F(3x3, 4x4)): M [36][n] fp32 (the 6x6 products
 // summed over tiles, one column per (input channel, output channel) pair), G [6][3]; writes
-// out[a*3 + b][c] = (G^T M_c G)[a][b], out [9][n] fp32.
-// With taps set, out is the final weight gradient instead (no permuting copy afterwards):
+// (G^T M_col G)[a][b] straight into the final weight gradient out (no permuting copy):
 // column col = kidx * cp + j, kidx = ph1 * c1 + i1, j = ph2 * c2 + i2 (phase ph = ph1 * (cp /
 // c2) + ph2; one of ph1, ph2 is always 0), and value t = a*3 + b goes to
 // out[i1 * s1 + i2 * s2 + taps[ph * 9 + t]] where that tap is >= 0 (dropped where -1). The caller
@@ -90,7 +89,7 @@ struct WinoWeightGradArgs {
   int64_t n = 0;
   float* out = nullptr;
   int nthreads = 1;
-  const int32_t* taps = nullptr;  // [phases][9], or nullptr: the [9][n] layout
+  const int32_t* taps = nullptr;  // [phases][9] (required)
   int64_t cp = 0, c1 = 0, c2 = 0, s1 = 0, s2 = 0;
 };
 

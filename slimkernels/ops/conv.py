@@ -365,15 +365,22 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
     return None
 
 
-def _use_winograd(x, ci, co, k, stride, padding, transposed) -> bool:
-    """Whether this no-grad conv runs by Winograd (see ``CPU_WINOGRAD``)."""
-    ndim = stride * stride * co if transposed else co
-    if not CPU_WINOGRAD or x.dtype != torch.float32 or ndim < WINOGRAD_MIN_N or \
-            ci < WINOGRAD_MIN_CIN or _cpu_capability() != "AVX2":
+def _winograd_here(k, stride, padding, transposed) -> bool:
+    """``CPU_WINOGRAD`` is on, this is an AVX2 CPU with the kernels built, and the geometry maps
+    onto the 3x3 phase correlation."""
+    if not CPU_WINOGRAD or _cpu_capability() != "AVX2":
         return False
     from . import winograd
     return winograd.winograd_available() and \
         winograd.winograd_geometry_ok(k, stride, padding, transposed)
+
+
+def _use_winograd(x, ci, co, k, stride, padding, transposed) -> bool:
+    """Whether this no-grad conv runs by Winograd (see ``CPU_WINOGRAD``)."""
+    ndim = stride * stride * co if transposed else co
+    if x.dtype != torch.float32 or ndim < WINOGRAD_MIN_N or ci < WINOGRAD_MIN_CIN:
+        return False
+    return _winograd_here(k, stride, padding, transposed)
 
 
 def _use_winograd_grad(x, w, b, stride, padding, transposed) -> bool:
@@ -399,13 +406,9 @@ def _use_winograd_grad(x, w, b, stride, padding, transposed) -> bool:
             return False
     elif min(ci, co) < WINOGRAD_TRAIN_MIN_N:
         return False
-    if not CPU_WINOGRAD or _cpu_capability() != "AVX2":
-        return False
-    from . import winograd
     # the forward and the input gradient (the other kind of conv) both map onto 3x3 phases
-    return winograd.winograd_available() and \
-        winograd.winograd_geometry_ok(k, stride, padding, transposed) and \
-        winograd.winograd_geometry_ok(k, stride, padding, not transposed)
+    return _winograd_here(k, stride, padding, transposed) and \
+        _winograd_here(k, stride, padding, not transposed)
 
 
 def _cached_fp32(key, weight, bias, co, pack):

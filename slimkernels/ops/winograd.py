@@ -389,7 +389,9 @@ def _wgrad_phases(xc: torch.Tensor, gy: torch.Tensor, r: int, Qh: int, Qw: int, 
         dw: the weight gradient to write, contiguous fp32 (``[Co, C, k, k]`` or ``[C, Co, k,
             k]``; uninitialized is fine: ``taps`` covers every offset).
         taps: int32 ``[phases, 9]``: phase (``p*s + q`` of x, or ``ry*r + rx`` of the output),
-            3x3 tap -> offset in a ``[k, k]`` kernel, -1 for none; every offset exactly once.
+            3x3 tap -> offset in a ``[k, k]`` kernel, -1 for none; every offset exactly once
+            (:func:`_taps_conv`, :func:`_taps_transposed`: true of every geometry
+            :func:`winograd_geometry_ok` admits, checked by tests/ops/test_winograd.py).
         strides: ``dw``'s strides for the input channel ``c`` and the output channel ``co``.
     Returns:
         ``dw``.
@@ -422,34 +424,6 @@ def _wgrad_phases(xc: torch.Tensor, gy: torch.Tensor, r: int, Qh: int, Qw: int, 
     return dw
 
 
-@functools.lru_cache(maxsize=64)
-def _conv_grad_taps(k: int, s: int) -> torch.Tensor:
-    """int32 ``[s*s, 9]``: polyphase ``p*s + q``, tap ``a*3 + b`` -> offset ``(s*a + p)*k + s*b +
-    q`` in a ``[k, k]`` kernel (-1 past ``k``): every tap exactly once (do not modify)."""
-    t = torch.full((s, s, 3, 3), -1, dtype=torch.int32)
-    for p in range(s):
-        for q in range(s):
-            for a in range(3):
-                for b in range(3):
-                    if s * a + p < k and s * b + q < k:
-                        t[p, q, a, b] = (s * a + p) * k + s * b + q
-    return t.reshape(s * s, 9)
-
-
-@functools.lru_cache(maxsize=64)
-def _transposed_grad_taps(k: int, s: int, padding: int) -> torch.Tensor:
-    """:func:`_taps_transposed` for the weight gradient, checked to hold every tap of the
-    ``[k, k]`` kernel exactly once (true of every plan :func:`winograd_geometry_ok` admits;
-    ``tests/ops/test_winograd.py`` checks them all), so the gradient needs no zeroing and no
-    accumulation (do not modify)."""
-    taps = _taps_transposed(k, s, padding)
-    v = taps[taps >= 0]
-    if v.numel() != k * k or v.unique().numel() != k * k:  # pragma: no cover - see the test
-        raise RuntimeError(f"conv_transpose2d_weight_grad: the sub-pixel plan of k={k}, s={s}, "
-                           f"padding={padding} does not hold every kernel tap exactly once")
-    return taps
-
-
 def conv2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
                        padding: int) -> torch.Tensor:
     """Weight gradient of ``F.conv2d(x, w, stride, padding)`` (``w`` ``[C_out, C_in, k, k]``,
@@ -461,7 +435,7 @@ def conv2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
     gy = fp32_cpu_input(gy, "conv2d_weight_grad (gy)")
     dw = torch.empty(co, C, k, k, dtype=torch.float32)   # every tap written once
     return _wgrad_phases(xc, gy, 1, gy.shape[2], gy.shape[3], s, padding, dw,
-                         _conv_grad_taps(k, s), (k * k, C * k * k))
+                         _taps_conv(k, s), (k * k, C * k * k))
 
 
 def conv_transpose2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
@@ -478,7 +452,7 @@ def conv_transpose2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stri
     gy = fp32_cpu_input(gy, "conv_transpose2d_weight_grad (gy)")
     dw = torch.empty(ci, co, k, k, dtype=torch.float32)   # every tap written once
     return _wgrad_phases(xc, gy, s, -(-Ho // s), -(-Wo // s), 1, -lo, dw,
-                         _transposed_grad_taps(k, s, padding), (co * k * k, k * k))
+                         _taps_transposed(k, s, padding), (co * k * k, k * k))
 
 
 class WinogradConv2dFunction(torch.autograd.Function):

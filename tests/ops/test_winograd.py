@@ -596,12 +596,12 @@ def test_weight_grad_tap_tables_hold_every_tap_once():
         for s in range(1, 5):
             for p in range(k):
                 if Wg.winograd_geometry_ok(k, s, p, False):
-                    v = Wg._conv_grad_taps(k, s)
+                    v = Wg._taps_conv(k, s)
                     v = v[v >= 0]
                     assert sorted(v.tolist()) == list(range(k * k)), (k, s)
                     seen += 1
                 if Wg.winograd_geometry_ok(k, s, p, True):
-                    v = Wg._transposed_grad_taps(k, s, p)
+                    v = Wg._taps_transposed(k, s, p)
                     v = v[v >= 0]
                     assert sorted(v.tolist()) == list(range(k * k)), (k, s, p)
                     seen += 1
@@ -613,7 +613,8 @@ def test_weight_grad_kernel_refuses_bad_arguments():
     _, G, _ = Wg.winograd_matrices(dtype=torch.float32)
     out = torch.empty(9, 8)
     with pytest.raises(RuntimeError, match="bad arguments"):
-        Wg._kernels().winograd_weight_grad(0, G.contiguous().data_ptr(), 8, out.data_ptr(), 1)
+        Wg._kernels().winograd_weight_grad(0, G.contiguous().data_ptr(), 8, out.data_ptr(), 1,
+                                           0, 8, 1, 8, 1, 1)
     M = torch.zeros(36, 8)
     taps = torch.zeros(4, 9, dtype=torch.int32)
     for cp, c1, c2 in [(3, 1, 1),     # cp does not divide n
