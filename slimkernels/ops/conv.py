@@ -161,11 +161,14 @@ WFOLD_SMALL_C_MAX_OUT = 72
 #: ``C_in >= WINOGRAD_MIN_CIN`` (the image layer, 3 channels, measured 0.46-0.83x). 48-channel
 #: convs (N = 48) depend on this VM's memory speed: 0.84-0.97x with 32 MB rounds; with rounds
 #: sized to the weights (``winograd.CHUNK_*``) 1.5x in a slow-memory phase but 0.86-0.99x in a
-#: fast one, and compress at w=48 2-9 % faster in one order-swapped A/B, 6 % slower in another:
-#: no clear win, so they stay on oneDNN. A transposed conv onto 1-3 channels goes to the image
-#: kernel first. Not on AVX-512 CPUs (not measured there) nor in bf16.
+#: fast one, and compress at w=48 2-9 % faster in one order-swapped A/B, 6 % slower in another
+#: (eighth sitting). Ninth sitting, four more interleaved A/Bs (``/work/prof/ab48*.py``-style,
+#: trainer paused): SlimCAE's w=48 enc2 2.97 vs 4.24 ms (1.43x), enc3 0.86 vs 1.10 ms (1.27x),
+#: the encoder 10.3 vs 11.3 ms, ``compress`` 6-8 % faster in both orders. Five of six A/Bs
+#: favour Winograd, so 48-channel convs take it too. A transposed conv onto 1-3 channels goes to
+#: the image kernel first. Not on AVX-512 CPUs (not measured there) nor in bf16.
 CPU_WINOGRAD = True
-WINOGRAD_MIN_N = 64
+WINOGRAD_MIN_N = 48
 WINOGRAD_MIN_CIN = 32
 #: With gradient (training in fp32 on AVX2 CPUs), run the same layers by Winograd as well: the
 #: forward and the input gradient (:class:`~slimkernels.ops.winograd.WinogradConv2dFunction`),

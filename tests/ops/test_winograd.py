@@ -292,8 +292,7 @@ def test_cached_weights_follow_parameter_updates():
 def test_dispatch_rule_follows_the_gemm_shape(monkeypatch):
     """Winograd where its GEMM is wide enough: not for the 3-channel image layer (even with 96
     outputs) nor a 32-channel conv (N = 32); yes for a 48-channel conv (N = 48) and a 48-channel
-    transposed conv (N = 4*48)."""
-    monkeypatch.setattr(conv_mod, "WINOGRAD_MIN_N", 48)
+    transposed conv (N = 4*48). The shipped thresholds, not patched."""
     conv_calls = _count_calls(monkeypatch, "conv2d_winograd")
     convt_calls = _count_calls(monkeypatch, "conv_transpose2d_winograd")
     with torch.no_grad():
