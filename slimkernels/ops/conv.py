@@ -166,7 +166,8 @@ WFOLD_SMALL_C_MAX_OUT = 72
 #: trainer paused): SlimCAE's w=48 enc2 2.97 vs 4.24 ms (1.43x), enc3 0.86 vs 1.10 ms (1.27x),
 #: the encoder 10.3 vs 11.3 ms, ``compress`` 6-8 % faster in both orders. Five of six A/Bs
 #: favour Winograd, so 48-channel convs take it too. A transposed conv onto 1-3 channels goes to
-#: the image kernel first. Not on AVX-512 CPUs (not measured there) nor in bf16.
+#: the image kernel below ``WINOGRAD_IMAGE_MIN_CIN`` inputs. Not on AVX-512 CPUs (not measured
+#: there) nor in bf16.
 CPU_WINOGRAD = True
 WINOGRAD_MIN_N = 48
 WINOGRAD_MIN_CIN = 32
@@ -202,6 +203,13 @@ WINOGRAD_TRAIN_IMAGE_MIN_CIN = 72
 #: on AVX2 CPUs (SlimCAE on a Zen 3 EPYC: enc1 1.1x oneDNN at 2 threads, 1.3x at 1; dec3
 #: 1.4-1.6x the prepacked sub-pixel conv).
 CPU_IMAGE_CONV = True
+#: ... except that a no-grad transposed conv onto an image with at least this many inputs runs
+#: by Winograd (when ``_use_winograd`` admits it) rather than the image kernel: SlimCAE's dec3
+#: on a 768x512 Kodak image, Winograd / image kernel, three interleaved runs (trainer paused):
+#: layer 1.30-1.34x at 192, 1.38x at 144, 1.08-1.12x at 96, 1.02x at 72, 0.89x at 48 in two
+#: runs, 0.6-1.0x in a third (a slow phase for Winograd); ``decompress`` 1.03x at 192, 1.04x
+#: at 144, 1.05x at 96, 1.03x at 72 (``/work/prof/dec3e2e.py``: 10 rounds, both orders).
+WINOGRAD_IMAGE_MIN_CIN = 96
 _PACK_CACHE: "OrderedDict" = OrderedDict()
 _PACK_CACHE_MAX = 128
 _PACK_LOCK = threading.Lock()
@@ -504,12 +512,14 @@ def _conv_transpose2d_prepacked(x, weight, bias, co, stride, padding, output_pad
     """No-grad CPU transposed conv on cached prepared weights (sub-pixel or direct oneDNN)."""
     ci, k = x.shape[1], weight.shape[-1]
     dt = x.dtype
-    # the image kernel first: onto 1-3 channels it beats Winograd (N = s^2 * C_out = 48 for
-    # SlimCAE's 9x9/4 output layer) below ~128 input channels and ties it above
-    y = _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding)
-    if y is not None:
-        return y
-    if weight.shape[-2] == k and _use_winograd(x, ci, co, k, stride, padding, True):
+    # onto 1-3 channels (N = s^2 * C_out = 48 for SlimCAE's 9x9/4 output layer) Winograd from
+    # WINOGRAD_IMAGE_MIN_CIN inputs, the image kernel below that
+    wino = weight.shape[-2] == k and _use_winograd(x, ci, co, k, stride, padding, True)
+    if not wino or ci < WINOGRAD_IMAGE_MIN_CIN:
+        y = _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding)
+        if y is not None:
+            return y
+    if wino:
         return _conv_transpose2d_winograd(x, weight, bias, co, stride, padding, output_padding)
     if dt == torch.bfloat16:
         y = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,

@@ -313,6 +313,34 @@ def test_dispatch_rule_follows_the_gemm_shape(monkeypatch):
 
 
 @needs_dispatch
+def test_output_layer_takes_winograd_from_enough_inputs(monkeypatch):
+    """A no-grad transposed 9x9/4 conv onto RGB (SlimCAE's dec3): the image kernel below
+    WINOGRAD_IMAGE_MIN_CIN inputs, Winograd from there on; both equal float64."""
+    from slimkernels.ops import conv_image as CI
+    if not CI.image_conv_available():
+        pytest.skip("the image kernels did not build")
+    wino = _count_calls(monkeypatch, "conv_transpose2d_winograd")
+    image = []
+    real = CI.conv_transpose2d_image
+
+    def spy(*a, **k):
+        image.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(CI, "conv_transpose2d_image", spy)
+    lo = conv_mod.WINOGRAD_IMAGE_MIN_CIN
+    for ci, want_wino in ((lo - 8, []), (lo, [1])):
+        wino.clear()
+        image.clear()
+        x, w, b = _convt_case(1, ci, 3, 5, 6, 9, seed=ci)
+        ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride=4, padding=4,
+                                 output_padding=3)
+        with torch.no_grad():
+            y = slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
+        assert wino == want_wino and image == ([] if want_wino else [1])
+        assert _err(y, ref) < TOL
+
+
+@needs_dispatch
 def test_global_switch_turns_it_off(monkeypatch):
     """SLIMKERNELS_CPU_KERNELS=0 sends every op to its PyTorch path, this one included."""
     calls = _count_calls(monkeypatch, "conv2d_winograd")
