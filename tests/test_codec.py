@@ -600,3 +600,104 @@ def test_compress_and_decompress_from_several_threads(model):
                 errors.append(j)
         return errors
     assert not run_in_threads(work, 4)
+
+
+# -- forward_widths: the joint training forward with a shared first layer ------------------------
+class _PerWidth(torch.nn.Module):
+    """The same model without forward_widths: rd_loss calls it once per width."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x, w):
+        return self.m(x, w)
+
+
+def _three_widths(seed=3):
+    torch.manual_seed(seed)
+    return Tiny(widths=(12, 8, 5))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("train", [False, True])
+def test_forward_widths_is_forward_per_width(channels_last, train):
+    """Same x_hat and likelihoods as one forward per width (train mode: same noise draws from the
+    same seed), in the order given, duplicates included."""
+    m = _three_widths().train(train)
+    x = torch.rand(2, 3, 16, 20)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    ws = [8, 12, 5, 8]
+    torch.manual_seed(7)
+    got = m.forward_widths(x, ws)
+    torch.manual_seed(7)
+    ref = [m(x, w) for w in ws]
+    assert len(got) == len(ws)
+    for g, r, w in zip(got, ref, ws):
+        assert g["likelihoods"]["y"].shape[1] == w
+        for a, b in ((g["x_hat"], r["x_hat"]), (g["likelihoods"]["y"], r["likelihoods"]["y"])):
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_widths_gradients_equal_per_width_training():
+    """rd_loss through forward_widths: the same loss and parameter gradients (fp32 ~1e-5) as
+    the per-width forwards."""
+    from slimkernels.training.trainer import rd_loss
+    m = _three_widths().train()
+    x = torch.rand(2, 3, 16, 16)
+    grads, losses = [], []
+    for which in (m, _PerWidth(m)):
+        m.zero_grad(set_to_none=True)
+        torch.manual_seed(11)
+        loss, _ = rd_loss(which, x, m.widths, [0.02, 0.01, 0.005], False)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert grads[0].keys() == grads[1].keys() and "g_a.0.weight" in grads[0]
+    for n in grads[1]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7)
+
+
+def _count_first_layer_calls(m, fn):
+    calls = []
+    h = m.g_a[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        fn()
+    finally:
+        h.remove()
+    return len(calls)
+
+
+def test_forward_widths_runs_the_first_layer_once_unless_fused(monkeypatch):
+    m = _three_widths()
+    x = torch.rand(1, 3, 8, 8)
+    assert _count_first_layer_calls(m, lambda: m.forward_widths(x, m.widths)) == 1
+    # a g_a that fuses the first conv with its GDN (the Triton backend) keeps one call per width
+    monkeypatch.setattr(m.g_a, "fuse_gdn", True, raising=False)
+    assert _count_first_layer_calls(m, lambda: m.forward_widths(x, m.widths)) == 3
+
+
+def test_forward_widths_bad_input_is_refused():
+    m = _three_widths()
+    with pytest.raises(ValueError, match="not one of this model's widths"):
+        m.forward_widths(torch.rand(1, 3, 8, 8), [12, 7])
+    with pytest.raises(ValueError, match="RGB"):
+        m.forward_widths(torch.rand(1, 4, 8, 8), [12, 8])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_width_slices_gradcheck(channels_last):
+    """The slices' backward (gradients summed into the first k channels) in float64."""
+    from slimkernels.codec import _WidthSlices
+    h = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    if channels_last:
+        h = h.contiguous(memory_format=torch.channels_last)
+    h.requires_grad_()
+    outs = _WidthSlices.apply(h, 4, 2)
+    assert [o.shape[1] for o in outs] == [4, 2]
+    assert all(o.is_contiguous(memory_format=torch.channels_last) == channels_last for o in outs)
+    assert torch.autograd.gradcheck(lambda t: _WidthSlices.apply(t, 4, 2, 1), (h,))

@@ -85,6 +85,8 @@ def rd_loss(model: nn.Module, x: torch.Tensor, widths, lambdas, bf16: bool):
     """Sum over widths of ``bpp_k + lambda_k * 255^2 * MSE_k`` (fp32) and per-width stats.
 
     Args:
+        model: a :class:`~slimkernels.codec.SlimCodec` (its ``forward_widths`` runs a shared
+            first layer once) or any module called ``model(x, w)``.
         x: ``[N, 3, H, W]`` float32 in [0, 1].
     Returns:
         ``(loss 0-dim float32, {"bpp": [K], "mse": [K]} floats)``.
@@ -93,9 +95,10 @@ def rd_loss(model: nn.Module, x: torch.Tensor, widths, lambdas, bf16: bool):
     num_pixels = N * H * W
     total = x.new_zeros(())
     bpps, mses = [], []
-    for w, lam in zip(widths, lambdas):
-        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(x, w)
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        fw = getattr(model, "forward_widths", None)
+        outs = fw(x, widths) if fw is not None else [model(x, w) for w in widths]
+    for out, lam in zip(outs, lambdas):
         lik = out["likelihoods"]["y"]
         bpp = torch.log(lik).sum() / (-math.log(2) * num_pixels)
         mse = torch.mean((out["x_hat"].float() - x) ** 2)
