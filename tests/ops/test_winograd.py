@@ -230,14 +230,14 @@ needs_dispatch = pytest.mark.skipif(
     reason="the conv op uses Winograd on AVX2 (non-AVX-512) CPUs only")
 
 
-def _count_calls(monkeypatch, name):
+def _count_calls(monkeypatch, name, module=Wg):
     calls = []
-    real = getattr(Wg, name)
+    real = getattr(module, name)
 
     def spy(*a, **k):
         calls.append(1)
         return real(*a, **k)
-    monkeypatch.setattr(Wg, name, spy)
+    monkeypatch.setattr(module, name, spy)
     return calls
 
 
@@ -320,13 +320,7 @@ def test_output_layer_takes_winograd_from_enough_inputs(monkeypatch):
     if not CI.image_conv_available():
         pytest.skip("the image kernels did not build")
     wino = _count_calls(monkeypatch, "conv_transpose2d_winograd")
-    image = []
-    real = CI.conv_transpose2d_image
-
-    def spy(*a, **k):
-        image.append(1)
-        return real(*a, **k)
-    monkeypatch.setattr(CI, "conv_transpose2d_image", spy)
+    image = _count_calls(monkeypatch, "conv_transpose2d_image", CI)
     lo = conv_mod.WINOGRAD_IMAGE_MIN_CIN
     for ci, want_wino in ((lo - 8, []), (lo, [1])):
         wino.clear()
