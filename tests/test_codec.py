@@ -681,6 +681,23 @@ def test_forward_widths_runs_the_first_layer_once_unless_fused(monkeypatch):
     assert _count_first_layer_calls(m, lambda: m.forward_widths(x, m.widths)) == 3
 
 
+def test_forward_widths_keeps_an_overridden_forward():
+    """A subclass with its own forward gets one forward per width (its forward, not the base
+    class's)."""
+    class Scaled(Tiny):
+        def forward(self, x, width=None):
+            out = super().forward(x, width)
+            return {**out, "x_hat": out["x_hat"] * 0.5}
+
+    torch.manual_seed(3)
+    m = Scaled(widths=(12, 8, 5)).eval()
+    x = torch.rand(1, 3, 8, 8)
+    outs = m.forward_widths(x, [12, 5])
+    assert _count_first_layer_calls(m, lambda: m.forward_widths(x, m.widths)) == 3
+    for o, w in zip(outs, [12, 5]):
+        torch.testing.assert_close(o["x_hat"], m(x, w)["x_hat"])
+
+
 def test_forward_widths_bad_input_is_refused():
     m = _three_widths()
     with pytest.raises(ValueError, match="not one of this model's widths"):
