@@ -452,10 +452,16 @@ class SlimCodec(nn.Module):
             ``{"x_hat": [N, 3, H, W], "likelihoods": {"y": [N, width, H/s, W/s] float32}}``;
             noisy quantization in training mode, median rounding in eval mode.
         """
+        self._check_rgb(x)
+        return self._quantize_and_decode(self.encode(x, width))
+
+    def _check_rgb(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"{type(self).__name__} expects RGB images [N, 3, H, W], "
                              f"got {tuple(x.shape)}")
-        y = self.encode(x, width)
+
+    def _quantize_and_decode(self, y: torch.Tensor) -> Dict:
+        # forward's second half: the entropy model (noise or rounding), then the synthesis
         y_hat, lik = self.entropy_bottleneck(y)
         return {"x_hat": self.decode(y_hat.to(y.dtype)), "likelihoods": {"y": lik}}
 
@@ -483,20 +489,13 @@ class SlimCodec(nn.Module):
         first = self._shared_first_layer(x)
         if first is None or len(set(ws)) < 2:
             return [self.forward(x, w) for w in ws]
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"{type(self).__name__} expects RGB images [N, 3, H, W], "
-                             f"got {tuple(x.shape)}")
+        self._check_rgb(x)
         top = max(ws)
         h = first(x, top)
         narrow = sorted({w for w in ws if w < top}, reverse=True)
         slices = dict(zip(narrow, _WidthSlices.apply(h, *narrow)))
         slices[top] = h
-        outs = []
-        for w in ws:
-            y = self.g_a(slices[w], w, start=1)
-            y_hat, lik = self.entropy_bottleneck(y)
-            outs.append({"x_hat": self.decode(y_hat.to(y.dtype)), "likelihoods": {"y": lik}})
-        return outs
+        return [self._quantize_and_decode(self.g_a(slices[w], w, start=1)) for w in ws]
 
     def _shared_first_layer(self, x: torch.Tensor) -> Optional[nn.Module]:
         # g_a's first layer when forward_widths may run it once for all widths, else None
