@@ -134,3 +134,32 @@ def test_relative_links_resolve(page):
         if "://" in target:
             continue
         assert os.path.exists(os.path.join(ROOT, "docs", target)), f"{page}: {target}"
+
+
+def _results_table(text: str) -> str:
+    """The first Markdown table of ``text`` that starts with the Kodak results header."""
+    i = text.index("| width | bpp (file) |")
+    return text[i:text.index("\n\n", i)]
+
+
+@pytest.mark.parametrize("page", ["README.md", os.path.join("slimkernels", "pretrained",
+                                                            "MODEL_CARD.md")])
+def test_results_tables_are_the_bundled_models(page):
+    """The README and the model card copy the Kodak table of a milestone by hand: it must be the
+    table of the results folder their RD plot links, and that folder must be the bundled model's
+    evaluation (same model id), so a new milestone cannot leave either page stale."""
+    import json
+    import re
+    from slimkernels.pretrained import load_model
+    with open(os.path.join(ROOT, page)) as fh:
+        text = fh.read()
+    folders = set(re.findall(r"docs/results/(kodak-step\d+)/rd\.png", text))
+    assert len(folders) == 1, f"{page}: expected one linked RD plot, found {sorted(folders)}"
+    folder = os.path.join(ROOT, "docs", "results", folders.pop())
+    with open(os.path.join(folder, "table.md")) as fh:
+        assert _results_table(text) == _results_table(fh.read() + "\n\n"), \
+            f"{page}: its Kodak table differs from {folder}/table.md"
+    with open(os.path.join(folder, "summary.json")) as fh:
+        evaluated = json.load(fh)["slimcae"]["model_id"]
+    assert evaluated == load_model().model_id().hex(), \
+        f"{folder} evaluated another model than the bundled slimkernels/pretrained/slimcae.pt"
