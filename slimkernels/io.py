@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from typing import Tuple
 
@@ -11,24 +12,69 @@ import torch
 __all__ = ["read_image", "image_to_png_bytes", "atomic_write_bytes"]
 
 
+def _new_file_mode() -> int:
+    """The permission bits ``open(path, "w")`` would give a new file: 0o666 less the umask.
+    (``tempfile.mkstemp`` creates its file 0o600, which a rename would carry over.)"""
+    try:
+        with open("/proc/self/status") as f:   # Linux: read the umask without changing it
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)   # elsewhere: set and restore (not atomic across threads)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str, data: bytes, *, overwrite: bool = False) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename, so a
-    failure never leaves a half-written file. FileExistsError if ``path`` exists and not
-    ``overwrite``."""
+    """Write ``data`` (bytes) to ``path`` through a temp file in the same folder and a rename,
+    so a failure never leaves a half-written file.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (0o666 less the
+    umask), or keeps those of the file it replaces. Without ``overwrite`` the final step is a
+    hard link, which fails if ``path`` appeared meanwhile, so an existing file is never
+    replaced, not even one created by another process after the first check (on file systems
+    without hard links: an existence check, then a rename).
+
+    Raises:
+        FileExistsError: ``path`` exists and not ``overwrite`` (pass ``overwrite=True`` /
+            ``--force`` to replace it).
+    """
+    def exists_error():
+        return FileExistsError(f"{path} exists: refusing to overwrite it (use --force / "
+                               "overwrite=True)")
+
     if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists: refusing to overwrite it (use --force / overwrite=True)")
+        raise exists_error()
     folder = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode) if overwrite else None
+    except OSError:
+        mode = None
     fd, tmp = tempfile.mkstemp(prefix=".slim-", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, _new_file_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)          # atomic: fails if path exists now
+            except FileExistsError:
+                raise exists_error() from None
+            except OSError:                 # no hard links here: check, then rename
+                if os.path.exists(path):
+                    raise exists_error() from None
+                os.replace(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)   # gone after a rename; the second name after a link
+        except FileNotFoundError:
+            pass
 
 
 def read_image(path: str) -> Tuple[torch.Tensor, str]:

@@ -1,0 +1,82 @@
+"""slimkernels.io: atomic writes (permissions, no clobbering) and image reading."""
+import os
+import stat
+
+import pytest
+
+from slimkernels import io as sio
+
+
+def _mode(p):
+    return stat.S_IMODE(os.stat(p).st_mode)
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for a test, restoring it afterwards."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield lambda m: os.umask(m)
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_new_file_gets_umask_permissions(tmp_path, umask, mask):
+    umask(mask)
+    p = tmp_path / "a.slim"
+    sio.atomic_write_bytes(str(p), b"abc")
+    assert p.read_bytes() == b"abc"
+    assert _mode(p) == 0o666 & ~mask
+    assert [q.name for q in tmp_path.iterdir()] == ["a.slim"]   # no temp file left
+
+
+def test_overwrite_keeps_the_replaced_files_permissions(tmp_path, umask):
+    umask(0o022)
+    p = tmp_path / "a.png"
+    p.write_bytes(b"old")
+    os.chmod(p, 0o640)
+    sio.atomic_write_bytes(str(p), b"new", overwrite=True)
+    assert p.read_bytes() == b"new"
+    assert _mode(p) == 0o640
+
+
+def test_refuses_a_file_that_appears_after_the_check(tmp_path, monkeypatch):
+    p = tmp_path / "a.slim"
+    p.write_bytes(b"someone else's")
+    real_exists = os.path.exists
+    # the first existence check misses the file (another process creates it right after)
+    monkeypatch.setattr(sio.os.path, "exists", lambda q: False if q == str(p) else real_exists(q))
+    with pytest.raises(FileExistsError, match="--force"):
+        sio.atomic_write_bytes(str(p), b"ours")
+    assert p.read_bytes() == b"someone else's"
+    assert [q.name for q in tmp_path.iterdir()] == ["a.slim"]
+
+
+def test_without_hard_links_falls_back_to_check_and_rename(tmp_path, monkeypatch):
+    def no_link(src, dst):
+        raise PermissionError("hard links not supported here")
+    monkeypatch.setattr(sio.os, "link", no_link)
+    p = tmp_path / "a.slim"
+    sio.atomic_write_bytes(str(p), b"one")
+    assert p.read_bytes() == b"one"
+    with pytest.raises(FileExistsError):
+        sio.atomic_write_bytes(str(p), b"two")
+    assert p.read_bytes() == b"one"
+    sio.atomic_write_bytes(str(p), b"two", overwrite=True)
+    assert p.read_bytes() == b"two"
+    assert [q.name for q in tmp_path.iterdir()] == ["a.slim"]
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    def boom(fd):
+        raise OSError("disk full")
+    monkeypatch.setattr(sio.os, "fsync", boom)
+    p = tmp_path / "a.slim"
+    with pytest.raises(OSError, match="disk full"):
+        sio.atomic_write_bytes(str(p), b"abc")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        sio.atomic_write_bytes(str(tmp_path / "no" / "a.slim"), b"abc")
