@@ -9,7 +9,7 @@ from typing import Tuple
 import numpy as np
 import torch
 
-__all__ = ["read_image", "image_to_png_bytes", "atomic_write_bytes"]
+__all__ = ["read_image", "image_to_png_bytes", "atomic_write_bytes", "atomic_torch_save"]
 
 
 def _new_file_mode() -> int:
@@ -75,6 +75,17 @@ def atomic_write_bytes(path: str, data: bytes, *, overwrite: bool = False) -> No
             os.unlink(tmp)   # gone after a rename; the second name after a link
         except FileNotFoundError:
             pass
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save(obj, path)`` through :func:`atomic_write_bytes` (replacing ``path`` if it
+    exists): an interrupted save leaves the previous file whole, and no side file of a fixed
+    name (``path + ".tmp"``) is written over."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue(), overwrite=True)
 
 
 def read_image(path: str) -> Tuple[torch.Tensor, str]:

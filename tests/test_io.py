@@ -80,3 +80,15 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         sio.atomic_write_bytes(str(tmp_path / "no" / "a.slim"), b"abc")
+
+
+def test_atomic_torch_save_round_trips_and_spares_side_files(tmp_path):
+    import torch
+    p = tmp_path / "model.pt"
+    side = tmp_path / "model.pt.tmp"
+    side.write_bytes(b"a user's file")
+    sio.atomic_torch_save({"w": torch.arange(5)}, str(p))
+    sio.atomic_torch_save({"w": torch.arange(3)}, str(p))      # replaces
+    assert torch.equal(torch.load(str(p))["w"], torch.arange(3))
+    assert side.read_bytes() == b"a user's file"
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["model.pt", "model.pt.tmp"]

@@ -10,6 +10,7 @@ from typing import Dict, Optional
 
 import torch
 
+from ..io import atomic_torch_save
 from ..models import SlimCAE
 
 __all__ = ["load_model", "save_model", "bundled_model_path", "model_info", "DEFAULT_MODEL"]
@@ -31,9 +32,7 @@ def save_model(model: SlimCAE, path: str, info: Optional[Dict] = None) -> None:
           for k, v in model.state_dict().items()}
     obj = {"format": "slimkernels-model", "config": model.config(), "state_dict": sd,
            "info": dict(info or {})}
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(obj, path)
 
 
 def load_model(path: Optional[str] = None, device: str = "cpu", *,

@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..codec import native_bf16
+from ..io import atomic_torch_save
 from ..models import SlimCAE
 from ..ops.gdn import compiled_training
 from .data import CropSampler, center_crops, list_images, load_rgb, split_train_val
@@ -297,9 +298,7 @@ class Trainer:
               "sampler": self.sampler.state_dict() if self.sampler else None,
               "ema": self.ema, "ema_decay": self.cfg.ema if self.ema is not None else None,
               "torch_rng": torch.get_rng_state()}
-        tmp = self.ckpt_path + ".tmp"
-        torch.save(ck, tmp)
-        os.replace(tmp, self.ckpt_path)
+        atomic_torch_save(ck, self.ckpt_path)
 
     # -- data ------------------------------------------------------------------------------
     def load_data(self):
