@@ -171,6 +171,24 @@ WFOLD_SMALL_C_MAX_OUT = 72
 CPU_WINOGRAD = True
 WINOGRAD_MIN_N = 48
 WINOGRAD_MIN_CIN = 32
+#: ... and when the call has enough 4x4 tiles (the batched GEMM's M: batch x tiles of the output
+#: grid for a conv, of the input grid for a transposed conv): Winograd reads its cached
+#: transformed weight (36 K x N floats: 21 MB at 192 channels) once per call, which small images
+#: do not repay. Measured per layer, no grad, fp32, 2 threads, Winograd / oneDNN speed
+#: (``/work/prof/wino_tiles*.py``, interleaved, trainer paused; eleventh sitting): a 5x5/2 conv at
+#: 192 channels 0.30x with 1 tile, 0.60-0.68x with 4, 0.84-0.97x with 9, 1.11-1.26x with 16,
+#: 1.79x with 36; at 144 0.94x with 16; at 96 and 72 0.95-1.0x with 1-4, 1.05-1.30x with 9; the
+#: transposed 5x5/2 at 192 and 144 0.94-0.95x with 16 tiles, 1.17-1.22x with 25; at 96 and 72
+#: 1.17-1.21x with 9. So ``WINOGRAD_MIN_TILES``, and ``WINOGRAD_MIN_TILES_WIDE`` when
+#: ``C_in * C_out >= WINOGRAD_WIDE_CHANNELS`` (the transformed weight outgrows the caches; 16
+#: tiles take the convs' gain and the transposed convs' ~5 % loss). ``compress`` /
+#: ``decompress`` with this rule against Winograd at any size (``/work/prof/small_rule.py``,
+#: 9 interleaved rounds): 1.6-1.7x / 1.5-1.6x faster for a 32x32 image at w=192 and 144,
+#: 1.3-1.6x for 64x64 and 96x96, 1.05-1.2x for 128x128 at w=192; from 256x256 on every layer
+#: has 16 tiles or more and nothing changes (a Kodak image: 96-1536 tiles per layer).
+WINOGRAD_MIN_TILES = 8
+WINOGRAD_MIN_TILES_WIDE = 16
+WINOGRAD_WIDE_CHANNELS = 144 * 144
 #: With gradient (training in fp32 on AVX2 CPUs), run the same layers by Winograd as well: the
 #: forward and the input gradient (:class:`~slimkernels.ops.winograd.WinogradConv2dFunction`),
 #: on weights transformed per call in fp32 (one AVX2 pass from the weight slice: ~3 ms per
@@ -386,10 +404,22 @@ def _winograd_here(k, stride, padding, transposed) -> bool:
         winograd.winograd_geometry_ok(k, stride, padding, transposed)
 
 
+def _winograd_tiles(x, k, stride, padding, transposed) -> int:
+    """4x4 tiles of the stride-1 phase grid of ``x`` ``[N, C, H, W]``: the input's size for a
+    transposed conv, the output's for a conv (the batched GEMM's M)."""
+    n, _, h, wd = x.shape
+    if not transposed:
+        h, wd = (h + 2 * padding - k) // stride + 1, (wd + 2 * padding - k) // stride + 1
+    return n * -(-h // 4) * -(-wd // 4)
+
+
 def _use_winograd(x, ci, co, k, stride, padding, transposed) -> bool:
-    """Whether this no-grad conv runs by Winograd (see ``CPU_WINOGRAD``)."""
+    """Whether this no-grad conv runs by Winograd (see ``CPU_WINOGRAD``, ``WINOGRAD_MIN_TILES``)."""
     ndim = stride * stride * co if transposed else co
     if x.dtype != torch.float32 or ndim < WINOGRAD_MIN_N or ci < WINOGRAD_MIN_CIN:
+        return False
+    need = WINOGRAD_MIN_TILES_WIDE if ci * co >= WINOGRAD_WIDE_CHANNELS else WINOGRAD_MIN_TILES
+    if _winograd_tiles(x, k, stride, padding, transposed) < need:
         return False
     return _winograd_here(k, stride, padding, transposed)
 
@@ -405,12 +435,8 @@ def _use_winograd_grad(x, w, b, stride, padding, transposed) -> bool:
         return False
     ci, co = (w.shape[0], w.shape[1]) if transposed else (w.shape[1], w.shape[0])
     k = w.shape[-1]
-    # 4x4 tiles of the stride-1 phase grid: the input's size for a transposed conv, the
-    # output's for a conv (its input gradient is a transposed conv onto the same grid)
-    n, _, h, wd = x.shape
-    if not transposed:
-        h, wd = (h + 2 * padding - k) // stride + 1, (wd + 2 * padding - k) // stride + 1
-    if n * -(-h // 4) * -(-wd // 4) < WINOGRAD_TRAIN_MIN_TILES:
+    # (a conv's input gradient is a transposed conv onto the same grid)
+    if _winograd_tiles(x, k, stride, padding, transposed) < WINOGRAD_TRAIN_MIN_TILES:
         return False
     if transposed and co < WINOGRAD_MIN_CIN:  # onto an image: see WINOGRAD_TRAIN_IMAGE_MIN_CIN
         if ci < WINOGRAD_TRAIN_IMAGE_MIN_CIN:

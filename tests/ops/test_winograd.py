@@ -279,7 +279,8 @@ def test_slim_conv_transpose2d_dispatches_wide_fp32_no_grad(monkeypatch):
 @needs_dispatch
 def test_cached_weights_follow_parameter_updates():
     """The transformed weights are cached per parameter version: an in-place update is seen."""
-    x, w, b = _conv_case(1, 64, 64, 16, 16, 5, seed=10)
+    x, w, b = _conv_case(1, 64, 64, 24, 24, 5, seed=10)   # 12x12 output: 9 tiles
+    assert conv_mod._use_winograd(x, 64, 64, 5, 2, 2, False)
     with torch.no_grad():
         y1 = slim_conv2d(x, w, b, stride=2, padding=2)
         w.mul_(2)
@@ -292,7 +293,8 @@ def test_cached_weights_follow_parameter_updates():
 def test_dispatch_rule_follows_the_gemm_shape(monkeypatch):
     """Winograd where its GEMM is wide enough: not for the 3-channel image layer (even with 96
     outputs) nor a 32-channel conv (N = 32); yes for a 48-channel conv (N = 48) and a 48-channel
-    transposed conv (N = 4*48). The shipped thresholds, not patched."""
+    transposed conv (N = 4*48), each with enough tiles (``WINOGRAD_MIN_TILES``; 192 channels
+    ``WINOGRAD_MIN_TILES_WIDE``). The shipped thresholds, not patched."""
     conv_calls = _count_calls(monkeypatch, "conv2d_winograd")
     convt_calls = _count_calls(monkeypatch, "conv_transpose2d_winograd")
     with torch.no_grad():
@@ -304,12 +306,25 @@ def test_dispatch_rule_follows_the_gemm_shape(monkeypatch):
         x, w, b = _conv_case(1, 48, 48, 24, 20, 5, seed=12)
         slim_conv2d(x, w, b, stride=2, padding=2)
         assert conv_calls == [1]
-        x, w, b = _convt_case(1, 48, 48, 6, 7, 5, seed=13)
+        x, w, b = _convt_case(1, 48, 48, 6, 7, 5, seed=13)   # 2 x 2 tiles: too few
+        slim_conv_transpose2d(x, w, b, stride=2, padding=2, output_padding=1)
+        assert convt_calls == []
+        x, w, b = _convt_case(1, 48, 48, 12, 11, 5, seed=13)   # 3 x 3 tiles
         ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride=2, padding=2,
                                  output_padding=1)
         y = slim_conv_transpose2d(x, w, b, stride=2, padding=2, output_padding=1)
-    assert convt_calls == [1]
-    assert _err(y, ref) < TOL
+        assert convt_calls == [1]
+        assert _err(y, ref) < TOL
+        x, w, b = _conv_case(1, 48, 48, 16, 16, 5, seed=12)   # 8x8 output: 4 tiles, too few
+        slim_conv2d(x, w, b, stride=2, padding=2)
+        assert conv_calls == [1]
+        # 192 channels: 9 tiles are too few (the transformed weight outgrows the caches), 16 not
+        x, w, b = _conv_case(1, 192, 192, 24, 24, 5, seed=15)
+        slim_conv2d(x, w, b, stride=2, padding=2)
+        assert conv_calls == [1]
+        x, w, b = _conv_case(1, 192, 192, 32, 32, 5, seed=15)
+        slim_conv2d(x, w, b, stride=2, padding=2)
+        assert conv_calls == [1, 1]
 
 
 @needs_dispatch
@@ -325,7 +340,7 @@ def test_output_layer_takes_winograd_from_enough_inputs(monkeypatch):
     for ci, want_wino in ((lo - 8, []), (lo, [1])):
         wino.clear()
         image.clear()
-        x, w, b = _convt_case(1, ci, 3, 5, 6, 9, seed=ci)
+        x, w, b = _convt_case(1, ci, 3, 9, 10, 9, seed=ci)   # 3 x 3 tiles
         ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride=4, padding=4,
                                  output_padding=3)
         with torch.no_grad():
@@ -340,7 +355,7 @@ def test_global_switch_turns_it_off(monkeypatch):
     calls = _count_calls(monkeypatch, "conv2d_winograd")
     monkeypatch.setenv("SLIMKERNELS_CPU_KERNELS", "0")
     assert not Wg.winograd_available()
-    x, w, b = _conv_case(1, 64, 64, 16, 16, 5, seed=14)
+    x, w, b = _conv_case(1, 64, 64, 24, 24, 5, seed=14)   # 9 tiles: Winograd without the switch
     ref = F.conv2d(x.double(), w.double(), b.double(), stride=2, padding=2)
     with torch.no_grad():
         y = slim_conv2d(x, w, b, stride=2, padding=2)
