@@ -54,7 +54,8 @@ def atomic_write_bytes(path: str, data: bytes, *, overwrite: bool = False) -> No
         mode = None
     fd, tmp = tempfile.mkstemp(prefix=".slim-", suffix=".tmp", dir=folder)
     try:
-        os.fchmod(fd, _new_file_mode() if mode is None else mode)
+        if hasattr(os, "fchmod"):   # POSIX (Windows files take no permission bits here)
+            os.fchmod(fd, _new_file_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
