@@ -46,10 +46,23 @@ def test_ours_decompress(benchmark, setup, width, precision):
 def test_plain_compress(benchmark, setup, width):
     model, plain, x = setup
     data = benchmark(e2e.plain_compress, plain, model, x, width)
-    # same transforms up to fp32 rounding: the decoded images agree
-    a = model.decompress(data, precision="fp32")
-    b = e2e.plain_decompress(plain, model, model.compress(x, width, precision="fp32"))
-    assert (a - b).abs().max().item() < 1e-3
+    # same transforms up to fp32 rounding ...
+    with torch.no_grad():
+        y_plain = plain.encode(x, width).float()
+        y_ours = model.encode(x, width).float()
+    assert torch.isfinite(y_ours).all()
+    assert (y_ours - y_plain).abs().max() <= 1e-4 * y_plain.abs().max()
+    # ... so the files hold the same symbols, except where that rounding tips a latent across a
+    # rounding boundary (a tie at .5 up to ~1e-5): then by one, and rarely
+    _, a = model.decompress_latent(data)
+    _, b = model.decompress_latent(model.compress(x, width, precision="fp32"))
+    d = (a - b).abs()
+    assert d.max() <= 1
+    flips = d > 0
+    assert flips.float().mean() < 1e-3
+    if flips.any():
+        r = y_plain - model.entropy_bottleneck.for_width(width).medians().view(1, -1, 1, 1)
+        assert ((r - r.floor() - 0.5).abs()[flips] < 1e-3).all()
 
 
 @pytest.mark.parametrize("width", WIDTHS)
