@@ -28,7 +28,17 @@ def _new_file_mode() -> int:
 
 
 def atomic_write_bytes(path: str, data: bytes, *, overwrite: bool = False) -> None:
-    """Write ``data`` (bytes) to ``path`` through a temp file in the same folder and a rename,
+    """Write ``data`` (bytes) to ``path`` atomically (:func:`_atomic_write`).
+
+    Raises:
+        FileExistsError: ``path`` exists and not ``overwrite`` (pass ``overwrite=True`` /
+            ``--force`` to replace it).
+    """
+    _atomic_write(path, lambda f: f.write(data), overwrite)
+
+
+def _atomic_write(path: str, write, overwrite: bool) -> None:
+    """``write(f)`` into a temp file (binary) in ``path``'s folder, then renamed to ``path``,
     so a failure never leaves a half-written file.
 
     The file gets the permissions a plain ``open(path, "w")`` would give (0o666 less the
@@ -57,7 +67,7 @@ def atomic_write_bytes(path: str, data: bytes, *, overwrite: bool = False) -> No
         if hasattr(os, "fchmod"):   # POSIX (Windows files take no permission bits here)
             os.fchmod(fd, _new_file_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         if overwrite:
@@ -79,14 +89,11 @@ def atomic_write_bytes(path: str, data: bytes, *, overwrite: bool = False) -> No
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save(obj, path)`` through :func:`atomic_write_bytes` (replacing ``path`` if it
+    """``torch.save(obj, path)`` through :func:`_atomic_write` (replacing ``path`` if it
     exists): an interrupted save leaves the previous file whole, and no side file of a fixed
-    name (``path + ".tmp"``) is written over."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue(), overwrite=True)
+    name (``path + ".tmp"``) is written over. Streams into the temp file (no in-memory copy of
+    a training checkpoint)."""
+    _atomic_write(path, lambda f: torch.save(obj, f), overwrite=True)
 
 
 def read_image(path: str) -> Tuple[torch.Tensor, str]:
