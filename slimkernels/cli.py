@@ -219,10 +219,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .training.cli import config_from_args
-    from .training.trainer import Trainer
-    Trainer(config_from_args(args)).fit()
-    return EXIT_OK
+    from .training.cli import config_from_args, run
+    try:
+        return run(config_from_args(args))   # (torchrun: in a process group)
+    except FloatingPointError as e:   # a loss that is not finite: its message says what to do
+        raise CLIError(str(e)) from None
 
 
 # -- parser ------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ import torch.nn as nn
 from . import coding, container
 from ._cpu import cpu_kernels
 from ._state import cached_on
+from .nn.entropy import check_quantization
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
            "native_bf16",
@@ -445,29 +446,40 @@ class SlimCodec(nn.Module):
         """Synthesis: ``[N, w, h, w']`` -> ``[N, 3, s*h, s*w']`` (width ``w = y_hat.shape[1]``)."""
         return self.g_s(y_hat, self._width(y_hat.shape[1]))
 
-    def forward(self, x: torch.Tensor, width: Optional[int] = None) -> Dict:
+    def forward(self, x: torch.Tensor, width: Optional[int] = None,
+                quantization: str = "noise") -> Dict:
         """Run sub-network ``width`` on ``x`` ``[N, 3, H, W]`` float32 (H, W multiples of ``s``).
 
+        Args:
+            quantization: training mode only: ``"noise"`` (default) decodes ``y + U(-0.5, 0.5)``;
+                ``"mixed"`` decodes the rounded latent with a straight-through gradient, the
+                likelihoods staying those of the noisy latent
+                (:meth:`slimkernels.nn.EntropyBottleneck.forward`).
         Returns:
             ``{"x_hat": [N, 3, H, W], "likelihoods": {"y": [N, width, H/s, W/s] float32}}``;
-            noisy quantization in training mode, median rounding in eval mode.
+            noisy (or mixed) quantization in training mode, median rounding in eval mode.
         """
         self._check_rgb(x)
-        return self._quantize_and_decode(self.encode(x, width))
+        return self._quantize_and_decode(self.encode(x, width), quantization)
 
     def _check_rgb(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"{type(self).__name__} expects RGB images [N, 3, H, W], "
                              f"got {tuple(x.shape)}")
 
-    def _quantize_and_decode(self, y: torch.Tensor) -> Dict:
-        # forward's second half: the entropy model (noise or rounding), then the synthesis
-        y_hat, lik = self.entropy_bottleneck(y)
+    def _quantize_and_decode(self, y: torch.Tensor, quantization: str = "noise") -> Dict:
+        # forward's second half: the entropy model (noise, mixed or rounding), then the synthesis
+        if quantization == "noise":   # (so an entropy model without the argument still works)
+            y_hat, lik = self.entropy_bottleneck(y)
+        else:
+            y_hat, lik = self.entropy_bottleneck(y, quantization=check_quantization(quantization))
         return {"x_hat": self.decode(y_hat.to(y.dtype)), "likelihoods": {"y": lik}}
 
-    def forward_widths(self, x: torch.Tensor, widths: Sequence[int]) -> List[Dict]:
-        """``[self.forward(x, w) for w in widths]``: the same values (and gradients), for the
-        joint training of several widths, with the analysis transform's first layer run once.
+    def forward_widths(self, x: torch.Tensor, widths: Sequence[int],
+                       quantization: str = "noise") -> List[Dict]:
+        """``[self.forward(x, w, quantization) for w in widths]``: the same values (and
+        gradients), for the joint training of several widths, with the analysis transform's first
+        layer run once.
 
         When ``g_a`` is a :class:`SlimSequential` that starts with a
         :class:`~slimkernels.nn.SlimConv2d` on the image (its input channels are fixed), the
@@ -482,20 +494,24 @@ class SlimCodec(nn.Module):
         Args:
             x: ``[N, 3, H, W]`` float in [0, 1] (H, W multiples of ``s``).
             widths: widths of this model, in any order (duplicates allowed).
+            quantization: ``"noise"`` or ``"mixed"``, as in :meth:`forward`.
         Returns:
             one :meth:`forward` dict per entry of ``widths``, in that order.
         """
         ws = [self._width(w) for w in widths]
+        check_quantization(quantization)
+        kw = {} if quantization == "noise" else {"quantization": quantization}
         first = self._shared_first_layer(x)
         if first is None or len(set(ws)) < 2:
-            return [self.forward(x, w) for w in ws]
+            return [self.forward(x, w, **kw) for w in ws]
         self._check_rgb(x)
         top = max(ws)
         h = first(x, top)
         narrow = sorted({w for w in ws if w < top}, reverse=True)
         slices = dict(zip(narrow, _WidthSlices.apply(h, *narrow)))
         slices[top] = h
-        return [self._quantize_and_decode(self.g_a(slices[w], w, start=1)) for w in ws]
+        return [self._quantize_and_decode(self.g_a(slices[w], w, start=1), quantization)
+                for w in ws]
 
     def _shared_first_layer(self, x: torch.Tensor) -> Optional[nn.Module]:
         # g_a's first layer when forward_widths may run it once for all widths, else None

@@ -698,6 +698,41 @@ def test_forward_widths_keeps_an_overridden_forward():
         torch.testing.assert_close(o["x_hat"], m(x, w)["x_hat"])
 
 
+def test_mixed_quantization_trains_the_decoder_on_what_it_decodes():
+    """forward(x, w, "mixed") in training mode: x_hat is the decoder on the median-rounded latent
+    (what decompress decodes), the likelihoods those of noise mode (same draws); forward_widths
+    gives the same per width; rd_loss's gradients reach g_a through the rounding."""
+    from slimkernels.training.trainer import rd_loss
+    m = _three_widths().train()
+    x = torch.rand(2, 3, 16, 16)
+    ws = [12, 5, 8]
+    torch.manual_seed(5)
+    got = m.forward_widths(x, ws, "mixed")
+    for g, w in zip(got, ws):
+        torch.manual_seed(5)   # (each forward draws the same noise: compare the rate per width)
+        ref = m(x, w, "mixed")
+        torch.manual_seed(5)
+        noise = m(x, w)
+        y = m.encode(x, w)
+        eb = m.entropy_bottleneck.for_width(w)
+        med = eb.medians().view(1, -1, 1, 1)
+        rounded = m.decode(torch.round(y - med) + med)
+        for a in (g["x_hat"], ref["x_hat"]):
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a, rounded, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ref["likelihoods"]["y"], noise["likelihoods"]["y"],
+                                   rtol=0, atol=0)
+        assert not torch.allclose(ref["x_hat"], noise["x_hat"])
+    m.zero_grad(set_to_none=True)
+    loss, _ = rd_loss(m, x, m.widths, [0.02, 0.01, 0.005], False, "mixed")
+    loss.backward()
+    assert torch.isfinite(loss) and m.g_a[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="quantization must be one of noise, mixed"):
+        m.forward_widths(x, ws, "hard")
+    with pytest.raises(ValueError, match="needs a model with forward_widths"):
+        rd_loss(_PerWidth(m), x, m.widths, [0.02, 0.01, 0.005], False, "mixed")
+
+
 def test_forward_widths_bad_input_is_refused():
     m = _three_widths()
     with pytest.raises(ValueError, match="not one of this model's widths"):

@@ -12,6 +12,17 @@ import torch.nn.functional as F
 from .parametrizers import lower_bound
 from .._state import cached_on
 
+#: training quantizations of the synthesis input (see :meth:`EntropyBottleneck.forward`)
+QUANTIZATIONS = ("noise", "mixed")
+
+
+def check_quantization(quantization: str) -> str:
+    """``quantization`` if it is one of :data:`QUANTIZATIONS`, else ValueError naming them."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, "
+                         f"got {quantization!r}")
+    return quantization
+
 _CDF_BUFFERS = ("_quantized_cdf", "_cdf_length", "_offset")
 
 
@@ -105,32 +116,40 @@ class EntropyBottleneck(nn.Module):
         logits = self._logits_cumulative(self.quantiles, stop_gradient=True)
         return torch.abs(logits - self.target).sum()
 
-    def forward(self, y: torch.Tensor, training: Optional[bool] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, y: torch.Tensor, training: Optional[bool] = None,
+                quantization: str = "noise") -> Tuple[torch.Tensor, torch.Tensor]:
         """Quantize ``y`` and return ``(y_hat, likelihoods)``.
 
         Args:
             y: ``[N, C, H, W]`` latent (any float dtype; computed in float32).
             training: noise (True) or median rounding (False); default ``self.training``.
+            quantization: in training, what ``y_hat`` (the synthesis input) is: ``"noise"``
+                (default) ``y + U(-0.5, 0.5)``; ``"mixed"`` the median rounding with a
+                straight-through gradient (``d y_hat / d y = 1``), while the likelihoods are
+                still those of the noisy values (Minnen & Singh 2020: the decoder trains on what
+                it decodes). Ignored in evaluation (always rounding).
         Returns:
             ``y_hat`` and ``likelihoods``, both ``[N, C, H, W]`` float32.
         """
         if y.dim() != 4 or y.shape[1] != self.channels:
             raise ValueError(f"EntropyBottleneck({self.channels}) expects [N, {self.channels}, H, W]"
                              f", got {tuple(y.shape)}")
+        check_quantization(quantization)
         if training is None:
             training = self.training
         with torch.autocast(device_type=y.device.type, enabled=False):
             y = y.float()
+            m = self.medians().view(1, -1, 1, 1)
             if training:
                 y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
             else:
-                m = self.medians().view(1, -1, 1, 1)
                 y_hat = torch.round(y - m) + m
             values = y_hat.permute(1, 0, 2, 3).reshape(self.channels, 1, -1)
             lik = self._likelihood(values)
             lik = lower_bound(lik, torch.tensor(self.likelihood_bound, device=lik.device))
             lik = lik.reshape(self.channels, y.shape[0], y.shape[2], y.shape[3]).permute(1, 0, 2, 3)
+            if training and quantization == "mixed":
+                y_hat = y + (torch.round(y - m) + m - y).detach()
         return y_hat, lik
 
     # -- integer tables for coding -----------------------------------------------------------
@@ -235,10 +254,11 @@ class SlimEntropyBottleneck(nn.Module):
             raise ValueError(f"no entropy model for width {width}: widths are {self.widths}")
         return self.bottlenecks[self.widths.index(int(width))]
 
-    def forward(self, y: torch.Tensor, training: Optional[bool] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``y``: ``[N, w, H, W]`` -> ``(y_hat, likelihoods)`` float32 of the same shape."""
-        return self.for_width(y.shape[1])(y, training)
+    def forward(self, y: torch.Tensor, training: Optional[bool] = None,
+                quantization: str = "noise") -> Tuple[torch.Tensor, torch.Tensor]:
+        """``y``: ``[N, w, H, W]`` -> ``(y_hat, likelihoods)`` float32 of the same shape;
+        ``training`` and ``quantization`` as in :meth:`EntropyBottleneck.forward`."""
+        return self.for_width(y.shape[1])(y, training, quantization)
 
     def loss(self) -> torch.Tensor:
         """Sum of the auxiliary losses of every width (0-dim float32)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from typing import List, Optional
 
 from .trainer import TrainConfig, Trainer
@@ -34,11 +35,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
-    from ..allocator import tune_from_env
-    tune_from_env()   # the weight gradients' fresh 10-20 MB buffers: no page faults (allocator.py)
+def run(cfg: TrainConfig) -> int:
+    """Train ``cfg``; under ``torchrun`` (``WORLD_SIZE`` > 1) inside a process group (NCCL on
+    CUDA, gloo on CPU), each rank on its local GPU. Returns 0; raises what the trainer raises."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # launched by torchrun
         import torch
@@ -56,3 +55,20 @@ def main(argv: Optional[List[str]] = None) -> int:
             import torch.distributed as dist
             dist.destroy_process_group()
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python python/train.py``: parse, tune malloc, :func:`run`. A bad option or file, or a
+    loss that is not finite, ends with a one-line error on stderr and exit code 1."""
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    from ..allocator import tune_from_env
+    tune_from_env()   # the weight gradients' fresh 10-20 MB buffers: no page faults (allocator.py)
+    try:
+        return run(cfg)
+    except KeyboardInterrupt:
+        print("train: interrupted", file=sys.stderr)
+        return 1
+    except (ValueError, RuntimeError, OSError, FloatingPointError) as e:
+        print(f"train: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

@@ -19,6 +19,7 @@ import torch.nn as nn
 from ..codec import native_bf16
 from ..io import atomic_torch_save
 from ..models import SlimCAE
+from ..nn.entropy import check_quantization
 from ..ops.gdn import compiled_training
 from .data import CropSampler, center_crops, list_images, load_rgb, split_train_val
 from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler
@@ -61,6 +62,9 @@ class TrainConfig:
                                 "natively (CPU with AMX-BF16 or AVX512-BF16, CUDA sm80+), off "
                                 "elsewhere (emulated bf16 measured 10x slower than fp32 on an "
                                 "AVX2 CPU)", auto_bool=True)
+    quantization: str = _opt("noise", "what the synthesis trains on: noise (y + U(-0.5, 0.5), "
+                                     "SLIMCAE.md) or mixed (the rounded latent, straight-through "
+                                     "gradient; the rate term keeps the noise)")
     compile_gdn: bool = _opt(True, "CPU + bf16: GDN's autograd path through torch.compile")
     channels_last: bool = _opt(True, "channels_last activations and weights")
     device: str = _opt("cpu", "cpu, cuda or cuda:N (torchrun sets the rank's GPU)")
@@ -82,13 +86,16 @@ class TrainConfig:
     progress: bool = _opt(True, "progress bar on stderr")
 
 
-def rd_loss(model: nn.Module, x: torch.Tensor, widths, lambdas, bf16: bool):
+def rd_loss(model: nn.Module, x: torch.Tensor, widths, lambdas, bf16: bool,
+            quantization: str = "noise"):
     """Sum over widths of ``bpp_k + lambda_k * 255^2 * MSE_k`` (fp32) and per-width stats.
 
     Args:
         model: a :class:`~slimkernels.codec.SlimCodec` (its ``forward_widths`` runs a shared
-            first layer once) or any module called ``model(x, w)``.
+            first layer once) or any module called ``model(x, w)`` (``quantization="noise"``
+            only).
         x: ``[N, 3, H, W]`` float32 in [0, 1].
+        quantization: ``"noise"`` or ``"mixed"`` (see :meth:`slimkernels.codec.SlimCodec.forward`).
     Returns:
         ``(loss 0-dim float32, {"bpp": [K], "mse": [K]} floats)``.
     """
@@ -98,7 +105,13 @@ def rd_loss(model: nn.Module, x: torch.Tensor, widths, lambdas, bf16: bool):
     bpps, mses = [], []
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
         fw = getattr(model, "forward_widths", None)
-        outs = fw(x, widths) if fw is not None else [model(x, w) for w in widths]
+        if fw is not None:
+            outs = fw(x, widths) if quantization == "noise" else fw(x, widths, quantization)
+        elif quantization == "noise":
+            outs = [model(x, w) for w in widths]
+        else:
+            raise ValueError(f"quantization {quantization!r} needs a model with forward_widths "
+                             f"(a SlimCodec), got {type(model).__name__}")
     for out, lam in zip(outs, lambdas):
         lik = out["likelihoods"]["y"]
         bpp = torch.log(lik).sum() / (-math.log(2) * num_pixels)
@@ -116,8 +129,8 @@ class _AllWidths(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x, widths, lambdas, bf16):
-        return rd_loss(self.model, x, widths, lambdas, bf16)
+    def forward(self, x, widths, lambdas, bf16, quantization):
+        return rd_loss(self.model, x, widths, lambdas, bf16, quantization)
 
 
 @torch.no_grad()
@@ -188,6 +201,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, log=print):
         self.cfg = cfg
+        check_quantization(cfg.quantization)
         self.rank, self.world = _rank_world()
         self._print = log
         if cfg.threads:
@@ -320,7 +334,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         # CPU + bf16: GDN's autograd composition through torch.compile (1.5-2.3x faster there)
         with compiled_training(cfg.compile_gdn and self.bf16 and self.device.type == "cpu"):
-            loss, stats = self.wrapped(x, cfg.widths, self.lambdas, self.bf16)
+            loss, stats = self.wrapped(x, cfg.widths, self.lambdas, self.bf16, cfg.quantization)
             loss.backward()
         if cfg.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], cfg.clip)
@@ -391,7 +405,7 @@ class Trainer:
         self._print(f"transforms in {'bf16 autocast' if self.bf16 else 'fp32'}"
                     f"{'' if cfg.bf16 is not None else ' (chosen for this device; --bf16 / --no-bf16 override)'}")
         self.log({"event": "start", "bf16": self.bf16, "device": str(self.device),
-                  "threads": torch.get_num_threads()})
+                  "threads": torch.get_num_threads(), "quantization": cfg.quantization})
         stop = {"signal": None}
 
         def _on_signal(signum, frame):  # finish the step, checkpoint, then stop

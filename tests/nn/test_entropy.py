@@ -43,6 +43,41 @@ def test_training_adds_noise_and_eval_rounds_around_median():
     torch.testing.assert_close(eb.dequantize_symbols(s), y_ev, rtol=0, atol=0)
 
 
+def test_mixed_quantization_decodes_rounded_values_with_straight_through_gradient():
+    """quantization="mixed": the synthesis input is the median rounding (the values decode will
+    see), its gradient passes straight through to ``y``, and the likelihoods (the rate term) are
+    exactly those of noise mode under the same random numbers."""
+    eb = _trained_bottleneck(steps=50)
+    y0 = torch.randn(2, 4, 5, 5, dtype=torch.float32) * 3
+    m = eb.medians().view(1, -1, 1, 1)
+    y_n, g_n = y0.clone().requires_grad_(), y0.clone().requires_grad_()
+    torch.manual_seed(7)
+    y_hat, lik = eb(y_n, training=True, quantization="mixed")
+    torch.manual_seed(7)
+    y_noise, lik_noise = eb(g_n, training=True)
+    torch.testing.assert_close(y_hat, torch.round(y0 - m) + m, rtol=0, atol=0)
+    assert not torch.equal(y_hat, y_noise)
+    torch.testing.assert_close(lik, lik_noise, rtol=0, atol=0)
+    w = torch.randn_like(y0)
+    (y_hat * w).sum().backward()
+    torch.testing.assert_close(y_n.grad, w, rtol=0, atol=0)        # d y_hat / d y = 1
+    # the rate's gradient is that of noise mode
+    y_a, y_b = y0.clone().requires_grad_(), y0.clone().requires_grad_()
+    torch.manual_seed(3)
+    eb(y_a, training=True, quantization="mixed")[1].log().sum().backward()
+    torch.manual_seed(3)
+    eb(y_b, training=True)[1].log().sum().backward()
+    torch.testing.assert_close(y_a.grad, y_b.grad, rtol=0, atol=0)
+    # evaluation rounds whatever the training quantization
+    torch.testing.assert_close(eb(y0, training=False, quantization="mixed")[0],
+                               eb(y0, training=False)[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="quantization must be one of noise, mixed, got 'round'"):
+        eb(y0, training=True, quantization="round")
+    slim = SlimEntropyBottleneck([4, 2])
+    slim.bottlenecks[0].load_state_dict(eb.state_dict())
+    torch.testing.assert_close(slim(y0, True, "mixed")[0], y_hat, rtol=0, atol=0)
+
+
 def test_aux_loss_moves_quantiles_towards_tails():
     eb = _trained_bottleneck()
     q = eb.quantiles.detach()[:, 0]

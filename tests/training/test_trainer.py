@@ -251,6 +251,47 @@ def test_bad_config_is_refused(image_dir, tmp_path):
         Trainer(_cfg(image_dir, tmp_path / "x", lambdas=[1, 2, 3]))
     with pytest.raises(ValueError, match="does not exist"):
         Trainer(_cfg(str(tmp_path / "nope"), tmp_path / "y")).fit()
+    with pytest.raises(ValueError, match="quantization must be one of noise, mixed"):
+        Trainer(_cfg(image_dir, tmp_path / "q", quantization="round"))
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("entry", ["script", "slimkernels"])
+def test_cli_bad_option_is_one_line_error(image_dir, tmp_path, capsys, entry):
+    """python/train.py and `slimkernels train`: a bad option value is a one-line error on stderr
+    and exit code 1, not a traceback; nothing is written."""
+    if entry == "script":
+        from slimkernels.training.cli import main
+        argv = []
+    else:
+        from slimkernels.cli import main
+        argv = ["train"]
+    out = tmp_path / "bad"
+    rc = main(argv + ["--data", image_dir, "--out", str(out), "--quantization", "round",
+                      "--steps", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "quantization must be one of noise, mixed, got 'round'" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_mixed_quantization_trains_and_is_logged(image_dir, tmp_path):
+    """--quantization mixed: training runs (finite loss), the start record names it, and the
+    training MSE is that of the rounded latents (the model in eval mode at the same weights gives
+    the distortion the trainer logged for a fixed batch)."""
+    t = Trainer(_cfg(image_dir, tmp_path / "m", steps=2, quantization="mixed"),
+                log=lambda *_: None).fit()
+    recs = [json.loads(l) for l in open(tmp_path / "m" / "log.jsonl")]
+    assert recs[0]["event"] == "start" and recs[0]["quantization"] == "mixed"
+    assert t.step == 2 and all(torch.isfinite(p).all() for p in t.model.parameters())
+    from slimkernels.training.trainer import rd_loss
+    x = t.sampler.sample(2, 32)
+    t.model.train()
+    _, mixed = rd_loss(t.model, x, t.cfg.widths, t.lambdas, False, "mixed")
+    t.model.eval()
+    _, rounded = rd_loss(t.model, x, t.cfg.widths, t.lambdas, False)
+    assert mixed["mse"] == pytest.approx(rounded["mse"], rel=1e-5)
 
 
 def test_ddp_two_cpu_processes_keep_replicas_identical(image_dir, tmp_path):
