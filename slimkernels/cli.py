@@ -220,10 +220,7 @@ def cmd_eval(args) -> int:
 
 def cmd_train(args) -> int:
     from .training.cli import config_from_args, run
-    try:
-        return run(config_from_args(args))   # (torchrun: in a process group)
-    except FloatingPointError as e:   # a loss that is not finite: its message says what to do
-        raise CLIError(str(e)) from None
+    return run(config_from_args(args))   # (torchrun: in a process group)
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -300,7 +297,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return EXIT_ERROR
-    except (ValueError, RuntimeError, OSError) as e:
+    except (ValueError, RuntimeError, OSError, FloatingPointError) as e:
         _err(f"{type(e).__name__}: {e}")
         return EXIT_ERROR
 

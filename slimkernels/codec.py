@@ -472,7 +472,7 @@ class SlimCodec(nn.Module):
         if quantization == "noise":   # (so an entropy model without the argument still works)
             y_hat, lik = self.entropy_bottleneck(y)
         else:
-            y_hat, lik = self.entropy_bottleneck(y, quantization=check_quantization(quantization))
+            y_hat, lik = self.entropy_bottleneck(y, quantization=quantization)
         return {"x_hat": self.decode(y_hat.to(y.dtype)), "likelihoods": {"y": lik}}
 
     def forward_widths(self, x: torch.Tensor, widths: Sequence[int],

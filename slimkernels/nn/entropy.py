@@ -139,18 +139,22 @@ class EntropyBottleneck(nn.Module):
             training = self.training
         with torch.autocast(device_type=y.device.type, enabled=False):
             y = y.float()
-            m = self.medians().view(1, -1, 1, 1)
             if training:
                 y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
             else:
-                y_hat = torch.round(y - m) + m
+                y_hat = self._round(y)
             values = y_hat.permute(1, 0, 2, 3).reshape(self.channels, 1, -1)
             lik = self._likelihood(values)
             lik = lower_bound(lik, torch.tensor(self.likelihood_bound, device=lik.device))
             lik = lik.reshape(self.channels, y.shape[0], y.shape[2], y.shape[3]).permute(1, 0, 2, 3)
             if training and quantization == "mixed":
-                y_hat = y + (torch.round(y - m) + m - y).detach()
+                y_hat = y + (self._round(y) - y).detach()
         return y_hat, lik
+
+    def _round(self, y: torch.Tensor) -> torch.Tensor:
+        # float32 [N, C, H, W] -> rounded around the channel medians (what decoding sees)
+        m = self.medians().view(1, -1, 1, 1)
+        return torch.round(y - m) + m
 
     # -- integer tables for coding -----------------------------------------------------------
     @torch.no_grad()

@@ -106,7 +106,7 @@ def rd_loss(model: nn.Module, x: torch.Tensor, widths, lambdas, bf16: bool,
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
         fw = getattr(model, "forward_widths", None)
         if fw is not None:
-            outs = fw(x, widths) if quantization == "noise" else fw(x, widths, quantization)
+            outs = fw(x, widths, quantization)
         elif quantization == "noise":
             outs = [model(x, w) for w in widths]
         else:
