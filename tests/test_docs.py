@@ -136,9 +136,10 @@ def test_relative_links_resolve(page):
         assert os.path.exists(os.path.join(ROOT, "docs", target)), f"{page}: {target}"
 
 
-def _results_table(text: str) -> str:
-    """The first Markdown table of ``text`` that starts with the Kodak results header."""
-    i = text.index("| width | bpp (file) |")
+def _results_table(text: str, header: str = "| width | bpp (file) |") -> str:
+    """The first Markdown table of ``text`` that starts with ``header`` (default: the Kodak
+    results table; ``"| anchor |"``: the BD-rate table against JPEG, WebP and Balle 2017)."""
+    i = text.index(header)
     return text[i:text.index("\n\n", i)]
 
 
@@ -155,10 +156,14 @@ def test_results_tables_are_the_bundled_models(page):
         text = fh.read()
     folders = set(re.findall(r"docs/results/(kodak-step\d+)/rd\.png", text))
     assert len(folders) == 1, f"{page}: expected one linked RD plot, found {sorted(folders)}"
+    assert re.search(r"!\[[^\]]*\]\([^)]*docs/results/kodak-step\d+/rd\.png\)", text), \
+        f"{page}: the RD plot is linked but not shown (an ![...](...) image)"
     folder = os.path.join(ROOT, "docs", "results", folders.pop())
     with open(os.path.join(folder, "table.md")) as fh:
-        assert _results_table(text) == _results_table(fh.read() + "\n\n"), \
-            f"{page}: its Kodak table differs from {folder}/table.md"
+        table = fh.read() + "\n\n"
+    for header in ("| width | bpp (file) |", "| anchor |"):
+        assert _results_table(text, header) == _results_table(table, header), \
+            f"{page}: its table starting {header!r} differs from {folder}/table.md"
     with open(os.path.join(folder, "summary.json")) as fh:
         evaluated = json.load(fh)["slimcae"]["model_id"]
     assert evaluated == load_model().model_id().hex(), \
