@@ -146,9 +146,10 @@ def _results_table(text: str, header: str = "| width | bpp (file) |") -> str:
 @pytest.mark.parametrize("page", ["README.md", os.path.join("slimkernels", "pretrained",
                                                             "MODEL_CARD.md")])
 def test_results_tables_are_the_bundled_models(page):
-    """The README and the model card copy the Kodak table of a milestone by hand: it must be the
-    table of the results folder their RD plot links, and that folder must be the bundled model's
-    evaluation (same model id), so a new milestone cannot leave either page stale."""
+    """The README and the model card copy the Kodak tables and headline numbers of a milestone by
+    hand: they must be those of the results folder their RD plot links, and that folder must be
+    the bundled model's evaluation (same model id), so a new milestone cannot leave either page
+    stale."""
     import json
     import re
     from slimkernels.pretrained import load_model
@@ -165,6 +166,14 @@ def test_results_tables_are_the_bundled_models(page):
         assert _results_table(text, header) == _results_table(table, header), \
             f"{page}: its table starting {header!r} differs from {folder}/table.md"
     with open(os.path.join(folder, "summary.json")) as fh:
-        evaluated = json.load(fh)["slimcae"]["model_id"]
-    assert evaluated == load_model().model_id().hex(), \
+        summary = json.load(fh)
+    assert summary["slimcae"]["model_id"] == load_model().model_id().hex(), \
         f"{folder} evaluated another model than the bundled slimkernels/pretrained/slimcae.pt"
+    # The headline above the table (README: "Results so far"; card: the status paragraph) copies
+    # the summary's numbers by hand too.
+    start = text.index("## Results so far") if page == "README.md" else text.index("**Status:")
+    headline = " ".join(text[start:text.index("| width | bpp (file) |", start)].split())
+    jpeg, goals = summary["bd"]["JPEG"], summary["goals"]
+    for number in (f"{jpeg['bd_rate_pchip']:.1f} %", f"{jpeg['bd_rate_ms_ssim_pchip']:.1f} %",
+                   f"{jpeg['overlap_psnr'] * 100:.0f} % of", f"{goals['gap_to_balle2017_db']:.2f} dB"):
+        assert number in headline, f"{page}: its headline lacks {number!r} from {folder}/summary.json"
