@@ -31,6 +31,11 @@ def _ext_modules():
     return [Pybind11Extension("slimkernels._coder", sources, include_dirs=["csrc"],
                               extra_compile_args=args + ["-pthread"],
                               extra_link_args=["-pthread"], cxx_std=17),
+            # The module-tree state key of the weight caches (model_id). Optional: without it
+            # slimkernels._state walks the tree in Python (same key semantics, ~3x slower).
+            Pybind11Extension("slimkernels._state_key",
+                              [os.path.join("csrc", "py", "state_key.cpp")],
+                              extra_compile_args=args, cxx_std=17, optional=True),
             # Fused CPU kernels (AMX-BF16 GDN). Optional: if it fails to build (old compiler or
             # assembler, another ISA), the package installs without it and slimkernels.ops.gdn
             # falls back to its PyTorch path.

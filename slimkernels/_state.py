@@ -1,5 +1,5 @@
 """One key for "these tensors are unchanged", shared by the caches built from weights."""
-from typing import Iterable, Tuple
+from typing import Iterable, List, Tuple
 
 import torch
 
@@ -19,9 +19,66 @@ def cached_on(owner, slot: str, tensors: Iterable[torch.Tensor], build, extra=No
     and storage cannot be reused by a new tensor that then matches the key. Drop it with
     ``owner.__dict__.pop(slot, None)``."""
     tensors = tuple(tensors)
-    key = (extra, tensor_state_key(tensors))
+    return _cached(owner, slot, (extra, tensor_state_key(tensors)), tensors, build)
+
+
+def _cached(owner, slot: str, key, keep, build):
     cache = owner.__dict__.get(slot)
     if cache is None or cache[0] != key:
-        cache = (key, build(), tensors)
+        cache = (key, build(), keep)
         owner.__dict__[slot] = cache
     return cache[1]
+
+
+def state_tensors(root: torch.nn.Module) -> List[torch.Tensor]:
+    """Every ``state_dict`` tensor of ``root``'s module tree (parameters and persistent
+    buffers), by a direct walk over the modules (~0.1 ms on SlimCAE against ~0.26 ms for
+    building the state_dict). Order: a stack from ``root``: a module's parameters, then its
+    persistent buffers, then its children pushed in order and taken from the end."""
+    ts = []
+    ext = ts.extend
+    stack = [root]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        m = pop()
+        if m is None:
+            continue
+        ext(m._parameters.values())
+        b = m._buffers
+        if b:
+            skip = m._non_persistent_buffers_set
+            ext([v for k, v in b.items() if k not in skip] if skip else b.values())
+        push(m._modules.values())
+    return [t for t in ts if t is not None]
+
+
+def _state_key_module():
+    try:
+        from . import _state_key
+    except ImportError:  # built without the optional extension
+        return None
+    return _state_key
+
+
+_STATE_KEY = _state_key_module()
+
+
+def module_state_key(root: torch.nn.Module, native: bool = True) -> Tuple[object, list]:
+    """``(key, tensors)`` of :func:`state_tensors` of ``root``: ``key`` changes when one of
+    them is modified in place, replaced, added, removed or moved to new storage (as
+    :func:`tensor_state_key`; writes through ``.data`` bypass version counters). Keep
+    ``tensors`` with the key (see :func:`cached_on`). ``native``: the compiled walk
+    (``slimkernels._state_key``, bytes of int64 triples; ~3x faster) when it is built, else the
+    Python one (a tuple); the two keys are not comparable with each other."""
+    if native and _STATE_KEY is not None:
+        key, tensors = _STATE_KEY.state_key(root)
+        return key, tensors
+    tensors = state_tensors(root)
+    return tensor_state_key(tensors), tensors
+
+
+def cached_on_module(owner, slot: str, root: torch.nn.Module, build, extra=None):
+    """:func:`cached_on` over every state tensor of ``root``'s module tree
+    (:func:`module_state_key`)."""
+    key, tensors = module_state_key(root)
+    return _cached(owner, slot, (extra, key), tensors, build)

@@ -1,0 +1,167 @@
+"""slimkernels._state: the module-tree state key (compiled walk and Python walk) and its cache."""
+import importlib.util
+
+import pytest
+import torch
+import torch.nn as nn
+
+from slimkernels import _state
+from slimkernels.models import SlimCAE
+
+WALKS = [pytest.param(True, id="native"), pytest.param(False, id="python")]
+
+
+def _native_built() -> bool:
+    return _state._STATE_KEY is not None
+
+
+def test_native_walk_is_built_with_the_coder():
+    # the same compiler built slimkernels._coder: the optional state-key extension must be there
+    assert importlib.util.find_spec("slimkernels._coder") is not None
+    assert _native_built(), "slimkernels._state_key was not built (python setup.py build_ext)"
+
+
+class Leaf(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 2))
+        self.register_parameter("absent", None)
+        self.register_buffer("persistent", torch.zeros(4))
+        self.register_buffer("scratch", torch.ones(2), persistent=False)
+        self.register_buffer("empty_slot", None)
+
+
+class Tree(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = Leaf()
+        self.seq = nn.Sequential(nn.Linear(2, 3), nn.Identity(), Leaf())
+        self.none_child = None
+        self.register_module("missing", None)
+        self.top = nn.Parameter(torch.tensor(1.0))
+
+
+def _names_of(m: nn.Module, tensors):
+    by_id = {id(t): k for k, t in m.state_dict(keep_vars=True).items()}
+    return sorted(by_id[id(t)] for t in tensors)
+
+
+@pytest.mark.parametrize("native", WALKS)
+def test_walk_collects_exactly_the_state_dict_tensors(native):
+    if native and not _native_built():
+        pytest.skip("slimkernels._state_key not built")
+    m = Tree()
+    _, tensors = _state.module_state_key(m, native=native)
+    assert _names_of(m, tensors) == sorted(m.state_dict().keys())
+    assert len(tensors) == len(m.state_dict())   # no duplicates, no None, no non-persistent
+
+
+def test_native_and_python_walks_agree_on_slimcae():
+    if not _native_built():
+        pytest.skip("slimkernels._state_key not built")
+    m = SlimCAE(widths=(24, 16))
+    _, a = _state.module_state_key(m, native=True)
+    _, b = _state.module_state_key(m, native=False)
+    assert len(a) == len(b) == len(m.state_dict())
+    assert all(x is y for x, y in zip(a, b))            # same objects, same order
+
+
+def _changes(native):
+    """(description, mutation) pairs; each must change the key of a fresh Tree."""
+    def inplace_param(m):
+        with torch.no_grad():
+            m.a.w.add_(1.0)
+
+    def inplace_buffer(m):
+        m.seq[2].persistent.fill_(2.0)
+
+    def replace_param(m):
+        m.a.w = nn.Parameter(m.a.w.detach().clone())
+
+    def replace_buffer(m):
+        m.a.persistent = torch.zeros(4)
+
+    def data_swap(m):
+        m.top.data = m.top.data + 1.0
+
+    def dtype_move(m):
+        m.double()
+
+    def add_child(m):
+        m.extra = nn.Linear(1, 1)
+
+    def remove_child(m):
+        del m.seq[0]
+
+    def add_buffer(m):
+        m.seq[1].register_buffer("new", torch.zeros(1))
+
+    def swap_children(m):
+        m.a, m.seq[2] = m.seq[2], m.a
+
+    def load_state_dict(m):
+        sd = {k: v.clone() + 1.0 for k, v in m.state_dict().items()}
+        m.load_state_dict(sd)
+
+    return [inplace_param, inplace_buffer, replace_param, replace_buffer, data_swap, dtype_move,
+            add_child, remove_child, add_buffer, swap_children, load_state_dict]
+
+
+@pytest.mark.parametrize("native", WALKS)
+@pytest.mark.parametrize("change", _changes(True), ids=lambda f: f.__name__)
+def test_key_changes_with_the_state(native, change):
+    if native and not _native_built():
+        pytest.skip("slimkernels._state_key not built")
+    torch.manual_seed(0)
+    m = Tree()
+    k0, t0 = _state.module_state_key(m, native=native)
+    k1, _ = _state.module_state_key(m, native=native)
+    assert k1 == k0                                      # nothing changed: same key
+    change(m)
+    k2, _ = _state.module_state_key(m, native=native)
+    assert k2 != k0, change.__name__
+    del t0
+
+
+@pytest.mark.parametrize("native", WALKS)
+def test_key_ignores_non_persistent_buffers_and_grads(native):
+    if native and not _native_built():
+        pytest.skip("slimkernels._state_key not built")
+    m = Tree()
+    k0, _ = _state.module_state_key(m, native=native)
+    m.a.scratch.fill_(5.0)                               # non-persistent: not model state
+    m.a.w.grad = torch.ones_like(m.a.w)
+    k1, _ = _state.module_state_key(m, native=native)
+    assert k1 == k0
+
+
+def test_native_rejects_a_non_module_with_a_clear_error():
+    if not _native_built():
+        pytest.skip("slimkernels._state_key not built")
+    with pytest.raises(AttributeError, match="_parameters"):
+        _state.module_state_key(object())
+
+    class Broken(nn.Module):
+        pass
+    b = Broken()
+    object.__setattr__(b, "_parameters", [1, 2])
+    with pytest.raises(TypeError, match="Broken._parameters is not a dict"):
+        _state.module_state_key(b)
+
+
+def test_cached_on_module_rebuilds_only_on_change():
+    m = Tree()
+    calls = []
+
+    def build():
+        calls.append(1)
+        return len(calls)
+
+    owner = type("Owner", (), {})()
+    assert _state.cached_on_module(owner, "_c", m, build) == 1
+    assert _state.cached_on_module(owner, "_c", m, build) == 1
+    with torch.no_grad():
+        m.seq[0].weight.mul_(2.0)
+    assert _state.cached_on_module(owner, "_c", m, build) == 2
+    assert _state.cached_on_module(owner, "_c", m, build, extra="cfg") == 3   # extra is keyed
+    assert _state.cached_on_module(owner, "_c", m, build, extra="cfg") == 3
