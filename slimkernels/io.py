@@ -103,13 +103,18 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
     second return value says what was converted ("" when nothing was).
 
     Raises:
-        ValueError: not an image Pillow can read, or an empty image.
+        ValueError: not an image Pillow can read, an empty image, or one over Pillow's
+            decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 2x of it: ~179 MP by
+            default; raise it in Python to read larger images, or split them into tiles).
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
         im = Image.open(path)
         im.load()
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path}: too large to read safely ({e}); split the image into tiles, "
+                         f"or from Python raise PIL.Image.MAX_IMAGE_PIXELS first") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path}: not an image file Pillow can read ({e})") from None
     note = ""

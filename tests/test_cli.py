@@ -145,6 +145,24 @@ def test_errors_exit_1_and_leave_no_partial_files(model_file, tmp_path, capsys):
                  "--model", str(tmp_path / "nomodel.pt")]) == 1
 
 
+def test_image_over_pillows_bomb_limit_is_a_clear_error(model_file, images, tmp_path, capsys,
+                                                        monkeypatch):
+    # Pillow raises DecompressionBombError (not an OSError) over 2x MAX_IMAGE_PIXELS: a one-line
+    # error and exit code 1, no traceback, no output file
+    import PIL.Image
+    from slimkernels.io import read_image
+
+    w, h = PIL.Image.open(images["RGB"]).size
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", (w * h) // 2 - 1)
+    with pytest.raises(ValueError, match="too large to read safely"):
+        read_image(images["RGB"])
+    out = tmp_path / "o.slim"
+    assert main(["compress", images["RGB"], str(out), "--model", model_file, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "too large to read safely" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_usage_errors_exit_2():
     r = subprocess.run([sys.executable, "-m", "slimkernels", "compress"], capture_output=True,
                        text=True)

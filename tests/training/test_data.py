@@ -35,3 +35,21 @@ def test_trainer_option_parses():
     from slimkernels.training.cli import build_parser, config_from_args
     assert config_from_args(build_parser().parse_args(["--sample-by-area"])).sample_by_area
     assert not config_from_args(build_parser().parse_args([])).sample_by_area
+
+
+def test_load_rgb_reads_and_names_bad_files(tmp_path, monkeypatch):
+    import numpy as np
+    import PIL.Image
+
+    from slimkernels.training.data import load_rgb
+    arr = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    PIL.Image.fromarray(arr).save(tmp_path / "ok.png")
+    x = load_rgb(str(tmp_path / "ok.png"))
+    assert x.shape == (3, 5, 7) and x.dtype == torch.uint8
+    assert torch.equal(x, torch.from_numpy(arr).permute(2, 0, 1))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"bad\.png: not an image file .* remove or replace"):
+        load_rgb(str(tmp_path / "bad.png"))
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 10)   # 35 pixels > 2 x 10
+    with pytest.raises(ValueError, match=r"ok\.png: too large to read safely"):
+        load_rgb(str(tmp_path / "ok.png"))
