@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -50,7 +51,7 @@ from .nn.entropy import check_quantization
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
            "native_bf16",
-           "resolve_precision", "auto_streams", "PRECISIONS", "STREAM_MIN_SYMBOLS"]
+           "resolve_precision", "auto_streams", "PRECISIONS", "STREAM_MIN_SYMBOLS", "PIXEL_RANGE"]
 
 #: The values of ``compress`` / ``decompress``'s ``precision``: ``"auto"`` (the default: bf16
 #: autocast where the device computes bf16 natively, else fp32), ``"fp32"`` and ``"bf16"``.
@@ -384,6 +385,27 @@ def _dequantize(eb, sym: torch.Tensor, channels_last: bool = False) -> torch.Ten
 STREAM_MIN_SYMBOLS = 1 << 16
 
 
+#: ``compress`` rejects an image with a sampled value outside this range: [0, 1] pixels with
+#: slack for resampling overshoot; it catches 0-255 images passed as floats.
+PIXEL_RANGE = (-0.5, 1.5)
+
+
+def _check_pixel_range(x: torch.Tensor, grid: int = 64) -> None:
+    """ValueError if a strided sample (about ``3 * grid^2`` values, a view: no copy of the image)
+    of ``x`` ``[1, 3, H, W]`` float reaches outside :data:`PIXEL_RANGE` or is not finite (NaN /
+    inf elsewhere in the image are reported by the latent check)."""
+    H, W = x.shape[-2:]
+    sample = x[..., ::max(1, H // grid), ::max(1, W // grid)]
+    lo, hi = (float(v) for v in torch.aminmax(sample.float()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError("compress: the image is not finite (it holds NaN or inf); pass a finite "
+                         "float image in [0, 1]")
+    if lo < PIXEL_RANGE[0] or hi > PIXEL_RANGE[1]:
+        hint = " (0-255 pixel values? divide by 255)" if hi > 2.0 else ""
+        raise ValueError(f"compress expects a float image in [0, 1]; its values reach "
+                         f"{lo:.4g} .. {hi:.4g}{hint}")
+
+
 def auto_streams(num_symbols: int) -> int:
     """The substream count ``compress`` uses by default for ``num_symbols`` latent symbols:
     ``num_symbols // STREAM_MIN_SYMBOLS`` clamped to ``[1, min(torch.get_num_threads(), 255)]``
@@ -622,8 +644,10 @@ class SlimCodec(nn.Module):
             metadata: custom ``str -> bytes`` fields stored in the container.
 
         Raises:
-            ValueError: bad shape, dtype, width or precision; an image (or model) that is not
-                finite (NaN / inf reach the latent).
+            ValueError: bad shape, dtype, width or precision; an image whose values are far
+                outside [0, 1] (e.g. 0-255 pixel values; a sample of ~12k values is checked,
+                see :data:`PIXEL_RANGE`); an image (or model) that is not finite (NaN / inf
+                reach the latent).
             RuntimeError: :meth:`update` was not called.
         """
         width = self._width(width)
@@ -636,6 +660,7 @@ class SlimCodec(nn.Module):
         if x.shape[-2] < 1 or x.shape[-1] < 1:
             raise ValueError(f"compress expects an image of at least 1x1 pixels, got "
                              f"{tuple(x.shape)}")
+        _check_pixel_range(x)
         dev = self._device()
         precision = resolve_precision(precision, dev)
         eb = self.entropy_bottleneck.for_width(width)

@@ -516,6 +516,29 @@ def test_compress_refuses_a_non_finite_image(model, bad, kernels, monkeypatch):
         model.compress(x, 12)
 
 
+@pytest.mark.parametrize("scale,offset,hint", [(255.0, 0.0, True), (1.0, -1.0, False),
+                                               (4.0, -1.5, True)])
+def test_compress_refuses_values_far_outside_0_1(model, scale, offset, hint):
+    # a 0-255 image passed as float (the common mistake), or a [-1, 1]-normalised one
+    x = torch.rand(1, 3, 40, 56) * scale + offset
+    with pytest.raises(ValueError, match=r"float image in \[0, 1\]; its values reach") as e:
+        model.compress(x, 12)
+    assert ("divide by 255" in str(e.value)) == hint
+
+
+def test_compress_accepts_slight_overshoot_and_edge_values(model):
+    # resampling overshoot stays within PIXEL_RANGE: coded as given (the decoder clamps)
+    from slimkernels.codec import PIXEL_RANGE
+    x = torch.rand(1, 3, 40, 56)
+    x[..., ::2, ::2] = PIXEL_RANGE[1]
+    x[..., 1::2, 1::2] = PIXEL_RANGE[0]
+    y = model.decompress(model.compress(x, 12))
+    assert y.shape == x.shape and bool(torch.isfinite(y).all())
+    x[0, 0, 0, 0] = PIXEL_RANGE[1] + 0.01                 # on the sampling grid: refused
+    with pytest.raises(ValueError, match="values reach"):
+        model.compress(x, 12)
+
+
 def test_clear_caches_after_data_writes(model):
     """Writes through .data bypass version counters: clear_caches() drops every cache built from
     the weights (prepacked convs, effective GDN parameters, model id), so the next call sees the
