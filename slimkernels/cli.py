@@ -130,13 +130,20 @@ def _pick_width(model, x, args) -> int:
     return widths[0]
 
 
-def cmd_compress(args) -> int:
+def _set_threads(args) -> None:
+    """``--threads``: 0 keeps torch's default; negative is a usage error."""
     import torch
 
-    from .io import atomic_write_bytes, read_image
-
+    if args.threads < 0:
+        raise CLIError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def cmd_compress(args) -> int:
+    from .io import atomic_write_bytes, read_image
+
+    _set_threads(args)
     outs = _outputs(args.inputs, args.output, ".slim", args.force)
     model = _load(args)
     for src, dst in _progress(list(zip(args.inputs, outs)), not args.quiet, "compress"):
@@ -164,13 +171,10 @@ def cmd_compress(args) -> int:
 
 
 def cmd_decompress(args) -> int:
-    import torch
-
     from .container import SlimFormatError
     from .io import atomic_write_bytes, image_to_png_bytes
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     outs = _outputs(args.inputs, args.output, ".png", args.force)
     model = _load(args)
     for src, dst in _progress(list(zip(args.inputs, outs)), not args.quiet, "decompress"):

@@ -163,6 +163,17 @@ def test_image_over_pillows_bomb_limit_is_a_clear_error(model_file, images, tmp_
     assert not out.exists()
 
 
+def test_negative_threads_is_a_clear_error(model_file, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    for cmd in (["compress", images["RGB"], str(out / "o.slim")],
+                ["decompress", str(out / "o.slim"), str(out / "o.png")]):
+        assert main(cmd + ["--model", model_file, "--threads", "-2"]) == 1
+        err = capsys.readouterr().err
+        assert "--threads must be >= 0" in err and "Traceback" not in err
+    assert os.listdir(out) == []
+
+
 def test_usage_errors_exit_2():
     r = subprocess.run([sys.executable, "-m", "slimkernels", "compress"], capture_output=True,
                        text=True)

@@ -10,6 +10,7 @@ from typing import Dict, Optional
 
 import torch
 
+from .._device import check_device
 from ..io import atomic_torch_save
 from ..models import SlimCAE
 
@@ -46,8 +47,10 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
 
     Raises:
         FileNotFoundError: no file at ``path`` (or no bundled model in this install).
-        ValueError: the file is not a slimkernels model.
+        ValueError: the file is not a slimkernels model; ``device`` is not a device name, or
+            names a GPU that torch cannot use here.
     """
+    device = check_device(device)
     if path is None:
         path = bundled_model_path()
         if path is None:

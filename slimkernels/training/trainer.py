@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .._device import check_device
 from ..codec import native_bf16
 from ..io import atomic_torch_save
 from ..models import SlimCAE
@@ -207,7 +208,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed + self.rank)
-        self.device = torch.device(cfg.device)
+        self.device = check_device(cfg.device)
         #: the resolved ``cfg.bf16``: whether the transforms run under bf16 autocast
         self.bf16 = native_bf16(self.device) if cfg.bf16 is None else bool(cfg.bf16)
         self.model = SlimCAE(cfg.widths, cfg.gdn).to(self.device)

@@ -1,0 +1,20 @@
+"""Checking a user-given device name before anything is moved to it."""
+import torch
+
+
+def check_device(device) -> torch.device:
+    """``device`` as a ``torch.device``; ValueError (what to do instead) when it is not a device
+    name, or a CUDA device torch cannot use in this process."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a device name ({e}); use 'cpu' or "
+                         f"'cuda' / 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA GPU is available to this torch "
+                             f"({torch.__version__}); use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return dev
