@@ -75,7 +75,11 @@ class CropSampler:
         return int(torch.multinomial(self.weights, 1, generator=self.gen))
 
     def sample(self, batch: int, crop: int) -> torch.Tensor:
-        """A ``[batch, 3, crop, crop]`` float32 batch in [0, 1]."""
+        """A ``[batch, 3, crop, crop]`` float32 batch in [0, 1] (crops of the images at least
+        ``crop`` on both sides; ValueError if there is none)."""
+        if batch < 1:
+            raise ValueError(f"sample: batch {batch} must be >= 1")
+        self.check_crop(crop)
         out = torch.empty(batch, 3, crop, crop, dtype=torch.uint8)
         g = self.gen
         for b in range(batch):
@@ -91,6 +95,15 @@ class CropSampler:
                 patch = patch.flip(-1)
             out[b] = patch
         return out.float().div_(255.0)
+
+    def check_crop(self, crop: int) -> None:
+        """ValueError unless ``crop >= 1`` and some image is at least ``crop`` on both sides."""
+        if crop < 1:
+            raise ValueError(f"crop {crop} must be >= 1")
+        if not any(im.shape[-2] >= crop and im.shape[-1] >= crop for im in self.images):
+            big = max(self.images, key=lambda im: min(im.shape[-2:]))
+            raise ValueError(f"no training image is at least {crop}x{crop} (the largest is "
+                             f"{big.shape[-2]}x{big.shape[-1]}): use a smaller crop")
 
     def state_dict(self):
         return {"gen": self.gen.get_state()}

@@ -86,6 +86,34 @@ class TrainConfig:
     init_continue: bool = _opt(False, "with --init: continue its step count and lambdas")
     progress: bool = _opt(True, "progress bar on stderr")
 
+    def check(self) -> None:
+        """ValueError naming the first option out of range (``--crop 7`` would otherwise fail
+        deep inside the model, ``--crop`` larger than every image would loop forever)."""
+        s = SlimCAE.downsampling
+        for name in ("crop", "crop_large", "val_size"):
+            v = getattr(self, name)
+            if v < s or v % s:
+                raise ValueError(f"--{name.replace('_', '-')} {v}: must be a positive multiple "
+                                 f"of {s} (the model's total stride)")
+        for name, lo in (("batch", 1), ("steps", 0), ("val_every", 0), ("val_split", 2),
+                         ("schedule_steps", 1), ("threads", 0), ("large_after", 0),
+                         ("schedule_start", 0)):
+            if getattr(self, name) < lo:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be "
+                                 f">= {lo}")
+        if not self.ckpt_every_s > 0:
+            raise ValueError(f"--ckpt-every-s {self.ckpt_every_s}: must be > 0")
+        if not (self.lr > 0 and self.aux_lr > 0):
+            raise ValueError(f"--lr {self.lr} / --aux-lr {self.aux_lr}: must be > 0")
+        if not self.clip >= 0:
+            raise ValueError(f"--clip {self.clip}: must be >= 0 (0: off)")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"--ema {self.ema}: must be in [0, 1) (0: off)")
+        if not self.widths or any(w < 1 for w in self.widths):
+            raise ValueError(f"--widths {self.widths}: must be positive")
+        if any(not lam > 0 for lam in self.lambdas):
+            raise ValueError(f"--lambdas {self.lambdas}: must be > 0")
+
 
 def rd_loss(model: nn.Module, x: torch.Tensor, widths, lambdas, bf16: bool,
             quantization: str = "noise"):
@@ -202,6 +230,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, log=print):
         self.cfg = cfg
+        cfg.check()
         check_quantization(cfg.quantization)
         self.rank, self.world = _rank_world()
         self._print = log
@@ -326,6 +355,9 @@ class Trainer:
                                    by_area=cfg.sample_by_area)
         if self._sampler_state:
             self.sampler.load_state_dict(self._sampler_state)
+        self.sampler.check_crop(cfg.crop_large if self.step >= cfg.large_after else cfg.crop)
+        if cfg.large_after < cfg.steps:   # fail now, not when the run reaches --large-after
+            self.sampler.check_crop(cfg.crop_large)
         self.val_images = center_crops([load_rgb(p) for p in val_paths], cfg.val_size)
         self.val_images = self.val_images.to(self.device)
 

@@ -53,3 +53,12 @@ def test_load_rgb_reads_and_names_bad_files(tmp_path, monkeypatch):
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 10)   # 35 pixels > 2 x 10
     with pytest.raises(ValueError, match=r"ok\.png: too large to read safely"):
         load_rgb(str(tmp_path / "ok.png"))
+
+
+def test_sample_refuses_a_crop_no_image_fits():
+    s = CropSampler(_images(), seed=0)                 # 32x32 and 64x64
+    assert s.sample(3, 64).shape == (3, 3, 64, 64)     # only the large image fits: fine
+    with pytest.raises(ValueError, match="no training image is at least 65x65.*64x64"):
+        s.sample(1, 65)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        s.sample(0, 16)

@@ -256,6 +256,41 @@ def test_bad_config_is_refused(image_dir, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.parametrize("bad,msg", [
+    (dict(crop=0), "--crop 0: must be a positive multiple of 16"),
+    (dict(crop=40), "--crop 40: must be a positive multiple of 16"),
+    (dict(crop_large=7), "--crop-large 7: must be a positive multiple of 16"),
+    (dict(val_size=8), "--val-size 8: must be a positive multiple of 16"),
+    (dict(batch=0), "--batch 0: must be >= 1"),
+    (dict(steps=-1), "--steps -1: must be >= 0"),
+    (dict(val_split=1), "--val-split 1: must be >= 2"),
+    (dict(schedule_steps=0), "--schedule-steps 0: must be >= 1"),
+    (dict(threads=-2), "--threads -2: must be >= 0"),
+    (dict(ckpt_every_s=0.0), "--ckpt-every-s 0.0: must be > 0"),
+    (dict(lr=0.0), "must be > 0"),
+    (dict(clip=-1.0), "--clip -1.0: must be >= 0"),
+    (dict(ema=1.0), r"--ema 1.0: must be in \[0, 1\)"),
+    (dict(lambdas=[0.01, -0.1]), "--lambdas .*: must be > 0"),
+    (dict(widths=[8, 0]), "--widths .*: must be positive"),
+])
+def test_out_of_range_options_are_refused_before_anything_runs(image_dir, tmp_path, bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        Trainer(_cfg(image_dir, tmp_path / "run", **bad))
+    assert not (tmp_path / "run").exists()
+
+
+def test_crops_larger_than_every_image_are_refused_at_load(image_dir, tmp_path):
+    # the images are 48x64: a 64 crop fits none (sampling would loop forever); a too-large
+    # --crop-large is refused at the start when the run reaches --large-after
+    with pytest.raises(ValueError, match="no training image is at least 64x64.*48x64"):
+        Trainer(_cfg(image_dir, tmp_path / "a", crop=64)).fit()
+    with pytest.raises(ValueError, match="no training image is at least 64x64"):
+        Trainer(_cfg(image_dir, tmp_path / "b", crop_large=64, large_after=2)).fit()
+    t = Trainer(_cfg(image_dir, tmp_path / "c", crop_large=64, steps=1))   # never reached
+    t.fit()
+    assert t.step == 1
+
+
 @pytest.mark.parametrize("entry", ["script", "slimkernels"])
 def test_cli_bad_option_is_one_line_error(image_dir, tmp_path, capsys, entry):
     """python/train.py and `slimkernels train`: a bad option value is a one-line error on stderr
