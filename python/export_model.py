@@ -24,6 +24,22 @@ import torch
 from slimkernels.pretrained import load_model, save_model
 
 
+def load_checkpoint(path: str) -> dict:
+    """The trainer's checkpoint at ``path``; ValueError saying what is wrong with it otherwise."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist (expected a training checkpoint, e.g. "
+                         f"runs/slimcae/checkpoint.pt)")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not (isinstance(ck, dict) and all(k in ck for k in ("model", "config", "step"))):
+        hint = (" (it is an exported model file already)"
+                if isinstance(ck, dict) and ck.get("format") == "slimkernels-model" else "")
+        raise ValueError(f"{path} is not a training checkpoint of python/train.py{hint}")
+    return ck
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("checkpoint")
@@ -38,7 +54,12 @@ def main(argv=None) -> int:
     if os.path.exists(args.output) and not args.force:
         print(f"{args.output} exists: not overwriting it (use --force)", file=sys.stderr)
         return 1
-    ck = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    try:
+        ck = load_checkpoint(args.checkpoint)
+        main_ck = load_checkpoint(args.schedule_from) if args.schedule_from else None
+    except ValueError as e:
+        print(f"export_model: error: {e}", file=sys.stderr)
+        return 1
     cfg = ck["config"]
     use_ema = ck.get("ema") is not None and not args.raw
     model = load_model(args.checkpoint, weights="ema" if use_ema else "train")  # + CDF tables
@@ -60,8 +81,7 @@ def main(argv=None) -> int:
             "data": os.path.basename(os.path.normpath(cfg["data"])), "last_validation": val,
             # the lambda schedule's state, so that --init MODEL --init-continue --schedule resumes it
             "scheduler": ck.get("scheduler"), "next_schedule": ck.get("next_schedule")}
-    if args.schedule_from:
-        main_ck = torch.load(args.schedule_from, map_location="cpu", weights_only=False)
+    if main_ck is not None:
         if main_ck.get("scheduler") is None:
             print(f"{args.schedule_from} records no lambda schedule (trained without "
                   f"--schedule): nothing to take", file=sys.stderr)

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -238,6 +239,27 @@ def test_export_takes_the_schedule_from_the_main_run(image_dir, tmp_path):
                           str(tmp_path / "main" / "checkpoint.pt")], capture_output=True, text=True)
     assert res.returncode == 1 and "does not describe this model" in res.stderr
     assert not (tmp_path / "m2.pt").exists()
+
+
+def test_export_refuses_bad_inputs_with_one_line(tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "export_model", os.path.join(ROOT, "python", "export_model.py"))
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    model_file = tmp_path / "model.pt"
+    from slimkernels.pretrained import save_model
+    from slimkernels.models import SlimCAE
+    save_model(SlimCAE(widths=(16, 8)), str(model_file))
+    cases = [(tmp_path / "missing.pt", "does not exist"), (junk, "not a readable checkpoint"),
+             (model_file, "not a training checkpoint .*exported model file already")]
+    for src, msg in cases:
+        assert export.main([str(src), str(tmp_path / "out.pt")]) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and re.search(msg, err), err
+    assert not (tmp_path / "out.pt").exists()
 
 
 def test_ema_off_keeps_no_average(image_dir, tmp_path):
