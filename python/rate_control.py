@@ -157,6 +157,11 @@ def main(argv=None) -> int:
               f"{c / cost[model.widths[0]]:6.2f}{mark}")
     print(f"\nfolder width for {goal_txt}: {folder_w} "
           f"({cost[folder_w] / cost[model.widths[0]]:.2f}x the compute of the full width)")
+    m = next(m for m in mean if m["width"] == folder_w)
+    if (args.target_bpp is not None and m["bpp"] > args.target_bpp) or \
+            (args.target_psnr is not None and m["psnr"] < args.target_psnr):
+        print(f"note: no width reaches the {goal_txt} on average; width {folder_w} is the "
+              f"closest ({m['bpp']:.3f} bpp, {m['psnr']:.2f} dB)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"goal": goal_txt, "widths": model.widths, "macs_per_pixel": cost,

@@ -116,6 +116,17 @@ def test_rate_control_tiny_bpp(tmp_path):
     assert f"folder width for target 0.7 bpp: {res['folder_width']}" in r.stdout
 
 
+def test_rate_control_unreachable_target_is_noted(tmp_path):
+    out = tmp_path / "rc.json"
+    r = run("rate_control.py", "--tiny", "--target-bpp", 1e-6, "--json", out)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["folder_width"] == res["widths"][-1]
+    assert "note: no width reaches the target 1e-06 bpp on average" in r.stdout
+    r = run("rate_control.py", "--tiny", "--target-bpp", 100)
+    assert r.returncode == 0 and "note:" not in r.stdout
+
+
 def test_rate_control_without_model_says_what_to_do(tmp_path):
     from slimkernels.pretrained import bundled_model_path
     (tmp_path / "a.png").write_bytes(b"")
