@@ -127,6 +127,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.tiny:
         args.N, args.M, args.size, args.reps = 16, 24, 64, 1
+    for name in ("N", "M", "reps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} {getattr(args, name)}: must be >= 1")
+    if args.size < 64 or args.size % 64:
+        p.error(f"--size {args.size}: must be a positive multiple of 64")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA GPU is available to this torch; use cpu")
 
     models = import_compressai_models()
     if models is None:
@@ -136,7 +143,12 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     ref = cls(args.N, args.M)
     if args.checkpoint:
-        ref.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
+        try:
+            ref.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
+        except Exception as e:  # noqa: BLE001 - missing file, not a state_dict, other shapes
+            print(f"accelerate_compressai.py: error: --checkpoint {args.checkpoint}: "
+                  f"{type(e).__name__}: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 1
     else:
         randomize_gdn(ref)
     ref = ref.to(args.device).eval()

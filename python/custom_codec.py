@@ -12,6 +12,7 @@ back and decompresses one image at every width and prints its rate and quality.
 import argparse
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -117,15 +118,20 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="folder for the .slim files (default: temporary)")
     p.add_argument("--tiny", action="store_true", help="generated 64x64 crops, 5 steps (CI)")
     args = p.parse_args(argv)
-    torch.manual_seed(0)
+    if not re.fullmatch(r"\d+(,\d+)*", args.widths) or args.steps < 0 or args.crop % 16 or \
+            args.crop < 16:
+        p.error("--widths: comma-separated integers; --steps >= 0; --crop a multiple of 16")
     widths = [int(w) for w in args.widths.split(",")]
-    if args.tiny:
-        crops, image = generated_images(8, 64), generated_images(1, 80, seed=1)[..., :72]
-        steps = min(args.steps, 5)
-    else:
-        crops, image = folder_crops(args.data, 64, args.crop), read_image(args.image)[0]
-        steps = args.steps
-    model = FourLayerCodec(widths)
+    torch.manual_seed(0)
+    steps = min(args.steps, 5) if args.tiny else args.steps
+    try:
+        if args.tiny:
+            crops, image = generated_images(8, 64), generated_images(1, 80, seed=1)[..., :72]
+        else:
+            crops, image = folder_crops(args.data, 64, args.crop), read_image(args.image)[0]
+        model = FourLayerCodec(widths)
+    except ValueError as e:
+        p.exit(1, f"custom_codec.py: error: {e}\n")
     lambdas = [0.01 * 2 ** -k for k in range(len(model.widths))]   # widest: highest quality
     print(f"FourLayerCodec widths {model.widths}, "
           f"{sum(p.numel() for p in model.parameters())} parameters, {steps} steps")

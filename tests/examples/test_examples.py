@@ -53,6 +53,19 @@ def test_custom_codec_is_short():
         assert len(f.read().splitlines()) <= 160
 
 
+@pytest.mark.parametrize("args,msg", [
+    (["--tiny", "--steps", "-1"], "--steps >= 0"), (["--tiny", "--crop", "7"], "multiple of 16"),
+    (["--tiny", "--widths", "a,b"], "comma-separated integers"),
+    (["--data", "/nonexistent-folder"], "does not exist")])
+def test_custom_codec_refuses_bad_arguments_in_one_line(args, msg, capsys):
+    try:
+        rc = load_script("custom_codec.py").main(args)
+    except SystemExit as e:        # argparse's usage errors: exit code 2
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc in (1, 2) and msg in err and "Traceback" not in err, err
+
+
 # -- accelerate_compressai.py -------------------------------------------------------------------
 def test_accelerate_compressai_tiny():
     r = run("accelerate_compressai.py", "--tiny")
@@ -63,6 +76,18 @@ def test_accelerate_compressai_tiny():
     assert "swapped 6 GDN layers" in r.stdout
     assert len(re.findall(r" ok$", r.stdout, re.M)) == 3, r.stdout
     assert "PASS" in r.stdout and "MISMATCH" not in r.stdout
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--size", "100"], "--size 100: must be a positive multiple"),
+    (["--reps", "0"], "--reps 0: must be >= 1"),
+    (["--tiny", "--checkpoint", "/nonexistent.pt"], "--checkpoint /nonexistent.pt: FileNotFound")])
+def test_accelerate_compressai_refuses_bad_arguments_in_one_line(args, msg):
+    r = run("accelerate_compressai.py", *args)     # a subprocess: it stubs compressai's imports
+    if "--checkpoint" in args and importlib.util.find_spec("compressai") is None:
+        assert r.returncode == 0 and "SKIP" in r.stdout   # it stops before loading anything
+        return
+    assert r.returncode in (1, 2) and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_accelerate_compressai_swap_is_used():
