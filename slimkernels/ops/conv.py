@@ -23,6 +23,7 @@ entries; writes through ``.data`` bypass version counting: call :func:`clear_cpu
 from __future__ import annotations
 
 import functools
+import numbers
 import threading
 import weakref
 from collections import OrderedDict
@@ -647,7 +648,7 @@ def _apply_gdn(y, kw):
     return _gdn(y, **kw)
 
 
-def _check(x, weight, bias, name, transposed):
+def _check(x, weight, bias, name, transposed, stride, padding):
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"{name}: x must be a 4-D [N, C, H, W] tensor, got "
                          f"{getattr(x, 'shape', type(x))}")
@@ -657,8 +658,18 @@ def _check(x, weight, bias, name, transposed):
     if x.shape[1] > cin_max:
         raise ValueError(f"{name}: x has {x.shape[1]} channels but the weight holds {cin_max} "
                          f"input channels")
-    if bias is not None and bias.dim() != 1:
-        raise ValueError(f"{name}: bias must be 1-D [C_out_max], got {tuple(bias.shape)}")
+    cout_max = weight.shape[1] if transposed else weight.shape[0]
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != cout_max):
+        raise ValueError(f"{name}: bias must be the full [{cout_max}] parameter (C_out_max), got "
+                         f"{tuple(bias.shape)}")
+    if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or stride < 1:
+        raise ValueError(f"{name}: stride must be an int >= 1, got {stride!r}")
+    if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
+        raise ValueError(f"{name}: padding must be an int >= 0, got {padding!r}")
+    kh, kw = weight.shape[-2:]
+    if not transposed and (x.shape[-2] + 2 * padding < kh or x.shape[-1] + 2 * padding < kw):
+        raise ValueError(f"{name}: x {tuple(x.shape)} is smaller than the {kh}x{kw} kernel with "
+                         f"padding {padding}")
 
 
 # -- CPU: direct AMX-BF16 conv for narrow widths (csrc/cpu/conv_amx.cpp) ---------------------------
@@ -931,7 +942,7 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     Gradients flow to x, the active slice of ``weight`` (the rest of its gradient is zero),
     ``bias`` and the GDN parameters.
     """
-    _check(x, weight, bias, "slim_conv2d", False)
+    _check(x, weight, bias, "slim_conv2d", False, stride, padding)
     co = _out_width(out_width, weight.shape[0], "slim_conv2d")
     kw = _gdn_kwargs(gdn, inverse=False)
     if resolve_backend(x, backend) == "triton":
@@ -985,7 +996,7 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     Returns:
         ``[N, out_width, (H-1)*stride - 2*padding + k + output_padding, ...]``.
     """
-    _check(x, weight, bias, "slim_conv_transpose2d", True)
+    _check(x, weight, bias, "slim_conv_transpose2d", True, stride, padding)
     co = _out_width(out_width, weight.shape[1], "slim_conv_transpose2d")
     if output_padding < 0 or output_padding >= max(stride, 1):
         raise ValueError(f"slim_conv_transpose2d: output_padding={output_padding} must be in "

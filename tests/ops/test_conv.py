@@ -173,6 +173,33 @@ def test_errors():
         slim_conv2d(torch.randn(1, 8, 9, 9), w, b, gdn=torch.ones(3))
 
 
+@pytest.mark.parametrize("kw,msg", [
+    (dict(stride=0), "stride must be an int >= 1, got 0"),
+    (dict(stride=2.0), "stride must be an int >= 1, got 2.0"),
+    (dict(stride=True), "stride must be an int >= 1, got True"),
+    (dict(padding=-1), "padding must be an int >= 0, got -1"),
+    (dict(bias_len=7), r"bias must be the full \[192\] parameter"),
+    (dict(size=2), r"x \(1, 8, 2, 2\) is smaller than the 5x5 kernel with padding 0"),
+])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_geometry_errors_name_the_argument(kw, msg, transposed):
+    import numpy as np
+    w, b0 = _full("enc2", False, 5, torch.float32)            # [192, 192, 5, 5]
+    kw = dict(kw)
+    b = torch.zeros(kw.pop("bias_len")) if "bias_len" in kw else b0
+    small = "size" in kw
+    size = kw.pop("size", 9)
+    x = torch.randn(1, 8, size, size)
+    op = slim_conv_transpose2d if transposed else slim_conv2d
+    if transposed and small:                                 # any input size is valid there
+        assert op(x, w, b, **kw).shape[1] == 192
+        return
+    with pytest.raises(ValueError, match=msg):
+        op(x, w, b, **kw)
+    # numpy integers are ints
+    assert op(x, w, b0, stride=np.int64(1), padding=np.int64(2)).shape[1] == 192
+
+
 @pytest.mark.parametrize("k,s,p,op,H,W", [(9, 4, 4, 3, 5, 7), (9, 4, 4, 3, 1, 1), (5, 2, 2, 1, 6, 5),
                                           (3, 2, 1, 1, 4, 4), (4, 2, 1, 0, 5, 3), (2, 3, 0, 0, 4, 4),
                                           (7, 3, 1, 2, 3, 4)])
