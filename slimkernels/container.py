@@ -82,6 +82,11 @@ def pack(f: SlimFile) -> bytes:
     parts = [_FIXED.pack(MAGIC, FORMAT_VERSION, 0, bytes(f.model_id), f.width, f.height,
                          f.img_width, f.streams, len(f.metadata))]
     for k, v in f.metadata.items():
+        if not isinstance(k, str):
+            raise ValueError(f"metadata keys must be str, got {type(k).__name__} {k!r}")
+        if not isinstance(v, (bytes, bytearray, memoryview)):
+            raise ValueError(f"metadata value of {k!r} must be bytes, got {type(v).__name__} "
+                             f"(encode text first, e.g. 'text'.encode())")
         kb = k.encode("utf-8")
         if not 1 <= len(kb) <= 255:
             raise ValueError(f"metadata key {k!r} must be 1..255 UTF-8 bytes")

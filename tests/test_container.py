@@ -60,6 +60,14 @@ def test_pack_validates_fields():
         C.pack(_file(height=0))
     with pytest.raises(ValueError, match="metadata key"):
         C.pack(_file(metadata={"": b"x"}))
+    with pytest.raises(ValueError, match=r"metadata value of 'a' must be bytes, got str .*encode"):
+        C.pack(_file(metadata={"a": "text"}))
+    with pytest.raises(ValueError, match="metadata value of 'n' must be bytes, got int"):
+        C.pack(_file(metadata={"n": 5}))        # bytes(5) would silently store 5 zero bytes
+    with pytest.raises(ValueError, match="metadata keys must be str, got int"):
+        C.pack(_file(metadata={1: b"x"}))
+    f = C.unpack(C.pack(_file(metadata={"b": bytearray(b"12"), "m": memoryview(b"34")})))
+    assert f.metadata == {"b": b"12", "m": b"34"}
 
 
 def test_write_is_atomic_and_refuses_overwrite(tmp_path):
