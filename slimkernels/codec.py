@@ -585,6 +585,17 @@ class SlimCodec(nn.Module):
     def _device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def _coding_device(self, op: str) -> torch.device:
+        """The device :meth:`compress` / :meth:`decompress` run on; ValueError for a model
+        whose weights are not float32 (the coding path keeps fp32 weights and reaches lower
+        precision through autocast)."""
+        p = next(self.parameters())
+        if p.dtype != torch.float32:
+            raise ValueError(f"{op} needs the model's weights in float32, got {p.dtype}: call "
+                             f"model.float() (for bf16 transforms pass precision='bf16', which "
+                             f"autocasts)")
+        return p.device
+
     def _params_channels_last(self) -> bool:
         # see input_channels_last; by default channels_last models get channels_last inputs
         cl = self.input_channels_last
@@ -661,7 +672,7 @@ class SlimCodec(nn.Module):
             raise ValueError(f"compress expects an image of at least 1x1 pixels, got "
                              f"{tuple(x.shape)}")
         _check_pixel_range(x)
-        dev = self._device()
+        dev = self._coding_device("compress")
         precision = resolve_precision(precision, dev)
         eb = self.entropy_bottleneck.for_width(width)
         if not eb.has_tables():
@@ -727,7 +738,7 @@ class SlimCodec(nn.Module):
             slimkernels.container.SlimFormatError: see :meth:`decompress_latent`.
             ValueError: unknown ``precision``.
         """
-        dev = self._device()
+        dev = self._coding_device("decompress")
         precision = resolve_precision(precision, dev)
         f, sym = self.decompress_latent(data)
         eb = self.entropy_bottleneck.for_width(f.width)

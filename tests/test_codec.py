@@ -539,6 +539,22 @@ def test_compress_accepts_slight_overshoot_and_edge_values(model):
         model.compress(x, 12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_coding_a_model_converted_from_float32_says_what_to_do(model, dtype):
+    import copy
+    data = model.compress(torch.rand(1, 3, 16, 16), 12)
+    m = copy.deepcopy(model).to(dtype)
+    for call in (lambda: m.compress(torch.rand(1, 3, 16, 16), 12), lambda: m.decompress(data)):
+        with pytest.raises(ValueError, match=r"weights in float32, got .*model\.float\(\)"):
+            call()
+    m.float()        # back to float32: float64 kept the weights exactly (the same model, its
+    if dtype == torch.float64:                      # files decode); fp16 / bf16 rounded them
+        assert m.decompress(data).shape == (1, 3, 16, 16)
+    else:
+        with pytest.raises(ValueError, match="written with a different model"):
+            m.decompress(data)
+
+
 def test_clear_caches_after_data_writes(model):
     """Writes through .data bypass version counters: clear_caches() drops every cache built from
     the weights (prepacked convs, effective GDN parameters, model id), so the next call sees the
