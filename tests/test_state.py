@@ -8,11 +8,12 @@ import torch.nn as nn
 from slimkernels import _state
 from slimkernels.models import SlimCAE
 
-WALKS = [pytest.param(True, id="native"), pytest.param(False, id="python")]
-
-
 def _native_built() -> bool:
     return _state._STATE_KEY is not None
+
+
+NATIVE = pytest.mark.skipif(not _native_built(), reason="slimkernels._state_key not built")
+WALKS = [pytest.param(True, id="native", marks=NATIVE), pytest.param(False, id="python")]
 
 
 def test_native_walk_is_built_with_the_coder():
@@ -48,17 +49,14 @@ def _names_of(m: nn.Module, tensors):
 
 @pytest.mark.parametrize("native", WALKS)
 def test_walk_collects_exactly_the_state_dict_tensors(native):
-    if native and not _native_built():
-        pytest.skip("slimkernels._state_key not built")
     m = Tree()
     _, tensors = _state.module_state_key(m, native=native)
     assert _names_of(m, tensors) == sorted(m.state_dict().keys())
     assert len(tensors) == len(m.state_dict())   # no duplicates, no None, no non-persistent
 
 
+@NATIVE
 def test_native_and_python_walks_agree_on_slimcae():
-    if not _native_built():
-        pytest.skip("slimkernels._state_key not built")
     m = SlimCAE(widths=(24, 16))
     _, a = _state.module_state_key(m, native=True)
     _, b = _state.module_state_key(m, native=False)
@@ -110,8 +108,6 @@ def _changes(native):
 @pytest.mark.parametrize("native", WALKS)
 @pytest.mark.parametrize("change", _changes(True), ids=lambda f: f.__name__)
 def test_key_changes_with_the_state(native, change):
-    if native and not _native_built():
-        pytest.skip("slimkernels._state_key not built")
     torch.manual_seed(0)
     m = Tree()
     k0, t0 = _state.module_state_key(m, native=native)
@@ -125,8 +121,6 @@ def test_key_changes_with_the_state(native, change):
 
 @pytest.mark.parametrize("native", WALKS)
 def test_key_ignores_non_persistent_buffers_and_grads(native):
-    if native and not _native_built():
-        pytest.skip("slimkernels._state_key not built")
     m = Tree()
     k0, _ = _state.module_state_key(m, native=native)
     m.a.scratch.fill_(5.0)                               # non-persistent: not model state
@@ -135,9 +129,8 @@ def test_key_ignores_non_persistent_buffers_and_grads(native):
     assert k1 == k0
 
 
+@NATIVE
 def test_native_rejects_a_non_module_with_a_clear_error():
-    if not _native_built():
-        pytest.skip("slimkernels._state_key not built")
     with pytest.raises(AttributeError, match="_parameters"):
         _state.module_state_key(object())
 
