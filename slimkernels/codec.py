@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -58,8 +59,21 @@ __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes",
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_width(cls: type) -> bool:
+    """Whether ``cls.forward`` accepts a second positional argument (the active width)."""
+    try:
+        params = list(inspect.signature(cls.forward).parameters.values())[1:]   # after self
+    except (TypeError, ValueError):
+        return True
+    pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(pos) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
 class SlimSequential(nn.Sequential):
-    """``nn.Sequential`` whose ``forward(x, width)`` hands the active width to every layer.
+    """``nn.Sequential`` whose ``forward(x, width)`` hands the active width to every layer that
+    takes one (``forward(x, width)``: slimkernels' slimmable layers, or your own); other layers
+    (activations, a plain ``nn.Conv2d``) are called with ``x`` alone.
 
     A layer whose output size is fixed (``slim_output = False``, e.g. a last ``SlimConv2d`` built
     without ``widths``) gets ``None`` instead. On the Triton backend (CUDA) a convolution
@@ -104,7 +118,7 @@ class SlimSequential(nn.Sequential):
                     x = layer(x, w, out_igdn=nxt.op_kwargs(out_w))
                     i += 2
                     continue
-            x = layer(x, w)
+            x = layer(x, w) if _takes_width(type(layer)) else layer(x)
             i += 1
         return x
 
@@ -582,14 +596,21 @@ class SlimCodec(nn.Module):
         self.__dict__.pop("_model_id_cache", None)
 
     # -- coding --------------------------------------------------------------------------------
+    def _first_parameter(self) -> torch.Tensor:
+        p = next(self.parameters(), None)
+        if p is None:
+            raise ValueError(f"{type(self).__name__} has no parameters: build its g_a, g_s and "
+                             f"entropy_bottleneck in __init__ (docs/tutorial_custom_codec.md)")
+        return p
+
     def _device(self) -> torch.device:
-        return next(self.parameters()).device
+        return self._first_parameter().device
 
     def _coding_device(self, op: str) -> torch.device:
         """The device :meth:`compress` / :meth:`decompress` run on; ValueError for a model
         whose weights are not float32 (the coding path keeps fp32 weights and reaches lower
         precision through autocast)."""
-        p = next(self.parameters())
+        p = self._first_parameter()
         if p.dtype != torch.float32:
             raise ValueError(f"{op} needs the model's weights in float32, got {p.dtype}: call "
                              f"model.float() (for bf16 transforms pass precision='bf16', which "

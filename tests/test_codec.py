@@ -555,6 +555,33 @@ def test_coding_a_model_converted_from_float32_says_what_to_do(model, dtype):
             m.decompress(data)
 
 
+def test_slim_sequential_calls_plain_layers_without_the_width():
+    # activations and plain torch layers take only x; layers with forward(x, width) get the width
+    import torch.nn as nn
+
+    class Probe(nn.Module):
+        def forward(self, x, width=None):
+            self.seen = width
+            return x
+
+    probe = Probe()
+    g = SlimSequential(SlimConv2d(3, 8, 3, 1, 1, widths=[8, 4]), nn.LeakyReLU(0.5), probe,
+                       nn.Conv2d(4, 2, 1), nn.Identity())
+    x = torch.randn(1, 3, 5, 5)
+    y = g(x, 4)
+    assert probe.seen == 4 and y.shape == (1, 2, 5, 5)
+    ref = g[3](torch.nn.functional.leaky_relu(g[0](x, 4), 0.5))
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_codec_without_parameters_says_what_to_build():
+    class Empty(SlimCodec):
+        def config(self):
+            return {}
+    with pytest.raises(ValueError, match="Empty has no parameters: build its g_a, g_s"):
+        Empty([8]).compress(torch.rand(1, 3, 8, 8))
+
+
 def test_clear_caches_after_data_writes(model):
     """Writes through .data bypass version counters: clear_caches() drops every cache built from
     the weights (prepacked convs, effective GDN parameters, model id), so the next call sees the
