@@ -225,6 +225,18 @@ def _rank_world():
     return 0, 1
 
 
+def _torch_load(path: str, device, what: str, todo: str):
+    """``torch.load`` with errors a user can act on (ValueError naming the file; the file is
+    left untouched)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} {path} does not exist or is not a file")
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise ValueError(f"{what} {path} is not readable ({type(e).__name__}: {e}); {todo}") \
+            from None
+
+
 class Trainer:
     """Runs :class:`TrainConfig`; resumes from ``<out>/checkpoint.pt`` when it exists."""
 
@@ -280,7 +292,12 @@ class Trainer:
     def _resume_or_init(self):
         cfg = self.cfg
         if os.path.exists(self.ckpt_path):
-            ck = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+            ck = _torch_load(self.ckpt_path, self.device, "checkpoint",
+                             "move it out of the run folder to start a new run there")
+            if not (isinstance(ck, dict) and all(k in ck for k in ("model", "opt", "aux_opt",
+                                                                     "step", "lambdas"))):
+                raise ValueError(f"{self.ckpt_path} is not a checkpoint of this trainer; move it "
+                                 f"out of the run folder to start a new run there")
             self.model.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["opt"])
             self.aux_opt.load_state_dict(ck["aux_opt"])
@@ -309,7 +326,8 @@ class Trainer:
         else:
             self._sampler_state = None
             if cfg.init:
-                ck = torch.load(cfg.init, map_location=self.device, weights_only=False)
+                ck = _torch_load(cfg.init, self.device, "--init file",
+                                 "pass a model file or a checkpoint of python/train.py")
                 sd = ck.get("model", ck.get("state_dict", ck)) if isinstance(ck, dict) else ck
                 self.model.load_state_dict(sd)
                 msg = f"initialized weights from {cfg.init}"

@@ -313,6 +313,25 @@ def test_crops_larger_than_every_image_are_refused_at_load(image_dir, tmp_path):
     assert t.step == 1
 
 
+def test_unreadable_checkpoint_or_init_is_refused_and_left_alone(image_dir, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    ck = run / "checkpoint.pt"
+    ck.write_bytes(b"half-written")
+    with pytest.raises(ValueError, match="checkpoint .* is not readable .*move it out"):
+        Trainer(_cfg(image_dir, run))
+    assert ck.read_bytes() == b"half-written"                   # never overwritten
+    torch.save({"state_dict": {}}, ck)                          # e.g. a model file copied there
+    with pytest.raises(ValueError, match="is not a checkpoint of this trainer"):
+        Trainer(_cfg(image_dir, run))
+    with pytest.raises(ValueError, match="--init file .*missing.pt does not exist"):
+        Trainer(_cfg(image_dir, tmp_path / "a", init=str(tmp_path / "missing.pt")))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    with pytest.raises(ValueError, match="--init file .*junk.pt is not readable"):
+        Trainer(_cfg(image_dir, tmp_path / "b", init=str(junk)))
+
+
 @pytest.mark.parametrize("entry", ["script", "slimkernels"])
 def test_cli_bad_option_is_one_line_error(image_dir, tmp_path, capsys, entry):
     """python/train.py and `slimkernels train`: a bad option value is a one-line error on stderr
