@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
+
+
+#: What an evaluation writes into its folder; ``run_eval`` refuses a folder holding any of them
+#: unless ``--force``.
+EVAL_OUTPUTS = ("summary.json", "slimcae.json", "table.md", "rd.png", "jpeg.json", "webp.json",
+                "balle2017.json", "bitstreams")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -32,14 +39,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="torch intra-op threads (default: torch's choice; 1 is much faster "
                              "on a machine busy with other work)")
     parser.add_argument("--quiet", action="store_true", help="no per-image lines")
+    parser.add_argument("-f", "--force", action="store_true",
+                        help="replace the results of an earlier evaluation in --out")
     return parser
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run the evaluation for parsed ``args``; print the table; return the exit code.
 
-    Exit codes: 0 done, 2 bad input (missing folder/model, bad width), 3 the range coder
-    extension is missing.
+    Exit codes: 0 done, 2 bad input (missing folder/model, bad width, an earlier evaluation in
+    ``--out`` without ``--force``), 1 the range coder extension is missing.
     """
     from ..pretrained import load_model
     from .kodak import evaluate_all, list_images
@@ -58,6 +67,10 @@ def run_eval(args: argparse.Namespace) -> int:
         list_images(args.folder, args.limit)
     except ValueError as e:
         return err(str(e))
+    earlier = [n for n in EVAL_OUTPUTS if os.path.exists(os.path.join(args.out, n))]
+    if earlier and not args.force:
+        return err(f"{args.out} already holds an evaluation ({', '.join(earlier)}): choose "
+                   f"another --out, or pass --force to replace it")
     try:
         model = load_model(args.model, device=args.device)
     except (FileNotFoundError, ValueError) as e:

@@ -194,3 +194,11 @@ def test_cli_end_to_end(tiny_model, image_folder, tmp_path, capsys):
     assert len(list((out / "bitstreams" / "w16").glob("*.slim"))) == 2
     jpeg = json.loads((out / "jpeg.json").read_text())
     assert jpeg["results"]["quality"] == [10, 50, 90]
+    # a second run into the same folder is refused (nothing replaced) unless --force
+    before = (out / "summary.json").read_bytes()
+    again = [image_folder, "--model", model_path, "--out", str(out), "--quiet", "--no-classical"]
+    assert run_eval(_args(again)) == 2
+    assert "already holds an evaluation (summary.json" in capsys.readouterr().err
+    assert (out / "summary.json").read_bytes() == before
+    assert run_eval(_args(again + ["--force"])) == 0
+    assert (out / "summary.json").read_bytes() != before
