@@ -90,8 +90,12 @@ def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]
                 for p in inputs]
     else:
         outs = [output]
-    if len(set(map(os.path.abspath, outs))) != len(outs):
-        raise CLIError("two inputs would write the same output file; rename one")
+    seen = {}
+    for src, dst in zip(inputs, outs):
+        key = os.path.abspath(dst)
+        if key in seen:
+            raise CLIError(f"{seen[key]} and {src} would both write {dst}; rename one")
+        seen[key] = src
     for i, o in zip(inputs, outs):
         if os.path.abspath(i) == os.path.abspath(o):
             raise CLIError(f"output {o} is the input file")

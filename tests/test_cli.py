@@ -174,6 +174,21 @@ def test_negative_threads_is_a_clear_error(model_file, images, tmp_path, capsys)
     assert os.listdir(out) == []
 
 
+def test_inputs_with_the_same_name_are_refused_naming_both(model_file, images, tmp_path, capsys):
+    import shutil
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    a, b = str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png")
+    shutil.copy(images["RGB"], a)
+    shutil.copy(images["L"], b)
+    assert main(["compress", a, b, str(out), "--model", model_file, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"{a} and {b} would both write {out / 'x.slim'}" in err
+    assert os.listdir(out) == []
+
+
 def test_usage_errors_exit_2():
     r = subprocess.run([sys.executable, "-m", "slimkernels", "compress"], capture_output=True,
                        text=True)
