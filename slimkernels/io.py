@@ -99,8 +99,9 @@ def atomic_torch_save(obj, path: str) -> None:
 def read_image(path: str) -> Tuple[torch.Tensor, str]:
     """Read an image file as ``[1, 3, H, W]`` float32 in [0, 1].
 
-    Grayscale, palette, RGBA (alpha dropped) and 16-bit images are converted to 8-bit RGB; the
-    second return value says what was converted ("" when nothing was).
+    Grayscale, palette, RGBA (alpha dropped) and 16-bit images are converted to 8-bit RGB, and
+    an EXIF orientation (camera JPEGs) is applied, so that the image is coded as viewers show it;
+    the second return value says what was converted ("" when nothing was).
 
     Raises:
         ValueError: not an image Pillow can read, an empty image, or one over Pillow's
@@ -118,6 +119,10 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path}: not an image file Pillow can read ({e})") from None
     note = ""
+    if im.getexif().get(0x0112, 1) not in (1, None):   # EXIF orientation: store it as displayed
+        from PIL import ImageOps
+        im = ImageOps.exif_transpose(im)
+        note = "applied the EXIF orientation; "
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)

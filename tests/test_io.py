@@ -92,3 +92,24 @@ def test_atomic_torch_save_round_trips_and_spares_side_files(tmp_path):
     assert torch.equal(torch.load(str(p))["w"], torch.arange(3))
     assert side.read_bytes() == b"a user's file"
     assert sorted(q.name for q in tmp_path.iterdir()) == ["model.pt", "model.pt.tmp"]
+
+
+@pytest.mark.parametrize("orientation,rot90", [(1, 0), (3, 2), (6, -1), (8, 1)])
+def test_read_image_applies_the_exif_orientation(tmp_path, orientation, rot90):
+    # a camera JPEG stores its pixels unrotated plus an orientation tag: code what viewers show
+    import numpy as np
+    from PIL import Image
+
+    from slimkernels.io import read_image
+    arr = np.zeros((24, 40, 3), np.uint8)
+    arr[:6] = 255                                     # a white band along the stored top edge
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "o.png"
+    im.save(path, exif=exif.tobytes())
+    x, note = read_image(str(path))
+    want = np.rot90(arr, rot90).astype(np.float32) / 255.0   # rot90(k=-1): 90 degrees clockwise
+    assert x.shape == (1, 3) + want.shape[:2]
+    assert np.array_equal(x[0].permute(1, 2, 0).numpy(), want)
+    assert ("EXIF orientation" in note) == (orientation != 1)
