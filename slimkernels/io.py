@@ -119,10 +119,13 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path}: not an image file Pillow can read ({e})") from None
     note = ""
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        note = f"used the first of {frames} frames; "
     if im.getexif().get(0x0112, 1) not in (1, None):   # EXIF orientation: store it as displayed
         from PIL import ImageOps
         im = ImageOps.exif_transpose(im)
-        note = "applied the EXIF orientation; "
+        note += "applied the EXIF orientation; "
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)

@@ -113,3 +113,16 @@ def test_read_image_applies_the_exif_orientation(tmp_path, orientation, rot90):
     assert x.shape == (1, 3) + want.shape[:2]
     assert np.array_equal(x[0].permute(1, 2, 0).numpy(), want)
     assert ("EXIF orientation" in note) == (orientation != 1)
+
+
+def test_read_image_names_a_multi_frame_file(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from slimkernels.io import read_image
+    frames = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (10, 200, 90)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    x, note = read_image(str(path))
+    assert "used the first of 3 frames" in note
+    assert abs(float(x.mean()) * 255 - 10) < 2          # the first frame's value
