@@ -19,8 +19,8 @@ import json
 import os
 import sys
 
-import torch
 
+from slimkernels.io import load_torch_file
 from slimkernels.pretrained import load_model, save_model
 
 
@@ -29,10 +29,7 @@ def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise ValueError(f"{path} does not exist (expected a training checkpoint, e.g. "
                          f"runs/slimcae/checkpoint.pt)")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    ck = load_torch_file(path, "{path} is not a readable checkpoint ({error})")
     if not (isinstance(ck, dict) and all(k in ck for k in ("model", "config", "step"))):
         hint = (" (it is an exported model file already)"
                 if isinstance(ck, dict) and ck.get("format") == "slimkernels-model" else "")

@@ -9,7 +9,8 @@ from typing import Tuple
 import numpy as np
 import torch
 
-__all__ = ["read_image", "image_to_png_bytes", "atomic_write_bytes", "atomic_torch_save"]
+__all__ = ["read_image", "open_image", "image_to_png_bytes", "atomic_write_bytes",
+           "atomic_torch_save", "load_torch_file"]
 
 
 def _new_file_mode() -> int:
@@ -96,6 +97,42 @@ def atomic_torch_save(obj, path: str) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f), overwrite=True)
 
 
+def open_image(path: str, todo: str = ""):
+    """Open and load an image file with Pillow (``PIL.Image.Image``, any mode).
+
+    Raises:
+        ValueError: not an image Pillow can read, or one over Pillow's decompression-bomb limit
+            (``PIL.Image.MAX_IMAGE_PIXELS``, 2x of it: ~179 MP by default); the message names
+            the file and ends with ``todo`` (what the caller's user should do) when given.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(path)
+        im.load()
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path}: too large to read safely ({e}); " + (
+            todo or "split the image into tiles, or from Python raise PIL.Image.MAX_IMAGE_PIXELS "
+                    "first")) from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not an image file Pillow can read ({e})"
+                         + (f"; {todo}" if todo else "")) from None
+    return im
+
+
+def load_torch_file(path: str, unreadable: str, map_location="cpu"):
+    """``torch.load(path, map_location=map_location, weights_only=False)``, with one error for
+    a file torch cannot read (torch raises many exception types for them): ValueError with
+    ``unreadable.format(path=path, error="<Type>: <message>")``. A missing file raises
+    FileNotFoundError; check existence first for another message."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        raise ValueError(unreadable.format(path=path, error=f"{type(e).__name__}: {e}")) from None
+
+
 def read_image(path: str) -> Tuple[torch.Tensor, str]:
     """Read an image file as ``[1, 3, H, W]`` float32 in [0, 1].
 
@@ -104,20 +141,12 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
     the second return value says what was converted ("" when nothing was).
 
     Raises:
-        ValueError: not an image Pillow can read, an empty image, or one over Pillow's
-            decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 2x of it: ~179 MP by
-            default; raise it in Python to read larger images, or split them into tiles).
+        ValueError: see :func:`open_image` (raise ``PIL.Image.MAX_IMAGE_PIXELS`` in Python to read
+            larger images), or an empty image.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        im = Image.open(path)
-        im.load()
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"{path}: too large to read safely ({e}); split the image into tiles, "
-                         f"or from Python raise PIL.Image.MAX_IMAGE_PIXELS first") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not an image file Pillow can read ({e})") from None
+    im = open_image(path)
     note = ""
     frames = getattr(im, "n_frames", 1)
     if frames > 1:
@@ -131,7 +160,7 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
         arr = np.asarray(im, dtype=np.float64)
         arr = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
         im = Image.fromarray(arr, mode="L")
-        note = f"converted 16-bit {mode} to 8-bit; "
+        note += f"converted 16-bit {mode} to 8-bit; "
     if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
         note += f"dropped the alpha channel of a {mode} image; "
     elif im.mode != "RGB":

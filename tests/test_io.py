@@ -126,3 +126,19 @@ def test_read_image_names_a_multi_frame_file(tmp_path):
     x, note = read_image(str(path))
     assert "used the first of 3 frames" in note
     assert abs(float(x.mean()) * 255 - 10) < 2          # the first frame's value
+
+
+def test_read_image_keeps_every_note(tmp_path):
+    # a 16-bit image with an EXIF orientation: both conversions are reported
+    import numpy as np
+    from PIL import Image
+
+    from slimkernels.io import read_image
+    im = Image.fromarray(np.full((6, 9), 30000, np.uint16))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "g16.png"
+    im.save(path, exif=exif.tobytes())
+    x, note = read_image(str(path))
+    assert x.shape == (1, 3, 9, 6)
+    assert "EXIF orientation" in note and "16-bit" in note, note

@@ -7,12 +7,6 @@ import sys
 from typing import List, Optional
 
 
-#: What an evaluation writes into its folder; ``run_eval`` refuses a folder holding any of them
-#: unless ``--force``.
-EVAL_OUTPUTS = ("summary.json", "slimcae.json", "table.md", "rd.png", "jpeg.json", "webp.json",
-                "balle2017.json", "bitstreams")
-
-
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``eval`` arguments to ``parser`` (a subcommand parser or a fresh one)."""
     parser.add_argument("folder", metavar="DIR", help="folder of images (e.g. Kodak PNGs)")
@@ -51,7 +45,7 @@ def run_eval(args: argparse.Namespace) -> int:
     ``--out`` without ``--force``), 1 the range coder extension is missing.
     """
     from ..pretrained import load_model
-    from .kodak import evaluate_all, list_images
+    from .kodak import OUTPUTS, evaluate_all, list_images
 
     def err(msg: str) -> int:
         print(f"slimkernels eval: error: {msg}", file=sys.stderr)
@@ -67,7 +61,7 @@ def run_eval(args: argparse.Namespace) -> int:
         list_images(args.folder, args.limit)
     except ValueError as e:
         return err(str(e))
-    earlier = [n for n in EVAL_OUTPUTS if os.path.exists(os.path.join(args.out, n))]
+    earlier = [n for n in OUTPUTS if os.path.exists(os.path.join(args.out, n))]
     if earlier and not args.force:
         return err(f"{args.out} already holds an evaluation ({', '.join(earlier)}): choose "
                    f"another --out, or pass --force to replace it")

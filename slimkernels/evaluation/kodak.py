@@ -343,6 +343,12 @@ def _write_json(path: str, obj) -> None:
                        overwrite=True)
 
 
+#: What :func:`evaluate_all` writes into its folder (``slimkernels eval`` refuses a folder that
+#: holds any of them unless ``--force``).
+OUTPUTS = ("summary.json", "slimcae.json", "table.md", "rd.png", "jpeg.json", "webp.json",
+           "balle2017.json", "bitstreams")
+
+
 def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int]] = None,
                  precision: str = "auto", limit: Optional[int] = None, classical: bool = True,
                  jpeg_qualities: Optional[Sequence[int]] = None,

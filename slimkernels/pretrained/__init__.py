@@ -11,7 +11,7 @@ from typing import Dict, Optional
 import torch
 
 from .._device import check_device
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
 
 __all__ = ["load_model", "save_model", "bundled_model_path", "model_info", "DEFAULT_MODEL"]
@@ -58,10 +58,7 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
                                     f"({DEFAULT_MODEL}); pass a model file with --model")
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise ValueError(f"{path} is not a readable model file ({type(e).__name__}: {e})") from None
+    obj = load_torch_file(path, "{path} is not a readable model file ({error})")
     if weights not in ("ema", "train"):
         raise ValueError(f"weights must be 'ema' or 'train', got {weights!r}")
     averaged = False

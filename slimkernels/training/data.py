@@ -6,7 +6,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+
+from ..io import open_image
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -26,18 +27,11 @@ def load_rgb(path: str) -> torch.Tensor:
     """Read an image as a ``[3, H, W]`` uint8 tensor (converted to RGB).
 
     Raises:
-        ValueError: not an image Pillow can read, or over its decompression-bomb limit (the
-            message names the file: remove or replace it in the training folder).
+        ValueError: see :func:`slimkernels.io.open_image` (the message names the file: remove or
+            replace it in the training folder).
     """
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"{path}: too large to read safely ({e}); remove it from the image "
-                         f"folder or split it into tiles") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not an image file Pillow can read ({e}); remove or replace "
-                         f"it in the image folder") from None
+    with open_image(path, todo="remove or replace it in the image folder") as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

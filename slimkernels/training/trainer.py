@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .._device import check_device
 from ..codec import native_bf16
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
 from ..nn.entropy import check_quantization
 from ..ops.gdn import compiled_training
@@ -230,11 +230,7 @@ def _torch_load(path: str, device, what: str, todo: str):
     left untouched)."""
     if not os.path.isfile(path):
         raise ValueError(f"{what} {path} does not exist or is not a file")
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise ValueError(f"{what} {path} is not readable ({type(e).__name__}: {e}); {todo}") \
-            from None
+    return load_torch_file(path, f"{what} {{path}} is not readable ({{error}}); {todo}", device)
 
 
 class Trainer:

@@ -194,6 +194,8 @@ def test_cli_end_to_end(tiny_model, image_folder, tmp_path, capsys):
     assert len(list((out / "bitstreams" / "w16").glob("*.slim"))) == 2
     jpeg = json.loads((out / "jpeg.json").read_text())
     assert jpeg["results"]["quality"] == [10, 50, 90]
+    from slimkernels.evaluation.kodak import OUTPUTS    # what the refusal below looks for
+    assert sorted(os.listdir(out)) == sorted(OUTPUTS)
     # a second run into the same folder is refused (nothing replaced) unless --force
     before = (out / "summary.json").read_bytes()
     again = [image_folder, "--model", model_path, "--out", str(out), "--quiet", "--no-classical"]
