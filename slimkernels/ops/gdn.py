@@ -82,12 +82,15 @@ _SCRATCH = threading.local()
 SCRATCH_MAX_BYTES = 256 * 2 ** 20
 
 
-def _scratch(shape, dtype) -> torch.Tensor:
+def _scratch(shape, dtype, device) -> torch.Tensor:
     """A per-thread CPU buffer for x^2, reused across calls (grown when needed).
 
     Fresh multi-MB tensors cost page faults on every call (glibc hands large blocks back to the
-    OS); reusing one buffer removes that cost for the temporary. Only used without autograd.
+    OS); reusing one buffer removes that cost for the temporary. Only used without autograd. On
+    any other device (CUDA: its caching allocator already reuses blocks) a fresh tensor there.
     """
+    if torch.device(device).type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
     numel = 1
     for d in shape:
         numel *= d
@@ -232,7 +235,7 @@ def _norm(xv, shape, gc, bc, cd, channels_last, z=None):
     """
     N, C, H, W = shape
     if z is None:
-        z = _scratch(xv.shape, cd)
+        z = _scratch(xv.shape, cd, xv.device)
         torch.mul(xv, xv, out=z)
     if cd == torch.float32 or channels_last:
         n = F.conv2d(_image_view(z, shape, channels_last), gc[:, :, None, None], bc)

@@ -244,3 +244,18 @@ def test_compiled_training_context_restores_the_setting():
             assert gdn_mod.COMPILE_TRAINING is False
         assert gdn_mod.COMPILE_TRAINING is True
     assert gdn_mod.COMPILE_TRAINING is False
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_torch_path_off_cpu_allocates_on_the_input_device(channels_last):
+    """The no-grad path reuses a per-thread CPU scratch buffer for x^2; on any other device (a
+    GPU run found gdn_torch failing on CUDA tensors) x^2 must live on x's device. The meta
+    device stands in for CUDA here: shapes and devices propagate, nothing is computed."""
+    x = torch.randn(2, 8, 5, 6, device="meta")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    beta, gamma = torch.ones(8, device="meta"), torch.ones(8, 8, device="meta")
+    with torch.no_grad():
+        for inverse in (False, True):
+            y = gdn_torch(x, beta, gamma, inverse=inverse)
+            assert y.device.type == "meta" and y.shape == x.shape
