@@ -33,6 +33,14 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def tf32_allowed() -> bool:
+    """Whether fp32 GPU kernels may use TF32 tensor cores: PyTorch's own switches
+    (``torch.backends.cudnn.allow_tf32``, on by default, governs convolutions;
+    ``torch.backends.cuda.matmul.allow_tf32`` matrix products). Either on allows it, as for the
+    convolutions and 1x1 channel mixing these kernels replace; both off asks for full fp32."""
+    return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+
+
 def _check_name(name: str, where: str) -> str:
     name = name.strip().lower()
     if name not in BACKENDS:

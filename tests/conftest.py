@@ -31,6 +31,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
+@pytest.fixture(autouse=True)
+def _full_fp32_on_gpu(request):
+    """On a GPU, fp32 kernels (ours, cuDNN's references) follow PyTorch's TF32 switches: tests
+    hold fp32 results to ~1e-5, so TF32 is off unless a test is marked ``tf32`` (~1e-3)."""
+    if not _HAS_CUDA or "tf32" in request.keywords:
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.fixture
 def rng():
     import numpy as np

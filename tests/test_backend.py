@@ -28,3 +28,15 @@ def test_triton_on_cpu_needs_interpreter(monkeypatch):
         resolve_backend(torch.zeros(1), "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert resolve_backend(torch.zeros(1), "triton") == "triton"
+
+
+@pytest.mark.parametrize("cudnn,matmul,want", [(True, True, True), (True, False, True),
+                                               (False, True, True), (False, False, False)])
+def test_tf32_allowed_follows_pytorch_switches(cudnn, matmul, want):
+    from slimkernels.backend import tf32_allowed
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:  # the switches are properties of a module object: set and restore by hand
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+        assert tf32_allowed() is want
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

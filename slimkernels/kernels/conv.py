@@ -42,6 +42,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..backend import interpreter_enabled, tf32_allowed
 from .configs import (CONV_FWD_CONFIGS, CONV_GDN256_CONFIGS, CONV_GDN_CONFIGS,
                       CONV_GDN_SM80_MAX_BLOCK_M, CONV_INTERPRET_CONFIG, to_triton)
 
@@ -50,8 +51,7 @@ EPI_NONE, EPI_GDN, EPI_IGDN = 0, 1, 2
 
 
 def _interpreting() -> bool:
-    import os
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return interpreter_enabled()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,8 +377,7 @@ def _precision(dtype: torch.dtype) -> Tuple[str, object]:
     if dtype == torch.float64:
         return "ieee", tl.float64
     if dtype == torch.float32:
-        allow = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
-        return ("tf32" if allow and not _interpreting() else "ieee"), tl.float32
+        return ("tf32" if tf32_allowed() and not _interpreting() else "ieee"), tl.float32
     if dtype in (torch.float16, torch.bfloat16):
         return "ieee", tl.float32
     raise ValueError(f"unsupported dtype {dtype}: use float32, float16, bfloat16 (float64 only "

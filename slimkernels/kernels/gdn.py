@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..backend import interpreter_enabled
+from ..backend import interpreter_enabled, tf32_allowed
 from .configs import (GDN_BWD_DGAMMA_CONFIGS, GDN_BWD_DX_CONFIGS, GDN_FWD_CONFIGS,
                       GDN_INTERPRET_CONFIG, to_triton)
 
@@ -467,7 +467,7 @@ class GDNFunction(torch.autograd.Function):
 
 def gdn_triton(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bool = False,
                gamma_scale=None, gamma_bias=None, beta_scale=None, beta_bias=None,
-               fp32_precision: str = "tf32") -> torch.Tensor:
+               fp32_precision: Optional[str] = None) -> torch.Tensor:
     """GDN / IGDN through the Triton kernels, differentiable in x, beta, gamma and the scalars.
 
     Args:
@@ -476,13 +476,18 @@ def gdn_triton(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inve
         beta: ``[C_max]``, gamma: ``[C_max, C_max]`` (``[C_out, C_in]``) effective parameters, any
             float dtype, read in place at ``[:C]`` / ``[:C, :C]``.
         gamma_scale, gamma_bias, beta_scale, beta_bias: None, floats or 0-dim tensors.
-        fp32_precision: ``"tf32"`` (default, tensor cores) or ``"ieee"`` for fp32 inputs.
+        fp32_precision: ``"tf32"`` (tensor cores) or ``"ieee"`` for fp32 inputs; None (default)
+            follows PyTorch's switches (:func:`slimkernels.backend.tf32_allowed`: TF32 unless
+            ``torch.backends.cudnn.allow_tf32`` and ``torch.backends.cuda.matmul.allow_tf32``
+            are both off), as the convolution kernels do.
 
     Returns:
         ``[N, C, H, W]``, x's dtype and memory format.
     """
+    if fp32_precision is None:
+        fp32_precision = "tf32" if tf32_allowed() else "ieee"
     if fp32_precision not in ("tf32", "ieee"):
-        raise ValueError(f"fp32_precision must be 'tf32' or 'ieee', got {fp32_precision!r}")
+        raise ValueError(f"fp32_precision must be 'tf32', 'ieee' or None, got {fp32_precision!r}")
     scal = [_as_tensor(s, x) for s in (gamma_scale, gamma_bias, beta_scale, beta_bias)]
     return GDNFunction.apply(x, beta, gamma, *scal, bool(inverse), fp32_precision)
 

@@ -151,6 +151,7 @@ def test_fp32_precision_argument():
 
 
 @pytest.mark.cuda
+@pytest.mark.tf32
 @pytest.mark.parametrize("C", [48, 72, 192])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("inverse", [False, True], ids=["gdn", "igdn"])
@@ -164,3 +165,21 @@ def test_cuda_tf32(C, channels_last, inverse):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_cuda_half(dtype):
     _check(144, True, False, "slimgdn+", dtype, 1e-2, device="cuda", N=2, H=33, W=47)
+
+
+@pytest.mark.parametrize("allow,want", [(True, "tf32"), (False, "ieee")])
+def test_fp32_precision_default_follows_pytorch_switches(monkeypatch, allow, want):
+    """fp32_precision=None picks TF32 exactly when PyTorch's switches allow it (as the conv
+    kernels do), so that a user who turns TF32 off gets full fp32 GDN too."""
+    from slimkernels.kernels import gdn as G
+    seen = []
+    monkeypatch.setattr(G.GDNFunction, "apply", lambda *a: seen.append(a[-1]) or a[0])
+    x, beta, gamma, *_ = _case(17, False, "none")
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allow
+        G.gdn_triton(x, beta, gamma)
+        G.gdn_triton(x, beta, gamma, fp32_precision="ieee")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert seen == [want, "ieee"]
