@@ -385,7 +385,7 @@ def main(argv=None):
     ap.add_argument("--no-train", action="store_true",
                     help="skip the CPU forward+backward (training step) timings")
     ap.add_argument("--widths", default=None,
-                    help="comma-separated widths for the CPU section (default 192,144,96,72,48)")
+                    help="comma-separated widths (default 192,144,96,72,48)")
     ap.add_argument("--md-name", default="gdn",
                     help="basename of the CPU result files (cpu/<name>.json, .md)")
     ap.add_argument("--reps", type=int, default=9, help="CPU repeats per variant (median)")
@@ -433,7 +433,7 @@ def main(argv=None):
                 reps=2 if args.dry_run else args.reps)
     cuda_rows = None
     if torch.cuda.is_available() and not args.dry_run:
-        cuda_rows = cuda_timings()
+        cuda_rows = cuda_timings(GPU_SHAPES, widths)
     elif args.dry_run:  # exercise the CUDA section's code on CPU with a wall-clock timer
         def cpu_timer(fn):
             return _median_interleaved({"f": fn}, reps=2, warmup=1)["f"] * 1e3

@@ -76,7 +76,8 @@ def _timed(fns: Dict[str, Callable], device, repeats: int, warmup: int = 2) -> D
 @torch.no_grad()
 def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
                  device: Optional[str] = None, dry_run: bool = False, use_compile: bool = True,
-                 log=print) -> Dict:
+                 compile_widths: Optional[List[int]] = None,
+                 on_row: Optional[Callable[[Dict], None]] = None, log=print) -> Dict:
     """Rows per width and dtype: encoder / decoder transforms (ours, ours + CUDA graph, eager,
     torch.compile) and ours compress / decompress, in ms, with the same-run ratios.
 
@@ -84,6 +85,11 @@ def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
         model: a :class:`SlimCAE` (CPU, eval, with CDF tables); a copy goes to the device.
         x: ``[1, 3, H, W]`` image (cropped to a multiple of 16).
         device: ``"cuda"`` (default when available); ``dry_run`` forces CPU and no compile/graphs.
+        compile_widths: widths that get a ``torch.compile`` column (default: all). Each width and
+            dtype is a fresh compile of encoder and decoder (tens of seconds on a GPU machine's
+            CPU): a short GPU lease times it at the extreme widths only.
+        on_row: called with the result so far (same layout as the return value) after each row,
+            so that a caller can write partial results before a time limit ends the run.
     Returns:
         ``{"device": str, "dry_run": bool, "rows": [...], "goals": {...}}``.
     """
@@ -102,6 +108,12 @@ def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
     plain = PlainSlimCAE.from_model(model).to(dev).eval()
     compile_ok = use_compile and dev.type == "cuda"
     rows: List[Dict] = []
+
+    def result():
+        return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
+                "cpu (dry run)", "dry_run": dry_run or dev.type != "cuda", "image": [H, W],
+                "rows": rows, "goals": cuda_goals(rows)}
+
     for width in widths:
         eb = ours.entropy_bottleneck.for_width(width)
         y_hat = eb.dequantize_symbols(eb.quantize_symbols(ours.encode(x, width)))
@@ -128,11 +140,15 @@ def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
                 del fns["enc_graph"]
             if g_dec.error:
                 del fns["dec_graph"]
-            if compile_ok:
+            compile_s = None
+            if compile_ok and (compile_widths is None or width in compile_widths):
                 try:
+                    t0 = time.perf_counter()
                     c_enc = torch.compile(p_enc, dynamic=False)
                     c_dec = torch.compile(p_dec, dynamic=False)
                     c_enc(x), c_dec(y_hat)  # compile now, outside the timing
+                    _sync(dev)
+                    compile_s = time.perf_counter() - t0
                     fns["enc_compile"] = lambda: c_enc(x)
                     fns["dec_compile"] = lambda: c_dec(y_hat)
                 except Exception as e:
@@ -143,7 +159,8 @@ def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
             fns["decompress"] = lambda d=data, p=prec: ours.decompress(d, precision=p)
             t = _timed(fns, dev, repeats, warmup=0 if dry_run else 2)
             row = {"width": width, "dtype": str(dt).replace("torch.", ""),
-                   **{f"{k}_ms": v for k, v in t.items()}, "notes": notes}
+                   **{f"{k}_ms": v for k, v in t.items()}, "compile_s": compile_s,
+                   "notes": notes}
             for part in ("enc", "dec"):
                 best = min(t[f"{part}_ours"], t.get(f"{part}_graph", float("inf")))
                 row[f"{part}_speedup_vs_eager"] = t[f"{part}_eager"] / best
@@ -152,10 +169,9 @@ def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
             rows.append(row)
             log(f"  cuda w={width:3d} {row['dtype']}: " + "  ".join(
                 f"{k}={v:.3f}" for k, v in t.items()))
-    goals = cuda_goals(rows)
-    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)",
-            "dry_run": dry_run or dev.type != "cuda", "image": [H, W], "rows": rows,
-            "goals": goals}
+            if on_row is not None:
+                on_row(result())
+    return result()
 
 
 def cuda_goals(rows: List[Dict]) -> Dict:

@@ -7,13 +7,17 @@
 #   Device call:  run(command="bash bench/gpu_session.sh", carry=[".gpu_carry"], timeout_s=590)
 #   Dry run here: GPU_SESSION_DRY=1 OUT=/tmp/gpu_out bash bench/gpu_session.sh   (CPU, tiny shapes)
 #
-# Steps, each under its own time limit so that one slow step leaves time for the others:
+# Steps, each under its own time limit so that one slow step leaves time for the others, the
+# owed table first:
 #   env        nvidia-smi, torch / triton versions
 #   build      the C++ extensions in place, with the machine's python3 (pybind11 is there)
-#   tests      pytest -m cuda (Triton kernels on the GPU against float64 references)
+#   report     bench/report.py --cuda-only: end to end on CUDA (Triton + CUDA graphs vs eager,
+#              torch.compile at the extreme widths), the table rewritten after each row
+#   tests      pytest -m "cuda or interpret": every Triton kernel test, compiled for the GPU,
+#              against float64 references (pytest-xdist when the machine has it; one line per
+#              failure, at most 30, so that the reasons arrive inside the time limit)
 #   gdn        bench/bench_gdn.py: GDN/IGDN forward and forward+backward vs eager and torch.compile
 #   conv       bench/bench_conv.py --device: sliced conv / tconv vs cuDNN, fused conv+GDN
-#   report     bench/report.py: end to end on CUDA (Triton + CUDA graphs vs eager, torch.compile)
 # Output in $OUT (default ./gpu_out): summary.txt (each step's status and time), one log per
 # step, and results.tgz (every file the benchmarks wrote under bench/results/). Unpack it here
 # with `tar xzf results.tgz` in the repository root, review, commit.
@@ -54,22 +58,26 @@ else
     step build 80 "$PY" setup.py -q build_ext --inplace
 fi
 
-# limits: 10 + 80 + 110 + 100 + 110 + 170 = 580 s, inside one 600 s device command
+# limits: 10 + 70 + 220 + 100 + 70 + 90 = 560 s, inside one 600 s device command
 RESULTS=bench/results
+XDIST=""
+"$PY" -c "import xdist" 2>/dev/null && XDIST="-n 8"
 if [ "$DRY" = 1 ]; then
     RESULTS="$OUT/dry_gdn $OUT/dry_conv $OUT/dry_report"
+    step report 180 "$PY" bench/report.py --quick --cuda-only --cuda-dry-run \
+        --widths 192,48 --compile-widths 192 --image "$IMAGE" --out "$OUT/dry_report"
     step tests 240 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests
     step gdn 120 "$PY" bench/bench_gdn.py --dry-run --out "$OUT/dry_gdn"
     step conv 120 "$PY" bench/bench_conv.py --dry-run --out "$OUT/dry_conv"
-    step report 180 "$PY" bench/report.py --quick --cuda-dry-run --no-memory --no-compressai \
-        --image "$IMAGE" --out "$OUT/dry_report"
 else
-    step tests 110 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests
-    step gdn 100 "$PY" bench/bench_gdn.py --no-cpu --md-name gdn_cuda  # not over the CPU table
-    step conv 110 "$PY" bench/bench_conv.py --device --no-cpu
-    step report 170 "$PY" bench/report.py --repeats 5 --no-memory --no-layers --no-compressai \
-        --widths 192,144,96,72,48 --image "$IMAGE" \
-        --note "bench/gpu_session.sh on a lent GPU machine; CPU rows are that machine's CPU"
+    step report 220 "$PY" bench/report.py --cuda-only --repeats 10 --widths 192,48,96,144,72 \
+        --compile-widths 192,48 --image "$IMAGE" \
+        --note "bench/gpu_session.sh on a lent GPU machine"
+    # shellcheck disable=SC2086  # XDIST is empty or two words
+    step tests 100 "$PY" -m pytest -q -m "cuda or interpret" -p no:cacheprovider $XDIST \
+        --tb=line -rf --maxfail=30 tests
+    step gdn 70 "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48 --md-name gdn_cuda
+    step conv 90 "$PY" bench/bench_conv.py --device --no-cpu --widths 192,96,48
 fi
 
 # every result file written during this run, in one archive (the device returns at most 8 files)

@@ -404,6 +404,38 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
     return "\n".join(L)
 
 
+def cuda_elsewhere(out: str) -> str:
+    """The CUDA section of a report written without a GPU: links to the CUDA reports already in
+    ``bench/results/cuda-*/`` (relative to ``out``), or says that the table is owed."""
+    import glob
+    found = sorted(glob.glob(os.path.join(HERE, "results", "cuda-*", "cuda.json")))
+    text = ("No GPU on this machine. The CUDA table (encoder / decoder transforms, compress, "
+            "decompress: Triton kernels and CUDA graphs vs eager and torch.compile, every width, "
+            "fp32 and bf16; goals: transforms >= 3x eager, w=48 <= 30 % of w=192, compress and "
+            "decompress <= 10 ms at w=192) is written by `python bench/report.py` (or "
+            "`bash bench/gpu_session.sh`) on a CUDA machine into `bench/results/cuda-<gpu>/`. Its "
+            "code runs in CI on CPU (`--cuda-dry-run`, tests/bench/test_report.py).")
+    if not found:
+        return "**Owed**: " + text
+    links = ", ".join(f"[{os.path.basename(os.path.dirname(p))}]"
+                      f"({os.path.relpath(os.path.join(os.path.dirname(p), 'README.md'), out)})"
+                      for p in found)
+    return text + " Measured so far: " + links + "."
+
+
+def write_cuda(cdir: str, meta: Dict, cres: Dict) -> str:
+    """Write the CUDA section's ``cuda.json`` and ``README.md`` into ``cdir``; returns its table."""
+    import e2e_cuda
+    os.makedirs(cdir, exist_ok=True)
+    with open(os.path.join(cdir, "cuda.json"), "w") as f:
+        json.dump({"meta": meta, **cres}, f, indent=1)
+    cuda_md = e2e_cuda.cuda_markdown(cres)
+    with open(os.path.join(cdir, "README.md"), "w") as f:
+        f.write(f"# CUDA end-to-end on {cres['device']}\n\nCommand: `{meta['command']}`\n\n"
+                + cuda_md + "\n")
+    return cuda_md
+
+
 # ------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -434,6 +466,12 @@ def main(argv=None) -> int:
                          "channels_last inputs; compress does this on CPU by default now)")
     ap.add_argument("--cuda-dry-run", action="store_true",
                     help="without a GPU: run the CUDA section's code on CPU on a tiny image")
+    ap.add_argument("--cuda-only", action="store_true",
+                    help="only the CUDA section (no CPU timings): for a short GPU lease; widths "
+                         "run in the order given and the table is rewritten after each row")
+    ap.add_argument("--compile-widths", default=None,
+                    help="CUDA: comma-separated widths that get a torch.compile column (default "
+                         "all; each width and dtype is a fresh compile)")
     a = ap.parse_args(argv)
     tuned = False
     if not a.no_tune_malloc:
@@ -445,7 +483,9 @@ def main(argv=None) -> int:
     repeats = a.repeats or (1 if a.quick else 7)
     burst = a.burst or (1 if a.quick else 2)
     if a.widths:
-        widths = sorted({int(w) for w in a.widths.split(",")}, reverse=True)
+        widths = list(dict.fromkeys(int(w) for w in a.widths.split(",")))
+        if not a.cuda_only:
+            widths.sort(reverse=True)
     else:
         widths = [192, 48] if a.quick else list(e2e.WIDTHS)
     precisions = tuple(dict.fromkeys(p.strip() for p in a.precisions.split(",") if p.strip()))
@@ -463,8 +503,9 @@ def main(argv=None) -> int:
     if bad:
         print(f"error: widths {bad} are not widths of the model {model.widths}", file=sys.stderr)
         return 2
+    compile_widths = (None if a.compile_widths is None else
+                      [int(w) for w in a.compile_widths.split(",") if w.strip()])
     x = e2e.load_image(a.image, a.quick)
-    cai = None if a.no_compressai else e2e.make_compressai()
     import shlex
     meta = {**env_info(threads), "command": "python bench/report.py " + shlex.join(
                 argv if argv is not None else sys.argv[1:]),
@@ -473,6 +514,26 @@ def main(argv=None) -> int:
             "note": a.note, "malloc_tuned": tuned,
             "image": e2e.image_source(a.image) + (" (64x96 crop)" if a.quick else ""), "out": out}
     print(f"report on {machine}: {model_desc}, image {tuple(x.shape)}, {threads} threads")
+
+    import e2e_cuda
+    if a.cuda_only:
+        if not (torch.cuda.is_available() or a.cuda_dry_run):
+            print("error: --cuda-only needs a CUDA GPU (or --cuda-dry-run to exercise the code on "
+                  "CPU)", file=sys.stderr)
+            return 2
+        cdir = (os.path.join(HERE, "results", machine_name("cuda")) if torch.cuda.is_available()
+                else out)
+        cres = e2e_cuda.cuda_section(
+            model, x, widths, repeats=max(repeats, 10 if not a.quick else 1),
+            dry_run=not torch.cuda.is_available(), compile_widths=compile_widths,
+            on_row=lambda r: write_cuda(cdir, meta, r))
+        write_cuda(cdir, meta, cres)
+        print(f"wrote {cdir} in {time.time() - t_start:.0f} s")
+        for k, g in ({} if cres["dry_run"] else cres["goals"]).items():
+            print(f"  cuda goal {k}: {'met' if g['met'] else 'NOT met'} ({g['value']:.3f})")
+        return 0
+
+    cai = None if a.no_compressai else e2e.make_compressai()
 
     warmup = 0 if a.quick else 1
     res = e2e.e2e_timings(model, x, widths, repeats=repeats, warmup=warmup, compressai_model=cai,
@@ -496,18 +557,11 @@ def main(argv=None) -> int:
             if os.path.exists(p) and name not in ext_layers:
                 ext_layers[name] = p
 
-    import e2e_cuda
     if torch.cuda.is_available():
         cres = e2e_cuda.cuda_section(model, e2e.load_image(a.image, a.quick), widths,
-                                     repeats=max(repeats, 10 if not a.quick else 1))
-        cdir = os.path.join(HERE, "results", machine_name("cuda"))
-        os.makedirs(cdir, exist_ok=True)
-        with open(os.path.join(cdir, "cuda.json"), "w") as f:
-            json.dump({"meta": meta, **cres}, f, indent=1)
-        cuda_md = e2e_cuda.cuda_markdown(cres)
-        with open(os.path.join(cdir, "README.md"), "w") as f:
-            f.write(f"# CUDA end-to-end on {cres['device']}\n\nCommand: `{meta['command']}`\n\n"
-                    + cuda_md + "\n")
+                                     repeats=max(repeats, 10 if not a.quick else 1),
+                                     compile_widths=compile_widths)
+        cuda_md = write_cuda(os.path.join(HERE, "results", machine_name("cuda")), meta, cres)
     elif a.cuda_dry_run:
         cres = e2e_cuda.cuda_section(model, e2e.load_image(a.image, True), widths[:2],
                                      repeats=1, dry_run=True)
@@ -515,13 +569,7 @@ def main(argv=None) -> int:
             json.dump(cres, f, indent=1)
         cuda_md = e2e_cuda.cuda_markdown(cres)
     else:
-        cuda_md = ("**Owed**: no GPU on this machine. The CUDA table (encoder / decoder transforms, "
-                   "compress, decompress: Triton kernels and CUDA graphs vs eager and "
-                   "torch.compile, every width, fp32 and bf16; goals: transforms >= 3x eager, "
-                   "w=48 <= 30 % of w=192, compress and decompress <= 10 ms at w=192) is written "
-                   "by `python bench/report.py` on a CUDA machine into "
-                   "`bench/results/cuda-<gpu>/`. Its code runs in CI on CPU "
-                   "(`--cuda-dry-run`, tests/bench/test_report.py).")
+        cuda_md = cuda_elsewhere(out)
 
     meta["seconds"] = time.time() - t_start
     with open(os.path.join(out, "e2e.json"), "w") as f:

@@ -210,3 +210,54 @@ def test_interleaved_order_changes_between_rounds():
     e2e.interleaved(fns, repeats=12, warmup=0)
     orders = {tuple(calls[i:i + 4]) for i in range(0, len(calls), 4)}
     assert all(sorted(o) == list("abcd") for o in orders) and len(orders) > 1
+
+
+def test_cuda_section_without_gpu_links_measured_reports(tmp_path, monkeypatch):
+    """A CPU report says the CUDA table is owed until a GPU run left one in results/cuda-*/,
+    then links every such report (relative to the report's folder)."""
+    monkeypatch.setattr(report, "HERE", str(tmp_path))
+    out = tmp_path / "results" / "cpu-x"
+    out.mkdir(parents=True)
+    assert report.cuda_elsewhere(str(out)).startswith("**Owed**")
+    gpu = tmp_path / "results" / "cuda-some-gpu"
+    gpu.mkdir()
+    (gpu / "cuda.json").write_text("{}")
+    text = report.cuda_elsewhere(str(out))
+    assert not text.startswith("**Owed**")
+    assert "[cuda-some-gpu](../cuda-some-gpu/README.md)" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU paths")
+def test_cuda_only_needs_a_gpu_or_the_dry_run(tmp_path, capsys):
+    assert report.main(["--cuda-only", "--quick", "--out", str(tmp_path)]) == 2
+    assert "--cuda-only needs a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "cuda.json").exists()
+
+
+def test_cuda_only_dry_run_keeps_width_order_and_writes_after_each_row(tmp_path, monkeypatch):
+    """--cuda-only: widths in the order given (the lease may end before the last), the table
+    rewritten after every row, torch.compile only at --compile-widths (a dry run compiles
+    nothing, so the argument is checked for parsing and passing through)."""
+    import e2e_cuda
+    written, passed = [], {}
+    real_write, real_section = report.write_cuda, e2e_cuda.cuda_section
+
+    def spy_write(cdir, meta, cres):
+        written.append(len(cres["rows"]))
+        return real_write(cdir, meta, cres)
+
+    def spy_section(*a, **kw):
+        passed["compile_widths"] = kw.get("compile_widths")
+        return real_section(*a, **kw)
+
+    monkeypatch.setattr(report, "write_cuda", spy_write)
+    monkeypatch.setattr(e2e_cuda, "cuda_section", spy_section)
+    assert report.main(["--cuda-only", "--cuda-dry-run", "--quick", "--widths", "48,192",
+                        "--compile-widths", "192", "--out", str(tmp_path)]) == 0
+    cuda = json.loads((tmp_path / "cuda.json").read_text())
+    assert [r["width"] for r in cuda["rows"]] == [48, 48, 192, 192]
+    assert [r["dtype"] for r in cuda["rows"]] == ["float32", "bfloat16"] * 2
+    assert written == [1, 2, 3, 4, 4]  # after each row, then the final write
+    assert passed["compile_widths"] == [192]
+    assert "| 48 | float32 |" in (tmp_path / "README.md").read_text()
+    assert not (tmp_path / "e2e.json").exists()  # no CPU section
