@@ -393,7 +393,10 @@ def cpu_goals(rows) -> Dict:
 def device_section(device="cuda", shapes=((1, 512, 768), (8, 256, 256)), widths=WIDTHS,
                    dtypes=(torch.float32, torch.bfloat16), compile_mode="max-autotune",
                    compile_backend="inductor", rounds=None, layers=None) -> List[Dict]:
-    """Ours (Triton) vs cuDNN vs torch.compile, and fused conv+GDN vs cuDNN + eager GDN."""
+    """Ours (Triton) vs cuDNN vs torch.compile, and fused conv+GDN vs cuDNN + eager GDN.
+
+    ``shapes``: (N, H, W) images; ``compile_mode`` None leaves the torch.compile column out (each
+    layer, width and dtype is a fresh compile: minutes in max-autotune mode)."""
     on_cuda = device == "cuda"
     if on_cuda:
         torch.backends.cudnn.benchmark = True
@@ -422,11 +425,11 @@ def device_section(device="cuda", shapes=((1, 512, 768), (8, 256, 256)), widths=
                     wt = wt.to(memory_format=torch.channels_last)
                     with torch.no_grad():
                         plain = _plain(L, x, wt, b, contiguous=False)
-                        compiled = torch.compile(plain, mode=compile_mode if compile_backend ==
-                                                 "inductor" else None, backend=compile_backend,
-                                                 dynamic=False)
-                        fns = {"ours": _ours(L, x, wt, b, backend=backend), "cudnn": plain,
-                               "compile": compiled}
+                        fns = {"ours": _ours(L, x, wt, b, backend=backend), "cudnn": plain}
+                        if compile_mode is not None:
+                            fns["compile"] = torch.compile(
+                                plain, mode=compile_mode if compile_backend == "inductor" else None,
+                                backend=compile_backend, dynamic=False)
                         if L["gdn"]:
                             fns["ours_fused_gdn"] = _ours(L, x, wt, b, gdn=(beta, gamma),
                                                           backend=backend)
@@ -440,7 +443,8 @@ def device_section(device="cuda", shapes=((1, 512, 768), (8, 256, 256)), widths=
                     row = {"layer": L["name"], "width": width, "dtype": dt, "x": list(L["x"]),
                            "rel_err_vs_cudnn": err, **{f"{k}_ms": v for k, v in t.items()},
                            "speedup_vs_cudnn": t["cudnn"] / t["ours"],
-                           "speedup_vs_compile": t["compile"] / t["ours"],
+                           **({"speedup_vs_compile": t["compile"] / t["ours"]}
+                              if "compile" in t else {}),
                            "ours_tflops": c["flops"] / (t["ours"] * 1e-3) / 1e12}
                     if L["gdn"]:
                         row["speedup_fused_gdn"] = t["cudnn+eager_gdn"] / t["ours_fused_gdn"]
@@ -552,6 +556,11 @@ def main(argv=None):
     ap.add_argument("--name", type=str, default="",
                     help="output file stem (default conv / conv_transforms)")
     ap.add_argument("--out", type=str, default="")
+    ap.add_argument("--compile-mode", default="max-autotune",
+                    help="--device: torch.compile mode of the compile column (max-autotune, "
+                         "default, reduce-overhead) or 'none' to leave the column out")
+    ap.add_argument("--shapes", default="1x512x768,8x256x256",
+                    help="--device: comma-separated NxHxW images (default 1x512x768,8x256x256)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -607,7 +616,15 @@ def main(argv=None):
     if a.device:
         if not torch.cuda.is_available():
             raise SystemExit("--device needs a CUDA GPU")
-        res["device"] = device_section("cuda", widths=widths)
+        try:
+            shapes = tuple(tuple(int(v) for v in sh.split("x")) for sh in a.shapes.split(","))
+            assert shapes and all(len(sh) == 3 and min(sh) > 0 for sh in shapes)
+        except (ValueError, AssertionError):
+            raise SystemExit(f"--shapes takes comma-separated NxHxW, got {a.shapes!r}")
+        res["device"] = device_section(
+            "cuda", shapes=shapes, widths=widths,
+            compile_mode=None if a.compile_mode == "none" else a.compile_mode,
+            layers=a.layers.split(",") if a.layers else None)
         res["device_name"] = torch.cuda.get_device_name()
         out = a.out or os.path.join(here, "results", "gpu")
     write(out, res, a.name or "conv")

@@ -17,7 +17,8 @@
 #              against float64 references (pytest-xdist when the machine has it; one line per
 #              failure, at most 30, so that the reasons arrive inside the time limit)
 #   gdn        bench/bench_gdn.py: GDN/IGDN forward and forward+backward vs eager and torch.compile
-#   conv       bench/bench_conv.py --device: sliced conv / tconv vs cuDNN, fused conv+GDN
+#   conv       bench/bench_conv.py --device: sliced conv / tconv vs cuDNN per layer, fused
+#              conv+GDN (where a GPU run of ours is slower than cuDNN: which layer)
 # Output in $OUT (default ./gpu_out): summary.txt (each step's status and time), one log per
 # step, and results.tgz (every file the benchmarks wrote under bench/results/). Unpack it here
 # with `tar xzf results.tgz` in the repository root, review, commit.
@@ -77,7 +78,10 @@ else
     step tests 100 "$PY" -m pytest -q -m "cuda or interpret" -p no:cacheprovider $XDIST \
         --tb=line -rf --maxfail=30 tests
     step gdn 70 "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48 --md-name gdn_cuda
-    step conv 90 "$PY" bench/bench_conv.py --device --no-cpu --widths 192,96,48
+    # per layer on the Kodak shape; no torch.compile column (a fresh max-autotune compile per
+    # layer, width and dtype takes minutes; the e2e report has torch.compile of the transforms)
+    step conv 90 "$PY" bench/bench_conv.py --device --no-cpu --widths 192,96,48 \
+        --shapes 1x512x768 --compile-mode none
 fi
 
 # every result file written during this run, in one archive (the device returns at most 8 files)

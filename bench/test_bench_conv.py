@@ -59,3 +59,27 @@ def test_transforms_breakdown_tiny():
     assert len(rows) == 12 and all(r["conv_ms_w8"] > 0 and r["w_ratio"] > 0 for r in rows)
     ratios = B.transforms_ratios(B.transforms_section(widths=(8, 4), rounds=1, h=32, w=48))
     assert len(ratios) == 2 and all(r["enc_ratio"] > 0 for r in ratios)
+
+
+def test_device_section_without_compile_column():
+    """compile_mode=None (--compile-mode none, for a short GPU lease): rows without the compile
+    column, ours still checked against the PyTorch convolution."""
+    import bench_conv
+    rows = bench_conv.device_section("cpu", shapes=((1, 16, 16),), widths=[8],
+                                     dtypes=(torch.float32,), compile_backend="eager",
+                                     compile_mode=None, rounds=1, layers=["enc2", "dec1"])
+    assert [r["layer"] for r in rows] == ["enc2", "dec1"]
+    for r in rows:
+        assert "compile_ms" not in r and "speedup_vs_compile" not in r
+        assert r["ours_ms"] > 0 and r["cudnn_ms"] > 0
+        assert r["rel_err_vs_cudnn"] < 1e-5
+
+
+def test_device_flag_needs_a_gpu(capsys):
+    import pytest
+
+    import bench_conv
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-GPU path")
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        bench_conv.main(["--device", "--no-cpu", "--shapes", "1x32x32"])
