@@ -56,10 +56,11 @@ if torch.cuda.is_available() else \"\")'"
 if [ "$DRY" = 1 ]; then  # no rebuild under a running test process: check the built modules
     step build 80 "$PY" -c "import slimkernels._coder, slimkernels._cpu_kernels"
 else
-    step build 80 "$PY" setup.py -q build_ext --inplace
+    step build 60 "$PY" setup.py -q build_ext --inplace  # 32 s on the H200 machine
 fi
 
-# limits: 10 + 70 + 220 + 100 + 70 + 90 = 560 s, inside one 600 s device command
+# limits: 10 + 60 + 180 + 140 + 70 + 90 = 550 s, inside one 600 s device command (first H200
+# run, 2026-12-04: report 157 s, gdn 70 s; tests and conv did not complete then)
 RESULTS=bench/results
 XDIST=""
 "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 8"
@@ -71,11 +72,11 @@ if [ "$DRY" = 1 ]; then
     step gdn 120 "$PY" bench/bench_gdn.py --dry-run --out "$OUT/dry_gdn"
     step conv 120 "$PY" bench/bench_conv.py --dry-run --out "$OUT/dry_conv"
 else
-    step report 220 "$PY" bench/report.py --cuda-only --repeats 10 --widths 192,48,96,144,72 \
+    step report 180 "$PY" bench/report.py --cuda-only --repeats 10 --widths 192,48,96,144,72 \
         --compile-widths 192,48 --image "$IMAGE" \
         --note "bench/gpu_session.sh on a lent GPU machine"
     # shellcheck disable=SC2086  # XDIST is empty or two words
-    step tests 100 "$PY" -m pytest -q -m "cuda or interpret" -p no:cacheprovider $XDIST \
+    step tests 140 "$PY" -m pytest -q -m "cuda or interpret" -p no:cacheprovider $XDIST \
         --tb=line -rf --maxfail=30 tests
     step gdn 70 "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48 --md-name gdn_cuda
     # per layer on the Kodak shape; no torch.compile column (a fresh max-autotune compile per
