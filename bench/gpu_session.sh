@@ -19,9 +19,12 @@
 #   gdn        bench/bench_gdn.py: GDN/IGDN forward and forward+backward vs eager and torch.compile
 #   conv       bench/bench_conv.py --device: sliced conv / tconv vs cuDNN per layer, fused
 #              conv+GDN (where a GPU run of ours is slower than cuDNN: which layer)
-# Output in $OUT (default ./gpu_out): summary.txt (each step's status and time), one log per
-# step, and results.tgz (every file the benchmarks wrote under bench/results/). Unpack it here
-# with `tar xzf results.tgz` in the repository root, review, commit.
+#   profile    bench/gpu_profile.py: the kernels of each transform and of a GDN forward +
+#              backward, from torch.profiler (slow kernel or launch-bound?)
+# Output in $OUT (default ./gpu_out), three files (the device returns at most 8): summary.txt
+# (each step's status and time, and the last lines of a failed step's log), logs.tgz (one log
+# per step) and results.tgz (every file the benchmarks wrote under bench/results/). Unpack the
+# latter here with `tar xzf results.tgz` in the repository root, review, commit.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
@@ -43,6 +46,9 @@ step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log it, record
     [ $rc -eq 124 ] || [ $rc -eq 137 ] && what="TIMED OUT after ${limit} s"
     [ $rc -ne 0 ] && [ "$what" = ok ] && what="FAILED (exit $rc)"
     printf '%-8s %-28s %4d s\n' "$name" "$what" $((SECONDS - t0)) | tee -a "$SUMMARY"
+    if [ "$what" != ok ]; then  # the reason, where it is read first
+        tail -n 15 "$OUT/$name.log" | sed 's/^/    | /' >> "$SUMMARY"
+    fi
 }
 
 IMAGE=slimkernels/assets/sample.png
@@ -59,34 +65,41 @@ else
     step build 60 "$PY" setup.py -q build_ext --inplace  # 32 s on the H200 machine
 fi
 
-# limits: 10 + 60 + 180 + 140 + 70 + 90 = 550 s, inside one 600 s device command (first H200
-# run, 2026-12-04: report 157 s, gdn 70 s; tests and conv did not complete then)
+# limits: 10 + 60 + 170 + 130 + 80 + 60 + 60 = 570 s, inside one 600 s device command (first
+# H200 run, 2026-12-04: build 32 s, report 157 s, gdn 70 s; tests and conv did not complete then)
 RESULTS=bench/results
 XDIST=""
 "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 8"
 if [ "$DRY" = 1 ]; then
-    RESULTS="$OUT/dry_gdn $OUT/dry_conv $OUT/dry_report"
+    RESULTS="$OUT/dry_gdn $OUT/dry_conv $OUT/dry_report $OUT/dry_profile"
     step report 180 "$PY" bench/report.py --quick --cuda-only --cuda-dry-run \
         --widths 192,48 --compile-widths 192 --image "$IMAGE" --out "$OUT/dry_report"
     step tests 240 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests
     step gdn 120 "$PY" bench/bench_gdn.py --dry-run --out "$OUT/dry_gdn"
     step conv 120 "$PY" bench/bench_conv.py --dry-run --out "$OUT/dry_conv"
+    step profile 60 "$PY" bench/gpu_profile.py --dry-run --widths 48 --calls 1 \
+        --out "$OUT/dry_profile"
 else
-    step report 180 "$PY" bench/report.py --cuda-only --repeats 10 --widths 192,48,96,144,72 \
+    step report 170 "$PY" bench/report.py --cuda-only --repeats 10 --widths 192,48,96,144,72 \
         --compile-widths 192,48 --image "$IMAGE" \
         --note "bench/gpu_session.sh on a lent GPU machine"
     # shellcheck disable=SC2086  # XDIST is empty or two words
-    step tests 140 "$PY" -m pytest -q -m "cuda or interpret" -p no:cacheprovider $XDIST \
+    step tests 130 "$PY" -m pytest -q -m "cuda or interpret" -p no:cacheprovider $XDIST \
         --tb=line -rf --maxfail=30 tests
-    step gdn 70 "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48 --md-name gdn_cuda
     # per layer on the Kodak shape; no torch.compile column (a fresh max-autotune compile per
     # layer, width and dtype takes minutes; the e2e report has torch.compile of the transforms)
-    step conv 90 "$PY" bench/bench_conv.py --device --no-cpu --widths 192,96,48 \
+    step conv 80 "$PY" bench/bench_conv.py --device --no-cpu --widths 192,96,48 \
         --shapes 1x512x768 --compile-mode none
+    step profile 60 "$PY" bench/gpu_profile.py --widths 192,48
+    step gdn 60 "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48 --md-name gdn_cuda
 fi
 
 # every result file written during this run, in one archive (the device returns at most 8 files)
 # shellcheck disable=SC2086  # RESULTS is a list of folders
 find $RESULTS -type f -newer "$STAMP" -print0 | tar czf "$OUT/results.tgz" --null -T - 2>/dev/null
 rm -f "$STAMP"
+# shellcheck disable=SC2086  # a dry run's result folders are inside $OUT: archived, not kept
+[ "$DRY" = 1 ] && rm -rf $RESULTS
+# the step logs in one archive too: summary.txt, logs.tgz and results.tgz are all that comes back
+(cd "$OUT" && tar czf logs.tgz ./*.log && rm -f ./*.log)
 echo "results.tgz: $(tar tzf "$OUT/results.tgz" | wc -l) files" | tee -a "$SUMMARY"
