@@ -819,3 +819,42 @@ def test_width_slices_gradcheck(channels_last):
     assert [o.shape[1] for o in outs] == [4, 2]
     assert all(o.is_contiguous(memory_format=torch.channels_last) == channels_last for o in outs)
     assert torch.autograd.gradcheck(lambda t: _WidthSlices.apply(t, 4, 2, 1), (h,))
+
+
+def _cross_device(device, width):
+    """The bundled model on ``device`` and on the CPU: same model id, each decodes the other's
+    files to the same latents and reconstructs within float noise of it (fp32; TF32 is off on a
+    GPU in tests, tests/conftest.py); the two encoders' latents differ at most by rare rounding
+    flips at .5 boundaries."""
+    import os
+
+    from slimkernels.io import read_image
+    from slimkernels.pretrained import load_model
+
+    cpu, other = load_model(), load_model(device=device)
+    assert cpu.model_id() == other.model_id()
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    x, _ = read_image(os.path.join(here, "slimkernels", "assets", "sample.png"))
+    for enc, dec in ((other, cpu), (cpu, other)):
+        data = enc.compress(x, width, precision="fp32")
+        assert torch.equal(enc.decompress_latent(data)[1], dec.decompress_latent(data)[1])
+        a = enc.decompress(data, precision="fp32").cpu()
+        b = dec.decompress(data, precision="fp32").cpu()
+        assert a.shape == b.shape == x.shape
+        assert torch.isfinite(a).all() and (a - b).abs().max().item() < 1e-3
+    s_other = other.decompress_latent(other.compress(x, width, precision="fp32"))[1]
+    s_cpu = cpu.decompress_latent(cpu.compress(x, width, precision="fp32"))[1]
+    assert (s_other != s_cpu).float().mean().item() < 1e-3
+    assert (s_other - s_cpu).abs().max().item() <= 1
+
+
+def test_cross_device_check_runs_cpu_to_cpu():
+    """The check below, CPU against CPU (here it must hold exactly: same code, same device)."""
+    _cross_device("cpu", 48)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("width", [192, 48])
+def test_cuda_files_decode_on_cpu_and_cpu_files_on_cuda(width):
+    """A file is device-independent: written on a GPU it decodes on the CPU, and back."""
+    _cross_device("cuda", width)
