@@ -34,6 +34,7 @@ def _ab(fns, repeats):
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
+@torch.no_grad()  # not torch.set_grad_enabled(False): tests call main() inside the test process
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
@@ -42,8 +43,15 @@ def main(argv=None):
     p.add_argument("--image", default=KODIM01)
     p.add_argument("--quick", action="store_true", help="tiny shapes (tests)")
     a = p.parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(a.threads)
-    torch.set_grad_enabled(False)
+    try:
+        return _run(a)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(a):
     H, W = (8, 12) if a.quick else (128, 192)
     print("| layer | dtype | conv_transpose2d ms | sub-pixel ms | speed-up "
           "| op, prepacked direct ms | op, prepacked sub-pixel ms | speed-up |\n"
