@@ -54,11 +54,27 @@ def cpu_model_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa_tag(flags=None) -> str:
+    """The instruction-set tier that picks this library's CPU code paths: ``amx`` (AMX-BF16),
+    ``avx512bf16``, ``avx512``, ``avx2`` or ``""`` (from /proc/cpuinfo's flags, or ``flags``)."""
+    if flags is None:
+        from slimkernels.codec import _cpu_flags
+        flags = _cpu_flags()
+    for flag, tag in (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"),
+                      ("avx2", "avx2")):
+        if flag in flags:
+            return tag
+    return ""
+
+
 def machine_name(device: str = None) -> str:
-    """``cuda-<gpu-name>`` when running the CUDA report, else ``cpu-<model-name>-<ncores>c``."""
+    """``cuda-<gpu-name>`` when running the CUDA report, else ``cpu-<model-name>-<isa>-<ncores>c``:
+    virtual machines often report a bare model name ("AMD EPYC" for both a Zen 3 with AVX2 and a
+    Zen 4 with AVX512-BF16), so the name carries :func:`cpu_isa_tag` too."""
     if device == "cuda" or (device is None and torch.cuda.is_available()):
         return "cuda-" + _slug(torch.cuda.get_device_name(0))
-    return f"cpu-{_slug(cpu_model_name())}-{os.cpu_count()}c"
+    tag = cpu_isa_tag()
+    return f"cpu-{_slug(cpu_model_name())}{'-' + tag if tag else ''}-{os.cpu_count()}c"
 
 
 def env_info(threads: int) -> Dict:

@@ -261,3 +261,23 @@ def test_cuda_only_dry_run_keeps_width_order_and_writes_after_each_row(tmp_path,
     assert passed["compile_widths"] == [192]
     assert "| 48 | float32 |" in (tmp_path / "README.md").read_text()
     assert not (tmp_path / "e2e.json").exists()  # no CPU section
+
+
+@pytest.mark.parametrize("flags,tag", [({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "amx"),
+                                       ({"avx2", "avx512f", "avx512_bf16"}, "avx512bf16"),
+                                       ({"avx2", "avx512f"}, "avx512"), ({"avx2"}, "avx2"),
+                                       (set(), "")])
+def test_cpu_isa_tag(flags, tag):
+    assert report.cpu_isa_tag(flags) == tag
+
+
+def test_cpu_machine_name_carries_the_isa_tier(monkeypatch):
+    """Two VMs reporting the same bare model name but different code paths get two folders."""
+    monkeypatch.setattr(report, "cpu_model_name", lambda: "AMD EPYC")
+    monkeypatch.setattr(report.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(report, "cpu_isa_tag", lambda flags=None: "avx2")
+    assert report.machine_name("cpu") == "cpu-amd-epyc-avx2-2c"
+    monkeypatch.setattr(report, "cpu_isa_tag", lambda flags=None: "avx512bf16")
+    assert report.machine_name("cpu") == "cpu-amd-epyc-avx512bf16-2c"
+    monkeypatch.setattr(report, "cpu_isa_tag", lambda flags=None: "")
+    assert report.machine_name("cpu") == "cpu-amd-epyc-2c"
