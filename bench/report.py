@@ -498,8 +498,16 @@ def main(argv=None) -> int:
     threads = torch.get_num_threads()
     repeats = a.repeats or (1 if a.quick else 7)
     burst = a.burst or (1 if a.quick else 2)
-    if a.widths:
-        widths = list(dict.fromkeys(int(w) for w in a.widths.split(",")))
+    try:
+        given = None if a.widths is None else [int(w) for w in a.widths.split(",") if w.strip()]
+        compile_widths = (None if a.compile_widths is None else
+                          [int(w) for w in a.compile_widths.split(",") if w.strip()])
+    except ValueError:
+        print(f"error: --widths and --compile-widths take comma-separated integers, got "
+              f"{a.widths!r} / {a.compile_widths!r}", file=sys.stderr)
+        return 2
+    if given:
+        widths = list(dict.fromkeys(given))
         if not a.cuda_only:
             widths.sort(reverse=True)
     else:
@@ -519,8 +527,6 @@ def main(argv=None) -> int:
     if bad:
         print(f"error: widths {bad} are not widths of the model {model.widths}", file=sys.stderr)
         return 2
-    compile_widths = (None if a.compile_widths is None else
-                      [int(w) for w in a.compile_widths.split(",") if w.strip()])
     x = e2e.load_image(a.image, a.quick)
     import shlex
     meta = {**env_info(threads), "command": "python bench/report.py " + shlex.join(

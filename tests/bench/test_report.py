@@ -229,7 +229,7 @@ def test_cuda_section_without_gpu_links_measured_reports(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU paths")
 def test_cuda_only_needs_a_gpu_or_the_dry_run(tmp_path, capsys):
-    assert report.main(["--cuda-only", "--quick", "--out", str(tmp_path)]) == 2
+    assert report.main(["--cuda-only", "--quick", "--no-tune-malloc", "--out", str(tmp_path)]) == 2
     assert "--cuda-only needs a CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "cuda.json").exists()
 
@@ -252,7 +252,8 @@ def test_cuda_only_dry_run_keeps_width_order_and_writes_after_each_row(tmp_path,
 
     monkeypatch.setattr(report, "write_cuda", spy_write)
     monkeypatch.setattr(e2e_cuda, "cuda_section", spy_section)
-    assert report.main(["--cuda-only", "--cuda-dry-run", "--quick", "--widths", "48,192",
+    assert report.main(["--cuda-only", "--cuda-dry-run", "--quick", "--no-tune-malloc",
+                        "--widths", "48,192",
                         "--compile-widths", "192", "--out", str(tmp_path)]) == 0
     cuda = json.loads((tmp_path / "cuda.json").read_text())
     assert [r["width"] for r in cuda["rows"]] == [48, 48, 192, 192]
@@ -281,3 +282,10 @@ def test_cpu_machine_name_carries_the_isa_tier(monkeypatch):
     assert report.machine_name("cpu") == "cpu-amd-epyc-avx512bf16-2c"
     monkeypatch.setattr(report, "cpu_isa_tag", lambda flags=None: "")
     assert report.machine_name("cpu") == "cpu-amd-epyc-2c"
+
+
+def test_width_lists_that_are_not_integers_are_refused(tmp_path, capsys):
+    for bad in (["--widths", "192,4x"], ["--compile-widths", "a"]):
+        assert report.main(["--quick", "--no-tune-malloc", "--out", str(tmp_path)] + bad) == 2
+        assert "comma-separated integers" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
