@@ -20,8 +20,9 @@ Kernels (see docs/kernels_gdn.md for the tiling and the bytes each one moves):
   then writes ``dn`` and ``dy * n^(-/+1/2)`` as fp32 ``[P, C]`` scratch.
 * ``_gdn_bwd_dx_kernel``: ``dx = dx0 + 2 x (dn @ gamma_k)`` (a GEMM over the output channels).
 * ``_gdn_bwd_dgamma_kernel``: ``dgamma_k = dn^T z`` and ``dbeta_k = sum dn``, the pixel reduction
-  split over SPLIT programs that ``atomic_add`` their fp32 partial tiles (order not deterministic,
-  like cuDNN's weight gradients).
+  split over SPLIT programs per tile that store their fp32 partial tiles to ``[SPLIT, C, C]`` /
+  ``[SPLIT, C]`` scratch, summed over the splits afterwards (deterministic: no atomics; the
+  earlier atomic version issued ~SPLIT x C x C contended fp32 atomics per call).
 
 x may be contiguous NCHW or channels_last (any layout where H and W collapse into one stride);
 the pixel index p = n * H * W + hw and the strides are passed to the kernels.
@@ -240,9 +241,12 @@ def _gdn_bwd_dx_kernel(x_ptr, dn_ptr, dx0_ptr, dx_ptr, gamma_ptr, gs_ptr, gb_ptr
 def _gdn_bwd_dgamma_kernel(x_ptr, dn_ptr, dgamma_ptr, dbeta_ptr, P, C, HW, sxn, sxc, sxhw,
                            FP32_PRECISION: tl.constexpr, WIDE: tl.constexpr, BLOCK_I: tl.constexpr,
                            BLOCK_J: tl.constexpr, BLOCK_P: tl.constexpr):
-    """dgamma_k[i, j] += sum_p dn[p, i] x[p, j]^2 and dbeta_k[i] += sum_p dn[p, i] over one split.
+    """dgamma_k[s, i, j] = sum_p dn[p, i] x[p, j]^2 and dbeta_k[s, i] = sum_p dn[p, i] over the
+    pixels of split s.
 
-    Grid: (tiles of [BLOCK_I, BLOCK_J], SPLIT). fp32 atomics into zeroed [C, C] / [C] buffers.
+    Grid: (tiles of [BLOCK_I, BLOCK_J], SPLIT). Stores into fp32 ``[SPLIT, C, C]`` / ``[SPLIT, C]``
+    scratch (``dgamma_ptr`` / ``dbeta_ptr``): every element is written once per split, whatever the
+    tile sizes, so nothing needs zeroing and the caller's sum over splits is deterministic.
     """
     pid = tl.program_id(0)
     split = tl.program_id(1)
@@ -268,10 +272,11 @@ def _gdn_bwd_dgamma_kernel(x_ptr, dn_ptr, dgamma_ptr, dbeta_ptr, P, C, HW, sxn, 
                      mask=mask_p[:, None] & mask_j[None, :], other=0.0).to(tl.float32)
         acc += tl.dot(dnt, xv * xv, input_precision=FP32_PRECISION)
         dbeta += tl.sum(dnt, axis=1)
-    tl.atomic_add(dgamma_ptr + offs_i[:, None] * C + offs_j[None, :], acc,
-                  mask=mask_i[:, None] & mask_j[None, :])
+    base = split * C  # the split's slab (int32 is enough: dgamma_splits keeps SPLIT*C*C ~2 M)
+    tl.store(dgamma_ptr + (base + offs_i[:, None]) * C + offs_j[None, :], acc,
+             mask=mask_i[:, None] & mask_j[None, :])
     first_j = (tl.zeros([BLOCK_I], dtype=tl.int32) + pid_j) == 0  # dbeta once per i tile
-    tl.atomic_add(dbeta_ptr + offs_i, dbeta, mask=mask_i & first_j)
+    tl.store(dbeta_ptr + base + offs_i, dbeta, mask=mask_i & first_j)
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,12 +290,18 @@ _bwd_dn_tuned = triton.autotune(configs=to_triton(GDN_FWD_CONFIGS), key=["C", "P
 _bwd_dx_tuned = triton.autotune(configs=to_triton(GDN_BWD_DX_CONFIGS), key=["C", "P", "sxhw"])(
     _gdn_bwd_dx_kernel)
 _bwd_dgamma_tuned = triton.autotune(configs=to_triton(GDN_BWD_DGAMMA_CONFIGS),
-                                    key=["C", "P", "sxhw"],
-                                    reset_to_zero=["dgamma_ptr", "dbeta_ptr"])(
-    _gdn_bwd_dgamma_kernel)
+                                    key=["C", "P", "sxhw"])(_gdn_bwd_dgamma_kernel)
 
 #: programs the dgamma reduction aims for (enough to fill an H100's 132 SMs a few times)
 _DGAMMA_TARGET_PROGRAMS = 528
+
+
+def dgamma_splits(P: int, C: int) -> int:
+    """Pixel splits of the dgamma reduction: about ``_DGAMMA_TARGET_PROGRAMS`` programs over
+    64 x 64 tiles, at least 64 pixels per split. Fixed before the launch (not per autotune
+    config) because it sizes the ``[splits, C, C]`` fp32 scratch: at most ~8.7 MB."""
+    tiles = triton.cdiv(C, 64) ** 2
+    return max(1, min(triton.cdiv(P, 64), _DGAMMA_TARGET_PROGRAMS // tiles))
 
 
 def _pick(tuned, raw, name):
@@ -399,15 +410,17 @@ def gdn_bwd(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, gamma: torch.
                   **meta)
     del dx0
 
-    def grid_g(META):
-        tiles = triton.cdiv(C, META["BLOCK_I"]) * triton.cdiv(C, META["BLOCK_J"])
-        blocks = triton.cdiv(P, META["BLOCK_P"])
-        return (tiles, max(1, min(blocks, _DGAMMA_TARGET_PROGRAMS // tiles)))
+    splits = dgamma_splits(P, C)
 
+    def grid_g(META):
+        return (triton.cdiv(C, META["BLOCK_I"]) * triton.cdiv(C, META["BLOCK_J"]), splits)
+
+    part_g = torch.empty(splits, C, C, device=x.device, dtype=torch.float32)
+    part_b = torch.empty(splits, C, device=x.device, dtype=torch.float32)
     kern, meta = _pick(_bwd_dgamma_tuned, _gdn_bwd_dgamma_kernel, "bwd_dgamma")
-    kern[grid_g](x, dn, dgamma, dbeta, P, C, HW, sxn, sxc, sxhw, FP32_PRECISION=fp32_precision,
+    kern[grid_g](x, dn, part_g, part_b, P, C, HW, sxn, sxc, sxhw, FP32_PRECISION=fp32_precision,
                  WIDE=wide, **meta)
-    return dx, dgamma, dbeta
+    return dx, part_g.sum(0), part_b.sum(0)
 
 
 # --------------------------------------------------------------------------------------------

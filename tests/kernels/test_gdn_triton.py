@@ -183,3 +183,23 @@ def test_fp32_precision_default_follows_pytorch_switches(monkeypatch, allow, wan
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     assert seen == [want, "ieee"]
+
+
+def test_dgamma_splits():
+    from slimkernels.kernels.gdn import _DGAMMA_TARGET_PROGRAMS, dgamma_splits
+    assert dgamma_splits(30, 17) == 1                       # one split of 64 pixels or fewer
+    assert dgamma_splits(286, 72) == 5                      # >= 64 pixels per split
+    assert dgamma_splits(98304, 48) == _DGAMMA_TARGET_PROGRAMS  # one 64x64 tile
+    assert dgamma_splits(98304, 192) == _DGAMMA_TARGET_PROGRAMS // 9
+    for C in (1, 48, 192, 256, 1024):  # the scratch stays small: splits * C * C * 4 bytes
+        assert dgamma_splits(10 ** 7, C) * C * C * 4 <= _DGAMMA_TARGET_PROGRAMS * 64 * 64 * 4
+
+
+@pytest.mark.parametrize("C,N,H,W", [(72, 2, 13, 11), (130, 1, 9, 23)])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_gradients_over_several_splits_and_tiles(C, N, H, W, channels_last):
+    """dgamma / dbeta summed over several pixel splits (286 and 207 pixels: 5 and 4 splits, the
+    last one partial) and several gamma tiles (C=72: 2x2, C=130: 3x3 of 64x64), fp32 to 1e-5."""
+    from slimkernels.kernels.gdn import dgamma_splits
+    assert dgamma_splits(N * H * W, C) > 1
+    _check(C, channels_last, False, "slimgdn+", torch.float32, 1e-5, N=N, H=H, W=W)
