@@ -15,7 +15,8 @@
 #              torch.compile at the extreme widths), the table rewritten after each row
 #   tests      pytest -m "cuda or interpret": every Triton kernel test, compiled for the GPU,
 #              against float64 references (pytest-xdist when the machine has it; one line per
-#              failure, at most 30, so that the reasons arrive inside the time limit)
+#              failure, at most 30, so that the reasons arrive inside the time limit; no
+#              autotuning: SLIMKERNELS_AUTOTUNE=0)
 #   gdn        bench/bench_gdn.py: GDN/IGDN forward and forward+backward vs eager and torch.compile
 #   conv       bench/bench_conv.py --device: sliced conv / tconv vs cuDNN per layer, fused
 #              conv+GDN (where a GPU run of ours is slower than cuDNN: which layer)
@@ -84,8 +85,11 @@ else
         --compile-widths 192,48 --image "$IMAGE" \
         --note "bench/gpu_session.sh on a lent GPU machine"
     # shellcheck disable=SC2086  # XDIST is empty or two words
-    step tests 130 "$PY" -m pytest -q -m "cuda or interpret" -p no:cacheprovider $XDIST \
-        --tb=line -rf --maxfail=30 tests
+    # SLIMKERNELS_AUTOTUNE=0: each kernel's first config only (one compile per specialisation,
+    # not one per config); the benchmark steps below run the autotuned kernels, and bench_conv
+    # checks each autotuned layer against cuDNN (rel_err_vs_cudnn)
+    step tests 130 env SLIMKERNELS_AUTOTUNE=0 "$PY" -m pytest -q -m "cuda or interpret" \
+        -p no:cacheprovider $XDIST --tb=line -rf --maxfail=30 tests
     # per layer on the Kodak shape; no torch.compile column (a fresh max-autotune compile per
     # layer, width and dtype takes minutes; the e2e report has torch.compile of the transforms)
     step conv 80 "$PY" bench/bench_conv.py --device --no-cpu --widths 192,96,48 \

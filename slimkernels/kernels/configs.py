@@ -6,6 +6,7 @@ a list into ``triton.Config`` objects. The AOT test compiles every entry for sm_
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, List
 
 
@@ -85,8 +86,19 @@ CONV_GDN_SM80_MAX_BLOCK_M = 32            # for BLOCK_N >= 128 on compute capabi
 CONV_INTERPRET_CONFIG: Dict = _cfg(4, 1, BLOCK_M=64, BLOCK_K=32)
 
 
+def autotune_enabled() -> bool:
+    """False when ``SLIMKERNELS_AUTOTUNE=0``: :func:`to_triton` then keeps each list's first
+    config, so that no kernel autotunes (read when the kernels are built, at import). For quick
+    GPU test runs and debugging: one compile per kernel specialisation instead of one per config;
+    the benchmarks autotune."""
+    return os.environ.get("SLIMKERNELS_AUTOTUNE", "1").strip() != "0"
+
+
 def to_triton(configs: List[Dict]):
-    """Turn a list of config dicts into ``triton.Config`` objects (imports triton)."""
+    """Turn a list of config dicts into ``triton.Config`` objects (imports triton); only the
+    first one when :func:`autotune_enabled` is False."""
     import triton
+    if not autotune_enabled():
+        configs = configs[:1]
     return [triton.Config(dict(c["kwargs"]), num_warps=c["num_warps"], num_stages=c["num_stages"])
             for c in configs]
