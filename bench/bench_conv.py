@@ -618,8 +618,9 @@ def main(argv=None):
             raise SystemExit("--device needs a CUDA GPU")
         try:
             shapes = tuple(tuple(int(v) for v in sh.split("x")) for sh in a.shapes.split(","))
-            assert shapes and all(len(sh) == 3 and min(sh) > 0 for sh in shapes)
-        except (ValueError, AssertionError):
+        except ValueError:
+            shapes = ()
+        if not shapes or any(len(sh) != 3 or min(sh) < 1 for sh in shapes):
             raise SystemExit(f"--shapes takes comma-separated NxHxW, got {a.shapes!r}")
         res["device"] = device_section(
             "cuda", shapes=shapes, widths=widths,

@@ -441,38 +441,42 @@ def main(argv=None):
                                               timer=cpu_timer, use_compile=False)
         print(cuda_md(report["cuda_dry_run"]))
 
-    os.makedirs(os.path.join(args.out, "cpu"), exist_ok=True)
-    with open(os.path.join(args.out, "cpu", f"{args.md_name}.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    md = [f"# GDN benchmark ({report['env']['date_utc']} UTC, torch {torch.__version__}, "
-          f"{report['env']['threads']} threads{', DRY RUN (tiny shapes)' if args.dry_run else ''})",
-          "", "## Static table: one GDN layer on an H100 (floor = max(bytes / 3.0 TB/s, "
-          "FLOPs / peak), peak 400 TFLOP/s TF32 for fp32, 800 for bf16)", "",
-          "Bytes: read x + write y (+ parameters); fwd+bwd adds read x, dy and write dx "
-          "(scratch not counted). FLOPs: the C x C GEMM per pixel (x3 more in backward: "
-          "recompute n, dx, dgamma) plus elementwise work.", "", static_md(st), ""]
-    if "cpu" in report:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        md += ["## CPU: slimkernels.ops.gdn vs eager composition (and vs the PyTorch path "
-               "gdn_torch), forward, no_grad, same run, medians of interleaved repeats", "",
-               f"Path: `fused-amx` = the fused C++ kernel (slimkernels._cpu_kernels, AMX-BF16; "
-               "fp32 channel mixing as bf16x3, see docs/kernels_gdn.md), `torch` = gdn_torch. "
-               f"{args.reps} repeats each, round-robin. Load average at the end of the run: "
-               f"{load:.1f} on {os.cpu_count()} cores (other jobs share this machine: compare "
-               "ratios, not absolute times; single runs are bimodal when a thread is "
-               "descheduled).", "", cpu_md(report["cpu"]), ""]
-        if "cpu_train" in report:
-            md += ["## CPU training step: forward + backward (gradients of x, beta, gamma), fp32 "
-                   "and fp32 x under bf16 autocast, same run, medians (PyTorch path: autograd "
-                   "keeps it)", "", cpu_train_md(report["cpu_train"]), ""]
-    if cuda_rows is None:
-        md += ["## CUDA timings: OWED", "",
-               "No GPU was available when this file was written. Run `python bench/bench_gdn.py` "
-               "on a CUDA machine: it times the fused Triton kernels vs eager and torch.compile, "
-               "forward and forward+backward, at widths 192/144/96/72/48 on 1xCx256x384 and "
-               "8xCx128x128 (fp32, bf16), and writes bench/results/cuda/gdn.{json,md}.", ""]
-    with open(os.path.join(args.out, "cpu", f"{args.md_name}.md"), "w") as f:
-        f.write("\n".join(md))
+    # the CPU file (static table, CPU timings): not written by a --no-cpu run on a GPU, whose
+    # results go to cuda/gdn.* below (it would only repeat the static table)
+    if not args.no_cpu or args.dry_run or cuda_rows is None:
+        os.makedirs(os.path.join(args.out, "cpu"), exist_ok=True)
+        with open(os.path.join(args.out, "cpu", f"{args.md_name}.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        dry = ", DRY RUN (tiny shapes)" if args.dry_run else ""
+        md = [f"# GDN benchmark ({report['env']['date_utc']} UTC, torch {torch.__version__}, "
+              f"{report['env']['threads']} threads{dry})",
+              "", "## Static table: one GDN layer on an H100 (floor = max(bytes / 3.0 TB/s, "
+              "FLOPs / peak), peak 400 TFLOP/s TF32 for fp32, 800 for bf16)", "",
+              "Bytes: read x + write y (+ parameters); fwd+bwd adds read x, dy and write dx "
+              "(scratch not counted). FLOPs: the C x C GEMM per pixel (x3 more in backward: "
+              "recompute n, dx, dgamma) plus elementwise work.", "", static_md(st), ""]
+        if "cpu" in report:
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+            md += ["## CPU: slimkernels.ops.gdn vs eager composition (and vs the PyTorch path "
+                   "gdn_torch), forward, no_grad, same run, medians of interleaved repeats", "",
+                   f"Path: `fused-amx` = the fused C++ kernel (slimkernels._cpu_kernels, AMX-BF16; "
+                   "fp32 channel mixing as bf16x3, see docs/kernels_gdn.md), `torch` = gdn_torch. "
+                   f"{args.reps} repeats each, round-robin. Load average at the end of the run: "
+                   f"{load:.1f} on {os.cpu_count()} cores (other jobs share this machine: compare "
+                   "ratios, not absolute times; single runs are bimodal when a thread is "
+                   "descheduled).", "", cpu_md(report["cpu"]), ""]
+            if "cpu_train" in report:
+                md += ["## CPU training step: forward + backward (gradients of x, beta, gamma), fp32 "
+                       "and fp32 x under bf16 autocast, same run, medians (PyTorch path: autograd "
+                       "keeps it)", "", cpu_train_md(report["cpu_train"]), ""]
+        if cuda_rows is None:
+            md += ["## CUDA timings: OWED", "",
+                   "No GPU was available when this file was written. Run `python bench/bench_gdn.py` "
+                   "on a CUDA machine: it times the fused Triton kernels vs eager and torch.compile, "
+                   "forward and forward+backward, at widths 192/144/96/72/48 on 1xCx256x384 and "
+                   "8xCx128x128 (fp32, bf16), and writes bench/results/cuda/gdn.{json,md}.", ""]
+        with open(os.path.join(args.out, "cpu", f"{args.md_name}.md"), "w") as f:
+            f.write("\n".join(md))
     if cuda_rows is not None:
         os.makedirs(os.path.join(args.out, "cuda"), exist_ok=True)
         with open(os.path.join(args.out, "cuda", "gdn.json"), "w") as f:

@@ -59,6 +59,16 @@ class GraphRunner:
         return self.static_out
 
 
+def autocast(f: Callable, device_type: str, dtype: torch.dtype) -> Callable:
+    """``f(*args)`` under bf16 autocast when ``dtype`` is bfloat16 (fp32 inputs and weights: what
+    ``compress(precision="bf16")`` does, and what a user of plain PyTorch would write), else as
+    it is."""
+    def g(*args):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            return f(*args)
+    return g
+
+
 def _timed(fns: Dict[str, Callable], device, repeats: int, warmup: int = 2) -> Dict[str, float]:
     """Medians (ms) of interleaved calls, synchronising the device around each."""
     def wrap(f):
@@ -118,14 +128,8 @@ def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
         eb = ours.entropy_bottleneck.for_width(width)
         y_hat = eb.dequantize_symbols(eb.quantize_symbols(ours.encode(x, width)))
         for dt in (torch.float32, torch.bfloat16):
-            # bf16: autocast around fp32 inputs and weights (what compress(precision="bf16")
-            # does, and what a user of plain PyTorch would write)
             def ac(f, dt=dt):
-                def g(a):
-                    with torch.autocast(dev.type, dtype=torch.bfloat16,
-                                        enabled=dt == torch.bfloat16):
-                        return f(a)
-                return g
+                return autocast(f, dev.type, dt)
             f_enc = ac(lambda a, w=width: ours.encode(a, w))
             f_dec = ac(ours.decode)
             g_enc, g_dec = GraphRunner(f_enc, x), GraphRunner(f_dec, y_hat)

@@ -31,6 +31,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 import torch  # noqa: E402
 
 import e2e  # noqa: E402
+from bench_gdn import eager_gdn  # noqa: E402
+from e2e_cuda import autocast  # noqa: E402
 from plain_slimcae import PlainSlimCAE  # noqa: E402
 
 
@@ -81,18 +83,12 @@ def profile_case(fn: Callable[[], object], dev: torch.device, calls: int = 5,
 
 
 @torch.no_grad()
-def _transform_cases(model, x, width, dt, dev) -> Dict[str, Callable]:
-    ours = model
-    plain = PlainSlimCAE.from_model(model).to(dev).eval()
+def _transform_cases(ours, plain, x, width, dt, dev) -> Dict[str, Callable]:
     eb = ours.entropy_bottleneck.for_width(width)
     y_hat = eb.dequantize_symbols(eb.quantize_symbols(ours.encode(x, width)))
 
     def ac(f):
-        def g():
-            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16,
-                                                 enabled=dt == torch.bfloat16):
-                return f()
-        return g
+        return torch.no_grad()(autocast(f, dev.type, dt))
     return {"enc_ours": ac(lambda: ours.encode(x, width)),
             "enc_eager": ac(lambda: plain.encode(x, width)),
             "dec_ours": ac(lambda: ours.decode(y_hat)),
@@ -109,15 +105,11 @@ def _gdn_cases(C, H, W, dt, dev) -> Dict[str, Callable]:
     xg = x.clone().requires_grad_(True)
     dy = torch.randn_like(x)
 
-    def eager(a, b, c):
-        n = torch.nn.functional.conv2d(a * a, c.to(a.dtype)[:, :, None, None], b.to(a.dtype))
-        return a * torch.rsqrt(n)
-
     def step(f):
         return lambda: torch.autograd.grad(f(xg, beta, gamma), (xg, beta, gamma), dy)
     backend = "triton" if dev.type == "cuda" else None
     return {"gdn_fwdbwd_ours": step(lambda a, b, c: gdn(a, b, c, backend=backend)),
-            "gdn_fwdbwd_eager": step(eager)}
+            "gdn_fwdbwd_eager": step(eager_gdn)}
 
 
 def run(widths: List[int], dry_run: bool, image: str = None, calls: int = 5) -> Dict:
@@ -129,6 +121,7 @@ def run(widths: List[int], dry_run: bool, image: str = None, calls: int = 5) -> 
     if bad:
         raise SystemExit(f"error: widths {bad} are not widths of the model {model.widths}")
     model = model.to(dev).eval()
+    plain = PlainSlimCAE.from_model(model).to(dev).eval()
     x = e2e.load_image(image, quick=dry_run)
     H, W = (x.shape[-2] // 16) * 16, (x.shape[-1] // 16) * 16
     x = x[..., :H, :W].to(dev).contiguous()
@@ -136,7 +129,7 @@ def run(widths: List[int], dry_run: bool, image: str = None, calls: int = 5) -> 
     cases = []
     for width in widths:
         for dt in (torch.float32, torch.bfloat16):
-            fns = {**_transform_cases(model, x, width, dt, dev),
+            fns = {**_transform_cases(model, plain, x, width, dt, dev),
                    **_gdn_cases(width, *gdn_hw, dt, dev)}
             for name, fn in fns.items():
                 r = profile_case(fn, dev, calls=1 if dry_run else calls)
@@ -187,7 +180,11 @@ def main(argv=None) -> int:
         print("error: a dry run needs --out (it must not replace a GPU profile)", file=sys.stderr)
         return 2
     res = run(widths, a.dry_run, a.image, a.calls)
-    out = a.out or os.path.join(HERE, "results", e2e_machine_name())
+    if a.out is None:
+        from report import machine_name
+        out = os.path.join(HERE, "results", machine_name("cuda"))
+    else:
+        out = a.out
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "profile.json"), "w") as f:
         json.dump(res, f, indent=1)
@@ -195,12 +192,6 @@ def main(argv=None) -> int:
         f.write(markdown(res) + "\n")
     print(f"wrote {out}/profile.md")
     return 0
-
-
-def e2e_machine_name() -> str:
-    """``cuda-<gpu name>`` as bench/report.py names its CUDA folder."""
-    from report import machine_name
-    return machine_name("cuda")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ else
     step conv 80 "$PY" bench/bench_conv.py --device --no-cpu --widths 192,96,48 \
         --shapes 1x512x768 --compile-mode none
     step profile 60 "$PY" bench/gpu_profile.py --widths 192,48
-    step gdn 60 "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48 --md-name gdn_cuda
+    step gdn 60 "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48
 fi
 
 # every result file written during this run, in one archive (the device returns at most 8 files)

@@ -538,6 +538,7 @@ def main(argv=None) -> int:
     print(f"report on {machine}: {model_desc}, image {tuple(x.shape)}, {threads} threads")
 
     import e2e_cuda
+    cuda_repeats = max(repeats, 10 if not a.quick else 1)
     if a.cuda_only:
         if not (torch.cuda.is_available() or a.cuda_dry_run):
             print("error: --cuda-only needs a CUDA GPU (or --cuda-dry-run to exercise the code on "
@@ -546,7 +547,7 @@ def main(argv=None) -> int:
         cdir = (os.path.join(HERE, "results", machine_name("cuda")) if torch.cuda.is_available()
                 else out)
         cres = e2e_cuda.cuda_section(
-            model, x, widths, repeats=max(repeats, 10 if not a.quick else 1),
+            model, x, widths, repeats=cuda_repeats,
             dry_run=not torch.cuda.is_available(), compile_widths=compile_widths,
             on_row=lambda r: write_cuda(cdir, meta, r))
         write_cuda(cdir, meta, cres)
@@ -581,7 +582,7 @@ def main(argv=None) -> int:
 
     if torch.cuda.is_available():
         cres = e2e_cuda.cuda_section(model, e2e.load_image(a.image, a.quick), widths,
-                                     repeats=max(repeats, 10 if not a.quick else 1),
+                                     repeats=cuda_repeats,
                                      compile_widths=compile_widths)
         cuda_md = write_cuda(os.path.join(HERE, "results", machine_name("cuda")), meta, cres)
     elif a.cuda_dry_run:

@@ -38,12 +38,9 @@ def _full_fp32_on_gpu(request):
     if not _HAS_CUDA or "tf32" in request.keywords:
         yield
         return
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    from tests._tf32 import tf32_switches
+    with tf32_switches(False, False):
         yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture

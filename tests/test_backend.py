@@ -34,9 +34,6 @@ def test_triton_on_cpu_needs_interpreter(monkeypatch):
                                                (False, True, True), (False, False, False)])
 def test_tf32_allowed_follows_pytorch_switches(cudnn, matmul, want):
     from slimkernels.backend import tf32_allowed
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    try:  # the switches are properties of a module object: set and restore by hand
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+    from tests._tf32 import tf32_switches
+    with tf32_switches(cudnn, matmul):
         assert tf32_allowed() is want
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

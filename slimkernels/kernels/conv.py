@@ -50,10 +50,6 @@ from .configs import (CONV_FWD_CONFIGS, CONV_GDN256_CONFIGS, CONV_GDN_CONFIGS,
 EPI_NONE, EPI_GDN, EPI_IGDN = 0, 1, 2
 
 
-def _interpreting() -> bool:
-    return interpreter_enabled()
-
-
 # ----------------------------------------------------------------------------------------------
 # shared epilogue
 # ----------------------------------------------------------------------------------------------
@@ -370,14 +366,14 @@ def fused_gdn_supported(c_out: int, dtype: torch.dtype) -> bool:
     """Whether the fused (I)GDN epilogue handles ``c_out`` channels of ``dtype`` on the GPU:
     up to 128 channels in any dtype, up to 256 in bf16/fp16 (an fp32 256-wide epilogue spills)."""
     return c_out <= 128 or (c_out <= 256 and dtype in (torch.float16, torch.bfloat16)) or \
-        (_interpreting() and c_out <= 256)
+        (interpreter_enabled() and c_out <= 256)
 
 
 def _precision(dtype: torch.dtype) -> Tuple[str, object]:
     if dtype == torch.float64:
         return "ieee", tl.float64
     if dtype == torch.float32:
-        return ("tf32" if tf32_allowed() and not _interpreting() else "ieee"), tl.float32
+        return ("tf32" if tf32_allowed() and not interpreter_enabled() else "ieee"), tl.float32
     if dtype in (torch.float16, torch.bfloat16):
         return "ieee", tl.float32
     raise ValueError(f"unsupported dtype {dtype}: use float32, float16, bfloat16 (float64 only "
@@ -420,15 +416,15 @@ def _launch(tuned, kernel_plain, x, w, w_strides, bias, y, pad, stride,
             *x.stride(), *w_strides, *y.stride(), gamma.stride(0), gamma.stride(-1))
     # the GDN dot of the epilogue has fp32 operands (y^2, gamma): TF32 on the GPU unless the
     # input is fp32 with TF32 switched off
-    epi_precision = "ieee" if (_interpreting() or x.dtype == torch.float64 or
+    epi_precision = "ieee" if (interpreter_enabled() or x.dtype == torch.float64 or
                                (x.dtype == torch.float32 and precision == "ieee")) else "tf32"
     meta = dict(STRIDE=stride, KH=kh, KW=kw, HAS_BIAS=bias is not None, EPI=epi,
                 PRECISION=precision, ACC_DTYPE=acc_dtype, EPI_PRECISION=epi_precision,
-                EPI_DOT16=(2 if _interpreting() else 1) if x.dtype in (torch.float16, torch.bfloat16)
-                else 0)
+                EPI_DOT16=((2 if interpreter_enabled() else 1)
+                           if x.dtype in (torch.float16, torch.bfloat16) else 0))
     if flat_k is not None:
         meta["FLAT_K"] = flat_k
-    if _interpreting():
+    if interpreter_enabled():
         meta["DOT_UPCAST"] = x.dtype in (torch.float16, torch.bfloat16)
         cfg = dict(CONV_INTERPRET_CONFIG["kwargs"])
         cfg["BLOCK_N"] = _gdn_block_n(c_out) if epi else max(16, min(64, triton.next_power_of_2(c_out)))

@@ -385,10 +385,9 @@ def gdn_bwd(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, gamma: torch.
     P, HW = N * H * W, H * W
     dx = torch.empty_like(x)
     _, sdxn, sdxc, sdxhw = _layout(dx)
-    dgamma = torch.zeros(C, C, device=x.device, dtype=torch.float32)
-    dbeta = torch.zeros(C, device=x.device, dtype=torch.float32)
     if P == 0 or C == 0:
-        return dx.zero_(), dgamma, dbeta
+        return (dx.zero_(), torch.zeros(C, C, device=x.device, dtype=torch.float32),
+                torch.zeros(C, device=x.device, dtype=torch.float32))
     dn = torch.empty(P, C, device=x.device, dtype=torch.float32)
     dx0 = torch.empty(P, C, device=x.device, dtype=torch.float32)
     (gs, hgs), (gb, hgb), (bs, hbs), (bb, hbb) = _scalar_ptrs(

@@ -175,13 +175,10 @@ def test_fp32_precision_default_follows_pytorch_switches(monkeypatch, allow, wan
     seen = []
     monkeypatch.setattr(G.GDNFunction, "apply", lambda *a: seen.append(a[-1]) or a[0])
     x, beta, gamma, *_ = _case(17, False, "none")
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allow
+    from tests._tf32 import tf32_switches
+    with tf32_switches(allow, allow):
         G.gdn_triton(x, beta, gamma)
         G.gdn_triton(x, beta, gamma, fp32_precision="ieee")
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
     assert seen == [want, "ieee"]
 
 
