@@ -6,6 +6,8 @@
 #                 (.gpu_carry/ is git-ignored; the ../shared data does not travel)
 #   Device call:  run(command="bash bench/gpu_session.sh", carry=[".gpu_carry"], timeout_s=590)
 #   Dry run here: GPU_SESSION_DRY=1 OUT=/tmp/gpu_out bash bench/gpu_session.sh   (CPU, tiny shapes)
+#   A later call: GPU_SESSION_SKIP="report" bash bench/gpu_session.sh  (the steps named are skipped,
+#                 with "report" skipped, its 170 s go to the tests (+120), gdn (+30), conv (+20))
 #
 # Steps, each under its own time limit so that one slow step leaves time for the others, the
 # owed table first:
@@ -37,9 +39,15 @@ SUMMARY="$OUT/summary.txt"
 STAMP=$(mktemp)
 export PYTHONUNBUFFERED=1
 
+SKIP=" ${GPU_SESSION_SKIP:-} "  # e.g. GPU_SESSION_SKIP="report": steps whose result is already in
+
 step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log it, record status + time
     local name=$1 limit=$2
     shift 2
+    if [[ "$SKIP" == *" $name "* ]]; then
+        printf '%-8s %-28s %4d s\n' "$name" "skipped (GPU_SESSION_SKIP)" 0 | tee -a "$SUMMARY"
+        return
+    fi
     local t0=$SECONDS
     timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
@@ -88,19 +96,21 @@ else
     # SLIMKERNELS_AUTOTUNE=0: each kernel's first config only (one compile per specialisation,
     # not one per config); the benchmark steps below run the autotuned kernels, and bench_conv
     # checks each autotuned layer against cuDNN (rel_err_vs_cudnn)
-    step tests 130 env SLIMKERNELS_AUTOTUNE=0 "$PY" -m pytest -q -m "cuda or interpret" \
+    T_TESTS=130 T_CONV=80 T_GDN=60
+    if [[ "$SKIP" == *" report "* ]]; then T_TESTS=250 T_CONV=100 T_GDN=90; fi
+    step tests $T_TESTS env SLIMKERNELS_AUTOTUNE=0 "$PY" -m pytest -q -m "cuda or interpret" \
         -p no:cacheprovider $XDIST --tb=line -rf --maxfail=30 tests
     # per layer on the Kodak shape; no torch.compile column (a fresh max-autotune compile per
     # layer, width and dtype takes minutes; the e2e report has torch.compile of the transforms)
-    step conv 80 "$PY" bench/bench_conv.py --device --no-cpu --widths 192,96,48 \
+    step conv $T_CONV "$PY" bench/bench_conv.py --device --no-cpu --widths 192,96,48 \
         --shapes 1x512x768 --compile-mode none
     step profile 60 "$PY" bench/gpu_profile.py --widths 192,48
-    step gdn 60 "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48
+    step gdn $T_GDN "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48
 fi
 
 # every result file written during this run, in one archive (the device returns at most 8 files)
 # shellcheck disable=SC2086  # RESULTS is a list of folders
-find $RESULTS -type f -newer "$STAMP" -print0 | tar czf "$OUT/results.tgz" --null -T - 2>/dev/null
+find $RESULTS -type f -newer "$STAMP" -print0 2>/dev/null | tar czf "$OUT/results.tgz" --null -T - 2>/dev/null
 rm -f "$STAMP"
 # shellcheck disable=SC2086  # a dry run's result folders are inside $OUT: archived, not kept
 [ "$DRY" = 1 ] && rm -rf $RESULTS
