@@ -112,7 +112,10 @@ def _gdn_cases(C, H, W, dt, dev) -> Dict[str, Callable]:
             "gdn_fwdbwd_eager": step(eager_gdn)}
 
 
-def run(widths: List[int], dry_run: bool, image: str = None, calls: int = 5) -> Dict:
+def run(widths: List[int], dry_run: bool, image: str = None, calls: int = 5,
+        dtypes=(torch.float32, torch.bfloat16), on_case=None) -> Dict:
+    """Profile each case; ``on_case(result_so_far)`` after each (a time-limited run keeps what
+    it measured)."""
     dev = torch.device("cuda" if torch.cuda.is_available() and not dry_run else "cpu")
     if dev.type != "cuda" and not dry_run:
         raise SystemExit("no CUDA GPU: pass --dry-run to exercise the script on CPU")
@@ -127,8 +130,11 @@ def run(widths: List[int], dry_run: bool, image: str = None, calls: int = 5) -> 
     x = x[..., :H, :W].to(dev).contiguous()
     gdn_hw = (8, 12) if dry_run else (256, 384)  # the first GDN of the encoder at 768x512
     cases = []
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)"
+    res = {"device": name, "model": desc, "image": [H, W], "torch": torch.__version__,
+           "dry_run": dev.type != "cuda", "cases": cases}
     for width in widths:
-        for dt in (torch.float32, torch.bfloat16):
+        for dt in dtypes:
             fns = {**_transform_cases(model, plain, x, width, dt, dev),
                    **_gdn_cases(width, *gdn_hw, dt, dev)}
             for name, fn in fns.items():
@@ -136,9 +142,9 @@ def run(widths: List[int], dry_run: bool, image: str = None, calls: int = 5) -> 
                 cases.append({"case": name, "width": width, "dtype": str(dt)[6:], **r})
                 print(f"{name:>18} w={width:3d} {str(dt)[6:]:>8}: wall {r['wall_ms']:.3f} ms, "
                       f"device {r['device_ms']:.3f} ms", flush=True)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)"
-    return {"device": name, "model": desc, "image": [H, W], "torch": torch.__version__,
-            "dry_run": dev.type != "cuda", "cases": cases}
+                if on_case is not None:
+                    on_case(res)
+    return res
 
 
 def markdown(res: Dict) -> str:
@@ -164,6 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--widths", default="192,48", help="comma-separated widths (default 192,48)")
     ap.add_argument("--calls", type=int, default=5, help="profiled calls per case (default 5)")
     ap.add_argument("--image", default=None, help="image (default Kodak kodim01)")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="fp32 and/or bf16 (default both)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes")
     ap.add_argument("--out", default=None,
                     help="output folder (default bench/results/cuda-<gpu>/ on a GPU)")
@@ -173,23 +180,31 @@ def main(argv=None) -> int:
     except ValueError:
         print(f"error: --widths takes comma-separated integers, got {a.widths!r}", file=sys.stderr)
         return 2
+    known = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    dtypes = [known.get(d.strip()) for d in a.dtypes.split(",") if d.strip()]
+    if not dtypes or None in dtypes:
+        print(f"error: --dtypes takes fp32 and/or bf16, got {a.dtypes!r}", file=sys.stderr)
+        return 2
     if not widths or a.calls < 1:
         print("error: give at least one width and --calls >= 1", file=sys.stderr)
         return 2
     if a.out is None and a.dry_run:
         print("error: a dry run needs --out (it must not replace a GPU profile)", file=sys.stderr)
         return 2
-    res = run(widths, a.dry_run, a.image, a.calls)
     if a.out is None:
         from report import machine_name
         out = os.path.join(HERE, "results", machine_name("cuda"))
     else:
         out = a.out
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "profile.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    with open(os.path.join(out, "profile.md"), "w") as f:
-        f.write(markdown(res) + "\n")
+
+    def write(res):  # after every case: a run cut by a time limit keeps its cases
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "profile.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        with open(os.path.join(out, "profile.md"), "w") as f:
+            f.write(markdown(res) + "\n")
+
+    write(run(widths, a.dry_run, a.image, a.calls, dtypes, on_case=write))
     print(f"wrote {out}/profile.md")
     return 0
 

@@ -96,16 +96,19 @@ else
     # SLIMKERNELS_AUTOTUNE=0: each kernel's first config only (one compile per specialisation,
     # not one per config); the benchmark steps below run the autotuned kernels, and bench_conv
     # checks each autotuned layer against cuDNN (rel_err_vs_cudnn)
-    T_TESTS=130 T_CONV=80 T_GDN=60
+    T_TESTS=130 T_CONV=80 T_PROFILE=60 T_GDN=60
     if [[ "$SKIP" == *" report "* ]]; then T_TESTS=250 T_CONV=100 T_GDN=90; fi
-    step tests $T_TESTS env SLIMKERNELS_AUTOTUNE=0 "$PY" -m pytest -q -m "cuda or interpret" \
+    # a later call can set each limit and the widths (GPU_T_TESTS=140 GPU_CONV_WIDTHS=48 ...)
+    T_TESTS=${GPU_T_TESTS:-$T_TESTS} T_CONV=${GPU_T_CONV:-$T_CONV}
+    T_PROFILE=${GPU_T_PROFILE:-$T_PROFILE} T_GDN=${GPU_T_GDN:-$T_GDN}
+    step tests "$T_TESTS" env SLIMKERNELS_AUTOTUNE=0 "$PY" -m pytest -q -m "cuda or interpret" \
         -p no:cacheprovider $XDIST --tb=line -rf --maxfail=30 tests
     # per layer on the Kodak shape; no torch.compile column (a fresh max-autotune compile per
     # layer, width and dtype takes minutes; the e2e report has torch.compile of the transforms)
-    step conv $T_CONV "$PY" bench/bench_conv.py --device --no-cpu --widths 192,96,48 \
+    step conv "$T_CONV" "$PY" bench/bench_conv.py --device --no-cpu --widths "${GPU_CONV_WIDTHS:-192,96,48}" \
         --shapes 1x512x768 --compile-mode none
-    step profile 60 "$PY" bench/gpu_profile.py --widths 192,48
-    step gdn $T_GDN "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48
+    step profile "$T_PROFILE" "$PY" bench/gpu_profile.py --widths "${GPU_PROFILE_WIDTHS:-192,48}"
+    step gdn "$T_GDN" "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48
 fi
 
 # every result file written during this run, in one archive (the device returns at most 8 files)

@@ -77,7 +77,7 @@ def _check(C, channels_last, inverse, scalars, dtype, tol, device=DEVICE, **shap
         if b.dim() == 0:
             # a scalar's gradient is a signed sum over C x C (or C) terms: measure the error
             # against the sum of the terms' magnitudes (its condition), not the cancelled result
-            dg, db = ref["gamma"][:C, :C], ref["beta"][:C]
+            dg, db = ref["gamma"][:C, :C].cpu(), ref["beta"][:C].cpu()
             sg = scal[0].double().cpu() if scal[0] is not None else 1.0
             sb = scal[2].double().cpu() if scal[2] is not None else 1.0
             terms = {"gamma_scale": dg / sg * gamma[:C, :C].double().cpu(),
