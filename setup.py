@@ -27,8 +27,14 @@ def _ext_modules():
     cpu_dir = os.path.join("csrc", "cpu")
     cpu_sources = sorted(os.path.join(cpu_dir, f) for f in os.listdir(os.path.join(HERE, cpu_dir))
                          if f.endswith(".cpp"))
+    # headers as dependencies: an edited header rebuilds the extensions that include it
+    # (setuptools tracks only the listed sources otherwise)
+    def headers(d):
+        return sorted(os.path.join(d, f) for f in os.listdir(os.path.join(HERE, d))
+                      if f.endswith(".hpp"))
     # -pthread: the coder's worker pool (glibc >= 2.34 links it anyway; older systems need it).
     return [Pybind11Extension("slimkernels._coder", sources, include_dirs=["csrc"],
+                              depends=headers("csrc"),
                               extra_compile_args=args + ["-pthread"],
                               extra_link_args=["-pthread"], cxx_std=17),
             # The module-tree state key of the weight caches (model_id). Optional: without it
@@ -41,6 +47,7 @@ def _ext_modules():
             # falls back to its PyTorch path.
             # -fopenmp: its threads are torch's (same libgomp.so.1 once torch is loaded).
             Pybind11Extension("slimkernels._cpu_kernels", cpu_sources, include_dirs=[cpu_dir],
+                              depends=headers(cpu_dir),
                               extra_compile_args=args + ["-pthread", "-fopenmp"],
                               extra_link_args=["-pthread", "-fopenmp"], cxx_std=17,
                               optional=True)]

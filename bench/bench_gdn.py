@@ -142,7 +142,7 @@ def cpu_timings(shapes=CPU_SHAPES, widths=WIDTHS, reps=9, backward=False):
                     ref = eager_gdn(x.double(), beta.double(), gamma.double())
                     with torch.no_grad():
                         y_ours, y_eager = gdn(x, beta, gamma), eager_gdn(x, beta, gamma)
-                        path = {"fused": "fused-amx", "avx2": "avx2-fp32"}.get(
+                        path = {"fused": "fused-amx", "avx2": f"avx2-{str(dt)[6:]}"}.get(
                             _gdn_mod.last_cpu_path, "torch")
                         y_torch = gdn_torch(x, beta, gamma)
                         errs = {k: (_rel_err(v, ref), _elem_err(v, ref)) for k, v in
@@ -389,6 +389,12 @@ def main(argv=None):
     ap.add_argument("--md-name", default="gdn",
                     help="basename of the CPU result files (cpu/<name>.json, .md)")
     ap.add_argument("--reps", type=int, default=9, help="CPU repeats per variant (median)")
+    ap.add_argument("--force-avx2-bf16", action="store_true",
+                    help="send every bf16 call the AVX2 kernel covers to it (raises "
+                         "AVX2_BF16_MAX_C): measures where its thresholds should be")
+    ap.add_argument("--cpu-shapes", default=None,
+                    help="comma-separated NxHxW for the CPU section (default 1x128x192, the "
+                         "encoder's first GDN on a 768x512 image)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads for the CPU section (default: torch's); 1 gives "
                          "steadier ratios on a machine shared with other jobs")
@@ -416,9 +422,19 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.force_avx2_bf16:
+        _gdn_mod.AVX2_BF16_MAX_C = 1 << 30
     widths = [48, 17] if args.dry_run else (
         [int(w) for w in args.widths.split(",")] if args.widths else WIDTHS)
     cpu_shapes = [(1, 9, 11)] if args.dry_run else CPU_SHAPES
+    if args.cpu_shapes and not args.dry_run:
+        try:
+            cpu_shapes = [tuple(int(v) for v in sh.split("x")) for sh in args.cpu_shapes.split(",")]
+        except ValueError:
+            cpu_shapes = []
+        if not cpu_shapes or any(len(sh) != 3 or min(sh) < 1 for sh in cpu_shapes):
+            raise SystemExit(f"error: --cpu-shapes takes NxHxW,... with positive sizes, got "
+                             f"{args.cpu_shapes!r}")
     st = static_table(GPU_SHAPES, WIDTHS)
     print("Static H100 table (floor = max(bytes / 3.0 TB/s, FLOPs / peak); fp32 peak "
           "400 TFLOP/s TF32, bf16 800):")

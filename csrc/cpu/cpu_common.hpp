@@ -22,6 +22,15 @@ inline float load_param(const void* p, int dtype, int64_t idx) {
   return static_cast<const float*>(p)[idx];
 }
 
+// fp32 -> bf16 bits, round to nearest even as torch does; NaN stays a (quiet) NaN.
+inline uint16_t to_bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
 struct AlignedFree {
   void operator()(void* p) const { std::free(p); }
 };

@@ -42,7 +42,9 @@ const char* gdn_avx2_error_message(int code) {
   switch (code) {
     case kAOk: return "ok";
     case kANoAvx2: return "AVX2 + FMA is not available on this CPU; use the PyTorch path";
-    case kABadArgs: return "bad arguments (the AVX2 kernel covers fp32 x, NCHW or channels_last)";
+    case kABadArgs:
+      return "bad arguments (the AVX2 kernel covers fp32 or bf16 x, NCHW or channels_last; the "
+             "factors r only for fp32 channels_last)";
     case kANoMem: return "out of memory for the packed gamma or a per-thread buffer";
   }
   return "unknown error";
@@ -202,20 +204,41 @@ SK_AVX2_TARGET void run_block(const float* x, float* y, float* r, int64_t np, in
   }
 }
 
-// Blocks k0..k1 of the call. channels_last: block k is pixels k*kPix.. of [P, C] (read and
-// written in place). NCHW: block k is pixels j*kPix.. of image n (k = n * per_image + j),
-// transposed into xb ([np][C]) first, computed into yb, transposed back into y.
+// bf16 x / y (as uint16 bits) <-> the fp32 rows run_block works on: np rows of C at stride C.
+SK_AVX2_TARGET void widen_rows(const uint16_t* x, float* xb, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = static_cast<uint32_t>(x[i]) << 16;
+    std::memcpy(xb + i, &u, 4);
+  }
+}
+SK_AVX2_TARGET void narrow_rows(const float* yb, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = detail::to_bf16_bits(yb[i]);
+}
+
+// Blocks k0..k1 of the call. channels_last fp32: block k is pixels k*kPix.. of [P, C] (read and
+// written in place); channels_last bf16: the same pixels widened into xb first, computed into yb
+// and rounded back into y. NCHW: block k is pixels j*kPix.. of image n (k = n * per_image + j),
+// transposed (and widened) into xb ([np][C]) first, computed into yb, transposed back into y.
 SK_AVX2_TARGET void run_blocks(const GdnArgs& a, const float* bp, const float* beta, float* z,
                                float* xb, float* yb, int64_t k0, int64_t k1) {
   const int64_t C = a.C, HW = a.HW;
+  const bool bf16 = a.xdtype == kBF16;
   const float* x = static_cast<const float*>(a.x);
   float* y = static_cast<float*>(a.y);
+  const uint16_t* xh = static_cast<const uint16_t*>(a.x);
+  uint16_t* yh = static_cast<uint16_t*>(a.y);
   if (a.channels_last) {
     const int64_t P = a.N * HW;
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t p = k * kPix, np = std::min<int64_t>(kPix, P - p);
-      run_block(x + p * C, y + p * C, a.r == nullptr ? nullptr : a.r + p * C, np, C, bp,
-                beta, z, a.inverse);
+      if (bf16) {
+        widen_rows(xh + p * C, xb, np * C);
+        run_block(xb, yb, nullptr, np, C, bp, beta, z, a.inverse);
+        narrow_rows(yb, yh + p * C, np * C);
+      } else {
+        run_block(x + p * C, y + p * C, a.r == nullptr ? nullptr : a.r + p * C, np, C, bp,
+                  beta, z, a.inverse);
+      }
     }
     return;
   }
@@ -223,13 +246,25 @@ SK_AVX2_TARGET void run_blocks(const GdnArgs& a, const float* bp, const float* b
   for (int64_t k = k0; k < k1; ++k) {
     const int64_t n = k / per_image, p = (k % per_image) * kPix;
     const int64_t np = std::min<int64_t>(kPix, HW - p);
-    const float* xi = x + n * C * HW + p;
-    float* yi = y + n * C * HW + p;
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t r = 0; r < np; ++r) xb[r * C + c] = xi[c * HW + r];
+    const int64_t base = n * C * HW + p;
+    if (bf16) {
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t r = 0; r < np; ++r) {
+          const uint32_t u = static_cast<uint32_t>(xh[base + c * HW + r]) << 16;
+          std::memcpy(xb + r * C + c, &u, 4);
+        }
+    } else {
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t r = 0; r < np; ++r) xb[r * C + c] = x[base + c * HW + r];
+    }
     run_block(xb, yb, nullptr, np, C, bp, beta, z, a.inverse);
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t r = 0; r < np; ++r) yi[c * HW + r] = yb[r * C + c];
+    if (bf16) {
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t r = 0; r < np; ++r) yh[base + c * HW + r] = detail::to_bf16_bits(yb[r * C + c]);
+    } else {
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t r = 0; r < np; ++r) y[base + c * HW + r] = yb[r * C + c];
+    }
   }
 }
 
@@ -238,9 +273,9 @@ SK_AVX2_TARGET void run_blocks(const GdnArgs& a, const float* bp, const float* b
 int gdn_forward_avx2(const GdnArgs& a) {
   if (!gdn_avx2_available()) return kANoAvx2;
   if (a.x == nullptr || a.y == nullptr || a.gamma == nullptr || a.beta == nullptr ||
-      a.xdtype != kF32 || a.N <= 0 || a.C <= 0 || a.HW <= 0 ||
+      (a.xdtype != kF32 && a.xdtype != kBF16) || a.N <= 0 || a.C <= 0 || a.HW <= 0 ||
       (a.gdtype != kF32 && a.gdtype != kBF16) || (a.bdtype != kF32 && a.bdtype != kBF16) ||
-      (a.r != nullptr && !a.channels_last))
+      (a.r != nullptr && (!a.channels_last || a.xdtype != kF32)))
     return kABadArgs;
   const int64_t C = a.C, NP = (C + 15) / 16, P = a.N * a.HW;
   // gamma^T in panels of 16 output channels: bp[q][i][j] = gamma_k[q*16 + j, i] (0 past C);
@@ -263,7 +298,8 @@ int gdn_forward_avx2(const GdnArgs& a) {
   const int64_t blocks = a.channels_last ? (P + kPix - 1) / kPix
                                          : a.N * ((a.HW + kPix - 1) / kPix);
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, blocks / 4));
-  const int64_t per_thread = (a.channels_last ? 1 : 3) * kPix * C;  // z (+ xb, yb for NCHW)
+  // z (+ xb, yb for NCHW and for bf16)
+  const int64_t per_thread = (a.channels_last && a.xdtype == kF32 ? 1 : 3) * kPix * C;
   std::vector<FloatBuf> bufs(static_cast<size_t>(nt));
   for (auto& buf : bufs) {
     buf = detail::alloc_aligned<float>(per_thread);

@@ -625,8 +625,8 @@ def _fused_cpu_gdn_available() -> bool:
 
 
 def _avx2_cpu_gdn_covers(y, kw) -> bool:
-    """Whether :func:`slimkernels.ops.gdn.gdn` runs its fp32 AVX2 kernel on this call (CPUs
-    without AMX)."""
+    """Whether :func:`slimkernels.ops.gdn.gdn` runs its AVX2 kernel on this call (CPUs without
+    AMX; fp32 x, or bf16 x with few channels)."""
     from .gdn import _avx2_covers
     scalars = tuple(kw.get(n) for n in ("gamma_scale", "gamma_bias", "beta_scale", "beta_bias"))
     return _avx2_covers(y, kw["beta"], kw["gamma"], scalars)
@@ -642,7 +642,8 @@ def _apply_gdn(y, kw):
         if y.dtype in (torch.float32, torch.bfloat16) and CPU_FUSED_GDN and \
                 _fused_cpu_gdn_available():
             return _gdn(y, **kw)
-        if y.dtype == torch.float32 and CPU_FUSED_GDN and _avx2_cpu_gdn_covers(y, kw):
+        if y.dtype in (torch.float32, torch.bfloat16) and CPU_FUSED_GDN and \
+                _avx2_cpu_gdn_covers(y, kw):
             return _gdn(y, **kw)
         return _gdn_cpu_nograd(y, kw)
     return _gdn(y, **kw)

@@ -422,13 +422,33 @@ AVX2_NCHW_MIN_C = 96
 AVX2_NCHW_MAX_SMALL_HW = 64 * 96
 
 
+#: bf16 x goes to the AVX2 kernel (widened to fp32 per block, y rounded back once) up to
+#: ``AVX2_BF16_MAX_C`` channels at any size, and up to ``AVX2_BF16_SMALL_MAX_C`` channels at most
+#: ``AVX2_BF16_SMALL_HW`` pixels per image; elsewhere oneDNN's bf16 1x1 convolution (gdn_torch) is
+#: faster. Measured on a 2-core Zen 4 EPYC (AVX512-BF16, no AMX; 2 threads, channels_last,
+#: medians of 9 interleaved; `python bench/bench_gdn.py --no-train --force-avx2-bf16 --threads 2
+#: --widths 192,96,72,48 --cpu-shapes 1x128x192,1x64x96,1x32x48 --md-name gdn_avx2_bf16`,
+#: bench/results/cpu/gdn_avx2_bf16.md), gdn_torch time / kernel time at 128x192 / 64x96 / 32x48:
+#: C=48 0.99 / 1.15 / 2.07, C=72 0.91 / 0.92 / 1.33, C=96 0.81 / 0.85 / 1.24, C=192 0.66 / 0.68 /
+#: 0.78. In the model (SwitchGDN at w=48 under bf16 autocast) 0.36 -> 0.17 ms at 32x48.
+AVX2_BF16_MAX_C = 48
+AVX2_BF16_SMALL_MAX_C = 96
+AVX2_BF16_SMALL_HW = 32 * 48
+
+
 def _avx2_covers(x, beta, gamma, scalars) -> bool:
-    """Whether :func:`gdn` runs the fp32 AVX2 kernel on this call: the kernel is switched on and
+    """Whether :func:`gdn` runs the AVX2 kernel on this call: the kernel is switched on and
     available (and AMX is not), and x is what :func:`_fused_cpu_layout` covers, restricted to
-    fp32 x (NCHW where it pays, or channels_last) computed in fp32 (no bf16 autocast)."""
+    fp32 x (NCHW where it pays, or channels_last) computed in fp32 (no bf16 autocast), or bf16 x
+    with few channels (``AVX2_BF16_MAX_C``, ``AVX2_BF16_SMALL_MAX_C``; computed in fp32)."""
     if not USE_CPU_KERNELS or cpu_kernels_available() or _avx2_kernels() is None:
         return False
-    if x.dtype != torch.float32 or _compute_dtype(x) != torch.float32:
+    if x.dtype == torch.bfloat16:
+        C, HW = x.shape[1], x.shape[2] * x.shape[3]
+        if not (C <= AVX2_BF16_MAX_C or
+                (C <= AVX2_BF16_SMALL_MAX_C and HW <= AVX2_BF16_SMALL_HW)):
+            return False
+    elif x.dtype != torch.float32 or _compute_dtype(x) != torch.float32:
         return False
     lay = _fused_cpu_layout(x, beta, gamma, scalars)
     if lay == "nchw":   # the kernel transposes blocks in and out with scalar loops
@@ -465,8 +485,9 @@ def _avx2_training_covers(x, beta, gamma, cd, channels_last) -> bool:
 
 
 def _run_avx2(x, beta, gamma, inverse, scalars):
-    """The AVX2 kernel (fp32: FMA accumulation, refined reciprocal square root); arguments already
-    validated by :func:`_avx2_covers`. y in x's layout."""
+    """The AVX2 kernel (fp32 arithmetic: FMA accumulation, refined reciprocal square root; bf16
+    x widened, y rounded to bf16); arguments already validated by :func:`_avx2_covers`. y in x's
+    layout and dtype."""
     lay = "nchw" if x.is_contiguous() else "channels_last"
     return _run_kernel(_avx2_kernels().gdn_forward_avx2, x, beta, gamma, lay, inverse, scalars, 1)
 

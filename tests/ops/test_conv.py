@@ -470,11 +470,14 @@ def test_prepacked_igdn_input_and_output_vs_float64(dtype):
     assert rel_err(y, ref) < (1e-2 if dtype == "bf16" else 1e-5)
     import sys
     gdn_mod = sys.modules["slimkernels.ops.gdn"]
-    avx2 = dtype == "fp32" and gdn_mod._avx2_kernels() is not None
+    # fp32: the AVX2 kernel takes both IGDNs; bf16: it takes them too (47 channels <=
+    # AVX2_BF16_MAX_C; 72 <= AVX2_BF16_SMALL_MAX_C on 10x12 pixels)
+    assert 47 <= gdn_mod.AVX2_BF16_MAX_C and 72 <= gdn_mod.AVX2_BF16_SMALL_MAX_C
+    avx2 = gdn_mod._avx2_kernels() is not None
     if conv_mod._onednn(y.dtype) and not conv_mod._fused_cpu_gdn_available() and not avx2:
         # both IGDNs ran the prepacked passes (NCHW fp32 x converted)
         assert sorted(k[1] for k in conv_mod._PACK_CACHE if k[0] == "gdn") == [47, 72]
-    elif avx2 and not conv_mod._fused_cpu_gdn_available():  # both ran the fp32 AVX2 kernel
+    elif avx2 and not conv_mod._fused_cpu_gdn_available():  # both ran the AVX2 kernel
         assert gdn_mod.last_cpu_path == "avx2"
         assert not [k for k in conv_mod._PACK_CACHE if k[0] == "gdn"]
 

@@ -94,6 +94,83 @@ def test_parameters_read_in_place_any_strides_and_bf16():
 
 
 @needs_avx2
+@pytest.mark.parametrize("C", [1, 17, 48, 96, 192])
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("sc", list(SCALARS), ids=list(SCALARS))
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_bf16_x_computed_in_fp32_and_rounded_once(C, inverse, sc, layout):
+    """bf16 x: widened exactly, computed in fp32, y rounded to bf16 once (to nearest even, as
+    torch rounds): y is within one bf16 ulp (2^-8 relative) of the float64 result of the same
+    bf16 inputs everywhere, and equal to that result rounded to bf16 almost everywhere (only
+    values within fp32 error of a rounding boundary may differ)."""
+    beta, gamma = _params()
+    x = _x(2, C, 7, 11, channels_last=layout == "channels_last").bfloat16()
+    y = _run(x, beta, gamma, inverse, SCALARS[sc])
+    assert y.shape == x.shape and y.dtype == torch.bfloat16
+    assert y.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
+                           else torch.contiguous_format)
+    ref = _ref(x.double(), beta, gamma, inverse, SCALARS[sc])
+    assert _max_rel(y, ref) < 2 ** -8
+    same = (y == ref.to(torch.bfloat16)).double().mean().item()
+    assert same > 0.995, f"only {same:.4f} of y equal the correctly rounded result"
+
+
+@needs_avx2
+def test_bf16_x_nan_and_inf_stay_nan():
+    """A NaN in x gives NaN in its pixel's outputs (not a finite number from the rounding); an
+    inf x gives NaN where the exact form is inf/inf."""
+    beta, gamma = _params(2)
+    x = _x(1, 16, 3, 4, seed=3).bfloat16()
+    x[0, 5, 1, 2] = float("nan")
+    x[0, 3, 2, 0] = float("inf")
+    y = _run(x, beta, gamma, False, SCALARS["none"])
+    assert torch.isnan(y[0, :, 1, 2]).all() and torch.isnan(y[0, 3, 2, 0])
+    finite = torch.ones_like(y, dtype=torch.bool)
+    finite[0, :, 1, 2] = False
+    finite[0, :, 2, 0] = False
+    assert torch.isfinite(y[finite]).all()
+
+
+@needs_avx2
+@pytest.mark.parametrize("threads", [1, 3])
+def test_bf16_threads_give_the_same_result(threads):
+    beta, gamma = _params(3)
+    x = _x(2, 48, 37, 29, seed=4).bfloat16()
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = _run(x, beta, gamma, True, SCALARS["slimgdn+"])
+        torch.set_num_threads(threads)
+        other = _run(x, beta, gamma, True, SCALARS["slimgdn+"])
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(two, other)
+
+
+@needs_avx2
+@pytest.mark.skipif(HAS_AMX, reason="AMX CPU: gdn() takes the AMX kernel (tested elsewhere)")
+def test_gdn_sends_narrow_bf16_to_it():
+    """gdn() on bf16 x: up to AVX2_BF16_MAX_C channels at any size and up to
+    AVX2_BF16_SMALL_MAX_C on small images -> the AVX2 kernel; wider -> the PyTorch path (oneDNN's
+    bf16 GEMM is faster there); the values agree with the PyTorch path to bf16 tolerance."""
+    beta, gamma = _params(7)
+    small = gdn_mod.AVX2_BF16_SMALL_HW
+    assert gdn_mod.AVX2_BF16_MAX_C < gdn_mod.AVX2_BF16_SMALL_MAX_C < 192 and small >= 96
+    cases = [(gdn_mod.AVX2_BF16_MAX_C, 96, 80, "avx2"),            # large image, narrow
+             (gdn_mod.AVX2_BF16_SMALL_MAX_C, 8, 12, "avx2"),       # small image, medium width
+             (gdn_mod.AVX2_BF16_SMALL_MAX_C, 96, 80, "torch"),     # large image, medium width
+             (gdn_mod.AVX2_BF16_SMALL_MAX_C + 1, 8, 12, "torch")]  # too wide for the kernel
+    for C, H, W, path in cases:
+        assert (H * W <= small) == (H == 8)
+        x = _x(1, C, H, W, seed=C).bfloat16()
+        with torch.no_grad():
+            y = gdn(x, beta, gamma, inverse=True)
+            assert gdn_mod.last_cpu_path == path, (C, H, W)
+            y0 = gdn_mod.gdn_torch(x, beta, gamma, inverse=True)
+        assert y.dtype == torch.bfloat16 and _max_rel(y, y0) < 2e-2
+
+
+@needs_avx2
 @pytest.mark.skipif(HAS_AMX, reason="AMX CPU: gdn() takes the AMX kernel (tested elsewhere)")
 def test_gdn_dispatches_to_it_and_falls_back():
     """gdn(): fp32 NCHW or channels_last without autograd or autocast -> the AVX2 kernel; other
