@@ -146,6 +146,7 @@ def compile_for_target(kernel, signature: Mapping[str, str], constexprs: Mapping
         ``n_spills`` (bytes spilled, stores + loads, from re-running ``ptxas -v`` on the PTX),
         ``local`` (local-memory bytes of the cubin; > 0 means spills or a stack),
         ``shared`` (bytes of shared memory per block), ``sass`` (disassembly, str), ``ptx`` (str),
+        ``ttgir`` (triton's GPU IR, str: shared-memory buffers and the pipelining),
         ``stack`` (stack frame bytes), ``arch``, ``num_warps``, ``num_stages``, ``ptxas_log``.
 
     Raises:
@@ -183,7 +184,8 @@ def compile_for_target(kernel, signature: Mapping[str, str], constexprs: Mapping
     n_regs = cub["n_regs"] if cub["n_regs"] >= 0 else usage["n_regs"]
     return {"n_regs": n_regs, "n_spills": usage["n_spills"], "stack": usage["stack"],
             "local": cub["local"],
-            "shared": int(compiled.metadata.shared), "sass": sass, "ptx": ptx, "arch": arch,
+            "shared": int(compiled.metadata.shared), "sass": sass, "ptx": ptx,
+            "ttgir": compiled.asm.get("ttgir", ""), "arch": arch,
             "num_warps": num_warps, "num_stages": num_stages, "ptxas_log": usage["ptxas_log"]}
 
 
@@ -204,3 +206,37 @@ def run_in_subprocess(code: str, timeout: float = 600.0) -> Any:
     if res.returncode != 0:
         raise RuntimeError(f"AOT subprocess failed (rc={res.returncode}):\n{res.stderr[-4000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def wgmma_operand_depths(ttgir: str) -> Dict[str, Any]:
+    """The shared-memory buffering of each Hopper ``warp_group_dot``'s operands in a TTGIR.
+
+    Returns ``{"dots": [(depth_a, depth_b), ...], "max_pendings": int}``: per dot, how many
+    pipeline buffers the allocation behind each shared-memory operand has (1 for a single
+    buffer, 0 for an operand in registers or not traced to an allocation), and the largest
+    ``pendings`` of the ``warp_group_dot_wait`` ops (>= 1: a wgmma stays in flight while the loop
+    goes on, so each operand needs one buffer more than the copies run ahead).
+
+    A dot whose two operands are buffered to different depths while wgmmas stay in flight is the
+    hazard met in the GDN backward (triton 3.6 and 3.9): a tile that fed the dot and a reduction
+    got one buffer fewer, and the next async copy overwrote it under the pending wgmma.
+    """
+    alloc_depth: Dict[str, int] = {}
+    for m in re.finditer(r"(%[\w.#]+) = ttg\.local_alloc[^\n]*?-> !ttg\.memdesc<(\d+(?:x\d+)*)x\w+,",
+                         ttgir):
+        dims = [int(d) for d in m.group(2).split("x")]
+        alloc_depth[m.group(1)] = dims[0] if len(dims) == 3 else 1
+    view_of: Dict[str, str] = {}
+    for m in re.finditer(r"(%[\w.#]+) = ttg\.memdesc_index (%[\w.#]+)\[", ttgir):
+        view_of[m.group(1)] = m.group(2)
+
+    def depth(name: str) -> int:
+        seen = 0
+        while name in view_of and seen < 16:
+            name, seen = view_of[name], seen + 1
+        return alloc_depth.get(name, 0)
+
+    dots = [(depth(m.group(1)), depth(m.group(2)))
+            for m in re.finditer(r"ttng\.warp_group_dot (%[\w.#]+), (%[\w.#]+),", ttgir)]
+    pend = [int(p) for p in re.findall(r"warp_group_dot_wait[^\n]*\{pendings = (\d+)", ttgir)]
+    return {"dots": dots, "max_pendings": max(pend, default=0)}

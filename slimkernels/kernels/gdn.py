@@ -214,12 +214,20 @@ def _gdn_bwd_dx_kernel(x_ptr, dn_ptr, dx0_ptr, dx_ptr, gamma_ptr, gs_ptr, gb_ptr
     row = _wide(offs_p, WIDE)[:, None] * C
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
     dnsum = tl.zeros([BLOCK_P], dtype=tl.float32)
+    if HAS_GB:
+        # sum_i dn[p, i] in a loop of its own: a dn tile feeding both the tl.dot and this sum got
+        # two shared-memory buffers from triton's pipeliner (3.6 and 3.9, sm_90) while its async
+        # wgmma, still in flight, read the buffer the next copy was writing (the first H200 run:
+        # dx 0.6-2 % off at C=192, TF32, nondeterministic; read in the TTGIR)
+        for k in range(0, C, BLOCK_CI):
+            offs_i = k + tl.arange(0, BLOCK_CI)
+            dnsum += tl.sum(tl.load(dn_ptr + row + offs_i[None, :],
+                                    mask=mask_p[:, None] & (offs_i[None, :] < C), other=0.0),
+                            axis=1)
     for k in range(0, C, BLOCK_CI):
         offs_i = k + tl.arange(0, BLOCK_CI)
         dn = tl.load(dn_ptr + row + offs_i[None, :], mask=mask_p[:, None] & (offs_i[None, :] < C),
                      other=0.0)
-        if HAS_GB:
-            dnsum += tl.sum(dn, axis=1)
         g = _gamma_tile(gamma_ptr, offs_i, offs_j, gs0, gs1, C).to(tl.float32)
         acc += tl.dot(dn, g, input_precision=FP32_PRECISION)
     # (dn @ gamma_k)[p, j] = s_g (dn @ gamma)[p, j] + b_g sum_i dn[p, i]
@@ -259,24 +267,28 @@ def _gdn_bwd_dgamma_kernel(x_ptr, dn_ptr, dgamma_ptr, dbeta_ptr, P, C, HW, sxn, 
     mask_i = offs_i < C
     mask_j = offs_j < C
     acc = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float32)
-    dbeta = tl.zeros([BLOCK_I], dtype=tl.float32)
     p_start = split * P_PER_SPLIT
     for p0 in range(p_start, p_start + P_PER_SPLIT, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < P
-        # dn^T tile [BLOCK_I, BLOCK_P]
+        # dn^T tile [BLOCK_I, BLOCK_P] (feeds the dot only: see _gdn_bwd_dx_kernel's dnsum)
         dnt = tl.load(dn_ptr + _wide(offs_p, WIDE)[None, :] * C + offs_i[:, None],
                       mask=mask_i[:, None] & mask_p[None, :], other=0.0)
         x_off = _pixel_offsets(offs_p, HW, sxn, sxhw, WIDE)
         xv = tl.load(x_ptr + x_off[:, None] + offs_j[None, :] * sxc,
                      mask=mask_p[:, None] & mask_j[None, :], other=0.0).to(tl.float32)
         acc += tl.dot(dnt, xv * xv, input_precision=FP32_PRECISION)
-        dbeta += tl.sum(dnt, axis=1)
     base = split * C  # the split's slab (int32 is enough: dgamma_splits keeps SPLIT*C*C ~2 M)
     tl.store(dgamma_ptr + (base + offs_i[:, None]) * C + offs_j[None, :], acc,
              mask=mask_i[:, None] & mask_j[None, :])
-    first_j = (tl.zeros([BLOCK_I], dtype=tl.int32) + pid_j) == 0  # dbeta once per i tile
-    tl.store(dbeta_ptr + base + offs_i, dbeta, mask=mask_i & first_j)
+    if pid_j == 0:  # dbeta once per i tile, in a loop of its own
+        dbeta = tl.zeros([BLOCK_I], dtype=tl.float32)
+        for p0 in range(p_start, p_start + P_PER_SPLIT, BLOCK_P):
+            offs_p = p0 + tl.arange(0, BLOCK_P)
+            dbeta += tl.sum(tl.load(dn_ptr + _wide(offs_p, WIDE)[None, :] * C + offs_i[:, None],
+                                    mask=mask_i[:, None] & (offs_p < P)[None, :], other=0.0),
+                            axis=1)
+        tl.store(dbeta_ptr + base + offs_i, dbeta, mask=mask_i)
 
 
 # --------------------------------------------------------------------------------------------

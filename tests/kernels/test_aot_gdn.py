@@ -26,7 +26,7 @@ _CODE = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import torch
     from slimkernels.kernels.gdn import aot_specs
-    from slimkernels.kernels.aot import compile_for_target, tensor_core_ops
+    from slimkernels.kernels.aot import compile_for_target, tensor_core_ops, wgmma_operand_depths
     jobs = json.loads({jobs!r})
     out = []
     for dtype, layout, all_configs, only, archs in jobs:
@@ -40,7 +40,8 @@ _CODE = textwrap.dedent("""
                 out.append(dict(name=sp["name"], dtype=dtype, layout=layout, arch=arch,
                                 config=sp["config"], n_regs=r["n_regs"],
                                 n_spills=r["n_spills"], local=r["local"], shared=r["shared"],
-                                tc=tensor_core_ops(r["sass"])))
+                                tc=tensor_core_ops(r["sass"]),
+                                wgmma=wgmma_operand_depths(r["ttgir"])))
     print(json.dumps(out))
 """)
 
@@ -63,6 +64,16 @@ def _check(results):
             bad.append(f"{what}: no tensor-core instruction in the SASS ({r['tc']})")
         if r["n_regs"] > 255 or r["n_regs"] <= 0:
             bad.append(f"{what}: {r['n_regs']} registers")
+        # wgmmas left in flight (pendings >= 1) need every pipelined operand buffered alike: the
+        # GDN backward's dn tile once got 2 buffers against gamma's 3 (it also fed a reduction),
+        # and the next async copy overwrote it under the pending wgmma (wrong dx on an H200)
+        wg = r["wgmma"]
+        for depths in wg["dots"]:
+            multi = {d for d in depths if d >= 2}
+            if wg["max_pendings"] >= 1 and len(multi) > 1:
+                bad.append(f"{what}: wgmma operands buffered {depths} deep with wgmmas in flight "
+                           f"(pendings {wg['max_pendings']}): a copy can overwrite a tile the "
+                           f"pending wgmma reads")
     assert not bad, "\n".join(bad)
 
 

@@ -171,8 +171,8 @@ def test_cuda_tf32(C, channels_last, inverse):
 @pytest.mark.parametrize("inverse", [False, True], ids=["gdn", "igdn"])
 def test_cuda_fp32_many_pixel_blocks(C, inverse):
     """Full fp32 (TF32 off: tests/conftest.py) on a GPU with many pixel blocks and channel
-    tiles: separates a TF32 effect from a tiling one (the first H200 run, 2026-12-04, saw a
-    2e-2 error at C=192 with TF32 on this shape, 48 and 72 passing)."""
+    tiles (the first H200 run, 2026-12-04, saw a 2e-2 dx error at C=192 with TF32 on this shape:
+    a shared-memory race of the pipelined wgmma, see _gdn_bwd_dx_kernel; ieee runs no wgmma)."""
     _check(C, True, inverse, "slimgdn+", torch.float32, 1e-5, device="cuda", N=2, H=33, W=47)
 
 
