@@ -100,17 +100,27 @@ def _autocast_dtype(x: torch.Tensor):
     return dt if dt in (torch.bfloat16, torch.float16) else None
 
 
-def _cast_full(t: Optional[torch.Tensor], dtype) -> Optional[torch.Tensor]:
-    """``t.to(dtype)``, cached by (storage, version) while no gradient is recorded."""
-    if t is None or t.dtype == dtype:
+def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] = None
+               ) -> Optional[torch.Tensor]:
+    """``t.to(dtype)``, cached by (storage, version) while no gradient is recorded.
+
+    ``in_channel_dim`` (a 4-d weight, no gradient): the copy also gets unit stride along that
+    dimension (the input channels: 1 for a conv weight ``[C_out, C_in, k, k]``, 0 for a transposed
+    one ``[C_in, C_out, k, k]``), even where no cast is needed; same shape and values."""
+    want_layout = in_channel_dim is not None and t is not None and t.dim() == 4 and \
+        not _needs_grad(t) and t.stride(in_channel_dim) != 1 and t.shape[in_channel_dim] > 1
+    if t is None or (t.dtype == dtype and not want_layout):
         return t
     if _needs_grad(t):
         return t.to(dtype)  # in the graph; one cast per call (autocast would do the same)
-    key = (t.data_ptr(), tuple(t.shape), t.stride(), dtype)
+    key = (t.data_ptr(), tuple(t.shape), t.stride(), dtype, in_channel_dim if want_layout else None)
     hit = _CAST_CACHE.get(key)
     if hit is not None and hit[0] == t._version and hit[1]() is t:
         return hit[2]
     out = t.detach().to(dtype)
+    if want_layout:  # channels_last puts dim 1 at unit stride; a transposed weight swaps first
+        perm = (0, 1, 2, 3) if in_channel_dim == 1 else (1, 0, 2, 3)
+        out = out.permute(perm).contiguous(memory_format=torch.channels_last).permute(perm)
     if len(_CAST_CACHE) >= _CAST_CACHE_MAX:
         _CAST_CACHE.clear()
     import weakref
@@ -603,12 +613,27 @@ def _gdn_cpu_nograd(y: torch.Tensor, kw) -> torch.Tensor:
     return norm.rsqrt_().mul_(y)
 
 
-def _triton_operands(x, weight, bias):
-    """Autocast (cached full-weight cast without grad) and dtype agreement for the Triton path."""
+#: Triton path without gradient: the kernels read the weight through a cached copy whose input
+#: channels have unit stride (one per weight version, in the compute dtype; under autocast it is
+#: the cast copy that was made anyway). The model's weights are contiguous ``[C_out, C_in, k, k]``
+#: (transposed: ``[C_in, C_out, k, k]``), where neither channel dimension of a weight tile is
+#: contiguous: compiled for sm_90 (the runtime specialisation: kw stride 1, others not
+#: 16-divisible), the tile then comes in by scalar loads into one shared buffer and the wgmma runs
+#: synchronously; with unit input-channel stride the main loop is pipelined (three buffers per
+#: operand, 128-bit async copies, a wgmma in flight). Slices of the copy are still read in place.
+#: ``False`` reads the parameters as they are.
+TRITON_WEIGHT_LAYOUT = True
+
+
+def _triton_operands(x, weight, bias, transposed: bool = False):
+    """Autocast (cached full-weight cast without grad), dtype agreement and, without gradient,
+    the weight's input-channel-contiguous copy (``TRITON_WEIGHT_LAYOUT``) for the Triton path."""
     dt = _autocast_dtype(x) if x.is_floating_point() else None
     if dt is not None:
         x = x.to(dt)
-    if weight.dtype != x.dtype:
+    if TRITON_WEIGHT_LAYOUT and not _needs_grad(weight) and weight.dim() == 4:
+        weight = _cast_full(weight, x.dtype, in_channel_dim=0 if transposed else 1)
+    elif weight.dtype != x.dtype:
         weight = _cast_full(weight, x.dtype)
     if bias is not None and bias.dtype != x.dtype:
         bias = _cast_full(bias, x.dtype)
@@ -1013,7 +1038,7 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         x = _apply_gdn(x, kin) if name == "torch" else _gdn(x, **kin)
     if name == "triton":
         from ..kernels import conv as K
-        x, weight, bias = _triton_operands(x, weight, bias)
+        x, weight, bias = _triton_operands(x, weight, bias, transposed=True)
         grad = _needs_grad(x, weight, bias) or _gdn_params_need_grad(kout)
         if kout is not None and not grad and K.fused_gdn_supported(co, x.dtype):
             return K.conv_transpose2d_fwd(x, weight, bias, stride=stride, padding=padding,

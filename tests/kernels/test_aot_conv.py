@@ -2,7 +2,7 @@
 
 Each autotune config of :mod:`slimkernels.kernels.conv` is compiled (in a subprocess without
 ``TRITON_INTERPRET``) for the SlimCAE case it targets: bf16, channels_last activations and a
-channels_last weight (unit channel strides, passed as constexpr 1 exactly as Triton's launcher
+weight with unit input-channel stride as the no-grad path hands it over (passed as constexpr 1 as Triton's launcher
 specializes them) and 16-divisible strides and widths (192/144/96/48). Checked: no register spills,
 shared memory within the per-block limit, tensor-core instructions (HGMMA on sm_90 / HMMA on sm_80)
 inside the main loop, and 128-bit global loads (``LDG.E.128``) for the activation tiles.
@@ -35,17 +35,16 @@ def one(kernel, transposed, cfg, bn, epi, arch, dtype="bf16"):
     for n in ("N", "C_in", "H", "W", "C_out", "H_out", "W_out", "pad", "sxn", "sxh", "sxw",
               "swo", "swh", "sww", "syn", "syh", "syw", "sg0"):
         sig[n] = "i32"
-    if transposed:
-        sig["swi"] = "i32"; sig.pop("swo")
     cx = dict(cfg["kwargs"])
     cx.update(sxc=1, syc=1, sg1=1, STRIDE=2, KH=5, KW=5, HAS_BIAS=True, EPI=epi,
               PRECISION="tf32" if dtype == "fp32" else "ieee", ACC_DTYPE=tl.float32,
               EPI_PRECISION="tf32", EPI_DOT16=1 if dtype != "fp32" else 0,
               DOT_UPCAST=False)
-    if transposed:
-        cx["swo"] = 1           # channels_last transposed weight [Ci, Co, k, k]: co contiguous
-    else:
-        cx["swi"] = 1           # channels_last conv weight [Co, Ci, k, k]: ci contiguous
+    # the weight as the no-grad Triton path hands it over (ops.conv.TRITON_WEIGHT_LAYOUT): input
+    # channels at unit stride for both kernels ([Co, Ci, k, k] / [Ci, Co, k, k]), the other
+    # strides multiples of Ci (16-divisible at SlimCAE's widths)
+    cx["swi"] = 1
+    if not transposed:
         cx["FLAT_K"] = False
     if bn is not None:
         cx["BLOCK_N"] = bn
@@ -63,7 +62,8 @@ def one(kernel, transposed, cfg, bn, epi, arch, dtype="bf16"):
             "n_regs": r["n_regs"], "n_spills": r["n_spills"], "local": r["local"],
             "shared": r["shared"], "HMMA": tc["HMMA"], "HGMMA": tc["HGMMA"],
             "tc_before_store": tc_before, "LDG128": len(re.findall(r"LDG\.E\.128", sass)),
-            "LDG": len(re.findall(r"\bLDG\.", sass)), "LDGSTS128": len(re.findall(r"LDGSTS[.\w]*\.128\b", sass))}
+            "LDG": len(re.findall(r"\bLDG\.", sass)), "LDGSTS128": len(re.findall(r"LDGSTS[.\w]*\.128\b", sass)),
+            "wgmma": aot.wgmma_operand_depths(r["ttgir"])}
 
 out = []
 archs = (90, 80)
@@ -111,6 +111,18 @@ def _check(rows):
             // (32 * r["num_warps"])
         if per_thread >= 16:
             assert r["LDGSTS128"] > 0, f"main-loop loads narrower than 128 bit in {tag}"
+        # pipelined wgmma operands buffered alike while wgmmas stay in flight (see
+        # slimkernels.kernels.aot.wgmma_operand_depths and tests/kernels/test_aot_gdn.py)
+        if r["arch"] == 90 and r["epi"] == 0:  # the plain main loop is pipelined on sm_90: both
+            # operands multi-buffered, a wgmma in flight (with the model's contiguous weights,
+            # not input-channel contiguous, the weight tile came by scalar loads, synchronously)
+            dots = r["wgmma"]["dots"]
+            assert dots and min(dots[0]) >= 2 and r["wgmma"]["max_pendings"] >= 1, \
+                f"main loop not pipelined: {r['wgmma']} in {tag}"
+        if r["wgmma"]["max_pendings"] >= 1:
+            for depths in r["wgmma"]["dots"]:
+                assert len({d for d in depths if d >= 2}) <= 1, \
+                    f"wgmma operands buffered {depths} deep with wgmmas in flight: {tag}"
 
 
 def test_aot_conv_fast_subset():

@@ -213,6 +213,67 @@ def test_fused_gdn_fp32_and_bf16():
         assert rel_err(y, ref) < tol, dtype
 
 
+# --------------------------------------------------------------- weight layout on the Triton path
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "tconv"])
+def test_no_grad_path_reads_an_input_channel_contiguous_weight(monkeypatch, transposed):
+    """Without gradient the kernels get a cached copy of the full weight with unit input-channel
+    stride (what lets the GPU pipeline the weight tiles), same values: the result matches the
+    float64 reference, the copy is made once per weight version and renewed after an in-place
+    update; with a gradient (or TRITON_WEIGHT_LAYOUT off) the parameter goes as it is."""
+    import slimkernels.ops.conv as oc
+    from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
+    K = _K()
+    seen = []
+    name = "conv_transpose2d_fwd" if transposed else "conv2d_fwd"
+    real = getattr(K, name)
+
+    def spy(x, w, *a, **kw):
+        seen.append(w)
+        return real(x, w, *a, **kw)
+    monkeypatch.setattr(K, name, spy)
+    fn = "SlimConvTranspose2dFunction" if transposed else "SlimConv2dFunction"
+    real_apply = getattr(K, fn).apply
+    monkeypatch.setattr(getattr(K, fn), "apply",
+                        lambda x, w, *a: (seen.append(w), real_apply(x, w, *a))[1])
+    oc.clear_cpu_caches()
+    wt, b = _params(24, 24, 5, EXACT, transposed=transposed)
+    x = _x(1, 16, 7, 6, EXACT)
+    ci_dim = 0 if transposed else 1
+
+    def run(weight):
+        if transposed:
+            return slim_conv_transpose2d(x, weight, b, stride=2, padding=2, output_padding=1,
+                                         out_width=20, backend="triton")
+        return slim_conv2d(x, weight, b, stride=2, padding=2, out_width=20, backend="triton")
+
+    def ref(weight):
+        w64, b64 = weight.double(), b.double()
+        if transposed:
+            return F.conv_transpose2d(x.double(), w64[:16, :20], b64[:20], stride=2, padding=2,
+                                      output_padding=1)
+        return F.conv2d(x.double(), w64[:20, :16], b64[:20], stride=2, padding=2)
+
+    assert wt.stride(ci_dim) != 1 and wt.is_contiguous()
+    with torch.no_grad():
+        y = run(wt)
+        assert rel_err(y, ref(wt)) < EXACT_TOL
+        first = seen[-1]
+        assert first is not wt and first.stride(ci_dim) == 1 and first.shape == wt.shape
+        assert torch.equal(first, wt) and first.dtype == wt.dtype
+        run(wt)
+        assert seen[-1] is first                      # cached while the weight is unchanged
+        wt.mul_(2.0)                                  # in-place update: a new version
+        y2 = run(wt)
+        assert seen[-1] is not first and torch.equal(seen[-1], wt)
+        assert rel_err(y2, ref(wt)) < EXACT_TOL
+        monkeypatch.setattr(oc, "TRITON_WEIGHT_LAYOUT", False)
+        run(wt)
+        assert seen[-1] is wt
+    wg = wt.clone().requires_grad_(True)
+    run(wg).sum().backward()
+    assert seen[-1] is wg and wg.grad is not None      # training: the parameter itself
+
+
 # ----------------------------------------------------------------------- ops dispatch + backward
 @pytest.mark.parametrize("ci,co,k,s,p,h,w", [
     (3, 47, 9, 4, 4, 13, 11),
