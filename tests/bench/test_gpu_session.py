@@ -31,3 +31,20 @@ def test_gpu_session_script_dry_run(tmp_path):
         names = t.getnames()
     assert any(n.endswith(".md") for n in names) and any(n.endswith(".json") for n in names)
     assert f"results.tgz: {len(names)} files" in lines[-1]
+
+
+def test_gpu_session_skips_the_steps_named(tmp_path):
+    """GPU_SESSION_SKIP: a later call leaves out the steps it already has (their log says so in
+    the summary), the others run."""
+    out = tmp_path / "out"
+    env = dict(os.environ, PY=sys.executable, GPU_SESSION_DRY="1", OUT=str(out),
+               GPU_SESSION_SKIP="report tests gdn conv")
+    r = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_session.sh")], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = (out / "summary.txt").read_text().splitlines()
+    status = {ln.split()[0]: ln for ln in lines if ln.split()[:1] and
+              ln.split()[0] in ("report", "tests", "gdn", "conv", "profile", "build")}
+    for name in ("report", "tests", "gdn", "conv"):
+        assert "skipped (GPU_SESSION_SKIP)" in status[name], status[name]
+    assert " ok " in status["profile"] and " ok " in status["build"]

@@ -97,3 +97,23 @@ def test_aot_every_config(dtype, layout):
     n = 2 * len(GDN_FWD_CONFIGS) + len(GDN_BWD_DX_CONFIGS) + len(GDN_BWD_DGAMMA_CONFIGS)
     assert len(results) == 2 * n
     _check(results)
+
+
+def test_wgmma_operand_depths_reads_buffers_and_pendings():
+    """The TTGIR reader on a hand-written excerpt (the shape of the old GDN dx kernel's loop:
+    dn double-buffered, gamma triple-buffered, one wgmma left in flight)."""
+    from slimkernels.kernels.aot import wgmma_operand_depths
+    ir = """
+    %dn_44 = ttg.local_alloc : () -> !ttg.memdesc<2x64x32xf32, #shared, #smem, mutable> loc(#l)
+    %g_45 = ttg.local_alloc : () -> !ttg.memdesc<3x32x64xf32, #shared1, #smem, mutable> loc(#l)
+    %z = ttg.local_alloc %v : (tensor<64x32xbf16, #b>) -> !ttg.memdesc<64x32xbf16, #shared, #smem> loc(#l)
+    %dn_156 = ttg.memdesc_index %dn_44[%i] : !ttg.memdesc<2x64x32xf32, #shared> -> !ttg.memdesc<64x32xf32>
+    %g_160 = ttg.memdesc_index %g_45[%j] : !ttg.memdesc<3x32x64xf32, #shared1> -> !ttg.memdesc<32x64xf32>
+    %acc_161 = ttng.warp_group_dot %dn_156, %g_160, %arg17 {inputPrecision = 0 : i32, isAsync = true}
+    %acc_162:3 = ttng.warp_group_dot_wait %acc_161, %dn_156, %g_160 {pendings = 1 : i32}
+    %acc_170 = ttng.warp_group_dot %z, %g_160, %acc_162 {isAsync = true}
+    %acc_171 = ttng.warp_group_dot_wait %acc_170 {pendings = 0 : i32}
+    """
+    r = wgmma_operand_depths(ir)
+    assert r == {"dots": [(2, 3), (1, 3)], "max_pendings": 1}
+    assert wgmma_operand_depths("") == {"dots": [], "max_pendings": 0}
