@@ -418,8 +418,15 @@ def gdn_cpu_fused(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *,
 #: pixels per image: measured on a 2-core EPYC (2 threads, 1xCxHxW fp32, vs gdn_torch, one run):
 #: C = 96 / 144 / 192 at 128x192 1.4x / 1.5x / 1.3x faster, C = 48 / 72 at 128x192 1.3x / 1.25x
 #: slower (the block transposes), C = 48 / 96 at 32x48 and C = 48 at 64x96 1.2-1.7x faster.
+#: On CPUs where ATen runs AVX-512 code (oneDNN's 1x1 convolution is faster there) the wide branch
+#: does not pay: measured on a 2-core Zen 4 EPYC (2 threads, fp32 NCHW, gdn_torch time / kernel
+#: time, `bench/bench_gdn.py --no-train --threads 2 --widths 192,96,72,48 --cpu-shapes
+#: 1x128x192,1x64x96,1x32x48`): C=192 0.78 / 0.91 / 1.04 at 128x192 / 64x96 / 32x48, C=96 0.94 /
+#: 1.18 / 1.35, C=48 0.87 / 1.30 / 1.84; so there NCHW goes to the kernel at <= 64x96 pixels with
+#: <= 96 channels, or at <= 32x48 pixels (``AVX2_NCHW_AVX512_MAX_C``).
 AVX2_NCHW_MIN_C = 96
 AVX2_NCHW_MAX_SMALL_HW = 64 * 96
+AVX2_NCHW_AVX512_MAX_C = 96
 
 
 #: bf16 x goes to the AVX2 kernel (widened to fp32 per block, y rounded back once) up to
@@ -434,6 +441,12 @@ AVX2_NCHW_MAX_SMALL_HW = 64 * 96
 AVX2_BF16_MAX_C = 48
 AVX2_BF16_SMALL_MAX_C = 96
 AVX2_BF16_SMALL_HW = 32 * 48
+
+
+def _aten_avx512() -> bool:
+    """ATen runs its AVX-512 kernels on this CPU (then oneDNN's GEMMs are AVX-512 too)."""
+    from .conv import _cpu_capability
+    return _cpu_capability().startswith("AVX512")
 
 
 def _avx2_covers(x, beta, gamma, scalars) -> bool:
@@ -452,7 +465,11 @@ def _avx2_covers(x, beta, gamma, scalars) -> bool:
         return False
     lay = _fused_cpu_layout(x, beta, gamma, scalars)
     if lay == "nchw":   # the kernel transposes blocks in and out with scalar loops
-        return x.shape[1] >= AVX2_NCHW_MIN_C or x.shape[2] * x.shape[3] <= AVX2_NCHW_MAX_SMALL_HW
+        C, HW = x.shape[1], x.shape[2] * x.shape[3]
+        if _aten_avx512():
+            return HW <= AVX2_BF16_SMALL_HW or \
+                (C <= AVX2_NCHW_AVX512_MAX_C and HW <= AVX2_NCHW_MAX_SMALL_HW)
+        return C >= AVX2_NCHW_MIN_C or HW <= AVX2_NCHW_MAX_SMALL_HW
     return lay == "channels_last"
 
 

@@ -205,6 +205,28 @@ def test_gdn_dispatches_to_it_and_falls_back():
 
 
 @needs_avx2
+@pytest.mark.skipif(HAS_AMX, reason="AMX CPU: gdn() takes the AMX kernel (tested elsewhere)")
+@pytest.mark.parametrize("avx512", [False, True], ids=["aten-avx2", "aten-avx512"])
+def test_nchw_rule_follows_the_aten_cpu_level(monkeypatch, avx512):
+    """fp32 NCHW: on AVX2-level CPUs wide layers go to the kernel at any size; where ATen runs
+    AVX-512 (oneDNN faster there) only small images or <= AVX2_NCHW_AVX512_MAX_C channels at
+    <= AVX2_NCHW_MAX_SMALL_HW pixels do."""
+    monkeypatch.setattr(gdn_mod, "_aten_avx512", lambda: avx512)
+    beta, gamma = _params(8)
+    wide_large = _x(1, 96, 96, 80, seed=10, channels_last=False)
+    assert 96 * 80 > gdn_mod.AVX2_NCHW_MAX_SMALL_HW and 96 >= gdn_mod.AVX2_NCHW_MIN_C
+    small = _x(1, 144, 8, 12, seed=11, channels_last=False)
+    medium = _x(1, 72, 60, 80, seed=12, channels_last=False)   # 4800 pixels, 72 channels
+    assert 60 * 80 <= gdn_mod.AVX2_NCHW_MAX_SMALL_HW and 60 * 80 > gdn_mod.AVX2_BF16_SMALL_HW
+    want = {"wide_large": "torch" if avx512 else "avx2", "small": "avx2", "medium": "avx2"}
+    for name, x in (("wide_large", wide_large), ("small", small), ("medium", medium)):
+        with torch.no_grad():
+            y = gdn(x, beta, gamma)
+        assert gdn_mod.last_cpu_path == want[name], name
+        assert _max_rel(y, _ref(x, beta, gamma, False, SCALARS["none"])) < 1e-5
+
+
+@needs_avx2
 def test_fused_conv_gdn_chain_uses_it_without_changing_the_model_output():
     """The conv op's GDN epilogue on CPU (slim_conv2d(..., gdn=)) and a whole SlimCAE encoder in
     fp32 agree with the PyTorch path (SLIMKERNELS_CPU_KERNELS=0) to fp32 tolerance."""
