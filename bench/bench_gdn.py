@@ -142,7 +142,8 @@ def cpu_timings(shapes=CPU_SHAPES, widths=WIDTHS, reps=9, backward=False):
                     ref = eager_gdn(x.double(), beta.double(), gamma.double())
                     with torch.no_grad():
                         y_ours, y_eager = gdn(x, beta, gamma), eager_gdn(x, beta, gamma)
-                        path = {"fused": "fused-amx", "avx2": f"avx2-{str(dt)[6:]}"}.get(
+                        path = {"fused": "fused-amx",
+                                "avx2": "avx2-bf16" if dt == torch.bfloat16 else "avx2-fp32"}.get(
                             _gdn_mod.last_cpu_path, "torch")
                         y_torch = gdn_torch(x, beta, gamma)
                         errs = {k: (_rel_err(v, ref), _elem_err(v, ref)) for k, v in

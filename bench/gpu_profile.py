@@ -191,6 +191,8 @@ def main(argv=None) -> int:
     if a.out is None and a.dry_run:
         print("error: a dry run needs --out (it must not replace a GPU profile)", file=sys.stderr)
         return 2
+    if not a.dry_run and not torch.cuda.is_available():
+        raise SystemExit("no CUDA GPU: pass --dry-run to exercise the script on CPU")
     if a.out is None:
         from report import machine_name
         out = os.path.join(HERE, "results", machine_name("cuda"))

@@ -38,3 +38,28 @@ def test_refusals(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no CUDA GPU"):
         gpu_profile.main(["--widths", "48"])
     assert not (tmp_path / "profile.json").exists()
+
+
+def test_dtypes_option_and_bad_values(tmp_path, capsys):
+    assert gpu_profile.main(["--dry-run", "--widths", "48", "--calls", "1", "--dtypes", "fp32",
+                             "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "profile.json").read_text())
+    assert res["cases"] and {c["dtype"] for c in res["cases"]} == {"float32"}
+    for bad in ("fp64", "", "fp32,int8"):
+        assert gpu_profile.main(["--dry-run", "--out", str(tmp_path), "--dtypes", bad]) == 2
+        assert "--dtypes takes fp32 and/or bf16" in capsys.readouterr().err
+
+
+def test_results_are_written_after_every_case(tmp_path, monkeypatch):
+    """A run cut short (a device step's time limit) keeps the cases it measured."""
+    real, done = gpu_profile.profile_case, []
+
+    def stop_after_two(fn, dev, calls=1):
+        if len(done) == 2:
+            raise KeyboardInterrupt("time limit")
+        done.append(1)
+        return real(fn, dev, calls=calls)
+    monkeypatch.setattr(gpu_profile, "profile_case", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_profile.main(["--dry-run", "--widths", "48", "--calls", "1", "--out", str(tmp_path)])
+    assert len(json.loads((tmp_path / "profile.json").read_text())["cases"]) == 2

@@ -65,7 +65,9 @@ def test_report_quick(tmp_path):
         if row["precision"] == "fp32":
             assert row["max_abs_diff_vs_plain"] < 1e-3
     mem = json.loads((tmp_path / "memory.json").read_text())["rows"]
-    assert mem and all(m["peak_mib"] >= 0 for m in mem)
+    # peak above the pre-call RSS; the kernel's RSS counters are per-thread approximations (up to
+    # 64 pages a thread behind), so a call that allocates nothing can read a hair below zero
+    assert mem and all(m["peak_mib"] > -1.0 for m in mem), mem
     goals = json.loads((tmp_path / "goals.json").read_text())["goals"]
     assert "vs_plain_fp32" in goals and "entropy_share_compress_fp32" in goals
     assert all(isinstance(g["met"], bool) for g in goals.values())
