@@ -69,6 +69,59 @@ def autocast(f: Callable, device_type: str, dtype: torch.dtype) -> Callable:
     return g
 
 
+def gpu_script_setup(widths, dry_run: bool, image=None):
+    """``(device, model, model description, image)`` for a GPU script: the bundled model on the
+    GPU (CPU for a dry run) in eval mode, the image (a small one for a dry run). SystemExit
+    without a GPU (and no dry run) or for widths the model does not have."""
+    dev = torch.device("cuda" if torch.cuda.is_available() and not dry_run else "cpu")
+    if dev.type != "cuda" and not dry_run:
+        raise SystemExit("no CUDA GPU: pass --dry-run to exercise the script on CPU")
+    model, desc = e2e.load_model()
+    bad = [w for w in widths if w not in model.widths]
+    if bad:
+        raise SystemExit(f"error: widths {bad} are not widths of the model {model.widths}")
+    return dev, model.to(dev).eval(), desc, e2e.load_image(image, quick=dry_run)
+
+
+def add_gpu_script_arguments(ap) -> None:
+    """The options every GPU script shares (checked by :func:`gpu_script_options`): --widths,
+    --image, --dry-run, --out."""
+    ap.add_argument("--widths", default="192,48", help="comma-separated widths (default 192,48)")
+    ap.add_argument("--image", default=None, help="image (default Kodak kodim01)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="CPU, a small image or tiny shapes: exercises the script")
+    ap.add_argument("--out", default=None,
+                    help="output folder (default bench/results/cuda-<gpu>/ on a GPU)")
+
+
+def gpu_script_options(a, count_option: str, count: int, what: str):
+    """The options every GPU script shares (``bench/gpu_profile.py``, ``bench/bench_cuda_graph.py``:
+    ``a.widths``, ``a.dry_run``, ``a.out``): ``(widths, out folder)``, or 2 after a one-line
+    error on stderr. ``count`` (the script's repeat option, named ``count_option``) must be >= 1;
+    a dry run needs ``--out`` (it must not replace a GPU ``what``); without a GPU and without
+    ``--dry-run``: SystemExit. The default folder is ``bench/results/cuda-<gpu>/``."""
+    import os
+    import sys
+    try:
+        widths = [int(w) for w in a.widths.split(",") if w.strip()]
+    except ValueError:
+        print(f"error: --widths takes comma-separated integers, got {a.widths!r}", file=sys.stderr)
+        return 2
+    if not widths or count < 1:
+        print(f"error: give at least one width and {count_option} >= 1", file=sys.stderr)
+        return 2
+    if a.out is None and a.dry_run:
+        print(f"error: a dry run needs --out (it must not replace a GPU {what})", file=sys.stderr)
+        return 2
+    if not a.dry_run and not torch.cuda.is_available():
+        raise SystemExit("no CUDA GPU: pass --dry-run to exercise the script on CPU")
+    if a.out is not None:
+        return widths, a.out
+    from report import machine_name
+    return widths, os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                machine_name("cuda"))
+
+
 def _timed(fns: Dict[str, Callable], device, repeats: int, warmup: int = 2) -> Dict[str, float]:
     """Medians (ms) of interleaved calls, synchronising the device around each."""
     def wrap(f):

@@ -32,7 +32,8 @@ import torch  # noqa: E402
 
 import e2e  # noqa: E402
 from bench_gdn import eager_gdn  # noqa: E402
-from e2e_cuda import autocast  # noqa: E402
+from e2e_cuda import (add_gpu_script_arguments, autocast, gpu_script_options,  # noqa: E402
+                      gpu_script_setup)
 from plain_slimcae import PlainSlimCAE  # noqa: E402
 
 
@@ -116,16 +117,8 @@ def run(widths: List[int], dry_run: bool, image: str = None, calls: int = 5,
         dtypes=(torch.float32, torch.bfloat16), on_case=None) -> Dict:
     """Profile each case; ``on_case(result_so_far)`` after each (a time-limited run keeps what
     it measured)."""
-    dev = torch.device("cuda" if torch.cuda.is_available() and not dry_run else "cpu")
-    if dev.type != "cuda" and not dry_run:
-        raise SystemExit("no CUDA GPU: pass --dry-run to exercise the script on CPU")
-    model, desc = e2e.load_model()
-    bad = [w for w in widths if w not in model.widths]
-    if bad:
-        raise SystemExit(f"error: widths {bad} are not widths of the model {model.widths}")
-    model = model.to(dev).eval()
+    dev, model, desc, x = gpu_script_setup(widths, dry_run, image)
     plain = PlainSlimCAE.from_model(model).to(dev).eval()
-    x = e2e.load_image(image, quick=dry_run)
     H, W = (x.shape[-2] // 16) * 16, (x.shape[-1] // 16) * 16
     x = x[..., :H, :W].to(dev).contiguous()
     gdn_hw = (8, 12) if dry_run else (256, 384)  # the first GDN of the encoder at 768x512
@@ -167,37 +160,19 @@ def markdown(res: Dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--widths", default="192,48", help="comma-separated widths (default 192,48)")
+    add_gpu_script_arguments(ap)
     ap.add_argument("--calls", type=int, default=5, help="profiled calls per case (default 5)")
-    ap.add_argument("--image", default=None, help="image (default Kodak kodim01)")
     ap.add_argument("--dtypes", default="fp32,bf16", help="fp32 and/or bf16 (default both)")
-    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes")
-    ap.add_argument("--out", default=None,
-                    help="output folder (default bench/results/cuda-<gpu>/ on a GPU)")
     a = ap.parse_args(argv)
-    try:
-        widths = [int(w) for w in a.widths.split(",") if w.strip()]
-    except ValueError:
-        print(f"error: --widths takes comma-separated integers, got {a.widths!r}", file=sys.stderr)
+    opts = gpu_script_options(a, "--calls", a.calls, "profile")
+    if opts == 2:
         return 2
+    widths, out = opts
     known = {"fp32": torch.float32, "bf16": torch.bfloat16}
     dtypes = [known.get(d.strip()) for d in a.dtypes.split(",") if d.strip()]
     if not dtypes or None in dtypes:
         print(f"error: --dtypes takes fp32 and/or bf16, got {a.dtypes!r}", file=sys.stderr)
         return 2
-    if not widths or a.calls < 1:
-        print("error: give at least one width and --calls >= 1", file=sys.stderr)
-        return 2
-    if a.out is None and a.dry_run:
-        print("error: a dry run needs --out (it must not replace a GPU profile)", file=sys.stderr)
-        return 2
-    if not a.dry_run and not torch.cuda.is_available():
-        raise SystemExit("no CUDA GPU: pass --dry-run to exercise the script on CPU")
-    if a.out is None:
-        from report import machine_name
-        out = os.path.join(HERE, "results", machine_name("cuda"))
-    else:
-        out = a.out
 
     def write(res):  # after every case: a run cut by a time limit keeps its cases
         os.makedirs(out, exist_ok=True)

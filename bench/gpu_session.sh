@@ -22,6 +22,7 @@
 #   gdn        bench/bench_gdn.py: GDN/IGDN forward and forward+backward vs eager and torch.compile
 #   conv       bench/bench_conv.py --device: sliced conv / tconv vs cuDNN per layer, fused
 #              conv+GDN (where a GPU run of ours is slower than cuDNN: which layer)
+#   graphs     bench/bench_cuda_graph.py: compress / decompress with and without cuda_graph=True
 #   profile    bench/gpu_profile.py: the kernels of each transform and of a GDN forward +
 #              backward, from torch.profiler (slow kernel or launch-bound?)
 # Output in $OUT (default ./gpu_out), three files (the device returns at most 8): summary.txt
@@ -40,6 +41,10 @@ STAMP=$(mktemp)
 export PYTHONUNBUFFERED=1
 
 SKIP=" ${GPU_SESSION_SKIP:-} "  # e.g. GPU_SESSION_SKIP="report": steps whose result is already in
+# The whole run stays inside one device command (600 s at most): each step's limit is cut to the
+# time left before GPU_SESSION_BUDGET (default 575 s, leaving time to pack the archives), and a
+# step with under 25 s left is skipped; the steps run in order of what is owed most.
+BUDGET=${GPU_SESSION_BUDGET:-575}
 
 step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log it, record status + time
     local name=$1 limit=$2
@@ -48,6 +53,12 @@ step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log it, record
         printf '%-8s %-28s %4d s\n' "$name" "skipped (GPU_SESSION_SKIP)" 0 | tee -a "$SUMMARY"
         return
     fi
+    local left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 25 ]; then
+        printf '%-8s %-28s %4d s\n' "$name" "skipped (no time left)" 0 | tee -a "$SUMMARY"
+        return
+    fi
+    [ "$limit" -gt $((left - 10)) ] && limit=$((left - 10))
     local t0=$SECONDS
     timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
     local rc=$?
@@ -74,17 +85,21 @@ else
     step build 60 "$PY" setup.py -q build_ext --inplace  # 32 s on the H200 machine
 fi
 
-# limits: 10 + 60 + 170 + 130 + 110 + 60 + 75 = 615 s at most; measured on the H200 machine
-# (2026-12-04, sitting 17): build 32 s, report 157 s, tests 88 s (149 tests, xdist), conv ~4.5 s a
-# row after ~15 s of start (w=192,48: 24 rows), profile ~25 s per width and dtype, gdn 73 s: ~560 s
+# limits: 10 + 60 + 170 + 130 + 60 + 110 + 60 + 75 = 675 s at most, cut to GPU_SESSION_BUDGET;
+# measured on the H200 machine (2026-12-04, sitting 17): build 32 s, report 157 s, tests 88 s (149
+# tests, xdist), conv ~4.5 s a row after ~15 s of start (w=192,48: 24 rows), profile ~25 s per
+# width and dtype, gdn 73 s; graphs not yet measured (~30 s expected). What the budget cuts off
+# (gdn first) runs in a second call with GPU_SESSION_SKIP naming the steps already done.
 RESULTS=bench/results
 XDIST=""
 "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 8"
 if [ "$DRY" = 1 ]; then
-    RESULTS="$OUT/dry_gdn $OUT/dry_conv $OUT/dry_report $OUT/dry_profile"
+    RESULTS="$OUT/dry_gdn $OUT/dry_conv $OUT/dry_report $OUT/dry_profile $OUT/dry_graphs"
     step report 180 "$PY" bench/report.py --quick --cuda-only --cuda-dry-run \
         --widths 192,48 --compile-widths 192 --image "$IMAGE" --out "$OUT/dry_report"
     step tests 240 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests
+    step graphs 120 "$PY" bench/bench_cuda_graph.py --dry-run --widths 48 --repeats 2 \
+        --out "$OUT/dry_graphs"
     step gdn 120 "$PY" bench/bench_gdn.py --dry-run --out "$OUT/dry_gdn"
     step conv 120 "$PY" bench/bench_conv.py --dry-run --out "$OUT/dry_conv"
     step profile 60 "$PY" bench/gpu_profile.py --dry-run --widths 48 --calls 1 \
@@ -104,6 +119,8 @@ else
     T_PROFILE=${GPU_T_PROFILE:-$T_PROFILE} T_GDN=${GPU_T_GDN:-$T_GDN}
     step tests "$T_TESTS" env SLIMKERNELS_AUTOTUNE=0 "$PY" -m pytest -q -m "cuda or interpret" \
         -p no:cacheprovider $XDIST --tb=line -rf --maxfail=30 tests
+    # compress / decompress with and without cuda_graph=True (the library's CUDA-graph path)
+    step graphs 60 "$PY" bench/bench_cuda_graph.py --widths 192,48 --image "$IMAGE"
     # per layer on the Kodak shape; no torch.compile column (a fresh max-autotune compile per
     # layer, width and dtype takes minutes; the e2e report has torch.compile of the transforms)
     step conv "$T_CONV" "$PY" bench/bench_conv.py --device --no-cpu --widths "${GPU_CONV_WIDTHS:-192,48}" \

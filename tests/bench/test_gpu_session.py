@@ -14,7 +14,7 @@ def test_gpu_session_script_dry_run(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = (out / "summary.txt").read_text().splitlines()
-    names = ("env", "build", "tests", "gdn", "conv", "report", "profile")
+    names = ("env", "build", "tests", "graphs", "gdn", "conv", "report", "profile")
     steps = {ln.split()[0]: ln for ln in lines if ln.split()[:1] and ln.split()[0] in names}
     assert set(steps) == set(names), lines
     # three files come back, the logs inside logs.tgz
@@ -38,7 +38,7 @@ def test_gpu_session_skips_the_steps_named(tmp_path):
     the summary), the others run."""
     out = tmp_path / "out"
     env = dict(os.environ, PY=sys.executable, GPU_SESSION_DRY="1", OUT=str(out),
-               GPU_SESSION_SKIP="report tests gdn conv")
+               GPU_SESSION_SKIP="report tests gdn conv graphs")
     r = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_session.sh")], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -48,3 +48,18 @@ def test_gpu_session_skips_the_steps_named(tmp_path):
     for name in ("report", "tests", "gdn", "conv"):
         assert "skipped (GPU_SESSION_SKIP)" in status[name], status[name]
     assert " ok " in status["profile"] and " ok " in status["build"]
+
+
+def test_gpu_session_budget_skips_what_does_not_fit(tmp_path):
+    """GPU_SESSION_BUDGET: steps that would start with under 25 s left are skipped, so the
+    archives are packed inside one device command whatever the steps take."""
+    out = tmp_path / "out"
+    env = dict(os.environ, PY=sys.executable, GPU_SESSION_DRY="1", OUT=str(out),
+               GPU_SESSION_BUDGET="20", GPU_SESSION_SKIP="report")
+    r = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_session.sh")], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = (out / "summary.txt").read_text().splitlines()
+    left_out = [ln.split()[0] for ln in lines if "skipped (no time left)" in ln]
+    assert {"tests", "graphs", "gdn", "conv", "profile"} <= set(left_out), lines
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tgz", "results.tgz", "summary.txt"]

@@ -1,0 +1,136 @@
+"""slimkernels.cuda_graphs and compress / decompress(cuda_graph=True).
+
+The cache's logic runs on CPU with a stand-in capturer whose "graph" recomputes the function into
+the static output on replay (what a CUDA graph's replay does); the real capture and the codec's
+bytes are checked on a GPU (``cuda`` marker)."""
+import copy
+import pickle
+import warnings
+
+import pytest
+import torch
+
+from slimkernels.cuda_graphs import GraphCache, _Captured, capture
+
+
+class _FakeGraph:
+    def __init__(self, fn, static_in, static_out):
+        self.fn, self.static_in, self.static_out = fn, static_in, static_out
+
+    def replay(self):
+        self.static_out.copy_(self.fn(self.static_in))
+
+
+def _fake_capturer(log):
+    def cap(fn, x):
+        log.append(tuple(x.shape))
+        static_in = x.clone()
+        static_out = fn(static_in)
+        return _Captured(_FakeGraph(fn, static_in, static_out), static_in, static_out)
+    return cap
+
+
+def _fn(t):
+    return t * 2 + 1
+
+
+def test_replays_with_new_inputs_and_hands_out_its_own_tensors():
+    log = []
+    cache = GraphCache(capturer=_fake_capturer(log))
+    a, b = torch.rand(2, 3), torch.rand(2, 3)
+    ya = cache.run("enc", _fn, a, b"id")
+    yb = cache.run("enc", _fn, b, b"id")
+    assert log == [(2, 3)]                                   # captured once, replayed after
+    assert torch.equal(ya, _fn(a)) and torch.equal(yb, _fn(b))
+    assert ya.data_ptr() != yb.data_ptr()                    # not the static output
+    ya.zero_()
+    assert torch.equal(cache.run("enc", _fn, b, b"id"), _fn(b))
+
+
+def test_keys_shapes_weights_and_least_recently_used():
+    log = []
+    cache = GraphCache(max_entries=2, capturer=_fake_capturer(log))
+    x, y = torch.rand(1, 4), torch.rand(1, 5)
+    cache.run("enc", _fn, x, b"id")
+    cache.run("dec", _fn, x, b"id")                          # another transform: its own graph
+    assert len(cache) == 2 and len(log) == 2
+    cache.run("enc", _fn, x, b"id")                          # hit; "dec" is now the oldest
+    cache.run("enc", _fn, y, b"id")                          # another shape: a third, "dec" goes
+    assert len(cache) == 2 and len(log) == 3
+    cache.run("enc", _fn, x, b"id")
+    assert len(log) == 3
+    cache.run("dec", _fn, x, b"id")
+    assert len(log) == 4
+    cache.run("dec", _fn, x, b"new weights")                 # new weights: every graph dropped
+    assert len(log) == 5 and len(cache) == 1
+
+
+def test_a_transform_that_cannot_be_captured_runs_eagerly_after_one_warning():
+    calls = []
+
+    def failing(fn, x):
+        calls.append(1)
+        return _Captured(error="RuntimeError: operation not permitted when stream is capturing")
+    cache = GraphCache(capturer=failing)
+    x = torch.rand(3)
+    with pytest.warns(RuntimeWarning, match="could not be captured"):
+        y = cache.run("enc", _fn, x, b"id")
+    assert torch.equal(y, _fn(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # no second warning
+        assert torch.equal(cache.run("enc", _fn, x, b"id"), _fn(x))
+    assert len(calls) == 1                                   # not captured again
+
+
+def test_copies_start_empty_and_bad_sizes_are_refused():
+    log = []
+    cache = GraphCache(max_entries=3, capturer=_fake_capturer(log))
+    cache.run("enc", _fn, torch.rand(2), b"id")
+    for c in (copy.deepcopy(cache), pickle.loads(pickle.dumps(GraphCache(3)))):
+        assert len(c) == 0 and c.max_entries == 3
+    with pytest.raises(ValueError, match="max_entries"):
+        GraphCache(0)
+    with pytest.raises(ValueError, match="CUDA tensor"):
+        capture(_fn, torch.rand(2))
+
+
+def _model():
+    from slimkernels.models import SlimCAE
+    torch.manual_seed(0)
+    m = SlimCAE(widths=(32, 16)).eval()
+    m.update()
+    return m
+
+
+def test_cuda_graph_is_ignored_on_cpu():
+    m = _model()
+    x = torch.rand(1, 3, 40, 24)
+    data = m.compress(x, 16, precision="fp32")
+    assert m.compress(x, 16, precision="fp32", cuda_graph=True) == data
+    a = m.decompress(data, precision="fp32")
+    assert torch.equal(m.decompress(data, precision="fp32", cuda_graph=True), a)
+    assert "_cuda_graphs" not in m.__dict__
+    copy.deepcopy(m)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_same_bytes_and_own_outputs_on_gpu(precision):
+    m = _model().cuda()
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.rand(1, 3, 64, 48, generator=g), torch.rand(1, 3, 64, 48, generator=g)
+    plain = [m.compress(x, w, precision=precision) for x in (x1, x2) for w in (32, 16)]
+    graph = [m.compress(x, w, precision=precision, cuda_graph=True)
+             for x in (x1, x2) for w in (32, 16)]
+    assert graph == plain                          # second image: replays of the first's graphs
+    d1 = m.decompress(plain[0], precision=precision, cuda_graph=True)
+    d1_copy = d1.clone()
+    d2 = m.decompress(plain[2], precision=precision, cuda_graph=True)   # same graph, other input
+    assert torch.equal(d1, d1_copy)                # the first result was not overwritten
+    assert torch.equal(d2, m.decompress(plain[2], precision=precision))
+    with torch.no_grad():                          # new weights: new graphs, new bytes
+        m.g_a[0].weight.mul_(1.01)
+    assert m.compress(x1, 32, precision=precision, cuda_graph=True) == \
+        m.compress(x1, 32, precision=precision)
+    m.clear_caches()
+    assert "_cuda_graphs" not in m.__dict__
