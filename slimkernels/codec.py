@@ -793,5 +793,7 @@ class SlimCodec(nn.Module):
         graphs = self.__dict__.get("_cuda_graphs")
         if graphs is None:
             from .cuda_graphs import GraphCache
-            graphs = self.__dict__["_cuda_graphs"] = GraphCache(self.CUDA_GRAPHS_KEPT)
+            from .ops.conv import cached_weight_copies
+            graphs = self.__dict__["_cuda_graphs"] = GraphCache(self.CUDA_GRAPHS_KEPT,
+                                                                keepalive=cached_weight_copies)
         return graphs.run((kind,) + tuple(key), run, x, self.model_id())

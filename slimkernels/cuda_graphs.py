@@ -9,7 +9,8 @@ the output is cloned out of it (a later replay must not change a tensor handed o
 
 Weights are part of the capture (the kernels read them, and the cached casts / layouts of them,
 by address), so the cache drops every graph when the model's id (its config and the version of
-every parameter and buffer, :meth:`slimkernels.SlimCodec.model_id`) changes. A transform the
+every parameter and buffer, :meth:`slimkernels.SlimCodec.model_id`) changes, and each graph keeps
+the cached weight copies of its capture alive (the copy cache may drop them on its own). A transform the
 graph cannot hold (a host synchronisation, a CPU fallback) is run eagerly for that key after one
 warning.
 """
@@ -67,13 +68,18 @@ class GraphCache:
         max_entries: graphs kept (least recently used dropped first); each holds its static
             input and output and the memory pool of one transform call.
         capturer: ``capture(fn, x) -> _Captured`` (tests pass a stand-in to run on CPU).
+        keepalive: ``() -> list`` of tensors a capture may have read outside its own memory
+            that another owner could free (the codec passes the conv weight-copy cache,
+            :func:`slimkernels.ops.conv.cached_weight_copies`): each graph keeps those of its
+            capture alive.
     """
 
-    def __init__(self, max_entries: int = 4, capturer=capture):
+    def __init__(self, max_entries: int = 4, capturer=capture, keepalive=None):
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.max_entries = max_entries
         self._capture = capturer
+        self._keepalive = keepalive
         self._entries: "OrderedDict[Hashable, _Captured]" = OrderedDict()
         self._model_id: Optional[bytes] = None
         self._warned = set()
@@ -85,10 +91,11 @@ class GraphCache:
     # their static buffers belong to one process and one set of weights)
     def __getstate__(self):
         return {"max_entries": self.max_entries, "_capture": self._capture,
-                "_entries": OrderedDict(), "_model_id": None, "_warned": set()}
+                "_keepalive": self._keepalive, "_entries": OrderedDict(), "_model_id": None,
+                "_warned": set()}
 
     def __deepcopy__(self, memo):
-        return GraphCache(self.max_entries, self._capture)
+        return GraphCache(self.max_entries, self._capture, self._keepalive)
 
     def clear(self) -> None:
         """Drop every graph (and its memory pool once the GPU is done with it)."""
@@ -109,6 +116,7 @@ class GraphCache:
         entry = self._entries.get(full)
         if entry is None:
             entry = self._capture(fn, x)
+            entry.keep = list(self._keepalive()) if self._keepalive is not None else []
             self._entries[full] = entry
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)

@@ -82,6 +82,20 @@ def test_a_transform_that_cannot_be_captured_runs_eagerly_after_one_warning():
     assert len(calls) == 1                                   # not captured again
 
 
+def test_each_graph_keeps_what_its_capture_may_read_alive():
+    """keepalive: tensors another owner may drop (the conv weight-copy cache when full) stay
+    alive as long as a graph captured over them does."""
+    import weakref
+    held = [torch.rand(3)]
+    ref = weakref.ref(held[0])
+    cache = GraphCache(capturer=_fake_capturer([]), keepalive=lambda: list(held))
+    cache.run("enc", _fn, torch.rand(2), b"id")
+    held.clear()                                             # the owner drops it
+    assert ref() is not None
+    cache.clear()
+    assert ref() is None
+
+
 def test_copies_start_empty_and_bad_sizes_are_refused():
     log = []
     cache = GraphCache(max_entries=3, capturer=_fake_capturer(log))
@@ -128,6 +142,10 @@ def test_cuda_graph_same_bytes_and_own_outputs_on_gpu(precision):
     d2 = m.decompress(plain[2], precision=precision, cuda_graph=True)   # same graph, other input
     assert torch.equal(d1, d1_copy)                # the first result was not overwritten
     assert torch.equal(d2, m.decompress(plain[2], precision=precision))
+    from slimkernels.ops.conv import cached_weight_copies
+    graphs = m.__dict__["_cuda_graphs"]
+    assert graphs._keepalive is cached_weight_copies and len(graphs) == 3  # enc 32, 16; dec 32
+    assert all(e.keep for e in graphs._entries.values())   # the weight copies they read
     with torch.no_grad():                          # new weights: new graphs, new bytes
         m.g_a[0].weight.mul_(1.01)
     assert m.compress(x1, 32, precision=precision, cuda_graph=True) == \

@@ -128,6 +128,13 @@ def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] =
     return out
 
 
+def cached_weight_copies() -> list:
+    """The tensors the weight cast / layout cache holds now (``_cast_full``). A CUDA graph
+    captured over them must keep them alive: the cache may drop them (it is cleared when full),
+    the graph still reads them (:mod:`slimkernels.cuda_graphs`)."""
+    return [v[2] for v in _CAST_CACHE.values()]
+
+
 def _cpu_layout(x):
     if CPU_CHANNELS_LAST and x.dim() == 4 and x.shape[1] > 1 and \
             not x.is_contiguous(memory_format=torch.channels_last):

@@ -260,6 +260,7 @@ def test_no_grad_path_reads_an_input_channel_contiguous_weight(monkeypatch, tran
         first = seen[-1]
         assert first is not wt and first.stride(ci_dim) == 1 and first.shape == wt.shape
         assert torch.equal(first, wt) and first.dtype == wt.dtype
+        assert any(t is first for t in oc.cached_weight_copies())   # what CUDA graphs keep
         run(wt)
         assert seen[-1] is first                      # cached while the weight is unchanged
         wt.mul_(2.0)                                  # in-place update: a new version
