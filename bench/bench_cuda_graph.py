@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import torch  # noqa: E402
 
-import e2e  # noqa: E402
-from e2e_cuda import add_gpu_script_arguments, gpu_script_options, gpu_script_setup  # noqa: E402,E501
+from e2e_cuda import (add_gpu_script_arguments, device_name, gpu_script_options,  # noqa: E402
+                      gpu_script_setup, timed_ms)
 
 
 def run(widths: List[int], repeats: int, dry_run: bool, image: str = None) -> Dict:
@@ -42,16 +42,7 @@ def run(widths: List[int], repeats: int, dry_run: bool, image: str = None) -> Di
                    "decompress": lambda: model.decompress(data, precision=precision),
                    "decompress_graph": lambda: model.decompress(data, precision=precision,
                                                                 cuda_graph=True)}
-
-            def synced(f):
-                def g():
-                    f()
-                    if dev.type == "cuda":
-                        torch.cuda.synchronize(dev)
-                return g
-            t = e2e.interleaved({k: synced(f) for k, f in fns.items()}, repeats, warmup=2,
-                                burst=2)
-            ms = {k: v["total"] * 1e3 for k, v in t.items()}
+            ms = timed_ms(fns, dev, repeats, warmup=2, burst=2)
             row = {"width": width, "precision": precision, **{f"{k}_ms": v for k, v in ms.items()},
                    "compress_speedup": ms["compress"] / ms["compress_graph"],
                    "decompress_speedup": ms["decompress"] / ms["decompress_graph"]}
@@ -60,9 +51,9 @@ def run(widths: List[int], repeats: int, dry_run: bool, image: str = None) -> Di
                   f"{ms['compress_graph']:.3f} ms (x{row['compress_speedup']:.2f}), decompress "
                   f"{ms['decompress']:.3f} -> {ms['decompress_graph']:.3f} ms "
                   f"(x{row['decompress_speedup']:.2f})", flush=True)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)"
-    return {"device": name, "model": desc, "torch": torch.__version__, "repeats": repeats,
-            "image": list(x.shape), "dry_run": dev.type != "cuda", "rows": rows}
+    return {"device": device_name(dev), "model": desc, "torch": torch.__version__,
+            "repeats": repeats, "image": list(x.shape), "dry_run": dev.type != "cuda",
+            "rows": rows}
 
 
 def markdown(res: Dict) -> str:

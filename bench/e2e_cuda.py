@@ -27,29 +27,20 @@ def _sync(device):
 
 
 class GraphRunner:
-    """``fn(static_input)`` captured once into a CUDA graph and replayed (copying new inputs into
-    the static buffer); on CPU (dry run) it just calls ``fn``."""
+    """``fn(static_input)`` captured once into a CUDA graph
+    (:func:`slimkernels.cuda_graphs.capture`, what ``compress(..., cuda_graph=True)`` uses) and
+    replayed, copying new inputs into the static buffer and returning the static output itself
+    (no clone: the timing is the transform's); on CPU (dry run) it just calls ``fn``."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor):
         self.fn = fn
         self.graph = None
         self.error = None  # why capture failed (the runner then calls fn directly)
         if example.device.type == "cuda":
-            try:
-                self.static_in = example.clone()
-                s = torch.cuda.Stream()
-                s.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(s):
-                    for _ in range(2):  # warm-up (Triton autotuning, allocator) outside the graph
-                        fn(self.static_in)
-                torch.cuda.current_stream().wait_stream(s)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    self.static_out = fn(self.static_in)
-                self.graph = graph
-            except Exception as e:  # a sync or allocation the graph cannot hold: report it
-                self.error = f"{type(e).__name__}: {e}"[:300]
-                torch.cuda.synchronize()
+            from slimkernels.cuda_graphs import capture
+            c = capture(fn, example)
+            self.graph, self.error = c.graph, c.error
+            self.static_in, self.static_out = c.static_in, c.static_out
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.graph is None:
@@ -57,6 +48,11 @@ class GraphRunner:
         self.static_in.copy_(x)
         self.graph.replay()
         return self.static_out
+
+
+def device_name(dev: torch.device) -> str:
+    """The GPU's name, or ``"cpu (dry run)"``."""
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)"
 
 
 def autocast(f: Callable, device_type: str, dtype: torch.dtype) -> Callable:
@@ -122,8 +118,10 @@ def gpu_script_options(a, count_option: str, count: int, what: str):
                                 machine_name("cuda"))
 
 
-def _timed(fns: Dict[str, Callable], device, repeats: int, warmup: int = 2) -> Dict[str, float]:
-    """Medians (ms) of interleaved calls, synchronising the device around each."""
+def timed_ms(fns: Dict[str, Callable], device, repeats: int, warmup: int = 2,
+             burst: int = 1) -> Dict[str, float]:
+    """Medians (ms) of interleaved calls (:func:`e2e.interleaved`, ``burst`` as there),
+    synchronising the device around each."""
     def wrap(f):
         def g():
             _sync(device)
@@ -132,7 +130,7 @@ def _timed(fns: Dict[str, Callable], device, repeats: int, warmup: int = 2) -> D
             _sync(device)
             return {"dev": time.perf_counter() - t0}
         return g
-    t = e2e.interleaved({k: wrap(f) for k, f in fns.items()}, repeats, warmup)
+    t = e2e.interleaved({k: wrap(f) for k, f in fns.items()}, repeats, warmup, burst=burst)
     return {k: v["dev"] * 1e3 for k, v in t.items()}
 
 
@@ -173,9 +171,8 @@ def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
     rows: List[Dict] = []
 
     def result():
-        return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
-                "cpu (dry run)", "dry_run": dry_run or dev.type != "cuda", "image": [H, W],
-                "rows": rows, "goals": cuda_goals(rows)}
+        return {"device": device_name(dev), "dry_run": dry_run or dev.type != "cuda",
+                "image": [H, W], "rows": rows, "goals": cuda_goals(rows)}
 
     for width in widths:
         eb = ours.entropy_bottleneck.for_width(width)
@@ -214,7 +211,7 @@ def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
             data = ours.compress(x, width, precision=prec)
             fns["compress"] = lambda w=width, p=prec: ours.compress(x, w, precision=p)
             fns["decompress"] = lambda d=data, p=prec: ours.decompress(d, precision=p)
-            t = _timed(fns, dev, repeats, warmup=0 if dry_run else 2)
+            t = timed_ms(fns, dev, repeats, warmup=0 if dry_run else 2)
             row = {"width": width, "dtype": str(dt).replace("torch.", ""),
                    **{f"{k}_ms": v for k, v in t.items()}, "compile_s": compile_s,
                    "notes": notes}

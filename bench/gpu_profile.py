@@ -32,8 +32,8 @@ import torch  # noqa: E402
 
 import e2e  # noqa: E402
 from bench_gdn import eager_gdn  # noqa: E402
-from e2e_cuda import (add_gpu_script_arguments, autocast, gpu_script_options,  # noqa: E402
-                      gpu_script_setup)
+from e2e_cuda import (add_gpu_script_arguments, autocast, device_name,  # noqa: E402
+                      gpu_script_options, gpu_script_setup)
 from plain_slimcae import PlainSlimCAE  # noqa: E402
 
 
@@ -123,8 +123,7 @@ def run(widths: List[int], dry_run: bool, image: str = None, calls: int = 5,
     x = x[..., :H, :W].to(dev).contiguous()
     gdn_hw = (8, 12) if dry_run else (256, 384)  # the first GDN of the encoder at 768x512
     cases = []
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu (dry run)"
-    res = {"device": name, "model": desc, "image": [H, W], "torch": torch.__version__,
+    res = {"device": device_name(dev), "model": desc, "image": [H, W], "torch": torch.__version__,
            "dry_run": dev.type != "cuda", "cases": cases}
     for width in widths:
         for dt in dtypes:

@@ -27,10 +27,12 @@ __all__ = ["GraphCache", "capture"]
 
 class _Captured:
     """One captured call: ``static_in`` -> ``graph`` -> ``static_out``; or ``error`` (str) when
-    the capture failed and the call runs eagerly."""
+    the capture failed and the call runs eagerly. ``keep``: tensors the graph reads that it must
+    keep alive (set by :class:`GraphCache`)."""
 
     def __init__(self, graph=None, static_in=None, static_out=None, error: Optional[str] = None):
         self.graph, self.static_in, self.static_out, self.error = graph, static_in, static_out, error
+        self.keep: list = []
 
 
 def capture(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,

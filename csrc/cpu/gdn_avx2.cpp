@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <type_traits>
 #include <vector>
 #if defined(_OPENMP)
 #include <omp.h>
@@ -204,40 +205,41 @@ SK_AVX2_TARGET void run_block(const float* x, float* y, float* r, int64_t np, in
   }
 }
 
-// bf16 x / y (as uint16 bits) <-> the fp32 rows run_block works on: np rows of C at stride C.
-SK_AVX2_TARGET void widen_rows(const uint16_t* x, float* xb, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t u = static_cast<uint32_t>(x[i]) << 16;
-    std::memcpy(xb + i, &u, 4);
-  }
+// An element of x / y as the fp32 run_block works on: fp32 as it is, bf16 (uint16 bits) widened
+// exactly and rounded back to nearest even.
+inline float widen(float v) { return v; }
+inline float widen(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
 }
-SK_AVX2_TARGET void narrow_rows(const float* yb, uint16_t* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = detail::to_bf16_bits(yb[i]);
-}
+inline void put(float* p, float v) { *p = v; }
+inline void put(uint16_t* p, float v) { *p = detail::to_bf16_bits(v); }
 
-// Blocks k0..k1 of the call. channels_last fp32: block k is pixels k*kPix.. of [P, C] (read and
-// written in place); channels_last bf16: the same pixels widened into xb first, computed into yb
-// and rounded back into y. NCHW: block k is pixels j*kPix.. of image n (k = n * per_image + j),
-// transposed (and widened) into xb ([np][C]) first, computed into yb, transposed back into y.
+// Blocks k0..k1 of the call, x / y of element type T (float, or uint16_t for bf16).
+// channels_last: block k is pixels k*kPix.. of [P, C]; fp32 is read and written in place, bf16
+// widened into xb first, computed into yb and rounded back into y. NCHW: block k is pixels
+// j*kPix.. of image n (k = n * per_image + j), transposed (and widened) into xb ([np][C]) first,
+// computed into yb, transposed back into y.
+template <class T>
 SK_AVX2_TARGET void run_blocks(const GdnArgs& a, const float* bp, const float* beta, float* z,
                                float* xb, float* yb, int64_t k0, int64_t k1) {
   const int64_t C = a.C, HW = a.HW;
-  const bool bf16 = a.xdtype == kBF16;
-  const float* x = static_cast<const float*>(a.x);
-  float* y = static_cast<float*>(a.y);
-  const uint16_t* xh = static_cast<const uint16_t*>(a.x);
-  uint16_t* yh = static_cast<uint16_t*>(a.y);
+  const T* x = static_cast<const T*>(a.x);
+  T* y = static_cast<T*>(a.y);
+  constexpr bool kF32In = std::is_same<T, float>::value;
   if (a.channels_last) {
     const int64_t P = a.N * HW;
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t p = k * kPix, np = std::min<int64_t>(kPix, P - p);
-      if (bf16) {
-        widen_rows(xh + p * C, xb, np * C);
-        run_block(xb, yb, nullptr, np, C, bp, beta, z, a.inverse);
-        narrow_rows(yb, yh + p * C, np * C);
-      } else {
+      if constexpr (kF32In) {
         run_block(x + p * C, y + p * C, a.r == nullptr ? nullptr : a.r + p * C, np, C, bp,
                   beta, z, a.inverse);
+      } else {
+        for (int64_t i = 0; i < np * C; ++i) xb[i] = widen(x[p * C + i]);
+        run_block(xb, yb, nullptr, np, C, bp, beta, z, a.inverse);
+        for (int64_t i = 0; i < np * C; ++i) put(y + p * C + i, yb[i]);
       }
     }
     return;
@@ -247,24 +249,11 @@ SK_AVX2_TARGET void run_blocks(const GdnArgs& a, const float* bp, const float* b
     const int64_t n = k / per_image, p = (k % per_image) * kPix;
     const int64_t np = std::min<int64_t>(kPix, HW - p);
     const int64_t base = n * C * HW + p;
-    if (bf16) {
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t r = 0; r < np; ++r) {
-          const uint32_t u = static_cast<uint32_t>(xh[base + c * HW + r]) << 16;
-          std::memcpy(xb + r * C + c, &u, 4);
-        }
-    } else {
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t r = 0; r < np; ++r) xb[r * C + c] = x[base + c * HW + r];
-    }
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < np; ++r) xb[r * C + c] = widen(x[base + c * HW + r]);
     run_block(xb, yb, nullptr, np, C, bp, beta, z, a.inverse);
-    if (bf16) {
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t r = 0; r < np; ++r) yh[base + c * HW + r] = detail::to_bf16_bits(yb[r * C + c]);
-    } else {
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t r = 0; r < np; ++r) y[base + c * HW + r] = yb[r * C + c];
-    }
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = 0; r < np; ++r) put(y + base + c * HW + r, yb[r * C + c]);
   }
 }
 
@@ -307,8 +296,13 @@ int gdn_forward_avx2(const GdnArgs& a) {
   }
   run_on_threads(nt, [&](int64_t t) {
     float* z = bufs[static_cast<size_t>(t)].get();
-    run_blocks(a, bp.get(), beta.get(), z, z + kPix * C, z + 2 * kPix * C, blocks * t / nt,
-               blocks * (t + 1) / nt);
+    float* xb = z + kPix * C;
+    float* yb = z + 2 * kPix * C;
+    const int64_t k0 = blocks * t / nt, k1 = blocks * (t + 1) / nt;
+    if (a.xdtype == kBF16)
+      run_blocks<uint16_t>(a, bp.get(), beta.get(), z, xb, yb, k0, k1);
+    else
+      run_blocks<float>(a, bp.get(), beta.get(), z, xb, yb, k0, k1);
   });
   return kAOk;
 }

@@ -73,6 +73,20 @@ def _gamma_tile(gamma_ptr, rows, cols, stride_r, stride_c, C):
 
 
 @triton.jit
+def _dn_rows(dn_ptr, row, offs_i, mask_p, C):
+    """dn scratch tile [BLOCK_P pixels (``row`` = p * C), BLOCK_CI channels ``offs_i``]."""
+    return tl.load(dn_ptr + row + offs_i[None, :], mask=mask_p[:, None] & (offs_i[None, :] < C),
+                   other=0.0)
+
+
+@triton.jit
+def _dn_cols(dn_ptr, offs_p, P, offs_i, mask_i, C, WIDE: tl.constexpr):
+    """dn^T scratch tile [BLOCK_I channels ``offs_i``, BLOCK_P pixels ``offs_p``]."""
+    return tl.load(dn_ptr + _wide(offs_p, WIDE)[None, :] * C + offs_i[:, None],
+                   mask=mask_i[:, None] & (offs_p < P)[None, :], other=0.0)
+
+
+@triton.jit
 def _beta_vec(beta_ptr, offs, stride_b, C, bs_ptr, bb_ptr, HAS_BS: tl.constexpr,
               HAS_BB: tl.constexpr):
     """fp32 effective beta (s_b * beta + b_b) at offs; 1 outside C (keeps masked lanes finite)."""
@@ -220,14 +234,10 @@ def _gdn_bwd_dx_kernel(x_ptr, dn_ptr, dx0_ptr, dx_ptr, gamma_ptr, gs_ptr, gb_ptr
         # wgmma, still in flight, read the buffer the next copy was writing (the first H200 run:
         # dx 0.6-2 % off at C=192, TF32, nondeterministic; read in the TTGIR)
         for k in range(0, C, BLOCK_CI):
-            offs_i = k + tl.arange(0, BLOCK_CI)
-            dnsum += tl.sum(tl.load(dn_ptr + row + offs_i[None, :],
-                                    mask=mask_p[:, None] & (offs_i[None, :] < C), other=0.0),
-                            axis=1)
+            dnsum += tl.sum(_dn_rows(dn_ptr, row, k + tl.arange(0, BLOCK_CI), mask_p, C), axis=1)
     for k in range(0, C, BLOCK_CI):
         offs_i = k + tl.arange(0, BLOCK_CI)
-        dn = tl.load(dn_ptr + row + offs_i[None, :], mask=mask_p[:, None] & (offs_i[None, :] < C),
-                     other=0.0)
+        dn = _dn_rows(dn_ptr, row, offs_i, mask_p, C)
         g = _gamma_tile(gamma_ptr, offs_i, offs_j, gs0, gs1, C).to(tl.float32)
         acc += tl.dot(dn, g, input_precision=FP32_PRECISION)
     # (dn @ gamma_k)[p, j] = s_g (dn @ gamma)[p, j] + b_g sum_i dn[p, i]
@@ -272,8 +282,7 @@ def _gdn_bwd_dgamma_kernel(x_ptr, dn_ptr, dgamma_ptr, dbeta_ptr, P, C, HW, sxn, 
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < P
         # dn^T tile [BLOCK_I, BLOCK_P] (feeds the dot only: see _gdn_bwd_dx_kernel's dnsum)
-        dnt = tl.load(dn_ptr + _wide(offs_p, WIDE)[None, :] * C + offs_i[:, None],
-                      mask=mask_i[:, None] & mask_p[None, :], other=0.0)
+        dnt = _dn_cols(dn_ptr, offs_p, P, offs_i, mask_i, C, WIDE)
         x_off = _pixel_offsets(offs_p, HW, sxn, sxhw, WIDE)
         xv = tl.load(x_ptr + x_off[:, None] + offs_j[None, :] * sxc,
                      mask=mask_p[:, None] & mask_j[None, :], other=0.0).to(tl.float32)
@@ -284,10 +293,8 @@ def _gdn_bwd_dgamma_kernel(x_ptr, dn_ptr, dgamma_ptr, dbeta_ptr, P, C, HW, sxn, 
     if pid_j == 0:  # dbeta once per i tile, in a loop of its own
         dbeta = tl.zeros([BLOCK_I], dtype=tl.float32)
         for p0 in range(p_start, p_start + P_PER_SPLIT, BLOCK_P):
-            offs_p = p0 + tl.arange(0, BLOCK_P)
-            dbeta += tl.sum(tl.load(dn_ptr + _wide(offs_p, WIDE)[None, :] * C + offs_i[:, None],
-                                    mask=mask_i[:, None] & (offs_p < P)[None, :], other=0.0),
-                            axis=1)
+            dbeta += tl.sum(_dn_cols(dn_ptr, p0 + tl.arange(0, BLOCK_P), P, offs_i, mask_i, C,
+                                     WIDE), axis=1)
         tl.store(dbeta_ptr + base + offs_i, dbeta, mask=mask_i)
 
 

@@ -638,10 +638,8 @@ def _triton_operands(x, weight, bias, transposed: bool = False):
     dt = _autocast_dtype(x) if x.is_floating_point() else None
     if dt is not None:
         x = x.to(dt)
-    if TRITON_WEIGHT_LAYOUT and not _needs_grad(weight) and weight.dim() == 4:
-        weight = _cast_full(weight, x.dtype, in_channel_dim=0 if transposed else 1)
-    elif weight.dtype != x.dtype:
-        weight = _cast_full(weight, x.dtype)
+    weight = _cast_full(weight, x.dtype, in_channel_dim=(0 if transposed else 1)
+                        if TRITON_WEIGHT_LAYOUT else None)
     if bias is not None and bias.dtype != x.dtype:
         bias = _cast_full(bias, x.dtype)
     return x, weight, bias

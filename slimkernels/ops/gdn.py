@@ -423,10 +423,12 @@ def gdn_cpu_fused(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *,
 #: time, `bench/bench_gdn.py --no-train --threads 2 --widths 192,96,72,48 --cpu-shapes
 #: 1x128x192,1x64x96,1x32x48`): C=192 0.78 / 0.91 / 1.04 at 128x192 / 64x96 / 32x48, C=96 0.94 /
 #: 1.18 / 1.35, C=48 0.87 / 1.30 / 1.84; so there NCHW goes to the kernel at <= 64x96 pixels with
-#: <= 96 channels, or at <= 32x48 pixels (``AVX2_NCHW_AVX512_MAX_C``).
+#: <= 96 channels (``AVX2_NCHW_AVX512_MAX_C``), or at <= 32x48 pixels
+#: (``AVX2_NCHW_AVX512_ANY_C_HW``).
 AVX2_NCHW_MIN_C = 96
 AVX2_NCHW_MAX_SMALL_HW = 64 * 96
 AVX2_NCHW_AVX512_MAX_C = 96
+AVX2_NCHW_AVX512_ANY_C_HW = 32 * 48
 
 
 #: bf16 x goes to the AVX2 kernel (widened to fp32 per block, y rounded back once) up to
@@ -456,8 +458,8 @@ def _avx2_covers(x, beta, gamma, scalars) -> bool:
     with few channels (``AVX2_BF16_MAX_C``, ``AVX2_BF16_SMALL_MAX_C``; computed in fp32)."""
     if not USE_CPU_KERNELS or cpu_kernels_available() or _avx2_kernels() is None:
         return False
+    C, HW = x.shape[1], x.shape[2] * x.shape[3]
     if x.dtype == torch.bfloat16:
-        C, HW = x.shape[1], x.shape[2] * x.shape[3]
         if not (C <= AVX2_BF16_MAX_C or
                 (C <= AVX2_BF16_SMALL_MAX_C and HW <= AVX2_BF16_SMALL_HW)):
             return False
@@ -465,9 +467,8 @@ def _avx2_covers(x, beta, gamma, scalars) -> bool:
         return False
     lay = _fused_cpu_layout(x, beta, gamma, scalars)
     if lay == "nchw":   # the kernel transposes blocks in and out with scalar loops
-        C, HW = x.shape[1], x.shape[2] * x.shape[3]
         if _aten_avx512():
-            return HW <= AVX2_BF16_SMALL_HW or \
+            return HW <= AVX2_NCHW_AVX512_ANY_C_HW or \
                 (C <= AVX2_NCHW_AVX512_MAX_C and HW <= AVX2_NCHW_MAX_SMALL_HW)
         return C >= AVX2_NCHW_MIN_C or HW <= AVX2_NCHW_MAX_SMALL_HW
     return lay == "channels_last"

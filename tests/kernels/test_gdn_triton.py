@@ -176,11 +176,15 @@ def test_cuda_fp32_many_pixel_blocks(C, inverse):
     _check(C, True, inverse, "slimgdn+", torch.float32, 1e-5, device="cuda", N=2, H=33, W=47)
 
 
-def _each_config():
+def _config_lists():
+    """Each kernel's autotune list, by the name kernels.gdn._pick gives it."""
     from slimkernels.kernels import configs
-    lists = {"fwd": configs.GDN_FWD_CONFIGS, "bwd_dx": configs.GDN_BWD_DX_CONFIGS,
-             "bwd_dgamma": configs.GDN_BWD_DGAMMA_CONFIGS}
-    return [(name, i) for name, cfgs in lists.items() for i in range(len(cfgs))]
+    return {"fwd": configs.GDN_FWD_CONFIGS, "bwd_dx": configs.GDN_BWD_DX_CONFIGS,
+            "bwd_dgamma": configs.GDN_BWD_DGAMMA_CONFIGS}
+
+
+def _each_config():
+    return [(name, i) for name, cfgs in _config_lists().items() for i in range(len(cfgs))]
 
 
 @pytest.mark.tf32
@@ -189,9 +193,8 @@ def test_each_config(monkeypatch, name, index):
     """Every autotune config of each GDN kernel on its own (the others at their first), C=192,
     several pixel blocks: on a GPU with TF32 (~1e-3), names the config if only some are wrong
     there; under the interpreter (exact fp32, 1e-5) checks each config's tiling and masks."""
-    from slimkernels.kernels import configs, gdn as G
-    lists = {"fwd": configs.GDN_FWD_CONFIGS, "bwd_dx": configs.GDN_BWD_DX_CONFIGS,
-             "bwd_dgamma": configs.GDN_BWD_DGAMMA_CONFIGS}
+    from slimkernels.kernels import gdn as G
+    lists = _config_lists()
 
     def pick(tuned, kernel, kname):
         cfg = lists[kname][index if kname == name else 0]

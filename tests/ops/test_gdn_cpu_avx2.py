@@ -202,7 +202,7 @@ def test_nchw_rule_follows_the_aten_cpu_level(monkeypatch, avx512):
     assert 96 * 80 > gdn_mod.AVX2_NCHW_MAX_SMALL_HW and 96 >= gdn_mod.AVX2_NCHW_MIN_C
     small = _x(1, 144, 8, 12, seed=11, channels_last=False)
     medium = _x(1, 72, 60, 80, seed=12, channels_last=False)   # 4800 pixels, 72 channels
-    assert 60 * 80 <= gdn_mod.AVX2_NCHW_MAX_SMALL_HW and 60 * 80 > gdn_mod.AVX2_BF16_SMALL_HW
+    assert 60 * 80 <= gdn_mod.AVX2_NCHW_MAX_SMALL_HW and 60 * 80 > gdn_mod.AVX2_NCHW_AVX512_ANY_C_HW
     want = {"wide_large": "torch" if avx512 else "avx2", "small": "avx2", "medium": "avx2"}
     for name, x in (("wide_large", wide_large), ("small", small), ("medium", medium)):
         with torch.no_grad():
