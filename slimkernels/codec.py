@@ -443,8 +443,9 @@ class SlimCodec(nn.Module):
     Class attributes:
         downsampling: total stride ``s`` of ``g_a`` (images are padded to a multiple of it).
         input_channels_last: memory format of the transforms' inputs in ``compress`` /
-            ``decompress``: None (default) follows the layout of the model's parameters, True
-            always channels_last, False always contiguous NCHW.
+            ``decompress``: None (default) channels_last on CPU and CUDA, where the convolutions
+            run channels_last (for ``decompress`` on CPU, and on other devices, the layout of
+            the model's parameters), True always channels_last, False always contiguous NCHW.
         CUDA_GRAPHS_KEPT: CUDA graphs kept per model for ``cuda_graph=True`` (4: the least
             recently used is dropped beyond).
 
@@ -622,6 +623,18 @@ class SlimCodec(nn.Module):
                              f"autocasts)")
         return p.device
 
+    def _transforms_channels_last(self, device: torch.device) -> Optional[bool]:
+        """``input_channels_last`` when set; else True where the convolutions run channels_last
+        anyway (CPU: ``CPU_CHANNELS_LAST``; CUDA: ``TRITON_CHANNELS_LAST``), so that the one copy
+        the input needs also converts it; else None (the parameters' layout)."""
+        from .ops import conv as conv_ops
+
+        cl = self.input_channels_last
+        if cl is None and ((device.type == "cpu" and conv_ops.CPU_CHANNELS_LAST) or
+                           (device.type == "cuda" and conv_ops.TRITON_CHANNELS_LAST)):
+            cl = True
+        return cl
+
     def _params_channels_last(self) -> bool:
         # see input_channels_last; by default channels_last models get channels_last inputs
         cl = self.input_channels_last
@@ -638,19 +651,17 @@ class SlimCodec(nn.Module):
     def _image_input(self, x: torch.Tensor, precision: str) -> torch.Tensor:
         """The padded image as the analysis transform's input, in ONE copy at most.
 
-        Layout: ``input_channels_last`` when set; else on CPU channels_last (the CPU convolutions
-        run channels_last, :data:`slimkernels.ops.conv.CPU_CHANNELS_LAST`: converting here saves
-        their conversion), elsewhere the parameters' layout. The strides are always the dense
+        Layout: ``input_channels_last`` when set; else on CPU and CUDA channels_last (the
+        convolutions run channels_last there, :data:`slimkernels.ops.conv.CPU_CHANNELS_LAST`,
+        :data:`~slimkernels.ops.conv.TRITON_CHANNELS_LAST`: converting here saves their
+        conversion), elsewhere the parameters' layout. The strides are always the dense
         ones: an image read from an HWC buffer is "channels_last" with batch stride 3, which
         oneDNN runs 1.7-3x slower in bf16 (measured, Kodak 768x512). In bf16, when ``g_a`` starts
         with a :class:`~slimkernels.nn.SlimConv2d` (which casts its input to bf16 anyway), the
         cast is done here in the same copy."""
         from .nn.conv import SlimConv2d
-        from .ops import conv as conv_ops
 
-        cl = self.input_channels_last
-        if cl is None and x.device.type == "cpu" and conv_ops.CPU_CHANNELS_LAST:
-            cl = True
+        cl = self._transforms_channels_last(x.device)
         if cl is None:
             return self._like_params(x)
         first = self.g_a[0] if isinstance(self.g_a, nn.Sequential) and len(self.g_a) else None
@@ -777,7 +788,10 @@ class SlimCodec(nn.Module):
         precision = resolve_precision(precision, dev)
         f, sym = self.decompress_latent(data)
         eb = self.entropy_bottleneck.for_width(f.width)
-        y_hat = _dequantize(eb, sym.to(dev), self._params_channels_last())
+        # on CUDA the transforms' layout (channels_last: the Triton convolutions' input); on CPU
+        # the parameters' (the CPU decoder's first IGDN and conv convert it themselves)
+        cl = self._transforms_channels_last(dev) if dev.type == "cuda" else None
+        y_hat = _dequantize(eb, sym.to(dev), self._params_channels_last() if cl is None else cl)
         x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
                                 precision, cuda_graph)
         return x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)

@@ -174,6 +174,23 @@ def test_input_channels_last_switch(model, layout):
                                model.decompress(data, precision="fp32"), rtol=1e-5, atol=1e-6)
 
 
+def test_default_transform_layout_per_device(monkeypatch):
+    """By default the transforms get channels_last inputs on CPU and CUDA (where the convolutions
+    convert to it anyway), the parameters' layout elsewhere; each switch and the model's own
+    ``input_channels_last`` decide where set."""
+    import slimkernels.ops.conv as oc
+    m = Tiny()
+    cpu, cuda, meta = torch.device("cpu"), torch.device("cuda"), torch.device("meta")
+    assert m._transforms_channels_last(cpu) is True and m._transforms_channels_last(cuda) is True
+    assert m._transforms_channels_last(meta) is None
+    monkeypatch.setattr(oc, "TRITON_CHANNELS_LAST", False)
+    assert m._transforms_channels_last(cuda) is None and m._transforms_channels_last(cpu) is True
+    monkeypatch.setattr(oc, "CPU_CHANNELS_LAST", False)
+    assert m._transforms_channels_last(cpu) is None
+    m.input_channels_last = False
+    assert m._transforms_channels_last(cpu) is False and m._transforms_channels_last(cuda) is False
+
+
 # -- precision ---------------------------------------------------------------------------------
 def _cpuinfo_flags():
     try:

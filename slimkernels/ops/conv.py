@@ -632,12 +632,32 @@ def _gdn_cpu_nograd(y: torch.Tensor, kw) -> torch.Tensor:
 TRITON_WEIGHT_LAYOUT = True
 
 
+#: On the Triton path, convert an NCHW input to channels_last (in the same copy as an autocast
+#: cast): the kernels' activation tiles then load a pixel's channels at unit stride, and the
+#: output is channels_last, so a model pays the conversion once, at its first layer. With NCHW
+#: inputs the channel loads are H*W apart: the profile of the model on the H200 (NCHW image and
+#: parameters, ``bench/results/cuda-nvidia-h200/profile.md``, sitting 18) had the three decoder
+#: convolutions at 0.73 ms of device time at w=192 fp32, the same layers channels_last 0.36 ms
+#: (``bench/results/gpu/conv.md``, CUDA-graph replays). ``False`` keeps x's layout.
+TRITON_CHANNELS_LAST = True
+
+
+def _triton_layout(x: torch.Tensor, dtype) -> torch.Tensor:
+    """x cast to ``dtype`` and, under ``TRITON_CHANNELS_LAST``, made channels_last: one copy at
+    most (none when x is already both)."""
+    cl = TRITON_CHANNELS_LAST and x.dim() == 4 and x.shape[1] > 1 and \
+        not x.is_contiguous(memory_format=torch.channels_last)
+    if cl:
+        return x.to(dtype=dtype, memory_format=torch.channels_last)
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def _triton_operands(x, weight, bias, transposed: bool = False):
-    """Autocast (cached full-weight cast without grad), dtype agreement and, without gradient,
-    the weight's input-channel-contiguous copy (``TRITON_WEIGHT_LAYOUT``) for the Triton path."""
+    """Autocast (cached full-weight cast without grad), dtype agreement, the channels_last input
+    (``TRITON_CHANNELS_LAST``) and, without gradient, the weight's input-channel-contiguous copy
+    (``TRITON_WEIGHT_LAYOUT``) for the Triton path."""
     dt = _autocast_dtype(x) if x.is_floating_point() else None
-    if dt is not None:
-        x = x.to(dt)
+    x = _triton_layout(x, dt or x.dtype)
     weight = _cast_full(weight, x.dtype, in_channel_dim=(0 if transposed else 1)
                         if TRITON_WEIGHT_LAYOUT else None)
     if bias is not None and bias.dtype != x.dtype:
@@ -967,8 +987,8 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         backend: ``"triton"`` / ``"torch"`` / None (see :mod:`slimkernels.backend`).
 
     Returns:
-        ``[N, out_width, H_out, W_out]``; channels_last on CPU (see ``CPU_CHANNELS_LAST``), x's
-        memory format on the Triton path; bf16 under bf16 autocast.
+        ``[N, out_width, H_out, W_out]``; channels_last (see ``CPU_CHANNELS_LAST`` and
+        ``TRITON_CHANNELS_LAST``); bf16 under bf16 autocast.
 
     Gradients flow to x, the active slice of ``weight`` (the rest of its gradient is zero),
     ``bias`` and the GDN parameters.
@@ -1025,7 +1045,8 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         backend: ``"triton"`` / ``"torch"`` / None.
 
     Returns:
-        ``[N, out_width, (H-1)*stride - 2*padding + k + output_padding, ...]``.
+        ``[N, out_width, (H-1)*stride - 2*padding + k + output_padding, ...]``; channels_last
+        (``CPU_CHANNELS_LAST``, ``TRITON_CHANNELS_LAST``); bf16 under bf16 autocast.
     """
     _check(x, weight, bias, "slim_conv_transpose2d", True, stride, padding)
     co = _out_width(out_width, weight.shape[1], "slim_conv_transpose2d")

@@ -275,6 +275,58 @@ def test_no_grad_path_reads_an_input_channel_contiguous_weight(monkeypatch, tran
     assert seen[-1] is wg and wg.grad is not None      # training: the parameter itself
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "tconv"])
+def test_nchw_input_runs_channels_last(monkeypatch, transposed):
+    """An NCHW input reaches the kernels channels_last (TRITON_CHANNELS_LAST: unit-stride channel
+    loads; under bf16 autocast cast in the same copy), the output is channels_last, values match
+    float64, with and without gradient; switched off, x goes as it is and the output is NCHW."""
+    import slimkernels.ops.conv as oc
+    from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
+    K = _K()
+    seen = []
+    name = "conv_transpose2d_fwd" if transposed else "conv2d_fwd"
+    real = getattr(K, name)
+    monkeypatch.setattr(K, name, lambda x, *a, **kw: (seen.append(x), real(x, *a, **kw))[1])
+    wt, b = _params(24, 24, 5, EXACT, transposed=transposed)
+    x = _x(1, 16, 7, 6, EXACT)
+    assert not x.is_contiguous(memory_format=torch.channels_last)
+
+    def run(inp):
+        if transposed:
+            return slim_conv_transpose2d(inp, wt, b, stride=2, padding=2, output_padding=1,
+                                         out_width=20, backend="triton")
+        return slim_conv2d(inp, wt, b, stride=2, padding=2, out_width=20, backend="triton")
+
+    def ref(inp):
+        w64, b64 = wt.double(), b.double()
+        if transposed:
+            return F.conv_transpose2d(inp.double(), w64[:16, :20], b64[:20], stride=2, padding=2,
+                                      output_padding=1)
+        return F.conv2d(inp.double(), w64[:20, :16], b64[:20], stride=2, padding=2)
+
+    cl = torch.channels_last
+    with torch.no_grad():
+        y = run(x)
+    assert seen[-1].is_contiguous(memory_format=cl) and y.is_contiguous(memory_format=cl)
+    assert rel_err(y, ref(x)) < EXACT_TOL
+    xg = x.clone().requires_grad_(True)
+    yg = run(xg)
+    assert seen[-1].is_contiguous(memory_format=cl) and yg.is_contiguous(memory_format=cl)
+    yg.square().sum().backward()
+    x64 = x.double().requires_grad_(True)
+    ref(x64).square().sum().backward()
+    assert rel_err(yg, ref(x)) < EXACT_TOL and rel_err(xg.grad, x64.grad) < EXACT_TOL
+    if EXACT == torch.float32:  # bf16 autocast is a GPU-precision case (the interpreter: fp64)
+        with torch.no_grad(), torch.autocast(DEV, dtype=torch.bfloat16):
+            yb = run(x)
+        assert seen[-1].dtype == torch.bfloat16 and seen[-1].is_contiguous(memory_format=cl)
+        assert yb.is_contiguous(memory_format=cl) and rel_err(yb, ref(x)) < 2e-2
+    monkeypatch.setattr(oc, "TRITON_CHANNELS_LAST", False)
+    with torch.no_grad():
+        y = run(x)
+    assert seen[-1] is x and y.is_contiguous() and rel_err(y, ref(x)) < EXACT_TOL
+
+
 # ----------------------------------------------------------------------- ops dispatch + backward
 @pytest.mark.parametrize("ci,co,k,s,p,h,w", [
     (3, 47, 9, 4, 4, 13, 11),
