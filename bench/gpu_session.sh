@@ -7,7 +7,10 @@
 #   Device call:  run(command="bash bench/gpu_session.sh", carry=[".gpu_carry"], timeout_s=590)
 #   Dry run here: GPU_SESSION_DRY=1 OUT=/tmp/gpu_out bash bench/gpu_session.sh   (CPU, tiny shapes)
 #   A later call: GPU_SESSION_SKIP="report" bash bench/gpu_session.sh  (the steps named are
-#                 skipped; GPU_T_TESTS=... and the like raise a step's limit for that call)
+#                 skipped; GPU_T_TESTS=... and the like set a step's limit for that call,
+#                 GPU_SESSION_STEPS="tests profile" the steps and their order, GPU_TESTS the
+#                 test paths, GPU_REPORT_WIDTHS / GPU_REPORT_COMPILE_WIDTHS ("" for none) /
+#                 GPU_CONV_WIDTHS / GPU_CONV_LAYERS / GPU_PROFILE_WIDTHS what is measured)
 #
 # Steps, each under its own time limit so that one slow step leaves time for the others, the
 # owed table first:
@@ -105,27 +108,41 @@ if [ "$DRY" = 1 ]; then
     step profile 60 "$PY" bench/gpu_profile.py --dry-run --widths 48 --calls 1 \
         --out "$OUT/dry_profile"
 else
-    step report 170 "$PY" bench/report.py --cuda-only --repeats 10 --widths 192,48,96,144,72 \
-        --compile-widths 192,48 --image "$IMAGE" \
-        --note "bench/gpu_session.sh on a lent GPU machine"
-    # shellcheck disable=SC2086  # XDIST is empty or two words
-    # SLIMKERNELS_AUTOTUNE=0: each kernel's first config only (one compile per specialisation,
-    # not one per config); the benchmark steps below run the autotuned kernels, and bench_conv
-    # checks each autotuned layer against cuDNN (rel_err_vs_cudnn)
-    T_TESTS=130 T_CONV=110 T_PROFILE=60 T_GDN=75
-    # a later call can set each limit and the widths (GPU_T_TESTS=140 GPU_CONV_WIDTHS=48 ...)
-    T_TESTS=${GPU_T_TESTS:-$T_TESTS} T_CONV=${GPU_T_CONV:-$T_CONV}
-    T_PROFILE=${GPU_T_PROFILE:-$T_PROFILE} T_GDN=${GPU_T_GDN:-$T_GDN}
-    step tests "$T_TESTS" env SLIMKERNELS_AUTOTUNE=0 "$PY" -m pytest -q -m "cuda or interpret" \
-        -p no:cacheprovider $XDIST --tb=line -rf --maxfail=30 tests
-    # compress / decompress with and without cuda_graph=True (the library's CUDA-graph path)
-    step graphs 60 "$PY" bench/bench_cuda_graph.py --widths 192,48 --image "$IMAGE"
-    # per layer on the Kodak shape; no torch.compile column (a fresh max-autotune compile per
-    # layer, width and dtype takes minutes; the e2e report has torch.compile of the transforms)
-    step conv "$T_CONV" "$PY" bench/bench_conv.py --device --no-cpu --widths "${GPU_CONV_WIDTHS:-192,48}" \
-        --shapes 1x512x768 --compile-mode none
-    step profile "$T_PROFILE" "$PY" bench/gpu_profile.py --widths "${GPU_PROFILE_WIDTHS:-192}"
-    step gdn "$T_GDN" "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48
+    # SLIMKERNELS_AUTOTUNE=0 in the tests: each kernel's first config only (one compile per
+    # specialisation, not one per config); the benchmark steps run the autotuned kernels, and
+    # bench_conv checks each autotuned layer against cuDNN (rel_err_vs_cudnn)
+    T_REPORT=170 T_TESTS=130 T_CONV=110 T_PROFILE=60 T_GDN=75
+    # a later call can set each limit, the widths, the tests and the order of the steps
+    # (GPU_T_TESTS=140 GPU_CONV_WIDTHS=48 GPU_SESSION_STEPS="tests profile" ...)
+    T_REPORT=${GPU_T_REPORT:-$T_REPORT} T_TESTS=${GPU_T_TESTS:-$T_TESTS}
+    T_CONV=${GPU_T_CONV:-$T_CONV} T_PROFILE=${GPU_T_PROFILE:-$T_PROFILE} T_GDN=${GPU_T_GDN:-$T_GDN}
+    REPORT_CW=${GPU_REPORT_COMPILE_WIDTHS-192,48}
+    run_step() {
+        case $1 in
+        report) step report "$T_REPORT" "$PY" bench/report.py --cuda-only --repeats 10 \
+                    --widths "${GPU_REPORT_WIDTHS:-192,48,96,144,72}" \
+                    --compile-widths "$REPORT_CW" --image "$IMAGE" \
+                    --note "bench/gpu_session.sh on a lent GPU machine" ;;
+        # shellcheck disable=SC2086  # XDIST is empty or two words, GPU_TESTS a path list
+        tests) step tests "$T_TESTS" env SLIMKERNELS_AUTOTUNE=0 "$PY" -m pytest -q \
+                    -m "cuda or interpret" -p no:cacheprovider $XDIST --tb=line -rf \
+                    --maxfail=30 ${GPU_TESTS:-tests} ;;
+        # compress / decompress with and without cuda_graph=True (the library's CUDA-graph path)
+        graphs) step graphs 60 "$PY" bench/bench_cuda_graph.py --widths 192,48 --image "$IMAGE" ;;
+        # per layer on the Kodak shape; no torch.compile column (a fresh max-autotune compile
+        # per layer, width and dtype takes minutes; the e2e report has torch.compile)
+        conv) step conv "$T_CONV" "$PY" bench/bench_conv.py --device --no-cpu \
+                    --widths "${GPU_CONV_WIDTHS:-192,48}" ${GPU_CONV_LAYERS:+--layers "$GPU_CONV_LAYERS"} \
+                    --shapes 1x512x768 --compile-mode none ;;
+        profile) step profile "$T_PROFILE" "$PY" bench/gpu_profile.py \
+                    --widths "${GPU_PROFILE_WIDTHS:-192}" ;;
+        gdn) step gdn "$T_GDN" "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48 ;;
+        *) echo "unknown step in GPU_SESSION_STEPS: $1" | tee -a "$SUMMARY" ;;
+        esac
+    }
+    for s in ${GPU_SESSION_STEPS:-report tests graphs conv profile gdn}; do
+        run_step "$s"
+    done
 fi
 
 # every result file written during this run, in one archive (the device returns at most 8 files)

@@ -84,6 +84,15 @@ CONV_GDN256_CONFIGS: List[Dict] = [       # BLOCK_N = 256 (widths 129..256; bf16
 CONV_GDN_SM80_MAX_BLOCK_M = 32            # for BLOCK_N >= 128 on compute capability < 9
 # Under TRITON_INTERPRET (CI on CPU) one small config; BLOCK_N is chosen by the launcher.
 CONV_INTERPRET_CONFIG: Dict = _cfg(4, 1, BLOCK_M=64, BLOCK_K=32)
+# The gather half of a transposed conv with few output columns (kernels/conv.py, col2im route):
+# BLOCK_M output pixels of one phase per program, every output channel (BLOCK_N = next_pow2(C_out),
+# set by the launcher); no dot, a few loads per tap: memory-bound, so wide pixel blocks.
+COL2IM_CONFIGS: List[Dict] = [
+    _cfg(4, 1, BLOCK_M=128),
+    _cfg(4, 1, BLOCK_M=256),   # 86 registers on sm_90; 512 pixels on 4 warps took 186
+    _cfg(8, 1, BLOCK_M=512),
+]
+COL2IM_INTERPRET_CONFIG: Dict = _cfg(4, 1, BLOCK_M=32)
 
 
 def autotune_enabled() -> bool:

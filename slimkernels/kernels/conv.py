@@ -43,8 +43,9 @@ import triton
 import triton.language as tl
 
 from ..backend import interpreter_enabled, tf32_allowed
-from .configs import (CONV_FWD_CONFIGS, CONV_GDN256_CONFIGS, CONV_GDN_CONFIGS,
-                      CONV_GDN_SM80_MAX_BLOCK_M, CONV_INTERPRET_CONFIG, to_triton)
+from .configs import (COL2IM_CONFIGS, COL2IM_INTERPRET_CONFIG, CONV_FWD_CONFIGS,
+                      CONV_GDN256_CONFIGS, CONV_GDN_CONFIGS, CONV_GDN_SM80_MAX_BLOCK_M,
+                      CONV_INTERPRET_CONFIG, to_triton)
 
 # GDN epilogue modes
 EPI_NONE, EPI_GDN, EPI_IGDN = 0, 1, 2
@@ -238,18 +239,10 @@ def conv2d_fwd_kernel(
 # forward transposed convolution (phase decomposition)
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def conv_transpose2d_fwd_kernel(
-        x_ptr, w_ptr, b_ptr, y_ptr, beta_ptr, gamma_ptr,
-        N, C_in, H, W, C_out, H_out, W_out, pad,
-        sxn, sxc, sxh, sxw, swi, swo, swh, sww, syn, syc, syh, syw, sg0, sg1,
-        STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-        HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, EPI_PRECISION: tl.constexpr = "ieee",
-        EPI_DOT16: tl.constexpr = 0, DOT_UPCAST: tl.constexpr = False):
-    """y[n, co, oh, ow] = sum x[n, ci, ih, iw] * w[ci, co, kh, kw] over oh = ih*S - pad + kh."""
-    pid0 = tl.program_id(0)
-    pid_n = tl.program_id(1)
+def _phase_pixels(pid0, N, H_out, W_out, pad, STRIDE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The BLOCK_M output pixels of program ``pid0`` of a transposed conv's phase grid (programs
+    ``phase + STRIDE^2 * block``): image index, phase-grid coordinates (a_i, b_i), output (oh, ow),
+    validity, the phase (r_h, r_w) and the input offsets (c_h, c_w) of its tap 0."""
     phase = pid0 % (STRIDE * STRIDE)
     pid_m = pid0 // (STRIDE * STRIDE)
     r_h = phase // STRIDE
@@ -262,8 +255,6 @@ def conv_transpose2d_fwd_kernel(
     Ha = (H_out + STRIDE - 1) // STRIDE
     Wa = (W_out + STRIDE - 1) // STRIDE
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
     img = offs_m // (Ha * Wa)
     rem = offs_m % (Ha * Wa)
     a_i = rem // Wa
@@ -271,6 +262,25 @@ def conv_transpose2d_fwd_kernel(
     oh = oh0 + STRIDE * a_i
     ow = ow0 + STRIDE * b_i
     m_ok = (offs_m < N * Ha * Wa) & (oh < H_out) & (ow < W_out)
+    return img, a_i, b_i, oh, ow, m_ok, r_h, r_w, c_h, c_w
+
+
+@triton.jit
+def conv_transpose2d_fwd_kernel(
+        x_ptr, w_ptr, b_ptr, y_ptr, beta_ptr, gamma_ptr,
+        N, C_in, H, W, C_out, H_out, W_out, pad,
+        sxn, sxc, sxh, sxw, swi, swo, swh, sww, syn, syc, syh, syw, sg0, sg1,
+        STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+        HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, EPI_PRECISION: tl.constexpr = "ieee",
+        EPI_DOT16: tl.constexpr = 0, DOT_UPCAST: tl.constexpr = False):
+    """y[n, co, oh, ow] = sum x[n, ci, ih, iw] * w[ci, co, kh, kw] over oh = ih*S - pad + kh."""
+    pid_n = tl.program_id(1)
+    img, a_i, b_i, oh, ow, m_ok, r_h, r_w, c_h, c_w = _phase_pixels(
+        tl.program_id(0), N, H_out, W_out, pad, STRIDE, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
     n_ok = offs_n < C_out
     x_base = x_ptr + img.to(tl.int64) * sxn
     w_base = w_ptr + offs_n * swo
@@ -292,6 +302,41 @@ def conv_transpose2d_fwd_kernel(
     pix_off = img.to(tl.int64) * syn + oh * syh + ow * syw
     _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
               HAS_BIAS, EPI, BLOCK_M, BLOCK_N, EPI_PRECISION, EPI_DOT16)
+
+
+# ----------------------------------------------------------------------------------------------
+# transposed convolution with few output columns: a GEMM, then a gather (col2im)
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def col2im_kernel(
+        z_ptr, b_ptr, y_ptr, N, H, W, C_out, H_out, W_out, pad,
+        szn, szc, szh, szw, syn, syc, syh, syw,
+        STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """y[n, co, oh, ow] = b[co] + sum z[n, (co*KH + kh)*KW + kw, ih, iw] over the taps of oh's
+    phase (oh = ih*S - pad + kh): the gather half of a transposed conv whose GEMM half
+    (z = w^T x per input pixel, C_out*KH*KW columns) ran as a 1x1 convolution."""
+    img, a_i, b_i, oh, ow, m_ok, r_h, r_w, c_h, c_w = _phase_pixels(
+        tl.program_id(0), N, H_out, W_out, pad, STRIDE, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    n_ok = offs_n < C_out
+    z_base = z_ptr + img.to(tl.int64) * szn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    n_th = (KH - r_h + STRIDE - 1) // STRIDE
+    n_tw = (KW - r_w + STRIDE - 1) // STRIDE
+    for t in range(0, n_th * n_tw):
+        th = t // n_tw
+        tw = t % n_tw
+        ih = a_i - th + c_h
+        iw = b_i - tw + c_w
+        ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        col = (offs_n * KH + r_h + STRIDE * th) * KW + r_w + STRIDE * tw
+        v = tl.load(z_base[:, None] + (ih * szh + iw * szw)[:, None] + col[None, :] * szc,
+                    mask=ok[:, None] & n_ok[None, :], other=0.0)
+        acc += v.to(ACC_DTYPE)
+    pix_off = img.to(tl.int64) * syn + oh * syh + ow * syw
+    _epilogue(acc, y_ptr, b_ptr, b_ptr, b_ptr, offs_n, pix_off, m_ok, C_out, syc, 0, 0,
+              HAS_BIAS, 0, BLOCK_M, BLOCK_N, "ieee", 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,6 +405,18 @@ def _tuned(kernel):
 
 _CONV = _tuned(conv2d_fwd_kernel)
 _CONVT = _tuned(conv_transpose2d_fwd_kernel)
+_COL2IM = triton.autotune(to_triton(COL2IM_CONFIGS),
+                          key=["C_out", "H_out", "W_out", "STRIDE", "KH"])(col2im_kernel)
+
+#: Transposed convolutions with at most this many output columns ``C_out * KH * KW`` (the output
+#: layer: 3 x 9 x 9 = 243) run as a GEMM into a column buffer ``z = w^T x`` (a 1x1 convolution
+#: with C_out*KH*KW outputs: every input read once, no padding of 3 channels to a 16-wide tile)
+#: and a gather (:func:`col2im_kernel`). The phase kernel re-reads each input pixel for every tap
+#: of a phase (5 of them at 9x9 / 4) for a 3-column result: on the H200 the output layer took
+#: 0.24 ms there at w=192 fp32 against cuDNN's 0.07 (bench/results/gpu/conv.md, graph replays).
+#: The column buffer is fp32, ``C_out*KH*KW / STRIDE^2`` (about 15 at 9x9 / 4) values per output
+#: pixel. 0 switches the route off.
+TCONV_COL2IM_MAX_COLS = 256
 
 
 def fused_gdn_supported(c_out: int, dtype: torch.dtype) -> bool:
@@ -528,9 +585,56 @@ def conv_transpose2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                 triton.cdiv(c_out, meta["BLOCK_N"]))
 
     s = weight.stride()
+    if gdn is None and _col2im_applies(weight, c_out):
+        return _conv_transpose2d_col2im(x, weight, bias, y, stride, padding, c_in, c_out)
     return _launch(_CONVT, conv_transpose2d_fwd_kernel, x, weight,
                    (s[0], s[1], s[2], s[3]), bias, y, padding, stride, kh, kw, c_in, c_out, h, wd,
                    h_out, w_out, gdn, inverse, grid)
+
+
+def _col2im_applies(weight: torch.Tensor, c_out: int) -> bool:
+    """The col2im route (``TCONV_COL2IM_MAX_COLS``) for this transposed-conv weight
+    ``[C_in, C_out, KH, KW]``: few output columns, and (C_out, KH, KW) one strided axis."""
+    _, _, kh, kw = weight.shape
+    s = weight.stride()
+    return c_out * kh * kw <= TCONV_COL2IM_MAX_COLS and s[1] == kh * s[2] and s[2] == kw * s[3]
+
+
+def _conv_transpose2d_col2im(x, weight, bias, y, stride, padding, c_in, c_out):
+    """y = conv_transpose2d(x, weight[:c_in, :c_out], bias) as z = 1x1 conv of x with the
+    C_out*KH*KW columns of the weight (conv kernel, fp32 column buffer, channels_last) and
+    :func:`col2im_kernel` (sum of each output pixel's taps, bias, one rounding to y's dtype)."""
+    n, _, h, wd = x.shape
+    _, _, kh, kw = weight.shape
+    cols = c_out * kh * kw
+    zdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    z = torch.empty((n, cols, h, wd), device=x.device, dtype=zdt,
+                    memory_format=torch.channels_last)
+    s = weight.stride()
+
+    def grid(meta):
+        return (triton.cdiv(n * h * wd, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]))
+    # conv weight [out = (co, kh, kw) flattened, in = ci, 1, 1]
+    _launch(_CONV, conv2d_fwd_kernel, x, weight, (s[3], s[0], 0, 0), None, z, 0, 1, 1, 1,
+            c_in, cols, h, wd, h, wd, None, False, grid, flat_k=c_in < 16)
+    h_out, w_out = y.shape[2], y.shape[3]
+    ha, wa = triton.cdiv(h_out, stride), triton.cdiv(w_out, stride)
+    args = (z, bias if bias is not None else z, y, n, h, wd, c_out, h_out, w_out, padding,
+            *z.stride(), *y.stride())
+    meta = dict(STRIDE=stride, KH=kh, KW=kw, HAS_BIAS=bias is not None,
+                BLOCK_N=triton.next_power_of_2(c_out), ACC_DTYPE=tl.float64 if zdt ==
+                torch.float64 else tl.float32)
+
+    def grid2(m):
+        return (triton.cdiv(n * ha * wa, m["BLOCK_M"]) * stride * stride,)
+    if interpreter_enabled():
+        cfg = COL2IM_INTERPRET_CONFIG
+        col2im_kernel[grid2(cfg["kwargs"])](*args, **meta, **cfg["kwargs"],
+                                            num_warps=cfg["num_warps"],
+                                            num_stages=cfg["num_stages"])
+    else:
+        _COL2IM[grid2](*args, **meta)
+    return y
 
 
 # ----------------------------------------------------------------------------------------------

@@ -63,3 +63,30 @@ def test_gpu_session_budget_skips_what_does_not_fit(tmp_path):
     left_out = [ln.split()[0] for ln in lines if "skipped (no time left)" in ln]
     assert {"tests", "graphs", "gdn", "conv", "profile"} <= set(left_out), lines
     assert sorted(p.name for p in out.iterdir()) == ["logs.tgz", "results.tgz", "summary.txt"]
+
+
+def test_gpu_session_steps_order_and_options(tmp_path):
+    """The GPU branch (not the dry run) with a stand-in python that logs its arguments:
+    GPU_SESSION_STEPS picks the steps and their order, GPU_TESTS / GPU_REPORT_WIDTHS /
+    GPU_REPORT_COMPILE_WIDTHS ("" = none) / GPU_CONV_LAYERS reach the commands."""
+    out = tmp_path / "out"
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "py"
+    stub.write_text(f"#!/usr/bin/env bash\necho \"$*\" >> {calls}\n")
+    stub.chmod(0o755)
+    env = dict(os.environ, PY=str(stub), OUT=str(out),
+               GPU_SESSION_STEPS="tests conv report", GPU_TESTS="tests/kernels/test_conv_triton.py",
+               GPU_REPORT_WIDTHS="192,48", GPU_REPORT_COMPILE_WIDTHS="", GPU_CONV_LAYERS="dec3")
+    env.pop("GPU_SESSION_DRY", None)
+    r = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_session.sh")], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    steps = [ln.split()[0] for ln in (out / "summary.txt").read_text().splitlines()
+             if ln.split()[:1] and ln.split()[0] in ("report", "tests", "gdn", "conv", "profile",
+                                                     "graphs")]
+    assert steps == ["tests", "conv", "report"]
+    runs = [ln for ln in calls.read_text().splitlines() if "bench/" in ln or "pytest" in ln]
+    assert "pytest" in runs[0] and runs[0].endswith("tests/kernels/test_conv_triton.py")
+    assert "bench_conv.py" in runs[1] and "--layers dec3" in runs[1]
+    assert "report.py" in runs[2] and "--widths 192,48" in runs[2]
+    assert "--compile-widths  --image" in runs[2]      # an empty list: no torch.compile rows

@@ -136,3 +136,40 @@ def test_aot_conv_fast_subset():
 def test_aot_conv_all_configs():
     rows = _run(True)
     _check(rows)
+
+
+_COL2IM_CODE = textwrap.dedent(r'''
+import json
+import triton.language as tl
+from slimkernels.kernels import aot
+from slimkernels.kernels import conv as K
+from slimkernels.kernels.configs import COL2IM_CONFIGS
+
+out = []
+for arch in (90, 80):
+    for cfg in COL2IM_CONFIGS:
+        for ydt in ("bf16", "fp32"):
+            sig = {"z_ptr": "*fp32", "b_ptr": "*" + ydt, "y_ptr": "*" + ydt}
+            for n in ("N", "H", "W", "C_out", "H_out", "W_out", "pad", "szn", "szh", "szw",
+                      "syn", "syc", "syh", "syw"):
+                sig[n] = "i32"
+            cx = dict(cfg["kwargs"], szc=1, STRIDE=4, KH=9, KW=9, HAS_BIAS=True, BLOCK_N=4,
+                      ACC_DTYPE=tl.float32)
+            r = aot.compile_for_target(K.col2im_kernel, sig, cx, arch,
+                                       num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            out.append({"arch": arch, "y": ydt, **cfg["kwargs"], "num_warps": cfg["num_warps"],
+                        "n_regs": r["n_regs"], "n_spills": r["n_spills"], "local": r["local"]})
+print(json.dumps(out))
+''')
+
+
+def test_aot_col2im_no_spills():
+    """The gather half of the col2im transposed conv (the output layer: 3 channels, 9x9 / 4),
+    every config, sm_90 and sm_80, bf16 and fp32 output: no register spills."""
+    from slimkernels.kernels.aot import run_in_subprocess
+    from slimkernels.kernels.configs import COL2IM_CONFIGS
+    rows = run_in_subprocess(_COL2IM_CODE, timeout=1200)
+    assert len(rows) == 2 * 2 * len(COL2IM_CONFIGS)
+    for r in rows:
+        assert r["n_spills"] == 0 and r["local"] == 0, f"spills: {r}"
+        assert 0 < r["n_regs"] <= 255, r

@@ -135,14 +135,51 @@ def test_weight_slice_read_in_place_noncontiguous_weight():
     (8, 6, 3, 2, 1, 0, 4, 5),      # general: odd output size
     (5, 4, 2, 3, 0, 1, 3, 4),      # kernel smaller than stride: phases without any tap
 ])
-def test_conv_transpose_fwd_float64(ci, co, k, s, p, op, h, w):
+@pytest.mark.parametrize("route", ["phase", "col2im"])
+def test_conv_transpose_fwd_float64(ci, co, k, s, p, op, h, w, route, monkeypatch):
+    """Both routes (TCONV_COL2IM_MAX_COLS forced to 0 / to any size) at every shape."""
     K = _K()
+    monkeypatch.setattr(K, "TCONV_COL2IM_MAX_COLS", 0 if route == "phase" else 10 ** 9)
+    taken = []
+    real = K._conv_transpose2d_col2im
+    monkeypatch.setattr(K, "_conv_transpose2d_col2im",
+                        lambda *a: (taken.append(1), real(*a))[1])
     wt, b = _params(co + 2, ci + 4, k, EXACT, transposed=True)
     x = _x(2 if ci < 100 else 1, ci, h, w, EXACT)
     y = K.conv_transpose2d_fwd(x, wt, b, stride=s, padding=p, output_padding=op, out_width=co)
     r = F.conv_transpose2d(x, wt[:ci, :co], b[:co], stride=s, padding=p, output_padding=op)
-    assert y.shape == r.shape
+    assert y.shape == r.shape and bool(taken) == (route == "col2im")
     assert rel_err(y, r) < EXACT_TOL
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("cl", [False, True])
+def test_output_layer_takes_col2im(dtype, tol, cl, monkeypatch):
+    """The decoder's output layer (3 x 9 x 9 = 243 columns) takes the col2im route by default,
+    without bias too, NCHW or channels_last, from the contiguous weight and from the
+    input-channel-contiguous copy the no-grad path hands over; a weight whose (C_out, KH, KW)
+    are not one strided axis, or a fused epilogue, takes the phase kernel."""
+    K = _K()
+    taken = []
+    real = K._conv_transpose2d_col2im
+    monkeypatch.setattr(K, "_conv_transpose2d_col2im",
+                        lambda *a: (taken.append(1), real(*a))[1])
+    wt, b = _params(3, 56, 9, dtype, transposed=True)
+    x = _x(2, 50, 3, 5, dtype, cl=cl)
+    r = F.conv_transpose2d(x.double(), wt[:50].double(), b.double(), stride=4, padding=4,
+                           output_padding=3)
+    wcopy = wt.permute(1, 0, 2, 3).contiguous(memory_format=torch.channels_last).permute(1, 0, 2, 3)
+    assert wcopy.stride(0) == 1 and torch.equal(wcopy, wt)
+    for w_, bias in ((wt, b), (wcopy, b), (wt, None)):
+        y = K.conv_transpose2d_fwd(x, w_, bias, stride=4, padding=4, output_padding=3)
+        ref = r if bias is not None else r - b.double()[None, :, None, None]
+        assert y.dtype == dtype and y.shape == ref.shape and rel_err(y, ref) < tol
+        assert y.is_contiguous(memory_format=torch.channels_last) == cl
+    assert len(taken) == 3
+    wnc = torch.empty(56, 9, 3, 9, dtype=dtype, device=DEV).permute(0, 2, 1, 3)  # co not outer
+    wnc.copy_(wt)
+    y = K.conv_transpose2d_fwd(x, wnc, b, stride=4, padding=4, output_padding=3)
+    assert len(taken) == 3 and rel_err(y, r) < tol
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
