@@ -85,6 +85,7 @@ class GraphCache:
         self._entries: "OrderedDict[Hashable, _Captured]" = OrderedDict()
         self._model_id: Optional[bytes] = None
         self._warned = set()
+        self._seen: "OrderedDict[Hashable, int]" = OrderedDict()  # uses of keys not captured
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -94,29 +95,44 @@ class GraphCache:
     def __getstate__(self):
         return {"max_entries": self.max_entries, "_capture": self._capture,
                 "_keepalive": self._keepalive, "_entries": OrderedDict(), "_model_id": None,
-                "_warned": set()}
+                "_warned": set(), "_seen": OrderedDict()}
 
     def __deepcopy__(self, memo):
         return GraphCache(self.max_entries, self._capture, self._keepalive)
 
     def clear(self) -> None:
-        """Drop every graph (and its memory pool once the GPU is done with it)."""
+        """Drop every graph (and its memory pool once the GPU is done with it) and the use
+        counts of keys not yet captured."""
         self._entries.clear()
+        self._seen.clear()
 
     def run(self, key: Hashable, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-            model_id: bytes) -> torch.Tensor:
+            model_id: bytes, capture_after: int = 1) -> torch.Tensor:
         """``fn(x)``, from the graph captured for ``key`` and ``x``'s shape, dtype, strides and
         device (captured now if there is none for the weights ``model_id`` names).
+
+        Args:
+            capture_after: capture at this use of a key (1: the first; 2: a key used once runs
+                eagerly, so that a one-off image size costs no capture); earlier uses run
+                ``fn(x)`` directly. Use counts of at most ``8 * max_entries`` keys are kept.
 
         Returns:
             a new tensor (cloned out of the graph's static output), as ``fn(x)`` would return.
         """
+        if capture_after < 1:
+            raise ValueError(f"capture_after must be >= 1, got {capture_after}")
         if model_id != self._model_id:
             self.clear()
             self._model_id = model_id
         full = (key, tuple(x.shape), x.dtype, x.stride(), str(x.device))
         entry = self._entries.get(full)
         if entry is None:
+            uses = self._seen.pop(full, 0) + 1
+            if uses < capture_after:
+                self._seen[full] = uses
+                while len(self._seen) > 8 * self.max_entries:
+                    self._seen.popitem(last=False)
+                return fn(x)
             entry = self._capture(fn, x)
             entry.keep = list(self._keepalive()) if self._keepalive is not None else []
             self._entries[full] = entry

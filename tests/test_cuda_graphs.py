@@ -116,6 +116,39 @@ def _model():
     return m
 
 
+def test_capture_after_the_second_use():
+    """capture_after=2 (the codec's default): a key's first use runs eagerly and captures
+    nothing; its second captures, later ones replay; use counts are bounded and start again when
+    the weights change."""
+    log, calls = [], []
+
+    def fn(t):
+        calls.append(1)
+        return _fn(t)
+    cache = GraphCache(max_entries=1, capturer=_fake_capturer(log))
+    x = torch.rand(2, 3)
+    assert torch.equal(cache.run("enc", fn, x, b"id", capture_after=2), _fn(x))
+    assert log == [] and len(cache) == 0 and len(calls) == 1
+    assert torch.equal(cache.run("enc", fn, x, b"id", capture_after=2), _fn(x))
+    assert log == [(2, 3)] and len(cache) == 1
+    cache.run("enc", fn, x, b"id", capture_after=2)
+    assert log == [(2, 3)]                                   # replayed
+    for i in range(20):                                      # one-off sizes: no captures, and
+        cache.run("enc", fn, torch.rand(1, i + 4), b"id", capture_after=2)  # bounded counts
+    assert log == [(2, 3)] and len(cache._seen) <= 8
+    cache.run("dec", fn, x, b"id", capture_after=2)
+    cache.run("dec", fn, x, b"id2", capture_after=2)         # new weights: counting restarts
+    assert log == [(2, 3)] and len(cache) == 0
+    with pytest.raises(ValueError, match="capture_after"):
+        cache.run("enc", fn, x, b"id2", capture_after=0)
+
+
+def test_codec_cuda_graph_argument_is_checked():
+    m = _model()
+    with pytest.raises(ValueError, match="cuda_graph must be None, True or False"):
+        m.compress(torch.rand(1, 3, 16, 16), 16, precision="fp32", cuda_graph="yes")
+
+
 def test_cuda_graph_is_ignored_on_cpu():
     m = _model()
     x = torch.rand(1, 3, 40, 24)
@@ -133,7 +166,8 @@ def test_cuda_graph_same_bytes_and_own_outputs_on_gpu(precision):
     m = _model().cuda()
     g = torch.Generator().manual_seed(1)
     x1, x2 = torch.rand(1, 3, 64, 48, generator=g), torch.rand(1, 3, 64, 48, generator=g)
-    plain = [m.compress(x, w, precision=precision) for x in (x1, x2) for w in (32, 16)]
+    plain = [m.compress(x, w, precision=precision, cuda_graph=False)
+             for x in (x1, x2) for w in (32, 16)]
     graph = [m.compress(x, w, precision=precision, cuda_graph=True)
              for x in (x1, x2) for w in (32, 16)]
     assert graph == plain                          # second image: replays of the first's graphs
@@ -141,7 +175,7 @@ def test_cuda_graph_same_bytes_and_own_outputs_on_gpu(precision):
     d1_copy = d1.clone()
     d2 = m.decompress(plain[2], precision=precision, cuda_graph=True)   # same graph, other input
     assert torch.equal(d1, d1_copy)                # the first result was not overwritten
-    assert torch.equal(d2, m.decompress(plain[2], precision=precision))
+    assert torch.equal(d2, m.decompress(plain[2], precision=precision, cuda_graph=False))
     from slimkernels.ops.conv import cached_weight_copies
     graphs = m.__dict__["_cuda_graphs"]
     assert graphs._keepalive is cached_weight_copies and len(graphs) == 3  # enc 32, 16; dec 32
@@ -149,6 +183,20 @@ def test_cuda_graph_same_bytes_and_own_outputs_on_gpu(precision):
     with torch.no_grad():                          # new weights: new graphs, new bytes
         m.g_a[0].weight.mul_(1.01)
     assert m.compress(x1, 32, precision=precision, cuda_graph=True) == \
-        m.compress(x1, 32, precision=precision)
+        m.compress(x1, 32, precision=precision, cuda_graph=False)
     m.clear_caches()
     assert "_cuda_graphs" not in m.__dict__
+
+
+@pytest.mark.cuda
+def test_cuda_graph_default_captures_at_the_second_call():
+    """cuda_graph=None (the default) on a GPU: the first call with a key runs without a graph,
+    the second captures, the bytes equal the graph-free ones throughout."""
+    m = _model().cuda()
+    x = torch.rand(1, 3, 64, 48, generator=torch.Generator().manual_seed(2))
+    ref = m.compress(x, 32, precision="fp32", cuda_graph=False)
+    assert m.compress(x, 32, precision="fp32") == ref
+    graphs = m.__dict__["_cuda_graphs"]
+    assert len(graphs) == 0
+    assert m.compress(x, 32, precision="fp32") == ref and len(graphs) == 1
+    assert m.compress(x, 32, precision="fp32") == ref and len(graphs) == 1
