@@ -313,9 +313,11 @@ def col2im_kernel(
         szn, szc, szh, szw, syn, syc, syh, syw,
         STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr):
-    """y[n, co, oh, ow] = b[co] + sum z[n, (co*KH + kh)*KW + kw, ih, iw] over the taps of oh's
-    phase (oh = ih*S - pad + kh): the gather half of a transposed conv whose GEMM half
-    (z = w^T x per input pixel, C_out*KH*KW columns) ran as a 1x1 convolution."""
+    """y[n, co, oh, ow] = b[co] + sum over the taps (th, tw) of oh's phase (r_h, r_w) of
+    z[n, col(r_h, r_w, th, tw, co), ih, iw], oh = ih*S - pad + r_h + S*th: the gather half of a
+    transposed conv whose GEMM half (z = w^T x per input pixel, C_out*KH*KW columns) ran as a 1x1
+    convolution. The columns are phase-major (:func:`col2im_columns`): a program (one phase)
+    reads one contiguous run of each input pixel's columns."""
     img, a_i, b_i, oh, ow, m_ok, r_h, r_w, c_h, c_w = _phase_pixels(
         tl.program_id(0), N, H_out, W_out, pad, STRIDE, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -324,13 +326,21 @@ def col2im_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     n_th = (KH - r_h + STRIDE - 1) // STRIDE
     n_tw = (KW - r_w + STRIDE - 1) // STRIDE
+    # first column of this phase: the phases before it in (r_h, r_w) order hold
+    # C_out * (A_h * KW + n_th * A_w) columns, A_h = #{kh : kh % S < r_h}, A_w likewise
+    a_h = r_h * 0
+    a_w = r_w * 0
+    for i in tl.static_range(STRIDE):
+        a_h += tl.where(i < r_h, (KH - i + STRIDE - 1) // STRIDE, 0)
+        a_w += tl.where(i < r_w, (KW - i + STRIDE - 1) // STRIDE, 0)
+    col0 = C_out * (a_h * KW + n_th * a_w)
     for t in range(0, n_th * n_tw):
         th = t // n_tw
         tw = t % n_tw
         ih = a_i - th + c_h
         iw = b_i - tw + c_w
         ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        col = (offs_n * KH + r_h + STRIDE * th) * KW + r_w + STRIDE * tw
+        col = col0 + t * C_out + offs_n
         v = tl.load(z_base[:, None] + (ih * szh + iw * szw)[:, None] + col[None, :] * szc,
                     mask=ok[:, None] & n_ok[None, :], other=0.0)
         acc += v.to(ACC_DTYPE)
@@ -600,23 +610,56 @@ def _col2im_applies(weight: torch.Tensor, c_out: int) -> bool:
     return c_out * kh * kw <= TCONV_COL2IM_MAX_COLS and s[1] == kh * s[2] and s[2] == kw * s[3]
 
 
+def col2im_columns(c_out: int, kh: int, kw: int, stride: int) -> torch.Tensor:
+    """The column order of the col2im route: ``cols[j]`` is the flat ``(co*KH + kh)*KW + kw``
+    index of column j, phase-major: columns ordered by (kh % S, kw % S, kh // S, kw // S, co), so
+    that the taps of one output phase are one contiguous run (what :func:`col2im_kernel`
+    reads). int64 ``[C_out*KH*KW]`` on the CPU."""
+    order = []
+    for r_h in range(stride):
+        for r_w in range(stride):
+            for kh_ in range(r_h, kh, stride):
+                for kw_ in range(r_w, kw, stride):
+                    order += [(co * kh + kh_) * kw + kw_ for co in range(c_out)]
+    return torch.tensor(order, dtype=torch.int64)
+
+
+_COLUMN_INDEX: dict = {}
+
+
+def _column_index(c_out, kh, kw, stride, device) -> torch.Tensor:
+    """:func:`col2im_columns` on ``device``, made once (before any CUDA-graph capture, whose
+    warm-up calls run first: a host-to-device copy cannot be captured)."""
+    key = (c_out, kh, kw, stride, str(device))
+    idx = _COLUMN_INDEX.get(key)
+    if idx is None:
+        idx = _COLUMN_INDEX[key] = col2im_columns(c_out, kh, kw, stride).to(device)
+    return idx
+
+
 def _conv_transpose2d_col2im(x, weight, bias, y, stride, padding, c_in, c_out):
     """y = conv_transpose2d(x, weight[:c_in, :c_out], bias) as z = 1x1 conv of x with the
-    C_out*KH*KW columns of the weight (conv kernel, fp32 column buffer, channels_last) and
-    :func:`col2im_kernel` (sum of each output pixel's taps, bias, one rounding to y's dtype)."""
+    C_out*KH*KW columns of the weight in phase-major order (conv kernel, fp32 column buffer,
+    channels_last) and :func:`col2im_kernel` (sum of each output pixel's taps, bias, one rounding
+    to y's dtype). The columns' weight ``[cols, C_in]`` (input channels at unit stride, what the
+    conv kernel's pipelined main loop wants) is gathered per call: C_out*KH*KW x C_in values."""
     n, _, h, wd = x.shape
-    _, _, kh, kw = weight.shape
+    ci_max, co_max, kh, kw = weight.shape
     cols = c_out * kh * kw
     zdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     z = torch.empty((n, cols, h, wd), device=x.device, dtype=zdt,
                     memory_format=torch.channels_last)
     s = weight.stride()
+    # [(co, kh, kw) flattened, ci] view of the weight (collapsible: _col2im_applies), rows
+    # gathered into phase-major order; contiguous [cols, ci_max]
+    flat = weight.as_strided((co_max * kh * kw, ci_max), (s[3], s[0]))
+    wc = flat.index_select(0, _column_index(c_out, kh, kw, stride, x.device))
 
     def grid(meta):
         return (triton.cdiv(n * h * wd, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]))
-    # conv weight [out = (co, kh, kw) flattened, in = ci, 1, 1]
-    _launch(_CONV, conv2d_fwd_kernel, x, weight, (s[3], s[0], 0, 0), None, z, 0, 1, 1, 1,
-            c_in, cols, h, wd, h, wd, None, False, grid, flat_k=c_in < 16)
+    # conv weight [out = column, in = ci, 1, 1]
+    _launch(_CONV, conv2d_fwd_kernel, x, wc, (wc.stride(0), wc.stride(1), 0, 0), None, z, 0, 1,
+            1, 1, c_in, cols, h, wd, h, wd, None, False, grid, flat_k=c_in < 16)
     h_out, w_out = y.shape[2], y.shape[3]
     ha, wa = triton.cdiv(h_out, stride), triton.cdiv(w_out, stride)
     args = (z, bias if bias is not None else z, y, n, h, wd, c_out, h_out, w_out, padding,

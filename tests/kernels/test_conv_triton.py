@@ -152,6 +152,24 @@ def test_conv_transpose_fwd_float64(ci, co, k, s, p, op, h, w, route, monkeypatc
     assert rel_err(y, r) < EXACT_TOL
 
 
+@pytest.mark.parametrize("co,k,s", [(3, 9, 4), (5, 5, 2), (2, 2, 3), (4, 3, 1)])
+def test_col2im_columns_phase_major(co, k, s):
+    """The column order is a permutation of the (co, kh, kw) columns in which each output
+    phase's taps, and each tap's channels, are one contiguous run."""
+    cols = _K().col2im_columns(co, k, k, s).tolist()
+    assert sorted(cols) == list(range(co * k * k))
+    decoded = [((c // k) // k, (c // k) % k, c % k) for c in cols]   # (co, kh, kw)
+    phases = [(kh % s, kw % s) for _, kh, kw in decoded]
+    seen = []
+    for p_ in phases:                                  # each phase appears as one run
+        if not seen or seen[-1] != p_:
+            assert p_ not in seen
+            seen.append(p_)
+    for j in range(0, len(decoded), co):               # a tap's channels 0..co-1 together
+        assert [d[0] for d in decoded[j:j + co]] == list(range(co))
+        assert len({d[1:] for d in decoded[j:j + co]}) == 1
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("cl", [False, True])
 def test_output_layer_takes_col2im(dtype, tol, cl, monkeypatch):
