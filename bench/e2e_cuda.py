@@ -140,7 +140,8 @@ def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
                  compile_widths: Optional[List[int]] = None,
                  on_row: Optional[Callable[[Dict], None]] = None, log=print) -> Dict:
     """Rows per width and dtype: encoder / decoder transforms (ours, ours + CUDA graph, eager,
-    torch.compile) and ours compress / decompress, in ms, with the same-run ratios.
+    torch.compile) and ours compress / decompress (the library's defaults: CUDA graphs from the
+    second call with a key, ``cuda_graph=None``), in ms, with the same-run ratios.
 
     Args:
         model: a :class:`SlimCAE` (CPU, eval, with CDF tables); a copy goes to the device.
