@@ -269,6 +269,24 @@ def test_fused_gdn_fp32_and_bf16():
 
 
 # --------------------------------------------------------------- weight layout on the Triton path
+def _slim_20_of_24(transposed, x, weight, b):
+    """The 16 -> 20 channel slice of a 24x24 5x5 stride-2 layer through the ops (Triton)."""
+    from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
+    if transposed:
+        return slim_conv_transpose2d(x, weight, b, stride=2, padding=2, output_padding=1,
+                                     out_width=20, backend="triton")
+    return slim_conv2d(x, weight, b, stride=2, padding=2, out_width=20, backend="triton")
+
+
+def _slim_20_of_24_ref(transposed, x, weight, b):
+    """:func:`_slim_20_of_24` in float64 PyTorch."""
+    w64, b64 = weight.double(), b.double()
+    if transposed:
+        return F.conv_transpose2d(x.double(), w64[:16, :20], b64[:20], stride=2, padding=2,
+                                  output_padding=1)
+    return F.conv2d(x.double(), w64[:20, :16], b64[:20], stride=2, padding=2)
+
+
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv", "tconv"])
 def test_no_grad_path_reads_an_input_channel_contiguous_weight(monkeypatch, transposed):
     """Without gradient the kernels get a cached copy of the full weight with unit input-channel
@@ -276,7 +294,6 @@ def test_no_grad_path_reads_an_input_channel_contiguous_weight(monkeypatch, tran
     float64 reference, the copy is made once per weight version and renewed after an in-place
     update; with a gradient (or TRITON_WEIGHT_LAYOUT off) the parameter goes as it is."""
     import slimkernels.ops.conv as oc
-    from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
     K = _K()
     seen = []
     name = "conv_transpose2d_fwd" if transposed else "conv2d_fwd"
@@ -296,17 +313,10 @@ def test_no_grad_path_reads_an_input_channel_contiguous_weight(monkeypatch, tran
     ci_dim = 0 if transposed else 1
 
     def run(weight):
-        if transposed:
-            return slim_conv_transpose2d(x, weight, b, stride=2, padding=2, output_padding=1,
-                                         out_width=20, backend="triton")
-        return slim_conv2d(x, weight, b, stride=2, padding=2, out_width=20, backend="triton")
+        return _slim_20_of_24(transposed, x, weight, b)
 
     def ref(weight):
-        w64, b64 = weight.double(), b.double()
-        if transposed:
-            return F.conv_transpose2d(x.double(), w64[:16, :20], b64[:20], stride=2, padding=2,
-                                      output_padding=1)
-        return F.conv2d(x.double(), w64[:20, :16], b64[:20], stride=2, padding=2)
+        return _slim_20_of_24_ref(transposed, x, weight, b)
 
     assert wt.stride(ci_dim) != 1 and wt.is_contiguous()
     with torch.no_grad():
@@ -336,7 +346,6 @@ def test_nchw_input_runs_channels_last(monkeypatch, transposed):
     loads; under bf16 autocast cast in the same copy), the output is channels_last, values match
     float64, with and without gradient; switched off, x goes as it is and the output is NCHW."""
     import slimkernels.ops.conv as oc
-    from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
     K = _K()
     seen = []
     name = "conv_transpose2d_fwd" if transposed else "conv2d_fwd"
@@ -347,17 +356,10 @@ def test_nchw_input_runs_channels_last(monkeypatch, transposed):
     assert not x.is_contiguous(memory_format=torch.channels_last)
 
     def run(inp):
-        if transposed:
-            return slim_conv_transpose2d(inp, wt, b, stride=2, padding=2, output_padding=1,
-                                         out_width=20, backend="triton")
-        return slim_conv2d(inp, wt, b, stride=2, padding=2, out_width=20, backend="triton")
+        return _slim_20_of_24(transposed, inp, wt, b)
 
     def ref(inp):
-        w64, b64 = wt.double(), b.double()
-        if transposed:
-            return F.conv_transpose2d(inp.double(), w64[:16, :20], b64[:20], stride=2, padding=2,
-                                      output_padding=1)
-        return F.conv2d(inp.double(), w64[:20, :16], b64[:20], stride=2, padding=2)
+        return _slim_20_of_24_ref(transposed, inp, wt, b)
 
     cl = torch.channels_last
     with torch.no_grad():
