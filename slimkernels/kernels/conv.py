@@ -239,19 +239,21 @@ def conv2d_fwd_kernel(
 # forward transposed convolution (phase decomposition)
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _phase_pixels(pid0, N, H_out, W_out, pad, STRIDE: tl.constexpr, BLOCK_M: tl.constexpr):
+def _phase_pixels(pid0, N, H_out, W_out, pad_h, pad_w, STRIDE: tl.constexpr,
+                  BLOCK_M: tl.constexpr):
     """The BLOCK_M output pixels of program ``pid0`` of a transposed conv's phase grid (programs
     ``phase + STRIDE^2 * block``): image index, phase-grid coordinates (a_i, b_i), output (oh, ow),
-    validity, the phase (r_h, r_w) and the input offsets (c_h, c_w) of its tap 0."""
+    validity, the phase (r_h, r_w) and the input offsets (c_h, c_w) of its tap 0. Any paddings
+    (negative ones too: the col2im route's bands)."""
     phase = pid0 % (STRIDE * STRIDE)
     pid_m = pid0 // (STRIDE * STRIDE)
     r_h = phase // STRIDE
     r_w = phase % STRIDE
     # first output row/col of this phase and the input offset of tap 0
-    oh0 = ((r_h - pad) % STRIDE + STRIDE) % STRIDE
-    ow0 = ((r_w - pad) % STRIDE + STRIDE) % STRIDE
-    c_h = (oh0 + pad - r_h) // STRIDE
-    c_w = (ow0 + pad - r_w) // STRIDE
+    oh0 = ((r_h - pad_h) % STRIDE + STRIDE) % STRIDE
+    ow0 = ((r_w - pad_w) % STRIDE + STRIDE) % STRIDE
+    c_h = (oh0 + pad_h - r_h) // STRIDE
+    c_w = (ow0 + pad_w - r_w) // STRIDE
     Ha = (H_out + STRIDE - 1) // STRIDE
     Wa = (W_out + STRIDE - 1) // STRIDE
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -278,7 +280,7 @@ def conv_transpose2d_fwd_kernel(
     """y[n, co, oh, ow] = sum x[n, ci, ih, iw] * w[ci, co, kh, kw] over oh = ih*S - pad + kh."""
     pid_n = tl.program_id(1)
     img, a_i, b_i, oh, ow, m_ok, r_h, r_w, c_h, c_w = _phase_pixels(
-        tl.program_id(0), N, H_out, W_out, pad, STRIDE, BLOCK_M)
+        tl.program_id(0), N, H_out, W_out, pad, pad, STRIDE, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     n_ok = offs_n < C_out
@@ -309,7 +311,7 @@ def conv_transpose2d_fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def col2im_kernel(
-        z_ptr, b_ptr, y_ptr, N, H, W, C_out, H_out, W_out, pad,
+        z_ptr, b_ptr, y_ptr, N, H, W, C_out, H_out, W_out, pad_h, pad_w,
         szn, szc, szh, szw, syn, syc, syh, syw,
         STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr):
@@ -319,7 +321,7 @@ def col2im_kernel(
     convolution. The columns are phase-major (:func:`col2im_columns`): a program (one phase)
     reads one contiguous run of each input pixel's columns."""
     img, a_i, b_i, oh, ow, m_ok, r_h, r_w, c_h, c_w = _phase_pixels(
-        tl.program_id(0), N, H_out, W_out, pad, STRIDE, BLOCK_M)
+        tl.program_id(0), N, H_out, W_out, pad_h, pad_w, STRIDE, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     n_ok = offs_n < C_out
     z_base = z_ptr + img.to(tl.int64) * szn
@@ -425,8 +427,11 @@ _COL2IM = triton.autotune(to_triton(COL2IM_CONFIGS),
 #: of a phase (5 of them at 9x9 / 4) for a 3-column result: on the H200 the output layer took
 #: 0.24 ms there at w=192 fp32 against cuDNN's 0.07 (bench/results/gpu/conv.md, graph replays).
 #: The column buffer is fp32, ``C_out*KH*KW / STRIDE^2`` (about 15 at 9x9 / 4) values per output
-#: pixel. 0 switches the route off.
+#: pixel; it is filled and read in bands of output rows of at most ``TCONV_COL2IM_BAND_BYTES``
+#: each (Kodak's 768x512 at the output layer: 24 MB in fp32, one band), so that the route's extra
+#: memory does not grow with the image. 0 switches the route off.
 TCONV_COL2IM_MAX_COLS = 256
+TCONV_COL2IM_BAND_BYTES = 32 << 20
 
 
 def fused_gdn_supported(c_out: int, dtype: torch.dtype) -> bool:
@@ -637,46 +642,80 @@ def _column_index(c_out, kh, kw, stride, device) -> torch.Tensor:
     return idx
 
 
+def col2im_bands(h: int, h_out: int, k: int, stride: int, padding: int, rows_per_band: int):
+    """Bands of the col2im route: ``(o0, o1, r0, r1, pad_h)`` per band, output rows [o0, o1)
+    (o0 a multiple of ``stride``) computed from input rows [r0, r1) as a transposed conv of its
+    own with row padding ``pad_h``; at most ``rows_per_band`` input rows per band (at least
+    what one phase row of output needs)."""
+    halo = -(-k // stride) + 1
+    step = stride * max(1, rows_per_band - halo)
+    bands = []
+    for o0 in range(0, h_out, step):
+        o1 = min(h_out, o0 + step)
+        r0 = max(0, -(-(o0 + padding - k + 1) // stride))
+        r1 = min(h, (o1 - 1 + padding) // stride + 1)
+        # (oh - o0) + pad_h = (ih - r0) * s + kh  <=>  oh + padding = ih * s + kh; in
+        # (k - 1 - s, k - 1] unless clipped at row 0, negative where k < s + 1: the phase
+        # arithmetic of _phase_pixels takes any padding
+        bands.append((o0, o1, r0, max(r0, r1), padding + o0 - r0 * stride))
+    return bands
+
+
 def _conv_transpose2d_col2im(x, weight, bias, y, stride, padding, c_in, c_out):
     """y = conv_transpose2d(x, weight[:c_in, :c_out], bias) as z = 1x1 conv of x with the
     C_out*KH*KW columns of the weight in phase-major order (conv kernel, fp32 column buffer,
     channels_last) and :func:`col2im_kernel` (sum of each output pixel's taps, bias, one rounding
-    to y's dtype). The columns' weight ``[cols, C_in]`` (input channels at unit stride, what the
-    conv kernel's pipelined main loop wants) is gathered per call: C_out*KH*KW x C_in values."""
+    to y's dtype), in bands of output rows (:func:`col2im_bands`, ``TCONV_COL2IM_BAND_BYTES``).
+    The columns' weight ``[cols, C_in]`` (input channels at unit stride, what the conv kernel's
+    pipelined main loop wants) is gathered per call: C_out*KH*KW x C_in values."""
     n, _, h, wd = x.shape
     ci_max, co_max, kh, kw = weight.shape
     cols = c_out * kh * kw
     zdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    z = torch.empty((n, cols, h, wd), device=x.device, dtype=zdt,
-                    memory_format=torch.channels_last)
     s = weight.stride()
     # [(co, kh, kw) flattened, ci] view of the weight (collapsible: _col2im_applies), rows
     # gathered into phase-major order; contiguous [cols, ci_max]
     flat = weight.as_strided((co_max * kh * kw, ci_max), (s[3], s[0]))
     wc = flat.index_select(0, _column_index(c_out, kh, kw, stride, x.device))
-
-    def grid(meta):
-        return (triton.cdiv(n * h * wd, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]))
-    # conv weight [out = column, in = ci, 1, 1]
-    _launch(_CONV, conv2d_fwd_kernel, x, wc, (wc.stride(0), wc.stride(1), 0, 0), None, z, 0, 1,
-            1, 1, c_in, cols, h, wd, h, wd, None, False, grid, flat_k=c_in < 16)
-    h_out, w_out = y.shape[2], y.shape[3]
-    ha, wa = triton.cdiv(h_out, stride), triton.cdiv(w_out, stride)
-    args = (z, bias if bias is not None else z, y, n, h, wd, c_out, h_out, w_out, padding,
-            *z.stride(), *y.stride())
+    row_bytes = n * wd * cols * (8 if zdt == torch.float64 else 4)
+    bands = col2im_bands(h, y.shape[2], kh, stride, padding,
+                         max(1, TCONV_COL2IM_BAND_BYTES // row_bytes))
+    rows = max(r1 - r0 for _, _, r0, r1, _ in bands)
+    zbuf = torch.empty((n, cols, rows, wd), device=x.device, dtype=zdt,
+                       memory_format=torch.channels_last)
+    w_out = y.shape[3]
+    wa = triton.cdiv(w_out, stride)
     meta = dict(STRIDE=stride, KH=kh, KW=kw, HAS_BIAS=bias is not None,
-                BLOCK_N=triton.next_power_of_2(c_out), ACC_DTYPE=tl.float64 if zdt ==
-                torch.float64 else tl.float32)
+                BLOCK_N=triton.next_power_of_2(c_out),
+                ACC_DTYPE=tl.float64 if zdt == torch.float64 else tl.float32)
+    for o0, o1, r0, r1, pad_h in bands:
+        yb = y[:, :, o0:o1]
+        if r1 == r0:  # no input row reaches these output rows: bias only
+            yb.copy_((bias[:c_out] if bias is not None else y.new_zeros(c_out))
+                     .view(1, c_out, 1, 1).expand_as(yb))
+            continue
+        xb, z = x[:, :, r0:r1], zbuf[:, :, :r1 - r0]
+        m = n * (r1 - r0) * wd
 
-    def grid2(m):
-        return (triton.cdiv(n * ha * wa, m["BLOCK_M"]) * stride * stride,)
-    if interpreter_enabled():
-        cfg = COL2IM_INTERPRET_CONFIG
-        col2im_kernel[grid2(cfg["kwargs"])](*args, **meta, **cfg["kwargs"],
-                                            num_warps=cfg["num_warps"],
-                                            num_stages=cfg["num_stages"])
-    else:
-        _COL2IM[grid2](*args, **meta)
+        def grid(meta, m=m):
+            return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]))
+        # conv weight [out = column, in = ci, 1, 1]
+        _launch(_CONV, conv2d_fwd_kernel, xb, wc, (wc.stride(0), wc.stride(1), 0, 0), None, z,
+                0, 1, 1, 1, c_in, cols, r1 - r0, wd, r1 - r0, wd, None, False, grid,
+                flat_k=c_in < 16)
+        ha = triton.cdiv(o1 - o0, stride)
+        args = (z, bias if bias is not None else z, yb, n, r1 - r0, wd, c_out, o1 - o0, w_out,
+                pad_h, padding, *z.stride(), *yb.stride())
+
+        def grid2(m, ha=ha):
+            return (triton.cdiv(n * ha * wa, m["BLOCK_M"]) * stride * stride,)
+        if interpreter_enabled():
+            cfg = COL2IM_INTERPRET_CONFIG
+            col2im_kernel[grid2(cfg["kwargs"])](*args, **meta, **cfg["kwargs"],
+                                                num_warps=cfg["num_warps"],
+                                                num_stages=cfg["num_stages"])
+        else:
+            _COL2IM[grid2](*args, **meta)
     return y
 
 

@@ -150,8 +150,8 @@ for arch in (90, 80):
     for cfg in COL2IM_CONFIGS:
         for ydt in ("bf16", "fp32"):
             sig = {"z_ptr": "*fp32", "b_ptr": "*" + ydt, "y_ptr": "*" + ydt}
-            for n in ("N", "H", "W", "C_out", "H_out", "W_out", "pad", "szn", "szh", "szw",
-                      "syn", "syc", "syh", "syw"):
+            for n in ("N", "H", "W", "C_out", "H_out", "W_out", "pad_h", "pad_w", "szn", "szh",
+                      "szw", "syn", "syc", "syh", "syw"):
                 sig[n] = "i32"
             cx = dict(cfg["kwargs"], szc=1, STRIDE=4, KH=9, KW=9, HAS_BIAS=True, BLOCK_N=4,
                       ACC_DTYPE=tl.float32)

@@ -134,12 +134,16 @@ def test_weight_slice_read_in_place_noncontiguous_weight():
     (8, 6, 4, 3, 0, 2, 3, 4),      # general: even kernel, stride 3, no padding
     (8, 6, 3, 2, 1, 0, 4, 5),      # general: odd output size
     (5, 4, 2, 3, 0, 1, 3, 4),      # kernel smaller than stride: phases without any tap
+    (3, 2, 2, 3, 0, 2, 1, 2),      # ... and a last output row no input reaches (bias only)
 ])
-@pytest.mark.parametrize("route", ["phase", "col2im"])
+@pytest.mark.parametrize("route", ["phase", "col2im", "col2im_bands"])
 def test_conv_transpose_fwd_float64(ci, co, k, s, p, op, h, w, route, monkeypatch):
-    """Both routes (TCONV_COL2IM_MAX_COLS forced to 0 / to any size) at every shape."""
+    """Both routes (TCONV_COL2IM_MAX_COLS forced to 0 / to any size) at every shape; col2im
+    also in bands of one output phase row each (TCONV_COL2IM_BAND_BYTES forced to 1)."""
     K = _K()
     monkeypatch.setattr(K, "TCONV_COL2IM_MAX_COLS", 0 if route == "phase" else 10 ** 9)
+    if route == "col2im_bands":
+        monkeypatch.setattr(K, "TCONV_COL2IM_BAND_BYTES", 1)
     taken = []
     real = K._conv_transpose2d_col2im
     monkeypatch.setattr(K, "_conv_transpose2d_col2im",
@@ -148,8 +152,29 @@ def test_conv_transpose_fwd_float64(ci, co, k, s, p, op, h, w, route, monkeypatc
     x = _x(2 if ci < 100 else 1, ci, h, w, EXACT)
     y = K.conv_transpose2d_fwd(x, wt, b, stride=s, padding=p, output_padding=op, out_width=co)
     r = F.conv_transpose2d(x, wt[:ci, :co], b[:co], stride=s, padding=p, output_padding=op)
-    assert y.shape == r.shape and bool(taken) == (route == "col2im")
+    assert y.shape == r.shape and bool(taken) == (route != "phase")
     assert rel_err(y, r) < EXACT_TOL
+
+
+@pytest.mark.parametrize("h,k,s,p,op", [(128, 9, 4, 4, 3), (7, 5, 2, 2, 1), (5, 4, 3, 0, 2),
+                                         (4, 2, 3, 0, 1), (6, 3, 1, 1, 0)])
+@pytest.mark.parametrize("rows", [1, 2, 5, 1000])
+def test_col2im_bands_cover_the_output(h, k, s, p, op, rows):
+    """The bands tile [0, H_out) in order, start on phase rows, read only input rows that
+    exist, at most ``rows`` of them beyond what one phase row needs, and each band's padding
+    maps its first output row to the right input rows (oh = ih*s - pad + kh)."""
+    h_out = (h - 1) * s - 2 * p + k + op
+    bands = _K().col2im_bands(h, h_out, k, s, p, rows)
+    assert bands[0][0] == 0 and bands[-1][1] == h_out
+    for (o0, o1, r0, r1, pad_h), nxt in zip(bands, bands[1:] + [None]):
+        assert o0 % s == 0 and o0 < o1 and 0 <= r0 <= r1 <= h
+        assert nxt is None or nxt[0] == o1
+        for oh in range(o0, o1):                       # every input row that reaches oh ...
+            for kh in range(k):
+                if (oh + p - kh) % s == 0 and 0 <= (oh + p - kh) // s < h:
+                    ih = (oh + p - kh) // s
+                    assert r0 <= ih < r1                # ... is in the band, at the same place
+                    assert (oh - o0) + pad_h == (ih - r0) * s + kh
 
 
 @pytest.mark.parametrize("co,k,s", [(3, 9, 4), (5, 5, 2), (2, 2, 3), (4, 3, 1)])
