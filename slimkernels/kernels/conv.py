@@ -697,8 +697,8 @@ def _conv_transpose2d_col2im(x, weight, bias, y, stride, padding, c_in, c_out):
         xb, z = x[:, :, r0:r1], zbuf[:, :, :r1 - r0]
         m = n * (r1 - r0) * wd
 
-        def grid(meta, m=m):
-            return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cols, meta["BLOCK_N"]))
+        def grid(cfg, m=m):
+            return (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(cols, cfg["BLOCK_N"]))
         # conv weight [out = column, in = ci, 1, 1]
         _launch(_CONV, conv2d_fwd_kernel, xb, wc, (wc.stride(0), wc.stride(1), 0, 0), None, z,
                 0, 1, 1, 1, c_in, cols, r1 - r0, wd, r1 - r0, wd, None, False, grid,
@@ -707,8 +707,8 @@ def _conv_transpose2d_col2im(x, weight, bias, y, stride, padding, c_in, c_out):
         args = (z, bias if bias is not None else z, yb, n, r1 - r0, wd, c_out, o1 - o0, w_out,
                 pad_h, padding, *z.stride(), *yb.stride())
 
-        def grid2(m, ha=ha):
-            return (triton.cdiv(n * ha * wa, m["BLOCK_M"]) * stride * stride,)
+        def grid2(cfg, ha=ha):
+            return (triton.cdiv(n * ha * wa, cfg["BLOCK_M"]) * stride * stride,)
         if interpreter_enabled():
             cfg = COL2IM_INTERPRET_CONFIG
             col2im_kernel[grid2(cfg["kwargs"])](*args, **meta, **cfg["kwargs"],
