@@ -446,8 +446,8 @@ class SlimCodec(nn.Module):
             ``decompress``: None (default) channels_last on CPU and CUDA, where the convolutions
             run channels_last (for ``decompress`` on CPU, and on other devices, the layout of
             the model's parameters), True always channels_last, False always contiguous NCHW.
-        CUDA_GRAPHS_KEPT: CUDA graphs kept per model for ``cuda_graph=True`` (4: the least
-            recently used is dropped beyond).
+        CUDA_GRAPHS_KEPT: CUDA graphs kept per model for the ``cuda_graph`` path of
+            ``compress`` / ``decompress`` (4: the least recently used is dropped beyond).
 
     Raises:
         ValueError: ``widths`` empty or not positive.

@@ -636,7 +636,7 @@ TRITON_WEIGHT_LAYOUT = True
 #: cast): the kernels' activation tiles then load a pixel's channels at unit stride, and the
 #: output is channels_last, so a model pays the conversion once, at its first layer. With NCHW
 #: inputs the channel loads are H*W apart: the profile of the model on the H200 (NCHW image and
-#: parameters, ``bench/results/cuda-nvidia-h200/profile.md``, sitting 18) had the three decoder
+#: parameters, ``bench/results/cuda-nvidia-h200/profile_nchw.md``, sitting 18) had the three decoder
 #: convolutions at 0.73 ms of device time at w=192 fp32, the same layers channels_last 0.36 ms
 #: (``bench/results/gpu/conv.md``, CUDA-graph replays). ``False`` keeps x's layout.
 TRITON_CHANNELS_LAST = True
