@@ -12,22 +12,23 @@
 #                 test paths, GPU_REPORT_WIDTHS / GPU_REPORT_COMPILE_WIDTHS ("" for none) /
 #                 GPU_CONV_WIDTHS / GPU_CONV_LAYERS / GPU_PROFILE_WIDTHS what is measured)
 #
-# Steps, each under its own time limit so that one slow step leaves time for the others, the
-# owed table first:
+# Steps, each under its own time limit so that one slow step leaves time for the others, in
+# this order by default (GPU_SESSION_STEPS): the tests of the new code first, then the owed
+# tables:
 #   env        nvidia-smi, torch / triton versions
 #   build      the C++ extensions in place, with the machine's python3 (pybind11 is there)
-#   report     bench/report.py --cuda-only: end to end on CUDA (Triton + CUDA graphs vs eager,
-#              torch.compile at the extreme widths), the table rewritten after each row
 #   tests      pytest -m "cuda or interpret": every Triton kernel test, compiled for the GPU,
 #              against float64 references (pytest-xdist when the machine has it; one line per
 #              failure, at most 30, so that the reasons arrive inside the time limit; no
 #              autotuning: SLIMKERNELS_AUTOTUNE=0)
-#   gdn        bench/bench_gdn.py: GDN/IGDN forward and forward+backward vs eager and torch.compile
-#   conv       bench/bench_conv.py --device: sliced conv / tconv vs cuDNN per layer, fused
-#              conv+GDN (where a GPU run of ours is slower than cuDNN: which layer)
-#   graphs     bench/bench_cuda_graph.py: compress / decompress with and without cuda_graph=True
+#   report     bench/report.py --cuda-only: end to end on CUDA (Triton + CUDA graphs vs eager,
+#              torch.compile at w=192), the table rewritten after each row
 #   profile    bench/gpu_profile.py: the kernels of each transform and of a GDN forward +
 #              backward, from torch.profiler (slow kernel or launch-bound?)
+#   conv       bench/bench_conv.py --device: sliced conv / tconv vs cuDNN per layer, fused
+#              conv+GDN (where a GPU run of ours is slower than cuDNN: which layer)
+#   graphs     bench/bench_cuda_graph.py: compress / decompress with cuda_graph False and True
+#   gdn        bench/bench_gdn.py: GDN/IGDN forward and forward+backward vs eager and torch.compile
 # Output in $OUT (default ./gpu_out), three files (the device returns at most 8): summary.txt
 # (each step's status and time, and the last lines of a failed step's log), logs.tgz (one log
 # per step) and results.tgz (every file the benchmarks wrote under bench/results/). Unpack the
@@ -88,11 +89,12 @@ else
     step build 60 "$PY" setup.py -q build_ext --inplace  # 32 s on the H200 machine
 fi
 
-# limits: 10 + 60 + 170 + 130 + 60 + 110 + 60 + 75 = 675 s at most, cut to GPU_SESSION_BUDGET;
-# measured on the H200 machine (2026-12-04, sitting 17): build 32 s, report 157 s, tests 88 s (149
-# tests, xdist), conv ~4.5 s a row after ~15 s of start (w=192,48: 24 rows), profile ~25 s per
-# width and dtype, gdn 73 s; graphs not yet measured (~30 s expected). What the budget cuts off
-# (gdn first) runs in a second call with GPU_SESSION_SKIP naming the steps already done.
+# limits: 10 + 60 + 110 + 170 + 50 + 110 + 60 + 75 = 645 s at most, cut to GPU_SESSION_BUDGET;
+# measured on the H200 machine (2026-12-04, sittings 17 and 18): build 32-50 s, tests 86 s (170
+# tests, xdist), report > 170 s for 5 widths with torch.compile at two (cut during the 10th of 10
+# rows), ~25 s a row without, conv ~4.5 s a row after ~15 s of start (w=192,48: 24 rows),
+# profile ~25-36 s per width, graphs 55 s, gdn 73 s. What the budget cuts off (the last steps)
+# runs in a second call with GPU_SESSION_SKIP or GPU_SESSION_STEPS naming what is left.
 RESULTS=bench/results
 XDIST=""
 "$PY" -c "import xdist" 2>/dev/null && XDIST="-n 8"
@@ -111,12 +113,12 @@ else
     # SLIMKERNELS_AUTOTUNE=0 in the tests: each kernel's first config only (one compile per
     # specialisation, not one per config); the benchmark steps run the autotuned kernels, and
     # bench_conv checks each autotuned layer against cuDNN (rel_err_vs_cudnn)
-    T_REPORT=170 T_TESTS=130 T_CONV=110 T_PROFILE=60 T_GDN=75
+    T_REPORT=170 T_TESTS=110 T_CONV=110 T_PROFILE=50 T_GDN=75
     # a later call can set each limit, the widths, the tests and the order of the steps
     # (GPU_T_TESTS=140 GPU_CONV_WIDTHS=48 GPU_SESSION_STEPS="tests profile" ...)
     T_REPORT=${GPU_T_REPORT:-$T_REPORT} T_TESTS=${GPU_T_TESTS:-$T_TESTS}
     T_CONV=${GPU_T_CONV:-$T_CONV} T_PROFILE=${GPU_T_PROFILE:-$T_PROFILE} T_GDN=${GPU_T_GDN:-$T_GDN}
-    REPORT_CW=${GPU_REPORT_COMPILE_WIDTHS-192,48}
+    REPORT_CW=${GPU_REPORT_COMPILE_WIDTHS-192}
     run_step() {
         case $1 in
         report) step report "$T_REPORT" "$PY" bench/report.py --cuda-only --repeats 10 \
@@ -140,7 +142,7 @@ else
         *) echo "unknown step in GPU_SESSION_STEPS: $1" | tee -a "$SUMMARY" ;;
         esac
     }
-    for s in ${GPU_SESSION_STEPS:-report tests graphs conv profile gdn}; do
+    for s in ${GPU_SESSION_STEPS:-tests report profile conv graphs gdn}; do
         run_step "$s"
     done
 fi
