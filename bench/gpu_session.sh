@@ -89,7 +89,7 @@ else
     step build 60 "$PY" setup.py -q build_ext --inplace  # 32 s on the H200 machine
 fi
 
-# limits: 10 + 60 + 110 + 170 + 50 + 110 + 60 + 75 = 645 s at most, cut to GPU_SESSION_BUDGET;
+# limits: 10 + 60 + 110 + 170 + 80 + 110 + 60 + 75 = 675 s at most, cut to GPU_SESSION_BUDGET;
 # measured on the H200 machine (2026-12-04, sittings 17 and 18): build 32-50 s, tests 86 s (170
 # tests, xdist), report > 170 s for 5 widths with torch.compile at two (cut during the 10th of 10
 # rows), ~25 s a row without, conv ~4.5 s a row after ~15 s of start (w=192,48: 24 rows),
@@ -113,7 +113,7 @@ else
     # SLIMKERNELS_AUTOTUNE=0 in the tests: each kernel's first config only (one compile per
     # specialisation, not one per config); the benchmark steps run the autotuned kernels, and
     # bench_conv checks each autotuned layer against cuDNN (rel_err_vs_cudnn)
-    T_REPORT=170 T_TESTS=110 T_CONV=110 T_PROFILE=50 T_GDN=75
+    T_REPORT=170 T_TESTS=110 T_CONV=110 T_PROFILE=80 T_GDN=75
     # a later call can set each limit, the widths, the tests and the order of the steps
     # (GPU_T_TESTS=140 GPU_CONV_WIDTHS=48 GPU_SESSION_STEPS="tests profile" ...)
     T_REPORT=${GPU_T_REPORT:-$T_REPORT} T_TESTS=${GPU_T_TESTS:-$T_TESTS}
@@ -137,7 +137,7 @@ else
                     --widths "${GPU_CONV_WIDTHS:-192,48}" ${GPU_CONV_LAYERS:+--layers "$GPU_CONV_LAYERS"} \
                     --shapes 1x512x768 --compile-mode none ;;
         profile) step profile "$T_PROFILE" "$PY" bench/gpu_profile.py \
-                    --widths "${GPU_PROFILE_WIDTHS:-192}" ;;
+                    --widths "${GPU_PROFILE_WIDTHS:-192,48}" ;;
         gdn) step gdn "$T_GDN" "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48 ;;
         *) echo "unknown step in GPU_SESSION_STEPS: $1" | tee -a "$SUMMARY" ;;
         esac
