@@ -527,7 +527,8 @@ def write(out_dir, result, name="conv") -> None:
 def aot_section(out_dir) -> List[Dict]:
     """Compile every conv autotune config for sm_90 and sm_80 (tests/kernels/test_aot_conv.py's
     sweep, no GPU needed) and write conv_aot.{json,md}: registers, spills, shared memory,
-    tensor-core and 128-bit load instruction counts."""
+    tensor-core and 128-bit load instruction counts; and the col2im gather's configs (registers,
+    spills)."""
     import importlib.util
     here = os.path.dirname(os.path.abspath(__file__))
     spec = importlib.util.spec_from_file_location(
@@ -535,9 +536,11 @@ def aot_section(out_dir) -> List[Dict]:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     rows = mod._run(True)
+    from slimkernels.kernels.aot import run_in_subprocess
+    col2im = run_in_subprocess(mod._COL2IM_CODE, timeout=1200)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "conv_aot.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+        json.dump(rows + [dict(r, kernel="col2im_kernel") for r in col2im], f, indent=1)
     for r in rows:
         r["kernel"] = "conv" if r["kernel"].startswith("conv2d") else "convT"
         r["epi"] = ["none", "GDN", "IGDN"][r["epi"]]
@@ -547,6 +550,9 @@ def aot_section(out_dir) -> List[Dict]:
                                            "BLOCK_K", "num_warps", "num_stages", "n_regs",
                                            "n_spills", "smem_KiB", "HGMMA", "HMMA",
                                            "tc_before_store", "LDG128", "LDGSTS128"]))
+    md += ("\n## col2im_kernel (the gather of the output layer's GEMM + col2im route: 3 channels, "
+           "9x9 / 4, fp32 column buffer)\n\n" +
+           _md_table(col2im, ["arch", "y", "BLOCK_M", "num_warps", "n_regs", "n_spills", "local"]))
     with open(os.path.join(out_dir, "conv_aot.md"), "w") as f:
         f.write(md)
     return rows
