@@ -729,8 +729,9 @@ class SlimCodec(nn.Module):
         if ph or pw:
             x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
         x = self._image_input(x, precision)
+        mid = self.model_id()   # once: the graph cache's key and the container's field
         y = self._transform("encode", lambda t: self.encode(t, width), x, (width, precision),
-                            dev, precision, cuda_graph)
+                            dev, precision, cuda_graph, mid)
         sym, invalid = _quantize_counted(eb, y)
         sym = sym.cpu()
         if invalid:  # NaN / inf / |y| >= 2^31
@@ -743,7 +744,7 @@ class SlimCodec(nn.Module):
         payload = coding.encode(sym.numpy(), channel_indexes(C), *_tables(eb),
                                 precision=eb.precision, streams=streams)
         return container.pack(container.SlimFile(
-            model_id=self.model_id(), width=width, height=H, img_width=W, streams=streams,
+            model_id=mid, width=width, height=H, img_width=W, streams=streams,
             payload=payload, metadata=dict(metadata or {})))
 
     @torch.no_grad()
@@ -795,14 +796,17 @@ class SlimCodec(nn.Module):
         # the parameters' (the CPU decoder's first IGDN and conv convert it themselves)
         cl = self._transforms_channels_last(dev) if dev.type == "cuda" else None
         y_hat = _dequantize(eb, sym.to(dev), self._params_channels_last() if cl is None else cl)
+        # f.model_id: checked equal to this model's id by decompress_latent
         x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
-                                precision, cuda_graph)
+                                precision, cuda_graph, f.model_id)
         return x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)
 
     def _transform(self, kind: str, fn, x: torch.Tensor, key, dev: torch.device,
-                   precision: str, cuda_graph: Optional[bool]) -> torch.Tensor:
+                   precision: str, cuda_graph: Optional[bool], model_id: bytes
+                   ) -> torch.Tensor:
         """``fn(x)`` under the precision's autocast; on a GPU from a CUDA graph unless
-        ``cuda_graph`` is False (None: captured at the key's second use, True: at its first)."""
+        ``cuda_graph`` is False (None: captured at the key's second use, True: at its first).
+        ``model_id``: this model's :meth:`model_id` (the caller has it; 40-70 us to compute)."""
         def run(t):
             with _autocast(dev, precision):
                 return fn(t)
@@ -816,5 +820,5 @@ class SlimCodec(nn.Module):
             from .ops.conv import cached_weight_copies
             graphs = self.__dict__["_cuda_graphs"] = GraphCache(self.CUDA_GRAPHS_KEPT,
                                                                 keepalive=cached_weight_copies)
-        return graphs.run((kind,) + tuple(key), run, x, self.model_id(),
+        return graphs.run((kind,) + tuple(key), run, x, model_id,
                           capture_after=1 if cuda_graph else 2)
