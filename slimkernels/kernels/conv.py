@@ -599,9 +599,9 @@ def conv_transpose2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         return (triton.cdiv(m, meta["BLOCK_M"]) * stride * stride,
                 triton.cdiv(c_out, meta["BLOCK_N"]))
 
-    s = weight.stride()
     if gdn is None and _col2im_applies(weight, c_out):
         return _conv_transpose2d_col2im(x, weight, bias, y, stride, padding, c_in, c_out)
+    s = weight.stride()
     return _launch(_CONVT, conv_transpose2d_fwd_kernel, x, weight,
                    (s[0], s[1], s[2], s[3]), bias, y, padding, stride, kh, kw, c_in, c_out, h, wd,
                    h_out, w_out, gdn, inverse, grid)

@@ -135,11 +135,19 @@ def cached_weight_copies() -> list:
     return [v[2] for v in _CAST_CACHE.values()]
 
 
-def _cpu_layout(x):
-    if CPU_CHANNELS_LAST and x.dim() == 4 and x.shape[1] > 1 and \
+def _to_channels_last(x: torch.Tensor, switch: bool, dtype=None) -> torch.Tensor:
+    """x in ``dtype`` (default: its own) and, when ``switch`` is on and x is a 4-d NCHW tensor
+    of more than one channel, channels_last: one copy at most (none when x is already both).
+    The CPU (``CPU_CHANNELS_LAST``) and Triton (``TRITON_CHANNELS_LAST``) paths' input layout."""
+    dtype = x.dtype if dtype is None else dtype
+    if switch and x.dim() == 4 and x.shape[1] > 1 and \
             not x.is_contiguous(memory_format=torch.channels_last):
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
+        return x.to(dtype=dtype, memory_format=torch.channels_last)
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def _cpu_layout(x):
+    return _to_channels_last(x, CPU_CHANNELS_LAST)
 
 
 def _cpu_operands(x, weight, bias, widx, co):
@@ -642,22 +650,12 @@ TRITON_WEIGHT_LAYOUT = True
 TRITON_CHANNELS_LAST = True
 
 
-def _triton_layout(x: torch.Tensor, dtype) -> torch.Tensor:
-    """x cast to ``dtype`` and, under ``TRITON_CHANNELS_LAST``, made channels_last: one copy at
-    most (none when x is already both)."""
-    cl = TRITON_CHANNELS_LAST and x.dim() == 4 and x.shape[1] > 1 and \
-        not x.is_contiguous(memory_format=torch.channels_last)
-    if cl:
-        return x.to(dtype=dtype, memory_format=torch.channels_last)
-    return x if x.dtype == dtype else x.to(dtype)
-
-
 def _triton_operands(x, weight, bias, transposed: bool = False):
     """Autocast (cached full-weight cast without grad), dtype agreement, the channels_last input
     (``TRITON_CHANNELS_LAST``) and, without gradient, the weight's input-channel-contiguous copy
     (``TRITON_WEIGHT_LAYOUT``) for the Triton path."""
     dt = _autocast_dtype(x) if x.is_floating_point() else None
-    x = _triton_layout(x, dt or x.dtype)
+    x = _to_channels_last(x, TRITON_CHANNELS_LAST, dt)
     weight = _cast_full(weight, x.dtype, in_channel_dim=(0 if transposed else 1)
                         if TRITON_WEIGHT_LAYOUT else None)
     if bias is not None and bias.dtype != x.dtype:
@@ -689,11 +687,9 @@ def _apply_gdn(y, kw):
     if kw is None:
         return y
     if y.device.type == "cpu" and not _needs_grad(y) and not _gdn_params_need_grad(kw):
+        # the GDN op's own one-pass kernels (AMX, else AVX2 where it covers y), else 3 passes
         if y.dtype in (torch.float32, torch.bfloat16) and CPU_FUSED_GDN and \
-                _fused_cpu_gdn_available():
-            return _gdn(y, **kw)
-        if y.dtype in (torch.float32, torch.bfloat16) and CPU_FUSED_GDN and \
-                _avx2_cpu_gdn_covers(y, kw):
+                (_fused_cpu_gdn_available() or _avx2_cpu_gdn_covers(y, kw)):
             return _gdn(y, **kw)
         return _gdn_cpu_nograd(y, kw)
     return _gdn(y, **kw)
