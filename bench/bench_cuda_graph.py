@@ -12,7 +12,6 @@ the two columns then time the same path and say nothing about a GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List
@@ -24,7 +23,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import torch  # noqa: E402
 
 from e2e_cuda import (add_gpu_script_arguments, device_name, gpu_script_options,  # noqa: E402
-                      gpu_script_setup, timed_ms)
+                      gpu_script_setup, timed_ms, write_result)
 
 
 def run(widths: List[int], repeats: int, dry_run: bool, image: str = None) -> Dict:
@@ -86,11 +85,7 @@ def main(argv=None) -> int:
         return 2
     widths, out = opts
     res = run(widths, a.repeats, a.dry_run, a.image)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "cuda_graph.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    with open(os.path.join(out, "cuda_graph.md"), "w") as f:
-        f.write(markdown(res))
+    write_result(out, "cuda_graph", res, markdown(res))
     print(f"wrote {out}/cuda_graph.md")
     return 0
 

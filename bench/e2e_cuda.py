@@ -12,6 +12,8 @@ w=48 at most 30 % of w=192, compress and decompress <= 10 ms each at w=192.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -63,6 +65,17 @@ def autocast(f: Callable, device_type: str, dtype: torch.dtype) -> Callable:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             return f(*args)
     return g
+
+
+def write_result(out: str, name: str, res: Dict, md: str) -> None:
+    """``<out>/<name>.json`` (``res``) and ``<out>/<name>.md`` (``md``), the folder made if
+    needed: what each GPU script writes (called again after every case by a script whose run a
+    time limit may cut)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
+        f.write(md)
 
 
 def gpu_script_setup(widths, dry_run: bool, image=None):

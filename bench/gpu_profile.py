@@ -18,7 +18,6 @@ device) and a slow kernel (one row) tell themselves apart.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,7 +32,7 @@ import torch  # noqa: E402
 import e2e  # noqa: E402
 from bench_gdn import eager_gdn  # noqa: E402
 from e2e_cuda import (add_gpu_script_arguments, autocast, device_name,  # noqa: E402
-                      gpu_script_options, gpu_script_setup)
+                      gpu_script_options, gpu_script_setup, write_result)
 from plain_slimcae import PlainSlimCAE  # noqa: E402
 
 
@@ -174,11 +173,7 @@ def main(argv=None) -> int:
         return 2
 
     def write(res):  # after every case: a run cut by a time limit keeps its cases
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "profile.json"), "w") as f:
-            json.dump(res, f, indent=1)
-        with open(os.path.join(out, "profile.md"), "w") as f:
-            f.write(markdown(res) + "\n")
+        write_result(out, "profile", res, markdown(res) + "\n")
 
     write(run(widths, a.dry_run, a.image, a.calls, dtypes, on_case=write))
     print(f"wrote {out}/profile.md")
