@@ -248,6 +248,24 @@ void conv_transpose_avx2_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W
                 sk::conv_avx2_error_message, "conv_transpose_avx2_forward");
 }
 
+void conv_transpose_bf16_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C,
+                                    uintptr_t w, int64_t L, uintptr_t bias, int64_t Co,
+                                    int64_t k, int64_t s, int64_t pad, int64_t Ho, int64_t Wo,
+                                    uintptr_t y, int nthreads) {
+  sk::ConvTBf16Args a;
+  a.x = reinterpret_cast<const uint16_t*>(x);
+  a.N = N; a.H = H; a.W = W; a.C = C;
+  a.w = reinterpret_cast<const uint16_t*>(w);
+  a.L = L;
+  a.bias = reinterpret_cast<const float*>(bias);
+  a.Co = Co; a.k = k; a.s = s; a.pad = pad;
+  a.Ho = Ho; a.Wo = Wo;
+  a.y = reinterpret_cast<uint16_t*>(y);
+  a.nthreads = nthreads;
+  call_released(sk::conv_transpose_bf16_forward, a,
+                sk::conv_avx2_error_message, "conv_transpose_bf16_forward");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cpu_kernels, m) {
@@ -337,6 +355,15 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "Transposed fp32 conv onto few output channels on AVX2 (see csrc/cpu/conv_avx2.hpp): x "
         "[N, H, W, C] dense fp32; w packed [k, C, L] fp32 (32-byte aligned, L = k*Co rounded up "
         "to 8); bias [Co] fp32 or 0; y [N, Ho, Wo, Co] dense fp32.");
+  m.def("conv_bf16_available", &sk::conv_bf16_available,
+        "True when the CPU has AVX512-F/BW/VL + AVX512-BF16 (conv_transpose_bf16_forward).");
+  m.def("conv_transpose_bf16_forward", &conv_transpose_bf16_forward_py, py::arg("x"),
+        py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("w"), py::arg("L"),
+        py::arg("bias"), py::arg("Co"), py::arg("k"), py::arg("s"), py::arg("pad"),
+        py::arg("Ho"), py::arg("Wo"), py::arg("y"), py::arg("nthreads"),
+        "Transposed bf16 conv onto few output channels on AVX512-BF16 (see "
+        "csrc/cpu/conv_avx2.hpp): x [N, H, W, C] dense bf16; w packed [k, ceil(C/2), L, 2] bf16 "
+        "(L = k*Co rounded up to 16); bias [Co] fp32 or 0; y [N, Ho, Wo, Co] dense bf16.");
   m.def("conv_amx_forward", &conv_amx_forward_py, py::arg("x"), py::arg("xdtype"), py::arg("N"),
         py::arg("H"), py::arg("W"), py::arg("C"), py::arg("Hp"), py::arg("Wp"),
         py::arg("pad_top"), py::arg("pad_left"), py::arg("w"), py::arg("tile_nz"), py::arg("kh"),

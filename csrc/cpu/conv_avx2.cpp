@@ -2,6 +2,7 @@
 #include "conv_avx2.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "amx_tiles.hpp"  // run_on_threads
@@ -12,8 +13,9 @@
 namespace sk {
 
 namespace {
-enum ConvErr { kCOk = 0, kCNoAvx2 = 1, kCBadArgs = 2, kCNoMem = 3 };
+enum ConvErr { kCOk = 0, kCNoAvx2 = 1, kCBadArgs = 2, kCNoMem = 3, kCNoBf16 = 4 };
 constexpr int kMr = 6;  // output pixels per micro-tile (12 accumulators)
+constexpr int kMaxRows = 8;  // x rows summed in registers per pass of a transposed conv
 }  // namespace
 
 const char* conv_avx2_error_message(int code) {
@@ -23,6 +25,7 @@ const char* conv_avx2_error_message(int code) {
     case kCBadArgs: return "bad arguments (null pointer, a size that is not positive, or Ho / Wo "
                            "not matching the geometry)";
     case kCNoMem: return "out of memory for a per-thread window buffer";
+    case kCNoBf16: return "AVX512-BF16 is not available on this CPU; use the oneDNN path";
   }
   return "unknown error";
 }
@@ -169,23 +172,40 @@ int conv_avx2_forward(const ConvAvx2Args& a) {
 
 namespace {
 // ---- transposed conv onto few output channels --------------------------------------------------
+// The fp32 (AVX2 + FMA) and bf16 (AVX512-BF16) kernels share the row logic (convt_rows, below);
+// their Ops supply the register micro-tiles (a row of x through one kernel row, added into the
+// row buffers) and the final sum of the buffers into a y row.
 
-// PX consecutive input pixels (channels at x + j*C) times G 8-lane vectors of the packed taps
-// (wk: [C][L] floats, this group's lanes first): each pixel's k*Co products of one kernel row are
-// added into its own row buffer at dst[j] (the buffers of neighbouring pixels differ, so the
-// stores of one pixel never feed the loads of the next).
+// The x rows of one output row: x row r (channels of pixel ix at xs[r] + ix*C) goes through
+// kernel row ws[r] (taps [C][L], or in channel pairs); every row adds into the same output lanes
+// of a pixel, so a micro-tile sums them all in registers and adds into the row buffers once.
+template <class T>
+struct ConvtRows {
+  const T* xs[kMaxRows];
+  const T* ws[kMaxRows];
+  int n = 0;
+};
+
+// PX consecutive input pixels (from pixel offset xo) times G 8-lane vectors of the packed taps
+// (this group's lanes at +8*v0): each pixel's k*Co products of one kernel row are added into its
+// own row buffer at dst[j] (the buffers of neighbouring pixels differ, so the stores of one pixel
+// never feed the loads of the next).
 template <int PX, int G>
-SK_AVX2_TARGET inline void convt_block(const float* x, int64_t C, const float* wk, int64_t L,
-                                       float* const* dst) {
+SK_AVX2_TARGET inline void convt_block(const ConvtRows<float>& rows, int64_t xo, int64_t C,
+                                       int64_t L, int64_t v0, float* const* dst) {
   __m256 acc[PX][G];
   for (int j = 0; j < PX; ++j)
     for (int g = 0; g < G; ++g) acc[j][g] = _mm256_setzero_ps();
-  for (int64_t c = 0; c < C; ++c) {
-    __m256 wv[G];
-    for (int g = 0; g < G; ++g) wv[g] = _mm256_load_ps(wk + c * L + 8 * g);
-    for (int j = 0; j < PX; ++j) {
-      const __m256 xb = _mm256_broadcast_ss(x + j * C + c);
-      for (int g = 0; g < G; ++g) acc[j][g] = _mm256_fmadd_ps(xb, wv[g], acc[j][g]);
+  for (int r = 0; r < rows.n; ++r) {
+    const float* x = rows.xs[r] + xo;
+    const float* wk = rows.ws[r] + 8 * v0;
+    for (int64_t c = 0; c < C; ++c) {
+      __m256 wv[G];
+      for (int g = 0; g < G; ++g) wv[g] = _mm256_load_ps(wk + c * L + 8 * g);
+      for (int j = 0; j < PX; ++j) {
+        const __m256 xb = _mm256_broadcast_ss(x + j * C + c);
+        for (int g = 0; g < G; ++g) acc[j][g] = _mm256_fmadd_ps(xb, wv[g], acc[j][g]);
+      }
     }
   }
   for (int j = 0; j < PX; ++j)
@@ -195,89 +215,193 @@ SK_AVX2_TARGET inline void convt_block(const float* x, int64_t C, const float* w
     }
 }
 
-// All pixels [0, W) of one x row (xr) through one kernel row (wk: [C][L]), lanes [8*v0, 8*v0 +
-// 8*G): pixel ix adds into bufs[ix % nb] + step*ix + 8*v0.
-template <int G>
-SK_AVX2_TARGET void convt_row_group(const float* xr, int64_t W, int64_t C, const float* wk,
-                                    int64_t L, int64_t v0, float* const* bufs, int64_t nb,
-                                    int64_t step) {
-  constexpr int PX = G == 1 ? 8 : G == 2 ? 6 : G == 3 ? 4 : 3;  // <= 12 accumulators
+// All pixels [0, W) of the x rows through their kernel rows, lanes [V*v0, V*v0 + V*G)
+// (V = Ops::kLanes): pixel ix adds into bufs[ix % nb] + step*ix + V*v0.
+template <class Ops, int G>
+inline void convt_row_group(const ConvtRows<typename Ops::T>& rows, int64_t W, int64_t C,
+                            int64_t L, int64_t v0, float* const* bufs, int64_t nb,
+                            int64_t step) {
+  constexpr int PX = Ops::template pixels<G>();
   float* dst[PX];
-  const float* wc = wk + 8 * v0;
   int64_t ix = 0, b = 0;  // b = ix % nb
   for (; ix + PX <= W; ix += PX) {
     for (int j = 0; j < PX; ++j) {
-      dst[j] = bufs[b] + step * (ix + j) + 8 * v0;
+      dst[j] = bufs[b] + step * (ix + j) + Ops::kLanes * v0;
       b = b + 1 == nb ? 0 : b + 1;
     }
-    convt_block<PX, G>(xr + ix * C, C, wc, L, dst);
+    Ops::template block<PX, G>(rows, ix * C, C, L, v0, dst);
   }
   for (; ix < W; ++ix) {
-    dst[0] = bufs[b] + step * ix + 8 * v0;
+    dst[0] = bufs[b] + step * ix + Ops::kLanes * v0;
     b = b + 1 == nb ? 0 : b + 1;
-    convt_block<1, G>(xr + ix * C, C, wc, L, dst);
+    Ops::template block<1, G>(rows, ix * C, C, L, v0, dst);
   }
 }
 
-SK_AVX2_TARGET void convt_row(const float* xr, int64_t W, int64_t C, const float* wk, int64_t L,
-                              float* const* bufs, int64_t nb, int64_t step) {
-  const int64_t V = L / 8;
+template <class Ops>
+void convt_row(const ConvtRows<typename Ops::T>& rows, int64_t W, int64_t C, int64_t L,
+               float* const* bufs, int64_t nb, int64_t step) {
+  const int64_t V = L / Ops::kLanes;
   for (int64_t v0 = 0; v0 < V; v0 += 4) {
     switch (std::min<int64_t>(4, V - v0)) {
-      case 1: convt_row_group<1>(xr, W, C, wk, L, v0, bufs, nb, step); break;
-      case 2: convt_row_group<2>(xr, W, C, wk, L, v0, bufs, nb, step); break;
-      case 3: convt_row_group<3>(xr, W, C, wk, L, v0, bufs, nb, step); break;
-      default: convt_row_group<4>(xr, W, C, wk, L, v0, bufs, nb, step); break;
+      case 1: convt_row_group<Ops, 1>(rows, W, C, L, v0, bufs, nb, step); break;
+      case 2: convt_row_group<Ops, 2>(rows, W, C, L, v0, bufs, nb, step); break;
+      case 3: convt_row_group<Ops, 3>(rows, W, C, L, v0, bufs, nb, step); break;
+      default: convt_row_group<Ops, 4>(rows, W, C, L, v0, bufs, nb, step); break;
     }
   }
 }
+
+// v + the buffers' values at index i, which are zeroed
+inline float sum_and_clear(float v, float* const* bufs, int64_t nb, int64_t i) {
+  for (int64_t b = 0; b < nb; ++b) {
+    v += bufs[b][i];
+    bufs[b][i] = 0.0f;
+  }
+  return v;
+}
+
+// fp32 x, taps and y on AVX2 + FMA (ConvTAvx2Args).
+struct Fp32Ops {
+  using T = float;
+  static constexpr int64_t kLanes = 8;
+  template <int G>
+  static constexpr int pixels() { return G == 1 ? 8 : G == 2 ? 6 : G == 3 ? 4 : 3; }  // <= 12 acc
+  static bool available() { return gdn_avx2_available(); }
+  static int64_t kernel_row_elems(int64_t C, int64_t L) { return C * L; }
+  template <int PX, int G>
+  SK_AVX2_TARGET static void block(const ConvtRows<float>& rows, int64_t xo, int64_t C,
+                                   int64_t L, int64_t v0, float* const* dst) {
+    convt_block<PX, G>(rows, xo, C, L, v0, dst);
+  }
+  // yrow[f] = brow[f] + sum of bufs[b][off + f], f < nout; those buffer values are zeroed
+  SK_AVX2_TARGET static void finish(const float* brow, float* const* bufs, int64_t nb,
+                                    int64_t off, int64_t nout, float* yrow) {
+    const __m256 zero = _mm256_setzero_ps();
+    int64_t f = 0;
+    for (; f + 8 <= nout; f += 8) {
+      __m256 v = _mm256_loadu_ps(brow + f);
+      for (int64_t b = 0; b < nb; ++b) {
+        v = _mm256_add_ps(v, _mm256_loadu_ps(bufs[b] + off + f));
+        _mm256_storeu_ps(bufs[b] + off + f, zero);
+      }
+      _mm256_storeu_ps(yrow + f, v);
+    }
+    for (; f < nout; ++f) yrow[f] = sum_and_clear(brow[f], bufs, nb, off + f);
+  }
+};
+
+#define SK_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
+
+// bf16 x and taps, fp32 sums, bf16 y on AVX512-BF16 (ConvTBf16Args): vdpbf16ps takes the
+// products of two input channels per lane, so the taps are packed in channel pairs
+// ([k][ceil(C/2)][L][2]) and x is broadcast two channels (32 bits) at a time; an odd last channel
+// is broadcast alone (its partner zero), so no value past the pixel is read.
+struct Bf16Ops {
+  using T = uint16_t;
+  static constexpr int64_t kLanes = 16;
+  template <int G>
+  static constexpr int pixels() { return G == 1 ? 16 : G == 2 ? 12 : G == 3 ? 8 : 6; }  // <= 24
+  static bool available() { return conv_bf16_available(); }
+  static int64_t kernel_row_elems(int64_t C, int64_t L) { return (C + 1) / 2 * L * 2; }
+  // acc[j][g] += the products of input channels 2cp, 2cp+1 (wp: that pair's taps) for PX pixels;
+  // ONE: C is odd and 2cp is its last channel (broadcast alone)
+  template <int PX, int G, bool ONE>
+  SK_BF16_TARGET static inline void pair(__m512 (&acc)[PX][G], const uint16_t* x, int64_t C,
+                                         int64_t cp, const uint16_t* wp) {
+    __m512bh wv[G];
+    for (int g = 0; g < G; ++g) wv[g] = (__m512bh)_mm512_loadu_si512(wp + 32 * g);
+    for (int j = 0; j < PX; ++j) {
+      const uint16_t* xp = x + j * C + 2 * cp;
+      int32_t v;
+      if (ONE) {
+        v = static_cast<int32_t>(*xp);
+      } else {
+        std::memcpy(&v, xp, 4);
+      }
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(v);
+      for (int g = 0; g < G; ++g) acc[j][g] = _mm512_dpbf16_ps(acc[j][g], wv[g], xb);
+    }
+  }
+  template <int PX, int G>
+  SK_BF16_TARGET static void block(const ConvtRows<uint16_t>& rows, int64_t xo, int64_t C,
+                                   int64_t L, int64_t v0, float* const* dst) {
+    __m512 acc[PX][G];
+    for (int j = 0; j < PX; ++j)
+      for (int g = 0; g < G; ++g) acc[j][g] = _mm512_setzero_ps();
+    const int64_t pairs = C / 2;
+    for (int r = 0; r < rows.n; ++r) {
+      const uint16_t* x = rows.xs[r] + xo;
+      const uint16_t* wc = rows.ws[r] + 32 * v0;
+      for (int64_t cp = 0; cp < pairs; ++cp) pair<PX, G, false>(acc, x, C, cp, wc + cp * L * 2);
+      if (C & 1) pair<PX, G, true>(acc, x, C, pairs, wc + pairs * L * 2);
+    }
+    for (int j = 0; j < PX; ++j)
+      for (int g = 0; g < G; ++g) {
+        float* d = dst[j] + 16 * g;
+        _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), acc[j][g]));
+      }
+  }
+  SK_BF16_TARGET static void finish(const float* brow, float* const* bufs, int64_t nb,
+                                    int64_t off, int64_t nout, uint16_t* yrow) {
+    const __m512 zero = _mm512_setzero_ps();
+    int64_t f = 0;
+    for (; f + 16 <= nout; f += 16) {
+      __m512 v = _mm512_loadu_ps(brow + f);
+      for (int64_t b = 0; b < nb; ++b) {
+        v = _mm512_add_ps(v, _mm512_loadu_ps(bufs[b] + off + f));
+        _mm512_storeu_ps(bufs[b] + off + f, zero);
+      }
+      const __m256bh h = _mm512_cvtneps_pbh(v);
+      std::memcpy(yrow + f, &h, 32);
+    }
+    for (; f < nout; ++f) yrow[f] = detail::to_bf16_bits(sum_and_clear(brow[f], bufs, nb, off + f));
+  }
+};
 
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 // Output rows [r0, r1) (row index n * Ho + oy). ws: nb row buffers of blen floats, then a
-// bias row of Wo*Co + 8 floats.
-SK_AVX2_TARGET void convt_rows(const ConvTAvx2Args& a, int64_t nb, int64_t blen, float* ws,
-                               int64_t r0, int64_t r1) {
+// bias row of Wo*Co + 16 floats.
+template <class Ops, class Args>
+void convt_rows(const Args& a, int64_t nb, int64_t blen, float* ws, int64_t r0, int64_t r1) {
   const int64_t s = a.s, k = a.k, p = a.pad, C = a.C, Co = a.Co, L = a.L;
-  const int64_t nout = a.Wo * Co;
+  const int64_t nout = a.Wo * Co, krow = Ops::kernel_row_elems(C, L);
   float* bufs[64];
   for (int64_t b = 0; b < nb; ++b) bufs[b] = ws + b * blen;
   float* brow = ws + nb * blen;
-  for (int64_t f = 0; f < nout + 8; ++f) brow[f] = a.bias != nullptr ? a.bias[f % Co] : 0.0f;
+  for (int64_t f = 0; f < nout + 16; ++f) brow[f] = a.bias != nullptr ? a.bias[f % Co] : 0.0f;
   std::fill(ws, ws + nb * blen, 0.0f);
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t n = row / a.Ho, oy = row % a.Ho;
     // x rows iy with kernel row ky = oy + p - s*iy in [0, k)
     const int64_t iy_lo = std::max<int64_t>(0, floor_div(oy + p - k, s) + 1);
     const int64_t iy_hi = std::min<int64_t>(a.H - 1, floor_div(oy + p, s));
-    for (int64_t iy = iy_lo; iy <= iy_hi; ++iy) {
-      const float* xr = a.x + ((n * a.H + iy) * a.W) * C;
-      convt_row(xr, a.W, C, a.w + (oy + p - s * iy) * C * L, L, bufs, nb, s * Co);
+    for (int64_t i0 = iy_lo; i0 <= iy_hi; i0 += kMaxRows) {  // one pass unless k > 8 s
+      ConvtRows<typename Ops::T> xrows;
+      for (int64_t iy = i0; iy <= std::min(iy_hi, i0 + kMaxRows - 1); ++iy, ++xrows.n) {
+        xrows.xs[xrows.n] = a.x + ((n * a.H + iy) * a.W) * C;
+        xrows.ws[xrows.n] = a.w + (oy + p - s * iy) * krow;
+      }
+      convt_row<Ops>(xrows, a.W, C, L, bufs, nb, s * Co);
     }
-    // y = bias + the buffers from column p on; the buffers are zeroed for the next row
-    float* yrow = a.y + (n * a.Ho + oy) * nout;
-    const int64_t off = p * Co;
-    int64_t f = 0;
-    for (; f + 8 <= nout; f += 8) {
-      __m256 v = _mm256_loadu_ps(brow + f);
-      for (int64_t b = 0; b < nb; ++b) v = _mm256_add_ps(v, _mm256_loadu_ps(bufs[b] + off + f));
-      _mm256_storeu_ps(yrow + f, v);
+    // y = bias + the buffers from column p on; finish zeroes what it reads, the rest of the
+    // buffers (left of column p, right of the last) is zeroed here for the next row
+    Ops::finish(brow, bufs, nb, p * Co, nout, a.y + (n * a.Ho + oy) * nout);
+    for (int64_t b = 0; b < nb; ++b) {
+      std::fill(bufs[b], bufs[b] + p * Co, 0.0f);
+      std::fill(bufs[b] + p * Co + nout, bufs[b] + blen, 0.0f);
     }
-    for (; f < nout; ++f) {
-      float v = brow[f];
-      for (int64_t b = 0; b < nb; ++b) v += bufs[b][off + f];
-      yrow[f] = v;
-    }
-    std::fill(ws, ws + nb * blen, 0.0f);
   }
 }
-}  // namespace
 
-int conv_transpose_avx2_forward(const ConvTAvx2Args& a) {
-  if (!gdn_avx2_available()) return kCNoAvx2;
+template <class Ops, class Args>
+int convt_forward(const Args& a) {
+  const int64_t V = Ops::kLanes;
+  if (!Ops::available()) return Ops::kLanes == 8 ? kCNoAvx2 : kCNoBf16;
   if (a.x == nullptr || a.w == nullptr || a.y == nullptr || a.N <= 0 || a.H <= 0 || a.W <= 0 ||
       a.C <= 0 || a.Co < 1 || a.k <= 0 || a.s <= 0 || a.pad < 0 || a.L < a.k * a.Co ||
-      a.L % 8 || a.L >= a.k * a.Co + 8 || a.Ho <= 0 || a.Wo <= 0) {
+      a.L % V || a.L >= a.k * a.Co + V || a.Ho <= 0 || a.Wo <= 0) {
     return kCBadArgs;
   }
   const int64_t full_h = (a.H - 1) * a.s - 2 * a.pad + a.k, full_w = (a.W - 1) * a.s - 2 * a.pad + a.k;
@@ -288,25 +412,40 @@ int conv_transpose_avx2_forward(const ConvTAvx2Args& a) {
   const int64_t nb = (a.L + step - 1) / step;
   if (nb > 64) return kCBadArgs;
   // the last pixel ends at step*(W-1) + L; output column Wo-1 reads index (Wo-1+p)*Co + Co
-  const int64_t blen = (std::max(step * (a.W - 1) + a.L, (a.Wo + a.pad) * a.Co + 8) + 15) / 8 * 8;
+  const int64_t blen = (std::max(step * (a.W - 1) + a.L, (a.Wo + a.pad) * a.Co + 16) + 15) / 16 * 16;
   const int64_t rows = a.N * a.Ho;
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows));
-  const int64_t ws_len = nb * blen + a.Wo * a.Co + 8;
+  const int64_t ws_len = nb * blen + a.Wo * a.Co + 16;
   std::vector<detail::Buf<float>> ws;
   for (int64_t t = 0; t < nt; ++t) {
     ws.push_back(detail::alloc_aligned<float>(ws_len));
     if (!ws.back()) return kCNoMem;
   }
   run_on_threads(nt, [&](int64_t t) {
-    convt_rows(a, nb, blen, ws[t].get(), rows * t / nt, rows * (t + 1) / nt);
+    convt_rows<Ops>(a, nb, blen, ws[t].get(), rows * t / nt, rows * (t + 1) / nt);
   });
   return kCOk;
 }
+}  // namespace
+
+bool conv_bf16_available() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  }();
+  return ok;
+}
+
+int conv_transpose_avx2_forward(const ConvTAvx2Args& a) { return convt_forward<Fp32Ops>(a); }
+int conv_transpose_bf16_forward(const ConvTBf16Args& a) { return convt_forward<Bf16Ops>(a); }
 
 #else
 
 int conv_avx2_forward(const ConvAvx2Args&) { return kCNoAvx2; }
 int conv_transpose_avx2_forward(const ConvTAvx2Args&) { return kCNoAvx2; }
+bool conv_bf16_available() { return false; }
+int conv_transpose_bf16_forward(const ConvTBf16Args&) { return kCNoBf16; }
 
 #endif
 

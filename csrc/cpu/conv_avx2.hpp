@@ -48,6 +48,26 @@ struct ConvTAvx2Args {
   int nthreads = 1;
 };
 int conv_transpose_avx2_forward(const ConvTAvx2Args& a);
+
+// The same transposed conv in bf16 on AVX512-BF16 (vdpbf16ps: two input channels per lane, fp32
+// sums in the registers and row buffers, one rounding to bf16 per output value). Same geometry
+// and rules as ConvTAvx2Args; the taps are packed in input-channel pairs.
+struct ConvTBf16Args {
+  const uint16_t* x = nullptr;  // [N, H, W, C] dense bf16
+  int64_t N = 0, H = 0, W = 0, C = 0;
+  const uint16_t* w = nullptr;  // packed [k][ceil(C/2)][L][2] bf16:
+                                // w[ky][c/2][kx*Co + o][c%2] = weight[c][o][ky][kx], zero past
+                                // k*Co and for the pad channel of an odd C
+  int64_t L = 0;                // k*Co rounded up to a multiple of 16
+  const float* bias = nullptr;  // [Co] fp32 or null
+  int64_t Co = 0, k = 0, s = 1, pad = 0;
+  int64_t Ho = 0, Wo = 0;
+  uint16_t* y = nullptr;        // [N, Ho, Wo, Co] dense bf16
+  int nthreads = 1;
+};
+// True when the CPU has AVX512-F/BW/VL + AVX512-BF16 (and this build has the code).
+bool conv_bf16_available();
+int conv_transpose_bf16_forward(const ConvTBf16Args& a);
 const char* conv_avx2_error_message(int code);
 
 }  // namespace sk

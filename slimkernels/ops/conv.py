@@ -254,6 +254,13 @@ CPU_IMAGE_CONV = True
 #: runs, 0.6-1.0x in a third (a slow phase for Winograd); ``decompress`` 1.03x at 192, 1.04x
 #: at 144, 1.05x at 96, 1.03x at 72 (``/work/prof/dec3e2e.py``: 10 rounds, both orders).
 WINOGRAD_IMAGE_MIN_CIN = 96
+#: Without gradient, run bf16 transposed convs onto 1-3 output channels (SlimCAE's 9x9/4 output
+#: layer) with the image kernel's AVX512-BF16 variant on CPUs that have it and no AMX (AMX CPUs
+#: keep oneDNN's sub-pixel conv, not measured against it): exact taps (2/3 of the sub-pixel
+#: products), fp32 sums, no phase shuffle copy. Zen 4 EPYC, kodim01's dec3 ([1, C, 128, 192]
+#: -> 3 x 512 x 768), 2 threads, medians of 30 (``/tmp/tb3.py``-style, trainer paused):
+#: 2.0-2.2 vs 2.6-2.8 ms at C = 48, 7.2 vs 9.8-10.1 ms at 192 (1.3-1.4x).
+CPU_IMAGE_CONV_BF16 = True
 _PACK_CACHE: "OrderedDict" = OrderedDict()
 _PACK_CACHE_MAX = 128
 _PACK_LOCK = threading.Lock()
@@ -517,15 +524,29 @@ def _conv2d_image(x, weight, bias, co, stride, padding):
     return conv_image.conv2d_image(x, wp, b, k, stride, padding, co)
 
 
-def _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding):
-    """The direct AVX2 transposed conv onto 1-3 fp32 outputs (see ``CPU_IMAGE_CONV``), or None."""
+def _image_transposed_applies(x, weight, co, stride) -> bool:
+    """Whether the direct transposed image kernel takes this no-grad call: fp32 on AVX2 CPUs
+    (``CPU_IMAGE_CONV``), bf16 on AVX512-BF16 CPUs without AMX (``CPU_IMAGE_CONV_BF16``)."""
     from . import conv_image
-    ci, k = x.shape[1], weight.shape[-1]
-    if not _image_kernels_apply(x, weight, co, conv_image.MAX_OUTPUT_CHANNELS) or \
-            not conv_image.transposed_geometry_ok(k, stride, co):
+    k = weight.shape[-1]
+    if not conv_image.transposed_geometry_ok(k, stride, co, x.dtype):
+        return False
+    if x.dtype == torch.bfloat16:
+        return CPU_IMAGE_CONV_BF16 and weight.shape[-2] == k and not _amx() and \
+            conv_image.image_conv_transpose_bf16_available()
+    return _image_kernels_apply(x, weight, co, conv_image.MAX_OUTPUT_CHANNELS)
+
+
+def _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding):
+    """The direct transposed conv onto 1-3 outputs (see ``CPU_IMAGE_CONV`` and
+    ``CPU_IMAGE_CONV_BF16``), or None."""
+    from . import conv_image
+    ci, k, dt = x.shape[1], weight.shape[-1], x.dtype
+    if not _image_transposed_applies(x, weight, co, stride):
         return None
-    wp, b = _cached_fp32(("imageT", co, ci, k), weight, bias, co,
-                         lambda: conv_image.pack_image_conv_transpose_weight(weight[:ci, :co]))
+    wp, b = _cached_fp32(("imageT", co, ci, k, dt), weight, bias, co,
+                         lambda: conv_image.pack_image_conv_transpose_weight(weight[:ci, :co],
+                                                                             dt))
     return conv_image.conv_transpose2d_image(x, wp, b, k, stride, padding, output_padding, co)
 
 

@@ -201,3 +201,114 @@ def test_global_switch_turns_it_off(monkeypatch):
     x, w, b = _case(1, 3, 8, 12, 12, 9)
     with pytest.raises(RuntimeError, match="SLIMKERNELS_CPU_KERNELS"):
         CI.conv2d_image(x, CI.pack_image_conv_weight(w), b, 9, 4, 4, 8)
+
+
+# -- the bf16 transposed kernel (AVX512-BF16) ---------------------------------------------------
+HAS_AVX512_BF16 = HAS_AVX2 and all(f" {f}" in _FLAGS for f in
+                                   ("avx512f", "avx512bw", "avx512vl", "avx512_bf16"))
+needs_bf16 = pytest.mark.skipif(not CI.image_conv_transpose_bf16_available(),
+                                reason="no AVX512-BF16 here or _cpu_kernels not built")
+BF16_CASES = T_CASES + [
+    (1, 48, 3, 6, 30, 9, 4, 4, 3),   # SlimCAE's w=48: 24 channel pairs, 12-pixel blocks + tail
+    (1, 1, 3, 4, 5, 9, 4, 4, 3),     # one input channel: the odd channel alone
+    (2, 33, 2, 5, 13, 5, 2, 2, 1),   # odd channel count, two outputs, batch 2
+    (1, 17, 1, 3, 20, 20, 3, 3, 2),  # 20 lanes: a 2-vector group
+]
+
+
+def _bf16_case(case, seed=5):
+    N, ci, co, H, W, k, s, p, op = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, ci, H, W, generator=g).bfloat16()
+    w = torch.randn(ci, co, k, k, generator=g) / (ci * k * k) ** 0.5
+    b = torch.randn(co, generator=g)
+    return x, w, b
+
+
+def _check_one_bf16_rounding(y, ref):
+    """fp32 sums rounded once to bf16: each value within half a bf16 ulp (2^-8 relative) of the
+    float64 result, plus fp32 summation slack (1e-5 of the largest value)."""
+    assert y.dtype == torch.bfloat16 and y.shape == ref.shape
+    assert torch.isfinite(y).all(), "NaN/Inf in the result"
+    err = (y.double() - ref).abs()
+    bound = ref.abs() * 2.0 ** -8 + 1e-5 * ref.abs().max()
+    assert (err <= bound).all(), (err - bound).max().item()
+
+
+def test_bf16_available_matches_the_cpu():
+    assert CI.image_conv_transpose_bf16_available() == HAS_AVX512_BF16
+
+
+@needs_bf16
+@pytest.mark.parametrize("case", BF16_CASES)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_transposed_bf16_matches_float64(case, channels_last):
+    N, ci, co, H, W, k, s, p, op = case
+    x, w, b = _bf16_case(case)
+    wb = w.bfloat16().double()   # the kernel's taps: w rounded to bf16 by the packing
+    ref = F.conv_transpose2d(x.double(), wb, b.double(), stride=s, padding=p, output_padding=op)
+    xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    wp = CI.pack_image_conv_transpose_weight(w, torch.bfloat16)
+    assert wp.dtype == torch.bfloat16 and wp.shape == (k, -(-ci // 2), CI._lanes(k, co, wp.dtype), 2)
+    y = CI.conv_transpose2d_image(xin, wp, b, k, s, p, op, co)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _check_one_bf16_rounding(y, ref)
+    y0 = CI.conv_transpose2d_image(xin, wp, None, k, s, p, op, co)
+    _check_one_bf16_rounding(y0, ref - b.double()[:, None, None])
+
+
+@needs_bf16
+def test_transposed_bf16_odd_channel_reads_its_pixel_only():
+    """With an odd channel count the last channel is broadcast alone: the next pixel's first
+    channel (here inf) must not be read with it (inf x a zero tap would be NaN). Stride 4 >
+    kernel 3, so each pixel has its own outputs."""
+    x, w, b = _bf16_case((1, 5, 3, 2, 3, 3, 4, 0, 0))
+    x = x.contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, 1] = float("inf")   # pixel (0, 1), channel 0: right after pixel (0, 0) in memory
+    y = CI.conv_transpose2d_image(x, CI.pack_image_conv_transpose_weight(w, torch.bfloat16), b,
+                                  3, 4, 0, 0, 3)
+    ref = F.conv_transpose2d(x.double(), w.bfloat16().double(), b.double(), stride=4)
+    own = (slice(None), slice(None), slice(0, 3), slice(0, 3))   # pixel (0, 0)'s outputs
+    _check_one_bf16_rounding(y[own], ref[own])
+    assert not torch.isfinite(y[0, :, 0:3, 4:7]).all()   # pixel (0, 1)'s: inf there too
+
+
+@needs_bf16
+def test_transposed_bf16_bad_input_is_refused():
+    x = torch.randn(1, 16, 6, 6).bfloat16()
+    w = torch.randn(16, 3, 9, 9)
+    with pytest.raises(ValueError, match="does not fit"):   # fp32 taps for bf16 x
+        CI.conv_transpose2d_image(x, CI.pack_image_conv_transpose_weight(w), None, 9, 4, 4, 3, 3)
+    wp = CI.pack_image_conv_transpose_weight(w, torch.bfloat16)
+    with pytest.raises(ValueError, match="does not fit"):   # bf16 taps for fp32 x
+        CI.conv_transpose2d_image(x.float(), wp, None, 9, 4, 4, 3, 3)
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        CI.conv_transpose2d_image(x.half(), wp, None, 9, 4, 4, 3, 3)
+    with pytest.raises(ValueError, match="dtype"):
+        CI.pack_image_conv_transpose_weight(w, torch.float16)
+
+
+@pytest.mark.skipif(not CI.image_conv_transpose_bf16_available() or conv_mod._amx(),
+                    reason="the conv op uses the bf16 kernel on AVX512-BF16 CPUs without AMX")
+def test_slim_conv_transpose2d_dispatches_the_bf16_output_layer(monkeypatch):
+    """Under CPU bf16 autocast without gradient SlimCAE's output layer (a 64-wide weight used at
+    40 channels, in place) goes to the bf16 kernel; CPU_IMAGE_CONV_BF16 = False turns it off."""
+    seen = []
+    real = CI.conv_transpose2d_image
+
+    def spy(x, *a, **k):
+        seen.append(x.dtype)
+        return real(x, *a, **k)
+    monkeypatch.setattr(CI, "conv_transpose2d_image", spy)
+    x, w, b = _bf16_case((1, 64, 3, 7, 9, 9, 4, 4, 3))
+    x = x[:, :40].float()
+    ref = F.conv_transpose2d(x.double(), w[:40].bfloat16().double(), b.double(), stride=4,
+                             padding=4, output_padding=3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
+    assert seen == [torch.bfloat16]
+    _check_one_bf16_rounding(y, ref)
+    monkeypatch.setattr(conv_mod, "CPU_IMAGE_CONV_BF16", False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y2 = slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
+    assert seen == [torch.bfloat16] and y2.dtype == torch.bfloat16
