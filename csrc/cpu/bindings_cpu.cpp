@@ -8,6 +8,7 @@
 
 #include "conv_amx.hpp"
 #include "gdn_avx2.hpp"
+#include "gdn_bf16.hpp"
 #include "gdn_cpu.hpp"
 #include "latents.hpp"
 #include "winograd.hpp"
@@ -275,8 +276,8 @@ PYBIND11_MODULE(_cpu_kernels, m) {
   m.attr("BF16") = static_cast<int>(sk::kBF16);
   m.def("amx_available", &sk::amx_available,
         "True when the CPU has AMX-BF16 + AVX512-BF16 and the OS granted the tile state.");
-  // the two GDN kernels take the same arguments (gdn_forward_avx2: xdtype must be F32; splits
-  // is ignored, its accumulation is plain fp32)
+  // the three GDN kernels take the same arguments (gdn_forward_avx2: splits is ignored, its
+  // accumulation is plain fp32; gdn_forward_bf16: bf16 channels_last x, splits 1)
   auto def_gdn = [&m](const char* name, auto fn, const char* doc) {
     m.def(name, fn, py::arg("x"), py::arg("y"), py::arg("xdtype"), py::arg("N"), py::arg("C"),
           py::arg("HW"), py::arg("channels_last"), py::arg("gamma"), py::arg("gdtype"),
@@ -292,6 +293,10 @@ PYBIND11_MODULE(_cpu_kernels, m) {
           "Fused fp32 GDN/IGDN forward on AVX2 + FMA (see csrc/cpu/gdn_avx2.hpp): x and y fp32 "
           "(xdtype 0), [N*HW, C] (channels_last) or [N, C, HW] (NCHW); gamma/beta fp32 (0) or "
           "bf16 (1), any strides; r (optional, channels_last): the factors y / x, fp32 like y.");
+  def_gdn("gdn_forward_bf16", &gdn_call_py<sk::gdn_forward_bf16, sk::gdn_bf16_error_message>,
+          "Fused bf16 GDN/IGDN forward on AVX512-BF16 (see csrc/cpu/gdn_bf16.hpp): x and y bf16 "
+          "(xdtype 1), [N*HW, C] (channels_last only); gamma/beta fp32 (0) or bf16 (1), any "
+          "strides; splits 1, no r. Available where conv_bf16_available().");
   m.def("gdn_avx2_available", &sk::gdn_avx2_available,
         "True when the CPU has AVX2 + FMA (gdn_forward_avx2).");
   m.def("latents_simd_available", &sk::latents_simd_available,

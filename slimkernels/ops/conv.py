@@ -694,8 +694,8 @@ def _fused_cpu_gdn_available() -> bool:
 
 
 def _avx2_cpu_gdn_covers(y, kw) -> bool:
-    """Whether :func:`slimkernels.ops.gdn.gdn` runs its AVX2 kernel on this call (CPUs without
-    AMX; fp32 x, or bf16 x with few channels)."""
+    """Whether :func:`slimkernels.ops.gdn.gdn` runs one of its kernels for CPUs without AMX on
+    this call (AVX512-BF16: bf16 channels_last x; AVX2: fp32 x, or bf16 x with few channels)."""
     from .gdn import _avx2_covers
     scalars = tuple(kw.get(n) for n in ("gamma_scale", "gamma_bias", "beta_scale", "beta_bias"))
     return _avx2_covers(y, kw["beta"], kw["gamma"], scalars)

@@ -477,8 +477,11 @@ def test_prepacked_igdn_input_and_output_vs_float64(dtype):
     if conv_mod._onednn(y.dtype) and not conv_mod._fused_cpu_gdn_available() and not avx2:
         # both IGDNs ran the prepacked passes (NCHW fp32 x converted)
         assert sorted(k[1] for k in conv_mod._PACK_CACHE if k[0] == "gdn") == [47, 72]
-    elif avx2 and not conv_mod._fused_cpu_gdn_available():  # both ran the AVX2 kernel
-        assert gdn_mod.last_cpu_path == "avx2"
+    elif avx2 and not conv_mod._fused_cpu_gdn_available():
+        # both ran the AVX2 kernel; in bf16 on AVX512-BF16 CPUs the output IGDN (of the
+        # channels_last conv output) the AVX512-BF16 one
+        last = "avx512-bf16" if dtype == "bf16" and gdn_mod._bf16_kernel_here() else "avx2"
+        assert gdn_mod.last_cpu_path == last
         assert not [k for k in conv_mod._PACK_CACHE if k[0] == "gdn"]
 
 

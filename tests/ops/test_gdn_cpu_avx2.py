@@ -134,10 +134,12 @@ def test_bf16_x_nan_and_inf_stay_nan():
 
 @needs_avx2
 @pytest.mark.skipif(HAS_AMX, reason="AMX CPU: gdn() takes the AMX kernel (tested elsewhere)")
-def test_gdn_sends_narrow_bf16_to_it():
-    """gdn() on bf16 x: up to AVX2_BF16_MAX_C channels at any size and up to
-    AVX2_BF16_SMALL_MAX_C on small images -> the AVX2 kernel; wider -> the PyTorch path (oneDNN's
-    bf16 GEMM is faster there); the values agree with the PyTorch path to bf16 tolerance."""
+def test_gdn_sends_narrow_bf16_to_it(monkeypatch):
+    """gdn() on bf16 x without the AVX512-BF16 kernel (off here, or a CPU without it): up to
+    AVX2_BF16_MAX_C channels at any size and up to AVX2_BF16_SMALL_MAX_C on small images -> the
+    AVX2 kernel; wider -> the PyTorch path (oneDNN's bf16 GEMM is faster there); the values agree
+    with the PyTorch path to bf16 tolerance."""
+    monkeypatch.setattr(gdn_mod, "USE_AVX512_BF16", False)
     beta, gamma = _params(7)
     small = gdn_mod.AVX2_BF16_SMALL_HW
     assert gdn_mod.AVX2_BF16_MAX_C < gdn_mod.AVX2_BF16_SMALL_MAX_C < 192 and small >= 96

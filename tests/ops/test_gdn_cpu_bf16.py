@@ -1,0 +1,162 @@
+"""The bf16 AVX512-BF16 GDN kernel (slimkernels._cpu_kernels.gdn_forward_bf16, for CPUs with
+AVX512-BF16 and without AMX) against a float64 reference at its stated precision, and the
+dispatch to it."""
+import importlib
+import os
+
+import pytest
+import torch
+
+from slimkernels.ops import gdn
+# shared with the AMX kernel's tests: parameters (C_max = 192), SlimGDN+ scalars, the AMX probe
+# and the autouse fixture that turns the CPU kernels on
+from tests.ops.test_gdn_cpu_fused import HAS_AMX, SCALARS, _kernels_on, _params  # noqa: F401
+
+gdn_mod = importlib.import_module("slimkernels.ops.gdn")  # the module (ops.gdn is the function)
+
+_FLAGS = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+HAS_AVX512_BF16 = all(f" {f}" in _FLAGS for f in ("avx2", "fma", "avx512f", "avx512bw",
+                                                  "avx512vl", "avx512_bf16"))
+needs_kernel = pytest.mark.skipif(gdn_mod._avx2_kernels() is None or
+                                  not gdn_mod._bf16_kernel_here(),
+                                  reason="no AVX512-BF16 here or _cpu_kernels not built")
+no_amx = pytest.mark.skipif(HAS_AMX, reason="AMX CPU: gdn() takes the AMX kernel")
+
+
+def _x(N, C, H, W, seed=1):
+    x = torch.randn(N, C, H, W, generator=torch.Generator().manual_seed(seed)).bfloat16()
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _run(x, beta, gamma, inverse, sc=SCALARS["none"]):
+    return gdn_mod._run_avx512_bf16(x, beta, gamma, inverse, sc)
+
+
+def _kernel_ref(x, beta, gamma, inverse, sc):
+    """float64 at the kernel's stated precision: z = bf16(x^2), gamma_k = bf16(gamma * gs + gb)
+    (scalars applied in fp32), beta_k = beta * bs + bb, n = beta_k + gamma_k z exactly."""
+    gs, gb, bs, bb = (d if v is None else v for v, d in zip(sc, (1.0, 0.0, 1.0, 0.0)))
+    C = x.shape[1]
+    g = (gamma[:C, :C].float() * gs + gb).bfloat16().double()
+    b = beta[:C].float().double() * bs + bb
+    xd = x.double()
+    z = (x.float() * x.float()).bfloat16().double()
+    n = b.view(1, C, 1, 1) + torch.einsum("oi,nihw->nohw", g, z)
+    return xd * n.sqrt() if inverse else xd / n.sqrt()
+
+
+def _check(y, ref):
+    """One rounding to bf16 (half an ulp: 2^-8 relative) of the fp32 result, plus the fp32
+    accumulation and reciprocal square root (1e-5 relative)."""
+    assert y.dtype == torch.bfloat16 and y.shape == ref.shape
+    assert torch.isfinite(y).all(), "NaN/Inf in the result"
+    err = (y.double() - ref).abs()
+    bound = ref.abs() * (2.0 ** -8 + 1e-5) + 1e-30
+    assert (err <= bound).all(), (err / ref.abs().clamp_min(1e-30)).max().item()
+
+
+def test_available_matches_the_cpu():
+    K = gdn_mod._avx2_kernels()
+    assert (K is not None and gdn_mod._bf16_kernel_here()) == (HAS_AVX512_BF16 and K is not None)
+
+
+@needs_kernel
+@pytest.mark.parametrize("C", [1, 2, 15, 16, 17, 31, 33, 48, 72, 192])
+@pytest.mark.parametrize("inverse", [False, True], ids=["gdn", "igdn"])
+@pytest.mark.parametrize("scalars", ["none", "slimgdn+"])
+def test_matches_float64(C, inverse, scalars):
+    """Odd widths (a pad channel pair), partial and odd numbers of 16-channel panels, and 2 x 7 x
+    11 = 154 pixels: three 48-pixel blocks, 12-pixel micro-tiles and single-pixel tails."""
+    beta, gamma = _params(C)
+    x = _x(2, C, 7, 11, seed=C)
+    sc = SCALARS[scalars]
+    y = _run(x, beta, gamma, inverse, sc)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _check(y, _kernel_ref(x, beta, gamma, inverse, sc))
+
+
+@needs_kernel
+def test_bf16_parameters_and_strided_gamma():
+    """bf16 beta / gamma and a gamma read through its strides (a transposed view)."""
+    beta, gamma = _params(3, torch.bfloat16)
+    x = _x(1, 40, 6, 9, seed=4)
+    gt = gamma.t().contiguous().t()   # same values, strides (1, 192)
+    assert gt.stride() == (1, 192)
+    for g in (gamma, gt):
+        _check(_run(x, beta, g, True), _kernel_ref(x, beta, gamma, True, SCALARS["none"]))
+
+
+@needs_kernel
+def test_threads_give_the_same_bits():
+    beta, gamma = _params(5)
+    x = _x(1, 96, 32, 48, seed=6)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1 = _run(x, beta, gamma, False)
+        torch.set_num_threads(2)
+        y2 = _run(x, beta, gamma, False)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(y1, y2)
+
+
+@needs_kernel
+def test_nan_and_inf_stay_nan():
+    """A NaN in x gives NaN in every output of its pixel (n is NaN); an inf x gives NaN where the
+    exact form is inf/inf; the other pixels stay finite."""
+    beta, gamma = _params(2)
+    x = _x(1, 20, 3, 4, seed=3)
+    x[0, 5, 1, 2] = float("nan")
+    x[0, 3, 2, 0] = float("inf")
+    y = _run(x, beta, gamma, False)
+    assert torch.isnan(y[0, :, 1, 2]).all() and torch.isnan(y[0, 3, 2, 0])
+    finite = torch.ones_like(y, dtype=torch.bool)
+    finite[0, :, 1, 2] = False
+    finite[0, :, 2, 0] = False
+    assert torch.isfinite(y[finite]).all()
+
+
+@needs_kernel
+def test_bad_arguments_are_refused():
+    """The binding refuses fp32 x, NCHW x and the factor output (a RuntimeError naming the
+    kernel), never reading or writing out of bounds."""
+    K = gdn_mod._avx2_kernels()
+    beta, gamma = _params(1)
+    x = _x(1, 8, 2, 3)
+    y = torch.empty_like(x)
+
+    def call(xdtype=K.BF16, channels_last=True, splits=1, r=0):
+        K.gdn_forward_bf16(x.data_ptr(), y.data_ptr(), xdtype, 1, 8, 6, channels_last,
+                           gamma.data_ptr(), K.F32, 192, 1, beta.data_ptr(), K.F32, 1, 1.0, 0.0,
+                           1.0, 0.0, False, splits, 1, r)
+    call()
+    for bad in (dict(xdtype=K.F32), dict(channels_last=False), dict(splits=3),
+                dict(r=y.data_ptr())):
+        with pytest.raises(RuntimeError, match="gdn_forward_bf16|GDN kernel"):
+            call(**bad)
+
+
+@needs_kernel
+@no_amx
+def test_gdn_dispatches_to_it(monkeypatch):
+    """gdn(): bf16 channels_last x without autograd -> this kernel at any width (192 included,
+    beyond the AVX2 kernel's bf16 rule); NCHW bf16 x, a gradient, or USE_AVX512_BF16 = False ->
+    another path; the values agree."""
+    beta, gamma = _params(7)
+    x = _x(1, 192, 8, 12, seed=8)
+    ref = _kernel_ref(x, beta, gamma, True, SCALARS["none"])
+    with torch.no_grad():
+        y = gdn(x, beta, gamma, inverse=True)
+    assert gdn_mod.last_cpu_path == "avx512-bf16"
+    _check(y, ref)
+    with torch.no_grad():
+        gdn(x.contiguous(), beta, gamma, inverse=True)
+    assert gdn_mod.last_cpu_path != "avx512-bf16"
+    gdn(x, beta, gamma.clone().requires_grad_(True), inverse=True)
+    assert gdn_mod.last_cpu_path == "torch"
+    monkeypatch.setattr(gdn_mod, "USE_AVX512_BF16", False)
+    with torch.no_grad():
+        y2 = gdn(x, beta, gamma, inverse=True)
+    assert gdn_mod.last_cpu_path == "torch"   # 192 channels on 96 pixels: the PyTorch path
+    assert (y2.double() - ref).abs().max() / ref.abs().max() < 1e-2
