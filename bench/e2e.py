@@ -342,8 +342,11 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
                                          precision=eb.precision, **kw))
     t2 = time.perf_counter()
     dev = next(model.parameters()).device
-    y_hat = _layout(model, _codec_fn("_dequantize", lambda e, t: e.dequantize_symbols(t))(
-        eb, sym.to(dev)), channels_last)
+    if not channels_last and hasattr(model, "_latent_input"):  # the model's own input rule
+        y_hat = model._latent_input(eb, sym.to(dev), precision)
+    else:
+        y_hat = _layout(model, _codec_fn("_dequantize", lambda e, t: e.dequantize_symbols(t))(
+            eb, sym.to(dev)), channels_last)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         x_hat = model.decode(y_hat)
     x_hat = x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)

@@ -669,6 +669,28 @@ class SlimCodec(nn.Module):
                  else x.dtype)
         return _dense(x, dtype, torch.channels_last if cl else torch.contiguous_format)
 
+    def _latent_input(self, eb, sym: torch.Tensor, precision: str) -> torch.Tensor:
+        """The dequantized latent ``y_hat`` (float32 ``sym + median``) as the synthesis
+        transform's input, in one pass and at most one cast.
+
+        On CUDA channels_last (the Triton convolutions' input). On CPU in bf16, when ``g_s``
+        starts with one of this library's layers (an IGDN or a transposed conv: they compute in
+        bf16 under autocast anyway), bf16 channels_last: the first IGDN then runs the one-pass
+        bf16 GDN kernel (AVX512-BF16; :func:`slimkernels.ops.gdn.gdn`) instead of the PyTorch
+        path it takes for fp32 x under autocast. Elsewhere float32 in the parameters' layout
+        (the CPU decoder's first IGDN and conv convert it themselves)."""
+        from .nn.conv import SlimConvTranspose2d
+        from .nn.gdn import SlimGDN, _WidthSelectedGDN
+
+        dev = sym.device
+        if dev.type == "cuda":
+            return _dequantize(eb, sym, bool(self._transforms_channels_last(dev)))
+        first = self.g_s[0] if isinstance(self.g_s, nn.Sequential) and len(self.g_s) else None
+        if dev.type == "cpu" and precision == "bf16" and \
+                isinstance(first, (SlimGDN, _WidthSelectedGDN, SlimConvTranspose2d)):
+            return _dequantize(eb, sym, True).to(torch.bfloat16)
+        return _dequantize(eb, sym, self._params_channels_last())
+
     @torch.no_grad()
     def compress(self, x: torch.Tensor, width: Optional[int] = None, *, precision: str = "auto",
                  streams: Optional[int] = None, metadata: Optional[Dict[str, bytes]] = None,
@@ -792,10 +814,7 @@ class SlimCodec(nn.Module):
         precision = resolve_precision(precision, dev)
         f, sym = self.decompress_latent(data)
         eb = self.entropy_bottleneck.for_width(f.width)
-        # on CUDA the transforms' layout (channels_last: the Triton convolutions' input); on CPU
-        # the parameters' (the CPU decoder's first IGDN and conv convert it themselves)
-        cl = self._transforms_channels_last(dev) if dev.type == "cuda" else None
-        y_hat = _dequantize(eb, sym.to(dev), self._params_channels_last() if cl is None else cl)
+        y_hat = self._latent_input(eb, sym.to(dev), precision)
         # f.model_id: checked equal to this model's id by decompress_latent
         x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
                                 precision, cuda_graph, f.model_id)
