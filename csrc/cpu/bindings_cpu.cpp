@@ -231,10 +231,10 @@ void conv_avx2_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t 
   call_released(sk::conv_avx2_forward, a, sk::conv_avx2_error_message, "conv_avx2_forward");
 }
 
-void conv_transpose_avx2_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C,
-                                    uintptr_t w, int64_t L, uintptr_t bias, int64_t Co,
-                                    int64_t k, int64_t s, int64_t pad, int64_t Ho, int64_t Wo,
-                                    uintptr_t y, int nthreads) {
+template <int (*Fn)(const sk::ConvTAvx2Args&)>
+void conv_transpose_fp32_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, uintptr_t w,
+                            int64_t L, uintptr_t bias, int64_t Co, int64_t k, int64_t s,
+                            int64_t pad, int64_t Ho, int64_t Wo, uintptr_t y, int nthreads) {
   sk::ConvTAvx2Args a;
   a.x = reinterpret_cast<const float*>(x);
   a.N = N; a.H = H; a.W = W; a.C = C;
@@ -245,8 +245,7 @@ void conv_transpose_avx2_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W
   a.Ho = Ho; a.Wo = Wo;
   a.y = reinterpret_cast<float*>(y);
   a.nthreads = nthreads;
-  call_released(sk::conv_transpose_avx2_forward, a,
-                sk::conv_avx2_error_message, "conv_transpose_avx2_forward");
+  call_released(Fn, a, sk::conv_avx2_error_message, "conv_transpose_fp32 kernel");
 }
 
 void conv_transpose_bf16_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C,
@@ -353,7 +352,17 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "Direct fp32 conv for few input channels on AVX2 (see csrc/cpu/conv_avx2.hpp): x [N, H, "
         "W, C] dense fp32; w packed [ceil(Co/16), k, k*C, 16] fp32 (64-byte aligned); bias [Co] "
         "fp32 or 0; y [N, Ho, Wo, Co] dense fp32.");
-  m.def("conv_transpose_avx2_forward", &conv_transpose_avx2_forward_py, py::arg("x"),
+  m.def("conv_avx512_available", &sk::conv_avx512_available,
+        "True when the CPU has AVX-512F (conv_transpose_avx512_forward).");
+  m.def("conv_transpose_avx512_forward",
+        &conv_transpose_fp32_py<sk::conv_transpose_avx512_forward>, py::arg("x"), py::arg("N"),
+        py::arg("H"), py::arg("W"), py::arg("C"), py::arg("w"), py::arg("L"), py::arg("bias"),
+        py::arg("Co"), py::arg("k"), py::arg("s"), py::arg("pad"), py::arg("Ho"), py::arg("Wo"),
+        py::arg("y"), py::arg("nthreads"),
+        "conv_transpose_avx2_forward on AVX-512: the same arguments with L = k*Co rounded up to "
+        "16 (taps packed [k, C, L] fp32).");
+  m.def("conv_transpose_avx2_forward", &conv_transpose_fp32_py<sk::conv_transpose_avx2_forward>,
+        py::arg("x"),
         py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("w"), py::arg("L"),
         py::arg("bias"), py::arg("Co"), py::arg("k"), py::arg("s"), py::arg("pad"),
         py::arg("Ho"), py::arg("Wo"), py::arg("y"), py::arg("nthreads"),

@@ -13,7 +13,7 @@
 namespace sk {
 
 namespace {
-enum ConvErr { kCOk = 0, kCNoAvx2 = 1, kCBadArgs = 2, kCNoMem = 3, kCNoBf16 = 4 };
+enum ConvErr { kCOk = 0, kCNoAvx2 = 1, kCBadArgs = 2, kCNoMem = 3, kCNoBf16 = 4, kCNoAvx512 = 5 };
 constexpr int kMr = 6;  // output pixels per micro-tile (12 accumulators)
 constexpr int kMaxRows = 8;
 // Fully unrolled register-tile loops: without it GCC may keep a micro-tile's accumulator array
@@ -29,6 +29,7 @@ const char* conv_avx2_error_message(int code) {
                            "not matching the geometry)";
     case kCNoMem: return "out of memory for a per-thread window buffer";
     case kCNoBf16: return "AVX512-BF16 is not available on this CPU; use the oneDNN path";
+    case kCNoAvx512: return "AVX-512 is not available on this CPU; use the AVX2 kernel";
   }
   return "unknown error";
 }
@@ -268,6 +269,7 @@ inline float sum_and_clear(float v, float* const* bufs, int64_t nb, int64_t i) {
 struct Fp32Ops {
   using T = float;
   static constexpr int64_t kLanes = 8;
+  static constexpr int kNoIsa = kCNoAvx2;
   template <int G>
   static constexpr int pixels() { return G == 1 ? 8 : G == 2 ? 6 : G == 3 ? 4 : 3; }  // <= 12 acc
   static bool available() { return gdn_avx2_available(); }
@@ -294,6 +296,59 @@ struct Fp32Ops {
   }
 };
 
+#define SK_AVX512_TARGET __attribute__((target("avx512f,avx2,fma")))
+
+// fp32 x, taps and y on AVX-512 (ConvTAvx2Args with L a multiple of 16): the AVX2 kernel's
+// micro-tiles with 16-lane zmm vectors and 32 registers (12 pixels x 2 vectors).
+struct Fp32Avx512Ops {
+  using T = float;
+  static constexpr int64_t kLanes = 16;
+  static constexpr int kNoIsa = kCNoAvx512;
+  template <int G>
+  static constexpr int pixels() { return G == 1 ? 16 : G == 2 ? 12 : G == 3 ? 8 : 6; }  // <= 24
+  static bool available() { return conv_avx512_available(); }
+  static int64_t kernel_row_elems(int64_t C, int64_t L) { return C * L; }
+  template <int PX, int G>
+  SK_AVX512_TARGET static void block(const ConvtRows<float>& rows, int64_t xo, int64_t C,
+                                     int64_t L, int64_t v0, float* const* dst) {
+    __m512 acc[PX][G];
+    SK_UNROLL for (int j = 0; j < PX; ++j)
+      SK_UNROLL for (int g = 0; g < G; ++g) acc[j][g] = _mm512_setzero_ps();
+    for (int r = 0; r < rows.n; ++r) {
+      const float* x = rows.xs[r] + xo;
+      const float* wk = rows.ws[r] + 16 * v0;
+      for (int64_t c = 0; c < C; ++c) {
+        __m512 wv[G];
+        SK_UNROLL for (int g = 0; g < G; ++g) wv[g] = _mm512_loadu_ps(wk + c * L + 16 * g);
+        SK_UNROLL for (int j = 0; j < PX; ++j) {
+          const __m512 xb = _mm512_set1_ps(x[j * C + c]);
+          SK_UNROLL for (int g = 0; g < G; ++g)
+            acc[j][g] = _mm512_fmadd_ps(xb, wv[g], acc[j][g]);
+        }
+      }
+    }
+    SK_UNROLL for (int j = 0; j < PX; ++j)
+      SK_UNROLL for (int g = 0; g < G; ++g) {
+        float* d = dst[j] + 16 * g;
+        _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), acc[j][g]));
+      }
+  }
+  SK_AVX512_TARGET static void finish(const float* brow, float* const* bufs, int64_t nb,
+                                      int64_t off, int64_t nout, float* yrow) {
+    const __m512 zero = _mm512_setzero_ps();
+    int64_t f = 0;
+    for (; f + 16 <= nout; f += 16) {
+      __m512 v = _mm512_loadu_ps(brow + f);
+      for (int64_t b = 0; b < nb; ++b) {
+        v = _mm512_add_ps(v, _mm512_loadu_ps(bufs[b] + off + f));
+        _mm512_storeu_ps(bufs[b] + off + f, zero);
+      }
+      _mm512_storeu_ps(yrow + f, v);
+    }
+    for (; f < nout; ++f) yrow[f] = sum_and_clear(brow[f], bufs, nb, off + f);
+  }
+};
+
 #define SK_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
 
 // bf16 x and taps, fp32 sums, bf16 y on AVX512-BF16 (ConvTBf16Args): vdpbf16ps takes the
@@ -303,6 +358,7 @@ struct Fp32Ops {
 struct Bf16Ops {
   using T = uint16_t;
   static constexpr int64_t kLanes = 16;
+  static constexpr int kNoIsa = kCNoBf16;
   template <int G>
   static constexpr int pixels() { return G == 1 ? 16 : G == 2 ? 12 : G == 3 ? 8 : 6; }  // <= 24
   static bool available() { return conv_bf16_available(); }
@@ -401,7 +457,7 @@ void convt_rows(const Args& a, int64_t nb, int64_t blen, float* ws, int64_t r0, 
 template <class Ops, class Args>
 int convt_forward(const Args& a) {
   const int64_t V = Ops::kLanes;
-  if (!Ops::available()) return Ops::kLanes == 8 ? kCNoAvx2 : kCNoBf16;
+  if (!Ops::available()) return Ops::kNoIsa;
   if (a.x == nullptr || a.w == nullptr || a.y == nullptr || a.N <= 0 || a.H <= 0 || a.W <= 0 ||
       a.C <= 0 || a.Co < 1 || a.k <= 0 || a.s <= 0 || a.pad < 0 || a.L < a.k * a.Co ||
       a.L % V || a.L >= a.k * a.Co + V || a.Ho <= 0 || a.Wo <= 0) {
@@ -440,7 +496,19 @@ bool conv_bf16_available() {
   return ok;
 }
 
+bool conv_avx512_available() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma");
+  }();
+  return ok;
+}
+
 int conv_transpose_avx2_forward(const ConvTAvx2Args& a) { return convt_forward<Fp32Ops>(a); }
+int conv_transpose_avx512_forward(const ConvTAvx2Args& a) {
+  return convt_forward<Fp32Avx512Ops>(a);
+}
 int conv_transpose_bf16_forward(const ConvTBf16Args& a) { return convt_forward<Bf16Ops>(a); }
 
 #else
@@ -449,6 +517,8 @@ int conv_avx2_forward(const ConvAvx2Args&) { return kCNoAvx2; }
 int conv_transpose_avx2_forward(const ConvTAvx2Args&) { return kCNoAvx2; }
 bool conv_bf16_available() { return false; }
 int conv_transpose_bf16_forward(const ConvTBf16Args&) { return kCNoBf16; }
+bool conv_avx512_available() { return false; }
+int conv_transpose_avx512_forward(const ConvTAvx2Args&) { return kCNoAvx512; }
 
 #endif
 

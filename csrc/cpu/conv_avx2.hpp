@@ -48,6 +48,9 @@ struct ConvTAvx2Args {
   int nthreads = 1;
 };
 int conv_transpose_avx2_forward(const ConvTAvx2Args& a);
+// The same on AVX-512 (16-lane vectors): a.L is k*Co rounded up to 16, the taps packed alike.
+bool conv_avx512_available();
+int conv_transpose_avx512_forward(const ConvTAvx2Args& a);
 
 // The same transposed conv in bf16 on AVX512-BF16 (vdpbf16ps: two input channels per lane, fp32
 // sums in the registers and row buffers, one rounding to bf16 per output value). Same geometry

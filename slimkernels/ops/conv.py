@@ -261,6 +261,11 @@ WINOGRAD_IMAGE_MIN_CIN = 96
 #: -> 3 x 512 x 768), 2 threads, medians of 30 (``/tmp/tb3.py``-style, trainer paused):
 #: 2.0-2.2 vs 2.6-2.8 ms at C = 48, 7.2 vs 9.8-10.1 ms at 192 (1.3-1.4x).
 CPU_IMAGE_CONV_BF16 = True
+#: ... and fp32 ones on AVX-512 CPUs too (``CPU_IMAGE_CONV`` keeps the other image kernels to
+#: AVX2-level CPUs), by the kernel's AVX-512 variant (``conv_image.FP32_AVX512``): Zen 4 EPYC,
+#: kodim01's dec3, 2 threads, medians of 20: 3.4 vs 4.9 ms at C = 48, 6.9 vs 10.5 at 96, 13.3
+#: vs 19.3 at 192 against oneDNN's fp32 sub-pixel conv (not measured on Intel AVX-512 CPUs).
+CPU_IMAGE_CONV_T_AVX512 = True
 _PACK_CACHE: "OrderedDict" = OrderedDict()
 _PACK_CACHE_MAX = 128
 _PACK_LOCK = threading.Lock()
@@ -534,6 +539,9 @@ def _image_transposed_applies(x, weight, co, stride) -> bool:
     if x.dtype == torch.bfloat16:
         return CPU_IMAGE_CONV_BF16 and weight.shape[-2] == k and not _amx() and \
             conv_image.image_conv_transpose_bf16_available()
+    if CPU_IMAGE_CONV_T_AVX512 and x.dtype == torch.float32 and weight.shape[-2] == k and \
+            _cpu_capability() == "AVX512":
+        return CPU_IMAGE_CONV and conv_image.image_conv_available()
     return _image_kernels_apply(x, weight, co, conv_image.MAX_OUTPUT_CHANNELS)
 
 
@@ -544,7 +552,8 @@ def _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding
     ci, k, dt = x.shape[1], weight.shape[-1], x.dtype
     if not _image_transposed_applies(x, weight, co, stride):
         return None
-    wp, b = _cached_fp32(("imageT", co, ci, k, dt), weight, bias, co,
+    lanes = conv_image._lanes(k, co, dt)   # the packing follows the variant this CPU runs
+    wp, b = _cached_fp32(("imageT", co, ci, k, dt, lanes), weight, bias, co,
                          lambda: conv_image.pack_image_conv_transpose_weight(weight[:ci, :co],
                                                                              dt))
     return conv_image.conv_transpose2d_image(x, wp, b, k, stride, padding, output_padding, co)

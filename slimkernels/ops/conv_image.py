@@ -116,9 +116,23 @@ def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor]
 MAX_OUTPUT_CHANNELS = 3
 
 
+#: fp32 transposed conv: the AVX-512 variant (16-lane vectors, 32 registers) where the CPU has
+#: AVX-512F, else the AVX2 one. Zen 4 EPYC (double-pumped AVX-512), kodim01's dec3, 2 threads,
+#: medians of 20: AVX2 4.3 / 6.9 / 13.6 ms, AVX-512 3.4 / 6.9 / 13.3 at C = 48 / 96 / 192
+#: (``/tmp/tb5.py``-style; oneDNN's fp32 sub-pixel conv 4.9 / 10.5 / 19.3).
+FP32_AVX512 = True
+
+
+def _fp32_avx512() -> bool:
+    K = _kernels()
+    return FP32_AVX512 and K is not None and hasattr(K, "conv_avx512_available") and \
+        bool(K.conv_avx512_available())
+
+
 def _lanes(k: int, co: int, dtype=torch.float32) -> int:
-    """``k * co`` rounded up to the kernel's vector: 8 fp32 lanes (AVX2), 16 in bf16."""
-    v = 16 if dtype == torch.bfloat16 else 8
+    """``k * co`` rounded up to the transposed kernel's vector: 16 lanes in bf16 and for the
+    AVX-512 fp32 variant (:data:`FP32_AVX512`), 8 for the AVX2 one."""
+    v = 16 if dtype == torch.bfloat16 or _fp32_avx512() else 8
     return -(-(k * co) // v) * v
 
 
@@ -143,7 +157,8 @@ def pack_image_conv_transpose_weight(w: torch.Tensor,
     :func:`conv_transpose2d_image` for x of ``dtype``, contiguous, ``L`` = ``k * C_out`` rounded
     up to the kernel's vector (:func:`_lanes`), zero past ``k * C_out``:
 
-    - fp32: ``[k, C_in, L]`` (``packed[ky, c, kx*C_out + o] = w[c, o, ky, kx]``);
+    - fp32: ``[k, C_in, L]`` (``packed[ky, c, kx*C_out + o] = w[c, o, ky, kx]``; ``L`` for the
+      variant this CPU runs, :data:`FP32_AVX512`);
     - bf16: ``[k, ceil(C_in/2), L, 2]`` in input-channel pairs
       (``packed[ky, c // 2, kx*C_out + o, c % 2] = w[c, o, ky, kx]``, zero for the pad channel
       of an odd ``C_in``)."""
@@ -207,7 +222,8 @@ def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[tor
         raise ValueError(f"{name}: empty output for x {tuple(x.shape)}")
     b, _keep = bias_pointer(bias, co, name)
     y = torch.empty((N, co, Ho, Wo), dtype=x.dtype, memory_format=torch.channels_last)
-    run = K.conv_transpose_bf16_forward if bf16 else K.conv_transpose_avx2_forward
+    run = K.conv_transpose_bf16_forward if bf16 else \
+        K.conv_transpose_avx512_forward if _fp32_avx512() else K.conv_transpose_avx2_forward
     run(xc.data_ptr(), N, H, W, C, wp.data_ptr(), L, b, co, k, s, padding, Ho, Wo, y.data_ptr(),
         torch.get_num_threads())
     return y

@@ -114,13 +114,23 @@ T_CASES = [  # N, C_in, C_out, H, W, k, stride, padding, output_padding
     (1, 7, 3, 4, 11, 11, 4, 5, 2),   # 33 lanes: a 4-vector and a 1-vector group per row
     (1, 9, 2, 5, 6, 7, 3, 0, 1),     # no padding: output columns from the first buffer lane
     (1, 6, 3, 3, 4, 5, 2, 4, 1),     # padding past the kernel's half: inner output only
+    (1, 5, 3, 3, 4, 23, 8, 11, 7),   # 69 lanes: a second vector group (v0 > 0) in every variant
 ]
+
+
+HAS_AVX512 = " avx512f" in _FLAGS
 
 
 @needs_kernel
 @pytest.mark.parametrize("case", T_CASES)
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_transposed_matches_float64(case, channels_last):
+@pytest.mark.parametrize("avx512", [False, True], ids=["avx2", "avx512"])
+def test_transposed_matches_float64(case, channels_last, avx512, monkeypatch):
+    """Both fp32 variants: AVX2 (8-lane taps) and AVX-512 (16-lane), where the CPU has it."""
+    if avx512 and not HAS_AVX512:
+        pytest.skip("no AVX-512F here")
+    monkeypatch.setattr(CI, "FP32_AVX512", avx512)
+    assert CI._lanes(5, 1) == (16 if avx512 else 8)
     N, ci, co, H, W, k, s, p, op = case
     g = torch.Generator().manual_seed(1)
     x = torch.randn(N, ci, H, W, generator=g)
@@ -169,8 +179,9 @@ def test_transposed_too_many_row_buffers():
     assert _err(y, F.conv_transpose2d(x.double(), w.double())) < TOL
 
 
-@pytest.mark.skipif(not CI.image_conv_available() or conv_mod._cpu_capability() != "AVX2",
-                    reason="the conv op uses this kernel on AVX2 (non-AVX-512) CPUs only")
+@pytest.mark.skipif(not CI.image_conv_available() or
+                    conv_mod._cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="the conv op uses this kernel on AVX2 and AVX-512 CPUs only")
 def test_slim_conv_transpose2d_dispatches_the_output_layer(monkeypatch):
     calls = []
     real = CI.conv_transpose2d_image
