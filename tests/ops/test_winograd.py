@@ -682,3 +682,34 @@ def test_weight_grad_in_several_rounds(monkeypatch):
                                               [2, 2], [1, 1], False, [0, 0], 1,
                                               [False, True, False])[1]
     assert _err(Wg.conv2d_weight_grad(x, gy, 5, 2, 2), ref) < TOL
+
+
+@needs_kernels
+def test_avx512_cpus_take_winograd_without_gradient_from_72_channels(monkeypatch):
+    """On AVX-512 CPUs (the capability patched here) no-grad fp32 convs and transposed convs with
+    >= WINOGRAD_AVX512_MIN_C channels on both sides run by Winograd (values equal float64);
+    narrower ones, a gradient (training keeps to AVX2 CPUs) or CPU_WINOGRAD_AVX512 = False stay
+    on oneDNN."""
+    monkeypatch.setattr(conv_mod, "_cpu_capability", lambda: "AVX512")
+    fwd = _count_calls(monkeypatch, "conv2d_winograd")
+    fwdt = _count_calls(monkeypatch, "conv_transpose2d_winograd")
+    c = conv_mod.WINOGRAD_AVX512_MIN_C
+    x, w, b = _conv_case(1, c, c, 24, 24, 5, seed=61)   # 12x12 output: 9 tiles
+    xt, wt, bt = _convt_case(1, c, c, 12, 12, 5, seed=62)
+    x = x.contiguous(memory_format=torch.channels_last)
+    xt = xt.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = slim_conv2d(x, w, b, stride=2, padding=2)
+        yt = slim_conv_transpose2d(xt, wt, bt, stride=2, padding=2, output_padding=1)
+    assert fwd == [1] and fwdt == [1]
+    assert _err(y, F.conv2d(x.double(), w.double(), b.double(), stride=2, padding=2)) < TOL
+    assert _err(yt, F.conv_transpose2d(xt.double(), wt.double(), bt.double(), stride=2,
+                                       padding=2, output_padding=1)) < TOL
+    with torch.no_grad():
+        slim_conv2d(x, w, b, stride=2, padding=2, out_width=c - 1)          # too narrow
+        slim_conv_transpose2d(xt[:, :c - 1], wt, bt, stride=2, padding=2, output_padding=1)
+    slim_conv2d(x, w.clone().requires_grad_(), b, stride=2, padding=2)      # training
+    monkeypatch.setattr(conv_mod, "CPU_WINOGRAD_AVX512", False)
+    with torch.no_grad():
+        slim_conv2d(x, w, b, stride=2, padding=2)
+    assert fwd == [1] and fwdt == [1]
