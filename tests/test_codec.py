@@ -328,6 +328,11 @@ def test_dense_strides_helper():
     assert ob.stride() == (240, 1, 30, 3) and torch.equal(ob, xb) and ob.data_ptr() != xb.data_ptr()
     n = _dense(x, torch.bfloat16, torch.contiguous_format)
     assert n.is_contiguous() and n.dtype == torch.bfloat16 and torch.equal(n, x.bfloat16())
+    # NCHW fp32 -> bf16 channels_last (cast first, then the transposing copy): same values
+    c = _dense(n.float().contiguous(), torch.bfloat16, torch.channels_last)
+    assert c.stride() == (240, 1, 30, 3) and c.dtype == torch.bfloat16 and torch.equal(c, n)
+    xr = torch.rand(2, 3, 5, 7)
+    assert torch.equal(_dense(xr, torch.bfloat16, torch.channels_last), xr.bfloat16())
 
 
 def test_latent_indexes_cached_read_only():
