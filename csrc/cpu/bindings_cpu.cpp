@@ -231,6 +231,20 @@ void conv_avx2_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t 
   call_released(sk::conv_avx2_forward, a, sk::conv_avx2_error_message, "conv_avx2_forward");
 }
 
+void conv_bf16_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, uintptr_t w,
+                          uintptr_t bias, int64_t Co, int64_t k, int64_t stride, int64_t pad,
+                          int64_t Ho, int64_t Wo, uintptr_t y, int nthreads) {
+  sk::ConvBf16Args a;
+  a.x = reinterpret_cast<const uint16_t*>(x);
+  a.N = N; a.H = H; a.W = W; a.C = C;
+  a.w = reinterpret_cast<const uint16_t*>(w);
+  a.bias = reinterpret_cast<const float*>(bias);
+  a.Co = Co; a.k = k; a.stride = stride; a.pad = pad; a.Ho = Ho; a.Wo = Wo;
+  a.y = reinterpret_cast<uint16_t*>(y);
+  a.nthreads = nthreads;
+  call_released(sk::conv_bf16_forward, a, sk::conv_avx2_error_message, "conv_bf16_forward");
+}
+
 template <int (*Fn)(const sk::ConvTAvx2Args&)>
 void conv_transpose_fp32_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, uintptr_t w,
                             int64_t L, uintptr_t bias, int64_t Co, int64_t k, int64_t s,
@@ -352,6 +366,13 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "Direct fp32 conv for few input channels on AVX2 (see csrc/cpu/conv_avx2.hpp): x [N, H, "
         "W, C] dense fp32; w packed [ceil(Co/16), k, k*C, 16] fp32 (64-byte aligned); bias [Co] "
         "fp32 or 0; y [N, Ho, Wo, Co] dense fp32.");
+  m.def("conv_bf16_forward", &conv_bf16_forward_py, py::arg("x"), py::arg("N"), py::arg("H"),
+        py::arg("W"), py::arg("C"), py::arg("w"), py::arg("bias"), py::arg("Co"), py::arg("k"),
+        py::arg("stride"), py::arg("pad"), py::arg("Ho"), py::arg("Wo"), py::arg("y"),
+        py::arg("nthreads"),
+        "Direct bf16 conv for few input channels on AVX512-BF16 (see csrc/cpu/conv_avx2.hpp): x "
+        "[N, H, W, C] dense bf16; w packed [ceil(Co/16), k, ceil(k*C/2), 16, 2] bf16; bias [Co] "
+        "fp32 or 0; y [N, Ho, Wo, Co] dense bf16.");
   m.def("conv_avx512_available", &sk::conv_avx512_available,
         "True when the CPU has AVX-512F (conv_transpose_avx512_forward).");
   m.def("conv_transpose_avx512_forward",

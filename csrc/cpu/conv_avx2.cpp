@@ -102,11 +102,29 @@ using MicroFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64
 constexpr MicroFn kMicro[kMr + 1] = {nullptr, micro<1>, micro<2>, micro<3>,
                                      micro<4>, micro<5>, micro<6>};
 
+// fp32 x / taps / y on AVX2 + FMA (ConvAvx2Args): one 16-channel panel per micro-tile.
+struct ConvFp32Ops {
+  using T = float;
+  using Y = float;
+  static constexpr int kMr = sk::kMr;
+  static constexpr int kG = 1;
+  static int64_t panel_elems(int64_t k, int64_t kC) { return k * kC * 16; }
+  // mr pixels x np (= 1) panels from panel pb
+  static void micro(int mr, int, const float* base, int64_t ps, int64_t rs, int64_t ky0,
+                    int64_t ky1, int64_t kC, const float* w, int64_t pb, int64_t pstride,
+                    const float* bias_pad, float* y, int64_t Co) {
+    kMicro[mr](base, ps, rs, ky0, ky1, kC, w + pb * pstride, bias_pad + pb * 16, y + pb * 16,
+               Co, std::min<int64_t>(16, Co - pb * 16));
+  }
+};
+
 // Output rows [r0, r1) of all N images (row index n * Ho + oy). win: a [k][k*C] buffer.
-SK_AVX2_TARGET void conv_rows(const ConvAvx2Args& a, const float* bias_pad, int64_t r0, int64_t r1,
-                              float* win) {
+template <class Ops, class Args>
+void conv_rows(const Args& a, const float* bias_pad, int64_t r0, int64_t r1,
+               typename Ops::T* win) {
+  using T = typename Ops::T;
   const int64_t C = a.C, k = a.k, s = a.stride, p = a.pad, kC = k * C, Co = a.Co;
-  const int64_t panels = (Co + 15) / 16;
+  const int64_t panels = (Co + 15) / 16, pstride = Ops::panel_elems(k, kC);
   // interior output columns: the whole window inside x
   const int64_t ox_lo = std::min<int64_t>(a.Wo, (p + s - 1) / s);
   const int64_t ox_hi = std::max<int64_t>(ox_lo, std::min<int64_t>(a.Wo, (a.W + p - k) / s + 1));
@@ -114,18 +132,16 @@ SK_AVX2_TARGET void conv_rows(const ConvAvx2Args& a, const float* bias_pad, int6
     const int64_t n = row / a.Ho, oy = row % a.Ho;
     const int64_t iy0 = s * oy - p;  // input row of tap row 0
     const int64_t ky0 = std::max<int64_t>(0, -iy0), ky1 = std::min<int64_t>(k, a.H - iy0);
-    const float* xn = a.x + n * a.H * a.W * C;
-    float* yrow = a.y + (n * a.Ho + oy) * a.Wo * Co;
-    for (int64_t pb = 0; pb < panels; ++pb) {
-      const float* wp = a.w + pb * k * kC * 16;
-      const float* b16 = bias_pad + pb * 16;
-      const int64_t valid = std::min<int64_t>(16, Co - pb * 16);
+    const T* xn = a.x + n * a.H * a.W * C;
+    auto* yrow = a.y + (n * a.Ho + oy) * a.Wo * Co;
+    for (int64_t pb = 0; pb < panels; pb += Ops::kG) {
+      const int np = static_cast<int>(std::min<int64_t>(Ops::kG, panels - pb));
       // interior: windows read in place (row iy0 + ky, column s*ox - p)
-      for (int64_t ox = ox_lo; ox < ox_hi; ox += kMr) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMr, ox_hi - ox));
-        const float* base = xn + (iy0 * a.W + (s * ox - p)) * C;
-        kMicro[mr](base, s * C, a.W * C, ky0, ky1, kC, wp, b16, yrow + ox * Co + pb * 16, Co,
-                   valid);
+      for (int64_t ox = ox_lo; ox < ox_hi; ox += Ops::kMr) {
+        const int mr = static_cast<int>(std::min<int64_t>(Ops::kMr, ox_hi - ox));
+        const T* base = xn + (iy0 * a.W + (s * ox - p)) * C;
+        Ops::micro(mr, np, base, s * C, a.W * C, ky0, ky1, kC, a.w, pb, pstride, bias_pad,
+                   yrow + ox * Co, Co);
       }
       // border columns: a zero-padded copy of the window
       for (int64_t ox = 0; ox < a.Wo; ++ox) {
@@ -133,24 +149,25 @@ SK_AVX2_TARGET void conv_rows(const ConvAvx2Args& a, const float* bias_pad, int6
         if (ox >= a.Wo) break;
         const int64_t ix0 = s * ox - p;
         for (int64_t ky = ky0; ky < ky1; ++ky) {
-          const float* xr = xn + (iy0 + ky) * a.W * C;
-          float* wr = win + ky * kC;
+          const T* xr = xn + (iy0 + ky) * a.W * C;
+          T* wr = win + ky * kC;
           for (int64_t kx = 0; kx < k; ++kx) {
             const int64_t ix = ix0 + kx;
             for (int64_t c = 0; c < C; ++c) {
-              wr[kx * C + c] = (ix >= 0 && ix < a.W) ? xr[ix * C + c] : 0.0f;
+              wr[kx * C + c] = (ix >= 0 && ix < a.W) ? xr[ix * C + c] : T(0);
             }
           }
         }
-        micro<1>(win, 0, kC, ky0, ky1, kC, wp, b16, yrow + ox * Co + pb * 16, Co, valid);
+        Ops::micro(1, np, win, 0, kC, ky0, ky1, kC, a.w, pb, pstride, bias_pad, yrow + ox * Co,
+                   Co);
       }
     }
   }
 }
-}  // namespace
 
-int conv_avx2_forward(const ConvAvx2Args& a) {
-  if (!gdn_avx2_available()) return kCNoAvx2;
+template <class Ops, class Args>
+int conv_forward(const Args& a, bool available, int no_isa) {
+  if (!available) return no_isa;
   if (a.x == nullptr || a.w == nullptr || a.y == nullptr || a.N <= 0 || a.H <= 0 || a.W <= 0 ||
       a.C <= 0 || a.Co <= 0 || a.k <= 0 || a.stride <= 0 || a.pad < 0 ||
       a.Ho != (a.H + 2 * a.pad - a.k) / a.stride + 1 ||
@@ -163,15 +180,20 @@ int conv_avx2_forward(const ConvAvx2Args& a) {
   const int64_t rows = a.N * a.Ho;
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows));
   const int64_t win_len = a.k * a.k * a.C;
-  std::vector<detail::Buf<float>> wins;
+  std::vector<detail::Buf<typename Ops::T>> wins;
   for (int64_t t = 0; t < nt; ++t) {
-    wins.push_back(detail::alloc_aligned<float>(win_len));
+    wins.push_back(detail::alloc_aligned<typename Ops::T>(win_len));
     if (!wins.back()) return kCNoMem;
   }
   run_on_threads(nt, [&](int64_t t) {
-    conv_rows(a, bias_pad.data(), rows * t / nt, rows * (t + 1) / nt, wins[t].get());
+    conv_rows<Ops>(a, bias_pad.data(), rows * t / nt, rows * (t + 1) / nt, wins[t].get());
   });
   return kCOk;
+}
+}  // namespace
+
+int conv_avx2_forward(const ConvAvx2Args& a) {
+  return conv_forward<ConvFp32Ops>(a, gdn_avx2_available(), kCNoAvx2);
 }
 
 namespace {
@@ -487,6 +509,79 @@ int convt_forward(const Args& a) {
 }
 }  // namespace
 
+namespace {
+// bf16 x / taps, fp32 sums, bf16 y on AVX512-BF16 (ConvBf16Args): the kC run of a tap row in
+// input-element pairs (vdpbf16ps), a pixel's pair broadcast as 32 bits (an odd last element
+// alone, its partner zero: nothing past the window row is read), micro-tiles of up to 8 pixels
+// x 3 panels (24 zmm accumulators; SlimCAE's widths are 3, 6, 9 or 12 panels, w=72 5).
+struct ConvBf16Ops {
+  using T = uint16_t;
+  static constexpr int kMr = 8;
+  static constexpr int kG = 3;
+  static int64_t panel_elems(int64_t k, int64_t kC) { return k * ((kC + 1) / 2) * 32; }
+  template <int MR, int G, bool ONE>
+  SK_BF16_TARGET static inline void pair(__m512 (&acc)[MR][G], const uint16_t* ar, int64_t ps,
+                                         int64_t j, const uint16_t* bp, int64_t pstride) {
+    __m512bh b[G];
+    SK_UNROLL for (int g = 0; g < G; ++g)
+      b[g] = (__m512bh)_mm512_loadu_si512(bp + g * pstride);
+    SK_UNROLL for (int r = 0; r < MR; ++r) {
+      const uint16_t* xp = ar + r * ps + j;
+      int32_t v;
+      if (ONE) {
+        v = static_cast<int32_t>(*xp);
+      } else {
+        std::memcpy(&v, xp, 4);
+      }
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(v);
+      SK_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = _mm512_dpbf16_ps(acc[r][g], b[g], xb);
+    }
+  }
+  template <int MR, int G>
+  SK_BF16_TARGET static void tile(const uint16_t* a, int64_t ps, int64_t rs, int64_t ky0,
+                                  int64_t ky1, int64_t kC, const uint16_t* wp, int64_t pstride,
+                                  const float* bias, uint16_t* y, int64_t Co, int64_t c0) {
+    __m512 acc[MR][G];
+    SK_UNROLL for (int g = 0; g < G; ++g) {
+      const __m512 bi = _mm512_loadu_ps(bias + 16 * g);
+      SK_UNROLL for (int r = 0; r < MR; ++r) acc[r][g] = bi;
+    }
+    const int64_t pairs = kC / 2, row = (kC + 1) / 2 * 32;
+    for (int64_t ky = ky0; ky < ky1; ++ky) {
+      const uint16_t* ar = a + ky * rs;
+      const uint16_t* br = wp + ky * row;
+      for (int64_t jp = 0; jp < pairs; ++jp)
+        pair<MR, G, false>(acc, ar, ps, 2 * jp, br + jp * 32, pstride);
+      if (kC & 1) pair<MR, G, true>(acc, ar, ps, kC - 1, br + pairs * 32, pstride);
+    }
+    SK_UNROLL for (int g = 0; g < G; ++g) {
+      const int64_t c = c0 + 16 * g, valid = std::min<int64_t>(16, Co - c);
+      const __mmask16 m = valid >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                      : static_cast<__mmask16>((1u << valid) - 1u);
+      SK_UNROLL for (int r = 0; r < MR; ++r)
+        _mm256_mask_storeu_epi16(y + r * Co + c, m, (__m256i)_mm512_cvtneps_pbh(acc[r][g]));
+    }
+  }
+  using TileFn = void (*)(const uint16_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                         const uint16_t*, int64_t, const float*, uint16_t*, int64_t, int64_t);
+  template <int G>
+  static constexpr TileFn kTiles[9] = {nullptr,       tile<1, G>, tile<2, G>, tile<3, G>,
+                                       tile<4, G>,    tile<5, G>, tile<6, G>, tile<7, G>,
+                                       tile<8, G>};
+  static void micro(int mr, int np, const uint16_t* base, int64_t ps, int64_t rs, int64_t ky0,
+                    int64_t ky1, int64_t kC, const uint16_t* w, int64_t pb, int64_t pstride,
+                    const float* bias_pad, uint16_t* y, int64_t Co) {
+    const TileFn fn = np == 3 ? kTiles<3>[mr] : np == 2 ? kTiles<2>[mr] : kTiles<1>[mr];
+    fn(base, ps, rs, ky0, ky1, kC, w + pb * pstride, pstride, bias_pad + pb * 16, y, Co,
+       pb * 16);
+  }
+};
+}  // namespace
+
+int conv_bf16_forward(const ConvBf16Args& a) {
+  return conv_forward<ConvBf16Ops>(a, conv_bf16_available(), kCNoBf16);
+}
+
 bool conv_bf16_available() {
   static const bool ok = [] {
     __builtin_cpu_init();
@@ -519,6 +614,7 @@ bool conv_bf16_available() { return false; }
 int conv_transpose_bf16_forward(const ConvTBf16Args&) { return kCNoBf16; }
 bool conv_avx512_available() { return false; }
 int conv_transpose_avx512_forward(const ConvTAvx2Args&) { return kCNoAvx512; }
+int conv_bf16_forward(const ConvBf16Args&) { return kCNoBf16; }
 
 #endif
 

@@ -27,6 +27,22 @@ struct ConvAvx2Args {
 // Return 0 on success, else an error code (conv_avx2_error_message).
 int conv_avx2_forward(const ConvAvx2Args& a);
 
+// The same conv in bf16 on AVX512-BF16 (conv_bf16_available()): vdpbf16ps over pairs of the
+// k*C run of a tap row, fp32 sums from the bias, each output value rounded to bf16 once.
+struct ConvBf16Args {
+  const uint16_t* x = nullptr;  // [N, H, W, C] dense bf16
+  int64_t N = 0, H = 0, W = 0, C = 0;
+  const uint16_t* w = nullptr;  // packed [ceil(Co/16)][k][ceil(k*C/2)][16][2] bf16:
+                                // w[p][ky][j/2][i][j%2] = weight[16p + i, c, ky, kx] at
+                                // j = kx*C + c, zero past Co and for the pad element of an odd k*C
+  const float* bias = nullptr;  // [Co] fp32 or null
+  int64_t Co = 0, k = 0, stride = 1, pad = 0;
+  int64_t Ho = 0, Wo = 0;
+  uint16_t* y = nullptr;        // [N, Ho, Wo, Co] dense bf16
+  int nthreads = 1;
+};
+int conv_bf16_forward(const ConvBf16Args& a);
+
 // Transposed conv onto few output channels (the output image layer: C_in = width, 3 outputs,
 // 9x9, stride 4), exact taps (no zero taps of a padded sub-pixel kernel). Input-stationary: for
 // one kernel row ky, an input pixel's k*Co products (kx, c) land on k*Co contiguous floats of a

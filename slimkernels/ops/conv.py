@@ -268,7 +268,11 @@ WINOGRAD_IMAGE_MIN_CIN = 96
 #: keep oneDNN's sub-pixel conv, not measured against it): exact taps (2/3 of the sub-pixel
 #: products), fp32 sums, no phase shuffle copy. Zen 4 EPYC, kodim01's dec3 ([1, C, 128, 192]
 #: -> 3 x 512 x 768), 2 threads, medians of 30 (``/tmp/tb3.py``-style, trainer paused):
-#: 2.0-2.2 vs 2.6-2.8 ms at C = 48, 7.2 vs 9.8-10.1 ms at 192 (1.3-1.4x).
+#: 2.0-2.2 vs 2.6-2.8 ms at C = 48, 7.2 vs 9.8-10.1 ms at 192 (1.3-1.4x). Likewise bf16 convs
+#: from few input channels (enc1, 3 -> C, 9x9/4) by the image conv kernel's AVX512-BF16 variant
+#: (8-pixel x 3-panel tiles): kodim01, 2 threads, medians of 30 (``/tmp/tc.py``-style), against
+#: oneDNN with folded columns (``_wfold``): 1.50 vs 1.84 ms at C = 48, 2.70 vs 3.32 at 72, 3.41
+#: vs 4.01 at 96, 4.98 vs 5.46 at 144, 5.83 vs 7.44 at 192.
 CPU_IMAGE_CONV_BF16 = True
 #: ... and fp32 ones on AVX-512 CPUs too (``CPU_IMAGE_CONV`` keeps the other image kernels to
 #: AVX2-level CPUs), by the kernel's AVX-512 variant (``conv_image.FP32_AVX512``): Zen 4 EPYC,
@@ -531,13 +535,19 @@ def _image_kernels_apply(x, weight, few: int, limit: int) -> bool:
 
 
 def _conv2d_image(x, weight, bias, co, stride, padding):
-    """The direct AVX2 conv for a few-channel fp32 x (see ``CPU_IMAGE_CONV``), or None."""
+    """The direct conv for a few-channel x (fp32 on AVX2 CPUs, ``CPU_IMAGE_CONV``; bf16 on
+    AVX512-BF16 CPUs without AMX, ``CPU_IMAGE_CONV_BF16``), or None."""
     from . import conv_image
-    ci, k = x.shape[1], weight.shape[-1]
-    if not _image_kernels_apply(x, weight, ci, conv_image.MAX_INPUT_CHANNELS):
+    ci, k, dt = x.shape[1], weight.shape[-1], x.dtype
+    if dt == torch.bfloat16:
+        if not (CPU_IMAGE_CONV_BF16 and ci <= conv_image.MAX_INPUT_CHANNELS and
+                weight.shape[-2] == k and not _amx() and
+                conv_image.image_conv_transpose_bf16_available()):
+            return None
+    elif not _image_kernels_apply(x, weight, ci, conv_image.MAX_INPUT_CHANNELS):
         return None
-    wp, b = _cached_fp32(("image", co, ci, k), weight, bias, co,
-                         lambda: conv_image.pack_image_conv_weight(weight[:co, :ci]))
+    wp, b = _cached_fp32(("image", co, ci, k, dt), weight, bias, co,
+                         lambda: conv_image.pack_image_conv_weight(weight[:co, :ci], dt))
     return conv_image.conv2d_image(x, wp, b, k, stride, padding, co)
 
 

@@ -63,51 +63,71 @@ def image_conv_transpose_bf16_available() -> bool:
     return K is not None and hasattr(K, "conv_bf16_available") and bool(K.conv_bf16_available())
 
 
-def pack_image_conv_weight(w: torch.Tensor) -> torch.Tensor:
-    """``[C_out, C_in, k, k]`` (any float dtype) -> ``[ceil(C_out/16), k, k*C_in, 16]`` fp32,
-    contiguous (``packed[p, ky, kx*C_in + c, j] = w[16p + j, c, ky, kx]``, zero past C_out)."""
+def pack_image_conv_weight(w: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[C_out, C_in, k, k]`` (any float dtype) -> the tap layout of :func:`conv2d_image` for x
+    of ``dtype``, contiguous, zero past C_out:
+
+    - fp32: ``[ceil(C_out/16), k, k*C_in, 16]`` (``packed[p, ky, kx*C_in + c, j] =
+      w[16p + j, c, ky, kx]``);
+    - bf16: ``[ceil(C_out/16), k, ceil(k*C_in/2), 16, 2]`` in pairs of the ``k*C_in`` run
+      (``packed[p, ky, r // 2, j, r % 2]`` with ``r = kx*C_in + c``; zero for the pad element of
+      an odd ``k*C_in``)."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"pack_image_conv_weight: dtype {dtype} is not float32 or bfloat16")
     co, ci, kh, kw = w.shape
     if kh != kw:
         raise ValueError(f"pack_image_conv_weight: square kernels only, got {kh}x{kw}")
     panels = -(-co // 16)
-    wp = F.pad(w.detach().to(torch.float32), (0, 0, 0, 0, 0, 0, 0, 16 * panels - co))
+    wp = F.pad(w.detach().to(dtype), (0, 0, 0, 0, 0, 0, 0, 16 * panels - co))
     wp = wp.reshape(panels, 16, ci, kh, kw).permute(0, 3, 4, 2, 1)   # p, ky, kx, c, j
-    return wp.reshape(panels, kh, kw * ci, 16).contiguous()
+    wp = wp.reshape(panels, kh, kw * ci, 16)
+    if dtype == torch.float32:
+        return wp.contiguous()
+    wp = F.pad(wp, (0, 0, 0, (kw * ci) % 2))                           # p, ky, run (even), j
+    return wp.reshape(panels, kh, -1, 2, 16).transpose(3, 4).contiguous()
 
 
 def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor], k: int,
                  stride: int, padding: int, out_channels: int) -> torch.Tensor:
-    """``F.conv2d(x, w, bias, stride, padding)`` for few-channel x, no gradient.
+    """``F.conv2d(x, w, bias, stride, padding)`` for few-channel x, no gradient, in x's dtype
+    (fp32 on AVX2 + FMA; bf16 on AVX512-BF16, with fp32 sums and one rounding per output value).
 
     Args:
-        x: ``[N, C_in, H, W]`` fp32 CPU, ``C_in <= MAX_INPUT_CHANNELS`` (channels_last avoids a
-            copy).
-        wp: :func:`pack_image_conv_weight` of the ``[C_out, C_in, k, k]`` weight.
-        bias: ``[C_out]`` or None.
+        x: ``[N, C_in, H, W]`` fp32 or bf16 CPU, ``C_in <= MAX_INPUT_CHANNELS`` (channels_last
+            avoids a copy).
+        wp: :func:`pack_image_conv_weight` of the ``[C_out, C_in, k, k]`` weight for x's dtype.
+        bias: ``[C_out]`` or None (used in fp32).
         out_channels: ``C_out``.
     Returns:
-        ``[N, C_out, (H + 2p - k)//s + 1, (W + 2p - k)//s + 1]`` fp32, channels_last.
+        ``[N, C_out, (H + 2p - k)//s + 1, (W + 2p - k)//s + 1]`` in x's dtype, channels_last.
     """
-    K = _require("conv2d_image", "F.conv2d")
-    xc = fp32_cpu_input(x, "conv2d_image")
+    name = "conv2d_image"
+    xc = fp32_cpu_input(x, name, (torch.float32, torch.bfloat16))
+    bf16 = x.dtype == torch.bfloat16
+    if bf16 and not image_conv_transpose_bf16_available():
+        raise RuntimeError(f"{name}: bf16 needs AVX512-BF16 and the compiled CPU kernels (not "
+                           f"here, or SLIMKERNELS_CPU_KERNELS=0); use F.conv2d")
+    K = _require(name, "F.conv2d")
     N, C, H, W = x.shape
     co = int(out_channels)
     if C > MAX_INPUT_CHANNELS:
-        raise ValueError(f"conv2d_image: x has {C} channels; this kernel is for <= "
+        raise ValueError(f"{name}: x has {C} channels; this kernel is for <= "
                          f"{MAX_INPUT_CHANNELS} (use F.conv2d)")
-    if wp.shape != (-(-co // 16), k, k * C, 16) or wp.dtype != torch.float32 or \
-            not wp.is_contiguous() or wp.data_ptr() % 32:
-        raise ValueError(f"conv2d_image: packed weight {tuple(wp.shape)} does not fit x "
-                         f"{tuple(x.shape)}, k={k}, C_out={co} (pack it with "
-                         f"pack_image_conv_weight)")
+    panels = -(-co // 16)
+    want = (panels, k, -(-(k * C) // 2), 16, 2) if bf16 else (panels, k, k * C, 16)
+    if wp.shape != want or wp.dtype != x.dtype or not wp.is_contiguous() or wp.data_ptr() % 32:
+        raise ValueError(f"{name}: packed weight {tuple(wp.shape)} {wp.dtype} does not fit x "
+                         f"{tuple(x.shape)} {x.dtype}, k={k}, C_out={co} (pack it with "
+                         f"pack_image_conv_weight(w, x.dtype))")
     Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
     if Ho < 1 or Wo < 1:
-        raise ValueError(f"conv2d_image: x {tuple(x.shape)} is smaller than the {k}x{k} kernel "
+        raise ValueError(f"{name}: x {tuple(x.shape)} is smaller than the {k}x{k} kernel "
                          f"with padding {padding}")
-    b, _keep = bias_pointer(bias, co, "conv2d_image")
-    y = torch.empty((N, co, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
-    K.conv_avx2_forward(xc.data_ptr(), N, H, W, C, wp.data_ptr(), b, co, k, stride, padding, Ho,
-                        Wo, y.data_ptr(), torch.get_num_threads())
+    b, _keep = bias_pointer(bias, co, name)
+    y = torch.empty((N, co, Ho, Wo), dtype=x.dtype, memory_format=torch.channels_last)
+    run = K.conv_bf16_forward if bf16 else K.conv_avx2_forward
+    run(xc.data_ptr(), N, H, W, C, wp.data_ptr(), b, co, k, stride, padding, Ho, Wo,
+        y.data_ptr(), torch.get_num_threads())
     return y
 
 

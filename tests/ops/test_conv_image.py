@@ -323,3 +323,77 @@ def test_slim_conv_transpose2d_dispatches_the_bf16_output_layer(monkeypatch):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         y2 = slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
     assert seen == [torch.bfloat16] and y2.dtype == torch.bfloat16
+
+
+# -- the bf16 conv from few channels (AVX512-BF16) ----------------------------------------------
+@needs_bf16
+@pytest.mark.parametrize("case", CASES + [(1, 3, 48, 40, 70, 9, 4, 4),    # 3 panels, 8-px tiles
+                                          (1, 3, 72, 13, 37, 9, 4, 4)])   # 5 panels: 3 + 2
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_bf16_conv_matches_float64(case, channels_last):
+    """Each value within half a bf16 ulp of float64 on the same bf16 inputs (odd k*C runs: the
+    last element alone; partial panels; interior tiles, tails and border windows)."""
+    N, ci, co, H, W, k, s, p = case
+    x, w, b = _case(N, ci, co, H, W, k, seed=3)
+    x = x.bfloat16()
+    ref = F.conv2d(x.double(), w.bfloat16().double(), b.double(), stride=s, padding=p)
+    xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    wp = CI.pack_image_conv_weight(w, torch.bfloat16)
+    assert wp.shape == (-(-co // 16), k, -(-(k * ci) // 2), 16, 2)
+    y = CI.conv2d_image(xin, wp, b, k, s, p, co)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _check_one_bf16_rounding(y, ref)
+    _check_one_bf16_rounding(CI.conv2d_image(xin, wp, None, k, s, p, co),
+                             ref - b.double()[:, None, None])
+
+
+@needs_bf16
+def test_bf16_conv_odd_run_reads_its_window_only():
+    """k*C = 3 (odd): the last element of a window row is broadcast alone. With stride 4 > k the
+    element after each window row belongs to no window: inf there must not reach any output
+    (inf x a zero tap would be NaN)."""
+    x, w, b = _case(1, 1, 16, 3, 24, 3, seed=9)
+    x = x.bfloat16().contiguous(memory_format=torch.channels_last)
+    x[0, 0, :, 3::4] = float("inf")      # columns 3, 7, ...: after windows 0-2, 4-6, ...
+    y = CI.conv2d_image(x, CI.pack_image_conv_weight(w, torch.bfloat16), b, 3, 4, 0, 16)
+    xf = x.double().clone()
+    xf[0, 0, :, 3::4] = 0.0              # never read by the true conv
+    _check_one_bf16_rounding(y, F.conv2d(xf, w.bfloat16().double(), b.double(), stride=4))
+
+
+@pytest.mark.skipif(not CI.image_conv_transpose_bf16_available() or conv_mod._amx(),
+                    reason="the conv op uses the bf16 kernels on AVX512-BF16 CPUs without AMX")
+def test_slim_conv2d_dispatches_the_bf16_image_layer(monkeypatch):
+    """Under CPU bf16 autocast without gradient SlimCAE's first layer (a 64-wide weight used at
+    40 outputs, in place) goes to the bf16 conv kernel; CPU_IMAGE_CONV_BF16 = False turns it
+    off."""
+    seen = []
+    real = CI.conv2d_image
+
+    def spy(x, *a, **k):
+        seen.append(x.dtype)
+        return real(x, *a, **k)
+    monkeypatch.setattr(CI, "conv2d_image", spy)
+    x, w, b = _case(1, 3, 64, 21, 29, 9, seed=10)
+    ref = F.conv2d(x.bfloat16().double(), w[:40].bfloat16().double(), b[:40].double(), stride=4,
+                   padding=4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = slim_conv2d(x, w, b, stride=4, padding=4, out_width=40)
+    assert seen == [torch.bfloat16]
+    _check_one_bf16_rounding(y, ref)
+    monkeypatch.setattr(conv_mod, "CPU_IMAGE_CONV_BF16", False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        slim_conv2d(x, w, b, stride=4, padding=4, out_width=40)
+    assert seen == [torch.bfloat16]
+
+
+@needs_bf16
+def test_bf16_conv_bad_input_is_refused():
+    x = torch.randn(1, 3, 20, 20).bfloat16()
+    w = torch.randn(16, 3, 9, 9)
+    with pytest.raises(ValueError, match="does not fit"):     # fp32 taps for bf16 x
+        CI.conv2d_image(x, CI.pack_image_conv_weight(w), None, 9, 4, 4, 16)
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        CI.conv2d_image(x.half(), CI.pack_image_conv_weight(w, torch.bfloat16), None, 9, 4, 4, 16)
+    with pytest.raises(ValueError, match="dtype"):
+        CI.pack_image_conv_weight(w, torch.float16)
