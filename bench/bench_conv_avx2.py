@@ -1,12 +1,17 @@
 #!/usr/bin/env python
-"""A/B of the fp32 AVX2 conv paths against oneDNN's prepacked convs, per SlimCAE layer.
+"""A/B of the CPU conv kernels (AVX2, AVX-512, AVX512-BF16) against oneDNN's prepacked convs,
+per SlimCAE layer.
 
 For each layer at a Kodak image's sizes (768x512) and each width, interleaved, medians: the
-no-grad conv op with ``CPU_WINOGRAD`` and ``CPU_IMAGE_CONV`` off (oneDNN prepacked, sub-pixel
-for the output layer) and on (what ships: Winograd F(4x4, 3x3) for the 5x5/2 layers at >= 64
-channels, the direct image-layer kernels for enc1 and dec3); prints a Markdown table.
+no-grad conv op with its kernel switches off (``CPU_WINOGRAD``, ``CPU_WINOGRAD_AVX512``,
+``CPU_IMAGE_CONV``, ``CPU_IMAGE_CONV_T_AVX512``, ``CPU_IMAGE_CONV_BF16``: oneDNN prepacked,
+sub-pixel for the output layer) and on (what ships on this CPU: Winograd F(4x4, 3x3) for the
+5x5/2 layers where its rule admits them, the direct image-layer kernels for enc1 and dec3);
+prints a Markdown table. ``--precision bf16`` runs the layers on bf16 inputs under CPU bf16
+autocast (the model's default on AMX / AVX512-BF16 CPUs).
 
     python bench/bench_conv_avx2.py [--threads 2] [--repeats 7] [--widths 192,144,96,72,48]
+                                    [--precision fp32|bf16]
 
 ``--round-mb 2,4,8,32`` instead times the Winograd layers with their transform -> GEMM ->
 transform rounds capped at each size (``winograd.CHUNK_*``), against the shipped rule.
@@ -41,19 +46,31 @@ def interleaved_ms(fns, repeats):
     return [t[i] for i in range(len(fns))]
 
 
-def _layer_fn(layer, width, scale):
+def _layer_fn(layer, width, scale, precision="fp32"):
     name, transposed, ci, co, H, W, k, s, p, op = layer
     ci, co = ci or width, co or width
     H, W = max(1, H // scale), max(1, W // scale)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, ci, H, W, generator=g).contiguous(memory_format=torch.channels_last)
+    bf16 = precision == "bf16"
+    x = torch.randn(1, ci, H, W, generator=g).to(torch.bfloat16 if bf16 else torch.float32,
+                                                   memory_format=torch.channels_last)
     if transposed:
         w = torch.randn(ci, co, k, k, generator=g) / (ci * k * k) ** 0.5
         b = torch.randn(co, generator=g)
-        return lambda: C.slim_conv_transpose2d(x, w, b, stride=s, padding=p, output_padding=op)
-    w = torch.randn(co, ci, k, k, generator=g) / (ci * k * k) ** 0.5
-    b = torch.randn(co, generator=g)
-    return lambda: C.slim_conv2d(x, w, b, stride=s, padding=p)
+
+        def run():
+            return C.slim_conv_transpose2d(x, w, b, stride=s, padding=p, output_padding=op)
+    else:
+        w = torch.randn(co, ci, k, k, generator=g) / (ci * k * k) ** 0.5
+        b = torch.randn(co, generator=g)
+
+        def run():
+            return C.slim_conv2d(x, w, b, stride=s, padding=p)
+
+    def autocast_run():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return run()
+    return autocast_run
 
 
 def _with(fn, module, **values):
@@ -71,7 +88,8 @@ def _with(fn, module, **values):
 
 
 def _switched(fn, on):
-    return _with(fn, C, CPU_WINOGRAD=on, CPU_IMAGE_CONV=on)
+    return _with(fn, C, CPU_WINOGRAD=on, CPU_WINOGRAD_AVX512=on, CPU_IMAGE_CONV=on,
+                 CPU_IMAGE_CONV_T_AVX512=on, CPU_IMAGE_CONV_BF16=on)
 
 
 def _rounds_capped(fn, nbytes):
@@ -105,12 +123,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--widths", default="192,144,96,72,48")
     ap.add_argument("--scale", type=int, default=1, help="divide the image sizes (quick runs)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--round-mb", default=None,
                     help="comma-separated Winograd round sizes (MB) to sweep instead")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     print(f"threads {a.threads}, medians of {a.repeats}, image /{a.scale}, CPU "
-          f"{C._cpu_capability()}\n")
+          f"{C._cpu_capability()}, {a.precision}\n")
     widths = [int(v) for v in a.widths.split(",")]
     if a.round_mb:
         with torch.no_grad():
@@ -120,7 +139,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         for width in widths:
             for layer in LAYERS:
-                fn = _layer_fn(layer, width, a.scale)
+                fn = _layer_fn(layer, width, a.scale, a.precision)
                 t0, t1 = interleaved_ms([_switched(fn, False), _switched(fn, True)], a.repeats)
                 print(f"| {layer[0]} | {width} | {t0:.2f} | {t1:.2f} | {t0 / t1:.2f}x |",
                       flush=True)
