@@ -142,7 +142,7 @@ def cpu_timings(shapes=CPU_SHAPES, widths=WIDTHS, reps=9, backward=False):
                     ref = eager_gdn(x.double(), beta.double(), gamma.double())
                     with torch.no_grad():
                         y_ours, y_eager = gdn(x, beta, gamma), eager_gdn(x, beta, gamma)
-                        path = {"fused": "fused-amx",
+                        path = {"fused": "fused-amx", "avx512-bf16": "avx512-bf16",
                                 "avx2": "avx2-bf16" if dt == torch.bfloat16 else "avx2-fp32"}.get(
                             _gdn_mod.last_cpu_path, "torch")
                         y_torch = gdn_torch(x, beta, gamma)
