@@ -50,7 +50,7 @@ def test_dry_run_writes_tables(tmp_path):
         assert r["eager_ms"] > 0 and r["ours_ms"] > 0
         assert r["err_ours"] < (1e-5 if r["dtype"] == "float32" else 1e-2)
         assert r["err_ours_elem"] < (1e-5 if r["dtype"] == "float32" else 2e-2)
-        assert r["torch_ms"] > 0 and r["path"] in ("fused-amx", "avx2-fp32", "avx2-bf16", "torch")
+        assert r["torch_ms"] > 0 and r["path"] in ("fused-amx", "avx512-bf16", "avx2-fp32", "avx2-bf16", "torch")
     assert "ops.gdn vs torch path" in md
     assert all(r["fused_fwd_ms"] > 0 for r in report["cuda_dry_run"])
     assert {r["dtype"] for r in report["cpu_train"]} == {"fp32", "autocast-bf16"}
