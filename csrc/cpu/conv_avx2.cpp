@@ -241,6 +241,20 @@ SK_AVX2_TARGET inline void convt_block(const ConvtRows<float>& rows, int64_t xo,
     }
 }
 
+// Ops::block<M, G> for the M = rem < PX pixels left at the end of a row: one micro-tile of
+// their size (one pixel at a time would leave the accumulator chains latency-bound).
+template <class Ops, int G, int M>
+inline void convt_tail(int rem, const ConvtRows<typename Ops::T>& rows, int64_t xo, int64_t C,
+                       int64_t L, int64_t v0, float* const* dst) {
+  if constexpr (M >= 1) {
+    if (rem == M) {
+      Ops::template block<M, G>(rows, xo, C, L, v0, dst);
+      return;
+    }
+    convt_tail<Ops, G, M - 1>(rem, rows, xo, C, L, v0, dst);
+  }
+}
+
 // All pixels [0, W) of the x rows through their kernel rows, lanes [V*v0, V*v0 + V*G)
 // (V = Ops::kLanes): pixel ix adds into bufs[ix % nb] + step*ix + V*v0.
 template <class Ops, int G>
@@ -250,17 +264,16 @@ inline void convt_row_group(const ConvtRows<typename Ops::T>& rows, int64_t W, i
   constexpr int PX = Ops::template pixels<G>();
   float* dst[PX];
   int64_t ix = 0, b = 0;  // b = ix % nb
-  for (; ix + PX <= W; ix += PX) {
-    SK_UNROLL for (int j = 0; j < PX; ++j) {
+  for (; ix < W; ix += PX) {
+    const int n = static_cast<int>(std::min<int64_t>(PX, W - ix));
+    for (int j = 0; j < n; ++j) {
       dst[j] = bufs[b] + step * (ix + j) + Ops::kLanes * v0;
       b = b + 1 == nb ? 0 : b + 1;
     }
-    Ops::template block<PX, G>(rows, ix * C, C, L, v0, dst);
-  }
-  for (; ix < W; ++ix) {
-    dst[0] = bufs[b] + step * ix + Ops::kLanes * v0;
-    b = b + 1 == nb ? 0 : b + 1;
-    Ops::template block<1, G>(rows, ix * C, C, L, v0, dst);
+    if (n == PX)
+      Ops::template block<PX, G>(rows, ix * C, C, L, v0, dst);
+    else
+      convt_tail<Ops, G, PX - 1>(n, rows, ix * C, C, L, v0, dst);
   }
 }
 
