@@ -6,7 +6,7 @@
 #include <cstring>
 #include <memory>
 
-#include "gdn_cpu.hpp"  // kBF16
+#include "gdn_cpu.hpp"  // kBF16, GdnArgs
 
 namespace sk {
 namespace detail {
@@ -29,6 +29,21 @@ inline uint16_t to_bf16_bits(float f) {
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
+}
+
+// The effective (SlimGDN+) parameters of a GDN call in fp32, as every GDN kernel uses them:
+// gamma_k[o, i] = gamma[o, i] * gamma_scale + gamma_bias (0 outside [0, C)^2) and
+// beta_k[c] = beta[c] * beta_scale + beta_bias (pad: 1, never stored, keeps sqrt(n) finite).
+inline float gdn_gamma(const GdnArgs& a, int64_t o, int64_t i) {
+  return o < a.C && i < a.C ? load_param(a.gamma, a.gdtype, o * a.g_s0 + i * a.g_s1) *
+                                  static_cast<float>(a.gamma_scale) +
+                                  static_cast<float>(a.gamma_bias)
+                            : 0.0f;
+}
+inline float gdn_beta(const GdnArgs& a, int64_t c) {
+  return c < a.C ? load_param(a.beta, a.bdtype, c * a.b_s0) * static_cast<float>(a.beta_scale) +
+                       static_cast<float>(a.beta_bias)
+                 : 1.0f;
 }
 
 struct AlignedFree {

@@ -32,7 +32,6 @@ namespace sk {
 namespace {
 enum Avx2Err { kAOk = 0, kANoAvx2 = 1, kABadArgs = 2, kANoMem = 3 };
 
-using detail::load_param;
 using FloatBuf = detail::Buf<float>;
 
 constexpr int kMr = 6;     // pixels per micro-tile (12 accumulators + 2 B + 1 broadcast ymm)
@@ -272,17 +271,11 @@ int gdn_forward_avx2(const GdnArgs& a) {
   FloatBuf bp = detail::alloc_aligned<float>(NP * C * 16);
   FloatBuf beta = detail::alloc_aligned<float>(NP * 16);
   if (!bp || !beta) return kANoMem;
-  const float gs = static_cast<float>(a.gamma_scale), gb = static_cast<float>(a.gamma_bias);
-  const float bs = static_cast<float>(a.beta_scale), bb = static_cast<float>(a.beta_bias);
   for (int64_t q = 0; q < NP; ++q)
     for (int64_t i = 0; i < C; ++i)
-      for (int64_t j = 0; j < 16; ++j) {
-        const int64_t o = q * 16 + j;
-        bp[(q * C + i) * 16 + j] =
-            o < C ? load_param(a.gamma, a.gdtype, o * a.g_s0 + i * a.g_s1) * gs + gb : 0.0f;
-      }
-  for (int64_t o = 0; o < NP * 16; ++o)
-    beta[o] = o < C ? load_param(a.beta, a.bdtype, o * a.b_s0) * bs + bb : 1.0f;
+      for (int64_t j = 0; j < 16; ++j)
+        bp[(q * C + i) * 16 + j] = detail::gdn_gamma(a, q * 16 + j, i);
+  for (int64_t o = 0; o < NP * 16; ++o) beta[o] = detail::gdn_beta(a, o);
   // threads: ranges of whole blocks, at least 4 blocks each (NCHW: blocks within one image)
   const int64_t blocks = a.channels_last ? (P + kPix - 1) / kPix
                                          : a.N * ((a.HW + kPix - 1) / kPix);

@@ -46,7 +46,6 @@ const char* gdn_bf16_error_message(int code) {
 
 namespace {
 
-using detail::load_param;
 constexpr __mmask16 kAll = 0xFFFF;
 
 // 1/sqrt(n) (sqrt(n) when want_sqrt) from the 14-bit estimate and one Newton step
@@ -159,18 +158,12 @@ int gdn_forward_bf16(const GdnArgs& a) {
   detail::Buf<uint16_t> bp = detail::alloc_aligned<uint16_t>(NP * C2 * 16);
   detail::Buf<float> beta = detail::alloc_aligned<float>(NP * 16);
   if (!bp || !beta) return kGNoMem;
-  const float gs = static_cast<float>(a.gamma_scale), gb = static_cast<float>(a.gamma_bias);
-  const float bs = static_cast<float>(a.beta_scale), bb = static_cast<float>(a.beta_bias);
   for (int64_t q = 0; q < NP; ++q)
     for (int64_t i = 0; i < C2; ++i)
-      for (int64_t j = 0; j < 16; ++j) {
-        const int64_t o = q * 16 + j;
-        const float g = o < C && i < C
-            ? load_param(a.gamma, a.gdtype, o * a.g_s0 + i * a.g_s1) * gs + gb : 0.0f;
-        bp[((q * (C2 / 2) + i / 2) * 16 + j) * 2 + i % 2] = detail::to_bf16_bits(g);
-      }
-  for (int64_t o = 0; o < NP * 16; ++o)
-    beta[o] = o < C ? load_param(a.beta, a.bdtype, o * a.b_s0) * bs + bb : 1.0f;
+      for (int64_t j = 0; j < 16; ++j)
+        bp[((q * (C2 / 2) + i / 2) * 16 + j) * 2 + i % 2] =
+            detail::to_bf16_bits(detail::gdn_gamma(a, q * 16 + j, i));
+  for (int64_t o = 0; o < NP * 16; ++o) beta[o] = detail::gdn_beta(a, o);
   // threads: ranges of whole blocks, at least 4 blocks each
   const int64_t blocks = (P + kPix - 1) / kPix;
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, blocks / 4));

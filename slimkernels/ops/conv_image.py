@@ -50,6 +50,17 @@ def _require(name: str, instead: str):
     return K
 
 
+def _kernel_input(x: torch.Tensor, name: str, instead: str):
+    """``(x as a dense channels_last CPU tensor, whether it is bf16, the kernels module)`` for
+    the kernel ``name``; errors naming ``instead`` where the kernel cannot take x."""
+    xc = fp32_cpu_input(x, name, (torch.float32, torch.bfloat16))
+    bf16 = x.dtype == torch.bfloat16
+    if bf16 and not image_conv_transpose_bf16_available():
+        raise RuntimeError(f"{name}: bf16 needs AVX512-BF16 and the compiled CPU kernels (not "
+                           f"here, or SLIMKERNELS_CPU_KERNELS=0); use {instead}")
+    return xc, bf16, _require(name, instead)
+
+
 def image_conv_available() -> bool:
     """True when the compiled AVX2 + FMA kernels can run on this CPU (and are not switched off
     by ``SLIMKERNELS_CPU_KERNELS=0``)."""
@@ -102,12 +113,7 @@ def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor]
         ``[N, C_out, (H + 2p - k)//s + 1, (W + 2p - k)//s + 1]`` in x's dtype, channels_last.
     """
     name = "conv2d_image"
-    xc = fp32_cpu_input(x, name, (torch.float32, torch.bfloat16))
-    bf16 = x.dtype == torch.bfloat16
-    if bf16 and not image_conv_transpose_bf16_available():
-        raise RuntimeError(f"{name}: bf16 needs AVX512-BF16 and the compiled CPU kernels (not "
-                           f"here, or SLIMKERNELS_CPU_KERNELS=0); use F.conv2d")
-    K = _require(name, "F.conv2d")
+    xc, bf16, K = _kernel_input(x, name, "F.conv2d")
     N, C, H, W = x.shape
     co = int(out_channels)
     if C > MAX_INPUT_CHANNELS:
@@ -213,12 +219,7 @@ def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[tor
         ``[N, C_out, (H-1)*s - 2p + k + op, (W-1)*s - 2p + k + op]`` in x's dtype, channels_last.
     """
     name = "conv_transpose2d_image"
-    xc = fp32_cpu_input(x, name, (torch.float32, torch.bfloat16))
-    bf16 = x.dtype == torch.bfloat16
-    if bf16 and not image_conv_transpose_bf16_available():
-        raise RuntimeError(f"{name}: bf16 needs AVX512-BF16 and the compiled CPU kernels (not "
-                           f"here, or SLIMKERNELS_CPU_KERNELS=0); use F.conv_transpose2d")
-    K = _require(name, "F.conv_transpose2d")
+    xc, bf16, K = _kernel_input(x, name, "F.conv_transpose2d")
     N, C, H, W = x.shape
     co, s = int(out_channels), int(stride)
     if not 1 <= co <= MAX_OUTPUT_CHANNELS:
