@@ -542,7 +542,7 @@ def _conv2d_image(x, weight, bias, co, stride, padding):
     if dt == torch.bfloat16:
         if not (CPU_IMAGE_CONV_BF16 and ci <= conv_image.MAX_INPUT_CHANNELS and
                 weight.shape[-2] == k and not _amx() and
-                conv_image.image_conv_transpose_bf16_available()):
+                conv_image.image_conv_bf16_available()):
             return None
     elif not _image_kernels_apply(x, weight, ci, conv_image.MAX_INPUT_CHANNELS):
         return None
@@ -560,7 +560,7 @@ def _image_transposed_applies(x, weight, co, stride) -> bool:
         return False
     if x.dtype == torch.bfloat16:
         return CPU_IMAGE_CONV_BF16 and weight.shape[-2] == k and not _amx() and \
-            conv_image.image_conv_transpose_bf16_available()
+            conv_image.image_conv_bf16_available()
     if CPU_IMAGE_CONV_T_AVX512 and x.dtype == torch.float32 and weight.shape[-2] == k and \
             _cpu_capability() == "AVX512":
         return CPU_IMAGE_CONV and conv_image.image_conv_available()

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .._cpu import cpu_kernels
 from ._raw import bias_pointer, fp32_cpu_input
 
-__all__ = ["image_conv_available", "image_conv_transpose_bf16_available", "pack_image_conv_weight",
+__all__ = ["image_conv_available", "image_conv_bf16_available", "pack_image_conv_weight",
            "conv2d_image", "pack_image_conv_transpose_weight", "conv_transpose2d_image"]
 
 #: The kernel keeps a 6-pixel x 16-channel micro-tile and reads k*C contiguous values per tap
@@ -55,7 +55,7 @@ def _kernel_input(x: torch.Tensor, name: str, instead: str):
     the kernel ``name``; errors naming ``instead`` where the kernel cannot take x."""
     xc = fp32_cpu_input(x, name, (torch.float32, torch.bfloat16))
     bf16 = x.dtype == torch.bfloat16
-    if bf16 and not image_conv_transpose_bf16_available():
+    if bf16 and not image_conv_bf16_available():
         raise RuntimeError(f"{name}: bf16 needs AVX512-BF16 and the compiled CPU kernels (not "
                            f"here, or SLIMKERNELS_CPU_KERNELS=0); use {instead}")
     return xc, bf16, _require(name, instead)
@@ -67,9 +67,9 @@ def image_conv_available() -> bool:
     return _kernels() is not None
 
 
-def image_conv_transpose_bf16_available() -> bool:
-    """True when :func:`conv_transpose2d_image` takes bf16 here: the compiled kernels are built
-    and on, and the CPU has AVX512-BF16."""
+def image_conv_bf16_available() -> bool:
+    """True when :func:`conv2d_image` and :func:`conv_transpose2d_image` take bf16 here: the
+    compiled kernels are built and on, and the CPU has AVX512-BF16."""
     K = _kernels()
     return K is not None and hasattr(K, "conv_bf16_available") and bool(K.conv_bf16_available())
 

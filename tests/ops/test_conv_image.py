@@ -217,7 +217,7 @@ def test_global_switch_turns_it_off(monkeypatch):
 # -- the bf16 transposed kernel (AVX512-BF16) ---------------------------------------------------
 HAS_AVX512_BF16 = HAS_AVX2 and all(f" {f}" in _FLAGS for f in
                                    ("avx512f", "avx512bw", "avx512vl", "avx512_bf16"))
-needs_bf16 = pytest.mark.skipif(not CI.image_conv_transpose_bf16_available(),
+needs_bf16 = pytest.mark.skipif(not CI.image_conv_bf16_available(),
                                 reason="no AVX512-BF16 here or _cpu_kernels not built")
 BF16_CASES = T_CASES + [
     (1, 48, 3, 6, 30, 9, 4, 4, 3),   # SlimCAE's w=48: 24 channel pairs, 12-pixel blocks + tail
@@ -247,7 +247,7 @@ def _check_one_bf16_rounding(y, ref):
 
 
 def test_bf16_available_matches_the_cpu():
-    assert CI.image_conv_transpose_bf16_available() == HAS_AVX512_BF16
+    assert CI.image_conv_bf16_available() == HAS_AVX512_BF16
 
 
 @needs_bf16
@@ -299,7 +299,7 @@ def test_transposed_bf16_bad_input_is_refused():
         CI.pack_image_conv_transpose_weight(w, torch.float16)
 
 
-@pytest.mark.skipif(not CI.image_conv_transpose_bf16_available() or conv_mod._amx(),
+@pytest.mark.skipif(not CI.image_conv_bf16_available() or conv_mod._amx(),
                     reason="the conv op uses the bf16 kernel on AVX512-BF16 CPUs without AMX")
 def test_slim_conv_transpose2d_dispatches_the_bf16_output_layer(monkeypatch):
     """Under CPU bf16 autocast without gradient SlimCAE's output layer (a 64-wide weight used at
@@ -361,7 +361,7 @@ def test_bf16_conv_odd_run_reads_its_window_only():
     _check_one_bf16_rounding(y, F.conv2d(xf, w.bfloat16().double(), b.double(), stride=4))
 
 
-@pytest.mark.skipif(not CI.image_conv_transpose_bf16_available() or conv_mod._amx(),
+@pytest.mark.skipif(not CI.image_conv_bf16_available() or conv_mod._amx(),
                     reason="the conv op uses the bf16 kernels on AVX512-BF16 CPUs without AMX")
 def test_slim_conv2d_dispatches_the_bf16_image_layer(monkeypatch):
     """Under CPU bf16 autocast without gradient SlimCAE's first layer (a 64-wide weight used at
