@@ -569,8 +569,10 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
             channels_last, fp32/bf16 parameters, no autograd, no CPU autocast); on CPUs
             without AMX but with AVX2 + FMA, fp32 x without autograd or autocast (channels_last;
             NCHW where it pays, see ``AVX2_NCHW_MIN_C``) runs a fused fp32 AVX2 kernel
-            (csrc/cpu/gdn_avx2.cpp: fp32 accumulation, refined reciprocal square root); else
-            :func:`gdn_torch` (training, fp16, other layouts).
+            (csrc/cpu/gdn_avx2.cpp: fp32 accumulation, refined reciprocal square root), and on
+            those with AVX512-BF16 bf16 channels_last x without autograd a one-pass bf16 kernel
+            (csrc/cpu/gdn_bf16.cpp, ``USE_AVX512_BF16``: bf16 autocast precision, one rounding
+            of y); else :func:`gdn_torch` (training, fp16, other layouts).
 
     Precision on CPU: the fused kernel computes the fp32 channel mixing as "bf16x3" (bf16 hi/lo
     splits of x^2 and gamma, fp32 accumulation; relative error of the norm <= ~2^-16, measured
