@@ -397,3 +397,41 @@ def test_bf16_conv_bad_input_is_refused():
         CI.conv2d_image(x.half(), CI.pack_image_conv_weight(w, torch.bfloat16), None, 9, 4, 4, 16)
     with pytest.raises(ValueError, match="dtype"):
         CI.pack_image_conv_weight(w, torch.float16)
+
+
+@needs_bf16
+def test_random_geometries_match_float64():
+    """A seeded sweep of geometries (channels 1-70, kernels 1-11, strides 1-5, padding past the
+    kernel's half, output padding, inputs smaller than the kernel, batches): every bf16 kernel
+    within half a bf16 ulp of float64, the fp32 transposed variants within 1e-5."""
+    import random
+    rng = random.Random(11)
+    done = {"t": 0, "c": 0}
+    while done["t"] < 60:
+        N, C, co = rng.randint(1, 3), rng.randint(1, 70), rng.randint(1, 3)
+        k, s = rng.randint(1, 11), rng.randint(1, 5)
+        p, op, H, W = rng.randint(0, k + 2), rng.randint(0, s - 1), rng.randint(1, 9), rng.randint(1, 30)
+        if not CI.transposed_geometry_ok(k, s, co, torch.bfloat16) or \
+                min((H - 1) * s, (W - 1) * s) - 2 * p + k + op < 1:
+            continue
+        x, w, b = _bf16_case((N, C, co, H, W, k, s, p, op), seed=done["t"])
+        ref = F.conv_transpose2d(x.double(), w.bfloat16().double(), b.double(), stride=s,
+                                 padding=p, output_padding=op)
+        _check_one_bf16_rounding(CI.conv_transpose2d_image(
+            x, CI.pack_image_conv_transpose_weight(w, torch.bfloat16), b, k, s, p, op, co), ref)
+        yf = CI.conv_transpose2d_image(x.float(), CI.pack_image_conv_transpose_weight(
+            w.bfloat16().float()), b, k, s, p, op, co)
+        assert _err(yf, ref) < TOL
+        done["t"] += 1
+    while done["c"] < 40:
+        N, C, co = rng.randint(1, 2), rng.randint(1, 8), rng.randint(1, 60)
+        k, s, p, H, W = (rng.randint(1, 11), rng.randint(1, 5), rng.randint(0, 11),
+                         rng.randint(1, 25), rng.randint(1, 40))
+        if min(H, W) + 2 * p < k:
+            continue
+        x, w, b = _case(N, C, co, H, W, k, seed=done["c"])
+        x = x.bfloat16()
+        ref = F.conv2d(x.double(), w.bfloat16().double(), b.double(), stride=s, padding=p)
+        _check_one_bf16_rounding(
+            CI.conv2d_image(x, CI.pack_image_conv_weight(w, torch.bfloat16), b, k, s, p, co), ref)
+        done["c"] += 1

@@ -160,3 +160,18 @@ def test_gdn_dispatches_to_it(monkeypatch):
         y2 = gdn(x, beta, gamma, inverse=True)
     assert gdn_mod.last_cpu_path == "torch"   # 192 channels on 96 pixels: the PyTorch path
     assert (y2.double() - ref).abs().max() / ref.abs().max() < 1e-2
+
+
+@needs_kernel
+def test_random_shapes_match_float64():
+    """A seeded sweep: widths 1-192, batches 1-3, images 1-20 pixels a side, GDN and IGDN,
+    SlimGDN+ scalars or none."""
+    import random
+    rng = random.Random(3)
+    for i in range(40):
+        N, C, H, W = rng.randint(1, 3), rng.randint(1, 192), rng.randint(1, 20), rng.randint(1, 20)
+        beta, gamma = _params(i)
+        sc = SCALARS["slimgdn+" if i % 2 else "none"]
+        x = _x(N, C, H, W, seed=i)
+        inverse = rng.random() < 0.5
+        _check(_run(x, beta, gamma, inverse, sc), _kernel_ref(x, beta, gamma, inverse, sc))
