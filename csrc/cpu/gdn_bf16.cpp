@@ -158,11 +158,12 @@ int gdn_forward_bf16(const GdnArgs& a) {
   detail::Buf<uint16_t> bp = detail::alloc_aligned<uint16_t>(NP * C2 * 16);
   detail::Buf<float> beta = detail::alloc_aligned<float>(NP * 16);
   if (!bp || !beta) return kGNoMem;
-  for (int64_t q = 0; q < NP; ++q)
+  // row o of gamma_k (read along its input channels) -> lane o % 16 of panel o / 16
+  for (int64_t o = 0; o < NP * 16; ++o) {
+    uint16_t* dst = bp.get() + ((o / 16) * (C2 / 2) * 16 + o % 16) * 2;
     for (int64_t i = 0; i < C2; ++i)
-      for (int64_t j = 0; j < 16; ++j)
-        bp[((q * (C2 / 2) + i / 2) * 16 + j) * 2 + i % 2] =
-            detail::to_bf16_bits(detail::gdn_gamma(a, q * 16 + j, i));
+      dst[(i / 2) * 32 + (i & 1)] = detail::to_bf16_bits(detail::gdn_gamma(a, o, i));
+  }
   for (int64_t o = 0; o < NP * 16; ++o) beta[o] = detail::gdn_beta(a, o);
   // threads: ranges of whole blocks, at least 4 blocks each
   const int64_t blocks = (P + kPix - 1) / kPix;
