@@ -682,7 +682,8 @@ class SlimCodec(nn.Module):
 
         On CUDA channels_last (the Triton convolutions' input). On CPU in bf16, when ``g_s``
         starts with one of this library's layers (an IGDN or a transposed conv: they compute in
-        bf16 under autocast anyway), bf16 channels_last: the first IGDN then runs the one-pass
+        bf16 under autocast anyway), bf16, channels_last (unless ``input_channels_last`` says
+        otherwise): the first IGDN then runs the one-pass
         bf16 GDN kernel (AVX512-BF16; :func:`slimkernels.ops.gdn.gdn`) instead of the PyTorch
         path it takes for fp32 x under autocast. Elsewhere float32 in the parameters' layout
         (the CPU decoder's first IGDN and conv convert it themselves)."""
@@ -695,7 +696,9 @@ class SlimCodec(nn.Module):
         first = self.g_s[0] if isinstance(self.g_s, nn.Sequential) and len(self.g_s) else None
         if dev.type == "cpu" and precision == "bf16" and \
                 isinstance(first, (SlimGDN, _WidthSelectedGDN, SlimConvTranspose2d)):
-            return _dequantize(eb, sym, True).to(torch.bfloat16)
+            cl = self._transforms_channels_last(dev)   # input_channels_last when set
+            return _dequantize(eb, sym, self._params_channels_last() if cl is None else cl
+                               ).to(torch.bfloat16)
         return _dequantize(eb, sym, self._params_channels_last())
 
     @torch.no_grad()

@@ -302,6 +302,17 @@ def test_latent_input_is_bf16_channels_last_under_bf16(model):
     assert y32.dtype == torch.float32 and torch.equal(y32, ref)
     assert y16.dtype == torch.bfloat16 and y16.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(y16, ref.bfloat16())
+    # the model's input_channels_last = False keeps the latent NCHW (still bf16)
+    model.input_channels_last = False
+    seen.clear()
+    hook = model.g_s[0].register_forward_pre_hook(lambda mod, inp: seen.append(inp[0]))
+    try:
+        model.decompress(data, precision="bf16")
+    finally:
+        hook.remove()
+        del model.input_channels_last
+    assert seen[0].dtype == torch.bfloat16 and seen[0].is_contiguous()
+    assert torch.equal(seen[0], ref.bfloat16())
     # a transform starting with another layer (a plain conv here) keeps the float32 latent
     plain = Tiny().eval()
     plain.load_state_dict(model.state_dict())
