@@ -691,15 +691,13 @@ class SlimCodec(nn.Module):
         from .nn.gdn import SlimGDN, _WidthSelectedGDN
 
         dev = sym.device
-        if dev.type == "cuda":
-            return _dequantize(eb, sym, bool(self._transforms_channels_last(dev)))
         first = self.g_s[0] if isinstance(self.g_s, nn.Sequential) and len(self.g_s) else None
-        if dev.type == "cpu" and precision == "bf16" and \
-                isinstance(first, (SlimGDN, _WidthSelectedGDN, SlimConvTranspose2d)):
-            cl = self._transforms_channels_last(dev)   # input_channels_last when set
-            return _dequantize(eb, sym, self._params_channels_last() if cl is None else cl
-                               ).to(torch.bfloat16)
-        return _dequantize(eb, sym, self._params_channels_last())
+        bf16 = dev.type == "cpu" and precision == "bf16" and \
+            isinstance(first, (SlimGDN, _WidthSelectedGDN, SlimConvTranspose2d))
+        # the transforms' layout (input_channels_last when set) on CUDA and for the bf16 latent
+        cl = self._transforms_channels_last(dev) if dev.type == "cuda" or bf16 else None
+        y_hat = _dequantize(eb, sym, self._params_channels_last() if cl is None else cl)
+        return y_hat.to(torch.bfloat16) if bf16 else y_hat
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, width: Optional[int] = None, *, precision: str = "auto",
