@@ -7,6 +7,7 @@
 
 #include "amx_tiles.hpp"  // run_on_threads
 #include "avx2_common.hpp"
+#include "bf16_dot.hpp"
 #include "cpu_common.hpp"
 #include "gdn_avx2.hpp"   // gdn_avx2_available
 
@@ -384,8 +385,6 @@ struct Fp32Avx512Ops {
   }
 };
 
-#define SK_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
-
 // bf16 x and taps, fp32 sums, bf16 y on AVX512-BF16 (ConvTBf16Args): vdpbf16ps takes the
 // products of two input channels per lane, so the taps are packed in channel pairs
 // ([k][ceil(C/2)][L][2]) and x is broadcast two channels (32 bits) at a time; an odd last channel
@@ -398,25 +397,6 @@ struct Bf16Ops {
   static constexpr int pixels() { return G == 1 ? 16 : G == 2 ? 12 : G == 3 ? 8 : 6; }  // <= 24
   static bool available() { return conv_bf16_available(); }
   static int64_t kernel_row_elems(int64_t C, int64_t L) { return (C + 1) / 2 * L * 2; }
-  // acc[j][g] += the products of input channels 2cp, 2cp+1 (wp: that pair's taps) for PX pixels;
-  // ONE: C is odd and 2cp is its last channel (broadcast alone)
-  template <int PX, int G, bool ONE>
-  SK_BF16_TARGET static inline void pair(__m512 (&acc)[PX][G], const uint16_t* x, int64_t C,
-                                         int64_t cp, const uint16_t* wp) {
-    __m512bh wv[G];
-    SK_UNROLL for (int g = 0; g < G; ++g) wv[g] = (__m512bh)_mm512_loadu_si512(wp + 32 * g);
-    SK_UNROLL for (int j = 0; j < PX; ++j) {
-      const uint16_t* xp = x + j * C + 2 * cp;
-      int32_t v;
-      if (ONE) {
-        v = static_cast<int32_t>(*xp);
-      } else {
-        std::memcpy(&v, xp, 4);
-      }
-      const __m512bh xb = (__m512bh)_mm512_set1_epi32(v);
-      SK_UNROLL for (int g = 0; g < G; ++g) acc[j][g] = _mm512_dpbf16_ps(acc[j][g], wv[g], xb);
-    }
-  }
   template <int PX, int G>
   SK_BF16_TARGET static void block(const ConvtRows<uint16_t>& rows, int64_t xo, int64_t C,
                                    int64_t L, int64_t v0, float* const* dst) {
@@ -427,8 +407,9 @@ struct Bf16Ops {
     for (int r = 0; r < rows.n; ++r) {
       const uint16_t* x = rows.xs[r] + xo;
       const uint16_t* wc = rows.ws[r] + 32 * v0;
-      for (int64_t cp = 0; cp < pairs; ++cp) pair<PX, G, false>(acc, x, C, cp, wc + cp * L * 2);
-      if (C & 1) pair<PX, G, true>(acc, x, C, pairs, wc + pairs * L * 2);
+      for (int64_t cp = 0; cp < pairs; ++cp)
+        detail::dot_pairs<PX, G, false>(acc, x + 2 * cp, C, wc + cp * L * 2, 32);
+      if (C & 1) detail::dot_pairs<PX, G, true>(acc, x + 2 * pairs, C, wc + pairs * L * 2, 32);
     }
     SK_UNROLL for (int j = 0; j < PX; ++j)
       SK_UNROLL for (int g = 0; g < G; ++g) {
@@ -532,24 +513,6 @@ struct ConvBf16Ops {
   static constexpr int kMr = 8;
   static constexpr int kG = 3;
   static int64_t panel_elems(int64_t k, int64_t kC) { return k * ((kC + 1) / 2) * 32; }
-  template <int MR, int G, bool ONE>
-  SK_BF16_TARGET static inline void pair(__m512 (&acc)[MR][G], const uint16_t* ar, int64_t ps,
-                                         int64_t j, const uint16_t* bp, int64_t pstride) {
-    __m512bh b[G];
-    SK_UNROLL for (int g = 0; g < G; ++g)
-      b[g] = (__m512bh)_mm512_loadu_si512(bp + g * pstride);
-    SK_UNROLL for (int r = 0; r < MR; ++r) {
-      const uint16_t* xp = ar + r * ps + j;
-      int32_t v;
-      if (ONE) {
-        v = static_cast<int32_t>(*xp);
-      } else {
-        std::memcpy(&v, xp, 4);
-      }
-      const __m512bh xb = (__m512bh)_mm512_set1_epi32(v);
-      SK_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = _mm512_dpbf16_ps(acc[r][g], b[g], xb);
-    }
-  }
   template <int MR, int G>
   SK_BF16_TARGET static void tile(const uint16_t* a, int64_t ps, int64_t rs, int64_t ky0,
                                   int64_t ky1, int64_t kC, const uint16_t* wp, int64_t pstride,
@@ -564,13 +527,12 @@ struct ConvBf16Ops {
       const uint16_t* ar = a + ky * rs;
       const uint16_t* br = wp + ky * row;
       for (int64_t jp = 0; jp < pairs; ++jp)
-        pair<MR, G, false>(acc, ar, ps, 2 * jp, br + jp * 32, pstride);
-      if (kC & 1) pair<MR, G, true>(acc, ar, ps, kC - 1, br + pairs * 32, pstride);
+        detail::dot_pairs<MR, G, false>(acc, ar + 2 * jp, ps, br + jp * 32, pstride);
+      if (kC & 1) detail::dot_pairs<MR, G, true>(acc, ar + kC - 1, ps, br + pairs * 32, pstride);
     }
     SK_UNROLL for (int g = 0; g < G; ++g) {
-      const int64_t c = c0 + 16 * g, valid = std::min<int64_t>(16, Co - c);
-      const __mmask16 m = valid >= 16 ? static_cast<__mmask16>(0xFFFF)
-                                      : static_cast<__mmask16>((1u << valid) - 1u);
+      const int64_t c = c0 + 16 * g;
+      const __mmask16 m = detail::lanes16(Co - c);
       SK_UNROLL for (int r = 0; r < MR; ++r)
         _mm256_mask_storeu_epi16(y + r * Co + c, m, (__m256i)_mm512_cvtneps_pbh(acc[r][g]));
     }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "amx_tiles.hpp"  // run_on_threads
+#include "bf16_dot.hpp"
 #include "conv_avx2.hpp"  // conv_bf16_available
 #include "cpu_common.hpp"
 
@@ -38,11 +39,7 @@ const char* gdn_bf16_error_message(int code) {
   return "unknown error";
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define SK_GB_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
-// fully unrolled register-tile loops (an array of vectors otherwise may live in memory)
-#define SK_GB_UNROLL _Pragma("GCC unroll 32")
+#if SK_HAVE_BF16_CODE
 
 namespace {
 
@@ -50,7 +47,7 @@ constexpr __mmask16 kAll = 0xFFFF;
 
 // 1/sqrt(n) (sqrt(n) when want_sqrt) from the 14-bit estimate and one Newton step
 // r = r0 / 2 * (3 - n r0^2): fp32 to a few ulp (n > 0 and finite here: beta > 0).
-SK_GB_TARGET inline __m512 rsqrt_nr(__m512 n, bool want_sqrt) {
+SK_BF16_TARGET inline __m512 rsqrt_nr(__m512 n, bool want_sqrt) {
   const __m512 r0 = _mm512_maskz_rsqrt14_ps(kAll, n);  // maskz: GCC 12's unmasked form
                                                        // warns (-Wuninitialized)
   const __m512 t = _mm512_mul_ps(n, r0);
@@ -59,24 +56,19 @@ SK_GB_TARGET inline __m512 rsqrt_nr(__m512 n, bool want_sqrt) {
 }
 
 // 16 bf16 values at p (lanes of m; the others 0) widened exactly to fp32
-SK_GB_TARGET inline __m512 load_bf16(const uint16_t* p, __mmask16 m) {
+SK_BF16_TARGET inline __m512 load_bf16(const uint16_t* p, __mmask16 m) {
   const __m256i h = _mm256_maskz_loadu_epi16(m, p);
   const __m512i w = _mm512_maskz_cvtepu16_epi32(kAll, h);
   return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll, w, 16));
 }
 
-SK_GB_TARGET inline __mmask16 lanes(int64_t valid) {
-  return valid >= 16 ? static_cast<__mmask16>(0xFFFF)
-                     : static_cast<__mmask16>((1u << valid) - 1u);
-}
-
 // z[p][c] = bf16(x[p][c]^2) for np pixel rows (x rows of C, z rows of C2; z[p][C] = 0 if C odd)
-SK_GB_TARGET void squares(const uint16_t* x, uint16_t* z, int64_t np, int64_t C, int64_t C2) {
+SK_BF16_TARGET void squares(const uint16_t* x, uint16_t* z, int64_t np, int64_t C, int64_t C2) {
   for (int64_t p = 0; p < np; ++p) {
     const uint16_t* xr = x + p * C;
     uint16_t* zr = z + p * C2;
     for (int64_t c = 0; c < C; c += 16) {
-      const __mmask16 m = lanes(C - c);
+      const __mmask16 m = detail::lanes16(C - c);
       const __m512 v = load_bf16(xr + c, m);
       const __m256bh h = _mm512_cvtneps_pbh(_mm512_mul_ps(v, v));
       _mm256_mask_storeu_epi16(zr + c, m, (__m256i)h);
@@ -88,29 +80,20 @@ SK_GB_TARGET void squares(const uint16_t* x, uint16_t* z, int64_t np, int64_t C,
 // MR pixels (z rows at z + r*C2, x / y rows at x / y + r*C) x G panels of 16 output channels
 // from channel c0 (bp: the first panel, the next one pstride elements on; beta: at c0).
 template <int MR, int G>
-SK_GB_TARGET void micro(const uint16_t* z, int64_t C2, const uint16_t* bp, int64_t pstride,
+SK_BF16_TARGET void micro(const uint16_t* z, int64_t C2, const uint16_t* bp, int64_t pstride,
                         const float* beta, const uint16_t* x, uint16_t* y, int64_t C, int64_t c0,
                         bool inverse) {
   __m512 acc[MR][G];
-  SK_GB_UNROLL for (int r = 0; r < MR; ++r)
-    SK_GB_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = _mm512_setzero_ps();
+  SK_UNROLL for (int r = 0; r < MR; ++r)
+    SK_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = _mm512_setzero_ps();
   const int64_t pairs = C2 / 2;
-  for (int64_t i = 0; i < pairs; ++i) {
-    __m512bh b[G];
-    SK_GB_UNROLL for (int g = 0; g < G; ++g)
-      b[g] = (__m512bh)_mm512_loadu_si512(bp + g * pstride + i * 32);
-    SK_GB_UNROLL for (int r = 0; r < MR; ++r) {
-      int32_t v;
-      std::memcpy(&v, z + r * C2 + 2 * i, 4);
-      const __m512bh zb = (__m512bh)_mm512_set1_epi32(v);
-      SK_GB_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = _mm512_dpbf16_ps(acc[r][g], b[g], zb);
-    }
-  }
-  SK_GB_UNROLL for (int g = 0; g < G; ++g) {
+  for (int64_t i = 0; i < pairs; ++i)
+    detail::dot_pairs<MR, G, false>(acc, z + 2 * i, C2, bp + i * 32, pstride);
+  SK_UNROLL for (int g = 0; g < G; ++g) {
     const int64_t c = c0 + 16 * g;
-    const __mmask16 m = lanes(C - c);
+    const __mmask16 m = detail::lanes16(C - c);
     const __m512 be = _mm512_loadu_ps(beta + 16 * g);
-    SK_GB_UNROLL for (int r = 0; r < MR; ++r) {
+    SK_UNROLL for (int r = 0; r < MR; ++r) {
       const __m512 s = rsqrt_nr(_mm512_add_ps(acc[r][g], be), inverse);
       const __m512 v = _mm512_mul_ps(load_bf16(x + r * C + c, m), s);
       _mm256_mask_storeu_epi16(y + r * C + c, m, (__m256i)_mm512_cvtneps_pbh(v));
@@ -119,7 +102,7 @@ SK_GB_TARGET void micro(const uint16_t* z, int64_t C2, const uint16_t* bp, int64
 }
 
 template <int G>
-SK_GB_TARGET void panels(const uint16_t* z, int64_t C2, const uint16_t* bp, int64_t pstride,
+SK_BF16_TARGET void panels(const uint16_t* z, int64_t C2, const uint16_t* bp, int64_t pstride,
                          const float* beta, const uint16_t* x, uint16_t* y, int64_t np,
                          int64_t C, int64_t c0, bool inverse) {
   int64_t p = 0;
@@ -130,7 +113,7 @@ SK_GB_TARGET void panels(const uint16_t* z, int64_t C2, const uint16_t* bp, int6
 }
 
 // One block of np <= kPix pixels (x / y rows of C channels from x / y).
-SK_GB_TARGET void run_block(const uint16_t* x, uint16_t* y, int64_t np, int64_t C, int64_t C2,
+SK_BF16_TARGET void run_block(const uint16_t* x, uint16_t* y, int64_t np, int64_t C, int64_t C2,
                             const uint16_t* bp, const float* beta, uint16_t* z, bool inverse) {
   const int64_t NP = (C + 15) / 16, pstride = C2 * 16;
   squares(x, z, np, C, C2);
