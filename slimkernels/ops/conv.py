@@ -526,53 +526,38 @@ def _conv_transpose2d_winograd(x, weight, bias, co, stride, padding, output_padd
     return winograd.conv_transpose2d_winograd(x, U, b, k, stride, padding, output_padding)
 
 
-def _image_kernels_apply(x, weight, few: int, limit: int) -> bool:
-    """Whether the image-layer kernels take this no-grad conv (``few <= limit`` channels)."""
+def _image_kernels_apply(x, weight, few: int, limit: int, transposed: bool = False) -> bool:
+    """Whether the image-layer kernels take this no-grad conv (``few <= limit`` channels, square
+    kernel): fp32 on AVX2 CPUs (``CPU_IMAGE_CONV``; the transposed kernel on AVX-512 CPUs too,
+    ``CPU_IMAGE_CONV_T_AVX512``), bf16 on AVX512-BF16 CPUs without AMX
+    (``CPU_IMAGE_CONV_BF16``)."""
     from . import conv_image
-    return CPU_IMAGE_CONV and x.dtype == torch.float32 and few <= limit and \
-        weight.shape[-2] == weight.shape[-1] and _cpu_capability() == "AVX2" and \
-        conv_image.image_conv_available()
+    if few > limit or weight.shape[-2] != weight.shape[-1]:
+        return False
+    if x.dtype == torch.bfloat16:
+        return CPU_IMAGE_CONV_BF16 and not _amx() and conv_image.image_conv_bf16_available()
+    cap = _cpu_capability()
+    return CPU_IMAGE_CONV and x.dtype == torch.float32 and conv_image.image_conv_available() and \
+        (cap == "AVX2" or (transposed and CPU_IMAGE_CONV_T_AVX512 and cap == "AVX512"))
 
 
 def _conv2d_image(x, weight, bias, co, stride, padding):
-    """The direct conv for a few-channel x (fp32 on AVX2 CPUs, ``CPU_IMAGE_CONV``; bf16 on
-    AVX512-BF16 CPUs without AMX, ``CPU_IMAGE_CONV_BF16``), or None."""
+    """The direct conv for a few-channel x (see ``_image_kernels_apply``), or None."""
     from . import conv_image
     ci, k, dt = x.shape[1], weight.shape[-1], x.dtype
-    if dt == torch.bfloat16:
-        if not (CPU_IMAGE_CONV_BF16 and ci <= conv_image.MAX_INPUT_CHANNELS and
-                weight.shape[-2] == k and not _amx() and
-                conv_image.image_conv_bf16_available()):
-            return None
-    elif not _image_kernels_apply(x, weight, ci, conv_image.MAX_INPUT_CHANNELS):
+    if not _image_kernels_apply(x, weight, ci, conv_image.MAX_INPUT_CHANNELS):
         return None
     wp, b = _cached_fp32(("image", co, ci, k, dt), weight, bias, co,
                          lambda: conv_image.pack_image_conv_weight(weight[:co, :ci], dt))
     return conv_image.conv2d_image(x, wp, b, k, stride, padding, co)
 
 
-def _image_transposed_applies(x, weight, co, stride) -> bool:
-    """Whether the direct transposed image kernel takes this no-grad call: fp32 on AVX2 CPUs
-    (``CPU_IMAGE_CONV``), bf16 on AVX512-BF16 CPUs without AMX (``CPU_IMAGE_CONV_BF16``)."""
-    from . import conv_image
-    k = weight.shape[-1]
-    if not conv_image.transposed_geometry_ok(k, stride, co, x.dtype):
-        return False
-    if x.dtype == torch.bfloat16:
-        return CPU_IMAGE_CONV_BF16 and weight.shape[-2] == k and not _amx() and \
-            conv_image.image_conv_bf16_available()
-    if CPU_IMAGE_CONV_T_AVX512 and x.dtype == torch.float32 and weight.shape[-2] == k and \
-            _cpu_capability() == "AVX512":
-        return CPU_IMAGE_CONV and conv_image.image_conv_available()
-    return _image_kernels_apply(x, weight, co, conv_image.MAX_OUTPUT_CHANNELS)
-
-
 def _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding):
-    """The direct transposed conv onto 1-3 outputs (see ``CPU_IMAGE_CONV`` and
-    ``CPU_IMAGE_CONV_BF16``), or None."""
+    """The direct transposed conv onto 1-3 outputs (see ``_image_kernels_apply``), or None."""
     from . import conv_image
     ci, k, dt = x.shape[1], weight.shape[-1], x.dtype
-    if not _image_transposed_applies(x, weight, co, stride):
+    if not conv_image.transposed_geometry_ok(k, stride, co, dt) or \
+            not _image_kernels_apply(x, weight, co, conv_image.MAX_OUTPUT_CHANNELS, True):
         return None
     lanes = conv_image._lanes(k, co, dt)   # the packing follows the variant this CPU runs
     wp, b = _cached_fp32(("imageT", co, ci, k, dt, lanes), weight, bias, co,
@@ -724,25 +709,23 @@ def _fused_cpu_gdn_available() -> bool:
     return bool(cpu_kernels_available())
 
 
-def _avx2_cpu_gdn_covers(y, kw) -> bool:
-    """Whether :func:`slimkernels.ops.gdn.gdn` runs one of its kernels for CPUs without AMX on
-    this call (AVX512-BF16: bf16 channels_last x; AVX2: fp32 x, or bf16 x with few channels)."""
-    from .gdn import _avx2_covers
-    scalars = tuple(kw.get(n) for n in ("gamma_scale", "gamma_bias", "beta_scale", "beta_bias"))
-    return _avx2_covers(y, kw["beta"], kw["gamma"], scalars)
-
-
 def _apply_gdn(y, kw):
-    """GDN/IGDN of a conv output. CPU without gradient: the GDN op's one-pass AMX kernel where it
-    exists (fp32/bf16; 2-2.5x faster than the passes below at every SlimCAE shape, e.g. bf16
-    192x128x192: 2.4 vs 4.7 ms, 48x32x48: 0.04 vs 0.09 ms, one thread), else ``_gdn_cpu_nograd``."""
+    """GDN/IGDN of a conv output. CPU without gradient: the GDN op's one-pass kernels where one
+    covers y (AMX: fp32/bf16, 2-2.5x faster than the passes below at every SlimCAE shape, e.g.
+    bf16 192x128x192: 2.4 vs 4.7 ms, 48x32x48: 0.04 vs 0.09 ms, one thread; AVX512-BF16; AVX2),
+    else ``_gdn_cpu_nograd``."""
     if kw is None:
         return y
     if y.device.type == "cpu" and not _needs_grad(y) and not _gdn_params_need_grad(kw):
-        # the GDN op's own one-pass kernels (AMX, else AVX2 where it covers y), else 3 passes
-        if y.dtype in (torch.float32, torch.bfloat16) and CPU_FUSED_GDN and \
-                (_fused_cpu_gdn_available() or _avx2_cpu_gdn_covers(y, kw)):
-            return _gdn(y, **kw)
+        if y.dtype in (torch.float32, torch.bfloat16) and CPU_FUSED_GDN:
+            from .gdn import _cpu_kernel_gdn
+            scalars = tuple(kw.get(n) for n in ("gamma_scale", "gamma_bias", "beta_scale",
+                                                "beta_bias"))
+            out = _cpu_kernel_gdn(y, kw["beta"], kw["gamma"], kw["inverse"], scalars)
+            if out is not None:
+                return out
+            if _fused_cpu_gdn_available():   # AMX CPU, a y its kernel does not take: the op
+                return _gdn(y, **kw)
         return _gdn_cpu_nograd(y, kw)
     return _gdn(y, **kw)
 

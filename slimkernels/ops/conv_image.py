@@ -50,6 +50,14 @@ def _require(name: str, instead: str):
     return K
 
 
+def _pair_rows(t: torch.Tensor) -> torch.Tensor:
+    """``[..., n, m]`` -> ``[..., ceil(n/2), m, 2]``, contiguous: rows ``2i`` and ``2i + 1`` (a
+    zero row for an odd ``n``) interleaved along the last axis, the operand layout of
+    ``vdpbf16ps`` (two products per fp32 lane)."""
+    t = F.pad(t, (0, 0, 0, t.shape[-2] % 2))
+    return t.reshape(*t.shape[:-2], t.shape[-2] // 2, 2, t.shape[-1]).transpose(-1, -2).contiguous()
+
+
 def _kernel_input(x: torch.Tensor, name: str, instead: str):
     """``(x as a dense channels_last CPU tensor, whether it is bf16, the kernels module)`` for
     the kernel ``name``; errors naming ``instead`` where the kernel cannot take x."""
@@ -92,10 +100,7 @@ def pack_image_conv_weight(w: torch.Tensor, dtype: torch.dtype = torch.float32) 
     wp = F.pad(w.detach().to(dtype), (0, 0, 0, 0, 0, 0, 0, 16 * panels - co))
     wp = wp.reshape(panels, 16, ci, kh, kw).permute(0, 3, 4, 2, 1)   # p, ky, kx, c, j
     wp = wp.reshape(panels, kh, kw * ci, 16)
-    if dtype == torch.float32:
-        return wp.contiguous()
-    wp = F.pad(wp, (0, 0, 0, (kw * ci) % 2))                           # p, ky, run (even), j
-    return wp.reshape(panels, kh, -1, 2, 16).transpose(3, 4).contiguous()
+    return wp.contiguous() if dtype == torch.float32 else _pair_rows(wp)
 
 
 def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor], k: int,
@@ -196,10 +201,7 @@ def pack_image_conv_transpose_weight(w: torch.Tensor,
         raise ValueError(f"pack_image_conv_transpose_weight: square kernels only, got {kh}x{kw}")
     wp = w.detach().to(dtype).permute(2, 0, 3, 1).reshape(kh, ci, kw * co)  # ky, c, kx*o
     wp = F.pad(wp, (0, _lanes(kw, co, dtype) - kw * co))
-    if dtype == torch.float32:
-        return wp.contiguous()
-    wp = F.pad(wp, (0, 0, 0, ci % 2))                                       # ky, c (even), L
-    return wp.reshape(kh, -(-ci // 2), 2, wp.shape[-1]).transpose(2, 3).contiguous()
+    return wp.contiguous() if dtype == torch.float32 else _pair_rows(wp)
 
 
 def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor],

@@ -488,12 +488,6 @@ def _noamx_kernel(x, beta, gamma, scalars) -> Optional[str]:
     return "avx2" if lay == "channels_last" else None
 
 
-def _avx2_covers(x, beta, gamma, scalars) -> bool:
-    """Whether :func:`gdn` runs one of its one-pass kernels for CPUs without AMX on this call
-    (see :func:`_noamx_kernel`)."""
-    return _noamx_kernel(x, beta, gamma, scalars) is not None
-
-
 @functools.lru_cache(maxsize=None)
 def _bf16_kernel_here() -> bool:
     """The compiled kernels have the AVX512-BF16 GDN and the CPU runs it."""
@@ -531,7 +525,7 @@ def _avx2_training_covers(x, beta, gamma, cd, channels_last) -> bool:
 
 def _run_avx2(x, beta, gamma, inverse, scalars):
     """The AVX2 kernel (fp32 arithmetic: FMA accumulation, refined reciprocal square root; bf16
-    x widened, y rounded to bf16); arguments already validated by :func:`_avx2_covers`. y in x's
+    x widened, y rounded to bf16); arguments already validated by :func:`_noamx_kernel`. y in x's
     layout and dtype."""
     lay = "nchw" if x.is_contiguous() else "channels_last"
     return _run_kernel(_avx2_kernels().gdn_forward_avx2, x, beta, gamma, lay, inverse, scalars, 1)
@@ -548,6 +542,25 @@ def _run_fused(x, beta, gamma, lay, inverse, scalars):
     """The AMX kernel; arguments already validated by :func:`_fused_cpu_layout`."""
     return _run_kernel(_fused_kernels().gdn_forward, x, beta, gamma, lay, inverse, scalars,
                        3 if _compute_dtype(x) == torch.float32 else 1)
+
+
+def _cpu_kernel_gdn(x, beta, gamma, inverse, scalars) -> Optional[torch.Tensor]:
+    """y from one of the one-pass CPU kernels when one covers this call (``last_cpu_path`` set
+    to it): the AMX kernel where the CPU has it, else :func:`_noamx_kernel`'s; None when none
+    does. The conv op's fused GDN asks here first, its own no-grad passes after."""
+    global last_cpu_path
+    if cpu_kernels_available():
+        lay = _fused_cpu_layout(x, beta, gamma, scalars)
+        if lay is None:
+            return None
+        last_cpu_path = "fused"
+        return _run_fused(x, beta, gamma, lay, inverse, scalars)
+    kernel = _noamx_kernel(x, beta, gamma, scalars)
+    if kernel is None:
+        return None
+    last_cpu_path = kernel
+    run = _run_avx512_bf16 if kernel == "avx512-bf16" else _run_avx2
+    return run(x, beta, gamma, inverse, scalars)
 
 
 def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bool = False,
@@ -607,17 +620,9 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
         return gdn_triton(x, beta, gamma, **kw)
     global last_cpu_path
     scalars = (gamma_scale, gamma_bias, beta_scale, beta_bias)
-    if x.device.type == "cpu" and cpu_kernels_available():
-        lay = _fused_cpu_layout(x, beta, gamma, scalars)
-        if lay is not None:
-            last_cpu_path = "fused"
-            return _run_fused(x, beta, gamma, lay, inverse, scalars)
-    elif x.device.type == "cpu":
-        kernel = _noamx_kernel(x, beta, gamma, scalars)
-        if kernel is not None:
-            last_cpu_path = kernel
-            run = _run_avx512_bf16 if kernel == "avx512-bf16" else _run_avx2
-            return run(x, beta, gamma, inverse, scalars)
     if x.device.type == "cpu":
+        y = _cpu_kernel_gdn(x, beta, gamma, inverse, scalars)
+        if y is not None:
+            return y
         last_cpu_path = "torch"
     return gdn_torch(x, beta, gamma, **kw)
