@@ -283,6 +283,19 @@ def test_image_input_is_dense_channels_last_and_cast_once(model):
         assert torch.equal(model.decompress_latent(data)[1], eb.quantize_symbols(y))
 
 
+def _decoder_inputs(codec, layer, data, precisions):
+    """What ``layer`` of ``codec.g_s`` receives when ``codec.decompress(data)`` runs in each of
+    ``precisions`` (a forward pre-hook, removed after)."""
+    seen = []
+    hook = codec.g_s[layer].register_forward_pre_hook(lambda mod, inp: seen.append(inp[0]))
+    try:
+        for p in precisions:
+            codec.decompress(data, precision=p)
+    finally:
+        hook.remove()
+    return seen
+
+
 def test_latent_input_is_bf16_channels_last_under_bf16(model):
     """decompress hands the synthesis transform y_hat = symbols + medians: under bf16 on CPU, as
     bf16 channels_last when g_s starts with this library's IGDN or transposed conv (they compute
@@ -290,41 +303,26 @@ def test_latent_input_is_bf16_channels_last_under_bf16(model):
     values are the dequantized symbols, rounded once."""
     torch.manual_seed(7)
     data = model.compress(torch.rand(1, 3, 16, 20), 12, precision="fp32")
-    seen = []
-    hook = model.g_s[0].register_forward_pre_hook(lambda mod, inp: seen.append(inp[0]))
-    try:
-        model.decompress(data, precision="fp32")
-        model.decompress(data, precision="bf16")
-    finally:
-        hook.remove()
-    y32, y16 = seen
+    y32, y16 = _decoder_inputs(model, 0, data, ("fp32", "bf16"))
     ref = model.entropy_bottleneck.for_width(12).dequantize_symbols(model.decompress_latent(data)[1])
     assert y32.dtype == torch.float32 and torch.equal(y32, ref)
     assert y16.dtype == torch.bfloat16 and y16.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(y16, ref.bfloat16())
     # the model's input_channels_last = False keeps the latent NCHW (still bf16)
     model.input_channels_last = False
-    seen.clear()
-    hook = model.g_s[0].register_forward_pre_hook(lambda mod, inp: seen.append(inp[0]))
     try:
-        model.decompress(data, precision="bf16")
+        (yn,) = _decoder_inputs(model, 0, data, ("bf16",))
     finally:
-        hook.remove()
         del model.input_channels_last
-    assert seen[0].dtype == torch.bfloat16 and seen[0].is_contiguous()
-    assert torch.equal(seen[0], ref.bfloat16())
+    assert yn.dtype == torch.bfloat16 and yn.is_contiguous()
+    assert torch.equal(yn, ref.bfloat16())
     # a transform starting with another layer (a plain conv here) keeps the float32 latent
     plain = Tiny().eval()
     plain.load_state_dict(model.state_dict())
     plain.g_s = SlimSequential(torch.nn.Identity(), *list(model.g_s))
     data = plain.compress(torch.rand(1, 3, 16, 20), 12, precision="fp32")
-    seen.clear()
-    hook = plain.g_s[1].register_forward_pre_hook(lambda mod, inp: seen.append(inp[0]))
-    try:
-        plain.decompress(data, precision="bf16")
-    finally:
-        hook.remove()
-    assert seen[0].dtype == torch.float32
+    (yp,) = _decoder_inputs(plain, 1, data, ("bf16",))
+    assert yp.dtype == torch.float32
 
 
 def test_dense_strides_helper():
