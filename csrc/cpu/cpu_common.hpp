@@ -11,14 +11,17 @@
 namespace sk {
 namespace detail {
 
+// bf16 bits -> fp32 (exact).
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
 // Element idx of a parameter array stored as fp32 or bf16 (widened exactly).
 inline float load_param(const void* p, int dtype, int64_t idx) {
-  if (dtype == kBF16) {
-    uint32_t u = static_cast<uint32_t>(static_cast<const uint16_t*>(p)[idx]) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
+  if (dtype == kBF16) return bf16_to_float(static_cast<const uint16_t*>(p)[idx]);
   return static_cast<const float*>(p)[idx];
 }
 

@@ -207,12 +207,7 @@ SK_AVX2_TARGET void run_block(const float* x, float* y, float* r, int64_t np, in
 // An element of x / y as the fp32 run_block works on: fp32 as it is, bf16 (uint16 bits) widened
 // exactly and rounded back to nearest even.
 inline float widen(float v) { return v; }
-inline float widen(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+inline float widen(uint16_t h) { return detail::bf16_to_float(h); }
 inline void put(float* p, float v) { *p = v; }
 inline void put(uint16_t* p, float v) { *p = detail::to_bf16_bits(v); }
 

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "cpu_common.hpp"  // detail::bf16_to_float
 #include "amx_tiles.hpp"  // SK_HAVE_AMX_CODE (x86-64 gcc/clang on Linux), run_on_threads
 
 namespace sk {
@@ -20,12 +21,7 @@ namespace {
 enum LatErr { kLOk = 0, kLNoSimd = 1, kLBadArgs = 2 };
 constexpr int kLF32 = 0, kLBF16 = 1;
 
-inline float bf16_to_float(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using detail::bf16_to_float;
 
 // round half to even, then cvttss2si semantics (NaN / out of range -> INT32_MIN)
 inline int32_t quantize_one(float v, float m) {
