@@ -227,6 +227,19 @@ BF16_CASES = T_CASES + [
 ]
 
 
+def _spy_dtypes(monkeypatch, name):
+    """The dtypes of x in every call of ``conv_image.<name>`` from now on (the kernel still
+    runs)."""
+    seen = []
+    real = getattr(CI, name)
+
+    def spy(x, *a, **k):
+        seen.append(x.dtype)
+        return real(x, *a, **k)
+    monkeypatch.setattr(CI, name, spy)
+    return seen
+
+
 def _bf16_case(case, seed=5):
     N, ci, co, H, W, k, s, p, op = case
     g = torch.Generator().manual_seed(seed)
@@ -304,13 +317,7 @@ def test_transposed_bf16_bad_input_is_refused():
 def test_slim_conv_transpose2d_dispatches_the_bf16_output_layer(monkeypatch):
     """Under CPU bf16 autocast without gradient SlimCAE's output layer (a 64-wide weight used at
     40 channels, in place) goes to the bf16 kernel; CPU_IMAGE_CONV_BF16 = False turns it off."""
-    seen = []
-    real = CI.conv_transpose2d_image
-
-    def spy(x, *a, **k):
-        seen.append(x.dtype)
-        return real(x, *a, **k)
-    monkeypatch.setattr(CI, "conv_transpose2d_image", spy)
+    seen = _spy_dtypes(monkeypatch, "conv_transpose2d_image")
     x, w, b = _bf16_case((1, 64, 3, 7, 9, 9, 4, 4, 3))
     x = x[:, :40].float()
     ref = F.conv_transpose2d(x.double(), w[:40].bfloat16().double(), b.double(), stride=4,
@@ -367,13 +374,7 @@ def test_slim_conv2d_dispatches_the_bf16_image_layer(monkeypatch):
     """Under CPU bf16 autocast without gradient SlimCAE's first layer (a 64-wide weight used at
     40 outputs, in place) goes to the bf16 conv kernel; CPU_IMAGE_CONV_BF16 = False turns it
     off."""
-    seen = []
-    real = CI.conv2d_image
-
-    def spy(x, *a, **k):
-        seen.append(x.dtype)
-        return real(x, *a, **k)
-    monkeypatch.setattr(CI, "conv2d_image", spy)
+    seen = _spy_dtypes(monkeypatch, "conv2d_image")
     x, w, b = _case(1, 3, 64, 21, 29, 9, seed=10)
     ref = F.conv2d(x.bfloat16().double(), w[:40].bfloat16().double(), b[:40].double(), stride=4,
                    padding=4)
