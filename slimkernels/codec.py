@@ -316,8 +316,7 @@ def _dense(t: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_form
         return t
     if t.dtype == dtype and N == 1 and t.stride()[1:] == want[1:]:
         return t.as_strided(t.shape, want)   # one image: only the batch stride differs, a view
-    if t.device.type == "cpu" and t.dtype != dtype and t.element_size() > \
-            torch.empty((), dtype=dtype).element_size() and t.is_contiguous() and \
+    if t.device.type == "cpu" and t.dtype.itemsize > dtype.itemsize and t.is_contiguous() and \
             memory_format == torch.channels_last:
         # NCHW -> channels_last with a narrowing cast: cast first (a dense pass), then the
         # transposing copy moves the narrow type (a 3x512x768 fp32 image to bf16 channels_last:
