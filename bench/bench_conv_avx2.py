@@ -108,7 +108,7 @@ def round_sweep(widths, sizes_mb, repeats, scale):
             x = torch.empty(1, ci_, max(1, H // scale), max(1, W // scale))
             if not C._use_winograd(x, ci_, co_, k, s, p, tr) or \
                     C._image_kernels_apply(x, torch.empty(1, 1, k, k), co_ if tr else ci_,
-                                           3 if tr else 8):
+                                           3 if tr else 8, tr):
                 continue
             fn = _switched(_layer_fn(layer, width, scale), True)
             ts = interleaved_ms([_rounds_capped(fn, int(m * (1 << 20))) for m in sizes_mb] +
