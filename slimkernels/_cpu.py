@@ -4,8 +4,9 @@ call), which sends every op to its PyTorch path."""
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
+
+from ._env import getenv
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,6 +29,12 @@ def cpu_kernels(probe: str) -> Optional[object]:
     and its capability check ``probe`` (``"amx_available"`` for the AMX-BF16 GDN / conv kernels,
     ``"latents_simd_available"`` for the AVX-512 / AVX2 latent quantization) returns True on this
     CPU; else None."""
-    if os.environ.get("SLIMKERNELS_CPU_KERNELS", "1") == "0":
+    if _switched_off():
         return None
     return _module() if _supported(probe) else None
+
+
+def _switched_off() -> bool:
+    """``SLIMKERNELS_CPU_KERNELS=0`` in the environment now (read at every call, cheaply:
+    :func:`slimkernels._env.getenv`)."""
+    return getenv("SLIMKERNELS_CPU_KERNELS", "1") == "0"

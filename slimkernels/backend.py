@@ -10,11 +10,13 @@ Triton kernels on CPU tensors are only possible under Triton's interpreter
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
-import os
 from typing import Optional
 
 import torch
+
+from ._env import getenv
 
 __all__ = ["resolve_backend", "current_backend", "triton_available", "interpreter_enabled",
            "BACKENDS", "ENV_VAR"]
@@ -23,14 +25,16 @@ BACKENDS = ("triton", "torch")
 ENV_VAR = "SLIMKERNELS_BACKEND"
 
 
+@functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
-    """True when the ``triton`` package can be imported."""
+    """True when the ``triton`` package can be imported (looked up once per process: the
+    search costs ~40 us, and every op on a CUDA tensor asks)."""
     return importlib.util.find_spec("triton") is not None
 
 
 def interpreter_enabled() -> bool:
     """True when Triton's interpreter mode is switched on (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return getenv("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def tf32_allowed() -> bool:
@@ -65,8 +69,8 @@ def resolve_backend(x: torch.Tensor, backend: Optional[str] = None) -> str:
     """
     if backend is not None:
         name = _check_name(backend, "the backend= argument")
-    elif os.environ.get(ENV_VAR):
-        name = _check_name(os.environ[ENV_VAR], f"${ENV_VAR}")
+    elif getenv(ENV_VAR):
+        name = _check_name(getenv(ENV_VAR), f"${ENV_VAR}")
     else:
         name = "triton" if (x.is_cuda and triton_available()) else "torch"
     if name == "triton":

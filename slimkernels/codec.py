@@ -316,7 +316,7 @@ def _dense(t: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_form
         return t
     if t.dtype == dtype and N == 1 and t.stride()[1:] == want[1:]:
         return t.as_strided(t.shape, want)   # one image: only the batch stride differs, a view
-    if t.device.type == "cpu" and t.dtype.itemsize > dtype.itemsize and t.is_contiguous() and \
+    if t.is_cpu and t.dtype.itemsize > dtype.itemsize and t.is_contiguous() and \
             memory_format == torch.channels_last:
         # NCHW -> channels_last with a narrowing cast: cast first (a dense pass), then the
         # transposing copy moves the narrow type (a 3x512x768 fp32 image to bf16 channels_last:
@@ -364,7 +364,7 @@ def _quantize_counted(eb, y: torch.Tensor) -> Tuple[torch.Tensor, int]:
     0.26 -> 0.06 ms at w=48, dequantization 0.18 -> 0.06 ms); elsewhere 3 torch passes (the
     subtraction promotes a bf16 ``y`` to fp32 itself, rounding is in place, and the int32 cast
     writes NCHW directly) and one more for the count."""
-    ck = _latent_kernels() if y.device.type == "cpu" and y.dim() == 4 else None
+    ck = _latent_kernels() if y.is_cpu and y.dim() == 4 else None
     layout = _dense_layout(y) if ck is not None and y.dtype in (torch.float32,
                                                                   torch.bfloat16) else None
     if layout is not None:
@@ -387,7 +387,7 @@ def _dequantize(eb, sym: torch.Tensor, channels_last: bool = False) -> torch.Ten
     On CPU with ``channels_last``, one pass of ``slimkernels._cpu_kernels.dequantize_latents``
     (transpose from the coder's NCHW order included); else the int32 + float32 addition (which
     promotes to float32 itself, exact for ``|sym| < 2**24``) and, for channels_last, one copy."""
-    ck = _latent_kernels() if channels_last and sym.device.type == "cpu" and \
+    ck = _latent_kernels() if channels_last and sym.is_cpu and \
         sym.dtype == torch.int32 and sym.dim() == 4 and sym.is_contiguous() else None
     if ck is not None:
         med = _coding_medians(eb)

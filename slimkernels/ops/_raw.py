@@ -11,7 +11,7 @@ def fp32_cpu_input(x: torch.Tensor, name: str,
     """x as a dense channels_last CPU tensor (a copy only when it is not one); ValueError naming
     ``name`` for anything but a non-empty 4-D CPU tensor of one of ``dtypes`` (fp32 only by
     default)."""
-    if x.dim() != 4 or x.dtype not in dtypes or x.device.type != "cpu" or x.numel() == 0:
+    if x.dim() != 4 or x.dtype not in dtypes or not x.is_cpu or x.numel() == 0:
         short = {torch.float32: "fp32", torch.bfloat16: "bf16"}
         names = " or ".join(short.get(d, str(d)) for d in dtypes)
         raise ValueError(f"{name}: x must be a non-empty 4-D {names} CPU tensor, got {x.dtype} "

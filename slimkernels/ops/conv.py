@@ -34,6 +34,8 @@ import torch.nn.functional as F
 
 from .._cpu import cpu_kernels
 from ..backend import resolve_backend
+from . import conv_image, winograd
+from .gdn import _cpu_kernel_gdn, cpu_kernels_available
 from .gdn import gdn as _gdn
 
 
@@ -330,15 +332,23 @@ def _packable(x: torch.Tensor) -> bool:
             and x.is_contiguous(memory_format=torch.channels_last) and _onednn(x.dtype))
 
 
+def _alive(refs, tensors) -> bool:
+    """Whether each weak reference in ``refs`` still points to the tensor at its place."""
+    for r, t in zip(refs, tensors):
+        if r() is not t:
+            return False
+    return True
+
+
 def _cached(key, sources, build):
     """``build()`` once per ``key`` while every tensor in ``sources`` keeps its identity and
     version (LRU, ``_PACK_CACHE_MAX`` entries)."""
     src = [t for t in sources if t is not None]
-    key = key + tuple(id(t) for t in src)  # identity checked below through weak references
+    key = (key, *[id(t) for t in src])  # identity checked below through weak references
     ver = [(t._version, t.data_ptr(), t.shape) for t in src]
     with _PACK_LOCK:  # transforms may run in several threads (LRU bookkeeping is not atomic)
         hit = _PACK_CACHE.get(key)
-        if hit is not None and hit[0] == ver and all(r() is t for r, t in zip(hit[1], src)):
+        if hit is not None and hit[0] == ver and _alive(hit[1], src):
             _PACK_CACHE.move_to_end(key)
             return hit[2]
     with torch.no_grad():
@@ -418,7 +428,7 @@ def _prepack_input(x, weight, bias):
         # w=192), but 1.7-2.1x faster on an AVX2 EPYC (where F.conv2d on a channels_last image
         # with an NCHW weight picks a slow kernel and returns NCHW)
         return None
-    if dt is not None:
+    if dt is not None and x.dtype != dt:
         x = x.to(dt)  # before the layout change: that copy then moves half the bytes
     x = _cpu_layout(x)
     return x if _packable(x) else None
@@ -426,6 +436,8 @@ def _prepack_input(x, weight, bias):
 
 def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding):
     """The direct AMX conv when this geometry goes there (see ``_use_amx_conv``), else None."""
+    if not CPU_AMX_CONV or _amx_conv_kernels() is None:   # (most CPUs: decided before the sizes)
+        return None
     k = weight.shape[-1]
     if weight.shape[-2] == k and _use_amx_conv(
             x, x.shape[1], co, x.shape[0] * ((x.shape[2] + 2 * padding - k) // stride + 1) *
@@ -437,6 +449,8 @@ def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding):
 def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, output_padding):
     """The direct AMX transposed conv (sub-pixel phases) when this geometry goes there, else
     None (wide or few output channels, stride 1, kernel <= stride, a tap plan that crops x)."""
+    if not CPU_AMX_CONV or _amx_conv_kernels() is None:
+        return None
     k = weight.shape[-1]
     if stride > 1 and k > stride and weight.shape[-2] == k and \
             not _use_subpixel(k, co, stride) and \
@@ -450,7 +464,6 @@ def _winograd_here(k, stride, padding, transposed, avx512: bool = False) -> bool
     kernels built, and the geometry maps onto the 3x3 phase correlation."""
     if not CPU_WINOGRAD or _cpu_capability() not in (("AVX2", "AVX512") if avx512 else ("AVX2",)):
         return False
-    from . import winograd
     return winograd.winograd_available() and \
         winograd.winograd_geometry_ok(k, stride, padding, transposed)
 
@@ -484,7 +497,7 @@ def _use_winograd_grad(x, w, b, stride, padding, transposed) -> bool:
     transposed one): ``CPU_WINOGRAD_TRAIN``, the no-grad Winograd rule, and a geometry whose
     input gradient maps onto Winograd too."""
     if not CPU_WINOGRAD_TRAIN or not torch.is_grad_enabled() or not _needs_grad(x, w, b) or \
-            x.device.type != "cpu" or x.dim() != 4 or w.dtype != torch.float32 or \
+            not x.is_cpu or x.dim() != 4 or w.dtype != torch.float32 or \
             (b is not None and b.dtype != torch.float32) or w.shape[-1] != w.shape[-2]:
         return False
     ci, co = (w.shape[0], w.shape[1]) if transposed else (w.shape[1], w.shape[0])
@@ -510,7 +523,6 @@ def _cached_fp32(key, weight, bias, co, pack):
 
 
 def _conv2d_winograd(x, weight, bias, co, stride, padding):
-    from . import winograd
     ci, k = x.shape[1], weight.shape[-1]
     U, b = _cached_fp32(("wino", co, ci, stride, k), weight, bias, co,
                         lambda: winograd.winograd_conv2d_weight(weight[:co, :ci], stride))
@@ -518,7 +530,6 @@ def _conv2d_winograd(x, weight, bias, co, stride, padding):
 
 
 def _conv_transpose2d_winograd(x, weight, bias, co, stride, padding, output_padding):
-    from . import winograd
     ci, k = x.shape[1], weight.shape[-1]
     U, b = _cached_fp32(("winoT", co, ci, stride, padding, k), weight, bias, co,
                         lambda: winograd.winograd_conv_transpose2d_weight(weight[:ci, :co],
@@ -531,7 +542,6 @@ def _image_kernels_apply(x, weight, few: int, limit: int, transposed: bool = Fal
     kernel): fp32 on AVX2 CPUs (``CPU_IMAGE_CONV``; the transposed kernel on AVX-512 CPUs too,
     ``CPU_IMAGE_CONV_T_AVX512``), bf16 on AVX512-BF16 CPUs without AMX
     (``CPU_IMAGE_CONV_BF16``)."""
-    from . import conv_image
     if few > limit or weight.shape[-2] != weight.shape[-1]:
         return False
     if x.dtype == torch.bfloat16:
@@ -543,7 +553,6 @@ def _image_kernels_apply(x, weight, few: int, limit: int, transposed: bool = Fal
 
 def _conv2d_image(x, weight, bias, co, stride, padding):
     """The direct conv for a few-channel x (see ``_image_kernels_apply``), or None."""
-    from . import conv_image
     ci, k, dt = x.shape[1], weight.shape[-1], x.dtype
     if not _image_kernels_apply(x, weight, ci, conv_image.MAX_INPUT_CHANNELS):
         return None
@@ -554,7 +563,6 @@ def _conv2d_image(x, weight, bias, co, stride, padding):
 
 def _conv_transpose2d_image(x, weight, bias, co, stride, padding, output_padding):
     """The direct transposed conv onto 1-3 outputs (see ``_image_kernels_apply``), or None."""
-    from . import conv_image
     ci, k, dt = x.shape[1], weight.shape[-1], x.dtype
     if not conv_image.transposed_geometry_ok(k, stride, co, dt) or \
             not _image_kernels_apply(x, weight, co, conv_image.MAX_OUTPUT_CHANNELS, True):
@@ -702,10 +710,6 @@ def _triton_operands(x, weight, bias, transposed: bool = False):
 
 def _fused_cpu_gdn_available() -> bool:
     """Whether :func:`slimkernels.ops.gdn.gdn` runs its one-pass AMX CPU kernel here."""
-    try:
-        from .gdn import cpu_kernels_available
-    except ImportError:
-        return False
     return bool(cpu_kernels_available())
 
 
@@ -716,9 +720,8 @@ def _apply_gdn(y, kw):
     else ``_gdn_cpu_nograd``."""
     if kw is None:
         return y
-    if y.device.type == "cpu" and not _needs_grad(y) and not _gdn_params_need_grad(kw):
+    if y.is_cpu and not _needs_grad(y) and not _gdn_params_need_grad(kw):
         if y.dtype in (torch.float32, torch.bfloat16) and CPU_FUSED_GDN:
-            from .gdn import _cpu_kernel_gdn
             scalars = tuple(kw.get(n) for n in ("gamma_scale", "gamma_bias", "beta_scale",
                                                 "beta_bias"))
             out = _cpu_kernel_gdn(y, kw["beta"], kw["gamma"], kw["inverse"], scalars)
@@ -744,9 +747,11 @@ def _check(x, weight, bias, name, transposed, stride, padding):
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != cout_max):
         raise ValueError(f"{name}: bias must be the full [{cout_max}] parameter (C_out_max), got "
                          f"{tuple(bias.shape)}")
-    if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or stride < 1:
+    if type(stride) is not int and (isinstance(stride, bool) or    # (int: the usual case, fast)
+                                    not isinstance(stride, numbers.Integral)) or stride < 1:
         raise ValueError(f"{name}: stride must be an int >= 1, got {stride!r}")
-    if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
+    if type(padding) is not int and (isinstance(padding, bool) or
+                                     not isinstance(padding, numbers.Integral)) or padding < 0:
         raise ValueError(f"{name}: padding must be an int >= 0, got {padding!r}")
     kh, kw = weight.shape[-2:]
     if not transposed and (x.shape[-2] + 2 * padding < kh or x.shape[-1] + 2 * padding < kw):
@@ -778,14 +783,15 @@ def _use_amx_conv(x, ci, co, pixels) -> bool:
     """The direct AMX kernel takes this no-grad conv: x dense channels_last, bf16 (or fp32 that
     the kernel rounds to bf16 while padding, under bf16 autocast), narrow and small enough."""
     return (CPU_AMX_CONV and ci <= AMX_CONV_MAX_CHANNELS and co <= AMX_CONV_MAX_CHANNELS and
-            pixels <= AMX_CONV_MAX_PIXELS and x.device.type == "cpu" and
+            pixels <= AMX_CONV_MAX_PIXELS and x.is_cpu and
             x.is_contiguous(memory_format=torch.channels_last) and _amx_conv_kernels() is not None)
 
 
 def _amx_direct_input(x, weight, bias) -> bool:
     """Whether x can go to the direct AMX kernel as it is (no cast, no layout change first): no
     gradient, bf16 compute (bf16 autocast on fp32/bf16 x, or bf16 x with bf16 parameters)."""
-    if not CPU_AMX_CONV or not CPU_PREPACK or x.shape[1] < 2 or _needs_grad(x, weight, bias):
+    if not CPU_AMX_CONV or not CPU_PREPACK or _amx_conv_kernels() is None or x.shape[1] < 2 \
+            or _needs_grad(x, weight, bias):
         return False  # (1 input channel: F.conv, as in the prepacked path)
     if x.dtype == torch.float32:
         return _autocast_dtype(x) == torch.bfloat16

@@ -173,7 +173,7 @@ def _compiled_composition(x, g, b, inverse: bool):
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     """dtype of the channel mixing: x's, or the CPU autocast dtype for fp32 x under autocast
     (what ``F.conv2d`` would use there)."""
-    if x.dtype == torch.float32 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    if x.dtype == torch.float32 and x.is_cpu and torch.is_autocast_enabled("cpu"):
         return torch.get_autocast_dtype("cpu")
     return x.dtype
 
@@ -208,7 +208,7 @@ def gdn_torch(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inver
         return _GDNCpuFunction.apply(x, b, g, bool(inverse), cd, channels_last)
     with torch.autocast("cpu", enabled=False):
         if grad:  # half precision / autocast: autograd through the composition measured faster
-            if COMPILE_TRAINING and x.device.type == "cpu" and cd == x.dtype:
+            if COMPILE_TRAINING and x.is_cpu and cd == x.dtype:
                 y = _compiled_composition(x, g.to(cd), b.to(cd), bool(inverse))
                 if y is not None:
                     return y
@@ -324,6 +324,12 @@ class _GDNCpuFunction(torch.autograd.Function):
 _CK_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
+def _no_scalars(scalars) -> bool:
+    """Whether the four SlimGDN+ scalars are all None."""
+    a, b, c, d = scalars
+    return a is None and b is None and c is None and d is None
+
+
 def cpu_kernels_available() -> bool:
     """True when the fused CPU kernel can run here: the ``slimkernels._cpu_kernels`` extension
     was built and the CPU/OS support AMX-BF16 (and :data:`USE_CPU_KERNELS` / the env switch
@@ -343,10 +349,13 @@ def _scalar(v):
 def _kernel_operands(x, beta, gamma) -> bool:
     """Whether the CPU GDN kernels can read these operands: CPU tensors, x fp32 or bf16 and not
     empty, gamma ``[>=C, >=C]`` and beta ``[>=C]`` fp32 or bf16 (any strides)."""
-    return x.device.type == "cpu" and x.dtype in _CK_DTYPES and x.numel() > 0 and \
-        all(t.device.type == "cpu" and t.dtype in _CK_DTYPES for t in (beta, gamma)) and \
-        gamma.dim() == 2 and beta.dim() == 1 and \
-        min(gamma.shape[0], gamma.shape[1], beta.shape[0]) >= x.shape[1]
+    if not (x.is_cpu and beta.is_cpu and gamma.is_cpu and x.dtype in _CK_DTYPES and
+            beta.dtype in _CK_DTYPES and gamma.dtype in _CK_DTYPES and x.numel() > 0 and
+            gamma.dim() == 2 and beta.dim() == 1):
+        return False
+    C = x.shape[1]
+    gs = gamma.shape
+    return gs[0] >= C and gs[1] >= C and beta.shape[0] >= C
 
 
 def _fused_cpu_layout(x, beta, gamma, scalars):
@@ -359,13 +368,14 @@ def _fused_cpu_layout(x, beta, gamma, scalars):
     """
     if not _kernel_operands(x, beta, gamma):
         return None
+    plain = _no_scalars(scalars)   # SlimGDN / SwitchGDN: nothing to check
     if torch.is_grad_enabled() and (x.requires_grad or beta.requires_grad or gamma.requires_grad
-                                    or any(isinstance(s, torch.Tensor) and s.requires_grad
-                                           for s in scalars)):
+                                    or (not plain and any(isinstance(s, torch.Tensor) and
+                                                          s.requires_grad for s in scalars))):
         return None
     if _compute_dtype(x) not in (x.dtype, torch.bfloat16):  # bf16 autocast: one bf16 product
         return None
-    if any(s is not None and _scalar(s) is None for s in scalars):
+    if not plain and any(s is not None and _scalar(s) is None for s in scalars):
         return None
     if x.is_contiguous():
         return "nchw"
@@ -502,7 +512,7 @@ def _run_kernel(fn, x, beta, gamma, lay, inverse, scalars, splits, r=None):
     N, C, H, W = x.shape
     y = torch.empty_like(x, memory_format=torch.channels_last if lay == "channels_last"
                          else torch.contiguous_format)
-    gs, gb, bs, bb = (_scalar(s) for s in scalars)
+    gs, gb, bs, bb = scalars if _no_scalars(scalars) else [_scalar(s) for s in scalars]
     fn(x.data_ptr(), y.data_ptr(), _CK_DTYPES[x.dtype], N, C, H * W, lay == "channels_last",
        gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0), gamma.stride(1),
        beta.data_ptr(), _CK_DTYPES[beta.dtype], beta.stride(0), 1.0 if gs is None else gs,
@@ -620,7 +630,7 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
         return gdn_triton(x, beta, gamma, **kw)
     global last_cpu_path
     scalars = (gamma_scale, gamma_bias, beta_scale, beta_bias)
-    if x.device.type == "cpu":
+    if x.is_cpu:
         y = _cpu_kernel_gdn(x, beta, gamma, inverse, scalars)
         if y is not None:
             return y

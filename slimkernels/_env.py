@@ -1,0 +1,33 @@
+"""Environment switches read at every call, cheaply.
+
+``os.environ.get`` encodes the name and decodes the value on each call (~0.7 us); the ops read
+their switches (``SLIMKERNELS_CPU_KERNELS``, ``SLIMKERNELS_BACKEND``) several times per layer
+call. :func:`getenv` answers the same from CPython's own mapping behind ``os.environ`` (its
+``_data`` dict of encoded names and values, which ``os.environ[...] = ...``, ``del`` and
+``monkeypatch.setenv`` update): ~0.1 us. Where ``os.environ`` is not CPython's ``os._Environ``
+(replaced by a plain dict, another interpreter) it falls back to ``os.environ.get``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+__all__ = ["getenv"]
+
+_ENCODED: dict = {}   # name -> (encoded name, the os._Environ type it was encoded for)
+
+
+def getenv(name: str, default: Optional[str] = None) -> Optional[str]:
+    """``os.environ.get(name, default)`` (str or ``default``), read at every call."""
+    env = os.environ
+    data = getattr(env, "_data", None)
+    hit = _ENCODED.get(name)
+    if hit is not None and hit[1] is type(env) and type(data) is dict:
+        v = data.get(hit[0])
+        return default if v is None else env.decodevalue(v)
+    try:
+        if type(data) is dict:
+            _ENCODED[name] = (env.encodekey(name), type(env))
+    except (AttributeError, TypeError, ValueError):  # not CPython's os._Environ
+        pass
+    return env.get(name, default)
