@@ -126,6 +126,51 @@ SK_BF16_TARGET void run_block(const uint16_t* x, uint16_t* y, int64_t np, int64_
   }
 }
 
+// gamma_k^T in panels of 16 output channels and input-channel pairs, bf16:
+// bp[q][i/2][j][i%2] = bf16(gamma_k[q*16 + j, i]) (0 past C), in two passes: the rows of gamma_k
+// to bf16 (rows[o][i], NP*16 rows of C2; vector conversions where gamma is fp32 with unit stride
+// along its input channels, as SlimGDN's effective parameters are), then each packed vector (one
+// pair of 16 rows) gathered as 32-bit words. At C = 192: ~5 us against ~65 us element by element.
+SK_BF16_TARGET void pack_gamma(const GdnArgs& a, int64_t C2, int64_t NP, uint16_t* rows,
+                               uint16_t* bp) {
+  const int64_t C = a.C, R = NP * 16;
+  if (a.gdtype == kF32 && a.g_s1 == 1) {
+    const __m512 sc = _mm512_set1_ps(static_cast<float>(a.gamma_scale));
+    const __m512 bi = _mm512_set1_ps(static_cast<float>(a.gamma_bias));
+    for (int64_t o = 0; o < C; ++o) {
+      const float* g = static_cast<const float*>(a.gamma) + o * a.g_s0;
+      uint16_t* r = rows + o * C2;
+      for (int64_t i = 0; i < C2; i += 32) {
+        const __mmask16 m0 = detail::lanes16(std::max<int64_t>(0, C - i));
+        const __mmask16 m1 = detail::lanes16(std::max<int64_t>(0, C - i - 16));
+        // gdn_gamma's arithmetic (a product, then a sum) on the lanes inside C, zero past it
+        const __m512 v0 = _mm512_maskz_add_ps(m0, _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, g + i),
+                                                                sc), bi);
+        const __m512 v1 = _mm512_maskz_add_ps(
+            m1, _mm512_mul_ps(_mm512_maskz_loadu_ps(m1, g + i + 16), sc), bi);
+        const int64_t n = std::min<int64_t>(32, C2 - i);
+        const __mmask32 st = n >= 32 ? ~__mmask32(0) : (__mmask32(1) << n) - 1;
+        _mm512_mask_storeu_epi16(r + i, st, (__m512i)_mm512_cvtne2ps_pbh(v1, v0));
+      }
+    }
+  } else {
+    for (int64_t o = 0; o < C; ++o)
+      for (int64_t i = 0; i < C2; ++i)
+        rows[o * C2 + i] = detail::to_bf16_bits(detail::gdn_gamma(a, o, i));
+  }
+  std::memset(rows + C * C2, 0, static_cast<size_t>((R - C) * C2) * sizeof(uint16_t));
+  const int64_t pairs = C2 / 2;
+  const __m512i idx = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(static_cast<int>(pairs)));
+  int32_t* dst = reinterpret_cast<int32_t*>(bp);
+  for (int64_t q = 0; q < NP; ++q) {
+    const int32_t* src = reinterpret_cast<const int32_t*>(rows + q * 16 * C2);
+    for (int64_t p = 0; p < pairs; ++p, dst += 16)
+      _mm512_storeu_si512(dst, _mm512_i32gather_epi32(idx, src + p, 4));
+  }
+}
+
 }  // namespace
 
 int gdn_forward_bf16(const GdnArgs& a) {
@@ -141,12 +186,9 @@ int gdn_forward_bf16(const GdnArgs& a) {
   detail::Buf<uint16_t> bp = detail::alloc_aligned<uint16_t>(NP * C2 * 16);
   detail::Buf<float> beta = detail::alloc_aligned<float>(NP * 16);
   if (!bp || !beta) return kGNoMem;
-  // row o of gamma_k (read along its input channels) -> lane o % 16 of panel o / 16
-  for (int64_t o = 0; o < NP * 16; ++o) {
-    uint16_t* dst = bp.get() + ((o / 16) * (C2 / 2) * 16 + o % 16) * 2;
-    for (int64_t i = 0; i < C2; ++i)
-      dst[(i / 2) * 32 + (i & 1)] = detail::to_bf16_bits(detail::gdn_gamma(a, o, i));
-  }
+  detail::Buf<uint16_t> rows = detail::alloc_aligned<uint16_t>(NP * 16 * C2);
+  if (!rows) return kGNoMem;
+  pack_gamma(a, C2, NP, rows.get(), bp.get());
   for (int64_t o = 0; o < NP * 16; ++o) beta[o] = detail::gdn_beta(a, o);
   // threads: ranges of whole blocks, at least 4 blocks each
   const int64_t blocks = (P + kPix - 1) / kPix;

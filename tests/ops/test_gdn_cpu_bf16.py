@@ -76,14 +76,19 @@ def test_matches_float64(C, inverse, scalars):
 
 
 @needs_kernel
-def test_bf16_parameters_and_strided_gamma():
-    """bf16 beta / gamma and a gamma read through its strides (a transposed view)."""
-    beta, gamma = _params(3, torch.bfloat16)
-    x = _x(1, 40, 6, 9, seed=4)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_parameter_dtypes_and_strided_gamma(dtype):
+    """bf16 / fp32 beta and gamma, and a gamma read through its strides (a transposed view; fp32
+    gamma with unit stride along its input channels is packed by vector conversions, any other
+    element by element)."""
+    beta, gamma = _params(3, dtype)
+    x = _x(1, 41, 6, 9, seed=4)
     gt = gamma.t().contiguous().t()   # same values, strides (1, 192)
     assert gt.stride() == (1, 192)
     for g in (gamma, gt):
-        _check(_run(x, beta, g, True), _kernel_ref(x, beta, gamma, True, SCALARS["none"]))
+        for sc in ("none", "slimgdn+"):
+            _check(_run(x, beta, g, True, SCALARS[sc]),
+                   _kernel_ref(x, beta, gamma, True, SCALARS[sc]))
 
 
 @needs_kernel
