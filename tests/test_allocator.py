@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from slimkernels import allocator, cli
+from tests._env import set_env
 
 _CHILD = r"""
 import ctypes, resource, sys
@@ -61,10 +62,7 @@ def test_bad_thresholds_are_refused(kw):
 @pytest.mark.parametrize("value,expected", [(None, True), ("1", True), ("0", False),
                                             ("off", False), (" False ", False), ("yes", True)])
 def test_env_switch(monkeypatch, value, expected):
-    if value is None:
-        monkeypatch.delenv("SLIMKERNELS_TUNE_MALLOC", raising=False)
-    else:
-        monkeypatch.setenv("SLIMKERNELS_TUNE_MALLOC", value)
+    set_env(monkeypatch, "SLIMKERNELS_TUNE_MALLOC", value)
     assert allocator.enabled_by_env() is expected
 
 

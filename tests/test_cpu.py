@@ -4,15 +4,13 @@ import os
 import pytest
 
 from slimkernels import _cpu
+from tests._env import set_env
 
 
 @pytest.mark.parametrize("value, off", [("0", True), ("1", False), ("", False), ("00", False),
                                         (None, False)])
 def test_switch_follows_the_environment_at_every_call(monkeypatch, value, off):
-    if value is None:
-        monkeypatch.delenv("SLIMKERNELS_CPU_KERNELS", raising=False)
-    else:
-        monkeypatch.setenv("SLIMKERNELS_CPU_KERNELS", value)
+    set_env(monkeypatch, "SLIMKERNELS_CPU_KERNELS", value)
     assert _cpu._switched_off() is off
     assert _cpu._switched_off() == (os.environ.get("SLIMKERNELS_CPU_KERNELS", "1") == "0")
     if off:
