@@ -18,7 +18,9 @@ def test_ab_checkouts_runs_against_itself(capsys, tmp_path):
     assert len(row) == 1 and md.read_text().count("| 32x32 | 48 |") == 1
     cells = [c.strip() for c in row[0].strip("|").split("|")]
     new_c, base_c = (float(v) for v in cells[2].split(" / "))
-    assert new_c > 0 and base_c > 0 and cells[3] == f"{base_c / new_c:.3f}x"
+    # the speed-up of the unrounded medians: within the cells' rounding of their ratio
+    assert new_c > 0 and base_c > 0 and cells[3].endswith("x")
+    assert abs(float(cells[3][:-1]) - base_c / new_c) <= 0.002 * base_c / new_c + 1e-3
 
 
 def test_ab_checkouts_refuses_bad_arguments(tmp_path):
