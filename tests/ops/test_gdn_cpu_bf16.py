@@ -91,6 +91,79 @@ def test_parameter_dtypes_and_strided_gamma(dtype):
                    _kernel_ref(x, beta, gamma, True, SCALARS[sc]))
 
 
+def _bits(t):
+    return t.contiguous().view(torch.int16)
+
+
+@needs_kernel
+@pytest.mark.parametrize("scalars", ["none", "slimgdn+"])
+@pytest.mark.parametrize("C", [17, 48, 192])
+def test_gamma_packing_gives_the_same_bits_either_way(scalars, C):
+    """fp32 gamma with unit stride (converted 16 lanes at a time when there are no scalars) and
+    the same values read through a transposed view (element by element) give the same bits:
+    values at bf16 rounding ties, the largest fp32 denormals (which round up to a normal bf16,
+    as torch rounds them; a hardware conversion flushes them to zero), tiny denormals, -0, inf
+    and NaN; with SlimGDN+ scalars a product then a sum, never one fused rounding (the
+    reference rounds both)."""
+    beta, gamma = _params(7)
+    special = torch.tensor([1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8, 0.05391377, -0.0,
+                            float("inf"), float("nan"), 1e-45])
+    special = torch.cat([special, torch.tensor([0x007FFFFF, 0x007F8000, 0x007F7FFF],
+                                               dtype=torch.int32).view(torch.float32)])
+    flat = gamma.view(-1)
+    flat[torch.arange(len(special)) * 97 % flat.numel()] = special
+    gt = gamma.t().contiguous().t()
+    assert gt.stride() == (1, 192) and torch.equal(gt.nan_to_num(), gamma.nan_to_num())
+    x = _x(1, C, 5, 7, seed=11)
+    sc = SCALARS[scalars]
+    for inverse in (False, True):
+        y_vec, y_el = _run(x, beta, gamma, inverse, sc), _run(x, beta, gt, inverse, sc)
+        assert torch.equal(_bits(y_vec), _bits(y_el))
+
+
+@needs_kernel
+@pytest.mark.parametrize("strided", [False, True])
+def test_scalars_are_a_product_then_a_sum(strided):
+    """SlimGDN+ scalars applied while packing round the product and then the sum, as torch's
+    ``gamma * gs + gb`` does (one fused rounding would differ in some elements): the same bits
+    as the scalar-free call on the effective parameters computed by torch."""
+    beta, gamma = _params(9)
+    gs, gb, bs, bb = SCALARS["slimgdn+"]
+    # gamma values whose bf16 gamma_k differs between the two roundings and one fused rounding:
+    # those whose gamma * gs + gb lands next to a bf16 rounding tie (fp32 bits hi:0x8000)
+    gs32, gb32 = torch.tensor(gs).float(), torch.tensor(gb).float()
+    ties = (torch.arange(0x3D20, 0x3D70, dtype=torch.int32) * 65536 + 0x8000).view(torch.float32)
+    centre = ((ties.double() - gb32.double()) / gs32.double()).float().view(torch.int32)
+    cand = (centre[:, None] + torch.arange(-64, 65, dtype=torch.int32)).view(torch.float32).view(-1)
+    two = (cand * gs32 + gb32).bfloat16()
+    fused = (cand.double() * gs32.double() + gb32.double()).float().bfloat16()
+    sensitive = cand[two != fused]
+    assert sensitive.numel() >= 8
+    gamma[:40, :40] = sensitive[torch.arange(1600) % sensitive.numel()].view(40, 40)
+    g = gamma.t().contiguous().t() if strided else gamma
+    x = _x(2, 40, 6, 9, seed=5)
+    for inverse in (False, True):
+        y = _run(x, beta, g, inverse, (gs, gb, bs, bb))
+        y_eff = _run(x, beta * bs + bb, gamma * gs + gb, inverse, SCALARS["none"])
+        assert torch.equal(_bits(y), _bits(y_eff))
+
+
+@needs_kernel
+def test_fp32_denormal_gamma_rounds_as_torch():
+    """The largest fp32 denormals round up to the smallest normal bf16 (torch's rounding):
+    with x = 1e19 that product outweighs beta = 1, so flushing it to zero would show."""
+    beta = torch.ones(192)
+    gamma = torch.zeros(192, 192)
+    gamma[0, 0] = torch.tensor([0x007FFFFF], dtype=torch.int32).view(torch.float32)[0]
+    assert gamma[0, 0].bfloat16().item() > 0
+    x = torch.zeros(1, 16, 1, 1).bfloat16().contiguous(memory_format=torch.channels_last)
+    x[0, 0] = 1e19
+    y = _run(x, beta, gamma, False)
+    ref = _kernel_ref(x, beta, gamma, False, SCALARS["none"])
+    _check(y, ref)
+    assert y[0, 0].float().item() < 0.9 * x[0, 0].float().item()   # n = 1 + g z, not 1
+
+
 @needs_kernel
 def test_threads_give_the_same_bits():
     beta, gamma = _params(5)
