@@ -34,6 +34,17 @@ void call_released(int (*fn)(const Args&), const Args& a, const char* (*msg)(int
 }
 
 
+// The gamma fields of a GDN call (the kernels' and the bf16 packing's arguments).
+void set_gamma(sk::GdnArgs& a, uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1,
+               double gamma_scale, double gamma_bias) {
+  a.gamma = reinterpret_cast<const void*>(gamma);
+  a.gdtype = gdtype;
+  a.g_s0 = g_s0;
+  a.g_s1 = g_s1;
+  a.gamma_scale = gamma_scale;
+  a.gamma_bias = gamma_bias;
+}
+
 // One binding body for both GDN kernels (AMX: sk::gdn_forward, AVX2 fp32:
 // sk::gdn_forward_avx2): the same raw arguments, the GIL released while Fn runs.
 template <int (*Fn)(const sk::GdnArgs&), const char* (*Msg)(int)>
@@ -41,7 +52,7 @@ void gdn_call_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int
                  bool channels_last, uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1,
                  uintptr_t beta, int bdtype, int64_t b_s0, double gamma_scale, double gamma_bias,
                  double beta_scale, double beta_bias, bool inverse, int splits, int nthreads,
-                 uintptr_t r) {
+                 uintptr_t r, uintptr_t packed_gamma) {
   sk::GdnArgs a;
   a.x = reinterpret_cast<const void*>(x);
   a.y = reinterpret_cast<void*>(y);
@@ -50,22 +61,29 @@ void gdn_call_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int
   a.C = C;
   a.HW = HW;
   a.channels_last = channels_last;
-  a.gamma = reinterpret_cast<const void*>(gamma);
-  a.gdtype = gdtype;
-  a.g_s0 = g_s0;
-  a.g_s1 = g_s1;
+  set_gamma(a, gamma, gdtype, g_s0, g_s1, gamma_scale, gamma_bias);
   a.beta = reinterpret_cast<const void*>(beta);
   a.bdtype = bdtype;
   a.b_s0 = b_s0;
-  a.gamma_scale = gamma_scale;
-  a.gamma_bias = gamma_bias;
   a.beta_scale = beta_scale;
   a.beta_bias = beta_bias;
   a.inverse = inverse;
   a.splits = splits;
   a.nthreads = nthreads;
   a.r = reinterpret_cast<float*>(r);
+  a.packed_gamma = reinterpret_cast<const uint16_t*>(packed_gamma);
   call_released(Fn, a, Msg, "GDN kernel");
+}
+
+void gdn_pack_bf16_py(uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1, int64_t C,
+                      double gamma_scale, double gamma_bias, uintptr_t out) {
+  sk::GdnArgs a;
+  set_gamma(a, gamma, gdtype, g_s0, g_s1, gamma_scale, gamma_bias);
+  a.C = C;
+  const int rc = sk::gdn_pack_gamma_bf16(a, reinterpret_cast<uint16_t*>(out));
+  if (rc != 0)
+    throw std::runtime_error(std::string("slimkernels._cpu_kernels.gdn_pack_bf16: ") +
+                             sk::gdn_bf16_error_message(rc));
 }
 
 }  // namespace
@@ -297,7 +315,7 @@ PYBIND11_MODULE(_cpu_kernels, m) {
           py::arg("g_s0"), py::arg("g_s1"), py::arg("beta"), py::arg("bdtype"), py::arg("b_s0"),
           py::arg("gamma_scale"), py::arg("gamma_bias"), py::arg("beta_scale"),
           py::arg("beta_bias"), py::arg("inverse"), py::arg("splits"), py::arg("nthreads"),
-          py::arg("r") = 0, doc);
+          py::arg("r") = 0, py::arg("packed_gamma") = 0, doc);
   };
   def_gdn("gdn_forward", &gdn_call_py<sk::gdn_forward, sk::gdn_error_message>,
           "Fused GDN/IGDN forward on raw pointers (see csrc/cpu/gdn_cpu.hpp). x: [N*HW, C] "
@@ -310,6 +328,14 @@ PYBIND11_MODULE(_cpu_kernels, m) {
           "Fused bf16 GDN/IGDN forward on AVX512-BF16 (see csrc/cpu/gdn_bf16.hpp): x and y bf16 "
           "(xdtype 1), [N*HW, C] (channels_last only); gamma/beta fp32 (0) or bf16 (1), any "
           "strides; splits 1, no r. Available where conv_bf16_available().");
+  m.def("gdn_bf16_packed_size", &sk::gdn_bf16_packed_size, py::arg("C"),
+        "uint16 elements of gamma_k's packed panels for gdn_forward_bf16 at C channels.");
+  m.def("gdn_pack_bf16", &gdn_pack_bf16_py, py::arg("gamma"), py::arg("gdtype"), py::arg("g_s0"),
+        py::arg("g_s1"), py::arg("C"), py::arg("gamma_scale"), py::arg("gamma_bias"),
+        py::arg("out"),
+        "Packs gamma_k (gamma[:C, :C] * gamma_scale + gamma_bias, fp32 (0) or bf16 (1), any "
+        "strides) into out (gdn_bf16_packed_size(C) uint16) for gdn_forward_bf16's "
+        "packed_gamma: the step that call does otherwise.");
   m.def("gdn_avx2_available", &sk::gdn_avx2_available,
         "True when the CPU has AVX2 + FMA (gdn_forward_avx2).");
   m.def("latents_simd_available", &sk::latents_simd_available,

@@ -258,7 +258,7 @@ int gdn_forward_avx2(const GdnArgs& a) {
   if (a.x == nullptr || a.y == nullptr || a.gamma == nullptr || a.beta == nullptr ||
       (a.xdtype != kF32 && a.xdtype != kBF16) || a.N <= 0 || a.C <= 0 || a.HW <= 0 ||
       (a.gdtype != kF32 && a.gdtype != kBF16) || (a.bdtype != kF32 && a.bdtype != kBF16) ||
-      (a.r != nullptr && (!a.channels_last || a.xdtype != kF32)))
+      (a.r != nullptr && (!a.channels_last || a.xdtype != kF32)) || a.packed_gamma != nullptr)
     return kABadArgs;
   const int64_t C = a.C, NP = (C + 15) / 16, P = a.N * a.HW;
   // gamma^T in panels of 16 output channels: bp[q][i][j] = gamma_k[q*16 + j, i] (0 past C);

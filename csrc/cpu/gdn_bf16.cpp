@@ -33,7 +33,8 @@ const char* gdn_bf16_error_message(int code) {
     case kGOk: return "ok";
     case kGNoIsa: return "AVX512-BF16 is not available on this CPU; use the PyTorch path";
     case kGBadArgs: return "unsupported arguments (x must be bf16 channels_last, no factors r, "
-                           "splits 1; gamma / beta fp32 or bf16; sizes positive)";
+                           "splits 1; gamma / beta fp32 or bf16; sizes positive; an output "
+                           "buffer for the packed gamma)";
     case kGNoMem: return "out of memory for the packed parameters or the block buffers";
   }
   return "unknown error";
@@ -200,13 +201,19 @@ int gdn_forward_bf16(const GdnArgs& a) {
     return kGBadArgs;
   const int64_t C = a.C, C2 = (C + 1) / 2 * 2, NP = (C + 15) / 16, P = a.N * a.HW;
   // gamma_k^T in panels of 16 output channels and input-channel pairs, bf16:
-  // bp[q][i/2][j][i%2] = gamma_k[q*16 + j, i] (0 past C); beta padded with 1 (never stored)
-  detail::Buf<uint16_t> bp = detail::alloc_aligned<uint16_t>(NP * C2 * 16);
+  // bp[q][i/2][j][i%2] = gamma_k[q*16 + j, i] (0 past C), packed here unless the caller passes
+  // it (gdn_pack_gamma_bf16); beta padded with 1 (never stored)
+  detail::Buf<uint16_t> own;
+  const uint16_t* bp = a.packed_gamma;
+  if (bp == nullptr) {
+    own = detail::alloc_aligned<uint16_t>(gdn_bf16_packed_size(C));
+    detail::Buf<uint16_t> rows = detail::alloc_aligned<uint16_t>(NP * 16 * C2);
+    if (!own || !rows) return kGNoMem;
+    pack_gamma(a, C2, NP, rows.get(), own.get());
+    bp = own.get();
+  }
   detail::Buf<float> beta = detail::alloc_aligned<float>(NP * 16);
-  if (!bp || !beta) return kGNoMem;
-  detail::Buf<uint16_t> rows = detail::alloc_aligned<uint16_t>(NP * 16 * C2);
-  if (!rows) return kGNoMem;
-  pack_gamma(a, C2, NP, rows.get(), bp.get());
+  if (!beta) return kGNoMem;
   for (int64_t o = 0; o < NP * 16; ++o) beta[o] = detail::gdn_beta(a, o);
   // threads: ranges of whole blocks, at least 4 blocks each
   const int64_t blocks = (P + kPix - 1) / kPix;
@@ -223,16 +230,31 @@ int gdn_forward_bf16(const GdnArgs& a) {
     const int64_t k0 = blocks * t / nt, k1 = blocks * (t + 1) / nt;
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t p = k * kPix, np = std::min<int64_t>(kPix, P - p);
-      run_block(x + p * C, y + p * C, np, C, C2, bp.get(), beta.get(), z, a.inverse);
+      run_block(x + p * C, y + p * C, np, C, C2, bp, beta.get(), z, a.inverse);
     }
   });
+  return kGOk;
+}
+
+int gdn_pack_gamma_bf16(const GdnArgs& a, uint16_t* out) {
+  if (!conv_bf16_available()) return kGNoIsa;
+  if (out == nullptr || a.gamma == nullptr || a.C <= 0 ||
+      (a.gdtype != kF32 && a.gdtype != kBF16))
+    return kGBadArgs;
+  const int64_t C2 = (a.C + 1) / 2 * 2, NP = (a.C + 15) / 16;
+  detail::Buf<uint16_t> rows = detail::alloc_aligned<uint16_t>(NP * 16 * C2);
+  if (!rows) return kGNoMem;
+  pack_gamma(a, C2, NP, rows.get(), out);
   return kGOk;
 }
 
 #else
 
 int gdn_forward_bf16(const GdnArgs&) { return kGNoIsa; }
+int gdn_pack_gamma_bf16(const GdnArgs&, uint16_t*) { return kGNoIsa; }
 
 #endif
+
+int64_t gdn_bf16_packed_size(int64_t C) { return (C + 15) / 16 * ((C + 1) / 2 * 2) * 16; }
 
 }  // namespace sk

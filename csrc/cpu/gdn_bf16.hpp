@@ -6,6 +6,8 @@
 // Plain C++17, no Python; the AVX-512 code sits in functions with a target attribute and runs
 // only where conv_bf16_available() (conv_avx2.hpp) says so.
 #pragma once
+#include <cstdint>
+
 #include "gdn_cpu.hpp"  // GdnArgs
 
 namespace sk {
@@ -15,5 +17,13 @@ namespace sk {
 // (must be 1 / nullptr). Returns 0 on success, else an error code (gdn_bf16_error_message).
 int gdn_forward_bf16(const GdnArgs& a);
 const char* gdn_bf16_error_message(int code);
+
+// uint16 elements of gamma_k's packed panels for C active channels (C >= 1).
+int64_t gdn_bf16_packed_size(int64_t C);
+// Packs gamma_k (from a.gamma, a.gdtype, a.g_s0, a.g_s1, a.C, a.gamma_scale, a.gamma_bias; the
+// other fields unused) into out[gdn_bf16_packed_size(a.C)]: what gdn_forward_bf16 builds on
+// every call. Passed back as GdnArgs::packed_gamma (same gamma values, C and scalars), the
+// forward skips that step. Returns 0 on success, else an error code.
+int gdn_pack_gamma_bf16(const GdnArgs& a, uint16_t* out);
 
 }  // namespace sk

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-import threading
 import weakref
-from collections import OrderedDict
 from typing import Optional
 
 import torch
@@ -35,6 +33,7 @@ import torch.nn.functional as F
 from .._cpu import cpu_kernels
 from ..backend import resolve_backend
 from . import conv_image, winograd
+from ._cache import _PACK_CACHE, _PACK_LOCK, _cached
 from .gdn import _cpu_kernel_gdn, cpu_kernels_available
 from .gdn import gdn as _gdn
 
@@ -125,7 +124,6 @@ def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] =
         out = out.permute(perm).contiguous(memory_format=torch.channels_last).permute(perm)
     if len(_CAST_CACHE) >= _CAST_CACHE_MAX:
         _CAST_CACHE.clear()
-    import weakref
     _CAST_CACHE[key] = (t._version, weakref.ref(t), out)
     return out
 
@@ -281,11 +279,6 @@ CPU_IMAGE_CONV_BF16 = True
 #: kodim01's dec3, 2 threads, medians of 20: 3.4 vs 4.9 ms at C = 48, 6.9 vs 10.5 at 96, 13.3
 #: vs 19.3 at 192 against oneDNN's fp32 sub-pixel conv (not measured on Intel AVX-512 CPUs).
 CPU_IMAGE_CONV_T_AVX512 = True
-_PACK_CACHE: "OrderedDict" = OrderedDict()
-_PACK_CACHE_MAX = 128
-_PACK_LOCK = threading.Lock()
-
-
 def clear_cpu_caches() -> None:
     """Drop every cached weight cast / prepacked weight (needed only after writing a parameter
     through ``.data``, which does not bump its version)."""
@@ -330,35 +323,6 @@ def _amx() -> bool:
 def _packable(x: torch.Tensor) -> bool:
     return (CPU_PREPACK and x.dtype in (torch.float32, torch.bfloat16)
             and x.is_contiguous(memory_format=torch.channels_last) and _onednn(x.dtype))
-
-
-def _alive(refs, tensors) -> bool:
-    """Whether each weak reference in ``refs`` still points to the tensor at its place."""
-    for r, t in zip(refs, tensors):
-        if r() is not t:
-            return False
-    return True
-
-
-def _cached(key, sources, build):
-    """``build()`` once per ``key`` while every tensor in ``sources`` keeps its identity and
-    version (LRU, ``_PACK_CACHE_MAX`` entries)."""
-    src = [t for t in sources if t is not None]
-    key = (key, *[id(t) for t in src])  # identity checked below through weak references
-    ver = [(t._version, t.data_ptr(), t.shape) for t in src]
-    with _PACK_LOCK:  # transforms may run in several threads (LRU bookkeeping is not atomic)
-        hit = _PACK_CACHE.get(key)
-        if hit is not None and hit[0] == ver and _alive(hit[1], src):
-            _PACK_CACHE.move_to_end(key)
-            return hit[2]
-    with torch.no_grad():
-        val = build()
-    with _PACK_LOCK:
-        _PACK_CACHE[key] = (ver, [weakref.ref(t) for t in src], val)
-        _PACK_CACHE.move_to_end(key)
-        while len(_PACK_CACHE) > _PACK_CACHE_MAX:
-            _PACK_CACHE.popitem(last=False)
-    return val
 
 
 def _amx_k_use(c: int) -> float:

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
+from slimkernels.ops import _cache as cache_mod
 from slimkernels.ops import conv as conv_mod
 
 # fp32 through Winograd F(4x4, 3x3) (the no-grad path of the 5x5/2 layers at >= 64 channels on
@@ -391,12 +392,12 @@ def test_prepacked_cache_invalidated_by_in_place_updates(transposed, dtype):
     p.data.mul_(0.5)                                  # .data bypasses versions: clear by hand
     conv_mod.clear_cpu_caches()
     check(p, b32)
-    assert len(conv_mod._PACK_CACHE) <= conv_mod._PACK_CACHE_MAX
+    assert len(conv_mod._PACK_CACHE) <= cache_mod._PACK_CACHE_MAX
 
 
 def test_prepacked_cache_is_bounded_lru(monkeypatch):
     conv_mod.clear_cpu_caches()
-    monkeypatch.setattr(conv_mod, "_PACK_CACHE_MAX", 3)
+    monkeypatch.setattr(cache_mod, "_PACK_CACHE_MAX", 3)
     w, b = _full("enc2", False, 5, torch.float32)
     with torch.no_grad():
         for width in (8, 9, 10, 11, 12):
@@ -521,7 +522,7 @@ def test_prepacked_path_from_several_threads(monkeypatch):
     """Concurrent no-grad calls with a tiny cache (constant eviction) stay correct."""
     from tests._threads import run_in_threads
     conv_mod.clear_cpu_caches()
-    monkeypatch.setattr(conv_mod, "_PACK_CACHE_MAX", 2)
+    monkeypatch.setattr(cache_mod, "_PACK_CACHE_MAX", 2)
     w, b = _full("enc2", False, 5, torch.float32)
     xs = {wd: torch.randn(1, wd, 6, 8) for wd in (8, 9, 10, 11)}
     refs = {wd: F.conv2d(x.double(), w[:wd, :wd].double(), b[:wd].double(), stride=2, padding=2)

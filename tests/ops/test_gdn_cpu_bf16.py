@@ -165,6 +165,69 @@ def test_fp32_denormal_gamma_rounds_as_torch():
 
 
 @needs_kernel
+@pytest.mark.parametrize("scalars", ["none", "slimgdn+"])
+def test_cached_packed_gamma_gives_the_same_bits(monkeypatch, scalars):
+    """gamma_k packed once and cached (USE_PACKED_GAMMA) against packed inside every call: the
+    same bits, for each width from one gamma, a transposed view of it, and bf16 gamma."""
+    from slimkernels.ops import _cache
+    beta, gamma = _params(13)
+    sc = SCALARS[scalars]
+    for g in (gamma, gamma.t().contiguous().t(), gamma.bfloat16()):
+        for C in (7, 48, 192):
+            x = _x(1, C, 5, 6, seed=C)
+            monkeypatch.setattr(gdn_mod, "USE_PACKED_GAMMA", False)
+            y_call = _run(x, beta, g, True, sc)
+            monkeypatch.setattr(gdn_mod, "USE_PACKED_GAMMA", True)
+            y_cached = _run(x, beta, g, True, sc)
+            gs, gb = (1.0, 0.0) if scalars == "none" else sc[:2]
+            assert (("gdn-bf16", C, gs, gb), id(g)) in _cache._PACK_CACHE   # packed, cached
+            assert torch.equal(_bits(y_call), _bits(y_cached))
+            assert torch.equal(_bits(_run(x, beta, g, True, sc)), _bits(y_call))  # a cache hit
+
+
+@needs_kernel
+def test_cached_packed_gamma_follows_updates():
+    """An in-place update of gamma (a version bump), a replaced gamma and other scalars each get
+    their own packing: the result always equals the kernel packing per call."""
+    beta, gamma = _params(14)
+    x = _x(1, 40, 4, 5, seed=2)
+
+    def per_call(g, sc):
+        return gdn_mod._run_kernel(gdn_mod._avx2_kernels().gdn_forward_bf16, x, beta, g,
+                                   "channels_last", False, sc, 1)
+    y0 = _run(x, beta, gamma, False)
+    assert torch.equal(_bits(y0), _bits(per_call(gamma, SCALARS["none"])))
+    gamma.mul_(1.5)
+    y1 = _run(x, beta, gamma, False)
+    assert not torch.equal(_bits(y1), _bits(y0))
+    assert torch.equal(_bits(y1), _bits(per_call(gamma, SCALARS["none"])))
+    g2 = gamma.clone() * 0.5
+    assert torch.equal(_bits(_run(x, beta, g2, False)), _bits(per_call(g2, SCALARS["none"])))
+    sc = SCALARS["slimgdn+"]
+    assert torch.equal(_bits(_run(x, beta, gamma, False, sc)), _bits(per_call(gamma, sc)))
+
+
+@needs_kernel
+def test_packing_binding_checks():
+    K = gdn_mod._avx2_kernels()
+    assert K.gdn_bf16_packed_size(1) == 16 * 2 and K.gdn_bf16_packed_size(192) == 12 * 192 * 16
+    assert K.gdn_bf16_packed_size(17) == 2 * 18 * 16
+    beta, gamma = _params(1)
+    out = torch.empty(K.gdn_bf16_packed_size(8), dtype=torch.int16)
+    with pytest.raises(RuntimeError, match="gdn_pack_bf16"):
+        K.gdn_pack_bf16(gamma.data_ptr(), 0, 192, 1, 0, 1.0, 0.0, out.data_ptr())   # C = 0
+    with pytest.raises(RuntimeError, match="gdn_pack_bf16"):
+        K.gdn_pack_bf16(gamma.data_ptr(), 0, 192, 1, 8, 1.0, 0.0, 0)               # no output
+    # the fp32 AVX2 kernel takes no packed gamma
+    x = torch.randn(1, 8, 2, 2).contiguous(memory_format=torch.channels_last)
+    y = torch.empty_like(x)
+    with pytest.raises(RuntimeError, match="GDN kernel"):
+        K.gdn_forward_avx2(x.data_ptr(), y.data_ptr(), 0, 1, 8, 4, True, gamma.data_ptr(), 0,
+                           192, 1, beta.data_ptr(), 0, 1, 1.0, 0.0, 1.0, 0.0, False, 1, 1, 0,
+                           out.data_ptr())
+
+
+@needs_kernel
 def test_threads_give_the_same_bits():
     beta, gamma = _params(5)
     x = _x(1, 96, 32, 48, seed=6)

@@ -1,0 +1,45 @@
+"""The CPU ops' cache of prepared weights (cast, rearranged, prepacked), kept while the tensors
+they were built from keep their identity and version."""
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+
+import torch
+
+_PACK_CACHE: "OrderedDict" = OrderedDict()
+#: Entries kept (least recently used dropped first).
+_PACK_CACHE_MAX = 128
+_PACK_LOCK = threading.Lock()
+
+
+def _alive(refs, tensors) -> bool:
+    """Whether each weak reference in ``refs`` still points to the tensor at its place."""
+    for r, t in zip(refs, tensors):
+        if r() is not t:
+            return False
+    return True
+
+
+def _cached(key, sources, build):
+    """``build()`` (run without gradient) once per ``key`` while every tensor in ``sources``
+    (None entries skipped) keeps its identity, version, storage and shape (LRU,
+    ``_PACK_CACHE_MAX`` entries). Writes through ``.data`` bypass versions: clear the cache
+    after them (:func:`slimkernels.ops.conv.clear_cpu_caches`)."""
+    src = [t for t in sources if t is not None]
+    key = (key, *[id(t) for t in src])  # identity checked below through weak references
+    ver = [(t._version, t.data_ptr(), t.shape) for t in src]
+    with _PACK_LOCK:  # transforms may run in several threads (LRU bookkeeping is not atomic)
+        hit = _PACK_CACHE.get(key)
+        if hit is not None and hit[0] == ver and _alive(hit[1], src):
+            _PACK_CACHE.move_to_end(key)
+            return hit[2]
+    with torch.no_grad():
+        val = build()
+    with _PACK_LOCK:
+        _PACK_CACHE[key] = (ver, [weakref.ref(t) for t in src], val)
+        _PACK_CACHE.move_to_end(key)
+        while len(_PACK_CACHE) > _PACK_CACHE_MAX:
+            _PACK_CACHE.popitem(last=False)
+    return val
