@@ -71,19 +71,21 @@ void gdn_call_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int
   a.splits = splits;
   a.nthreads = nthreads;
   a.r = reinterpret_cast<float*>(r);
-  a.packed_gamma = reinterpret_cast<const uint16_t*>(packed_gamma);
+  a.packed_gamma = reinterpret_cast<const void*>(packed_gamma);
   call_released(Fn, a, Msg, "GDN kernel");
 }
 
-void gdn_pack_bf16_py(uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1, int64_t C,
-                      double gamma_scale, double gamma_bias, uintptr_t out) {
+// One binding body for both packings (sk::gdn_pack_gamma_bf16, sk::gdn_pack_gamma_avx2).
+template <typename T, int (*Pack)(const sk::GdnArgs&, T*), const char* (*Msg)(int)>
+void gdn_pack_py(uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1, int64_t C,
+                 double gamma_scale, double gamma_bias, uintptr_t out) {
   sk::GdnArgs a;
   set_gamma(a, gamma, gdtype, g_s0, g_s1, gamma_scale, gamma_bias);
   a.C = C;
-  const int rc = sk::gdn_pack_gamma_bf16(a, reinterpret_cast<uint16_t*>(out));
+  const int rc = Pack(a, reinterpret_cast<T*>(out));
   if (rc != 0)
-    throw std::runtime_error(std::string("slimkernels._cpu_kernels.gdn_pack_bf16: ") +
-                             sk::gdn_bf16_error_message(rc));
+    throw std::runtime_error(std::string("slimkernels._cpu_kernels GDN gamma packing: ") +
+                             Msg(rc));
 }
 
 }  // namespace
@@ -330,12 +332,21 @@ PYBIND11_MODULE(_cpu_kernels, m) {
           "strides; splits 1, no r. Available where conv_bf16_available().");
   m.def("gdn_bf16_packed_size", &sk::gdn_bf16_packed_size, py::arg("C"),
         "uint16 elements of gamma_k's packed panels for gdn_forward_bf16 at C channels.");
-  m.def("gdn_pack_bf16", &gdn_pack_bf16_py, py::arg("gamma"), py::arg("gdtype"), py::arg("g_s0"),
-        py::arg("g_s1"), py::arg("C"), py::arg("gamma_scale"), py::arg("gamma_bias"),
-        py::arg("out"),
-        "Packs gamma_k (gamma[:C, :C] * gamma_scale + gamma_bias, fp32 (0) or bf16 (1), any "
-        "strides) into out (gdn_bf16_packed_size(C) uint16) for gdn_forward_bf16's "
-        "packed_gamma: the step that call does otherwise.");
+  auto def_pack = [&m](const char* name, auto fn, const char* doc) {
+    m.def(name, fn, py::arg("gamma"), py::arg("gdtype"), py::arg("g_s0"), py::arg("g_s1"),
+          py::arg("C"), py::arg("gamma_scale"), py::arg("gamma_bias"), py::arg("out"), doc);
+  };
+  def_pack("gdn_pack_bf16",
+           &gdn_pack_py<uint16_t, sk::gdn_pack_gamma_bf16, sk::gdn_bf16_error_message>,
+           "Packs gamma_k (gamma[:C, :C] * gamma_scale + gamma_bias, fp32 (0) or bf16 (1), any "
+           "strides) into out (gdn_bf16_packed_size(C) uint16) for gdn_forward_bf16's "
+           "packed_gamma: the step that call does otherwise.");
+  m.def("gdn_avx2_packed_size", &sk::gdn_avx2_packed_size, py::arg("C"),
+        "floats of gamma_k's packed panels for gdn_forward_avx2 at C channels.");
+  def_pack("gdn_pack_avx2",
+           &gdn_pack_py<float, sk::gdn_pack_gamma_avx2, sk::gdn_avx2_error_message>,
+           "Packs gamma_k like gdn_pack_bf16, in fp32 panels, into out (gdn_avx2_packed_size(C) "
+           "floats, 32-byte aligned) for gdn_forward_avx2's packed_gamma.");
   m.def("gdn_avx2_available", &sk::gdn_avx2_available,
         "True when the CPU has AVX2 + FMA (gdn_forward_avx2).");
   m.def("latents_simd_available", &sk::latents_simd_available,

@@ -251,28 +251,17 @@ SK_AVX2_TARGET void run_blocks(const GdnArgs& a, const float* bp, const float* b
   }
 }
 
-}  // namespace
-
-int gdn_forward_avx2(const GdnArgs& a) {
-  if (!gdn_avx2_available()) return kANoAvx2;
-  if (a.x == nullptr || a.y == nullptr || a.gamma == nullptr || a.beta == nullptr ||
-      (a.xdtype != kF32 && a.xdtype != kBF16) || a.N <= 0 || a.C <= 0 || a.HW <= 0 ||
-      (a.gdtype != kF32 && a.gdtype != kBF16) || (a.bdtype != kF32 && a.bdtype != kBF16) ||
-      (a.r != nullptr && (!a.channels_last || a.xdtype != kF32)) || a.packed_gamma != nullptr)
-    return kABadArgs;
-  const int64_t C = a.C, NP = (C + 15) / 16, P = a.N * a.HW;
-  // gamma^T in panels of 16 output channels: bp[q][i][j] = gamma_k[q*16 + j, i] (0 past C);
-  // beta padded with 1 (the padded lanes are never stored)
-  FloatBuf bp = detail::alloc_aligned<float>(NP * C * 16);
-  FloatBuf beta = detail::alloc_aligned<float>(NP * 16);
-  if (!bp || !beta) return kANoMem;
+// bp[q][i][j] = gamma_k[q*16 + j, i] (0 past C), NP panels of C x 16. Compiled without the
+// FMA target: the SlimGDN+ scalars round a product, then a sum (gdn_gamma's arithmetic).
+void pack_gamma_avx2(const GdnArgs& a, float* bp) {
+  const int64_t C = a.C, NP = (C + 15) / 16;
   if (a.gdtype == kF32) {  // gdn_gamma with its branches hoisted (2.5x faster at C = 192)
     const float* g = static_cast<const float*>(a.gamma);
     const float sc = static_cast<float>(a.gamma_scale), bi = static_cast<float>(a.gamma_bias);
     for (int64_t q = 0; q < NP; ++q) {
       const int64_t nj = std::min<int64_t>(16, C - q * 16);
       for (int64_t i = 0; i < C; ++i) {
-        float* d = bp.get() + (q * C + i) * 16;
+        float* d = bp + (q * C + i) * 16;
         const float* gi = g + q * 16 * a.g_s0 + i * a.g_s1;
         for (int64_t j = 0; j < nj; ++j) d[j] = gi[j * a.g_s0] * sc + bi;
         for (int64_t j = nj; j < 16; ++j) d[j] = 0.0f;
@@ -284,6 +273,41 @@ int gdn_forward_avx2(const GdnArgs& a) {
         for (int64_t j = 0; j < 16; ++j)
           bp[(q * C + i) * 16 + j] = detail::gdn_gamma(a, q * 16 + j, i);
   }
+}
+
+}  // namespace
+
+int gdn_pack_gamma_avx2(const GdnArgs& a, float* out) {
+  if (!gdn_avx2_available()) return kANoAvx2;
+  if (out == nullptr || reinterpret_cast<uintptr_t>(out) % 32 != 0 || a.gamma == nullptr ||
+      a.C <= 0 || (a.gdtype != kF32 && a.gdtype != kBF16))
+    return kABadArgs;
+  pack_gamma_avx2(a, out);
+  return kAOk;
+}
+
+int gdn_forward_avx2(const GdnArgs& a) {
+  if (!gdn_avx2_available()) return kANoAvx2;
+  if (a.x == nullptr || a.y == nullptr || a.gamma == nullptr || a.beta == nullptr ||
+      (a.xdtype != kF32 && a.xdtype != kBF16) || a.N <= 0 || a.C <= 0 || a.HW <= 0 ||
+      (a.gdtype != kF32 && a.gdtype != kBF16) || (a.bdtype != kF32 && a.bdtype != kBF16) ||
+      (a.r != nullptr && (!a.channels_last || a.xdtype != kF32)) ||
+      reinterpret_cast<uintptr_t>(a.packed_gamma) % 32 != 0)  // (read by aligned loads)
+    return kABadArgs;
+  const int64_t C = a.C, NP = (C + 15) / 16, P = a.N * a.HW;
+  // gamma^T in panels of 16 output channels: bp[q][i][j] = gamma_k[q*16 + j, i] (0 past C),
+  // packed here unless the caller passes it (gdn_pack_gamma_avx2); beta padded with 1 (the
+  // padded lanes are never stored)
+  FloatBuf own;
+  const float* bp = static_cast<const float*>(a.packed_gamma);
+  if (bp == nullptr) {
+    own = detail::alloc_aligned<float>(gdn_avx2_packed_size(C));
+    if (!own) return kANoMem;
+    pack_gamma_avx2(a, own.get());
+    bp = own.get();
+  }
+  FloatBuf beta = detail::alloc_aligned<float>(NP * 16);
+  if (!beta) return kANoMem;
   for (int64_t o = 0; o < NP * 16; ++o) beta[o] = detail::gdn_beta(a, o);
   // threads: ranges of whole blocks, at least 4 blocks each (NCHW: blocks within one image)
   const int64_t blocks = a.channels_last ? (P + kPix - 1) / kPix
@@ -302,9 +326,9 @@ int gdn_forward_avx2(const GdnArgs& a) {
     float* yb = z + 2 * kPix * C;
     const int64_t k0 = blocks * t / nt, k1 = blocks * (t + 1) / nt;
     if (a.xdtype == kBF16)
-      run_blocks<uint16_t>(a, bp.get(), beta.get(), z, xb, yb, k0, k1);
+      run_blocks<uint16_t>(a, bp, beta.get(), z, xb, yb, k0, k1);
     else
-      run_blocks<float>(a, bp.get(), beta.get(), z, xb, yb, k0, k1);
+      run_blocks<float>(a, bp, beta.get(), z, xb, yb, k0, k1);
   });
   return kAOk;
 }
@@ -313,7 +337,10 @@ int gdn_forward_avx2(const GdnArgs& a) {
 
 bool gdn_avx2_available() { return false; }
 int gdn_forward_avx2(const GdnArgs&) { return kANoAvx2; }
+int gdn_pack_gamma_avx2(const GdnArgs&, float*) { return kANoAvx2; }
 
 #endif
+
+int64_t gdn_avx2_packed_size(int64_t C) { return (C + 15) / 16 * C * 16; }
 
 }  // namespace sk

@@ -4,6 +4,8 @@
 // Plain C++17, no Python. The AVX2 code sits in functions with a target attribute and runs only
 // where gdn_avx2_available() says so; the file builds with default compiler flags.
 #pragma once
+#include <cstdint>
+
 #include "gdn_cpu.hpp"  // GdnArgs
 
 namespace sk {
@@ -20,5 +22,13 @@ bool gdn_avx2_available();
 // Returns 0 on success, else an error code (gdn_avx2_error_message).
 int gdn_forward_avx2(const GdnArgs& a);
 const char* gdn_avx2_error_message(int code);
+
+// floats of gamma_k's packed panels for C active channels (C >= 1).
+int64_t gdn_avx2_packed_size(int64_t C);
+// Packs gamma_k (from a.gamma, a.gdtype, a.g_s0, a.g_s1, a.C, a.gamma_scale, a.gamma_bias) into
+// out[gdn_avx2_packed_size(a.C)] (32-byte aligned): what gdn_forward_avx2 builds on every call.
+// Passed back as GdnArgs::packed_gamma (same gamma values, C and scalars), the forward skips
+// that step. Returns 0 on success, else an error code.
+int gdn_pack_gamma_avx2(const GdnArgs& a, float* out);
 
 }  // namespace sk

@@ -204,7 +204,7 @@ int gdn_forward_bf16(const GdnArgs& a) {
   // bp[q][i/2][j][i%2] = gamma_k[q*16 + j, i] (0 past C), packed here unless the caller passes
   // it (gdn_pack_gamma_bf16); beta padded with 1 (never stored)
   detail::Buf<uint16_t> own;
-  const uint16_t* bp = a.packed_gamma;
+  const uint16_t* bp = static_cast<const uint16_t*>(a.packed_gamma);
   if (bp == nullptr) {
     own = detail::alloc_aligned<uint16_t>(gdn_bf16_packed_size(C));
     detail::Buf<uint16_t> rows = detail::alloc_aligned<uint16_t>(NP * 16 * C2);

@@ -35,9 +35,10 @@ struct GdnArgs {
   // Optional (AVX2 kernel, fp32 channels_last only; nullptr: not written): the factor of y = x *
   // r per element, r = 1/sqrt(n) (GDN) or sqrt(n) (IGDN), [N*HW, C] fp32 like y (for a backward).
   float* r = nullptr;
-  // Optional (AVX512-BF16 kernel only; nullptr: packed per call): gamma_k already packed by
-  // gdn_pack_gamma_bf16 for this gamma, C and gamma scalars (gdn_bf16.hpp).
-  const uint16_t* packed_gamma = nullptr;
+  // Optional (nullptr: packed per call): gamma_k already packed for this gamma, C and gamma
+  // scalars by gdn_pack_gamma_bf16 (AVX512-BF16 kernel, bf16 panels) or gdn_pack_gamma_avx2
+  // (AVX2 kernel, fp32 panels, 32-byte aligned); the AMX kernel takes none.
+  const void* packed_gamma = nullptr;
 };
 
 // CPU has AMX-TILE, AMX-BF16, AVX512F/BW/VL/DQ and AVX512-BF16, the OS enables the tile state,

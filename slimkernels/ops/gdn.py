@@ -36,9 +36,13 @@ USE_CPU_KERNELS = True
 #: 0.105 / 0.29 / 0.19, 0.033 / 0.17 / 0.053; C=96 1.33 / 2.07 / 2.73, 0.34 / 0.59 / 0.78,
 #: 0.12 / 0.33 / 0.23; C=192 5.0 / 6.5 / 9.4, 1.17 / 1.50 / 2.27, 0.34 / 0.48 / 0.58.
 USE_AVX512_BF16 = True
-#: ... and reads gamma_k packed once per (gamma version, width, scalars) from a cache
-#: (:func:`_bf16_packed_gamma`) instead of packing it on every call.
+#: The AVX512-BF16 and AVX2 GDN kernels read gamma_k packed once per (gamma version, width,
+#: scalars) from a cache (:func:`_packed_gamma`) instead of packing it on every call, from
+#: ``PACKED_GAMMA_MIN_C`` channels: below, packing costs about what the cache check does (Zen 4,
+#: a 4x4-pixel call at C = 48: bf16 21 us either way, AVX2 7.4 packed per call vs 8.4 cached;
+#: at C = 192 bf16 111-121 -> 29 us, AVX2 30 -> 19 us).
 USE_PACKED_GAMMA = True
+PACKED_GAMMA_MIN_C = 64
 #: Training on CPU in half precision / under autocast (the autograd composition of
 #: :func:`gdn_torch`): run that composition through ``torch.compile`` (inductor fuses x^2, the
 #: norm's epilogue and the product, forward and backward, around the 1x1 convolution). Measured
@@ -513,7 +517,7 @@ def _run_kernel(fn, x, beta, gamma, lay, inverse, scalars, splits, r=None, packe
     """One call of a GDN kernel binding (``gdn_forward``, ``gdn_forward_avx2`` or
     ``gdn_forward_bf16``: the same arguments); y in the layout ``lay`` (x's). ``r`` (AVX2
     kernel, channels_last; optional): a tensor like y that receives the factors ``y / x``.
-    ``packed`` (bf16 kernel; optional): gamma_k packed by :func:`_bf16_packed_gamma`."""
+    ``packed`` (bf16 and AVX2 kernels; optional): gamma_k packed by :func:`_packed_gamma`."""
     N, C, H, W = x.shape
     y = torch.empty_like(x, memory_format=torch.channels_last if lay == "channels_last"
                          else torch.contiguous_format)
@@ -527,19 +531,31 @@ def _run_kernel(fn, x, beta, gamma, lay, inverse, scalars, splits, r=None, packe
     return y
 
 
-def _bf16_packed_gamma(gamma: torch.Tensor, C: int, gs: float, gb: float) -> torch.Tensor:
-    """gamma_k = ``gamma[:C, :C] * gs + gb`` packed for the AVX512-BF16 kernel (int16 CPU tensor
-    of ``gdn_bf16_packed_size(C)`` elements), cached while gamma keeps its identity, version and
-    storage (the conv ops' weight cache, :mod:`slimkernels.ops._cache`): the kernel packs it
-    otherwise on every call, 26 us of a 4x4-pixel call at C = 192 (Zen 4)."""
+#: name -> (packed size binding, packing binding, element dtype) of the kernels' gamma panels
+_PACKINGS = {"bf16": ("gdn_bf16_packed_size", "gdn_pack_bf16", torch.int16),
+             "avx2": ("gdn_avx2_packed_size", "gdn_pack_avx2", torch.float32)}
+
+
+def _packed_gamma(kind: str, gamma: torch.Tensor, C: int, scalars) -> Optional[torch.Tensor]:
+    """gamma_k = ``gamma[:C, :C] * gamma_scale + gamma_bias`` packed for the AVX512-BF16
+    (``kind="bf16"``: int16 bf16 panels) or AVX2 (``"avx2"``: fp32 panels) kernel, a 1-D CPU
+    tensor, cached while gamma keeps its identity, version and storage (the CPU ops' weight
+    cache, :mod:`slimkernels.ops._cache`), per width and gamma scalars; None when
+    ``USE_PACKED_GAMMA`` is off or C is below ``PACKED_GAMMA_MIN_C`` (the kernel packs then). Each kernel packs it on every call otherwise: at C = 192, 26
+    (bf16) and 30 us (AVX2) of a 4x4-pixel call (Zen 4)."""
+    if not USE_PACKED_GAMMA or C < PACKED_GAMMA_MIN_C:
+        return None
+    gs, gb = scalars[0], scalars[1]
+    gs, gb = 1.0 if gs is None else _scalar(gs), 0.0 if gb is None else _scalar(gb)
     K = _avx2_kernels()
+    size, pack, dtype = _PACKINGS[kind]
 
     def build():
-        out = torch.empty(K.gdn_bf16_packed_size(C), dtype=torch.int16)
-        K.gdn_pack_bf16(gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0),
-                        gamma.stride(1), C, gs, gb, out.data_ptr())
+        out = torch.empty(getattr(K, size)(C), dtype=dtype)
+        getattr(K, pack)(gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0),
+                         gamma.stride(1), C, gs, gb, out.data_ptr())
         return out
-    return _cached(("gdn-bf16", C, gs, gb), (gamma,), build)
+    return _cached(("gdn-" + kind, C, gs, gb), (gamma,), build)
 
 
 def _avx2_training_covers(x, beta, gamma, cd, channels_last) -> bool:
@@ -559,17 +575,16 @@ def _run_avx2(x, beta, gamma, inverse, scalars):
     x widened, y rounded to bf16); arguments already validated by :func:`_noamx_kernel`. y in x's
     layout and dtype."""
     lay = "nchw" if x.is_contiguous() else "channels_last"
-    return _run_kernel(_avx2_kernels().gdn_forward_avx2, x, beta, gamma, lay, inverse, scalars, 1)
+    return _run_kernel(_avx2_kernels().gdn_forward_avx2, x, beta, gamma, lay, inverse, scalars, 1,
+                       packed=_packed_gamma("avx2", gamma, x.shape[1], scalars))
 
 
 def _run_avx512_bf16(x, beta, gamma, inverse, scalars):
     """The AVX512-BF16 kernel (bf16 autocast precision: z = x^2 and gamma in bf16, fp32 sums,
     y rounded to bf16 once); arguments already validated by :func:`_noamx_kernel`."""
-    gs, gb = scalars[0], scalars[1]
-    gs, gb = 1.0 if gs is None else _scalar(gs), 0.0 if gb is None else _scalar(gb)
-    packed = _bf16_packed_gamma(gamma, x.shape[1], gs, gb) if USE_PACKED_GAMMA else None
     return _run_kernel(_avx2_kernels().gdn_forward_bf16, x, beta, gamma, "channels_last",
-                       inverse, scalars, 1, packed=packed)
+                       inverse, scalars, 1, packed=_packed_gamma("bf16", gamma, x.shape[1],
+                                                                 scalars))
 
 
 def _run_fused(x, beta, gamma, lay, inverse, scalars):

@@ -10,6 +10,7 @@ import torch
 from slimkernels.ops import gdn
 # shared with the AMX kernel's tests: parameters (C_max = 192), SlimGDN+ scalars, the AMX probe
 # and the autouse fixture that turns the CPU kernels on
+from tests.ops._gdn_packing import bits, check_follows_updates, check_same_bits
 from tests.ops.test_gdn_cpu_fused import HAS_AMX, SCALARS, _kernels_on, _params  # noqa: F401
 
 gdn_mod = importlib.import_module("slimkernels.ops.gdn")  # the module (ops.gdn is the function)
@@ -91,10 +92,6 @@ def test_parameter_dtypes_and_strided_gamma(dtype):
                    _kernel_ref(x, beta, gamma, True, SCALARS[sc]))
 
 
-def _bits(t):
-    return t.contiguous().view(torch.int16)
-
-
 @needs_kernel
 @pytest.mark.parametrize("scalars", ["none", "slimgdn+"])
 @pytest.mark.parametrize("C", [17, 48, 192])
@@ -118,7 +115,7 @@ def test_gamma_packing_gives_the_same_bits_either_way(scalars, C):
     sc = SCALARS[scalars]
     for inverse in (False, True):
         y_vec, y_el = _run(x, beta, gamma, inverse, sc), _run(x, beta, gt, inverse, sc)
-        assert torch.equal(_bits(y_vec), _bits(y_el))
+        assert torch.equal(bits(y_vec), bits(y_el))
 
 
 @needs_kernel
@@ -145,7 +142,7 @@ def test_scalars_are_a_product_then_a_sum(strided):
     for inverse in (False, True):
         y = _run(x, beta, g, inverse, (gs, gb, bs, bb))
         y_eff = _run(x, beta * bs + bb, gamma * gs + gb, inverse, SCALARS["none"])
-        assert torch.equal(_bits(y), _bits(y_eff))
+        assert torch.equal(bits(y), bits(y_eff))
 
 
 @needs_kernel
@@ -167,44 +164,12 @@ def test_fp32_denormal_gamma_rounds_as_torch():
 @needs_kernel
 @pytest.mark.parametrize("scalars", ["none", "slimgdn+"])
 def test_cached_packed_gamma_gives_the_same_bits(monkeypatch, scalars):
-    """gamma_k packed once and cached (USE_PACKED_GAMMA) against packed inside every call: the
-    same bits, for each width from one gamma, a transposed view of it, and bf16 gamma."""
-    from slimkernels.ops import _cache
-    beta, gamma = _params(13)
-    sc = SCALARS[scalars]
-    for g in (gamma, gamma.t().contiguous().t(), gamma.bfloat16()):
-        for C in (7, 48, 192):
-            x = _x(1, C, 5, 6, seed=C)
-            monkeypatch.setattr(gdn_mod, "USE_PACKED_GAMMA", False)
-            y_call = _run(x, beta, g, True, sc)
-            monkeypatch.setattr(gdn_mod, "USE_PACKED_GAMMA", True)
-            y_cached = _run(x, beta, g, True, sc)
-            gs, gb = (1.0, 0.0) if scalars == "none" else sc[:2]
-            assert (("gdn-bf16", C, gs, gb), id(g)) in _cache._PACK_CACHE   # packed, cached
-            assert torch.equal(_bits(y_call), _bits(y_cached))
-            assert torch.equal(_bits(_run(x, beta, g, True, sc)), _bits(y_call))  # a cache hit
+    check_same_bits(monkeypatch, "bf16", _run, lambda C: _x(1, C, 5, 6, seed=C), scalars)
 
 
 @needs_kernel
 def test_cached_packed_gamma_follows_updates():
-    """An in-place update of gamma (a version bump), a replaced gamma and other scalars each get
-    their own packing: the result always equals the kernel packing per call."""
-    beta, gamma = _params(14)
-    x = _x(1, 40, 4, 5, seed=2)
-
-    def per_call(g, sc):
-        return gdn_mod._run_kernel(gdn_mod._avx2_kernels().gdn_forward_bf16, x, beta, g,
-                                   "channels_last", False, sc, 1)
-    y0 = _run(x, beta, gamma, False)
-    assert torch.equal(_bits(y0), _bits(per_call(gamma, SCALARS["none"])))
-    gamma.mul_(1.5)
-    y1 = _run(x, beta, gamma, False)
-    assert not torch.equal(_bits(y1), _bits(y0))
-    assert torch.equal(_bits(y1), _bits(per_call(gamma, SCALARS["none"])))
-    g2 = gamma.clone() * 0.5
-    assert torch.equal(_bits(_run(x, beta, g2, False)), _bits(per_call(g2, SCALARS["none"])))
-    sc = SCALARS["slimgdn+"]
-    assert torch.equal(_bits(_run(x, beta, gamma, False, sc)), _bits(per_call(gamma, sc)))
+    check_follows_updates("bf16", _run, _x(1, 72, 4, 5, seed=2))
 
 
 @needs_kernel
@@ -214,17 +179,12 @@ def test_packing_binding_checks():
     assert K.gdn_bf16_packed_size(17) == 2 * 18 * 16
     beta, gamma = _params(1)
     out = torch.empty(K.gdn_bf16_packed_size(8), dtype=torch.int16)
-    with pytest.raises(RuntimeError, match="gdn_pack_bf16"):
+    with pytest.raises(RuntimeError, match="gamma packing"):
         K.gdn_pack_bf16(gamma.data_ptr(), 0, 192, 1, 0, 1.0, 0.0, out.data_ptr())   # C = 0
-    with pytest.raises(RuntimeError, match="gdn_pack_bf16"):
+    with pytest.raises(RuntimeError, match="gamma packing"):
         K.gdn_pack_bf16(gamma.data_ptr(), 0, 192, 1, 8, 1.0, 0.0, 0)               # no output
-    # the fp32 AVX2 kernel takes no packed gamma
-    x = torch.randn(1, 8, 2, 2).contiguous(memory_format=torch.channels_last)
-    y = torch.empty_like(x)
-    with pytest.raises(RuntimeError, match="GDN kernel"):
-        K.gdn_forward_avx2(x.data_ptr(), y.data_ptr(), 0, 1, 8, 4, True, gamma.data_ptr(), 0,
-                           192, 1, beta.data_ptr(), 0, 1, 1.0, 0.0, 1.0, 0.0, False, 1, 1, 0,
-                           out.data_ptr())
+    with pytest.raises(RuntimeError, match="gamma packing"):
+        K.gdn_pack_bf16(gamma.data_ptr(), 2, 192, 1, 8, 1.0, 0.0, out.data_ptr())  # bad dtype
 
 
 @needs_kernel
