@@ -44,7 +44,8 @@ const char* gdn_avx2_error_message(int code) {
     case kANoAvx2: return "AVX2 + FMA is not available on this CPU; use the PyTorch path";
     case kABadArgs:
       return "bad arguments (the AVX2 kernel covers fp32 or bf16 x, NCHW or channels_last; the "
-             "factors r only for fp32 channels_last)";
+             "factors r only for fp32 channels_last; gamma fp32 or bf16, C >= 1; a packed gamma "
+             "buffer 32-byte aligned)";
     case kANoMem: return "out of memory for the packed gamma or a per-thread buffer";
   }
   return "unknown error";

@@ -541,10 +541,11 @@ def _packed_gamma(kind: str, gamma: torch.Tensor, C: int, scalars) -> Optional[t
     (``kind="bf16"``: int16 bf16 panels) or AVX2 (``"avx2"``: fp32 panels) kernel, a 1-D CPU
     tensor, cached while gamma keeps its identity, version and storage (the CPU ops' weight
     cache, :mod:`slimkernels.ops._cache`), per width and gamma scalars; None when
-    ``USE_PACKED_GAMMA`` is off or C is below ``PACKED_GAMMA_MIN_C`` (the kernel packs then). Each kernel packs it on every call otherwise: at C = 192, 26
+    ``USE_PACKED_GAMMA`` is off, C is below ``PACKED_GAMMA_MIN_C`` or gamma is an inference
+    tensor (made under ``torch.inference_mode``: no version counter); the kernel packs then. Each kernel packs it on every call otherwise: at C = 192, 26
     (bf16) and 30 us (AVX2) of a 4x4-pixel call (Zen 4)."""
-    if not USE_PACKED_GAMMA or C < PACKED_GAMMA_MIN_C:
-        return None
+    if not USE_PACKED_GAMMA or C < PACKED_GAMMA_MIN_C or gamma.is_inference():
+        return None   # (an inference tensor has no version counter to key the cache by)
     gs, gb = scalars[0], scalars[1]
     gs, gb = 1.0 if gs is None else _scalar(gs), 0.0 if gb is None else _scalar(gb)
     K = _avx2_kernels()

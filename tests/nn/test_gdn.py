@@ -135,3 +135,19 @@ def test_switch_gdn_inference_uses_current_parameters():
     ref = sg.gdns[0](x.requires_grad_(True)).detach()      # with autograd: the uncached path
     assert not torch.allclose(y0, y1)
     torch.testing.assert_close(y1, ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gdn_layer_under_inference_mode(dtype):
+    """Under torch.inference_mode (effective parameters are then inference tensors, which have
+    no version counter) a wide layer gives what it gives under no_grad, on every CPU path."""
+    g = SlimGDN(192)
+    with torch.no_grad():
+        g.gamma.add_(torch.rand(192, 192) * 0.05)
+    x = torch.randn(1, 96, 5, 7).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = g(x)
+    g.clear_cache()
+    with torch.inference_mode():
+        y = g(x)
+    assert y.dtype == dtype and torch.equal(y, ref)

@@ -61,3 +61,17 @@ def check_follows_updates(kind, run, x):
                        bits(per_call(kind, x, beta, g2, False, none)))
     assert torch.equal(bits(run(x, beta, gamma, False, plus)),
                        bits(per_call(kind, x, beta, gamma, False, plus)))
+
+
+def check_inference_mode(kind, run, x):
+    """Under ``torch.inference_mode`` (gamma then an inference tensor, without the version
+    counter the cache keys by) the kernel packs gamma itself: same bits as outside it."""
+    beta, gamma = _params(15)
+    sc = SCALARS["slimgdn+"]
+    y = run(x, beta, gamma, True, sc)
+    with torch.inference_mode():
+        gi = gamma.clone()
+        assert gi.is_inference()
+        y_inf = run(x, beta, gi, True, sc)
+    assert torch.equal(bits(y_inf), bits(y))
+    assert torch.equal(bits(y), bits(per_call(kind, x, beta, gamma, True, sc)))

@@ -10,7 +10,7 @@ import torch
 from slimkernels.ops import gdn
 # shared with the AMX kernel's tests: parameters (C_max = 192), SlimGDN+ scalars, the AMX probe
 # and the autouse fixture that turns the CPU kernels on
-from tests.ops._gdn_packing import bits, check_follows_updates, check_same_bits
+from tests.ops._gdn_packing import bits, check_follows_updates, check_inference_mode, check_same_bits
 from tests.ops.test_gdn_cpu_fused import HAS_AMX, SCALARS, _kernels_on, _params  # noqa: F401
 
 gdn_mod = importlib.import_module("slimkernels.ops.gdn")  # the module (ops.gdn is the function)
@@ -170,6 +170,11 @@ def test_cached_packed_gamma_gives_the_same_bits(monkeypatch, scalars):
 @needs_kernel
 def test_cached_packed_gamma_follows_updates():
     check_follows_updates("bf16", _run, _x(1, 72, 4, 5, seed=2))
+
+
+@needs_kernel
+def test_packing_under_inference_mode():
+    check_inference_mode("bf16", _run, _x(1, 96, 3, 4, seed=3))
 
 
 @needs_kernel
