@@ -10,7 +10,6 @@ from slimkernels._cpu import cpu_kernels
 from slimkernels.ops import gdn
 # shared with the AMX kernel's tests: parameters (C_max = 192), SlimGDN+ scalars, the float64
 # reference, the AMX probe and the autouse fixture that turns the CPU kernels on
-from tests.ops._gdn_packing import check_follows_updates, check_inference_mode, check_same_bits
 from tests.ops.test_gdn_cpu_fused import HAS_AMX, SCALARS, _kernels_on, _params, _ref  # noqa: F401
 
 gdn_mod = importlib.import_module("slimkernels.ops.gdn")  # the module (ops.gdn is the function)
@@ -268,42 +267,3 @@ def test_training_forward_runs_the_kernel_with_float64_gradients(inverse, sc):
         y0 = gdn(x, beta, gamma, inverse=inverse, **kw)
         assert gdn_mod.last_cpu_path == "torch" and _max_rel(y0, y64) < 1e-5
 
-
-
-@needs_avx2
-@pytest.mark.parametrize("sc", list(SCALARS), ids=list(SCALARS))
-@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
-def test_cached_packed_gamma_gives_the_same_bits(monkeypatch, sc, layout):
-    check_same_bits(monkeypatch, "avx2", _run,
-                    lambda C: _x(1, C, 5, 6, seed=C, channels_last=layout == "channels_last"), sc)
-
-
-@needs_avx2
-def test_cached_packed_gamma_follows_updates():
-    check_follows_updates("avx2", _run, _x(1, 72, 4, 5, seed=2))
-
-
-@needs_avx2
-def test_packing_under_inference_mode():
-    check_inference_mode("avx2", _run, _x(1, 96, 3, 4, seed=3))
-
-
-@needs_avx2
-def test_packing_binding_checks():
-    K = gdn_mod._avx2_kernels()
-    assert K.gdn_avx2_packed_size(1) == 16 and K.gdn_avx2_packed_size(192) == 12 * 192 * 16
-    assert K.gdn_avx2_packed_size(17) == 2 * 17 * 16
-    beta, gamma = _params(1)
-    out = torch.empty(K.gdn_avx2_packed_size(8) + 1, dtype=torch.float32)
-    for args in ((gamma.data_ptr(), 0, 192, 1, 0, 1.0, 0.0, out.data_ptr()),        # C = 0
-                 (gamma.data_ptr(), 0, 192, 1, 8, 1.0, 0.0, 0),                     # no output
-                 (gamma.data_ptr(), 0, 192, 1, 8, 1.0, 0.0, out.data_ptr() + 4)):   # misaligned
-        with pytest.raises(RuntimeError, match="gamma packing"):
-            K.gdn_pack_avx2(*args)
-    # the forward refuses a misaligned packed gamma (its panels are read by aligned loads)
-    x = _x(1, 8, 2, 2)
-    y = torch.empty_like(x)
-    with pytest.raises(RuntimeError, match="GDN kernel"):
-        K.gdn_forward_avx2(x.data_ptr(), y.data_ptr(), 0, 1, 8, 4, True, gamma.data_ptr(), 0,
-                           192, 1, beta.data_ptr(), 0, 1, 1.0, 0.0, 1.0, 0.0, False, 1, 1, 0,
-                           out.data_ptr() + 4)

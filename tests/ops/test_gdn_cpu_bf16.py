@@ -10,7 +10,7 @@ import torch
 from slimkernels.ops import gdn
 # shared with the AMX kernel's tests: parameters (C_max = 192), SlimGDN+ scalars, the AMX probe
 # and the autouse fixture that turns the CPU kernels on
-from tests.ops._gdn_packing import bits, check_follows_updates, check_inference_mode, check_same_bits
+from tests.ops.test_gdn_cpu_packing import bits
 from tests.ops.test_gdn_cpu_fused import HAS_AMX, SCALARS, _kernels_on, _params  # noqa: F401
 
 gdn_mod = importlib.import_module("slimkernels.ops.gdn")  # the module (ops.gdn is the function)
@@ -159,37 +159,6 @@ def test_fp32_denormal_gamma_rounds_as_torch():
     ref = _kernel_ref(x, beta, gamma, False, SCALARS["none"])
     _check(y, ref)
     assert y[0, 0].float().item() < 0.9 * x[0, 0].float().item()   # n = 1 + g z, not 1
-
-
-@needs_kernel
-@pytest.mark.parametrize("scalars", ["none", "slimgdn+"])
-def test_cached_packed_gamma_gives_the_same_bits(monkeypatch, scalars):
-    check_same_bits(monkeypatch, "bf16", _run, lambda C: _x(1, C, 5, 6, seed=C), scalars)
-
-
-@needs_kernel
-def test_cached_packed_gamma_follows_updates():
-    check_follows_updates("bf16", _run, _x(1, 72, 4, 5, seed=2))
-
-
-@needs_kernel
-def test_packing_under_inference_mode():
-    check_inference_mode("bf16", _run, _x(1, 96, 3, 4, seed=3))
-
-
-@needs_kernel
-def test_packing_binding_checks():
-    K = gdn_mod._avx2_kernels()
-    assert K.gdn_bf16_packed_size(1) == 16 * 2 and K.gdn_bf16_packed_size(192) == 12 * 192 * 16
-    assert K.gdn_bf16_packed_size(17) == 2 * 18 * 16
-    beta, gamma = _params(1)
-    out = torch.empty(K.gdn_bf16_packed_size(8), dtype=torch.int16)
-    with pytest.raises(RuntimeError, match="gamma packing"):
-        K.gdn_pack_bf16(gamma.data_ptr(), 0, 192, 1, 0, 1.0, 0.0, out.data_ptr())   # C = 0
-    with pytest.raises(RuntimeError, match="gamma packing"):
-        K.gdn_pack_bf16(gamma.data_ptr(), 0, 192, 1, 8, 1.0, 0.0, 0)               # no output
-    with pytest.raises(RuntimeError, match="gamma packing"):
-        K.gdn_pack_bf16(gamma.data_ptr(), 2, 192, 1, 8, 1.0, 0.0, out.data_ptr())  # bad dtype
 
 
 @needs_kernel
