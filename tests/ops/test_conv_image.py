@@ -259,6 +259,21 @@ def _check_one_bf16_rounding(y, ref):
     assert (err <= bound).all(), (err - bound).max().item()
 
 
+def _check_bf16_dispatch(monkeypatch, name, ref, call):
+    """``call()`` under CPU bf16 autocast without gradient runs ``conv_image.<name>`` once, on
+    bf16 x, and gives ``ref`` with one bf16 rounding; with ``CPU_IMAGE_CONV_BF16`` off it does
+    not run it (and still returns bf16)."""
+    seen = _spy_dtypes(monkeypatch, name)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = call()
+    assert seen == [torch.bfloat16]
+    _check_one_bf16_rounding(y, ref)
+    monkeypatch.setattr(conv_mod, "CPU_IMAGE_CONV_BF16", False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y2 = call()
+    assert seen == [torch.bfloat16] and y2.dtype == torch.bfloat16
+
+
 def test_bf16_available_matches_the_cpu():
     assert CI.image_conv_bf16_available() == HAS_AVX512_BF16
 
@@ -317,19 +332,12 @@ def test_transposed_bf16_bad_input_is_refused():
 def test_slim_conv_transpose2d_dispatches_the_bf16_output_layer(monkeypatch):
     """Under CPU bf16 autocast without gradient SlimCAE's output layer (a 64-wide weight used at
     40 channels, in place) goes to the bf16 kernel; CPU_IMAGE_CONV_BF16 = False turns it off."""
-    seen = _spy_dtypes(monkeypatch, "conv_transpose2d_image")
     x, w, b = _bf16_case((1, 64, 3, 7, 9, 9, 4, 4, 3))
     x = x[:, :40].float()
     ref = F.conv_transpose2d(x.double(), w[:40].bfloat16().double(), b.double(), stride=4,
                              padding=4, output_padding=3)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        y = slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
-    assert seen == [torch.bfloat16]
-    _check_one_bf16_rounding(y, ref)
-    monkeypatch.setattr(conv_mod, "CPU_IMAGE_CONV_BF16", False)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        y2 = slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
-    assert seen == [torch.bfloat16] and y2.dtype == torch.bfloat16
+    _check_bf16_dispatch(monkeypatch, "conv_transpose2d_image", ref, lambda: slim_conv_transpose2d(
+        x, w, b, stride=4, padding=4, output_padding=3))
 
 
 # -- the bf16 conv from few channels (AVX512-BF16) ----------------------------------------------
@@ -374,18 +382,11 @@ def test_slim_conv2d_dispatches_the_bf16_image_layer(monkeypatch):
     """Under CPU bf16 autocast without gradient SlimCAE's first layer (a 64-wide weight used at
     40 outputs, in place) goes to the bf16 conv kernel; CPU_IMAGE_CONV_BF16 = False turns it
     off."""
-    seen = _spy_dtypes(monkeypatch, "conv2d_image")
     x, w, b = _case(1, 3, 64, 21, 29, 9, seed=10)
     ref = F.conv2d(x.bfloat16().double(), w[:40].bfloat16().double(), b[:40].double(), stride=4,
                    padding=4)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        y = slim_conv2d(x, w, b, stride=4, padding=4, out_width=40)
-    assert seen == [torch.bfloat16]
-    _check_one_bf16_rounding(y, ref)
-    monkeypatch.setattr(conv_mod, "CPU_IMAGE_CONV_BF16", False)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        slim_conv2d(x, w, b, stride=4, padding=4, out_width=40)
-    assert seen == [torch.bfloat16]
+    _check_bf16_dispatch(monkeypatch, "conv2d_image", ref,
+                         lambda: slim_conv2d(x, w, b, stride=4, padding=4, out_width=40))
 
 
 @needs_bf16

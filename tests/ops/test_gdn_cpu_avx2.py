@@ -11,6 +11,7 @@ from slimkernels.ops import gdn
 # shared with the AMX kernel's tests: parameters (C_max = 192), SlimGDN+ scalars, the float64
 # reference, the AMX probe and the autouse fixture that turns the CPU kernels on
 from tests.ops.test_gdn_cpu_fused import HAS_AMX, SCALARS, _kernels_on, _params, _ref  # noqa: F401
+from tests.ops.test_gdn_cpu_fused import check_nan_and_inf_stay_nan
 
 gdn_mod = importlib.import_module("slimkernels.ops.gdn")  # the module (ops.gdn is the function)
 
@@ -120,16 +121,8 @@ def test_bf16_x_computed_in_fp32_and_rounded_once(C, inverse, sc, layout):
 def test_bf16_x_nan_and_inf_stay_nan():
     """A NaN in x gives NaN in its pixel's outputs (not a finite number from the rounding); an
     inf x gives NaN where the exact form is inf/inf."""
-    beta, gamma = _params(2)
-    x = _x(1, 16, 3, 4, seed=3).bfloat16()
-    x[0, 5, 1, 2] = float("nan")
-    x[0, 3, 2, 0] = float("inf")
-    y = _run(x, beta, gamma, False, SCALARS["none"])
-    assert torch.isnan(y[0, :, 1, 2]).all() and torch.isnan(y[0, 3, 2, 0])
-    finite = torch.ones_like(y, dtype=torch.bool)
-    finite[0, :, 1, 2] = False
-    finite[0, :, 2, 0] = False
-    assert torch.isfinite(y[finite]).all()
+    check_nan_and_inf_stay_nan(_x(1, 16, 3, 4, seed=3).bfloat16(),
+                               lambda x, beta, gamma: _run(x, beta, gamma, False, SCALARS["none"]))
 
 
 @needs_avx2

@@ -12,6 +12,7 @@ from slimkernels.ops import gdn
 # and the autouse fixture that turns the CPU kernels on
 from tests.ops.test_gdn_cpu_packing import bits
 from tests.ops.test_gdn_cpu_fused import HAS_AMX, SCALARS, _kernels_on, _params  # noqa: F401
+from tests.ops.test_gdn_cpu_fused import check_nan_and_inf_stay_nan
 
 gdn_mod = importlib.import_module("slimkernels.ops.gdn")  # the module (ops.gdn is the function)
 
@@ -180,16 +181,8 @@ def test_threads_give_the_same_bits():
 def test_nan_and_inf_stay_nan():
     """A NaN in x gives NaN in every output of its pixel (n is NaN); an inf x gives NaN where the
     exact form is inf/inf; the other pixels stay finite."""
-    beta, gamma = _params(2)
-    x = _x(1, 20, 3, 4, seed=3)
-    x[0, 5, 1, 2] = float("nan")
-    x[0, 3, 2, 0] = float("inf")
-    y = _run(x, beta, gamma, False)
-    assert torch.isnan(y[0, :, 1, 2]).all() and torch.isnan(y[0, 3, 2, 0])
-    finite = torch.ones_like(y, dtype=torch.bool)
-    finite[0, :, 1, 2] = False
-    finite[0, :, 2, 0] = False
-    assert torch.isfinite(y[finite]).all()
+    check_nan_and_inf_stay_nan(_x(1, 20, 3, 4, seed=3),
+                               lambda x, beta, gamma: _run(x, beta, gamma, False))
 
 
 @needs_kernel

@@ -42,6 +42,22 @@ def _params(seed=0, dtype=torch.float32):
     return beta, gamma
 
 
+def check_nan_and_inf_stay_nan(x, run):
+    """x (>= 6 channels, >= 3x4 pixels) with a NaN at channel 5 of pixel (1, 2) and an inf at
+    channel 3 of pixel (2, 0), through ``run(x, beta, gamma)``: NaN in every output of the NaN's
+    pixel (n is NaN, not a finite number from a rounding), NaN where the exact form is inf/inf,
+    the other pixels finite."""
+    beta, gamma = _params(2)
+    x[0, 5, 1, 2] = float("nan")
+    x[0, 3, 2, 0] = float("inf")
+    y = run(x, beta, gamma)
+    assert torch.isnan(y[0, :, 1, 2]).all() and torch.isnan(y[0, 3, 2, 0])
+    finite = torch.ones_like(y, dtype=torch.bool)
+    finite[0, :, 1, 2] = False
+    finite[0, :, 2, 0] = False
+    assert torch.isfinite(y[finite]).all()
+
+
 def _x(N, C, H, W, channels_last, dtype=torch.float32, seed=1):
     x = torch.randn(N, C, H, W, generator=torch.Generator().manual_seed(seed)).to(dtype)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
