@@ -1,4 +1,5 @@
 """One key for "these tensors are unchanged", shared by the caches built from weights."""
+import itertools
 from typing import Iterable, List, Tuple
 
 import torch
@@ -8,9 +9,20 @@ def tensor_state_key(tensors: Iterable[torch.Tensor]) -> Tuple:
     """``(id, version counter, data pointer)`` of each tensor: changes when a tensor is modified
     in place (optimizer step, ``load_state_dict``), replaced or moved to new storage. Writes
     through ``.data`` bypass version counters: the caches using this key need clearing then.
+    Inference tensors have no version counter: a key holding one never matches (:func:`_version`).
     A cache must keep references to the tensors of its key (or to views of them), so that a
     freed tensor's id and storage cannot be reused by a new tensor that then matches the key."""
-    return tuple([(id(t), t._version, t.data_ptr()) for t in tensors])
+    return tuple([(id(t), _version(t), t.data_ptr()) for t in tensors])
+
+
+_UNTRACKED = itertools.count(-2, -1)
+
+
+def _version(t: torch.Tensor) -> int:
+    """``t._version``; for an inference tensor (``torch.inference_mode``: no version counter) a
+    negative number never given before, so that a key holding it never matches: caches keyed by
+    such tensors rebuild on every call."""
+    return next(_UNTRACKED) if t.is_inference() else t._version
 
 
 def cached_on(owner, slot: str, tensors: Iterable[torch.Tensor], build, extra=None):

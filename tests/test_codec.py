@@ -922,3 +922,23 @@ def test_cross_device_check_runs_cpu_to_cpu():
 def test_cuda_files_decode_on_cpu_and_cpu_files_on_cuda(width):
     """A file is device-independent: written on a GPU it decodes on the CPU, and back."""
     _cross_device("cuda", width)
+
+
+def test_model_built_under_inference_mode(model):
+    """A model made (or loaded) under torch.inference_mode holds inference tensors, which have no
+    version counters for the weight caches and model_id to key by: it still compresses to the
+    same bytes, decodes the same image, and its model_id follows a load_state_dict there."""
+    x = torch.rand(1, 3, 21, 18, generator=torch.Generator().manual_seed(4))
+    data = model.compress(x, 8)
+    with torch.inference_mode():
+        m = Tiny().eval()
+        m.load_state_dict(model.state_dict())
+        m.update()
+        assert m.compress(x, 8) == data
+        assert torch.equal(m.decompress(data), model.decompress(data))
+        mid = m.model_id()
+        assert mid == model.model_id()
+        sd = {k: v.clone() for k, v in m.state_dict().items()}
+        sd["g_a.0.weight"] = sd["g_a.0.weight"] * 1.01
+        m.load_state_dict(sd)
+        assert m.model_id() != mid

@@ -158,3 +158,23 @@ def test_cached_on_module_rebuilds_only_on_change():
     assert _state.cached_on_module(owner, "_c", m, build) == 2
     assert _state.cached_on_module(owner, "_c", m, build, extra="cfg") == 3   # extra is keyed
     assert _state.cached_on_module(owner, "_c", m, build, extra="cfg") == 3
+
+
+@pytest.mark.parametrize("native", WALKS)
+def test_inference_tensors_never_give_a_matching_key(native):
+    """A tree built under torch.inference_mode holds inference tensors, which have no version
+    counter: the walk still works, and its key never matches a previous one (caches rebuild);
+    a tree of ordinary tensors keeps matching keys."""
+    with torch.inference_mode():
+        m = Tree()
+    k0, _ = _state.module_state_key(m, native=native)
+    k1, _ = _state.module_state_key(m, native=native)
+    assert k1 != k0
+    calls = []
+    owner = type("Owner", (), {})()
+    for _ in range(3):
+        _state.cached_on_module(owner, "_c", m, lambda: calls.append(1), )
+    assert len(calls) == 3
+    plain = Tree()
+    assert _state.module_state_key(plain, native=native)[0] == \
+        _state.module_state_key(plain, native=native)[0]

@@ -29,7 +29,15 @@ struct Names {
   PyObject* non_persistent = PyUnicode_InternFromString("_non_persistent_buffers_set");
   PyObject* version = PyUnicode_InternFromString("_version");
   PyObject* data_ptr = PyUnicode_InternFromString("data_ptr");
+  PyObject* is_inference = PyUnicode_InternFromString("is_inference");
 };
+
+// The versions given to inference tensors: negative (real versions are >= 0) and each used once.
+// Read and written with the GIL held.
+long long& untracked_version() {
+  static long long v = -1;
+  return v;
+}
 
 const Names& names() {
   static const Names* n = new Names();  // never freed: lives as long as the interpreter
@@ -107,14 +115,27 @@ py::tuple state_key(const py::object& root) {
   std::vector<int64_t> out(3 * static_cast<size_t>(n));
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* t = PyList_GET_ITEM(tensors.ptr(), i);
-    py::object v = py::reinterpret_steal<py::object>(PyObject_GetAttr(t, nm.version));
-    if (!v) throw py::error_already_set();
     PyObject* call[2] = {nullptr, t};  // call[0]: the slot ARGUMENTS_OFFSET lets the callee use
+    py::object v = py::reinterpret_steal<py::object>(PyObject_GetAttr(t, nm.version));
+    long long ver;
+    if (v) {
+      ver = PyLong_AsLongLong(v.ptr());
+      if (ver == -1 && PyErr_Occurred()) throw py::error_already_set();
+    } else {
+      // An inference tensor (torch.inference_mode) has no version counter: a value never seen
+      // before, so that a key holding it never matches (the caches rebuild on every call)
+      py::error_already_set err;
+      py::object inf = py::reinterpret_steal<py::object>(PyObject_VectorcallMethod(
+          nm.is_inference, call + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr));
+      if (!inf || PyObject_IsTrue(inf.ptr()) != 1) {
+        PyErr_Clear();
+        throw err;
+      }
+      ver = --untracked_version();
+    }
     py::object p = py::reinterpret_steal<py::object>(PyObject_VectorcallMethod(
         nm.data_ptr, call + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr));
     if (!p) throw py::error_already_set();
-    const long long ver = PyLong_AsLongLong(v.ptr());
-    if (ver == -1 && PyErr_Occurred()) throw py::error_already_set();
     const unsigned long long ptr = PyLong_AsUnsignedLongLong(p.ptr());
     if (ptr == static_cast<unsigned long long>(-1) && PyErr_Occurred())
       throw py::error_already_set();

@@ -26,8 +26,13 @@ def _cached(key, sources, build):
     """``build()`` (run without gradient) once per ``key`` while every tensor in ``sources``
     (None entries skipped) keeps its identity, version, storage and shape (LRU,
     ``_PACK_CACHE_MAX`` entries). Writes through ``.data`` bypass versions: clear the cache
-    after them (:func:`slimkernels.ops.conv.clear_cpu_caches`)."""
+    after them (:func:`slimkernels.ops.conv.clear_cpu_caches`). A source that is an inference
+    tensor (``torch.inference_mode``) has no version counter: ``build()`` runs every call."""
     src = [t for t in sources if t is not None]
+    for t in src:
+        if t.is_inference():   # (made under torch.inference_mode: no version counter to key by)
+            with torch.no_grad():
+                return build()
     key = (key, *[id(t) for t in src])  # identity checked below through weak references
     ver = [(t._version, t.data_ptr(), t.shape) for t in src]
     with _PACK_LOCK:  # transforms may run in several threads (LRU bookkeeping is not atomic)

@@ -114,14 +114,17 @@ def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] =
         return t
     if _needs_grad(t):
         return t.to(dtype)  # in the graph; one cast per call (autocast would do the same)
+    inference = t.is_inference()   # (torch.inference_mode: no version counter, not cached)
     key = (t.data_ptr(), tuple(t.shape), t.stride(), dtype, in_channel_dim if want_layout else None)
-    hit = _CAST_CACHE.get(key)
+    hit = None if inference else _CAST_CACHE.get(key)
     if hit is not None and hit[0] == t._version and hit[1]() is t:
         return hit[2]
     out = t.detach().to(dtype)
     if want_layout:  # channels_last puts dim 1 at unit stride; a transposed weight swaps first
         perm = (0, 1, 2, 3) if in_channel_dim == 1 else (1, 0, 2, 3)
         out = out.permute(perm).contiguous(memory_format=torch.channels_last).permute(perm)
+    if inference:
+        return out
     if len(_CAST_CACHE) >= _CAST_CACHE_MAX:
         _CAST_CACHE.clear()
     _CAST_CACHE[key] = (t._version, weakref.ref(t), out)

@@ -513,15 +513,17 @@ def _bf16_kernel_here() -> bool:
     return K is not None and hasattr(K, "gdn_forward_bf16") and bool(K.conv_bf16_available())
 
 
-def _run_kernel(fn, x, beta, gamma, lay, inverse, scalars, splits, r=None, packed=None):
+def _run_kernel(fn, x, beta, gamma, lay, inverse, scalars, splits, r=None, pack=None):
     """One call of a GDN kernel binding (``gdn_forward``, ``gdn_forward_avx2`` or
     ``gdn_forward_bf16``: the same arguments); y in the layout ``lay`` (x's). ``r`` (AVX2
     kernel, channels_last; optional): a tensor like y that receives the factors ``y / x``.
-    ``packed`` (bf16 and AVX2 kernels; optional): gamma_k packed by :func:`_packed_gamma`."""
+    ``pack`` (bf16 and AVX2 kernels; optional): ``"bf16"`` / ``"avx2"``, the kernel's gamma
+    packing, passed cached by :func:`_packed_gamma`."""
     N, C, H, W = x.shape
     y = torch.empty_like(x, memory_format=torch.channels_last if lay == "channels_last"
                          else torch.contiguous_format)
     gs, gb, bs, bb = scalars if _no_scalars(scalars) else [_scalar(s) for s in scalars]
+    packed = None if pack is None else _packed_gamma(pack, gamma, C, gs, gb)
     fn(x.data_ptr(), y.data_ptr(), _CK_DTYPES[x.dtype], N, C, H * W, lay == "channels_last",
        gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0), gamma.stride(1),
        beta.data_ptr(), _CK_DTYPES[beta.dtype], beta.stride(0), 1.0 if gs is None else gs,
@@ -536,18 +538,18 @@ _PACKINGS = {"bf16": ("gdn_bf16_packed_size", "gdn_pack_bf16", torch.int16),
              "avx2": ("gdn_avx2_packed_size", "gdn_pack_avx2", torch.float32)}
 
 
-def _packed_gamma(kind: str, gamma: torch.Tensor, C: int, scalars) -> Optional[torch.Tensor]:
-    """gamma_k = ``gamma[:C, :C] * gamma_scale + gamma_bias`` packed for the AVX512-BF16
-    (``kind="bf16"``: int16 bf16 panels) or AVX2 (``"avx2"``: fp32 panels) kernel, a 1-D CPU
-    tensor, cached while gamma keeps its identity, version and storage (the CPU ops' weight
-    cache, :mod:`slimkernels.ops._cache`), per width and gamma scalars; None when
-    ``USE_PACKED_GAMMA`` is off, C is below ``PACKED_GAMMA_MIN_C`` or gamma is an inference
-    tensor (made under ``torch.inference_mode``: no version counter); the kernel packs then. Each kernel packs it on every call otherwise: at C = 192, 26
-    (bf16) and 30 us (AVX2) of a 4x4-pixel call (Zen 4)."""
-    if not USE_PACKED_GAMMA or C < PACKED_GAMMA_MIN_C or gamma.is_inference():
-        return None   # (an inference tensor has no version counter to key the cache by)
-    gs, gb = scalars[0], scalars[1]
-    gs, gb = 1.0 if gs is None else _scalar(gs), 0.0 if gb is None else _scalar(gb)
+def _packed_gamma(kind: str, gamma: torch.Tensor, C: int, gs: Optional[float],
+                  gb: Optional[float]) -> Optional[torch.Tensor]:
+    """gamma_k = ``gamma[:C, :C] * gs + gb`` (``gs``, ``gb``: the SlimGDN+ gamma scalars as
+    floats, None for 1 / 0) packed for the AVX512-BF16 (``kind="bf16"``: int16 bf16 panels) or
+    AVX2 (``"avx2"``: fp32 panels) kernel, a 1-D CPU tensor, cached while gamma keeps its
+    identity, version and storage (the CPU ops' weight cache, :mod:`slimkernels.ops._cache`;
+    an inference tensor is packed anew on every call), per width and scalars; None when
+    ``USE_PACKED_GAMMA`` is off or C is below ``PACKED_GAMMA_MIN_C``: the kernel packs it in
+    the call then (at C = 192, 26 (bf16) and 30 us (AVX2) of a 4x4-pixel call on Zen 4)."""
+    if not USE_PACKED_GAMMA or C < PACKED_GAMMA_MIN_C:
+        return None
+    gs, gb = 1.0 if gs is None else gs, 0.0 if gb is None else gb
     K = _avx2_kernels()
     size, pack, dtype = _PACKINGS[kind]
 
@@ -577,15 +579,14 @@ def _run_avx2(x, beta, gamma, inverse, scalars):
     layout and dtype."""
     lay = "nchw" if x.is_contiguous() else "channels_last"
     return _run_kernel(_avx2_kernels().gdn_forward_avx2, x, beta, gamma, lay, inverse, scalars, 1,
-                       packed=_packed_gamma("avx2", gamma, x.shape[1], scalars))
+                       pack="avx2")
 
 
 def _run_avx512_bf16(x, beta, gamma, inverse, scalars):
     """The AVX512-BF16 kernel (bf16 autocast precision: z = x^2 and gamma in bf16, fp32 sums,
     y rounded to bf16 once); arguments already validated by :func:`_noamx_kernel`."""
     return _run_kernel(_avx2_kernels().gdn_forward_bf16, x, beta, gamma, "channels_last",
-                       inverse, scalars, 1, packed=_packed_gamma("bf16", gamma, x.shape[1],
-                                                                 scalars))
+                       inverse, scalars, 1, pack="bf16")
 
 
 def _run_fused(x, beta, gamma, lay, inverse, scalars):

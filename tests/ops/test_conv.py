@@ -538,3 +538,28 @@ def test_prepacked_path_from_several_threads(monkeypatch):
                 errors.append(wd)
         return errors
     assert not run_in_threads(work, 4)
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("prepack", [True, False])
+def test_inference_tensor_weights(monkeypatch, autocast, prepack):
+    """Weights made under torch.inference_mode have no version counter for the weight caches
+    (prepacked weights, cast copies) to key by: they are prepared on every call instead, same
+    results; nothing of them stays in the caches."""
+    monkeypatch.setattr(conv_mod, "CPU_PREPACK", prepack)
+    conv_mod.clear_cpu_caches()
+    with torch.inference_mode():
+        w, b = torch.randn(16, 12, 5, 5), torch.randn(16)
+        wt, bt = torch.randn(12, 16, 5, 5), torch.randn(16)
+        x = torch.randn(1, 10, 9, 11)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            for _ in range(2):
+                y = slim_conv2d(x, w, b, stride=2, padding=2, out_width=14)
+                yt = slim_conv_transpose2d(x, wt, bt, stride=2, padding=2, output_padding=1,
+                                           out_width=14)
+    ref = F.conv2d(x.double(), w[:14, :10].double(), b[:14].double(), stride=2, padding=2)
+    reft = F.conv_transpose2d(x.double(), wt[:10, :14].double(), bt[:14].double(), stride=2,
+                              padding=2, output_padding=1)
+    tol = 2e-2 if autocast else 1e-5
+    assert rel_err(y, ref) < tol and rel_err(yt, reft) < tol
+    assert len(conv_mod._PACK_CACHE) == 0 and len(conv_mod._CAST_CACHE) == 0
