@@ -4,7 +4,8 @@ per SlimCAE layer.
 
 For each layer at a Kodak image's sizes (768x512) and each width, interleaved, medians: the
 no-grad conv op with its kernel switches off (``CPU_WINOGRAD``, ``CPU_WINOGRAD_AVX512``,
-``CPU_IMAGE_CONV``, ``CPU_IMAGE_CONV_T_AVX512``, ``CPU_IMAGE_CONV_BF16``: oneDNN prepacked,
+``CPU_IMAGE_CONV``, ``CPU_IMAGE_CONV_T_AVX512``, ``CPU_IMAGE_CONV_AVX512``,
+``CPU_IMAGE_CONV_BF16``: oneDNN prepacked,
 sub-pixel for the output layer) and on (what ships on this CPU: Winograd F(4x4, 3x3) for the
 5x5/2 layers where its rule admits them, the direct image-layer kernels for enc1 and dec3);
 prints a Markdown table. ``--precision bf16`` runs the layers on bf16 inputs under CPU bf16
@@ -89,7 +90,7 @@ def _with(fn, module, **values):
 
 def _switched(fn, on):
     return _with(fn, C, CPU_WINOGRAD=on, CPU_WINOGRAD_AVX512=on, CPU_IMAGE_CONV=on,
-                 CPU_IMAGE_CONV_T_AVX512=on, CPU_IMAGE_CONV_BF16=on)
+                 CPU_IMAGE_CONV_T_AVX512=on, CPU_IMAGE_CONV_AVX512=on, CPU_IMAGE_CONV_BF16=on)
 
 
 def _rounds_capped(fn, nbytes):

@@ -237,7 +237,9 @@ void winograd_grad_tiles_py(uintptr_t gy, int64_t N, int64_t Ho, int64_t Wo, int
 
 namespace {
 
-void conv_avx2_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, uintptr_t w,
+// conv_avx2_forward or conv_avx512_forward (same arguments)
+template <int (*Fn)(const sk::ConvAvx2Args&)>
+void conv_fp32_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, uintptr_t w,
                           uintptr_t bias, int64_t Co, int64_t k, int64_t stride, int64_t pad,
                           int64_t Ho, int64_t Wo, uintptr_t y, int nthreads) {
   sk::ConvAvx2Args a;
@@ -248,7 +250,8 @@ void conv_avx2_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t 
   a.Co = Co; a.k = k; a.stride = stride; a.pad = pad; a.Ho = Ho; a.Wo = Wo;
   a.y = reinterpret_cast<float*>(y);
   a.nthreads = nthreads;
-  call_released(sk::conv_avx2_forward, a, sk::conv_avx2_error_message, "conv_avx2_forward");
+  call_released(Fn, a, sk::conv_avx2_error_message,
+                Fn == sk::conv_avx2_forward ? "conv_avx2_forward" : "conv_avx512_forward");
 }
 
 void conv_bf16_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, uintptr_t w,
@@ -396,7 +399,7 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("U"), py::arg("nthreads"),
         "Output-gradient transform of the Winograd weight gradient: gy [N, Ho, Wo, Co] dense fp32 "
         "on s x s phases, 4x4 tiles -> U [36, N*th*tw, s*s*Co] = A g A^T (see winograd.hpp).");
-  m.def("conv_avx2_forward", &conv_avx2_forward_py, py::arg("x"), py::arg("N"), py::arg("H"),
+  m.def("conv_avx2_forward", &conv_fp32_forward_py<sk::conv_avx2_forward>, py::arg("x"), py::arg("N"), py::arg("H"),
         py::arg("W"), py::arg("C"), py::arg("w"), py::arg("bias"), py::arg("Co"), py::arg("k"),
         py::arg("stride"), py::arg("pad"), py::arg("Ho"), py::arg("Wo"), py::arg("y"),
         py::arg("nthreads"),
@@ -410,8 +413,14 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "Direct bf16 conv for few input channels on AVX512-BF16 (see csrc/cpu/conv_avx2.hpp): x "
         "[N, H, W, C] dense bf16; w packed [ceil(Co/16), k, ceil(k*C/2), 16, 2] bf16; bias [Co] "
         "fp32 or 0; y [N, Ho, Wo, Co] dense bf16.");
+  m.def("conv_avx512_forward", &conv_fp32_forward_py<sk::conv_avx512_forward>, py::arg("x"),
+        py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("w"), py::arg("bias"),
+        py::arg("Co"), py::arg("k"), py::arg("stride"), py::arg("pad"), py::arg("Ho"),
+        py::arg("Wo"), py::arg("y"), py::arg("nthreads"),
+        "conv_avx2_forward on AVX-512 (conv_avx512_available()): the same arguments and packing, "
+        "micro-tiles of 8 pixels x 48 channels.");
   m.def("conv_avx512_available", &sk::conv_avx512_available,
-        "True when the CPU has AVX-512F (conv_transpose_avx512_forward).");
+        "True when the CPU has AVX-512F (conv_avx512_forward, conv_transpose_avx512_forward).");
   m.def("conv_transpose_avx512_forward",
         &conv_transpose_fp32_py<sk::conv_transpose_avx512_forward>, py::arg("x"), py::arg("N"),
         py::arg("H"), py::arg("W"), py::arg("C"), py::arg("w"), py::arg("L"), py::arg("bias"),

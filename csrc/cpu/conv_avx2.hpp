@@ -26,6 +26,9 @@ struct ConvAvx2Args {
 
 // Return 0 on success, else an error code (conv_avx2_error_message).
 int conv_avx2_forward(const ConvAvx2Args& a);
+// The same conv on AVX-512 (conv_avx512_available()), same arguments and packing: micro-tiles of
+// 8 pixels x 48 channels in 24 zmm accumulators.
+int conv_avx512_forward(const ConvAvx2Args& a);
 
 // The same conv in bf16 on AVX512-BF16 (conv_bf16_available()): vdpbf16ps over pairs of the
 // k*C run of a tap row, fp32 sums from the bias, each output value rounded to bf16 once.

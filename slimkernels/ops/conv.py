@@ -282,6 +282,17 @@ CPU_IMAGE_CONV_BF16 = True
 #: kodim01's dec3, 2 threads, medians of 20: 3.4 vs 4.9 ms at C = 48, 6.9 vs 10.5 at 96, 13.3
 #: vs 19.3 at 192 against oneDNN's fp32 sub-pixel conv (not measured on Intel AVX-512 CPUs).
 CPU_IMAGE_CONV_T_AVX512 = True
+#: ... and the fp32 convs from few input channels (enc1) on AVX-512 CPUs by the conv kernel's
+#: AVX-512 variant (``conv_image.FP32_AVX512``: 8-pixel x 3-panel tiles of 16 lanes; its AVX2
+#: variant is not used there, so that CPUs with two 512-bit FMA units are not held to 8 lanes).
+#: Zen 4 EPYC, kodim01's enc1 (3 -> C, 9x9/4, [1, 3, 512, 768]), 2 threads, tuned malloc,
+#: medians of 21 interleaved (``/tmp/s21/enc1ab.py``): 2.71 / 4.50 / 5.56 / 8.38 / 10.94 ms at
+#: C = 48 / 72 / 96 / 144 / 192 against oneDNN's 3.51 / 5.39 / 6.57 / 10.13 / 12.50 (1.14-1.29x;
+#: ``python bench/bench_conv_avx2.py --repeats 15``, default malloc: 1.04-1.17x; fp32 ``compress``
+#: of kodim01 1.04 / 1.03 / 1.02x at w = 48 / 96 / 192, ``bench/ab_checkouts.py``, 10 rounds;
+#: the AVX2 variant 0.98-1.03x the AVX-512 one there: both at the FMA peak, ~210 GFLOP/s). Not
+#: measured on Intel AVX-512 CPUs.
+CPU_IMAGE_CONV_AVX512 = True
 def clear_cpu_caches() -> None:
     """Drop every cached weight cast / prepacked weight (needed only after writing a parameter
     through ``.data``, which does not bump its version)."""
@@ -380,20 +391,23 @@ def _fold_input(x, s, p):
     return x2, (s, 1), (p, p // s)
 
 
-def _prepack_input(x, weight, bias):
-    """x laid out and cast for the prepacked no-grad path, or None when that path does not apply
-    (gradient recorded, dtype without oneDNN support, weight dtype differing without autocast,
-    ``CPU_CHANNELS_LAST`` off)."""
+def _prepack_input(x, weight, bias, transposed: bool = False):
+    """x laid out and cast for the prepacked no-grad path (and the kernels it dispatches to), or
+    None when that path does not apply (gradient recorded, dtype without oneDNN support, weight
+    dtype differing without autocast, ``CPU_CHANNELS_LAST`` off, an fp32 few-channel conv on an
+    AVX-512 CPU that the image kernel does not take)."""
     if not CPU_PREPACK or not CPU_CHANNELS_LAST or _needs_grad(x, weight, bias) or \
             not x.is_floating_point() or x.shape[1] < 2:
         return None
     dt = _autocast_dtype(x)
     if dt is None and (weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)):
         return None
-    if dt is None and x.shape[1] < 8 and _cpu_capability() == "AVX512":
+    if dt is None and x.shape[1] < 8 and _cpu_capability() == "AVX512" and (transposed or not
+            _image_kernels_apply(x, weight, x.shape[1], conv_image.MAX_INPUT_CHANNELS)):
         # fp32 on the 3-channel image: prepacking measured 3-5 % slower on an AVX-512 Xeon (enc1,
         # w=192), but 1.7-2.1x faster on an AVX2 EPYC (where F.conv2d on a channels_last image
-        # with an NCHW weight picks a slow kernel and returns NCHW)
+        # with an NCHW weight picks a slow kernel and returns NCHW); on AVX-512 the image
+        # kernel's AVX-512 variant takes enc1 (CPU_IMAGE_CONV_AVX512) from the prepacked path
         return None
     if dt is not None and x.dtype != dt:
         x = x.to(dt)  # before the layout change: that copy then moves half the bytes
@@ -506,16 +520,23 @@ def _conv_transpose2d_winograd(x, weight, bias, co, stride, padding, output_padd
 
 def _image_kernels_apply(x, weight, few: int, limit: int, transposed: bool = False) -> bool:
     """Whether the image-layer kernels take this no-grad conv (``few <= limit`` channels, square
-    kernel): fp32 on AVX2 CPUs (``CPU_IMAGE_CONV``; the transposed kernel on AVX-512 CPUs too,
-    ``CPU_IMAGE_CONV_T_AVX512``), bf16 on AVX512-BF16 CPUs without AMX
+    kernel): fp32 on AVX2 CPUs (``CPU_IMAGE_CONV``) and on AVX-512 CPUs (the transposed kernel:
+    ``CPU_IMAGE_CONV_T_AVX512``; the conv kernel's AVX-512 variant: ``CPU_IMAGE_CONV_AVX512``),
+    bf16 on AVX512-BF16 CPUs without AMX
     (``CPU_IMAGE_CONV_BF16``)."""
     if few > limit or weight.shape[-2] != weight.shape[-1]:
         return False
     if x.dtype == torch.bfloat16:
         return CPU_IMAGE_CONV_BF16 and not _amx() and conv_image.image_conv_bf16_available()
+    if not CPU_IMAGE_CONV or x.dtype != torch.float32 or not conv_image.image_conv_available():
+        return False
     cap = _cpu_capability()
-    return CPU_IMAGE_CONV and x.dtype == torch.float32 and conv_image.image_conv_available() and \
-        (cap == "AVX2" or (transposed and CPU_IMAGE_CONV_T_AVX512 and cap == "AVX512"))
+    if cap == "AVX2":
+        return True
+    if cap != "AVX512":
+        return False
+    return CPU_IMAGE_CONV_T_AVX512 if transposed else \
+        CPU_IMAGE_CONV_AVX512 and conv_image._fp32_avx512()
 
 
 def _conv2d_image(x, weight, bias, co, stride, padding):
@@ -1063,7 +1084,7 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     if kin is not None:
         if name == "torch" and not _gdn_params_need_grad(kin):
             # cast + channels_last first (no grad): the IGDN then runs the prepacked bf16 passes
-            xp = _prepack_input(x, weight, bias)
+            xp = _prepack_input(x, weight, bias, transposed=True)
             x = x if xp is None else xp
         x = _apply_gdn(x, kin) if name == "torch" else _gdn(x, **kin)
     if name == "triton":
@@ -1082,7 +1103,7 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
                                               output_padding)
         if y is not None:
             return _apply_gdn(y, kout)
-    xp = _prepack_input(x, weight, bias)
+    xp = _prepack_input(x, weight, bias, transposed=True)
     if xp is not None:
         return _apply_gdn(_conv_transpose2d_prepacked(xp, weight, bias, co, stride, padding,
                                                       output_padding), kout)

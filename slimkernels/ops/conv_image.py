@@ -1,4 +1,4 @@
-"""Direct fp32 convolution for inputs with few channels (the image layer) on AVX2 CPUs.
+"""Direct fp32 convolution for inputs with few channels (the image layer) on AVX2 / AVX-512 CPUs.
 
 SlimCAE's first layer is a 9x9 stride-4 conv on the 3-channel image. oneDNN's fp32 kernels run it
 at ~60 % of a Zen 3 core's FMA peak (few input channels give its blocked kernels short
@@ -136,7 +136,8 @@ def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor]
                          f"with padding {padding}")
     b, _keep = bias_pointer(bias, co, name)
     y = torch.empty((N, co, Ho, Wo), dtype=x.dtype, memory_format=torch.channels_last)
-    run = K.conv_bf16_forward if bf16 else K.conv_avx2_forward
+    run = K.conv_bf16_forward if bf16 else \
+        K.conv_avx512_forward if _fp32_avx512() else K.conv_avx2_forward
     run(xc.data_ptr(), N, H, W, C, wp.data_ptr(), b, co, k, stride, padding, Ho, Wo,
         y.data_ptr(), torch.get_num_threads())
     return y
@@ -147,16 +148,19 @@ def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor]
 MAX_OUTPUT_CHANNELS = 3
 
 
-#: fp32 transposed conv: the AVX-512 variant (16-lane vectors, 32 registers) where the CPU has
-#: AVX-512F, else the AVX2 one. Zen 4 EPYC (double-pumped AVX-512), kodim01's dec3, 2 threads,
+#: fp32 kernels: the AVX-512 variants (16-lane vectors, 32 registers) where the CPU has AVX-512F,
+#: else the AVX2 ones. The conv (:func:`conv2d_image`): 8-pixel x 3-panel tiles (24 zmm
+#: accumulators) against 6 x 1 (12 ymm), the same packing; on Zen 4 both reach the FMA peak
+#: (enc1 at C = 48-192: 0.98-1.03x, ``conv.CPU_IMAGE_CONV_AVX512``). The transposed conv: Zen 4 EPYC (double-pumped AVX-512), kodim01's dec3, 2 threads,
 #: medians of 20: AVX2 4.3 / 6.9 / 13.6 ms, AVX-512 3.4 / 6.9 / 13.3 at C = 48 / 96 / 192
 #: (``/tmp/tb5.py``-style; oneDNN's fp32 sub-pixel conv 4.9 / 10.5 / 19.3).
 FP32_AVX512 = True
 
 
 def _fp32_avx512() -> bool:
+    """Whether the fp32 kernels run their AVX-512 variants (:data:`FP32_AVX512` and the CPU)."""
     K = _kernels()
-    return FP32_AVX512 and K is not None and hasattr(K, "conv_avx512_available") and \
+    return FP32_AVX512 and K is not None and hasattr(K, "conv_avx512_forward") and \
         bool(K.conv_avx512_available())
 
 

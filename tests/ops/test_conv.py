@@ -287,10 +287,16 @@ def test_prepacked_nograd_every_layer_vs_float64(layer, width, dtype):
     assert rel_err(y, ref) < (1e-2 if dtype == "bf16" else WINOGRAD_FP32_TOL if wino else 1e-5)
     assert torch.equal(y, y2)
     ci = x.shape[1]
-    min_ci = 8 if dtype == "fp32" and conv_mod._cpu_capability() == "AVX512" else 2
+    # fp32 from < 8 input channels on AVX-512: the image conv kernel's AVX-512 variant when it
+    # takes the conv (enc1; it caches its packed weight), else F.conv2d
+    image = dtype == "fp32" and not tr and conv_mod._image_kernels_apply(
+        xf, wt.float(), ci, conv_mod.conv_image.MAX_INPUT_CHANNELS)
+    min_ci = 8 if dtype == "fp32" and conv_mod._cpu_capability() == "AVX512" and not image else 2
     if conv_mod._onednn(y.dtype) and ci >= min_ci:
         assert len(conv_mod._PACK_CACHE) >= 1  # the prepacked path ran
-    else:  # fp32 with < 8 input channels on AVX-512 (the image layer), 1-channel inputs: F.conv
+        if image:
+            assert any(k[0][0] == "image" for k in conv_mod._PACK_CACHE)
+    else:  # fp32 with < 8 input channels on AVX-512 (not the image kernel), 1 channel: F.conv
         assert len(conv_mod._PACK_CACHE) == 0
 
 

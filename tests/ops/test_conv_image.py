@@ -45,10 +45,51 @@ CASES = [  # N, C_in, C_out, H, W, k, stride, padding
 ]
 
 
+HAS_AVX512 = " avx512f" in _FLAGS
+FP32_VARIANTS = pytest.mark.parametrize("avx512", [False, True], ids=["avx2", "avx512"])
+
+
+class _KernelSpy:
+    """The kernels module with the names of the functions called through it recorded."""
+
+    def __init__(self, K):
+        self._K, self.called = K, []
+
+    def __getattr__(self, name):
+        attr = getattr(self._K, name)
+        if not (callable(attr) and name.endswith("_forward")):
+            return attr
+
+        def call(*a, **k):
+            self.called.append(name)
+            return attr(*a, **k)
+        return call
+
+
+def _fp32_variant(monkeypatch, avx512):
+    """Run the fp32 kernels' ``avx512`` variant (skip where the CPU lacks it); the spy that
+    records which kernels ran."""
+    if avx512 and not HAS_AVX512:
+        pytest.skip("no AVX-512F here")
+    monkeypatch.setattr(CI, "FP32_AVX512", avx512)
+    assert CI._fp32_avx512() == avx512
+    spy = _KernelSpy(CI._kernels())
+    monkeypatch.setattr(CI, "_kernels", lambda: spy)
+    return spy
+
+
 @needs_kernel
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", CASES + [
+    (1, 3, 48, 40, 70, 9, 4, 4),    # 3 panels: one 8-pixel x 3-panel AVX-512 tile per step
+    (2, 3, 80, 21, 90, 9, 4, 4),    # 5 panels (3 + 2), row tails of 1-7 pixels, batch 2
+    (1, 2, 40, 9, 61, 5, 1, 2),     # stride 1: 61 columns, a partial third panel
+])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_matches_float64(case, channels_last):
+@FP32_VARIANTS
+def test_matches_float64(case, channels_last, avx512, monkeypatch):
+    """Both fp32 variants (AVX2: 6-pixel x 1-panel tiles; AVX-512: 8 x 3), where the CPU has
+    them, on the same packed weight."""
+    spy = _fp32_variant(monkeypatch, avx512)
     N, ci, co, H, W, k, s, p = case
     x, w, b = _case(N, ci, co, H, W, k)
     ref = F.conv2d(x.double(), w.double(), b.double(), stride=s, padding=p)
@@ -58,6 +99,28 @@ def test_matches_float64(case, channels_last):
     assert _err(y, ref) < TOL
     y0 = CI.conv2d_image(xin, CI.pack_image_conv_weight(w), None, k, s, p, co)
     assert _err(y0, ref - b.double()[:, None, None]) < TOL
+    assert spy.called == ["conv_avx512_forward" if avx512 else "conv_avx2_forward"] * 2
+
+
+@needs_kernel
+@FP32_VARIANTS
+def test_random_geometries_match_float64_fp32(avx512, monkeypatch):
+    """A seeded sweep (1-8 input channels, 1-60 outputs, kernels 1-11, strides 1-5, padding past
+    the kernel's half, inputs down to the kernel's size, batches) for each fp32 variant."""
+    _fp32_variant(monkeypatch, avx512)
+    import random
+    rng = random.Random(21)
+    done = 0
+    while done < 40:
+        N, C, co = rng.randint(1, 2), rng.randint(1, 8), rng.randint(1, 60)
+        k, s, p, H, W = (rng.randint(1, 11), rng.randint(1, 5), rng.randint(0, 11),
+                         rng.randint(1, 25), rng.randint(1, 40))
+        if min(H, W) + 2 * p < k:
+            continue
+        x, w, b = _case(N, C, co, H, W, k, seed=done)
+        ref = F.conv2d(x.double(), w.double(), b.double(), stride=s, padding=p)
+        assert _err(CI.conv2d_image(x, CI.pack_image_conv_weight(w), b, k, s, p, co), ref) < TOL
+        done += 1
 
 
 @needs_kernel
@@ -80,9 +143,15 @@ def test_bad_input_is_refused():
         CI.pack_image_conv_weight(torch.randn(4, 3, 3, 5))
 
 
-@pytest.mark.skipif(not CI.image_conv_available() or conv_mod._cpu_capability() != "AVX2",
-                    reason="the conv op uses this kernel on AVX2 (non-AVX-512) CPUs only")
+@pytest.mark.skipif(not CI.image_conv_available() or
+                    conv_mod._cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="the conv op uses this kernel on AVX2 and AVX-512 CPUs only")
 def test_slim_conv2d_dispatches_the_image_layer(monkeypatch):
+    """fp32 enc1-like convs go to the kernel on AVX2 CPUs and, by its AVX-512 variant only, on
+    AVX-512 ones; ``CPU_IMAGE_CONV`` (and on AVX-512 ``CPU_IMAGE_CONV_AVX512`` or
+    ``conv_image.FP32_AVX512``) off: oneDNN."""
+    avx512 = conv_mod._cpu_capability() == "AVX512"
+    kspy = _fp32_variant(monkeypatch, avx512)
     calls = []
     real = CI.conv2d_image
 
@@ -98,10 +167,23 @@ def test_slim_conv2d_dispatches_the_image_layer(monkeypatch):
     assert _err(y, ref) < TOL
     y = slim_conv2d(x, w.requires_grad_(), b, stride=4, padding=4, out_width=40)  # gradient
     assert calls == [1] and y.requires_grad
+    assert kspy.called == ["conv_avx512_forward" if avx512 else "conv_avx2_forward"]
     monkeypatch.setattr(conv_mod, "CPU_IMAGE_CONV", False)
     with torch.no_grad():
         slim_conv2d(x, w, b, stride=4, padding=4, out_width=40)
     assert calls == [1]
+    if avx512:   # on AVX-512 CPUs: the AVX-512 variant or nothing
+        monkeypatch.setattr(conv_mod, "CPU_IMAGE_CONV", True)
+        for name in ("CPU_IMAGE_CONV_AVX512", "FP32_AVX512"):
+            with monkeypatch.context() as m:
+                m.setattr(conv_mod if name.startswith("CPU") else CI, name, False)
+                with torch.no_grad():
+                    y = slim_conv2d(x, w, b, stride=4, padding=4, out_width=40)
+                assert calls == [1], name
+                assert _err(y, ref) < TOL
+        with torch.no_grad():
+            slim_conv2d(x, w, b, stride=4, padding=4, out_width=40)
+        assert calls == [1, 1]
 
 
 T_CASES = [  # N, C_in, C_out, H, W, k, stride, padding, output_padding
@@ -116,9 +198,6 @@ T_CASES = [  # N, C_in, C_out, H, W, k, stride, padding, output_padding
     (1, 6, 3, 3, 4, 5, 2, 4, 1),     # padding past the kernel's half: inner output only
     (1, 5, 3, 3, 4, 23, 8, 11, 7),   # 69 lanes: a second vector group (v0 > 0) in every variant
 ]
-
-
-HAS_AVX512 = " avx512f" in _FLAGS
 
 
 @needs_kernel
