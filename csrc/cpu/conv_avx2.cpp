@@ -504,14 +504,34 @@ int convt_forward(const Args& a) {
 }  // namespace
 
 namespace {
+// The AVX-512 image conv variants' micro-tiles (D::tile<MR, G>: MR <= 8 pixels x G <= 3 panels
+// of 16 channels, T the element of x and taps), chosen per call of the row driver (conv_rows).
+template <class D, class T>
+struct PanelTiles {
+  static constexpr int kMr = 8;
+  static constexpr int kG = 3;
+  using TileFn = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, const T*,
+                          int64_t, const float*, T*, int64_t, int64_t);
+  template <int G>
+  static constexpr TileFn kTiles[9] = {
+      nullptr,                  D::template tile<1, G>, D::template tile<2, G>,
+      D::template tile<3, G>, D::template tile<4, G>, D::template tile<5, G>,
+      D::template tile<6, G>, D::template tile<7, G>, D::template tile<8, G>};
+  static void micro(int mr, int np, const T* base, int64_t ps, int64_t rs, int64_t ky0,
+                    int64_t ky1, int64_t kC, const T* w, int64_t pb, int64_t pstride,
+                    const float* bias_pad, T* y, int64_t Co) {
+    const TileFn fn = np == 3 ? kTiles<3>[mr] : np == 2 ? kTiles<2>[mr] : kTiles<1>[mr];
+    fn(base, ps, rs, ky0, ky1, kC, w + pb * pstride, pstride, bias_pad + pb * 16, y, Co,
+       pb * 16);
+  }
+};
+
 // bf16 x / taps, fp32 sums, bf16 y on AVX512-BF16 (ConvBf16Args): the kC run of a tap row in
 // input-element pairs (vdpbf16ps), a pixel's pair broadcast as 32 bits (an odd last element
 // alone, its partner zero: nothing past the window row is read), micro-tiles of up to 8 pixels
 // x 3 panels (24 zmm accumulators; SlimCAE's widths are 3, 6, 9 or 12 panels, w=72 5).
-struct ConvBf16Ops {
+struct ConvBf16Ops : PanelTiles<ConvBf16Ops, uint16_t> {
   using T = uint16_t;
-  static constexpr int kMr = 8;
-  static constexpr int kG = 3;
   static int64_t panel_elems(int64_t k, int64_t kC) { return k * ((kC + 1) / 2) * 32; }
   template <int MR, int G>
   SK_BF16_TARGET static void tile(const uint16_t* a, int64_t ps, int64_t rs, int64_t ky0,
@@ -537,19 +557,6 @@ struct ConvBf16Ops {
         _mm256_mask_storeu_epi16(y + r * Co + c, m, (__m256i)_mm512_cvtneps_pbh(acc[r][g]));
     }
   }
-  using TileFn = void (*)(const uint16_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         const uint16_t*, int64_t, const float*, uint16_t*, int64_t, int64_t);
-  template <int G>
-  static constexpr TileFn kTiles[9] = {nullptr,       tile<1, G>, tile<2, G>, tile<3, G>,
-                                       tile<4, G>,    tile<5, G>, tile<6, G>, tile<7, G>,
-                                       tile<8, G>};
-  static void micro(int mr, int np, const uint16_t* base, int64_t ps, int64_t rs, int64_t ky0,
-                    int64_t ky1, int64_t kC, const uint16_t* w, int64_t pb, int64_t pstride,
-                    const float* bias_pad, uint16_t* y, int64_t Co) {
-    const TileFn fn = np == 3 ? kTiles<3>[mr] : np == 2 ? kTiles<2>[mr] : kTiles<1>[mr];
-    fn(base, ps, rs, ky0, ky1, kC, w + pb * pstride, pstride, bias_pad + pb * 16, y, Co,
-       pb * 16);
-  }
 };
 }  // namespace
 
@@ -562,10 +569,8 @@ namespace {
 // pixels x 3 panels (24 zmm accumulators, 3 tap vectors and a broadcast of x: 28 of the 32
 // registers) instead of the AVX2 kernel's 6 x 1 (12 ymm): 3 tap loads and 8 broadcasts per 24
 // FMAs of 16 lanes, against 2 loads and 6 broadcasts per 12 FMAs of 8.
-struct ConvFp32Avx512Ops {
+struct ConvFp32Avx512Ops : PanelTiles<ConvFp32Avx512Ops, float> {
   using T = float;
-  static constexpr int kMr = 8;
-  static constexpr int kG = 3;
   static int64_t panel_elems(int64_t k, int64_t kC) { return k * kC * 16; }
   template <int MR, int G>
   SK_AVX512_TARGET static void tile(const float* a, int64_t ps, int64_t rs, int64_t ky0,
@@ -594,19 +599,6 @@ struct ConvFp32Avx512Ops {
                                       : static_cast<__mmask16>((1u << valid) - 1u);
       SK_UNROLL for (int r = 0; r < MR; ++r) _mm512_mask_storeu_ps(y + r * Co + c, m, acc[r][g]);
     }
-  }
-  using TileFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                         const float*, int64_t, const float*, float*, int64_t, int64_t);
-  template <int G>
-  static constexpr TileFn kTiles[9] = {nullptr,       tile<1, G>, tile<2, G>, tile<3, G>,
-                                       tile<4, G>,    tile<5, G>, tile<6, G>, tile<7, G>,
-                                       tile<8, G>};
-  static void micro(int mr, int np, const float* base, int64_t ps, int64_t rs, int64_t ky0,
-                    int64_t ky1, int64_t kC, const float* w, int64_t pb, int64_t pstride,
-                    const float* bias_pad, float* y, int64_t Co) {
-    const TileFn fn = np == 3 ? kTiles<3>[mr] : np == 2 ? kTiles<2>[mr] : kTiles<1>[mr];
-    fn(base, ps, rs, ky0, ky1, kC, w + pb * pstride, pstride, bias_pad + pb * 16, y, Co,
-       pb * 16);
   }
 };
 }  // namespace
