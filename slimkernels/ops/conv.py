@@ -209,6 +209,19 @@ WINOGRAD_MIN_CIN = 32
 #: AVX2 CPUs (not measured here).
 CPU_WINOGRAD_AVX512 = True
 WINOGRAD_AVX512_MIN_C = 72
+#: Those AVX-512 thresholds were measured with ``torch.bmm`` as the rounds' GEMM. With the
+#: AVX-512 batched GEMM (``winograd.GEMM_AVX512``, sitting 21) Winograd takes no-grad fp32 convs
+#: from ``WINOGRAD_AVX512_GEMM_MIN_C`` channels on both sides, and at any size except wide layers
+#: (``C_in * C_out >= WINOGRAD_WIDE_CHANNELS``, whose transformed weight every call reads), which
+#: need ``WINOGRAD_AVX512_GEMM_MIN_TILES_WIDE`` tiles. Zen 4 EPYC, 2 threads, tuned malloc, medians
+#: of 25-41 interleaved, Winograd / oneDNN speed of SlimCAE's layers at kodim01's sizes
+#: (``/tmp/s21/wmin.py``): 192 channels enc2 / enc3 / dec1 / dec2 2.03 / 1.85 / 1.78 / 1.94x;
+#: 72: 1.63 / 1.65 / 2.22 / 1.93x; 48: 1.49 / 1.47 / 1.60 / 1.68x; 32: 1.53 / 1.48 / 1.64 /
+#: 1.68x; 24: 1.58 / 1.21 / 1.56 / 2.01x; 16: 1.16 / 0.90 / 1.48 / 1.72x. Small inputs
+#: (``/tmp/s21/wtiles.py``), conv / transposed conv at 1-36 tiles: 48 and 96 channels 1.06-1.95x
+#: at every count; 192: 0.47-0.67x at 1-4 tiles, 1.15-1.20x at 9, 1.38x at 16.
+WINOGRAD_AVX512_GEMM_MIN_C = 24
+WINOGRAD_AVX512_GEMM_MIN_TILES_WIDE = 9
 #: ... and when the call has enough 4x4 tiles (the batched GEMM's M: batch x tiles of the output
 #: grid for a conv, of the input grid for a transposed conv): Winograd reads its cached
 #: transformed weight (36 K x N floats: 21 MB at 192 channels) once per call, which small images
@@ -458,15 +471,31 @@ def _winograd_tiles(x, k, stride, padding, transposed) -> int:
     return n * -(-h // 4) * -(-wd // 4)
 
 
+def _winograd_avx512_min_c() -> int:
+    """The channels (on both sides) from which AVX-512 CPUs run no-grad convs by Winograd:
+    ``WINOGRAD_AVX512_GEMM_MIN_C`` with the AVX-512 batched GEMM, else
+    ``WINOGRAD_AVX512_MIN_C``."""
+    return WINOGRAD_AVX512_GEMM_MIN_C if winograd._gemm_avx512() else WINOGRAD_AVX512_MIN_C
+
+
 def _use_winograd(x, ci, co, k, stride, padding, transposed) -> bool:
-    """Whether this no-grad conv runs by Winograd (see ``CPU_WINOGRAD``, ``WINOGRAD_MIN_TILES``)."""
-    ndim = stride * stride * co if transposed else co
-    if x.dtype != torch.float32 or ndim < WINOGRAD_MIN_N or ci < WINOGRAD_MIN_CIN:
+    """Whether this no-grad conv runs by Winograd (see ``CPU_WINOGRAD``, ``WINOGRAD_MIN_TILES``,
+    and on AVX-512 CPUs ``CPU_WINOGRAD_AVX512``, ``WINOGRAD_AVX512_GEMM_MIN_C``)."""
+    if x.dtype != torch.float32:
         return False
     avx512 = _cpu_capability() == "AVX512"
-    if avx512 and (not CPU_WINOGRAD_AVX512 or min(ci, co) < WINOGRAD_AVX512_MIN_C):
-        return False
-    need = WINOGRAD_MIN_TILES_WIDE if ci * co >= WINOGRAD_WIDE_CHANNELS else WINOGRAD_MIN_TILES
+    wide = ci * co >= WINOGRAD_WIDE_CHANNELS
+    if avx512 and winograd._gemm_avx512():
+        if not CPU_WINOGRAD_AVX512 or min(ci, co) < WINOGRAD_AVX512_GEMM_MIN_C:
+            return False
+        need = WINOGRAD_AVX512_GEMM_MIN_TILES_WIDE if wide else 1
+    else:
+        ndim = stride * stride * co if transposed else co
+        if ndim < WINOGRAD_MIN_N or ci < WINOGRAD_MIN_CIN:
+            return False
+        if avx512 and (not CPU_WINOGRAD_AVX512 or min(ci, co) < WINOGRAD_AVX512_MIN_C):
+            return False
+        need = WINOGRAD_MIN_TILES_WIDE if wide else WINOGRAD_MIN_TILES
     if _winograd_tiles(x, k, stride, padding, transposed) < need:
         return False
     return _winograd_here(k, stride, padding, transposed, avx512=avx512)

@@ -224,6 +224,78 @@ def test_geometry():
     assert not Wg.winograd_geometry_ok(9, 2, 4, True)
 
 
+# -- the AVX-512 batched GEMM of the rounds -----------------------------------------------------
+def _gemm_here() -> bool:
+    K = Wg._kernels()
+    return K is not None and hasattr(K, "batched_gemm_avx512") and \
+        bool(K.batched_gemm_avx512_available())
+
+
+needs_gemm = pytest.mark.skipif(not _gemm_here(), reason="no AVX-512F here or kernels not built")
+
+
+def test_gemm_available_matches_the_cpu():
+    K = Wg._kernels()
+    if K is None:
+        pytest.skip("kernels not built or switched off")
+    assert bool(K.batched_gemm_avx512_available()) == (HAS_AVX2 and " avx512f" in _FLAGS)
+
+
+@needs_gemm
+@pytest.mark.parametrize("B, T, K, N", [
+    (36, 384, 192, 48),   # SlimCAE's w=48 enc2 round: three full vectors per row tile
+    (36, 37, 288, 72),    # 72 columns: a 3-vector and a 2-vector group, the last 8 lanes
+    (2, 5, 7, 3),         # fewer rows than a tile, one partial vector
+    (3, 17, 1, 16),       # K = 1, one full vector, row tails of 1
+    (1, 64, 33, 200),     # 13 vectors: groups of 3, 3, 3, 3, 1 (8 lanes)
+    (36, 130, 20, 97),    # rows across two work blocks of 64, 7 vectors (1 lane last)
+])
+def test_gemm_matches_float64(B, T, K, N):
+    g = _gen(B * 1000 + N)
+    V, U = torch.randn(B, T, K, generator=g), torch.randn(B, K, N, generator=g)
+    M = torch.full((B, T, N + 1), float("nan"))[..., :N].contiguous()  # written, not read
+    guard = torch.full((B * T * N + 64,), 7.0)   # a buffer whose tail must stay untouched
+    out = guard[:B * T * N].view(B, T, N)
+    Wg._kernels().batched_gemm_avx512(V.data_ptr(), U.data_ptr(), out.data_ptr(), B, T, K, N, 2)
+    ref = torch.bmm(V.double(), U.double())
+    assert torch.isfinite(out).all()
+    assert _err(out, ref) < 1e-5
+    assert (guard[B * T * N:] == 7.0).all()
+    Wg._kernels().batched_gemm_avx512(V.data_ptr(), U.data_ptr(), M.data_ptr(), B, T, K, N, 1)
+    assert _err(M, ref) < 1e-5
+
+
+@needs_gemm
+def test_gemm_refuses_bad_arguments():
+    K = Wg._kernels()
+    V, U, M = torch.randn(1, 2, 3), torch.randn(1, 3, 4), torch.empty(1, 2, 4)
+    for args in [(0, U.data_ptr(), M.data_ptr(), 1, 2, 3, 4), (V.data_ptr(), U.data_ptr(), 0, 1,
+                                                                2, 3, 4),
+                 (V.data_ptr(), U.data_ptr(), M.data_ptr(), 1, 0, 3, 4),
+                 (V.data_ptr(), U.data_ptr(), M.data_ptr(), 1, 2, -3, 4)]:
+        with pytest.raises(RuntimeError, match="batched_gemm_avx512: bad arguments"):
+            K.batched_gemm_avx512(*args, 1)
+
+
+@needs_gemm
+@pytest.mark.parametrize("case", CONV_CASES[:2] + [(1, 48, 48, 40, 36, 5, 2, 2)])
+def test_conv2d_through_either_gemm(case, monkeypatch):
+    """The Winograd conv with the AVX-512 GEMM and with torch.bmm: both within the fp32
+    tolerance of float64 (the GEMM switch checked to take effect)."""
+    N, ci, co, H, W, k, s, p = case
+    x, w, b = _conv_case(N, ci, co, H, W, k)
+    ref = F.conv2d(x.double(), w.double(), b.double(), stride=s, padding=p)
+    U = Wg.winograd_conv2d_weight(w, s)
+    used = []
+    real = torch.bmm
+    monkeypatch.setattr(Wg.torch, "bmm", lambda *a, **kw: used.append(1) or real(*a, **kw))
+    for gemm in (True, False):
+        monkeypatch.setattr(Wg, "GEMM_AVX512", gemm)
+        used.clear()
+        assert _err(Wg.conv2d_winograd(x, U, b, k, s, p), ref) < TOL
+        assert bool(used) == (not gemm)
+
+
 # -- dispatch from the conv ops ----------------------------------------------------------------
 needs_dispatch = pytest.mark.skipif(
     not Wg.winograd_available() or conv_mod._cpu_capability() != "AVX2",
@@ -684,16 +756,57 @@ def test_weight_grad_in_several_rounds(monkeypatch):
     assert _err(Wg.conv2d_weight_grad(x, gy, 5, 2, 2), ref) < TOL
 
 
+@pytest.mark.skipif(not _gemm_here() or conv_mod._cpu_capability() != "AVX512",
+                    reason="needs an AVX-512 CPU with the batched GEMM built")
+def test_avx512_dispatch_rule_with_the_gemm(monkeypatch):
+    """With the AVX-512 batched GEMM, the shipped thresholds (not patched): Winograd from
+    ``WINOGRAD_AVX512_GEMM_MIN_C`` channels on both sides at any size (one tile), wide layers
+    (192 x 192) from ``WINOGRAD_AVX512_GEMM_MIN_TILES_WIDE`` tiles; not the image layers."""
+    conv_calls = _count_calls(monkeypatch, "conv2d_winograd")
+    convt_calls = _count_calls(monkeypatch, "conv_transpose2d_winograd")
+    c = conv_mod.WINOGRAD_AVX512_GEMM_MIN_C
+    with torch.no_grad():
+        x, w, b = _conv_case(1, c - 1, c - 1, 8, 8, 5, seed=71)    # too narrow
+        slim_conv2d(x, w, b, stride=2, padding=2)
+        x, w, b = _conv_case(1, 3, 96, 40, 48, 9, seed=72)          # the image layer
+        slim_conv2d(x, w, b, stride=4, padding=4)
+        assert conv_calls == []
+        x, w, b = _conv_case(1, c, c, 8, 8, 5, seed=73)             # 4x4 output: one tile
+        y = slim_conv2d(x, w, b, stride=2, padding=2)
+        assert conv_calls == [1]
+        assert _err(y, F.conv2d(x.double(), w.double(), b.double(), stride=2, padding=2)) < TOL
+        x, w, b = _convt_case(1, c, c, 3, 4, 5, seed=74)            # one input tile
+        y = slim_conv_transpose2d(x, w, b, stride=2, padding=2, output_padding=1)
+        assert convt_calls == [1]
+        assert _err(y, F.conv_transpose2d(x.double(), w.double(), b.double(), stride=2,
+                                          padding=2, output_padding=1)) < TOL
+        x, w, b = _conv_case(1, 192, 192, 16, 16, 5, seed=75)       # wide, 4 tiles: oneDNN
+        slim_conv2d(x, w, b, stride=2, padding=2)
+        assert conv_calls == [1]
+        x, w, b = _conv_case(1, 192, 192, 24, 24, 5, seed=75)       # wide, 9 tiles
+        slim_conv2d(x, w, b, stride=2, padding=2)
+        assert conv_calls == [1, 1]
+        x, w, b = _convt_case(1, 192, 3, 8, 8, 9, seed=76)          # onto an image: not here
+        slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
+        assert convt_calls == [1]
+
+
 @needs_kernels
-def test_avx512_cpus_take_winograd_without_gradient_from_72_channels(monkeypatch):
+@pytest.mark.parametrize("gemm", [False, True], ids=["bmm", "gemm_avx512"])
+def test_avx512_cpus_take_winograd_without_gradient_from_enough_channels(monkeypatch, gemm):
     """On AVX-512 CPUs (the capability patched here) no-grad fp32 convs and transposed convs with
-    >= WINOGRAD_AVX512_MIN_C channels on both sides run by Winograd (values equal float64);
-    narrower ones, a gradient (training keeps to AVX2 CPUs) or CPU_WINOGRAD_AVX512 = False stay
-    on oneDNN."""
+    enough channels on both sides (``WINOGRAD_AVX512_MIN_C`` with ``torch.bmm`` as the GEMM,
+    ``WINOGRAD_AVX512_GEMM_MIN_C`` with the AVX-512 batched GEMM) run by Winograd (values equal
+    float64); narrower ones, a gradient (training keeps to AVX2 CPUs) or
+    CPU_WINOGRAD_AVX512 = False stay on oneDNN."""
+    if gemm and not _gemm_here():
+        pytest.skip("no AVX-512 batched GEMM here")
+    monkeypatch.setattr(Wg, "GEMM_AVX512", gemm)
     monkeypatch.setattr(conv_mod, "_cpu_capability", lambda: "AVX512")
     fwd = _count_calls(monkeypatch, "conv2d_winograd")
     fwdt = _count_calls(monkeypatch, "conv_transpose2d_winograd")
-    c = conv_mod.WINOGRAD_AVX512_MIN_C
+    c = conv_mod._winograd_avx512_min_c()
+    assert c == (conv_mod.WINOGRAD_AVX512_GEMM_MIN_C if gemm else conv_mod.WINOGRAD_AVX512_MIN_C)
     x, w, b = _conv_case(1, c, c, 24, 24, 5, seed=61)   # 12x12 output: 9 tiles
     xt, wt, bt = _convt_case(1, c, c, 12, 12, 5, seed=62)
     x = x.contiguous(memory_format=torch.channels_last)
