@@ -13,7 +13,7 @@
 #include "latents.hpp"
 #include "winograd.hpp"
 #include "conv_avx2.hpp"
-#include "gemm_avx512.hpp"
+#include "batched_gemm.hpp"
 
 namespace py = pybind11;
 
@@ -255,8 +255,8 @@ void conv_fp32_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t 
                 Fn == sk::conv_avx2_forward ? "conv_avx2_forward" : "conv_avx512_forward");
 }
 
-void batched_gemm_avx512_py(uintptr_t V, uintptr_t U, uintptr_t M, int64_t B, int64_t T,
-                            int64_t K, int64_t N, int nthreads) {
+void batched_gemm_avx512_py(uintptr_t V, uintptr_t U, uintptr_t M, int64_t B, int64_t T, int64_t K,
+                     int64_t N, int nthreads) {
   sk::BatchedGemmArgs a;
   a.V = reinterpret_cast<const float*>(V);
   a.U = reinterpret_cast<const float*>(U);
@@ -434,9 +434,10 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "micro-tiles of 8 pixels x 48 channels.");
   m.def("batched_gemm_avx512_available", &sk::batched_gemm_avx512_available,
         "True when the CPU has AVX-512F (batched_gemm_avx512).");
-  m.def("batched_gemm_avx512", &batched_gemm_avx512_py, py::arg("V"), py::arg("U"), py::arg("M"),
-        py::arg("B"), py::arg("T"), py::arg("K"), py::arg("N"), py::arg("nthreads"),
-        "M[b] = V[b] U[b] on AVX-512 (see csrc/cpu/gemm_avx512.hpp): V [B, T, K], U [B, K, N], "
+  m.def("batched_gemm_avx512", &batched_gemm_avx512_py, py::arg("V"),
+        py::arg("U"), py::arg("M"), py::arg("B"), py::arg("T"), py::arg("K"), py::arg("N"),
+        py::arg("nthreads"),
+        "M[b] = V[b] U[b] on AVX-512 (see csrc/cpu/batched_gemm.hpp): V [B, T, K], U [B, K, N], "
         "M [B, T, N], contiguous fp32 (M written).");
   m.def("conv_avx512_available", &sk::conv_avx512_available,
         "True when the CPU has AVX-512F (conv_avx512_forward, conv_transpose_avx512_forward).");

@@ -151,9 +151,10 @@ MAX_OUTPUT_CHANNELS = 3
 #: fp32 kernels: the AVX-512 variants (16-lane vectors, 32 registers) where the CPU has AVX-512F,
 #: else the AVX2 ones. The conv (:func:`conv2d_image`): 8-pixel x 3-panel tiles (24 zmm
 #: accumulators) against 6 x 1 (12 ymm), the same packing; on Zen 4 both reach the FMA peak
-#: (enc1 at C = 48-192: 0.98-1.03x, ``conv.CPU_IMAGE_CONV_AVX512``). The transposed conv: Zen 4 EPYC (double-pumped AVX-512), kodim01's dec3, 2 threads,
-#: medians of 20: AVX2 4.3 / 6.9 / 13.6 ms, AVX-512 3.4 / 6.9 / 13.3 at C = 48 / 96 / 192
-#: (``/tmp/tb5.py``-style; oneDNN's fp32 sub-pixel conv 4.9 / 10.5 / 19.3).
+#: (enc1 at C = 48-192: 0.98-1.03x, ``conv.CPU_IMAGE_CONV_AVX512``). The transposed conv: Zen 4
+#: EPYC (double-pumped AVX-512), kodim01's dec3, 2 threads, medians of 20: AVX2 4.3 / 6.9 / 13.6
+#: ms, AVX-512 3.4 / 6.9 / 13.3 at C = 48 / 96 / 192 (``/tmp/tb5.py``-style; oneDNN's fp32
+#: sub-pixel conv 4.9 / 10.5 / 19.3).
 FP32_AVX512 = True
 
 

@@ -13,9 +13,10 @@ only way to make them faster is to do fewer multiplications:
   Winograd's F(4x4, 3x3) against 144 directly: 4x fewer, 2.8x after the zero padding.
 
 Per call: the C++ input transform (``csrc/cpu/winograd.cpp``) writes ``V = B^T d B`` for every
-6x6 patch, ``torch.bmm`` multiplies the 36 ``[tiles, K]`` slices by the cached transformed
-weights ``U = G g G^T`` (``[36, K, C_out']``), and the output transform writes ``A^T M A`` (+
-bias) into a channels_last output. The interpolation points are 0, 1, -1, 1/2, -1/2 and infinity:
+6x6 patch, a batched GEMM (on AVX-512 CPUs ``csrc/cpu/batched_gemm.cpp``, :data:`GEMM_AVX512`;
+else ``torch.bmm``) multiplies the 36 ``[tiles, K]`` slices by the cached transformed weights
+``U = G g G^T`` (``[36, K, C_out']``), and the output transform writes ``A^T M A`` (+ bias) into
+a channels_last output. The interpolation points are 0, 1, -1, 1/2, -1/2 and infinity:
 the result is within ~1e-5 (relative to the output's magnitude) of float64, as direct fp32 is.
 
 The transformed weights take 4x the memory of the weight slice (36 / 9); they are cached per
@@ -196,7 +197,7 @@ def release_workspace() -> None:
     _WORKSPACE.buf = None
 
 
-#: The 36 products of a round by the AVX-512 batched GEMM (``csrc/cpu/gemm_avx512.cpp``: 8-row x
+#: The 36 products of a round by the AVX-512 batched GEMM (``csrc/cpu/batched_gemm.cpp``: 8-row x
 #: 48-column register tiles over the whole K) where the CPU has AVX-512F, else ``torch.bmm``.
 #: Zen 4 EPYC, 2 threads, medians of 21 interleaved (``/tmp/s21/gemm.py``), GEMM ms ours vs
 #: ``torch.bmm`` at SlimCAE's round shapes [36 x tiles x K] x [36 x K x N]: 384 x 192 x 48 1.33

@@ -1,0 +1,124 @@
+// Batched fp32 GEMM for the Winograd rounds on AVX-512 (see batched_gemm.hpp).
+#include "batched_gemm.hpp"
+
+#include <algorithm>
+
+#include "amx_tiles.hpp"  // run_on_threads
+#include "avx2_common.hpp"
+
+namespace sk {
+
+namespace {
+enum GemmErr { kGOk = 0, kGNoIsa = 1, kGBadArgs = 2 };
+constexpr int64_t kRowBlock = 64;  // rows of one product per work item
+}  // namespace
+
+const char* batched_gemm_error_message(int code) {
+  switch (code) {
+    case kGOk: return "ok";
+    case kGNoIsa: return "AVX-512F is not available on this CPU; use torch.bmm";
+    case kGBadArgs: return "bad arguments (null pointer or a size that is not positive)";
+  }
+  return "unknown error";
+}
+
+#if SK_HAVE_AVX2_CODE
+#define SK_GEMM512_TARGET __attribute__((target("avx512f,avx2,fma")))
+// The register tiles fully unrolled (else GCC may keep the accumulators in memory).
+#define SK_UNROLL_G _Pragma("GCC unroll 32")
+namespace {
+// tile<MR, G>(v, u, m, K, N, valid): rows [0, MR) of v (row stride K) times G 16-lane vectors
+// of u's columns (row stride N; `valid` lanes in the last one) over the whole K, into m.
+struct Avx512Ops {
+  static constexpr int kMr = 8, kG = 3, kLanes = 16;
+  template <int MR, int G>
+  SK_GEMM512_TARGET static void tile(const float* v, const float* u, float* m, int64_t K,
+                                     int64_t N, int valid) {
+    const __mmask16 last = static_cast<__mmask16>(valid >= 16 ? 0xFFFFu : (1u << valid) - 1u);
+    __m512 acc[MR][G];
+    SK_UNROLL_G for (int r = 0; r < MR; ++r)
+      SK_UNROLL_G for (int g = 0; g < G; ++g) acc[r][g] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; ++k) {
+      const float* uk = u + k * N;
+      __m512 b[G];
+      SK_UNROLL_G for (int g = 0; g < G; ++g)
+        b[g] = g == G - 1 ? _mm512_maskz_loadu_ps(last, uk + 16 * g)
+                          : _mm512_loadu_ps(uk + 16 * g);
+      SK_UNROLL_G for (int r = 0; r < MR; ++r) {
+        const __m512 a = _mm512_set1_ps(v[r * K + k]);
+        SK_UNROLL_G for (int g = 0; g < G; ++g) acc[r][g] = _mm512_fmadd_ps(a, b[g], acc[r][g]);
+      }
+    }
+    SK_UNROLL_G for (int r = 0; r < MR; ++r)
+      SK_UNROLL_G for (int g = 0; g < G; ++g) {
+        float* d = m + r * N + 16 * g;
+        if (g == G - 1) {
+          _mm512_mask_storeu_ps(d, last, acc[r][g]);
+        } else {
+          _mm512_storeu_ps(d, acc[r][g]);
+        }
+      }
+  }
+};
+
+using TileFn = void (*)(const float*, const float*, float*, int64_t, int64_t, int);
+template <int G>
+constexpr TileFn kTiles[9] = {nullptr,
+                              Avx512Ops::tile<1, G>, Avx512Ops::tile<2, G>, Avx512Ops::tile<3, G>,
+                              Avx512Ops::tile<4, G>, Avx512Ops::tile<5, G>, Avx512Ops::tile<6, G>,
+                              Avx512Ops::tile<7, G>, Avx512Ops::tile<8, G>};
+
+// Rows [t0, t1) of product b: row tiles of 8, each across all columns in groups of 3 vectors.
+void rows(const BatchedGemmArgs& a, int64_t b, int64_t t0, int64_t t1) {
+  using Ops = Avx512Ops;
+  const int64_t L = Ops::kLanes, nv = (a.N + L - 1) / L;
+  const int rem = static_cast<int>(a.N - L * (nv - 1));  // lanes of the last vector, 1..L
+  const float* V = a.V + b * a.T * a.K;
+  const float* U = a.U + b * a.K * a.N;
+  float* M = a.M + b * a.T * a.N;
+  for (int64_t t = t0; t < t1; t += Ops::kMr) {
+    const int mr = static_cast<int>(std::min<int64_t>(Ops::kMr, t1 - t));
+    for (int64_t v0 = 0; v0 < nv; v0 += Ops::kG) {
+      const int g = static_cast<int>(std::min<int64_t>(Ops::kG, nv - v0));
+      const TileFn fn = g == 3 ? kTiles<3>[mr] : g == 2 ? kTiles<2>[mr] : kTiles<1>[mr];
+      fn(V + t * a.K, U + L * v0, M + t * a.N + L * v0, a.K, a.N,
+         v0 + g == nv ? rem : static_cast<int>(L));
+    }
+  }
+}
+}  // namespace
+
+bool batched_gemm_avx512_available() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma");
+  }();
+  return ok;
+}
+
+int batched_gemm_avx512(const BatchedGemmArgs& a) {
+  if (!batched_gemm_avx512_available()) return kGNoIsa;
+  if (a.V == nullptr || a.U == nullptr || a.M == nullptr || a.B <= 0 || a.T <= 0 || a.K <= 0 ||
+      a.N <= 0) {
+    return kGBadArgs;
+  }
+  const int64_t blocks = (a.T + kRowBlock - 1) / kRowBlock, items = a.B * blocks;
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, items));
+  run_on_threads(nt, [&a, blocks, items, nt](int64_t i) {
+    for (int64_t w = items * i / nt; w < items * (i + 1) / nt; ++w) {
+      const int64_t b = w / blocks, t0 = (w % blocks) * kRowBlock;
+      rows(a, b, t0, std::min(a.T, t0 + kRowBlock));
+    }
+  });
+  return kGOk;
+}
+
+#else
+
+bool batched_gemm_avx512_available() { return false; }
+int batched_gemm_avx512(const BatchedGemmArgs&) { return kGNoIsa; }
+
+#endif
+
+}  // namespace sk
