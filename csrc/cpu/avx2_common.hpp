@@ -18,6 +18,17 @@ SK_AVX2_TARGET inline __m256i lane_mask(int64_t valid) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(valid)), idx);
 }
 
+// The CPU has AVX-512F, AVX2 and FMA (what the fp32 AVX-512 kernels' target attributes use;
+// checked once per process).
+inline bool avx512f_available() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma");
+  }();
+  return ok;
+}
+
 }  // namespace detail
 }  // namespace sk
 #else

@@ -88,14 +88,7 @@ void rows(const BatchedGemmArgs& a, int64_t b, int64_t t0, int64_t t1) {
 }
 }  // namespace
 
-bool batched_gemm_avx512_available() {
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma");
-  }();
-  return ok;
-}
+bool batched_gemm_avx512_available() { return detail::avx512f_available(); }
 
 int batched_gemm_avx512(const BatchedGemmArgs& a) {
   if (!batched_gemm_avx512_available()) return kGNoIsa;

@@ -616,14 +616,7 @@ bool conv_bf16_available() {
   return ok;
 }
 
-bool conv_avx512_available() {
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma");
-  }();
-  return ok;
-}
+bool conv_avx512_available() { return detail::avx512f_available(); }
 
 int conv_transpose_avx2_forward(const ConvTAvx2Args& a) { return convt_forward<Fp32Ops>(a); }
 int conv_transpose_avx512_forward(const ConvTAvx2Args& a) {
