@@ -16,6 +16,9 @@ autocast (the model's default on AMX / AVX512-BF16 CPUs).
 
 ``--round-mb 2,4,8,32`` instead times the Winograd layers with their transform -> GEMM ->
 transform rounds capped at each size (``winograd.CHUNK_*``), against the shipped rule.
+``--gemm`` instead times the rounds' batched GEMM alone, at each Winograd layer's shapes
+([36 x tiles x K] x [36 x K x N], one round): ``torch.bmm`` against the AVX-512 kernel
+(``csrc/cpu/batched_gemm.cpp``; AVX-512 CPUs only), with the max error of each against float64.
 """
 import argparse
 import os
@@ -118,6 +121,50 @@ def round_sweep(widths, sizes_mb, repeats, scale):
                   flush=True)
 
 
+def gemm_shapes(width, scale):
+    """``(layer name, T, K, N)`` of each 5x5/2 layer's Winograd GEMM at this width: one round of
+    all its tiles (conv: tiles of the output grid, K = 4 C_in, N = C_out; transposed: tiles of
+    the input grid, K = C_in, N = 4 C_out)."""
+    out = []
+    for name, tr, ci, co, H, W, k, s, p, _ in LAYERS:
+        if k != 5:
+            continue
+        ci, co = ci or width, co or width
+        H, W = max(1, H // scale), max(1, W // scale)
+        if not tr:
+            H, W = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+        T = -(-H // 4) * -(-W // 4)
+        out.append((name, T, ci if tr else s * s * ci, s * s * co if tr else co))
+    return out
+
+
+def gemm_table(widths, repeats, scale):
+    """Markdown rows: the batched GEMM of each Winograd layer, torch.bmm vs the AVX-512 kernel."""
+    K = Wg._kernels()
+    if not Wg._gemm_avx512() or not hasattr(K, "batched_gemm_avx512"):
+        print("no AVX-512 batched GEMM here (needs AVX-512F and the built kernels)")
+        return
+    print("| layer | width | T x K x N | bmm ms | ours ms | speed-up | ours GFLOP/s | max rel. "
+          "error bmm / ours |\n|---|---|---|---|---|---|---|---|")
+    nt = torch.get_num_threads()
+    for width in widths:
+        for name, T, Kd, N in gemm_shapes(width, scale):
+            g = torch.Generator().manual_seed(T + Kd + N)
+            V, U = torch.randn(36, T, Kd, generator=g), torch.randn(36, Kd, N, generator=g)
+            M0, M1 = torch.empty(36, T, N), torch.empty(36, T, N)
+
+            def ours():
+                K.batched_gemm_avx512(V.data_ptr(), U.data_ptr(), M1.data_ptr(), 36, T, Kd, N, nt)
+            ref = torch.bmm(V.double(), U.double())
+            ours()
+            torch.bmm(V, U, out=M0)
+            err = [((m.double() - ref).abs().max() / ref.abs().max()).item() for m in (M0, M1)]
+            t0, t1 = interleaved_ms([lambda: torch.bmm(V, U, out=M0), ours], repeats)
+            gf = 2 * 36 * T * Kd * N / t1 / 1e6
+            print(f"| {name} | {width} | {T} x {Kd} x {N} | {t0:.3f} | {t1:.3f} | {t0 / t1:.2f}x "
+                  f"| {gf:.0f} | {err[0]:.1e} / {err[1]:.1e} |", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -127,11 +174,16 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--round-mb", default=None,
                     help="comma-separated Winograd round sizes (MB) to sweep instead")
+    ap.add_argument("--gemm", action="store_true",
+                    help="time the Winograd rounds' batched GEMM alone (bmm vs AVX-512 kernel)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     print(f"threads {a.threads}, medians of {a.repeats}, image /{a.scale}, CPU "
           f"{C._cpu_capability()}, {a.precision}\n")
     widths = [int(v) for v in a.widths.split(",")]
+    if a.gemm:
+        gemm_table(widths, a.repeats, a.scale)
+        return 0
     if a.round_mb:
         with torch.no_grad():
             round_sweep(widths, [float(v) for v in a.round_mb.split(",")], a.repeats, a.scale)

@@ -18,3 +18,18 @@ def test_conv_avx2_bench_quick_runs_in_bf16(capsys):
                                 "--scale", "8", "--precision", "bf16"]) == 0
     out = capsys.readouterr().out
     assert "bf16" in out and out.count("| 16 |") == len(bench_conv_avx2.LAYERS)
+
+
+def test_gemm_table_quick_runs(capsys):
+    """The GEMM table: a row per 5x5/2 layer where the AVX-512 kernel exists (each error within
+    fp32's), else the one-line notice."""
+    assert bench_conv_avx2.main(["--gemm", "--widths", "16", "--repeats", "1", "--threads", "1",
+                                "--scale", "8"]) == 0
+    out = capsys.readouterr().out
+    if "no AVX-512 batched GEMM here" in out:
+        return
+    rows = [r for r in out.splitlines() if r.startswith("| ") and "| 16 |" in r]
+    assert len(rows) == 4
+    for r in rows:
+        errs = r.split("|")[-2].split("/")
+        assert all(float(e) < 1e-5 for e in errs), r

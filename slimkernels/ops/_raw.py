@@ -1,6 +1,7 @@
 """Argument helpers shared by the ops that hand raw pointers to the compiled CPU kernels."""
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -26,7 +27,21 @@ def bias_pointer(bias: Optional[torch.Tensor], co: int,
     """``(data pointer or 0, the fp32 contiguous tensor to keep alive during the call)``."""
     if bias is None:
         return 0, None
+    if bias.device.type != "cpu":
+        raise ValueError(f"{name}: bias is on {bias.device}; these kernels run on CPU tensors")
     b = bias.detach().to(torch.float32).contiguous()
     if b.shape != (co,):
         raise ValueError(f"{name}: bias {tuple(bias.shape)} must be [{co}]")
     return b.data_ptr(), b
+
+
+@functools.lru_cache(maxsize=1)
+def torch_avx512() -> bool:
+    """Whether torch runs its CPU kernels at the AVX-512 level in this process
+    (``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY`` lowers at start):
+    the fp32 AVX-512 variants of these kernels follow it, so that capping the capability caps
+    them too."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability()) == "AVX512"
+    except (AttributeError, RuntimeError):
+        return False

@@ -210,16 +210,18 @@ WINOGRAD_MIN_CIN = 32
 CPU_WINOGRAD_AVX512 = True
 WINOGRAD_AVX512_MIN_C = 72
 #: Those AVX-512 thresholds were measured with ``torch.bmm`` as the rounds' GEMM. With the
-#: AVX-512 batched GEMM (``winograd.GEMM_AVX512``, sitting 21) Winograd takes no-grad fp32 convs
-#: from ``WINOGRAD_AVX512_GEMM_MIN_C`` channels on both sides, and at any size except wide layers
+#: AVX-512 batched GEMM (``winograd.GEMM_AVX512``) Winograd takes no-grad fp32 convs from
+#: ``WINOGRAD_AVX512_GEMM_MIN_C`` channels on both sides, and at any size except wide layers
 #: (``C_in * C_out >= WINOGRAD_WIDE_CHANNELS``, whose transformed weight every call reads), which
-#: need ``WINOGRAD_AVX512_GEMM_MIN_TILES_WIDE`` tiles. Zen 4 EPYC, 2 threads, tuned malloc, medians
-#: of 25-41 interleaved, Winograd / oneDNN speed of SlimCAE's layers at kodim01's sizes
-#: (``/tmp/s21/wmin.py``): 192 channels enc2 / enc3 / dec1 / dec2 2.03 / 1.85 / 1.78 / 1.94x;
-#: 72: 1.63 / 1.65 / 2.22 / 1.93x; 48: 1.49 / 1.47 / 1.60 / 1.68x; 32: 1.53 / 1.48 / 1.64 /
-#: 1.68x; 24: 1.58 / 1.21 / 1.56 / 2.01x; 16: 1.16 / 0.90 / 1.48 / 1.72x. Small inputs
-#: (``/tmp/s21/wtiles.py``), conv / transposed conv at 1-36 tiles: 48 and 96 channels 1.06-1.95x
-#: at every count; 192: 0.47-0.67x at 1-4 tiles, 1.15-1.20x at 9, 1.38x at 16.
+#: need ``WINOGRAD_AVX512_GEMM_MIN_TILES_WIDE`` tiles. Zen 4 EPYC, 2 threads, kodim01's layers,
+#: Winograd / oneDNN speed of enc2 / enc3 / dec1 / dec2 (``python bench/bench_conv_avx2.py
+#: --repeats 25 --widths 192,48,32,24``, and ``24,32,48``): 192 channels 1.95 / 1.65 / 1.74 /
+#: 1.84x (``--repeats 15``); 48 1.41 / 1.27 / 1.15 / 1.47x and 1.44 / 1.41 / 1.52 / 1.47x; 32
+#: 1.42-1.60x; 24 1.20-1.57x (a 15-repeat run of all widths in a slow phase of this VM read
+#: 0.91-1.13x at 48 and 0.77-0.92x at 24; with the tuned malloc and ``torch.bmm`` as the base
+#: rule: 16 channels 0.90-1.72x, so not there). Small inputs (``/tmp/s21/wtiles.py``: the
+#: layers at 1-36 tiles, medians of 41): 48 and 96 channels 1.06-1.95x at every tile count; 192
+#: 0.47-0.67x at 1-4 tiles, 1.15-1.20x at 9, 1.38x at 16.
 WINOGRAD_AVX512_GEMM_MIN_C = 24
 WINOGRAD_AVX512_GEMM_MIN_TILES_WIDE = 9
 #: ... and when the call has enough 4x4 tiles (the batched GEMM's M: batch x tiles of the output
@@ -407,8 +409,9 @@ def _fold_input(x, s, p):
 def _prepack_input(x, weight, bias, transposed: bool = False):
     """x laid out and cast for the prepacked no-grad path (and the kernels it dispatches to), or
     None when that path does not apply (gradient recorded, dtype without oneDNN support, weight
-    dtype differing without autocast, ``CPU_CHANNELS_LAST`` off, an fp32 few-channel conv on an
-    AVX-512 CPU that the image kernel does not take)."""
+    dtype differing without autocast, ``CPU_CHANNELS_LAST`` off, a few-channel conv without
+    autocast on an AVX-512 CPU that none of the image kernels takes: fp32 convs there go to the
+    AVX-512 fp32 variant, bf16 ones on AVX512-BF16 CPUs to the bf16 one)."""
     if not CPU_PREPACK or not CPU_CHANNELS_LAST or _needs_grad(x, weight, bias) or \
             not x.is_floating_point() or x.shape[1] < 2:
         return None
@@ -420,7 +423,8 @@ def _prepack_input(x, weight, bias, transposed: bool = False):
         # fp32 on the 3-channel image: prepacking measured 3-5 % slower on an AVX-512 Xeon (enc1,
         # w=192), but 1.7-2.1x faster on an AVX2 EPYC (where F.conv2d on a channels_last image
         # with an NCHW weight picks a slow kernel and returns NCHW); on AVX-512 the image
-        # kernel's AVX-512 variant takes enc1 (CPU_IMAGE_CONV_AVX512) from the prepacked path
+        # kernels take enc1 from the prepacked path (fp32: CPU_IMAGE_CONV_AVX512; bf16 without
+        # autocast: CPU_IMAGE_CONV_BF16, as under autocast)
         return None
     if dt is not None and x.dtype != dt:
         x = x.to(dt)  # before the layout change: that copy then moves half the bytes
@@ -455,11 +459,12 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
 
 def _winograd_here(k, stride, padding, transposed, avx512: bool = False) -> bool:
     """``CPU_WINOGRAD`` is on, this is an AVX2 CPU (or, with ``avx512``, an AVX-512 one) with the
-    kernels built, and the geometry maps onto the 3x3 phase correlation."""
+    kernels built, and the geometry fills the 3x3 phase correlation
+    (:func:`~slimkernels.ops.winograd.winograd_full_taps`)."""
     if not CPU_WINOGRAD or _cpu_capability() not in (("AVX2", "AVX512") if avx512 else ("AVX2",)):
         return False
     return winograd.winograd_available() and \
-        winograd.winograd_geometry_ok(k, stride, padding, transposed)
+        winograd.winograd_full_taps(k, stride, padding, transposed)
 
 
 def _winograd_tiles(x, k, stride, padding, transposed) -> int:
@@ -469,13 +474,6 @@ def _winograd_tiles(x, k, stride, padding, transposed) -> int:
     if not transposed:
         h, wd = (h + 2 * padding - k) // stride + 1, (wd + 2 * padding - k) // stride + 1
     return n * -(-h // 4) * -(-wd // 4)
-
-
-def _winograd_avx512_min_c() -> int:
-    """The channels (on both sides) from which AVX-512 CPUs run no-grad convs by Winograd:
-    ``WINOGRAD_AVX512_GEMM_MIN_C`` with the AVX-512 batched GEMM, else
-    ``WINOGRAD_AVX512_MIN_C``."""
-    return WINOGRAD_AVX512_GEMM_MIN_C if winograd._gemm_avx512() else WINOGRAD_AVX512_MIN_C
 
 
 def _use_winograd(x, ci, co, k, stride, padding, transposed) -> bool:

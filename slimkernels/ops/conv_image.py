@@ -4,8 +4,9 @@ SlimCAE's first layer is a 9x9 stride-4 conv on the 3-channel image. oneDNN's fp
 at ~60 % of a Zen 3 core's FMA peak (few input channels give its blocked kernels short
 reductions). In a channels_last image the ``k*C`` values of one tap row of an output pixel are
 contiguous (27 floats for 9x9 on RGB), so ``csrc/cpu/conv_avx2.cpp`` reads them in place, without
-an im2col copy: micro-tiles of 6 output pixels x 16 output channels accumulate in registers over
-the ``k`` tap rows and their ``k*C`` runs. No gradient; the reference is ``F.conv2d``.
+an im2col copy: micro-tiles of output pixels x output channels accumulate in registers over the
+``k`` tap rows and their ``k*C`` runs (AVX2: 6 pixels x 16 channels in 12 ymm; AVX-512: 8 x 48 in
+24 zmm, :data:`FP32_AVX512`). No gradient; the reference is ``F.conv2d``.
 
 The last layer, a 9x9 stride-4 transposed conv onto the 3 image channels, has the mirror problem
 (3 output channels): oneDNN runs it as a stride-1 conv onto 48 sub-pixel phase channels with a
@@ -26,13 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from .._cpu import cpu_kernels
-from ._raw import bias_pointer, fp32_cpu_input
+from ._raw import bias_pointer, fp32_cpu_input, torch_avx512
 
 __all__ = ["image_conv_available", "image_conv_bf16_available", "pack_image_conv_weight",
            "conv2d_image", "pack_image_conv_transpose_weight", "conv_transpose2d_image"]
 
-#: The kernel keeps a 6-pixel x 16-channel micro-tile and reads k*C contiguous values per tap
-#: row; it is meant for few input channels (an image).
+#: The kernel keeps micro-tiles of a few pixels x 16-48 channels in registers and reads k*C
+#: contiguous values per tap row; it is meant for few input channels (an image).
 MAX_INPUT_CHANNELS = 8
 
 
@@ -126,8 +127,10 @@ def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor]
                          f"{MAX_INPUT_CHANNELS} (use F.conv2d)")
     panels = -(-co // 16)
     want = (panels, k, -(-(k * C) // 2), 16, 2) if bf16 else (panels, k, k * C, 16)
-    if wp.shape != want or wp.dtype != x.dtype or not wp.is_contiguous() or wp.data_ptr() % 32:
-        raise ValueError(f"{name}: packed weight {tuple(wp.shape)} {wp.dtype} does not fit x "
+    if not wp.is_cpu or wp.shape != want or wp.dtype != x.dtype or not wp.is_contiguous() or \
+            wp.data_ptr() % 32:
+        raise ValueError(f"{name}: packed weight {tuple(wp.shape)} {wp.dtype} on {wp.device} "
+                         f"does not fit x "
                          f"{tuple(x.shape)} {x.dtype}, k={k}, C_out={co} (pack it with "
                          f"pack_image_conv_weight(w, x.dtype))")
     Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
@@ -159,10 +162,11 @@ FP32_AVX512 = True
 
 
 def _fp32_avx512() -> bool:
-    """Whether the fp32 kernels run their AVX-512 variants (:data:`FP32_AVX512` and the CPU)."""
+    """Whether the fp32 kernels run their AVX-512 variants (:data:`FP32_AVX512`, the CPU, and
+    torch's own CPU capability: ``ATEN_CPU_CAPABILITY=avx2`` keeps them to AVX2)."""
     K = _kernels()
     return FP32_AVX512 and K is not None and hasattr(K, "conv_avx512_forward") and \
-        bool(K.conv_avx512_available())
+        bool(K.conv_avx512_available()) and torch_avx512()
 
 
 def _lanes(k: int, co: int, dtype=torch.float32) -> int:
@@ -234,8 +238,10 @@ def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[tor
                          f"{MAX_OUTPUT_CHANNELS} (use F.conv_transpose2d)")
     L = _lanes(k, co, x.dtype)
     want = (k, -(-C // 2), L, 2) if bf16 else (k, C, L)
-    if wp.shape != want or wp.dtype != x.dtype or not wp.is_contiguous() or wp.data_ptr() % 32:
-        raise ValueError(f"{name}: packed weight {tuple(wp.shape)} {wp.dtype} does not fit x "
+    if not wp.is_cpu or wp.shape != want or wp.dtype != x.dtype or not wp.is_contiguous() or \
+            wp.data_ptr() % 32:
+        raise ValueError(f"{name}: packed weight {tuple(wp.shape)} {wp.dtype} on {wp.device} "
+                         f"does not fit x "
                          f"{tuple(x.shape)} {x.dtype}, k={k}, C_out={co} (pack it with "
                          f"pack_image_conv_transpose_weight(w, x.dtype))")
     if s >= 1 and not transposed_geometry_ok(k, s, co, x.dtype):

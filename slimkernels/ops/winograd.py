@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from .._cpu import cpu_kernels
-from ._raw import bias_pointer, fp32_cpu_input
+from ._raw import bias_pointer, fp32_cpu_input, torch_avx512
 
-__all__ = ["winograd_available", "winograd_conv2d_weight", "winograd_conv_transpose2d_weight",
+__all__ = ["winograd_available", "winograd_full_taps", "winograd_conv2d_weight", "winograd_conv_transpose2d_weight",
            "conv2d_winograd", "conv_transpose2d_winograd", "conv2d_winograd_reference",
            "conv_transpose2d_winograd_reference", "winograd_geometry_ok",
            "transform_weight_fp32", "conv2d_weight_fp32", "conv_transpose2d_weight_fp32",
@@ -83,6 +83,22 @@ def winograd_available() -> bool:
 
 def _phase_taps(k: int, s: int) -> int:
     return -(-k // s)
+
+
+def winograd_full_taps(k: int, stride: int, padding: int, transposed: bool) -> bool:
+    """Whether the geometry fills the 3x3 phase correlation: 3 taps per phase (conv: ``ceil(k /
+    stride) == 3``; transposed: 3 input rows per output phase), as SlimCAE's 5x5/2 and 9x9/4
+    layers and a 3x3/1 conv do. Only there does F(4x4, 3x3) do fewer products than a direct conv
+    (2.25 per output and phase channel against 9). Geometries with 1-2 taps per phase run
+    exactly too (:func:`winograd_geometry_ok`) but cost more (a 1x1 conv: 2.25x the products;
+    0.35-0.56x oneDNN for 1x1/1, 2x2/2 and transposed 2x2/2 convs at 32 channels on a Zen 4),
+    so the conv ops leave them to oneDNN."""
+    if not winograd_geometry_ok(k, stride, padding, transposed):
+        return False
+    if not transposed:
+        return _phase_taps(k, stride) == 3
+    from .conv import _subpixel_plan
+    return _subpixel_plan(k, stride, padding)[3] == 3
 
 
 def winograd_geometry_ok(k: int, stride: int, padding: int, transposed: bool) -> bool:
@@ -199,17 +215,19 @@ def release_workspace() -> None:
 
 #: The 36 products of a round by the AVX-512 batched GEMM (``csrc/cpu/batched_gemm.cpp``: 8-row x
 #: 48-column register tiles over the whole K) where the CPU has AVX-512F, else ``torch.bmm``.
-#: Zen 4 EPYC, 2 threads, medians of 21 interleaved (``/tmp/s21/gemm.py``), GEMM ms ours vs
-#: ``torch.bmm`` at SlimCAE's round shapes [36 x tiles x K] x [36 x K x N]: 384 x 192 x 48 1.33
-#: vs 1.82 (1.38x), 384 x 288 x 72 1.31x, 384 x 384 x 96 1.24x, 384 x 576 x 144 1.22x, 384 x 768
-#: x 192 1.15x (192-216 GFLOP/s against 132-183).
+#: Zen 4 EPYC, 2 threads, medians of 15 interleaved (``python bench/bench_conv_avx2.py --gemm
+#: --repeats 15``), ours vs ``torch.bmm`` at the rounds of SlimCAE's 5x5/2 layers on kodim01
+#: ([36 x tiles x K] x [36 x K x N]): 1.12-1.41x at every width (w=48 enc2, 384 x 192 x 48: 1.76
+#: vs 2.43 ms; w=192 enc2, 384 x 768 x 192: 20.1 vs 26.1 ms); 143-221 GFLOP/s.
 GEMM_AVX512 = True
 
 
 def _gemm_avx512() -> bool:
+    """:data:`GEMM_AVX512` is on, the kernel is built, the CPU has AVX-512F and torch runs at its
+    AVX-512 level here (``ATEN_CPU_CAPABILITY=avx2`` holds these kernels to AVX2 as well)."""
     K = _kernels()
     return GEMM_AVX512 and K is not None and hasattr(K, "batched_gemm_avx512") and \
-        bool(K.batched_gemm_avx512_available())
+        bool(K.batched_gemm_avx512_available()) and torch_avx512()
 
 
 def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int, P: int,
@@ -221,6 +239,9 @@ def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int
     if U.dim() != 3 or tuple(U.shape) != (36, s * s * C, r * r * co) or U.dtype != torch.float32:
         raise ValueError(f"winograd: transformed weight {U.dtype} {tuple(U.shape)} does not fit x "
                          f"{tuple(xc.shape)} (expected fp32 [36, {s * s * C}, {r * r * co}])")
+    if U.device.type != "cpu":
+        raise ValueError(f"winograd: the transformed weight is on {U.device}; these kernels run "
+                         f"on CPU tensors (transform a CPU weight)")
     kdim, cp = U.shape[1], U.shape[2]
     b, _keep = bias_pointer(bias, co, "winograd")
     nt = torch.get_num_threads()

@@ -64,9 +64,15 @@ def test_layers_fp32_vs_float64(layer, width):
     assert rel_err(y, ref) < (WINOGRAD_FP32_TOL if wino else 1e-5)
 
 
+def _fp32_tol(x, ci, co):
+    """fp32 tolerance of a no-grad 5x5/2 conv of x: Winograd's where the conv op runs it there."""
+    xl = x.contiguous(memory_format=torch.channels_last)
+    return WINOGRAD_FP32_TOL if conv_mod._use_winograd(xl, ci, co, 5, 2, 2, False) else 1e-5
+
+
 def test_cpu_output_channels_last_for_nchw_input_and_switch():
     w, b = _full("enc2", False, 5, torch.float32)
-    x = torch.randn(1, 47, 10, 12)
+    x = torch.randn(1, 47, 10, 12, generator=torch.Generator().manual_seed(3))
     y = slim_conv2d(x, w, b, stride=2, padding=2, out_width=72)
     assert y.is_contiguous(memory_format=torch.channels_last)
     conv_mod.CPU_CHANNELS_LAST = False
@@ -76,16 +82,17 @@ def test_cpu_output_channels_last_for_nchw_input_and_switch():
         conv_mod.CPU_CHANNELS_LAST = True
     assert y2.is_contiguous()
     ref = F.conv2d(x.double(), w[:72, :47].double(), b[:72].double(), stride=2, padding=2)
-    assert rel_err(y, ref) < 1e-5 and rel_err(y2, ref) < 1e-5
+    assert rel_err(y, ref) < _fp32_tol(x, 47, 72) and rel_err(y2, ref) < 1e-5   # y2: F.conv2d
 
 
 def test_channels_last_kept():
     w, b = _full("enc2", False, 5, torch.float32)
-    x = torch.randn(1, 72, 16, 12).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 72, 16, 12, generator=torch.Generator().manual_seed(4)).to(
+        memory_format=torch.channels_last)
     y = slim_conv2d(x, w, b, stride=2, padding=2, out_width=72)
     assert y.is_contiguous(memory_format=torch.channels_last)
     ref = F.conv2d(x.double(), w[:72, :72].double(), b[:72].double(), stride=2, padding=2)
-    assert rel_err(y, ref) < 1e-5
+    assert rel_err(y, ref) < _fp32_tol(x, 72, 72)
 
 
 @pytest.mark.parametrize("width", [48, 192])

@@ -124,6 +124,19 @@ def test_random_geometries_match_float64_fp32(avx512, monkeypatch):
 
 
 @needs_kernel
+def test_packed_weight_on_another_device_is_refused():
+    """The meta device stands in for CUDA: a packed weight there is refused, not read."""
+    x, w, b = _case(1, 3, 20, 16, 16, 9)
+    with pytest.raises(ValueError, match="on meta"):
+        CI.conv2d_image(x, CI.pack_image_conv_weight(w).to("meta"), b, 9, 4, 4, 20)
+    xt = torch.randn(1, 12, 6, 6)
+    wt = torch.randn(12, 3, 9, 9)
+    with pytest.raises(ValueError, match="on meta"):
+        CI.conv_transpose2d_image(xt, CI.pack_image_conv_transpose_weight(wt).to("meta"), None,
+                                  9, 4, 4, 3, 3)
+
+
+@needs_kernel
 def test_bad_input_is_refused():
     x, w, b = _case(1, 3, 20, 16, 16, 9)
     wp = CI.pack_image_conv_weight(w)

@@ -791,6 +791,52 @@ def test_avx512_dispatch_rule_with_the_gemm(monkeypatch):
         assert convt_calls == [1]
 
 
+def test_full_taps():
+    """Winograd's products pay only with 3 taps per phase (5x5/2, 9x9/4, 3x3/1, their transposed
+    forms); 1-2 taps per phase (1x1/1, 2x2/2, 4x4/2, 3x3/2) map onto it but cost more."""
+    for k, s, p in [(5, 2, 2), (9, 4, 4), (3, 1, 1)]:
+        assert Wg.winograd_full_taps(k, s, p, False) and Wg.winograd_full_taps(k, s, p, True)
+    for k, s, p in [(1, 1, 0), (2, 2, 0), (4, 2, 1), (3, 2, 1)]:
+        assert Wg.winograd_geometry_ok(k, s, p, False)
+        assert not Wg.winograd_full_taps(k, s, p, False), (k, s, p)
+    for k, s, p in [(2, 2, 0), (1, 1, 0)]:
+        assert Wg.winograd_geometry_ok(k, s, p, True)
+        assert not Wg.winograd_full_taps(k, s, p, True), (k, s, p)
+    assert not Wg.winograd_full_taps(7, 2, 3, False)   # 4 taps: not even a geometry
+
+
+@pytest.mark.skipif(not Wg.winograd_available() or
+                    conv_mod._cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="the conv ops use Winograd on AVX2 and AVX-512 CPUs only")
+def test_geometries_with_fewer_taps_stay_on_onednn(monkeypatch):
+    """1x1/1, 2x2/2 and transposed 2x2/2 convs with channels and tiles that 5x5/2 convs would
+    take to Winograd stay on oneDNN (and match float64)."""
+    conv_calls = _count_calls(monkeypatch, "conv2d_winograd")
+    convt_calls = _count_calls(monkeypatch, "conv_transpose2d_winograd")
+    with torch.no_grad():
+        for k, s, p in [(1, 1, 0), (2, 2, 0), (5, 2, 2)]:
+            x, w, b = _conv_case(1, 96, 96, 48, 48, k, seed=81)
+            y = slim_conv2d(x, w, b, stride=s, padding=p)
+            assert _err(y, F.conv2d(x.double(), w.double(), b.double(), stride=s,
+                                    padding=p)) < TOL
+        x, w, b = _convt_case(1, 96, 96, 24, 24, 2, seed=82)
+        y = slim_conv_transpose2d(x, w, b, stride=2, padding=0)
+        assert _err(y, F.conv_transpose2d(x.double(), w.double(), b.double(), stride=2)) < TOL
+    assert conv_calls == [1] and convt_calls == []   # the 5x5/2 conv only
+
+
+@needs_kernels
+def test_kernels_refuse_tensors_on_another_device():
+    """A transformed weight or bias that is not on the CPU is refused with a message (its pointer
+    would be a device address); the meta device stands in for CUDA."""
+    x, w, b = _conv_case(1, 8, 8, 12, 12, 5)
+    U = Wg.winograd_conv2d_weight(w, 2)
+    with pytest.raises(ValueError, match="transformed weight is on meta"):
+        Wg.conv2d_winograd(x, U.to("meta"), b, 5, 2, 2)
+    with pytest.raises(ValueError, match="bias is on meta"):
+        Wg.conv2d_winograd(x, U, b.to("meta"), 5, 2, 2)
+
+
 @needs_kernels
 @pytest.mark.parametrize("gemm", [False, True], ids=["bmm", "gemm_avx512"])
 def test_avx512_cpus_take_winograd_without_gradient_from_enough_channels(monkeypatch, gemm):
@@ -805,8 +851,7 @@ def test_avx512_cpus_take_winograd_without_gradient_from_enough_channels(monkeyp
     monkeypatch.setattr(conv_mod, "_cpu_capability", lambda: "AVX512")
     fwd = _count_calls(monkeypatch, "conv2d_winograd")
     fwdt = _count_calls(monkeypatch, "conv_transpose2d_winograd")
-    c = conv_mod._winograd_avx512_min_c()
-    assert c == (conv_mod.WINOGRAD_AVX512_GEMM_MIN_C if gemm else conv_mod.WINOGRAD_AVX512_MIN_C)
+    c = conv_mod.WINOGRAD_AVX512_GEMM_MIN_C if gemm else conv_mod.WINOGRAD_AVX512_MIN_C
     x, w, b = _conv_case(1, c, c, 24, 24, 5, seed=61)   # 12x12 output: 9 tiles
     xt, wt, bt = _convt_case(1, c, c, 12, 12, 5, seed=62)
     x = x.contiguous(memory_format=torch.channels_last)
