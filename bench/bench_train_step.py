@@ -12,8 +12,8 @@ gradient clipping, Adam, auxiliary step and weight average as the trainer's step
 (``--no-plain`` leaves it out). The model is the bundled one (or
 ``--model``); the batch is a fixed random crop batch of ``../shared/data/train`` (or ``--data``),
 or random pixels with ``--random`` (tests). ``slimkernels.ops.conv.CPU_WINOGRAD_TRAIN`` switches
-the path; it runs only where :func:`slimkernels.ops.conv._use_winograd_grad` allows (fp32, AVX2
-without AVX-512, wide layers with enough tiles).
+the path; it runs only where :func:`slimkernels.ops.conv._use_winograd_grad` allows (fp32; AVX2
+CPUs, and AVX-512 ones with the AVX-512 batched GEMM; wide layers with enough tiles).
 """
 from __future__ import annotations
 

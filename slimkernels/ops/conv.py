@@ -260,6 +260,14 @@ WINOGRAD_WIDE_CHANNELS = 144 * 144
 #: ``WINOGRAD_TRAIN_MIN_N`` channels on both sides, as before. Whole training step (``python
 #: bench/bench_train_step.py``): 1.09-1.10x at crop 128, 1.31x at 256.
 CPU_WINOGRAD_TRAIN = True
+#: ... and on AVX-512 CPUs with the AVX-512 batched GEMM (``winograd.GEMM_AVX512``: the forward
+#: and input-gradient rounds; the weight gradient keeps ``torch.bmm``), same thresholds. Zen 4
+#: EPYC, 2 threads, fp32 training step of the bundled model (batch 8), on vs off, interleaved
+#: (``python bench/bench_train_step.py --no-plain`` with this switch forced on, sitting 21): crop
+#: 128 0.468 vs 0.544 s (1.16x, 6 rounds), crop 256 1.64 vs 2.17 s (1.32x, 4 rounds). (Zen 4
+#: trains in bf16 by default, which this path leaves alone; AVX-512 CPUs without bf16, e.g. Ice
+#: Lake, train in fp32.)
+CPU_WINOGRAD_TRAIN_AVX512 = True
 WINOGRAD_TRAIN_MIN_TILES = 96
 WINOGRAD_TRAIN_MIN_N = 96
 #: A transposed conv onto an image (fewer than ``WINOGRAD_MIN_CIN`` outputs, e.g. SlimCAE's 9x9/4
@@ -502,8 +510,9 @@ def _use_winograd(x, ci, co, k, stride, padding, transposed) -> bool:
 def _use_winograd_grad(x, w, b, stride, padding, transposed) -> bool:
     """Whether a CPU conv that records a gradient (x and the weight slice ``w`` in fp32, not
     under autocast) runs by :class:`~slimkernels.ops.winograd.WinogradConv2dFunction` (or the
-    transposed one): ``CPU_WINOGRAD_TRAIN``, the no-grad Winograd rule, and a geometry whose
-    input gradient maps onto Winograd too."""
+    transposed one): ``CPU_WINOGRAD_TRAIN`` (on AVX-512 CPUs ``CPU_WINOGRAD_TRAIN_AVX512`` and
+    the AVX-512 GEMM), the training thresholds, and a geometry whose input gradient maps onto
+    Winograd too."""
     if not CPU_WINOGRAD_TRAIN or not torch.is_grad_enabled() or not _needs_grad(x, w, b) or \
             not x.is_cpu or x.dim() != 4 or w.dtype != torch.float32 or \
             (b is not None and b.dtype != torch.float32) or w.shape[-1] != w.shape[-2]:
@@ -519,8 +528,10 @@ def _use_winograd_grad(x, w, b, stride, padding, transposed) -> bool:
     elif min(ci, co) < WINOGRAD_TRAIN_MIN_N:
         return False
     # the forward and the input gradient (the other kind of conv) both map onto 3x3 phases
-    return _winograd_here(k, stride, padding, transposed) and \
-        _winograd_here(k, stride, padding, not transposed)
+    avx512 = CPU_WINOGRAD_TRAIN_AVX512 and _cpu_capability() == "AVX512" and \
+        winograd._gemm_avx512()
+    return _winograd_here(k, stride, padding, transposed, avx512=avx512) and \
+        _winograd_here(k, stride, padding, not transposed, avx512=avx512)
 
 
 def _cached_fp32(key, weight, bias, co, pack):

@@ -302,6 +302,13 @@ needs_dispatch = pytest.mark.skipif(
     reason="the conv op uses Winograd on AVX2 (non-AVX-512) CPUs only")
 
 
+needs_train_dispatch = pytest.mark.skipif(
+    not Wg.winograd_available() or not (
+        conv_mod._cpu_capability() == "AVX2" or
+        (conv_mod._cpu_capability() == "AVX512" and Wg._gemm_avx512())),
+    reason="training convs use Winograd on AVX2 CPUs and AVX-512 ones with the AVX-512 GEMM")
+
+
 def _count_calls(monkeypatch, name, module=Wg):
     calls = []
     real = getattr(module, name)
@@ -568,7 +575,7 @@ def test_functions_without_bias_and_with_frozen_parts():
     assert _err(wr.grad, rdw) < TOL
 
 
-@needs_dispatch
+@needs_train_dispatch
 def test_training_convs_dispatch_to_the_functions(monkeypatch):
     """With gradient, fp32 wide 5x5/2 convs and transposed convs run the Winograd Functions
     (gradients equal float64 autograd); not under CPU_WINOGRAD_TRAIN=False, not for narrow
@@ -602,12 +609,17 @@ def test_training_convs_dispatch_to_the_functions(monkeypatch):
     slim_conv2d(x[:, :32], w, b, stride=2, padding=2, out_width=32).sum().backward()  # narrow
     with torch.autocast("cpu", torch.bfloat16):
         slim_conv2d(xs, w, b, stride=2, padding=2, out_width=72).float().sum().backward()
+    if conv_mod._cpu_capability() == "AVX512":   # its own switch there
+        with monkeypatch.context() as m:
+            m.setattr(conv_mod, "CPU_WINOGRAD_TRAIN_AVX512", False)
+            slim_conv2d(xs, w, b, stride=2, padding=2, out_width=72).sum().backward()
+        assert fwd == [1, 1] and fwdt == [1, 1]
     monkeypatch.setattr(conv_mod, "CPU_WINOGRAD_TRAIN", False)
     slim_conv2d(xs, w, b, stride=2, padding=2, out_width=72).sum().backward()
     assert fwd == [1, 1] and fwdt == [1, 1]
 
 
-@needs_dispatch
+@needs_train_dispatch
 def test_training_transposed_conv_onto_an_image(monkeypatch):
     """A transposed 9x9/4 conv onto 3 channels (SlimCAE's dec3) with at least
     WINOGRAD_TRAIN_IMAGE_MIN_CIN inputs trains by Winograd (forward transposed conv, input
@@ -640,7 +652,7 @@ def test_training_transposed_conv_onto_an_image(monkeypatch):
     assert fwdt == [1] and fwd == [1]
 
 
-@needs_dispatch
+@needs_train_dispatch
 def test_training_dispatch_needs_enough_tiles_and_channels(monkeypatch):
     """Small phase grids and narrow layers stay on oneDNN (the per-call weight transforms would
     cost more than Winograd saves): the thresholds are read per call."""
@@ -843,8 +855,8 @@ def test_avx512_cpus_take_winograd_without_gradient_from_enough_channels(monkeyp
     """On AVX-512 CPUs (the capability patched here) no-grad fp32 convs and transposed convs with
     enough channels on both sides (``WINOGRAD_AVX512_MIN_C`` with ``torch.bmm`` as the GEMM,
     ``WINOGRAD_AVX512_GEMM_MIN_C`` with the AVX-512 batched GEMM) run by Winograd (values equal
-    float64); narrower ones, a gradient (training keeps to AVX2 CPUs) or
-    CPU_WINOGRAD_AVX512 = False stay on oneDNN."""
+    float64); narrower ones, a gradient (9 tiles: below the training rule's
+    WINOGRAD_TRAIN_MIN_TILES) or CPU_WINOGRAD_AVX512 = False stay on oneDNN."""
     if gemm and not _gemm_here():
         pytest.skip("no AVX-512 batched GEMM here")
     monkeypatch.setattr(Wg, "GEMM_AVX512", gemm)
