@@ -16,9 +16,10 @@ autocast (the model's default on AMX / AVX512-BF16 CPUs).
 
 ``--round-mb 2,4,8,32`` instead times the Winograd layers with their transform -> GEMM ->
 transform rounds capped at each size (``winograd.CHUNK_*``), against the shipped rule.
-``--gemm`` instead times the rounds' batched GEMM alone, at each Winograd layer's shapes
-([36 x tiles x K] x [36 x K x N], one round): ``torch.bmm`` against the AVX-512 kernel
-(``csrc/cpu/batched_gemm.cpp``; AVX-512 CPUs only), with the max error of each against float64.
+``--gemm`` instead times the rounds' batched GEMM alone, at each Winograd layer's round shape
+([36 x tiles x K] x [36 x K x N], the tiles of one round as ``winograd._run`` sizes them):
+``torch.bmm`` against the AVX-512 kernel (``csrc/cpu/batched_gemm.cpp``; where the Winograd
+convs use it), with the max error of each against float64.
 """
 import argparse
 import os
@@ -122,9 +123,9 @@ def round_sweep(widths, sizes_mb, repeats, scale):
 
 
 def gemm_shapes(width, scale):
-    """``(layer name, T, K, N)`` of each 5x5/2 layer's Winograd GEMM at this width: one round of
-    all its tiles (conv: tiles of the output grid, K = 4 C_in, N = C_out; transposed: tiles of
-    the input grid, K = C_in, N = 4 C_out)."""
+    """``(layer name, T, K, N)`` of each 5x5/2 layer's Winograd GEMM at this width: the tiles of
+    one round (``winograd.round_tiles``; conv: of the output grid, K = 4 C_in, N = C_out;
+    transposed: of the input grid, K = C_in, N = 4 C_out)."""
     out = []
     for name, tr, ci, co, H, W, k, s, p, _ in LAYERS:
         if k != 5:
@@ -133,16 +134,18 @@ def gemm_shapes(width, scale):
         H, W = max(1, H // scale), max(1, W // scale)
         if not tr:
             H, W = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
-        T = -(-H // 4) * -(-W // 4)
-        out.append((name, T, ci if tr else s * s * ci, s * s * co if tr else co))
+        kd, n = (ci, s * s * co) if tr else (s * s * ci, co)
+        out.append((name, Wg.round_tiles(-(-H // 4) * -(-W // 4), kd, n), kd, n))
     return out
 
 
 def gemm_table(widths, repeats, scale):
     """Markdown rows: the batched GEMM of each Winograd layer, torch.bmm vs the AVX-512 kernel."""
     K = Wg._kernels()
-    if not Wg._gemm_avx512() or not hasattr(K, "batched_gemm_avx512"):
-        print("no AVX-512 batched GEMM here (needs AVX-512F and the built kernels)")
+    if not Wg._gemm_avx512():
+        print("the Winograd convs do not use the AVX-512 batched GEMM here (it needs AVX-512F, "
+              "the built kernels, winograd.GEMM_AVX512 and torch at its AVX-512 level: not "
+              "under ATEN_CPU_CAPABILITY=avx2)")
         return
     print("| layer | width | T x K x N | bmm ms | ours ms | speed-up | ours GFLOP/s | max rel. "
           "error bmm / ours |\n|---|---|---|---|---|---|---|---|")

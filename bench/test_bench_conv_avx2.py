@@ -26,7 +26,7 @@ def test_gemm_table_quick_runs(capsys):
     assert bench_conv_avx2.main(["--gemm", "--widths", "16", "--repeats", "1", "--threads", "1",
                                 "--scale", "8"]) == 0
     out = capsys.readouterr().out
-    if "no AVX-512 batched GEMM here" in out:
+    if "do not use the AVX-512 batched GEMM here" in out:
         return
     rows = [r for r in out.splitlines() if r.startswith("| ") and "| 16 |" in r]
     assert len(rows) == 4

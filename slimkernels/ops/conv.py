@@ -467,12 +467,12 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
 
 def _winograd_here(k, stride, padding, transposed, avx512: bool = False) -> bool:
     """``CPU_WINOGRAD`` is on, this is an AVX2 CPU (or, with ``avx512``, an AVX-512 one) with the
-    kernels built, and the geometry fills the 3x3 phase correlation
-    (:func:`~slimkernels.ops.winograd.winograd_full_taps`)."""
+    kernels built, and Winograd pays for the geometry
+    (:func:`~slimkernels.ops.winograd.winograd_pays`: k >= 2 * stride, at most 3 phase taps)."""
     if not CPU_WINOGRAD or _cpu_capability() not in (("AVX2", "AVX512") if avx512 else ("AVX2",)):
         return False
     return winograd.winograd_available() and \
-        winograd.winograd_full_taps(k, stride, padding, transposed)
+        winograd.winograd_pays(k, stride, padding, transposed)
 
 
 def _winograd_tiles(x, k, stride, padding, transposed) -> int:

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from .._cpu import cpu_kernels
 from ._raw import bias_pointer, fp32_cpu_input, torch_avx512
 
-__all__ = ["winograd_available", "winograd_full_taps", "winograd_conv2d_weight", "winograd_conv_transpose2d_weight",
+__all__ = ["winograd_available", "winograd_pays", "winograd_conv2d_weight", "winograd_conv_transpose2d_weight",
            "conv2d_winograd", "conv_transpose2d_winograd", "conv2d_winograd_reference",
            "conv_transpose2d_winograd_reference", "winograd_geometry_ok",
            "transform_weight_fp32", "conv2d_weight_fp32", "conv_transpose2d_weight_fp32",
@@ -85,20 +85,16 @@ def _phase_taps(k: int, s: int) -> int:
     return -(-k // s)
 
 
-def winograd_full_taps(k: int, stride: int, padding: int, transposed: bool) -> bool:
-    """Whether the geometry fills the 3x3 phase correlation: 3 taps per phase (conv: ``ceil(k /
-    stride) == 3``; transposed: 3 input rows per output phase), as SlimCAE's 5x5/2 and 9x9/4
-    layers and a 3x3/1 conv do. Only there does F(4x4, 3x3) do fewer products than a direct conv
-    (2.25 per output and phase channel against 9). Geometries with 1-2 taps per phase run
-    exactly too (:func:`winograd_geometry_ok`) but cost more (a 1x1 conv: 2.25x the products;
-    0.35-0.56x oneDNN for 1x1/1, 2x2/2 and transposed 2x2/2 convs at 32 channels on a Zen 4),
-    so the conv ops leave them to oneDNN."""
-    if not winograd_geometry_ok(k, stride, padding, transposed):
-        return False
-    if not transposed:
-        return _phase_taps(k, stride) == 3
-    from .conv import _subpixel_plan
-    return _subpixel_plan(k, stride, padding)[3] == 3
+def winograd_pays(k: int, stride: int, padding: int, transposed: bool) -> bool:
+    """Whether Winograd is worth it for this geometry: it maps (:func:`winograd_geometry_ok`) and
+    ``k >= 2 * stride``. A direct conv does ``k^2`` products per output and channel pair (a
+    transposed conv ``k^2 / s^2`` per output and ``s^2`` outputs per input pixel: the same ratio),
+    F(4x4, 3x3) on the ``s^2`` phases ``2.25 s^2``, so Winograd saves ``k^2 / (2.25 s^2)``: 2.8x
+    for SlimCAE's 5x5/2 layers, 4x for a 3x3/1 conv, 1.8x for 4x4/2; at most 1.2x below
+    ``k = 2s``, which its transforms do not repay. Zen 4, 96 channels (a review, sitting 21):
+    transposed 4x4/2 (p=1) 1.17-1.31x oneDNN and conv 4x4/2 1.09x, but transposed 5x5/3 (p=1)
+    0.85x, 6x6/4 0.68x, and 1x1/1, 2x2/2, transposed 2x2/2 0.35-0.56x (at 32 channels)."""
+    return winograd_geometry_ok(k, stride, padding, transposed) and k >= 2 * stride
 
 
 def winograd_geometry_ok(k: int, stride: int, padding: int, transposed: bool) -> bool:
@@ -198,6 +194,13 @@ MIN_CHUNK_TILES = 16
 _WORKSPACE = threading.local()
 
 
+def round_tiles(T: int, kdim: int, cp: int) -> int:
+    """Tiles per round of a call with ``T`` tiles and a ``[36, kdim, cp]`` transformed weight
+    (see ``CHUNK_*``, ``MIN_CHUNK_TILES``)."""
+    chunk = min(CHUNK_BYTES, max(CHUNK_MIN_BYTES, int(CHUNK_U_FACTOR * 4 * 36 * kdim * cp)))
+    return min(T, max(MIN_CHUNK_TILES, chunk // (36 * 4 * (kdim + cp))))
+
+
 def _workspace(n: int) -> torch.Tensor:
     """A per-thread fp32 buffer of >= ``n`` elements, reused across calls (a fresh multi-MB
     tensor per call costs its page faults: ~40 % of the transforms' time)."""
@@ -217,8 +220,9 @@ def release_workspace() -> None:
 #: 48-column register tiles over the whole K) where the CPU has AVX-512F, else ``torch.bmm``.
 #: Zen 4 EPYC, 2 threads, medians of 15 interleaved (``python bench/bench_conv_avx2.py --gemm
 #: --repeats 15``), ours vs ``torch.bmm`` at the rounds of SlimCAE's 5x5/2 layers on kodim01
-#: ([36 x tiles x K] x [36 x K x N]): 1.12-1.41x at every width (w=48 enc2, 384 x 192 x 48: 1.76
-#: vs 2.43 ms; w=192 enc2, 384 x 768 x 192: 20.1 vs 26.1 ms); 143-221 GFLOP/s.
+#: ([36 x round tiles x K] x [36 x K x N]): 1.08-1.24x at every width (w=48 enc2, 115 x 192 x
+#: 48: 0.356 vs 0.443 ms; w=192 enc2, 242 x 768 x 192: 13.3 vs 14.9 ms), 171-214 GFLOP/s, max
+#: error 1.9-3.8e-7 of float64 against bmm's 2.7-6.4e-7 (the reduction sums in blocks of 64).
 GEMM_AVX512 = True
 
 
@@ -245,8 +249,7 @@ def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int
     kdim, cp = U.shape[1], U.shape[2]
     b, _keep = bias_pointer(bias, co, "winograd")
     nt = torch.get_num_threads()
-    chunk = min(CHUNK_BYTES, max(CHUNK_MIN_BYTES, int(CHUNK_U_FACTOR * 4 * U.numel())))
-    tc = min(T, max(MIN_CHUNK_TILES, chunk // (36 * 4 * (kdim + cp))))
+    tc = round_tiles(T, kdim, cp)
     ws = _workspace(36 * tc * (kdim + cp))
     y = torch.empty((N, co, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
     gemm512 = _gemm_avx512() and U.is_contiguous()
@@ -497,7 +500,7 @@ def conv_transpose2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stri
 
 
 class WinogradConv2dFunction(torch.autograd.Function):
-    """Differentiable :func:`conv2d_winograd` for training in fp32 on AVX2 CPUs.
+    """Differentiable :func:`conv2d_winograd` for training in fp32 on AVX2 and AVX-512 CPUs.
 
     ``apply(x, w, b, stride, padding)``: x ``[N, C_in, H, W]`` fp32 CPU, w ``[C_out, C_in, k, k]``
     (a slice view of the full weight is fine: autograd scatters its gradient back), b ``[C_out]``
@@ -543,7 +546,8 @@ class WinogradConv2dFunction(torch.autograd.Function):
 
 
 class WinogradConvTranspose2dFunction(torch.autograd.Function):
-    """Differentiable :func:`conv_transpose2d_winograd` for training in fp32 on AVX2 CPUs.
+    """Differentiable :func:`conv_transpose2d_winograd` for training in fp32 on AVX2 and AVX-512
+    CPUs.
 
     ``apply(x, w, b, stride, padding, output_padding)``: x ``[N, C_in, H, W]`` fp32 CPU, w
     ``[C_in, C_out, k, k]`` (a slice view is fine), b ``[C_out]`` or None; returns ``[N, C_out,

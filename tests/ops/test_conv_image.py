@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from slimkernels.ops import conv as conv_mod
 from slimkernels.ops import conv_image as CI
 from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
+from slimkernels.ops._raw import torch_avx512
 
 _FLAGS = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
 HAS_AVX2 = " avx2" in _FLAGS and " fma" in _FLAGS
@@ -46,6 +47,9 @@ CASES = [  # N, C_in, C_out, H, W, k, stride, padding
 
 
 HAS_AVX512 = " avx512f" in _FLAGS
+# the fp32 AVX-512 variants run where the CPU has AVX-512F and torch runs at that level (not
+# under ATEN_CPU_CAPABILITY=avx2)
+AVX512_VARIANTS = HAS_AVX512 and torch_avx512()
 FP32_VARIANTS = pytest.mark.parametrize("avx512", [False, True], ids=["avx2", "avx512"])
 
 
@@ -69,8 +73,8 @@ class _KernelSpy:
 def _fp32_variant(monkeypatch, avx512):
     """Run the fp32 kernels' ``avx512`` variant (skip where the CPU lacks it); the spy that
     records which kernels ran."""
-    if avx512 and not HAS_AVX512:
-        pytest.skip("no AVX-512F here")
+    if avx512 and not AVX512_VARIANTS:
+        pytest.skip("no AVX-512F here, or torch held below its AVX-512 level")
     monkeypatch.setattr(CI, "FP32_AVX512", avx512)
     assert CI._fp32_avx512() == avx512
     spy = _KernelSpy(CI._kernels())
@@ -219,8 +223,8 @@ T_CASES = [  # N, C_in, C_out, H, W, k, stride, padding, output_padding
 @pytest.mark.parametrize("avx512", [False, True], ids=["avx2", "avx512"])
 def test_transposed_matches_float64(case, channels_last, avx512, monkeypatch):
     """Both fp32 variants: AVX2 (8-lane taps) and AVX-512 (16-lane), where the CPU has it."""
-    if avx512 and not HAS_AVX512:
-        pytest.skip("no AVX-512F here")
+    if avx512 and not AVX512_VARIANTS:
+        pytest.skip("no AVX-512F here, or torch held below its AVX-512 level")
     monkeypatch.setattr(CI, "FP32_AVX512", avx512)
     assert CI._lanes(5, 1) == (16 if avx512 else 8)
     N, ci, co, H, W, k, s, p, op = case
