@@ -255,8 +255,8 @@ void conv_fp32_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t 
                 Fn == sk::conv_avx2_forward ? "conv_avx2_forward" : "conv_avx512_forward");
 }
 
-void batched_gemm_avx512_py(uintptr_t V, uintptr_t U, uintptr_t M, int64_t B, int64_t T, int64_t K,
-                     int64_t N, int nthreads) {
+void batched_gemm_avx512_py(uintptr_t V, uintptr_t U, uintptr_t M, int64_t B, int64_t T,
+                            int64_t K, int64_t N, int nthreads) {
   sk::BatchedGemmArgs a;
   a.V = reinterpret_cast<const float*>(V);
   a.U = reinterpret_cast<const float*>(U);
@@ -412,10 +412,10 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("U"), py::arg("nthreads"),
         "Output-gradient transform of the Winograd weight gradient: gy [N, Ho, Wo, Co] dense fp32 "
         "on s x s phases, 4x4 tiles -> U [36, N*th*tw, s*s*Co] = A g A^T (see winograd.hpp).");
-  m.def("conv_avx2_forward", &conv_fp32_forward_py<sk::conv_avx2_forward>, py::arg("x"), py::arg("N"), py::arg("H"),
-        py::arg("W"), py::arg("C"), py::arg("w"), py::arg("bias"), py::arg("Co"), py::arg("k"),
-        py::arg("stride"), py::arg("pad"), py::arg("Ho"), py::arg("Wo"), py::arg("y"),
-        py::arg("nthreads"),
+  m.def("conv_avx2_forward", &conv_fp32_forward_py<sk::conv_avx2_forward>, py::arg("x"),
+        py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("w"), py::arg("bias"),
+        py::arg("Co"), py::arg("k"), py::arg("stride"), py::arg("pad"), py::arg("Ho"),
+        py::arg("Wo"), py::arg("y"), py::arg("nthreads"),
         "Direct fp32 conv for few input channels on AVX2 (see csrc/cpu/conv_avx2.hpp): x [N, H, "
         "W, C] dense fp32; w packed [ceil(Co/16), k, k*C, 16] fp32 (64-byte aligned); bias [Co] "
         "fp32 or 0; y [N, Ho, Wo, Co] dense fp32.");
@@ -434,9 +434,8 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "micro-tiles of 8 pixels x 48 channels.");
   m.def("batched_gemm_avx512_available", &sk::batched_gemm_avx512_available,
         "True when the CPU has AVX-512F (batched_gemm_avx512).");
-  m.def("batched_gemm_avx512", &batched_gemm_avx512_py, py::arg("V"),
-        py::arg("U"), py::arg("M"), py::arg("B"), py::arg("T"), py::arg("K"), py::arg("N"),
-        py::arg("nthreads"),
+  m.def("batched_gemm_avx512", &batched_gemm_avx512_py, py::arg("V"), py::arg("U"), py::arg("M"),
+        py::arg("B"), py::arg("T"), py::arg("K"), py::arg("N"), py::arg("nthreads"),
         "M[b] = V[b] U[b] on AVX-512 (see csrc/cpu/batched_gemm.hpp): V [B, T, K], U [B, K, N], "
         "M [B, T, N], contiguous fp32 (M written).");
   m.def("conv_avx512_available", &sk::conv_avx512_available,

@@ -316,6 +316,8 @@ CPU_IMAGE_CONV_T_AVX512 = True
 #: the AVX2 variant 0.98-1.03x the AVX-512 one there: both at the FMA peak, ~210 GFLOP/s). Not
 #: measured on Intel AVX-512 CPUs.
 CPU_IMAGE_CONV_AVX512 = True
+
+
 def clear_cpu_caches() -> None:
     """Drop every cached weight cast / prepacked weight (needed only after writing a parameter
     through ``.data``, which does not bump its version)."""
