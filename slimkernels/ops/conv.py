@@ -224,6 +224,12 @@ WINOGRAD_AVX512_MIN_C = 72
 #: 0.47-0.67x at 1-4 tiles, 1.15-1.20x at 9, 1.38x at 16.
 WINOGRAD_AVX512_GEMM_MIN_C = 24
 WINOGRAD_AVX512_GEMM_MIN_TILES_WIDE = 9
+#: (For a transposed conv the channel test is on the GEMM's N = stride^2 * C_out, so SlimCAE's
+#: output layer, 9x9/4 onto RGB, N = 48, qualifies, and from ``WINOGRAD_IMAGE_MIN_CIN`` inputs
+#: takes Winograd instead of the image kernel, as on AVX2 CPUs: kodim01's dec3, fp32, image
+#: kernel / Winograd 13.60 / 9.71 ms at 192 inputs (1.40x), 10.80 / 8.86 at 144 (1.22x), 7.37 /
+#: 6.52 at 96 (1.13x), 3.82 / 5.69 at 48 (0.67x: the image kernel stays), medians of 15,
+#: ``/tmp/s21/dec3w.py``.)
 #: ... and when the call has enough 4x4 tiles (the batched GEMM's M: batch x tiles of the output
 #: grid for a conv, of the input grid for a transposed conv): Winograd reads its cached
 #: transformed weight (36 K x N floats: 21 MB at 192 channels) once per call, which small images
@@ -494,7 +500,9 @@ def _use_winograd(x, ci, co, k, stride, padding, transposed) -> bool:
     avx512 = _cpu_capability() == "AVX512"
     wide = ci * co >= WINOGRAD_WIDE_CHANNELS
     if avx512 and winograd._gemm_avx512():
-        if not CPU_WINOGRAD_AVX512 or min(ci, co) < WINOGRAD_AVX512_GEMM_MIN_C:
+        # both GEMM dimensions: K = C_in (x s^2 for a conv), N = C_out (x s^2 transposed)
+        if not CPU_WINOGRAD_AVX512 or \
+                min(ci, stride * stride * co if transposed else co) < WINOGRAD_AVX512_GEMM_MIN_C:
             return False
         need = WINOGRAD_AVX512_GEMM_MIN_TILES_WIDE if wide else 1
     else:

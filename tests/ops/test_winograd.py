@@ -792,7 +792,8 @@ def test_weight_grad_in_several_rounds(monkeypatch):
 def test_avx512_dispatch_rule_with_the_gemm(monkeypatch):
     """With the AVX-512 batched GEMM, the shipped thresholds (not patched): Winograd from
     ``WINOGRAD_AVX512_GEMM_MIN_C`` channels on both sides at any size (one tile), wide layers
-    (192 x 192) from ``WINOGRAD_AVX512_GEMM_MIN_TILES_WIDE`` tiles; not the image layers."""
+    (192 x 192) from ``WINOGRAD_AVX512_GEMM_MIN_TILES_WIDE`` tiles; not the input image layer; the
+    output one from ``WINOGRAD_IMAGE_MIN_CIN`` inputs."""
     conv_calls = _count_calls(monkeypatch, "conv2d_winograd")
     convt_calls = _count_calls(monkeypatch, "conv_transpose2d_winograd")
     c = conv_mod.WINOGRAD_AVX512_GEMM_MIN_C
@@ -817,9 +818,17 @@ def test_avx512_dispatch_rule_with_the_gemm(monkeypatch):
         x, w, b = _conv_case(1, 192, 192, 24, 24, 5, seed=75)       # wide, 9 tiles
         slim_conv2d(x, w, b, stride=2, padding=2)
         assert conv_calls == [1, 1]
-        x, w, b = _convt_case(1, 192, 3, 8, 8, 9, seed=76)          # onto an image: not here
+        # onto an image (N = 16 * 3): the image kernel below WINOGRAD_IMAGE_MIN_CIN inputs,
+        # Winograd from there
+        cmin = conv_mod.WINOGRAD_IMAGE_MIN_CIN
+        x, w, b = _convt_case(1, cmin - 1, 3, 8, 8, 9, seed=76)
         slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
         assert convt_calls == [1]
+        x, w, b = _convt_case(1, cmin, 3, 8, 8, 9, seed=77)
+        y = slim_conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
+        assert convt_calls == [1, 1]
+        assert _err(y, F.conv_transpose2d(x.double(), w.double(), b.double(), stride=4,
+                                          padding=4, output_padding=3)) < TOL
 
 
 def test_winograd_pays():
