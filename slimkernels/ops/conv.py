@@ -229,7 +229,8 @@ WINOGRAD_AVX512_GEMM_MIN_TILES_WIDE = 9
 #: takes Winograd instead of the image kernel, as on AVX2 CPUs: kodim01's dec3, fp32, image
 #: kernel / Winograd 13.60 / 9.71 ms at 192 inputs (1.40x), 10.80 / 8.86 at 144 (1.22x), 7.37 /
 #: 6.52 at 96 (1.13x), 3.82 / 5.69 at 48 (0.67x: the image kernel stays), medians of 15,
-#: ``/tmp/s21/dec3w.py``.)
+#: ``/tmp/s21/dec3w.py``; a later run read 1.38-1.41x at 192, 0.96-1.01x at 144, 0.81x at 96;
+#: fp32 ``decompress`` 1.05-1.10x at w = 96 / 144 / 192 in two A/Bs, ``bench/ab_checkouts.py``.)
 #: ... and when the call has enough 4x4 tiles (the batched GEMM's M: batch x tiles of the output
 #: grid for a conv, of the input grid for a transposed conv): Winograd reads its cached
 #: transformed weight (36 K x N floats: 21 MB at 192 channels) once per call, which small images
