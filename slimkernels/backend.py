@@ -70,8 +70,8 @@ def resolve_backend(x: torch.Tensor, backend: Optional[str] = None) -> str:
     """
     if backend is not None:
         name = _check_name(backend, "the backend= argument")
-    elif getenv(ENV_VAR):
-        name = _check_name(getenv(ENV_VAR), f"${ENV_VAR}")
+    elif (env := getenv(ENV_VAR)):
+        name = _check_name(env, f"${ENV_VAR}")
     else:
         name = "triton" if (x.is_cuda and triton_available()) else "torch"
     if name == "triton":

@@ -207,9 +207,8 @@ int gdn_forward_bf16(const GdnArgs& a) {
   const uint16_t* bp = static_cast<const uint16_t*>(a.packed_gamma);
   if (bp == nullptr) {
     own = detail::alloc_aligned<uint16_t>(gdn_bf16_packed_size(C));
-    detail::Buf<uint16_t> rows = detail::alloc_aligned<uint16_t>(NP * 16 * C2);
-    if (!own || !rows) return kGNoMem;
-    pack_gamma(a, C2, NP, rows.get(), own.get());
+    if (!own) return kGNoMem;
+    if (const int rc = gdn_pack_gamma_bf16(a, own.get())) return rc;
     bp = own.get();
   }
   detail::Buf<float> beta = detail::alloc_aligned<float>(NP * 16);

@@ -450,8 +450,8 @@ int gdn_forward(const GdnArgs& a) {
   if (!amx_available()) return kNoAmx;
   if (a.N < 0 || a.C <= 0 || a.HW < 0 || !(a.splits == 1 || a.splits == 3) ||
       !(a.xdtype == kF32 || a.xdtype == kBF16) || !(a.gdtype == kF32 || a.gdtype == kBF16) ||
-      !(a.bdtype == kF32 || a.bdtype == kBF16) || a.r != nullptr ||
-      a.packed_gamma != nullptr)  // r: the AVX2 kernel's
+      !(a.bdtype == kF32 || a.bdtype == kBF16) ||
+      a.r != nullptr || a.packed_gamma != nullptr)  // r, packed_gamma: the other kernels' only
     return kBadArgs;
   if (a.N == 0 || a.HW == 0) return kOk;
 #if SK_HAVE_AMX_CODE

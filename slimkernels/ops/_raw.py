@@ -36,12 +36,17 @@ def bias_pointer(bias: Optional[torch.Tensor], co: int,
 
 
 @functools.lru_cache(maxsize=1)
-def torch_avx512() -> bool:
-    """Whether torch runs its CPU kernels at the AVX-512 level in this process
-    (``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY`` lowers at start):
-    the fp32 AVX-512 variants of these kernels follow it, so that capping the capability caps
-    them too."""
+def cpu_capability() -> str:
+    """ATen's CPU kernel level in this process: ``"AVX512"``, ``"AVX2"``, ``"DEFAULT"``, ...
+    (``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY`` lowers at start;
+    fixed for the process, so read once)."""
     try:
-        return str(torch.backends.cpu.get_cpu_capability()) == "AVX512"
+        return str(torch.backends.cpu.get_cpu_capability())
     except (AttributeError, RuntimeError):
-        return False
+        return "DEFAULT"
+
+
+def torch_avx512() -> bool:
+    """Whether torch runs its CPU kernels at the AVX-512 level (:func:`cpu_capability`): the fp32
+    AVX-512 variants of these kernels follow it, so that capping the capability caps them too."""
+    return cpu_capability() == "AVX512"

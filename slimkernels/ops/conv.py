@@ -34,6 +34,7 @@ from .._cpu import cpu_kernels
 from ..backend import resolve_backend
 from . import conv_image, winograd
 from ._cache import _PACK_CACHE, _PACK_LOCK, _cached
+from ._raw import cpu_capability
 from .gdn import _cpu_kernel_gdn, cpu_kernels_available
 from .gdn import gdn as _gdn
 
@@ -351,11 +352,10 @@ def _onednn(dtype) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _cpu_capability() -> str:
-    """ATen's CPU kernel level here: ``"AVX512"``, ``"AVX2"``, ``"DEFAULT"``, ..."""
-    try:
-        return str(torch.backends.cpu.get_cpu_capability())
-    except (AttributeError, RuntimeError):
-        return "DEFAULT"
+    """ATen's CPU kernel level here: ``"AVX512"``, ``"AVX2"``, ``"DEFAULT"``, ...
+    (:func:`slimkernels.ops._raw.cpu_capability`; a function of this module so that tests can
+    patch what the conv ops' rules see)."""
+    return cpu_capability()
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,6 +13,7 @@ from ..backend import resolve_backend
 
 from .._cpu import cpu_kernels
 from ._cache import _cached
+from ._raw import cpu_capability
 
 
 def _fused_kernels():
@@ -473,8 +474,7 @@ AVX2_BF16_SMALL_HW = 32 * 48
 
 def _aten_avx512() -> bool:
     """ATen runs its AVX-512 kernels on this CPU (then oneDNN's GEMMs are AVX-512 too)."""
-    from .conv import _cpu_capability
-    return _cpu_capability().startswith("AVX512")
+    return cpu_capability().startswith("AVX512")
 
 
 def _noamx_kernel(x, beta, gamma, scalars) -> Optional[str]:
