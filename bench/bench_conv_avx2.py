@@ -7,7 +7,8 @@ no-grad conv op with its kernel switches off (``CPU_WINOGRAD``, ``CPU_WINOGRAD_A
 ``CPU_IMAGE_CONV``, ``CPU_IMAGE_CONV_T_AVX512``, ``CPU_IMAGE_CONV_AVX512``,
 ``CPU_IMAGE_CONV_BF16``: oneDNN prepacked,
 sub-pixel for the output layer) and on (what ships on this CPU: Winograd F(4x4, 3x3) for the
-5x5/2 layers where its rule admits them, the direct image-layer kernels for enc1 and dec3);
+5x5/2 layers where its rule admits them, in bf16 on AVX512-BF16 CPUs from 144 channels, the
+direct image-layer kernels for enc1 and dec3);
 prints a Markdown table. ``--precision bf16`` runs the layers on bf16 inputs under CPU bf16
 autocast (the model's default on AMX / AVX512-BF16 CPUs).
 
@@ -19,7 +20,10 @@ transform rounds capped at each size (``winograd.CHUNK_*``), against the shipped
 ``--gemm`` instead times the rounds' batched GEMM alone, at each Winograd layer's round shape
 ([36 x tiles x K] x [36 x K x N], the tiles of one round as ``winograd._run`` sizes them):
 ``torch.bmm`` against the AVX-512 kernel (``csrc/cpu/batched_gemm.cpp``; where the Winograd
-convs use it), with the max error of each against float64.
+convs use it), with the max error of each against float64; with ``--precision bf16`` the bf16
+kernel (AVX512-BF16) against ``torch.bmm`` in bf16 and the fp32 kernel.
+``--opt-in`` adds the opt-in bf16 Winograd transposed convs (``CPU_WINOGRAD_BF16_TRANSPOSED``)
+to what "ours" runs.
 """
 import argparse
 import os
@@ -92,9 +96,13 @@ def _with(fn, module, **values):
     return run
 
 
-def _switched(fn, on):
+def _switched(fn, on, opt_in=False):
+    """``fn`` with every kernel switch off (oneDNN), or as shipped (``opt_in``: also the bf16
+    Winograd transposed convs, ``CPU_WINOGRAD_BF16_TRANSPOSED``)."""
     return _with(fn, C, CPU_WINOGRAD=on, CPU_WINOGRAD_AVX512=on, CPU_IMAGE_CONV=on,
-                 CPU_IMAGE_CONV_T_AVX512=on, CPU_IMAGE_CONV_AVX512=on, CPU_IMAGE_CONV_BF16=on)
+                 CPU_IMAGE_CONV_T_AVX512=on, CPU_IMAGE_CONV_AVX512=on, CPU_IMAGE_CONV_BF16=on,
+                 CPU_WINOGRAD_BF16=on,
+                 CPU_WINOGRAD_BF16_TRANSPOSED=on and (opt_in or C.CPU_WINOGRAD_BF16_TRANSPOSED))
 
 
 def _rounds_capped(fn, nbytes):
@@ -139,6 +147,42 @@ def gemm_shapes(width, scale):
     return out
 
 
+def gemm_table_bf16(widths, repeats, scale):
+    """Markdown rows: the bf16 batched GEMM of each Winograd layer (bf16 V, U; fp32 M) against
+    ``torch.bmm`` in bf16 (bf16 out) and our fp32 AVX-512 GEMM; its error against float64 of
+    the bf16 operands."""
+    K = Wg._kernels()
+    if not Wg.gemm_bf16_available():
+        print("no bf16 batched GEMM here (it needs AVX512-BF16 and the built kernels)")
+        return
+    fp32 = Wg._gemm_avx512()
+    print("| layer | width | T x K x N | bmm bf16 ms | fp32 GEMM ms | bf16 GEMM ms | vs bmm | vs "
+          "fp32 | GFLOP/s | max rel. error |\n|---|---|---|---|---|---|---|---|---|---|")
+    nt = torch.get_num_threads()
+    for width in widths:
+        for name, T, Kd, N in gemm_shapes(width, scale):
+            g = torch.Generator().manual_seed(T + Kd + N)
+            V, U = torch.randn(36, T, Kd, generator=g), torch.randn(36, Kd, N, generator=g)
+            Vb, Ub, Up = V.to(torch.bfloat16), U.to(torch.bfloat16), Wg.pack_bf16_pairs(U)
+            M0, M1 = torch.empty(36, T, N), torch.empty(36, T, N)
+
+            def ours():
+                K.batched_gemm_bf16(Vb.data_ptr(), Up.data_ptr(), M1.data_ptr(), 36, T, Kd, N, nt)
+
+            def ours32():
+                K.batched_gemm_avx512(V.data_ptr(), U.data_ptr(), M0.data_ptr(), 36, T, Kd, N, nt)
+            ref = torch.bmm(Vb.double(), Ub.double())
+            ours()
+            err = ((M1.double() - ref).abs().max() / ref.abs().max()).item()
+            fns = [lambda: torch.bmm(Vb, Ub), ours] + ([ours32] if fp32 else [])
+            ts = interleaved_ms(fns, repeats)
+            t32 = f"{ts[2]:.3f}" if fp32 else "-"
+            r32 = f"{ts[2] / ts[1]:.2f}x" if fp32 else "-"
+            print(f"| {name} | {width} | {T} x {Kd} x {N} | {ts[0]:.3f} | {t32} | {ts[1]:.3f} | "
+                  f"{ts[0] / ts[1]:.2f}x | {r32} | {2 * 36 * T * Kd * N / ts[1] / 1e6:.0f} | "
+                  f"{err:.1e} |", flush=True)
+
+
 def gemm_table(widths, repeats, scale):
     """Markdown rows: the batched GEMM of each Winograd layer, torch.bmm vs the AVX-512 kernel."""
     K = Wg._kernels()
@@ -178,14 +222,18 @@ def main(argv=None) -> int:
     ap.add_argument("--round-mb", default=None,
                     help="comma-separated Winograd round sizes (MB) to sweep instead")
     ap.add_argument("--gemm", action="store_true",
-                    help="time the Winograd rounds' batched GEMM alone (bmm vs AVX-512 kernel)")
+                    help="time the Winograd rounds' batched GEMM alone (bmm vs AVX-512 kernel; "
+                         "with --precision bf16 the bf16 kernel)")
+    ap.add_argument("--opt-in", action="store_true",
+                    help="'ours' also with the opt-in bf16 Winograd transposed convs "
+                         "(CPU_WINOGRAD_BF16_TRANSPOSED)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     print(f"threads {a.threads}, medians of {a.repeats}, image /{a.scale}, CPU "
           f"{C._cpu_capability()}, {a.precision}\n")
     widths = [int(v) for v in a.widths.split(",")]
     if a.gemm:
-        gemm_table(widths, a.repeats, a.scale)
+        (gemm_table_bf16 if a.precision == "bf16" else gemm_table)(widths, a.repeats, a.scale)
         return 0
     if a.round_mb:
         with torch.no_grad():
@@ -196,7 +244,8 @@ def main(argv=None) -> int:
         for width in widths:
             for layer in LAYERS:
                 fn = _layer_fn(layer, width, a.scale, a.precision)
-                t0, t1 = interleaved_ms([_switched(fn, False), _switched(fn, True)], a.repeats)
+                t0, t1 = interleaved_ms([_switched(fn, False), _switched(fn, True, a.opt_in)],
+                                        a.repeats)
                 print(f"| {layer[0]} | {width} | {t0:.2f} | {t1:.2f} | {t0 / t1:.2f}x |",
                       flush=True)
     return 0

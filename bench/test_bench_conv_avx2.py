@@ -33,3 +33,23 @@ def test_gemm_table_quick_runs(capsys):
     for r in rows:
         errs = r.split("|")[-2].split("/")
         assert all(float(e) < 1e-5 for e in errs), r
+
+
+def test_gemm_table_quick_runs_in_bf16(capsys):
+    """The bf16 GEMM table: a row per 5x5/2 layer where AVX512-BF16 exists (error within fp32's
+    against float64 of the bf16 operands), else the one-line notice."""
+    assert bench_conv_avx2.main(["--gemm", "--precision", "bf16", "--widths", "16", "--repeats",
+                                "1", "--threads", "1", "--scale", "8"]) == 0
+    out = capsys.readouterr().out
+    if "no bf16 batched GEMM here" in out:
+        return
+    rows = [r for r in out.splitlines() if r.startswith("| ") and "| 16 |" in r]
+    assert len(rows) == 4
+    for r in rows:
+        assert float(r.split("|")[-2]) < 1e-5, r
+
+
+def test_conv_bench_opt_in_quick_runs(capsys):
+    assert bench_conv_avx2.main(["--widths", "16", "--repeats", "1", "--threads", "1",
+                                "--scale", "8", "--precision", "bf16", "--opt-in"]) == 0
+    assert capsys.readouterr().out.count("| 16 |") == len(bench_conv_avx2.LAYERS)

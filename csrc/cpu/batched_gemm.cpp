@@ -2,14 +2,17 @@
 #include "batched_gemm.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 #include "amx_tiles.hpp"  // run_on_threads
 #include "avx2_common.hpp"
+#include "bf16_dot.hpp"     // SK_BF16_TARGET, lanes16
+#include "conv_avx2.hpp"    // conv_bf16_available
 
 namespace sk {
 
 namespace {
-enum GemmErr { kGOk = 0, kGNoIsa = 1, kGBadArgs = 2 };
+enum GemmErr { kGOk = 0, kGNoIsa = 1, kGBadArgs = 2, kGNoBf16 = 3 };
 constexpr int64_t kRowBlock = 64;  // rows of one product per work item
 constexpr int64_t kKBlock = 64;    // reduction steps summed in registers before adding into M
 }  // namespace
@@ -19,6 +22,7 @@ const char* batched_gemm_error_message(int code) {
     case kGOk: return "ok";
     case kGNoIsa: return "AVX-512F is not available on this CPU; use torch.bmm";
     case kGBadArgs: return "bad arguments (null pointer or a size that is not positive)";
+    case kGNoBf16: return "AVX512-BF16 is not available on this CPU; use the fp32 path";
   }
   return "unknown error";
 }
@@ -28,6 +32,21 @@ const char* batched_gemm_error_message(int code) {
 // The register tiles fully unrolled (else GCC may keep the accumulators in memory).
 #define SK_UNROLL_G _Pragma("GCC unroll 32")
 namespace {
+// One block of the reduction into m (row stride N; `last`: the lanes of the last vector): the
+// first block written, later ones added to it.
+template <int MR, int G>
+SK_GEMM512_TARGET inline void store_block(const __m512 (&acc)[MR][G], float* m, int64_t N,
+                                          __mmask16 last, bool first) {
+  SK_UNROLL_G for (int r = 0; r < MR; ++r)
+    SK_UNROLL_G for (int g = 0; g < G; ++g) {
+      float* d = m + r * N + 16 * g;
+      const __mmask16 mk = g == G - 1 ? last : static_cast<__mmask16>(0xFFFFu);
+      const __m512 sum =
+          first ? acc[r][g] : _mm512_add_ps(_mm512_maskz_loadu_ps(mk, d), acc[r][g]);
+      _mm512_mask_storeu_ps(d, mk, sum);
+    }
+}
+
 // tile<MR, G>(v, u, m, K, N, valid): rows [0, MR) of v (row stride K) times G 16-lane vectors
 // of u's columns (row stride N; `valid` lanes in the last one) over the whole K, into m.
 struct Avx512Ops {
@@ -57,42 +76,100 @@ struct Avx512Ops {
             acc[r][g] = _mm512_fmadd_ps(a, b[g], acc[r][g]);
         }
       }
-      SK_UNROLL_G for (int r = 0; r < MR; ++r)
-        SK_UNROLL_G for (int g = 0; g < G; ++g) {
-          float* d = m + r * N + 16 * g;
-          const __mmask16 mk = g == G - 1 ? last : static_cast<__mmask16>(0xFFFFu);
-          const __m512 sum =
-              k0 == 0 ? acc[r][g] : _mm512_add_ps(_mm512_maskz_loadu_ps(mk, d), acc[r][g]);
-          _mm512_mask_storeu_ps(d, mk, sum);
-        }
+      store_block<MR, G>(acc, m, N, last, k0 == 0);
     }
   }
 };
 
-using TileFn = void (*)(const float*, const float*, float*, int64_t, int64_t, int);
-template <int G>
-constexpr TileFn kTiles[9] = {nullptr,
-                              Avx512Ops::tile<1, G>, Avx512Ops::tile<2, G>, Avx512Ops::tile<3, G>,
-                              Avx512Ops::tile<4, G>, Avx512Ops::tile<5, G>, Avx512Ops::tile<6, G>,
-                              Avx512Ops::tile<7, G>, Avx512Ops::tile<8, G>};
+#if SK_HAVE_BF16_CODE
+// The same tiles with V and U in bf16 (vdpbf16ps: two products per lane): one pair of a row of V
+// broadcast per row, a pair-row of U in G vectors. An odd K's last element is read alone (its
+// partner taken as zero: nothing past a row of V is read).
+struct Bf16Ops {
+  static constexpr int kMr = 8, kG = 3, kLanes = 16;
+  template <int MR, int G>
+  SK_BF16_TARGET static void tile(const uint16_t* v, const uint32_t* u, float* m, int64_t K,
+                                  int64_t N, int valid) {
+    const __mmask16 last = detail::lanes16(valid);
+    const int64_t Kp = (K + 1) / 2;
+    for (int64_t p0 = 0; p0 < Kp; p0 += kKBlock / 2) {
+      __m512 acc[MR][G];
+      SK_UNROLL_G for (int r = 0; r < MR; ++r)
+        SK_UNROLL_G for (int g = 0; g < G; ++g) acc[r][g] = _mm512_setzero_ps();
+      const int64_t p1 = std::min(Kp, p0 + kKBlock / 2), full = std::min(p1, K / 2);
+      for (int64_t p = p0; p < full; ++p) pair<MR, G, false>(acc, v + 2 * p, K, u + p * N, last);
+      if (full < p1) pair<MR, G, true>(acc, v + 2 * full, K, u + full * N, last);
+      store_block<MR, G>(acc, m, N, last, p0 == 0);
+    }
+  }
+
+  template <int MR, int G, bool ONE>
+  SK_BF16_TARGET static inline void pair(__m512 (&acc)[MR][G], const uint16_t* v, int64_t K,
+                                         const uint32_t* up, __mmask16 last) {
+    __m512bh b[G];
+    SK_UNROLL_G for (int g = 0; g < G; ++g)
+      b[g] = (__m512bh)(g == G - 1 ? _mm512_maskz_loadu_epi32(last, up + 16 * g)
+                                   : _mm512_loadu_si512(up + 16 * g));
+    SK_UNROLL_G for (int r = 0; r < MR; ++r) {
+      int32_t x;
+      if (ONE) {
+        x = static_cast<int32_t>(v[r * K]);
+      } else {
+        std::memcpy(&x, v + r * K, 4);
+      }
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(x);
+      SK_UNROLL_G for (int g = 0; g < G; ++g) acc[r][g] = _mm512_dpbf16_ps(acc[r][g], a, b[g]);
+    }
+  }
+};
+#endif
+
+template <class Ops, class VT, class UT>
+using TileFn = void (*)(const VT*, const UT*, float*, int64_t, int64_t, int);
+template <class Ops, class VT, class UT, int G>
+constexpr TileFn<Ops, VT, UT> kTiles[9] = {
+    nullptr, Ops::template tile<1, G>, Ops::template tile<2, G>, Ops::template tile<3, G>,
+    Ops::template tile<4, G>, Ops::template tile<5, G>, Ops::template tile<6, G>,
+    Ops::template tile<7, G>, Ops::template tile<8, G>};
 
 // Rows [t0, t1) of product b: row tiles of 8, each across all columns in groups of 3 vectors.
-void rows(const BatchedGemmArgs& a, int64_t b, int64_t t0, int64_t t1) {
-  using Ops = Avx512Ops;
+// Ku: rows of U per product (K, or K/2 rounded up for bf16 pairs).
+template <class Ops, class Args, class VT, class UT>
+void rows(const Args& a, int64_t Ku, int64_t b, int64_t t0, int64_t t1) {
   const int64_t L = Ops::kLanes, nv = (a.N + L - 1) / L;
   const int rem = static_cast<int>(a.N - L * (nv - 1));  // lanes of the last vector, 1..L
-  const float* V = a.V + b * a.T * a.K;
-  const float* U = a.U + b * a.K * a.N;
+  const VT* V = a.V + b * a.T * a.K;
+  const UT* U = a.U + b * Ku * a.N;
   float* M = a.M + b * a.T * a.N;
   for (int64_t t = t0; t < t1; t += Ops::kMr) {
     const int mr = static_cast<int>(std::min<int64_t>(Ops::kMr, t1 - t));
     for (int64_t v0 = 0; v0 < nv; v0 += Ops::kG) {
       const int g = static_cast<int>(std::min<int64_t>(Ops::kG, nv - v0));
-      const TileFn fn = g == 3 ? kTiles<3>[mr] : g == 2 ? kTiles<2>[mr] : kTiles<1>[mr];
+      const TileFn<Ops, VT, UT> fn = g == 3   ? kTiles<Ops, VT, UT, 3>[mr]
+                                     : g == 2 ? kTiles<Ops, VT, UT, 2>[mr]
+                                              : kTiles<Ops, VT, UT, 1>[mr];
       fn(V + t * a.K, U + L * v0, M + t * a.N + L * v0, a.K, a.N,
          v0 + g == nv ? rem : static_cast<int>(L));
     }
   }
+}
+
+// All B products, row blocks of kRowBlock spread over the threads.
+template <class Ops, class Args, class VT, class UT>
+int run_gemm(const Args& a, int64_t Ku) {
+  if (a.V == nullptr || a.U == nullptr || a.M == nullptr || a.B <= 0 || a.T <= 0 || a.K <= 0 ||
+      a.N <= 0) {
+    return kGBadArgs;
+  }
+  const int64_t blocks = (a.T + kRowBlock - 1) / kRowBlock, items = a.B * blocks;
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, items));
+  run_on_threads(nt, [&a, Ku, blocks, items, nt](int64_t i) {
+    for (int64_t w = items * i / nt; w < items * (i + 1) / nt; ++w) {
+      const int64_t b = w / blocks, t0 = (w % blocks) * kRowBlock;
+      rows<Ops, Args, VT, UT>(a, Ku, b, t0, std::min(a.T, t0 + kRowBlock));
+    }
+  });
+  return kGOk;
 }
 }  // namespace
 
@@ -100,25 +177,33 @@ bool batched_gemm_avx512_available() { return detail::avx512f_available(); }
 
 int batched_gemm_avx512(const BatchedGemmArgs& a) {
   if (!batched_gemm_avx512_available()) return kGNoIsa;
-  if (a.V == nullptr || a.U == nullptr || a.M == nullptr || a.B <= 0 || a.T <= 0 || a.K <= 0 ||
-      a.N <= 0) {
-    return kGBadArgs;
-  }
-  const int64_t blocks = (a.T + kRowBlock - 1) / kRowBlock, items = a.B * blocks;
-  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, items));
-  run_on_threads(nt, [&a, blocks, items, nt](int64_t i) {
-    for (int64_t w = items * i / nt; w < items * (i + 1) / nt; ++w) {
-      const int64_t b = w / blocks, t0 = (w % blocks) * kRowBlock;
-      rows(a, b, t0, std::min(a.T, t0 + kRowBlock));
-    }
-  });
-  return kGOk;
+  return run_gemm<Avx512Ops, BatchedGemmArgs, float, float>(a, a.K);
+}
+
+bool batched_gemm_bf16_available() {
+#if SK_HAVE_BF16_CODE
+  return conv_bf16_available();
+#else
+  return false;
+#endif
+}
+
+int batched_gemm_bf16(const BatchedGemmBf16Args& a) {
+#if SK_HAVE_BF16_CODE
+  if (!batched_gemm_bf16_available()) return kGNoBf16;
+  return run_gemm<Bf16Ops, BatchedGemmBf16Args, uint16_t, uint32_t>(a, (a.K + 1) / 2);
+#else
+  (void)a;
+  return kGNoBf16;
+#endif
 }
 
 #else
 
 bool batched_gemm_avx512_available() { return false; }
 int batched_gemm_avx512(const BatchedGemmArgs&) { return kGNoIsa; }
+bool batched_gemm_bf16_available() { return false; }
+int batched_gemm_bf16(const BatchedGemmBf16Args&) { return kGNoBf16; }
 
 #endif
 

@@ -23,10 +23,23 @@ struct BatchedGemmArgs {
   int nthreads = 1;
 };
 
+// The same products in bf16 (AVX512-BF16: vdpbf16ps, fp32 sums in blocks as above).
+struct BatchedGemmBf16Args {
+  const uint16_t* V = nullptr;  // [B][T][K] contiguous bf16
+  const uint32_t* U = nullptr;  // [B][ceil(K/2)][N]: two bf16 each, k = 2p in the low half,
+                                // k = 2p + 1 in the high one (zero past an odd K)
+  float* M = nullptr;           // [B][T][N] contiguous, written (not accumulated)
+  int64_t B = 0, T = 0, K = 0, N = 0;
+  int nthreads = 1;
+};
+
 // True when the CPU has AVX-512F (and this build has the code).
 bool batched_gemm_avx512_available();
 // 0 on success; else an error code (batched_gemm_error_message).
 int batched_gemm_avx512(const BatchedGemmArgs& a);
+// True when the CPU has AVX512-BF16 (conv_bf16_available) and this build has the code.
+bool batched_gemm_bf16_available();
+int batched_gemm_bf16(const BatchedGemmBf16Args& a);
 const char* batched_gemm_error_message(int code);
 
 }  // namespace sk

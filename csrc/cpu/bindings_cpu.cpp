@@ -157,12 +157,20 @@ namespace {
 
 void winograd_input_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, int64_t s,
                        int64_t P, int64_t th, int64_t tw, int64_t t_begin, int64_t t_count,
-                       uintptr_t V, int nthreads) {
+                       uintptr_t V, int nthreads, bool x_bf16, bool V_bf16) {
   sk::WinoInArgs a;
-  a.x = reinterpret_cast<const float*>(x);
+  if (x_bf16) {
+    a.x_bf16 = reinterpret_cast<const uint16_t*>(x);
+  } else {
+    a.x = reinterpret_cast<const float*>(x);
+  }
+  if (V_bf16) {
+    a.V_bf16 = reinterpret_cast<uint16_t*>(V);
+  } else {
+    a.V = reinterpret_cast<float*>(V);
+  }
   a.N = N; a.H = H; a.W = W; a.C = C; a.s = s; a.P = P; a.th = th; a.tw = tw;
   a.t_begin = t_begin; a.t_count = t_count;
-  a.V = reinterpret_cast<float*>(V);
   a.nthreads = nthreads;
   call_released(sk::winograd_input_f43, a, sk::winograd_error_message, "winograd_input");
 }
@@ -265,6 +273,17 @@ void batched_gemm_avx512_py(uintptr_t V, uintptr_t U, uintptr_t M, int64_t B, in
   a.nthreads = nthreads;
   call_released(sk::batched_gemm_avx512, a, sk::batched_gemm_error_message,
                 "batched_gemm_avx512");
+}
+
+void batched_gemm_bf16_py(uintptr_t V, uintptr_t U, uintptr_t M, int64_t B, int64_t T,
+                          int64_t K, int64_t N, int nthreads) {
+  sk::BatchedGemmBf16Args a;
+  a.V = reinterpret_cast<const uint16_t*>(V);
+  a.U = reinterpret_cast<const uint32_t*>(U);
+  a.M = reinterpret_cast<float*>(M);
+  a.B = B; a.T = T; a.K = K; a.N = N;
+  a.nthreads = nthreads;
+  call_released(sk::batched_gemm_bf16, a, sk::batched_gemm_error_message, "batched_gemm_bf16");
 }
 
 void conv_bf16_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, uintptr_t w,
@@ -380,10 +399,11 @@ PYBIND11_MODULE(_cpu_kernels, m) {
   m.def("winograd_input", &winograd_input_py, py::arg("x"), py::arg("N"), py::arg("H"),
         py::arg("W"), py::arg("C"), py::arg("s"), py::arg("P"), py::arg("th"), py::arg("tw"),
         py::arg("t_begin"), py::arg("t_count"), py::arg("V"), py::arg("nthreads"),
+        py::arg("x_bf16") = false, py::arg("V_bf16") = false,
         "Winograd F(4x4,3x3) input transform (see csrc/cpu/winograd.hpp): x [N, H, W, C] dense "
-        "fp32; V [36, t_count, s*s*C] fp32: tiles [t_begin, t_begin + t_count) of N*th*tw "
-        "(t_count 0: all), the s*s polyphase 6x6 patches at row / column s*4*t - P, "
-        "transformed.");
+        "fp32 (bf16 with x_bf16=True); V [36, t_count, s*s*C] fp32 (bf16, rounded to nearest "
+        "even, with V_bf16=True): tiles [t_begin, t_begin + t_count) of N*th*tw (t_count 0: "
+        "all), the s*s polyphase 6x6 patches at row / column s*4*t - P, transformed.");
   m.def("winograd_output", &winograd_output_py, py::arg("M"), py::arg("bias"), py::arg("N"),
         py::arg("th"), py::arg("tw"), py::arg("Co"), py::arg("r"), py::arg("Ho"), py::arg("Wo"),
         py::arg("t_begin"), py::arg("t_count"), py::arg("y"), py::arg("nthreads"),
@@ -438,6 +458,12 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("B"), py::arg("T"), py::arg("K"), py::arg("N"), py::arg("nthreads"),
         "M[b] = V[b] U[b] on AVX-512 (see csrc/cpu/batched_gemm.hpp): V [B, T, K], U [B, K, N], "
         "M [B, T, N], contiguous fp32 (M written).");
+  m.def("batched_gemm_bf16_available", &sk::batched_gemm_bf16_available,
+        "True when the CPU has AVX512-BF16 (batched_gemm_bf16).");
+  m.def("batched_gemm_bf16", &batched_gemm_bf16_py, py::arg("V"), py::arg("U"), py::arg("M"),
+        py::arg("B"), py::arg("T"), py::arg("K"), py::arg("N"), py::arg("nthreads"),
+        "M[b] = V[b] U[b] by vdpbf16ps (see csrc/cpu/batched_gemm.hpp): V [B, T, K] bf16, "
+        "U [B, ceil(K/2), N] bf16 pairs (int32), M [B, T, N] fp32 (written).");
   m.def("conv_avx512_available", &sk::conv_avx512_available,
         "True when the CPU has AVX-512F (conv_avx512_forward, conv_transpose_avx512_forward).");
   m.def("conv_transpose_avx512_forward",

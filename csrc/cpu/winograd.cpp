@@ -61,14 +61,58 @@ SK_AVX2_TARGET inline void at6(const __m256* m, __m256* o) {
   o[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(0.125f), e, b), m[5]);
 }
 
-// Tiles [t0, t1) of the input transform.
-SK_AVX2_TARGET void input_tiles(const WinoInArgs& a, int64_t t0, int64_t t1) {
+// 8 channels (`valid` of them, the rest zero) of x as fp32: fp32 x, or bf16 x widened exactly.
+SK_AVX2_TARGET inline __m256 load8(const float* src, int64_t valid, __m256i mask) {
+  return valid == 8 ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, mask);
+}
+SK_AVX2_TARGET inline __m256 load8(const uint16_t* src, int64_t valid, __m256i) {
+  __m128i h;
+  if (valid == 8) {
+    h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+  } else {  // no 16-bit masked load in AVX2: nothing past the channel run is read
+    alignas(16) uint16_t buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t i = 0; i < valid; ++i) buf[i] = src[i];
+    h = _mm_load_si128(reinterpret_cast<const __m128i*>(buf));
+  }
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// `valid` lanes of v at dst: fp32, or rounded to bf16 (nearest even, as torch rounds; a NaN
+// stays a NaN).
+SK_AVX2_TARGET inline void store8(float* dst, __m256 v, int64_t valid, __m256i mask) {
+  if (valid == 8) {
+    _mm256_storeu_ps(dst, v);
+  } else {
+    _mm256_maskstore_ps(dst, mask, v);
+  }
+}
+SK_AVX2_TARGET inline void store8(uint16_t* dst, __m256 v, int64_t valid, __m256i) {
+  const __m256i b = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF)));
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_or_si256(b, _mm256_set1_epi32(0x00400000)), nan);
+  r = _mm256_srli_epi32(r, 16);
+  const __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  if (valid == 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), h);
+  } else {  // nothing past the channel run is written
+    alignas(16) uint16_t buf[8];
+    _mm_store_si128(reinterpret_cast<__m128i*>(buf), h);
+    for (int64_t i = 0; i < valid; ++i) dst[i] = buf[i];
+  }
+}
+
+// Tiles [t0, t1) of the input transform; TX, TV: float (fp32) or uint16_t (bf16) x and V.
+template <class TX, class TV>
+SK_AVX2_TARGET void input_tiles(const WinoInArgs& a, const TX* x, TV* V, int64_t t0,
+                                int64_t t1) {
   const int64_t C = a.C, s = a.s, K = s * s * C, T = a.t_count;
   const __m256 zero = _mm256_setzero_ps();
   __m256 d[6], row[6][6], col[6], o[6];
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t tx = t % a.tw, ty = (t / a.tw) % a.th, n = t / (a.tw * a.th);
-    const float* xn = a.x + n * a.H * a.W * C;
+    const TX* xn = x + n * a.H * a.W * C;
     for (int64_t p = 0; p < s; ++p) {
       int64_t rows[6];
       for (int i = 0; i < 6; ++i) {
@@ -81,7 +125,7 @@ SK_AVX2_TARGET void input_tiles(const WinoInArgs& a, int64_t t0, int64_t t1) {
           const int64_t w = s * (4 * tx + j) + q - a.P;
           cols[j] = (w >= 0 && w < a.W) ? w : -1;
         }
-        float* vt = a.V + (t - a.t_begin) * K + (p * s + q) * C;
+        TV* vt = V + (t - a.t_begin) * K + (p * s + q) * C;
         for (int64_t c0 = 0; c0 < C; c0 += 8) {
           const int64_t valid = std::min<int64_t>(8, C - c0);
           const bool full = valid == 8;
@@ -91,28 +135,16 @@ SK_AVX2_TARGET void input_tiles(const WinoInArgs& a, int64_t t0, int64_t t1) {
               for (int v = 0; v < 6; ++v) row[i][v] = zero;
               continue;
             }
-            const float* xr = xn + rows[i] * a.W * C + c0;
+            const TX* xr = xn + rows[i] * a.W * C + c0;
             for (int j = 0; j < 6; ++j) {
-              if (cols[j] < 0) {
-                d[j] = zero;
-              } else {
-                const float* src = xr + cols[j] * C;
-                d[j] = full ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, mask);
-              }
+              d[j] = cols[j] < 0 ? zero : load8(xr + cols[j] * C, valid, mask);
             }
             bt6(d, row[i]);
           }
           for (int v = 0; v < 6; ++v) {
             for (int i = 0; i < 6; ++i) col[i] = row[i][v];
             bt6(col, o);
-            for (int u = 0; u < 6; ++u) {
-              float* dst = vt + (u * 6 + v) * T * K + c0;
-              if (full) {
-                _mm256_storeu_ps(dst, o[u]);
-              } else {
-                _mm256_maskstore_ps(dst, mask, o[u]);
-              }
-            }
+            for (int u = 0; u < 6; ++u) store8(vt + (u * 6 + v) * T * K + c0, o[u], valid, mask);
           }
         }
       }
@@ -345,12 +377,22 @@ bool tile_range(A& a) {
 int winograd_input_f43(const WinoInArgs& args) {
   if (!gdn_avx2_available()) return kWNoAvx2;
   WinoInArgs a = args;
-  if (a.x == nullptr || a.V == nullptr || a.N <= 0 || a.H <= 0 || a.W <= 0 || a.C <= 0 ||
-      a.s <= 0 || a.th <= 0 || a.tw <= 0 || !tile_range(a)) {
+  if ((a.x == nullptr) == (a.x_bf16 == nullptr) || (a.V == nullptr) == (a.V_bf16 == nullptr) ||
+      a.N <= 0 || a.H <= 0 || a.W <= 0 || a.C <= 0 || a.s <= 0 || a.th <= 0 || a.tw <= 0 ||
+      !tile_range(a)) {
     return kWBadArgs;
   }
-  over_tiles(a.t_begin, a.t_count, a.nthreads,
-             [&a](int64_t t0, int64_t t1) { input_tiles(a, t0, t1); });
+  over_tiles(a.t_begin, a.t_count, a.nthreads, [&a](int64_t t0, int64_t t1) {
+    if (a.x != nullptr && a.V != nullptr) {
+      input_tiles(a, a.x, a.V, t0, t1);
+    } else if (a.x != nullptr) {
+      input_tiles(a, a.x, a.V_bf16, t0, t1);
+    } else if (a.V != nullptr) {
+      input_tiles(a, a.x_bf16, a.V, t0, t1);
+    } else {
+      input_tiles(a, a.x_bf16, a.V_bf16, t0, t1);
+    }
+  });
   return kWOk;
 }
 

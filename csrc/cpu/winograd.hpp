@@ -14,18 +14,20 @@
 
 namespace sk {
 
-// Input transform. x: [N, H, W, C] dense fp32 (channels_last). For tile t = (n, ty, tx)
+// Input transform. x: [N, H, W, C] dense fp32 or bf16 (channels_last). For tile t = (n, ty, tx)
 // (t = (n * th + ty) * tw + tx) and phases (p, q) in [0, s)^2 the 6x6 input patch is
 //   d[i][j][(p*s + q)*C + c] = x[n][s*(4*ty + i) + p - P][s*(4*tx + j) + q - P][c]
 // (zero outside x), and V[(u*6 + v)][t][k] = (B^T d B)[u][v][k] with K = s*s*C.
 struct WinoInArgs {
   const float* x = nullptr;
+  const uint16_t* x_bf16 = nullptr;  // or x in bf16 (exactly one of the two; widened exactly)
   int64_t N = 0, H = 0, W = 0, C = 0;
   int64_t s = 1, P = 0;       // phases per axis, offset of the first row / column
   int64_t th = 0, tw = 0;     // tiles per axis
   int64_t t_begin = 0;        // transform tiles [t_begin, t_begin + t_count) of all N*th*tw;
   int64_t t_count = 0;        // 0: all of them
   float* V = nullptr;         // [36][t_count][s * s * C], tile t at row t - t_begin
+  uint16_t* V_bf16 = nullptr;  // or V in bf16 (exactly one of the two; rounded to nearest even)
   int nthreads = 1;
 };
 

@@ -285,6 +285,28 @@ WINOGRAD_TRAIN_MIN_N = 96
 #: 28.7 ms), 1.53x 144, 1.27x 96, 1.31x 72, 1.06x 48 (``python /work/prof/dec3.py``-style A/B,
 #: trainer paused). The image *input* layer (9x9/4 from RGB) stays on oneDNN: 0.93x-0.77x.
 WINOGRAD_TRAIN_IMAGE_MIN_CIN = 72
+#: Without gradient, run bf16 5x5/2 convs (SlimCAE's enc2 / enc3) on AVX512-BF16 CPUs without
+#: AMX by bf16 Winograd (``winograd.GEMM_BF16``: V rounded to bf16, vdpbf16ps GEMM with fp32
+#: sums, fp32 output transform) when both sides have ``WINOGRAD_BF16_MIN_C`` channels and the
+#: call has ``WINOGRAD_MIN_TILES_WIDE`` tiles; ``CPU_WINOGRAD_BF16_TRANSPOSED`` does the same for
+#: the transposed convs (dec1 / dec2) and is OFF by default. Zen 4 EPYC, 2 threads, kodim01's
+#: layers, bf16 Winograd / oneDNN (``python bench/bench_conv_avx2.py --precision bf16 --opt-in
+#: --repeats 11 --widths 192,144,96``): enc2 / enc3 / dec1 / dec2 1.59 / 1.56 / 1.65 / 1.63x at
+#: 192 channels, 1.40 / 1.48 / 1.62 / 1.44x at 144; 0.86-0.93x at 96 and 0.54-0.82x at 48-72
+#: (``/tmp/s22/wsp.py``), hence 144. ``compress`` (default precision = bf16 here) against the
+#: commit before: 1.22x at w=192, 1.12x at 144, unchanged below (``python bench/ab_checkouts.py
+#: --sizes 0 --widths 192,144,96,48 --rounds 8``). The price is accuracy: the algorithm errs
+#: 10-20x a direct bf16 conv (see ``slimkernels.ops.winograd``). In the encoder that moves the
+#: few latents sitting at a rounding boundary (symbols equal to fp32's: 99.17-99.74 % against
+#: 99.59-99.83 % for the direct bf16 encoder, kodim01-03 and the sample image): on all 24 Kodak
+#: images PSNR -0.021 dB against fp32 at w=192 (direct bf16: -0.017), -0.014 at 144 (-0.011),
+#: rate +0.04 % (+0.03 %). In the decoder it lands in the image: with the transposed convs too,
+#: -0.035 dB at w=192 (-0.021 at 144) for ``decompress`` 1.26x (1.13x) faster
+#: (``/tmp/s22/rd.py``, ``/tmp/s22/ab.py``): twice the direct bf16 path's loss, still within the
+#: issue's 0.05 dB, but off by default; set it for speed.
+CPU_WINOGRAD_BF16 = True
+CPU_WINOGRAD_BF16_TRANSPOSED = False
+WINOGRAD_BF16_MIN_C = 144
 #: Without gradient, run fp32 convs on few-channel inputs and transposed convs onto 1-3 output
 #: channels (the image layers) with the direct AVX2 kernels of :mod:`slimkernels.ops.conv_image`
 #: on AVX2 CPUs (SlimCAE on a Zen 3 EPYC: enc1 1.1x oneDNN at 2 threads, 1.3x at 1; dec3
@@ -496,6 +518,8 @@ def _winograd_tiles(x, k, stride, padding, transposed) -> int:
 def _use_winograd(x, ci, co, k, stride, padding, transposed) -> bool:
     """Whether this no-grad conv runs by Winograd (see ``CPU_WINOGRAD``, ``WINOGRAD_MIN_TILES``,
     and on AVX-512 CPUs ``CPU_WINOGRAD_AVX512``, ``WINOGRAD_AVX512_GEMM_MIN_C``)."""
+    if x.dtype == torch.bfloat16:
+        return _use_winograd_bf16(x, ci, co, k, stride, padding, transposed)
     if x.dtype != torch.float32:
         return False
     avx512 = _cpu_capability() == "AVX512"
@@ -516,6 +540,17 @@ def _use_winograd(x, ci, co, k, stride, padding, transposed) -> bool:
     if _winograd_tiles(x, k, stride, padding, transposed) < need:
         return False
     return _winograd_here(k, stride, padding, transposed, avx512=avx512)
+
+
+def _use_winograd_bf16(x, ci, co, k, stride, padding, transposed) -> bool:
+    """Whether this no-grad bf16 conv runs by bf16 Winograd (``CPU_WINOGRAD_BF16``,
+    ``CPU_WINOGRAD_BF16_TRANSPOSED``, ``WINOGRAD_BF16_MIN_C``; AVX512-BF16 without AMX)."""
+    if not (CPU_WINOGRAD_BF16_TRANSPOSED if transposed else CPU_WINOGRAD_BF16) or \
+            min(ci, co) < WINOGRAD_BF16_MIN_C or _amx() or not winograd.gemm_bf16_available():
+        return False
+    if _winograd_tiles(x, k, stride, padding, transposed) < WINOGRAD_MIN_TILES_WIDE:
+        return False
+    return _winograd_here(k, stride, padding, transposed, avx512=True)
 
 
 def _use_winograd_grad(x, w, b, stride, padding, transposed) -> bool:
@@ -552,18 +587,25 @@ def _cached_fp32(key, weight, bias, co, pack):
     return _cached(key, (weight, bias), build)
 
 
+def _wino_pack(x, transform):
+    """The transformed weight for x's dtype: fp32, or bf16 pairs for bf16 x."""
+    if x.dtype == torch.bfloat16:
+        return lambda: winograd.pack_bf16_pairs(transform())
+    return transform
+
+
 def _conv2d_winograd(x, weight, bias, co, stride, padding):
     ci, k = x.shape[1], weight.shape[-1]
-    U, b = _cached_fp32(("wino", co, ci, stride, k), weight, bias, co,
-                        lambda: winograd.winograd_conv2d_weight(weight[:co, :ci], stride))
+    U, b = _cached_fp32(("wino", co, ci, stride, k, x.dtype), weight, bias, co, _wino_pack(
+        x, lambda: winograd.winograd_conv2d_weight(weight[:co, :ci], stride)))
     return winograd.conv2d_winograd(x, U, b, k, stride, padding)
 
 
 def _conv_transpose2d_winograd(x, weight, bias, co, stride, padding, output_padding):
     ci, k = x.shape[1], weight.shape[-1]
-    U, b = _cached_fp32(("winoT", co, ci, stride, padding, k), weight, bias, co,
-                        lambda: winograd.winograd_conv_transpose2d_weight(weight[:ci, :co],
-                                                                          stride, padding))
+    U, b = _cached_fp32(("winoT", co, ci, stride, padding, k, x.dtype), weight, bias, co,
+                        _wino_pack(x, lambda: winograd.winograd_conv_transpose2d_weight(
+                            weight[:ci, :co], stride, padding)))
     return winograd.conv_transpose2d_winograd(x, U, b, k, stride, padding, output_padding)
 
 

@@ -1,4 +1,5 @@
-"""Winograd F(4x4, 3x3) convolutions in fp32 on CPU (AVX2 + FMA), for inference and training.
+"""Winograd F(4x4, 3x3) convolutions on CPU (AVX2 + FMA): fp32 for inference and training, bf16
+for inference on AVX512-BF16 CPUs.
 
 SlimCAE's wide layers are 5x5 stride-2 convs and transposed convs. On a CPU without AMX they are
 compute-bound in oneDNN's direct fp32 kernels (~85 % of the FMA peak on a Zen 3 core), so the
@@ -18,6 +19,15 @@ else ``torch.bmm``) multiplies the 36 ``[tiles, K]`` slices by the cached transf
 ``U = G g G^T`` (``[36, K, C_out']``), and the output transform writes ``A^T M A`` (+ bias) into
 a channels_last output. The interpolation points are 0, 1, -1, 1/2, -1/2 and infinity:
 the result is within ~1e-5 (relative to the output's magnitude) of float64, as direct fp32 is.
+
+bf16 (AVX512-BF16 CPUs, :func:`gemm_bf16_available`; weights packed by :func:`pack_bf16_pairs`):
+the input transform reads bf16 x and writes V rounded to bf16, the GEMM (vdpbf16ps, fp32 sums)
+runs at ~2x the fp32 one's rate, the output transform stays fp32 and y is rounded to bf16. The
+rounding of both products' operands costs accuracy: against exact float64, 3e-2 (norm) and up
+to 1e-1 of the largest output on Gaussian data, 10-20x a direct bf16 conv (~5e-3 on SlimCAE's
+activations); the conv op uses it only where that was measured harmless (see
+``slimkernels.ops.conv.CPU_WINOGRAD_BF16``). ``conv2d_winograd_reference(...,
+operands=torch.bfloat16)`` is that algorithm in float64.
 
 The transformed weights take 4x the memory of the weight slice (36 / 9); they are cached per
 (layer, width) by the conv op (:mod:`slimkernels.ops.conv`), which decides where this path runs.
@@ -46,7 +56,7 @@ __all__ = ["winograd_available", "winograd_pays", "winograd_conv2d_weight", "win
            "conv_transpose2d_winograd_reference", "winograd_geometry_ok",
            "transform_weight_fp32", "conv2d_weight_fp32", "conv_transpose2d_weight_fp32",
            "conv2d_weight_grad", "conv_transpose2d_weight_grad", "WinogradConv2dFunction",
-           "WinogradConvTranspose2dFunction"]
+           "WinogradConvTranspose2dFunction", "pack_bf16_pairs", "gemm_bf16_available"]
 
 #: F(4x4, 3x3) for the points 0, 1, -1, 1/2, -1/2, inf (``Y = A^T [(G g G^T) * (B^T d B)] A``).
 _BT = ((0.25, 0, -1.25, 0, 1, 0), (0, -0.25, -0.25, 1, 1, 0), (0, 0.25, -0.25, -1, 1, 0),
@@ -170,7 +180,7 @@ def winograd_conv_transpose2d_weight(w: torch.Tensor, stride: int, padding: int)
 
 
 def _check_x(x: torch.Tensor, name: str) -> torch.Tensor:
-    xc = fp32_cpu_input(x, name)
+    xc = fp32_cpu_input(x, name, (torch.float32, torch.bfloat16))
     if not winograd_available():
         raise RuntimeError(f"{name}: the AVX2 + FMA Winograd transforms are not available here "
                            f"(no AVX2, or slimkernels._cpu_kernels did not build); use F.conv2d")
@@ -234,36 +244,91 @@ def _gemm_avx512() -> bool:
         bool(K.batched_gemm_avx512_available()) and torch_avx512()
 
 
+#: bf16 Winograd (transformed weights from :func:`pack_bf16_pairs`) on AVX512-BF16 CPUs:
+#: V rounded to bf16 by the input transform, the products by vdpbf16ps with fp32 sums
+#: (``batched_gemm_bf16``), the output transform in fp32. Zen 4 EPYC, 2 threads, medians of 11
+#: (``python bench/bench_conv_avx2.py --gemm``): 351-416 GFLOP/s at SlimCAE's rounds, 1.8-2.0x
+#: the fp32 GEMM.
+GEMM_BF16 = True
+
+
+def gemm_bf16_available() -> bool:
+    """:data:`GEMM_BF16` is on, the kernel is built and the CPU has AVX512-BF16 (the bf16
+    Winograd path of :func:`conv2d_winograd` / :func:`conv_transpose2d_winograd`)."""
+    K = _kernels()
+    return GEMM_BF16 and K is not None and hasattr(K, "batched_gemm_bf16") and \
+        bool(K.batched_gemm_bf16_available()) and winograd_available()
+
+
+def pack_bf16_pairs(U: torch.Tensor) -> torch.Tensor:
+    """Transformed weights ``U [B, K, N]`` (fp32; B = 36 for Winograd) -> ``[B, ceil(K/2), N,
+    2]`` bf16 (rounded to nearest even), the layout of the bf16 GEMM's right operand: reduction
+    rows in pairs, row 2p in slot 0 and row 2p + 1 in slot 1 (zero past an odd K)."""
+    if U.dim() != 3:
+        raise ValueError(f"pack_bf16_pairs: U must be [B, K, N], got {tuple(U.shape)}")
+    kp = -(-U.shape[1] // 2)
+    Up = F.pad(U, (0, 0, 0, 2 * kp - U.shape[1])).reshape(U.shape[0], kp, 2, U.shape[2])
+    return Up.permute(0, 1, 3, 2).to(torch.bfloat16).contiguous()
+
+
+def _u_cols(U: torch.Tensor, xc: torch.Tensor) -> int:
+    """The GEMM's N of a transformed weight, fp32 ``[36, K, N]`` or bf16 pairs
+    ``[36, K/2, N, 2]``."""
+    if U.dim() != (4 if U.dtype == torch.bfloat16 else 3):
+        raise ValueError(f"winograd: transformed weight {U.dtype} {tuple(U.shape)} does not fit x "
+                         f"{tuple(xc.shape)} (expected fp32 [36, K, N] or bf16 pairs "
+                         f"[36, K/2, N, 2])")
+    return U.shape[2]
+
+
+def _check_u(U: torch.Tensor, kdim: int, cp: int, xc: torch.Tensor) -> bool:
+    """Validates ``U`` for x; True for bf16 pairs (:func:`pack_bf16_pairs`), False for fp32."""
+    bf16 = U.dtype == torch.bfloat16
+    want = (36, -(-kdim // 2), cp, 2) if bf16 else (36, kdim, cp)
+    if tuple(U.shape) != want or U.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"winograd: transformed weight {U.dtype} {tuple(U.shape)} does not fit x "
+                         f"{tuple(xc.shape)} (expected fp32 [36, {kdim}, {cp}] or bf16 pairs "
+                         f"[36, {-(-kdim // 2)}, {cp}, 2])")
+    if U.device.type != "cpu":
+        raise ValueError(f"winograd: the transformed weight is on {U.device}; these kernels run "
+                         f"on CPU tensors (transform a CPU weight)")
+    if bf16 and not (U.is_contiguous() and gemm_bf16_available()):
+        raise ValueError("winograd: bf16 transformed weights need a contiguous tensor and the "
+                         "AVX512-BF16 GEMM (gemm_bf16_available()); use fp32 ones")
+    return bf16
+
+
 def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int, P: int,
          Qh: int, Qw: int, r: int, Ho: int, Wo: int, co: int) -> torch.Tensor:
     K = _kernels()
     N, C, H, W = xc.shape
     th, tw = -(-Qh // TILE), -(-Qw // TILE)
     T = N * th * tw
-    if U.dim() != 3 or tuple(U.shape) != (36, s * s * C, r * r * co) or U.dtype != torch.float32:
-        raise ValueError(f"winograd: transformed weight {U.dtype} {tuple(U.shape)} does not fit x "
-                         f"{tuple(xc.shape)} (expected fp32 [36, {s * s * C}, {r * r * co}])")
-    if U.device.type != "cpu":
-        raise ValueError(f"winograd: the transformed weight is on {U.device}; these kernels run "
-                         f"on CPU tensors (transform a CPU weight)")
-    kdim, cp = U.shape[1], U.shape[2]
+    kdim, cp = s * s * C, r * r * co
+    bf16 = _check_u(U, kdim, cp, xc)
     b, _keep = bias_pointer(bias, co, "winograd")
     nt = torch.get_num_threads()
     tc = round_tiles(T, kdim, cp)
     ws = _workspace(36 * tc * (kdim + cp))
     y = torch.empty((N, co, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
-    gemm512 = _gemm_avx512() and U.is_contiguous()
+    gemm512 = not bf16 and _gemm_avx512() and U.is_contiguous()
+    xb = xc.dtype == torch.bfloat16
     for t0 in range(0, T, tc):
         n = min(tc, T - t0)
-        V = ws[:36 * n * kdim].view(36, n, kdim)
+        V = ws[:36 * n * kdim]
+        V = V.view(torch.bfloat16)[:36 * n * kdim] if bf16 else V
+        V = V.view(36, n, kdim)
         M = ws[36 * tc * kdim:36 * tc * kdim + 36 * n * cp].view(36, n, cp)
-        K.winograd_input(xc.data_ptr(), N, H, W, C, s, P, th, tw, t0, n, V.data_ptr(), nt)
-        if gemm512:
+        K.winograd_input(xc.data_ptr(), N, H, W, C, s, P, th, tw, t0, n, V.data_ptr(), nt,
+                         x_bf16=xb, V_bf16=bf16)
+        if bf16:
+            K.batched_gemm_bf16(V.data_ptr(), U.data_ptr(), M.data_ptr(), 36, n, kdim, cp, nt)
+        elif gemm512:
             K.batched_gemm_avx512(V.data_ptr(), U.data_ptr(), M.data_ptr(), 36, n, kdim, cp, nt)
         else:
             torch.bmm(V, U, out=M)
         K.winograd_output(M.data_ptr(), b, N, th, tw, co, r, Ho, Wo, t0, n, y.data_ptr(), nt)
-    return y
+    return y.to(xc.dtype)
 
 
 def conv2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], k: int,
@@ -271,12 +336,15 @@ def conv2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tenso
     """``F.conv2d(x, w, bias, stride, padding)`` by Winograd F(4x4, 3x3), no gradient.
 
     Args:
-        x: ``[N, C_in, H, W]`` fp32 CPU (channels_last avoids a copy).
-        U: :func:`winograd_conv2d_weight` of the ``[C_out, C_in, k, k]`` weight at this stride.
+        x: ``[N, C_in, H, W]`` fp32 or bf16 CPU (channels_last avoids a copy).
+        U: :func:`winograd_conv2d_weight` of the ``[C_out, C_in, k, k]`` weight at this stride
+            (fp32: the fp32 algorithm, bf16 x widened exactly), or that packed by
+            :func:`pack_bf16_pairs` (the bf16 algorithm, :func:`gemm_bf16_available` CPUs only:
+            ~10x the error of a direct bf16 conv, see the module docstring).
         bias: ``[C_out]`` or None.
         k, stride, padding: the weight's kernel size, and the conv's stride and padding.
     Returns:
-        ``[N, C_out, (H + 2p - k)//s + 1, (W + 2p - k)//s + 1]`` fp32, channels_last.
+        ``[N, C_out, (H + 2p - k)//s + 1, (W + 2p - k)//s + 1]`` in x's dtype, channels_last.
     """
     xc = _check_x(x, "conv2d_winograd")
     _, _, H, W = x.shape
@@ -284,7 +352,7 @@ def conv2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tenso
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv2d_winograd: x {tuple(x.shape)} is smaller than the {k}x{k} "
                          f"kernel with padding {padding}")
-    return _run(xc, U, bias, stride, padding, Ho, Wo, 1, Ho, Wo, U.shape[-1])
+    return _run(xc, U, bias, stride, padding, Ho, Wo, 1, Ho, Wo, _u_cols(U, xc))
 
 
 def conv_transpose2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor],
@@ -294,13 +362,14 @@ def conv_transpose2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[t
     gradient (stride-1 3x3 phase correlation, phases interleaved by the output transform).
 
     Args:
-        x: ``[N, C_in, H, W]`` fp32 CPU (channels_last avoids a copy).
+        x: ``[N, C_in, H, W]`` fp32 or bf16 CPU (channels_last avoids a copy).
         U: :func:`winograd_conv_transpose2d_weight` of the ``[C_in, C_out, k, k]`` weight at this
-            stride and padding.
+            stride and padding, fp32 or packed by :func:`pack_bf16_pairs` (as in
+            :func:`conv2d_winograd`).
         bias: ``[C_out]`` or None.
         k, stride, padding, output_padding: as in ``F.conv_transpose2d`` (k: the weight's).
     Returns:
-        ``[N, C_out, (H-1)*s - 2p + k + op, (W-1)*s - 2p + k + op]`` fp32, channels_last.
+        ``[N, C_out, (H-1)*s - 2p + k + op, (W-1)*s - 2p + k + op]`` in x's dtype, channels_last.
     """
     from .conv import _subpixel_plan
     xc = _check_x(x, "conv_transpose2d_winograd")
@@ -311,7 +380,7 @@ def conv_transpose2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[t
     Wo = (W - 1) * s - 2 * padding + k + output_padding
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv_transpose2d_winograd: empty output for x {tuple(x.shape)}")
-    co = U.shape[-1] // (s * s)
+    co = _u_cols(U, xc) // (s * s)
     return _run(xc, U, bias, 1, -lo, -(-Ho // s), -(-Wo // s), s, Ho, Wo, co)
 
 
@@ -583,9 +652,17 @@ class WinogradConvTranspose2dFunction(torch.autograd.Function):
 
 
 # -- the same algorithm in PyTorch ops (reference; any dtype and device) -------------------------
-def _reference(ph: torch.Tensor, wc: torch.Tensor, Qh: int, Qw: int) -> torch.Tensor:
+def _round_operand(t: torch.Tensor, operands: Optional[torch.dtype]) -> torch.Tensor:
+    """t rounded as the kernels round the products' operands: to fp32, then to ``operands``."""
+    if operands is None:
+        return t
+    return t.to(torch.float32).to(operands).to(t.dtype)
+
+
+def _reference(ph: torch.Tensor, wc: torch.Tensor, Qh: int, Qw: int,
+               operands: Optional[torch.dtype] = None) -> torch.Tensor:
     """3x3 valid correlation of ``ph [N, K, >= 4*th + 2, >= 4*tw + 2]`` with ``wc [C', K, 3, 3]``
-    by F(4x4, 3x3) -> ``[N, C', Qh, Qw]``."""
+    by F(4x4, 3x3) -> ``[N, C', Qh, Qw]`` (``operands``: see :func:`conv2d_winograd_reference`)."""
     BT, G, AT = winograd_matrices(ph.dtype, ph.device)
     N, Kc = ph.shape[:2]
     th, tw = -(-Qh // TILE), -(-Qw // TILE)
@@ -593,15 +670,19 @@ def _reference(ph: torch.Tensor, wc: torch.Tensor, Qh: int, Qw: int) -> torch.Te
     tiles = ph.unfold(2, 6, 4).unfold(3, 6, 4)[:, :, :th, :tw]          # N, K, th, tw, 6, 6
     V = torch.einsum("ik,nctwkl,jl->ijntwc", BT, tiles, BT).reshape(36, -1, Kc)
     U = torch.einsum("ik,ockl,jl->ijco", G, wc.to(ph.dtype), G).reshape(36, Kc, -1)
+    V, U = _round_operand(V, operands), _round_operand(U, operands)
     M = torch.bmm(V, U).reshape(6, 6, N, th, tw, -1)
     Y = torch.einsum("ik,klntwc,jl->ntiwjc", AT, M, AT)                 # N, th, 4, tw, 4, C'
     return Y.reshape(N, th * 4, tw * 4, -1)[:, :Qh, :Qw].permute(0, 3, 1, 2)
 
 
 def conv2d_winograd_reference(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor],
-                              stride: int, padding: int) -> torch.Tensor:
+                              stride: int, padding: int,
+                              operands: Optional[torch.dtype] = None) -> torch.Tensor:
     """Pure-PyTorch F(4x4, 3x3) conv (polyphase); x ``[N, C_in, H, W]``, w ``[C_out, C_in, k,
-    k]`` -> ``[N, C_out, H_out, W_out]`` in x's dtype."""
+    k]`` -> ``[N, C_out, H_out, W_out]`` in x's dtype. ``operands=torch.bfloat16`` rounds the
+    transformed input and weights (the GEMM's operands) to fp32 and then bf16, as the bf16 path
+    of :func:`conv2d_winograd` does; everything else in x's dtype (float64 for a reference)."""
     N, C, H, W = x.shape
     k, s, p = w.shape[-1], stride, padding
     Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
@@ -611,15 +692,17 @@ def conv2d_winograd_reference(x: torch.Tensor, w: torch.Tensor, bias: Optional[t
     xp = F.pad(x, (p, max(0, need_w - W - p), p, max(0, need_h - H - p)))
     ph = torch.cat([xp[:, :, a::s, b::s][:, :, :4 * th + 2, :4 * tw + 2]
                     for a in range(s) for b in range(s)], 1)
-    y = _reference(ph, _phase_weight_conv(w, s), Ho, Wo)
+    y = _reference(ph, _phase_weight_conv(w, s), Ho, Wo, operands)
     return y if bias is None else y + bias.to(y.dtype)[:, None, None]
 
 
 def conv_transpose2d_winograd_reference(x: torch.Tensor, w: torch.Tensor,
                                         bias: Optional[torch.Tensor], stride: int, padding: int,
-                                        output_padding: int) -> torch.Tensor:
+                                        output_padding: int,
+                                        operands: Optional[torch.dtype] = None) -> torch.Tensor:
     """Pure-PyTorch F(4x4, 3x3) transposed conv (sub-pixel phases); x ``[N, C_in, H, W]``, w
-    ``[C_in, C_out, k, k]`` -> ``[N, C_out, H_out, W_out]`` in x's dtype."""
+    ``[C_in, C_out, k, k]`` -> ``[N, C_out, H_out, W_out]`` in x's dtype (``operands``: see
+    :func:`conv2d_winograd_reference`)."""
     N, C, H, W = x.shape
     k, s = w.shape[-1], stride
     co = w.shape[1]
@@ -632,7 +715,7 @@ def conv_transpose2d_winograd_reference(x: torch.Tensor, w: torch.Tensor,
     top = max(0, -lo)
     xp = F.pad(x, (top, max(0, 4 * tw + 2 + lo - W), top, max(0, 4 * th + 2 + lo - H)))
     ph = xp[:, :, top + lo:, top + lo:]
-    y = _reference(ph, w3, Qh, Qw)                                       # N, (ry, rx, co), Qh, Qw
+    y = _reference(ph, w3, Qh, Qw, operands)                             # N, (ry, rx, co), Qh, Qw
     y = y.reshape(N, s, s, co, Qh, Qw).permute(0, 3, 4, 1, 5, 2).reshape(N, co, Qh * s, Qw * s)
     y = y[:, :, :Ho, :Wo]
     return y if bias is None else y + bias.to(y.dtype)[:, None, None]

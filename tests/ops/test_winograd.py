@@ -164,9 +164,9 @@ class _CountingKernels:
     def __getattr__(self, name):
         return getattr(self._K, name)
 
-    def winograd_input(self, *a):
+    def winograd_input(self, *a, **kw):
         self.rounds += 1
-        return self._K.winograd_input(*a)
+        return self._K.winograd_input(*a, **kw)
 
 
 @needs_kernels
