@@ -1,6 +1,8 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_conv_avx2  # noqa: E402
@@ -49,7 +51,28 @@ def test_gemm_table_quick_runs_in_bf16(capsys):
         assert float(r.split("|")[-2]) < 1e-5, r
 
 
-def test_conv_bench_opt_in_quick_runs(capsys):
-    assert bench_conv_avx2.main(["--widths", "16", "--repeats", "1", "--threads", "1",
-                                "--scale", "8", "--precision", "bf16", "--opt-in"]) == 0
+def test_conv_bench_opt_in_quick_runs(capsys, monkeypatch):
+    """--opt-in times the bf16 transposed convs by bf16 Winograd: with the channel threshold
+    lowered to this quick run's width and AMX set aside (AMX CPUs keep their own kernels), the
+    timed calls reach ``conv_transpose2d_winograd`` with bf16 x; without --opt-in they do not."""
+    import torch
+    from slimkernels.ops import conv as C, winograd as Wg
+    if not Wg.gemm_bf16_available():
+        pytest.skip("no AVX512-BF16 batched GEMM here: the bf16 Winograd path does not exist")
+    monkeypatch.setattr(C, "_amx", lambda: False)
+    monkeypatch.setattr(C, "WINOGRAD_BF16_MIN_C", 16)
+    seen = []
+    real = Wg.conv_transpose2d_winograd
+
+    def spy(x, *a, **k):
+        seen.append(x.dtype)
+        return real(x, *a, **k)
+    monkeypatch.setattr(Wg, "conv_transpose2d_winograd", spy)
+    args = ["--widths", "16", "--repeats", "1", "--threads", "1", "--scale", "2",
+            "--precision", "bf16"]   # (scale 2: enough tiles for the Winograd rule)
+    assert bench_conv_avx2.main(args) == 0
+    assert torch.bfloat16 not in seen
+    assert capsys.readouterr().out.count("| 16 |") == len(bench_conv_avx2.LAYERS)
+    assert bench_conv_avx2.main(args + ["--opt-in"]) == 0
+    assert torch.bfloat16 in seen
     assert capsys.readouterr().out.count("| 16 |") == len(bench_conv_avx2.LAYERS)

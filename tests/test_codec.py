@@ -789,7 +789,12 @@ def test_forward_widths_gradients_equal_per_width_training():
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     assert grads[0].keys() == grads[1].keys() and "g_a.0.weight" in grads[0]
     for n in grads[1]:
-        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-7)
+        # fp32 ~1e-5 relative to the gradient's scale: the two orders of summation differ, and an
+        # element near zero of a gradient of magnitude ~2 moves by a few 1e-7 (seen on the AMX Xeon)
+        ref = grads[1][n]
+        assert torch.isfinite(grads[0][n]).all()
+        torch.testing.assert_close(grads[0][n], ref, rtol=1e-5,
+                                   atol=1e-5 * float(ref.abs().max()) + 1e-12)
 
 
 def _count_first_layer_calls(m, fn):

@@ -77,8 +77,9 @@ SK_AVX2_TARGET inline __m256 load8(const uint16_t* src, int64_t valid, __m256i) 
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-// `valid` lanes of v at dst: fp32, or rounded to bf16 (nearest even, as torch rounds; a NaN
-// stays a NaN).
+// `valid` lanes of v at dst: fp32, or rounded to bf16 (nearest even: every finite value and
+// +-inf bit for bit as torch rounds; a NaN stays a NaN with its sign and top payload bits, where
+// torch writes 0xFFFF / 0x7FFF).
 SK_AVX2_TARGET inline void store8(float* dst, __m256 v, int64_t valid, __m256i mask) {
   if (valid == 8) {
     _mm256_storeu_ps(dst, v);
@@ -128,7 +129,6 @@ SK_AVX2_TARGET void input_tiles(const WinoInArgs& a, const TX* x, TV* V, int64_t
         TV* vt = V + (t - a.t_begin) * K + (p * s + q) * C;
         for (int64_t c0 = 0; c0 < C; c0 += 8) {
           const int64_t valid = std::min<int64_t>(8, C - c0);
-          const bool full = valid == 8;
           const __m256i mask = lane_mask(valid);
           for (int i = 0; i < 6; ++i) {
             if (rows[i] < 0) {

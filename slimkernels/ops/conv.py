@@ -196,8 +196,8 @@ WFOLD_SMALL_C_MAX_OUT = 72
 #: trainer paused): SlimCAE's w=48 enc2 2.97 vs 4.24 ms (1.43x), enc3 0.86 vs 1.10 ms (1.27x),
 #: the encoder 10.3 vs 11.3 ms, ``compress`` 6-8 % faster in both orders. Five of six A/Bs
 #: favour Winograd, so 48-channel convs take it too. A transposed conv onto 1-3 channels goes to
-#: the image kernel below ``WINOGRAD_IMAGE_MIN_CIN`` inputs. Not on AVX-512 CPUs (not measured
-#: there) nor in bf16.
+#: the image kernel below ``WINOGRAD_IMAGE_MIN_CIN`` inputs. AVX-512 CPUs and bf16 have rules
+#: of their own below (``WINOGRAD_AVX512_MIN_C``, ``CPU_WINOGRAD_BF16``).
 CPU_WINOGRAD = True
 WINOGRAD_MIN_N = 48
 WINOGRAD_MIN_CIN = 32

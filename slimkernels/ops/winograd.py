@@ -23,8 +23,9 @@ the result is within ~1e-5 (relative to the output's magnitude) of float64, as d
 bf16 (AVX512-BF16 CPUs, :func:`gemm_bf16_available`; weights packed by :func:`pack_bf16_pairs`):
 the input transform reads bf16 x and writes V rounded to bf16, the GEMM (vdpbf16ps, fp32 sums)
 runs at ~2x the fp32 one's rate, the output transform stays fp32 and y is rounded to bf16. The
-rounding of both products' operands costs accuracy: against exact float64, 3e-2 (norm) and up
-to 1e-1 of the largest output on Gaussian data, 10-20x a direct bf16 conv (~5e-3 on SlimCAE's
+rounding of both products' operands costs accuracy: against exact float64, 3e-2 (norm) and
+~1e-1 of the largest output on Gaussian data (up to 2e-1 on outputs of a few pixels), 10-20x a
+direct bf16 conv (~5e-3 on SlimCAE's
 activations); the conv op uses it only where that was measured harmless (see
 ``slimkernels.ops.conv.CPU_WINOGRAD_BF16``). ``conv2d_winograd_reference(...,
 operands=torch.bfloat16)`` is that algorithm in float64.
@@ -179,8 +180,14 @@ def winograd_conv_transpose2d_weight(w: torch.Tensor, stride: int, padding: int)
     return _transform_weight(w3)
 
 
-def _check_x(x: torch.Tensor, name: str) -> torch.Tensor:
-    xc = fp32_cpu_input(x, name, (torch.float32, torch.bfloat16))
+_FP32 = (torch.float32,)
+_FP32_BF16 = (torch.float32, torch.bfloat16)
+
+
+def _check_x(x: torch.Tensor, name: str, dtypes=_FP32_BF16) -> torch.Tensor:
+    """x dense channels_last (``fp32_cpu_input``) of one of ``dtypes``: the forward transforms
+    read fp32 or bf16, the weight gradients (and so the training Functions) fp32 only."""
+    xc = fp32_cpu_input(x, name, dtypes)
     if not winograd_available():
         raise RuntimeError(f"{name}: the AVX2 + FMA Winograd transforms are not available here "
                            f"(no AVX2, or slimkernels._cpu_kernels did not build); use F.conv2d")
@@ -206,7 +213,9 @@ _WORKSPACE = threading.local()
 
 def round_tiles(T: int, kdim: int, cp: int) -> int:
     """Tiles per round of a call with ``T`` tiles and a ``[36, kdim, cp]`` transformed weight
-    (see ``CHUNK_*``, ``MIN_CHUNK_TILES``)."""
+    (see ``CHUNK_*``, ``MIN_CHUNK_TILES``). Sized in fp32 bytes for the bf16 algorithm too (its
+    U and V take half those bytes, so its rounds are ~4.5x its U's bytes rather than 3x): the bf16 numbers in
+    ``conv.CPU_WINOGRAD_BF16`` were measured with these rounds; a bf16 sizing is not measured."""
     chunk = min(CHUNK_BYTES, max(CHUNK_MIN_BYTES, int(CHUNK_U_FACTOR * 4 * 36 * kdim * cp)))
     return min(T, max(MIN_CHUNK_TILES, chunk // (36 * 4 * (kdim + cp))))
 
@@ -254,7 +263,9 @@ GEMM_BF16 = True
 
 def gemm_bf16_available() -> bool:
     """:data:`GEMM_BF16` is on, the kernel is built and the CPU has AVX512-BF16 (the bf16
-    Winograd path of :func:`conv2d_winograd` / :func:`conv_transpose2d_winograd`)."""
+    Winograd path of :func:`conv2d_winograd` / :func:`conv_transpose2d_winograd`). Like the
+    other bf16 kernels (image conv, GDN) it is not held back by ``ATEN_CPU_CAPABILITY=avx2``,
+    which concerns the fp32 kernels' AVX-512 variants: bf16 has no AVX2 form."""
     K = _kernels()
     return GEMM_BF16 and K is not None and hasattr(K, "batched_gemm_bf16") and \
         bool(K.batched_gemm_bf16_available()) and winograd_available()
@@ -543,7 +554,7 @@ def conv2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
     ``ceil(k/stride) <= 3``) by Winograd F(3x3, 4x4) on the polyphase split: 2.8x fewer products
     than the direct sum. x ``[N, C_in, H, W]``, gy ``[N, C_out, H_out, W_out]`` fp32 CPU
     (channels_last avoids copies) -> ``[C_out, C_in, k, k]`` fp32."""
-    xc = _check_x(x, "conv2d_weight_grad")
+    xc = _check_x(x, "conv2d_weight_grad", _FP32)
     s, C, co = stride, x.shape[1], gy.shape[1]
     gy = fp32_cpu_input(gy, "conv2d_weight_grad (gy)")
     dw = torch.empty(co, C, k, k, dtype=torch.float32)   # every tap written once
@@ -558,7 +569,7 @@ def conv_transpose2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stri
     phases. x ``[N, C_in, H, W]``, gy ``[N, C_out, H_out, W_out]`` fp32 CPU -> ``[C_in, C_out,
     k, k]`` fp32."""
     from .conv import _subpixel_plan
-    xc = _check_x(x, "conv_transpose2d_weight_grad")
+    xc = _check_x(x, "conv_transpose2d_weight_grad", _FP32)
     s, ci, co = stride, x.shape[1], gy.shape[1]
     Ho, Wo = gy.shape[2], gy.shape[3]
     _, lo, _, _ = _subpixel_plan(k, s, padding)
@@ -581,6 +592,7 @@ class WinogradConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, b, stride: int, padding: int):
+        _check_x(x, "WinogradConv2dFunction", _FP32)   # its backward is fp32 only
         k = w.shape[-1]
         U = conv2d_weight_fp32(w, stride)
         y = conv2d_winograd(x.detach(), U, None if b is None else b.detach(), k, stride, padding)
@@ -626,6 +638,7 @@ class WinogradConvTranspose2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, b, stride: int, padding: int, output_padding: int):
+        _check_x(x, "WinogradConvTranspose2dFunction", _FP32)   # its backward is fp32 only
         k = w.shape[-1]
         U = conv_transpose2d_weight_fp32(w, stride, padding)
         y = conv_transpose2d_winograd(x.detach(), U, None if b is None else b.detach(), k,

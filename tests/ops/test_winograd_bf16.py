@@ -203,6 +203,32 @@ def test_bad_bf16_weights_are_refused(monkeypatch):
         Wg.conv2d_winograd(x, U, b, 5, 2, 2)
 
 
+@needs_transforms
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "transposed"])
+def test_weight_gradients_refuse_bf16_x(transposed):
+    """The weight gradients (and the training Functions whose backward runs them) are fp32 only:
+    bf16 x is refused with a ValueError before any kernel reads it (the input transform would
+    read it as fp32: past its end)."""
+    x, w, b = _case(1, 8, 8, 12, 12, 5, transposed, seed=6)
+    gy_shape = (F.conv_transpose2d(x.float(), w, None, 2, 2, 1) if transposed
+                else F.conv2d(x.float(), w, None, 2, 2)).shape
+    gy = torch.randn(gy_shape)
+    grad = Wg.conv_transpose2d_weight_grad if transposed else Wg.conv2d_weight_grad
+    with pytest.raises(ValueError, match="fp32"):
+        grad(x.to(torch.bfloat16), gy, 5, 2, 2)
+    fn = Wg.WinogradConvTranspose2dFunction if transposed else Wg.WinogradConv2dFunction
+    args = (2, 2, 1) if transposed else (2, 2)
+    with pytest.raises(ValueError, match="fp32"):
+        fn.apply(x.to(torch.bfloat16).requires_grad_(), w.requires_grad_(), b, *args)
+    dw = grad(x.float(), gy, 5, 2, 2)                       # fp32 still runs, and is right
+    wd = w.detach().double().requires_grad_()
+    yd = F.conv_transpose2d(x.double(), wd, None, 2, 2, 1) if transposed \
+        else F.conv2d(x.double(), wd, None, 2, 2)
+    (gdw,) = torch.autograd.grad(yd, wd, gy.double())
+    assert torch.isfinite(dw).all()
+    assert float((dw.double() - gdw).abs().max()) <= 1e-5 * float(gdw.abs().max())
+
+
 # -- dispatch from the conv ops --------------------------------------------------------------
 def _count_calls(monkeypatch, name):
     calls = []
