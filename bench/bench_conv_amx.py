@@ -2,7 +2,8 @@
 """A/B of the CPU direct AMX-BF16 conv (``slimkernels.ops.conv.CPU_AMX_CONV``) against oneDNN's
 prepacked path, per SlimCAE w -> w layer and width, no grad, bf16 x, in one process (the two
 paths alternate; best of ``--reps`` medians). The size limits are lifted so every layer is
-compared, which is how ``AMX_CONV_MAX_CHANNELS`` / ``AMX_CONV_MAX_PIXELS`` were chosen.
+compared, which is how ``AMX_CONV_MAX_CHANNELS`` / ``AMX_CONV_MAX_PIXELS`` and the rule for
+channel counts that are not multiples of 32 (``AMX_CONV_MISALIGNED_MAX_CHANNELS``) were chosen.
 
     python bench/bench_conv_amx.py --threads 1 --widths 48,64,72,96
 """

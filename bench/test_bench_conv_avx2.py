@@ -60,6 +60,7 @@ def test_conv_bench_opt_in_quick_runs(capsys, monkeypatch):
     if not Wg.gemm_bf16_available():
         pytest.skip("no AVX512-BF16 batched GEMM here: the bf16 Winograd path does not exist")
     monkeypatch.setattr(C, "_amx", lambda: False)
+    monkeypatch.setattr(C, "_amx_conv_kernels", lambda: None)
     monkeypatch.setattr(C, "WINOGRAD_BF16_MIN_C", 16)
     seen = []
     real = Wg.conv_transpose2d_winograd

@@ -848,9 +848,25 @@ def _check(x, weight, bias, name, transposed, stride, padding):
 #: ``python bench/bench_conv_amx.py``: A/B in one process, best of 2 medians):
 #: w=48 enc3 1.30x oneDNN, dec1 1.05-1.30x; larger layers (enc2/dec2, 6144 pixels) and w >= 96
 #: are 0.8-1.0x, hence the limits. Set False to always use oneDNN.
+#: ... and, at any size, convs and transposed convs with more than ``AMX_CONV_MAX_CHANNELS``
+#: channels on both sides when either side is not a multiple of 32 (the AMX tile's K depth),
+#: up to ``AMX_CONV_MISALIGNED_MAX_CHANNELS``: oneDNN's bf16 convs there run at the speed of the
+#: next multiple of 32 or slower (kodim01's dec2 at 144 channels: 4.0 ms, as at 192), where the
+#: direct kernel's time follows the channels. Twenty-third sitting, AMX Xeon, kodim01's 5x5/2
+#: layers, direct / oneDNN speed of enc2 / enc3 / dec1 / dec2 (``python bench/bench_conv_amx.py
+#: --threads 2 --widths 192,176,160,144,128,112,96,80,72,64,48``, and ``--threads 1``): 2 threads
+#: 176 channels 1.00 / 1.12 / 1.10 / 1.02x, 144 1.11 / 1.27 / 1.32 / 1.28x, 112 1.12 / 1.62 /
+#: 1.43 / 1.09x, 80 1.20 / 1.37 / 1.24 / 1.23x, 72 0.95 / 1.09 / 1.20 / 1.22x; 1 thread 1.01-1.31x
+#: at 176 / 144 / 112 / 80, 0.91-1.20x at 72; at multiples of 32 oneDNN stays (direct
+#: 0.73-0.99x at 192 / 160 / 128 / 96 for the large layers; the small ones mixed). End to end
+#: against the code before (``python bench/ab_checkouts.py --widths 144,72 --rounds 16``,
+#: default bf16): w=144 ``compress`` 1.04-1.09x / ``decompress`` 1.08-1.13x at 2 threads (two
+#: runs), 1.03x / 1.16x at 1; w=72 0.99-1.02x / 1.00-1.08x; the other widths take the same
+#: routes as before.
 CPU_AMX_CONV = True
 AMX_CONV_MAX_CHANNELS = 64
 AMX_CONV_MAX_PIXELS = 3072
+AMX_CONV_MISALIGNED_MAX_CHANNELS = 256
 
 
 def _amx_conv_kernels():
@@ -860,10 +876,17 @@ def _amx_conv_kernels():
 
 def _use_amx_conv(x, ci, co, pixels) -> bool:
     """The direct AMX kernel takes this no-grad conv: x dense channels_last, bf16 (or fp32 that
-    the kernel rounds to bf16 while padding, under bf16 autocast), narrow and small enough."""
-    return (CPU_AMX_CONV and ci <= AMX_CONV_MAX_CHANNELS and co <= AMX_CONV_MAX_CHANNELS and
-            pixels <= AMX_CONV_MAX_PIXELS and x.is_cpu and
-            x.is_contiguous(memory_format=torch.channels_last) and _amx_conv_kernels() is not None)
+    the kernel rounds to bf16 while padding, under bf16 autocast), and either narrow and small
+    enough, or wider with a channel count that is not a multiple of 32 (see ``CPU_AMX_CONV``)."""
+    if not CPU_AMX_CONV:
+        return False
+    small = ci <= AMX_CONV_MAX_CHANNELS and co <= AMX_CONV_MAX_CHANNELS and \
+        pixels <= AMX_CONV_MAX_PIXELS
+    if not small and not (AMX_CONV_MAX_CHANNELS < min(ci, co) and
+                          max(ci, co) <= AMX_CONV_MISALIGNED_MAX_CHANNELS and (ci % 32 or co % 32)):
+        return False
+    return x.is_cpu and x.is_contiguous(memory_format=torch.channels_last) and \
+        _amx_conv_kernels() is not None
 
 
 def _amx_direct_input(x, weight, bias) -> bool:

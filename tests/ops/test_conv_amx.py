@@ -134,6 +134,50 @@ def test_dispatch_takes_amx_and_falls_back(monkeypatch, transposed):
     _close(y, r)
 
 
+def test_rule_small_or_misaligned_channels():
+    """The direct kernel takes narrow small convs (<= 64 channels, <= 3072 output pixels), and
+    at any size convs of 65..256 channels on both sides where a side is not a multiple of 32;
+    oneDNN keeps multiples of 32 above 64 channels, the image layers (3 channels) and wider."""
+    x = _x(1, 8, 4, 4, 30)
+    big = 64 * 96
+    assert C._use_amx_conv(x, 48, 48, 1536) and C._use_amx_conv(x, 64, 64, 3072)
+    assert not C._use_amx_conv(x, 64, 64, big) and not C._use_amx_conv(x, 96, 96, 1536)
+    for c in (72, 80, 112, 144, 176, 200, 256 - 8):
+        assert C._use_amx_conv(x, c, c, big), c
+    assert C._use_amx_conv(x, 144, 192, big) and C._use_amx_conv(x, 192, 144, big)
+    for c in (96, 128, 160, 192, 256):
+        assert not C._use_amx_conv(x, c, c, big), c
+    assert not C._use_amx_conv(x, 3, 144, big) and not C._use_amx_conv(x, 144, 3, big)
+    assert not C._use_amx_conv(x, 264, 264, big)
+    assert not C._use_amx_conv(x.contiguous(), 144, 144, big)     # NCHW x: not as it is
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("w, direct", [(144, True), (72, True), (192, False), (128, False)])
+def test_dispatch_of_wide_layers_follows_the_channel_alignment(monkeypatch, transposed, w,
+                                                               direct):
+    """SlimCAE's 5x5/2 layers on more than 3072 output pixels: the direct kernel at 144 / 72
+    channels, oneDNN at 192 / 128; both within bf16's 1e-2 of float64."""
+    name = "_conv_transpose2d_amx" if transposed else "_conv2d_amx"
+    calls = []
+    real = getattr(C, name)
+    monkeypatch.setattr(C, name, lambda *a: calls.append(1) or real(*a))
+    W = _param((192, 192, 5, 5), 31).to(torch.bfloat16)
+    b = torch.randn(192).to(torch.bfloat16)
+    x = _x(1, w, 40, 48, 32) if transposed else _x(1, w, 80, 96, 32)   # 3840 (phase) pixels
+    kw = dict(stride=2, padding=2, out_width=w)
+    if transposed:
+        kw["output_padding"] = 1
+    op, ref = (slim_conv_transpose2d, F.conv_transpose2d) if transposed else \
+        (slim_conv2d, F.conv2d)
+    r = ref(x.double(), W[:w, :w].double(), b[:w].double(),
+            **{k: v for k, v in kw.items() if k != "out_width"})
+    with torch.no_grad():
+        y = op(x, W, b, **kw)
+    assert calls == ([1] if direct else [])
+    _close(y, r)
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("w", [1, 17, 48, 64])
 def test_fp32_input_is_rounded_in_the_kernel(transposed, w):

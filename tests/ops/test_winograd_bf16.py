@@ -230,6 +230,13 @@ def test_weight_gradients_refuse_bf16_x(transposed):
 
 
 # -- dispatch from the conv ops --------------------------------------------------------------
+def _as_if_no_amx(monkeypatch):
+    """The routes of an AVX512-BF16 CPU without AMX (the Zen 4) on any CPU: no AMX GEMM tiles
+    (``_amx``) and no direct AMX conv kernel, which AMX CPUs try first."""
+    monkeypatch.setattr(conv_mod, "_amx", lambda: False)
+    monkeypatch.setattr(conv_mod, "_amx_conv_kernels", lambda: None)
+
+
 def _count_calls(monkeypatch, name):
     calls = []
     real = getattr(Wg, name)
@@ -252,7 +259,7 @@ def test_no_grad_bf16_convs_take_bf16_winograd_from_enough_channels(monkeypatch)
     transposed convs with ``WINOGRAD_BF16_MIN_C`` channels on both sides and
     ``WINOGRAD_MIN_TILES_WIDE`` tiles run by bf16 Winograd (values as the reference of the
     algorithm); fewer channels or tiles, a gradient, AMX or the switches off: not."""
-    monkeypatch.setattr(conv_mod, "_amx", lambda: False)
+    _as_if_no_amx(monkeypatch)
     monkeypatch.setattr(conv_mod, "CPU_WINOGRAD_BF16", True)
     monkeypatch.setattr(conv_mod, "CPU_WINOGRAD_BF16_TRANSPOSED", True)   # (off by default)
     conv = _count_calls(monkeypatch, "conv2d_winograd")
@@ -311,7 +318,7 @@ def test_bundled_encoder_with_bf16_winograd_keeps_the_latents(monkeypatch, width
     99.74 % at 144; the direct bf16 encoder 99.69 / 99.82 %: Winograd's extra error moves
     latents that sit at a rounding boundary, ~0.004 dB on Kodak)."""
     from slimkernels.pretrained import load_model
-    monkeypatch.setattr(conv_mod, "_amx", lambda: False)
+    _as_if_no_amx(monkeypatch)
     conv = _count_calls(monkeypatch, "conv2d_winograd")
     model, x = load_model(), _sample()
     eb = model.entropy_bottleneck.for_width(width)
@@ -331,7 +338,7 @@ def test_bundled_decoder_with_bf16_winograd(monkeypatch, width):
     (measured 53.7 / 53.3 dB at w = 192 / 144; the direct bf16 decoder 54.5 / 54.4) and loses
     at most 0.05 dB against the original."""
     from slimkernels.pretrained import load_model
-    monkeypatch.setattr(conv_mod, "_amx", lambda: False)
+    _as_if_no_amx(monkeypatch)
     monkeypatch.setattr(conv_mod, "CPU_WINOGRAD_BF16_TRANSPOSED", True)
     convt = _count_calls(monkeypatch, "conv_transpose2d_winograd")
     model, x = load_model(), _sample()
