@@ -117,11 +117,24 @@ class AlignedBuffer {
     if (p_ != nullptr) size_ = bytes;
     return p_;
   }
+  // Frees the buffer when it holds more than `keep` bytes: a large image's padded input is not
+  // kept for the rest of the thread's life.
+  void trim(size_t keep) {
+    if (size_ > keep) {
+      std::free(p_);
+      p_ = nullptr;
+      size_ = 0;
+    }
+  }
 
  private:
   void* p_ = nullptr;
   size_t size_ = 0;
 };
+
+// The padded-input buffer is kept across calls up to this size (SlimCAE's 5x5/2 layers on a
+// Kodak image: 1-13 MB at 48-256 channels); a larger one is freed after its call.
+constexpr size_t kKeepPadBytes = size_t(16) << 20;
 
 // Pixel blocks b0..b1 (block b: image/row r = b / nxb, columns 16 * (b % nxb) ..), in groups of
 // up to kMaxBlocks that share every B tile.
@@ -287,6 +300,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     amx::release();
   };
   run_on_threads(nt, worker);
+  padbuf.trim(kKeepPadBytes);
   return nomem.load(std::memory_order_relaxed) ? kCNoMem : kCOk;
 }
 
