@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.slimkernels-installed
-SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.hpp csrc/py/*.cpp)
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.hpp csrc/*/*.cpp csrc/*/*.hpp)
 
 .PHONY: install demo test test-fast bench docs clean
 
