@@ -321,7 +321,10 @@ CPU_IMAGE_CONV = True
 WINOGRAD_IMAGE_MIN_CIN = 96
 #: Without gradient, run bf16 transposed convs onto 1-3 output channels (SlimCAE's 9x9/4 output
 #: layer) with the image kernel's AVX512-BF16 variant on CPUs that have it and no AMX (AMX CPUs
-#: keep oneDNN's sub-pixel conv, not measured against it): exact taps (2/3 of the sub-pixel
+#: keep oneDNN's AMX routes: on the AMX Xeon the bf16 image kernels run 3.5-7x slower than them,
+#: enc1 / dec3 2.67 / 3.23 ms against 0.59 / 0.90 at C = 48, 10.3 / 11.8 against 1.56 / 1.88 at
+#: 192; twenty-third sitting, 2 threads, medians of 15, ``_amx`` patched off in one process,
+#: ``/tmp/img_amx.py``-style on ``bench_conv_avx2``'s layers): exact taps (2/3 of the sub-pixel
 #: products), fp32 sums, no phase shuffle copy. Zen 4 EPYC, kodim01's dec3 ([1, C, 128, 192]
 #: -> 3 x 512 x 768), 2 threads, medians of 30 (``/tmp/tb3.py``-style, trainer paused):
 #: 2.0-2.2 vs 2.6-2.8 ms at C = 48, 7.2 vs 9.8-10.1 ms at 192 (1.3-1.4x). Likewise bf16 convs
@@ -333,7 +336,9 @@ CPU_IMAGE_CONV_BF16 = True
 #: ... and fp32 ones on AVX-512 CPUs too (``CPU_IMAGE_CONV`` keeps the other image kernels to
 #: AVX2-level CPUs), by the kernel's AVX-512 variant (``conv_image.FP32_AVX512``): Zen 4 EPYC,
 #: kodim01's dec3, 2 threads, medians of 20: 3.4 vs 4.9 ms at C = 48, 6.9 vs 10.5 at 96, 13.3
-#: vs 19.3 at 192 against oneDNN's fp32 sub-pixel conv (not measured on Intel AVX-512 CPUs).
+#: vs 19.3 at 192 against oneDNN's fp32 sub-pixel conv. On the AMX Xeon (Intel AVX-512, twenty-
+#: third sitting, ``python bench/bench_conv_avx2.py --threads 2 --repeats 9``): dec3 at 48 / 72
+#: inputs (the image kernel) 1.34 / 1.36x oneDNN, enc1 0.95-1.07x at 48-192.
 CPU_IMAGE_CONV_T_AVX512 = True
 #: ... and the fp32 convs from few input channels (enc1) on AVX-512 CPUs by the conv kernel's
 #: AVX-512 variant (``conv_image.FP32_AVX512``: 8-pixel x 3-panel tiles of 16 lanes; its AVX2
