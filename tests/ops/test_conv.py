@@ -464,6 +464,28 @@ def test_prepacked_subpixel_general_vs_float64(k, s, p, op, Co, dtype):
     assert rel_err(y, ref) < (1e-2 if dtype == "bf16" else 1e-5)
 
 
+@pytest.mark.parametrize("k,s,p,op,Co", [(9, 4, 4, 3, 3), (4, 2, 1, 0, 3), (3, 2, 1, 1, 5),
+                                         (9, 4, 4, 3, 1), (5, 2, 2, 1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_subpixel_prepacked_shuffle_vs_float64(k, s, p, op, Co, dtype):
+    """The prepacked sub-pixel conv itself (whatever route the op would take here): its phase
+    shuffle moves runs of s*Co elements as 8-byte words when they are a multiple of 8 bytes
+    (bf16 9x9/4 onto 3 channels: 24 bytes) and element by element otherwise (bf16 s=2 onto 3:
+    12 bytes); both against float64."""
+    conv_mod.clear_cpu_caches()
+    torch.manual_seed(k + s + Co)
+    x = torch.randn(2, 6, 5, 7).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(8, Co, k, k) / k).to(dtype)
+    b = torch.randn(Co).to(dtype)
+    with torch.no_grad():
+        y = conv_mod._subpixel_prepacked(x, w, b, Co, s, p, op)
+    ref = F.conv_transpose2d(x.double(), w[:6].double(), b.double(), stride=s, padding=p,
+                             output_padding=op)
+    assert y.shape == ref.shape and y.dtype == dtype
+    assert torch.isfinite(y.float()).all()
+    assert rel_err(y, ref) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_prepacked_igdn_input_and_output_vs_float64(dtype):
     conv_mod.clear_cpu_caches()
