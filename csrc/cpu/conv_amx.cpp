@@ -109,22 +109,17 @@ class AlignedBuffer {
   AlignedBuffer(const AlignedBuffer&) = delete;
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
   ~AlignedBuffer() { std::free(p_); }
-  void* get(size_t bytes) {
-    if (bytes <= size_) return p_;
+  // At least `bytes`; a buffer of more than `keep` bytes is replaced by a smaller one when a
+  // call needs at most `keep`: consecutive large calls reuse it (no allocation and page faults
+  // per call), and a large image's padded input does not stay for the thread's life once the
+  // calls are small again.
+  void* get(size_t bytes, size_t keep) {
+    if (bytes <= size_ && !(size_ > keep && bytes <= keep)) return p_;
     std::free(p_);
     size_ = 0;
     p_ = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (p_ != nullptr) size_ = bytes;
     return p_;
-  }
-  // Frees the buffer when it holds more than `keep` bytes: a large image's padded input is not
-  // kept for the rest of the thread's life.
-  void trim(size_t keep) {
-    if (size_ > keep) {
-      std::free(p_);
-      p_ = nullptr;
-      size_ = 0;
-    }
   }
 
  private:
@@ -132,8 +127,8 @@ class AlignedBuffer {
   size_t size_ = 0;
 };
 
-// The padded-input buffer is kept across calls up to this size (SlimCAE's 5x5/2 layers on a
-// Kodak image: 1-13 MB at 48-256 channels); a larger one is freed after its call.
+// The padded-input buffer is kept across small calls up to this size (SlimCAE's 5x5/2 layers on a
+// Kodak image: 1-13 MB at 48-256 channels); a larger one only until a call needs <= this.
 constexpr size_t kKeepPadBytes = size_t(16) << 20;
 
 // Pixel blocks b0..b1 (block b: image/row r = b / nxb, columns 16 * (b % nxb) ..), in groups of
@@ -253,7 +248,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   // are single cache lines (an unaligned buffer measured 1.8x slower at 48 channels).
   thread_local AlignedBuffer padbuf;
   const int64_t rows = a.N * a.Hp;
-  uint16_t* xpad = static_cast<uint16_t*>(padbuf.get(static_cast<size_t>(rows * a.Wp * a.C) * 2));
+  uint16_t* xpad = static_cast<uint16_t*>(padbuf.get(static_cast<size_t>(rows * a.Wp * a.C) * 2, kKeepPadBytes));
   if (xpad == nullptr) return kCNoMem;
   const int64_t ldc = (a.Co + 15) / 16 * 16;
   const int64_t blocks = a.N * a.Ho * (Wq / 16);
@@ -300,7 +295,6 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     amx::release();
   };
   run_on_threads(nt, worker);
-  padbuf.trim(kKeepPadBytes);
   return nomem.load(std::memory_order_relaxed) ? kCNoMem : kCOk;
 }
 

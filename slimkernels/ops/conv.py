@@ -483,7 +483,7 @@ def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding):
     k = weight.shape[-1]
     if weight.shape[-2] == k and _use_amx_conv(
             x, x.shape[1], co, x.shape[0] * ((x.shape[2] + 2 * padding - k) // stride + 1) *
-            ((x.shape[3] + 2 * padding - k) // stride + 1)):
+            ((x.shape[3] + 2 * padding - k) // stride + 1), stride > 1 and k >= 2 * stride + 1):
         return _conv2d_amx(x, weight, bias, co, stride, padding)
     return None
 
@@ -867,7 +867,9 @@ def _check(x, weight, bias, name, transposed, stride, padding):
 #: against the code before (``python bench/ab_checkouts.py --widths 144,72 --rounds 16``,
 #: default bf16): w=144 ``compress`` 1.04-1.09x / ``decompress`` 1.08-1.13x at 2 threads (two
 #: runs), 1.03x / 1.16x at 1; w=72 0.99-1.02x / 1.00-1.08x; the other widths take the same
-#: routes as before.
+#: routes as before. Convs only with a kernel of at least ``2 * stride + 1`` and stride > 1
+#: (5x5/2, the measured case): a review measured stride-1 and 3x3/2 convs at 144-200 channels
+#: 0.56-0.83x by the direct kernel; transposed convs gained at 3x3/2 to 9x9/4 (1.16-1.34x).
 CPU_AMX_CONV = True
 AMX_CONV_MAX_CHANNELS = 64
 AMX_CONV_MAX_PIXELS = 3072
@@ -879,15 +881,17 @@ def _amx_conv_kernels():
     return cpu_kernels("amx_available")
 
 
-def _use_amx_conv(x, ci, co, pixels) -> bool:
+def _use_amx_conv(x, ci, co, pixels, wide_geometry: bool = True) -> bool:
     """The direct AMX kernel takes this no-grad conv: x dense channels_last, bf16 (or fp32 that
     the kernel rounds to bf16 while padding, under bf16 autocast), and either narrow and small
-    enough, or wider with a channel count that is not a multiple of 32 (see ``CPU_AMX_CONV``)."""
+    enough, or (``wide_geometry``: a transposed conv, or a conv whose kernel is at least
+    ``2 * stride + 1`` with stride > 1, e.g. 5x5/2) wider with a channel count that is not a
+    multiple of 32 (see ``CPU_AMX_CONV``)."""
     if not CPU_AMX_CONV:
         return False
     small = ci <= AMX_CONV_MAX_CHANNELS and co <= AMX_CONV_MAX_CHANNELS and \
         pixels <= AMX_CONV_MAX_PIXELS
-    if not small and not (AMX_CONV_MAX_CHANNELS < min(ci, co) and
+    if not small and not (wide_geometry and AMX_CONV_MAX_CHANNELS < min(ci, co) and
                           max(ci, co) <= AMX_CONV_MISALIGNED_MAX_CHANNELS and (ci % 32 or co % 32)):
         return False
     return x.is_cpu and x.is_contiguous(memory_format=torch.channels_last) and \
@@ -1092,7 +1096,7 @@ def _subpixel_prepacked(x, weight, bias, co, stride, padding, output_padding):
     yv = y.permute(0, 2, 3, 1)[:, :Qh, :Qw].view(N, Qh, Qw, s, s * co)
     out = torch.empty((N, Qh, s, Qw, s * co), dtype=y.dtype, device=y.device)
     run = s * co * y.element_size()   # bytes of one phase row's contiguous run
-    if run % 8 == 0 and y.storage_offset() == 0:
+    if run % 8 == 0 and y.storage_offset() == 0 and yv.stride(-1) == 1:
         # move the runs as 8-byte words (bf16 output layer: 24-byte runs; the copy 133 -> 88 us
         # alone, kodim01's dec3 on the AMX Xeon 1.02-1.10x at w=192..48, ``decompress``
         # 1.00-1.03x: ``python bench/ab_checkouts.py --widths 192,96,48 --rounds 12``)

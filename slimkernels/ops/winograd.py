@@ -194,6 +194,14 @@ def _check_x(x: torch.Tensor, name: str, dtypes=_FP32_BF16) -> torch.Tensor:
     return xc
 
 
+def _require_fp32(x: torch.Tensor, name: str) -> None:
+    """ValueError unless x is fp32 (the training Functions' check: their forward converts x
+    itself, their backward's weight gradient reads fp32 only)."""
+    if x.dtype != torch.float32:
+        raise ValueError(f"{name}: x must be fp32 (the weight gradient reads fp32 only), got "
+                         f"{x.dtype}; cast it, or use conv2d_winograd without gradient for bf16")
+
+
 #: Tiles per transform -> GEMM -> transform round: as many as keep ``V`` and ``M`` (36 x tiles x
 #: (K + N) fp32) within ``CHUNK_U_FACTOR`` times the bytes of the transformed weight ``U``,
 #: clamped to [``CHUNK_MIN_BYTES``, ``CHUNK_BYTES``]. Every round reads all of ``U``, so wide
@@ -592,7 +600,7 @@ class WinogradConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, b, stride: int, padding: int):
-        _check_x(x, "WinogradConv2dFunction", _FP32)   # its backward is fp32 only
+        _require_fp32(x, "WinogradConv2dFunction")   # its backward is fp32 only
         k = w.shape[-1]
         U = conv2d_weight_fp32(w, stride)
         y = conv2d_winograd(x.detach(), U, None if b is None else b.detach(), k, stride, padding)
@@ -638,7 +646,7 @@ class WinogradConvTranspose2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, b, stride: int, padding: int, output_padding: int):
-        _check_x(x, "WinogradConvTranspose2dFunction", _FP32)   # its backward is fp32 only
+        _require_fp32(x, "WinogradConvTranspose2dFunction")   # its backward is fp32 only
         k = w.shape[-1]
         U = conv_transpose2d_weight_fp32(w, stride, padding)
         y = conv_transpose2d_winograd(x.detach(), U, None if b is None else b.detach(), k,

@@ -150,21 +150,41 @@ def test_rule_small_or_misaligned_channels():
     assert not C._use_amx_conv(x, 3, 144, big) and not C._use_amx_conv(x, 144, 3, big)
     assert not C._use_amx_conv(x, 264, 264, big)
     assert not C._use_amx_conv(x.contiguous(), 144, 144, big)     # NCHW x: not as it is
+    # the wide rule only for the measured geometries (the callers say which: 5x5/2 convs and
+    # transposed convs); narrow small convs go at any geometry
+    assert not C._use_amx_conv(x, 144, 144, big, False)
+    assert C._use_amx_conv(x, 48, 48, 1536, False)
+
+
+@pytest.mark.parametrize("k, s, direct", [(5, 2, True), (9, 4, True), (3, 2, False),
+                                          (3, 1, False), (1, 1, False)])
+def test_wide_conv_rule_follows_the_geometry(monkeypatch, k, s, direct):
+    """Convs of 144 channels take the direct kernel only with a kernel of at least 2*s + 1 and
+    s > 1 (stride-1 and 3x3/2 convs measured slower there); right either way."""
+    calls = []
+    real = C._conv2d_amx
+    monkeypatch.setattr(C, "_conv2d_amx", lambda *a: calls.append(1) or real(*a))
+    W = _param((144, 144, k, k), 33).to(torch.bfloat16)
+    x = _x(1, 144, 64 * s, 72 * s, 34)                      # 4608 output pixels
+    with torch.no_grad():
+        y = slim_conv2d(x, W, None, stride=s, padding=k // 2)
+    assert calls == ([1] if direct else [])
+    _close(y, F.conv2d(x.double(), W.double(), None, stride=s, padding=k // 2))
 
 
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("w, direct", [(144, True), (72, True), (192, False), (128, False)])
 def test_dispatch_of_wide_layers_follows_the_channel_alignment(monkeypatch, transposed, w,
                                                                direct):
-    """SlimCAE's 5x5/2 layers on more than 3072 output pixels: the direct kernel at 144 / 72
-    channels, oneDNN at 192 / 128; both within bf16's 1e-2 of float64."""
+    """SlimCAE's 5x5/2 layers on more than 3072 output (phase) pixels: the direct kernel at
+    144 / 72 channels, oneDNN at 192 / 128; both within bf16's 1e-2 of float64."""
     name = "_conv_transpose2d_amx" if transposed else "_conv2d_amx"
     calls = []
     real = getattr(C, name)
     monkeypatch.setattr(C, name, lambda *a: calls.append(1) or real(*a))
     W = _param((192, 192, 5, 5), 31).to(torch.bfloat16)
     b = torch.randn(192).to(torch.bfloat16)
-    x = _x(1, w, 40, 48, 32) if transposed else _x(1, w, 80, 96, 32)   # 3840 (phase) pixels
+    x = _x(1, w, 64, 64, 32) if transposed else _x(1, w, 128, 128, 32)   # 4096 (phase) pixels
     kw = dict(stride=2, padding=2, out_width=w)
     if transposed:
         kw["output_padding"] = 1
