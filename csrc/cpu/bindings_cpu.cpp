@@ -15,6 +15,8 @@
 #include "conv_avx2.hpp"
 #include "batched_gemm.hpp"
 
+#include <type_traits>
+
 namespace py = pybind11;
 
 namespace {
@@ -177,13 +179,17 @@ void winograd_input_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, 
 
 void winograd_output_py(uintptr_t M, uintptr_t bias, int64_t N, int64_t th, int64_t tw,
                         int64_t Co, int64_t r, int64_t Ho, int64_t Wo, int64_t t_begin,
-                        int64_t t_count, uintptr_t y, int nthreads) {
+                        int64_t t_count, uintptr_t y, int nthreads, bool y_bf16) {
   sk::WinoOutArgs a;
   a.M = reinterpret_cast<const float*>(M);
   a.bias = reinterpret_cast<const float*>(bias);
   a.N = N; a.th = th; a.tw = tw; a.Co = Co; a.r = r; a.Ho = Ho; a.Wo = Wo;
   a.t_begin = t_begin; a.t_count = t_count;
-  a.y = reinterpret_cast<float*>(y);
+  if (y_bf16) {
+    a.y_bf16 = reinterpret_cast<uint16_t*>(y);
+  } else {
+    a.y = reinterpret_cast<float*>(y);
+  }
   a.nthreads = nthreads;
   call_released(sk::winograd_output_f43, a, sk::winograd_error_message, "winograd_output");
 }
@@ -263,27 +269,20 @@ void conv_fp32_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t 
                 Fn == sk::conv_avx2_forward ? "conv_avx2_forward" : "conv_avx512_forward");
 }
 
-void batched_gemm_avx512_py(uintptr_t V, uintptr_t U, uintptr_t M, int64_t B, int64_t T,
-                            int64_t K, int64_t N, int nthreads) {
-  sk::BatchedGemmArgs a;
-  a.V = reinterpret_cast<const float*>(V);
-  a.U = reinterpret_cast<const float*>(U);
+// batched_gemm_avx512 (fp32 operands) or batched_gemm_bf16 (bf16 V, bf16-pair U): the same
+// arguments, the operand pointer types from the Args struct
+template <class Args, int (*Fn)(const Args&)>
+void batched_gemm_py(uintptr_t V, uintptr_t U, uintptr_t M, int64_t B, int64_t T, int64_t K,
+                     int64_t N, int nthreads) {
+  Args a;
+  a.V = reinterpret_cast<decltype(a.V)>(V);
+  a.U = reinterpret_cast<decltype(a.U)>(U);
   a.M = reinterpret_cast<float*>(M);
   a.B = B; a.T = T; a.K = K; a.N = N;
   a.nthreads = nthreads;
-  call_released(sk::batched_gemm_avx512, a, sk::batched_gemm_error_message,
-                "batched_gemm_avx512");
-}
-
-void batched_gemm_bf16_py(uintptr_t V, uintptr_t U, uintptr_t M, int64_t B, int64_t T,
-                          int64_t K, int64_t N, int nthreads) {
-  sk::BatchedGemmBf16Args a;
-  a.V = reinterpret_cast<const uint16_t*>(V);
-  a.U = reinterpret_cast<const uint32_t*>(U);
-  a.M = reinterpret_cast<float*>(M);
-  a.B = B; a.T = T; a.K = K; a.N = N;
-  a.nthreads = nthreads;
-  call_released(sk::batched_gemm_bf16, a, sk::batched_gemm_error_message, "batched_gemm_bf16");
+  call_released(Fn, a, sk::batched_gemm_error_message,
+                std::is_same<Args, sk::BatchedGemmBf16Args>::value ? "batched_gemm_bf16"
+                                                                   : "batched_gemm_avx512");
 }
 
 void conv_bf16_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, uintptr_t w,
@@ -407,9 +406,10 @@ PYBIND11_MODULE(_cpu_kernels, m) {
   m.def("winograd_output", &winograd_output_py, py::arg("M"), py::arg("bias"), py::arg("N"),
         py::arg("th"), py::arg("tw"), py::arg("Co"), py::arg("r"), py::arg("Ho"), py::arg("Wo"),
         py::arg("t_begin"), py::arg("t_count"), py::arg("y"), py::arg("nthreads"),
+        py::arg("y_bf16") = false,
         "Winograd F(4x4,3x3) output transform: M [36, t_count, r*r*Co] fp32 (tiles t_begin.., "
-        "channels (ry, rx, co)), bias [Co] fp32 or 0; y [N, Ho, Wo, Co] dense fp32, the r*r output phases "
-        "interleaved.");
+        "channels (ry, rx, co)), bias [Co] fp32 or 0; y [N, Ho, Wo, Co] dense fp32 (bf16, rounded "
+        "to nearest even, with y_bf16=True), the r*r output phases interleaved.");
   m.def("winograd_weight", &winograd_weight_py, py::arg("g"), py::arg("G"), py::arg("n"),
         py::arg("U"), py::arg("nthreads"),
         "Winograd F(4x4,3x3) weight transform: g [9, n] fp32 (3x3 taps of n kernels, one per "
@@ -454,13 +454,13 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "micro-tiles of 8 pixels x 48 channels.");
   m.def("batched_gemm_avx512_available", &sk::batched_gemm_avx512_available,
         "True when the CPU has AVX-512F (batched_gemm_avx512).");
-  m.def("batched_gemm_avx512", &batched_gemm_avx512_py, py::arg("V"), py::arg("U"), py::arg("M"),
+  m.def("batched_gemm_avx512", &batched_gemm_py<sk::BatchedGemmArgs, sk::batched_gemm_avx512>, py::arg("V"), py::arg("U"), py::arg("M"),
         py::arg("B"), py::arg("T"), py::arg("K"), py::arg("N"), py::arg("nthreads"),
         "M[b] = V[b] U[b] on AVX-512 (see csrc/cpu/batched_gemm.hpp): V [B, T, K], U [B, K, N], "
         "M [B, T, N], contiguous fp32 (M written).");
   m.def("batched_gemm_bf16_available", &sk::batched_gemm_bf16_available,
         "True when the CPU has AVX512-BF16 (batched_gemm_bf16).");
-  m.def("batched_gemm_bf16", &batched_gemm_bf16_py, py::arg("V"), py::arg("U"), py::arg("M"),
+  m.def("batched_gemm_bf16", &batched_gemm_py<sk::BatchedGemmBf16Args, sk::batched_gemm_bf16>, py::arg("V"), py::arg("U"), py::arg("M"),
         py::arg("B"), py::arg("T"), py::arg("K"), py::arg("N"), py::arg("nthreads"),
         "M[b] = V[b] U[b] by vdpbf16ps (see csrc/cpu/batched_gemm.hpp): V [B, T, K] bf16, "
         "U [B, ceil(K/2), N] bf16 pairs (int32), M [B, T, N] fp32 (written).");

@@ -152,13 +152,14 @@ SK_AVX2_TARGET void input_tiles(const WinoInArgs& a, const TX* x, TV* V, int64_t
   }
 }
 
-// Tiles [t0, t1) of the output transform.
-SK_AVX2_TARGET void output_tiles(const WinoOutArgs& a, int64_t t0, int64_t t1) {
+// Tiles [t0, t1) of the output transform into y (TY: float, or uint16_t for bf16).
+template <class TY>
+SK_AVX2_TARGET void output_tiles(const WinoOutArgs& a, TY* y, int64_t t0, int64_t t1) {
   const int64_t Co = a.Co, r = a.r, Cp = r * r * Co, T = a.t_count;
   __m256 m[6], rowt[6][4], col[6], o[4];
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t tx = t % a.tw, ty = (t / a.tw) % a.th, n = t / (a.tw * a.th);
-    float* yn = a.y + n * a.Ho * a.Wo * Co;
+    TY* yn = y + n * a.Ho * a.Wo * Co;
     for (int64_t ry = 0; ry < r; ++ry) {
       for (int64_t rx = 0; rx < r; ++rx) {
         const float* mt = a.M + (t - a.t_begin) * Cp + (ry * r + rx) * Co;
@@ -185,13 +186,7 @@ SK_AVX2_TARGET void output_tiles(const WinoOutArgs& a, int64_t t0, int64_t t1) {
             for (int i = 0; i < 4; ++i) {
               const int64_t h = r * (4 * ty + i) + ry;
               if (h >= a.Ho) break;
-              float* dst = yn + (h * a.Wo + w) * Co + c0;
-              const __m256 val = _mm256_add_ps(o[i], bias);
-              if (full) {
-                _mm256_storeu_ps(dst, val);
-              } else {
-                _mm256_maskstore_ps(dst, mask, val);
-              }
+              store8(yn + (h * a.Wo + w) * Co + c0, _mm256_add_ps(o[i], bias), valid, mask);
             }
           }
         }
@@ -399,12 +394,17 @@ int winograd_input_f43(const WinoInArgs& args) {
 int winograd_output_f43(const WinoOutArgs& args) {
   if (!gdn_avx2_available()) return kWNoAvx2;
   WinoOutArgs a = args;
-  if (a.M == nullptr || a.y == nullptr || a.N <= 0 || a.th <= 0 || a.tw <= 0 || a.Co <= 0 ||
-      a.r <= 0 || a.Ho <= 0 || a.Wo <= 0 || !tile_range(a)) {
+  if (a.M == nullptr || (a.y == nullptr) == (a.y_bf16 == nullptr) || a.N <= 0 || a.th <= 0 ||
+      a.tw <= 0 || a.Co <= 0 || a.r <= 0 || a.Ho <= 0 || a.Wo <= 0 || !tile_range(a)) {
     return kWBadArgs;
   }
-  over_tiles(a.t_begin, a.t_count, a.nthreads,
-             [&a](int64_t t0, int64_t t1) { output_tiles(a, t0, t1); });
+  over_tiles(a.t_begin, a.t_count, a.nthreads, [&a](int64_t t0, int64_t t1) {
+    if (a.y_bf16 != nullptr) {
+      output_tiles(a, a.y_bf16, t0, t1);
+    } else {
+      output_tiles(a, a.y, t0, t1);
+    }
+  });
   return kWOk;
 }
 

@@ -33,7 +33,8 @@ struct WinoInArgs {
 
 // Output transform. M: [36][t_count][r*r*Co] (tiles t_begin.., phase-major channels (ry, rx, co));
 // writes y[n][r*(4*ty + i) + ry][r*(4*tx + j) + rx][co] = (A^T M A)[i][j] + bias[co] for every
-// position inside [Ho, Wo]. y: [N, Ho, Wo, Co] dense fp32 (channels_last).
+// position inside [Ho, Wo]. y: [N, Ho, Wo, Co] dense fp32 (channels_last), or bf16 (rounded to
+// nearest even) in y_bf16.
 struct WinoOutArgs {
   const float* M = nullptr;
   const float* bias = nullptr;  // [Co] or null
@@ -42,6 +43,7 @@ struct WinoOutArgs {
   int64_t Ho = 0, Wo = 0;
   int64_t t_begin = 0, t_count = 0;  // as in WinoInArgs (0: all N*th*tw tiles)
   float* y = nullptr;
+  uint16_t* y_bf16 = nullptr;  // or y in bf16 (exactly one of the two)
   int nthreads = 1;
 };
 

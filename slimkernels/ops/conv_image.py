@@ -104,6 +104,17 @@ def pack_image_conv_weight(w: torch.Tensor, dtype: torch.dtype = torch.float32) 
     return wp.contiguous() if dtype == torch.float32 else _pair_rows(wp)
 
 
+
+def _check_packed(wp: torch.Tensor, want: tuple, x: torch.Tensor, k: int, co: int, name: str,
+                  packer: str) -> None:
+    """ValueError unless ``wp`` is a CPU, contiguous, 32-byte aligned packed weight of shape
+    ``want`` in x's dtype (``packer``: the function that makes one)."""
+    if not wp.is_cpu or wp.shape != want or wp.dtype != x.dtype or not wp.is_contiguous() or \
+            wp.data_ptr() % 32:
+        raise ValueError(f"{name}: packed weight {tuple(wp.shape)} {wp.dtype} on {wp.device} "
+                         f"does not fit x {tuple(x.shape)} {x.dtype}, k={k}, C_out={co} (pack "
+                         f"it with {packer}(w, x.dtype))")
+
 def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor], k: int,
                  stride: int, padding: int, out_channels: int) -> torch.Tensor:
     """``F.conv2d(x, w, bias, stride, padding)`` for few-channel x, no gradient, in x's dtype
@@ -127,12 +138,7 @@ def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor]
                          f"{MAX_INPUT_CHANNELS} (use F.conv2d)")
     panels = -(-co // 16)
     want = (panels, k, -(-(k * C) // 2), 16, 2) if bf16 else (panels, k, k * C, 16)
-    if not wp.is_cpu or wp.shape != want or wp.dtype != x.dtype or not wp.is_contiguous() or \
-            wp.data_ptr() % 32:
-        raise ValueError(f"{name}: packed weight {tuple(wp.shape)} {wp.dtype} on {wp.device} "
-                         f"does not fit x "
-                         f"{tuple(x.shape)} {x.dtype}, k={k}, C_out={co} (pack it with "
-                         f"pack_image_conv_weight(w, x.dtype))")
+    _check_packed(wp, want, x, k, co, name, "pack_image_conv_weight")
     Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{name}: x {tuple(x.shape)} is smaller than the {k}x{k} kernel "
@@ -238,12 +244,7 @@ def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[tor
                          f"{MAX_OUTPUT_CHANNELS} (use F.conv_transpose2d)")
     L = _lanes(k, co, x.dtype)
     want = (k, -(-C // 2), L, 2) if bf16 else (k, C, L)
-    if not wp.is_cpu or wp.shape != want or wp.dtype != x.dtype or not wp.is_contiguous() or \
-            wp.data_ptr() % 32:
-        raise ValueError(f"{name}: packed weight {tuple(wp.shape)} {wp.dtype} on {wp.device} "
-                         f"does not fit x "
-                         f"{tuple(x.shape)} {x.dtype}, k={k}, C_out={co} (pack it with "
-                         f"pack_image_conv_transpose_weight(w, x.dtype))")
+    _check_packed(wp, want, x, k, co, name, "pack_image_conv_transpose_weight")
     if s >= 1 and not transposed_geometry_ok(k, s, co, x.dtype):
         raise ValueError(f"{name}: a {k}x{k} kernel at stride {s} onto {co} channels needs more "
                          f"than {MAX_ROW_BUFFERS} row buffers (use F.conv_transpose2d)")

@@ -22,7 +22,7 @@ the result is within ~1e-5 (relative to the output's magnitude) of float64, as d
 
 bf16 (AVX512-BF16 CPUs, :func:`gemm_bf16_available`; weights packed by :func:`pack_bf16_pairs`):
 the input transform reads bf16 x and writes V rounded to bf16, the GEMM (vdpbf16ps, fp32 sums)
-runs at ~2x the fp32 one's rate, the output transform stays fp32 and y is rounded to bf16. The
+runs at ~2x the fp32 one's rate, the output transform computes in fp32 and rounds y to bf16. The
 rounding of both products' operands costs accuracy: against exact float64, 3e-2 (norm) and
 ~1e-1 of the largest output on Gaussian data (up to 2e-1 on outputs of a few pixels), 10-20x a
 direct bf16 conv (~5e-3 on SlimCAE's
@@ -290,13 +290,16 @@ def pack_bf16_pairs(U: torch.Tensor) -> torch.Tensor:
     return Up.permute(0, 1, 3, 2).to(torch.bfloat16).contiguous()
 
 
+def _u_mismatch(U: torch.Tensor, xc: torch.Tensor, fp32_shape: str, pairs_shape: str):
+    return ValueError(f"winograd: transformed weight {U.dtype} {tuple(U.shape)} does not fit x "
+                      f"{tuple(xc.shape)} (expected fp32 {fp32_shape} or bf16 pairs {pairs_shape})")
+
+
 def _u_cols(U: torch.Tensor, xc: torch.Tensor) -> int:
     """The GEMM's N of a transformed weight, fp32 ``[36, K, N]`` or bf16 pairs
     ``[36, K/2, N, 2]``."""
     if U.dim() != (4 if U.dtype == torch.bfloat16 else 3):
-        raise ValueError(f"winograd: transformed weight {U.dtype} {tuple(U.shape)} does not fit x "
-                         f"{tuple(xc.shape)} (expected fp32 [36, K, N] or bf16 pairs "
-                         f"[36, K/2, N, 2])")
+        raise _u_mismatch(U, xc, "[36, K, N]", "[36, K/2, N, 2]")
     return U.shape[2]
 
 
@@ -305,9 +308,7 @@ def _check_u(U: torch.Tensor, kdim: int, cp: int, xc: torch.Tensor) -> bool:
     bf16 = U.dtype == torch.bfloat16
     want = (36, -(-kdim // 2), cp, 2) if bf16 else (36, kdim, cp)
     if tuple(U.shape) != want or U.dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"winograd: transformed weight {U.dtype} {tuple(U.shape)} does not fit x "
-                         f"{tuple(xc.shape)} (expected fp32 [36, {kdim}, {cp}] or bf16 pairs "
-                         f"[36, {-(-kdim // 2)}, {cp}, 2])")
+        raise _u_mismatch(U, xc, f"[36, {kdim}, {cp}]", f"[36, {-(-kdim // 2)}, {cp}, 2]")
     if U.device.type != "cpu":
         raise ValueError(f"winograd: the transformed weight is on {U.device}; these kernels run "
                          f"on CPU tensors (transform a CPU weight)")
@@ -329,7 +330,9 @@ def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int
     nt = torch.get_num_threads()
     tc = round_tiles(T, kdim, cp)
     ws = _workspace(36 * tc * (kdim + cp))
-    y = torch.empty((N, co, Ho, Wo), dtype=torch.float32, memory_format=torch.channels_last)
+    # y in x's dtype: the output transform rounds a bf16 y itself (no fp32 y and cast pass)
+    y = torch.empty((N, co, Ho, Wo), dtype=xc.dtype, memory_format=torch.channels_last)
+    yb = xc.dtype == torch.bfloat16
     gemm512 = not bf16 and _gemm_avx512() and U.is_contiguous()
     xb = xc.dtype == torch.bfloat16
     for t0 in range(0, T, tc):
@@ -346,8 +349,9 @@ def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int
             K.batched_gemm_avx512(V.data_ptr(), U.data_ptr(), M.data_ptr(), 36, n, kdim, cp, nt)
         else:
             torch.bmm(V, U, out=M)
-        K.winograd_output(M.data_ptr(), b, N, th, tw, co, r, Ho, Wo, t0, n, y.data_ptr(), nt)
-    return y.to(xc.dtype)
+        K.winograd_output(M.data_ptr(), b, N, th, tw, co, r, Ho, Wo, t0, n, y.data_ptr(), nt,
+                          y_bf16=yb)
+    return y
 
 
 def conv2d_winograd(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], k: int,

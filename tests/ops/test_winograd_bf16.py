@@ -188,6 +188,29 @@ def test_bf16_x_with_fp32_weights_runs_the_fp32_gemm():
     assert _errs(y, ref)[0] < 2 ** -8 + 2e-5       # the final rounding to bf16 only
 
 
+@needs_bf16
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "transposed"])
+def test_bf16_output_is_the_fp32_output_rounded(transposed):
+    """The output transform writes a bf16 y itself: bit for bit the fp32 y of the same
+    products rounded by torch (both algorithms: fp32 weights and bf16 pairs)."""
+    x, w, _ = _case(2, 47, 13, 9, 11, 5, transposed, seed=8)
+    if transposed:
+        U = Wg.winograd_conv_transpose2d_weight(w, 2, 2)
+
+        def f(xx, UU):
+            return Wg.conv_transpose2d_winograd(xx, UU, None, 5, 2, 2, 1)
+    else:
+        U = Wg.winograd_conv2d_weight(w, 2)
+
+        def f(xx, UU):
+            return Wg.conv2d_winograd(xx, UU, None, 5, 2, 2)
+    for UU in (U, Wg.pack_bf16_pairs(U)):
+        y, y32 = f(x, UU), f(x.float(), UU)     # bf16 x widens exactly: the same products
+        assert y.dtype == torch.bfloat16 and y32.dtype == torch.float32
+        assert torch.isfinite(y32).all()
+        assert torch.equal(y, y32.to(torch.bfloat16))
+
+
 @needs_transforms
 def test_bad_bf16_weights_are_refused(monkeypatch):
     x, w, b = _case(1, 8, 8, 12, 12, 5, False, seed=4)
