@@ -256,6 +256,16 @@ def _auto_streams(n: int) -> int:
     return auto_streams(n)
 
 
+def _pool_kw():
+    """``{"pool": ...}`` as ``compress`` / ``decompress`` pass it to the coder ({} for a library
+    without the choice)."""
+    try:
+        from slimkernels.codec import coder_pool
+    except ImportError:  # pragma: no cover - an older slimkernels
+        return {}
+    return {"pool": coder_pool()}
+
+
 def _indexes(C, h, w):
     """``(indexes, decode kwargs)`` as ``compress`` / ``decompress`` pass them to the coder: the
     compact per-channel form where the library has it (``channel_indexes``), else the per-symbol
@@ -314,7 +324,7 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
     if streams is None:
         streams = _auto_streams(sym.numel())
     payload = coding.encode(sym.numpy(), _indexes(C, h, w)[0], cdf, lengths, offsets,
-                            precision=eb.precision, streams=streams)
+                            precision=eb.precision, streams=streams, **_pool_kw())
     t2 = time.perf_counter()
     f = container.SlimFile(model_id=model.model_id(), width=width, height=H, img_width=W,
                            streams=streams, payload=payload, metadata={})
@@ -339,7 +349,7 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
     cdf, lengths, offsets = _tables(eb)
     idx, kw = _indexes(f.width, h, w)
     sym = torch.from_numpy(coding.decode(f.payload, idx, cdf, lengths, offsets,
-                                         precision=eb.precision, **kw))
+                                         precision=eb.precision, **kw, **_pool_kw()))
     t2 = time.perf_counter()
     dev = next(model.parameters()).device
     if not channels_last and hasattr(model, "_latent_input"):  # the model's own input rule
@@ -377,7 +387,7 @@ def plain_compress(plain: PlainSlimCAE, model: SlimCAE, x: torch.Tensor, width: 
     cdf, lengths, offsets = _tables(eb)
     streams = _auto_streams(sym.numel())
     payload = coding.encode(sym.numpy(), _indexes(C, h, w)[0], cdf, lengths, offsets,
-                            precision=eb.precision, streams=streams)
+                            precision=eb.precision, streams=streams, **_pool_kw())
     t2 = time.perf_counter()
     data = container.pack(container.SlimFile(model_id=model.model_id(), width=width, height=H,
                                              img_width=W, streams=streams, payload=payload,

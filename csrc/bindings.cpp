@@ -35,6 +35,17 @@ slimcoder::Tables make_tables(const I32& cdfs, const I32& lengths, const I32& of
   return t;
 }
 
+// The executor of an `executor=` argument: None (the coder's own worker pool) or the capsule of
+// slimkernels._cpu_kernels.coder_executor(), checked by name (no other object passes for one).
+constexpr const char* kExecutorCapsule = "slimkernels.coder_executor";
+slimcoder::Executor executor_of(const py::object& o) {
+  if (o.is_none()) return nullptr;
+  if (!PyCapsule_CheckExact(o.ptr()) || !PyCapsule_IsValid(o.ptr(), kExecutorCapsule))
+    throw slimcoder::Error("executor must be None or slimkernels._cpu_kernels.coder_executor(), "
+                           "got " + std::string(py::str(py::type::of(o).attr("__name__"))));
+  return reinterpret_cast<slimcoder::Executor>(PyCapsule_GetPointer(o.ptr(), kExecutorCapsule));
+}
+
 // run: symbols per index (symbol j uses indexes[j / run]); symbols.size() == indexes.size() * run.
 void check_sizes(py::ssize_t symbols, py::ssize_t indexes, int64_t run) {
   if (run < 1) throw slimcoder::Error("index run must be >= 1, got " + std::to_string(run));
@@ -44,14 +55,16 @@ void check_sizes(py::ssize_t symbols, py::ssize_t indexes, int64_t run) {
 }
 
 py::bytes encode(const I32& symbols, const I32& indexes, const I32& cdfs, const I32& lengths,
-                 const I32& offsets, int precision, int64_t streams, int threads, int64_t run) {
+                 const I32& offsets, int precision, int64_t streams, int threads, int64_t run,
+                 const py::object& executor) {
   check_sizes(symbols.size(), indexes.size(), run);
   const slimcoder::Tables t = make_tables(cdfs, lengths, offsets, precision);
+  const slimcoder::Executor ex = executor_of(executor);
   slimcoder::EncodedParts parts;
   {
     py::gil_scoped_release release;
     slimcoder::encode_parts(symbols.data(), indexes.data(), symbols.size(), t, streams, threads,
-                            parts, run);
+                            parts, run, ex);
   }
   // One copy, straight into the bytes object.
   PyObject* out = PyBytes_FromStringAndSize(nullptr, py::ssize_t(parts.total_size()));
@@ -62,11 +75,13 @@ py::bytes encode(const I32& symbols, const I32& indexes, const I32& cdfs, const 
 
 // shape: the symbols' shape (None: that of indexes); run as for encode.
 I32 decode(const py::buffer& data, const I32& indexes, const I32& cdfs, const I32& lengths,
-           const I32& offsets, int precision, int threads, py::object shape, int64_t run) {
+           const I32& offsets, int precision, int threads, py::object shape, int64_t run,
+           const py::object& executor) {
   const py::buffer_info info = data.request();
   if (info.itemsize != 1 || info.ndim > 1 || (info.ndim == 1 && info.strides[0] != 1))
     throw slimcoder::Error("data must be a contiguous byte buffer (bytes, bytearray, uint8)");
   const slimcoder::Tables t = make_tables(cdfs, lengths, offsets, precision);
+  const slimcoder::Executor ex = executor_of(executor);
   std::vector<py::ssize_t> dims(indexes.shape(), indexes.shape() + indexes.ndim());
   if (!shape.is_none()) {
     dims.clear();
@@ -98,7 +113,7 @@ I32 decode(const py::buffer& data, const I32& indexes, const I32& cdfs, const I3
   int32_t* o = out.mutable_data();
   {
     py::gil_scoped_release release;
-    slimcoder::decode(d, size, indexes.data(), int64_t(n), t, threads, o, run);
+    slimcoder::decode(d, size, indexes.data(), int64_t(n), t, threads, o, run, ex);
   }
   return out;
 }
@@ -152,11 +167,11 @@ PYBIND11_MODULE(_coder, m) {
   m.def("encode", &encode, py::arg("symbols").noconvert(), py::arg("indexes").noconvert(),
         py::arg("cdfs").noconvert(), py::arg("cdf_lengths").noconvert(),
         py::arg("offsets").noconvert(), py::arg("precision"), py::arg("streams"),
-        py::arg("threads"), py::arg("run") = 1);
+        py::arg("threads"), py::arg("run") = 1, py::arg("executor") = py::none());
   m.def("decode", &decode, py::arg("data"), py::arg("indexes").noconvert(),
         py::arg("cdfs").noconvert(), py::arg("cdf_lengths").noconvert(),
         py::arg("offsets").noconvert(), py::arg("precision"), py::arg("threads"),
-        py::arg("shape") = py::none(), py::arg("run") = 1);
+        py::arg("shape") = py::none(), py::arg("run") = 1, py::arg("executor") = py::none());
   m.def("stream_count", &stream_count, py::arg("data"));
   m.def("validate_tables", &validate, py::arg("cdfs").noconvert(),
         py::arg("cdf_lengths").noconvert(), py::arg("offsets").noconvert(),

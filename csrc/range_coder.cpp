@@ -217,7 +217,6 @@ SK_INLINE int64_t chunk_begin(int64_t n, int64_t k, int64_t s) {
 // that finds it busy (another Python thread coding) starts its own threads as before.
 // fork(): the child gets a new pool (the parent's threads do not exist there; its pool object,
 // whose mutexes may be held, is left alone and leaked).
-using TaskFn = void (*)(void* ctx, int64_t task);
 constexpr int64_t kMaxPoolTasks = 0xffff;  // a job's task count and next task share one word
 
 class WorkerPool {
@@ -455,10 +454,11 @@ void run_spawned(int64_t count, int threads, TaskFn fn, void* ctx) {
   for (auto& th : pool) th.join();
 }
 
-// Runs f(s) for s in [0, count) on up to `threads` threads. Exceptions thrown by f are caught
-// per task; the one of the lowest task is rethrown after all tasks finished.
+// Runs f(s) for s in [0, count) on up to `threads` threads: the executor's, or the worker pool's
+// when it is null. Exceptions thrown by f are caught per task; the one of the lowest task is
+// rethrown after all tasks finished.
 template <typename F>
-void parallel_for(int64_t count, int threads, const F& f) {
+void parallel_for(int64_t count, int threads, const F& f, Executor executor = nullptr) {
   if (threads <= 1 || count <= 1) {
     for (int64_t s = 0; s < count; ++s) f(s);
     return;
@@ -489,7 +489,9 @@ void parallel_for(int64_t count, int threads, const F& f) {
       }
     }
   };
-  if (!worker_pool()->try_run(ctx.groups, threads, fn, &ctx))
+  if (executor)
+    executor(ctx.groups, threads, fn, &ctx);
+  else if (!worker_pool()->try_run(ctx.groups, threads, fn, &ctx))
     run_spawned(ctx.groups, threads, fn, &ctx);
   if (ctx.err) std::rethrow_exception(ctx.err);
 }
@@ -545,25 +547,8 @@ EncSym make_enc_sym(uint32_t start, uint32_t freq, int p) {
 }
 
 // Indexes come one per symbol (run == 1) or one per run of `run` consecutive symbols (symbol j
-// uses idx[j / run]: a latent's channel index for its h * w symbols). The coding loops read them
-// a block at a time, runs expanded into a small buffer that stays in L1.
-constexpr int64_t kIdxBlock = 2048;  // symbols per block (a multiple of kLanes)
-static_assert(kIdxBlock % kLanes == 0, "blocks must keep the lanes of the format");
-
-// The indexes of symbols [lo, hi) (hi - lo <= kIdxBlock): p[j - lo] for symbol j. A view of idx
-// when run == 1, else the runs written out into buf.
-const int32_t* block_indexes(const int32_t* idx, int64_t run, int64_t lo, int64_t hi,
-                             int32_t* buf) {
-  if (run == 1) return idx + lo;
-  int64_t r = lo / run;
-  for (int64_t j = lo; j < hi; ++r) {
-    const int64_t e = std::min(hi, (r + 1) * run);
-    std::fill(buf + (j - lo), buf + (e - lo), idx[r]);
-    j = e;
-  }
-  return buf;
-}
-
+// uses idx[j / run]: a latent's channel index for its h * w symbols). The coding loops of runs
+// read a row's constants once per run.
 struct EncCtx {
   const int32_t* sym;
   const int32_t* idx;
@@ -597,8 +582,14 @@ SK_INLINE void enc_bits(uint64_t& x, uint32_t*& ptr, uint32_t bits, int k) {
 
 // Escape: value v (outside [0, nd)) as the escape symbol followed by bypass bits. The decoder
 // reads the escape, a 6-bit length k, then the k low bits of w = zigzag(v) + 1 (w in [1, 2^33)).
-SK_NOINLINE void enc_escape(uint64_t& x, uint32_t*& ptr, int64_t v, int64_t nd,
-                            const int32_t* row, int p) {
+// The state and write position after an escape (returned by value: the hot loop keeps them in
+// registers; a call through references would hold them in memory for every symbol).
+struct EncPos {
+  uint64_t x;
+  uint32_t* ptr;
+};
+SK_NOINLINE EncPos enc_escape(uint64_t x, uint32_t* ptr, int64_t v, int64_t nd,
+                              const int32_t* row, int p) {
   const uint64_t z = v < 0 ? 2 * uint64_t(-(v + 1)) + 1 : 2 * uint64_t(v - nd);
   const uint64_t w = z + 1;
   const int k = bit_length(w) - 1;  // 0..32
@@ -609,24 +600,47 @@ SK_NOINLINE void enc_escape(uint64_t& x, uint32_t*& ptr, int64_t v, int64_t nd,
   enc_bits(x, ptr, uint32_t(k), kLenBits);
   const uint32_t start = uint32_t(row[nd]);
   enc_put(x, ptr, start, uint32_t(row[nd + 1]) - start, p);
+  return EncPos{x, ptr};
 }
 
-SK_INLINE void enc_one(const EncCtx& c, int32_t sym, int32_t i, uint64_t& x, uint32_t*& ptr) {
-  const int32_t* row = c.cdfs + int64_t(i) * c.stride;
-  const int64_t nd = int64_t(c.lengths[i]) - 2;
-  const int64_t v = int64_t(sym) - int64_t(c.offsets[i]);
-  if (SK_UNLIKELY(uint64_t(v) >= uint64_t(nd))) {
-    enc_escape(x, ptr, v, nd, row, c.p);
+// The constants of CDF row i that coding one of its symbols needs (the run coder keeps them in
+// registers for a whole run of symbols that share the row).
+struct EncRow {
+  const EncSym* enc;   // entry v codes value v
+  const int32_t* cdf;  // the CDF row (for the escape)
+  int64_t nd;          // values [0, nd) are coded directly, the others escaped
+  int32_t offset;      // value = symbol - offset
+};
+
+SK_INLINE EncRow enc_row(const EncCtx& c, int32_t i) {
+  return EncRow{c.enc + int64_t(i) * c.stride, c.cdfs + int64_t(i) * c.stride,
+                int64_t(c.lengths[i]) - 2, c.offsets[i]};
+}
+
+// Codes one symbol of row r. kP: the precision when known at compile time (0: p).
+template <int kP>
+SK_INLINE void enc_sym(const EncRow& r, int p_rt, int32_t sym, uint64_t& x, uint32_t*& ptr) {
+  const int p = kP ? kP : p_rt;
+  const int64_t v = int64_t(sym) - int64_t(r.offset);
+  if (SK_UNLIKELY(uint64_t(v) >= uint64_t(r.nd))) {
+    const EncPos o = enc_escape(x, ptr, v, r.nd, r.cdf, p);
+    x = o.x;
+    ptr = o.ptr;
     return;
   }
-  const EncSym e = c.enc[int64_t(i) * c.stride + v];
-  const uint64_t freq = (1ull << c.p) - e.cmpl;
-  const bool r = x >= (freq << (63 - c.p));
+  const EncSym e = r.enc[v];
+  const uint64_t freq = (1ull << p) - e.cmpl;
+  const bool c = x >= (freq << (63 - p));
   ptr[-1] = uint32_t(x);
-  ptr -= r;
-  x = r ? (x >> 32) : x;
+  ptr -= c;
+  x = c ? (x >> 32) : x;
   const uint64_t q = uint64_t((unsigned __int128)x * e.rcp >> 64) >> e.shift;
   x = x + e.bias + q * e.cmpl;
+}
+
+template <int kP>
+SK_INLINE void enc_one(const EncCtx& c, int32_t sym, int32_t i, uint64_t& x, uint32_t*& ptr) {
+  enc_sym<kP>(enc_row(c, i), c.p, sym, x, ptr);
 }
 
 // One encoded substream: bytes [data, data + size), in the caller's scratch buffer or in `own`
@@ -637,58 +651,93 @@ struct Piece {
   std::unique_ptr<uint32_t[]> own;
 };
 
+// Moves the words written so far, [ptr, top), to a buffer twice as large (at least `need` words
+// free below them) owned by `out`; returns the new write position. lo and top are updated.
+SK_NOINLINE uint32_t* enc_grow(uint32_t*& lo, uint32_t*& top, uint32_t* ptr, size_t need,
+                               Piece& out) {
+  const size_t used = size_t(top - ptr);
+  const size_t ncap = std::max(2 * size_t(top - lo), used + need + 64);
+  std::unique_ptr<uint32_t[]> nb(new uint32_t[ncap]);
+  std::memcpy(nb.get() + ncap - used, ptr, used * sizeof(uint32_t));
+  lo = nb.get();
+  top = lo + ncap;
+  out.own = std::move(nb);
+  return top - used;
+}
+
+// Room for one group of kLanes symbols plus the final states below ptr, checked once per group:
+// ptr, or the position in a larger buffer.
+SK_INLINE uint32_t* enc_room(uint32_t* ptr, uint32_t*& lo, uint32_t*& top, Piece& out) {
+  constexpr size_t kNeed = size_t(kMaxWordsPerSymbol) * kLanes + 2 * kLanes;
+  return SK_UNLIKELY(size_t(ptr - lo) < kNeed) ? enc_grow(lo, top, ptr, kNeed, out) : ptr;
+}
+
+// Codes symbol j of row r on its lane, (j - begin) & 3.
+template <int kP>
+SK_INLINE void enc_lane(const EncCtx& c, const EncRow& r, int64_t j, int64_t begin, uint64_t& x0,
+                        uint64_t& x1, uint64_t& x2, uint64_t& x3, uint32_t*& ptr) {
+  switch ((j - begin) & 3) {
+    case 0: enc_sym<kP>(r, c.p, c.sym[j], x0, ptr); break;
+    case 1: enc_sym<kP>(r, c.p, c.sym[j], x1, ptr); break;
+    case 2: enc_sym<kP>(r, c.p, c.sym[j], x2, ptr); break;
+    default: enc_sym<kP>(r, c.p, c.sym[j], x3, ptr); break;
+  }
+}
+
 // Encodes symbols [begin, end) into one substream (kLanes states then the words), written
-// backwards from the end of words [region, region + cap).
-void encode_substream(const EncCtx& c, int64_t begin, int64_t end, uint32_t* region, size_t cap,
-                      Piece& out) {
-  const int64_t m = end - begin;
+// backwards from the end of words [region, region + cap). Symbol j goes to lane (j - begin) & 3;
+// symbols are coded from the last one down (the decoder reads them forwards).
+template <int kP>
+void encode_substream(const EncCtx& ctx, int64_t begin, int64_t end, uint32_t* region,
+                      size_t cap, Piece& out) {
+  // A local copy: the word stores below cannot alias it, so its fields stay in registers.
+  const EncCtx c = ctx;
   uint64_t x0 = kL, x1 = kL, x2 = kL, x3 = kL;
   static_assert(kLanes == 4, "the unrolled loops below assume 4 lanes");
-  // Room for one block of symbols plus the final states, checked once per block.
-  const size_t need = size_t(kMaxWordsPerSymbol) * kLanes + 2 * kLanes;
   uint32_t* lo = region;
   uint32_t* top = region + cap;
   uint32_t* ptr = top;  // the next word goes to ptr[-1]
-  auto ensure = [&]() {
-    if (SK_UNLIKELY(size_t(ptr - lo) < need)) {
-      const size_t used = size_t(top - ptr);
-      const size_t ncap = std::max(2 * size_t(top - lo), used + need + 64);
-      std::unique_ptr<uint32_t[]> nb(new uint32_t[ncap]);
-      std::memcpy(nb.get() + ncap - used, ptr, used * sizeof(uint32_t));
-      lo = nb.get();
-      top = lo + ncap;
-      ptr = top - used;
-      out.own = std::move(nb);
-    }
-  };
-  // Blocks from the last one down; every block starts at begin + a multiple of kIdxBlock, so
-  // symbol j's lane is (j - begin) & 3 in block-local numbering too. Only the last block can
-  // end with a partial group of lanes.
-  int32_t ibuf[kIdxBlock];
-  for (int64_t blk = m > 0 ? (m - 1) / kIdxBlock : -1; blk >= 0; --blk) {
-    const int64_t b0 = begin + blk * kIdxBlock;
-    const int64_t mb = std::min(end, b0 + kIdxBlock) - b0;
-    const int32_t* ix = block_indexes(c.idx, c.run, b0, b0 + mb, ibuf);
-    const int32_t* sy = c.sym + b0;
-    const int64_t m4 = mb & ~int64_t(3);
-    for (int64_t j = mb - 1; j >= m4; --j) {
-      ensure();
-      switch (j & 3) {
-        case 0: enc_one(c, sy[j], ix[j], x0, ptr); break;
-        case 1: enc_one(c, sy[j], ix[j], x1, ptr); break;
-        case 2: enc_one(c, sy[j], ix[j], x2, ptr); break;
-        default: enc_one(c, sy[j], ix[j], x3, ptr); break;
+  if (c.run > 1) {
+    // Runs of symbols sharing one CDF row (a latent channel's h * w symbols): the row's
+    // constants are read once per run, not once per symbol (same bytes).
+    for (int64_t j = end - 1; j >= begin;) {
+      const int64_t r = j / c.run;
+      const int64_t rb = std::max(begin, r * c.run);
+      const EncRow row = enc_row(c, c.idx[r]);
+      for (; j >= rb && ((j - begin) & 3) != 3; --j) {
+        ptr = enc_room(ptr, lo, top, out);
+        enc_lane<kP>(c, row, j, begin, x0, x1, x2, x3, ptr);
+      }
+      for (; j - 3 >= rb; j -= 4) {
+        ptr = enc_room(ptr, lo, top, out);
+        enc_sym<kP>(row, c.p, c.sym[j], x3, ptr);
+        enc_sym<kP>(row, c.p, c.sym[j - 1], x2, ptr);
+        enc_sym<kP>(row, c.p, c.sym[j - 2], x1, ptr);
+        enc_sym<kP>(row, c.p, c.sym[j - 3], x0, ptr);
+      }
+      for (; j >= rb; --j) {
+        ptr = enc_room(ptr, lo, top, out);
+        enc_lane<kP>(c, row, j, begin, x0, x1, x2, x3, ptr);
       }
     }
-    for (int64_t j = m4 - 4; j >= 0; j -= 4) {
-      ensure();
-      enc_one(c, sy[j + 3], ix[j + 3], x3, ptr);
-      enc_one(c, sy[j + 2], ix[j + 2], x2, ptr);
-      enc_one(c, sy[j + 1], ix[j + 1], x1, ptr);
-      enc_one(c, sy[j], ix[j], x0, ptr);
+  } else {
+    // One index per symbol: the last partial group of lanes, then groups of 4 down to begin.
+    const int64_t m4 = begin + ((end - begin) & ~int64_t(3));
+    for (int64_t j = end - 1; j >= m4; --j) {
+      ptr = enc_room(ptr, lo, top, out);
+      enc_lane<kP>(c, enc_row(c, c.idx[j]), j, begin, x0, x1, x2, x3, ptr);
+    }
+    const int32_t* sy = c.sym;
+    const int32_t* ix = c.idx;
+    for (int64_t j = m4 - 4; j >= begin; j -= 4) {
+      ptr = enc_room(ptr, lo, top, out);
+      enc_one<kP>(c, sy[j + 3], ix[j + 3], x3, ptr);
+      enc_one<kP>(c, sy[j + 2], ix[j + 2], x2, ptr);
+      enc_one<kP>(c, sy[j + 1], ix[j + 1], x1, ptr);
+      enc_one<kP>(c, sy[j], ix[j], x0, ptr);
     }
   }
-  ensure();
+  ptr = enc_room(ptr, lo, top, out);
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
   for (uint32_t* w = ptr; w < top; ++w) {  // words are little-endian in the format
     const uint32_t v = *w;
@@ -777,7 +826,13 @@ SK_INLINE uint32_t dec_bits(uint64_t& x, DecState& st, int k) {
   return bits;
 }
 
-SK_NOINLINE int32_t dec_escape(uint64_t& x, DecState& st, int64_t nd, int32_t offset) {
+// The decoder's state after an escape, and the escaped symbol (by value, as EncPos).
+struct DecEsc {
+  uint64_t x;
+  DecState st;
+  int32_t sym;
+};
+SK_NOINLINE DecEsc dec_escape(uint64_t x, DecState st, int64_t nd, int32_t offset) {
   const int k = int(dec_bits(x, st, kLenBits));
   if (k > kMaxLen)
     throw Error("corrupt stream: escape length field " + str(k) + " > " + str(kMaxLen) +
@@ -792,39 +847,87 @@ SK_NOINLINE int32_t dec_escape(uint64_t& x, DecState& st, int64_t nd, int32_t of
   if (s < std::numeric_limits<int32_t>::min() || s > std::numeric_limits<int32_t>::max())
     throw Error("corrupt stream: an escaped symbol decodes to " + str(s) +
                 ", outside int32 (wrong tables or damaged data)");
-  return int32_t(s);
+  return DecEsc{x, st, int32_t(s)};
+}
+
+// The constants of CDF row i that decoding one of its symbols needs (as EncRow).
+template <typename LutT>
+struct DecRow {
+  const int32_t* cdf;
+  const LutT* lut;  // the row's lookup buckets
+  int64_t nd;       // symbols [0, nd) are values, nd the escape
+  int32_t offset;
+};
+
+template <typename LutT>
+SK_INLINE DecRow<LutT> dec_row(const DecCtx<LutT>& c, int32_t i) {
+  return DecRow<LutT>{c.cdfs + int64_t(i) * c.stride, c.lut + (int64_t(i) << c.lut_bits),
+                      int64_t(c.lengths[i]) - 2, c.offsets[i]};
 }
 
 // kP, kBits: compile-time precision and lookup-table bits (0: read them from c at run time).
 template <typename LutT, bool kChecked, int kP, int kBits>
-SK_INLINE void dec_one(const DecCtx<LutT>& c, int64_t j, uint64_t& x, DecState& st, int32_t* out,
-                       uint64_t& overflow) {
+SK_INLINE void dec_sym(const DecCtx<LutT>& c, const DecRow<LutT>& r, uint64_t& x, DecState& st,
+                       int32_t& out, uint64_t& overflow) {
   const int p = kP ? kP : c.p;
   const uint32_t mask = kP ? uint32_t((1u << kP) - 1) : c.mask;
-  const int lut_bits = kP ? kBits : c.lut_bits;
   const int lut_shift = kP ? kP - kBits : c.lut_shift;
-  const int32_t i = c.idx[j];
-  const int32_t* row = c.cdfs + int64_t(i) * c.stride;
   const uint32_t slot = uint32_t(x) & mask;
-  uint32_t s = c.lut[(int64_t(i) << lut_bits) + (slot >> lut_shift)];
-  while (uint32_t(row[s + 1]) <= slot) ++s;
-  const uint32_t start = uint32_t(row[s]);
-  const uint32_t freq = uint32_t(row[s + 1]) - start;
+  uint32_t s = r.lut[slot >> lut_shift];
+  while (uint32_t(r.cdf[s + 1]) <= slot) ++s;
+  const uint32_t start = uint32_t(r.cdf[s]);
+  const uint32_t freq = uint32_t(r.cdf[s + 1]) - start;
   x = uint64_t(freq) * (x >> p) + (slot - start);
   dec_renorm<kChecked>(x, st);
-  const int64_t nd = int64_t(c.lengths[i]) - 2;
-  if (SK_UNLIKELY(int64_t(s) >= nd)) {
-    out[j] = dec_escape(x, st, nd, c.offsets[i]);
+  if (SK_UNLIKELY(int64_t(s) >= r.nd)) {
+    const DecEsc e = dec_escape(x, st, r.nd, r.offset);
+    x = e.x;
+    st = e.st;
+    out = e.sym;
     return;
   }
-  const int64_t v = int64_t(c.offsets[i]) + int64_t(s);
+  const int64_t v = int64_t(r.offset) + int64_t(s);
   overflow |= uint64_t(v > std::numeric_limits<int32_t>::max());
-  out[j] = int32_t(uint32_t(uint64_t(v)));
+  out = int32_t(uint32_t(uint64_t(v)));
+}
+
+// Decodes symbol j of row r on its lane, (j - begin) & 3 (checked renormalisation).
+template <typename LutT, int kP, int kBits>
+SK_INLINE void dec_lane(const DecCtx<LutT>& c, const DecRow<LutT>& r, int64_t j, int64_t begin,
+                        uint64_t& x0, uint64_t& x1, uint64_t& x2, uint64_t& x3, DecState& st,
+                        int32_t* out, uint64_t& overflow) {
+  switch ((j - begin) & 3) {
+    case 0: dec_sym<LutT, true, kP, kBits>(c, r, x0, st, out[j], overflow); break;
+    case 1: dec_sym<LutT, true, kP, kBits>(c, r, x1, st, out[j], overflow); break;
+    case 2: dec_sym<LutT, true, kP, kBits>(c, r, x2, st, out[j], overflow); break;
+    default: dec_sym<LutT, true, kP, kBits>(c, r, x3, st, out[j], overflow); break;
+  }
+}
+
+// Decodes the group of 4 symbols [j, j + 4) (lanes 0..3), symbol j + k of row row_of(j + k)
+// (read just before it is decoded), unchecked when the substream holds kBlockBytes more bytes.
+template <typename LutT, int kP, int kBits, typename RowOf>
+SK_INLINE void dec_group(const DecCtx<LutT>& c, const RowOf& row_of, int64_t j, uint64_t& x0,
+                         uint64_t& x1, uint64_t& x2, uint64_t& x3, DecState& st, int32_t* out,
+                         uint64_t& overflow) {
+  if (st.end - st.ptr >= kBlockBytes) {
+    dec_sym<LutT, false, kP, kBits>(c, row_of(j), x0, st, out[j], overflow);
+    dec_sym<LutT, false, kP, kBits>(c, row_of(j + 1), x1, st, out[j + 1], overflow);
+    dec_sym<LutT, false, kP, kBits>(c, row_of(j + 2), x2, st, out[j + 2], overflow);
+    dec_sym<LutT, false, kP, kBits>(c, row_of(j + 3), x3, st, out[j + 3], overflow);
+  } else {
+    dec_sym<LutT, true, kP, kBits>(c, row_of(j), x0, st, out[j], overflow);
+    dec_sym<LutT, true, kP, kBits>(c, row_of(j + 1), x1, st, out[j + 1], overflow);
+    dec_sym<LutT, true, kP, kBits>(c, row_of(j + 2), x2, st, out[j + 2], overflow);
+    dec_sym<LutT, true, kP, kBits>(c, row_of(j + 3), x3, st, out[j + 3], overflow);
+  }
 }
 
 template <typename LutT, int kP, int kBits>
-void decode_substream(const DecCtx<LutT>& c, const uint8_t* data, int64_t size, int64_t begin,
-                      int64_t end, int32_t* out, int64_t stream_no) {
+void decode_substream(const DecCtx<LutT>& ctx, const uint8_t* data, int64_t size,
+                      int64_t begin, int64_t end, int32_t* out, int64_t stream_no) {
+  // A local copy: the symbol stores below cannot alias it, so its fields stay in registers.
+  const DecCtx<LutT> c = ctx;
   // size >= kStateBytes and size % 4 == 0 were checked by parse_header.
   uint64_t x0 = load64(data), x1 = load64(data + 8), x2 = load64(data + 16),
            x3 = load64(data + 24);
@@ -833,35 +936,30 @@ void decode_substream(const DecCtx<LutT>& c, const uint8_t* data, int64_t size, 
     throw Error("corrupt stream: substream " + str(stream_no) + " starts with an invalid state");
   DecState st{data + kStateBytes, data + size};
   uint64_t overflow = 0;
-  DecCtx<LutT> cc = c;
-  int32_t ibuf[kIdxBlock];
-  // Blocks of kIdxBlock symbols from begin (lanes as in the encoder); only the last block can
-  // end with a partial group of lanes.
-  for (int64_t b0 = begin; b0 < end; b0 += kIdxBlock) {
-    const int64_t mb = std::min(end, b0 + kIdxBlock) - b0;
-    const int64_t m4 = mb & ~int64_t(3);
-    int32_t* o = out + b0;
-    cc.idx = block_indexes(c.idx, c.run, b0, b0 + mb, ibuf);
-    for (int64_t j = 0; j < m4; j += 4) {
-      if (st.end - st.ptr >= kBlockBytes) {
-        dec_one<LutT, false, kP, kBits>(cc, j, x0, st, o, overflow);
-        dec_one<LutT, false, kP, kBits>(cc, j + 1, x1, st, o, overflow);
-        dec_one<LutT, false, kP, kBits>(cc, j + 2, x2, st, o, overflow);
-        dec_one<LutT, false, kP, kBits>(cc, j + 3, x3, st, o, overflow);
-      } else {
-        dec_one<LutT, true, kP, kBits>(cc, j, x0, st, o, overflow);
-        dec_one<LutT, true, kP, kBits>(cc, j + 1, x1, st, o, overflow);
-        dec_one<LutT, true, kP, kBits>(cc, j + 2, x2, st, o, overflow);
-        dec_one<LutT, true, kP, kBits>(cc, j + 3, x3, st, o, overflow);
-      }
+  if (c.run > 1) {
+    // Runs of symbols sharing one CDF row: its constants read once per run (as the encoder).
+    for (int64_t j = begin; j < end;) {
+      const int64_t r = j / c.run;
+      const int64_t re = std::min(end, (r + 1) * c.run);
+      const DecRow<LutT> row = dec_row(c, c.idx[r]);
+      for (; j < re && ((j - begin) & 3) != 0; ++j)
+        dec_lane<LutT, kP, kBits>(c, row, j, begin, x0, x1, x2, x3, st, out, overflow);
+      const auto same = [&row](int64_t) -> const DecRow<LutT>& { return row; };
+      for (; j + 3 < re; j += 4)
+        dec_group<LutT, kP, kBits>(c, same, j, x0, x1, x2, x3, st, out, overflow);
+      for (; j < re; ++j)
+        dec_lane<LutT, kP, kBits>(c, row, j, begin, x0, x1, x2, x3, st, out, overflow);
     }
-    for (int64_t j = m4; j < mb; ++j) {
-      switch (j & 3) {
-        case 0: dec_one<LutT, true, kP, kBits>(cc, j, x0, st, o, overflow); break;
-        case 1: dec_one<LutT, true, kP, kBits>(cc, j, x1, st, o, overflow); break;
-        default: dec_one<LutT, true, kP, kBits>(cc, j, x2, st, o, overflow); break;  // <= 3 left
-      }
-    }
+  } else {
+    // One index per symbol: groups of 4 from begin (lanes as in the encoder), then the last
+    // partial group.
+    const int64_t m4 = begin + ((end - begin) & ~int64_t(3));
+    const auto own = [&c](int64_t k) { return dec_row(c, c.idx[k]); };
+    for (int64_t j = begin; j < m4; j += 4)
+      dec_group<LutT, kP, kBits>(c, own, j, x0, x1, x2, x3, st, out, overflow);
+    for (int64_t j = m4; j < end; ++j)
+      dec_lane<LutT, kP, kBits>(c, dec_row(c, c.idx[j]), j, begin, x0, x1, x2, x3, st, out,
+                                overflow);
   }
   if (overflow)
     throw Error("corrupt stream: substream " + str(stream_no) +
@@ -1130,7 +1228,8 @@ TableCache* table_cache() {
 
 template <typename LutT>
 void decode_impl(const Header& h, const uint8_t* data, const int32_t* indexes, int64_t run,
-                 int64_t n, const Tables& t, CachedTables& tables, int threads, int32_t* out) {
+                 int64_t n, const Tables& t, CachedTables& tables, int threads, int32_t* out,
+                 Executor executor) {
   // Lookup table: up to 2^12 buckets per CDF, fewer when the table would dwarf the data.
   int bits = std::min(t.precision, SK_LUT_BITS);
   const int64_t budget = std::max<int64_t>(int64_t(1) << 16, 4 * n);
@@ -1163,7 +1262,7 @@ void decode_impl(const Header& h, const uint8_t* data, const int32_t* indexes, i
         decode_substream<LutT, 16, 12>(c, sub, size, b, e, out, s);
       else
         decode_substream<LutT, 0, 0>(c, sub, size, b, e, out, s);
-    });
+    }, executor);
   } catch (const Error&) {
     check_bad();
     throw;
@@ -1214,7 +1313,8 @@ void validate_indexes(const int32_t* indexes, int64_t n, int64_t num_cdfs) {
 }
 
 void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, const Tables& t,
-                  int64_t streams, int threads, EncodedParts& out, int64_t run) {
+                  int64_t streams, int threads, EncodedParts& out, int64_t run,
+                  Executor executor) {
   if (n < 0) throw Error("negative symbol count");
   if (streams < 1) throw Error("streams must be >= 1, got " + str(streams));
   check_run(n, run);
@@ -1239,9 +1339,13 @@ void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, con
       atomic_min(bad, at);
       return;
     }
-    encode_substream(c, b, e, scratch + region[size_t(s)],
-                     region[size_t(s) + 1] - region[size_t(s)], pieces[size_t(s)]);
-  });
+    uint32_t* const reg = scratch + region[size_t(s)];
+    const size_t cap = region[size_t(s) + 1] - region[size_t(s)];
+    if (c.p == 16)  // the usual precision: its shifts as constants
+      encode_substream<16>(c, b, e, reg, cap, pieces[size_t(s)]);
+    else
+      encode_substream<0>(c, b, e, reg, cap, pieces[size_t(s)]);
+  }, executor);
   const int64_t first_bad = bad.load();
   if (first_bad != std::numeric_limits<int64_t>::max())
     throw index_error(first_bad, indexes[first_bad], t.num_cdfs);
@@ -1278,9 +1382,10 @@ void EncodedParts::copy_to(uint8_t* dst) const {
 }
 
 std::vector<uint8_t> encode(const int32_t* symbols, const int32_t* indexes, int64_t n,
-                            const Tables& t, int64_t streams, int threads, int64_t run) {
+                            const Tables& t, int64_t streams, int threads, int64_t run,
+                            Executor executor) {
   EncodedParts parts;
-  encode_parts(symbols, indexes, n, t, streams, threads, parts, run);
+  encode_parts(symbols, indexes, n, t, streams, threads, parts, run, executor);
   std::vector<uint8_t> out(parts.total_size());
   parts.copy_to(out.data());
   return out;
@@ -1295,7 +1400,7 @@ int64_t symbol_count(const uint8_t* data, size_t size) {
 }
 
 void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
-            const Tables& t, int threads, int32_t* out, int64_t run) {
+            const Tables& t, int threads, int32_t* out, int64_t run, Executor executor) {
   if (n < 0) throw Error("negative symbol count");
   check_run(n, run);
   const auto tables = table_cache()->get(t);  // validated (or found equal to validated tables)
@@ -1314,9 +1419,9 @@ void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
   }
   // Symbol numbers fit in 8 bits when every CDF has at most 256 symbols (escape included).
   if (tables->max_len - 1 <= 256)
-    decode_impl<uint8_t>(h, data, indexes, run, n, t, *tables, threads, out);
+    decode_impl<uint8_t>(h, data, indexes, run, n, t, *tables, threads, out, executor);
   else
-    decode_impl<uint16_t>(h, data, indexes, run, n, t, *tables, threads, out);
+    decode_impl<uint16_t>(h, data, indexes, run, n, t, *tables, threads, out, executor);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -31,6 +31,15 @@ constexpr int kMaxPrecision = 16;
 constexpr int kLanes = 4;               // interleaved rANS states per substream
 constexpr uint8_t kFormatVersion = 1;   // first byte of every encoded string
 
+// An external thread pool for the substreams, in place of the coder's own worker pool: it runs
+// task(ctx, t) for every t in [0, count) on up to `threads` threads (the calling thread
+// included) and returns when all are done. task never throws and may run on any thread. E.g. an
+// OpenMP team that is still spinning after the caller's own parallel work: its threads start at
+// once, where a sleeping worker of the coder's pool can take hundreds of microseconds to wake up
+// on a busy or virtualised machine. Null: the coder's own pool.
+using TaskFn = void (*)(void* ctx, int64_t task);
+using Executor = void (*)(int64_t count, int threads, TaskFn task, void* ctx);
+
 // Borrowed, read-only view of the CDF tables (row-major int32 [num_cdfs, max_length]).
 struct Tables {
   const int32_t* cdfs = nullptr;
@@ -57,8 +66,10 @@ void validate_indexes(const int32_t* indexes, int64_t n, int64_t num_cdfs);
 // run >= 1 (dividing n): symbol j uses CDF indexes[j / run], indexes holding n / run entries
 // (e.g. one index per channel of an NCHW latent with run = H * W); 1 = one index per symbol.
 // The bytes do not depend on run, only on the index each symbol gets.
+// executor: the threads of the substreams (see Executor; null: the coder's own pool).
 std::vector<uint8_t> encode(const int32_t* symbols, const int32_t* indexes, int64_t n,
-                            const Tables& t, int64_t streams, int threads, int64_t run = 1);
+                            const Tables& t, int64_t streams, int threads, int64_t run = 1,
+                            Executor executor = nullptr);
 
 // The encoder's output before concatenation: the container header and one byte range per
 // substream, so that a caller can copy them straight into its own buffer (one copy).
@@ -73,13 +84,15 @@ struct EncodedParts {
 
 // encode() without the final copy: same arguments, same result once copied.
 void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, const Tables& t,
-                  int64_t streams, int threads, EncodedParts& out, int64_t run = 1);
+                  int64_t streams, int threads, EncodedParts& out, int64_t run = 1,
+                  Executor executor = nullptr);
 
 // Decodes n symbols into out[0..n). Any byte string is accepted as input: the result is either a
 // successful decode or an Error, in time O(n * max_length + size). threads <= 0 means
-// min(streams in the data, hardware threads). run: as for encode.
+// min(streams in the data, hardware threads). run, executor: as for encode.
 void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
-            const Tables& t, int threads, int32_t* out, int64_t run = 1);
+            const Tables& t, int threads, int32_t* out, int64_t run = 1,
+            Executor executor = nullptr);
 
 // Number of substreams recorded in an encoded string (parses and validates only the header).
 int64_t stream_count(const uint8_t* data, size_t size);

@@ -23,6 +23,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -36,6 +37,8 @@ __all__ = [
     "pmfs_to_quantized_cdfs",
     "validate_tables",
     "stream_count",
+    "openmp_pool_available",
+    "POOLS",
     "MIN_PRECISION",
     "MAX_PRECISION",
 ]
@@ -109,6 +112,40 @@ def _threads(threads):
     return 0 if threads is None else _check_int(threads, "threads", 1)
 
 
+#: The thread pools :func:`encode` / :func:`decode` can run substreams on (``pool=``).
+POOLS = ("coder", "openmp")
+
+
+def _executor(pool):
+    """None for ``pool="coder"`` (the coder's own worker pool), the OpenMP executor capsule of
+    ``slimkernels._cpu_kernels`` for ``"openmp"``."""
+    if pool == "coder":
+        return None
+    if pool == "openmp":
+        ex = _openmp_executor()
+        if ex is None:
+            raise ValueError('pool="openmp" needs slimkernels._cpu_kernels built with OpenMP '
+                             '(it is not importable here, or too old); use pool="coder"')
+        return ex
+    raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _openmp_executor():
+    """The executor capsule of ``slimkernels._cpu_kernels.coder_executor()`` (made once), or
+    None when that module is not built."""
+    try:
+        from . import _cpu_kernels
+        return _cpu_kernels.coder_executor()
+    except (ImportError, AttributeError):
+        return None
+
+
+def openmp_pool_available() -> bool:
+    """Whether ``pool="openmp"`` works here (``slimkernels._cpu_kernels`` is built)."""
+    return _openmp_executor() is not None
+
+
 def _tables(cdfs, cdf_lengths, offsets, precision):
     precision = _check_int(precision, "precision", MIN_PRECISION, MAX_PRECISION)
     return (_as_int32(cdfs, "cdfs", 2), _as_int32(cdf_lengths, "cdf_lengths", 1),
@@ -140,7 +177,7 @@ def _index_run(shape, idx, name="symbols"):
 
 
 def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, streams=1,
-           threads=None) -> bytes:
+           threads=None, pool="coder") -> bytes:
     """Entropy-code ``symbols`` with the CDF of each element chosen by ``indexes``.
 
     Args:
@@ -161,8 +198,14 @@ def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, stream
             contiguous chunks (clamped to the symbol count) coded in parallel threads with the
             GIL released; the substream sizes are stored in the output.
         threads: threads (>= 1, capped at ``streams`` and 256), the calling thread included;
-            the others come from a worker pool kept between calls. ``None`` means
-            ``min(streams, cpu count)``.
+            the others come from ``pool``. ``None`` means ``min(streams, cpu count)``.
+        pool: where the other threads come from: ``"coder"`` (default), the coder's own worker
+            pool kept between calls; ``"openmp"``, the OpenMP threads of
+            ``slimkernels._cpu_kernels``, which are torch's own (same ``libgomp``) where torch
+            runs on OpenMP: right after torch's parallel work they are still spinning and start
+            at once, where a sleeping worker of the coder's pool can take ~0.25 ms to wake up on
+            a busy or virtualised machine (what ``SlimCAE.compress`` uses). Same bytes either
+            way.
 
     Returns:
         The encoded ``bytes`` (self-describing: format version, precision, symbol count,
@@ -177,11 +220,11 @@ def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, stream
     cdfs, lengths, offsets, precision = _tables(cdfs, cdf_lengths, offsets, precision)
     streams = _check_int(streams, "streams", 1)
     return _ext().encode(sym, idx, cdfs, lengths, offsets, precision, streams, _threads(threads),
-                         run)
+                         run, executor=_executor(pool))
 
 
 def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
-           threads=None, shape=None) -> np.ndarray:
+           threads=None, shape=None, pool="coder") -> np.ndarray:
     """Decode symbols written by :func:`encode` with the same tables.
 
     Args:
@@ -191,6 +234,7 @@ def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
             ``min(substreams, cpu count)``.
         shape: the symbols' shape (a tuple of ints). Needed with compact ``indexes`` (see
             :func:`encode`); ``None``: the shape of ``indexes``.
+        pool: ``"coder"`` or ``"openmp"``, as for :func:`encode`.
 
     Returns:
         numpy int32 array of ``shape`` (default: the shape of ``indexes``).
@@ -225,7 +269,7 @@ def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
         idx, run = _index_run(shape, idx, "shape")
     cdfs, lengths, offsets, precision = _tables(cdfs, cdf_lengths, offsets, precision)
     return _ext().decode(data, idx, cdfs, lengths, offsets, precision, _threads(threads),
-                         shape, run)
+                         shape, run, executor=_executor(pool))
 
 
 def stream_count(data) -> int:

@@ -445,6 +445,36 @@ def test_auto_streams(model, monkeypatch):
         torch.set_num_threads(threads)
 
 
+def test_coder_pool_choice_and_same_bytes(model, monkeypatch):
+    """compress / decompress give the coder torch's OpenMP threads where torch runs on OpenMP and
+    slimkernels._cpu_kernels is built, else the coder's own pool; the bytes do not change."""
+    from slimkernels import codec, coding
+    on_omp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+    want = "openmp" if on_omp and coding.openmp_pool_available() else "coder"
+    assert codec.coder_pool() == want
+    seen = []
+    real_encode, real_decode = coding.encode, coding.decode
+    monkeypatch.setattr(coding, "encode", lambda *a, **k: seen.append(k["pool"]) or
+                        real_encode(*a, **k))
+    monkeypatch.setattr(coding, "decode", lambda *a, **k: seen.append(k["pool"]) or
+                        real_decode(*a, **k))
+    monkeypatch.setattr(codec, "STREAM_MIN_SYMBOLS", 16)        # several substreams
+    x = torch.rand(1, 3, 32, 32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        data = model.compress(x, 12, precision="fp32")
+        assert container.unpack(data).streams == 2
+        out = model.decompress(data, precision="fp32")
+        assert seen == [want, want]
+        monkeypatch.setattr(codec, "coder_pool", lambda: "coder")
+        assert model.compress(x, 12, precision="fp32") == data
+        torch.testing.assert_close(model.decompress(data, precision="fp32"), out, rtol=0, atol=0)
+        assert seen[2:] == ["coder", "coder"]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_native_bf16_fallbacks(monkeypatch):
     """Older torch (no get_capabilities, no probe) falls back to the /proc/cpuinfo flags; no
     oneDNN means no native bf16; a probe that raises is skipped."""

@@ -299,6 +299,36 @@ def test_compact_channel_indexes_on_a_latent(rng, streams):
         coding.decode(data, one, cdfs, lengths, offsets, shape=list(sym.shape)), sym)
 
 
+@pytest.mark.parametrize("precision", [16, 12])   # compile-time shifts / run-time shifts
+@pytest.mark.parametrize("run", [1, 2, 3, 4, 5, 7, 9, 64])
+def test_runs_of_every_length_match_reference(run, precision):
+    # The coder reads a CDF row's constants once per run of symbols sharing it: runs shorter
+    # and longer than the 4 lanes, lanes that start mid-run, substreams that start mid-run,
+    # escapes on the first and last symbol of runs (both signs).
+    rng = np.random.default_rng(1000 * run + precision)
+    num = 5
+    cdfs, lengths, offsets = _random_tables(rng, num, 12, precision)
+    C = 7                                           # runs use CDFs 0..4, some twice
+    idx = (np.arange(C, dtype=np.int32) * 3 % num).reshape(1, C, 1)
+    full = np.ascontiguousarray(np.broadcast_to(idx, (1, C, run)))
+    v = rng.integers(0, 3, (1, C, run))
+    sym = (v + offsets[full]).astype(np.int32)
+    sym[0, ::2, 0] = offsets[idx[0, ::2, 0]] - 5      # escapes below the range
+    sym[0, 1::2, -1] = offsets[idx[0, 1::2, 0]] + 40  # and above it
+    for streams in (1, 2, 3):
+        ref = _ref_encode(sym, full, cdfs, lengths, offsets, precision, streams)
+        data = coding.encode(sym, idx, cdfs, lengths, offsets, precision=precision,
+                             streams=streams)
+        assert data == ref, streams
+        assert data == coding.encode(sym, full, cdfs, lengths, offsets, precision=precision,
+                                     streams=streams)
+        out = coding.decode(data, idx, cdfs, lengths, offsets, precision=precision,
+                            shape=sym.shape)
+        np.testing.assert_array_equal(out, sym)
+        np.testing.assert_array_equal(
+            coding.decode(data, full, cdfs, lengths, offsets, precision=precision), sym)
+
+
 def test_compact_indexes_bad_arguments_named():
     cdfs, lengths, offsets = _random_tables(np.random.default_rng(1), 3, 10, 16)
     sym = np.zeros((1, 3, 4, 5), np.int32)

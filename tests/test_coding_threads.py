@@ -228,3 +228,71 @@ def test_fork_while_another_thread_codes(work):
     finally:
         stop.set()
         t.join(30)
+
+
+# ------------------------------------------------------------------------------------------
+# pool="openmp": the substreams on the OpenMP threads of slimkernels._cpu_kernels
+needs_openmp_pool = pytest.mark.skipif(not coding.openmp_pool_available(),
+                                       reason="slimkernels._cpu_kernels is not built")
+
+
+@needs_openmp_pool
+def test_openmp_pool_same_bytes_every_streams_and_threads(work):
+    sym, idx, cdfs, lengths, offsets = work
+    compact = np.arange(sym.shape[1], dtype=np.int32).reshape(1, -1, 1, 1) \
+        if sym.ndim == 4 else None
+    for streams in (1, 2, 3, 5, 8):
+        ref = _ref_encode(sym, idx, cdfs, lengths, offsets, 16, streams)
+        for threads in (None, 1, 2, 3):
+            data = coding.encode(sym, idx, cdfs, lengths, offsets, streams=streams,
+                                 threads=threads, pool="openmp")
+            assert data == ref, (streams, threads)
+            out = coding.decode(data, idx, cdfs, lengths, offsets, threads=threads,
+                                pool="openmp")
+            np.testing.assert_array_equal(out, sym)
+            if compact is not None:
+                assert coding.encode(sym, compact, cdfs, lengths, offsets, streams=streams,
+                                     threads=threads, pool="openmp") == ref
+                np.testing.assert_array_equal(
+                    coding.decode(data, compact, cdfs, lengths, offsets, shape=sym.shape,
+                                  threads=threads, pool="openmp"), sym)
+
+
+@needs_openmp_pool
+def test_openmp_pool_reports_bad_index_and_corrupt_stream(work):
+    sym, idx, cdfs, lengths, offsets = work
+    bad = idx.copy().reshape(-1)
+    bad[1000] = 99                                    # in the second of 3 substreams
+    with pytest.raises(ValueError, match=r"indexes\[1000\]"):
+        coding.encode(sym, bad, cdfs, lengths, offsets, streams=3, threads=3, pool="openmp")
+    data = bytearray(coding.encode(sym, idx, cdfs, lengths, offsets, streams=3))
+    data[-5] ^= 0xFF                                  # damage the last substream
+    with pytest.raises(ValueError, match="corrupt stream"):
+        coding.decode(bytes(data), idx, cdfs, lengths, offsets, threads=3, pool="openmp")
+
+
+def test_pool_argument_checked(work):
+    sym, idx, cdfs, lengths, offsets = work
+    with pytest.raises(ValueError, match=r"pool must be one of \('coder', 'openmp'\)"):
+        coding.encode(sym, idx, cdfs, lengths, offsets, pool="threads")
+    data = coding.encode(sym, idx, cdfs, lengths, offsets)
+    with pytest.raises(ValueError, match="pool must be one of"):
+        coding.decode(data, idx, cdfs, lengths, offsets, pool=None)
+
+
+def test_executor_capsule_checked_by_name(work):
+    # The binding takes only the capsule of _cpu_kernels.coder_executor(): any other object,
+    # or a capsule of another name (whose pointer would be called), is refused before coding.
+    import ctypes
+    from slimkernels import _coder
+    sym, idx, cdfs, lengths, offsets = (np.ascontiguousarray(a, dtype=np.int32) for a in work)
+    data = coding.encode(sym, idx, cdfs, lengths, offsets)
+    new_capsule = ctypes.pythonapi.PyCapsule_New
+    new_capsule.restype = ctypes.py_object
+    new_capsule.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p)
+    other = new_capsule(ctypes.c_void_p(16), b"slimkernels.other", None)
+    for bad in (object(), 12345, other):
+        with pytest.raises(ValueError, match="executor must be None or slimkernels._cpu_kernels"):
+            _coder.encode(sym, idx, cdfs, lengths, offsets, 16, 2, 2, executor=bad)
+        with pytest.raises(ValueError, match="executor must be None or slimkernels._cpu_kernels"):
+            _coder.decode(data, idx, cdfs, lengths, offsets, 16, 2, executor=bad)

@@ -14,6 +14,7 @@
 #include "winograd.hpp"
 #include "conv_avx2.hpp"
 #include "batched_gemm.hpp"
+#include "coder_executor.hpp"
 
 #include <type_traits>
 
@@ -383,6 +384,12 @@ PYBIND11_MODULE(_cpu_kernels, m) {
            "floats, 32-byte aligned) for gdn_forward_avx2's packed_gamma.");
   m.def("gdn_avx2_available", &sk::gdn_avx2_available,
         "True when the CPU has AVX2 + FMA (gdn_forward_avx2).");
+  m.def("coder_executor", [] {
+    return py::capsule(reinterpret_cast<void*>(&sk::coder_omp_executor),
+                       "slimkernels.coder_executor");
+  }, "A capsule for slimkernels._coder's encode / decode (executor=): the substreams run on "
+     "torch's OpenMP threads instead of the coder's own worker pool (see "
+     "csrc/cpu/coder_executor.hpp).");
   m.def("latents_simd_available", &sk::latents_simd_available,
         "True when the CPU has AVX512F + AVX512BW or AVX2 + FMA (quantize_latents / "
         "dequantize_latents).");
