@@ -5,7 +5,10 @@ a loop of their own (issue 8's "entropy share" goal). This script measures, in o
 interleaved, for 1 and 2 coder streams:
 
 * ``in situ``: ``encode`` right after ``model.encode`` with one index per channel
-  (``channel_indexes``, as ``compress`` runs it);
+  (``channel_indexes``), its substreams on the coder's own worker pool (``pool="coder"``);
+* ``in situ, OpenMP pool``: the same on torch's OpenMP threads (``pool="openmp"``, what
+  ``compress`` runs where torch runs on OpenMP and ``slimkernels._cpu_kernels`` is built; the
+  row repeats ``pool="coder"`` elsewhere);
 * ``in situ, per-symbol indexes``: the same with the per-symbol index array
   (``latent_indexes``: 4 more bytes read per symbol, as ``compress`` did before);
 * ``in situ, indexes warm``: per-symbol indexes read once just before (outside the timing), to
@@ -36,7 +39,8 @@ from slimkernels.codec import (_autocast, _quantize, _tables, channel_indexes,  
 
 
 #: The rows of the table, in order.
-CASES = ("quantize", "in situ", "in situ, per-symbol indexes", "in situ, indexes warm", "alone")
+CASES = ("quantize", "in situ", "in situ, OpenMP pool", "in situ, per-symbol indexes",
+         "in situ, indexes warm", "alone")
 
 
 def measure(model, x: torch.Tensor, width: int, repeats: int, precision: str = "auto"):
@@ -48,6 +52,7 @@ def measure(model, x: torch.Tensor, width: int, repeats: int, precision: str = "
     precision = resolve_precision(precision, dev)
     xin = model._image_input(x.to(dev), precision)
     times = {}
+    openmp = "openmp" if coding.openmp_pool_available() else "coder"
 
     def add(key, v):
         times.setdefault(key, []).append(v * 1e3)
@@ -55,19 +60,20 @@ def measure(model, x: torch.Tensor, width: int, repeats: int, precision: str = "
     with torch.no_grad():
         for _ in range(repeats):
             for streams in (1, 2):
-                for case in CASES[1:4]:
+                for case in CASES[1:5]:
                     with _autocast(dev, precision):
                         y = model.encode(xin, width)
                     t0 = time.perf_counter()
                     sym = _quantize(eb, y)
                     t1 = time.perf_counter()
                     _, C, h, w = sym.shape
-                    idx = channel_indexes(C) if case == "in situ" else latent_indexes(C, h, w)
+                    idx = latent_indexes(C, h, w) if "indexes" in case else channel_indexes(C)
                     if case == "in situ, indexes warm":
                         int(idx.sum())            # read once, outside the timing
                     t2 = time.perf_counter()
                     coding.encode(sym.numpy(), idx, *tabs, precision=eb.precision,
-                                  streams=streams)
+                                  streams=streams,
+                                  pool=openmp if case == "in situ, OpenMP pool" else "coder")
                     t3 = time.perf_counter()
                     if case == "in situ":
                         add(("quantize", streams), t1 - t0)

@@ -17,4 +17,4 @@ def test_entropy_insitu_dry_run(capsys):
     # every cell is a positive time
     rows = [ln for ln in out.splitlines() if ln.startswith("| ") and "ms" not in ln]
     cells = [float(c) for ln in rows for c in ln.strip("|").split("|")[1:]]
-    assert len(cells) == 2 * len(bench_entropy_insitu.CASES) == 10 and all(c > 0 for c in cells)
+    assert len(cells) == 2 * len(bench_entropy_insitu.CASES) == 12 and all(c > 0 for c in cells)

@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 
 from . import coding, container
+from ._cpu import _switched_off as _cpu_switched_off
 from ._cpu import cpu_kernels
 from ._state import cached_on_module
 from .nn.entropy import check_quantization
@@ -438,8 +439,11 @@ def coder_pool() -> str:
     are still spinning right after the transform and start at once, where a sleeping worker of
     the coder's own pool took ~0.25 ms to wake up (768x512, 2-core AMX Xeon VM, bf16: the
     2-substream encode right after the encoder transform 288 -> 196 us at w=96, 490 -> 354-420
-    us at w=192). Same bytes either way."""
-    return "openmp" if _torch_on_openmp() and coding.openmp_pool_available() else "coder"
+    us at w=192). Same bytes either way. ``SLIMKERNELS_CPU_KERNELS=0`` (no compiled CPU kernels)
+    also means ``"coder"``."""
+    if _cpu_switched_off() or not _torch_on_openmp():
+        return "coder"
+    return "openmp" if coding.openmp_pool_available() else "coder"
 
 
 def auto_streams(num_symbols: int) -> int:

@@ -452,6 +452,9 @@ def test_coder_pool_choice_and_same_bytes(model, monkeypatch):
     on_omp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
     want = "openmp" if on_omp and coding.openmp_pool_available() else "coder"
     assert codec.coder_pool() == want
+    monkeypatch.setenv("SLIMKERNELS_CPU_KERNELS", "0")          # the switch of every CPU kernel
+    assert codec.coder_pool() == "coder"
+    monkeypatch.delenv("SLIMKERNELS_CPU_KERNELS")
     seen = []
     real_encode, real_decode = coding.encode, coding.decode
     monkeypatch.setattr(coding, "encode", lambda *a, **k: seen.append(k["pool"]) or
