@@ -257,13 +257,13 @@ def _auto_streams(n: int) -> int:
 
 
 def _pool_kw():
-    """``{"pool": ...}`` as ``compress`` / ``decompress`` pass it to the coder ({} for a library
-    without the choice)."""
+    """``{"pool": ..., "threads": ...}`` as ``compress`` / ``decompress`` pass them to the coder
+    ({} for a library without the choice)."""
     try:
         from slimkernels.codec import coder_pool
     except ImportError:  # pragma: no cover - an older slimkernels
         return {}
-    return {"pool": coder_pool()}
+    return {"pool": coder_pool(), "threads": torch.get_num_threads()}
 
 
 def _indexes(C, h, w):

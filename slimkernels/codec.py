@@ -440,7 +440,8 @@ def coder_pool() -> str:
     the coder's own pool took ~0.25 ms to wake up (768x512, 2-core AMX Xeon VM, bf16: the
     2-substream encode right after the encoder transform 288 -> 196 us at w=96, 490 -> 354-420
     us at w=192). Same bytes either way. ``SLIMKERNELS_CPU_KERNELS=0`` (no compiled CPU kernels)
-    also means ``"coder"``."""
+    also means ``"coder"``. The coder gets ``torch.get_num_threads()`` threads either way (at
+    most one per substream)."""
     if _cpu_switched_off() or not _torch_on_openmp():
         return "coder"
     return "openmp" if coding.openmp_pool_available() else "coder"
@@ -791,7 +792,8 @@ class SlimCodec(nn.Module):
         if streams is None:
             streams = auto_streams(sym.numel())
         payload = coding.encode(sym.numpy(), channel_indexes(C), *_tables(eb),
-                                precision=eb.precision, streams=streams, pool=coder_pool())
+                                precision=eb.precision, streams=streams, pool=coder_pool(),
+                                threads=torch.get_num_threads())
         return container.pack(container.SlimFile(
             model_id=mid, width=width, height=H, img_width=W, streams=streams,
             payload=payload, metadata=dict(metadata or {})))
@@ -817,7 +819,8 @@ class SlimCodec(nn.Module):
         s = int(self.downsampling)
         h, w = -(-f.height // s), -(-f.img_width // s)
         sym = coding.decode(f.payload, channel_indexes(f.width), *_tables(eb),
-                            precision=eb.precision, shape=(1, f.width, h, w), pool=coder_pool())
+                            precision=eb.precision, shape=(1, f.width, h, w), pool=coder_pool(),
+                            threads=torch.get_num_threads())
         return f, torch.from_numpy(sym)
 
     @torch.no_grad()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -122,12 +123,29 @@ def _executor(pool):
     if pool == "coder":
         return None
     if pool == "openmp":
+        if _FORKED[0]:
+            return None  # OpenMP cannot run in a fork()ed child: the coder's pool can
         ex = _openmp_executor()
         if ex is None:
             raise ValueError('pool="openmp" needs slimkernels._cpu_kernels built with OpenMP '
                              '(it is not importable here, or too old); use pool="coder"')
         return ex
     raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+
+
+#: [True] in a ``fork()``ed child (of this process or of one of its children): GNU OpenMP's
+#: threads do not exist there and a parallel region hangs, so ``pool="openmp"`` runs on the
+#: coder's own pool instead, which starts new threads in a child. A one-element list, flipped by
+#: the fork hook below.
+_FORKED = [False]
+
+
+def _after_fork_in_child():
+    _FORKED[0] = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @functools.lru_cache(maxsize=None)
@@ -204,7 +222,8 @@ def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, stream
             ``slimkernels._cpu_kernels``, which are torch's own (same ``libgomp``) where torch
             runs on OpenMP: right after torch's parallel work they are still spinning and start
             at once, where a sleeping worker of the coder's pool can take ~0.25 ms to wake up on
-            a busy or virtualised machine (what ``SlimCAE.compress`` uses). Same bytes either
+            a busy or virtualised machine (what ``SlimCAE.compress`` uses). In a ``fork()``ed
+            child, where OpenMP cannot run, ``"openmp"`` uses the coder's pool. Same bytes either
             way.
 
     Returns:

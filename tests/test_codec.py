@@ -1,4 +1,6 @@
 """slimkernels.codec: the SlimCodec base class gives any slimmable autoencoder coding."""
+import os
+
 import pytest
 import torch
 
@@ -476,6 +478,27 @@ def test_coder_pool_choice_and_same_bytes(model, monkeypatch):
         assert seen[2:] == ["coder", "coder"]
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_decompress_in_forked_child_with_one_torch_thread(model):
+    """A worker process fork()ed from a process that coded (DataLoader-style, torch at 1 thread)
+    decompresses a 2-substream file: the coder must not enter OpenMP there."""
+    from tests.test_coding_threads import _fork, _wait_child
+    x = torch.rand(1, 3, 64, 64)
+    data = model.compress(x, 12, precision="fp32", streams=2)
+    ref = model.decompress(data, precision="fp32")              # the parent's pools have run
+    pid = _fork()
+    if pid == 0:
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            out = model.decompress(data, precision="fp32")
+            again = model.compress(x, 12, precision="fp32", streams=2)
+            code = 0 if torch.equal(out, ref) and again == data else 2
+        finally:
+            os._exit(code)
+    assert _wait_child(pid, timeout=60.0) == 0
 
 
 def test_native_bf16_fallbacks(monkeypatch):

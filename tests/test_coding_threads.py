@@ -296,3 +296,29 @@ def test_executor_capsule_checked_by_name(work):
             _coder.encode(sym, idx, cdfs, lengths, offsets, 16, 2, 2, executor=bad)
         with pytest.raises(ValueError, match="executor must be None or slimkernels._cpu_kernels"):
             _coder.decode(data, idx, cdfs, lengths, offsets, 16, 2, executor=bad)
+
+
+@needs_openmp_pool
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.isdir("/proc/self/task"),
+                    reason="needs fork and /proc")
+def test_openmp_pool_in_forked_child(work):
+    """GNU OpenMP cannot run in a fork()ed child once its threads existed (a parallel region
+    there waits for threads that are gone): pool="openmp" must fall back to the coder's pool."""
+    sym, idx, cdfs, lengths, offsets = work
+    ref = _ref_encode(sym, idx, cdfs, lengths, offsets, 16, 2)
+    # The parent has run substreams on its OpenMP threads.
+    assert coding.encode(sym, idx, cdfs, lengths, offsets, streams=2, threads=2,
+                         pool="openmp") == ref
+    pid = _fork()
+    if pid == 0:
+        code = 1
+        try:
+            data = coding.encode(sym, idx, cdfs, lengths, offsets, streams=2, threads=2,
+                                 pool="openmp")
+            out = coding.decode(data, idx, cdfs, lengths, offsets, threads=2, pool="openmp")
+            code = 0 if data == ref and np.array_equal(out, sym) else 2
+        finally:
+            os._exit(code)
+    assert _wait_child(pid, timeout=30.0) == 0
+    assert coding.encode(sym, idx, cdfs, lengths, offsets, streams=2, threads=2,
+                         pool="openmp") == ref
