@@ -231,8 +231,11 @@ def make_compressai(N: int = 192, M: int = 320, seed: int = 0):
 
 # ----------------------------------------------------------------------------------- pipelines
 def _tables(eb):
-    return (eb._quantized_cdf.cpu().numpy(), eb._cdf_length.cpu().numpy(),
-            eb._offset.cpu().numpy())
+    """The coder's tables as ``compress`` / ``decompress`` get them (the library's own step: the
+    entropy model's cached arrays where it has them)."""
+    return _codec_fn("_tables", lambda e: (e._quantized_cdf.cpu().numpy(),
+                                           e._cdf_length.cpu().numpy(),
+                                           e._offset.cpu().numpy()))(eb)
 
 
 def _sync(device: torch.device) -> None:
