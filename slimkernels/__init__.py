@@ -5,6 +5,7 @@ Submodules: ``ops`` (functional kernels), ``nn`` (modules), ``coding`` (C++ rang
 """
 import importlib
 
+from . import _fork  # noqa: F401  (records the importing process: see _fork.forked_since_import)
 from ._version import __version__
 from .backend import resolve_backend
 

@@ -26,9 +26,10 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import os
 
 import numpy as np
+
+from ._fork import forked_since_import
 
 __all__ = [
     "encode",
@@ -123,7 +124,7 @@ def _executor(pool):
     if pool == "coder":
         return None
     if pool == "openmp":
-        if _FORKED[0]:
+        if forked_since_import():
             return None  # OpenMP cannot run in a fork()ed child: the coder's pool can
         ex = _openmp_executor()
         if ex is None:
@@ -131,21 +132,6 @@ def _executor(pool):
                              '(it is not importable here, or too old); use pool="coder"')
         return ex
     raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-
-
-#: [True] in a ``fork()``ed child (of this process or of one of its children): GNU OpenMP's
-#: threads do not exist there and a parallel region hangs, so ``pool="openmp"`` runs on the
-#: coder's own pool instead, which starts new threads in a child. A one-element list, flipped by
-#: the fork hook below.
-_FORKED = [False]
-
-
-def _after_fork_in_child():
-    _FORKED[0] = True
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @functools.lru_cache(maxsize=None)
@@ -223,7 +209,9 @@ def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, stream
             runs on OpenMP: right after torch's parallel work they are still spinning and start
             at once, where a sleeping worker of the coder's pool can take ~0.25 ms to wake up on
             a busy or virtualised machine (what ``SlimCAE.compress`` uses). In a ``fork()``ed
-            child, where OpenMP cannot run, ``"openmp"`` uses the coder's pool. Same bytes either
+            child of the process that imported slimkernels, where OpenMP cannot run,
+            ``"openmp"`` uses the coder's pool (a child forked before slimkernels was imported
+            cannot be recognised: pass ``"coder"`` or ``threads=1`` there). Same bytes either
             way.
 
     Returns:

@@ -322,3 +322,22 @@ def test_openmp_pool_in_forked_child(work):
     assert _wait_child(pid, timeout=30.0) == 0
     assert coding.encode(sym, idx, cdfs, lengths, offsets, streams=2, threads=2,
                          pool="openmp") == ref
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_since_import_marks_children_and_grandchildren():
+    from slimkernels._fork import forked_since_import
+    assert not forked_since_import()
+    pid = _fork()
+    if pid == 0:
+        code = 1
+        try:
+            if forked_since_import():
+                grandchild = _fork()
+                if grandchild == 0:
+                    os._exit(0 if forked_since_import() else 3)
+                code = _wait_child(grandchild, timeout=30.0)
+        finally:
+            os._exit(code if isinstance(code, int) else 4)
+    assert _wait_child(pid, timeout=30.0) == 0
+    assert not forked_since_import()

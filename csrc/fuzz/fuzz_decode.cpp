@@ -10,9 +10,9 @@
 //   mode 3: as mode 2, then the valid stream is corrupted (bit flips, truncation, byte
 //           overwrites, wrong tables, tables changed in place after a decode that cached
 //           them) and decoded again.
-// Byte 0 also picks an index run (1..32): every encode and decode runs twice, with one index per
-// symbol and with one index per run of symbols (the same indexes, compact), and both must agree
-// (same bytes, same success, same symbols).
+// Byte 0 also picks an index run (1..28, 255, 256, 257 or 1000): every encode and decode runs
+// twice, with one index per symbol and with one index per run of symbols (the same indexes,
+// compact), and both must agree (same bytes, same success, same symbols).
 // Decoding must return or throw slimcoder::Error, and a successful decode must re-encode to the
 // very same bytes; anything else (crash, sanitizer report, other exception, mismatch, timeout)
 // is a finding.
@@ -179,7 +179,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int threads = 1 + ((data[0] >> 2) & 1);
   const TableSet& ts = sets()[data[1] % sets().size()];
   const Tables t = ts.view();
-  const int64_t run = 1 + ((data[0] >> 3) & 31);
+  // Index runs 1..28, and four long ones that reach the decoder's prefetch of the next run
+  // (runs of >= 256 symbols with a run after them in the substream).
+  static const int64_t kLongRuns[4] = {255, 256, 257, 1000};
+  const int sel = (data[0] >> 3) & 31;
+  const int64_t run = sel < 28 ? 1 + sel : kLongRuns[sel - 28];
   int64_t n = (data[2] | (int64_t(data[3]) << 8)) & 0xfff;  // at most 4095 symbols
   n -= n % run;
   Reader r{data + 4, size - 4};
