@@ -147,6 +147,16 @@ def gemm_shapes(width, scale):
     return out
 
 
+def gemm_cases(widths, scale):
+    """``(layer name, width, T, K, N, V, U)`` per 5x5/2 layer and width (:func:`gemm_shapes`):
+    random fp32 ``V [36, T, K]`` and ``U [36, K, N]``, seeded by the shape."""
+    for width in widths:
+        for name, T, Kd, N in gemm_shapes(width, scale):
+            g = torch.Generator().manual_seed(T + Kd + N)
+            yield (name, width, T, Kd, N, torch.randn(36, T, Kd, generator=g),
+                   torch.randn(36, Kd, N, generator=g))
+
+
 def gemm_table_bf16(widths, repeats, scale):
     """Markdown rows: the bf16 batched GEMM of each Winograd layer (bf16 V, U; fp32 M) against
     ``torch.bmm`` in bf16 (bf16 out) and our fp32 AVX-512 GEMM; its error against float64 of
@@ -159,28 +169,25 @@ def gemm_table_bf16(widths, repeats, scale):
     print("| layer | width | T x K x N | bmm bf16 ms | fp32 GEMM ms | bf16 GEMM ms | vs bmm | vs "
           "fp32 | GFLOP/s | max rel. error |\n|---|---|---|---|---|---|---|---|---|---|")
     nt = torch.get_num_threads()
-    for width in widths:
-        for name, T, Kd, N in gemm_shapes(width, scale):
-            g = torch.Generator().manual_seed(T + Kd + N)
-            V, U = torch.randn(36, T, Kd, generator=g), torch.randn(36, Kd, N, generator=g)
-            Vb, Ub, Up = V.to(torch.bfloat16), U.to(torch.bfloat16), Wg.pack_bf16_pairs(U)
-            M0, M1 = torch.empty(36, T, N), torch.empty(36, T, N)
+    for name, width, T, Kd, N, V, U in gemm_cases(widths, scale):
+        Vb, Ub, Up = V.to(torch.bfloat16), U.to(torch.bfloat16), Wg.pack_bf16_pairs(U)
+        M0, M1 = torch.empty(36, T, N), torch.empty(36, T, N)
 
-            def ours():
-                K.batched_gemm_bf16(Vb.data_ptr(), Up.data_ptr(), M1.data_ptr(), 36, T, Kd, N, nt)
+        def ours():
+            K.batched_gemm_bf16(Vb.data_ptr(), Up.data_ptr(), M1.data_ptr(), 36, T, Kd, N, nt)
 
-            def ours32():
-                K.batched_gemm_avx512(V.data_ptr(), U.data_ptr(), M0.data_ptr(), 36, T, Kd, N, nt)
-            ref = torch.bmm(Vb.double(), Ub.double())
-            ours()
-            err = ((M1.double() - ref).abs().max() / ref.abs().max()).item()
-            fns = [lambda: torch.bmm(Vb, Ub), ours] + ([ours32] if fp32 else [])
-            ts = interleaved_ms(fns, repeats)
-            t32 = f"{ts[2]:.3f}" if fp32 else "-"
-            r32 = f"{ts[2] / ts[1]:.2f}x" if fp32 else "-"
-            print(f"| {name} | {width} | {T} x {Kd} x {N} | {ts[0]:.3f} | {t32} | {ts[1]:.3f} | "
-                  f"{ts[0] / ts[1]:.2f}x | {r32} | {2 * 36 * T * Kd * N / ts[1] / 1e6:.0f} | "
-                  f"{err:.1e} |", flush=True)
+        def ours32():
+            K.batched_gemm_avx512(V.data_ptr(), U.data_ptr(), M0.data_ptr(), 36, T, Kd, N, nt)
+        ref = torch.bmm(Vb.double(), Ub.double())
+        ours()
+        err = ((M1.double() - ref).abs().max() / ref.abs().max()).item()
+        fns = [lambda: torch.bmm(Vb, Ub), ours] + ([ours32] if fp32 else [])
+        ts = interleaved_ms(fns, repeats)
+        t32 = f"{ts[2]:.3f}" if fp32 else "-"
+        r32 = f"{ts[2] / ts[1]:.2f}x" if fp32 else "-"
+        print(f"| {name} | {width} | {T} x {Kd} x {N} | {ts[0]:.3f} | {t32} | {ts[1]:.3f} | "
+              f"{ts[0] / ts[1]:.2f}x | {r32} | {2 * 36 * T * Kd * N / ts[1] / 1e6:.0f} | "
+              f"{err:.1e} |", flush=True)
 
 
 def gemm_table(widths, repeats, scale):
@@ -194,22 +201,19 @@ def gemm_table(widths, repeats, scale):
     print("| layer | width | T x K x N | bmm ms | ours ms | speed-up | ours GFLOP/s | max rel. "
           "error bmm / ours |\n|---|---|---|---|---|---|---|---|")
     nt = torch.get_num_threads()
-    for width in widths:
-        for name, T, Kd, N in gemm_shapes(width, scale):
-            g = torch.Generator().manual_seed(T + Kd + N)
-            V, U = torch.randn(36, T, Kd, generator=g), torch.randn(36, Kd, N, generator=g)
-            M0, M1 = torch.empty(36, T, N), torch.empty(36, T, N)
+    for name, width, T, Kd, N, V, U in gemm_cases(widths, scale):
+        M0, M1 = torch.empty(36, T, N), torch.empty(36, T, N)
 
-            def ours():
-                K.batched_gemm_avx512(V.data_ptr(), U.data_ptr(), M1.data_ptr(), 36, T, Kd, N, nt)
-            ref = torch.bmm(V.double(), U.double())
-            ours()
-            torch.bmm(V, U, out=M0)
-            err = [((m.double() - ref).abs().max() / ref.abs().max()).item() for m in (M0, M1)]
-            t0, t1 = interleaved_ms([lambda: torch.bmm(V, U, out=M0), ours], repeats)
-            gf = 2 * 36 * T * Kd * N / t1 / 1e6
-            print(f"| {name} | {width} | {T} x {Kd} x {N} | {t0:.3f} | {t1:.3f} | {t0 / t1:.2f}x "
-                  f"| {gf:.0f} | {err[0]:.1e} / {err[1]:.1e} |", flush=True)
+        def ours():
+            K.batched_gemm_avx512(V.data_ptr(), U.data_ptr(), M1.data_ptr(), 36, T, Kd, N, nt)
+        ref = torch.bmm(V.double(), U.double())
+        ours()
+        torch.bmm(V, U, out=M0)
+        err = [((m.double() - ref).abs().max() / ref.abs().max()).item() for m in (M0, M1)]
+        t0, t1 = interleaved_ms([lambda: torch.bmm(V, U, out=M0), ours], repeats)
+        gf = 2 * 36 * T * Kd * N / t1 / 1e6
+        print(f"| {name} | {width} | {T} x {Kd} x {N} | {t0:.3f} | {t1:.3f} | {t0 / t1:.2f}x "
+              f"| {gf:.0f} | {err[0]:.1e} / {err[1]:.1e} |", flush=True)
 
 
 def main(argv=None) -> int:

@@ -35,7 +35,7 @@ sys.path.insert(0, HERE)
 import e2e  # noqa: E402
 from slimkernels import coding  # noqa: E402
 from slimkernels.codec import (_autocast, _quantize, _tables, channel_indexes,  # noqa: E402
-                               latent_indexes, resolve_precision)
+                               coder_pool, latent_indexes, resolve_precision)
 
 
 #: The rows of the table, in order.
@@ -52,7 +52,7 @@ def measure(model, x: torch.Tensor, width: int, repeats: int, precision: str = "
     precision = resolve_precision(precision, dev)
     xin = model._image_input(x.to(dev), precision)
     times = {}
-    openmp = "openmp" if coding.openmp_pool_available() else "coder"
+    openmp = coder_pool()            # what compress gives the coder here
 
     def add(key, v):
         times.setdefault(key, []).append(v * 1e3)

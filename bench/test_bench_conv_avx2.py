@@ -22,17 +22,23 @@ def test_conv_avx2_bench_quick_runs_in_bf16(capsys):
     assert "bf16" in out and out.count("| 16 |") == len(bench_conv_avx2.LAYERS)
 
 
+def _gemm_rows(capsys, extra, notice):
+    """The w=16 rows of a quick ``--gemm`` run (4: one per 5x5/2 layer), or None when the run
+    printed ``notice`` (no such kernel on this CPU)."""
+    assert bench_conv_avx2.main(["--gemm", *extra, "--widths", "16", "--repeats", "1",
+                                "--threads", "1", "--scale", "8"]) == 0
+    out = capsys.readouterr().out
+    if notice in out:
+        return None
+    rows = [r for r in out.splitlines() if r.startswith("| ") and "| 16 |" in r]
+    assert len(rows) == 4
+    return rows
+
+
 def test_gemm_table_quick_runs(capsys):
     """The GEMM table: a row per 5x5/2 layer where the AVX-512 kernel exists (each error within
     fp32's), else the one-line notice."""
-    assert bench_conv_avx2.main(["--gemm", "--widths", "16", "--repeats", "1", "--threads", "1",
-                                "--scale", "8"]) == 0
-    out = capsys.readouterr().out
-    if "do not use the AVX-512 batched GEMM here" in out:
-        return
-    rows = [r for r in out.splitlines() if r.startswith("| ") and "| 16 |" in r]
-    assert len(rows) == 4
-    for r in rows:
+    for r in _gemm_rows(capsys, [], "do not use the AVX-512 batched GEMM here") or []:
         errs = r.split("|")[-2].split("/")
         assert all(float(e) < 1e-5 for e in errs), r
 
@@ -40,14 +46,7 @@ def test_gemm_table_quick_runs(capsys):
 def test_gemm_table_quick_runs_in_bf16(capsys):
     """The bf16 GEMM table: a row per 5x5/2 layer where AVX512-BF16 exists (error within fp32's
     against float64 of the bf16 operands), else the one-line notice."""
-    assert bench_conv_avx2.main(["--gemm", "--precision", "bf16", "--widths", "16", "--repeats",
-                                "1", "--threads", "1", "--scale", "8"]) == 0
-    out = capsys.readouterr().out
-    if "no bf16 batched GEMM here" in out:
-        return
-    rows = [r for r in out.splitlines() if r.startswith("| ") and "| 16 |" in r]
-    assert len(rows) == 4
-    for r in rows:
+    for r in _gemm_rows(capsys, ["--precision", "bf16"], "no bf16 batched GEMM here") or []:
         assert float(r.split("|")[-2]) < 1e-5, r
 
 

@@ -627,12 +627,11 @@ SK_NOINLINE EncPos enc_escape(uint64_t x, uint32_t* ptr, int64_t v, int64_t nd,
 // run loop fetches the next run's tables while it decodes this one: right after a transform has
 // evicted them, each line would otherwise be a miss on first use (a lookup row, 4 KiB at 12 bits
 // with uint8 entries, 8 KiB with uint16 ones, is read at uniformly random buckets: a run touches
-// all of it). Measured right after the
-// decoder transform (768x512, 2-core AMX Xeon VM): 2-substream decode 0.94 -> 0.63 ms at w=192,
-// 0.39 -> 0.31 at w=96, one substream 0.28 -> 0.26 at w=48. The encoder reads few lines of its
-// rows (values near the median): the same prefetch there changed nothing measurable. Only for
-// runs long enough to touch most of a row (a shorter run would pay 64 prefetches for a few
-// symbols: 17 ns per symbol at runs of 2).
+// all of it). Measured right after the decoder transform (768x512, 2-core AMX Xeon VM):
+// 2-substream decode 0.94 -> 0.63 ms at w=192, 0.39 -> 0.31 at w=96, one substream 0.28 -> 0.26
+// at w=48. The encoder reads few lines of its rows (values near the median): the same prefetch
+// there changed nothing measurable. Only for runs long enough to touch most of a row (a shorter
+// run would pay 64 prefetches for a few symbols: 17 ns per symbol at runs of 2).
 constexpr int64_t kMinPrefetchRun = 256;
 SK_INLINE void prefetch_bytes(const void* p, size_t bytes) {
 #if defined(__GNUC__) || defined(__clang__)

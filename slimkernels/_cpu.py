@@ -29,12 +29,12 @@ def cpu_kernels(probe: str) -> Optional[object]:
     and its capability check ``probe`` (``"amx_available"`` for the AMX-BF16 GDN / conv kernels,
     ``"latents_simd_available"`` for the AVX-512 / AVX2 latent quantization) returns True on this
     CPU; else None."""
-    if _switched_off():
+    if switched_off():
         return None
     return _module() if _supported(probe) else None
 
 
-def _switched_off() -> bool:
+def switched_off() -> bool:
     """``SLIMKERNELS_CPU_KERNELS=0`` in the environment now (read at every call, cheaply:
     :func:`slimkernels._env.getenv`)."""
     return getenv("SLIMKERNELS_CPU_KERNELS", "1") == "0"

@@ -46,8 +46,7 @@ import torch
 import torch.nn as nn
 
 from . import coding, container
-from ._cpu import _switched_off as _cpu_switched_off
-from ._cpu import cpu_kernels
+from ._cpu import cpu_kernels, switched_off as _cpu_switched_off
 from ._state import cached_on_module
 from .nn.entropy import check_quantization
 

@@ -138,11 +138,9 @@ def _executor(pool):
 def _openmp_executor():
     """The executor capsule of ``slimkernels._cpu_kernels.coder_executor()`` (made once), or
     None when that module is not built."""
-    try:
-        from . import _cpu_kernels
-        return _cpu_kernels.coder_executor()
-    except (ImportError, AttributeError):
-        return None
+    from ._cpu import _module   # the one place that imports the optional extension
+    ck = _module()
+    return ck.coder_executor() if ck is not None and hasattr(ck, "coder_executor") else None
 
 
 def openmp_pool_available() -> bool:

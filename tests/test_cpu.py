@@ -11,8 +11,8 @@ from tests._env import set_env
                                         (None, False)])
 def test_switch_follows_the_environment_at_every_call(monkeypatch, value, off):
     set_env(monkeypatch, "SLIMKERNELS_CPU_KERNELS", value)
-    assert _cpu._switched_off() is off
-    assert _cpu._switched_off() == (os.environ.get("SLIMKERNELS_CPU_KERNELS", "1") == "0")
+    assert _cpu.switched_off() is off
+    assert _cpu.switched_off() == (os.environ.get("SLIMKERNELS_CPU_KERNELS", "1") == "0")
     if off:
         assert _cpu.cpu_kernels("gdn_avx2_available") is None
         assert _cpu.cpu_kernels("latents_simd_available") is None
@@ -21,9 +21,9 @@ def test_switch_follows_the_environment_at_every_call(monkeypatch, value, off):
 def test_switch_without_cpythons_environ_mapping(monkeypatch):
     # an os.environ replaced by a plain dict (no encoded _data): the plain lookup still decides
     monkeypatch.setattr(os, "environ", {"SLIMKERNELS_CPU_KERNELS": "0"})
-    assert _cpu._switched_off() is True
+    assert _cpu.switched_off() is True
     monkeypatch.setattr(os, "environ", {})
-    assert _cpu._switched_off() is False
+    assert _cpu.switched_off() is False
 
 
 def test_switched_on_kernels_follow_the_probe(monkeypatch):

@@ -461,16 +461,21 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "micro-tiles of 8 pixels x 48 channels.");
   m.def("batched_gemm_avx512_available", &sk::batched_gemm_avx512_available,
         "True when the CPU has AVX-512F (batched_gemm_avx512).");
-  m.def("batched_gemm_avx512", &batched_gemm_py<sk::BatchedGemmArgs, sk::batched_gemm_avx512>, py::arg("V"), py::arg("U"), py::arg("M"),
-        py::arg("B"), py::arg("T"), py::arg("K"), py::arg("N"), py::arg("nthreads"),
-        "M[b] = V[b] U[b] on AVX-512 (see csrc/cpu/batched_gemm.hpp): V [B, T, K], U [B, K, N], "
-        "M [B, T, N], contiguous fp32 (M written).");
+  // the two batched GEMMs take the same arguments (V, U, M pointers; B, T, K, N; nthreads)
+  auto def_gemm = [&m](const char* name, auto fn, const char* doc) {
+    m.def(name, fn, py::arg("V"), py::arg("U"), py::arg("M"), py::arg("B"), py::arg("T"),
+          py::arg("K"), py::arg("N"), py::arg("nthreads"), doc);
+  };
+  def_gemm("batched_gemm_avx512",
+           &batched_gemm_py<sk::BatchedGemmArgs, sk::batched_gemm_avx512>,
+           "M[b] = V[b] U[b] on AVX-512 (see csrc/cpu/batched_gemm.hpp): V [B, T, K], "
+           "U [B, K, N], M [B, T, N], contiguous fp32 (M written).");
   m.def("batched_gemm_bf16_available", &sk::batched_gemm_bf16_available,
         "True when the CPU has AVX512-BF16 (batched_gemm_bf16).");
-  m.def("batched_gemm_bf16", &batched_gemm_py<sk::BatchedGemmBf16Args, sk::batched_gemm_bf16>, py::arg("V"), py::arg("U"), py::arg("M"),
-        py::arg("B"), py::arg("T"), py::arg("K"), py::arg("N"), py::arg("nthreads"),
-        "M[b] = V[b] U[b] by vdpbf16ps (see csrc/cpu/batched_gemm.hpp): V [B, T, K] bf16, "
-        "U [B, ceil(K/2), N] bf16 pairs (int32), M [B, T, N] fp32 (written).");
+  def_gemm("batched_gemm_bf16",
+           &batched_gemm_py<sk::BatchedGemmBf16Args, sk::batched_gemm_bf16>,
+           "M[b] = V[b] U[b] by vdpbf16ps (see csrc/cpu/batched_gemm.hpp): V [B, T, K] bf16, "
+           "U [B, ceil(K/2), N] bf16 pairs (int32), M [B, T, N] fp32 (written).");
   m.def("conv_avx512_available", &sk::conv_avx512_available,
         "True when the CPU has AVX-512F (conv_avx512_forward, conv_transpose_avx512_forward).");
   m.def("conv_transpose_avx512_forward",
