@@ -179,16 +179,16 @@ SK_CTARGET void run_blocks(const ConvAmxArgs& a, const uint16_t* xpad, const Chu
         if (s == 1) {
           store_bf16(a.y + ((n * a.Hy + oy) * a.Wy + ox) * a.Cy, src, a.bias, a.Co);
         } else {
+          // phases (ry, 0..s-1) are contiguous in the accumulator row and their output pixels
+          // (yy, ox*s + 0..s-1) contiguous in y: one store of nrx*Cy elements per ry
+          const int64_t nrx = std::min<int64_t>(s, a.Wy - ox * s);
+          if (nrx <= 0) continue;
           for (int64_t ry = 0; ry < s; ++ry) {
             const int64_t yy = oy * s + ry;
             if (yy >= a.Hy) break;
-            for (int64_t rx = 0; rx < s; ++rx) {
-              const int64_t xx = ox * s + rx;
-              if (xx >= a.Wy) break;
-              const int64_t off = (ry * s + rx) * a.Cy;
-              store_bf16(a.y + ((n * a.Hy + yy) * a.Wy + xx) * a.Cy, src + off,
-                         a.bias ? a.bias + off : nullptr, a.Cy);
-            }
+            const int64_t off = ry * s * a.Cy;
+            store_bf16(a.y + ((n * a.Hy + yy) * a.Wy + ox * s) * a.Cy, src + off,
+                       a.bias ? a.bias + off : nullptr, nrx * a.Cy);
           }
         }
       }

@@ -480,10 +480,12 @@ def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding):
     """The direct AMX conv when this geometry goes there (see ``_use_amx_conv``), else None."""
     if not CPU_AMX_CONV or _amx_conv_kernels() is None:   # (most CPUs: decided before the sizes)
         return None
-    k = weight.shape[-1]
+    k, ci = weight.shape[-1], x.shape[1]
+    wide = stride > 1 and k >= 2 * stride + 1
     if weight.shape[-2] == k and _use_amx_conv(
-            x, x.shape[1], co, x.shape[0] * ((x.shape[2] + 2 * padding - k) // stride + 1) *
-            ((x.shape[3] + 2 * padding - k) // stride + 1), stride > 1 and k >= 2 * stride + 1):
+            x, ci, co, x.shape[0] * ((x.shape[2] + 2 * padding - k) // stride + 1) *
+            ((x.shape[3] + 2 * padding - k) // stride + 1), wide,
+            image=wide and k * ci <= 32 and co <= AMX_CONV_IMAGE_MAX_CHANNELS):
         return _conv2d_amx(x, weight, bias, co, stride, padding)
     return None
 
@@ -493,10 +495,11 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
     None (wide or few output channels, stride 1, kernel <= stride, a tap plan that crops x)."""
     if not CPU_AMX_CONV or _amx_conv_kernels() is None:
         return None
-    k = weight.shape[-1]
+    k, ci = weight.shape[-1], x.shape[1]
+    image = co <= AMX_CONV_IMAGE_MAX_OUT and ci <= AMX_CONV_IMAGE_MAX_CHANNELS
     if stride > 1 and k > stride and weight.shape[-2] == k and \
-            not _use_subpixel(k, co, stride) and \
-            _use_amx_conv(x, x.shape[1], co, x.shape[0] * x.shape[2] * x.shape[3]):
+            (image or not _use_subpixel(k, co, stride)) and \
+            _use_amx_conv(x, ci, co, x.shape[0] * x.shape[2] * x.shape[3], image=image):
         return _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding)
     return None
 
@@ -870,10 +873,23 @@ def _check(x, weight, bias, name, transposed, stride, padding):
 #: routes as before. Convs only with a kernel of at least ``2 * stride + 1`` and stride > 1
 #: (5x5/2, the measured case): a review measured stride-1 and 3x3/2 convs at 144-200 channels
 #: 0.56-0.83x by the direct kernel; transposed convs gained at 3x3/2 to 9x9/4 (1.16-1.34x).
+#: ... and, at any size, the image layers at narrow widths: convs from an image (a tap row of at
+#: most 32 elements, e.g. 3 channels at 9x9, the 5x5/2-like geometries above) onto at most
+#: ``AMX_CONV_IMAGE_MAX_CHANNELS`` channels, and transposed convs from at most that many onto at
+#: most ``AMX_CONV_IMAGE_MAX_OUT`` (the kernel's epilogue scatters the s*s sub-pixel phases: one
+#: store per phase row). Twenty-fifth sitting, AMX Xeon, kodim01's enc1 (fp32 image under bf16
+#: autocast) / dec3, medians of 4 x 25 interleaved against oneDNN's folded conv / sub-pixel conv
+#: (``/tmp/s25/enc1_ab.py``, ``/tmp/s25/img_amx.py``): 2 threads enc1 1.20 / 1.26x at 48 / 72
+#: channels, 1.23 / 1.04 / 0.90x at 96 / 144 / 192, dec3 1.23 / 1.14x, 1.15 / 1.04 / 1.06x; 1
+#: thread enc1 1.32 / 1.18x, 0.86-0.93x from 96 up, dec3 1.14 / 1.07x, 0.95-1.02x from 96 up.
+#: (Copying each pixel block's tap rows to 64-byte aligned rows first, so that the AMX loads do
+#: not straddle cache lines (~2.4x faster loads alone), measured 0.92-1.3x of this: not kept.)
 CPU_AMX_CONV = True
 AMX_CONV_MAX_CHANNELS = 64
 AMX_CONV_MAX_PIXELS = 3072
 AMX_CONV_MISALIGNED_MAX_CHANNELS = 256
+AMX_CONV_IMAGE_MAX_CHANNELS = 72
+AMX_CONV_IMAGE_MAX_OUT = 4
 
 
 def _amx_conv_kernels():
@@ -881,16 +897,17 @@ def _amx_conv_kernels():
     return cpu_kernels("amx_available")
 
 
-def _use_amx_conv(x, ci, co, pixels, wide_geometry: bool = True) -> bool:
+def _use_amx_conv(x, ci, co, pixels, wide_geometry: bool = True, image: bool = False) -> bool:
     """The direct AMX kernel takes this no-grad conv: x dense channels_last, bf16 (or fp32 that
     the kernel rounds to bf16 while padding, under bf16 autocast), and either narrow and small
     enough, or (``wide_geometry``: a transposed conv, or a conv whose kernel is at least
     ``2 * stride + 1`` with stride > 1, e.g. 5x5/2) wider with a channel count that is not a
-    multiple of 32 (see ``CPU_AMX_CONV``)."""
+    multiple of 32, or (``image``, the caller's rule) an image layer at a narrow width (see
+    ``CPU_AMX_CONV``)."""
     if not CPU_AMX_CONV:
         return False
-    small = ci <= AMX_CONV_MAX_CHANNELS and co <= AMX_CONV_MAX_CHANNELS and \
-        pixels <= AMX_CONV_MAX_PIXELS
+    small = image or (ci <= AMX_CONV_MAX_CHANNELS and co <= AMX_CONV_MAX_CHANNELS and
+                      pixels <= AMX_CONV_MAX_PIXELS)
     if not small and not (wide_geometry and AMX_CONV_MAX_CHANNELS < min(ci, co) and
                           max(ci, co) <= AMX_CONV_MISALIGNED_MAX_CHANNELS and (ci % 32 or co % 32)):
         return False

@@ -80,6 +80,8 @@ def test_conv2d_amx_geometries(ci, co, k, s, p, h, w):
 
 @pytest.mark.parametrize("ci,co,k,s,p,op,h,w", [
     (48, 3, 9, 4, 4, 3, 5, 7),     # dec3-like geometry
+    (48, 3, 9, 4, 4, 0, 5, 7),     # ... its last phase column cropped to 1 of 4 output columns
+    (72, 3, 9, 4, 4, 2, 6, 9),     # ... to 3 of 4
     (17, 47, 5, 2, 2, 1, 1, 33),
     (64, 64, 3, 2, 1, 0, 6, 5),
 ])
@@ -286,3 +288,45 @@ def test_all_zero_weight_tiles_are_skipped_exactly():
     _close(y, ref)
     assert torch.equal(y[:, 16:32].float(), b[16:32].to(torch.bfloat16).float()
                        .view(1, 16, 1, 1).expand(1, 16, 9, 21))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("w, direct", [(48, True), (72, True), (96, False), (192, False)])
+def test_dispatch_of_image_layers_follows_the_width(monkeypatch, transposed, w, direct):
+    """SlimCAE's image layers (enc1: 3 -> w, 9x9/4; dec3: w -> 3, its transpose) take the
+    direct kernel at any size up to AMX_CONV_IMAGE_MAX_CHANNELS = 72 channels (enc1 from an fp32
+    image under bf16 autocast, as the model calls it), oneDNN above; both within bf16's 1e-2 of
+    float64."""
+    name = "_conv_transpose2d_amx" if transposed else "_conv2d_amx"
+    calls = []
+    real = getattr(C, name)
+    monkeypatch.setattr(C, name, lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(40 + w)
+    b = torch.randn(192, generator=g)
+    if transposed:
+        W = _param((192, 3, 9, 9), 41)
+        x = _x(1, w, 16, 24, 42)                          # 384 phase pixels -> 3 x 64 x 96
+        kw = dict(stride=4, padding=4, output_padding=3, out_width=3)
+        b = b[:3]
+        op, ref, wr, br = slim_conv_transpose2d, F.conv_transpose2d, W[:w], b
+    else:
+        W = _param((192, 3, 9, 9), 43)
+        x = torch.rand(1, 3, 64, 96, generator=g).contiguous(memory_format=torch.channels_last)
+        kw = dict(stride=4, padding=4, out_width=w)
+        op, ref, wr, br = slim_conv2d, F.conv2d, W[:w], b[:w]
+    r = ref(x.to(torch.bfloat16).double(), _bf(wr), br.double(),
+            **{k: v for k, v in kw.items() if k != "out_width"})
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = op(x, W, b, **kw)
+    assert calls == ([1] if direct else [])
+    _close(y, r)
+
+
+def test_rule_for_image_layers():
+    """The callers' image rule lifts the size limits; the layout checks stay."""
+    x = _x(1, 8, 4, 4, 44)
+    big = 192 * 128
+    assert not C._use_amx_conv(x, 3, 48, big) and not C._use_amx_conv(x, 48, 3, big)
+    assert C._use_amx_conv(x, 3, 48, big, image=True)
+    assert C._use_amx_conv(x, 72, 3, big, image=True)
+    assert not C._use_amx_conv(x.contiguous(), 3, 48, big, image=True)   # NCHW x
