@@ -47,6 +47,7 @@ import torch.nn as nn
 
 from . import coding, container
 from ._cpu import cpu_kernels, switched_off as _cpu_switched_off
+from .ops.image_io import bf16_to_image, image_to_bf16
 from ._state import cached_on_module
 from .nn.entropy import check_quantization
 
@@ -693,6 +694,8 @@ class SlimCodec(nn.Module):
         first = self.g_a[0] if isinstance(self.g_a, nn.Sequential) and len(self.g_a) else None
         dtype = (torch.bfloat16 if precision == "bf16" and isinstance(first, SlimConv2d)
                  else x.dtype)
+        if cl and dtype == torch.bfloat16 and x.dtype == torch.float32 and x.is_cpu:
+            return image_to_bf16(x)   # one pass (AVX-512: csrc/cpu/image_io.cpp)
         return _dense(x, dtype, torch.channels_last if cl else torch.contiguous_format)
 
     def _latent_input(self, eb, sym: torch.Tensor, precision: str) -> torch.Tensor:
@@ -847,6 +850,8 @@ class SlimCodec(nn.Module):
         # f.model_id: checked equal to this model's id by decompress_latent
         x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
                                 precision, cuda_graph, f.model_id)
+        if x_hat.dtype == torch.bfloat16 and x_hat.is_cpu:
+            return bf16_to_image(x_hat)[..., :f.height, :f.img_width]   # one pass, clamped
         return x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)
 
     def _transform(self, kind: str, fn, x: torch.Tensor, key, dev: torch.device,

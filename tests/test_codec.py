@@ -285,6 +285,28 @@ def test_image_input_is_dense_channels_last_and_cast_once(model):
         assert torch.equal(model.decompress_latent(data)[1], eb.quantize_symbols(y))
 
 
+@pytest.mark.parametrize("layout", ["nchw", "hwc", "channels_last"])
+def test_image_conversions_give_torchs_file_and_image(model, monkeypatch, layout):
+    """compress's image cast and decompress's output cast + clamp (one pass each, see
+    slimkernels.ops.image_io) write the same file and return the same image as torch's passes."""
+    import slimkernels.codec as codec_mod
+    from slimkernels.ops import image_io
+    torch.manual_seed(8)
+    x = torch.rand(1, 3, 37, 50) * 1.2 - 0.1             # some pixels outside [0, 1]
+    if layout == "hwc":
+        x = x[0].permute(1, 2, 0).contiguous().permute(2, 0, 1)[None]
+    elif layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    data = model.compress(x, 12, precision="bf16")
+    img = model.decompress(data, precision="bf16")
+    monkeypatch.setattr(codec_mod, "image_to_bf16", image_io.image_to_bf16_reference)
+    monkeypatch.setattr(codec_mod, "bf16_to_image", image_io.bf16_to_image_reference)
+    assert model.compress(x, 12, precision="bf16") == data
+    ref = model.decompress(data, precision="bf16")
+    assert img.shape == ref.shape == (1, 3, 37, 50) and torch.equal(img, ref)
+    assert img.min() >= 0 and img.max() <= 1
+
+
 def _decoder_inputs(codec, layer, data, precisions):
     """What ``layer`` of ``codec.g_s`` receives when ``codec.decompress(data)`` runs in each of
     ``precisions`` (a forward pre-hook, removed after)."""

@@ -10,6 +10,7 @@
 #include "gdn_avx2.hpp"
 #include "gdn_bf16.hpp"
 #include "gdn_cpu.hpp"
+#include "image_io.hpp"
 #include "latents.hpp"
 #include "winograd.hpp"
 #include "conv_avx2.hpp"
@@ -150,6 +151,32 @@ void dequantize_latents_py(uintptr_t sym, int64_t N, int64_t C, int64_t H, int64
   a.out = reinterpret_cast<float*>(out);
   a.nthreads = nthreads;
   call_released(sk::dequantize_latents, a, sk::latents_error_message, "dequantize_latents");
+}
+
+}  // namespace
+
+// -- the image at the transforms' ends (csrc/cpu/image_io.hpp) ----------------------------------
+
+namespace {
+
+void image_to_bf16_py(uintptr_t x, bool channels_last, int64_t N, int64_t C, int64_t H, int64_t W,
+                      uintptr_t out, int nthreads) {
+  sk::ImageToBf16Args a;
+  a.x = reinterpret_cast<const float*>(x);
+  a.channels_last = channels_last;
+  a.N = N; a.C = C; a.H = H; a.W = W;
+  a.out = reinterpret_cast<uint16_t*>(out);
+  a.nthreads = nthreads;
+  call_released(sk::image_to_bf16, a, sk::image_io_error_message, "image_to_bf16");
+}
+
+void bf16_to_image_py(uintptr_t x, uintptr_t out, int64_t n, float lo, float hi, int nthreads) {
+  sk::Bf16ToImageArgs a;
+  a.x = reinterpret_cast<const uint16_t*>(x);
+  a.out = reinterpret_cast<float*>(out);
+  a.n = n; a.lo = lo; a.hi = hi;
+  a.nthreads = nthreads;
+  call_released(sk::bf16_to_image, a, sk::image_io_error_message, "bf16_to_image");
 }
 
 }  // namespace
@@ -402,6 +429,15 @@ PYBIND11_MODULE(_cpu_kernels, m) {
   m.def("dequantize_latents", &dequantize_latents_py, py::arg("sym"), py::arg("N"), py::arg("C"),
         py::arg("H"), py::arg("W"), py::arg("medians"), py::arg("out"), py::arg("nthreads"),
         "out fp32 dense channels_last = float(sym) + medians[c]; sym int32 NCHW contiguous.");
+  m.def("image_io_simd_available", &sk::image_io_simd_available,
+        "True when the CPU has AVX512F + AVX512BW (image_to_bf16 / bf16_to_image vector paths).");
+  m.def("image_to_bf16", &image_to_bf16_py, py::arg("x"), py::arg("channels_last"), py::arg("N"),
+        py::arg("C"), py::arg("H"), py::arg("W"), py::arg("out"), py::arg("nthreads"),
+        "out bf16 [N, C, H, W] dense channels_last = x rounded as torch does (see "
+        "csrc/cpu/image_io.hpp); x fp32 contiguous NCHW or dense channels_last.");
+  m.def("bf16_to_image", &bf16_to_image_py, py::arg("x"), py::arg("out"), py::arg("n"),
+        py::arg("lo"), py::arg("hi"), py::arg("nthreads"),
+        "out fp32 [n] = clamp(float(x), lo, hi) elementwise, NaN kept; x bf16 [n].");
   m.def("winograd_input", &winograd_input_py, py::arg("x"), py::arg("N"), py::arg("H"),
         py::arg("W"), py::arg("C"), py::arg("s"), py::arg("P"), py::arg("th"), py::arg("tw"),
         py::arg("t_begin"), py::arg("t_count"), py::arg("V"), py::arg("nthreads"),

@@ -1,0 +1,199 @@
+// The image <-> transform conversions (see image_io.hpp).
+//
+// fp32 -> bf16 rounds as torch does (c10::BFloat16 / at::vec): add 0x7fff plus the kept part's
+// lowest bit, keep the high half; integer arithmetic, so subnormals are not flushed (the
+// AVX512-BF16 conversion instruction treats them as zero). NCHW input: 32 pixels of each of the
+// C = 3 planes are rounded in registers and interleaved by two-source permutes into 96
+// channels_last elements; other channel counts go through a scalar loop.
+#include "image_io.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "amx_tiles.hpp"  // SK_HAVE_AMX_CODE (x86-64 gcc/clang on Linux), run_on_threads
+
+namespace sk {
+
+namespace {
+enum ImgErr { kIOk = 0, kIBadArgs = 1 };
+
+inline uint16_t round_bf16(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  if (std::isnan(v)) return 0x7fc0;
+  return static_cast<uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+inline float widen_bf16(uint16_t h) {
+  const uint32_t b = static_cast<uint32_t>(h) << 16;
+  float v;
+  std::memcpy(&v, &b, 4);
+  return v;
+}
+
+// NaN kept (std::min / std::max would turn it into a bound)
+inline float clamp_keep_nan(float v, float lo, float hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// Scalar: pixels [w0, w1) of row (n, h).
+void to_bf16_row_scalar(const ImageToBf16Args& a, int64_t n, int64_t h, int64_t w0, int64_t w1) {
+  uint16_t* o = a.out + (n * a.H + h) * a.W * a.C;
+  for (int64_t w = w0; w < w1; ++w)
+    for (int64_t c = 0; c < a.C; ++c) {
+      const int64_t i = a.channels_last ? ((n * a.H + h) * a.W + w) * a.C + c
+                                        : ((n * a.C + c) * a.H + h) * a.W + w;
+      o[w * a.C + c] = round_bf16(a.x[i]);
+    }
+}
+
+#if SK_HAVE_AMX_CODE
+#define SK_ITARGET __attribute__((target("avx512f,avx512bw")))
+
+// 16 fp32 -> 16 bf16 in the low halves of the 32-bit lanes (NaN -> 0x7fc0, as the scalar path)
+SK_ITARGET inline __m512i round16(__m512 v) {
+  const __m512i b = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_mask_blend_epi32(nan, r, _mm512_set1_epi32(0x7fc0));
+}
+
+// 32 fp32 at p -> 32 bf16 in one register (lane order kept)
+SK_ITARGET inline __m512i round32(const float* p) {
+  const __m256i lo = _mm512_cvtepi32_epi16(round16(_mm512_loadu_ps(p)));
+  const __m256i hi = _mm512_cvtepi32_epi16(round16(_mm512_loadu_ps(p + 16)));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+// Interleave indexes: output vector j (elements 32j..32j+31 of 32 pixels x 3 channels), element
+// k = pixel p = (32j + k) / 3, channel c = (32j + k) % 3. idx01[j]: for c < 2, p from plane c
+// (index p + 32c of the pair (P0, P1)); idx2[j]: p for the lanes with c == 2 (mask m2[j]).
+struct Interleave3 {
+  alignas(64) uint16_t idx01[3][32];
+  alignas(64) uint16_t idx2[3][32];
+  uint32_t m2[3];
+  Interleave3() {
+    for (int j = 0; j < 3; ++j) {
+      m2[j] = 0;
+      for (int k = 0; k < 32; ++k) {
+        const int e = 32 * j + k, p = e / 3, c = e % 3;
+        idx01[j][k] = static_cast<uint16_t>(c < 2 ? p + 32 * c : 0);
+        idx2[j][k] = static_cast<uint16_t>(p);
+        if (c == 2) m2[j] |= 1u << k;
+      }
+    }
+  }
+};
+
+SK_ITARGET void to_bf16_row_simd(const ImageToBf16Args& a, int64_t n, int64_t h) {
+  const int64_t W = a.W, C = a.C;
+  uint16_t* o = a.out + (n * a.H + h) * W * C;
+  if (a.channels_last) {  // a flat cast of the row
+    const float* x = a.x + (n * a.H + h) * W * C;
+    const int64_t m = W * C, m32 = m / 32 * 32;
+    for (int64_t i = 0; i < m32; i += 32) _mm512_storeu_si512(o + i, round32(x + i));
+    for (int64_t i = m32; i < m; ++i) o[i] = round_bf16(x[i]);
+    return;
+  }
+  if (C != 3) {
+    to_bf16_row_scalar(a, n, h, 0, W);
+    return;
+  }
+  static const Interleave3 il;
+  const float* p0 = a.x + ((n * 3 + 0) * a.H + h) * W;
+  const float* p1 = p0 + a.H * W;
+  const float* p2 = p1 + a.H * W;
+  const int64_t W32 = W / 32 * 32;
+  for (int64_t w = 0; w < W32; w += 32) {
+    const __m512i r0 = round32(p0 + w), r1 = round32(p1 + w), r2 = round32(p2 + w);
+    uint16_t* d = o + w * 3;
+    for (int j = 0; j < 3; ++j) {
+      __m512i v = _mm512_permutex2var_epi16(r0, _mm512_load_si512(il.idx01[j]), r1);
+      v = _mm512_mask_permutexvar_epi16(v, il.m2[j], _mm512_load_si512(il.idx2[j]), r2);
+      _mm512_storeu_si512(d + 32 * j, v);
+    }
+  }
+  if (W32 < W) to_bf16_row_scalar(a, n, h, W32, W);
+}
+
+SK_ITARGET void to_image_simd(const Bf16ToImageArgs& a, int64_t i0, int64_t i1) {
+  const __m512 lo = _mm512_set1_ps(a.lo), hi = _mm512_set1_ps(a.hi);
+  int64_t i = i0;
+  for (; i + 16 <= i1; i += 16) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.x + i));
+    const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    // max / min return their second operand when either is NaN: v second keeps NaN
+    _mm512_storeu_ps(a.out + i, _mm512_min_ps(hi, _mm512_max_ps(lo, v)));
+  }
+  for (; i < i1; ++i) a.out[i] = clamp_keep_nan(widen_bf16(a.x[i]), a.lo, a.hi);
+}
+#endif  // SK_HAVE_AMX_CODE
+
+// [0, work) in nt contiguous parts; small work on one thread (a parallel region costs more)
+template <class F>
+void split(int64_t work, int64_t unit, int nthreads, const F& f) {
+  const int64_t nt = std::max<int64_t>(
+      1, std::min<int64_t>({static_cast<int64_t>(nthreads), work, work * unit / 65536 + 1}));
+  run_on_threads(nt, [&](int64_t t) { f(work * t / nt, work * (t + 1) / nt); });
+}
+}  // namespace
+
+bool image_io_simd_available() {
+#if SK_HAVE_AMX_CODE
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+const char* image_io_error_message(int code) {
+  switch (code) {
+    case kIOk: return "ok";
+    case kIBadArgs: return "bad arguments (null pointer, negative size, or lo > hi / not finite)";
+  }
+  return "unknown error";
+}
+
+int image_to_bf16(const ImageToBf16Args& a) {
+  if (a.N < 0 || a.C < 0 || a.H < 0 || a.W < 0) return kIBadArgs;
+  if (a.N * a.C * a.H * a.W == 0) return kIOk;
+  if (a.x == nullptr || a.out == nullptr) return kIBadArgs;
+  const bool wide = image_io_simd_available();
+  split(a.N * a.H, a.W * a.C, a.nthreads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+#if SK_HAVE_AMX_CODE
+      if (wide) {
+        to_bf16_row_simd(a, r / a.H, r % a.H);
+        continue;
+      }
+#endif
+      to_bf16_row_scalar(a, r / a.H, r % a.H, 0, a.W);
+    }
+  });
+  (void)wide;
+  return kIOk;
+}
+
+int bf16_to_image(const Bf16ToImageArgs& a) {
+  if (a.n < 0 || !(a.lo <= a.hi) || !std::isfinite(a.lo) || !std::isfinite(a.hi))
+    return kIBadArgs;
+  if (a.n == 0) return kIOk;
+  if (a.x == nullptr || a.out == nullptr) return kIBadArgs;
+  const bool wide = image_io_simd_available();
+  split(a.n, 1, a.nthreads, [&](int64_t i0, int64_t i1) {
+#if SK_HAVE_AMX_CODE
+    if (wide) {
+      to_image_simd(a, i0, i1);
+      return;
+    }
+#endif
+    for (int64_t i = i0; i < i1; ++i) a.out[i] = clamp_keep_nan(widen_bf16(a.x[i]), a.lo, a.hi);
+  });
+  (void)wide;
+  return kIOk;
+}
+
+}  // namespace sk

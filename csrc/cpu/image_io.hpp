@@ -1,0 +1,40 @@
+// The image at the transforms' two ends, in one pass each: an fp32 RGB image to the bf16
+// channels_last input of the analysis transform, and the synthesis transform's bf16 output to the
+// fp32 image in [lo, hi]. Plain C++17 on raw pointers; AVX-512 (F + BW) code in functions with
+// target attributes, a scalar path elsewhere. Bit-exact with torch's own casts for finite values
+// (round to nearest even, subnormals kept); NaN stays NaN.
+#pragma once
+#include <cstdint>
+
+namespace sk {
+
+struct ImageToBf16Args {
+  // x: fp32 [N, C, H, W], contiguous NCHW (channels_last false) or dense channels_last (true).
+  const float* x = nullptr;
+  bool channels_last = false;
+  int64_t N = 0, C = 0, H = 0, W = 0;
+  // out: bf16 [N, C, H, W] dense channels_last (element (n, c, h, w) at ((n*H + h)*W + w)*C + c).
+  uint16_t* out = nullptr;
+  int nthreads = 1;
+};
+
+struct Bf16ToImageArgs {
+  // x: bf16 [n], out: fp32 [n] (any layout: element i to element i), out = min(max(x, lo), hi),
+  // NaN kept. lo <= hi, both finite.
+  const uint16_t* x = nullptr;
+  float* out = nullptr;
+  int64_t n = 0;
+  float lo = 0.0f, hi = 1.0f;
+  int nthreads = 1;
+};
+
+// The CPU has AVX512F + AVX512BW (the vector paths; elsewhere scalar loops, correct but slower
+// than torch's own casts).
+bool image_io_simd_available();
+
+// 0 on success; else an error code (image_io_error_message).
+int image_to_bf16(const ImageToBf16Args& a);
+int bf16_to_image(const Bf16ToImageArgs& a);
+const char* image_io_error_message(int code);
+
+}  // namespace sk

@@ -1,0 +1,102 @@
+"""The image at the transforms' two ends on CPU, in one pass each: an fp32 RGB image to the bf16
+channels_last input of the analysis transform (:func:`image_to_bf16`), and the synthesis
+transform's bf16 output to the fp32 image clamped to [0, 1] (:func:`bf16_to_image`).
+
+On AVX-512 CPUs (F + BW) with ``slimkernels._cpu_kernels`` built (csrc/cpu/image_io.cpp) they run
+there, bit-exact with torch's casts for finite values (round to nearest even, subnormals kept;
+NaN stays NaN); elsewhere the ``*_reference`` functions next to them, which are torch's own ops.
+A 768x512 Kodak image, 2 threads, AMX Xeon: ``image_to_bf16`` of an NCHW image and
+``bf16_to_image`` each replace two torch passes (cast + transposing copy; cast + clamp).
+"""
+from __future__ import annotations
+
+import torch
+
+from .._cpu import cpu_kernels
+
+__all__ = ["image_to_bf16", "image_to_bf16_reference", "bf16_to_image",
+           "bf16_to_image_reference"]
+
+
+def _kernels():
+    return cpu_kernels("image_io_simd_available")
+
+
+def _dense_strides(x: torch.Tensor, channels_last: bool) -> tuple:
+    N, C, H, W = x.shape
+    return (C * H * W, 1, W * C, C) if channels_last else (C * H * W, H * W, W, 1)
+
+
+def _has_strides(x: torch.Tensor, want: tuple) -> bool:
+    """``x``'s strides are ``want`` (the batch stride of a single image aside: an HWC buffer
+    viewed as ``[1, 3, H, W]`` has batch stride 3)."""
+    return x.stride()[1:] == want[1:] and (x.shape[0] == 1 or x.stride()[0] == want[0])
+
+
+def image_to_bf16_reference(x: torch.Tensor) -> torch.Tensor:
+    """:func:`image_to_bf16` by torch's ops: a dense cast when ``x`` is NCHW (the transposing copy
+    then moves half the bytes), then the copy into channels_last."""
+    if x.is_contiguous():
+        x = x.to(torch.bfloat16)
+    out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device,
+                      memory_format=torch.channels_last)
+    return out.copy_(x)
+
+
+def image_to_bf16(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (float32 ``[N, C, H, W]``, any layout) as bfloat16 ``[N, C, H, W]`` with dense
+    channels_last strides, rounded as torch rounds (``x.to(torch.bfloat16)``).
+
+    One pass of the compiled kernel for a CPU ``x`` that is contiguous NCHW or dense
+    channels_last (the vector path interleaves 3 channels; other counts take a scalar loop);
+    else :func:`image_to_bf16_reference`.
+
+    Raises:
+        ValueError: ``x`` is not a 4-D float32 tensor.
+    """
+    if x.dim() != 4 or x.dtype != torch.float32:
+        raise ValueError(f"image_to_bf16 expects a float32 [N, C, H, W] tensor, got "
+                         f"{x.dtype} {tuple(x.shape)}")
+    ck = _kernels() if x.is_cpu else None
+    if ck is None:
+        return image_to_bf16_reference(x)
+    if _has_strides(x, _dense_strides(x, False)) and x.shape[1] == 3:
+        cl = False
+    elif _has_strides(x, _dense_strides(x, True)):
+        cl = True
+    else:
+        return image_to_bf16_reference(x)
+    out = torch.empty(x.shape, dtype=torch.bfloat16, memory_format=torch.channels_last)
+    ck.image_to_bf16(x.data_ptr(), cl, *x.shape, out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def bf16_to_image_reference(x: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    """:func:`bf16_to_image` by torch's ops."""
+    return x.float().clamp_(lo, hi)
+
+
+def bf16_to_image(x: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+    """``x`` (bfloat16, any shape) as float32 clamped to ``[lo, hi]`` (NaN stays NaN), in ``x``'s
+    layout: ``x.float().clamp_(lo, hi)``.
+
+    One pass of the compiled kernel for a dense CPU ``x`` (contiguous or channels_last); else
+    :func:`bf16_to_image_reference`.
+
+    Raises:
+        ValueError: ``x`` is not bfloat16, or ``lo > hi``, or a bound is not finite.
+    """
+    if x.dtype != torch.bfloat16:
+        raise ValueError(f"bf16_to_image expects a bfloat16 tensor, got {x.dtype}")
+    lo, hi = float(lo), float(hi)
+    if not (lo <= hi) or lo in (float("inf"), float("-inf")) or hi in (float("inf"),
+                                                                        float("-inf")):
+        raise ValueError(f"bf16_to_image: the bounds must be finite with lo <= hi, got "
+                         f"[{lo}, {hi}]")
+    ck = _kernels() if x.is_cpu else None
+    dense = x.is_contiguous() or (x.dim() == 4 and _has_strides(x, _dense_strides(x, True)))
+    if ck is None or not dense:
+        return bf16_to_image_reference(x, lo, hi)
+    out = torch.empty_like(x, dtype=torch.float32)   # keeps x's dense strides
+    ck.bf16_to_image(x.data_ptr(), out.data_ptr(), x.numel(), lo, hi, torch.get_num_threads())
+    return out

@@ -1,0 +1,121 @@
+"""The image conversions at the transforms' ends (slimkernels/ops/image_io.py,
+csrc/cpu/image_io.cpp): bit-exact against torch's casts, every layout and tail, NaN kept."""
+import pytest
+import torch
+
+from slimkernels.ops import image_io
+
+kernels = pytest.mark.skipif(image_io._kernels() is None,
+                             reason="no AVX-512 (F + BW) here or slimkernels._cpu_kernels not built")
+
+
+def _values(shape, seed):
+    """Uniform [0, 1) plus the edge cases of rounding: ties at even and odd bf16 mantissas,
+    subnormals, negatives, large values, infinities, the largest finite fp32."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(*shape, generator=g)
+    flat = x.view(-1)
+    bits = torch.tensor([0x3F808000, 0x3F818000, 0x3F80C000, 0x00000001, 0x00400000, 0x80001234,
+                         0x7F7FFFFF, 0x7F7F8000, 0xFF800000, 0x7F800000, 0xBF7FFFFF, 0x3F7FFFFF],
+                        dtype=torch.int64).to(torch.int32)
+    special = bits.view(torch.float32)
+    idx = torch.randperm(flat.numel(), generator=g)[: min(flat.numel(), 4 * special.numel())]
+    flat[idx] = special.repeat(4)[: idx.numel()]
+    return x
+
+
+def _same_bits(a, b):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    na, nb = torch.isnan(a.float()), torch.isnan(b.float())
+    assert torch.equal(na, nb)
+    ia = a.view(torch.int16) if a.dtype == torch.bfloat16 else a.view(torch.int32)
+    ib = b.view(torch.int16) if b.dtype == torch.bfloat16 else b.view(torch.int32)
+    assert torch.equal(ia[~na], ib[~nb])
+
+
+@kernels
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (1, 3, 64, 96), (2, 3, 9, 33), (1, 3, 1, 95),
+                                   (1, 3, 17, 64)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_image_to_bf16_bit_exact(shape, channels_last):
+    x = _values(shape, sum(shape))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x[0, 1, 0, 0] = float("nan")
+    y = image_io.image_to_bf16(x)
+    assert y.dtype == torch.bfloat16 and y.stride() == image_io._dense_strides(y, True)
+    _same_bits(y, x.to(torch.bfloat16))
+    _same_bits(image_io.image_to_bf16_reference(x), x.to(torch.bfloat16))
+
+
+@kernels
+@pytest.mark.parametrize("c", [1, 4])
+def test_image_to_bf16_other_channel_counts(c):
+    """NCHW with C != 3 goes to the reference; channels_last to the kernel's flat cast."""
+    for cl in (False, True):
+        x = _values((1, c, 6, 35), c)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        _same_bits(image_io.image_to_bf16(x), x.to(torch.bfloat16))
+
+
+def test_image_to_bf16_strided_input_and_bad_input():
+    x = _values((1, 3, 20, 30), 3)[..., 2:15, 1:27]     # a cropped view: not dense
+    y = image_io.image_to_bf16(x)
+    _same_bits(y, x.to(torch.bfloat16))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="float32"):
+        image_io.image_to_bf16(x.double())
+    with pytest.raises(ValueError, match="float32"):
+        image_io.image_to_bf16(x[0])
+
+
+@kernels
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (1, 3, 64, 96), (2, 3, 9, 33), (37,)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bf16_to_image_bit_exact(shape, channels_last):
+    if channels_last and len(shape) != 4:
+        pytest.skip("1-D")
+    x = (_values(shape, 7 + len(shape)) * 3 - 1).to(torch.bfloat16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    def flat(t):   # the elements in memory order (a view)
+        return t.permute(0, 2, 3, 1).view(-1) if channels_last else t.view(-1)
+    flat(x)[3] = float("nan")
+    flat(x)[5] = float("-inf")
+    y = image_io.bf16_to_image(x)
+    assert y.dtype == torch.float32 and y.stride() == x.stride()
+    _same_bits(y, x.float().clamp(0, 1))
+    assert torch.isnan(flat(y)[3]) and flat(y)[5] == 0
+    _same_bits(image_io.bf16_to_image(x, -0.5, 0.25), x.float().clamp(-0.5, 0.25))
+
+
+def test_bf16_to_image_non_dense_and_bad_input():
+    x = torch.randn(1, 3, 10, 12).to(torch.bfloat16)[..., 1:9, 2:11]
+    _same_bits(image_io.bf16_to_image(x), x.float().clamp(0, 1))
+    with pytest.raises(ValueError, match="bfloat16"):
+        image_io.bf16_to_image(x.float())
+    with pytest.raises(ValueError, match="lo <= hi"):
+        image_io.bf16_to_image(x, 1.0, 0.0)
+    with pytest.raises(ValueError, match="finite"):
+        image_io.bf16_to_image(x, 0.0, float("inf"))
+
+
+@kernels
+def test_kernels_reject_bad_bounds_directly():
+    ck = image_io._kernels()
+    x = torch.zeros(4, dtype=torch.bfloat16)
+    out = torch.empty(4)
+    with pytest.raises(Exception, match="lo > hi"):
+        ck.bf16_to_image(x.data_ptr(), out.data_ptr(), 4, 1.0, 0.0, 1)
+    with pytest.raises(Exception, match="null pointer"):
+        ck.image_to_bf16(0, False, 1, 3, 2, 2, out.data_ptr(), 1)
+
+
+def test_switched_off_uses_the_reference(monkeypatch):
+    monkeypatch.setenv("SLIMKERNELS_CPU_KERNELS", "0")
+    assert image_io._kernels() is None
+    x = _values((1, 3, 8, 40), 9)
+    _same_bits(image_io.image_to_bf16(x), x.to(torch.bfloat16))
+    y = x.to(torch.bfloat16)
+    _same_bits(image_io.bf16_to_image(y), y.float().clamp(0, 1))
