@@ -1131,7 +1131,8 @@ struct CachedTables {
 
   CachedTables(const Tables& t, TableCache* cache)
       : owner(cache), precision(t.precision), num(t.num_cdfs), stride(t.max_length),
-        cdfs(t.cdfs, t.cdfs + t.num_cdfs * t.max_length), lengths(t.lengths, t.lengths + t.num_cdfs) {
+        cdfs(t.cdfs, t.cdfs + t.num_cdfs * t.max_length),
+        lengths(t.lengths, t.lengths + t.num_cdfs) {
     for (int32_t L : lengths) max_len = std::max<int64_t>(max_len, L);
     bytes = (cdfs.size() + lengths.size()) * sizeof(int32_t);
   }

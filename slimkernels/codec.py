@@ -214,8 +214,8 @@ def _latent_indexes(width: int, h: int, w: int) -> np.ndarray:
     key = (width, h, w)
     a = _INDEXES_CACHE.get(key)
     if a is None:
-        a = np.ascontiguousarray(
-            np.broadcast_to(np.arange(width, dtype=np.int32)[None, :, None, None], (1, width, h, w)))
+        a = np.ascontiguousarray(np.broadcast_to(
+            np.arange(width, dtype=np.int32)[None, :, None, None], (1, width, h, w)))
         a.setflags(write=False)
         if a.nbytes <= _INDEXES_CACHE_MAX_BYTES:
             if len(_INDEXES_CACHE) >= _INDEXES_CACHE_MAX:

@@ -102,8 +102,8 @@ namespace {
 void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t W, int64_t C,
                          int64_t Hp, int64_t Wp, int64_t pad_top, int64_t pad_left, uintptr_t w,
                          uintptr_t tile_nz, int64_t kh, int64_t kw, int64_t stride, int64_t Co,
-                         uintptr_t bias, int64_t Ho, int64_t Wo, uintptr_t y, int64_t Hy, int64_t Wy, int64_t Cy,
-                         int64_t phase, int nthreads) {
+                         uintptr_t bias, int64_t Ho, int64_t Wo, uintptr_t y, int64_t Hy,
+                         int64_t Wy, int64_t Cy, int64_t phase, int nthreads) {
   sk::ConvAmxArgs a;
   a.x = reinterpret_cast<const void*>(x);
   a.xdtype = xdtype;

@@ -248,7 +248,8 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   // are single cache lines (an unaligned buffer measured 1.8x slower at 48 channels).
   thread_local AlignedBuffer padbuf;
   const int64_t rows = a.N * a.Hp;
-  uint16_t* xpad = static_cast<uint16_t*>(padbuf.get(static_cast<size_t>(rows * a.Wp * a.C) * 2, kKeepPadBytes));
+  uint16_t* xpad = static_cast<uint16_t*>(
+      padbuf.get(static_cast<size_t>(rows * a.Wp * a.C) * 2, kKeepPadBytes));
   if (xpad == nullptr) return kCNoMem;
   const int64_t ldc = (a.Co + 15) / 16 * 16;
   const int64_t blocks = a.N * a.Ho * (Wq / 16);

@@ -945,9 +945,10 @@ def _amx_pack(w):
 
 
 def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed):
-    """One call of the kernel (``wpk``: ``_amx_pack``'s pair): x (dense channels_last, bf16 or fp32) is padded by ``top`` rows and
-    columns into a ``[N, hp, wp, C]`` buffer inside the kernel (``wp >= wneed``, wide enough for
-    the last K chunk's over-read); returns the bf16 channels_last ``[N, Cy, Hy, Wy]`` output."""
+    """One call of the kernel (``wpk``: ``_amx_pack``'s pair): x (dense channels_last, bf16 or
+    fp32) is padded by ``top`` rows and columns into a ``[N, hp, wp, C]`` buffer inside the
+    kernel (``wp >= wneed``, wide enough for the last K chunk's over-read); returns the bf16
+    channels_last ``[N, Cy, Hy, Wy]`` output."""
     N, ci, H, W = x.shape
     kcw = -(-(k * ci) // 32) * 32  # K of a tap row; the last chunk may read past it
     wq = -(-Wo // 16) * 16

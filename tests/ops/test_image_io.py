@@ -5,8 +5,9 @@ import torch
 
 from slimkernels.ops import image_io
 
-kernels = pytest.mark.skipif(image_io._kernels() is None,
-                             reason="no AVX-512 (F + BW) here or slimkernels._cpu_kernels not built")
+kernels = pytest.mark.skipif(
+    image_io._kernels() is None,
+    reason="no AVX-512 (F + BW) here or slimkernels._cpu_kernels not built")
 
 
 def _values(shape, seed):
