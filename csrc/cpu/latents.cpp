@@ -101,6 +101,17 @@ SK_LTARGET inline __m512 load16(const void* y, int dt, int64_t i) {
   return _mm512_loadu_ps(static_cast<const float*>(y) + i);
 }
 
+// load16 of the lanes in k only (zeros elsewhere; no access past them)
+SK_LTARGET inline __m512 load16_masked(const void* y, int dt, int64_t i, __mmask16 k) {
+  if (dt == kLBF16) {
+    // (a 512-bit masked load with the upper 16 lanes off: AVX512BW, no VL)
+    const __m256i h = _mm512_castsi512_si256(
+        _mm512_maskz_loadu_epi16(static_cast<__mmask32>(k), static_cast<const uint16_t*>(y) + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  return _mm512_maskz_loadu_ps(k, static_cast<const float*>(y) + i);
+}
+
 // round half to even, then truncating conversion (exact for integers; NaN / out of range ->
 // 0x80000000, as the scalar quantize_one)
 SK_LTARGET inline __m512i quantize16(__m512 v, __m512 m) {
@@ -142,8 +153,22 @@ SK_LTARGET int64_t quantize_row_simd(const QuantizeArgs& a, int64_t n, int64_t h
       for (int j = 0; j < 16; ++j) _mm512_storeu_si512(o + j * plane + w0, r[j]);
     }
   }
-  if (W16 < W) bad += quantize_row_scalar(a, n, h, W16, W, 0, C16);
-  if (C16 < C) bad += quantize_row_scalar(a, n, h, 0, W, C16, C);
+  if (C16 < C) {  // the last C - C16 channels: masked loads, the same transpose, ct rows stored
+    const int64_t ct = C - C16, plane = a.H * W;
+    const __mmask16 k = static_cast<__mmask16>((1u << ct) - 1u);
+    const __m512 m = _mm512_maskz_loadu_ps(k, a.medians + C16);
+    int32_t* o = a.out + ((n * C + C16) * a.H + h) * W;
+    for (int64_t w0 = 0; w0 < W16; w0 += 16) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) {
+        r[i] = quantize16(load16_masked(a.y, a.ydtype, row + (w0 + i) * C + C16, k), m);
+        bad += __builtin_popcount(_mm512_mask_cmpeq_epi32_mask(k, r[i], vmin));
+      }
+      transpose16(r);
+      for (int64_t j = 0; j < ct; ++j) _mm512_storeu_si512(o + j * plane + w0, r[j]);
+    }
+  }
+  if (W16 < W) bad += quantize_row_scalar(a, n, h, W16, W, 0, C);
   return bad;
 }
 
@@ -162,8 +187,22 @@ SK_LTARGET void dequantize_row_simd(const DequantizeArgs& a, int64_t n, int64_t 
         _mm512_storeu_ps(orow + (w0 + i) * C + c0, _mm512_add_ps(_mm512_cvtepi32_ps(r[i]), m));
     }
   }
-  if (W16 < W) dequantize_row_scalar(a, n, h, W16, W, 0, C16);
-  if (C16 < C) dequantize_row_scalar(a, n, h, 0, W, C16, C);
+  if (C16 < C) {  // the last C - C16 channels: ct rows loaded (zeros above), masked stores
+    const int64_t ct = C - C16;
+    const __mmask16 k = static_cast<__mmask16>((1u << ct) - 1u);
+    const __m512 m = _mm512_maskz_loadu_ps(k, a.medians + C16);
+    const int32_t* s = a.sym + ((n * C + C16) * a.H + h) * W;
+    for (int64_t w0 = 0; w0 < W16; w0 += 16) {
+      __m512i r[16];
+      for (int64_t j = 0; j < 16; ++j)
+        r[j] = j < ct ? _mm512_loadu_si512(s + j * plane + w0) : _mm512_setzero_si512();
+      transpose16(r);
+      for (int i = 0; i < 16; ++i)
+        _mm512_mask_storeu_ps(orow + (w0 + i) * C + C16, k,
+                              _mm512_add_ps(_mm512_cvtepi32_ps(r[i]), m));
+    }
+  }
+  if (W16 < W) dequantize_row_scalar(a, n, h, W16, W, 0, C);
 }
 
 // ---- the same on AVX2 (8 x 8 blocks), for CPUs without AVX-512 -------------------------------
