@@ -48,6 +48,30 @@ void run_on_threads(int64_t nt, const F& worker) {
 #endif
 }
 
+// f(r) for the rows r in [0, rows) (per_row elements each), split over up to nthreads threads in
+// contiguous ranges; small inputs on one thread (a parallel region costs more than it saves).
+template <class F>
+void for_rows(int64_t rows, int64_t per_row, int nthreads, const F& f) {
+  const int64_t work = rows * per_row;
+  int64_t nt = work / 65536 + 1;
+  if (nt > nthreads) nt = nthreads;
+  if (nt > rows) nt = rows;
+  if (nt < 1) nt = 1;
+  run_on_threads(nt, [&](int64_t t) {
+    for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; ++r) f(r);
+  });
+}
+
+// The CPU has AVX512F + AVX512BW (checked once; false without SK_HAVE_AMX_CODE).
+inline bool cpu_avx512bw() {
+#if SK_HAVE_AMX_CODE
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  return ok;
+#else
+  return false;
+#endif
+}
+
 }  // namespace sk
 
 #if SK_HAVE_AMX_CODE

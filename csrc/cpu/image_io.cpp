@@ -11,26 +11,16 @@
 #include <cmath>
 #include <cstring>
 
-#include "amx_tiles.hpp"  // SK_HAVE_AMX_CODE (x86-64 gcc/clang on Linux), run_on_threads
+#include "amx_tiles.hpp"  // SK_HAVE_AMX_CODE, for_rows, cpu_avx512bw
+#include "cpu_common.hpp"  // detail::to_bf16_bits, detail::bf16_to_float
 
 namespace sk {
 
 namespace {
 enum ImgErr { kIOk = 0, kIBadArgs = 1 };
 
-inline uint16_t round_bf16(float v) {
-  uint32_t b;
-  std::memcpy(&b, &v, 4);
-  if (std::isnan(v)) return 0x7fc0;
-  return static_cast<uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-}
-
-inline float widen_bf16(uint16_t h) {
-  const uint32_t b = static_cast<uint32_t>(h) << 16;
-  float v;
-  std::memcpy(&v, &b, 4);
-  return v;
-}
+using detail::bf16_to_float;
+using detail::to_bf16_bits;
 
 // NaN kept (std::min / std::max would turn it into a bound)
 inline float clamp_keep_nan(float v, float lo, float hi) {
@@ -44,14 +34,14 @@ void to_bf16_row_scalar(const ImageToBf16Args& a, int64_t n, int64_t h, int64_t 
     for (int64_t c = 0; c < a.C; ++c) {
       const int64_t i = a.channels_last ? ((n * a.H + h) * a.W + w) * a.C + c
                                         : ((n * a.C + c) * a.H + h) * a.W + w;
-      o[w * a.C + c] = round_bf16(a.x[i]);
+      o[w * a.C + c] = to_bf16_bits(a.x[i]);
     }
 }
 
 #if SK_HAVE_AMX_CODE
 #define SK_ITARGET __attribute__((target("avx512f,avx512bw")))
 
-// 16 fp32 -> 16 bf16 in the low halves of the 32-bit lanes (NaN -> 0x7fc0, as the scalar path)
+// 16 fp32 -> 16 bf16 in the low halves of the 32-bit lanes (NaN -> 0x7fc0)
 SK_ITARGET inline __m512i round16(__m512 v) {
   const __m512i b = _mm512_castps_si512(v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
@@ -95,7 +85,7 @@ SK_ITARGET void to_bf16_row_simd(const ImageToBf16Args& a, int64_t n, int64_t h)
     const float* x = a.x + (n * a.H + h) * W * C;
     const int64_t m = W * C, m32 = m / 32 * 32;
     for (int64_t i = 0; i < m32; i += 32) _mm512_storeu_si512(o + i, round32(x + i));
-    for (int64_t i = m32; i < m; ++i) o[i] = round_bf16(x[i]);
+    for (int64_t i = m32; i < m; ++i) o[i] = to_bf16_bits(x[i]);
     return;
   }
   if (C != 3) {
@@ -128,27 +118,13 @@ SK_ITARGET void to_image_simd(const Bf16ToImageArgs& a, int64_t i0, int64_t i1) 
     // max / min return their second operand when either is NaN: v second keeps NaN
     _mm512_storeu_ps(a.out + i, _mm512_min_ps(hi, _mm512_max_ps(lo, v)));
   }
-  for (; i < i1; ++i) a.out[i] = clamp_keep_nan(widen_bf16(a.x[i]), a.lo, a.hi);
+  for (; i < i1; ++i) a.out[i] = clamp_keep_nan(bf16_to_float(a.x[i]), a.lo, a.hi);
 }
 #endif  // SK_HAVE_AMX_CODE
 
-// [0, work) in nt contiguous parts; small work on one thread (a parallel region costs more)
-template <class F>
-void split(int64_t work, int64_t unit, int nthreads, const F& f) {
-  const int64_t nt = std::max<int64_t>(
-      1, std::min<int64_t>({static_cast<int64_t>(nthreads), work, work * unit / 65536 + 1}));
-  run_on_threads(nt, [&](int64_t t) { f(work * t / nt, work * (t + 1) / nt); });
-}
 }  // namespace
 
-bool image_io_simd_available() {
-#if SK_HAVE_AMX_CODE
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  return ok;
-#else
-  return false;
-#endif
-}
+bool image_io_simd_available() { return cpu_avx512bw(); }
 
 const char* image_io_error_message(int code) {
   switch (code) {
@@ -163,16 +139,14 @@ int image_to_bf16(const ImageToBf16Args& a) {
   if (a.N * a.C * a.H * a.W == 0) return kIOk;
   if (a.x == nullptr || a.out == nullptr) return kIBadArgs;
   const bool wide = image_io_simd_available();
-  split(a.N * a.H, a.W * a.C, a.nthreads, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
+  for_rows(a.N * a.H, a.W * a.C, a.nthreads, [&](int64_t r) {
 #if SK_HAVE_AMX_CODE
-      if (wide) {
-        to_bf16_row_simd(a, r / a.H, r % a.H);
-        continue;
-      }
-#endif
-      to_bf16_row_scalar(a, r / a.H, r % a.H, 0, a.W);
+    if (wide) {
+      to_bf16_row_simd(a, r / a.H, r % a.H);
+      return;
     }
+#endif
+    to_bf16_row_scalar(a, r / a.H, r % a.H, 0, a.W);
   });
   (void)wide;
   return kIOk;
@@ -184,14 +158,16 @@ int bf16_to_image(const Bf16ToImageArgs& a) {
   if (a.n == 0) return kIOk;
   if (a.x == nullptr || a.out == nullptr) return kIBadArgs;
   const bool wide = image_io_simd_available();
-  split(a.n, 1, a.nthreads, [&](int64_t i0, int64_t i1) {
+  constexpr int64_t kRow = 4096;  // elements per unit of work
+  for_rows((a.n + kRow - 1) / kRow, kRow, a.nthreads, [&](int64_t r) {
+    const int64_t i0 = r * kRow, i1 = std::min(a.n, i0 + kRow);
 #if SK_HAVE_AMX_CODE
     if (wide) {
       to_image_simd(a, i0, i1);
       return;
     }
 #endif
-    for (int64_t i = i0; i < i1; ++i) a.out[i] = clamp_keep_nan(widen_bf16(a.x[i]), a.lo, a.hi);
+    for (int64_t i = i0; i < i1; ++i) a.out[i] = clamp_keep_nan(bf16_to_float(a.x[i]), a.lo, a.hi);
   });
   (void)wide;
   return kIOk;

@@ -308,33 +308,11 @@ SK_L2TARGET void dequantize_row_avx2(const DequantizeArgs& a, int64_t n, int64_t
 }
 #endif  // SK_HAVE_AMX_CODE
 
-// rows of N*H split over the threads; small inputs on one thread (a parallel region costs more)
-template <class F>
-void for_rows(int64_t rows, int64_t per_row, int nthreads, const F& f) {
-  const int64_t work = rows * per_row;
-  const int64_t nt = std::max<int64_t>(
-      1, std::min<int64_t>({static_cast<int64_t>(nthreads), rows, work / 65536 + 1}));
-  run_on_threads(nt, [&](int64_t t) {
-    for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; ++r) f(r);
-  });
-}
-
-}  // namespace
-
-namespace {
-bool latents_avx512() {
-#if SK_HAVE_AMX_CODE
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  return ok;
-#else
-  return false;
-#endif
-}
 }  // namespace
 
 bool latents_simd_available() {
 #if SK_HAVE_AMX_CODE
-  static const bool ok = latents_avx512() ||
+  static const bool ok = cpu_avx512bw() ||
                          (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
   return ok;
 #else
@@ -360,7 +338,7 @@ int quantize_latents(const QuantizeArgs& a) {
   if (a.y == nullptr || a.medians == nullptr || a.out == nullptr) return kLBadArgs;
 #if SK_HAVE_AMX_CODE
   std::atomic<int64_t> bad{0};
-  const bool wide = latents_avx512();
+  const bool wide = cpu_avx512bw();
   for_rows(a.N * a.H, a.W * a.C, a.nthreads, [&](int64_t r) {
     const int64_t b = wide ? quantize_row_simd(a, r / a.H, r % a.H)
                            : quantize_row_avx2(a, r / a.H, r % a.H);
@@ -377,7 +355,7 @@ int dequantize_latents(const DequantizeArgs& a) {
   if (a.N * a.C * a.H * a.W == 0) return kLOk;
   if (a.sym == nullptr || a.medians == nullptr || a.out == nullptr) return kLBadArgs;
 #if SK_HAVE_AMX_CODE
-  const bool wide = latents_avx512();
+  const bool wide = cpu_avx512bw();
   for_rows(a.N * a.H, a.W * a.C, a.nthreads, [&](int64_t r) {
     if (wide) {
       dequantize_row_simd(a, r / a.H, r % a.H);
