@@ -285,14 +285,17 @@ def test_image_input_is_dense_channels_last_and_cast_once(model):
         assert torch.equal(model.decompress_latent(data)[1], eb.quantize_symbols(y))
 
 
-@pytest.mark.parametrize("layout", ["nchw", "hwc", "channels_last"])
-def test_image_conversions_give_torchs_file_and_image(model, monkeypatch, layout):
+@pytest.mark.parametrize("layout, size", [("nchw", (37, 50)), ("hwc", (37, 50)),
+                                          ("hwc", (40, 52)), ("channels_last", (37, 50))])
+def test_image_conversions_give_torchs_file_and_image(model, monkeypatch, layout, size):
     """compress's image cast and decompress's output cast + clamp (one pass each, see
-    slimkernels.ops.image_io) write the same file and return the same image as torch's passes."""
+    slimkernels.ops.image_io) write the same file and return the same image (values, strides)
+    as torch's passes. 40 x 52 needs no padding: the HWC view (batch stride 3) reaches the cast
+    as it is."""
     import slimkernels.codec as codec_mod
     from slimkernels.ops import image_io
     torch.manual_seed(8)
-    x = torch.rand(1, 3, 37, 50) * 1.2 - 0.1             # some pixels outside [0, 1]
+    x = torch.rand(1, 3, *size) * 1.2 - 0.1              # some pixels outside [0, 1]
     if layout == "hwc":
         x = x[0].permute(1, 2, 0).contiguous().permute(2, 0, 1)[None]
     elif layout == "channels_last":
@@ -303,7 +306,8 @@ def test_image_conversions_give_torchs_file_and_image(model, monkeypatch, layout
     monkeypatch.setattr(codec_mod, "bf16_to_image", image_io.bf16_to_image_reference)
     assert model.compress(x, 12, precision="bf16") == data
     ref = model.decompress(data, precision="bf16")
-    assert img.shape == ref.shape == (1, 3, 37, 50) and torch.equal(img, ref)
+    assert img.shape == ref.shape == (1, 3, *size) and torch.equal(img, ref)
+    assert img.stride() == ref.stride() and img.dtype == ref.dtype == torch.float32
     assert img.min() >= 0 and img.max() <= 1
 
 

@@ -129,7 +129,8 @@ bool image_io_simd_available() { return cpu_avx512bw(); }
 const char* image_io_error_message(int code) {
   switch (code) {
     case kIOk: return "ok";
-    case kIBadArgs: return "bad arguments (null pointer, negative size, or lo > hi / not finite)";
+    case kIBadArgs: return "bad arguments (null pointer or negative size; bf16_to_image: lo > hi "
+                           "or a bound not finite)";
   }
   return "unknown error";
 }

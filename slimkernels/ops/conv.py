@@ -492,11 +492,15 @@ def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding):
 
 def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, output_padding):
     """The direct AMX transposed conv (sub-pixel phases) when this geometry goes there, else
-    None (wide or few output channels, stride 1, kernel <= stride, a tap plan that crops x)."""
+    None (wide, or few output channels outside the image rule, stride 1, kernel <= stride, a tap
+    plan that crops x). The image rule (onto <= ``AMX_CONV_IMAGE_MAX_OUT`` channels from <=
+    ``AMX_CONV_IMAGE_MAX_CHANNELS``) only for kernels of at least ``2 * stride + 1`` (9x9/4 and
+    5x5/2, the measured ones)."""
     if not CPU_AMX_CONV or _amx_conv_kernels() is None:
         return None
     k, ci = weight.shape[-1], x.shape[1]
-    image = co <= AMX_CONV_IMAGE_MAX_OUT and ci <= AMX_CONV_IMAGE_MAX_CHANNELS
+    image = co <= AMX_CONV_IMAGE_MAX_OUT and ci <= AMX_CONV_IMAGE_MAX_CHANNELS and \
+        k >= 2 * stride + 1
     if stride > 1 and k > stride and weight.shape[-2] == k and \
             (image or not _use_subpixel(k, co, stride)) and \
             _use_amx_conv(x, ci, co, x.shape[0] * x.shape[2] * x.shape[3], image=image):

@@ -19,7 +19,12 @@ __all__ = ["image_to_bf16", "image_to_bf16_reference", "bf16_to_image",
 
 
 def _kernels():
+    """``slimkernels._cpu_kernels`` when its image conversions run vectorized here (AVX-512 F +
+    BW, not switched off by ``SLIMKERNELS_CPU_KERNELS=0``), else None."""
     return cpu_kernels("image_io_simd_available")
+
+
+_FP32_MAX = 3.4028234663852886e38
 
 
 def _dense_strides(x: torch.Tensor, channels_last: bool) -> tuple:
@@ -47,9 +52,9 @@ def image_to_bf16(x: torch.Tensor) -> torch.Tensor:
     """``x`` (float32 ``[N, C, H, W]``, any layout) as bfloat16 ``[N, C, H, W]`` with dense
     channels_last strides, rounded as torch rounds (``x.to(torch.bfloat16)``).
 
-    One pass of the compiled kernel for a CPU ``x`` that is contiguous NCHW or dense
-    channels_last (the vector path interleaves 3 channels; other counts take a scalar loop);
-    else :func:`image_to_bf16_reference`.
+    One pass of the compiled kernel for a CPU ``x`` without gradient that is contiguous NCHW or
+    dense channels_last (the vector path interleaves 3 channels; other counts take a scalar
+    loop); else :func:`image_to_bf16_reference` (which keeps autograd).
 
     Raises:
         ValueError: ``x`` is not a 4-D float32 tensor.
@@ -57,7 +62,7 @@ def image_to_bf16(x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 4 or x.dtype != torch.float32:
         raise ValueError(f"image_to_bf16 expects a float32 [N, C, H, W] tensor, got "
                          f"{x.dtype} {tuple(x.shape)}")
-    ck = _kernels() if x.is_cpu else None
+    ck = _kernels() if x.is_cpu and not (x.requires_grad and torch.is_grad_enabled()) else None
     if ck is None:
         return image_to_bf16_reference(x)
     if _has_strides(x, _dense_strides(x, False)) and x.shape[1] == 3:
@@ -66,7 +71,8 @@ def image_to_bf16(x: torch.Tensor) -> torch.Tensor:
         cl = True
     else:
         return image_to_bf16_reference(x)
-    out = torch.empty(x.shape, dtype=torch.bfloat16, memory_format=torch.channels_last)
+    out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device,
+                      memory_format=torch.channels_last)
     ck.image_to_bf16(x.data_ptr(), cl, *x.shape, out.data_ptr(), torch.get_num_threads())
     return out
 
@@ -80,20 +86,19 @@ def bf16_to_image(x: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.Te
     """``x`` (bfloat16, any shape) as float32 clamped to ``[lo, hi]`` (NaN stays NaN), in ``x``'s
     layout: ``x.float().clamp_(lo, hi)``.
 
-    One pass of the compiled kernel for a dense CPU ``x`` (contiguous or channels_last); else
-    :func:`bf16_to_image_reference`.
+    One pass of the compiled kernel for a dense CPU ``x`` without gradient (contiguous or
+    channels_last); else :func:`bf16_to_image_reference` (which keeps autograd).
 
     Raises:
-        ValueError: ``x`` is not bfloat16, or ``lo > hi``, or a bound is not finite.
+        ValueError: ``x`` is not bfloat16, or ``lo > hi``, or a bound is not a finite float32.
     """
     if x.dtype != torch.bfloat16:
         raise ValueError(f"bf16_to_image expects a bfloat16 tensor, got {x.dtype}")
     lo, hi = float(lo), float(hi)
-    if not (lo <= hi) or lo in (float("inf"), float("-inf")) or hi in (float("inf"),
-                                                                        float("-inf")):
-        raise ValueError(f"bf16_to_image: the bounds must be finite with lo <= hi, got "
-                         f"[{lo}, {hi}]")
-    ck = _kernels() if x.is_cpu else None
+    if not (-_FP32_MAX <= lo <= hi <= _FP32_MAX):
+        raise ValueError(f"bf16_to_image: the bounds must be finite float32 values with "
+                         f"lo <= hi, got [{lo}, {hi}]")
+    ck = _kernels() if x.is_cpu and not (x.requires_grad and torch.is_grad_enabled()) else None
     dense = x.is_contiguous() or (x.dim() == 4 and _has_strides(x, _dense_strides(x, True)))
     if ck is None or not dense:
         return bf16_to_image_reference(x, lo, hi)

@@ -296,7 +296,8 @@ def test_dispatch_of_image_layers_follows_the_width(monkeypatch, transposed, w, 
     """SlimCAE's image layers (enc1: 3 -> w, 9x9/4; dec3: w -> 3, its transpose) take the
     direct kernel at any size up to AMX_CONV_IMAGE_MAX_CHANNELS = 72 channels (enc1 from an fp32
     image under bf16 autocast, as the model calls it), oneDNN above; both within bf16's 1e-2 of
-    float64."""
+    float64. 6144 output (phase) pixels: above AMX_CONV_MAX_PIXELS, so only the image rule
+    sends them to the direct kernel."""
     name = "_conv_transpose2d_amx" if transposed else "_conv2d_amx"
     calls = []
     real = getattr(C, name)
@@ -305,13 +306,13 @@ def test_dispatch_of_image_layers_follows_the_width(monkeypatch, transposed, w, 
     b = torch.randn(192, generator=g)
     if transposed:
         W = _param((192, 3, 9, 9), 41)
-        x = _x(1, w, 16, 24, 42)                          # 384 phase pixels -> 3 x 64 x 96
+        x = _x(1, w, 64, 96, 42)                          # 6144 phase pixels -> 3 x 256 x 384
         kw = dict(stride=4, padding=4, output_padding=3, out_width=3)
         b = b[:3]
         op, ref, wr, br = slim_conv_transpose2d, F.conv_transpose2d, W[:w], b
     else:
         W = _param((192, 3, 9, 9), 43)
-        x = torch.rand(1, 3, 64, 96, generator=g).contiguous(memory_format=torch.channels_last)
+        x = torch.rand(1, 3, 256, 384, generator=g).contiguous(memory_format=torch.channels_last)
         kw = dict(stride=4, padding=4, out_width=w)
         op, ref, wr, br = slim_conv2d, F.conv2d, W[:w], b[:w]
     r = ref(x.to(torch.bfloat16).double(), _bf(wr), br.double(),
@@ -320,6 +321,25 @@ def test_dispatch_of_image_layers_follows_the_width(monkeypatch, transposed, w, 
         y = op(x, W, b, **kw)
     assert calls == ([1] if direct else [])
     _close(y, r)
+    assert 64 * 96 > C.AMX_CONV_MAX_PIXELS
+
+
+@pytest.mark.parametrize("k, s, p, op, direct", [(9, 4, 4, 3, True), (5, 2, 2, 1, True),
+                                                 (3, 2, 1, 1, False), (4, 2, 1, 0, False)])
+def test_transposed_image_rule_only_for_measured_geometries(monkeypatch, k, s, p, op, direct):
+    """Onto 3 channels from 48 the image rule holds for kernels of at least 2*s + 1 (9x9/4,
+    5x5/2); 3x3/2 and 4x4/2 keep their route. Right either way."""
+    calls = []
+    real = C._conv_transpose2d_amx
+    monkeypatch.setattr(C, "_conv_transpose2d_amx", lambda *a: calls.append(1) or real(*a))
+    W = _param((48, 3, k, k), 45)
+    x = _x(1, 48, 64, 96, 46)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = slim_conv_transpose2d(x, W, None, stride=s, padding=p, output_padding=op,
+                                  out_width=3)
+    assert calls == ([1] if direct else [])
+    _close(y, F.conv_transpose2d(x.double(), _bf(W), None, stride=s, padding=p,
+                                 output_padding=op))
 
 
 def test_rule_for_image_layers():

@@ -100,10 +100,41 @@ def test_bf16_to_image_non_dense_and_bad_input():
         image_io.bf16_to_image(x, 1.0, 0.0)
     with pytest.raises(ValueError, match="finite"):
         image_io.bf16_to_image(x, 0.0, float("inf"))
+    with pytest.raises(ValueError, match="finite float32"):
+        image_io.bf16_to_image(x, 0.0, 1e39)          # beyond float32: torch's clamp refuses it
+
+
+def test_gradient_is_kept():
+    """With a gradient to track, both go to torch's ops (the kernels would drop autograd)."""
+    x = torch.rand(1, 3, 8, 40, requires_grad=True)
+    y = image_io.image_to_bf16(x)
+    assert y.requires_grad
+    y.float().sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    z = (torch.rand(1, 3, 8, 40) * 2 - 0.5).to(torch.bfloat16).requires_grad_()
+    out = image_io.bf16_to_image(z)
+    assert out.requires_grad
+    out.sum().backward()
+    inside = ((z.float() >= 0) & (z.float() <= 1)).to(z.dtype)
+    assert torch.equal(z.grad, inside)
 
 
 @kernels
-def test_kernels_reject_bad_bounds_directly():
+def test_several_threads_same_bits():
+    """Images large enough for the kernels' row split over threads (a 768x512 Kodak size)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        x = _values((1, 3, 512, 768), 21)
+        _same_bits(image_io.image_to_bf16(x), x.to(torch.bfloat16))
+        y = (x * 2 - 0.5).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        _same_bits(image_io.bf16_to_image(y), y.float().clamp(0, 1))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@kernels
+def test_kernels_reject_bad_arguments_directly():
     ck = image_io._kernels()
     x = torch.zeros(4, dtype=torch.bfloat16)
     out = torch.empty(4)
