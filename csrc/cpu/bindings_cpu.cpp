@@ -392,6 +392,27 @@ PYBIND11_MODULE(_cpu_kernels, m) {
           "Fused bf16 GDN/IGDN forward on AVX512-BF16 (see csrc/cpu/gdn_bf16.hpp): x and y bf16 "
           "(xdtype 1), [N*HW, C] (channels_last only); gamma/beta fp32 (0) or bf16 (1), any "
           "strides; splits 1, no r. Available where conv_bf16_available().");
+  m.def("gdn_amx_packed_size", &sk::gdn_amx_packed_size, py::arg("C"), py::arg("splits"),
+        "uint16 elements of gamma_k packed for gdn_forward (AMX) at C channels and splits.");
+  m.def("gdn_pack_amx",
+        [](uintptr_t gamma, int gdtype, int64_t g_s0, int64_t g_s1, int64_t C,
+           double gamma_scale, double gamma_bias, int splits, bool channels_last, uintptr_t out) {
+          sk::GdnArgs a;
+          set_gamma(a, gamma, gdtype, g_s0, g_s1, gamma_scale, gamma_bias);
+          a.C = C;
+          a.splits = splits;
+          a.channels_last = channels_last;
+          const int rc = sk::gdn_pack_gamma_amx(a, reinterpret_cast<uint16_t*>(out));
+          if (rc != 0)
+            throw std::runtime_error(std::string("slimkernels._cpu_kernels.gdn_pack_amx: ") +
+                                     sk::gdn_error_message(rc));
+        },
+        py::arg("gamma"), py::arg("gdtype"), py::arg("g_s0"), py::arg("g_s1"), py::arg("C"),
+        py::arg("gamma_scale"), py::arg("gamma_bias"), py::arg("splits"),
+        py::arg("channels_last"), py::arg("out"),
+        "Packs gamma_k (gamma[:C, :C] * gamma_scale + gamma_bias, fp32 (0) or bf16 (1), any "
+        "strides) into out (gdn_amx_packed_size(C, splits) uint16) for gdn_forward's "
+        "packed_gamma with the same splits and layout: the step that call does otherwise.");
   m.def("gdn_bf16_packed_size", &sk::gdn_bf16_packed_size, py::arg("C"),
         "uint16 elements of gamma_k's packed panels for gdn_forward_bf16 at C channels.");
   auto def_pack = [&m](const char* name, auto fn, const char* doc) {

@@ -436,6 +436,25 @@ bool amx_available() {
 #endif
 }
 
+int64_t gdn_amx_packed_size(int64_t C, int splits) {
+  return round_up(C, 16) * splits * round_up(C, 32);
+}
+
+int gdn_pack_gamma_amx(const GdnArgs& a, uint16_t* out) {
+  if (!amx_available()) return kNoAmx;
+  if (a.gamma == nullptr || out == nullptr || a.C <= 0 || (a.splits != 1 && a.splits != 3))
+    return kBadArgs;
+#if SK_HAVE_AMX_CODE
+  const int64_t C = a.C, Kpad = round_up(C, 32), Cpad = round_up(C, 16), K3 = a.splits * Kpad;
+  std::memset(out, 0, static_cast<size_t>(Cpad * K3) * sizeof(uint16_t));
+  pack_gamma(a, C, Kpad, Cpad, K3, static_cast<float>(a.gamma_scale),
+             static_cast<float>(a.gamma_bias), out);
+  return kOk;
+#else
+  return kNoAmx;
+#endif
+}
+
 const char* gdn_error_message(int code) {
   switch (code) {
     case kOk: return "ok";
@@ -451,7 +470,7 @@ int gdn_forward(const GdnArgs& a) {
   if (a.N < 0 || a.C <= 0 || a.HW < 0 || !(a.splits == 1 || a.splits == 3) ||
       !(a.xdtype == kF32 || a.xdtype == kBF16) || !(a.gdtype == kF32 || a.gdtype == kBF16) ||
       !(a.bdtype == kF32 || a.bdtype == kBF16) ||
-      a.r != nullptr || a.packed_gamma != nullptr)  // r, packed_gamma: the other kernels' only
+      a.r != nullptr)  // r: the AVX2 kernel's only
     return kBadArgs;
   if (a.N == 0 || a.HW == 0) return kOk;
 #if SK_HAVE_AMX_CODE
@@ -463,7 +482,9 @@ int gdn_forward(const GdnArgs& a) {
   const float gs = static_cast<float>(a.gamma_scale), gb = static_cast<float>(a.gamma_bias);
   const float bs = static_cast<float>(a.beta_scale), bb = static_cast<float>(a.beta_bias);
   for (int64_t c = 0; c < C; ++c) beta[c] = load_param(a.beta, a.bdtype, c * a.b_s0) * bs + bb;
-  const uint16_t* const gpack = packed_gamma(a, C, Kpad, Cpad, K3, gs, gb);
+  const uint16_t* const gpack = a.packed_gamma != nullptr
+                                    ? static_cast<const uint16_t*>(a.packed_gamma)
+                                    : packed_gamma(a, C, Kpad, Cpad, K3, gs, gb);
   if (!gpack) return kNoMem;
   Plan p{C, Kpad, Cpad, K3, a.splits, gpack, beta};
 

@@ -35,9 +35,10 @@ struct GdnArgs {
   // Optional (AVX2 kernel, fp32 channels_last only; nullptr: not written): the factor of y = x *
   // r per element, r = 1/sqrt(n) (GDN) or sqrt(n) (IGDN), [N*HW, C] fp32 like y (for a backward).
   float* r = nullptr;
-  // Optional (nullptr: packed per call): gamma_k already packed for this gamma, C and gamma
-  // scalars by gdn_pack_gamma_bf16 (AVX512-BF16 kernel, bf16 panels) or gdn_pack_gamma_avx2
-  // (AVX2 kernel, fp32 panels, 32-byte aligned); the AMX kernel takes none.
+  // Optional (nullptr: packed in the call): gamma_k already packed for this gamma, C and gamma
+  // scalars by gdn_pack_gamma_bf16 (AVX512-BF16 kernel, bf16 panels), gdn_pack_gamma_avx2
+  // (AVX2 kernel, fp32 panels, 32-byte aligned) or gdn_pack_gamma_amx (the AMX kernel, for
+  // these splits and this layout too).
   const void* packed_gamma = nullptr;
 };
 
@@ -47,6 +48,16 @@ bool amx_available();
 
 // Runs the fused forward. Returns 0 on success, else an error code (see gdn_error_message).
 int gdn_forward(const GdnArgs& a);
+
+// uint16 elements of gdn_pack_gamma_amx's output for C active channels (C >= 1) and `splits`.
+int64_t gdn_amx_packed_size(int64_t C, int splits);
+// Packs gamma_k (from a.gamma, a.gdtype, a.g_s0, a.g_s1, a.C, a.gamma_scale, a.gamma_bias,
+// a.splits and a.channels_last; the other fields unused) into out[gdn_amx_packed_size(a.C,
+// a.splits)] as gdn_forward builds it: passed back as GdnArgs::packed_gamma (same gamma values,
+// C, scalars, splits and layout), the forward skips its own packing and the check of its
+// per-thread cache (one packed gamma per thread: the layers of a transform alternate, so every
+// call repacked, ~24 us at C = 192). Returns 0 on success, else an error code.
+int gdn_pack_gamma_amx(const GdnArgs& a, uint16_t* out);
 const char* gdn_error_message(int code);
 
 }  // namespace sk

@@ -44,7 +44,13 @@ USE_AVX512_BF16 = True
 #: scalars) from a cache (:func:`_packed_gamma`) instead of packing it on every call, from
 #: ``PACKED_GAMMA_MIN_C`` channels: below, packing costs about what the cache check does (Zen 4,
 #: a 4x4-pixel call at C = 48: bf16 21 us either way, AVX2 7.4 packed per call vs 8.4 cached;
-#: at C = 192 bf16 111-121 -> 29 us, AVX2 30 -> 19 us).
+#: at C = 192 bf16 111-121 -> 29 us, AVX2 30 -> 19 us). The AMX kernel likewise
+#: (:func:`_packed_gamma_amx`; its own cache holds one packed gamma per thread, and a transform's
+#: GDN layers alternate: every call repacked): AMX Xeon, 2 threads, two SwitchGDN layers called
+#: alternately on 16x16 pixels (``/tmp/s25/gpack.py``): C = 192 120 -> 83 us per pair (one layer
+#: twice: 72 -> 86, the Python cache's check against the kernel's); kodim01 (``/tmp/s25/pg_ab.py``,
+#: 6 rounds of 15, switched in one process) ``compress`` / ``decompress`` 1.003 / 1.010x at w=192,
+#: 0.992 / 0.999x at 96; 64x64 crops 1.013 / 1.015x at 192, 0.997 / 0.998x at 96.
 USE_PACKED_GAMMA = True
 PACKED_GAMMA_MIN_C = 64
 #: Training on CPU in half precision / under autocast (the autograd composition of
@@ -520,13 +526,16 @@ def _run_kernel(fn, x, beta, gamma, lay, inverse, scalars, splits, r=None, pack=
     """One call of a GDN kernel binding (``gdn_forward``, ``gdn_forward_avx2`` or
     ``gdn_forward_bf16``: the same arguments); y in the layout ``lay`` (x's). ``r`` (AVX2
     kernel, channels_last; optional): a tensor like y that receives the factors ``y / x``.
-    ``pack`` (bf16 and AVX2 kernels; optional): ``"bf16"`` / ``"avx2"``, the kernel's gamma
-    packing, passed cached by :func:`_packed_gamma`."""
+    ``pack`` (optional): ``"bf16"`` / ``"avx2"`` / ``"amx"``, the kernel's gamma packing, passed
+    cached by :func:`_packed_gamma` / :func:`_packed_gamma_amx`."""
     N, C, H, W = x.shape
     y = torch.empty_like(x, memory_format=torch.channels_last if lay == "channels_last"
                          else torch.contiguous_format)
     gs, gb, bs, bb = scalars if _no_scalars(scalars) else [_scalar(s) for s in scalars]
-    packed = None if pack is None else _packed_gamma(pack, gamma, C, gs, gb)
+    if pack == "amx":
+        packed = _packed_gamma_amx(gamma, C, gs, gb, splits, lay == "channels_last")
+    else:
+        packed = None if pack is None else _packed_gamma(pack, gamma, C, gs, gb)
     fn(x.data_ptr(), y.data_ptr(), _CK_DTYPES[x.dtype], N, C, H * W, lay == "channels_last",
        gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0), gamma.stride(1),
        beta.data_ptr(), _CK_DTYPES[beta.dtype], beta.stride(0), 1.0 if gs is None else gs,
@@ -539,6 +548,27 @@ def _run_kernel(fn, x, beta, gamma, lay, inverse, scalars, splits, r=None, pack=
 #: name -> (packed size binding, packing binding, element dtype) of the kernels' gamma panels
 _PACKINGS = {"bf16": ("gdn_bf16_packed_size", "gdn_pack_bf16", torch.int16),
              "avx2": ("gdn_avx2_packed_size", "gdn_pack_avx2", torch.float32)}
+
+
+def _packed_gamma_amx(gamma: torch.Tensor, C: int, gs: Optional[float], gb: Optional[float],
+                      splits: int, channels_last: bool) -> Optional[torch.Tensor]:
+    """gamma_k packed for the AMX kernel (``gdn_pack_amx``: int16 bf16 parts for ``splits`` 1 or
+    3, in the layout's operand order), a 1-D CPU tensor cached as :func:`_packed_gamma`'s (per
+    width, scalars, splits and layout); None when ``USE_PACKED_GAMMA`` is off or C is below
+    ``PACKED_GAMMA_MIN_C`` (the kernel's own one-entry cache then). The kernel keeps one packed
+    gamma per thread, and a transform's GDN layers alternate: every call repacked (~24 us at
+    C = 192) and compared gamma's bytes on a hit."""
+    if not USE_PACKED_GAMMA or C < PACKED_GAMMA_MIN_C:
+        return None
+    gs, gb = 1.0 if gs is None else gs, 0.0 if gb is None else gb
+    K = _fused_kernels()
+
+    def build():
+        out = torch.empty(K.gdn_amx_packed_size(C, splits), dtype=torch.int16)
+        K.gdn_pack_amx(gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0),
+                       gamma.stride(1), C, gs, gb, splits, channels_last, out.data_ptr())
+        return out
+    return _cached(("gdn-amx", C, gs, gb, splits, channels_last), (gamma,), build)
 
 
 def _packed_gamma(kind: str, gamma: torch.Tensor, C: int, gs: Optional[float],
@@ -595,7 +625,7 @@ def _run_avx512_bf16(x, beta, gamma, inverse, scalars):
 def _run_fused(x, beta, gamma, lay, inverse, scalars):
     """The AMX kernel; arguments already validated by :func:`_fused_cpu_layout`."""
     return _run_kernel(_fused_kernels().gdn_forward, x, beta, gamma, lay, inverse, scalars,
-                       3 if _compute_dtype(x) == torch.float32 else 1)
+                       3 if _compute_dtype(x) == torch.float32 else 1, pack="amx")
 
 
 def _cpu_kernel_gdn(x, beta, gamma, inverse, scalars) -> Optional[torch.Tensor]:

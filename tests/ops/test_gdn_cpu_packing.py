@@ -1,7 +1,7 @@
-"""The GDN kernels' gamma packing, done once and cached (``ops.gdn._packed_gamma``), for the
-AVX2 (fp32 panels) and the AVX512-BF16 (bf16 panels) kernel: the same bits as packing inside
-every call, a fresh packing after every change, none for inference tensors; the bindings'
-checks."""
+"""The GDN kernels' gamma packing, done once and cached (``ops.gdn._packed_gamma``,
+``_packed_gamma_amx``), for the AVX2 (fp32 panels), the AVX512-BF16 (bf16 panels) and the AMX
+kernel: the same bits as packing inside every call, a fresh packing after every change, none for
+inference tensors; the bindings' checks."""
 import importlib
 
 import pytest
@@ -145,3 +145,75 @@ def test_avx2_packing_binding_checks():
         K.gdn_forward_avx2(x.data_ptr(), y.data_ptr(), 0, 1, 8, 4, True, gamma.data_ptr(), 0,
                            192, 1, beta.data_ptr(), 0, 1, 1.0, 0.0, 1.0, 0.0, False, 1, 1, 0,
                            out.data_ptr() + 4)
+
+
+NEEDS_AMX = pytest.mark.skipif(gdn_mod._fused_kernels() is None,
+                               reason="no AMX-BF16 here or _cpu_kernels not built")
+
+
+def _amx(x, beta, gamma, inverse, sc):
+    lay = "nchw" if x.is_contiguous() else "channels_last"
+    return gdn_mod._run_fused(x, beta, gamma, lay, inverse, sc)
+
+
+@NEEDS_AMX
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])    # splits 1 / 3
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("scalars", ["none", "slimgdn+"])
+def test_amx_cached_packing_gives_the_same_bits(monkeypatch, dtype, layout, scalars):
+    """The AMX kernel with gamma_k packed once in Python (``gdn_pack_amx``, cached per width,
+    scalars, splits and layout) against its own packing in the call: the same bits, around
+    ``PACKED_GAMMA_MIN_C``, for a gamma, a transposed view of it and bf16 gamma; cached from
+    ``PACKED_GAMMA_MIN_C`` channels on; two gammas alternating (as a transform's layers do)."""
+    beta, gamma = _params(16)
+    _, other = _params(17)
+    sc = SCALARS[scalars]
+    gs, gb = (1.0, 0.0) if scalars == "none" else sc[:2]
+    splits = 3 if dtype == torch.float32 else 1
+    for g in (gamma, gamma.t().contiguous().t(), gamma.bfloat16()):
+        for C in (7, 48, 64, 65, 192):
+            x = torch.randn(1, C, 5, 6, generator=torch.Generator().manual_seed(C)).to(dtype)
+            if layout == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            monkeypatch.setattr(gdn_mod, "USE_PACKED_GAMMA", False)
+            y_call, o_call = _amx(x, beta, g, True, sc), _amx(x, beta, other, True, sc)
+            monkeypatch.setattr(gdn_mod, "USE_PACKED_GAMMA", True)
+            for _ in range(2):   # alternating, then hits
+                assert torch.equal(bits(_amx(x, beta, g, True, sc)), bits(y_call))
+                assert torch.equal(bits(_amx(x, beta, other, True, sc)), bits(o_call))
+            key = (("gdn-amx", C, gs, gb, splits, layout == "channels_last"), id(g))
+            assert (key in _cache._PACK_CACHE) == (C >= gdn_mod.PACKED_GAMMA_MIN_C)
+
+
+@NEEDS_AMX
+def test_amx_cached_packing_follows_updates(monkeypatch):
+    x = torch.randn(1, 72, 4, 5).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    beta, gamma = _params(18)
+    none = SCALARS["none"]
+
+    def fresh(g):
+        monkeypatch.setattr(gdn_mod, "USE_PACKED_GAMMA", False)
+        try:
+            return bits(_amx(x, beta, g, False, none))
+        finally:
+            monkeypatch.setattr(gdn_mod, "USE_PACKED_GAMMA", True)
+    y0 = bits(_amx(x, beta, gamma, False, none))
+    assert torch.equal(y0, fresh(gamma))
+    gamma.mul_(1.5)
+    y1 = bits(_amx(x, beta, gamma, False, none))
+    assert not torch.equal(y1, y0) and torch.equal(y1, fresh(gamma))
+
+
+@NEEDS_AMX
+def test_amx_packing_binding_checks():
+    K = gdn_mod._fused_kernels()
+    assert K.gdn_amx_packed_size(1, 1) == 16 * 32 and K.gdn_amx_packed_size(192, 3) == 192 * 576
+    assert K.gdn_amx_packed_size(65, 1) == 80 * 96
+    beta, gamma = _params(1)
+    out = torch.empty(K.gdn_amx_packed_size(8, 1), dtype=torch.int16)
+    with pytest.raises(RuntimeError, match="unsupported arguments"):
+        K.gdn_pack_amx(gamma.data_ptr(), 0, gamma.stride(0), 1, 8, 1.0, 0.0, 2, True,
+                       out.data_ptr())                                    # splits 2
+    with pytest.raises(RuntimeError, match="unsupported arguments"):
+        K.gdn_pack_amx(gamma.data_ptr(), 0, gamma.stride(0), 1, 0, 1.0, 0.0, 1, True,
+                       out.data_ptr())                                    # C = 0
