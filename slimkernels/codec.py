@@ -370,7 +370,7 @@ def _quantize_counted(eb, y: torch.Tensor) -> Tuple[torch.Tensor, int]:
                                                                   torch.bfloat16) else None
     if layout is not None:
         med = _coding_medians(eb)
-        out = torch.empty(y.shape, dtype=torch.int32)
+        out = torch.empty(y.shape, dtype=torch.int32, device=y.device)
         bad = ck.quantize_latents(y.data_ptr(), 1 if y.dtype == torch.bfloat16 else 0, layout,
                                   *y.shape, med.data_ptr(), out.data_ptr(),
                                   torch.get_num_threads())
@@ -392,7 +392,8 @@ def _dequantize(eb, sym: torch.Tensor, channels_last: bool = False) -> torch.Ten
         sym.dtype == torch.int32 and sym.dim() == 4 and sym.is_contiguous() else None
     if ck is not None:
         med = _coding_medians(eb)
-        out = torch.empty(sym.shape, dtype=torch.float32, memory_format=torch.channels_last)
+        out = torch.empty(sym.shape, dtype=torch.float32, device=sym.device,
+                          memory_format=torch.channels_last)
         ck.dequantize_latents(sym.data_ptr(), *sym.shape, med.data_ptr(), out.data_ptr(),
                               torch.get_num_threads())
         return out

@@ -1029,3 +1029,25 @@ def test_model_built_under_inference_mode(model):
         sd["g_a.0.weight"] = sd["g_a.0.weight"] * 1.01
         m.load_state_dict(sd)
         assert m.model_id() != mid
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_cpu_codec_ignores_torchs_default_device(precision):
+    """compress / decompress of a CPU model allocate their CPU kernels' outputs on the CPU
+    whatever ``torch.set_default_device`` says (here "meta", where a CPU kernel would get a null
+    pointer): the same file and image as with the default device left alone."""
+    from slimkernels.pretrained import load_model
+    m = load_model()
+    torch.manual_seed(9)
+    x = torch.rand(1, 3, 96, 160)
+    want = {w: m.compress(x, w, precision=precision) for w in (48, 192)}
+    imgs = {w: m.decompress(d, precision=precision) for w, d in want.items()}
+    torch.set_default_device("meta")
+    try:
+        for w in (48, 192):
+            data = m.compress(x, w, precision=precision)
+            img = m.decompress(data, precision=precision)
+            assert data == want[w]
+            assert img.device.type == "cpu" and torch.equal(img, imgs[w])
+    finally:
+        torch.set_default_device(None)

@@ -959,7 +959,7 @@ def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed):
     wp = max(wneed, (wq - 1) * s + -(-kcw // ci))
     Hy, Wy = out_hw
     cy = co // (phase * phase)
-    y = torch.empty((N, Hy, Wy, cy), dtype=torch.bfloat16)
+    y = torch.empty((N, Hy, Wy, cy), dtype=torch.bfloat16, device=x.device)
     _amx_conv_kernels().conv_amx_forward(
         x.data_ptr(), 1 if x.dtype == torch.bfloat16 else 0, N, H, W, ci, hp, wp, top, top,
         wpk[0].data_ptr(), wpk[1].data_ptr(), k, k, s, co, 0 if b is None else b.data_ptr(),

@@ -144,7 +144,8 @@ def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor]
         raise ValueError(f"{name}: x {tuple(x.shape)} is smaller than the {k}x{k} kernel "
                          f"with padding {padding}")
     b, _keep = bias_pointer(bias, co, name)
-    y = torch.empty((N, co, Ho, Wo), dtype=x.dtype, memory_format=torch.channels_last)
+    y = torch.empty((N, co, Ho, Wo), dtype=x.dtype, device=x.device,
+                    memory_format=torch.channels_last)
     run = K.conv_bf16_forward if bf16 else \
         K.conv_avx512_forward if _fp32_avx512() else K.conv_avx2_forward
     run(xc.data_ptr(), N, H, W, C, wp.data_ptr(), b, co, k, stride, padding, Ho, Wo,
@@ -256,7 +257,8 @@ def conv_transpose2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[tor
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{name}: empty output for x {tuple(x.shape)}")
     b, _keep = bias_pointer(bias, co, name)
-    y = torch.empty((N, co, Ho, Wo), dtype=x.dtype, memory_format=torch.channels_last)
+    y = torch.empty((N, co, Ho, Wo), dtype=x.dtype, device=x.device,
+                    memory_format=torch.channels_last)
     run = K.conv_transpose_bf16_forward if bf16 else \
         K.conv_transpose_avx512_forward if _fp32_avx512() else K.conv_transpose_avx2_forward
     run(xc.data_ptr(), N, H, W, C, wp.data_ptr(), L, b, co, k, s, padding, Ho, Wo, y.data_ptr(),

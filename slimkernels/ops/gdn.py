@@ -120,15 +120,15 @@ def _scratch(shape, dtype, device) -> torch.Tensor:
     numel = 1
     for d in shape:
         numel *= d
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    nbytes = numel * torch.empty((), dtype=dtype, device="cpu").element_size()
     if nbytes > SCRATCH_MAX_BYTES:
-        return torch.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=dtype, device="cpu")
     bufs = getattr(_SCRATCH, "bufs", None)
     if bufs is None:
         bufs = _SCRATCH.bufs = {}
     buf = bufs.get(dtype)
     if buf is None or buf.numel() < numel:
-        buf = bufs[dtype] = torch.empty(numel, dtype=dtype)
+        buf = bufs[dtype] = torch.empty(numel, dtype=dtype, device="cpu")
     return buf[:numel].view(shape)
 
 
@@ -564,7 +564,7 @@ def _packed_gamma_amx(gamma: torch.Tensor, C: int, gs: Optional[float], gb: Opti
     K = _fused_kernels()
 
     def build():
-        out = torch.empty(K.gdn_amx_packed_size(C, splits), dtype=torch.int16)
+        out = torch.empty(K.gdn_amx_packed_size(C, splits), dtype=torch.int16, device="cpu")
         K.gdn_pack_amx(gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0),
                        gamma.stride(1), C, gs, gb, splits, channels_last, out.data_ptr())
         return out
@@ -587,7 +587,7 @@ def _packed_gamma(kind: str, gamma: torch.Tensor, C: int, gs: Optional[float],
     size, pack, dtype = _PACKINGS[kind]
 
     def build():
-        out = torch.empty(getattr(K, size)(C), dtype=dtype)
+        out = torch.empty(getattr(K, size)(C), dtype=dtype, device="cpu")
         getattr(K, pack)(gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0),
                          gamma.stride(1), C, gs, gb, out.data_ptr())
         return out

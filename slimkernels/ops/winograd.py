@@ -233,7 +233,7 @@ def _workspace(n: int) -> torch.Tensor:
     tensor per call costs its page faults: ~40 % of the transforms' time)."""
     buf = getattr(_WORKSPACE, "buf", None)
     if buf is None or buf.numel() < n:
-        buf = torch.empty(n, dtype=torch.float32)
+        buf = torch.empty(n, dtype=torch.float32, device="cpu")
         _WORKSPACE.buf = buf
     return buf
 
@@ -331,7 +331,8 @@ def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int
     tc = round_tiles(T, kdim, cp)
     ws = _workspace(36 * tc * (kdim + cp))
     # y in x's dtype: the output transform rounds a bf16 y itself (no fp32 y and cast pass)
-    y = torch.empty((N, co, Ho, Wo), dtype=xc.dtype, memory_format=torch.channels_last)
+    y = torch.empty((N, co, Ho, Wo), dtype=xc.dtype, device="cpu",
+                    memory_format=torch.channels_last)
     yb = xc.dtype == torch.bfloat16
     gemm512 = not bf16 and _gemm_avx512() and U.is_contiguous()
     xb = xc.dtype == torch.bfloat16
@@ -417,7 +418,7 @@ def _gg(t: torch.Tensor) -> torch.Tensor:
     if K is None or not hasattr(K, "winograd_weight") or t.device.type != "cpu":
         return torch.kron(G, G).to(t.device) @ t  # [i*6 + j, a*3 + b] = G[i, a] * G[j, b]
     t = t.contiguous()
-    U = torch.empty(36, t.shape[1], dtype=torch.float32)
+    U = torch.empty(36, t.shape[1], dtype=torch.float32, device="cpu")
     K.winograd_weight(t.data_ptr(), G.data_ptr(), t.shape[1], U.data_ptr(),
                       torch.get_num_threads())
     return U
@@ -485,7 +486,7 @@ def conv2d_weight_fp32(w: torch.Tensor, stride: int) -> torch.Tensor:
     co, ci, k, _ = w.shape
     s = stride
     w = w.detach()
-    U = torch.empty(36, s * s * ci, co, dtype=torch.float32)
+    U = torch.empty(36, s * s * ci, co, dtype=torch.float32, device="cpu")
     if _kernel_weight(w, 1, _taps_conv(k, s), U, s * s * ci * co, ci * co, co):
         return U
     return transform_weight_fp32(_phase_weight_conv(w, s))
@@ -499,7 +500,7 @@ def conv_transpose2d_weight_fp32(w: torch.Tensor, stride: int, padding: int) -> 
     ci, co, k, _ = w.shape
     s = stride
     w = w.detach()
-    U = torch.empty(36, ci, s * s * co, dtype=torch.float32)
+    U = torch.empty(36, ci, s * s * co, dtype=torch.float32, device="cpu")
     if _kernel_weight(w, 0, _taps_transposed(k, s, padding), U, ci * s * s * co, co, s * s * co):
         return U
     return transform_weight_fp32(_phase_weight_transposed(w, s, padding)[0])
@@ -539,10 +540,10 @@ def _wgrad_phases(xc: torch.Tensor, gy: torch.Tensor, r: int, Qh: int, Qw: int, 
     T, kdim, cp = N * th * tw, s * s * C, r * r * co
     _, G, AT = _matrices32()
     nt = torch.get_num_threads()
-    ug = torch.empty(36, T, cp, dtype=torch.float32)
+    ug = torch.empty(36, T, cp, dtype=torch.float32, device="cpu")
     K.winograd_grad_tiles(gy.data_ptr(), N, Ho, Wo, co, r, th, tw, AT.data_ptr(), ug.data_ptr(),
                           nt)
-    M = torch.empty(36, kdim, cp, dtype=torch.float32)
+    M = torch.empty(36, kdim, cp, dtype=torch.float32, device="cpu")
     chunk = min(CHUNK_BYTES, max(CHUNK_MIN_BYTES, int(CHUNK_U_FACTOR * 4 * M.numel())))
     tc = min(T, max(MIN_CHUNK_TILES, chunk // (36 * 4 * kdim)))
     ws = _workspace(36 * tc * kdim)
@@ -569,7 +570,7 @@ def conv2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stride: int,
     xc = _check_x(x, "conv2d_weight_grad", _FP32)
     s, C, co = stride, x.shape[1], gy.shape[1]
     gy = fp32_cpu_input(gy, "conv2d_weight_grad (gy)")
-    dw = torch.empty(co, C, k, k, dtype=torch.float32)   # every tap written once
+    dw = torch.empty(co, C, k, k, dtype=torch.float32, device="cpu")   # every tap written once
     return _wgrad_phases(xc, gy, 1, gy.shape[2], gy.shape[3], s, padding, dw,
                          _taps_conv(k, s), (k * k, C * k * k))
 
@@ -586,7 +587,7 @@ def conv_transpose2d_weight_grad(x: torch.Tensor, gy: torch.Tensor, k: int, stri
     Ho, Wo = gy.shape[2], gy.shape[3]
     _, lo, _, _ = _subpixel_plan(k, s, padding)
     gy = fp32_cpu_input(gy, "conv_transpose2d_weight_grad (gy)")
-    dw = torch.empty(ci, co, k, k, dtype=torch.float32)   # every tap written once
+    dw = torch.empty(ci, co, k, k, dtype=torch.float32, device="cpu")   # every tap written once
     return _wgrad_phases(xc, gy, s, -(-Ho // s), -(-Wo // s), 1, -lo, dw,
                          _taps_transposed(k, s, padding), (co * k * k, k * k))
 
