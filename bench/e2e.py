@@ -362,23 +362,11 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
             eb, sym.to(dev)), channels_last)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         x_hat = model.decode(y_hat)
-    x_hat = _image_output(x_hat)[..., :f.height, :f.img_width]
+    x_hat = _codec_fn("_image_output", lambda t: t.float().clamp_(0, 1))(x_hat)
+    x_hat = x_hat[..., :f.height, :f.img_width]
     _sync(dev)
     t3 = time.perf_counter()
     return x_hat, {"container": t1 - t0, "entropy": t2 - t1, "transform": t3 - t2}
-
-
-def _image_output(x_hat: torch.Tensor) -> torch.Tensor:
-    """The decoder output as the float32 image in [0, 1], as ``decompress`` makes it (one pass
-    of ``slimkernels.ops.image_io.bf16_to_image`` for a bf16 CPU output where the checkout has
-    it, else ``.float().clamp_``)."""
-    if x_hat.dtype == torch.bfloat16 and x_hat.is_cpu:
-        try:
-            from slimkernels.ops.image_io import bf16_to_image
-        except ImportError:   # a checkout from before it
-            return x_hat.float().clamp_(0, 1)
-        return bf16_to_image(x_hat)
-    return x_hat.float().clamp_(0, 1)
 
 
 @torch.no_grad()

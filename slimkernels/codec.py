@@ -317,6 +317,9 @@ def _dense(t: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_form
         return t
     if t.dtype == dtype and N == 1 and t.stride()[1:] == want[1:]:
         return t.as_strided(t.shape, want)   # one image: only the batch stride differs, a view
+    if t.is_cpu and t.dtype == torch.float32 and dtype == torch.bfloat16 and \
+            memory_format == torch.channels_last:
+        return image_to_bf16(t)   # one pass where the compiled kernel runs, torch's passes else
     if t.is_cpu and t.dtype.itemsize > dtype.itemsize and t.is_contiguous() and \
             memory_format == torch.channels_last:
         # NCHW -> channels_last with a narrowing cast: cast first (a dense pass), then the
@@ -325,6 +328,15 @@ def _dense(t: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_form
         t = t.to(dtype)
     out = torch.empty((N, C, H, W), dtype=dtype, device=t.device, memory_format=memory_format)
     return out.copy_(t)
+
+
+def _image_output(x_hat: torch.Tensor) -> torch.Tensor:
+    """The synthesis transform's output ``[N, 3, H, W]`` as the float32 image clamped to [0, 1],
+    in x_hat's layout: one pass of :func:`slimkernels.ops.image_io.bf16_to_image` for a bf16
+    x_hat, ``x_hat.float().clamp_(0, 1)`` (in place on an fp32 x_hat) otherwise."""
+    if x_hat.dtype == torch.bfloat16:
+        return bf16_to_image(x_hat)
+    return x_hat.float().clamp_(0, 1)
 
 
 def _latent_kernels():
@@ -695,8 +707,6 @@ class SlimCodec(nn.Module):
         first = self.g_a[0] if isinstance(self.g_a, nn.Sequential) and len(self.g_a) else None
         dtype = (torch.bfloat16 if precision == "bf16" and isinstance(first, SlimConv2d)
                  else x.dtype)
-        if cl and dtype == torch.bfloat16 and x.dtype == torch.float32 and x.is_cpu:
-            return image_to_bf16(x)   # one pass (AVX-512: csrc/cpu/image_io.cpp)
         return _dense(x, dtype, torch.channels_last if cl else torch.contiguous_format)
 
     def _latent_input(self, eb, sym: torch.Tensor, precision: str) -> torch.Tensor:
@@ -851,9 +861,7 @@ class SlimCodec(nn.Module):
         # f.model_id: checked equal to this model's id by decompress_latent
         x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
                                 precision, cuda_graph, f.model_id)
-        if x_hat.dtype == torch.bfloat16 and x_hat.is_cpu:
-            return bf16_to_image(x_hat)[..., :f.height, :f.img_width]   # one pass, clamped
-        return x_hat.float()[..., :f.height, :f.img_width].clamp_(0, 1)
+        return _image_output(x_hat)[..., :f.height, :f.img_width]
 
     def _transform(self, kind: str, fn, x: torch.Tensor, key, dev: torch.device,
                    precision: str, cuda_graph: Optional[bool], model_id: bytes

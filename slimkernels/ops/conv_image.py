@@ -104,7 +104,6 @@ def pack_image_conv_weight(w: torch.Tensor, dtype: torch.dtype = torch.float32) 
     return wp.contiguous() if dtype == torch.float32 else _pair_rows(wp)
 
 
-
 def _check_packed(wp: torch.Tensor, want: tuple, x: torch.Tensor, k: int, co: int, name: str,
                   packer: str) -> None:
     """ValueError unless ``wp`` is a CPU, contiguous, 32-byte aligned packed weight of shape
@@ -114,6 +113,7 @@ def _check_packed(wp: torch.Tensor, want: tuple, x: torch.Tensor, k: int, co: in
         raise ValueError(f"{name}: packed weight {tuple(wp.shape)} {wp.dtype} on {wp.device} "
                          f"does not fit x {tuple(x.shape)} {x.dtype}, k={k}, C_out={co} (pack "
                          f"it with {packer}(w, x.dtype))")
+
 
 def conv2d_image(x: torch.Tensor, wp: torch.Tensor, bias: Optional[torch.Tensor], k: int,
                  stride: int, padding: int, out_channels: int) -> torch.Tensor:

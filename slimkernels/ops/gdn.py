@@ -120,7 +120,7 @@ def _scratch(shape, dtype, device) -> torch.Tensor:
     numel = 1
     for d in shape:
         numel *= d
-    nbytes = numel * torch.empty((), dtype=dtype, device="cpu").element_size()
+    nbytes = numel * dtype.itemsize
     if nbytes > SCRATCH_MAX_BYTES:
         return torch.empty(shape, dtype=dtype, device="cpu")
     bufs = getattr(_SCRATCH, "bufs", None)
@@ -527,15 +527,13 @@ def _run_kernel(fn, x, beta, gamma, lay, inverse, scalars, splits, r=None, pack=
     ``gdn_forward_bf16``: the same arguments); y in the layout ``lay`` (x's). ``r`` (AVX2
     kernel, channels_last; optional): a tensor like y that receives the factors ``y / x``.
     ``pack`` (optional): ``"bf16"`` / ``"avx2"`` / ``"amx"``, the kernel's gamma packing, passed
-    cached by :func:`_packed_gamma` / :func:`_packed_gamma_amx`."""
+    cached by :func:`_packed_gamma`."""
     N, C, H, W = x.shape
     y = torch.empty_like(x, memory_format=torch.channels_last if lay == "channels_last"
                          else torch.contiguous_format)
     gs, gb, bs, bb = scalars if _no_scalars(scalars) else [_scalar(s) for s in scalars]
-    if pack == "amx":
-        packed = _packed_gamma_amx(gamma, C, gs, gb, splits, lay == "channels_last")
-    else:
-        packed = None if pack is None else _packed_gamma(pack, gamma, C, gs, gb)
+    packed = None if pack is None else _packed_gamma(pack, gamma, C, gs, gb, splits,
+                                                     lay == "channels_last")
     fn(x.data_ptr(), y.data_ptr(), _CK_DTYPES[x.dtype], N, C, H * W, lay == "channels_last",
        gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0), gamma.stride(1),
        beta.data_ptr(), _CK_DTYPES[beta.dtype], beta.stride(0), 1.0 if gs is None else gs,
@@ -547,51 +545,37 @@ def _run_kernel(fn, x, beta, gamma, lay, inverse, scalars, splits, r=None, pack=
 
 #: name -> (packed size binding, packing binding, element dtype) of the kernels' gamma panels
 _PACKINGS = {"bf16": ("gdn_bf16_packed_size", "gdn_pack_bf16", torch.int16),
-             "avx2": ("gdn_avx2_packed_size", "gdn_pack_avx2", torch.float32)}
-
-
-def _packed_gamma_amx(gamma: torch.Tensor, C: int, gs: Optional[float], gb: Optional[float],
-                      splits: int, channels_last: bool) -> Optional[torch.Tensor]:
-    """gamma_k packed for the AMX kernel (``gdn_pack_amx``: int16 bf16 parts for ``splits`` 1 or
-    3, in the layout's operand order), a 1-D CPU tensor cached as :func:`_packed_gamma`'s (per
-    width, scalars, splits and layout); None when ``USE_PACKED_GAMMA`` is off or C is below
-    ``PACKED_GAMMA_MIN_C`` (the kernel's own one-entry cache then). The kernel keeps one packed
-    gamma per thread, and a transform's GDN layers alternate: every call repacked (~24 us at
-    C = 192) and compared gamma's bytes on a hit."""
-    if not USE_PACKED_GAMMA or C < PACKED_GAMMA_MIN_C:
-        return None
-    gs, gb = 1.0 if gs is None else gs, 0.0 if gb is None else gb
-    K = _fused_kernels()
-
-    def build():
-        out = torch.empty(K.gdn_amx_packed_size(C, splits), dtype=torch.int16, device="cpu")
-        K.gdn_pack_amx(gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0),
-                       gamma.stride(1), C, gs, gb, splits, channels_last, out.data_ptr())
-        return out
-    return _cached(("gdn-amx", C, gs, gb, splits, channels_last), (gamma,), build)
+             "avx2": ("gdn_avx2_packed_size", "gdn_pack_avx2", torch.float32),
+             "amx": ("gdn_amx_packed_size", "gdn_pack_amx", torch.int16)}
 
 
 def _packed_gamma(kind: str, gamma: torch.Tensor, C: int, gs: Optional[float],
-                  gb: Optional[float]) -> Optional[torch.Tensor]:
+                  gb: Optional[float], splits: int = 1,
+                  channels_last: bool = True) -> Optional[torch.Tensor]:
     """gamma_k = ``gamma[:C, :C] * gs + gb`` (``gs``, ``gb``: the SlimGDN+ gamma scalars as
-    floats, None for 1 / 0) packed for the AVX512-BF16 (``kind="bf16"``: int16 bf16 panels) or
-    AVX2 (``"avx2"``: fp32 panels) kernel, a 1-D CPU tensor, cached while gamma keeps its
-    identity, version and storage (the CPU ops' weight cache, :mod:`slimkernels.ops._cache`;
-    an inference tensor is packed anew on every call), per width and scalars; None when
-    ``USE_PACKED_GAMMA`` is off or C is below ``PACKED_GAMMA_MIN_C``: the kernel packs it in
-    the call then (at C = 192, 26 (bf16) and 30 us (AVX2) of a 4x4-pixel call on Zen 4)."""
+    floats, None for 1 / 0) packed for the AVX512-BF16 (``kind="bf16"``: int16 bf16 panels),
+    AVX2 (``"avx2"``: fp32 panels) or AMX (``"amx"``: int16 bf16 parts for ``splits`` 1 or 3, in
+    the operand order of ``channels_last`` or NCHW x) kernel, a 1-D CPU tensor, cached while
+    gamma keeps its identity, version and storage (the CPU ops' weight cache,
+    :mod:`slimkernels.ops._cache`; an inference tensor is packed anew on every call), per width
+    and scalars (and, for AMX, splits and layout); None when ``USE_PACKED_GAMMA`` is off or C is
+    below ``PACKED_GAMMA_MIN_C``: the kernel packs it in the call then (at C = 192, 26 (bf16)
+    and 30 us (AVX2) of a 4x4-pixel call on Zen 4; the AMX kernel keeps one packing per thread,
+    which a transform's alternating GDN layers replaced on every call, ~24 us at C = 192)."""
     if not USE_PACKED_GAMMA or C < PACKED_GAMMA_MIN_C:
         return None
     gs, gb = 1.0 if gs is None else gs, 0.0 if gb is None else gb
-    K = _avx2_kernels()
+    amx = kind == "amx"
+    K = _fused_kernels() if amx else _avx2_kernels()
     size, pack, dtype = _PACKINGS[kind]
+    extra = (splits, channels_last) if amx else ()   # the AMX packing's own parameters
 
     def build():
-        out = torch.empty(getattr(K, size)(C), dtype=dtype, device="cpu")
+        out = torch.empty(getattr(K, size)(C, *extra[:1]), dtype=dtype, device="cpu")
         getattr(K, pack)(gamma.data_ptr(), _CK_DTYPES[gamma.dtype], gamma.stride(0),
-                         gamma.stride(1), C, gs, gb, out.data_ptr())
+                         gamma.stride(1), C, gs, gb, *extra, out.data_ptr())
         return out
-    return _cached(("gdn-" + kind, C, gs, gb), (gamma,), build)
+    return _cached(("gdn-" + kind, C, gs, gb, *extra), (gamma,), build)
 
 
 def _avx2_training_covers(x, beta, gamma, cd, channels_last) -> bool:

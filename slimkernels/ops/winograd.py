@@ -333,9 +333,8 @@ def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int
     # y in x's dtype: the output transform rounds a bf16 y itself (no fp32 y and cast pass)
     y = torch.empty((N, co, Ho, Wo), dtype=xc.dtype, device="cpu",
                     memory_format=torch.channels_last)
-    yb = xc.dtype == torch.bfloat16
     gemm512 = not bf16 and _gemm_avx512() and U.is_contiguous()
-    xb = xc.dtype == torch.bfloat16
+    xb = xc.dtype == torch.bfloat16   # x and y bf16
     for t0 in range(0, T, tc):
         n = min(tc, T - t0)
         V = ws[:36 * n * kdim]
@@ -351,7 +350,7 @@ def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int
         else:
             torch.bmm(V, U, out=M)
         K.winograd_output(M.data_ptr(), b, N, th, tw, co, r, Ho, Wo, t0, n, y.data_ptr(), nt,
-                          y_bf16=yb)
+                          y_bf16=xb)
     return y
 
 
