@@ -17,16 +17,23 @@ import sys
 
 import torch
 
-import slimkernels._cpu_kernels as NEW
+try:
+    import slimkernels._cpu_kernels as NEW
+except ImportError:  # built without the optional CPU kernels: load() still serves bench/ab_coder.py
+    NEW = None
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_conv_avx2 import interleaved_ms  # noqa: E402
 
 
 def load(path):
-    """The extension module at ``path`` under another package name (same init symbol)."""
-    loader = importlib.machinery.ExtensionFileLoader("ab_other._cpu_kernels", path)
-    spec = importlib.util.spec_from_file_location("ab_other._cpu_kernels", path, loader=loader)
+    """The extension module at ``path`` (e.g. ``.../_coder.cpython-311-x86_64-linux-gnu.so``)
+    under another package name, ``ab_other.<its module name>``: same init symbol, a module of
+    its own next to the installed one (loaded under its usual name, CPython would hand back the
+    installed module instead)."""
+    name = "ab_other." + os.path.basename(path).split(".")[0]
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     mod = importlib.util.module_from_spec(spec)
     loader.exec_module(mod)
     return mod
@@ -40,6 +47,8 @@ def main(argv=None) -> int:
     ap.add_argument("--widths", default="192,96,48")
     ap.add_argument("--scale", type=int, default=1, help="divide the image sizes (quick runs)")
     a = ap.parse_args(argv)
+    if NEW is None:
+        ap.error("slimkernels._cpu_kernels is not built here: nothing to compare with")
     old = load(a.other)
     torch.set_num_threads(a.threads)
     print("| layer | width | transform | other ms | this ms | this speed-up |\n"

@@ -119,12 +119,13 @@ def static_table(n=1, h=512, w=768) -> List[Dict]:
 # ------------------------------------------------------------------------------------- timing
 def interleaved_medians(fns: Dict[str, Callable], rounds: int, warmup: int = 1,
                         sync: Callable = lambda: None, mins: Dict[str, float] = None,
-                        shuffle: bool = True) -> Dict[str, float]:
+                        shuffle: bool = True, before: Callable = None) -> Dict[str, float]:
     """Median wall time (ms) of every fn, timed one call each per round, rounds interleaved.
     ``mins`` (optional dict) receives the best time of each fn (robust to a busy machine).
     ``shuffle``: a new call order every round (fixed seed), so that no fn always runs after the
     same neighbour (on CPU a small conv is ~20 % faster right after a call that left its weight
-    in cache than after one that evicted it)."""
+    in cache than after one that evicted it). ``before`` (optional): called, untimed, before
+    every timed call (e.g. the work that precedes the timed step in real use)."""
     import random
     rng = random.Random(0)
     for _ in range(warmup):
@@ -137,6 +138,9 @@ def interleaved_medians(fns: Dict[str, Callable], rounds: int, warmup: int = 1,
         if shuffle:
             rng.shuffle(order)
         for k, f in order:
+            if before is not None:
+                before()
+                sync()
             t0 = time.perf_counter()
             f()
             sync()
