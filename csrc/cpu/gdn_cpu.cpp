@@ -170,10 +170,12 @@ SK_TARGET inline void store16(void* base, int dtype, int64_t idx, __m512 v, __mm
 
 // x * rsqrt(n) (GDN) or x * sqrt(n) (IGDN); rsqrt14 + one Newton step (relative error ~1e-7),
 // with exact IEEE results at n = +-0, +inf (rsqrt(0) = inf, sqrt(inf) = inf, ...) and NaN for
-// n < 0 or NaN.
-template <bool INV>
+// n < 0 or NaN. NEWTON = false (a bf16 y): rsqrt14 alone, relative error < 2^-14, 32x below
+// bf16's rounding and 16x below that of the bf16 x^2 the products read; same IEEE cases.
+template <bool INV, bool NEWTON = true>
 SK_TARGET inline __m512 gdn_apply(__m512 x, __m512 n) {
   const __m512 r0 = _mm512_rsqrt14_ps(n);
+  if constexpr (!NEWTON) return _mm512_mul_ps(x, INV ? _mm512_mul_ps(n, r0) : r0);
   const __m512 nr = _mm512_mul_ps(n, r0);
   // r = r0 * (1.5 - 0.5 * n * r0^2)
   const __m512 h = _mm512_mul_ps(_mm512_set1_ps(0.5f), r0);
@@ -195,14 +197,15 @@ inline __mmask16 tail_mask(int64_t n) {
 }
 
 // ---------------------------------------------------------------- channels_last worker
-// zb: A = [32 x K3] bf16, zeroed; nb: [32 x Cpad] fp32
-template <bool INV>
+// zb: A = [32 x K3] bf16, zeroed; nb: [32 x Cpad] fp32. XD: x's (and y's) dtype, a constant
+// (no dtype test per vector).
+template <bool INV, int XD>
 SK_TARGET void run_cl(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t row0,
                       int64_t row1) {
   const int64_t C = p.C, K3 = p.K3, Kpad = p.Kpad, Cpad = p.Cpad;
   uint16_t* const zb = sc.z;
   float* const nb = sc.n;
-  const int xd = a.xdtype;
+  constexpr int xd = XD;
   bool tail_zeroed = false;
   for (int64_t r0 = row0; r0 < row1; r0 += kClRows) {
     const int64_t nr = std::min<int64_t>(kClRows, row1 - r0);
@@ -234,7 +237,7 @@ SK_TARGET void run_cl(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t row0
         const __mmask16 m = tail_mask(C - c);
         const __m512 v = load16(a.x, xd, xo + c, m);
         const __m512 n = _mm512_add_ps(_mm512_loadu_ps(nr_ + c), _mm512_loadu_ps(p.beta + c));
-        store16(a.y, xd, xo + c, gdn_apply<INV>(v, n), m);
+        store16(a.y, xd, xo + c, gdn_apply<INV, XD != kBF16>(v, n), m);
       }
     }
   }
@@ -514,8 +517,13 @@ int gdn_forward(const GdnArgs& a) {
     if (a.channels_last) {
       const int64_t P = a.N * a.HW;
       const int64_t r0 = u0 * kClRows, r1 = std::min<int64_t>(P, u1 * kClRows);
-      if (a.inverse) run_cl<true>(a, p, sc, r0, r1);
-      else run_cl<false>(a, p, sc, r0, r1);
+      if (a.xdtype == kBF16) {
+        if (a.inverse) run_cl<true, kBF16>(a, p, sc, r0, r1);
+        else run_cl<false, kBF16>(a, p, sc, r0, r1);
+      } else {
+        if (a.inverse) run_cl<true, kF32>(a, p, sc, r0, r1);
+        else run_cl<false, kF32>(a, p, sc, r0, r1);
+      }
     } else {
       if (a.inverse) run_nchw<true>(a, p, sc, u0, u1);
       else run_nchw<false>(a, p, sc, u0, u1);

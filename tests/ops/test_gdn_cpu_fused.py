@@ -112,6 +112,31 @@ def test_fused_matches_float64(C, dtype, channels_last, inverse, scalars):
 
 
 @needs_fused
+@pytest.mark.parametrize("C", [48, 72, 192])
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_bf16_within_one_ulp_of_its_own_products(C, inverse, channels_last):
+    """A bf16 x: y is x * rsqrt(n) (x * sqrt(n)) of the kernel's own n (beta + bf16 gamma times
+    bf16 x^2, exact sums) to within one bf16 unit in the last place. The channels_last kernel
+    takes rsqrt14 without a Newton step for a bf16 y (relative error < 2^-14, far below the
+    2^-9 of the rounding to bf16): a cruder root (2^-8 or worse) breaks this bound."""
+    beta, gamma = _params(5)
+    x = _x(1, C, 16, 24, channels_last, torch.bfloat16, seed=6)
+    with torch.no_grad():
+        y = gdn(x, beta, gamma, inverse=inverse)
+    assert gdn_mod.last_cpu_path == "fused"
+    xd = x.double()
+    z = (x.float() ** 2).bfloat16().double()
+    g = gamma[:C, :C].bfloat16().double()
+    n = beta[:C].double().view(1, C, 1, 1) + torch.einsum("ij,njhw->nihw", g, z)
+    ref = xd * (n.sqrt() if inverse else n.rsqrt())
+    ulp = torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(1e-30))) - 7)  # bf16: 8 bits
+    err = (y.double() - ref).abs() / ulp
+    assert torch.isfinite(y).all()
+    assert err.max().item() <= 1.0, err.max().item()
+
+
+@needs_fused
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_many_blocks_two_threads(channels_last, dtype):
