@@ -303,13 +303,15 @@ def _tables(eb) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
             eb._offset.cpu().numpy())
 
 
-def _dense(t: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_format
-           ) -> torch.Tensor:
+def _dense(t: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_format,
+           ranges: Optional[list] = None) -> torch.Tensor:
     """``t`` in ``dtype`` and ``memory_format`` with the dense strides of that format (one copy,
     or none when ``t`` already is). ``Tensor.contiguous`` keeps degenerate strides of size-1
     dimensions (a batch stride of 3 for a channels_last view of an HWC image); this does not. A
     single image whose other strides are the dense ones is returned as a view with the dense
-    strides (no copy)."""
+    strides (no copy). ``ranges`` (a list, optional): receives ``(min, max)`` of ``t``'s values
+    when the copy is the fp32 -> bf16 image cast, which measures them in the same pass
+    (:func:`~slimkernels.ops.image_io.image_to_bf16`); nothing otherwise."""
     N, C, H, W = t.shape
     want = ((C * H * W, 1, W * C, C) if memory_format == torch.channels_last
             else (C * H * W, H * W, W, 1))
@@ -319,7 +321,12 @@ def _dense(t: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_form
         return t.as_strided(t.shape, want)   # one image: only the batch stride differs, a view
     if t.is_cpu and t.dtype == torch.float32 and dtype == torch.bfloat16 and \
             memory_format == torch.channels_last:
-        return image_to_bf16(t)   # one pass where the compiled kernel runs, torch's passes else
+        # one pass where the compiled kernel runs, torch's passes else
+        if ranges is None:
+            return image_to_bf16(t)
+        out, rng = image_to_bf16(t, with_range=True)
+        ranges.append(rng)
+        return out
     if t.is_cpu and t.dtype.itemsize > dtype.itemsize and t.is_contiguous() and \
             memory_format == torch.channels_last:
         # NCHW -> channels_last with a narrowing cast: cast first (a dense pass), then the
@@ -431,6 +438,12 @@ def _check_pixel_range(x: torch.Tensor, grid: int = 64) -> None:
     H, W = x.shape[-2:]
     sample = x[..., ::max(1, H // grid), ::max(1, W // grid)]
     lo, hi = (float(v) for v in torch.aminmax(sample.float()))
+    _check_value_range(lo, hi)
+
+
+def _check_value_range(lo: float, hi: float) -> None:
+    """ValueError if an image's values, ``lo`` .. ``hi`` (floats; NaN: the image holds a NaN),
+    are not finite or reach outside :data:`PIXEL_RANGE`."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("compress: the image is not finite (it holds NaN or inf); pass a finite "
                          "float image in [0, 1]")
@@ -688,7 +701,8 @@ class SlimCodec(nn.Module):
         return _dense(t, t.dtype, torch.channels_last if self._params_channels_last()
                       else torch.contiguous_format)
 
-    def _image_input(self, x: torch.Tensor, precision: str) -> torch.Tensor:
+    def _image_input(self, x: torch.Tensor, precision: str,
+                     ranges: Optional[list] = None) -> torch.Tensor:
         """The padded image as the analysis transform's input, in ONE copy at most.
 
         Layout: ``input_channels_last`` when set; else on CPU and CUDA channels_last (the
@@ -698,7 +712,8 @@ class SlimCodec(nn.Module):
         ones: an image read from an HWC buffer is "channels_last" with batch stride 3, which
         oneDNN runs 1.7-3x slower in bf16 (measured, Kodak 768x512). In bf16, when ``g_a`` starts
         with a :class:`~slimkernels.nn.SlimConv2d` (which casts its input to bf16 anyway), the
-        cast is done here in the same copy."""
+        cast is done here in the same copy. ``ranges``: as for :func:`_dense` (the image's
+        ``(min, max)`` when that cast measured them)."""
         from .nn.conv import SlimConv2d
 
         cl = self._transforms_channels_last(x.device)
@@ -707,7 +722,7 @@ class SlimCodec(nn.Module):
         first = self.g_a[0] if isinstance(self.g_a, nn.Sequential) and len(self.g_a) else None
         dtype = (torch.bfloat16 if precision == "bf16" and isinstance(first, SlimConv2d)
                  else x.dtype)
-        return _dense(x, dtype, torch.channels_last if cl else torch.contiguous_format)
+        return _dense(x, dtype, torch.channels_last if cl else torch.contiguous_format, ranges)
 
     def _latent_input(self, eb, sym: torch.Tensor, precision: str) -> torch.Tensor:
         """The dequantized latent ``y_hat`` (float32 ``sym + median``) as the synthesis
@@ -764,9 +779,10 @@ class SlimCodec(nn.Module):
 
         Raises:
             ValueError: bad shape, dtype, width or precision; an image whose values are far
-                outside [0, 1] (e.g. 0-255 pixel values; a sample of ~12k values is checked,
-                see :data:`PIXEL_RANGE`); an image (or model) that is not finite (NaN / inf
-                reach the latent).
+                outside [0, 1] (e.g. 0-255 pixel values; see :data:`PIXEL_RANGE`: every value
+                is checked where the CPU's bf16 cast of the image measures them in its pass, a
+                sample of ~12k values elsewhere); an image (or model) that is not finite (NaN /
+                inf reach the latent).
             RuntimeError: :meth:`update` was not called.
         """
         width = self._width(width)
@@ -779,8 +795,13 @@ class SlimCodec(nn.Module):
         if x.shape[-2] < 1 or x.shape[-1] < 1:
             raise ValueError(f"compress expects an image of at least 1x1 pixels, got "
                              f"{tuple(x.shape)}")
-        _check_pixel_range(x)
         dev = self._coding_device("compress")
+        # On CPU the range is checked after the cast to the transform's input, which measures
+        # every value in its own pass in bf16 (a sampled check of its own read ~0.1 ms of a cold
+        # 768x512 image right after a transform); elsewhere first, on a sample.
+        deferred = x.is_cpu and dev.type == "cpu"
+        if not deferred:
+            _check_pixel_range(x)
         precision = resolve_precision(precision, dev)
         eb = self.entropy_bottleneck.for_width(width)
         if not eb.has_tables():
@@ -791,7 +812,14 @@ class SlimCodec(nn.Module):
         x = x.to(dev, torch.float32)
         if ph or pw:
             x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
-        x = self._image_input(x, precision)
+        ranges = [] if deferred else None
+        image = x
+        x = self._image_input(x, precision, ranges)
+        if deferred:
+            if ranges:
+                _check_value_range(*ranges[0])
+            else:
+                _check_pixel_range(image)
         mid = self.model_id()   # once: the graph cache's key and the container's field
         y = self._transform("encode", lambda t: self.encode(t, width), x, (width, precision),
                             dev, precision, cuda_graph, mid)

@@ -685,6 +685,36 @@ def test_compress_accepts_slight_overshoot_and_edge_values(model):
         model.compress(x, 12)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_compress_checks_every_value_in_the_bf16_cast(model, monkeypatch, layout):
+    """On CPU in bf16 the image's cast to the transform's input measures the range of every value
+    (image_to_bf16 with_range): a value off the sampling grid is refused, a NaN there is reported
+    as not finite, and the sampled check (a pass of its own over the image) does not run."""
+    from slimkernels import codec
+    from slimkernels.ops import image_io
+    if image_io._kernels() is None:
+        pytest.skip("no AVX-512 image cast here: the sampled check runs")
+    x = torch.rand(1, 3, 256, 256)               # sampling grid: every 4th row and column
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def sampled(_x, grid=64):
+        raise AssertionError("the sampled pixel-range check ran")
+    monkeypatch.setattr(codec, "_check_pixel_range", sampled)
+    data = model.compress(x, 12, precision="bf16")
+    assert model.decompress(data).shape == x.shape
+    for bad, match in ((200.0, r"values reach \S+ \.\. 200 \(0-255"), (float("nan"), "not finite"),
+                       (-float("inf"), "not finite")):
+        y = x.clone(memory_format=torch.channels_last if layout == "channels_last"
+                    else torch.contiguous_format)
+        y[0, 2, 129, 131] = bad                   # off the grid
+        with pytest.raises(ValueError, match=match):
+            model.compress(y, 12, precision="bf16")
+    # fp32: no bf16 cast, so the sampled check runs (and raises here, as patched)
+    with pytest.raises(AssertionError, match="sampled"):
+        model.compress(x, 12, precision="fp32")
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_coding_a_model_converted_from_float32_says_what_to_do(model, dtype):
     import copy

@@ -159,15 +159,18 @@ void dequantize_latents_py(uintptr_t sym, int64_t N, int64_t C, int64_t H, int64
 
 namespace {
 
-void image_to_bf16_py(uintptr_t x, bool channels_last, int64_t N, int64_t C, int64_t H, int64_t W,
-                      uintptr_t out, int nthreads) {
+py::tuple image_to_bf16_py(uintptr_t x, bool channels_last, int64_t N, int64_t C, int64_t H,
+                           int64_t W, uintptr_t out, int nthreads) {
   sk::ImageToBf16Args a;
   a.x = reinterpret_cast<const float*>(x);
   a.channels_last = channels_last;
   a.N = N; a.C = C; a.H = H; a.W = W;
   a.out = reinterpret_cast<uint16_t*>(out);
+  float range[2] = {0.0f, 0.0f};
+  a.range = range;
   a.nthreads = nthreads;
   call_released(sk::image_to_bf16, a, sk::image_io_error_message, "image_to_bf16");
+  return py::make_tuple(range[0], range[1]);
 }
 
 void bf16_to_image_py(uintptr_t x, uintptr_t out, int64_t n, float lo, float hi, int nthreads) {
@@ -455,7 +458,8 @@ PYBIND11_MODULE(_cpu_kernels, m) {
   m.def("image_to_bf16", &image_to_bf16_py, py::arg("x"), py::arg("channels_last"), py::arg("N"),
         py::arg("C"), py::arg("H"), py::arg("W"), py::arg("out"), py::arg("nthreads"),
         "out bf16 [N, C, H, W] dense channels_last = x rounded as torch does (see "
-        "csrc/cpu/image_io.hpp); x fp32 contiguous NCHW or dense channels_last.");
+        "csrc/cpu/image_io.hpp); x fp32 contiguous NCHW or dense channels_last. Returns (min, "
+        "max) of x's values, both NaN when x holds a NaN (0, 0 for an empty x).");
   m.def("bf16_to_image", &bf16_to_image_py, py::arg("x"), py::arg("out"), py::arg("n"),
         py::arg("lo"), py::arg("hi"), py::arg("nthreads"),
         "out fp32 [n] = clamp(float(x), lo, hi) elementwise, NaN kept; x bf16 [n].");

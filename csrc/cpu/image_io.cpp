@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "amx_tiles.hpp"  // SK_HAVE_AMX_CODE, for_rows, cpu_avx512bw
 #include "cpu_common.hpp"  // detail::to_bf16_bits, detail::bf16_to_float
@@ -27,14 +28,32 @@ inline float clamp_keep_nan(float v, float lo, float hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }
 
-// Scalar: pixels [w0, w1) of row (n, h).
-void to_bf16_row_scalar(const ImageToBf16Args& a, int64_t n, int64_t h, int64_t w0, int64_t w1) {
+// The value range of a row (see ImageToBf16Args::range): min, max and whether a NaN was seen.
+struct Range {
+  float lo = INFINITY, hi = -INFINITY;
+  bool nan = false;
+  void add(float v) {
+    if (v != v) nan = true;
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  }
+  void add(const Range& o) {
+    nan = nan || o.nan;
+    lo = std::min(lo, o.lo);
+    hi = std::max(hi, o.hi);
+  }
+};
+
+// Scalar: pixels [w0, w1) of row (n, h); their values into rg.
+void to_bf16_row_scalar(const ImageToBf16Args& a, int64_t n, int64_t h, int64_t w0, int64_t w1,
+                        Range& rg) {
   uint16_t* o = a.out + (n * a.H + h) * a.W * a.C;
   for (int64_t w = w0; w < w1; ++w)
     for (int64_t c = 0; c < a.C; ++c) {
       const int64_t i = a.channels_last ? ((n * a.H + h) * a.W + w) * a.C + c
                                         : ((n * a.C + c) * a.H + h) * a.W + w;
       o[w * a.C + c] = to_bf16_bits(a.x[i]);
+      rg.add(a.x[i]);
     }
 }
 
@@ -51,10 +70,34 @@ SK_ITARGET inline __m512i round16(__m512 v) {
   return _mm512_mask_blend_epi32(nan, r, _mm512_set1_epi32(0x7fc0));
 }
 
-// 32 fp32 at p -> 32 bf16 in one register (lane order kept)
-SK_ITARGET inline __m512i round32(const float* p) {
-  const __m256i lo = _mm512_cvtepi32_epi16(round16(_mm512_loadu_ps(p)));
-  const __m256i hi = _mm512_cvtepi32_epi16(round16(_mm512_loadu_ps(p + 16)));
+// Running min / max of vectors and whether a lane was NaN (min / max return their second
+// operand when one is NaN: the loaded value second, so a NaN lane does not stick; hence the mask).
+struct VRange {
+  __m512 lo, hi;
+  __mmask16 nan;
+};
+
+SK_ITARGET inline VRange vrange_init() {
+  return VRange{_mm512_set1_ps(INFINITY), _mm512_set1_ps(-INFINITY), 0};
+}
+
+SK_ITARGET inline void vrange_add(VRange& r, __m512 v) {
+  r.lo = _mm512_min_ps(r.lo, v);
+  r.hi = _mm512_max_ps(r.hi, v);
+  r.nan = static_cast<__mmask16>(r.nan | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
+}
+
+SK_ITARGET inline void vrange_into(const VRange& r, Range& rg) {
+  rg.add(Range{_mm512_reduce_min_ps(r.lo), _mm512_reduce_max_ps(r.hi), r.nan != 0});
+}
+
+// 32 fp32 at p -> 32 bf16 in one register (lane order kept); the values into r
+SK_ITARGET inline __m512i round32(const float* p, VRange& r) {
+  const __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
+  vrange_add(r, a);
+  vrange_add(r, b);
+  const __m256i lo = _mm512_cvtepi32_epi16(round16(a));
+  const __m256i hi = _mm512_cvtepi32_epi16(round16(b));
   return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
@@ -78,18 +121,23 @@ struct Interleave3 {
   }
 };
 
-SK_ITARGET void to_bf16_row_simd(const ImageToBf16Args& a, int64_t n, int64_t h) {
+SK_ITARGET void to_bf16_row_simd(const ImageToBf16Args& a, int64_t n, int64_t h, Range& rg) {
   const int64_t W = a.W, C = a.C;
   uint16_t* o = a.out + (n * a.H + h) * W * C;
+  VRange vr = vrange_init();
   if (a.channels_last) {  // a flat cast of the row
     const float* x = a.x + (n * a.H + h) * W * C;
     const int64_t m = W * C, m32 = m / 32 * 32;
-    for (int64_t i = 0; i < m32; i += 32) _mm512_storeu_si512(o + i, round32(x + i));
-    for (int64_t i = m32; i < m; ++i) o[i] = to_bf16_bits(x[i]);
+    for (int64_t i = 0; i < m32; i += 32) _mm512_storeu_si512(o + i, round32(x + i, vr));
+    for (int64_t i = m32; i < m; ++i) {
+      o[i] = to_bf16_bits(x[i]);
+      rg.add(x[i]);
+    }
+    vrange_into(vr, rg);
     return;
   }
   if (C != 3) {
-    to_bf16_row_scalar(a, n, h, 0, W);
+    to_bf16_row_scalar(a, n, h, 0, W, rg);
     return;
   }
   static const Interleave3 il;
@@ -98,7 +146,7 @@ SK_ITARGET void to_bf16_row_simd(const ImageToBf16Args& a, int64_t n, int64_t h)
   const float* p2 = p1 + a.H * W;
   const int64_t W32 = W / 32 * 32;
   for (int64_t w = 0; w < W32; w += 32) {
-    const __m512i r0 = round32(p0 + w), r1 = round32(p1 + w), r2 = round32(p2 + w);
+    const __m512i r0 = round32(p0 + w, vr), r1 = round32(p1 + w, vr), r2 = round32(p2 + w, vr);
     uint16_t* d = o + w * 3;
     for (int j = 0; j < 3; ++j) {
       __m512i v = _mm512_permutex2var_epi16(r0, _mm512_load_si512(il.idx01[j]), r1);
@@ -106,7 +154,8 @@ SK_ITARGET void to_bf16_row_simd(const ImageToBf16Args& a, int64_t n, int64_t h)
       _mm512_storeu_si512(d + 32 * j, v);
     }
   }
-  if (W32 < W) to_bf16_row_scalar(a, n, h, W32, W);
+  if (W32 < W) to_bf16_row_scalar(a, n, h, W32, W, rg);
+  vrange_into(vr, rg);
 }
 
 SK_ITARGET void to_image_simd(const Bf16ToImageArgs& a, int64_t i0, int64_t i1) {
@@ -140,16 +189,26 @@ int image_to_bf16(const ImageToBf16Args& a) {
   if (a.N * a.C * a.H * a.W == 0) return kIOk;
   if (a.x == nullptr || a.out == nullptr) return kIBadArgs;
   const bool wide = image_io_simd_available();
+  // one Range per row (a few KB), merged after: rows run on any thread
+  std::vector<Range> rows(static_cast<size_t>(a.range ? a.N * a.H : 0));
   for_rows(a.N * a.H, a.W * a.C, a.nthreads, [&](int64_t r) {
+    Range local;
+    Range& rg = a.range ? rows[static_cast<size_t>(r)] : local;
 #if SK_HAVE_AMX_CODE
     if (wide) {
-      to_bf16_row_simd(a, r / a.H, r % a.H);
+      to_bf16_row_simd(a, r / a.H, r % a.H, rg);
       return;
     }
 #endif
-    to_bf16_row_scalar(a, r / a.H, r % a.H, 0, a.W);
+    to_bf16_row_scalar(a, r / a.H, r % a.H, 0, a.W, rg);
   });
   (void)wide;
+  if (a.range) {
+    Range all;
+    for (const Range& r : rows) all.add(r);
+    a.range[0] = all.nan ? NAN : all.lo;
+    a.range[1] = all.nan ? NAN : all.hi;
+  }
   return kIOk;
 }
 

@@ -15,6 +15,9 @@ struct ImageToBf16Args {
   int64_t N = 0, C = 0, H = 0, W = 0;
   // out: bf16 [N, C, H, W] dense channels_last (element (n, c, h, w) at ((n*H + h)*W + w)*C + c).
   uint16_t* out = nullptr;
+  // range (optional, may be null): receives {min, max} over every value of x, both NaN when x
+  // holds a NaN (in the same pass: compress checks the pixel range without a pass of its own).
+  float* range = nullptr;
   int nthreads = 1;
 };
 

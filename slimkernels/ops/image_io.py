@@ -10,12 +10,14 @@ A 768x512 Kodak image, 2 threads, AMX Xeon: ``image_to_bf16`` of an NCHW image a
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 
 from .._cpu import cpu_kernels
 
 __all__ = ["image_to_bf16", "image_to_bf16_reference", "bf16_to_image",
-           "bf16_to_image_reference"]
+           "bf16_to_image_reference", "value_range"]
 
 
 def _kernels():
@@ -38,17 +40,29 @@ def _has_strides(x: torch.Tensor, want: tuple) -> bool:
     return x.stride()[1:] == want[1:] and (x.shape[0] == 1 or x.stride()[0] == want[0])
 
 
-def image_to_bf16_reference(x: torch.Tensor) -> torch.Tensor:
+def value_range(x: torch.Tensor) -> Tuple[float, float]:
+    """``(min, max)`` of ``x``'s values as floats, both NaN when ``x`` holds a NaN (``(0.0,
+    0.0)`` for an empty ``x``); what :func:`image_to_bf16` measures with ``with_range=True``."""
+    if x.numel() == 0:
+        return 0.0, 0.0
+    lo, hi = torch.aminmax(x.detach())   # NaN anywhere: both NaN
+    return float(lo), float(hi)
+
+
+def image_to_bf16_reference(x: torch.Tensor, with_range: bool = False):
     """:func:`image_to_bf16` by torch's ops: a dense cast when ``x`` is NCHW (the transposing copy
-    then moves half the bytes), then the copy into channels_last."""
+    then moves half the bytes), then the copy into channels_last; ``with_range``: and
+    :func:`value_range` (a pass of its own)."""
+    rng = value_range(x) if with_range else None
     if x.is_contiguous():
         x = x.to(torch.bfloat16)
     out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device,
                       memory_format=torch.channels_last)
-    return out.copy_(x)
+    out.copy_(x)
+    return (out, rng) if with_range else out
 
 
-def image_to_bf16(x: torch.Tensor) -> torch.Tensor:
+def image_to_bf16(x: torch.Tensor, with_range: bool = False):
     """``x`` (float32 ``[N, C, H, W]``, any layout) as bfloat16 ``[N, C, H, W]`` with dense
     channels_last strides, rounded as torch rounds (``x.to(torch.bfloat16)``).
 
@@ -56,6 +70,13 @@ def image_to_bf16(x: torch.Tensor) -> torch.Tensor:
     dense channels_last (the vector path interleaves 3 channels; other counts take a scalar
     loop); else :func:`image_to_bf16_reference` (which keeps autograd).
 
+    Args:
+        with_range: also return ``(min, max)`` of ``x``'s values (floats; both NaN when ``x``
+            holds a NaN), measured by the kernel in the same pass (``compress`` checks the
+            pixel range with it: no pass of its own over a cold image, ~0.1 ms on a 768x512
+            image right after a transform); torch's ``aminmax`` on the other paths.
+    Returns:
+        The bf16 tensor, or ``(tensor, (min, max))`` with ``with_range``.
     Raises:
         ValueError: ``x`` is not a 4-D float32 tensor.
     """
@@ -64,17 +85,18 @@ def image_to_bf16(x: torch.Tensor) -> torch.Tensor:
                          f"{x.dtype} {tuple(x.shape)}")
     ck = _kernels() if x.is_cpu and not (x.requires_grad and torch.is_grad_enabled()) else None
     if ck is None:
-        return image_to_bf16_reference(x)
+        return image_to_bf16_reference(x, with_range)
     if _has_strides(x, _dense_strides(x, False)) and x.shape[1] == 3:
         cl = False
     elif _has_strides(x, _dense_strides(x, True)):
         cl = True
     else:
-        return image_to_bf16_reference(x)
+        return image_to_bf16_reference(x, with_range)
     out = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device,
                       memory_format=torch.channels_last)
-    ck.image_to_bf16(x.data_ptr(), cl, *x.shape, out.data_ptr(), torch.get_num_threads())
-    return out
+    lo, hi = ck.image_to_bf16(x.data_ptr(), cl, *x.shape, out.data_ptr(),
+                              torch.get_num_threads())
+    return (out, (float(lo), float(hi))) if with_range else out
 
 
 def bf16_to_image_reference(x: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:

@@ -49,6 +49,39 @@ def test_image_to_bf16_bit_exact(shape, channels_last):
     _same_bits(image_io.image_to_bf16_reference(x), x.to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("kernel", [True, False])
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (1, 3, 64, 96), (2, 3, 9, 33), (1, 4, 6, 35),
+                                   (1, 1, 3, 40)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_image_to_bf16_measures_the_value_range(shape, channels_last, kernel, monkeypatch):
+    """with_range: (min, max) of every value, as torch.aminmax; both NaN with a NaN anywhere
+    (vector body or scalar tail, first or last row); inf kept; the same tensor either way."""
+    if kernel and image_io._kernels() is None:
+        pytest.skip("no AVX-512 (F + BW) here or slimkernels._cpu_kernels not built")
+    if not kernel:
+        monkeypatch.setenv("SLIMKERNELS_CPU_KERNELS", "0")
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.rand(*shape, generator=g) * 3 - 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    N, C, H, W = shape
+    cases = [None, (0, 0, 0, 0), (N - 1, C - 1, H - 1, W - 1), (0, C // 2, H // 2, W - 1)]
+    for where in cases:
+        for bad in ((float("nan"), float("inf"), -float("inf")) if where else (None,)):
+            y = x.clone()
+            if where is not None:
+                y[where] = bad
+            out, (lo, hi) = image_io.image_to_bf16(y, with_range=True)
+            _same_bits(out, y.to(torch.bfloat16))
+            ref_lo, ref_hi = (float(v) for v in torch.aminmax(y))
+            if bad is not None and bad != bad:
+                assert lo != lo and hi != hi, (where, lo, hi)
+            else:
+                assert (lo, hi) == (ref_lo, ref_hi), (where, bad, lo, hi, ref_lo, ref_hi)
+                assert (lo, hi) == image_io.value_range(y)
+    assert image_io.image_to_bf16(torch.empty(1, 3, 0, 4), with_range=True)[1] == (0.0, 0.0)
+
+
 @kernels
 @pytest.mark.parametrize("c", [1, 4])
 def test_image_to_bf16_other_channel_counts(c):
