@@ -860,7 +860,8 @@ def _check(x, weight, bias, name, transposed, stride, padding):
 #: ``python bench/bench_conv_amx.py``: A/B in one process, best of 2 medians):
 #: w=48 enc3 1.30x oneDNN, dec1 1.05-1.30x; larger layers (enc2/dec2, 6144 pixels) and w >= 96
 #: are 0.8-1.0x, hence the limits. Set False to always use oneDNN.
-#: ... and, at any size, convs and transposed convs with more than ``AMX_CONV_MAX_CHANNELS``
+#: ... and, at any size, convs and transposed convs with more than
+#: ``AMX_CONV_MISALIGNED_MIN_CHANNELS`` (from sitting 23 to 25: ``AMX_CONV_MAX_CHANNELS``)
 #: channels on both sides when either side is not a multiple of 32 (the AMX tile's K depth),
 #: up to ``AMX_CONV_MISALIGNED_MAX_CHANNELS``: oneDNN's bf16 convs there run at the speed of the
 #: next multiple of 32 or slower (kodim01's dec2 at 144 channels: 4.0 ms, as at 192), where the
@@ -888,9 +889,16 @@ def _check(x, weight, bias, name, transposed, stride, padding):
 #: thread enc1 1.32 / 1.18x, 0.86-0.93x from 96 up, dec3 1.14 / 1.07x, 0.95-1.02x from 96 up.
 #: (Copying each pixel block's tap rows to 64-byte aligned rows first, so that the AMX loads do
 #: not straddle cache lines (~2.4x faster loads alone), measured 0.92-1.3x of this: not kept.)
+#: Twenty-sixth sitting: the misaligned rule from ``AMX_CONV_MISALIGNED_MIN_CHANNELS`` (32) up,
+#: not from ``AMX_CONV_MAX_CHANNELS`` (64): the 5x5/2 layers of kodim01's w=48 (enc2 and dec2,
+#: 6144 output pixels, above ``AMX_CONV_MAX_PIXELS``) ran on oneDNN. Direct / oneDNN, interleaved
+#: in one process (``/tmp/s26/conv48.py``, 40 rounds): 2 threads enc2 / dec2 1.11 / 1.21x at 48
+#: channels, 1.19 / 1.21x at 40, 1.10 / 1.01x at 56; 1 thread 1.05 / 1.10x at 48, 0.95 / 1.12x
+#: at 40, 1.00 / 0.94x at 56; 32 and 64 (multiples of 32) equal.
 CPU_AMX_CONV = True
 AMX_CONV_MAX_CHANNELS = 64
 AMX_CONV_MAX_PIXELS = 3072
+AMX_CONV_MISALIGNED_MIN_CHANNELS = 32
 AMX_CONV_MISALIGNED_MAX_CHANNELS = 256
 AMX_CONV_IMAGE_MAX_CHANNELS = 72
 AMX_CONV_IMAGE_MAX_OUT = 4
@@ -912,7 +920,7 @@ def _use_amx_conv(x, ci, co, pixels, wide_geometry: bool = True, image: bool = F
         return False
     small = image or (ci <= AMX_CONV_MAX_CHANNELS and co <= AMX_CONV_MAX_CHANNELS and
                       pixels <= AMX_CONV_MAX_PIXELS)
-    if not small and not (wide_geometry and AMX_CONV_MAX_CHANNELS < min(ci, co) and
+    if not small and not (wide_geometry and AMX_CONV_MISALIGNED_MIN_CHANNELS < min(ci, co) and
                           max(ci, co) <= AMX_CONV_MISALIGNED_MAX_CHANNELS and (ci % 32 or co % 32)):
         return False
     return x.is_cpu and x.is_contiguous(memory_format=torch.channels_last) and \

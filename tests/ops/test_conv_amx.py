@@ -138,14 +138,17 @@ def test_dispatch_takes_amx_and_falls_back(monkeypatch, transposed):
 
 def test_rule_small_or_misaligned_channels():
     """The direct kernel takes narrow small convs (<= 64 channels, <= 3072 output pixels), and
-    at any size convs of 65..256 channels on both sides where a side is not a multiple of 32;
-    oneDNN keeps multiples of 32 above 64 channels, the image layers (3 channels) and wider."""
+    at any size convs of 33..256 channels on both sides where a side is not a multiple of 32;
+    oneDNN keeps the larger convs of multiples of 32, of at most 32 channels, the image layers (3
+    channels) and wider."""
     x = _x(1, 8, 4, 4, 30)
     big = 64 * 96
     assert C._use_amx_conv(x, 48, 48, 1536) and C._use_amx_conv(x, 64, 64, 3072)
     assert not C._use_amx_conv(x, 64, 64, big) and not C._use_amx_conv(x, 96, 96, 1536)
-    for c in (72, 80, 112, 144, 176, 200, 256 - 8):
+    for c in (40, 48, 56, 72, 80, 112, 144, 176, 200, 256 - 8):
         assert C._use_amx_conv(x, c, c, big), c
+    for c in (16, 24, 32):
+        assert not C._use_amx_conv(x, c, c, big), c
     assert C._use_amx_conv(x, 144, 192, big) and C._use_amx_conv(x, 192, 144, big)
     for c in (96, 128, 160, 192, 256):
         assert not C._use_amx_conv(x, c, c, big), c
