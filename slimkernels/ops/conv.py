@@ -894,10 +894,17 @@ def _check(x, weight, bias, name, transposed, stride, padding):
 #: 6144 output pixels, above ``AMX_CONV_MAX_PIXELS``) ran on oneDNN. Direct / oneDNN, interleaved
 #: in one process (``/tmp/s26/conv48.py``, 40 rounds): 2 threads enc2 / dec2 1.11 / 1.21x at 48
 #: channels, 1.19 / 1.21x at 40, 1.10 / 1.01x at 56; 1 thread 1.05 / 1.10x at 48, 0.95 / 1.12x
-#: at 40, 1.00 / 0.94x at 56; 32 and 64 (multiples of 32) equal.
+#: at 40, 1.00 / 0.94x at 56; 32 and 64 (multiples of 32) equal. And the small-conv limit of the
+#: 5x5/2-like geometries and transposed convs is ``AMX_CONV_SMALL_WIDE_MAX_CHANNELS`` (128), not
+#: 64 (other geometries keep 64): kodim01's enc3 / dec1 at w=96 (1536 pixels; 96 is a multiple of
+#: 32, so the misaligned rule did not take them), direct / oneDNN interleaved in one process
+#: (``/tmp/s26/conv_small.py``): 2 threads 1.18 / 1.27x at 96 channels, 1.25 / 1.04x at 128,
+#: 1.06 / 0.95x at 160, 0.81 / 0.84x at 192; 1 thread 1.01 / 1.12x at 96, 1.00 / 1.06x at 128,
+#: 0.74 / 0.85x at 192.
 CPU_AMX_CONV = True
 AMX_CONV_MAX_CHANNELS = 64
 AMX_CONV_MAX_PIXELS = 3072
+AMX_CONV_SMALL_WIDE_MAX_CHANNELS = 128
 AMX_CONV_MISALIGNED_MIN_CHANNELS = 32
 AMX_CONV_MISALIGNED_MAX_CHANNELS = 256
 AMX_CONV_IMAGE_MAX_CHANNELS = 72
@@ -918,8 +925,8 @@ def _use_amx_conv(x, ci, co, pixels, wide_geometry: bool = True, image: bool = F
     ``CPU_AMX_CONV``)."""
     if not CPU_AMX_CONV:
         return False
-    small = image or (ci <= AMX_CONV_MAX_CHANNELS and co <= AMX_CONV_MAX_CHANNELS and
-                      pixels <= AMX_CONV_MAX_PIXELS)
+    most = AMX_CONV_SMALL_WIDE_MAX_CHANNELS if wide_geometry else AMX_CONV_MAX_CHANNELS
+    small = image or (ci <= most and co <= most and pixels <= AMX_CONV_MAX_PIXELS)
     if not small and not (wide_geometry and AMX_CONV_MISALIGNED_MIN_CHANNELS < min(ci, co) and
                           max(ci, co) <= AMX_CONV_MISALIGNED_MAX_CHANNELS and (ci % 32 or co % 32)):
         return False

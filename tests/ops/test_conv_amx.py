@@ -137,14 +137,15 @@ def test_dispatch_takes_amx_and_falls_back(monkeypatch, transposed):
 
 
 def test_rule_small_or_misaligned_channels():
-    """The direct kernel takes narrow small convs (<= 64 channels, <= 3072 output pixels), and
-    at any size convs of 33..256 channels on both sides where a side is not a multiple of 32;
+    """The direct kernel takes narrow small convs (<= 3072 output pixels; <= 128 channels for
+    5x5/2-like and transposed convs, <= 64 for the others), and at any size convs of 33..256
+    channels on both sides where a side is not a multiple of 32;
     oneDNN keeps the larger convs of multiples of 32, of at most 32 channels, the image layers (3
     channels) and wider."""
     x = _x(1, 8, 4, 4, 30)
     big = 64 * 96
     assert C._use_amx_conv(x, 48, 48, 1536) and C._use_amx_conv(x, 64, 64, 3072)
-    assert not C._use_amx_conv(x, 64, 64, big) and not C._use_amx_conv(x, 96, 96, 1536)
+    assert not C._use_amx_conv(x, 64, 64, big) and not C._use_amx_conv(x, 96, 96, 1536, False)
     for c in (40, 48, 56, 72, 80, 112, 144, 176, 200, 256 - 8):
         assert C._use_amx_conv(x, c, c, big), c
     for c in (16, 24, 32):
@@ -159,6 +160,11 @@ def test_rule_small_or_misaligned_channels():
     # transposed convs); narrow small convs go at any geometry
     assert not C._use_amx_conv(x, 144, 144, big, False)
     assert C._use_amx_conv(x, 48, 48, 1536, False)
+    # small convs of multiples of 32: up to 128 channels for those geometries, 64 for the others
+    for c in (96, 128):
+        assert C._use_amx_conv(x, c, c, 1536) and not C._use_amx_conv(x, c, c, 1536, False), c
+        assert not C._use_amx_conv(x, c, c, big), c
+    assert not C._use_amx_conv(x, 160, 160, 1536) and not C._use_amx_conv(x, 192, 192, 1536)
 
 
 @pytest.mark.parametrize("k, s, direct", [(5, 2, True), (9, 4, True), (3, 2, False),
