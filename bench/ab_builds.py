@@ -30,7 +30,8 @@ def load(path):
     """The extension module at ``path`` (e.g. ``.../_coder.cpython-311-x86_64-linux-gnu.so``)
     under another package name, ``ab_other.<its module name>``: same init symbol, a module of
     its own next to the installed one (loaded under its usual name, CPython would hand back the
-    installed module instead)."""
+    installed module instead). The module name comes from the file name (up to its first dot),
+    so the file must keep its original name."""
     name = "ab_other." + os.path.basename(path).split(".")[0]
     loader = importlib.machinery.ExtensionFileLoader(name, path)
     spec = importlib.util.spec_from_file_location(name, path, loader=loader)

@@ -46,14 +46,14 @@ def _latent_workload(model, image, width: int, precision: str):
 
 
 def compare(exts, work, streams: int, threads: int, rounds: int, before_enc=None,
-            before_dec=None):
+            before_dec=None, precision: int = 16):
     """``(encode ms, decode ms)`` medians per extension in ``exts`` (same order), the calls
     interleaved, the substreams on the pool ``compress`` uses (:func:`codec.coder_pool`); every
     extension's bytes must be the same (ValueError otherwise: the two builds write different
     formats, whose speeds are not comparable here)."""
     sym, idx, cdfs, lengths, offsets = work[:5]
     flat, run = coding._index_run(sym.shape, np.ascontiguousarray(idx, np.int32))
-    args = (cdfs, lengths, offsets, 16)
+    args = (cdfs, lengths, offsets, precision)
     ex = coding._executor(codec.coder_pool())
     datas = [e.encode(sym.reshape(-1), flat, *args, streams, threads, run, executor=ex)
              for e in exts]
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     this, other = coding._ext(), load(a.other)
-    rows = [("Kodak-like synthetic", kodak_like_workload(), None)]
+    rows = [("Kodak-like synthetic", kodak_like_workload(), None)]   # 16-bit CDFs
     widths = [int(w) for w in a.widths.split(",") if w.strip()]
     model = None
     if widths:
@@ -115,8 +115,9 @@ def main(argv=None) -> int:
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16,
                                                      enabled=precision == "bf16"):
                     model.decode(y_hat)
+        bits = 16 if width is None else model.entropy_bottleneck.for_width(width).precision
         (eo, do), (et, dt) = compare([other, this], work, streams, a.threads, a.rounds,
-                                     before_enc, before_dec)
+                                     before_enc, before_dec, bits)
         print(f"| {name} | {streams} | {eo:.3f} / {et:.3f} | {eo / et:.3f}x | "
               f"{do:.3f} / {dt:.3f} | {do / dt:.3f}x |", flush=True)
     return 0

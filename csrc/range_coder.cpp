@@ -662,10 +662,12 @@ SK_INLINE EncRow enc_row(const EncCtx& c, int32_t i) {
 // x + (cmpl << (63 - p)) >= 2^63 (x < 2^63), the sign of one addition: `shifted_cmpl` is
 // cmpl << (63 - p). The word is stored whether or not it goes out (ptr moves only if it does).
 // Without branches: whether a word goes out depends on the data (at 1.6 bits per symbol, one
-// symbol in ~20 per lane), and a branch predicted wrong costs more than the two conditional moves.
-// GCC turns the plain C++ form into a branch, hence the x86-64 assembly: 768x512 latents of the
-// bundled model, one substream, 2-core AMX Xeon VM: 1.61 -> 1.32 ns per symbol at w=72 (0.72 bits
-// per symbol), 1.64 -> 1.37 at w=192 (1.65 bits per symbol); the branch gave 1.25 and 1.64.
+// symbol in ~20 per lane). GCC turns the plain C++ form of this test into a branch, hence the
+// x86-64 assembly. 768x512 latents of the bundled model, one substream, 2-core AMX Xeon VM, ns
+// per symbol at w=72 (0.72 bits per symbol) / w=192 (1.65): the previous code (a comparison with
+// freq << (63 - p), ptr moved by setcc and a subtraction) 1.61 / 1.64; this 1.32 / 1.37; the
+// branch 1.25 / 1.64 (better at low rates, where a word rarely goes out, much worse at high ones:
+// the conditional moves cost the same at every rate).
 SK_INLINE void enc_renorm(uint64_t& x, uint32_t*& ptr, uint64_t shifted_cmpl) {
   ptr[-1] = uint32_t(x);
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(SK_NO_ASM)

@@ -426,8 +426,9 @@ def _dequantize(eb, sym: torch.Tensor, channels_last: bool = False) -> torch.Ten
 STREAM_MIN_SYMBOLS = 1 << 16
 
 
-#: ``compress`` rejects an image with a sampled value outside this range: [0, 1] pixels with
-#: slack for resampling overshoot; it catches 0-255 images passed as floats.
+#: ``compress`` rejects an image with a value outside this range (every value where the CPU's
+#: bf16 cast of the image measures them, a sample elsewhere): [0, 1] pixels with slack for
+#: resampling overshoot; it catches 0-255 images passed as floats.
 PIXEL_RANGE = (-0.5, 1.5)
 
 
@@ -796,9 +797,10 @@ class SlimCodec(nn.Module):
             raise ValueError(f"compress expects an image of at least 1x1 pixels, got "
                              f"{tuple(x.shape)}")
         dev = self._coding_device("compress")
-        # On CPU the range is checked after the cast to the transform's input, which measures
-        # every value in its own pass in bf16 (a sampled check of its own read ~0.1 ms of a cold
-        # 768x512 image right after a transform); elsewhere first, on a sample.
+        # On CPU the range is checked after the image's cast to the transform's input: from
+        # that cast's own measure of every value when it is the bf16 image cast (a sampled check
+        # of its own read ~0.1 ms of a cold 768x512 image right after a transform), else (fp32,
+        # another first layer, no compiled kernel) on a sample, as elsewhere, where it is first.
         deferred = x.is_cpu and dev.type == "cpu"
         if not deferred:
             _check_pixel_range(x)

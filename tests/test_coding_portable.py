@@ -7,6 +7,7 @@ of one and of many symbols, one and several substreams. The driver decodes its b
 same build and fails when they do not give the symbols back.
 """
 import os
+import shlex
 import shutil
 import struct
 import subprocess
@@ -19,17 +20,26 @@ from slimkernels import coding
 from .test_coding import I32_MAX, I32_MIN, _kodak_like, _random_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CXX = os.environ.get("CXX", "c++").split()[0]
+def _compiler():
+    """The C++ compiler command (``$CXX``, which may be e.g. ``ccache g++``, else c++ / g++ /
+    clang++) as a list, or None."""
+    cxx = shlex.split(os.environ.get("CXX", ""))
+    if cxx and shutil.which(cxx[0]):
+        return cxx
+    for name in ("c++", "g++", "clang++"):
+        if shutil.which(name):
+            return [name]
+    return None
 
 
 @pytest.fixture(scope="module")
 def portable_encoder(tmp_path_factory):
     """Path of the encode_file driver built with -DSK_NO_ASM."""
-    cxx = shutil.which(CXX) or shutil.which("g++") or shutil.which("clang++")
+    cxx = _compiler()
     if cxx is None:
         pytest.skip("no C++ compiler to build the portable coder with")
     exe = str(tmp_path_factory.mktemp("portable") / "encode_file")
-    cmd = [cxx, "-O1", "-std=c++17", "-DSK_NO_ASM", "-pthread", "-I", os.path.join(ROOT, "csrc"),
+    cmd = [*cxx, "-O1", "-std=c++17", "-DSK_NO_ASM", "-pthread", "-I", os.path.join(ROOT, "csrc"),
            os.path.join(ROOT, "csrc", "range_coder.cpp"),
            os.path.join(ROOT, "tests", "csrc", "encode_file.cpp"), "-o", exe]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -170,17 +170,23 @@ SK_TARGET inline void store16(void* base, int dtype, int64_t idx, __m512 v, __mm
 
 // x * rsqrt(n) (GDN) or x * sqrt(n) (IGDN); rsqrt14 + one Newton step (relative error ~1e-7),
 // with exact IEEE results at n = +-0, +inf (rsqrt(0) = inf, sqrt(inf) = inf, ...) and NaN for
-// n < 0 or NaN. NEWTON = false (a bf16 y): rsqrt14 alone, relative error < 2^-14, 32x below
-// bf16's rounding and 16x below that of the bf16 x^2 the products read; same IEEE cases.
+// n < 0 or NaN. NEWTON = false (a bf16 y): rsqrt14 alone, relative error < 2^-14: 64x below the
+// rounding of y to bf16 (2^-8) and 32x below what the bf16 x^2 the products read brings to the
+// root (2^-9); the same IEEE cases (IGDN's n * r0 is 0 * inf at n = 0 and inf * 0 at n = inf:
+// those lanes take n, as with the Newton step).
 template <bool INV, bool NEWTON = true>
 SK_TARGET inline __m512 gdn_apply(__m512 x, __m512 n) {
   const __m512 r0 = _mm512_rsqrt14_ps(n);
-  if constexpr (!NEWTON) return _mm512_mul_ps(x, INV ? _mm512_mul_ps(n, r0) : r0);
+  const __mmask16 special = _mm512_fpclass_ps_mask(r0, 0x02 | 0x04 | 0x08 | 0x10);
+  if constexpr (!NEWTON) {
+    if constexpr (INV)
+      return _mm512_mul_ps(x, _mm512_mask_mov_ps(_mm512_mul_ps(n, r0), special, n));
+    return _mm512_mul_ps(x, r0);
+  }
   const __m512 nr = _mm512_mul_ps(n, r0);
   // r = r0 * (1.5 - 0.5 * n * r0^2)
   const __m512 h = _mm512_mul_ps(_mm512_set1_ps(0.5f), r0);
   const __m512 t = _mm512_fnmadd_ps(nr, h, _mm512_set1_ps(1.5f));  // 1.5 - 0.5 n r0^2
-  const __mmask16 special = _mm512_fpclass_ps_mask(r0, 0x02 | 0x04 | 0x08 | 0x10);
   if constexpr (INV) {
     __m512 s = _mm512_mul_ps(nr, t);  // n * r
     s = _mm512_mask_mov_ps(s, special, n);

@@ -859,7 +859,9 @@ def _check(x, weight, bias, name, transposed, stride, padding):
 #: bf16 while padding, saving the separate cast pass). Measured (1 thread, 1x3x512x768 image,
 #: ``python bench/bench_conv_amx.py``: A/B in one process, best of 2 medians):
 #: w=48 enc3 1.30x oneDNN, dec1 1.05-1.30x; larger layers (enc2/dec2, 6144 pixels) and w >= 96
-#: are 0.8-1.0x, hence the limits. Set False to always use oneDNN.
+#: are 0.8-1.0x, hence the limits (since sitting 26 up to ``AMX_CONV_SMALL_WIDE_MAX_CHANNELS`` =
+#: 128 channels for the 5x5/2-like and transposed geometries, see below). Set False to always use
+#: oneDNN.
 #: ... and, at any size, convs and transposed convs with more than
 #: ``AMX_CONV_MISALIGNED_MIN_CHANNELS`` (from sitting 23 to 25: ``AMX_CONV_MAX_CHANNELS``)
 #: channels on both sides when either side is not a multiple of 32 (the AMX tile's K depth),

@@ -8,6 +8,7 @@
 //   offsets[num_cdfs]
 // Output: the encoded bytes. Usage: encode_file IN OUT. Exit 1 with a message on an error,
 // or when the bytes do not decode back to the symbols (with the same build).
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <fstream>

@@ -83,6 +83,29 @@ def test_image_to_bf16_measures_the_value_range(shape, channels_last, kernel, mo
 
 
 @kernels
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_image_to_bf16_value_range_over_threads(channels_last):
+    """An image large enough for several threads (rows split between them): the extremes and a
+    NaN in the second half of the rows are seen (the per-row ranges merged after)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(7)
+        x = torch.rand(1, 3, 256, 384, generator=g)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x[0, 1, 200, 300] = 7.5
+        x[0, 2, 255, 383] = -3.25
+        _, (lo, hi) = image_io.image_to_bf16(x, with_range=True)
+        assert (lo, hi) == (-3.25, 7.5)
+        x[0, 0, 250, 10] = float("nan")
+        _, (lo, hi) = image_io.image_to_bf16(x, with_range=True)
+        assert lo != lo and hi != hi
+    finally:
+        torch.set_num_threads(old)
+
+
+@kernels
 @pytest.mark.parametrize("c", [1, 4])
 def test_image_to_bf16_other_channel_counts(c):
     """NCHW with C != 3 goes to the reference; channels_last to the kernel's flat cast."""
