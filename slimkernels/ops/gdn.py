@@ -421,8 +421,8 @@ def gdn_cpu_fused(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *,
     error of n is at most ~3 * 2^-18 (measured max relative error of y vs float64 on the
     benchmark shapes: 1.9e-6 - 3.2e-6 elementwise), the CPU analogue of TF32 on the GPU path.
     rsqrt: rsqrt14 + one Newton step (~1e-7); for a bf16 channels_last y rsqrt14 alone
-    (< 2^-14 relative, 64x below the rounding of y to bf16; GDN / IGDN 1.10-1.25x faster at
-    128x192 pixels on the AMX VM).
+    (< 2^-14 relative, 64x below the rounding of y to bf16; GDN 1.1-1.23x faster at 128x192
+    pixels on the AMX VM, IGDN 1.0-1.05x).
 
     Args:
         x: ``[N, C, H, W]`` fp32 or bf16 CPU tensor, contiguous NCHW or channels_last.
