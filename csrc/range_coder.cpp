@@ -36,6 +36,14 @@
 #define SK_UNLIKELY(x) (x)
 #endif
 
+// The renormalisations' x86-64 inline assembly (GCC / Clang); -DSK_NO_ASM: the portable C++
+// (tests/test_coding_portable.py checks it writes the same bytes).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(SK_NO_ASM)
+#define SK_X86_ASM 1
+#else
+#define SK_X86_ASM 0
+#endif
+
 #ifndef SK_LUT_BITS
 #define SK_LUT_BITS 12
 #endif
@@ -670,7 +678,7 @@ SK_INLINE EncRow enc_row(const EncCtx& c, int32_t i) {
 // the conditional moves cost the same at every rate).
 SK_INLINE void enc_renorm(uint64_t& x, uint32_t*& ptr, uint64_t shifted_cmpl) {
   ptr[-1] = uint32_t(x);
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(SK_NO_ASM)
+#if SK_X86_ASM
   const uint64_t hi = x >> 32;
   uint32_t* const down = ptr - 1;
   asm("add %[x], %[t]\n\t"
@@ -888,7 +896,7 @@ SK_INLINE void dec_renorm(uint64_t& x, DecState& st) {
     // Xeon VM: 2.31 -> 1.85 ns per symbol at w=72, 2.63 -> 2.16 at w=192, against the
     // arithmetic select below (a shift by a variable count).
     const uint64_t w = load32(st.ptr);
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(SK_NO_ASM)
+#if SK_X86_ASM
     const uint64_t refilled = (x << 32) | w;
     const uint8_t* const next = st.ptr + 4;
     asm("cmp %[low], %[x]\n\t"

@@ -47,7 +47,7 @@ import torch.nn as nn
 
 from . import coding, container
 from ._cpu import cpu_kernels, switched_off as _cpu_switched_off
-from .ops.image_io import bf16_to_image, image_to_bf16
+from .ops.image_io import bf16_to_image, image_to_bf16, value_range
 from ._state import cached_on_module
 from .nn.entropy import check_quantization
 
@@ -438,8 +438,7 @@ def _check_pixel_range(x: torch.Tensor, grid: int = 64) -> None:
     inf elsewhere in the image are reported by the latent check)."""
     H, W = x.shape[-2:]
     sample = x[..., ::max(1, H // grid), ::max(1, W // grid)]
-    lo, hi = (float(v) for v in torch.aminmax(sample.float()))
-    _check_value_range(lo, hi)
+    _check_value_range(*value_range(sample.float()))
 
 
 def _check_value_range(lo: float, hi: float) -> None:

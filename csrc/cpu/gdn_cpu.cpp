@@ -177,12 +177,11 @@ SK_TARGET inline void store16(void* base, int dtype, int64_t idx, __m512 v, __mm
 template <bool INV, bool NEWTON = true>
 SK_TARGET inline __m512 gdn_apply(__m512 x, __m512 n) {
   const __m512 r0 = _mm512_rsqrt14_ps(n);
+  if constexpr (!NEWTON && !INV) return _mm512_mul_ps(x, r0);
+  // r0 = 0 or inf (n = inf or 0): the lanes whose result the exact IEEE cases fix
   const __mmask16 special = _mm512_fpclass_ps_mask(r0, 0x02 | 0x04 | 0x08 | 0x10);
-  if constexpr (!NEWTON) {
-    if constexpr (INV)
-      return _mm512_mul_ps(x, _mm512_mask_mov_ps(_mm512_mul_ps(n, r0), special, n));
-    return _mm512_mul_ps(x, r0);
-  }
+  if constexpr (!NEWTON)
+    return _mm512_mul_ps(x, _mm512_mask_mov_ps(_mm512_mul_ps(n, r0), special, n));
   const __m512 nr = _mm512_mul_ps(n, r0);
   // r = r0 * (1.5 - 0.5 * n * r0^2)
   const __m512 h = _mm512_mul_ps(_mm512_set1_ps(0.5f), r0);

@@ -45,8 +45,8 @@ USE_AVX512_BF16 = True
 #: ``PACKED_GAMMA_MIN_C`` channels: below, packing costs about what the cache check does (Zen 4,
 #: a 4x4-pixel call at C = 48: bf16 21 us either way, AVX2 7.4 packed per call vs 8.4 cached;
 #: at C = 192 bf16 111-121 -> 29 us, AVX2 30 -> 19 us). The AMX kernel likewise
-#: (:func:`_packed_gamma_amx`; its own cache holds one packed gamma per thread, and a transform's
-#: GDN layers alternate: every call repacked): AMX Xeon, 2 threads, two SwitchGDN layers called
+#: (:func:`_packed_gamma` with ``kind="amx"``; its own cache holds one packed gamma per thread,
+#: and a transform's GDN layers alternate: every call repacked): AMX Xeon, 2 threads, two SwitchGDN layers called
 #: alternately on 16x16 pixels (``/tmp/s25/gpack.py``): C = 192 120 -> 83 us per pair (one layer
 #: twice: 72 -> 86, the Python cache's check against the kernel's); kodim01 (``/tmp/s25/pg_ab.py``,
 #: 6 rounds of 15, switched in one process) ``compress`` / ``decompress`` 1.003 / 1.010x at w=192,
