@@ -103,7 +103,8 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
                          int64_t Hp, int64_t Wp, int64_t pad_top, int64_t pad_left, uintptr_t w,
                          uintptr_t tile_nz, int64_t kh, int64_t kw, int64_t stride, int64_t Co,
                          uintptr_t bias, int64_t Ho, int64_t Wo, uintptr_t y, int64_t Hy,
-                         int64_t Wy, int64_t Cy, int64_t phase, int nthreads) {
+                         int64_t Wy, int64_t Cy, int64_t phase, int nthreads,
+                         int group_rows) {
   sk::ConvAmxArgs a;
   a.x = reinterpret_cast<const void*>(x);
   a.xdtype = xdtype;
@@ -117,6 +118,7 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
   a.y = reinterpret_cast<uint16_t*>(y);
   a.Hy = Hy; a.Wy = Wy; a.Cy = Cy; a.phase = phase;
   a.nthreads = nthreads;
+  a.group_rows = group_rows;
   call_released(sk::conv_amx_forward, a, sk::conv_amx_error_message, "conv_amx_forward");
 }
 
@@ -569,7 +571,7 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("kw"),
         py::arg("stride"), py::arg("Co"), py::arg("bias"), py::arg("Ho"), py::arg("Wo"),
         py::arg("y"), py::arg("Hy"), py::arg("Wy"), py::arg("Cy"), py::arg("phase"),
-        py::arg("nthreads"),
+        py::arg("nthreads"), py::arg("group_rows") = 2,
         "Direct AMX-BF16 conv on raw pointers (see csrc/cpu/conv_amx.hpp): x [N, H, W, C] "
         "dense channels_last fp32 (xdtype 0) or bf16 (1), padded into [N, Hp, Wp, C] inside; "
         "w VNNI-packed bf16 (tile_nz: uint8 per B tile, 0 = all zero, skipped; or 0 = none), "

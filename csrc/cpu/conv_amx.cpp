@@ -140,21 +140,47 @@ struct ChunkLists {
   const int64_t* nq;
 };
 
+// The blocks of group g (up to kMaxBlocks): with group_rows == 2, 2 output rows x 2 column
+// blocks (rows 2*(g / ncp) + 0..1, column blocks 2*(g % ncp) + 0..1, ncp = ceil(nxb / 2)):
+// neighbouring output rows share most tap rows (3 of 5 at 5x5/2), so the group's A data is
+// ~1.5x smaller than 4 blocks of one row and stays in L1 across the channel tiles; else 4
+// consecutive blocks of the row-major order. Returns the count, blocks as (row, column block).
+inline int group_blocks(int64_t g, int64_t rows, int64_t nxb, int group_rows, int64_t* br,
+                        int64_t* bx) {
+  int m = 0;
+  if (group_rows == 2) {
+    const int64_t ncp = (nxb + 1) / 2, r0 = 2 * (g / ncp), x0 = 2 * (g % ncp);
+    for (int64_t r = r0; r < std::min<int64_t>(r0 + 2, rows); ++r)
+      for (int64_t xb = x0; xb < std::min<int64_t>(x0 + 2, nxb); ++xb) {
+        br[m] = r;
+        bx[m++] = xb;
+      }
+    return m;
+  }
+  for (int64_t b = g * kMaxBlocks; b < std::min<int64_t>((g + 1) * kMaxBlocks, rows * nxb); ++b) {
+    br[m] = b / nxb;
+    bx[m++] = b % nxb;
+  }
+  return m;
+}
+
+// Groups g0..g1 (see group_blocks): tiles into accbuf, then the epilogue (bias, bf16, store or
+// sub-pixel scatter).
 SK_CTARGET void run_blocks(const ConvAmxArgs& a, const uint16_t* xpad, const ChunkLists& cl,
-                           int64_t b0, int64_t b1, float* accbuf, int64_t ldc) {
+                           int64_t g0, int64_t g1, int group_rows, float* accbuf, int64_t ldc) {
   const int64_t KC = (a.kw * a.C + 31) / 32, NBt = (a.Co + 15) / 16, per = a.kh * KC;
   const int64_t pstride = a.stride * a.C;
-  const int64_t nxb = (a.Wo + 15) / 16;
+  const int64_t nxb = (a.Wo + 15) / 16, rows = a.N * a.Ho;
   const int64_t s = a.phase;
-  for (int64_t g = b0; g < b1; g += kMaxBlocks) {
-    const int mt = static_cast<int>(std::min<int64_t>(kMaxBlocks, b1 - g));
+  const long sa = static_cast<long>(pstride * 2), sc = static_cast<long>(ldc * 4);
+  int64_t br[kMaxBlocks], bx[kMaxBlocks];
+  for (int64_t g = g0; g < g1; ++g) {
+    const int mt = group_blocks(g, rows, nxb, group_rows, br, bx);
     const uint16_t* xs[kMaxBlocks];
     for (int i = 0; i < mt; ++i) {
-      const int64_t b = g + i, r = b / nxb, xb = b % nxb;
-      const int64_t n = r / a.Ho, oy = r % a.Ho;
-      xs[i] = xpad + ((n * a.Hp + oy * a.stride) * a.Wp) * a.C + xb * 16 * pstride;
+      const int64_t n = br[i] / a.Ho, oy = br[i] % a.Ho;
+      xs[i] = xpad + ((n * a.Hp + oy * a.stride) * a.Wp) * a.C + bx[i] * 16 * pstride;
     }
-    const long sa = static_cast<long>(pstride * 2), sc = static_cast<long>(ldc * 4);
     for (int64_t nb = 0; nb < NBt; ++nb) {
       float* acc[kMaxBlocks];
       for (int i = 0; i < mt; ++i) acc[i] = accbuf + i * 16 * ldc + nb * 16;
@@ -170,8 +196,7 @@ SK_CTARGET void run_blocks(const ConvAmxArgs& a, const uint16_t* xpad, const Chu
     }
     // epilogue: bias, bf16, store (or sub-pixel scatter)
     for (int i = 0; i < mt; ++i) {
-      const int64_t b = g + i, r = b / nxb, xb = b % nxb;
-      const int64_t n = r / a.Ho, oy = r % a.Ho;
+      const int64_t n = br[i] / a.Ho, oy = br[i] % a.Ho, xb = bx[i];
       const int64_t npx = std::min<int64_t>(16, a.Wo - xb * 16);
       for (int64_t p = 0; p < npx; ++p) {
         const int64_t ox = xb * 16 + p;
@@ -252,7 +277,10 @@ int conv_amx_forward(const ConvAmxArgs& a) {
       padbuf.get(static_cast<size_t>(rows * a.Wp * a.C) * 2, kKeepPadBytes));
   if (xpad == nullptr) return kCNoMem;
   const int64_t ldc = (a.Co + 15) / 16 * 16;
-  const int64_t blocks = a.N * a.Ho * (Wq / 16);
+  const int64_t nxb = Wq / 16, rows_out = a.N * a.Ho;
+  const int group_rows = a.group_rows == 2 ? 2 : 1;
+  const int64_t groups = group_rows == 2 ? (rows_out + 1) / 2 * ((nxb + 1) / 2)
+                                         : (rows_out * nxb + kMaxBlocks - 1) / kMaxBlocks;
   // per channel tile, the K chunks whose B tile is not all zero (all of them without tile_nz)
   const int64_t NBt = (a.Co + 15) / 16, per = a.kh * KC, rowel = a.Wp * a.C;
   thread_local std::vector<int64_t> lists;
@@ -277,10 +305,10 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   const ChunkLists cl{xo, wo, nq};
   const int64_t ntp = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows / 8));
   run_on_threads(ntp, [&](int64_t t) { pad_rows(a, xpad, rows * t / ntp, rows * (t + 1) / ntp); });
-  int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, blocks));
+  int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, groups));
   std::atomic<bool> nomem{false};  // set by any worker that could not get its buffer
   auto worker = [&](int64_t t) {
-    const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+    const int64_t g0 = groups * t / nt, g1 = groups * (t + 1) / nt;
     thread_local std::vector<float> buf;
     const int64_t need = kMaxBlocks * 16 * ldc;
     if (static_cast<int64_t>(buf.size()) < need) {
@@ -292,7 +320,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
       }
     }
     amx::config_full();
-    run_blocks(a, xpad, cl, b0, b1, buf.data(), ldc);
+    run_blocks(a, xpad, cl, g0, g1, group_rows, buf.data(), ldc);
     amx::release();
   };
   run_on_threads(nt, worker);

@@ -36,6 +36,9 @@ struct ConvAmxArgs {
   // (qy, qx) goes to y[qy*s+ry, qx*s+rx, c] when inside [Hy, Wy].
   uint16_t* y = nullptr;
   int64_t Hy = 0, Wy = 0, Cy = 0, phase = 1;
+  // Work groups of 4 pixel blocks that share every weight tile: 2 = 2 output rows x 2 column
+  // blocks (A data of neighbouring rows reused from L1), 1 = 4 blocks of one row.
+  int group_rows = 2;
   int nthreads = 1;
 };
 

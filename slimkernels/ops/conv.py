@@ -911,6 +911,14 @@ AMX_CONV_MISALIGNED_MIN_CHANNELS = 32
 AMX_CONV_MISALIGNED_MAX_CHANNELS = 256
 AMX_CONV_IMAGE_MAX_CHANNELS = 72
 AMX_CONV_IMAGE_MAX_OUT = 4
+#: The direct kernel's work groups of 4 pixel blocks (16 output pixels each, sharing every
+#: weight tile): 2 = 2 output rows x 2 column blocks (neighbouring rows share most tap rows: the
+#: group's input stays in L1 across the channel tiles), 1 = 4 blocks of one row. A microbenchmark
+#: of the 5x5/2 48-channel loop (one thread, A tiles from the real padded layout) gave 22 against
+#: 31 cycles per tile product; in the codec (``/tmp/s27/grp_ab.py``, one process, interleaved):
+#: 2 threads w=48 compress / decompress 1.003-1.034x / 1.017-1.040x, w=72 1.014-1.018x /
+#: 1.003-1.012x, layers 0.99-1.05x; 1 thread 0.97-1.01x (noise).
+AMX_CONV_GROUP_ROWS = 2
 
 
 def _amx_conv_kernels():
@@ -980,7 +988,7 @@ def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed):
     _amx_conv_kernels().conv_amx_forward(
         x.data_ptr(), 1 if x.dtype == torch.bfloat16 else 0, N, H, W, ci, hp, wp, top, top,
         wpk[0].data_ptr(), wpk[1].data_ptr(), k, k, s, co, 0 if b is None else b.data_ptr(),
-        Ho, Wo, y.data_ptr(), Hy, Wy, cy, phase, torch.get_num_threads())
+        Ho, Wo, y.data_ptr(), Hy, Wy, cy, phase, torch.get_num_threads(), AMX_CONV_GROUP_ROWS)
     return y.permute(0, 3, 1, 2)
 
 

@@ -359,3 +359,20 @@ def test_rule_for_image_layers():
     assert C._use_amx_conv(x, 3, 48, big, image=True)
     assert C._use_amx_conv(x, 72, 3, big, image=True)
     assert not C._use_amx_conv(x.contiguous(), 3, 48, big, image=True)   # NCHW x
+
+
+@pytest.mark.parametrize("group_rows", [1, 2])
+@pytest.mark.parametrize("n,h,w", [(1, 11, 13), (2, 9, 70), (3, 1, 40), (1, 7, 1)])
+def test_work_groups_cover_every_block(monkeypatch, group_rows, n, h, w):
+    """Both work-group shapes (2 rows x 2 column blocks, 4 blocks of a row) compute every output
+    pixel, with odd row counts, odd block counts, several images and one row or column."""
+    monkeypatch.setattr(C, "AMX_CONV_GROUP_ROWS", group_rows)
+    W = _param((48, 40, 5, 5), 40)
+    b = torch.randn(48)
+    x = _x(n, 40, h, w, 41)
+    y = C._conv2d_amx(x, W, b, 48, 2, 2)
+    _close(y, F.conv2d(x.double(), _bf(W), b.double(), stride=2, padding=2))
+    Wt = _param((40, 24, 5, 5), 42)
+    yt = C._conv_transpose2d_amx(x, Wt, None, 24, 2, 2, 1)
+    _close(yt, F.conv_transpose2d(x.double(), _bf(Wt), None, stride=2, padding=2,
+                                  output_padding=1))
