@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
+from . import _recording
 from ._env import getenv
 
 
@@ -31,7 +32,10 @@ def cpu_kernels(probe: str) -> Optional[object]:
     CPU; else None."""
     if switched_off():
         return None
-    return _module() if _supported(probe) else None
+    if not _supported(probe):
+        return None
+    rec = _recording.ACTIVE.get()   # a CPU replay recording (slimkernels.cpu_replay)
+    return _module() if rec is None else rec.kernels(_module())
 
 
 def switched_off() -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from . import _recording
+
 __all__ = ["getenv"]
 
 _ENCODED: dict = {}   # name -> (encoded name, the os._Environ type it was encoded for)
@@ -19,6 +21,13 @@ _ENCODED: dict = {}   # name -> (encoded name, the os._Environ type it was encod
 
 def getenv(name: str, default: Optional[str] = None) -> Optional[str]:
     """``os.environ.get(name, default)`` (str or ``default``), read at every call."""
+    v = _getenv(name, default)
+    if _recording.ACTIVE.get() is not None:   # a CPU replay re-reads the switches it saw
+        _recording.env_read(name, v)
+    return v
+
+
+def _getenv(name: str, default: Optional[str] = None) -> Optional[str]:
     env = os.environ
     data = getattr(env, "_data", None)
     hit = _ENCODED.get(name)

@@ -4,6 +4,8 @@ from typing import Iterable, List, Tuple
 
 import torch
 
+from . import _recording
+
 
 def tensor_state_key(tensors: Iterable[torch.Tensor]) -> Tuple:
     """``(id, version counter, data pointer)`` of each tensor: changes when a tensor is modified
@@ -39,6 +41,7 @@ def _cached(owner, slot: str, key, keep, build):
     if cache is None or cache[0] != key:
         cache = (key, build(), keep)
         owner.__dict__[slot] = cache
+    _recording.keep(cache[1])
     return cache[1]
 
 

@@ -8,6 +8,8 @@ from collections import OrderedDict
 
 import torch
 
+from .. import _recording
+
 _PACK_CACHE: "OrderedDict" = OrderedDict()
 #: Entries kept (least recently used dropped first).
 _PACK_CACHE_MAX = 128
@@ -39,7 +41,9 @@ def _cached(key, sources, build):
         hit = _PACK_CACHE.get(key)
         if hit is not None and hit[0] == ver and _alive(hit[1], src):
             _PACK_CACHE.move_to_end(key)
-            return hit[2]
+            val = hit[2]
+            _recording.keep(val)
+            return val
     with torch.no_grad():
         val = build()
     with _PACK_LOCK:
@@ -47,4 +51,5 @@ def _cached(key, sources, build):
         _PACK_CACHE.move_to_end(key)
         while len(_PACK_CACHE) > _PACK_CACHE_MAX:
             _PACK_CACHE.popitem(last=False)
+    _recording.keep(val)
     return val

@@ -1,0 +1,33 @@
+"""The hooks a CPU replay recording (:mod:`slimkernels.cpu_replay`) listens on.
+
+While a recording is active in this thread (a context variable: other threads are not
+affected), :func:`slimkernels._cpu.cpu_kernels` hands out the recorder's logging proxy of the
+compiled kernels, the weight caches report the values they return (the replay keeps them
+alive) and :func:`slimkernels._env.getenv` reports the switches read (the replay re-reads them).
+Outside a recording each hook costs one context-variable read.
+"""
+from __future__ import annotations
+
+import contextvars
+from typing import Optional
+
+ACTIVE: contextvars.ContextVar = contextvars.ContextVar("slimkernels_recording", default=None)
+
+
+def recorder() -> Optional[object]:
+    """The recorder active in this context, or None."""
+    return ACTIVE.get()
+
+
+def keep(value) -> None:
+    """Report a cached value (a tensor, or tuples / lists of them) read by the recorded call."""
+    rec = ACTIVE.get()
+    if rec is not None:
+        rec.keep_value(value)
+
+
+def env_read(name: str, value) -> None:
+    """Report that the recorded call read environment switch ``name`` (found as ``value``)."""
+    rec = ACTIVE.get()
+    if rec is not None:
+        rec.env_read(name, value)

@@ -1,0 +1,323 @@
+"""slimkernels.cpu_replay: compress / decompress replay a CPU transform's kernel calls, with the
+eager transform's bytes and images, and fall back to it whenever the recording may not hold."""
+import copy
+import pickle
+import threading
+
+import pytest
+import torch
+
+import slimkernels.ops.conv as conv_ops
+from slimkernels import cpu_replay
+from slimkernels._cpu import _module
+from slimkernels.cpu_replay import ReplayCache, _Recorder, _Replay
+from tests.test_codec import Tiny
+
+pytestmark = pytest.mark.skipif(_module() is None, reason="slimkernels._cpu_kernels not built")
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(3)
+    m = Tiny(widths=(16, 8)).eval()
+    m.update()
+    return m
+
+
+def _image(seed=0, h=24, w=20):
+    return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _eager(model, fn):
+    model.cpu_replay = False
+    try:
+        return fn()
+    finally:
+        model.cpu_replay = True
+
+
+def _replays(model):
+    cache = model.__dict__.get("_cpu_replays")
+    return [] if cache is None else cache.entries()
+
+
+def _amx() -> bool:
+    return bool(_module().amx_available())
+
+
+def _require_replayed(model, expected: bool = True):
+    """The verified recordings that replayed. On an AMX CPU the Tiny model's transforms run on
+    the compiled kernels alone (bf16, and fp32 at width 8), so no replay there fails the test
+    (``expected``); elsewhere the dispatch may take PyTorch's convolutions: skipped."""
+    done = [e for e in _replays(model) if e.verified and e.replays > 0]
+    if not done:
+        cache = model.__dict__.get("_cpu_replays")
+        why = f"no transform here is replayable: " \
+              f"{cache.failures() if cache is not None else 'no cache'}"
+        if _amx() and expected:
+            pytest.fail(why)
+        pytest.skip(why)
+    return done
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("width", [16, 8])
+def test_replay_gives_the_eager_bytes_and_images(model, precision, width):
+    x = _image(1)
+    ref = _eager(model, lambda: model.compress(x, width=width, precision=precision))
+    img = _eager(model, lambda: model.decompress(ref, precision=precision))
+    for i in range(5):   # recorded at the 2nd call, verified at the 3rd, replayed after
+        assert model.compress(x, width=width, precision=precision) == ref, i
+        assert torch.equal(model.decompress(ref, precision=precision), img), i
+    _require_replayed(model, expected=not (precision == "fp32" and width == 16))
+
+
+def test_replay_reads_each_new_image(model):
+    imgs = [_image(s) for s in range(6)]
+    refs = [_eager(model, lambda: model.compress(x, width=8)) for x in imgs]
+    assert [model.compress(x, width=8) for x in imgs] == refs
+    _require_replayed(model)
+
+
+def test_weight_update_drops_the_recordings(model):
+    x = _image(2)
+    for _ in range(4):
+        model.compress(x, width=8)
+    old = {id(e) for e in _require_replayed(model)}
+    with torch.no_grad():
+        model.g_a[0].weight.mul_(-1.5)
+    got = [model.compress(x, width=8) for _ in range(4)]
+    assert not old & {id(e) for e in _replays(model)}   # dropped at the first call after
+    assert got == [_eager(model, lambda: model.compress(x, width=8))] * 4
+
+
+def test_a_hook_added_after_recording_runs(model):
+    x = _image(3)
+    for _ in range(4):
+        model.compress(x, width=8)
+    _require_replayed(model)
+    seen = []
+    h = model.g_a[1].register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    try:
+        model.compress(x, width=8)
+    finally:
+        h.remove()
+    assert len(seen) == 1
+
+
+def test_dispatch_switches_and_environment_key_the_replay(model, monkeypatch):
+    x = _image(4)
+    for _ in range(4):
+        model.compress(x, width=8)
+    _require_replayed(model)
+    before = cpu_replay.dispatch_switches()
+    monkeypatch.setattr(conv_ops, "CPU_AMX_CONV", not conv_ops.CPU_AMX_CONV)
+    assert cpu_replay.dispatch_switches() != before
+    ref = _eager(model, lambda: model.compress(x, width=8))
+    assert [model.compress(x, width=8) for _ in range(4)] == [ref] * 4
+    monkeypatch.setenv("SLIMKERNELS_CPU_KERNELS", "0")
+    n = sum(e.replays for e in _replays(model))
+    ref0 = _eager(model, lambda: model.compress(x, width=8))
+    assert [model.compress(x, width=8) for _ in range(3)] == [ref0] * 3
+    assert sum(e.replays for e in _replays(model)) == n   # switched off: eager, no replay
+
+
+def test_a_step_the_recording_missed_is_caught_by_the_check(model, monkeypatch):
+    real = _Replay.build.__func__
+
+    def drop_last(cls, rec, x, y, state):
+        r = real(cls, rec, x, y, state)
+        if r.error is None:
+            r.steps = r.steps[:-1]
+        return r
+    monkeypatch.setattr(_Replay, "build", classmethod(drop_last))
+    x = _image(5)
+    ref = _eager(model, lambda: model.compress(x, width=8))
+    assert [model.compress(x, width=8) for _ in range(5)] == [ref] * 5
+    fails = model._cpu_replays.failures()
+    if not fails and not _amx():
+        pytest.skip("no transform here is replayable")
+    assert any("differs" in f for f in fails), fails
+    assert all(e.replays == 0 for e in _replays(model))
+
+
+def test_a_kernel_result_that_differs_falls_back_to_eager(model):
+    x = _image(6)
+    for _ in range(4):
+        model.compress(x, width=8)
+    done = _require_replayed(model)
+    for e in done:
+        name, args, kwargs, fixed, result = e.steps[0]
+        e.steps[0] = (name, args, kwargs, fixed, ("never", result))
+    n = sum(e.replays for e in done)
+    ref = _eager(model, lambda: model.compress(x, width=8))
+    assert [model.compress(x, width=8) for _ in range(3)] == [ref] * 3
+    assert sum(e.replays for e in done) == n
+    assert any("another result" in f for f in model._cpu_replays.failures())
+
+
+def test_threads_replay_their_own_recordings(model):
+    xs = [_image(10 + i) for i in range(2)]
+    refs = [_eager(model, lambda: model.compress(x, width=8)) for x in xs]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(12):
+                if model.compress(xs[i], width=8) != refs[i]:
+                    errors.append(i)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(repr(e))
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errors == []
+
+
+def test_clear_caches_copy_and_pickle_drop_the_recordings(model):
+    x = _image(7)
+    for _ in range(4):
+        model.compress(x, width=8)
+    _require_replayed(model)
+    assert len(copy.deepcopy(model)._cpu_replays) == 0
+    assert len(pickle.loads(pickle.dumps(model._cpu_replays))) == 0
+    model.clear_caches()
+    assert "_cpu_replays" not in model.__dict__
+
+
+def test_replay_cache_refuses_what_it_cannot_repeat():
+    cache = ReplayCache(2)
+    kernels = _module()
+    x = torch.rand(4, 5)
+    # a PyTorch op that computes
+    for _ in range(4):
+        assert torch.equal(cache.run("mul", lambda t: t * 2, x, 0, list, kernels), x * 2)
+    assert cache.entries() == [] and "aten.mul" in cache.failures()[0]
+    # no compiled kernel at all
+    for _ in range(3):
+        cache.run("view", lambda t: t.view(20), x, 0, list, kernels)
+    assert any("no compiled kernel" in f for f in cache.failures())
+    with pytest.raises(ValueError, match="max_entries"):
+        ReplayCache(0)
+
+
+def test_an_address_outside_the_kept_tensors_is_refused():
+    rec = _Recorder()
+    x = torch.rand(8)
+    y = torch.empty(8)
+    rec.allocated.append(y)
+    stranger = torch.rand(16)
+    rec.calls.append(("image_to_bf16", (x.data_ptr(), y.data_ptr()), {}, None))
+    assert _Replay.build(rec, x, y, []).error is None
+    rec.calls.append(("image_to_bf16", (stranger.data_ptr() | (1 << 44), 3), {}, None))
+    assert "outside" in _Replay.build(rec, x, y, []).error
+    rec.calls[-1] = ("image_to_bf16", (), {"x": y.data_ptr() | (1 << 44)}, None)
+    assert "keyword" in _Replay.build(rec, x, y, []).error
+    rec.calls.pop()
+    assert "allocated" in _Replay.build(rec, x, torch.rand(8), []).error
+
+
+def _image_kernels():
+    from slimkernels.ops import image_io
+    return image_io._kernels()
+
+
+@pytest.mark.skipif(_image_kernels() is None, reason="no SIMD image conversion on this CPU")
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_replay_of_a_kernel_call_reads_the_new_input(drop_last, monkeypatch):
+    """The bf16 -> image conversion (one compiled kernel: x in, a new float32 tensor out)
+    replayed on new inputs gives their images; a recording that misses the kernel call is caught
+    by the check (its buffer is poisoned first, so the stale output of the same input does not
+    pass)."""
+    from slimkernels.ops.image_io import bf16_to_image
+    if drop_last:
+        real = _Replay.build.__func__
+
+        def drop(cls, rec, x, y, state):
+            r = real(cls, rec, x, y, state)
+            r.steps = r.steps[:-1]
+            return r
+        monkeypatch.setattr(_Replay, "build", classmethod(drop))
+    cache = ReplayCache(2)
+    xs = [(torch.rand(1, 3, 6, 10, generator=torch.Generator().manual_seed(i)) * 1.4 - 0.2)
+          .to(torch.bfloat16) for i in range(6)]
+    xs[2] = xs[1]   # the check runs on the recording's own input
+    for x in xs:
+        y = cache.run("image", bf16_to_image, x, 0, list, _module())
+        assert torch.equal(y, x.float().clamp(0, 1))
+    if drop_last:
+        assert cache.entries() == [] and "differs" in cache.failures()[0]
+    else:
+        [e] = cache.entries()
+        assert e.verified and e.replays == 4   # the check's replay and 3 more
+
+
+@pytest.mark.skipif(_image_kernels() is None, reason="no SIMD image conversion on this CPU")
+def test_a_kernel_with_data_dependent_results_is_not_replayed():
+    """The image cast returns the pixel range: its replay would return another result than the
+    recording's, so the key runs eagerly from then on."""
+    from slimkernels.ops.image_io import image_to_bf16
+    cache = ReplayCache(2)
+    xs = [torch.rand(1, 3, 6, 10, generator=torch.Generator().manual_seed(i)) for i in range(5)]
+    xs[2] = xs[1]
+    for x in xs:
+        assert torch.equal(cache.run("cast", image_to_bf16, x, 0, list, _module()),
+                           x.to(torch.bfloat16))
+    assert cache.entries() == [] and "another result" in cache.failures()[0]
+
+
+@pytest.mark.skipif(_image_kernels() is None, reason="no SIMD image conversion on this CPU")
+def test_an_environment_switch_read_by_the_recording_is_read_again(monkeypatch):
+    """A transform that reads a switch with slimkernels._env.getenv: setting it after the
+    recording sends the call to the eager path (which sees the new value)."""
+    from slimkernels._env import getenv
+    from slimkernels.ops.image_io import bf16_to_image
+
+    def fn(t):
+        return bf16_to_image(t, 0.0, float(getenv("SLIMKERNELS_TEST_HI", "1")))
+    monkeypatch.delenv("SLIMKERNELS_TEST_HI", raising=False)
+    cache = ReplayCache(2)
+    x = (torch.rand(1, 3, 4, 5, generator=torch.Generator().manual_seed(0)) * 2).to(torch.bfloat16)
+    for _ in range(4):
+        assert torch.equal(cache.run("image", fn, x, 0, list, _module()), x.float().clamp(0, 1))
+    [e] = cache.entries()
+    assert e.replays == 2
+    monkeypatch.setenv("SLIMKERNELS_TEST_HI", "0.5")
+    assert torch.equal(cache.run("image", fn, x, 0, list, _module()), x.float().clamp(0, 0.5))
+    assert e.replays == 2
+
+
+@pytest.mark.skipif(_image_kernels() is None, reason="no SIMD image conversion on this CPU")
+def test_inputs_at_other_storage_offsets():
+    """The input's addresses are replayed relative to its first element: views at different
+    offsets of larger storages give their own images."""
+    from slimkernels.ops.image_io import bf16_to_image
+    cache = ReplayCache(2)
+    big = (torch.rand(64 * 60, generator=torch.Generator().manual_seed(1)) * 2).to(torch.bfloat16)
+    for off in (0, 60, 60, 120, 7, 300):
+        x = big[off: off + 60].view(1, 3, 4, 5)
+        assert torch.equal(cache.run("image", bf16_to_image, x, 0, list, _module()),
+                           x.float().clamp(0, 1)), off
+    assert cache.entries()[0].replays == 4
+
+
+@pytest.mark.skipif(_image_kernels() is None, reason="no SIMD image conversion on this CPU")
+def test_recordings_are_bounded_in_bytes():
+    from slimkernels.ops.image_io import bf16_to_image
+    x = torch.rand(1, 3, 8, 8).to(torch.bfloat16)
+    one = 3 * 8 * 8 * 4
+    cache = ReplayCache(8, max_bytes=2 * one)
+    for shape in ((1, 3, 8, 8), (1, 8, 3, 8), (1, 8, 8, 3)):
+        xi = x.reshape(shape)
+        for _ in range(2):
+            cache.run("image", bf16_to_image, xi, 0, list, _module())
+    assert len(cache) == 2 and cache.nbytes() == 2 * one
+    assert len(ReplayCache(8, max_bytes=one - 1)) == 0
+    tiny = ReplayCache(8, max_bytes=one - 1)
+    for _ in range(2):
+        cache_out = tiny.run("image", bf16_to_image, x, 0, list, _module())
+    assert torch.equal(cache_out, x.float().clamp(0, 1)) and len(tiny) == 0
+    with pytest.raises(ValueError, match="max_bytes"):
+        ReplayCache(1, max_bytes=-1)
