@@ -740,8 +740,9 @@ def _reset_hwm() -> bool:
 
 def _mem_child(common: Dict, configs: List[Dict]):
     """Runs in a fresh process (see :func:`peak_memory`); yields one result per config: run the
-    op once (warm-up), reset the RSS high-water mark, run it again; the peak RSS above the
-    pre-call RSS (MiB)."""
+    op three times (warm-up; for ours the CPU replay's recording and check, so that the measured
+    call is the steady state), reset the RSS high-water mark, run it again; the peak RSS above
+    the pre-call RSS (MiB)."""
     import gc
     import resource
 
@@ -779,7 +780,8 @@ def _mem_child(common: Dict, configs: List[Dict]):
                 b = model.compress(x, width, precision=p)
                 run = ((lambda: model.compress(x, width, precision=p)) if op == "compress"
                        else (lambda: model.decompress(b, precision=p)))
-        run()  # warm-up: oneDNN primitives, weight caches, lazy allocations
+        for _ in range(3):   # warm-up: oneDNN primitives, weight caches, lazy allocations, and
+            run()            # a CPU replay's recording and check (the third call)
         gc.collect()
         method = "VmHWM after clear_refs" if _reset_hwm() else "ru_maxrss delta"
         before = _status_kb("VmRSS") or 0

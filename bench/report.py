@@ -338,9 +338,11 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
     L += ["", "Fidelity: " + ", ".join(f"{k}={v}" for k, v in res["checks"].items()), ""]
     if mem:
         L += ["## Peak memory (MiB above the RSS before the call)", "",
-              "One fresh process per implementation; each call warmed up once, then the RSS "
-              "high-water mark reset (`/proc/self/clear_refs`) and the call run again, with glibc "
-              "returning every block >= 64 KiB to the OS on free.", "",
+              "One fresh process per implementation; each call warmed up three times, then the "
+              "RSS high-water mark reset (`/proc/self/clear_refs`) and the call run again, with "
+              "glibc returning every block >= 64 KiB to the OS on free (a CPU replay, "
+              "`slimkernels.cpu_replay`, holds no activations between calls: the measured call "
+              "is one, bf16 w=48 / 72 here).", "",
               "| width | op | ours fp32 | ours bf16 | plain fp32 |", "|---|---|---|---|---|"]
         mm = {(m["impl"], m["precision"], m["width"], m["op"]): m["peak_mib"] for m in mem}
         for op in ("compress", "decompress"):

@@ -507,8 +507,8 @@ class SlimCodec(nn.Module):
             the Python dispatch between the kernels goes (w=48 on a Kodak image: the encoder
             1.83 -> 1.36 ms). Same bytes. True (default) or False (always eager). See
             :mod:`slimkernels.cpu_replay`; :meth:`clear_caches` drops the recordings.
-        CPU_REPLAYS_KEPT: recordings kept per model (8; each holds the memory of one transform
-            call: ~5-10 MB at w=48-72 on a Kodak image; 256 MiB at most together).
+        CPU_REPLAYS_KEPT: recordings kept per model (8; a recording holds no activations: each
+            replay allocates its buffers and frees them with its output).
 
     Raises:
         ValueError: ``widths`` empty or not positive.

@@ -1,36 +1,35 @@
 """Replays of a codec's transforms on the CPU: the compiled kernels' calls recorded once, then
 re-issued without the Python between them.
 
-At narrow widths a SlimCAE transform on a CPU spends a third of its time in Python: the layers'
+At narrow widths a SlimCAE transform on a CPU spends a fifth of its time in Python: the layers'
 dispatch (which kernel, which cached weight pack, which layout), run between kernels that have
 just evicted the interpreter's objects from the caches. When every step of a transform is a
 call of the compiled kernels (``slimkernels._cpu_kernels``) plus allocations and views (the
 bf16 transforms at w=48 and 72 on an AMX CPU, the fp32 analysis), :class:`ReplayCache` records
 those calls once per (transform, width, precision, input shape / dtype / strides, thread count,
-thread, dispatch switches) and re-issues them afterwards with the new input's address: the
-SlimCAE w=48 encoder on a Kodak image 1.83 -> 1.36 ms (2 threads, AMX Xeon).
+dispatch switches) and re-issues them afterwards with the new input's address and the
+intermediate buffers in one arena, planned by their lifetimes (about the eager call's peak) and
+allocated per call (freed with the output, as the eager call's memory): the SlimCAE w=48
+encoder on a Kodak image 1.83 -> 1.36 ms (2 threads, AMX Xeon).
 
 Safety, in order:
 
 * A recording fails (the key then runs eagerly for good) when the transform runs any PyTorch
   op other than an allocation or a view (a oneDNN convolution, a copy), hands a kernel an
-  address that is not inside the input, a tensor allocated by the call, a cached weight pack
-  the call read, or a parameter / buffer of the model, or returns a tensor it did not allocate.
-* The first use after recording checks the replay against the eager transform: the recording's
-  buffers are filled with NaN first, so that a step the recording missed shows; any difference
-  drops the recording.
+  address that is not inside the input, a buffer the call allocated, a cached weight pack the
+  call read, or a parameter / buffer of the model, or returns a tensor its kernels did not
+  write.
+* The first use after recording checks the replay against the eager transform, its arena
+  filled with NaN first, so that a step the recording missed shows; any difference drops the
+  recording.
 * A replay re-checks the environment switches the recording read and the module-level dispatch
   switches (``slimkernels.ops.*`` constants), runs only while no module it called has hooks,
-  and compares every kernel's return value with the recorded one (falling back to the eager
-  call on a difference).
+  and compares every kernel's return value with the recorded one (a difference drops the
+  recording and runs the eager call).
 * The cache is keyed by the model's state key (every parameter and buffer's identity, version
   counter and storage, :meth:`slimkernels.SlimCodec.model_id`): an update of the weights drops
   every recording (writes through ``.data`` bypass version counters: call ``clear_caches()``).
-
-A recording keeps the memory of one transform call (its intermediate tensors are reused by every
-replay) and the weight packs it read. The transform's output is the recording's own buffer: the
-caller must be done with it before its thread's next call of the same key (compress quantizes it,
-decompress converts it, in the same call).
+  A recording keeps the cached weight packs it read alive.
 """
 from __future__ import annotations
 
@@ -103,18 +102,19 @@ def _tensors(value):
 
 class _Recorder:
     """Collects one eager transform call: the compiled kernels' calls (through a logging proxy
-    of the module, :func:`slimkernels._cpu.cpu_kernels`), the tensors it allocated or viewed
-    (a TorchDispatchMode), the cached values it read, the environment switches it read and the
-    modules it called."""
+    of the module, :func:`slimkernels._cpu.cpu_kernels`), the byte ranges it allocated (a
+    TorchDispatchMode; no reference is held, so the call's memory comes and goes as when eager),
+    in one sequence with the calls, the cached values it read, the environment switches it read
+    and the modules it called."""
 
     def __init__(self):
-        self.calls: List[Tuple[str, tuple, dict, object]] = []
-        self.allocated: List[torch.Tensor] = []
-        self.viewed: List[torch.Tensor] = []
+        self.calls: List[Tuple[int, str, tuple, dict, object]] = []   # (seq, name, ...)
+        self.allocated: List[Tuple[int, int, int]] = []   # (seq, start, end) byte ranges
         self.kept: List[torch.Tensor] = []
         self.env: dict = {}
         self.modules: list = []
         self.error: Optional[str] = None
+        self.seq = 0
 
     # -- hooks (slimkernels._recording) --
     def keep_value(self, value) -> None:
@@ -123,6 +123,12 @@ class _Recorder:
     def env_read(self, name: str, value) -> None:
         if name not in self.env:
             self.env[name] = _getenv(name)   # as set (None: unset), whatever the default
+
+    def allocation(self, t: torch.Tensor) -> None:
+        self.seq += 1
+        a, b = _storage_range(t)
+        if b > a:
+            self.allocated.append((self.seq, a, b))
 
     def kernels(self, module):
         rec = self
@@ -135,7 +141,8 @@ class _Recorder:
 
                 def call(*args, **kwargs):
                     r = f(*args, **kwargs)
-                    rec.calls.append((name, args, kwargs, r))
+                    rec.seq += 1
+                    rec.calls.append((rec.seq, name, args, kwargs, r))
                     return r
                 return call
         return _Proxy()
@@ -152,10 +159,9 @@ def _record(fn: Callable, x: torch.Tensor):
             out = func(*args, **(kwargs or {}))
             name = str(func)
             if name in _ALLOCATIONS:
-                rec.allocated.extend(_tensors(out))
-            elif name in _VIEWS:
-                rec.viewed.extend(_tensors(out))
-            elif rec.error is None:
+                for t in _tensors(out):
+                    rec.allocation(t)
+            elif name not in _VIEWS and rec.error is None:
                 rec.error = f"the transform runs {name}, which a replay cannot repeat"
             return out
 
@@ -173,6 +179,30 @@ def _record(fn: Callable, x: torch.Tensor):
     return rec, y
 
 
+def _plan(lives: List[Tuple[int, int, int]], align: int = 64) -> Tuple[List[int], int]:
+    """Offsets in one arena for buffers ``(first step, last step, bytes)`` such that buffers
+    live at the same step do not overlap (first fit, largest first: a transform's chain of
+    layer outputs packs into about its two largest neighbours, the eager call's peak); and
+    its size."""
+    order = sorted(range(len(lives)), key=lambda i: (-lives[i][2], lives[i][0]))
+    offs = [0] * len(lives)
+    placed: List[int] = []
+    total = 0
+    for i in order:
+        f, l, n = lives[i]
+        busy = sorted((offs[j], offs[j] + lives[j][2]) for j in placed
+                      if not (lives[j][1] < f or l < lives[j][0]))
+        o = 0
+        for a, b in busy:
+            if o + n <= a:
+                break
+            o = max(o, -(-b // align) * align)
+        offs[i] = o
+        placed.append(i)
+        total = max(total, o + n)
+    return offs, total
+
+
 def _module_hooked(m) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or
                 getattr(m, "_backward_pre_hooks", None) or "forward" in m.__dict__)
@@ -186,16 +216,17 @@ def _global_hooks() -> bool:
 
 
 class _Replay:
-    """One recorded transform: ``steps`` (kernel, arguments with the input's addresses as
-    offsets, recorded result), the tensors it must keep, its output; or ``error``."""
+    """One recorded transform: ``steps`` (kernel, arguments, address fixes, recorded result),
+    the size of the arena its intermediate buffers live in (planned by lifetime: about the eager
+    call's peak; allocated by each replay, freed when it returns), the tensors it must keep, its
+    output's buffer (allocated by each replay: the caller's tensor); or ``error``."""
 
     def __init__(self, error: Optional[str] = None):
         self.error = error
         self.verified = False
         self.steps: list = []
         self.keep: list = []
-        self.buffers: list = []
-        self.output: Optional[torch.Tensor] = None
+        self.output: Optional[Tuple] = None   # (bytes, element offset, dtype, shape, stride)
         self.env: dict = {}
         self.modules: list = []
         self.replays = 0
@@ -211,31 +242,62 @@ class _Replay:
             return cls("the transform calls no compiled kernel")
         if _global_hooks() or any(_module_hooked(m) for m in rec.modules):
             return cls("a module of the transform has hooks")
-        owned = [_storage_range(t) for t in rec.allocated]
-        known = owned + [_storage_range(t) for t in rec.viewed + rec.kept]
-        known += [_storage_range(t) for t in state_tensors if t.device.type == "cpu"]
+        fixed_ranges = [_storage_range(t) for t in rec.kept]
+        fixed_ranges += [_storage_range(t) for t in state_tensors if t.device.type == "cpu"]
         x0, x1 = x.data_ptr(), _storage_range(x)[1]   # offsets from x's first element
-        yr = _storage_range(y)
-        if not any(a <= yr[0] and yr[1] <= b for a, b in owned):
-            return cls("the transform's output is not a tensor it allocated")
-        r = cls()
-        for name, args, kwargs, result in rec.calls:
-            fixed = {}
+        allocs = rec.allocated
+
+        def owner(v: int, seq: int) -> int:
+            """The latest allocation before ``seq`` holding address ``v``, or -1."""
+            for k in range(len(allocs) - 1, -1, -1):
+                s, a, b = allocs[k]
+                if s < seq and a <= v < b:
+                    return k
+            return -1
+        first: dict = {}
+        last: dict = {}
+        raw = []
+        for step, (seq, name, args, kwargs, result) in enumerate(rec.calls):
+            if any(type(v) is int and v >= _POINTER_MIN for v in kwargs.values()):
+                return cls(f"{name} got an address as a keyword argument")
+            fixes = []
             for i, v in enumerate(args):
                 if type(v) is not int or v < 65536:
                     continue
                 if x0 <= v < x1:
-                    fixed[i] = v - x0
-                elif v >= _POINTER_MIN and not any(a <= v < b for a, b in known):
-                    return cls(f"{name} got an address ({v:#x}) outside the tensors the "
-                               f"replay keeps")
-            if any(type(v) is int and v >= _POINTER_MIN for v in kwargs.values()):
-                return cls(f"{name} got an address as a keyword argument")
-            r.steps.append((name, list(args), kwargs, fixed, result))
-        r.keep = rec.allocated + rec.viewed + rec.kept + [t.detach() for t in state_tensors]
-        r.buffers = rec.allocated
-        r.nbytes = sum(t.untyped_storage().nbytes() for t in rec.allocated)
-        r.output = y
+                    fixes.append((i, -1, v - x0))
+                elif any(a <= v < b for a, b in fixed_ranges):
+                    continue                                  # a kept tensor: same address
+                else:
+                    k = owner(v, seq)
+                    if k >= 0:
+                        fixes.append((i, k, v - allocs[k][1]))
+                        first.setdefault(k, step)
+                        last[k] = step
+                    elif v >= _POINTER_MIN:
+                        return cls(f"{name} got an address ({v:#x}) outside the tensors the "
+                                   f"replay keeps")
+            raw.append((name, list(args), kwargs, fixes, result))
+        ko = owner(y.data_ptr(), rec.seq + 1)
+        if ko < 0 or ko not in first or y.data_ptr() + _extent(y) > allocs[ko][2]:
+            return cls("the transform's output is not a buffer its kernels wrote")
+        # the output gets a buffer of its own (it outlives the call); the others one arena,
+        # freed when the replay returns
+        keys = sorted(k for k in first if k != ko)
+        offs, total = _plan([(first[k], last[k], allocs[k][2] - allocs[k][1]) for k in keys])
+        at = dict(zip(keys, offs))
+        at[ko] = -2
+        r = cls()
+        r.nbytes = total
+        for name, args, kwargs, fixes, result in raw:
+            r.steps.append((name, args, kwargs, [(i, -1 if k < 0 else at[k], off)
+                                                 for i, k, off in fixes], result))
+        r.keep = list(rec.kept) + [t.detach() for t in state_tensors]
+        off = y.data_ptr() - allocs[ko][1]
+        if off % y.element_size():
+            return cls("the transform's output is not aligned to its element size")
+        r.output = (allocs[ko][2] - allocs[ko][1], off // y.element_size(), y.dtype, y.shape,
+                    y.stride())
         r.env = dict(rec.env)
         r.modules = list({id(m): m for m in rec.modules}.values())
         return r
@@ -247,22 +309,33 @@ class _Replay:
                 return False
         return not (_global_hooks() or any(_module_hooked(m) for m in self.modules))
 
-    def replay(self, kernels, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """Re-issue the steps on ``x``; the output buffer, or None when a kernel's result
-        differs from the recorded one (the eager call must run)."""
-        base = x.data_ptr()
-        for name, args, kwargs, fixed, result in self.steps:
-            for i, off in fixed.items():
-                args[i] = base + off
+    def replay(self, kernels, x: torch.Tensor, poison: bool = False) -> Optional[torch.Tensor]:
+        """Re-issue the steps on ``x`` in a new arena (``poison``: filled with NaN first, so
+        that a buffer the steps do not write shows); the output (a view of the arena), or None
+        when a kernel's result differs from the recorded one (the eager call must run)."""
+        nbytes, off, dtype, shape, stride = self.output
+        out = torch.empty(nbytes, dtype=torch.uint8)
+        arena = torch.empty(max(self.nbytes, 1), dtype=torch.uint8)
+        if poison:
+            out.fill_(255)
+            arena.fill_(255)
+        base = {-1: x.data_ptr(), -2: out.data_ptr()}
+        ab = arena.data_ptr()
+        for name, args, kwargs, fixes, result in self.steps:
+            args = list(args)   # (a recording may replay in several threads at once)
+            for i, at, o in fixes:
+                args[i] = (base[at] if at < 0 else ab + at) + o
             if getattr(kernels, name)(*args, **kwargs) != result:
                 return None
         self.replays += 1
-        return self.output
+        return torch.empty(0, dtype=dtype).set_(out.untyped_storage(), off, shape, stride)
 
-    def poison(self) -> None:
-        """Fill the recording's own buffers with NaN (all-ones bytes)."""
-        for t in self.buffers:
-            t.untyped_storage().fill_(255)
+
+def _extent(t: torch.Tensor) -> int:
+    """Bytes from ``t``'s first element to the end of its last."""
+    if t.numel() == 0:
+        return 0
+    return (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -282,17 +355,12 @@ class ReplayCache:
         max_entries: recordings kept (least recently used dropped first); each holds the
             memory of one transform call. Keys whose transform cannot be replayed are
             remembered apart (up to ``8 * max_entries``, without memory) and run eagerly.
-        max_bytes: the recordings' own buffers together at most this many bytes (least
-            recently used dropped first; one larger than this is not kept).
     """
 
-    def __init__(self, max_entries: int = 8, max_bytes: int = 256 << 20):
+    def __init__(self, max_entries: int = 8):
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_entries = max_entries
-        self.max_bytes = max_bytes
         self._entries: "OrderedDict[Hashable, _Replay]" = OrderedDict()
         self._failed: "OrderedDict[Hashable, str]" = OrderedDict()
         self._seen: "OrderedDict[Hashable, int]" = OrderedDict()
@@ -303,18 +371,13 @@ class ReplayCache:
         return len(self._entries)
 
     def __getstate__(self):
-        return {"max_entries": self.max_entries, "max_bytes": self.max_bytes}
+        return {"max_entries": self.max_entries}
 
     def __setstate__(self, d):
-        self.__init__(d["max_entries"], d["max_bytes"])
+        self.__init__(d["max_entries"])
 
     def __deepcopy__(self, memo):
-        return ReplayCache(self.max_entries, self.max_bytes)
-
-    def nbytes(self) -> int:
-        """Bytes of the recordings' own buffers."""
-        with self._lock:
-            return sum(e.nbytes for e in self._entries.values())
+        return ReplayCache(self.max_entries)
 
     def clear(self) -> None:
         """Drop every recording and the use counts of keys not recorded yet."""
@@ -344,9 +407,8 @@ class ReplayCache:
             state, state_tensors: Callable[[], list], kernels,
             record_after: int = 2) -> torch.Tensor:
         """``fn(x)`` for a CPU ``x`` (no gradient), replayed when a verified recording for
-        ``key``, ``x``'s shape / dtype / strides, the thread count, this thread and the
-        dispatch switches exists; recorded at the key's ``record_after``-th use and verified at
-        the next.
+        ``key``, ``x``'s shape / dtype / strides, the thread count and the dispatch switches
+        exists; recorded at the key's ``record_after``-th use and verified at the next.
 
         Args:
             state: the model's state key (a recording is dropped when it changes).
@@ -355,13 +417,13 @@ class ReplayCache:
             kernels: the compiled kernels' module (``slimkernels._cpu_kernels``).
 
         Returns:
-            ``fn(x)``; from a replay, the recording's own output buffer (valid until this
-            thread's next call of the key).
+            ``fn(x)`` (from a replay, a view of the arena the replay allocated: a tensor of its
+            own, as the eager call's).
         """
         if x.requires_grad and torch.is_grad_enabled():
             return fn(x)
         full = (key, tuple(x.shape), x.dtype, x.stride(), torch.get_num_threads(),
-                threading.get_ident(), dispatch_switches())
+                dispatch_switches())
         with self._lock:
             if state != self._state:
                 self._entries.clear()
@@ -395,23 +457,19 @@ class ReplayCache:
                     self._entries.pop(full, None)
                 raise
             entry = _Replay.build(rec, x, y, state_tensors())
+            del rec
             if entry.error is not None:
                 self._fail(full, entry.error)
                 return y
             with self._lock:
                 if full in self._entries:
                     self._entries[full] = entry
-                    total = sum(e.nbytes for e in self._entries.values())
-                    while total > self.max_bytes and self._entries:
-                        _, old = self._entries.popitem(last=False)
-                        total -= old.nbytes
-            return y.clone()
+            return y
         if not entry.runnable():
             return fn(x)
         if not entry.verified:
             y = fn(x)
-            entry.poison()
-            r = entry.replay(kernels, x)
+            r = entry.replay(kernels, x, poison=True)
             if r is not None and _same(r, y):
                 entry.verified = True
             else:

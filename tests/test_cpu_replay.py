@@ -156,7 +156,7 @@ def test_a_kernel_result_that_differs_falls_back_to_eager(model):
     assert any("another result" in f for f in model._cpu_replays.failures())
 
 
-def test_threads_replay_their_own_recordings(model):
+def test_threads_share_a_recording(model):
     xs = [_image(10 + i) for i in range(2)]
     refs = [_eager(model, lambda: model.compress(x, width=8)) for x in xs]
     errors = []
@@ -207,16 +207,42 @@ def test_an_address_outside_the_kept_tensors_is_refused():
     rec = _Recorder()
     x = torch.rand(8)
     y = torch.empty(8)
-    rec.allocated.append(y)
+    rec.allocation(y)
     stranger = torch.rand(16)
-    rec.calls.append(("image_to_bf16", (x.data_ptr(), y.data_ptr()), {}, None))
-    assert _Replay.build(rec, x, y, []).error is None
-    rec.calls.append(("image_to_bf16", (stranger.data_ptr() | (1 << 44), 3), {}, None))
+
+    def call(args, kwargs=None):
+        rec.seq += 1
+        rec.calls.append((rec.seq, "bf16_to_image", args, kwargs or {}, None))
+    call((x.data_ptr(), y.data_ptr()))
+    r = _Replay.build(rec, x, y, [])
+    assert r.error is None and r.nbytes == 0 and r.output[0] == 32 and r.output[3] == y.shape
+    call((stranger.data_ptr() | (1 << 44), 3))
     assert "outside" in _Replay.build(rec, x, y, []).error
-    rec.calls[-1] = ("image_to_bf16", (), {"x": y.data_ptr() | (1 << 44)}, None)
+    rec.calls[-1] = (rec.seq, "bf16_to_image", (), {"x": y.data_ptr() | (1 << 44)}, None)
     assert "keyword" in _Replay.build(rec, x, y, []).error
     rec.calls.pop()
-    assert "allocated" in _Replay.build(rec, x, torch.rand(8), []).error
+    assert "wrote" in _Replay.build(rec, x, torch.rand(8), []).error
+    # an address allocated only after the call that reads it: not the call's buffer
+    late = _Recorder()
+    call2 = (x.data_ptr(), y.data_ptr() | 0)
+    late.seq = 1
+    late.calls.append((1, "bf16_to_image", call2, {}, None))
+    late.allocation(y)
+    assert _Replay.build(late, x, y, []).error is not None
+
+
+def test_the_arena_reuses_dead_buffers():
+    """Buffers that are not alive at the same step share the arena's bytes; live ones don't."""
+    from slimkernels.cpu_replay import _plan
+    lives = [(0, 1, 100), (1, 2, 64), (2, 3, 100), (3, 3, 10)]
+    offs, total = _plan(lives)
+    for i in range(4):
+        for j in range(i):
+            (fi, li, ni), (fj, lj, nj) = lives[i], lives[j]
+            if not (li < fj or lj < fi):   # alive together: disjoint bytes
+                assert offs[i] + ni <= offs[j] or offs[j] + nj <= offs[i], (i, j, offs)
+    assert all(o % 64 == 0 for o in offs)
+    assert total <= 128 + 100 and total < sum(n for _, _, n in lives)
 
 
 def _image_kernels():
@@ -304,20 +330,40 @@ def test_inputs_at_other_storage_offsets():
 
 
 @pytest.mark.skipif(_image_kernels() is None, reason="no SIMD image conversion on this CPU")
-def test_recordings_are_bounded_in_bytes():
+def test_the_check_does_not_poison_what_a_cache_keeps():
+    """A value a cache built during the recorded call (and reported, as the weight caches do)
+    is not filled with NaN by the check, even when the replay stops before rewriting it."""
+    from slimkernels import _recording
+    from slimkernels.ops.image_io import bf16_to_image, image_to_bf16
+    store, calls = {}, [0]
+
+    def fn(t):
+        calls[0] += 1
+        y = image_to_bf16(t)                      # returns the range: differs for another t
+        if calls[0] == 2:
+            store["pack"] = bf16_to_image(y)      # allocated and written in the recording
+        if "pack" in store:
+            _recording.keep(store["pack"])
+        return y
+    cache = ReplayCache(2)
+    xs = [torch.rand(1, 3, 4, 6, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    for x in xs[:2]:
+        cache.run("cast", fn, x, 0, list, _module())
+    pack = store["pack"].clone()
+    cache.run("cast", fn, xs[2], 0, list, _module())   # the check: stops at the first kernel
+    assert "another result" in cache.failures()[0] or "differs" in cache.failures()[0]
+    assert torch.equal(store["pack"], pack)
+
+
+@pytest.mark.skipif(_image_kernels() is None, reason="no SIMD image conversion on this CPU")
+def test_each_replay_returns_a_tensor_of_its_own():
+    """A replay's output lives in an arena of its own: an output kept by the caller is not
+    overwritten by the next replay."""
     from slimkernels.ops.image_io import bf16_to_image
-    x = torch.rand(1, 3, 8, 8).to(torch.bfloat16)
-    one = 3 * 8 * 8 * 4
-    cache = ReplayCache(8, max_bytes=2 * one)
-    for shape in ((1, 3, 8, 8), (1, 8, 3, 8), (1, 8, 8, 3)):
-        xi = x.reshape(shape)
-        for _ in range(2):
-            cache.run("image", bf16_to_image, xi, 0, list, _module())
-    assert len(cache) == 2 and cache.nbytes() == 2 * one
-    assert len(ReplayCache(8, max_bytes=one - 1)) == 0
-    tiny = ReplayCache(8, max_bytes=one - 1)
-    for _ in range(2):
-        cache_out = tiny.run("image", bf16_to_image, x, 0, list, _module())
-    assert torch.equal(cache_out, x.float().clamp(0, 1)) and len(tiny) == 0
-    with pytest.raises(ValueError, match="max_bytes"):
-        ReplayCache(1, max_bytes=-1)
+    cache = ReplayCache(2)
+    xs = [torch.rand(1, 3, 4, 5, generator=torch.Generator().manual_seed(i)).to(torch.bfloat16)
+          for i in range(6)]
+    outs = [cache.run("image", bf16_to_image, x, 0, list, _module()) for x in xs]
+    assert cache.entries()[0].replays == 4
+    for x, y in zip(xs, outs):
+        assert torch.equal(y, x.float())
