@@ -920,7 +920,7 @@ class SlimCodec(nn.Module):
             from .cpu_replay import ReplayCache
             replays = self.__dict__["_cpu_replays"] = ReplayCache(self.CPU_REPLAYS_KEPT)
         return replays.run((kind,) + tuple(key), run, x, cache[0],
-                           lambda: state_tensors(self), kernels)
+                           lambda: state_tensors(self), kernels, lambda: list(self.modules()))
 
     def _transform(self, kind: str, fn, x: torch.Tensor, key, dev: torch.device,
                    precision: str, cuda_graph: Optional[bool], model_id: bytes

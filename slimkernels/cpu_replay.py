@@ -14,18 +14,18 @@ encoder on a Kodak image 1.83 -> 1.36 ms (2 threads, AMX Xeon).
 
 Safety, in order:
 
-* A recording fails (the key then runs eagerly for good) when the transform runs any PyTorch
-  op other than an allocation or a view (a oneDNN convolution, a copy), hands a kernel an
-  address that is not inside the input, a buffer the call allocated, a cached weight pack the
-  call read, or a parameter / buffer of the model, or returns a tensor its kernels did not
-  write.
+* A recording fails (the key then runs eagerly for good) when the transform calls anything of
+  PyTorch's API but a query, an allocation or a view (a oneDNN convolution, a copy), hands a
+  kernel an address that is not inside the input, a buffer the call allocated, a cached weight
+  pack the call read, or a parameter / buffer of the model, or returns a tensor its kernels did
+  not write.
 * The first use after recording checks the replay against the eager transform, its arena
   filled with NaN first, so that a step the recording missed shows; any difference drops the
   recording.
 * A replay re-checks the environment switches the recording read and the module-level dispatch
-  switches (``slimkernels.ops.*`` constants), runs only while no module it called has hooks,
-  and compares every kernel's return value with the recorded one (a difference drops the
-  recording and runs the eager call).
+  switches (``slimkernels.ops.*`` constants), runs only while no module of the model has forward
+  hooks, and compares every kernel's return value with the recorded one (a difference drops
+  the recording and runs the eager call).
 * The cache is keyed by the model's state key (every parameter and buffer's identity, version
   counter and storage, :meth:`slimkernels.SlimCodec.model_id`): an update of the weights drops
   every recording (writes through ``.data`` bypass version counters: call ``clear_caches()``).
@@ -50,14 +50,16 @@ SWITCH_MODULES = ("slimkernels.ops.conv", "slimkernels.ops.gdn", "slimkernels.op
                   "slimkernels.ops.conv_image", "slimkernels.ops.winograd",
                   "slimkernels.ops.latents", "slimkernels.backend", "slimkernels.codec")
 
-_ALLOCATIONS = {"aten.empty.memory_format", "aten.empty_strided.default",
-                "aten.empty_like.default", "aten.new_empty.default",
-                "aten.new_empty_strided.default"}
-_VIEWS = {"aten.permute.default", "aten.view.default", "aten.as_strided.default",
-          "aten.detach.default", "aten.alias.default", "aten.slice.Tensor", "aten.select.int",
-          "aten.unsqueeze.default", "aten.squeeze.dim", "aten.transpose.int", "aten.t.default",
-          "aten.expand.default", "aten._reshape_alias.default", "aten.unflatten.int",
-          "aten.view.dtype", "aten.lift_fresh.default"}
+# What a recorded transform may call of PyTorch's Python API (seen by a TorchFunctionMode, which,
+# unlike a TorchDispatchMode, does not import torch._dynamo): queries, allocations, and views (the
+# ones marked * only when their result shares the input's storage: else they computed a copy).
+_QUERIES = {"__get__", "dim", "size", "stride", "numel", "element_size", "storage_offset",
+            "data_ptr", "is_contiguous", "is_floating_point", "is_complex", "is_inference",
+            "get_device", "is_pinned", "untyped_storage", "nbytes", "itemsize"}
+_ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+_VIEWS = {"permute", "view", "as_strided", "detach", "unsqueeze", "squeeze", "transpose", "t",
+          "narrow", "expand", "unflatten", "flatten", "reshape", "view_as", "__getitem__",
+          "contiguous", "to", "type_as", "float", "bfloat16", "alias"}
 _POINTER_MIN = 1 << 32   # an int argument at least this large must be an address we know
 
 
@@ -103,16 +105,15 @@ def _tensors(value):
 class _Recorder:
     """Collects one eager transform call: the compiled kernels' calls (through a logging proxy
     of the module, :func:`slimkernels._cpu.cpu_kernels`), the byte ranges it allocated (a
-    TorchDispatchMode; no reference is held, so the call's memory comes and goes as when eager),
-    in one sequence with the calls, the cached values it read, the environment switches it read
-    and the modules it called."""
+    TorchFunctionMode; no reference is held, so the call's memory comes and goes as when eager),
+    in one sequence with the calls, the cached values it read and the environment switches it
+    read."""
 
     def __init__(self):
         self.calls: List[Tuple[int, str, tuple, dict, object]] = []   # (seq, name, ...)
         self.allocated: List[Tuple[int, int, int]] = []   # (seq, start, end) byte ranges
         self.kept: List[torch.Tensor] = []
         self.env: dict = {}
-        self.modules: list = []
         self.error: Optional[str] = None
         self.seq = 0
 
@@ -148,33 +149,38 @@ class _Recorder:
         return _Proxy()
 
 
+def _shares(out, args) -> bool:
+    """Every tensor in ``out`` is a view of a tensor argument (not a new buffer)."""
+    bases = {t.untyped_storage().data_ptr() for t in _tensors(args)}
+    outs = list(_tensors(out))
+    return bool(outs) and all(t.untyped_storage().data_ptr() in bases for t in outs)
+
+
 def _record(fn: Callable, x: torch.Tensor):
     """Run ``fn(x)`` eagerly while recording it; returns ``(recorder, output)``."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.overrides import TorchFunctionMode
 
     rec = _Recorder()
 
-    class _Mode(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            name = str(func)
+    class _Mode(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            name = getattr(func, "__name__", "")
             if name in _ALLOCATIONS:
                 for t in _tensors(out):
                     rec.allocation(t)
-            elif name not in _VIEWS and rec.error is None:
-                rec.error = f"the transform runs {name}, which a replay cannot repeat"
+            elif name not in _QUERIES and not (name in _VIEWS and _shares(out, args)) and \
+                    rec.error is None:
+                rec.error = f"the transform runs torch's {name or func}, which a replay " \
+                            f"cannot repeat"
             return out
 
-    def pre_hook(module, args):
-        rec.modules.append(module)
-
     token = _recording.ACTIVE.set(rec)
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(pre_hook)
     try:
         with _Mode():
             y = fn(x)
     finally:
-        handle.remove()
         _recording.ACTIVE.reset(token)
     return rec, y
 
@@ -203,9 +209,14 @@ def _plan(lives: List[Tuple[int, int, int]], align: int = 64) -> Tuple[List[int]
     return offs, total
 
 
-def _module_hooked(m) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or
-                getattr(m, "_backward_pre_hooks", None) or "forward" in m.__dict__)
+def _hook_dicts(modules) -> list:
+    """Per module, the dicts that say whether calling it does more than its class's forward:
+    its forward (pre-)hooks and its instance ``__dict__`` (an instance-level ``forward``)."""
+    return [(m._forward_hooks, m._forward_pre_hooks, m.__dict__) for m in modules]
+
+
+def _hooked(dicts) -> bool:
+    return any(h or p or "forward" in d for h, p, d in dicts)
 
 
 def _global_hooks() -> bool:
@@ -228,20 +239,22 @@ class _Replay:
         self.keep: list = []
         self.output: Optional[Tuple] = None   # (bytes, element offset, dtype, shape, stride)
         self.env: dict = {}
-        self.modules: list = []
+        self.hooks: list = []
         self.replays = 0
         self.nbytes = 0
 
     @classmethod
-    def build(cls, rec: _Recorder, x: torch.Tensor, y, state_tensors) -> "_Replay":
+    def build(cls, rec: _Recorder, x: torch.Tensor, y, state_tensors,
+              modules=()) -> "_Replay":
         if rec.error is not None:
             return cls(rec.error)
         if not isinstance(y, torch.Tensor):
             return cls(f"the transform returned {type(y).__name__}, not a tensor")
         if not rec.calls:
             return cls("the transform calls no compiled kernel")
-        if _global_hooks() or any(_module_hooked(m) for m in rec.modules):
-            return cls("a module of the transform has hooks")
+        hooks = _hook_dicts(modules)
+        if _global_hooks() or _hooked(hooks):
+            return cls("a module of the model has forward hooks (or its own forward)")
         fixed_ranges = [_storage_range(t) for t in rec.kept]
         fixed_ranges += [_storage_range(t) for t in state_tensors if t.device.type == "cpu"]
         x0, x1 = x.data_ptr(), _storage_range(x)[1]   # offsets from x's first element
@@ -299,7 +312,7 @@ class _Replay:
         r.output = (allocs[ko][2] - allocs[ko][1], off // y.element_size(), y.dtype, y.shape,
                     y.stride())
         r.env = dict(rec.env)
-        r.modules = list({id(m): m for m in rec.modules}.values())
+        r.hooks = hooks
         return r
 
     def runnable(self) -> bool:
@@ -307,7 +320,7 @@ class _Replay:
         for name, value in self.env.items():
             if _getenv(name) != value:
                 return False
-        return not (_global_hooks() or any(_module_hooked(m) for m in self.modules))
+        return not (_global_hooks() or _hooked(self.hooks))
 
     def replay(self, kernels, x: torch.Tensor, poison: bool = False) -> Optional[torch.Tensor]:
         """Re-issue the steps on ``x`` in a new arena (``poison``: filled with NaN first, so
@@ -404,7 +417,7 @@ class ReplayCache:
                 self._failed.popitem(last=False)
 
     def run(self, key: Hashable, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-            state, state_tensors: Callable[[], list], kernels,
+            state, state_tensors: Callable[[], list], kernels, modules: Callable[[], list] = list,
             record_after: int = 2) -> torch.Tensor:
         """``fn(x)`` for a CPU ``x`` (no gradient), replayed when a verified recording for
         ``key``, ``x``'s shape / dtype / strides, the thread count and the dispatch switches
@@ -415,6 +428,8 @@ class ReplayCache:
             state_tensors: ``() -> list`` of the model's parameters and buffers (read when
                 recording: addresses inside them are allowed).
             kernels: the compiled kernels' module (``slimkernels._cpu_kernels``).
+            modules: ``() -> list`` of the modules ``fn`` may call (read when recording): a
+                replay runs only while none has forward hooks or an instance ``forward``.
 
         Returns:
             ``fn(x)`` (from a replay, a view of the arena the replay allocated: a tensor of its
@@ -456,7 +471,7 @@ class ReplayCache:
                 with self._lock:
                     self._entries.pop(full, None)
                 raise
-            entry = _Replay.build(rec, x, y, state_tensors())
+            entry = _Replay.build(rec, x, y, state_tensors(), modules())
             del rec
             if entry.error is not None:
                 self._fail(full, entry.error)
