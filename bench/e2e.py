@@ -316,8 +316,13 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
     if ph or pw:
         xp = torch.nn.functional.pad(xp, (0, pw, 0, ph), mode="replicate")
     xp = _layout(model, xp, channels_last, image_precision=precision)
-    with torch.autocast(xp.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        y = model.encode(xp, width)
+    mid = model.model_id()   # compress computes it here, before the transform
+    if hasattr(model, "_transform") and not channels_last:   # as compress runs it (CPU replay)
+        y = model._transform("encode", lambda t: model.encode(t, width), xp, (width, precision),
+                             xp.device, precision, None, mid)
+    else:
+        with torch.autocast(xp.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            y = model.encode(xp, width)
     _sync(xp.device)
     t1 = time.perf_counter()
     eb = model.entropy_bottleneck.for_width(width)
@@ -329,7 +334,7 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
     payload = coding.encode(sym.numpy(), _indexes(C, h, w)[0], cdf, lengths, offsets,
                             precision=eb.precision, streams=streams, **_pool_kw())
     t2 = time.perf_counter()
-    f = container.SlimFile(model_id=model.model_id(), width=width, height=H, img_width=W,
+    f = container.SlimFile(model_id=mid, width=width, height=H, img_width=W,
                            streams=streams, payload=payload, metadata={})
     data = container.pack(f)
     t3 = time.perf_counter()
@@ -360,8 +365,12 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
     else:
         y_hat = _layout(model, _codec_fn("_dequantize", lambda e, t: e.dequantize_symbols(t))(
             eb, sym.to(dev)), channels_last)
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        x_hat = model.decode(y_hat)
+    if hasattr(model, "_transform") and not channels_last:   # as decompress runs it
+        x_hat = model._transform("decode", model.decode, y_hat, (f.width, precision), dev,
+                                 precision, None, f.model_id)
+    else:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            x_hat = model.decode(y_hat)
     x_hat = _codec_fn("_image_output", lambda t: t.float().clamp_(0, 1))(x_hat)
     x_hat = x_hat[..., :f.height, :f.img_width]
     _sync(dev)
