@@ -365,9 +365,10 @@ class ReplayCache:
     """Recorded CPU transforms of one model, for its current weights (see the module docstring).
 
     Args:
-        max_entries: recordings kept (least recently used dropped first); each holds the
-            memory of one transform call. Keys whose transform cannot be replayed are
-            remembered apart (up to ``8 * max_entries``, without memory) and run eagerly.
+        max_entries: recordings kept (least recently used dropped first; a recording holds
+            its steps and the cached weight packs they read, no activations). Keys whose
+            transform cannot be replayed are remembered apart (up to ``8 * max_entries``) and
+            run eagerly.
     """
 
     def __init__(self, max_entries: int = 8):
@@ -445,7 +446,7 @@ class ReplayCache:
                 self._failed.clear()
                 self._seen.clear()
                 self._state = state
-            entry = None
+            entry, recorder = None, False
             if full in self._failed:
                 self._failed.move_to_end(full)
             elif full in self._entries:
@@ -458,13 +459,13 @@ class ReplayCache:
                     while len(self._seen) > 8 * self.max_entries:
                         self._seen.popitem(last=False)
                 else:
-                    entry = _Replay("recording")   # placeholder while this thread records
+                    entry, recorder = _Replay("recording"), True   # this thread records
                     self._entries[full] = entry
                     while len(self._entries) > self.max_entries:
                         self._entries.popitem(last=False)
-        if entry is None:
-            return fn(x)
-        if entry.error == "recording":
+        if entry is None or (entry.error == "recording" and not recorder):
+            return fn(x)   # (another thread is recording this key)
+        if recorder:
             try:
                 rec, y = _record(fn, x)
             except Exception:
