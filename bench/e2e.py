@@ -326,13 +326,25 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
     _sync(xp.device)
     t1 = time.perf_counter()
     eb = model.entropy_bottleneck.for_width(width)
-    sym = (_codec_fn("_quantize", lambda e, t: e.quantize_symbols(t))(eb, y).cpu().contiguous())
-    _, C, h, w = sym.shape
-    cdf, lengths, offsets = _tables(eb)
-    if streams is None:
-        streams = _auto_streams(sym.numel())
-    payload = coding.encode(sym.numpy(), _indexes(C, h, w)[0], cdf, lengths, offsets,
-                            precision=eb.precision, streams=streams, **_pool_kw())
+    if hasattr(model, "_latent_plan") and hasattr(coding, "encode_prepared"):
+        # as compress: the per-width tables cached for the weights, the coder's thin entry
+        med, cdf, lengths, offsets, idx = model._latent_plan(eb, width)
+        sym = _codec_fn("_quantize_counted", None)(eb, y, med)[0].cpu()
+        _, C, h, w = sym.shape
+        if streams is None:
+            streams = _auto_streams(sym.numel())
+        kw = _pool_kw()
+        payload = coding.encode_prepared(sym.numpy(), idx, h * w, cdf, lengths, offsets,
+                                         eb.precision, streams, kw["threads"], kw["pool"])
+    else:
+        sym = (_codec_fn("_quantize", lambda e, t: e.quantize_symbols(t))(eb, y).cpu()
+               .contiguous())
+        _, C, h, w = sym.shape
+        cdf, lengths, offsets = _tables(eb)
+        if streams is None:
+            streams = _auto_streams(sym.numel())
+        payload = coding.encode(sym.numpy(), _indexes(C, h, w)[0], cdf, lengths, offsets,
+                                precision=eb.precision, streams=streams, **_pool_kw())
     t2 = time.perf_counter()
     f = container.SlimFile(model_id=mid, width=width, height=H, img_width=W,
                            streams=streams, payload=payload, metadata={})

@@ -373,7 +373,8 @@ def _quantize(eb, y: torch.Tensor) -> torch.Tensor:
     return _quantize_counted(eb, y)[0]
 
 
-def _quantize_counted(eb, y: torch.Tensor) -> Tuple[torch.Tensor, int]:
+def _quantize_counted(eb, y: torch.Tensor, medians: Optional[torch.Tensor] = None
+                      ) -> Tuple[torch.Tensor, int]:
     """``(symbols, invalid)``: ``eb.quantize_symbols(y)`` (int32 ``round(float(y) - median)``,
     ties to even) as contiguous NCHW ``[N, C, H, W]``, and the number of symbols equal to
     ``INT32_MIN`` (what NaN, inf and values beyond the int32 range become).
@@ -383,12 +384,13 @@ def _quantize_counted(eb, y: torch.Tensor) -> Tuple[torch.Tensor, int]:
     the count included; AVX-512: 0.41 -> ~0.05 ms at w=192, 768x512; AVX2 on a Zen 3 EPYC:
     0.26 -> 0.06 ms at w=48, dequantization 0.18 -> 0.06 ms); elsewhere 3 torch passes (the
     subtraction promotes a bf16 ``y`` to fp32 itself, rounding is in place, and the int32 cast
-    writes NCHW directly) and one more for the count."""
+    writes NCHW directly) and one more for the count. ``medians``: ``_coding_medians(eb)`` when
+    the caller has it."""
     ck = _latent_kernels() if y.is_cpu and y.dim() == 4 else None
     layout = _dense_layout(y) if ck is not None and y.dtype in (torch.float32,
                                                                   torch.bfloat16) else None
     if layout is not None:
-        med = _coding_medians(eb)
+        med = _coding_medians(eb) if medians is None else medians
         out = torch.empty(y.shape, dtype=torch.int32, device=y.device)
         bad = ck.quantize_latents(y.data_ptr(), 1 if y.dtype == torch.bfloat16 else 0, layout,
                                   *y.shape, med.data_ptr(), out.data_ptr(),
@@ -639,6 +641,23 @@ class SlimCodec(nn.Module):
         before :meth:`compress`. Returns True when tables were (re)built."""
         return self.entropy_bottleneck.update(force)
 
+    def _latent_plan(self, eb, width: int):
+        """``(medians, cdfs, cdf_lengths, offsets, channel indexes)`` of ``width``'s entropy model
+        ``eb`` as the CPU quantization and the coder read them (see :func:`_coding_medians`,
+        :func:`_tables`, :func:`channel_indexes`), cached per width for the current weights: keyed
+        by the state key of :meth:`model_id`, which ``compress`` computes first (without it, not
+        cached)."""
+        mid = self.__dict__.get("_model_id_cache")
+        plans = self.__dict__.get("_latent_plans")
+        if mid is not None and plans is not None and plans[0] == mid[0] and width in plans[1]:
+            return plans[1][width]
+        plan = (_coding_medians(eb), *_tables(eb), channel_indexes(width))
+        if mid is not None:
+            if plans is None or plans[0] != mid[0]:
+                plans = self.__dict__["_latent_plans"] = (mid[0], {})
+            plans[1][width] = plan
+        return plan
+
     def model_id(self) -> bytes:
         """16-byte id (``bytes`` of length 16) of this model's config and weights (see
         :func:`model_fingerprint`). Cached until a parameter or buffer changes (tracked by the
@@ -664,6 +683,7 @@ class SlimCodec(nn.Module):
         self.__dict__.pop("_model_id_cache", None)
         self.__dict__.pop("_cuda_graphs", None)
         self.__dict__.pop("_cpu_replays", None)
+        self.__dict__.pop("_latent_plans", None)
 
     # -- coding --------------------------------------------------------------------------------
     def _first_parameter(self) -> torch.Tensor:
@@ -835,7 +855,8 @@ class SlimCodec(nn.Module):
         mid = self.model_id()   # once: the graph cache's key and the container's field
         y = self._transform("encode", lambda t: self.encode(t, width), x, (width, precision),
                             dev, precision, cuda_graph, mid)
-        sym, invalid = _quantize_counted(eb, y)
+        med, cdfs, lengths, offsets, idx = self._latent_plan(eb, width)
+        sym, invalid = _quantize_counted(eb, y, med)
         sym = sym.cpu()
         if invalid:  # NaN / inf / |y| >= 2^31
             raise ValueError("compress: the latent has NaN, inf or values beyond the int32 range: "
@@ -844,9 +865,12 @@ class SlimCodec(nn.Module):
         _, C, h, w = sym.shape
         if streams is None:
             streams = auto_streams(sym.numel())
-        payload = coding.encode(sym.numpy(), channel_indexes(C), *_tables(eb),
-                                precision=eb.precision, streams=streams, pool=coder_pool(),
-                                threads=torch.get_num_threads())
+        elif isinstance(streams, bool) or not isinstance(streams, int) or \
+                not 1 <= streams <= 255:
+            raise ValueError(f"streams must be an int in [1, 255], got {streams!r}")
+        payload = coding.encode_prepared(sym.numpy(), idx, h * w, cdfs, lengths, offsets,
+                                         eb.precision, streams, torch.get_num_threads(),
+                                         coder_pool())
         return container.pack(container.SlimFile(
             model_id=mid, width=width, height=H, img_width=W, streams=streams,
             payload=payload, metadata=dict(metadata or {})))

@@ -228,6 +228,19 @@ def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, stream
                          run, executor=_executor(pool))
 
 
+def encode_prepared(symbols: np.ndarray, indexes: np.ndarray, run: int, cdfs: np.ndarray,
+                    cdf_lengths: np.ndarray, offsets: np.ndarray, precision: int, streams: int,
+                    threads: int, pool: str = "coder") -> bytes:
+    """:func:`encode` for arguments already in the coder's form, without its conversions (the
+    codec's hot path: ~25 us of Python on a 768x512 latent right after a transform): C-contiguous
+    int32 numpy ``symbols`` and ``indexes`` with element ``j`` using index ``j // run``, tables
+    as :func:`encode` takes them, ints ``precision``, ``streams >= 1``, ``threads >= 1`` (0: as
+    ``threads=None``). The C++ coder still validates everything (a wrong argument raises
+    ValueError or TypeError, never codes garbage). Same bytes as :func:`encode`."""
+    return _ext().encode(symbols, indexes, cdfs, cdf_lengths, offsets, precision, streams,
+                         threads, run, executor=_executor(pool))
+
+
 def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
            threads=None, shape=None, pool="coder") -> np.ndarray:
     """Decode symbols written by :func:`encode` with the same tables.

@@ -484,9 +484,9 @@ def test_coder_pool_choice_and_same_bytes(model, monkeypatch):
     assert codec.coder_pool() == "coder"
     monkeypatch.delenv("SLIMKERNELS_CPU_KERNELS")
     seen = []
-    real_encode, real_decode = coding.encode, coding.decode
-    monkeypatch.setattr(coding, "encode", lambda *a, **k: seen.append(k["pool"]) or
-                        real_encode(*a, **k))
+    real_encode, real_decode = coding.encode_prepared, coding.decode
+    monkeypatch.setattr(coding, "encode_prepared", lambda *a: seen.append(a[9]) or
+                        real_encode(*a))
     monkeypatch.setattr(coding, "decode", lambda *a, **k: seen.append(k["pool"]) or
                         real_decode(*a, **k))
     monkeypatch.setattr(codec, "STREAM_MIN_SYMBOLS", 16)        # several substreams
@@ -1081,3 +1081,28 @@ def test_cpu_codec_ignores_torchs_default_device(precision):
             assert img.device.type == "cpu" and torch.equal(img, imgs[w])
     finally:
         torch.set_default_device(None)
+
+
+def test_latent_plan_follows_the_entropy_model(model):
+    """compress's cached coding tables (per width, keyed by the weights' state) follow an update
+    of the entropy model: the bytes are those of a fresh copy with the same weights."""
+    import copy
+    x = torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(5))
+    m = copy.deepcopy(model)
+    m.compress(x, 8)
+    assert 8 in m._latent_plans[1]
+    with torch.no_grad():
+        for p in m.entropy_bottleneck.parameters():
+            p.mul_(1.05)
+    m.update()
+    got = m.compress(x, 8)
+    fresh = copy.deepcopy(m)
+    fresh.clear_caches()
+    assert got == fresh.compress(x, 8)
+    assert m.decompress(got).shape == (1, 3, 20, 24)
+
+
+@pytest.mark.parametrize("streams", [0, 256, 1.5, True, "2"])
+def test_compress_refuses_bad_stream_counts(model, streams):
+    with pytest.raises(ValueError, match="streams"):
+        model.compress(torch.rand(1, 3, 16, 16), 8, streams=streams)

@@ -628,3 +628,30 @@ def test_ideal_bytes_known_value():
     assert coding.ideal_bytes(sym, idx, cdfs, lengths, offsets) == pytest.approx(2.0, abs=1e-12)
     esc = np.array([100], np.int32)                            # escape: -log2(1/65536) = 16 bits
     assert coding.ideal_bytes(esc, idx[:1], cdfs, lengths, offsets) == pytest.approx(2.0, abs=1e-12)
+
+
+def test_encode_prepared_gives_encodes_bytes_and_checks_in_cpp():
+    """The codec's thin entry: same bytes as encode for arguments in the coder's form; the C++
+    side still refuses wrong arguments."""
+    import numpy as np
+    from slimkernels import coding
+    rng = np.random.default_rng(7)
+    cdfs = np.stack([coding.pmf_to_quantized_cdf(rng.random(6) + 0.05) for _ in range(3)])
+    cdfs = np.ascontiguousarray(cdfs, dtype=np.int32)
+    lengths = np.full(3, cdfs.shape[1], np.int32)
+    offsets = np.array([-2, -3, -1], np.int32)
+    sym = np.ascontiguousarray(rng.integers(-4, 5, size=(1, 3, 7, 9)), dtype=np.int32)
+    idx = np.arange(3, dtype=np.int32).reshape(1, 3, 1, 1)
+    for streams in (1, 2, 3):
+        ref = coding.encode(sym, idx, cdfs, lengths, offsets, precision=16, streams=streams,
+                            threads=2)
+        got = coding.encode_prepared(sym, idx, 63, cdfs, lengths, offsets, 16, streams, 2)
+        assert got == ref
+        back = coding.decode(got, idx, cdfs, lengths, offsets, precision=16, shape=sym.shape)
+        assert np.array_equal(back, sym)
+    with pytest.raises((ValueError, TypeError)):
+        coding.encode_prepared(sym.astype(np.int64), idx, 63, cdfs, lengths, offsets, 16, 1, 1)
+    with pytest.raises((ValueError, TypeError)):
+        coding.encode_prepared(sym, idx, 63, cdfs, lengths, offsets, 16, 0, 1)
+    with pytest.raises((ValueError, TypeError)):
+        coding.encode_prepared(sym, idx, 64, cdfs, lengths, offsets, 16, 1, 1)
