@@ -366,14 +366,24 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
     eb = model.entropy_bottleneck.for_width(f.width)
     ds = int(getattr(model, "downsampling", 16))
     h, w = -(-f.height // ds), -(-f.img_width // ds)
-    cdf, lengths, offsets = _tables(eb)
-    idx, kw = _indexes(f.width, h, w)
-    sym = torch.from_numpy(coding.decode(f.payload, idx, cdf, lengths, offsets,
-                                         precision=eb.precision, **kw, **_pool_kw()))
+    med = None
+    if hasattr(model, "_latent_plan") and hasattr(coding, "decode_prepared"):
+        # as decompress: the per-width tables cached for the weights, the coder's thin entry
+        med, cdf, lengths, offsets, idx = model._latent_plan(eb, f.width)
+        kw = _pool_kw()
+        sym = torch.from_numpy(coding.decode_prepared(
+            f.payload, idx, h * w, (1, f.width, h, w), cdf, lengths, offsets, eb.precision,
+            kw["threads"], kw["pool"]))
+    else:
+        cdf, lengths, offsets = _tables(eb)
+        idx, kw = _indexes(f.width, h, w)
+        sym = torch.from_numpy(coding.decode(f.payload, idx, cdf, lengths, offsets,
+                                             precision=eb.precision, **kw, **_pool_kw()))
     t2 = time.perf_counter()
     dev = next(model.parameters()).device
     if not channels_last and hasattr(model, "_latent_input"):  # the model's own input rule
-        y_hat = model._latent_input(eb, sym.to(dev), precision)
+        y_hat = (model._latent_input(eb, sym.to(dev), precision) if med is None or
+                 dev.type != "cpu" else model._latent_input(eb, sym, precision, med))
     else:
         y_hat = _layout(model, _codec_fn("_dequantize", lambda e, t: e.dequantize_symbols(t))(
             eb, sym.to(dev)), channels_last)

@@ -404,15 +404,17 @@ def _quantize_counted(eb, y: torch.Tensor, medians: Optional[torch.Tensor] = Non
     return out, int((out == torch.iinfo(torch.int32).min).sum())
 
 
-def _dequantize(eb, sym: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+def _dequantize(eb, sym: torch.Tensor, channels_last: bool = False,
+                medians: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``eb.dequantize_symbols(sym)`` (float32 ``sym + median``), dense channels_last when asked.
     On CPU with ``channels_last``, one pass of ``slimkernels._cpu_kernels.dequantize_latents``
     (transpose from the coder's NCHW order included); else the int32 + float32 addition (which
-    promotes to float32 itself, exact for ``|sym| < 2**24``) and, for channels_last, one copy."""
+    promotes to float32 itself, exact for ``|sym| < 2**24``) and, for channels_last, one copy.
+    ``medians``: ``_coding_medians(eb)`` when the caller has it."""
     ck = _latent_kernels() if channels_last and sym.is_cpu and \
         sym.dtype == torch.int32 and sym.dim() == 4 and sym.is_contiguous() else None
     if ck is not None:
-        med = _coding_medians(eb)
+        med = _coding_medians(eb) if medians is None else medians
         out = torch.empty(sym.shape, dtype=torch.float32, device=sym.device,
                           memory_format=torch.channels_last)
         ck.dequantize_latents(sym.data_ptr(), *sym.shape, med.data_ptr(), out.data_ptr(),
@@ -755,7 +757,8 @@ class SlimCodec(nn.Module):
                  else x.dtype)
         return _dense(x, dtype, torch.channels_last if cl else torch.contiguous_format, ranges)
 
-    def _latent_input(self, eb, sym: torch.Tensor, precision: str) -> torch.Tensor:
+    def _latent_input(self, eb, sym: torch.Tensor, precision: str,
+                      medians: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The dequantized latent ``y_hat`` (float32 ``sym + median``) as the synthesis
         transform's input, in one pass and at most one cast.
 
@@ -775,7 +778,7 @@ class SlimCodec(nn.Module):
             isinstance(first, (SlimGDN, _WidthSelectedGDN, SlimConvTranspose2d))
         # the transforms' layout (input_channels_last when set) on CUDA and for the bf16 latent
         cl = self._transforms_channels_last(dev) if dev.type == "cuda" or bf16 else None
-        y_hat = _dequantize(eb, sym, self._params_channels_last() if cl is None else cl)
+        y_hat = _dequantize(eb, sym, self._params_channels_last() if cl is None else cl, medians)
         return y_hat.to(torch.bfloat16) if bf16 else y_hat
 
     @torch.no_grad()
@@ -895,9 +898,11 @@ class SlimCodec(nn.Module):
         eb = self.entropy_bottleneck.for_width(f.width)
         s = int(self.downsampling)
         h, w = -(-f.height // s), -(-f.img_width // s)
-        sym = coding.decode(f.payload, channel_indexes(f.width), *_tables(eb),
-                            precision=eb.precision, shape=(1, f.width, h, w), pool=coder_pool(),
-                            threads=torch.get_num_threads())
+        _, cdfs, lengths, offsets, idx = self._latent_plan(eb, f.width)
+        payload = f.payload if isinstance(f.payload, (bytes, bytearray)) else bytes(f.payload)
+        sym = coding.decode_prepared(payload, idx, h * w, (1, f.width, h, w), cdfs, lengths,
+                                     offsets, eb.precision, torch.get_num_threads(),
+                                     coder_pool())
         return f, torch.from_numpy(sym)
 
     @torch.no_grad()
@@ -921,7 +926,8 @@ class SlimCodec(nn.Module):
         precision = resolve_precision(precision, dev)
         f, sym = self.decompress_latent(data)
         eb = self.entropy_bottleneck.for_width(f.width)
-        y_hat = self._latent_input(eb, sym.to(dev), precision)
+        y_hat = self._latent_input(eb, sym.to(dev), precision,
+                                   self._latent_plan(eb, f.width)[0] if dev.type == "cpu" else None)
         # f.model_id: checked equal to this model's id by decompress_latent
         x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
                                 precision, cuda_graph, f.model_id)

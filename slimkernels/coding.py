@@ -290,6 +290,18 @@ def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
                          shape, run, executor=_executor(pool))
 
 
+def decode_prepared(data: bytes, indexes: np.ndarray, run: int, shape: Tuple[int, ...],
+                    cdfs: np.ndarray, cdf_lengths: np.ndarray, offsets: np.ndarray,
+                    precision: int, threads: int, pool: str = "coder") -> np.ndarray:
+    """:func:`decode` for arguments already in the coder's form, without its conversions (the
+    codec's hot path): ``data`` bytes, C-contiguous int32 numpy ``indexes`` with element ``j`` of
+    ``shape`` using index ``j // run``, tables as :func:`decode` takes them, ints ``precision``
+    and ``threads >= 1`` (0: as ``threads=None``). The C++ decoder still validates everything
+    (safe on any ``data``, as :func:`decode`). Returns the same array as :func:`decode`."""
+    return _ext().decode(data, indexes, cdfs, cdf_lengths, offsets, precision, threads, shape,
+                         run, executor=_executor(pool))
+
+
 def stream_count(data) -> int:
     """Number of substreams recorded in an encoded byte string (validates the header only)."""
     if isinstance(data, np.ndarray):

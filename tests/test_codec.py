@@ -484,11 +484,11 @@ def test_coder_pool_choice_and_same_bytes(model, monkeypatch):
     assert codec.coder_pool() == "coder"
     monkeypatch.delenv("SLIMKERNELS_CPU_KERNELS")
     seen = []
-    real_encode, real_decode = coding.encode_prepared, coding.decode
+    real_encode, real_decode = coding.encode_prepared, coding.decode_prepared
     monkeypatch.setattr(coding, "encode_prepared", lambda *a: seen.append(a[9]) or
                         real_encode(*a))
-    monkeypatch.setattr(coding, "decode", lambda *a, **k: seen.append(k["pool"]) or
-                        real_decode(*a, **k))
+    monkeypatch.setattr(coding, "decode_prepared", lambda *a: seen.append(a[9]) or
+                        real_decode(*a))
     monkeypatch.setattr(codec, "STREAM_MIN_SYMBOLS", 16)        # several substreams
     x = torch.rand(1, 3, 32, 32)
     threads = torch.get_num_threads()

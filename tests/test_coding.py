@@ -630,7 +630,7 @@ def test_ideal_bytes_known_value():
     assert coding.ideal_bytes(esc, idx[:1], cdfs, lengths, offsets) == pytest.approx(2.0, abs=1e-12)
 
 
-def test_encode_prepared_gives_encodes_bytes_and_checks_in_cpp():
+def test_prepared_entries_give_the_same_bytes_and_symbols_and_check_in_cpp():
     """The codec's thin entry: same bytes as encode for arguments in the coder's form; the C++
     side still refuses wrong arguments."""
     import numpy as np
@@ -649,9 +649,17 @@ def test_encode_prepared_gives_encodes_bytes_and_checks_in_cpp():
         assert got == ref
         back = coding.decode(got, idx, cdfs, lengths, offsets, precision=16, shape=sym.shape)
         assert np.array_equal(back, sym)
+        fast = coding.decode_prepared(got, idx, 63, sym.shape, cdfs, lengths, offsets, 16, 2)
+        assert np.array_equal(fast, sym)
     with pytest.raises((ValueError, TypeError)):
         coding.encode_prepared(sym.astype(np.int64), idx, 63, cdfs, lengths, offsets, 16, 1, 1)
     with pytest.raises((ValueError, TypeError)):
         coding.encode_prepared(sym, idx, 63, cdfs, lengths, offsets, 16, 0, 1)
     with pytest.raises((ValueError, TypeError)):
         coding.encode_prepared(sym, idx, 64, cdfs, lengths, offsets, 16, 1, 1)
+    data = coding.encode(sym, idx, cdfs, lengths, offsets, precision=16)
+    for bad in (data[:-3], data[:5] + bytes(len(data) - 5), b""):   # damaged / truncated
+        with pytest.raises(ValueError):
+            coding.decode_prepared(bad, idx, 63, sym.shape, cdfs, lengths, offsets, 16, 1)
+    with pytest.raises((ValueError, TypeError)):
+        coding.decode_prepared(data, idx, 62, sym.shape, cdfs, lengths, offsets, 16, 1)
