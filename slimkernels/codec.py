@@ -405,25 +405,29 @@ def _quantize_counted(eb, y: torch.Tensor, medians: Optional[torch.Tensor] = Non
 
 
 def _dequantize(eb, sym: torch.Tensor, channels_last: bool = False,
-                medians: Optional[torch.Tensor] = None) -> torch.Tensor:
+                medians: Optional[torch.Tensor] = None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``eb.dequantize_symbols(sym)`` (float32 ``sym + median``), dense channels_last when asked.
     On CPU with ``channels_last``, one pass of ``slimkernels._cpu_kernels.dequantize_latents``
     (transpose from the coder's NCHW order included); else the int32 + float32 addition (which
     promotes to float32 itself, exact for ``|sym| < 2**24``) and, for channels_last, one copy.
-    ``medians``: ``_coding_medians(eb)`` when the caller has it."""
+    ``medians``: ``_coding_medians(eb)`` when the caller has it. ``dtype`` bfloat16: that float32
+    rounded to bf16 (nearest even, ``.to(torch.bfloat16)``), by the kernel in the same pass."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"_dequantize gives float32 or bfloat16, got {dtype}")
     ck = _latent_kernels() if channels_last and sym.is_cpu and \
         sym.dtype == torch.int32 and sym.dim() == 4 and sym.is_contiguous() else None
     if ck is not None:
         med = _coding_medians(eb) if medians is None else medians
-        out = torch.empty(sym.shape, dtype=torch.float32, device=sym.device,
+        out = torch.empty(sym.shape, dtype=dtype, device=sym.device,
                           memory_format=torch.channels_last)
         ck.dequantize_latents(sym.data_ptr(), *sym.shape, med.data_ptr(), out.data_ptr(),
-                              torch.get_num_threads())
+                              torch.get_num_threads(), int(dtype == torch.bfloat16))
         return out
     m = eb.medians().view(1, -1, 1, 1)
     with torch.autocast(device_type=sym.device.type, enabled=False):
         y = torch.add(sym, m)
-    return _dense(y, torch.float32, torch.channels_last) if channels_last else y
+    return _dense(y, dtype, torch.channels_last) if channels_last else y.to(dtype)
 
 
 #: Latent symbols per range-coder substream when ``compress(streams=None)`` picks the count.
@@ -778,8 +782,8 @@ class SlimCodec(nn.Module):
             isinstance(first, (SlimGDN, _WidthSelectedGDN, SlimConvTranspose2d))
         # the transforms' layout (input_channels_last when set) on CUDA and for the bf16 latent
         cl = self._transforms_channels_last(dev) if dev.type == "cuda" or bf16 else None
-        y_hat = _dequantize(eb, sym, self._params_channels_last() if cl is None else cl, medians)
-        return y_hat.to(torch.bfloat16) if bf16 else y_hat
+        return _dequantize(eb, sym, self._params_channels_last() if cl is None else cl, medians,
+                           torch.bfloat16 if bf16 else torch.float32)
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, width: Optional[int] = None, *, precision: str = "auto",

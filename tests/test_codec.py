@@ -616,6 +616,17 @@ def test_dequantize_kernel_equals_the_torch_addition(shape):
     assert torch.equal(got, ref)
     assert torch.equal(codec._dequantize(EB(), sym), ref) and codec._dequantize(EB(), sym) \
         .is_contiguous()
+    # bf16 in the same pass: torch's rounding of the float32 sum, ties (channel 0's median 0:
+    # 257, 259, -257, 1025 are halfway between bf16 neighbours) included
+    m[0] = 0.0
+    sym.view(-1)[2:6] = torch.tensor([257, 259, -257, 1025], dtype=torch.int32)
+    ref = torch.add(sym, m.view(1, -1, 1, 1))
+    got = codec._dequantize(EB(), sym, True, dtype=torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, ref.to(torch.bfloat16))
+    assert torch.equal(codec._dequantize(EB(), sym, dtype=torch.bfloat16), ref.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        codec._dequantize(EB(), sym, dtype=torch.float16)
 
 
 def test_quantize_falls_back_without_the_kernel(monkeypatch, model):

@@ -145,12 +145,13 @@ int64_t quantize_latents_py(uintptr_t y, int ydtype, bool channels_last, int64_t
 }
 
 void dequantize_latents_py(uintptr_t sym, int64_t N, int64_t C, int64_t H, int64_t W,
-                           uintptr_t medians, uintptr_t out, int nthreads) {
+                           uintptr_t medians, uintptr_t out, int nthreads, int out_bf16) {
   sk::DequantizeArgs a;
   a.sym = reinterpret_cast<const int32_t*>(sym);
   a.N = N; a.C = C; a.H = H; a.W = W;
   a.medians = reinterpret_cast<const float*>(medians);
-  a.out = reinterpret_cast<float*>(out);
+  a.out = reinterpret_cast<void*>(out);
+  a.out_bf16 = out_bf16;
   a.nthreads = nthreads;
   call_released(sk::dequantize_latents, a, sk::latents_error_message, "dequantize_latents");
 }
@@ -454,7 +455,9 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "of INT32_MIN results (NaN, inf or out of the int32 range), counted in the same pass.");
   m.def("dequantize_latents", &dequantize_latents_py, py::arg("sym"), py::arg("N"), py::arg("C"),
         py::arg("H"), py::arg("W"), py::arg("medians"), py::arg("out"), py::arg("nthreads"),
-        "out fp32 dense channels_last = float(sym) + medians[c]; sym int32 NCHW contiguous.");
+        py::arg("out_bf16") = 0,
+        "out dense channels_last = float(sym) + medians[c], fp32 or (out_bf16=1) rounded to "
+        "bf16 (nearest even); sym int32 NCHW contiguous.");
   m.def("image_io_simd_available", &sk::image_io_simd_available,
         "True when the CPU has AVX512F + AVX512BW (image_to_bf16 / bf16_to_image vector paths).");
   m.def("image_to_bf16", &image_to_bf16_py, py::arg("x"), py::arg("channels_last"), py::arg("N"),

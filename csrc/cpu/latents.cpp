@@ -53,12 +53,25 @@ int64_t quantize_row_scalar(const QuantizeArgs& a, int64_t n, int64_t h, int64_t
   return bad;
 }
 
+// f rounded to bf16, to nearest even (torch's rule for finite values).
+inline uint16_t bf16_rne(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
 void dequantize_row_scalar(const DequantizeArgs& a, int64_t n, int64_t h, int64_t w0, int64_t w1,
                            int64_t c0, int64_t c1) {
   for (int64_t w = w0; w < w1; ++w) {
-    float* o = a.out + ((n * a.H + h) * a.W + w) * a.C;
-    for (int64_t c = c0; c < c1; ++c)
-      o[c] = static_cast<float>(a.sym[((n * a.C + c) * a.H + h) * a.W + w]) + a.medians[c];
+    const int64_t o = ((n * a.H + h) * a.W + w) * a.C;
+    for (int64_t c = c0; c < c1; ++c) {
+      const float v =
+          static_cast<float>(a.sym[((n * a.C + c) * a.H + h) * a.W + w]) + a.medians[c];
+      if (a.out_bf16)
+        static_cast<uint16_t*>(a.out)[o + c] = bf16_rne(v);
+      else
+        static_cast<float*>(a.out)[o + c] = v;
+    }
   }
 }
 
@@ -172,10 +185,24 @@ SK_LTARGET int64_t quantize_row_simd(const QuantizeArgs& a, int64_t n, int64_t h
   return bad;
 }
 
+// 16 floats at dst (element offset) as fp32, or as bf16 rounded to nearest even (integer
+// arithmetic: no AVX512-BF16 needed), under mask k.
+SK_LTARGET inline void store16(const DequantizeArgs& a, int64_t dst, __m512 v, __mmask16 k) {
+  if (a.out_bf16) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+    _mm512_mask_cvtepi32_storeu_epi16(static_cast<uint16_t*>(a.out) + dst, k, r);
+  } else {
+    _mm512_mask_storeu_ps(static_cast<float*>(a.out) + dst, k, v);
+  }
+}
+
 SK_LTARGET void dequantize_row_simd(const DequantizeArgs& a, int64_t n, int64_t h) {
   const int64_t W = a.W, C = a.C, W16 = W / 16 * 16, C16 = C / 16 * 16;
   const int64_t plane = a.H * W;
-  float* orow = a.out + (n * a.H + h) * W * C;
+  const int64_t orow = (n * a.H + h) * W * C;
   for (int64_t c0 = 0; c0 < C16; c0 += 16) {
     const __m512 m = _mm512_loadu_ps(a.medians + c0);
     const int32_t* s = a.sym + ((n * C + c0) * a.H + h) * W;
@@ -184,7 +211,8 @@ SK_LTARGET void dequantize_row_simd(const DequantizeArgs& a, int64_t n, int64_t 
       for (int j = 0; j < 16; ++j) r[j] = _mm512_loadu_si512(s + j * plane + w0);
       transpose16(r);
       for (int i = 0; i < 16; ++i)
-        _mm512_storeu_ps(orow + (w0 + i) * C + c0, _mm512_add_ps(_mm512_cvtepi32_ps(r[i]), m));
+        store16(a, orow + (w0 + i) * C + c0, _mm512_add_ps(_mm512_cvtepi32_ps(r[i]), m),
+                static_cast<__mmask16>(0xFFFF));
     }
   }
   if (C16 < C) {  // the last C - C16 channels: ct rows loaded (zeros above), masked stores
@@ -198,8 +226,7 @@ SK_LTARGET void dequantize_row_simd(const DequantizeArgs& a, int64_t n, int64_t 
         r[j] = j < ct ? _mm512_loadu_si512(s + j * plane + w0) : _mm512_setzero_si512();
       transpose16(r);
       for (int i = 0; i < 16; ++i)
-        _mm512_mask_storeu_ps(orow + (w0 + i) * C + C16, k,
-                              _mm512_add_ps(_mm512_cvtepi32_ps(r[i]), m));
+        store16(a, orow + (w0 + i) * C + C16, _mm512_add_ps(_mm512_cvtepi32_ps(r[i]), m), k);
     }
   }
   if (W16 < W) dequantize_row_scalar(a, n, h, W16, W, 0, C);
@@ -285,10 +312,26 @@ SK_L2TARGET int64_t quantize_row_avx2(const QuantizeArgs& a, int64_t n, int64_t 
   return bad;
 }
 
+// 8 floats at dst (element offset) as fp32, or as bf16 rounded to nearest even.
+SK_L2TARGET inline void store8(const DequantizeArgs& a, int64_t dst, __m256 v) {
+  if (a.out_bf16) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+    // 8 x 32-bit -> 8 x 16-bit (values < 2^16): pack within lanes, then gather the two halves
+    const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(a.out) + dst),
+                     _mm256_castsi256_si128(p));
+  } else {
+    _mm256_storeu_ps(static_cast<float*>(a.out) + dst, v);
+  }
+}
+
 SK_L2TARGET void dequantize_row_avx2(const DequantizeArgs& a, int64_t n, int64_t h) {
   const int64_t W = a.W, C = a.C, W8 = W / 8 * 8, C8 = C / 8 * 8;
   const int64_t plane = a.H * W;
-  float* orow = a.out + (n * a.H + h) * W * C;
+  const int64_t orow = (n * a.H + h) * W * C;
   for (int64_t c0 = 0; c0 < C8; c0 += 8) {
     const __m256 m = _mm256_loadu_ps(a.medians + c0);
     const int32_t* s = a.sym + ((n * C + c0) * a.H + h) * W;
@@ -299,8 +342,8 @@ SK_L2TARGET void dequantize_row_avx2(const DequantizeArgs& a, int64_t n, int64_t
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + j * plane + w0)));
       transpose8(r);
       for (int i = 0; i < 8; ++i)
-        _mm256_storeu_ps(orow + (w0 + i) * C + c0,
-                         _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_castps_si256(r[i])), m));
+        store8(a, orow + (w0 + i) * C + c0,
+               _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_castps_si256(r[i])), m));
     }
   }
   if (W8 < W) dequantize_row_scalar(a, n, h, W8, W, 0, C8);
@@ -308,6 +351,18 @@ SK_L2TARGET void dequantize_row_avx2(const DequantizeArgs& a, int64_t n, int64_t
 }
 #endif  // SK_HAVE_AMX_CODE
 
+}  // namespace
+
+namespace {
+// The AVX-512 row kernels where the CPU has them; -DSK_LATENTS_AVX2 builds (a test driver,
+// tests/csrc/latents_file.cpp) take the AVX2 ones on any CPU.
+inline bool avx512_rows() {
+#if defined(SK_LATENTS_AVX2)
+  return false;
+#else
+  return cpu_avx512bw();
+#endif
+}
 }  // namespace
 
 bool latents_simd_available() {
@@ -338,7 +393,7 @@ int quantize_latents(const QuantizeArgs& a) {
   if (a.y == nullptr || a.medians == nullptr || a.out == nullptr) return kLBadArgs;
 #if SK_HAVE_AMX_CODE
   std::atomic<int64_t> bad{0};
-  const bool wide = cpu_avx512bw();
+  const bool wide = avx512_rows();
   for_rows(a.N * a.H, a.W * a.C, a.nthreads, [&](int64_t r) {
     const int64_t b = wide ? quantize_row_simd(a, r / a.H, r % a.H)
                            : quantize_row_avx2(a, r / a.H, r % a.H);
@@ -351,11 +406,12 @@ int quantize_latents(const QuantizeArgs& a) {
 
 int dequantize_latents(const DequantizeArgs& a) {
   if (!latents_simd_available()) return kLNoSimd;
-  if (a.N < 0 || a.C < 0 || a.H < 0 || a.W < 0) return kLBadArgs;
+  if (a.N < 0 || a.C < 0 || a.H < 0 || a.W < 0 || (a.out_bf16 != 0 && a.out_bf16 != 1))
+    return kLBadArgs;
   if (a.N * a.C * a.H * a.W == 0) return kLOk;
   if (a.sym == nullptr || a.medians == nullptr || a.out == nullptr) return kLBadArgs;
 #if SK_HAVE_AMX_CODE
-  const bool wide = cpu_avx512bw();
+  const bool wide = avx512_rows();
   for_rows(a.N * a.H, a.W * a.C, a.nthreads, [&](int64_t r) {
     if (wide) {
       dequantize_row_simd(a, r / a.H, r % a.H);

@@ -27,12 +27,15 @@ struct QuantizeArgs {
 };
 
 struct DequantizeArgs {
-  // sym: int32 [N, C, H, W] contiguous; out: fp32 [N, C, H, W] dense channels_last,
-  // out = float(sym) + medians[c] (exactly torch's int32 + float32 -> float32 addition).
+  // sym: int32 [N, C, H, W] contiguous; out: [N, C, H, W] dense channels_last,
+  // out = float(sym) + medians[c] (exactly torch's int32 + float32 -> float32 addition), fp32
+  // (out_bf16 = 0) or rounded to bf16 (out_bf16 = 1: round to nearest even, as torch's
+  // .to(torch.bfloat16) of that float; finite inputs, so no NaN case).
   const int32_t* sym = nullptr;
   int64_t N = 0, C = 0, H = 0, W = 0;
   const float* medians = nullptr;  // [C]
-  float* out = nullptr;
+  void* out = nullptr;
+  int out_bf16 = 0;
   int nthreads = 1;
 };
 
