@@ -39,6 +39,7 @@ import hashlib
 import inspect
 import json
 import math
+import numbers
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -872,9 +873,10 @@ class SlimCodec(nn.Module):
         _, C, h, w = sym.shape
         if streams is None:
             streams = auto_streams(sym.numel())
-        elif isinstance(streams, bool) or not isinstance(streams, int) or \
+        elif isinstance(streams, bool) or not isinstance(streams, numbers.Integral) or \
                 not 1 <= streams <= 255:
             raise ValueError(f"streams must be an int in [1, 255], got {streams!r}")
+        streams = int(streams)
         payload = coding.encode_prepared(sym.numpy(), idx, h * w, cdfs, lengths, offsets,
                                          eb.precision, streams, torch.get_num_threads(),
                                          coder_pool())

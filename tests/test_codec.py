@@ -1117,3 +1117,9 @@ def test_latent_plan_follows_the_entropy_model(model):
 def test_compress_refuses_bad_stream_counts(model, streams):
     with pytest.raises(ValueError, match="streams"):
         model.compress(torch.rand(1, 3, 16, 16), 8, streams=streams)
+
+
+def test_compress_takes_numpy_stream_counts(model):
+    import numpy as np
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    assert model.compress(x, 8, streams=np.int64(2)) == model.compress(x, 8, streams=2)
