@@ -23,7 +23,7 @@ def getenv(name: str, default: Optional[str] = None) -> Optional[str]:
     """``os.environ.get(name, default)`` (str or ``default``), read at every call."""
     v = _getenv(name, default)
     if _recording.ACTIVE.get() is not None:   # a CPU replay re-reads the switches it saw
-        _recording.env_read(name, v)
+        _recording.env_read(name)
     return v
 
 

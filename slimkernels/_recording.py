@@ -9,14 +9,7 @@ Outside a recording each hook costs one context-variable read.
 from __future__ import annotations
 
 import contextvars
-from typing import Optional
-
 ACTIVE: contextvars.ContextVar = contextvars.ContextVar("slimkernels_recording", default=None)
-
-
-def recorder() -> Optional[object]:
-    """The recorder active in this context, or None."""
-    return ACTIVE.get()
 
 
 def keep(value) -> None:
@@ -26,8 +19,8 @@ def keep(value) -> None:
         rec.keep_value(value)
 
 
-def env_read(name: str, value) -> None:
-    """Report that the recorded call read environment switch ``name`` (found as ``value``)."""
+def env_read(name: str) -> None:
+    """Report that the recorded call read environment switch ``name``."""
     rec = ACTIVE.get()
     if rec is not None:
-        rec.env_read(name, value)
+        rec.env_read(name)

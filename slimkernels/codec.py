@@ -39,7 +39,6 @@ import hashlib
 import inspect
 import json
 import math
-import numbers
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -47,9 +46,9 @@ import torch
 import torch.nn as nn
 
 from . import coding, container
-from ._cpu import cpu_kernels, switched_off as _cpu_switched_off
+from ._cpu import _module as _cpu_module, cpu_kernels, switched_off as _cpu_switched_off
 from .ops.image_io import bf16_to_image, image_to_bf16, value_range
-from ._state import cached_on_module
+from ._state import cached_on_module, state_tensors
 from .nn.entropy import check_quantization
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
@@ -873,10 +872,8 @@ class SlimCodec(nn.Module):
         _, C, h, w = sym.shape
         if streams is None:
             streams = auto_streams(sym.numel())
-        elif isinstance(streams, bool) or not isinstance(streams, numbers.Integral) or \
-                not 1 <= streams <= 255:
-            raise ValueError(f"streams must be an int in [1, 255], got {streams!r}")
-        streams = int(streams)
+        else:
+            streams = coding._check_int(streams, "streams", 1, 255)
         payload = coding.encode_prepared(sym.numpy(), idx, h * w, cdfs, lengths, offsets,
                                          eb.precision, streams, torch.get_num_threads(),
                                          coder_pool())
@@ -892,6 +889,12 @@ class SlimCodec(nn.Module):
             slimkernels.container.SlimFormatError: invalid file, another model's file, or a
                 width this model does not have.
         """
+        f, sym, _ = self._decode_symbols(data)
+        return f, sym
+
+    def _decode_symbols(self, data: bytes):
+        """:meth:`decompress_latent` and the width's :meth:`_latent_plan` (``decompress``
+        dequantizes with its medians)."""
         f = container.unpack(data)
         mine = self.model_id()
         if f.model_id != mine:
@@ -904,12 +907,13 @@ class SlimCodec(nn.Module):
         eb = self.entropy_bottleneck.for_width(f.width)
         s = int(self.downsampling)
         h, w = -(-f.height // s), -(-f.img_width // s)
-        _, cdfs, lengths, offsets, idx = self._latent_plan(eb, f.width)
+        plan = self._latent_plan(eb, f.width)
+        _, cdfs, lengths, offsets, idx = plan
         payload = f.payload if isinstance(f.payload, (bytes, bytearray)) else bytes(f.payload)
         sym = coding.decode_prepared(payload, idx, h * w, (1, f.width, h, w), cdfs, lengths,
                                      offsets, eb.precision, torch.get_num_threads(),
                                      coder_pool())
-        return f, torch.from_numpy(sym)
+        return f, torch.from_numpy(sym), plan
 
     @torch.no_grad()
     def decompress(self, data: bytes, *, precision: str = "auto",
@@ -930,10 +934,10 @@ class SlimCodec(nn.Module):
         """
         dev = self._coding_device("decompress")
         precision = resolve_precision(precision, dev)
-        f, sym = self.decompress_latent(data)
+        f, sym, plan = self._decode_symbols(data)
         eb = self.entropy_bottleneck.for_width(f.width)
         y_hat = self._latent_input(eb, sym.to(dev), precision,
-                                   self._latent_plan(eb, f.width)[0] if dev.type == "cpu" else None)
+                                   plan[0] if dev.type == "cpu" else None)
         # f.model_id: checked equal to this model's id by decompress_latent
         x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
                                 precision, cuda_graph, f.model_id)
@@ -943,12 +947,9 @@ class SlimCodec(nn.Module):
         """``run(x)`` on CPU, replayed (:mod:`slimkernels.cpu_replay`) when ``cpu_replay`` is on
         and the compiled kernels are there; needs :meth:`model_id` computed for the current
         weights (its state key keys the recordings)."""
-        from ._cpu import _module, switched_off
-        from ._state import state_tensors
-
-        kernels = _module()
+        kernels = _cpu_module()
         cache = self.__dict__.get("_model_id_cache")
-        if not self.cpu_replay or kernels is None or switched_off() or cache is None or \
+        if not self.cpu_replay or kernels is None or _cpu_switched_off() or cache is None or \
                 not x.is_cpu:
             return run(x)
         replays = self.__dict__.get("_cpu_replays")

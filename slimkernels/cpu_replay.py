@@ -48,7 +48,7 @@ __all__ = ["ReplayCache", "dispatch_switches"]
 #: The modules whose UPPER_CASE constants steer the CPU dispatch (a replay is keyed by them).
 SWITCH_MODULES = ("slimkernels.ops.conv", "slimkernels.ops.gdn", "slimkernels.ops.image_io",
                   "slimkernels.ops.conv_image", "slimkernels.ops.winograd",
-                  "slimkernels.ops.latents", "slimkernels.backend", "slimkernels.codec")
+                  "slimkernels.backend", "slimkernels.codec")
 
 # What a recorded transform may call of PyTorch's Python API (seen by a TorchFunctionMode, which,
 # unlike a TorchDispatchMode, does not import torch._dynamo): queries, allocations, and views (the
@@ -121,7 +121,7 @@ class _Recorder:
     def keep_value(self, value) -> None:
         self.kept.extend(_tensors(value))
 
-    def env_read(self, name: str, value) -> None:
+    def env_read(self, name: str) -> None:
         if name not in self.env:
             self.env[name] = _getenv(name)   # as set (None: unset), whatever the default
 
@@ -232,8 +232,9 @@ class _Replay:
     call's peak; allocated by each replay, freed when it returns), the tensors it must keep, its
     output's buffer (allocated by each replay: the caller's tensor); or ``error``."""
 
-    def __init__(self, error: Optional[str] = None):
+    def __init__(self, error: Optional[str] = None, recording: bool = False):
         self.error = error
+        self.recording = recording   # a placeholder while one thread records the key
         self.verified = False
         self.steps: list = []
         self.keep: list = []
@@ -459,11 +460,11 @@ class ReplayCache:
                     while len(self._seen) > 8 * self.max_entries:
                         self._seen.popitem(last=False)
                 else:
-                    entry, recorder = _Replay("recording"), True   # this thread records
+                    entry, recorder = _Replay(recording=True), True   # this thread records
                     self._entries[full] = entry
                     while len(self._entries) > self.max_entries:
                         self._entries.popitem(last=False)
-        if entry is None or (entry.error == "recording" and not recorder):
+        if entry is None or (entry.recording and not recorder):
             return fn(x)   # (another thread is recording this key)
         if recorder:
             try:

@@ -164,6 +164,12 @@ inline int group_blocks(int64_t g, int64_t rows, int64_t nxb, int group_rows, in
   return m;
 }
 
+// The number of groups of group_blocks for rows x nxb blocks.
+inline int64_t group_count(int64_t rows, int64_t nxb, int group_rows) {
+  return group_rows == 2 ? (rows + 1) / 2 * ((nxb + 1) / 2)
+                         : (rows * nxb + kMaxBlocks - 1) / kMaxBlocks;
+}
+
 // Groups g0..g1 (see group_blocks): tiles into accbuf, then the epilogue (bias, bf16, store or
 // sub-pixel scatter).
 SK_CTARGET void run_blocks(const ConvAmxArgs& a, const uint16_t* xpad, const ChunkLists& cl,
@@ -277,10 +283,8 @@ int conv_amx_forward(const ConvAmxArgs& a) {
       padbuf.get(static_cast<size_t>(rows * a.Wp * a.C) * 2, kKeepPadBytes));
   if (xpad == nullptr) return kCNoMem;
   const int64_t ldc = (a.Co + 15) / 16 * 16;
-  const int64_t nxb = Wq / 16, rows_out = a.N * a.Ho;
   const int group_rows = a.group_rows == 2 ? 2 : 1;
-  const int64_t groups = group_rows == 2 ? (rows_out + 1) / 2 * ((nxb + 1) / 2)
-                                         : (rows_out * nxb + kMaxBlocks - 1) / kMaxBlocks;
+  const int64_t groups = group_count(a.N * a.Ho, Wq / 16, group_rows);
   // per channel tile, the K chunks whose B tile is not all zero (all of them without tile_nz)
   const int64_t NBt = (a.Co + 15) / 16, per = a.kh * KC, rowel = a.Wp * a.C;
   thread_local std::vector<int64_t> lists;

@@ -1,10 +1,9 @@
 // The image <-> transform conversions (see image_io.hpp).
 //
-// fp32 -> bf16 rounds as torch does (c10::BFloat16 / at::vec): add 0x7fff plus the kept part's
-// lowest bit, keep the high half; integer arithmetic, so subnormals are not flushed (the
-// AVX512-BF16 conversion instruction treats them as zero). NCHW input: 32 pixels of each of the
-// C = 3 planes are rounded in registers and interleaved by two-source permutes into 96
-// channels_last elements; other channel counts go through a scalar loop.
+// fp32 -> bf16 rounds as torch does (bf16_round.hpp: integer arithmetic, subnormals kept). NCHW
+// input: 32 pixels of each of the C = 3 planes are rounded in registers and interleaved by
+// two-source permutes into 96 channels_last elements; other channel counts go through a scalar
+// loop.
 #include "image_io.hpp"
 
 #include <algorithm>
@@ -13,6 +12,7 @@
 #include <vector>
 
 #include "amx_tiles.hpp"  // SK_HAVE_AMX_CODE, for_rows, cpu_avx512bw
+#include "bf16_round.hpp"  // round16_bf16
 #include "cpu_common.hpp"  // detail::to_bf16_bits, detail::bf16_to_float
 
 namespace sk {
@@ -60,16 +60,6 @@ void to_bf16_row_scalar(const ImageToBf16Args& a, int64_t n, int64_t h, int64_t 
 #if SK_HAVE_AMX_CODE
 #define SK_ITARGET __attribute__((target("avx512f,avx512bw")))
 
-// 16 fp32 -> 16 bf16 in the low halves of the 32-bit lanes (NaN -> 0x7fc0)
-SK_ITARGET inline __m512i round16(__m512 v) {
-  const __m512i b = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-  const __m512i bias = _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff));
-  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, bias), 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  return _mm512_mask_blend_epi32(nan, r, _mm512_set1_epi32(0x7fc0));
-}
-
 // Running min / max of vectors and whether a lane was NaN (min / max return their second
 // operand when one is NaN: the loaded value second, so a NaN lane does not stick; hence the mask).
 struct VRange {
@@ -96,8 +86,8 @@ SK_ITARGET inline __m512i round32(const float* p, VRange& r) {
   const __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
   vrange_add(r, a);
   vrange_add(r, b);
-  const __m256i lo = _mm512_cvtepi32_epi16(round16(a));
-  const __m256i hi = _mm512_cvtepi32_epi16(round16(b));
+  const __m256i lo = _mm512_cvtepi32_epi16(round16_bf16(a));
+  const __m256i hi = _mm512_cvtepi32_epi16(round16_bf16(b));
   return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 

@@ -13,6 +13,7 @@
 
 #include "cpu_common.hpp"  // detail::bf16_to_float
 #include "amx_tiles.hpp"  // SK_HAVE_AMX_CODE (x86-64 gcc/clang on Linux), run_on_threads
+#include "bf16_round.hpp"  // round16_bf16, round8_bf16
 
 namespace sk {
 
@@ -53,13 +54,6 @@ int64_t quantize_row_scalar(const QuantizeArgs& a, int64_t n, int64_t h, int64_t
   return bad;
 }
 
-// f rounded to bf16, to nearest even (torch's rule for finite values).
-inline uint16_t bf16_rne(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
 void dequantize_row_scalar(const DequantizeArgs& a, int64_t n, int64_t h, int64_t w0, int64_t w1,
                            int64_t c0, int64_t c1) {
   for (int64_t w = w0; w < w1; ++w) {
@@ -68,7 +62,7 @@ void dequantize_row_scalar(const DequantizeArgs& a, int64_t n, int64_t h, int64_
       const float v =
           static_cast<float>(a.sym[((n * a.C + c) * a.H + h) * a.W + w]) + a.medians[c];
       if (a.out_bf16)
-        static_cast<uint16_t*>(a.out)[o + c] = bf16_rne(v);
+        static_cast<uint16_t*>(a.out)[o + c] = detail::to_bf16_bits(v);
       else
         static_cast<float*>(a.out)[o + c] = v;
     }
@@ -189,11 +183,7 @@ SK_LTARGET int64_t quantize_row_simd(const QuantizeArgs& a, int64_t n, int64_t h
 // arithmetic: no AVX512-BF16 needed), under mask k.
 SK_LTARGET inline void store16(const DequantizeArgs& a, int64_t dst, __m512 v, __mmask16 k) {
   if (a.out_bf16) {
-    const __m512i u = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    const __m512i r = _mm512_srli_epi32(
-        _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-    _mm512_mask_cvtepi32_storeu_epi16(static_cast<uint16_t*>(a.out) + dst, k, r);
+    _mm512_mask_cvtepi32_storeu_epi16(static_cast<uint16_t*>(a.out) + dst, k, round16_bf16(v));
   } else {
     _mm512_mask_storeu_ps(static_cast<float*>(a.out) + dst, k, v);
   }
@@ -315,10 +305,7 @@ SK_L2TARGET int64_t quantize_row_avx2(const QuantizeArgs& a, int64_t n, int64_t 
 // 8 floats at dst (element offset) as fp32, or as bf16 rounded to nearest even.
 SK_L2TARGET inline void store8(const DequantizeArgs& a, int64_t dst, __m256 v) {
   if (a.out_bf16) {
-    const __m256i u = _mm256_castps_si256(v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    const __m256i r = _mm256_srli_epi32(
-        _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+    const __m256i r = round8_bf16(v);
     // 8 x 32-bit -> 8 x 16-bit (values < 2^16): pack within lanes, then gather the two halves
     const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(a.out) + dst),
