@@ -80,20 +80,27 @@ class SlimSequential(nn.Sequential):
     without ``widths``) gets ``None`` instead. On the Triton backend (CUDA) a convolution
     followed by a GDN layer (or a transposed convolution followed by an IGDN layer) runs as one
     fused op (:func:`slimkernels.ops.slim_conv2d` with ``gdn=``, ``slim_conv_transpose2d`` with
-    ``out_igdn=``): the same result, the GDN in the conv kernel's epilogue. On the PyTorch
-    backend (CPU) the layers run one by one: there the fused op only chains the same calls (it
-    measured 1.1-1.8x slower before the conv op routed its GDN to the GDN op's CPU kernel, and
-    equal since: SlimCAE on Kodak, bf16 and fp32, every width), so the GDN layer's own op
-    (:func:`slimkernels.ops.gdn`) runs directly. ``fuse_gdn`` (class or
-    instance attribute) overrides it: True always fuses, False never, None (default) as above.
+    ``out_igdn=``): the same result, the GDN in the conv kernel's epilogue. On a CPU with the
+    AMX kernels, without gradient, too: the direct AMX conv (the narrow widths' layers) runs the
+    GDN in its epilogue (``slimkernels.ops.conv.CPU_AMX_CONV_GDN``), and the other convs chain
+    the GDN op's CPU kernel, the call the GDN layer makes (same bits either way). Elsewhere on
+    the PyTorch backend the layers run one by one (the fused op would only chain the same
+    calls). ``fuse_gdn`` (class or instance attribute) overrides it: True always fuses, False
+    never, None (default) as above. A GDN layer with forward hooks (or pre-hooks, its own or
+    global ones) is never fused: it runs as its own call, so that its hooks see it.
     """
 
     fuse_gdn: Optional[bool] = None
 
     def fuses(self, x: torch.Tensor) -> bool:
         """Whether :meth:`forward` fuses conv + GDN pairs for this input (see ``fuse_gdn``)."""
+        if self.fuse_gdn is not None:
+            return self.fuse_gdn
         from .backend import resolve_backend
-        return self.fuse_gdn if self.fuse_gdn is not None else resolve_backend(x) == "triton"
+        if resolve_backend(x) == "triton":
+            return True
+        from .ops.conv import amx_epilogue_gdn_available
+        return x.is_cpu and not torch.is_grad_enabled() and amx_epilogue_gdn_available()
 
     def forward(self, x: torch.Tensor, width: Optional[int] = None, start: int = 0
                 ) -> torch.Tensor:
@@ -109,7 +116,8 @@ class SlimSequential(nn.Sequential):
             w = width if getattr(layer, "slim_output", True) else None
             nxt = layers[i + 1] if i + 1 < len(layers) else None
             if fuse and hasattr(nxt, "op_kwargs") and isinstance(layer, (SlimConv2d,
-                                                                        SlimConvTranspose2d)):
+                                                                        SlimConvTranspose2d)) \
+                    and not _has_forward_hooks(nxt):
                 out_w = layer._check_width(w)
                 if isinstance(layer, SlimConv2d) and not nxt.inverse:
                     x = layer(x, w, gdn=nxt.op_kwargs(out_w))
@@ -122,6 +130,15 @@ class SlimSequential(nn.Sequential):
             x = layer(x, w) if _takes_width(type(layer)) else layer(x)
             i += 1
         return x
+
+
+def _has_forward_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run forward (pre-)hooks: its own or global ones. A GDN
+    layer with hooks is not fused into its conv (the hooks would not see it run)."""
+    from torch.nn.modules import module as _m
+    return bool(module._forward_hooks or module._forward_pre_hooks or
+                getattr(_m, "_global_forward_hooks", None) or
+                getattr(_m, "_global_forward_pre_hooks", None))
 
 
 class _WidthSlices(torch.autograd.Function):

@@ -402,25 +402,68 @@ def test_model_id_follows_update_and_data_swaps(model):
     assert m.model_id() == model_fingerprint(m, m.config())
 
 
-def test_gdn_fusion_only_on_triton_by_default(model):
-    """On CPU the GDN layers run as their own ops (faster there); fuse_gdn forces the fused op,
-    with the same result."""
+def test_gdn_fusion_default_follows_backend_grad_and_amx(model, monkeypatch):
+    """By default on CPU a conv + GDN pair fuses only without gradient where the direct AMX conv
+    can run the GDN in its epilogue (elsewhere the fused op would chain the same calls: the
+    layers run one by one); fuse_gdn forces it either way, with the same result."""
+    import slimkernels.ops.conv as C
     from slimkernels.codec import SlimSequential
     calls = []
-    hook = model.g_a[1].register_forward_hook(lambda *a: calls.append(1))
+    gdn = model.g_a[1]
+    real = gdn.forward
+    # counted through forward itself: a hook would keep the layer out of the fusion
+    monkeypatch.setattr(gdn, "forward", lambda *a, **k: calls.append(1) or real(*a, **k),
+                        raising=False)
     x = torch.rand(1, 3, 16, 16)
     try:
         with torch.no_grad():
+            monkeypatch.setattr(C, "CPU_AMX_CONV_GDN", False)
             y = model.g_a(x, 12)
-            assert calls == [1]
+            assert calls == [1]                           # not available: layer by layer
+            monkeypatch.setattr(C, "CPU_AMX_CONV_GDN", True)
+            model.g_a(x, 12)
+            assert len(calls) == (1 if C.amx_epilogue_gdn_available() else 2)
+            calls.clear()
             model.g_a.fuse_gdn = True
             y_fused = model.g_a(x, 12)
-            assert calls == [1]                           # fused into the conv op
-    finally:
-        hook.remove()
+            assert calls == []                            # fused into the conv op
         del model.g_a.fuse_gdn
+        model.g_a(x, 12)                                  # gradient recorded: layer by layer
+        assert calls == [1]
+    finally:
+        model.g_a.__dict__.pop("fuse_gdn", None)
     assert SlimSequential.fuse_gdn is None
     torch.testing.assert_close(y_fused, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["hook", "pre_hook", "global_hook"])
+def test_a_gdn_layer_with_hooks_is_not_fused(model, kind):
+    """Fusion is an optimisation: a GDN layer's forward hooks still see it run (fuse_gdn=True
+    included), with the same result."""
+    seen = []
+    gdn = model.g_a[1]
+    if kind == "hook":
+        h = gdn.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    elif kind == "pre_hook":
+        h = gdn.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))
+    else:
+        h = torch.nn.modules.module.register_module_forward_hook(
+            lambda m, a, out: seen.append(out.shape) if m is gdn else None)
+    x = torch.rand(1, 3, 16, 16)
+    try:
+        with torch.no_grad():
+            model.g_a.fuse_gdn = True
+            y = model.g_a(x, 12)
+            assert len(seen) == 1
+    finally:
+        h.remove()
+        model.g_a.__dict__.pop("fuse_gdn", None)
+    with torch.no_grad():
+        model.g_a.fuse_gdn = False
+        try:
+            torch.testing.assert_close(y, model.g_a(x, 12), rtol=0, atol=0)
+        finally:
+            model.g_a.__dict__.pop("fuse_gdn", None)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])

@@ -104,7 +104,9 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
                          uintptr_t tile_nz, int64_t kh, int64_t kw, int64_t stride, int64_t Co,
                          uintptr_t bias, int64_t Ho, int64_t Wo, uintptr_t y, int64_t Hy,
                          int64_t Wy, int64_t Cy, int64_t phase, int nthreads,
-                         int group_rows) {
+                         int group_rows, uintptr_t gdn_gamma, uintptr_t gdn_beta, int gdn_bdtype,
+                         int64_t gdn_b_s0, double gdn_beta_scale, double gdn_beta_bias,
+                         bool gdn_inverse) {
   sk::ConvAmxArgs a;
   a.x = reinterpret_cast<const void*>(x);
   a.xdtype = xdtype;
@@ -119,6 +121,13 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
   a.Hy = Hy; a.Wy = Wy; a.Cy = Cy; a.phase = phase;
   a.nthreads = nthreads;
   a.group_rows = group_rows;
+  a.gdn_gamma = reinterpret_cast<const uint16_t*>(gdn_gamma);
+  a.gdn_beta = reinterpret_cast<const void*>(gdn_beta);
+  a.gdn_bdtype = gdn_bdtype;
+  a.gdn_b_s0 = gdn_b_s0;
+  a.gdn_beta_scale = gdn_beta_scale;
+  a.gdn_beta_bias = gdn_beta_bias;
+  a.gdn_inverse = gdn_inverse;
   call_released(sk::conv_amx_forward, a, sk::conv_amx_error_message, "conv_amx_forward");
 }
 
@@ -574,10 +583,16 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("kw"),
         py::arg("stride"), py::arg("Co"), py::arg("bias"), py::arg("Ho"), py::arg("Wo"),
         py::arg("y"), py::arg("Hy"), py::arg("Wy"), py::arg("Cy"), py::arg("phase"),
-        py::arg("nthreads"), py::arg("group_rows") = 2,
+        py::arg("nthreads"), py::arg("group_rows") = 2, py::arg("gdn_gamma") = 0,
+        py::arg("gdn_beta") = 0, py::arg("gdn_bdtype") = 0, py::arg("gdn_b_s0") = 1,
+        py::arg("gdn_beta_scale") = 1.0, py::arg("gdn_beta_bias") = 0.0,
+        py::arg("gdn_inverse") = false,
         "Direct AMX-BF16 conv on raw pointers (see csrc/cpu/conv_amx.hpp): x [N, H, W, C] "
         "dense channels_last fp32 (xdtype 0) or bf16 (1), padded into [N, Hp, Wp, C] inside; "
         "w VNNI-packed bf16 (tile_nz: uint8 per B tile, 0 = all zero, skipped; or 0 = none), "
-        "bias fp32 or 0, y bf16 channels_last.");
+        "bias fp32 or 0, y bf16 channels_last. gdn_gamma (0 = none): GDN / IGDN (gdn_inverse) "
+        "of y's Cy channels in the epilogue, gamma_k packed by gdn_pack_amx (C = Cy, splits 1, "
+        "channels_last), beta fp32 (gdn_bdtype 0) or bf16 (1) at stride gdn_b_s0, scaled by "
+        "gdn_beta_scale plus gdn_beta_bias.");
 }
 

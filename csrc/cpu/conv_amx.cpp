@@ -17,7 +17,8 @@
 #include <omp.h>
 #endif
 
-#include "gdn_cpu.hpp"  // amx_available(), kF32 / kBF16
+#include "cpu_common.hpp"  // detail::load_param
+#include "gdn_cpu.hpp"     // amx_available(), kF32 / kBF16, gdn_rows_bf16
 
 #include "amx_tiles.hpp"
 #define SK_CONV_AMX_CODE SK_HAVE_AMX_CODE
@@ -170,10 +171,52 @@ inline int64_t group_count(int64_t rows, int64_t nxb, int group_rows) {
                          : (rows * nxb + kMaxBlocks - 1) / kMaxBlocks;
 }
 
-// Groups g0..g1 (see group_blocks): tiles into accbuf, then the epilogue (bias, bf16, store or
-// sub-pixel scatter).
+// The fused GDN of the epilogue (ConvAmxArgs::gdn_gamma) and a worker's buffers for it: xb, a
+// group's bf16 conv output [kMaxBlocks * 16 conv pixels][Co] (GDN rows of Cy), and gdn_rows_bf16's
+// scratch z (columns past Cy zero) and n.
+struct EpilogueGdn {
+  GdnRows rows;
+  uint16_t* xb = nullptr;
+  uint16_t* z = nullptr;
+  float* n = nullptr;
+};
+
+// The group's output with the GDN: bf16(acc + bias) of all its conv pixels into xb, the GDN in
+// place on its rows of Cy channels (a conv pixel's Co = s*s*Cy channels are its phases' pixels),
+// then xb's valid pixels copied to y (rows of up to 16 pixels; per sub-pixel row ry, runs of
+// nrx*Cy elements).
+SK_CTARGET void epilogue_gdn(const ConvAmxArgs& a, const EpilogueGdn& eg, const float* accbuf,
+                             int64_t ldc, int mt, const int64_t* br, const int64_t* bx) {
+  const int64_t Co = a.Co, s = a.phase;
+  for (int64_t r = 0; r < mt * 16; ++r) store_bf16(eg.xb + r * Co, accbuf + r * ldc, a.bias, Co);
+  gdn_rows_bf16(eg.rows, eg.xb, mt * 16 * s * s, eg.z, eg.n);
+  for (int i = 0; i < mt; ++i) {
+    const int64_t n = br[i] / a.Ho, oy = br[i] % a.Ho, xb = bx[i];
+    const int64_t npx = std::min<int64_t>(16, a.Wo - xb * 16);
+    const uint16_t* src = eg.xb + i * 16 * Co;
+    if (s == 1) {
+      std::memcpy(a.y + ((n * a.Hy + oy) * a.Wy + xb * 16) * a.Cy, src,
+                  static_cast<size_t>(npx * Co) * 2);
+      continue;
+    }
+    for (int64_t p = 0; p < npx; ++p) {
+      const int64_t ox = xb * 16 + p, nrx = std::min<int64_t>(s, a.Wy - ox * s);
+      if (nrx <= 0) continue;
+      for (int64_t ry = 0; ry < s; ++ry) {
+        const int64_t yy = oy * s + ry;
+        if (yy >= a.Hy) break;
+        std::memcpy(a.y + ((n * a.Hy + yy) * a.Wy + ox * s) * a.Cy, src + p * Co + ry * s * a.Cy,
+                    static_cast<size_t>(nrx * a.Cy) * 2);
+      }
+    }
+  }
+}
+
+// Groups g0..g1 (see group_blocks): tiles into accbuf, then the epilogue (bias, bf16, the GDN
+// when eg is given, store or sub-pixel scatter).
 SK_CTARGET void run_blocks(const ConvAmxArgs& a, const uint16_t* xpad, const ChunkLists& cl,
-                           int64_t g0, int64_t g1, int group_rows, float* accbuf, int64_t ldc) {
+                           int64_t g0, int64_t g1, int group_rows, float* accbuf, int64_t ldc,
+                           const EpilogueGdn* eg) {
   const int64_t KC = (a.kw * a.C + 31) / 32, NBt = (a.Co + 15) / 16, per = a.kh * KC;
   const int64_t pstride = a.stride * a.C;
   const int64_t nxb = (a.Wo + 15) / 16, rows = a.N * a.Ho;
@@ -199,6 +242,10 @@ SK_CTARGET void run_blocks(const ConvAmxArgs& a, const uint16_t* xpad, const Chu
         case 2: micro<2>(xs, sa, xo, wo, nq, a.w, acc, sc); break;
         default: micro<1>(xs, sa, xo, wo, nq, a.w, acc, sc); break;
       }
+    }
+    if (eg != nullptr) {
+      epilogue_gdn(a, *eg, accbuf, ldc, mt, br, bx);
+      continue;
     }
     // epilogue: bias, bf16, store (or sub-pixel scatter)
     for (int i = 0; i < mt; ++i) {
@@ -307,6 +354,22 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     nq[nb] = k;
   }
   const ChunkLists cl{xo, wo, nq};
+  // the fused GDN's effective beta (fp32, zero past Cy), read by every worker
+  const bool gdn = a.gdn_gamma != nullptr;
+  const int64_t gK = (a.Cy + 31) / 32 * 32, gC = (a.Cy + 15) / 16 * 16;
+  thread_local std::vector<float> gdn_beta;
+  if (gdn) {
+    if (a.gdn_beta == nullptr || (a.gdn_bdtype != kF32 && a.gdn_bdtype != kBF16)) return kCBadArgs;
+    try {
+      gdn_beta.assign(static_cast<size_t>(gC), 0.0f);
+    } catch (const std::bad_alloc&) {
+      return kCNoMem;
+    }
+    const float bs = static_cast<float>(a.gdn_beta_scale), bb = static_cast<float>(a.gdn_beta_bias);
+    for (int64_t c = 0; c < a.Cy; ++c)  // multiply then add, as gdn_forward
+      gdn_beta[c] = detail::load_param(a.gdn_beta, a.gdn_bdtype, c * a.gdn_b_s0) * bs + bb;
+  }
+  const float* const beta_eff = gdn_beta.data();
   const int64_t ntp = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows / 8));
   run_on_threads(ntp, [&](int64_t t) { pad_rows(a, xpad, rows * t / ntp, rows * (t + 1) / ntp); });
   int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, groups));
@@ -323,8 +386,22 @@ int conv_amx_forward(const ConvAmxArgs& a) {
         return;
       }
     }
+    EpilogueGdn eg;
+    if (gdn) {
+      thread_local AlignedBuffer xbuf, zbuf, nbuf;
+      eg.rows = GdnRows{a.Cy, a.gdn_gamma, beta_eff, a.gdn_inverse};
+      eg.xb = static_cast<uint16_t*>(
+          xbuf.get(static_cast<size_t>(kMaxBlocks * 16 * a.Co) * 2, kKeepPadBytes));
+      eg.z = static_cast<uint16_t*>(zbuf.get(static_cast<size_t>(32 * gK) * 2, kKeepPadBytes));
+      eg.n = static_cast<float*>(nbuf.get(static_cast<size_t>(32 * gC) * 4, kKeepPadBytes));
+      if (eg.xb == nullptr || eg.z == nullptr || eg.n == nullptr) {
+        nomem.store(true, std::memory_order_relaxed);
+        return;
+      }
+      std::memset(eg.z, 0, static_cast<size_t>(32 * gK) * 2);  // the columns past Cy stay 0
+    }
     amx::config_full();
-    run_blocks(a, xpad, cl, g0, g1, group_rows, buf.data(), ldc);
+    run_blocks(a, xpad, cl, g0, g1, group_rows, buf.data(), ldc, gdn ? &eg : nullptr);
     amx::release();
   };
   run_on_threads(nt, worker);

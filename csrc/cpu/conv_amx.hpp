@@ -1,7 +1,8 @@
 // Direct AMX-BF16 convolution for narrow channels_last activations (no-grad inference path).
 // Plain C++17 on raw pointers. The caller (slimkernels/ops/conv.py) prepacks the weight into VNNI
 // tiles; this file pads (and casts) x into a per-thread buffer, runs the tile loop and the
-// epilogue (bias, bf16 rounding, optional sub-pixel scatter of phase channels).
+// epilogue (bias, bf16 rounding, optional GDN / IGDN, optional sub-pixel scatter of phase
+// channels).
 #pragma once
 #include <cstdint>
 
@@ -36,6 +37,18 @@ struct ConvAmxArgs {
   // (qy, qx) goes to y[qy*s+ry, qx*s+rx, c] when inside [Hy, Wy].
   uint16_t* y = nullptr;
   int64_t Hy = 0, Wy = 0, Cy = 0, phase = 1;
+  // Optional GDN / IGDN of every output pixel's Cy channels, fused into the epilogue (nullptr
+  // gdn_gamma: none): y = gdn(bf16(conv + bias)), the same bits as this kernel's y followed by
+  // gdn_forward on it (bf16 channels_last, splits 1). gdn_gamma: gamma_k for C = Cy packed by
+  // gdn_pack_gamma_amx (splits 1, channels_last); gdn_beta: the beta parameter, fp32 (dtype kF32)
+  // or bf16 (kBF16), read at [c * gdn_b_s0], effective beta = beta * gdn_beta_scale +
+  // gdn_beta_bias (SlimGDN+; 1 and 0 otherwise).
+  const uint16_t* gdn_gamma = nullptr;
+  const void* gdn_beta = nullptr;
+  int gdn_bdtype = 0;
+  int64_t gdn_b_s0 = 1;
+  double gdn_beta_scale = 1.0, gdn_beta_bias = 0.0;
+  bool gdn_inverse = false;
   // Work groups of 4 pixel blocks that share every weight tile: 2 = 2 output rows x 2 column
   // blocks (A data of neighbouring rows reused from L1), 1 = 4 blocks of one row.
   int group_rows = 2;

@@ -433,6 +433,26 @@ const uint16_t* packed_gamma(const GdnArgs& a, int64_t C, int64_t Kpad, int64_t 
 
 }  // namespace
 
+SK_TARGET void gdn_rows_bf16(const GdnRows& g, uint16_t* x, int64_t rows, uint16_t* z,
+                             float* n) {
+  GdnArgs a;
+  a.x = x;
+  a.y = x;  // in place: run_cl reads each vector of x before it writes y there
+  a.xdtype = kBF16;
+  a.C = g.C;
+  const int64_t Kpad = round_up(g.C, 32);
+  const Plan p{g.C, Kpad, round_up(g.C, 16), Kpad, 1, g.gpack, g.beta};
+  Scratch sc;
+  sc.z = z;
+  sc.n = n;
+  if (g.inverse) run_cl<true, kBF16>(a, p, sc, 0, rows);
+  else run_cl<false, kBF16>(a, p, sc, 0, rows);
+}
+
+#else  // !SK_HAVE_AMX_CODE
+
+void gdn_rows_bf16(const GdnRows&, uint16_t*, int64_t, uint16_t*, float*) {}
+
 #endif  // SK_HAVE_AMX_CODE
 
 bool amx_available() {

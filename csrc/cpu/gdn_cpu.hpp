@@ -60,4 +60,19 @@ int64_t gdn_amx_packed_size(int64_t C, int splits);
 int gdn_pack_gamma_amx(const GdnArgs& a, uint16_t* out);
 const char* gdn_error_message(int code);
 
+// GDN / IGDN in place on rows of bf16 channels inside another AMX kernel (the fused epilogue of
+// conv_amx_forward): x [rows, C] bf16 (row stride C) is replaced by y, computed as gdn_forward
+// computes a bf16 channels_last x with splits 1 (the same bits). Only for amx_available(), from
+// a thread whose tiles are configured (amx::config_full). The caller owns the scratch:
+// z [32 x round_up(C, 32)] bf16 with its columns past C zero, n [32 x round_up(C, 16)] fp32, both
+// 64-byte aligned. gpack: gamma_k from gdn_pack_gamma_amx (C, splits 1, channels_last); beta:
+// the effective beta, fp32 [round_up(C, 16)].
+struct GdnRows {
+  int64_t C = 0;
+  const uint16_t* gpack = nullptr;
+  const float* beta = nullptr;
+  bool inverse = false;
+};
+void gdn_rows_bf16(const GdnRows& g, uint16_t* x, int64_t rows, uint16_t* z, float* n);
+
 }  // namespace sk

@@ -35,7 +35,7 @@ from ..backend import resolve_backend
 from . import conv_image, winograd
 from ._cache import _PACK_CACHE, _PACK_LOCK, _cached
 from ._raw import cpu_capability
-from .gdn import _cpu_kernel_gdn, cpu_kernels_available
+from .gdn import _cpu_kernel_gdn, _packed_gamma, _scalar, cpu_kernels_available
 from .gdn import gdn as _gdn
 
 
@@ -476,8 +476,10 @@ def _prepack_input(x, weight, bias, transposed: bool = False):
     return x if _packable(x) else None
 
 
-def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding):
-    """The direct AMX conv when this geometry goes there (see ``_use_amx_conv``), else None."""
+def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, gdn_kw=None):
+    """The direct AMX conv when this geometry goes there (see ``_use_amx_conv``), else None.
+    ``gdn_kw``: the GDN kwargs of the output (or None); then ``(y, fused)``: whether y has the
+    GDN applied (in the epilogue, :func:`_amx_epilogue_gdn`) or still needs it."""
     if not CPU_AMX_CONV or _amx_conv_kernels() is None:   # (most CPUs: decided before the sizes)
         return None
     k, ci = weight.shape[-1], x.shape[1]
@@ -486,11 +488,15 @@ def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding):
             x, ci, co, x.shape[0] * ((x.shape[2] + 2 * padding - k) // stride + 1) *
             ((x.shape[3] + 2 * padding - k) // stride + 1), wide,
             image=wide and k * ci <= 32 and co <= AMX_CONV_IMAGE_MAX_CHANNELS):
-        return _conv2d_amx(x, weight, bias, co, stride, padding)
+        if gdn_kw is None:
+            return _conv2d_amx(x, weight, bias, co, stride, padding)
+        g = _amx_epilogue_gdn(gdn_kw, co, ci)
+        return _conv2d_amx(x, weight, bias, co, stride, padding, g), g is not None
     return None
 
 
-def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, output_padding):
+def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, output_padding,
+                                      gdn_kw=None):
     """The direct AMX transposed conv (sub-pixel phases) when this geometry goes there, else
     None (wide, or few output channels outside the image rule, stride 1, kernel <= stride, a tap
     plan that crops x). The image rule (onto <= ``AMX_CONV_IMAGE_MAX_OUT`` channels from <=
@@ -504,7 +510,11 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
     if stride > 1 and k > stride and weight.shape[-2] == k and \
             (image or not _use_subpixel(k, co, stride)) and \
             _use_amx_conv(x, ci, co, x.shape[0] * x.shape[2] * x.shape[3], image=image):
-        return _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding)
+        if gdn_kw is None:
+            return _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding)
+        g = _amx_epilogue_gdn(gdn_kw, co, ci)
+        y = _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding, g)
+        return None if y is None else (y, g is not None)
     return None
 
 
@@ -919,6 +929,28 @@ AMX_CONV_IMAGE_MAX_OUT = 4
 #: 2 threads w=48 compress / decompress 1.003-1.034x / 1.017-1.040x, w=72 1.014-1.018x /
 #: 1.003-1.012x, layers 0.99-1.05x; 1 thread 0.97-1.01x (noise).
 AMX_CONV_GROUP_ROWS = 2
+#: The GDN / IGDN that follows a direct AMX conv (a ``gdn=`` / ``out_igdn=`` of the conv ops:
+#: :class:`~slimkernels.codec.SlimSequential`'s conv + GDN pairs) runs in that kernel's epilogue
+#: (csrc/cpu/conv_amx.cpp, ``epilogue_gdn``): each work group's bf16 output goes through the GDN
+#: kernel's row code (``gdn_rows_bf16``) while it is in L1, instead of a write of the conv output
+#: and a second pass that reads it back. The same bits as the two passes. Only onto at most
+#: ``AMX_CONV_GDN_MAX_CHANNELS`` channels from at least ``AMX_CONV_GDN_MIN_INPUTS``: the GDN's
+#: buffers and packed gamma share L1 with the conv's weights and input rows, and past that the
+#: two passes were faster. Kodak kodim01, 2 threads, layers timed in one process with the switch
+#: flipped per round (``/tmp/s28/layers_ab.py``, medians of 120, conv + GDN against the fused
+#: conv): at 48 channels enc2 0.495 -> 0.460 ms, enc3 0.140 -> 0.123, dec1 0.219 -> 0.204, dec2
+#: 0.755 -> 0.695, but enc1 (from 3 channels) 0.827 -> 0.874; at 72 channels enc1 1.18 -> 1.40,
+#: enc2 1.00 -> 1.02, dec2 1.35 -> 1.40; at 96 (enc3, dec1) equal. And only with at least
+#: ``AMX_CONV_GDN_MIN_THREADS`` threads: what the fusion saves there is mostly the GDN pass's
+#: own start and join of the threads; on one thread the fused layers ran 0.97-1.0x (w=48: enc2
+#: 0.872 -> 0.866 ms, enc3 0.204 -> 0.210, dec1 0.340 -> 0.373, dec2 1.294 -> 1.336). Two threads,
+#: a second run: enc2 0.455 -> 0.442, enc3 0.130 -> 0.116, dec1 0.202 -> 0.186, dec2 0.652 ->
+#: 0.636. End to end at w=48 (``/tmp/s28/gdn_ab.py 48 2``, switch flipped per round, medians of
+#: 8 x 11), ``compress`` / ``decompress`` 1.004-1.033x / 1.014-1.058x over four runs.
+CPU_AMX_CONV_GDN = True
+AMX_CONV_GDN_MAX_CHANNELS = 48
+AMX_CONV_GDN_MIN_INPUTS = 16
+AMX_CONV_GDN_MIN_THREADS = 2
 
 
 def _amx_conv_kernels():
@@ -973,11 +1005,57 @@ def _amx_pack(w):
     return tiles, nonzero
 
 
-def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed):
+def amx_epilogue_gdn_available() -> bool:
+    """Whether the direct AMX conv can run a GDN in its epilogue here (``CPU_AMX_CONV``,
+    ``CPU_AMX_CONV_GDN``, ``CPU_FUSED_GDN`` on; the AMX conv and GDN kernels built and usable)."""
+    return CPU_AMX_CONV and CPU_AMX_CONV_GDN and CPU_FUSED_GDN and \
+        _amx_conv_kernels() is not None and cpu_kernels_available()
+
+
+def _amx_epilogue_gdn(kw, c: int, ci: int):
+    """The direct AMX conv's fused-GDN arguments (see ``CPU_AMX_CONV_GDN``) for the GDN kwargs
+    ``kw`` at ``c`` channels after a conv from ``ci``: ``(packed gamma_k, beta, beta scale, beta
+    bias, inverse)``; None when there is no GDN or the epilogue does not take it (switched off,
+    outside the channel rule, no AMX GDN kernel, a gradient to record, parameters it cannot
+    read, SlimGDN+ scalars that are not numbers, fewer threads than the rule's): the GDN then
+    runs after the conv."""
+    if kw is None or not CPU_AMX_CONV_GDN or not CPU_FUSED_GDN or \
+            c > AMX_CONV_GDN_MAX_CHANNELS or ci < AMX_CONV_GDN_MIN_INPUTS or \
+            torch.get_num_threads() < AMX_CONV_GDN_MIN_THREADS or \
+            not cpu_kernels_available() or _gdn_params_need_grad(kw):
+        return None
+    beta, gamma = kw["beta"], kw["gamma"]
+    if not (beta.is_cpu and gamma.is_cpu and beta.dim() == 1 and gamma.dim() == 2 and
+            beta.dtype in _GDN_DTYPES and gamma.dtype in _GDN_DTYPES and beta.shape[0] >= c and
+            min(gamma.shape) >= c):
+        return None
+    gs, gb, bs, bb = (_gdn_scalar(kw.get(n)) for n in ("gamma_scale", "gamma_bias",
+                                                        "beta_scale", "beta_bias"))
+    if any(v is _NOT_A_NUMBER for v in (gs, gb, bs, bb)):
+        return None
+    packed = _packed_gamma("amx", gamma, c, gs, gb, 1, True, always=True)
+    return (packed, beta, 1.0 if bs is None else bs, 0.0 if bb is None else bb,
+            bool(kw["inverse"]))
+
+
+_GDN_DTYPES = (torch.float32, torch.bfloat16)
+_NOT_A_NUMBER = object()
+
+
+def _gdn_scalar(v):
+    """A SlimGDN+ scalar as a float (None stays None); ``_NOT_A_NUMBER`` when it is not one."""
+    if v is None:
+        return None
+    f = _scalar(v)
+    return _NOT_A_NUMBER if f is None else f
+
+
+def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gdn=None):
     """One call of the kernel (``wpk``: ``_amx_pack``'s pair): x (dense channels_last, bf16 or
     fp32) is padded by ``top`` rows and columns into a ``[N, hp, wp, C]`` buffer inside the
     kernel (``wp >= wneed``, wide enough for the last K chunk's over-read); returns the bf16
-    channels_last ``[N, Cy, Hy, Wy]`` output."""
+    channels_last ``[N, Cy, Hy, Wy]`` output. ``gdn``: :func:`_amx_epilogue_gdn`'s arguments
+    for a GDN of the output in the epilogue, or None."""
     N, ci, H, W = x.shape
     kcw = -(-(k * ci) // 32) * 32  # K of a tap row; the last chunk may read past it
     wq = -(-Wo // 16) * 16
@@ -985,16 +1063,21 @@ def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed):
     Hy, Wy = out_hw
     cy = co // (phase * phase)
     y = torch.empty((N, Hy, Wy, cy), dtype=torch.bfloat16, device=x.device)
+    g = () if gdn is None else (gdn[0].data_ptr(), gdn[1].data_ptr(),
+                                1 if gdn[1].dtype == torch.bfloat16 else 0, gdn[1].stride(0),
+                                gdn[2], gdn[3], gdn[4])
     _amx_conv_kernels().conv_amx_forward(
         x.data_ptr(), 1 if x.dtype == torch.bfloat16 else 0, N, H, W, ci, hp, wp, top, top,
         wpk[0].data_ptr(), wpk[1].data_ptr(), k, k, s, co, 0 if b is None else b.data_ptr(),
-        Ho, Wo, y.data_ptr(), Hy, Wy, cy, phase, torch.get_num_threads(), AMX_CONV_GROUP_ROWS)
+        Ho, Wo, y.data_ptr(), Hy, Wy, cy, phase, torch.get_num_threads(), AMX_CONV_GROUP_ROWS,
+        *g)
     return y.permute(0, 3, 1, 2)
 
 
-def _conv2d_amx(x, weight, bias, co, stride, padding):
+def _conv2d_amx(x, weight, bias, co, stride, padding, gdn=None):
     """No-grad direct AMX conv (square kernel); x bf16 or fp32 (rounded to bf16 by the kernel),
-    dense channels_last. Returns bf16 channels_last."""
+    dense channels_last. Returns bf16 channels_last (``gdn``: with that epilogue GDN applied,
+    see :func:`_amx_conv_run`)."""
     N, ci, H, W = x.shape
     k, s, p = weight.shape[-1], stride, padding
     Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
@@ -1003,12 +1086,13 @@ def _conv2d_amx(x, weight, bias, co, stride, padding):
         b = None if bias is None else bias[:co].detach().float().contiguous()
         return _amx_pack(weight[:co, :ci].detach()), b
     wpk, b = _cached(("amx", co, ci), (weight, bias), build)
-    return _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, (Ho, Wo), 1, p, H + 2 * p, W + 2 * p)
+    return _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, (Ho, Wo), 1, p, H + 2 * p, W + 2 * p, gdn)
 
 
-def _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding):
+def _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding, gdn=None):
     """No-grad transposed conv as ``s*s`` sub-pixel phases of one stride-1 direct AMX conv whose
-    epilogue scatters each phase to its output pixels; None when the tap plan needs x cropped."""
+    epilogue scatters each phase to its output pixels (``gdn``: after the GDN of each output
+    pixel, see :func:`_amx_conv_run`); None when the tap plan needs x cropped."""
     N, ci, H, W = x.shape
     k, s, p = weight.shape[-1], stride, padding
     _, lo, _, kc = _subpixel_plan(k, s, p)
@@ -1025,7 +1109,7 @@ def _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding):
         return _amx_pack(w2), b
     wpk, b = _cached(("amxT", co, ci, s, p, k), (weight, bias), build)
     return _amx_conv_run(x, wpk, b, kc, 1, s * s * co, Qh, Qw, (Ho, Wo), s, -lo,
-                         max(Qh - 1 + kc, H - lo), max(Qw - 1 + kc, W - lo))
+                         max(Qh - 1 + kc, H - lo), max(Qw - 1 + kc, W - lo), gdn)
 
 
 # -- CPU: a transposed conv with few output channels as a sub-pixel convolution ------------------
@@ -1208,9 +1292,14 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         y = K.SlimConv2dFunction.apply(x, weight, bias, stride, padding, co)
         return y if kw is None else _gdn(y, **kw)
     if _amx_direct_input(x, weight, bias):
-        y = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding)
-        if y is not None:
-            return _apply_gdn(y, kw)
+        if kw is None:
+            y = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding)
+            if y is not None:
+                return y
+        else:
+            yf = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, kw)
+            if yf is not None:
+                return yf[0] if yf[1] else _apply_gdn(yf[0], kw)
     xp = _prepack_input(x, weight, bias)
     if xp is not None:
         return _apply_gdn(_conv2d_prepacked(xp, weight, bias, co, stride, padding), kw)
@@ -1276,10 +1365,16 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
                                                 co)
         return y if kout is None else _gdn(y, **kout)
     if _amx_direct_input(x, weight, bias):
-        y = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,
-                                              output_padding)
-        if y is not None:
-            return _apply_gdn(y, kout)
+        if kout is None:
+            y = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,
+                                                  output_padding)
+            if y is not None:
+                return y
+        else:
+            yf = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,
+                                                   output_padding, kout)
+            if yf is not None:
+                return yf[0] if yf[1] else _apply_gdn(yf[0], kout)
     xp = _prepack_input(x, weight, bias, transposed=True)
     if xp is not None:
         return _apply_gdn(_conv_transpose2d_prepacked(xp, weight, bias, co, stride, padding,

@@ -552,8 +552,8 @@ _PACKINGS = {"bf16": ("gdn_bf16_packed_size", "gdn_pack_bf16", torch.int16),
 
 
 def _packed_gamma(kind: str, gamma: torch.Tensor, C: int, gs: Optional[float],
-                  gb: Optional[float], splits: int = 1,
-                  channels_last: bool = True) -> Optional[torch.Tensor]:
+                  gb: Optional[float], splits: int = 1, channels_last: bool = True,
+                  always: bool = False) -> Optional[torch.Tensor]:
     """gamma_k = ``gamma[:C, :C] * gs + gb`` (``gs``, ``gb``: the SlimGDN+ gamma scalars as
     floats, None for 1 / 0) packed for the AVX512-BF16 (``kind="bf16"``: int16 bf16 panels),
     AVX2 (``"avx2"``: fp32 panels) or AMX (``"amx"``: int16 bf16 parts for ``splits`` 1 or 3, in
@@ -563,8 +563,9 @@ def _packed_gamma(kind: str, gamma: torch.Tensor, C: int, gs: Optional[float],
     and scalars (and, for AMX, splits and layout); None when ``USE_PACKED_GAMMA`` is off or C is
     below ``PACKED_GAMMA_MIN_C``: the kernel packs it in the call then (at C = 192, 26 (bf16)
     and 30 us (AVX2) of a 4x4-pixel call on Zen 4; the AMX kernel keeps one packing per thread,
-    which a transform's alternating GDN layers replaced on every call, ~24 us at C = 192)."""
-    if not USE_PACKED_GAMMA or C < PACKED_GAMMA_MIN_C:
+    which a transform's alternating GDN layers replaced on every call, ~24 us at C = 192).
+    ``always``: packed whatever those switches say (the direct AMX conv's fused GDN needs it)."""
+    if not always and (not USE_PACKED_GAMMA or C < PACKED_GAMMA_MIN_C):
         return None
     gs, gb = 1.0 if gs is None else gs, 0.0 if gb is None else gb
     amx = kind == "amx"

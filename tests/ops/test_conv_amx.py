@@ -1,6 +1,8 @@
 """The direct AMX-BF16 CPU conv (csrc/cpu/conv_amx.cpp) against float64 references, and its
 dispatch from the no-grad bf16 channels_last path of slimkernels.ops.conv (switch:
 ``CPU_AMX_CONV``)."""
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -376,3 +378,161 @@ def test_work_groups_cover_every_block(monkeypatch, group_rows, n, h, w):
     yt = C._conv_transpose2d_amx(x, Wt, None, 24, 2, 2, 1)
     _close(yt, F.conv_transpose2d(x.double(), _bf(Wt), None, stride=2, padding=2,
                                   output_padding=1))
+
+
+# -- the GDN / IGDN in the epilogue (CPU_AMX_CONV_GDN) ------------------------------------------
+@pytest.fixture
+def two_threads():
+    """The epilogue GDN's thread rule met (AMX_CONV_GDN_MIN_THREADS), whatever the machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(n)
+
+
+def _gdn_kw(cmax, seed, inverse, pdtype=torch.float32, scalars=None):
+    g = torch.Generator().manual_seed(seed)
+    beta = (torch.rand(cmax, generator=g) + 0.5).to(pdtype)
+    gamma = (torch.rand(cmax, cmax, generator=g) * 0.1).to(pdtype)
+    return {"beta": beta, "gamma": gamma, "inverse": inverse, **(scalars or {})}
+
+
+def _gdn64(y, kw):
+    """float64 GDN / IGDN of a [N, C, H, W] tensor with kw's parameters (SlimGDN+ scalars)."""
+    c = y.shape[1]
+    b, g = kw["beta"][:c].double(), kw["gamma"][:c, :c].double()
+    g = g * kw.get("gamma_scale", 1.0) + kw.get("gamma_bias", 0.0)
+    b = b * kw.get("beta_scale", 1.0) + kw.get("beta_bias", 0.0)
+    n = torch.einsum("ij,njhw->nihw", g, y * y) + b.view(1, -1, 1, 1)
+    return y * n.sqrt() if kw["inverse"] else y / n.sqrt()
+
+
+_PLUS = {"gamma_scale": 1.5, "gamma_bias": 0.01, "beta_scale": 0.75, "beta_bias": 0.125}
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("c, pdtype, scalars", [
+    (48, torch.float32, None),      # SlimCAE's w=48 layers, SwitchGDN / SlimGDN
+    (17, torch.bfloat16, None),     # channels not a multiple of 16, bf16 parameters
+    (40, torch.float32, _PLUS),     # SlimGDN+ scalars
+    (1, torch.float32, None),
+])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_epilogue_gdn_equals_conv_then_gdn_kernel(two_threads, transposed, c, pdtype, scalars,
+                                                  inverse):
+    """The fused epilogue gives the bits of the conv kernel followed by the GDN op's AMX
+    kernel, and the float64 conv + GDN within bf16 accuracy; an odd output size (the sub-pixel
+    scatter's cropped phases), several pixel blocks and images."""
+    W = _param((64, 64, 5, 5), 30)
+    b = torch.randn(64, generator=torch.Generator().manual_seed(29))
+    kw = _gdn_kw(64, 31, inverse, pdtype, scalars)   # gamma[:c, :c]: a strided view
+    x = _x(2, c, 9, 37, 32)
+    g = C._amx_epilogue_gdn(kw, c, 48)
+    assert g is not None
+    if transposed:
+        y_fused = C._conv_transpose2d_amx(x, W, b, c, 2, 2, 0, g)
+        y = C._conv_transpose2d_amx(x, W, b, c, 2, 2, 0)
+        lin = F.conv_transpose2d(x.double(), _bf(W[:c, :c]), b[:c].double(), stride=2,
+                                 padding=2)
+    else:
+        y_fused = C._conv2d_amx(x, W, b, c, 2, 2, g)
+        y = C._conv2d_amx(x, W, b, c, 2, 2)
+        lin = F.conv2d(x.double(), _bf(W[:c, :c]), b[:c].double(), stride=2, padding=2)
+    gdn_mod = importlib.import_module("slimkernels.ops.gdn")   # (ops.gdn: the function)
+    gdn_mod.last_cpu_path = None
+    two_pass = C._apply_gdn(y, kw)
+    assert gdn_mod.last_cpu_path == "fused"               # the GDN op's AMX kernel
+    assert y_fused.shape == two_pass.shape == lin.shape
+    assert y_fused.is_contiguous(memory_format=torch.channels_last)
+    if c > 1:   # (one channel is NCHW too: the GDN op takes its NCHW path, which rounds apart)
+        assert torch.equal(y_fused, two_pass)
+    _close(y_fused, _gdn64(lin, kw))
+
+
+def test_epilogue_gdn_rule_and_fallbacks(monkeypatch, two_threads):
+    kw = _gdn_kw(192, 33, False)
+    assert C._amx_epilogue_gdn(None, 48, 48) is None
+    assert C._amx_epilogue_gdn(kw, 48, 48) is not None
+    assert C._amx_epilogue_gdn(kw, C.AMX_CONV_GDN_MAX_CHANNELS + 1, 48) is None   # e.g. w=72
+    assert C._amx_epilogue_gdn(kw, 48, 3) is None                                 # enc1
+    assert C._amx_epilogue_gdn({**kw, "beta_scale": torch.ones(2)}, 48, 48) is None
+    assert C._amx_epilogue_gdn({**kw, "beta": kw["beta"].double()}, 48, 48) is None
+    assert C._amx_epilogue_gdn({**kw, "beta_bias": torch.tensor(0.5)}, 48, 48)[3] == 0.5
+    trained = {**kw, "gamma": kw["gamma"].clone().requires_grad_()}
+    assert C._amx_epilogue_gdn(trained, 48, 48) is None                           # grad
+    with torch.no_grad():
+        assert C._amx_epilogue_gdn(trained, 48, 48) is not None
+    torch.set_num_threads(1)                                                      # thread rule
+    assert C._amx_epilogue_gdn(kw, 48, 48) is None
+    torch.set_num_threads(2)
+    monkeypatch.setattr(C, "CPU_AMX_CONV_GDN", False)
+    assert C._amx_epilogue_gdn(kw, 48, 48) is None
+    assert not C.amx_epilogue_gdn_available()
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("c, fused", [(48, True), (72, False)])
+def test_ops_take_the_epilogue_gdn_by_the_rule(monkeypatch, two_threads, transposed, c, fused):
+    """slim_conv2d(gdn=) / slim_conv_transpose2d(out_igdn=) without gradient under bf16: the GDN
+    in the direct kernel's epilogue by the channel rule, else the conv then the GDN op; the same
+    bits either way."""
+    applied = []
+    real = C._apply_gdn
+    monkeypatch.setattr(C, "_apply_gdn", lambda y, k: applied.append(1) or real(y, k))
+    W = _param((96, 96, 5, 5), 34).to(torch.bfloat16)
+    b = torch.randn(96).to(torch.bfloat16)
+    kw = _gdn_kw(96, 35, transposed)
+    x = _x(1, c, 12, 20, 36)
+    op, _, okw = _op_ref_kwargs(transposed)
+    okw["out_width"] = c
+    okw["out_igdn" if transposed else "gdn"] = kw
+    with torch.no_grad():
+        y = op(x, W, b, **okw)
+        assert applied == ([] if fused else [1])
+        monkeypatch.setattr(C, "CPU_AMX_CONV_GDN", False)
+        y2 = op(x, W, b, **okw)
+    assert applied[-1:] == [1]
+    assert torch.equal(y, y2)
+
+
+def test_kernel_rejects_a_gdn_without_beta(two_threads):
+    ck = C._amx_conv_kernels()
+    W = _param((48, 48, 5, 5), 37)
+    wpk, nz = C._amx_pack(W)
+    kw = _gdn_kw(48, 38, False)
+    packed = C._amx_epilogue_gdn(kw, 48, 48)[0]
+    x = _x(1, 48, 8, 32, 39)
+    y = torch.empty(1, 4, 16, 48, dtype=torch.bfloat16)
+    args = (x.data_ptr(), 1, 1, 8, 32, 48, 12, 80, 2, 2, wpk.data_ptr(), nz.data_ptr(), 5, 5, 2,
+            48, 0, 4, 16, y.data_ptr(), 4, 16, 48, 1, 1, 2, packed.data_ptr())
+    with pytest.raises(RuntimeError, match="bad arguments"):
+        ck.conv_amx_forward(*args, 0)                           # no beta
+    with pytest.raises(RuntimeError, match="bad arguments"):
+        ck.conv_amx_forward(*args, kw["beta"].data_ptr(), 5)    # unknown beta dtype code
+
+
+def test_codec_bytes_and_images_equal_with_and_without_the_epilogue_gdn(monkeypatch, two_threads):
+    from slimkernels.models import SlimCAE
+    torch.manual_seed(40)
+    m = SlimCAE(widths=(48, 16)).eval()
+    m.update()
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(41))
+    taken = []
+    real = C._amx_epilogue_gdn
+    monkeypatch.setattr(C, "_amx_epilogue_gdn",
+                        lambda *a: (lambda g: taken.append(g is not None) or g)(real(*a)))
+    out = {}
+    for flag in (True, False):
+        monkeypatch.setattr(C, "CPU_AMX_CONV_GDN", flag)
+        m.clear_caches()
+        taken.clear()
+        for w in (48, 16):
+            data = m.compress(x, width=w, precision="bf16")
+            out[flag, w] = data, m.decompress(data, precision="bf16")
+        # w=48: enc1 (from 3 channels) not fused, enc2, enc3, dec1, dec2 fused; then w=16
+        # (switched off: the layers run one by one, no conv op is asked for a GDN)
+        assert taken[:5] == [False, True, True, True, True] if flag else taken == [], taken
+        assert any(taken[5:]) == flag
+    for w in (48, 16):
+        assert out[True, w][0] == out[False, w][0]
+        assert torch.equal(out[True, w][1], out[False, w][1])
