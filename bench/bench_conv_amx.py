@@ -6,6 +6,13 @@ compared, which is how ``AMX_CONV_MAX_CHANNELS`` / ``AMX_CONV_MAX_PIXELS`` and t
 channel counts that are not multiples of 32 (``AMX_CONV_MISALIGNED_MAX_CHANNELS``) were chosen.
 
     python bench/bench_conv_amx.py --threads 1 --widths 48,64,72,96
+
+``--gdn``: the GDN / IGDN that follows each layer in the direct kernel's epilogue
+(``CPU_AMX_CONV_GDN``) against the direct conv then the GDN op, the same way (its channel and
+thread limits lifted), which is how ``AMX_CONV_GDN_MAX_CHANNELS`` and ``AMX_CONV_GDN_MIN_THREADS``
+were chosen:
+
+    python bench/bench_conv_amx.py --gdn --threads 2 --widths 48,72,96
 """
 import argparse
 import time
@@ -67,15 +74,71 @@ def run(widths, threads=1, n=60, reps=2):
     return rows
 
 
+def run_gdn(widths, threads=1, n=60, reps=2):
+    """Rows ``{layer, width, two_pass_us, fused_us, speedup}``: each layer with the GDN (IGDN
+    after the transposed ones) that follows it in SlimCAE, on the direct AMX kernel, the GDN in
+    its epilogue or as the GDN op after it (``[]`` without the AMX kernels)."""
+    if not oc.amx_epilogue_gdn_available():
+        return []
+    torch.set_num_threads(threads)
+    saved = (oc.CPU_AMX_CONV_GDN, oc.AMX_CONV_GDN_MAX_CHANNELS, oc.AMX_CONV_GDN_MIN_THREADS,
+             oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS)
+    oc.AMX_CONV_GDN_MAX_CHANNELS, oc.AMX_CONV_GDN_MIN_THREADS = 1 << 20, 1
+    oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS = 1 << 20, 1 << 40
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(192, 192, 5, 5, generator=g) * 0.05
+    b = torch.randn(192, generator=g)
+    beta = torch.rand(192, generator=g) + 0.5
+    gamma = torch.rand(192, 192, generator=g) * 0.1
+    rows = []
+    try:
+        for w in widths:
+            for name, hw, transposed in LAYERS:
+                x = torch.randn(1, w, *hw, generator=g).to(torch.bfloat16)
+                x = x.contiguous(memory_format=torch.channels_last)
+                if transposed:
+                    def f():
+                        return ops.slim_conv_transpose2d(x, W, b, stride=2, padding=2,
+                                                         output_padding=1, out_width=w,
+                                                         out_igdn=(beta, gamma))
+                else:
+                    def f():
+                        return ops.slim_conv2d(x, W, b, stride=2, padding=2, out_width=w,
+                                               gdn=(beta, gamma))
+                t = {False: [], True: []}
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                    for _ in range(reps):
+                        for fused in (False, True):
+                            oc.CPU_AMX_CONV_GDN = fused
+                            t[fused].append(_median_us(f, n))
+                rows.append({"layer": name, "width": w, "two_pass_us": min(t[False]),
+                             "fused_us": min(t[True]), "speedup": min(t[False]) / min(t[True])})
+    finally:
+        (oc.CPU_AMX_CONV_GDN, oc.AMX_CONV_GDN_MAX_CHANNELS, oc.AMX_CONV_GDN_MIN_THREADS,
+         oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS) = saved
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--widths", default="48,64,72,96")
     ap.add_argument("--n", type=int, default=60, help="timed calls per median")
+    ap.add_argument("--gdn", action="store_true",
+                    help="the GDN in the epilogue against the conv then the GDN op")
     a = ap.parse_args(argv)
-    rows = run([int(v) for v in a.widths.split(",")], a.threads, a.n)
+    widths = [int(v) for v in a.widths.split(",")]
+    rows = (run_gdn if a.gdn else run)(widths, a.threads, a.n)
     if not rows:
         print("no AMX-BF16 here (or slimkernels._cpu_kernels not built): nothing to compare")
+        return 0
+    if a.gdn:
+        print(f"| layer + GDN | width | conv, then GDN op us | GDN in the epilogue us | speedup |"
+              f"  ({a.threads} thread(s))")
+        print("| --- | --- | --- | --- | --- |")
+        for r in rows:
+            print(f"| {r['layer']} | {r['width']} | {r['two_pass_us']:.1f} | "
+                  f"{r['fused_us']:.1f} | {r['speedup']:.2f}x |")
         return 0
     print(f"| layer | width | oneDNN us | direct AMX us | speedup |  ({a.threads} thread(s))")
     print("| --- | --- | --- | --- | --- |")

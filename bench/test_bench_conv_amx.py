@@ -18,3 +18,25 @@ def test_ab_runs_both_paths_and_restores_the_switches():
     assert [r["layer"] for r in rows] == ["enc2", "enc3", "dec1", "dec2"]
     for r in rows:
         assert r["onednn_us"] > 0 and r["amx_us"] > 0 and r["speedup"] > 0
+
+
+def test_gdn_ab_runs_both_paths_and_restores_the_switches(capsys, monkeypatch):
+    import bench_conv_amx as bench
+    names = ("CPU_AMX_CONV_GDN", "AMX_CONV_GDN_MAX_CHANNELS", "AMX_CONV_GDN_MIN_THREADS",
+             "AMX_CONV_MAX_CHANNELS", "AMX_CONV_MAX_PIXELS")
+    saved = tuple(getattr(oc, k) for k in names)
+    fused = []
+    real = oc._amx_epilogue_gdn
+    monkeypatch.setattr(oc, "_amx_epilogue_gdn",
+                        lambda *a: (lambda g: fused.append(g is not None) or g)(real(*a)))
+    rows = bench.run_gdn([16], threads=1, n=2, reps=1)
+    assert tuple(getattr(oc, k) for k in names) == saved
+    if not oc.amx_epilogue_gdn_available():
+        assert rows == []
+        return
+    assert True in fused and False in fused     # both paths ran (one thread: limits lifted)
+    assert [r["layer"] for r in rows] == ["enc2", "enc3", "dec1", "dec2"]
+    for r in rows:
+        assert r["two_pass_us"] > 0 and r["fused_us"] > 0 and r["speedup"] > 0
+    assert bench.main(["--gdn", "--widths", "16", "--n", "2"]) == 0
+    assert "| enc2 | 16 |" in capsys.readouterr().out
