@@ -23,9 +23,11 @@ of interleaved repeats, and every comparison is a ratio inside the same run.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import importlib.machinery
 import importlib.util
+import inspect
 import json
 import os
 import random
@@ -316,6 +318,7 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
     if ph or pw:
         xp = torch.nn.functional.pad(xp, (0, pw, 0, ph), mode="replicate")
     xp = _layout(model, xp, channels_last, image_precision=precision)
+    eb = model.entropy_bottleneck.for_width(width)   # compress takes it before the transform
     mid = model.model_id()   # compress computes it here, before the transform
     if hasattr(model, "_transform") and not channels_last:   # as compress runs it (CPU replay)
         y = model._transform("encode", lambda t: model.encode(t, width), xp, (width, precision),
@@ -325,16 +328,20 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
             y = model.encode(xp, width)
     _sync(xp.device)
     t1 = time.perf_counter()
-    eb = model.entropy_bottleneck.for_width(width)
     if hasattr(model, "_latent_plan") and hasattr(coding, "encode_prepared"):
-        # as compress: the per-width tables cached for the weights, the coder's thin entry
+        # as compress: the per-width tables cached for the weights, the symbols quantized into
+        # the coder's numpy form, the coder's thin entry
         med, cdf, lengths, offsets, idx = model._latent_plan(eb, width)
-        sym = _codec_fn("_quantize_counted", None)(eb, y, med)[0].cpu()
+        quantize = _codec_fn("_quantize_counted", None)
+        if _takes_kwarg(quantize, "as_numpy"):
+            sym = quantize(eb, y, med, as_numpy=True)[0]
+        else:   # (an older checkout)
+            sym = quantize(eb, y, med)[0].cpu().numpy()
         _, C, h, w = sym.shape
         if streams is None:
-            streams = _auto_streams(sym.numel())
+            streams = _auto_streams(sym.size)
         kw = _pool_kw()
-        payload = coding.encode_prepared(sym.numpy(), idx, h * w, cdf, lengths, offsets,
+        payload = coding.encode_prepared(sym, idx, h * w, cdf, lengths, offsets,
                                          eb.precision, streams, kw["threads"], kw["pool"])
     else:
         sym = (_codec_fn("_quantize", lambda e, t: e.quantize_symbols(t))(eb, y).cpu()
@@ -351,6 +358,12 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
     data = container.pack(f)
     t3 = time.perf_counter()
     return data, {"transform": t1 - t0, "entropy": t2 - t1, "container": t3 - t2}
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_kwarg(fn, name: str) -> bool:
+    """Whether ``fn`` has a parameter ``name`` (cached: the timed sections call it)."""
+    return name in inspect.signature(fn).parameters
 
 
 @torch.no_grad()

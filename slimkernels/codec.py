@@ -390,8 +390,8 @@ def _quantize(eb, y: torch.Tensor) -> torch.Tensor:
     return _quantize_counted(eb, y)[0]
 
 
-def _quantize_counted(eb, y: torch.Tensor, medians: Optional[torch.Tensor] = None
-                      ) -> Tuple[torch.Tensor, int]:
+def _quantize_counted(eb, y: torch.Tensor, medians: Optional[torch.Tensor] = None,
+                      as_numpy: bool = False) -> Tuple[torch.Tensor, int]:
     """``(symbols, invalid)``: ``eb.quantize_symbols(y)`` (int32 ``round(float(y) - median)``,
     ties to even) as contiguous NCHW ``[N, C, H, W]``, and the number of symbols equal to
     ``INT32_MIN`` (what NaN, inf and values beyond the int32 range become).
@@ -402,12 +402,18 @@ def _quantize_counted(eb, y: torch.Tensor, medians: Optional[torch.Tensor] = Non
     0.26 -> 0.06 ms at w=48, dequantization 0.18 -> 0.06 ms); elsewhere 3 torch passes (the
     subtraction promotes a bf16 ``y`` to fp32 itself, rounding is in place, and the int32 cast
     writes NCHW directly) and one more for the count. ``medians``: ``_coding_medians(eb)`` when
-    the caller has it."""
+    the caller has it. ``as_numpy``: the symbols as a numpy int32 array (on the CPU), the form the
+    coder takes (the kernel then writes into a numpy array: compress's hot path, where every
+    Python step right after the transform runs cold)."""
     ck = _latent_kernels() if y.is_cpu and y.dim() == 4 else None
     layout = _dense_layout(y) if ck is not None and y.dtype in (torch.float32,
                                                                   torch.bfloat16) else None
     if layout is not None:
         med = _coding_medians(eb) if medians is None else medians
+        if as_numpy:   # the array made by the binding (no Python steps around it)
+            return ck.quantize_latents_array(y.data_ptr(), 1 if y.dtype == torch.bfloat16 else 0,
+                                             layout, *y.shape, med.data_ptr(),
+                                             torch.get_num_threads())
         out = torch.empty(y.shape, dtype=torch.int32, device=y.device)
         bad = ck.quantize_latents(y.data_ptr(), 1 if y.dtype == torch.bfloat16 else 0, layout,
                                   *y.shape, med.data_ptr(), out.data_ptr(),
@@ -418,7 +424,8 @@ def _quantize_counted(eb, y: torch.Tensor, medians: Optional[torch.Tensor] = Non
         y = y.float()          # e.g. float64: round to fp32 first, as the entropy model does
     with torch.autocast(device_type=y.device.type, enabled=False):
         out = torch.sub(y, m).round_().to(torch.int32, memory_format=torch.contiguous_format)
-    return out, int((out == torch.iinfo(torch.int32).min).sum())
+    bad = int((out == torch.iinfo(torch.int32).min).sum())
+    return (out.cpu().numpy(), bad) if as_numpy else (out, bad)
 
 
 def _dequantize(eb, sym: torch.Tensor, channels_last: bool = False,
@@ -880,18 +887,17 @@ class SlimCodec(nn.Module):
         y = self._transform("encode", lambda t: self.encode(t, width), x, (width, precision),
                             dev, precision, cuda_graph, mid)
         med, cdfs, lengths, offsets, idx = self._latent_plan(eb, width)
-        sym, invalid = _quantize_counted(eb, y, med)
-        sym = sym.cpu()
+        sym, invalid = _quantize_counted(eb, y, med, as_numpy=True)
         if invalid:  # NaN / inf / |y| >= 2^31
             raise ValueError("compress: the latent has NaN, inf or values beyond the int32 range: "
                              "the image (or the model's weights) is not finite; pass a finite "
                              "float image in [0, 1]")
         _, C, h, w = sym.shape
         if streams is None:
-            streams = auto_streams(sym.numel())
+            streams = auto_streams(sym.size)
         else:
             streams = coding._check_int(streams, "streams", 1, 255)
-        payload = coding.encode_prepared(sym.numpy(), idx, h * w, cdfs, lengths, offsets,
+        payload = coding.encode_prepared(sym, idx, h * w, cdfs, lengths, offsets,
                                          eb.precision, streams, torch.get_num_threads(),
                                          coder_pool())
         return container.pack(container.SlimFile(

@@ -1,6 +1,7 @@
 """slimkernels.codec: the SlimCodec base class gives any slimmable autoencoder coding."""
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -638,6 +639,15 @@ def test_quantize_kernel_equals_the_torch_passes(dtype, channels_last, shape):
     # the count of INT32_MIN symbols comes from the same pass
     assert invalid == int((want == torch.iinfo(torch.int32).min).sum())
     assert (invalid >= 4) == (flat.numel() > 8)
+    # compress's form: a C-contiguous numpy int32 array, the same symbols and count
+    arr, invalid_np = codec._quantize_counted(EB(), y, as_numpy=True)
+    assert isinstance(arr, np.ndarray) and arr.dtype == np.int32 and arr.flags.c_contiguous
+    assert arr.shape == tuple(y.shape) and invalid_np == invalid
+    assert np.array_equal(arr, want.numpy())
+    if codec._latent_kernels() is not None:
+        with pytest.raises(ValueError, match="negative size"):
+            codec._latent_kernels().quantize_latents_array(y.data_ptr(), 0, False, 1, -1, 1, 1,
+                                                           m.data_ptr(), 1)
 
 
 @pytest.mark.parametrize("shape", [(1, 48, 32, 48), (2, 37, 5, 19), (1, 192, 2, 33), (1, 24, 3, 40)])
@@ -681,6 +691,8 @@ def test_quantize_falls_back_without_the_kernel(monkeypatch, model):
     monkeypatch.setattr(codec, "_latent_kernels", lambda: None)
     got, n_got = codec._quantize_counted(eb, y)
     assert torch.equal(got, want) and n_got == n_want == 1
+    arr, n_arr = codec._quantize_counted(eb, y, as_numpy=True)
+    assert isinstance(arr, np.ndarray) and np.array_equal(arr, want.numpy()) and n_arr == 1
     assert torch.equal(codec._quantize(eb, y), eb.quantize_symbols(y))
 
 

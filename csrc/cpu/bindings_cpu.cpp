@@ -1,6 +1,7 @@
 // Thin pybind11 binding of the CPU kernel library (slimkernels._cpu_kernels). Pointers arrive as
 // integers (tensor.data_ptr()) after the Python side validated device, dtype and layout; the
 // GIL is released while the kernel runs.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -151,6 +152,20 @@ int64_t quantize_latents_py(uintptr_t y, int ydtype, bool channels_last, int64_t
   a.invalid = &invalid;
   call_released(sk::quantize_latents, a, sk::latents_error_message, "quantize_latents");
   return invalid;
+}
+
+// quantize_latents into a new numpy int32 array [N, C, H, W]: (symbols, invalid count).
+py::tuple quantize_latents_array_py(uintptr_t y, int ydtype, bool channels_last, int64_t N,
+                                    int64_t C, int64_t H, int64_t W, uintptr_t medians,
+                                    int nthreads) {
+  if (N < 0 || C < 0 || H < 0 || W < 0)
+    throw std::invalid_argument("quantize_latents_array: negative size");
+  py::array_t<int32_t> out({static_cast<py::ssize_t>(N), static_cast<py::ssize_t>(C),
+                            static_cast<py::ssize_t>(H), static_cast<py::ssize_t>(W)});
+  const int64_t invalid = quantize_latents_py(y, ydtype, channels_last, N, C, H, W, medians,
+                                              reinterpret_cast<uintptr_t>(out.mutable_data()),
+                                              nthreads);
+  return py::make_tuple(std::move(out), invalid);
 }
 
 void dequantize_latents_py(uintptr_t sym, int64_t N, int64_t C, int64_t H, int64_t W,
@@ -462,6 +477,11 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "out int32 NCHW = round_half_even(float(y) - medians[c]) (see csrc/cpu/latents.hpp); y "
         "fp32 (0) or bf16 (1), dense channels_last or NCHW; medians fp32 [C]. Returns the number "
         "of INT32_MIN results (NaN, inf or out of the int32 range), counted in the same pass.");
+  m.def("quantize_latents_array", &quantize_latents_array_py, py::arg("y"), py::arg("ydtype"),
+        py::arg("channels_last"), py::arg("N"), py::arg("C"), py::arg("H"), py::arg("W"),
+        py::arg("medians"), py::arg("nthreads"),
+        "quantize_latents into a new numpy int32 array [N, C, H, W] (C order): returns "
+        "(symbols, number of INT32_MIN results).");
   m.def("dequantize_latents", &dequantize_latents_py, py::arg("sym"), py::arg("N"), py::arg("C"),
         py::arg("H"), py::arg("W"), py::arg("medians"), py::arg("out"), py::arg("nthreads"),
         py::arg("out_bf16") = 0,
