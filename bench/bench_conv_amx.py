@@ -38,58 +38,23 @@ def _median_us(f, n):
     return float(np.median(ts)) * 1e6
 
 
-def run(widths, threads=1, n=60, reps=2):
-    """Rows ``{layer, width, onednn_us, amx_us, speedup}`` (``[]`` without the AMX kernel)."""
-    if oc._amx_conv_kernels() is None:
-        return []
+def _ab(widths, threads, n, reps, switch, lifted, gdn):
+    """``{layer, width, off_us, on_us}`` per SlimCAE w -> w layer and width: the layer (with
+    the GDN / IGDN that follows it when ``gdn``) timed with the module switch ``switch`` off and
+    on, alternating, best of ``reps`` medians; the constants in ``lifted`` (name -> value) set
+    meanwhile, and everything restored after."""
     torch.set_num_threads(threads)
-    saved = (oc.CPU_AMX_CONV, oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS)
-    oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS = 1 << 20, 1 << 40
-    g = torch.Generator().manual_seed(0)
-    W = torch.randn(192, 192, 5, 5, generator=g) * 0.05
-    b = torch.randn(192, generator=g)
-    rows = []
-    try:
-        for w in widths:
-            for name, hw, transposed in LAYERS:
-                x = torch.randn(1, w, *hw, generator=g).to(torch.bfloat16)
-                x = x.contiguous(memory_format=torch.channels_last)
-                if transposed:
-                    def f():
-                        return ops.slim_conv_transpose2d(x, W, b, stride=2, padding=2,
-                                                         output_padding=1, out_width=w)
-                else:
-                    def f():
-                        return ops.slim_conv2d(x, W, b, stride=2, padding=2, out_width=w)
-                t = {False: [], True: []}
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-                    for _ in range(reps):
-                        for amx in (False, True):
-                            oc.CPU_AMX_CONV = amx
-                            t[amx].append(_median_us(f, n))
-                rows.append({"layer": name, "width": w, "onednn_us": min(t[False]),
-                             "amx_us": min(t[True]), "speedup": min(t[False]) / min(t[True])})
-    finally:
-        oc.CPU_AMX_CONV, oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS = saved
-    return rows
-
-
-def run_gdn(widths, threads=1, n=60, reps=2):
-    """Rows ``{layer, width, two_pass_us, fused_us, speedup}``: each layer with the GDN (IGDN
-    after the transposed ones) that follows it in SlimCAE, on the direct AMX kernel, the GDN in
-    its epilogue or as the GDN op after it (``[]`` without the AMX kernels)."""
-    if not oc.amx_epilogue_gdn_available():
-        return []
-    torch.set_num_threads(threads)
-    saved = (oc.CPU_AMX_CONV_GDN, oc.AMX_CONV_GDN_MAX_CHANNELS, oc.AMX_CONV_GDN_MIN_THREADS,
-             oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS)
-    oc.AMX_CONV_GDN_MAX_CHANNELS, oc.AMX_CONV_GDN_MIN_THREADS = 1 << 20, 1
-    oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS = 1 << 20, 1 << 40
+    names = (switch,) + tuple(lifted)
+    saved = tuple(getattr(oc, k) for k in names)
+    for k, v in lifted.items():
+        setattr(oc, k, v)
     g = torch.Generator().manual_seed(0)
     W = torch.randn(192, 192, 5, 5, generator=g) * 0.05
     b = torch.randn(192, generator=g)
     beta = torch.rand(192, generator=g) + 0.5
     gamma = torch.rand(192, 192, generator=g) * 0.1
+    conv_kw = {"gdn": (beta, gamma)} if gdn else {}             # GDN after the conv
+    tconv_kw = {"out_igdn": (beta, gamma)} if gdn else {}       # IGDN after the transposed one
     rows = []
     try:
         for w in widths:
@@ -100,23 +65,46 @@ def run_gdn(widths, threads=1, n=60, reps=2):
                     def f():
                         return ops.slim_conv_transpose2d(x, W, b, stride=2, padding=2,
                                                          output_padding=1, out_width=w,
-                                                         out_igdn=(beta, gamma))
+                                                         **tconv_kw)
                 else:
                     def f():
                         return ops.slim_conv2d(x, W, b, stride=2, padding=2, out_width=w,
-                                               gdn=(beta, gamma))
+                                               **conv_kw)
                 t = {False: [], True: []}
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                     for _ in range(reps):
-                        for fused in (False, True):
-                            oc.CPU_AMX_CONV_GDN = fused
-                            t[fused].append(_median_us(f, n))
-                rows.append({"layer": name, "width": w, "two_pass_us": min(t[False]),
-                             "fused_us": min(t[True]), "speedup": min(t[False]) / min(t[True])})
+                        for on in (False, True):
+                            setattr(oc, switch, on)
+                            t[on].append(_median_us(f, n))
+                rows.append({"layer": name, "width": w, "off_us": min(t[False]),
+                             "on_us": min(t[True])})
     finally:
-        (oc.CPU_AMX_CONV_GDN, oc.AMX_CONV_GDN_MAX_CHANNELS, oc.AMX_CONV_GDN_MIN_THREADS,
-         oc.AMX_CONV_MAX_CHANNELS, oc.AMX_CONV_MAX_PIXELS) = saved
+        for k, v in zip(names, saved):
+            setattr(oc, k, v)
     return rows
+
+
+def run(widths, threads=1, n=60, reps=2):
+    """Rows ``{layer, width, onednn_us, amx_us, speedup}`` (``[]`` without the AMX kernel)."""
+    if oc._amx_conv_kernels() is None:
+        return []
+    rows = _ab(widths, threads, n, reps, "CPU_AMX_CONV",
+               {"AMX_CONV_MAX_CHANNELS": 1 << 20, "AMX_CONV_MAX_PIXELS": 1 << 40}, gdn=False)
+    return [{"layer": r["layer"], "width": r["width"], "onednn_us": r["off_us"],
+             "amx_us": r["on_us"], "speedup": r["off_us"] / r["on_us"]} for r in rows]
+
+
+def run_gdn(widths, threads=1, n=60, reps=2):
+    """Rows ``{layer, width, two_pass_us, fused_us, speedup}``: each layer with the GDN (IGDN
+    after the transposed ones) that follows it in SlimCAE, on the direct AMX kernel, the GDN in
+    its epilogue or as the GDN op after it (``[]`` without the AMX kernels)."""
+    if not oc.amx_epilogue_gdn_available():
+        return []
+    rows = _ab(widths, threads, n, reps, "CPU_AMX_CONV_GDN",
+               {"AMX_CONV_GDN_MAX_CHANNELS": 1 << 20, "AMX_CONV_GDN_MIN_THREADS": 1,
+                "AMX_CONV_MAX_CHANNELS": 1 << 20, "AMX_CONV_MAX_PIXELS": 1 << 40}, gdn=True)
+    return [{"layer": r["layer"], "width": r["width"], "two_pass_us": r["off_us"],
+             "fused_us": r["on_us"], "speedup": r["off_us"] / r["on_us"]} for r in rows]
 
 
 def main(argv=None):

@@ -512,7 +512,7 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
             _use_amx_conv(x, ci, co, x.shape[0] * x.shape[2] * x.shape[3], image=image):
         if gdn_kw is None:
             return _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding)
-        g = _amx_epilogue_gdn(gdn_kw, co, ci)
+        g = _amx_epilogue_gdn(gdn_kw, co, ci, stride * stride)
         y = _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding, g)
         return None if y is None else (y, g is not None)
     return None
@@ -934,7 +934,8 @@ AMX_CONV_GROUP_ROWS = 2
 #: (csrc/cpu/conv_amx.cpp, ``epilogue_gdn``): each work group's bf16 output goes through the GDN
 #: kernel's row code (``gdn_rows_bf16``) while it is in L1, instead of a write of the conv output
 #: and a second pass that reads it back. The same bits as the two passes. Only onto at most
-#: ``AMX_CONV_GDN_MAX_CHANNELS`` channels from at least ``AMX_CONV_GDN_MIN_INPUTS``: the GDN's
+#: ``AMX_CONV_GDN_MAX_CHANNELS`` channels from at least ``AMX_CONV_GDN_MIN_INPUTS`` (first rule:
+#: 48 channels; see below for 72): the GDN's
 #: buffers and packed gamma share L1 with the conv's weights and input rows, and past that the
 #: two passes were faster. Kodak kodim01, 2 threads, layers timed in one process with the switch
 #: flipped per round (``/tmp/s28/layers_ab.py``, medians of 120, conv + GDN against the fused
@@ -947,8 +948,16 @@ AMX_CONV_GROUP_ROWS = 2
 #: a second run: enc2 0.455 -> 0.442, enc3 0.130 -> 0.116, dec1 0.202 -> 0.186, dec2 0.652 ->
 #: 0.636. End to end at w=48 (``/tmp/s28/gdn_ab.py 48 2``, switch flipped per round, medians of
 #: 8 x 11), ``compress`` / ``decompress`` 1.004-1.033x / 1.014-1.058x over four runs.
+#: Extended to 72 channels for convs (sitting 28, second look, ``/tmp/s28/layers_ab.py 72 2``
+#: twice, kernel times): enc2 1.152 -> 1.129 / 1.106 -> 1.069 ms, enc3 0.324 -> 0.305 / 0.310 ->
+#: 0.288; the transposed ones at 72 (4 x 72 = 288 phase channels: a 37 KB group buffer) lost,
+#: dec1 0.423 -> 0.439 / 0.425 -> 0.434, dec2 1.572 -> 1.640 / 1.505 -> 1.613, hence at most
+#: ``AMX_CONV_GDN_MAX_PHASE_CHANNELS`` (192: 48 channels x 4 phases) conv output channels.
+#: (In isolation, ``python bench/bench_conv_amx.py --gdn --threads 2``, with each op's Python
+#: call included, every layer gained at 48 and 72: 1.04-1.24x.)
 CPU_AMX_CONV_GDN = True
-AMX_CONV_GDN_MAX_CHANNELS = 48
+AMX_CONV_GDN_MAX_CHANNELS = 72
+AMX_CONV_GDN_MAX_PHASE_CHANNELS = 192
 AMX_CONV_GDN_MIN_INPUTS = 16
 AMX_CONV_GDN_MIN_THREADS = 2
 
@@ -1012,15 +1021,17 @@ def amx_epilogue_gdn_available() -> bool:
         _amx_conv_kernels() is not None and cpu_kernels_available()
 
 
-def _amx_epilogue_gdn(kw, c: int, ci: int):
+def _amx_epilogue_gdn(kw, c: int, ci: int, phases: int = 1):
     """The direct AMX conv's fused-GDN arguments (see ``CPU_AMX_CONV_GDN``) for the GDN kwargs
-    ``kw`` at ``c`` channels after a conv from ``ci``: ``(packed gamma_k, beta, beta scale, beta
+    ``kw`` at ``c`` channels after a conv from ``ci`` (a transposed conv: ``phases`` = stride^2
+    sub-pixel phases of ``c`` channels each): ``(packed gamma_k, beta, beta scale, beta
     bias, inverse)``; None when there is no GDN or the epilogue does not take it (switched off,
     outside the channel rule, no AMX GDN kernel, a gradient to record, parameters it cannot
     read, SlimGDN+ scalars that are not numbers, fewer threads than the rule's): the GDN then
     runs after the conv."""
     if kw is None or not CPU_AMX_CONV_GDN or not CPU_FUSED_GDN or \
-            c > AMX_CONV_GDN_MAX_CHANNELS or ci < AMX_CONV_GDN_MIN_INPUTS or \
+            c > AMX_CONV_GDN_MAX_CHANNELS or c * phases > AMX_CONV_GDN_MAX_PHASE_CHANNELS or \
+            ci < AMX_CONV_GDN_MIN_INPUTS or \
             torch.get_num_threads() < AMX_CONV_GDN_MIN_THREADS or \
             not cpu_kernels_available() or _gdn_params_need_grad(kw):
         return None
