@@ -102,13 +102,16 @@ class SlimSequential(nn.Sequential):
         from .ops.conv import amx_epilogue_gdn_available
         return x.is_cpu and not torch.is_grad_enabled() and amx_epilogue_gdn_available()
 
-    def forward(self, x: torch.Tensor, width: Optional[int] = None, start: int = 0
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, width: Optional[int] = None, start: int = 0,
+                stop: Optional[int] = None) -> torch.Tensor:
         """``x``: ``[N, C, H, W]``; returns the last layer's output. ``start``: run the layers
-        from this index on (``x`` is then the output of layer ``start - 1``)."""
+        from this index on (``x`` is then the output of layer ``start - 1``); ``stop``: up to
+        this index, excluded (default: all; a conv is then not fused with a GDN at ``stop``)."""
         from .nn.conv import SlimConv2d, SlimConvTranspose2d
 
         layers = list(self)
+        if stop is not None:
+            layers = layers[:int(stop)]
         fuse = self.fuses(x)
         i = int(start)
         while i < len(layers):
@@ -962,9 +965,36 @@ class SlimCodec(nn.Module):
         y_hat = self._latent_input(eb, sym.to(dev), precision,
                                    plan[0] if dev.type == "cpu" else None)
         # f.model_id: checked equal to this model's id by decompress_latent
+        if dev.type == "cpu" and self._decodes_image():
+            image = self._transform("decode-image", self._decode_image, y_hat,
+                                    (f.width, precision), dev, precision, cuda_graph, f.model_id)
+            return image[..., :f.height, :f.img_width]
         x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
                                 precision, cuda_graph, f.model_id)
         return _image_output(x_hat)[..., :f.height, :f.img_width]
+
+    def _decodes_image(self) -> bool:
+        """Whether :meth:`_decode_image` can give the image from the synthesis transform's last
+        layer: :meth:`decode` is SlimCodec's, ``g_s`` a :class:`SlimSequential` ending in a
+        :class:`~slimkernels.nn.SlimConvTranspose2d` without forward hooks (they would see the
+        clamped image instead of the layer's output)."""
+        from .nn.conv import SlimConvTranspose2d
+        g_s = getattr(self, "g_s", None)
+        return type(self).decode is SlimCodec.decode and isinstance(g_s, SlimSequential) and \
+            len(g_s) > 0 and isinstance(g_s[-1], SlimConvTranspose2d) and \
+            not _has_forward_hooks(g_s[-1])
+
+    def _decode_image(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` then the float32 image clamped to [0, 1] (``_image_output``), the
+        clamp given to the last layer (``out_clamp``): on the direct AMX CPU kernel its epilogue
+        writes the image (no bf16 output and second pass; the same values). Needs
+        :meth:`_decodes_image`."""
+        width = self._width(y_hat.shape[1])
+        g_s = self.g_s
+        last = g_s[-1]
+        h = g_s(y_hat, width, stop=len(g_s) - 1)
+        return last(h, width if getattr(last, "slim_output", True) else None,
+                    out_clamp=(0.0, 1.0))
 
     def _cpu_transform(self, kind: str, run, x: torch.Tensor, key) -> torch.Tensor:
         """``run(x)`` on CPU, replayed (:mod:`slimkernels.cpu_replay`) when ``cpu_replay`` is on

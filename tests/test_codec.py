@@ -1178,3 +1178,60 @@ def test_compress_takes_numpy_stream_counts(model):
     import numpy as np
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     assert model.compress(x, 8, streams=np.int64(2)) == model.compress(x, 8, streams=2)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_decompress_takes_the_image_from_the_last_layer(model, monkeypatch, precision):
+    """On CPU the synthesis transform's last layer gives the clamped float32 image itself
+    (out_clamp): the image of decode + clamp, bit for bit."""
+    x = torch.rand(1, 3, 30, 41, generator=torch.Generator().manual_seed(60))
+    data = model.compress(x, 12, precision=precision)
+    assert model._decodes_image()
+    calls = []
+    real = model._decode_image
+    monkeypatch.setattr(model, "_decode_image", lambda y: calls.append(1) or real(y),
+                        raising=False)
+    img = model.decompress(data, precision=precision)
+    assert calls == [1]
+    monkeypatch.setattr(model, "_decodes_image", lambda: False, raising=False)
+    ref = model.decompress(data, precision=precision)
+    assert calls == [1]                                      # the two-pass path
+    assert img.dtype == torch.float32 and img.shape == ref.shape == (1, 3, 30, 41)
+    assert torch.equal(img, ref)
+
+
+def test_a_hooked_or_overridden_last_layer_keeps_the_two_pass_image(model):
+    """A forward hook on the last layer sees its own output, not the clamped image; a codec with
+    its own decode is decoded by it."""
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(61))
+    data = model.compress(x, 12, precision="fp32")
+    plain = model.decompress(data, precision="fp32")
+    seen = []
+
+    def shift(m, a, out):   # sees the layer's own output and replaces it
+        seen.append(out)
+        return out - 1.0
+    h = model.g_s[-1].register_forward_hook(shift)
+    try:
+        assert not model._decodes_image()
+        img = model.decompress(data, precision="fp32")
+    finally:
+        h.remove()
+    assert len(seen) == 1 and seen[0].dtype == torch.float32
+    assert torch.equal(plain, seen[0].clamp(0, 1)) and plain.max() > 0
+    assert torch.equal(img, (seen[0] - 1.0).clamp(0, 1)) and img.max() == 0
+
+    class Halved(Tiny):
+        def decode(self, y_hat):
+            return super().decode(y_hat) * 0.5
+    assert not Halved()._decodes_image()
+
+
+def test_slim_sequential_stop_runs_the_layers_before_it(model):
+    y = torch.rand(1, 12, 4, 4)
+    with torch.no_grad():
+        part = model.g_s(y, 12, stop=2)
+        manual = model.g_s[1](model.g_s[0](y, 12), 12)
+        torch.testing.assert_close(part, manual, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.g_s(part, 12, start=2), model.g_s(y, 12),
+                                   rtol=1e-5, atol=1e-6)

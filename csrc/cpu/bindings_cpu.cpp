@@ -107,7 +107,7 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
                          int64_t Wy, int64_t Cy, int64_t phase, int nthreads,
                          int group_rows, uintptr_t gdn_gamma, uintptr_t gdn_beta, int gdn_bdtype,
                          int64_t gdn_b_s0, double gdn_beta_scale, double gdn_beta_bias,
-                         bool gdn_inverse) {
+                         bool gdn_inverse, uintptr_t yf, double out_lo, double out_hi) {
   sk::ConvAmxArgs a;
   a.x = reinterpret_cast<const void*>(x);
   a.xdtype = xdtype;
@@ -129,6 +129,9 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
   a.gdn_beta_scale = gdn_beta_scale;
   a.gdn_beta_bias = gdn_beta_bias;
   a.gdn_inverse = gdn_inverse;
+  a.yf = reinterpret_cast<float*>(yf);
+  a.out_lo = static_cast<float>(out_lo);
+  a.out_hi = static_cast<float>(out_hi);
   call_released(sk::conv_amx_forward, a, sk::conv_amx_error_message, "conv_amx_forward");
 }
 
@@ -606,13 +609,15 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("nthreads"), py::arg("group_rows") = 2, py::arg("gdn_gamma") = 0,
         py::arg("gdn_beta") = 0, py::arg("gdn_bdtype") = 0, py::arg("gdn_b_s0") = 1,
         py::arg("gdn_beta_scale") = 1.0, py::arg("gdn_beta_bias") = 0.0,
-        py::arg("gdn_inverse") = false,
+        py::arg("gdn_inverse") = false, py::arg("yf") = 0, py::arg("out_lo") = 0.0,
+        py::arg("out_hi") = 1.0,
         "Direct AMX-BF16 conv on raw pointers (see csrc/cpu/conv_amx.hpp): x [N, H, W, C] "
         "dense channels_last fp32 (xdtype 0) or bf16 (1), padded into [N, Hp, Wp, C] inside; "
         "w VNNI-packed bf16 (tile_nz: uint8 per B tile, 0 = all zero, skipped; or 0 = none), "
         "bias fp32 or 0, y bf16 channels_last. gdn_gamma (0 = none): GDN / IGDN (gdn_inverse) "
         "of y's Cy channels in the epilogue, gamma_k packed by gdn_pack_amx (C = Cy, splits 1, "
         "channels_last), beta fp32 (gdn_bdtype 0) or bf16 (1) at stride gdn_b_s0, scaled by "
-        "gdn_beta_scale plus gdn_beta_bias.");
+        "gdn_beta_scale plus gdn_beta_bias. yf (with y = 0, no GDN): the output as float32 "
+        "[N, Hy, Wy, Cy], the bf16 values widened and clamped to [out_lo, out_hi] (NaN kept).");
 }
 

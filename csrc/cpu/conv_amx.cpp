@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -99,6 +100,31 @@ SK_CTARGET inline void store_bf16(uint16_t* dst, const float* src, const float* 
     __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
     _mm256_mask_storeu_epi16(dst + c, k, h);
   }
+}
+
+// store_bf16's values widened back to fp32 and clamped to [lo, hi], NaN kept (as
+// bf16_to_image: max / min return their second operand when either is NaN).
+SK_CTARGET inline void store_f32_clamped(float* dst, const float* src, const float* bias,
+                                         int64_t n, float lo, float hi) {
+  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  for (int64_t c = 0; c < n; c += 16) {
+    const int64_t m = std::min<int64_t>(16, n - c);
+    const __mmask16 k = static_cast<__mmask16>((1u << m) - 1u);
+    __m512 v = _mm512_maskz_loadu_ps(k, src + c);
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + c));
+    const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+    const __m512 w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    _mm512_mask_storeu_ps(dst + c, k, _mm512_min_ps(vhi, _mm512_max_ps(vlo, w)));
+  }
+}
+
+// n output values at element offset off of y: bf16 (a.y) or clamped fp32 (a.yf).
+SK_CTARGET inline void store_out(const ConvAmxArgs& a, int64_t off, const float* src,
+                                 const float* bias, int64_t n) {
+  if (a.yf != nullptr)
+    store_f32_clamped(a.yf + off, src, bias, n, a.out_lo, a.out_hi);
+  else
+    store_bf16(a.y + off, src, bias, n);
 }
 
 constexpr int kMaxBlocks = 4;
@@ -255,7 +281,7 @@ SK_CTARGET void run_blocks(const ConvAmxArgs& a, const uint16_t* xpad, const Chu
         const int64_t ox = xb * 16 + p;
         const float* src = accbuf + (i * 16 + p) * ldc;
         if (s == 1) {
-          store_bf16(a.y + ((n * a.Hy + oy) * a.Wy + ox) * a.Cy, src, a.bias, a.Co);
+          store_out(a, ((n * a.Hy + oy) * a.Wy + ox) * a.Cy, src, a.bias, a.Co);
         } else {
           // phases (ry, 0..s-1) are contiguous in the accumulator row and their output pixels
           // (yy, ox*s + 0..s-1) contiguous in y: one store of nrx*Cy elements per ry
@@ -265,8 +291,8 @@ SK_CTARGET void run_blocks(const ConvAmxArgs& a, const uint16_t* xpad, const Chu
             const int64_t yy = oy * s + ry;
             if (yy >= a.Hy) break;
             const int64_t off = ry * s * a.Cy;
-            store_bf16(a.y + ((n * a.Hy + yy) * a.Wy + ox * s) * a.Cy, src + off,
-                       a.bias ? a.bias + off : nullptr, nrx * a.Cy);
+            store_out(a, ((n * a.Hy + yy) * a.Wy + ox * s) * a.Cy, src + off,
+                      a.bias ? a.bias + off : nullptr, nrx * a.Cy);
           }
         }
       }
@@ -309,7 +335,12 @@ SK_CTARGET void pad_rows(const ConvAmxArgs& a, uint16_t* xpad, int64_t r0, int64
 
 int conv_amx_forward(const ConvAmxArgs& a) {
   if (!amx_available()) return kCNoAmx;
-  if (a.x == nullptr || a.w == nullptr || a.y == nullptr || (a.xdtype != kF32 && a.xdtype != kBF16))
+  if (a.x == nullptr || a.w == nullptr || (a.y == nullptr) == (a.yf == nullptr) ||
+      (a.xdtype != kF32 && a.xdtype != kBF16))
+    return kCBadArgs;
+  // the clamped fp32 output: no GDN, finite bounds lo <= hi
+  if (a.yf != nullptr && (a.gdn_gamma != nullptr || !(a.out_lo <= a.out_hi) ||
+                          !std::isfinite(a.out_lo) || !std::isfinite(a.out_hi)))
     return kCBadArgs;
   if (a.C <= 0 || a.N <= 0 || a.H <= 0 || a.W <= 0 || a.Ho <= 0 || a.Wo <= 0 || a.Co <= 0 ||
       a.kh <= 0 || a.kw <= 0 || a.stride <= 0 || a.phase <= 0 || a.pad_top < 0 || a.pad_left < 0)

@@ -37,6 +37,12 @@ struct ConvAmxArgs {
   // (qy, qx) goes to y[qy*s+ry, qx*s+rx, c] when inside [Hy, Wy].
   uint16_t* y = nullptr;
   int64_t Hy = 0, Wy = 0, Cy = 0, phase = 1;
+  // Or (y nullptr, no GDN): the output as float32 [N, Hy, Wy, Cy] at yf, each value the bf16
+  // output's (the same rounding) widened and clamped to [out_lo, out_hi] (NaN kept): a
+  // synthesis transform's last layer writing the image itself (decompress), as y followed by
+  // bf16_to_image (image_io.hpp) would.
+  float* yf = nullptr;
+  float out_lo = 0.0f, out_hi = 1.0f;
   // Optional GDN / IGDN of every output pixel's Cy channels, fused into the epilogue (nullptr
   // gdn_gamma: none): y = gdn(bf16(conv + bias)), the same bits as this kernel's y followed by
   // gdn_forward on it (bf16 channels_last, splits 1). gdn_gamma: gamma_k for C = Cy packed by

@@ -113,14 +113,18 @@ class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
         self._init_widths(widths, out_channels)
 
     def forward(self, x: torch.Tensor, width: Optional[int] = None,
-                output_size: None = None, out_igdn: Optional[dict] = None) -> torch.Tensor:
+                output_size: None = None, out_igdn: Optional[dict] = None,
+                out_clamp=None) -> torch.Tensor:
         """``x``: ``[N, C_in<=in_channels, H, W]`` -> ``[N, width, H', W']`` (x's dtype).
 
         ``out_igdn``: optional :func:`slimkernels.ops.gdn` keyword dict applied (as IGDN) to the
-        output, fused into the transposed convolution where the backend can."""
+        output, fused into the transposed convolution where the backend can. ``out_clamp``:
+        optional ``(lo, hi)``: the output as float32 clamped to it (see
+        :func:`slimkernels.ops.slim_conv_transpose2d`)."""
         if output_size is not None:
             raise ValueError("SlimConvTranspose2d does not take output_size; set output_padding")
         self._check_input(x, self.in_channels)
         return ops.slim_conv_transpose2d(x, self.weight, self.bias, stride=self._s,
                                          padding=self._p, output_padding=self._op,
-                                         out_width=self._check_width(width), out_igdn=out_igdn)
+                                         out_width=self._check_width(width), out_igdn=out_igdn,
+                                         out_clamp=out_clamp)

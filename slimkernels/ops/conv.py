@@ -496,7 +496,7 @@ def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, gdn_kw=None):
 
 
 def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, output_padding,
-                                      gdn_kw=None):
+                                      gdn_kw=None, clamp=None):
     """The direct AMX transposed conv (sub-pixel phases) when this geometry goes there, else
     None (wide, or few output channels outside the image rule, stride 1, kernel <= stride, a tap
     plan that crops x). The image rule (onto <= ``AMX_CONV_IMAGE_MAX_OUT`` channels from <=
@@ -510,8 +510,9 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
     if stride > 1 and k > stride and weight.shape[-2] == k and \
             (image or not _use_subpixel(k, co, stride)) and \
             _use_amx_conv(x, ci, co, x.shape[0] * x.shape[2] * x.shape[3], image=image):
-        if gdn_kw is None:
-            return _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding)
+        if gdn_kw is None:   # (``clamp``: the output clamped float32, see _amx_conv_run)
+            return _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding,
+                                         None, clamp)
         g = _amx_epilogue_gdn(gdn_kw, co, ci, stride * stride)
         y = _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding, g)
         return None if y is None else (y, g is not None)
@@ -1061,27 +1062,34 @@ def _gdn_scalar(v):
     return _NOT_A_NUMBER if f is None else f
 
 
-def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gdn=None):
+def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gdn=None,
+                  clamp=None):
     """One call of the kernel (``wpk``: ``_amx_pack``'s pair): x (dense channels_last, bf16 or
     fp32) is padded by ``top`` rows and columns into a ``[N, hp, wp, C]`` buffer inside the
     kernel (``wp >= wneed``, wide enough for the last K chunk's over-read); returns the bf16
     channels_last ``[N, Cy, Hy, Wy]`` output. ``gdn``: :func:`_amx_epilogue_gdn`'s arguments
-    for a GDN of the output in the epilogue, or None."""
+    for a GDN of the output in the epilogue, or None. ``clamp`` (``(lo, hi)``, without ``gdn``):
+    the output as float32 clamped to ``[lo, hi]`` instead (the bf16 values widened: what
+    :func:`slimkernels.ops.image_io.bf16_to_image` of the bf16 output gives)."""
     N, ci, H, W = x.shape
     kcw = -(-(k * ci) // 32) * 32  # K of a tap row; the last chunk may read past it
     wq = -(-Wo // 16) * 16
     wp = max(wneed, (wq - 1) * s + -(-kcw // ci))
     Hy, Wy = out_hw
     cy = co // (phase * phase)
-    y = torch.empty((N, Hy, Wy, cy), dtype=torch.bfloat16, device=x.device)
-    g = () if gdn is None else (gdn[0].data_ptr(), gdn[1].data_ptr(),
-                                1 if gdn[1].dtype == torch.bfloat16 else 0, gdn[1].stride(0),
-                                gdn[2], gdn[3], gdn[4])
+    y = torch.empty((N, Hy, Wy, cy), dtype=torch.bfloat16 if clamp is None else torch.float32,
+                    device=x.device)
+    if clamp is not None:   # y at yf (after the GDN arguments, none here)
+        yp, extra = 0, (0, 0, 0, 1, 1.0, 0.0, False, y.data_ptr(), clamp[0], clamp[1])
+    else:
+        yp = y.data_ptr()
+        extra = () if gdn is None else (gdn[0].data_ptr(), gdn[1].data_ptr(),
+                                        1 if gdn[1].dtype == torch.bfloat16 else 0,
+                                        gdn[1].stride(0), gdn[2], gdn[3], gdn[4])
     _amx_conv_kernels().conv_amx_forward(
         x.data_ptr(), 1 if x.dtype == torch.bfloat16 else 0, N, H, W, ci, hp, wp, top, top,
         wpk[0].data_ptr(), wpk[1].data_ptr(), k, k, s, co, 0 if b is None else b.data_ptr(),
-        Ho, Wo, y.data_ptr(), Hy, Wy, cy, phase, torch.get_num_threads(), AMX_CONV_GROUP_ROWS,
-        *g)
+        Ho, Wo, yp, Hy, Wy, cy, phase, torch.get_num_threads(), AMX_CONV_GROUP_ROWS, *extra)
     return y.permute(0, 3, 1, 2)
 
 
@@ -1100,10 +1108,12 @@ def _conv2d_amx(x, weight, bias, co, stride, padding, gdn=None):
     return _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, (Ho, Wo), 1, p, H + 2 * p, W + 2 * p, gdn)
 
 
-def _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding, gdn=None):
+def _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding, gdn=None,
+                          clamp=None):
     """No-grad transposed conv as ``s*s`` sub-pixel phases of one stride-1 direct AMX conv whose
     epilogue scatters each phase to its output pixels (``gdn``: after the GDN of each output
-    pixel, see :func:`_amx_conv_run`); None when the tap plan needs x cropped."""
+    pixel; ``clamp``: as clamped float32; see :func:`_amx_conv_run`); None when the tap plan
+    needs x cropped."""
     N, ci, H, W = x.shape
     k, s, p = weight.shape[-1], stride, padding
     _, lo, _, kc = _subpixel_plan(k, s, p)
@@ -1120,7 +1130,7 @@ def _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding, 
         return _amx_pack(w2), b
     wpk, b = _cached(("amxT", co, ci, s, p, k), (weight, bias), build)
     return _amx_conv_run(x, wpk, b, kc, 1, s * s * co, Qh, Qw, (Ho, Wo), s, -lo,
-                         max(Qh - 1 + kc, H - lo), max(Qw - 1 + kc, W - lo), gdn)
+                         max(Qh - 1 + kc, H - lo), max(Qw - 1 + kc, W - lo), gdn, clamp)
 
 
 # -- CPU: a transposed conv with few output channels as a sub-pixel convolution ------------------
@@ -1263,6 +1273,36 @@ def _out_width(out_width, co_max, name):
     return co
 
 
+def _check_clamp(out_clamp, name):
+    """``out_clamp`` as a pair of floats (None stays None); ValueError naming what is wrong."""
+    if out_clamp is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in out_clamp)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: out_clamp must be a (lo, hi) pair of numbers, got "
+                         f"{out_clamp!r}") from None
+    if not (-_FP32_MAX <= lo <= hi <= _FP32_MAX):
+        raise ValueError(f"{name}: out_clamp must be finite float32 bounds with lo <= hi, got "
+                         f"({lo}, {hi})")
+    return lo, hi
+
+
+_FP32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _clamp_out(y, clamp):
+    """``y`` (``clamp`` None) or ``y.float().clamp(lo, hi)``: one pass of the image kernel for a
+    bf16 ``y`` (:func:`slimkernels.ops.image_io.bf16_to_image`, whose reference path keeps
+    autograd)."""
+    if clamp is None:
+        return y
+    if y.dtype == torch.bfloat16:
+        from .image_io import bf16_to_image
+        return bf16_to_image(y, *clamp)
+    return y.float().clamp(*clamp)
+
+
 # ---------------------------------------------------------------------------------------------
 # public ops
 # ---------------------------------------------------------------------------------------------
@@ -1330,7 +1370,8 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                           *, stride: int = 1, padding: int = 0, output_padding: int = 0,
                           out_width: Optional[int] = None, igdn=None,
-                          backend: Optional[str] = None, out_igdn=None) -> torch.Tensor:
+                          backend: Optional[str] = None, out_igdn=None,
+                          out_clamp=None) -> torch.Tensor:
     """Transposed convolution with the active slice ``weight[:x.shape[1], :out_width]``.
 
     Args:
@@ -1345,11 +1386,18 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
             Triton epilogue when no gradient is recorded. A decoder that passes the NEXT layer's
             IGDN here (and ``igdn=None`` there) gets the fusion for two of its three IGDNs.
         backend: ``"triton"`` / ``"torch"`` / None.
+        out_clamp: optional ``(lo, hi)`` (finite floats, ``lo <= hi``): the output as float32
+            clamped to ``[lo, hi]`` (NaN kept), e.g. a decoder's last layer giving the image in
+            [0, 1]: ``y.float().clamp(lo, hi)`` of the output otherwise returned (after
+            ``out_igdn``). Without gradient, on the direct AMX CPU kernel, written by its
+            epilogue (no bf16 output and second pass).
 
     Returns:
         ``[N, out_width, (H-1)*stride - 2*padding + k + output_padding, ...]``; channels_last
-        (``CPU_CHANNELS_LAST``, ``TRITON_CHANNELS_LAST``); bf16 under bf16 autocast.
+        (``CPU_CHANNELS_LAST``, ``TRITON_CHANNELS_LAST``); bf16 under bf16 autocast (float32
+        with ``out_clamp``).
     """
+    clamp = _check_clamp(out_clamp, "slim_conv_transpose2d")
     _check(x, weight, bias, "slim_conv_transpose2d", True, stride, padding)
     co = _out_width(out_width, weight.shape[1], "slim_conv_transpose2d")
     if output_padding < 0 or output_padding >= max(stride, 1):
@@ -1369,27 +1417,29 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         x, weight, bias = _triton_operands(x, weight, bias, transposed=True)
         grad = _needs_grad(x, weight, bias) or _gdn_params_need_grad(kout)
         if kout is not None and not grad and K.fused_gdn_supported(co, x.dtype):
-            return K.conv_transpose2d_fwd(x, weight, bias, stride=stride, padding=padding,
-                                          output_padding=output_padding, out_width=co,
-                                          gdn=_effective(kout, co), inverse=True)
+            return _clamp_out(K.conv_transpose2d_fwd(x, weight, bias, stride=stride,
+                                                     padding=padding,
+                                                     output_padding=output_padding, out_width=co,
+                                                     gdn=_effective(kout, co), inverse=True),
+                              clamp)
         y = K.SlimConvTranspose2dFunction.apply(x, weight, bias, stride, padding, output_padding,
                                                 co)
-        return y if kout is None else _gdn(y, **kout)
+        return _clamp_out(y if kout is None else _gdn(y, **kout), clamp)
     if _amx_direct_input(x, weight, bias):
         if kout is None:
             y = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,
-                                                  output_padding)
+                                                  output_padding, clamp=clamp)
             if y is not None:
-                return y
+                return y   # (clamped in the kernel's epilogue with clamp)
         else:
             yf = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,
                                                    output_padding, kout)
             if yf is not None:
-                return yf[0] if yf[1] else _apply_gdn(yf[0], kout)
+                return _clamp_out(yf[0] if yf[1] else _apply_gdn(yf[0], kout), clamp)
     xp = _prepack_input(x, weight, bias, transposed=True)
     if xp is not None:
-        return _apply_gdn(_conv_transpose2d_prepacked(xp, weight, bias, co, stride, padding,
-                                                      output_padding), kout)
+        y = _conv_transpose2d_prepacked(xp, weight, bias, co, stride, padding, output_padding)
+        return _clamp_out(_apply_gdn(y, kout), clamp)
     ci = x.shape[1]
     x, w, b, cast = _cpu_operands(x, weight, bias, (slice(0, ci), slice(0, co)), co)
     if cast:
@@ -1400,4 +1450,4 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         y = WinogradConvTranspose2dFunction.apply(x, w, b, stride, padding, output_padding)
     else:
         y = _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding)
-    return _apply_gdn(y, kout)
+    return _clamp_out(_apply_gdn(y, kout), clamp)

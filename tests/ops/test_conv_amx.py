@@ -540,3 +540,73 @@ def test_codec_bytes_and_images_equal_with_and_without_the_epilogue_gdn(monkeypa
     for w in (48, 16):
         assert out[True, w][0] == out[False, w][0]
         assert torch.equal(out[True, w][1], out[False, w][1])
+
+
+# -- the clamped float32 output (slim_conv_transpose2d's out_clamp) -----------------------------
+@pytest.mark.parametrize("ci, co, k, s, p, op, h, w", [
+    (48, 3, 9, 4, 4, 3, 6, 9),      # SlimCAE's output layer (the image rule)
+    (48, 3, 9, 4, 4, 0, 5, 7),      # its last phase column cropped
+    (48, 48, 5, 2, 2, 1, 5, 7),     # a hidden layer (no image rule)
+])
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (-0.25, 0.125)])
+def test_out_clamp_in_the_epilogue_equals_clamp_after(ci, co, k, s, p, op, h, w, bounds):
+    W = _param((ci, co, k, k), 50) * 4
+    b = torch.randn(co, generator=torch.Generator().manual_seed(51)) * 0.2
+    x = _x(2, ci, h, w, 52)
+    x[1, 3, 2, 1] = float("nan")                        # a NaN stays NaN
+    y = C._conv_transpose2d_amx(x, W, b, co, s, p, op)
+    yc = C._conv_transpose2d_amx(x, W, b, co, s, p, op, clamp=bounds)
+    ref = y.float().clamp(*bounds)
+    assert yc.dtype == torch.float32 and yc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.isnan(ref).any() and torch.equal(torch.isnan(yc), torch.isnan(ref))
+    assert torch.equal(torch.nan_to_num(yc), torch.nan_to_num(ref))
+    assert (yc == bounds[0]).any() and (yc == bounds[1]).any()      # both bounds bite
+
+
+def test_out_clamp_through_the_op_on_every_route(monkeypatch):
+    W = _param((48, 3, 9, 9), 53).to(torch.bfloat16) * 4
+    b = torch.randn(3).to(torch.bfloat16)
+    x = _x(1, 48, 6, 9, 54)
+    kw = dict(stride=4, padding=4, output_padding=3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = slim_conv_transpose2d(x, W, b, **kw).float().clamp(0, 1)
+        got = slim_conv_transpose2d(x, W, b, out_clamp=(0, 1), **kw)          # the kernel's
+        monkeypatch.setattr(C, "CPU_AMX_CONV", False)
+        other = slim_conv_transpose2d(x, W, b, out_clamp=(0, 1), **kw)        # clamp after
+    assert got.dtype == other.dtype == torch.float32
+    assert torch.equal(got, ref)
+    _close(other, ref.double())
+    # with gradient: the clamp keeps autograd
+    xg = x.float().requires_grad_()
+    yg = slim_conv_transpose2d(xg, W.float(), b.float(), out_clamp=(0, 1), **kw)
+    yg.sum().backward()
+    assert yg.dtype == torch.float32 and float(yg.detach().min()) >= 0 and \
+        float(yg.detach().max()) <= 1
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+@pytest.mark.parametrize("bad", [(1.0, 0.0), ("a", 1), (0.0, float("inf")), (0.0,), 3])
+def test_out_clamp_rejects_bad_bounds(bad):
+    W = _param((8, 3, 5, 5), 55)
+    with pytest.raises(ValueError, match="out_clamp"):
+        slim_conv_transpose2d(torch.rand(1, 8, 4, 4), W, None, stride=2, padding=2,
+                              output_padding=1, out_clamp=bad)
+
+
+def test_kernel_rejects_a_clamped_output_with_a_gdn_or_bad_bounds(two_threads):
+    ck = C._amx_conv_kernels()
+    W = _param((48, 48, 5, 5), 56)
+    wpk, nz = C._amx_pack(W)
+    packed = C._amx_epilogue_gdn(_gdn_kw(48, 57, False), 48, 48)[0]
+    beta = torch.ones(48)
+    x = _x(1, 48, 8, 32, 58)
+    yf = torch.empty(1, 4, 16, 48)
+    head = (x.data_ptr(), 1, 1, 8, 32, 48, 12, 80, 2, 2, wpk.data_ptr(), nz.data_ptr(), 5, 5, 2,
+            48, 0, 4, 16, 0, 4, 16, 48, 1, 1, 2)
+    with pytest.raises(RuntimeError, match="bad arguments"):     # a GDN and a clamped output
+        ck.conv_amx_forward(*head, packed.data_ptr(), beta.data_ptr(), 0, 1, 1.0, 0.0, False,
+                            yf.data_ptr(), 0.0, 1.0)
+    with pytest.raises(RuntimeError, match="bad arguments"):     # lo > hi
+        ck.conv_amx_forward(*head, 0, 0, 0, 1, 1.0, 0.0, False, yf.data_ptr(), 1.0, 0.0)
+    with pytest.raises(RuntimeError, match="bad arguments"):     # neither y nor yf
+        ck.conv_amx_forward(*head)
