@@ -400,13 +400,19 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
     else:
         y_hat = _layout(model, _codec_fn("_dequantize", lambda e, t: e.dequantize_symbols(t))(
             eb, sym.to(dev)), channels_last)
-    if hasattr(model, "_transform") and not channels_last:   # as decompress runs it
-        x_hat = model._transform("decode", model.decode, y_hat, (f.width, precision), dev,
-                                 precision, None, f.model_id)
+    if hasattr(model, "_decodes_image") and not channels_last and dev.type == "cpu" and \
+            model._decodes_image():
+        # as decompress: the image from the synthesis transform's last layer
+        x_hat = model._transform("decode-image", model._decode_image, y_hat,
+                                 (f.width, precision), dev, precision, None, f.model_id)
     else:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            x_hat = model.decode(y_hat)
-    x_hat = _codec_fn("_image_output", lambda t: t.float().clamp_(0, 1))(x_hat)
+        if hasattr(model, "_transform") and not channels_last:   # as decompress runs it
+            x_hat = model._transform("decode", model.decode, y_hat, (f.width, precision), dev,
+                                     precision, None, f.model_id)
+        else:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                x_hat = model.decode(y_hat)
+        x_hat = _codec_fn("_image_output", lambda t: t.float().clamp_(0, 1))(x_hat)
     x_hat = x_hat[..., :f.height, :f.img_width]
     _sync(dev)
     t3 = time.perf_counter()
