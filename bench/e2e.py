@@ -401,7 +401,7 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
         y_hat = _layout(model, _codec_fn("_dequantize", lambda e, t: e.dequantize_symbols(t))(
             eb, sym.to(dev)), channels_last)
     if hasattr(model, "_decodes_image") and not channels_last and dev.type == "cpu" and \
-            model._decodes_image():
+            model._decodes_image(f.width, precision):
         # as decompress: the image from the synthesis transform's last layer
         x_hat = model._transform("decode-image", model._decode_image, y_hat,
                                  (f.width, precision), dev, precision, None, f.model_id)

@@ -965,7 +965,7 @@ class SlimCodec(nn.Module):
         y_hat = self._latent_input(eb, sym.to(dev), precision,
                                    plan[0] if dev.type == "cpu" else None)
         # f.model_id: checked equal to this model's id by decompress_latent
-        if dev.type == "cpu" and self._decodes_image():
+        if dev.type == "cpu" and self._decodes_image(f.width, precision):
             image = self._transform("decode-image", self._decode_image, y_hat,
                                     (f.width, precision), dev, precision, cuda_graph, f.model_id)
             return image[..., :f.height, :f.img_width]
@@ -973,22 +973,36 @@ class SlimCodec(nn.Module):
                                 precision, cuda_graph, f.model_id)
         return _image_output(x_hat)[..., :f.height, :f.img_width]
 
-    def _decodes_image(self) -> bool:
-        """Whether :meth:`_decode_image` can give the image from the synthesis transform's last
-        layer: :meth:`decode` is SlimCodec's, ``g_s`` a :class:`SlimSequential` ending in a
-        :class:`~slimkernels.nn.SlimConvTranspose2d` without forward hooks (they would see the
-        clamped image instead of the layer's output)."""
+    def _decodes_image(self, width: int, precision: str) -> bool:
+        """Whether a CPU ``decompress`` at ``width`` and ``precision`` (resolved) takes the image
+        from the synthesis transform's last layer (:meth:`_decode_image`): in bf16 where the
+        direct AMX conv runs (its epilogue writes the image: elsewhere the clamp would be the
+        same second pass, with the layer's input still held), :meth:`decode` is SlimCodec's,
+        ``g_s`` a
+        :class:`SlimSequential` ending in a :class:`~slimkernels.nn.SlimConvTranspose2d` without
+        forward hooks (they would see the clamped image instead of the layer's output), and
+        that layer's input (``width`` channels at 1 / stride^2 of its pixels) is no larger than
+        its output: its input and the float32 image are then no more memory at once than the
+        bf16 output and the image of the two passes (SlimCAE: w <= 48; at w=72 and 96 the peak
+        rose by 1-2 MiB, past the next width's)."""
         from .nn.conv import SlimConvTranspose2d
+        from .ops import conv as conv_ops
+        if precision != "bf16" or not conv_ops.CPU_AMX_CONV or \
+                conv_ops._amx_conv_kernels() is None:
+            return False
         g_s = getattr(self, "g_s", None)
-        return type(self).decode is SlimCodec.decode and isinstance(g_s, SlimSequential) and \
-            len(g_s) > 0 and isinstance(g_s[-1], SlimConvTranspose2d) and \
-            not _has_forward_hooks(g_s[-1])
+        if not (type(self).decode is SlimCodec.decode and isinstance(g_s, SlimSequential) and
+                len(g_s) > 0 and isinstance(g_s[-1], SlimConvTranspose2d)):
+            return False
+        last = g_s[-1]
+        s = last._s * last._s
+        return int(width) <= last.out_channels * s and not _has_forward_hooks(last)
 
     def _decode_image(self, y_hat: torch.Tensor) -> torch.Tensor:
         """:meth:`decode` then the float32 image clamped to [0, 1] (``_image_output``), the
         clamp given to the last layer (``out_clamp``): on the direct AMX CPU kernel its epilogue
         writes the image (no bf16 output and second pass; the same values). Needs
-        :meth:`_decodes_image`."""
+        :meth:`_decodes_image` at this width."""
         width = self._width(y_hat.shape[1])
         g_s = self.g_s
         last = g_s[-1]

@@ -1186,16 +1186,18 @@ def test_decompress_takes_the_image_from_the_last_layer(model, monkeypatch, prec
     (out_clamp): the image of decode + clamp, bit for bit."""
     x = torch.rand(1, 3, 30, 41, generator=torch.Generator().manual_seed(60))
     data = model.compress(x, 12, precision=precision)
-    assert model._decodes_image()
+    from slimkernels.ops import conv as conv_ops
+    taken = precision == "bf16" and conv_ops._amx_conv_kernels() is not None   # (AMX CPUs)
+    assert model._decodes_image(12, precision) == taken
     calls = []
     real = model._decode_image
     monkeypatch.setattr(model, "_decode_image", lambda y: calls.append(1) or real(y),
                         raising=False)
     img = model.decompress(data, precision=precision)
-    assert calls == [1]
-    monkeypatch.setattr(model, "_decodes_image", lambda: False, raising=False)
+    assert calls == ([1] if taken else [])
+    monkeypatch.setattr(model, "_decodes_image", lambda w, p: False, raising=False)
     ref = model.decompress(data, precision=precision)
-    assert calls == [1]                                      # the two-pass path
+    assert len(calls) == int(taken)                          # the two-pass path
     assert img.dtype == torch.float32 and img.shape == ref.shape == (1, 3, 30, 41)
     assert torch.equal(img, ref)
 
@@ -1213,7 +1215,7 @@ def test_a_hooked_or_overridden_last_layer_keeps_the_two_pass_image(model):
         return out - 1.0
     h = model.g_s[-1].register_forward_hook(shift)
     try:
-        assert not model._decodes_image()
+        assert not model._decodes_image(12, "bf16")
         img = model.decompress(data, precision="fp32")
     finally:
         h.remove()
@@ -1224,7 +1226,19 @@ def test_a_hooked_or_overridden_last_layer_keeps_the_two_pass_image(model):
     class Halved(Tiny):
         def decode(self, y_hat):
             return super().decode(y_hat) * 0.5
-    assert not Halved()._decodes_image()
+    assert not Halved()._decodes_image(12, "bf16")
+
+
+def test_the_image_from_the_last_layer_only_where_it_adds_no_memory():
+    from slimkernels.models import SlimCAE
+    from slimkernels.ops import conv as conv_ops
+    m = SlimCAE(widths=(96, 72, 48, 16))
+    # the 9x9/4 output layer onto 3 channels: its input holds width / 16 values per output one;
+    # bf16 on the direct AMX kernel only
+    amx = conv_ops._amx_conv_kernels() is not None
+    assert [m._decodes_image(w, "bf16") for w in (96, 72, 48, 16)] == \
+        [False, False, amx, amx]
+    assert not any(m._decodes_image(w, "fp32") for w in (96, 72, 48, 16))
 
 
 def test_slim_sequential_stop_runs_the_layers_before_it(model):
