@@ -39,7 +39,7 @@ import hashlib
 import inspect
 import json
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -394,7 +394,7 @@ def _quantize(eb, y: torch.Tensor) -> torch.Tensor:
 
 
 def _quantize_counted(eb, y: torch.Tensor, medians: Optional[torch.Tensor] = None,
-                      as_numpy: bool = False) -> Tuple[torch.Tensor, int]:
+                      as_numpy: bool = False) -> Tuple[Union[torch.Tensor, np.ndarray], int]:
     """``(symbols, invalid)``: ``eb.quantize_symbols(y)`` (int32 ``round(float(y) - median)``,
     ties to even) as contiguous NCHW ``[N, C, H, W]``, and the number of symbols equal to
     ``INT32_MIN`` (what NaN, inf and values beyond the int32 range become).
