@@ -357,6 +357,14 @@ def _dense(t: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_form
     return out.copy_(t)
 
 
+def _cropped(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``image[..., :height, :width]``; ``image`` itself when it has that size (a view made cold
+    right after a transform costs ~20 us)."""
+    if image.shape[-2] == height and image.shape[-1] == width:
+        return image
+    return image[..., :height, :width]
+
+
 def _image_output(x_hat: torch.Tensor) -> torch.Tensor:
     """The synthesis transform's output ``[N, 3, H, W]`` as the float32 image clamped to [0, 1],
     in x_hat's layout: one pass of :func:`slimkernels.ops.image_io.bf16_to_image` for a bf16
@@ -968,10 +976,11 @@ class SlimCodec(nn.Module):
         if dev.type == "cpu" and self._decodes_image(f.width, precision):
             image = self._transform("decode-image", self._decode_image, y_hat,
                                     (f.width, precision), dev, precision, cuda_graph, f.model_id)
-            return image[..., :f.height, :f.img_width]
-        x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
-                                precision, cuda_graph, f.model_id)
-        return _image_output(x_hat)[..., :f.height, :f.img_width]
+        else:
+            x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
+                                    precision, cuda_graph, f.model_id)
+            image = _image_output(x_hat)
+        return _cropped(image, f.height, f.img_width)
 
     def _decodes_image(self, width: int, precision: str) -> bool:
         """Whether a CPU ``decompress`` at ``width`` and ``precision`` (resolved) takes the image

@@ -1249,3 +1249,11 @@ def test_slim_sequential_stop_runs_the_layers_before_it(model):
         torch.testing.assert_close(part, manual, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(model.g_s(part, 12, start=2), model.g_s(y, 12),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_cropped_only_when_the_size_differs():
+    from slimkernels.codec import _cropped
+    img = torch.rand(1, 3, 8, 12)
+    assert _cropped(img, 8, 12) is img
+    out = _cropped(img, 5, 7)
+    assert out.shape == (1, 3, 5, 7) and torch.equal(out, img[..., :5, :7])
