@@ -987,9 +987,8 @@ class SlimCodec(nn.Module):
         from the synthesis transform's last layer (:meth:`_decode_image`): in bf16 where the
         direct AMX conv runs (its epilogue writes the image: elsewhere the clamp would be the
         same second pass, with the layer's input still held), :meth:`decode` is SlimCodec's,
-        ``g_s`` a
-        :class:`SlimSequential` ending in a :class:`~slimkernels.nn.SlimConvTranspose2d` without
-        forward hooks (they would see the clamped image instead of the layer's output), and
+        ``g_s`` a :class:`SlimSequential` ending in a :class:`~slimkernels.nn.SlimConvTranspose2d`
+        without forward hooks (they would see the clamped image instead of the layer's output), and
         that layer's input (``width`` channels at 1 / stride^2 of its pixels) is no larger than
         its output: its input and the float32 image are then no more memory at once than the
         bf16 output and the image of the two passes (SlimCAE: w <= 48; at w=72 and 96 the peak

@@ -51,6 +51,16 @@ void set_gamma(sk::GdnArgs& a, uintptr_t gamma, int gdtype, int64_t g_s0, int64_
   a.gamma_bias = gamma_bias;
 }
 
+// The beta fields of a GDN call (the kernels' and the direct conv's fused GDN).
+void set_beta(sk::GdnArgs& a, uintptr_t beta, int bdtype, int64_t b_s0, double beta_scale,
+              double beta_bias) {
+  a.beta = reinterpret_cast<const void*>(beta);
+  a.bdtype = bdtype;
+  a.b_s0 = b_s0;
+  a.beta_scale = beta_scale;
+  a.beta_bias = beta_bias;
+}
+
 // One binding body for both GDN kernels (AMX: sk::gdn_forward, AVX2 fp32:
 // sk::gdn_forward_avx2): the same raw arguments, the GIL released while Fn runs.
 template <int (*Fn)(const sk::GdnArgs&), const char* (*Msg)(int)>
@@ -68,11 +78,7 @@ void gdn_call_py(uintptr_t x, uintptr_t y, int xdtype, int64_t N, int64_t C, int
   a.HW = HW;
   a.channels_last = channels_last;
   set_gamma(a, gamma, gdtype, g_s0, g_s1, gamma_scale, gamma_bias);
-  a.beta = reinterpret_cast<const void*>(beta);
-  a.bdtype = bdtype;
-  a.b_s0 = b_s0;
-  a.beta_scale = beta_scale;
-  a.beta_bias = beta_bias;
+  set_beta(a, beta, bdtype, b_s0, beta_scale, beta_bias);
   a.inverse = inverse;
   a.splits = splits;
   a.nthreads = nthreads;
@@ -122,13 +128,13 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
   a.Hy = Hy; a.Wy = Wy; a.Cy = Cy; a.phase = phase;
   a.nthreads = nthreads;
   a.group_rows = group_rows;
-  a.gdn_gamma = reinterpret_cast<const uint16_t*>(gdn_gamma);
-  a.gdn_beta = reinterpret_cast<const void*>(gdn_beta);
-  a.gdn_bdtype = gdn_bdtype;
-  a.gdn_b_s0 = gdn_b_s0;
-  a.gdn_beta_scale = gdn_beta_scale;
-  a.gdn_beta_bias = gdn_beta_bias;
-  a.gdn_inverse = gdn_inverse;
+  sk::GdnArgs g;  // the fused GDN's parameters (gdn_gamma 0: none)
+  if (gdn_gamma != 0) {
+    g.packed_gamma = reinterpret_cast<const void*>(gdn_gamma);
+    set_beta(g, gdn_beta, gdn_bdtype, gdn_b_s0, gdn_beta_scale, gdn_beta_bias);
+    g.inverse = gdn_inverse;
+    a.gdn = &g;
+  }
   a.yf = reinterpret_cast<float*>(yf);
   a.out_lo = static_cast<float>(out_lo);
   a.out_hi = static_cast<float>(out_hi);

@@ -18,8 +18,8 @@
 #include <omp.h>
 #endif
 
-#include "cpu_common.hpp"  // detail::load_param
-#include "gdn_cpu.hpp"     // amx_available(), kF32 / kBF16, gdn_rows_bf16
+#include "cpu_common.hpp"  // detail::gdn_beta
+#include "gdn_cpu.hpp"     // amx_available(), kF32 / kBF16, GdnArgs, gdn_rows_bf16
 
 #include "amx_tiles.hpp"
 #define SK_CONV_AMX_CODE SK_HAVE_AMX_CODE
@@ -91,14 +91,19 @@ SK_CTARGET void micro(const uint16_t* const* xs, long sa, const int64_t* xo, con
   if constexpr (MT > 3) _tile_stored(3, acc[3], sc);
 }
 
+// Lanes c.. (mask k) of src + bias (bias may be null), rounded to bf16.
+SK_CTARGET inline __m256i biased_bf16(const float* src, const float* bias, int64_t c,
+                                      __mmask16 k) {
+  __m512 v = _mm512_maskz_loadu_ps(k, src + c);
+  if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + c));
+  return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+}
+
 SK_CTARGET inline void store_bf16(uint16_t* dst, const float* src, const float* bias, int64_t n) {
   for (int64_t c = 0; c < n; c += 16) {
     const int64_t m = std::min<int64_t>(16, n - c);
     const __mmask16 k = static_cast<__mmask16>((1u << m) - 1u);
-    __m512 v = _mm512_maskz_loadu_ps(k, src + c);
-    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + c));
-    __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
-    _mm256_mask_storeu_epi16(dst + c, k, h);
+    _mm256_mask_storeu_epi16(dst + c, k, biased_bf16(src, bias, c, k));
   }
 }
 
@@ -110,10 +115,8 @@ SK_CTARGET inline void store_f32_clamped(float* dst, const float* src, const flo
   for (int64_t c = 0; c < n; c += 16) {
     const int64_t m = std::min<int64_t>(16, n - c);
     const __mmask16 k = static_cast<__mmask16>((1u << m) - 1u);
-    __m512 v = _mm512_maskz_loadu_ps(k, src + c);
-    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + c));
-    const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
-    const __m512 w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    const __m512 w = _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(biased_bf16(src, bias, c, k)), 16));
     _mm512_mask_storeu_ps(dst + c, k, _mm512_min_ps(vhi, _mm512_max_ps(vlo, w)));
   }
 }
@@ -207,35 +210,45 @@ struct EpilogueGdn {
   float* n = nullptr;
 };
 
-// The group's output with the GDN: bf16(acc + bias) of all its conv pixels into xb, the GDN in
-// place on its rows of Cy channels (a conv pixel's Co = s*s*Cy channels are its phases' pixels),
-// then xb's valid pixels copied to y (rows of up to 16 pixels; per sub-pixel row ry, runs of
-// nrx*Cy elements).
-SK_CTARGET void epilogue_gdn(const ConvAmxArgs& a, const EpilogueGdn& eg, const float* accbuf,
-                             int64_t ldc, int mt, const int64_t* br, const int64_t* bx) {
-  const int64_t Co = a.Co, s = a.phase;
-  for (int64_t r = 0; r < mt * 16; ++r) store_bf16(eg.xb + r * Co, accbuf + r * ldc, a.bias, Co);
-  gdn_rows_bf16(eg.rows, eg.xb, mt * 16 * s * s, eg.z, eg.n);
+// The group's output runs, as put(row, off, yoff, n): conv pixel p of block i (row i*16 + p of
+// the accumulator or of xb), its elements from off, n of them to y's element offset yoff; phase
+// 1: the pixel's Co channels; phase s > 1: per sub-pixel row ry inside y, the nrx*Cy elements of
+// phases (ry, 0..nrx-1), contiguous in the row and, as pixels (yy, ox*s + 0..nrx-1), in y.
+template <class F>
+SK_CTARGET inline void for_each_run(const ConvAmxArgs& a, int mt, const int64_t* br,
+                                    const int64_t* bx, const F& put) {
+  const int64_t s = a.phase;
   for (int i = 0; i < mt; ++i) {
     const int64_t n = br[i] / a.Ho, oy = br[i] % a.Ho, xb = bx[i];
     const int64_t npx = std::min<int64_t>(16, a.Wo - xb * 16);
-    const uint16_t* src = eg.xb + i * 16 * Co;
-    if (s == 1) {
-      std::memcpy(a.y + ((n * a.Hy + oy) * a.Wy + xb * 16) * a.Cy, src,
-                  static_cast<size_t>(npx * Co) * 2);
-      continue;
-    }
     for (int64_t p = 0; p < npx; ++p) {
-      const int64_t ox = xb * 16 + p, nrx = std::min<int64_t>(s, a.Wy - ox * s);
+      const int64_t ox = xb * 16 + p, row = i * 16 + p;
+      if (s == 1) {
+        put(row, 0, ((n * a.Hy + oy) * a.Wy + ox) * a.Cy, a.Co);
+        continue;
+      }
+      const int64_t nrx = std::min<int64_t>(s, a.Wy - ox * s);
       if (nrx <= 0) continue;
       for (int64_t ry = 0; ry < s; ++ry) {
         const int64_t yy = oy * s + ry;
         if (yy >= a.Hy) break;
-        std::memcpy(a.y + ((n * a.Hy + yy) * a.Wy + ox * s) * a.Cy, src + p * Co + ry * s * a.Cy,
-                    static_cast<size_t>(nrx * a.Cy) * 2);
+        put(row, ry * s * a.Cy, ((n * a.Hy + yy) * a.Wy + ox * s) * a.Cy, nrx * a.Cy);
       }
     }
   }
+}
+
+// The group's output with the GDN: bf16(acc + bias) of all its conv pixels into xb, the GDN in
+// place on its rows of Cy channels (a conv pixel's Co = s*s*Cy channels are its phases' pixels),
+// then xb's runs copied to y.
+SK_CTARGET void epilogue_gdn(const ConvAmxArgs& a, const EpilogueGdn& eg, const float* accbuf,
+                             int64_t ldc, int mt, const int64_t* br, const int64_t* bx) {
+  const int64_t Co = a.Co;
+  for (int64_t r = 0; r < mt * 16; ++r) store_bf16(eg.xb + r * Co, accbuf + r * ldc, a.bias, Co);
+  gdn_rows_bf16(eg.rows, eg.xb, mt * 16 * a.phase * a.phase, eg.z, eg.n);
+  for_each_run(a, mt, br, bx, [&](int64_t row, int64_t off, int64_t yoff, int64_t n) SK_CTARGET {
+    std::memcpy(a.y + yoff, eg.xb + row * Co + off, static_cast<size_t>(n) * 2);
+  });
 }
 
 // Groups g0..g1 (see group_blocks): tiles into accbuf, then the epilogue (bias, bf16, the GDN
@@ -246,7 +259,6 @@ SK_CTARGET void run_blocks(const ConvAmxArgs& a, const uint16_t* xpad, const Chu
   const int64_t KC = (a.kw * a.C + 31) / 32, NBt = (a.Co + 15) / 16, per = a.kh * KC;
   const int64_t pstride = a.stride * a.C;
   const int64_t nxb = (a.Wo + 15) / 16, rows = a.N * a.Ho;
-  const int64_t s = a.phase;
   const long sa = static_cast<long>(pstride * 2), sc = static_cast<long>(ldc * 4);
   int64_t br[kMaxBlocks], bx[kMaxBlocks];
   for (int64_t g = g0; g < g1; ++g) {
@@ -273,30 +285,11 @@ SK_CTARGET void run_blocks(const ConvAmxArgs& a, const uint16_t* xpad, const Chu
       epilogue_gdn(a, *eg, accbuf, ldc, mt, br, bx);
       continue;
     }
-    // epilogue: bias, bf16, store (or sub-pixel scatter)
-    for (int i = 0; i < mt; ++i) {
-      const int64_t n = br[i] / a.Ho, oy = br[i] % a.Ho, xb = bx[i];
-      const int64_t npx = std::min<int64_t>(16, a.Wo - xb * 16);
-      for (int64_t p = 0; p < npx; ++p) {
-        const int64_t ox = xb * 16 + p;
-        const float* src = accbuf + (i * 16 + p) * ldc;
-        if (s == 1) {
-          store_out(a, ((n * a.Hy + oy) * a.Wy + ox) * a.Cy, src, a.bias, a.Co);
-        } else {
-          // phases (ry, 0..s-1) are contiguous in the accumulator row and their output pixels
-          // (yy, ox*s + 0..s-1) contiguous in y: one store of nrx*Cy elements per ry
-          const int64_t nrx = std::min<int64_t>(s, a.Wy - ox * s);
-          if (nrx <= 0) continue;
-          for (int64_t ry = 0; ry < s; ++ry) {
-            const int64_t yy = oy * s + ry;
-            if (yy >= a.Hy) break;
-            const int64_t off = ry * s * a.Cy;
-            store_out(a, ((n * a.Hy + yy) * a.Wy + ox * s) * a.Cy, src + off,
-                      a.bias ? a.bias + off : nullptr, nrx * a.Cy);
-          }
-        }
-      }
-    }
+    // epilogue: bias, bf16 (or the clamped fp32), store or sub-pixel scatter
+    for_each_run(a, mt, br, bx, [&](int64_t row, int64_t off, int64_t yoff, int64_t n)
+                                    SK_CTARGET {
+      store_out(a, yoff, accbuf + row * ldc + off, a.bias ? a.bias + off : nullptr, n);
+    });
   }
 }
 
@@ -339,7 +332,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
       (a.xdtype != kF32 && a.xdtype != kBF16))
     return kCBadArgs;
   // the clamped fp32 output: no GDN, finite bounds lo <= hi
-  if (a.yf != nullptr && (a.gdn_gamma != nullptr || !(a.out_lo <= a.out_hi) ||
+  if (a.yf != nullptr && (a.gdn != nullptr || !(a.out_lo <= a.out_hi) ||
                           !std::isfinite(a.out_lo) || !std::isfinite(a.out_hi)))
     return kCBadArgs;
   if (a.C <= 0 || a.N <= 0 || a.H <= 0 || a.W <= 0 || a.Ho <= 0 || a.Wo <= 0 || a.Co <= 0 ||
@@ -385,20 +378,21 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     nq[nb] = k;
   }
   const ChunkLists cl{xo, wo, nq};
-  // the fused GDN's effective beta (fp32, zero past Cy), read by every worker
-  const bool gdn = a.gdn_gamma != nullptr;
+  // the fused GDN's effective beta (fp32, as the GDN kernels compute it), read by every worker
+  const bool gdn = a.gdn != nullptr;
   const int64_t gK = (a.Cy + 31) / 32 * 32, gC = (a.Cy + 15) / 16 * 16;
   thread_local std::vector<float> gdn_beta;
   if (gdn) {
-    if (a.gdn_beta == nullptr || (a.gdn_bdtype != kF32 && a.gdn_bdtype != kBF16)) return kCBadArgs;
+    GdnArgs g = *a.gdn;
+    g.C = a.Cy;
+    if (g.packed_gamma == nullptr || g.beta == nullptr || (g.bdtype != kF32 && g.bdtype != kBF16))
+      return kCBadArgs;
     try {
-      gdn_beta.assign(static_cast<size_t>(gC), 0.0f);
+      gdn_beta.resize(static_cast<size_t>(gC));
     } catch (const std::bad_alloc&) {
       return kCNoMem;
     }
-    const float bs = static_cast<float>(a.gdn_beta_scale), bb = static_cast<float>(a.gdn_beta_bias);
-    for (int64_t c = 0; c < a.Cy; ++c)  // multiply then add, as gdn_forward
-      gdn_beta[c] = detail::load_param(a.gdn_beta, a.gdn_bdtype, c * a.gdn_b_s0) * bs + bb;
+    for (int64_t c = 0; c < gC; ++c) gdn_beta[c] = detail::gdn_beta(g, c);
   }
   const float* const beta_eff = gdn_beta.data();
   const int64_t ntp = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows / 8));
@@ -420,7 +414,8 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     EpilogueGdn eg;
     if (gdn) {
       thread_local AlignedBuffer xbuf, zbuf, nbuf;
-      eg.rows = GdnRows{a.Cy, a.gdn_gamma, beta_eff, a.gdn_inverse};
+      eg.rows = GdnRows{a.Cy, static_cast<const uint16_t*>(a.gdn->packed_gamma), beta_eff,
+                        a.gdn->inverse};
       eg.xb = static_cast<uint16_t*>(
           xbuf.get(static_cast<size_t>(kMaxBlocks * 16 * a.Co) * 2, kKeepPadBytes));
       eg.z = static_cast<uint16_t*>(zbuf.get(static_cast<size_t>(32 * gK) * 2, kKeepPadBytes));

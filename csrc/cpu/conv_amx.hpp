@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 
+#include "gdn_cpu.hpp"  // GdnArgs
+
 namespace sk {
 
 struct ConvAmxArgs {
@@ -43,18 +45,12 @@ struct ConvAmxArgs {
   // bf16_to_image (image_io.hpp) would.
   float* yf = nullptr;
   float out_lo = 0.0f, out_hi = 1.0f;
-  // Optional GDN / IGDN of every output pixel's Cy channels, fused into the epilogue (nullptr
-  // gdn_gamma: none): y = gdn(bf16(conv + bias)), the same bits as this kernel's y followed by
-  // gdn_forward on it (bf16 channels_last, splits 1). gdn_gamma: gamma_k for C = Cy packed by
-  // gdn_pack_gamma_amx (splits 1, channels_last); gdn_beta: the beta parameter, fp32 (dtype kF32)
-  // or bf16 (kBF16), read at [c * gdn_b_s0], effective beta = beta * gdn_beta_scale +
-  // gdn_beta_bias (SlimGDN+; 1 and 0 otherwise).
-  const uint16_t* gdn_gamma = nullptr;
-  const void* gdn_beta = nullptr;
-  int gdn_bdtype = 0;
-  int64_t gdn_b_s0 = 1;
-  double gdn_beta_scale = 1.0, gdn_beta_bias = 0.0;
-  bool gdn_inverse = false;
+  // Optional GDN / IGDN of every output pixel's Cy channels, fused into the epilogue (nullptr:
+  // none): y = gdn(bf16(conv + bias)), the same bits as this kernel's y followed by gdn_forward
+  // on it (bf16 channels_last, splits 1). Its parameters as gdn_forward takes them: packed_gamma
+  // (required here: gamma_k for C = Cy packed by gdn_pack_gamma_amx, splits 1, channels_last),
+  // beta, bdtype, b_s0, beta_scale, beta_bias and inverse; its other fields are not read.
+  const GdnArgs* gdn = nullptr;
   // Work groups of 4 pixel blocks that share every weight tile: 2 = 2 output rows x 2 column
   // blocks (A data of neighbouring rows reused from L1), 1 = 4 blocks of one row.
   int group_rows = 2;

@@ -32,10 +32,11 @@ import torch.nn.functional as F
 
 from .._cpu import cpu_kernels
 from ..backend import resolve_backend
-from . import conv_image, winograd
+from . import conv_image, image_io, winograd
 from ._cache import _PACK_CACHE, _PACK_LOCK, _cached
 from ._raw import cpu_capability
-from .gdn import _cpu_kernel_gdn, _packed_gamma, _scalar, cpu_kernels_available
+from .gdn import (_cpu_kernel_gdn, _kernel_scalars, _packed_gamma, _params_readable,
+                  cpu_kernels_available)
 from .gdn import gdn as _gdn
 
 
@@ -1037,29 +1038,19 @@ def _amx_epilogue_gdn(kw, c: int, ci: int, phases: int = 1):
             not cpu_kernels_available() or _gdn_params_need_grad(kw):
         return None
     beta, gamma = kw["beta"], kw["gamma"]
-    if not (beta.is_cpu and gamma.is_cpu and beta.dim() == 1 and gamma.dim() == 2 and
-            beta.dtype in _GDN_DTYPES and gamma.dtype in _GDN_DTYPES and beta.shape[0] >= c and
-            min(gamma.shape) >= c):
+    scalars = _kernel_scalars(tuple(kw.get(n) for n in ("gamma_scale", "gamma_bias",
+                                                        "beta_scale", "beta_bias")))
+    if scalars is None or not _params_readable(beta, gamma, c):
         return None
-    gs, gb, bs, bb = (_gdn_scalar(kw.get(n)) for n in ("gamma_scale", "gamma_bias",
-                                                        "beta_scale", "beta_bias"))
-    if any(v is _NOT_A_NUMBER for v in (gs, gb, bs, bb)):
-        return None
+    gs, gb, bs, bb = scalars
     packed = _packed_gamma("amx", gamma, c, gs, gb, 1, True, always=True)
     return (packed, beta, 1.0 if bs is None else bs, 0.0 if bb is None else bb,
             bool(kw["inverse"]))
 
 
-_GDN_DTYPES = (torch.float32, torch.bfloat16)
-_NOT_A_NUMBER = object()
-
-
-def _gdn_scalar(v):
-    """A SlimGDN+ scalar as a float (None stays None); ``_NOT_A_NUMBER`` when it is not one."""
-    if v is None:
-        return None
-    f = _scalar(v)
-    return _NOT_A_NUMBER if f is None else f
+#: conv_amx_forward's GDN arguments (gdn_gamma .. gdn_inverse) for no GDN, its defaults: passed
+#: by position before the clamped output's (a CPU replay re-issues only positional addresses).
+_AMX_NO_GDN = (0, 0, 0, 1, 1.0, 0.0, False)
 
 
 def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gdn=None,
@@ -1079,8 +1070,8 @@ def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gd
     cy = co // (phase * phase)
     y = torch.empty((N, Hy, Wy, cy), dtype=torch.bfloat16 if clamp is None else torch.float32,
                     device=x.device)
-    if clamp is not None:   # y at yf (after the GDN arguments, none here)
-        yp, extra = 0, (0, 0, 0, 1, 1.0, 0.0, False, y.data_ptr(), clamp[0], clamp[1])
+    if clamp is not None:   # y at yf, after the GDN arguments (none)
+        yp, extra = 0, _AMX_NO_GDN + (y.data_ptr(), clamp[0], clamp[1])
     else:
         yp = y.data_ptr()
         extra = () if gdn is None else (gdn[0].data_ptr(), gdn[1].data_ptr(),
@@ -1282,13 +1273,7 @@ def _check_clamp(out_clamp, name):
     except (TypeError, ValueError):
         raise ValueError(f"{name}: out_clamp must be a (lo, hi) pair of numbers, got "
                          f"{out_clamp!r}") from None
-    if not (-_FP32_MAX <= lo <= hi <= _FP32_MAX):
-        raise ValueError(f"{name}: out_clamp must be finite float32 bounds with lo <= hi, got "
-                         f"({lo}, {hi})")
-    return lo, hi
-
-
-_FP32_MAX = float(torch.finfo(torch.float32).max)
+    return image_io.clamp_bounds(lo, hi, f"{name}: out_clamp")
 
 
 def _clamp_out(y, clamp):
@@ -1298,8 +1283,7 @@ def _clamp_out(y, clamp):
     if clamp is None:
         return y
     if y.dtype == torch.bfloat16:
-        from .image_io import bf16_to_image
-        return bf16_to_image(y, *clamp)
+        return image_io.bf16_to_image(y, *clamp)
     return y.float().clamp(*clamp)
 
 

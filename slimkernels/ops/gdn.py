@@ -364,16 +364,28 @@ def _scalar(v):
     return None
 
 
+def _params_readable(beta, gamma, C: int) -> bool:
+    """Whether the CPU GDN kernels can read these parameters at ``C`` channels: CPU tensors,
+    gamma ``[>=C, >=C]`` and beta ``[>=C]``, fp32 or bf16 (any strides)."""
+    return (beta.is_cpu and gamma.is_cpu and beta.dtype in _CK_DTYPES and
+            gamma.dtype in _CK_DTYPES and gamma.dim() == 2 and beta.dim() == 1 and
+            gamma.shape[0] >= C and gamma.shape[1] >= C and beta.shape[0] >= C)
+
+
 def _kernel_operands(x, beta, gamma) -> bool:
-    """Whether the CPU GDN kernels can read these operands: CPU tensors, x fp32 or bf16 and not
-    empty, gamma ``[>=C, >=C]`` and beta ``[>=C]`` fp32 or bf16 (any strides)."""
-    if not (x.is_cpu and beta.is_cpu and gamma.is_cpu and x.dtype in _CK_DTYPES and
-            beta.dtype in _CK_DTYPES and gamma.dtype in _CK_DTYPES and x.numel() > 0 and
-            gamma.dim() == 2 and beta.dim() == 1):
-        return False
-    C = x.shape[1]
-    gs = gamma.shape
-    return gs[0] >= C and gs[1] >= C and beta.shape[0] >= C
+    """Whether the CPU GDN kernels can read these operands: x a non-empty fp32 or bf16 CPU
+    tensor, the parameters :func:`_params_readable` at x's channels."""
+    return x.is_cpu and x.dtype in _CK_DTYPES and x.numel() > 0 and \
+        _params_readable(beta, gamma, x.shape[1])
+
+
+def _kernel_scalars(scalars):
+    """The four SlimGDN+ scalars as the kernels take them (floats, None for absent ones), or
+    None when one is given but is not a number (:func:`_scalar`)."""
+    if _no_scalars(scalars):
+        return scalars
+    out = tuple(None if s is None else _scalar(s) for s in scalars)
+    return None if any(s is not None and v is None for s, v in zip(scalars, out)) else out
 
 
 def _fused_cpu_layout(x, beta, gamma, scalars):
@@ -393,7 +405,7 @@ def _fused_cpu_layout(x, beta, gamma, scalars):
         return None
     if _compute_dtype(x) not in (x.dtype, torch.bfloat16):  # bf16 autocast: one bf16 product
         return None
-    if not plain and any(s is not None and _scalar(s) is None for s in scalars):
+    if not plain and _kernel_scalars(scalars) is None:
         return None
     if x.is_contiguous():
         return "nchw"

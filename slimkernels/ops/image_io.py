@@ -29,6 +29,17 @@ def _kernels():
 _FP32_MAX = 3.4028234663852886e38
 
 
+def clamp_bounds(lo, hi, name: str = "bf16_to_image") -> Tuple[float, float]:
+    """``(lo, hi)`` as floats; ValueError (naming ``name``) unless they are finite float32
+    values with ``lo <= hi`` (the clamp of :func:`bf16_to_image` and of the conv ops'
+    ``out_clamp``)."""
+    lo, hi = float(lo), float(hi)
+    if not (-_FP32_MAX <= lo <= hi <= _FP32_MAX):
+        raise ValueError(f"{name}: the bounds must be finite float32 values with lo <= hi, got "
+                         f"[{lo}, {hi}]")
+    return lo, hi
+
+
 def _dense_strides(x: torch.Tensor, channels_last: bool) -> tuple:
     N, C, H, W = x.shape
     return (C * H * W, 1, W * C, C) if channels_last else (C * H * W, H * W, W, 1)
@@ -116,10 +127,7 @@ def bf16_to_image(x: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.Te
     """
     if x.dtype != torch.bfloat16:
         raise ValueError(f"bf16_to_image expects a bfloat16 tensor, got {x.dtype}")
-    lo, hi = float(lo), float(hi)
-    if not (-_FP32_MAX <= lo <= hi <= _FP32_MAX):
-        raise ValueError(f"bf16_to_image: the bounds must be finite float32 values with "
-                         f"lo <= hi, got [{lo}, {hi}]")
+    lo, hi = clamp_bounds(lo, hi)
     ck = _kernels() if x.is_cpu and not (x.requires_grad and torch.is_grad_enabled()) else None
     dense = x.is_contiguous() or (x.dim() == 4 and _has_strides(x, _dense_strides(x, True)))
     if ck is None or not dense:
