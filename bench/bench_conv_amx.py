@@ -13,6 +13,12 @@ thread limits lifted), which is how ``AMX_CONV_GDN_MAX_CHANNELS`` and ``AMX_CONV
 were chosen:
 
     python bench/bench_conv_amx.py --gdn --threads 2 --widths 48,72,96
+
+``--windows``: the image layer (enc1, 3 -> w, 9x9/4 on a 768x512 image) on the direct kernel
+through its window layout (``CPU_AMX_CONV_WINDOWS``) against the padded copy (the image rule's
+channel limit lifted):
+
+    python bench/bench_conv_amx.py --windows --threads 2 --widths 48,72,96,144,192
 """
 import argparse
 import time
@@ -25,6 +31,7 @@ from slimkernels import ops
 
 LAYERS = [("enc2", (128, 192), False), ("enc3", (64, 96), False), ("dec1", (32, 48), True),
           ("dec2", (64, 96), True)]
+IMAGE_LAYERS = [("enc1", (512, 768), False)]     # 3 -> w, 9x9/4, padding 4
 
 
 def _median_us(f, n):
@@ -38,11 +45,12 @@ def _median_us(f, n):
     return float(np.median(ts)) * 1e6
 
 
-def _ab(widths, threads, n, reps, switch, lifted, gdn):
-    """``{layer, width, off_us, on_us}`` per SlimCAE w -> w layer and width: the layer (with
-    the GDN / IGDN that follows it when ``gdn``) timed with the module switch ``switch`` off and
-    on, alternating, best of ``reps`` medians; the constants in ``lifted`` (name -> value) set
-    meanwhile, and everything restored after."""
+def _ab(widths, threads, n, reps, switch, lifted, gdn, layers=LAYERS):
+    """``{layer, width, off_us, on_us}`` per SlimCAE layer of ``layers`` (``LAYERS``: the w -> w
+    5x5/2 ones; ``IMAGE_LAYERS``: enc1) and width: the layer (with the GDN / IGDN that follows
+    it when ``gdn``) timed with the module switch ``switch`` off and on, alternating, best of
+    ``reps`` medians; the constants in ``lifted`` (name -> value) set meanwhile, and everything
+    restored after."""
     torch.set_num_threads(threads)
     names = (switch,) + tuple(lifted)
     saved = tuple(getattr(oc, k) for k in names)
@@ -50,6 +58,7 @@ def _ab(widths, threads, n, reps, switch, lifted, gdn):
         setattr(oc, k, v)
     g = torch.Generator().manual_seed(0)
     W = torch.randn(192, 192, 5, 5, generator=g) * 0.05
+    W1 = torch.randn(192, 3, 9, 9, generator=g) * 0.05             # enc1's
     b = torch.randn(192, generator=g)
     beta = torch.rand(192, generator=g) + 0.5
     gamma = torch.rand(192, 192, generator=g) * 0.1
@@ -58,10 +67,15 @@ def _ab(widths, threads, n, reps, switch, lifted, gdn):
     rows = []
     try:
         for w in widths:
-            for name, hw, transposed in LAYERS:
-                x = torch.randn(1, w, *hw, generator=g).to(torch.bfloat16)
+            for name, hw, transposed in layers:
+                image = name == "enc1"
+                x = torch.randn(1, 3 if image else w, *hw, generator=g).to(torch.bfloat16)
                 x = x.contiguous(memory_format=torch.channels_last)
-                if transposed:
+                if image:
+                    def f():
+                        return ops.slim_conv2d(x, W1, b, stride=4, padding=4, out_width=w,
+                                               **conv_kw)
+                elif transposed:
                     def f():
                         return ops.slim_conv_transpose2d(x, W, b, stride=2, padding=2,
                                                          output_padding=1, out_width=w,
@@ -107,6 +121,17 @@ def run_gdn(widths, threads=1, n=60, reps=2):
              "fused_us": r["on_us"], "speedup": r["off_us"] / r["on_us"]} for r in rows]
 
 
+def run_windows(widths, threads=1, n=60, reps=2):
+    """Rows ``{layer, width, padded_us, windows_us, speedup}``: enc1 on the direct AMX kernel
+    reading x through its window layout or its padded copy (``[]`` without the AMX kernel)."""
+    if oc._amx_conv_kernels() is None:
+        return []
+    rows = _ab(widths, threads, n, reps, "CPU_AMX_CONV_WINDOWS",
+               {"AMX_CONV_IMAGE_MAX_CHANNELS": 1 << 20}, gdn=False, layers=IMAGE_LAYERS)
+    return [{"layer": r["layer"], "width": r["width"], "padded_us": r["off_us"],
+             "windows_us": r["on_us"], "speedup": r["off_us"] / r["on_us"]} for r in rows]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -114,24 +139,26 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=60, help="timed calls per median")
     ap.add_argument("--gdn", action="store_true",
                     help="the GDN in the epilogue against the conv then the GDN op")
+    ap.add_argument("--windows", action="store_true",
+                    help="enc1 through the window layout against the padded copy")
     a = ap.parse_args(argv)
+    if a.gdn and a.windows:
+        ap.error("--gdn and --windows are separate comparisons: pass one")
     widths = [int(v) for v in a.widths.split(",")]
-    rows = (run_gdn if a.gdn else run)(widths, a.threads, a.n)
+    rows = (run_gdn if a.gdn else run_windows if a.windows else run)(widths, a.threads, a.n)
     if not rows:
         print("no AMX-BF16 here (or slimkernels._cpu_kernels not built): nothing to compare")
         return 0
-    if a.gdn:
-        print(f"| layer + GDN | width | conv, then GDN op us | GDN in the epilogue us | speedup |"
-              f"  ({a.threads} thread(s))")
-        print("| --- | --- | --- | --- | --- |")
-        for r in rows:
-            print(f"| {r['layer']} | {r['width']} | {r['two_pass_us']:.1f} | "
-                  f"{r['fused_us']:.1f} | {r['speedup']:.2f}x |")
-        return 0
-    print(f"| layer | width | oneDNN us | direct AMX us | speedup |  ({a.threads} thread(s))")
+    # (first column's title, then the off / on columns: title and row key)
+    head, off, on = (("layer", ("padded copy us", "padded_us"), ("window layout us", "windows_us"))
+                     if a.windows else
+                     ("layer + GDN", ("conv, then GDN op us", "two_pass_us"),
+                      ("GDN in the epilogue us", "fused_us")) if a.gdn else
+                     ("layer", ("oneDNN us", "onednn_us"), ("direct AMX us", "amx_us")))
+    print(f"| {head} | width | {off[0]} | {on[0]} | speedup |  ({a.threads} thread(s))")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['layer']} | {r['width']} | {r['onednn_us']:.1f} | {r['amx_us']:.1f} | "
+        print(f"| {r['layer']} | {r['width']} | {r[off[1]]:.1f} | {r[on[1]]:.1f} | "
               f"{r['speedup']:.2f}x |")
     return 0
 

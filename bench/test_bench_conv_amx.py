@@ -40,3 +40,24 @@ def test_gdn_ab_runs_both_paths_and_restores_the_switches(capsys, monkeypatch):
         assert r["two_pass_us"] > 0 and r["fused_us"] > 0 and r["speedup"] > 0
     assert bench.main(["--gdn", "--widths", "16", "--n", "2"]) == 0
     assert "| enc2 | 16 |" in capsys.readouterr().out
+
+
+def test_windows_ab_runs_both_layouts_and_restores_the_switches(capsys, monkeypatch):
+    import bench_conv_amx as bench
+    names = ("CPU_AMX_CONV_WINDOWS", "AMX_CONV_IMAGE_MAX_CHANNELS")
+    saved = tuple(getattr(oc, k) for k in names)
+    seen = []
+    real = oc._conv2d_amx
+    monkeypatch.setattr(oc, "_conv2d_amx",
+                        lambda *a: seen.append(oc.CPU_AMX_CONV_WINDOWS) or real(*a))
+    rows = bench.run_windows([16], threads=1, n=2, reps=1)
+    assert tuple(getattr(oc, k) for k in names) == saved
+    if oc._amx_conv_kernels() is None:
+        assert rows == []
+        return
+    assert True in seen and False in seen     # the direct kernel ran with both layouts
+    assert [r["layer"] for r in rows] == ["enc1"]
+    for r in rows:
+        assert r["padded_us"] > 0 and r["windows_us"] > 0 and r["speedup"] > 0
+    assert bench.main(["--windows", "--widths", "16", "--n", "2"]) == 0
+    assert "| enc1 | 16 |" in capsys.readouterr().out

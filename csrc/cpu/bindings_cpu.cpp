@@ -113,7 +113,8 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
                          int64_t Wy, int64_t Cy, int64_t phase, int nthreads,
                          int group_rows, uintptr_t gdn_gamma, uintptr_t gdn_beta, int gdn_bdtype,
                          int64_t gdn_b_s0, double gdn_beta_scale, double gdn_beta_bias,
-                         bool gdn_inverse, uintptr_t yf, double out_lo, double out_hi) {
+                         bool gdn_inverse, uintptr_t yf, double out_lo, double out_hi,
+                         bool windows) {
   sk::ConvAmxArgs a;
   a.x = reinterpret_cast<const void*>(x);
   a.xdtype = xdtype;
@@ -128,6 +129,7 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
   a.Hy = Hy; a.Wy = Wy; a.Cy = Cy; a.phase = phase;
   a.nthreads = nthreads;
   a.group_rows = group_rows;
+  a.windows = windows;
   sk::GdnArgs g;  // the fused GDN's parameters (gdn_gamma 0: none)
   if (gdn_gamma != 0) {
     g.packed_gamma = reinterpret_cast<const void*>(gdn_gamma);
@@ -616,7 +618,7 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("gdn_beta") = 0, py::arg("gdn_bdtype") = 0, py::arg("gdn_b_s0") = 1,
         py::arg("gdn_beta_scale") = 1.0, py::arg("gdn_beta_bias") = 0.0,
         py::arg("gdn_inverse") = false, py::arg("yf") = 0, py::arg("out_lo") = 0.0,
-        py::arg("out_hi") = 1.0,
+        py::arg("out_hi") = 1.0, py::arg("windows") = true,
         "Direct AMX-BF16 conv on raw pointers (see csrc/cpu/conv_amx.hpp): x [N, H, W, C] "
         "dense channels_last fp32 (xdtype 0) or bf16 (1), padded into [N, Hp, Wp, C] inside; "
         "w VNNI-packed bf16 (tile_nz: uint8 per B tile, 0 = all zero, skipped; or 0 = none), "
@@ -624,6 +626,8 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "of y's Cy channels in the epilogue, gamma_k packed by gdn_pack_amx (C = Cy, splits 1, "
         "channels_last), beta fp32 (gdn_bdtype 0) or bf16 (1) at stride gdn_b_s0, scaled by "
         "gdn_beta_scale plus gdn_beta_bias. yf (with y = 0, no GDN): the output as float32 "
-        "[N, Hy, Wy, Cy], the bf16 values widened and clamped to [out_lo, out_hi] (NaN kept).");
+        "[N, Hy, Wy, Cy], the bf16 values widened and clamped to [out_lo, out_hi] (NaN kept). "
+        "windows: allow the window layout of x where it applies (conv_amx.hpp; same output for "
+        "finite x).");
 }
 

@@ -251,23 +251,37 @@ SK_CTARGET void epilogue_gdn(const ConvAmxArgs& a, const EpilogueGdn& eg, const 
   });
 }
 
+// Where the A tiles come from: the first tap row of output row oy of image n, column block xb,
+// is at at(n, oy, xb); tap row ky is rowel elements further per ky, pixel p of the block pstride
+// elements further per p. The padded copy: rows of Wp*C elements, Hp per image (seg null). The
+// window layout: rows of Wq*32, the stored rows of image n (padded input rows iy0[n - n0]..)
+// from base + seg[n - n0].
+struct ASource {
+  const uint16_t* base = nullptr;
+  int64_t rowel = 0, pstride = 0, Hp = 0, stride = 1;
+  int64_t n0 = 0;
+  const int64_t* seg = nullptr;
+  const int64_t* iy0 = nullptr;
+  const uint16_t* at(int64_t n, int64_t oy, int64_t xb) const {
+    const int64_t iy = oy * stride, col = xb * 16 * pstride;
+    if (seg == nullptr) return base + (n * Hp + iy) * rowel + col;
+    return base + seg[n - n0] + (iy - iy0[n - n0]) * rowel + col;
+  }
+};
+
 // Groups g0..g1 (see group_blocks): tiles into accbuf, then the epilogue (bias, bf16, the GDN
 // when eg is given, store or sub-pixel scatter).
-SK_CTARGET void run_blocks(const ConvAmxArgs& a, const uint16_t* xpad, const ChunkLists& cl,
+SK_CTARGET void run_blocks(const ConvAmxArgs& a, const ASource& src, const ChunkLists& cl,
                            int64_t g0, int64_t g1, int group_rows, float* accbuf, int64_t ldc,
                            const EpilogueGdn* eg) {
   const int64_t KC = (a.kw * a.C + 31) / 32, NBt = (a.Co + 15) / 16, per = a.kh * KC;
-  const int64_t pstride = a.stride * a.C;
   const int64_t nxb = (a.Wo + 15) / 16, rows = a.N * a.Ho;
-  const long sa = static_cast<long>(pstride * 2), sc = static_cast<long>(ldc * 4);
+  const long sa = static_cast<long>(src.pstride * 2), sc = static_cast<long>(ldc * 4);
   int64_t br[kMaxBlocks], bx[kMaxBlocks];
   for (int64_t g = g0; g < g1; ++g) {
     const int mt = group_blocks(g, rows, nxb, group_rows, br, bx);
     const uint16_t* xs[kMaxBlocks];
-    for (int i = 0; i < mt; ++i) {
-      const int64_t n = br[i] / a.Ho, oy = br[i] % a.Ho;
-      xs[i] = xpad + ((n * a.Hp + oy * a.stride) * a.Wp) * a.C + bx[i] * 16 * pstride;
-    }
+    for (int i = 0; i < mt; ++i) xs[i] = src.at(br[i] / a.Ho, br[i] % a.Ho, bx[i]);
     for (int64_t nb = 0; nb < NBt; ++nb) {
       float* acc[kMaxBlocks];
       for (int i = 0; i < mt; ++i) acc[i] = accbuf + i * 16 * ldc + nb * 16;
@@ -324,6 +338,137 @@ SK_CTARGET void pad_rows(const ConvAmxArgs& a, uint16_t* xpad, int64_t r0, int64
   }
 }
 
+// One window (see build_windows): the lanes of mask m of x's row elements from e0 (row0: the
+// row's element offset in x), rounded to bf16 when x is fp32, zeros elsewhere; stored at d.
+SK_CTARGET inline void store_window(const ConvAmxArgs& a, int64_t row0, int64_t e0, uint32_t m,
+                                    uint16_t* d) {
+  __m512i v;
+  if (a.xdtype == kBF16) {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(static_cast<const uint16_t*>(a.x) + row0) +
+                        static_cast<uintptr_t>(e0 * 2);
+    v = _mm512_maskz_loadu_epi16(static_cast<__mmask32>(m), reinterpret_cast<const void*>(p));
+  } else {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(static_cast<const float*>(a.x) + row0) +
+                        static_cast<uintptr_t>(e0 * 4);
+    const __m512 f0 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m),
+                                            reinterpret_cast<const void*>(p));
+    const __m512 f1 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16),
+                                            reinterpret_cast<const void*>(p + 64));
+    v = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f1, f0));
+  }
+  _mm512_store_si512(reinterpret_cast<__m512i*>(d), v);
+}
+
+// The window layout (ConvAmxArgs::windows) of padded input rows iy0..iy1 of image n at dst (64-
+// byte aligned): row iy - iy0 holds, for output column ox < Wq, the 32 elements at
+// dst + ((iy - iy0) * Wq + ox) * 32: the padded row's kw*C elements from column ox*stride
+// (x's, rounded to bf16 when fp32, or the border's zeros), then zeros. Read straight from x by
+// masked loads (lanes outside x's row are not accessed).
+SK_CTARGET void build_windows(const ConvAmxArgs& a, int64_t n, int64_t iy0, int64_t iy1,
+                              int64_t Wq, uint16_t* dst) {
+  const int64_t taps = a.kw * a.C, step = a.stride * a.C, xrow = a.W * a.C;
+  const int64_t left = a.pad_left * a.C;
+  const uint64_t tapmask = (uint64_t(1) << taps) - 1;  // taps <= 32
+  // the windows of columns ox0..ox1 lie inside x's row: e0 = ox*step - left >= 0 and
+  // e0 + taps <= xrow
+  const int64_t ox0 = std::min<int64_t>(Wq, (left + step - 1) / step);
+  const int64_t last = xrow - taps + left;  // ox*step <= last for the interior windows
+  const int64_t ox1 = std::max<int64_t>(ox0, std::min<int64_t>(Wq, last >= 0 ? last / step + 1 : 0));
+  for (int64_t iy = iy0; iy < iy1; ++iy) {
+    uint16_t* d = dst + (iy - iy0) * Wq * 32;
+    const int64_t h = iy - a.pad_top;
+    if (h < 0 || h >= a.H) {
+      std::memset(d, 0, static_cast<size_t>(Wq) * 64);
+      continue;
+    }
+    const int64_t row0 = (n * a.H + h) * xrow;  // x's element offset of the row
+    auto edge = [&](int64_t ox) SK_CTARGET {  // lanes j with 0 <= e0 + j < xrow, j < taps
+      const int64_t e0 = ox * step - left;
+      const int64_t lo = std::max<int64_t>(0, -e0), hi = std::min<int64_t>(taps, xrow - e0);
+      const uint64_t m = hi <= lo ? 0 : tapmask & ~((uint64_t(1) << lo) - 1) &
+                                            ((uint64_t(1) << hi) - 1);
+      store_window(a, row0, e0, static_cast<uint32_t>(m), d + ox * 32);
+    };
+    for (int64_t ox = 0; ox < ox0; ++ox) edge(ox);
+    const uint32_t tm = static_cast<uint32_t>(tapmask);
+    for (int64_t ox = ox0; ox < ox1; ++ox) store_window(a, row0, ox * step - left, tm, d + ox * 32);
+    for (int64_t ox = ox1; ox < Wq; ++ox) edge(ox);
+  }
+}
+
+// Output rows r0..r1 (flattened over images, r1 exclusive) of group g (see group_blocks).
+inline void group_row_range(int64_t g, int64_t rows, int64_t nxb, int group_rows, int64_t* r0,
+                            int64_t* r1) {
+  if (group_rows == 2) {
+    const int64_t ncp = (nxb + 1) / 2;
+    *r0 = 2 * (g / ncp);
+    *r1 = std::min<int64_t>(*r0 + 2, rows);
+    return;
+  }
+  const int64_t b0 = g * kMaxBlocks, b1 = std::min<int64_t>(b0 + kMaxBlocks, rows * nxb);
+  *r0 = b0 / nxb;
+  *r1 = (b1 - 1) / nxb + 1;
+}
+
+// Output rows per band of the window layout (at most kWindowBand: a band's windows, ~0.45 MB
+// at 192 output columns, stay in L2 while its blocks read them), fewer on wide images.
+constexpr int64_t kWindowBand = 8;
+constexpr int64_t kWindowBandBytes = int64_t(512) << 10;
+static_assert(kWindowBand >= kMaxBlocks, "a band must hold a group's rows");
+
+inline int64_t window_band(const ConvAmxArgs& a, int64_t Wq) {
+  const int64_t in_rows = kWindowBandBytes / (Wq * 64);
+  return std::max<int64_t>(2, std::min<int64_t>(kWindowBand, (in_rows - a.kh) / a.stride + 1));
+}
+
+// Groups g0..g1 from the window layout: band by band (output rows [r0, r0 + band)), the band's
+// windows built by this worker into wbuf, then its groups run.
+SK_CTARGET int run_blocks_windows(const ConvAmxArgs& a, const ChunkLists& cl, int64_t g0,
+                                  int64_t g1, int group_rows, float* accbuf, int64_t ldc,
+                                  const EpilogueGdn* eg, AlignedBuffer& wbuf) {
+  const int64_t Wq = (a.Wo + 15) / 16 * 16, nxb = Wq / 16, rows = a.N * a.Ho;
+  const int64_t band = window_band(a, Wq);
+  // a band spans at most max(band, 4) <= kWindowBand output rows (a group: <= 4 rows), so at
+  // most that many images
+  int64_t seg[kWindowBand], iy0[kWindowBand], iy1[kWindowBand];
+  for (int64_t g = g0; g < g1;) {
+    int64_t r0, r1, q0, q1;
+    group_row_range(g, rows, nxb, group_rows, &r0, &r1);
+    int64_t gb = g + 1;
+    for (; gb < g1; ++gb) {
+      group_row_range(gb, rows, nxb, group_rows, &q0, &q1);
+      if (q1 > r0 + band) break;
+      r1 = std::max(r1, q1);
+    }
+    // the band's images n0..n1: their padded input rows iy0..iy1, stored one after another
+    const int64_t n0 = r0 / a.Ho, n1 = (r1 - 1) / a.Ho;
+    int64_t total = 0;
+    for (int64_t n = n0; n <= n1; ++n) {
+      const int64_t oa = std::max(r0, n * a.Ho) - n * a.Ho;
+      const int64_t ob = std::min(r1, (n + 1) * a.Ho) - n * a.Ho;
+      seg[n - n0] = total;
+      iy0[n - n0] = oa * a.stride;
+      iy1[n - n0] = (ob - 1) * a.stride + a.kh;
+      total += (iy1[n - n0] - iy0[n - n0]) * Wq * 32;
+    }
+    uint16_t* p = static_cast<uint16_t*>(wbuf.get(static_cast<size_t>(total) * 2, kKeepPadBytes));
+    if (p == nullptr) return kCNoMem;
+    for (int64_t n = n0; n <= n1; ++n)
+      build_windows(a, n, iy0[n - n0], iy1[n - n0], Wq, p + seg[n - n0]);
+    ASource src;
+    src.base = p;
+    src.rowel = Wq * 32;
+    src.pstride = 32;
+    src.stride = a.stride;
+    src.n0 = n0;
+    src.seg = seg;
+    src.iy0 = iy0;
+    run_blocks(a, src, cl, g, gb, group_rows, accbuf, ldc, eg);
+    g = gb;
+  }
+  return kCOk;
+}
+
 }  // namespace
 
 int conv_amx_forward(const ConvAmxArgs& a) {
@@ -345,19 +490,24 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   if (a.Wp * a.C < (Wq - 1) * a.stride * a.C + KC * 32 || a.Hp < (a.Ho - 1) * a.stride + a.kh)
     return kCBadArgs;
   if (a.phase == 1 ? a.Cy != a.Co : a.Cy * a.phase * a.phase != a.Co) return kCBadArgs;
-  // the padded input: one 64-byte aligned buffer per calling thread, reused across calls
-  // (workers only read it). Aligned, so that tile rows at 64-byte multiples of the row start
-  // are single cache lines (an unaligned buffer measured 1.8x slower at 48 channels).
+  // the padded input (unless the window layout is read): one 64-byte aligned buffer per calling
+  // thread, reused across calls (workers only read it). Aligned, so that tile rows at 64-byte
+  // multiples of the row start are single cache lines (an unaligned buffer measured 1.8x slower
+  // at 48 channels).
+  const bool windows = conv_amx_windows(a);
   thread_local AlignedBuffer padbuf;
   const int64_t rows = a.N * a.Hp;
-  uint16_t* xpad = static_cast<uint16_t*>(
-      padbuf.get(static_cast<size_t>(rows * a.Wp * a.C) * 2, kKeepPadBytes));
-  if (xpad == nullptr) return kCNoMem;
+  uint16_t* xpad = nullptr;
+  if (!windows) {
+    xpad = static_cast<uint16_t*>(
+        padbuf.get(static_cast<size_t>(rows * a.Wp * a.C) * 2, kKeepPadBytes));
+    if (xpad == nullptr) return kCNoMem;
+  }
   const int64_t ldc = (a.Co + 15) / 16 * 16;
   const int group_rows = a.group_rows == 2 ? 2 : 1;
   const int64_t groups = group_count(a.N * a.Ho, Wq / 16, group_rows);
   // per channel tile, the K chunks whose B tile is not all zero (all of them without tile_nz)
-  const int64_t NBt = (a.Co + 15) / 16, per = a.kh * KC, rowel = a.Wp * a.C;
+  const int64_t NBt = (a.Co + 15) / 16, per = a.kh * KC;
   thread_local std::vector<int64_t> lists;
   try {
     lists.resize(static_cast<size_t>(NBt * (2 * per + 1)));
@@ -367,6 +517,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   int64_t* xo = lists.data();
   int64_t* wo = xo + NBt * per;
   int64_t* nq = wo + NBt * per;
+  const int64_t rowel = windows ? Wq * 32 : a.Wp * a.C;  // elements between tap rows
   for (int64_t nb = 0; nb < NBt; ++nb) {
     int64_t k = 0;
     for (int64_t q = 0; q < per; ++q) {
@@ -395,8 +546,10 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     for (int64_t c = 0; c < gC; ++c) gdn_beta[c] = detail::gdn_beta(g, c);
   }
   const float* const beta_eff = gdn_beta.data();
-  const int64_t ntp = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows / 8));
-  run_on_threads(ntp, [&](int64_t t) { pad_rows(a, xpad, rows * t / ntp, rows * (t + 1) / ntp); });
+  if (!windows) {
+    const int64_t ntp = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows / 8));
+    run_on_threads(ntp, [&](int64_t t) { pad_rows(a, xpad, rows * t / ntp, rows * (t + 1) / ntp); });
+  }
   int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, groups));
   std::atomic<bool> nomem{false};  // set by any worker that could not get its buffer
   auto worker = [&](int64_t t) {
@@ -427,7 +580,20 @@ int conv_amx_forward(const ConvAmxArgs& a) {
       std::memset(eg.z, 0, static_cast<size_t>(32 * gK) * 2);  // the columns past Cy stay 0
     }
     amx::config_full();
-    run_blocks(a, xpad, cl, g0, g1, group_rows, buf.data(), ldc, gdn ? &eg : nullptr);
+    if (windows) {
+      thread_local AlignedBuffer wbuf;  // the band's windows
+      if (run_blocks_windows(a, cl, g0, g1, group_rows, buf.data(), ldc, gdn ? &eg : nullptr,
+                             wbuf) != kCOk)
+        nomem.store(true, std::memory_order_relaxed);
+    } else {
+      ASource src;
+      src.base = xpad;
+      src.rowel = a.Wp * a.C;
+      src.pstride = a.stride * a.C;
+      src.Hp = a.Hp;
+      src.stride = a.stride;
+      run_blocks(a, src, cl, g0, g1, group_rows, buf.data(), ldc, gdn ? &eg : nullptr);
+    }
     amx::release();
   };
   run_on_threads(nt, worker);
@@ -439,5 +605,10 @@ int conv_amx_forward(const ConvAmxArgs& a) {
 int conv_amx_forward(const ConvAmxArgs&) { return kCNoAmx; }
 
 #endif
+
+bool conv_amx_windows(const ConvAmxArgs& a) {
+  return a.windows && a.phase == 1 && a.C > 0 && a.kw * a.C <= 32 &&
+         (a.stride * a.C * 2) % 64 != 0;
+}
 
 }  // namespace sk

@@ -54,11 +54,25 @@ struct ConvAmxArgs {
   // Work groups of 4 pixel blocks that share every weight tile: 2 = 2 output rows x 2 column
   // blocks (A data of neighbouring rows reused from L1), 1 = 4 blocks of one row.
   int group_rows = 2;
+  // Allow the window layout where it applies (conv_amx_windows(): a conv whose tap row fits one
+  // K chunk, kw*C <= 32, and whose pixel step stride*C*2 bytes is not a multiple of 64, e.g. a
+  // 9x9/4 conv from an RGB image): instead of the zero-bordered copy of x, each worker writes,
+  // band by band of output rows, one 64-byte row per (padded input row, output column): the tap
+  // row's kw*C elements, zeros after. A block's A tile is then 1 KB, contiguous and aligned,
+  // instead of 16 rows straddling cache lines. The same products (the elements past kw*C meet
+  // zero weights either way), so the same output for finite x; a non-finite x only reaches the
+  // outputs whose taps read it (the plain layout's last chunk also multiplies the zero weights
+  // with up to 31 - (kw*C - 1) % 32 elements of the next pixels).
+  bool windows = true;
   int nthreads = 1;
 };
 
 // 0 on success, else an error code (conv_amx_error_message).
 int conv_amx_forward(const ConvAmxArgs& a);
+
+// Whether conv_amx_forward reads x through the window layout for these arguments (see
+// ConvAmxArgs::windows).
+bool conv_amx_windows(const ConvAmxArgs& a);
 const char* conv_amx_error_message(int code);
 
 }  // namespace sk

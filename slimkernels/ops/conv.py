@@ -477,6 +477,18 @@ def _prepack_input(x, weight, bias, transposed: bool = False):
     return x if _packable(x) else None
 
 
+def _amx_image_conv_channels(co: int) -> bool:
+    """Whether a conv from an image (a tap row of at most 32 elements, 5x5/2-like geometry)
+    onto ``co`` channels takes the direct kernel at any size: onto at most
+    ``AMX_CONV_IMAGE_MAX_CHANNELS``; with the window layout (``CPU_AMX_CONV_WINDOWS``) onto up to
+    ``AMX_CONV_MISALIGNED_MAX_CHANNELS`` that are not a multiple of 32, and onto any count up to
+    that with at least ``AMX_CONV_IMAGE_WIDE_MIN_THREADS`` threads."""
+    if co <= AMX_CONV_IMAGE_MAX_CHANNELS:
+        return True
+    return CPU_AMX_CONV_WINDOWS and co <= AMX_CONV_MISALIGNED_MAX_CHANNELS and (
+        co % 32 != 0 or torch.get_num_threads() >= AMX_CONV_IMAGE_WIDE_MIN_THREADS)
+
+
 def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, gdn_kw=None):
     """The direct AMX conv when this geometry goes there (see ``_use_amx_conv``), else None.
     ``gdn_kw``: the GDN kwargs of the output (or None); then ``(y, fused)``: whether y has the
@@ -488,7 +500,7 @@ def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, gdn_kw=None):
     if weight.shape[-2] == k and _use_amx_conv(
             x, ci, co, x.shape[0] * ((x.shape[2] + 2 * padding - k) // stride + 1) *
             ((x.shape[3] + 2 * padding - k) // stride + 1), wide,
-            image=wide and k * ci <= 32 and co <= AMX_CONV_IMAGE_MAX_CHANNELS):
+            image=wide and k * ci <= 32 and _amx_image_conv_channels(co)):
         if gdn_kw is None:
             return _conv2d_amx(x, weight, bias, co, stride, padding)
         g = _amx_epilogue_gdn(gdn_kw, co, ci)
@@ -958,6 +970,25 @@ AMX_CONV_GROUP_ROWS = 2
 #: (In isolation, ``python bench/bench_conv_amx.py --gdn --threads 2``, with each op's Python
 #: call included, every layer gained at 48 and 72: 1.04-1.24x.)
 CPU_AMX_CONV_GDN = True
+#: The direct kernel reads a conv whose tap row fits one 32-element K chunk and whose pixel step
+#: is not a multiple of 64 bytes (SlimCAE's enc1: 9x9/4 from 3 channels, 27 elements per tap
+#: row, pixels 24 bytes apart) through its window layout (csrc/cpu/conv_amx.hpp,
+#: ``ConvAmxArgs::windows``): each worker writes, band by band of 8 output rows, one aligned
+#: 64-byte row per (input row, output column) and the tiles load 1 KB blocks, instead of a padded
+#: copy whose tile rows straddle cache lines. Same output for finite inputs. Twenty-ninth
+#: sitting, AMX Xeon, kodim01's enc1 (bf16 x, ``/tmp/s29/win_ab.py``, switch flipped per call,
+#: medians of 80-200): 1 thread 1.18 / 1.20 / 1.23 / 1.13 / 1.18x at 48 / 72 / 96 / 144 / 192
+#: channels, 2 threads 1.10 / 1.13 / 1.15 / 1.16 / 1.21x (w=48 2 threads 0.460 against 0.504 ms);
+#: ``compress`` of kodim01 (``/tmp/s29/e2e_ab.py``, one process, 8 rounds) 1.06x at w=48, 1.04x
+#: at 72, the same bytes. With it, image convs also take the direct kernel onto wider outputs
+#: (``_amx_image_conv_channels``): enc1 direct / oneDNN (fp32 image under autocast,
+#: ``/tmp/s29/enc1_route.py``, 40 rounds): 2 threads 1.28 / 1.23 / 1.18x at 96 / 144 / 192 (1.11-
+#: 1.48x at 80-176), 1 thread 1.02 / 1.04 / 0.90x; ``compress`` (one process, the limit switched
+#: per round) 2 threads 1.04 / 1.17 / 1.015x at w = 96 / 144 / 192 (at 144 the whole transform is
+#: then compiled kernels: the CPU replay takes it), 1 thread 0.97 / 1.10 / 0.94x: hence from 96 up
+#: only channel counts that are not a multiple of 32 on one thread.
+CPU_AMX_CONV_WINDOWS = True
+AMX_CONV_IMAGE_WIDE_MIN_THREADS = 2
 AMX_CONV_GDN_MAX_CHANNELS = 72
 AMX_CONV_GDN_MAX_PHASE_CHANNELS = 192
 AMX_CONV_GDN_MIN_INPUTS = 16
@@ -1080,7 +1111,8 @@ def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gd
     _amx_conv_kernels().conv_amx_forward(
         x.data_ptr(), 1 if x.dtype == torch.bfloat16 else 0, N, H, W, ci, hp, wp, top, top,
         wpk[0].data_ptr(), wpk[1].data_ptr(), k, k, s, co, 0 if b is None else b.data_ptr(),
-        Ho, Wo, yp, Hy, Wy, cy, phase, torch.get_num_threads(), AMX_CONV_GROUP_ROWS, *extra)
+        Ho, Wo, yp, Hy, Wy, cy, phase, torch.get_num_threads(), AMX_CONV_GROUP_ROWS, *extra,
+        windows=CPU_AMX_CONV_WINDOWS)
     return y.permute(0, 3, 1, 2)
 
 

@@ -308,7 +308,9 @@ def test_dispatch_of_image_layers_follows_the_width(monkeypatch, transposed, w, 
     direct kernel at any size up to AMX_CONV_IMAGE_MAX_CHANNELS = 72 channels (enc1 from an fp32
     image under bf16 autocast, as the model calls it), oneDNN above; both within bf16's 1e-2 of
     float64. 6144 output (phase) pixels: above AMX_CONV_MAX_PIXELS, so only the image rule
-    sends them to the direct kernel."""
+    sends them to the direct kernel. (Convs without the window layout, on any thread count:
+    with it they go further, test_dispatch_of_image_convs_with_the_window_layout.)"""
+    monkeypatch.setattr(C, "CPU_AMX_CONV_WINDOWS", False)
     name = "_conv_transpose2d_amx" if transposed else "_conv2d_amx"
     calls = []
     real = getattr(C, name)
@@ -610,3 +612,121 @@ def test_kernel_rejects_a_clamped_output_with_a_gdn_or_bad_bounds(two_threads):
         ck.conv_amx_forward(*head, 0, 0, 0, 1, 1.0, 0.0, False, yf.data_ptr(), 1.0, 0.0)
     with pytest.raises(RuntimeError, match="bad arguments"):     # neither y nor yf
         ck.conv_amx_forward(*head)
+
+
+# -- the window layout of x (CPU_AMX_CONV_WINDOWS) -----------------------------------------------
+def _both_layouts(monkeypatch, fn):
+    """fn() with the window layout allowed and with the padded copy only."""
+    out = []
+    for flag in (True, False):
+        monkeypatch.setattr(C, "CPU_AMX_CONV_WINDOWS", flag)
+        out.append(fn())
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("group_rows", [1, 2])
+@pytest.mark.parametrize("ci, co, k, s, p, n, h, w", [
+    (3, 48, 9, 4, 4, 1, 67, 53),      # enc1: several bands of 8 output rows, odd sizes
+    (3, 17, 9, 4, 4, 2, 37, 21),      # two images, odd output rows (groups across images)
+    (3, 72, 9, 4, 0, 3, 13, 40),      # no padding, three images
+    (3, 16, 9, 4, 4, 1, 5, 3),        # an image narrower than the kernel
+    (2, 40, 9, 4, 4, 1, 20, 30),      # 18 taps, 16-byte pixel step
+    (3, 24, 5, 2, 2, 2, 19, 35),      # 5x5/2 from RGB: 15 taps, 12-byte step
+    (3, 48, 9, 4, 4, 1, 9, 4001),     # 1001 output columns: bands shrink to 2 rows
+])
+def test_window_layout_equals_padded_copy(monkeypatch, threads, group_rows, ci, co, k, s, p,
+                                          n, h, w):
+    """The window layout (one aligned 64-byte row per input row and output column, built band by
+    band by each worker) gives the padded copy's output bit for bit, for bf16 and fp32 x, over
+    bands, images, borders and both work-group shapes; both within bf16's 1e-2 of float64."""
+    monkeypatch.setattr(C, "AMX_CONV_GROUP_ROWS", group_rows)
+    nt = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        W = _param((co, ci, k, k), 50 + k)
+        b = torch.randn(co, generator=torch.Generator().manual_seed(51))
+        xf = torch.rand(n, ci, h, w, generator=torch.Generator().manual_seed(52))
+        xf = xf.contiguous(memory_format=torch.channels_last)
+        for x in (xf.to(torch.bfloat16), xf):
+            yw, yp = _both_layouts(monkeypatch, lambda: C._conv2d_amx(x, W, b, co, s, p))
+            assert torch.equal(yw.view(torch.int16), yp.view(torch.int16))
+            _close(yw, F.conv2d(x.to(torch.bfloat16).double(), _bf(W), b.double(), stride=s,
+                                padding=p))
+    finally:
+        torch.set_num_threads(nt)
+
+
+def test_window_layout_reads_only_the_taps(monkeypatch):
+    """A NaN pixel reaches only the outputs whose taps read it through the window layout (as in
+    float64); the padded copy's last K chunk also multiplies the zero weights past the 27 taps
+    with the next pixel's channels, so the NaN spreads to the output on its left there: this is
+    how the test knows the window layout ran."""
+    W = _param((48, 3, 9, 9), 53)
+    x = torch.rand(1, 3, 32, 64, generator=torch.Generator().manual_seed(54)).to(torch.bfloat16)
+    x[0, 0, 10, 4 * 5 + 5] = float("nan")  # column 25: taps of output columns 6..7, not 5
+    x = x.contiguous(memory_format=torch.channels_last)
+    ref = F.conv2d(x.double(), _bf(W), None, stride=4, padding=4)
+    yw, yp = _both_layouts(monkeypatch, lambda: C._conv2d_amx(x, W, None, 48, 4, 4))
+    bad = torch.isnan(ref)
+    assert bad[0, :, :, 6].any() and not bad[0, :, :, 5].any()
+    assert torch.equal(torch.isnan(yw.float()), bad)
+    assert torch.isnan(yp.float()[0, :, :, 5]).any()
+    ok = ~bad
+    err = (yw.double()[ok] - ref[ok]).abs().max().item()
+    assert err <= 1e-2 * ref[ok].abs().max().item()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("w, direct", [(48, (True, True)), (72, (True, True)),
+                                       (96, (False, True)), (144, (True, True)),
+                                       (192, (False, True)), (256, (False, True)),
+                                       (288, (False, False))])
+def test_dispatch_of_image_convs_with_the_window_layout(monkeypatch, threads, w, direct):
+    """With the window layout, convs from an image take the direct kernel onto up to
+    AMX_CONV_MISALIGNED_MAX_CHANNELS (256): on one thread only counts that are not a multiple of
+    32 above AMX_CONV_IMAGE_MAX_CHANNELS (72), with AMX_CONV_IMAGE_WIDE_MIN_THREADS (2) all of
+    them; without it, only up to 72 (whatever the threads)."""
+    nt = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        calls = []
+        real = C._conv2d_amx
+        monkeypatch.setattr(C, "_conv2d_amx", lambda *a: calls.append(1) or real(*a))
+        g = torch.Generator().manual_seed(55)
+        W = _param((288, 3, 9, 9), 56)
+        b = torch.randn(288, generator=g)
+        # 64 x 96 = 6144 output pixels: above AMX_CONV_MAX_PIXELS (only the image rule decides)
+        x = torch.rand(1, 3, 256, 384, generator=g).contiguous(memory_format=torch.channels_last)
+        r = F.conv2d(x.to(torch.bfloat16).double(), _bf(W[:w]), b[:w].double(), stride=4,
+                     padding=4)
+        for windows in (True, False):
+            monkeypatch.setattr(C, "CPU_AMX_CONV_WINDOWS", windows)
+            calls.clear()
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                y = slim_conv2d(x, W, b, stride=4, padding=4, out_width=w)
+            want = direct[threads - 1] if windows else w <= C.AMX_CONV_IMAGE_MAX_CHANNELS
+            assert calls == ([1] if want else []), (windows, calls)
+            _close(y, r)
+    finally:
+        torch.set_num_threads(nt)
+
+
+def test_codec_bytes_equal_with_and_without_the_window_layout(monkeypatch, two_threads):
+    """SlimCAE at narrow widths (enc1 on the direct kernel either way): the same bytes and
+    images with the window layout as with the padded copy."""
+    from slimkernels.models import SlimCAE
+    torch.manual_seed(57)
+    m = SlimCAE(widths=(48, 16)).eval()
+    m.update()
+    x = torch.rand(1, 3, 70, 100, generator=torch.Generator().manual_seed(58))
+    out = {}
+    for flag in (True, False):
+        monkeypatch.setattr(C, "CPU_AMX_CONV_WINDOWS", flag)
+        m.clear_caches()
+        for w in (48, 16):
+            data = m.compress(x, width=w, precision="bf16")
+            out[flag, w] = data, m.decompress(data, precision="bf16")
+    for w in (48, 16):
+        assert out[True, w][0] == out[False, w][0]
+        assert torch.equal(out[True, w][1], out[False, w][1])
