@@ -19,6 +19,12 @@ through its window layout (``CPU_AMX_CONV_WINDOWS``) against the padded copy (th
 channel limit lifted):
 
     python bench/bench_conv_amx.py --windows --threads 2 --widths 48,72,96,144,192
+
+``--pad-channels``: the transposed layers (dec1, dec2) on the direct kernel with the input
+channels of its padded copy rounded up to a multiple of 32 (``CPU_AMX_CONV_PAD_CHANNELS``, where
+``_amx_padded_channels`` takes it) against the plain copy:
+
+    python bench/bench_conv_amx.py --pad-channels --threads 2 --widths 72,144
 """
 import argparse
 import time
@@ -132,6 +138,18 @@ def run_windows(widths, threads=1, n=60, reps=2):
              "windows_us": r["on_us"], "speedup": r["off_us"] / r["on_us"]} for r in rows]
 
 
+def run_pad_channels(widths, threads=1, n=60, reps=2):
+    """Rows ``{layer, width, plain_us, padded_us, speedup}``: the transposed layers on the
+    direct AMX kernel with and without the padded channels (``[]`` without the AMX kernel)."""
+    if oc._amx_conv_kernels() is None:
+        return []
+    rows = _ab(widths, threads, n, reps, "CPU_AMX_CONV_PAD_CHANNELS",
+               {"AMX_CONV_MAX_CHANNELS": 1 << 20, "AMX_CONV_MAX_PIXELS": 1 << 40}, gdn=False,
+               layers=[t for t in LAYERS if t[2]])
+    return [{"layer": r["layer"], "width": r["width"], "plain_us": r["off_us"],
+             "padded_us": r["on_us"], "speedup": r["off_us"] / r["on_us"]} for r in rows]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -141,17 +159,24 @@ def main(argv=None):
                     help="the GDN in the epilogue against the conv then the GDN op")
     ap.add_argument("--windows", action="store_true",
                     help="enc1 through the window layout against the padded copy")
+    ap.add_argument("--pad-channels", action="store_true",
+                    help="transposed layers with the copy's channels padded to a multiple of 32 "
+                         "against the plain copy")
     a = ap.parse_args(argv)
-    if a.gdn and a.windows:
-        ap.error("--gdn and --windows are separate comparisons: pass one")
+    if a.gdn + a.windows + a.pad_channels > 1:
+        ap.error("--gdn, --windows and --pad-channels are separate comparisons: pass one")
     widths = [int(v) for v in a.widths.split(",")]
-    rows = (run_gdn if a.gdn else run_windows if a.windows else run)(widths, a.threads, a.n)
+    fn = run_gdn if a.gdn else run_windows if a.windows else \
+        run_pad_channels if a.pad_channels else run
+    rows = fn(widths, a.threads, a.n)
     if not rows:
         print("no AMX-BF16 here (or slimkernels._cpu_kernels not built): nothing to compare")
         return 0
     # (first column's title, then the off / on columns: title and row key)
     head, off, on = (("layer", ("padded copy us", "padded_us"), ("window layout us", "windows_us"))
                      if a.windows else
+                     ("layer", ("plain copy us", "plain_us"), ("padded channels us", "padded_us"))
+                     if a.pad_channels else
                      ("layer + GDN", ("conv, then GDN op us", "two_pass_us"),
                       ("GDN in the epilogue us", "fused_us")) if a.gdn else
                      ("layer", ("oneDNN us", "onednn_us"), ("direct AMX us", "amx_us")))

@@ -61,3 +61,23 @@ def test_windows_ab_runs_both_layouts_and_restores_the_switches(capsys, monkeypa
         assert r["padded_us"] > 0 and r["windows_us"] > 0 and r["speedup"] > 0
     assert bench.main(["--windows", "--widths", "16", "--n", "2"]) == 0
     assert "| enc1 | 16 |" in capsys.readouterr().out
+
+
+def test_pad_channels_ab_runs_both_copies_and_restores_the_switches(capsys, monkeypatch):
+    import bench_conv_amx as bench
+    names = ("CPU_AMX_CONV_PAD_CHANNELS", "AMX_CONV_MAX_CHANNELS", "AMX_CONV_MAX_PIXELS")
+    saved = tuple(getattr(oc, k) for k in names)
+    seen = []
+    real = oc._amx_conv_run
+    monkeypatch.setattr(oc, "_amx_conv_run", lambda *a: seen.append(a[-1]) or real(*a))
+    rows = bench.run_pad_channels([24], threads=1, n=2, reps=1)
+    assert tuple(getattr(oc, k) for k in names) == saved
+    if oc._amx_conv_kernels() is None:
+        assert rows == []
+        return
+    assert 32 in seen and None in seen     # the direct kernel ran with both copies
+    assert [r["layer"] for r in rows] == ["dec1", "dec2"]
+    for r in rows:
+        assert r["plain_us"] > 0 and r["padded_us"] > 0 and r["speedup"] > 0
+    assert bench.main(["--pad-channels", "--widths", "24", "--n", "2"]) == 0
+    assert "| dec1 | 24 |" in capsys.readouterr().out

@@ -168,6 +168,7 @@ struct ChunkLists {
   const int64_t* xo;
   const int64_t* wo;
   const int64_t* nq;
+  int64_t per;  // chunks per channel tile (kh * KC), the lists' stride
 };
 
 // The blocks of group g (up to kMaxBlocks): with group_rows == 2, 2 output rows x 2 column
@@ -274,7 +275,7 @@ struct ASource {
 SK_CTARGET void run_blocks(const ConvAmxArgs& a, const ASource& src, const ChunkLists& cl,
                            int64_t g0, int64_t g1, int group_rows, float* accbuf, int64_t ldc,
                            const EpilogueGdn* eg) {
-  const int64_t KC = (a.kw * a.C + 31) / 32, NBt = (a.Co + 15) / 16, per = a.kh * KC;
+  const int64_t NBt = (a.Co + 15) / 16, per = cl.per;
   const int64_t nxb = (a.Wo + 15) / 16, rows = a.N * a.Ho;
   const long sa = static_cast<long>(src.pstride * 2), sc = static_cast<long>(ldc * 4);
   int64_t br[kMaxBlocks], bx[kMaxBlocks];
@@ -307,11 +308,36 @@ SK_CTARGET void run_blocks(const ConvAmxArgs& a, const ASource& src, const Chunk
   }
 }
 
-// Padded rows r0..r1 of the bf16 buffer [N, Hp, Wp, C]: zeros, with x's rows at pad_top and its
-// columns at pad_left (fp32 x rounded to bf16, RNE as torch does for finite values).
-SK_CTARGET void pad_rows(const ConvAmxArgs& a, uint16_t* xpad, int64_t r0, int64_t r1) {
-  const int64_t rowel = a.Wp * a.C, xrow = a.W * a.C;
-  const int64_t left = a.pad_left * a.C, right = rowel - left - xrow;
+// x's row (n, h) into dst with cs >= C (a multiple of 32) elements per pixel: each pixel's C
+// channels, then zeros (fp32 x rounded to bf16 as below).
+SK_CTARGET void spread_row(const ConvAmxArgs& a, int64_t n, int64_t h, int64_t cs,
+                           uint16_t* dst) {
+  for (int64_t px = 0; px < a.W; ++px) {
+    const int64_t src0 = ((n * a.H + h) * a.W + px) * a.C;
+    for (int64_t c = 0; c < cs; c += 32) {
+      const int64_t m = std::max<int64_t>(0, std::min<int64_t>(32, a.C - c));
+      const __mmask32 k = m >= 32 ? ~__mmask32(0) : static_cast<__mmask32>((1u << m) - 1u);
+      __m512i v;
+      if (a.xdtype == kBF16) {
+        v = _mm512_maskz_loadu_epi16(k, static_cast<const uint16_t*>(a.x) + src0 + c);
+      } else {
+        const float* src = static_cast<const float*>(a.x) + src0 + c;
+        const __m512 f0 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(k), src);
+        const __m512 f1 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(k >> 16), src + 16);
+        v = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f1, f0));
+      }
+      _mm512_storeu_si512(reinterpret_cast<__m512i*>(dst + px * cs + c), v);
+    }
+  }
+}
+
+// Padded rows r0..r1 of the bf16 buffer [N, Hp, Wp, cs] (cs: C, or Cp > C): zeros, with x's rows
+// at pad_top and its columns at pad_left (fp32 x rounded to bf16, RNE as torch does for finite
+// values).
+SK_CTARGET void pad_rows(const ConvAmxArgs& a, int64_t cs, uint16_t* xpad, int64_t r0,
+                         int64_t r1) {
+  const int64_t rowel = a.Wp * cs, xrow = a.W * cs;
+  const int64_t left = a.pad_left * cs, right = rowel - left - xrow;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / a.Hp, h = r % a.Hp - a.pad_top;
     uint16_t* dst = xpad + r * rowel;
@@ -321,7 +347,9 @@ SK_CTARGET void pad_rows(const ConvAmxArgs& a, uint16_t* xpad, int64_t r0, int64
     }
     std::memset(dst, 0, static_cast<size_t>(left) * 2);
     const int64_t src0 = (n * a.H + h) * xrow;
-    if (a.xdtype == kBF16) {
+    if (cs != a.C) {
+      spread_row(a, n, h, cs, dst + left);
+    } else if (a.xdtype == kBF16) {
       std::memcpy(dst + left, static_cast<const uint16_t*>(a.x) + src0,
                   static_cast<size_t>(xrow) * 2);
     } else {
@@ -484,10 +512,13 @@ int conv_amx_forward(const ConvAmxArgs& a) {
       a.kh <= 0 || a.kw <= 0 || a.stride <= 0 || a.phase <= 0 || a.pad_top < 0 || a.pad_left < 0)
     return kCBadArgs;
   if (a.pad_top + a.H > a.Hp || a.pad_left + a.W > a.Wp) return kCBadArgs;
+  // the buffer's channels per pixel: C, or Cp (a multiple of 32 above C)
+  if (a.Cp != 0 && (a.Cp < a.C || a.Cp % 32 != 0)) return kCBadArgs;
+  const int64_t cs = a.Cp > 0 ? a.Cp : a.C;
   const int64_t Wq = (a.Wo + 15) / 16 * 16;
-  const int64_t KC = (a.kw * a.C + 31) / 32;
+  const int64_t KC = (a.kw * cs + 31) / 32;
   // the last K chunk of a tap row may read up to 31 elements past it (zero weights there)
-  if (a.Wp * a.C < (Wq - 1) * a.stride * a.C + KC * 32 || a.Hp < (a.Ho - 1) * a.stride + a.kh)
+  if (a.Wp * cs < (Wq - 1) * a.stride * cs + KC * 32 || a.Hp < (a.Ho - 1) * a.stride + a.kh)
     return kCBadArgs;
   if (a.phase == 1 ? a.Cy != a.Co : a.Cy * a.phase * a.phase != a.Co) return kCBadArgs;
   // the padded input (unless the window layout is read): one 64-byte aligned buffer per calling
@@ -500,7 +531,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   uint16_t* xpad = nullptr;
   if (!windows) {
     xpad = static_cast<uint16_t*>(
-        padbuf.get(static_cast<size_t>(rows * a.Wp * a.C) * 2, kKeepPadBytes));
+        padbuf.get(static_cast<size_t>(rows * a.Wp * cs) * 2, kKeepPadBytes));
     if (xpad == nullptr) return kCNoMem;
   }
   const int64_t ldc = (a.Co + 15) / 16 * 16;
@@ -517,7 +548,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   int64_t* xo = lists.data();
   int64_t* wo = xo + NBt * per;
   int64_t* nq = wo + NBt * per;
-  const int64_t rowel = windows ? Wq * 32 : a.Wp * a.C;  // elements between tap rows
+  const int64_t rowel = windows ? Wq * 32 : a.Wp * cs;  // elements between tap rows
   for (int64_t nb = 0; nb < NBt; ++nb) {
     int64_t k = 0;
     for (int64_t q = 0; q < per; ++q) {
@@ -528,7 +559,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     }
     nq[nb] = k;
   }
-  const ChunkLists cl{xo, wo, nq};
+  const ChunkLists cl{xo, wo, nq, per};
   // the fused GDN's effective beta (fp32, as the GDN kernels compute it), read by every worker
   const bool gdn = a.gdn != nullptr;
   const int64_t gK = (a.Cy + 31) / 32 * 32, gC = (a.Cy + 15) / 16 * 16;
@@ -548,7 +579,9 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   const float* const beta_eff = gdn_beta.data();
   if (!windows) {
     const int64_t ntp = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows / 8));
-    run_on_threads(ntp, [&](int64_t t) { pad_rows(a, xpad, rows * t / ntp, rows * (t + 1) / ntp); });
+    run_on_threads(ntp, [&](int64_t t) {
+      pad_rows(a, cs, xpad, rows * t / ntp, rows * (t + 1) / ntp);
+    });
   }
   int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, groups));
   std::atomic<bool> nomem{false};  // set by any worker that could not get its buffer
@@ -588,8 +621,8 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     } else {
       ASource src;
       src.base = xpad;
-      src.rowel = a.Wp * a.C;
-      src.pstride = a.stride * a.C;
+      src.rowel = a.Wp * cs;
+      src.pstride = a.stride * cs;
       src.Hp = a.Hp;
       src.stride = a.stride;
       run_blocks(a, src, cl, g0, g1, group_rows, buf.data(), ldc, gdn ? &eg : nullptr);
@@ -607,8 +640,8 @@ int conv_amx_forward(const ConvAmxArgs&) { return kCNoAmx; }
 #endif
 
 bool conv_amx_windows(const ConvAmxArgs& a) {
-  return a.windows && a.phase == 1 && a.C > 0 && a.kw * a.C <= 32 &&
-         (a.stride * a.C * 2) % 64 != 0;
+  return a.windows && a.phase == 1 && a.C > 0 && (a.Cp == 0 || a.Cp == a.C) &&
+         a.kw * a.C <= 32 && (a.stride * a.C * 2) % 64 != 0;
 }
 
 }  // namespace sk

@@ -22,6 +22,11 @@ struct ConvAmxArgs {
   int xdtype = 1;
   int64_t N = 0, H = 0, W = 0, C = 0;
   int64_t Hp = 0, Wp = 0, pad_top = 0, pad_left = 0;
+  // Cp: the padded buffer's channels per pixel (0: C; else >= C, the channels C..Cp-1 zero): a
+  // multiple of 32 puts every tile row of a stride-1 conv on its own cache lines (C = 72: rows
+  // 144 bytes apart, 3 of 4 straddling two lines). Everything below that says C of the buffer
+  // or of the weights' K means Cp then (w packed for Cp input channels, zero weights past C).
+  int64_t Cp = 0;
   // w: [CoP/16, kh, KC, 16, 32] bf16 VNNI tiles (all K chunks of one channel tile contiguous:
   // the order the kernel streams them): element [nb, ky, kc, r, 2j+e] is
   // W[nb*16+j, c, ky, kx] with kx*C + c = kc*32+2r+e (zero past kw*C and past Co);

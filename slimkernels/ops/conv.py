@@ -989,6 +989,14 @@ CPU_AMX_CONV_GDN = True
 #: only channel counts that are not a multiple of 32 on one thread.
 CPU_AMX_CONV_WINDOWS = True
 AMX_CONV_IMAGE_WIDE_MIN_THREADS = 2
+#: The direct kernel's padded copy for a transposed conv (a stride-1 conv over sub-pixel
+#: phases) holds each pixel's channels rounded up to a multiple of 32, zeros after
+#: (``_amx_padded_channels``; ``ConvAmxArgs::Cp``) where the extra products pay (see there):
+#: with C = 72 a pixel's channels are 144 bytes apart and 3 of 4 tile rows straddle two cache
+#: lines.
+CPU_AMX_CONV_PAD_CHANNELS = True
+AMX_CONV_PAD_CHANNELS_GAIN = 0.5
+AMX_CONV_PAD_CHANNELS_MIN_OUT = 16
 AMX_CONV_GDN_MAX_CHANNELS = 72
 AMX_CONV_GDN_MAX_PHASE_CHANNELS = 192
 AMX_CONV_GDN_MIN_INPUTS = 16
@@ -1085,18 +1093,21 @@ _AMX_NO_GDN = (0, 0, 0, 1, 1.0, 0.0, False)
 
 
 def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gdn=None,
-                  clamp=None):
+                  clamp=None, cp=None):
     """One call of the kernel (``wpk``: ``_amx_pack``'s pair): x (dense channels_last, bf16 or
-    fp32) is padded by ``top`` rows and columns into a ``[N, hp, wp, C]`` buffer inside the
-    kernel (``wp >= wneed``, wide enough for the last K chunk's over-read); returns the bf16
+    fp32) is padded by ``top`` rows and columns into a ``[N, hp, wp, cp]`` buffer inside the
+    kernel (``wp >= wneed``, wide enough for the last K chunk's over-read; ``cp``: its channels
+    per pixel, None for x's C, else a multiple of 32 above it, zeros past C, with ``wpk`` packed
+    for ``cp`` input channels); returns the bf16
     channels_last ``[N, Cy, Hy, Wy]`` output. ``gdn``: :func:`_amx_epilogue_gdn`'s arguments
     for a GDN of the output in the epilogue, or None. ``clamp`` (``(lo, hi)``, without ``gdn``):
     the output as float32 clamped to ``[lo, hi]`` instead (the bf16 values widened: what
     :func:`slimkernels.ops.image_io.bf16_to_image` of the bf16 output gives)."""
     N, ci, H, W = x.shape
-    kcw = -(-(k * ci) // 32) * 32  # K of a tap row; the last chunk may read past it
+    cs = ci if cp is None else cp
+    kcw = -(-(k * cs) // 32) * 32  # K of a tap row; the last chunk may read past it
     wq = -(-Wo // 16) * 16
-    wp = max(wneed, (wq - 1) * s + -(-kcw // ci))
+    wp = max(wneed, (wq - 1) * s + -(-kcw // cs))
     Hy, Wy = out_hw
     cy = co // (phase * phase)
     y = torch.empty((N, Hy, Wy, cy), dtype=torch.bfloat16 if clamp is None else torch.float32,
@@ -1112,7 +1123,7 @@ def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gd
         x.data_ptr(), 1 if x.dtype == torch.bfloat16 else 0, N, H, W, ci, hp, wp, top, top,
         wpk[0].data_ptr(), wpk[1].data_ptr(), k, k, s, co, 0 if b is None else b.data_ptr(),
         Ho, Wo, yp, Hy, Wy, cy, phase, torch.get_num_threads(), AMX_CONV_GROUP_ROWS, *extra,
-        windows=CPU_AMX_CONV_WINDOWS)
+        windows=CPU_AMX_CONV_WINDOWS, Cp=0 if cp is None else cp)
     return y.permute(0, 3, 1, 2)
 
 
@@ -1145,15 +1156,33 @@ def _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding, 
     Ho = (H - 1) * s - 2 * p + k + output_padding
     Wo = (W - 1) * s - 2 * p + k + output_padding
     Qh, Qw = -(-Ho // s), -(-Wo // s)
+    cp = _amx_padded_channels(ci, co)
 
     def build():
         w2, _ = _subpixel_weight(weight[:ci, :co].detach(), None, s, p)
         w2 = w2.reshape(co, s * s, ci, kc, kc).transpose(0, 1).reshape(s * s * co, ci, kc, kc)
+        if cp is not None:   # zero weights for the buffer's channels past ci
+            w2 = F.pad(w2, (0, 0, 0, 0, 0, cp - ci))
         b = None if bias is None else bias[:co].detach().float().repeat(s * s).contiguous()
         return _amx_pack(w2), b
-    wpk, b = _cached(("amxT", co, ci, s, p, k), (weight, bias), build)
+    wpk, b = _cached(("amxT", co, ci, s, p, k, cp), (weight, bias), build)
     return _amx_conv_run(x, wpk, b, kc, 1, s * s * co, Qh, Qw, (Ho, Wo), s, -lo,
-                         max(Qh - 1 + kc, H - lo), max(Qw - 1 + kc, W - lo), gdn, clamp)
+                         max(Qh - 1 + kc, H - lo), max(Qw - 1 + kc, W - lo), gdn, clamp, cp)
+
+
+def _amx_padded_channels(ci: int, co: int):
+    """The channels per pixel of the direct kernel's padded copy for a transposed conv (a
+    stride-1 conv over its sub-pixel phases) from ``ci`` onto ``co`` channels: ``ci`` rounded up
+    to a multiple of 32 (every A tile row on its own cache lines) where ``CPU_AMX_CONV_PAD_CHANNELS``
+    is on, ``co`` is at least ``AMX_CONV_PAD_CHANNELS_MIN_OUT`` and the extra products (zero
+    channels) are at most ``AMX_CONV_PAD_CHANNELS_GAIN`` times the share of tile rows that
+    straddle two cache lines without it (72 channels: 1/3 more products, 3/4 of the rows, padded;
+    48: 1/3, 1/2, not; 144: 1/9, 1/2, padded); else None (x's own count)."""
+    if not CPU_AMX_CONV_PAD_CHANNELS or ci % 32 == 0 or co < AMX_CONV_PAD_CHANNELS_MIN_OUT:
+        return None
+    cp = -(-ci // 32) * 32
+    straddling = sum((i * 2 * ci) % 64 != 0 for i in range(16)) / 16
+    return cp if cp / ci - 1 <= AMX_CONV_PAD_CHANNELS_GAIN * straddling else None
 
 
 # -- CPU: a transposed conv with few output channels as a sub-pixel convolution ------------------

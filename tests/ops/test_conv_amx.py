@@ -730,3 +730,60 @@ def test_codec_bytes_equal_with_and_without_the_window_layout(monkeypatch, two_t
     for w in (48, 16):
         assert out[True, w][0] == out[False, w][0]
         assert torch.equal(out[True, w][1], out[False, w][1])
+
+
+# -- channels padded to a multiple of 32 in the padded copy (CPU_AMX_CONV_PAD_CHANNELS) -----------
+def test_rule_for_padded_channels(monkeypatch):
+    """A transposed conv's copy holds the input channels rounded up to a multiple of 32 where the
+    extra products are at most AMX_CONV_PAD_CHANNELS_GAIN (1/2) of the share of tile rows that
+    straddle two cache lines, onto at least AMX_CONV_PAD_CHANNELS_MIN_OUT (16) channels."""
+    got = {c: C._amx_padded_channels(c, 48) for c in (24, 40, 48, 64, 72, 96, 144, 200)}
+    assert got == {24: 32, 40: None, 48: None, 64: None, 72: 96, 96: None, 144: 160, 200: 224}
+    assert C._amx_padded_channels(72, 3) is None        # onto an image: not padded
+    monkeypatch.setattr(C, "CPU_AMX_CONV_PAD_CHANNELS", False)
+    assert C._amx_padded_channels(72, 48) is None
+
+
+@pytest.mark.parametrize("ci, co, h, w", [(72, 72, 7, 9), (24, 40, 5, 33), (144, 24, 4, 6),
+                                          (72, 17, 1, 1)])
+def test_transposed_conv_with_padded_channels(monkeypatch, ci, co, h, w):
+    """With the channels padded (zero channels in the copy, zero weights for them) the output is
+    within bf16's 1e-2 of float64, as without; an fp32 x gives the bf16 x's bits (the copy rounds
+    it); the kernel got the padded count."""
+    seen = []
+    real = C._amx_conv_run
+    monkeypatch.setattr(C, "_amx_conv_run", lambda *a: seen.append(a[-1]) or real(*a))
+    W = _param((ci, co, 5, 5), 60)
+    b = torch.randn(co, generator=torch.Generator().manual_seed(61))
+    xf = torch.randn(2, ci, h, w, generator=torch.Generator().manual_seed(62))
+    xf = xf.contiguous(memory_format=torch.channels_last)
+    xb = xf.to(torch.bfloat16)
+    ref = F.conv_transpose2d(xb.double(), _bf(W), b.double(), stride=2, padding=2,
+                             output_padding=1)
+    out = {}
+    for flag in (True, False):
+        monkeypatch.setattr(C, "CPU_AMX_CONV_PAD_CHANNELS", flag)
+        seen.clear()
+        out[flag] = C._conv_transpose2d_amx(xb, W, b, co, 2, 2, 1)
+        assert seen == [-(-ci // 32) * 32 if flag else None]
+        _close(out[flag], ref)
+        yf = C._conv_transpose2d_amx(xf, W, b, co, 2, 2, 1)
+        assert torch.equal(yf.view(torch.int16), out[flag].view(torch.int16))
+
+
+def test_kernel_rejects_bad_padded_channels():
+    ck = C._amx_conv_kernels()
+    W = _param((48, 48, 3, 3), 63)
+    x = _x(1, 48, 8, 32, 64)
+    y = torch.empty(1, 8, 32, 48, dtype=torch.bfloat16)
+    for cp in (64, 32, 72):   # packed for 64: Cp below C, or not a multiple of 32 -> refused
+        wpk, nz = C._amx_pack(F.pad(W, (0, 0, 0, 0, 0, 16)))
+        args = (x.data_ptr(), 1, 1, 8, 32, 48, 10, 64, 1, 1, wpk.data_ptr(), nz.data_ptr(), 3,
+                3, 1, 48, 0, 8, 32, y.data_ptr(), 8, 32, 48, 1, 1)
+        if cp == 64:
+            ck.conv_amx_forward(*args, Cp=cp)
+            ref = F.conv2d(x.double(), _bf(W), None, padding=1)
+            _close(y.permute(0, 3, 1, 2), ref)
+        else:
+            with pytest.raises(RuntimeError, match="bad arguments"):
+                ck.conv_amx_forward(*args, Cp=cp)
