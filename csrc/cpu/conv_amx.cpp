@@ -401,7 +401,8 @@ SK_CTARGET void build_windows(const ConvAmxArgs& a, int64_t n, int64_t iy0, int6
   // e0 + taps <= xrow
   const int64_t ox0 = std::min<int64_t>(Wq, (left + step - 1) / step);
   const int64_t last = xrow - taps + left;  // ox*step <= last for the interior windows
-  const int64_t ox1 = std::max<int64_t>(ox0, std::min<int64_t>(Wq, last >= 0 ? last / step + 1 : 0));
+  const int64_t ox1 =
+      std::max<int64_t>(ox0, std::min<int64_t>(Wq, last >= 0 ? last / step + 1 : 0));
   for (int64_t iy = iy0; iy < iy1; ++iy) {
     uint16_t* d = dst + (iy - iy0) * Wq * 32;
     const int64_t h = iy - a.pad_top;

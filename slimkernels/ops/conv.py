@@ -970,6 +970,10 @@ AMX_CONV_GROUP_ROWS = 2
 #: (In isolation, ``python bench/bench_conv_amx.py --gdn --threads 2``, with each op's Python
 #: call included, every layer gained at 48 and 72: 1.04-1.24x.)
 CPU_AMX_CONV_GDN = True
+AMX_CONV_GDN_MAX_CHANNELS = 72
+AMX_CONV_GDN_MAX_PHASE_CHANNELS = 192
+AMX_CONV_GDN_MIN_INPUTS = 16
+AMX_CONV_GDN_MIN_THREADS = 2
 #: The direct kernel reads a conv whose tap row fits one 32-element K chunk and whose pixel step
 #: is not a multiple of 64 bytes (SlimCAE's enc1: 9x9/4 from 3 channels, 27 elements per tap
 #: row, pixels 24 bytes apart) through its window layout (csrc/cpu/conv_amx.hpp,
@@ -979,28 +983,29 @@ CPU_AMX_CONV_GDN = True
 #: sitting, AMX Xeon, kodim01's enc1 (bf16 x, ``/tmp/s29/win_ab.py``, switch flipped per call,
 #: medians of 80-200): 1 thread 1.18 / 1.20 / 1.23 / 1.13 / 1.18x at 48 / 72 / 96 / 144 / 192
 #: channels, 2 threads 1.10 / 1.13 / 1.15 / 1.16 / 1.21x (w=48 2 threads 0.460 against 0.504 ms);
-#: ``compress`` of kodim01 (``/tmp/s29/e2e_ab.py``, one process, 8 rounds) 1.06x at w=48, 1.04x
-#: at 72, the same bytes. With it, image convs also take the direct kernel onto wider outputs
-#: (``_amx_image_conv_channels``): enc1 direct / oneDNN (fp32 image under autocast,
-#: ``/tmp/s29/enc1_route.py``, 40 rounds): 2 threads 1.28 / 1.23 / 1.18x at 96 / 144 / 192 (1.11-
-#: 1.48x at 80-176), 1 thread 1.02 / 1.04 / 0.90x; ``compress`` (one process, the limit switched
-#: per round) 2 threads 1.04 / 1.17 / 1.015x at w = 96 / 144 / 192 (at 144 the whole transform is
-#: then compiled kernels: the CPU replay takes it), 1 thread 0.97 / 1.10 / 0.94x: hence from 96 up
-#: only channel counts that are not a multiple of 32 on one thread.
+#: ``compress`` of kodim01 (``/tmp/s29/e2e_ab.py``, one process, 8 rounds, three runs)
+#: 1.03-1.06x at w=48, 1.02-1.04x at 72, the same bytes. With it, image convs also take the
+#: direct kernel onto wider outputs (``_amx_image_conv_channels``): enc1 direct / oneDNN (fp32
+#: image under autocast, ``/tmp/s29/enc1_route.py``, 40 rounds): 2 threads 1.28 / 1.23 / 1.18x
+#: at 96 / 144 / 192 (1.11-1.48x at 80-176), 1 thread 1.02 / 1.04 / 0.90x; ``compress`` (one
+#: process, the limit switched per round) 2 threads 1.04 / 1.17 / 1.015x at w = 96 / 144 / 192
+#: (at 144 the whole transform is then compiled kernels: the CPU replay takes it; with the
+#: windows switch as the A/B, 1.03 / 1.16 / 0.99x), 1 thread 0.97 / 1.10 / 0.94x: hence from 96
+#: up only channel counts that are not a multiple of 32 on one thread.
 CPU_AMX_CONV_WINDOWS = True
 AMX_CONV_IMAGE_WIDE_MIN_THREADS = 2
 #: The direct kernel's padded copy for a transposed conv (a stride-1 conv over sub-pixel
 #: phases) holds each pixel's channels rounded up to a multiple of 32, zeros after
 #: (``_amx_padded_channels``; ``ConvAmxArgs::Cp``) where the extra products pay (see there):
 #: with C = 72 a pixel's channels are 144 bytes apart and 3 of 4 tile rows straddle two cache
-#: lines.
+#: lines. Twenty-ninth sitting (``python bench/bench_conv_amx.py --pad-channels``): dec1 / dec2
+#: 1.09 / 1.22x at 72 channels, 1.13 / 1.15x at 144 (2 threads), 1.14 / 1.24x and 1.15 / 1.13x
+#: (1 thread); ``decompress`` 1.01-1.03x at w=72, 1.05-1.09x at 144; onto an image (dec3) it
+#: read 0.93-0.99x in situ (its larger copy leaves L2), and at 48 channels (1/3 more products
+#: for half the rows) 0.98-1.01x end to end.
 CPU_AMX_CONV_PAD_CHANNELS = True
 AMX_CONV_PAD_CHANNELS_GAIN = 0.5
 AMX_CONV_PAD_CHANNELS_MIN_OUT = 16
-AMX_CONV_GDN_MAX_CHANNELS = 72
-AMX_CONV_GDN_MAX_PHASE_CHANNELS = 192
-AMX_CONV_GDN_MIN_INPUTS = 16
-AMX_CONV_GDN_MIN_THREADS = 2
 
 
 def _amx_conv_kernels():
@@ -1173,8 +1178,8 @@ def _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding, 
 def _amx_padded_channels(ci: int, co: int):
     """The channels per pixel of the direct kernel's padded copy for a transposed conv (a
     stride-1 conv over its sub-pixel phases) from ``ci`` onto ``co`` channels: ``ci`` rounded up
-    to a multiple of 32 (every A tile row on its own cache lines) where ``CPU_AMX_CONV_PAD_CHANNELS``
-    is on, ``co`` is at least ``AMX_CONV_PAD_CHANNELS_MIN_OUT`` and the extra products (zero
+    to a multiple of 32 (every A tile row on its own cache lines) where
+    ``CPU_AMX_CONV_PAD_CHANNELS`` is on, ``co`` is at least ``AMX_CONV_PAD_CHANNELS_MIN_OUT`` and the extra products (zero
     channels) are at most ``AMX_CONV_PAD_CHANNELS_GAIN`` times the share of tile rows that
     straddle two cache lines without it (72 channels: 1/3 more products, 3/4 of the rows, padded;
     48: 1/3, 1/2, not; 144: 1/9, 1/2, padded); else None (x's own count)."""
