@@ -239,6 +239,47 @@ SK_CTARGET inline void for_each_run(const ConvAmxArgs& a, int mt, const int64_t*
   }
 }
 
+// for_each_run + store_out for a sub-pixel output whose phase rows hold at most 16 elements
+// (s*Cy <= 16, e.g. 4 phases x 3 channels: an image): per block and sub-pixel row, one masked
+// vector per conv pixel with the mask and the bias hoisted (the generic runs cost ~18 cycles
+// each there, more than the products). Pixels whose phases reach past y's last column go
+// through store_out with their own count.
+SK_CTARGET void store_narrow_phases(const ConvAmxArgs& a, int mt, const int64_t* br,
+                                    const int64_t* bx, const float* accbuf, int64_t ldc) {
+  const int64_t s = a.phase, run = s * a.Cy;
+  const __mmask16 k = static_cast<__mmask16>((1u << run) - 1u);
+  const __m512 lo = _mm512_set1_ps(a.out_lo), hi = _mm512_set1_ps(a.out_hi);
+  for (int i = 0; i < mt; ++i) {
+    const int64_t n = br[i] / a.Ho, oy = br[i] % a.Ho, xb = bx[i];
+    const int64_t npx = std::min<int64_t>(16, a.Wo - xb * 16);
+    // pixels p < full have all s phases inside y's row
+    const int64_t full = std::max<int64_t>(0, std::min<int64_t>(npx, a.Wy / s - xb * 16));
+    for (int64_t ry = 0; ry < s; ++ry) {
+      const int64_t yy = oy * s + ry;
+      if (yy >= a.Hy) break;
+      const int64_t y0 = ((n * a.Hy + yy) * a.Wy + xb * 16 * s) * a.Cy;
+      const float* src = accbuf + i * 16 * ldc + ry * run;
+      const __m512 b = a.bias ? _mm512_maskz_loadu_ps(k, a.bias + ry * run) : _mm512_setzero_ps();
+      for (int64_t p = 0; p < full; ++p) {
+        const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, src + p * ldc), b);
+        const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+        if (a.yf != nullptr) {  // widened back, clamped (store_f32_clamped)
+          const __m512 w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+          _mm512_mask_storeu_ps(a.yf + y0 + p * run, k, _mm512_min_ps(hi, _mm512_max_ps(lo, w)));
+        } else {
+          _mm256_mask_storeu_epi16(a.y + y0 + p * run, k, h);
+        }
+      }
+      for (int64_t p = full; p < npx; ++p) {
+        const int64_t nrx = std::min<int64_t>(s, a.Wy - (xb * 16 + p) * s);
+        if (nrx <= 0) break;
+        store_out(a, y0 + p * run, src + p * ldc, a.bias ? a.bias + ry * run : nullptr,
+                  nrx * a.Cy);
+      }
+    }
+  }
+}
+
 // The group's output with the GDN: bf16(acc + bias) of all its conv pixels into xb, the GDN in
 // place on its rows of Cy channels (a conv pixel's Co = s*s*Cy channels are its phases' pixels),
 // then xb's runs copied to y.
@@ -301,6 +342,10 @@ SK_CTARGET void run_blocks(const ConvAmxArgs& a, const ASource& src, const Chunk
       continue;
     }
     // epilogue: bias, bf16 (or the clamped fp32), store or sub-pixel scatter
+    if (a.phase > 1 && a.phase * a.Cy <= 16) {
+      store_narrow_phases(a, mt, br, bx, accbuf, ldc);
+      continue;
+    }
     for_each_run(a, mt, br, bx, [&](int64_t row, int64_t off, int64_t yoff, int64_t n)
                                     SK_CTARGET {
       store_out(a, yoff, accbuf + row * ldc + off, a.bias ? a.bias + off : nullptr, n);

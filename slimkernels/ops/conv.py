@@ -513,12 +513,12 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
     """The direct AMX transposed conv (sub-pixel phases) when this geometry goes there, else
     None (wide, or few output channels outside the image rule, stride 1, kernel <= stride, a tap
     plan that crops x). The image rule (onto <= ``AMX_CONV_IMAGE_MAX_OUT`` channels from <=
-    ``AMX_CONV_IMAGE_MAX_CHANNELS``) only for kernels of at least ``2 * stride + 1`` (9x9/4 and
+    ``AMX_CONV_IMAGE_T_MAX_CHANNELS``) only for kernels of at least ``2 * stride + 1`` (9x9/4 and
     5x5/2, the measured ones)."""
     if not CPU_AMX_CONV or _amx_conv_kernels() is None:
         return None
     k, ci = weight.shape[-1], x.shape[1]
-    image = co <= AMX_CONV_IMAGE_MAX_OUT and ci <= AMX_CONV_IMAGE_MAX_CHANNELS and \
+    image = co <= AMX_CONV_IMAGE_MAX_OUT and ci <= AMX_CONV_IMAGE_T_MAX_CHANNELS and \
         k >= 2 * stride + 1
     if stride > 1 and k > stride and weight.shape[-2] == k and \
             (image or not _use_subpixel(k, co, stride)) and \
@@ -935,6 +935,15 @@ AMX_CONV_MISALIGNED_MIN_CHANNELS = 32
 AMX_CONV_MISALIGNED_MAX_CHANNELS = 256
 AMX_CONV_IMAGE_MAX_CHANNELS = 72
 AMX_CONV_IMAGE_MAX_OUT = 4
+#: ... the transposed image layers (dec3) from up to this many channels since the twenty-ninth
+#: sitting: the epilogue of a sub-pixel output whose phase rows hold at most 16 elements (4 x 4
+#: phases x 3 channels: 12) stores one masked vector per conv pixel and phase row with the mask
+#: and bias hoisted (csrc/cpu/conv_amx.cpp ``store_narrow_phases``; the generic runs had cost
+#: ~18 cycles each, ~0.7 of dec3's 1.7 ms on one thread at 48 channels: now 1.21 ms, the same
+#: bits). ``decompress`` of kodim01 with dec3 direct against oneDNN's sub-pixel conv
+#: (``/tmp/s29/e2e_ab.py``, one process, limit switched per round): 2 threads 1.07 / 1.10 / 1.04x
+#: at w = 96 / 144 / 192, 1 thread 1.04 / 1.07 / 0.99x.
+AMX_CONV_IMAGE_T_MAX_CHANNELS = 256
 #: The direct kernel's work groups of 4 pixel blocks (16 output pixels each, sharing every
 #: weight tile): 2 = 2 output rows x 2 column blocks (neighbouring rows share most tap rows: the
 #: group's input stays in L1 across the channel tiles), 1 = 4 blocks of one row. A microbenchmark

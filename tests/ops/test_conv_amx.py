@@ -84,6 +84,9 @@ def test_conv2d_amx_geometries(ci, co, k, s, p, h, w):
     (48, 3, 9, 4, 4, 3, 5, 7),     # dec3-like geometry
     (48, 3, 9, 4, 4, 0, 5, 7),     # ... its last phase column cropped to 1 of 4 output columns
     (72, 3, 9, 4, 4, 2, 6, 9),     # ... to 3 of 4
+    (24, 3, 9, 4, 4, 1, 7, 37),    # 3 pixel blocks per row, the last partial, 2 of 4 columns
+    (48, 1, 9, 4, 4, 3, 4, 18),    # one output channel: phase rows of 4 elements
+    (16, 4, 5, 2, 2, 0, 6, 19),    # 5x5/2 onto 4 channels: phase rows of 8, last column cropped
     (17, 47, 5, 2, 2, 1, 1, 33),
     (64, 64, 3, 2, 1, 0, 6, 5),
 ])
@@ -302,29 +305,33 @@ def test_all_zero_weight_tiles_are_skipped_exactly():
 
 
 @pytest.mark.parametrize("transposed", [False, True])
-@pytest.mark.parametrize("w, direct", [(48, True), (72, True), (96, False), (192, False)])
+@pytest.mark.parametrize("w, direct", [(48, (True, True)), (72, (True, True)),
+                                       (96, (False, True)), (192, (False, True)),
+                                       (288, (False, False))])
 def test_dispatch_of_image_layers_follows_the_width(monkeypatch, transposed, w, direct):
     """SlimCAE's image layers (enc1: 3 -> w, 9x9/4; dec3: w -> 3, its transpose) take the
-    direct kernel at any size up to AMX_CONV_IMAGE_MAX_CHANNELS = 72 channels (enc1 from an fp32
-    image under bf16 autocast, as the model calls it), oneDNN above; both within bf16's 1e-2 of
-    float64. 6144 output (phase) pixels: above AMX_CONV_MAX_PIXELS, so only the image rule
-    sends them to the direct kernel. (Convs without the window layout, on any thread count:
-    with it they go further, test_dispatch_of_image_convs_with_the_window_layout.)"""
+    direct kernel at any size: enc1 (from an fp32 image under bf16 autocast, as the model calls
+    it) onto up to AMX_CONV_IMAGE_MAX_CHANNELS = 72 channels, dec3 from up to
+    AMX_CONV_IMAGE_T_MAX_CHANNELS = 256; oneDNN above; both within bf16's 1e-2 of float64. 6144
+    output (phase) pixels: above AMX_CONV_MAX_PIXELS, so only the image rule sends them to the
+    direct kernel. (Convs without the window layout, on any thread count: with it they go
+    further, test_dispatch_of_image_convs_with_the_window_layout.)"""
+    direct = direct[transposed]
     monkeypatch.setattr(C, "CPU_AMX_CONV_WINDOWS", False)
     name = "_conv_transpose2d_amx" if transposed else "_conv2d_amx"
     calls = []
     real = getattr(C, name)
     monkeypatch.setattr(C, name, lambda *a: calls.append(1) or real(*a))
     g = torch.Generator().manual_seed(40 + w)
-    b = torch.randn(192, generator=g)
+    b = torch.randn(288, generator=g)
     if transposed:
-        W = _param((192, 3, 9, 9), 41)
+        W = _param((288, 3, 9, 9), 41)
         x = _x(1, w, 64, 96, 42)                          # 6144 phase pixels -> 3 x 256 x 384
         kw = dict(stride=4, padding=4, output_padding=3, out_width=3)
         b = b[:3]
         op, ref, wr, br = slim_conv_transpose2d, F.conv_transpose2d, W[:w], b
     else:
-        W = _param((192, 3, 9, 9), 43)
+        W = _param((288, 3, 9, 9), 43)
         x = torch.rand(1, 3, 256, 384, generator=g).contiguous(memory_format=torch.channels_last)
         kw = dict(stride=4, padding=4, out_width=w)
         op, ref, wr, br = slim_conv2d, F.conv2d, W[:w], b[:w]
