@@ -211,35 +211,30 @@ struct EpilogueGdn {
   float* n = nullptr;
 };
 
-// The group's output runs, as put(row, off, yoff, n): conv pixel p of block i (row i*16 + p of
-// the accumulator or of xb), its elements from off, n of them to y's element offset yoff; phase
-// 1: the pixel's Co channels; phase s > 1: per sub-pixel row ry inside y, the nrx*Cy elements of
-// phases (ry, 0..nrx-1), contiguous in the row and, as pixels (yy, ox*s + 0..nrx-1), in y.
+// The group's output runs: for each block i of the group and each of its sub-pixel rows ry
+// inside y (phase 1: the block's row), f(i, ry, y0, full, npx). Conv pixel p < npx of the block
+// (row i*16 + p of the accumulator) has its run at y's element offset y0 + p*s*Cy: phase 1 its
+// Co channels; phase s > 1 the s*Cy elements (rx, c) of phases (ry, 0..s-1) at offset ry*s*Cy
+// of its row, pixels (oy*s + ry, ox*s + 0..s-1) of y; for p < full all s of them lie inside y
+// (full = npx for phase 1), for p >= full only the first nrx = min(s, Wy - ox*s) (none when
+// nrx <= 0).
 template <class F>
-SK_CTARGET inline void for_each_run(const ConvAmxArgs& a, int mt, const int64_t* br,
-                                    const int64_t* bx, const F& put) {
+SK_CTARGET inline void for_each_block_row(const ConvAmxArgs& a, int mt, const int64_t* br,
+                                          const int64_t* bx, const F& f) {
   const int64_t s = a.phase;
   for (int i = 0; i < mt; ++i) {
     const int64_t n = br[i] / a.Ho, oy = br[i] % a.Ho, xb = bx[i];
     const int64_t npx = std::min<int64_t>(16, a.Wo - xb * 16);
-    for (int64_t p = 0; p < npx; ++p) {
-      const int64_t ox = xb * 16 + p, row = i * 16 + p;
-      if (s == 1) {
-        put(row, 0, ((n * a.Hy + oy) * a.Wy + ox) * a.Cy, a.Co);
-        continue;
-      }
-      const int64_t nrx = std::min<int64_t>(s, a.Wy - ox * s);
-      if (nrx <= 0) continue;
-      for (int64_t ry = 0; ry < s; ++ry) {
-        const int64_t yy = oy * s + ry;
-        if (yy >= a.Hy) break;
-        put(row, ry * s * a.Cy, ((n * a.Hy + yy) * a.Wy + ox * s) * a.Cy, nrx * a.Cy);
-      }
+    const int64_t full = std::max<int64_t>(0, std::min<int64_t>(npx, a.Wy / s - xb * 16));
+    for (int64_t ry = 0; ry < s; ++ry) {
+      const int64_t yy = oy * s + ry;
+      if (yy >= a.Hy) break;
+      f(i, ry, ((n * a.Hy + yy) * a.Wy + xb * 16 * s) * a.Cy, full, npx);
     }
   }
 }
 
-// for_each_run + store_out for a sub-pixel output whose phase rows hold at most 16 elements
+// The runs (for_each_block_row) of a sub-pixel output whose phase rows hold at most 16 elements
 // (s*Cy <= 16, e.g. 4 phases x 3 channels: an image): per block and sub-pixel row, one masked
 // vector per conv pixel with the mask and the bias hoisted (the generic runs cost ~18 cycles
 // each there, more than the products). Pixels whose phases reach past y's last column go
@@ -249,43 +244,35 @@ SK_CTARGET void store_narrow_phases(const ConvAmxArgs& a, int mt, const int64_t*
   const int64_t s = a.phase, run = s * a.Cy;
   const __mmask16 k = static_cast<__mmask16>((1u << run) - 1u);
   const __m512 lo = _mm512_set1_ps(a.out_lo), hi = _mm512_set1_ps(a.out_hi);
-  for (int i = 0; i < mt; ++i) {
-    const int64_t n = br[i] / a.Ho, oy = br[i] % a.Ho, xb = bx[i];
-    const int64_t npx = std::min<int64_t>(16, a.Wo - xb * 16);
-    // pixels p < full have all s phases inside y's row
-    const int64_t full = std::max<int64_t>(0, std::min<int64_t>(npx, a.Wy / s - xb * 16));
-    for (int64_t ry = 0; ry < s; ++ry) {
-      const int64_t yy = oy * s + ry;
-      if (yy >= a.Hy) break;
-      const int64_t y0 = ((n * a.Hy + yy) * a.Wy + xb * 16 * s) * a.Cy;
-      const float* src = accbuf + i * 16 * ldc + ry * run;
-      const __m512 b = a.bias ? _mm512_maskz_loadu_ps(k, a.bias + ry * run) : _mm512_setzero_ps();
-      for (int64_t p = 0; p < full; ++p) {
-        const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, src + p * ldc), b);
-        const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
-        if (a.yf != nullptr) {  // widened back, clamped (store_f32_clamped)
-          const __m512 w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-          _mm512_mask_storeu_ps(a.yf + y0 + p * run, k, _mm512_min_ps(hi, _mm512_max_ps(lo, w)));
-        } else {
-          _mm256_mask_storeu_epi16(a.y + y0 + p * run, k, h);
-        }
-      }
-      for (int64_t p = full; p < npx; ++p) {
-        const int64_t nrx = std::min<int64_t>(s, a.Wy - (xb * 16 + p) * s);
-        if (nrx <= 0) break;
-        store_out(a, y0 + p * run, src + p * ldc, a.bias ? a.bias + ry * run : nullptr,
-                  nrx * a.Cy);
+  for_each_block_row(a, mt, br, bx, [&](int i, int64_t ry, int64_t y0, int64_t full,
+                                        int64_t npx) SK_CTARGET {
+    const float* src = accbuf + i * 16 * ldc + ry * run;
+    const float* bias = a.bias ? a.bias + ry * run : nullptr;
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(k, bias) : _mm512_setzero_ps();
+    for (int64_t p = 0; p < full; ++p) {
+      const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, src + p * ldc), b);
+      const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+      if (a.yf != nullptr) {  // widened back, clamped (store_f32_clamped)
+        const __m512 w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        _mm512_mask_storeu_ps(a.yf + y0 + p * run, k, _mm512_min_ps(hi, _mm512_max_ps(lo, w)));
+      } else {
+        _mm256_mask_storeu_epi16(a.y + y0 + p * run, k, h);
       }
     }
-  }
+    for (int64_t p = full; p < npx; ++p) {
+      const int64_t nrx = std::min<int64_t>(s, a.Wy - (bx[i] * 16 + p) * s);
+      if (nrx <= 0) break;
+      store_out(a, y0 + p * run, src + p * ldc, bias, nrx * a.Cy);
+    }
+  });
 }
 
 // rows rows of n channels (a multiple of 16) from src (row stride ldc) + bias (may be null),
-// rounded to bf16, to dst (row stride n): store_bf16 in full vectors, without its per-vector
+// rounded to bf16, to dst (row stride lddst): store_bf16 in full vectors, without its per-vector
 // masks (~1.2x on a 48-channel layer's whole kernel at 1 and 2 threads).
-SK_CTARGET inline void store_rows_bf16(uint16_t* dst, const float* src, int64_t ldc,
-                                       const float* bias, int64_t n, int64_t rows) {
-  for (int64_t r = 0; r < rows; ++r, dst += n, src += ldc)
+SK_CTARGET inline void store_rows_bf16(uint16_t* dst, int64_t lddst, const float* src,
+                                       int64_t ldc, const float* bias, int64_t n, int64_t rows) {
+  for (int64_t r = 0; r < rows; ++r, dst += lddst, src += ldc)
     for (int64_t c = 0; c < n; c += 16) {
       __m512 v = _mm512_loadu_ps(src + c);
       if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + c));
@@ -294,15 +281,24 @@ SK_CTARGET inline void store_rows_bf16(uint16_t* dst, const float* src, int64_t 
     }
 }
 
-// for_each_run + store_out for a plain bf16 output (phase 1) of a multiple of 16 channels: a
-// block's pixels are contiguous in y.
-SK_CTARGET void store_plain_bf16(const ConvAmxArgs& a, int mt, const int64_t* br,
-                                 const int64_t* bx, const float* accbuf, int64_t ldc) {
-  for (int i = 0; i < mt; ++i) {
-    const int64_t n = br[i] / a.Ho, oy = br[i] % a.Ho, xb = bx[i];
-    store_rows_bf16(a.y + ((n * a.Hy + oy) * a.Wy + xb * 16) * a.Co, accbuf + i * 16 * ldc, ldc,
-                    a.bias, a.Co, std::min<int64_t>(16, a.Wo - xb * 16));
-  }
+// The runs (for_each_block_row) of a bf16 output whose runs (s*Cy elements: a pixel's channels, or
+// a sub-pixel row of its phases) are a multiple of 16: per block and sub-pixel row the runs of
+// the pixels whose phases all lie inside y in full vectors (phase 1: a block's pixels are
+// contiguous in y), the others through store_out with their own count.
+SK_CTARGET void store_blocks_bf16(const ConvAmxArgs& a, int mt, const int64_t* br,
+                                  const int64_t* bx, const float* accbuf, int64_t ldc) {
+  const int64_t s = a.phase, run = s * a.Cy;
+  for_each_block_row(a, mt, br, bx, [&](int i, int64_t ry, int64_t y0, int64_t full,
+                                        int64_t npx) SK_CTARGET {
+    const float* src = accbuf + i * 16 * ldc + ry * run;
+    const float* bias = a.bias ? a.bias + ry * run : nullptr;
+    store_rows_bf16(a.y + y0, run, src, ldc, bias, run, full);
+    for (int64_t p = full; p < npx; ++p) {
+      const int64_t nrx = std::min<int64_t>(s, a.Wy - (bx[i] * 16 + p) * s);
+      if (nrx <= 0) break;
+      store_out(a, y0 + p * run, src + p * ldc, bias, nrx * a.Cy);
+    }
+  });
 }
 
 // The group's output with the GDN: bf16(acc + bias) of all its conv pixels into xb, the GDN in
@@ -312,20 +308,25 @@ SK_CTARGET void epilogue_gdn(const ConvAmxArgs& a, const EpilogueGdn& eg, const 
                              int64_t ldc, int mt, const int64_t* br, const int64_t* bx) {
   const int64_t Co = a.Co;
   if (Co % 16 == 0)
-    store_rows_bf16(eg.xb, accbuf, ldc, a.bias, Co, mt * 16);
+    store_rows_bf16(eg.xb, Co, accbuf, ldc, a.bias, Co, mt * 16);
   else
     for (int64_t r = 0; r < mt * 16; ++r) store_bf16(eg.xb + r * Co, accbuf + r * ldc, a.bias, Co);
   gdn_rows_bf16(eg.rows, eg.xb, mt * 16 * a.phase * a.phase, eg.z, eg.n);
-  if (a.phase == 1) {  // a block's pixels are contiguous in y and in xb: one copy per block
-    for (int i = 0; i < mt; ++i) {
-      const int64_t n = br[i] / a.Ho, oy = br[i] % a.Ho, xb = bx[i];
-      std::memcpy(a.y + ((n * a.Hy + oy) * a.Wy + xb * 16) * Co, eg.xb + i * 16 * Co,
-                  static_cast<size_t>(std::min<int64_t>(16, a.Wo - xb * 16) * Co) * 2);
+  // per block and sub-pixel row: the runs of the pixels whose phases all lie inside y (phase 1:
+  // the block's pixels, contiguous in y and in xb: one copy), then the others
+  const int64_t s = a.phase, run = s * a.Cy;
+  for_each_block_row(a, mt, br, bx, [&](int i, int64_t ry, int64_t y0, int64_t full,
+                                        int64_t npx) SK_CTARGET {
+    const uint16_t* src = eg.xb + i * 16 * Co + ry * run;
+    if (s == 1) {
+      std::memcpy(a.y + y0, src, static_cast<size_t>(full * Co) * 2);
+      return;
     }
-    return;
-  }
-  for_each_run(a, mt, br, bx, [&](int64_t row, int64_t off, int64_t yoff, int64_t n) SK_CTARGET {
-    std::memcpy(a.y + yoff, eg.xb + row * Co + off, static_cast<size_t>(n) * 2);
+    for (int64_t p = 0; p < npx; ++p) {
+      const int64_t nrx = p < full ? s : std::min<int64_t>(s, a.Wy - (bx[i] * 16 + p) * s);
+      if (nrx <= 0) break;
+      std::memcpy(a.y + y0 + p * run, src + p * Co, static_cast<size_t>(nrx * a.Cy) * 2);
+    }
   });
 }
 
@@ -382,13 +383,19 @@ SK_CTARGET void run_blocks(const ConvAmxArgs& a, const ASource& src, const Chunk
       store_narrow_phases(a, mt, br, bx, accbuf, ldc);
       continue;
     }
-    if (a.phase == 1 && a.yf == nullptr && a.Co % 16 == 0) {
-      store_plain_bf16(a, mt, br, bx, accbuf, ldc);
+    if (a.yf == nullptr && a.phase * a.Cy % 16 == 0) {
+      store_blocks_bf16(a, mt, br, bx, accbuf, ldc);
       continue;
     }
-    for_each_run(a, mt, br, bx, [&](int64_t row, int64_t off, int64_t yoff, int64_t n)
-                                    SK_CTARGET {
-      store_out(a, yoff, accbuf + row * ldc + off, a.bias ? a.bias + off : nullptr, n);
+    const int64_t s = a.phase, run = s * a.Cy;   // any other output: run by run
+    for_each_block_row(a, mt, br, bx, [&](int i, int64_t ry, int64_t y0, int64_t full,
+                                          int64_t npx) SK_CTARGET {
+      for (int64_t p = 0; p < npx; ++p) {
+        const int64_t nrx = p < full ? s : std::min<int64_t>(s, a.Wy - (bx[i] * 16 + p) * s);
+        if (nrx <= 0) break;
+        store_out(a, y0 + p * run, accbuf + (i * 16 + p) * ldc + ry * run,
+                  a.bias ? a.bias + ry * run : nullptr, nrx * a.Cy);
+      }
     });
   }
 }
