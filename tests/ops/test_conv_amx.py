@@ -794,3 +794,70 @@ def test_kernel_rejects_bad_padded_channels():
         else:
             with pytest.raises(RuntimeError, match="bad arguments"):
                 ck.conv_amx_forward(*args, Cp=cp)
+
+
+# -- seeded random geometries (the cases above, drawn) -------------------------------------------
+def test_window_layout_equals_padded_copy_on_random_geometries(monkeypatch):
+    """60 seeded draws of convs the window layout takes (kw*C <= 32, pixel step off 64 bytes):
+    images, sizes down to the kernel, paddings, strides, output counts, bf16 / fp32 x, both
+    work-group shapes, 1 / 2 threads: the padded copy's bits every time."""
+    rng = __import__("random").Random(3)
+    nt = torch.get_num_threads()
+    done = 0
+    try:
+        while done < 60:
+            ci, k, s = rng.randint(1, 4), rng.choice([3, 5, 7, 9]), rng.choice([2, 3, 4])
+            if k * ci > 32 or (s * ci * 2) % 64 == 0:
+                continue
+            p, n = rng.randint(0, k // 2), rng.randint(1, 3)
+            h, w = rng.randint(max(1, k - 2 * p), 40), rng.randint(max(1, k - 2 * p), 60)
+            co = rng.choice([1, 16, 17, 33, 48])
+            torch.set_num_threads(rng.choice([1, 2]))
+            monkeypatch.setattr(C, "AMX_CONV_GROUP_ROWS", rng.choice([1, 2]))
+            g = torch.Generator().manual_seed(done)
+            x = torch.randn(n, ci, h, w, generator=g)
+            if rng.random() < 0.5:
+                x = x.to(torch.bfloat16)
+            x = x.contiguous(memory_format=torch.channels_last)
+            W = torch.randn(co, ci, k, k, generator=g)
+            b = torch.randn(co, generator=g)
+            yw, yp = _both_layouts(monkeypatch, lambda: C._conv2d_amx(x, W, b, co, s, p))
+            assert torch.equal(yw.view(torch.int16), yp.view(torch.int16)), (ci, k, s, p, n, h, w)
+            done += 1
+    finally:
+        torch.set_num_threads(nt)
+
+
+def test_transposed_conv_on_random_geometries(monkeypatch):
+    """40 seeded draws of transposed convs on the direct kernel (sub-pixel phases; phase rows of
+    1-16 elements, multiples of 16 and others; padded channels or not; cropped rows and
+    columns): within bf16's 1e-2 of float64, and the clamped float32 output equal to the bf16
+    output clamped."""
+    rng = __import__("random").Random(4)
+    nt = torch.get_num_threads()
+    done = 0
+    try:
+        while done < 40:
+            s = rng.choice([2, 4])
+            k = rng.choice([5, 7]) if s == 2 else 9
+            p, op = rng.randint(0, k // 2), rng.randint(0, s - 1)
+            ci, co = rng.choice([8, 24, 48, 72, 144]), rng.choice([1, 3, 4, 8, 16, 24, 48])
+            n, h, w = rng.randint(1, 2), rng.randint(1, 12), rng.randint(1, 36)
+            torch.set_num_threads(rng.choice([1, 2]))
+            monkeypatch.setattr(C, "AMX_CONV_GROUP_ROWS", rng.choice([1, 2]))
+            g = torch.Generator().manual_seed(100 + done)
+            x = torch.randn(n, ci, h, w, generator=g).to(torch.bfloat16)
+            x = x.contiguous(memory_format=torch.channels_last)
+            W = torch.randn(ci, co, k, k, generator=g) / (ci * k) ** 0.5
+            b = torch.randn(co, generator=g)
+            y = C._conv_transpose2d_amx(x, W, b, co, s, p, op)
+            if y is None:        # a tap plan that crops x: not the direct kernel's
+                continue
+            ref = F.conv_transpose2d(x.double(), _bf(W), b.double(), stride=s, padding=p,
+                                     output_padding=op)
+            _close(y, ref)
+            yc = C._conv_transpose2d_amx(x, W, b, co, s, p, op, None, (-0.5, 0.5))
+            assert torch.equal(yc, y.float().clamp(-0.5, 0.5)), (s, k, p, op, ci, co, h, w)
+            done += 1
+    finally:
+        torch.set_num_threads(nt)
