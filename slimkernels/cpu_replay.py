@@ -8,8 +8,9 @@ call of the compiled kernels (``slimkernels._cpu_kernels``) plus allocations and
 bf16 transforms at w=48 and 72 on an AMX CPU, the fp32 analysis), :class:`ReplayCache` records
 those calls once per (transform, width, precision, input shape / dtype / strides, thread count,
 dispatch switches) and re-issues them afterwards with the new input's address and the
-intermediate buffers in one arena, planned by their lifetimes (about the eager call's peak) and
-allocated per call (freed with the output, as the eager call's memory): the SlimCAE w=48
+intermediate buffers in two arenas planned by their lifetimes (about the eager call's peak),
+allocated per call (the buffers dead before the output is first written in one freed right
+then, the others in one freed when the call returns, as the eager call's memory): the SlimCAE w=48
 encoder on a Kodak image 1.83 -> 1.36 ms (2 threads, AMX Xeon).
 
 Safety, in order:
@@ -209,6 +210,27 @@ def _plan(lives: List[Tuple[int, int, int]], align: int = 64) -> Tuple[List[int]
     return offs, total
 
 
+def _arenas(lives: dict, born: int, out_bytes: int) -> Tuple[dict, Tuple[int, int]]:
+    """Where a replay's intermediate buffers go: ``lives`` maps each to ``(first step, last
+    step, bytes)``; the output (``out_bytes``) is allocated at step ``born``. Returns ``({buffer:
+    (_EARLY or _LATE, offset)}, (early arena bytes, late arena bytes))``: one arena (the late one,
+    held through the call) unless two give a lower peak, the buffers dead before ``born`` in the
+    early one, freed before the output is allocated (decoding at w=48: dec1's output is dead when
+    dec3 writes the image; an encoder's large early buffers would only add to the late ones)."""
+    def plan(ks):
+        offs, total = _plan([lives[k] for k in ks])
+        return dict(zip(ks, offs)), total
+    keys = sorted(lives)
+    early = [k for k in keys if lives[k][1] < born]
+    (ae, te), (al, tl) = plan(early), plan([k for k in keys if lives[k][1] >= born])
+    one, t1 = plan(keys)
+    if max(te + tl, tl + out_bytes) < t1 + out_bytes:
+        at = {k: (_EARLY, o) for k, o in ae.items()}
+        at.update((k, (_LATE, o)) for k, o in al.items())
+        return at, (te, tl)
+    return {k: (_LATE, o) for k, o in one.items()}, (0, t1)
+
+
 def _hook_dicts(modules) -> list:
     """Per module, the dicts that say whether calling it does more than its class's forward:
     its forward (pre-)hooks and its instance ``__dict__`` (an instance-level ``forward``)."""
@@ -226,11 +248,19 @@ def _global_hooks() -> bool:
         "_global_backward_pre_hooks", "_global_forward_hooks_always_called"))
 
 
+# Where an address fix points (the second item of a step's fixes): the input, the output's
+# buffer, the arena of the buffers that die before the output is first written (freed right
+# then), the arena of the others (freed when the replay returns).
+_X, _OUT, _EARLY, _LATE = 0, 1, 2, 3
+
+
 class _Replay:
     """One recorded transform: ``steps`` (kernel, arguments, address fixes, recorded result),
-    the size of the arena its intermediate buffers live in (planned by lifetime: about the eager
-    call's peak; allocated by each replay, freed when it returns), the tensors it must keep, its
-    output's buffer (allocated by each replay: the caller's tensor); or ``error``."""
+    the sizes of the two arenas its intermediate buffers live in (planned by lifetime: about the
+    eager call's peak; allocated by each replay; the buffers dead before the output is first
+    written in one freed right then, before the output is allocated, the others in one freed
+    when the replay returns), the tensors it must keep, its output's buffer (allocated by each
+    replay at the step that first writes it: the caller's tensor); or ``error``."""
 
     def __init__(self, error: Optional[str] = None, recording: bool = False):
         self.error = error
@@ -242,7 +272,9 @@ class _Replay:
         self.env: dict = {}
         self.hooks: list = []
         self.replays = 0
-        self.nbytes = 0
+        self.nbytes = 0                  # both arenas' bytes
+        self.arena_bytes = (0, 0)        # (early, late)
+        self.out_step = 0                # the step that first writes the output
 
     @classmethod
     def build(cls, rec: _Recorder, x: torch.Tensor, y, state_tensors,
@@ -295,17 +327,22 @@ class _Replay:
         ko = owner(y.data_ptr(), rec.seq + 1)
         if ko < 0 or ko not in first or y.data_ptr() + _extent(y) > allocs[ko][2]:
             return cls("the transform's output is not a buffer its kernels wrote")
-        # the output gets a buffer of its own (it outlives the call); the others one arena,
-        # freed when the replay returns
-        keys = sorted(k for k in first if k != ko)
-        offs, total = _plan([(first[k], last[k], allocs[k][2] - allocs[k][1]) for k in keys])
-        at = dict(zip(keys, offs))
-        at[ko] = -2
+        # the output gets a buffer of its own (it outlives the call), allocated at the step that
+        # first writes it; the intermediates one arena freed when the replay returns, or, where
+        # the peak is lower so, two: the buffers dead by then in one freed right before the
+        # output is allocated, the others in one freed at the return
+        at, sizes = _arenas({k: (first[k], last[k], allocs[k][2] - allocs[k][1])
+                             for k in first if k != ko}, first[ko],
+                            allocs[ko][2] - allocs[ko][1])
+        at[ko] = (_OUT, 0)
         r = cls()
-        r.nbytes = total
+        r.arena_bytes = sizes
+        r.nbytes = sum(sizes)
+        r.out_step = first[ko]
         for name, args, kwargs, fixes, result in raw:
-            r.steps.append((name, args, kwargs, [(i, -1 if k < 0 else at[k], off)
-                                                 for i, k, off in fixes], result))
+            r.steps.append((name, args, kwargs,
+                            [(i, _X, off) if k < 0 else (i, at[k][0], at[k][1] + off)
+                             for i, k, off in fixes], result))
         r.keep = list(rec.kept) + [t.detach() for t in state_tensors]
         off = y.data_ptr() - allocs[ko][1]
         if off % y.element_size():
@@ -324,23 +361,32 @@ class _Replay:
         return not (_global_hooks() or _hooked(self.hooks))
 
     def replay(self, kernels, x: torch.Tensor, poison: bool = False) -> Optional[torch.Tensor]:
-        """Re-issue the steps on ``x`` in a new arena (``poison``: filled with NaN first, so
-        that a buffer the steps do not write shows); the output (a view of the arena), or None
-        when a kernel's result differs from the recorded one (the eager call must run)."""
+        """Re-issue the steps on ``x`` in new arenas (``poison``: the arenas and the output's
+        buffer filled with NaN first, so that a buffer the steps do not write shows); the output
+        (a view of its buffer), or None when a kernel's result differs from the recorded one
+        (the eager call must run)."""
         nbytes, off, dtype, shape, stride = self.output
-        out = torch.empty(nbytes, dtype=torch.uint8)
-        arena = torch.empty(max(self.nbytes, 1), dtype=torch.uint8)
+        early, late = (torch.empty(max(n, 1), dtype=torch.uint8) for n in self.arena_bytes)
         if poison:
-            out.fill_(255)
-            arena.fill_(255)
-        base = {-1: x.data_ptr(), -2: out.data_ptr()}
-        ab = arena.data_ptr()
-        for name, args, kwargs, fixes, result in self.steps:
+            early.fill_(255)
+            late.fill_(255)
+        base = [x.data_ptr(), 0, early.data_ptr(), late.data_ptr()]
+        out = None
+        for step, (name, args, kwargs, fixes, result) in enumerate(self.steps):
+            if step == self.out_step:   # the early buffers are dead: their arena goes first
+                del early
+                out = torch.empty(nbytes, dtype=torch.uint8)
+                if poison:
+                    out.fill_(255)
+                base[_OUT] = out.data_ptr()
+                base[_EARLY] = 0
             args = list(args)   # (a recording may replay in several threads at once)
-            for i, at, o in fixes:
-                args[i] = (base[at] if at < 0 else ab + at) + o
+            for i, where, o in fixes:
+                args[i] = base[where] + o
             if getattr(kernels, name)(*args, **kwargs) != result:
                 return None
+        if out is None:   # (steps edited away: the check against the eager call fails)
+            out = torch.full((nbytes,), 255 if poison else 0, dtype=torch.uint8)
         self.replays += 1
         return torch.empty(0, dtype=dtype).set_(out.untyped_storage(), off, shape, stride)
 
