@@ -99,25 +99,37 @@ SK_CTARGET inline __m256i biased_bf16(const float* src, const float* bias, int64
   return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
 }
 
+// bf16 values h widened back to fp32 and clamped to [lo, hi], NaN kept (as bf16_to_image:
+// max / min return their second operand when either is NaN).
+SK_CTARGET inline __m512 widened_clamped(__m256i h, __m512 lo, __m512 hi) {
+  const __m512 w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return _mm512_min_ps(hi, _mm512_max_ps(lo, w));
+}
+
+// n values of src + bias (bias may be null) rounded to bf16 at dst: the full vectors by plain
+// loads and stores (a mask per vector measured ~1.2x slower on a 48-channel layer's whole
+// kernel), the last partial one masked.
 SK_CTARGET inline void store_bf16(uint16_t* dst, const float* src, const float* bias, int64_t n) {
-  for (int64_t c = 0; c < n; c += 16) {
-    const int64_t m = std::min<int64_t>(16, n - c);
-    const __mmask16 k = static_cast<__mmask16>((1u << m) - 1u);
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    __m512 v = _mm512_loadu_ps(src + c);
+    if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + c));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c),
+                        reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+  }
+  if (c < n) {
+    const __mmask16 k = static_cast<__mmask16>((1u << (n - c)) - 1u);
     _mm256_mask_storeu_epi16(dst + c, k, biased_bf16(src, bias, c, k));
   }
 }
 
-// store_bf16's values widened back to fp32 and clamped to [lo, hi], NaN kept (as
-// bf16_to_image: max / min return their second operand when either is NaN).
+// store_bf16's values widened back to fp32 and clamped to [lo, hi] (widened_clamped).
 SK_CTARGET inline void store_f32_clamped(float* dst, const float* src, const float* bias,
                                          int64_t n, float lo, float hi) {
   const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
   for (int64_t c = 0; c < n; c += 16) {
-    const int64_t m = std::min<int64_t>(16, n - c);
-    const __mmask16 k = static_cast<__mmask16>((1u << m) - 1u);
-    const __m512 w = _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_cvtepu16_epi32(biased_bf16(src, bias, c, k)), 16));
-    _mm512_mask_storeu_ps(dst + c, k, _mm512_min_ps(vhi, _mm512_max_ps(vlo, w)));
+    const __mmask16 k = static_cast<__mmask16>((1u << std::min<int64_t>(16, n - c)) - 1u);
+    _mm512_mask_storeu_ps(dst + c, k, widened_clamped(biased_bf16(src, bias, c, k), vlo, vhi));
   }
 }
 
@@ -160,6 +172,13 @@ class AlignedBuffer {
 // The padded-input buffer is kept across small calls up to this size (SlimCAE's 5x5/2 layers on a
 // Kodak image: 1-13 MB at 48-256 channels); a larger one only until a call needs <= this.
 constexpr size_t kKeepPadBytes = size_t(16) << 20;
+
+// Whether the kernel reads x through the window layout for these arguments (see
+// ConvAmxArgs::windows).
+inline bool conv_amx_windows(const ConvAmxArgs& a) {
+  return a.windows && a.phase == 1 && a.C > 0 && (a.Cp == 0 || a.Cp == a.C) &&
+         a.kw * a.C <= 32 && (a.stride * a.C * 2) % 64 != 0;
+}
 
 // Pixel blocks b0..b1 (block b: image/row r = b / nxb, columns 16 * (b % nxb) ..), in groups of
 // up to kMaxBlocks that share every B tile.
@@ -252,9 +271,8 @@ SK_CTARGET void store_narrow_phases(const ConvAmxArgs& a, int mt, const int64_t*
     for (int64_t p = 0; p < full; ++p) {
       const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, src + p * ldc), b);
       const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
-      if (a.yf != nullptr) {  // widened back, clamped (store_f32_clamped)
-        const __m512 w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-        _mm512_mask_storeu_ps(a.yf + y0 + p * run, k, _mm512_min_ps(hi, _mm512_max_ps(lo, w)));
+      if (a.yf != nullptr) {
+        _mm512_mask_storeu_ps(a.yf + y0 + p * run, k, widened_clamped(h, lo, hi));
       } else {
         _mm256_mask_storeu_epi16(a.y + y0 + p * run, k, h);
       }
@@ -267,32 +285,21 @@ SK_CTARGET void store_narrow_phases(const ConvAmxArgs& a, int mt, const int64_t*
   });
 }
 
-// rows rows of n channels (a multiple of 16) from src (row stride ldc) + bias (may be null),
-// rounded to bf16, to dst (row stride lddst): store_bf16 in full vectors, without its per-vector
-// masks (~1.2x on a 48-channel layer's whole kernel at 1 and 2 threads).
-SK_CTARGET inline void store_rows_bf16(uint16_t* dst, int64_t lddst, const float* src,
-                                       int64_t ldc, const float* bias, int64_t n, int64_t rows) {
-  for (int64_t r = 0; r < rows; ++r, dst += lddst, src += ldc)
-    for (int64_t c = 0; c < n; c += 16) {
-      __m512 v = _mm512_loadu_ps(src + c);
-      if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + c));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + c),
-                          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
-    }
-}
-
-// The runs (for_each_block_row) of a bf16 output whose runs (s*Cy elements: a pixel's channels, or
-// a sub-pixel row of its phases) are a multiple of 16: per block and sub-pixel row the runs of
-// the pixels whose phases all lie inside y in full vectors (phase 1: a block's pixels are
-// contiguous in y), the others through store_out with their own count.
-SK_CTARGET void store_blocks_bf16(const ConvAmxArgs& a, int mt, const int64_t* br,
-                                  const int64_t* bx, const float* accbuf, int64_t ldc) {
+// The runs (for_each_block_row) of any output but the narrow phase rows above: per block and
+// sub-pixel row, each pixel's run through store_out (phase 1: its channels; the pixels whose
+// phases reach past y's last column with their own count).
+SK_CTARGET void store_blocks(const ConvAmxArgs& a, int mt, const int64_t* br, const int64_t* bx,
+                             const float* accbuf, int64_t ldc) {
   const int64_t s = a.phase, run = s * a.Cy;
   for_each_block_row(a, mt, br, bx, [&](int i, int64_t ry, int64_t y0, int64_t full,
                                         int64_t npx) SK_CTARGET {
     const float* src = accbuf + i * 16 * ldc + ry * run;
     const float* bias = a.bias ? a.bias + ry * run : nullptr;
-    store_rows_bf16(a.y + y0, run, src, ldc, bias, run, full);
+    if (a.yf != nullptr)
+      for (int64_t p = 0; p < full; ++p)
+        store_f32_clamped(a.yf + y0 + p * run, src + p * ldc, bias, run, a.out_lo, a.out_hi);
+    else
+      for (int64_t p = 0; p < full; ++p) store_bf16(a.y + y0 + p * run, src + p * ldc, bias, run);
     for (int64_t p = full; p < npx; ++p) {
       const int64_t nrx = std::min<int64_t>(s, a.Wy - (bx[i] * 16 + p) * s);
       if (nrx <= 0) break;
@@ -307,10 +314,7 @@ SK_CTARGET void store_blocks_bf16(const ConvAmxArgs& a, int mt, const int64_t* b
 SK_CTARGET void epilogue_gdn(const ConvAmxArgs& a, const EpilogueGdn& eg, const float* accbuf,
                              int64_t ldc, int mt, const int64_t* br, const int64_t* bx) {
   const int64_t Co = a.Co;
-  if (Co % 16 == 0)
-    store_rows_bf16(eg.xb, Co, accbuf, ldc, a.bias, Co, mt * 16);
-  else
-    for (int64_t r = 0; r < mt * 16; ++r) store_bf16(eg.xb + r * Co, accbuf + r * ldc, a.bias, Co);
+  for (int64_t r = 0; r < mt * 16; ++r) store_bf16(eg.xb + r * Co, accbuf + r * ldc, a.bias, Co);
   gdn_rows_bf16(eg.rows, eg.xb, mt * 16 * a.phase * a.phase, eg.z, eg.n);
   // per block and sub-pixel row: the runs of the pixels whose phases all lie inside y (phase 1:
   // the block's pixels, contiguous in y and in xb: one copy), then the others
@@ -383,21 +387,23 @@ SK_CTARGET void run_blocks(const ConvAmxArgs& a, const ASource& src, const Chunk
       store_narrow_phases(a, mt, br, bx, accbuf, ldc);
       continue;
     }
-    if (a.yf == nullptr && a.phase * a.Cy % 16 == 0) {
-      store_blocks_bf16(a, mt, br, bx, accbuf, ldc);
-      continue;
-    }
-    const int64_t s = a.phase, run = s * a.Cy;   // any other output: run by run
-    for_each_block_row(a, mt, br, bx, [&](int i, int64_t ry, int64_t y0, int64_t full,
-                                          int64_t npx) SK_CTARGET {
-      for (int64_t p = 0; p < npx; ++p) {
-        const int64_t nrx = p < full ? s : std::min<int64_t>(s, a.Wy - (bx[i] * 16 + p) * s);
-        if (nrx <= 0) break;
-        store_out(a, y0 + p * run, accbuf + (i * 16 + p) * ldc + ry * run,
-                  a.bias ? a.bias + ry * run : nullptr, nrx * a.Cy);
-      }
-    });
+    store_blocks(a, mt, br, bx, accbuf, ldc);
   }
+}
+
+// x's 32 elements from element offset e (may lie before x: only the lanes of k are read),
+// rounded to bf16 when x is fp32 (RNE), zeros outside k.
+SK_CTARGET inline __m512i load_bf16x32(const ConvAmxArgs& a, int64_t e, __mmask32 k) {
+  if (a.xdtype == kBF16)
+    return _mm512_maskz_loadu_epi16(
+        k, reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(a.x) +
+                                         static_cast<uintptr_t>(e * 2)));
+  const uintptr_t p = reinterpret_cast<uintptr_t>(a.x) + static_cast<uintptr_t>(e * 4);
+  const __m512 f0 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(k),
+                                          reinterpret_cast<const void*>(p));
+  const __m512 f1 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(k >> 16),
+                                          reinterpret_cast<const void*>(p + 64));
+  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f1, f0));
 }
 
 // x's row (n, h) into dst with cs >= C (a multiple of 32) elements per pixel: each pixel's C
@@ -409,16 +415,8 @@ SK_CTARGET void spread_row(const ConvAmxArgs& a, int64_t n, int64_t h, int64_t c
     for (int64_t c = 0; c < cs; c += 32) {
       const int64_t m = std::max<int64_t>(0, std::min<int64_t>(32, a.C - c));
       const __mmask32 k = m >= 32 ? ~__mmask32(0) : static_cast<__mmask32>((1u << m) - 1u);
-      __m512i v;
-      if (a.xdtype == kBF16) {
-        v = _mm512_maskz_loadu_epi16(k, static_cast<const uint16_t*>(a.x) + src0 + c);
-      } else {
-        const float* src = static_cast<const float*>(a.x) + src0 + c;
-        const __m512 f0 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(k), src);
-        const __m512 f1 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(k >> 16), src + 16);
-        v = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f1, f0));
-      }
-      _mm512_storeu_si512(reinterpret_cast<__m512i*>(dst + px * cs + c), v);
+      _mm512_storeu_si512(reinterpret_cast<__m512i*>(dst + px * cs + c),
+                          load_bf16x32(a, src0 + c, k));
     }
   }
 }
@@ -458,27 +456,6 @@ SK_CTARGET void pad_rows(const ConvAmxArgs& a, int64_t cs, uint16_t* xpad, int64
   }
 }
 
-// One window (see build_windows): the lanes of mask m of x's row elements from e0 (row0: the
-// row's element offset in x), rounded to bf16 when x is fp32, zeros elsewhere; stored at d.
-SK_CTARGET inline void store_window(const ConvAmxArgs& a, int64_t row0, int64_t e0, uint32_t m,
-                                    uint16_t* d) {
-  __m512i v;
-  if (a.xdtype == kBF16) {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(static_cast<const uint16_t*>(a.x) + row0) +
-                        static_cast<uintptr_t>(e0 * 2);
-    v = _mm512_maskz_loadu_epi16(static_cast<__mmask32>(m), reinterpret_cast<const void*>(p));
-  } else {
-    const uintptr_t p = reinterpret_cast<uintptr_t>(static_cast<const float*>(a.x) + row0) +
-                        static_cast<uintptr_t>(e0 * 4);
-    const __m512 f0 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m),
-                                            reinterpret_cast<const void*>(p));
-    const __m512 f1 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16),
-                                            reinterpret_cast<const void*>(p + 64));
-    v = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f1, f0));
-  }
-  _mm512_store_si512(reinterpret_cast<__m512i*>(d), v);
-}
-
 // The window layout (ConvAmxArgs::windows) of padded input rows iy0..iy1 of image n at dst (64-
 // byte aligned): row iy - iy0 holds, for output column ox < Wq, the 32 elements at
 // dst + ((iy - iy0) * Wq + ox) * 32: the padded row's kw*C elements from column ox*stride
@@ -508,11 +485,14 @@ SK_CTARGET void build_windows(const ConvAmxArgs& a, int64_t n, int64_t iy0, int6
       const int64_t lo = std::max<int64_t>(0, -e0), hi = std::min<int64_t>(taps, xrow - e0);
       const uint64_t m = hi <= lo ? 0 : tapmask & ~((uint64_t(1) << lo) - 1) &
                                             ((uint64_t(1) << hi) - 1);
-      store_window(a, row0, e0, static_cast<uint32_t>(m), d + ox * 32);
+      _mm512_store_si512(reinterpret_cast<__m512i*>(d + ox * 32),
+                         load_bf16x32(a, row0 + e0, static_cast<__mmask32>(m)));
     };
     for (int64_t ox = 0; ox < ox0; ++ox) edge(ox);
-    const uint32_t tm = static_cast<uint32_t>(tapmask);
-    for (int64_t ox = ox0; ox < ox1; ++ox) store_window(a, row0, ox * step - left, tm, d + ox * 32);
+    const __mmask32 tm = static_cast<__mmask32>(tapmask);
+    for (int64_t ox = ox0; ox < ox1; ++ox)
+      _mm512_store_si512(reinterpret_cast<__m512i*>(d + ox * 32),
+                         load_bf16x32(a, row0 + ox * step - left, tm));
     for (int64_t ox = ox1; ox < Wq; ++ox) edge(ox);
   }
 }
@@ -732,9 +712,5 @@ int conv_amx_forward(const ConvAmxArgs&) { return kCNoAmx; }
 
 #endif
 
-bool conv_amx_windows(const ConvAmxArgs& a) {
-  return a.windows && a.phase == 1 && a.C > 0 && (a.Cp == 0 || a.Cp == a.C) &&
-         a.kw * a.C <= 32 && (a.stride * a.C * 2) % 64 != 0;
-}
 
 }  // namespace sk

@@ -59,7 +59,7 @@ struct ConvAmxArgs {
   // Work groups of 4 pixel blocks that share every weight tile: 2 = 2 output rows x 2 column
   // blocks (A data of neighbouring rows reused from L1), 1 = 4 blocks of one row.
   int group_rows = 2;
-  // Allow the window layout where it applies (conv_amx_windows(): a conv whose tap row fits one
+  // Allow the window layout where it applies (a conv whose tap row fits one
   // K chunk, kw*C <= 32, and whose pixel step stride*C*2 bytes is not a multiple of 64, e.g. a
   // 9x9/4 conv from an RGB image): instead of the zero-bordered copy of x, each worker writes,
   // band by band of output rows, one 64-byte row per (padded input row, output column): the tap
@@ -74,10 +74,6 @@ struct ConvAmxArgs {
 
 // 0 on success, else an error code (conv_amx_error_message).
 int conv_amx_forward(const ConvAmxArgs& a);
-
-// Whether conv_amx_forward reads x through the window layout for these arguments (see
-// ConvAmxArgs::windows).
-bool conv_amx_windows(const ConvAmxArgs& a);
 const char* conv_amx_error_message(int code);
 
 }  // namespace sk
