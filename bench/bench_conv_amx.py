@@ -104,50 +104,65 @@ def _ab(widths, threads, n, reps, switch, lifted, gdn, layers=LAYERS):
     return rows
 
 
+_LIFT_SIZES = {"AMX_CONV_MAX_CHANNELS": 1 << 20, "AMX_CONV_MAX_PIXELS": 1 << 40}
+
+#: The comparisons: the switch flipped, the limits lifted meanwhile, with the GDN after each
+#: layer, the layers, whether it can run here, the table's first column, and the row keys and
+#: column titles of the switch off / on.
+COMPARISONS = {
+    "onednn": dict(switch="CPU_AMX_CONV", lifted=_LIFT_SIZES, gdn=False, layers=LAYERS,
+                   available=lambda: oc._amx_conv_kernels() is not None, head="layer",
+                   off=("onednn_us", "oneDNN us"), on=("amx_us", "direct AMX us")),
+    "gdn": dict(switch="CPU_AMX_CONV_GDN",
+                lifted={"AMX_CONV_GDN_MAX_CHANNELS": 1 << 20, "AMX_CONV_GDN_MIN_THREADS": 1,
+                        **_LIFT_SIZES},
+                gdn=True, layers=LAYERS, available=lambda: oc.amx_epilogue_gdn_available(),
+                head="layer + GDN", off=("two_pass_us", "conv, then GDN op us"),
+                on=("fused_us", "GDN in the epilogue us")),
+    "windows": dict(switch="CPU_AMX_CONV_WINDOWS", lifted={"AMX_CONV_IMAGE_MAX_CHANNELS": 1 << 20},
+                    gdn=False, layers=IMAGE_LAYERS,
+                    available=lambda: oc._amx_conv_kernels() is not None, head="layer",
+                    off=("padded_us", "padded copy us"), on=("windows_us", "window layout us")),
+    "pad_channels": dict(switch="CPU_AMX_CONV_PAD_CHANNELS", lifted=_LIFT_SIZES, gdn=False,
+                         layers=[t for t in LAYERS if t[2]],
+                         available=lambda: oc._amx_conv_kernels() is not None, head="layer",
+                         off=("plain_us", "plain copy us"), on=("padded_us", "padded channels us")),
+}
+
+
+def compare(kind, widths, threads=1, n=60, reps=2):
+    """Rows ``{layer, width, <off key>, <on key>, speedup}`` of comparison ``kind`` (see
+    ``COMPARISONS``; ``[]`` where its kernels are not there)."""
+    c = COMPARISONS[kind]
+    if not c["available"]():
+        return []
+    rows = _ab(widths, threads, n, reps, c["switch"], c["lifted"], c["gdn"], c["layers"])
+    return [{"layer": r["layer"], "width": r["width"], c["off"][0]: r["off_us"],
+             c["on"][0]: r["on_us"], "speedup": r["off_us"] / r["on_us"]} for r in rows]
+
+
 def run(widths, threads=1, n=60, reps=2):
     """Rows ``{layer, width, onednn_us, amx_us, speedup}`` (``[]`` without the AMX kernel)."""
-    if oc._amx_conv_kernels() is None:
-        return []
-    rows = _ab(widths, threads, n, reps, "CPU_AMX_CONV",
-               {"AMX_CONV_MAX_CHANNELS": 1 << 20, "AMX_CONV_MAX_PIXELS": 1 << 40}, gdn=False)
-    return [{"layer": r["layer"], "width": r["width"], "onednn_us": r["off_us"],
-             "amx_us": r["on_us"], "speedup": r["off_us"] / r["on_us"]} for r in rows]
+    return compare("onednn", widths, threads, n, reps)
 
 
 def run_gdn(widths, threads=1, n=60, reps=2):
     """Rows ``{layer, width, two_pass_us, fused_us, speedup}``: each layer with the GDN (IGDN
     after the transposed ones) that follows it in SlimCAE, on the direct AMX kernel, the GDN in
     its epilogue or as the GDN op after it (``[]`` without the AMX kernels)."""
-    if not oc.amx_epilogue_gdn_available():
-        return []
-    rows = _ab(widths, threads, n, reps, "CPU_AMX_CONV_GDN",
-               {"AMX_CONV_GDN_MAX_CHANNELS": 1 << 20, "AMX_CONV_GDN_MIN_THREADS": 1,
-                "AMX_CONV_MAX_CHANNELS": 1 << 20, "AMX_CONV_MAX_PIXELS": 1 << 40}, gdn=True)
-    return [{"layer": r["layer"], "width": r["width"], "two_pass_us": r["off_us"],
-             "fused_us": r["on_us"], "speedup": r["off_us"] / r["on_us"]} for r in rows]
+    return compare("gdn", widths, threads, n, reps)
 
 
 def run_windows(widths, threads=1, n=60, reps=2):
     """Rows ``{layer, width, padded_us, windows_us, speedup}``: enc1 on the direct AMX kernel
     reading x through its window layout or its padded copy (``[]`` without the AMX kernel)."""
-    if oc._amx_conv_kernels() is None:
-        return []
-    rows = _ab(widths, threads, n, reps, "CPU_AMX_CONV_WINDOWS",
-               {"AMX_CONV_IMAGE_MAX_CHANNELS": 1 << 20}, gdn=False, layers=IMAGE_LAYERS)
-    return [{"layer": r["layer"], "width": r["width"], "padded_us": r["off_us"],
-             "windows_us": r["on_us"], "speedup": r["off_us"] / r["on_us"]} for r in rows]
+    return compare("windows", widths, threads, n, reps)
 
 
 def run_pad_channels(widths, threads=1, n=60, reps=2):
     """Rows ``{layer, width, plain_us, padded_us, speedup}``: the transposed layers on the
     direct AMX kernel with and without the padded channels (``[]`` without the AMX kernel)."""
-    if oc._amx_conv_kernels() is None:
-        return []
-    rows = _ab(widths, threads, n, reps, "CPU_AMX_CONV_PAD_CHANNELS",
-               {"AMX_CONV_MAX_CHANNELS": 1 << 20, "AMX_CONV_MAX_PIXELS": 1 << 40}, gdn=False,
-               layers=[t for t in LAYERS if t[2]])
-    return [{"layer": r["layer"], "width": r["width"], "plain_us": r["off_us"],
-             "padded_us": r["on_us"], "speedup": r["off_us"] / r["on_us"]} for r in rows]
+    return compare("pad_channels", widths, threads, n, reps)
 
 
 def main(argv=None):
@@ -166,25 +181,18 @@ def main(argv=None):
     if a.gdn + a.windows + a.pad_channels > 1:
         ap.error("--gdn, --windows and --pad-channels are separate comparisons: pass one")
     widths = [int(v) for v in a.widths.split(",")]
-    fn = run_gdn if a.gdn else run_windows if a.windows else \
-        run_pad_channels if a.pad_channels else run
-    rows = fn(widths, a.threads, a.n)
+    kind = "gdn" if a.gdn else "windows" if a.windows else \
+        "pad_channels" if a.pad_channels else "onednn"
+    rows = compare(kind, widths, a.threads, a.n)
     if not rows:
         print("no AMX-BF16 here (or slimkernels._cpu_kernels not built): nothing to compare")
         return 0
-    # (first column's title, then the off / on columns: title and row key)
-    head, off, on = (("layer", ("padded copy us", "padded_us"), ("window layout us", "windows_us"))
-                     if a.windows else
-                     ("layer", ("plain copy us", "plain_us"), ("padded channels us", "padded_us"))
-                     if a.pad_channels else
-                     ("layer + GDN", ("conv, then GDN op us", "two_pass_us"),
-                      ("GDN in the epilogue us", "fused_us")) if a.gdn else
-                     ("layer", ("oneDNN us", "onednn_us"), ("direct AMX us", "amx_us")))
-    print(f"| {head} | width | {off[0]} | {on[0]} | speedup |  ({a.threads} thread(s))")
+    c = COMPARISONS[kind]
+    (off, off_title), (on, on_title) = c["off"], c["on"]
+    print(f"| {c['head']} | width | {off_title} | {on_title} | speedup |  ({a.threads} thread(s))")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['layer']} | {r['width']} | {r[off[1]]:.1f} | {r[on[1]]:.1f} | "
-              f"{r['speedup']:.2f}x |")
+        print(f"| {r['layer']} | {r['width']} | {r[off]:.1f} | {r[on]:.1f} | {r['speedup']:.2f}x |")
     return 0
 
 

@@ -400,12 +400,9 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
     else:
         y_hat = _layout(model, _codec_fn("_dequantize", lambda e, t: e.dequantize_symbols(t))(
             eb, sym.to(dev)), channels_last)
-    if hasattr(model, "_decodes_image") and not channels_last and dev.type == "cpu" and \
-            model._decodes_image(f.width, precision):
-        # as decompress: the image from the synthesis transform's last layer
-        x_hat = model._transform("decode-image", model._decode_image, y_hat,
-                                 (f.width, precision), dev, precision, None, f.model_id)
-    else:
+    if hasattr(model, "_synthesize") and not channels_last:   # decompress's own last step
+        x_hat = model._synthesize(y_hat, f, dev, precision, None)
+    else:   # (an older checkout, or the channels_last proposal)
         if hasattr(model, "_transform") and not channels_last:   # as decompress runs it
             x_hat = model._transform("decode", model.decode, y_hat, (f.width, precision), dev,
                                      precision, None, f.model_id)
@@ -413,7 +410,7 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 x_hat = model.decode(y_hat)
         x_hat = _codec_fn("_image_output", lambda t: t.float().clamp_(0, 1))(x_hat)
-    x_hat = x_hat[..., :f.height, :f.img_width]
+        x_hat = x_hat[..., :f.height, :f.img_width]
     _sync(dev)
     t3 = time.perf_counter()
     return x_hat, {"container": t1 - t0, "entropy": t2 - t1, "transform": t3 - t2}

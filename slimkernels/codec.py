@@ -116,7 +116,7 @@ class SlimSequential(nn.Sequential):
         i = int(start)
         while i < len(layers):
             layer = layers[i]
-            w = width if getattr(layer, "slim_output", True) else None
+            w = _layer_width(layer, width)
             nxt = layers[i + 1] if i + 1 < len(layers) else None
             if fuse and hasattr(nxt, "op_kwargs") and isinstance(layer, (SlimConv2d,
                                                                         SlimConvTranspose2d)) \
@@ -133,6 +133,12 @@ class SlimSequential(nn.Sequential):
             x = layer(x, w) if _takes_width(type(layer)) else layer(x)
             i += 1
         return x
+
+
+def _layer_width(layer: nn.Module, width: Optional[int]) -> Optional[int]:
+    """The width a :class:`SlimSequential` passes to ``layer``: ``width``, or None for a layer
+    whose output size is fixed (``slim_output = False``)."""
+    return width if getattr(layer, "slim_output", True) else None
 
 
 def _has_forward_hooks(module: nn.Module) -> bool:
@@ -973,6 +979,14 @@ class SlimCodec(nn.Module):
         y_hat = self._latent_input(eb, sym.to(dev), precision,
                                    plan[0] if dev.type == "cpu" else None)
         # f.model_id: checked equal to this model's id by decompress_latent
+        return self._synthesize(y_hat, f, dev, precision, cuda_graph)
+
+    def _synthesize(self, y_hat: torch.Tensor, f, dev: torch.device, precision: str,
+                    cuda_graph: Optional[bool]) -> torch.Tensor:
+        """:meth:`decompress`'s last step: the float32 image ``[N, 3, f.height, f.img_width]``
+        in [0, 1] of the latent ``y_hat`` of file ``f`` (its width, size and model id), on the
+        CPU from the last layer where :meth:`_decodes_image` (else the synthesis transform,
+        then ``_image_output``), cropped to the file's size."""
         if dev.type == "cpu" and self._decodes_image(f.width, precision):
             image = self._transform("decode-image", self._decode_image, y_hat,
                                     (f.width, precision), dev, precision, cuda_graph, f.model_id)
@@ -1015,8 +1029,7 @@ class SlimCodec(nn.Module):
         g_s = self.g_s
         last = g_s[-1]
         h = g_s(y_hat, width, stop=len(g_s) - 1)
-        return last(h, width if getattr(last, "slim_output", True) else None,
-                    out_clamp=(0.0, 1.0))
+        return last(h, _layer_width(last, width), out_clamp=(0.0, 1.0))
 
     def _cpu_transform(self, kind: str, run, x: torch.Tensor, key) -> torch.Tensor:
         """``run(x)`` on CPU, replayed (:mod:`slimkernels.cpu_replay`) when ``cpu_replay`` is on

@@ -491,8 +491,8 @@ def _amx_image_conv_channels(co: int) -> bool:
 
 def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, gdn_kw=None):
     """The direct AMX conv when this geometry goes there (see ``_use_amx_conv``), else None.
-    ``gdn_kw``: the GDN kwargs of the output (or None); then ``(y, fused)``: whether y has the
-    GDN applied (in the epilogue, :func:`_amx_epilogue_gdn`) or still needs it."""
+    ``gdn_kw``: the GDN kwargs of the output (or None): applied in the kernel's epilogue where
+    :func:`_amx_epilogue_gdn` takes it, else by the GDN op after."""
     if not CPU_AMX_CONV or _amx_conv_kernels() is None:   # (most CPUs: decided before the sizes)
         return None
     k, ci = weight.shape[-1], x.shape[1]
@@ -501,10 +501,9 @@ def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, gdn_kw=None):
             x, ci, co, x.shape[0] * ((x.shape[2] + 2 * padding - k) // stride + 1) *
             ((x.shape[3] + 2 * padding - k) // stride + 1), wide,
             image=wide and k * ci <= 32 and _amx_image_conv_channels(co)):
-        if gdn_kw is None:
-            return _conv2d_amx(x, weight, bias, co, stride, padding)
-        g = _amx_epilogue_gdn(gdn_kw, co, ci)
-        return _conv2d_amx(x, weight, bias, co, stride, padding, g), g is not None
+        g = None if gdn_kw is None else _amx_epilogue_gdn(gdn_kw, co, ci)
+        y = _conv2d_amx(x, weight, bias, co, stride, padding, g)
+        return y if g is not None else _apply_gdn(y, gdn_kw)
     return None
 
 
@@ -514,7 +513,9 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
     None (wide, or few output channels outside the image rule, stride 1, kernel <= stride, a tap
     plan that crops x). The image rule (onto <= ``AMX_CONV_IMAGE_MAX_OUT`` channels from <=
     ``AMX_CONV_IMAGE_T_MAX_CHANNELS``) only for kernels of at least ``2 * stride + 1`` (9x9/4 and
-    5x5/2, the measured ones)."""
+    5x5/2, the measured ones). ``gdn_kw``: the IGDN kwargs of the output (or None), in the
+    epilogue where :func:`_amx_epilogue_gdn` takes it, else by the GDN op after; ``clamp``: the
+    result as float32 clamped (``_clamp_out``; in the epilogue when there is no IGDN)."""
     if not CPU_AMX_CONV or _amx_conv_kernels() is None:
         return None
     k, ci = weight.shape[-1], x.shape[1]
@@ -523,12 +524,14 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
     if stride > 1 and k > stride and weight.shape[-2] == k and \
             (image or not _use_subpixel(k, co, stride)) and \
             _use_amx_conv(x, ci, co, x.shape[0] * x.shape[2] * x.shape[3], image=image):
-        if gdn_kw is None:   # (``clamp``: the output clamped float32, see _amx_conv_run)
-            return _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding,
-                                         None, clamp)
-        g = _amx_epilogue_gdn(gdn_kw, co, ci, stride * stride)
-        y = _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding, g)
-        return None if y is None else (y, g is not None)
+        g = None if gdn_kw is None else _amx_epilogue_gdn(gdn_kw, co, ci, stride * stride)
+        kernel_clamp = clamp if gdn_kw is None else None   # (the epilogue clamps a plain output)
+        y = _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding, g,
+                                  kernel_clamp)
+        if y is None:
+            return None
+        y = y if g is not None else _apply_gdn(y, gdn_kw)
+        return y if kernel_clamp is not None else _clamp_out(y, clamp)
     return None
 
 
@@ -1193,15 +1196,21 @@ def _amx_padded_channels(ci: int, co: int):
     """The channels per pixel of the direct kernel's padded copy for a transposed conv (a
     stride-1 conv over its sub-pixel phases) from ``ci`` onto ``co`` channels: ``ci`` rounded up
     to a multiple of 32 (every A tile row on its own cache lines) where
-    ``CPU_AMX_CONV_PAD_CHANNELS`` is on, ``co`` is at least ``AMX_CONV_PAD_CHANNELS_MIN_OUT`` and the extra products (zero
-    channels) are at most ``AMX_CONV_PAD_CHANNELS_GAIN`` times the share of tile rows that
+    ``CPU_AMX_CONV_PAD_CHANNELS`` is on, ``co`` is at least ``AMX_CONV_PAD_CHANNELS_MIN_OUT``
+    and the extra products (zero channels) are at most ``AMX_CONV_PAD_CHANNELS_GAIN`` times the share of tile rows that
     straddle two cache lines without it (72 channels: 1/3 more products, 3/4 of the rows, padded;
     48: 1/3, 1/2, not; 144: 1/9, 1/2, padded); else None (x's own count)."""
     if not CPU_AMX_CONV_PAD_CHANNELS or ci % 32 == 0 or co < AMX_CONV_PAD_CHANNELS_MIN_OUT:
         return None
     cp = -(-ci // 32) * 32
-    straddling = sum((i * 2 * ci) % 64 != 0 for i in range(16)) / 16
-    return cp if cp / ci - 1 <= AMX_CONV_PAD_CHANNELS_GAIN * straddling else None
+    return cp if cp / ci - 1 <= AMX_CONV_PAD_CHANNELS_GAIN * _straddling_rows(ci) else None
+
+
+@functools.lru_cache(maxsize=None)
+def _straddling_rows(ci: int) -> float:
+    """The share of a tile's 16 rows (64 bytes each, ``2 * ci`` bytes apart from an aligned
+    start) that straddle two cache lines (cached: every eager transposed conv asks)."""
+    return sum((i * 2 * ci) % 64 != 0 for i in range(16)) / 16
 
 
 # -- CPU: a transposed conv with few output channels as a sub-pixel convolution ------------------
@@ -1407,14 +1416,9 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         y = K.SlimConv2dFunction.apply(x, weight, bias, stride, padding, co)
         return y if kw is None else _gdn(y, **kw)
     if _amx_direct_input(x, weight, bias):
-        if kw is None:
-            y = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding)
-            if y is not None:
-                return y
-        else:
-            yf = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, kw)
-            if yf is not None:
-                return yf[0] if yf[1] else _apply_gdn(yf[0], kw)
+        y = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, kw)
+        if y is not None:
+            return y
     xp = _prepack_input(x, weight, bias)
     if xp is not None:
         return _apply_gdn(_conv2d_prepacked(xp, weight, bias, co, stride, padding), kw)
@@ -1490,16 +1494,10 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
                                                 co)
         return _clamp_out(y if kout is None else _gdn(y, **kout), clamp)
     if _amx_direct_input(x, weight, bias):
-        if kout is None:
-            y = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,
-                                                  output_padding, clamp=clamp)
-            if y is not None:
-                return y   # (clamped in the kernel's epilogue with clamp)
-        else:
-            yf = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,
-                                                   output_padding, kout)
-            if yf is not None:
-                return _clamp_out(yf[0] if yf[1] else _apply_gdn(yf[0], kout), clamp)
+        y = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,
+                                              output_padding, kout, clamp)
+        if y is not None:
+            return y
     xp = _prepack_input(x, weight, bias, transposed=True)
     if xp is not None:
         y = _conv_transpose2d_prepacked(xp, weight, bias, co, stride, padding, output_padding)
