@@ -25,6 +25,12 @@ channels of its padded copy rounded up to a multiple of 32 (``CPU_AMX_CONV_PAD_C
 ``_amx_padded_channels`` takes it) against the plain copy:
 
     python bench/bench_conv_amx.py --pad-channels --threads 2 --widths 72,144
+
+``--in-place``: the w -> w layers and the output layer (dec3, w -> 3, 9x9/4 transposed, onto
+the image) on the direct kernel with the work groups inside x reading it in place
+(``CPU_AMX_CONV_IN_PLACE``) against every group reading the padded copy:
+
+    python bench/bench_conv_amx.py --in-place --threads 2 --widths 48,72,96
 """
 import argparse
 import time
@@ -38,6 +44,7 @@ from slimkernels import ops
 LAYERS = [("enc2", (128, 192), False), ("enc3", (64, 96), False), ("dec1", (32, 48), True),
           ("dec2", (64, 96), True)]
 IMAGE_LAYERS = [("enc1", (512, 768), False)]     # 3 -> w, 9x9/4, padding 4
+OUTPUT_LAYERS = [("dec3", (128, 192), True)]     # w -> 3, 9x9/4 transposed, padding 4
 
 
 def _median_us(f, n):
@@ -65,6 +72,7 @@ def _ab(widths, threads, n, reps, switch, lifted, gdn, layers=LAYERS):
     g = torch.Generator().manual_seed(0)
     W = torch.randn(192, 192, 5, 5, generator=g) * 0.05
     W1 = torch.randn(192, 3, 9, 9, generator=g) * 0.05             # enc1's
+    W3 = torch.randn(192, 3, 9, 9, generator=g) * 0.05             # dec3's
     b = torch.randn(192, generator=g)
     beta = torch.rand(192, generator=g) + 0.5
     gamma = torch.rand(192, 192, generator=g) * 0.1
@@ -81,6 +89,10 @@ def _ab(widths, threads, n, reps, switch, lifted, gdn, layers=LAYERS):
                     def f():
                         return ops.slim_conv2d(x, W1, b, stride=4, padding=4, out_width=w,
                                                **conv_kw)
+                elif name == "dec3":
+                    def f():
+                        return ops.slim_conv_transpose2d(x, W3, b[:3], stride=4, padding=4,
+                                                         output_padding=3)
                 elif transposed:
                     def f():
                         return ops.slim_conv_transpose2d(x, W, b, stride=2, padding=2,
@@ -127,6 +139,11 @@ COMPARISONS = {
                          layers=[t for t in LAYERS if t[2]],
                          available=lambda: oc._amx_conv_kernels() is not None, head="layer",
                          off=("plain_us", "plain copy us"), on=("padded_us", "padded channels us")),
+    "in_place": dict(switch="CPU_AMX_CONV_IN_PLACE",
+                     lifted={**_LIFT_SIZES, "AMX_CONV_IMAGE_T_MAX_CHANNELS": 1 << 20}, gdn=False,
+                     layers=LAYERS + OUTPUT_LAYERS,
+                     available=lambda: oc._amx_conv_kernels() is not None, head="layer",
+                     off=("copy_us", "padded copy us"), on=("in_place_us", "x in place us")),
 }
 
 
@@ -165,6 +182,13 @@ def run_pad_channels(widths, threads=1, n=60, reps=2):
     return compare("pad_channels", widths, threads, n, reps)
 
 
+def run_in_place(widths, threads=1, n=60, reps=2):
+    """Rows ``{layer, width, copy_us, in_place_us, speedup}``: the w -> w layers and dec3 on the
+    direct AMX kernel with the groups inside x reading it in place or every group the padded copy
+    (``[]`` without the AMX kernel)."""
+    return compare("in_place", widths, threads, n, reps)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -177,12 +201,15 @@ def main(argv=None):
     ap.add_argument("--pad-channels", action="store_true",
                     help="transposed layers with the copy's channels padded to a multiple of 32 "
                          "against the plain copy")
+    ap.add_argument("--in-place", action="store_true",
+                    help="the groups inside x reading it in place against the padded copy")
     a = ap.parse_args(argv)
-    if a.gdn + a.windows + a.pad_channels > 1:
-        ap.error("--gdn, --windows and --pad-channels are separate comparisons: pass one")
+    if a.gdn + a.windows + a.pad_channels + a.in_place > 1:
+        ap.error("--gdn, --windows, --pad-channels and --in-place are separate comparisons: "
+                 "pass one")
     widths = [int(v) for v in a.widths.split(",")]
     kind = "gdn" if a.gdn else "windows" if a.windows else \
-        "pad_channels" if a.pad_channels else "onednn"
+        "pad_channels" if a.pad_channels else "in_place" if a.in_place else "onednn"
     rows = compare(kind, widths, a.threads, a.n)
     if not rows:
         print("no AMX-BF16 here (or slimkernels._cpu_kernels not built): nothing to compare")

@@ -81,3 +81,25 @@ def test_pad_channels_ab_runs_both_copies_and_restores_the_switches(capsys, monk
         assert r["plain_us"] > 0 and r["padded_us"] > 0 and r["speedup"] > 0
     assert bench.main(["--pad-channels", "--widths", "24", "--n", "2"]) == 0
     assert "| dec1 | 24 |" in capsys.readouterr().out
+
+
+def test_in_place_ab_runs_both_sources_and_restores_the_switches(capsys, monkeypatch):
+    import bench_conv_amx as bench
+    names = ("CPU_AMX_CONV_IN_PLACE", "AMX_CONV_MAX_CHANNELS", "AMX_CONV_MAX_PIXELS",
+             "AMX_CONV_IMAGE_T_MAX_CHANNELS")
+    saved = tuple(getattr(oc, k) for k in names)
+    seen = []
+    real = oc._amx_conv_run
+    monkeypatch.setattr(oc, "_amx_conv_run",
+                        lambda *a: seen.append(oc.CPU_AMX_CONV_IN_PLACE) or real(*a))
+    rows = bench.run_in_place([16], threads=1, n=2, reps=1)
+    assert tuple(getattr(oc, k) for k in names) == saved
+    if oc._amx_conv_kernels() is None:
+        assert rows == []
+        return
+    assert True in seen and False in seen     # the direct kernel ran with both sources
+    assert [r["layer"] for r in rows] == ["enc2", "enc3", "dec1", "dec2", "dec3"]
+    for r in rows:
+        assert r["copy_us"] > 0 and r["in_place_us"] > 0 and r["speedup"] > 0
+    assert bench.main(["--in-place", "--widths", "16", "--n", "2"]) == 0
+    assert "| dec3 | 16 |" in capsys.readouterr().out

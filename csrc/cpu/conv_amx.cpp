@@ -191,19 +191,20 @@ struct ChunkLists {
 };
 
 // The blocks of group g (up to kMaxBlocks): with group_rows == 2, 2 output rows x 2 column
-// blocks (rows 2*(g / ncp) + 0..1, column blocks 2*(g % ncp) + 0..1, ncp = ceil(nxb / 2)):
+// blocks (rows 2*(g / ncp) + 0..1, column blocks 2*(g % ncp) + 0..1, ncp = ceil(nxb / 2), or
+// order[] of those: a permutation of the column blocks, e.g. to pair the border ones):
 // neighbouring output rows share most tap rows (3 of 5 at 5x5/2), so the group's A data is
 // ~1.5x smaller than 4 blocks of one row and stays in L1 across the channel tiles; else 4
 // consecutive blocks of the row-major order. Returns the count, blocks as (row, column block).
 inline int group_blocks(int64_t g, int64_t rows, int64_t nxb, int group_rows, int64_t* br,
-                        int64_t* bx) {
+                        int64_t* bx, const int64_t* order = nullptr) {
   int m = 0;
   if (group_rows == 2) {
     const int64_t ncp = (nxb + 1) / 2, r0 = 2 * (g / ncp), x0 = 2 * (g % ncp);
     for (int64_t r = r0; r < std::min<int64_t>(r0 + 2, rows); ++r)
       for (int64_t xb = x0; xb < std::min<int64_t>(x0 + 2, nxb); ++xb) {
         br[m] = r;
-        bx[m++] = xb;
+        bx[m++] = order != nullptr ? order[xb] : xb;
       }
     return m;
   }
@@ -336,33 +337,60 @@ SK_CTARGET void epilogue_gdn(const ConvAmxArgs& a, const EpilogueGdn& eg, const 
 
 // Where the A tiles come from: the first tap row of output row oy of image n, column block xb,
 // is at at(n, oy, xb); tap row ky is rowel elements further per ky, pixel p of the block pstride
-// elements further per p. The padded copy: rows of Wp*C elements, Hp per image (seg null). The
-// window layout: rows of Wq*32, the stored rows of image n (padded input rows iy0[n - n0]..)
-// from base + seg[n - n0].
+// elements further per p. The padded copy: rows of Wp*C elements, Hp per image (seg null). x
+// itself (ConvAmxArgs::in_place): rows of W*C, H per image, shifted by shift elements (-(pad_top
+// rows + pad_left pixels): only interior blocks read it). The window layout: rows of Wq*32, the
+// stored rows of image n (padded input rows iy0[n - n0]..) from base + seg[n - n0].
 struct ASource {
   const uint16_t* base = nullptr;
-  int64_t rowel = 0, pstride = 0, Hp = 0, stride = 1;
+  int64_t rowel = 0, pstride = 0, Hp = 0, stride = 1, shift = 0;
   int64_t n0 = 0;
   const int64_t* seg = nullptr;
   const int64_t* iy0 = nullptr;
   const uint16_t* at(int64_t n, int64_t oy, int64_t xb) const {
     const int64_t iy = oy * stride, col = xb * 16 * pstride;
-    if (seg == nullptr) return base + (n * Hp + iy) * rowel + col;
+    if (seg == nullptr) return base + ((n * Hp + iy) * rowel + col + shift);
     return base + seg[n - n0] + (iy - iy0[n - n0]) * rowel + col;
   }
 };
 
+// The blocks that read x in place (ConvAmxArgs::in_place): output rows oy_lo..oy_hi and column
+// blocks xb_lo..xb_hi of every image, whose taps and last-chunk over-read all lie inside x. A
+// group all of whose blocks are such reads x through src and the chunk lists cl (xo: offsets in
+// x); the others read the padded copy. With 2-row groups, order pairs the column blocks border
+// with border (those before xb_lo, then those from xb_hi, then the inside ones), so that a group
+// mixes them at most once per row pair.
+struct InPlace {
+  ASource src;
+  ChunkLists cl{};
+  const int64_t* order = nullptr;
+  int64_t oy_lo = 0, oy_hi = 0, xb_lo = 0, xb_hi = 0, Ho = 1;
+  bool inside(int mt, const int64_t* br, const int64_t* bx) const {
+    for (int i = 0; i < mt; ++i) {
+      const int64_t oy = br[i] % Ho;
+      if (oy < oy_lo || oy >= oy_hi || bx[i] < xb_lo || bx[i] >= xb_hi) return false;
+    }
+    return true;
+  }
+};
+
 // Groups g0..g1 (see group_blocks): tiles into accbuf, then the epilogue (bias, bf16, the GDN
-// when eg is given, store or sub-pixel scatter).
-SK_CTARGET void run_blocks(const ConvAmxArgs& a, const ASource& src, const ChunkLists& cl,
-                           int64_t g0, int64_t g1, int group_rows, float* accbuf, int64_t ldc,
-                           const EpilogueGdn* eg) {
-  const int64_t NBt = (a.Co + 15) / 16, per = cl.per;
+// when eg is given, store or sub-pixel scatter). ip (may be null): the groups inside x read it.
+// Returns the number of groups that read x in place.
+SK_CTARGET int64_t run_blocks(const ConvAmxArgs& a, const ASource& pad, const ChunkLists& pcl,
+                              int64_t g0, int64_t g1, int group_rows, float* accbuf, int64_t ldc,
+                              const EpilogueGdn* eg, const InPlace* ip = nullptr) {
+  int64_t inside = 0;
+  const int64_t NBt = (a.Co + 15) / 16, per = pcl.per;
   const int64_t nxb = (a.Wo + 15) / 16, rows = a.N * a.Ho;
-  const long sa = static_cast<long>(src.pstride * 2), sc = static_cast<long>(ldc * 4);
+  const long sa = static_cast<long>(pad.pstride * 2), sc = static_cast<long>(ldc * 4);
   int64_t br[kMaxBlocks], bx[kMaxBlocks];
   for (int64_t g = g0; g < g1; ++g) {
-    const int mt = group_blocks(g, rows, nxb, group_rows, br, bx);
+    const int mt = group_blocks(g, rows, nxb, group_rows, br, bx, ip ? ip->order : nullptr);
+    const bool in = ip != nullptr && ip->inside(mt, br, bx);
+    inside += in;
+    const ASource& src = in ? ip->src : pad;
+    const ChunkLists& cl = in ? ip->cl : pcl;
     const uint16_t* xs[kMaxBlocks];
     for (int i = 0; i < mt; ++i) xs[i] = src.at(br[i] / a.Ho, br[i] % a.Ho, bx[i]);
     for (int64_t nb = 0; nb < NBt; ++nb) {
@@ -389,6 +417,7 @@ SK_CTARGET void run_blocks(const ConvAmxArgs& a, const ASource& src, const Chunk
     }
     store_blocks(a, mt, br, bx, accbuf, ldc);
   }
+  return inside;
 }
 
 // x's 32 elements from element offset e (may lie before x: only the lanes of k are read),
@@ -406,54 +435,52 @@ SK_CTARGET inline __m512i load_bf16x32(const ConvAmxArgs& a, int64_t e, __mmask3
   return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f1, f0));
 }
 
-// x's row (n, h) into dst with cs >= C (a multiple of 32) elements per pixel: each pixel's C
-// channels, then zeros (fp32 x rounded to bf16 as below).
-SK_CTARGET void spread_row(const ConvAmxArgs& a, int64_t n, int64_t h, int64_t cs,
-                           uint16_t* dst) {
-  for (int64_t px = 0; px < a.W; ++px) {
+// Pixels p0..p1 of x's row (n, h) into dst with cs >= C (a multiple of 32) elements per pixel:
+// each pixel's C channels, then zeros (fp32 x rounded to bf16 as below).
+SK_CTARGET void spread_pixels(const ConvAmxArgs& a, int64_t n, int64_t h, int64_t p0, int64_t p1,
+                              int64_t cs, uint16_t* dst) {
+  for (int64_t px = p0; px < p1; ++px) {
     const int64_t src0 = ((n * a.H + h) * a.W + px) * a.C;
     for (int64_t c = 0; c < cs; c += 32) {
       const int64_t m = std::max<int64_t>(0, std::min<int64_t>(32, a.C - c));
       const __mmask32 k = m >= 32 ? ~__mmask32(0) : static_cast<__mmask32>((1u << m) - 1u);
-      _mm512_storeu_si512(reinterpret_cast<__m512i*>(dst + px * cs + c),
+      _mm512_storeu_si512(reinterpret_cast<__m512i*>(dst + (px - p0) * cs + c),
                           load_bf16x32(a, src0 + c, k));
     }
   }
 }
 
-// Padded rows r0..r1 of the bf16 buffer [N, Hp, Wp, cs] (cs: C, or Cp > C): zeros, with x's rows
-// at pad_top and its columns at pad_left (fp32 x rounded to bf16, RNE as torch does for finite
-// values).
-SK_CTARGET void pad_rows(const ConvAmxArgs& a, int64_t cs, uint16_t* xpad, int64_t r0,
-                         int64_t r1) {
-  const int64_t rowel = a.Wp * cs, xrow = a.W * cs;
-  const int64_t left = a.pad_left * cs, right = rowel - left - xrow;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t n = r / a.Hp, h = r % a.Hp - a.pad_top;
-    uint16_t* dst = xpad + r * rowel;
-    if (h < 0 || h >= a.H) {
-      std::memset(dst, 0, static_cast<size_t>(rowel) * 2);
-      continue;
-    }
-    std::memset(dst, 0, static_cast<size_t>(left) * 2);
-    const int64_t src0 = (n * a.H + h) * xrow;
-    if (cs != a.C) {
-      spread_row(a, n, h, cs, dst + left);
-    } else if (a.xdtype == kBF16) {
-      std::memcpy(dst + left, static_cast<const uint16_t*>(a.x) + src0,
-                  static_cast<size_t>(xrow) * 2);
-    } else {
-      const float* src = static_cast<const float*>(a.x) + src0;
-      uint16_t* d = dst + left;
-      for (int64_t i = 0; i < xrow; i += 16) {
-        const int64_t m = std::min<int64_t>(16, xrow - i);
-        const __mmask16 k = static_cast<__mmask16>((1u << m) - 1u);
-        const __m512 v = _mm512_maskz_loadu_ps(k, src + i);
-        _mm256_mask_storeu_epi16(d + i, k, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
-      }
-    }
-    std::memset(dst + left + xrow, 0, static_cast<size_t>(right) * 2);
+// Pixel columns c0..c1 of padded row r of the bf16 buffer [N, Hp, Wp, cs] (cs: C, or Cp > C):
+// zeros, with x's rows at pad_top and its columns at pad_left (fp32 x rounded to bf16, RNE as
+// torch does for finite values).
+SK_CTARGET void pad_span(const ConvAmxArgs& a, int64_t cs, uint16_t* xpad, int64_t r, int64_t c0,
+                         int64_t c1) {
+  if (c0 >= c1) return;
+  const int64_t n = r / a.Hp, h = r % a.Hp - a.pad_top;
+  uint16_t* row = xpad + r * a.Wp * cs;
+  // x's columns inside the span, in padded columns: xl..xr
+  const int64_t xl = std::max(c0, a.pad_left), xr = std::min(c1, a.pad_left + a.W);
+  if (h < 0 || h >= a.H || xl >= xr) {
+    std::memset(row + c0 * cs, 0, static_cast<size_t>((c1 - c0) * cs) * 2);
+    return;
   }
+  std::memset(row + c0 * cs, 0, static_cast<size_t>((xl - c0) * cs) * 2);
+  uint16_t* d = row + xl * cs;
+  const int64_t src0 = ((n * a.H + h) * a.W + xl - a.pad_left) * a.C, count = (xr - xl) * a.C;
+  if (cs != a.C) {
+    spread_pixels(a, n, h, xl - a.pad_left, xr - a.pad_left, cs, d);
+  } else if (a.xdtype == kBF16) {
+    std::memcpy(d, static_cast<const uint16_t*>(a.x) + src0, static_cast<size_t>(count) * 2);
+  } else {
+    const float* src = static_cast<const float*>(a.x) + src0;
+    for (int64_t i = 0; i < count; i += 16) {
+      const int64_t m = std::min<int64_t>(16, count - i);
+      const __mmask16 k = static_cast<__mmask16>((1u << m) - 1u);
+      const __m512 v = _mm512_maskz_loadu_ps(k, src + i);
+      _mm256_mask_storeu_epi16(d + i, k, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+    }
+  }
+  std::memset(row + xr * cs, 0, static_cast<size_t>((c1 - xr) * cs) * 2);
 }
 
 // The window layout (ConvAmxArgs::windows) of padded input rows iy0..iy1 of image n at dst (64-
@@ -612,14 +639,29 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   const int64_t groups = group_count(a.N * a.Ho, Wq / 16, group_rows);
   // per channel tile, the K chunks whose B tile is not all zero (all of them without tile_nz)
   const int64_t NBt = (a.Co + 15) / 16, per = a.kh * KC;
+  // x read in place by the groups inside it (ConvAmxArgs::in_place): the output rows and column
+  // blocks whose taps, and the last chunk's over-read, lie inside x (in padded coordinates: rows
+  // from pad_top, columns from pad_left)
+  InPlace ip;
+  ip.Ho = a.Ho;
+  const int64_t s = a.stride, pt = a.pad_top, pl = a.pad_left;
+  if (!windows && a.in_place && a.xdtype == kBF16 && cs == a.C) {
+    ip.oy_lo = std::min(a.Ho, (pt + s - 1) / s);
+    ip.oy_hi = pt + a.H - a.kh >= 0 ? std::min(a.Ho, (pt + a.H - a.kh) / s + 1) : 0;
+    const int64_t last = (a.W + pl - 15 * s) * cs - KC * 32;  // >= (xb*16*s)*cs when inside
+    ip.xb_lo = std::min(Wq / 16, (pl + 16 * s - 1) / (16 * s));
+    ip.xb_hi = last >= 0 ? std::min(Wq / 16, last / (16 * s * cs) + 1) : 0;
+  }
+  const bool in_place = ip.oy_lo < ip.oy_hi && ip.xb_lo < ip.xb_hi;
   thread_local std::vector<int64_t> lists;
   try {
-    lists.resize(static_cast<size_t>(NBt * (2 * per + 1)));
+    lists.resize(static_cast<size_t>(NBt * (3 * per + 1)));
   } catch (const std::bad_alloc&) {
     return kCNoMem;
   }
   int64_t* xo = lists.data();
-  int64_t* wo = xo + NBt * per;
+  int64_t* xi = xo + NBt * per;  // the chunks' offsets in x (in place)
+  int64_t* wo = xi + NBt * per;
   int64_t* nq = wo + NBt * per;
   const int64_t rowel = windows ? Wq * 32 : a.Wp * cs;  // elements between tap rows
   for (int64_t nb = 0; nb < NBt; ++nb) {
@@ -627,12 +669,35 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     for (int64_t q = 0; q < per; ++q) {
       if (a.tile_nz != nullptr && a.tile_nz[nb * per + q] == 0) continue;
       xo[nb * per + k] = (q / KC) * rowel + (q % KC) * 32;
+      xi[nb * per + k] = (q / KC) * a.W * cs + (q % KC) * 32;
       wo[nb * per + k] = (nb * per + q) * 512;
       ++k;
     }
     nq[nb] = k;
   }
   const ChunkLists cl{xo, wo, nq, per};
+  thread_local std::vector<int64_t> order;
+  if (in_place) {
+    ip.cl = ChunkLists{xi, wo, nq, per};
+    if (group_rows == 2) {
+      try {
+        order.resize(static_cast<size_t>(Wq / 16));
+      } catch (const std::bad_alloc&) {
+        return kCNoMem;
+      }
+      int64_t k = 0;
+      for (int64_t xb = 0; xb < ip.xb_lo; ++xb) order[k++] = xb;
+      for (int64_t xb = ip.xb_hi; xb < Wq / 16; ++xb) order[k++] = xb;
+      for (int64_t xb = ip.xb_lo; xb < ip.xb_hi; ++xb) order[k++] = xb;
+      ip.order = order.data();
+    }
+    ip.src.base = static_cast<const uint16_t*>(a.x);
+    ip.src.rowel = a.W * cs;
+    ip.src.pstride = s * cs;
+    ip.src.Hp = a.H;
+    ip.src.stride = s;
+    ip.src.shift = -(pt * a.W + pl) * cs;
+  }
   // the fused GDN's effective beta (fp32, as the GDN kernels compute it), read by every worker
   const bool gdn = a.gdn != nullptr;
   const int64_t gK = (a.Cy + 31) / 32 * 32, gC = (a.Cy + 15) / 16 * 16;
@@ -651,13 +716,54 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   }
   const float* const beta_eff = gdn_beta.data();
   if (!windows) {
+    // the padded copy: every row whole, or with x read in place the spans of each row that the
+    // groups not inside x read: [0, span[2r]) from the left border, [span[2r+1], Wp) from the
+    // right (a span from the middle, e.g. of a border row, joins the nearer one)
+    thread_local std::vector<int64_t> span;
+    if (in_place) {
+      try {
+        span.resize(static_cast<size_t>(2 * rows));
+      } catch (const std::bad_alloc&) {
+        return kCNoMem;
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        span[2 * r] = 0;
+        span[2 * r + 1] = a.Wp;
+      }
+      const int64_t reach = 15 * s + (KC * 32 + cs - 1) / cs;  // a block's pixel columns
+      int64_t br[kMaxBlocks], bx[kMaxBlocks];
+      for (int64_t g = 0; g < groups; ++g) {
+        const int mt = group_blocks(g, a.N * a.Ho, Wq / 16, group_rows, br, bx, ip.order);
+        if (ip.inside(mt, br, bx)) continue;
+        for (int i = 0; i < mt; ++i) {
+          const int64_t c0 = bx[i] * 16 * s, c1 = std::min(a.Wp, c0 + reach);
+          const int64_t r0 = (br[i] / a.Ho) * a.Hp + (br[i] % a.Ho) * s;
+          for (int64_t q = r0; q < r0 + a.kh; ++q) {
+            if (c0 < a.Wp - c1)
+              span[2 * q] = std::max(span[2 * q], c1);
+            else
+              span[2 * q + 1] = std::min(span[2 * q + 1], c0);
+          }
+        }
+      }
+    }
+    const int64_t* sp = in_place ? span.data() : nullptr;  // (thread_local: not the workers')
     const int64_t ntp = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows / 8));
     run_on_threads(ntp, [&](int64_t t) {
-      pad_rows(a, cs, xpad, rows * t / ntp, rows * (t + 1) / ntp);
+      for (int64_t r = rows * t / ntp; r < rows * (t + 1) / ntp; ++r) {
+        const int64_t left = sp ? sp[2 * r] : a.Wp, right = sp ? sp[2 * r + 1] : a.Wp;
+        if (left >= right) {
+          pad_span(a, cs, xpad, r, 0, a.Wp);
+        } else {
+          pad_span(a, cs, xpad, r, 0, left);
+          pad_span(a, cs, xpad, r, right, a.Wp);
+        }
+      }
     });
   }
   int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, groups));
   std::atomic<bool> nomem{false};  // set by any worker that could not get its buffer
+  std::atomic<int64_t> in_groups{0};  // groups that read x in place
   auto worker = [&](int64_t t) {
     const int64_t g0 = groups * t / nt, g1 = groups * (t + 1) / nt;
     thread_local std::vector<float> buf;
@@ -698,11 +804,17 @@ int conv_amx_forward(const ConvAmxArgs& a) {
       src.pstride = a.stride * cs;
       src.Hp = a.Hp;
       src.stride = a.stride;
-      run_blocks(a, src, cl, g0, g1, group_rows, buf.data(), ldc, gdn ? &eg : nullptr);
+      in_groups.fetch_add(run_blocks(a, src, cl, g0, g1, group_rows, buf.data(), ldc,
+                                     gdn ? &eg : nullptr, in_place ? &ip : nullptr),
+                          std::memory_order_relaxed);
     }
     amx::release();
   };
   run_on_threads(nt, worker);
+  if (a.stats != nullptr) {
+    a.stats[0] = in_groups.load(std::memory_order_relaxed);
+    a.stats[1] = groups;
+  }
   return nomem.load(std::memory_order_relaxed) ? kCNoMem : kCOk;
 }
 

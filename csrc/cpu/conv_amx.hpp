@@ -13,7 +13,8 @@ namespace sk {
 struct ConvAmxArgs {
   // x: [N, H, W, C] dense channels_last, fp32 (xdtype kF32) or bf16 (kBF16), NOT padded. The
   // kernel copies it (rounding fp32 to bf16, RNE) into a zero-bordered bf16 buffer [N, Hp, Wp, C]
-  // owned by the calling thread, with x's pixel (h, w) at (pad_top + h, pad_left + w). The GEMM's
+  // owned by the calling thread, with x's pixel (h, w) at (pad_top + h, pad_left + w) (with
+  // in_place only the parts the border work groups read; the others read x itself). The GEMM's
   // K runs over the kw*C contiguous elements (kx, c) of one tap row of that buffer in chunks of
   // 32 (KC = ceil(kw*C/32)); the last chunk may read past the row's taps (into zeros or finite
   // data: the weights there are zero), so every 16-pixel block of output columns
@@ -69,6 +70,14 @@ struct ConvAmxArgs {
   // outputs whose taps read it (the plain layout's last chunk also multiplies the zero weights
   // with up to 31 - (kw*C - 1) % 32 elements of the next pixels).
   bool windows = true;
+  // Allow the work groups whose every tap (the last K chunk's over-read included) lies inside x
+  // to read their A tiles from x itself (bf16 x, no window layout, Cp 0 or C): the padded copy
+  // then holds only the rows and columns the border groups read. The same values, so the same
+  // output; it saves most of the copy (~0.2 of a 48-channel 5x5/2 conv on 2 threads).
+  bool in_place = true;
+  // Optional (nullptr: none): stats[0] = the work groups that read x in place, stats[1] = all
+  // work groups (for tests and benchmarks).
+  int64_t* stats = nullptr;
   int nthreads = 1;
 };
 

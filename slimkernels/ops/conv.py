@@ -1023,6 +1023,17 @@ AMX_CONV_IMAGE_WIDE_MIN_THREADS = 2
 CPU_AMX_CONV_PAD_CHANNELS = True
 AMX_CONV_PAD_CHANNELS_GAIN = 0.5
 AMX_CONV_PAD_CHANNELS_MIN_OUT = 16
+#: The direct kernel's work groups whose taps (and last K chunk's over-read) all lie inside a bf16
+#: x read it in place (``ConvAmxArgs::in_place``; the same values, so the same output), and its
+#: padded copy holds only the spans of the rows the border groups read: the copy was ~0.2 of
+#: enc2 at 48 channels (2.4 MB written, then read back). Thirtieth sitting, kodim01's layer
+#: shapes, 2 threads, switch flipped per call in one process (``python bench/bench_conv_amx.py
+#: --in-place --threads 2``): enc2 1.12 / 1.08 / 1.10 / 1.07x at 48 / 72 / 96 / 144 channels,
+#: dec3 (onto the image) 1.04-1.13x at 48-192, the small layers (enc3, dec1, dec2: mostly
+#: border groups) 0.98-1.07x; ``compress`` 1.017 / 1.026 / 0.998 / 1.028 / 1.014x and
+#: ``decompress`` 1.025 / 1.027 / 1.029 / 1.026 / 1.050x at w = 48 / 72 / 96 / 144 / 192
+#: (``/tmp/s29/e2e_ab.py``, 8 rounds).
+CPU_AMX_CONV_IN_PLACE = True
 
 
 def _amx_conv_kernels():
@@ -1145,7 +1156,8 @@ def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gd
         x.data_ptr(), 1 if x.dtype == torch.bfloat16 else 0, N, H, W, ci, hp, wp, top, top,
         wpk[0].data_ptr(), wpk[1].data_ptr(), k, k, s, co, 0 if b is None else b.data_ptr(),
         Ho, Wo, yp, Hy, Wy, cy, phase, torch.get_num_threads(), AMX_CONV_GROUP_ROWS, *extra,
-        windows=CPU_AMX_CONV_WINDOWS, Cp=0 if cp is None else cp)
+        windows=CPU_AMX_CONV_WINDOWS, Cp=0 if cp is None else cp,
+        in_place=CPU_AMX_CONV_IN_PLACE)
     return y.permute(0, 3, 1, 2)
 
 

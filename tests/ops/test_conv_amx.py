@@ -796,6 +796,150 @@ def test_kernel_rejects_bad_padded_channels():
                 ck.conv_amx_forward(*args, Cp=cp)
 
 
+# -- x read in place by the groups inside it (CPU_AMX_CONV_IN_PLACE) ------------------------------
+class _Counted:
+    """The kernels' module with every conv_amx_forward call's stats (work groups read in place,
+    all work groups) recorded in ``calls``."""
+
+    def __init__(self, mod):
+        self.mod, self.calls = getattr(mod, "mod", mod), []
+
+    def __getattr__(self, name):
+        return getattr(self.mod, name)
+
+    def conv_amx_forward(self, *a, **k):
+        st = torch.zeros(2, dtype=torch.int64)
+        self.mod.conv_amx_forward(*a, **k, stats=st.data_ptr())
+        self.calls.append(tuple(st.tolist()))
+
+
+def _both_sources(monkeypatch, fn):
+    """fn() with x read in place where it can be and with the padded copy only, and the stats of
+    each one's kernel calls."""
+    ck = _Counted(C._amx_conv_kernels())
+    monkeypatch.setattr(C, "_amx_conv_kernels", lambda: ck)
+    out = []
+    for flag in (True, False):
+        monkeypatch.setattr(C, "CPU_AMX_CONV_IN_PLACE", flag)
+        ck.calls.clear()
+        out.append((fn(), list(ck.calls)))
+    return out
+
+
+def test_in_place_groups_of_an_encoder_layer(monkeypatch, two_threads):
+    """48 -> 48 channels, 5x5/2, pad 2, 40 x 100 pixels: 20 x 50 outputs, 4 column blocks of 16.
+    Inside x: output rows 1..18 (row 0 reads the top padding, row 19 the bottom: (2 + 40 - 5) / 2
+    = 18) and column blocks 1..2 (block 0 reads the left padding; block 3 reads past column 99:
+    (100 + 2 - 30) * 48 - 8 * 32 = 3200 elements, 3200 // (32 * 48) = 2). The border column
+    blocks 0 and 3 pair up, so of 10 row pairs x 2 column pairs the 8 row pairs 1..8 x the pair
+    (1, 2) read x: 8 of 20 groups, per image. The same bits as the padded copy."""
+    W = _param((48, 48, 5, 5), 70)
+    b = torch.randn(48, generator=torch.Generator().manual_seed(71))
+    x = _x(2, 48, 40, 100, 72)
+    (yi, si), (yc, sc) = _both_sources(monkeypatch, lambda: C._conv2d_amx(x, W, b, 48, 2, 2))
+    assert si == [(16, 40)] and sc == [(0, 40)]
+    assert torch.equal(yi.view(torch.int16), yc.view(torch.int16))
+    _close(yi, F.conv2d(x.double(), _bf(W), b.double(), stride=2, padding=2))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("group_rows", [1, 2])
+@pytest.mark.parametrize("transposed, ci, co, k, s, p, n, h, w", [
+    (False, 48, 48, 5, 2, 2, 2, 45, 131),    # enc2-like, odd sizes, two images
+    (False, 72, 40, 3, 1, 1, 3, 17, 70),     # stride 1, three images, pixels 144 bytes apart
+    (False, 96, 72, 3, 2, 2, 2, 45, 74),     # padding above k // 2
+    (False, 16, 33, 9, 4, 0, 1, 70, 200),    # no padding, a partial channel tile
+    (False, 48, 16, 5, 2, 2, 1, 9, 200),     # a single inside row pair
+    (True, 48, 48, 5, 2, 2, 2, 33, 70),      # dec2-like
+    (True, 48, 3, 9, 4, 4, 1, 40, 90),       # dec3-like: onto an image, phase rows of 12
+    (True, 96, 24, 5, 2, 2, 1, 20, 41),
+])
+def test_in_place_equals_padded_copy(monkeypatch, threads, group_rows, transposed, ci, co, k, s,
+                                     p, n, h, w):
+    """Convs and transposed convs (one stride-1 conv over sub-pixel phases) whose inside groups
+    read x in place: the padded copy's bits, within bf16's 1e-2 of float64, and with 2-row groups
+    some groups (all without padding) read in place (4 blocks of one row are rarely all inside
+    on these narrow images); an fp32 x (the copy rounds it) never does."""
+    monkeypatch.setattr(C, "AMX_CONV_GROUP_ROWS", group_rows)
+    monkeypatch.setattr(C, "CPU_AMX_CONV_PAD_CHANNELS", False)  # (else no transposed conv here)
+    nt = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(73)
+        xf = torch.randn(n, ci, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+        x = xf.to(torch.bfloat16)
+        if transposed:
+            W = _param((ci, co, k, k), 74)
+            b = torch.randn(co, generator=g)
+            op = s - 1
+
+            def run(v):
+                return C._conv_transpose2d_amx(v, W, b, co, s, p, op)
+            ref = F.conv_transpose2d(x.double(), _bf(W), b.double(), stride=s, padding=p,
+                                     output_padding=op)
+        else:
+            W = _param((co, ci, k, k), 74)
+            b = torch.randn(co, generator=g)
+
+            def run(v):
+                return C._conv2d_amx(v, W, b, co, s, p)
+            ref = F.conv2d(x.double(), _bf(W), b.double(), stride=s, padding=p)
+        (yi, si), (yc, sc) = _both_sources(monkeypatch, lambda: run(x))
+        assert len(si) == 1 and (group_rows == 1 or 0 < si[0][0]) and si[0][0] <= si[0][1], si
+        assert sc[0][0] == 0
+        assert torch.equal(yi.view(torch.int16), yc.view(torch.int16))
+        _close(yi, ref)
+        (yf, sf), _ = _both_sources(monkeypatch, lambda: run(xf))
+        assert sf[0][0] == 0 and torch.equal(yf.view(torch.int16), yi.view(torch.int16))
+    finally:
+        torch.set_num_threads(nt)
+
+
+def test_in_place_with_the_epilogue_gdn(monkeypatch, two_threads):
+    """The fused GDN of a 48-channel layer over in-place groups: the padded copy's bits."""
+    W = _param((48, 48, 5, 5), 75)
+    b = torch.randn(48, generator=torch.Generator().manual_seed(76))
+    gdn = C._amx_epilogue_gdn(_gdn_kw(48, 77, False), 48, 48)
+    x = _x(1, 48, 40, 100, 78)
+    (yi, si), (yc, _) = _both_sources(monkeypatch, lambda: C._conv2d_amx(x, W, b, 48, 2, 2, gdn))
+    assert si[0][0] > 0
+    assert torch.equal(yi.view(torch.int16), yc.view(torch.int16))
+
+
+def test_codec_bytes_equal_with_x_read_in_place(monkeypatch, two_threads):
+    """SlimCAE at narrow widths on an image whose layers have inside groups: the same bytes and
+    images with x read in place as with the padded copy, through the CPU replay too (five calls:
+    recorded at the second, verified at the third, replayed after)."""
+    from slimkernels.models import SlimCAE
+    torch.manual_seed(79)
+    m = SlimCAE(widths=(48, 16)).eval()
+    m.update()
+    x = torch.rand(1, 3, 128, 512, generator=torch.Generator().manual_seed(80))
+    kernels = C._amx_conv_kernels
+    real = kernels()
+    out = {}
+    for flag in (True, False):
+        monkeypatch.setattr(C, "CPU_AMX_CONV_IN_PLACE", flag)
+        for w in (48, 16):
+            ck = _Counted(real)   # (the replay repeats calls of the real module: counted apart)
+            monkeypatch.setattr(C, "_amx_conv_kernels", lambda: ck)
+            m.clear_caches()
+            m.compress(x, width=w, precision="bf16")
+            assert any(c[0] > 0 for c in ck.calls) == flag
+            monkeypatch.setattr(C, "_amx_conv_kernels", kernels)
+            m.clear_caches()
+            data = [m.compress(x, width=w, precision="bf16") for _ in range(5)]
+            assert len(set(data)) == 1
+            out[flag, w] = data[0], [m.decompress(data[0], precision="bf16") for _ in range(5)]
+            if w == 48:   # (at 16 a decoder layer may take oneDNN's conv: not replayed)
+                replays = [e.replays for e in m._cpu_replays.entries()]   # encoder, decoder
+                assert len(replays) == 2 and min(replays) >= 2, replays
+    for w in (48, 16):
+        assert out[True, w][0] == out[False, w][0]
+        for img in out[True, w][1] + out[False, w][1]:
+            assert torch.equal(img, out[True, w][1][0])
+
+
 # -- seeded random geometries (the cases above, drawn) -------------------------------------------
 def test_window_layout_equals_padded_copy_on_random_geometries(monkeypatch):
     """60 seeded draws of convs the window layout takes (kw*C <= 32, pixel step off 64 bytes):
@@ -859,5 +1003,47 @@ def test_transposed_conv_on_random_geometries(monkeypatch):
             yc = C._conv_transpose2d_amx(x, W, b, co, s, p, op, None, (-0.5, 0.5))
             assert torch.equal(yc, y.float().clamp(-0.5, 0.5)), (s, k, p, op, ci, co, h, w)
             done += 1
+    finally:
+        torch.set_num_threads(nt)
+
+
+def test_in_place_equals_padded_copy_on_random_geometries(monkeypatch):
+    """40 seeded draws of bf16 convs and transposed convs with groups inside x (channels 16-144,
+    kernels 3-9, strides, paddings, images, sizes, both work-group shapes, 1 / 2 threads): the
+    padded copy's bits every time."""
+    rng = __import__("random").Random(5)
+    nt = torch.get_num_threads()
+    done = 0
+    try:
+        while done < 40:
+            transposed = rng.random() < 0.4
+            ci, co = rng.choice([16, 24, 48, 72, 96, 144]), rng.choice([3, 16, 17, 48, 72])
+            k, s = rng.choice([3, 5, 9]), rng.choice([1, 2, 4])
+            if transposed and k < s:
+                continue
+            p, n = rng.randint(0, k // 2), rng.randint(1, 3)
+            h, w = rng.randint(max(1, k - 2 * p), 60), rng.randint(max(1, k - 2 * p), 160)
+            torch.set_num_threads(rng.choice([1, 2]))
+            monkeypatch.setattr(C, "AMX_CONV_GROUP_ROWS", rng.choice([1, 2]))
+            monkeypatch.setattr(C, "CPU_AMX_CONV_PAD_CHANNELS", rng.random() < 0.5)
+            g = torch.Generator().manual_seed(200 + done)
+            x = torch.randn(n, ci, h, w, generator=g).to(torch.bfloat16)
+            x = x.contiguous(memory_format=torch.channels_last)
+            if transposed:
+                W = torch.randn(ci, co, k, k, generator=g)
+                b = torch.randn(co, generator=g)
+                op = rng.randint(0, s - 1)
+                (yi, si), (yc, _) = _both_sources(
+                    monkeypatch, lambda: C._conv_transpose2d_amx(x, W, b, co, s, p, op))
+            else:
+                W = torch.randn(co, ci, k, k, generator=g)
+                b = torch.randn(co, generator=g)
+                (yi, si), (yc, _) = _both_sources(
+                    monkeypatch, lambda: C._conv2d_amx(x, W, b, co, s, p))
+            if yi is None:        # a tap plan that crops x: not the direct kernel's
+                continue
+            assert torch.equal(yi.view(torch.int16), yc.view(torch.int16)), \
+                (transposed, ci, co, k, s, p, n, h, w)
+            done += bool(si and si[0][0] > 0)
     finally:
         torch.set_num_threads(nt)
