@@ -48,6 +48,7 @@ import torch.nn as nn
 from . import coding, container
 from ._cpu import _module as _cpu_module, cpu_kernels, switched_off as _cpu_switched_off
 from .ops.image_io import bf16_to_image, image_to_bf16, value_range
+from ._hooks import runs_more_than_forward
 from ._state import cached_on_module, state_tensors
 from .nn.entropy import check_quantization
 
@@ -86,8 +87,9 @@ class SlimSequential(nn.Sequential):
     the GDN op's CPU kernel, the call the GDN layer makes (same bits either way). Elsewhere on
     the PyTorch backend the layers run one by one (the fused op would only chain the same
     calls). ``fuse_gdn`` (class or instance attribute) overrides it: True always fuses, False
-    never, None (default) as above. A GDN layer with forward hooks (or pre-hooks, its own or
-    global ones) is never fused: it runs as its own call, so that its hooks see it.
+    never, None (default) as above. A GDN layer with hooks (forward or backward, its own or
+    global ones) or an instance-level ``forward`` is never fused: it runs as its own call, so
+    that they see it (:func:`slimkernels._hooks.runs_more_than_forward`).
     """
 
     fuse_gdn: Optional[bool] = None
@@ -120,7 +122,7 @@ class SlimSequential(nn.Sequential):
             nxt = layers[i + 1] if i + 1 < len(layers) else None
             if fuse and hasattr(nxt, "op_kwargs") and isinstance(layer, (SlimConv2d,
                                                                         SlimConvTranspose2d)) \
-                    and not _has_forward_hooks(nxt):
+                    and not runs_more_than_forward(nxt):
                 out_w = layer._check_width(w)
                 if isinstance(layer, SlimConv2d) and not nxt.inverse:
                     x = layer(x, w, gdn=nxt.op_kwargs(out_w))
@@ -139,15 +141,6 @@ def _layer_width(layer: nn.Module, width: Optional[int]) -> Optional[int]:
     """The width a :class:`SlimSequential` passes to ``layer``: ``width``, or None for a layer
     whose output size is fixed (``slim_output = False``)."""
     return width if getattr(layer, "slim_output", True) else None
-
-
-def _has_forward_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` would run forward (pre-)hooks: its own or global ones. A GDN
-    layer with hooks is not fused into its conv (the hooks would not see it run)."""
-    from torch.nn.modules import module as _m
-    return bool(module._forward_hooks or module._forward_pre_hooks or
-                getattr(_m, "_global_forward_hooks", None) or
-                getattr(_m, "_global_forward_pre_hooks", None))
 
 
 class _WidthSlices(torch.autograd.Function):
@@ -1002,11 +995,11 @@ class SlimCodec(nn.Module):
         direct AMX conv runs (its epilogue writes the image: elsewhere the clamp would be the
         same second pass, with the layer's input still held), :meth:`decode` is SlimCodec's,
         ``g_s`` a :class:`SlimSequential` ending in a :class:`~slimkernels.nn.SlimConvTranspose2d`
-        without forward hooks (they would see the clamped image instead of the layer's output), and
-        that layer's input (``width`` channels at 1 / stride^2 of its pixels) is no larger than
-        its output: its input and the float32 image are then no more memory at once than the
-        bf16 output and the image of the two passes (SlimCAE: w <= 48; at w=72 and 96 the peak
-        rose by 1-2 MiB, past the next width's)."""
+        without hooks or its own ``forward`` (they would see the clamped image instead of the
+        layer's output), and that layer's input (``width`` channels at 1 / stride^2 of its
+        pixels) is no larger than its output: its input and the float32 image are then no more
+        memory at once than the bf16 output and the image of the two passes (SlimCAE: w <= 48;
+        at w=72 and 96 the peak rose by 1-2 MiB, past the next width's)."""
         from .nn.conv import SlimConvTranspose2d
         from .ops import conv as conv_ops
         if precision != "bf16" or not conv_ops.CPU_AMX_CONV or \
@@ -1018,7 +1011,7 @@ class SlimCodec(nn.Module):
             return False
         last = g_s[-1]
         s = last._s * last._s
-        return int(width) <= last.out_channels * s and not _has_forward_hooks(last)
+        return int(width) <= last.out_channels * s and not runs_more_than_forward(last)
 
     def _decode_image(self, y_hat: torch.Tensor) -> torch.Tensor:
         """:meth:`decode` then the float32 image clamped to [0, 1] (``_image_output``), the

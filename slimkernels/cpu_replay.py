@@ -42,6 +42,8 @@ from typing import Callable, Hashable, List, Optional, Tuple
 import torch
 
 from . import _recording
+from ._hooks import global_hooks as _global_hooks, hook_dicts as _hook_dicts, \
+    hooked as _hooked
 from ._env import _getenv
 
 __all__ = ["ReplayCache", "dispatch_switches"]
@@ -231,23 +233,6 @@ def _arenas(lives: dict, born: int, out_bytes: int) -> Tuple[dict, Tuple[int, in
     return {k: (_LATE, o) for k, o in one.items()}, (0, t1)
 
 
-def _hook_dicts(modules) -> list:
-    """Per module, the dicts that say whether calling it does more than its class's forward:
-    its forward (pre-)hooks and its instance ``__dict__`` (an instance-level ``forward``)."""
-    return [(m._forward_hooks, m._forward_pre_hooks, m.__dict__) for m in modules]
-
-
-def _hooked(dicts) -> bool:
-    return any(h or p or "forward" in d for h, p, d in dicts)
-
-
-def _global_hooks() -> bool:
-    mm = torch.nn.modules.module
-    return any(bool(getattr(mm, n, None)) for n in (
-        "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-        "_global_backward_pre_hooks", "_global_forward_hooks_always_called"))
-
-
 # Where an address fix points (the second item of a step's fixes): the input, the output's
 # buffer, the arena of the buffers that die before the output is first written (freed right
 # then), the arena of the others (freed when the replay returns).
@@ -287,7 +272,7 @@ class _Replay:
             return cls("the transform calls no compiled kernel")
         hooks = _hook_dicts(modules)
         if _global_hooks() or _hooked(hooks):
-            return cls("a module of the model has forward hooks (or its own forward)")
+            return cls("a module of the model has hooks (or its own forward)")
         fixed_ranges = [_storage_range(t) for t in rec.kept]
         fixed_ranges += [_storage_range(t) for t in state_tensors if t.device.type == "cpu"]
         x0, x1 = x.data_ptr(), _storage_range(x)[1]   # offsets from x's first element
@@ -477,7 +462,7 @@ class ReplayCache:
                 recording: addresses inside them are allowed).
             kernels: the compiled kernels' module (``slimkernels._cpu_kernels``).
             modules: ``() -> list`` of the modules ``fn`` may call (read when recording): a
-                replay runs only while none has forward hooks or an instance ``forward``.
+                replay runs only while none has hooks or an instance ``forward``.
 
         Returns:
             ``fn(x)`` (from a replay, a view of the arena the replay allocated: a tensor of its

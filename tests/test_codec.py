@@ -411,10 +411,11 @@ def test_gdn_fusion_default_follows_backend_grad_and_amx(model, monkeypatch):
     from slimkernels.codec import SlimSequential
     calls = []
     gdn = model.g_a[1]
-    real = gdn.forward
-    # counted through forward itself: a hook would keep the layer out of the fusion
-    monkeypatch.setattr(gdn, "forward", lambda *a, **k: calls.append(1) or real(*a, **k),
-                        raising=False)
+    real = type(gdn).forward
+    # counted through the class's forward: a hook or an instance-level forward would keep the
+    # layer out of the fusion
+    monkeypatch.setattr(type(gdn), "forward", lambda self, *a, **k: (
+        self is gdn and calls.append(1)) or real(self, *a, **k))
     x = torch.rand(1, 3, 16, 16)
     try:
         with torch.no_grad():
@@ -437,19 +438,36 @@ def test_gdn_fusion_default_follows_backend_grad_and_amx(model, monkeypatch):
     torch.testing.assert_close(y_fused, y, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["hook", "pre_hook", "global_hook"])
-def test_a_gdn_layer_with_hooks_is_not_fused(model, kind):
-    """Fusion is an optimisation: a GDN layer's forward hooks still see it run (fuse_gdn=True
-    included), with the same result."""
+class _Removable:
+    def __init__(self, fn):
+        self.remove = fn
+
+
+@pytest.mark.parametrize("kind", ["hook", "pre_hook", "global_hook", "instance_forward",
+                                  "backward_hook"])
+def test_a_gdn_layer_with_hooks_is_not_fused(model, kind, monkeypatch):
+    """Fusion is an optimisation: a GDN layer's forward hooks, an instance-level forward and a
+    backward hook (kept through the forward call) still see it run (fuse_gdn=True included),
+    with the same result."""
     seen = []
     gdn = model.g_a[1]
     if kind == "hook":
         h = gdn.register_forward_hook(lambda m, a, out: seen.append(out.shape))
     elif kind == "pre_hook":
         h = gdn.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))
-    else:
+    elif kind == "global_hook":
         h = torch.nn.modules.module.register_module_forward_hook(
             lambda m, a, out: seen.append(out.shape) if m is gdn else None)
+    elif kind == "instance_forward":
+        real = type(gdn).forward.__get__(gdn)
+        gdn.forward = lambda *a, **k: seen.append(1) or real(*a, **k)
+        h = _Removable(lambda: gdn.__dict__.pop("forward"))
+    else:   # (the hook wraps the call's output: the call must happen)
+        h = gdn.register_full_backward_hook(lambda m, gi, go: None)
+        real = type(gdn).forward
+        monkeypatch.setattr(type(gdn), "forward",
+                            lambda self, *a, **k: (self is gdn and seen.append(1)) or
+                            real(self, *a, **k))
     x = torch.rand(1, 3, 16, 16)
     try:
         with torch.no_grad():

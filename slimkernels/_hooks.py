@@ -1,0 +1,35 @@
+"""Whether calling a module runs more than its class's ``forward``: hooks (its own or global ones)
+or an instance-level ``forward``. The fused paths (a GDN folded into its conv's epilogue, the image
+written by the last layer) and the CPU replay check it before they skip or repeat module calls."""
+from typing import Iterable, List, Tuple
+
+import torch
+
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks", "_global_forward_hooks_always_called")
+
+
+def global_hooks() -> bool:
+    """Whether any module-global hook (``torch.nn.modules.module.register_module_*_hook``) is
+    registered."""
+    mm = torch.nn.modules.module
+    return any(bool(getattr(mm, n, None)) for n in _GLOBAL_HOOKS)
+
+
+def hook_dicts(modules: Iterable[torch.nn.Module]) -> List[Tuple[dict, ...]]:
+    """Per module, the dicts that say whether calling it does more than its class's forward: its
+    forward (pre-)hooks, its backward (pre-)hooks and its instance ``__dict__`` (an instance-level
+    ``forward``). Kept by a caller that checks the same modules often (:func:`hooked`)."""
+    return [(m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks,
+             m.__dict__) for m in modules]
+
+
+def hooked(dicts: Iterable[Tuple[dict, ...]]) -> bool:
+    """Whether one of the modules of :func:`hook_dicts` has a hook or its own ``forward`` now."""
+    return any(f or p or b or q or "forward" in d for f, p, b, q, d in dicts)
+
+
+def runs_more_than_forward(module: torch.nn.Module) -> bool:
+    """Whether calling ``module`` would run hooks (its own or global ones) or an instance-level
+    ``forward``: a fused path that skips the call must not be taken then."""
+    return global_hooks() or hooked(hook_dicts((module,)))
