@@ -170,25 +170,6 @@ def run_gdn(widths, threads=1, n=60, reps=2):
     return compare("gdn", widths, threads, n, reps)
 
 
-def run_windows(widths, threads=1, n=60, reps=2):
-    """Rows ``{layer, width, padded_us, windows_us, speedup}``: enc1 on the direct AMX kernel
-    reading x through its window layout or its padded copy (``[]`` without the AMX kernel)."""
-    return compare("windows", widths, threads, n, reps)
-
-
-def run_pad_channels(widths, threads=1, n=60, reps=2):
-    """Rows ``{layer, width, plain_us, padded_us, speedup}``: the transposed layers on the
-    direct AMX kernel with and without the padded channels (``[]`` without the AMX kernel)."""
-    return compare("pad_channels", widths, threads, n, reps)
-
-
-def run_in_place(widths, threads=1, n=60, reps=2):
-    """Rows ``{layer, width, copy_us, in_place_us, speedup}``: the w -> w layers and dec3 on the
-    direct AMX kernel with the groups inside x reading it in place or every group the padded copy
-    (``[]`` without the AMX kernel)."""
-    return compare("in_place", widths, threads, n, reps)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)

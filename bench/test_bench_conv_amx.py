@@ -2,6 +2,8 @@
 import os
 import sys
 
+import pytest
+
 import slimkernels.ops.conv as oc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -42,64 +44,36 @@ def test_gdn_ab_runs_both_paths_and_restores_the_switches(capsys, monkeypatch):
     assert "| enc2 | 16 |" in capsys.readouterr().out
 
 
-def test_windows_ab_runs_both_layouts_and_restores_the_switches(capsys, monkeypatch):
+# the switch comparisons: the function watched, what each of its calls records, the values that
+# show both paths ran, the width, the layers, the command-line flag
+SWITCHED = {
+    "windows": ("_conv2d_amx", lambda a: oc.CPU_AMX_CONV_WINDOWS, {True, False}, 16, ["enc1"],
+                "--windows"),
+    "pad_channels": ("_amx_conv_run", lambda a: a[-1], {32, None}, 24, ["dec1", "dec2"],
+                     "--pad-channels"),
+    "in_place": ("_amx_conv_run", lambda a: oc.CPU_AMX_CONV_IN_PLACE, {True, False}, 16,
+                 ["enc2", "enc3", "dec1", "dec2", "dec3"], "--in-place"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SWITCHED))
+def test_switch_ab_runs_both_paths_and_restores_the_switches(capsys, monkeypatch, kind):
     import bench_conv_amx as bench
-    names = ("CPU_AMX_CONV_WINDOWS", "AMX_CONV_IMAGE_MAX_CHANNELS")
+    fn, record, both, width, layers, flag = SWITCHED[kind]
+    c = bench.COMPARISONS[kind]
+    names = (c["switch"],) + tuple(c["lifted"])
     saved = tuple(getattr(oc, k) for k in names)
     seen = []
-    real = oc._conv2d_amx
-    monkeypatch.setattr(oc, "_conv2d_amx",
-                        lambda *a: seen.append(oc.CPU_AMX_CONV_WINDOWS) or real(*a))
-    rows = bench.run_windows([16], threads=1, n=2, reps=1)
+    real = getattr(oc, fn)
+    monkeypatch.setattr(oc, fn, lambda *a: seen.append(record(a)) or real(*a))
+    rows = bench.compare(kind, [width], threads=1, n=2, reps=1)
     assert tuple(getattr(oc, k) for k in names) == saved
     if oc._amx_conv_kernels() is None:
         assert rows == []
         return
-    assert True in seen and False in seen     # the direct kernel ran with both layouts
-    assert [r["layer"] for r in rows] == ["enc1"]
+    assert both <= set(seen)     # the direct kernel ran both ways
+    assert [r["layer"] for r in rows] == layers
     for r in rows:
-        assert r["padded_us"] > 0 and r["windows_us"] > 0 and r["speedup"] > 0
-    assert bench.main(["--windows", "--widths", "16", "--n", "2"]) == 0
-    assert "| enc1 | 16 |" in capsys.readouterr().out
-
-
-def test_pad_channels_ab_runs_both_copies_and_restores_the_switches(capsys, monkeypatch):
-    import bench_conv_amx as bench
-    names = ("CPU_AMX_CONV_PAD_CHANNELS", "AMX_CONV_MAX_CHANNELS", "AMX_CONV_MAX_PIXELS")
-    saved = tuple(getattr(oc, k) for k in names)
-    seen = []
-    real = oc._amx_conv_run
-    monkeypatch.setattr(oc, "_amx_conv_run", lambda *a: seen.append(a[-1]) or real(*a))
-    rows = bench.run_pad_channels([24], threads=1, n=2, reps=1)
-    assert tuple(getattr(oc, k) for k in names) == saved
-    if oc._amx_conv_kernels() is None:
-        assert rows == []
-        return
-    assert 32 in seen and None in seen     # the direct kernel ran with both copies
-    assert [r["layer"] for r in rows] == ["dec1", "dec2"]
-    for r in rows:
-        assert r["plain_us"] > 0 and r["padded_us"] > 0 and r["speedup"] > 0
-    assert bench.main(["--pad-channels", "--widths", "24", "--n", "2"]) == 0
-    assert "| dec1 | 24 |" in capsys.readouterr().out
-
-
-def test_in_place_ab_runs_both_sources_and_restores_the_switches(capsys, monkeypatch):
-    import bench_conv_amx as bench
-    names = ("CPU_AMX_CONV_IN_PLACE", "AMX_CONV_MAX_CHANNELS", "AMX_CONV_MAX_PIXELS",
-             "AMX_CONV_IMAGE_T_MAX_CHANNELS")
-    saved = tuple(getattr(oc, k) for k in names)
-    seen = []
-    real = oc._amx_conv_run
-    monkeypatch.setattr(oc, "_amx_conv_run",
-                        lambda *a: seen.append(oc.CPU_AMX_CONV_IN_PLACE) or real(*a))
-    rows = bench.run_in_place([16], threads=1, n=2, reps=1)
-    assert tuple(getattr(oc, k) for k in names) == saved
-    if oc._amx_conv_kernels() is None:
-        assert rows == []
-        return
-    assert True in seen and False in seen     # the direct kernel ran with both sources
-    assert [r["layer"] for r in rows] == ["enc2", "enc3", "dec1", "dec2", "dec3"]
-    for r in rows:
-        assert r["copy_us"] > 0 and r["in_place_us"] > 0 and r["speedup"] > 0
-    assert bench.main(["--in-place", "--widths", "16", "--n", "2"]) == 0
-    assert "| dec3 | 16 |" in capsys.readouterr().out
+        assert r[c["off"][0]] > 0 and r[c["on"][0]] > 0 and r["speedup"] > 0
+    assert bench.main([flag, "--widths", str(width), "--n", "2"]) == 0
+    assert f"| {layers[-1]} | {width} |" in capsys.readouterr().out
