@@ -60,7 +60,7 @@ def _median_us(f, n):
 
 def _ab(widths, threads, n, reps, switch, lifted, gdn, layers=LAYERS):
     """``{layer, width, off_us, on_us}`` per SlimCAE layer of ``layers`` (``LAYERS``: the w -> w
-    5x5/2 ones; ``IMAGE_LAYERS``: enc1) and width: the layer (with the GDN / IGDN that follows
+    5x5/2 ones; ``IMAGE_LAYERS``: enc1; ``OUTPUT_LAYERS``: dec3) and width: the layer (with the GDN / IGDN that follows
     it when ``gdn``) timed with the module switch ``switch`` off and on, alternating, best of
     ``reps`` medians; the constants in ``lifted`` (name -> value) set meanwhile, and everything
     restored after."""
@@ -175,27 +175,23 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--widths", default="48,64,72,96")
     ap.add_argument("--n", type=int, default=60, help="timed calls per median")
-    ap.add_argument("--gdn", action="store_true",
-                    help="the GDN in the epilogue against the conv then the GDN op")
-    ap.add_argument("--windows", action="store_true",
-                    help="enc1 through the window layout against the padded copy")
-    ap.add_argument("--pad-channels", action="store_true",
-                    help="transposed layers with the copy's channels padded to a multiple of 32 "
-                         "against the plain copy")
-    ap.add_argument("--in-place", action="store_true",
-                    help="the groups inside x reading it in place against the padded copy")
+    which = ap.add_mutually_exclusive_group()   # the comparison (default: against oneDNN)
+    for flag, kind, help_ in [
+            ("--gdn", "gdn", "the GDN in the epilogue against the conv then the GDN op"),
+            ("--windows", "windows", "enc1 through the window layout against the padded copy"),
+            ("--pad-channels", "pad_channels", "transposed layers with the copy's channels "
+             "padded to a multiple of 32 against the plain copy"),
+            ("--in-place", "in_place", "the groups inside x reading it in place against the "
+             "padded copy")]:
+        which.add_argument(flag, dest="kind", action="store_const", const=kind, help=help_)
+    ap.set_defaults(kind="onednn")
     a = ap.parse_args(argv)
-    if a.gdn + a.windows + a.pad_channels + a.in_place > 1:
-        ap.error("--gdn, --windows, --pad-channels and --in-place are separate comparisons: "
-                 "pass one")
     widths = [int(v) for v in a.widths.split(",")]
-    kind = "gdn" if a.gdn else "windows" if a.windows else \
-        "pad_channels" if a.pad_channels else "in_place" if a.in_place else "onednn"
-    rows = compare(kind, widths, a.threads, a.n)
+    rows = compare(a.kind, widths, a.threads, a.n)
     if not rows:
         print("no AMX-BF16 here (or slimkernels._cpu_kernels not built): nothing to compare")
         return 0
-    c = COMPARISONS[kind]
+    c = COMPARISONS[a.kind]
     (off, off_title), (on, on_title) = c["off"], c["on"]
     print(f"| {c['head']} | width | {off_title} | {on_title} | speedup |  ({a.threads} thread(s))")
     print("| --- | --- | --- | --- | --- |")

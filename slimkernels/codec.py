@@ -1002,8 +1002,7 @@ class SlimCodec(nn.Module):
         at w=72 and 96 the peak rose by 1-2 MiB, past the next width's)."""
         from .nn.conv import SlimConvTranspose2d
         from .ops import conv as conv_ops
-        if precision != "bf16" or not conv_ops.CPU_AMX_CONV or \
-                conv_ops._amx_conv_kernels() is None:
+        if precision != "bf16" or not conv_ops.amx_conv_available():
             return False
         g_s = getattr(self, "g_s", None)
         if not (type(self).decode is SlimCodec.decode and isinstance(g_s, SlimSequential) and

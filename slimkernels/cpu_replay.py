@@ -257,7 +257,6 @@ class _Replay:
         self.env: dict = {}
         self.hooks: list = []
         self.replays = 0
-        self.nbytes = 0                  # both arenas' bytes
         self.arena_bytes = (0, 0)        # (early, late)
         self.out_step = 0                # the step that first writes the output
 
@@ -322,7 +321,6 @@ class _Replay:
         at[ko] = (_OUT, 0)
         r = cls()
         r.arena_bytes = sizes
-        r.nbytes = sum(sizes)
         r.out_step = first[ko]
         for name, args, kwargs, fixes, result in raw:
             r.steps.append((name, args, kwargs,
@@ -344,6 +342,11 @@ class _Replay:
             if _getenv(name) != value:
                 return False
         return not (_global_hooks() or _hooked(self.hooks))
+
+    @property
+    def nbytes(self) -> int:
+        """Both arenas' bytes."""
+        return sum(self.arena_bytes)
 
     def replay(self, kernels, x: torch.Tensor, poison: bool = False) -> Optional[torch.Tensor]:
         """Re-issue the steps on ``x`` in new arenas (``poison``: the arenas and the output's
@@ -465,8 +468,8 @@ class ReplayCache:
                 replay runs only while none has hooks or an instance ``forward``.
 
         Returns:
-            ``fn(x)`` (from a replay, a view of the arena the replay allocated: a tensor of its
-            own, as the eager call's).
+            ``fn(x)`` (from a replay, a view of the output buffer the replay allocated: a tensor
+            of its own, as the eager call's).
         """
         if x.requires_grad and torch.is_grad_enabled():
             return fn(x)

@@ -180,8 +180,6 @@ inline bool conv_amx_windows(const ConvAmxArgs& a) {
          a.kw * a.C <= 32 && (a.stride * a.C * 2) % 64 != 0;
 }
 
-// Pixel blocks b0..b1 (block b: image/row r = b / nxb, columns 16 * (b % nxb) ..), in groups of
-// up to kMaxBlocks that share every B tile.
 // Chunk lists: for channel tile nb, nq[nb] chunks at xo/wo[nb * kh * KC ..].
 struct ChunkLists {
   const int64_t* xo;
@@ -221,7 +219,7 @@ inline int64_t group_count(int64_t rows, int64_t nxb, int group_rows) {
                          : (rows * nxb + kMaxBlocks - 1) / kMaxBlocks;
 }
 
-// The fused GDN of the epilogue (ConvAmxArgs::gdn_gamma) and a worker's buffers for it: xb, a
+// The fused GDN of the epilogue (ConvAmxArgs::gdn) and a worker's buffers for it: xb, a
 // group's bf16 conv output [kMaxBlocks * 16 conv pixels][Co] (GDN rows of Cy), and gdn_rows_bf16's
 // scratch z (columns past Cy zero) and n.
 struct EpilogueGdn {
@@ -373,6 +371,60 @@ struct InPlace {
     return true;
   }
 };
+
+// The ranges of InPlace for a bf16 x of cs == C channels without the window layout: the output
+// rows and column blocks whose taps, and the last chunk's over-read (KC chunks of 32 elements
+// from a block's first pixel), lie inside x (in padded coordinates: rows from pad_top, columns
+// from pad_left). Returns whether any block is inside.
+inline bool inside_ranges(const ConvAmxArgs& a, int64_t cs, int64_t KC, int64_t nxb,
+                          InPlace& ip) {
+  const int64_t s = a.stride, pt = a.pad_top, pl = a.pad_left;
+  ip.Ho = a.Ho;
+  ip.oy_lo = std::min(a.Ho, (pt + s - 1) / s);
+  ip.oy_hi = pt + a.H - a.kh >= 0 ? std::min(a.Ho, (pt + a.H - a.kh) / s + 1) : 0;
+  const int64_t last = (a.W + pl - 15 * s) * cs - KC * 32;  // >= (xb*16*s)*cs when inside
+  ip.xb_lo = std::min(nxb, (pl + 16 * s - 1) / (16 * s));
+  ip.xb_hi = last >= 0 ? std::min(nxb, last / (16 * s * cs) + 1) : 0;
+  return ip.oy_lo < ip.oy_hi && ip.xb_lo < ip.xb_hi;
+}
+
+// The column blocks in the order that pairs the border ones in 2-row groups (InPlace::order):
+// those before xb_lo, those from xb_hi, then the inside ones.
+inline void border_first_order(const InPlace& ip, int64_t nxb, int64_t* order) {
+  int64_t k = 0;
+  for (int64_t xb = 0; xb < ip.xb_lo; ++xb) order[k++] = xb;
+  for (int64_t xb = ip.xb_hi; xb < nxb; ++xb) order[k++] = xb;
+  for (int64_t xb = ip.xb_lo; xb < ip.xb_hi; ++xb) order[k++] = xb;
+}
+
+// The spans of the padded copy's rows (N * Hp) that the groups not inside x read, as
+// [0, span[2r]) from the left border and [span[2r+1], Wp) from the right (a block's span from the
+// middle, e.g. of a border row, joins the nearer one; none: [0, 0) and [Wp, Wp)).
+void border_spans(const ConvAmxArgs& a, const InPlace& ip, int64_t cs, int64_t KC, int64_t nxb,
+                  int group_rows, int64_t* span) {
+  const int64_t s = a.stride, rows = a.N * a.Hp;
+  for (int64_t r = 0; r < rows; ++r) {
+    span[2 * r] = 0;
+    span[2 * r + 1] = a.Wp;
+  }
+  const int64_t reach = 15 * s + (KC * 32 + cs - 1) / cs;  // a block's pixel columns
+  const int64_t groups = group_count(a.N * a.Ho, nxb, group_rows);
+  int64_t br[kMaxBlocks], bx[kMaxBlocks];
+  for (int64_t g = 0; g < groups; ++g) {
+    const int mt = group_blocks(g, a.N * a.Ho, nxb, group_rows, br, bx, ip.order);
+    if (ip.inside(mt, br, bx)) continue;
+    for (int i = 0; i < mt; ++i) {
+      const int64_t c0 = bx[i] * 16 * s, c1 = std::min(a.Wp, c0 + reach);
+      const int64_t r0 = (br[i] / a.Ho) * a.Hp + (br[i] % a.Ho) * s;
+      for (int64_t q = r0; q < r0 + a.kh; ++q) {
+        if (c0 < a.Wp - c1)
+          span[2 * q] = std::max(span[2 * q], c1);
+        else
+          span[2 * q + 1] = std::min(span[2 * q + 1], c0);
+      }
+    }
+  }
+}
 
 // Groups g0..g1 (see group_blocks): tiles into accbuf, then the epilogue (bias, bf16, the GDN
 // when eg is given, store or sub-pixel scatter). ip (may be null): the groups inside x read it.
@@ -636,23 +688,13 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   }
   const int64_t ldc = (a.Co + 15) / 16 * 16;
   const int group_rows = a.group_rows == 2 ? 2 : 1;
-  const int64_t groups = group_count(a.N * a.Ho, Wq / 16, group_rows);
+  const int64_t nxb = Wq / 16, groups = group_count(a.N * a.Ho, nxb, group_rows);
   // per channel tile, the K chunks whose B tile is not all zero (all of them without tile_nz)
   const int64_t NBt = (a.Co + 15) / 16, per = a.kh * KC;
-  // x read in place by the groups inside it (ConvAmxArgs::in_place): the output rows and column
-  // blocks whose taps, and the last chunk's over-read, lie inside x (in padded coordinates: rows
-  // from pad_top, columns from pad_left)
+  // x read in place by the groups inside it (ConvAmxArgs::in_place)
   InPlace ip;
-  ip.Ho = a.Ho;
-  const int64_t s = a.stride, pt = a.pad_top, pl = a.pad_left;
-  if (!windows && a.in_place && a.xdtype == kBF16 && cs == a.C) {
-    ip.oy_lo = std::min(a.Ho, (pt + s - 1) / s);
-    ip.oy_hi = pt + a.H - a.kh >= 0 ? std::min(a.Ho, (pt + a.H - a.kh) / s + 1) : 0;
-    const int64_t last = (a.W + pl - 15 * s) * cs - KC * 32;  // >= (xb*16*s)*cs when inside
-    ip.xb_lo = std::min(Wq / 16, (pl + 16 * s - 1) / (16 * s));
-    ip.xb_hi = last >= 0 ? std::min(Wq / 16, last / (16 * s * cs) + 1) : 0;
-  }
-  const bool in_place = ip.oy_lo < ip.oy_hi && ip.xb_lo < ip.xb_hi;
+  const bool in_place = !windows && a.in_place && a.xdtype == kBF16 && cs == a.C &&
+                        inside_ranges(a, cs, KC, nxb, ip);
   thread_local std::vector<int64_t> lists;
   try {
     lists.resize(static_cast<size_t>(NBt * (3 * per + 1)));
@@ -676,27 +718,28 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     nq[nb] = k;
   }
   const ChunkLists cl{xo, wo, nq, per};
-  thread_local std::vector<int64_t> order;
+  // with x read in place: the column order and the spans of the padded copy the border groups
+  // read (the plain copy: whole rows)
+  thread_local std::vector<int64_t> order, span;
   if (in_place) {
     ip.cl = ChunkLists{xi, wo, nq, per};
+    try {
+      order.resize(static_cast<size_t>(nxb));
+      span.resize(static_cast<size_t>(2 * rows));
+    } catch (const std::bad_alloc&) {
+      return kCNoMem;
+    }
     if (group_rows == 2) {
-      try {
-        order.resize(static_cast<size_t>(Wq / 16));
-      } catch (const std::bad_alloc&) {
-        return kCNoMem;
-      }
-      int64_t k = 0;
-      for (int64_t xb = 0; xb < ip.xb_lo; ++xb) order[k++] = xb;
-      for (int64_t xb = ip.xb_hi; xb < Wq / 16; ++xb) order[k++] = xb;
-      for (int64_t xb = ip.xb_lo; xb < ip.xb_hi; ++xb) order[k++] = xb;
+      border_first_order(ip, nxb, order.data());
       ip.order = order.data();
     }
+    border_spans(a, ip, cs, KC, nxb, group_rows, span.data());
     ip.src.base = static_cast<const uint16_t*>(a.x);
     ip.src.rowel = a.W * cs;
-    ip.src.pstride = s * cs;
+    ip.src.pstride = a.stride * cs;
     ip.src.Hp = a.H;
-    ip.src.stride = s;
-    ip.src.shift = -(pt * a.W + pl) * cs;
+    ip.src.stride = a.stride;
+    ip.src.shift = -(a.pad_top * a.W + a.pad_left) * cs;
   }
   // the fused GDN's effective beta (fp32, as the GDN kernels compute it), read by every worker
   const bool gdn = a.gdn != nullptr;
@@ -716,48 +759,14 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   }
   const float* const beta_eff = gdn_beta.data();
   if (!windows) {
-    // the padded copy: every row whole, or with x read in place the spans of each row that the
-    // groups not inside x read: [0, span[2r]) from the left border, [span[2r+1], Wp) from the
-    // right (a span from the middle, e.g. of a border row, joins the nearer one)
-    thread_local std::vector<int64_t> span;
-    if (in_place) {
-      try {
-        span.resize(static_cast<size_t>(2 * rows));
-      } catch (const std::bad_alloc&) {
-        return kCNoMem;
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        span[2 * r] = 0;
-        span[2 * r + 1] = a.Wp;
-      }
-      const int64_t reach = 15 * s + (KC * 32 + cs - 1) / cs;  // a block's pixel columns
-      int64_t br[kMaxBlocks], bx[kMaxBlocks];
-      for (int64_t g = 0; g < groups; ++g) {
-        const int mt = group_blocks(g, a.N * a.Ho, Wq / 16, group_rows, br, bx, ip.order);
-        if (ip.inside(mt, br, bx)) continue;
-        for (int i = 0; i < mt; ++i) {
-          const int64_t c0 = bx[i] * 16 * s, c1 = std::min(a.Wp, c0 + reach);
-          const int64_t r0 = (br[i] / a.Ho) * a.Hp + (br[i] % a.Ho) * s;
-          for (int64_t q = r0; q < r0 + a.kh; ++q) {
-            if (c0 < a.Wp - c1)
-              span[2 * q] = std::max(span[2 * q], c1);
-            else
-              span[2 * q + 1] = std::min(span[2 * q + 1], c0);
-          }
-        }
-      }
-    }
+    // each row's [0, left) and [max(left, right), Wp): whole rows without in_place
     const int64_t* sp = in_place ? span.data() : nullptr;  // (thread_local: not the workers')
     const int64_t ntp = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows / 8));
     run_on_threads(ntp, [&](int64_t t) {
       for (int64_t r = rows * t / ntp; r < rows * (t + 1) / ntp; ++r) {
         const int64_t left = sp ? sp[2 * r] : a.Wp, right = sp ? sp[2 * r + 1] : a.Wp;
-        if (left >= right) {
-          pad_span(a, cs, xpad, r, 0, a.Wp);
-        } else {
-          pad_span(a, cs, xpad, r, 0, left);
-          pad_span(a, cs, xpad, r, right, a.Wp);
-        }
+        pad_span(a, cs, xpad, r, 0, left);
+        pad_span(a, cs, xpad, r, std::max(left, right), a.Wp);
       }
     });
   }

@@ -493,7 +493,7 @@ def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, gdn_kw=None):
     """The direct AMX conv when this geometry goes there (see ``_use_amx_conv``), else None.
     ``gdn_kw``: the GDN kwargs of the output (or None): applied in the kernel's epilogue where
     :func:`_amx_epilogue_gdn` takes it, else by the GDN op after."""
-    if not CPU_AMX_CONV or _amx_conv_kernels() is None:   # (most CPUs: decided before the sizes)
+    if not amx_conv_available():   # (most CPUs: decided before the sizes)
         return None
     k, ci = weight.shape[-1], x.shape[1]
     wide = stride > 1 and k >= 2 * stride + 1
@@ -516,7 +516,7 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
     5x5/2, the measured ones). ``gdn_kw``: the IGDN kwargs of the output (or None), in the
     epilogue where :func:`_amx_epilogue_gdn` takes it, else by the GDN op after; ``clamp``: the
     result as float32 clamped (``_clamp_out``; in the epilogue when there is no IGDN)."""
-    if not CPU_AMX_CONV or _amx_conv_kernels() is None:
+    if not amx_conv_available():
         return None
     k, ci = weight.shape[-1], x.shape[1]
     image = co <= AMX_CONV_IMAGE_MAX_OUT and ci <= AMX_CONV_IMAGE_T_MAX_CHANNELS and \
@@ -1041,6 +1041,12 @@ def _amx_conv_kernels():
     return cpu_kernels("amx_available")
 
 
+def amx_conv_available() -> bool:
+    """Whether the direct AMX conv is on (``CPU_AMX_CONV``) and can run here (its kernel built,
+    AMX-BF16 usable)."""
+    return CPU_AMX_CONV and _amx_conv_kernels() is not None
+
+
 def _use_amx_conv(x, ci, co, pixels, wide_geometry: bool = True, image: bool = False) -> bool:
     """The direct AMX kernel takes this no-grad conv: x dense channels_last, bf16 (or fp32 that
     the kernel rounds to bf16 while padding, under bf16 autocast), and either narrow and small
@@ -1062,7 +1068,7 @@ def _use_amx_conv(x, ci, co, pixels, wide_geometry: bool = True, image: bool = F
 def _amx_direct_input(x, weight, bias) -> bool:
     """Whether x can go to the direct AMX kernel as it is (no cast, no layout change first): no
     gradient, bf16 compute (bf16 autocast on fp32/bf16 x, or bf16 x with bf16 parameters)."""
-    if not CPU_AMX_CONV or not CPU_PREPACK or _amx_conv_kernels() is None or x.shape[1] < 2 \
+    if not CPU_PREPACK or not amx_conv_available() or x.shape[1] < 2 \
             or _needs_grad(x, weight, bias):
         return False  # (1 input channel: F.conv, as in the prepacked path)
     if x.dtype == torch.float32:
@@ -1091,8 +1097,8 @@ def _amx_pack(w):
 def amx_epilogue_gdn_available() -> bool:
     """Whether the direct AMX conv can run a GDN in its epilogue here (``CPU_AMX_CONV``,
     ``CPU_AMX_CONV_GDN``, ``CPU_FUSED_GDN`` on; the AMX conv and GDN kernels built and usable)."""
-    return CPU_AMX_CONV and CPU_AMX_CONV_GDN and CPU_FUSED_GDN and \
-        _amx_conv_kernels() is not None and cpu_kernels_available()
+    return CPU_AMX_CONV_GDN and CPU_FUSED_GDN and amx_conv_available() and \
+        cpu_kernels_available()
 
 
 def _amx_epilogue_gdn(kw, c: int, ci: int, phases: int = 1):
@@ -1131,9 +1137,10 @@ def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gd
     fp32) is padded by ``top`` rows and columns into a ``[N, hp, wp, cp]`` buffer inside the
     kernel (``wp >= wneed``, wide enough for the last K chunk's over-read; ``cp``: its channels
     per pixel, None for x's C, else a multiple of 32 above it, zeros past C, with ``wpk`` packed
-    for ``cp`` input channels); returns the bf16
-    channels_last ``[N, Cy, Hy, Wy]`` output. ``gdn``: :func:`_amx_epilogue_gdn`'s arguments
-    for a GDN of the output in the epilogue, or None. ``clamp`` (``(lo, hi)``, without ``gdn``):
+    for ``cp`` input channels; the kernel reads the groups inside a bf16 x from x itself where
+    ``CPU_AMX_CONV_IN_PLACE``); returns the bf16 channels_last ``[N, Cy, Hy, Wy]`` output.
+    ``gdn``: :func:`_amx_epilogue_gdn`'s arguments for a GDN of the output in the epilogue, or
+    None. ``clamp`` (``(lo, hi)``, without ``gdn``):
     the output as float32 clamped to ``[lo, hi]`` instead (the bf16 values widened: what
     :func:`slimkernels.ops.image_io.bf16_to_image` of the bf16 output gives)."""
     N, ci, H, W = x.shape
@@ -1209,9 +1216,10 @@ def _amx_padded_channels(ci: int, co: int):
     stride-1 conv over its sub-pixel phases) from ``ci`` onto ``co`` channels: ``ci`` rounded up
     to a multiple of 32 (every A tile row on its own cache lines) where
     ``CPU_AMX_CONV_PAD_CHANNELS`` is on, ``co`` is at least ``AMX_CONV_PAD_CHANNELS_MIN_OUT``
-    and the extra products (zero channels) are at most ``AMX_CONV_PAD_CHANNELS_GAIN`` times the share of tile rows that
-    straddle two cache lines without it (72 channels: 1/3 more products, 3/4 of the rows, padded;
-    48: 1/3, 1/2, not; 144: 1/9, 1/2, padded); else None (x's own count)."""
+    and the extra products (zero channels) are at most ``AMX_CONV_PAD_CHANNELS_GAIN`` times the
+    share of tile rows that straddle two cache lines without it (72 channels: 1/3 more
+    products, 3/4 of the rows, padded; 48: 1/3, 1/2, not; 144: 1/9, 1/2, padded); else None
+    (x's own count)."""
     if not CPU_AMX_CONV_PAD_CHANNELS or ci % 32 == 0 or co < AMX_CONV_PAD_CHANNELS_MIN_OUT:
         return None
     cp = -(-ci // 32) * 32

@@ -622,13 +622,18 @@ def test_kernel_rejects_a_clamped_output_with_a_gdn_or_bad_bounds(two_threads):
 
 
 # -- the window layout of x (CPU_AMX_CONV_WINDOWS) -----------------------------------------------
-def _both_layouts(monkeypatch, fn):
-    """fn() with the window layout allowed and with the padded copy only."""
+def _switched(monkeypatch, switch, fn):
+    """[fn() with the module switch ``switch`` on, fn() with it off]."""
     out = []
     for flag in (True, False):
-        monkeypatch.setattr(C, "CPU_AMX_CONV_WINDOWS", flag)
+        monkeypatch.setattr(C, switch, flag)
         out.append(fn())
     return out
+
+
+def _both_layouts(monkeypatch, fn):
+    """fn() with the window layout allowed and with the padded copy only."""
+    return _switched(monkeypatch, "CPU_AMX_CONV_WINDOWS", fn)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -818,12 +823,11 @@ def _both_sources(monkeypatch, fn):
     each one's kernel calls."""
     ck = _Counted(C._amx_conv_kernels())
     monkeypatch.setattr(C, "_amx_conv_kernels", lambda: ck)
-    out = []
-    for flag in (True, False):
-        monkeypatch.setattr(C, "CPU_AMX_CONV_IN_PLACE", flag)
+
+    def counted():
         ck.calls.clear()
-        out.append((fn(), list(ck.calls)))
-    return out
+        return fn(), list(ck.calls)
+    return _switched(monkeypatch, "CPU_AMX_CONV_IN_PLACE", counted)
 
 
 def test_in_place_groups_of_an_encoder_layer(monkeypatch, two_threads):
