@@ -3,7 +3,6 @@ they were built from keep their identity and version."""
 from __future__ import annotations
 
 import threading
-import weakref
 from collections import OrderedDict
 
 import torch
@@ -16,10 +15,10 @@ _PACK_CACHE_MAX = 128
 _PACK_LOCK = threading.Lock()
 
 
-def _alive(refs, tensors) -> bool:
-    """Whether each weak reference in ``refs`` still points to the tensor at its place."""
-    for r, t in zip(refs, tensors):
-        if r() is not t:
+def _same_objects(kept, tensors) -> bool:
+    """Whether ``kept`` holds the very tensor objects of ``tensors``, in order."""
+    for k, t in zip(kept, tensors):
+        if k is not t:
             return False
     return True
 
@@ -29,17 +28,23 @@ def _cached(key, sources, build):
     (None entries skipped) keeps its identity, version, storage and shape (LRU,
     ``_PACK_CACHE_MAX`` entries). Writes through ``.data`` bypass versions: clear the cache
     after them (:func:`slimkernels.ops.conv.clear_cpu_caches`). A source that is an inference
-    tensor (``torch.inference_mode``) has no version counter: ``build()`` runs every call."""
+    tensor (``torch.inference_mode``) has no version counter: ``build()`` runs every call.
+
+    An entry holds its source tensors (strong references, so that a freed tensor's id and
+    storage cannot be reused by a new one that then matches the key), not weak references:
+    ``torch.utils.swap_tensors`` (``Module._apply`` with
+    ``torch.__future__.set_swap_module_params_on_conversion(True)``) refuses tensors that have
+    weak references. A swapped tensor gets another storage and version: its entry misses."""
     src = [t for t in sources if t is not None]
     for t in src:
         if t.is_inference():   # (made under torch.inference_mode: no version counter to key by)
             with torch.no_grad():
                 return build()
-    key = (key, *[id(t) for t in src])  # identity checked below through weak references
+    key = (key, *[id(t) for t in src])  # identity checked below (the entry keeps the tensors)
     ver = [(t._version, t.data_ptr(), t.shape) for t in src]
     with _PACK_LOCK:  # transforms may run in several threads (LRU bookkeeping is not atomic)
         hit = _PACK_CACHE.get(key)
-        if hit is not None and hit[0] == ver and _alive(hit[1], src):
+        if hit is not None and hit[0] == ver and _same_objects(hit[1], src):
             _PACK_CACHE.move_to_end(key)
             val = hit[2]
             _recording.keep(val)
@@ -47,7 +52,7 @@ def _cached(key, sources, build):
     with torch.no_grad():
         val = build()
     with _PACK_LOCK:
-        _PACK_CACHE[key] = (ver, [weakref.ref(t) for t in src], val)
+        _PACK_CACHE[key] = (ver, tuple(src), val)
         _PACK_CACHE.move_to_end(key)
         while len(_PACK_CACHE) > _PACK_CACHE_MAX:
             _PACK_CACHE.popitem(last=False)

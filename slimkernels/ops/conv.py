@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import numbers
-import weakref
 from typing import Optional
 
 import torch
@@ -119,7 +118,7 @@ def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] =
     inference = t.is_inference()   # (torch.inference_mode: no version counter, not cached)
     key = (t.data_ptr(), tuple(t.shape), t.stride(), dtype, in_channel_dim if want_layout else None)
     hit = None if inference else _CAST_CACHE.get(key)
-    if hit is not None and hit[0] == t._version and hit[1]() is t:
+    if hit is not None and hit[0] == t._version and hit[1] is t:
         return hit[2]
     out = t.detach().to(dtype)
     if want_layout:  # channels_last puts dim 1 at unit stride; a transposed weight swaps first
@@ -129,7 +128,7 @@ def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] =
         return out
     if len(_CAST_CACHE) >= _CAST_CACHE_MAX:
         _CAST_CACHE.clear()
-    _CAST_CACHE[key] = (t._version, weakref.ref(t), out)
+    _CAST_CACHE[key] = (t._version, t, out)   # t itself: see _cache._cached (no weak refs)
     return out
 
 
@@ -855,8 +854,16 @@ def _check(x, weight, bias, name, transposed, stride, padding):
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"{name}: x must be a 4-D [N, C, H, W] tensor, got "
                          f"{getattr(x, 'shape', type(x))}")
-    if weight.dim() != 4:
-        raise ValueError(f"{name}: weight must be the full 4-D parameter, got {tuple(weight.shape)}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise ValueError(f"{name}: weight must be the full 4-D parameter, got "
+                         f"{getattr(weight, 'shape', type(weight))}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise ValueError(f"{name}: bias must be a tensor or None, got {type(bias).__name__}")
+    # (a kernel handed a weight or bias of another device would read a wrong address, or none)
+    for what, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name}: {what} is on {t.device} but x is on {x.device}: move them "
+                             f"to one device")
     cin_max = weight.shape[0] if transposed else weight.shape[1]
     if x.shape[1] > cin_max:
         raise ValueError(f"{name}: x has {x.shape[1]} channels but the weight holds {cin_max} "
@@ -871,6 +878,9 @@ def _check(x, weight, bias, name, transposed, stride, padding):
     if type(padding) is not int and (isinstance(padding, bool) or
                                      not isinstance(padding, numbers.Integral)) or padding < 0:
         raise ValueError(f"{name}: padding must be an int >= 0, got {padding!r}")
+    if x.shape[-2] == 0 or x.shape[-1] == 0:
+        raise ValueError(f"{name}: x {tuple(x.shape)} has no pixels (an empty batch, N = 0, is "
+                         f"fine; an empty height or width is not)")
     kh, kw = weight.shape[-2:]
     if not transposed and (x.shape[-2] + 2 * padding < kh or x.shape[-1] + 2 * padding < kw):
         raise ValueError(f"{name}: x {tuple(x.shape)} is smaller than the {kh}x{kw} kernel with "
@@ -1054,7 +1064,7 @@ def _use_amx_conv(x, ci, co, pixels, wide_geometry: bool = True, image: bool = F
     ``2 * stride + 1`` with stride > 1, e.g. 5x5/2) wider with a channel count that is not a
     multiple of 32, or (``image``, the caller's rule) an image layer at a narrow width (see
     ``CPU_AMX_CONV``)."""
-    if not CPU_AMX_CONV:
+    if not CPU_AMX_CONV or pixels == 0 or x.numel() == 0:   # (empty: the kernel has no work)
         return False
     most = AMX_CONV_SMALL_WIDE_MAX_CHANNELS if wide_geometry else AMX_CONV_MAX_CHANNELS
     small = image or (ci <= most and co <= most and pixels <= AMX_CONV_MAX_PIXELS)
@@ -1366,7 +1376,12 @@ def _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding):
 
 
 def _out_width(out_width, co_max, name):
-    co = co_max if out_width is None else int(out_width)
+    if out_width is None:
+        return co_max
+    if type(out_width) is not int and (isinstance(out_width, bool) or
+                                       not isinstance(out_width, numbers.Integral)):
+        raise ValueError(f"{name}: out_width must be an int, got {out_width!r}")
+    co = int(out_width)
     if not 1 <= co <= co_max:
         raise ValueError(f"{name}: out_width={out_width} must be in [1, {co_max}] (the weight's "
                          f"output channels)")
@@ -1488,9 +1503,18 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     clamp = _check_clamp(out_clamp, "slim_conv_transpose2d")
     _check(x, weight, bias, "slim_conv_transpose2d", True, stride, padding)
     co = _out_width(out_width, weight.shape[1], "slim_conv_transpose2d")
-    if output_padding < 0 or output_padding >= max(stride, 1):
-        raise ValueError(f"slim_conv_transpose2d: output_padding={output_padding} must be in "
-                         f"[0, stride={stride})")
+    if type(output_padding) is not int and (isinstance(output_padding, bool) or
+                                            not isinstance(output_padding, numbers.Integral)) \
+            or output_padding < 0 or output_padding >= stride:
+        raise ValueError(f"slim_conv_transpose2d: output_padding={output_padding!r} must be an "
+                         f"int in [0, stride={stride})")
+    kh, kw = weight.shape[-2:]
+    ho, wo = ((n - 1) * stride - 2 * padding + k + output_padding
+              for n, k in zip(x.shape[-2:], (kh, kw)))
+    if ho < 1 or wo < 1:
+        raise ValueError(f"slim_conv_transpose2d: x {tuple(x.shape)} with the {kh}x{kw} kernel, "
+                         f"stride {stride}, padding {padding} and output_padding "
+                         f"{output_padding} gives an empty {ho}x{wo} output: lower the padding")
     kin = _gdn_kwargs(igdn, inverse=True)
     kout = _gdn_kwargs(out_igdn, inverse=True)
     name = resolve_backend(x, backend)

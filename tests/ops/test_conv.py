@@ -181,6 +181,69 @@ def test_errors():
         slim_conv2d(torch.randn(1, 8, 9, 9), w, b, gdn=torch.ones(3))
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_weight_or_bias_on_another_device_is_refused(transposed, autocast):
+    """(The direct AMX kernel under bf16 autocast read a meta bias's address 0 as 'no bias' and
+    returned the conv without it.)"""
+    w, b = _full("enc2", False, 5, torch.float32)
+    x = torch.rand(1, 48, 16, 16)
+    op = slim_conv_transpose2d if transposed else slim_conv2d
+    kw = dict(stride=2, padding=2, out_width=48, **({"output_padding": 1} if transposed else {}))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with pytest.raises(ValueError, match="bias is on meta but x is on cpu"):
+            op(x, w, b.to("meta"), **kw)
+        with pytest.raises(ValueError, match="weight is on meta but x is on cpu"):
+            op(x, w.to("meta"), b, **kw)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("empty", ["batch", "height"])
+def test_empty_input_gives_an_empty_output(transposed, autocast, empty):
+    """(Under bf16 autocast the direct AMX kernel got the empty input and refused it.)"""
+    w, b = _full("enc2", False, 5, torch.float32)
+    x = torch.rand((0, 48, 16, 16) if empty == "batch" else (1, 48, 0, 16))
+    op = slim_conv_transpose2d if transposed else slim_conv2d
+    kw = dict(stride=2, padding=2, out_width=48, **({"output_padding": 1} if transposed else {}))
+    if empty == "height":   # (torch's own convs refuse it too)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with pytest.raises(ValueError, match=r"x \(1, 48, 0, 16\) has no pixels"):
+                op(x, w, b, **kw)
+        return
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = op(x, w, b, **kw)
+    ref = (F.conv_transpose2d(x, w[:48, :48], b[:48], stride=2, padding=2, output_padding=1)
+           if transposed else F.conv2d(x, w[:48, :48], b[:48], stride=2, padding=2))
+    assert y.shape == ref.shape and y.numel() == 0
+
+
+@pytest.mark.parametrize("bad", [48.5, 48.0, "48", True, None])
+def test_out_width_must_be_an_int(bad):
+    import numpy as np
+    w, b = _full("enc2", False, 5, torch.float32)
+    x = torch.rand(1, 8, 9, 9)
+    if bad is None:   # the default: the weight's output channels
+        assert slim_conv2d(x, w, b, out_width=bad).shape[1] == 192
+        return
+    with pytest.raises(ValueError, match="out_width must be an int"):   # (was truncated: 48)
+        slim_conv2d(x, w, b, out_width=bad)
+    assert slim_conv2d(x, w, b, out_width=np.int64(48)).shape[1] == 48
+
+
+def test_transposed_padding_that_empties_the_output_is_named():
+    w, _ = _full("enc2", False, 5, torch.float32)
+    x = torch.rand(1, 48, 1, 1)
+    for autocast in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with pytest.raises(ValueError, match=r"empty -14x-14 output: lower the padding"):
+                slim_conv_transpose2d(x, w, None, stride=2, padding=10, output_padding=1,
+                                      out_width=48)
+            for op_ in (1.5, None, True):
+                with pytest.raises(ValueError, match="output_padding=.* must be an int"):
+                    slim_conv_transpose2d(x, w, None, stride=2, padding=2, output_padding=op_)
+
+
 @pytest.mark.parametrize("kw,msg", [
     (dict(stride=0), "stride must be an int >= 1, got 0"),
     (dict(stride=2.0), "stride must be an int >= 1, got 2.0"),
