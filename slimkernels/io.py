@@ -121,16 +121,35 @@ def open_image(path: str, todo: str = ""):
 
 
 def load_torch_file(path: str, unreadable: str, map_location="cpu"):
-    """``torch.load(path, map_location=map_location, weights_only=False)``, with one error for
+    """``torch.load(path, map_location=map_location, weights_only=True)``, with one error for
     a file torch cannot read (torch raises many exception types for them): ValueError with
     ``unreadable.format(path=path, error="<Type>: <message>")``. A missing file raises
-    FileNotFoundError; check existence first for another message."""
+    FileNotFoundError; check existence first for another message.
+
+    ``weights_only``: only tensors, numbers, strings and plain containers are unpickled (what
+    slimkernels' model files and training checkpoints hold), so that a model file from an
+    untrusted source cannot run code while it loads; a file holding other Python objects is
+    refused (the ValueError above)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise ValueError(unreadable.format(path=path, error=f"{type(e).__name__}: {e}")) from None
+        raise ValueError(unreadable.format(path=path, error=_load_error(e))) from None
+
+
+def _load_error(e: Exception) -> str:
+    """One line for what ``torch.load`` raised: torch's weights-only refusal is a page of
+    advice (including to load with ``weights_only=False``, which slimkernels does not do); its
+    reason is the line after "WeightsUnpickler error:"."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        rest = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        reason = rest[0].strip() if rest else "refused"
+        return (f"{type(e).__name__}: {reason}; only tensors and plain data are read, so that "
+                f"a file cannot run code while it loads")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(e).__name__}: {first}"
 
 
 def read_image(path: str) -> Tuple[torch.Tensor, str]:

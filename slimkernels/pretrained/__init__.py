@@ -62,17 +62,23 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     if weights not in ("ema", "train"):
         raise ValueError(f"weights must be 'ema' or 'train', got {weights!r}")
     averaged = False
-    if isinstance(obj, dict) and obj.get("format") == "slimkernels-model":
-        cfg, sd = obj["config"], obj["state_dict"]
-    elif isinstance(obj, dict) and "model" in obj and "config" in obj:  # training checkpoint
-        cfg = {"widths": obj["config"]["widths"], "gdn": obj["config"]["gdn"]}
-        sd = obj["model"]
-        if weights == "ema" and obj.get("ema") is not None:
-            sd = {**sd, **obj["ema"]}
-            averaged = True
-    else:
-        raise ValueError(f"{path} is not a slimkernels model file or training checkpoint")
-    model = SlimCAE(**cfg)
+    try:
+        if isinstance(obj, dict) and obj.get("format") == "slimkernels-model":
+            cfg, sd = obj["config"], obj["state_dict"]
+        elif isinstance(obj, dict) and "model" in obj and "config" in obj:  # training checkpoint
+            cfg = {"widths": obj["config"]["widths"], "gdn": obj["config"]["gdn"]}
+            sd = obj["model"]
+            if weights == "ema" and obj.get("ema") is not None:
+                sd = {**sd, **obj["ema"]}
+                averaged = True
+        else:
+            raise ValueError(f"{path} is not a slimkernels model file or training checkpoint")
+        if not isinstance(cfg, dict) or not isinstance(sd, dict):
+            raise TypeError("its config and state_dict must be dicts")
+        model = SlimCAE(**cfg)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path} is a damaged slimkernels model file ({type(e).__name__}: {e}); "
+                         f"write it again with slimkernels.pretrained.save_model") from None
     model.load_state_dict(sd)
     model = model.to(device).eval()
     if averaged or not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
@@ -85,5 +91,5 @@ def model_info(path: Optional[str] = None) -> Dict:
     path = path or bundled_model_path()
     if path is None:
         return {}
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = load_torch_file(path, "{path} is not a readable model file ({error})")
     return dict(obj.get("info", {})) if isinstance(obj, dict) else {}

@@ -1,0 +1,55 @@
+"""slimkernels.pretrained: model files are read without running code, and damaged ones are
+named."""
+import copy
+
+import pytest
+import torch
+
+from slimkernels.pretrained import bundled_model_path, load_model, model_info
+
+
+class _RunsCode:
+    """Unpickling it would call ``open(path, "w")``: the file appearing means code ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    path = bundled_model_path()
+    if path is None:
+        pytest.skip("no bundled model")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("reader", [load_model, model_info])
+def test_a_model_file_cannot_run_code_while_it_loads(tmp_path, reader):
+    marker = tmp_path / "ran"
+    torch.save({"format": "slimkernels-model", "info": _RunsCode(str(marker))},
+               tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="is not a readable model file"):
+        reader(str(tmp_path / "evil.pt"))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage,what", [
+    (lambda d: d.pop("state_dict"), "KeyError: 'state_dict'"),
+    (lambda d: d.__setitem__("config", "widths=192"), "must be dicts"),
+    (lambda d: d["config"].__setitem__("unknown", 1), "unexpected keyword argument 'unknown'"),
+])
+def test_a_damaged_model_file_is_named(tmp_path, bundled, damage, what):
+    d = copy.deepcopy(bundled)
+    damage(d)
+    torch.save(d, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=f"bad.pt is a damaged slimkernels model file .*{what}"):
+        load_model(str(tmp_path / "bad.pt"))
+
+
+def test_the_bundled_model_and_its_info_load_as_plain_data(bundled):
+    assert bundled["format"] == "slimkernels-model"
+    assert model_info() == dict(bundled.get("info", {}))
+    assert load_model().widths == sorted(bundled["config"]["widths"], reverse=True)
