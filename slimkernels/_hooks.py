@@ -30,6 +30,11 @@ def hooked(dicts: Iterable[Tuple[dict, ...]]) -> bool:
 
 
 def runs_more_than_forward(module: torch.nn.Module) -> bool:
-    """Whether calling ``module`` would run hooks (its own or global ones) or an instance-level
-    ``forward``: a fused path that skips the call must not be taken then."""
-    return global_hooks() or hooked(hook_dicts((module,)))
+    """Whether calling ``module`` would run hooks (its own or global ones), an instance-level
+    ``forward``, or a ``forward`` other than the one its class declares as what its fused form
+    computes (the class attribute ``_op_forward``, where a class sets one: a subclass that
+    overrides ``forward``, or a ``forward`` patched onto the class, differs): a fused path that
+    skips the call must not be taken then."""
+    cls = type(module)
+    return global_hooks() or hooked(hook_dicts((module,))) or \
+        cls.forward is not getattr(cls, "_op_forward", cls.forward)

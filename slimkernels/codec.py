@@ -50,6 +50,7 @@ from ._cpu import _module as _cpu_module, cpu_kernels, switched_off as _cpu_swit
 from .ops.image_io import bf16_to_image, image_to_bf16, value_range
 from ._hooks import runs_more_than_forward
 from ._state import cached_on_module, state_tensors
+from ._widths import as_width, width_list
 from .nn.entropy import check_quantization
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
@@ -564,8 +565,8 @@ class SlimCodec(nn.Module):
 
     def __init__(self, widths: Sequence[int]):
         super().__init__()
-        ws = sorted({int(w) for w in widths}, reverse=True)
-        if not ws or ws[-1] < 1:
+        ws = sorted(set(width_list(widths, type(self).__name__)), reverse=True)
+        if ws[-1] < 1:
             raise ValueError(f"widths must be positive integers, got {list(widths)}")
         self.widths = ws
 
@@ -579,9 +580,10 @@ class SlimCodec(nn.Module):
     def _width(self, width: Optional[int]) -> int:
         if width is None:
             return self.widths[0]
-        if int(width) not in self.widths:
+        w = as_width(width, type(self).__name__)
+        if w not in self.widths:
             raise ValueError(f"width {width} is not one of this model's widths {self.widths}")
-        return int(width)
+        return w
 
     def encode(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
         """Analysis: ``[N, 3, H, W]`` -> latent ``[N, width, H/s, W/s]`` (default: widest)."""
@@ -867,6 +869,9 @@ class SlimCodec(nn.Module):
         if x.shape[-2] < 1 or x.shape[-1] < 1:
             raise ValueError(f"compress expects an image of at least 1x1 pixels, got "
                              f"{tuple(x.shape)}")
+        if max(x.shape[-2:]) > container.MAX_SIDE:   # (before the transform: pack refuses it)
+            raise ValueError(f"compress: the image is {x.shape[-2]}x{x.shape[-1]} pixels; a .slim "
+                             f"file holds sides of at most {container.MAX_SIDE}: split the image")
         dev = self._coding_device("compress")
         # On CPU the range is checked after the image's cast to the transform's input: from
         # that cast's own measure of every value when it is the bf16 image cast (a sampled check
@@ -943,9 +948,14 @@ class SlimCodec(nn.Module):
         plan = self._latent_plan(eb, f.width)
         _, cdfs, lengths, offsets, idx = plan
         payload = f.payload if isinstance(f.payload, (bytes, bytearray)) else bytes(f.payload)
-        sym = coding.decode_prepared(payload, idx, h * w, (1, f.width, h, w), cdfs, lengths,
-                                     offsets, eb.precision, torch.get_num_threads(),
-                                     coder_pool())
+        # the coder validates the payload (never reads outside it); what it rejects is a
+        # corrupt file, reported as the format's error (the header's CRC held)
+        try:
+            sym = coding.decode_prepared(payload, idx, h * w, (1, f.width, h, w), cdfs, lengths,
+                                         offsets, eb.precision, torch.get_num_threads(),
+                                         coder_pool())
+        except ValueError as e:
+            raise container.SlimFormatError(f"corrupt .slim payload: {e}") from None
         return f, torch.from_numpy(sym), plan
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ is wrong: not a .slim file, newer version, corrupt header, truncated, corrupt pa
 """
 from __future__ import annotations
 
+import numbers
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -66,10 +67,36 @@ class SlimFile:
     version: int = FORMAT_VERSION
 
 
+def _bytes_like(v, what: str) -> bytes:
+    """``v`` (bytes, bytearray, memoryview or another buffer, e.g. a numpy uint8 array) as
+    bytes; TypeError naming ``what`` for anything else (a str path, an int: ``bytes(n)`` would
+    make n zero bytes)."""
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, str):
+        raise TypeError(f"{what} must be bytes, got a str ({v[:60]!r}); for a file path read it "
+                        f"first (slimkernels.container.read(path), or open(path, 'rb').read())")
+    try:
+        return memoryview(v).tobytes()
+    except TypeError:
+        raise TypeError(f"{what} must be bytes (or bytearray / memoryview), got "
+                        f"{type(v).__name__}") from None
+
+
+def _check_ints(f: SlimFile) -> None:
+    for name in ("width", "height", "img_width", "streams"):
+        v = getattr(f, name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"{name} must be an int, got {v!r}")
+
+
 def pack(f: SlimFile) -> bytes:
-    """Serialize a :class:`SlimFile` to bytes (ValueError on out-of-range fields)."""
-    if len(f.model_id) != 16:
-        raise ValueError(f"model_id must be 16 bytes, got {len(f.model_id)}")
+    """Serialize a :class:`SlimFile` to bytes (ValueError on out-of-range fields, TypeError on a
+    payload or model id that is not bytes)."""
+    model_id = _bytes_like(f.model_id, "model_id")
+    if len(model_id) != 16:
+        raise ValueError(f"model_id must be 16 bytes, got {len(model_id)}")
+    _check_ints(f)
     if not 1 <= f.width < 1 << 16:
         raise ValueError(f"width {f.width} out of range 1..65535")
     for name, v in (("height", f.height), ("img_width", f.img_width)):
@@ -79,15 +106,20 @@ def pack(f: SlimFile) -> bytes:
         raise ValueError(f"streams {f.streams} out of range 1..255")
     if len(f.metadata) >= 1 << 16:
         raise ValueError("too many metadata entries (at most 65535)")
-    parts = [_FIXED.pack(MAGIC, FORMAT_VERSION, 0, bytes(f.model_id), f.width, f.height,
-                         f.img_width, f.streams, len(f.metadata))]
+    payload = _bytes_like(f.payload, "payload")
+    parts = [_FIXED.pack(MAGIC, FORMAT_VERSION, 0, model_id, int(f.width), int(f.height),
+                         int(f.img_width), int(f.streams), len(f.metadata))]
     for k, v in f.metadata.items():
         if not isinstance(k, str):
             raise ValueError(f"metadata keys must be str, got {type(k).__name__} {k!r}")
         if not isinstance(v, (bytes, bytearray, memoryview)):
             raise ValueError(f"metadata value of {k!r} must be bytes, got {type(v).__name__} "
                              f"(encode text first, e.g. 'text'.encode())")
-        kb = k.encode("utf-8")
+        try:
+            kb = k.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"metadata key {k!r} is not valid UTF-8 text (a lone surrogate?)") \
+                from None
         if not 1 <= len(kb) <= 255:
             raise ValueError(f"metadata key {k!r} must be 1..255 UTF-8 bytes")
         v = bytes(v)
@@ -95,21 +127,23 @@ def pack(f: SlimFile) -> bytes:
             raise ValueError(f"metadata value of {k!r} is {len(v)} bytes (at most 2**32 - 1)")
         parts.append(struct.pack("<B", len(kb)) + kb + struct.pack("<I", len(v)) + v)
     header = b"".join(parts)
-    payload = bytes(f.payload)
     pre = header + struct.pack("<II", len(payload), zlib.crc32(payload))
     return pre + struct.pack("<I", zlib.crc32(pre)) + payload
 
 
 def unpack(data: bytes) -> SlimFile:
-    """Parse and verify a ``.slim`` byte string; raises :class:`SlimFormatError` if invalid."""
-    data = bytes(data)
+    """Parse and verify a ``.slim`` byte string (bytes, bytearray or memoryview); raises
+    :class:`SlimFormatError` if invalid, TypeError for something that is not bytes (e.g. a
+    path: read the file first, :func:`read`)."""
+    data = _bytes_like(data, "the .slim data")
     if len(data) < 4 or data[:4] != MAGIC:
         raise SlimFormatError("not a .slim file (the magic bytes 'SLIM' are missing)")
     if len(data) < 5:
         raise SlimFormatError("truncated .slim file (ends inside the header)")
     if data[4] > FORMAT_VERSION:
         raise SlimFormatError(f"this .slim file has format version {data[4]}, newer than this "
-                              f"slimkernels reads ({FORMAT_VERSION}): upgrade slimkernels")
+                              f"slimkernels reads ({FORMAT_VERSION}): upgrade slimkernels (or "
+                              f"the file is corrupt)")
     if data[4] == 0:
         raise SlimFormatError("corrupt .slim file: format version 0 does not exist")
     if len(data) < _FIXED.size:
@@ -117,7 +151,7 @@ def unpack(data: bytes) -> SlimFile:
     magic, version, flags, model_id, width, height, img_w, streams, nmeta = \
         _FIXED.unpack_from(data, 0)
     pos = _FIXED.size
-    meta: Dict[str, bytes] = {}
+    raw = []   # (key bytes, value) of the metadata entries
     try:
         for _ in range(nmeta):
             (kl,) = struct.unpack_from("<B", data, pos)
@@ -127,7 +161,7 @@ def unpack(data: bytes) -> SlimFile:
             pos += 4
             if pos + vl > len(data):
                 raise struct.error("value past the end")
-            meta[key.decode("utf-8", errors="replace")] = data[pos:pos + vl]
+            raw.append((key, data[pos:pos + vl]))
             pos += vl
         plen, pcrc, hcrc = _TAIL.unpack_from(data, pos)
     except struct.error:
@@ -136,6 +170,17 @@ def unpack(data: bytes) -> SlimFile:
         raise SlimFormatError("corrupt .slim file: the header checksum does not match")
     if flags != 0:
         raise SlimFormatError(f"unsupported .slim flags {flags:#x}: written by a newer slimkernels?")
+    meta: Dict[str, bytes] = {}
+    for key, value in raw:
+        try:
+            name = key.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SlimFormatError(f"corrupt .slim header: metadata key {key!r} is not UTF-8") \
+                from None
+        if not name or name in meta:
+            raise SlimFormatError(f"corrupt .slim header: metadata key {name!r} is "
+                                  f"{'empty' if not name else 'repeated'}")
+        meta[name] = value
     pos += _TAIL.size
     payload = data[pos:]
     if len(payload) < plen:

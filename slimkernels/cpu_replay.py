@@ -24,9 +24,11 @@ Safety, in order:
   filled with NaN first, so that a step the recording missed shows; any difference drops the
   recording.
 * A replay re-checks the environment switches the recording read and the module-level dispatch
-  switches (``slimkernels.ops.*`` constants), runs only while no module of the model has forward
-  hooks, and compares every kernel's return value with the recorded one (a difference drops
-  the recording and runs the eager call).
+  switches (``slimkernels.ops.*`` constants), runs only while no module of the model has hooks
+  or an instance-level ``forward`` and each module class has the ``forward`` it had when
+  recorded (the modules' other non-tensor attributes are assumed unchanged: after setting one,
+  call ``clear_caches()``), and compares every kernel's return value with the recorded one (a
+  difference drops the recording and runs the eager call).
 * The cache is keyed by the model's state key (every parameter and buffer's identity, version
   counter and storage, :meth:`slimkernels.SlimCodec.model_id`): an update of the weights drops
   every recording (writes through ``.data`` bypass version counters: call ``clear_caches()``).
@@ -256,6 +258,7 @@ class _Replay:
         self.output: Optional[Tuple] = None   # (bytes, element offset, dtype, shape, stride)
         self.env: dict = {}
         self.hooks: list = []
+        self.forwards: tuple = ()        # ((module class, its forward), ...) as recorded
         self.replays = 0
         self.arena_bytes = (0, 0)        # (early, late)
         self.out_step = 0                # the step that first writes the output
@@ -334,12 +337,18 @@ class _Replay:
                     y.stride())
         r.env = dict(rec.env)
         r.hooks = hooks
+        # each module class's forward as recorded (a class patched afterwards runs eagerly)
+        r.forwards = tuple((c, c.forward) for c in {type(m) for m in modules})
         return r
 
     def runnable(self) -> bool:
-        """The recording still describes the eager call: same environment switches, no hooks."""
+        """The recording still describes the eager call: same environment switches, no hooks,
+        the same ``forward`` on each module class."""
         for name, value in self.env.items():
             if _getenv(name) != value:
+                return False
+        for c, f in self.forwards:
+            if c.forward is not f:
                 return False
         return not (_global_hooks() or _hooked(self.hooks))
 

@@ -82,13 +82,56 @@ def test_errors(model):
         model.compress(x, precision="fp16")
     with pytest.raises(RuntimeError, match="update"):
         Tiny().compress(x)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="widths must not be empty"):
         Tiny(widths=())
+    with pytest.raises(ValueError, match="positive"):
+        Tiny(widths=(8, 0))
 
     class NoConfig(Tiny):
         config = SlimCodec.config
     with pytest.raises(NotImplementedError, match="config"):
         NoConfig().model_id()
+
+
+@pytest.mark.parametrize("bad", [12.5, 12.0, "12", True, float("nan")])
+def test_widths_must_be_ints(model, bad):
+    """(int() used to truncate: 12.5 and "12" coded at width 12.)"""
+    import numpy as np
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="width must be an int"):
+        model.compress(x, bad)
+    with pytest.raises(ValueError, match="width must be an int"):
+        model.g_a[0](x, bad)
+    ref = model.compress(x, 12)
+    assert model.compress(x, np.int64(12)) == ref == model.compress(x, torch.tensor(12))
+
+
+@pytest.mark.parametrize("bad", ["/a/path.slim", None, 7, 2 ** 40, 1.5])
+def test_decompress_refuses_what_is_not_bytes(model, bad):
+    with pytest.raises(TypeError, match="must be bytes"):   # (7: bytes(7), seven zero bytes)
+        model.decompress(bad)
+
+
+def test_a_corrupt_payload_with_a_valid_checksum_is_a_format_error(model):
+    """What the range decoder refuses is reported as the container's SlimFormatError (its
+    documented error for a file that cannot be read), naming the payload."""
+    import dataclasses
+    data = model.compress(torch.rand(1, 3, 16, 16), 8)
+    f = container.unpack(data)
+    for bad in (dataclasses.replace(f, height=32),                # more symbols than coded
+                dataclasses.replace(f, payload=f.payload[:-2]),    # truncated stream
+                dataclasses.replace(f, payload=b"\x07" + f.payload[1:])):
+        with pytest.raises(container.SlimFormatError, match="corrupt .slim payload"):
+            model.decompress(container.pack(bad))
+
+
+def test_compress_refuses_a_side_a_file_cannot_hold_before_the_transform(model, monkeypatch):
+    monkeypatch.setattr(container, "MAX_SIDE", 31)
+    ran = []
+    monkeypatch.setattr(type(model), "encode", lambda *a, **k: ran.append(1))
+    with pytest.raises(ValueError, match="sides of at most 31: split the image"):
+        model.compress(torch.rand(1, 3, 8, 32), 8)
+    assert not ran
 
 
 def test_bf16_compress_decodes(model):
@@ -412,10 +455,12 @@ def test_gdn_fusion_default_follows_backend_grad_and_amx(model, monkeypatch):
     calls = []
     gdn = model.g_a[1]
     real = type(gdn).forward
-    # counted through the class's forward: a hook or an instance-level forward would keep the
-    # layer out of the fusion
-    monkeypatch.setattr(type(gdn), "forward", lambda self, *a, **k: (
-        self is gdn and calls.append(1)) or real(self, *a, **k))
+    # counted through the class's forward, declared as what the fused form computes
+    # (_op_forward): a hook, an instance-level forward or another forward would keep the layer
+    # out of the fusion
+    counted = lambda self, *a, **k: (self is gdn and calls.append(1)) or real(self, *a, **k)
+    monkeypatch.setattr(type(gdn), "forward", counted)
+    monkeypatch.setattr(type(gdn), "_op_forward", counted)
     x = torch.rand(1, 3, 16, 16)
     try:
         with torch.no_grad():
@@ -465,9 +510,9 @@ def test_a_gdn_layer_with_hooks_is_not_fused(model, kind, monkeypatch):
     else:   # (the hook wraps the call's output: the call must happen)
         h = gdn.register_full_backward_hook(lambda m, gi, go: None)
         real = type(gdn).forward
-        monkeypatch.setattr(type(gdn), "forward",
-                            lambda self, *a, **k: (self is gdn and seen.append(1)) or
-                            real(self, *a, **k))
+        counted = lambda self, *a, **k: (self is gdn and seen.append(1)) or real(self, *a, **k)
+        monkeypatch.setattr(type(gdn), "forward", counted)
+        monkeypatch.setattr(type(gdn), "_op_forward", counted)   # (so only the hook counts)
     x = torch.rand(1, 3, 16, 16)
     try:
         with torch.no_grad():
@@ -483,6 +528,53 @@ def test_a_gdn_layer_with_hooks_is_not_fused(model, kind, monkeypatch):
             torch.testing.assert_close(y, model.g_a(x, 12), rtol=0, atol=0)
         finally:
             model.g_a.__dict__.pop("fuse_gdn", None)
+
+
+def test_a_gdn_subclass_or_patch_with_its_own_forward_is_not_fused(model, monkeypatch):
+    """The fused conv + GDN computes what SlimGDN.forward does: a subclass overriding forward,
+    or a forward patched onto the class, runs as its own call."""
+    from slimkernels import _hooks
+    gdn = model.g_a[1]
+    assert not _hooks.runs_more_than_forward(gdn)
+    seen = []
+
+    class Logged(type(gdn)):
+        def forward(self, x, width=None):
+            seen.append(1)
+            return super().forward(x, width)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        model.g_a.fuse_gdn = True
+        try:
+            ref = model.g_a(x, 12)
+            monkeypatch.setattr(gdn, "__class__", Logged)
+            assert _hooks.runs_more_than_forward(gdn)
+            assert torch.equal(model.g_a(x, 12), ref) and seen == [1]
+            monkeypatch.undo()
+            real = type(gdn).forward
+            monkeypatch.setattr(type(gdn), "forward",
+                                lambda self, *a, **k: seen.append(2) or real(self, *a, **k))
+            assert torch.equal(model.g_a(x, 12), ref) and seen == [1, 2]
+        finally:
+            model.g_a.__dict__.pop("fuse_gdn", None)
+
+
+def test_conversions_that_swap_tensors_work_after_coding(model):
+    """The weight caches keep no weak references, which torch.utils.swap_tensors refuses
+    (Module._apply swaps with set_swap_module_params_on_conversion(True))."""
+    m = Tiny().eval()
+    m.load_state_dict(model.state_dict())
+    m.update()
+    x = torch.rand(1, 3, 16, 16)
+    ref = {p: m.compress(x, 8, precision=p) for p in ("fp32", "bf16")}
+    m.decompress(ref["bf16"])
+    was = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        m.to(torch.float64).float()
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(was)
+    assert {p: m.compress(x, 8, precision=p) for p in ("fp32", "bf16")} == ref
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])

@@ -80,3 +80,56 @@ def test_write_is_atomic_and_refuses_overwrite(tmp_path):
     C.write(str(p), _file(width=8), overwrite=True)
     assert C.read(str(p)).width == 8
     assert [q.name for q in tmp_path.iterdir()] == ["a.slim"]   # no temp files left
+
+
+def _with_raw_key(data: bytes, key: bytes) -> bytes:
+    """``data`` (one metadata entry, key 'k') with the key's bytes replaced by ``key`` (same
+    length) and the header checksum made valid again: what another writer could produce."""
+    import struct
+    import zlib
+    i = data.index(b"\x01k") + 1
+    out = bytearray(data[:i] + key + data[i + 1:])
+    pos = C._FIXED.size + 1 + 1 + 4 + 1 + 8       # (one entry: key 1 byte, value 1 byte)
+    out[pos:pos + 4] = struct.pack("<I", zlib.crc32(bytes(out[:pos])))
+    return bytes(out)
+
+
+def test_metadata_keys_must_be_valid_distinct_and_not_empty():
+    data = C.pack(_file(metadata={"k": b"v"}, payload=b"p"))
+    assert C.unpack(_with_raw_key(data, b"k")).metadata == {"k": b"v"}   # (the helper is right)
+    with pytest.raises(C.SlimFormatError, match="not UTF-8"):
+        C.unpack(_with_raw_key(data, b"\xff"))
+    two = C.pack(_file(metadata={"k": b"v", "j": b"v"}, payload=b"p"))
+    import zlib, struct
+    i = two.index(b"\x01j") + 1
+    dup = bytearray(two[:i] + b"k" + two[i + 1:])
+    pos = C._FIXED.size + 2 * (1 + 1 + 4 + 1) + 8
+    dup[pos:pos + 4] = struct.pack("<I", zlib.crc32(bytes(dup[:pos])))
+    with pytest.raises(C.SlimFormatError, match="repeated"):
+        C.unpack(bytes(dup))
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        C.pack(_file(metadata={"\ud800": b"x"}))
+
+
+@pytest.mark.parametrize("bad", ["/some/file.slim", None, 5, 1.5])
+def test_unpack_refuses_what_is_not_bytes(bad):
+    with pytest.raises(TypeError, match="must be bytes"):   # (bytes(5): five zero bytes)
+        C.unpack(bad)
+
+
+def test_unpack_takes_any_bytes_like():
+    import numpy as np
+    data = C.pack(_file())
+    for v in (bytearray(data), memoryview(data), np.frombuffer(data, dtype=np.uint8)):
+        assert C.unpack(v) == C.unpack(data)
+
+
+def test_pack_refuses_fields_of_the_wrong_type():
+    with pytest.raises(ValueError, match="width must be an int, got 48.5"):
+        C.pack(_file(width=48.5))
+    with pytest.raises(ValueError, match="streams must be an int"):
+        C.pack(_file(streams=True))
+    with pytest.raises(TypeError, match="payload must be bytes, got a str"):
+        C.pack(_file(payload="text"))
+    with pytest.raises(TypeError, match="model_id must be bytes"):
+        C.pack(_file(model_id=list(range(16))))

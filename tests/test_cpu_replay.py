@@ -105,6 +105,20 @@ def test_a_hook_added_after_recording_runs(model):
     assert len(seen) == 1
 
 
+def test_a_module_class_forward_patched_after_recording_runs(model, monkeypatch):
+    x = _image(3)
+    for _ in range(4):
+        ref = model.compress(x, width=8)
+    _require_replayed(model)
+    cls = type(model.g_a[1])   # the GDN layer's class
+    real = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, *a, **k: real(self, *a, **k) * 8 + 1)
+    changed = model.compress(x, width=8)
+    assert changed == _eager(model, lambda: model.compress(x, width=8)) and changed != ref
+    monkeypatch.setattr(cls, "forward", real)
+    assert model.compress(x, width=8) == ref
+
+
 def test_dispatch_switches_and_environment_key_the_replay(model, monkeypatch):
     x = _image(4)
     for _ in range(4):

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
+from .._widths import as_width, width_list
 
 
 _Size = Union[int, Tuple[int, int]]
@@ -25,10 +26,7 @@ class _SlimMixin:
         self.slim_output = widths is not None
         if widths is None:
             widths = [full]
-        widths = [int(w) for w in widths]
-        bad = [w for w in widths if not 1 <= w <= full]
-        if bad:
-            raise ValueError(f"widths {bad} are outside 1..{full} (the layer's output channels)")
+        widths = width_list(widths, type(self).__name__, full)
         self.widths = sorted(set(widths), reverse=True)
         self.width = max(self.widths)
 
@@ -39,9 +37,10 @@ class _SlimMixin:
     def _check_width(self, width: Optional[int]) -> int:
         if width is None:
             return self.width
-        if int(width) not in self.widths:
+        w = as_width(width, type(self).__name__)
+        if w not in self.widths:
             raise ValueError(f"{type(self).__name__}: width {width} is not one of {self.widths}")
-        return int(width)
+        return w
 
     def _check_input(self, x: torch.Tensor, full_in: int):
         if x.dim() != 4:

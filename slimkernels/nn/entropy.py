@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .parametrizers import lower_bound
 from .._state import cached_on
+from .._widths import as_width, width_list
 
 #: training quantizations of the synthesis input (see :meth:`EntropyBottleneck.forward`)
 QUANTIZATIONS = ("noise", "mixed")
@@ -247,16 +248,17 @@ class SlimEntropyBottleneck(nn.Module):
 
     def __init__(self, widths: Sequence[int], **kwargs):
         super().__init__()
-        self.widths = [int(w) for w in widths]
-        if len(set(self.widths)) != len(self.widths) or not self.widths:
+        self.widths = width_list(widths, type(self).__name__)
+        if len(set(self.widths)) != len(self.widths):
             raise ValueError(f"widths must be distinct and non-empty, got {list(widths)}")
         self.bottlenecks = nn.ModuleList(EntropyBottleneck(w, **kwargs) for w in self.widths)
 
     def for_width(self, width: int) -> EntropyBottleneck:
         """The bottleneck of ``width`` (ValueError if it is not one of ``widths``)."""
-        if int(width) not in self.widths:
+        w = as_width(width, type(self).__name__)
+        if w not in self.widths:
             raise ValueError(f"no entropy model for width {width}: widths are {self.widths}")
-        return self.bottlenecks[self.widths.index(int(width))]
+        return self.bottlenecks[self.widths.index(w)]
 
     def forward(self, y: torch.Tensor, training: Optional[bool] = None,
                 quantization: str = "noise") -> Tuple[torch.Tensor, torch.Tensor]:

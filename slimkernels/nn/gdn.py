@@ -1,6 +1,7 @@
 """The GDN family for slimmable networks: SlimGDN (shared), SwitchGDN (per width), SlimGDNPlus."""
 from __future__ import annotations
 
+import numbers
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -8,6 +9,7 @@ import torch.nn as nn
 
 from .. import ops
 from .._state import cached_on_module
+from .._widths import width_list
 from .parametrizers import NonNegativeParametrizer
 
 
@@ -28,9 +30,11 @@ class SlimGDN(nn.Module):
     def __init__(self, in_channels: int, inverse: bool = False, beta_min: float = 1e-6,
                  gamma_init: float = 0.1):
         super().__init__()
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        self.in_channels = int(in_channels)
+        if isinstance(in_channels, bool) or not isinstance(in_channels, numbers.Integral) or \
+                in_channels < 1:
+            raise ValueError(f"{type(self).__name__}: in_channels must be an int >= 1, got "
+                             f"{in_channels!r}")
+        in_channels = self.in_channels = int(in_channels)
         self.inverse = bool(inverse)
         self.beta_reparam = NonNegativeParametrizer(minimum=beta_min)
         self.beta = nn.Parameter(self.beta_reparam.init(torch.ones(in_channels)))
@@ -80,6 +84,10 @@ class SlimGDN(nn.Module):
         self._check(x)
         return ops.gdn(x, **self.op_kwargs(x.shape[1]))
 
+    # what a conv with this GDN in its epilogue computes (SlimSequential's fusion): a subclass
+    # or patch with another forward is not fused (slimkernels._hooks.runs_more_than_forward)
+    _op_forward = forward
+
     def extra_repr(self) -> str:
         return f"{self.in_channels}, inverse={self.inverse}"
 
@@ -89,8 +97,8 @@ class _WidthSelectedGDN(nn.Module):
 
     def __init__(self, widths: Sequence[int], inverse: bool):
         super().__init__()
-        self.widths = [int(w) for w in widths]
-        if len(set(self.widths)) != len(self.widths) or not self.widths:
+        self.widths = width_list(widths, type(self).__name__)
+        if len(set(self.widths)) != len(self.widths):
             raise ValueError(f"widths must be distinct and non-empty, got {list(widths)}")
         self.inverse = bool(inverse)
 
@@ -108,6 +116,8 @@ class _WidthSelectedGDN(nn.Module):
         C = x.shape[1] if x.dim() == 4 else -1
         self._index(C, x.shape)
         return ops.gdn(x, **self.op_kwargs(C))
+
+    _op_forward = forward   # (see SlimGDN._op_forward)
 
 
 class SwitchGDN(_WidthSelectedGDN):
