@@ -19,7 +19,7 @@ def test_static_table_numbers():
     enc2 = rows[("enc2", 192, "fp32")]
     # 1x192x128x192 -> 64x96, 5x5: 2 * 192*192*25*64*96 FLOPs
     assert abs(enc2["gflop"] - 2 * 192 * 192 * 25 * 64 * 96 / 1e9) < 1e-9
-    # the SlimCAE MAC count of SLIMCAE.md: 18.8 GMAC at w=192 and 1.6 at w=48 (enc + dec,
+    # the SlimCAE MAC count (Yang et al. 2021): 18.8 GMAC at w=192 and 1.6 at w=48 (enc + dec,
     # convs + 6 GDN/IGDN layers of w^2 MACs per pixel at 128x192, 64x96, 32x48, twice)
     for w, gmac in ((192, 18.8), (48, 1.6)):
         tot = sum(r["gflop"] for k, r in rows.items() if k[1] == w and k[2] == "fp32"

@@ -37,8 +37,11 @@ def main(argv=None) -> int:
         print("\nNo bundled pretrained model in this install yet: the demo needs one "
               "(train with python/train.py, then pass --model).")
         return 0
-    model = load_model(args.model)
-    x, note = read_image(args.image)
+    try:
+        model = load_model(args.model)
+        x, note = read_image(args.image)
+    except (ValueError, FileNotFoundError) as e:
+        p.exit(1, f"{p.prog}: error: {e}\n")
     if note:
         print(f"{args.image}: {note}")
     H, W = x.shape[-2:]

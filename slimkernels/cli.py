@@ -21,6 +21,10 @@ class CLIError(Exception):
     """An error to report in one line with exit code 1."""
 
 
+#: ``--threads`` at most this many per CPU (more only slows the work down).
+MAX_THREADS_PER_CPU = 8
+
+
 def _err(msg: str) -> None:
     print(f"slimkernels: error: {msg}", file=sys.stderr)
 
@@ -47,9 +51,11 @@ def env_report() -> str:
         pass
     cuda = torch.cuda.is_available()
     lines.append(f"CUDA GPU: {torch.cuda.get_device_name(0) if cuda else 'none'}")
-    lines.append(f"backend for CPU tensors: {backend.current_backend('cpu')}")
-    if cuda:
-        lines.append(f"backend for CUDA tensors: {backend.current_backend('cuda')}")
+    for dev in ("cpu", "cuda") if cuda else ("cpu",):
+        try:   # (a SLIMKERNELS_BACKEND this machine cannot run: reported, not raised)
+            lines.append(f"backend for {dev.upper()} tensors: {backend.current_backend(dev)}")
+        except (RuntimeError, ValueError) as e:
+            lines.append(f"backend for {dev.upper()} tensors: unusable ({e})")
     env = os.environ.get(backend.ENV_VAR)
     lines.append(f"{backend.ENV_VAR}: {env or '(unset)'}")
     try:
@@ -83,29 +89,54 @@ def _load(args):
 
 
 def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]:
+    """The output path of each input; CLIError (before any work) for a missing input, an output
+    that is an input (also through links), exists without ``force``, is not a regular file
+    (a device, a FIFO: ``force`` does not replace those), or lies in a missing folder."""
+    if not output:
+        raise CLIError("the output path is empty")
+    for i in inputs:
+        if not os.path.exists(i):
+            raise CLIError(f"{i} does not exist")
+        if os.path.isdir(i):
+            raise CLIError(f"{i} is a folder, not a file")
     if len(inputs) > 1 or os.path.isdir(output) or output.endswith(os.sep):
         if not os.path.isdir(output):
-            raise CLIError(f"with several inputs the output must be an existing folder: {output}")
+            raise CLIError(f"{output} is not an existing folder (create it first: with several "
+                           f"inputs, or an output ending in '{os.sep}', the output is a folder)"
+                           if len(inputs) > 1 or output.endswith(os.sep) else
+                           f"{output}: not a folder")
         outs = [os.path.join(output, os.path.splitext(os.path.basename(p))[0] + ext)
                 for p in inputs]
     else:
         outs = [output]
     seen = {}
     for src, dst in zip(inputs, outs):
-        key = os.path.abspath(dst)
+        key = os.path.realpath(dst)
         if key in seen:
             raise CLIError(f"{seen[key]} and {src} would both write {dst}; rename one")
         seen[key] = src
+    sources = {os.path.realpath(i): i for i in inputs}
     for i, o in zip(inputs, outs):
-        if os.path.abspath(i) == os.path.abspath(o):
-            raise CLIError(f"output {o} is the input file")
+        same = sources.get(os.path.realpath(o))
+        if same is None and os.path.exists(o):
+            same = next((s for s in inputs if os.path.samefile(s, o)), None)   # (hard links)
+        if same is not None:
+            raise CLIError(f"output {o} is the input file {same}")
         if os.path.exists(o) and not force:
             raise CLIError(f"{o} exists: not overwriting it (use --force)")
+        if os.path.exists(o) and not os.path.isfile(o):
+            raise CLIError(f"{o} exists and is not a regular file (a folder, device or FIFO): "
+                           f"not replacing it, even with --force")
+        if ext == ".slim" and os.path.splitext(o)[1].lower() in _IMAGE_EXTENSIONS:
+            raise CLIError(f"{o}: compress writes a .slim file, not an image: name it .slim")
         folder = os.path.dirname(os.path.abspath(o))
         if not os.path.isdir(folder):
             raise CLIError(f"cannot write {o}: the folder {folder} does not exist (create it "
                            "first)")
     return outs
+
+
+_IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".gif"}
 
 
 def _progress(items, enabled: bool, desc: str):
@@ -135,11 +166,17 @@ def _pick_width(model, x, args) -> int:
 
 
 def _set_threads(args) -> None:
-    """``--threads``: 0 keeps torch's default; negative is a usage error."""
+    """``--threads``: 0 keeps torch's default; negative, or more than ``MAX_THREADS_PER_CPU``
+    per CPU (OpenMP then fails to start its threads or crashes: 20000 / 100000 measured), is a
+    usage error."""
     import torch
 
     if args.threads < 0:
         raise CLIError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
+    if args.threads > most:
+        raise CLIError(f"--threads {args.threads} is more than {MAX_THREADS_PER_CPU} per CPU "
+                       f"({os.cpu_count() or 1} here): at most {most}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -175,7 +212,7 @@ def cmd_compress(args) -> int:
 
 
 def cmd_decompress(args) -> int:
-    from .container import SlimFormatError
+    from .container import SlimFormatError, read_bytes
     from .io import atomic_write_bytes, image_to_png_bytes
 
     _set_threads(args)
@@ -187,8 +224,7 @@ def cmd_decompress(args) -> int:
         if fmt is None:
             raise CLIError(f"{dst}: choose a lossless output format (.png, .bmp, .ppm, .tif, .webp)")
         try:
-            with open(src, "rb") as f:
-                data = f.read()
+            data = read_bytes(src)
             t0 = time.perf_counter()
             x = model.decompress(data, precision=args.precision)
             dt = time.perf_counter() - t0
@@ -216,8 +252,8 @@ def cmd_info(args) -> int:
         print(f"{path}: .slim format v{f.version}, model {f.model_id.hex()}, width {f.width}, "
               f"image {f.img_width}x{f.height}, {f.streams} substream(s), payload "
               f"{len(f.payload)} bytes, file {size} bytes, {8 * size / (f.height * f.img_width):.4f} bpp")
-        for k, v in f.metadata.items():
-            print(f"  {k}: {v[:80]!r}")
+        for k, v in f.metadata.items():   # (repr: a key's control characters stay visible)
+            print(f"  {k if k.isprintable() else repr(k)}: {v[:80]!r}")
     return EXIT_OK
 
 

@@ -859,6 +859,10 @@ class SlimCodec(nn.Module):
                 inf reach the latent).
             RuntimeError: :meth:`update` was not called.
         """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"compress expects the image as a tensor, got {type(x).__name__}"
+                            + (" (slimkernels.io.read_image returns (x, note): pass x)"
+                               if isinstance(x, tuple) else ""))
         width = self._width(width)
         if x.dim() == 3:
             x = x[None]

@@ -24,12 +24,13 @@ is wrong: not a .slim file, newer version, corrupt header, truncated, corrupt pa
 from __future__ import annotations
 
 import numbers
+import os
 import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import Dict
 
-__all__ = ["SlimFile", "SlimFormatError", "pack", "unpack", "read", "write", "MAGIC",
+__all__ = ["SlimFile", "SlimFormatError", "pack", "unpack", "read", "read_bytes", "write", "MAGIC",
            "FORMAT_VERSION", "MAX_SIDE"]
 
 MAGIC = b"SLIM"
@@ -196,6 +197,24 @@ def unpack(data: bytes) -> SlimFile:
                     streams=streams, payload=payload, metadata=meta, version=version)
 
 
+def read_bytes(path: str) -> bytes:
+    """The bytes of the ``.slim`` file at ``path``, unverified but for its magic, which is
+    read first: a large file that is not a ``.slim`` file (or ``/dev/zero``) is refused without
+    reading it whole.
+
+    Raises:
+        FileNotFoundError / OSError: the file cannot be opened.
+        SlimFormatError: a folder, or a file without the magic bytes.
+    """
+    if os.path.isdir(path):
+        raise SlimFormatError("not a .slim file: a folder")
+    with open(path, "rb") as fh:
+        head = fh.read(len(MAGIC))
+        if head != MAGIC:
+            raise SlimFormatError("not a .slim file (the magic bytes 'SLIM' are missing)")
+        return head + fh.read()
+
+
 def read(path: str) -> SlimFile:
     """Read and verify a ``.slim`` file from ``path``.
 
@@ -203,8 +222,7 @@ def read(path: str) -> SlimFile:
         FileNotFoundError / OSError: the file cannot be opened.
         SlimFormatError: the bytes are not a valid ``.slim`` file (see :func:`unpack`).
     """
-    with open(path, "rb") as fh:
-        return unpack(fh.read())
+    return unpack(read_bytes(path))
 
 
 def write(path: str, f: SlimFile, *, overwrite: bool = False) -> None:

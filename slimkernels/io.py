@@ -63,7 +63,11 @@ def _atomic_write(path: str, write, overwrite: bool) -> None:
         mode = stat.S_IMODE(os.stat(path).st_mode) if overwrite else None
     except OSError:
         mode = None
-    fd, tmp = tempfile.mkstemp(prefix=".slim-", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".slim-", suffix=".tmp", dir=folder)
+    except OSError as e:   # (named after the file asked for, not the hidden temp file)
+        raise type(e)(e.errno, f"cannot write {path}: {e.strerror} (in the folder {folder})") \
+            from None
     try:
         if hasattr(os, "fchmod"):   # POSIX (Windows files take no permission bits here)
             os.fchmod(fd, _new_file_mode() if mode is None else mode)
@@ -107,6 +111,8 @@ def open_image(path: str, todo: str = ""):
     """
     from PIL import Image, UnidentifiedImageError
 
+    if not os.path.exists(path):
+        raise ValueError(f"{path} does not exist" + (f"; {todo}" if todo else ""))
     try:
         im = Image.open(path)
         im.load()
@@ -153,7 +159,7 @@ def _load_error(e: Exception) -> str:
 
 
 def read_image(path: str) -> Tuple[torch.Tensor, str]:
-    """Read an image file as ``[1, 3, H, W]`` float32 in [0, 1].
+    """Read an image file: ``(x, note)``, ``x`` the image as ``[1, 3, H, W]`` float32 in [0, 1].
 
     Grayscale, palette, RGBA (alpha dropped) and 16-bit images are converted to 8-bit RGB, and
     an EXIF orientation (camera JPEGs) is applied, so that the image is coded as viewers show it;
@@ -161,7 +167,8 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
 
     Raises:
         ValueError: see :func:`open_image` (raise ``PIL.Image.MAX_IMAGE_PIXELS`` in Python to read
-            larger images), or an empty image.
+            larger images), an empty image, or floating-point / 32-bit integer pixels (no agreed
+            8-bit meaning: a float TIFF used to come out black).
     """
     from PIL import Image
 
@@ -175,6 +182,13 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
         im = ImageOps.exif_transpose(im)
         note += "applied the EXIF orientation; "
     mode = im.mode
+    if mode in ("F", "I") and mode == im.mode:
+        # 32-bit pixels: floats have no agreed range, and ints past 16 bits would be clipped
+        arr = np.asarray(im)
+        if mode == "F" or (arr.size and (arr.min() < 0 or arr.max() > 65535)):
+            raise ValueError(f"{path}: {'floating-point' if mode == 'F' else '32-bit integer'} "
+                             f"pixels (Pillow mode {mode}), which have no 8-bit meaning here: "
+                             f"convert the image to 8 or 16 bits per channel first")
     if mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im, dtype=np.float64)
         arr = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
@@ -201,5 +215,7 @@ def image_to_png_bytes(x: torch.Tensor, fmt: str = "PNG") -> bytes:
         x = x[0]
     arr = x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
     buf = io.BytesIO()
-    Image.fromarray(arr.cpu().numpy()).save(buf, format=fmt)
+    # lossless: WebP's default is lossy (the decoded image would differ from the codec's)
+    Image.fromarray(arr.cpu().numpy()).save(buf, format=fmt,
+                                            **({"lossless": True} if fmt == "WEBP" else {}))
     return buf.getvalue()

@@ -229,3 +229,140 @@ def test_precision_option(model_file, images, tmp_path, capsys):
     assert main(["env"]) == 0
     assert f"default precision (--precision auto): CPU {resolve_precision('auto', 'cpu')}" in \
         capsys.readouterr().out
+
+
+# -- from an audit of the command line (sitting 31) ------------------------------------------
+def test_threads_beyond_a_few_per_cpu_are_refused_before_any_work(model_file, images, tmp_path,
+                                                                 capsys):
+    """(--threads 100000 crashed OpenMP: a segfault; 20000 failed to start its threads.)"""
+    from slimkernels.cli import MAX_THREADS_PER_CPU
+    too_many = MAX_THREADS_PER_CPU * (os.cpu_count() or 1) + 1
+    out = tmp_path / "a.slim"
+    for cmd in (["compress", images["RGB"], str(out)], ["decompress", str(out), str(out) + ".png"]):
+        assert main(cmd + ["--model", model_file, "--threads", str(too_many)]) == 1
+        assert f"--threads {too_many} is more than" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_output_that_is_the_input_through_a_link_is_refused(model_file, images, tmp_path,
+                                                              capsys):
+    """(--force wrote the .slim file over the input image reached through a linked folder.)"""
+    real = tmp_path / "real"
+    real.mkdir()
+    photo = real / "photo.png"
+    photo.write_bytes(open(images["RGB"], "rb").read())
+    (tmp_path / "link").symlink_to(real)
+    before = photo.read_bytes()
+    for out in (tmp_path / "link" / "photo.png",):
+        assert main(["compress", str(photo), str(out), "-f", "--model", model_file]) == 1
+        assert "is the input file" in capsys.readouterr().err
+    os.link(photo, tmp_path / "hard.png")
+    assert main(["compress", str(photo), str(tmp_path / "hard.png"), "-f",
+                 "--model", model_file]) == 1
+    assert "is the input file" in capsys.readouterr().err
+    assert photo.read_bytes() == before
+
+
+def test_force_does_not_replace_a_fifo_or_folder(model_file, images, tmp_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert main(["compress", images["RGB"], str(fifo), "-f", "--model", model_file]) == 1
+    assert "is not a regular file" in capsys.readouterr().err
+    assert not os.path.isfile(fifo) and os.path.exists(fifo)
+
+
+def test_inputs_are_checked_before_any_output_is_written(model_file, images, tmp_path, capsys):
+    """(A batch stopped at its first missing input after writing the ones before it; the
+    rerun then needed --force.)"""
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["compress", images["RGB"], str(tmp_path / "nope.png"), images["L"], str(out),
+                 "--model", model_file]) == 1
+    assert "nope.png does not exist" in capsys.readouterr().err
+    assert os.listdir(out) == []
+    assert main(["compress", images["RGB"], str(tmp_path / "newdir") + os.sep,
+                 "--model", model_file]) == 1
+    assert "is not an existing folder (create it first" in capsys.readouterr().err
+    assert main(["compress", images["RGB"], "", "--model", model_file]) == 1
+    assert "the output path is empty" in capsys.readouterr().err
+
+
+def test_a_big_file_that_is_not_slim_is_refused_from_its_first_bytes(model_file, tmp_path,
+                                                                     capsys, monkeypatch):
+    """(info / decompress read the whole file first: /dev/zero ran out of memory.)"""
+    import builtins
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\0" * (1 << 20))
+    reads = []
+    real_open = builtins.open
+
+    def tracking_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        if str(path) == str(big):
+            real_read = f.read
+            f = _Reads(f, real_read, reads)
+        return f
+    monkeypatch.setattr(builtins, "open", tracking_open)
+    assert main(["info", str(big)]) == 1
+    assert main(["decompress", str(big), str(tmp_path / "x.png"), "--model", model_file]) == 1
+    monkeypatch.undo()
+    assert capsys.readouterr().err.count("magic bytes 'SLIM' are missing") == 2
+    assert reads and max(reads) <= 4
+    assert main(["info", str(tmp_path)]) == 1
+    assert "not a .slim file: a folder" in capsys.readouterr().err
+
+
+class _Reads:
+    """A file whose ``read(n)`` sizes are logged (``-1``: the rest)."""
+
+    def __init__(self, f, read, log):
+        self._f, self._read, self._log = f, read, log
+
+    def read(self, n=-1):
+        data = self._read(n)
+        self._log.append(len(data) if n != -1 else 1 << 62)
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return self._f.__exit__(*a)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def test_env_reports_a_backend_this_machine_cannot_run(monkeypatch, capsys):
+    monkeypatch.setenv("SLIMKERNELS_BACKEND", "nonsense")
+    assert main(["env"]) == 0
+    assert "backend for CPU tensors: unusable (" in capsys.readouterr().out
+
+
+def test_webp_output_is_lossless(model_file, images, tmp_path):
+    slim, png, webp = (str(tmp_path / f"a.{e}") for e in ("slim", "png", "webp"))
+    assert main(["compress", images["RGB"], slim, "--model", model_file, "-q"]) == 0
+    assert main(["decompress", slim, png, "--model", model_file, "-q"]) == 0
+    assert main(["decompress", slim, webp, "--model", model_file, "-q"]) == 0
+    a = np.asarray(Image.open(png).convert("RGB"))
+    assert np.array_equal(a, np.asarray(Image.open(webp).convert("RGB")))
+
+
+@pytest.mark.parametrize("kind", ["float", "int32"])
+def test_32_bit_pixels_are_refused_not_blackened(model_file, tmp_path, capsys, kind):
+    """(A float TIFF was coded all black; 32-bit ints were clipped at 65535.)"""
+    arr = (np.random.default_rng(0).random((12, 10)).astype(np.float32) if kind == "float"
+           else (np.arange(120).reshape(12, 10) * 1000 + 70000).astype(np.int32))
+    src = tmp_path / "img.tif"
+    Image.fromarray(arr).save(src)
+    assert main(["compress", str(src), str(tmp_path / "a.slim"), "--model", model_file]) == 1
+    assert "pixels (Pillow mode" in capsys.readouterr().err
+    assert not (tmp_path / "a.slim").exists()
+
+
+def test_compress_refuses_an_image_extension_for_its_output(model_file, images, tmp_path,
+                                                           capsys):
+    """(compress a.png b.png wrote .slim bytes into b.png.)"""
+    assert main(["compress", images["RGB"], str(tmp_path / "b.png"), "--model", model_file]) == 1
+    assert "compress writes a .slim file, not an image" in capsys.readouterr().err
+    assert not (tmp_path / "b.png").exists()

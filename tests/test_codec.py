@@ -106,6 +106,14 @@ def test_widths_must_be_ints(model, bad):
     assert model.compress(x, np.int64(12)) == ref == model.compress(x, torch.tensor(12))
 
 
+def test_compress_names_a_non_tensor_image(model):
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(TypeError, match=r"read_image returns \(x, note\): pass x"):
+        model.compress((x, ""), 8)
+    with pytest.raises(TypeError, match="expects the image as a tensor, got ndarray"):
+        model.compress(x.numpy(), 8)
+
+
 @pytest.mark.parametrize("bad", ["/a/path.slim", None, 7, 2 ** 40, 1.5])
 def test_decompress_refuses_what_is_not_bytes(model, bad):
     with pytest.raises(TypeError, match="must be bytes"):   # (7: bytes(7), seven zero bytes)

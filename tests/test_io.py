@@ -142,3 +142,23 @@ def test_read_image_keeps_every_note(tmp_path):
     x, note = read_image(str(path))
     assert x.shape == (1, 3, 9, 6)
     assert "EXIF orientation" in note and "16-bit" in note, note
+
+
+def test_an_unwritable_folder_is_named_after_the_file_asked_for(tmp_path, monkeypatch):
+    """(The error named the hidden temp file '.slim-xxxx.tmp'.)"""
+    import tempfile
+
+    from slimkernels.io import atomic_write_bytes
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    target = tmp_path / "out.slim"
+    with pytest.raises(PermissionError, match=f"cannot write {target}: Permission denied"):
+        atomic_write_bytes(str(target), b"x")
+
+
+def test_a_missing_image_is_said_to_not_exist(tmp_path):
+    from slimkernels.io import read_image
+    with pytest.raises(ValueError, match=r"nope.png does not exist$"):
+        read_image(str(tmp_path / "nope.png"))

@@ -53,3 +53,14 @@ def test_the_bundled_model_and_its_info_load_as_plain_data(bundled):
     assert bundled["format"] == "slimkernels-model"
     assert model_info() == dict(bundled.get("info", {}))
     assert load_model().widths == sorted(bundled["config"]["widths"], reverse=True)
+
+
+def test_a_state_dict_that_does_not_match_its_config_is_named_briefly(tmp_path, bundled):
+    d = copy.deepcopy(bundled)
+    d["state_dict"] = {k: v for i, (k, v) in enumerate(d["state_dict"].items()) if i % 2}
+    d["state_dict"]["extra.weight"] = torch.zeros(1)
+    torch.save(d, tmp_path / "half.pt")
+    with pytest.raises(ValueError, match=r"half.pt does not match the model its config describes:"
+                                         r" \d+ missing key\(s\) .*1 unexpected") as e:
+        load_model(str(tmp_path / "half.pt"))
+    assert len(str(e.value)) < 600   # (torch's own error lists every key: kilobytes)

@@ -3,9 +3,9 @@
 Per width and image: the image is compressed to a ``.slim`` file that is written to disk, the
 file is read back and decoded; the rate is the file size (``bytes * 8 / (H * W)`` of the unpadded
 image, container header included), quality PSNR and MS-SSIM of the decoded 8-bit RGB against the
-original (SLIMCAE.md conventions). The estimated rate is ``-sum log2 p(y_hat) / (H * W)`` from
-``model.forward`` on the same edge-padded input that ``compress`` codes, divided by the unpadded
-pixel count. RD values are means over images, times medians over images.
+original (the SlimCAE paper's conventions). The estimated rate is
+``-sum log2 p(y_hat) / (H * W)`` from ``model.forward`` on the same edge-padded input that
+``compress`` codes, divided by the unpadded pixel count. RD values are means over images, times medians over images.
 """
 from __future__ import annotations
 
@@ -24,18 +24,18 @@ from .metrics import ms_ssim, ms_ssim_db, psnr
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 
-#: Published Kodak RD points (bpp, RGB PSNR dB), SLIMCAE.md "Evaluation".
+#: Published Kodak RD points (bpp, RGB PSNR dB), the SlimCAE paper (Yang et al. 2021).
 BALLE2017 = {
     "name": "Balle 2017 (factorized, published)",
     "description": "Balle, Laparra, Simoncelli, ICLR 2017, factorized prior, MSE, Kodak RGB PSNR; "
-                   "published numbers (SLIMCAE.md), not measured here",
+                   "published numbers (Yang et al. 2021), not measured here",
     "results": {"bpp": [0.120, 0.195, 0.316, 0.481, 0.721, 1.061],
                 "psnr-rgb": [26.78, 28.35, 30.02, 31.73, 33.69, 35.82]},
 }
 COMPRESSAI_BMSHJ2018_FACTORIZED = {
     "name": "CompressAI bmshj2018-factorized (published)",
     "description": "CompressAI's re-trained bmshj2018-factorized, Kodak RGB PSNR; published numbers "
-                   "(SLIMCAE.md), not measured here",
+                   "(Yang et al. 2021), not measured here",
     "results": {"bpp": [0.123, 0.189, 0.288, 0.440, 0.648, 0.967],
                 "psnr-rgb": [26.91, 28.22, 29.62, 31.28, 32.96, 35.38]},
 }

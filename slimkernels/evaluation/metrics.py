@@ -2,7 +2,7 @@
 
 Both take images as float tensors in [0, 1] (``[N, 3, H, W]`` or ``[3, H, W]``) or uint8
 tensors/arrays in [0, 255], round them to 8-bit values first (what a decoder writes to a PNG),
-and compute in float64. This is the field's convention for Kodak tables (SLIMCAE.md).
+and compute in float64. This is the field's convention for Kodak tables (Yang et al. 2021).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ DEFAULT_WIDTHS = (192, 144, 96, 72, 48)
 
 
 class SlimCAE(SlimCodec):
-    """The SlimCAE architecture of the official code (SLIMCAE.md).
+    """The SlimCAE architecture of the official code (Yang et al. 2021).
 
     Encoder ``g_a``: conv 9x9/4 -> GDN -> conv 5x5/2 -> GDN -> conv 5x5/2 (no bias) -> GDN.
     Decoder ``g_s``: IGDN -> tconv 5x5/2 -> IGDN -> tconv 5x5/2 -> IGDN -> tconv 9x9/4 -> 3.

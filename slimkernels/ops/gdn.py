@@ -149,8 +149,9 @@ def compiled_training(enabled: bool = True):
 
     Example::
 
-        with slimkernels.ops.gdn.compiled_training():
-            loss = rd_loss(model, x, ...)
+        gdn_ops = importlib.import_module("slimkernels.ops.gdn")   # (ops.gdn: the function)
+        with gdn_ops.compiled_training():
+            loss, stats = rd_loss(model, x, widths, lambdas, bf16=True)
             loss.backward()
     """
     global COMPILE_TRAINING

@@ -79,11 +79,23 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is a damaged slimkernels model file ({type(e).__name__}: {e}); "
                          f"write it again with slimkernels.pretrained.save_model") from None
+    missing, unexpected = _key_mismatch(model, sd)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the model its config describes: "
+                         f"{len(missing)} missing key(s) (e.g. {missing[:3]}), {len(unexpected)} "
+                         f"unexpected (e.g. {unexpected[:3]}): a damaged or foreign file")
     model.load_state_dict(sd)
     model = model.to(device).eval()
     if averaged or not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
         model.update()   # (the tables of an averaged entropy model are built from it)
     return model
+
+
+def _key_mismatch(model, sd: Dict):
+    """``(missing, unexpected)`` state_dict keys, sorted (torch's own error lists all of them,
+    kilobytes for a foreign file)."""
+    want = set(model.state_dict())
+    return sorted(want - set(sd)), sorted(set(sd) - want)
 
 
 def model_info(path: Optional[str] = None) -> Dict:

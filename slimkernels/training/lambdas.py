@@ -19,8 +19,8 @@ def rd_slope(bpp: Sequence[float], psnr: Sequence[float], i: int) -> float:
 
 
 class LambdaScheduler:
-    """The search of SLIMCAE.md: for each pair (i, i+1), widest first, multiply the lambdas of all
-    narrower widths by ``factor`` (at most ``max_reductions`` times) while the RD chord slope
+    """The search of the SlimCAE paper (Yang et al. 2021): for each pair (i, i+1), widest first,
+    multiply the lambdas of all narrower widths by ``factor`` (at most ``max_reductions`` times) while the RD chord slope
     between widths i and i+1 keeps falling; the widest lambda never changes.
 
     Drive it with :meth:`observe` after each validation; it returns the lambdas to train with next

@@ -64,7 +64,8 @@ class TrainConfig:
                                 "elsewhere (emulated bf16 measured 10x slower than fp32 on an "
                                 "AVX2 CPU)", auto_bool=True)
     quantization: str = _opt("noise", "what the synthesis trains on: noise (y + U(-0.5, 0.5), "
-                                     "SLIMCAE.md) or mixed (the rounded latent, straight-through "
+                                     "Yang et al. 2021) or mixed (the rounded latent, "
+                                     "straight-through "
                                      "gradient; the rate term keeps the noise)")
     compile_gdn: bool = _opt(True, "CPU + bf16: GDN's autograd path through torch.compile")
     channels_last: bool = _opt(True, "channels_last activations and weights")
@@ -77,7 +78,7 @@ class TrainConfig:
     val_size: int = _opt(256, "center-crop size of the validation images")
     val_split: int = _opt(20, "every N-th training image is held out for validation")
     ckpt_every_s: float = _opt(600.0, "save the checkpoint at least this often (seconds)")
-    schedule: bool = _opt(False, "lambda scheduling (SLIMCAE.md): scale the narrower widths' "
+    schedule: bool = _opt(False, "lambda scheduling (Yang et al. 2021): scale the narrower widths' "
                           "lambdas while the RD chord slope keeps falling; the widest never "
                           "changes")
     schedule_start: int = _opt(0, "first scheduler validation at this step")

@@ -6,7 +6,7 @@ import pytest
 
 from slimkernels.evaluation.bdrate import bd_psnr, bd_rate, overlap, quality_at_rate
 
-# a realistic pair: published Kodak points (SLIMCAE.md)
+# a realistic pair: published Kodak points (Yang et al. 2021)
 BALLE = ([0.120, 0.195, 0.316, 0.481, 0.721, 1.061], [26.78, 28.35, 30.02, 31.73, 33.69, 35.82])
 CAI = ([0.123, 0.189, 0.288, 0.440, 0.648, 0.967], [26.91, 28.22, 29.62, 31.28, 32.96, 35.38])
 ALL = ("pchip", "akima", "cubic")

@@ -218,3 +218,12 @@ def test_train_evaluate_demo_chain(tmp_path):
         f = container.read(str(demo / f"sample_w{w}.slim"))
         assert (f.width, f.height, f.img_width) == (int(w), 176, 192)
         assert len(container.pack(f)) == int(nbytes)
+
+
+def test_demo_names_a_bad_path_in_one_line(tmp_path):
+    """(A missing image or model file printed a traceback.)"""
+    for args, msg in ((("--image", tmp_path / "nope.png"), "nope.png does not exist"),
+                      (("--model", tmp_path / "nope.pt"), "nope.pt does not exist")):
+        r = run("demo.py", *args, "--out", tmp_path / "o")
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("demo.py: error: ") and msg in r.stderr, r.stderr
