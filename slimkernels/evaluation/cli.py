@@ -63,9 +63,26 @@ def run_eval(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        list_images(args.folder, args.limit)
+        images = list_images(args.folder, args.limit)
     except ValueError as e:
         return err(str(e))
+    # what would fail late, checked before any work (a failed run left partial outputs that
+    # then needed --force)
+    if os.path.realpath(args.out) == os.path.realpath(args.folder):
+        return err(f"--out {args.out} is the image folder: its rd.png would be read as a test "
+                   f"image next time; choose another folder")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return err(f"--out {args.out} exists and is not a folder")
+    for name in ("jpeg_qualities", "webp_qualities"):
+        bad = [q for q in getattr(args, name, None) or [] if not 0 <= q <= 100]
+        if bad:
+            return err(f"--{name.replace('_', '-')} {bad}: qualities are 0..100")
+    if not 1 <= args.streams <= 255:
+        return err(f"--streams {args.streams}: must be 1..255")
+    small = _too_small_for_ms_ssim(images)
+    if small:
+        return err(f"{small[0]}: {small[1]}x{small[2]} pixels; MS-SSIM (part of every "
+                   f"evaluation) needs both sides > {small[3]}")
     earlier = [n for n in OUTPUTS if os.path.exists(os.path.join(args.out, n))]
     if earlier and not args.force:
         return err(f"{args.out} already holds an evaluation ({', '.join(earlier)}): choose "
@@ -98,6 +115,24 @@ def run_eval(args: argparse.Namespace) -> int:
           f"{g['gap_to_balle2017_db']}")
     print("wrote " + ", ".join(sorted(v for k, v in summary["files"].items())))
     return 0
+
+
+def _too_small_for_ms_ssim(paths):
+    """``(path, W, H, min_side)`` of the first image whose smaller side is at most MS-SSIM's
+    limit (read from the file header only), else None."""
+    from PIL import Image
+
+    from .metrics import MS_SSIM_WEIGHTS, WIN_SIZE
+    min_side = (WIN_SIZE - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1)
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+        except Exception:  # noqa: BLE001 - unreadable: reported by the evaluation itself
+            continue
+        if min(w, h) <= min_side:
+            return p, w, h, min_side
+    return None
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -3,6 +3,7 @@ import argparse
 import json
 import os
 import sys
+import re
 
 import numpy as np
 import pytest
@@ -153,6 +154,26 @@ def test_cli_input_errors(image_folder, tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
     assert run_eval(_args([image_folder, "--model", str(tmp_path / "none.pt")])) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_refuses_what_would_fail_late_before_any_work(image_folder, tmp_path, capsys):
+    """(A quality out of range or a small image failed after the SlimCAE part had written its
+    outputs, and the rerun then needed --force; --out as the image folder made the next run read
+    its rd.png as a test image.)"""
+    out = tmp_path / "r"
+    for argv, msg in (([image_folder, "--out", image_folder], "is the image folder"),
+                      ([image_folder, "--out", str(out), "--jpeg-qualities", "0", "101"],
+                       r"--jpeg-qualities \[101\]: qualities are 0..100"),
+                      ([image_folder, "--out", str(out), "--streams", "0"], "must be 1..255")):
+        assert run_eval(_args(argv)) == 2
+        assert re.search(msg, capsys.readouterr().err)
+    from PIL import Image
+    small = tmp_path / "small"
+    small.mkdir()
+    Image.new("RGB", (200, 150)).save(small / "s.png")
+    assert run_eval(_args([str(small), "--out", str(out)])) == 2
+    assert "s.png: 200x150 pixels; MS-SSIM" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_cli_without_the_compiled_coder_exits_1(tiny_model, image_folder, tmp_path, capsys,
