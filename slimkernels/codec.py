@@ -193,6 +193,15 @@ def model_fingerprint(model: nn.Module, config: Dict) -> bytes:
     return h.digest()[:16]
 
 
+def _not_float32(model: nn.Module) -> Optional[str]:
+    """``"<name> is <dtype>"`` of the first floating-point state tensor that is not float32,
+    else None."""
+    for k, v in model.state_dict().items():
+        if v.is_floating_point() and v.dtype != torch.float32:
+            return f"{k} is {v.dtype}"
+    return None
+
+
 def latent_indexes(width: int, h: int, w: int) -> np.ndarray:
     """The coder's CDF index of every latent element: int32 ``[1, width, h, w]`` holding ``c``
     at ``(0, c, i, j)`` (each channel has its own CDF in a width's entropy model). Pass it as
@@ -318,9 +327,15 @@ def resolve_precision(precision: str = "auto", device=None) -> str:
 def _tables(eb) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     # (cdfs int32 [C, L], cdf_lengths int32 [C], offsets int32 [C]) on the CPU
     if hasattr(eb, "cdf_tables"):           # public accessor, when the entropy model has one
-        return eb.cdf_tables()
-    return (eb._quantized_cdf.cpu().numpy(), eb._cdf_length.cpu().numpy(),
-            eb._offset.cpu().numpy())
+        out = eb.cdf_tables()
+    else:
+        out = (eb._quantized_cdf.cpu().numpy(), eb._cdf_length.cpu().numpy(),
+               eb._offset.cpu().numpy())
+    for name, a in zip(("CDF table", "CDF lengths", "CDF offsets"), out):
+        if a.dtype != np.int32:   # (e.g. loaded from a file that stored them as int64 / float)
+            raise ValueError(f"the entropy model's {name} is {a.dtype}, not int32: call "
+                             f"model.update() to rebuild the tables")
+    return out
 
 
 def _dense(t: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_format,
@@ -704,10 +719,27 @@ class SlimCodec(nn.Module):
         """16-byte id (``bytes`` of length 16) of this model's config and weights (see
         :func:`model_fingerprint`). Cached until a parameter or buffer changes (tracked by the
         tensors' version counters) or the config changes."""
+        return self._checked_id()[0]
+
+    def _checked_id(self):
+        """``(model_id, problem)``: ``problem`` names the first floating-point parameter or
+        buffer that is not float32 (None if all are), which :meth:`compress` and
+        :meth:`decompress` refuse; both cached with the id (no walk of their own per call)."""
         cfg = self.config()
         return cached_on_module(self, "_model_id_cache", self,
-                                lambda: model_fingerprint(self, cfg),
+                                lambda: (model_fingerprint(self, cfg), _not_float32(self)),
                                 extra=json.dumps(cfg, sort_keys=True))
+
+    def _coding_id(self, op: str) -> bytes:
+        """:meth:`model_id`, after refusing a model with weights that are not all float32 (the
+        first one's dtype is checked by ``_coding_device``; a submodule converted alone, e.g.
+        ``g_s.half()``, failed inside autocast)."""
+        mid, problem = self._checked_id()
+        if problem is not None:
+            raise ValueError(f"{op} needs every weight in float32, but {problem}: call "
+                             f"model.float() (for bf16 transforms pass precision='bf16', which "
+                             f"autocasts)")
+        return mid
 
     def clear_caches(self) -> None:
         """Drop every inference cache tied to this model's weights: the prepacked conv weights
@@ -902,7 +934,7 @@ class SlimCodec(nn.Module):
                 _check_value_range(*ranges[0])
             else:
                 _check_pixel_range(image)
-        mid = self.model_id()   # once: the graph cache's key and the container's field
+        mid = self._coding_id("compress")   # once: the graph cache's key, the container's field
         y = self._transform("encode", lambda t: self.encode(t, width), x, (width, precision),
                             dev, precision, cuda_graph, mid)
         med, cdfs, lengths, offsets, idx = self._latent_plan(eb, width)
@@ -938,7 +970,7 @@ class SlimCodec(nn.Module):
         """:meth:`decompress_latent` and the width's :meth:`_latent_plan` (``decompress``
         dequantizes with its medians)."""
         f = container.unpack(data)
-        mine = self.model_id()
+        mine = self._coding_id("decompress")
         if f.model_id != mine:
             raise container.SlimFormatError(
                 f"this file was written with a different model (id {f.model_id.hex()}); this "

@@ -106,6 +106,36 @@ def test_widths_must_be_ints(model, bad):
     assert model.compress(x, np.int64(12)) == ref == model.compress(x, torch.tensor(12))
 
 
+def _copy(model):
+    m = Tiny().eval()
+    m.load_state_dict(model.state_dict())
+    m.update()
+    return m
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_a_submodule_in_another_dtype_is_named(model, dtype):
+    """(_coding_device checks the first parameter only: g_s.half() failed inside autocast.)"""
+    m = _copy(model)
+    x = torch.rand(1, 3, 16, 16)
+    data = m.compress(x, 8)
+    m.g_s.to(dtype)
+    for call in (lambda: m.compress(x, 8), lambda: m.decompress(data)):
+        with pytest.raises(ValueError, match=rf"needs every weight in float32, but g_s\.\S+ is "
+                                             rf"{dtype}: call model.float\(\)"):
+            call()
+
+
+def test_cdf_tables_of_another_dtype_are_named(model):
+    m = _copy(model)
+    eb = m.entropy_bottleneck.for_width(8)
+    eb._quantized_cdf = eb._quantized_cdf.long()
+    with pytest.raises(ValueError, match="CDF table is int64, not int32: call model.update()"):
+        m.compress(torch.rand(1, 3, 16, 16), 8)
+    m.update()
+    m.compress(torch.rand(1, 3, 16, 16), 8)
+
+
 def test_compress_names_a_non_tensor_image(model):
     x = torch.rand(1, 3, 8, 8)
     with pytest.raises(TypeError, match=r"read_image returns \(x, note\): pass x"):
