@@ -49,12 +49,29 @@ def _gdn_kwargs(spec, inverse: bool):
     else:
         raise ValueError("gdn/igdn must be a (beta, gamma) tuple or a dict of slimkernels.ops.gdn "
                          f"arguments, got {type(spec).__name__}")
-    kw.pop("inverse", None)
+    unknown = sorted(set(kw) - _GDN_KEYS)
+    if unknown:
+        raise ValueError(f"gdn/igdn dict: unknown entries {unknown} (known: {sorted(_GDN_KEYS)})")
+    if kw.pop("inverse", inverse) != inverse:
+        raise ValueError(f"gdn/igdn dict says inverse={not inverse}, but this argument is "
+                         f"{'an IGDN' if inverse else 'a GDN'}: pass it as "
+                         f"{'gdn=' if inverse else 'igdn= / out_igdn='} instead")
     kw.pop("backend", None)
     if "beta" not in kw or "gamma" not in kw:
         raise ValueError("gdn/igdn dict needs 'beta' and 'gamma' entries")
+    for k in _GDN_SCALARS:
+        v = kw.get(k)
+        if v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool)) or \
+                (isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point()):
+            continue
+        raise ValueError(f"gdn/igdn dict: {k} must be a number or a one-element float tensor, "
+                         f"got {v!r}")
     kw["inverse"] = inverse
     return kw
+
+
+_GDN_SCALARS = ("gamma_scale", "gamma_bias", "beta_scale", "beta_bias")
+_GDN_KEYS = {"beta", "gamma", "inverse", "backend", *_GDN_SCALARS}
 
 
 def _effective(kw, c):

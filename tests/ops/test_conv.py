@@ -179,6 +179,16 @@ def test_errors():
         slim_conv_transpose2d(torch.randn(1, 8, 5, 5), w, b, stride=2, output_padding=2)
     with pytest.raises(ValueError, match="gdn"):
         slim_conv2d(torch.randn(1, 8, 9, 9), w, b, gdn=torch.ones(3))
+    beta, gamma = torch.rand(192) + 0.5, torch.rand(192, 192) * 0.1
+    for bad, msg in ((dict(gamma_scale="2"), "gamma_scale must be a number"),
+                     (dict(beta_bias=torch.ones(2)), "beta_bias must be a number"),
+                     (dict(gama_scale=2.0), r"unknown entries \['gama_scale'\]"),
+                     (dict(inverse=True), "says inverse=True, but this argument is a GDN")):
+        with pytest.raises(ValueError, match=msg):   # (were ignored, overridden or torch errors)
+            slim_conv2d(torch.randn(1, 8, 9, 9), w, b, gdn=dict(beta=beta, gamma=gamma, **bad))
+    with pytest.raises(ValueError, match="says inverse=False, but this argument is an IGDN"):
+        slim_conv_transpose2d(torch.randn(1, 8, 5, 5), w, b, stride=2, output_padding=1,
+                              out_igdn=dict(beta=beta, gamma=gamma, inverse=False))
 
 
 @pytest.mark.parametrize("transposed", [False, True])
