@@ -115,14 +115,19 @@ def open_image(path: str, todo: str = ""):
         raise ValueError(f"{path} does not exist" + (f"; {todo}" if todo else ""))
     try:
         im = Image.open(path)
+        # the decoder's raw mode ('RGB;16B': a 16-bit RGB PNG, which Pillow reads as 8-bit)
+        tile = im.tile[0] if getattr(im, "tile", None) else ()
+        raw = tile[3] if len(tile) > 3 else None
         im.load()
+        if isinstance(raw, str):
+            im.info["slimkernels.rawmode"] = raw
     except Image.DecompressionBombError as e:
         raise ValueError(f"{path}: too large to read safely ({e}); " + (
             todo or "split the image into tiles, or from Python raise PIL.Image.MAX_IMAGE_PIXELS "
                     "first")) from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not an image file Pillow can read ({e})"
-                         + (f"; {todo}" if todo else "")) from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:   # (ValueError: e.g. a PNG
+        raise ValueError(f"{path}: not an image file Pillow can read ({e})"   # text chunk too
+                         + (f"; {todo}" if todo else "")) from None            # large to inflate
     return im
 
 
@@ -194,6 +199,9 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
         arr = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
         im = Image.fromarray(arr, mode="L")
         note += f"converted 16-bit {mode} to 8-bit; "
+    raw = im.info.get("slimkernels.rawmode", "")
+    if im.mode in ("RGB", "RGBA") and ";16" in raw:   # Pillow keeps each sample's high byte
+        note += f"read 16-bit {raw.split(';')[0]} as 8-bit (the high byte of each sample); "
     if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
         note += f"dropped the alpha channel of a {mode} image; "
     elif im.mode != "RGB":

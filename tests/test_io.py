@@ -3,6 +3,7 @@ import os
 import stat
 
 import pytest
+import torch
 
 from slimkernels import io as sio
 
@@ -162,3 +163,44 @@ def test_a_missing_image_is_said_to_not_exist(tmp_path):
     from slimkernels.io import read_image
     with pytest.raises(ValueError, match=r"nope.png does not exist$"):
         read_image(str(tmp_path / "nope.png"))
+
+
+def _png(path, w, h, bit_depth, color_type, raw_rows, extra=b""):
+    """A PNG written by hand (Pillow cannot write 16-bit RGB): ``raw_rows`` the unfiltered
+    scanlines' bytes; ``extra`` chunks (bytes) before IDAT."""
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    raw = b"".join(b"\0" + r for r in raw_rows)
+    ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra +
+                chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return chunk
+
+
+def test_a_16_bit_rgb_png_is_read_and_its_8_bit_reading_noted(tmp_path):
+    import numpy as np
+
+    from slimkernels.io import read_image
+    a = (np.arange(4 * 5 * 3).reshape(4, 5, 3) * 997 % 65536).astype(">u2")
+    _png(tmp_path / "rgb16.png", 5, 4, 16, 2, [a[y].tobytes() for y in range(4)])
+    x, note = read_image(str(tmp_path / "rgb16.png"))
+    assert note == "read 16-bit RGB as 8-bit (the high byte of each sample)"
+    assert torch.equal((x[0].permute(1, 2, 0) * 255).round().to(torch.int64),
+                       torch.from_numpy((a >> 8).astype(np.int64)))
+    _png(tmp_path / "rgb8.png", 5, 4, 8, 2, [bytes(15)] * 4)
+    assert read_image(str(tmp_path / "rgb8.png"))[1] == ""
+
+
+def test_a_png_text_chunk_too_large_to_inflate_names_the_file(tmp_path):
+    import zlib
+
+    from slimkernels.io import read_image
+    chunk = _png(tmp_path / "plain.png", 2, 2, 8, 2, [bytes(6)] * 2)
+    ztxt = chunk(b"zTXt", b"Comment\0\0" + zlib.compress(bytes(8 << 20)))
+    _png(tmp_path / "bomb.png", 2, 2, 8, 2, [bytes(6)] * 2, extra=ztxt)
+    with pytest.raises(ValueError, match=r"bomb.png: not an image file Pillow can read \("):
+        read_image(str(tmp_path / "bomb.png"))
