@@ -193,12 +193,15 @@ def model_fingerprint(model: nn.Module, config: Dict) -> bytes:
     return h.digest()[:16]
 
 
-def _not_float32(model: nn.Module) -> Optional[str]:
-    """``"<name> is <dtype>"`` of the first floating-point state tensor that is not float32,
-    else None."""
+def _weight_problem(model: nn.Module) -> Optional[str]:
+    """What is wrong with the first floating-point state tensor that is not float32 or not
+    finite (``"<name> is <dtype>"``, ``"<name> holds NaN or inf"``), else None."""
     for k, v in model.state_dict().items():
-        if v.is_floating_point() and v.dtype != torch.float32:
-            return f"{k} is {v.dtype}"
+        if v.is_floating_point():
+            if v.dtype != torch.float32:
+                return f"{k} is {v.dtype}"
+            if v.numel() and not bool(torch.isfinite(v).all()):
+                return f"{k} holds NaN or inf"
     return None
 
 
@@ -723,18 +726,23 @@ class SlimCodec(nn.Module):
 
     def _checked_id(self):
         """``(model_id, problem)``: ``problem`` names the first floating-point parameter or
-        buffer that is not float32 (None if all are), which :meth:`compress` and
-        :meth:`decompress` refuse; both cached with the id (no walk of their own per call)."""
+        buffer that is not float32 or not finite (None if all are fine), which :meth:`compress`
+        and :meth:`decompress` refuse; both cached with the id (no walk of their own per
+        call)."""
         cfg = self.config()
         return cached_on_module(self, "_model_id_cache", self,
-                                lambda: (model_fingerprint(self, cfg), _not_float32(self)),
+                                lambda: (model_fingerprint(self, cfg), _weight_problem(self)),
                                 extra=json.dumps(cfg, sort_keys=True))
 
     def _coding_id(self, op: str) -> bytes:
         """:meth:`model_id`, after refusing a model with weights that are not all float32 (the
         first one's dtype is checked by ``_coding_device``; a submodule converted alone, e.g.
-        ``g_s.half()``, failed inside autocast)."""
+        ``g_s.half()``, failed inside autocast) or not finite (``decompress`` returned a NaN
+        image)."""
         mid, problem = self._checked_id()
+        if problem is not None and problem.endswith("NaN or inf"):
+            raise ValueError(f"{op} needs finite weights, but {problem}: the model is broken "
+                             f"(a diverged training step?); load good weights")
         if problem is not None:
             raise ValueError(f"{op} needs every weight in float32, but {problem}: call "
                              f"model.float() (for bf16 transforms pass precision='bf16', which "

@@ -126,6 +126,19 @@ def test_a_submodule_in_another_dtype_is_named(model, dtype):
             call()
 
 
+def test_non_finite_weights_are_named(model):
+    """(decompress returned a NaN image; compress blamed the image or the weights.)"""
+    m = _copy(model)
+    x = torch.rand(1, 3, 16, 16)
+    data = m.compress(x, 8)
+    with torch.no_grad():
+        m.g_s[0].weight[0, 0, 0, 0] = float("nan")
+    for call in (lambda: m.compress(x, 8), lambda: m.decompress(data)):
+        with pytest.raises(ValueError, match=r"needs finite weights, but g_s\.0\.weight holds "
+                                             r"NaN or inf"):
+            call()
+
+
 def test_cdf_tables_of_another_dtype_are_named(model):
     m = _copy(model)
     eb = m.entropy_bottleneck.for_width(8)
