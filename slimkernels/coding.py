@@ -237,6 +237,8 @@ def encode_prepared(symbols: np.ndarray, indexes: np.ndarray, run: int, cdfs: np
     as :func:`encode` takes them, ints ``precision``, ``streams >= 1``, ``threads >= 1`` (0: as
     ``threads=None``). The C++ coder still validates everything (a wrong argument raises
     ValueError or TypeError, never codes garbage). Same bytes as :func:`encode`."""
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0: as threads=None), got {threads}")
     return _ext().encode(symbols, indexes, cdfs, cdf_lengths, offsets, precision, streams,
                          threads, run, executor=_executor(pool))
 
@@ -298,12 +300,17 @@ def decode_prepared(data: bytes, indexes: np.ndarray, run: int, shape: Tuple[int
     ``shape`` using index ``j // run``, tables as :func:`decode` takes them, ints ``precision``
     and ``threads >= 1`` (0: as ``threads=None``). The C++ decoder still validates everything
     (safe on any ``data``, as :func:`decode`). Returns the same array as :func:`decode`."""
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0: as threads=None), got {threads}")
     return _ext().decode(data, indexes, cdfs, cdf_lengths, offsets, precision, threads, shape,
                          run, executor=_executor(pool))
 
 
 def stream_count(data) -> int:
-    """Number of substreams recorded in an encoded byte string (validates the header only)."""
+    """Number of substreams recorded in an encoded byte string (validates the header only).
+    ``data``: bytes, bytearray, memoryview or a 1-D uint8 array; TypeError otherwise."""
+    if not isinstance(data, (bytes, bytearray, memoryview, np.ndarray)):
+        raise TypeError(f"stream_count takes the encoded bytes, got {type(data).__name__}")
     if isinstance(data, np.ndarray):
         data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
     return int(_ext().stream_count(data))

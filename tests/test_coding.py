@@ -663,3 +663,22 @@ def test_prepared_entries_give_the_same_bytes_and_symbols_and_check_in_cpp():
             coding.decode_prepared(bad, idx, 63, sym.shape, cdfs, lengths, offsets, 16, 1)
     with pytest.raises((ValueError, TypeError)):
         coding.decode_prepared(data, idx, 62, sym.shape, cdfs, lengths, offsets, 16, 1)
+
+
+def test_prepared_calls_refuse_negative_threads_and_stream_count_non_bytes():
+    """(A negative thread count reached the C++ coder; stream_count("abc") gave pybind's
+    'incompatible function arguments'.)"""
+    sym = np.zeros((1, 2, 3, 3), dtype=np.int32)
+    idx = np.zeros(2, dtype=np.int32)
+    cdfs = np.array([[0, 1 << 15, 1 << 16]], dtype=np.int32)
+    lengths, offsets = np.array([3], dtype=np.int32), np.array([0], dtype=np.int32)
+    data = coding.encode_prepared(sym, idx, 9, cdfs, lengths, offsets, 16, 1, 1)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        coding.encode_prepared(sym, idx, 9, cdfs, lengths, offsets, 16, 1, -1)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        coding.decode_prepared(data, idx, 9, sym.shape, cdfs, lengths, offsets, 16, -2)
+    assert np.array_equal(coding.decode_prepared(data, idx, 9, sym.shape, cdfs, lengths,
+                                                 offsets, 16, 1), sym)
+    for bad in ("abc", None, 5):
+        with pytest.raises(TypeError, match="stream_count takes the encoded bytes"):
+            coding.stream_count(bad)
