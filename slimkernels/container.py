@@ -87,7 +87,7 @@ def _bytes_like(v, what: str) -> bytes:
 def _check_ints(f: SlimFile) -> None:
     for name in ("width", "height", "img_width", "streams"):
         v = getattr(f, name)
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        if type(v) is not int and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
             raise ValueError(f"{name} must be an int, got {v!r}")
 
 
