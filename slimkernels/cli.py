@@ -139,6 +139,39 @@ def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]
 _IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".gif"}
 
 
+def _check_images(paths: List[str]) -> None:
+    """CLIError for the first input that is not an image Pillow recognizes, from its header
+    alone (cheap), before any output is written: a batch no longer stops half-way on a text
+    file among its images (its rerun then needed --force)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .io import open_image
+    for p in paths:
+        try:
+            with Image.open(p):
+                pass
+        except Image.DecompressionBombError:
+            try:
+                open_image(p)   # (its message: too large to read safely, and what to do)
+            except ValueError as e:
+                raise CLIError(str(e)) from None
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise CLIError(f"{p}: not an image file Pillow can read ({e})") from None
+
+
+def _check_slim_files(paths: List[str]) -> None:
+    """CLIError for the first input without the .slim magic, before any output is written."""
+    from .container import MAGIC
+    for p in paths:
+        try:
+            with open(p, "rb") as f:
+                head = f.read(len(MAGIC))
+        except OSError as e:
+            raise CLIError(f"{p}: cannot read it ({e.strerror})") from None
+        if head != MAGIC:
+            raise CLIError(f"{p}: not a .slim file (the magic bytes 'SLIM' are missing)")
+
+
 def _progress(items, enabled: bool, desc: str):
     if not enabled or len(items) < 2:
         return items
@@ -186,6 +219,7 @@ def cmd_compress(args) -> int:
 
     _set_threads(args)
     outs = _outputs(args.inputs, args.output, ".slim", args.force)
+    _check_images(args.inputs)
     model = _load(args)
     for src, dst in _progress(list(zip(args.inputs, outs)), not args.quiet, "compress"):
         try:
@@ -217,6 +251,7 @@ def cmd_decompress(args) -> int:
 
     _set_threads(args)
     outs = _outputs(args.inputs, args.output, ".png", args.force)
+    _check_slim_files(args.inputs)
     model = _load(args)
     for src, dst in _progress(list(zip(args.inputs, outs)), not args.quiet, "decompress"):
         fmt = {".png": "PNG", ".bmp": "BMP", ".ppm": "PPM", ".tif": "TIFF", ".tiff": "TIFF",

@@ -366,3 +366,20 @@ def test_compress_refuses_an_image_extension_for_its_output(model_file, images, 
     assert main(["compress", images["RGB"], str(tmp_path / "b.png"), "--model", model_file]) == 1
     assert "compress writes a .slim file, not an image" in capsys.readouterr().err
     assert not (tmp_path / "b.png").exists()
+
+
+@pytest.mark.parametrize("op", ["compress", "decompress"])
+def test_a_batch_with_one_unreadable_input_writes_nothing(model_file, images, tmp_path, capsys,
+                                                         op):
+    out = tmp_path / "out"
+    out.mkdir()
+    junk = tmp_path / ("junk.png" if op == "compress" else "junk.slim")
+    junk.write_text("not what it says")
+    if op == "compress":
+        good = [images["RGB"], images["L"]]
+    else:
+        good = [str(tmp_path / "a.slim")]
+        assert main(["compress", images["RGB"], good[0], "--model", model_file, "-q"]) == 0
+    assert main([op, *good, str(junk), str(out), "--model", model_file]) == 1
+    assert f"{junk}: not a" in capsys.readouterr().err
+    assert os.listdir(out) == []
