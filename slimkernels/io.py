@@ -182,10 +182,13 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
     frames = getattr(im, "n_frames", 1)
     if frames > 1:
         note = f"used the first of {frames} frames; "
-    if im.getexif().get(0x0112, 1) not in (1, None):   # EXIF orientation: store it as displayed
+    orientation = im.getexif().get(0x0112, 1)
+    if orientation in range(2, 9):   # EXIF orientation: store it as displayed
         from PIL import ImageOps
         im = ImageOps.exif_transpose(im)
         note += "applied the EXIF orientation; "
+    elif orientation not in (1, None, 0):
+        note += f"ignored an invalid EXIF orientation ({orientation}); "
     mode = im.mode
     if mode in ("F", "I") and mode == im.mode:
         # 32-bit pixels: floats have no agreed range, and ints past 16 bits would be clipped

@@ -204,3 +204,16 @@ def test_a_png_text_chunk_too_large_to_inflate_names_the_file(tmp_path):
     _png(tmp_path / "bomb.png", 2, 2, 8, 2, [bytes(6)] * 2, extra=ztxt)
     with pytest.raises(ValueError, match=r"bomb.png: not an image file Pillow can read \("):
         read_image(str(tmp_path / "bomb.png"))
+
+
+def test_an_invalid_exif_orientation_is_not_reported_as_applied(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from slimkernels.io import read_image
+    im = Image.fromarray(np.arange(72, dtype=np.uint8).reshape(4, 6, 3))
+    exif = im.getexif()
+    exif[0x0112] = 99
+    im.save(tmp_path / "o.png", exif=exif)
+    x, note = read_image(str(tmp_path / "o.png"))
+    assert note == "ignored an invalid EXIF orientation (99)" and tuple(x.shape) == (1, 3, 4, 6)
