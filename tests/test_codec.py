@@ -113,29 +113,25 @@ def _copy(model):
     return m
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_a_submodule_in_another_dtype_is_named(model, dtype):
-    """(_coding_device checks the first parameter only: g_s.half() failed inside autocast.)"""
-    m = _copy(model)
-    x = torch.rand(1, 3, 16, 16)
-    data = m.compress(x, 8)
-    m.g_s.to(dtype)
-    for call in (lambda: m.compress(x, 8), lambda: m.decompress(data)):
-        with pytest.raises(ValueError, match=rf"needs every weight in float32, but g_s\.\S+ is "
-                                             rf"{dtype}: call model.float\(\)"):
-            call()
-
-
-def test_non_finite_weights_are_named(model):
-    """(decompress returned a NaN image; compress blamed the image or the weights.)"""
-    m = _copy(model)
-    x = torch.rand(1, 3, 16, 16)
-    data = m.compress(x, 8)
+def _nan_in_g_s(m):
     with torch.no_grad():
         m.g_s[0].weight[0, 0, 0, 0] = float("nan")
+
+
+@pytest.mark.parametrize("damage,msg", [
+    # (_coding_device checks the first parameter only: g_s.half() failed inside autocast)
+    *[(lambda m, d=d: m.g_s.to(d), rf"needs every weight in float32, but g_s\.\S+ is {d}: "
+       rf"call model.float\(\)") for d in (torch.float16, torch.bfloat16, torch.float64)],
+    # (decompress returned a NaN image; compress blamed the image or the weights)
+    (_nan_in_g_s, r"needs finite weights, but g_s\.0\.weight holds NaN or inf"),
+])
+def test_weights_that_cannot_code_are_named(model, damage, msg):
+    m = _copy(model)
+    x = torch.rand(1, 3, 16, 16)
+    data = m.compress(x, 8)
+    damage(m)
     for call in (lambda: m.compress(x, 8), lambda: m.decompress(data)):
-        with pytest.raises(ValueError, match=r"needs finite weights, but g_s\.0\.weight holds "
-                                             r"NaN or inf"):
+        with pytest.raises(ValueError, match=msg):
             call()
 
 
