@@ -21,8 +21,19 @@ class CLIError(Exception):
     """An error to report in one line with exit code 1."""
 
 
-#: ``--threads`` at most this many per CPU (more only slows the work down).
+#: ``--threads`` at most this many per CPU (more only slows the work down; OpenMP failed to
+#: start 20000 threads on a 2-core machine and crashed at 100000).
 MAX_THREADS_PER_CPU = 8
+
+
+def too_many_threads(n: int) -> Optional[str]:
+    """The error message for a thread count above ``MAX_THREADS_PER_CPU`` per CPU, else None
+    (the command line, ``slimkernels eval`` and the trainer check ``--threads`` with it)."""
+    cpus = os.cpu_count() or 1
+    if n > MAX_THREADS_PER_CPU * cpus:
+        return (f"--threads {n} is more than {MAX_THREADS_PER_CPU} per CPU ({cpus} here): at "
+                f"most {MAX_THREADS_PER_CPU * cpus}")
+    return None
 
 
 def _err(msg: str) -> None:
@@ -200,16 +211,13 @@ def _pick_width(model, x, args) -> int:
 
 def _set_threads(args) -> None:
     """``--threads``: 0 keeps torch's default; negative, or more than ``MAX_THREADS_PER_CPU``
-    per CPU (OpenMP then fails to start its threads or crashes: 20000 / 100000 measured), is a
-    usage error."""
+    per CPU (:func:`too_many_threads`), is an error."""
     import torch
 
     if args.threads < 0:
         raise CLIError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
-    most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
-    if args.threads > most:
-        raise CLIError(f"--threads {args.threads} is more than {MAX_THREADS_PER_CPU} per CPU "
-                       f"({os.cpu_count() or 1} here): at most {most}")
+    if too_many_threads(args.threads):
+        raise CLIError(too_many_threads(args.threads))
     if args.threads:
         torch.set_num_threads(args.threads)
 

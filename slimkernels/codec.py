@@ -193,15 +193,18 @@ def model_fingerprint(model: nn.Module, config: Dict) -> bytes:
     return h.digest()[:16]
 
 
-def _weight_problem(model: nn.Module) -> Optional[str]:
-    """What is wrong with the first floating-point state tensor that is not float32 or not
-    finite (``"<name> is <dtype>"``, ``"<name> holds NaN or inf"``), else None."""
+def _weight_problem(model: nn.Module) -> Optional[Tuple[str, str, str]]:
+    """``(what coding needs, what the first floating-point state tensor that is not float32 or
+    not finite is, what to do)``, else None."""
     for k, v in model.state_dict().items():
         if v.is_floating_point():
             if v.dtype != torch.float32:
-                return f"{k} is {v.dtype}"
+                return ("every weight in float32", f"{k} is {v.dtype}",
+                        "call model.float() (for bf16 transforms pass precision='bf16', which "
+                        "autocasts)")
             if v.numel() and not bool(torch.isfinite(v).all()):
-                return f"{k} holds NaN or inf"
+                return ("finite weights", f"{k} holds NaN or inf",
+                        "the model is broken (a diverged training step?); load good weights")
     return None
 
 
@@ -740,13 +743,9 @@ class SlimCodec(nn.Module):
         ``g_s.half()``, failed inside autocast) or not finite (``decompress`` returned a NaN
         image)."""
         mid, problem = self._checked_id()
-        if problem is not None and problem.endswith("NaN or inf"):
-            raise ValueError(f"{op} needs finite weights, but {problem}: the model is broken "
-                             f"(a diverged training step?); load good weights")
         if problem is not None:
-            raise ValueError(f"{op} needs every weight in float32, but {problem}: call "
-                             f"model.float() (for bf16 transforms pass precision='bf16', which "
-                             f"autocasts)")
+            need, what, todo = problem
+            raise ValueError(f"{op} needs {need}, but {what}: {todo}")
         return mid
 
     def clear_caches(self) -> None:

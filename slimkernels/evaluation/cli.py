@@ -54,11 +54,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             return err(f"--threads must be >= 1, got {args.threads}")
-        from ..cli import MAX_THREADS_PER_CPU
-        most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
-        if args.threads > most:
-            return err(f"--threads {args.threads} is more than {MAX_THREADS_PER_CPU} per CPU "
-                       f"({os.cpu_count() or 1} here): at most {most}")
+        from ..cli import too_many_threads
+        if too_many_threads(args.threads):
+            return err(too_many_threads(args.threads))
         import torch
 
         torch.set_num_threads(args.threads)

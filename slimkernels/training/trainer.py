@@ -102,10 +102,9 @@ class TrainConfig:
             if getattr(self, name) < lo:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be "
                                  f">= {lo}")
-        from ..cli import MAX_THREADS_PER_CPU
-        if self.threads > MAX_THREADS_PER_CPU * (os.cpu_count() or 1):
-            raise ValueError(f"--threads {self.threads}: more than {MAX_THREADS_PER_CPU} per CPU "
-                             f"({os.cpu_count() or 1} here)")
+        from ..cli import too_many_threads
+        if too_many_threads(self.threads):
+            raise ValueError(too_many_threads(self.threads))
         if not self.ckpt_every_s > 0:
             raise ValueError(f"--ckpt-every-s {self.ckpt_every_s}: must be > 0")
         if not (self.lr > 0 and self.aux_lr > 0):

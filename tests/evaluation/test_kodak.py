@@ -164,7 +164,9 @@ def test_cli_refuses_what_would_fail_late_before_any_work(image_folder, tmp_path
     for argv, msg in (([image_folder, "--out", image_folder], "is the image folder"),
                       ([image_folder, "--out", str(out), "--jpeg-qualities", "0", "101"],
                        r"--jpeg-qualities \[101\]: qualities are 0..100"),
-                      ([image_folder, "--out", str(out), "--streams", "0"], "must be 1..255")):
+                      ([image_folder, "--out", str(out), "--streams", "0"], "must be 1..255"),
+                      ([image_folder, "--out", str(out), "--threads", "100000"],
+                       "--threads 100000 is more than")):
         assert run_eval(_args(argv)) == 2
         assert re.search(msg, capsys.readouterr().err)
     from PIL import Image

@@ -271,7 +271,7 @@ def test_ema_off_keeps_no_average(image_dir, tmp_path):
 def test_bad_config_is_refused(image_dir, tmp_path):
     with pytest.raises(ValueError, match="2 widths but 3 lambdas"):
         Trainer(_cfg(image_dir, tmp_path / "x", lambdas=[1, 2, 3]))
-    with pytest.raises(ValueError, match="--threads 100000: more than 8 per CPU"):
+    with pytest.raises(ValueError, match="--threads 100000 is more than 8 per CPU"):
         Trainer(_cfg(image_dir, tmp_path / "x", threads=100000))
     with pytest.raises(ValueError, match="the image folder does not exist"):
         Trainer(_cfg(str(tmp_path / "none"), tmp_path / "x"))
