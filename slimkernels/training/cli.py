@@ -38,6 +38,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(cfg: TrainConfig) -> int:
     """Train ``cfg``; under ``torchrun`` (``WORLD_SIZE`` > 1) inside a process group (NCCL on
     CUDA, gloo on CPU), each rank on its local GPU. Returns 0; raises what the trainer raises."""
+    if not os.path.isdir(cfg.data):   # (before the Trainer makes the run folder: none left)
+        raise ValueError(f"--data {cfg.data}: the image folder does not exist")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # launched by torchrun
         import torch

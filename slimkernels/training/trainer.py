@@ -267,8 +267,6 @@ class Trainer:
         self.next_schedule = cfg.schedule_start
         self.sampler: Optional[CropSampler] = None
         self.val_images: Optional[torch.Tensor] = None
-        if not os.path.isdir(cfg.data):   # (before the run folder is made: nothing left behind)
-            raise ValueError(f"--data {cfg.data}: the image folder does not exist")
         os.makedirs(cfg.out, exist_ok=True)
         self.ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
         self.log_path = os.path.join(cfg.out, "log.jsonl")

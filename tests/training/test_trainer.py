@@ -273,8 +273,9 @@ def test_bad_config_is_refused(image_dir, tmp_path):
         Trainer(_cfg(image_dir, tmp_path / "x", lambdas=[1, 2, 3]))
     with pytest.raises(ValueError, match="--threads 100000 is more than 8 per CPU"):
         Trainer(_cfg(image_dir, tmp_path / "x", threads=100000))
+    from slimkernels.training.cli import run
     with pytest.raises(ValueError, match="the image folder does not exist"):
-        Trainer(_cfg(str(tmp_path / "none"), tmp_path / "x"))
+        run(_cfg(str(tmp_path / "none"), tmp_path / "x"))
     assert not (tmp_path / "x").exists()   # (the run folder was made before the data check)
     with pytest.raises(ValueError, match="does not exist"):
         Trainer(_cfg(str(tmp_path / "nope"), tmp_path / "y")).fit()
