@@ -78,7 +78,7 @@ def test_cli_tunes_unless_switched_off(monkeypatch, capsys, env, calls):
 
 
 @pytest.mark.parametrize("env,calls", [("1", 1), ("0", 0)])
-def test_training_cli_tunes_unless_switched_off(monkeypatch, env, calls):
+def test_training_cli_tunes_unless_switched_off(monkeypatch, tmp_path, env, calls):
     """`slimkernels train` / python/train.py set the thresholds before the trainer starts (its
     weight gradients allocate fresh 10-20 MB buffers every step)."""
     from slimkernels.training import cli as train_cli
@@ -95,5 +95,6 @@ def test_training_cli_tunes_unless_switched_off(monkeypatch, env, calls):
     monkeypatch.setattr(train_cli, "Trainer", FakeTrainer)
     monkeypatch.setenv("SLIMKERNELS_TUNE_MALLOC", env)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert train_cli.main(["--steps", "1"]) == 0
+    # (--data: an existing folder, which the command line checks before the trainer starts)
+    assert train_cli.main(["--steps", "1", "--data", str(tmp_path)]) == 0
     assert order == ["tune"] * calls + ["trainer", "fit"]
