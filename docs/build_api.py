@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     index = build(Path(args.out), args.modules or None)
     n = sum(1 for _ in Path(args.out).rglob("*.html"))
-    print(f"wrote {n} pages; open {os.path.relpath(index)}")
+    print(f"wrote {n} pages; open {os.path.abspath(index)}")
     return 0
 
 

@@ -133,8 +133,9 @@ def _too_small_for_ms_ssim(paths):
     return None
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="slimkernels eval",
+def main(argv: Optional[List[str]] = None, prog: str = "slimkernels eval") -> int:
+    """The evaluation's command line (``prog``: the name its usage and errors show)."""
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Rate-distortion evaluation of a SlimCAE on an image "
                                             "folder, with JPEG/WebP and Balle 2017 references.")
     args = add_eval_arguments(p).parse_args(argv)
