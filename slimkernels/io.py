@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import warnings
 from typing import Tuple
 
 import numpy as np
@@ -114,7 +115,15 @@ def open_image(path: str, todo: str = ""):
     if not os.path.exists(path):
         raise ValueError(f"{path} does not exist" + (f"; {todo}" if todo else ""))
     try:
-        im = Image.open(path)
+        with warnings.catch_warnings(record=True) as caught:   # (Pillow's bomb warning: a note)
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        big = [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+        for w in caught:
+            if w not in big:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if big:
+            im.info["slimkernels.large"] = f"{im.size[0]}x{im.size[1]}"
         # the decoder's raw mode ('RGB;16B': a 16-bit RGB PNG, which Pillow reads as 8-bit)
         tile = im.tile[0] if getattr(im, "tile", None) else ()
         raw = tile[3] if len(tile) > 3 else None
@@ -202,6 +211,9 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
         arr = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
         im = Image.fromarray(arr, mode="L")
         note += f"converted 16-bit {mode} to 8-bit; "
+    if "slimkernels.large" in im.info:   # (Pillow warns over PIL.Image.MAX_IMAGE_PIXELS)
+        note += (f"a large image ({im.info['slimkernels.large']}, over Pillow's "
+                 f"decompression-bomb warning size); ")
     raw = im.info.get("slimkernels.rawmode", "")
     if im.mode in ("RGB", "RGBA") and ";16" in raw:   # Pillow keeps each sample's high byte
         note += f"read 16-bit {raw.split(';')[0]} as 8-bit (the high byte of each sample); "

@@ -217,3 +217,20 @@ def test_an_invalid_exif_orientation_is_not_reported_as_applied(tmp_path):
     im.save(tmp_path / "o.png", exif=exif)
     x, note = read_image(str(tmp_path / "o.png"))
     assert note == "ignored an invalid EXIF orientation (99)" and tuple(x.shape) == (1, 3, 4, 6)
+
+
+def test_pillows_decompression_bomb_warning_becomes_a_note(tmp_path, monkeypatch):
+    """(It printed as a raw Python warning.)"""
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from slimkernels.io import read_image
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)    # warns over 100, refuses over 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # none may escape
+        x, note = read_image(str(tmp_path / "big.png"))
+    assert tuple(x.shape) == (1, 3, 10, 12)
+    assert note == "a large image (12x10, over Pillow's decompression-bomb warning size)"
