@@ -10,8 +10,8 @@ from typing import Tuple
 import numpy as np
 import torch
 
-__all__ = ["read_image", "open_image", "image_to_png_bytes", "atomic_write_bytes",
-           "atomic_torch_save", "load_torch_file"]
+__all__ = ["read_image", "read_image_uint8", "open_image", "image_to_png_bytes",
+           "atomic_write_bytes", "atomic_torch_save", "load_torch_file"]
 
 
 def _new_file_mode() -> int:
@@ -173,59 +173,72 @@ def _load_error(e: Exception) -> str:
 
 
 def read_image(path: str) -> Tuple[torch.Tensor, str]:
-    """Read an image file: ``(x, note)``, ``x`` the image as ``[1, 3, H, W]`` float32 in [0, 1].
+    """Read an image file: ``(x, note)``, ``x`` the image as ``[1, 3, H, W]`` float32 in [0, 1]
+    (:func:`read_image_uint8`'s pixels / 255), ``note`` what was converted ("" if nothing).
 
-    Grayscale, palette, RGBA (alpha dropped) and 16-bit images are converted to 8-bit RGB, and
-    an EXIF orientation (camera JPEGs) is applied, so that the image is coded as viewers show it;
-    the second return value says what was converted ("" when nothing was).
+    Raises:
+        ValueError: see :func:`read_image_uint8`.
+    """
+    rgb, note = read_image_uint8(path)
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255.0), note
+
+
+def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
+    """Read an image file as 8-bit RGB: ``(rgb, note)``, ``rgb`` a writable uint8 numpy array
+    ``[H, W, 3]``, ``note`` what was converted ("" when nothing was). The codec's reader
+    (:func:`read_image`) and the training data's (:func:`slimkernels.training.data.load_rgb`).
+
+    Grayscale, palette, RGBA (alpha dropped) and 16-bit images are converted to 8-bit RGB (16-bit
+    grayscale by rounding v / 257: Pillow's own conversion clips it to white), and an EXIF
+    orientation (camera JPEGs) is applied, so that the image is what viewers show.
 
     Raises:
         ValueError: see :func:`open_image` (raise ``PIL.Image.MAX_IMAGE_PIXELS`` in Python to read
-            larger images), an empty image, or floating-point / 32-bit integer pixels (no agreed
-            8-bit meaning: a float TIFF used to come out black).
+            larger images; ``todo`` ends the message), an empty image, or floating-point /
+            32-bit integer pixels (no agreed 8-bit meaning: a float TIFF used to come out black).
     """
     from PIL import Image
 
-    im = open_image(path)
-    note = ""
-    frames = getattr(im, "n_frames", 1)
-    if frames > 1:
-        note = f"used the first of {frames} frames; "
-    orientation = im.getexif().get(0x0112, 1)
-    if orientation in range(2, 9):   # EXIF orientation: store it as displayed
-        from PIL import ImageOps
-        im = ImageOps.exif_transpose(im)
-        note += "applied the EXIF orientation; "
-    elif orientation not in (1, None, 0):
-        note += f"ignored an invalid EXIF orientation ({orientation}); "
-    mode = im.mode
-    if mode in ("F", "I") and mode == im.mode:
-        # 32-bit pixels: floats have no agreed range, and ints past 16 bits would be clipped
-        arr = np.asarray(im)
-        if mode == "F" or (arr.size and (arr.min() < 0 or arr.max() > 65535)):
-            raise ValueError(f"{path}: {'floating-point' if mode == 'F' else '32-bit integer'} "
-                             f"pixels (Pillow mode {mode}), which have no 8-bit meaning here: "
-                             f"convert the image to 8 or 16 bits per channel first")
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        arr = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
-        im = Image.fromarray(arr, mode="L")
-        note += f"converted 16-bit {mode} to 8-bit; "
-    if "slimkernels.large" in im.info:   # (Pillow warns over PIL.Image.MAX_IMAGE_PIXELS)
-        note += (f"a large image ({im.info['slimkernels.large']}, over Pillow's "
-                 f"decompression-bomb warning size); ")
-    raw = im.info.get("slimkernels.rawmode", "")
-    if im.mode in ("RGB", "RGBA") and ";16" in raw:   # Pillow keeps each sample's high byte
-        note += f"read 16-bit {raw.split(';')[0]} as 8-bit (the high byte of each sample); "
-    if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
-        note += f"dropped the alpha channel of a {mode} image; "
-    elif im.mode != "RGB":
-        note += f"converted {mode} to RGB; "
-    rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    with open_image(path, todo) as src:
+        im, info = src, dict(src.info)
+        note = ""
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1:
+            note = f"used the first of {frames} frames; "
+        if "slimkernels.large" in info:   # (Pillow warns over PIL.Image.MAX_IMAGE_PIXELS)
+            note += (f"a large image ({info['slimkernels.large']}, over Pillow's "
+                     f"decompression-bomb warning size); ")
+        orientation = im.getexif().get(0x0112, 1)
+        if orientation in range(2, 9):   # EXIF orientation: store it as displayed
+            from PIL import ImageOps
+            im = ImageOps.exif_transpose(im)
+            note += "applied the EXIF orientation; "
+        elif orientation not in (1, None, 0):
+            note += f"ignored an invalid EXIF orientation ({orientation}); "
+        mode = im.mode
+        if mode in ("F", "I"):
+            # 32-bit pixels: floats have no agreed range, and ints past 16 bits would be clipped
+            arr = np.asarray(im)
+            if mode == "F" or (arr.size and (arr.min() < 0 or arr.max() > 65535)):
+                raise ValueError(f"{path}: {'floating-point' if mode == 'F' else '32-bit integer'}"
+                                 f" pixels (Pillow mode {mode}), which have no 8-bit meaning "
+                                 f"here: convert the image to 8 or 16 bits per channel first")
+        if mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float64)
+            arr = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
+            im = Image.fromarray(arr, mode="L")
+            note += f"converted 16-bit {mode} to 8-bit; "
+        raw = info.get("slimkernels.rawmode", "")
+        if im.mode in ("RGB", "RGBA") and ";16" in raw:   # Pillow keeps each sample's high byte
+            note += f"read 16-bit {raw.split(';')[0]} as 8-bit (the high byte of each sample); "
+        if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
+            note += f"dropped the alpha channel of a {mode} image; "
+        elif im.mode != "RGB":
+            note += f"converted {mode} to RGB; "
+        rgb = np.array(im.convert("RGB"), dtype=np.uint8)
     if rgb.size == 0:
         raise ValueError(f"{path}: the image is empty")
-    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div_(255.0)
-    return x, note.rstrip("; ")
+    return rgb, note.rstrip("; ")
 
 
 def image_to_png_bytes(x: torch.Tensor, fmt: str = "PNG") -> bytes:

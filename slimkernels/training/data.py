@@ -7,7 +7,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..io import open_image
+from ..io import read_image_uint8
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -24,15 +24,16 @@ def list_images(folder: str) -> List[str]:
 
 
 def load_rgb(path: str) -> torch.Tensor:
-    """Read an image as a ``[3, H, W]`` uint8 tensor (converted to RGB).
+    """Read an image as a ``[3, H, W]`` uint8 tensor, converted to 8-bit RGB as the codec
+    reads images (:func:`slimkernels.io.read_image_uint8`: a 16-bit grayscale image used to
+    turn white here through Pillow's own conversion).
 
     Raises:
-        ValueError: see :func:`slimkernels.io.open_image` (the message names the file: remove or
-            replace it in the training folder).
+        ValueError: see :func:`slimkernels.io.read_image_uint8` (the message names the file:
+            remove or replace it in the training folder).
     """
-    with open_image(path, todo="remove or replace it in the image folder") as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    arr, _ = read_image_uint8(path, todo="remove or replace it in the image folder")
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def split_train_val(paths: Sequence[str], val_every: int = 20) -> Tuple[List[str], List[str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import os
 import signal
 import sys
@@ -107,16 +108,63 @@ class TrainConfig:
             raise ValueError(too_many_threads(self.threads))
         if not self.ckpt_every_s > 0:
             raise ValueError(f"--ckpt-every-s {self.ckpt_every_s}: must be > 0")
-        if not (self.lr > 0 and self.aux_lr > 0):
-            raise ValueError(f"--lr {self.lr} / --aux-lr {self.aux_lr}: must be > 0")
+        for name in ("bf16", "channels_last", "schedule", "init_continue", "progress",
+                     "sample_by_area"):
+            v = getattr(self, name, None)
+            if not (v is None or isinstance(v, bool)):   # (bool("no") is True)
+                raise ValueError(f"{name}={v!r}: must be True or False")
+        for name in ("batch", "steps", "val_every", "val_split", "schedule_steps", "threads",
+                     "large_after", "schedule_start", "crop", "crop_large", "val_size", "seed"):
+            v = getattr(self, name, 0)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                raise ValueError(f"--{name.replace('_', '-')} {v!r}: must be an int")
+        if not (0 < self.lr < math.inf and 0 < self.aux_lr < math.inf):
+            raise ValueError(f"--lr {self.lr} / --aux-lr {self.aux_lr}: must be finite and > 0")
         if not self.clip >= 0:
             raise ValueError(f"--clip {self.clip}: must be >= 0 (0: off)")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema {self.ema}: must be in [0, 1) (0: off)")
-        if not self.widths or any(w < 1 for w in self.widths):
-            raise ValueError(f"--widths {self.widths}: must be positive")
-        if any(not lam > 0 for lam in self.lambdas):
-            raise ValueError(f"--lambdas {self.lambdas}: must be > 0")
+        if not self.widths or any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or
+                                  w < 1 for w in self.widths):
+            raise ValueError(f"--widths {self.widths}: must be positive ints")
+        if list(self.widths) != sorted(set(self.widths), reverse=True):
+            # (the lambdas pair with the widths by position, the model sorts its widths: out of
+            # order, a width trained with another's lambda; the scheduler's "widest" was not)
+            raise ValueError(f"--widths {list(self.widths)}: must be distinct and widest first "
+                             f"(e.g. {sorted(set(self.widths), reverse=True)}), each lambda "
+                             f"paired with the width at its place")
+        if any(not 0 < lam < math.inf for lam in self.lambdas):
+            raise ValueError(f"--lambdas {self.lambdas}: must be finite and > 0")
+
+
+def _first_non_finite(state: Dict, ema: Optional[Dict]) -> Optional[str]:
+    """The name of the first floating-point tensor of ``state`` (or of the weight average
+    ``ema``) holding NaN or inf, else None."""
+    for where, d in (("weight", state), ("averaged weight", ema or {})):
+        for k, v in d.items():
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                return f"the {where} {k}"
+    return None
+
+
+#: What a run folder's checkpoint must share with the options that resume it.
+_RUN_IDENTITY = ("widths", "gdn", "lambdas")
+
+
+def _check_same_run(saved: Optional[Dict], cfg: "TrainConfig", path: str) -> None:
+    """ValueError when the checkpoint at ``path`` was written by a run with other widths, GDN
+    or (initial) lambdas than ``cfg`` (a resume would load other shapes, or train with lambdas
+    that the command line does not say)."""
+    if not isinstance(saved, dict):
+        return
+
+    def same(a, b):
+        return list(a) == list(b) if isinstance(a, (list, tuple)) else a == b
+    diff = [f"--{k} {saved[k]!r} (now {getattr(cfg, k)!r})" for k in _RUN_IDENTITY
+            if k in saved and not same(saved[k], getattr(cfg, k))]
+    if diff:
+        raise ValueError(f"{path} belongs to a run started with {', '.join(diff)}: resume it "
+                         f"with the same options, or choose another --out for a new run")
 
 
 def rd_loss(model: nn.Module, x: torch.Tensor, widths, lambdas, bf16: bool,
@@ -298,6 +346,7 @@ class Trainer:
                                                                      "step", "lambdas"))):
                 raise ValueError(f"{self.ckpt_path} is not a checkpoint of this trainer; move it "
                                  f"out of the run folder to start a new run there")
+            _check_same_run(ck.get("config"), cfg, self.ckpt_path)
             self.model.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["opt"])
             self.aux_opt.load_state_dict(ck["aux_opt"])
@@ -353,6 +402,11 @@ class Trainer:
         """Atomically write ``checkpoint.pt`` (model, optimizers, step, lambdas, sampler)."""
         if self.rank != 0:
             return
+        bad = _first_non_finite(self.model.state_dict(), self.ema)
+        if bad is not None:   # (the checkpoint before it stays: a resume can go on from there)
+            raise FloatingPointError(f"{bad} is not finite at step {self.step}: not saved over "
+                                     f"the last checkpoint ({self.ckpt_path}); lower --lr / "
+                                     f"--aux-lr and resume from it")
         ck = {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
               "aux_opt": self.aux_opt.state_dict(), "step": self.step, "lambdas": self.lambdas,
               "next_schedule": self.next_schedule, "config": asdict(self.cfg),

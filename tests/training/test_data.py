@@ -62,3 +62,19 @@ def test_sample_refuses_a_crop_no_image_fits():
         s.sample(1, 65)
     with pytest.raises(ValueError, match="must be >= 1"):
         s.sample(0, 16)
+
+
+def test_a_16_bit_grayscale_training_image_is_read_as_the_codec_reads_it(tmp_path):
+    """(Pillow's convert("RGB") clipped it to white: mean 254.6 for a mid-gray image.)"""
+    import numpy as np
+    from PIL import Image
+
+    from slimkernels.io import read_image
+    from slimkernels.training.data import load_rgb
+    g = (np.arange(6 * 8).reshape(6, 8) * 1300).astype(np.uint16)
+    Image.fromarray(g).save(tmp_path / "g16.png")
+    x = load_rgb(str(tmp_path / "g16.png"))
+    assert x.dtype == torch.uint8 and tuple(x.shape) == (3, 6, 8)
+    want = torch.from_numpy(np.round(g / 257.0).astype(np.uint8))
+    assert torch.equal(x[0], want) and torch.equal(x[1], want)
+    assert torch.equal(x[None].float() / 255, read_image(str(tmp_path / "g16.png"))[0])

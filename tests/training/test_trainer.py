@@ -295,11 +295,19 @@ def test_bad_config_is_refused(image_dir, tmp_path):
     (dict(schedule_steps=0), "--schedule-steps 0: must be >= 1"),
     (dict(threads=-2), "--threads -2: must be >= 0"),
     (dict(ckpt_every_s=0.0), "--ckpt-every-s 0.0: must be > 0"),
-    (dict(lr=0.0), "must be > 0"),
+    (dict(lr=0.0), "must be finite and > 0"),
+    # (inf was accepted: the aux optimizer wrote NaN quantiles into the checkpoint, exit 0)
+    (dict(aux_lr=float("inf")), "--aux-lr inf: must be finite and > 0"),
     (dict(clip=-1.0), "--clip -1.0: must be >= 0"),
     (dict(ema=1.0), r"--ema 1.0: must be in \[0, 1\)"),
-    (dict(lambdas=[0.01, -0.1]), "--lambdas .*: must be > 0"),
+    (dict(lambdas=[0.01, -0.1]), "--lambdas .*: must be finite and > 0"),
+    (dict(lambdas=[float("inf"), 0.01]), "--lambdas .*: must be finite and > 0"),
     (dict(widths=[8, 0]), "--widths .*: must be positive"),
+    # (the lambdas pair with the widths by position; the model sorts its widths)
+    (dict(widths=[8, 16]), r"--widths \[8, 16\]: must be distinct and widest first"),
+    (dict(widths=[16, 16]), r"--widths \[16, 16\]: must be distinct and widest first"),
+    (dict(bf16="no"), "bf16='no': must be True or False"),          # (bool("no") is True)
+    (dict(steps=2.5), "--steps 2.5: must be an int"),
 ])
 def test_out_of_range_options_are_refused_before_anything_runs(image_dir, tmp_path, bad, msg):
     with pytest.raises(ValueError, match=msg):
@@ -482,3 +490,31 @@ def test_train_and_compare_runs_on_cpu(image_dir, tmp_path):
 def test_training_on_cuda_runs_the_triton_kernels(image_dir, tmp_path, bf16):
     """On a GPU the trainer's step runs forward and backward through the Triton kernels."""
     _train_and_compare(image_dir, tmp_path, "cuda", bf16)
+
+
+def test_non_finite_weights_are_not_saved_over_the_last_checkpoint(image_dir, tmp_path):
+    """(A divergence just before a periodic save replaced the good checkpoint with NaN weights;
+    resuming then failed every time.)"""
+    t = Trainer(_cfg(image_dir, tmp_path / "r", steps=2), log=lambda *_: None)
+    t.fit()
+    good = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    with torch.no_grad():
+        t.model.entropy_bottleneck.bottlenecks[0].quantiles.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"quantiles is not finite at step 2: not saved "
+                                                 r"over the last checkpoint"):
+        t.save()
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == good
+
+
+@pytest.mark.parametrize("change", [dict(widths=[8, 2]), dict(gdn="slim"),
+                                    dict(lambdas=[0.5, 0.002])])
+def test_resuming_with_other_run_options_is_refused_naming_them(image_dir, tmp_path, change):
+    """(Other widths / GDN failed with a kilobytes-long state_dict error; other lambdas were
+    silently replaced by the checkpoint's while the checkpoint recorded the new ones.)"""
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=1), log=lambda *_: None).fit()
+    before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    key = next(iter(change))
+    with pytest.raises(ValueError, match=rf"belongs to a run started with --{key} .*\(now "
+                                         rf".*\): resume it with the same options"):
+        Trainer(_cfg(image_dir, tmp_path / "r", steps=2, **change), log=lambda *_: None)
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
