@@ -97,6 +97,11 @@ def run_eval(args: argparse.Namespace) -> int:
               "`pip install --no-build-isolation -e .`", file=sys.stderr)
         return 1
     log = None if args.quiet else (lambda s: print(s, flush=True))
+    if earlier:   # --force: the earlier evaluation goes first (its JPEG / WebP results and its
+        import shutil   # other widths' bitstreams stayed beside the new summary)
+        for n in earlier:
+            p = os.path.join(args.out, n)
+            shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
     try:
         summary = evaluate_all(model, args.folder, args.out, widths=args.widths,
                                precision=args.precision, limit=args.limit,

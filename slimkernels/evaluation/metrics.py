@@ -29,7 +29,9 @@ def to_uint8_values(x: ImageLike) -> torch.Tensor:
             tensor/array in [0, 255]; shape ``[N, C, H, W]`` or ``[C, H, W]``.
 
     Raises:
-        ValueError: wrong rank, or a non-finite float image.
+        ValueError: wrong rank, a non-finite float image, or a float image with values far
+            outside [0, 1] (beyond ``slimkernels.codec.PIXEL_RANGE``: 0-255 values passed as
+            floats, which the clamp turned into a wrong PSNR silently).
     """
     t = torch.as_tensor(x)
     if t.dim() == 3:
@@ -43,6 +45,12 @@ def to_uint8_values(x: ImageLike) -> torch.Tensor:
     t = t.detach().to(torch.float64)
     if not torch.isfinite(t).all():
         raise ValueError("the image holds NaN or inf values")
+    from ..codec import PIXEL_RANGE
+    if t.numel() and (t.min() < PIXEL_RANGE[0] or t.max() > PIXEL_RANGE[1]):
+        raise ValueError(f"a float image must hold values in [0, 1]; this one reaches "
+                         f"{float(t.min()):.4g} .. {float(t.max()):.4g}"
+                         + (" (0-255 pixel values? divide by 255, or pass uint8)"
+                            if float(t.max()) > 2.0 else ""))
     return t.clamp(0, 1).mul(255).round()
 
 
@@ -144,6 +152,9 @@ def ms_ssim(a: ImageLike, b: ImageLike, data_range: float = 255.0) -> torch.Tens
         ValueError: shapes differ, or the smaller side is <= 160 pixels (the 5th scale would be
             smaller than the window).
     """
+    if not data_range > 0:
+        raise ValueError(f"data_range must be > 0 (255 for the 8-bit values these metrics "
+                         f"compare), got {data_range}")
     x, y = _pair(a, b)
     levels = len(MS_SSIM_WEIGHTS)
     min_side = (WIN_SIZE - 1) * 2 ** (levels - 1)

@@ -378,6 +378,17 @@ class Trainer:
                 ck = _torch_load(cfg.init, self.device, "--init file",
                                  "pass a model file or a checkpoint of python/train.py")
                 sd = ck.get("model", ck.get("state_dict", ck)) if isinstance(ck, dict) else ck
+                if not isinstance(sd, dict):
+                    raise ValueError(f"--init file {cfg.init} holds a {type(sd).__name__}, not "
+                                     f"weights: pass a model file or a checkpoint of "
+                                     f"python/train.py")
+                want = set(self.model.state_dict())
+                missing, extra = sorted(want - set(sd)), sorted(set(sd) - want)
+                if missing or extra:   # (torch's own error lists every key: kilobytes)
+                    raise ValueError(f"--init file {cfg.init} does not fit this model (--widths "
+                                     f"{cfg.widths}, --gdn {cfg.gdn}): {len(missing)} missing "
+                                     f"key(s) (e.g. {missing[:2]}), {len(extra)} unexpected "
+                                     f"(e.g. {extra[:2]})")
                 self.model.load_state_dict(sd)
                 msg = f"initialized weights from {cfg.init}"
                 if cfg.init_continue:

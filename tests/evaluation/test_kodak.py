@@ -225,5 +225,9 @@ def test_cli_end_to_end(tiny_model, image_folder, tmp_path, capsys):
     assert run_eval(_args(again)) == 2
     assert "already holds an evaluation (summary.json" in capsys.readouterr().err
     assert (out / "summary.json").read_bytes() == before
-    assert run_eval(_args(again + ["--force"])) == 0
+    assert run_eval(_args(again + ["--force", "--widths", "8"])) == 0
     assert (out / "summary.json").read_bytes() != before
+    # (--force left the earlier run's jpeg.json, webp.json and w16 bitstreams beside the new
+    # summary, which has neither)
+    assert not (out / "jpeg.json").exists() and not (out / "webp.json").exists()
+    assert sorted(os.listdir(out / "bitstreams")) == ["w8"]

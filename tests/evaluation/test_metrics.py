@@ -161,3 +161,18 @@ def test_ms_ssim_matches_pytorch_msssim(monkeypatch):
     theirs64 = float(pms.ms_ssim(xa, xb, data_range=255, size_average=True))
     monkeypatch.setattr(pms, "_fspecial_gauss_1d", orig)
     assert ours == pytest.approx(theirs64, rel=1e-10)
+
+
+def test_float_images_in_0_255_are_refused_not_clamped():
+    """(psnr(a * 255, b * 255) clamped both to 1 and returned 20.88 dB for a 34 dB pair.)"""
+    import torch
+
+    from slimkernels.evaluation.metrics import ms_ssim, psnr
+    a = torch.rand(1, 3, 200, 200, generator=torch.Generator().manual_seed(0))
+    b = (a + 0.02 * torch.randn(a.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    for f in (psnr, ms_ssim):
+        with pytest.raises(ValueError, match=r"0-255 pixel values\? divide by 255"):
+            f(a * 255, b * 255)
+    assert torch.isfinite(psnr(a, b)).all()
+    with pytest.raises(ValueError, match="data_range must be > 0"):
+        ms_ssim(a, b, data_range=0)

@@ -518,3 +518,13 @@ def test_resuming_with_other_run_options_is_refused_naming_them(image_dir, tmp_p
                                          rf".*\): resume it with the same options"):
         Trainer(_cfg(image_dir, tmp_path / "r", steps=2, **change), log=lambda *_: None)
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("content", [[1, 2], "weights", {"foreign.weight": torch.zeros(2)}])
+def test_an_init_file_that_is_not_this_models_weights_is_named(image_dir, tmp_path, content):
+    """(A list or string gave a TypeError traceback; a foreign dict a kilobytes-long dump.)"""
+    torch.save(content, tmp_path / "init.pt")
+    with pytest.raises(ValueError, match=r"--init file .*init.pt (holds a (list|str), not "
+                                         r"weights|does not fit this model)"):
+        Trainer(_cfg(image_dir, tmp_path / "r", init=str(tmp_path / "init.pt")),
+                log=lambda *_: None)
