@@ -14,6 +14,7 @@ multiply-accumulates per pixel (encoder + decoder transforms).
 """
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -53,6 +54,17 @@ def macs_per_pixel(model, width: int, size: int = 64) -> float:
         for h in hooks:
             h.remove()
     return total[0] / (size * size)
+
+
+def _json_safe(v):
+    """``v`` with non-finite floats as None (strict JSON has no Infinity / NaN)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
 
 
 def pick(rows: List[Dict], target_bpp=None, target_psnr=None) -> int:
@@ -101,8 +113,17 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true",
                    help="random-weight model; generated images unless a folder is given (CI)")
     args = p.parse_args(argv)
-    if args.target_bpp is not None and not args.target_bpp > 0:
-        p.error(f"--target-bpp must be > 0, got {args.target_bpp}")
+    if args.target_bpp is not None and not (math.isfinite(args.target_bpp) and
+                                            args.target_bpp > 0):
+        p.error(f"--target-bpp must be a finite number > 0, got {args.target_bpp}")
+    if args.target_psnr is not None and not (math.isfinite(args.target_psnr) and
+                                             args.target_psnr > 0):
+        p.error(f"--target-psnr must be a finite number > 0, got {args.target_psnr}")
+    if args.json:   # (checked before the work: it was overwritten, or failed after it)
+        if os.path.exists(args.json):
+            p.error(f"--json {args.json} exists: not overwriting it")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+            p.error(f"--json {args.json}: its folder does not exist")
 
     from slimkernels.io import read_image
     from slimkernels.training.data import list_images
@@ -134,7 +155,11 @@ def main(argv=None) -> int:
     print(f"{'image':<24} {'width':>5} {'bpp':>7} {'PSNR dB':>8} {'kMAC/px':>8}")
     tables, chosen = {}, {}
     for path in paths:
-        x, _ = read_image(path)
+        try:
+            x, _ = read_image(path)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         rows = rd_table(model, x, precision=args.precision)
         w = pick(rows, args.target_bpp, args.target_psnr)
         r = next(r for r in rows if r["width"] == w)
@@ -163,10 +188,10 @@ def main(argv=None) -> int:
         print(f"note: no width reaches the {goal_txt} on average; width {folder_w} is the "
               f"closest ({m['bpp']:.3f} bpp, {m['psnr']:.2f} dB)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"goal": goal_txt, "widths": model.widths, "macs_per_pixel": cost,
+        with open(args.json, "x") as f:   # (a lossless row's inf PSNR: null, strict JSON)
+            json.dump(_json_safe({"goal": goal_txt, "widths": model.widths, "macs_per_pixel": cost,
                        "per_image": tables, "chosen": chosen, "folder_means": mean,
-                       "folder_width": folder_w}, f, indent=1)
+                       "folder_width": folder_w}), f, indent=1, allow_nan=False)
     return 0
 
 

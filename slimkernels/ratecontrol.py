@@ -37,7 +37,7 @@ def rd_table(model: Codec, x: torch.Tensor, precision: str = "auto") -> List[Dic
     H, W = x.shape[-2:]
     ref = x.clamp(0, 1).mul(255).round()
     out = []
-    for w in model.widths:
+    for w in sorted(model.widths, reverse=True):   # (a Codec may list its widths in any order)
         data = model.compress(x, w, precision=precision)
         xh = model.decompress(data, precision=precision).mul(255).round()
         mse = float(((xh - ref) ** 2).mean())
@@ -48,7 +48,7 @@ def rd_table(model: Codec, x: torch.Tensor, precision: str = "auto") -> List[Dic
 
 def pick_width(rows: List[Dict], target_bpp: Optional[float] = None,
                target_psnr: Optional[float] = None) -> int:
-    """The width for a target from :func:`rd_table` rows (widest first): for ``target_bpp`` the
+    """The width for a target from :func:`rd_table` rows (any order): for ``target_bpp`` the
     widest whose bpp is at most the target (else the narrowest); for ``target_psnr`` the
     narrowest whose PSNR reaches it (else the widest).
 
@@ -63,6 +63,7 @@ def pick_width(rows: List[Dict], target_bpp: Optional[float] = None,
         raise ValueError(f"the target must be a finite number > 0, got {t}")
     if not rows:
         raise ValueError("no rate-distortion rows to choose from")
+    rows = sorted(rows, key=lambda r: -r["width"])   # widest first, whatever the given order
     if target_bpp is not None:
         fits = [r["width"] for r in rows if r["bpp"] <= target_bpp]
         return fits[0] if fits else rows[-1]["width"]
@@ -81,10 +82,11 @@ def width_for_target_bpp(model: Codec, x: torch.Tensor, target_bpp: float,
     if not target_bpp > 0:
         raise ValueError(f"target bpp must be > 0, got {target_bpp}")
     H, W = x.shape[-2:]
-    for w in model.widths:  # widest first: stop at the first that fits
+    widths = sorted(model.widths, reverse=True)   # (a Codec may list its widths in any order)
+    for w in widths:  # widest first: stop at the first that fits
         if 8 * len(model.compress(x, w, precision=precision)) / (H * W) <= target_bpp:
             return w
-    return model.widths[-1]
+    return widths[-1]
 
 
 def width_for_target_psnr(model: Codec, x: torch.Tensor, target_psnr: float,

@@ -227,3 +227,19 @@ def test_demo_names_a_bad_path_in_one_line(tmp_path):
         r = run("demo.py", *args, "--out", tmp_path / "o")
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.startswith("demo.py: error: ") and msg in r.stderr, r.stderr
+
+
+def test_rate_control_checks_its_target_and_json_before_the_work(tmp_path):
+    """(--target-psnr nan picked the widest width with exit 0; --json overwrote a file, or
+    failed with a traceback after the work.)"""
+    keep = tmp_path / "keep.txt"
+    keep.write_text("precious")
+    for args, msg in ((("--target-psnr", "nan"), "--target-psnr must be a finite number > 0"),
+                      (("--target-psnr", "-5"), "--target-psnr must be a finite number > 0"),
+                      (("--target-bpp", "inf"), "--target-bpp must be a finite number > 0"),
+                      (("--target-bpp", "1", "--json", keep), "exists: not overwriting it"),
+                      (("--target-bpp", "1", "--json", tmp_path / "no" / "x.json"),
+                       "its folder does not exist")):
+        r = run("rate_control.py", "--tiny", *args)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert keep.read_text() == "precious"

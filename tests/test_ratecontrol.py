@@ -1,0 +1,50 @@
+"""slimkernels.ratecontrol: the width for a target rate or quality."""
+import math
+
+import pytest
+import torch
+
+from slimkernels.ratecontrol import pick_width, rd_table, width_for_target_bpp
+
+ROWS = [{"width": 24, "bpp": 1.0, "psnr": 34.0}, {"width": 16, "bpp": 0.6, "psnr": 31.0},
+        {"width": 8, "bpp": 0.3, "psnr": 27.0}]
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 0, 1], [1, 2, 0]])
+def test_pick_width_follows_the_rules_in_any_row_order(order):
+    """(Rows not widest first gave the wrong width: an unreachable bpp target picked the
+    middle width instead of the narrowest.)"""
+    rows = [ROWS[i] for i in order]
+    assert pick_width(rows, target_bpp=2.0) == 24          # the widest that fits
+    assert pick_width(rows, target_bpp=0.7) == 16
+    assert pick_width(rows, target_bpp=0.1) == 8           # none fits: the narrowest
+    assert pick_width(rows, target_psnr=30.0) == 16        # the narrowest that reaches it
+    assert pick_width(rows, target_psnr=20.0) == 8
+    assert pick_width(rows, target_psnr=40.0) == 24        # none reaches it: the widest
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+def test_pick_width_refuses_targets_that_are_not_finite_positive(bad):
+    for kw in ({"target_bpp": bad}, {"target_psnr": bad}):
+        with pytest.raises(ValueError, match="finite number > 0"):
+            pick_width(ROWS, **kw)
+
+
+class _Unsorted:
+    """A Codec whose widths are not listed widest first; its file size grows with the width."""
+    widths = [8, 24, 16]
+
+    def compress(self, x, width, precision="auto"):
+        return bytes(width * 10)
+
+    def decompress(self, data, precision="auto"):
+        return torch.zeros(1, 3, 4, 4)
+
+
+def test_rd_table_is_widest_first_for_a_codec_listing_widths_in_any_order():
+    x = torch.zeros(1, 3, 4, 4)
+    rows = rd_table(_Unsorted(), x)
+    assert [r["width"] for r in rows] == [24, 16, 8] and rows[0]["psnr"] == math.inf
+    bpp24 = rows[0]["bpp"]
+    assert width_for_target_bpp(_Unsorted(), x, bpp24 + 1) == 24
+    assert width_for_target_bpp(_Unsorted(), x, 1e-6) == 8
