@@ -4,6 +4,7 @@ Lambdas use the 255^2 convention: loss_k = bpp_k + lambda_k * 255^2 * MSE_k.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Sequence
 
 # the official predefined lambdas (2048 ... 128 on the [0,1]-MSE scale) in the 255^2 convention
@@ -20,7 +21,8 @@ def rd_slope(bpp: Sequence[float], psnr: Sequence[float], i: int) -> float:
 
 class LambdaScheduler:
     """The search of the SlimCAE paper (Yang et al. 2021): for each pair (i, i+1), widest first,
-    multiply the lambdas of all narrower widths by ``factor`` (at most ``max_reductions`` times) while the RD chord slope
+    multiply the lambdas of all narrower widths by ``factor`` (in (0, 1); at most
+    ``max_reductions`` >= 0 times) while the RD chord slope
     between widths i and i+1 keeps falling; the widest lambda never changes.
 
     Drive it with :meth:`observe` after each validation; it returns the lambdas to train with next
@@ -32,6 +34,11 @@ class LambdaScheduler:
         if len(self.lambdas) < 2:
             raise ValueError("lambda scheduling needs at least two widths")
         self.factor = float(factor)
+        if not 0 < self.factor < 1:   # (0, negative, nan or >= 1 made lambdas 0, < 0, nan, same)
+            raise ValueError(f"factor must be in (0, 1), got {factor}")
+        if isinstance(max_reductions, bool) or not float(max_reductions).is_integer() or \
+                max_reductions < 0:
+            raise ValueError(f"max_reductions must be an int >= 0, got {max_reductions}")
         self.max_reductions = int(max_reductions)
         self.i = 0
         self.m = 0
@@ -51,6 +58,10 @@ class LambdaScheduler:
         K = len(self.lambdas)
         if len(bpp) != K or len(psnr) != K:
             raise ValueError(f"expected {K} bpp and psnr values, got {len(bpp)} and {len(psnr)}")
+        if not all(math.isfinite(float(v)) for v in (*bpp, *psnr)):
+            # (a NaN slope never compares greater: the lambdas kept falling at every call)
+            raise ValueError(f"validation results must be finite, got bpp {list(bpp)} and psnr "
+                             f"{list(psnr)}")
         s = rd_slope(bpp, psnr, self.i)
         event = {"pair": self.i, "reductions": self.m, "slope": s, "s_ref": self.s_ref,
                  "bpp": list(map(float, bpp)), "psnr": list(map(float, psnr)),
@@ -73,10 +84,18 @@ class LambdaScheduler:
         return list(self.lambdas)
 
     def state_dict(self) -> Dict:
-        return {"lambdas": self.lambdas, "factor": self.factor, "max_reductions": self.max_reductions,
-                "i": self.i, "m": self.m, "s_ref": self.s_ref, "done": self.done,
-                "history": self.history}
+        """The whole state (copies: a later :meth:`observe` does not change it)."""
+        return {"lambdas": list(self.lambdas), "factor": self.factor,
+                "max_reductions": self.max_reductions, "i": self.i, "m": self.m,
+                "s_ref": self.s_ref, "done": self.done, "history": list(self.history)}
 
     def load_state_dict(self, state: Dict):
+        """Restore :meth:`state_dict`; ValueError for unknown keys or another width count."""
+        unknown = sorted(set(state) - set(self.state_dict()))
+        if unknown:
+            raise ValueError(f"not a LambdaScheduler state: unknown keys {unknown}")
+        if "lambdas" in state and len(state["lambdas"]) != len(self.lambdas):
+            raise ValueError(f"the state has {len(state['lambdas'])} lambdas, this scheduler "
+                             f"{len(self.lambdas)}")
         for k, v in state.items():
-            setattr(self, k, v)
+            setattr(self, k, list(v) if isinstance(v, list) else v)

@@ -55,3 +55,28 @@ def test_state_dict_roundtrip():
     assert t.lambdas == s.lambdas and t.i == s.i and t.s_ref == s.s_ref
     with pytest.raises(ValueError, match="expected 2"):
         t.observe([1.0], [30])
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(factor=0.0), "factor must be in"),
+                                    (dict(factor=-1.0), "factor must be in"),
+                                    (dict(factor=float("nan")), "factor must be in"),
+                                    (dict(factor=2.0), "factor must be in"),
+                                    (dict(max_reductions=-1), "max_reductions must be an int"),
+                                    (dict(max_reductions=1.5), "max_reductions must be an int")])
+def test_scheduler_settings_are_checked(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        LambdaScheduler([0.01, 0.005], **kw)
+
+
+def test_scheduler_refuses_non_finite_results_and_keeps_its_state_dict_apart():
+    s = LambdaScheduler([0.01, 0.005, 0.002])
+    with pytest.raises(ValueError, match="validation results must be finite"):
+        s.observe([1.0, 0.5, 0.2], [35.0, float("nan"), 28.0])   # (kept reducing before)
+    assert s.lambdas == [0.01, 0.005, 0.002] and s.m == 0
+    snap = s.state_dict()
+    s.observe([1.0, 0.5, 0.2], [35.0, 31.0, 28.0])
+    assert snap["lambdas"] == [0.01, 0.005, 0.002]              # (was the live list)
+    with pytest.raises(ValueError, match=r"unknown keys \['bogus'\]"):
+        s.load_state_dict({"i": 1, "bogus": 1})
+    with pytest.raises(ValueError, match="the state has 2 lambdas"):
+        s.load_state_dict({"lambdas": [1.0, 2.0]})
