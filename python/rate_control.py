@@ -56,17 +56,6 @@ def macs_per_pixel(model, width: int, size: int = 64) -> float:
     return total[0] / (size * size)
 
 
-def _json_safe(v):
-    """``v`` with non-finite floats as None (strict JSON has no Infinity / NaN)."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
-
-
 def pick(rows: List[Dict], target_bpp=None, target_psnr=None) -> int:
     """The width for a target, from ``rd_table`` rows (widest first), by the rules of
     ``slimkernels.ratecontrol.width_for_target_bpp`` / ``width_for_target_psnr``."""
@@ -125,6 +114,7 @@ def main(argv=None) -> int:
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
             p.error(f"--json {args.json}: its folder does not exist")
 
+    from slimkernels.evaluation.kodak import json_finite
     from slimkernels.io import read_image
     from slimkernels.training.data import list_images
     if args.tiny:
@@ -189,9 +179,10 @@ def main(argv=None) -> int:
               f"closest ({m['bpp']:.3f} bpp, {m['psnr']:.2f} dB)")
     if args.json:
         with open(args.json, "x") as f:   # (a lossless row's inf PSNR: null, strict JSON)
-            json.dump(_json_safe({"goal": goal_txt, "widths": model.widths, "macs_per_pixel": cost,
-                       "per_image": tables, "chosen": chosen, "folder_means": mean,
-                       "folder_width": folder_w}), f, indent=1, allow_nan=False)
+            json.dump(json_finite({"goal": goal_txt, "widths": model.widths,
+                                   "macs_per_pixel": cost, "per_image": tables,
+                                   "chosen": chosen, "folder_means": mean,
+                                   "folder_width": folder_w}), f, indent=1, allow_nan=False)
     return 0
 
 

@@ -325,22 +325,23 @@ def markdown_table(slim: Dict, bd: Dict[str, Dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _finite(obj):
-    """Replace NaN/inf floats by None (strict JSON)."""
+def json_finite(obj):
+    """``obj`` (nested dicts / lists / tuples) with its NaN / inf floats replaced by None, for
+    strict JSON (``json.dumps(..., allow_nan=False)``: a lossless PSNR of inf becomes null)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_finite(v) for v in obj]
     return obj
 
 
 def _write_json(path: str, obj) -> None:
     from ..io import atomic_write_bytes
 
-    atomic_write_bytes(path, (json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n").encode(),
-                       overwrite=True)
+    text = json.dumps(json_finite(obj), indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(path, text.encode(), overwrite=True)
 
 
 #: What :func:`evaluate_all` writes into its folder (``slimkernels eval`` refuses a folder that
