@@ -431,9 +431,13 @@ class Trainer:
     def load_data(self):
         cfg = self.cfg
         train_paths, val_paths = split_train_val(list_images(cfg.data), cfg.val_split)
-        if not val_paths:
+        shared = not val_paths
+        if shared:
             val_paths = train_paths[:1]
         self._print(f"loading {len(train_paths)} training and {len(val_paths)} validation images")
+        if shared:
+            self._print(f"note: fewer than --val-split {cfg.val_split} images: the validation "
+                        f"image {val_paths[0]} is also a training image")
         self.sampler = CropSampler([load_rgb(p) for p in train_paths], seed=cfg.seed + self.rank,
                                    by_area=cfg.sample_by_area)
         if self._sampler_state:
@@ -441,7 +445,17 @@ class Trainer:
         self.sampler.check_crop(cfg.crop_large if self.step >= cfg.large_after else cfg.crop)
         if cfg.large_after < cfg.steps:   # fail now, not when the run reaches --large-after
             self.sampler.check_crop(cfg.crop_large)
-        self.val_images = center_crops([load_rgb(p) for p in val_paths], cfg.val_size)
+        val = [load_rgb(p) for p in val_paths]
+        sides = [min(v.shape[1:]) for v in val]
+        for p, side in zip(val_paths, sides):
+            if side < SlimCAE.downsampling:   # (interpolate failed on its empty crop)
+                raise ValueError(f"validation image {p} is {side} pixels on its short side, "
+                                 f"under {SlimCAE.downsampling}: remove it from {cfg.data}")
+        small = [p for p, side in zip(val_paths, sides) if side < cfg.val_size]
+        if small:
+            self._print(f"note: {len(small)} validation image(s) smaller than --val-size "
+                        f"{cfg.val_size} are upscaled to it (e.g. {small[0]})")
+        self.val_images = center_crops(val, cfg.val_size)
         self.val_images = self.val_images.to(self.device)
 
     # -- loop ------------------------------------------------------------------------------

@@ -528,3 +528,22 @@ def test_an_init_file_that_is_not_this_models_weights_is_named(image_dir, tmp_pa
                                          r"weights|does not fit this model)"):
         Trainer(_cfg(image_dir, tmp_path / "r", init=str(tmp_path / "init.pt")),
                 log=lambda *_: None)
+
+
+def test_validation_images_that_are_tiny_upscaled_or_shared_are_said(tmp_path):
+    """(A validation image under 16 pixels failed inside interpolate; upscaled or shared
+    validation images were not mentioned.)"""
+    from PIL import Image
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(d / "a.png")
+    said = []
+    t = Trainer(_cfg(str(d), tmp_path / "r", val_size=64), log=said.append)
+    t.load_data()
+    assert any("is also a training image" in s for s in said), said
+    assert any("1 validation image(s) smaller than --val-size 64 are upscaled" in s
+               for s in said), said
+    Image.fromarray(np.zeros((8, 48, 3), np.uint8)).save(d / "b.png")   # the validation one
+    with pytest.raises(ValueError, match=r"b.png is 8 pixels on its short side, under 16"):
+        Trainer(_cfg(str(d), tmp_path / "s", crop=16, val_size=16, val_split=2),
+                log=lambda *_: None).load_data()
