@@ -1,6 +1,6 @@
 """One key for "these tensors are unchanged", shared by the caches built from weights."""
 import itertools
-from typing import Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -97,3 +97,19 @@ def cached_on_module(owner, slot: str, root: torch.nn.Module, build, extra=None)
     (:func:`module_state_key`)."""
     key, tensors = module_state_key(root)
     return _cached(owner, slot, (extra, key), tensors, build)
+
+
+def state_dict_mismatch(module: torch.nn.Module, sd: Dict) -> Tuple[List[str], List[str]]:
+    """``(missing, unexpected)`` keys of state dict ``sd`` against ``module``'s, sorted: for a
+    short error message (torch's own lists every key: kilobytes for a foreign file)."""
+    want = set(module.state_dict())
+    return sorted(want - set(sd)), sorted(set(sd) - want)
+
+
+def first_non_finite(tensors: Dict[str, torch.Tensor]) -> Optional[str]:
+    """The name of the first floating-point tensor of ``tensors`` holding NaN or inf, else
+    None."""
+    for k, v in tensors.items():
+        if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()):
+            return k
+    return None

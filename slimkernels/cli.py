@@ -12,6 +12,7 @@ import sys
 import time
 from typing import List, Optional
 
+from ._checks import MAX_THREADS_PER_CPU, too_many_threads  # noqa: F401 (re-exported)
 from ._version import __version__
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -19,21 +20,6 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 class CLIError(Exception):
     """An error to report in one line with exit code 1."""
-
-
-#: ``--threads`` at most this many per CPU (more only slows the work down; OpenMP failed to
-#: start 20000 threads on a 2-core machine and crashed at 100000).
-MAX_THREADS_PER_CPU = 8
-
-
-def too_many_threads(n: int) -> Optional[str]:
-    """The error message for a thread count above ``MAX_THREADS_PER_CPU`` per CPU, else None
-    (the command line, ``slimkernels eval`` and the trainer check ``--threads`` with it)."""
-    cpus = os.cpu_count() or 1
-    if n > MAX_THREADS_PER_CPU * cpus:
-        return (f"--threads {n} is more than {MAX_THREADS_PER_CPU} per CPU ({cpus} here): at "
-                f"most {MAX_THREADS_PER_CPU * cpus}")
-    return None
 
 
 def _err(msg: str) -> None:
@@ -171,16 +157,16 @@ def _check_images(paths: List[str]) -> None:
 
 
 def _check_slim_files(paths: List[str]) -> None:
-    """CLIError for the first input without the .slim magic, before any output is written."""
-    from .container import MAGIC
+    """CLIError for the first input that is not a .slim file by its magic bytes
+    (:func:`slimkernels.container.check_magic`), before any output is written."""
+    from .container import SlimFormatError, check_magic
     for p in paths:
         try:
-            with open(p, "rb") as f:
-                head = f.read(len(MAGIC))
+            check_magic(p)
         except OSError as e:
             raise CLIError(f"{p}: cannot read it ({e.strerror})") from None
-        if head != MAGIC:
-            raise CLIError(f"{p}: not a .slim file (the magic bytes 'SLIM' are missing)")
+        except SlimFormatError as e:
+            raise CLIError(f"{p}: {e}") from None
 
 
 def _progress(items, enabled: bool, desc: str):

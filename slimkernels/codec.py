@@ -49,8 +49,8 @@ from . import coding, container
 from ._cpu import _module as _cpu_module, cpu_kernels, switched_off as _cpu_switched_off
 from .ops.image_io import bf16_to_image, image_to_bf16, value_range
 from ._hooks import runs_more_than_forward
-from ._state import cached_on_module, state_tensors
-from ._widths import as_width, width_list
+from ._state import cached_on_module, first_non_finite, state_tensors
+from ._checks import as_width, width_list
 from .nn.entropy import check_quantization
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
@@ -196,15 +196,16 @@ def model_fingerprint(model: nn.Module, config: Dict) -> bytes:
 def _weight_problem(model: nn.Module) -> Optional[Tuple[str, str, str]]:
     """``(what coding needs, what the first floating-point state tensor that is not float32 or
     not finite is, what to do)``, else None."""
-    for k, v in model.state_dict().items():
-        if v.is_floating_point():
-            if v.dtype != torch.float32:
-                return ("every weight in float32", f"{k} is {v.dtype}",
-                        "call model.float() (for bf16 transforms pass precision='bf16', which "
-                        "autocasts)")
-            if v.numel() and not bool(torch.isfinite(v).all()):
-                return ("finite weights", f"{k} holds NaN or inf",
-                        "the model is broken (a diverged training step?); load good weights")
+    sd = model.state_dict()
+    for k, v in sd.items():
+        if v.is_floating_point() and v.dtype != torch.float32:
+            return ("every weight in float32", f"{k} is {v.dtype}",
+                    "call model.float() (for bf16 transforms pass precision='bf16', which "
+                    "autocasts)")
+    bad = first_non_finite(sd)
+    if bad is not None:
+        return ("finite weights", f"{bad} holds NaN or inf",
+                "the model is broken (a diverged training step?); load good weights")
     return None
 
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 
 import numpy as np
 
+from ._checks import is_int
 from ._fork import forked_since_import
 
 __all__ = [
@@ -101,7 +101,7 @@ def _as_float64(x, name, ndim):
 
 
 def _check_int(v, name, lo, hi=None):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+    if not is_int(v):
         raise ValueError(f"{name} must be an int, got {type(v).__name__}")
     v = int(v)
     if v < lo or (hi is not None and v > hi):

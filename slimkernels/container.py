@@ -23,15 +23,16 @@ is wrong: not a .slim file, newer version, corrupt header, truncated, corrupt pa
 """
 from __future__ import annotations
 
-import numbers
 import os
 import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import Dict
 
-__all__ = ["SlimFile", "SlimFormatError", "pack", "unpack", "read", "read_bytes", "write", "MAGIC",
-           "FORMAT_VERSION", "MAX_SIDE"]
+from ._checks import is_int
+
+__all__ = ["SlimFile", "SlimFormatError", "pack", "unpack", "read", "read_bytes", "check_magic",
+           "write", "MAGIC", "FORMAT_VERSION", "MAX_SIDE"]
 
 MAGIC = b"SLIM"
 FORMAT_VERSION = 1
@@ -87,7 +88,7 @@ def _bytes_like(v, what: str) -> bytes:
 def _check_ints(f: SlimFile) -> None:
     for name in ("width", "height", "img_width", "streams"):
         v = getattr(f, name)
-        if type(v) is not int and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+        if not is_int(v):
             raise ValueError(f"{name} must be an int, got {v!r}")
 
 
@@ -206,13 +207,27 @@ def read_bytes(path: str) -> bytes:
         FileNotFoundError / OSError: the file cannot be opened.
         SlimFormatError: a folder, or a file without the magic bytes.
     """
+    with _opened(path) as fh:
+        return MAGIC + fh.read()
+
+
+def check_magic(path: str) -> None:
+    """:func:`read_bytes`'s checks alone (a folder, the magic bytes), reading 4 bytes: for a
+    caller that checks several files before it reads any (the command line's batches)."""
+    with _opened(path):
+        pass
+
+
+def _opened(path: str):
+    """``path`` opened for reading, past its magic bytes (SlimFormatError for a folder or a
+    file without them)."""
     if os.path.isdir(path):
         raise SlimFormatError("not a .slim file: a folder")
-    with open(path, "rb") as fh:
-        head = fh.read(len(MAGIC))
-        if head != MAGIC:
-            raise SlimFormatError("not a .slim file (the magic bytes 'SLIM' are missing)")
-        return head + fh.read()
+    fh = open(path, "rb")
+    if fh.read(len(MAGIC)) != MAGIC:
+        fh.close()
+        raise SlimFormatError("not a .slim file (the magic bytes 'SLIM' are missing)")
+    return fh
 
 
 def read(path: str) -> SlimFile:

@@ -110,26 +110,31 @@ def open_image(path: str, todo: str = ""):
             (``PIL.Image.MAX_IMAGE_PIXELS``, 2x of it: ~179 MP by default); the message names
             the file and ends with ``todo`` (what the caller's user should do) when given.
     """
+    return _open_image(path, todo)[0]
+
+
+def _open_image(path: str, todo: str = ""):
+    """:func:`open_image`, and what only the opening sees: ``(im, large, rawmode)``: whether
+    Pillow warned that the image is over its decompression-bomb warning size (the warning is
+    caught: :func:`read_image_uint8` notes it), and the decoder's raw mode ('RGB;16B': a 16-bit
+    RGB PNG, which Pillow reads as 8-bit; None if unknown)."""
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.exists(path):
         raise ValueError(f"{path} does not exist" + (f"; {todo}" if todo else ""))
     try:
-        with warnings.catch_warnings(record=True) as caught:   # (Pillow's bomb warning: a note)
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
             im = Image.open(path)
-        big = [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+        large = False
         for w in caught:
-            if w not in big:
+            if issubclass(w.category, Image.DecompressionBombWarning):
+                large = True
+            else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        if big:
-            im.info["slimkernels.large"] = f"{im.size[0]}x{im.size[1]}"
-        # the decoder's raw mode ('RGB;16B': a 16-bit RGB PNG, which Pillow reads as 8-bit)
         tile = im.tile[0] if getattr(im, "tile", None) else ()
-        raw = tile[3] if len(tile) > 3 else None
+        raw = tile[3] if len(tile) > 3 and isinstance(tile[3], str) else None
         im.load()
-        if isinstance(raw, str):
-            im.info["slimkernels.rawmode"] = raw
     except Image.DecompressionBombError as e:
         raise ValueError(f"{path}: too large to read safely ({e}); " + (
             todo or "split the image into tiles, or from Python raise PIL.Image.MAX_IMAGE_PIXELS "
@@ -137,7 +142,7 @@ def open_image(path: str, todo: str = ""):
     except (UnidentifiedImageError, OSError, ValueError) as e:   # (ValueError: e.g. a PNG
         raise ValueError(f"{path}: not an image file Pillow can read ({e})"   # text chunk too
                          + (f"; {todo}" if todo else "")) from None            # large to inflate
-    return im
+    return im, large, raw
 
 
 def load_torch_file(path: str, unreadable: str, map_location="cpu"):
@@ -199,14 +204,15 @@ def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
     """
     from PIL import Image
 
-    with open_image(path, todo) as src:
-        im, info = src, dict(src.info)
+    src, large, raw = _open_image(path, todo)
+    with src:
+        im = src
         note = ""
         frames = getattr(im, "n_frames", 1)
         if frames > 1:
             note = f"used the first of {frames} frames; "
-        if "slimkernels.large" in info:   # (Pillow warns over PIL.Image.MAX_IMAGE_PIXELS)
-            note += (f"a large image ({info['slimkernels.large']}, over Pillow's "
+        if large:   # (Pillow warns over PIL.Image.MAX_IMAGE_PIXELS)
+            note += (f"a large image ({im.size[0]}x{im.size[1]}, over Pillow's "
                      f"decompression-bomb warning size); ")
         orientation = im.getexif().get(0x0112, 1)
         if orientation in range(2, 9):   # EXIF orientation: store it as displayed
@@ -228,8 +234,8 @@ def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
             arr = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
             im = Image.fromarray(arr, mode="L")
             note += f"converted 16-bit {mode} to 8-bit; "
-        raw = info.get("slimkernels.rawmode", "")
-        if im.mode in ("RGB", "RGBA") and ";16" in raw:   # Pillow keeps each sample's high byte
+        # (Pillow keeps each sample's high byte of a 16-bit RGB image)
+        if im.mode in ("RGB", "RGBA") and raw is not None and ";16" in raw:
             note += f"read 16-bit {raw.split(';')[0]} as 8-bit (the high byte of each sample); "
         if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
             note += f"dropped the alpha channel of a {mode} image; "

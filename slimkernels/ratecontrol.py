@@ -30,6 +30,11 @@ class Codec(Protocol):
     def decompress(self, data: bytes, *, precision: str = "auto") -> torch.Tensor: ...
 
 
+def _widest_first(model: Codec) -> List[int]:
+    """``model.widths`` widest first (a Codec may list them in any order)."""
+    return sorted(model.widths, reverse=True)
+
+
 def rd_table(model: Codec, x: torch.Tensor, precision: str = "auto") -> List[Dict]:
     """Compress ``x`` ``[1, 3, H, W]`` float in [0, 1] at every width:
     ``[{"width": int, "bpp": float, "psnr": float, "bytes": int}]``, widest first (bpp of the
@@ -37,7 +42,7 @@ def rd_table(model: Codec, x: torch.Tensor, precision: str = "auto") -> List[Dic
     H, W = x.shape[-2:]
     ref = x.clamp(0, 1).mul(255).round()
     out = []
-    for w in sorted(model.widths, reverse=True):   # (a Codec may list its widths in any order)
+    for w in _widest_first(model):
         data = model.compress(x, w, precision=precision)
         xh = model.decompress(data, precision=precision).mul(255).round()
         mse = float(((xh - ref) ** 2).mean())
@@ -82,7 +87,7 @@ def width_for_target_bpp(model: Codec, x: torch.Tensor, target_bpp: float,
     if not target_bpp > 0:
         raise ValueError(f"target bpp must be > 0, got {target_bpp}")
     H, W = x.shape[-2:]
-    widths = sorted(model.widths, reverse=True)   # (a Codec may list its widths in any order)
+    widths = _widest_first(model)
     for w in widths:  # widest first: stop at the first that fits
         if 8 * len(model.compress(x, w, precision=precision)) / (H * W) <= target_bpp:
             return w

@@ -54,7 +54,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             return err(f"--threads must be >= 1, got {args.threads}")
-        from ..cli import too_many_threads
+        from .._checks import too_many_threads
         if too_many_threads(args.threads):
             return err(too_many_threads(args.threads))
         import torch
@@ -125,16 +125,15 @@ def _too_small_for_ms_ssim(paths):
     limit (read from the file header only), else None."""
     from PIL import Image
 
-    from .metrics import MS_SSIM_WEIGHTS, WIN_SIZE
-    min_side = (WIN_SIZE - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1)
+    from .metrics import MS_SSIM_MIN_SIDE
     for p in paths:
         try:
             with Image.open(p) as im:
                 w, h = im.size
         except Exception:  # noqa: BLE001 - unreadable: reported by the evaluation itself
             continue
-        if min(w, h) <= min_side:
-            return p, w, h, min_side
+        if min(w, h) <= MS_SSIM_MIN_SIDE:
+            return p, w, h, MS_SSIM_MIN_SIDE
     return None
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..codec import PIXEL_RANGE
+
 ImageLike = Union[torch.Tensor, np.ndarray]
 
 #: MS-SSIM scale weights of Wang, Simoncelli & Bovik (2003), as in pytorch_msssim / TF.
@@ -19,6 +21,8 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 WIN_SIZE = 11
 WIN_SIGMA = 1.5
 K1, K2 = 0.01, 0.03
+#: MS-SSIM needs both image sides above this (its 5th scale would be smaller than the window).
+MS_SSIM_MIN_SIDE = (WIN_SIZE - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1)
 
 
 def to_uint8_values(x: ImageLike) -> torch.Tensor:
@@ -45,7 +49,6 @@ def to_uint8_values(x: ImageLike) -> torch.Tensor:
     t = t.detach().to(torch.float64)
     if not torch.isfinite(t).all():
         raise ValueError("the image holds NaN or inf values")
-    from ..codec import PIXEL_RANGE
     if t.numel() and (t.min() < PIXEL_RANGE[0] or t.max() > PIXEL_RANGE[1]):
         raise ValueError(f"a float image must hold values in [0, 1]; this one reaches "
                          f"{float(t.min()):.4g} .. {float(t.max()):.4g}"
@@ -157,9 +160,8 @@ def ms_ssim(a: ImageLike, b: ImageLike, data_range: float = 255.0) -> torch.Tens
                          f"compare), got {data_range}")
     x, y = _pair(a, b)
     levels = len(MS_SSIM_WEIGHTS)
-    min_side = (WIN_SIZE - 1) * 2 ** (levels - 1)
-    if min(x.shape[-2:]) <= min_side:
-        raise ValueError(f"MS-SSIM needs both image sides > {min_side} pixels, got "
+    if min(x.shape[-2:]) <= MS_SSIM_MIN_SIDE:
+        raise ValueError(f"MS-SSIM needs both image sides > {MS_SSIM_MIN_SIDE} pixels, got "
                          f"{tuple(x.shape[-2:])}")
     g = gaussian_window(dtype=x.dtype).to(x.device)
     w = torch.tensor(MS_SSIM_WEIGHTS, dtype=x.dtype, device=x.device)

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from .._widths import as_width, width_list
+from .._checks import as_width, width_list
 
 
 _Size = Union[int, Tuple[int, int]]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .parametrizers import lower_bound
 from .._state import cached_on
-from .._widths import as_width, width_list
+from .._checks import as_width, width_list
 
 #: training quantizations of the synthesis input (see :meth:`EntropyBottleneck.forward`)
 QUANTIZATIONS = ("noise", "mixed")

@@ -1,7 +1,6 @@
 """The GDN family for slimmable networks: SlimGDN (shared), SwitchGDN (per width), SlimGDNPlus."""
 from __future__ import annotations
 
-import numbers
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -9,7 +8,7 @@ import torch.nn as nn
 
 from .. import ops
 from .._state import cached_on_module
-from .._widths import width_list
+from .._checks import is_int, width_list
 from .parametrizers import NonNegativeParametrizer
 
 
@@ -30,8 +29,7 @@ class SlimGDN(nn.Module):
     def __init__(self, in_channels: int, inverse: bool = False, beta_min: float = 1e-6,
                  gamma_init: float = 0.1):
         super().__init__()
-        if isinstance(in_channels, bool) or not isinstance(in_channels, numbers.Integral) or \
-                in_channels < 1:
+        if not is_int(in_channels) or in_channels < 1:
             raise ValueError(f"{type(self).__name__}: in_channels must be an int >= 1, got "
                              f"{in_channels!r}")
         in_channels = self.in_channels = int(in_channels)

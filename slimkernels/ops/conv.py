@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .._checks import is_int
 from .._cpu import cpu_kernels
 from ..backend import resolve_backend
 from . import conv_image, image_io, winograd
@@ -889,11 +890,9 @@ def _check(x, weight, bias, name, transposed, stride, padding):
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != cout_max):
         raise ValueError(f"{name}: bias must be the full [{cout_max}] parameter (C_out_max), got "
                          f"{tuple(bias.shape)}")
-    if type(stride) is not int and (isinstance(stride, bool) or    # (int: the usual case, fast)
-                                    not isinstance(stride, numbers.Integral)) or stride < 1:
+    if not is_int(stride) or stride < 1:
         raise ValueError(f"{name}: stride must be an int >= 1, got {stride!r}")
-    if type(padding) is not int and (isinstance(padding, bool) or
-                                     not isinstance(padding, numbers.Integral)) or padding < 0:
+    if not is_int(padding) or padding < 0:
         raise ValueError(f"{name}: padding must be an int >= 0, got {padding!r}")
     if x.shape[-2] == 0 or x.shape[-1] == 0:
         raise ValueError(f"{name}: x {tuple(x.shape)} has no pixels (an empty batch, N = 0, is "
@@ -1395,8 +1394,7 @@ def _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding):
 def _out_width(out_width, co_max, name):
     if out_width is None:
         return co_max
-    if type(out_width) is not int and (isinstance(out_width, bool) or
-                                       not isinstance(out_width, numbers.Integral)):
+    if not is_int(out_width):
         raise ValueError(f"{name}: out_width must be an int, got {out_width!r}")
     co = int(out_width)
     if not 1 <= co <= co_max:
@@ -1520,9 +1518,7 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     clamp = _check_clamp(out_clamp, "slim_conv_transpose2d")
     _check(x, weight, bias, "slim_conv_transpose2d", True, stride, padding)
     co = _out_width(out_width, weight.shape[1], "slim_conv_transpose2d")
-    if type(output_padding) is not int and (isinstance(output_padding, bool) or
-                                            not isinstance(output_padding, numbers.Integral)) \
-            or output_padding < 0 or output_padding >= stride:
+    if not is_int(output_padding) or output_padding < 0 or output_padding >= stride:
         raise ValueError(f"slim_conv_transpose2d: output_padding={output_padding!r} must be an "
                          f"int in [0, stride={stride})")
     kh, kw = weight.shape[-2:]

@@ -11,6 +11,7 @@ from typing import Dict, Optional
 import torch
 
 from .._device import check_device
+from .._state import state_dict_mismatch
 from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
 
@@ -79,7 +80,7 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     except (KeyError, TypeError) as e:
         raise ValueError(f"{path} is a damaged slimkernels model file ({type(e).__name__}: {e}); "
                          f"write it again with slimkernels.pretrained.save_model") from None
-    missing, unexpected = _key_mismatch(model, sd)
+    missing, unexpected = state_dict_mismatch(model, sd)
     if missing or unexpected:
         raise ValueError(f"{path} does not match the model its config describes: "
                          f"{len(missing)} missing key(s) (e.g. {missing[:3]}), {len(unexpected)} "
@@ -89,13 +90,6 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     if averaged or not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
         model.update()   # (the tables of an averaged entropy model are built from it)
     return model
-
-
-def _key_mismatch(model, sd: Dict):
-    """``(missing, unexpected)`` state_dict keys, sorted (torch's own error lists all of them,
-    kilobytes for a foreign file)."""
-    want = set(model.state_dict())
-    return sorted(want - set(sd)), sorted(set(sd) - want)
 
 
 def model_info(path: Optional[str] = None) -> Dict:

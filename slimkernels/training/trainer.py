@@ -4,20 +4,21 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import numbers
 import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .._checks import is_int, too_many_threads
 from .._device import check_device
+from .._state import first_non_finite, state_dict_mismatch
 from ..codec import native_bf16
 from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
@@ -91,6 +92,13 @@ class TrainConfig:
     def check(self) -> None:
         """ValueError naming the first option out of range (``--crop 7`` would otherwise fail
         deep inside the model, ``--crop`` larger than every image would loop forever)."""
+        for f in fields(self):   # (annotations are strings here: from __future__ annotations)
+            v = getattr(self, f.name)
+            if f.type in ("bool", "Optional[bool]") and not (
+                    isinstance(v, bool) or (v is None and f.type != "bool")):
+                raise ValueError(f"{f.name}={v!r}: must be True or False")   # (bool("no"))
+            if f.type == "int" and not is_int(v):
+                raise ValueError(f"--{f.name.replace('_', '-')} {v!r}: must be an int")
         s = SlimCAE.downsampling
         for name in ("crop", "crop_large", "val_size"):
             v = getattr(self, name)
@@ -103,29 +111,17 @@ class TrainConfig:
             if getattr(self, name) < lo:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be "
                                  f">= {lo}")
-        from ..cli import too_many_threads
         if too_many_threads(self.threads):
             raise ValueError(too_many_threads(self.threads))
         if not self.ckpt_every_s > 0:
             raise ValueError(f"--ckpt-every-s {self.ckpt_every_s}: must be > 0")
-        for name in ("bf16", "channels_last", "schedule", "init_continue", "progress",
-                     "sample_by_area"):
-            v = getattr(self, name, None)
-            if not (v is None or isinstance(v, bool)):   # (bool("no") is True)
-                raise ValueError(f"{name}={v!r}: must be True or False")
-        for name in ("batch", "steps", "val_every", "val_split", "schedule_steps", "threads",
-                     "large_after", "schedule_start", "crop", "crop_large", "val_size", "seed"):
-            v = getattr(self, name, 0)
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise ValueError(f"--{name.replace('_', '-')} {v!r}: must be an int")
         if not (0 < self.lr < math.inf and 0 < self.aux_lr < math.inf):
             raise ValueError(f"--lr {self.lr} / --aux-lr {self.aux_lr}: must be finite and > 0")
         if not self.clip >= 0:
             raise ValueError(f"--clip {self.clip}: must be >= 0 (0: off)")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema {self.ema}: must be in [0, 1) (0: off)")
-        if not self.widths or any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or
-                                  w < 1 for w in self.widths):
+        if not self.widths or any(not is_int(w) or w < 1 for w in self.widths):
             raise ValueError(f"--widths {self.widths}: must be positive ints")
         if list(self.widths) != sorted(set(self.widths), reverse=True):
             # (the lambdas pair with the widths by position, the model sorts its widths: out of
@@ -135,16 +131,6 @@ class TrainConfig:
                              f"paired with the width at its place")
         if any(not 0 < lam < math.inf for lam in self.lambdas):
             raise ValueError(f"--lambdas {self.lambdas}: must be finite and > 0")
-
-
-def _first_non_finite(state: Dict, ema: Optional[Dict]) -> Optional[str]:
-    """The name of the first floating-point tensor of ``state`` (or of the weight average
-    ``ema``) holding NaN or inf, else None."""
-    for where, d in (("weight", state), ("averaged weight", ema or {})):
-        for k, v in d.items():
-            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                return f"the {where} {k}"
-    return None
 
 
 #: What a run folder's checkpoint must share with the options that resume it.
@@ -382,8 +368,7 @@ class Trainer:
                     raise ValueError(f"--init file {cfg.init} holds a {type(sd).__name__}, not "
                                      f"weights: pass a model file or a checkpoint of "
                                      f"python/train.py")
-                want = set(self.model.state_dict())
-                missing, extra = sorted(want - set(sd)), sorted(set(sd) - want)
+                missing, extra = state_dict_mismatch(self.model, sd)
                 if missing or extra:   # (torch's own error lists every key: kilobytes)
                     raise ValueError(f"--init file {cfg.init} does not fit this model (--widths "
                                      f"{cfg.widths}, --gdn {cfg.gdn}): {len(missing)} missing "
@@ -413,12 +398,15 @@ class Trainer:
         """Atomically write ``checkpoint.pt`` (model, optimizers, step, lambdas, sampler)."""
         if self.rank != 0:
             return
-        bad = _first_non_finite(self.model.state_dict(), self.ema)
-        if bad is not None:   # (the checkpoint before it stays: a resume can go on from there)
-            raise FloatingPointError(f"{bad} is not finite at step {self.step}: not saved over "
-                                     f"the last checkpoint ({self.ckpt_path}); lower --lr / "
-                                     f"--aux-lr and resume from it")
-        ck = {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+        state = self.model.state_dict()
+        for where, d in (("weight", state), ("averaged weight", self.ema or {})):
+            bad = first_non_finite(d)
+            if bad is not None:   # (the checkpoint before it stays: a resume goes on from there)
+                raise FloatingPointError(f"the {where} {bad} is not finite at step {self.step}: "
+                                         f"not saved over the last checkpoint "
+                                         f"({self.ckpt_path}); lower --lr / --aux-lr and resume "
+                                         f"from it")
+        ck = {"model": state, "opt": self.opt.state_dict(),
               "aux_opt": self.aux_opt.state_dict(), "step": self.step, "lambdas": self.lambdas,
               "next_schedule": self.next_schedule, "config": asdict(self.cfg),
               "scheduler": self.scheduler.state_dict() if self.scheduler else None,

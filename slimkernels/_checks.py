@@ -1,7 +1,31 @@
-"""Checks of the widths (active channel counts) the layers, the entropy models and the codec
-take: an int (or a numpy / 0-dim integer tensor index), never a float or string rounded to one."""
+"""Argument checks shared by the layers, the ops, the codec, the container, the command line and
+the trainer: ints that are ints (a float or a string was truncated by ``int()``), widths, thread
+counts."""
+import numbers
 import operator
+import os
 from typing import Iterable, List, Optional
+
+
+def is_int(v) -> bool:
+    """Whether ``v`` is an integer (int, numpy integer...; not a bool, float or str). A plain
+    int takes the fast path (``isinstance`` against ``numbers.Integral`` costs ~0.3 us)."""
+    return type(v) is int or (not isinstance(v, bool) and isinstance(v, numbers.Integral))
+
+
+#: ``--threads`` at most this many per CPU (more only slows the work down; OpenMP failed to
+#: start 20000 threads on a 2-core machine and crashed at 100000).
+MAX_THREADS_PER_CPU = 8
+
+
+def too_many_threads(n: int) -> Optional[str]:
+    """The error message for a thread count above ``MAX_THREADS_PER_CPU`` per CPU, else None
+    (the command line, ``slimkernels eval`` and the trainer check ``--threads`` with it)."""
+    cpus = os.cpu_count() or 1
+    if n > MAX_THREADS_PER_CPU * cpus:
+        return (f"--threads {n} is more than {MAX_THREADS_PER_CPU} per CPU ({cpus} here): at "
+                f"most {MAX_THREADS_PER_CPU * cpus}")
+    return None
 
 
 def as_width(width, where: str) -> int:
