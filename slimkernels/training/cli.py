@@ -37,7 +37,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(cfg: TrainConfig) -> int:
     """Train ``cfg``; under ``torchrun`` (``WORLD_SIZE`` > 1) inside a process group (NCCL on
-    CUDA, gloo on CPU), each rank on its local GPU. Returns 0; raises what the trainer raises."""
+    CUDA, gloo on CPU), each rank on its local GPU. Returns 0 when the run reached
+    ``cfg.steps``, 128 + the signal's number (130 for SIGINT, 143 for SIGTERM) when a signal
+    stopped it (its checkpoint saved: the same command resumes it), as a shell reports a
+    process a signal ended, so that ``train && export`` does not export an unfinished model;
+    raises what the trainer raises."""
     if not os.path.isdir(cfg.data):   # (before the Trainer makes the run folder: none left)
         raise ValueError(f"--data {cfg.data}: the image folder does not exist")
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -51,17 +55,18 @@ def run(cfg: TrainConfig) -> int:
             torch.cuda.set_device(local)
             cfg.device = f"cuda:{local}"
     try:
-        Trainer(cfg).fit()
+        trainer = Trainer(cfg).fit()
     finally:
         if world > 1:
             import torch.distributed as dist
             dist.destroy_process_group()
-    return 0
+    return 0 if trainer.stopped_by is None else 128 + int(trainer.stopped_by)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python python/train.py``: parse, tune malloc, :func:`run`. A bad option or file, or a
-    loss that is not finite, ends with a one-line error on stderr and exit code 1."""
+    loss that is not finite, ends with a one-line error on stderr and exit code 1; SIGINT /
+    SIGTERM with 130 / 143 after saving the checkpoint (see :func:`run`)."""
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     from ..allocator import tune_from_env

@@ -294,6 +294,7 @@ class Trainer:
         self.opt = make_adam(main, cfg.lr)
         self.aux_opt = make_adam(aux, cfg.aux_lr)
         self.step = 0
+        self.stopped_by = None   # the signal that ended the last fit(), if one did
         self.lambdas = list(cfg.lambdas)
         if len(self.lambdas) != len(cfg.widths):
             raise ValueError(f"{len(cfg.widths)} widths but {len(self.lambdas)} lambdas")
@@ -505,7 +506,9 @@ class Trainer:
 
     def fit(self):
         """Train until ``cfg.steps``; validates, logs and checkpoints on the way. SIGTERM or
-        SIGINT (Ctrl-C) end the current step, write the checkpoint and return."""
+        SIGINT (Ctrl-C) end the current step, write the checkpoint and return; the signal's
+        number is then in ``self.stopped_by`` (None when the run reached ``cfg.steps``), so
+        that callers can tell an interrupted run from a finished one."""
         cfg = self.cfg
         if self.sampler is None:
             self.load_data()
@@ -541,8 +544,10 @@ class Trainer:
         self.save()
         if bar is not None:
             bar.close()
+        self.stopped_by = stop["signal"]
         if stop["signal"] is not None:
-            self._print(f"stopped by signal {stop['signal']} at step {self.step}; checkpoint saved")
+            self._print(f"stopped by signal {stop['signal']} at step {self.step} of {cfg.steps}; "
+                        "checkpoint saved: run the same command again to resume")
         return self
 
     def _loop(self, cfg, bar, stop, t0, n0, last_ckpt):

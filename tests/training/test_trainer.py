@@ -547,3 +547,21 @@ def test_validation_images_that_are_tiny_upscaled_or_shared_are_said(tmp_path):
     with pytest.raises(ValueError, match=r"b.png is 8 pixels on its short side, under 16"):
         Trainer(_cfg(str(d), tmp_path / "s", crop=16, val_size=16, val_split=2),
                 log=lambda *_: None).load_data()
+
+
+def test_cli_exit_code_says_a_signal_stopped_the_run(image_dir, tmp_path):
+    """An interrupted run is not a finished one: run() returns 128 + the signal's number (its
+    checkpoint saved); a run that reached --steps returns 0."""
+    import signal
+    import threading
+
+    from slimkernels.training.cli import run
+    out = tmp_path / "sig"
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    rc = run(_cfg(image_dir, out, steps=10 ** 6, val_every=0))
+    timer.join()
+    assert rc == 128 + signal.SIGTERM
+    step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    assert 0 < step < 10 ** 6
+    assert run(_cfg(image_dir, tmp_path / "done", steps=2, val_every=0)) == 0
