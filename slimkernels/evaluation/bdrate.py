@@ -16,11 +16,17 @@ piecewise interpolation is more robust than the single cubic.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence, Tuple
 
 import numpy as np
 
 METHODS = ("pchip", "akima", "cubic")
+
+
+class NonMonotoneCurveWarning(UserWarning):
+    """A rate-distortion curve whose quality falls somewhere as its rate rises: a BD metric
+    assumes a monotone curve, and its value over this one averages a curve that folds back."""
 
 
 def _curve(rate: Sequence[float], quality: Sequence[float], name: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -34,6 +40,12 @@ def _curve(rate: Sequence[float], quality: Sequence[float], name: str) -> Tuple[
         raise ValueError(f"{name}: rates and quality values must be finite, got {r} / {q}")
     if (r <= 0).any():
         raise ValueError(f"{name}: rates must be > 0 (log-rate is interpolated), got {r}")
+    order = np.argsort(r, kind="stable")
+    if np.any(np.diff(q[order]) < 0) and np.all(np.diff(r[order]) > 0):
+        warnings.warn(f"{name}: the quality falls as the rate rises (by rate: "
+                      f"{np.round(r[order], 4).tolist()} -> {np.round(q[order], 3).tolist()}); "
+                      "a BD metric assumes a monotone curve: check the points, or drop the "
+                      "ones a higher rate does not improve", NonMonotoneCurveWarning, stacklevel=3)
     return r, q
 
 
@@ -106,6 +118,10 @@ def bd_rate(rate_anchor: Sequence[float], quality_anchor: Sequence[float],
 
     Raises:
         ValueError: too few points, non-positive rates, duplicate quality values, no overlap.
+
+    Warns:
+        NonMonotoneCurveWarning: a curve whose quality falls somewhere as its rate rises (the
+        value is still computed, over the folded curve).
     """
     ra, qa = _curve(rate_anchor, quality_anchor, "anchor")
     rt, qt = _curve(rate_test, quality_test, "test")

@@ -14,12 +14,13 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .bdrate import bd_psnr, bd_rate, overlap, quality_at_rate
+from .bdrate import NonMonotoneCurveWarning, bd_psnr, bd_rate, overlap, quality_at_rate
 from .metrics import ms_ssim, ms_ssim_db, psnr
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
@@ -223,7 +224,8 @@ def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("
     "bd_rate_ms_ssim_pchip": ... (when both have MS-SSIM), "overlap_psnr": fraction,
     "overlap_log_rate": ..., "overlap_ms_ssim": ...}}``; a value the curves cannot give (no
     overlap, too few points) is None with the reason under ``"errors"``; a value computed over
-    less than :data:`MIN_OVERLAP` of the union range gets a line under ``"warnings"``.
+    less than :data:`MIN_OVERLAP` of the union range, or over a curve whose quality does not rise
+    with its rate, gets a line under ``"warnings"``.
     """
     out: Dict[str, Dict] = {}
     rt, qt = test["results"]["bpp"], test["results"]["psnr-rgb"]
@@ -246,11 +248,20 @@ def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("
                 dbt = [ms_ssim_db(v) for v in mt]
                 jobs.append((f"bd_rate_ms_ssim_{m}", bd_rate, (ra, dba, rt, dbt, m)))
         for key, fn, a in jobs:
-            try:
-                row[key] = fn(*a)
-            except ValueError as e:
-                row[key] = None
-                row["errors"][key] = str(e)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NonMonotoneCurveWarning)
+                try:
+                    row[key] = fn(*a)
+                except ValueError as e:
+                    row[key] = None
+                    row["errors"][key] = str(e)
+            for w in caught:   # a curve that folds back: said once per anchor, in the summary
+                if issubclass(w.category, NonMonotoneCurveWarning):
+                    line = f"{key}: {w.message}"
+                    if not any(x.split(": ", 1)[1] == str(w.message) for x in row["warnings"]):
+                        row["warnings"].append(line)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         axis = {"bd_rate": "overlap_psnr", "bd_psnr": "overlap_log_rate",
                 "bd_rate_ms_ssim": "overlap_ms_ssim"}
         for key, _, _ in jobs:
@@ -303,18 +314,20 @@ def markdown_table(slim: Dict, bd: Dict[str, Dict]) -> str:
                      f"{r['ms-ssim-db'][i]:.2f} | {r['encode_ms'][i]:.0f} | {r['decode_ms'][i]:.0f} |")
     lines += ["", "| anchor | BD-rate PSNR (PCHIP) | BD-rate PSNR (Akima) | BD-PSNR dB (PCHIP) | "
               "BD-rate MS-SSIM (PCHIP) | PSNR overlap |", "|---|---|---|---|---|---|"]
-    low = False
+    low = folds = False
     for name, b in bd.items():
-        warned = " ".join(b.get("warnings", []))
+        small = " ".join(w for w in b.get("warnings", []) if "share only" in w)
+        folded = any("the quality falls" in w for w in b.get("warnings", []))
+        folds = folds or folded
 
         def cell(key, spec, unit=""):
             nonlocal low
             v = _fmt(b.get(key), spec)
             if v == "n/a":
                 return v
-            mark = "*" if key + ":" in warned else ""
+            mark = "*" if key + ":" in small else ""
             low = low or bool(mark)
-            return v + unit + mark
+            return v + unit + mark + ("^" if folded else "")
 
         lines.append(f"| {name} | {cell('bd_rate_pchip', '+.1f', ' %')} | "
                      f"{cell('bd_rate_akima', '+.1f', ' %')} | {cell('bd_psnr_pchip', '+.2f')} | "
@@ -322,6 +335,9 @@ def markdown_table(slim: Dict, bd: Dict[str, Dict]) -> str:
     if low:
         lines.append(f"\n\\* the two curves share less than {MIN_OVERLAP:.0%} of their range on "
                      "the integration axis: the value averages over a small range (see summary.json)")
+    if folds:
+        lines.append("\n^ a curve's quality falls somewhere as its rate rises: the value averages "
+                     "over a curve that folds back (see summary.json)")
     return "\n".join(lines) + "\n"
 
 

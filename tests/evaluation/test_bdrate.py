@@ -1,5 +1,6 @@
 """BD-rate / BD-PSNR against analytic values and the `bjontegaard` package."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -101,3 +102,45 @@ def test_helpers():
     v = quality_at_rate(*BALLE, 0.6)
     assert 31.73 < v < 33.69
     assert math.isnan(quality_at_rate(*BALLE, 2.0))
+
+
+def test_a_curve_that_folds_back_is_warned_and_still_computed():
+    from slimkernels.evaluation.bdrate import NonMonotoneCurveWarning
+    r, q = BALLE
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bd_rate(r, q, [0.2, 0.3, 0.5], [28.0, 29.0, 31.0])      # monotone: no warning
+    with pytest.warns(NonMonotoneCurveWarning, match=r"test: the quality falls.*\[0.2, 0.3, 0.5\]"):
+        v = bd_psnr(r, q, [0.5, 0.2, 0.3], [31.0, 29.5, 29.0])   # order given does not matter
+    assert math.isfinite(v)
+    with pytest.warns(NonMonotoneCurveWarning, match="anchor"):
+        bd_rate([0.2, 0.3, 0.5], [28.0, 27.0, 31.0], r, q)
+
+
+def test_bd_summary_lists_a_folding_curve_once_under_warnings():
+    from slimkernels.evaluation.kodak import bd_summary
+    r, q = BALLE
+    test = {"results": {"bpp": [0.2, 0.3, 0.5], "psnr-rgb": [29.5, 29.0, 31.0]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # reported in the summary, not raised or printed
+        row = bd_summary(test, {"ref": {"results": {"bpp": list(r), "psnr-rgb": list(q)}}})["ref"]
+    folds = [w for w in row["warnings"] if "the quality falls" in w]
+    assert len(folds) == 1 and folds[0].startswith("bd_rate_pchip: test:")
+    assert row["bd_rate_pchip"] is not None and row["bd_psnr_pchip"] is not None
+
+
+def test_markdown_marks_a_folding_curve_apart_from_a_small_overlap():
+    from slimkernels.evaluation.kodak import bd_summary, markdown_table
+    r, q = BALLE
+    anchors = {"ref": {"results": {"bpp": list(r), "psnr-rgb": list(q)}}}
+
+    def table(psnr):
+        res = {"width": [48, 96, 192], "bpp": [0.2, 0.3, 0.5], "psnr-rgb": psnr,
+               "bpp-estimated": [0.2, 0.3, 0.5], "ms-ssim-rgb": [0.9, 0.92, 0.95],
+               "ms-ssim-db": [10.0, 11.0, 13.0], "encode_ms": [1.0] * 3, "decode_ms": [1.0] * 3}
+        return markdown_table({"results": res}, bd_summary({"results": res}, anchors))
+
+    folded = table([29.5, 29.0, 31.0])
+    assert "^ |" in folded and "folds back" in folded
+    monotone = table([28.0, 29.0, 31.0])
+    assert "^" not in monotone and "folds back" not in monotone
