@@ -750,15 +750,15 @@ class SlimCodec(nn.Module):
         return mid
 
     def clear_caches(self) -> None:
-        """Drop every inference cache tied to this model's weights: the prepacked conv weights
-        (:func:`slimkernels.ops.conv.clear_cpu_caches`), the layers' cached effective GDN
+        """Drop every inference cache tied to this model's weights: the conv ops' weight copies
+        (:func:`slimkernels.ops.clear_weight_caches`: casts, layouts, prepacked), the layers' cached effective GDN
         parameters, the entropy models' coding medians and CDF tables, the :meth:`model_id`
         and the CUDA graphs of ``cuda_graph=True``. Needed only after writing a parameter or
         buffer through ``.data``
         (which bypasses version counters); in-place updates, ``load_state_dict`` and optimizer
         steps are detected without it."""
-        from .ops.conv import clear_cpu_caches
-        clear_cpu_caches()
+        from .ops.conv import clear_weight_caches
+        clear_weight_caches()
         for m in self.modules():
             if m is not self and callable(getattr(m, "clear_cache", None)):
                 m.clear_cache()

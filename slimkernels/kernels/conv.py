@@ -520,8 +520,17 @@ def _check_common(x, weight, bias, name):
     if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
         raise ValueError(f"{name}: x, weight and bias must share a dtype, got {x.dtype}, "
                          f"{weight.dtype}, {None if bias is None else bias.dtype}")
-    if weight.device != x.device:
-        raise ValueError(f"{name}: x on {x.device} but weight on {weight.device}")
+    if weight.device != x.device or (bias is not None and bias.device != x.device):
+        raise ValueError(f"{name}: x on {x.device} but weight on {weight.device}"
+                         f"{'' if bias is None else f' and bias on {bias.device}'}")
+
+
+def _check_bias(bias, c_out, name):
+    """bias ``[>= c_out]`` (the kernels read bias[:c_out] by pointer: a shorter one would be
+    read past its end)."""
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] < c_out):
+        raise ValueError(f"{name}: bias must be 1-D with at least C_out={c_out} entries, got "
+                         f"{tuple(bias.shape)}")
 
 
 def conv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
@@ -547,11 +556,14 @@ def conv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     if c_in > ci_max or not 1 <= c_out <= co_max:
         raise ValueError(f"conv2d_fwd: active widths C_in={c_in}, C_out={c_out} exceed the weight "
                          f"[{co_max}, {ci_max}, ...]")
+    _check_bias(bias, c_out, "conv2d_fwd")
     h_out = (h + 2 * padding - kh) // stride + 1
     w_out = (wd + 2 * padding - kw) // stride + 1
     if h_out < 1 or w_out < 1:
         raise ValueError(f"conv2d_fwd: input {h}x{wd} too small for kernel {kh}x{kw} pad {padding}")
     y = _empty_like_layout(x, (n, c_out, h_out, w_out))
+    if n == 0:   # an empty batch: nothing to launch
+        return y
     m = n * h_out * w_out
 
     def grid(meta):
@@ -585,6 +597,7 @@ def conv_transpose2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     if c_in > ci_max or not 1 <= c_out <= co_max:
         raise ValueError(f"conv_transpose2d_fwd: active widths C_in={c_in}, C_out={c_out} exceed "
                          f"the weight [{ci_max}, {co_max}, ...]")
+    _check_bias(bias, c_out, "conv_transpose2d_fwd")
     if output_padding < 0 or output_padding >= max(stride, 1):
         raise ValueError(f"output_padding={output_padding} must be smaller than stride={stride}")
     h_out = (h - 1) * stride - 2 * padding + kh + output_padding
@@ -592,6 +605,8 @@ def conv_transpose2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     if h_out < 1 or w_out < 1:
         raise ValueError(f"conv_transpose2d_fwd: output size {h_out}x{w_out} is empty")
     y = _empty_like_layout(x, (n, c_out, h_out, w_out))
+    if n == 0:   # an empty batch: nothing to launch
+        return y
     ha, wa = triton.cdiv(h_out, stride), triton.cdiv(w_out, stride)
     m = n * ha * wa
 

@@ -447,8 +447,12 @@ def gdn_bwd(dy: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, gamma: torch.
 
 
 def _as_tensor(s, like: torch.Tensor) -> Optional[torch.Tensor]:
-    if s is None or isinstance(s, torch.Tensor):
+    """A SlimGDN+ scalar as a tensor on ``like``'s device (the kernels read it by pointer; a
+    0-dim tensor elsewhere, e.g. a CPU scalar with CUDA x, is moved: differentiable)."""
+    if s is None:
         return s
+    if isinstance(s, torch.Tensor):
+        return s if s.device == like.device else s.to(like.device)
     return torch.tensor(float(s), device=like.device, dtype=torch.float32)
 
 
@@ -496,6 +500,29 @@ class GDNFunction(torch.autograd.Function):
         return (dx if need[0] else None), dbeta, dgamma, dgs, dgb, dbs, dbb, None, None
 
 
+def _check_operands(x, beta, gamma) -> None:
+    """What the kernels read: x ``[N, C, H, W]`` fp32 / fp16 / bf16, beta ``[>= C]``, gamma
+    ``[>= C, >= C]`` (float, x's device). Raises ValueError naming the mismatch (a kernel
+    handed a shorter beta or gamma would read past its end)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"gdn_triton: x must be a 4-D [N, C, H, W] tensor, got "
+                         f"{getattr(x, 'shape', type(x))}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"gdn_triton: x is {x.dtype}; the kernels take float32 / float16 / "
+                         "bfloat16 (they compute in fp32): for float64 use "
+                         "slimkernels.ops.gdn (its PyTorch path) or gdn_torch_reference")
+    c = x.shape[1]
+    for name, t, dim in (("beta", beta, 1), ("gamma", gamma, 2)):
+        if not isinstance(t, torch.Tensor) or t.dim() != dim or not t.is_floating_point():
+            raise ValueError(f"gdn_triton: {name} must be a {dim}-D float tensor, got "
+                             f"{getattr(t, 'shape', type(t))} {getattr(t, 'dtype', '')}")
+        if min(t.shape) < c:
+            raise ValueError(f"gdn_triton: x has {c} channels but {name} is "
+                             f"{tuple(t.shape)}: it must hold at least {c} per side")
+        if t.device != x.device:
+            raise ValueError(f"gdn_triton: x is on {x.device} but {name} on {t.device}")
+
+
 def gdn_triton(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bool = False,
                gamma_scale=None, gamma_bias=None, beta_scale=None, beta_bias=None,
                fp32_precision: Optional[str] = None) -> torch.Tensor:
@@ -515,6 +542,7 @@ def gdn_triton(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inve
     Returns:
         ``[N, C, H, W]``, x's dtype and memory format.
     """
+    _check_operands(x, beta, gamma)
     if fp32_precision is None:
         fp32_precision = "tf32" if tf32_allowed() else "ieee"
     if fp32_precision not in ("tf32", "ieee"):

@@ -7,18 +7,39 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from .._checks import as_width, width_list
+from .._checks import as_width, is_int, width_list
 
 
 _Size = Union[int, Tuple[int, int]]
 
 
 def _single(v, name):
+    """The one int of a square ``name`` (an int or a pair of equal ints)."""
     if isinstance(v, (tuple, list)):
         if len(set(v)) != 1:
             raise ValueError(f"slimmable layers support square {name} only, got {tuple(v)}")
-        return int(v[0])
+        v = v[0]
+    if not is_int(v):
+        raise ValueError(f"slimmable layers: {name} must be an int or a pair of equal ints, "
+                         f"got {v!r}")
     return int(v)
+
+
+def _string_padding(padding: str, kernel_size, stride) -> int:
+    """nn.Conv2d's ``padding="valid"`` (0) and ``"same"`` (stride 1, odd kernel: k // 2) as the
+    int the slimmable ops take; ValueError for what they cannot do."""
+    if padding == "valid":
+        return 0
+    if padding == "same":
+        k = _single(kernel_size, "kernel_size")
+        if _single(stride, "stride") != 1:
+            raise ValueError("SlimConv2d: padding='same' needs stride=1 (as nn.Conv2d)")
+        if k % 2 == 0:
+            raise ValueError(f"SlimConv2d: padding='same' with the even kernel_size {k} needs "
+                             "uneven padding, which the slimmable ops do not do: pad the input "
+                             "(F.pad) and use padding=0, or use an odd kernel")
+        return k // 2
+    raise ValueError(f"SlimConv2d: padding={padding!r}: use an int, 'valid' or 'same'")
 
 
 class _SlimMixin:
@@ -69,6 +90,8 @@ class SlimConv2d(_SlimMixin, nn.Conv2d):
                 raise ValueError(f"SlimConv2d supports {k}=1 only")
         if kwargs.get("padding_mode", "zeros") != "zeros":
             raise ValueError("SlimConv2d supports padding_mode='zeros' only")
+        if isinstance(padding, str):
+            padding = _string_padding(padding, kernel_size, stride)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          bias=bias, **kwargs)
         self._k = _single(self.kernel_size, "kernel_size")

@@ -27,7 +27,7 @@ def _cached(key, sources, build):
     """``build()`` (run without gradient) once per ``key`` while every tensor in ``sources``
     (None entries skipped) keeps its identity, version, storage and shape (LRU,
     ``_PACK_CACHE_MAX`` entries). Writes through ``.data`` bypass versions: clear the cache
-    after them (:func:`slimkernels.ops.conv.clear_cpu_caches`). A source that is an inference
+    after them (:func:`slimkernels.ops.clear_weight_caches`). A source that is an inference
     tensor (``torch.inference_mode``) has no version counter: ``build()`` runs every call.
 
     An entry holds its source tensors (strong references, so that a freed tensor's id and

@@ -18,7 +18,8 @@ slice, 10-30 % of the conv). Narrow bf16 stride-s convs whose channel count fill
 ``s`` neighbouring columns folded into the channels (``_wfold``), which fills the tiles at the
 cost of ``s*ceil(k/s)/k`` the MACs. A parameter updated in place (optimizer step,
 ``load_state_dict``, ``torch.no_grad(): w.mul_(2)``) bumps its version and invalidates its
-entries; writes through ``.data`` bypass version counting: call :func:`clear_cpu_caches` then.
+entries; writes through ``.data`` bypass version counting: call :func:`clear_weight_caches` then
+(it also drops the Triton path's weight copies).
 """
 from __future__ import annotations
 
@@ -37,10 +38,14 @@ from ._cache import _PACK_CACHE, _PACK_LOCK, _cached
 from ._raw import cpu_capability
 from .gdn import (_cpu_kernel_gdn, _kernel_scalars, _packed_gamma, _params_readable,
                   cpu_kernels_available)
+from .gdn import _check_gdn_scalars
 from .gdn import gdn as _gdn
 
 
-def _gdn_kwargs(spec, inverse: bool):
+def _gdn_kwargs(spec, inverse: bool, backend: str):
+    """The ops.gdn keyword arguments of a conv op's ``gdn`` / ``igdn`` / ``out_igdn`` argument,
+    checked, with ``inverse`` and the conv's resolved ``backend`` (the GDN runs on the conv's
+    backend: a dict's own ``"backend"`` entry must name the same one)."""
     if spec is None:
         return None
     if isinstance(spec, dict):
@@ -57,17 +62,15 @@ def _gdn_kwargs(spec, inverse: bool):
         raise ValueError(f"gdn/igdn dict says inverse={not inverse}, but this argument is "
                          f"{'an IGDN' if inverse else 'a GDN'}: pass it as "
                          f"{'gdn=' if inverse else 'igdn= / out_igdn='} instead")
-    kw.pop("backend", None)
+    own = kw.pop("backend", None)
+    if own is not None and (not isinstance(own, str) or own.strip().lower() != backend):
+        raise ValueError(f"gdn/igdn dict: backend={own!r}, but the conv runs on {backend!r} and "
+                         "its GDN with it: drop the entry, or pass backend= to the conv op")
     if "beta" not in kw or "gamma" not in kw:
         raise ValueError("gdn/igdn dict needs 'beta' and 'gamma' entries")
-    for k in _GDN_SCALARS:
-        v = kw.get(k)
-        if v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool)) or \
-                (isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point()):
-            continue
-        raise ValueError(f"gdn/igdn dict: {k} must be a number or a one-element float tensor, "
-                         f"got {v!r}")
+    _check_gdn_scalars(kw, "gdn/igdn dict")
     kw["inverse"] = inverse
+    kw["backend"] = backend
     return kw
 
 
@@ -371,12 +374,21 @@ CPU_IMAGE_CONV_T_AVX512 = True
 CPU_IMAGE_CONV_AVX512 = True
 
 
-def clear_cpu_caches() -> None:
-    """Drop every cached weight cast / prepacked weight (needed only after writing a parameter
-    through ``.data``, which does not bump its version)."""
+def clear_weight_caches() -> None:
+    """Drop every cached weight copy of the conv ops: the casts and the input-channel-contiguous
+    layout copies of both backends (the Triton path on CUDA reads such a copy without gradient)
+    and the CPU path's prepacked weights. Needed only after writing a parameter through
+    ``.data`` (EMA updates, some optimizers), which does not bump its version counter;
+    in-place updates, ``load_state_dict`` and optimizer steps are detected without it. A model
+    built on :class:`slimkernels.codec.SlimCodec` has ``clear_caches()``, which calls this and
+    drops its own caches too."""
     with _PACK_LOCK:
         _PACK_CACHE.clear()
     _CAST_CACHE.clear()
+
+
+#: :func:`clear_weight_caches`' earlier name (kept: the same function).
+clear_cpu_caches = clear_weight_caches
 
 
 @functools.lru_cache(maxsize=None)
@@ -816,7 +828,8 @@ def _gdn_cpu_nograd(y: torch.Tensor, kw) -> torch.Tensor:
 #: 16-divisible), the tile then comes in by scalar loads into one shared buffer and the wgmma runs
 #: synchronously; with unit input-channel stride the main loop is pipelined (three buffers per
 #: operand, 128-bit async copies, a wgmma in flight). Slices of the copy are still read in place.
-#: ``False`` reads the parameters as they are.
+#: ``False`` reads the parameters as they are. Like the CPU caches, the copy is keyed on the
+#: weight's version counter: after a write through ``.data`` call :func:`clear_weight_caches`.
 TRITON_WEIGHT_LAYOUT = True
 
 
@@ -1454,9 +1467,12 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     ``bias`` and the GDN parameters.
     """
     _check(x, weight, bias, "slim_conv2d", False, stride, padding)
+    if type(stride) is not int or type(padding) is not int:   # numpy ints: plain (Triton's
+        stride, padding = int(stride), int(padding)            # launcher takes only these)
     co = _out_width(out_width, weight.shape[0], "slim_conv2d")
-    kw = _gdn_kwargs(gdn, inverse=False)
-    if resolve_backend(x, backend) == "triton":
+    name = resolve_backend(x, backend)
+    kw = _gdn_kwargs(gdn, False, name)
+    if name == "triton":
         from ..kernels import conv as K
         x, weight, bias = _triton_operands(x, weight, bias)
         grad = _needs_grad(x, weight, bias) or _gdn_params_need_grad(kw)
@@ -1517,10 +1533,13 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     """
     clamp = _check_clamp(out_clamp, "slim_conv_transpose2d")
     _check(x, weight, bias, "slim_conv_transpose2d", True, stride, padding)
+    if type(stride) is not int or type(padding) is not int:   # numpy ints: plain ints
+        stride, padding = int(stride), int(padding)
     co = _out_width(out_width, weight.shape[1], "slim_conv_transpose2d")
     if not is_int(output_padding) or output_padding < 0 or output_padding >= stride:
         raise ValueError(f"slim_conv_transpose2d: output_padding={output_padding!r} must be an "
                          f"int in [0, stride={stride})")
+    output_padding = int(output_padding)
     kh, kw = weight.shape[-2:]
     ho, wo = ((n - 1) * stride - 2 * padding + k + output_padding
               for n, k in zip(x.shape[-2:], (kh, kw)))
@@ -1528,9 +1547,9 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         raise ValueError(f"slim_conv_transpose2d: x {tuple(x.shape)} with the {kh}x{kw} kernel, "
                          f"stride {stride}, padding {padding} and output_padding "
                          f"{output_padding} gives an empty {ho}x{wo} output: lower the padding")
-    kin = _gdn_kwargs(igdn, inverse=True)
-    kout = _gdn_kwargs(out_igdn, inverse=True)
     name = resolve_backend(x, backend)
+    kin = _gdn_kwargs(igdn, True, name)
+    kout = _gdn_kwargs(out_igdn, True, name)
     if kin is not None:
         if name == "torch" and not _gdn_params_need_grad(kin):
             # cast + channels_last first (no grad): the IGDN then runs the prepacked bf16 passes

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import numbers
 import threading
 from typing import Optional
 
@@ -647,6 +648,22 @@ def _cpu_kernel_gdn(x, beta, gamma, inverse, scalars) -> Optional[torch.Tensor]:
     return run(x, beta, gamma, inverse, scalars)
 
 
+_SCALAR_NAMES = ("gamma_scale", "gamma_bias", "beta_scale", "beta_bias")
+
+
+def _check_gdn_scalars(kw: dict, where: str) -> None:
+    """The SlimGDN+ scalars among ``kw``: each None, a real number or a one-element float
+    tensor (a longer tensor would broadcast over gamma's columns on one path and fail on
+    another). Raises ValueError naming the entry."""
+    for k in _SCALAR_NAMES:
+        v = kw.get(k)
+        if v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool)) or \
+                (isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point()):
+            continue
+        raise ValueError(f"{where}: {k} must be a number or a one-element float tensor, "
+                         f"got {v!r}")
+
+
 def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bool = False,
         gamma_scale=None, gamma_bias=None, beta_scale=None, beta_bias=None,
         backend: Optional[str] = None) -> torch.Tensor:
@@ -669,7 +686,8 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
             (csrc/cpu/gdn_avx2.cpp: fp32 accumulation, refined reciprocal square root), and on
             those with AVX512-BF16 bf16 channels_last x without autograd a one-pass bf16 kernel
             (csrc/cpu/gdn_bf16.cpp, ``USE_AVX512_BF16``: bf16 autocast precision, one rounding
-            of y); else :func:`gdn_torch` (training, fp16, other layouts).
+            of y); else :func:`gdn_torch` (training, fp16, other layouts). float64 x runs
+            :func:`gdn_torch` on either backend (the Triton GDN kernels compute in fp32).
 
     Precision on CPU: the fused kernel computes the fp32 channel mixing as "bf16x3" (bf16 hi/lo
     splits of x^2 and gamma, fp32 accumulation; relative error of the norm <= ~2^-16, measured
@@ -699,7 +717,8 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
                          f"{gamma.device}; move the parameters to x's device")
     kw = dict(inverse=inverse, gamma_scale=gamma_scale, gamma_bias=gamma_bias,
               beta_scale=beta_scale, beta_bias=beta_bias)
-    if resolve_backend(x, backend) == "triton":
+    _check_gdn_scalars(kw, "gdn")
+    if resolve_backend(x, backend) == "triton" and x.dtype != torch.float64:
         from ..kernels.gdn import gdn_triton
         return gdn_triton(x, beta, gamma, **kw)
     global last_cpu_path

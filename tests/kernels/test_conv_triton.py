@@ -530,3 +530,46 @@ def test_triton_path_honours_autocast():
     r = F.conv2d(x.double(), wt[:72, :47].double(), b[:72].double(), stride=2, padding=2)
     assert y.dtype == torch.bfloat16
     assert rel_err(y, r) < 2e-2
+
+
+# -- sixth audit (thirty-second sitting): empty batches, short biases, numpy ints -------------
+def test_empty_batch_forward_and_backward_give_empty_results():
+    """N = 0: the transposed conv's col2im route divided by its zero row size, and a conv's
+    backward (dx by that route) with it."""
+    from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
+    wt = torch.randn(4, 6, 3, 3, dtype=EXACT, device=DEV)
+    x = torch.randn(0, 4, 5, 5, dtype=EXACT, device=DEV)
+    y = slim_conv_transpose2d(x, wt, None, stride=2, padding=1, output_padding=1, backend="triton")
+    assert y.shape == (0, 6, 10, 10)
+    xg = torch.randn(0, 4, 5, 5, dtype=EXACT, device=DEV, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, dtype=EXACT, device=DEV, requires_grad=True)
+    slim_conv2d(xg, w, None, padding=1, backend="triton").sum().backward()
+    assert xg.grad.shape == xg.shape and w.grad is not None and not w.grad.any()
+    assert _K().conv2d_fwd(x, w.detach(), None, padding=1).shape == (0, 6, 5, 5)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_kernel_entry_points_refuse_a_bias_shorter_than_the_output(transposed):
+    K = _K()
+    x = torch.randn(1, 4, 5, 5, dtype=EXACT, device=DEV)
+    w = torch.randn(4 if transposed else 8, 8 if transposed else 4, 3, 3, dtype=EXACT, device=DEV)
+    fn = K.conv_transpose2d_fwd if transposed else K.conv2d_fwd
+    with pytest.raises(ValueError, match="bias must be 1-D with at least C_out=8"):
+        fn(x, w, torch.zeros(16, dtype=EXACT, device=DEV)[:2], padding=1)
+    y = fn(x, w, torch.zeros(16, dtype=EXACT, device=DEV)[:6], padding=1, out_width=6)
+    assert y.shape[1] == 6      # a bias holding the active width is enough
+
+
+def test_numpy_int_arguments_run_the_triton_path():
+    import numpy as np
+
+    from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
+    x = torch.randn(1, 4, 9, 9, dtype=EXACT, device=DEV)
+    w = torch.randn(6, 4, 3, 3, dtype=EXACT, device=DEV)
+    wt = torch.randn(4, 6, 3, 3, dtype=EXACT, device=DEV)
+    y = slim_conv2d(x, w, None, stride=np.int64(2), padding=np.int32(1), backend="triton")
+    assert rel_err(y, F.conv2d(x, w, None, stride=2, padding=1)) < EXACT_TOL
+    y = slim_conv_transpose2d(x, wt, None, stride=np.int64(2), padding=np.int64(1),
+                              output_padding=np.int64(1), backend="triton")
+    r = F.conv_transpose2d(x, wt, None, stride=2, padding=1, output_padding=1)
+    assert rel_err(y, r) < EXACT_TOL

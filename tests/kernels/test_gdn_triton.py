@@ -245,3 +245,101 @@ def test_gradients_over_several_splits_and_tiles(C, N, H, W, channels_last):
     from slimkernels.kernels.gdn import dgamma_splits
     assert dgamma_splits(N * H * W, C) > 1
     _check(C, channels_last, False, "slimgdn+", torch.float32, 1e-5, N=N, H=H, W=W)
+
+
+# -- sixth audit (thirty-second sitting) -----------------------------------------------------
+def test_gdn_triton_refuses_short_or_misplaced_parameters():
+    """The kernels read beta[:C] / gamma[:C, :C] by pointer: a shorter one was read past its end."""
+    from slimkernels.kernels.gdn import gdn_triton
+    x = torch.rand(1, 8, 3, 3, device=DEVICE)
+    store = torch.full((16,), 100.0, device=DEVICE)
+    gamma = 0.1 * torch.eye(8, device=DEVICE)
+    with pytest.raises(ValueError, match=r"x has 8 channels but beta is \(2,\)"):
+        gdn_triton(x, store[:2], gamma)
+    with pytest.raises(ValueError, match=r"x has 8 channels but gamma is \(8, 4\)"):
+        gdn_triton(x, store[:8], gamma[:, :4])
+    with pytest.raises(ValueError, match="gamma must be a 2-D float tensor"):
+        gdn_triton(x, store[:8], store[:8])
+    with pytest.raises(ValueError, match="x must be a 4-D"):
+        gdn_triton(x[0], store[:8], gamma)
+
+
+def test_float64_gdn_is_exact_on_the_triton_backend():
+    """The Triton GDN kernels compute in fp32: float64 x goes to the PyTorch formula through
+    ops.gdn (exact, gradcheck passes) and gdn_triton refuses it by name."""
+    from slimkernels.kernels.gdn import gdn_triton
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 5, 5, dtype=torch.float64, device=DEVICE)
+    beta = torch.rand(7, dtype=torch.float64, device=DEVICE) + 0.5
+    gamma = torch.rand(7, 7, dtype=torch.float64, device=DEVICE) * 0.1
+    for inverse in (False, True):
+        y = gdn(x, beta, gamma, inverse=inverse, backend="triton")
+        assert y.dtype == torch.float64
+        assert _rel(y, gdn_reference(x, beta, gamma, inverse=inverse)) < 1e-14
+    xx = x[:1, :, :2, :2].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: gdn(t, beta, gamma, backend="triton"), (xx,))
+    with pytest.raises(ValueError, match="float64 use slimkernels.ops.gdn"):
+        gdn_triton(x, beta, gamma)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_gdn_scalars_must_be_one_element_on_both_paths(backend):
+    x = torch.rand(1, 4, 3, 3, device=DEVICE)
+    b, g = torch.ones(4, device=DEVICE), 0.1 * torch.eye(4, device=DEVICE)
+    with pytest.raises(ValueError, match="gdn: gamma_scale must be a number or a one-element"):
+        gdn(x, b, g, gamma_scale=torch.tensor([1., 2., 3., 4.], device=DEVICE), backend=backend)
+    y = gdn(x, b, g, gamma_scale=torch.tensor([2.0], device=DEVICE), backend=backend)
+    r = gdn_reference(x.double(), b.double(), 2 * g.double())
+    assert _rel(y, r) < 1e-5
+
+
+def test_conv_ops_run_their_gdn_on_the_conv_backend(monkeypatch):
+    """An explicit backend= reached the conv but not its unfused GDN (which followed the
+    environment / device); a gdn dict's own backend entry was dropped silently."""
+    import importlib
+
+    import slimkernels.kernels.gdn as KG
+    from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
+    OG = importlib.import_module("slimkernels.ops.gdn")
+    monkeypatch.delenv("SLIMKERNELS_BACKEND", raising=False)
+    calls = []
+    real = KG.gdn_triton
+    monkeypatch.setattr(KG, "gdn_triton", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    x = torch.randn(1, 4, 6, 6, device=DEVICE, requires_grad=True)   # grad: GDN not fused
+    w, b = torch.randn(8, 4, 3, 3, device=DEVICE), torch.randn(8, device=DEVICE)
+    beta, gamma = torch.ones(8, device=DEVICE), 0.1 * torch.eye(8, device=DEVICE)
+    slim_conv2d(x, w, b, padding=1, gdn=(beta, gamma), backend="triton")
+    assert len(calls) == 1
+    slim_conv_transpose2d(torch.randn(1, 8, 4, 4, device=DEVICE, requires_grad=True), w, None,
+                          stride=2, padding=1, output_padding=1, igdn=(beta, gamma),
+                          backend="triton")
+    assert len(calls) == 2
+    calls.clear()
+    slim_conv2d(x, w, b, padding=1, gdn=(beta, gamma), backend="torch")
+    assert calls == [] and (DEVICE != "cpu" or OG.last_cpu_path is not None)
+    with pytest.raises(ValueError, match="backend='triton', but the conv runs on 'torch'"):
+        slim_conv2d(x, w, b, padding=1, gdn={"beta": beta, "gamma": gamma, "backend": "triton"},
+                    backend="torch")
+    y = slim_conv2d(x, w, b, padding=1, gdn={"beta": beta, "gamma": gamma, "backend": "Triton"},
+                    backend="triton")
+    assert len(calls) == 1 and y.shape == (1, 8, 6, 6)
+
+
+def test_triton_weight_copy_is_dropped_by_clear_weight_caches(monkeypatch):
+    """Without gradient the Triton path reads a cached copy of the weight keyed on its version;
+    a write through .data does not bump it: clear_weight_caches() is the documented remedy."""
+    import torch.nn.functional as F
+
+    from slimkernels.nn.conv import SlimConv2d
+    from slimkernels.ops import clear_weight_caches
+    monkeypatch.setenv("SLIMKERNELS_BACKEND", "triton")
+    torch.manual_seed(0)
+    m = SlimConv2d(8, 8, 3, padding=1).to(DEVICE)
+    x = torch.randn(1, 8, 5, 5, device=DEVICE)
+    with torch.no_grad():
+        m(x)
+        m.weight.data.mul_(2.0)
+        clear_weight_caches()
+        y = m(x)
+        r = F.conv2d(x.double(), m.weight.double(), m.bias.double(), padding=1)
+    assert _rel(y, r) < 1e-5

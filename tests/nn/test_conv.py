@@ -80,3 +80,26 @@ def test_fixed_output_layer_takes_no_width():
     last = SlimConvTranspose2d(8, 3, 9, stride=4, padding=4, output_padding=3)
     assert last.slim_output is False and last.widths == [3]
     assert last(torch.randn(1, 5, 2, 3)).shape == (1, 3, 8, 12)
+
+
+def test_string_paddings_as_nn_conv2d_and_clear_refusals():
+    import torch.nn.functional as F
+
+    from slimkernels.nn.conv import SlimConv2d
+    x = torch.randn(1, 4, 5, 7)
+    for pad, want in (("same", 1), ("valid", 0)):
+        m = SlimConv2d(4, 6, 3, padding=pad)
+        assert m.padding == (want, want)
+        ref = torch.nn.Conv2d(4, 6, 3, padding=pad)
+        ref.load_state_dict(m.state_dict())
+        torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(m(x), F.conv2d(x, m.weight, m.bias, padding=want),
+                                   rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="even kernel_size 4 needs uneven padding"):
+        SlimConv2d(4, 6, 4, padding="same")
+    with pytest.raises(ValueError, match="padding='same' needs stride=1"):
+        SlimConv2d(4, 6, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding='full': use an int, 'valid' or 'same'"):
+        SlimConv2d(4, 6, 3, padding="full")
+    with pytest.raises(ValueError, match="stride must be an int or a pair of equal ints, got 1.5"):
+        SlimConv2d(4, 6, 3, stride=1.5)
