@@ -49,7 +49,10 @@ slimcoder::Executor executor_of(const py::object& o) {
 // run: symbols per index (symbol j uses indexes[j / run]); symbols.size() == indexes.size() * run.
 void check_sizes(py::ssize_t symbols, py::ssize_t indexes, int64_t run) {
   if (run < 1) throw slimcoder::Error("index run must be >= 1, got " + std::to_string(run));
-  if (symbols != py::ssize_t(indexes * run))
+  long long product = 0;  // (overflow: a huge run times a few indexes wrapped to a match)
+  if (__builtin_mul_overflow(static_cast<long long>(indexes), static_cast<long long>(run),
+                             &product) ||
+      static_cast<long long>(symbols) != product)
     throw slimcoder::Error("symbols has " + std::to_string(symbols) + " elements but indexes has " +
                            std::to_string(indexes) + (run == 1 ? "" : " x run " + std::to_string(run)));
 }

@@ -182,6 +182,14 @@ Header parse_header(const uint8_t* data, size_t size) {
   const uint64_t k = get_varint(data, size, pos, "stream count");
   if (n > uint64_t(std::numeric_limits<int64_t>::max() / 8))
     throw Error("corrupt stream: symbol count " + std::to_string(n) + " is implausible");
+  // Every symbol, the escape included, has a frequency >= 1 of at most 2^p: one costs at least
+  // -log2(1 - 2^-p) > 2^-p bits, so `size` bytes hold fewer than (8 * size + 64) * 2^p symbols
+  // (64 bits of slack for the coder's final state). A header claiming more would make the
+  // caller allocate (and decode into) memory for symbols the data cannot hold.
+  const int pb = std::min<int>(std::max<int>(h.precision, 1), kMaxPrecision);
+  if ((unsigned __int128)n > ((unsigned __int128)size * 8 + 64) << pb)
+    throw Error("corrupt stream: symbol count " + std::to_string(n) + " cannot fit in " +
+                std::to_string(size) + " bytes at precision " + str(h.precision));
   h.n = int64_t(n);
   if (k < 1 || k > std::max<uint64_t>(1, n) || k > size)
     throw Error("corrupt stream: stream count " + std::to_string(k) + " is invalid for " +
@@ -541,8 +549,8 @@ EncSym make_enc_sym(uint32_t start, uint32_t freq, int p) {
     e.shift = 0;
     e.bias = start + (1u << p) - 1;
   } else {
-    uint32_t shift = 0;  // ceil(log2(freq))
-    while (freq > (1u << shift)) ++shift;
+    uint32_t shift = 0;  // ceil(log2(freq)); freq <= 2^16 in validated tables
+    while (shift < 31 && freq > (1u << shift)) ++shift;
     const uint64_t x1 = 1ull << (shift + 31);
     const uint64_t t1 = x1 / freq;
     const uint64_t x0 = (freq - 1) + ((x1 % freq) << 32);
@@ -1242,7 +1250,10 @@ class TableCache {
   explicit TableCache(pid_t pid) : pid_(pid) {}
   pid_t pid() const { return pid_; }
 
-  // The cached entry equal to t, or a new one after validate_tables(t) (which throws Error).
+  // The cached entry equal to t, or a new one: t's arrays copied, then the COPY validated
+  // (validate_tables throws Error). Validating t and copying it after would let a caller's
+  // thread that writes the arrays in between put tables that were never checked in the cache
+  // (a negative frequency then made the encoder table's shift loop spin forever).
   std::shared_ptr<CachedTables> get(const Tables& t) {
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -1256,8 +1267,11 @@ class TableCache {
         }
       }
     }
-    validate_tables(t);
     auto e = std::make_shared<CachedTables>(t, this);
+    Tables copy = t;
+    copy.cdfs = e->cdfs.data();
+    copy.lengths = e->lengths.data();
+    validate_tables(copy);
     std::lock_guard<std::mutex> lk(mu_);
     lru_.insert(lru_.begin(), e);
     trim();

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Tuple
 
 import numpy as np
 
@@ -110,8 +111,13 @@ def _check_int(v, name, lo, hi=None):
     return v
 
 
+#: Above this many threads or streams the coder clamps anyway (threads to 256 and the streams,
+#: streams to the symbol count): larger ints are clamped here before they reach the C++ ints.
+_CLAMP = 1 << 30
+
+
 def _threads(threads):
-    return 0 if threads is None else _check_int(threads, "threads", 1)
+    return 0 if threads is None else min(_check_int(threads, "threads", 1), _CLAMP)
 
 
 #: The thread pools :func:`encode` / :func:`decode` can run substreams on (``pool=``).
@@ -223,7 +229,7 @@ def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, stream
     idx = _as_int32(indexes, "indexes")
     idx, run = _index_run(sym.shape, idx)
     cdfs, lengths, offsets, precision = _tables(cdfs, cdf_lengths, offsets, precision)
-    streams = _check_int(streams, "streams", 1)
+    streams = min(_check_int(streams, "streams", 1), _CLAMP)
     return _ext().encode(sym, idx, cdfs, lengths, offsets, precision, streams, _threads(threads),
                          run, executor=_executor(pool))
 
@@ -312,7 +318,10 @@ def stream_count(data) -> int:
     if not isinstance(data, (bytes, bytearray, memoryview, np.ndarray)):
         raise TypeError(f"stream_count takes the encoded bytes, got {type(data).__name__}")
     if isinstance(data, np.ndarray):
-        data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+        if data.dtype != np.uint8:
+            raise TypeError(f"stream_count takes a uint8 array of the encoded bytes, got "
+                            f"{data.dtype}")
+        data = np.ascontiguousarray(data).reshape(-1)
     return int(_ext().stream_count(data))
 
 
@@ -375,13 +384,22 @@ def ideal_bytes(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision: int 
     """Ideal size in bytes, ``-sum log2 p / 8``, of ``symbols`` under the quantized CDFs.
 
     Out-of-range values count as the escape symbol only (the bypass bits that follow an escape
-    are not included). Arguments as in :func:`encode` (numpy or CPU torch int arrays); the
-    result is a float. Used to check the coder's overhead in tests and benchmarks.
+    are not included). Arguments as in :func:`encode` (numpy or CPU torch int arrays, compact
+    indexes included), checked as it checks them (ValueError); the result is a float. Used to
+    check the coder's overhead in tests and benchmarks.
     """
-    i = np.asarray(indexes).reshape(-1)
-    cdfs = np.asarray(cdfs)
-    v = np.asarray(symbols).reshape(-1).astype(np.int64) - np.asarray(offsets)[i]
-    nd = np.asarray(cdf_lengths)[i] - 2
+    sym = _as_int32(symbols, "symbols")
+    idx, run = _index_run(sym.shape, _as_int32(indexes, "indexes"))
+    cdfs, lengths, offsets, precision = _tables(cdfs, cdf_lengths, offsets, precision)
+    _ext().validate_tables(cdfs, lengths, offsets, precision)
+    i = idx.reshape(-1)
+    if i.size and (i.min() < 0 or i.max() >= cdfs.shape[0]):
+        bad = int(np.flatnonzero((i < 0) | (i >= cdfs.shape[0]))[0])
+        raise ValueError(f"indexes[{bad}] = {int(i[bad])} is out of range [0, {cdfs.shape[0]})")
+    if run > 1:
+        i = np.repeat(i, run)
+    v = sym.reshape(-1).astype(np.int64) - offsets[i]
+    nd = lengths[i].astype(np.int64) - 2
     v = np.where((v < 0) | (v >= nd), nd, v)
     freq = cdfs[i, v + 1].astype(np.float64) - cdfs[i, v]
     return float(-np.log2(freq / (1 << precision)).sum() / 8)

@@ -850,6 +850,9 @@ def test_quantize_falls_back_without_the_kernel(monkeypatch, model):
     assert torch.equal(got, want) and n_got == n_want == 1
     arr, n_arr = codec._quantize_counted(eb, y, as_numpy=True)
     assert isinstance(arr, np.ndarray) and np.array_equal(arr, want.numpy()) and n_arr == 1
+    with pytest.raises(ValueError, match="quantize_symbols: y has NaN, inf"):
+        eb.quantize_symbols(y)            # the public method refuses what the codec counts
+    y[0, 3, 2, 4] = 0.25
     assert torch.equal(codec._quantize(eb, y), eb.quantize_symbols(y))
 
 

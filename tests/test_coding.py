@@ -682,3 +682,101 @@ def test_prepared_calls_refuse_negative_threads_and_stream_count_non_bytes():
     for bad in ("abc", None, 5):
         with pytest.raises(TypeError, match="stream_count takes the encoded bytes"):
             coding.stream_count(bad)
+
+
+# -- seventh audit (thirty-second sitting) -----------------------------------------------------
+def test_a_header_claiming_more_symbols_than_its_bytes_hold_is_refused_before_allocating():
+    """A 40-byte stream claiming 5e7 symbols made decode allocate 200 MB (a .slim file with a
+    large claimed size: a MemoryError of terabytes) before failing."""
+    cdfs = np.array([[0, 65534, 65535, 65536]], np.int32)
+    lengths, offsets = np.array([4], np.int32), np.zeros(1, np.int32)
+    n = 50_000_000
+    data = bytes([1, 16]) + _varint(n) + _varint(1) + _varint(32) + bytes(32)
+    with pytest.raises(ValueError, match=f"symbol count {n} cannot fit in {len(data)} bytes"):
+        coding.decode(data, np.zeros(1, np.int32), cdfs, lengths, offsets, shape=(n,))
+    with pytest.raises(ValueError, match="cannot fit"):
+        coding.stream_count(data)
+    # the most peaked table a precision allows still fits its bound: a real stream decodes
+    sym = np.zeros(3_000_000, np.int32)
+    enc = coding.encode(sym, np.zeros_like(sym), cdfs, lengths, offsets)
+    assert len(enc) * 8 * 2 ** 16 > sym.size    # (the bound holds with room)
+    assert np.array_equal(coding.decode(enc, np.zeros_like(sym), cdfs, lengths, offsets), sym)
+
+
+def test_index_run_products_that_overflow_are_refused():
+    cdfs = np.array([[0, 60000, 65000, 65536]], np.int32)
+    lengths, offsets = np.array([4], np.int32), np.zeros(1, np.int32)
+    idx = np.full(4, 7, np.int32)
+    with pytest.raises(ValueError, match="symbols has 0 elements but indexes has 4"):
+        coding.encode_prepared(np.zeros(0, np.int32), idx, 2 ** 62, cdfs, lengths, offsets,
+                               16, 1, 1)
+
+
+def test_huge_thread_and_stream_counts_are_clamped():
+    cdfs = np.array([[0, 60000, 65000, 65536]], np.int32)
+    lengths, offsets = np.array([4], np.int32), np.zeros(1, np.int32)
+    sym, idx = np.arange(8, dtype=np.int32) % 3, np.zeros(8, np.int32)
+    want = coding.encode(sym, idx, cdfs, lengths, offsets, streams=8)
+    assert coding.encode(sym, idx, cdfs, lengths, offsets, streams=2 ** 63, threads=2 ** 40) == want
+    assert np.array_equal(coding.decode(want, idx, cdfs, lengths, offsets, threads=2 ** 40), sym)
+
+
+def test_ideal_bytes_checks_and_expands_its_arguments_as_encode():
+    cdfs = np.array([[0, 60000, 65000, 65536], [0, 10, 20, 65536]], np.int32)
+    lengths, offsets = np.array([4, 4], np.int32), np.zeros(2, np.int32)
+    with pytest.raises(ValueError, match=r"indexes\[0\] = -1 is out of range \[0, 2\)"):
+        coding.ideal_bytes(np.zeros(8, np.int32), np.full(8, -1, np.int32), cdfs, lengths, offsets)
+    full = coding.ideal_bytes(np.zeros(8, np.int32), np.repeat(np.arange(2, dtype=np.int32), 4),
+                              cdfs, lengths, offsets)
+    compact = coding.ideal_bytes(np.zeros((1, 2, 2, 2), np.int32),
+                                 np.arange(2, dtype=np.int32).reshape(1, 2, 1, 1), cdfs, lengths,
+                                 offsets)
+    want = -(4 * np.log2(60000 / 65536) + 4 * np.log2(10 / 65536)) / 8
+    assert full == pytest.approx(want, rel=1e-12) and compact == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ValueError, match="not strictly increasing"):
+        coding.ideal_bytes(np.zeros(2, np.int32), np.zeros(2, np.int32),
+                           np.array([[0, 10, 10, 65536]], np.int32), lengths[:1], offsets[:1])
+
+
+def test_stream_count_refuses_arrays_that_are_not_bytes():
+    d = coding.encode(np.zeros(8, np.int32), np.zeros(8, np.int32),
+                      np.array([[0, 60000, 65000, 65536]], np.int32), np.array([4], np.int32),
+                      np.zeros(1, np.int32))
+    assert coding.stream_count(np.frombuffer(d, np.uint8)) == 1
+    with pytest.raises(TypeError, match="uint8 array"):
+        coding.stream_count(np.frombuffer(d, np.uint8).astype(np.float64) + 0.7)
+
+
+_RACE = r"""
+import threading, numpy as np
+from slimkernels import coding
+R, M = 2000, 1000
+arr = np.tile(np.linspace(0, 65536, M).astype(np.int32), (R, 1))
+L = np.full(R, M, np.int32); off = np.zeros(R, np.int32)
+sym = np.zeros(16, np.int32); idx = np.zeros(16, np.int32)
+good, bad = int(arr[0, 1]), int(arr[0, 2]) + 5      # bad: row 0 decreasing (negative frequency)
+stop = False
+def flipper():
+    while not stop:
+        arr[0, 1] = bad; arr[0, 1] = good
+threading.Thread(target=flipper, daemon=True).start()
+errors = 0
+for it in range(60):
+    arr[R - 1, 1] = 1 + it                              # new content: not in the table cache
+    try:
+        d = coding.encode(sym, idx, arr, L, off)
+    except ValueError:
+        errors += 1
+stop = True
+print("done", errors)
+"""
+
+
+def test_tables_written_by_another_thread_during_a_call_never_hang_the_coder():
+    """The table cache validated the caller's arrays, then copied them: a thread writing them in
+    between put unvalidated tables in the cache, and a negative frequency made the encoder
+    table's shift loop spin forever (with the GIL released). Now the copy is validated."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("done"), r.stderr[-2000:]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .parametrizers import lower_bound
 from .._state import cached_on
-from .._checks import as_width, width_list
+from .._checks import as_width, is_int, width_list
 
 #: training quantizations of the synthesis input (see :meth:`EntropyBottleneck.forward`)
 QUANTIZATIONS = ("noise", "mixed")
@@ -25,6 +25,19 @@ def check_quantization(quantization: str) -> str:
     return quantization
 
 _CDF_BUFFERS = ("_quantized_cdf", "_cdf_length", "_offset")
+
+
+def _real(v, name: str, lo: float, hi: float, low_ok: bool = False) -> float:
+    """``v`` as a finite float in ``(lo, hi)`` (``[lo, hi)`` with ``low_ok``); ValueError naming
+    ``name`` otherwise."""
+    rng = f"{'[' if low_ok else '('}{lo:g}, {hi:g})"
+    try:
+        f = float(v) if not isinstance(v, (bool, str, bytes)) else math.nan
+    except (TypeError, ValueError):
+        f = math.nan
+    if not (math.isfinite(f) and (lo <= f if low_ok else lo < f) and f < hi):
+        raise ValueError(f"EntropyBottleneck: {name} must be a finite number in {rng}, got {v!r}")
+    return f
 
 
 class EntropyBottleneck(nn.Module):
@@ -46,11 +59,18 @@ class EntropyBottleneck(nn.Module):
     def __init__(self, channels: int, filters: Sequence[int] = (3, 3, 3), init_scale: float = 10.0,
                  tail_mass: float = 1e-9, likelihood_bound: float = 1e-9, precision: int = 16):
         super().__init__()
-        self.channels = int(channels)
-        self.filters = tuple(int(f) for f in filters)
-        self.init_scale = float(init_scale)
-        self.tail_mass = float(tail_mass)
-        self.likelihood_bound = float(likelihood_bound)
+        self.channels = as_width(channels, "EntropyBottleneck channels")
+        if self.channels < 1:
+            raise ValueError(f"EntropyBottleneck: channels must be >= 1, got {channels!r}")
+        self.filters = tuple(width_list(filters, "EntropyBottleneck filters")) if filters else ()
+        if any(f < 1 for f in self.filters):
+            raise ValueError(f"EntropyBottleneck: filters must be >= 1, got {tuple(filters)}")
+        self.init_scale = _real(init_scale, "init_scale", 0.0, math.inf)
+        self.tail_mass = _real(tail_mass, "tail_mass", 0.0, 1.0)
+        self.likelihood_bound = _real(likelihood_bound, "likelihood_bound", 0.0, 1.0, low_ok=True)
+        if not is_int(precision) or not 1 <= precision <= 16:
+            raise ValueError(f"EntropyBottleneck: precision must be an int in 1..16 (the "
+                             f"coder's CDF bits), got {precision!r}")
         self.precision = int(precision)
         dims = (1,) + self.filters + (1,)
         scale = self.init_scale ** (1.0 / (len(self.filters) + 1))
@@ -170,12 +190,26 @@ class EntropyBottleneck(nn.Module):
 
         if self._cdf_length.numel() and not force:
             return False
+        if not torch.isfinite(self.quantiles).all():
+            bad = int((~torch.isfinite(self.quantiles)).any(-1).any(-1).nonzero()[0])
+            raise ValueError(f"EntropyBottleneck.update: the quantiles of channel {bad} are not "
+                             f"finite ({self.quantiles[bad, 0].tolist()}): the model's training "
+                             "diverged; load an earlier checkpoint")
         med = self.medians()
         minima = torch.ceil(med - self.quantiles[:, 0, 0]).clamp(min=0).to(torch.int64)
         maxima = torch.ceil(self.quantiles[:, 0, 2] - med).clamp(min=0).to(torch.int64)
         pmf_start = med - minima
         pmf_length = maxima + minima + 1
         L = int(pmf_length.max())
+        if L + 1 > 2 ** self.precision:   # (before the [C, 1, L] samples are allocated)
+            c = int(pmf_length.argmax())
+            raise ValueError(
+                f"EntropyBottleneck.update: channel {c}'s quantiles "
+                f"{self.quantiles[c, 0].tolist()} span {L} integers, more than the "
+                f"{2 ** self.precision - 1} a {self.precision}-bit CDF can give a nonzero "
+                "frequency each" + (": raise precision (at most 16)" if self.precision < 16
+                                    else ": the quantiles are implausible (train the auxiliary "
+                                    "loss, or check the model)"))
         samples = torch.arange(L, device=med.device, dtype=torch.float32)
         samples = samples[None, :] + pmf_start[:, None]
         samples = samples[:, None, :]
@@ -184,6 +218,10 @@ class EntropyBottleneck(nn.Module):
         sign = -torch.sign(lower + upper)
         pmf = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))[:, 0, :]
         tail = torch.sigmoid(lower[:, 0, :1]) + torch.sigmoid(-upper[:, 0, -1:])
+        if not (torch.isfinite(pmf).all() and torch.isfinite(tail).all()):
+            raise ValueError("EntropyBottleneck.update: the density is not finite (NaN / inf "
+                             "in the cumulative MLP's parameters?): the model's training "
+                             "diverged; load an earlier checkpoint")
         pmf64 = pmf.double().cpu().numpy()
         tail64 = tail.double().cpu().numpy()[:, 0]
         lengths = pmf_length.cpu().numpy()
@@ -223,10 +261,19 @@ class EntropyBottleneck(nn.Module):
         return cached_on(self, "_tables_cache", bufs, build)
 
     def quantize_symbols(self, y: torch.Tensor) -> torch.Tensor:
-        """``y`` ``[N, C, H, W]`` float -> int32 symbols ``round(y - median)``."""
+        """``y`` ``[N, C, H, W]`` float -> int32 symbols ``round(y - median)``.
+
+        Raises:
+            ValueError: ``y`` has NaN, inf or values whose symbol is beyond the int32 range
+                (they would become INT32_MIN and be coded as such)."""
         with torch.autocast(device_type=y.device.type, enabled=False):
             m = self.medians().view(1, -1, 1, 1)
-            return torch.round(y.float() - m).to(torch.int32)
+            d = torch.round(y.float() - m)
+            if not bool(((d.abs() < 2.0 ** 31)).all()):   # NaN compares False
+                raise ValueError("EntropyBottleneck.quantize_symbols: y has NaN, inf or values "
+                                 "beyond the int32 range around the medians: not a latent "
+                                 "this model can code")
+            return d.to(torch.int32)
 
     def dequantize_symbols(self, s: torch.Tensor) -> torch.Tensor:
         """int32 symbols ``[N, C, H, W]`` -> float32 ``y_hat = s + median``."""

@@ -190,3 +190,61 @@ def test_cdf_tables_cached_until_update():
     eb._offset = eb._offset + 1                             # a replaced buffer: new tables
     assert eb.cdf_tables() is not t2
     np.testing.assert_array_equal(eb.cdf_tables()[2], t2[2] + 1)
+
+
+# -- seventh audit (thirty-second sitting) -----------------------------------------------------
+def test_update_refuses_quantiles_that_are_not_finite_or_too_far_apart():
+    """NaN quantiles made update() build a 13-entry table that failed only at coding time, as
+    a 'wrong total'; quantiles 2e5 apart allocated [C, 3, L] tensors before the precision
+    check."""
+    eb = EntropyBottleneck(3)
+    with torch.no_grad():
+        eb.quantiles[1, 0, 2] = float("nan")
+    with pytest.raises(ValueError, match="quantiles of channel 1 are not finite"):
+        eb.update()
+    assert not eb.has_tables()
+    eb = EntropyBottleneck(1)
+    with torch.no_grad():
+        eb.quantiles[0, 0, 0], eb.quantiles[0, 0, 2] = -1e5, 1e5
+    with pytest.raises(ValueError, match="span 200001 integers, more than the 65535"):
+        eb.update()
+    eb = EntropyBottleneck(1, precision=8)
+    with torch.no_grad():
+        eb.quantiles[0, 0, 0], eb.quantiles[0, 0, 2] = -300.0, 300.0
+    with pytest.raises(ValueError, match="raise precision"):
+        eb.update()
+    eb = EntropyBottleneck(2)
+    with torch.no_grad():
+        eb.biases[0][1] = float("nan")
+    with pytest.raises(ValueError, match="density is not finite"):
+        eb.update()
+
+
+def test_quantize_symbols_refuses_values_it_cannot_code():
+    eb = EntropyBottleneck(2)
+    for bad in (float("nan"), float("inf"), 3e9):
+        y = torch.tensor([bad, 0.0, 1.4, -1.0]).view(1, 2, 1, 2)
+        with pytest.raises(ValueError, match="NaN, inf or values beyond the int32 range"):
+            eb.quantize_symbols(y)
+    y = torch.tensor([1.4, 2.6, -3e8, -1.0]).view(1, 2, 1, 2)
+    m = eb.medians().view(1, 2, 1, 1)
+    assert torch.equal(eb.quantize_symbols(y), torch.round(y - m).to(torch.int32))
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(tail_mass=0.0), "tail_mass must be a finite number in \\(0, 1\\)"),
+    (dict(tail_mass=2), "tail_mass must be"),
+    (dict(init_scale=-1), "init_scale must be a finite number in \\(0, inf\\)"),
+    (dict(init_scale=0), "init_scale must be"),
+    (dict(init_scale="10"), "init_scale must be"),
+    (dict(precision=0), "precision must be an int in 1..16"),
+    (dict(precision=16.0), "precision must be an int"),
+    (dict(channels=0), "channels must be >= 1"),
+    (dict(filters=(3, 0)), "filters must be >= 1"),
+    (dict(likelihood_bound=float("nan")), "likelihood_bound must be"),
+])
+def test_constructor_arguments_are_checked(kw, msg):
+    a = dict(channels=2)
+    a.update(kw)
+    with pytest.raises(ValueError, match=msg):
+        EntropyBottleneck(**a)
