@@ -109,6 +109,9 @@ def pack(f: SlimFile) -> bytes:
     if len(f.metadata) >= 1 << 16:
         raise ValueError("too many metadata entries (at most 65535)")
     payload = _bytes_like(f.payload, "payload")
+    if len(payload) >= 1 << 32:
+        raise ValueError(f"payload is {len(payload)} bytes; a .slim file holds at most 2**32 - 1 "
+                         "(its length field is 32 bits)")
     parts = [_FIXED.pack(MAGIC, FORMAT_VERSION, 0, model_id, int(f.width), int(f.height),
                          int(f.img_width), int(f.streams), len(f.metadata))]
     for k, v in f.metadata.items():

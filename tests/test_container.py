@@ -133,3 +133,13 @@ def test_pack_refuses_fields_of_the_wrong_type():
         C.pack(_file(payload="text"))
     with pytest.raises(TypeError, match="model_id must be bytes"):
         C.pack(_file(model_id=list(range(16))))
+
+
+def test_pack_refuses_a_payload_its_length_field_cannot_hold():
+    class Huge(bytes):      # reports 4 GiB without holding it
+        def __len__(self):
+            return 1 << 32
+    f = C.SlimFile(model_id=bytes(16), width=8, height=16, img_width=16, streams=1,
+                   payload=Huge(b"\x01"))
+    with pytest.raises(ValueError, match="at most 2\\*\\*32 - 1"):
+        C.pack(f)
