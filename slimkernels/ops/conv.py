@@ -1442,6 +1442,21 @@ def _clamp_out(y, clamp):
 # ---------------------------------------------------------------------------------------------
 # public ops
 # ---------------------------------------------------------------------------------------------
+def _one_column_out(x, weight, stride, padding) -> bool:
+    """Whether a strided CPU conv in bf16 / fp16 (x's dtype or autocast's) has an output one
+    column wide and more than one row tall: torch's oneDNN bf16 conv returns garbage for it
+    (torch 2.13 on an AMX Xeon: NaN, 1e18 or O(1) relative error that changes from run to run;
+    fp32, stride 1 and the transposed image are right), where an image 16 pixels wide puts
+    SlimCAE's enc3 (5x5/2). :func:`slim_conv2d` then runs the conv on the transposed image with
+    the transposed kernel (one row out, many columns) and transposes the result back."""
+    w_out = (x.shape[3] + 2 * padding - weight.shape[3]) // stride + 1
+    h_out = (x.shape[2] + 2 * padding - weight.shape[2]) // stride + 1
+    if w_out != 1 or h_out < 2:
+        return False
+    dt = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else _autocast_dtype(x)
+    return dt is not None
+
+
 def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                 stride: int = 1, padding: int = 0, out_width: Optional[int] = None, gdn=None,
                 backend: Optional[str] = None) -> torch.Tensor:
@@ -1481,6 +1496,11 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
                                 gdn=_effective(kw, co))
         y = K.SlimConv2dFunction.apply(x, weight, bias, stride, padding, co)
         return y if kw is None else _gdn(y, **kw)
+    if stride > 1 and _one_column_out(x, weight, stride, padding):
+        # the same conv on the transposed image (the transposed kernel): see _one_column_out
+        y = slim_conv2d(x.transpose(2, 3), weight.transpose(2, 3), bias, stride=stride,
+                        padding=padding, out_width=co, gdn=kw, backend="torch")
+        return y.transpose(2, 3)
     if _amx_direct_input(x, weight, bias):
         y = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, kw)
         if y is not None:

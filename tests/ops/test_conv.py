@@ -673,3 +673,41 @@ def test_inference_tensor_weights(monkeypatch, autocast, prepack):
     tol = 2e-2 if autocast else 1e-5
     assert rel_err(y, ref) < tol and rel_err(yt, reft) < tol
     assert len(conv_mod._PACK_CACHE) == 0 and len(conv_mod._CAST_CACHE) == 0
+
+
+# -- CPU audit (thirty-second sitting): one output column in bf16 --------------------------------
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("k, stride, pad, ci, co, h, w", [
+    (5, 2, 2, 192, 192, 32, 2),     # SlimCAE's enc3 on a 16-pixel-wide image
+    (5, 2, 2, 16, 48, 40, 1),
+    (9, 4, 4, 3, 48, 64, 4),        # enc1 on a 4-pixel-wide input
+    (5, 3, 2, 150, 72, 40, 3),
+])
+def test_bf16_strided_conv_with_one_output_column(k, stride, pad, ci, co, h, w, grad):
+    """torch's oneDNN bf16 conv returns garbage (NaN, 1e18, O(1) error; it varies between runs)
+    for a strided conv whose output is one column wide: the op runs it transposed."""
+    torch.manual_seed(0)
+    wt, b = torch.randn(co, ci, k, k) / 30, torch.randn(co)
+    for cl in (False, True):
+        x = torch.randn(1, ci, h, w)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(grad)
+        r = F.conv2d(x.detach().bfloat16().double(), wt.bfloat16().double(), b.bfloat16().double(),
+                     stride=stride, padding=pad)
+        assert r.shape[3] == 1 and r.shape[2] > 1
+        for _ in range(3):
+            with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16):
+                y = slim_conv2d(x, wt, b, stride=stride, padding=pad)
+            assert y.shape == r.shape
+            assert torch.isfinite(y).all()
+            assert ((y.double() - r).abs().max() / r.abs().max()).item() < 1e-2
+        with torch.no_grad():    # bf16 tensors without autocast take the same route
+            y = slim_conv2d(x.detach().bfloat16(), wt.bfloat16(), b.bfloat16(), stride=stride,
+                            padding=pad)
+        assert ((y.double() - r).abs().max() / r.abs().max()).item() < 1e-2
+        if grad:
+            y = slim_conv2d(x, wt, b, stride=stride, padding=pad)
+            with torch.autocast("cpu", torch.bfloat16):
+                slim_conv2d(x, wt, b, stride=stride, padding=pad).float().sum().backward()
+            assert torch.isfinite(x.grad).all()
