@@ -86,6 +86,8 @@ def test_training_cli_tunes_unless_switched_off(monkeypatch, tmp_path, env, call
     monkeypatch.setattr(allocator, "tune_malloc", lambda *a, **k: order.append("tune") or True)
 
     class FakeTrainer:
+        stopped_by = None    # (as the Trainer's after a fit() no signal stopped)
+
         def __init__(self, cfg):
             order.append("trainer")
 

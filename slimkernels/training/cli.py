@@ -55,7 +55,8 @@ def run(cfg: TrainConfig) -> int:
             torch.cuda.set_device(local)
             cfg.device = f"cuda:{local}"
     try:
-        trainer = Trainer(cfg).fit()
+        trainer = Trainer(cfg)
+        trainer.fit()
     finally:
         if world > 1:
             import torch.distributed as dist
