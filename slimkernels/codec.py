@@ -123,7 +123,7 @@ class SlimSequential(nn.Sequential):
             nxt = layers[i + 1] if i + 1 < len(layers) else None
             if fuse and hasattr(nxt, "op_kwargs") and isinstance(layer, (SlimConv2d,
                                                                         SlimConvTranspose2d)) \
-                    and not runs_more_than_forward(nxt):
+                    and not runs_more_than_forward(nxt) and not runs_more_than_forward(layer):
                 out_w = layer._check_width(w)
                 if isinstance(layer, SlimConv2d) and not nxt.inverse:
                     x = layer(x, w, gdn=nxt.op_kwargs(out_w))
@@ -608,11 +608,17 @@ class SlimCodec(nn.Module):
         return w
 
     def encode(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
-        """Analysis: ``[N, 3, H, W]`` -> latent ``[N, width, H/s, W/s]`` (default: widest)."""
+        """Analysis: ``[N, 3, H, W]`` -> latent ``[N, width, H/s, W/s]`` (default: widest).
+        ValueError for an input that is not ``[N, 3, H, W]`` (the first conv would read a 1- or
+        2-channel image through the first channels of its weight)."""
+        self._check_rgb(x)
         return self.g_a(x, self._width(width))
 
     def decode(self, y_hat: torch.Tensor) -> torch.Tensor:
         """Synthesis: ``[N, w, h, w']`` -> ``[N, 3, s*h, s*w']`` (width ``w = y_hat.shape[1]``)."""
+        if not isinstance(y_hat, torch.Tensor) or y_hat.dim() != 4:
+            raise ValueError(f"{type(self).__name__}.decode expects a latent [N, width, h, w], "
+                             f"got {tuple(getattr(y_hat, 'shape', ())) or type(y_hat).__name__}")
         return self.g_s(y_hat, self._width(y_hat.shape[1]))
 
     def forward(self, x: torch.Tensor, width: Optional[int] = None,
@@ -628,13 +634,23 @@ class SlimCodec(nn.Module):
             ``{"x_hat": [N, 3, H, W], "likelihoods": {"y": [N, width, H/s, W/s] float32}}``;
             noisy (or mixed) quantization in training mode, median rounding in eval mode.
         """
-        self._check_rgb(x)
+        self._check_sides(x)
         return self._quantize_and_decode(self.encode(x, width), quantization)
 
     def _check_rgb(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != 3:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"{type(self).__name__} expects RGB images [N, 3, H, W], "
-                             f"got {tuple(x.shape)}")
+                             f"got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
+
+    def _check_sides(self, x: torch.Tensor) -> None:
+        """``forward``'s input: RGB with sides that are multiples of ``s`` (its ``x_hat`` is then
+        x's size; otherwise it came back larger, and a distortion against x broadcast)."""
+        self._check_rgb(x)
+        s = int(self.downsampling)
+        if x.shape[2] % s or x.shape[3] % s:
+            raise ValueError(f"{type(self).__name__}.forward: the image is "
+                             f"{x.shape[2]}x{x.shape[3]}, its sides must be multiples of {s} "
+                             "(crop or pad it: compress() pads by edge replication itself)")
 
     def _quantize_and_decode(self, y: torch.Tensor, quantization: str = "noise") -> Dict:
         # forward's second half: the entropy model (noise, mixed or rounding), then the synthesis
@@ -673,7 +689,7 @@ class SlimCodec(nn.Module):
         first = self._shared_first_layer(x)
         if first is None or len(set(ws)) < 2:
             return [self.forward(x, w, **kw) for w in ws]
-        self._check_rgb(x)
+        self._check_sides(x)
         top = max(ws)
         h = first(x, top)
         narrow = sorted({w for w in ws if w < top}, reverse=True)

@@ -93,15 +93,17 @@ class EntropyBottleneck(nn.Module):
 
     # -- density ---------------------------------------------------------------------------
     def _logits_cumulative(self, inputs: torch.Tensor, stop_gradient: bool) -> torch.Tensor:
-        logits = inputs
+        # float32 whatever the module's dtype (a model converted with .double() / .half()
+        # mixed dtypes in the matmul): .float() is free for float32 parameters
+        logits = inputs.float()
         for i in range(len(self.filters) + 1):
-            m = F.softplus(self.matrices[i])
-            b = self.biases[i]
+            m = F.softplus(self.matrices[i].float())
+            b = self.biases[i].float()
             if stop_gradient:
                 m, b = m.detach(), b.detach()
             logits = torch.matmul(m, logits) + b
             if i < len(self.filters):
-                f = torch.tanh(self.factors[i])
+                f = torch.tanh(self.factors[i].float())
                 if stop_gradient:
                     f = f.detach()
                 logits = logits + f * torch.tanh(logits)
@@ -115,8 +117,9 @@ class EntropyBottleneck(nn.Module):
         return torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
 
     def medians(self) -> torch.Tensor:
-        """``[C]`` float32 channel medians (learned quantiles)."""
-        return self.quantiles[:, 0, 1].detach()
+        """``[C]`` float32 channel medians (learned quantiles; float32 whatever the module's
+        dtype)."""
+        return self.quantiles[:, 0, 1].detach().float()
 
     def coding_medians(self) -> torch.Tensor:
         """The medians as the CPU coding kernels read them: a contiguous float32 ``[C]`` CPU
@@ -135,7 +138,7 @@ class EntropyBottleneck(nn.Module):
     def loss(self) -> torch.Tensor:
         """Auxiliary loss that fits the quantiles (0-dim float32); optimize it separately."""
         logits = self._logits_cumulative(self.quantiles, stop_gradient=True)
-        return torch.abs(logits - self.target).sum()
+        return torch.abs(logits - self.target.float()).sum()
 
     def forward(self, y: torch.Tensor, training: Optional[bool] = None,
                 quantization: str = "noise") -> Tuple[torch.Tensor, torch.Tensor]:
@@ -311,6 +314,9 @@ class SlimEntropyBottleneck(nn.Module):
                 quantization: str = "noise") -> Tuple[torch.Tensor, torch.Tensor]:
         """``y``: ``[N, w, H, W]`` -> ``(y_hat, likelihoods)`` float32 of the same shape;
         ``training`` and ``quantization`` as in :meth:`EntropyBottleneck.forward`."""
+        if not isinstance(y, torch.Tensor) or y.dim() != 4:
+            raise ValueError(f"{type(self).__name__} expects a latent [N, width, H, W], got "
+                             f"{tuple(getattr(y, 'shape', ())) or type(y).__name__}")
         return self.for_width(y.shape[1])(y, training, quantization)
 
     def loss(self) -> torch.Tensor:

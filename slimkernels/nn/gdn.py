@@ -96,8 +96,9 @@ class _WidthSelectedGDN(nn.Module):
     def __init__(self, widths: Sequence[int], inverse: bool):
         super().__init__()
         self.widths = width_list(widths, type(self).__name__)
-        if len(set(self.widths)) != len(self.widths):
-            raise ValueError(f"widths must be distinct and non-empty, got {list(widths)}")
+        if len(set(self.widths)) != len(self.widths) or min(self.widths) < 1:
+            raise ValueError(f"{type(self).__name__}: widths must be distinct ints >= 1, got "
+                             f"{list(widths)}")
         self.inverse = bool(inverse)
 
     def _index(self, C: int, shape) -> int:

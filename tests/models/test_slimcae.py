@@ -222,3 +222,63 @@ def test_fused_transforms_on_triton_match_torch(monkeypatch):
         xh = m.g_s(y_ref, 8)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(xh, x_ref, rtol=1e-4, atol=1e-5)
+
+
+# -- model audit (thirty-second sitting) --------------------------------------------------------
+def test_a_hook_on_a_conv_sees_the_conv_output_where_conv_and_gdn_fuse(monkeypatch):
+    """SlimSequential skipped the conv + GDN fusion only for a hooked GDN: a hook on the conv
+    saw GDN(conv) (and an output-changing hook acted after the GDN)."""
+    torch.manual_seed(0)
+    m = SlimCAE((32, 16)).eval()
+    x = torch.rand(1, 3, 64, 64)
+    seen = {}
+    m.g_a[0].register_forward_hook(lambda mod, inp, out: seen.__setitem__("y", out.detach()))
+    monkeypatch.setattr(type(m.g_a), "fuse_gdn", True)     # fuse wherever the backend can
+    with torch.no_grad():
+        m.encode(x, 16)
+        conv = F.conv2d(x.double(), m.g_a[0].weight[:16].double(), m.g_a[0].bias[:16].double(),
+                        stride=4, padding=4)
+    err = ((seen["y"].double() - conv).abs().max() / conv.abs().max()).item()
+    assert err < 1e-5
+
+
+def test_encode_decode_and_forward_refuse_what_they_cannot_run():
+    m = SlimCAE((16, 8)).eval()
+    x = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="expects RGB images"):
+        m.encode(x[:, :1], 8)          # a gray image read through the weight's first channel
+    with pytest.raises(ValueError, match=r"decode expects a latent \[N, width, h, w\]"):
+        m.decode(torch.rand(8, 2, 2))
+    with pytest.raises(ValueError, match=r"expects a latent \[N, width, H, W\]"):
+        m.entropy_bottleneck(torch.rand(8, 2, 2))
+    m.train()
+    for shape in ((2, 3, 30, 40), (2, 3, 32, 1)):
+        with pytest.raises(ValueError, match="sides must be multiples of 16"):
+            m(torch.rand(*shape), 8)
+        with pytest.raises(ValueError, match="sides must be multiples of 16"):
+            m.forward_widths(torch.rand(*shape), [16, 8])
+    assert m(torch.rand(1, 3, 32, 48), 8)["x_hat"].shape == (1, 3, 32, 48)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_converted_model_trains_and_its_likelihoods_stay_float32(dtype):
+    """model.double() / .bfloat16() converted the entropy models' MLP too: training failed with
+    'expected scalar type Double but found Float' (the latent is computed in float32)."""
+    torch.manual_seed(0)
+    m = SlimCAE((16, 8)).to(dtype).train()
+    x = torch.rand(1, 3, 32, 32, dtype=dtype)
+    out = m(x, 8)
+    lik = out["likelihoods"]["y"]
+    assert lik.dtype == torch.float32 and torch.isfinite(lik).all()
+    (lik.log().sum() + m.aux_loss()).backward()
+    q = m.entropy_bottleneck.for_width(8).quantiles
+    assert q.grad is not None and q.grad.dtype == dtype
+    m.eval()
+    assert m(x, 8)["likelihoods"]["y"].dtype == torch.float32
+
+
+def test_gdn_layers_refuse_widths_below_one():
+    from slimkernels.nn import SlimGDNPlus, SwitchGDN
+    for cls in (SlimGDNPlus, SwitchGDN):
+        with pytest.raises(ValueError, match="widths must be distinct ints >= 1"):
+            cls([8, 0, -3])
