@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 error (message on stderr), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -189,9 +190,6 @@ def _pick_width(model, x, args) -> int:
         if not 1 <= args.quality <= len(widths):
             raise CLIError(f"--quality must be 1..{len(widths)} (1 = narrowest, lowest rate)")
         return widths[len(widths) - args.quality]
-    if args.target_bpp is not None:
-        from .ratecontrol import width_for_target_bpp
-        return width_for_target_bpp(model, x, args.target_bpp, precision=args.precision)
     return widths[0]
 
 
@@ -212,6 +210,8 @@ def cmd_compress(args) -> int:
     from .io import atomic_write_bytes, read_image
 
     _set_threads(args)
+    if args.target_bpp is not None and not (math.isfinite(args.target_bpp) and args.target_bpp > 0):
+        raise CLIError(f"--target-bpp must be a finite number > 0, got {args.target_bpp}")
     outs = _outputs(args.inputs, args.output, ".slim", args.force)
     _check_images(args.inputs)
     model = _load(args)
@@ -222,10 +222,17 @@ def cmd_compress(args) -> int:
             raise CLIError(str(e)) from None
         if note:                               # warnings go to stderr even with -q
             print(f"{src}: {note}", file=sys.stderr)
-        width = _pick_width(model, x, args)
         t0 = time.perf_counter()
-        data = model.compress(x.to(args.device), width, precision=args.precision,
-                              streams=args.streams)
+        fits = True
+        if args.target_bpp is not None:   # the file measured against the target is the one written
+            from .ratecontrol import compress_to_target_bpp
+            width, data, fits = compress_to_target_bpp(
+                model, x.to(args.device), args.target_bpp, precision=args.precision,
+                streams=args.streams)
+        else:
+            width = _pick_width(model, x, args)
+            data = model.compress(x.to(args.device), width, precision=args.precision,
+                                  streams=args.streams)
         dt = time.perf_counter() - t0
         atomic_write_bytes(dst, data, overwrite=args.force)
         H, W = x.shape[-2:]
@@ -233,9 +240,9 @@ def cmd_compress(args) -> int:
         if not args.quiet:
             print(f"{src} -> {dst}: width {width}, {len(data)} bytes, "
                   f"{bpp:.4f} bpp, {dt * 1e3:.1f} ms")
-        if args.target_bpp is not None and bpp > args.target_bpp:
+        if not fits:
             print(f"{src}: note: no width reaches --target-bpp {args.target_bpp:g}; wrote the "
-                  f"narrowest ({bpp:.4f} bpp)", file=sys.stderr)
+                  f"narrowest, {width} ({bpp:.4f} bpp)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -324,7 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int, help="sub-network width (default: the widest)")
     g.add_argument("--quality", type=int, help="1 (narrowest, lowest rate) .. number of widths")
     g.add_argument("--target-bpp", type=float, help="pick the widest width at or under this rate")
-    s.add_argument("--streams", type=int, default=1, help="coder substreams (parallel decoding)")
+    s.add_argument("--streams", type=int, default=1,
+                   help="coder substreams, decoded in parallel (default 1: the same bytes on "
+                        "every machine; the Python API's default, streams=None, takes one per "
+                        "65536 latent symbols up to the thread count, so its bytes can differ)")
     common(s)
     s.set_defaults(func=cmd_compress)
 

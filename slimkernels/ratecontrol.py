@@ -7,7 +7,7 @@ and ``decompress(data, precision=...)``: :class:`slimkernels.models.SlimCAE` and
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -25,7 +25,7 @@ class Codec(Protocol):
     widths: Sequence[int]
 
     def compress(self, x: torch.Tensor, width: Optional[int] = None, *,
-                 precision: str = "auto") -> bytes: ...
+                 precision: str = "auto", **kwargs) -> bytes: ...
 
     def decompress(self, data: bytes, *, precision: str = "auto") -> torch.Tensor: ...
 
@@ -35,15 +35,17 @@ def _widest_first(model: Codec) -> List[int]:
     return sorted(model.widths, reverse=True)
 
 
-def rd_table(model: Codec, x: torch.Tensor, precision: str = "auto") -> List[Dict]:
+def rd_table(model: Codec, x: torch.Tensor, precision: str = "auto",
+             **compress_kwargs) -> List[Dict]:
     """Compress ``x`` ``[1, 3, H, W]`` float in [0, 1] at every width:
     ``[{"width": int, "bpp": float, "psnr": float, "bytes": int}]``, widest first (bpp of the
-    whole ``.slim`` file; PSNR in dB on 8-bit rounded RGB, ``inf`` for a lossless result)."""
+    whole ``.slim`` file; PSNR in dB on 8-bit rounded RGB, ``inf`` for a lossless result).
+    ``compress_kwargs`` (e.g. ``streams=``) go to every ``model.compress`` call."""
     H, W = x.shape[-2:]
     ref = x.clamp(0, 1).mul(255).round()
     out = []
     for w in _widest_first(model):
-        data = model.compress(x, w, precision=precision)
+        data = model.compress(x, w, precision=precision, **compress_kwargs)
         xh = model.decompress(data, precision=precision).mul(255).round()
         mse = float(((xh - ref) ** 2).mean())
         psnr = 10 * math.log10(255 ** 2 / mse) if mse > 0 else float("inf")
@@ -76,22 +78,38 @@ def pick_width(rows: List[Dict], target_bpp: Optional[float] = None,
     return good[-1] if good else rows[0]["width"]
 
 
-def width_for_target_bpp(model: Codec, x: torch.Tensor, target_bpp: float,
-                         precision: str = "auto") -> int:
-    """The widest width whose file for ``x`` ``[1, 3, H, W]`` is at most ``target_bpp`` (the
-    narrowest if none is). Compresses widest first and stops at the first that fits.
+def compress_to_target_bpp(model: Codec, x: torch.Tensor, target_bpp: float,
+                           precision: str = "auto", **compress_kwargs) -> Tuple[int, bytes, bool]:
+    """``(width, data, fits)``: the file of the widest width whose file for ``x``
+    ``[1, 3, H, W]`` is at most ``target_bpp``, or the narrowest width's file if none is
+    (``fits`` False). Compresses widest first and stops at the first that fits; the bytes
+    returned are the ones measured, so that what a caller writes is what met the target.
+    ``compress_kwargs`` (e.g. ``streams=``) go to every ``model.compress`` call: they change the
+    file's size.
 
     Raises:
-        ValueError: ``target_bpp`` not > 0.
+        ValueError: ``target_bpp`` not a finite number > 0.
     """
-    if not target_bpp > 0:
-        raise ValueError(f"target bpp must be > 0, got {target_bpp}")
+    if not (math.isfinite(target_bpp) and target_bpp > 0):
+        raise ValueError(f"target bpp must be a finite number > 0, got {target_bpp}")
     H, W = x.shape[-2:]
-    widths = _widest_first(model)
-    for w in widths:  # widest first: stop at the first that fits
-        if 8 * len(model.compress(x, w, precision=precision)) / (H * W) <= target_bpp:
-            return w
-    return widths[-1]
+    for w in _widest_first(model):  # widest first: stop at the first that fits
+        data = model.compress(x, w, precision=precision, **compress_kwargs)
+        if 8 * len(data) / (H * W) <= target_bpp:
+            return w, data, True
+    return w, data, False
+
+
+def width_for_target_bpp(model: Codec, x: torch.Tensor, target_bpp: float,
+                         precision: str = "auto", **compress_kwargs) -> int:
+    """The widest width whose file for ``x`` ``[1, 3, H, W]`` is at most ``target_bpp`` (the
+    narrowest if none is): :func:`compress_to_target_bpp`'s width. ``compress_kwargs`` (e.g.
+    ``streams=``) must be those the file will be written with: they change its size.
+
+    Raises:
+        ValueError: ``target_bpp`` not a finite number > 0.
+    """
+    return compress_to_target_bpp(model, x, target_bpp, precision, **compress_kwargs)[0]
 
 
 def width_for_target_psnr(model: Codec, x: torch.Tensor, target_psnr: float,

@@ -383,3 +383,31 @@ def test_a_batch_with_one_unreadable_input_writes_nothing(model_file, images, tm
     assert main([op, *good, str(junk), str(out), "--model", model_file]) == 1
     assert f"{junk}: not a" in capsys.readouterr().err
     assert os.listdir(out) == []
+
+
+def test_target_bpp_measures_the_file_it_writes(model_file, images, tmp_path, capsys):
+    """--target-bpp measured files with the API's streams=None and wrote them with --streams:
+    a width that fitted was skipped (or one over the target written, with a note saying the
+    narrowest)."""
+    from slimkernels.container import read
+    from slimkernels.io import read_image
+    m = load_model(model_file)
+    x, _ = read_image(images["RGB"])
+    H, W = x.shape[-2:]
+    one = 8 * len(m.compress(x, 16, streams=1)) / (H * W)
+    two = 8 * len(m.compress(x, 16, streams=2)) / (H * W)
+    assert two > one                                      # a second substream costs bytes
+    target = (one + two) / 2
+    for streams, width in (("1", 16), ("2", 8)):
+        out = tmp_path / f"s{streams}.slim"
+        assert main(["compress", images["RGB"], str(out), "--model", model_file, "-q",
+                     "--target-bpp", repr(target), "--streams", streams]) == 0
+        f = read(str(out))
+        assert (f.width, f.streams) == (width, int(streams))
+        assert 8 * out.stat().st_size / (H * W) <= target
+    assert "no width reaches" not in capsys.readouterr().err
+    for bad in ("0", "nan", "-1"):
+        assert main(["compress", images["RGB"], str(tmp_path / "b.slim"), "--model", model_file,
+                     "--target-bpp", bad]) == 1
+        assert "--target-bpp must be a finite number > 0" in capsys.readouterr().err
+    assert not (tmp_path / "b.slim").exists()
