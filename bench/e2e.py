@@ -300,6 +300,41 @@ def _layout(model: SlimCAE, t: torch.Tensor, channels_last: bool, image_precisio
     return t
 
 
+def _code_latent(model: SlimCAE, eb, y: torch.Tensor, width: int, H: int, W: int, mid: bytes,
+                 streams: Optional[int] = None):
+    """``compress``'s steps after the transform on the latent ``y``: quantization, coding and
+    the container, as the method runs them; ``(bytes, the time the coding ended)``. Ours and
+    the plain baseline both call it, so that their difference is the transforms alone."""
+    if hasattr(model, "_latent_plan") and hasattr(coding, "encode_prepared"):
+        # as compress: the per-width tables cached for the weights, the symbols quantized into
+        # the coder's numpy form, the coder's thin entry
+        med, cdf, lengths, offsets, idx = model._latent_plan(eb, width)
+        quantize = _codec_fn("_quantize_counted", None)
+        if _takes_kwarg(quantize, "as_numpy"):
+            sym = quantize(eb, y, med, as_numpy=True)[0]
+        else:   # (an older checkout)
+            sym = quantize(eb, y, med)[0].cpu().numpy()
+        _, C, h, w = sym.shape
+        if streams is None:
+            streams = _auto_streams(sym.size)
+        kw = _pool_kw()
+        payload = coding.encode_prepared(sym, idx, h * w, cdf, lengths, offsets,
+                                         eb.precision, streams, kw["threads"], kw["pool"])
+    else:
+        sym = (_codec_fn("_quantize", lambda e, t: e.quantize_symbols(t))(eb, y).cpu()
+               .contiguous())
+        _, C, h, w = sym.shape
+        cdf, lengths, offsets = _tables(eb)
+        if streams is None:
+            streams = _auto_streams(sym.numel())
+        payload = coding.encode(sym.numpy(), _indexes(C, h, w)[0], cdf, lengths, offsets,
+                                precision=eb.precision, streams=streams, **_pool_kw())
+    t2 = time.perf_counter()
+    f = container.SlimFile(model_id=mid, width=width, height=H, img_width=W,
+                           streams=streams, payload=payload, metadata={})
+    return container.pack(f), t2
+
+
 @torch.no_grad()
 def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: str = "fp32",
                         streams: Optional[int] = None, channels_last: bool = False):
@@ -328,34 +363,7 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
             y = model.encode(xp, width)
     _sync(xp.device)
     t1 = time.perf_counter()
-    if hasattr(model, "_latent_plan") and hasattr(coding, "encode_prepared"):
-        # as compress: the per-width tables cached for the weights, the symbols quantized into
-        # the coder's numpy form, the coder's thin entry
-        med, cdf, lengths, offsets, idx = model._latent_plan(eb, width)
-        quantize = _codec_fn("_quantize_counted", None)
-        if _takes_kwarg(quantize, "as_numpy"):
-            sym = quantize(eb, y, med, as_numpy=True)[0]
-        else:   # (an older checkout)
-            sym = quantize(eb, y, med)[0].cpu().numpy()
-        _, C, h, w = sym.shape
-        if streams is None:
-            streams = _auto_streams(sym.size)
-        kw = _pool_kw()
-        payload = coding.encode_prepared(sym, idx, h * w, cdf, lengths, offsets,
-                                         eb.precision, streams, kw["threads"], kw["pool"])
-    else:
-        sym = (_codec_fn("_quantize", lambda e, t: e.quantize_symbols(t))(eb, y).cpu()
-               .contiguous())
-        _, C, h, w = sym.shape
-        cdf, lengths, offsets = _tables(eb)
-        if streams is None:
-            streams = _auto_streams(sym.numel())
-        payload = coding.encode(sym.numpy(), _indexes(C, h, w)[0], cdf, lengths, offsets,
-                                precision=eb.precision, streams=streams, **_pool_kw())
-    t2 = time.perf_counter()
-    f = container.SlimFile(model_id=mid, width=width, height=H, img_width=W,
-                           streams=streams, payload=payload, metadata={})
-    data = container.pack(f)
+    data, t2 = _code_latent(model, eb, y, width, H, W, mid, streams)
     t3 = time.perf_counter()
     return data, {"transform": t1 - t0, "entropy": t2 - t1, "container": t3 - t2}
 
@@ -366,16 +374,10 @@ def _takes_kwarg(fn, name: str) -> bool:
     return name in inspect.signature(fn).parameters
 
 
-@torch.no_grad()
-def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
-                          channels_last: bool = False):
-    """:meth:`SlimCAE.decompress` step by step: ``(x_hat, {"container", "entropy", "transform"})``
-    (``channels_last``: as in :func:`ours_compress_split`)."""
-    t0 = time.perf_counter()
-    f = container.unpack(data)
-    if f.model_id != model.model_id():
-        raise ValueError("file written by another model")
-    t1 = time.perf_counter()
+def _decode_symbols(model: SlimCAE, f):
+    """``decompress``'s entropy decoding of the unpacked file ``f``, as the method runs it:
+    ``(entropy model, int32 symbols [1, width, h, w], coding medians or None)``. Ours and the
+    plain baseline both call it."""
     eb = model.entropy_bottleneck.for_width(f.width)
     ds = int(getattr(model, "downsampling", 16))
     h, w = -(-f.height // ds), -(-f.img_width // ds)
@@ -392,6 +394,20 @@ def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
         idx, kw = _indexes(f.width, h, w)
         sym = torch.from_numpy(coding.decode(f.payload, idx, cdf, lengths, offsets,
                                              precision=eb.precision, **kw, **_pool_kw()))
+    return eb, sym, med
+
+
+@torch.no_grad()
+def ours_decompress_split(model: SlimCAE, data: bytes, precision: str = "fp32",
+                          channels_last: bool = False):
+    """:meth:`SlimCAE.decompress` step by step: ``(x_hat, {"container", "entropy", "transform"})``
+    (``channels_last``: as in :func:`ours_compress_split`)."""
+    t0 = time.perf_counter()
+    f = container.unpack(data)
+    if f.model_id != model.model_id():
+        raise ValueError("file written by another model")
+    t1 = time.perf_counter()
+    eb, sym, med = _decode_symbols(model, f)
     t2 = time.perf_counter()
     dev = next(model.parameters()).device
     if not channels_last and hasattr(model, "_latent_input"):  # the model's own input rule
@@ -423,7 +439,10 @@ def plain_compress(plain: PlainSlimCAE, model: SlimCAE, x: torch.Tensor, width: 
     would add it), then the same rounding, coding (same default substream count) and container
     as ours.
 
-    (Sizes that are not multiples of 16 are padded like ours.)"""
+    (Sizes that are not multiples of 16 are padded like ours. The model id is taken before the
+    timer, as ``compress`` takes it from its cache; the steps after the transform are
+    :func:`_code_latent`, the same as ours.)"""
+    mid = model.model_id()
     t0 = time.perf_counter()
     H, W = x.shape[-2:]
     ph, pw = (-H) % 16, (-W) % 16
@@ -432,17 +451,8 @@ def plain_compress(plain: PlainSlimCAE, model: SlimCAE, x: torch.Tensor, width: 
         y = plain.encode(xp, width)
     _sync(x.device)
     t1 = time.perf_counter()
-    eb = model.entropy_bottleneck.for_width(width)
-    sym = torch.round(y.float() - eb.medians().view(1, -1, 1, 1)).to(torch.int32).cpu().contiguous()
-    _, C, h, w = sym.shape
-    cdf, lengths, offsets = _tables(eb)
-    streams = _auto_streams(sym.numel())
-    payload = coding.encode(sym.numpy(), _indexes(C, h, w)[0], cdf, lengths, offsets,
-                            precision=eb.precision, streams=streams, **_pool_kw())
-    t2 = time.perf_counter()
-    data = container.pack(container.SlimFile(model_id=model.model_id(), width=width, height=H,
-                                             img_width=W, streams=streams, payload=payload,
-                                             metadata={}))
+    data, t2 = _code_latent(model, model.entropy_bottleneck.for_width(width), y, width, H, W,
+                            mid)
     if split is not None:
         split.update(transform=t1 - t0, entropy=t2 - t1, container=time.perf_counter() - t2)
     return data
@@ -451,9 +461,13 @@ def plain_compress(plain: PlainSlimCAE, model: SlimCAE, x: torch.Tensor, width: 
 @torch.no_grad()
 def plain_decompress(plain: PlainSlimCAE, model: SlimCAE, data: bytes,
                      split: Optional[Dict] = None, precision: str = "fp32") -> torch.Tensor:
-    """Same container and coder as ours, then the plain decoder transform (bf16: autocast)."""
+    """Same container and coder steps as ours (:func:`_decode_symbols`), then the plain
+    dequantization and decoder transform (bf16: autocast)."""
     t0 = time.perf_counter()
-    f, sym = model.decompress_latent(data)
+    f = container.unpack(data)
+    if f.model_id != model.model_id():
+        raise ValueError("file written by another model")
+    _, sym, _ = _decode_symbols(model, f)
     t1 = time.perf_counter()
     m = model.entropy_bottleneck.for_width(f.width).medians()
     y_hat = sym.to(m.device).float() + m.view(1, -1, 1, 1)

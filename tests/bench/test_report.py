@@ -291,3 +291,21 @@ def test_width_lists_that_are_not_integers_are_refused(tmp_path, capsys):
         assert report.main(["--quick", "--no-tune-malloc", "--out", str(tmp_path)] + bad) == 2
         assert "comma-separated integers" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_cuda_goals_are_not_met_by_a_run_missing_widths():
+    """A w=192-only GPU run was marked 'transforms >= 3x eager at every width: met'."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    from e2e_cuda import cuda_goals
+
+    def row(w, sp):
+        return {"width": w, "dtype": "float32", "enc_speedup_vs_eager": sp,
+                "dec_speedup_vs_eager": sp, "enc_ours_ms": w / 100, "dec_ours_ms": w / 100,
+                "compress_ms": 4.0, "decompress_ms": 4.0}
+    g = cuda_goals([row(192, 3.4)])
+    assert g["transforms_vs_eager_float32"]["met"] is False
+    assert g["transforms_vs_eager_float32"]["missing"] == [144, 96, 72, 48]
+    assert g["w48_over_w192_float32"]["met"] is False and g["w48_over_w192_float32"]["value"] is None
+    g = cuda_goals([row(w, 3.4) for w in (192, 144, 96, 72, 48)])
+    assert g["transforms_vs_eager_float32"]["met"] is True
+    assert g["w48_over_w192_float32"]["value"] == pytest.approx(0.25)
