@@ -803,7 +803,9 @@ def _mem_child(common: Dict, configs: List[Dict]):
     """Runs in a fresh process (see :func:`peak_memory`); yields one result per config: run the
     op three times (warm-up; for ours the CPU replay's recording and check, so that the measured
     call is the steady state), reset the RSS high-water mark, run it again; the peak RSS above
-    the pre-call RSS (MiB)."""
+    the pre-call RSS (MiB); and ``retained_mib``, the RSS the configuration's first calls left
+    resident (after its warm-up, above the RSS before its first call: weight caches, prepacked
+    and cast weights, replays), which the peak above the pre-call RSS does not show."""
     import gc
     import resource
 
@@ -817,6 +819,8 @@ def _mem_child(common: Dict, configs: List[Dict]):
             if "cai" not in cache:
                 cache["cai"] = make_compressai()
             m = cache["cai"]
+            gc.collect()
+            pre = _status_kb("VmRSS") or 0
             with torch.no_grad():
                 enc = m.compress(x)
 
@@ -834,10 +838,14 @@ def _mem_child(common: Dict, configs: List[Dict]):
                 if "plain" not in cache:
                     cache["plain"] = PlainSlimCAE.from_model(model).eval()
                 plain = cache["plain"]
+                gc.collect()
+                pre = _status_kb("VmRSS") or 0
                 b = plain_compress(plain, model, x, width)
                 run = ((lambda: plain_compress(plain, model, x, width)) if op == "compress"
                        else (lambda: plain_decompress(plain, model, b)))
             else:
+                gc.collect()
+                pre = _status_kb("VmRSS") or 0
                 b = model.compress(x, width, precision=p)
                 run = ((lambda: model.compress(x, width, precision=p)) if op == "compress"
                        else (lambda: model.decompress(b, precision=p)))
@@ -854,7 +862,7 @@ def _mem_child(common: Dict, configs: List[Dict]):
             peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                        - max(before, maxrss_before))
         yield {**c, "peak_mib": peak / 1024.0, "rss_before_mib": before / 1024.0,
-               "method": method}
+               "retained_mib": max(0, before - pre) / 1024.0, "method": method}
 
 
 def peak_memory(configs: List[Dict], common: Dict, log=print, timeout: float = 600) -> List[Dict]:

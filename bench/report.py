@@ -353,6 +353,20 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
         c = [(m["op"], m["peak_mib"]) for m in mem if m["impl"] == "compressai"]
         if c:
             L += ["", "CompressAI factorized q6: " + ", ".join(f"{op} {v:.1f} MiB" for op, v in c)]
+        kept = {(m["impl"], m["precision"], m["width"], m["op"]): m["retained_mib"] for m in mem
+                if "retained_mib" in m}
+        if kept:
+            L += ["", "Memory a configuration keeps resident between calls (MiB: the RSS after "
+                  "its three warm-up calls above the RSS before its first call, in the same "
+                  "process after the configurations measured before it: the weight "
+                  "caches, prepacked and cast weights and CPU replays ours keeps, which the "
+                  "peaks above exclude; `model.clear_caches()` frees them):", "",
+                  "| width | op | ours fp32 | ours bf16 | plain fp32 |", "|---|---|---|---|---|"]
+            for op in ("compress", "decompress"):
+                for w in meta["widths"]:
+                    L.append(f"| {w} | {op} | {_f(kept.get(('ours', 'fp32', w, op)))} | "
+                             f"{_f(kept.get(('ours', 'bf16', w, op)))} | "
+                             f"{_f(kept.get(('plain', 'fp32', w, op)))} |")
         L.append("")
     def goal_table(gs):
         out = ["| goal | target | value | met |", "|---|---|---|---|"]
