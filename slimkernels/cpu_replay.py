@@ -36,8 +36,10 @@ Safety, in order:
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Callable, Hashable, List, Optional, Tuple
 
@@ -405,6 +407,19 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
+#: Every ReplayCache, so that a fork()ed child gives each a free lock (a fork while another
+#: thread held one left the child's copy locked for good: its next compress waited forever).
+_CACHES: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    for c in list(_CACHES):
+        c._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
+
+
 class ReplayCache:
     """Recorded CPU transforms of one model, for its current weights (see the module docstring).
 
@@ -424,6 +439,7 @@ class ReplayCache:
         self._seen: "OrderedDict[Hashable, int]" = OrderedDict()
         self._state = None
         self._lock = threading.Lock()
+        _CACHES.add(self)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -510,13 +526,13 @@ class ReplayCache:
         if entry is None or (entry.recording and not recorder):
             return fn(x)   # (another thread is recording this key)
         if recorder:
-            try:
-                rec, y = _record(fn, x)
-            except Exception:
+            try:   # (BaseException: a Ctrl-C here left the placeholder, and the key eager
+                rec, y = _record(fn, x)   # for good)
+                entry = _Replay.build(rec, x, y, state_tensors(), modules())
+            except BaseException:
                 with self._lock:
                     self._entries.pop(full, None)
                 raise
-            entry = _Replay.build(rec, x, y, state_tensors(), modules())
             del rec
             if entry.error is not None:
                 self._fail(full, entry.error)

@@ -418,3 +418,51 @@ def test_a_conversion_that_copies_is_refused_and_one_that_does_not_is_a_view():
                       list, _module())
         assert torch.equal(y, x.float())
     assert views.entries()[0].replays == 2
+
+
+# -- process audit (thirty-second sitting) ------------------------------------------------------
+def test_an_interrupt_while_recording_does_not_disable_the_replay(model, monkeypatch):
+    """A KeyboardInterrupt inside the recording left its placeholder (not an Exception), and
+    the key ran eagerly for the model's lifetime."""
+    x = _image(2)
+    ref = _eager(model, lambda: model.compress(x, width=8, precision="bf16"))
+    assert model.compress(x, width=8, precision="bf16") == ref       # 1st use
+    real = cpu_replay._record
+
+    def interrupted(fn, t):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cpu_replay, "_record", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.compress(x, width=8, precision="bf16")                 # 2nd use: records
+    assert not any(e.recording for e in _replays(model))
+    monkeypatch.setattr(cpu_replay, "_record", real)
+    for _ in range(5):
+        assert model.compress(x, width=8, precision="bf16") == ref
+    _require_replayed(model)
+
+
+def test_a_fork_while_a_cache_lock_is_held_leaves_the_child_a_free_lock(model):
+    """A thread holding the weight-pack cache's or a replay cache's lock at fork() left the
+    child's copy locked for good: its next compress waited forever."""
+    import os
+
+    from slimkernels.ops import _cache
+    x = _image(3)
+    model.compress(x, width=8)
+    model.compress(x, width=8)          # a replay cache exists
+    cache = model.__dict__["_cpu_replays"]
+    with _cache._PACK_LOCK, cache._lock:
+        pid = os.fork()
+        if pid == 0:   # child: both locks free, and a compress completes
+            try:
+                ok = _cache._PACK_LOCK.acquire(timeout=5) and cache._lock.acquire(timeout=5)
+                if ok:
+                    _cache._PACK_LOCK.release()
+                    cache._lock.release()
+                    torch.set_num_threads(1)
+                    model.compress(x, width=8)
+                os._exit(0 if ok else 3)
+            except BaseException:
+                os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

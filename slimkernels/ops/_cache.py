@@ -2,6 +2,7 @@
 they were built from keep their identity and version."""
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
@@ -13,6 +14,23 @@ _PACK_CACHE: "OrderedDict" = OrderedDict()
 #: Entries kept (least recently used dropped first).
 _PACK_CACHE_MAX = 128
 _PACK_LOCK = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    # a fork() while another thread held the lock left the child's copy locked for good (its
+    # next conv waited forever): the child starts with a free one (the entries are whole:
+    # every update under the lock is one dict operation)
+    global _PACK_LOCK
+    _PACK_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
+def clear() -> None:
+    """Drop every entry (:func:`slimkernels.ops.clear_weight_caches`)."""
+    with _PACK_LOCK:
+        _PACK_CACHE.clear()
 
 
 def _same_objects(kept, tensors) -> bool:

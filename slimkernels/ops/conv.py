@@ -34,7 +34,8 @@ from .._checks import is_int
 from .._cpu import cpu_kernels
 from ..backend import resolve_backend
 from . import conv_image, image_io, winograd
-from ._cache import _PACK_CACHE, _PACK_LOCK, _cached
+from . import _cache
+from ._cache import _PACK_CACHE, _cached
 from ._raw import cpu_capability
 from .gdn import (_cpu_kernel_gdn, _kernel_scalars, _packed_gamma, _params_readable,
                   cpu_kernels_available)
@@ -382,8 +383,7 @@ def clear_weight_caches() -> None:
     in-place updates, ``load_state_dict`` and optimizer steps are detected without it. A model
     built on :class:`slimkernels.codec.SlimCodec` has ``clear_caches()``, which calls this and
     drops its own caches too."""
-    with _PACK_LOCK:
-        _PACK_CACHE.clear()
+    _cache.clear()
     _CAST_CACHE.clear()
 
 
