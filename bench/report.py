@@ -353,6 +353,18 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
         c = [(m["op"], m["peak_mib"]) for m in mem if m["impl"] == "compressai"]
         if c:
             L += ["", "CompressAI factorized q6: " + ", ".join(f"{op} {v:.1f} MiB" for op, v in c)]
+        first = [m for m in mem if "first_call_ms" in m]
+        if first:
+            L += ["", "The first call of each configuration (ms; in the memory processes, after "
+                  "the configurations measured before it in the same process, in this order: "
+                  "the first row of each implementation is its first call in a fresh process, "
+                  "oneDNN's primitives and the weight caches built in it; the tables above are "
+                  "the steady state). The command line codes one image per process: its "
+                  "`compress` pays roughly the first row's cost:", "",
+                  "| implementation | precision | width | op | first call ms |",
+                  "|---|---|---|---|---|"]
+            L += [f"| {m['impl']} | {m['precision']} | {m['width']} | {m['op']} | "
+                  f"{m['first_call_ms']:.1f} |" for m in first]
         kept = {(m["impl"], m["precision"], m["width"], m["op"]): m["retained_mib"] for m in mem
                 if "retained_mib" in m}
         if kept:

@@ -70,12 +70,13 @@ def test_report_quick(tmp_path):
     assert mem and all(m["peak_mib"] > -1.0 for m in mem), mem
     # what the warm-up left resident (ours' weight caches): reported beside the peaks
     assert all(m["retained_mib"] >= 0 for m in mem), mem
+    assert all(m["first_call_ms"] > 0 for m in mem), mem
     goals = json.loads((tmp_path / "goals.json").read_text())["goals"]
     assert "vs_plain_fp32" in goals and "entropy_share_compress_fp32" in goals
     assert all(isinstance(g["met"], bool) for g in goals.values())
     md = (tmp_path / "README.md").read_text()
     assert "## End to end" in md and "## Goals" in md and "Owed" in md
-    assert "keeps resident between calls" in md
+    assert "keeps resident between calls" in md and "first call ms" in md
     from slimkernels.codec import resolve_precision
     dp = resolve_precision("auto", "cpu")
     assert res["meta"]["default_precision"] == dp
