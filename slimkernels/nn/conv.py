@@ -42,7 +42,24 @@ def _string_padding(padding: str, kernel_size, stride) -> int:
     raise ValueError(f"SlimConv2d: padding={padding!r}: use an int, 'valid' or 'same'")
 
 
+#: The geometry attributes of nn.Conv2d / nn.ConvTranspose2d and the ints the forward reads.
+_GEOMETRY = {"stride": "_s", "padding": "_p", "output_padding": "_op"}
+
+
 class _SlimMixin:
+    def __setattr__(self, name, value):
+        # ``layer.padding = 2`` (or stride / output_padding) after construction, as on an
+        # nn.Conv2d: the int the forward passes to the op follows (it was kept from __init__,
+        # and the change ignored silently)
+        if name in _GEOMETRY and "_k" in self.__dict__:
+            if name == "padding" and isinstance(value, str):
+                value = _string_padding(value, self.kernel_size, self.stride)
+            n = _single(value, name)
+            super().__setattr__(name, (n, n))
+            super().__setattr__(_GEOMETRY[name], n)
+            return
+        super().__setattr__(name, value)
+
     def _init_widths(self, widths: Optional[Sequence[int]], full: int):
         self.slim_output = widths is not None
         if widths is None:

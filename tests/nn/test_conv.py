@@ -103,3 +103,26 @@ def test_string_paddings_as_nn_conv2d_and_clear_refusals():
         SlimConv2d(4, 6, 3, padding="full")
     with pytest.raises(ValueError, match="stride must be an int or a pair of equal ints, got 1.5"):
         SlimConv2d(4, 6, 3, stride=1.5)
+
+
+def test_geometry_set_after_construction_reaches_the_op():
+    """layer.padding / stride / output_padding set after __init__ (as on an nn.Conv2d) were
+    ignored: the forward read the ints kept at construction."""
+    import torch.nn.functional as F
+
+    from slimkernels.nn.conv import SlimConv2d, SlimConvTranspose2d
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 9, 9)
+    m = SlimConv2d(4, 6, 3, padding=1)
+    m.padding, m.stride = 0, (2, 2)
+    assert (m.padding, m.stride) == ((0, 0), (2, 2))
+    torch.testing.assert_close(m(x), F.conv2d(x, m.weight, m.bias, stride=2), rtol=1e-5, atol=1e-6)
+    m.stride, m.padding = 1, "same"
+    torch.testing.assert_close(m(x), F.conv2d(x, m.weight, m.bias, padding=1), rtol=1e-5, atol=1e-6)
+    t = SlimConvTranspose2d(4, 6, 3, stride=2, padding=1)
+    t.output_padding = 1
+    r = F.conv_transpose2d(x, t.weight, t.bias, stride=2, padding=1, output_padding=1)
+    torch.testing.assert_close(t(x), r, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="square padding only"):
+        m.padding = (1, 2)
+    assert m.padding == (1, 1)       # unchanged by the refused value
