@@ -799,6 +799,17 @@ def _reset_hwm() -> bool:
         return False
 
 
+def _first_call(fn):
+    """``(fn(), the RSS in KiB before it, its time in s)``: a configuration's first call in
+    :func:`_mem_child` (the RSS after collecting garbage)."""
+    import gc
+    gc.collect()
+    pre = _status_kb("VmRSS") or 0
+    t = time.perf_counter()
+    out = fn()
+    return out, pre, time.perf_counter() - t
+
+
 def _mem_child(common: Dict, configs: List[Dict]):
     """Runs in a fresh process (see :func:`peak_memory`); yields one result per config: run the
     op three times (warm-up; for ours the CPU replay's recording and check, so that the measured
@@ -819,12 +830,8 @@ def _mem_child(common: Dict, configs: List[Dict]):
             if "cai" not in cache:
                 cache["cai"] = make_compressai()
             m = cache["cai"]
-            gc.collect()
-            pre = _status_kb("VmRSS") or 0
-            t_first = time.perf_counter()
             with torch.no_grad():
-                enc = m.compress(x)
-            t_first = time.perf_counter() - t_first
+                enc, pre, t_first = _first_call(lambda: m.compress(x))
 
             def run(m=m, enc=enc):
                 with torch.no_grad():
@@ -840,19 +847,11 @@ def _mem_child(common: Dict, configs: List[Dict]):
                 if "plain" not in cache:
                     cache["plain"] = PlainSlimCAE.from_model(model).eval()
                 plain = cache["plain"]
-                gc.collect()
-                pre = _status_kb("VmRSS") or 0
-                t_first = time.perf_counter()
-                b = plain_compress(plain, model, x, width)
-                t_first = time.perf_counter() - t_first
+                b, pre, t_first = _first_call(lambda: plain_compress(plain, model, x, width))
                 run = ((lambda: plain_compress(plain, model, x, width)) if op == "compress"
                        else (lambda: plain_decompress(plain, model, b)))
             else:
-                gc.collect()
-                pre = _status_kb("VmRSS") or 0
-                t_first = time.perf_counter()
-                b = model.compress(x, width, precision=p)
-                t_first = time.perf_counter() - t_first
+                b, pre, t_first = _first_call(lambda: model.compress(x, width, precision=p))
                 run = ((lambda: model.compress(x, width, precision=p)) if op == "compress"
                        else (lambda: model.decompress(b, precision=p)))
         for i in range(3):   # warm-up: oneDNN primitives, weight caches, lazy allocations, and

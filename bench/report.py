@@ -263,6 +263,19 @@ def _f(v, nd=1):
     return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+def _memory_table(mem: List[Dict], field: str, widths) -> List[str]:
+    """Markdown rows of the memory children's ``field`` per width and op: ours fp32 / bf16
+    and plain fp32 (header included)."""
+    v = {(m["impl"], m["precision"], m["width"], m["op"]): m[field] for m in mem if field in m}
+    rows = ["| width | op | ours fp32 | ours bf16 | plain fp32 |", "|---|---|---|---|---|"]
+    for op in ("compress", "decompress"):
+        for w in widths:
+            rows.append(f"| {w} | {op} | {_f(v.get(('ours', 'fp32', w, op)))} | "
+                        f"{_f(v.get(('ours', 'bf16', w, op)))} | "
+                        f"{_f(v.get(('plain', 'fp32', w, op)))} |")
+    return rows
+
+
 def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers: List[Dict],
              gl: Dict, cuda_md: str, ext_layers: Dict, gl_prop: Dict = None) -> str:
     L = [f"# Benchmarks on `{meta['machine']}`", "",
@@ -343,13 +356,7 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
               "glibc returning every block >= 64 KiB to the OS on free (a CPU replay, "
               "`slimkernels.cpu_replay`, holds no activations between calls: the measured call "
               "is one, bf16 w=48 / 72 here).", "",
-              "| width | op | ours fp32 | ours bf16 | plain fp32 |", "|---|---|---|---|---|"]
-        mm = {(m["impl"], m["precision"], m["width"], m["op"]): m["peak_mib"] for m in mem}
-        for op in ("compress", "decompress"):
-            for w in meta["widths"]:
-                L.append(f"| {w} | {op} | {_f(mm.get(('ours', 'fp32', w, op)))} | "
-                         f"{_f(mm.get(('ours', 'bf16', w, op)))} | "
-                         f"{_f(mm.get(('plain', 'fp32', w, op)))} |")
+              *_memory_table(mem, "peak_mib", meta["widths"])]
         c = [(m["op"], m["peak_mib"]) for m in mem if m["impl"] == "compressai"]
         if c:
             L += ["", "CompressAI factorized q6: " + ", ".join(f"{op} {v:.1f} MiB" for op, v in c)]
@@ -365,20 +372,13 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
                   "|---|---|---|---|---|"]
             L += [f"| {m['impl']} | {m['precision']} | {m['width']} | {m['op']} | "
                   f"{m['first_call_ms']:.1f} |" for m in first]
-        kept = {(m["impl"], m["precision"], m["width"], m["op"]): m["retained_mib"] for m in mem
-                if "retained_mib" in m}
-        if kept:
+        if any("retained_mib" in m for m in mem):
             L += ["", "Memory a configuration keeps resident between calls (MiB: the RSS after "
                   "its three warm-up calls above the RSS before its first call, in the same "
                   "process after the configurations measured before it: the weight "
                   "caches, prepacked and cast weights and CPU replays ours keeps, which the "
                   "peaks above exclude; `model.clear_caches()` frees them):", "",
-                  "| width | op | ours fp32 | ours bf16 | plain fp32 |", "|---|---|---|---|---|"]
-            for op in ("compress", "decompress"):
-                for w in meta["widths"]:
-                    L.append(f"| {w} | {op} | {_f(kept.get(('ours', 'fp32', w, op)))} | "
-                             f"{_f(kept.get(('ours', 'bf16', w, op)))} | "
-                             f"{_f(kept.get(('plain', 'fp32', w, op)))} |")
+                  *_memory_table(mem, "retained_mib", meta["widths"])]
         L.append("")
     def goal_table(gs):
         out = ["| goal | target | value | met |", "|---|---|---|---|"]

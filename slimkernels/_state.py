@@ -106,6 +106,13 @@ def state_dict_mismatch(module: torch.nn.Module, sd: Dict) -> Tuple[List[str], L
     return sorted(want - set(sd)), sorted(set(sd) - want)
 
 
+def describe_mismatch(missing: List[str], unexpected: List[str], shown: int = 3) -> str:
+    """``"N missing key(s) (e.g. [...]), M unexpected (e.g. [...])"`` for
+    :func:`state_dict_mismatch`'s lists (a few keys of each)."""
+    return (f"{len(missing)} missing key(s) (e.g. {missing[:shown]}), {len(unexpected)} "
+            f"unexpected (e.g. {unexpected[:shown]})")
+
+
 def first_non_finite(tensors: Dict[str, torch.Tensor]) -> Optional[str]:
     """The name of the first floating-point tensor of ``tensors`` holding NaN or inf, else
     None."""

@@ -111,8 +111,8 @@ def _check_int(v, name, lo, hi=None):
     return v
 
 
-#: Above this many threads or streams the coder clamps anyway (threads to 256 and the streams,
-#: streams to the symbol count): larger ints are clamped here before they reach the C++ ints.
+#: Threads and streams above this are clamped here, before they reach the C++ ints (the coder
+#: itself caps threads at 256 and the streams, and streams at the symbol count).
 _CLAMP = 1 << 30
 
 

@@ -60,6 +60,14 @@ class _SlimMixin:
             return
         super().__setattr__(name, value)
 
+    def _init_geometry(self) -> None:
+        """The square kernel size, then (through :meth:`__setattr__`) the stride, padding and
+        output_padding ints the forward passes to the op, from nn's tuples."""
+        self._k = _single(self.kernel_size, "kernel_size")
+        for name in _GEOMETRY:
+            if hasattr(self, name):
+                setattr(self, name, getattr(self, name))
+
     def _init_widths(self, widths: Optional[Sequence[int]], full: int):
         self.slim_output = widths is not None
         if widths is None:
@@ -111,9 +119,7 @@ class SlimConv2d(_SlimMixin, nn.Conv2d):
             padding = _string_padding(padding, kernel_size, stride)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          bias=bias, **kwargs)
-        self._k = _single(self.kernel_size, "kernel_size")
-        self._s = _single(self.stride, "stride")
-        self._p = _single(self.padding, "padding")
+        self._init_geometry()
         self._init_widths(widths, out_channels)
 
     def forward(self, x: torch.Tensor, width: Optional[int] = None,
@@ -145,10 +151,7 @@ class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
                 raise ValueError(f"SlimConvTranspose2d supports {k}=1 only")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          output_padding=output_padding, bias=bias, **kwargs)
-        self._k = _single(self.kernel_size, "kernel_size")
-        self._s = _single(self.stride, "stride")
-        self._p = _single(self.padding, "padding")
-        self._op = _single(self.output_padding, "output_padding")
+        self._init_geometry()
         self._init_widths(widths, out_channels)
 
     def forward(self, x: torch.Tensor, width: Optional[int] = None,

@@ -35,11 +35,11 @@ from .._cpu import cpu_kernels
 from ..backend import resolve_backend
 from . import conv_image, image_io, winograd
 from . import _cache
-from ._cache import _PACK_CACHE, _cached
+from ._cache import _PACK_CACHE, _cached  # noqa: F401 (_PACK_CACHE: tests read it here)
 from ._raw import cpu_capability
-from .gdn import (_cpu_kernel_gdn, _kernel_scalars, _packed_gamma, _params_readable,
-                  cpu_kernels_available)
-from .gdn import _check_gdn_scalars
+from .gdn import _SCALAR_NAMES as _GDN_SCALARS
+from .gdn import (_check_gdn_scalars, _cpu_kernel_gdn, _kernel_scalars, _packed_gamma,
+                  _params_readable, cpu_kernels_available)
 from .gdn import gdn as _gdn
 
 
@@ -75,7 +75,6 @@ def _gdn_kwargs(spec, inverse: bool, backend: str):
     return kw
 
 
-_GDN_SCALARS = ("gamma_scale", "gamma_bias", "beta_scale", "beta_bias")
 _GDN_KEYS = {"beta", "gamma", "inverse", "backend", *_GDN_SCALARS}
 
 
@@ -870,8 +869,7 @@ def _apply_gdn(y, kw):
         return y
     if y.is_cpu and not _needs_grad(y) and not _gdn_params_need_grad(kw):
         if y.dtype in (torch.float32, torch.bfloat16) and CPU_FUSED_GDN:
-            scalars = tuple(kw.get(n) for n in ("gamma_scale", "gamma_bias", "beta_scale",
-                                                "beta_bias"))
+            scalars = tuple(kw.get(n) for n in _GDN_SCALARS)
             out = _cpu_kernel_gdn(y, kw["beta"], kw["gamma"], kw["inverse"], scalars)
             if out is not None:
                 return out
@@ -882,6 +880,9 @@ def _apply_gdn(y, kw):
 
 
 def _check(x, weight, bias, name, transposed, stride, padding):
+    """Checks a conv op's arguments (ValueError naming the first problem); returns
+    ``(stride, padding)`` as plain ints (numpy ints pass the checks; Triton's launcher takes
+    only plain ones)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"{name}: x must be a 4-D [N, C, H, W] tensor, got "
                          f"{getattr(x, 'shape', type(x))}")
@@ -914,6 +915,7 @@ def _check(x, weight, bias, name, transposed, stride, padding):
     if not transposed and (x.shape[-2] + 2 * padding < kh or x.shape[-1] + 2 * padding < kw):
         raise ValueError(f"{name}: x {tuple(x.shape)} is smaller than the {kh}x{kw} kernel with "
                          f"padding {padding}")
+    return int(stride), int(padding)
 
 
 # -- CPU: direct AMX-BF16 conv for narrow widths (csrc/cpu/conv_amx.cpp) ---------------------------
@@ -1155,8 +1157,7 @@ def _amx_epilogue_gdn(kw, c: int, ci: int, phases: int = 1):
             not cpu_kernels_available() or _gdn_params_need_grad(kw):
         return None
     beta, gamma = kw["beta"], kw["gamma"]
-    scalars = _kernel_scalars(tuple(kw.get(n) for n in ("gamma_scale", "gamma_bias",
-                                                        "beta_scale", "beta_bias")))
+    scalars = _kernel_scalars(tuple(kw.get(n) for n in _GDN_SCALARS))
     if scalars is None or not _params_readable(beta, gamma, c):
         return None
     gs, gb, bs, bb = scalars
@@ -1481,9 +1482,7 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     Gradients flow to x, the active slice of ``weight`` (the rest of its gradient is zero),
     ``bias`` and the GDN parameters.
     """
-    _check(x, weight, bias, "slim_conv2d", False, stride, padding)
-    if type(stride) is not int or type(padding) is not int:   # numpy ints: plain (Triton's
-        stride, padding = int(stride), int(padding)            # launcher takes only these)
+    stride, padding = _check(x, weight, bias, "slim_conv2d", False, stride, padding)
     co = _out_width(out_width, weight.shape[0], "slim_conv2d")
     name = resolve_backend(x, backend)
     kw = _gdn_kwargs(gdn, False, name)
@@ -1552,9 +1551,7 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         with ``out_clamp``).
     """
     clamp = _check_clamp(out_clamp, "slim_conv_transpose2d")
-    _check(x, weight, bias, "slim_conv_transpose2d", True, stride, padding)
-    if type(stride) is not int or type(padding) is not int:   # numpy ints: plain ints
-        stride, padding = int(stride), int(padding)
+    stride, padding = _check(x, weight, bias, "slim_conv_transpose2d", True, stride, padding)
     co = _out_width(out_width, weight.shape[1], "slim_conv_transpose2d")
     if not is_int(output_padding) or output_padding < 0 or output_padding >= stride:
         raise ValueError(f"slim_conv_transpose2d: output_padding={output_padding!r} must be an "

@@ -11,7 +11,7 @@ from typing import Dict, Optional
 import torch
 
 from .._device import check_device
-from .._state import state_dict_mismatch
+from .._state import describe_mismatch, state_dict_mismatch
 from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
 
@@ -83,8 +83,7 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     missing, unexpected = state_dict_mismatch(model, sd)
     if missing or unexpected:
         raise ValueError(f"{path} does not match the model its config describes: "
-                         f"{len(missing)} missing key(s) (e.g. {missing[:3]}), {len(unexpected)} "
-                         f"unexpected (e.g. {unexpected[:3]}): a damaged or foreign file")
+                         f"{describe_mismatch(missing, unexpected)}: a damaged or foreign file")
     model.load_state_dict(sd)
     model = model.to(device).eval()
     if averaged or not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):

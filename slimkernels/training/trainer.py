@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from .._checks import is_int, too_many_threads
 from .._device import check_device
-from .._state import first_non_finite, state_dict_mismatch
+from .._state import describe_mismatch, first_non_finite, state_dict_mismatch
 from ..codec import native_bf16
 from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
@@ -372,9 +372,8 @@ class Trainer:
                 missing, extra = state_dict_mismatch(self.model, sd)
                 if missing or extra:   # (torch's own error lists every key: kilobytes)
                     raise ValueError(f"--init file {cfg.init} does not fit this model (--widths "
-                                     f"{cfg.widths}, --gdn {cfg.gdn}): {len(missing)} missing "
-                                     f"key(s) (e.g. {missing[:2]}), {len(extra)} unexpected "
-                                     f"(e.g. {extra[:2]})")
+                                     f"{cfg.widths}, --gdn {cfg.gdn}): "
+                                     f"{describe_mismatch(missing, extra, 2)}")
                 self.model.load_state_dict(sd)
                 msg = f"initialized weights from {cfg.init}"
                 if cfg.init_continue:
