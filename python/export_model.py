@@ -37,6 +37,29 @@ def load_checkpoint(path: str) -> dict:
     return ck
 
 
+def _log_up_to(path: str, step: int):
+    """``(last validation record, lambda-update records)`` of the run's ``log.jsonl`` at
+    ``path`` up to the exported checkpoint's ``step``: records written after it (a run killed
+    after its last checkpoint, then resumed, logs those steps again) are left out, and of the
+    records of one step the last is kept. A line cut short by a crash is skipped."""
+    if not os.path.exists(path):
+        return None, []
+    vals, updates = {}, {}
+    with open(path) as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(r, dict) or not isinstance(r.get("step"), int) or r["step"] > step:
+                continue
+            if r.get("event") == "val":
+                vals[r["step"]] = r
+            elif r.get("event") == "lambda_update":
+                updates[r["step"]] = r
+    return (vals[max(vals)] if vals else None), [updates[k] for k in sorted(updates)]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("checkpoint")
@@ -62,14 +85,10 @@ def main(argv=None) -> int:
     model = load_model(args.checkpoint, weights="ema" if use_ema else "train")  # + CDF tables
     weights = f"ema (decay {ck.get('ema_decay')})" if use_ema else "train"
     log = os.path.join(os.path.dirname(args.checkpoint), "log.jsonl")
-    val, lambda_updates = None, []
-    if os.path.exists(log):
-        for line in open(log):
-            r = json.loads(line)
-            if r.get("event") == "val":
-                val = r
-            elif r.get("event") == "lambda_update":
-                lambda_updates.append(r)
+    val, updates = _log_up_to(log, ck["step"])
+    sched = ck.get("scheduler")
+    lambda_updates = sched["history"] if isinstance(sched, dict) and \
+        isinstance(sched.get("history"), list) else updates
     info = {"steps": ck["step"], "batch": cfg["batch"], "crop": cfg["crop"],
             "crop_large": cfg["crop_large"], "large_after": cfg["large_after"],
             "lambdas_initial": cfg["lambdas"], "lambdas_final": ck["lambdas"],

@@ -26,6 +26,10 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
         elif isinstance(default, list):
             p.add_argument(name, nargs="+", type=type(default[0]), default=default,
                            help=doc.replace("%(default)s", " ".join(map(str, default))))
+        elif default is None and f.metadata.get("arg_type") is not None:   # (unset: resolved
+            many = str(f.type).startswith("Optional[List")                   # by the trainer)
+            p.add_argument(name, nargs="+" if many else None, type=f.metadata["arg_type"],
+                           default=None, help=f.metadata.get("help", "") + " (default: unset)")
         else:
             p.add_argument(name, type=type(default), default=default, help=doc)
     return p

@@ -62,6 +62,12 @@ class LambdaScheduler:
             # (a NaN slope never compares greater: the lambdas kept falling at every call)
             raise ValueError(f"validation results must be finite, got bpp {list(bpp)} and psnr "
                              f"{list(psnr)}")
+        if self.max_reductions == 0:   # (no reduction allowed: the search has nothing to do)
+            self.done = True
+            self.history.append({"pair": self.i, "reductions": 0, "slope": None, "s_ref": None,
+                                 "bpp": list(map(float, bpp)), "psnr": list(map(float, psnr)),
+                                 "lambdas_before": list(self.lambdas), "action": "done"})
+            return None
         s = rd_slope(bpp, psnr, self.i)
         event = {"pair": self.i, "reductions": self.m, "slope": s, "s_ref": self.s_ref,
                  "bpp": list(map(float, bpp)), "psnr": list(map(float, psnr)),

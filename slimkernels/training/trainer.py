@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional
 
@@ -28,10 +29,11 @@ from .data import CropSampler, center_crops, list_images, load_rgb, split_train_
 from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler
 
 
-def _opt(default, help: str, factory=None, auto_bool: bool = False):
+def _opt(default, help: str, factory=None, auto_bool: bool = False, arg_type=None):
     """A :class:`TrainConfig` field with its command-line help (``metadata["help"]``);
-    ``auto_bool``: a switch whose default ``None`` means "decide from the device"."""
-    meta = {"help": help, "auto_bool": auto_bool}
+    ``auto_bool``: a switch whose default ``None`` means "decide from the device";
+    ``arg_type``: the command-line type of an option whose default is None (a list's items)."""
+    meta = {"help": help, "auto_bool": auto_bool, "arg_type": arg_type}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -47,9 +49,11 @@ class TrainConfig:
     widths: List[int] = _opt(None, "sub-network widths (latent channels), widest first",
                              factory=lambda: [192, 144, 96, 72, 48])
     gdn: str = _opt("switch", "GDN variant: switch (SwitchGDN), slim (SlimGDN) or slim+ (SlimGDN+)")
-    lambdas: List[float] = _opt(None, "rate-distortion lambda of each width "
-                                "(loss = bpp + lambda * 255^2 * MSE)",
-                                factory=lambda: list(PREDEFINED_LAMBDAS))
+    lambdas: Optional[List[float]] = _opt(
+        None, "rate-distortion lambda of each width (loss = bpp + lambda * 255^2 * MSE). Unset: "
+        "the predefined ladder 0.0315 0.0157 0.00787 0.00394 0.00197; with --schedule all "
+        "equal to 4000 / 255^2 (~0.0615), where the paper's search starts; a resumed run: "
+        "those it started with", arg_type=float)
     batch: int = _opt(8, "images per step")
     crop: int = _opt(128, "random crop size (pixels) of the first steps")
     crop_large: int = _opt(256, "crop size after --large-after steps")
@@ -59,7 +63,9 @@ class TrainConfig:
     aux_lr: float = _opt(1e-3, "Adam learning rate of the entropy models' quantiles (aux loss)")
     clip: float = _opt(1.0, "gradient-norm clipping (0: off)")
     ema: float = _opt(0.999, "decay of a moving average of the weights (0: off); validation, "
-                      "the lambda scheduler and the export use it")
+                      "the lambda scheduler and the export use it. Warmed up: step t (from 0) "
+                      "averages with decay min(ema, (1 + t) / (10 + t)), so that the first "
+                      "thousands of steps are not dominated by the random initial weights")
     bf16: Optional[bool] = _opt(None, "bf16 autocast for the transforms; the entropy model and "
                                 "the loss stay fp32. Unset: on where the device computes bf16 "
                                 "natively (CPU with AMX-BF16 or AVX512-BF16, CUDA sm80+), off "
@@ -83,7 +89,10 @@ class TrainConfig:
     schedule: bool = _opt(False, "lambda scheduling (Yang et al. 2021): scale the narrower widths' "
                           "lambdas while the RD chord slope keeps falling; the widest never "
                           "changes")
-    schedule_start: int = _opt(0, "first scheduler validation at this step")
+    schedule_start: Optional[int] = _opt(
+        None, "first scheduler validation at this step (the search's first reference slope). "
+        "Unset: half of --steps (the paper trains with equal lambdas first, then searches)",
+        arg_type=int)
     schedule_steps: int = _opt(2000, "fine-tuning steps between lambda updates (T)")
     init: str = _opt("", "weights to start from (a state_dict or a checkpoint)")
     init_continue: bool = _opt(False, "with --init: continue its step count and lambdas")
@@ -105,10 +114,12 @@ class TrainConfig:
             if v < s or v % s:
                 raise ValueError(f"--{name.replace('_', '-')} {v}: must be a positive multiple "
                                  f"of {s} (the model's total stride)")
+        if self.schedule_start is not None and not is_int(self.schedule_start):
+            raise ValueError(f"--schedule-start {self.schedule_start!r}: must be an int")
         for name, lo in (("batch", 1), ("steps", 0), ("val_every", 0), ("val_split", 2),
                          ("schedule_steps", 1), ("threads", 0), ("large_after", 0),
                          ("schedule_start", 0)):
-            if getattr(self, name) < lo:
+            if getattr(self, name) is not None and getattr(self, name) < lo:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be "
                                  f">= {lo}")
         if too_many_threads(self.threads):
@@ -129,9 +140,29 @@ class TrainConfig:
             raise ValueError(f"--widths {list(self.widths)}: must be distinct and widest first "
                              f"(e.g. {sorted(set(self.widths), reverse=True)}), each lambda "
                              f"paired with the width at its place")
-        if any(not 0 < lam < math.inf for lam in self.lambdas):
+        if self.lambdas is not None and any(not 0 < lam < math.inf for lam in self.lambdas):
             raise ValueError(f"--lambdas {self.lambdas}: must be finite and > 0")
+        if self.init_continue and not self.init:
+            raise ValueError("--init-continue continues the step count and lambdas of an --init "
+                             "file: give --init MODEL (or leave out --init-continue)")
 
+    def default_lambdas(self) -> List[float]:
+        """The lambdas of a new run when ``lambdas`` is unset: all equal to
+        :data:`SCHEDULE_START_LAMBDA` with ``schedule`` (the paper's search starts from equal
+        lambdas), else :data:`PREDEFINED_LAMBDAS` (the first ``len(widths)``; a longer width
+        list repeats the last one halved)."""
+        k = len(self.widths)
+        if self.schedule:
+            return [SCHEDULE_START_LAMBDA] * k
+        out = list(PREDEFINED_LAMBDAS[:k])
+        while len(out) < k:
+            out.append(out[-1] / 2)
+        return out
+
+
+#: The paper's starting lambda of every width for the lambda search (4000 on the [0, 1]-MSE
+#: scale of the official code, SLIMCAE.md) in the 255^2 convention.
+SCHEDULE_START_LAMBDA = 4000 / 255 ** 2
 
 #: What a run folder's checkpoint must share with the options that resume it.
 _RUN_IDENTITY = ("widths", "gdn", "lambdas")
@@ -147,7 +178,8 @@ def _check_same_run(saved: Optional[Dict], cfg: "TrainConfig", path: str) -> Non
     def same(a, b):
         return list(a) == list(b) if isinstance(a, (list, tuple)) else a == b
     diff = [f"--{k} {saved[k]!r} (now {getattr(cfg, k)!r})" for k in _RUN_IDENTITY
-            if k in saved and not same(saved[k], getattr(cfg, k))]
+            if k in saved and getattr(cfg, k) is not None and saved[k] is not None
+            and not same(saved[k], getattr(cfg, k))]
     if diff:
         raise ValueError(f"{path} belongs to a run started with {', '.join(diff)}: resume it "
                          f"with the same options, or choose another --out for a new run")
@@ -257,6 +289,22 @@ def _init_progress(ck, path: str):
                      "the count at 0")
 
 
+def ema_decay(ema: float, step: int) -> float:
+    """The weight average's decay at training step ``step`` (0 for the first): ``min(ema,
+    (1 + step) / (10 + step))``, a warm-up (as TensorFlow's ExponentialMovingAverage with
+    ``num_updates``) so that the average of a short run is not mostly the random initial weights
+    (with a constant 0.999, 37 % of it after 1000 steps)."""
+    return min(float(ema), (1.0 + step) / (10.0 + step))
+
+
+def _resume_seed(seed: int, rank: int, step: int, what: str) -> int:
+    """The seed of RNG ``what`` ("noise", "crops") of rank ``rank`` of a multi-process run
+    resumed at ``step`` (distinct per rank, per RNG and per resume step)."""
+    import hashlib
+    h = hashlib.sha256(f"slimkernels-resume {what} {seed} {rank} {step}".encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
 def _rank_world():
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -275,8 +323,10 @@ class Trainer:
     """Runs :class:`TrainConfig`; resumes from ``<out>/checkpoint.pt`` when it exists."""
 
     def __init__(self, cfg: TrainConfig, log=print):
-        self.cfg = cfg
         cfg.check()
+        # an own copy: the unset lambdas and schedule start are resolved into it (and saved)
+        self.cfg = cfg = dataclasses.replace(cfg, lambdas=None if cfg.lambdas is None
+                                             else list(cfg.lambdas))
         check_quantization(cfg.quantization)
         self.rank, self.world = _rank_world()
         self._print = log
@@ -295,12 +345,16 @@ class Trainer:
         self.aux_opt = make_adam(aux, cfg.aux_lr)
         self.step = 0
         self.stopped_by = None   # the signal that ended the last fit(), if one did
-        self.lambdas = list(cfg.lambdas)
-        if len(self.lambdas) != len(cfg.widths):
-            raise ValueError(f"{len(cfg.widths)} widths but {len(self.lambdas)} lambdas")
-        self.scheduler = LambdaScheduler(self.lambdas) if cfg.schedule else None
+        if cfg.lambdas is not None and len(cfg.lambdas) != len(cfg.widths):
+            raise ValueError(f"{len(cfg.widths)} widths but {len(cfg.lambdas)} lambdas")
+        if cfg.schedule_start is None:
+            cfg.schedule_start = cfg.steps // 2
+        self.lambdas: List[float] = []   # set by _resume_or_init
+        # built by _resume_or_init from the lambdas the run trains with (not the options')
+        self.scheduler: Optional[LambdaScheduler] = None
         self.next_schedule = cfg.schedule_start
         self.sampler: Optional[CropSampler] = None
+        self._sampler_seed = cfg.seed + self.rank   # (a resumed multi-process run: its own)
         self.val_images: Optional[torch.Tensor] = None
         os.makedirs(cfg.out, exist_ok=True)
         self.ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
@@ -333,6 +387,9 @@ class Trainer:
                                                                      "step", "lambdas"))):
                 raise ValueError(f"{self.ckpt_path} is not a checkpoint of this trainer; move it "
                                  f"out of the run folder to start a new run there")
+            if cfg.lambdas is None:   # (unset: the lambdas the run started with)
+                saved = ck.get("config") if isinstance(ck.get("config"), dict) else {}
+                cfg.lambdas = list(saved.get("lambdas") or ck["lambdas"])
             _check_same_run(ck.get("config"), cfg, self.ckpt_path)
             self.model.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["opt"])
@@ -345,10 +402,11 @@ class Trainer:
                     group["fused"] = opt.defaults.get("fused")
                     group["foreach"] = opt.defaults.get("foreach")
             self.step = ck["step"]
-            self.lambdas = ck["lambdas"]
+            self.lambdas = list(ck["lambdas"])
             self.next_schedule = ck.get("next_schedule", self.next_schedule)
-            if self.scheduler is not None and ck.get("scheduler"):
-                self.scheduler.load_state_dict(ck["scheduler"])
+            # kept even when this run does not schedule: a later run with --schedule goes on
+            self._scheduler_state = ck.get("scheduler")
+            self._make_scheduler(self._scheduler_state, self.lambdas)
             self._sampler_state = ck.get("sampler")
             if cfg.ema > 0 and ck.get("ema") is not None:
                 names = [n for n, _ in self.model.named_parameters()]
@@ -358,9 +416,19 @@ class Trainer:
                 self.ema = {n: ck["ema"][n].to(self.device) for n in names}
             if ck.get("torch_rng") is not None and self.world == 1:
                 torch.set_rng_state(ck["torch_rng"])   # the training noise continues exactly
+            elif self.world > 1:
+                # one sampler state and RNG state are saved (rank 0's): each rank draws from a
+                # stream of its own, new at every resume (else every rank drew rank 0's crops)
+                torch.manual_seed(_resume_seed(cfg.seed, self.rank, self.step, "noise"))
+                self._sampler_seed = _resume_seed(cfg.seed, self.rank, self.step, "crops")
+                self._sampler_state = None
             self._print(f"resumed from {self.ckpt_path} at step {self.step}")
         else:
             self._sampler_state = None
+            self._scheduler_state = None
+            if cfg.lambdas is None:
+                cfg.lambdas = cfg.default_lambdas()
+            self.lambdas = list(cfg.lambdas)
             if cfg.init:
                 ck = _torch_load(cfg.init, self.device, "--init file",
                                  "pass a model file or a checkpoint of python/train.py")
@@ -385,14 +453,37 @@ class Trainer:
                         self.lambdas = list(lambdas)
                     msg += f"; continuing at step {self.step} with lambdas {self.lambdas}"
                     sched, due = _init_schedule(ck)
-                    if self.scheduler is not None and sched is not None:
-                        # the lambda schedule goes on where the exported run left it
-                        self.scheduler.load_state_dict(sched)
-                        self.lambdas = list(self.scheduler.lambdas)
-                        self.next_schedule = max(int(due or 0), self.step)
-                        msg += (f"; lambda schedule at pair {self.scheduler.i}, next update at "
-                                f"step {self.next_schedule}")
+                    if sched is not None:
+                        self._scheduler_state = sched
+                        self._make_scheduler(sched, lambdas)
+                        self.lambdas = list(self.scheduler.lambdas) if self.scheduler else \
+                            self.lambdas
+                        if self.scheduler is not None:
+                            # the lambda schedule goes on where the exported run left it
+                            self.next_schedule = max(int(due or 0), self.step)
+                            msg += (f"; lambda schedule at pair {self.scheduler.i}, next update "
+                                    f"at step {self.next_schedule}")
                 self._print(msg)
+            if self.scheduler is None:
+                self._make_scheduler(None, None)
+
+    def _make_scheduler(self, state: Optional[Dict], trained) -> None:
+        """``self.scheduler`` (with ``cfg.schedule``) from the lambdas the run trains with
+        (``self.lambdas``), continuing ``state`` when there is one. ``trained``: the training
+        lambdas recorded beside ``state`` (or None): where they differ from the state's (a
+        checkpoint of an older version, which restarted the search from the options' lambdas
+        after a resume without --schedule) they win, the search's progress kept."""
+        if not self.cfg.schedule:
+            self.scheduler = None
+            return
+        self.scheduler = LambdaScheduler(self.lambdas)
+        if state:
+            self.scheduler.load_state_dict(state)
+            if trained is not None and list(map(float, trained)) != self.scheduler.lambdas:
+                self._print(f"note: the saved lambda schedule had lambdas "
+                            f"{self.scheduler.lambdas}, the run trained with {list(trained)}: "
+                            f"it goes on from the latter")
+                self.scheduler.lambdas = [float(v) for v in trained]
 
     def save(self):
         """Atomically write ``checkpoint.pt`` (model, optimizers, step, lambdas, sampler)."""
@@ -409,7 +500,9 @@ class Trainer:
         ck = {"model": state, "opt": self.opt.state_dict(),
               "aux_opt": self.aux_opt.state_dict(), "step": self.step, "lambdas": self.lambdas,
               "next_schedule": self.next_schedule, "config": asdict(self.cfg),
-              "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+              # (without --schedule, the state a resumed run had: a later --schedule goes on)
+              "scheduler": (self.scheduler.state_dict() if self.scheduler
+                            else self._scheduler_state),
               "sampler": self.sampler.state_dict() if self.sampler else None,
               "ema": self.ema, "ema_decay": self.cfg.ema if self.ema is not None else None,
               "torch_rng": torch.get_rng_state()}
@@ -426,7 +519,7 @@ class Trainer:
         if shared:
             self._print(f"note: fewer than --val-split {cfg.val_split} images: the validation "
                         f"image {val_paths[0]} is also a training image")
-        self.sampler = CropSampler([load_rgb(p) for p in train_paths], seed=cfg.seed + self.rank,
+        self.sampler = CropSampler([load_rgb(p) for p in train_paths], seed=self._sampler_seed,
                                    by_area=cfg.sample_by_area)
         if self._sampler_state:
             self.sampler.load_state_dict(self._sampler_state)
@@ -463,7 +556,8 @@ class Trainer:
         self.aux_opt.step()
         if self._ema_pairs is not None:
             with torch.no_grad():
-                torch._foreach_lerp_(self._ema_pairs[0], self._ema_pairs[1], 1.0 - self.cfg.ema)
+                torch._foreach_lerp_(self._ema_pairs[0], self._ema_pairs[1],
+                                     1.0 - ema_decay(self.cfg.ema, self.step))
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"loss is {float(loss.detach())} at step {self.step}: lower the lr or "
                                      "resume from the last checkpoint")

@@ -1,5 +1,6 @@
 """Run by test_trainer.py under torchrun (2 CPU processes, gloo): a few DDP steps, then each
-rank saves its weights so the test can check that the replicas agree."""
+rank saves its weights so the test can check that the replicas agree; then each rank resumes
+the run and saves its first crops (the ranks' must differ)."""
 import os
 import sys
 
@@ -18,5 +19,10 @@ if rank == 0:
     torch.save({k: v.clone() for k, v in t.model.state_dict().items()}, os.path.join(out, "init.pt"))
 t.fit()
 torch.save(t.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+dist.barrier()
+# resumed: each rank must draw crops of its own (rank 0's saved sampler state was every rank's)
+r = Trainer(TrainConfig(**{**cfg.__dict__, "steps": 4}), log=lambda *_: None)
+r.load_data()
+torch.save(r.sampler.sample(2, 32), os.path.join(out, f"resumed_crops{rank}.pt"))
 dist.barrier()
 dist.destroy_process_group()

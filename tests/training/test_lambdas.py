@@ -80,3 +80,12 @@ def test_scheduler_refuses_non_finite_results_and_keeps_its_state_dict_apart():
         s.load_state_dict({"i": 1, "bogus": 1})
     with pytest.raises(ValueError, match="the state has 2 lambdas"):
         s.load_state_dict({"lambdas": [1.0, 2.0]})
+
+
+def test_no_reductions_allowed_leaves_the_lambdas():
+    """max_reductions=0: "at most 0 reductions" per pair, so the search ends at once (it reduced
+    once per pair)."""
+    s = LambdaScheduler([1.0, 1.0, 1.0], max_reductions=0)
+    assert s.observe([1.0, 0.5, 0.25], [30.0, 28.0, 26.0]) is None
+    assert s.done and s.lambdas == [1.0, 1.0, 1.0]
+    assert s.observe([1.0, 0.5, 0.25], [30.0, 28.0, 26.0]) is None

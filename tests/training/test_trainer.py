@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from slimkernels.training import TrainConfig, Trainer
+from slimkernels.training.trainer import SCHEDULE_START_LAMBDA, ema_decay
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -175,8 +176,10 @@ def test_weight_average_is_updated_saved_validated_and_exported(image_dir, tmp_p
     assert all(torch.equal(t.ema[n], before[n]) for n in before)      # starts at the weights
     x = t.sampler.sample(2, 32)
     t.train_step(x)
+    d0 = ema_decay(d, 0)                                               # (the warm-up's first)
+    assert d0 == pytest.approx(0.1)
     for n, p in t.model.named_parameters():                            # ema = d ema + (1-d) w
-        torch.testing.assert_close(t.ema[n], d * before[n] + (1 - d) * p.detach(),
+        torch.testing.assert_close(t.ema[n], d0 * before[n] + (1 - d0) * p.detach(),
                                    rtol=1e-6, atol=1e-7, msg=n)
     moved = [n for n, p in t.model.named_parameters() if not torch.equal(t.ema[n], p)]
     assert moved
@@ -399,6 +402,8 @@ def test_ddp_two_cpu_processes_keep_replicas_identical(image_dir, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     init = torch.load(out / "init.pt")
     assert any(not torch.equal(init[k], a[k]) for k in a)    # it did train
+    c0, c1 = (torch.load(out / f"resumed_crops{r}.pt") for r in (0, 1))
+    assert not torch.equal(c0, c1)                           # resumed ranks draw their own
 
 
 def test_sigterm_checkpoints_and_stops(image_dir, tmp_path):
@@ -565,3 +570,100 @@ def test_cli_exit_code_says_a_signal_stopped_the_run(image_dir, tmp_path):
     step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
     assert 0 < step < 10 ** 6
     assert run(_cfg(image_dir, tmp_path / "done", steps=2, val_every=0)) == 0
+
+
+def test_weight_average_warms_up():
+    """The average's decay grows from 0.1 to --ema: after 1000 steps at 0.999 a constant decay
+    left 37 % of the random initial weights in what validation and the export use."""
+    assert [ema_decay(0.999, t) for t in (0, 1, 10, 90)] == pytest.approx(
+        [0.1, 2 / 11, 11 / 20, 91 / 100])
+    assert ema_decay(0.999, 10 ** 5) == 0.999 and ema_decay(0.5, 10) == 0.5
+    left = 1.0
+    for t in range(1000):
+        left *= ema_decay(0.999, t)
+    assert left < 1e-3
+
+
+def test_scheduler_starts_from_the_lambdas_the_run_trains_with(image_dir, tmp_path):
+    """--init --init-continue --schedule from a file without a schedule state: the search starts
+    from the file's lambdas (it was built from --lambdas and overwrote them, the widest too)."""
+    from slimkernels.pretrained import save_model
+    t = Trainer(_cfg(image_dir, tmp_path / "a", lambdas=[0.02, 0.004], steps=1, val_every=0),
+                log=lambda *_: None).fit()
+    path = str(tmp_path / "model.pt")
+    t.model.update()
+    save_model(t.model, path, info={"steps": t.step, "lambdas_final": t.lambdas})
+    cont = Trainer(_cfg(image_dir, tmp_path / "c", init=path, init_continue=True, schedule=True,
+                        schedule_start=2, schedule_steps=1, steps=3, val_every=0),
+                   log=lambda *_: None)
+    assert cont.lambdas == [0.02, 0.004] and cont.scheduler.lambdas == [0.02, 0.004]
+    cont.fit()
+    assert cont.lambdas[0] == 0.02 and cont.lambdas[1] == pytest.approx(0.004 * 0.8)
+
+
+def test_resume_without_schedule_keeps_the_schedule_state(image_dir, tmp_path):
+    """A resume without --schedule (a fine-tune) keeps the saved search state, so that a later
+    resume with --schedule goes on with it (the state was dropped: the search restarted at the
+    widest pair from the options' lambdas, raising the narrow ones again)."""
+    kw = dict(widths=[8, 6, 4], lambdas=[0.01, 0.005, 0.002], val_every=0, schedule_steps=2)
+    a = Trainer(_cfg(image_dir, tmp_path / "r", steps=4, schedule=True, schedule_start=2, **kw),
+                log=lambda *_: None).fit()
+    st = a.scheduler.state_dict()
+    assert st["m"] >= 1
+    b = Trainer(_cfg(image_dir, tmp_path / "r", steps=5, schedule=False, **kw),
+                log=lambda *_: None).fit()
+    assert b.scheduler is None and b.lambdas == a.lambdas
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    assert ck["scheduler"] == st
+    c = Trainer(_cfg(image_dir, tmp_path / "r", steps=6, schedule=True, **kw),
+                log=lambda *_: None)
+    cst = c.scheduler.state_dict()
+    for k in ("i", "m", "s_ref", "lambdas", "history"):
+        assert cst[k] == st[k], k
+    assert c.lambdas == a.lambdas
+
+
+def test_schedule_defaults_follow_the_paper(image_dir, tmp_path):
+    """--schedule without --lambdas starts from equal lambdas (4000 on the [0, 1]-MSE scale) and
+    takes its first reference slope at half of --steps; without --schedule the predefined
+    ladder; a resumed run without --lambdas takes the ones it started with."""
+    base = dict(lambdas=None, widths=[8, 6, 4], val_every=0)
+    t = Trainer(_cfg(image_dir, tmp_path / "s", schedule=True, steps=8, **base),
+                log=lambda *_: None)
+    assert t.lambdas == [SCHEDULE_START_LAMBDA] * 3 and t.next_schedule == 4
+    assert SCHEDULE_START_LAMBDA == pytest.approx(4000 / 255 ** 2)
+    u = Trainer(_cfg(image_dir, tmp_path / "u", steps=1, **base), log=lambda *_: None).fit()
+    assert u.lambdas == [0.0315, 0.0157, 0.00787]
+    r = Trainer(_cfg(image_dir, tmp_path / "u", steps=2, **base), log=lambda *_: None)
+    assert r.lambdas == u.lambdas and r.cfg.lambdas == u.lambdas
+    with pytest.raises(ValueError, match="belongs to a run started with --lambdas"):
+        Trainer(_cfg(image_dir, tmp_path / "u", steps=2, widths=[8, 6, 4],
+                     lambdas=[0.02, 0.01, 0.005]), log=lambda *_: None)
+
+
+def test_init_continue_needs_init(image_dir, tmp_path):
+    with pytest.raises(ValueError, match="--init-continue .* give --init"):
+        Trainer(_cfg(image_dir, tmp_path / "x", init_continue=True), log=lambda *_: None)
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_info_ignores_log_records_after_the_checkpoint(image_dir, tmp_path):
+    """A run killed after its last checkpoint and resumed logs those steps again: the export's
+    last validation and lambda-update count describe the exported checkpoint only."""
+    t = Trainer(_cfg(image_dir, tmp_path / "k", widths=[8, 6, 4], lambdas=[0.01, 0.005, 0.002],
+                     steps=4, schedule=True, schedule_start=2, schedule_steps=2, val_every=2),
+                log=lambda *_: None).fit()
+    log = tmp_path / "k" / "log.jsonl"
+    with open(log, "a") as f:   # what a killed continuation wrote after step 4, and a cut line
+        f.write(json.dumps({"event": "val", "step": 9, "bpp": [1, 1, 1], "psnr": [9, 9, 9]})
+                + "\n")
+        f.write(json.dumps({"event": "lambda_update", "step": 8, "action": "reduce"}) + "\n")
+        f.write('{"event": "val", "st')
+    out = tmp_path / "m.pt"
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "python", "export_model.py"),
+                          str(tmp_path / "k" / "checkpoint.pt"), str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    info = torch.load(out, weights_only=False)["info"]
+    assert info["last_validation"]["step"] == 4
+    assert info["lambda_updates"] == len(t.scheduler.history) >= 1
