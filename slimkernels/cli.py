@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from typing import List, Optional
 
 from ._checks import MAX_THREADS_PER_CPU, too_many_threads  # noqa: F401 (re-exported)
@@ -125,7 +126,7 @@ def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]
         if os.path.exists(o) and not os.path.isfile(o):
             raise CLIError(f"{o} exists and is not a regular file (a folder, device or FIFO): "
                            f"not replacing it, even with --force")
-        if ext == ".slim" and os.path.splitext(o)[1].lower() in _IMAGE_EXTENSIONS:
+        if ext == ".slim" and os.path.splitext(o)[1].lower() in _image_extensions():
             raise CLIError(f"{o}: compress writes a .slim file, not an image: name it .slim")
         folder = os.path.dirname(os.path.abspath(o))
         if not os.path.isdir(folder):
@@ -137,6 +138,39 @@ def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]
 _IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".gif"}
 
 
+def _image_extensions() -> set:
+    """Lower-case file extensions of images (ours and every one Pillow registers: .pgm, .jfif,
+    .tga, ...): a ``compress`` output named so would put .slim bytes in an image's name (with
+    --force over an existing image)."""
+    from PIL import Image
+    return (_IMAGE_EXTENSIONS | {e.lower() for e in Image.registered_extensions()}) - {".slim"}
+
+
+def _batch(pairs, one, desc: str, quiet: bool) -> None:
+    """``one(src, dst)`` for each pair (with the progress bar). When one fails (or Ctrl-C), the
+    outputs this batch created are removed before the error goes on, so that the batch wrote
+    nothing new and its rerun needs no --force (files it replaced under --force stay
+    replaced)."""
+    created = []
+    try:
+        for src, dst in _progress(pairs, not quiet, desc):
+            existed = os.path.lexists(dst)
+            one(src, dst)
+            if not existed:
+                created.append(dst)
+    except BaseException:
+        for d in created:
+            try:
+                os.remove(d)
+            except OSError:
+                pass
+        if created:
+            print(f"slimkernels: the batch stopped: removed the {len(created)} file(s) it had "
+                  f"written ({', '.join(created[:3])}{', ...' if len(created) > 3 else ''})",
+                  file=sys.stderr)
+        raise
+
+
 def _check_images(paths: List[str]) -> None:
     """CLIError for the first input that is not an image Pillow recognizes, from its header
     alone (cheap), before any output is written: a batch no longer stops half-way on a text
@@ -146,8 +180,10 @@ def _check_images(paths: List[str]) -> None:
     from .io import open_image
     for p in paths:
         try:
-            with Image.open(p):
-                pass
+            with warnings.catch_warnings():   # (read_image notes a large image itself)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(p):
+                    pass
         except Image.DecompressionBombError:
             try:
                 open_image(p)   # (its message: too large to read safely, and what to do)
@@ -215,7 +251,8 @@ def cmd_compress(args) -> int:
     outs = _outputs(args.inputs, args.output, ".slim", args.force)
     _check_images(args.inputs)
     model = _load(args)
-    for src, dst in _progress(list(zip(args.inputs, outs)), not args.quiet, "compress"):
+
+    def one(src, dst):
         try:
             x, note = read_image(src)
         except (ValueError, FileNotFoundError) as e:
@@ -243,6 +280,7 @@ def cmd_compress(args) -> int:
         if not fits:
             print(f"{src}: note: no width reaches --target-bpp {args.target_bpp:g}; wrote the "
                   f"narrowest, {width} ({bpp:.4f} bpp)", file=sys.stderr)
+    _batch(list(zip(args.inputs, outs)), one, "compress", args.quiet)
     return EXIT_OK
 
 
@@ -254,7 +292,8 @@ def cmd_decompress(args) -> int:
     outs = _outputs(args.inputs, args.output, ".png", args.force)
     _check_slim_files(args.inputs)
     model = _load(args)
-    for src, dst in _progress(list(zip(args.inputs, outs)), not args.quiet, "decompress"):
+
+    def one(src, dst):
         fmt = {".png": "PNG", ".bmp": "BMP", ".ppm": "PPM", ".tif": "TIFF", ".tiff": "TIFF",
                ".webp": "WEBP"}.get(os.path.splitext(dst)[1].lower())
         if fmt is None:
@@ -271,6 +310,7 @@ def cmd_decompress(args) -> int:
         atomic_write_bytes(dst, image_to_png_bytes(x, fmt), overwrite=args.force)
         if not args.quiet:
             print(f"{src} -> {dst}: {x.shape[-1]}x{x.shape[-2]}, {dt * 1e3:.1f} ms")
+    _batch(list(zip(args.inputs, outs)), one, "decompress", args.quiet)
     return EXIT_OK
 
 
@@ -382,6 +422,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_ERROR
     except (ValueError, RuntimeError, OSError, FloatingPointError) as e:
         _err(f"{type(e).__name__}: {e}")
+        return EXIT_ERROR
+    except MemoryError:
+        _err("out of memory (the image or the batch is too large for this machine's memory)")
         return EXIT_ERROR
 
 

@@ -411,3 +411,54 @@ def test_target_bpp_measures_the_file_it_writes(model_file, images, tmp_path, ca
                      "--target-bpp", bad]) == 1
         assert "--target-bpp must be a finite number > 0" in capsys.readouterr().err
     assert not (tmp_path / "b.slim").exists()
+
+
+@pytest.mark.parametrize("op", ["compress", "decompress"])
+def test_a_batch_that_fails_past_its_checks_removes_what_it_wrote(model_file, images, tmp_path,
+                                                                  capsys, op):
+    """An input that passes the header checks but fails later (a truncated PNG, a .slim with a
+    corrupt payload) stopped the batch with the earlier outputs written: its rerun then failed
+    without --force."""
+    out = tmp_path / "out"
+    out.mkdir()
+    if op == "compress":
+        data = open(images["RGB"], "rb").read()
+        bad = tmp_path / "trunc.png"
+        bad.write_bytes(data[:len(data) // 2])
+        good = [images["L"]]
+    else:
+        good = [str(tmp_path / "a.slim")]
+        assert main(["compress", images["RGB"], good[0], "--model", model_file, "-q"]) == 0
+        blob = bytearray(open(good[0], "rb").read())
+        blob[-3] ^= 0xFF
+        bad = tmp_path / "bad.slim"
+        bad.write_bytes(bytes(blob))
+    keep = out / ("other.slim" if op == "compress" else "other.png")
+    keep.write_bytes(b"kept")                      # (not this batch's: left alone)
+    assert main([op, *good, str(bad), str(out), "--model", model_file]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "removed the 1 file(s) it had written" in err
+    assert sorted(os.listdir(out)) == [keep.name] and keep.read_bytes() == b"kept"
+
+
+@pytest.mark.parametrize("name", ["b.pgm", "b.jfif", "b.tga", "b.PNM"])
+def test_compress_refuses_any_image_extension_even_with_force(model_file, images, tmp_path,
+                                                              capsys, name):
+    """(compress a.png b.pgm -f replaced the image b.pgm with .slim bytes.)"""
+    dst = tmp_path / name
+    dst.write_bytes(b"an image")
+    assert main(["compress", images["RGB"], str(dst), "--model", model_file, "-f"]) == 1
+    assert "compress writes a .slim file, not an image" in capsys.readouterr().err
+    assert dst.read_bytes() == b"an image"
+
+
+def test_out_of_memory_is_one_line(model_file, images, tmp_path, capsys, monkeypatch):
+    import slimkernels.io as sio
+
+    def boom(*a, **k):
+        raise MemoryError()
+    monkeypatch.setattr(sio, "read_image", boom)
+    assert main(["compress", images["RGB"], str(tmp_path / "a.slim"), "--model", model_file]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "Traceback" not in err
+    assert not (tmp_path / "a.slim").exists()
