@@ -26,10 +26,19 @@ DEFAULT_QUALITIES = {
 _FORMATS = {"jpeg": ("JPEG", {}), "webp": ("WEBP", {"method": 6, "lossless": False})}
 
 
+def _check_codec(codec) -> None:
+    if codec not in _FORMATS:
+        raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(_FORMATS)}")
+
+
 def codec_available(codec: str) -> bool:
-    """Whether this Pillow build can write ``codec`` (``"jpeg"`` or ``"webp"``)."""
+    """Whether this Pillow build can write ``codec`` (``"jpeg"`` or ``"webp"``).
+
+    Raises:
+        ValueError: another codec name."""
     from PIL import features
 
+    _check_codec(codec)
     return bool(features.check({"jpeg": "jpg", "webp": "webp"}[codec]))
 
 
@@ -89,6 +98,7 @@ def evaluate_codec(images: Sequence[torch.Tensor], codec: str,
     """
     if not images:
         raise ValueError("no images to evaluate")
+    _check_codec(codec)
     qualities = list(qualities or DEFAULT_QUALITIES[codec])
     res: Dict[str, List] = {k: [] for k in ("quality", "bpp", "psnr-rgb", "ms-ssim-rgb",
                                             "encoding_time", "decoding_time")}

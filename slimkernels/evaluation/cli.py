@@ -38,17 +38,19 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
     """Run the evaluation for parsed ``args``; print the table; return the exit code.
 
     Exit codes: 0 done, 2 bad input (missing folder/model, bad width, an earlier evaluation in
-    ``--out`` without ``--force``), 1 the range coder extension is missing.
+    ``--out`` without ``--force``), 1 the range coder extension is missing. With ``--force`` the
+    earlier evaluation in ``--out`` is set aside and put back when this one fails (a bad image,
+    Ctrl-C), removed when it succeeds. ``prog``: the name the errors show.
     """
     from ..pretrained import load_model
     from .kodak import OUTPUTS, evaluate_all, list_images
 
     def err(msg: str) -> int:
-        print(f"slimkernels eval: error: {msg}", file=sys.stderr)
+        print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
 
     if args.threads is not None:
@@ -77,6 +79,11 @@ def run_eval(args: argparse.Namespace) -> int:
             return err(f"--{name.replace('_', '-')} {bad}: qualities are 0..100")
     if not 1 <= args.streams <= 255:
         return err(f"--streams {args.streams}: must be 1..255")
+    if args.no_classical:
+        given = [n for n in ("jpeg_qualities", "webp_qualities") if getattr(args, n, None)]
+        if given:
+            return err(f"--{given[0].replace('_', '-')} has no effect with --no-classical: "
+                       f"leave one of them out")
     small = _too_small_for_ms_ssim(images)
     if small:
         return err(f"{small[0]}: {small[1]}x{small[2]} pixels; MS-SSIM (part of every "
@@ -93,23 +100,25 @@ def run_eval(args: argparse.Namespace) -> int:
         import importlib
         importlib.import_module("slimkernels._coder")  # compress needs the compiled coder
     except ImportError as e:
-        print(f"slimkernels eval: error: the range coder is not available ({e}); build it with "
+        print(f"{prog}: error: the range coder is not available ({e}); build it with "
               "`pip install --no-build-isolation -e .`", file=sys.stderr)
         return 1
     log = None if args.quiet else (lambda s: print(s, flush=True))
-    if earlier:   # --force: the earlier evaluation goes first (its JPEG / WebP results and its
-        import shutil   # other widths' bitstreams stayed beside the new summary)
-        for n in earlier:
-            p = os.path.join(args.out, n)
-            shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
+    # --force: the earlier evaluation is set aside (its JPEG / WebP results and other widths'
+    # bitstreams stayed beside a new summary), put back if this run fails, removed if it succeeds
+    aside = _set_aside(args.out, earlier)
     try:
         summary = evaluate_all(model, args.folder, args.out, widths=args.widths,
                                precision=args.precision, limit=args.limit,
                                classical=not args.no_classical, jpeg_qualities=args.jpeg_qualities,
                                webp_qualities=args.webp_qualities, streams=args.streams,
                                progress=log)
-    except ValueError as e:
-        return err(str(e))
+    except BaseException as e:
+        _restore(args.out, earlier, aside)
+        if isinstance(e, ValueError):
+            return err(str(e))
+        raise
+    _discard(aside)
     with open(summary["files"]["table"]) as f:
         print(f.read(), end="")
     g = summary["goals"]
@@ -118,6 +127,40 @@ def run_eval(args: argparse.Namespace) -> int:
           f"{g['gap_to_balle2017_db']}")
     print("wrote " + ", ".join(sorted(v for k, v in summary["files"].items())))
     return 0
+
+
+def _set_aside(out: str, names: List[str]) -> Optional[str]:
+    """Move ``names`` of folder ``out`` into a new hidden folder inside it; returns that folder
+    (None when there is nothing to move)."""
+    if not names:
+        return None
+    import tempfile
+    aside = tempfile.mkdtemp(prefix=".earlier-", dir=out)
+    for n in names:
+        os.replace(os.path.join(out, n), os.path.join(aside, n))
+    return aside
+
+
+def _restore(out: str, names: List[str], aside: Optional[str]) -> None:
+    """Undo :func:`_set_aside` after a failed run: this run's outputs of the same names go, the
+    earlier ones come back."""
+    import shutil
+    if aside is None:
+        return
+    for n in names:
+        p = os.path.join(out, n)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            os.remove(p)
+        os.replace(os.path.join(aside, n), p)
+    os.rmdir(aside)
+
+
+def _discard(aside: Optional[str]) -> None:
+    import shutil
+    if aside is not None:
+        shutil.rmtree(aside)
 
 
 def _too_small_for_ms_ssim(paths):
@@ -145,4 +188,11 @@ def main(argv: Optional[List[str]] = None, prog: str = "slimkernels eval") -> in
     args = add_eval_arguments(p).parse_args(argv)
     from ..allocator import tune_from_env
     tune_from_env()
-    return run_eval(args)
+    try:
+        return run_eval(args, prog)
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        return 1
+    except (RuntimeError, OSError, MemoryError) as e:   # (as the slimkernels command)
+        print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

@@ -57,6 +57,12 @@ def list_images(folder: str, limit: Optional[int] = None) -> List[str]:
         if int(limit) < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         files = files[: int(limit)]
+    seen: Dict[str, str] = {}
+    for f in files:   # (the results and bitstreams are named by the stem: one overwrote the other)
+        other = seen.setdefault(os.path.splitext(f)[0], f)
+        if other != f:
+            raise ValueError(f"{folder} holds {other} and {f}, which share a name: the results "
+                             f"and bitstreams are named by it; rename or remove one")
     return [os.path.join(folder, f) for f in files]
 
 
@@ -88,6 +94,12 @@ def estimated_bpp(model, x: torch.Tensor, width: int, precision: str = "auto") -
         out = model(xp, width)
     lik = out["likelihoods"]["y"].double()
     return float(-torch.log2(lik).sum() / (H * W))
+
+
+def _folder_title(folder: str) -> str:
+    """The plot's name of an image folder: "Kodak" for a folder named kodak, else its name."""
+    name = os.path.basename(os.path.normpath(os.path.abspath(folder)))
+    return "Kodak" if name.lower() == "kodak" else name
 
 
 def _stem(path: str) -> str:
@@ -419,7 +431,8 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
 
         files["plot"] = os.path.join(out_dir, "rd.png")
         rd_plot(slim, refs, files["plot"],
-                title=f"Kodak ({len(slim['images'])} images), {slim['precision']}")
+                title=f"{_folder_title(folder)} ({len(slim['images'])} images), "
+                      f"{slim['precision']}")
     summary = {"slimcae": slim, "references": refs, "bd": bd, "goals": goals, "files": files}
     files["summary"] = os.path.join(out_dir, "summary.json")
     _write_json(files["summary"], {k: v for k, v in summary.items()})

@@ -63,3 +63,14 @@ def test_bad_arguments():
         evaluate_codec([], "jpeg")
     with pytest.raises(ValueError, match="RGB"):
         encode_decode(torch.rand(1, 1, 8, 8), "jpeg", 50)
+
+
+def test_unknown_codec_is_a_value_error():
+    """(a KeyError from the default-quality table before the name was checked.)"""
+    import torch
+
+    from slimkernels.evaluation.classical import codec_available, evaluate_codec
+    with pytest.raises(ValueError, match="unknown codec 'png'"):
+        evaluate_codec([torch.zeros(1, 3, 8, 8)], "png")
+    with pytest.raises(ValueError, match="unknown codec 'avif'"):
+        codec_available("avif")

@@ -231,3 +231,58 @@ def test_cli_end_to_end(tiny_model, image_folder, tmp_path, capsys):
     # summary, which has neither)
     assert not (out / "jpeg.json").exists() and not (out / "webp.json").exists()
     assert sorted(os.listdir(out / "bitstreams")) == ["w8"]
+
+
+def test_force_keeps_the_earlier_evaluation_when_the_new_one_fails(tiny_model, image_folder,
+                                                                    tmp_path, capsys):
+    """(--force deleted the earlier results first; a truncated image then failed the run and
+    left an empty folder.)"""
+    from slimkernels.pretrained import save_model
+
+    model_path = str(tmp_path / "tiny.pt")
+    save_model(tiny_model, model_path)
+    out = tmp_path / "results"
+    base = [image_folder, "--model", model_path, "--out", str(out), "--quiet", "--no-classical"]
+    assert run_eval(_args(base)) == 0
+    before = {n: (out / n).read_bytes() for n in os.listdir(out) if (out / n).is_file()}
+    bits = sorted(os.listdir(out / "bitstreams" / "w16"))
+    data = open(os.path.join(image_folder, "b.png"), "rb").read()
+    with open(os.path.join(image_folder, "b.png"), "wb") as f:
+        f.write(data[: len(data) // 2])
+    capsys.readouterr()
+    assert run_eval(_args(base + ["--force"])) == 2
+    assert "b.png" in capsys.readouterr().err
+    assert {n: (out / n).read_bytes() for n in os.listdir(out) if (out / n).is_file()} == before
+    assert sorted(os.listdir(out / "bitstreams" / "w16")) == bits
+    assert not [n for n in os.listdir(out) if n.startswith(".")]   # (nothing set aside left)
+
+
+def test_images_sharing_a_name_are_refused(image_folder):
+    """(a.png and a.jpg wrote one bitstream a.slim, the second over the first.)"""
+    from PIL import Image
+
+    from slimkernels.evaluation.kodak import list_images
+    Image.open(os.path.join(image_folder, "a.png")).save(os.path.join(image_folder, "a.jpg"))
+    with pytest.raises(ValueError, match="a.jpg and a.png, which share a name"):
+        list_images(image_folder)
+
+
+def test_eval_command_line_errors_are_one_line_with_its_name(image_folder, tmp_path, capsys):
+    """python/evaluate.py's main: an unwritable --out was a traceback; the errors named
+    "slimkernels eval" whatever the program; qualities with --no-classical were ignored."""
+    from slimkernels.evaluation.cli import main
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main([image_folder, "--out", str(f / "res"), "--no-classical", "--quiet"],
+                prog="evaluate.py") in (1, 2)
+    err = capsys.readouterr().err
+    assert err.startswith("evaluate.py: error:") and "Traceback" not in err
+    assert main([image_folder, "--out", str(tmp_path / "o"), "--no-classical",
+                 "--jpeg-qualities", "10"], prog="evaluate.py") == 2
+    assert "--jpeg-qualities has no effect with --no-classical" in capsys.readouterr().err
+
+
+def test_plot_title_names_the_folder():
+    from slimkernels.evaluation.kodak import _folder_title
+    assert _folder_title("/data/kodak/") == "Kodak" and _folder_title("/x/my_set") == "my_set"
