@@ -114,10 +114,11 @@ def open_image(path: str, todo: str = ""):
 
 
 def _open_image(path: str, todo: str = ""):
-    """:func:`open_image`, and what only the opening sees: ``(im, large, rawmode)``: whether
-    Pillow warned that the image is over its decompression-bomb warning size (the warning is
-    caught: :func:`read_image_uint8` notes it), and the decoder's raw mode ('RGB;16B': a 16-bit
-    RGB PNG, which Pillow reads as 8-bit; None if unknown)."""
+    """:func:`open_image`, and what only the opening sees: ``(im, large, rawmode, rawmode_any)``:
+    whether Pillow warned that the image is over its decompression-bomb warning size (the warning
+    is caught: :func:`read_image_uint8` notes it), the decoder's raw mode ('RGB;16B': a 16-bit
+    RGB PNG, which Pillow reads as 8-bit; None if unknown), and the same also where the decoder
+    takes a tuple of arguments (TIFF's ('I;32S', 0, 1); None if unknown)."""
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.exists(path):
@@ -134,6 +135,10 @@ def _open_image(path: str, todo: str = ""):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         tile = im.tile[0] if getattr(im, "tile", None) else ()
         raw = tile[3] if len(tile) > 3 and isinstance(tile[3], str) else None
+        # (the decoder's first argument, also where it is a tuple: TIFF's ("I;32S", 0, 1))
+        raw_any = raw if raw is not None else (
+            tile[3][0] if len(tile) > 3 and isinstance(tile[3], tuple) and tile[3]
+            and isinstance(tile[3][0], str) else None)
         im.load()
     except Image.DecompressionBombError as e:
         raise ValueError(f"{path}: too large to read safely ({e}); " + (
@@ -142,7 +147,7 @@ def _open_image(path: str, todo: str = ""):
     except (UnidentifiedImageError, OSError, ValueError) as e:   # (ValueError: e.g. a PNG
         raise ValueError(f"{path}: not an image file Pillow can read ({e})"   # text chunk too
                          + (f"; {todo}" if todo else "")) from None            # large to inflate
-    return im, large, raw
+    return im, large, raw, raw_any
 
 
 def load_torch_file(path: str, unreadable: str, map_location="cpu"):
@@ -204,7 +209,7 @@ def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
     """
     from PIL import Image
 
-    src, large, raw = _open_image(path, todo)
+    src, large, raw, raw_any = _open_image(path, todo)
     with src:
         im = src
         note = ""
@@ -225,7 +230,10 @@ def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
         if mode in ("F", "I"):
             # 32-bit pixels: floats have no agreed range, and ints past 16 bits would be clipped
             arr = np.asarray(im)
-            if mode == "F" or (arr.size and (arr.min() < 0 or arr.max() > 65535)):
+            wide = mode == "I" and raw_any is not None and ";16" not in raw_any and \
+                raw_any.startswith("I")   # (32-bit samples, whatever their values: 0..200
+            if mode == "F" or wide or (   # read as 16-bit came out nearly black)
+                    arr.size and (arr.min() < 0 or arr.max() > 65535)):
                 raise ValueError(f"{path}: {'floating-point' if mode == 'F' else '32-bit integer'}"
                                  f" pixels (Pillow mode {mode}), which have no 8-bit meaning "
                                  f"here: convert the image to 8 or 16 bits per channel first")

@@ -234,3 +234,22 @@ def test_pillows_decompression_bomb_warning_becomes_a_note(tmp_path, monkeypatch
         x, note = read_image(str(tmp_path / "big.png"))
     assert tuple(x.shape) == (1, 3, 10, 12)
     assert note == "a large image (12x10, over Pillow's decompression-bomb warning size)"
+
+
+@pytest.mark.parametrize("fmt", ["tif", "png", "pgm"])
+def test_32_bit_integer_pixels_with_small_values_are_refused_16_bit_read(tmp_path, fmt):
+    """A 32-bit integer TIFF whose values fit 8 bits (0..200) was read as 16-bit (v / 257): a
+    nearly black image, noted "converted 16-bit". 16-bit files keep their rounding."""
+    import numpy as np
+    from PIL import Image
+
+    vals = np.arange(12 * 10).reshape(12, 10) * 2 % 201
+    if fmt == "tif":
+        p = tmp_path / "i32.tif"
+        Image.fromarray(vals.astype(np.int32)).save(p)
+        with pytest.raises(ValueError, match="32-bit integer pixels"):
+            sio.read_image_uint8(str(p))
+    p16 = tmp_path / f"i16.{fmt}"
+    Image.fromarray((vals * 257).astype(np.uint16)).save(p16)
+    rgb, note = sio.read_image_uint8(str(p16))
+    assert (rgb[..., 0] == vals).all() and "16-bit" in note
