@@ -9,6 +9,7 @@ import argparse
 import math
 import os
 import platform
+import signal
 import sys
 import time
 import warnings
@@ -412,6 +413,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_USAGE
     from . import allocator
     allocator.tune_from_env()   # page-fault-free activations at narrow widths (allocator.py)
+    old = _catch_termination()
     try:
         return args.func(args)
     except CLIError as e:
@@ -420,12 +422,45 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return EXIT_ERROR
+    except _Terminated as e:   # (a batch's outputs and any temporary file were removed on the way)
+        _err(f"stopped by signal {e.signum}")
+        return 128 + e.signum
     except (ValueError, RuntimeError, OSError, FloatingPointError) as e:
         _err(f"{type(e).__name__}: {e}")
         return EXIT_ERROR
     except MemoryError:
         _err("out of memory (the image or the batch is too large for this machine's memory)")
         return EXIT_ERROR
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+class _Terminated(BaseException):
+    """SIGTERM / SIGHUP during a command, raised where the program is, so that the cleanups a
+    Ctrl-C runs (a temporary output file, a batch's outputs) run too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _catch_termination() -> dict:
+    """Turn SIGTERM and SIGHUP into :class:`_Terminated` (main thread only); returns the
+    handlers to restore. (Their default ended the process at once: a half-written hidden
+    temporary file stayed next to the output.)"""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        raise _Terminated(signum)
+    old = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+            old[sig] = signal.signal(sig, handler)
+    return old
 
 
 if __name__ == "__main__":

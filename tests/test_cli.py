@@ -462,3 +462,26 @@ def test_out_of_memory_is_one_line(model_file, images, tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert "out of memory" in err and "Traceback" not in err
     assert not (tmp_path / "a.slim").exists()
+
+
+def test_sigterm_removes_the_batch_outputs_and_exits_143(model_file, images, tmp_path, capsys,
+                                                         monkeypatch):
+    """SIGTERM ended the process at once: a hidden temporary file (and a batch's outputs) stayed.
+    Now it runs the cleanups of a Ctrl-C and exits 128 + 15."""
+    import signal
+    import slimkernels.io as sio
+    real = sio.atomic_write_bytes
+    calls = []
+
+    def write_then_term(path, data, overwrite=False):
+        calls.append(path)
+        if len(calls) == 2:   # (the second output: the first one is written)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(path, data, overwrite=overwrite)
+    monkeypatch.setattr(sio, "atomic_write_bytes", write_then_term)
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = main(["compress", images["RGB"], images["L"], str(out), "--model", model_file, "-q"])
+    assert rc == 143 and "stopped by signal 15" in capsys.readouterr().err
+    assert os.listdir(out) == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
