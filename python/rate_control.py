@@ -30,8 +30,9 @@ from slimkernels.ratecontrol import rd_table  # noqa: E402
 def macs_per_pixel(model, width: int, size: int = 64) -> float:
     """Multiply-accumulates per input pixel of ``model``'s encoder + decoder at ``width``
     (convolutions and GDN channel mixing), counted with forward hooks on a ``size``^2 input."""
-    from slimkernels.nn import SlimGDN, SlimGDNPlus
+    from slimkernels.nn import SlimGDN, SlimGDNPlus, SwitchGDN
     total = [0]
+    inside = [0]   # GDN modules being called (a SwitchGDN's own children count once, if called)
 
     def conv_hook(m, inp, out):
         k = m.kernel_size[0] * m.kernel_size[1]
@@ -40,13 +41,21 @@ def macs_per_pixel(model, width: int, size: int = 64) -> float:
         else:
             total[0] += out.numel() * inp[0].shape[1] * k
 
-    def gdn_hook(m, inp, out):
-        total[0] += inp[0].numel() * inp[0].shape[1]
+    def gdn_pre(m, inp):
+        inside[0] += 1
 
-    hooks = [m.register_forward_hook(conv_hook if isinstance(m, torch.nn.modules.conv._ConvNd)
-                                     else gdn_hook)
-             for m in model.modules()
-             if isinstance(m, (torch.nn.modules.conv._ConvNd, SlimGDN, SlimGDNPlus))]
+    def gdn_hook(m, inp, out):
+        inside[0] -= 1
+        if inside[0] == 0:
+            total[0] += inp[0].numel() * inp[0].shape[1]
+
+    gdns = (SlimGDN, SlimGDNPlus, SwitchGDN)   # (SwitchGDN runs its width's GDN itself)
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.conv._ConvNd):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, gdns):
+            hooks += [m.register_forward_pre_hook(gdn_pre), m.register_forward_hook(gdn_hook)]
     try:
         with torch.no_grad():
             model.decode(model.encode(torch.zeros(1, 3, size, size), width))

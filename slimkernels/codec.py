@@ -908,6 +908,8 @@ class SlimCodec(nn.Module):
                 most ``CUDA_GRAPHS_KEPT``), each with the memory of one transform call.
 
         Raises:
+            TypeError: ``x`` is not a tensor (e.g. the ``(x, note)`` tuple of
+                :func:`slimkernels.io.read_image`: pass ``x``).
             ValueError: bad shape, dtype, width or precision; an image whose values are far
                 outside [0, 1] (e.g. 0-255 pixel values; see :data:`PIXEL_RANGE`: every value
                 is checked where the CPU's bf16 cast of the image measures them in its pass, a

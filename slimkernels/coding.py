@@ -34,6 +34,8 @@ from ._fork import forked_since_import
 
 __all__ = [
     "encode",
+    "encode_prepared",
+    "decode_prepared",
     "ideal_bytes",
     "decode",
     "pmf_to_quantized_cdf",
@@ -314,7 +316,12 @@ def decode_prepared(data: bytes, indexes: np.ndarray, run: int, shape: Tuple[int
 
 def stream_count(data) -> int:
     """Number of substreams recorded in an encoded byte string (validates the header only).
-    ``data``: bytes, bytearray, memoryview or a 1-D uint8 array; TypeError otherwise."""
+    ``data``: bytes, bytearray, memoryview or a 1-D uint8 array.
+
+    Raises:
+        TypeError: another type (or a non-uint8 array).
+        ValueError: a header that is not a valid coder header (too short, a stream count or
+            lengths that do not fit the data)."""
     if not isinstance(data, (bytes, bytearray, memoryview, np.ndarray)):
         raise TypeError(f"stream_count takes the encoded bytes, got {type(data).__name__}")
     if isinstance(data, np.ndarray):

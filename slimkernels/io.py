@@ -256,11 +256,21 @@ def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
 
 
 def image_to_png_bytes(x: torch.Tensor, fmt: str = "PNG") -> bytes:
-    """``[1, 3, H, W]`` (or ``[3, H, W]``) float in [0, 1] -> encoded image bytes (8-bit RGB)."""
+    """``[1, 3, H, W]`` (or ``[3, H, W]``) float in [0, 1] -> encoded image bytes (8-bit RGB,
+    values rounded, clamped to [0, 1] first).
+
+    Raises:
+        ValueError: another shape (a batch of several images: encode them one by one; not 3
+            channels)."""
     import io
 
     from PIL import Image
 
+    if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4) or x.shape[-3] != 3 or \
+            (x.dim() == 4 and x.shape[0] != 1):
+        raise ValueError(f"image_to_png_bytes expects one RGB image [1, 3, H, W] or [3, H, W], "
+                         f"got {tuple(getattr(x, 'shape', ())) or type(x).__name__} (a batch: "
+                         f"encode its images one by one)")
     if x.dim() == 4:
         x = x[0]
     arr = x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)

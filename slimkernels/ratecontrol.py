@@ -16,7 +16,8 @@ try:
 except ImportError:  # pragma: no cover - Python < 3.8
     Protocol = object
 
-__all__ = ["Codec", "rd_table", "pick_width", "width_for_target_bpp", "width_for_target_psnr"]
+__all__ = ["Codec", "rd_table", "pick_width", "width_for_target_bpp", "width_for_target_psnr",
+           "compress_to_target_bpp"]
 
 
 class Codec(Protocol):
@@ -25,9 +26,15 @@ class Codec(Protocol):
     widths: Sequence[int]
 
     def compress(self, x: torch.Tensor, width: Optional[int] = None, *,
-                 precision: str = "auto", **kwargs) -> bytes: ...
+                 precision: str = "auto", **kwargs) -> bytes:
+        """``[1, 3, H, W]`` float image in [0, 1] -> the bytes of one file at ``width``
+        (as :meth:`slimkernels.codec.SlimCodec.compress`)."""
+        ...
 
-    def decompress(self, data: bytes, *, precision: str = "auto") -> torch.Tensor: ...
+    def decompress(self, data: bytes, *, precision: str = "auto") -> torch.Tensor:
+        """The bytes of :meth:`compress` -> ``[1, 3, H, W]`` float32 image in [0, 1] (as
+        :meth:`slimkernels.codec.SlimCodec.decompress`)."""
+        ...
 
 
 def _widest_first(model: Codec) -> List[int]:

@@ -9,7 +9,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLIC = ["slimkernels.ops", "slimkernels.nn", "slimkernels.coding", "slimkernels.container",
-          "slimkernels.models", "slimkernels.codec"]
+          "slimkernels.models", "slimkernels.codec", "slimkernels.io", "slimkernels.ratecontrol",
+          "slimkernels.pretrained", "slimkernels.training", "slimkernels.training.data",
+          "slimkernels.evaluation", "slimkernels.backend", "slimkernels.allocator",
+          "slimkernels.cpu_replay", "slimkernels.cuda_graphs"]
 
 
 def _load_build_api():

@@ -253,3 +253,11 @@ def test_32_bit_integer_pixels_with_small_values_are_refused_16_bit_read(tmp_pat
     Image.fromarray((vals * 257).astype(np.uint16)).save(p16)
     rgb, note = sio.read_image_uint8(str(p16))
     assert (rgb[..., 0] == vals).all() and "16-bit" in note
+
+
+def test_image_to_png_bytes_refuses_a_batch_or_other_channels():
+    """(a [2, 3, H, W] batch gave a PNG of its first image, silently.)"""
+    for bad in (torch.zeros(2, 3, 4, 4), torch.zeros(1, 1, 4, 4), torch.zeros(4, 4)):
+        with pytest.raises(ValueError, match="one RGB image"):
+            sio.image_to_png_bytes(bad)
+    assert sio.image_to_png_bytes(torch.zeros(3, 4, 4))[:4] == b"\x89PNG"

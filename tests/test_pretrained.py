@@ -80,3 +80,10 @@ def test_thin_images_code_as_well_in_the_default_precision_as_in_fp32(h, w):
     ref = psnr(model.decompress(model.compress(x, 192, precision="fp32"), precision="fp32"), x)
     got = psnr(model.decompress(model.compress(x, 192)), x)
     assert float(ref) > 25 and abs(float(got) - float(ref)) < 0.1
+
+
+def test_model_info_of_a_missing_file_is_a_clear_error(tmp_path):
+    """(a bare FileNotFoundError from torch.load, unlike load_model's message.)"""
+    from slimkernels.pretrained import model_info
+    with pytest.raises(ValueError, match="does not exist or is not a file"):
+        model_info(str(tmp_path / "none.pt"))

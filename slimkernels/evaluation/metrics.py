@@ -75,6 +75,10 @@ def psnr(a: ImageLike, b: ImageLike) -> torch.Tensor:
 
     Returns:
         ``[N]`` float64 (``inf`` for identical images).
+
+    Raises:
+        ValueError: as :func:`to_uint8_values` (wrong rank, non-finite or 0-255 float images), or
+            the two images' shapes differ.
     """
     m = mse(a, b)
     return 20 * np.log10(255.0) - 10 * torch.log10(m)

@@ -1481,6 +1481,11 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
     Gradients flow to x, the active slice of ``weight`` (the rest of its gradient is zero),
     ``bias`` and the GDN parameters.
+
+    Raises:
+        ValueError: ``out_width`` not an int in ``1 .. C_out_max``, more input channels than
+            the weight has, a bias / GDN parameter shorter than the width, bad stride / padding,
+            or a ``backend`` that cannot run these tensors (the message says which).
     """
     stride, padding = _check(x, weight, bias, "slim_conv2d", False, stride, padding)
     co = _out_width(out_width, weight.shape[0], "slim_conv2d")
@@ -1549,6 +1554,10 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         ``[N, out_width, (H-1)*stride - 2*padding + k + output_padding, ...]``; channels_last
         (``CPU_CHANNELS_LAST``, ``TRITON_CHANNELS_LAST``); bf16 under bf16 autocast (float32
         with ``out_clamp``).
+
+    Raises:
+        ValueError: as :func:`slim_conv2d` (``out_width``, channels, parameters, geometry,
+            backend), a bad ``output_padding`` or ``out_clamp``.
     """
     clamp = _check_clamp(out_clamp, "slim_conv_transpose2d")
     stride, padding = _check(x, weight, bias, "slim_conv_transpose2d", True, stride, padding)

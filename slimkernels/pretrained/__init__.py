@@ -92,9 +92,16 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
 
 
 def model_info(path: Optional[str] = None) -> Dict:
-    """The ``info`` dict stored with a model file (training steps, lambdas, Kodak results...)."""
+    """The ``info`` dict stored with a model file (training steps, lambdas, Kodak results...);
+    ``{}`` when ``path`` is None and no model is bundled.
+
+    Raises:
+        ValueError: ``path`` does not exist, is not a file, or is not a readable model file."""
     path = path or bundled_model_path()
     if path is None:
         return {}
+    if not os.path.isfile(path):   # (a bare FileNotFoundError from torch.load before)
+        raise ValueError(f"{path} does not exist or is not a file: pass a model file "
+                         f"(slimkernels.pretrained.save_model)")
     obj = load_torch_file(path, "{path} is not a readable model file ({error})")
     return dict(obj.get("info", {})) if isinstance(obj, dict) else {}

@@ -100,10 +100,13 @@ class CropSampler:
             raise ValueError(f"no training image is at least {crop}x{crop} (the largest is "
                              f"{big.shape[-2]}x{big.shape[-1]}): use a smaller crop")
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
+        """``{"gen": uint8 tensor}``: the crop RNG's state (saved in training checkpoints)."""
         return {"gen": self.gen.get_state()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (the next crops are those the saved sampler would have
+        drawn)."""
         self.gen.set_state(state["gen"])
 
 

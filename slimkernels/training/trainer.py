@@ -372,6 +372,8 @@ class Trainer:
 
     # -- logging / checkpoints ---------------------------------------------------------------
     def log(self, record: Dict):
+        """Append ``record`` (JSON-serializable dict) with the time and step to ``<out>/log.jsonl``
+        (rank 0 only)."""
         if self.rank != 0:
             return
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": self.step, **record}
@@ -510,6 +512,9 @@ class Trainer:
 
     # -- data ------------------------------------------------------------------------------
     def load_data(self):
+        """Read the training folder: the crop sampler over its training images (restored from
+        the checkpoint when resuming) and the center-cropped validation images ``[M, 3, S, S]``
+        float32 on the device (ValueError for crops larger than every image, tiny validation images)."""
         cfg = self.cfg
         train_paths, val_paths = split_train_val(list_images(cfg.data), cfg.val_split)
         shared = not val_paths
@@ -541,6 +546,9 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor) -> Dict:
+        """One optimizer step on ``x`` ``[N, 3, crop, crop]`` float32 in [0, 1] (all widths, then the
+        entropy models' aux loss, then the weight average); returns ``{"loss", "aux", "bpp": [K],
+        "mse": [K]}`` floats. FloatingPointError for a loss that is not finite."""
         cfg = self.cfg
         self.opt.zero_grad(set_to_none=True)
         # CPU + bf16: GDN's autograd composition through torch.compile (1.5-2.3x faster there)

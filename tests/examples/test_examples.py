@@ -243,3 +243,16 @@ def test_rate_control_checks_its_target_and_json_before_the_work(tmp_path):
         r = run("rate_control.py", "--tiny", *args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert keep.read_text() == "precious"
+
+
+def test_rate_control_counts_every_gdn_variant_once():
+    """A SwitchGDN runs its width's GDN itself (its SlimGDN children are not called): the count
+    left out all GDN mixing of the bundled model (gdn="switch"), which every variant has alike."""
+    import torch
+
+    from slimkernels.models import SlimCAE
+    rc = load_script("rate_control.py")
+    torch.manual_seed(0)
+    counts = {g: rc.macs_per_pixel(SlimCAE(widths=(16, 8), gdn=g).eval(), 16)
+              for g in ("switch", "slim", "slim+")}
+    assert counts["switch"] == counts["slim"] == counts["slim+"] > 0
