@@ -114,11 +114,12 @@ def open_image(path: str, todo: str = ""):
 
 
 def _open_image(path: str, todo: str = ""):
-    """:func:`open_image`, and what only the opening sees: ``(im, large, rawmode, rawmode_any)``:
-    whether Pillow warned that the image is over its decompression-bomb warning size (the warning
-    is caught: :func:`read_image_uint8` notes it), the decoder's raw mode ('RGB;16B': a 16-bit
-    RGB PNG, which Pillow reads as 8-bit; None if unknown), and the same also where the decoder
-    takes a tuple of arguments (TIFF's ('I;32S', 0, 1); None if unknown)."""
+    """:func:`open_image`, and what only the opening sees: ``(im, large, decoder)``: whether
+    Pillow warned that the image is over its decompression-bomb warning size (the warning is
+    caught: :func:`read_image_uint8` notes it), and a dict of the decoder's ``raw`` mode
+    ('RGB;16B': a 16-bit RGB PNG, which Pillow reads as 8-bit; None if unknown), ``raw_any``
+    (the same also where the decoder takes a tuple of arguments: TIFF's ('I;32S', 0, 1)) and
+    ``maxval`` (a PPM / PGM's sample maximum when above 255, else None)."""
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.exists(path):
@@ -136,9 +137,12 @@ def _open_image(path: str, todo: str = ""):
         tile = im.tile[0] if getattr(im, "tile", None) else ()
         raw = tile[3] if len(tile) > 3 and isinstance(tile[3], str) else None
         # (the decoder's first argument, also where it is a tuple: TIFF's ("I;32S", 0, 1))
+        args = tile[3] if len(tile) > 3 and isinstance(tile[3], tuple) else ()
         raw_any = raw if raw is not None else (
-            tile[3][0] if len(tile) > 3 and isinstance(tile[3], tuple) and tile[3]
-            and isinstance(tile[3][0], str) else None)
+            args[0] if args and isinstance(args[0], str) else None)
+        # a PPM / PGM of more than 8 bits per sample, which Pillow scales to 8 bits itself
+        maxval = args[1] if tile and tile[0] == "ppm" and len(args) > 1 and \
+            isinstance(args[1], int) and args[1] > 255 else None
         im.load()
     except Image.DecompressionBombError as e:
         raise ValueError(f"{path}: too large to read safely ({e}); " + (
@@ -147,7 +151,7 @@ def _open_image(path: str, todo: str = ""):
     except (UnidentifiedImageError, OSError, ValueError) as e:   # (ValueError: e.g. a PNG
         raise ValueError(f"{path}: not an image file Pillow can read ({e})"   # text chunk too
                          + (f"; {todo}" if todo else "")) from None            # large to inflate
-    return im, large, raw, raw_any
+    return im, large, {"raw": raw, "raw_any": raw_any, "maxval": maxval}
 
 
 def load_torch_file(path: str, unreadable: str, map_location="cpu"):
@@ -209,7 +213,8 @@ def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
     """
     from PIL import Image
 
-    src, large, raw, raw_any = _open_image(path, todo)
+    src, large, dec = _open_image(path, todo)
+    raw, raw_any = dec["raw"], dec["raw_any"]
     with src:
         im = src
         note = ""
@@ -242,6 +247,8 @@ def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
             arr = np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8)
             im = Image.fromarray(arr, mode="L")
             note += f"converted 16-bit {mode} to 8-bit; "
+        if dec["maxval"] is not None and im.mode in ("RGB", "L"):   # (Pillow rounds those)
+            note += f"scaled {dec['maxval']}-level samples to 8-bit; "
         # (Pillow keeps each sample's high byte of a 16-bit RGB image)
         if im.mode in ("RGB", "RGBA") and raw is not None and ";16" in raw:
             note += f"read 16-bit {raw.split(';')[0]} as 8-bit (the high byte of each sample); "

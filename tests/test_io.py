@@ -261,3 +261,15 @@ def test_image_to_png_bytes_refuses_a_batch_or_other_channels():
         with pytest.raises(ValueError, match="one RGB image"):
             sio.image_to_png_bytes(bad)
     assert sio.image_to_png_bytes(torch.zeros(3, 4, 4))[:4] == b"\x89PNG"
+
+
+def test_a_16_bit_ppm_is_noted(tmp_path):
+    """(its conversion to 8 bits, Pillow's rounding, came with an empty note.)"""
+    import numpy as np
+
+    vals = np.array([[[511, 33023, 65279], [65535, 0, 257]]], dtype=">u2")
+    p = tmp_path / "t16.ppm"
+    p.write_bytes(b"P6\n2 1\n65535\n" + vals.tobytes())
+    rgb, note = sio.read_image_uint8(str(p))
+    assert rgb.tolist() == [[[2, 128, 254], [255, 0, 1]]]
+    assert "scaled 65535-level samples to 8-bit" in note
