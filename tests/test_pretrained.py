@@ -87,3 +87,28 @@ def test_model_info_of_a_missing_file_is_a_clear_error(tmp_path):
     from slimkernels.pretrained import model_info
     with pytest.raises(ValueError, match="does not exist or is not a file"):
         model_info(str(tmp_path / "none.pt"))
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_the_bytes_do_not_depend_on_the_thread_count(precision):
+    """With streams=1 the file is the same whatever torch's thread count: the first layer's route
+    at w=192 / 96 once depended on it (oneDNN on one thread, the direct AMX kernel on two), and
+    the two round bf16 differently (the sample image at w=192: other bytes from byte 40)."""
+    import os
+
+    from slimkernels.io import read_image
+    if bundled_model_path() is None:
+        pytest.skip("no bundled model")
+    model = load_model()
+    x, _ = read_image(os.path.join(os.path.dirname(bundled_model_path()), "..", "assets",
+                                   "sample.png"))
+    nt = torch.get_num_threads()
+    try:
+        out = {}
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            out[t] = [model.compress(x, w, precision=precision, streams=1)
+                      for w in model.widths]
+    finally:
+        torch.set_num_threads(nt)
+    assert out[1] == out[2]

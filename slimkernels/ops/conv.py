@@ -510,7 +510,8 @@ def _amx_image_conv_channels(co: int) -> bool:
     onto ``co`` channels takes the direct kernel at any size: onto at most
     ``AMX_CONV_IMAGE_MAX_CHANNELS``; with the window layout (``CPU_AMX_CONV_WINDOWS``) onto up to
     ``AMX_CONV_MISALIGNED_MAX_CHANNELS`` that are not a multiple of 32, and onto any count up to
-    that with at least ``AMX_CONV_IMAGE_WIDE_MIN_THREADS`` threads."""
+    that with at least ``AMX_CONV_IMAGE_WIDE_MIN_THREADS`` threads (1: whatever the thread count,
+    so that the bytes ``compress`` writes do not depend on it)."""
     if co <= AMX_CONV_IMAGE_MAX_CHANNELS:
         return True
     return CPU_AMX_CONV_WINDOWS and co <= AMX_CONV_MISALIGNED_MAX_CHANNELS and (
@@ -1048,10 +1049,14 @@ AMX_CONV_GDN_MIN_THREADS = 2
 #: at 96 / 144 / 192 (1.11-1.48x at 80-176), 1 thread 1.02 / 1.04 / 0.90x; ``compress`` (one
 #: process, the limit switched per round) 2 threads 1.04 / 1.17 / 1.015x at w = 96 / 144 / 192
 #: (at 144 the whole transform is then compiled kernels: the CPU replay takes it; with the
-#: windows switch as the A/B, 1.03 / 1.16 / 0.99x), 1 thread 0.97 / 1.10 / 0.94x: hence from 96
-#: up only channel counts that are not a multiple of 32 on one thread.
+#: windows switch as the A/B, 1.03 / 1.16 / 0.99x), 1 thread 0.97 / 1.10 / 0.94x. Sitting 29 took
+#: the wide counts (96, 192) only from 2 threads; since sitting 33 at any thread count
+#: (``AMX_CONV_IMAGE_WIDE_MIN_THREADS`` = 1): the two kernels round bf16 differently, so the
+#: route decided by the thread count made ``compress`` at w=192 write other bytes on 1 thread
+#: than on 2 (the sample image, ``streams=1``). The price, one thread (``/tmp/s33/ab_wide.py``,
+#: 8 interleaved rounds): ``compress`` w=96 / 192 3.9 / 2.1 % slower than on oneDNN.
 CPU_AMX_CONV_WINDOWS = True
-AMX_CONV_IMAGE_WIDE_MIN_THREADS = 2
+AMX_CONV_IMAGE_WIDE_MIN_THREADS = 1
 #: The direct kernel's padded copy for a transposed conv (a stride-1 conv over sub-pixel
 #: phases) holds each pixel's channels rounded up to a multiple of 32, zeros after
 #: (``_amx_padded_channels``; ``ConvAmxArgs::Cp``) where the extra products pay (see there):

@@ -691,14 +691,13 @@ def test_window_layout_reads_only_the_taps(monkeypatch):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("w, direct", [(48, (True, True)), (72, (True, True)),
-                                       (96, (False, True)), (144, (True, True)),
-                                       (192, (False, True)), (256, (False, True)),
+                                       (96, (True, True)), (144, (True, True)),
+                                       (192, (True, True)), (256, (True, True)),
                                        (288, (False, False))])
 def test_dispatch_of_image_convs_with_the_window_layout(monkeypatch, threads, w, direct):
     """With the window layout, convs from an image take the direct kernel onto up to
-    AMX_CONV_MISALIGNED_MAX_CHANNELS (256): on one thread only counts that are not a multiple of
-    32 above AMX_CONV_IMAGE_MAX_CHANNELS (72), with AMX_CONV_IMAGE_WIDE_MIN_THREADS (2) all of
-    them; without it, only up to 72 (whatever the threads)."""
+    AMX_CONV_MISALIGNED_MAX_CHANNELS (256) whatever the thread count (the route once depended on
+    it: other bf16 bytes on one thread); without it, only up to 72."""
     nt = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
