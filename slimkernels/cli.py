@@ -373,9 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quality", type=int, help="1 (narrowest, lowest rate) .. number of widths")
     g.add_argument("--target-bpp", type=float, help="pick the widest width at or under this rate")
     s.add_argument("--streams", type=int, default=1,
-                   help="coder substreams, decoded in parallel (default 1: the same bytes on "
-                        "every machine; the Python API's default, streams=None, takes one per "
-                        "65536 latent symbols up to the thread count, so its bytes can differ)")
+                   help="coder substreams, decoded in parallel (default 1: the same bytes "
+                        "whatever the thread count; the Python API's default, streams=None, "
+                        "takes one per 65536 latent symbols up to the thread count, so its bytes "
+                        "can differ)")
     common(s)
     s.set_defaults(func=cmd_compress)
 
