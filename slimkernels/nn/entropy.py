@@ -94,7 +94,13 @@ class EntropyBottleneck(nn.Module):
     # -- density ---------------------------------------------------------------------------
     def _logits_cumulative(self, inputs: torch.Tensor, stop_gradient: bool) -> torch.Tensor:
         # float32 whatever the module's dtype (a model converted with .double() / .half()
-        # mixed dtypes in the matmul): .float() is free for float32 parameters
+        # mixed dtypes in the matmul): .float() is free for float32 parameters; and whatever an
+        # enclosing autocast says (loss() / update() under bf16 autocast ran the matmuls in bf16:
+        # other CDF tables, hence another model id, and +0.16 % rate at w=192)
+        with torch.autocast(device_type=inputs.device.type, enabled=False):
+            return self._logits_fp32(inputs, stop_gradient)
+
+    def _logits_fp32(self, inputs: torch.Tensor, stop_gradient: bool) -> torch.Tensor:
         logits = inputs.float()
         for i in range(len(self.filters) + 1):
             m = F.softplus(self.matrices[i].float())
@@ -267,8 +273,10 @@ class EntropyBottleneck(nn.Module):
         """``y`` ``[N, C, H, W]`` float -> int32 symbols ``round(y - median)``.
 
         Raises:
-            ValueError: ``y`` has NaN, inf or values whose symbol is beyond the int32 range
-                (they would become INT32_MIN and be coded as such)."""
+            ValueError: ``y`` is not ``[N, C, H, W]`` with this model's ``C`` channels; ``y``
+                has NaN, inf or values whose symbol is beyond the int32 range (they would
+                become INT32_MIN and be coded as such)."""
+        self._check_latent(y, "quantize_symbols")
         with torch.autocast(device_type=y.device.type, enabled=False):
             m = self.medians().view(1, -1, 1, 1)
             d = torch.round(y.float() - m)
@@ -279,8 +287,20 @@ class EntropyBottleneck(nn.Module):
             return d.to(torch.int32)
 
     def dequantize_symbols(self, s: torch.Tensor) -> torch.Tensor:
-        """int32 symbols ``[N, C, H, W]`` -> float32 ``y_hat = s + median``."""
+        """int32 symbols ``[N, C, H, W]`` -> float32 ``y_hat = s + median``.
+
+        Raises:
+            ValueError: ``s`` is not ``[N, C, H, W]`` with this model's ``C`` channels."""
+        self._check_latent(s, "dequantize_symbols")
         return s.float() + self.medians().view(1, -1, 1, 1)
+
+    def _check_latent(self, t, what: str) -> None:
+        # (a 5-channel latent broadcast into a raw RuntimeError; a 3-D one was taken as
+        # [C, H, W] with C read as the batch)
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] != self.channels:
+            raise ValueError(f"EntropyBottleneck({self.channels}).{what} expects "
+                             f"[N, {self.channels}, H, W], got "
+                             f"{tuple(getattr(t, 'shape', ())) or type(t).__name__}")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the CDF tables change shape with update(): take the loaded shapes

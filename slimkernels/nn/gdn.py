@@ -52,8 +52,8 @@ class SlimGDN(nn.Module):
         if torch.is_grad_enabled() and (self.beta.requires_grad or self.gamma.requires_grad):
             return self.beta_reparam(self.beta), self.gamma_reparam(self.gamma)
 
-        def build():
-            with torch.no_grad():
+        def build():   # (outside inference mode: tensors built inside it cannot be saved for a
+            with torch.inference_mode(False), torch.no_grad():   # later backward of the input)
                 return self.beta_reparam(self.beta), self.gamma_reparam(self.gamma)
         return cached_on_module(self, "_effective_cache", self, build)
 
@@ -194,12 +194,12 @@ def make_gdn(variant: str, widths: Sequence[int], inverse: bool = False) -> nn.M
     (:class:`SlimGDN` of ``max(widths)`` channels) or ``"slim+"`` (:class:`SlimGDNPlus`).
 
     Raises:
-        ValueError: unknown ``variant``.
+        ValueError: unknown ``variant``; ``widths`` empty or not positive ints.
     """
+    if variant == "slim":   # (the others check their widths themselves)
+        return SlimGDN(max(width_list(widths, "make_gdn")), inverse)
     if variant == "switch":
         return SwitchGDN(widths, inverse)
-    if variant == "slim":
-        return SlimGDN(max(widths), inverse)
     if variant in ("slim+", "slimplus"):
         return SlimGDNPlus(widths, inverse)
     raise ValueError(f"unknown GDN variant {variant!r}: use 'switch', 'slim' or 'slim+'")

@@ -151,3 +151,25 @@ def test_gdn_layer_under_inference_mode(dtype):
     with torch.inference_mode():
         y = g(x)
     assert y.dtype == dtype and torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("variant", ["slim", "switch", "slim+"])
+def test_a_gdn_run_under_inference_mode_still_trains_its_input(variant):
+    """(the effective-parameter cache built inside torch.inference_mode held inference tensors:
+    a later backward through the frozen layer failed, "Inference tensors cannot be saved for
+    backward".)"""
+    from slimkernels.nn import make_gdn
+    torch.manual_seed(0)
+    g = make_gdn(variant, [8, 4]).eval().requires_grad_(False)
+    with torch.inference_mode():
+        g(torch.rand(1, 8, 5, 5), 8) if variant != "slim" else g(torch.rand(1, 8, 5, 5))
+    x = torch.rand(1, 8, 5, 5, requires_grad=True)
+    y = g(x, 8) if variant != "slim" else g(x)
+    y.square().sum().backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+
+
+def test_make_gdn_names_empty_widths():
+    from slimkernels.nn import make_gdn
+    with pytest.raises(ValueError, match="make_gdn: widths must not be empty"):
+        make_gdn("slim", [])
