@@ -15,7 +15,12 @@ def _version():
     return ns["__version__"]
 
 
+_BUILDS = ("build_ext", "bdist_wheel", "develop", "install", "editable_wheel", "build")
+
+
 def _ext_modules():
+    if not any(a in sys.argv for a in _BUILDS):
+        return []   # (sdist, egg_info, --version...: nothing is compiled, pybind11 not needed)
     try:
         from pybind11.setup_helpers import Pybind11Extension
     except ImportError:  # pragma: no cover - only without build isolation
@@ -56,16 +61,21 @@ def _ext_modules():
 
 
 def _check_compiler():
-    cxx = os.environ.get("CXX", "c++")
-    if shutil.which(cxx.split()[0]) is None and shutil.which("g++") is None \
+    cxx = os.environ.get("CXX", "").strip()
+    if cxx:   # (the build runs $CXX itself: g++ on the PATH does not help a wrong one)
+        if shutil.which(cxx.split()[0]) is None:
+            sys.exit(f"slimkernels: $CXX is {cxx!r}, which is not found: set CXX to a C++17 "
+                     f"compiler (or unset it to use c++ / g++ / clang++) and run the install "
+                     f"again.")
+        return
+    if shutil.which("c++") is None and shutil.which("g++") is None \
             and shutil.which("clang++") is None:
         sys.exit("slimkernels: no C++ compiler found (looked for $CXX, c++, g++, clang++). "
                  "The entropy coder is a C++17 extension: install one "
                  "(Debian/Ubuntu: apt-get install g++) and run the install again.")
 
 
-if any(a in sys.argv for a in ("build_ext", "bdist_wheel", "develop", "install", "editable_wheel",
-                                "build")):
+if any(a in sys.argv for a in _BUILDS):
     _check_compiler()
 
 setup(
@@ -78,7 +88,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["slimkernels", "slimkernels.*"]),
     package_data={"slimkernels": ["pretrained/*.pt", "pretrained/*.md", "pretrained/*.json",
-                                  "assets/*.png"]},
+                                  "assets/*.png", "assets/*.md"]},
     ext_modules=_ext_modules(),
     install_requires=[
         "torch>=2.4",
@@ -86,6 +96,9 @@ setup(
         "pillow",
         "triton; platform_system == 'Linux'",
         "tqdm",
+        # the evaluation (slimkernels eval): BD-rate interpolation and the RD plots
+        "scipy",
+        "matplotlib",
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy"],

@@ -63,6 +63,21 @@ def env_report() -> str:
         lines.append(f"compiled range coder: yes ({_coder.__file__})")
     except ImportError as e:
         lines.append(f"compiled range coder: NO ({e})")
+    # the two optional extensions (a build that could not compile them installs without them)
+    from ._cpu import _module as _cpu_module, switched_off
+    ck = _cpu_module()
+    if ck is None:
+        lines.append("compiled CPU kernels: NO (not built: the PyTorch paths run, slower; "
+                     "rebuild with a C++17 compiler that has AVX-512 / AMX intrinsics)")
+    else:
+        isa = [name for name, probe in (("AMX-BF16", "amx_available"),
+                                        ("AVX-512/AVX2 latents", "latents_simd_available"))
+               if callable(getattr(ck, probe, None)) and getattr(ck, probe)()]
+        lines.append(f"compiled CPU kernels: yes ({', '.join(isa) or 'no usable ISA here'}"
+                     f"{'; switched off by SLIMKERNELS_CPU_KERNELS=0' if switched_off() else ''})")
+    from . import _state
+    lines.append("model state key: " + ("compiled" if _state._STATE_KEY is not None else
+                                         "Python (the optional extension is not built)"))
     from .pretrained import bundled_model_path
     lines.append(f"bundled model: {bundled_model_path() or 'none'}")
     from .codec import native_bf16, resolve_precision

@@ -485,3 +485,10 @@ def test_sigterm_removes_the_batch_outputs_and_exits_143(model_file, images, tmp
     assert rc == 143 and "stopped by signal 15" in capsys.readouterr().err
     assert os.listdir(out) == []
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_env_reports_the_optional_extensions(capsys):
+    """(a build that skipped the optional extensions looked the same as a full one.)"""
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled CPU kernels: " in out and "model state key: " in out

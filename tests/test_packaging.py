@@ -34,7 +34,35 @@ def test_sdist_holds_what_a_build_needs(tmp_path):
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
     needed = [p for p in tracked if p.startswith("csrc/") and p.endswith((".cpp", ".hpp"))]
     needed += ["LICENSE", "README.md", "pyproject.toml", "setup.py",
-               "slimkernels/pretrained/slimcae.pt", "slimkernels/assets/sample.png"]
+               "slimkernels/pretrained/slimcae.pt", "slimkernels/assets/sample.png",
+               "slimkernels/assets/README.md",
+               # what the sdist's Makefile runs (make demo / make test)
+               "python/demo.py", "tests/conftest.py", "tests/_env.py", "tests/nn/test_gdn.py"]
     assert any(p.endswith(".hpp") for p in needed)
     missing = sorted(p for p in needed if p not in names)
     assert not missing, f"not in the sdist: {missing}"
+
+
+
+def test_installed_package_holds_every_package_file(tmp_path):
+    """What a wheel / pip install copies (build_py: the modules and package_data) holds every
+    tracked file of the package that is not Python source (the sample image's licence note
+    was only in the sdist)."""
+    tracked = [p for p in _tracked_files() if p.startswith("slimkernels/")
+               and not p.endswith((".py", ".pyi"))]
+    assert "slimkernels/assets/README.md" in tracked
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "-d", str(tmp_path / "b")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    missing = sorted(p for p in tracked if not (tmp_path / "b" / p).exists())
+    assert not missing, f"not installed: {missing}"
+
+
+def test_setup_names_a_missing_cxx(tmp_path):
+    """(CXX=/nonexistent passed the check when g++ was on the PATH, then failed with a raw
+    "No such file or directory" from the build.)"""
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"))
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace",
+                        "--build-temp", str(tmp_path / "t")], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "which is not found" in (r.stderr + r.stdout)

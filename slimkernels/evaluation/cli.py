@@ -114,7 +114,7 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
                                webp_qualities=args.webp_qualities, streams=args.streams,
                                progress=log)
     except BaseException as e:
-        _restore(args.out, earlier, aside)
+        _restore(args.out, OUTPUTS, aside)   # (this run's outputs go: a rerun needs no --force)
         if isinstance(e, ValueError):
             return err(str(e))
         raise
@@ -141,19 +141,20 @@ def _set_aside(out: str, names: List[str]) -> Optional[str]:
     return aside
 
 
-def _restore(out: str, names: List[str], aside: Optional[str]) -> None:
-    """Undo :func:`_set_aside` after a failed run: this run's outputs of the same names go, the
-    earlier ones come back."""
+def _restore(out: str, names, aside: Optional[str]) -> None:
+    """After a failed run: its outputs named in ``names`` go, and what :func:`_set_aside` moved
+    to ``aside`` (None: nothing) comes back."""
     import shutil
-    if aside is None:
-        return
     for n in names:
         p = os.path.join(out, n)
         if os.path.isdir(p) and not os.path.islink(p):
             shutil.rmtree(p)
         elif os.path.lexists(p):
             os.remove(p)
-        os.replace(os.path.join(aside, n), p)
+    if aside is None:
+        return
+    for n in os.listdir(aside):
+        os.replace(os.path.join(aside, n), os.path.join(out, n))
     os.rmdir(aside)
 
 

@@ -255,6 +255,11 @@ def test_force_keeps_the_earlier_evaluation_when_the_new_one_fails(tiny_model, i
     assert {n: (out / n).read_bytes() for n in os.listdir(out) if (out / n).is_file()} == before
     assert sorted(os.listdir(out / "bitstreams" / "w16")) == bits
     assert not [n for n in os.listdir(out) if n.startswith(".")]   # (nothing set aside left)
+    # into a new folder: the failed run leaves none of its outputs (a rerun needed --force)
+    fresh = tmp_path / "fresh"
+    assert run_eval(_args([image_folder, "--model", model_path, "--out", str(fresh), "--quiet",
+                           "--no-classical"])) == 2
+    assert not fresh.exists() or os.listdir(fresh) == []
 
 
 def test_images_sharing_a_name_are_refused(image_folder):
