@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -9,7 +10,6 @@ import signal
 import sys
 import threading
 import time
-import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional
 
