@@ -1463,6 +1463,32 @@ def _one_column_out(x, weight, stride, padding) -> bool:
     return dt is not None
 
 
+def _onednn_kfold_bug(x, weight) -> bool:
+    """Whether a CPU conv in bf16 / fp16 (x's dtype or autocast's) has the input-channel and
+    kernel-width counts for which torch's oneDNN bf16 conv returns garbage: fewer than 16 input
+    channels whose ``C_in * k`` is a multiple of 32 and at least 64 ((8, 8), (12, 8), (8, 12),
+    (4, 16) ... (14, 16); torch 2.13 on an AMX Xeon, O(1) relative error at any output channel
+    count, with stride 1 to 4, any padding, NCHW or channels_last; a scan of C_in 1..24 and
+    k 1..17, ``/tmp/s33/scan_onednn2.py``, 3264 convs, found no other). :func:`slim_conv2d` runs
+    those (when the direct AMX kernel does not take them) in float32 and rounds the result."""
+    ci, k = x.shape[1], weight.shape[3]
+    if not (ci < 16 and ci * k >= 64 and (ci * k) % 32 == 0):
+        return False
+    dt = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else _autocast_dtype(x)
+    return dt is not None
+
+
+def _conv2d_fp32_rounded(x, weight, bias, co, stride, padding):
+    """:func:`slim_conv2d`'s conv (the active slice) computed in float32, returned in the dtype
+    it would have had (x's bf16 / fp16, or autocast's)."""
+    dt = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else _autocast_dtype(x)
+    ci = x.shape[1]
+    with torch.autocast(x.device.type, enabled=False):
+        b = None if bias is None else bias[:co].float()
+        y = F.conv2d(x.float(), weight[:co, :ci].float(), b, stride=stride, padding=padding)
+    return y.to(dt)
+
+
 def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                 stride: int = 1, padding: int = 0, out_width: Optional[int] = None, gdn=None,
                 backend: Optional[str] = None) -> torch.Tensor:
@@ -1514,6 +1540,8 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         y = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, kw)
         if y is not None:
             return y
+    if _onednn_kfold_bug(x, weight):   # (oneDNN's bf16 result would be garbage: see there)
+        return _apply_gdn(_conv2d_fp32_rounded(x, weight, bias, co, stride, padding), kw)
     xp = _prepack_input(x, weight, bias)
     if xp is not None:
         return _apply_gdn(_conv2d_prepacked(xp, weight, bias, co, stride, padding), kw)

@@ -69,9 +69,16 @@ COMPILE_TRAINING = False
 last_cpu_path: Optional[str] = None
 
 
-def _effective_params(beta, gamma, C, gamma_scale, gamma_bias, beta_scale, beta_bias):
+def _effective_params(beta, gamma, C, gamma_scale, gamma_bias, beta_scale, beta_bias,
+                      dtype=None):
+    """The active ``(beta[:C], gamma[:C, :C])`` with the SlimGDN+ scalars applied, in the wider
+    of their dtype and ``dtype`` (the compute dtype: bf16 parameters of an fp32 GDN got their
+    scalars applied in bf16, 6e-4 off the kernels, which apply them in fp32)."""
     g = gamma[:C, :C]
     b = beta[:C]
+    if dtype is not None:
+        g = g.to(torch.promote_types(g.dtype, dtype))
+        b = b.to(torch.promote_types(b.dtype, dtype))
     if gamma_scale is not None:
         g = g * gamma_scale
     if gamma_bias is not None:
@@ -217,8 +224,8 @@ def gdn_torch(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inver
     Args/Returns: as :func:`gdn`. Output is channels_last when x is, else contiguous NCHW.
     """
     N, C, H, W = x.shape
-    b, g = _effective_params(beta, gamma, C, gamma_scale, gamma_bias, beta_scale, beta_bias)
     cd = _compute_dtype(x)
+    b, g = _effective_params(beta, gamma, C, gamma_scale, gamma_bias, beta_scale, beta_bias, cd)
     grad = torch.is_grad_enabled() and (x.requires_grad or b.requires_grad or g.requires_grad)
     channels_last = (x.is_contiguous(memory_format=torch.channels_last)
                      and not x.is_contiguous())

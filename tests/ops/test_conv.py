@@ -711,3 +711,35 @@ def test_bf16_strided_conv_with_one_output_column(k, stride, pad, ci, co, h, w, 
             with torch.autocast("cpu", torch.bfloat16):
                 slim_conv2d(x, wt, b, stride=stride, padding=pad).float().sum().backward()
             assert torch.isfinite(x.grad).all()
+
+
+# -- CPU audit (thirty-third sitting): oneDNN bf16 with C_in * k a multiple of 32 ---------------
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("ci, k, stride, pad, co", [
+    (8, 8, 1, 0, 65), (12, 8, 1, 3, 96), (8, 12, 2, 0, 40), (4, 16, 1, 8, 65),
+    (14, 16, 1, 0, 33), (8, 8, 4, 4, 96),
+])
+def test_bf16_conv_with_few_channels_and_a_wide_kernel(ci, k, stride, pad, co, grad):
+    """torch's oneDNN bf16 conv returns O(1) relative error for fewer than 16 input channels
+    whose C_in * k is a multiple of 32 and >= 64 (torch 2.13, AMX Xeon): the op computes those
+    in float32 where the direct AMX kernel does not take them."""
+    torch.manual_seed(1)
+    wt, b = torch.randn(co, ci, k, k) / (ci * k * k) ** 0.5, torch.randn(co)
+    x = torch.rand(2, ci, k + 4 * stride + 3, k + 3 * stride + 5)
+    r = F.conv2d(x.bfloat16().double(), wt.bfloat16().double(), b.bfloat16().double(),
+                 stride=stride, padding=pad)
+    for cl in (False, True):
+        xi = x.contiguous(memory_format=torch.channels_last) if cl else x.clone()
+        xi.requires_grad_(grad)
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", torch.bfloat16):
+            y = slim_conv2d(xi, wt, b, stride=stride, padding=pad)
+        assert y.dtype == torch.bfloat16 and y.shape == r.shape
+        assert ((y.double() - r).abs().max() / r.abs().max()).item() < 1e-2
+        if grad:
+            y.float().sum().backward()
+            assert torch.isfinite(xi.grad).all()
+        with torch.no_grad():    # bf16 tensors without autocast
+            y = slim_conv2d(xi.detach().bfloat16(), wt.bfloat16(), b.bfloat16(), stride=stride,
+                            padding=pad)
+        assert y.dtype == torch.bfloat16
+        assert ((y.double() - r).abs().max() / r.abs().max()).item() < 1e-2

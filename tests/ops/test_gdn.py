@@ -259,3 +259,24 @@ def test_torch_path_off_cpu_allocates_on_the_input_device(channels_last):
         for inverse in (False, True):
             y = gdn_torch(x, beta, gamma, inverse=inverse)
             assert y.device.type == "meta" and y.shape == x.shape
+
+
+def test_slimgdn_plus_scalars_on_bf16_parameters_apply_in_the_compute_dtype():
+    """fp32 x, bf16 beta / gamma with SlimGDN+ scalars: the PyTorch path (a strided x, or with
+    gradient) applied the scalars in bf16 (6.5e-4 off the float64 reference), the kernels in
+    fp32 (1e-6): the result depended on x's layout."""
+    from slimkernels.ops import gdn
+    torch.manual_seed(0)
+    C = 16
+    x = torch.randn(1, C, 8, 8)
+    beta = (torch.rand(C) + 0.5).bfloat16()
+    gamma = (torch.rand(C, C) * 0.1).bfloat16()
+    g, b = gamma.double() * 1.3, beta.double() * 1.2
+    n = torch.einsum("oi,nihw->nohw", g, x.double() ** 2) + b[None, :, None, None]
+    r = x.double() / n.sqrt()
+    xs = torch.zeros(1, C, 8, 16)
+    xs[..., ::2] = x
+    xs = xs[..., ::2]                       # the same values, strided: the PyTorch path
+    for xi in (x, xs, x.clone().requires_grad_()):
+        y = gdn(xi, beta, gamma, gamma_scale=1.3, beta_scale=1.2)
+        assert ((y.double() - r).abs().max() / r.abs().max()).item() < 1e-5
