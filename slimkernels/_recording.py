@@ -24,3 +24,12 @@ def env_read(name: str) -> None:
     rec = ACTIVE.get()
     if rec is not None:
         rec.env_read(name)
+
+
+def transient(why: str) -> None:
+    """Report that the recorded call did one-off work a steady-state call does not (a weight
+    cache built on a miss): a recording that fails because of it is tried again later instead
+    of leaving its key eager for good."""
+    rec = ACTIVE.get()
+    if rec is not None:
+        rec.transient = why

@@ -39,6 +39,7 @@ def cached_on(owner, slot: str, tensors: Iterable[torch.Tensor], build, extra=No
 def _cached(owner, slot: str, key, keep, build):
     cache = owner.__dict__.get(slot)
     if cache is None or cache[0] != key:
+        _recording.transient(f"the cache {slot} was built during the recording")
         cache = (key, build(), keep)
         owner.__dict__[slot] = cache
     _recording.keep(cache[1])
@@ -78,25 +79,45 @@ def _state_key_module():
 _STATE_KEY = _state_key_module()
 
 
-def module_state_key(root: torch.nn.Module, native: bool = True) -> Tuple[object, list]:
+def module_state_key(root: torch.nn.Module, native: bool = True, modules: bool = False
+                     ) -> Tuple:
     """``(key, tensors)`` of :func:`state_tensors` of ``root``: ``key`` changes when one of
     them is modified in place, replaced, added, removed or moved to new storage (as
     :func:`tensor_state_key`; writes through ``.data`` bypass version counters). Keep
     ``tensors`` with the key (see :func:`cached_on`). ``native``: the compiled walk
     (``slimkernels._state_key``, bytes of int64 triples; ~3x faster) when it is built, else the
-    Python one (a tuple); the two keys are not comparable with each other."""
+    Python one (a tuple); the two keys are not comparable with each other. ``modules``: the
+    key also changes when a module of the tree is added, removed or replaced (one without
+    tensors too), and the modules come as a third element ``(key, tensors, modules)``: keep
+    them with the key as well."""
     if native and _STATE_KEY is not None:
-        key, tensors = _STATE_KEY.state_key(root)
-        return key, tensors
+        return _STATE_KEY.state_key(root, modules)
     tensors = state_tensors(root)
-    return tensor_state_key(tensors), tensors
+    if not modules:
+        return tensor_state_key(tensors), tensors
+    mods = _walk_modules(root)
+    return tensor_state_key(tensors) + tuple((id(m), -1, -1) for m in mods), tensors, mods
+
+
+def _walk_modules(root: torch.nn.Module) -> List[torch.nn.Module]:
+    """The modules of ``root``'s tree in :func:`state_tensors`' walk order."""
+    out = []
+    stack = [root]
+    while stack:
+        m = stack.pop()
+        if m is None:
+            continue
+        out.append(m)
+        stack.extend(m._modules.values())
+    return out
 
 
 def cached_on_module(owner, slot: str, root: torch.nn.Module, build, extra=None):
-    """:func:`cached_on` over every state tensor of ``root``'s module tree
-    (:func:`module_state_key`)."""
-    key, tensors = module_state_key(root)
-    return _cached(owner, slot, (extra, key), tensors, build)
+    """:func:`cached_on` over every state tensor AND every module of ``root``'s module tree
+    (:func:`module_state_key` with ``modules=True``: a module added, removed or replaced, even
+    one without tensors, also rebuilds it)."""
+    key, tensors, modules = module_state_key(root, modules=True)
+    return _cached(owner, slot, (extra, key), (tensors, modules), build)
 
 
 def state_dict_mismatch(module: torch.nn.Module, sd: Dict) -> Tuple[List[str], List[str]]:

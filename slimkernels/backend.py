@@ -46,7 +46,10 @@ def tf32_allowed() -> bool:
     return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
 
 
-def _check_name(name: str, where: str) -> str:
+def _check_name(name, where: str) -> str:
+    if not isinstance(name, str):   # (an int said "'int' object has no attribute 'strip'")
+        raise ValueError(f"backend from {where} must be one of {BACKENDS} or None, got "
+                         f"{type(name).__name__} {name!r}")
     name = name.strip().lower()
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r} from {where}: use one of {BACKENDS}")
@@ -70,7 +73,7 @@ def resolve_backend(x: torch.Tensor, backend: Optional[str] = None) -> str:
     """
     if backend is not None:
         name = _check_name(backend, "the backend= argument")
-    elif (env := getenv(ENV_VAR)):
+    elif (env := getenv(ENV_VAR)) and env.strip():   # (blank: unset, as empty)
         name = _check_name(env, f"${ENV_VAR}")
     else:
         name = "triton" if (x.is_cuda and triton_available()) else "torch"

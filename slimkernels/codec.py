@@ -1101,15 +1101,20 @@ class SlimCodec(nn.Module):
         weights (its state key keys the recordings)."""
         kernels = _cpu_module()
         cache = self.__dict__.get("_model_id_cache")
+        d = self.__dict__
         if not self.cpu_replay or kernels is None or _cpu_switched_off() or cache is None or \
-                not x.is_cpu:
-            return run(x)
-        replays = self.__dict__.get("_cpu_replays")
+                not x.is_cpu or "encode" in d or "decode" in d or "_decode_image" in d:
+            return run(x)   # (an instance's own encode / decode: not what a recording saw)
+        replays = d.get("_cpu_replays")
         if replays is None:
             from .cpu_replay import ReplayCache
-            replays = self.__dict__["_cpu_replays"] = ReplayCache(self.CPU_REPLAYS_KEPT)
-        return replays.run((kind,) + tuple(key), run, x, cache[0],
-                           lambda: state_tensors(self), kernels, lambda: list(self.modules()))
+            replays = d["_cpu_replays"] = ReplayCache(self.CPU_REPLAYS_KEPT)
+        # the class's transform methods key the recordings too (one patched on the class after
+        # a recording ran the recorded kernels, not the new code)
+        cls = type(self)
+        return replays.run((kind,) + tuple(key) + (cls.encode, cls.decode, cls._decode_image),
+                           run, x, cache[0], lambda: state_tensors(self), kernels,
+                           lambda: list(self.modules()))
 
     def _transform(self, kind: str, fn, x: torch.Tensor, key, dev: torch.device,
                    precision: str, cuda_graph: Optional[bool], model_id: bytes

@@ -68,6 +68,10 @@ _VIEWS = {"permute", "view", "as_strided", "detach", "unsqueeze", "squeeze", "tr
           "narrow", "expand", "unflatten", "flatten", "reshape", "view_as", "__getitem__",
           "contiguous", "to", "type_as", "float", "bfloat16", "alias"}
 _POINTER_MIN = 1 << 32   # an int argument at least this large must be an address we know
+#: Uses of a key after a recording failed for a reason that may not recur (a weight cache built
+#: during it: another model's clear_caches(), an LRU eviction, first calls from several threads;
+#: hooks present then) before it is recorded again (it stayed eager for good).
+RETRY_AFTER = 16
 
 
 _SWITCH_NAMES: dict = {}   # module name -> (module, its switch names)
@@ -122,6 +126,7 @@ class _Recorder:
         self.kept: List[torch.Tensor] = []
         self.env: dict = {}
         self.error: Optional[str] = None
+        self.transient: Optional[str] = None   # (slimkernels._recording.transient)
         self.seq = 0
 
     # -- hooks (slimkernels._recording) --
@@ -251,8 +256,12 @@ class _Replay:
     when the replay returns), the tensors it must keep, its output's buffer (allocated by each
     replay at the step that first writes it: the caller's tensor); or ``error``."""
 
-    def __init__(self, error: Optional[str] = None, recording: bool = False):
+    def __init__(self, error: Optional[str] = None, recording: bool = False,
+                 transient: bool = False):
         self.error = error
+        # the error may not recur (a cache built during the recording, hooks since removed):
+        # the key is recorded again later instead of running eagerly for good
+        self.transient = transient
         self.recording = recording   # a placeholder while one thread records the key
         self.verified = False
         self.steps: list = []
@@ -269,14 +278,14 @@ class _Replay:
     def build(cls, rec: _Recorder, x: torch.Tensor, y, state_tensors,
               modules=()) -> "_Replay":
         if rec.error is not None:
-            return cls(rec.error)
+            return cls(rec.error, transient=rec.transient is not None)
         if not isinstance(y, torch.Tensor):
             return cls(f"the transform returned {type(y).__name__}, not a tensor")
         if not rec.calls:
             return cls("the transform calls no compiled kernel")
         hooks = _hook_dicts(modules)
         if _global_hooks() or _hooked(hooks):
-            return cls("a module of the model has hooks (or its own forward)")
+            return cls("a module of the model has hooks (or its own forward)", transient=True)
         fixed_ranges = [_storage_range(t) for t in rec.kept]
         fixed_ranges += [_storage_range(t) for t in state_tensors if t.device.type == "cpu"]
         x0, x1 = x.data_ptr(), _storage_range(x)[1]   # offsets from x's first element
@@ -470,6 +479,14 @@ class ReplayCache:
         with self._lock:
             return list(self._failed.values())
 
+    def _retry_later(self, full) -> None:
+        """A recording that failed for a reason that may not recur: dropped, and the key
+        recorded again after :data:`RETRY_AFTER` more uses (eager until then)."""
+        with self._lock:
+            self._entries.pop(full, None)
+            self._seen[full] = 1 - RETRY_AFTER
+            self._seen.move_to_end(full)
+
     def _fail(self, full, why: str) -> None:
         with self._lock:
             self._entries.pop(full, None)
@@ -535,7 +552,10 @@ class ReplayCache:
                 raise
             del rec
             if entry.error is not None:
-                self._fail(full, entry.error)
+                if entry.transient:
+                    self._retry_later(full)
+                else:
+                    self._fail(full, entry.error)
                 return y
             with self._lock:
                 if full in self._entries:

@@ -37,3 +37,14 @@ def test_tf32_allowed_follows_pytorch_switches(cudnn, matmul, want):
     from tests._tf32 import tf32_switches
     with tf32_switches(cudnn, matmul):
         assert tf32_allowed() is want
+
+
+def test_a_backend_that_is_not_a_string_is_a_clear_error(monkeypatch):
+    """(backend=1 said "'int' object has no attribute 'strip'"; a blank SLIMKERNELS_BACKEND was
+    "unknown backend ''" where an empty one is unset.)"""
+    from slimkernels.backend import resolve_backend
+    x = torch.zeros(1)
+    with pytest.raises(ValueError, match="must be one of .* or None, got int 1"):
+        resolve_backend(x, 1)
+    monkeypatch.setenv("SLIMKERNELS_BACKEND", "  ")
+    assert resolve_backend(x) == resolve_backend(x, None)

@@ -466,3 +466,67 @@ def test_a_fork_while_a_cache_lock_is_held_leaves_the_child_a_free_lock(model):
                 os._exit(4)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+# -- audit (thirty-third sitting) ----------------------------------------------------------------
+def _bf16_calls(model, x, n, width=16):
+    return [model.compress(x, width, precision="bf16") for _ in range(n)]
+
+
+def test_a_layer_added_after_recording_runs(model):
+    """A tensorless layer appended to g_a left the state key as it was: the replay ran the
+    recorded kernels without it (and without its hook)."""
+    x = _image(1)
+    _bf16_calls(model, x, 4)
+    _require_replayed(model)
+    model.g_a.append(torch.nn.Hardtanh(-0.05, 0.05))
+    seen = []
+    model.g_a[-1].register_forward_hook(lambda *a: seen.append(1))
+    got = _bf16_calls(model, x, 4)
+    want = _eager(model, lambda: model.compress(x, 16, precision="bf16"))
+    assert all(g == want for g in got) and len(seen) >= 4
+
+
+@pytest.mark.parametrize("where", ["instance", "class"])
+def test_a_patched_encode_is_not_replayed_over(model, where, monkeypatch):
+    """compress runs self.encode: one patched (on the instance or the class) after a recording
+    was ignored by the replay."""
+    x = _image(2)
+    base = _eager(model, lambda: model.compress(x, 16, precision="bf16"))
+    _bf16_calls(model, x, 4)
+    _require_replayed(model)
+    orig = type(model).encode
+
+    def halved(self, t, width=None):   # (the negative image: other symbols)
+        return orig(self, 1 - t, width)
+    if where == "instance":
+        monkeypatch.setattr(model, "encode", halved.__get__(model), raising=False)
+    else:
+        monkeypatch.setattr(type(model), "encode", halved)
+    got = _bf16_calls(model, x, 4)
+    want = _eager(model, lambda: model.compress(x, 16, precision="bf16"))
+    assert want != base and all(g == want for g in got)
+
+
+def test_a_cache_built_while_recording_does_not_end_replays(model):
+    """The weight caches cleared between the first call and the recording (another model's
+    clear_caches(), an LRU eviction) made the recording see their rebuild: the key then ran
+    eagerly for good. It is recorded again later."""
+    from slimkernels.ops import clear_weight_caches
+    x = _image(3)
+    model.compress(x, 16, precision="bf16")
+    clear_weight_caches()
+    for _ in range(cpu_replay.RETRY_AFTER + 6):
+        model.compress(x, 16, precision="bf16")
+    _require_replayed(model)
+
+
+def test_hooks_present_while_recording_do_not_end_replays(model):
+    x = _image(4)
+    h = model.g_a[0].register_forward_pre_hook(lambda *a: None)
+    for _ in range(3):
+        model.compress(x, 16, precision="bf16")
+    h.remove()
+    for _ in range(cpu_replay.RETRY_AFTER + 6):
+        model.compress(x, 16, precision="bf16")
+    _require_replayed(model)

@@ -178,3 +178,18 @@ def test_inference_tensors_never_give_a_matching_key(native):
     plain = Tree()
     assert _state.module_state_key(plain, native=native)[0] == \
         _state.module_state_key(plain, native=native)[0]
+
+
+@pytest.mark.parametrize("native", [pytest.param(True, marks=NATIVE), False])
+def test_module_key_changes_with_the_tree_not_only_its_tensors(native):
+    """A layer without tensors added to or replaced in the tree changes the key with
+    modules=True (the CPU replay ran a recording without the new layer)."""
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    k0, t0, m0 = _state.module_state_key(m, native=native, modules=True)
+    assert _state.module_state_key(m, native=native, modules=True)[0] == k0
+    assert len(m0) == 3 and len(t0) == 2
+    m.append(torch.nn.Hardtanh())
+    k1 = _state.module_state_key(m, native=native, modules=True)[0]
+    m[2] = torch.nn.Tanh()
+    k2 = _state.module_state_key(m, native=native, modules=True)[0]
+    assert len({k0, k1, k2}) == 3

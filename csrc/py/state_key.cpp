@@ -71,15 +71,17 @@ py::object dict_attr(PyObject* m, PyObject* mdict, PyObject* name) {
 // order of slimkernels._state.state_tensors (a stack: a module's parameters, then its persistent
 // buffers, then its children pushed in order and taken from the end); key = bytes of
 // (id, _version, data_ptr()) per tensor, as int64 triples.
-py::tuple state_key(const py::object& root) {
+py::tuple state_key(const py::object& root, bool with_modules) {
   const Names& nm = names();
   py::list tensors;
+  py::list modules;  // with_modules: every module of the tree, in walk order
   std::vector<py::object> stack;  // strong references: nothing is borrowed across Python calls
   stack.push_back(root);
   while (!stack.empty()) {
     py::object m = std::move(stack.back());
     stack.pop_back();
     if (m.is_none()) continue;
+    if (with_modules && PyList_Append(modules.ptr(), m.ptr()) < 0) throw py::error_already_set();
     py::object mdict = py::reinterpret_steal<py::object>(PyObject_GenericGetDict(m.ptr(), nullptr));
     if (!mdict) PyErr_Clear();  // no instance dict: attribute protocol only
     PyObject* md = mdict && PyDict_Check(mdict.ptr()) ? mdict.ptr() : nullptr;
@@ -112,7 +114,8 @@ py::tuple state_key(const py::object& root) {
       stack.push_back(py::reinterpret_borrow<py::object>(value));
   }
   const Py_ssize_t n = PyList_GET_SIZE(tensors.ptr());
-  std::vector<int64_t> out(3 * static_cast<size_t>(n));
+  const Py_ssize_t nm_count = PyList_GET_SIZE(modules.ptr());
+  std::vector<int64_t> out(3 * static_cast<size_t>(n + nm_count));
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* t = PyList_GET_ITEM(tensors.ptr(), i);
     PyObject* call[2] = {nullptr, t};  // call[0]: the slot ARGUMENTS_OFFSET lets the callee use
@@ -143,7 +146,14 @@ py::tuple state_key(const py::object& root) {
     out[3 * i + 1] = static_cast<int64_t>(ver);
     out[3 * i + 2] = static_cast<int64_t>(ptr);
   }
+  for (Py_ssize_t i = 0; i < nm_count; ++i) {  // (id, -1, -1) per module: a module added,
+    PyObject* mod = PyList_GET_ITEM(modules.ptr(), i);  // removed or replaced changes the key
+    out[3 * (n + i)] = static_cast<int64_t>(reinterpret_cast<intptr_t>(mod));
+    out[3 * (n + i) + 1] = -1;
+    out[3 * (n + i) + 2] = -1;
+  }
   py::bytes kb(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(int64_t));
+  if (with_modules) return py::make_tuple(kb, tensors, modules);
   return py::make_tuple(kb, tensors);
 }
 
@@ -151,9 +161,11 @@ py::tuple state_key(const py::object& root) {
 
 PYBIND11_MODULE(_state_key, m) {
   m.doc() = "The identity key of an nn.Module tree's state tensors (see slimkernels._state).";
-  m.def("state_key", &state_key, py::arg("root"),
-        "state_key(root: nn.Module) -> (bytes, list[Tensor]): every parameter and persistent "
-        "buffer of root's tree, and the bytes of their (id, _version, data_ptr()) as int64 "
-        "triples. Equal keys (while the list is kept alive) mean the same tensor objects, "
-        "unmodified in place and on the same storage.");
+  m.def("state_key", &state_key, py::arg("root"), py::arg("with_modules") = false,
+        "state_key(root: nn.Module, with_modules=False) -> (bytes, list[Tensor]): every "
+        "parameter and persistent buffer of root's tree, and the bytes of their (id, _version, "
+        "data_ptr()) as int64 triples. Equal keys (while the list is kept alive) mean the same "
+        "tensor objects, unmodified in place and on the same storage. with_modules: also an "
+        "(id, -1, -1) triple per module of the tree, and the modules as a third element "
+        "(keep them with the key): equal keys then also mean the same modules.");
 }

@@ -67,6 +67,7 @@ def _cached(key, sources, build):
             val = hit[2]
             _recording.keep(val)
             return val
+    _recording.transient("a weight cache was built during the recording")
     with torch.no_grad():
         val = build()
     with _PACK_LOCK:
