@@ -741,7 +741,8 @@ class SlimCodec(nn.Module):
     def model_id(self) -> bytes:
         """16-byte id (``bytes`` of length 16) of this model's config and weights (see
         :func:`model_fingerprint`). Cached until a parameter or buffer changes (tracked by the
-        tensors' version counters) or the config changes."""
+        tensors' version counters), a module is added, removed or replaced, or the config
+        changes."""
         return self._checked_id()[0]
 
     def _checked_id(self):
