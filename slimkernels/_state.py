@@ -53,18 +53,12 @@ def state_tensors(root: torch.nn.Module) -> List[torch.Tensor]:
     persistent buffers, then its children pushed in order and taken from the end."""
     ts = []
     ext = ts.extend
-    stack = [root]
-    pop, push = stack.pop, stack.extend
-    while stack:
-        m = pop()
-        if m is None:
-            continue
+    for m in _walk_modules(root):
         ext(m._parameters.values())
         b = m._buffers
         if b:
             skip = m._non_persistent_buffers_set
             ext([v for k, v in b.items() if k not in skip] if skip else b.values())
-        push(m._modules.values())
     return [t for t in ts if t is not None]
 
 
@@ -100,15 +94,16 @@ def module_state_key(root: torch.nn.Module, native: bool = True, modules: bool =
 
 
 def _walk_modules(root: torch.nn.Module) -> List[torch.nn.Module]:
-    """The modules of ``root``'s tree in :func:`state_tensors`' walk order."""
+    """The modules of ``root``'s tree in the compiled walk's order (csrc/py/state_key.cpp): a
+    stack from ``root``, a module's children pushed in order and taken from the end."""
     out = []
     stack = [root]
+    pop, push = stack.pop, stack.extend
     while stack:
-        m = stack.pop()
-        if m is None:
-            continue
-        out.append(m)
-        stack.extend(m._modules.values())
+        m = pop()
+        if m is not None:
+            out.append(m)
+            push(m._modules.values())
     return out
 
 

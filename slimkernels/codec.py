@@ -1101,8 +1101,8 @@ class SlimCodec(nn.Module):
         and the compiled kernels are there; needs :meth:`model_id` computed for the current
         weights (its state key keys the recordings)."""
         kernels = _cpu_module()
-        cache = self.__dict__.get("_model_id_cache")
         d = self.__dict__
+        cache = d.get("_model_id_cache")
         if not self.cpu_replay or kernels is None or _cpu_switched_off() or cache is None or \
                 not x.is_cpu or "encode" in d or "decode" in d or "_decode_image" in d:
             return run(x)   # (an instance's own encode / decode: not what a recording saw)

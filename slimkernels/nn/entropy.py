@@ -161,9 +161,7 @@ class EntropyBottleneck(nn.Module):
         Returns:
             ``y_hat`` and ``likelihoods``, both ``[N, C, H, W]`` float32.
         """
-        if y.dim() != 4 or y.shape[1] != self.channels:
-            raise ValueError(f"EntropyBottleneck({self.channels}) expects [N, {self.channels}, H, W]"
-                             f", got {tuple(y.shape)}")
+        self._check_latent(y, "forward")
         check_quantization(quantization)
         if training is None:
             training = self.training

@@ -123,6 +123,12 @@ def _autocast_dtype(x: torch.Tensor):
     return dt if dt in (torch.bfloat16, torch.float16) else None
 
 
+def _half_compute_dtype(x: torch.Tensor):
+    """The half-precision dtype a conv on ``x`` computes in (x's bf16 / fp16, else autocast's),
+    or None for a full-precision one."""
+    return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else _autocast_dtype(x)
+
+
 def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] = None
                ) -> Optional[torch.Tensor]:
     """``t.to(dtype)``, cached by (storage, version) while no gradient is recorded.
@@ -1459,8 +1465,7 @@ def _one_column_out(x, weight, stride, padding) -> bool:
     h_out = (x.shape[2] + 2 * padding - weight.shape[2]) // stride + 1
     if w_out != 1 or h_out < 2:
         return False
-    dt = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else _autocast_dtype(x)
-    return dt is not None
+    return _half_compute_dtype(x) is not None
 
 
 def _onednn_kfold_bug(x, weight) -> bool:
@@ -1474,14 +1479,13 @@ def _onednn_kfold_bug(x, weight) -> bool:
     ci, k = x.shape[1], weight.shape[3]
     if not (ci < 16 and ci * k >= 64 and (ci * k) % 32 == 0):
         return False
-    dt = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else _autocast_dtype(x)
-    return dt is not None
+    return _half_compute_dtype(x) is not None
 
 
 def _conv2d_fp32_rounded(x, weight, bias, co, stride, padding):
     """:func:`slim_conv2d`'s conv (the active slice) computed in float32, returned in the dtype
     it would have had (x's bf16 / fp16, or autocast's)."""
-    dt = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else _autocast_dtype(x)
+    dt = _half_compute_dtype(x)
     ci = x.shape[1]
     with torch.autocast(x.device.type, enabled=False):
         b = None if bias is None else bias[:co].float()
