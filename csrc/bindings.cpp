@@ -112,6 +112,10 @@ I32 decode(const py::buffer& data, const I32& indexes, const I32& cdfs, const I3
     slimcoder::decode(d, size, indexes.data(), int64_t(n), t, threads, nullptr, run);  // throws
     throw slimcoder::Error("internal: decode accepted a header it could not parse");
   }
+  {  // n symbols the data cannot hold: refused before their memory is allocated
+    py::gil_scoped_release release;
+    slimcoder::check_capacity(size, indexes.data(), int64_t(n), t, run);
+  }
   I32 out(dims);
   int32_t* o = out.mutable_data();
   {

@@ -1058,6 +1058,7 @@ void decode_substream(const DecCtx<LutT>& ctx, const uint8_t* data, int64_t size
         dec_group<LutT, kP, kBits>(c, same, j, x0, x1, x2, x3, st, out, overflow);
       for (; j < re; ++j)
         dec_lane<LutT, kP, kBits>(c, row, j, begin, x0, x1, x2, x3, st, out, overflow);
+      if (st.overrun) break;  // the data ran out: the rest would decode garbage (reported below)
     }
   } else {
     // One index per symbol, a block at a time from begin (lanes as in the encoder): groups of
@@ -1072,6 +1073,7 @@ void decode_substream(const DecCtx<LutT>& ctx, const uint8_t* data, int64_t size
         dec_group<LutT, kP, kBits>(c, own, j, x0, x1, x2, x3, st, out, overflow);
       for (int64_t j = m4; j < b0 + mb; ++j)
         dec_lane<LutT, kP, kBits>(c, own(j), j, begin, x0, x1, x2, x3, st, out, overflow);
+      if (st.overrun) break;  // as above
     }
   }
   if (overflow)
@@ -1184,12 +1186,25 @@ struct CachedTables {
   LutBuf luts[kMaxPrecision + 1];  // by lookup bits (uint8 or uint16 entries)
   std::atomic<size_t> bytes{0};
 
+  // min_bits[i]: the fewest bits a symbol of CDF i can cost, -log2 of its largest frequency
+  // (the escape's included) over 2^precision (see check_capacity).
+  std::vector<double> min_bits;
+
   CachedTables(const Tables& t, TableCache* cache)
       : owner(cache), precision(t.precision), num(t.num_cdfs), stride(t.max_length),
         cdfs(t.cdfs, t.cdfs + t.num_cdfs * t.max_length),
         lengths(t.lengths, t.lengths + t.num_cdfs) {
     for (int32_t L : lengths) max_len = std::max<int64_t>(max_len, L);
-    bytes = (cdfs.size() + lengths.size()) * sizeof(int32_t);
+    // (computed before validation, from the copy: an invalid table is dropped with its entry)
+    min_bits.resize(size_t(num));
+    for (int64_t i = 0; i < num; ++i) {
+      const int32_t* row = cdfs.data() + i * stride;
+      const int64_t L = std::min<int64_t>(lengths[size_t(i)], stride);
+      int64_t top = 1;
+      for (int64_t k = 0; k + 1 < L; ++k) top = std::max<int64_t>(top, int64_t(row[k + 1]) - row[k]);
+      min_bits[size_t(i)] = std::max(0.0, double(precision) - std::log2(double(top)));
+    }
+    bytes = (cdfs.size() + lengths.size()) * sizeof(int32_t) + min_bits.size() * sizeof(double);
   }
   ~CachedTables();
 
@@ -1519,6 +1534,39 @@ int64_t symbol_count(const uint8_t* data, size_t size) {
   return parse_header(data, size).n;
 }
 
+namespace {
+
+// check_capacity on validated tables and indexes. Every symbol of CDF i costs at least
+// min_bits[i] - 2^-14 bits: a rANS step scales the state by 2^p / f up to the rounding of
+// floor(x / f) with x / f >= 2^(31 - p) (x >= 2^31), i.e. by at least (2^p / f)(1 - 2^-15):
+// log2 of that is above -log2(f / 2^p) - 4.5e-5. The state words (4 x 64 bits) and every
+// emitted word lie inside the data, so n symbols need more than sum(min_bits) - n 2^-14 bits.
+void check_capacity_of(const CachedTables& c, size_t size, const int32_t* indexes, int64_t n,
+                       int64_t run) {
+  double need = -double(n) * std::ldexp(1.0, -14);
+  const int64_t runs = n / run;
+  for (int64_t r = 0; r < runs; ++r) {
+    const int32_t i = indexes[r];  // (a bad index counts 0 here: decode reports it)
+    if (i >= 0 && i < c.num) need += double(run) * c.min_bits[size_t(i)];
+  }
+  const double have = double(size) * 8.0 + 64.0;
+  if (need > have)
+    throw Error("corrupt stream: " + std::to_string(n) + " symbols need at least " +
+                std::to_string(int64_t(need / 8.0)) + " bytes with these tables, the data has " +
+                std::to_string(size) + " (a damaged or forged header, or the wrong shape)");
+}
+
+}  // namespace
+
+void check_capacity(size_t size, const int32_t* indexes, int64_t n, const Tables& t,
+                    int64_t run) {
+  if (n < 0) throw Error("negative symbol count");
+  check_run(n, run);
+  const auto tables = table_cache()->get(t);
+  validate_indexes(indexes, n / run, t.num_cdfs);
+  check_capacity_of(*tables, size, indexes, n, run);
+}
+
 void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
             const Tables& t, int threads, int32_t* out, int64_t run, Executor executor) {
   if (n < 0) throw Error("negative symbol count");
@@ -1533,6 +1581,9 @@ void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
     if (h.n != n)
       throw Error("stream holds " + str(h.n) + " symbols but " + str(n) +
                   " were asked for (wrong indexes or shape?)");
+    // before decoding into out: n symbols the data cannot hold are refused at once (decoding
+    // them would fill out, e.g. gigabytes from a forged header of a few hundred bytes)
+    check_capacity_of(*tables, size, indexes, n, run);
   } catch (const Error&) {
     validate_indexes(indexes, n / run, t.num_cdfs);  // a bad argument is reported before bad data
     throw;

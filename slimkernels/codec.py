@@ -487,6 +487,25 @@ def _dequantize(eb, sym: torch.Tensor, channels_last: bool = False,
     return _dense(y, dtype, torch.channels_last) if channels_last else y.to(dtype)
 
 
+def _beyond_support(sym: torch.Tensor, plan) -> Optional[int]:
+    """The largest ``|symbol|`` of the decoded latent ``sym`` (int32, CPU) when it lies beyond
+    every value the width's CDF tables cover (``plan``: :meth:`SlimCodec._latent_plan`'s
+    ``(medians, cdfs, lengths, offsets, idx)``), else None. Such symbols are coded as escapes:
+    legal, but with next to no probability under the model (the bundled model's largest on
+    Kodak and on flat, noise and checkerboard images: 72); a forged file of them (e.g. all
+    100000) drives the synthesis transform to inf / NaN, which :meth:`SlimCodec.decompress`
+    checks for only then (min / max of the symbols: ~10 us at w=192 on a Kodak image; a sum of
+    the image ~50 us)."""
+    s = sym.numpy() if sym.is_cpu else sym.cpu().numpy()
+    if s.size == 0:
+        return None
+    _, _, lengths, offsets, _ = plan
+    # symbols offset .. offset + length - 3 are values of a table (the last two: escape, end)
+    reach = max(int(np.abs(offsets).max()), int(np.abs(offsets + lengths - 3).max()))
+    top = max(-int(s.min()), int(s.max()))
+    return top if top > reach else None
+
+
 #: Latent symbols per range-coder substream when ``compress(streams=None)`` picks the count.
 STREAM_MIN_SYMBOLS = 1 << 16
 
@@ -1035,7 +1054,9 @@ class SlimCodec(nn.Module):
                 image returned is a tensor of its own either way. Ignored on CPU.
 
         Raises:
-            slimkernels.container.SlimFormatError: see :meth:`decompress_latent`.
+            slimkernels.container.SlimFormatError: see :meth:`decompress_latent`; also a file
+                whose latent lies far outside the entropy model's range and decodes to a
+                non-finite image (a forged or foreign payload: ``compress`` never writes one).
             ValueError: unknown ``precision``.
         """
         dev = self._coding_device("decompress")
@@ -1045,7 +1066,14 @@ class SlimCodec(nn.Module):
         y_hat = self._latent_input(eb, sym.to(dev), precision,
                                    plan[0] if dev.type == "cpu" else None)
         # f.model_id: checked equal to this model's id by decompress_latent
-        return self._synthesize(y_hat, f, dev, precision, cuda_graph)
+        image = self._synthesize(y_hat, f, dev, precision, cuda_graph)
+        beyond = _beyond_support(sym, plan)
+        if beyond is not None and not bool(torch.isfinite(image.sum())):
+            raise container.SlimFormatError(
+                f"corrupt .slim payload: its latent holds symbols up to {beyond}, beyond the "
+                f"entropy model's range, and decodes to a non-finite image: a damaged, forged or "
+                f"foreign payload (compress never writes one)")
+        return image
 
     def _synthesize(self, y_hat: torch.Tensor, f, dev: torch.device, precision: str,
                     cuda_graph: Optional[bool]) -> torch.Tensor:

@@ -172,6 +172,31 @@ def test_a_corrupt_payload_with_a_valid_checksum_is_a_format_error(model):
             model.decompress(container.pack(bad))
 
 
+def test_a_forged_image_size_is_refused_before_its_latent_is_decoded(model):
+    """A file whose (checksummed) size claims a latent its payload cannot hold with these
+    tables (at least 0.1 bits a symbol here) is refused before the decoder allocates and fills
+    it: the decoder once decoded every claimed symbol before noticing the data had run out
+    (a 444-byte file claiming a 16384 x 16384 image at w=192: 3.3 GB and 12 s)."""
+    import dataclasses
+
+    def varint(v):
+        out = bytearray()
+        while True:
+            out.append((v & 0x7F) | (0x80 if v >= 0x80 else 0))
+            v >>= 7
+            if not v:
+                return bytes(out)
+
+    f = container.unpack(model.compress(torch.rand(1, 3, 16, 16), 12))
+    n = 12 * 512 * 512     # the latent of a 2048 x 2048 image at width 12
+    payload = bytes([1, 16]) + varint(n) + varint(1) + varint(64) + bytes(range(1, 33)) + \
+        bytes(32)          # (the coder's header: format, precision, counts, one 64-byte stream)
+    forged = container.pack(dataclasses.replace(f, height=2048, img_width=2048, payload=payload))
+    with pytest.raises(container.SlimFormatError, match=r"3145728 symbols need at least \d+ "
+                                                        r"bytes with these tables"):
+        model.decompress(forged)
+
+
 def test_compress_refuses_a_side_a_file_cannot_hold_before_the_transform(model, monkeypatch):
     monkeypatch.setattr(container, "MAX_SIDE", 31)
     ran = []

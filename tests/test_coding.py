@@ -703,6 +703,28 @@ def test_a_header_claiming_more_symbols_than_its_bytes_hold_is_refused_before_al
     assert np.array_equal(coding.decode(enc, np.zeros_like(sym), cdfs, lengths, offsets), sym)
 
 
+def test_symbol_counts_the_tables_cannot_hold_are_refused_before_the_output_exists():
+    """The header's symbol count is checked against the data's size with the tables' costs
+    (every symbol of this table costs >= -log2(60000 / 65536) = 0.127 bits), not only against
+    the table-free bound of 2^-16 bits a symbol: a forged count that bound lets through once
+    allocated its output (2 MiB per byte of data; 4 TiB here: MemoryError) and decoded into it
+    until the data ran out."""
+    cdfs = np.array([[0, 60000, 65000, 65536]], np.int32)
+    lengths, offsets = np.array([4], np.int32), np.zeros(1, np.int32)
+    states = bytes(range(1, 33))   # (never read: the count is refused first)
+    for n, size in ((20_000_000, 64), (2 ** 40, 2 ** 21)):
+        data = bytes([1, 16]) + _varint(n) + _varint(1) + _varint(size) + states + \
+            bytes(size - 32)
+        with pytest.raises(ValueError, match=f"{n} symbols need at least \\d+ bytes with these "
+                                             f"tables, the data has {len(data)}"):
+            coding.decode(data, np.zeros(1, np.int32), cdfs, lengths, offsets, shape=(n,))
+    # a real stream of this table's likeliest symbol (the bound's worst case) still decodes
+    sym = np.zeros(1_000_000, np.int32)
+    enc = coding.encode(sym, np.zeros(1, np.int32), cdfs, lengths, offsets)
+    assert np.array_equal(coding.decode(enc, np.zeros(1, np.int32), cdfs, lengths, offsets,
+                                        shape=sym.shape), sym)
+
+
 def test_index_run_products_that_overflow_are_refused():
     cdfs = np.array([[0, 60000, 65000, 65536]], np.int32)
     lengths, offsets = np.array([4], np.int32), np.zeros(1, np.int32)

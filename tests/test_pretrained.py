@@ -112,3 +112,34 @@ def test_the_bytes_do_not_depend_on_the_thread_count(precision):
     finally:
         torch.set_num_threads(nt)
     assert out[1] == out[2]
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_a_forged_latent_that_decodes_to_nan_is_a_format_error(precision):
+    """A file with valid checksums, this model's id and a valid coder stream whose symbols are
+    all 100000 (escapes: compress never writes such a latent) drove the synthesis transform to
+    inf and returned an all-NaN image (the CLI wrote a black PNG). It is a SlimFormatError now;
+    symbols a little beyond the tables' range (escapes too) still decode to an image."""
+    import dataclasses
+
+    import numpy as np
+
+    from slimkernels import coding, container
+    if bundled_model_path() is None:
+        pytest.skip("no bundled model")
+    model = load_model()
+    f = container.unpack(model.compress(torch.rand(1, 3, 20, 30), 48))
+    eb = model.entropy_bottleneck.for_width(48)
+    _, cdfs, lengths, offsets, idx = model._latent_plan(eb, 48)
+
+    def with_symbols(v):
+        sym = np.full((1, 48, 2, 2), v, np.int32)
+        payload = coding.encode(sym, idx, cdfs, lengths, offsets, precision=eb.precision)
+        return container.pack(dataclasses.replace(f, payload=payload))
+
+    with pytest.raises(container.SlimFormatError, match="beyond the entropy model's range"):
+        model.decompress(with_symbols(100000), precision=precision)
+    reach = int(max(np.abs(offsets).max(), np.abs(offsets + lengths - 3).max()))
+    y = model.decompress(with_symbols(reach + 8), precision=precision)
+    assert y.shape == (1, 3, 20, 30) and bool(torch.isfinite(y).all())
+    assert float(y.min()) >= 0 and float(y.max()) <= 1
