@@ -552,11 +552,12 @@ def aot_section(out_dir) -> List[Dict]:
     md = ("# Conv kernels compiled ahead of time (bf16 channels_last unless fp32; 16-divisible "
           "widths)\n\n" + _md_table(rows, ["kernel", "arch", "dtype", "epi", "BLOCK_M", "BLOCK_N",
                                            "BLOCK_K", "num_warps", "num_stages", "n_regs",
-                                           "n_spills", "smem_KiB", "HGMMA", "HMMA",
+                                           "n_spills", "spill_ops", "smem_KiB", "HGMMA", "HMMA",
                                            "tc_before_store", "LDG128", "LDGSTS128"]))
     md += ("\n## col2im_kernel (the gather of the output layer's GEMM + col2im route: 3 channels, "
            "9x9 / 4, fp32 column buffer)\n\n" +
-           _md_table(col2im, ["arch", "y", "BLOCK_M", "num_warps", "n_regs", "n_spills", "local"]))
+           _md_table(col2im, ["arch", "y", "BLOCK_M", "num_warps", "n_regs", "n_spills", "spill_ops",
+                               "local"]))
     with open(os.path.join(out_dir, "conv_aot.md"), "w") as f:
         f.write(md)
     return rows

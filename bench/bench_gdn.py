@@ -300,7 +300,8 @@ def aot_table(dtypes=("float32", "bfloat16"), layouts=("nchw", "channels_last"),
                                                divisible_by_16=sp["divisible_by_16"])
                         out.append(dict(kernel=sp["name"], dtype=dt, layout=layout, arch=arch,
                                         config=sp["config"], n_regs=r["n_regs"],
-                                        n_spills=r["n_spills"], shared=r["shared"],
+                                        n_spills=r["n_spills"], spill_ops=r["spill_ops"],
+                                        shared=r["shared"],
                                         **tensor_core_ops(r["sass"])))
         print(json.dumps(out))
     """)
@@ -311,12 +312,14 @@ def aot_table(dtypes=("float32", "bfloat16"), layouts=("nchw", "channels_last"),
 
 def aot_md(rows):
     out = ["| kernel | config (BLOCK_*, warps, stages) | dtype | layout | sm | regs | spills (B) | "
-           "shared (KB) | HMMA | HGMMA |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "spill instructions | shared (KB) | HMMA | HGMMA |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         c = r["config"]
         cfg = ",".join(f"{k[6:]}={v}" for k, v in c["kwargs"].items())
         out.append(f"| {r['kernel']} | {cfg}, w{c['num_warps']}, s{c['num_stages']} | "
                    f"{r['dtype']} | {r['layout']} | {r['arch']} | {r['n_regs']} | {r['n_spills']} | "
+                   f"{r.get('spill_ops', '-')} | "
                    f"{r['shared'] / 1024:.0f} | {r['HMMA']} | {r['HGMMA']} |")
     return "\n".join(out)
 

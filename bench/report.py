@@ -481,6 +481,16 @@ def write_cuda(cdir: str, meta: Dict, cres: Dict) -> str:
 
 
 # ------------------------------------------------------------------------------------- main
+
+def _goal_value(g: dict) -> str:
+    """A goal's value for the console: ``-`` when it was not measured (e.g. the w=48 / w=192
+    ratio of a run without one of those widths: ``{"value": None, "missing": ...}``)."""
+    v = g.get("value")
+    if v is None:
+        return "-" + (f" (missing: {g['missing']})" if g.get("missing") else "")
+    return f"{v:.3f}" if isinstance(v, (int, float)) else str(v)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny image, 1 repeat, widths 192/48")
@@ -581,7 +591,7 @@ def main(argv=None) -> int:
         write_cuda(cdir, meta, cres)
         print(f"wrote {cdir} in {time.time() - t_start:.0f} s")
         for k, g in ({} if cres["dry_run"] else cres["goals"]).items():
-            print(f"  cuda goal {k}: {'met' if g['met'] else 'NOT met'} ({g['value']:.3f})")
+            print(f"  cuda goal {k}: {'met' if g['met'] else 'NOT met'} ({_goal_value(g)})")
         return 0
 
     cai = None if a.no_compressai else e2e.make_compressai()

@@ -313,3 +313,25 @@ def test_cuda_goals_are_not_met_by_a_run_missing_widths():
     g = cuda_goals([row(w, 3.4) for w in (192, 144, 96, 72, 48)])
     assert g["transforms_vs_eager_float32"]["met"] is True
     assert g["w48_over_w192_float32"]["value"] == pytest.approx(0.25)
+
+
+def test_cuda_only_prints_the_goals_of_a_run_without_w48(tmp_path, monkeypatch, capsys):
+    """gpu_session.sh documents GPU_REPORT_WIDTHS=192,96 for later calls: the console summary
+    of such a run formatted the w=48 / w=192 goal's value None with :.3f and exited 1 (after
+    writing its results)."""
+    import e2e_cuda
+
+    def section(model, x, widths, **kw):   # a GPU run's rows, without a GPU
+        rows = [{"width": w, "dtype": dt, "enc_ours_ms": 1.0, "dec_ours_ms": 1.0,
+                 "enc_eager_ms": 4.0, "dec_eager_ms": 4.0, "compress_ms": 5.0,
+                 "decompress_ms": 5.0, "enc_speedup_vs_eager": 4.0, "dec_speedup_vs_eager": 4.0,
+                 "notes": []} for w in widths for dt in ("float32", "bfloat16")]
+        return {"device": "test", "dry_run": False, "image": [32, 48], "rows": rows,
+                "goals": e2e_cuda.cuda_goals(rows)}
+
+    monkeypatch.setattr(e2e_cuda, "cuda_section", section)
+    assert report.main(["--cuda-only", "--cuda-dry-run", "--quick", "--no-tune-malloc",
+                        "--widths", "192,96", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cuda goal w48_over_w192_float32: NOT met (- (missing: [48]))" in out
+    assert "cuda goal compress_ms_w192_float32: met (5.000)" in out

@@ -59,8 +59,8 @@ def one(kernel, transposed, cfg, bn, epi, arch, dtype="bf16"):
     tc_before = len(re.findall(r"\bH(G)?MMA\.", sass[:first_stg if first_stg >= 0 else None]))
     return {"kernel": kernel.__name__, "arch": arch, "dtype": dtype, "epi": epi, "BLOCK_N": bn,
             **cfg["kwargs"], "num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
-            "n_regs": r["n_regs"], "n_spills": r["n_spills"], "local": r["local"],
-            "shared": r["shared"], "HMMA": tc["HMMA"], "HGMMA": tc["HGMMA"],
+            "n_regs": r["n_regs"], "n_spills": r["n_spills"], "spill_ops": r["spill_ops"],
+            "local": r["local"], "shared": r["shared"], "HMMA": tc["HMMA"], "HGMMA": tc["HGMMA"],
             "tc_before_store": tc_before, "LDG128": len(re.findall(r"LDG\.E\.128", sass)),
             "LDG": len(re.findall(r"\bLDG\.", sass)), "LDGSTS128": len(re.findall(r"LDGSTS[.\w]*\.128\b", sass)),
             "wgmma": aot.wgmma_operand_depths(r["ttgir"])}
@@ -96,7 +96,8 @@ def _check(rows):
     for r in rows:
         tag = json.dumps({k: r[k] for k in ("kernel", "arch", "epi", "BLOCK_M", "BLOCK_N",
                                             "BLOCK_K", "num_warps", "num_stages") if k in r})
-        assert r["n_spills"] == 0 and r["local"] == 0, f"spills in {tag}: {r}"
+        assert r["n_spills"] == 0 and r["spill_ops"] == 0 and r["local"] == 0, \
+            f"spills in {tag}: {r}"
         assert r["shared"] <= SMEM_LIMIT_PER_BLOCK[r["arch"]], f"shared memory over limit: {tag}"
         tc = r["HGMMA"] + r["HMMA"]
         assert tc > 0, f"no tensor-core instruction in {tag}"
@@ -158,7 +159,8 @@ for arch in (90, 80):
             r = aot.compile_for_target(K.col2im_kernel, sig, cx, arch,
                                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
             out.append({"arch": arch, "y": ydt, **cfg["kwargs"], "num_warps": cfg["num_warps"],
-                        "n_regs": r["n_regs"], "n_spills": r["n_spills"], "local": r["local"]})
+                        "n_regs": r["n_regs"], "n_spills": r["n_spills"],
+                        "spill_ops": r["spill_ops"], "local": r["local"]})
 print(json.dumps(out))
 ''')
 
@@ -171,5 +173,5 @@ def test_aot_col2im_no_spills():
     rows = run_in_subprocess(_COL2IM_CODE, timeout=1200)
     assert len(rows) == 2 * 2 * len(COL2IM_CONFIGS)
     for r in rows:
-        assert r["n_spills"] == 0 and r["local"] == 0, f"spills: {r}"
+        assert r["n_spills"] == 0 and r["spill_ops"] == 0 and r["local"] == 0, f"spills: {r}"
         assert 0 < r["n_regs"] <= 255, r

@@ -1,7 +1,7 @@
 """GPU readiness of the GDN kernels without a GPU: compile ahead of time for sm_90 and sm_80.
 
 Every autotune config of every GDN kernel (slimkernels/kernels/configs.py) must compile with
-no register spills, shared memory within the chip's per-block limit, and tensor-core
+no register spills (no local-memory instruction in the SASS of the cubin triton built), shared memory within the chip's per-block limit, and tensor-core
 instructions (HMMA on sm_80; HGMMA or HMMA on sm_90) in the SASS: the only tl.dot calls are the
 channel-mixing GEMM loops, so tensor-core instructions there mean the mixing uses tensor cores.
 
@@ -39,7 +39,8 @@ _CODE = textwrap.dedent("""
                                        divisible_by_16=sp["divisible_by_16"])
                 out.append(dict(name=sp["name"], dtype=dtype, layout=layout, arch=arch,
                                 config=sp["config"], n_regs=r["n_regs"],
-                                n_spills=r["n_spills"], local=r["local"], shared=r["shared"],
+                                n_spills=r["n_spills"], spill_ops=r["spill_ops"],
+                                local=r["local"], shared=r["shared"],
                                 tc=tensor_core_ops(r["sass"]),
                                 wgmma=wgmma_operand_depths(r["ttgir"])))
     print(json.dumps(out))
@@ -55,8 +56,10 @@ def _check(results):
     bad = []
     for r in results:
         what = f"{r['name']} {r['dtype']} {r['layout']} sm_{r['arch']} {r['config']}"
-        if r["n_spills"] != 0:
-            bad.append(f"{what}: {r['n_spills']} bytes spilled ({r['n_regs']} registers)")
+        if r["n_spills"] != 0 or r["spill_ops"] != 0:
+            bad.append(f"{what}: {r['n_spills']} bytes spilled by a ptxas re-run, "
+                       f"{r['spill_ops']} local-memory instructions in triton's cubin "
+                       f"({r['n_regs']} registers)")
         if r["shared"] > SMEM_LIMIT_PER_BLOCK[r["arch"]]:
             bad.append(f"{what}: {r['shared']} B shared > {SMEM_LIMIT_PER_BLOCK[r['arch']]}")
         tc = r["tc"]["HMMA"] + (r["tc"]["HGMMA"] if r["arch"] >= 90 else 0)
@@ -117,3 +120,50 @@ def test_wgmma_operand_depths_reads_buffers_and_pendings():
     r = wgmma_operand_depths(ir)
     assert r == {"dots": [(2, 3), (1, 3)], "max_pendings": 1}
     assert wgmma_operand_depths("") == {"dots": [], "max_pendings": 0}
+
+
+def test_local_memory_ops_counts_spill_stores_and_loads():
+    """The spill count of the binary itself, from its SASS (ptxas -v re-run without triton's
+    options reported 0 bytes for a cubin holding the two instructions below)."""
+    from slimkernels.kernels.aot import local_memory_ops
+    sass = """
+        /*0a30*/                   STL [R1], R97 ;
+        /*0b40*/                   LDL.LU R251, [R1] ;
+        /*0b50*/                   STL.64 [R1+0x8], R4 ;
+        /*0c00*/                   STG.E desc[UR6][R2.64], R5 ;
+        /*0c10*/                   LDGSTS.E.BYPASS.128 [R7], desc[UR8][R2.64] ;
+        /*0c20*/                   LDS.U16 R9, [R3] ;
+        /*0c30*/                   ULDC.64 UR4, c[0x0][0x118] ;
+    """
+    assert local_memory_ops(sass) == 3
+    assert local_memory_ops("") == 0
+
+
+def test_a_config_that_spills_in_triton_s_own_cubin_is_caught():
+    """The dx config (8 warps, BLOCK_P=128, BLOCK_CO=64, BLOCK_CI=32) used 255 registers and
+    spilled 4 bytes in fp32 on sm_90 with triton 3.9: STL / LDL in the SASS of triton's cubin,
+    while the ptxas re-run (n_spills) and cuobjdump's LOCAL said 0. compile_for_target reports
+    the binary's own spills (spill_ops, cubin_stack); the config shipped now has none."""
+    code = textwrap.dedent("""
+        import json, sys
+        sys.path.insert(0, {root!r})
+        import torch
+        from slimkernels.kernels import configs
+        from slimkernels.kernels.gdn import aot_specs
+        from slimkernels.kernels.aot import compile_for_target
+        out = {{}}
+        for tag, cfg in (("shipped", configs.GDN_BWD_DX_CONFIGS[1]),
+                         ("co64", configs._cfg(8, 3, BLOCK_P=128, BLOCK_CO=64, BLOCK_CI=32))):
+            configs.GDN_BWD_DX_CONFIGS[1] = cfg
+            sp = [s for s in aot_specs(torch.float32, all_configs=True, layout="nchw")
+                  if s["name"] == "gdn_bwd_dx[1]"][0]
+            r = compile_for_target(sp["kernel"], sp["signature"], sp["constexprs"], 90,
+                                   num_warps=sp["num_warps"], num_stages=sp["num_stages"],
+                                   divisible_by_16=sp["divisible_by_16"])
+            out[tag] = dict(spill_ops=r["spill_ops"], cubin_stack=r["cubin_stack"],
+                            n_regs=r["n_regs"])
+        print(json.dumps(out))
+    """).format(root=ROOT)
+    r = run_in_subprocess(code, timeout=1200)
+    assert r["co64"]["spill_ops"] > 0 and r["co64"]["cubin_stack"] > 0, r
+    assert r["shipped"]["spill_ops"] == 0 and r["shipped"]["cubin_stack"] == 0, r
