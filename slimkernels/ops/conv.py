@@ -557,7 +557,7 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
     image = co <= AMX_CONV_IMAGE_MAX_OUT and ci <= AMX_CONV_IMAGE_T_MAX_CHANNELS and \
         k >= 2 * stride + 1
     if stride > 1 and k > stride and weight.shape[-2] == k and \
-            (image or not _use_subpixel(k, co, stride)) and \
+            (image or not _use_subpixel(k, co, stride, weight.shape[-2])) and \
             _use_amx_conv(x, ci, co, x.shape[0] * x.shape[2] * x.shape[3], image=image):
         g = None if gdn_kw is None else _amx_epilogue_gdn(gdn_kw, co, ci, stride * stride)
         kernel_clamp = clamp if gdn_kw is None else None   # (the epilogue clamps a plain output)
@@ -689,8 +689,8 @@ def _image_kernels_apply(x, weight, few: int, limit: int, transposed: bool = Fal
     ``CPU_IMAGE_CONV_T_AVX512``; the conv kernel's AVX-512 variant: ``CPU_IMAGE_CONV_AVX512``),
     bf16 on AVX512-BF16 CPUs without AMX
     (``CPU_IMAGE_CONV_BF16``)."""
-    if few > limit or weight.shape[-2] != weight.shape[-1]:
-        return False
+    if few > limit or weight.shape[-2] != weight.shape[-1] or x.numel() == 0:
+        return False   # (an empty batch: the kernels refuse it; the other routes return it)
     if x.dtype == torch.bfloat16:
         return CPU_IMAGE_CONV_BF16 and not _amx() and conv_image.image_conv_bf16_available()
     if not CPU_IMAGE_CONV or x.dtype != torch.float32 or not conv_image.image_conv_available():
@@ -776,7 +776,7 @@ def _conv_transpose2d_prepacked(x, weight, bias, co, stride, padding, output_pad
                                               output_padding)
         if y is not None:
             return y
-    if _use_subpixel(k, co, stride):
+    if _use_subpixel(k, co, stride, weight.shape[-2]):
         return _subpixel_prepacked(x, weight, bias, co, stride, padding, output_padding)
     st, pd, op = [stride] * 2, [padding] * 2, [output_padding] * 2
 
@@ -903,10 +903,24 @@ def _check(x, weight, bias, name, transposed, stride, padding):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name}: {what} is on {t.device} but x is on {x.device}: move them "
                              f"to one device")
+    for what, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t is not None and (not t.is_floating_point() or t.is_complex()):
+            raise ValueError(f"{name}: {what} must be a floating-point tensor, got {t.dtype}")
+    # outside autocast the operands share one dtype (else torch fails inside with "Input type
+    # ... and bias type ..."); under autocast the op casts them (x may then be bf16 / fp16)
+    if _autocast_dtype(x) is None and x.is_cpu and (
+            weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)):
+        raise ValueError(f"{name}: x is {x.dtype} but the weight {weight.dtype}"
+                         + ("" if bias is None else f" and the bias {bias.dtype}")
+                         + ": cast x to the weight's dtype, or run under torch.autocast('cpu', "
+                         "torch.bfloat16) for bf16 compute with float32 weights")
     cin_max = weight.shape[0] if transposed else weight.shape[1]
     if x.shape[1] > cin_max:
         raise ValueError(f"{name}: x has {x.shape[1]} channels but the weight holds {cin_max} "
                          f"input channels")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name}: x {tuple(x.shape)} has no channels: the active input width "
+                         f"must be >= 1")
     cout_max = weight.shape[1] if transposed else weight.shape[0]
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != cout_max):
         raise ValueError(f"{name}: bias must be the full [{cout_max}] parameter (C_out_max), got "
@@ -1318,8 +1332,11 @@ def _subpixel_plan(k: int, s: int, p: int):
     return idx.flatten(), lo, hi, kc
 
 
-def _use_subpixel(k: int, co: int, stride: int) -> bool:
-    return stride > 1 and k > stride and co * stride * stride <= SUBPIXEL_MAX_PHASE_CHANNELS
+def _use_subpixel(k: int, co: int, stride: int, kh: Optional[int] = None) -> bool:
+    """Whether a transposed conv with a ``kh x k`` kernel (``kh`` None: square) onto ``co``
+    channels runs as a sub-pixel conv (square kernels only: ``_subpixel_weight``)."""
+    return stride > 1 and k > stride and co * stride * stride <= SUBPIXEL_MAX_PHASE_CHANNELS \
+        and (kh is None or kh == k)
 
 
 def _subpixel_weight(w, b, s, p):
@@ -1410,7 +1427,7 @@ def _subpixel_prepacked(x, weight, bias, co, stride, padding, output_padding):
 
 
 def _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding):
-    if _use_subpixel(w.shape[-1], w.shape[1], stride):
+    if _use_subpixel(w.shape[-1], w.shape[1], stride, w.shape[-2]):
         return conv_transpose2d_subpixel(x, w, b, stride, padding, output_padding)
     return F.conv_transpose2d(x, w, b, stride=stride, padding=padding,
                               output_padding=output_padding)
@@ -1519,7 +1536,9 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
     Raises:
         ValueError: ``out_width`` not an int in ``1 .. C_out_max``, more input channels than
-            the weight has, a bias / GDN parameter shorter than the width, bad stride / padding,
+            the weight has (or none), a bias / GDN parameter shorter than the width, tensors
+            that are not floating-point, x / weight / bias of different dtypes outside autocast
+            (CPU), bad stride / padding,
             or a ``backend`` that cannot run these tensors (the message says which).
     """
     stride, padding = _check(x, weight, bias, "slim_conv2d", False, stride, padding)

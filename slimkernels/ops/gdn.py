@@ -716,6 +716,9 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
                          f"{tuple(beta.shape)} and {tuple(gamma.shape)}")
     if C > beta.shape[0]:
         raise ValueError(f"x has {C} channels but the GDN parameters hold only {beta.shape[0]}")
+    if C == 0:
+        raise ValueError(f"gdn: x {tuple(x.shape)} has no channels: the active width must be "
+                         f">= 1")
     if not (x.is_floating_point() and beta.is_floating_point() and gamma.is_floating_point()):
         raise ValueError(f"gdn expects floating-point x, beta, gamma, got {x.dtype}, "
                          f"{beta.dtype}, {gamma.dtype}")

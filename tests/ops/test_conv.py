@@ -228,6 +228,85 @@ def test_empty_input_gives_an_empty_output(transposed, autocast, empty):
     assert y.shape == ref.shape and y.numel() == 0
 
 
+@pytest.mark.parametrize("layer", ["enc1", "1x1", "dec3"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_an_empty_batch_through_the_few_channel_layers(layer, grad):
+    """fp32 without gradient the image-layer kernels took the empty batch and refused it
+    ("conv2d_image: x must be a non-empty ..."): the 3 -> C first layer, any conv of <= 8 input
+    channels, a transposed conv onto 1-3 channels. Empty in, empty out, as on the other routes."""
+    if layer == "enc1":
+        op, w, b = slim_conv2d, torch.randn(48, 3, 9, 9), torch.randn(48)
+        x, kw = torch.rand(0, 3, 32, 32), dict(stride=4, padding=4)
+        ref = F.conv2d(x, w, b, stride=4, padding=4)
+    elif layer == "1x1":
+        op, w, b = slim_conv2d, torch.randn(8, 8, 1, 1), torch.randn(8)
+        x, kw = torch.rand(0, 8, 8, 8), dict(stride=1, padding=0)
+        ref = F.conv2d(x, w, b)
+    else:
+        op, w, b = slim_conv_transpose2d, torch.randn(48, 3, 9, 9), torch.randn(3)
+        x, kw = torch.rand(0, 48, 8, 8), dict(stride=4, padding=4, output_padding=3)
+        ref = F.conv_transpose2d(x, w, b, stride=4, padding=4, output_padding=3)
+    w.requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        y = op(x, w, b, **kw)
+    assert y.shape == ref.shape and y.numel() == 0 and y.dtype == torch.float32
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_an_input_without_channels_is_refused(transposed):
+    """slim_conv2d of a [1, 0, H, W] x returned a tensor of 0 output channels (documented:
+    out_width), the transposed conv raised torch's "expected weight to be at least 1"."""
+    op = slim_conv_transpose2d if transposed else slim_conv2d
+    w, b = torch.randn(48, 48, 5, 5), torch.randn(48)
+    kw = dict(stride=2, padding=2, out_width=48)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), \
+                pytest.raises(ValueError, match=r"x \(1, 0, 8, 8\) has no channels"):
+            op(torch.rand(1, 0, 8, 8), w.requires_grad_(grad), b, **kw)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_dtypes_the_op_cannot_run_are_named(transposed):
+    """Integer x, or x / weight / bias of different dtypes outside autocast, reached torch:
+    "Input type (int) and bias type (float) should be the same", "slow_conv_transpose2d_out_cpu
+    not implemented for 'Int'". Under autocast a bf16 x with float32 weights is the supported
+    mixed case."""
+    op = slim_conv_transpose2d if transposed else slim_conv2d
+    w, b = torch.randn(48, 48, 5, 5), torch.randn(48)
+    x = torch.randn(1, 48, 8, 8)
+    kw = dict(stride=2, padding=2)
+    with pytest.raises(ValueError, match="x must be a floating-point tensor, got torch.int32"):
+        op(x.int(), w, b, **kw)
+    with pytest.raises(ValueError, match="bias must be a floating-point tensor, got torch.int64"):
+        op(x, w, b.long(), **kw)
+    for dt in (torch.bfloat16, torch.float16, torch.float64):
+        with pytest.raises(ValueError, match=f"x is {dt} but the weight torch.float32 and the "
+                                             f"bias torch.float32: cast x"):
+            op(x.to(dt), w, b, **kw)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        y = op(x.bfloat16(), w, b, **kw)
+    ref = (F.conv_transpose2d if transposed else F.conv2d)(x.double(), w.double(), b.double(),
+                                                           **kw)
+    assert y.dtype == torch.bfloat16
+    assert float((y.double() - ref).abs().max() / ref.abs().max()) < 2e-2
+
+
+@pytest.mark.parametrize("kh,kw", [(3, 5), (5, 3), (9, 5)])
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_non_square_transposed_kernel_onto_few_channels(kh, kw, grad):
+    """The sub-pixel route (C_out * stride^2 <= 64) assumed k x k and failed on a 3x5 kernel
+    ("shape '[16, 3, 9]' is invalid"); non-square kernels take torch's transposed conv."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 12, 20)
+    w = (torch.randn(16, 3, kh, kw) * 0.1).requires_grad_(grad)
+    b = torch.randn(3)
+    with torch.set_grad_enabled(grad):
+        y = slim_conv_transpose2d(x, w, b, stride=2, padding=1)
+    ref = F.conv_transpose2d(x.double(), w.detach().double(), b.double(), stride=2, padding=1)
+    assert y.shape == ref.shape
+    assert float((y.detach().double() - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
 @pytest.mark.parametrize("bad", [48.5, 48.0, "48", True, None])
 def test_out_width_must_be_an_int(bad):
     import numpy as np

@@ -280,3 +280,10 @@ def test_slimgdn_plus_scalars_on_bf16_parameters_apply_in_the_compute_dtype():
     for xi in (x, xs, x.clone().requires_grad_()):
         y = gdn(xi, beta, gamma, gamma_scale=1.3, beta_scale=1.2)
         assert ((y.double() - r).abs().max() / r.abs().max()).item() < 1e-5
+
+
+def test_gdn_of_an_input_without_channels_is_refused():
+    """gdn() of a [1, 0, H, W] x raised torch's "expected weight to be at least 1"."""
+    from slimkernels.ops import gdn
+    with pytest.raises(ValueError, match=r"gdn: x \(1, 0, 8, 8\) has no channels"):
+        gdn(torch.rand(1, 0, 8, 8), torch.rand(48), torch.rand(48, 48))
