@@ -37,7 +37,15 @@ def import_compressai_models():
     requests, torchvision or torch_geometric), the model source files are loaded under stub
     ``compressai`` / ``compressai.models`` / ``compressai.registry`` modules instead.
     """
-    spec = importlib.util.find_spec("compressai")
+    loaded = sys.modules.get("compressai.models")
+    if loaded is not None and hasattr(loaded, "FactorizedPrior"):
+        return loaded   # (imported, or loaded under the stubs by an earlier call)
+    try:
+        spec = importlib.util.find_spec("compressai")
+    except ValueError:   # a stub 'compressai' without a spec (other code's): look on the path
+        for k in [k for k in sys.modules if k == "compressai" or k.startswith("compressai.")]:
+            del sys.modules[k]
+        spec = importlib.util.find_spec("compressai")
     if spec is None:
         return None
     try:
@@ -112,6 +120,31 @@ def median_ms(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+def load_checkpoint(model: torch.nn.Module, path: str) -> str:
+    """Load the state_dict at ``path`` into ``model``; ``""`` on success, else what is wrong,
+    in one line: the file, its type, the keys it lacks or has beyond the model's (a few of
+    each), or the first parameter whose shape differs (another N / M)."""
+    try:
+        sd = torch.load(path, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - missing file, not a torch file, unsafe pickle
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if not isinstance(sd, dict):
+        return f"holds a {type(sd).__name__}, not a state_dict"
+    want = set(model.state_dict())
+    missing, unexpected = sorted(want - set(sd)), sorted(set(sd) - want)
+    if missing or unexpected:
+        return (f"{len(missing)} missing key(s) (e.g. {missing[:3]}), {len(unexpected)} "
+                f"unexpected (e.g. {unexpected[:3]}): a state_dict of another architecture "
+                f"(--arch)?")
+    try:
+        model.load_state_dict(sd)
+    except Exception as e:  # noqa: BLE001 - shapes of another N / M
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+        return (lines[0] + " (other --N / --M?)") if lines else \
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return ""
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,11 +176,10 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     ref = cls(args.N, args.M)
     if args.checkpoint:
-        try:
-            ref.load_state_dict(torch.load(args.checkpoint, map_location="cpu"))
-        except Exception as e:  # noqa: BLE001 - missing file, not a state_dict, other shapes
-            print(f"accelerate_compressai.py: error: --checkpoint {args.checkpoint}: "
-                  f"{type(e).__name__}: {str(e).splitlines()[0]}", file=sys.stderr)
+        problem = load_checkpoint(ref, args.checkpoint)
+        if problem:
+            print(f"accelerate_compressai.py: error: --checkpoint {args.checkpoint}: {problem}",
+                  file=sys.stderr)
             return 1
     else:
         randomize_gdn(ref)

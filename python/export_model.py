@@ -38,13 +38,14 @@ def load_checkpoint(path: str) -> dict:
 
 
 def _log_up_to(path: str, step: int):
-    """``(last validation record, lambda-update records)`` of the run's ``log.jsonl`` at
+    """``(last validation record, lambda-update records, bf16)`` of the run's ``log.jsonl`` at
     ``path`` up to the exported checkpoint's ``step``: records written after it (a run killed
     after its last checkpoint, then resumed, logs those steps again) are left out, and of the
-    records of one step the last is kept. A line cut short by a crash is skipped."""
+    records of one step the last is kept. A line cut short by a crash is skipped. ``bf16``: the
+    precision the last ``start`` record says the run resolved (None without one)."""
     if not os.path.exists(path):
-        return None, []
-    vals, updates = {}, {}
+        return None, [], None
+    vals, updates, bf16 = {}, {}, None
     with open(path) as f:
         for line in f:
             try:
@@ -57,7 +58,16 @@ def _log_up_to(path: str, step: int):
                 vals[r["step"]] = r
             elif r.get("event") == "lambda_update":
                 updates[r["step"]] = r
-    return (vals[max(vals)] if vals else None), [updates[k] for k in sorted(updates)]
+            elif r.get("event") == "start" and isinstance(r.get("bf16"), bool):
+                bf16 = r["bf16"]
+    return (vals[max(vals)] if vals else None), [updates[k] for k in sorted(updates)], bf16
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def main(argv=None) -> int:
@@ -71,6 +81,16 @@ def main(argv=None) -> int:
                    help="record this checkpoint's lambda schedule state (same lambdas required)")
     p.add_argument("--note", default=None, help="free text stored in the info")
     args = p.parse_args(argv)
+    if os.path.isdir(args.output):
+        print(f"export_model: error: {args.output} is a folder: give the model file's path, "
+              f"e.g. {os.path.join(args.output, 'model.pt')}", file=sys.stderr)
+        return 1
+    for src in (args.checkpoint, args.schedule_from):
+        if src and _same_file(src, args.output):
+            print(f"export_model: error: the output {args.output} is the checkpoint {src} "
+                  f"itself: exporting over it would replace the run's checkpoint (optimizer "
+                  f"state included); give another path", file=sys.stderr)
+            return 1
     if os.path.exists(args.output) and not args.force:
         print(f"{args.output} exists: not overwriting it (use --force)", file=sys.stderr)
         return 1
@@ -85,18 +105,23 @@ def main(argv=None) -> int:
     model = load_model(args.checkpoint, weights="ema" if use_ema else "train")  # + CDF tables
     weights = f"ema (decay {ck.get('ema_decay')})" if use_ema else "train"
     log = os.path.join(os.path.dirname(args.checkpoint), "log.jsonl")
-    val, updates = _log_up_to(log, ck["step"])
+    val, updates, log_bf16 = _log_up_to(log, ck["step"])
+    # the precision the run trained in: the checkpoint's resolved flag, else the log's, else
+    # the command line's (None: "auto", resolved by the machine it ran on)
+    bf16 = ck.get("bf16") if isinstance(ck.get("bf16"), bool) else \
+        log_bf16 if log_bf16 is not None else cfg["bf16"]
     sched = ck.get("scheduler")
     lambda_updates = sched["history"] if isinstance(sched, dict) and \
         isinstance(sched.get("history"), list) else updates
     info = {"steps": ck["step"], "batch": cfg["batch"], "crop": cfg["crop"],
             "crop_large": cfg["crop_large"], "large_after": cfg["large_after"],
             "lambdas_initial": cfg["lambdas"], "lambdas_final": ck["lambdas"],
-            "lambda_updates": len(lambda_updates), "lr": cfg["lr"], "bf16": cfg["bf16"],
+            "lambda_updates": len(lambda_updates), "lr": cfg["lr"], "bf16": bf16,
             "weights": weights,
             "data": os.path.basename(os.path.normpath(cfg["data"])), "last_validation": val,
             # the lambda schedule's state, so that --init MODEL --init-continue --schedule resumes it
-            "scheduler": ck.get("scheduler"), "next_schedule": ck.get("next_schedule")}
+            "scheduler": ck.get("scheduler"),
+            "next_schedule": ck.get("next_schedule") if ck.get("scheduler") else None}
     if main_ck is not None:
         if main_ck.get("scheduler") is None:
             print(f"{args.schedule_from} records no lambda schedule (trained without "
@@ -112,8 +137,13 @@ def main(argv=None) -> int:
         info["schedule_from"] = {"path": args.schedule_from, "step": main_ck.get("step")}
     if args.note:
         info["note"] = args.note
-    save_model(model, args.output, info=info)
-    print(json.dumps(info, indent=1)[:2000])
+    try:
+        save_model(model, args.output, info=info)
+    except OSError as e:
+        print(f"export_model: error: cannot write {args.output}: {e.strerror or e}",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=1))
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB)")
     return 0
 

@@ -177,6 +177,8 @@ def test_results_tables_are_the_bundled_models(page):
     start = text.index("## Results so far") if page == "README.md" else text.index("**Status:")
     headline = " ".join(text[start:text.index("| width | bpp (file) |", start)].split())
     jpeg, goals = summary["bd"]["JPEG"], summary["goals"]
+    # (the overlap of each BD-rate: PSNR's and MS-SSIM's; the headline gave PSNR's for both)
+    overlap = (f"{jpeg['overlap_psnr'] * 100:.0f} % / {jpeg['overlap_ms_ssim'] * 100:.0f} % of")
     for number in (f"{jpeg['bd_rate_pchip']:.1f} %", f"{jpeg['bd_rate_ms_ssim_pchip']:.1f} %",
-                   f"{jpeg['overlap_psnr'] * 100:.0f} % of", f"{goals['gap_to_balle2017_db']:.2f} dB"):
+                   overlap, f"{goals['gap_to_balle2017_db']:.2f} dB"):
         assert number in headline, f"{page}: its headline lacks {number!r} from {folder}/summary.json"

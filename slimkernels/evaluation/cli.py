@@ -96,6 +96,9 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
         model = load_model(args.model, device=args.device)
     except (FileNotFoundError, ValueError) as e:
         return err(str(e))
+    bad = [w for w in args.widths or [] if w not in model.widths]
+    if bad:
+        return err(f"widths {bad} are not widths of this model {list(model.widths)}")
     try:
         import importlib
         importlib.import_module("slimkernels._coder")  # compress needs the compiled coder
@@ -107,6 +110,7 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
     # --force: the earlier evaluation is set aside (its JPEG / WebP results and other widths'
     # bitstreams stayed beside a new summary), put back if this run fails, removed if it succeeds
     aside = _set_aside(args.out, earlier)
+    created = not os.path.exists(args.out)   # (a failed run removes the folder it made)
     try:
         summary = evaluate_all(model, args.folder, args.out, widths=args.widths,
                                precision=args.precision, limit=args.limit,
@@ -115,6 +119,8 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
                                progress=log)
     except BaseException as e:
         _restore(args.out, OUTPUTS, aside)   # (this run's outputs go: a rerun needs no --force)
+        if created and os.path.isdir(args.out) and not os.listdir(args.out):
+            os.rmdir(args.out)
         if isinstance(e, ValueError):
             return err(str(e))
         raise

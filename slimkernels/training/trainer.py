@@ -507,6 +507,7 @@ class Trainer:
                             else self._scheduler_state),
               "sampler": self.sampler.state_dict() if self.sampler else None,
               "ema": self.ema, "ema_decay": self.cfg.ema if self.ema is not None else None,
+              "bf16": self.bf16,   # (the resolved --bf16: config holds None for "auto")
               "torch_rng": torch.get_rng_state()}
         atomic_torch_save(ck, self.ckpt_path)
 

@@ -259,7 +259,22 @@ def test_force_keeps_the_earlier_evaluation_when_the_new_one_fails(tiny_model, i
     fresh = tmp_path / "fresh"
     assert run_eval(_args([image_folder, "--model", model_path, "--out", str(fresh), "--quiet",
                            "--no-classical"])) == 2
-    assert not fresh.exists() or os.listdir(fresh) == []
+    assert not fresh.exists()   # (the empty folder it made stayed)
+
+
+def test_a_width_the_model_lacks_is_refused_before_the_output_folder_exists(
+        tiny_model, image_folder, tmp_path, capsys):
+    """(--widths 100 was refused after evaluate_all had made the --out folder: it stayed,
+    empty.)"""
+    from slimkernels.pretrained import save_model
+
+    model_path = str(tmp_path / "tiny.pt")
+    save_model(tiny_model, model_path)
+    out = tmp_path / "r"
+    assert run_eval(_args([image_folder, "--model", model_path, "--out", str(out), "--quiet",
+                           "--widths", "100"])) == 2
+    assert "widths [100] are not widths of this model" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_images_sharing_a_name_are_refused(image_folder):

@@ -90,6 +90,33 @@ def test_accelerate_compressai_refuses_bad_arguments_in_one_line(args, msg):
     assert r.returncode in (1, 2) and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_accelerate_compressai_names_why_a_checkpoint_does_not_load(tmp_path):
+    """Only the first line of torch's message was printed ("Error(s) in loading state_dict for
+    FactorizedPrior:"): the keys or shapes that differ, the reason, were left out."""
+    torch = pytest.importorskip("torch")
+    mod = load_script("accelerate_compressai.py")
+    models = mod.import_compressai_models()
+    if models is None:
+        pytest.skip("compressai is not installed")
+    model = models.FactorizedPrior(8, 12)
+    sd = model.state_dict()
+    other = dict(sd)
+    del other["g_a.0.weight"]
+    other["extra.weight"] = torch.zeros(1)
+    torch.save(other, tmp_path / "keys.pt")
+    msg = mod.load_checkpoint(models.FactorizedPrior(8, 12), str(tmp_path / "keys.pt"))
+    assert msg.startswith("1 missing key(s) (e.g. ['g_a.0.weight']), 1 unexpected (e.g. "
+                          "['extra.weight'])"), msg
+    torch.save(models.FactorizedPrior(16, 12).state_dict(), tmp_path / "n16.pt")
+    msg = mod.load_checkpoint(models.FactorizedPrior(8, 12), str(tmp_path / "n16.pt"))
+    assert "size mismatch for g_a.0.weight" in msg and "other --N / --M" in msg, msg
+    torch.save([1, 2], tmp_path / "list.pt")
+    assert mod.load_checkpoint(model, str(tmp_path / "list.pt")) == \
+        "holds a list, not a state_dict"
+    torch.save(sd, tmp_path / "ok.pt")
+    assert mod.load_checkpoint(models.FactorizedPrior(8, 12), str(tmp_path / "ok.pt")) == ""
+
+
 def test_accelerate_compressai_swap_is_used():
     """The swapped model really runs SlimGDN: changing its gamma changes the output."""
     torch = pytest.importorskip("torch")

@@ -212,6 +212,9 @@ def test_weight_average_is_updated_saved_validated_and_exported(image_dir, tmp_p
     assert "ema" in info["weights"]
     # the export records the lambda schedule's state (none here: no --schedule) and due step
     assert "scheduler" in info and info["scheduler"] is None and "next_schedule" in info
+    # no schedule ran: no due step (it said 3); the precision the run resolved (it said None)
+    assert info["next_schedule"] is None
+    assert info["bf16"] is r.bf16 and isinstance(info["bf16"], bool)
     with pytest.raises(ValueError, match="weights must be"):
         load_model(ckpt, weights="best")
 
@@ -263,6 +266,29 @@ def test_export_refuses_bad_inputs_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and re.search(msg, err), err
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_export_refuses_outputs_it_cannot_or_must_not_write(image_dir, tmp_path, capsys):
+    """An output in a missing folder or an existing folder printed a traceback; the
+    checkpoint itself as the output (with --force) replaced the run's checkpoint."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "export_model", os.path.join(ROOT, "python", "export_model.py"))
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    Trainer(_cfg(image_dir, tmp_path / "run", steps=1), log=lambda *_: None).fit()
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    (tmp_path / "folder").mkdir()
+    cases = [([str(ckpt), str(tmp_path / "nodir" / "m.pt")], r"cannot write .*m\.pt: No such"),
+             ([str(ckpt), str(tmp_path / "folder"), "--force"], r"folder\S* is a folder"),
+             ([str(ckpt), str(ckpt), "--force"], r"is the checkpoint .* itself")]
+    for argv, msg in cases:
+        assert export.main(argv) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and re.search(msg, err), err
+    assert ckpt.read_bytes() == before
+    assert list((tmp_path / "folder").iterdir()) == []
 
 
 def test_ema_off_keeps_no_average(image_dir, tmp_path):
