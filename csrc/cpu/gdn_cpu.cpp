@@ -6,7 +6,7 @@
 //   2. n = z gamma^T on AMX tiles (tdpbf16ps, fp32 accumulation) into a per-thread fp32 buffer;
 //   3. epilogue: y = x * rsqrt(n + beta) (IGDN: x * sqrt(n + beta)), written once.
 // channels_last: the block is 32 pixel rows; A = z [32 x K], B = gamma^T packed in VNNI pairs,
-// tile by tile (gemm_t).
+// tile by tile (BTiles).
 // NCHW: the block is PB pixels of one image; A = gamma [C x K], B = z [K x PB] packed in VNNI
 // pairs (n comes out transposed, [C x PB], which is NCHW's layout).
 // Any C: K is padded to a multiple of 32 and the output channels to a multiple of 16 with zeros
@@ -102,21 +102,41 @@ namespace {
 using amx::config_full;
 using amx::release;
 
-// C tiles 0..3 (C[i][j] = tmm(2i+j)), A tiles 4, 5, B tiles 6, 7.
-template <int MT, int NT>
-SK_TARGET inline void micro(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb,
-                            float* Cm, int64_t ldc, int64_t K) {
+// Where the B tiles of a GEMM lie. Rows: B in VNNI rows (K/2 rows of N pairs, ldb elements per
+// row; the NCHW path's z): tile (k, column j) at B + (k/2)*ldb + 2j, rows ldb*2 bytes apart.
+// Tiles: the channels_last packing of gamma (pack_gamma): 16-column panels of K/32 tiles of 16
+// pair rows x 32 elements, each tile 1 KB contiguous, a panel one sequential stream (at C > 128
+// the packed gamma no longer fits L1 and streams from L2 for every block of rows; as rows of the
+// whole [K/2][N][2] matrix each tile was 16 lines 2*N*2 bytes apart: ~9 % slower at C = 144 /
+// 192): tile (k, j) at B + (j/16)*K*16 + k*16.
+struct BRows {
+  const uint16_t* B;
+  int64_t ldb;
+  const uint16_t* at(int64_t k, int64_t j) const { return B + (k / 2) * ldb + 2 * j; }
+  long stride() const { return static_cast<long>(ldb * 2); }
+};
+struct BTiles {
+  const uint16_t* B;
+  int64_t K;
+  const uint16_t* at(int64_t k, int64_t j) const { return B + (j / 16) * K * 16 + k * 16; }
+  long stride() const { return 64; }
+};
+
+// C tiles 0..3 (C[i][j] = tmm(2i+j)), A tiles 4, 5, B tiles 6, 7: the 32 x 32 block of C at
+// (rows of A, columns j..j+32).
+template <int MT, int NT, class BT>
+SK_TARGET inline void micro(const uint16_t* A, int64_t lda, const BT& bt, int64_t j, float* Cm,
+                            int64_t ldc, int64_t K) {
   _tile_zero(0);
   if constexpr (NT == 2) _tile_zero(1);
   if constexpr (MT == 2) _tile_zero(2);
   if constexpr (MT == 2 && NT == 2) _tile_zero(3);
-  const long sa = lda * 2, sb = ldb * 2;
+  const long sa = lda * 2, sb = bt.stride();
   for (int64_t k = 0; k < K; k += 32) {
     _tile_loadd(4, A + k, sa);
     if constexpr (MT == 2) _tile_loadd(5, A + 16 * lda + k, sa);
-    const uint16_t* b = B + (k / 2) * ldb;
-    _tile_loadd(6, b, sb);
-    if constexpr (NT == 2) _tile_loadd(7, b + 32, sb);
+    _tile_loadd(6, bt.at(k, j), sb);
+    if constexpr (NT == 2) _tile_loadd(7, bt.at(k, j + 16), sb);
     _tile_dpbf16ps(0, 4, 6);
     if constexpr (NT == 2) _tile_dpbf16ps(1, 4, 7);
     if constexpr (MT == 2) _tile_dpbf16ps(2, 5, 6);
@@ -129,70 +149,21 @@ SK_TARGET inline void micro(const uint16_t* A, int64_t lda, const uint16_t* B, i
   if constexpr (MT == 2 && NT == 2) _tile_stored(3, Cm + 16 * ldc + 16, sc);
 }
 
-// micro with B in tiles (the channels_last packing of gamma, see pack_gamma): B0, B1 = the 16-
-// column panels of the C tiles' columns, each K/32 tiles of 16 pair rows x 32 elements, 1 KB
-// contiguous per tile: a panel is one sequential stream (at C > 128 the packed gamma no longer
-// fits L1 and streams from L2 for every block of rows; as rows of the whole [K/2][N][2] matrix,
-// each tile was 16 lines 2*N*2 bytes apart: ~9 % slower at C = 144 / 192).
-template <int MT, int NT>
-SK_TARGET inline void micro_t(const uint16_t* A, int64_t lda, const uint16_t* B0,
-                              const uint16_t* B1, float* Cm, int64_t ldc, int64_t K) {
-  _tile_zero(0);
-  if constexpr (NT == 2) _tile_zero(1);
-  if constexpr (MT == 2) _tile_zero(2);
-  if constexpr (MT == 2 && NT == 2) _tile_zero(3);
-  const long sa = lda * 2;
-  for (int64_t k = 0; k < K; k += 32) {
-    _tile_loadd(4, A + k, sa);
-    if constexpr (MT == 2) _tile_loadd(5, A + 16 * lda + k, sa);
-    _tile_loadd(6, B0 + k * 16, 64);
-    if constexpr (NT == 2) _tile_loadd(7, B1 + k * 16, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    if constexpr (NT == 2) _tile_dpbf16ps(1, 4, 7);
-    if constexpr (MT == 2) _tile_dpbf16ps(2, 5, 6);
-    if constexpr (MT == 2 && NT == 2) _tile_dpbf16ps(3, 5, 7);
-  }
-  const long sc = ldc * 4;
-  _tile_stored(0, Cm, sc);
-  if constexpr (NT == 2) _tile_stored(1, Cm + 16, sc);
-  if constexpr (MT == 2) _tile_stored(2, Cm + 16 * ldc, sc);
-  if constexpr (MT == 2 && NT == 2) _tile_stored(3, Cm + 16 * ldc + 16, sc);
-}
-
-SK_TARGET void gemm_t(const uint16_t* A, int64_t lda, const uint16_t* B, float* Cm,
-                      int64_t ldc, int64_t M, int64_t N, int64_t K) {
-  const int64_t tile_k = K * 16;  // elements of one 16-column panel (K/32 tiles of 512)
+// Cm[M x N] (fp32, ldc) = A[M x K] (bf16 row-major, lda) . B (bt: BRows or BTiles). M, N
+// multiples of 16; K a multiple of 32.
+template <class BT>
+SK_TARGET void gemm(const uint16_t* A, int64_t lda, const BT& bt, float* Cm, int64_t ldc,
+                    int64_t M, int64_t N, int64_t K) {
   for (int64_t i = 0; i < M; i += 32) {
     const bool m2 = i + 32 <= M;
     const uint16_t* a = A + i * lda;
     for (int64_t j = 0; j < N; j += 32) {
       const bool n2 = j + 32 <= N;
-      const uint16_t* b0 = B + (j / 16) * tile_k;
-      const uint16_t* b1 = b0 + tile_k;
       float* c = Cm + i * ldc + j;
-      if (m2 && n2) micro_t<2, 2>(a, lda, b0, b1, c, ldc, K);
-      else if (m2) micro_t<2, 1>(a, lda, b0, b1, c, ldc, K);
-      else if (n2) micro_t<1, 2>(a, lda, b0, b1, c, ldc, K);
-      else micro_t<1, 1>(a, lda, b0, b1, c, ldc, K);
-    }
-  }
-}
-
-// Cm[M x N] (fp32, ldc) = A[M x K] (bf16 row-major, lda) . B (VNNI: K/2 rows of N pairs, ldb
-// elements per row). M, N multiples of 16; K a multiple of 32.
-SK_TARGET void gemm(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb, float* Cm,
-                    int64_t ldc, int64_t M, int64_t N, int64_t K) {
-  for (int64_t i = 0; i < M; i += 32) {
-    const bool m2 = i + 32 <= M;
-    const uint16_t* a = A + i * lda;
-    for (int64_t j = 0; j < N; j += 32) {
-      const bool n2 = j + 32 <= N;
-      const uint16_t* b = B + 2 * j;
-      float* c = Cm + i * ldc + j;
-      if (m2 && n2) micro<2, 2>(a, lda, b, ldb, c, ldc, K);
-      else if (m2) micro<2, 1>(a, lda, b, ldb, c, ldc, K);
-      else if (n2) micro<1, 2>(a, lda, b, ldb, c, ldc, K);
-      else micro<1, 1>(a, lda, b, ldb, c, ldc, K);
+      if (m2 && n2) micro<2, 2>(a, lda, bt, j, c, ldc, K);
+      else if (m2) micro<2, 1>(a, lda, bt, j, c, ldc, K);
+      else if (n2) micro<1, 2>(a, lda, bt, j, c, ldc, K);
+      else micro<1, 1>(a, lda, bt, j, c, ldc, K);
     }
   }
 }
@@ -284,7 +255,7 @@ SK_TARGET void run_cl(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t row0
         }
       }
     }
-    gemm_t(zb, K3, p.gpack, nb, Cpad, kClRows, Cpad, K3);
+    gemm(zb, K3, BTiles{p.gpack, K3}, nb, Cpad, kClRows, Cpad, K3);
     for (int64_t r = 0; r < nr; ++r) {
       const int64_t xo = (r0 + r) * C;
       const float* nr_ = nb + r * Cpad;
@@ -350,7 +321,7 @@ SK_TARGET void run_nchw(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t b0
         }
       }
     }
-    gemm(p.gpack, K3, zb, 2 * PB, nb, PB, Cpad, PB, K3);
+    gemm(p.gpack, K3, BRows{zb, 2 * PB}, nb, PB, Cpad, PB, K3);
     for (int64_t c = 0; c < C; ++c) {
       const __m512 bc = _mm512_set1_ps(p.beta[c]);
       const float* nr_ = nb + c * PB;
@@ -405,7 +376,7 @@ SK_TARGET void pack_gamma(const GdnArgs& a, int64_t C, int64_t Kpad, int64_t Cpa
     if (a.channels_last) {
       // tile (jt, kc) (16 columns jt*16.., K chunk kc of K3) at (jt * K3/32 + kc) * 512: pair
       // row kr of K3 (elements 2kr, 2kr+1) of column o at tile (o/16, kr/16), row kr % 16,
-      // pair o % 16 (gemm_t)
+      // pair o % 16 (BTiles)
       uint32_t* const g32 = reinterpret_cast<uint32_t*>(gpack);
       for (int64_t r = 0; r < (C + 1) / 2; ++r) {
         const int64_t kr = s * Kpad / 2 + r;
