@@ -37,9 +37,10 @@ def import_compressai_models():
     requests, torchvision or torch_geometric), the model source files are loaded under stub
     ``compressai`` / ``compressai.models`` / ``compressai.registry`` modules instead.
     """
-    loaded = sys.modules.get("compressai.models")
-    if loaded is not None and hasattr(loaded, "FactorizedPrior"):
-        return loaded   # (imported, or loaded under the stubs by an earlier call)
+    for name in ("compressai.models", "compressai.models.google"):
+        loaded = sys.modules.get(name)   # (imported, or loaded under the stubs: an earlier call)
+        if loaded is not None and hasattr(loaded, "FactorizedPrior"):
+            return loaded
     try:
         spec = importlib.util.find_spec("compressai")
     except ValueError:   # a stub 'compressai' without a spec (other code's): look on the path
@@ -130,18 +131,19 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> str:
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     if not isinstance(sd, dict):
         return f"holds a {type(sd).__name__}, not a state_dict"
-    want = set(model.state_dict())
-    missing, unexpected = sorted(want - set(sd)), sorted(set(sd) - want)
-    if missing or unexpected:
-        return (f"{len(missing)} missing key(s) (e.g. {missing[:3]}), {len(unexpected)} "
-                f"unexpected (e.g. {unexpected[:3]}): a state_dict of another architecture "
-                f"(--arch)?")
-    try:
+    try:   # (CompressAI's own load_state_dict renames an older release's entropy-model keys)
         model.load_state_dict(sd)
-    except Exception as e:  # noqa: BLE001 - shapes of another N / M
+    except Exception as e:  # noqa: BLE001 - other keys, shapes of another N / M
         lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
-        return (lines[0] + " (other --N / --M?)") if lines else \
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if lines:
+            return lines[0] + " (other --N / --M?)"
+        want = set(model.state_dict())
+        missing, unexpected = sorted(want - set(sd)), sorted(set(sd) - want)
+        if missing or unexpected:
+            return (f"{len(missing)} missing key(s) (e.g. {missing[:3]}), {len(unexpected)} "
+                    f"unexpected (e.g. {unexpected[:3]}): a state_dict of another architecture "
+                    f"(--arch)?")
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return ""
 
 

@@ -115,6 +115,15 @@ def test_accelerate_compressai_names_why_a_checkpoint_does_not_load(tmp_path):
         "holds a list, not a state_dict"
     torch.save(sd, tmp_path / "ok.pt")
     assert mod.load_checkpoint(models.FactorizedPrior(8, 12), str(tmp_path / "ok.pt")) == ""
+    # an older CompressAI's entropy-model keys (_matrix0, ...): its load_state_dict renames them
+    old = {re.sub(r"entropy_bottleneck\.(matrices|biases|factors)\.(\d+)",
+                  lambda g: "entropy_bottleneck._" + {"matrices": "matrix", "biases": "bias",
+                                                      "factors": "factor"}[g[1]] + g[2], k): v
+           for k, v in sd.items()}
+    assert any("_matrix0" in k for k in old)
+    torch.save(old, tmp_path / "old.pt")
+    assert mod.load_checkpoint(models.FactorizedPrior(8, 12), str(tmp_path / "old.pt")) == ""
+    assert mod.import_compressai_models() is models   # (a second call: the same classes)
 
 
 def test_accelerate_compressai_swap_is_used():
