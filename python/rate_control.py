@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from typing import Dict, List
@@ -96,6 +97,17 @@ def tiny_model():
 
 
 def main(argv=None) -> int:
+    """The command line (see the module docstring); a folder of generated images (--tiny
+    without a folder) is removed at the end (every --tiny run left one in /tmp)."""
+    made = []
+    try:
+        return _main(argv, made)
+    finally:
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _main(argv, made) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", nargs="?", default=None, help="folder of images")
@@ -129,6 +141,7 @@ def main(argv=None) -> int:
     if args.tiny:
         if args.folder is None:   # generated images in a new temporary folder
             args.folder = tempfile.mkdtemp(prefix="rate-control-")
+            made.append(args.folder)
             generate_images(args.folder)
         model = tiny_model()
     else:

@@ -33,9 +33,15 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+#: The values of a Triton boolean environment variable that mean "on" (any case; triton's
+#: ``getenv_bool``, 3.x): anything else, ``false`` / ``off`` / ``no`` included, is off.
+_TRITON_TRUE = ("1", "true", "on", "yes", "y")
+
+
 def interpreter_enabled() -> bool:
-    """True when Triton's interpreter mode is switched on (``TRITON_INTERPRET=1``)."""
-    return getenv("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when Triton's interpreter mode is switched on (``TRITON_INTERPRET=1``, ``true``,
+    ``on``, ``yes`` or ``y``, as triton itself reads it; ``false`` was taken for "on")."""
+    return getenv("TRITON_INTERPRET", "0").lower() in _TRITON_TRUE
 
 
 def tf32_allowed() -> bool:

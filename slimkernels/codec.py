@@ -930,7 +930,8 @@ class SlimCodec(nn.Module):
         Raises:
             TypeError: ``x`` is not a tensor (e.g. the ``(x, note)`` tuple of
                 :func:`slimkernels.io.read_image`: pass ``x``).
-            ValueError: bad shape, dtype, width or precision; an image whose values are far
+            ValueError: bad shape, dtype, width, precision or ``metadata`` (see
+                :func:`slimkernels.container.check_metadata`); an image whose values are far
                 outside [0, 1] (e.g. 0-255 pixel values; see :data:`PIXEL_RANGE`: every value
                 is checked where the CPU's bf16 cast of the image measures them in its pass, a
                 sample of ~12k values elsewhere); an image (or model) that is not finite (NaN /
@@ -948,6 +949,8 @@ class SlimCodec(nn.Module):
             raise ValueError(f"compress expects one RGB image [1, 3, H, W], got {tuple(x.shape)}")
         if not torch.is_floating_point(x):
             raise ValueError(f"compress expects a float image in [0, 1], got dtype {x.dtype}")
+        if metadata is not None:   # (before the work: a bad entry failed after the coding)
+            container.check_metadata(metadata)
         if x.shape[-2] < 1 or x.shape[-1] < 1:
             raise ValueError(f"compress expects an image of at least 1x1 pixels, got "
                              f"{tuple(x.shape)}")

@@ -115,25 +115,48 @@ def pack(f: SlimFile) -> bytes:
     parts = [_FIXED.pack(MAGIC, FORMAT_VERSION, 0, model_id, int(f.width), int(f.height),
                          int(f.img_width), int(f.streams), len(f.metadata))]
     for k, v in f.metadata.items():
-        if not isinstance(k, str):
-            raise ValueError(f"metadata keys must be str, got {type(k).__name__} {k!r}")
-        if not isinstance(v, (bytes, bytearray, memoryview)):
-            raise ValueError(f"metadata value of {k!r} must be bytes, got {type(v).__name__} "
-                             f"(encode text first, e.g. 'text'.encode())")
-        try:
-            kb = k.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"metadata key {k!r} is not valid UTF-8 text (a lone surrogate?)") \
-                from None
-        if not 1 <= len(kb) <= 255:
-            raise ValueError(f"metadata key {k!r} must be 1..255 UTF-8 bytes")
+        kb = _metadata_key(k, v)
         v = bytes(v)
-        if len(v) >= 1 << 32:
-            raise ValueError(f"metadata value of {k!r} is {len(v)} bytes (at most 2**32 - 1)")
         parts.append(struct.pack("<B", len(kb)) + kb + struct.pack("<I", len(v)) + v)
     header = b"".join(parts)
     pre = header + struct.pack("<II", len(payload), zlib.crc32(payload))
     return pre + struct.pack("<I", zlib.crc32(pre)) + payload
+
+
+def _metadata_key(k, v) -> bytes:
+    """The UTF-8 bytes of metadata key ``k`` after checking the entry ``k: v`` as :func:`pack`
+    stores it (ValueError naming the entry otherwise)."""
+    if not isinstance(k, str):
+        raise ValueError(f"metadata keys must be str, got {type(k).__name__} {k!r}")
+    if not isinstance(v, (bytes, bytearray, memoryview)):
+        raise ValueError(f"metadata value of {k!r} must be bytes, got {type(v).__name__} "
+                         f"(encode text first, e.g. 'text'.encode())")
+    try:
+        kb = k.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"metadata key {k!r} is not valid UTF-8 text (a lone surrogate?)") \
+            from None
+    if not 1 <= len(kb) <= 255:
+        raise ValueError(f"metadata key {k!r} must be 1..255 UTF-8 bytes")
+    if memoryview(v).nbytes >= 1 << 32:
+        raise ValueError(f"metadata value of {k!r} is {memoryview(v).nbytes} bytes (at most "
+                         f"2**32 - 1)")
+    return kb
+
+
+def check_metadata(metadata) -> None:
+    """ValueError when :func:`pack` would refuse ``metadata`` (a ``str -> bytes`` mapping: at
+    most 65535 entries, keys of 1..255 UTF-8 bytes, values of bytes / bytearray / memoryview
+    under 4 GiB), naming the first problem; for callers that check before the work (``compress``
+    before its transform)."""
+    from collections.abc import Mapping
+    if not isinstance(metadata, Mapping):
+        raise ValueError(f"metadata must be a dict of str -> bytes, got "
+                         f"{type(metadata).__name__}")
+    if len(metadata) >= 1 << 16:
+        raise ValueError("too many metadata entries (at most 65535)")
+    for k, v in metadata.items():
+        _metadata_key(k, v)
 
 
 def unpack(data: bytes) -> SlimFile:

@@ -60,6 +60,19 @@ def rd_table(model: Codec, x: torch.Tensor, precision: str = "auto",
     return out
 
 
+def _positive_target(t, what: str) -> float:
+    """``t`` as a float when it is a finite real number > 0 (bool, numpy and 0-d tensor numbers
+    pass), else ValueError naming ``what`` (a str or None said "must be real number, not str";
+    an int beyond float range was an OverflowError)."""
+    try:
+        v = float(t)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{what} must be a finite number > 0, got {t!r:.60}") from None
+    if isinstance(t, str) or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{what} must be a finite number > 0, got {t!r:.60}")
+    return v
+
+
 def pick_width(rows: List[Dict], target_bpp: Optional[float] = None,
                target_psnr: Optional[float] = None) -> int:
     """The width for a target from :func:`rd_table` rows (any order): for ``target_bpp`` the
@@ -72,16 +85,14 @@ def pick_width(rows: List[Dict], target_bpp: Optional[float] = None,
     """
     if (target_bpp is None) == (target_psnr is None):
         raise ValueError("give exactly one of target_bpp and target_psnr")
-    t = target_bpp if target_bpp is not None else target_psnr
-    if not (math.isfinite(t) and t > 0):
-        raise ValueError(f"the target must be a finite number > 0, got {t}")
+    t = _positive_target(target_bpp if target_bpp is not None else target_psnr, "the target")
     if not rows:
         raise ValueError("no rate-distortion rows to choose from")
     rows = sorted(rows, key=lambda r: -r["width"])   # widest first, whatever the given order
     if target_bpp is not None:
-        fits = [r["width"] for r in rows if r["bpp"] <= target_bpp]
+        fits = [r["width"] for r in rows if r["bpp"] <= t]
         return fits[0] if fits else rows[-1]["width"]
-    good = [r["width"] for r in rows if r["psnr"] >= target_psnr]
+    good = [r["width"] for r in rows if r["psnr"] >= t]
     return good[-1] if good else rows[0]["width"]
 
 
@@ -95,12 +106,14 @@ def compress_to_target_bpp(model: Codec, x: torch.Tensor, target_bpp: float,
     file's size.
 
     Raises:
-        ValueError: ``target_bpp`` not a finite number > 0.
+        ValueError: ``target_bpp`` not a finite number > 0, or a model without widths.
     """
-    if not (math.isfinite(target_bpp) and target_bpp > 0):
-        raise ValueError(f"target bpp must be a finite number > 0, got {target_bpp}")
+    target_bpp = _positive_target(target_bpp, "target bpp")
     H, W = x.shape[-2:]
-    for w in _widest_first(model):  # widest first: stop at the first that fits
+    widths = _widest_first(model)
+    if not widths:
+        raise ValueError(f"{type(model).__name__} has no widths to choose from")
+    for w in widths:  # widest first: stop at the first that fits
         data = model.compress(x, w, precision=precision, **compress_kwargs)
         if 8 * len(data) / (H * W) <= target_bpp:
             return w, data, True
@@ -127,6 +140,5 @@ def width_for_target_psnr(model: Codec, x: torch.Tensor, target_psnr: float,
     Raises:
         ValueError: ``target_psnr`` not a finite number > 0.
     """
-    if not (math.isfinite(target_psnr) and target_psnr > 0):
-        raise ValueError(f"target PSNR must be a finite number > 0, got {target_psnr}")
+    target_psnr = _positive_target(target_psnr, "target PSNR")
     return pick_width(rd_table(model, x, precision), target_psnr=target_psnr)

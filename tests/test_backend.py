@@ -48,3 +48,19 @@ def test_a_backend_that_is_not_a_string_is_a_clear_error(monkeypatch):
         resolve_backend(x, 1)
     monkeypatch.setenv("SLIMKERNELS_BACKEND", "  ")
     assert resolve_backend(x) == resolve_backend(x, None)
+
+
+@pytest.mark.parametrize("value,on", [("1", True), ("true", True), ("ON", True), ("yes", True),
+                                      ("y", True), ("0", False), ("false", False),
+                                      ("off", False), ("no", False), ("", False), ("2", False)])
+def test_the_interpreter_switch_is_read_as_triton_reads_it(monkeypatch, value, on):
+    """TRITON_INTERPRET=false was taken for "on" (any value but "" and "0"), the opposite of
+    triton: the backend check then let CPU tensors reach triton ("0 active drivers")."""
+    from slimkernels.backend import interpreter_enabled
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert interpreter_enabled() is on
+    try:
+        from triton._C.libtriton import getenv_bool
+    except ImportError:
+        return
+    assert getenv_bool("TRITON_INTERPRET", False) is on   # (triton's own reading agrees)

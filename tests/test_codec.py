@@ -197,6 +197,20 @@ def test_a_forged_image_size_is_refused_before_its_latent_is_decoded(model):
         model.decompress(forged)
 
 
+@pytest.mark.parametrize("bad,msg", [("ab", "metadata must be a dict of str -> bytes, got str"),
+                                     (42, "metadata must be a dict of str -> bytes, got int"),
+                                     ({"a": "text"}, "metadata value of 'a' must be bytes"),
+                                     ({"": b"x"}, "metadata key '' must be 1..255 UTF-8 bytes")])
+def test_bad_metadata_is_refused_before_the_transform(model, monkeypatch, bad, msg):
+    """(A str or int metadata raised dict()'s "dictionary update sequence element #0 ..." /
+    "'int' object is not iterable", and every bad entry failed only after the coding.)"""
+    ran = []
+    monkeypatch.setattr(type(model), "encode", lambda *a, **k: ran.append(1))
+    with pytest.raises(ValueError, match=msg):
+        model.compress(torch.rand(1, 3, 8, 8), 8, metadata=bad)
+    assert not ran
+
+
 def test_compress_refuses_a_side_a_file_cannot_hold_before_the_transform(model, monkeypatch):
     monkeypatch.setattr(container, "MAX_SIDE", 31)
     ran = []

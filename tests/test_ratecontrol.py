@@ -48,3 +48,27 @@ def test_rd_table_is_widest_first_for_a_codec_listing_widths_in_any_order():
     bpp24 = rows[0]["bpp"]
     assert width_for_target_bpp(_Unsorted(), x, bpp24 + 1) == 24
     assert width_for_target_bpp(_Unsorted(), x, 1e-6) == 8
+
+
+@pytest.mark.parametrize("bad", ["1", None, 10 ** 400, [0.5]])
+def test_targets_that_are_not_numbers_are_named(bad):
+    """("must be real number, not str", an OverflowError for an int beyond float range.)"""
+    from slimkernels.ratecontrol import compress_to_target_bpp, width_for_target_psnr
+    x = torch.zeros(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="target bpp must be a finite number > 0"):
+        compress_to_target_bpp(_Unsorted(), x, bad)
+    with pytest.raises(ValueError, match="target PSNR must be a finite number > 0"):
+        width_for_target_psnr(_Unsorted(), x, bad)
+    with pytest.raises(ValueError, match="the target must be a finite number > 0" if bad
+                       is not None else "give exactly one of target_bpp and target_psnr"):
+        pick_width(ROWS, target_bpp=bad)
+
+
+def test_a_codec_without_widths_is_named():
+    """(compress_to_target_bpp raised UnboundLocalError: the loop over no widths set nothing.)"""
+    from slimkernels.ratecontrol import compress_to_target_bpp
+
+    class NoWidths(_Unsorted):
+        widths = []
+    with pytest.raises(ValueError, match="NoWidths has no widths to choose from"):
+        compress_to_target_bpp(NoWidths(), torch.zeros(1, 3, 4, 4), 1.0)

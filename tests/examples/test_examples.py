@@ -188,6 +188,15 @@ def test_rate_control_unreachable_target_is_noted(tmp_path):
     assert r.returncode == 0 and "note:" not in r.stdout
 
 
+def test_rate_control_tiny_removes_its_generated_images(tmp_path, monkeypatch, capsys):
+    """(Every --tiny run without a folder left a rate-control-* folder of images in /tmp.)"""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert load_script("rate_control.py").main(["--tiny", "--target-bpp", "0.7"]) == 0
+    assert "folder width for target 0.7 bpp" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_rate_control_without_model_says_what_to_do(tmp_path):
     from slimkernels.pretrained import bundled_model_path
     (tmp_path / "a.png").write_bytes(b"")
