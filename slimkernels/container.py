@@ -32,6 +32,7 @@ from typing import Dict
 from ._checks import is_int
 
 __all__ = ["SlimFile", "SlimFormatError", "pack", "unpack", "read", "read_bytes", "check_magic",
+           "check_metadata",
            "write", "MAGIC", "FORMAT_VERSION", "MAX_SIDE"]
 
 MAGIC = b"SLIM"
