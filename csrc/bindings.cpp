@@ -99,28 +99,16 @@ I32 decode(const py::buffer& data, const I32& indexes, const I32& cdfs, const I3
   check_sizes(n, indexes.size(), run);
   const uint8_t* d = static_cast<const uint8_t*>(info.ptr);
   const size_t size = size_t(info.size);
-  // A header that is unreadable or records another symbol count is reported (after the
-  // arguments, as decode checks them) before the output is allocated: a wrong shape= must not
-  // allocate memory for symbols the stream does not hold.
-  int64_t recorded = -1;
-  try {
-    recorded = slimcoder::symbol_count(d, size);
-  } catch (const slimcoder::Error&) {
-  }
-  if (recorded != int64_t(n)) {
-    py::gil_scoped_release release;
-    slimcoder::decode(d, size, indexes.data(), int64_t(n), t, threads, nullptr, run);  // throws
-    throw slimcoder::Error("internal: decode accepted a header it could not parse");
-  }
-  {  // n symbols the data cannot hold: refused before their memory is allocated
-    py::gil_scoped_release release;
-    slimcoder::check_capacity(size, indexes.data(), int64_t(n), t, run);
-  }
-  I32 out(dims);
-  int32_t* o = out.mutable_data();
+  // The output is allocated only after decode_to's checks (arguments, header, the symbol count
+  // against the data): a wrong shape= or a forged header allocates nothing.
+  I32 out;
   {
     py::gil_scoped_release release;
-    slimcoder::decode(d, size, indexes.data(), int64_t(n), t, threads, o, run, ex);
+    slimcoder::decode_to(d, size, indexes.data(), int64_t(n), t, threads, [&]() {
+      py::gil_scoped_acquire acquire;  // (a MemoryError propagates as error_already_set)
+      out = I32(dims);
+      return out.mutable_data();
+    }, run, ex);
   }
   return out;
 }

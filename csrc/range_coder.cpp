@@ -1187,7 +1187,7 @@ struct CachedTables {
   std::atomic<size_t> bytes{0};
 
   // min_bits[i]: the fewest bits a symbol of CDF i can cost, -log2 of its largest frequency
-  // (the escape's included) over 2^precision (see check_capacity).
+  // (the escape's included) over 2^precision (see check_capacity_of).
   std::vector<double> min_bits;
 
   CachedTables(const Tables& t, TableCache* cache)
@@ -1558,17 +1558,9 @@ void check_capacity_of(const CachedTables& c, size_t size, const int32_t* indexe
 
 }  // namespace
 
-void check_capacity(size_t size, const int32_t* indexes, int64_t n, const Tables& t,
-                    int64_t run) {
-  if (n < 0) throw Error("negative symbol count");
-  check_run(n, run);
-  const auto tables = table_cache()->get(t);
-  validate_indexes(indexes, n / run, t.num_cdfs);
-  check_capacity_of(*tables, size, indexes, n, run);
-}
-
-void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
-            const Tables& t, int threads, int32_t* out, int64_t run, Executor executor) {
+void decode_to(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
+               const Tables& t, int threads, const std::function<int32_t*()>& out_for,
+               int64_t run, Executor executor) {
   if (n < 0) throw Error("negative symbol count");
   check_run(n, run);
   const auto tables = table_cache()->get(t);  // validated (or found equal to validated tables)
@@ -1581,18 +1573,24 @@ void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
     if (h.n != n)
       throw Error("stream holds " + str(h.n) + " symbols but " + str(n) +
                   " were asked for (wrong indexes or shape?)");
-    // before decoding into out: n symbols the data cannot hold are refused at once (decoding
-    // them would fill out, e.g. gigabytes from a forged header of a few hundred bytes)
+    // before the output exists: n symbols the data cannot hold are refused at once (decoding
+    // them filled gigabytes from a forged header of a few hundred bytes)
     check_capacity_of(*tables, size, indexes, n, run);
   } catch (const Error&) {
     validate_indexes(indexes, n / run, t.num_cdfs);  // a bad argument is reported before bad data
     throw;
   }
+  int32_t* const out = out_for();
   // Symbol numbers fit in 8 bits when every CDF has at most 256 symbols (escape included).
   if (tables->max_len - 1 <= 256)
     decode_impl<uint8_t>(h, data, indexes, run, n, t, *tables, threads, out, executor);
   else
     decode_impl<uint16_t>(h, data, indexes, run, n, t, *tables, threads, out, executor);
+}
+
+void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
+            const Tables& t, int threads, int32_t* out, int64_t run, Executor executor) {
+  decode_to(data, size, indexes, n, t, threads, [out] { return out; }, run, executor);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -88,20 +89,22 @@ void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, con
                   Executor executor = nullptr);
 
 // Decodes n symbols into out[0..n). Any byte string is accepted as input: the result is either a
-// successful decode or an Error, in time O(n * max_length + size) (n at most what check_capacity
-// allows for size bytes; a substream stops at the first read past its end). threads <= 0 means
+// successful decode or an Error, in time O(n * max_length + size) (n at most what decode_to's
+// capacity check allows for size bytes; a substream stops at the first read past its end). threads <= 0 means
 // min(streams in the data, hardware threads). run, executor: as for encode.
 void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
             const Tables& t, int threads, int32_t* out, int64_t run = 1,
             Executor executor = nullptr);
 
-// Throws Error when n symbols with these indexes cannot be in `size` bytes of encoded data:
-// each costs at least -log2 of its CDF's largest frequency over 2^precision (less 2^-14 bits of
-// rounding). decode() checks it before writing out; a caller that allocates out from the
-// header's symbol count checks it first (a forged count must not allocate gigabytes).
-// Validates the tables and the indexes. run: as for encode.
-void check_capacity(size_t size, const int32_t* indexes, int64_t n, const Tables& t,
-                    int64_t run = 1);
+// decode() that asks for its output only once every check passed (arguments, tables, header,
+// and that `size` bytes can hold n symbols with these tables: each costs at least -log2 of its
+// CDF's largest frequency over 2^precision, less 2^-14 bits of rounding): out_for() returns the
+// buffer of n int32 (called once, on the calling thread, before any symbol is decoded), so a
+// caller that allocates it there allocates nothing for a stream decode refuses (a forged
+// symbol count must not allocate gigabytes).
+void decode_to(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
+               const Tables& t, int threads, const std::function<int32_t*()>& out_for,
+               int64_t run = 1, Executor executor = nullptr);
 
 // Number of substreams recorded in an encoded string (parses and validates only the header).
 int64_t stream_count(const uint8_t* data, size_t size);
