@@ -1536,7 +1536,7 @@ int64_t symbol_count(const uint8_t* data, size_t size) {
 
 namespace {
 
-// check_capacity on validated tables and indexes. Every symbol of CDF i costs at least
+// decode_to's capacity check, on validated tables. Every symbol of CDF i costs at least
 // min_bits[i] - 2^-14 bits: a rANS step scales the state by 2^p / f up to the rounding of
 // floor(x / f) with x / f >= 2^(31 - p) (x >= 2^31), i.e. by at least (2^p / f)(1 - 2^-15):
 // log2 of that is above -log2(f / 2^p) - 4.5e-5. The state words (4 x 64 bits) and every

@@ -120,8 +120,7 @@ def main(argv=None) -> int:
             "weights": weights,
             "data": os.path.basename(os.path.normpath(cfg["data"])), "last_validation": val,
             # the lambda schedule's state, so that --init MODEL --init-continue --schedule resumes it
-            "scheduler": ck.get("scheduler"),
-            "next_schedule": ck.get("next_schedule") if ck.get("scheduler") else None}
+            "scheduler": sched, "next_schedule": ck.get("next_schedule") if sched else None}
     if main_ck is not None:
         if main_ck.get("scheduler") is None:
             print(f"{args.schedule_from} records no lambda schedule (trained without "

@@ -131,6 +131,7 @@ def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]
             raise CLIError(f"{seen[key]} and {src} would both write {dst}; rename one")
         seen[key] = src
     sources = {os.path.realpath(i): i for i in inputs}
+    images = _image_extensions() if ext == ".slim" else set()
     for i, o in zip(inputs, outs):
         same = sources.get(os.path.realpath(o))
         if same is None and os.path.exists(o):
@@ -142,7 +143,7 @@ def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]
         if os.path.exists(o) and not os.path.isfile(o):
             raise CLIError(f"{o} exists and is not a regular file (a folder, device or FIFO): "
                            f"not replacing it, even with --force")
-        if ext == ".slim" and os.path.splitext(o)[1].lower() in _image_extensions():
+        if os.path.splitext(o)[1].lower() in images:
             raise CLIError(f"{o}: compress writes a .slim file, not an image: name it .slim")
         folder = os.path.dirname(os.path.abspath(o))
         if not os.path.isdir(folder):

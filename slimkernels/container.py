@@ -107,8 +107,7 @@ def pack(f: SlimFile) -> bytes:
             raise ValueError(f"{name} {v} out of range 1..{MAX_SIDE}")
     if not 1 <= f.streams <= 255:
         raise ValueError(f"streams {f.streams} out of range 1..255")
-    if len(f.metadata) >= 1 << 16:
-        raise ValueError("too many metadata entries (at most 65535)")
+    check_metadata(f.metadata)
     payload = _bytes_like(f.payload, "payload")
     if len(payload) >= 1 << 32:
         raise ValueError(f"payload is {len(payload)} bytes; a .slim file holds at most 2**32 - 1 "
@@ -116,17 +115,15 @@ def pack(f: SlimFile) -> bytes:
     parts = [_FIXED.pack(MAGIC, FORMAT_VERSION, 0, model_id, int(f.width), int(f.height),
                          int(f.img_width), int(f.streams), len(f.metadata))]
     for k, v in f.metadata.items():
-        kb = _metadata_key(k, v)
-        v = bytes(v)
+        kb, v = k.encode("utf-8"), bytes(v)
         parts.append(struct.pack("<B", len(kb)) + kb + struct.pack("<I", len(v)) + v)
     header = b"".join(parts)
     pre = header + struct.pack("<II", len(payload), zlib.crc32(payload))
     return pre + struct.pack("<I", zlib.crc32(pre)) + payload
 
 
-def _metadata_key(k, v) -> bytes:
-    """The UTF-8 bytes of metadata key ``k`` after checking the entry ``k: v`` as :func:`pack`
-    stores it (ValueError naming the entry otherwise)."""
+def _check_metadata_entry(k, v) -> None:
+    """ValueError naming the entry ``k: v`` when :func:`pack` cannot store it."""
     if not isinstance(k, str):
         raise ValueError(f"metadata keys must be str, got {type(k).__name__} {k!r}")
     if not isinstance(v, (bytes, bytearray, memoryview)):
@@ -142,7 +139,6 @@ def _metadata_key(k, v) -> bytes:
     if memoryview(v).nbytes >= 1 << 32:
         raise ValueError(f"metadata value of {k!r} is {memoryview(v).nbytes} bytes (at most "
                          f"2**32 - 1)")
-    return kb
 
 
 def check_metadata(metadata) -> None:
@@ -157,7 +153,7 @@ def check_metadata(metadata) -> None:
     if len(metadata) >= 1 << 16:
         raise ValueError("too many metadata entries (at most 65535)")
     for k, v in metadata.items():
-        _metadata_key(k, v)
+        _check_metadata_entry(k, v)
 
 
 def unpack(data: bytes) -> SlimFile:

@@ -47,7 +47,7 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
     Ctrl-C), removed when it succeeds. ``prog``: the name the errors show.
     """
     from ..pretrained import load_model
-    from .kodak import OUTPUTS, evaluate_all, list_images
+    from .kodak import OUTPUTS, check_widths, evaluate_all, list_images
 
     def err(msg: str) -> int:
         print(f"{prog}: error: {msg}", file=sys.stderr)
@@ -94,11 +94,9 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
                    f"another --out, or pass --force to replace it")
     try:
         model = load_model(args.model, device=args.device)
+        check_widths(model, args.widths)
     except (FileNotFoundError, ValueError) as e:
         return err(str(e))
-    bad = [w for w in args.widths or [] if w not in model.widths]
-    if bad:
-        return err(f"widths {bad} are not widths of this model {list(model.widths)}")
     try:
         import importlib
         importlib.import_module("slimkernels._coder")  # compress needs the compiled coder

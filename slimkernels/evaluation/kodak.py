@@ -106,6 +106,16 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def check_widths(model, widths: Optional[Sequence[int]]) -> List[int]:
+    """``widths`` (None: all of the model's) sorted, without repeats; ValueError naming those
+    the model does not have."""
+    widths = sorted({int(w) for w in (widths or model.widths)})
+    bad = [w for w in widths if w not in model.widths]
+    if bad:
+        raise ValueError(f"widths {bad} are not widths of this model {list(model.widths)}")
+    return widths
+
+
 def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precision: str = "auto",
              limit: Optional[int] = None, out_dir: Optional[str] = None, streams: int = 1,
              warmup: bool = True, progress: Optional[Callable[[str], None]] = None) -> Dict:
@@ -142,10 +152,7 @@ def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precisi
 
     requested = precision
     precision = resolve_precision(precision, next(model.parameters()).device)
-    widths = sorted({int(w) for w in (widths or model.widths)})
-    bad = [w for w in widths if w not in model.widths]
-    if bad:
-        raise ValueError(f"widths {bad} are not widths of this model {list(model.widths)}")
+    widths = check_widths(model, widths)
     paths = list_images(folder, limit)
     model.eval()
     if not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):

@@ -557,7 +557,7 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
     image = co <= AMX_CONV_IMAGE_MAX_OUT and ci <= AMX_CONV_IMAGE_T_MAX_CHANNELS and \
         k >= 2 * stride + 1
     if stride > 1 and k > stride and weight.shape[-2] == k and \
-            (image or not _use_subpixel(k, co, stride, weight.shape[-2])) and \
+            (image or not _use_subpixel(k, k, co, stride)) and \
             _use_amx_conv(x, ci, co, x.shape[0] * x.shape[2] * x.shape[3], image=image):
         g = None if gdn_kw is None else _amx_epilogue_gdn(gdn_kw, co, ci, stride * stride)
         kernel_clamp = clamp if gdn_kw is None else None   # (the epilogue clamps a plain output)
@@ -776,7 +776,7 @@ def _conv_transpose2d_prepacked(x, weight, bias, co, stride, padding, output_pad
                                               output_padding)
         if y is not None:
             return y
-    if _use_subpixel(k, co, stride, weight.shape[-2]):
+    if _use_subpixel(weight.shape[-2], k, co, stride):
         return _subpixel_prepacked(x, weight, bias, co, stride, padding, output_padding)
     st, pd, op = [stride] * 2, [padding] * 2, [output_padding] * 2
 
@@ -1332,11 +1332,10 @@ def _subpixel_plan(k: int, s: int, p: int):
     return idx.flatten(), lo, hi, kc
 
 
-def _use_subpixel(k: int, co: int, stride: int, kh: Optional[int] = None) -> bool:
-    """Whether a transposed conv with a ``kh x k`` kernel (``kh`` None: square) onto ``co``
-    channels runs as a sub-pixel conv (square kernels only: ``_subpixel_weight``)."""
-    return stride > 1 and k > stride and co * stride * stride <= SUBPIXEL_MAX_PHASE_CHANNELS \
-        and (kh is None or kh == k)
+def _use_subpixel(kh: int, k: int, co: int, stride: int) -> bool:
+    """Whether a transposed conv with a ``kh x k`` kernel onto ``co`` channels runs as a
+    sub-pixel conv (square kernels only: ``_subpixel_weight``)."""
+    return stride > 1 and kh == k > stride and co * stride * stride <= SUBPIXEL_MAX_PHASE_CHANNELS
 
 
 def _subpixel_weight(w, b, s, p):
@@ -1427,7 +1426,7 @@ def _subpixel_prepacked(x, weight, bias, co, stride, padding, output_padding):
 
 
 def _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding):
-    if _use_subpixel(w.shape[-1], w.shape[1], stride, w.shape[-2]):
+    if _use_subpixel(w.shape[-2], w.shape[-1], w.shape[1], stride):
         return conv_transpose2d_subpixel(x, w, b, stride, padding, output_padding)
     return F.conv_transpose2d(x, w, b, stride=stride, padding=padding,
                               output_padding=output_padding)

@@ -458,10 +458,9 @@ class Trainer:
                     if sched is not None:
                         self._scheduler_state = sched
                         self._make_scheduler(sched, lambdas)
-                        self.lambdas = list(self.scheduler.lambdas) if self.scheduler else \
-                            self.lambdas
                         if self.scheduler is not None:
                             # the lambda schedule goes on where the exported run left it
+                            self.lambdas = list(self.scheduler.lambdas)
                             self.next_schedule = max(int(due or 0), self.step)
                             msg += (f"; lambda schedule at pair {self.scheduler.i}, next update "
                                     f"at step {self.next_schedule}")
