@@ -77,17 +77,22 @@ def resolve_backend(x: torch.Tensor, backend: Optional[str] = None) -> str:
         RuntimeError: Triton asked for on a CPU tensor without ``TRITON_INTERPRET=1``, or
             Triton not installed.
     """
+    return _resolve(x.is_cuda, backend)
+
+
+def _resolve(cuda: bool, backend: Optional[str]) -> str:
+    """:func:`resolve_backend` for an input on a CUDA device (``cuda``) or not."""
     if backend is not None:
         name = _check_name(backend, "the backend= argument")
     elif (env := getenv(ENV_VAR)) and env.strip():   # (blank: unset, as empty)
         name = _check_name(env, f"${ENV_VAR}")
     else:
-        name = "triton" if (x.is_cuda and triton_available()) else "torch"
+        name = "triton" if (cuda and triton_available()) else "torch"
     if name == "triton":
         if not triton_available():
             raise RuntimeError("the Triton backend was requested but triton is not installed: "
                                "pip install triton, or use backend='torch'")
-        if not x.is_cuda and not interpreter_enabled():
+        if not cuda and not interpreter_enabled():
             raise RuntimeError(
                 "the Triton backend needs CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 "
                 "before importing triton (slow, for testing) or use backend='torch'")
@@ -95,5 +100,22 @@ def resolve_backend(x: torch.Tensor, backend: Optional[str] = None) -> str:
 
 
 def current_backend(device: str | torch.device = "cpu") -> str:
-    """The backend an op would use for a tensor on ``device`` with no explicit argument."""
-    return resolve_backend(torch.empty(0, device=device))
+    """The backend (``"triton"`` or ``"torch"``) an op would use for a tensor on ``device`` (a
+    ``torch.device`` or its name, e.g. ``"cpu"``, ``"cuda:0"``) with no explicit argument:
+    read from the device's type and the settings, without allocating there (so ``"cuda"``
+    answers on a machine without CUDA too).
+
+    Raises:
+        ValueError: ``device`` is not a device name.
+        RuntimeError: as :func:`resolve_backend` (``SLIMKERNELS_BACKEND=triton`` without
+            triton, or for a CPU device without ``TRITON_INTERPRET=1``).
+    """
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(f"current_backend: device must be a torch.device or its name (e.g. "
+                         f"'cpu', 'cuda:0'), got {type(device).__name__} {device!r}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"current_backend: {device!r} is not a device name ({e}); pass e.g. "
+                         f"'cpu' or 'cuda:0'") from None
+    return _resolve(dev.type == "cuda", None)

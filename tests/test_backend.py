@@ -64,3 +64,29 @@ def test_the_interpreter_switch_is_read_as_triton_reads_it(monkeypatch, value, o
     except ImportError:
         return
     assert getenv_bool("TRITON_INTERPRET", False) is on   # (triton's own reading agrees)
+
+
+def test_current_backend_reads_the_device_type_without_allocating_there(monkeypatch):
+    # (it allocated an empty tensor on the device: "cuda" on a CPU-only torch raised torch's
+    # AssertionError "Torch not compiled with CUDA enabled", "mps" a NotImplementedError)
+    from slimkernels import backend
+    monkeypatch.delenv("SLIMKERNELS_BACKEND", raising=False)
+    assert backend.current_backend() == "torch"
+    assert backend.current_backend(torch.device("cpu")) == "torch"
+    assert backend.current_backend("mps") == "torch"
+    monkeypatch.setattr(backend, "triton_available", lambda: True)
+    assert backend.current_backend("cuda") == "triton"
+    assert backend.current_backend("cuda:1") == "triton"
+    monkeypatch.setattr(backend, "triton_available", lambda: False)
+    assert backend.current_backend("cuda") == "torch"
+    monkeypatch.setenv("SLIMKERNELS_BACKEND", "triton")
+    with pytest.raises(RuntimeError, match="triton is not installed"):
+        backend.current_backend("cuda")
+
+
+@pytest.mark.parametrize("device", ["xyz", "cuda:x", 3, None])
+def test_current_backend_of_something_that_is_not_a_device_is_a_clear_error(device):
+    from slimkernels.backend import current_backend
+    with pytest.raises(ValueError, match="current_backend: .*(not a device name|must be a "
+                                         "torch.device)"):
+        current_backend(device)
