@@ -30,7 +30,7 @@ def test_gdn_ab_runs_both_paths_and_restores_the_switches(capsys, monkeypatch):
     fused = []
     real = oc._amx_epilogue_gdn
     monkeypatch.setattr(oc, "_amx_epilogue_gdn",
-                        lambda *a: (lambda g: fused.append(g is not None) or g)(real(*a)))
+                        lambda *a, **k: (lambda g: fused.append(g is not None) or g)(real(*a, **k)))
     rows = bench.run_gdn([16], threads=1, n=2, reps=1)
     assert tuple(getattr(oc, k) for k in names) == saved
     if not oc.amx_epilogue_gdn_available():

@@ -220,8 +220,9 @@ inline int64_t group_count(int64_t rows, int64_t nxb, int group_rows) {
 }
 
 // The fused GDN of the epilogue (ConvAmxArgs::gdn) and a worker's buffers for it: xb, a
-// group's bf16 conv output [kMaxBlocks * 16 conv pixels][Co] (GDN rows of Cy), and gdn_rows_bf16's
-// scratch z (columns past Cy zero) and n.
+// group's bf16 conv output [kMaxBlocks * 16 conv pixels][Co] (GDN rows of Cy; null with the
+// window layout, whose GDN runs on y: gdn_band), and gdn_rows_bf16's scratch z (columns past Cy
+// zero) and n.
 struct EpilogueGdn {
   GdnRows rows;
   uint16_t* xb = nullptr;
@@ -601,6 +602,29 @@ inline int64_t window_band(const ConvAmxArgs& a, int64_t Wq) {
   return std::max<int64_t>(2, std::min<int64_t>(kWindowBand, (in_rows - a.kh) / a.stride + 1));
 }
 
+// The fused GDN of groups g0..g1 of the window layout (phase 1), run once their outputs are in y
+// (a band's: still in L2), in place on y's rows: per output row of a group, its blocks' pixels
+// (contiguous in y) in one call of the GDN rows. The same bits as in each group's epilogue
+// (epilogue_gdn) or as the GDN op after the conv; the group's epilogue would run the GDN's
+// passes between the conv's tile loops, whose windows and weight tiles then leave L1.
+SK_CTARGET void gdn_band(const ConvAmxArgs& a, const EpilogueGdn& eg, int64_t g0, int64_t g1,
+                         int group_rows, int64_t nxb) {
+  const int64_t rows = a.N * a.Ho;
+  int64_t br[kMaxBlocks], bx[kMaxBlocks];
+  for (int64_t g = g0; g < g1; ++g) {
+    const int mt = group_blocks(g, rows, nxb, group_rows, br, bx);
+    for (int i = 0; i < mt;) {
+      // blocks i..j-1: one output row, consecutive column blocks (contiguous pixels in y)
+      int j = i + 1;
+      while (j < mt && br[j] == br[i] && bx[j] == bx[j - 1] + 1) ++j;
+      const int64_t x0 = bx[i] * 16, x1 = std::min<int64_t>(a.Wo, bx[j - 1] * 16 + 16);
+      if (x1 > x0)
+        gdn_rows_bf16(eg.rows, a.y + (br[i] * a.Wo + x0) * a.Co, x1 - x0, eg.z, eg.n);
+      i = j;
+    }
+  }
+}
+
 // Groups g0..g1 from the window layout: band by band (output rows [r0, r0 + band)), the band's
 // windows built by this worker into wbuf, then its groups run.
 SK_CTARGET int run_blocks_windows(const ConvAmxArgs& a, const ChunkLists& cl, int64_t g0,
@@ -643,7 +667,8 @@ SK_CTARGET int run_blocks_windows(const ConvAmxArgs& a, const ChunkLists& cl, in
     src.n0 = n0;
     src.seg = seg;
     src.iy0 = iy0;
-    run_blocks(a, src, cl, g, gb, group_rows, accbuf, ldc, eg);
+    run_blocks(a, src, cl, g, gb, group_rows, accbuf, ldc, nullptr);
+    if (eg != nullptr) gdn_band(a, *eg, g, gb, group_rows, nxb);
     g = gb;
   }
   return kCOk;
@@ -790,11 +815,13 @@ int conv_amx_forward(const ConvAmxArgs& a) {
       thread_local AlignedBuffer xbuf, zbuf, nbuf;
       eg.rows = GdnRows{a.Cy, static_cast<const uint16_t*>(a.gdn->packed_gamma), beta_eff,
                         a.gdn->inverse};
-      eg.xb = static_cast<uint16_t*>(
-          xbuf.get(static_cast<size_t>(kMaxBlocks * 16 * a.Co) * 2, kKeepPadBytes));
+      // (the window layout runs the GDN on y itself, band by band: gdn_band, no group buffer)
+      if (!windows)
+        eg.xb = static_cast<uint16_t*>(
+            xbuf.get(static_cast<size_t>(kMaxBlocks * 16 * a.Co) * 2, kKeepPadBytes));
       eg.z = static_cast<uint16_t*>(zbuf.get(static_cast<size_t>(32 * gK) * 2, kKeepPadBytes));
       eg.n = static_cast<float*>(nbuf.get(static_cast<size_t>(32 * gC) * 4, kKeepPadBytes));
-      if (eg.xb == nullptr || eg.z == nullptr || eg.n == nullptr) {
+      if ((!windows && eg.xb == nullptr) || eg.z == nullptr || eg.n == nullptr) {
         nomem.store(true, std::memory_order_relaxed);
         return;
       }

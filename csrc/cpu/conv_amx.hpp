@@ -55,7 +55,9 @@ struct ConvAmxArgs {
   // none): y = gdn(bf16(conv + bias)), the same bits as this kernel's y followed by gdn_forward
   // on it (bf16 channels_last, splits 1). Its parameters as gdn_forward takes them: packed_gamma
   // (required here: gamma_k for C = Cy packed by gdn_pack_gamma_amx, splits 1, channels_last),
-  // beta, bdtype, b_s0, beta_scale, beta_bias and inverse; its other fields are not read.
+  // beta, bdtype, b_s0, beta_scale, beta_bias and inverse; its other fields are not read. With
+  // the window layout it runs band by band on y once a band's work groups are done (in place,
+  // the band's output still in L2), else in each work group's epilogue (a group buffer in L1).
   const GdnArgs* gdn = nullptr;
   // Work groups of 4 pixel blocks that share every weight tile: 2 = 2 output rows x 2 column
   // blocks (A data of neighbouring rows reused from L1), 1 = 4 blocks of one row.

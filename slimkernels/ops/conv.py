@@ -536,7 +536,8 @@ def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, gdn_kw=None):
             x, ci, co, x.shape[0] * ((x.shape[2] + 2 * padding - k) // stride + 1) *
             ((x.shape[3] + 2 * padding - k) // stride + 1), wide,
             image=wide and k * ci <= 32 and _amx_image_conv_channels(co)):
-        g = None if gdn_kw is None else _amx_epilogue_gdn(gdn_kw, co, ci)
+        g = None if gdn_kw is None else _amx_epilogue_gdn(gdn_kw, co, ci,
+                                                          windows=_amx_windows(k, ci, stride))
         y = _conv2d_amx(x, weight, bias, co, stride, padding, g)
         return y if g is not None else _apply_gdn(y, gdn_kw)
     return None
@@ -1048,11 +1049,22 @@ AMX_CONV_GROUP_ROWS = 2
 #: ``decompress`` memory at w=72 fell to 7.3 MiB, under w=48's 7.6 (the CPU replay's arena at
 #: w=48 holds dec1's and dec2's outputs while dec3 writes the fp32 image): the memory goal's
 #: "falling with width" broke, so 192 stays.
+#: Thirty-fifth sitting: a conv read through the window layout (enc1, see
+#: ``CPU_AMX_CONV_WINDOWS``) takes its GDN whatever its channel and input counts
+#: (``AMX_CONV_GDN_WINDOWS``), run band by band (csrc/cpu/conv_amx.cpp ``gdn_band``: on the
+#: band's output in y once its work groups are done, still in L2, instead of in each group's
+#: epilogue between the tile loops). The rule above predates the window layout (enc1 then read
+#: the padded copy). Kodak kodim01, ``compress`` in one process, the three ways rotated per
+#: round (``/tmp/s35/band.py``, medians of 30-60; the same bytes), 2 threads, against the GDN op
+#: after the conv: w=48 1.07 / 1.11x (per-group epilogue 1.03 / 1.09x), 72 1.02x (0.99x), with
+#: the channel limit lifted 96 1.11x, 144 1.11x, 192 1.05x; one thread w=48 0.99x (the per-group
+#: epilogue 0.99x), hence ``AMX_CONV_GDN_MIN_THREADS`` still applies.
 CPU_AMX_CONV_GDN = True
 AMX_CONV_GDN_MAX_CHANNELS = 72
 AMX_CONV_GDN_MAX_PHASE_CHANNELS = 192
 AMX_CONV_GDN_MIN_INPUTS = 16
 AMX_CONV_GDN_MIN_THREADS = 2
+AMX_CONV_GDN_WINDOWS = True
 #: The direct kernel reads a conv whose tap row fits one 32-element K chunk and whose pixel step
 #: is not a multiple of 64 bytes (SlimCAE's enc1: 9x9/4 from 3 channels, 27 elements per tap
 #: row, pixels 24 bytes apart) through its window layout (csrc/cpu/conv_amx.hpp,
@@ -1146,6 +1158,14 @@ def _amx_direct_input(x, weight, bias) -> bool:
                                     (bias is None or bias.dtype == torch.bfloat16))
 
 
+def _amx_windows(k: int, ci: int, stride: int) -> bool:
+    """Whether the direct kernel reads a (square, ``k`` x ``k``, stride ``stride``) conv from
+    ``ci`` channels through its window layout (``CPU_AMX_CONV_WINDOWS``; the rule of
+    csrc/cpu/conv_amx.cpp ``conv_amx_windows`` for a plain conv: a tap row of at most 32
+    elements and a pixel step that is not a multiple of 64 bytes)."""
+    return CPU_AMX_CONV_WINDOWS and ci > 0 and k * ci <= 32 and (stride * ci * 2) % 64 != 0
+
+
 def _amx_pack(w):
     """``[Co, Ci, kh, kw]`` -> ``(tiles, nonzero)``: bf16 VNNI tiles ``[CoP/16, kh, KC, 16, 32]``
     (K = (kx, c) of a tap row, ``KC = ceil(kw*Ci/32)``, ``CoP = round_up(Co, 16)``) and uint8
@@ -1167,17 +1187,19 @@ def amx_epilogue_gdn_available() -> bool:
         cpu_kernels_available()
 
 
-def _amx_epilogue_gdn(kw, c: int, ci: int, phases: int = 1):
+def _amx_epilogue_gdn(kw, c: int, ci: int, phases: int = 1, windows: bool = False):
     """The direct AMX conv's fused-GDN arguments (see ``CPU_AMX_CONV_GDN``) for the GDN kwargs
     ``kw`` at ``c`` channels after a conv from ``ci`` (a transposed conv: ``phases`` = stride^2
-    sub-pixel phases of ``c`` channels each): ``(packed gamma_k, beta, beta scale, beta
-    bias, inverse)``; None when there is no GDN or the epilogue does not take it (switched off,
-    outside the channel rule, no AMX GDN kernel, a gradient to record, parameters it cannot
-    read, SlimGDN+ scalars that are not numbers, fewer threads than the rule's): the GDN then
-    runs after the conv."""
-    if kw is None or not CPU_AMX_CONV_GDN or not CPU_FUSED_GDN or \
-            c > AMX_CONV_GDN_MAX_CHANNELS or c * phases > AMX_CONV_GDN_MAX_PHASE_CHANNELS or \
-            ci < AMX_CONV_GDN_MIN_INPUTS or \
+    sub-pixel phases of ``c`` channels each; ``windows``: a conv the kernel reads through its
+    window layout, :func:`_amx_windows`, which takes the GDN at any channel count where
+    ``AMX_CONV_GDN_WINDOWS``): ``(packed gamma_k, beta, beta scale, beta bias, inverse)``; None
+    when there is no GDN or the epilogue does not take it (switched off, outside the channel
+    rule, no AMX GDN kernel, a gradient to record, parameters it cannot read, SlimGDN+ scalars
+    that are not numbers, fewer threads than the rule's): the GDN then runs after the conv."""
+    by_rule = (windows and AMX_CONV_GDN_WINDOWS) or (
+        c <= AMX_CONV_GDN_MAX_CHANNELS and c * phases <= AMX_CONV_GDN_MAX_PHASE_CHANNELS and
+        ci >= AMX_CONV_GDN_MIN_INPUTS)
+    if kw is None or not CPU_AMX_CONV_GDN or not CPU_FUSED_GDN or not by_rule or \
             torch.get_num_threads() < AMX_CONV_GDN_MIN_THREADS or \
             not cpu_kernels_available() or _gdn_params_need_grad(kw):
         return None

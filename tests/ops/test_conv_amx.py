@@ -466,7 +466,13 @@ def test_epilogue_gdn_rule_and_fallbacks(monkeypatch, two_threads):
     assert C._amx_epilogue_gdn(kw, C.AMX_CONV_GDN_MAX_CHANNELS + 1, 48) is None   # e.g. w=96
     assert C._amx_epilogue_gdn(kw, 48, 48, 4) is not None           # transposed, 4 phases x 48
     assert C._amx_epilogue_gdn(kw, 72, 72, 4) is None               # 4 x 72 phase channels
-    assert C._amx_epilogue_gdn(kw, 48, 3) is None                                 # enc1
+    assert C._amx_epilogue_gdn(kw, 48, 3) is None               # from 3 channels, plain copy
+    for c in (48, 192):          # enc1 through the window layout: at any width
+        assert C._amx_epilogue_gdn(kw, c, 3, windows=True) is not None
+    monkeypatch.setattr(C, "AMX_CONV_GDN_WINDOWS", False)
+    assert C._amx_epilogue_gdn(kw, 48, 3, windows=True) is None
+    assert C._amx_epilogue_gdn(kw, 48, 48, windows=True) is not None             # (the rule)
+    monkeypatch.setattr(C, "AMX_CONV_GDN_WINDOWS", True)
     assert C._amx_epilogue_gdn({**kw, "beta_scale": torch.ones(2)}, 48, 48) is None
     assert C._amx_epilogue_gdn({**kw, "beta": kw["beta"].double()}, 48, 48) is None
     assert C._amx_epilogue_gdn({**kw, "beta_bias": torch.tensor(0.5)}, 48, 48)[3] == 0.5
@@ -533,7 +539,7 @@ def test_codec_bytes_and_images_equal_with_and_without_the_epilogue_gdn(monkeypa
     taken = []
     real = C._amx_epilogue_gdn
     monkeypatch.setattr(C, "_amx_epilogue_gdn",
-                        lambda *a: (lambda g: taken.append(g is not None) or g)(real(*a)))
+                        lambda *a, **k: (lambda g: taken.append(g is not None) or g)(real(*a, **k)))
     out = {}
     for flag in (True, False):
         monkeypatch.setattr(C, "CPU_AMX_CONV_GDN", flag)
@@ -542,9 +548,10 @@ def test_codec_bytes_and_images_equal_with_and_without_the_epilogue_gdn(monkeypa
         for w in (48, 16):
             data = m.compress(x, width=w, precision="bf16")
             out[flag, w] = data, m.decompress(data, precision="bf16")
-        # w=48: enc1 (from 3 channels) not fused, enc2, enc3, dec1, dec2 fused; then w=16
-        # (switched off: the layers run one by one, no conv op is asked for a GDN)
-        assert taken[:5] == [False, True, True, True, True] if flag else taken == [], taken
+        # w=48: enc1 (from 3 channels: through the window layout, AMX_CONV_GDN_WINDOWS), enc2,
+        # enc3, dec1, dec2 fused; then w=16 (switched off: the layers run one by one, no conv op
+        # is asked for a GDN)
+        assert taken[:5] == [True] * 5 if flag else taken == [], taken
         assert any(taken[5:]) == flag
     for w in (48, 16):
         assert out[True, w][0] == out[False, w][0]
@@ -1050,3 +1057,90 @@ def test_in_place_equals_padded_copy_on_random_geometries(monkeypatch):
             done += bool(si and si[0][0] > 0)
     finally:
         torch.set_num_threads(nt)
+
+
+# -- the GDN of a conv read through the window layout, band by band (AMX_CONV_GDN_WINDOWS) --------
+def test_window_rule_mirrors_the_kernels():
+    """_amx_windows: csrc/cpu/conv_amx.cpp's conv_amx_windows for a plain conv (a tap row of at
+    most 32 elements, a pixel step that is not a multiple of 64 bytes)."""
+    assert C._amx_windows(9, 3, 4)            # enc1: 27 elements, 24-byte step
+    assert C._amx_windows(5, 3, 2)            # 15 elements, 12-byte step
+    assert C._amx_windows(9, 2, 4)            # 18 elements, 16-byte step
+    assert not C._amx_windows(9, 4, 4)        # 36 elements: more than one K chunk
+    assert not C._amx_windows(1, 32, 1)       # 32 elements but a 64-byte step
+    assert not C._amx_windows(5, 48, 2)       # enc2
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("c, n, h, w", [
+    (48, 1, 67, 53),      # several bands of 8 output rows, a partial column block
+    (17, 2, 37, 21),      # channels not a multiple of 16, two images (groups across images)
+    (96, 1, 45, 70),
+    (192, 1, 20, 130),    # SlimCAE's widest
+    (48, 1, 9, 4001),     # 1001 output columns: bands of 2 rows
+])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_window_layout_gdn_equals_conv_then_gdn_kernel(c, n, h, w, inverse, threads):
+    """enc1's geometry (9x9/4 from RGB, the window layout) with the GDN run band by band on the
+    output in y: the bits of the conv followed by the GDN op's AMX kernel, within bf16's
+    accuracy of the float64 conv + GDN; odd sizes, several bands and images, both thread
+    counts (the work groups split across threads mid-band)."""
+    assert C._amx_windows(9, 3, 4)
+    W = _param((192, 3, 9, 9), 90)
+    b = torch.randn(192, generator=torch.Generator().manual_seed(91))
+    kw = _gdn_kw(192, 92, inverse)
+    x = _x(n, 3, h, w, 93)
+    nt = torch.get_num_threads()
+    torch.set_num_threads(2)          # (the rule's thread count, for the arguments)
+    try:
+        g = C._amx_epilogue_gdn(kw, c, 3, windows=True)
+        assert g is not None
+        torch.set_num_threads(threads)
+        y_fused = C._conv2d_amx(x, W, b, c, 4, 4, g)
+        y = C._conv2d_amx(x, W, b, c, 4, 4)
+        torch.set_num_threads(2)
+        two_pass = C._apply_gdn(y, kw)
+    finally:
+        torch.set_num_threads(nt)
+    lin = F.conv2d(x.double(), _bf(W[:c]), b[:c].double(), stride=4, padding=4)
+    assert y_fused.shape == two_pass.shape == lin.shape
+    assert torch.equal(y_fused, two_pass)
+    assert not torch.equal(y_fused, y)                     # (the GDN ran)
+    _close(y_fused, _gdn64(lin, kw))
+
+
+def test_slim_conv2d_takes_the_window_gdn_and_the_codec_bytes_stay(monkeypatch, two_threads):
+    """slim_conv2d(gdn=) of an image at any width runs the GDN in the kernel (no GDN op after)
+    where AMX_CONV_GDN_WINDOWS, else after it: the same bits; a SlimCAE's bytes and images are
+    the same either way."""
+    applied = []
+    real = C._apply_gdn
+    monkeypatch.setattr(C, "_apply_gdn", lambda y, k: applied.append(1) or real(y, k))
+    W = _param((192, 3, 9, 9), 94)
+    b = torch.randn(192, generator=torch.Generator().manual_seed(95))
+    kw = _gdn_kw(192, 96, False)
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(97))
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = {}
+    for flag in (True, False):
+        monkeypatch.setattr(C, "AMX_CONV_GDN_WINDOWS", flag)
+        applied.clear()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out[flag] = slim_conv2d(x, W, b, stride=4, padding=4, out_width=144, gdn=kw)
+        assert applied == ([] if flag else [1])
+    assert torch.equal(out[True], out[False])
+    from slimkernels.models import SlimCAE
+    torch.manual_seed(98)
+    m = SlimCAE(widths=(96, 48, 16)).eval()
+    m.update()
+    img = torch.rand(1, 3, 70, 100, generator=torch.Generator().manual_seed(99))
+    coded = {}
+    for flag in (True, False):
+        monkeypatch.setattr(C, "AMX_CONV_GDN_WINDOWS", flag)
+        m.clear_caches()
+        for w in (96, 48, 16):
+            data = m.compress(img, width=w, precision="bf16")
+            coded[flag, w] = data, m.decompress(data, precision="bf16")
+    for w in (96, 48, 16):
+        assert coded[True, w][0] == coded[False, w][0]
+        assert torch.equal(coded[True, w][1], coded[False, w][1])
