@@ -730,24 +730,31 @@ def test_dispatch_of_image_convs_with_the_window_layout(monkeypatch, threads, w,
         torch.set_num_threads(nt)
 
 
+def _codec_same_either_way(monkeypatch, switch, widths, seed):
+    """A SlimCAE of ``widths`` (weights from ``seed``) codes a random 70 x 100 image in bf16 at
+    each width to the same bytes and decodes it to the same image with the module switch
+    ``switch`` on as off."""
+    from slimkernels.models import SlimCAE
+    torch.manual_seed(seed)
+    m = SlimCAE(widths=widths).eval()
+    m.update()
+    x = torch.rand(1, 3, 70, 100, generator=torch.Generator().manual_seed(seed + 1))
+    out = {}
+    for flag in (True, False):
+        monkeypatch.setattr(C, switch, flag)
+        m.clear_caches()
+        for w in widths:
+            data = m.compress(x, width=w, precision="bf16")
+            out[flag, w] = data, m.decompress(data, precision="bf16")
+    for w in widths:
+        assert out[True, w][0] == out[False, w][0]
+        assert torch.equal(out[True, w][1], out[False, w][1])
+
+
 def test_codec_bytes_equal_with_and_without_the_window_layout(monkeypatch, two_threads):
     """SlimCAE at narrow widths (enc1 on the direct kernel either way): the same bytes and
     images with the window layout as with the padded copy."""
-    from slimkernels.models import SlimCAE
-    torch.manual_seed(57)
-    m = SlimCAE(widths=(48, 16)).eval()
-    m.update()
-    x = torch.rand(1, 3, 70, 100, generator=torch.Generator().manual_seed(58))
-    out = {}
-    for flag in (True, False):
-        monkeypatch.setattr(C, "CPU_AMX_CONV_WINDOWS", flag)
-        m.clear_caches()
-        for w in (48, 16):
-            data = m.compress(x, width=w, precision="bf16")
-            out[flag, w] = data, m.decompress(data, precision="bf16")
-    for w in (48, 16):
-        assert out[True, w][0] == out[False, w][0]
-        assert torch.equal(out[True, w][1], out[False, w][1])
+    _codec_same_either_way(monkeypatch, "CPU_AMX_CONV_WINDOWS", (48, 16), 57)
 
 
 # -- channels padded to a multiple of 32 in the padded copy (CPU_AMX_CONV_PAD_CHANNELS) -----------
@@ -1129,18 +1136,4 @@ def test_slim_conv2d_takes_the_window_gdn_and_the_codec_bytes_stay(monkeypatch, 
             out[flag] = slim_conv2d(x, W, b, stride=4, padding=4, out_width=144, gdn=kw)
         assert applied == ([] if flag else [1])
     assert torch.equal(out[True], out[False])
-    from slimkernels.models import SlimCAE
-    torch.manual_seed(98)
-    m = SlimCAE(widths=(96, 48, 16)).eval()
-    m.update()
-    img = torch.rand(1, 3, 70, 100, generator=torch.Generator().manual_seed(99))
-    coded = {}
-    for flag in (True, False):
-        monkeypatch.setattr(C, "AMX_CONV_GDN_WINDOWS", flag)
-        m.clear_caches()
-        for w in (96, 48, 16):
-            data = m.compress(img, width=w, precision="bf16")
-            coded[flag, w] = data, m.decompress(data, precision="bf16")
-    for w in (96, 48, 16):
-        assert coded[True, w][0] == coded[False, w][0]
-        assert torch.equal(coded[True, w][1], coded[False, w][1])
+    _codec_same_either_way(monkeypatch, "AMX_CONV_GDN_WINDOWS", (96, 48, 16), 98)
