@@ -1054,11 +1054,13 @@ AMX_CONV_GROUP_ROWS = 2
 #: (``AMX_CONV_GDN_WINDOWS``), run band by band (csrc/cpu/conv_amx.cpp ``gdn_band``: on the
 #: band's output in y once its work groups are done, still in L2, instead of in each group's
 #: epilogue between the tile loops). The rule above predates the window layout (enc1 then read
-#: the padded copy). Kodak kodim01, ``compress`` in one process, the three ways rotated per
-#: round (``/tmp/s35/band.py``, medians of 30-60; the same bytes), 2 threads, against the GDN op
-#: after the conv: w=48 1.07 / 1.11x (per-group epilogue 1.03 / 1.09x), 72 1.02x (0.99x), with
-#: the channel limit lifted 96 1.11x, 144 1.11x, 192 1.05x; one thread w=48 0.99x (the per-group
-#: epilogue 0.99x), hence ``AMX_CONV_GDN_MIN_THREADS`` still applies.
+#: the padded copy). Kodak kodim01, 2 threads, ``python bench/ab_switch.py AMX_CONV_GDN_WINDOWS
+#: --widths 48,72,96,144,192 --rounds 40 --ops compress`` (the same bytes; an A/A run reads
+#: 0.98-1.00x): 1.06 / 1.07 / 1.05 / 1.00 / 1.04x, a run before 1.00-1.04 / 1.07 / 1.04 / 1.07
+#: / 1.04x. Against the per-group epilogue (a throwaway build, ``/tmp/s35/band.py``, the three
+#: ways rotated per round): w=48 GDN op / epilogue / band 1.00 / 1.03-1.09 / 1.07-1.11x, w=72
+#: 1.00 / 0.99 / 1.02x; one thread w=48 1.00 / 0.99 / 0.99x, hence ``AMX_CONV_GDN_MIN_THREADS``
+#: still applies.
 CPU_AMX_CONV_GDN = True
 AMX_CONV_GDN_MAX_CHANNELS = 72
 AMX_CONV_GDN_MAX_PHASE_CHANNELS = 192

@@ -1,0 +1,60 @@
+"""bench/ab_switch.py: the A/B of a dispatch switch runs every value, restores the switch, and
+refuses what it cannot compare with a message."""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import ab_switch  # noqa: E402
+import slimkernels.ops.conv as oc  # noqa: E402
+
+
+def test_compare_runs_each_value_and_restores_the_switch(monkeypatch):
+    seen = []
+    real = oc._use_amx_conv
+    monkeypatch.setattr(oc, "_use_amx_conv",
+                        lambda *a, **k: seen.append(oc.CPU_AMX_CONV_WINDOWS) or real(*a, **k))
+    saved = oc.CPU_AMX_CONV_WINDOWS
+    x = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    rows = ab_switch.compare("CPU_AMX_CONV_WINDOWS", [False, True], [48], rounds=2, threads=1,
+                             image=x)
+    assert oc.CPU_AMX_CONV_WINDOWS == saved
+    assert [(r["width"], r["op"]) for r in rows] == [(48, "compress"), (48, "decompress")]
+    for r in rows:
+        assert len(r["ms"]) == 2 and min(r["ms"]) > 0
+        assert r["speedup"] == pytest.approx(r["ms"][0] / r["ms"][-1])
+        assert r["same"] is True          # (the window layout keeps the bits)
+    if oc.amx_conv_available():           # both values reached the dispatch
+        assert {False, True} <= set(seen)
+    text = ab_switch.table("CPU_AMX_CONV_WINDOWS", [False, True], rows)
+    assert "| 48 | compress |" in text and "| 48 | decompress |" in text
+
+
+def test_main_prints_the_table(capsys, monkeypatch):
+    monkeypatch.setattr(ab_switch, "compare", lambda *a, **k: [
+        {"width": 48, "op": "compress", "ms": [2.0, 1.0], "speedup": 2.0, "same": False}])
+    assert ab_switch.main(["CPU_AMX_CONV_WINDOWS", "--widths", "48", "--ops", "compress"]) == 0
+    out = capsys.readouterr().out
+    assert "| 48 | compress | 2.000 | 1.000 | 2.000x | no |" in out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["cpu_amx_conv"], "not a switch name"),
+    (["NO_SUCH_SWITCH"], "has no switch NO_SUCH_SWITCH; it has: .*CPU_AMX_CONV_WINDOWS"),
+    (["AMX_CONV_GDN_MAX_CHANNELS"], "not a bool: give --values"),
+    (["AMX_CONV_GDN_MAX_CHANNELS", "--values", "72"], "at least two values"),
+    (["AMX_CONV_GDN_MAX_CHANNELS", "--values", "72,True"], "not of the switch's type"),
+    (["CPU_AMX_CONV_WINDOWS", "--values", "off,on"], "Python literals"),
+    (["CPU_AMX_CONV_WINDOWS", "--widths", "47"], "not the model's"),
+    (["CPU_AMX_CONV_WINDOWS", "--widths", "a"], "comma-separated widths"),
+    (["CPU_AMX_CONV_WINDOWS", "--ops", "encode"], "compress and / or decompress"),
+    (["CPU_AMX_CONV_WINDOWS", "--rounds", "0"], "at least 1"),
+    (["CPU_AMX_CONV_WINDOWS", "--image", "/no/such.png"], "no such file"),
+    (["X", "--module", "slimkernels.no_such"], "cannot import"),
+])
+def test_main_refuses_what_it_cannot_compare(argv, match):
+    with pytest.raises(SystemExit, match=match):
+        ab_switch.main(argv)
