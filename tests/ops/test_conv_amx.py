@@ -1081,7 +1081,8 @@ def test_window_rule_mirrors_the_kernels():
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("c, n, h, w", [
     (48, 1, 67, 53),      # several bands of 8 output rows, a partial column block
-    (17, 2, 37, 21),      # channels not a multiple of 16, two images (groups across images)
+    (17, 2, 41, 21),      # channels not a multiple of 16, two images of 11 output rows (a
+                          # work group of 2 rows spans both images)
     (96, 1, 45, 70),
     (192, 1, 20, 130),    # SlimCAE's widest
     (48, 1, 9, 4001),     # 1001 output columns: bands of 2 rows
