@@ -58,3 +58,55 @@ def test_main_prints_the_table(capsys, monkeypatch):
 def test_main_refuses_what_it_cannot_compare(argv, match):
     with pytest.raises(SystemExit, match=match):
         ab_switch.main(argv)
+
+
+def test_rotation_puts_each_value_in_each_place():
+    for n in (2, 3, 5):
+        firsts, places = [], {}
+        for r in range(4 * n):
+            order = ab_switch.rotation(n, r)
+            assert sorted(order) == list(range(n))
+            firsts.append(order[0])
+            for place, v in enumerate(order):
+                places[v, place] = places.get((v, place), 0) + 1
+        assert all(firsts.count(v) == 4 for v in range(n))
+        assert set(places.values()) == {4} and len(places) == n * n
+
+
+class _Fake:
+    """A model stand-in: records the switch's value at each call; compress fails on demand."""
+    widths = (48,)
+
+    def __init__(self, fail=False):
+        self.seen, self.fail = [], fail
+
+    def clear_caches(self):
+        pass
+
+    def compress(self, x, w, precision="auto"):
+        self.seen.append(oc.AMX_CONV_GDN_MAX_CHANNELS)
+        if self.fail and len(self.seen) > 1:
+            raise RuntimeError("boom")
+        return b"x"
+
+    def decompress(self, data, precision="auto"):
+        return torch.zeros(1)
+
+
+def test_compare_rotates_several_values_and_restores_the_switch_after_an_error():
+    saved, nt = oc.AMX_CONV_GDN_MAX_CHANNELS, torch.get_num_threads()
+    fake = _Fake()
+    vals = [10, 20, 30, 40, 50]
+    ab_switch.compare("AMX_CONV_GDN_MAX_CHANNELS", vals, [48], ops=["compress"], rounds=5,
+                      threads=1, image=torch.zeros(1, 3, 8, 8), model=fake)
+    assert oc.AMX_CONV_GDN_MAX_CHANNELS == saved
+    assert fake.seen[1:1 + len(vals)] == vals    # (the bytes of each value, after the first)
+    rounds = fake.seen[1 + len(vals):]            # per round: an untimed and a timed call each
+    assert len(rounds) == 5 * 2 * len(vals)
+    firsts = [rounds[2 * len(vals) * r] for r in range(5)]
+    assert sorted(firsts) == vals                 # each value first in one round of five
+    assert rounds[0::2] == rounds[1::2]           # the timed call right after one of its value
+    with pytest.raises(RuntimeError, match="boom"):
+        ab_switch.compare("AMX_CONV_GDN_MAX_CHANNELS", vals, [48], ops=["compress"], rounds=1,
+                          threads=2, image=torch.zeros(1, 3, 8, 8), model=_Fake(fail=True))
+    assert oc.AMX_CONV_GDN_MAX_CHANNELS == saved and torch.get_num_threads() == nt

@@ -99,17 +99,21 @@ def _resolve(cuda: bool, backend: Optional[str]) -> str:
     return name
 
 
-def current_backend(device: str | torch.device = "cpu") -> str:
+def current_backend(device: str | torch.device | None = "cpu") -> str:
     """The backend (``"triton"`` or ``"torch"``) an op would use for a tensor on ``device`` (a
-    ``torch.device`` or its name, e.g. ``"cpu"``, ``"cuda:0"``) with no explicit argument:
-    read from the device's type and the settings, without allocating there (so ``"cuda"``
-    answers on a machine without CUDA too).
+    ``torch.device`` or its name, e.g. ``"cpu"``, ``"cuda:0"``; None: torch's default device)
+    with no explicit argument: read from the device's type and the settings, without allocating
+    there (so ``"cuda"`` answers on a machine without CUDA too).
 
     Raises:
-        ValueError: ``device`` is not a device name.
+        ValueError: ``device`` is not a device name, or ``$SLIMKERNELS_BACKEND`` is not a
+            backend name.
         RuntimeError: as :func:`resolve_backend` (``SLIMKERNELS_BACKEND=triton`` without
             triton, or for a CPU device without ``TRITON_INTERPRET=1``).
     """
+    if device is None:   # (as torch.empty(0, device=None): the default device)
+        get_default = getattr(torch, "get_default_device", None)   # (torch >= 2.3)
+        device = get_default() if get_default is not None else "cpu"
     if not isinstance(device, (str, torch.device)):
         raise ValueError(f"current_backend: device must be a torch.device or its name (e.g. "
                          f"'cpu', 'cuda:0'), got {type(device).__name__} {device!r}")

@@ -84,7 +84,16 @@ def test_current_backend_reads_the_device_type_without_allocating_there(monkeypa
         backend.current_backend("cuda")
 
 
-@pytest.mark.parametrize("device", ["xyz", "cuda:x", 3, None])
+def test_current_backend_of_none_is_the_default_devices(monkeypatch):
+    from slimkernels.backend import current_backend
+    monkeypatch.delenv("SLIMKERNELS_BACKEND", raising=False)
+    assert current_backend(None) == "torch"
+    monkeypatch.setenv("SLIMKERNELS_BACKEND", "foo")
+    with pytest.raises(ValueError, match="unknown backend 'foo' from \\$SLIMKERNELS_BACKEND"):
+        current_backend("cpu")
+
+
+@pytest.mark.parametrize("device", ["xyz", "cuda:x", 3, 2.5])
 def test_current_backend_of_something_that_is_not_a_device_is_a_clear_error(device):
     from slimkernels.backend import current_backend
     with pytest.raises(ValueError, match="current_backend: .*(not a device name|must be a "

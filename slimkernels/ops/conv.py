@@ -524,6 +524,15 @@ def _amx_image_conv_channels(co: int) -> bool:
         co % 32 != 0 or torch.get_num_threads() >= AMX_CONV_IMAGE_WIDE_MIN_THREADS)
 
 
+def _both_layouts(c: int, hw: int) -> bool:
+    """Whether an ``[N, c, h, w]`` output with ``h * w == hw`` is contiguous in the NCHW and
+    the channels_last layout at once (one channel, or one pixel): the GDN op then takes its NCHW
+    kernel, which rounds apart from the channels_last one a conv's fused GDN runs, so such an
+    output keeps the GDN op (the same bits whichever route the rules, the thread count or the
+    switches pick)."""
+    return c == 1 or hw == 1
+
+
 def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, gdn_kw=None):
     """The direct AMX conv when this geometry goes there (see ``_use_amx_conv``), else None.
     ``gdn_kw``: the GDN kwargs of the output (or None): applied in the kernel's epilogue where
@@ -532,12 +541,13 @@ def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, gdn_kw=None):
         return None
     k, ci = weight.shape[-1], x.shape[1]
     wide = stride > 1 and k >= 2 * stride + 1
+    hw = ((x.shape[2] + 2 * padding - k) // stride + 1) * ((x.shape[3] + 2 * padding - k) //
+                                                          stride + 1)
     if weight.shape[-2] == k and _use_amx_conv(
-            x, ci, co, x.shape[0] * ((x.shape[2] + 2 * padding - k) // stride + 1) *
-            ((x.shape[3] + 2 * padding - k) // stride + 1), wide,
+            x, ci, co, x.shape[0] * hw, wide,
             image=wide and k * ci <= 32 and _amx_image_conv_channels(co)):
-        g = None if gdn_kw is None else _amx_epilogue_gdn(gdn_kw, co, ci,
-                                                          windows=_amx_windows(k, ci, stride))
+        g = None if gdn_kw is None or _both_layouts(co, hw) else \
+            _amx_epilogue_gdn(gdn_kw, co, ci, windows=_amx_windows(k, ci, stride))
         y = _conv2d_amx(x, weight, bias, co, stride, padding, g)
         return y if g is not None else _apply_gdn(y, gdn_kw)
     return None
@@ -560,7 +570,8 @@ def _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding, outp
     if stride > 1 and k > stride and weight.shape[-2] == k and \
             (image or not _use_subpixel(k, k, co, stride)) and \
             _use_amx_conv(x, ci, co, x.shape[0] * x.shape[2] * x.shape[3], image=image):
-        g = None if gdn_kw is None else _amx_epilogue_gdn(gdn_kw, co, ci, stride * stride)
+        g = None if gdn_kw is None or _both_layouts(co, 4) else \
+            _amx_epilogue_gdn(gdn_kw, co, ci, stride * stride)   # (its output: >= 2x2 pixels)
         kernel_clamp = clamp if gdn_kw is None else None   # (the epilogue clamps a plain output)
         y = _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding, g,
                                   kernel_clamp)

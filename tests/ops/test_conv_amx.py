@@ -1067,15 +1067,44 @@ def test_in_place_equals_padded_copy_on_random_geometries(monkeypatch):
 
 
 # -- the GDN of a conv read through the window layout, band by band (AMX_CONV_GDN_WINDOWS) --------
-def test_window_rule_mirrors_the_kernels():
-    """_amx_windows: csrc/cpu/conv_amx.cpp's conv_amx_windows for a plain conv (a tap row of at
-    most 32 elements, a pixel step that is not a multiple of 64 bytes)."""
-    assert C._amx_windows(9, 3, 4)            # enc1: 27 elements, 24-byte step
-    assert C._amx_windows(5, 3, 2)            # 15 elements, 12-byte step
-    assert C._amx_windows(9, 2, 4)            # 18 elements, 16-byte step
-    assert not C._amx_windows(9, 4, 4)        # 36 elements: more than one K chunk
-    assert not C._amx_windows(1, 32, 1)       # 32 elements but a 64-byte step
-    assert not C._amx_windows(5, 48, 2)       # enc2
+def _kernel_reads_windows(k, ci, s):
+    """Whether the kernel takes the window layout for this conv: with it no work group reads x
+    in place (stats[0]), without it (windows=False) some do, on a 64 x 200 bf16 image."""
+    ck = C._amx_conv_kernels()
+    H, W, co, p = 64, 200, 32, k // 2
+    x = _x(1, ci, H, W, 100)
+    wpk, nz = C._amx_pack(_param((co, ci, k, k), 101))
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    wp = max(W + 2 * p, (-(-Wo // 16) * 16 - 1) * s + -(-(-(-(k * ci) // 32) * 32) // ci))
+    y = torch.empty(1, Ho, Wo, co, dtype=torch.bfloat16)
+    inside = []
+    for windows in (True, False):
+        st = torch.zeros(3, dtype=torch.int64)
+        ck.conv_amx_forward(x.data_ptr(), 1, 1, H, W, ci, H + 2 * p, wp, p, p, wpk.data_ptr(),
+                            nz.data_ptr(), k, k, s, co, 0, Ho, Wo, y.data_ptr(), Ho, Wo, co, 1,
+                            1, windows=windows, stats=st.data_ptr())
+        inside.append(int(st[0]))
+    assert inside[1] > 0, (k, ci, s)      # (else this geometry cannot tell)
+    return inside[0] == 0
+
+
+@pytest.mark.parametrize("k, ci, s, want", [
+    (9, 3, 4, True),      # enc1: 27 elements, 24-byte step
+    (5, 3, 2, True),      # 15 elements, 12-byte step
+    (9, 2, 4, True),      # 18 elements, 16-byte step
+    (3, 10, 2, True),
+    (1, 16, 1, True),
+    (9, 4, 4, False),     # 36 elements: more than one K chunk
+    (1, 32, 1, False),    # 32 elements but a 64-byte step
+    (2, 16, 2, False),    # 32 elements, 64-byte step
+    (5, 48, 2, False),    # enc2
+])
+def test_window_rule_mirrors_the_kernels(k, ci, s, want):
+    """_amx_windows gives csrc/cpu/conv_amx.cpp's conv_amx_windows for a plain conv (a tap row
+    of at most 32 elements, a pixel step that is not a multiple of 64 bytes), as the kernel
+    shows it: with the window layout no work group reads x in place."""
+    assert C._amx_windows(k, ci, s) == want
+    assert _kernel_reads_windows(k, ci, s) == want
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -1138,3 +1167,34 @@ def test_slim_conv2d_takes_the_window_gdn_and_the_codec_bytes_stay(monkeypatch, 
         assert applied == ([] if flag else [1])
     assert torch.equal(out[True], out[False])
     _codec_same_either_way(monkeypatch, "AMX_CONV_GDN_WINDOWS", (96, 48, 16), 98)
+
+
+@pytest.mark.parametrize("ci, co, k, s, hw", [
+    (3, 48, 9, 4, 4),      # enc1 of a 4x4 image: one output pixel
+    (48, 48, 5, 2, 2),     # enc2-like from 2x2: one output pixel
+    (3, 1, 9, 4, 16),      # one output channel
+    (48, 1, 5, 2, 8),
+])
+def test_a_gdn_whose_output_is_both_layouts_keeps_the_op(ci, co, k, s, hw):
+    """An output of one pixel or one channel is NCHW-contiguous too, and the GDN op runs its
+    NCHW kernel there, which rounds apart from the channels_last one of the conv's fused GDN:
+    such an output keeps the op, so 1 thread (no fusion by the thread rule) and 2 threads give
+    the same bits (they differed in 8-11 of 50 seeds)."""
+    nt = torch.get_num_threads()
+    try:
+        for seed in range(50):
+            g = torch.Generator().manual_seed(seed)
+            W = torch.randn(48, ci, k, k, generator=g) / (ci * k * k) ** 0.5
+            b = torch.randn(48, generator=g)
+            kw = {"beta": torch.rand(48, generator=g) + 0.5,
+                  "gamma": torch.rand(48, 48, generator=g) * 0.1, "inverse": False}
+            x = torch.rand(1, ci, hw, hw, generator=g).contiguous(memory_format=torch.channels_last)
+            out = {}
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                    out[threads] = slim_conv2d(x, W, b, stride=s, padding=k // 2, out_width=co,
+                                               gdn=kw)
+            assert torch.equal(out[1], out[2]), seed
+    finally:
+        torch.set_num_threads(nt)
