@@ -164,15 +164,25 @@ def _image_extensions() -> set:
 
 
 def _batch(pairs, one, desc: str, quiet: bool) -> None:
-    """``one(src, dst)`` for each pair (with the progress bar). When one fails (or Ctrl-C), the
-    outputs this batch created are removed before the error goes on, so that the batch wrote
-    nothing new and its rerun needs no --force (files it replaced under --force stay
+    """``one(src, dst, say)`` for each pair (with the progress bar; ``say(text, file=None)``
+    prints a line above the bar, to stdout or ``file``: a plain ``print`` while the bar is drawn
+    on stderr left the bar's text at the start of the line on a terminal). When one fails (or
+    Ctrl-C), the outputs this batch created are removed before the error goes on, so that the
+    batch wrote nothing new and its rerun needs no --force (files it replaced under --force stay
     replaced)."""
     created = []
+    items = _progress(pairs, not quiet, desc)
+    write = getattr(items, "write", None)   # tqdm.write: clears the bar, prints, redraws it
+
+    def say(text: str, file=None) -> None:
+        if write is not None:
+            write(text, file=file)
+        else:
+            print(text, file=file)
     try:
-        for src, dst in _progress(pairs, not quiet, desc):
+        for src, dst in items:
             existed = os.path.lexists(dst)
-            one(src, dst)
+            one(src, dst, say)
             if not existed:
                 created.append(dst)
     except BaseException:
@@ -269,13 +279,13 @@ def cmd_compress(args) -> int:
     _check_images(args.inputs)
     model = _load(args)
 
-    def one(src, dst):
+    def one(src, dst, say):
         try:
             x, note = read_image(src)
         except (ValueError, FileNotFoundError) as e:
             raise CLIError(str(e)) from None
         if note:                               # warnings go to stderr even with -q
-            print(f"{src}: {note}", file=sys.stderr)
+            say(f"{src}: {note}", file=sys.stderr)
         t0 = time.perf_counter()
         fits = True
         if args.target_bpp is not None:   # the file measured against the target is the one written
@@ -292,11 +302,11 @@ def cmd_compress(args) -> int:
         H, W = x.shape[-2:]
         bpp = 8 * len(data) / (H * W)
         if not args.quiet:
-            print(f"{src} -> {dst}: width {width}, {len(data)} bytes, "
+            say(f"{src} -> {dst}: width {width}, {len(data)} bytes, "
                   f"{bpp:.4f} bpp, {dt * 1e3:.1f} ms")
         if not fits:
-            print(f"{src}: note: no width reaches --target-bpp {args.target_bpp:g}; wrote the "
-                  f"narrowest, {width} ({bpp:.4f} bpp)", file=sys.stderr)
+            say(f"{src}: note: no width reaches --target-bpp {args.target_bpp:g}; wrote the "
+                f"narrowest, {width} ({bpp:.4f} bpp)", file=sys.stderr)
     _batch(list(zip(args.inputs, outs)), one, "compress", args.quiet)
     return EXIT_OK
 
@@ -310,7 +320,7 @@ def cmd_decompress(args) -> int:
     _check_slim_files(args.inputs)
     model = _load(args)
 
-    def one(src, dst):
+    def one(src, dst, say):
         fmt = {".png": "PNG", ".bmp": "BMP", ".ppm": "PPM", ".tif": "TIFF", ".tiff": "TIFF",
                ".webp": "WEBP"}.get(os.path.splitext(dst)[1].lower())
         if fmt is None:
@@ -326,7 +336,7 @@ def cmd_decompress(args) -> int:
             raise CLIError(f"{src}: {e}") from None
         atomic_write_bytes(dst, image_to_png_bytes(x, fmt), overwrite=args.force)
         if not args.quiet:
-            print(f"{src} -> {dst}: {x.shape[-1]}x{x.shape[-2]}, {dt * 1e3:.1f} ms")
+            say(f"{src} -> {dst}: {x.shape[-1]}x{x.shape[-2]}, {dt * 1e3:.1f} ms")
     _batch(list(zip(args.inputs, outs)), one, "decompress", args.quiet)
     return EXIT_OK
 

@@ -492,3 +492,26 @@ def test_env_reports_the_optional_extensions(capsys):
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     assert "compiled CPU kernels: " in out and "model state key: " in out
+
+
+def test_batch_lines_print_above_the_progress_bar(model_file, images, tmp_path):
+    """With several inputs the progress bar (stderr) and the per-file lines (stdout) share a
+    terminal: each line is printed above the bar (tqdm.write), not after the bar's text on its
+    line ("compress:   0%|...| 0/2 [...]img_RGB.png -> ...")."""
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    srcs = [images["RGB"], images["L"]]
+    for cmd, ins, ext in (("compress", srcs, ".slim"),
+                          ("decompress", [str(outdir / "img_RGB.slim"),
+                                          str(outdir / "img_L.slim")], ".png")):
+        r = subprocess.run([sys.executable, "-m", "slimkernels", cmd, *ins, str(outdir),
+                            "--model", model_file], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)     # one stream, as a terminal
+        assert r.returncode == 0, r.stdout
+        shown = [line.split("\r")[-1] for line in r.stdout.split("\n")]   # what a terminal keeps
+        lines = [s for s in shown if " -> " in s]
+        assert len(lines) == 2, r.stdout
+        for s, src in zip(lines, ins):
+            assert s.startswith(f"{src} -> "), (cmd, s)
+        assert sorted(p for p in os.listdir(outdir) if p.endswith(ext)) == \
+            ["img_L" + ext, "img_RGB" + ext]
