@@ -7,13 +7,30 @@ import sys
 from typing import List, Optional
 
 
+class _Ints(argparse.Action):
+    """``nargs="+"`` integers given separated by spaces, commas or both (``--widths 192 48``,
+    ``--widths 192,48``), flattened into one list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        out = []
+        for tok in values:
+            for part in tok.split(","):
+                try:
+                    out.append(int(part))
+                except ValueError:
+                    parser.error(f"argument {option_string}: invalid int value: {part!r} (give "
+                                 f"integers separated by spaces or commas, e.g. 192 48)")
+        setattr(namespace, self.dest, out)
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``eval`` arguments to ``parser`` (a subcommand parser or a fresh one)."""
     parser.add_argument("folder", metavar="DIR", help="folder of images (e.g. Kodak PNGs)")
     parser.add_argument("--model", default=None,
                         help="model file or training checkpoint (default: the bundled model)")
-    parser.add_argument("--widths", type=int, nargs="+", default=None,
-                        help="widths to evaluate (default: all of the model's)")
+    parser.add_argument("--widths", nargs="+", action=_Ints, default=None,
+                        help="widths to evaluate, e.g. 192 48 or 192,48 (default: all of the "
+                             "model's)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="transform precision: auto (default: bf16 autocast where the device "
                              "has native bf16, e.g. AMX / AVX512-BF16 CPUs, else fp32), fp32, bf16")
@@ -23,7 +40,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="skip the JPEG/WebP sweeps (the Balle 2017 curve is still plotted)")
     from .classical import DEFAULT_QUALITIES
     for codec in ("jpeg", "webp"):
-        parser.add_argument(f"--{codec}-qualities", type=int, nargs="+", default=None,
+        parser.add_argument(f"--{codec}-qualities", nargs="+", action=_Ints, default=None,
                             help=f"Pillow {codec.upper()} qualities of the sweep (default: "
                                  + " ".join(map(str, DEFAULT_QUALITIES[codec])) + ")")
     parser.add_argument("--streams", type=int, default=1, help="coder substreams")
@@ -126,9 +143,10 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
     with open(summary["files"]["table"]) as f:
         print(f.read(), end="")
     g = summary["goals"]
+    bd, gap = g["bd_rate_vs_jpeg_pchip"], g["gap_to_balle2017_db"]
     print(f"goals: monotone={g['monotone']} bpp span={g['bpp_span'][0]:.3f}-{g['bpp_span'][1]:.3f} "
-          f"BD-rate vs JPEG={g['bd_rate_vs_jpeg_pchip']} gap to Balle2017 at widest="
-          f"{g['gap_to_balle2017_db']}")
+          f"BD-rate vs JPEG={'n/a' if bd is None else f'{bd:.1f} %'} gap to Balle2017 at "
+          f"widest={'n/a' if gap is None else f'{gap:+.2f} dB'}")
     print("wrote " + ", ".join(sorted(v for k, v in summary["files"].items())))
     return 0
 

@@ -149,6 +149,18 @@ def _args(argv):
     return add_eval_arguments(argparse.ArgumentParser()).parse_args(argv)
 
 
+def test_integer_lists_take_spaces_or_commas(capsys):
+    """(--widths 192,48 was argparse's "invalid int value: '192,48'".)"""
+    a = _args(["dir", "--widths", "192,48", "--jpeg-qualities", "10", "50,90"])
+    assert a.widths == [192, 48] and a.jpeg_qualities == [10, 50, 90]
+    assert _args(["dir", "--widths", "192", "48"]).widths == [192, 48]
+    assert _args(["dir"]).widths is None
+    for bad in ("a", "192,", "1.5"):
+        with pytest.raises(SystemExit):
+            _args(["dir", "--widths", bad])
+        assert "--widths: invalid int value" in capsys.readouterr().err
+
+
 def test_cli_input_errors(image_folder, tmp_path, capsys):
     assert run_eval(_args([str(tmp_path / "nope")])) == 2
     assert "not a directory" in capsys.readouterr().err
@@ -203,6 +215,9 @@ def test_cli_end_to_end(tiny_model, image_folder, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     text = capsys.readouterr().out
     assert "| 16 |" in text and "goals:" in text
+    # (the goals line printed the floats unrounded: "BD-rate vs JPEG=-48.42433598720234")
+    assert re.search(r"BD-rate vs JPEG=(n/a|-?\d+\.\d %) gap to Balle2017 at widest=(n/a|"
+                     r"[+-]\d+\.\d\d dB)\n", text), text[-300:]
     for name in ("slimcae.json", "jpeg.json", "webp.json", "balle2017.json", "summary.json",
                  "table.md", "rd.png"):
         assert (out / name).exists(), name
