@@ -6,21 +6,7 @@ import os
 import sys
 from typing import List, Optional
 
-
-class _Ints(argparse.Action):
-    """``nargs="+"`` integers given separated by spaces, commas or both (``--widths 192 48``,
-    ``--widths 192,48``), flattened into one list."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        out = []
-        for tok in values:
-            for part in tok.split(","):
-                try:
-                    out.append(int(part))
-                except ValueError:
-                    parser.error(f"argument {option_string}: invalid int value: {part!r} (give "
-                                 f"integers separated by spaces or commas, e.g. 192 48)")
-        setattr(namespace, self.dest, out)
+from .._argparse import split_list
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -28,7 +14,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("folder", metavar="DIR", help="folder of images (e.g. Kodak PNGs)")
     parser.add_argument("--model", default=None,
                         help="model file or training checkpoint (default: the bundled model)")
-    parser.add_argument("--widths", nargs="+", action=_Ints, default=None,
+    parser.add_argument("--widths", nargs="+", action=split_list(int), default=None,
                         help="widths to evaluate, e.g. 192 48 or 192,48 (default: all of the "
                              "model's)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -40,7 +26,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="skip the JPEG/WebP sweeps (the Balle 2017 curve is still plotted)")
     from .classical import DEFAULT_QUALITIES
     for codec in ("jpeg", "webp"):
-        parser.add_argument(f"--{codec}-qualities", nargs="+", action=_Ints, default=None,
+        parser.add_argument(f"--{codec}-qualities", nargs="+", action=split_list(int), default=None,
                             help=f"Pillow {codec.upper()} qualities of the sweep (default: "
                                  + " ".join(map(str, DEFAULT_QUALITIES[codec])) + ")")
     parser.add_argument("--streams", type=int, default=1, help="coder substreams")

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import List, Optional
 
+from .._argparse import split_list
 from .trainer import TrainConfig, Trainer
 
 
@@ -24,12 +25,15 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
             p.add_argument(name, action=argparse.BooleanOptionalAction, default=default,
                            help=f.metadata.get("help", "") + f" (default: {'on' if default else 'off'})")
         elif isinstance(default, list):
-            p.add_argument(name, nargs="+", type=type(default[0]), default=default,
+            p.add_argument(name, nargs="+", action=split_list(type(default[0])),
+                           default=default,
                            help=doc.replace("%(default)s", " ".join(map(str, default))))
         elif default is None and f.metadata.get("arg_type") is not None:   # (unset: resolved
             many = str(f.type).startswith("Optional[List")                   # by the trainer)
-            p.add_argument(name, nargs="+" if many else None, type=f.metadata["arg_type"],
-                           default=None, help=f.metadata.get("help", "") + " (default: unset)")
+            kw = ({"action": split_list(f.metadata["arg_type"])} if many else
+                  {"type": f.metadata["arg_type"]})
+            p.add_argument(name, nargs="+" if many else None, default=None, **kw,
+                           help=f.metadata.get("help", "") + " (default: unset)")
         else:
             p.add_argument(name, type=type(default), default=default, help=doc)
     return p

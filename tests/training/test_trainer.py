@@ -462,6 +462,20 @@ def test_every_option_has_help_and_parses_to_the_config():
     cfg = config_from_args(build_parser().parse_args(["--widths", "16", "8", "--no-bf16",
                                                       "--lr", "3e-5"]))
     assert cfg.widths == [16, 8] and cfg.bf16 is False and cfg.lr == 3e-5
+    # lists with commas too, as the bench tools and eval take them
+    cfg = config_from_args(build_parser().parse_args(["--widths", "16,8", "--lambdas",
+                                                      "0.01,0.02", "0.04"]))
+    assert cfg.widths == [16, 8] and cfg.lambdas == [0.01, 0.02, 0.04]
+
+
+def test_a_bad_list_item_is_a_usage_error_naming_it(capsys):
+    from slimkernels.training.cli import build_parser
+    for argv in (["--widths", "16,x"], ["--lambdas", "0.1,"]):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {argv[0]}: invalid" in err and "spaces or commas" in err
 
 
 @pytest.mark.parametrize("native", [True, False])
