@@ -303,7 +303,7 @@ def cmd_compress(args) -> int:
         bpp = 8 * len(data) / (H * W)
         if not args.quiet:
             say(f"{src} -> {dst}: width {width}, {len(data)} bytes, "
-                  f"{bpp:.4f} bpp, {dt * 1e3:.1f} ms")
+                f"{bpp:.4f} bpp, {dt * 1e3:.1f} ms")
         if not fits:
             say(f"{src}: note: no width reaches --target-bpp {args.target_bpp:g}; wrote the "
                 f"narrowest, {width} ({bpp:.4f} bpp)", file=sys.stderr)

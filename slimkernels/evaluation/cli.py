@@ -26,7 +26,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="skip the JPEG/WebP sweeps (the Balle 2017 curve is still plotted)")
     from .classical import DEFAULT_QUALITIES
     for codec in ("jpeg", "webp"):
-        parser.add_argument(f"--{codec}-qualities", nargs="+", action=split_list(int), default=None,
+        parser.add_argument(f"--{codec}-qualities", nargs="+", action=split_list(int),
+                            default=None,
                             help=f"Pillow {codec.upper()} qualities of the sweep (default: "
                                  + " ".join(map(str, DEFAULT_QUALITIES[codec])) + ")")
     parser.add_argument("--streams", type=int, default=1, help="coder substreams")
