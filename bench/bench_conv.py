@@ -556,8 +556,8 @@ def aot_section(out_dir) -> List[Dict]:
                                            "tc_before_store", "LDG128", "LDGSTS128"]))
     md += ("\n## col2im_kernel (the gather of the output layer's GEMM + col2im route: 3 channels, "
            "9x9 / 4, fp32 column buffer)\n\n" +
-           _md_table(col2im, ["arch", "y", "BLOCK_M", "num_warps", "n_regs", "n_spills", "spill_ops",
-                               "local"]))
+           _md_table(col2im, ["arch", "y", "BLOCK_M", "num_warps", "n_regs", "n_spills",
+                              "spill_ops", "local"]))
     with open(os.path.join(out_dir, "conv_aot.md"), "w") as f:
         f.write(md)
     return rows

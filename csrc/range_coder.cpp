@@ -1201,7 +1201,8 @@ struct CachedTables {
       const int32_t* row = cdfs.data() + i * stride;
       const int64_t L = std::min<int64_t>(lengths[size_t(i)], stride);
       int64_t top = 1;
-      for (int64_t k = 0; k + 1 < L; ++k) top = std::max<int64_t>(top, int64_t(row[k + 1]) - row[k]);
+      for (int64_t k = 0; k + 1 < L; ++k)
+        top = std::max<int64_t>(top, int64_t(row[k + 1]) - row[k]);
       min_bits[size_t(i)] = std::max(0.0, double(precision) - std::log2(double(top)));
     }
     bytes = (cdfs.size() + lengths.size()) * sizeof(int32_t) + min_bits.size() * sizeof(double);

@@ -90,8 +90,8 @@ void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, con
 
 // Decodes n symbols into out[0..n). Any byte string is accepted as input: the result is either a
 // successful decode or an Error, in time O(n * max_length + size) (n at most what decode_to's
-// capacity check allows for size bytes; a substream stops at the first read past its end). threads <= 0 means
-// min(streams in the data, hardware threads). run, executor: as for encode.
+// capacity check allows for size bytes; a substream stops at the first read past its end).
+// threads <= 0 means min(streams in the data, hardware threads). run, executor: as for encode.
 void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
             const Tables& t, int threads, int32_t* out, int64_t run = 1,
             Executor executor = nullptr);

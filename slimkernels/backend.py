@@ -112,8 +112,7 @@ def current_backend(device: str | torch.device | None = "cpu") -> str:
             triton, or for a CPU device without ``TRITON_INTERPRET=1``).
     """
     if device is None:   # (as torch.empty(0, device=None): the default device)
-        get_default = getattr(torch, "get_default_device", None)   # (torch >= 2.3)
-        device = get_default() if get_default is not None else "cpu"
+        device = torch.get_default_device()
     if not isinstance(device, (str, torch.device)):
         raise ValueError(f"current_backend: device must be a torch.device or its name (e.g. "
                          f"'cpu', 'cuda:0'), got {type(device).__name__} {device!r}")

@@ -172,13 +172,7 @@ def _batch(pairs, one, desc: str, quiet: bool) -> None:
     replaced)."""
     created = []
     items = _progress(pairs, not quiet, desc)
-    write = getattr(items, "write", None)   # tqdm.write: clears the bar, prints, redraws it
-
-    def say(text: str, file=None) -> None:
-        if write is not None:
-            write(text, file=file)
-        else:
-            print(text, file=file)
+    say = getattr(items, "write", print)   # tqdm.write: clears the bar, prints, redraws it
     try:
         for src, dst in items:
             existed = os.path.lexists(dst)
