@@ -51,7 +51,8 @@ def run(cfg: TrainConfig) -> int:
     process a signal ended, so that ``train && export`` does not export an unfinished model;
     raises what the trainer raises."""
     if not os.path.isdir(cfg.data):   # (before the Trainer makes the run folder: none left)
-        raise ValueError(f"--data {cfg.data}: the image folder does not exist")
+        where = "" if os.path.isabs(cfg.data) else f" (relative to {os.getcwd()})"
+        raise ValueError(f"--data {cfg.data}: the image folder does not exist{where}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # launched by torchrun
         import torch
@@ -82,9 +83,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     tune_from_env()   # the weight gradients' fresh 10-20 MB buffers: no page faults (allocator.py)
     try:
         return run(cfg)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:   # (before the trainer's own SIGINT handling: 128 + SIGINT too)
         print("train: interrupted", file=sys.stderr)
+        return 130
+    except ValueError as e:   # (its messages name the option and what to do)
+        print(f"train: error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, RuntimeError, OSError, FloatingPointError) as e:
+    except (RuntimeError, OSError, FloatingPointError) as e:
         print(f"train: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -319,8 +319,44 @@ def _torch_load(path: str, device, what: str, todo: str):
     return load_torch_file(path, f"{what} {{path}} is not readable ({{error}}); {todo}", device)
 
 
+class _RunLock:
+    """An exclusive lock on a run folder (``<out>/.lock``, ``flock``: released when the process
+    ends, however it ends), holding the owner's pid for the message another trainer gets.
+    ValueError when another process holds it. No-op where ``fcntl`` is missing (Windows)."""
+
+    def __init__(self, folder: str):
+        self._fh = None
+        try:
+            import fcntl
+        except ImportError:   # pragma: no cover - not POSIX
+            return
+        path = os.path.join(folder, ".lock")
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            owner = fh.read().strip() or "?"
+            fh.close()
+            raise ValueError(f"--out {folder} is in use by another training (pid {owner}): wait "
+                             f"for it to end, or choose another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()   # (closing the descriptor drops the flock)
+            self._fh = None
+
+
 class Trainer:
-    """Runs :class:`TrainConfig`; resumes from ``<out>/checkpoint.pt`` when it exists."""
+    """Runs :class:`TrainConfig`; resumes from ``<out>/checkpoint.pt`` when it exists.
+    :meth:`fit` holds a lock on ``cfg.out`` while it runs: a second one on the same folder (in
+    another process, or another Trainer's fit in this one) is refused with a ValueError instead
+    of overwriting the first one's checkpoint."""
 
     def __init__(self, cfg: TrainConfig, log=print):
         cfg.check()
@@ -356,9 +392,13 @@ class Trainer:
         self.sampler: Optional[CropSampler] = None
         self._sampler_seed = cfg.seed + self.rank   # (a resumed multi-process run: its own)
         self.val_images: Optional[torch.Tensor] = None
+        if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+            raise ValueError(f"--out {cfg.out} is a file: --out names the run's folder "
+                             f"(checkpoint.pt, log.jsonl); give another path")
         os.makedirs(cfg.out, exist_ok=True)
         self.ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
         self.log_path = os.path.join(cfg.out, "log.jsonl")
+        self._lock: Optional[_RunLock] = None   # held by fit()
         self.ema: Optional[Dict[str, torch.Tensor]] = None
         self._resume_or_init()
         if cfg.ema > 0 and self.ema is None:   # a new run, or a checkpoint written without one
@@ -369,6 +409,13 @@ class Trainer:
         if self.world > 1:
             self.wrapped = nn.parallel.DistributedDataParallel(self.wrapped,
                                                                find_unused_parameters=True)
+
+    def close(self) -> None:
+        """Release the run folder's lock (held while :meth:`fit` runs; it releases it when it
+        returns, the process's exit in any case)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- logging / checkpoints ---------------------------------------------------------------
     def log(self, record: Dict):
@@ -611,6 +658,23 @@ class Trainer:
         number is then in ``self.stopped_by`` (None when the run reached ``cfg.steps``), so
         that callers can tell an interrupted run from a finished one."""
         cfg = self.cfg
+        # one fit per run folder at a time (rank 0's lock; the other ranks of a torchrun share
+        # the folder): two on one folder both saved checkpoint.pt, the last save winning, and
+        # mixed their logs
+        if self.rank == 0:
+            self._lock = _RunLock(cfg.out)
+        try:
+            return self._fit(cfg)
+        finally:
+            self.close()
+
+    def _fit(self, cfg):
+        if self.step >= cfg.steps and os.path.exists(self.ckpt_path):
+            # (a resumed run that is done: said before reading the images)
+            self.stopped_by = None
+            self._print(f"the run in {cfg.out} is at step {self.step} already (--steps "
+                        f"{cfg.steps}): nothing to train; give a larger --steps to go on")
+            return self
         if self.sampler is None:
             self.load_data()
         last_ckpt = time.time()
@@ -649,6 +713,9 @@ class Trainer:
         if stop["signal"] is not None:
             self._print(f"stopped by signal {stop['signal']} at step {self.step} of {cfg.steps}; "
                         "checkpoint saved: run the same command again to resume")
+        elif self.rank == 0:
+            self._print(f"done: step {self.step}; checkpoint {self.ckpt_path} (load_model() reads "
+                        f"it; python/export_model.py writes a model file from it)")
         return self
 
     def _loop(self, cfg, bar, stop, t0, n0, last_ckpt):

@@ -280,14 +280,19 @@ def test_export_refuses_outputs_it_cannot_or_must_not_write(image_dir, tmp_path,
     ckpt = tmp_path / "run" / "checkpoint.pt"
     before = ckpt.read_bytes()
     (tmp_path / "folder").mkdir()
-    cases = [([str(ckpt), str(tmp_path / "nodir" / "m.pt")], r"cannot write .*m\.pt: No such"),
+    (tmp_path / "taken.pt").write_bytes(b"keep")
+    cases = [([str(ckpt), str(tmp_path / "nodir" / "m.pt")],
+              r"^export_model: error: cannot write \S*m\.pt: the folder \S*nodir does not exist "
+              r"\(create it first\)$"),
+             ([str(ckpt), str(tmp_path / "taken.pt")],
+              r"^export_model: error: \S*taken\.pt exists: not overwriting it \(use --force\)$"),
              ([str(ckpt), str(tmp_path / "folder"), "--force"], r"folder\S* is a folder"),
              ([str(ckpt), str(ckpt), "--force"], r"is the checkpoint .* itself")]
     for argv, msg in cases:
         assert export.main(argv) == 1
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and re.search(msg, err), err
-    assert ckpt.read_bytes() == before
+    assert ckpt.read_bytes() == before and (tmp_path / "taken.pt").read_bytes() == b"keep"
     assert list((tmp_path / "folder").iterdir()) == []
 
 
@@ -707,3 +712,61 @@ def test_export_info_ignores_log_records_after_the_checkpoint(image_dir, tmp_pat
     info = torch.load(out, weights_only=False)["info"]
     assert info["last_validation"]["step"] == 4
     assert info["lambda_updates"] == len(t.scheduler.history) >= 1
+
+
+def test_a_second_fit_on_the_same_run_folder_is_refused(image_dir, tmp_path):
+    """Two trainings on one --out both saved checkpoint.pt (the last save won) and mixed their
+    logs: fit() holds the folder's lock, a second one (another process: here a child holding
+    it) is refused with the holder's pid, and the lock is free again once fit() returns."""
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from slimkernels.training.trainer import "
+         "_RunLock; l = _RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
+         str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t = Trainer(_cfg(image_dir, out, steps=2, val_every=0), log=lambda *_: None)
+        with pytest.raises(ValueError, match=rf"--out {re.escape(str(out))} is in use by another "
+                                             rf"training \(pid {holder.pid}\): wait for it"):
+            t.fit()
+        assert not (out / "checkpoint.pt").exists() and t.step == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    t.fit()                                     # the holder is gone: its lock with it
+    assert t.step == 2
+    # released when fit() returns: another Trainer in this process fits on the folder
+    r = Trainer(_cfg(image_dir, out, steps=3, val_every=0), log=lambda *_: None)
+    assert r.step == 2
+    r.fit()
+    assert r.step == 3
+    t.cfg.steps = 4                             # and the first one can fit again
+    t.fit()
+    assert t.step == 4
+
+
+def test_out_that_is_a_file_is_refused(image_dir, tmp_path):
+    f = tmp_path / "photo.png"
+    f.write_bytes(b"not a folder")
+    with pytest.raises(ValueError, match=r"--out .*photo.png is a file: --out names the run's "
+                                         r"folder"):
+        Trainer(_cfg(image_dir, f), log=lambda *_: None)
+    assert f.read_bytes() == b"not a folder"
+
+
+def test_fit_says_where_the_checkpoint_is_and_when_nothing_is_left(image_dir, tmp_path,
+                                                                   monkeypatch):
+    said = []
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=2, val_every=0), log=said.append).fit()
+    ckpt = str(tmp_path / "r" / "checkpoint.pt")
+    assert said[-1].startswith(f"done: step 2; checkpoint {ckpt} (load_model() reads it")
+    # a finished run started again: says so, before reading the training images
+    said.clear()
+    t = Trainer(_cfg(image_dir, tmp_path / "r", steps=2, val_every=0), log=said.append)
+    monkeypatch.setattr(t, "load_data", lambda: pytest.fail("read the images for nothing"))
+    mtime = os.stat(ckpt).st_mtime_ns
+    assert t.fit() is t and t.stopped_by is None and t.step == 2
+    assert said[-1] == (f"the run in {tmp_path / 'r'} is at step 2 already (--steps 2): nothing "
+                        f"to train; give a larger --steps to go on")
+    assert os.stat(ckpt).st_mtime_ns == mtime   # (not rewritten)
