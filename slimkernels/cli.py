@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 import warnings
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ._checks import MAX_THREADS_PER_CPU, too_many_threads  # noqa: F401 (re-exported)
 from ._version import __version__
@@ -138,7 +138,7 @@ def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]
             same = next((s for s in inputs if os.path.samefile(s, o)), None)   # (hard links)
         if same is not None:
             raise CLIError(f"output {o} is the input file {same}")
-        if os.path.exists(o) and not force:
+        if os.path.lexists(o) and not force:   # (lexists: a dangling link too)
             raise CLIError(f"{o} exists: not overwriting it (use --force)")
         if os.path.exists(o) and not os.path.isfile(o):
             raise CLIError(f"{o} exists and is not a regular file (a folder, device or FIFO): "
@@ -166,30 +166,77 @@ def _image_extensions() -> set:
 def _batch(pairs, one, desc: str, quiet: bool) -> None:
     """``one(src, dst, say)`` for each pair (with the progress bar; ``say(text, file=None)``
     prints a line above the bar, to stdout or ``file``: a plain ``print`` while the bar is drawn
-    on stderr left the bar's text at the start of the line on a terminal). When one fails (or
-    Ctrl-C), the outputs this batch created are removed before the error goes on, so that the
-    batch wrote nothing new and its rerun needs no --force (files it replaced under --force stay
-    replaced)."""
-    created = []
+    on stderr left the bar's text at the start of the line on a terminal). All or nothing: when
+    one fails (or Ctrl-C, SIGTERM), the outputs this batch created are removed and the files it
+    replaced under --force are restored (each is kept as a hidden hard link, or copy, next to
+    it until the batch ends) before the error goes on, so that the batch changed nothing and its
+    rerun needs no --force."""
+    created, replaced = [], []   # replaced: (dst, backup)
     items = _progress(pairs, not quiet, desc)
     say = getattr(items, "write", print)   # tqdm.write: clears the bar, prints, redraws it
     try:
         for src, dst in items:
-            existed = os.path.lexists(dst)
-            one(src, dst, say)
-            if not existed:
+            if os.path.lexists(dst):
+                replaced.append((dst, _backup(dst)))
+                one(src, dst, say)
+            else:
+                one(src, dst, say)
                 created.append(dst)
     except BaseException:
-        for d in created:
-            try:
-                os.remove(d)
-            except OSError:
-                pass
-        if created:
-            print(f"slimkernels: the batch stopped: removed the {len(created)} file(s) it had "
-                  f"written ({', '.join(created[:3])}{', ...' if len(created) > 3 else ''})",
-                  file=sys.stderr)
+        _undo(created, replaced)
         raise
+    for _, backup in replaced:
+        _remove_quietly(backup)
+
+
+def _backup(path: str) -> str:
+    """A hidden copy of ``path`` in its folder (a hard link where the file system has them),
+    for :func:`_batch` to restore; CLIError if it cannot be made (nothing was written yet)."""
+    import shutil
+    import tempfile
+    folder, name = os.path.split(os.path.abspath(path))
+    try:
+        fd, backup = tempfile.mkstemp(prefix=f".{name}.", suffix=".backup", dir=folder)
+        os.close(fd)
+        os.remove(backup)
+        try:
+            os.link(path, backup, follow_symlinks=False)
+        except OSError:
+            shutil.copy2(path, backup, follow_symlinks=False)
+    except OSError as e:
+        raise CLIError(f"cannot keep a copy of {path} before replacing it ({e.strerror}): "
+                       f"nothing was written") from None
+    return backup
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _undo(created: List[str], replaced: List[Tuple[str, str]]) -> None:
+    """:func:`_batch`'s rollback: remove what it created, put back what it replaced, and say
+    so on stderr (naming a file it could not put back, and where its copy is)."""
+    for d in created:
+        _remove_quietly(d)
+    lost = []
+    for dst, backup in replaced:
+        try:
+            os.replace(backup, dst)
+        except OSError:
+            lost.append(f"{dst} (its earlier content is in {backup})")
+    if created or replaced:
+        parts = []
+        if created:
+            parts.append(f"removed the {len(created)} file(s) it had written "
+                         f"({', '.join(created[:3])}{', ...' if len(created) > 3 else ''})")
+        if replaced:
+            parts.append(f"put back the {len(replaced) - len(lost)} file(s) it had replaced")
+        print(f"slimkernels: the batch stopped: {' and '.join(parts)}", file=sys.stderr)
+    for what in lost:
+        print(f"slimkernels: could not put back {what}", file=sys.stderr)
 
 
 def _check_images(paths: List[str]) -> None:
@@ -211,7 +258,20 @@ def _check_images(paths: List[str]) -> None:
             except ValueError as e:
                 raise CLIError(str(e)) from None
         except (UnidentifiedImageError, OSError, ValueError) as e:
+            if _is_slim(p):
+                raise CLIError(f"{p} is a .slim file, not an image: `slimkernels decompress` "
+                               f"turns it back into one") from None
             raise CLIError(f"{p}: not an image file Pillow can read ({e})") from None
+
+
+def _is_slim(path: str) -> bool:
+    """Whether ``path`` starts with the .slim magic bytes."""
+    from .container import SlimFormatError, check_magic
+    try:
+        check_magic(path)
+    except (OSError, SlimFormatError):
+        return False
+    return True
 
 
 def _check_slim_files(paths: List[str]) -> None:
@@ -232,7 +292,8 @@ def _progress(items, enabled: bool, desc: str):
         return items
     try:
         from tqdm import tqdm
-        return tqdm(items, desc=desc, file=sys.stderr)
+        # (on a terminal only: in a log file the bar's redraws are lines of '\r' and counts)
+        return tqdm(items, desc=desc, file=sys.stderr, disable=not sys.stderr.isatty())
     except ImportError:  # pragma: no cover
         return items
 
@@ -269,6 +330,8 @@ def cmd_compress(args) -> int:
     _set_threads(args)
     if args.target_bpp is not None and not (math.isfinite(args.target_bpp) and args.target_bpp > 0):
         raise CLIError(f"--target-bpp must be a finite number > 0, got {args.target_bpp}")
+    if not 1 <= args.streams <= 255:
+        raise CLIError(f"--streams must be 1..255 (coder substreams), got {args.streams}")
     outs = _outputs(args.inputs, args.output, ".slim", args.force)
     _check_images(args.inputs)
     model = _load(args)
@@ -327,7 +390,9 @@ def cmd_decompress(args) -> int:
         except FileNotFoundError:
             raise CLIError(f"{src} does not exist") from None
         except SlimFormatError as e:
-            raise CLIError(f"{src}: {e}") from None
+            hint = (" (--model MODEL picks the model file)" if "different model" in str(e)
+                    else "")
+            raise CLIError(f"{src}: {e}{hint}") from None
         atomic_write_bytes(dst, image_to_png_bytes(x, fmt), overwrite=args.force)
         if not args.quiet:
             say(f"{src} -> {dst}: {x.shape[-1]}x{x.shape[-2]}, {dt * 1e3:.1f} ms")
@@ -387,7 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("compress", help="compress images to .slim files")
     s.add_argument("inputs", nargs="+", metavar="IN", help="input images (PNG, JPEG, ...)")
-    s.add_argument("output", metavar="OUT", help="output file, or folder for several inputs")
+    s.add_argument("output", metavar="OUT", nargs="?",
+                   help="output file, or folder for several inputs (or give it as -o OUT)")
+    s.add_argument("-o", "--output", dest="output_opt", metavar="OUT", default=None,
+                   help="the output, as an option: then every positional argument is an input")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--width", type=int, help="sub-network width (default: the widest)")
     g.add_argument("--quality", type=int, help="1 (narrowest, lowest rate) .. number of widths")
@@ -402,7 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("decompress", help="decompress .slim files to images")
     s.add_argument("inputs", nargs="+", metavar="IN", help=".slim files")
-    s.add_argument("output", metavar="OUT", help="output image (.png...), or folder")
+    s.add_argument("output", metavar="OUT", nargs="?",
+                   help="output image (.png...), or folder (or give it as -o OUT)")
+    s.add_argument("-o", "--output", dest="output_opt", metavar="OUT", default=None,
+                   help="the output, as an option: then every positional argument is an input")
     common(s)
     s.set_defaults(func=cmd_decompress)
 
@@ -432,6 +503,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if hasattr(args, "output_opt"):   # compress / decompress: IN... OUT, or IN... -o OUT
+        if args.output_opt is not None:
+            if args.output is not None:
+                args.inputs.append(args.output)
+            args.output = args.output_opt
+        elif args.output is None:
+            if len(args.inputs) < 2:
+                _err(f"{args.cmd}: give the output after the input (slimkernels {args.cmd} IN "
+                     f"OUT, or -o OUT)")
+                return EXIT_USAGE
+            args.output = args.inputs.pop()
     from . import allocator
     allocator.tune_from_env()   # page-fault-free activations at narrow widths (allocator.py)
     old = _catch_termination()
@@ -440,13 +522,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CLIError as e:
         _err(str(e))
         return EXIT_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:   # (128 + SIGINT, as a shell reports it; train does the same)
         _err("interrupted")
-        return EXIT_ERROR
+        return 128 + signal.SIGINT
     except _Terminated as e:   # (a batch's outputs and any temporary file were removed on the way)
         _err(f"stopped by signal {e.signum}")
         return 128 + e.signum
-    except (ValueError, RuntimeError, OSError, FloatingPointError) as e:
+    except (ValueError, FileExistsError) as e:   # (their messages say what was wrong)
+        _err(str(e))
+        return EXIT_ERROR
+    except (RuntimeError, OSError, FloatingPointError) as e:
         _err(f"{type(e).__name__}: {e}")
         return EXIT_ERROR
     except MemoryError:

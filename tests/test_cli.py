@@ -494,6 +494,37 @@ def test_env_reports_the_optional_extensions(capsys):
     assert "compiled CPU kernels: " in out and "model state key: " in out
 
 
+def _run_on_terminal(args):
+    """``(returncode, output)`` of ``python -m slimkernels *args`` with stdout and stderr on one
+    pseudo-terminal (the progress bar is drawn only on a terminal)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    leader, follower = pty.openpty()
+    # a terminal of 24 x 160 (a new pseudo-terminal is 0 x 0, where tqdm draws nothing)
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "slimkernels", *args], stdout=follower,
+                            stderr=follower, stdin=subprocess.DEVNULL)
+    os.close(follower)
+    chunks = []
+    while True:
+        r, _, _ = select.select([leader], [], [], 120)
+        if not r:
+            proc.kill()
+            raise AssertionError("no output for 120 s")
+        try:
+            data = os.read(leader, 4096)
+        except OSError:   # (EIO: the child closed the terminal)
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return proc.wait(), b"".join(chunks).decode().replace("\r\n", "\n")
+
+
 def test_batch_lines_print_above_the_progress_bar(model_file, images, tmp_path):
     """With several inputs the progress bar (stderr) and the per-file lines (stdout) share a
     terminal: each line is printed above the bar (tqdm.write), not after the bar's text on its
@@ -504,14 +535,122 @@ def test_batch_lines_print_above_the_progress_bar(model_file, images, tmp_path):
     for cmd, ins, ext in (("compress", srcs, ".slim"),
                           ("decompress", [str(outdir / "img_RGB.slim"),
                                           str(outdir / "img_L.slim")], ".png")):
-        r = subprocess.run([sys.executable, "-m", "slimkernels", cmd, *ins, str(outdir),
-                            "--model", model_file], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)     # one stream, as a terminal
-        assert r.returncode == 0, r.stdout
-        shown = [line.split("\r")[-1] for line in r.stdout.split("\n")]   # what a terminal keeps
+        rc, text = _run_on_terminal([cmd, *ins, str(outdir), "--model", model_file])
+        assert rc == 0, text
+        assert f"{cmd}: 100%" in text, text                         # the bar was drawn
+        shown = [line.split("\r")[-1] for line in text.split("\n")]   # what a terminal keeps
         lines = [s for s in shown if " -> " in s]
-        assert len(lines) == 2, r.stdout
+        assert len(lines) == 2, text
         for s, src in zip(lines, ins):
             assert s.startswith(f"{src} -> "), (cmd, s)
         assert sorted(p for p in os.listdir(outdir) if p.endswith(ext)) == \
             ["img_L" + ext, "img_RGB" + ext]
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(model_file, images, tmp_path):
+    """(a log file got the bar's redraws: lines of carriage returns and counts.)"""
+    r = subprocess.run([sys.executable, "-m", "slimkernels", "compress", images["RGB"],
+                        images["L"], str(tmp_path), "--model", model_file],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr and "it/s" not in r.stderr and "%|" not in r.stderr, r.stderr
+    assert r.stdout.count(" -> ") == 2
+
+def test_output_as_an_option(model_file, images, tmp_path, capsys):
+    """``-o OUT``: every positional argument is then an input (``compress a.png -o a.slim`` was
+    "unrecognized arguments: -o")."""
+    slim, png = tmp_path / "a.slim", tmp_path / "a.png"
+    assert main(["compress", images["RGB"], "-o", str(slim), "--model", model_file]) == 0
+    assert main(["decompress", "-o", str(png), str(slim), "--model", model_file]) == 0
+    assert Image.open(png).size == (30, 20)
+    outdir = tmp_path / "many"
+    outdir.mkdir()
+    assert main(["compress", images["RGB"], images["L"], "--output", str(outdir), "--model",
+                 model_file, "-q"]) == 0
+    assert sorted(os.listdir(outdir)) == ["img_L.slim", "img_RGB.slim"]
+    capsys.readouterr()
+    assert main(["compress", images["RGB"]]) == 2
+    assert "compress: give the output after the input (slimkernels compress IN OUT, or -o OUT)" \
+        in capsys.readouterr().err
+
+
+def test_streams_are_checked_before_anything_else(model_file, images, tmp_path, capsys):
+    out = tmp_path / "a.slim"
+    out.write_bytes(b"old")
+    assert main(["compress", images["RGB"], str(out), "--streams", "0", "--model",
+                 model_file]) == 1
+    err = capsys.readouterr().err
+    assert "error: --streams must be 1..255 (coder substreams), got 0" in err, err
+    assert "ValueError" not in err and out.read_bytes() == b"old"
+
+
+def test_a_dangling_link_as_output_needs_force(model_file, images, tmp_path, capsys):
+    link = tmp_path / "dangling.slim"
+    os.symlink(tmp_path / "nowhere", link)
+    assert main(["compress", images["RGB"], str(link), "--model", model_file]) == 1
+    err = capsys.readouterr().err
+    assert f"{link} exists: not overwriting it (use --force)" in err
+    assert "overwrite=True" not in err and os.path.islink(link)
+
+
+def test_a_slim_file_given_to_compress_points_to_decompress(model_file, images, tmp_path,
+                                                           capsys):
+    slim = tmp_path / "a.slim"
+    assert main(["compress", images["RGB"], str(slim), "--model", model_file, "-q"]) == 0
+    assert main(["compress", str(slim), str(tmp_path / "b.slim"), "--model", model_file]) == 1
+    assert f"{slim} is a .slim file, not an image: `slimkernels decompress` turns it back" in \
+        capsys.readouterr().err
+
+
+def test_another_models_file_names_the_model_option(model_file, images, tmp_path, capsys):
+    slim = tmp_path / "a.slim"
+    assert main(["compress", images["RGB"], str(slim), "--model", model_file, "-q"]) == 0
+    torch.manual_seed(1)
+    other = SlimCAE(widths=(16, 8)).eval()
+    other.update()
+    other_file = str(tmp_path / "other.pt")
+    save_model(other, other_file)
+    assert main(["decompress", str(slim), str(tmp_path / "a.png"), "--model", other_file]) == 1
+    err = capsys.readouterr().err
+    assert "written with a different model" in err and "(--model MODEL picks the model file)" in err
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_a_stopped_forced_batch_puts_back_what_it_replaced(model_file, images, tmp_path,
+                                                          monkeypatch, capsys, stop):
+    """A --force batch stopped half-way (Ctrl-C, an error) had left some outputs replaced and
+    the rest old: it now puts the replaced ones back and removes the new ones, so the folder is
+    as before; a finished batch leaves no copies behind."""
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    srcs = [images["RGB"], images["L"], images["RGBA"]]
+    (outdir / "img_RGB.slim").write_bytes(b"old RGB")
+    (outdir / "img_L.slim").write_bytes(b"old L")
+    calls = []
+    real = SlimCAE.compress
+
+    def flaky(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise stop("stopped")
+        return real(self, *a, **k)
+    monkeypatch.setattr(SlimCAE, "compress", flaky)
+    rc = main(["compress", *srcs, str(outdir), "--model", model_file, "-f", "-q"])
+    assert rc == (130 if stop is KeyboardInterrupt else 1) and len(calls) == 3
+    err = capsys.readouterr().err
+    assert "put back the 2 file(s) it had replaced" in err, err
+    assert sorted(os.listdir(outdir)) == ["img_L.slim", "img_RGB.slim"]   # (no copies left)
+    assert (outdir / "img_RGB.slim").read_bytes() == b"old RGB"
+    assert (outdir / "img_L.slim").read_bytes() == b"old L"
+    monkeypatch.setattr(SlimCAE, "compress", real)
+    assert main(["compress", *srcs, str(outdir), "--model", model_file, "-f", "-q"]) == 0
+    assert sorted(os.listdir(outdir)) == ["img_L.slim", "img_RGB.slim", "img_RGBA.slim"]
+    assert (outdir / "img_RGB.slim").read_bytes()[:4] != b"old "
+
+
+def test_train_errors_read_without_the_exception_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "no_such_folder", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert f"--data no_such_folder: the image folder does not exist (relative to {tmp_path})" \
+        in err and "ValueError" not in err, err
