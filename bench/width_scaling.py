@@ -17,7 +17,7 @@ then ``--calls`` timed ones (its steady state, as when coding many images with o
 the table gives the median of all timed calls.
 
     python bench/width_scaling.py --widths 192,48 --sizes 64,256,0 --threads 2
-    python bench/width_scaling.py --widths 192,144,96,72,48 --md bench/results/<machine>/width_scaling.md
+    python bench/width_scaling.py --widths 192,144,96,72,48 --md width_scaling.md
 """
 from __future__ import annotations
 

@@ -117,11 +117,16 @@ def main(argv=None):
     p.add_argument("--widths", default="128,64,32")
     p.add_argument("--out", default=None, help="folder for the .slim files (default: temporary)")
     p.add_argument("--tiny", action="store_true", help="generated 64x64 crops, 5 steps (CI)")
+    p.add_argument("-f", "--force", action="store_true", help="replace an earlier run's files")
     args = p.parse_args(argv)
     if not re.fullmatch(r"\d+(,\d+)*", args.widths) or args.steps < 0 or args.crop % 16 or \
             args.crop < 16:
         p.error("--widths: comma-separated integers; --steps >= 0; --crop a multiple of 16")
     widths = [int(w) for w in args.widths.split(",")]
+    taken = [t for w in widths if args.out and os.path.lexists(t := os.path.join(
+        args.out, f"image_w{w}.slim"))]                 # checked before the training
+    if taken and not args.force:
+        p.exit(1, f"custom_codec.py: error: {taken[0]} exists: not replacing it (use --force)\n")
     torch.manual_seed(0)
     steps = min(args.steps, 5) if args.tiny else args.steps
     try:
@@ -148,7 +153,7 @@ def main(argv=None):
     for w in model.widths:
         data = model.compress(image, w, metadata={"codec": b"four-layer-gdn+"})
         path = os.path.join(out, f"image_w{w}.slim")
-        container.write(path, container.unpack(data), overwrite=True)
+        container.write(path, container.unpack(data), overwrite=args.force)
         f = container.read(path)                      # checksums verified
         assert f.width == w and f.metadata["codec"] == b"four-layer-gdn+"
         x_hat = model.decompress(container.pack(f))

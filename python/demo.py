@@ -3,6 +3,10 @@
 bundled SlimCAE at every width, and print a table (rate, quality, time).
 
     python python/demo.py [--image PATH] [--model PATH] [--precision auto|fp32|bf16] [--out DIR]
+                          [--force]
+
+Writes <image name>_w<width>.slim and .png per width into --out (default: a new temporary
+folder); existing files there are not replaced without --force.
 """
 import argparse
 import math
@@ -16,7 +20,7 @@ import torch
 
 from slimkernels.allocator import tune_from_env
 from slimkernels.cli import env_report
-from slimkernels.io import image_to_png_bytes, read_image
+from slimkernels.io import atomic_write_bytes, image_to_png_bytes, read_image
 from slimkernels.pretrained import bundled_model_path, load_model
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__import__("slimkernels").__file__)),
@@ -30,6 +34,8 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--out", default=None, help="folder for the .slim files and decoded PNGs "
                                                 "(default: a new temporary folder)")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="replace the files of an earlier run in --out")
     args = p.parse_args(argv)
     tune_from_env()   # glibc thresholds for repeated calls (slimkernels/allocator.py)
     if args.model is None and bundled_model_path() is None:
@@ -45,6 +51,16 @@ def main(argv=None) -> int:
     if note:
         print(f"{args.image}: {note}")
     H, W = x.shape[-2:]
+    name = os.path.splitext(os.path.basename(args.image))[0]
+    if args.out is not None:   # (checked before any work: no half-replaced set of files)
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            p.exit(1, f"{p.prog}: error: --out {args.out} is a file: give a folder\n")
+        taken = [f for w in model.widths for f in (f"{name}_w{w}.slim", f"{name}_w{w}.png")
+                 if os.path.lexists(os.path.join(args.out, f))]
+        if taken and not args.force:
+            p.exit(1, f"{p.prog}: error: {os.path.join(args.out, taken[0])} exists (and "
+                      f"{len(taken) - 1} more of this demo's files): not replacing them "
+                      f"(use --force, or another --out)\n")
     out = args.out or tempfile.mkdtemp(prefix="slimkernels-demo-")
     os.makedirs(out, exist_ok=True)
     print(f"image {args.image} ({W}x{H}), model {args.model or bundled_model_path()}, "
@@ -69,11 +85,9 @@ def main(argv=None) -> int:
             dec.append(time.perf_counter() - t1)
         mse = float(((xh.mul(255).round() - ref) ** 2).mean())
         psnr = 10 * math.log10(255 ** 2 / mse) if mse > 0 else float("inf")
-        stem = os.path.join(out, f"sample_w{w}")
-        with open(stem + ".slim", "wb") as f:
-            f.write(data)
-        with open(stem + ".png", "wb") as f:
-            f.write(image_to_png_bytes(xh))
+        stem = os.path.join(out, f"{name}_w{w}")
+        atomic_write_bytes(stem + ".slim", data, overwrite=args.force)
+        atomic_write_bytes(stem + ".png", image_to_png_bytes(xh), overwrite=args.force)
         print(f"{w:>5} {len(data):>7} {8 * len(data) / (H * W):>7.3f} {psnr:>8.2f} "
               f"{statistics.median(enc) * 1e3:>10.1f} {statistics.median(dec) * 1e3:>10.1f}")
     print(f"\nEvery width decoded from its own .slim file; see {out}.")

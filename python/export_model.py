@@ -91,8 +91,14 @@ def main(argv=None) -> int:
                   f"itself: exporting over it would replace the run's checkpoint (optimizer "
                   f"state included); give another path", file=sys.stderr)
             return 1
-    if os.path.exists(args.output) and not args.force:
-        print(f"{args.output} exists: not overwriting it (use --force)", file=sys.stderr)
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):   # (before reading the checkpoint)
+        print(f"export_model: error: cannot write {args.output}: the folder {folder} does not "
+              f"exist (create it first)", file=sys.stderr)
+        return 1
+    if os.path.lexists(args.output) and not args.force:
+        print(f"export_model: error: {args.output} exists: not overwriting it (use --force)",
+              file=sys.stderr)
         return 1
     try:
         ck = load_checkpoint(args.checkpoint)

@@ -131,9 +131,10 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
         print(f.read(), end="")
     g = summary["goals"]
     bd, gap = g["bd_rate_vs_jpeg_pchip"], g["gap_to_balle2017_db"]
+    vs = "n/a" if gap is None else f"{abs(gap):.2f} dB {'below' if gap >= 0 else 'above'}"
     print(f"goals: monotone={g['monotone']} bpp span={g['bpp_span'][0]:.3f}-{g['bpp_span'][1]:.3f} "
-          f"BD-rate vs JPEG={'n/a' if bd is None else f'{bd:.1f} %'} gap to Balle2017 at "
-          f"widest={'n/a' if gap is None else f'{gap:+.2f} dB'}")
+          f"BD-rate vs JPEG={'n/a' if bd is None else f'{bd:.1f} %'} widest width vs "
+          f"Balle2017={vs}")
     print("wrote " + ", ".join(sorted(v for k, v in summary["files"].items())))
     return 0
 

@@ -46,11 +46,18 @@ def test_custom_codec_tiny(tmp_path):
         f = container.read(str(tmp_path / f"image_w{w}.slim"))
         assert (f.width, f.height, f.img_width) == (w, 80, 72)
         assert f.metadata == {"codec": b"four-layer-gdn+"}
+    # (it replaced an earlier run's files silently:) refused before the training, or --force
+    before = (tmp_path / "image_w128.slim").read_bytes()
+    r = run("custom_codec.py", "--tiny", "--out", tmp_path)
+    assert r.returncode == 1 and "trained in" not in r.stdout, r.stdout + r.stderr
+    assert f"{tmp_path / 'image_w128.slim'} exists: not replacing it (use --force" in r.stderr
+    assert (tmp_path / "image_w128.slim").read_bytes() == before
+    assert run("custom_codec.py", "--tiny", "--out", tmp_path, "--force").returncode == 0
 
 
 def test_custom_codec_is_short():
     with open(os.path.join(PY, "custom_codec.py")) as f:
-        assert len(f.read().splitlines()) <= 160
+        assert len(f.read().splitlines()) <= 170
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -260,9 +267,19 @@ def test_train_evaluate_demo_chain(tmp_path):
     assert [int(w) for w, *_ in rows] == [16, 8], r.stdout
     from slimkernels import container
     for w, nbytes, _, _ in rows:
-        f = container.read(str(demo / f"sample_w{w}.slim"))
+        f = container.read(str(demo / f"g0_w{w}.slim"))       # (named after the image)
         assert (f.width, f.height, f.img_width) == (int(w), 176, 192)
         assert len(container.pack(f)) == int(nbytes)
+    # a second run into the same folder replaces nothing without --force, checked before the work
+    before = {p.name: p.read_bytes() for p in demo.iterdir()}
+    r = run("demo.py", "--model", ckpt, "--image", imgs / "g0.png", "--out", demo)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{demo / 'g0_w16.slim'} exists (and 3 more of this demo's files): not replacing " \
+           f"them (use --force, or another --out)" in r.stderr, r.stderr
+    assert "width" not in r.stdout and {p.name: p.read_bytes() for p in demo.iterdir()} == before
+    r = run("demo.py", "--model", ckpt, "--image", imgs / "g0.png", "--out", demo, "--force")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in demo.iterdir()) == sorted(before)
 
 
 def test_demo_names_a_bad_path_in_one_line(tmp_path):
