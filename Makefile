@@ -35,8 +35,12 @@ test: install
 test-all: install
 	$(PY) -m pytest -q
 
+# bench/report.py: tables + plots in bench/results/<machine>/. A folder that already holds a
+# report (the tracked numbers the README quotes) is refused: make bench BENCH_ARGS=--force to
+# replace it, BENCH_ARGS="--out DIR" to write elsewhere (any report.py options: --threads 2 ...)
+BENCH_ARGS ?=
 bench: install
-	$(PY) bench/report.py
+	$(PY) bench/report.py $(BENCH_ARGS)
 
 docs: install
 	$(PY) docs/build_api.py

@@ -37,6 +37,16 @@ from e2e import load_image  # noqa: E402  (bench/e2e.py also puts this checkout 
 OPS = ("compress", "decompress")
 
 
+SWITCH_TYPES = (bool, int, float, str)   # what --values can give (Python literals)
+
+
+def switches(mod) -> List[str]:
+    """The switches of ``mod``: its UPPER_CASE module constants of a literal type (bool, int,
+    float, str), not other upper-case names such as ``F`` (``torch.nn.functional``)."""
+    return sorted(n for n, v in vars(mod).items() if n.isupper() and not n.startswith("_")
+                  and isinstance(v, SWITCH_TYPES))
+
+
 def _switch_module(name: str, module: str):
     """The module holding the switch ``name``; SystemExit naming the problem otherwise."""
     if not name.isupper() or not name.replace("_", "").isalnum():
@@ -46,9 +56,11 @@ def _switch_module(name: str, module: str):
         mod = importlib.import_module(module)
     except ImportError as e:
         raise SystemExit(f"ab_switch: cannot import {module}: {e}") from None
-    if not hasattr(mod, name):
-        known = sorted(n for n in vars(mod) if n.isupper() and not n.startswith("_"))
-        raise SystemExit(f"ab_switch: {module} has no switch {name}; it has: {', '.join(known)}")
+    if name not in switches(mod):
+        what = (f"{module}.{name} is not a switch (a {type(getattr(mod, name)).__name__}, not a "
+                f"bool, int, float or str)" if hasattr(mod, name) else
+                f"{module} has no switch {name}")
+        raise SystemExit(f"ab_switch: {what}; it has: {', '.join(switches(mod))}")
     return mod
 
 
@@ -142,17 +154,22 @@ def table(name: str, values: Sequence, rows: List[Dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__,   # the whole docstring, as written
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("switch", help="the constant's name, e.g. CPU_AMX_CONV_WINDOWS")
     ap.add_argument("--module", default="slimkernels.ops.conv",
                     help="the module holding it (default slimkernels.ops.conv)")
     ap.add_argument("--values", default=None,
                     help="comma-separated Python literals (default False,True for a bool)")
-    ap.add_argument("--widths", default="48,192")
-    ap.add_argument("--ops", default="compress,decompress")
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--widths", default="48,192",
+                    help="comma-separated widths of the bundled model (default 48,192)")
+    ap.add_argument("--ops", default="compress,decompress",
+                    help="compress and / or decompress, comma-separated (default both)")
+    ap.add_argument("--rounds", type=int, default=30,
+                    help="timed rounds per width and op, each value once a round (default 30)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="the precision argument of compress / decompress (default auto)")
     ap.add_argument("--image", default=None, help="image file (default Kodak kodim01)")
     a = ap.parse_args(argv)
     mod = _switch_module(a.switch, a.module)

@@ -5,7 +5,8 @@
 #   Here, once:   mkdir -p .gpu_carry && cp ../shared/data/kodak/kodim01.png .gpu_carry/
 #                 (.gpu_carry/ is git-ignored; the ../shared data does not travel)
 #   Device call:  run(command="bash bench/gpu_session.sh", carry=[".gpu_carry"], timeout_s=590)
-#   Dry run here: GPU_SESSION_DRY=1 OUT=/tmp/gpu_out bash bench/gpu_session.sh   (CPU, tiny shapes)
+#   Dry run here: GPU_SESSION_DRY=1 OUT=/tmp/gpu_out PY=.venv/bin/python bash bench/gpu_session.sh
+#                 (CPU, tiny shapes; every result file goes under $OUT, none under bench/results/)
 #   A later call: GPU_SESSION_SKIP="report" bash bench/gpu_session.sh  (the steps named are
 #                 skipped; GPU_T_TESTS=... and the like set a step's limit for that call,
 #                 GPU_SESSION_STEPS="tests profile" the steps and their order, GPU_TESTS the
@@ -21,23 +22,65 @@
 #              against float64 references (pytest-xdist when the machine has it; one line per
 #              failure, at most 30, so that the reasons arrive inside the time limit; no
 #              autotuning: SLIMKERNELS_AUTOTUNE=0)
-#   report     bench/report.py --cuda-only: end to end on CUDA (Triton + CUDA graphs vs eager,
-#              torch.compile at w=192), the table rewritten after each row
+#   report     bench/report.py --cuda-only --force: end to end on CUDA (Triton + CUDA graphs vs
+#              eager, torch.compile at w=192), the table in bench/results/cuda-<gpu>/ replaced
+#              and rewritten after each row
 #   profile    bench/gpu_profile.py: the kernels of each transform and of a GDN forward +
 #              backward, from torch.profiler (slow kernel or launch-bound?)
 #   conv       bench/bench_conv.py --device: sliced conv / tconv vs cuDNN per layer, fused
 #              conv+GDN (where a GPU run of ours is slower than cuDNN: which layer)
 #   graphs     bench/bench_cuda_graph.py: compress / decompress with cuda_graph False and True
-#   gdn        bench/bench_gdn.py: GDN/IGDN forward and forward+backward vs eager and torch.compile
+#   gdn        bench/bench_gdn.py --no-cpu: GDN/IGDN forward and forward+backward vs eager and
+#              torch.compile (bench/results/cuda/gdn.*)
+# The benchmark steps of a real run write only GPU-named folders: bench/results/cuda-<gpu>/
+# (report, profile, graphs), bench/results/gpu/ (conv) and bench/results/cuda/ (gdn); never the
+# CPU tables in bench/results/cpu/ or bench/results/cpu-*/.
 # Output in $OUT (default ./gpu_out), three files (the device returns at most 8): summary.txt
 # (each step's status and time, and the last lines of a failed step's log), logs.tgz (one log
 # per step) and results.tgz (every file the benchmarks wrote under bench/results/). Unpack the
 # latter here with `tar xzf results.tgz` in the repository root, review, commit.
+#
+# PY: the interpreter (default python3: on the GPU machine that is the one with torch and
+# triton; where python3 has no torch and ./.venv/bin/python exists, that one). Before anything
+# is written the script checks that PY imports torch and, unless GPU_SESSION_DRY=1, that
+# torch.cuda.is_available(): otherwise one line on stderr and exit status 2 (a CPU machine gets
+# the dry run's command line). Exit status 1 when a step failed or timed out (skipped steps do
+# not count), after summary.txt and both archives are written; 0 when every step that ran passed.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
-PY=${PY:-python3}
 DRY=${GPU_SESSION_DRY:-0}
+if [ -z "${PY:-}" ]; then
+    PY=python3
+    if [ -x .venv/bin/python ] && ! python3 -c "import torch" > /dev/null 2>&1; then
+        PY=.venv/bin/python  # a checkout set up by `make install`, whose python3 has no torch
+    fi
+fi
+# exit 0: torch with a CUDA GPU; 3: torch without one; 4: torch does not import (the reason)
+WHY=$("$PY" -c 'import sys
+try:
+    import torch
+except Exception as e:
+    print(f"{type(e).__name__}: {e}")
+    sys.exit(4)
+sys.exit(0 if torch.cuda.is_available() else 3)' 2>&1)
+RC=$?
+WHY=$(printf '%s\n' "$WHY" | tail -n 1)  # the exception, or why PY did not run
+case $RC in
+0) ;;
+3) if [ "$DRY" != 1 ]; then
+       echo "gpu_session.sh: no CUDA GPU visible to $PY (torch.cuda.is_available() is False):" \
+            "this script is for a GPU machine; for a CPU dry run:" \
+            "GPU_SESSION_DRY=1 OUT=/tmp/gpu_out PY=.venv/bin/python bash bench/gpu_session.sh" >&2
+       exit 2
+   fi ;;
+4) echo "gpu_session.sh: PY=$PY cannot import torch ($WHY): set PY to a python with torch," \
+        "e.g. PY=.venv/bin/python" >&2
+   exit 2 ;;
+*) echo "gpu_session.sh: PY=$PY does not run (exit $RC: $WHY): set PY to a python with torch," \
+        "e.g. PY=.venv/bin/python" >&2
+   exit 2 ;;
+esac
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
@@ -71,9 +114,11 @@ step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log it, record
     [ $rc -ne 0 ] && [ "$what" = ok ] && what="FAILED (exit $rc)"
     printf '%-8s %-28s %4d s\n' "$name" "$what" $((SECONDS - t0)) | tee -a "$SUMMARY"
     if [ "$what" != ok ]; then  # the reason, where it is read first
+        FAILED="$FAILED $name"
         tail -n 15 "$OUT/$name.log" | sed 's/^/    | /' >> "$SUMMARY"
     fi
 }
+FAILED=""  # the steps that failed or timed out: the exit status is 1 when there is one
 
 IMAGE=slimkernels/assets/sample.png
 [ -f .gpu_carry/kodim01.png ] && IMAGE=.gpu_carry/kodim01.png
@@ -121,7 +166,8 @@ else
     REPORT_CW=${GPU_REPORT_COMPILE_WIDTHS-192}
     run_step() {
         case $1 in
-        report) step report "$T_REPORT" "$PY" bench/report.py --cuda-only --repeats 10 \
+        # --force: the table of this GPU (bench/results/cuda-<gpu>/) is there to be replaced
+        report) step report "$T_REPORT" "$PY" bench/report.py --cuda-only --force --repeats 10 \
                     --widths "${GPU_REPORT_WIDTHS:-192,48,96,144,72}" \
                     --compile-widths "$REPORT_CW" --image "$IMAGE" \
                     --note "bench/gpu_session.sh on a lent GPU machine" ;;
@@ -139,7 +185,8 @@ else
         profile) step profile "$T_PROFILE" "$PY" bench/gpu_profile.py \
                     --widths "${GPU_PROFILE_WIDTHS:-192,48}" ;;
         gdn) step gdn "$T_GDN" "$PY" bench/bench_gdn.py --no-cpu --widths 192,96,48 ;;
-        *) echo "unknown step in GPU_SESSION_STEPS: $1" | tee -a "$SUMMARY" ;;
+        *) echo "unknown step in GPU_SESSION_STEPS: $1" | tee -a "$SUMMARY"
+           FAILED="$FAILED $1" ;;
         esac
     }
     for s in ${GPU_SESSION_STEPS:-tests report profile conv graphs gdn}; do
@@ -155,4 +202,6 @@ rm -f "$STAMP"
 [ "$DRY" = 1 ] && rm -rf $RESULTS
 # the step logs in one archive too: summary.txt, logs.tgz and results.tgz are all that comes back
 (cd "$OUT" && tar czf logs.tgz ./*.log && rm -f ./*.log)
+[ -n "$FAILED" ] && echo "failed:$FAILED (exit status 1)" | tee -a "$SUMMARY"
 echo "results.tgz: $(tar tzf "$OUT/results.tgz" | wc -l) files" | tee -a "$SUMMARY"
+[ -z "$FAILED" ]  # the exit status: 1 when a step failed

@@ -6,7 +6,15 @@
     python bench/report.py --cuda-dry-run           # also exercise the CUDA section on CPU
 
 Writes into ``bench/results/<machine>/`` (``--out`` overrides), where ``<machine>`` is
-``cpu-<cpu-model-slug>-<cores>c`` or ``cuda-<gpu-name-slug>``:
+``cpu-<cpu-model-slug>-<isa>-<cores>c``; on a CUDA machine the CUDA section goes to
+``bench/results/cuda-<gpu-name-slug>/`` (``<out>/cuda-<gpu-name-slug>/`` with ``--out``; with
+``--cuda-only``, to ``--out`` itself when given). A folder that already holds a report (its
+``README.md``, ``e2e.json`` or ``cuda.json``) is not replaced unless ``--force`` is given: the
+run stops before measuring anything (exit status 2); the folders under ``bench/results/`` are
+the tracked numbers the README quotes.
+
+    python bench/report.py --threads 2 --repeats 11 --force   # re-measure this machine's report
+    python bench/report.py --quick --out /tmp/report          # anywhere else
 
 * ``e2e.json``: every configuration (ours fp32/bf16, plain PyTorch, CompressAI), medians, the
   transform / entropy / container split, bytes, PSNR, the same-run ratios and the fidelity
@@ -457,8 +465,9 @@ def cuda_elsewhere(out: str) -> str:
             "decompress: Triton kernels and CUDA graphs vs eager and torch.compile, every width, "
             "fp32 and bf16; goals: transforms >= 3x eager, w=48 <= 30 % of w=192, compress and "
             "decompress <= 10 ms at w=192) is written by `python bench/report.py` (or "
-            "`bash bench/gpu_session.sh`) on a CUDA machine into `bench/results/cuda-<gpu>/`. Its "
-            "code runs in CI on CPU (`--cuda-dry-run`, tests/bench/test_report.py).")
+            "`bash bench/gpu_session.sh`) on a CUDA machine into `bench/results/cuda-<gpu>/` "
+            "(`--force` to replace a report already there). Its code runs in CI on CPU "
+            "(`--cuda-dry-run`, tests/bench/test_report.py).")
     if not found:
         return "**Owed**: " + text
     links = ", ".join(f"[{os.path.basename(os.path.dirname(p))}]"
@@ -491,6 +500,19 @@ def _goal_value(g: dict) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else str(v)
 
 
+REPORT_FILES = ("README.md", "e2e.json", "cuda.json")
+
+
+def existing_report(folder: str):
+    """The first of :data:`REPORT_FILES` in ``folder`` (a report a run would replace), or
+    ``None``."""
+    for name in REPORT_FILES:
+        p = os.path.join(folder, name)
+        if os.path.exists(p):
+            return p
+    return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny image, 1 repeat, widths 192/48")
@@ -500,6 +522,10 @@ def main(argv=None) -> int:
                          "one timed (default 2: steady state per configuration; quick 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=None, help="output folder (default bench/results/<machine>)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the report already in the output folder (its README.md, "
+                         "e2e.json or cuda.json; the CUDA folder too on a GPU): without it such a "
+                         "folder is refused before anything is measured")
     ap.add_argument("--model", default=None, help="model file or trainer checkpoint "
                     "(default: bundled model, else random weights)")
     ap.add_argument("--image", default=None, help="image (default Kodak kodim01)")
@@ -557,7 +583,27 @@ def main(argv=None) -> int:
         return 2
     machine = machine_name("cpu")
     out = a.out or os.path.join(HERE, "results", machine)
-    os.makedirs(out, exist_ok=True)
+    # where the CUDA section goes on a GPU (a dry run writes into out): bench/results/cuda-<gpu>/,
+    # with --out <out>/cuda-<gpu>/ (--cuda-only: out itself)
+    cdir = None
+    if torch.cuda.is_available():
+        gpu = machine_name("cuda")
+        cdir = (a.out if a.cuda_only else os.path.join(a.out, gpu)) if a.out else \
+            os.path.join(HERE, "results", gpu)
+    if a.cuda_only and not (cdir or a.cuda_dry_run):
+        print("error: --cuda-only needs a CUDA GPU (or --cuda-dry-run to exercise the code on "
+              "CPU)", file=sys.stderr)
+        return 2
+    if not a.force:   # a report already there (tracked numbers under bench/results/) stays
+        targets = [cdir or out] if a.cuda_only else [out] + ([cdir] if cdir else [])
+        for folder in targets:
+            have = existing_report(folder)
+            if have:
+                print(f"error: {folder} already holds a report ({os.path.basename(have)}); "
+                      "--force to replace it, or --out DIR", file=sys.stderr)
+                return 2
+    if not a.cuda_only:
+        os.makedirs(out, exist_ok=True)
     t_start = time.time()
 
     model, model_desc = e2e.load_model(a.model)
@@ -578,12 +624,7 @@ def main(argv=None) -> int:
     import e2e_cuda
     cuda_repeats = max(repeats, 10 if not a.quick else 1)
     if a.cuda_only:
-        if not (torch.cuda.is_available() or a.cuda_dry_run):
-            print("error: --cuda-only needs a CUDA GPU (or --cuda-dry-run to exercise the code on "
-                  "CPU)", file=sys.stderr)
-            return 2
-        cdir = (os.path.join(HERE, "results", machine_name("cuda")) if torch.cuda.is_available()
-                else out)
+        cdir = cdir or out
         cres = e2e_cuda.cuda_section(
             model, x, widths, repeats=cuda_repeats,
             dry_run=not torch.cuda.is_available(), compile_widths=compile_widths,
@@ -622,7 +663,7 @@ def main(argv=None) -> int:
         cres = e2e_cuda.cuda_section(model, e2e.load_image(a.image, a.quick), widths,
                                      repeats=cuda_repeats,
                                      compile_widths=compile_widths)
-        cuda_md = write_cuda(os.path.join(HERE, "results", machine_name("cuda")), meta, cres)
+        cuda_md = write_cuda(cdir, meta, cres)
     elif a.cuda_dry_run:
         cres = e2e_cuda.cuda_section(model, e2e.load_image(a.image, True), widths[:2],
                                      repeats=1, dry_run=True)

@@ -44,6 +44,7 @@ def test_main_prints_the_table(capsys, monkeypatch):
 @pytest.mark.parametrize("argv, match", [
     (["cpu_amx_conv"], "not a switch name"),
     (["NO_SUCH_SWITCH"], "has no switch NO_SUCH_SWITCH; it has: .*CPU_AMX_CONV_WINDOWS"),
+    (["F"], r"slimkernels.ops.conv.F is not a switch \(a module, not a bool"),
     (["AMX_CONV_GDN_MAX_CHANNELS"], "not a bool: give --values"),
     (["AMX_CONV_GDN_MAX_CHANNELS", "--values", "72"], "at least two values"),
     (["AMX_CONV_GDN_MAX_CHANNELS", "--values", "72,True"], "not of the switch's type"),
@@ -110,3 +111,31 @@ def test_compare_rotates_several_values_and_restores_the_switch_after_an_error()
         ab_switch.compare("AMX_CONV_GDN_MAX_CHANNELS", vals, [48], ops=["compress"], rounds=1,
                           threads=2, image=torch.zeros(1, 3, 8, 8), model=_Fake(fail=True))
     assert oc.AMX_CONV_GDN_MAX_CHANNELS == saved and torch.get_num_threads() == nt
+
+
+def test_switches_are_the_literal_constants_only():
+    """``F`` (torch.nn.functional in slimkernels.ops.conv) is upper case but no switch: neither
+    listed nor accepted."""
+    import slimkernels.ops.conv as conv
+    names = ab_switch.switches(conv)
+    assert "CPU_AMX_CONV_WINDOWS" in names and "AMX_CONV_GDN_MAX_CHANNELS" in names
+    assert "F" not in names
+    with pytest.raises(SystemExit) as e:
+        ab_switch.main(["NO_SUCH_SWITCH"])
+    assert ", F," not in str(e.value) and not str(e.value).endswith(", F")
+
+
+def test_help_describes_the_tool_and_every_option():
+    """--help: the whole docstring (the first line alone stopped mid-sentence: "... module)
+    on"), and a help text with the default for each option."""
+    import subprocess
+    r = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                     "ab_switch.py"), "--help"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "``compress`` / ``decompress`` of the bundled model, per width." in r.stdout
+    assert "python bench/ab_switch.py AMX_CONV_GDN_WINDOWS" in r.stdout   # the examples
+    for opt, default in (("--widths", "48,192"), ("--ops", "both"), ("--rounds", "30"),
+                         ("--threads", "2"), ("--precision", "auto")):
+        line = r.stdout[r.stdout.index(f"  {opt} "):]
+        assert f"(default {default})" in " ".join(line.split("\n  -")[0].split()), opt

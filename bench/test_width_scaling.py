@@ -83,3 +83,13 @@ def test_main_refuses_bad_arguments(argv, match, monkeypatch):
     monkeypatch.setattr(ws, "measure", lambda *a, **k: pytest.fail("measured after a refusal"))
     with pytest.raises(SystemExit, match=match):
         ws.main(argv)
+
+
+def test_help_shows_the_whole_description_and_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        ws.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the marginal ratio ``per_pixel(narrow) / per_pixel(wide)``" in out
+    assert "python bench/width_scaling.py --widths 192,48 --sizes 64,256,0" in out
+    for default in ("(default 5)", "(default 3)", "(default 8)", "(default 2)", "(default auto)"):
+        assert default in out, default

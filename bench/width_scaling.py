@@ -138,16 +138,21 @@ def table(rows: List[Dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__,   # the whole docstring, as written
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", default="192,48", help="comma-separated (default 192,48)")
     ap.add_argument("--sizes", default="64,256,0",
                     help="centre-crop sides, 0 = the whole image (default 64,256,0)")
-    ap.add_argument("--ops", default="compress,decompress")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--warm", type=int, default=3, help="untimed calls before each block")
-    ap.add_argument("--calls", type=int, default=8, help="timed calls per block")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--ops", default="compress,decompress",
+                    help="compress and / or decompress (default both)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds over every configuration (default 5)")
+    ap.add_argument("--warm", type=int, default=3,
+                    help="untimed calls before each block (default 3)")
+    ap.add_argument("--calls", type=int, default=8, help="timed calls per block (default 8)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="transform precision (default auto)")
     ap.add_argument("--image", default=None, help="image file (default Kodak kodim01)")
     ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
     ap.add_argument("--md", default=None, help="also write the tables to this Markdown file")

@@ -7,12 +7,27 @@ import tarfile
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+SCRIPT = os.path.join(ROOT, "bench", "gpu_session.sh")
+
+
+def _results_files():
+    """{path: mtime} of every file under bench/results/ (the tracked tables)."""
+    found = {}
+    for d, _, files in os.walk(os.path.join(ROOT, "bench", "results")):
+        for f in files:
+            found[os.path.join(d, f)] = os.stat(os.path.join(d, f)).st_mtime_ns
+    return found
+
+
 def test_gpu_session_script_dry_run(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PY=sys.executable, GPU_SESSION_DRY="1", OUT=str(out))
+    before = _results_files()
     r = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_session.sh")], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
+    # every result file of a dry run goes under $OUT: none under bench/results/ is touched
+    assert _results_files() == before
     lines = (out / "summary.txt").read_text().splitlines()
     names = ("env", "build", "tests", "graphs", "gdn", "conv", "report", "profile")
     steps = {ln.split()[0]: ln for ln in lines if ln.split()[:1] and ln.split()[0] in names}
@@ -89,4 +104,83 @@ def test_gpu_session_steps_order_and_options(tmp_path):
     assert "pytest" in runs[0] and runs[0].endswith("tests/kernels/test_conv_triton.py")
     assert "bench_conv.py" in runs[1] and "--layers dec3" in runs[1]
     assert "report.py" in runs[2] and "--widths 192,48" in runs[2]
+    assert "--force" in runs[2]     # the GPU's table in bench/results/cuda-<gpu>/ is replaced
     assert "--compile-widths  --image" in runs[2]      # an empty list: no torch.compile rows
+
+
+def _no_cuda_env(tmp_path, **kw):
+    env = dict(os.environ, OUT=str(tmp_path / "out"), CUDA_VISIBLE_DEVICES="", **kw)
+    env.pop("GPU_SESSION_DRY", None)
+    return env
+
+
+def test_gpu_session_refuses_a_machine_without_cuda(tmp_path):
+    """Not a dry run, and torch sees no GPU: one line naming PY and the dry run's command, exit
+    status 2, nothing written (the steps used to fail one by one, exit 0, and the gdn step
+    rewrote the tracked CPU table bench/results/cpu/gdn.*)."""
+    before = _results_files()
+    r = subprocess.run(["bash", SCRIPT], env=_no_cuda_env(tmp_path, PY=sys.executable),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and not r.stdout, r.stderr
+    assert f"no CUDA GPU visible to {sys.executable}" in r.stderr
+    assert "GPU_SESSION_DRY=1" in r.stderr
+    assert not (tmp_path / "out").exists()
+    assert _results_files() == before
+
+
+def test_gpu_session_refuses_a_python_without_torch(tmp_path):
+    """PY that cannot import torch (here: this python without site-packages): named, with the
+    reason, exit status 2, nothing written; the same in a dry run."""
+    py = tmp_path / "py"
+    py.write_text(f"#!/usr/bin/env bash\nexec {sys.executable} -I -S \"$@\"\n")
+    py.chmod(0o755)
+    for dry in ({}, {"GPU_SESSION_DRY": "1"}):
+        r = subprocess.run(["bash", SCRIPT], env=_no_cuda_env(tmp_path, PY=str(py), **dry),
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"PY={py} cannot import torch (ModuleNotFoundError" in r.stderr, r.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_gpu_session_default_python_falls_back_to_the_venv(tmp_path):
+    """PY unset and python3 without torch: ./.venv/bin/python when the checkout has one."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text("#!/usr/bin/env bash\nexit 1\n")   # no torch here
+    (bin_dir / "python3").chmod(0o755)
+    env = _no_cuda_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env.pop("PY", None)
+    r = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    if os.path.exists(os.path.join(ROOT, ".venv", "bin", "python")):
+        assert "no CUDA GPU visible to .venv/bin/python" in r.stderr, r.stderr
+    else:
+        assert "PY=python3" in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_session_exit_status_is_1_when_a_step_failed(tmp_path):
+    """A failed step: exit status 1, after the summary and both archives are written; a skipped
+    step is no failure."""
+    out = tmp_path / "out"
+    stub = tmp_path / "py"     # a python that passes the CUDA check and fails the tests
+    stub.write_text("#!/usr/bin/env bash\ncase \"$*\" in *pytest*) echo 'E 1 failed'; "
+                    "exit 1 ;; esac\nexit 0\n")
+    stub.chmod(0o755)
+    env = dict(os.environ, PY=str(stub), OUT=str(out), GPU_SESSION_STEPS="tests conv")
+    env.pop("GPU_SESSION_DRY", None)
+    r = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = (out / "summary.txt").read_text().splitlines()
+    status = {ln.split()[0]: ln for ln in lines if ln.split()[:1]}
+    assert "FAILED (exit 1)" in status["tests"] and " ok " in status["conv"]
+    assert "failed: tests (exit status 1)" in lines
+    assert lines[-1].startswith("results.tgz:")
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tgz", "results.tgz", "summary.txt"]
+    env["GPU_SESSION_SKIP"] = "tests"
+    r = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    env["GPU_SESSION_STEPS"] = "conv no_such_step"       # a step name it does not know
+    r = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "unknown step in GPU_SESSION_STEPS: no_such_step" in r.stdout

@@ -335,3 +335,84 @@ def test_cuda_only_prints_the_goals_of_a_run_without_w48(tmp_path, monkeypatch, 
     out = capsys.readouterr().out
     assert "cuda goal w48_over_w192_float32: NOT met (- (missing: [48]))" in out
     assert "cuda goal compress_ms_w192_float32: met (5.000)" in out
+
+
+def _no_measuring(monkeypatch):
+    """Any measurement fails the test: a refused run must stop before loading the model."""
+    def measured(*a, **kw):
+        raise AssertionError("report.py measured something")
+    monkeypatch.setattr(e2e, "load_model", measured)
+    monkeypatch.setattr(e2e, "e2e_timings", measured)
+
+
+@pytest.mark.parametrize("existing", ["README.md", "e2e.json", "cuda.json"])
+def test_an_existing_report_is_refused_without_force(tmp_path, monkeypatch, capsys, existing):
+    """The tracked folders under bench/results/ are what the README quotes: a run (make bench,
+    --quick, --cuda-only) does not replace a report there unless --force, and measures nothing
+    before refusing."""
+    _no_measuring(monkeypatch)
+    (tmp_path / existing).write_text("the team's numbers")
+    for args in (["--quick"], ["--quick", "--cuda-dry-run"], ["--cuda-only", "--cuda-dry-run"]):
+        assert report.main(args + ["--no-tune-malloc", "--out", str(tmp_path)]) == 2, args
+        err = capsys.readouterr().err
+        assert f"{tmp_path} already holds a report ({existing})" in err, err
+        assert "--force to replace it, or --out DIR" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [existing]
+    assert (tmp_path / existing).read_text() == "the team's numbers"
+
+
+def test_make_bench_refuses_the_machine_folder_that_holds_a_report(tmp_path, monkeypatch,
+                                                                     capsys):
+    """No arguments (``make bench``): bench/results/<machine>/ with a report in it is refused."""
+    _no_measuring(monkeypatch)
+    monkeypatch.setattr(report, "HERE", str(tmp_path))
+    folder = tmp_path / "results" / report.machine_name("cpu")
+    folder.mkdir(parents=True)
+    (folder / "README.md").write_text("the team's numbers")
+    assert report.main(["--no-tune-malloc"]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder} already holds a report (README.md); --force to replace it" in err
+
+
+def test_on_a_gpu_the_cuda_folder_is_checked_too(tmp_path, monkeypatch, capsys):
+    """On a CUDA machine the CUDA section goes to bench/results/cuda-<gpu>/ (with --out:
+    <out>/cuda-<gpu>/; --cuda-only: --out itself): a report there is refused as well."""
+    _no_measuring(monkeypatch)
+    monkeypatch.setattr(report, "HERE", str(tmp_path))
+    monkeypatch.setattr(report.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(report, "machine_name",
+                        lambda device=None: "cuda-some-gpu" if device == "cuda" else "cpu-x")
+    tracked = tmp_path / "results" / "cuda-some-gpu"
+    tracked.mkdir(parents=True)
+    (tracked / "README.md").write_text("the GPU table")
+    assert report.main(["--cuda-only", "--no-tune-malloc"]) == 2   # gpu_session.sh's step
+    assert f"{tracked} already holds a report" in capsys.readouterr().err
+    fresh = tmp_path / "fresh"
+    (fresh / "cuda-some-gpu").mkdir(parents=True)
+    (fresh / "cuda-some-gpu" / "cuda.json").write_text("{}")
+    assert report.main(["--quick", "--no-tune-malloc", "--out", str(fresh)]) == 2
+    assert f"{fresh / 'cuda-some-gpu'} already holds a report" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "cpu-x").exists()
+
+
+def test_force_replaces_an_existing_report(tmp_path):
+    (tmp_path / "README.md").write_text("the team's numbers")
+    assert report.main(["--quick", "--no-tune-malloc", "--no-memory", "--no-layers",
+                        "--no-compressai", "--precisions", "fp32", "--force",
+                        "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "README.md").read_text()
+    assert md.startswith("# Benchmarks on") and "--force" in md
+    assert (tmp_path / "e2e.json").exists()
+    # --cuda-only (the GPU session rewrites its table after each row) with --force too
+    cuda = tmp_path / "cuda"
+    cuda.mkdir()
+    (cuda / "cuda.json").write_text("{}")
+    assert report.main(["--cuda-only", "--cuda-dry-run", "--quick", "--no-tune-malloc",
+                        "--widths", "48", "--force", "--out", str(cuda)]) == 0
+    assert json.loads((cuda / "cuda.json").read_text())["rows"]
+
+
+def test_force_is_in_the_help():
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "report.py"), "--help"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--force" in r.stdout and "replace the report" in r.stdout
