@@ -288,7 +288,7 @@ def cuda_markdown(res: Dict) -> str:
     if res.get("dry_run"):
         lines.append("**Owed:** no GPU in this run; the rows below come from a CPU dry run of the "
                      "same code on a tiny image (no CUDA graphs, no torch.compile) and say "
-                     "nothing about GPU speed. Run `python bench/report.py` on a CUDA machine.")
+                     "nothing about GPU speed. Run `bash bench/gpu_session.sh` on a CUDA machine.")
         lines.append("")
     cols = ["width", "dtype", "enc_ours_ms", "enc_graph_ms", "enc_eager_ms", "enc_compile_ms",
             "dec_ours_ms", "dec_graph_ms", "dec_eager_ms", "dec_compile_ms", "compress_ms",
