@@ -205,3 +205,208 @@ def test_results_tables_are_the_bundled_models(page):
     for number in (f"{jpeg['bd_rate_pchip']:.1f} %", f"{jpeg['bd_rate_ms_ssim_pchip']:.1f} %",
                    overlap, f"{goals['gap_to_balle2017_db']:.2f} dB"):
         assert number in headline, f"{page}: its headline lacks {number!r} from {folder}/summary.json"
+
+
+# -- README's "API tour": every ```python block runs as written -------------------------------
+
+SAMPLE_IMAGE = os.path.join(ROOT, "slimkernels", "assets", "sample.png")
+
+
+def _api_tour_blocks():
+    """The ```python blocks of README.md's "## API tour" section, in order."""
+    import re
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        text = fh.read()
+    start = text.index("\n## API tour\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```", text[start:end if end >= 0 else None], re.S)
+
+
+def test_readme_api_tour_blocks_found():
+    blocks = _api_tour_blocks()
+    assert len(blocks) >= 2, "README's API tour lost its code blocks"
+    assert '"photo.png"' in blocks[0], "the first block no longer reads photo.png"
+    assert os.path.exists(SAMPLE_IMAGE)
+
+
+def test_readme_api_tour_blocks_run(tmp_path):
+    """Each block of README's API tour runs as written, on its own, in a fresh interpreter (so
+    a name it uses without defining or importing it fails), with "photo.png" replaced by the
+    bundled 256x192 sample image."""
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    failures = []
+    for i, block in enumerate(_api_tour_blocks(), 1):
+        code = block.replace('"photo.png"', repr(SAMPLE_IMAGE))
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           cwd=str(tmp_path), env=env, timeout=300)
+        if r.returncode != 0:
+            failures.append(f"block {i} (exit {r.returncode}):\n{block}\n{r.stderr[-3000:]}")
+    assert not failures, "README's API tour does not run:\n" + "\n\n".join(failures)
+
+
+def _python_blocks(path, after=None):
+    """The ```python blocks of a Markdown file (relative to the root); with ``after``, only
+    those of the section that starts with that heading line."""
+    import re
+    with open(os.path.join(ROOT, path)) as fh:
+        text = fh.read()
+    if after is not None:
+        start = text.index("\n" + after + "\n")
+        end = text.find("\n## ", start + 1)
+        text = text[start:end if end >= 0 else None]
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_coder_md_table_example_runs():
+    """docs/coder.md's "Building the tables from probabilities" example runs and round-trips
+    (it asserts that itself), and its table comment shows what the call returns."""
+    blocks = _python_blocks(os.path.join("docs", "coder.md"),
+                            "## Building the tables from probabilities")
+    assert len(blocks) == 1
+    ns = {}
+    exec(compile(blocks[0], "docs/coder.md", "exec"), ns)
+    assert ns["cdfs"].tolist()[0] == [0, 6489, 19466, 45420, 58397, 64886, 65536]
+    assert "[0 6489 19466 45420 58397 64886 65536]" in blocks[0]
+    assert ns["cdf_lengths"].tolist() == [7, 5]
+
+
+def test_tutorial_architecture_is_the_scripts():
+    """docs/tutorial_custom_codec.md's section 1 block runs on its own and defines the model of
+    python/custom_codec.py: same config, downsampling and, from the same seed, the same
+    parameters (the same model id)."""
+    import torch
+    blocks = _python_blocks(os.path.join("docs", "tutorial_custom_codec.md"),
+                            "## 1. The architecture")
+    assert len(blocks) == 1
+    ns = {"__name__": "tutorial_block"}
+    exec(compile(blocks[0], "docs/tutorial_custom_codec.md", "exec"), ns)
+    spec = importlib.util.spec_from_file_location(
+        "custom_codec_script", os.path.join(ROOT, "python", "custom_codec.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    models = []
+    for cls in (ns["FourLayerCodec"], script.FourLayerCodec):
+        torch.manual_seed(0)
+        models.append(cls())
+    doc, real = models
+    assert doc.config() == real.config() and doc.downsampling == real.downsampling
+    assert {k: v.shape for k, v in doc.state_dict().items()} == \
+        {k: v.shape for k, v in real.state_dict().items()}
+    assert doc.model_id() == real.model_id()
+
+
+# -- docs/api.md: every call form it quotes is the real signature ------------------------------
+
+def _api_md_call_forms():
+    """``(module, name, params, line)`` for every backticked call form ``name(params)`` of
+    docs/api.md: in a "## `slimkernels.x`" section the module is x; in the "Other modules" table,
+    the row's first cell."""
+    import re
+    with open(os.path.join(ROOT, "docs", "api.md")) as fh:
+        lines = fh.read().splitlines()
+    forms, module, other = [], None, False
+    for n, line in enumerate(lines, 1):
+        if line.startswith("## "):
+            m = re.match(r"## `(slimkernels(?:\.\w+)*)`", line)
+            module = m.group(1) if m else None
+            other = line.startswith("## Other modules")
+            continue
+        mod = module
+        if other:
+            m = re.match(r"\| `(slimkernels(?:\.\w+)*)` \|", line)
+            mod = m.group(1) if m else None
+        if mod is None:
+            continue
+        for name, params in re.findall(r"`([A-Za-z_][\w.]*)\(([^`]*)\)`", line):
+            forms.append((mod, name, params, n))
+    return forms
+
+
+def _doc_params(params):
+    """The parameters of ``name(params)`` as ``[(name, kind, default source or None)]``."""
+    import ast
+    args = ast.parse(f"def f({params}): pass").body[0].args
+    out = []
+    pos = args.posonlyargs + args.args
+    defaults = [None] * (len(pos) - len(args.defaults)) + list(args.defaults)
+    for a, d in zip(pos, defaults):
+        out.append((a.arg, "positional", None if d is None else ast.unparse(d)))
+    if args.vararg:
+        out.append((args.vararg.arg, "*args", None))
+    for a, d in zip(args.kwonlyargs, args.kw_defaults):
+        out.append((a.arg, "keyword-only", None if d is None else ast.unparse(d)))
+    if args.kwarg:
+        out.append((args.kwarg.arg, "**kwargs", None))
+    return out
+
+
+_KINDS = {inspect.Parameter.POSITIONAL_ONLY: "positional",
+          inspect.Parameter.POSITIONAL_OR_KEYWORD: "positional",
+          inspect.Parameter.VAR_POSITIONAL: "*args",
+          inspect.Parameter.KEYWORD_ONLY: "keyword-only",
+          inspect.Parameter.VAR_KEYWORD: "**kwargs"}
+
+
+def test_api_md_signatures_match_the_code():
+    """Each call form docs/api.md quotes for a slimkernels function or class (``encode(symbols,
+    ..., pool="coder")``) lists every parameter of the real signature, in order, with the same
+    kind (positional, keyword-only after ``*``, ``*args``, ``**kwargs``) and the same default
+    (the doc's default evaluated in the module: ``DEFAULT_WIDTHS``, ``64 << 20``). Call forms of
+    names the module does not define (methods named alone, ``torch.load``) are not checked."""
+    forms = _api_md_call_forms()
+    problems, checked = [], 0
+    for modname, name, params, line in forms:
+        mod = importlib.import_module(modname)
+        obj = mod
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+        if obj is None or not callable(obj) or \
+                not (getattr(obj, "__module__", "") or "").startswith("slimkernels"):
+            continue
+        checked += 1
+        where = f"docs/api.md:{line} {modname}.{name}({params})"
+        if "..." in params:
+            problems.append(f"{where}: elides parameters; quote the whole signature")
+            continue
+        sig = inspect.signature(obj)
+        real = [(p.name, _KINDS[p.kind], p.default) for p in sig.parameters.values()]
+        if "." in name and not inspect.isclass(obj) and real and real[0][0] == "self":
+            real = real[1:]                               # Class.method: drop self
+        doc = _doc_params(params)
+        if [(n, k) for n, k, _ in doc] != [(n, k) for n, k, _ in real]:
+            problems.append(f"{where}: the code has ({sig})")
+            continue
+        for (pname, _, dsrc), (_, _, rdef) in zip(doc, real):
+            has_default = rdef is not inspect.Parameter.empty
+            if (dsrc is not None) != has_default or \
+                    (has_default and eval(dsrc, dict(vars(mod))) != rdef):
+                problems.append(f"{where}: {pname}'s default is {rdef!r} in the code")
+    assert not problems, "docs/api.md differs from the code:\n" + "\n".join(problems)
+    assert checked >= 30, f"only {checked} call forms checked: did docs/api.md change format?"
+
+
+@pytest.mark.parametrize("sig, code, message", [("SIGINT", 130, "slimkernels: error: interrupted"),
+                                                ("SIGTERM", 143, "stopped by signal 15"),
+                                                ("SIGHUP", 129, "stopped by signal 1")])
+def test_readme_exit_codes_on_signals(sig, code, message):
+    """README's "Command line" gives the exit code and the message of a command stopped by a
+    signal: a subprocess runs `slimkernels info` with the command replaced by one that sends the
+    signal to its own process."""
+    import subprocess
+    with open(os.path.join(ROOT, "README.md")) as fh:
+        text = fh.read()
+    start = text.index("\n## Command line\n")
+    section = " ".join(text[start:text.index("\n## ", start + 1)].split())
+    name = {"SIGINT": "Ctrl-C (SIGINT", "SIGTERM": "SIGTERM", "SIGHUP": "SIGHUP"}[sig]
+    assert f"{code} {name}" in section, f"README's Command line lacks '{code} {name}'"
+    assert (message if sig == "SIGINT" else "stopped by signal N") in section
+    code_src = ("import os, signal, sys\n"
+                "import slimkernels.cli as cli\n"
+                f"cli.cmd_info = lambda args: os.kill(os.getpid(), signal.{sig})\n"
+                "sys.exit(cli.main(['info', 'nothing.slim']))\n")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code_src], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == code, (r.returncode, r.stderr[-2000:])
+    assert message in r.stderr, r.stderr[-2000:]
