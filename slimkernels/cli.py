@@ -183,10 +183,31 @@ def _batch(pairs, one, desc: str, quiet: bool) -> None:
                 one(src, dst, say)
                 created.append(dst)
     except BaseException:
-        _undo(created, replaced)
+        with _signals_deferred():   # (a second Ctrl-C must not stop the rollback half-way)
+            _undo(created, replaced)
         raise
-    for _, backup in replaced:
-        _remove_quietly(backup)
+    with _signals_deferred():   # (a Ctrl-C now comes after the copies are gone)
+        for _, backup in replaced:
+            _remove_quietly(backup)
+
+
+class _signals_deferred:
+    """Block SIGINT, SIGTERM and SIGHUP while the block runs (main thread, POSIX); one that
+    arrives meanwhile is delivered, and raises, when it ends."""
+    _SIGNALS = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+
+    def __enter__(self):
+        import threading
+        self._old = None
+        if hasattr(signal, "pthread_sigmask") and \
+                threading.current_thread() is threading.main_thread():
+            self._old = signal.pthread_sigmask(signal.SIG_BLOCK, self._SIGNALS)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+        return False
 
 
 def _backup(path: str) -> str:
@@ -224,7 +245,10 @@ def _undo(created: List[str], replaced: List[Tuple[str, str]]) -> None:
     lost = []
     for dst, backup in replaced:
         try:
-            os.replace(backup, dst)
+            if os.path.lexists(dst) and os.path.samefile(backup, dst):
+                os.remove(backup)   # (not replaced yet; rename() between two links does nothing)
+            else:
+                os.replace(backup, dst)
         except OSError:
             lost.append(f"{dst} (its earlier content is in {backup})")
     if created or replaced:

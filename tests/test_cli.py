@@ -616,6 +616,32 @@ def test_another_models_file_names_the_model_option(model_file, images, tmp_path
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
+def test_a_batch_stopped_on_a_file_it_has_not_replaced_yet_leaves_no_copy(
+        model_file, images, tmp_path, monkeypatch, capsys, stop):
+    """The copy of a file is a hard link to it until the file is replaced: a batch stopped in
+    between left the copy behind (rename() between two links of one file does nothing)."""
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    srcs = [images["RGB"], images["L"]]
+    for name in ("img_RGB.slim", "img_L.slim"):
+        (outdir / name).write_bytes(b"old " + name.encode())
+    calls = []
+    real = SlimCAE.compress
+
+    def flaky(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise stop("stopped")
+        return real(self, *a, **k)
+    monkeypatch.setattr(SlimCAE, "compress", flaky)
+    assert main(["compress", *srcs, str(outdir), "--model", model_file, "-f", "-q"]) in (1, 130)
+    assert "put back the 2 file(s) it had replaced" in capsys.readouterr().err
+    assert sorted(os.listdir(outdir)) == ["img_L.slim", "img_RGB.slim"]
+    for name in ("img_RGB.slim", "img_L.slim"):
+        assert (outdir / name).read_bytes() == b"old " + name.encode()
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
 def test_a_stopped_forced_batch_puts_back_what_it_replaced(model_file, images, tmp_path,
                                                           monkeypatch, capsys, stop):
     """A --force batch stopped half-way (Ctrl-C, an error) had left some outputs replaced and

@@ -201,9 +201,9 @@ def main(argv: Optional[List[str]] = None, prog: str = "slimkernels eval") -> in
     tune_from_env()
     try:
         return run_eval(args, prog)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:   # (128 + SIGINT, as the slimkernels command and train)
         print(f"{prog}: error: interrupted", file=sys.stderr)
-        return 1
+        return 130
     except (RuntimeError, OSError, MemoryError) as e:   # (as the slimkernels command)
         print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -322,3 +322,14 @@ def test_eval_command_line_errors_are_one_line_with_its_name(image_folder, tmp_p
 def test_plot_title_names_the_folder():
     from slimkernels.evaluation.kodak import _folder_title
     assert _folder_title("/data/kodak/") == "Kodak" and _folder_title("/x/my_set") == "my_set"
+
+
+def test_eval_ctrl_c_exits_130(tmp_path, monkeypatch, capsys):
+    """python/evaluate.py (this main) returned 1 on Ctrl-C, `slimkernels eval` 130."""
+    from slimkernels.evaluation import cli
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "run_eval", interrupted)
+    assert cli.main([str(tmp_path)], prog="evaluate.py") == 130
+    assert capsys.readouterr().err == "evaluate.py: error: interrupted\n"
