@@ -170,61 +170,85 @@ def _batch(pairs, one, desc: str, quiet: bool) -> None:
     one fails (or Ctrl-C, SIGTERM), the outputs this batch created are removed and the files it
     replaced under --force are restored (each is kept as a hidden hard link, or copy, next to
     it until the batch ends) before the error goes on, so that the batch changed nothing and its
-    rerun needs no --force."""
+    rerun needs no --force. The bookkeeping (a copy made and recorded, the rollback, the copies'
+    removal) runs with SIGINT / SIGTERM / SIGHUP deferred."""
     created, replaced = [], []   # replaced: (dst, backup)
     items = _progress(pairs, not quiet, desc)
     say = getattr(items, "write", print)   # tqdm.write: clears the bar, prints, redraws it
+    dst, existed = None, True
     try:
         for src, dst in items:
-            if os.path.lexists(dst):
-                replaced.append((dst, _backup(dst)))
-                one(src, dst, say)
-            else:
-                one(src, dst, say)
+            existed = os.path.lexists(dst)
+            if existed:
+                with _SignalsDeferred():
+                    replaced.append((dst, _backup(dst)))
+            one(src, dst, say)
+            if not existed:
                 created.append(dst)
-    except BaseException:
-        with _signals_deferred():   # (a second Ctrl-C must not stop the rollback half-way)
+            dst = None
+    except BaseException as e:
+        # an output written before the failure (e.g. its line could not be printed) is the
+        # batch's too; a FileExistsError is another process's file appearing: not ours
+        if dst is not None and not existed and os.path.lexists(dst) and \
+                not isinstance(e, FileExistsError):
+            created.append(dst)
+        with _SignalsDeferred(reraise=False):   # (the error goes on, not a signal meanwhile)
             _undo(created, replaced)
         raise
-    with _signals_deferred():   # (a Ctrl-C now comes after the copies are gone)
+    with _SignalsDeferred():   # (a Ctrl-C now comes after the copies are gone)
         for _, backup in replaced:
             _remove_quietly(backup)
 
 
-class _signals_deferred:
-    """Block SIGINT, SIGTERM and SIGHUP while the block runs (main thread, POSIX); one that
-    arrives meanwhile is delivered, and raises, when it ends."""
-    _SIGNALS = {getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)}
+class _SignalsDeferred:
+    """SIGINT, SIGTERM and SIGHUP only recorded while the block runs (main thread: elsewhere a
+    no-op); on exit the handlers are restored and, with ``reraise``, the first signal recorded
+    is raised again (KeyboardInterrupt, or what the restored handler does). Python-level
+    handlers, not the thread's signal mask: a signal sent to the process goes to any of its
+    threads (torch's among them), and Python runs the handler in the main thread anyway."""
+
+    def __init__(self, reraise: bool = True):
+        self.reraise = reraise
 
     def __enter__(self):
         import threading
-        self._old = None
-        if hasattr(signal, "pthread_sigmask") and \
-                threading.current_thread() is threading.main_thread():
-            self._old = signal.pthread_sigmask(signal.SIG_BLOCK, self._SIGNALS)
+        self._old, self._got = {}, []
+        if threading.current_thread() is threading.main_thread():
+            for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._old[sig] = signal.signal(sig, lambda n, f: self._got.append(n))
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        if self._got and self.reraise and exc[0] is None:
+            signal.raise_signal(self._got[0])
         return False
 
 
 def _backup(path: str) -> str:
     """A hidden copy of ``path`` in its folder (a hard link where the file system has them),
-    for :func:`_batch` to restore; CLIError if it cannot be made (nothing was written yet)."""
+    for :func:`_batch` to restore; CLIError if it cannot be made (nothing was written yet, and
+    no partial copy is left)."""
     import shutil
     import tempfile
     folder, name = os.path.split(os.path.abspath(path))
     try:
         fd, backup = tempfile.mkstemp(prefix=f".{name}.", suffix=".backup", dir=folder)
         os.close(fd)
+    except OSError as e:
+        raise CLIError(f"cannot keep a copy of {path} before replacing it ({e.strerror}): "
+                       f"nothing was written") from None
+    try:
         os.remove(backup)
         try:
             os.link(path, backup, follow_symlinks=False)
         except OSError:
             shutil.copy2(path, backup, follow_symlinks=False)
     except OSError as e:
+        _remove_quietly(backup)
         raise CLIError(f"cannot keep a copy of {path} before replacing it ({e.strerror}): "
                        f"nothing was written") from None
     return backup
@@ -237,6 +261,15 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def _same_entry(a: str, b: str) -> bool:
+    """Whether the names ``a`` and ``b`` are links of one file (links themselves not followed)."""
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def _undo(created: List[str], replaced: List[Tuple[str, str]]) -> None:
     """:func:`_batch`'s rollback: remove what it created, put back what it replaced, and say
     so on stderr (naming a file it could not put back, and where its copy is)."""
@@ -245,7 +278,7 @@ def _undo(created: List[str], replaced: List[Tuple[str, str]]) -> None:
     lost = []
     for dst, backup in replaced:
         try:
-            if os.path.lexists(dst) and os.path.samefile(backup, dst):
+            if _same_entry(backup, dst):
                 os.remove(backup)   # (not replaced yet; rename() between two links does nothing)
             else:
                 os.replace(backup, dst)
@@ -523,21 +556,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``slimkernels`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    paths_too = hasattr(args, "output_opt") and not any(e.startswith("-") for e in extra)
+    if extra and not paths_too:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")   # (exits 2)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     if hasattr(args, "output_opt"):   # compress / decompress: IN... OUT, or IN... -o OUT
+        # argparse fills IN / OUT from the first run of positional words only: the words after
+        # an option (`a.png --width 8 z.slim`) come back in `extra`
+        paths = args.inputs + ([args.output] if args.output is not None else []) + extra
         if args.output_opt is not None:
-            if args.output is not None:
-                args.inputs.append(args.output)
-            args.output = args.output_opt
-        elif args.output is None:
-            if len(args.inputs) < 2:
-                _err(f"{args.cmd}: give the output after the input (slimkernels {args.cmd} IN "
-                     f"OUT, or -o OUT)")
-                return EXIT_USAGE
-            args.output = args.inputs.pop()
+            args.inputs, args.output = paths, args.output_opt
+        elif len(paths) < 2:
+            _err(f"{args.cmd}: give the output after the input (slimkernels {args.cmd} IN OUT, "
+                 f"or -o OUT)")
+            return EXIT_USAGE
+        else:
+            args.inputs, args.output = paths[:-1], paths[-1]
     from . import allocator
     allocator.tune_from_env()   # page-fault-free activations at narrow widths (allocator.py)
     old = _catch_termination()

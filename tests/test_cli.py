@@ -680,3 +680,132 @@ def test_train_errors_read_without_the_exception_name(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert f"--data no_such_folder: the image folder does not exist (relative to {tmp_path})" \
         in err and "ValueError" not in err, err
+
+
+def test_options_between_the_inputs_and_the_output(model_file, images, tmp_path):
+    """(With -o the output became optional and argparse stopped at the first option:
+    `compress a.png --width 8 z.slim` was "unrecognized arguments: z.slim".)"""
+    from slimkernels.container import read
+    z = tmp_path / "z.slim"
+    assert main(["compress", images["RGB"], "--width", "8", str(z), "--model", model_file,
+                 "-q"]) == 0
+    assert read(str(z)).width == 8
+    png = tmp_path / "z.png"
+    assert main(["decompress", str(z), "--model", model_file, str(png), "-q"]) == 0
+    assert Image.open(png).size == (30, 20)
+    outdir = tmp_path / "o"
+    outdir.mkdir()
+    assert main(["compress", images["RGB"], "-o", str(outdir), images["L"], "--model",
+                 model_file, "-q"]) == 0
+    assert sorted(os.listdir(outdir)) == ["img_L.slim", "img_RGB.slim"]
+    with pytest.raises(SystemExit) as e:   # an unknown option is still a usage error
+        main(["compress", images["RGB"], "--wdith", "8", str(z)])
+    assert e.value.code == 2
+
+
+def test_signals_are_deferred_with_other_threads_running():
+    """(A thread's signal mask does not stop a signal sent to the process: another thread took
+    it and Python raised in the main thread inside the "deferred" block.)"""
+    import signal
+    import threading
+    import time
+    from slimkernels.cli import _SignalsDeferred
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    inside = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _SignalsDeferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)
+                inside.append("finished")
+        assert inside == ["finished"]
+        with _SignalsDeferred(reraise=False):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        stop.set()
+        other.join()
+
+
+def test_ctrl_c_while_the_copies_are_removed_removes_them_all(model_file, images, tmp_path,
+                                                             monkeypatch, capsys):
+    import signal
+    import slimkernels.cli as cli
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    srcs = [images["RGB"], images["L"], images["RGBA"]]
+    for s in srcs:
+        (outdir / (os.path.basename(s)[:-4] + ".slim")).write_bytes(b"old")
+    real = cli._remove_quietly
+    sent = []
+
+    def remove(path):
+        if ".backup" in path and not sent:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        real(path)
+    monkeypatch.setattr(cli, "_remove_quietly", remove)
+    assert main(["compress", *srcs, str(outdir), "--model", model_file, "-f", "-q"]) == 130
+    assert sent and sorted(os.listdir(outdir)) == ["img_L.slim", "img_RGB.slim", "img_RGBA.slim"]
+    for name in os.listdir(outdir):   # (the batch had finished: every file is new)
+        assert (outdir / name).read_bytes() != b"old"
+
+
+def test_a_stopped_batch_leaves_a_dangling_link_output_alone(model_file, images, tmp_path,
+                                                            monkeypatch, capsys):
+    """(os.path.samefile followed the link: "could not put back", its copy left behind.)"""
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    os.symlink(tmp_path / "nowhere.slim", outdir / "img_L.slim")
+    monkeypatch.setattr(SlimCAE, "compress", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("stopped")))
+    assert main(["compress", images["L"], images["RGB"], str(outdir), "--model", model_file,
+                 "-f", "-q"]) == 1     # (stopped on the link's own step)
+    err = capsys.readouterr().err
+    assert "could not put back" not in err and "put back the 1 file(s)" in err, err
+    assert os.listdir(outdir) == ["img_L.slim"] and os.path.islink(outdir / "img_L.slim")
+
+
+def test_an_output_written_before_the_failure_is_removed(model_file, images, tmp_path,
+                                                        monkeypatch, capsys):
+    """(An output was recorded as the batch's only after its step returned: a failure after
+    the write, e.g. printing its line to a full disk, left it.)"""
+    import errno
+    import slimkernels.io as sio
+    real = sio.atomic_write_bytes
+
+    def write_then_fail(path, data, **k):
+        real(path, data, **k)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(sio, "atomic_write_bytes", write_then_fail)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    assert main(["compress", images["RGB"], images["L"], str(outdir), "--model", model_file,
+                 "-q"]) == 1
+    assert os.listdir(outdir) == []
+    assert "removed the 1 file(s) it had written" in capsys.readouterr().err
+
+
+def test_a_copy_that_cannot_be_made_is_not_left_half_written(model_file, images, tmp_path,
+                                                            monkeypatch, capsys):
+    import errno
+    import shutil
+    (tmp_path / "o").mkdir()
+    out = tmp_path / "o" / "a.slim"
+    out.write_bytes(b"x" * 1000)
+
+    def no_link(*a, **k):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    def half_copy(src, dst, **k):
+        with open(dst, "wb") as f:
+            f.write(b"x" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(shutil, "copy2", half_copy)
+    assert main(["compress", images["RGB"], str(out), "--model", model_file, "-f"]) == 1
+    assert "cannot keep a copy of" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "o") == ["a.slim"] and out.read_bytes() == b"x" * 1000
