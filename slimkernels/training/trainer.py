@@ -334,12 +334,18 @@ class _RunLock:
         fh = open(path, "a+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:   # (held: EWOULDBLOCK)
             fh.seek(0)
             owner = fh.read().strip() or "?"
             fh.close()
             raise ValueError(f"--out {folder} is in use by another training (pid {owner}): wait "
                              f"for it to end, or choose another --out") from None
+        except OSError as e:   # no locks on this file system (NFS without lockd: ENOLCK, ...)
+            fh.close()
+            import warnings
+            warnings.warn(f"cannot lock the run folder {folder} ({e.strerror}): a second "
+                          f"training on it would not be refused", RuntimeWarning, stacklevel=3)
+            return
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")

@@ -770,3 +770,18 @@ def test_fit_says_where_the_checkpoint_is_and_when_nothing_is_left(image_dir, tm
     assert said[-1] == (f"the run in {tmp_path / 'r'} is at step 2 already (--steps 2): nothing "
                         f"to train; give a larger --steps to go on")
     assert os.stat(ckpt).st_mtime_ns == mtime   # (not rewritten)
+
+
+def test_a_file_system_without_locks_trains_with_a_warning(image_dir, tmp_path, monkeypatch):
+    """(flock's ENOLCK, as on NFS without lockd, read as "in use by another training".)"""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    t = Trainer(_cfg(image_dir, tmp_path / "nfs", steps=1, val_every=0), log=lambda *_: None)
+    with pytest.warns(RuntimeWarning, match=r"cannot lock the run folder .*nfs \(No locks "
+                                            r"available\): a second training on it would not"):
+        t.fit()
+    assert t.step == 1
