@@ -78,6 +78,9 @@ def test_main_prints_and_writes_the_tables(tmp_path, monkeypatch, capsys):
     (["--image", "/no/such.png"], "no such file"),
     (["--model", "/no/such.pt"], "--model: model file /no/such.pt does not exist"),
     (["--sizes", "64,4096"], "a 4096x4096 crop of a"),
+    (["--sizes", "512,0", "--image", os.path.join(os.path.dirname(ws.__file__), os.pardir,
+                                                   "slimkernels", "assets", "sample.png")],
+     "a 512x512 crop of a"),
 ])
 def test_main_refuses_bad_arguments(argv, match, monkeypatch):
     monkeypatch.setattr(ws, "measure", lambda *a, **k: pytest.fail("measured after a refusal"))
@@ -93,3 +96,12 @@ def test_help_shows_the_whole_description_and_the_defaults(capsys):
     assert "python bench/width_scaling.py --widths 192,48 --sizes 64,256,0" in out
     for default in ("(default 5)", "(default 3)", "(default 8)", "(default 2)", "(default auto)"):
         assert default in out, default
+
+
+def test_sizes_of_one_pixel_count_are_refused_before_measuring(tmp_path, monkeypatch):
+    from PIL import Image
+    p = tmp_path / "sq.png"
+    Image.new("RGB", (64, 64)).save(p)
+    monkeypatch.setattr(ws, "measure", lambda *a, **k: pytest.fail("measured"))
+    with pytest.raises(SystemExit, match="give one pixel count on this image"):
+        ws.main(["--sizes", "64,0", "--image", str(p)])

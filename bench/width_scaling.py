@@ -185,10 +185,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"width_scaling: --widths {bad} are not the model's ({model.widths})")
     image = load_image(a.image)
     try:
-        for s in sizes:
-            crop(image, s)
+        pixels = {crop(image, s).shape[-2] * crop(image, s).shape[-1] for s in sizes}
     except ValueError as e:
         raise SystemExit(f"width_scaling: --sizes: {e}") from None
+    if len(pixels) < 2:   # (0 is the whole image: 256 and 0 on a 256x256 image are one size)
+        raise SystemExit(f"width_scaling: --sizes {a.sizes!r} give one pixel count on this "
+                         f"image: give at least two different sizes")
     rows = measure(model, image, widths, sizes, ops, a.rounds, a.warm, a.calls, a.threads,
                    a.precision)
     cmd = " ".join(sys.argv[1:] if argv is None else argv)

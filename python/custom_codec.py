@@ -125,6 +125,8 @@ def main(argv=None):
     widths = [int(w) for w in args.widths.split(",")]
     taken = [t for w in widths if args.out and os.path.lexists(t := os.path.join(
         args.out, f"image_w{w}.slim"))]                 # checked before the training
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.exit(1, f"custom_codec.py: error: --out {args.out} is a file: --out is a folder\n")
     if taken and not args.force:
         p.exit(1, f"custom_codec.py: error: {taken[0]} exists: not replacing it (use --force)\n")
     torch.manual_seed(0)

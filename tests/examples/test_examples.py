@@ -53,6 +53,9 @@ def test_custom_codec_tiny(tmp_path):
     assert f"{tmp_path / 'image_w128.slim'} exists: not replacing it (use --force" in r.stderr
     assert (tmp_path / "image_w128.slim").read_bytes() == before
     assert run("custom_codec.py", "--tiny", "--out", tmp_path, "--force").returncode == 0
+    r = run("custom_codec.py", "--tiny", "--out", tmp_path / "image_w128.slim", "--force")
+    assert r.returncode == 1 and "trained in" not in r.stdout and "Traceback" not in r.stderr
+    assert "--out is a folder" in r.stderr, r.stderr
 
 
 def test_custom_codec_is_short():
