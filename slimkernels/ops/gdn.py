@@ -307,7 +307,10 @@ class _GDNCpuFunction(torch.autograd.Function):
                 xv = _pixels_view(x, channels_last)
                 r = _norm(xv, x.shape, gk.detach().to(cd), bk.detach().to(cd), cd,
                           channels_last)
-                r = r.sqrt_() if inverse else r.rsqrt_()
+                if torch.compiler.is_compiling():   # (dynamo refuses to save the in-place
+                    r = r.sqrt() if inverse else r.rsqrt()   # result, an alias, for backward)
+                else:
+                    r = r.sqrt_() if inverse else r.rsqrt_()
                 y = _image_view(torch.mul(xv, r), x.shape, channels_last)
         ctx.save_for_backward(x, gk, r)
         ctx.inverse, ctx.cd, ctx.channels_last = inverse, cd, channels_last
