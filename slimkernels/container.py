@@ -267,8 +267,15 @@ def write(path: str, f: SlimFile, *, overwrite: bool = False) -> None:
     """Write ``f`` to ``path`` atomically (temp file + rename); refuses to overwrite by default.
 
     Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        FileExistsError: ``path`` exists and ``overwrite`` is False, or it is a folder, device,
+            FIFO or socket (never replaced; a symbolic link is replaced by the file).
+        TypeError: ``f`` is not a :class:`SlimFile` (bytes from ``compress``: :func:`unpack`
+            them first, or write them as they are).
         ValueError: a field of ``f`` is out of range (see :func:`pack`).
     """
     from .io import atomic_write_bytes
+    if not isinstance(f, SlimFile):
+        raise TypeError(f"container.write takes a SlimFile, got {type(f).__name__}: bytes from "
+                        f"compress are a whole .slim file already (write them as they are, or "
+                        f"container.unpack(data) for a SlimFile)")
     atomic_write_bytes(path, pack(f), overwrite=overwrite)

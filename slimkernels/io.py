@@ -49,14 +49,25 @@ def _atomic_write(path: str, write, overwrite: bool) -> None:
     replaced, not even one created by another process after the first check (on file systems
     without hard links: an existence check, then a rename).
 
+    With ``overwrite``, a regular file is replaced, and so is a symbolic link (the link itself:
+    its target is left alone); a folder, device, FIFO or socket never is.
+
     Raises:
         FileExistsError: ``path`` exists and not ``overwrite`` (pass ``overwrite=True`` /
-            ``--force`` to replace it).
+            ``--force`` to replace it), or it is not a regular file or a link.
     """
     def exists_error():
         return FileExistsError(f"{path} exists: refusing to overwrite it (use --force / "
                                "overwrite=True)")
 
+    try:
+        mode_now = os.lstat(path).st_mode
+    except OSError:
+        mode_now = None
+    if mode_now is not None and not (stat.S_ISREG(mode_now) or stat.S_ISLNK(mode_now)):
+        # (os.replace would put a regular file in the place of /dev/null or a FIFO, as root)
+        raise FileExistsError(f"{path} exists and is not a regular file (a folder, device, FIFO "
+                              f"or socket): not replacing it, even with overwrite=True / --force")
     if os.path.exists(path) and not overwrite:
         raise exists_error()
     folder = os.path.dirname(os.path.abspath(path))

@@ -143,3 +143,15 @@ def test_pack_refuses_a_payload_its_length_field_cannot_hold():
                    payload=Huge(b"\x01"))
     with pytest.raises(ValueError, match="at most 2\\*\\*32 - 1"):
         C.pack(f)
+
+
+def test_write_takes_a_slim_file_not_bytes(tmp_path):
+    """(container.write(path, compress(...)) was "AttributeError: 'bytes' object has no
+    attribute 'model_id'".)"""
+    data = C.pack(_file())
+    with pytest.raises(TypeError, match="container.write takes a SlimFile, got bytes: bytes from "
+                                        "compress are a whole .slim file already"):
+        C.write(str(tmp_path / "a.slim"), data)
+    assert not (tmp_path / "a.slim").exists()
+    C.write(str(tmp_path / "a.slim"), C.unpack(data))
+    assert (tmp_path / "a.slim").read_bytes() == data

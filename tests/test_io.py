@@ -273,3 +273,28 @@ def test_a_16_bit_ppm_is_noted(tmp_path):
     rgb, note = sio.read_image_uint8(str(p))
     assert rgb.tolist() == [[[2, 128, 254], [255, 0, 1]]]
     assert "scaled 65535-level samples to 8-bit" in note
+
+
+def test_overwrite_never_replaces_a_folder_device_or_fifo(tmp_path):
+    """(With overwrite=True a FIFO, a folder or, as root, /dev/null became a regular file; the
+    folder case named the hidden temporary file.)"""
+    fifo = tmp_path / "pipe.slim"
+    os.mkfifo(fifo)
+    folder = tmp_path / "dir.slim"
+    folder.mkdir()
+    for p in (fifo, folder):
+        with pytest.raises(FileExistsError, match=r"exists and is not a regular file \(a folder, "
+                                                  r"device, FIFO or socket\): not replacing it"):
+            sio.atomic_write_bytes(str(p), b"abc", overwrite=True)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and folder.is_dir()
+    assert sorted(os.listdir(tmp_path)) == ["dir.slim", "pipe.slim"]   # (no temporary left)
+
+
+def test_overwrite_replaces_a_link_not_its_target(tmp_path):
+    target = tmp_path / "target.slim"
+    target.write_bytes(b"target")
+    link = tmp_path / "link.slim"
+    os.symlink(target, link)
+    sio.atomic_write_bytes(str(link), b"new", overwrite=True)
+    assert not link.is_symlink() and link.read_bytes() == b"new"
+    assert target.read_bytes() == b"target"
