@@ -1,5 +1,6 @@
 """slimkernels.pretrained: model files are read without running code, and damaged ones are
 named."""
+import re
 import copy
 
 import pytest
@@ -143,3 +144,36 @@ def test_a_forged_latent_that_decodes_to_nan_is_a_format_error(precision):
     y = model.decompress(with_symbols(reach + 8), precision=precision)
     assert y.shape == (1, 3, 20, 30) and bool(torch.isfinite(y).all())
     assert float(y.min()) >= 0 and float(y.max()) <= 1
+
+
+def test_save_model_refuses_info_that_would_not_load(tmp_path):
+    """(A numpy number in info was written, replacing a good file, and load_model then refused
+    the file: "Unsupported global: numpy._core.multiarray.scalar".)"""
+    import pathlib
+
+    import numpy as np
+
+    from slimkernels.models import SlimCAE
+    from slimkernels.pretrained import save_model
+    m = SlimCAE(widths=(16, 8)).eval()
+    path = tmp_path / "m.pt"
+    save_model(m, str(path), info={"psnr": 30.1, "runs": [{"w": 8, "ok": True}], "n": None})
+    good = path.read_bytes()
+    for info, where, what in (({"psnr": np.float64(30.1)}, "info['psnr']", "numpy.float64"),
+                              ({"a": [1, {"p": pathlib.Path("x")}]}, "info['a'][1]['p']",
+                               "pathlib.PosixPath"),
+                              ({3: 1}, "the key 3 of info", "builtins.int")):
+        with pytest.raises(ValueError, match=rf"^{re.escape(where)} is a {re.escape(what)}: "
+                                             r"info takes plain Python values"):
+            save_model(m, str(path), info=info)
+        assert path.read_bytes() == good
+    assert load_model(str(path)).widths == [16, 8]
+
+
+def test_save_model_refuses_other_models(tmp_path):
+    """(A custom SlimCodec was saved, and load_model then called it a damaged file.)"""
+    from slimkernels.pretrained import save_model
+    with pytest.raises(TypeError, match="save_model writes a SlimCAE .* got Linear: save your "
+                                        "own model's state_dict with torch.save"):
+        save_model(torch.nn.Linear(2, 2), str(tmp_path / "m.pt"))
+    assert not (tmp_path / "m.pt").exists()

@@ -27,7 +27,25 @@ def bundled_model_path() -> Optional[str]:
 
 
 def save_model(model: SlimCAE, path: str, info: Optional[Dict] = None) -> None:
-    """Save ``model`` (config + fp32 state_dict incl. CDF tables, built if missing) to ``path``."""
+    """Save ``model`` (config + fp32 state_dict incl. CDF tables, built if missing) to ``path``.
+
+    ``info``: plain data stored with it (dicts with str keys, lists, tuples, str, int, float,
+    bool, None), which :func:`load_model`'s safe loader reads back.
+
+    Raises:
+        TypeError: ``model`` is not a :class:`SlimCAE` (:func:`load_model` rebuilds a SlimCAE
+            from the file's config; save another model's ``state_dict`` with ``torch.save``).
+        ValueError: ``info`` holds something else (a numpy number, a path, an object), named.
+    """
+    if not isinstance(model, SlimCAE):
+        raise TypeError(f"save_model writes a SlimCAE (load_model rebuilds one from the file's "
+                        f"config), got {type(model).__name__}: save your own model's state_dict "
+                        f"with torch.save and load it with load_state_dict")
+    bad = _not_plain(info or {}, "info")
+    if bad is not None:   # (checked before writing: the file would not load, and replace one)
+        raise ValueError(f"{bad[0]} is a {bad[1]}: info takes plain Python values (float(...), "
+                         f"int(...), str, bool, None, lists, dicts with str keys), the ones "
+                         f"load_model's safe loader reads")
     if not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
         model.update()
     sd = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
@@ -35,6 +53,29 @@ def save_model(model: SlimCAE, path: str, info: Optional[Dict] = None) -> None:
     obj = {"format": "slimkernels-model", "config": model.config(), "state_dict": sd,
            "info": dict(info or {})}
     atomic_torch_save(obj, path)
+
+
+def _not_plain(v, where: str):
+    """``(where, type name)`` of the first value in ``v`` that is not plain data (see
+    :func:`save_model`), else None."""
+    if v is None or type(v) in (str, int, float, bool):
+        return None
+    if type(v) in (list, tuple):
+        for i, e in enumerate(v):
+            bad = _not_plain(e, f"{where}[{i}]")
+            if bad is not None:
+                return bad
+        return None
+    if type(v) is dict:
+        for k, e in v.items():
+            if type(k) is not str:
+                return f"the key {k!r} of {where}", type(k).__module__ + "." + type(k).__name__
+            bad = _not_plain(e, f"{where}[{k!r}]")
+            if bad is not None:
+                return bad
+        return None
+    t = type(v)
+    return where, (t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}")
 
 
 def load_model(path: Optional[str] = None, device: str = "cpu", *,
