@@ -279,18 +279,26 @@ def image_to_png_bytes(x: torch.Tensor, fmt: str = "PNG") -> bytes:
 
     Raises:
         ValueError: another shape (a batch of several images: encode them one by one; not 3
-            channels)."""
+            channels), a dtype that is not floating point (uint8 0..255: divide by 255
+            first), or a NaN / inf value."""
     import io
 
     from PIL import Image
 
     if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4) or x.shape[-3] != 3 or \
             (x.dim() == 4 and x.shape[0] != 1):
+        shape = tuple(getattr(x, 'shape', ())) or type(x).__name__
+        hint = ("a batch: encode its images one by one" if isinstance(x, torch.Tensor) and
+                x.dim() == 4 and x.shape[0] != 1 else "RGB: 3 channels, first after the batch")
         raise ValueError(f"image_to_png_bytes expects one RGB image [1, 3, H, W] or [3, H, W], "
-                         f"got {tuple(getattr(x, 'shape', ())) or type(x).__name__} (a batch: "
-                         f"encode its images one by one)")
+                         f"got {shape} ({hint})")
+    if not x.is_floating_point():   # (uint8 0..255 was clamped to [0, 1]: a white image)
+        raise ValueError(f"image_to_png_bytes expects float values in [0, 1], got {x.dtype} "
+                         f"(for 0..255 integers pass x / 255)")
     if x.dim() == 4:
         x = x[0]
+    if not bool(torch.isfinite(x).all()):   # (NaN became black)
+        raise ValueError("image_to_png_bytes: the image holds NaN or inf values")
     arr = x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
     buf = io.BytesIO()
     # lossless: WebP's default is lossy (the decoded image would differ from the codec's)

@@ -298,3 +298,17 @@ def test_overwrite_replaces_a_link_not_its_target(tmp_path):
     sio.atomic_write_bytes(str(link), b"new", overwrite=True)
     assert not link.is_symlink() and link.read_bytes() == b"new"
     assert target.read_bytes() == b"target"
+
+
+@pytest.mark.parametrize("x, match", [
+    (torch.full((1, 3, 4, 4), 200, dtype=torch.uint8), r"expects float values in \[0, 1\], got "
+                                                       r"torch.uint8 \(for 0..255 integers pass"),
+    (torch.full((1, 3, 4, 4), float("nan")), "holds NaN or inf values"),
+    (torch.rand(2, 3, 4, 4), r"got \(2, 3, 4, 4\) \(a batch: encode its images one by one\)"),
+    (torch.rand(1, 1, 4, 4), r"got \(1, 1, 4, 4\) \(RGB: 3 channels, first after the batch\)"),
+])
+def test_image_to_png_bytes_refuses_what_it_would_turn_into_another_image(x, match):
+    """(uint8 0..255 came out nearly white, NaN black; a 1-channel image was told it was a
+    batch.)"""
+    with pytest.raises(ValueError, match=match):
+        sio.image_to_png_bytes(x)

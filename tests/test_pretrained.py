@@ -1,7 +1,7 @@
 """slimkernels.pretrained: model files are read without running code, and damaged ones are
 named."""
-import re
 import copy
+import re
 
 import pytest
 import torch
