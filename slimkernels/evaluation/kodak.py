@@ -108,8 +108,13 @@ def _stem(path: str) -> str:
 
 def check_widths(model, widths: Optional[Sequence[int]]) -> List[int]:
     """``widths`` (None: all of the model's) sorted, without repeats; ValueError naming those
-    the model does not have."""
-    widths = sorted({int(w) for w in (widths or model.widths)})
+    the model does not have, or that are not ints (96.7 ran as 96)."""
+    from .._checks import is_int
+    given = list(widths or model.widths)
+    odd = [w for w in given if not is_int(w)]
+    if odd:
+        raise ValueError(f"widths must be ints, got {odd}")
+    widths = sorted({int(w) for w in given})
     bad = [w for w in widths if w not in model.widths]
     if bad:
         raise ValueError(f"widths {bad} are not widths of this model {list(model.widths)}")

@@ -333,3 +333,15 @@ def test_eval_ctrl_c_exits_130(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "run_eval", interrupted)
     assert cli.main([str(tmp_path)], prog="evaluate.py") == 130
     assert capsys.readouterr().err == "evaluate.py: error: interrupted\n"
+
+
+def test_widths_that_are_not_ints_are_refused():
+    """(kodak.evaluate(model, folder, widths=[96.7]) ran width 96.)"""
+    from slimkernels.evaluation.kodak import check_widths
+    from slimkernels.models import SlimCAE
+    m = SlimCAE(widths=(16, 8))
+    with pytest.raises(ValueError, match=r"widths must be ints, got \[8.5\]"):
+        check_widths(m, [16, 8.5])
+    with pytest.raises(ValueError, match=r"widths \[12\] are not widths of this model"):
+        check_widths(m, [12])
+    assert check_widths(m, [8, 16, 8]) == [8, 16] and check_widths(m, None) == [8, 16]
