@@ -15,7 +15,8 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 def list_images(folder: str) -> List[str]:
     """Sorted paths of the image files directly in ``folder`` (ValueError if there are none)."""
     if not os.path.isdir(folder):
-        raise ValueError(f"image folder {folder!r} does not exist")
+        raise ValueError(f"image folder {folder!r} is a file, not a folder" if
+                         os.path.exists(folder) else f"image folder {folder!r} does not exist")
     paths = sorted(os.path.join(folder, f) for f in os.listdir(folder)
                    if f.lower().endswith(IMAGE_EXTS))
     if not paths:

@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import numbers
 import os
 import signal
 import sys
@@ -108,6 +109,8 @@ class TrainConfig:
                 raise ValueError(f"{f.name}={v!r}: must be True or False")   # (bool("no"))
             if f.type == "int" and not is_int(v):
                 raise ValueError(f"--{f.name.replace('_', '-')} {v!r}: must be an int")
+            if f.type == "float" and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise ValueError(f"--{f.name.replace('_', '-')} {v!r}: must be a number")
         s = SlimCAE.downsampling
         for name in ("crop", "crop_large", "val_size"):
             v = getattr(self, name)
@@ -497,6 +500,15 @@ class Trainer:
                     raise ValueError(f"--init file {cfg.init} does not fit this model (--widths "
                                      f"{cfg.widths}, --gdn {cfg.gdn}): "
                                      f"{describe_mismatch(missing, extra, 2)}")
+                # parameters only: the CDF table buffers take the file's sizes on load
+                mine = dict(self.model.named_parameters())
+                other = [k for k, v in sd.items() if k in mine and
+                         getattr(v, "shape", None) != mine[k].shape]
+                if other:   # (torch's size-mismatch error lists every key)
+                    raise ValueError(f"--init file {cfg.init} does not fit this model (--widths "
+                                     f"{cfg.widths}, --gdn {cfg.gdn}): {len(other)} tensor(s) of "
+                                     f"another shape, e.g. {other[0]} {tuple(sd[other[0]].shape)} "
+                                     f"against {tuple(mine[other[0]].shape)} here")
                 self.model.load_state_dict(sd)
                 msg = f"initialized weights from {cfg.init}"
                 if cfg.init_continue:

@@ -785,3 +785,22 @@ def test_a_file_system_without_locks_trains_with_a_warning(image_dir, tmp_path, 
                                             r"available\): a second training on it would not"):
         t.fit()
     assert t.step == 1
+
+
+def test_config_and_init_mistakes_read_clearly(image_dir, tmp_path):
+    """(lr="1e-3" was "TypeError: '<' not supported ..."; data naming a file "does not exist";
+    --init with other widths torch's size-mismatch error over every key.)"""
+    from slimkernels.models import SlimCAE
+    from slimkernels.pretrained import save_model
+    from slimkernels.training.cli import run
+    with pytest.raises(ValueError, match=r"--lr '1e-3': must be a number"):
+        Trainer(_cfg(image_dir, tmp_path / "a", lr="1e-3"), log=lambda *_: None)
+    a_file = os.path.join(image_dir, "im0.png")
+    with pytest.raises(ValueError, match=r"--data .*im0.png: a file, not a folder of images"):
+        run(_cfg(a_file, tmp_path / "b"))
+    other = tmp_path / "other.pt"
+    save_model(SlimCAE(widths=(12, 4)), str(other))
+    with pytest.raises(ValueError, match=r"--init file .*other.pt does not fit this model "
+                                         r"\(--widths \[8, 4\].*\): \d+ tensor\(s\) of another "
+                                         r"shape, e.g. \S+ \(\d+(, \d+)*\) against"):
+        Trainer(_cfg(image_dir, tmp_path / "c", init=str(other)), log=lambda *_: None)
