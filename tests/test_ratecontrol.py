@@ -72,3 +72,19 @@ def test_a_codec_without_widths_is_named():
         widths = []
     with pytest.raises(ValueError, match="NoWidths has no widths to choose from"):
         compress_to_target_bpp(NoWidths(), torch.zeros(1, 3, 4, 4), 1.0)
+
+
+def test_the_read_image_pair_is_named():
+    """(rd_table / width_for_target_bpp of read_image's (x, note) pair: AttributeError
+    "'tuple' object has no attribute 'shape'".)"""
+    from slimkernels import ratecontrol
+    from slimkernels.models import SlimCAE
+    m = SlimCAE(widths=(16, 8))
+    pair = (torch.rand(1, 3, 16, 16), None)
+    for fn, args in ((ratecontrol.rd_table, ()), (ratecontrol.width_for_target_bpp, (1.0,)),
+                     (ratecontrol.compress_to_target_bpp, (1.0,)),
+                     (ratecontrol.width_for_target_psnr, (30.0,))):
+        with pytest.raises(TypeError, match=r"expects the image as a tensor, got tuple "
+                                            r"\(slimkernels.io.read_image returns \(x, note\): "
+                                            r"pass x\)"):
+            fn(m, pair, *args)
