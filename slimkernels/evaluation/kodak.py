@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -394,13 +395,18 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
                  precision: str = "auto", limit: Optional[int] = None, classical: bool = True,
                  jpeg_qualities: Optional[Sequence[int]] = None,
                  webp_qualities: Optional[Sequence[int]] = None, streams: int = 1,
-                 plot: bool = True, progress: Optional[Callable[[str], None]] = None) -> Dict:
+                 plot: bool = True, progress: Optional[Callable[[str], None]] = None,
+                 overwrite: bool = False) -> Dict:
     """Full evaluation: SlimCAE per width, JPEG and WebP on the same images, the published
     Balle 2017 curve, BD-rates, the goal check; writes into ``out_dir``:
 
     ``slimcae.json``, ``jpeg.json``, ``webp.json``, ``balle2017.json`` (CompressAI results
     layout), ``summary.json`` (all of it plus BD-rates and goals), ``table.md``, ``rd.png`` and the
     ``.slim`` files under ``bitstreams/``.
+
+    An earlier evaluation in ``out_dir`` (any of :data:`OUTPUTS`) is a FileExistsError, or with
+    ``overwrite`` removed first: its JPEG / WebP results, plot and other widths' bitstreams had
+    stayed beside the new ones.
 
     Returns:
         ``{"slimcae": ..., "references": {name: curve}, "bd": {...}, "goals": {...},
@@ -409,6 +415,16 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
     from ..io import read_image
     from .classical import codec_available, evaluate_codec
 
+    earlier = [n for n in OUTPUTS if os.path.lexists(os.path.join(out_dir, n))]
+    if earlier and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds an evaluation ({', '.join(earlier)}): "
+                              f"choose another out_dir, or pass overwrite=True to replace it")
+    for n in earlier:
+        p = os.path.join(out_dir, n)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            os.remove(p)
     os.makedirs(out_dir, exist_ok=True)
     slim = evaluate(model, folder, widths, precision, limit, out_dir, streams, progress=progress)
     refs: Dict[str, Dict] = {}

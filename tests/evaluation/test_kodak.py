@@ -345,3 +345,21 @@ def test_widths_that_are_not_ints_are_refused():
     with pytest.raises(ValueError, match=r"widths \[12\] are not widths of this model"):
         check_widths(m, [12])
     assert check_widths(m, [8, 16, 8]) == [8, 16] and check_widths(m, None) == [8, 16]
+
+
+@needs_coder
+def test_evaluate_all_does_not_mix_two_runs(tiny_model, image_folder, tmp_path):
+    """(A second evaluate_all into the same folder left the first run's JPEG / WebP results,
+    plot and other widths' bitstreams beside the new ones.)"""
+    out = tmp_path / "ev"
+    kodak.evaluate_all(tiny_model, image_folder, str(out), classical=True, plot=False,
+                       jpeg_qualities=[50], webp_qualities=[50])
+    assert (out / "jpeg.json").exists() and (out / "bitstreams").is_dir()
+    with pytest.raises(FileExistsError, match=r"already holds an evaluation \(summary.json, "
+                                              r".*pass overwrite=True to replace it"):
+        kodak.evaluate_all(tiny_model, image_folder, str(out), widths=[8], classical=False,
+                           plot=False)
+    kodak.evaluate_all(tiny_model, image_folder, str(out), widths=[8], classical=False,
+                       plot=False, overwrite=True)
+    assert not (out / "jpeg.json").exists() and not (out / "webp.json").exists()
+    assert sorted(p.name for p in (out / "bitstreams").iterdir()) == ["w8"]
