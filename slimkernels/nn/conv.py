@@ -100,8 +100,9 @@ class SlimConv2d(_SlimMixin, nn.Conv2d):
     """``nn.Conv2d`` (same arguments, same state_dict keys) that runs at any active width.
 
     The input width is ``x.shape[1]``; the output width is ``width`` (per call), else the one set
-    by :meth:`set_width`, else the full ``out_channels``. The op reads
-    ``weight[:w_out, :w_in]`` in place. Square kernels/strides/paddings, groups=1, dilation=1.
+    by :meth:`set_width`, else the widest of ``widths`` (``out_channels`` by default). The op
+    reads ``weight[:w_out, :w_in]`` in place. Square kernels/strides/paddings, groups=1,
+    dilation=1.
 
     Args:
         widths: allowed output widths (default: only ``out_channels``).
@@ -137,7 +138,9 @@ class SlimConv2d(_SlimMixin, nn.Conv2d):
 class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` (same arguments and state_dict keys) at any active width.
 
-    Reads ``weight[:w_in, :w_out]`` (PyTorch's ``[C_in, C_out, k, k]`` layout) in place.
+    Reads ``weight[:w_in, :w_out]`` (PyTorch's ``[C_in, C_out, k, k]`` layout) in place; the
+    output width is as in :class:`SlimConv2d` (per call, :meth:`set_width`, else the widest of
+    ``widths``).
 
     Args:
         widths: allowed output widths (default: only ``out_channels``).
