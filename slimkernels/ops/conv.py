@@ -1373,12 +1373,25 @@ def _use_subpixel(kh: int, k: int, co: int, stride: int) -> bool:
     return stride > 1 and kh == k > stride and co * stride * stride <= SUBPIXEL_MAX_PHASE_CHANNELS
 
 
-@torch.compiler.disable   # (see below)
 def _subpixel_weight(w, b, s, p):
     """``[C_in, C_out, k, k]`` -> the ``[C_out*s*s, C_in, kc, kc]`` phase weight, (co, ry, rx)
     order, and the bias repeated per phase. Run eagerly under torch.compile: inductor's CPU
     code for the gather's backward (an accumulating index_put over 36 phase taps, vectorized by
     16 with a transposed tail) corrupted memory, "double free or corruption" (torch 2.13)."""
+    if torch.compiler.is_compiling():   # (the check imports nothing; disable() imports dynamo)
+        return _subpixel_weight_eager()(w, b, s, p)
+    return _subpixel_weight_impl(w, b, s, p)
+
+
+@functools.lru_cache(maxsize=None)
+def _subpixel_weight_eager():
+    """:func:`_subpixel_weight_impl` behind ``torch.compiler.disable`` (a graph break), made at
+    the first compiled call: decorating it at import pulled in torch._dynamo, ~0.9 s more for
+    every ``import slimkernels``."""
+    return torch.compiler.disable(_subpixel_weight_impl)
+
+
+def _subpixel_weight_impl(w, b, s, p):
     Ci, Co, k, _ = w.shape
     idx, lo, hi, kc = _subpixel_plan(k, s, p)
     wf = torch.cat([w.reshape(Ci, Co, k * k), w.new_zeros(Ci, Co, 1)], dim=2)

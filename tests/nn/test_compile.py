@@ -48,3 +48,12 @@ def test_layers_compile_with_gradients():
                        timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-3000:])
     assert r.stdout.split() == ["ok", "tconv", "ok", "conv", "ok", "gdn", "ok", "switch"]
+
+
+def test_importing_the_package_does_not_import_dynamo():
+    """(Making the compile workaround at import pulled in torch._dynamo: ~0.9 s more for every
+    `import slimkernels`, the command line's start included.)"""
+    r = subprocess.run([sys.executable, "-c", "import sys, slimkernels.models, slimkernels.cli, "
+                        "slimkernels.ops; print('torch._dynamo' in sys.modules)"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stdout + r.stderr
