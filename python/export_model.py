@@ -148,6 +148,9 @@ def main(argv=None) -> int:
         print(f"export_model: error: cannot write {args.output}: {e.strerror or e}",
               file=sys.stderr)
         return 1
+    except ValueError as e:   # (info the safe loader could not read back: nothing written)
+        print(f"export_model: error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(info, indent=1))
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB)")
     return 0

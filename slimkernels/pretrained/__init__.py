@@ -29,8 +29,9 @@ def bundled_model_path() -> Optional[str]:
 def save_model(model: SlimCAE, path: str, info: Optional[Dict] = None) -> None:
     """Save ``model`` (config + fp32 state_dict incl. CDF tables, built if missing) to ``path``.
 
-    ``info``: plain data stored with it (dicts with str keys, lists, tuples, str, int, float,
-    bool, None), which :func:`load_model`'s safe loader reads back.
+    ``info``: data stored with it, what :func:`load_model`'s safe loader
+    (``torch.load(weights_only=True)``) reads back: dicts, lists, tuples, str, numbers, bool,
+    None, tensors (not numpy values, paths or other objects).
 
     Raises:
         TypeError: ``model`` is not a :class:`SlimCAE` (:func:`load_model` rebuilds a SlimCAE
@@ -41,11 +42,12 @@ def save_model(model: SlimCAE, path: str, info: Optional[Dict] = None) -> None:
         raise TypeError(f"save_model writes a SlimCAE (load_model rebuilds one from the file's "
                         f"config), got {type(model).__name__}: save your own model's state_dict "
                         f"with torch.save and load it with load_state_dict")
-    bad = _not_plain(info or {}, "info")
-    if bad is not None:   # (checked before writing: the file would not load, and replace one)
-        raise ValueError(f"{bad[0]} is a {bad[1]}: info takes plain Python values (float(...), "
-                         f"int(...), str, bool, None, lists, dicts with str keys), the ones "
-                         f"load_model's safe loader reads")
+    why = _unloadable(dict(info or {}))
+    if why is not None:   # (checked before writing: the file would not load, and replace one)
+        where, what = _first_unloadable(dict(info or {}), "info")
+        raise ValueError(f"{where} is a {what}, which load_model's safe loader cannot read "
+                         f"({why}): give plain values in info (float(...), int(...), str, "
+                         f"lists, dicts, tensors)")
     if not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
         model.update()
     sd = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
@@ -55,25 +57,29 @@ def save_model(model: SlimCAE, path: str, info: Optional[Dict] = None) -> None:
     atomic_torch_save(obj, path)
 
 
-def _not_plain(v, where: str):
-    """``(where, type name)`` of the first value in ``v`` that is not plain data (see
-    :func:`save_model`), else None."""
-    if v is None or type(v) in (str, int, float, bool):
-        return None
-    if type(v) in (list, tuple):
-        for i, e in enumerate(v):
-            bad = _not_plain(e, f"{where}[{i}]")
-            if bad is not None:
-                return bad
-        return None
-    if type(v) is dict:
-        for k, e in v.items():
-            if type(k) is not str:
-                return f"the key {k!r} of {where}", type(k).__module__ + "." + type(k).__name__
-            bad = _not_plain(e, f"{where}[{k!r}]")
-            if bad is not None:
-                return bad
-        return None
+def _unloadable(v) -> Optional[str]:
+    """Why ``torch.load(weights_only=True)`` (:func:`load_model`'s safe loader) cannot read
+    ``v`` back after ``torch.save``, or None when it can."""
+    import io as _io
+    buf = _io.BytesIO()
+    try:
+        torch.save(v, buf)
+        buf.seek(0)
+        torch.load(buf, weights_only=True)
+    except Exception as e:   # noqa: BLE001 - any failure is the answer
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else \
+            type(e).__name__
+    return None
+
+
+def _first_unloadable(v, where: str, depth: int = 0):
+    """``(where, type name)`` of the innermost value of ``v`` the safe loader refuses (for the
+    message of :func:`save_model`), or ``(where, type of v)`` when no part of it alone is."""
+    if depth < 20 and isinstance(v, (dict, list, tuple)):
+        items = v.items() if isinstance(v, dict) else enumerate(v)
+        for k, e in items:
+            if e is not v and _unloadable(e) is not None:
+                return _first_unloadable(e, f"{where}[{k!r}]", depth + 1)
     t = type(v)
     return where, (t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}")
 
