@@ -143,8 +143,10 @@ class TrainConfig:
             raise ValueError(f"--widths {list(self.widths)}: must be distinct and widest first "
                              f"(e.g. {sorted(set(self.widths), reverse=True)}), each lambda "
                              f"paired with the width at its place")
-        if self.lambdas is not None and any(not 0 < lam < math.inf for lam in self.lambdas):
-            raise ValueError(f"--lambdas {self.lambdas}: must be finite and > 0")
+        if self.lambdas is not None and any(
+                isinstance(lam, bool) or not isinstance(lam, numbers.Real) or
+                not 0 < lam < math.inf for lam in self.lambdas):
+            raise ValueError(f"--lambdas {self.lambdas}: must be finite and > 0 (numbers)")
         if self.init_continue and not self.init:
             raise ValueError("--init-continue continues the step count and lambdas of an --init "
                              "file: give --init MODEL (or leave out --init-continue)")
@@ -322,6 +324,23 @@ def _torch_load(path: str, device, what: str, todo: str):
     return load_torch_file(path, f"{what} {{path}} is not readable ({{error}}); {todo}", device)
 
 
+def _plain_config(cfg: "TrainConfig") -> "TrainConfig":
+    """A copy of ``cfg`` (checked) with Python numbers where numpy ones were given: the
+    checkpoint stores the config, and the safe loader of ``load_model`` and of a resume refuses
+    numpy scalars (``lr=np.float64(1e-4)`` trained, then its checkpoint did not load)."""
+    out = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.type in ("float", "Optional[float]") and v is not None:
+            v = float(v)
+        elif f.type in ("int", "Optional[int]") and v is not None:
+            v = int(v)
+        out[f.name] = v
+    out["widths"] = [int(w) for w in cfg.widths]
+    out["lambdas"] = None if cfg.lambdas is None else [float(lam) for lam in cfg.lambdas]
+    return dataclasses.replace(cfg, **out)
+
+
 class _RunLock:
     """An exclusive lock on a run folder (``<out>/.lock``, ``flock``: released when the process
     ends, however it ends), holding the owner's pid for the message another trainer gets.
@@ -370,8 +389,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, log=print):
         cfg.check()
         # an own copy: the unset lambdas and schedule start are resolved into it (and saved)
-        self.cfg = cfg = dataclasses.replace(cfg, lambdas=None if cfg.lambdas is None
-                                             else list(cfg.lambdas))
+        self.cfg = cfg = _plain_config(cfg)
         check_quantization(cfg.quantization)
         self.rank, self.world = _rank_world()
         self._print = log
@@ -505,10 +523,12 @@ class Trainer:
                 other = [k for k, v in sd.items() if k in mine and
                          getattr(v, "shape", None) != mine[k].shape]
                 if other:   # (torch's size-mismatch error lists every key)
+                    got = getattr(sd[other[0]], "shape", None)
                     raise ValueError(f"--init file {cfg.init} does not fit this model (--widths "
                                      f"{cfg.widths}, --gdn {cfg.gdn}): {len(other)} tensor(s) of "
-                                     f"another shape, e.g. {other[0]} {tuple(sd[other[0]].shape)} "
-                                     f"against {tuple(mine[other[0]].shape)} here")
+                                     f"another shape, e.g. {other[0]} "
+                                     f"{'not a tensor' if got is None else tuple(got)} against "
+                                     f"{tuple(mine[other[0]].shape)} here")
                 self.model.load_state_dict(sd)
                 msg = f"initialized weights from {cfg.init}"
                 if cfg.init_continue:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import re
@@ -804,3 +805,18 @@ def test_config_and_init_mistakes_read_clearly(image_dir, tmp_path):
                                          r"\(--widths \[8, 4\].*\): \d+ tensor\(s\) of another "
                                          r"shape, e.g. \S+ \(\d+(, \d+)*\) against"):
         Trainer(_cfg(image_dir, tmp_path / "c", init=str(other)), log=lambda *_: None)
+
+
+def test_numpy_numbers_in_the_config_leave_a_loadable_checkpoint(image_dir, tmp_path):
+    """(lr=np.float64(1e-4) or numpy lambdas trained, then load_model and the resume refused the
+    checkpoint: the safe loader does not read numpy scalars.)"""
+    from slimkernels.pretrained import load_model
+    cfg = _cfg(image_dir, tmp_path / "np", steps=1, val_every=0, lr=np.float64(1e-4),
+               lambdas=[np.float64(0.01), np.float32(0.002)], batch=np.int64(2))
+    t = Trainer(cfg, log=lambda *_: None).fit()
+    assert type(t.cfg.lr) is float and type(t.cfg.batch) is int
+    assert [type(v) for v in t.cfg.lambdas] == [float, float]
+    assert load_model(str(tmp_path / "np" / "checkpoint.pt")).widths == [8, 4]
+    assert Trainer(dataclasses.replace(cfg, steps=2), log=lambda *_: None).fit().step == 2
+    with pytest.raises(ValueError, match=r"--lambdas \['a', 0.002\]: must be finite and > 0"):
+        Trainer(_cfg(image_dir, tmp_path / "x", lambdas=["a", 0.002]), log=lambda *_: None)
