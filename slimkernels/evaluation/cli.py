@@ -92,7 +92,7 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
     if small:
         return err(f"{small[0]}: {small[1]}x{small[2]} pixels; MS-SSIM (part of every "
                    f"evaluation) needs both sides > {small[3]}")
-    earlier = [n for n in OUTPUTS if os.path.exists(os.path.join(args.out, n))]
+    earlier = [n for n in OUTPUTS if os.path.lexists(os.path.join(args.out, n))]   # (links too)
     if earlier and not args.force:
         return err(f"{args.out} already holds an evaluation ({', '.join(earlier)}): choose "
                    f"another --out, or pass --force to replace it")

@@ -247,6 +247,13 @@ def test_cli_end_to_end(tiny_model, image_folder, tmp_path, capsys):
     # summary, which has neither)
     assert not (out / "jpeg.json").exists() and not (out / "webp.json").exists()
     assert sorted(os.listdir(out / "bitstreams")) == ["w8"]
+    # a dangling link among the outputs counts as earlier output too (the command line had
+    # missed it and the library's refusal then named overwrite=True)
+    os.remove(out / "rd.png")
+    os.symlink(out / "nowhere.png", out / "rd.png")
+    assert run_eval(_args(again)) == 2
+    assert "already holds an evaluation (" in capsys.readouterr().err
+    assert run_eval(_args(again + ["--force"])) == 0
 
 
 def test_force_keeps_the_earlier_evaluation_when_the_new_one_fails(tiny_model, image_folder,
