@@ -64,10 +64,14 @@ def _atomic_write(path: str, write, overwrite: bool) -> None:
         mode_now = os.lstat(path).st_mode
     except OSError:
         mode_now = None
-    if mode_now is not None and not (stat.S_ISREG(mode_now) or stat.S_ISLNK(mode_now)):
+    link_to_other = mode_now is not None and stat.S_ISLNK(mode_now) and \
+        os.path.exists(path) and not os.path.isfile(path)   # (/dev/stdout: a link to a device)
+    if mode_now is not None and not (stat.S_ISREG(mode_now) or stat.S_ISLNK(mode_now)) or \
+            link_to_other:
         # (os.replace would put a regular file in the place of /dev/null or a FIFO, as root)
         raise FileExistsError(f"{path} exists and is not a regular file (a folder, device, FIFO "
-                              f"or socket): not replacing it, even with overwrite=True / --force")
+                              f"or socket, or a link to one): not replacing it, even with "
+                              f"overwrite=True / --force")
     if os.path.exists(path) and not overwrite:
         raise exists_error()
     folder = os.path.dirname(os.path.abspath(path))
@@ -290,6 +294,8 @@ def image_to_png_bytes(x: torch.Tensor, fmt: str = "PNG") -> bytes:
         shape = tuple(getattr(x, 'shape', ())) or type(x).__name__
         hint = ("a batch: encode its images one by one" if isinstance(x, torch.Tensor) and
                 x.dim() == 4 and x.shape[0] != 1 else "RGB: 3 channels, first after the batch")
+        if not isinstance(x, torch.Tensor):
+            hint = "a torch.Tensor: torch.from_numpy(...) for an array"
         raise ValueError(f"image_to_png_bytes expects one RGB image [1, 3, H, W] or [3, H, W], "
                          f"got {shape} ({hint})")
     if not x.is_floating_point():   # (uint8 0..255 was clamped to [0, 1]: a white image)

@@ -282,12 +282,15 @@ def test_overwrite_never_replaces_a_folder_device_or_fifo(tmp_path):
     os.mkfifo(fifo)
     folder = tmp_path / "dir.slim"
     folder.mkdir()
-    for p in (fifo, folder):
+    link = tmp_path / "link.slim"       # a link to one of them (as /dev/stdout is)
+    os.symlink(fifo, link)
+    for p in (fifo, folder, link):
         with pytest.raises(FileExistsError, match=r"exists and is not a regular file \(a folder, "
-                                                  r"device, FIFO or socket\): not replacing it"):
+                                                  r"device, FIFO or socket, or a link to one\): "
+                                                  r"not replacing it"):
             sio.atomic_write_bytes(str(p), b"abc", overwrite=True)
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and folder.is_dir()
-    assert sorted(os.listdir(tmp_path)) == ["dir.slim", "pipe.slim"]   # (no temporary left)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and folder.is_dir() and link.is_symlink()
+    assert sorted(os.listdir(tmp_path)) == ["dir.slim", "link.slim", "pipe.slim"]   # (no temp)
 
 
 def test_overwrite_replaces_a_link_not_its_target(tmp_path):
@@ -306,6 +309,7 @@ def test_overwrite_replaces_a_link_not_its_target(tmp_path):
     (torch.full((1, 3, 4, 4), float("nan")), "holds NaN or inf values"),
     (torch.rand(2, 3, 4, 4), r"got \(2, 3, 4, 4\) \(a batch: encode its images one by one\)"),
     (torch.rand(1, 1, 4, 4), r"got \(1, 1, 4, 4\) \(RGB: 3 channels, first after the batch\)"),
+    (torch.rand(3, 4, 4).numpy(), r"got \(3, 4, 4\) \(a torch.Tensor: torch.from_numpy"),
 ])
 def test_image_to_png_bytes_refuses_what_it_would_turn_into_another_image(x, match):
     """(uint8 0..255 came out nearly white, NaN black; a 1-channel image was told it was a
