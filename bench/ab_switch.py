@@ -153,6 +153,42 @@ def table(name: str, values: Sequence, rows: List[Dict]) -> str:
     return "\n".join(out)
 
 
+def add_run_options(ap: argparse.ArgumentParser, widths: str, rounds: int,
+                    rounds_help: str) -> None:
+    """The options this tool shares with bench/width_scaling.py: ``--widths`` (default
+    ``widths``), ``--ops``, ``--rounds`` (default ``rounds``), ``--threads``, ``--precision``,
+    ``--image``."""
+    ap.add_argument("--widths", default=widths,
+                    help=f"comma-separated widths of the model (default {widths})")
+    ap.add_argument("--ops", default="compress,decompress",
+                    help="compress and / or decompress, comma-separated (default both)")
+    ap.add_argument("--rounds", type=int, default=rounds,
+                    help=f"{rounds_help} (default {rounds})")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="the precision argument of compress / decompress (default auto)")
+    ap.add_argument("--image", default=None, help="image file (default Kodak kodim01)")
+
+
+def parse_ops(prog: str, text: str) -> List[str]:
+    """``--ops``: a list of ``OPS``; SystemExit naming ``prog`` otherwise."""
+    ops = [o.strip() for o in text.split(",")]
+    if not ops or any(o not in OPS for o in ops):
+        raise SystemExit(f"{prog}: --ops {text!r}: give compress and / or decompress")
+    return ops
+
+
+def check_run(prog: str, model, widths: Sequence[int], image_path):
+    """SystemExit naming ``prog`` for widths the model lacks or a missing ``--image``; else
+    the image ``[1, 3, H, W]`` (``--image``, default kodim01: bench/e2e.py)."""
+    bad = [w for w in widths if w not in model.widths]
+    if bad:
+        raise SystemExit(f"{prog}: --widths {bad} are not the model's ({model.widths})")
+    if image_path is not None and not os.path.exists(image_path):
+        raise SystemExit(f"{prog}: --image {image_path}: no such file")
+    return load_image(image_path)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,   # the whole docstring, as written
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,16 +197,7 @@ def main(argv=None) -> int:
                     help="the module holding it (default slimkernels.ops.conv)")
     ap.add_argument("--values", default=None,
                     help="comma-separated Python literals (default False,True for a bool)")
-    ap.add_argument("--widths", default="48,192",
-                    help="comma-separated widths of the bundled model (default 48,192)")
-    ap.add_argument("--ops", default="compress,decompress",
-                    help="compress and / or decompress, comma-separated (default both)")
-    ap.add_argument("--rounds", type=int, default=30,
-                    help="timed rounds per width and op, each value once a round (default 30)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                    help="the precision argument of compress / decompress (default auto)")
-    ap.add_argument("--image", default=None, help="image file (default Kodak kodim01)")
+    add_run_options(ap, "48,192", 30, "timed rounds per width and op, each value once a round")
     a = ap.parse_args(argv)
     mod = _switch_module(a.switch, a.module)
     values = _values(a.values, getattr(mod, a.switch))
@@ -179,21 +206,12 @@ def main(argv=None) -> int:
     except ValueError:
         raise SystemExit(f"ab_switch: --widths {a.widths!r}: give comma-separated widths, e.g. "
                          f"48,192") from None
-    ops = [o.strip() for o in a.ops.split(",")]
-    if not ops or any(o not in OPS for o in ops):
-        raise SystemExit(f"ab_switch: --ops {a.ops!r}: give compress and / or decompress")
+    ops = parse_ops("ab_switch", a.ops)
     if a.rounds < 1 or a.threads < 1:
         raise SystemExit("ab_switch: --rounds and --threads must be at least 1")
     from slimkernels.pretrained import load_model
     model = load_model()
-    bad = [w for w in widths if w not in model.widths]
-    if bad:
-        raise SystemExit(f"ab_switch: --widths {bad} are not the model's ({model.widths})")
-    image = None
-    if a.image is not None:
-        if not os.path.exists(a.image):
-            raise SystemExit(f"ab_switch: --image {a.image}: no such file")
-        image = load_image(a.image)
+    image = check_run("ab_switch", model, widths, a.image)
     rows = compare(a.switch, values, widths, ops, a.rounds, a.threads, a.module, image,
                    a.precision, model)
     print(f"`python bench/ab_switch.py {' '.join(sys.argv[1:] if argv is None else argv)}`: "

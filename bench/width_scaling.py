@@ -29,8 +29,7 @@ import time
 from typing import Dict, List, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ab_switch import rotation  # noqa: E402
-from e2e import load_image  # noqa: E402  (bench/e2e.py also puts this checkout first on the path)
+from ab_switch import add_run_options, check_run, parse_ops, rotation  # noqa: E402
 
 OPS = ("compress", "decompress")
 
@@ -140,20 +139,12 @@ def table(rows: List[Dict]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,   # the whole docstring, as written
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--widths", default="192,48", help="comma-separated (default 192,48)")
+    add_run_options(ap, "192,48", 5, "rounds over every configuration")
     ap.add_argument("--sizes", default="64,256,0",
                     help="centre-crop sides, 0 = the whole image (default 64,256,0)")
-    ap.add_argument("--ops", default="compress,decompress",
-                    help="compress and / or decompress (default both)")
-    ap.add_argument("--rounds", type=int, default=5,
-                    help="rounds over every configuration (default 5)")
     ap.add_argument("--warm", type=int, default=3,
                     help="untimed calls before each block (default 3)")
     ap.add_argument("--calls", type=int, default=8, help="timed calls per block (default 8)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                    help="transform precision (default auto)")
-    ap.add_argument("--image", default=None, help="image file (default Kodak kodim01)")
     ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
     ap.add_argument("--md", default=None, help="also write the tables to this Markdown file")
     a = ap.parse_args(argv)
@@ -164,28 +155,21 @@ def main(argv=None) -> int:
         raise SystemExit(f"width_scaling: --widths {a.widths!r} / --sizes {a.sizes!r}: give "
                          f"comma-separated integers, e.g. --widths 192,48 --sizes 64,256,0"
                          ) from None
-    ops = [o.strip() for o in a.ops.split(",")]
-    if not ops or any(o not in OPS for o in ops):
-        raise SystemExit(f"width_scaling: --ops {a.ops!r}: give compress and / or decompress")
+    ops = parse_ops("width_scaling", a.ops)
     if len(set(sizes)) < 2 or any(s < 0 for s in sizes):
         raise SystemExit(f"width_scaling: --sizes {a.sizes!r}: give at least two different "
                          f"sizes >= 0 (the cost per pixel is a fit over them)")
     if min(a.rounds, a.calls, a.threads) < 1 or a.warm < 0:
         raise SystemExit("width_scaling: --rounds, --calls and --threads must be at least 1, "
                          "--warm at least 0")
-    if a.image is not None and not os.path.exists(a.image):
-        raise SystemExit(f"width_scaling: --image {a.image}: no such file")
     from slimkernels.pretrained import load_model
     try:
         model = load_model(a.model)
     except (OSError, ValueError) as e:
         raise SystemExit(f"width_scaling: --model: {e}") from None
-    bad = [w for w in widths if w not in model.widths]
-    if bad:
-        raise SystemExit(f"width_scaling: --widths {bad} are not the model's ({model.widths})")
-    image = load_image(a.image)
+    image = check_run("width_scaling", model, widths, a.image)
     try:
-        pixels = {crop(image, s).shape[-2] * crop(image, s).shape[-1] for s in sizes}
+        pixels = {c.shape[-2] * c.shape[-1] for c in (crop(image, s) for s in sizes)}
     except ValueError as e:
         raise SystemExit(f"width_scaling: --sizes: {e}") from None
     if len(pixels) < 2:   # (0 is the whole image: 256 and 0 on a 256x256 image are one size)
