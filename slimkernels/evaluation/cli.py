@@ -51,7 +51,8 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
     Ctrl-C), removed when it succeeds. ``prog``: the name the errors show.
     """
     from ..pretrained import load_model
-    from .kodak import OUTPUTS, check_widths, evaluate_all, list_images
+    from .kodak import (OUTPUTS, check_widths, earlier_outputs, evaluate_all,
+                        list_images)
 
     def err(msg: str) -> int:
         print(f"{prog}: error: {msg}", file=sys.stderr)
@@ -92,7 +93,7 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
     if small:
         return err(f"{small[0]}: {small[1]}x{small[2]} pixels; MS-SSIM (part of every "
                    f"evaluation) needs both sides > {small[3]}")
-    earlier = [n for n in OUTPUTS if os.path.lexists(os.path.join(args.out, n))]   # (links too)
+    earlier = earlier_outputs(args.out)
     if earlier and not args.force:
         return err(f"{args.out} already holds an evaluation ({', '.join(earlier)}): choose "
                    f"another --out, or pass --force to replace it")
@@ -154,13 +155,8 @@ def _set_aside(out: str, names: List[str]) -> Optional[str]:
 def _restore(out: str, names, aside: Optional[str]) -> None:
     """After a failed run: its outputs named in ``names`` go, and what :func:`_set_aside` moved
     to ``aside`` (None: nothing) comes back."""
-    import shutil
-    for n in names:
-        p = os.path.join(out, n)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p)
-        elif os.path.lexists(p):
-            os.remove(p)
+    from .kodak import remove_outputs
+    remove_outputs(out, names)
     if aside is None:
         return
     for n in os.listdir(aside):

@@ -391,6 +391,22 @@ OUTPUTS = ("summary.json", "slimcae.json", "table.md", "rd.png", "jpeg.json", "w
            "balle2017.json", "bitstreams")
 
 
+def earlier_outputs(out_dir: str) -> List[str]:
+    """The names of :data:`OUTPUTS` in ``out_dir`` (links too, dangling ones included)."""
+    return [n for n in OUTPUTS if os.path.lexists(os.path.join(out_dir, n))]
+
+
+def remove_outputs(out_dir: str, names) -> None:
+    """Remove ``names`` (of :data:`OUTPUTS`) from ``out_dir``: folders with what they hold, a
+    link itself (not its target); missing ones are skipped."""
+    for n in names:
+        p = os.path.join(out_dir, n)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            os.remove(p)
+
+
 def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int]] = None,
                  precision: str = "auto", limit: Optional[int] = None, classical: bool = True,
                  jpeg_qualities: Optional[Sequence[int]] = None,
@@ -415,16 +431,11 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
     from ..io import read_image
     from .classical import codec_available, evaluate_codec
 
-    earlier = [n for n in OUTPUTS if os.path.lexists(os.path.join(out_dir, n))]
+    earlier = earlier_outputs(out_dir)
     if earlier and not overwrite:
         raise FileExistsError(f"{out_dir} already holds an evaluation ({', '.join(earlier)}): "
                               f"choose another out_dir, or pass overwrite=True to replace it")
-    for n in earlier:
-        p = os.path.join(out_dir, n)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p)
-        else:
-            os.remove(p)
+    remove_outputs(out_dir, earlier)
     os.makedirs(out_dir, exist_ok=True)
     slim = evaluate(model, folder, widths, precision, limit, out_dir, streams, progress=progress)
     refs: Dict[str, Dict] = {}
