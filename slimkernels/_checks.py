@@ -1,6 +1,6 @@
 """Argument checks shared by the layers, the ops, the codec, the container, the command line and
 the trainer: ints that are ints (a float or a string was truncated by ``int()``), widths, thread
-counts."""
+counts, images passed as tensors."""
 import numbers
 import operator
 import os
@@ -56,3 +56,13 @@ def width_list(widths: Iterable, where: str, full: Optional[int] = None) -> List
             raise ValueError(f"{where}: widths {bad} are outside 1..{full} (the layer's output "
                              f"channels)")
     return out
+
+
+def check_image_tensor(x, fn: str) -> None:
+    """TypeError unless ``x`` is a ``torch.Tensor`` (``fn``: the function named in the message;
+    the ``(x, note)`` pair of :func:`slimkernels.io.read_image` is named as such)."""
+    import torch
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn} expects the image as a tensor, got {type(x).__name__}"
+                        + (" (slimkernels.io.read_image returns (x, note): pass x)"
+                           if isinstance(x, tuple) else ""))

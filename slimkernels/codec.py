@@ -50,7 +50,7 @@ from ._cpu import _module as _cpu_module, cpu_kernels, switched_off as _cpu_swit
 from .ops.image_io import bf16_to_image, image_to_bf16, value_range
 from ._hooks import runs_more_than_forward
 from ._state import cached_on_module, first_non_finite, state_tensors
-from ._checks import as_width, width_list
+from ._checks import as_width, check_image_tensor, width_list
 from .nn.entropy import check_quantization
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
@@ -938,10 +938,7 @@ class SlimCodec(nn.Module):
                 inf reach the latent).
             RuntimeError: :meth:`update` was not called.
         """
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"compress expects the image as a tensor, got {type(x).__name__}"
-                            + (" (slimkernels.io.read_image returns (x, note): pass x)"
-                               if isinstance(x, tuple) else ""))
+        check_image_tensor(x, "compress")
         width = self._width(width)
         if x.dim() == 3:
             x = x[None]

@@ -11,6 +11,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ._checks import check_image_tensor
+
 try:
     from typing import Protocol
 except ImportError:  # pragma: no cover - Python < 3.8
@@ -48,7 +50,7 @@ def rd_table(model: Codec, x: torch.Tensor, precision: str = "auto",
     ``[{"width": int, "bpp": float, "psnr": float, "bytes": int}]``, widest first (bpp of the
     whole ``.slim`` file; PSNR in dB on 8-bit rounded RGB, ``inf`` for a lossless result).
     ``compress_kwargs`` (e.g. ``streams=``) go to every ``model.compress`` call."""
-    _check_tensor(x, "rd_table")
+    check_image_tensor(x, "rd_table")
     H, W = x.shape[-2:]
     ref = x.clamp(0, 1).mul(255).round()
     out = []
@@ -59,15 +61,6 @@ def rd_table(model: Codec, x: torch.Tensor, precision: str = "auto",
         psnr = 10 * math.log10(255 ** 2 / mse) if mse > 0 else float("inf")
         out.append({"width": w, "bpp": 8 * len(data) / (H * W), "psnr": psnr, "bytes": len(data)})
     return out
-
-
-def _check_tensor(x, fn: str) -> None:
-    """TypeError unless ``x`` is a tensor, as ``compress`` words it (it was an AttributeError
-    from ``x.shape`` for the ``(x, note)`` pair of :func:`slimkernels.io.read_image`)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{fn} expects the image as a tensor, got {type(x).__name__}"
-                        + (" (slimkernels.io.read_image returns (x, note): pass x)"
-                           if isinstance(x, tuple) else ""))
 
 
 def _positive_target(t, what: str) -> float:
@@ -119,7 +112,7 @@ def compress_to_target_bpp(model: Codec, x: torch.Tensor, target_bpp: float,
         ValueError: ``target_bpp`` not a finite number > 0, or a model without widths.
     """
     target_bpp = _positive_target(target_bpp, "target bpp")
-    _check_tensor(x, "compress_to_target_bpp")
+    check_image_tensor(x, "compress_to_target_bpp")
     H, W = x.shape[-2:]
     widths = _widest_first(model)
     if not widths:
