@@ -426,7 +426,7 @@ def cmd_compress(args) -> int:
 
 
 def cmd_decompress(args) -> int:
-    from .container import SlimFormatError, read_bytes
+    from .container import ModelMismatchError, SlimFormatError, read_bytes
     from .io import atomic_write_bytes, image_to_png_bytes
 
     _set_threads(args)
@@ -446,10 +446,10 @@ def cmd_decompress(args) -> int:
             dt = time.perf_counter() - t0
         except FileNotFoundError:
             raise CLIError(f"{src} does not exist") from None
+        except ModelMismatchError as e:
+            raise CLIError(f"{src}: {e} (--model MODEL picks the model file)") from None
         except SlimFormatError as e:
-            hint = (" (--model MODEL picks the model file)" if "different model" in str(e)
-                    else "")
-            raise CLIError(f"{src}: {e}{hint}") from None
+            raise CLIError(f"{src}: {e}") from None
         atomic_write_bytes(dst, image_to_png_bytes(x, fmt), overwrite=args.force)
         if not args.quiet:
             say(f"{src} -> {dst}: {x.shape[-1]}x{x.shape[-2]}, {dt * 1e3:.1f} ms")

@@ -1018,7 +1018,7 @@ class SlimCodec(nn.Module):
         f = container.unpack(data)
         mine = self._coding_id("decompress")
         if f.model_id != mine:
-            raise container.SlimFormatError(
+            raise container.ModelMismatchError(
                 f"this file was written with a different model (id {f.model_id.hex()}); this "
                 f"model's id is {mine.hex()}: decode it with the model that wrote it")
         if f.width not in self.widths:

@@ -31,7 +31,7 @@ from typing import Dict
 
 from ._checks import is_int
 
-__all__ = ["SlimFile", "SlimFormatError", "pack", "unpack", "read", "read_bytes", "check_magic",
+__all__ = ["SlimFile", "SlimFormatError", "ModelMismatchError", "pack", "unpack", "read", "read_bytes", "check_magic",
            "check_metadata",
            "write", "MAGIC", "FORMAT_VERSION", "MAX_SIDE"]
 
@@ -44,6 +44,11 @@ MAX_SIDE = 1 << 20
 
 class SlimFormatError(ValueError):
     """A ``.slim`` byte string that cannot be read; the message says why."""
+
+
+class ModelMismatchError(SlimFormatError):
+    """A valid ``.slim`` file written by another model (its model id differs): decode it with
+    the model that wrote it."""
 
 
 @dataclass

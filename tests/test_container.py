@@ -155,3 +155,18 @@ def test_write_takes_a_slim_file_not_bytes(tmp_path):
     assert not (tmp_path / "a.slim").exists()
     C.write(str(tmp_path / "a.slim"), C.unpack(data))
     assert (tmp_path / "a.slim").read_bytes() == data
+
+
+def test_another_models_file_is_a_model_mismatch():
+    """decompress of a file written by another model raises ModelMismatchError, a
+    SlimFormatError (the command line adds its --model hint on the type, not on the text)."""
+    import torch
+    from slimkernels.models import SlimCAE
+    torch.manual_seed(0)
+    a, b = SlimCAE(widths=(16, 8)).eval(), SlimCAE(widths=(16, 8)).eval()
+    a.update()
+    b.update()
+    data = a.compress(torch.rand(1, 3, 32, 32), 8)
+    with pytest.raises(C.ModelMismatchError, match="written with a different model"):
+        b.decompress(data)
+    assert issubclass(C.ModelMismatchError, C.SlimFormatError)
