@@ -615,6 +615,20 @@ def test_another_models_file_names_the_model_option(model_file, images, tmp_path
     assert "written with a different model" in err and "(--model MODEL picks the model file)" in err
 
 
+def _stop_compress_at(monkeypatch, n: int, stop):
+    """Make the ``n``-th ``SlimCAE.compress`` call raise ``stop``; returns the list that
+    counts the calls."""
+    calls, real = [], SlimCAE.compress
+
+    def flaky(self, *a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise stop("stopped")
+        return real(self, *a, **k)
+    monkeypatch.setattr(SlimCAE, "compress", flaky)
+    return calls
+
+
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, RuntimeError])
 def test_a_batch_stopped_on_a_file_it_has_not_replaced_yet_leaves_no_copy(
         model_file, images, tmp_path, monkeypatch, capsys, stop):
@@ -625,15 +639,7 @@ def test_a_batch_stopped_on_a_file_it_has_not_replaced_yet_leaves_no_copy(
     srcs = [images["RGB"], images["L"]]
     for name in ("img_RGB.slim", "img_L.slim"):
         (outdir / name).write_bytes(b"old " + name.encode())
-    calls = []
-    real = SlimCAE.compress
-
-    def flaky(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise stop("stopped")
-        return real(self, *a, **k)
-    monkeypatch.setattr(SlimCAE, "compress", flaky)
+    _stop_compress_at(monkeypatch, 2, stop)
     assert main(["compress", *srcs, str(outdir), "--model", model_file, "-f", "-q"]) in (1, 130)
     assert "put back the 2 file(s) it had replaced" in capsys.readouterr().err
     assert sorted(os.listdir(outdir)) == ["img_L.slim", "img_RGB.slim"]
@@ -652,15 +658,8 @@ def test_a_stopped_forced_batch_puts_back_what_it_replaced(model_file, images, t
     srcs = [images["RGB"], images["L"], images["RGBA"]]
     (outdir / "img_RGB.slim").write_bytes(b"old RGB")
     (outdir / "img_L.slim").write_bytes(b"old L")
-    calls = []
     real = SlimCAE.compress
-
-    def flaky(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise stop("stopped")
-        return real(self, *a, **k)
-    monkeypatch.setattr(SlimCAE, "compress", flaky)
+    calls = _stop_compress_at(monkeypatch, 3, stop)
     rc = main(["compress", *srcs, str(outdir), "--model", model_file, "-f", "-q"])
     assert rc == (130 if stop is KeyboardInterrupt else 1) and len(calls) == 3
     err = capsys.readouterr().err
