@@ -60,9 +60,13 @@ def width_list(widths: Iterable, where: str, full: Optional[int] = None) -> List
 
 def check_image_tensor(x, fn: str) -> None:
     """TypeError unless ``x`` is a ``torch.Tensor`` (``fn``: the function named in the message;
-    the ``(x, note)`` pair of :func:`slimkernels.io.read_image` is named as such)."""
+    the ``(x, note)`` pair of :func:`slimkernels.io.read_image` is named as such); ValueError
+    for a tensor on the meta device (shapes only: there are no pixels to code)."""
     import torch
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{fn} expects the image as a tensor, got {type(x).__name__}"
                         + (" (slimkernels.io.read_image returns (x, note): pass x)"
                            if isinstance(x, tuple) else ""))
+    if x.is_meta:
+        raise ValueError(f"{fn}: the image is a meta tensor (a shape without values): pass "
+                         f"its pixels, e.g. from slimkernels.io.read_image")

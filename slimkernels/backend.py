@@ -3,7 +3,9 @@
 Rules, in order:
 1. an explicit ``backend=`` argument of an op (``"triton"`` or ``"torch"``);
 2. the environment variable ``SLIMKERNELS_BACKEND`` (``triton`` | ``torch``);
-3. the tensor's device: CUDA tensors run the Triton kernels, CPU tensors the PyTorch path.
+3. the tensor's device: CUDA tensors run the Triton kernels, CPU tensors the PyTorch path
+   (the CPU kernels of ``slimkernels._cpu_kernels`` where they apply); the PyTorch path on
+   any other device (or on CUDA when forced) runs PyTorch's own ops on the weight slices.
 
 Triton kernels on CPU tensors are only possible under Triton's interpreter
 (``TRITON_INTERPRET=1`` set before ``triton`` is imported); that is how CI tests them.

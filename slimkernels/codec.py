@@ -49,6 +49,7 @@ from . import coding, container
 from ._cpu import _module as _cpu_module, cpu_kernels, switched_off as _cpu_switched_off
 from .ops.image_io import bf16_to_image, image_to_bf16, value_range
 from ._hooks import runs_more_than_forward
+from ._amp import no_autocast
 from ._state import cached_on_module, first_non_finite, state_tensors
 from ._checks import as_width, check_image_tensor, width_list
 from .nn.entropy import check_quantization
@@ -455,7 +456,7 @@ def _quantize_counted(eb, y: torch.Tensor, medians: Optional[torch.Tensor] = Non
     m = eb.medians().view(1, -1, 1, 1)
     if y.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         y = y.float()          # e.g. float64: round to fp32 first, as the entropy model does
-    with torch.autocast(device_type=y.device.type, enabled=False):
+    with no_autocast(y.device.type):
         out = torch.sub(y, m).round_().to(torch.int32, memory_format=torch.contiguous_format)
     bad = int((out == torch.iinfo(torch.int32).min).sum())
     return (out.cpu().numpy(), bad) if as_numpy else (out, bad)
@@ -482,7 +483,7 @@ def _dequantize(eb, sym: torch.Tensor, channels_last: bool = False,
                               torch.get_num_threads(), int(dtype == torch.bfloat16))
         return out
     m = eb.medians().view(1, -1, 1, 1)
-    with torch.autocast(device_type=sym.device.type, enabled=False):
+    with no_autocast(sym.device.type):
         y = torch.add(sym, m)
     return _dense(y, dtype, torch.channels_last) if channels_last else y.to(dtype)
 
@@ -737,7 +738,9 @@ class SlimCodec(nn.Module):
 
     def update(self, force: bool = True) -> bool:
         """Build the integer CDF tables (int32 buffers) of every width; call after training and
-        before :meth:`compress`. Returns True when tables were (re)built."""
+        before :meth:`compress`. Returns True when tables were (re)built. ValueError for a
+        model on the meta device."""
+        self._refuse_meta("update")
         return self.entropy_bottleneck.update(force)
 
     def _latent_plan(self, eb, width: int):
@@ -761,7 +764,8 @@ class SlimCodec(nn.Module):
         """16-byte id (``bytes`` of length 16) of this model's config and weights (see
         :func:`model_fingerprint`). Cached until a parameter or buffer changes (tracked by the
         tensors' version counters), a module is added, removed or replaced, or the config
-        changes."""
+        changes. ValueError for a model on the meta device (no values to hash)."""
+        self._refuse_meta("model_id")
         return self._checked_id()[0]
 
     def _checked_id(self):
@@ -811,6 +815,17 @@ class SlimCodec(nn.Module):
                              f"entropy_bottleneck in __init__ (docs/tutorial_custom_codec.md)")
         return p
 
+    def _refuse_meta(self, op: str) -> torch.Tensor:
+        """The first parameter; ValueError when the weights are on the meta device (a model
+        built for shapes only: ``op`` needs values)."""
+        p = self._first_parameter()
+        if p.is_meta:
+            raise ValueError(f"{op} needs the model's weights, but they are on the meta device "
+                             f"(shapes without values): load them first, e.g. "
+                             f"model.to_empty(device='cpu') then load_state_dict, or "
+                             f"slimkernels.pretrained.load_model")
+        return p
+
     def _device(self) -> torch.device:
         return self._first_parameter().device
 
@@ -818,7 +833,7 @@ class SlimCodec(nn.Module):
         """The device :meth:`compress` / :meth:`decompress` run on; ValueError for a model
         whose weights are not float32 (the coding path keeps fp32 weights and reaches lower
         precision through autocast)."""
-        p = self._first_parameter()
+        p = self._refuse_meta(op)
         if p.dtype != torch.float32:
             raise ValueError(f"{op} needs the model's weights in float32, got {p.dtype}: call "
                              f"model.float() (for bf16 transforms pass precision='bf16', which "
@@ -1008,7 +1023,9 @@ class SlimCodec(nn.Module):
         Raises:
             slimkernels.container.SlimFormatError: invalid file, another model's file, or a
                 width this model does not have.
+            ValueError: the model is on the meta device.
         """
+        self._refuse_meta("decompress_latent")
         f, sym, _ = self._decode_symbols(data)
         return f, sym
 

@@ -1456,3 +1456,24 @@ def test_cropped_only_when_the_size_differs():
     assert _cropped(img, 8, 12) is img
     out = _cropped(img, 5, 7)
     assert out.shape == (1, 3, 5, 7) and torch.equal(out, img[..., :5, :7])
+
+
+@pytest.mark.parametrize("op", ["compress", "decompress", "decompress_latent", "update",
+                                "model_id"])
+def test_a_model_on_the_meta_device_is_named(model, op):
+    """A model built for shapes only (meta tensors) cannot code: one clear error (before:
+    "Tensor.item() cannot be called on meta tensors" or "Cannot copy out of meta tensor")."""
+    data = model.compress(torch.rand(1, 3, 32, 32), 8)
+    m = Tiny().to("meta")
+    calls = {"compress": lambda: m.compress(torch.rand(1, 3, 32, 32), 8),
+             "decompress": lambda: m.decompress(data),
+             "decompress_latent": lambda: m.decompress_latent(data),
+             "update": lambda: m.update(), "model_id": lambda: m.model_id()}
+    with pytest.raises(ValueError, match=f"{op} needs the model's weights, but they are on the "
+                                         f"meta device"):
+        calls[op]()
+
+
+def test_a_meta_image_is_named(model):
+    with pytest.raises(ValueError, match="the image is a meta tensor"):
+        model.compress(torch.empty(1, 3, 32, 32, device="meta"), 8)

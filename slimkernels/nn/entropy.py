@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .parametrizers import lower_bound
+from .._amp import no_autocast
 from .._state import cached_on
 from .._checks import as_width, is_int, width_list
 
@@ -97,7 +98,7 @@ class EntropyBottleneck(nn.Module):
         # mixed dtypes in the matmul): .float() is free for float32 parameters; and whatever an
         # enclosing autocast says (loss() / update() under bf16 autocast ran the matmuls in bf16:
         # other CDF tables, hence another model id, and +0.16 % rate at w=192)
-        with torch.autocast(device_type=inputs.device.type, enabled=False):
+        with no_autocast(inputs.device.type):
             return self._logits_fp32(inputs, stop_gradient)
 
     def _logits_fp32(self, inputs: torch.Tensor, stop_gradient: bool) -> torch.Tensor:
@@ -165,7 +166,7 @@ class EntropyBottleneck(nn.Module):
         check_quantization(quantization)
         if training is None:
             training = self.training
-        with torch.autocast(device_type=y.device.type, enabled=False):
+        with no_autocast(y.device.type):
             y = y.float()
             if training:
                 y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
@@ -275,7 +276,7 @@ class EntropyBottleneck(nn.Module):
                 has NaN, inf or values whose symbol is beyond the int32 range (they would
                 become INT32_MIN and be coded as such)."""
         self._check_latent(y, "quantize_symbols")
-        with torch.autocast(device_type=y.device.type, enabled=False):
+        with no_autocast(y.device.type):
             m = self.medians().view(1, -1, 1, 1)
             d = torch.round(y.float() - m)
             if not bool(((d.abs() < 2.0 ** 31)).all()):   # NaN compares False

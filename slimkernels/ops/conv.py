@@ -1476,6 +1476,19 @@ def _subpixel_prepacked(x, weight, bias, co, stride, padding, output_padding):
     return out.view(N, Qh * s, Qw * s, co)[:, :Ho, :Wo].permute(0, 3, 1, 2)
 
 
+def _plain_conv(x, weight, bias, co, stride, padding, output_padding=0, transposed=False):
+    """The torch backend on a device other than the CPU (CUDA under ``backend="torch"``, MPS,
+    XPU, meta): PyTorch's own convolution of the active slice (views of ``weight`` and
+    ``bias``), under that device's autocast; the output in the layout PyTorch gives it (the
+    CPU kernels, oneDNN prepacking and Winograd are for CPU tensors only)."""
+    ci = x.shape[1]
+    b = None if bias is None else bias[:co]
+    if transposed:
+        return F.conv_transpose2d(x, weight[:ci, :co], b, stride=stride, padding=padding,
+                                  output_padding=output_padding)
+    return F.conv2d(x, weight[:co, :ci], b, stride=stride, padding=padding)
+
+
 def _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding):
     if _use_subpixel(w.shape[-2], w.shape[-1], w.shape[1], stride):
         return conv_transpose2d_subpixel(x, w, b, stride, padding, output_padding)
@@ -1579,7 +1592,9 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 
     Returns:
         ``[N, out_width, H_out, W_out]``; channels_last (see ``CPU_CHANNELS_LAST`` and
-        ``TRITON_CHANNELS_LAST``); bf16 under bf16 autocast.
+        ``TRITON_CHANNELS_LAST``; the torch backend on another device than the CPU, e.g. CUDA
+        with ``backend="torch"``, MPS or meta, runs ``F.conv2d`` on the slice and keeps its
+        layout); bf16 under bf16 autocast.
 
     Gradients flow to x, the active slice of ``weight`` (the rest of its gradient is zero),
     ``bias`` and the GDN parameters.
@@ -1604,6 +1619,8 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
                                 gdn=_effective(kw, co))
         y = K.SlimConv2dFunction.apply(x, weight, bias, stride, padding, co)
         return y if kw is None else _gdn(y, **kw)
+    if not x.is_cpu:
+        return _apply_gdn(_plain_conv(x, weight, bias, co, stride, padding), kw)
     if stride > 1 and _one_column_out(x, weight, stride, padding):
         # the same conv on the transposed image (the transposed kernel): see _one_column_out
         y = slim_conv2d(x.transpose(2, 3), weight.transpose(2, 3), bias, stride=stride,
@@ -1658,8 +1675,9 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
 
     Returns:
         ``[N, out_width, (H-1)*stride - 2*padding + k + output_padding, ...]``; channels_last
-        (``CPU_CHANNELS_LAST``, ``TRITON_CHANNELS_LAST``); bf16 under bf16 autocast (float32
-        with ``out_clamp``).
+        (``CPU_CHANNELS_LAST``, ``TRITON_CHANNELS_LAST``; the torch backend on another device
+        than the CPU runs ``F.conv_transpose2d`` on the slice, as :func:`slim_conv2d`); bf16
+        under bf16 autocast (float32 with ``out_clamp``).
 
     Raises:
         ValueError: as :func:`slim_conv2d` (``out_width``, channels, parameters, geometry,
@@ -1683,7 +1701,7 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     kin = _gdn_kwargs(igdn, True, name)
     kout = _gdn_kwargs(out_igdn, True, name)
     if kin is not None:
-        if name == "torch" and not _gdn_params_need_grad(kin):
+        if name == "torch" and x.is_cpu and not _gdn_params_need_grad(kin):
             # cast + channels_last first (no grad): the IGDN then runs the prepacked bf16 passes
             xp = _prepack_input(x, weight, bias, transposed=True)
             x = x if xp is None else xp
@@ -1701,6 +1719,9 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         y = K.SlimConvTranspose2dFunction.apply(x, weight, bias, stride, padding, output_padding,
                                                 co)
         return _clamp_out(y if kout is None else _gdn(y, **kout), clamp)
+    if not x.is_cpu:
+        y = _plain_conv(x, weight, bias, co, stride, padding, output_padding, transposed=True)
+        return _clamp_out(_apply_gdn(y, kout), clamp)
     if _amx_direct_input(x, weight, bias):
         y = _conv_transpose2d_amx_if_eligible(x, weight, bias, co, stride, padding,
                                               output_padding, kout, clamp)

@@ -282,3 +282,20 @@ def test_gdn_layers_refuse_widths_below_one():
     for cls in (SlimGDNPlus, SwitchGDN):
         with pytest.raises(ValueError, match="widths must be distinct ints >= 1"):
             cls([8, 0, -3])
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_forward_on_the_meta_device_gives_the_shapes(train):
+    """Shape inference: a SlimCAE on meta tensors runs forward, encode and decode (before: the
+    CPU conv kernels took the meta tensors, then autocast refused the meta device)."""
+    m = SlimCAE(widths=WIDTHS).train(train)
+    x = torch.rand(2, 3, 32, 48)
+    ref = m(x, 16)
+    mm = SlimCAE(widths=WIDTHS).to("meta").train(train)
+    out = mm(x.to("meta"), 16)
+    assert out["x_hat"].is_meta and out["x_hat"].shape == ref["x_hat"].shape
+    assert out["likelihoods"]["y"].shape == ref["likelihoods"]["y"].shape
+    with torch.no_grad():
+        y = mm.encode(x.to("meta"), 8)
+        assert y.is_meta and y.shape == (2, 8, 2, 3)
+        assert mm.decode(y).shape == (2, 3, 32, 48)

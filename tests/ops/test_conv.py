@@ -822,3 +822,92 @@ def test_bf16_conv_with_few_channels_and_a_wide_kernel(ci, k, stride, pad, co, g
                             padding=pad)
         assert y.dtype == torch.bfloat16
         assert ((y.double() - r).abs().max() / r.abs().max()).item() < 1e-2
+
+
+# -- the torch backend on another device than the CPU (CUDA with backend="torch", MPS, meta) ----
+META_CASES = [  # (transposed, C_in, C_out max, k, stride, pad, output_padding, out_width)
+    (False, 24, 32, 5, 2, 2, 0, 16),
+    (False, 3, 32, 9, 4, 4, 0, 32),
+    (True, 24, 32, 5, 2, 2, 1, 16),
+    (True, 24, 3, 9, 4, 4, 3, 3),
+]
+
+
+def _meta_operands(tr, ci, co_max, k, grad):
+    w = torch.randn((32, co_max, k, k) if tr else (co_max, 32, k, k), requires_grad=grad)
+    b = torch.randn(co_max, requires_grad=grad)
+    return w, b
+
+
+def _conv_call(tr, x, w, b, stride, pad, op, co, extra):
+    if tr:
+        return slim_conv_transpose2d(x, w, b, stride=stride, padding=pad, output_padding=op,
+                                     out_width=co, backend="torch", **extra)
+    return slim_conv2d(x, w, b, stride=stride, padding=pad, out_width=co, backend="torch",
+                       **extra)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("case", META_CASES)
+def test_meta_tensors_give_the_cpu_shapes_and_dtypes(case, grad):
+    """Shape inference on the meta device: the CPU kernels (AMX, Winograd, oneDNN prepacking)
+    are for CPU tensors; another device runs PyTorch's own convolution of the slice (before:
+    'conv2d_winograd: x must be a ... CPU tensor')."""
+    tr, ci, co_max, k, s, p, op, co = case
+    g = (torch.rand(32) + 0.5, 0.1 * torch.rand(32, 32))
+    extras = [{}]
+    if tr:
+        extras += [{"igdn": g}, {"out_igdn": g}] if co > 3 else [{"out_clamp": (0.0, 1.0)}]
+    else:
+        extras += [{"gdn": g}]
+    for extra in extras:
+        for autocast in (False, True):
+            w, b = _meta_operands(tr, ci, co_max, k, grad)
+            x = torch.rand(2, ci, 20, 12)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                ref = _conv_call(tr, x, w, b, s, p, op, co, extra)
+            meta = {kk: tuple(t.to("meta") for t in v) if kk != "out_clamp" else v
+                    for kk, v in extra.items()}
+            wm, bm = (t.detach().to("meta").requires_grad_(grad) for t in (w, b))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                y = _conv_call(tr, x.to("meta"), wm, bm, s, p, op, co, meta)
+            assert y.is_meta and y.shape == ref.shape, (extra, autocast)
+            if not autocast:   # (the CPU autocast does not reach a meta tensor's conv)
+                assert y.dtype == ref.dtype, (extra, autocast)
+
+
+@pytest.mark.parametrize("case", META_CASES)
+def test_the_conv_of_another_device_is_the_slices_convolution(case):
+    """The route those devices take, on float64 CPU tensors: the active slice's convolution
+    (a wrong slice, e.g. a transposed weight cut as [:co, :ci], gives other values)."""
+    tr, ci, co_max, k, s, p, op, co = case
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn((32, co_max, k, k) if tr else (co_max, 32, k, k), generator=g,
+                    dtype=torch.float64)
+    b = torch.randn(co_max, generator=g, dtype=torch.float64)
+    x = torch.randn(2, ci, 20, 12, generator=g, dtype=torch.float64)
+    y = conv_mod._plain_conv(x, w, b, co, s, p, op, transposed=tr)
+    if tr:
+        full = F.conv_transpose2d(torch.cat([x, torch.zeros(2, 32 - ci, 20, 12,
+                                                            dtype=torch.float64)], 1),
+                                  w, b, stride=s, padding=p, output_padding=op)
+    else:
+        full = F.conv2d(x, w[:, :ci], b, stride=s, padding=p)
+    torch.testing.assert_close(y, full[:, :co], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("case", META_CASES)
+def test_cuda_under_the_torch_backend_matches_float64(case, grad, monkeypatch):
+    """CUDA tensors with backend="torch" (SLIMKERNELS_BACKEND=torch): PyTorch's convolution of
+    the slice (before, without gradient, they reached the CPU Winograd / oneDNN paths)."""
+    tr, ci, co_max, k, s, p, op, co = case
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)   # (fp32 tolerance)
+    w, b = (t.cuda() for t in _meta_operands(tr, ci, co_max, k, False))
+    x = torch.rand(2, ci, 20, 12, device="cuda")
+    ref = conv_mod._plain_conv(x.double(), w.double(), b.double(), co, s, p, op, transposed=tr)
+    with torch.set_grad_enabled(grad):
+        wg, bg = (t.detach().requires_grad_(grad) for t in (w, b))
+        y = _conv_call(tr, x, wg, bg, s, p, op, co, {})
+    assert rel_err(y.detach(), ref) < 1e-5
