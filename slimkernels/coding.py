@@ -349,7 +349,8 @@ def pmf_to_quantized_cdf(pmf, precision=16) -> np.ndarray:
     Args:
         pmf: float64 ``[n + 1]``: the probabilities of the ``n`` codable symbols followed by the
             tail mass (probability of everything else), which becomes the escape symbol. Entries
-            must be finite and >= 0; they need not sum to 1 (they are normalised).
+            must be finite and >= 0; they need not sum to 1 (they are normalised; all zeros give
+            every entry the same frequency: a uniform table).
         precision: bits, 1..16; ``n + 1 <= 2**precision`` is required.
 
     Returns:

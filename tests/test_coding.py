@@ -802,3 +802,13 @@ def test_tables_written_by_another_thread_during_a_call_never_hang_the_coder():
     import sys
     r = subprocess.run([sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("done"), r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("n, precision", [(1, 4), (2, 16), (5, 8)])
+def test_an_all_zero_pmf_gives_a_uniform_table(n, precision):
+    """As documented: nothing to normalise, so every entry (the escape included) gets the same
+    frequency, the remainder to the first ones (ties to the lower index)."""
+    cdf = coding.pmf_to_quantized_cdf(np.zeros(n + 1), precision)
+    freq = np.diff(cdf)
+    assert cdf[0] == 0 and cdf[-1] == 1 << precision and len(freq) == n + 1
+    assert freq.max() - freq.min() <= 1 and (np.diff(freq) <= 0).all()
