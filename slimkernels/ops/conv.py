@@ -41,6 +41,7 @@ from .gdn import _SCALAR_NAMES as _GDN_SCALARS
 from .gdn import (_check_gdn_scalars, _cpu_kernel_gdn, _kernel_scalars, _packed_gamma,
                   _params_readable, cpu_kernels_available)
 from .gdn import gdn as _gdn
+from .._amp import no_autocast
 
 
 def _gdn_kwargs(spec, inverse: bool, backend: str):
@@ -147,10 +148,14 @@ def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] =
     hit = None if inference else _CAST_CACHE.get(key)
     if hit is not None and hit[0] == t._version and hit[1] is t:
         return hit[2]
-    out = t.detach().to(dtype)
-    if want_layout:  # channels_last puts dim 1 at unit stride; a transposed weight swaps first
-        perm = (0, 1, 2, 3) if in_channel_dim == 1 else (1, 0, 2, 3)
-        out = out.permute(perm).contiguous(memory_format=torch.channels_last).permute(perm)
+    # the copy is a normal tensor even under torch.inference_mode() (an inference tensor kept
+    # here made a later call that records a gradient for x fail: "Inference tensors cannot be
+    # saved for backward")
+    with torch.inference_mode(False):
+        out = t.detach().to(dtype)
+        if want_layout:  # channels_last puts dim 1 at unit stride; a transposed weight swaps first
+            perm = (0, 1, 2, 3) if in_channel_dim == 1 else (1, 0, 2, 3)
+            out = out.permute(perm).contiguous(memory_format=torch.channels_last).permute(perm)
     if inference:
         return out
     if len(_CAST_CACHE) >= _CAST_CACHE_MAX:
@@ -1358,7 +1363,11 @@ def _subpixel_plan(k: int, s: int, p: int):
     offs = [o for t in taps for o, _ in t]
     lo, hi = min(offs), max(offs)
     kc = hi - lo + 1
-    idx = torch.full((s, s, kc, kc), k * k, dtype=torch.long)
+    # (a normal tensor even when first asked for under torch.inference_mode(): an inference
+    # tensor kept here made every later training step of the layer fail, "Inference tensors
+    # cannot be saved for backward")
+    with torch.inference_mode(False):
+        idx = torch.full((s, s, kc, kc), k * k, dtype=torch.long)
     for ry in range(s):
         for oy, ky in taps[ry]:
             for rx in range(s):
@@ -1394,7 +1403,9 @@ def _subpixel_weight_eager():
 def _subpixel_weight_impl(w, b, s, p):
     Ci, Co, k, _ = w.shape
     idx, lo, hi, kc = _subpixel_plan(k, s, p)
-    wf = torch.cat([w.reshape(Ci, Co, k * k), w.new_zeros(Ci, Co, 1)], dim=2)
+    with no_autocast(w.device.type):   # (moves values only; CPU autocast's cat refused fp16:
+        # "Unexpected floating ScalarType in at::autocast::prioritize")
+        wf = torch.cat([w.reshape(Ci, Co, k * k), w.new_zeros(Ci, Co, 1)], dim=2)
     w2 = wf[:, :, idx].reshape(Ci, Co, s, s, kc, kc)
     w2 = w2.permute(1, 2, 3, 0, 4, 5).reshape(Co * s * s, Ci, kc, kc)
     return w2, None if b is None else b.repeat_interleave(s * s)
@@ -1490,7 +1501,9 @@ def _plain_conv(x, weight, bias, co, stride, padding, output_padding=0, transpos
 
 
 def _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding):
-    if _use_subpixel(w.shape[-2], w.shape[-1], w.shape[1], stride):
+    # (an empty batch: F.conv_transpose2d, whose backward gives zero gradients; pixel_shuffle's
+    # backward refused N = 0, "returned an invalid gradient")
+    if x.shape[0] > 0 and _use_subpixel(w.shape[-2], w.shape[-1], w.shape[1], stride):
         return conv_transpose2d_subpixel(x, w, b, stride, padding, output_padding)
     return F.conv_transpose2d(x, w, b, stride=stride, padding=padding,
                               output_padding=output_padding)

@@ -136,7 +136,11 @@ def _scratch(shape, dtype, device) -> torch.Tensor:
         bufs = _SCRATCH.bufs = {}
     buf = bufs.get(dtype)
     if buf is None or buf.numel() < numel:
-        buf = bufs[dtype] = torch.empty(numel, dtype=dtype, device="cpu")
+        # a normal tensor even under torch.inference_mode(): an inference tensor kept here made
+        # every later call outside it fail ("Inplace update to inference tensor outside
+        # InferenceMode is not allowed")
+        with torch.inference_mode(False):
+            buf = bufs[dtype] = torch.empty(numel, dtype=dtype, device="cpu")
     return buf[:numel].view(shape)
 
 
@@ -708,7 +712,8 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
         ValueError: wrong shapes, C > C_max, non-float dtypes, parameters on another device.
 
     Returns:
-        ``[N, C, H, W]`` tensor, same dtype as ``x``.
+        ``[N, C, H, W]`` tensor, same dtype as ``x`` (an input without pixels, N, H or W = 0:
+        an empty one).
     """
     if x.dim() != 4:
         raise ValueError(f"gdn expects x of shape [N, C, H, W], got {tuple(x.shape)}")
@@ -731,6 +736,8 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
     kw = dict(inverse=inverse, gamma_scale=gamma_scale, gamma_bias=gamma_bias,
               beta_scale=beta_scale, beta_bias=beta_bias)
     _check_gdn_scalars(kw, "gdn")
+    if x.shape[-2] == 0 or x.shape[-1] == 0:   # no pixels (a pointwise op: an empty result, as
+        return x.clone()                       # for N = 0; the 1x1 conv inside refused them)
     if resolve_backend(x, backend) == "triton" and x.dtype != torch.float64:
         from ..kernels.gdn import gdn_triton
         return gdn_triton(x, beta, gamma, **kw)

@@ -5,6 +5,8 @@ import torch.nn.functional as F
 from slimkernels import container
 from slimkernels.models import SlimCAE
 
+from tests._caches import fresh_op_caches
+
 pytest.importorskip("slimkernels._coder")
 
 WIDTHS = (24, 16, 8)
@@ -299,3 +301,50 @@ def test_forward_on_the_meta_device_gives_the_shapes(train):
         y = mm.encode(x.to("meta"), 8)
         assert y.is_meta and y.shape == (2, 8, 2, 3)
         assert mm.decode(y).shape == (2, 3, 32, 48)
+
+
+def test_training_after_a_validation_under_inference_mode():
+    """Validate under torch.inference_mode(), then train on: the output layer's cached tap plan
+    had been an inference tensor ("Inference tensors cannot be saved for backward")."""
+    fresh_op_caches()
+    torch.manual_seed(0)
+    m = SlimCAE(widths=(16, 8))
+    x = torch.rand(2, 3, 32, 32)
+    m.eval()
+    with torch.inference_mode():
+        m(x, 8)
+    m.train()
+    out = m(x, 8)
+    (out["x_hat"].square().mean() + out["likelihoods"]["y"].log().mean()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in (m.g_s[-1].weight, m.g_a[0].weight))
+
+
+def test_a_float64_model_under_no_grad_after_inference_mode():
+    fresh_op_caches()
+    torch.manual_seed(0)
+    m = SlimCAE(widths=(16, 8)).double().eval()
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    with torch.inference_mode():
+        a = m(x, 8)["x_hat"]
+    with torch.no_grad():
+        b = m(x, 8)["x_hat"]
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_half_model_decodes_under_bf16_autocast():
+    """model.half() under CPU bf16 autocast: the no-grad transposed convs had failed inside
+    torch ("Unexpected floating ScalarType in at::autocast::prioritize")."""
+    fresh_op_caches()
+    torch.manual_seed(0)
+    m = SlimCAE(widths=(48, 16)).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = m.decode(m.encode(x, 48))
+        mh = SlimCAE(widths=(48, 16)).eval()
+        mh.load_state_dict(m.state_dict())
+        mh.half()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x_hat = mh.decode(mh.encode(x, 48))
+    assert x_hat.shape == ref.shape and torch.isfinite(x_hat).all()
+    assert ((x_hat.float() - ref).abs().max() / ref.abs().max()).item() < 5e-2

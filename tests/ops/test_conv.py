@@ -7,6 +7,8 @@ from slimkernels.ops import slim_conv2d, slim_conv_transpose2d
 from slimkernels.ops import _cache as cache_mod
 from slimkernels.ops import conv as conv_mod
 
+from tests._caches import fresh_op_caches
+
 # fp32 through Winograd F(4x4, 3x3) (the no-grad path of the 5x5/2 layers at >= 64 channels on
 # AVX2 CPUs): its error is 2-3x direct fp32's (max 4.7e-6 .. 1.0e-5 of the output's magnitude
 # over 12 seeds of enc2 at w=192, against 2.3e-6 .. 3.8e-6 for F.conv2d; points 0, +-1, +-1/2,
@@ -911,3 +913,84 @@ def test_cuda_under_the_torch_backend_matches_float64(case, grad, monkeypatch):
         wg, bg = (t.detach().requires_grad_(grad) for t in (w, b))
         y = _conv_call(tr, x, wg, bg, s, p, op, co, {})
     assert rel_err(y.detach(), ref) < 1e-5
+
+
+# -- state a call under torch.inference_mode() leaves behind, then a call outside it ------------
+def test_autocast_conv_after_inference_mode_input_grad():
+    """bf16 autocast on a 1-channel input (the route that casts the full weight through the
+    cast cache): a call under inference_mode had cached the cast weight as an inference tensor;
+    the next call recording a gradient for x (frozen weights) failed ("Inference tensors cannot
+    be saved for backward")."""
+    fresh_op_caches()
+    torch.manual_seed(0)
+    w, b, x = torch.randn(8, 4, 3, 3), torch.randn(8), torch.randn(1, 1, 6, 6)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        slim_conv2d(x, w, b, padding=1)
+    xg = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = slim_conv2d(xg, w, b, padding=1)
+    y.float().sum().backward()
+    ref = F.conv2d(x.double(), w[:, :1].double(), b.double(), padding=1)
+    assert rel_err(y, ref) < 1e-2
+    xr = x.double().requires_grad_()
+    F.conv2d(xr, w[:, :1].double(), b.double(), padding=1).sum().backward()
+    assert rel_err(xg.grad, xr.grad) < 1e-2
+
+
+def test_autocast_transposed_conv_after_inference_mode_input_grad():
+    fresh_op_caches()
+    torch.manual_seed(0)
+    w, x = torch.randn(4, 48, 5, 5), torch.randn(1, 1, 4, 4)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        slim_conv_transpose2d(x, w, stride=2, padding=2, output_padding=1)
+    xg = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = slim_conv_transpose2d(xg, w, stride=2, padding=2, output_padding=1)
+    y.float().sum().backward()
+    xr = x.double().requires_grad_()
+    F.conv_transpose2d(xr, w[:1].double(), stride=2, padding=2,
+                       output_padding=1).sum().backward()
+    assert rel_err(xg.grad, xr.grad) < 1e-2
+
+
+def test_transposed_conv_weight_grad_after_inference_mode():
+    """A transposed conv onto few channels (the image layer: the sub-pixel route) under
+    inference_mode had cached its tap-index tensor as an inference tensor; training the weight
+    afterwards failed ("Inference tensors cannot be saved for backward")."""
+    fresh_op_caches()
+    torch.manual_seed(0)
+    w = (torch.randn(48, 3, 9, 9) * 0.02).requires_grad_()
+    x = torch.randn(1, 48, 4, 4)
+    with torch.inference_mode():
+        slim_conv_transpose2d(x, w, stride=4, padding=4, output_padding=3)
+    slim_conv_transpose2d(x, w, stride=4, padding=4, output_padding=3).sum().backward()
+    ref_w = w.detach().double().requires_grad_()
+    F.conv_transpose2d(x.double(), ref_w, stride=4, padding=4, output_padding=3).sum().backward()
+    assert rel_err(w.grad, ref_w.grad) < 1e-5
+
+
+def test_fp16_weights_of_a_transposed_conv_under_bf16_autocast():
+    """F.conv_transpose2d runs fp16 parameters under bf16 CPU autocast; the no-grad direct AMX
+    route's weight preparation had failed inside torch ("Unexpected floating ScalarType in
+    at::autocast::prioritize": CPU autocast's cat of the fp16 slice)."""
+    fresh_op_caches()
+    torch.manual_seed(0)
+    w = (torch.randn(48, 48, 5, 5) * 0.03).half()
+    b = (torch.randn(48) * 0.1).half()
+    x = torch.randn(1, 48, 8, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = slim_conv_transpose2d(x, w, b, stride=2, padding=2, output_padding=1, out_width=47)
+    ref = F.conv_transpose2d(x.double(), w[:, :47].double(), b[:47].double(), stride=2,
+                             padding=2, output_padding=1)
+    assert y.dtype == torch.bfloat16 and rel_err(y, ref) < 2e-2
+
+
+def test_an_empty_batch_through_a_transposed_conv_onto_few_channels_has_gradients():
+    """N = 0 (documented as fine): the sub-pixel route's pixel_shuffle backward had refused it
+    ("PixelShuffleBackward0 returned an invalid gradient"); F.conv_transpose2d gives zeros."""
+    w = torch.randn(8, 3, 9, 9, requires_grad=True)
+    x = torch.randn(0, 8, 4, 4, requires_grad=True)
+    y = slim_conv_transpose2d(x, w, stride=4, padding=4, output_padding=3)
+    assert y.shape == (0, 3, 16, 16)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and float(w.grad.abs().sum()) == 0.0

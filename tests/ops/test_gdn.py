@@ -5,6 +5,8 @@ import torch
 from slimkernels.ops import gdn, gdn_reference
 from slimkernels.ops.gdn import gdn_torch
 
+from tests._caches import fresh_op_caches
+
 C_MAX = 192
 
 
@@ -287,3 +289,46 @@ def test_gdn_of_an_input_without_channels_is_refused():
     from slimkernels.ops import gdn
     with pytest.raises(ValueError, match=r"gdn: x \(1, 0, 8, 8\) has no channels"):
         gdn(torch.rand(1, 0, 8, 8), torch.rand(48), torch.rand(48, 48))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.float32])
+def test_no_grad_after_inference_mode(dtype):
+    """The PyTorch path (a strided x here; any float64 / float16 x) under inference_mode had
+    allocated its reused x^2 buffer as an inference tensor; the next call outside it failed
+    ("Inplace update to inference tensor outside InferenceMode is not allowed")."""
+    fresh_op_caches()
+    torch.manual_seed(0)
+    beta, gamma = (torch.rand(8) + 0.5).to(dtype), (torch.eye(8) * 0.1).to(dtype)
+    x = torch.randn(1, 8, 32, 32, dtype=dtype)
+    with torch.inference_mode():
+        gdn(x[:, :, ::2], beta, gamma)
+    xs = x[:, :, ::4]
+    with torch.no_grad():
+        y = gdn(xs, beta, gamma)
+    ref = gdn_reference(xs.double(), beta.double(), gamma.double())
+    tol = 1e-5 if dtype != torch.float16 else 1e-2
+    assert ((y.double() - ref).abs().max() / ref.abs().max()).item() < tol
+
+
+def test_training_after_inference_mode():
+    fresh_op_caches()
+    beta, gamma = torch.ones(8), torch.eye(8) * 0.1
+    x = torch.randn(1, 8, 32, 32)
+    with torch.inference_mode():
+        gdn(x[:, :, ::2], beta, gamma)
+    xg = x[:, :, :8].clone().requires_grad_()
+    gdn(xg, beta, gamma).sum().backward()
+    xr = x[:, :, :8].double().requires_grad_()
+    gdn_reference(xr, beta.double(), gamma.double()).sum().backward()
+    assert ((xg.grad.double() - xr.grad).abs().max() / xr.grad.abs().max()).item() < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 0, 2), (1, 4, 3, 0), (0, 4, 3, 2)])
+def test_an_input_without_pixels_gives_an_empty_output(shape):
+    """A pointwise op: no pixels, an empty result (an empty height or width had raised torch's
+    "Kernel size can't be greater than actual input size" from the 1x1 conv inside)."""
+    x = torch.randn(shape, requires_grad=True)
+    y = gdn(x, torch.ones(8), torch.eye(8) * 0.1)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    y.sum().backward()
+    assert x.grad.shape == x.shape
