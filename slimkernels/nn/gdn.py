@@ -111,7 +111,9 @@ class _WidthSelectedGDN(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
-        """``x``: ``[N, C, H, W]`` with C one of ``widths``; returns the same shape and dtype."""
+        """``x``: ``[N, C, H, W]`` with C one of ``widths``; returns the same shape and dtype.
+        ``width`` is ignored, as by :class:`SlimGDN` (the input's channel count picks the
+        parameters); it is accepted so every slimmable layer has one call."""
         C = x.shape[1] if x.dim() == 4 else -1
         self._index(C, x.shape)
         return ops.gdn(x, **self.op_kwargs(C))
