@@ -42,6 +42,17 @@ def _string_padding(padding: str, kernel_size, stride) -> int:
     raise ValueError(f"SlimConv2d: padding={padding!r}: use an int, 'valid' or 'same'")
 
 
+def _no_string_padding(layer: str, padding) -> None:
+    """ValueError for a string ``padding`` of a transposed layer (nn.ConvTranspose2d has no
+    'same' / 'valid': its tuple of the string's letters failed later, as "square padding only,
+    got ('s', 'a', 'm', 'e')")."""
+    if isinstance(padding, str):
+        raise ValueError(f"{layer}: padding={padding!r}: a transposed convolution takes an int "
+                         f"padding (nn.ConvTranspose2d has no 'same' or 'valid'); for an output "
+                         f"of stride x the input's size with an odd kernel k: padding=(k - 1) "
+                         f"// 2 and output_padding=stride - 1")
+
+
 #: The geometry attributes of nn.Conv2d / nn.ConvTranspose2d and the ints the forward reads.
 _GEOMETRY = {"stride": "_s", "padding": "_p", "output_padding": "_op"}
 
@@ -53,6 +64,8 @@ class _SlimMixin:
         # and the change ignored silently)
         if name in _GEOMETRY and "_k" in self.__dict__:
             if name == "padding" and isinstance(value, str):
+                if isinstance(self, nn.ConvTranspose2d):
+                    _no_string_padding(type(self).__name__, value)
                 value = _string_padding(value, self.kernel_size, self.stride)
             n = _single(value, name)
             super().__setattr__(name, (n, n))
@@ -152,6 +165,7 @@ class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
         for k in ("groups", "dilation"):
             if kwargs.get(k, 1) not in (1, (1, 1)):
                 raise ValueError(f"SlimConvTranspose2d supports {k}=1 only")
+        _no_string_padding("SlimConvTranspose2d", padding)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          output_padding=output_padding, bias=bias, **kwargs)
         self._init_geometry()

@@ -126,3 +126,20 @@ def test_geometry_set_after_construction_reaches_the_op():
     with pytest.raises(ValueError, match="square padding only"):
         m.padding = (1, 2)
     assert m.padding == (1, 1)       # unchanged by the refused value
+
+
+@pytest.mark.parametrize("pad", ["same", "valid"])
+def test_a_string_padding_of_a_transposed_layer_is_named(pad):
+    """nn.ConvTranspose2d has no string paddings: at construction or set later, one message
+    (it read "square padding only, got ('s', 'a', 'm', 'e')") that gives the int padding."""
+    with pytest.raises(ValueError, match=f"padding='{pad}': a transposed convolution takes an "
+                                         f"int padding"):
+        SlimConvTranspose2d(8, 8, 5, 2, padding=pad)
+    m = SlimConvTranspose2d(8, 8, 5, 2, 2, 1)
+    with pytest.raises(ValueError, match="takes an int padding"):
+        m.padding = pad
+    assert m.padding == (2, 2)   # (the refused value left the layer as it was)
+    # the hint's geometry: an output of stride x the input's size
+    k, s = 5, 2
+    m = SlimConvTranspose2d(8, 8, k, s, padding=(k - 1) // 2, output_padding=s - 1)
+    assert m(torch.randn(1, 8, 6, 7)).shape == (1, 8, 12, 14)
