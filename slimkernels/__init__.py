@@ -6,12 +6,16 @@ Submodules: ``ops`` (functional kernels), ``nn`` (modules), ``coding`` (C++ rang
 import importlib
 
 from . import _fork  # noqa: F401  (records the importing process: see _fork.forked_since_import)
+from . import _optim_versions
 from ._version import __version__
 from .backend import resolve_backend
 
 _SUBMODULES = ("ops", "nn", "codec", "coding", "container", "models", "pretrained",
                "ratecontrol", "io", "allocator")
 __all__ = ["__version__", "resolve_backend", *_SUBMODULES]
+
+# fused optimizer steps bump the parameters' version counters, which key this library's caches
+_optim_versions.install()
 
 
 def __getattr__(name: str):

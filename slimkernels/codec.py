@@ -190,7 +190,8 @@ def model_fingerprint(model: nn.Module, config: Dict) -> bytes:
         h.update(k.encode())
         t = v.detach().cpu().contiguous()
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # (flat first: a 0-dim tensor, e.g. a parametrization's scalar, cannot be viewed as bytes)
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.digest()[:16]
 
 
@@ -796,7 +797,7 @@ class SlimCodec(nn.Module):
         and the CUDA graphs of ``cuda_graph=True``. Needed only after writing a parameter or
         buffer through ``.data``
         (which bypasses version counters); in-place updates, ``load_state_dict`` and optimizer
-        steps are detected without it."""
+        steps are detected without it (fused ones too: :mod:`slimkernels._optim_versions`)."""
         from .ops.conv import clear_weight_caches
         clear_weight_caches()
         for m in self.modules():

@@ -1477,3 +1477,30 @@ def test_a_model_on_the_meta_device_is_named(model, op):
 def test_a_meta_image_is_named(model):
     with pytest.raises(ValueError, match="the image is a meta tensor"):
         model.compress(torch.empty(1, 3, 32, 32, device="meta"), 8)
+
+
+def test_a_scalar_state_tensor_is_fingerprinted(model):
+    """A 0-dim float tensor in the state (e.g. a parametrization's learnable gain): the model id
+    had raised "self.dim() cannot be 0 to view Float as Byte" in compress / decompress; now it
+    is hashed like any tensor, and the ids of models without one are as before."""
+    import torch.nn.utils.parametrize as P
+
+    class Gain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.g = torch.nn.Parameter(torch.tensor(1.5))
+
+        def forward(self, w):
+            return w * self.g
+
+    m = Tiny().eval()
+    m.load_state_dict(model.state_dict())
+    assert m.model_id() == model.model_id()
+    before = m.model_id()
+    P.register_parametrization(m.g_a[2], "weight", Gain())
+    x = torch.rand(1, 3, 32, 32)
+    data = m.compress(x, 8, precision="fp32")
+    assert m.model_id() != before and m.decompress(data).shape == x.shape
+    with torch.no_grad():
+        m.g_a[2].parametrizations.weight[0].g.fill_(2.0)
+    assert m.model_id() != container.unpack(data).model_id    # (the gain is part of the id)

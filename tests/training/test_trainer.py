@@ -820,3 +820,29 @@ def test_numpy_numbers_in_the_config_leave_a_loadable_checkpoint(image_dir, tmp_
     assert Trainer(dataclasses.replace(cfg, steps=2), log=lambda *_: None).fit().step == 2
     with pytest.raises(ValueError, match=r"--lambdas \['a', 0.002\]: must be finite and > 0"):
         Trainer(_cfg(image_dir, tmp_path / "x", lambdas=["a", 0.002]), log=lambda *_: None)
+
+
+def test_validation_without_ema_sees_the_trained_weights(tmp_path):
+    """With ema=0 the validation runs the training weights, which the trainer's fused Adam
+    updates without bumping their version counters: the second validation had reported the
+    metrics of the first one's weights (and fed them to the lambda scheduler)."""
+    from slimkernels.models import SlimCAE
+    from slimkernels.training.trainer import validate
+
+    cfg = TrainConfig(widths=[48, 16], ema=0.0, out=str(tmp_path / "run"), crop=64, val_size=64,
+                      batch=2, progress=False, lr=1e-2, bf16=False, compile_gdn=False)
+    t = Trainer(cfg, log=lambda *a, **k: None)
+    try:
+        assert any(g.get("fused") for g in t.opt.param_groups)   # (what this test is about)
+        g = torch.Generator().manual_seed(0)
+        t.val_images = torch.rand(2, 3, 64, 64, generator=g)
+        t.run_validation()                        # the caches hold the initial weights
+        for _ in range(3):
+            t.train_step(torch.rand(2, 3, 64, 64, generator=g))
+        got = t.run_validation()
+        f = SlimCAE([48, 16])
+        f.load_state_dict(t.model.state_dict())
+        want = validate(f, t.val_images, [48, 16], t.bf16)
+    finally:
+        t.close()
+    assert got["psnr"] == pytest.approx(want["psnr"], abs=1e-3)

@@ -1,0 +1,49 @@
+"""Version counters after the steps of torch's fused optimizers.
+
+This library's caches (the conv ops' cast and prepacked weights, the GDN layers' effective
+parameters, :meth:`SlimCodec.model_id`, the CPU replays, the CUDA graphs) are keyed by the
+tensors' version counters, which every in-place update bumps: optimizer steps included, except
+those of torch's fused optimizers (``fused=True``: Adam, AdamW, SGD, ...). Their kernels write
+the parameters without bumping the counters (torch 2.13 on CPU: ``p._version`` is the same
+before and after an ``Adam(fused=True)`` step), so the caches kept the weights of before the
+step: stale forward and validation results, and ``compress`` writing files with the old
+convolution weights. :func:`install` registers, once per process, an optimizer step post-hook
+that bumps the counters of the parameters a fused parameter group has just updated, as a
+non-fused step does (the same effect on autograd: a graph that saved a parameter before the
+step refuses a backward after it). It is installed when ``slimkernels`` is imported.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+import torch
+
+__all__ = ["install", "installed"]
+
+_LOCK = threading.Lock()
+_HANDLE: Optional[object] = None
+
+
+def _bump_fused(optimizer, args, kwargs) -> None:
+    """The post-hook: ``increment_version`` of every parameter with a gradient in the
+    optimizer's fused groups (``group["fused"]`` true; torch picks fused kernels only when
+    asked)."""
+    params = [p for g in optimizer.param_groups if g.get("fused")
+              for p in g["params"] if p.grad is not None and not p.is_inference()]
+    if params:
+        torch.autograd.graph.increment_version(params)
+
+
+def install() -> None:
+    """Register the post-hook (once per process; later calls do nothing)."""
+    global _HANDLE
+    with _LOCK:
+        if _HANDLE is None:
+            from torch.optim.optimizer import register_optimizer_step_post_hook
+            _HANDLE = register_optimizer_step_post_hook(_bump_fused)
+
+
+def installed() -> bool:
+    """Whether the post-hook is registered in this process."""
+    return _HANDLE is not None

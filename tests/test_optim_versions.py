@@ -1,0 +1,41 @@
+"""slimkernels._optim_versions: fused optimizer steps bump the parameters' version counters."""
+import pytest
+import torch
+
+import slimkernels  # noqa: F401  (installs the hook)
+from slimkernels import _optim_versions
+
+OPTIMIZERS = [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD]
+
+
+def test_importing_the_package_installs_it_once():
+    assert _optim_versions.installed()
+    handle = _optim_versions._HANDLE
+    _optim_versions.install()
+    assert _optim_versions._HANDLE is handle
+
+
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("fused", [True, False])
+def test_every_updated_parameter_has_a_new_version(opt, fused):
+    """torch's fused kernels leave ``_version`` as it was (torch 2.13, CPU): the hook bumps it,
+    as a non-fused step does; a parameter without a gradient (not updated) keeps its own."""
+    a, b = torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(3))
+    o = opt([a, b], lr=0.1, fused=fused)
+    a.grad = torch.randn(5)
+    va, vb, before = a._version, b._version, a.detach().clone()
+    o.step()
+    assert not torch.equal(a.detach(), before)        # (the step did update a)
+    assert a._version > va and b._version == vb
+
+
+def test_a_graph_that_saved_a_parameter_refuses_backward_after_a_fused_step():
+    """The same autograd check as after a non-fused step (before: a silently wrong gradient)."""
+    w = torch.nn.Parameter(torch.randn(4))
+    o = torch.optim.Adam([w], lr=0.1, fused=True)
+    x = torch.randn(4, requires_grad=True)
+    y = (w * x).sum()                                  # saves w for x's gradient
+    w.grad = torch.ones(4)
+    o.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
