@@ -31,8 +31,13 @@ def _bump_fused(optimizer, args, kwargs) -> None:
     asked)."""
     params = [p for g in optimizer.param_groups if g.get("fused")
               for p in g["params"] if p.grad is not None and not p.is_inference()]
-    if params:
+    if not params:
+        return
+    try:
         torch.autograd.graph.increment_version(params)
+    except TypeError:   # (older torch: one tensor per call)
+        for p in params:
+            torch.autograd.graph.increment_version(p)
 
 
 def install() -> None:
