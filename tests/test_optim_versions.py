@@ -39,3 +39,19 @@ def test_a_graph_that_saved_a_parameter_refuses_backward_after_a_fused_step():
     o.step()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.backward()
+
+
+def test_a_torch_whose_increment_version_takes_one_tensor(monkeypatch):
+    real = torch.autograd.graph.increment_version
+
+    def one_at_a_time(t):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError("increment_version(): argument 'tensor' must be Tensor")
+        real(t)
+    monkeypatch.setattr(torch.autograd.graph, "increment_version", one_at_a_time)
+    a, b = torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(5))
+    o = torch.optim.Adam([a, b], lr=0.1, fused=True)
+    a.grad, b.grad = torch.randn(5), torch.randn(5)
+    va, vb = a._version, b._version
+    o.step()
+    assert a._version > va and b._version > vb
