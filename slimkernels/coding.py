@@ -74,10 +74,24 @@ def _to_numpy(x, name):
         if getattr(x, "device", None) is not None and x.device.type != "cpu":
             raise ValueError(f"{name} is a tensor on {x.device}; the coder runs on the CPU: "
                              f"pass {name}.cpu()")
-        return x.detach().numpy()
+        x = x.detach()
+        if x.dtype == _bfloat16():   # (numpy has no bf16: "Got unsupported ScalarType")
+            x = x.float()
+        return x.numpy()
     if isinstance(x, (bytes, bytearray, memoryview, str)):
         raise ValueError(f"{name} must be an integer array, got {type(x).__name__}")
-    return np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except ValueError as e:   # a ragged list
+        raise ValueError(f"{name} must be an array of one shape (numpy: {e})") from None
+    if a.size == 0 and a.dtype == np.float64 and not isinstance(x, np.ndarray):
+        a = a.astype(np.int32)   # (an empty list: numpy's default float64 holds no value)
+    return a
+
+
+def _bfloat16():
+    import torch
+    return torch.bfloat16
 
 
 def _as_int32(x, name, ndim=None):
@@ -91,7 +105,8 @@ def _as_int32(x, name, ndim=None):
         if a.size and (a.min() < _I32_MIN or a.max() > _I32_MAX):
             raise ValueError(f"{name} has values outside the int32 range")
         a = a.astype(np.int32)
-    return np.ascontiguousarray(a)
+    # (reshaped: ascontiguousarray makes a 0-d array 1-d, and decode returns indexes' shape)
+    return np.ascontiguousarray(a).reshape(a.shape)
 
 
 def _as_float64(x, name, ndim):
@@ -283,7 +298,8 @@ def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
     elif not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueError(f"data must be bytes, bytearray, memoryview or a uint8 array, got "
                          f"{type(data).__name__}")
-    elif isinstance(data, memoryview) and (not data.c_contiguous or data.itemsize != 1):
+    elif isinstance(data, memoryview) and (not data.c_contiguous or data.itemsize != 1 or
+                                          data.ndim != 1):
         data = data.tobytes()
     idx = _as_int32(indexes, "indexes")
     run = 1
@@ -310,6 +326,8 @@ def decode_prepared(data: bytes, indexes: np.ndarray, run: int, shape: Tuple[int
     (safe on any ``data``, as :func:`decode`). Returns the same array as :func:`decode`."""
     if threads < 0:
         raise ValueError(f"threads must be >= 0 (0: as threads=None), got {threads}")
+    if not all(is_int(d) and 0 <= d < 2 ** 62 for d in shape):
+        raise ValueError(f"shape must be a tuple of ints >= 0, got {tuple(shape)!r}")
     return _ext().decode(data, indexes, cdfs, cdf_lengths, offsets, precision, threads, shape,
                          run, executor=_executor(pool))
 
@@ -329,6 +347,12 @@ def stream_count(data) -> int:
             raise TypeError(f"stream_count takes a uint8 array of the encoded bytes, got "
                             f"{data.dtype}")
         data = np.ascontiguousarray(data).reshape(-1)
+    elif isinstance(data, memoryview):
+        if data.itemsize != 1:
+            raise TypeError(f"stream_count takes a byte memoryview, got items of "
+                            f"{data.itemsize} bytes (format {data.format!r})")
+        if not data.c_contiguous or data.ndim != 1:
+            data = data.tobytes()
     return int(_ext().stream_count(data))
 
 
@@ -360,7 +384,8 @@ def pmf_to_quantized_cdf(pmf, precision=16) -> np.ndarray:
         remainder method (ties to the lower index). Deterministic (float64 in a fixed order).
 
     Raises:
-        ValueError: negative, NaN or infinite entries, an empty pmf, or too low a precision.
+        ValueError: negative, NaN or infinite entries, entries whose sum overflows float64
+            (scale them down), an empty pmf, or too low a precision.
     """
     precision = _check_int(precision, "precision", MIN_PRECISION, MAX_PRECISION)
     return _ext().pmf_to_quantized_cdf(_as_float64(pmf, "pmf", 1), precision)

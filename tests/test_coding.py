@@ -812,3 +812,89 @@ def test_an_all_zero_pmf_gives_a_uniform_table(n, precision):
     freq = np.diff(cdf)
     assert cdf[0] == 0 and cdf[-1] == 1 << precision and len(freq) == n + 1
     assert freq.max() - freq.min() <= 1 and (np.diff(freq) <= 0).all()
+
+
+# -- input forms of the public functions (found by an audit of the API's inputs) ------------
+def _two_tables():
+    pmfs = np.array([[0.1, 0.2, 0.4, 0.2, 0.1], [0.6, 0.3, 0.1, 0.0, 0.0]])
+    cdfs, lengths = coding.pmfs_to_quantized_cdfs(pmfs, [5, 3], tail_masses=[0.01, 0.01])
+    return cdfs, lengths, np.array([-2, 0], np.int32)
+
+
+def test_decode_of_0d_indexes_returns_the_shape_of_indexes():
+    """decode(shape=None) promises 'the shape of indexes'; with 0-d indexes it returned shape (1,)
+    (np.ascontiguousarray in _as_int32 turns a 0-d array into a 1-D one)."""
+    cdfs, lengths, offsets = _two_tables()
+    sym, idx = np.array(3, np.int32), np.array(0, np.int32)
+    data = coding.encode(sym, idx, cdfs, lengths, offsets)
+    out = coding.decode(data, idx, cdfs, lengths, offsets)
+    assert out.shape == idx.shape == ()
+    assert out == sym
+
+
+def test_a_bfloat16_pmf_tensor_is_converted():
+    """A bf16 pmf (an entropy model under autocast) raised torch's bare
+    'TypeError: Got unsupported ScalarType BFloat16' from _to_numpy's .numpy()."""
+    torch = pytest.importorskip("torch")
+    pmf = torch.tensor([0.5, 0.25, 0.25], dtype=torch.bfloat16)
+    np.testing.assert_array_equal(coding.pmf_to_quantized_cdf(pmf),
+                                  coding.pmf_to_quantized_cdf(pmf.float()))
+
+
+def test_bfloat16_symbols_tensor_refused_naming_symbols():
+    """Float symbols are refused with 'symbols must hold integers'; bf16 ones got torch's bare
+    TypeError instead (no argument named)."""
+    torch = pytest.importorskip("torch")
+    cdfs, lengths, offsets = _two_tables()
+    with pytest.raises(ValueError, match="symbols"):
+        coding.encode(torch.ones(3, dtype=torch.bfloat16), np.zeros(3, np.int32), cdfs, lengths,
+                      offsets)
+
+
+def test_empty_python_lists_round_trip():
+    """Lists of ints are accepted and an empty int32 array round-trips, but an empty list was
+    refused with 'symbols must hold integers (int32), got dtype float64' (np.asarray([]))."""
+    cdfs, lengths, offsets = _two_tables()
+    data = coding.encode([], [], cdfs, lengths, offsets)
+    out = coding.decode(data, [], cdfs, lengths, offsets)
+    assert out.size == 0 and out.dtype == np.int32
+
+
+def test_ragged_symbol_list_error_names_symbols():
+    """A ragged list raised numpy's 'setting an array element with a sequence...' without naming
+    the argument."""
+    cdfs, lengths, offsets = _two_tables()
+    with pytest.raises(ValueError, match="symbols"):
+        coding.encode([[1, 2], [3]], [0, 0, 0], cdfs, lengths, offsets)
+
+
+def test_decode_prepared_non_int_shape_raises_value_or_type_error():
+    """A float shape entry raised pybind11's RuntimeError 'Unable to cast Python instance of type
+    <class 'float'> to C++ type '?'' (not ValueError/TypeError, shape not named)."""
+    cdfs, lengths, offsets = _two_tables()
+    sym = np.arange(24, dtype=np.int32).reshape(4, 6) % 5 - 2
+    idx = np.zeros((4, 6), np.int32)
+    data = coding.encode(sym, idx, cdfs, lengths, offsets)
+    with pytest.raises((ValueError, TypeError), match="shape"):
+        coding.decode_prepared(data, idx, 1, (4.0, 6), cdfs, lengths, offsets, 16, 1)
+
+
+def test_a_pmf_whose_sum_overflows_is_refused_as_documented():
+    """Finite entries whose float64 sum is infinite: the documented ValueError (scale them)."""
+    with pytest.raises(ValueError, match="sums to infinity"):
+        coding.pmf_to_quantized_cdf(np.array([1e308, 1e308, 1e308]))
+    np.testing.assert_array_equal(coding.pmf_to_quantized_cdf(np.array([1e307] * 3)),
+                                  coding.pmf_to_quantized_cdf(np.array([1.0, 1.0, 1.0])))
+
+
+def test_decode_and_stream_count_accept_a_contiguous_2d_byte_memoryview():
+    """decode takes any memoryview (non-contiguous or wider items are copied with tobytes), but
+    a C-contiguous 2-D byte memoryview reached C++ and was refused as 'data must be a contiguous
+    byte buffer', which it is."""
+    cdfs, lengths, offsets = _two_tables()
+    sym = np.arange(24, dtype=np.int32) % 5 - 2
+    idx = np.zeros(24, np.int32)
+    data = coding.encode(sym, idx, cdfs, lengths, offsets, streams=2)
+    mv = memoryview(np.frombuffer(data, np.uint8).reshape(1, -1))
+    np.testing.assert_array_equal(coding.decode(mv, idx, cdfs, lengths, offsets), sym)
+    assert coding.stream_count(mv) == 2
