@@ -1,11 +1,13 @@
 """File helpers: atomic writes and image reading/writing with clear errors."""
 from __future__ import annotations
 
+import io
 import os
 import stat
+import struct
 import tempfile
 import warnings
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -163,9 +165,14 @@ def _open_image(path: str, todo: str = ""):
         raise ValueError(f"{path}: too large to read safely ({e}); " + (
             todo or "split the image into tiles, or from Python raise PIL.Image.MAX_IMAGE_PIXELS "
                     "first")) from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:   # (ValueError: e.g. a PNG
-        raise ValueError(f"{path}: not an image file Pillow can read ({e})"   # text chunk too
-                         + (f"; {todo}" if todo else "")) from None            # large to inflate
+    except MemoryError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, RuntimeError,
+            IndexError, TypeError, struct.error) as e:
+        # (ValueError: e.g. a PNG text chunk too large to inflate; SyntaxError: "broken PNG
+        # file", a damaged chunk; RuntimeError / SyntaxError: a truncated AVIF)
+        raise ValueError(f"{path}: not an image file Pillow can read ({type(e).__name__}: {e})"
+                         + (f"; {todo}" if todo else "")) from None
     return im, large, {"raw": raw, "raw_any": raw_any, "maxval": maxval}
 
 
@@ -212,14 +219,45 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255.0), note
 
 
+def _to_srgb(im, icc: Optional[bytes]):
+    """``(image, note)``: ``im`` converted from its embedded ICC profile ``icc`` to sRGB (RGB
+    mode; relative colorimetric, as colour-managed viewers show it), or as it is with no note
+    when there is no profile or it is an sRGB one (its description names sRGB); a profile that
+    cannot be applied (damaged, of another colour space than the pixels, no littleCMS in this
+    Pillow) leaves the pixels and says so."""
+    if not icc:
+        return im, ""
+    try:
+        from PIL import ImageCms
+
+        prof = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        desc = (ImageCms.getProfileDescription(prof) or "").strip()
+    except Exception as e:  # noqa: BLE001 - ImportError, PyCMSError, a damaged profile
+        return im, f"ignored its ICC colour profile, which could not be read ({e}); "
+    if "srgb" in desc.lower():
+        return im, ""
+    try:
+        src = im if im.mode in ("RGB", "L", "CMYK") else im.convert(
+            "L" if im.mode in ("LA", "I;16") else "RGB")
+        out = ImageCms.profileToProfile(src, prof, ImageCms.createProfile("sRGB"),
+                                        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+                                        outputMode="RGB")
+    except Exception as e:  # noqa: BLE001 - PyCMSError (e.g. a gray profile on RGB pixels)
+        return im, f"ignored its ICC colour profile ({desc or 'unnamed'}: {e}); "
+    return out, f"converted its ICC colour profile ({desc or 'unnamed'}) to sRGB; "
+
+
 def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
     """Read an image file as 8-bit RGB: ``(rgb, note)``, ``rgb`` a writable uint8 numpy array
     ``[H, W, 3]``, ``note`` what was converted ("" when nothing was). The codec's reader
     (:func:`read_image`) and the training data's (:func:`slimkernels.training.data.load_rgb`).
 
     Grayscale, palette, RGBA (alpha dropped) and 16-bit images are converted to 8-bit RGB (16-bit
-    grayscale by rounding v / 257: Pillow's own conversion clips it to white), and an EXIF
-    orientation (camera JPEGs) is applied, so that the image is what viewers show.
+    grayscale by rounding v / 257: Pillow's own conversion clips it to white), an EXIF
+    orientation (camera JPEGs) is applied, and an embedded ICC colour profile other than sRGB
+    (wide-gamut phone photos, Adobe RGB, CMYK JPEGs) is converted to sRGB, so that the image is
+    what colour-managed viewers show (the decoded files carry no profile: sRGB). A PNG gAMA
+    chunk without a profile is not applied.
 
     Raises:
         ValueError: see :func:`open_image` (raise ``PIL.Image.MAX_IMAGE_PIXELS`` in Python to read
@@ -233,8 +271,13 @@ def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
     with src:
         im = src
         note = ""
-        frames = getattr(im, "n_frames", 1)
-        if frames > 1:
+        try:
+            frames = getattr(im, "n_frames", 1)
+        except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError,
+                struct.error):   # (Pillow's scan for the frames past the first, which it read)
+            frames = None
+            note = "used the first frame (the file is cut or damaged after it); "
+        if frames is not None and frames > 1:
             note = f"used the first of {frames} frames; "
         if large:   # (Pillow warns over PIL.Image.MAX_IMAGE_PIXELS)
             note += (f"a large image ({im.size[0]}x{im.size[1]}, over Pillow's "
@@ -264,13 +307,22 @@ def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
             note += f"converted 16-bit {mode} to 8-bit; "
         if dec["maxval"] is not None and im.mode in ("RGB", "L"):   # (Pillow rounds those)
             note += f"scaled {dec['maxval']}-level samples to 8-bit; "
-        # (Pillow keeps each sample's high byte of a 16-bit RGB image)
-        if im.mode in ("RGB", "RGBA") and raw is not None and ";16" in raw:
-            note += f"read 16-bit {raw.split(';')[0]} as 8-bit (the high byte of each sample); "
+        # (Pillow keeps each sample's high byte of a 16-bit RGB image: PNG 'RGB;16B', TIFF
+        # 'RGB;16L', whose mode is in raw_any)
+        if im.mode in ("RGB", "RGBA") and raw_any is not None and ";16" in raw_any:
+            note += (f"read 16-bit {raw_any.split(';')[0]} as 8-bit (the high byte of each "
+                     f"sample); ")
         if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
             note += f"dropped the alpha channel of a {mode} image; "
+        elif "transparency" in src.info:   # a PNG tRNS colour key on an L / RGB / 16-bit image
+            note += (f"dropped the transparency of a {mode} image (its transparent colour "
+                     f"comes as stored); ")
+            if im.mode != "RGB":
+                note += f"converted {mode} to RGB; "
         elif im.mode != "RGB":
             note += f"converted {mode} to RGB; "
+        im, icc_note = _to_srgb(im, src.info.get("icc_profile"))
+        note += icc_note
         rgb = np.array(im.convert("RGB"), dtype=np.uint8)
     if rgb.size == 0:
         raise ValueError(f"{path}: the image is empty")
@@ -285,7 +337,6 @@ def image_to_png_bytes(x: torch.Tensor, fmt: str = "PNG") -> bytes:
         ValueError: another shape (a batch of several images: encode them one by one; not 3
             channels), a dtype that is not floating point (uint8 0..255: divide by 255
             first), or a NaN / inf value."""
-    import io
 
     from PIL import Image
 

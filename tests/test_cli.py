@@ -808,3 +808,21 @@ def test_a_copy_that_cannot_be_made_is_not_left_half_written(model_file, images,
     assert main(["compress", images["RGB"], str(out), "--model", model_file, "-f"]) == 1
     assert "cannot keep a copy of" in capsys.readouterr().err
     assert os.listdir(tmp_path / "o") == ["a.slim"] and out.read_bytes() == b"x" * 1000
+
+
+def test_compress_of_a_damaged_png_is_one_error_line_not_a_traceback(tmp_path, capsys):
+    """The CLI's `compress` passes the header check (_check_images opens the header only), then
+    read_image's SyntaxError was not one of the types main() turns into an error line: the user
+    got a Python traceback (exit code 1 from the interpreter, not slimkernels' message)."""
+    from tests.test_io import _broken_chunk_png
+
+    torch.manual_seed(0)
+    m = SlimCAE(widths=(16, 8)).eval()
+    m.update()
+    model = tmp_path / "tiny.pt"
+    save_model(m, str(model), info={"note": "random weights"})
+    p = tmp_path / "damaged.png"
+    _broken_chunk_png(p)
+    assert main(["compress", str(p), str(tmp_path / "out.slim"), "--model", str(model)]) == 1
+    assert "damaged.png" in capsys.readouterr().err
+    assert not (tmp_path / "out.slim").exists()

@@ -1,11 +1,17 @@
 """slimkernels.io: atomic writes (permissions, no clobbering) and image reading."""
+import io
 import os
 import stat
+import struct
+import zlib
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageCms
 
 from slimkernels import io as sio
+from slimkernels.io import read_image_uint8
 
 
 def _mode(p):
@@ -316,3 +322,171 @@ def test_image_to_png_bytes_refuses_what_it_would_turn_into_another_image(x, mat
     batch.)"""
     with pytest.raises(ValueError, match=match):
         sio.image_to_png_bytes(x)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+# -- (found by an audit of exotic image files) a PNG transparency (tRNS) chunk on a grayscale / RGB / 16-bit image -----------------------
+@pytest.mark.parametrize("kind", ["L", "RGB", "I;16"])
+def test_a_png_transparency_key_colour_is_noted_like_a_palettes(tmp_path, kind):
+    """A tRNS chunk on an L, RGB or 16-bit gray PNG makes every pixel of one colour transparent
+    (a viewer shows the background there). read_image_uint8 drops it, as it drops a palette
+    image's, but says nothing: the note is "converted L to RGB" / "" (for a P image with tRNS it
+    says "dropped the alpha channel")."""
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[:, 4:] = 200
+    if kind == "RGB":
+        im, key = Image.fromarray(rgb), (0, 0, 0)
+    elif kind == "L":
+        im, key = Image.fromarray(rgb[..., 0]), 0
+    else:
+        im, key = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257), 0
+    p = tmp_path / "keyed.png"
+    im.save(p, transparency=key)
+    assert "transparency" in Image.open(p).info   # (half the image is transparent in a viewer)
+    _, note = read_image_uint8(str(p))
+    assert "alpha" in note or "transparen" in note, note
+
+
+# -- an embedded ICC profile -------------------------------------------------------------------
+def _s15(v):
+    return struct.pack(">i", int(round(v * 65536)))
+
+
+def _xyz(x, y, z):
+    return b"XYZ \0\0\0\0" + _s15(x) + _s15(y) + _s15(z)
+
+
+def _linear_rgb_icc() -> bytes:
+    """A minimal ICC v2 RGB display profile: sRGB's primaries with a linear (gamma 1) curve."""
+    text = b"linear RGB\0"
+    desc = (b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0" * 3
+            + b"\0" * 67)
+    curv = b"curv\0\0\0\0" + struct.pack(">IH", 1, 256) + b"\0\0"
+    tags = [(b"desc", desc), (b"wtpt", _xyz(0.9642, 1.0, 0.8249)),
+            (b"rXYZ", _xyz(0.4361, 0.2225, 0.0139)), (b"gXYZ", _xyz(0.3851, 0.7169, 0.0971)),
+            (b"bXYZ", _xyz(0.1431, 0.0606, 0.7141)), (b"rTRC", curv), (b"gTRC", curv),
+            (b"bTRC", curv), (b"cprt", b"text\0\0\0\0none\0\0\0\0")]
+    offset = 128 + 4 + 12 * len(tags)
+    table = body = b""
+    for sig, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += sig + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", offset + len(body)) + b"lcms" + bytes([2, 0x10, 0, 0])
+              + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp" + b"\0" * 24 + b"\0" * 4
+              + _s15(0.9642) + _s15(1.0) + _s15(0.8249) + b"\0" * 48)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_an_icc_profile_is_converted_to_srgb(tmp_path, ext):
+    """Colour-managed viewers show an image through its embedded ICC profile (wide-gamut phone
+    photos, Adobe RGB); the decoded files carry none (sRGB). The profile had been ignored
+    silently: a mid-gray 128 that a viewer shows as ~188 came back as 128, note ""."""
+    icc = _linear_rgb_icc()
+    gray = np.tile(np.arange(0, 256, 16, dtype=np.uint8)[None, :, None], (8, 1, 3))
+    p = tmp_path / f"linear.{ext}"
+    Image.fromarray(gray).save(p, icc_profile=icc, **({"quality": 100} if ext == "jpg" else {}))
+    shown = np.asarray(ImageCms.profileToProfile(
+        Image.open(p).convert("RGB"), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+        ImageCms.createProfile("sRGB"), outputMode="RGB"), dtype=int)
+    rgb, note = read_image_uint8(str(p))
+    assert np.abs(rgb.astype(int) - shown).max() <= 1 and shown[0, 8, 0] > 160
+    assert "converted its ICC colour profile (linear RGB) to sRGB" in note
+
+
+def test_an_srgb_profile_changes_nothing_and_a_wrong_one_is_said(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    p = tmp_path / "srgb.png"
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(rgb).save(p, icc_profile=srgb)
+    got, note = read_image_uint8(str(p))
+    assert note == "" and np.array_equal(got, rgb)
+    p = tmp_path / "rgb_with_a_lab_profile.png"   # a profile of another colour space
+    Image.fromarray(rgb).save(p, icc_profile=ImageCms.ImageCmsProfile(
+        ImageCms.createProfile("LAB")).tobytes())
+    got, note = read_image_uint8(str(p))
+    assert np.array_equal(got, rgb) and note.startswith("ignored its ICC colour profile")
+
+
+# -- a 16-bit RGB TIFF --------------------------------------------------------------------------
+def _tiff_rgb16(path, arr):
+    """An uncompressed little-endian 16-bit RGB TIFF (Pillow writes no such file)."""
+    h, w, c = arr.shape
+    data = arr.astype("<u2").tobytes()
+    entries = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 3, None), (259, 3, 1, 1),
+               (262, 3, 1, 2), (273, 4, 1, None), (277, 3, 1, 3), (278, 3, 1, h),
+               (279, 4, 1, len(data)), (284, 3, 1, 1)]
+    n = len(entries)
+    bps_off = 8 + 2 + 12 * n + 4
+    data_off = bps_off + 6
+    out = b"II*\0" + struct.pack("<IH", 8, n)
+    for tag, typ, cnt, val in entries:
+        val = bps_off if tag == 258 else data_off if tag == 273 else val
+        out += struct.pack("<HHI", tag, typ, cnt) + (
+            struct.pack("<HH", val, 0) if typ == 3 and cnt == 1 else struct.pack("<I", val))
+    path.write_bytes(out + struct.pack("<I", 0) + struct.pack("<HHH", 16, 16, 16) + data)
+
+
+def test_a_16_bit_rgb_tiff_read_as_8_bit_is_noted_like_a_16_bit_png(tmp_path):
+    """A 16-bit RGB PNG gets "read 16-bit RGB as 8-bit (the high byte of each sample)"; the same
+    pixels in a TIFF are narrowed as silently (note ""), because the check looks at the PNG's
+    decoder mode (``dec["raw"]``) and not at TIFF's (``dec["raw_any"]``: 'RGB;16L')."""
+    arr = (np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3) * 1000)
+    p = tmp_path / "rgb16.tif"
+    _tiff_rgb16(p, arr)
+    assert Image.open(p).mode == "RGB"
+    rgb, note = read_image_uint8(str(p))
+    assert (np.abs(rgb.astype(int) - arr // 256) <= 1).all()   # (the pixels themselves are fine)
+    assert "16-bit" in note, repr(note)
+
+
+# -- damaged / truncated files that escape as other exceptions --------------------------------
+def _broken_chunk_png(path):
+    """A PNG whose second IDAT chunk's type bytes were damaged (a bit-rotted / badly copied
+    file)."""
+    raw = b"".join(b"\0" + bytes(range(48)) for _ in range(16))
+    z = zlib.compress(raw)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + _chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0))
+                     + _chunk(b"IDAT", z[:len(z) // 2]) + _chunk(b"\0\1\2\3", z[len(z) // 2:])
+                     + _chunk(b"IEND", b""))
+
+
+def test_a_png_with_a_damaged_chunk_is_a_value_error(tmp_path):
+    """Pillow raises SyntaxError("broken PNG file ...") while loading; _open_image catches only
+    UnidentifiedImageError / OSError / ValueError, so read_image_uint8 raises SyntaxError (a
+    truncated AVIF: SyntaxError or RuntimeError the same way) instead of its documented
+    ValueError naming the file."""
+    p = tmp_path / "damaged.png"
+    _broken_chunk_png(p)
+    with pytest.raises(ValueError, match="damaged.png"):
+        read_image_uint8(str(p))
+
+
+def test_a_truncated_animated_gif_is_read_or_a_value_error(tmp_path):
+    """A partly downloaded animated GIF: read_image_uint8 counts its frames (``im.n_frames``,
+    outside any try) and Pillow's frame scan raises IndexError / struct.error at the cut, for
+    some cut points inside the second frame. Expected: the first frame (with the note) or a
+    ValueError naming the file."""
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).quantize(16)
+              for _ in range(3)]
+    full = tmp_path / "anim.gif"
+    frames[0].save(full, save_all=True, append_images=frames[1:])
+    data = full.read_bytes()
+    cut = tmp_path / "cut.gif"
+    escaped = []
+    for n in range(16, len(data)):
+        cut.write_bytes(data[:n])
+        try:
+            read_image_uint8(str(cut))
+        except ValueError:
+            pass
+        except Exception as e:  # noqa: BLE001 - what the test is about
+            escaped.append((n, type(e).__name__, str(e)[:60]))
+    assert not escaped, escaped[:5]
