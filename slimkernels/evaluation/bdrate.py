@@ -41,7 +41,9 @@ def _curve(rate: Sequence[float], quality: Sequence[float], name: str) -> Tuple[
     if (r <= 0).any():
         raise ValueError(f"{name}: rates must be > 0 (log-rate is interpolated), got {r}")
     order = np.argsort(r, kind="stable")
-    if np.any(np.diff(q[order]) < 0) and np.all(np.diff(r[order]) > 0):
+    # a point of a higher rate and a lower quality than another (points of the same rate do
+    # not count: a tie anywhere had switched the check off)
+    if np.any((r[None, :] > r[:, None]) & (q[None, :] < q[:, None])):
         warnings.warn(f"{name}: the quality falls as the rate rises (by rate: "
                       f"{np.round(r[order], 4).tolist()} -> {np.round(q[order], 3).tolist()}); "
                       "a BD metric assumes a monotone curve: check the points, or drop the "

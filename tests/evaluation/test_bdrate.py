@@ -5,7 +5,8 @@ import warnings
 import numpy as np
 import pytest
 
-from slimkernels.evaluation.bdrate import bd_psnr, bd_rate, overlap, quality_at_rate
+from slimkernels.evaluation.bdrate import (NonMonotoneCurveWarning, bd_psnr, bd_rate, overlap,
+                                          quality_at_rate)
 
 # a realistic pair: published Kodak points (Yang et al. 2021)
 BALLE = ([0.120, 0.195, 0.316, 0.481, 0.721, 1.061], [26.78, 28.35, 30.02, 31.73, 33.69, 35.82])
@@ -144,3 +145,31 @@ def test_markdown_marks_a_folding_curve_apart_from_a_small_overlap():
     assert "^ |" in folded and "folds back" in folded
     monotone = table([28.0, 29.0, 31.0])
     assert "^" not in monotone and "folds back" not in monotone
+
+
+# -- (found by an audit of the evaluation numbers) ----------------------------------------------
+_ANCHOR = ([0.1, 0.2, 0.3, 0.4], [25.0, 27.0, 29.0, 31.0])
+# quality falls from 29 dB at 0.2 bpp to 27 dB at 0.4 bpp; two points happen to share 0.2 bpp
+_FOLDING_WITH_A_RATE_TIE = ([0.1, 0.2, 0.2, 0.4], [26.0, 29.0, 28.0, 27.0])
+
+
+def test_folding_curve_is_warned_even_when_two_rates_tie():
+    # bd_rate's docstring: "Warns: NonMonotoneCurveWarning: a curve whose quality falls somewhere
+    # as its rate rises". _curve only checks when ALL rates are distinct, so one tie anywhere
+    # switches the check off (without the tie, [0.1, 0.2, 0.3, 0.4] -> same q, it warns).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bd_rate(*_ANCHOR, *_FOLDING_WITH_A_RATE_TIE)
+    assert any(issubclass(w.category, NonMonotoneCurveWarning) for w in caught)
+
+
+def test_bd_summary_flags_a_folding_curve_with_a_rate_tie():
+    # kodak.bd_summary: "a value computed ... over a curve whose quality does not rise with its
+    # rate, gets a line under "warnings"" (and table.md marks it "^").
+    from slimkernels.evaluation.kodak import bd_summary
+
+    test = {"results": {"bpp": _FOLDING_WITH_A_RATE_TIE[0], "psnr-rgb": _FOLDING_WITH_A_RATE_TIE[1]}}
+    anchor = {"results": {"bpp": _ANCHOR[0], "psnr-rgb": _ANCHOR[1]}}
+    row = bd_summary(test, {"ref": anchor})["ref"]
+    assert row["bd_rate_pchip"] is not None
+    assert any("the quality falls" in w for w in row.get("warnings", []))
