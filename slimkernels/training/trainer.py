@@ -410,6 +410,7 @@ class Trainer:
         self.stopped_by = None   # the signal that ended the last fit(), if one did
         if cfg.lambdas is not None and len(cfg.lambdas) != len(cfg.widths):
             raise ValueError(f"{len(cfg.widths)} widths but {len(cfg.lambdas)} lambdas")
+        self._explicit_schedule_start = cfg.schedule_start is not None
         if cfg.schedule_start is None:
             cfg.schedule_start = cfg.steps // 2
         self.lambdas: List[float] = []   # set by _resume_or_init
@@ -479,7 +480,10 @@ class Trainer:
                     group["foreach"] = opt.defaults.get("foreach")
             self.step = ck["step"]
             self.lambdas = list(ck["lambdas"])
-            self.next_schedule = ck.get("next_schedule", self.next_schedule)
+            # the search's next step; before it began (no scheduler state saved: e.g. a run
+            # trained without --schedule), an explicit --schedule-start of this run applies
+            if ck.get("scheduler") is not None or not self._explicit_schedule_start:
+                self.next_schedule = ck.get("next_schedule", self.next_schedule)
             # kept even when this run does not schedule: a later run with --schedule goes on
             self._scheduler_state = ck.get("scheduler")
             self._make_scheduler(self._scheduler_state, self.lambdas)

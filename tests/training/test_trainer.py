@@ -846,3 +846,20 @@ def test_validation_without_ema_sees_the_trained_weights(tmp_path):
     finally:
         t.close()
     assert got["psnr"] == pytest.approx(want["psnr"], abs=1e-3)
+
+
+def test_explicit_schedule_start_is_honoured_when_resuming_a_run_trained_without_schedule(
+        image_dir, tmp_path):
+    """--schedule-start is "first scheduler validation at this step (the search's first
+    reference slope)" (TrainConfig help, README). A run trained without --schedule saves
+    next_schedule = its own unused default (half of its --steps); resuming it with --schedule
+    --schedule-start S ignored S: the first lambda update came at the next step."""
+    q = lambda *_: None
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=2, batch=1, val_every=0), log=q).fit()   # no --schedule
+    t = Trainer(_cfg(image_dir, tmp_path / "r", steps=4, batch=1, val_every=0, schedule=True,
+                     schedule_start=6, schedule_steps=1), log=q)
+    assert t.next_schedule == 6
+    t.fit()
+    log = [json.loads(line) for line in open(tmp_path / "r" / "log.jsonl")]
+    early = [r["step"] for r in log if r["event"] == "lambda_update"]
+    assert early == [] and t.lambdas == [0.01, 0.002]
