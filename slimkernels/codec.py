@@ -74,6 +74,14 @@ def _takes_width(cls: type) -> bool:
     return len(pos) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
+def _plain_sequential(g) -> bool:
+    """Whether ``g`` is a :class:`SlimSequential` running SlimSequential's own ``forward``, with
+    no hooks or instance-level ``forward`` (so that a path calling its layers one by one computes
+    what calling ``g`` does)."""
+    return isinstance(g, SlimSequential) and type(g).forward is SlimSequential.forward and \
+        not runs_more_than_forward(g)
+
+
 class SlimSequential(nn.Sequential):
     """``nn.Sequential`` whose ``forward(x, width)`` hands the active width to every layer that
     takes one (``forward(x, width)``: slimkernels' slimmable layers, or your own); other layers
@@ -719,14 +727,20 @@ class SlimCodec(nn.Module):
         return [self._quantize_and_decode(self.g_a(slices[w], w, start=1), quantization)
                 for w in ws]
 
+    def _own_transform(self, *names: str) -> bool:
+        """Whether each of the methods ``names`` is SlimCodec's own: not overridden by the class
+        nor set on the instance (the paths that call ``g_a`` / ``g_s`` layer by layer skip it)."""
+        d = self.__dict__
+        return all(getattr(type(self), n) is getattr(SlimCodec, n) and n not in d for n in names)
+
     def _shared_first_layer(self, x: torch.Tensor) -> Optional[nn.Module]:
         # g_a's first layer when forward_widths may run it once for all widths, else None
         from .nn.conv import SlimConv2d
 
         g = self.g_a
-        if type(self).forward is not SlimCodec.forward or not isinstance(g, SlimSequential) or \
+        if not self._own_transform("forward", "encode") or not _plain_sequential(g) or \
                 len(g) < 2 or g.fuses(x):
-            return None
+            return None   # (an encode or g_a of its own: g_a's layers are not called one by one)
         first = g[0]
         if not isinstance(first, SlimConv2d) or not first.slim_output or \
                 x.dim() != 4 or x.shape[1] != first.in_channels:
@@ -885,8 +899,9 @@ class SlimCodec(nn.Module):
         if cl is None:
             return self._like_params(x)
         first = self.g_a[0] if isinstance(self.g_a, nn.Sequential) and len(self.g_a) else None
-        dtype = (torch.bfloat16 if precision == "bf16" and isinstance(first, SlimConv2d)
-                 else x.dtype)
+        # (an encode of its own gets the image as it is: it may compute on it before g_a casts)
+        dtype = (torch.bfloat16 if precision == "bf16" and isinstance(first, SlimConv2d) and
+                 self._own_transform("encode") else x.dtype)
         return _dense(x, dtype, torch.channels_last if cl else torch.contiguous_format, ranges)
 
     def _latent_input(self, eb, sym: torch.Tensor, precision: str,
@@ -907,7 +922,8 @@ class SlimCodec(nn.Module):
         dev = sym.device
         first = self.g_s[0] if isinstance(self.g_s, nn.Sequential) and len(self.g_s) else None
         bf16 = dev.type == "cpu" and precision == "bf16" and \
-            isinstance(first, (SlimGDN, _WidthSelectedGDN, SlimConvTranspose2d))
+            isinstance(first, (SlimGDN, _WidthSelectedGDN, SlimConvTranspose2d)) and \
+            self._own_transform("decode")   # (a decode of its own gets the float32 latent)
         # the transforms' layout (input_channels_last when set) on CUDA and for the bf16 latent
         cl = self._transforms_channels_last(dev) if dev.type == "cuda" or bf16 else None
         return _dequantize(eb, sym, self._params_channels_last() if cl is None else cl, medians,
@@ -951,7 +967,8 @@ class SlimCodec(nn.Module):
                 outside [0, 1] (e.g. 0-255 pixel values; see :data:`PIXEL_RANGE`: every value
                 is checked where the CPU's bf16 cast of the image measures them in its pass, a
                 sample of ~12k values elsewhere); an image (or model) that is not finite (NaN /
-                inf reach the latent).
+                inf reach the latent); a latent of another shape than ``[1, width, H/s, W/s]``
+                from the analysis transform (a ``g_a`` or ``downsampling`` that does not match).
             RuntimeError: :meth:`update` was not called.
         """
         check_image_tensor(x, "compress")
@@ -999,6 +1016,12 @@ class SlimCodec(nn.Module):
         mid = self._coding_id("compress")   # once: the graph cache's key, the container's field
         y = self._transform("encode", lambda t: self.encode(t, width), x, (width, precision),
                             dev, precision, cuda_graph, mid)
+        want = (1, width, (H + ph) // s, (W + pw) // s)
+        if tuple(y.shape) != want:   # (before the quantizer reads the width's medians per channel)
+            raise ValueError(f"compress: the analysis transform returned a latent of shape "
+                             f"{tuple(y.shape)}, expected {list(want)} (width {width}; the image "
+                             f"padded to {H + ph}x{W + pw} over downsampling = {s}): check the "
+                             f"widths of g_a's last layer and the class's downsampling")
         med, cdfs, lengths, offsets, idx = self._latent_plan(eb, width)
         sym, invalid = _quantize_counted(eb, y, med, as_numpy=True)
         if invalid:  # NaN / inf / |y| >= 2^31
@@ -1075,7 +1098,9 @@ class SlimCodec(nn.Module):
             slimkernels.container.SlimFormatError: see :meth:`decompress_latent`; also a file
                 whose latent lies far outside the entropy model's range and decodes to a
                 non-finite image (a forged or foreign payload: ``compress`` never writes one).
-            ValueError: unknown ``precision``.
+            ValueError: unknown ``precision``; a synthesis transform whose output is not
+                ``[1, 3, >= H, >= W]`` for the file's image (``g_s`` not ending in 3 channels,
+                or not upsampling by ``downsampling``).
         """
         dev = self._coding_device("decompress")
         precision = resolve_precision(precision, dev)
@@ -1106,14 +1131,22 @@ class SlimCodec(nn.Module):
             x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
                                     precision, cuda_graph, f.model_id)
             image = _image_output(x_hat)
+        if image.dim() != 4 or image.shape[1] != 3 or image.shape[-2] < f.height or \
+                image.shape[-1] < f.img_width:
+            raise ValueError(f"decompress: the synthesis transform returned {tuple(image.shape)}, "
+                             f"expected [1, 3, >= {f.height}, >= {f.img_width}] for this file's "
+                             f"{f.height}x{f.img_width} image: check that g_s ends in 3 channels "
+                             f"and upsamples by downsampling = {int(self.downsampling)} (its "
+                             f"output_padding)")
         return _cropped(image, f.height, f.img_width)
 
     def _decodes_image(self, width: int, precision: str) -> bool:
         """Whether a CPU ``decompress`` at ``width`` and ``precision`` (resolved) takes the image
         from the synthesis transform's last layer (:meth:`_decode_image`): in bf16 where the
         direct AMX conv runs (its epilogue writes the image: elsewhere the clamp would be the
-        same second pass, with the layer's input still held), :meth:`decode` is SlimCodec's,
-        ``g_s`` a :class:`SlimSequential` ending in a :class:`~slimkernels.nn.SlimConvTranspose2d`
+        same second pass, with the layer's input still held), :meth:`decode` is SlimCodec's (not
+        overridden, not set on the instance), ``g_s`` a :class:`SlimSequential` with its class's
+        ``forward`` and no hooks, ending in a :class:`~slimkernels.nn.SlimConvTranspose2d`
         without hooks or its own ``forward`` (they would see the clamped image instead of the
         layer's output), and that layer's input (``width`` channels at 1 / stride^2 of its
         pixels) is no larger than its output: its input and the float32 image are then no more
@@ -1124,9 +1157,9 @@ class SlimCodec(nn.Module):
         if precision != "bf16" or not conv_ops.amx_conv_available():
             return False
         g_s = getattr(self, "g_s", None)
-        if not (type(self).decode is SlimCodec.decode and isinstance(g_s, SlimSequential) and
+        if not (self._own_transform("decode") and _plain_sequential(g_s) and
                 len(g_s) > 0 and isinstance(g_s[-1], SlimConvTranspose2d)):
-            return False
+            return False   # (a decode, g_s or g_s forward of its own, or hooks on g_s)
         last = g_s[-1]
         s = last._s * last._s
         return int(width) <= last.out_channels * s and not runs_more_than_forward(last)

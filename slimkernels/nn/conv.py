@@ -147,6 +147,10 @@ class SlimConv2d(_SlimMixin, nn.Conv2d):
         return ops.slim_conv2d(x, self.weight, self.bias, stride=self._s, padding=self._p,
                                out_width=self._check_width(width), gdn=gdn)
 
+    # what this conv with a GDN in its epilogue computes (SlimSequential's fusion): a subclass or
+    # patch with another forward is not fused (slimkernels._hooks.runs_more_than_forward)
+    _op_forward = forward
+
 
 class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` (same arguments and state_dict keys) at any active width.
@@ -187,3 +191,7 @@ class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
                                          padding=self._p, output_padding=self._op,
                                          out_width=self._check_width(width), out_igdn=out_igdn,
                                          out_clamp=out_clamp)
+
+    # what this conv with a GDN in its epilogue computes (SlimSequential's fusion): a subclass or
+    # patch with another forward is not fused (slimkernels._hooks.runs_more_than_forward)
+    _op_forward = forward
