@@ -473,7 +473,9 @@ def _prep_gdn(gdn, c_out, device):
     beta, gamma = gdn
     if beta.shape[0] < c_out or gamma.shape[0] < c_out or gamma.shape[1] < c_out:
         raise ValueError(f"GDN parameters hold {beta.shape[0]} channels, the conv outputs {c_out}")
-    beta = beta[:c_out].to(device=device, dtype=torch.float32 if beta.dtype != torch.float64 else beta.dtype)
+    # (contiguous: the epilogue reads beta by pointer with unit stride)
+    beta = beta[:c_out].to(device=device, dtype=torch.float32 if beta.dtype != torch.float64
+                           else beta.dtype).contiguous()
     gamma = gamma[:c_out, :c_out].to(device=device, dtype=beta.dtype)
     return beta, gamma
 
@@ -525,6 +527,13 @@ def _check_common(x, weight, bias, name):
                          f"{'' if bias is None else f' and bias on {bias.device}'}")
 
 
+def _bias_arg(bias, c_out):
+    """``bias[:c_out]`` as the kernels read it (by pointer, unit stride): a view of a contiguous
+    bias, else a contiguous copy (a strided or expanded bias had been read as if contiguous:
+    wrong values, or past an expanded one's single element)."""
+    return None if bias is None else bias[:c_out].contiguous()
+
+
 def _check_bias(bias, c_out, name):
     """bias ``[>= c_out]`` (the kernels read bias[:c_out] by pointer: a shorter one would be
     read past its end)."""
@@ -557,6 +566,7 @@ def conv2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         raise ValueError(f"conv2d_fwd: active widths C_in={c_in}, C_out={c_out} exceed the weight "
                          f"[{co_max}, {ci_max}, ...]")
     _check_bias(bias, c_out, "conv2d_fwd")
+    bias = _bias_arg(bias, c_out)
     h_out = (h + 2 * padding - kh) // stride + 1
     w_out = (wd + 2 * padding - kw) // stride + 1
     if h_out < 1 or w_out < 1:
@@ -598,6 +608,7 @@ def conv_transpose2d_fwd(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         raise ValueError(f"conv_transpose2d_fwd: active widths C_in={c_in}, C_out={c_out} exceed "
                          f"the weight [{ci_max}, {co_max}, ...]")
     _check_bias(bias, c_out, "conv_transpose2d_fwd")
+    bias = _bias_arg(bias, c_out)
     if output_padding < 0 or output_padding >= max(stride, 1):
         raise ValueError(f"output_padding={output_padding} must be smaller than stride={stride}")
     h_out = (h - 1) * stride - 2 * padding + kh + output_padding

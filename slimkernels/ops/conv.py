@@ -38,8 +38,8 @@ from . import _cache
 from ._cache import _PACK_CACHE, _cached  # noqa: F401 (_PACK_CACHE: tests read it here)
 from ._raw import cpu_capability
 from .gdn import _SCALAR_NAMES as _GDN_SCALARS
-from .gdn import (_check_gdn_scalars, _cpu_kernel_gdn, _kernel_scalars, _packed_gamma,
-                  _params_readable, cpu_kernels_available)
+from .gdn import (_check_gdn_scalars, _cpu_kernel_gdn, _effective_params, _kernel_scalars,
+                  _packed_gamma, _params_readable, cpu_kernels_available)
 from .gdn import gdn as _gdn
 from .._amp import no_autocast
 
@@ -80,17 +80,11 @@ _GDN_KEYS = {"beta", "gamma", "inverse", "backend", *_GDN_SCALARS}
 
 
 def _effective(kw, c):
-    """The effective (beta[:c], gamma[:c, :c]) of a gdn kwargs dict (SlimGDN+ scalars applied)."""
-    b, g = kw["beta"][:c], kw["gamma"][:c, :c]
-    if kw.get("gamma_scale") is not None:
-        g = g * kw["gamma_scale"]
-    if kw.get("gamma_bias") is not None:
-        g = g + kw["gamma_bias"]
-    if kw.get("beta_scale") is not None:
-        b = b * kw["beta_scale"]
-    if kw.get("beta_bias") is not None:
-        b = b + kw["beta_bias"]
-    return b, g
+    """The effective (beta[:c], gamma[:c, :c]) of a gdn kwargs dict (SlimGDN+ scalars applied,
+    in at least float32, as the GDN op and the kernels apply them: bf16 parameters had got them
+    in bf16, 6-8e-4 off)."""
+    return _effective_params(kw["beta"], kw["gamma"], c, *(kw.get(n) for n in _GDN_SCALARS),
+                             torch.float32)
 
 
 def _needs_grad(*tensors) -> bool:

@@ -79,6 +79,10 @@ def _effective_params(beta, gamma, C, gamma_scale, gamma_bias, beta_scale, beta_
     if dtype is not None:
         g = g.to(torch.promote_types(g.dtype, dtype))
         b = b.to(torch.promote_types(b.dtype, dtype))
+    # one-element tensors of any shape as 0-d (a [1, 1] beta_scale broadcast beta to [1, C])
+    gamma_scale, gamma_bias, beta_scale, beta_bias = (
+        v.reshape(()) if isinstance(v, torch.Tensor) else v
+        for v in (gamma_scale, gamma_bias, beta_scale, beta_bias))
     if gamma_scale is not None:
         g = g * gamma_scale
     if gamma_bias is not None:

@@ -332,3 +332,22 @@ def test_an_input_without_pixels_gives_an_empty_output(shape):
     assert y.shape == x.shape and y.dtype == x.dtype
     y.sum().backward()
     assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (1, 1), (1, 1, 1)])
+@pytest.mark.parametrize("grad", [False, True])
+def test_one_element_scalars_of_any_shape(shape, grad):
+    """The SlimGDN+ scalars may be one-element tensors of any shape (the checks admit them);
+    a [1, 1] beta_scale had broadcast beta to [1, C] (torch's bias error in gdn_torch and
+    gdn_reference), a [1, 1, 1] one a stride error."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 8, 4, 4, requires_grad=grad)
+    beta, gamma = torch.rand(8) + 0.5, torch.rand(8, 8) * 0.1
+    sc = {n: torch.full(shape, v) for n, v in
+          (("gamma_scale", 0.7), ("gamma_bias", 0.01), ("beta_scale", 0.8), ("beta_bias", 0.1))}
+    ref = gdn_reference(x.detach().double(), beta.double(), gamma.double(), gamma_scale=0.7,
+                        gamma_bias=0.01, beta_scale=0.8, beta_bias=0.1)
+    for fn in (gdn, gdn_reference):
+        y = fn(x, beta, gamma, **sc)
+        assert y.shape == x.shape
+        assert ((y.detach().double() - ref).abs().max() / ref.abs().max()).item() < 1e-5
