@@ -33,11 +33,30 @@ def _bump_fused(optimizer, args, kwargs) -> None:
               for p in g["params"] if p.grad is not None and not p.is_inference()]
     if not params:
         return
+    if torch.compiler.is_compiling():
+        # a compiled step: a graph break, so that the bump runs at every call of the compiled
+        # step, not once while dynamo traces it (made at the first compiled step: disable()
+        # imports dynamo, which importing slimkernels must not)
+        _eager_increment()(params)
+    else:
+        _increment(params)
+
+
+def _increment(params) -> None:
     try:
         torch.autograd.graph.increment_version(params)
     except TypeError:   # (older torch: one tensor per call)
         for p in params:
             torch.autograd.graph.increment_version(p)
+
+
+_EAGER = []
+
+
+def _eager_increment():
+    if not _EAGER:
+        _EAGER.append(torch.compiler.disable(_increment))
+    return _EAGER[0]
 
 
 def install() -> None:

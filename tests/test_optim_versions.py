@@ -55,3 +55,26 @@ def test_a_torch_whose_increment_version_takes_one_tensor(monkeypatch):
     va, vb = a._version, b._version
     o.step()
     assert a._version > va and b._version > vb
+
+
+def test_a_compiled_fused_step_bumps_at_every_call():
+    """torch.compile(opt.step): the hook ran once, while dynamo traced the step, and the compiled
+    calls left the counters as they were (a conv after it was 9.0 off the updated weights). Run
+    in a child process (compiling imports torch._dynamo, which this test session must not)."""
+    import subprocess
+    import sys
+    code = (
+        "import torch, slimkernels\n"
+        "p = torch.nn.Parameter(torch.randn(16))\n"
+        "o = torch.optim.Adam([p], lr=0.1, fused=True)\n"
+        "step = torch.compile(o.step)\n"
+        "changes = []\n"
+        "for _ in range(3):\n"
+        "    p.grad = torch.randn(16)\n"
+        "    v = p._version\n"
+        "    step()\n"
+        "    changes.append(p._version - v)\n"
+        "print(changes)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[1, 1, 1]", r.stdout
