@@ -742,7 +742,8 @@ class SlimCodec(nn.Module):
                 len(g) < 2 or g.fuses(x):
             return None   # (an encode or g_a of its own: g_a's layers are not called one by one)
         first = g[0]
-        if not isinstance(first, SlimConv2d) or not first.slim_output or \
+        if not isinstance(first, SlimConv2d) or runs_more_than_forward(first) or \
+                not first.slim_output or \
                 x.dim() != 4 or x.shape[1] != first.in_channels:
             return None
         return first
@@ -1131,12 +1132,13 @@ class SlimCodec(nn.Module):
             x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
                                     precision, cuda_graph, f.model_id)
             image = _image_output(x_hat)
-        if image.dim() != 4 or image.shape[1] != 3 or image.shape[-2] < f.height or \
-                image.shape[-1] < f.img_width:
+        want = (1, 3, y_hat.shape[-2] * int(self.downsampling),
+                y_hat.shape[-1] * int(self.downsampling))
+        if tuple(image.shape) != want:   # (a larger one had been cropped to a corner, silently)
             raise ValueError(f"decompress: the synthesis transform returned {tuple(image.shape)}, "
-                             f"expected [1, 3, >= {f.height}, >= {f.img_width}] for this file's "
-                             f"{f.height}x{f.img_width} image: check that g_s ends in 3 channels "
-                             f"and upsamples by downsampling = {int(self.downsampling)} (its "
+                             f"expected {list(want)} for this file's {y_hat.shape[-2]}x"
+                             f"{y_hat.shape[-1]} latent: check that g_s ends in 3 channels and "
+                             f"upsamples by downsampling = {int(self.downsampling)} (its "
                              f"output_padding)")
         return _cropped(image, f.height, f.img_width)
 

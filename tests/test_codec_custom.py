@@ -10,6 +10,11 @@ from slimkernels.codec import SlimCodec, SlimSequential
 from slimkernels.nn import (SlimConv2d, SlimConvTranspose2d, SlimEntropyBottleneck, SlimGDN)
 from slimkernels.ops import conv as conv_ops
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)   # (before each test builds its codec: a failure reproduces)
+
+
 amx = pytest.mark.skipif(not conv_ops.amx_conv_available(),
                          reason="the fused CPU paths run on AMX CPUs only")
 
@@ -172,7 +177,7 @@ def test_decompress_gives_rgb_or_refuses_another_channel_count(out_channels):
     _ready(m)
     x = torch.rand(1, 3, 32, 48)
     data = m.compress(x, 16, precision="fp32")   # (was: a [1, 1 or 4, 32, 48] image, silently)
-    with pytest.raises(ValueError, match=r"expected \[1, 3, >= 32, >= 48\].*ends in 3 channels"):
+    with pytest.raises(ValueError, match=r"expected \[1, 3, 32, 48\].*ends in 3 channels"):
         m.decompress(data, precision="fp32")
 
 
@@ -182,8 +187,8 @@ def test_decompress_gives_the_original_size_or_refuses():
     _ready(m)
     x = torch.rand(1, 3, 32, 48)
     data = m.compress(x, 16, precision="fp32")   # (was: a 31x47 image, silently)
-    with pytest.raises(ValueError, match=r"returned \(1, 3, 31, 47\), expected \[1, 3, >= 32, "
-                                         r">= 48\].*output_padding"):
+    with pytest.raises(ValueError, match=r"returned \(1, 3, 31, 47\), expected \[1, 3, 32, "
+                                         r"48\].*output_padding"):
         m.decompress(data, precision="fp32")
 
 
@@ -203,3 +208,30 @@ def test_bf16_compress_with_overridden_encode_codes_its_autocast_latents():
     eb = m.entropy_bottleneck.for_width(16)
     # (tests/test_codec.py asserts this for SlimCodec.encode; the override gets a bf16 image)
     assert torch.equal(m.decompress_latent(data)[1], eb.quantize_symbols(y))
+
+
+def test_decompress_refuses_an_output_larger_than_the_latent_times_downsampling():
+    """A g_s that upsamples too far had its output cropped to a corner, silently."""
+    m = Codec(tag="long-g_s")
+    m.g_s.append(SlimConvTranspose2d(3, 3, 4, 2, 1))   # one more 2x upsampling
+    _ready(m)
+    data = m.compress(torch.rand(1, 3, 32, 48), 16, precision="fp32")
+    with pytest.raises(ValueError, match=r"returned \(1, 3, 64, 96\), expected \[1, 3, 32, 48\]"):
+        m.decompress(data, precision="fp32")
+
+
+class _WidthScaledFirst(SlimConv2d):
+    def forward(self, x, width=None):
+        return super().forward(x, width) * (1.0 + (width or self.width) / 100)
+
+
+def test_forward_widths_runs_a_first_layer_of_its_own_per_width():
+    """forward_widths' shared first layer skipped a first layer's own forward (and its hooks)."""
+    m = Codec(tag="first-of-its-own")
+    first = _WidthScaledFirst(3, 16, 5, 2, 2, widths=m.widths)
+    first.load_state_dict(m.g_a[0].state_dict())
+    m.g_a[0] = first
+    _ready(m)
+    x = torch.rand(2, 3, 16, 16)
+    for w, out in zip(m.widths, m.forward_widths(x, m.widths)):
+        torch.testing.assert_close(out["x_hat"], m(x, w)["x_hat"])
