@@ -480,9 +480,13 @@ class Trainer:
                     group["foreach"] = opt.defaults.get("foreach")
             self.step = ck["step"]
             self.lambdas = list(ck["lambdas"])
-            # the search's next step; before it began (no scheduler state saved: e.g. a run
-            # trained without --schedule), an explicit --schedule-start of this run applies
-            if ck.get("scheduler") is not None or not self._explicit_schedule_start:
+            # the search's next step; before it began (no first reference slope measured yet,
+            # e.g. a run trained without --schedule, or stopped before its --schedule-start),
+            # an explicit --schedule-start of this run applies
+            sst = ck.get("scheduler")
+            begun = sst is not None and (sst.get("s_ref") is not None or sst.get("i", 0) > 0
+                                         or bool(sst.get("history")))
+            if begun or not self._explicit_schedule_start:
                 self.next_schedule = ck.get("next_schedule", self.next_schedule)
             # kept even when this run does not schedule: a later run with --schedule goes on
             self._scheduler_state = ck.get("scheduler")

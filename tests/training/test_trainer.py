@@ -863,3 +863,16 @@ def test_explicit_schedule_start_is_honoured_when_resuming_a_run_trained_without
     log = [json.loads(line) for line in open(tmp_path / "r" / "log.jsonl")]
     early = [r["step"] for r in log if r["event"] == "lambda_update"]
     assert early == [] and t.lambdas == [0.01, 0.002]
+
+
+def test_explicit_schedule_start_is_honoured_when_resuming_a_scheduled_run_before_its_start(
+        image_dir, tmp_path):
+    """The same when the first run scheduled too but stopped before its own start (its
+    scheduler state was saved from step 0, the search not begun)."""
+    q = lambda *_: None
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=2, batch=1, val_every=0, schedule=True,
+                 schedule_start=100), log=q).fit()
+    t = Trainer(_cfg(image_dir, tmp_path / "r", steps=3, batch=1, val_every=0, schedule=True,
+                     schedule_start=6, schedule_steps=1), log=q)
+    assert t.next_schedule == 6
+    t.close()
