@@ -1,6 +1,7 @@
 """File helpers: atomic writes and image reading/writing with clear errors."""
 from __future__ import annotations
 
+import functools
 import io
 import os
 import stat
@@ -222,29 +223,60 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
 def _to_srgb(im, icc: Optional[bytes]):
     """``(image, note)``: ``im`` converted from its embedded ICC profile ``icc`` to sRGB (RGB
     mode; relative colorimetric, as colour-managed viewers show it), or as it is with no note
-    when there is no profile or it is an sRGB one (its description names sRGB); a profile that
-    cannot be applied (damaged, of another colour space than the pixels, no littleCMS in this
-    Pillow) leaves the pixels and says so."""
+    when there is no profile, when the profile maps colours to themselves in sRGB (an sRGB
+    profile, whatever its name) or when this Pillow has no ImageCms (littleCMS; standard
+    wheels have it); a profile that cannot be applied (damaged, of another colour space than
+    the pixels) leaves the pixels and says so."""
     if not icc:
         return im, ""
     try:
         from PIL import ImageCms
-
-        prof = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        desc = (ImageCms.getProfileDescription(prof) or "").strip()
-    except Exception as e:  # noqa: BLE001 - ImportError, PyCMSError, a damaged profile
+    except ImportError:
+        return im, ""
+    try:
+        prof, desc, same = _icc_profile(bytes(icc))
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PyCMSError, a damaged profile
         return im, f"ignored its ICC colour profile, which could not be read ({e}); "
-    if "srgb" in desc.lower():
+    if same:
         return im, ""
     try:
         src = im if im.mode in ("RGB", "L", "CMYK") else im.convert(
-            "L" if im.mode in ("LA", "I;16") else "RGB")
+            "L" if im.mode in ("LA", "I;16", "1") else "RGB")
         out = ImageCms.profileToProfile(src, prof, ImageCms.createProfile("sRGB"),
-                                        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+                                        renderingIntent=_RELATIVE_COLORIMETRIC,
                                         outputMode="RGB")
+    except MemoryError:
+        raise
     except Exception as e:  # noqa: BLE001 - PyCMSError (e.g. a gray profile on RGB pixels)
         return im, f"ignored its ICC colour profile ({desc or 'unnamed'}: {e}); "
     return out, f"converted its ICC colour profile ({desc or 'unnamed'}) to sRGB; "
+
+
+#: littleCMS's relative colorimetric intent (``ImageCms.Intent`` from Pillow 10; 1 before)
+_RELATIVE_COLORIMETRIC = 1
+
+
+@functools.lru_cache(maxsize=16)
+def _icc_profile(icc: bytes):
+    """``(profile, description, same)`` of ICC profile bytes; ``same``: an RGB profile that
+    maps a ramp of colours to themselves in sRGB within one level (an sRGB profile by its
+    curves and primaries, not by its name: a linear "sRGB-g10" profile is not one)."""
+    from PIL import Image, ImageCms
+
+    prof = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    desc = (ImageCms.getProfileDescription(prof) or "").strip()
+    same = False
+    if prof.profile.xcolor_space.strip() == "RGB":
+        ramp = np.array([[(v, v, v), (v, 0, 0), (0, v, 0), (0, 0, v), (v, 255 - v, v // 2)]
+                         for v in range(0, 256, 17)], dtype=np.uint8)
+        test = Image.fromarray(ramp, "RGB")
+        out = ImageCms.profileToProfile(test, prof, ImageCms.createProfile("sRGB"),
+                                        renderingIntent=_RELATIVE_COLORIMETRIC,
+                                        outputMode="RGB")
+        same = int(np.abs(np.asarray(out, dtype=int) - ramp.astype(int)).max()) <= 1
+    return prof, desc, same
 
 
 def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:

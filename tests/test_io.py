@@ -359,9 +359,9 @@ def _xyz(x, y, z):
     return b"XYZ \0\0\0\0" + _s15(x) + _s15(y) + _s15(z)
 
 
-def _linear_rgb_icc() -> bytes:
+def _linear_rgb_icc(name: bytes = b"linear RGB") -> bytes:
     """A minimal ICC v2 RGB display profile: sRGB's primaries with a linear (gamma 1) curve."""
-    text = b"linear RGB\0"
+    text = name + b"\0"
     desc = (b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0" * 3
             + b"\0" * 67)
     curv = b"curv\0\0\0\0" + struct.pack(">IH", 1, 256) + b"\0\0"
@@ -490,3 +490,13 @@ def test_a_truncated_animated_gif_is_read_or_a_value_error(tmp_path):
         except Exception as e:  # noqa: BLE001 - what the test is about
             escaped.append((n, type(e).__name__, str(e)[:60]))
     assert not escaped, escaped[:5]
+
+
+def test_a_linear_profile_named_srgb_is_still_converted(tmp_path):
+    """sRGB is told by what the profile does, not by its name ("sRGB-elle-V2-g10" is linear)."""
+    icc = _linear_rgb_icc(b"sRGB-elle-V2-g10")
+    gray = np.full((4, 4, 3), 128, np.uint8)
+    p = tmp_path / "g10.png"
+    Image.fromarray(gray).save(p, icc_profile=icc)
+    rgb, note = read_image_uint8(str(p))
+    assert rgb[0, 0, 0] > 160 and "converted its ICC colour profile (sRGB-elle-V2-g10)" in note
