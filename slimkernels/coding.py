@@ -96,6 +96,8 @@ def _bfloat16():
 
 def _as_int32(x, name, ndim=None):
     """C-contiguous int32 view of ``x``; copies only when the dtype or layout requires it."""
+    if type(x).__module__.startswith("torch") and getattr(x, "dtype", None) == _bfloat16():
+        raise ValueError(f"{name} must hold integers (int32), got dtype torch.bfloat16")
     a = _to_numpy(x, name)
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(a.shape)}")

@@ -131,6 +131,12 @@ def open_image(path: str, todo: str = ""):
     return _open_image(path, todo)[0]
 
 
+def _too_large(path: str, e, todo: str) -> ValueError:
+    return ValueError(f"{path}: too large to read safely ({e}); " + (
+        todo or "split the image into tiles, or from Python raise PIL.Image.MAX_IMAGE_PIXELS "
+                "first"))
+
+
 def _open_image(path: str, todo: str = ""):
     """:func:`open_image`, and what only the opening sees: ``(im, large, decoder)``: whether
     Pillow warned that the image is over its decompression-bomb warning size (the warning is
@@ -142,38 +148,50 @@ def _open_image(path: str, todo: str = ""):
 
     if not os.path.exists(path):
         raise ValueError(f"{path} does not exist" + (f"; {todo}" if todo else ""))
+
+    def refuse(e):
+        return ValueError(f"{path}: not an image file Pillow can read ({type(e).__name__}: {e})"
+                          + (f"; {todo}" if todo else ""))
+
+    # (ValueError: e.g. a PNG text chunk too large to inflate; SyntaxError: "broken PNG file", a
+    # damaged chunk; RuntimeError / SyntaxError: a truncated AVIF; only Pillow's own calls are
+    # in these try blocks: an error of this module's code stays what it is)
+    unreadable = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
+                  RuntimeError, IndexError, TypeError, struct.error)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
             im = Image.open(path)
-        large = False
-        for w in caught:
-            if issubclass(w.category, Image.DecompressionBombWarning):
-                large = True
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        tile = im.tile[0] if getattr(im, "tile", None) else ()
-        raw = tile[3] if len(tile) > 3 and isinstance(tile[3], str) else None
-        # (the decoder's first argument, also where it is a tuple: TIFF's ("I;32S", 0, 1))
-        args = tile[3] if len(tile) > 3 and isinstance(tile[3], tuple) else ()
-        raw_any = raw if raw is not None else (
-            args[0] if args and isinstance(args[0], str) else None)
-        # a PPM / PGM of more than 8 bits per sample, which Pillow scales to 8 bits itself
-        maxval = args[1] if tile and tile[0] == "ppm" and len(args) > 1 and \
-            isinstance(args[1], int) and args[1] > 255 else None
-        im.load()
     except Image.DecompressionBombError as e:
-        raise ValueError(f"{path}: too large to read safely ({e}); " + (
-            todo or "split the image into tiles, or from Python raise PIL.Image.MAX_IMAGE_PIXELS "
-                    "first")) from None
+        raise _too_large(path, e, todo) from None
     except MemoryError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, RuntimeError,
-            IndexError, TypeError, struct.error) as e:
-        # (ValueError: e.g. a PNG text chunk too large to inflate; SyntaxError: "broken PNG
-        # file", a damaged chunk; RuntimeError / SyntaxError: a truncated AVIF)
-        raise ValueError(f"{path}: not an image file Pillow can read ({type(e).__name__}: {e})"
-                         + (f"; {todo}" if todo else "")) from None
+    except unreadable as e:
+        raise refuse(e) from None
+    large = False
+    for w in caught:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            large = True
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    tile = im.tile[0] if getattr(im, "tile", None) else ()
+    raw = tile[3] if len(tile) > 3 and isinstance(tile[3], str) else None
+    # (the decoder's first argument, also where it is a tuple: TIFF's ("I;32S", 0, 1))
+    args = tile[3] if len(tile) > 3 and isinstance(tile[3], tuple) else ()
+    raw_any = raw if raw is not None else (
+        args[0] if args and isinstance(args[0], str) else None)
+    # a PPM / PGM of more than 8 bits per sample, which Pillow scales to 8 bits itself
+    maxval = args[1] if tile and tile[0] == "ppm" and len(args) > 1 and \
+        isinstance(args[1], int) and args[1] > 255 else None
+    try:
+        im.load()
+    except BaseException as e:
+        im.close()   # (the file Pillow holds open)
+        if isinstance(e, Image.DecompressionBombError):
+            raise _too_large(path, e, todo) from None
+        if isinstance(e, unreadable) and not isinstance(e, MemoryError):
+            raise refuse(e) from None
+        raise
     return im, large, {"raw": raw, "raw_any": raw_any, "maxval": maxval}
 
 

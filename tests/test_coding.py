@@ -846,7 +846,7 @@ def test_bfloat16_symbols_tensor_refused_naming_symbols():
     TypeError instead (no argument named)."""
     torch = pytest.importorskip("torch")
     cdfs, lengths, offsets = _two_tables()
-    with pytest.raises(ValueError, match="symbols"):
+    with pytest.raises(ValueError, match="symbols must hold integers .*torch.bfloat16"):
         coding.encode(torch.ones(3, dtype=torch.bfloat16), np.zeros(3, np.int32), cdfs, lengths,
                       offsets)
 
