@@ -695,8 +695,10 @@ class SlimCodec(nn.Module):
         gradients), for the joint training of several widths, with the analysis transform's first
         layer run once.
 
-        When ``g_a`` is a :class:`SlimSequential` that starts with a
-        :class:`~slimkernels.nn.SlimConv2d` on the image (its input channels are fixed), the
+        When ``g_a`` is a plain :class:`SlimSequential` (no forward or hooks of its own, nor an
+        ``encode`` of the codec's) that starts with a :class:`~slimkernels.nn.SlimConv2d` of
+        SlimConv2d's ``forward`` on the image (its input channels are fixed; its hooks then run
+        once, with the widest output), the
         first layer's output at width ``k`` is the first ``k`` channels of its output at the
         widest width: it runs once at the widest of ``widths`` (and, with gradient, its weight
         gradient once), and each narrower width takes a slice. Elsewhere (another ``g_a``, or a
@@ -742,8 +744,10 @@ class SlimCodec(nn.Module):
                 len(g) < 2 or g.fuses(x):
             return None   # (an encode or g_a of its own: g_a's layers are not called one by one)
         first = g[0]
-        if not isinstance(first, SlimConv2d) or runs_more_than_forward(first) or \
-                not first.slim_output or \
+        # (a first layer with a forward of its own runs per width; its hooks run once, as the
+        # layer does)
+        if not isinstance(first, SlimConv2d) or "forward" in first.__dict__ or \
+                type(first).forward is not SlimConv2d.forward or not first.slim_output or \
                 x.dim() != 4 or x.shape[1] != first.in_channels:
             return None
         return first
