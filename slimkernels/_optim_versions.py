@@ -14,6 +14,7 @@ step refuses a backward after it). It is installed when ``slimkernels`` is impor
 """
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Optional
 
@@ -50,13 +51,11 @@ def _increment(params) -> None:
             torch.autograd.graph.increment_version(p)
 
 
-_EAGER = []
-
-
+@functools.lru_cache(maxsize=None)
 def _eager_increment():
-    if not _EAGER:
-        _EAGER.append(torch.compiler.disable(_increment))
-    return _EAGER[0]
+    """:func:`_increment` behind ``torch.compiler.disable`` (a graph break), made at the first
+    compiled step (as ``slimkernels.ops.conv._subpixel_weight_eager``)."""
+    return torch.compiler.disable(_increment)
 
 
 def install() -> None:

@@ -131,6 +131,14 @@ def open_image(path: str, todo: str = ""):
     return _open_image(path, todo)[0]
 
 
+#: What Pillow raises while reading a file that is damaged or cut (besides
+#: UnidentifiedImageError): ValueError e.g. a PNG text chunk too large to inflate; SyntaxError
+#: "broken PNG file" (a damaged chunk); RuntimeError / SyntaxError a truncated AVIF; IndexError /
+#: struct.error / TypeError a cut animated GIF's or multi-page TIFF's frame scan.
+_PILLOW_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, RuntimeError, IndexError,
+                       TypeError, struct.error)
+
+
 def _too_large(path: str, e, todo: str) -> ValueError:
     return ValueError(f"{path}: too large to read safely ({e}); " + (
         todo or "split the image into tiles, or from Python raise PIL.Image.MAX_IMAGE_PIXELS "
@@ -153,11 +161,9 @@ def _open_image(path: str, todo: str = ""):
         return ValueError(f"{path}: not an image file Pillow can read ({type(e).__name__}: {e})"
                           + (f"; {todo}" if todo else ""))
 
-    # (ValueError: e.g. a PNG text chunk too large to inflate; SyntaxError: "broken PNG file", a
-    # damaged chunk; RuntimeError / SyntaxError: a truncated AVIF; only Pillow's own calls are
-    # in these try blocks: an error of this module's code stays what it is)
-    unreadable = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
-                  RuntimeError, IndexError, TypeError, struct.error)
+    # (only Pillow's own calls are in these try blocks: an error of this module's code stays
+    # what it is)
+    unreadable = (UnidentifiedImageError,) + _PILLOW_READ_ERRORS
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
@@ -248,7 +254,7 @@ def _to_srgb(im, icc: Optional[bytes]):
     if not icc:
         return im, ""
     try:
-        from PIL import ImageCms
+        from PIL import ImageCms  # noqa: F401  (whether this Pillow has littleCMS)
     except ImportError:
         return im, ""
     try:
@@ -262,9 +268,7 @@ def _to_srgb(im, icc: Optional[bytes]):
     try:
         src = im if im.mode in ("RGB", "L", "CMYK") else im.convert(
             "L" if im.mode in ("LA", "I;16", "1") else "RGB")
-        out = ImageCms.profileToProfile(src, prof, ImageCms.createProfile("sRGB"),
-                                        renderingIntent=_RELATIVE_COLORIMETRIC,
-                                        outputMode="RGB")
+        out = _profile_to_srgb(src, prof)
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - PyCMSError (e.g. a gray profile on RGB pixels)
@@ -274,6 +278,15 @@ def _to_srgb(im, icc: Optional[bytes]):
 
 #: littleCMS's relative colorimetric intent (``ImageCms.Intent`` from Pillow 10; 1 before)
 _RELATIVE_COLORIMETRIC = 1
+
+
+def _profile_to_srgb(im, prof):
+    """``im`` (pixels in ICC profile ``prof``'s colour space) as sRGB RGB, relative
+    colorimetric."""
+    from PIL import ImageCms
+
+    return ImageCms.profileToProfile(im, prof, ImageCms.createProfile("sRGB"),
+                                     renderingIntent=_RELATIVE_COLORIMETRIC, outputMode="RGB")
 
 
 @functools.lru_cache(maxsize=16)
@@ -290,9 +303,7 @@ def _icc_profile(icc: bytes):
         ramp = np.array([[(v, v, v), (v, 0, 0), (0, v, 0), (0, 0, v), (v, 255 - v, v // 2)]
                          for v in range(0, 256, 17)], dtype=np.uint8)
         test = Image.fromarray(ramp, "RGB")
-        out = ImageCms.profileToProfile(test, prof, ImageCms.createProfile("sRGB"),
-                                        renderingIntent=_RELATIVE_COLORIMETRIC,
-                                        outputMode="RGB")
+        out = _profile_to_srgb(test, prof)
         same = int(np.abs(np.asarray(out, dtype=int) - ramp.astype(int)).max()) <= 1
     return prof, desc, same
 
@@ -323,8 +334,7 @@ def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
         note = ""
         try:
             frames = getattr(im, "n_frames", 1)
-        except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError,
-                struct.error):   # (Pillow's scan for the frames past the first, which it read)
+        except _PILLOW_READ_ERRORS:   # (Pillow's scan for the frames past the first, read)
             frames = None
             note = "used the first frame (the file is cut or damaged after it); "
         if frames is not None and frames > 1:
