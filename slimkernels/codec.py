@@ -186,6 +186,17 @@ def _dense_format(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _config_json(config: Dict) -> str:
+    """``config`` as JSON with sorted keys (what :func:`model_fingerprint` hashes); ValueError
+    naming ``config()`` for values JSON cannot hold (json's own "Object of type set is not JSON
+    serializable" named neither the method nor the remedy)."""
+    try:
+        return json.dumps(config, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the codec's config() must return JSON values (dicts with str keys, "
+                         f"lists, str, int, float, bool, None), got {config!r}: {e}") from None
+
+
 def model_fingerprint(model: nn.Module, config: Dict) -> bytes:
     """16 bytes: the first half of SHA-256 over ``config`` (JSON, sorted keys) and every
     state_dict tensor (name, dtype, shape, raw bytes) in name order. The ``.slim`` model id.
@@ -193,7 +204,7 @@ def model_fingerprint(model: nn.Module, config: Dict) -> bytes:
     Same algorithm as :meth:`slimkernels.models.SlimCAE.model_id`, so a file names the exact
     weights that wrote it; put an architecture name in ``config`` to tell codecs apart.
     """
-    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    h = hashlib.sha256(_config_json(config).encode())
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
         t = v.detach().cpu().contiguous()
@@ -641,14 +652,27 @@ class SlimCodec(nn.Module):
         ValueError for an input that is not ``[N, 3, H, W]`` (the first conv would read a 1- or
         2-channel image through the first channels of its weight)."""
         self._check_rgb(x)
-        return self.g_a(x, self._width(width))
+        return self._transform_module("g_a")(x, self._width(width))
 
     def decode(self, y_hat: torch.Tensor) -> torch.Tensor:
         """Synthesis: ``[N, w, h, w']`` -> ``[N, 3, s*h, s*w']`` (width ``w = y_hat.shape[1]``)."""
         if not isinstance(y_hat, torch.Tensor) or y_hat.dim() != 4:
             raise ValueError(f"{type(self).__name__}.decode expects a latent [N, width, h, w], "
                              f"got {tuple(getattr(y_hat, 'shape', ())) or type(y_hat).__name__}")
-        return self.g_s(y_hat, self._width(y_hat.shape[1]))
+        return self._transform_module("g_s")(y_hat, self._width(y_hat.shape[1]))
+
+    def _transform_module(self, name: str):
+        """``self.<name>`` (``g_a`` / ``g_s``), after refusing a module whose ``forward`` takes no
+        width (a plain ``nn.Sequential`` gave torch's "forward() takes 2 positional arguments"
+        from inside the call)."""
+        g = getattr(self, name)
+        if isinstance(g, nn.Module) and "forward" not in g.__dict__ and \
+                not _takes_width(type(g)):
+            raise TypeError(f"{type(self).__name__}.{name} is a {type(g).__name__} whose "
+                            f"forward(x) takes no width: the codec calls {name}(x, width); build "
+                            f"it as a slimkernels.nn.SlimSequential (it hands the width to the "
+                            f"layers that take one) or give its forward a width argument")
+        return g
 
     def forward(self, x: torch.Tensor, width: Optional[int] = None,
                 quantization: str = "noise") -> Dict:
@@ -796,7 +820,7 @@ class SlimCodec(nn.Module):
         cfg = self.config()
         return cached_on_module(self, "_model_id_cache", self,
                                 lambda: (model_fingerprint(self, cfg), _weight_problem(self)),
-                                extra=json.dumps(cfg, sort_keys=True))
+                                extra=_config_json(cfg))
 
     def _coding_id(self, op: str) -> bytes:
         """:meth:`model_id`, after refusing a model with weights that are not all float32 (the

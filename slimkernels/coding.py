@@ -437,4 +437,4 @@ def ideal_bytes(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision: int 
     nd = lengths[i].astype(np.int64) - 2
     v = np.where((v < 0) | (v >= nd), nd, v)
     freq = cdfs[i, v + 1].astype(np.float64) - cdfs[i, v]
-    return float(-np.log2(freq / (1 << precision)).sum() / 8)
+    return float(-np.log2(freq / (1 << precision)).sum() / 8) + 0.0   # (no symbols: 0.0, not -0.0)

@@ -235,3 +235,30 @@ def test_forward_widths_runs_a_first_layer_of_its_own_per_width():
     x = torch.rand(2, 3, 16, 16)
     for w, out in zip(m.widths, m.forward_widths(x, m.widths)):
         torch.testing.assert_close(out["x_hat"], m(x, w)["x_hat"])
+
+
+class _PlainSequentialCodec(Codec):
+    def __init__(self, which):
+        super().__init__()
+        g = getattr(self, which)
+        setattr(self, which, nn.Sequential(*g))   # forward(x): no width
+
+
+@pytest.mark.parametrize("which", ["g_a", "g_s"])
+def test_a_plain_sequential_transform_is_refused_by_name(which):
+    model = _PlainSequentialCodec(which).eval()
+    with pytest.raises(TypeError, match=f"{which} is a Sequential .*SlimSequential"):
+        model(torch.rand(1, 3, 16, 16), 8)
+
+
+class _SetConfigCodec(Codec):
+    def config(self):
+        return {"arch": "audit", "widths": set(self.widths)}
+
+
+def test_a_config_json_cannot_hold_is_refused_naming_config():
+    model = _ready(_SetConfigCodec())
+    with pytest.raises(ValueError, match=r"config\(\) must return JSON values.*set"):
+        model.model_id()
+    with pytest.raises(ValueError, match=r"config\(\) must return JSON values"):
+        model.compress(torch.rand(1, 3, 16, 16), 8)

@@ -4,6 +4,7 @@ The exact byte format is checked against an independent pure-Python encoder writ
 docs/coder.md (``_ref_encode``); round trips, sizes, validation and corruption safety are
 property-tested with hypothesis. The 10 M-symbol test is marked slow.
 """
+import math
 import struct
 import time
 
@@ -628,6 +629,8 @@ def test_ideal_bytes_known_value():
     assert coding.ideal_bytes(sym, idx, cdfs, lengths, offsets) == pytest.approx(2.0, abs=1e-12)
     esc = np.array([100], np.int32)                            # escape: -log2(1/65536) = 16 bits
     assert coding.ideal_bytes(esc, idx[:1], cdfs, lengths, offsets) == pytest.approx(2.0, abs=1e-12)
+    none = coding.ideal_bytes(np.zeros(0, np.int32), idx[:0], cdfs, lengths, offsets)
+    assert none == 0.0 and math.copysign(1.0, none) == 1.0   # (was -0.0)
 
 
 def test_prepared_entries_give_the_same_bytes_and_symbols_and_check_in_cpp():
