@@ -23,7 +23,9 @@ import torch
 __all__ = ["install", "installed"]
 
 _LOCK = threading.Lock()
-_HANDLE: Optional[object] = None
+#: the registered hook's handle; kept by ``importlib.reload`` (which reruns this module in its own
+#: namespace), so that a reload does not register a second hook
+_HANDLE: Optional[object] = globals().get("_HANDLE")
 
 
 def _bump_fused(optimizer, args, kwargs) -> None:

@@ -78,3 +78,18 @@ def test_a_compiled_fused_step_bumps_at_every_call():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "[1, 1, 1]", r.stdout
+
+
+def test_reloading_the_module_keeps_one_hook():
+    """importlib.reload reran ``_HANDLE = None``: a second hook, each fused step bumping twice."""
+    import importlib
+    handle = _optim_versions._HANDLE
+    importlib.reload(_optim_versions)
+    _optim_versions.install()
+    assert _optim_versions._HANDLE is handle
+    a = torch.nn.Parameter(torch.randn(5))
+    o = torch.optim.Adam([a], lr=0.1, fused=True)
+    a.grad = torch.randn(5)
+    v = a._version
+    o.step()
+    assert a._version == v + 1
