@@ -110,9 +110,12 @@ def _walk_modules(root: torch.nn.Module) -> List[torch.nn.Module]:
 def cached_on_module(owner, slot: str, root: torch.nn.Module, build, extra=None):
     """:func:`cached_on` over every state tensor AND every module of ``root``'s module tree
     (:func:`module_state_key` with ``modules=True``: a module added, removed or replaced, even
-    one without tensors, also rebuilds it)."""
+    one without tensors, also rebuilds it). The cache keeps the modules but not ``owner``
+    itself (it holds the cache: keeping it would make a reference cycle, and a deleted model
+    would wait for the cyclic garbage collector)."""
     key, tensors, modules = module_state_key(root, modules=True)
-    return _cached(owner, slot, (extra, key), (tensors, modules), build)
+    return _cached(owner, slot, (extra, key), (tensors, [m for m in modules if m is not owner]),
+                   build)
 
 
 def state_dict_mismatch(module: torch.nn.Module, sd: Dict) -> Tuple[List[str], List[str]]:

@@ -252,7 +252,12 @@ def _opened(path: str):
     if os.path.isdir(path):
         raise SlimFormatError("not a .slim file: a folder")
     fh = open(path, "rb")
-    if fh.read(len(MAGIC)) != MAGIC:
+    try:
+        magic = fh.read(len(MAGIC))
+    except BaseException:   # (an I/O error: the file is not left open with the exception)
+        fh.close()
+        raise
+    if magic != MAGIC:
         fh.close()
         raise SlimFormatError("not a .slim file (the magic bytes 'SLIM' are missing)")
     return fh

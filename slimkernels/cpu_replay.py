@@ -269,6 +269,7 @@ class _Replay:
         self.output: Optional[Tuple] = None   # (bytes, element offset, dtype, shape, stride)
         self.env: dict = {}
         self.hooks: list = []
+        self.root = None                 # a weak reference to the first module (the model)
         self.forwards: tuple = ()        # ((module class, its forward), ...) as recorded
         self.replays = 0
         self.arena_bytes = (0, 0)        # (early, late)
@@ -286,6 +287,11 @@ class _Replay:
         hooks = _hook_dicts(modules)
         if _global_hooks() or _hooked(hooks):
             return cls("a module of the model has hooks (or its own forward)", transient=True)
+        if modules:
+            # the root's __dict__ holds the replay cache that holds this recording: not kept
+            # (a reference cycle: a deleted model waited for the cyclic garbage collector); its
+            # instance-level forward is looked up through a weak reference (runnable)
+            hooks[0] = hooks[0][:4] + ({},)
         fixed_ranges = [_storage_range(t) for t in rec.kept]
         fixed_ranges += [_storage_range(t) for t in state_tensors if t.device.type == "cpu"]
         x0, x1 = x.data_ptr(), _storage_range(x)[1]   # offsets from x's first element
@@ -348,6 +354,7 @@ class _Replay:
                     y.stride())
         r.env = dict(rec.env)
         r.hooks = hooks
+        r.root = weakref.ref(modules[0]) if modules else None
         # each module class's forward as recorded (a class patched afterwards runs eagerly)
         r.forwards = tuple((c, c.forward) for c in {type(m) for m in modules})
         return r
@@ -361,6 +368,9 @@ class _Replay:
         for c, f in self.forwards:
             if c.forward is not f:
                 return False
+        root = self.root() if self.root is not None else None
+        if root is not None and "forward" in root.__dict__:
+            return False
         return not (_global_hooks() or _hooked(self.hooks))
 
     @property

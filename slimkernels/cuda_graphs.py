@@ -84,7 +84,7 @@ class GraphCache:
         self._keepalive = keepalive
         self._entries: "OrderedDict[Hashable, _Captured]" = OrderedDict()
         self._model_id: Optional[bytes] = None
-        self._warned = set()
+        self._warned: "OrderedDict[Hashable, None]" = OrderedDict()  # failed captures, warned
         self._seen: "OrderedDict[Hashable, int]" = OrderedDict()  # uses of keys not captured
 
     def __len__(self) -> int:
@@ -95,16 +95,17 @@ class GraphCache:
     def __getstate__(self):
         return {"max_entries": self.max_entries, "_capture": self._capture,
                 "_keepalive": self._keepalive, "_entries": OrderedDict(), "_model_id": None,
-                "_warned": set(), "_seen": OrderedDict()}
+                "_warned": OrderedDict(), "_seen": OrderedDict()}
 
     def __deepcopy__(self, memo):
         return GraphCache(self.max_entries, self._capture, self._keepalive)
 
     def clear(self) -> None:
-        """Drop every graph (and its memory pool once the GPU is done with it) and the use
-        counts of keys not yet captured."""
+        """Drop every graph (and its memory pool once the GPU is done with it), the use
+        counts of keys not yet captured and the keys whose failed capture was warned about."""
         self._entries.clear()
         self._seen.clear()
+        self._warned.clear()
 
     def run(self, key: Hashable, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
             model_id: bytes, capture_after: int = 1) -> torch.Tensor:
@@ -142,7 +143,9 @@ class GraphCache:
             self._entries.move_to_end(full)
         if entry.error is not None:
             if full not in self._warned:
-                self._warned.add(full)
+                self._warned[full] = None   # (warned once per key: at most 8 * max_entries kept)
+                while len(self._warned) > 8 * self.max_entries:
+                    self._warned.popitem(last=False)
                 warnings.warn(f"cuda_graph: the transform {key!r} could not be captured "
                               f"({entry.error}); it runs without a CUDA graph", RuntimeWarning,
                               stacklevel=3)

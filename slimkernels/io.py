@@ -88,9 +88,9 @@ def _atomic_write(path: str, write, overwrite: bool) -> None:
         raise type(e)(e.errno, f"cannot write {path}: {e.strerror} (in the folder {folder})") \
             from None
     try:
-        if hasattr(os, "fchmod"):   # POSIX (Windows files take no permission bits here)
-            os.fchmod(fd, _new_file_mode() if mode is None else mode)
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb") as f:   # (first: it closes fd whatever fails below)
+            if hasattr(os, "fchmod"):   # POSIX (Windows files take no permission bits here)
+                os.fchmod(f.fileno(), _new_file_mode() if mode is None else mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -1504,3 +1504,54 @@ def test_a_scalar_state_tensor_is_fingerprinted(model):
     with torch.no_grad():
         m.g_a[2].parametrizations.weight[0].g.fill_(2.0)
     assert m.model_id() != container.unpack(data).model_id    # (the gain is part of the id)
+
+
+def _code_a_few_times(model, precisions=("fp32", "bf16"), widths=(48,), reps=3):
+    """compress + decompress (the third use of a key replays a recording on AMX CPUs)."""
+    x = torch.rand(1, 3, 64, 64)
+    for p in precisions:
+        for w in widths:
+            for _ in range(reps):
+                model.decompress(model.compress(x, w, precision=p), precision=p)
+
+
+def test_a_deleted_model_is_freed_without_the_cyclic_collector():
+    """A model that had coded sat in reference cycles through its own caches (the model id's
+    module list held the model; a CPU replay held the model's __dict__, which held the replay):
+    `del model` freed nothing until a full collection (up to 11 dead models, ~180 MB, alive at
+    once in a load / code / delete loop)."""
+    import gc
+    import weakref
+
+    from slimkernels.ops import clear_weight_caches
+    from slimkernels.pretrained import load_model
+    gc.collect()
+    gc.disable()
+    try:
+        m = load_model()
+        _code_a_few_times(m, precisions=("fp32", "bf16", "auto"), widths=(192, 48))
+        refs = [weakref.ref(mm) for mm in m.modules()]
+        del m
+        clear_weight_caches()   # (the global weight caches' own holdings: the next test)
+        alive = sum(r() is not None for r in refs)
+    finally:
+        gc.enable()
+        gc.collect()
+    assert alive == 0, f"{alive} of {len(refs)} modules of a deleted model wait for the collector"
+
+
+def test_the_weight_caches_let_a_deleted_models_parameters_go():
+    import gc
+    import weakref
+
+    from slimkernels.pretrained import load_model
+    a = load_model()
+    _code_a_few_times(a)
+    refs = [weakref.ref(p) for p in a.parameters()]
+    del a
+    gc.collect()
+    b = load_model()          # the next model (a reloaded checkpoint, the CLI's next call) ...
+    _code_a_few_times(b, reps=1)   # ... codes an image
+    gc.collect()
+    alive = sum(r() is not None for r in refs)
+    assert alive == 0, f"{alive} parameters of a deleted model are still alive (weight caches)"

@@ -170,3 +170,26 @@ def test_another_models_file_is_a_model_mismatch():
     with pytest.raises(C.ModelMismatchError, match="written with a different model"):
         b.decompress(data)
     assert issubclass(C.ModelMismatchError, C.SlimFormatError)
+
+
+def test_the_reader_closes_the_file_when_reading_the_magic_fails(tmp_path, monkeypatch):
+    """An I/O error while reading the magic bytes left the file open for as long as the
+    exception lived (a batch keeping its errors kept the descriptors)."""
+    import io
+
+    p = tmp_path / "a.slim"
+    p.write_bytes(b"SLIM" + b"\0" * 32)
+    opened = []
+
+    class Failing(io.BytesIO):
+        def read(self, n=-1):
+            raise OSError(5, "Input/output error")
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        opened.append(Failing())
+        return opened[-1]
+    monkeypatch.setattr(C, "open", fake_open, raising=False)
+    for fn in (C.read_bytes, C.check_magic, C.read):
+        with pytest.raises(OSError, match="Input/output"):
+            fn(str(p))
+    assert len(opened) == 3 and all(f.closed for f in opened)

@@ -105,6 +105,28 @@ def test_a_hook_added_after_recording_runs(model):
     assert len(seen) == 1
 
 
+def test_a_recording_does_not_hold_its_model_but_still_sees_its_own_forward(model):
+    """A recording kept the model's __dict__ (which holds the recordings: a reference cycle);
+    it now reads the model's instance-level forward through a weak reference."""
+    import gc
+    import weakref
+    x = _image(3)
+    for _ in range(4):
+        model.compress(x, width=8)
+    done = _require_replayed(model)
+    assert all(e.hooks[0][4] is not model.__dict__ for e in done)
+    assert all(e.runnable() for e in done)
+    model.forward = lambda *a, **k: None
+    try:
+        assert not any(e.runnable() for e in done)
+    finally:
+        del model.forward
+    assert all(e.runnable() for e in done)
+    ref = weakref.ref(done[0].root())
+    gc.collect()
+    assert ref() is model
+
+
 def test_a_module_class_forward_patched_after_recording_runs(model, monkeypatch):
     x = _image(3)
     for _ in range(4):

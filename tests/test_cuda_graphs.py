@@ -200,3 +200,19 @@ def test_cuda_graph_default_captures_at_the_second_call():
     assert len(graphs) == 0
     assert m.compress(x, 32, precision="fp32") == ref and len(graphs) == 1
     assert m.compress(x, 32, precision="fp32") == ref and len(graphs) == 1
+
+
+def test_the_keys_of_failed_captures_are_bounded_and_cleared():
+    """Every full key (image size included) whose capture failed was kept for good (one entry
+    per image size of a transform that cannot be captured); clear() kept them too."""
+    cache = GraphCache(4, capturer=lambda fn, x: _Captured(error="RuntimeError: not capturable"))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for i in range(200):
+            cache.run(("encode", 48), lambda t: t, torch.empty(1, 3, 8 + i, 8), b"m")
+        assert len(w) == 200          # (each new size warned once)
+        cache.run(("encode", 48), lambda t: t, torch.empty(1, 3, 8 + 199, 8), b"m")
+        assert len(w) == 200
+    assert len(cache._warned) <= 8 * cache.max_entries
+    cache.clear()
+    assert not cache._warned

@@ -500,3 +500,19 @@ def test_a_linear_profile_named_srgb_is_still_converted(tmp_path):
     Image.fromarray(gray).save(p, icc_profile=icc)
     rgb, note = read_image_uint8(str(p))
     assert rgb[0, 0, 0] > 160 and "converted its ICC colour profile (sRGB-elle-V2-g10)" in note
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd") or not hasattr(os, "fchmod"),
+                    reason="Linux /proc and os.fchmod")
+def test_atomic_write_closes_its_temp_file_when_setting_the_mode_fails(tmp_path, monkeypatch):
+    """The temporary file's descriptor was closed only by the fdopen block, which came after
+    fchmod: an fchmod error (EPERM on vfat / CIFS mounts) left it open."""
+    def fchmod(fd, mode):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "fchmod", fchmod)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(PermissionError):
+            sio.atomic_write_bytes(str(tmp_path / "out.slim"), b"SLIM", overwrite=True)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert os.listdir(tmp_path) == []

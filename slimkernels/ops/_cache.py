@@ -1,10 +1,11 @@
-"""The CPU ops' cache of prepared weights (cast, rearranged, prepacked), kept while the tensors
-they were built from keep their identity and version."""
+"""The conv / GDN ops' caches of prepared weights (cast, rearranged, prepacked), kept while the
+tensors they were built from keep their identity and version."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import torch
 
@@ -14,6 +15,9 @@ _PACK_CACHE: "OrderedDict" = OrderedDict()
 #: Entries kept (least recently used dropped first).
 _PACK_CACHE_MAX = 128
 _PACK_LOCK = threading.Lock()
+#: ``ops.conv._cast_full``'s cache: ``{key: (version, source tensor, copy)}`` (held here so that
+#: :func:`drop_orphans` sees both caches' holdings of a tensor).
+_CAST_CACHE: dict = {}
 
 
 def _new_lock_in_child() -> None:
@@ -28,9 +32,58 @@ os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def clear() -> None:
-    """Drop every entry (:func:`slimkernels.ops.clear_weight_caches`)."""
+    """Drop every entry of both caches (:func:`slimkernels.ops.clear_weight_caches`)."""
     with _PACK_LOCK:
         _PACK_CACHE.clear()
+        _CAST_CACHE.clear()
+
+
+def _refcounts(pack_entries, cast_entries):
+    """``[(tensor id, sys.getrefcount as seen here, times the caches hold it)]`` over the source
+    tensors of the entries' values (read in :func:`drop_orphans` against a calibration that
+    runs this same code)."""
+    srcs = [t for e in pack_entries for t in e[1]]
+    srcs += [e[1] for e in cast_entries]
+    held = Counter(map(id, srcs))   # (no loop variable left holding the last tensor)
+    return [(id(t), sys.getrefcount(t), held[id(t)]) for t in srcs]
+
+
+def _calibrate():
+    """``(refs, per_holding)``: the count :func:`_refcounts` sees for a tensor that only the
+    caches hold, once, and what each further holding adds (CPython's counting of the loop's own
+    references differs between versions: measured, not assumed)."""
+    probe = torch.empty(0)
+    entries = [(None, (probe,), None)]
+    del probe
+    c1 = _refcounts(entries, ())[0][1]
+    t = entries[0][1][0]
+    entries.append((None, (t,), None))   # (a second holding: its own tuple)
+    del t
+    c2 = _refcounts(entries, ())[0][1]
+    return c1, c2 - c1
+
+
+_REFS_ALONE, _REFS_PER_HOLDING = _calibrate()
+
+
+def drop_orphans() -> None:
+    """Drop the entries of both caches whose source tensors nothing but the caches references
+    any more (their model was deleted: the entries kept its parameters and their prepared
+    copies alive until 128 newer entries pushed them out). Run when an entry is added; an
+    entry dropped here while its tensor lived on elsewhere (e.g. only in an autograd graph) is
+    rebuilt at its next use."""
+    pack, cast = list(_PACK_CACHE.items()), list(_CAST_CACHE.items())
+    counts = _refcounts([e for _, e in pack], [e for _, e in cast])
+    dead = {i for i, c, h in counts if c <= _REFS_ALONE + (h - 1) * _REFS_PER_HOLDING}
+    del counts
+    if not dead:
+        return
+    for k, e in pack:
+        if any(id(t) in dead for t in e[1]):
+            _PACK_CACHE.pop(k, None)
+    for k, e in cast:
+        if id(e[1]) in dead:
+            _CAST_CACHE.pop(k, None)
 
 
 def _same_objects(kept, tensors) -> bool:
@@ -71,6 +124,7 @@ def _cached(key, sources, build):
     with torch.no_grad():
         val = build()
     with _PACK_LOCK:
+        drop_orphans()
         _PACK_CACHE[key] = (ver, tuple(src), val)
         _PACK_CACHE.move_to_end(key)
         while len(_PACK_CACHE) > _PACK_CACHE_MAX:

@@ -35,7 +35,7 @@ from .._cpu import cpu_kernels
 from ..backend import resolve_backend
 from . import conv_image, image_io, winograd
 from . import _cache
-from ._cache import _PACK_CACHE, _cached  # noqa: F401 (_PACK_CACHE: tests read it here)
+from ._cache import _CAST_CACHE, _PACK_CACHE, _cached  # noqa: F401 (tests read them here)
 from ._raw import cpu_capability
 from .gdn import _SCALAR_NAMES as _GDN_SCALARS
 from .gdn import (_check_gdn_scalars, _cpu_kernel_gdn, _effective_params, _kernel_scalars,
@@ -105,8 +105,7 @@ def _gdn_params_need_grad(kw) -> bool:
 #: by up to 7x in bf16 (enc1 at w=192: 8.8 ms vs 63 ms NCHW, one thread).
 CPU_CHANNELS_LAST = True
 
-_CAST_CACHE: dict = {}
-_CAST_CACHE_MAX = 64
+_CAST_CACHE_MAX = 64   # (the cache: _cache._CAST_CACHE)
 
 
 def _autocast_dtype(x: torch.Tensor):
@@ -152,6 +151,8 @@ def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] =
             out = out.permute(perm).contiguous(memory_format=torch.channels_last).permute(perm)
     if inference:
         return out
+    with _cache._PACK_LOCK:
+        _cache.drop_orphans()
     if len(_CAST_CACHE) >= _CAST_CACHE_MAX:
         _CAST_CACHE.clear()
     _CAST_CACHE[key] = (t._version, t, out)   # t itself: see _cache._cached (no weak refs)
@@ -390,7 +391,6 @@ def clear_weight_caches() -> None:
     built on :class:`slimkernels.codec.SlimCodec` has ``clear_caches()``, which calls this and
     drops its own caches too."""
     _cache.clear()
-    _CAST_CACHE.clear()
 
 
 #: :func:`clear_weight_caches`' earlier name (kept: the same function).
