@@ -592,15 +592,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileExistsError) as e:   # (their messages say what was wrong)
         _err(str(e))
         return EXIT_ERROR
-    except (RuntimeError, OSError, FloatingPointError) as e:
-        _err(f"{type(e).__name__}: {e}")
-        return EXIT_ERROR
-    except MemoryError:
-        _err("out of memory (the image or the batch is too large for this machine's memory)")
+    except (RuntimeError, OSError, FloatingPointError, MemoryError) as e:
+        if _out_of_memory(e):
+            _err("out of memory (the image or the batch is too large for this machine's memory)")
+        else:
+            _err(f"{type(e).__name__}: {e}")
         return EXIT_ERROR
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure: Python's MemoryError, torch's OutOfMemoryError
+    (CUDA) or its CPU allocator's RuntimeError ("[enforce fail at alloc_cpu.cpp] ...
+    DefaultCPUAllocator: can't allocate memory", "not enough memory" on Windows)."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    msg = str(e)
+    return isinstance(e, RuntimeError) and "DefaultCPUAllocator" in msg and (
+        "can't allocate memory" in msg or "not enough memory" in msg)
 
 
 class _Terminated(BaseException):

@@ -464,6 +464,34 @@ def test_out_of_memory_is_one_line(model_file, images, tmp_path, capsys, monkeyp
     assert not (tmp_path / "a.slim").exists()
 
 
+def test_torchs_allocation_failure_is_the_out_of_memory_line(model_file, images, tmp_path,
+                                                                capsys, monkeypatch):
+    """torch's CPU allocator raises RuntimeError, not MemoryError: the user read "RuntimeError:
+    [enforce fail at alloc_cpu.cpp:...] ... DefaultCPUAllocator: can't allocate memory"."""
+    import torch
+
+    from slimkernels.codec import SlimCodec
+
+    def compress(self, *a, **k):   # what a too-large activation raises on the CPU
+        torch.empty(1 << 50, dtype=torch.uint8)
+    monkeypatch.setattr(SlimCodec, "compress", compress)
+    assert main(["compress", images["RGB"], str(tmp_path / "a.slim"), "--model", model_file]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "enforce fail" not in err and "Traceback" not in err
+    assert not (tmp_path / "a.slim").exists()
+
+
+def test_other_runtime_errors_keep_their_message(model_file, images, tmp_path, capsys,
+                                                 monkeypatch):
+    from slimkernels.codec import SlimCodec
+
+    def compress(self, *a, **k):
+        raise RuntimeError("something else")
+    monkeypatch.setattr(SlimCodec, "compress", compress)
+    assert main(["compress", images["RGB"], str(tmp_path / "a.slim"), "--model", model_file]) == 1
+    assert "RuntimeError: something else" in capsys.readouterr().err
+
+
 def test_sigterm_removes_the_batch_outputs_and_exits_143(model_file, images, tmp_path, capsys,
                                                          monkeypatch):
     """SIGTERM ended the process at once: a hidden temporary file (and a batch's outputs) stayed.

@@ -46,6 +46,7 @@ from ..backend import interpreter_enabled, tf32_allowed
 from .configs import (COL2IM_CONFIGS, COL2IM_INTERPRET_CONFIG, CONV_FWD_CONFIGS,
                       CONV_GDN256_CONFIGS, CONV_GDN_CONFIGS, CONV_GDN_SM80_MAX_BLOCK_M,
                       CONV_INTERPRET_CONFIG, to_triton)
+from .gdn import _needs_wide
 
 # GDN epilogue modes
 EPI_NONE, EPI_GDN, EPI_IGDN = 0, 1, 2
@@ -60,6 +61,15 @@ def _round_bf16(v):
     u = v.to(tl.uint32, bitcast=True)
     u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
     return u.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _wide(i, WIDE: tl.constexpr):
+    """int64 copy of an index tensor when WIDE (an image of >= 2^31 elements: its in-image
+    offsets overflow int32), else unchanged: the usual int32 address math, the same code."""
+    if WIDE:
+        return i.to(tl.int64)
+    return i
 
 
 @triton.jit
@@ -78,19 +88,21 @@ def _norm_part(norm, y, gamma_ptr, offs_j, offs_i, C, sg0, sg1, PRECISION: tl.co
 
 
 @triton.jit
-def _store_part(y_ptr, y, offs_n, pix_off, m_ok, C_out, syc, EPI: tl.constexpr, norm):
+def _store_part(y_ptr, y, offs_n, pix_off, m_ok, C_out, syc, EPI: tl.constexpr, norm,
+                WIDE: tl.constexpr):
     if EPI == 1:
         y = y * tl.math.rsqrt(norm)
     elif EPI == 2:
         y = y * tl.sqrt(norm)
-    ptrs = y_ptr + pix_off[:, None] + offs_n[None, :] * syc
+    ptrs = y_ptr + pix_off[:, None] + _wide(offs_n, WIDE)[None, :] * syc
     tl.store(ptrs, y.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (offs_n[None, :] < C_out))
 
 
 @triton.jit
 def _gdn_store_chunk(y_q, q, z0, z1, z2, z3, NCH: tl.constexpr, CH: tl.constexpr,
                      y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok, C_out, syc, sg0, sg1,
-                     EPI: tl.constexpr, PRECISION: tl.constexpr, DOT16: tl.constexpr):
+                     EPI: tl.constexpr, PRECISION: tl.constexpr, DOT16: tl.constexpr,
+                     WIDE: tl.constexpr):
     """(I)GDN of output-channel chunk q (CH columns) from the column chunks z0..z{NCH-1} of y."""
     offs_i = q * CH + tl.arange(0, CH)
     norm = tl.zeros(y_q.shape, dtype=y_q.dtype)
@@ -104,7 +116,7 @@ def _gdn_store_chunk(y_q, q, z0, z1, z2, z3, NCH: tl.constexpr, CH: tl.constexpr
         norm = _norm_part(norm, z3, gamma_ptr, 3 * CH + tl.arange(0, CH), offs_i, C_out, sg0,
                           sg1, PRECISION, DOT16)
     beta = tl.load(beta_ptr + offs_i, mask=offs_i < C_out, other=1.0).to(y_q.dtype)
-    _store_part(y_ptr, y_q, offs_i, pix_off, m_ok, C_out, syc, EPI, norm + beta[None, :])
+    _store_part(y_ptr, y_q, offs_i, pix_off, m_ok, C_out, syc, EPI, norm + beta[None, :], WIDE)
 
 
 @triton.jit
@@ -116,36 +128,37 @@ def _halves(t, BLOCK_M: tl.constexpr, HALF: tl.constexpr):
 @triton.jit
 def _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
               HAS_BIAS: tl.constexpr, EPI: tl.constexpr, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, DOT16: tl.constexpr):
+              BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, DOT16: tl.constexpr,
+              WIDE: tl.constexpr):
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_n, mask=offs_n < C_out, other=0.0).to(acc.dtype)
         acc = acc + bias[None, :]
     if EPI == 0:
-        _store_part(y_ptr, acc, offs_n, pix_off, m_ok, C_out, syc, 0, acc)
+        _store_part(y_ptr, acc, offs_n, pix_off, m_ok, C_out, syc, 0, acc, WIDE)
     elif BLOCK_N <= 64:
         # the tile holds every active channel (offs_n starts at 0); one gamma operand
         _gdn_store_chunk(acc, 0, acc, acc, acc, acc, 1, BLOCK_N, y_ptr, beta_ptr, gamma_ptr,
-                         pix_off, m_ok, C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
+                         pix_off, m_ok, C_out, syc, sg0, sg1, EPI, PRECISION, DOT16, WIDE)
     elif BLOCK_N == 128:
         # two 64-column chunks: the gamma operands stay 64 x 64 (small register/smem footprint)
         y0, y1 = _halves(acc, BLOCK_M, 64)
         _gdn_store_chunk(y0, 0, y0, y1, y0, y0, 2, 64, y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok,
-                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
+                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16, WIDE)
         _gdn_store_chunk(y1, 1, y0, y1, y0, y0, 2, 64, y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok,
-                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
+                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16, WIDE)
     else:
         # BLOCK_N == 256: four 64-column chunks
         ya, yb = _halves(acc, BLOCK_M, 128)
         y0, y1 = _halves(ya, BLOCK_M, 64)
         y2, y3 = _halves(yb, BLOCK_M, 64)
         _gdn_store_chunk(y0, 0, y0, y1, y2, y3, 4, 64, y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok,
-                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
+                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16, WIDE)
         _gdn_store_chunk(y1, 1, y0, y1, y2, y3, 4, 64, y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok,
-                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
+                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16, WIDE)
         _gdn_store_chunk(y2, 2, y0, y1, y2, y3, 4, 64, y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok,
-                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
+                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16, WIDE)
         _gdn_store_chunk(y3, 3, y0, y1, y2, y3, 4, 64, y_ptr, beta_ptr, gamma_ptr, pix_off, m_ok,
-                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16)
+                         C_out, syc, sg0, sg1, EPI, PRECISION, DOT16, WIDE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,14 +166,15 @@ def _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_o
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _tap_channels(acc, a_ptrs, b_ptrs, pix_ok, n_ok, offs_k, C_in, sxc, swi,
-                  BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
+                  BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+                  WIDE: tl.constexpr):
     """One kernel tap: ``acc[BLOCK_M, BLOCK_N] += x[pixels, ci] @ w[ci, outs]`` over every
     active input channel, BLOCK_K at a time (``a_ptrs``: the tap's input pixel addresses,
     ``b_ptrs``: its weight addresses per output channel)."""
     for c0 in range(0, C_in, BLOCK_K):
         ci = c0 + offs_k
         c_ok = ci < C_in
-        a = tl.load(a_ptrs[:, None] + ci[None, :] * sxc,
+        a = tl.load(a_ptrs[:, None] + _wide(ci, WIDE)[None, :] * sxc,
                     mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
         b = tl.load(b_ptrs[None, :] + ci[:, None] * swi,
                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
@@ -183,7 +197,7 @@ def conv2d_fwd_kernel(
         HAS_BIAS: tl.constexpr, EPI: tl.constexpr, FLAT_K: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, EPI_PRECISION: tl.constexpr = "ieee",
-        EPI_DOT16: tl.constexpr = 0, DOT_UPCAST: tl.constexpr = False):
+        EPI_DOT16: tl.constexpr = 0, DOT_UPCAST: tl.constexpr = False, WIDE: tl.constexpr = False):
     """y[n, co, oh, ow] = sum_{ci,kh,kw} x[n, ci, oh*S-pad+kh, ow*S-pad+kw] * w[co, ci, kh, kw]."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -197,8 +211,8 @@ def conv2d_fwd_kernel(
     rem = offs_m % (H_out * W_out)
     oh = rem // W_out
     ow = rem % W_out
-    ih0 = oh * STRIDE - pad
-    iw0 = ow * STRIDE - pad
+    ih0 = _wide(oh, WIDE) * STRIDE - pad   # (WIDE: int64 offsets within one image)
+    iw0 = _wide(ow, WIDE) * STRIDE - pad
     x_base = x_ptr + img.to(tl.int64) * sxn
     w_base = w_ptr + offs_n * swo
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
@@ -213,7 +227,8 @@ def conv2d_fwd_kernel(
             ih = ih0[:, None] + kh[None, :]
             iw = iw0[:, None] + kw[None, :]
             ok = m_ok[:, None] & (kk[None, :] < K_total) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = tl.load(x_base[:, None] + ci[None, :] * sxc + ih * sxh + iw * sxw, mask=ok, other=0.0)
+            a = tl.load(x_base[:, None] + _wide(ci, WIDE)[None, :] * sxc + ih * sxh + iw * sxw,
+                        mask=ok, other=0.0)
             b = tl.load(w_base[None, :] + (ci * swi + kh * swh + kw * sww)[:, None],
                         mask=(kk[:, None] < K_total) & n_ok[None, :], other=0.0)
             if DOT_UPCAST:  # the interpreter's bf16 dot is broken (triton 3.9): exact fp32 dot
@@ -229,10 +244,10 @@ def conv2d_fwd_kernel(
             pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             acc = _tap_channels(acc, x_base + ih * sxh + iw * sxw, w_base + kh * swh + kw * sww,
                                 pix_ok, n_ok, offs_k, C_in, sxc, swi, BLOCK_K, PRECISION,
-                                DOT_UPCAST)
-    pix_off = img.to(tl.int64) * syn + oh * syh + ow * syw
+                                DOT_UPCAST, WIDE)
+    pix_off = img.to(tl.int64) * syn + _wide(oh, WIDE) * syh + _wide(ow, WIDE) * syw
     _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
-              HAS_BIAS, EPI, BLOCK_M, BLOCK_N, EPI_PRECISION, EPI_DOT16)
+              HAS_BIAS, EPI, BLOCK_M, BLOCK_N, EPI_PRECISION, EPI_DOT16, WIDE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,7 +291,7 @@ def conv_transpose2d_fwd_kernel(
         HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr, EPI_PRECISION: tl.constexpr = "ieee",
-        EPI_DOT16: tl.constexpr = 0, DOT_UPCAST: tl.constexpr = False):
+        EPI_DOT16: tl.constexpr = 0, DOT_UPCAST: tl.constexpr = False, WIDE: tl.constexpr = False):
     """y[n, co, oh, ow] = sum x[n, ci, ih, iw] * w[ci, co, kh, kw] over oh = ih*S - pad + kh."""
     pid_n = tl.program_id(1)
     img, a_i, b_i, oh, ow, m_ok, r_h, r_w, c_h, c_w = _phase_pixels(
@@ -296,14 +311,15 @@ def conv_transpose2d_fwd_kernel(
         tw = t % n_tw
         kh = r_h + STRIDE * th
         kw = r_w + STRIDE * tw
-        ih = a_i - th + c_h
-        iw = b_i - tw + c_w
+        ih = _wide(a_i - th + c_h, WIDE)
+        iw = _wide(b_i - tw + c_w, WIDE)
         pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         acc = _tap_channels(acc, x_base + ih * sxh + iw * sxw, w_base + kh * swh + kw * sww,
-                            pix_ok, n_ok, offs_k, C_in, sxc, swi, BLOCK_K, PRECISION, DOT_UPCAST)
-    pix_off = img.to(tl.int64) * syn + oh * syh + ow * syw
+                            pix_ok, n_ok, offs_k, C_in, sxc, swi, BLOCK_K, PRECISION, DOT_UPCAST,
+                            WIDE)
+    pix_off = img.to(tl.int64) * syn + _wide(oh, WIDE) * syh + _wide(ow, WIDE) * syw
     _epilogue(acc, y_ptr, b_ptr, beta_ptr, gamma_ptr, offs_n, pix_off, m_ok, C_out, syc, sg0, sg1,
-              HAS_BIAS, EPI, BLOCK_M, BLOCK_N, EPI_PRECISION, EPI_DOT16)
+              HAS_BIAS, EPI, BLOCK_M, BLOCK_N, EPI_PRECISION, EPI_DOT16, WIDE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,7 +330,8 @@ def col2im_kernel(
         z_ptr, b_ptr, y_ptr, N, H, W, C_out, H_out, W_out, pad_h, pad_w,
         szn, szc, szh, szw, syn, syc, syh, syw,
         STRIDE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr):
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr,
+        WIDE: tl.constexpr = False):
     """y[n, co, oh, ow] = b[co] + sum over the taps (th, tw) of oh's phase (r_h, r_w) of
     z[n, col(r_h, r_w, th, tw, co), ih, iw], oh = ih*S - pad + r_h + S*th: the gather half of a
     transposed conv whose GEMM half (z = w^T x per input pixel, C_out*KH*KW columns) ran as a 1x1
@@ -339,16 +356,16 @@ def col2im_kernel(
     for t in range(0, n_th * n_tw):
         th = t // n_tw
         tw = t % n_tw
-        ih = a_i - th + c_h
-        iw = b_i - tw + c_w
+        ih = _wide(a_i - th + c_h, WIDE)
+        iw = _wide(b_i - tw + c_w, WIDE)
         ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        col = col0 + t * C_out + offs_n
+        col = _wide(col0 + t * C_out + offs_n, WIDE)
         v = tl.load(z_base[:, None] + (ih * szh + iw * szw)[:, None] + col[None, :] * szc,
                     mask=ok[:, None] & n_ok[None, :], other=0.0)
         acc += v.to(ACC_DTYPE)
-    pix_off = img.to(tl.int64) * syn + oh * syh + ow * syw
+    pix_off = img.to(tl.int64) * syn + _wide(oh, WIDE) * syh + _wide(ow, WIDE) * syw
     _epilogue(acc, y_ptr, b_ptr, b_ptr, b_ptr, offs_n, pix_off, m_ok, C_out, syc, 0, 0,
-              HAS_BIAS, 0, BLOCK_M, BLOCK_N, "ieee", 0)
+              HAS_BIAS, 0, BLOCK_M, BLOCK_N, "ieee", 0, WIDE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -495,7 +512,8 @@ def _launch(tuned, kernel_plain, x, w, w_strides, bias, y, pad, stride,
     meta = dict(STRIDE=stride, KH=kh, KW=kw, HAS_BIAS=bias is not None, EPI=epi,
                 PRECISION=precision, ACC_DTYPE=acc_dtype, EPI_PRECISION=epi_precision,
                 EPI_DOT16=((2 if interpreter_enabled() else 1)
-                           if x.dtype in (torch.float16, torch.bfloat16) else 0))
+                           if x.dtype in (torch.float16, torch.bfloat16) else 0),
+                WIDE=_needs_wide(x, y))
     if flat_k is not None:
         meta["FLAT_K"] = flat_k
     if interpreter_enabled():
@@ -713,7 +731,8 @@ def _conv_transpose2d_col2im(x, weight, bias, y, stride, padding, c_in, c_out):
     wa = triton.cdiv(w_out, stride)
     meta = dict(STRIDE=stride, KH=kh, KW=kw, HAS_BIAS=bias is not None,
                 BLOCK_N=triton.next_power_of_2(c_out),
-                ACC_DTYPE=tl.float64 if zdt == torch.float64 else tl.float32)
+                ACC_DTYPE=tl.float64 if zdt == torch.float64 else tl.float32,
+                WIDE=_needs_wide(zbuf, y))
     for o0, o1, r0, r1, pad_h in bands:
         yb = y[:, :, o0:o1]
         if r1 == r0:  # no input row reaches these output rows: bias only

@@ -39,7 +39,7 @@ def one(kernel, transposed, cfg, bn, epi, arch, dtype="bf16"):
     cx.update(sxc=1, syc=1, sg1=1, STRIDE=2, KH=5, KW=5, HAS_BIAS=True, EPI=epi,
               PRECISION="tf32" if dtype == "fp32" else "ieee", ACC_DTYPE=tl.float32,
               EPI_PRECISION="tf32", EPI_DOT16=1 if dtype != "fp32" else 0,
-              DOT_UPCAST=False)
+              DOT_UPCAST=False, WIDE=False)   # (WIDE: images of < 2^31 elements, int32 offsets)
     # the weight as the no-grad Triton path hands it over (ops.conv.TRITON_WEIGHT_LAYOUT): input
     # channels at unit stride for both kernels ([Co, Ci, k, k] / [Ci, Co, k, k]), the other
     # strides multiples of Ci (16-divisible at SlimCAE's widths)
@@ -155,7 +155,7 @@ for arch in (90, 80):
                       "szw", "syn", "syc", "syh", "syw"):
                 sig[n] = "i32"
             cx = dict(cfg["kwargs"], szc=1, STRIDE=4, KH=9, KW=9, HAS_BIAS=True, BLOCK_N=4,
-                      ACC_DTYPE=tl.float32)
+                      ACC_DTYPE=tl.float32, WIDE=False)
             r = aot.compile_for_target(K.col2im_kernel, sig, cx, arch,
                                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
             out.append({"arch": arch, "y": ydt, **cfg["kwargs"], "num_warps": cfg["num_warps"],
