@@ -89,7 +89,13 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     """Load a model file (default: the bundled model) in eval mode, CDF tables ready.
 
     Also accepts a training checkpoint (``{"model": state_dict, "config": ...}``) from
-    ``python/train.py``; its CDF tables are built on load. ``weights`` picks, for a checkpoint
+    ``python/train.py``. Its weight average's CDF tables are those the trainer saved with it
+    (the same on every machine); a checkpoint without them (an older one, or with
+    ``weights="train"`` when the training weights' tables were never built) gets tables built
+    on load, from float arithmetic whose last bits depend on the CPU: their counts can differ
+    by one between machines, and so can the model id, so files written with such a model may be
+    refused elsewhere. A model file (:func:`save_model`, ``python/export_model.py``) always
+    stores its tables: share files written with one. ``weights`` picks, for a checkpoint
     that keeps a moving average of its weights (the trainer's ``ema``), the average (``"ema"``,
     default: what the trainer validates) or the training weights (``"train"``).
 
@@ -119,6 +125,12 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
             if weights == "ema" and obj.get("ema") is not None:
                 sd = {**sd, **obj["ema"]}
                 averaged = True
+                tables = obj.get("ema_tables")
+                if isinstance(tables, dict) and tables and set(tables) <= set(sd):
+                    # the trainer's tables of the average: the same on every machine (built
+                    # here, their counts could differ by one with the CPU's vector unit)
+                    sd = {**sd, **tables}
+                    averaged = False
         else:
             raise ValueError(f"{path} is not a slimkernels model file or training checkpoint")
         if not isinstance(cfg, dict) or not isinstance(sd, dict):
@@ -134,7 +146,9 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     model.load_state_dict(sd)
     model = model.to(device).eval()
     if averaged or not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
-        model.update()   # (the tables of an averaged entropy model are built from it)
+        # (the tables of an averaged entropy model that an older checkpoint holds
+        # no tables for are built from it, here)
+        model.update()
     return model
 
 

@@ -24,7 +24,7 @@ from .._state import describe_mismatch, first_non_finite, state_dict_mismatch
 from ..codec import native_bf16
 from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
-from ..nn.entropy import check_quantization
+from ..nn.entropy import _CDF_BUFFERS, check_quantization
 from ..ops.gdn import compiled_training
 from .data import CropSampler, center_crops, list_images, load_rgb, split_train_val
 from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler
@@ -600,8 +600,34 @@ class Trainer:
               "sampler": self.sampler.state_dict() if self.sampler else None,
               "ema": self.ema, "ema_decay": self.cfg.ema if self.ema is not None else None,
               "bf16": self.bf16,   # (the resolved --bf16: config holds None for "auto")
+              "ema_tables": self._ema_tables(),
               "torch_rng": torch.get_rng_state()}
         atomic_torch_save(ck, self.ckpt_path)
+
+    def _ema_tables(self) -> Optional[Dict[str, torch.Tensor]]:
+        """The entropy model's CDF tables built from the weight average (its state_dict
+        entries, on the CPU), saved with the checkpoint: :func:`slimkernels.pretrained.load_model`
+        uses them instead of building them from the averaged weights on whatever machine loads
+        the checkpoint (float arithmetic whose last bits depend on the CPU's vector unit: a count
+        one apart in 7 of 300 perturbed models between AVX2 and AVX-512, hence another model id,
+        and files written on one machine refused on the other). None without a weight average,
+        or when the tables cannot be built yet (an early, untrained entropy model); the model's
+        own table buffers are left as they were."""
+        if self._ema_pairs is None:
+            return None
+        eb = self.model.entropy_bottleneck
+        kept = [(b, b._quantized_cdf, b._cdf_length, b._offset) for b in eb.bottlenecks]
+        try:
+            with self.averaged_weights() as m, torch.no_grad():
+                m.update(force=True)
+                return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()
+                        if k.startswith("entropy_bottleneck.") and
+                        k.rsplit(".", 1)[-1] in _CDF_BUFFERS}
+        except ValueError:   # (update's refusals: implausible quantiles, a non-finite density)
+            return None
+        finally:
+            for b, cdf, length, offset in kept:
+                b._quantized_cdf, b._cdf_length, b._offset = cdf, length, offset
 
     # -- data ------------------------------------------------------------------------------
     def load_data(self):

@@ -876,3 +876,56 @@ def test_explicit_schedule_start_is_honoured_when_resuming_a_scheduled_run_befor
                      schedule_start=6, schedule_steps=1), log=q)
     assert t.next_schedule == 6
     t.close()
+
+
+def test_checkpoint_carries_the_weight_averages_tables_and_load_uses_them(image_dir, tmp_path,
+                                                                            monkeypatch):
+    """load_model built a checkpoint's averaged tables on whatever machine loaded it: their
+    counts could differ by one with the CPU's vector unit (AVX2 vs AVX-512), and so the model id,
+    and files written on one machine were refused on the other. The trainer now saves them."""
+    from slimkernels.nn.entropy import EntropyBottleneck
+    from slimkernels.pretrained import load_model
+    torch.manual_seed(0)
+    t = Trainer(_cfg(image_dir, tmp_path / "t", steps=2, ema=0.9), log=lambda *_: None)
+    t.fit()
+    own = [(b._quantized_cdf.clone(), b._cdf_length.clone(), b._offset.clone())
+           for b in t.model.entropy_bottleneck.bottlenecks]
+    t.save()
+    for b, (cdf, length, offset) in zip(t.model.entropy_bottleneck.bottlenecks, own):
+        assert torch.equal(b._quantized_cdf, cdf) and torch.equal(b._cdf_length, length) \
+            and torch.equal(b._offset, offset)   # (the model's own buffers as they were)
+    ck = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=False)
+    tables = ck["ema_tables"]
+    assert tables and all(k.startswith("entropy_bottleneck.bottlenecks.") for k in tables)
+    assert len(tables) == 3 * len(t.model.entropy_bottleneck.bottlenecks)
+    # the tables are those of the average: what update() builds from the averaged weights
+    from slimkernels.models import SlimCAE
+    m = SlimCAE([8, 4], t.cfg.gdn)
+    m.load_state_dict({**ck["model"], **ck["ema"]})
+    m.update()
+    sd = m.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in tables.items())
+    # load_model takes them as saved (no update() on load)
+    def refuse(self, force=True):
+        raise AssertionError("update() ran on load")
+    monkeypatch.setattr(EntropyBottleneck, "update", refuse)
+    loaded = load_model(str(tmp_path / "t" / "checkpoint.pt")).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in tables.items())
+    monkeypatch.undo()
+    # an older checkpoint (no tables saved) still loads: the tables are built on load
+    del ck["ema_tables"]
+    torch.save(ck, tmp_path / "old.pt")
+    old = load_model(str(tmp_path / "old.pt")).state_dict()
+    assert all(torch.equal(old[k], v) for k, v in tables.items())
+
+
+def test_a_checkpoint_whose_tables_cannot_be_built_yet_is_still_saved(image_dir, tmp_path,
+                                                                        monkeypatch):
+    from slimkernels.nn.entropy import EntropyBottleneck
+    t = Trainer(_cfg(image_dir, tmp_path / "u", steps=1, ema=0.9), log=lambda *_: None)
+
+    def implausible(self, force=True):
+        raise ValueError("EntropyBottleneck.update: the quantiles are implausible")
+    monkeypatch.setattr(EntropyBottleneck, "update", implausible)
+    t.save()
+    assert torch.load(tmp_path / "u" / "checkpoint.pt", weights_only=False)["ema_tables"] is None
