@@ -90,6 +90,7 @@ def env_report() -> str:
 
 
 def cmd_env(args) -> int:
+    """``slimkernels env``: print the environment report; exit code 0."""
     print(env_report())
     return EXIT_OK
 
@@ -382,6 +383,8 @@ def _set_threads(args) -> None:
 
 
 def cmd_compress(args) -> int:
+    """``slimkernels compress``: images -> ``.slim`` files (``args`` from :func:`build_parser`);
+    the exit code (0, or 1 after a one-line error; a batch's outputs are removed on failure)."""
     from .io import atomic_write_bytes, read_image
 
     _set_threads(args)
@@ -426,6 +429,8 @@ def cmd_compress(args) -> int:
 
 
 def cmd_decompress(args) -> int:
+    """``slimkernels decompress``: ``.slim`` files -> images (``args`` from :func:`build_parser`);
+    the exit code (0, or 1 after a one-line error)."""
     from .container import ModelMismatchError, SlimFormatError, read_bytes
     from .io import atomic_write_bytes, image_to_png_bytes
 
@@ -458,6 +463,7 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_info(args) -> int:
+    """``slimkernels info``: print each ``.slim`` file's header and metadata; the exit code."""
     from .container import SlimFormatError, read
 
     for path in args.files:
@@ -477,17 +483,21 @@ def cmd_info(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    """``slimkernels eval``: :func:`slimkernels.evaluation.cli.run_eval`; its exit code."""
     from .evaluation.cli import run_eval
     return run_eval(args)
 
 
 def cmd_train(args) -> int:
+    """``slimkernels train``: the trainer on ``args`` (:mod:`slimkernels.training.cli`); its exit
+    code."""
     from .training.cli import config_from_args, run
     return run(config_from_args(args))   # (torchrun: in a process group)
 
 
 # -- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """The ``slimkernels`` argument parser: one subcommand per ``cmd_*`` function."""
     p = argparse.ArgumentParser(prog="slimkernels",
                                 description="Slimmable neural image compression (SlimCAE).")
     p.add_argument("--version", action="version", version=f"slimkernels {__version__}")

@@ -87,6 +87,7 @@ class SlimGDN(nn.Module):
     _op_forward = forward
 
     def extra_repr(self) -> str:
+        """``"C, inverse=..."`` in the module's repr."""
         return f"{self.in_channels}, inverse={self.inverse}"
 
 
