@@ -36,11 +36,27 @@ def cached_on(owner, slot: str, tensors: Iterable[torch.Tensor], build, extra=No
     return _cached(owner, slot, (extra, tensor_state_key(tensors)), tensors, build)
 
 
+#: Bumped by every clear of a model's caches (:func:`bump_generation`): a build in flight in
+#: another thread then is returned but not stored (it may hold weights of before a ``.data``
+#: write that the clear was for).
+_GENERATION = 0
+
+
+def bump_generation() -> None:
+    """Mark the caches cleared (``SlimCodec.clear_caches``): builds in flight are not kept."""
+    global _GENERATION
+    _GENERATION += 1
+
+
 def _cached(owner, slot: str, key, keep, build):
     cache = owner.__dict__.get(slot)
     if cache is None or cache[0] != key:
         _recording.transient(f"the cache {slot} was built during the recording")
+        gen = _GENERATION
         cache = (key, build(), keep)
+        if gen != _GENERATION:   # (cleared while it was built: not kept)
+            _recording.keep(cache[1])
+            return cache[1]
         owner.__dict__[slot] = cache
     _recording.keep(cache[1])
     return cache[1]

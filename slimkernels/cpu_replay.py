@@ -431,12 +431,33 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 _CACHES: "weakref.WeakSet" = weakref.WeakSet()
 
 
+_HELD: list = []   # the caches whose locks _before_fork took (released after the fork)
+
+
+def _before_fork() -> None:
+    # no thread inside a cache's bookkeeping while the process is copied (as ops._cache)
+    _HELD[:] = list(_CACHES)
+    for c in _HELD:
+        c._lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for c in _HELD:
+        c._lock.release()
+    _HELD.clear()
+
+
 def _new_locks_in_child() -> None:
     for c in list(_CACHES):
-        c._lock = threading.Lock()
+        c._lock = threading.RLock()
+        # a recording another thread of the parent was making never completes here
+        for k in [k for k, e in c._entries.items() if e.recording]:
+            del c._entries[k]
+    _HELD.clear()
 
 
-os.register_at_fork(after_in_child=_new_locks_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_new_locks_in_child)
 
 
 class ReplayCache:
@@ -457,7 +478,7 @@ class ReplayCache:
         self._failed: "OrderedDict[Hashable, str]" = OrderedDict()
         self._seen: "OrderedDict[Hashable, int]" = OrderedDict()
         self._state = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         _CACHES.add(self)
 
     def __len__(self) -> int:

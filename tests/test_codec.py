@@ -1555,3 +1555,31 @@ def test_the_weight_caches_let_a_deleted_models_parameters_go():
     gc.collect()
     alive = sum(r() is not None for r in refs)
     assert alive == 0, f"{alive} parameters of a deleted model are still alive (weight caches)"
+
+
+def test_clear_caches_after_a_data_write_wins_over_a_model_id_built_before_it(monkeypatch):
+    """The documented update through ``.data``: write, then ``model.clear_caches()``. A
+    ``model_id`` being computed in another thread (compress's first step) from the values of
+    before the write stores its result AFTER the clear, under the unchanged version key
+    (_state.py:43-44): the model keeps naming the old weights in every file it writes from then
+    on (real threads: e6_clear_race.py, stale id in 7/10 and 8/10 trials)."""
+    import slimkernels.codec as codec
+    from slimkernels.pretrained import load_model
+    m = load_model()
+    real = codec.model_fingerprint
+    injected = []
+
+    def fingerprint_then_writer_acts(model, config):
+        fp = real(model, config)        # hashed the values of before the write
+        if not injected:
+            injected.append(1)          # meanwhile, the other thread writes and clears
+            with torch.no_grad():
+                model.g_a[0].weight.data.mul_(1.5)
+            model.clear_caches()
+        return fp
+    monkeypatch.setattr(codec, "model_fingerprint", fingerprint_then_writer_acts)
+    m.model_id()
+    monkeypatch.setattr(codec, "model_fingerprint", real)
+    assert injected
+    assert m.model_id() == real(m, m.config()), \
+        "model_id names the weights of before a .data write that clear_caches() followed"

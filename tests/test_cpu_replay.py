@@ -552,3 +552,51 @@ def test_hooks_present_while_recording_do_not_end_replays(model):
     for _ in range(cpu_replay.RETRY_AFTER + 6):
         model.compress(x, 16, precision="bf16")
     _require_replayed(model)
+
+
+def test_a_fork_while_another_thread_records_a_replay_lets_the_child_replay(monkeypatch):
+    """(Performance only.) A fork while another thread records a CPU replay leaves the child the
+    key's 'recording' placeholder, which no thread of the child completes: the child runs that
+    transform eagerly for good (e10_fork_placeholder.py: 2/2, 0 replays in 40 calls). Fix: drop
+    the placeholders in cpu_replay._new_locks_in_child."""
+    import os
+
+    from slimkernels.pretrained import load_model
+    if not _amx():
+        pytest.skip("the bundled model's bf16 transforms replay on AMX CPUs")
+    model = load_model()
+    x = torch.rand(1, 3, 64, 96)
+    model.compress(x, 48, precision="bf16", streams=1)          # 1st use of the key
+    inside, release = threading.Event(), threading.Event()
+    real = cpu_replay._record
+
+    def slow_record(fn, t):
+        inside.set()
+        release.wait(20)
+        return real(fn, t)
+    monkeypatch.setattr(cpu_replay, "_record", slow_record)
+
+    def second_use():
+        torch.set_num_threads(1)
+        model.compress(x, 48, precision="bf16", streams=1)      # 2nd use: this thread records
+    t = threading.Thread(target=second_use)
+    t.start()
+    assert inside.wait(20)
+    pid = os.fork()
+    if pid == 0:   # child
+        code = 3
+        try:
+            cpu_replay._record = real
+            torch.set_num_threads(1)
+            for _ in range(8):
+                model.compress(x, 48, precision="bf16", streams=1)
+            if any(e.replays > 0 for e in model._cpu_replays.entries()):
+                code = 0
+        except BaseException:
+            code = 4
+        os._exit(code)
+    release.set()
+    t.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, \
+        "the child never replays the key another thread of the parent was recording at fork()"

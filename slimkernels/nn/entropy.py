@@ -306,7 +306,7 @@ class EntropyBottleneck(nn.Module):
         for name in _CDF_BUFFERS:
             key = prefix + name
             if key in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[key], device=self.quantiles.device))
+                setattr(self, name, state_dict[key].detach().to(self.quantiles.device, copy=True))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -14,26 +14,42 @@ from .. import _recording
 _PACK_CACHE: "OrderedDict" = OrderedDict()
 #: Entries kept (least recently used dropped first).
 _PACK_CACHE_MAX = 128
-_PACK_LOCK = threading.Lock()
+_PACK_LOCK = threading.RLock()   # (reentrant: a finalizer run by the GC inside may clear)
+#: Bumped by :func:`clear`: a build in flight when the caches were cleared (after a ``.data``
+#: write) is returned but not stored.
+_GENERATION = 0
 #: ``ops.conv._cast_full``'s cache: ``{key: (version, source tensor, copy)}`` (held here so that
 #: :func:`drop_orphans` sees both caches' holdings of a tensor).
 _CAST_CACHE: dict = {}
 
 
+def _before_fork() -> None:
+    # no other thread inside a cache operation while the process is copied: OrderedDict.clear()
+    # frees the entries (and can hand the GIL over) between emptying the dict and its order
+    # list, and a child forked then found a torn cache (KeyError in 7 of 300 forks)
+    _PACK_LOCK.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _PACK_LOCK.release()
+
+
 def _new_lock_in_child() -> None:
-    # a fork() while another thread held the lock left the child's copy locked for good (its
-    # next conv waited forever): the child starts with a free one (the entries are whole:
-    # every update under the lock is one dict operation)
+    # the child's copy of the lock is held (by _before_fork, and a fork() while another thread
+    # held it left it locked for good: the child's next conv waited forever): a free one
     global _PACK_LOCK
-    _PACK_LOCK = threading.Lock()
+    _PACK_LOCK = threading.RLock()
 
 
-os.register_at_fork(after_in_child=_new_lock_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_new_lock_in_child)
 
 
 def clear() -> None:
     """Drop every entry of both caches (:func:`slimkernels.ops.clear_weight_caches`)."""
+    global _GENERATION
     with _PACK_LOCK:
+        _GENERATION += 1
         _PACK_CACHE.clear()
         _CAST_CACHE.clear()
 
@@ -116,14 +132,19 @@ def _cached(key, sources, build):
     with _PACK_LOCK:  # transforms may run in several threads (LRU bookkeeping is not atomic)
         hit = _PACK_CACHE.get(key)
         if hit is not None and hit[0] == ver and _same_objects(hit[1], src):
-            _PACK_CACHE.move_to_end(key)
+            if key in _PACK_CACHE:
+                _PACK_CACHE.move_to_end(key)
             val = hit[2]
             _recording.keep(val)
             return val
     _recording.transient("a weight cache was built during the recording")
+    gen = _GENERATION
     with torch.no_grad():
         val = build()
     with _PACK_LOCK:
+        if gen != _GENERATION:   # cleared meanwhile (after a .data write): not kept
+            _recording.keep(val)
+            return val
         drop_orphans()
         _PACK_CACHE[key] = (ver, tuple(src), val)
         _PACK_CACHE.move_to_end(key)

@@ -141,6 +141,8 @@ def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] =
     hit = None if inference else _CAST_CACHE.get(key)
     if hit is not None and hit[0] == t._version and hit[1] is t:
         return hit[2]
+    ver = None if inference else t._version   # (before the copy: an update meanwhile misses)
+    gen = _cache._GENERATION
     # the copy is a normal tensor even under torch.inference_mode() (an inference tensor kept
     # here made a later call that records a gradient for x fail: "Inference tensors cannot be
     # saved for backward")
@@ -152,10 +154,12 @@ def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] =
     if inference:
         return out
     with _cache._PACK_LOCK:
+        if gen != _cache._GENERATION:
+            return out
         _cache.drop_orphans()
-    if len(_CAST_CACHE) >= _CAST_CACHE_MAX:
-        _CAST_CACHE.clear()
-    _CAST_CACHE[key] = (t._version, t, out)   # t itself: see _cache._cached (no weak refs)
+        if len(_CAST_CACHE) >= _CAST_CACHE_MAX:
+            _CAST_CACHE.clear()
+        _CAST_CACHE[key] = (ver, t, out)   # t itself: see _cache._cached (no weak refs)
     return out
 
 

@@ -277,3 +277,37 @@ def test_symbol_conversions_check_the_latent_shape():
             eb.quantize_symbols(bad)
         with pytest.raises(ValueError, match=r"expects \[N, 4, H, W\]"):
             eb.dequantize_symbols(bad.to(torch.int32))
+
+
+def test_entropy_tables_are_never_uninitialised_during_load_state_dict(monkeypatch):
+    """EntropyBottleneck._load_from_state_dict (nn/entropy.py:309) replaces each CDF buffer by
+    ``torch.empty_like`` before copying into it: a compress in another thread during the load
+    reads uninitialised memory as its tables (seen in e3_updates.py: "cdf_lengths[0] =
+    -2146640464 is out of range"). The buffer seen mid-load must hold the old or the new
+    values. (empty_like is made to return a sentinel so that 'uninitialised' is deterministic.)"""
+    from slimkernels.nn.entropy import EntropyBottleneck
+    from slimkernels.pretrained import load_model
+    m = load_model()
+    sd = m.state_dict()
+    eb = m.entropy_bottleneck.for_width(48)
+    old = eb._cdf_length.clone()
+    new = sd[[k for k in sd if k.endswith("_cdf_length")][0]].clone()
+    real_empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like",
+                        lambda t, **kw: real_empty_like(t, **kw).fill_(-7) if
+                        t.dtype == torch.int32 else real_empty_like(t, **kw))
+    seen = []
+    real_load = torch.nn.Module._load_from_state_dict
+
+    def spy(self, *a, **k):
+        if isinstance(self, EntropyBottleneck) and self.channels == 48:
+            seen.append(self._cdf_length.clone())       # what a concurrent reader sees now
+        return real_load(self, *a, **k)
+    monkeypatch.setattr(torch.nn.Module, "_load_from_state_dict", spy)
+    m.load_state_dict(sd)
+    assert seen
+    mid = seen[0]
+    assert torch.equal(mid, old) or any(torch.equal(mid, v) for k, v in sd.items()
+                                        if k.endswith("_cdf_length") and v.shape == mid.shape), \
+        f"mid-load tables are neither old nor new: {mid[:4].tolist()} (old {old[:4].tolist()})"
+    del new
