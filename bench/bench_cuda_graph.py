@@ -26,9 +26,15 @@ from e2e_cuda import (add_gpu_script_arguments, device_name, gpu_script_options,
                       gpu_script_setup, timed_ms, write_result)
 
 
-def run(widths: List[int], repeats: int, dry_run: bool, image: str = None) -> Dict:
+def run(widths: List[int], repeats: int, dry_run: bool, image: str = None,
+        on_row=None) -> Dict:
+    """The table's dict; ``on_row(res)`` after each row with the rows so far (the caller writes
+    them: a run a time limit cuts keeps what it measured)."""
     dev, model, desc, x = gpu_script_setup(widths, dry_run, image)
     rows = []
+    res = {"device": device_name(dev), "model": desc, "torch": torch.__version__,
+           "repeats": repeats, "image": list(x.shape), "dry_run": dev.type != "cuda",
+           "rows": rows}
     for width in widths:
         for precision in ("fp32", "bf16"):
             data = model.compress(x, width, precision=precision, cuda_graph=False)
@@ -52,9 +58,9 @@ def run(widths: List[int], repeats: int, dry_run: bool, image: str = None) -> Di
                   f"{ms['compress_graph']:.3f} ms (x{row['compress_speedup']:.2f}), decompress "
                   f"{ms['decompress']:.3f} -> {ms['decompress_graph']:.3f} ms "
                   f"(x{row['decompress_speedup']:.2f})", flush=True)
-    return {"device": device_name(dev), "model": desc, "torch": torch.__version__,
-            "repeats": repeats, "image": list(x.shape), "dry_run": dev.type != "cuda",
-            "rows": rows}
+            if on_row is not None:
+                on_row(res)
+    return res
 
 
 def markdown(res: Dict) -> str:
@@ -84,7 +90,8 @@ def main(argv=None) -> int:
     if opts == 2:
         return 2
     widths, out = opts
-    res = run(widths, a.repeats, a.dry_run, a.image)
+    res = run(widths, a.repeats, a.dry_run, a.image,
+              on_row=lambda r: write_result(out, "cuda_graph", r, markdown(r)))
     write_result(out, "cuda_graph", res, markdown(res))
     print(f"wrote {out}/cuda_graph.md")
     return 0

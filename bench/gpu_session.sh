@@ -102,7 +102,9 @@ step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log it, record
         return
     fi
     local left=$((BUDGET - SECONDS))
-    if [ "$left" -lt 25 ]; then
+    # (a step but the report, which keeps its rows, needs half its limit: cut to less it would
+    # only time out and count as failed)
+    if [ "$left" -lt 25 ] || { [ "$name" != report ] && [ $((left - 10)) -lt $((limit / 2)) ]; }; then
         printf '%-8s %-28s %4d s\n' "$name" "skipped (no time left)" 0 | tee -a "$SUMMARY"
         return
     fi
@@ -134,10 +136,13 @@ if torch.cuda.is_available() else \"\")'"
 if [ "$DRY" = 1 ]; then  # no rebuild under a running test process: check the built modules
     step build 80 "$PY" -c "import slimkernels._coder, slimkernels._cpu_kernels"
 else
-    step build 60 "$PY" setup.py -q build_ext --inplace  # 32 s on the H200 machine
+    # the three extensions in parallel (-j 3): setuptools copies them into the package only
+    # after the last one is built, so a build cut by its limit left none; serial it took 32-50 s
+    # on the H200 machine (2026-12-04) and ~1.5x that since
+    step build 120 "$PY" setup.py -q build_ext --inplace -j 3
 fi
 
-# limits: 10 + 60 + 110 + 170 + 80 + 110 + 60 + 75 = 675 s at most, cut to GPU_SESSION_BUDGET;
+# limits: 10 + 120 + 110 + 170 + 80 + 110 + 70 + 75 = 745 s at most, cut to GPU_SESSION_BUDGET;
 # measured on the H200 machine (2026-12-04, sittings 17 and 18): build 32-50 s, tests 86 s (170
 # tests, xdist), report > 170 s for 5 widths with torch.compile at two (cut during the 10th of 10
 # rows), ~25 s a row without, conv ~4.5 s a row after ~15 s of start (w=192,48: 24 rows),
@@ -161,11 +166,12 @@ else
     # SLIMKERNELS_AUTOTUNE=0 in the tests: each kernel's first config only (one compile per
     # specialisation, not one per config); the benchmark steps run the autotuned kernels, and
     # bench_conv checks each autotuned layer against cuDNN (rel_err_vs_cudnn)
-    T_REPORT=170 T_TESTS=110 T_CONV=110 T_PROFILE=80 T_GDN=75
+    T_REPORT=170 T_TESTS=110 T_CONV=110 T_PROFILE=80 T_GDN=75 T_GRAPHS=70
     # a later call can set each limit, the widths, the tests and the order of the steps
     # (GPU_T_TESTS=140 GPU_CONV_WIDTHS=48 GPU_SESSION_STEPS="tests profile" ...)
     T_REPORT=${GPU_T_REPORT:-$T_REPORT} T_TESTS=${GPU_T_TESTS:-$T_TESTS}
     T_CONV=${GPU_T_CONV:-$T_CONV} T_PROFILE=${GPU_T_PROFILE:-$T_PROFILE} T_GDN=${GPU_T_GDN:-$T_GDN}
+    T_GRAPHS=${GPU_T_GRAPHS:-$T_GRAPHS}
     REPORT_CW=${GPU_REPORT_COMPILE_WIDTHS-192}
     run_step() {
         case $1 in
@@ -175,11 +181,13 @@ else
                     --compile-widths "$REPORT_CW" --image "$IMAGE" \
                     --note "bench/gpu_session.sh on a lent GPU machine" ;;
         # shellcheck disable=SC2086  # XDIST is empty or two words, GPU_TESTS a path list
-        tests) step tests "$T_TESTS" env SLIMKERNELS_AUTOTUNE=0 "$PY" -m pytest -q \
+        # (-v: each test's result in the log as it ends, kept when the limit cuts the run)
+        tests) step tests "$T_TESTS" env SLIMKERNELS_AUTOTUNE=0 "$PY" -m pytest -v \
                     -m "cuda or interpret" -p no:cacheprovider $XDIST --tb=line -rf \
                     --maxfail=30 ${GPU_TESTS:-tests} ;;
         # compress / decompress with and without cuda_graph=True (the library's CUDA-graph path)
-        graphs) step graphs 60 "$PY" bench/bench_cuda_graph.py --widths 192,48 --image "$IMAGE" ;;
+        graphs) step graphs "$T_GRAPHS" "$PY" bench/bench_cuda_graph.py --widths 192,48 \
+                    --image "$IMAGE" ;;
         # per layer on the Kodak shape; no torch.compile column (a fresh max-autotune compile
         # per layer, width and dtype takes minutes; the e2e report has torch.compile)
         conv) step conv "$T_CONV" "$PY" bench/bench_conv.py --device --no-cpu \

@@ -35,3 +35,23 @@ def test_refusals(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no CUDA GPU"):
         bench_cuda_graph.main(["--widths", "48"])
     assert not (tmp_path / "cuda_graph.json").exists()
+
+
+def test_a_run_cut_by_a_time_limit_keeps_its_finished_rows(tmp_path, monkeypatch):
+    """The table was written after the last row only: the session's time limit (60 s against
+    55 s measured) lost every row."""
+    real = bench_cuda_graph.timed_ms
+    calls = []
+
+    def cut_after_first(*a, **k):
+        if calls:
+            raise KeyboardInterrupt("time limit (simulated)")
+        calls.append(1)
+        return real(*a, **k)
+    monkeypatch.setattr(bench_cuda_graph, "timed_ms", cut_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        bench_cuda_graph.main(["--dry-run", "--widths", "48", "--repeats", "1",
+                               "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "cuda_graph.json").read_text())["rows"]
+    assert [(r["width"], r["precision"]) for r in rows] == [(48, "fp32")]
+    assert "| 48 | fp32 |" in (tmp_path / "cuda_graph.md").read_text()

@@ -68,8 +68,10 @@ def _wide(i, WIDE: tl.constexpr):
     """int64 copy of an index tensor when WIDE (an image of >= 2^31 elements: its in-image
     offsets overflow int32), else unchanged: the usual int32 address math, the same code."""
     if WIDE:
-        return i.to(tl.int64)
-    return i
+        r = i.to(tl.int64)
+    else:
+        r = i
+    return r
 
 
 @triton.jit
@@ -84,7 +86,7 @@ def _norm_part(norm, y, gamma_ptr, offs_j, offs_i, C, sg0, sg1, PRECISION: tl.co
     if DOT16 == 2:  # the same bf16 rounding, dot in fp32 (the interpreter's bf16 casts and dot
         # are broken in triton 3.9): round-to-nearest-even to bf16 on the fp32 bits
         return tl.dot(_round_bf16(y * y), _round_bf16(g.to(tl.float32)), norm)
-    return tl.dot(y * y, g.to(y.dtype), norm, input_precision=PRECISION)
+    return tl.dot(y * y, g.to(y.dtype), norm, input_precision=PRECISION, out_dtype=norm.dtype)
 
 
 @triton.jit
@@ -181,7 +183,7 @@ def _tap_channels(acc, a_ptrs, b_ptrs, pix_ok, n_ok, offs_k, C_in, sxc, swi,
         if DOT_UPCAST:  # the interpreter's bf16 dot is broken (triton 3.9): exact fp32 dot
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
     return acc
 
 
@@ -234,7 +236,7 @@ def conv2d_fwd_kernel(
             if DOT_UPCAST:  # the interpreter's bf16 dot is broken (triton 3.9): exact fp32 dot
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
     else:
         for tap in range(0, KH * KW):
             kh = tap // KW

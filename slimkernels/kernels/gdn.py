@@ -50,16 +50,20 @@ def _pixel_offsets(offs_p, HW, stride_n, stride_hw, WIDE: tl.constexpr):
     n = offs_p // HW
     hw = offs_p - n * HW
     if WIDE:
-        return n.to(tl.int64) * stride_n + hw.to(tl.int64) * stride_hw
-    return n * stride_n + hw * stride_hw
+        off = n.to(tl.int64) * stride_n + hw.to(tl.int64) * stride_hw
+    else:
+        off = n * stride_n + hw * stride_hw
+    return off
 
 
 @triton.jit
 def _wide(i, WIDE: tl.constexpr):
     """int64 copy of an index tensor when WIDE, else unchanged (int32 address math)."""
     if WIDE:
-        return i.to(tl.int64)
-    return i
+        r = i.to(tl.int64)
+    else:
+        r = i
+    return r
 
 
 @triton.jit

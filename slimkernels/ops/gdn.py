@@ -188,7 +188,7 @@ def _compiled_composition(x, g, b, inverse: bool):
     if fn is None:
         try:
             fn = torch.compile(_composition, dynamic=False, recompile_limit=256)
-        except TypeError:  # torch < 2.6 names it cache_size_limit (a global setting)
+        except TypeError:  # no such argument (torch 2.11 has none): the global cache_size_limit
             import torch._dynamo.config as dcfg
             dcfg.cache_size_limit = max(dcfg.cache_size_limit, 256)
             fn = torch.compile(_composition, dynamic=False)

@@ -204,3 +204,38 @@ def test_gpu_session_report_running_out_of_time_is_not_a_failure(tmp_path):
     env.update(GPU_SESSION_STEPS="conv", GPU_T_CONV="1")
     r = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "failed: conv (exit status 1)" in r.stdout, r.stdout
+
+
+def _stub_run(tmp_path, **env_extra):
+    """The GPU branch with a stand-in python that logs its arguments: (summary lines, calls)."""
+    out = tmp_path / "out"
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "py"
+    stub.write_text(f"#!/usr/bin/env bash\necho \"$*\" >> {calls}\n")
+    stub.chmod(0o755)
+    env = dict(os.environ, PY=str(stub), OUT=str(out), **env_extra)
+    env.pop("GPU_SESSION_DRY", None)
+    r = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_session.sh")], env=env,
+                       capture_output=True, text=True, timeout=600)
+    return r, (out / "summary.txt").read_text().splitlines(), calls.read_text().splitlines()
+
+
+def test_gpu_session_builds_the_extensions_in_parallel(tmp_path):
+    """setuptools copies the built extensions into the package only after the last one: the
+    serial build cut by its 60 s limit (45-80 s expected now on the GPU machine) left none, and
+    every step that codes an image failed."""
+    r, lines, calls = _stub_run(tmp_path, GPU_SESSION_STEPS="profile")
+    assert r.returncode == 0, r.stdout + r.stderr
+    build = [c for c in calls if "setup.py" in c]
+    assert build == ["setup.py -q build_ext --inplace -j 3"], calls
+
+
+def test_gpu_session_skips_a_step_left_less_than_half_its_limit(tmp_path):
+    """A step started with far less than its limit could only time out and count as failed
+    (the gdn step with 15 s left); the report, which keeps the rows it wrote, still runs."""
+    r, lines, calls = _stub_run(tmp_path, GPU_SESSION_STEPS="tests report",
+                                GPU_SESSION_BUDGET="60")
+    status = {ln.split()[0]: ln for ln in lines if ln.split()[:1]}
+    assert "skipped (no time left)" in status["tests"], lines
+    assert " ok " in status["report"], lines
+    assert not any("pytest" in c for c in calls)

@@ -175,3 +175,67 @@ def test_aot_col2im_no_spills():
     for r in rows:
         assert r["n_spills"] == 0 and r["spill_ops"] == 0 and r["local"] == 0, f"spills: {r}"
         assert 0 < r["n_regs"] <= 255, r
+
+
+_WIDE_CODE = textwrap.dedent(r'''
+import json, traceback
+import torch
+import triton.language as tl
+from slimkernels.kernels import aot
+from slimkernels.kernels import conv as K
+from slimkernels.kernels import gdn as G
+from slimkernels.kernels.configs import CONV_FWD_CONFIGS, COL2IM_CONFIGS
+
+out = {}
+def attempt(name, kernel, sig, cx, cfg):
+    try:
+        aot.compile_for_target(kernel, sig, cx, 90, num_warps=cfg["num_warps"],
+                               num_stages=cfg["num_stages"])
+        out[name] = "ok"
+    except Exception as e:
+        while e.__cause__ is not None:
+            e = e.__cause__
+        out[name] = "".join(traceback.format_exception_only(type(e), e))[-400:]
+
+cfg = CONV_FWD_CONFIGS[0]
+for kernel, tr in ((K.conv2d_fwd_kernel, False), (K.conv_transpose2d_fwd_kernel, True)):
+    for epi in (0, 1):
+        sig = {n: "*bf16" for n in ("x_ptr", "w_ptr", "b_ptr", "y_ptr")}
+        sig.update(beta_ptr="*fp32", gamma_ptr="*fp32")
+        for n in ("N", "C_in", "H", "W", "C_out", "H_out", "W_out", "pad", "sxn", "sxc", "sxh",
+                  "sxw", "swo", "swi", "swh", "sww", "syn", "syc", "syh", "syw", "sg0", "sg1"):
+            sig[n] = "i32"
+        cx = dict(cfg["kwargs"], STRIDE=2, KH=5, KW=5, HAS_BIAS=True, EPI=epi, PRECISION="ieee",
+                  ACC_DTYPE=tl.float32, EPI_PRECISION="tf32", EPI_DOT16=1, DOT_UPCAST=False,
+                  WIDE=True)
+        if epi:
+            cx["BLOCK_N"] = 64
+        if not tr:
+            cx["FLAT_K"] = False
+        attempt(f"{kernel.__name__} EPI={epi}", kernel, sig, cx, cfg)
+cfg = COL2IM_CONFIGS[0]
+sig = {"z_ptr": "*fp32", "b_ptr": "*bf16", "y_ptr": "*bf16"}
+for n in ("N", "H", "W", "C_out", "H_out", "W_out", "pad_h", "pad_w", "szn", "szc", "szh", "szw",
+          "syn", "syc", "syh", "syw"):
+    sig[n] = "i32"
+attempt("col2im_kernel", K.col2im_kernel, sig,
+        dict(cfg["kwargs"], STRIDE=4, KH=9, KW=9, HAS_BIAS=True, BLOCK_N=4,
+             ACC_DTYPE=tl.float32, WIDE=True), cfg)
+for sp in G.aot_specs(torch.bfloat16, layout="channels_last", all_configs=False):
+    attempt(sp["name"], sp["kernel"], sp["signature"], dict(sp["constexprs"], WIDE=True),
+            {"num_warps": sp["num_warps"], "num_stages": sp["num_stages"]})
+print(json.dumps(out))
+''')
+
+
+def test_aot_wide_variants_compile():
+    """The conv, col2im and GDN kernels specialised with ``WIDE=True`` (what the launchers pass
+    for a tensor of >= 2^31 elements) compile for sm_90: their int64 helpers returned once
+    inside ``if WIDE:`` and once after it, and Triton's code generator refused the two return
+    types ("Return type mismatch: int64 and int32", triton 3.6 and 3.9): a GPU run on such an
+    image failed to compile (the interpreter, which runs the Python as written, did not see
+    it)."""
+    from slimkernels.kernels.aot import run_in_subprocess
+    res = run_in_subprocess(_WIDE_CODE, timeout=1200)
+    bad = {k: v for k, v in res.items() if v != "ok"}
+    assert len(res) == 9 and not bad, bad
