@@ -603,7 +603,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         _err(str(e))
         return EXIT_ERROR
     except (RuntimeError, OSError, FloatingPointError, MemoryError) as e:
-        if _out_of_memory(e):
+        if type(e).__name__ == "OutOfMemoryError":   # (torch's, CUDA: which GPU, how much)
+            _err(f"out of GPU memory (the image or the batch is too large for the GPU: try "
+                 f"--device cpu): {str(e).splitlines()[0] if str(e) else ''}")
+        elif _out_of_memory(e):
             _err("out of memory (the image or the batch is too large for this machine's memory)")
         else:
             _err(f"{type(e).__name__}: {e}")

@@ -432,28 +432,36 @@ _CACHES: "weakref.WeakSet" = weakref.WeakSet()
 
 
 _HELD: list = []   # the caches whose locks _before_fork took (released after the fork)
+#: One fork at a time through the hooks: two threads forking at once shared _HELD (the second's
+#: after-hook released nothing: a replay lock held for good, every later compress blocked).
+_FORK_LOCK = threading.Lock()
 
 
 def _before_fork() -> None:
-    # no thread inside a cache's bookkeeping while the process is copied (as ops._cache)
-    _HELD[:] = list(_CACHES)
+    # no thread inside a cache's bookkeeping while the process is copied (as ops._cache); the
+    # locks taken in one order (by id) by one forking thread at a time
+    _FORK_LOCK.acquire()
+    _HELD[:] = sorted(_CACHES, key=id)
     for c in _HELD:
         c._lock.acquire()
 
 
 def _after_fork_in_parent() -> None:
-    for c in _HELD:
+    for c in reversed(_HELD):
         c._lock.release()
     _HELD.clear()
+    _FORK_LOCK.release()
 
 
 def _new_locks_in_child() -> None:
+    global _FORK_LOCK
     for c in list(_CACHES):
         c._lock = threading.RLock()
         # a recording another thread of the parent was making never completes here
         for k in [k for k, e in c._entries.items() if e.recording]:
             del c._entries[k]
     _HELD.clear()
+    _FORK_LOCK = threading.Lock()
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,

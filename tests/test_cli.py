@@ -854,3 +854,18 @@ def test_compress_of_a_damaged_png_is_one_error_line_not_a_traceback(tmp_path, c
     assert main(["compress", str(p), str(tmp_path / "out.slim"), "--model", str(model)]) == 1
     assert "damaged.png" in capsys.readouterr().err
     assert not (tmp_path / "out.slim").exists()
+
+
+def test_gpu_out_of_memory_says_gpu_and_keeps_torchs_line(model_file, images, tmp_path, capsys,
+                                                          monkeypatch):
+    import torch
+
+    from slimkernels.codec import SlimCodec
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+    def compress(self, *a, **k):
+        raise oom("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
+    monkeypatch.setattr(SlimCodec, "compress", compress)
+    assert main(["compress", images["RGB"], str(tmp_path / "a.slim"), "--model", model_file]) == 1
+    err = capsys.readouterr().err
+    assert "out of GPU memory" in err and "Tried to allocate 2.00 GiB" in err, err

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .parametrizers import lower_bound
 from .._amp import no_autocast
-from .._state import cached_on
+from .._state import bump_generation, cached_on
 from .._checks import as_width, is_int, width_list
 
 #: training quantizations of the synthesis input (see :meth:`EntropyBottleneck.forward`)
@@ -138,7 +138,9 @@ class EntropyBottleneck(nn.Module):
         return cached_on(self, "_medians_cache", (self.quantiles,), build)
 
     def clear_cache(self) -> None:
-        """Drop the cached :meth:`coding_medians` and :meth:`cdf_tables`."""
+        """Drop the cached :meth:`coding_medians` and :meth:`cdf_tables` (a build in flight in
+        another thread is not kept either)."""
+        bump_generation()
         self.__dict__.pop("_medians_cache", None)
         self.__dict__.pop("_tables_cache", None)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from .._state import cached_on_module
+from .._state import bump_generation, cached_on_module
 from .._checks import is_int, width_list
 from .parametrizers import NonNegativeParametrizer
 
@@ -58,7 +58,9 @@ class SlimGDN(nn.Module):
         return cached_on_module(self, "_effective_cache", self, build)
 
     def clear_cache(self) -> None:
-        """Drop the cached effective parameters (see :meth:`effective_params`)."""
+        """Drop the cached effective parameters (see :meth:`effective_params`; a build in flight
+        in another thread is not kept either)."""
+        bump_generation()
         self.__dict__.pop("_effective_cache", None)
 
     def _check(self, x: torch.Tensor):

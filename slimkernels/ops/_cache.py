@@ -142,10 +142,10 @@ def _cached(key, sources, build):
     with torch.no_grad():
         val = build()
     with _PACK_LOCK:
+        drop_orphans()   # (first: a GC finalizer it sets off may clear the caches)
         if gen != _GENERATION:   # cleared meanwhile (after a .data write): not kept
             _recording.keep(val)
             return val
-        drop_orphans()
         _PACK_CACHE[key] = (ver, tuple(src), val)
         _PACK_CACHE.move_to_end(key)
         while len(_PACK_CACHE) > _PACK_CACHE_MAX:

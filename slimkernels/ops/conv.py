@@ -154,9 +154,9 @@ def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] =
     if inference:
         return out
     with _cache._PACK_LOCK:
-        if gen != _cache._GENERATION:
+        _cache.drop_orphans()   # (first: a GC finalizer it sets off may clear the caches)
+        if gen != _cache._GENERATION:   # cleared meanwhile (after a .data write): not kept
             return out
-        _cache.drop_orphans()
         if len(_CAST_CACHE) >= _CAST_CACHE_MAX:
             _CAST_CACHE.clear()
         _CAST_CACHE[key] = (ver, t, out)   # t itself: see _cache._cached (no weak refs)
@@ -167,7 +167,8 @@ def cached_weight_copies() -> list:
     """The tensors the weight cast / layout cache holds now (``_cast_full``). A CUDA graph
     captured over them must keep them alive: the cache may drop them (it is cleared when full),
     the graph still reads them (:mod:`slimkernels.cuda_graphs`)."""
-    return [v[2] for v in _CAST_CACHE.values()]
+    with _cache._PACK_LOCK:   # (another thread's insert may drop entries: drop_orphans)
+        return [v[2] for v in _CAST_CACHE.values()]
 
 
 def _to_channels_last(x: torch.Tensor, switch: bool, dtype=None) -> torch.Tensor:

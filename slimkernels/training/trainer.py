@@ -238,6 +238,13 @@ class _AllWidths(nn.Module):
 
 
 @torch.no_grad()
+def _without_tables(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``sd`` with the entropy model's CDF table entries emptied (no tables: built on load)."""
+    return {k: (v[:0] if v.dim() == 1 else v[:0, :0])
+            if k.startswith("entropy_bottleneck.") and k.rsplit(".", 1)[-1] in _CDF_BUFFERS
+            else v for k, v in sd.items()}
+
+
 def validate(model: SlimCAE, images: torch.Tensor, widths, bf16: bool, batch: int = 4) -> Dict:
     """Per-width estimated bpp and PSNR (8-bit rounded) on ``images`` ``[M, 3, S, S]``."""
     was = model.training
@@ -468,7 +475,9 @@ class Trainer:
                 saved = ck.get("config") if isinstance(ck.get("config"), dict) else {}
                 cfg.lambdas = list(saved.get("lambdas") or ck["lambdas"])
             _check_same_run(ck.get("config"), cfg, self.ckpt_path)
-            self.model.load_state_dict(ck["model"])
+            # (the saved tables are for loading the checkpoint as a model: the training model's
+            # stay empty, as in a run that did not resume)
+            self.model.load_state_dict(_without_tables(ck["model"]))
             self.opt.load_state_dict(ck["opt"])
             self.aux_opt.load_state_dict(ck["aux_opt"])
             # this run's learning rates and implementation apply from here on (load_state_dict
@@ -591,6 +600,9 @@ class Trainer:
                                          f"not saved over the last checkpoint "
                                          f"({self.ckpt_path}); lower --lr / --aux-lr and resume "
                                          f"from it")
+        tables = self._tables(averaged=False)
+        # (not built yet: none saved, rather than those of older weights)
+        state = _without_tables(state) if tables is None else {**state, **tables}
         ck = {"model": state, "opt": self.opt.state_dict(),
               "aux_opt": self.aux_opt.state_dict(), "step": self.step, "lambdas": self.lambdas,
               "next_schedule": self.next_schedule, "config": asdict(self.cfg),
@@ -600,25 +612,25 @@ class Trainer:
               "sampler": self.sampler.state_dict() if self.sampler else None,
               "ema": self.ema, "ema_decay": self.cfg.ema if self.ema is not None else None,
               "bf16": self.bf16,   # (the resolved --bf16: config holds None for "auto")
-              "ema_tables": self._ema_tables(),
+              "ema_tables": self._tables(averaged=True) if self._ema_pairs is not None else None,
               "torch_rng": torch.get_rng_state()}
         atomic_torch_save(ck, self.ckpt_path)
 
-    def _ema_tables(self) -> Optional[Dict[str, torch.Tensor]]:
-        """The entropy model's CDF tables built from the weight average (its state_dict
-        entries, on the CPU), saved with the checkpoint: :func:`slimkernels.pretrained.load_model`
-        uses them instead of building them from the averaged weights on whatever machine loads
-        the checkpoint (float arithmetic whose last bits depend on the CPU's vector unit: a count
-        one apart in 7 of 300 perturbed models between AVX2 and AVX-512, hence another model id,
-        and files written on one machine refused on the other). None without a weight average,
-        or when the tables cannot be built yet (an early, untrained entropy model); the model's
-        own table buffers are left as they were."""
-        if self._ema_pairs is None:
-            return None
+    def _tables(self, averaged: bool) -> Optional[Dict[str, torch.Tensor]]:
+        """The entropy model's CDF tables (its state_dict entries, on the CPU) built from the
+        weight average (``averaged``) or the training weights, saved with the checkpoint:
+        :func:`slimkernels.pretrained.load_model` uses them instead of building them from the
+        weights on whatever machine loads the checkpoint (float arithmetic whose last bits
+        depend on the CPU's vector unit: a count one apart in 7 of 300 perturbed models between
+        AVX2 and AVX-512, hence another model id, and files written on one machine refused on
+        the other). None when the tables cannot be built yet (an early, untrained entropy
+        model). The model's own table buffers are left as they were (DDP replicas must keep
+        buffers of one shape)."""
         eb = self.model.entropy_bottleneck
         kept = [(b, b._quantized_cdf, b._cdf_length, b._offset) for b in eb.bottlenecks]
+        ctx = self.averaged_weights() if averaged else contextlib.nullcontext(self.model)
         try:
-            with self.averaged_weights() as m, torch.no_grad():
+            with ctx as m, torch.no_grad():
                 m.update(force=True)
                 return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()
                         if k.startswith("entropy_bottleneck.") and

@@ -231,3 +231,27 @@ def test_a_fork_during_a_cache_clear_gives_the_child_a_whole_cache(one_thread_cl
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, \
         f"child exit {os.WEXITSTATUS(status)} (5: KeyError from the torn weight cache)"
+
+
+def test_a_clear_run_inside_the_sweep_is_not_undone(one_thread_clean_caches, monkeypatch):
+    """A GC finalizer set off by drop_orphans (the reason the lock is reentrant) that writes
+    through .data and clears: the entry built from the values before was stored after the
+    clear (the generation was checked before the sweep)."""
+    w = torch.ones(4)
+    keep = torch.ones(1)          # an existing entry, so that the sweep counts references
+    _cache._PACK_CACHE[("audit-other",)] = ([], (keep,), None)
+    real = _cache._refcounts
+    fired = []
+
+    def refcounts_with_finalizer(*a):
+        if not fired:
+            fired.append(1)
+            w.data.fill_(2.0)
+            clear_weight_caches()
+        return real(*a)
+    monkeypatch.setattr(_cache, "_refcounts", refcounts_with_finalizer)
+    _cache._cached(("audit-k",), (w,), lambda: w * 10)
+    monkeypatch.setattr(_cache, "_refcounts", real)
+    assert fired
+    got = _cache._cached(("audit-k",), (w,), lambda: w * 10)
+    assert torch.equal(got, torch.full((4,), 20.0))

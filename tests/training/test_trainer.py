@@ -883,23 +883,28 @@ def test_checkpoint_carries_the_weight_averages_tables_and_load_uses_them(image_
     """load_model built a checkpoint's averaged tables on whatever machine loaded it: their
     counts could differ by one with the CPU's vector unit (AVX2 vs AVX-512), and so the model id,
     and files written on one machine were refused on the other. The trainer now saves them."""
+    from slimkernels.models import SlimCAE
     from slimkernels.nn.entropy import EntropyBottleneck
     from slimkernels.pretrained import load_model
     torch.manual_seed(0)
     t = Trainer(_cfg(image_dir, tmp_path / "t", steps=2, ema=0.9), log=lambda *_: None)
     t.fit()
-    own = [(b._quantized_cdf.clone(), b._cdf_length.clone(), b._offset.clone())
-           for b in t.model.entropy_bottleneck.bottlenecks]
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
     t.save()
-    for b, (cdf, length, offset) in zip(t.model.entropy_bottleneck.bottlenecks, own):
-        assert torch.equal(b._quantized_cdf, cdf) and torch.equal(b._cdf_length, length) \
-            and torch.equal(b._offset, offset)   # (the model's own buffers as they were)
+    # the model's own buffers as they were (DDP replicas keep buffers of one shape)
+    assert all(torch.equal(v, before[k]) for k, v in t.model.state_dict().items())
     ck = torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=False)
+    # the training weights' own tables are in "model"
+    own = SlimCAE([8, 4], t.cfg.gdn)
+    own.load_state_dict(ck["model"])
+    own.update()
+    for k, v in own.state_dict().items():
+        if k.rsplit(".", 1)[-1] in ("_quantized_cdf", "_cdf_length", "_offset"):
+            assert torch.equal(ck["model"][k], v), k
     tables = ck["ema_tables"]
     assert tables and all(k.startswith("entropy_bottleneck.bottlenecks.") for k in tables)
     assert len(tables) == 3 * len(t.model.entropy_bottleneck.bottlenecks)
     # the tables are those of the average: what update() builds from the averaged weights
-    from slimkernels.models import SlimCAE
     m = SlimCAE([8, 4], t.cfg.gdn)
     m.load_state_dict({**ck["model"], **ck["ema"]})
     m.update()
@@ -928,4 +933,26 @@ def test_a_checkpoint_whose_tables_cannot_be_built_yet_is_still_saved(image_dir,
         raise ValueError("EntropyBottleneck.update: the quantiles are implausible")
     monkeypatch.setattr(EntropyBottleneck, "update", implausible)
     t.save()
-    assert torch.load(tmp_path / "u" / "checkpoint.pt", weights_only=False)["ema_tables"] is None
+    ck = torch.load(tmp_path / "u" / "checkpoint.pt", weights_only=False)
+    assert ck["ema_tables"] is None
+    assert all(v.numel() == 0 for k, v in ck["model"].items() if k.endswith("_cdf_length"))
+
+
+def test_a_run_without_weight_average_saves_its_tables(image_dir, tmp_path, monkeypatch):
+    """With --ema 0 the checkpoint's tables were built on load (per machine, as the average's
+    were): the training weights' tables are saved in the checkpoint's model now."""
+    from slimkernels.nn.entropy import EntropyBottleneck
+    from slimkernels.pretrained import load_model
+    torch.manual_seed(0)
+    t = Trainer(_cfg(image_dir, tmp_path / "n", steps=2, ema=0), log=lambda *_: None)
+    t.fit()
+    ck = torch.load(tmp_path / "n" / "checkpoint.pt", weights_only=False)
+    assert ck["ema_tables"] is None
+    saved = {k: v for k, v in ck["model"].items() if k.endswith("_cdf_length")}
+    assert saved and all(v.numel() > 0 for v in saved.values())
+
+    def refuse(self, force=True):
+        raise AssertionError("update() ran on load")
+    monkeypatch.setattr(EntropyBottleneck, "update", refuse)
+    loaded = load_model(str(tmp_path / "n" / "checkpoint.pt")).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
