@@ -28,6 +28,12 @@ def check_quantization(quantization: str) -> str:
 _CDF_BUFFERS = ("_quantized_cdf", "_cdf_length", "_offset")
 
 
+def is_table_key(key: str) -> bool:
+    """Whether a SlimCAE / SlimCodec state_dict key names a CDF table buffer of its entropy
+    model (``entropy_bottleneck. ... ._quantized_cdf`` / ``._cdf_length`` / ``._offset``)."""
+    return key.startswith("entropy_bottleneck.") and key.rsplit(".", 1)[-1] in _CDF_BUFFERS
+
+
 def _real(v, name: str, lo: float, hi: float, low_ok: bool = False) -> float:
     """``v`` as a finite float in ``(lo, hi)`` (``[lo, hi)`` with ``low_ok``); ValueError naming
     ``name`` otherwise."""

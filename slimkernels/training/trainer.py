@@ -24,7 +24,7 @@ from .._state import describe_mismatch, first_non_finite, state_dict_mismatch
 from ..codec import native_bf16
 from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
-from ..nn.entropy import _CDF_BUFFERS, check_quantization
+from ..nn.entropy import check_quantization, is_table_key
 from ..ops.gdn import compiled_training
 from .data import CropSampler, center_crops, list_images, load_rgb, split_train_val
 from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler
@@ -237,14 +237,13 @@ class _AllWidths(nn.Module):
         return rd_loss(self.model, x, widths, lambdas, bf16, quantization)
 
 
-@torch.no_grad()
 def _without_tables(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """``sd`` with the entropy model's CDF table entries emptied (no tables: built on load)."""
     return {k: (v[:0] if v.dim() == 1 else v[:0, :0])
-            if k.startswith("entropy_bottleneck.") and k.rsplit(".", 1)[-1] in _CDF_BUFFERS
-            else v for k, v in sd.items()}
+            if is_table_key(k) else v for k, v in sd.items()}
 
 
+@torch.no_grad()
 def validate(model: SlimCAE, images: torch.Tensor, widths, bf16: bool, batch: int = 4) -> Dict:
     """Per-width estimated bpp and PSNR (8-bit rounded) on ``images`` ``[M, 3, S, S]``."""
     was = model.training
@@ -633,8 +632,7 @@ class Trainer:
             with ctx as m, torch.no_grad():
                 m.update(force=True)
                 return {k: v.detach().cpu().clone() for k, v in m.state_dict().items()
-                        if k.startswith("entropy_bottleneck.") and
-                        k.rsplit(".", 1)[-1] in _CDF_BUFFERS}
+                        if is_table_key(k)}
         except ValueError:   # (update's refusals: implausible quantiles, a non-finite density)
             return None
         finally:

@@ -956,3 +956,20 @@ def test_a_run_without_weight_average_saves_its_tables(image_dir, tmp_path, monk
     monkeypatch.setattr(EntropyBottleneck, "update", refuse)
     loaded = load_model(str(tmp_path / "n" / "checkpoint.pt")).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+
+
+def test_validation_records_no_gradient(monkeypatch):
+    """validate() runs without autograd (a helper inserted above it once took its no_grad
+    decorator: validation built graphs over every image)."""
+    from slimkernels.models import SlimCAE
+    from slimkernels.training.trainer import validate
+    model = SlimCAE([8, 4])
+    seen = []
+    real = SlimCAE.forward
+
+    def spy(self, *a, **k):
+        seen.append(torch.is_grad_enabled())
+        return real(self, *a, **k)
+    monkeypatch.setattr(SlimCAE, "forward", spy)
+    validate(model, torch.rand(2, 3, 32, 32), [8, 4], bf16=False)
+    assert seen and not any(seen)
