@@ -43,9 +43,15 @@ _GENERATION = 0
 
 
 def bump_generation() -> None:
-    """Mark the caches cleared (``SlimCodec.clear_caches``): builds in flight are not kept."""
+    """Mark the caches cleared (every ``clear_cache`` / ``clear_caches`` /
+    ``clear_weight_caches``): builds in flight are not kept."""
     global _GENERATION
     _GENERATION += 1
+
+
+def generation() -> int:
+    """The count of :func:`bump_generation` calls (read before a build, compared after)."""
+    return _GENERATION
 
 
 def _cached(owner, slot: str, key, keep, build):

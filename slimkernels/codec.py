@@ -842,9 +842,7 @@ class SlimCodec(nn.Module):
         (which bypasses version counters); in-place updates, ``load_state_dict`` and optimizer
         steps are detected without it (fused ones too: :mod:`slimkernels._optim_versions`)."""
         from .ops.conv import clear_weight_caches
-        from ._state import bump_generation
-        bump_generation()
-        clear_weight_caches()
+        clear_weight_caches()   # (also stops builds in flight from being kept: bump_generation)
         for m in self.modules():
             if m is not self and callable(getattr(m, "clear_cache", None)):
                 m.clear_cache()

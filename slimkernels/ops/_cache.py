@@ -10,14 +10,12 @@ from collections import Counter, OrderedDict
 import torch
 
 from .. import _recording
+from .._state import bump_generation, generation
 
 _PACK_CACHE: "OrderedDict" = OrderedDict()
 #: Entries kept (least recently used dropped first).
 _PACK_CACHE_MAX = 128
 _PACK_LOCK = threading.RLock()   # (reentrant: a finalizer run by the GC inside may clear)
-#: Bumped by :func:`clear`: a build in flight when the caches were cleared (after a ``.data``
-#: write) is returned but not stored.
-_GENERATION = 0
 #: ``ops.conv._cast_full``'s cache: ``{key: (version, source tensor, copy)}`` (held here so that
 #: :func:`drop_orphans` sees both caches' holdings of a tensor).
 _CAST_CACHE: dict = {}
@@ -47,9 +45,8 @@ os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
 
 def clear() -> None:
     """Drop every entry of both caches (:func:`slimkernels.ops.clear_weight_caches`)."""
-    global _GENERATION
     with _PACK_LOCK:
-        _GENERATION += 1
+        bump_generation()   # (a build in flight now, e.g. after a .data write, is not kept)
         _PACK_CACHE.clear()
         _CAST_CACHE.clear()
 
@@ -102,6 +99,20 @@ def drop_orphans() -> None:
             _CAST_CACHE.pop(k, None)
 
 
+def store_cast(key, entry, gen: int, max_entries: int) -> None:
+    """Put ``entry`` = ``(version, source tensor, copy)`` into the cast cache
+    (``ops.conv._cast_full``) under the lock, after the sweep of :func:`drop_orphans`; not when
+    the caches were cleared since generation ``gen`` (read before the copy was made); the cache
+    is emptied first when it holds ``max_entries``."""
+    with _PACK_LOCK:
+        drop_orphans()   # (first: a GC finalizer it sets off may clear the caches)
+        if gen != generation():
+            return
+        if len(_CAST_CACHE) >= max_entries:
+            _CAST_CACHE.clear()
+        _CAST_CACHE[key] = entry
+
+
 def _same_objects(kept, tensors) -> bool:
     """Whether ``kept`` holds the very tensor objects of ``tensors``, in order."""
     for k, t in zip(kept, tensors):
@@ -138,12 +149,12 @@ def _cached(key, sources, build):
             _recording.keep(val)
             return val
     _recording.transient("a weight cache was built during the recording")
-    gen = _GENERATION
+    gen = generation()
     with torch.no_grad():
         val = build()
     with _PACK_LOCK:
         drop_orphans()   # (first: a GC finalizer it sets off may clear the caches)
-        if gen != _GENERATION:   # cleared meanwhile (after a .data write): not kept
+        if gen != generation():   # cleared meanwhile (after a .data write): not kept
             _recording.keep(val)
             return val
         _PACK_CACHE[key] = (ver, tuple(src), val)

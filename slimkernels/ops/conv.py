@@ -142,7 +142,7 @@ def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] =
     if hit is not None and hit[0] == t._version and hit[1] is t:
         return hit[2]
     ver = None if inference else t._version   # (before the copy: an update meanwhile misses)
-    gen = _cache._GENERATION
+    gen = _cache.generation()
     # the copy is a normal tensor even under torch.inference_mode() (an inference tensor kept
     # here made a later call that records a gradient for x fail: "Inference tensors cannot be
     # saved for backward")
@@ -153,13 +153,7 @@ def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] =
             out = out.permute(perm).contiguous(memory_format=torch.channels_last).permute(perm)
     if inference:
         return out
-    with _cache._PACK_LOCK:
-        _cache.drop_orphans()   # (first: a GC finalizer it sets off may clear the caches)
-        if gen != _cache._GENERATION:   # cleared meanwhile (after a .data write): not kept
-            return out
-        if len(_CAST_CACHE) >= _CAST_CACHE_MAX:
-            _CAST_CACHE.clear()
-        _CAST_CACHE[key] = (ver, t, out)   # t itself: see _cache._cached (no weak refs)
+    _cache.store_cast(key, (ver, t, out), gen, _CAST_CACHE_MAX)   # t itself: no weak refs
     return out
 
 
