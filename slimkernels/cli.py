@@ -617,10 +617,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _out_of_memory(e: BaseException) -> bool:
-    """Whether ``e`` is an allocation failure: Python's MemoryError, torch's OutOfMemoryError
-    (CUDA) or its CPU allocator's RuntimeError ("[enforce fail at alloc_cpu.cpp] ...
-    DefaultCPUAllocator: can't allocate memory", "not enough memory" on Windows)."""
-    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+    """Whether ``e`` is a host allocation failure: Python's MemoryError or torch's CPU
+    allocator's RuntimeError ("[enforce fail at alloc_cpu.cpp] ... DefaultCPUAllocator: can't
+    allocate memory", "not enough memory" on Windows). (torch's CUDA OutOfMemoryError is told
+    apart in :func:`main`: it names the GPU.)"""
+    if isinstance(e, MemoryError):
         return True
     msg = str(e)
     return isinstance(e, RuntimeError) and "DefaultCPUAllocator" in msg and (
