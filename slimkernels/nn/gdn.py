@@ -191,6 +191,7 @@ class SlimGDNPlus(_WidthSelectedGDN):
                 "beta_scale": r(self.beta_scale)[k], "beta_bias": r(self.beta_bias)[k]}
 
 
+#: The names :func:`make_gdn` (and ``SlimCAE(gdn=...)``, ``--gdn``) takes.
 GDN_VARIANTS = ("switch", "slim", "slim+")
 
 
@@ -205,6 +206,6 @@ def make_gdn(variant: str, widths: Sequence[int], inverse: bool = False) -> nn.M
         return SlimGDN(max(width_list(widths, "make_gdn")), inverse)
     if variant == "switch":
         return SwitchGDN(widths, inverse)
-    if variant in ("slim+", "slimplus"):
+    if variant == "slim+":
         return SlimGDNPlus(widths, inverse)
-    raise ValueError(f"unknown GDN variant {variant!r}: use 'switch', 'slim' or 'slim+'")
+    raise ValueError(f"unknown GDN variant {variant!r}: use one of {', '.join(GDN_VARIANTS)}")

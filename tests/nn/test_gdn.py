@@ -173,3 +173,20 @@ def test_make_gdn_names_empty_widths():
     from slimkernels.nn import make_gdn
     with pytest.raises(ValueError, match="make_gdn: widths must not be empty"):
         make_gdn("slim", [])
+
+
+def test_make_gdn_takes_exactly_the_listed_variants():
+    """(make_gdn also took an undocumented "slimplus": the same layers as "slim+", but SlimCAE
+    stored the alias in config(), so the same weights had two model ids and files written
+    under one did not decode under the other.)"""
+    from slimkernels.models import SlimCAE
+    from slimkernels.nn import GDN_VARIANTS, SlimGDN, SlimGDNPlus, SwitchGDN, make_gdn
+    kinds = {"switch": SwitchGDN, "slim": SlimGDN, "slim+": SlimGDNPlus}
+    assert set(GDN_VARIANTS) == set(kinds)
+    for name in GDN_VARIANTS:
+        assert type(make_gdn(name, [8, 4])) is kinds[name]
+    for bad in ("slimplus", "Slim", "gdn"):
+        with pytest.raises(ValueError, match=r"unknown GDN variant .* switch, slim, slim\+"):
+            make_gdn(bad, [8, 4])
+        with pytest.raises(ValueError, match="unknown GDN variant"):
+            SlimCAE((16, 8), gdn=bad)
