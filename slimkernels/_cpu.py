@@ -7,7 +7,7 @@ import functools
 from typing import Optional
 
 from . import _recording
-from ._env import getenv
+from . import _env
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,6 +39,6 @@ def cpu_kernels(probe: str) -> Optional[object]:
 
 
 def switched_off() -> bool:
-    """``SLIMKERNELS_CPU_KERNELS=0`` in the environment now (read at every call, cheaply:
-    :func:`slimkernels._env.getenv`)."""
-    return getenv("SLIMKERNELS_CPU_KERNELS", "1") == "0"
+    """``SLIMKERNELS_CPU_KERNELS=0`` (or ``off``, ``false``, ``no``) in the environment now
+    (read at every call, cheaply: :func:`slimkernels._env.switched_off`)."""
+    return _env.switched_off("SLIMKERNELS_CPU_KERNELS")

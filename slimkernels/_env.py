@@ -14,7 +14,10 @@ from typing import Optional
 
 from . import _recording
 
-__all__ = ["getenv"]
+__all__ = ["getenv", "switched_off"]
+
+#: The spellings (stripped, any case) that turn a ``SLIMKERNELS_*`` on/off switch off.
+OFF_VALUES = ("0", "false", "no", "off")
 
 _ENCODED: dict = {}   # name -> (encoded name, the os._Environ type it was encoded for)
 
@@ -40,3 +43,12 @@ def _getenv(name: str, default: Optional[str] = None) -> Optional[str]:
     except (AttributeError, TypeError, ValueError):  # not CPython's os._Environ
         pass
     return env.get(name, default)
+
+
+def switched_off(name: str) -> bool:
+    """Whether the on/off switch ``name`` (``SLIMKERNELS_CPU_KERNELS``,
+    ``SLIMKERNELS_AUTOTUNE``, ``SLIMKERNELS_TUNE_MALLOC``) is set to one of :data:`OFF_VALUES`
+    (``0``, ``false``, ``no``, ``off``; spaces around and case ignored); unset or anything else:
+    on. Read at every call, as :func:`getenv`."""
+    v = getenv(name)
+    return v is not None and v.strip().lower() in OFF_VALUES

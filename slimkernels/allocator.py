@@ -25,8 +25,9 @@ freed memory mapped. Memory measurements of single calls (peak RSS) should not u
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
+
+from ._env import switched_off
 
 __all__ = ["tune_malloc", "tune_from_env", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
 
@@ -74,8 +75,7 @@ def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM
 
 def enabled_by_env() -> bool:
     """False when ``SLIMKERNELS_TUNE_MALLOC`` is ``0``/``false``/``no``/``off``."""
-    return os.environ.get("SLIMKERNELS_TUNE_MALLOC", "1").strip().lower() not in (
-        "0", "false", "no", "off")
+    return not switched_off("SLIMKERNELS_TUNE_MALLOC")
 
 
 def tune_from_env() -> bool:

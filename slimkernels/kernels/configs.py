@@ -6,7 +6,6 @@ a list into ``triton.Config`` objects. The AOT test compiles every entry for sm_
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, List
 
 
@@ -100,11 +99,12 @@ COL2IM_INTERPRET_CONFIG: Dict = _cfg(4, 1, BLOCK_M=32)
 
 
 def autotune_enabled() -> bool:
-    """False when ``SLIMKERNELS_AUTOTUNE=0``: :func:`to_triton` then keeps each list's first
+    """False when ``SLIMKERNELS_AUTOTUNE=0`` (or ``off``, ``false``, ``no``): :func:`to_triton` then keeps each list's first
     config, so that no kernel autotunes (read when the kernels are built, at import). For quick
     GPU test runs and debugging: one compile per kernel specialisation instead of one per config;
     the benchmarks autotune."""
-    return os.environ.get("SLIMKERNELS_AUTOTUNE", "1").strip() != "0"
+    from .._env import switched_off
+    return not switched_off("SLIMKERNELS_AUTOTUNE")
 
 
 def to_triton(configs: List[Dict]):
