@@ -273,7 +273,8 @@ def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
     """Decode symbols written by :func:`encode` with the same tables.
 
     Args:
-        data: ``bytes``, ``bytearray``, ``memoryview`` or 1-D uint8 array (numpy or CPU torch).
+        data: ``bytes``, ``bytearray``, ``memoryview`` or a uint8 array (numpy or CPU torch;
+            its bytes in C order).
         indexes, cdfs, cdf_lengths, offsets, precision: as for :func:`encode`.
         threads: worker threads (>= 1, capped at the substream count and 256); ``None`` means
             ``min(substreams, cpu count)``.
@@ -290,19 +291,7 @@ def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
             any byte string is safe: it returns or raises ValueError in time linear in the
             symbol count and the data size; it never reads outside its inputs.
     """
-    if type(data).__module__.startswith("torch"):
-        data = _to_numpy(data, "data")
-    if isinstance(data, np.ndarray):
-        if data.dtype != np.uint8 or data.ndim != 1:
-            raise ValueError(f"data must be bytes or a 1-D uint8 array, got {data.dtype} "
-                             f"with shape {data.shape}")
-        data = np.ascontiguousarray(data)
-    elif not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ValueError(f"data must be bytes, bytearray, memoryview or a uint8 array, got "
-                         f"{type(data).__name__}")
-    elif isinstance(data, memoryview) and (not data.c_contiguous or data.itemsize != 1 or
-                                          data.ndim != 1):
-        data = data.tobytes()
+    data = _encoded_bytes(data, "decode", ValueError)
     idx = _as_int32(indexes, "indexes")
     run = 1
     if shape is not None:
@@ -336,26 +325,35 @@ def decode_prepared(data: bytes, indexes: np.ndarray, run: int, shape: Tuple[int
 
 def stream_count(data) -> int:
     """Number of substreams recorded in an encoded byte string (validates the header only).
-    ``data``: bytes, bytearray, memoryview or a 1-D uint8 array.
+    ``data``: as :func:`decode` takes it (bytes, bytearray, memoryview or a uint8 array, numpy
+    or CPU torch).
 
     Raises:
-        TypeError: another type (or a non-uint8 array).
+        TypeError: another type, or an array that is not uint8.
         ValueError: a header that is not a valid coder header (too short, a stream count or
             lengths that do not fit the data)."""
-    if not isinstance(data, (bytes, bytearray, memoryview, np.ndarray)):
-        raise TypeError(f"stream_count takes the encoded bytes, got {type(data).__name__}")
+    return int(_ext().stream_count(_encoded_bytes(data, "stream_count", TypeError)))
+
+
+def _encoded_bytes(data, who: str, error: type):
+    """``data`` as the C++ coder takes encoded bytes: ``bytes`` / ``bytearray`` as they are, a
+    uint8 numpy array or CPU torch tensor (its bytes in C order), a ``memoryview`` (its bytes;
+    copied when not 1-D contiguous bytes); anything else raises ``error`` (:func:`decode`:
+    ValueError, :func:`stream_count`: TypeError) naming ``who`` and what it got."""
+    if type(data).__module__.startswith("torch"):
+        data = _to_numpy(data, "data")
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8:
-            raise TypeError(f"stream_count takes a uint8 array of the encoded bytes, got "
-                            f"{data.dtype}")
-        data = np.ascontiguousarray(data).reshape(-1)
-    elif isinstance(data, memoryview):
-        if data.itemsize != 1:
-            raise TypeError(f"stream_count takes a byte memoryview, got items of "
-                            f"{data.itemsize} bytes (format {data.format!r})")
-        if not data.c_contiguous or data.ndim != 1:
-            data = data.tobytes()
-    return int(_ext().stream_count(data))
+            raise error(f"{who} takes the encoded bytes as bytes or a uint8 array, got an "
+                        f"array of {data.dtype}")
+        return np.ascontiguousarray(data).reshape(-1)
+    if isinstance(data, memoryview):
+        return data if data.c_contiguous and data.ndim == 1 and data.itemsize == 1 \
+            else data.tobytes()
+    if not isinstance(data, (bytes, bytearray)):
+        raise error(f"{who} takes the encoded bytes (bytes, bytearray, memoryview or a uint8 "
+                    f"array), got {type(data).__name__}")
+    return data
 
 
 def validate_tables(cdfs, cdf_lengths, offsets, *, precision=16) -> None:

@@ -466,7 +466,7 @@ def test_bad_arguments_raise():
         coding.encode(z, z, cdfs[0], lengths, offsets, precision=6)
     with pytest.raises(ValueError, match="offsets"):
         coding.encode(z, z, cdfs, lengths, offsets[:1], precision=6)
-    with pytest.raises(ValueError, match="data must be"):
+    with pytest.raises(ValueError, match="decode takes the encoded bytes .* got str"):
         coding.decode("abc", z, cdfs, lengths, offsets, precision=6)
     coding.validate_tables(cdfs, lengths, offsets, precision=6)
 
@@ -901,3 +901,25 @@ def test_decode_and_stream_count_accept_a_contiguous_2d_byte_memoryview():
     mv = memoryview(np.frombuffer(data, np.uint8).reshape(1, -1))
     np.testing.assert_array_equal(coding.decode(mv, idx, cdfs, lengths, offsets), sym)
     assert coding.stream_count(mv) == 2
+
+
+def test_decode_and_stream_count_take_the_same_forms_of_the_bytes():
+    """(stream_count refused a CPU torch tensor that decode took, and decode refused a 2-D
+    uint8 array that stream_count took: one rule now, _encoded_bytes.)"""
+    import torch
+    cdfs, lengths, offsets = _two_tables()
+    sym = np.arange(24, dtype=np.int32) % 5 - 2
+    idx = np.zeros(24, np.int32)
+    data = coding.encode(sym, idx, cdfs, lengths, offsets, streams=2)
+    arr = np.frombuffer(data, np.uint8)
+    forms = [data, bytearray(data), memoryview(data), arr, arr.reshape(1, -1),
+             torch.from_numpy(arr.copy()), memoryview(arr.reshape(1, -1)),
+             np.repeat(arr, 2)[::2]]   # (a strided view)
+    for f in forms:
+        np.testing.assert_array_equal(coding.decode(f, idx, cdfs, lengths, offsets), sym)
+        assert coding.stream_count(f) == 2
+    for bad in (arr.astype(np.int32), torch.from_numpy(arr.astype(np.int16)), "abc", 5):
+        with pytest.raises(ValueError, match="decode takes the encoded bytes"):
+            coding.decode(bad, idx, cdfs, lengths, offsets)
+        with pytest.raises(TypeError, match="stream_count takes the encoded bytes"):
+            coding.stream_count(bad)
