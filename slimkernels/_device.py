@@ -18,3 +18,19 @@ def check_device(device) -> torch.device:
             raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
                              f"CUDA device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return dev
+
+
+def cli_device(text: str) -> str:
+    """An argparse ``type`` for the command lines' ``--device``: ``text`` when it names a CPU or
+    CUDA device (``cpu``, ``cuda``, ``cuda:N``), else ``argparse.ArgumentTypeError`` (the
+    transforms run on those two; ``mps`` / ``xpu`` / ``meta`` failed deep inside). Whether the
+    GPU exists is checked where the model is loaded (:func:`check_device`)."""
+    import argparse
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device the transforms run on: use "
+                                         f"cpu, cuda or cuda:N")
+    return text

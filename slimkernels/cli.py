@@ -15,6 +15,7 @@ import time
 import warnings
 from typing import List, Optional, Tuple
 
+from ._device import cli_device
 from ._checks import MAX_THREADS_PER_CPU, too_many_threads  # noqa: F401 (re-exported)
 from ._version import __version__
 
@@ -508,8 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(s):
         s.add_argument("--model", default=None, help="model file (default: the bundled model)")
-        s.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                       help="device of the transforms (default: cpu)")
+        s.add_argument("--device", default="cpu", type=cli_device,
+                       help="device of the transforms: cpu, cuda, cuda:N (default: cpu)")
         s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                        help="transform precision: auto (default: bf16 autocast where the device "
                             "has native bf16, e.g. AMX / AVX512-BF16 CPUs, else fp32), fp32, bf16")

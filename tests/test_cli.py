@@ -869,3 +869,36 @@ def test_gpu_out_of_memory_says_gpu_and_keeps_torchs_line(model_file, images, tm
     assert main(["compress", images["RGB"], str(tmp_path / "a.slim"), "--model", model_file]) == 1
     err = capsys.readouterr().err
     assert "out of GPU memory" in err and "Tried to allocate 2.00 GiB" in err, err
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "xpu", "banana"])
+def test_device_options_take_cpu_and_cuda_only(device, images, tmp_path, capsys):
+    """(compress / decompress took --device cpu or cuda only, so cuda:1 was refused although
+    eval and train take it; eval and train took any name: mps, xpu or meta failed deep inside
+    with torch's "not linked with support" or an AssertionError.) The parsers take cpu, cuda and
+    cuda:N and refuse the rest with the option's name; whether the GPU exists is checked when
+    the model loads."""
+    import argparse
+    from slimkernels.evaluation.cli import add_eval_arguments
+    from slimkernels.training.cli import build_parser as train_parser
+
+    def eval_parser():
+        return add_eval_arguments(argparse.ArgumentParser())
+    out = tmp_path / "x.slim"
+    for argv, parse in ((["compress", images["RGB"], str(out)], main),
+                        (["decompress", str(out), str(tmp_path / "y.png")], main),
+                        ([str(tmp_path)], eval_parser().parse_args),
+                        ([], train_parser().parse_args)):
+        with pytest.raises(SystemExit) as e:
+            parse(argv + ["--device", device])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --device: {device!r} is not a device the transforms run on" in err
+        assert "cpu, cuda or cuda:N" in err
+    assert not out.exists()
+    for ok in ("cpu", "cuda", "cuda:1"):
+        assert eval_parser().parse_args([str(tmp_path), "--device", ok]).device == ok
+        assert train_parser().parse_args(["--device", ok]).device == ok
+    if not torch.cuda.is_available():
+        assert main(["compress", images["RGB"], str(out), "--device", "cuda:1"]) == 1
+        assert "no CUDA GPU is available" in capsys.readouterr().err

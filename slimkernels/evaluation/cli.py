@@ -6,6 +6,7 @@ import os
 import sys
 from typing import List, Optional
 
+from .._device import cli_device
 from .._argparse import split_list
 
 
@@ -31,7 +32,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                             help=f"Pillow {codec.upper()} qualities of the sweep (default: "
                                  + " ".join(map(str, DEFAULT_QUALITIES[codec])) + ")")
     parser.add_argument("--streams", type=int, default=1, help="coder substreams")
-    parser.add_argument("--device", default="cpu", help="device of the transforms: cpu, cuda, "
+    parser.add_argument("--device", default="cpu", type=cli_device,
+                        help="device of the transforms: cpu, cuda, "
                         "cuda:N (default: cpu)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice; 1 is much faster "

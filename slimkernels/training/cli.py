@@ -35,7 +35,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
             p.add_argument(name, nargs="+" if many else None, default=None, **kw,
                            help=f.metadata.get("help", "") + " (default: unset)")
         else:
-            p.add_argument(name, type=type(default), default=default, help=doc)
+            p.add_argument(name, type=f.metadata.get("arg_type") or type(default),
+                           default=default, choices=f.metadata.get("choices"), help=doc)
     return p
 
 

@@ -19,22 +19,26 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .._checks import is_int, too_many_threads
-from .._device import check_device
+from .._device import check_device, cli_device
 from .._state import describe_mismatch, first_non_finite, state_dict_mismatch
 from ..codec import native_bf16
 from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
 from ..nn.entropy import check_quantization, is_table_key
+from ..nn.gdn import GDN_VARIANTS
 from ..ops.gdn import compiled_training
 from .data import CropSampler, center_crops, list_images, load_rgb, split_train_val
 from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler
 
 
-def _opt(default, help: str, factory=None, auto_bool: bool = False, arg_type=None):
+def _opt(default, help: str, factory=None, auto_bool: bool = False, arg_type=None,
+         choices=None):
     """A :class:`TrainConfig` field with its command-line help (``metadata["help"]``);
     ``auto_bool``: a switch whose default ``None`` means "decide from the device";
-    ``arg_type``: the command-line type of an option whose default is None (a list's items)."""
-    meta = {"help": help, "auto_bool": auto_bool, "arg_type": arg_type}
+    ``arg_type``: the command-line type of an option whose default is None (a list's items),
+    or of a plain option (a checking argparse type); ``choices``: the values the command line
+    accepts."""
+    meta = {"help": help, "auto_bool": auto_bool, "arg_type": arg_type, "choices": choices}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -49,7 +53,8 @@ class TrainConfig:
                     "resumed")
     widths: List[int] = _opt(None, "sub-network widths (latent channels), widest first",
                              factory=lambda: [192, 144, 96, 72, 48])
-    gdn: str = _opt("switch", "GDN variant: switch (SwitchGDN), slim (SlimGDN) or slim+ (SlimGDN+)")
+    gdn: str = _opt("switch", "GDN variant: switch (SwitchGDN), slim (SlimGDN) or slim+ (SlimGDN+)",
+                    choices=GDN_VARIANTS)
     lambdas: Optional[List[float]] = _opt(
         None, "rate-distortion lambda of each width (loss = bpp + lambda * 255^2 * MSE). Unset: "
         "the predefined ladder 0.0315 0.0157 0.00787 0.00394 0.00197; with --schedule all "
@@ -78,7 +83,8 @@ class TrainConfig:
                                      "gradient; the rate term keeps the noise)")
     compile_gdn: bool = _opt(True, "CPU + bf16: GDN's autograd path through torch.compile")
     channels_last: bool = _opt(True, "channels_last activations and weights")
-    device: str = _opt("cpu", "cpu, cuda or cuda:N (torchrun sets the rank's GPU)")
+    device: str = _opt("cpu", "cpu, cuda or cuda:N (torchrun sets the rank's GPU)",
+                       arg_type=cli_device)
     threads: int = _opt(0, "torch threads (0: leave as is)")
     seed: int = _opt(0, "random seed (crops, initialization)")
     sample_by_area: bool = _opt(False, "pick crops' images by pixel count (every pixel equally "
