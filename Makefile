@@ -1,13 +1,14 @@
 # Two commands do everything on a fresh Linux machine with Python 3.10+:
 #   make demo   - set up .venv, build, compress/decompress the bundled sample at every width
 #   make test   - set up .venv, build, run the test suite
+#   (make test-all also runs the tests marked slow)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.slimkernels-installed
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.hpp csrc/*/*.cpp csrc/*/*.hpp)
 
-.PHONY: install demo test test-fast bench docs clean
+.PHONY: install demo test test-all bench docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

@@ -1,4 +1,6 @@
-"""Build script: the package plus the pybind11 range-coder extension from csrc/."""
+"""Build script: the package and its three pybind11 extensions from csrc/: the range coder
+(``_coder``, required), the state-key walk (``_state_key``) and the CPU kernels
+(``_cpu_kernels``), both optional."""
 import os
 import shutil
 import sys
@@ -49,8 +51,9 @@ def _ext_modules():
             Pybind11Extension("slimkernels._state_key",
                               [os.path.join("csrc", "py", "state_key.cpp")],
                               extra_compile_args=args, cxx_std=17, optional=True),
-            # Fused CPU kernels (AMX-BF16 GDN). Optional: if it fails to build (old compiler or
-            # assembler, another ISA), the package installs without it and slimkernels.ops.gdn
+            # CPU kernels (AMX / AVX-512 / AVX2 convolutions and GDN, Winograd, batched GEMM,
+            # latents, image I/O, the coder's OpenMP executor). Optional: if it fails to build (old
+            # compiler or assembler, another ISA), the package installs without it and every op
             # falls back to its PyTorch path.
             # -fopenmp: its threads are torch's (same libgomp.so.1 once torch is loaded).
             Pybind11Extension("slimkernels._cpu_kernels", cpu_sources, include_dirs=[cpu_dir],

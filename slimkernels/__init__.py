@@ -1,7 +1,11 @@
 """slimkernels: slimmable compressive autoencoders (SlimCAE) with fast kernels and a range coder.
 
 Submodules: ``ops`` (functional kernels), ``nn`` (modules), ``coding`` (C++ range coder),
-``container`` (the ``.slim`` file format), ``models`` (``SlimCAE``).
+``container`` (the ``.slim`` file format), ``codec`` (``SlimCodec``: compress / decompress),
+``models`` (``SlimCAE``), ``pretrained`` (the bundled model, model files), ``io`` (images),
+``ratecontrol`` (width for a target rate), ``allocator`` (glibc malloc tuning), each imported
+on first use (``slimkernels.nn`` after ``import slimkernels``); ``training``, ``evaluation`` and
+``kernels`` (Triton) by name (``import slimkernels.training``).
 """
 import importlib
 

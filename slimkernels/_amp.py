@@ -14,7 +14,6 @@ def no_autocast(device_type: str):
     enabled=False)`` where that device has autocast, else a null context (``"meta"`` has none:
     ``torch.autocast("meta", enabled=False)`` raises "unsupported scalarType", which broke shape
     inference on meta tensors)."""
-    available = getattr(torch.amp, "is_autocast_available", None)   # (torch >= 2.4)
-    if available is not None and not available(device_type):
+    if not torch.amp.is_autocast_available(device_type):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, enabled=False)

@@ -321,7 +321,8 @@ def native_bf16(device=None) -> bool:
 
     CPU: AMX-BF16 or AVX512-BF16 (read from ``torch.cpu.get_capabilities()``, else torch's
     AVX512-BF16 probe, else the ``/proc/cpuinfo`` flags) and oneDNN present. CUDA: compute
-    capability >= 8.0 (Ampere and newer). Any other device: False. Cached per device type.
+    capability >= 8.0 (Ampere and newer), asked of the device at each call. Any other device:
+    False. The CPU answer is cached.
     """
     dev = torch.device("cpu" if device is None else device)
     if dev.type == "cpu":
@@ -869,9 +870,6 @@ class SlimCodec(nn.Module):
                              f"model.to_empty(device='cpu') then load_state_dict, or "
                              f"slimkernels.pretrained.load_model")
         return p
-
-    def _device(self) -> torch.device:
-        return self._first_parameter().device
 
     def _coding_device(self, op: str) -> torch.device:
         """The device :meth:`compress` / :meth:`decompress` run on; ValueError for a model

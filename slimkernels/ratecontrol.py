@@ -7,16 +7,12 @@ and ``decompress(data, precision=...)``: :class:`slimkernels.models.SlimCAE` and
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 
 from ._checks import check_image_tensor
 
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover - Python < 3.8
-    Protocol = object
 
 __all__ = ["Codec", "rd_table", "pick_width", "width_for_target_bpp", "width_for_target_psnr",
            "compress_to_target_bpp"]

@@ -1,5 +1,6 @@
 """Triton kernels (CUDA path). Import-light: importing this package never imports triton.
 
-Submodules (``gdn``, ``aot``, ``configs``, ...) import triton themselves; use
-:func:`slimkernels.backend.triton_available` before importing them.
+The kernel modules ``conv`` and ``gdn`` import triton when imported; use
+:func:`slimkernels.backend.triton_available` before importing them. ``aot`` and ``configs`` import
+it only inside the functions that need it.
 """

@@ -8,6 +8,9 @@ Math, per pixel p, with ``z = x^2`` and the effective SlimGDN+ parameters
     IGDN: y = x n^(+1/2)        dn = +1/2 dy x n^(-1/2)      dx = dy n^(+1/2) + 2 x (gamma_k^T dn)
     dgamma_k = sum_p dn z^T,    dbeta_k = sum_p dn
 
+The pure-PyTorch reference of this math is :func:`slimkernels.ops.gdn_reference` (shared with
+the CPU path; the tests check these kernels against it in float64).
+
 Kernels (see docs/kernels_gdn.md for the tiling and the bytes each one moves):
 
 * ``_gdn_fwd_kernel``: one program per (BLOCK_P pixels, BLOCK_CO output channels); loops over the
@@ -514,7 +517,7 @@ def _check_operands(x, beta, gamma) -> None:
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"gdn_triton: x is {x.dtype}; the kernels take float32 / float16 / "
                          "bfloat16 (they compute in fp32): for float64 use "
-                         "slimkernels.ops.gdn (its PyTorch path) or gdn_torch_reference")
+                         "slimkernels.ops.gdn (its PyTorch path) or slimkernels.ops.gdn_reference")
     c = x.shape[1]
     for name, t, dim in (("beta", beta, 1), ("gamma", gamma, 2)):
         if not isinstance(t, torch.Tensor) or t.dim() != dim or not t.is_floating_point():
@@ -555,14 +558,6 @@ def gdn_triton(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inve
     return GDNFunction.apply(x, beta, gamma, *scal, bool(inverse), fp32_precision)
 
 
-def gdn_torch_reference(x, beta, gamma, inverse=False, gamma_scale=None, gamma_bias=None,
-                        beta_scale=None, beta_bias=None):
-    """Pure-PyTorch reference of what these kernels compute (see slimkernels.ops.gdn_reference)."""
-    from ..ops.gdn import gdn_reference
-    return gdn_reference(x, beta, gamma, inverse=inverse, gamma_scale=gamma_scale,
-                         gamma_bias=gamma_bias, beta_scale=beta_scale, beta_bias=beta_bias)
-
-
 # --------------------------------------------------------------------------------------------
 # Ahead-of-time compilation specs (for tests/kernels/test_aot_gdn.py and docs)
 # --------------------------------------------------------------------------------------------
@@ -582,8 +577,8 @@ def aot_specs(dtype: torch.dtype = torch.float32, inverse: bool = False, all_con
             the JIT launcher specialises as constexprs, so each layout is its own binary.
 
     Returns:
-        list of dicts ``{"name", "kernel", "signature", "constexprs", "num_warps", "num_stages"}``
-        for :func:`slimkernels.kernels.aot.compile_for_target`. The SlimGDN+ scalars are on
+        list of dicts ``{"name", "kernel", "signature", "constexprs", "num_warps", "num_stages",
+        "divisible_by_16", "config"}`` for :func:`slimkernels.kernels.aot.compile_for_target`. The SlimGDN+ scalars are on
         (the most work per program); pointers are marked 16-byte aligned as the launcher does for
         torch tensors; other ints are plain i32.
     """

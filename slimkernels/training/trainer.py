@@ -24,6 +24,7 @@ from .._state import describe_mismatch, first_non_finite, state_dict_mismatch
 from ..codec import native_bf16
 from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
+from ..models.slimcae import DEFAULT_WIDTHS
 from ..nn.entropy import check_quantization, is_table_key
 from ..nn.gdn import GDN_VARIANTS
 from ..ops.gdn import compiled_training
@@ -52,7 +53,7 @@ class TrainConfig:
     out: str = _opt("runs/slimcae", "run folder (checkpoint.pt, log.jsonl); a checkpoint there is "
                     "resumed")
     widths: List[int] = _opt(None, "sub-network widths (latent channels), widest first",
-                             factory=lambda: [192, 144, 96, 72, 48])
+                             factory=lambda: list(DEFAULT_WIDTHS))
     gdn: str = _opt("switch", "GDN variant: switch (SwitchGDN), slim (SlimGDN) or slim+ (SlimGDN+)",
                     choices=GDN_VARIANTS)
     lambdas: Optional[List[float]] = _opt(

@@ -17,7 +17,8 @@ import pytest
 
 pytest.importorskip("triton")
 
-from slimkernels.kernels.aot import SMEM_LIMIT_PER_BLOCK, run_in_subprocess  # noqa: E402
+from slimkernels.kernels.aot import (MAX_REGS_PER_THREAD, SMEM_LIMIT_PER_BLOCK,  # noqa: E402
+                                     run_in_subprocess)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -65,7 +66,7 @@ def _check(results):
         tc = r["tc"]["HMMA"] + (r["tc"]["HGMMA"] if r["arch"] >= 90 else 0)
         if tc == 0:
             bad.append(f"{what}: no tensor-core instruction in the SASS ({r['tc']})")
-        if r["n_regs"] > 255 or r["n_regs"] <= 0:
+        if r["n_regs"] > MAX_REGS_PER_THREAD or r["n_regs"] <= 0:
             bad.append(f"{what}: {r['n_regs']} registers")
         # wgmmas left in flight (pendings >= 1) need every pipelined operand buffered alike: the
         # GDN backward's dn tile once got 2 buffers against gamma's 3 (it also fed a reduction),

@@ -257,6 +257,9 @@ def test_conv_fused_gdn_vs_unfused(co):
     fused = K.conv2d_fwd(x, wt, b, stride=2, padding=2, out_width=co, gdn=(beta, gamma))
     unfused = _gdn_ref(K.conv2d_fwd(x, wt, b, stride=2, padding=2, out_width=co), beta, gamma, False)
     ref = _gdn_ref(F.conv2d(x, wt[:co, :ci], b[:co], stride=2, padding=2), beta, gamma, False)
+    # (the kernel module's own pure-PyTorch reference, next to the kernel, says the same)
+    assert rel_err(K.conv2d_reference(x, wt, b, stride=2, padding=2, out_width=co,
+                                      gdn=(beta, gamma)), ref) < EXACT_TOL
     assert rel_err(fused, ref) < EXACT_TOL
     assert rel_err(unfused, ref) < EXACT_TOL
 
@@ -276,6 +279,8 @@ def test_conv_transpose_fused_igdn_output(co):
                                gdn=(beta, gamma), inverse=True)
     ref = _gdn_ref(F.conv_transpose2d(x, wt[:7, :co], b[:co], stride=2, padding=2,
                                       output_padding=1), beta, gamma, True)
+    assert rel_err(K.conv_transpose2d_reference(x, wt, b, stride=2, padding=2, output_padding=1,
+                                                out_width=co, gdn=(beta, gamma)), ref) < EXACT_TOL
     assert rel_err(y, ref) < EXACT_TOL
 
 
@@ -332,7 +337,7 @@ def test_no_grad_path_reads_an_input_channel_contiguous_weight(monkeypatch, tran
     real_apply = getattr(K, fn).apply
     monkeypatch.setattr(getattr(K, fn), "apply",
                         lambda x, w, *a: (seen.append(w), real_apply(x, w, *a))[1])
-    oc.clear_cpu_caches()
+    oc.clear_weight_caches()
     wt, b = _params(24, 24, 5, EXACT, transposed=transposed)
     x = _x(1, 16, 7, 6, EXACT)
     ci_dim = 0 if transposed else 1

@@ -99,7 +99,7 @@ def test_channels_last_kept():
 
 @pytest.mark.parametrize("width", [48, 192])
 def test_bf16_autocast_matches_and_caches_weight_cast(width):
-    conv_mod.clear_cpu_caches()
+    conv_mod.clear_weight_caches()
     w, b = _full("enc2", False, 5, torch.float32)
     x = torch.randn(1, width, 12, 10)
     ref = F.conv2d(x.double(), w[:width, :width].double(), b[:width].double(), stride=2, padding=2)
@@ -435,7 +435,7 @@ def _layer_case(layer, width, seed=0):
 @pytest.mark.parametrize("width", [1, 3, 47, 48, 72, 192])
 @pytest.mark.parametrize("layer", ALL_LAYERS, ids=[l[0] for l in ALL_LAYERS])
 def test_prepacked_nograd_every_layer_vs_float64(layer, width, dtype):
-    conv_mod.clear_cpu_caches()
+    conv_mod.clear_weight_caches()
     x, wt, b, ref, run = _layer_case(layer, width)
     xf = x.float().contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
@@ -525,7 +525,7 @@ def test_conv2d_wfold_equals_conv2d_float64_with_grad(k, s, p, H, W):
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_prepacked_cache_invalidated_by_in_place_updates(transposed, dtype):
-    conv_mod.clear_cpu_caches()
+    conv_mod.clear_weight_caches()
     layer = ALL_LAYERS[3] if transposed else ALL_LAYERS[1]
     x, wt, b, _, run = _layer_case(layer, 48)
     w32, b32, x32 = wt.float(), b.float(), x.float()
@@ -557,13 +557,13 @@ def test_prepacked_cache_invalidated_by_in_place_updates(transposed, dtype):
     torch.optim.SGD([p], lr=0.5).step()               # optimizer step: version bump
     check(p, b32)
     p.data.mul_(0.5)                                  # .data bypasses versions: clear by hand
-    conv_mod.clear_cpu_caches()
+    conv_mod.clear_weight_caches()
     check(p, b32)
     assert len(conv_mod._PACK_CACHE) <= cache_mod._PACK_CACHE_MAX
 
 
 def test_prepacked_cache_is_bounded_lru(monkeypatch):
-    conv_mod.clear_cpu_caches()
+    conv_mod.clear_weight_caches()
     monkeypatch.setattr(cache_mod, "_PACK_CACHE_MAX", 3)
     w, b = _full("enc2", False, 5, torch.float32)
     with torch.no_grad():
@@ -578,7 +578,7 @@ def test_prepacked_cache_is_bounded_lru(monkeypatch):
 
 
 def test_prepacked_gdn_cache_follows_gdn_parameters():
-    conv_mod.clear_cpu_caches()
+    conv_mod.clear_weight_caches()
     w, b = _full("enc2", False, 5, torch.float64)
     g = torch.Generator().manual_seed(5)
     beta = torch.rand(192, generator=g, dtype=torch.float64) + 0.5
@@ -605,7 +605,7 @@ def test_prepacked_gdn_cache_follows_gdn_parameters():
                                          (7, 3, 1, 2, 2)])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_prepacked_subpixel_general_vs_float64(k, s, p, op, Co, dtype):
-    conv_mod.clear_cpu_caches()
+    conv_mod.clear_weight_caches()
     torch.manual_seed(k + s)
     x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
     w = torch.randn(8, Co, k, k, dtype=torch.float64) / k
@@ -628,7 +628,7 @@ def test_subpixel_prepacked_shuffle_vs_float64(k, s, p, op, Co, dtype):
     12 bytes); both against float64."""
     if not conv_mod._onednn(dtype):
         pytest.skip(f"no oneDNN {dtype} convolution in this build/CPU: the prepacked path is off")
-    conv_mod.clear_cpu_caches()
+    conv_mod.clear_weight_caches()
     torch.manual_seed(k + s + Co)
     x = torch.randn(2, 6, 5, 7).to(dtype).contiguous(memory_format=torch.channels_last)
     w = (torch.randn(8, Co, k, k) / k).to(dtype)
@@ -644,7 +644,7 @@ def test_subpixel_prepacked_shuffle_vs_float64(k, s, p, op, Co, dtype):
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_prepacked_igdn_input_and_output_vs_float64(dtype):
-    conv_mod.clear_cpu_caches()
+    conv_mod.clear_weight_caches()
     w, b = _full("dec1", True, 5, torch.float64)
     g = torch.Generator().manual_seed(6)
     beta = torch.rand(192, generator=g, dtype=torch.float64) + 0.5
@@ -712,7 +712,7 @@ def test_nograd_gdn_fused_kernel_and_passes_agree_with_float64(fused, dtype, mon
 def test_prepacked_path_from_several_threads(monkeypatch):
     """Concurrent no-grad calls with a tiny cache (constant eviction) stay correct."""
     from tests._threads import run_in_threads
-    conv_mod.clear_cpu_caches()
+    conv_mod.clear_weight_caches()
     monkeypatch.setattr(cache_mod, "_PACK_CACHE_MAX", 2)
     w, b = _full("enc2", False, 5, torch.float32)
     xs = {wd: torch.randn(1, wd, 6, 8) for wd in (8, 9, 10, 11)}
@@ -738,7 +738,7 @@ def test_inference_tensor_weights(monkeypatch, autocast, prepack):
     (prepacked weights, cast copies) to key by: they are prepared on every call instead, same
     results; nothing of them stays in the caches."""
     monkeypatch.setattr(conv_mod, "CPU_PREPACK", prepack)
-    conv_mod.clear_cpu_caches()
+    conv_mod.clear_weight_caches()
     with torch.inference_mode():
         w, b = torch.randn(16, 12, 5, 5), torch.randn(16)
         wt, bt = torch.randn(12, 16, 5, 5), torch.randn(16)
