@@ -99,6 +99,11 @@ def _gdn_params_need_grad(kw) -> bool:
 # ---------------------------------------------------------------------------------------------
 # CPU helpers
 # ---------------------------------------------------------------------------------------------
+# The UPPER_CASE constants below are dispatch switches; each comment gives the measurement that
+# set it. Scripts named there as /tmp/sNN/... or /work/prof/... were a sitting's scratch scripts
+# and are not kept: `python bench/ab_switch.py SWITCH --values A,B` re-measures any switch end to
+# end (compress / decompress of the bundled model, per width), bench/bench_conv_amx.py and
+# bench/bench_conv_avx2.py the layers.
 #: On CPU, convert NCHW inputs to channels_last before calling oneDNN (one pass over x; its output
 #: is then channels_last too, so a model pays it once at the first layer). Measured in
 #: bench/results/cpu/conv*.md: channels_last is the faster oneDNN layout at every SlimCAE layer,
