@@ -1,6 +1,7 @@
 """Argument checks shared by the layers, the ops, the codec, the container, the command line and
 the trainer: ints that are ints (a float or a string was truncated by ``int()``), widths, thread
 counts, images passed as tensors."""
+import math
 import numbers
 import operator
 import os
@@ -56,6 +57,31 @@ def width_list(widths: Iterable, where: str, full: Optional[int] = None) -> List
             raise ValueError(f"{where}: widths {bad} are outside 1..{full} (the layer's output "
                              f"channels)")
     return out
+
+
+def finite_real(v, name: str, where: str, lo: float = -math.inf, hi: float = math.inf,
+                low_ok: bool = False) -> float:
+    """``v`` as a finite float in ``(lo, hi)`` (``[lo, hi)`` with ``low_ok``); ValueError naming
+    ``where``, ``name`` and the range otherwise (bools and strings are refused, not converted)."""
+    rng = f"{'[' if low_ok else '('}{lo:g}, {hi:g})"
+    try:
+        f = float(v) if not isinstance(v, (bool, str, bytes)) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        f = math.nan
+    if not (math.isfinite(f) and (lo <= f if low_ok else lo < f) and f < hi):
+        raise ValueError(f"{where}: {name} must be a finite number in {rng}, got {v!r}")
+    return f
+
+
+def not_a_tensor(x, where: str, what: str = "[N, C, H, W]") -> TypeError:
+    """The TypeError for a non-tensor input ``x`` of ``where`` (a layer or function name) that
+    takes a ``torch.Tensor`` ``what``: names the type it got and, for a numpy array, the
+    conversion. Built on the error path only (the callers check ``isinstance`` themselves)."""
+    kind = type(x).__name__ if type(x).__module__ == "builtins" else \
+        f"{type(x).__module__.split('.')[0]}.{type(x).__name__}"
+    hint = ": convert it with torch.from_numpy(x)" if type(x).__module__.startswith("numpy") \
+        else ""
+    return TypeError(f"{where} takes a torch.Tensor {what}, got {kind}{hint}")
 
 
 def check_image_tensor(x, fn: str) -> None:

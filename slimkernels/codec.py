@@ -39,7 +39,7 @@ import hashlib
 import inspect
 import json
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ from .ops.image_io import bf16_to_image, image_to_bf16, value_range
 from ._hooks import runs_more_than_forward
 from ._amp import no_autocast
 from ._state import cached_on_module, first_non_finite, state_tensors
-from ._checks import as_width, check_image_tensor, width_list
+from ._checks import as_width, check_image_tensor, is_int, not_a_tensor, width_list
 from .nn.entropy import check_quantization
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
@@ -121,9 +121,17 @@ class SlimSequential(nn.Sequential):
         this index, excluded (default: all; a conv is then not fused with a GDN at ``stop``)."""
         from .nn.conv import SlimConv2d, SlimConvTranspose2d
 
+        if not isinstance(x, torch.Tensor):
+            raise not_a_tensor(x, type(self).__name__)
         layers = list(self)
         if stop is not None:
+            if not is_int(stop) or not 0 <= stop <= len(layers):
+                raise ValueError(f"{type(self).__name__}: stop must be an int in 0..{len(layers)} "
+                                 f"(the layer count), got {stop!r}")
             layers = layers[:int(stop)]
+        if not is_int(start) or not 0 <= start <= len(layers):
+            raise ValueError(f"{type(self).__name__}: start must be an int in 0..{len(layers)} "
+                             f"(<= stop), got {start!r}")
         fuse = self.fuses(x)
         i = int(start)
         while i < len(layers):
@@ -657,7 +665,9 @@ class SlimCodec(nn.Module):
 
     def decode(self, y_hat: torch.Tensor) -> torch.Tensor:
         """Synthesis: ``[N, w, h, w']`` -> ``[N, 3, s*h, s*w']`` (width ``w = y_hat.shape[1]``)."""
-        if not isinstance(y_hat, torch.Tensor) or y_hat.dim() != 4:
+        if not isinstance(y_hat, torch.Tensor):
+            raise not_a_tensor(y_hat, f"{type(self).__name__}.decode", "latent [N, width, h, w]")
+        if y_hat.dim() != 4:
             raise ValueError(f"{type(self).__name__}.decode expects a latent [N, width, h, w], "
                              f"got {tuple(getattr(y_hat, 'shape', ())) or type(y_hat).__name__}")
         return self._transform_module("g_s")(y_hat, self._width(y_hat.shape[1]))
@@ -692,7 +702,9 @@ class SlimCodec(nn.Module):
         return self._quantize_and_decode(self.encode(x, width), quantization)
 
     def _check_rgb(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+        if not isinstance(x, torch.Tensor):
+            raise not_a_tensor(x, type(self).__name__, "RGB image [N, 3, H, W]")
+        if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"{type(self).__name__} expects RGB images [N, 3, H, W], "
                              f"got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
 
@@ -739,9 +751,13 @@ class SlimCodec(nn.Module):
         Returns:
             one :meth:`forward` dict per entry of ``widths``, in that order.
         """
+        if isinstance(widths, (str, bytes)) or not isinstance(widths, Iterable):
+            raise TypeError(f"{type(self).__name__}.forward_widths takes a list of widths, got "
+                            f"{widths!r}: for one width call forward(x, width)")
         ws = [self._width(w) for w in widths]
         check_quantization(quantization)
         kw = {} if quantization == "noise" else {"quantization": quantization}
+        self._check_rgb(x)
         first = self._shared_first_layer(x)
         if first is None or len(set(ws)) < 2:
             return [self.forward(x, w, **kw) for w in ws]

@@ -1583,3 +1583,50 @@ def test_clear_caches_after_a_data_write_wins_over_a_model_id_built_before_it(mo
     assert injected
     assert m.model_id() == real(m, m.config()), \
         "model_id names the weights of before a .data write that clear_caches() followed"
+
+
+def test_slim_sequential_refuses_a_start_or_stop_outside_its_layers():
+    """(start=-1 began at the last layer, so a GDN ran on the image and then every layer did:
+    a wrong output of the right shape; start past the end returned the input; 0.7 / '1' were
+    truncated by int().)"""
+    from slimkernels.codec import SlimSequential
+    from slimkernels.nn import SlimConv2d, SlimGDN
+    torch.manual_seed(0)
+    s = SlimSequential(SlimConv2d(3, 8, 3, padding=1, widths=[4, 8]), SlimGDN(8))
+    x = torch.rand(1, 3, 8, 8)
+    for kw in ({"start": -1}, {"start": 3}, {"start": 0.7}, {"stop": "1"}, {"stop": -1},
+               {"stop": 3}, {"start": 2, "stop": 1}):
+        with pytest.raises(ValueError, match="(start|stop) must be an int in 0..[12]"):
+            s(x, 4, **kw)
+    h = s[0](x, 4)
+    assert torch.equal(s(x, 4, stop=1), h)
+    assert torch.equal(s(h, 4, start=1), s[1](h))
+    assert torch.equal(s(x, 4, start=2), x)       # (no layer left: the input, as a slice would)
+
+
+def test_numpy_inputs_are_refused_as_not_tensors(model):
+    """(a numpy array reached x.dim() / x.is_cuda inside the layers, SlimSequential and
+    forward_widths: AttributeError; SlimCAE.forward and the entropy models said "expects
+    [N, 3, H, W], got (1, 3, 32, 32)", the very shape they asked for.)"""
+    from slimkernels.codec import SlimSequential
+    from slimkernels.nn import (EntropyBottleneck, SlimConv2d, SlimConvTranspose2d, SlimGDN,
+                                SlimGDNPlus, SwitchGDN)
+    a = np.random.rand(1, 3, 32, 32).astype(np.float32)
+    a8 = np.random.rand(1, 8, 4, 4).astype(np.float32)
+    calls = [(lambda: SlimConv2d(3, 8, 3)(a), "SlimConv2d"),
+             (lambda: SlimConvTranspose2d(8, 3, 3)(a8), "SlimConvTranspose2d"),
+             (lambda: SlimGDN(8)(a8), "SlimGDN"), (lambda: SwitchGDN([8, 4])(a8), "SwitchGDN"),
+             (lambda: SlimGDNPlus([8, 4])(a8), "SlimGDNPlus"),
+             (lambda: SlimSequential(SlimConv2d(3, 8, 3, widths=[4, 8]))(a, 4), "SlimSequential"),
+             (lambda: EntropyBottleneck(8)(a8), r"EntropyBottleneck\(8\).forward"),
+             (lambda: model.entropy_bottleneck(a8), "SlimEntropyBottleneck"),
+             (lambda: model(a, model.widths[-1]), type(model).__name__),
+             (lambda: model.forward_widths(a, model.widths), type(model).__name__),
+             (lambda: model.decode(a8), f"{type(model).__name__}.decode")]
+    for call, where in calls:
+        with pytest.raises(TypeError, match=f"{where} takes a torch.Tensor .*, got numpy.ndarray: "
+                                            r"convert it with torch.from_numpy\(x\)"):
+            call()
+    with pytest.raises(TypeError, match="forward_widths takes a list of widths, got 8: for one "
+                                        r"width call forward\(x, width\)"):
+        model.forward_widths(torch.rand(1, 3, 32, 32), 8)

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from .._checks import as_width, is_int, width_list
+from .._checks import as_width, is_int, not_a_tensor, width_list
 
 
 _Size = Union[int, Tuple[int, int]]
@@ -102,6 +102,8 @@ class _SlimMixin:
         return w
 
     def _check_input(self, x: torch.Tensor, full_in: int):
+        if not isinstance(x, torch.Tensor):
+            raise not_a_tensor(x, type(self).__name__)
         if x.dim() != 4:
             raise ValueError(f"{type(self).__name__} expects [N, C, H, W], got {tuple(x.shape)}")
         if x.shape[1] > full_in:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .parametrizers import lower_bound
 from .._amp import no_autocast
 from .._state import bump_generation, cached_on
-from .._checks import as_width, is_int, width_list
+from .._checks import as_width, finite_real, is_int, not_a_tensor, width_list
 
 #: training quantizations of the synthesis input (see :meth:`EntropyBottleneck.forward`)
 QUANTIZATIONS = ("noise", "mixed")
@@ -32,19 +32,6 @@ def is_table_key(key: str) -> bool:
     """Whether a SlimCAE / SlimCodec state_dict key names a CDF table buffer of its entropy
     model (``entropy_bottleneck. ... ._quantized_cdf`` / ``._cdf_length`` / ``._offset``)."""
     return key.startswith("entropy_bottleneck.") and key.rsplit(".", 1)[-1] in _CDF_BUFFERS
-
-
-def _real(v, name: str, lo: float, hi: float, low_ok: bool = False) -> float:
-    """``v`` as a finite float in ``(lo, hi)`` (``[lo, hi)`` with ``low_ok``); ValueError naming
-    ``name`` otherwise."""
-    rng = f"{'[' if low_ok else '('}{lo:g}, {hi:g})"
-    try:
-        f = float(v) if not isinstance(v, (bool, str, bytes)) else math.nan
-    except (TypeError, ValueError):
-        f = math.nan
-    if not (math.isfinite(f) and (lo <= f if low_ok else lo < f) and f < hi):
-        raise ValueError(f"EntropyBottleneck: {name} must be a finite number in {rng}, got {v!r}")
-    return f
 
 
 class EntropyBottleneck(nn.Module):
@@ -72,9 +59,11 @@ class EntropyBottleneck(nn.Module):
         self.filters = tuple(width_list(filters, "EntropyBottleneck filters")) if filters else ()
         if any(f < 1 for f in self.filters):
             raise ValueError(f"EntropyBottleneck: filters must be >= 1, got {tuple(filters)}")
-        self.init_scale = _real(init_scale, "init_scale", 0.0, math.inf)
-        self.tail_mass = _real(tail_mass, "tail_mass", 0.0, 1.0)
-        self.likelihood_bound = _real(likelihood_bound, "likelihood_bound", 0.0, 1.0, low_ok=True)
+        where = "EntropyBottleneck"
+        self.init_scale = finite_real(init_scale, "init_scale", where, 0.0)
+        self.tail_mass = finite_real(tail_mass, "tail_mass", where, 0.0, 1.0)
+        self.likelihood_bound = finite_real(likelihood_bound, "likelihood_bound", where, 0.0, 1.0,
+                                            low_ok=True)
         if not is_int(precision) or not 1 <= precision <= 16:
             raise ValueError(f"EntropyBottleneck: precision must be an int in 1..16 (the "
                              f"coder's CDF bits), got {precision!r}")
@@ -85,7 +74,13 @@ class EntropyBottleneck(nn.Module):
         self.biases = nn.ParameterList()
         self.factors = nn.ParameterList()
         for i in range(len(self.filters) + 1):
-            init = math.log(math.expm1(1.0 / scale / dims[i + 1]))
+            try:
+                init = math.log(math.expm1(1.0 / scale / dims[i + 1]))
+            except OverflowError:   # (exp of > 709: init_scale ** (1 / layers) below ~1/700)
+                raise ValueError(f"EntropyBottleneck: init_scale {init_scale!r} is too small for "
+                                 f"{len(self.filters) + 1} layers (its initial weights overflow "
+                                 f"float64); use a value near the latent's spread, e.g. the "
+                                 f"default 10") from None
             self.matrices.append(nn.Parameter(torch.full((channels, dims[i + 1], dims[i]), init)))
             self.biases.append(nn.Parameter(torch.rand(channels, dims[i + 1], 1) - 0.5))
             if i < len(self.filters):
@@ -304,18 +299,56 @@ class EntropyBottleneck(nn.Module):
     def _check_latent(self, t, what: str) -> None:
         # (a 5-channel latent broadcast into a raw RuntimeError; a 3-D one was taken as
         # [C, H, W] with C read as the batch)
-        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] != self.channels:
+        if not isinstance(t, torch.Tensor):
+            raise not_a_tensor(t, f"EntropyBottleneck({self.channels}).{what}",
+                               f"[N, {self.channels}, H, W]")
+        if t.dim() != 4 or t.shape[1] != self.channels:
             raise ValueError(f"EntropyBottleneck({self.channels}).{what} expects "
                              f"[N, {self.channels}, H, W], got "
                              f"{tuple(getattr(t, 'shape', ())) or type(t).__name__}")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the CDF tables change shape with update(): take the loaded shapes
+        self._check_loaded_tables(state_dict, prefix)
         for name in _CDF_BUFFERS:
             key = prefix + name
             if key in state_dict:
                 setattr(self, name, state_dict[key].detach().to(self.quantiles.device, copy=True))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _check_loaded_tables(self, state_dict, prefix: str) -> None:
+        """ValueError (naming the key) for CDF tables in ``state_dict`` that this model cannot
+        code with: not integer tensors, of shapes that do not fit each other or this model's
+        channels, or with contents the coder refuses (the tables of a damaged file loaded and
+        failed only at ``compress``, with the coder's messages). Empty tables (a model saved
+        before :meth:`update`) are fine."""
+        got = {n: state_dict[prefix + n] for n in _CDF_BUFFERS if prefix + n in state_dict}
+        todo = "the file is damaged: load it without its CDF tables and call update()"
+        for n, t in got.items():
+            if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or \
+                    t.dtype == torch.bool:
+                what = f"a {t.dtype} tensor" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{prefix}{n}: a CDF table must be an integer tensor, got "
+                                 f"{what}: {todo}")
+        if len(got) < len(_CDF_BUFFERS):
+            return   # (a partial dict: strict loading names the missing keys)
+        cdf, length, offset = (got[n] for n in _CDF_BUFFERS)
+        rows = cdf.shape[0] if cdf.dim() == 2 else -1
+        if cdf.numel() == 0 and length.numel() == 0 and offset.numel() == 0:
+            return
+        if rows != self.channels or tuple(length.shape) != (rows,) or \
+                tuple(offset.shape) != (rows,):
+            raise ValueError(f"{prefix}_quantized_cdf / _cdf_length / _offset have shapes "
+                             f"{tuple(cdf.shape)} / {tuple(length.shape)} / {tuple(offset.shape)}, "
+                             f"not [{self.channels}, L] / [{self.channels}] / [{self.channels}] "
+                             f"for this model's {self.channels} channels: {todo}")
+        from .. import coding
+        try:
+            coding.validate_tables(cdf.detach().cpu().numpy(), length.detach().cpu().numpy(),
+                                   offset.detach().cpu().numpy(), precision=self.precision)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{prefix}_quantized_cdf: the CDF tables are not valid ({e}): "
+                             f"{todo}") from None
 
 
 class SlimEntropyBottleneck(nn.Module):
@@ -341,7 +374,9 @@ class SlimEntropyBottleneck(nn.Module):
                 quantization: str = "noise") -> Tuple[torch.Tensor, torch.Tensor]:
         """``y``: ``[N, w, H, W]`` -> ``(y_hat, likelihoods)`` float32 of the same shape;
         ``training`` and ``quantization`` as in :meth:`EntropyBottleneck.forward`."""
-        if not isinstance(y, torch.Tensor) or y.dim() != 4:
+        if not isinstance(y, torch.Tensor):
+            raise not_a_tensor(y, type(self).__name__, "latent [N, width, H, W]")
+        if y.dim() != 4:
             raise ValueError(f"{type(self).__name__} expects a latent [N, width, H, W], got "
                              f"{tuple(getattr(y, 'shape', ())) or type(y).__name__}")
         return self.for_width(y.shape[1])(y, training, quantization)

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from .. import ops
 from .._state import bump_generation, cached_on_module
-from .._checks import is_int, width_list
+from .._checks import finite_real, is_int, not_a_tensor, width_list
 from .parametrizers import NonNegativeParametrizer
 
 
@@ -33,6 +33,9 @@ class SlimGDN(nn.Module):
             raise ValueError(f"{type(self).__name__}: in_channels must be an int >= 1, got "
                              f"{in_channels!r}")
         in_channels = self.in_channels = int(in_channels)
+        where = type(self).__name__
+        beta_min = finite_real(beta_min, "beta_min", where, 0.0, low_ok=True)
+        gamma_init = finite_real(gamma_init, "gamma_init", where)
         self.inverse = bool(inverse)
         self.beta_reparam = NonNegativeParametrizer(minimum=beta_min)
         self.beta = nn.Parameter(self.beta_reparam.init(torch.ones(in_channels)))
@@ -64,6 +67,8 @@ class SlimGDN(nn.Module):
         self.__dict__.pop("_effective_cache", None)
 
     def _check(self, x: torch.Tensor):
+        if not isinstance(x, torch.Tensor):
+            raise not_a_tensor(x, type(self).__name__)
         if x.dim() != 4:
             raise ValueError(f"{type(self).__name__} expects [N, C, H, W], got {tuple(x.shape)}")
         if x.shape[1] > self.in_channels:
@@ -117,6 +122,8 @@ class _WidthSelectedGDN(nn.Module):
         """``x``: ``[N, C, H, W]`` with C one of ``widths``; returns the same shape and dtype.
         ``width`` is ignored, as by :class:`SlimGDN` (the input's channel count picks the
         parameters); it is accepted so every slimmable layer has one call."""
+        if not isinstance(x, torch.Tensor):
+            raise not_a_tensor(x, type(self).__name__)
         C = x.shape[1] if x.dim() == 4 else -1
         self._index(C, x.shape)
         return ops.gdn(x, **self.op_kwargs(C))

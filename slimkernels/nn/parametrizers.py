@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .._checks import finite_real
+
 
 class _LowerBoundFn(torch.autograd.Function):
     @staticmethod
@@ -54,7 +56,8 @@ class NonNegativeParametrizer(nn.Module):
 
     def __init__(self, minimum: float = 0.0, reparam_offset: float = 2 ** -18):
         super().__init__()
-        pedestal = float(reparam_offset) ** 2
+        minimum = finite_real(minimum, "minimum", type(self).__name__, 0.0, low_ok=True)
+        pedestal = finite_real(reparam_offset, "reparam_offset", type(self).__name__, 0.0) ** 2
         self.register_buffer("pedestal", torch.tensor([pedestal]))
         self.lower_bound = LowerBound((float(minimum) + pedestal) ** 0.5)
 

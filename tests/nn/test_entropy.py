@@ -311,3 +311,46 @@ def test_entropy_tables_are_never_uninitialised_during_load_state_dict(monkeypat
                                         if k.endswith("_cdf_length") and v.shape == mid.shape), \
         f"mid-load tables are neither old nor new: {mid[:4].tolist()} (old {old[:4].tolist()})"
     del new
+
+
+def test_loading_damaged_cdf_tables_is_refused_naming_the_key():
+    """(a table entry that was not a tensor raised "'list' object has no attribute 'detach'";
+    tables of another channel count, a float dtype or broken contents loaded, and compress then
+    said "no CDF tables: call update()" or gave the coder's messages.)"""
+    pytest.importorskip("slimkernels._coder")
+    eb = _trained_bottleneck()
+    eb.update()
+    good = eb.state_dict()
+
+    def damaged(**edits):
+        sd = {k: v.clone() for k, v in good.items()}
+        sd.update(edits)
+        return sd
+    cdf, length, offset = good["_quantized_cdf"], good["_cdf_length"], good["_offset"]
+    bad_rows = cdf.clone()
+    bad_rows[1, 1] = bad_rows[1, 0]                  # (not strictly increasing)
+    cases = [(damaged(_offset=[0, 0, 0, 0]), "_offset: a CDF table must be an integer tensor, "
+                                             "got list"),
+             (damaged(_cdf_length=length.float()), "_cdf_length: .* got a torch.float32 tensor"),
+             (damaged(_offset=offset[:3]), r"have shapes .* \(3,\), not \[4, L\] / \[4\] / \[4\]"),
+             (damaged(_quantized_cdf=cdf[:, None]), "have shapes"),
+             (damaged(_cdf_length=length * 0), "the CDF tables are not valid"),
+             (damaged(_quantized_cdf=bad_rows), "the CDF tables are not valid")]
+    for sd, match in cases:
+        fresh = EntropyBottleneck(4)
+        with pytest.raises(ValueError, match=match + ".*load it without its CDF tables and call "
+                                                     r"update\(\)"):
+            fresh.load_state_dict(sd)
+    fresh = EntropyBottleneck(4)
+    fresh.load_state_dict(good)                      # (the intact tables load as before)
+    assert torch.equal(fresh._quantized_cdf, cdf)
+    empty = EntropyBottleneck(4).state_dict()         # (as saved before update(): empty tables)
+    EntropyBottleneck(4).load_state_dict(empty)
+
+
+def test_a_tiny_init_scale_is_refused_by_name():
+    """(init_scale=1e-30 passed the (0, inf) check, then math.expm1 raised a bare OverflowError
+    'math range error'.)"""
+    with pytest.raises(ValueError, match="init_scale 1e-30 is too small for 4 layers"):
+        EntropyBottleneck(4, init_scale=1e-30)
+    assert torch.isfinite(EntropyBottleneck(4, init_scale=1e-3).matrices[0]).all()

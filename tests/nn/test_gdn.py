@@ -190,3 +190,27 @@ def test_make_gdn_takes_exactly_the_listed_variants():
             make_gdn(bad, [8, 4])
         with pytest.raises(ValueError, match="unknown GDN variant"):
             SlimCAE((16, 8), gdn=bad)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"beta_min": float("nan")}, r"beta_min must be a finite number in \[0, inf\)"),
+    ({"beta_min": -1.0}, r"beta_min must be a finite number in \[0, inf\)"),
+    ({"beta_min": "x"}, "beta_min must be a finite number"),
+    ({"gamma_init": float("nan")}, "gamma_init must be a finite number"),
+    ({"gamma_init": float("inf")}, "gamma_init must be a finite number")])
+def test_gdn_layers_refuse_non_finite_or_negative_init_values(kw, match):
+    """(beta_min=nan or gamma_init=nan / inf built a layer whose output was NaN everywhere;
+    beta_min=-1 raised "float() argument must be ... not 'complex'" from a negative ** 0.5, and
+    beta_min='x' "could not convert string to float" naming no argument.)"""
+    from slimkernels.nn import NonNegativeParametrizer, SlimGDN, SlimGDNPlus, SwitchGDN
+    for build in (lambda: SlimGDN(4, **kw), lambda: SwitchGDN([8, 4], **kw),
+                  lambda: SlimGDNPlus([8, 4], **kw)):
+        with pytest.raises(ValueError, match=f"SlimGDN: {match}"):
+            build()
+    with pytest.raises(ValueError, match=r"NonNegativeParametrizer: minimum must be a finite "
+                                         r"number in \[0, inf\), got -1"):
+        NonNegativeParametrizer(minimum=-1)
+    with pytest.raises(ValueError, match="reparam_offset must be a finite number in"):
+        NonNegativeParametrizer(reparam_offset=0)
+    g = SlimGDN(4, beta_min=0.0, gamma_init=0.0)   # (the bounds themselves are fine)
+    assert torch.isfinite(g(torch.rand(1, 4, 3, 3))).all()
