@@ -449,3 +449,40 @@ def test_package_docstring_names_every_public_submodule():
     """(it named 5 of the 10 lazily imported submodules.)"""
     import slimkernels
     assert [m for m in slimkernels._SUBMODULES if f"``{m}``" not in slimkernels.__doc__] == []
+
+
+def test_committed_gpu_goals_are_what_cuda_goals_computes_from_their_rows():
+    """(the H200 report kept 'transforms >= 3x eager: met' from a run that measured w=192 only,
+    after cuda_goals had learned that "at every width" needs every width.)"""
+    import json
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from e2e_cuda import cuda_goals
+    for name in os.listdir(os.path.join(ROOT, "bench", "results")):
+        p = os.path.join(ROOT, "bench", "results", name, "cuda.json")
+        if not os.path.exists(p):
+            continue
+        with open(p) as f:
+            d = json.load(f)
+        if d.get("dry_run"):
+            continue
+        now = cuda_goals(d["rows"])
+        assert {k: g["met"] for k, g in d["goals"].items()} == \
+            {k: g["met"] for k, g in now.items()}, name
+        md = _text(os.path.join("bench", "results", name, "README.md"))
+        for k, g in now.items():
+            row = next(ln for ln in md.splitlines() if ln.startswith(f"| {k} |"))
+            assert row.rstrip().endswith("| yes |" if g["met"] else "| **no** |"), row
+
+
+def test_readme_machine_bullets_quote_their_latest_reports():
+    """(the Zen 3 bullet quoted compress 1.45-2.24x from older runs while the machine's report
+    had 1.426x at w=72, a goal not met.)"""
+    import json
+    import re
+    text = re.sub(r"\s+", " ", _text("README.md"))
+    i = text.index("**AMD EPYC Zen 3**")
+    m = re.search(r"`compress` (\d+\.\d+)-(\d+\.\d+)x", text[i:])
+    with open(os.path.join(ROOT, "bench", "results", "cpu-amd-epyc-avx2-2c", "goals.json")) as f:
+        det = json.load(f)["goals"]["vs_plain_fp32"]["detail"]
+    comp = [v for k, v in det.items() if k.startswith("compress w=")]
+    assert (float(m.group(1)), float(m.group(2))) == (round(min(comp), 2), round(max(comp), 2))
