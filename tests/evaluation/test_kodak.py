@@ -484,3 +484,24 @@ def test_an_out_dir_that_is_a_file_is_a_clear_error(tiny_model, image_folder, tm
                            plot=False)
     assert f.read_text() == "x"
 
+
+def test_rd_plot_checks_its_curves_and_path_first(tmp_path):
+    """A results dict without 'width' was KeyError 'width'; a path in a missing folder or with
+    an unknown extension was matplotlib's error after the plot was drawn."""
+    slim = _curve([0.1, 0.2], [26.0, 28.0], width=[8, 16])
+    png = str(tmp_path / "rd.png")
+    with pytest.raises(ValueError, match=r"rd_plot: slim\['results'\] has no list 'width' .*"
+                                         r"pass kodak.evaluate's output"):
+        rd_plot(_curve([0.1, 0.2], [26.0, 28.0]), {}, png)
+    with pytest.raises(ValueError, match=r"references\['JPEG'\]\['results'\] has no list "
+                                         r"'psnr-rgb'"):
+        rd_plot(slim, {"JPEG": {"results": {"bpp": [0.1]}}}, png)
+    with pytest.raises(ValueError, match=r"'width' has 3, 'bpp' has 2, 'psnr-rgb' has 2 values"):
+        rd_plot(_curve([0.1, 0.2], [26.0, 28.0], width=[8, 16, 32]), {}, png)
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*rd.png: the folder .*missing "
+                                                r"does not exist"):
+        rd_plot(slim, {}, str(tmp_path / "missing" / "rd.png"))
+    with pytest.raises(ValueError, match=r"\.pnx is not an image format matplotlib writes"):
+        rd_plot(slim, {}, str(tmp_path / "rd.pnx"))
+    assert os.listdir(tmp_path) == []
+    assert rd_plot(slim, {}, png) == png and os.path.exists(png)
