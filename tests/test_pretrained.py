@@ -228,3 +228,93 @@ def test_a_trainer_checkpoint_has_one_model_id_on_avx2_and_avx512(tmp_path):
         assert res["cap"] == cap.upper()
         ids[cap] = res["id"]
     assert ids["avx512"] == ids["avx2"] == avg.model_id().hex()
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """A 2-width model with its CDF tables (damaged copies of its file are made)."""
+    from slimkernels.models import SlimCAE
+    m = SlimCAE(widths=(16, 8)).eval()
+    m.update()
+    return m
+
+
+def _damaged(tmp_path, model, edit, name="m.pt"):
+    """``model`` saved with save_model, its dict edited by ``edit`` and saved again."""
+    from slimkernels.pretrained import save_model
+    f = tmp_path / name
+    save_model(model, str(f))
+    d = torch.load(f, weights_only=True)
+    edit(d)
+    torch.save(d, f)
+    return str(f)
+
+
+def _table_key(d, end, i=0):
+    return [k for k in d["state_dict"] if k.endswith(end)][i]
+
+
+@pytest.mark.parametrize("edit,what", [
+    # config widths that do not fit the tensors: torch's load_state_dict RuntimeError, listing
+    # every mismatched key (kilobytes), though a damaged file was promised to be a ValueError
+    (lambda d: d["config"].__setitem__("widths", [16, 4]),
+     r"does not match the model its config describes \(.* has shape \(8,\), the config's "
+     r"model \(4,\)\)"),
+    # an entry that is not a tensor: torch's RuntimeError or, for a table, AttributeError
+    # "'list' object has no attribute 'detach'"
+    (lambda d: d["state_dict"].__setitem__("g_a.0.weight", [0.0] * 4),
+     r"g_a.0.weight is a list, not a tensor"),
+    (lambda d: d["state_dict"].__setitem__(_table_key(d, "_offset"), [0] * 16),
+     r"_offset is a list, not a tensor"),
+    # bad config widths / gdn: SlimCAE's ValueError, without the file's name
+    (lambda d: d["config"].__setitem__("widths", [0]),
+     r"is a damaged slimkernels model file \(ValueError: widths must be"),
+    (lambda d: d["config"].__setitem__("gdn", "nope"),
+     r"is a damaged slimkernels model file \(ValueError: unknown GDN variant 'nope'"),
+    # damaged CDF tables loaded, and compress failed with the coder's message ("offsets must
+    # be 1-D with cdfs.shape[0] = 16 entries"), the file not named
+    (lambda d: d["state_dict"].__setitem__(_table_key(d, "_offset"),
+                                           torch.zeros(3, dtype=torch.int32)),
+     r"CDF tables of shapes \(16, \d+\), \(16,\), \(3,\) for its 16 channels"),
+], ids=["widths-of-other-shapes", "weight-not-a-tensor", "table-not-a-tensor",
+         "bad-config-widths", "bad-config-gdn", "offset-table-of-3"])
+def test_a_damaged_model_file_is_a_value_error_naming_it(tmp_path, small_model, edit, what):
+    path = _damaged(tmp_path, small_model, edit)
+    with pytest.raises(ValueError, match=rf"^{re.escape(path)} .*{what}") as e:
+        load_model(path)
+    assert len(str(e.value)) < 600
+
+
+def test_a_checkpoint_with_damaged_weight_average_is_named(tmp_path, small_model):
+    """A training checkpoint whose ``ema`` holds a tensor of another shape (torch's
+    RuntimeError listing keys) or whose ``ema_tables`` hold a CDF length of 0 (loaded: compress
+    then failed with the coder's message)."""
+    m = small_model
+    sd = m.state_dict()
+    base = {"model": sd, "config": {"widths": [16, 8], "gdn": "switch"}, "step": 1}
+    ck = tmp_path / "checkpoint.pt"
+    torch.save({**base, "ema": {"g_a.0.weight": torch.zeros(3, 3)}}, ck)
+    with pytest.raises(ValueError, match=r"checkpoint.pt does not match the model its config "
+                                         r"describes \(g_a.0.weight has shape \(3, 3\)"):
+        load_model(str(ck))
+    tables = {k: v.clone() for k, v in sd.items()
+              if k.rsplit(".", 1)[-1] in ("_quantized_cdf", "_cdf_length", "_offset")}
+    tables[[k for k in tables if k.endswith("_cdf_length")][1]][0] = 0
+    ema = {k: v for k, v in m.named_parameters()}
+    torch.save({**base, "ema": ema, "ema_tables": tables}, ck)
+    with pytest.raises(ValueError, match=r"checkpoint.pt is a damaged slimkernels model file "
+                                         r"\(entropy_bottleneck.bottlenecks.1's CDF tables: "
+                                         r"cdf_lengths\[0\] = 0"):
+        load_model(str(ck))
+    torch.save({**base, "ema": ema, "ema_tables": {k: v.clone() for k, v in sd.items()
+                                                   if k in tables}}, ck)
+    assert load_model(str(ck)).model_id() == m.model_id()   # (the undamaged one loads)
+
+
+def test_model_info_of_a_file_whose_info_is_not_a_dict(tmp_path):
+    """(model_info raised dict()'s TypeError "cannot convert dictionary update sequence
+    element #0 to a sequence".)"""
+    torch.save({"format": "slimkernels-model", "info": [1, 2]}, tmp_path / "m.pt")
+    with pytest.raises(ValueError, match=r"m.pt is a damaged slimkernels model file: its info "
+                                         r"is a list, not a dict"):
+        model_info(str(tmp_path / "m.pt"))

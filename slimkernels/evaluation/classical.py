@@ -31,6 +31,27 @@ def _check_codec(codec) -> None:
         raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(_FORMATS)}")
 
 
+def check_qualities(codec: str, qualities, name: str = "qualities") -> List[int]:
+    """``qualities`` of ``codec`` (None or empty: :data:`DEFAULT_QUALITIES`) as a list of ints;
+    ValueError naming the argument ``name`` for a single int, or values that are not ints in
+    0..100 (50.5 ran as 50)."""
+    from .._checks import is_int
+
+    _check_codec(codec)
+    if qualities is None:
+        return list(DEFAULT_QUALITIES[codec])
+    if is_int(qualities) or isinstance(qualities, (str, bytes)):
+        raise ValueError(f"{name} must be a list of ints in 0..100, got {qualities!r}")
+    try:
+        given = list(qualities)
+    except TypeError:
+        raise ValueError(f"{name} must be a list of ints in 0..100, got {qualities!r}") from None
+    bad = [q for q in given if not (is_int(q) and 0 <= q <= 100)]
+    if bad:
+        raise ValueError(f"{name} {bad}: {codec} qualities are ints in 0..100")
+    return [int(q) for q in given] or list(DEFAULT_QUALITIES[codec])
+
+
 def codec_available(codec: str) -> bool:
     """Whether this Pillow build can write ``codec`` (``"jpeg"`` or ``"webp"``).
 
@@ -98,8 +119,7 @@ def evaluate_codec(images: Sequence[torch.Tensor], codec: str,
     """
     if not images:
         raise ValueError("no images to evaluate")
-    _check_codec(codec)
-    qualities = list(qualities or DEFAULT_QUALITIES[codec])
+    qualities = check_qualities(codec, qualities)
     res: Dict[str, List] = {k: [] for k in ("quality", "bpp", "psnr-rgb", "ms-ssim-rgb",
                                             "encoding_time", "decoding_time")}
     per_image = []

@@ -53,8 +53,8 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
     Ctrl-C), removed when it succeeds. ``prog``: the name the errors show.
     """
     from ..pretrained import load_model
-    from .kodak import (OUTPUTS, check_widths, earlier_outputs, evaluate_all,
-                        list_images)
+    from .kodak import (check_widths, earlier_outputs, evaluate_all, list_images,
+                        ms_ssim_size_problem)
 
     def err(msg: str) -> int:
         print(f"{prog}: error: {msg}", file=sys.stderr)
@@ -91,10 +91,9 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
         if given:
             return err(f"--{given[0].replace('_', '-')} has no effect with --no-classical: "
                        f"leave one of them out")
-    small = _too_small_for_ms_ssim(images)
+    small = ms_ssim_size_problem(images)
     if small:
-        return err(f"{small[0]}: {small[1]}x{small[2]} pixels; MS-SSIM (part of every "
-                   f"evaluation) needs both sides > {small[3]}")
+        return err(small)
     earlier = earlier_outputs(args.out)
     if earlier and not args.force:
         return err(f"{args.out} already holds an evaluation ({', '.join(earlier)}): choose "
@@ -112,24 +111,17 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
               "`pip install --no-build-isolation -e .`", file=sys.stderr)
         return 1
     log = None if args.quiet else (lambda s: print(s, flush=True))
-    # --force: the earlier evaluation is set aside (its JPEG / WebP results and other widths'
-    # bitstreams stayed beside a new summary), put back if this run fails, removed if it succeeds
-    aside = _set_aside(args.out, earlier)
-    created = not os.path.exists(args.out)   # (a failed run removes the folder it made)
+    # --force: evaluate_all sets the earlier evaluation aside (its JPEG / WebP results and other
+    # widths' bitstreams stayed beside a new summary), puts it back if this run fails (and
+    # removes this run's outputs and the folder it made), removes it if it succeeds
     try:
         summary = evaluate_all(model, args.folder, args.out, widths=args.widths,
                                precision=args.precision, limit=args.limit,
                                classical=not args.no_classical, jpeg_qualities=args.jpeg_qualities,
                                webp_qualities=args.webp_qualities, streams=args.streams,
-                               progress=log)
-    except BaseException as e:
-        _restore(args.out, OUTPUTS, aside)   # (this run's outputs go: a rerun needs no --force)
-        if created and os.path.isdir(args.out) and not os.listdir(args.out):
-            os.rmdir(args.out)
-        if isinstance(e, ValueError):
-            return err(str(e))
-        raise
-    _discard(aside)
+                               progress=log, overwrite=args.force)
+    except ValueError as e:
+        return err(str(e))
     with open(summary["files"]["table"]) as f:
         print(f.read(), end="")
     g = summary["goals"]
@@ -140,53 +132,6 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
           f"Balle2017={vs}")
     print("wrote " + ", ".join(sorted(v for k, v in summary["files"].items())))
     return 0
-
-
-def _set_aside(out: str, names: List[str]) -> Optional[str]:
-    """Move ``names`` of folder ``out`` into a new hidden folder inside it; returns that folder
-    (None when there is nothing to move)."""
-    if not names:
-        return None
-    import tempfile
-    aside = tempfile.mkdtemp(prefix=".earlier-", dir=out)
-    for n in names:
-        os.replace(os.path.join(out, n), os.path.join(aside, n))
-    return aside
-
-
-def _restore(out: str, names, aside: Optional[str]) -> None:
-    """After a failed run: its outputs named in ``names`` go, and what :func:`_set_aside` moved
-    to ``aside`` (None: nothing) comes back."""
-    from .kodak import remove_outputs
-    remove_outputs(out, names)
-    if aside is None:
-        return
-    for n in os.listdir(aside):
-        os.replace(os.path.join(aside, n), os.path.join(out, n))
-    os.rmdir(aside)
-
-
-def _discard(aside: Optional[str]) -> None:
-    import shutil
-    if aside is not None:
-        shutil.rmtree(aside)
-
-
-def _too_small_for_ms_ssim(paths):
-    """``(path, W, H, min_side)`` of the first image whose smaller side is at most MS-SSIM's
-    limit (read from the file header only), else None."""
-    from PIL import Image
-
-    from .metrics import MS_SSIM_MIN_SIDE
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                w, h = im.size
-        except Exception:  # noqa: BLE001 - unreadable: reported by the evaluation itself
-            continue
-        if min(w, h) <= MS_SSIM_MIN_SIDE:
-            return p, w, h, MS_SSIM_MIN_SIDE
-    return None
 
 
 def main(argv: Optional[List[str]] = None, prog: str = "slimkernels eval") -> int:

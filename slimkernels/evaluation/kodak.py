@@ -47,16 +47,15 @@ def list_images(folder: str, limit: Optional[int] = None) -> List[str]:
     """Sorted image files in ``folder`` (first ``limit`` of them).
 
     Raises:
-        ValueError: ``folder`` is not a directory, holds no images, or ``limit`` < 1.
+        ValueError: ``folder`` is not a directory, holds no images, or ``limit`` is not an
+            int >= 1.
     """
-    if not os.path.isdir(folder):
-        raise ValueError(f"{folder} is not a directory: pass a folder of images (e.g. Kodak PNGs)")
+    _check_folder(folder)
+    _check_limit(limit)
     files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise ValueError(f"{folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
     if limit is not None:
-        if int(limit) < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
         files = files[: int(limit)]
     seen: Dict[str, str] = {}
     for f in files:   # (the results and bitstreams are named by the stem: one overwrote the other)
@@ -65,6 +64,50 @@ def list_images(folder: str, limit: Optional[int] = None) -> List[str]:
             raise ValueError(f"{folder} holds {other} and {f}, which share a name: the results "
                              f"and bitstreams are named by it; rename or remove one")
     return [os.path.join(folder, f) for f in files]
+
+
+def _check_folder(folder: str) -> None:
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder} is not a directory: pass a folder of images (e.g. Kodak PNGs)")
+
+
+def _check_limit(limit) -> None:
+    from .._checks import is_int
+    if limit is not None and not (is_int(limit) and limit >= 1):   # (1.7 ran 1 image, '2' 2)
+        raise ValueError(f"limit must be an int >= 1 (or None: every image), got {limit!r}")
+
+
+def ms_ssim_size_problem(paths: Sequence[str]) -> Optional[str]:
+    """The error message for the first image of ``paths`` whose smaller side is at most
+    MS-SSIM's limit (read from the file header only: an unreadable file is reported when it is
+    read), else None."""
+    from PIL import Image
+
+    from .metrics import MS_SSIM_MIN_SIDE
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+        except Exception:  # noqa: BLE001 - unreadable: reported by the evaluation itself
+            continue
+        if min(w, h) <= MS_SSIM_MIN_SIDE:
+            return (f"{p}: {w}x{h} pixels; MS-SSIM (part of every evaluation) needs both sides "
+                    f"> {MS_SSIM_MIN_SIDE}")
+    return None
+
+
+def check_out_dir(out_dir: str, what: str = "out_dir") -> None:
+    """ValueError when ``out_dir``, or the nearest of its folders that exists, is not a folder
+    (os.makedirs' FileExistsError / NotADirectoryError had come after the work)."""
+    p = os.path.abspath(out_dir)
+    while not os.path.lexists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    if os.path.isdir(p):
+        return
+    if p == os.path.abspath(out_dir):
+        raise ValueError(f"{what} {out_dir} exists and is not a folder: pass a folder (a "
+                         f"missing one is made)")
+    raise ValueError(f"{what} {out_dir} cannot be made: {p} is not a folder")
 
 
 def padded_input(x: torch.Tensor) -> torch.Tensor:
@@ -109,9 +152,24 @@ def _stem(path: str) -> str:
 
 def check_widths(model, widths: Optional[Sequence[int]]) -> List[int]:
     """``widths`` (None: all of the model's) sorted, without repeats; ValueError naming those
-    the model does not have, or that are not ints (96.7 ran as 96)."""
+    the model does not have, or that are not ints (96.7 ran as 96), and for a single int or
+    an empty list (an int was "'int' object is not iterable", [] ran every width)."""
     from .._checks import is_int
-    given = list(widths or model.widths)
+    if widths is None:
+        given = list(model.widths)
+    elif is_int(widths):
+        raise ValueError(f"widths must be a list of widths, got the int {widths}: pass "
+                         f"[{widths}]")
+    else:
+        try:
+            given = list(widths) if not isinstance(widths, (str, bytes)) else None
+        except TypeError:
+            given = None
+        if given is None:
+            raise ValueError(f"widths must be a list of ints, got {widths!r}")
+        if not given:
+            raise ValueError(f"widths is empty: pass some of the model's widths "
+                             f"{list(model.widths)}, or None for all of them")
     odd = [w for w in given if not is_int(w)]
     if odd:
         raise ValueError(f"widths must be ints, got {odd}")
@@ -150,7 +208,8 @@ def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precisi
         images, times medians over images (``*_time`` in seconds, ``*_ms`` in ms).
 
     Raises:
-        ValueError: bad folder, width, precision or limit.
+        ValueError: bad folder, width, precision, limit, streams or ``out_dir`` (a file), an
+            image too small for MS-SSIM (named): all checked before any image is coded.
     """
     from ..io import atomic_write_bytes, read_image
 
@@ -159,7 +218,13 @@ def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precisi
     requested = precision
     precision = resolve_precision(precision, next(model.parameters()).device)
     widths = check_widths(model, widths)
+    _check_streams(streams)
+    if out_dir is not None:
+        check_out_dir(out_dir)
     paths = list_images(folder, limit)
+    small = ms_ssim_size_problem(paths)   # (failed after coding, the image not named)
+    if small:
+        raise ValueError(small)
     model.eval()
     if not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
         model.update()
@@ -234,6 +299,12 @@ def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precisi
             "model_id": model.model_id().hex(),
             "images": [_stem(p) for p in paths], "results": res, "per_width": per_width,
             "per_image": per_image}
+
+
+def _check_streams(streams) -> None:
+    from .._checks import is_int
+    if not (is_int(streams) and 1 <= streams <= 255):
+        raise ValueError(f"streams must be an int in 1..255, got {streams!r}")
 
 
 #: below this shared fraction of the quality range a BD value is reported with a warning
@@ -421,22 +492,87 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
     ``.slim`` files under ``bitstreams/``.
 
     An earlier evaluation in ``out_dir`` (any of :data:`OUTPUTS`) is a FileExistsError, or with
-    ``overwrite`` removed first: its JPEG / WebP results, plot and other widths' bitstreams had
-    stayed beside the new ones.
+    ``overwrite`` replaced: its JPEG / WebP results, plot and other widths' bitstreams had
+    stayed beside the new ones. The arguments are checked first (folder, widths, precision,
+    limit, streams, qualities, ``out_dir``); the earlier evaluation is then set aside, put back
+    when this run fails (a bad image, Ctrl-C: it had been deleted first), and removed when it
+    succeeds. A failed run leaves none of its own outputs (nor the ``out_dir`` it made).
 
     Returns:
         ``{"slimcae": ..., "references": {name: curve}, "bd": {...}, "goals": {...},
         "files": {...}}``.
-    """
-    from ..io import read_image
-    from .classical import codec_available, evaluate_codec
 
-    earlier = earlier_outputs(out_dir)
+    Raises:
+        ValueError: a bad argument (as :func:`evaluate`; JPEG / WebP qualities not ints in
+            0..100, ``out_dir`` a file), before anything is run or set aside.
+        FileExistsError: an earlier evaluation in ``out_dir`` and not ``overwrite``.
+    """
+    from ..codec import resolve_precision
+    from .classical import check_qualities
+
+    check_out_dir(out_dir)
+    earlier = earlier_outputs(out_dir) if os.path.isdir(out_dir) else []
     if earlier and not overwrite:
         raise FileExistsError(f"{out_dir} already holds an evaluation ({', '.join(earlier)}): "
                               f"choose another out_dir, or pass overwrite=True to replace it")
-    remove_outputs(out_dir, earlier)
+    # what would fail late, checked before the earlier evaluation is touched (a typo in the
+    # folder's name, a width the model lacks, a JPEG quality of 200 had removed it)
+    resolve_precision(precision, next(model.parameters()).device)
+    check_widths(model, widths)
+    _check_streams(streams)
+    _check_folder(folder)
+    _check_limit(limit)
+    if classical:
+        jpeg_qualities = check_qualities("jpeg", jpeg_qualities, "jpeg_qualities")
+        webp_qualities = check_qualities("webp", webp_qualities, "webp_qualities")
+    created = not os.path.exists(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    aside = _set_aside(out_dir, earlier)
+    try:
+        summary = _evaluate_all(model, folder, out_dir, widths, precision, limit, classical,
+                                jpeg_qualities, webp_qualities, streams, plot, progress)
+    except BaseException:
+        _restore(out_dir, OUTPUTS, aside)   # (this run's outputs go: a rerun needs no overwrite)
+        if created and os.path.isdir(out_dir) and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+        raise
+    _discard(aside)
+    return summary
+
+
+def _set_aside(out: str, names: List[str]) -> Optional[str]:
+    """Move ``names`` of folder ``out`` into a new hidden folder inside it; returns that folder
+    (None when there is nothing to move)."""
+    if not names:
+        return None
+    aside = tempfile.mkdtemp(prefix=".earlier-", dir=out)
+    for n in names:
+        os.replace(os.path.join(out, n), os.path.join(aside, n))
+    return aside
+
+
+def _restore(out: str, names, aside: Optional[str]) -> None:
+    """After a failed run: its outputs named in ``names`` go, and what :func:`_set_aside` moved
+    to ``aside`` (None: nothing) comes back."""
+    remove_outputs(out, names)
+    if aside is None:
+        return
+    for n in os.listdir(aside):
+        os.replace(os.path.join(aside, n), os.path.join(out, n))
+    os.rmdir(aside)
+
+
+def _discard(aside: Optional[str]) -> None:
+    if aside is not None:
+        shutil.rmtree(aside)
+
+
+def _evaluate_all(model, folder, out_dir, widths, precision, limit, classical, jpeg_qualities,
+                  webp_qualities, streams, plot, progress) -> Dict:
+    """:func:`evaluate_all`'s run, into ``out_dir`` (made, and without earlier outputs)."""
+    from ..io import read_image
+    from .classical import codec_available, evaluate_codec
+
     slim = evaluate(model, folder, widths, precision, limit, out_dir, streams, progress=progress)
     refs: Dict[str, Dict] = {}
     files = {"slimcae": os.path.join(out_dir, "slimcae.json")}

@@ -21,14 +21,38 @@ def rd_plot(slim: Dict, references: Dict[str, Dict], path: str,
 
     Returns:
         ``path``.
+
+    Raises:
+        ValueError: a curve lacks its ``results`` (``slim``: ``width``, ``bpp`` and
+            ``psnr-rgb`` of one length; a reference: ``bpp`` and ``psnr-rgb``), or ``path``'s
+            extension is not a format matplotlib writes.
+        FileNotFoundError: ``path``'s folder does not exist.
     """
+    import errno
+    import os
+
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.backend_bases import FigureCanvasBase
 
     from .metrics import ms_ssim_db
 
+    # (checked first: a results dict without "width" was KeyError 'width', a missing folder or
+    # an unknown extension matplotlib's errors after the plot was drawn)
+    _check_curve(slim, "slim", ("width", "bpp", "psnr-rgb"))
+    for name, ref in references.items():
+        _check_curve(ref, f"references[{name!r}]", ("bpp", "psnr-rgb"))
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"cannot write {path}: the folder {folder} does "
+                                              f"not exist")
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if ext and ext not in formats:
+        raise ValueError(f"cannot write {path}: .{ext} is not an image format matplotlib writes "
+                         f"(one of {', '.join(sorted(formats))})")
     r = slim["results"]
     has_ms = r.get("ms-ssim-rgb") is not None
     fig, axes = plt.subplots(1, 2 if has_ms else 1, figsize=(13 if has_ms else 7, 5), squeeze=False)
@@ -72,3 +96,20 @@ def rd_plot(slim: Dict, references: Dict[str, Dict], path: str,
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _check_curve(curve, name: str, keys) -> None:
+    """ValueError unless ``curve["results"]`` holds lists of one length under ``keys``."""
+    r = curve.get("results") if isinstance(curve, dict) else None
+    if not isinstance(r, dict):
+        raise ValueError(f"rd_plot: {name} must be a dict with a 'results' dict (the CompressAI "
+                         f"layout of kodak.evaluate), got {type(curve).__name__}"
+                         + ("" if not isinstance(curve, dict) else f" keys {sorted(curve)}"))
+    missing = [k for k in keys if not isinstance(r.get(k), (list, tuple))]
+    if missing:
+        raise ValueError(f"rd_plot: {name}['results'] has no list {missing[0]!r} (it has "
+                         f"{sorted(r)})" + (": pass kodak.evaluate's output" if name == "slim"
+                                             else ""))
+    if len({len(r[k]) for k in keys}) != 1:
+        raise ValueError(f"rd_plot: {name}['results'] " + ", ".join(
+            f"{k!r} has {len(r[k])}" for k in keys) + " values: they must have one length")

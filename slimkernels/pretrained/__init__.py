@@ -29,6 +29,10 @@ def bundled_model_path() -> Optional[str]:
 def save_model(model: SlimCAE, path: str, info: Optional[Dict] = None) -> None:
     """Save ``model`` (config + fp32 state_dict incl. CDF tables, built if missing) to ``path``.
 
+    A file at ``path`` is replaced (atomically: an interrupted save leaves it whole); check
+    first where that matters (``python/export_model.py`` refuses an existing file without
+    ``--force``).
+
     ``info``: data stored with it, what :func:`load_model`'s safe loader
     (``torch.load(weights_only=True)``) reads back: dicts, lists, tuples, str, numbers, bool,
     None, tensors (not numpy values, paths or other objects).
@@ -101,8 +105,9 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
 
     Raises:
         FileNotFoundError: no file at ``path`` (or no bundled model in this install).
-        ValueError: the file is not a slimkernels model; ``device`` is not a device name, or
-            names a GPU that torch cannot use here.
+        ValueError: the file is not a slimkernels model, or a damaged one (named, with what is
+            wrong: its config, a tensor's type or shape, its CDF tables); ``device`` is not a
+            device name, or names a GPU that torch cannot use here.
     """
     device = check_device(device)
     if path is None:
@@ -115,11 +120,14 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     obj = load_torch_file(path, "{path} is not a readable model file ({error})")
     if weights not in ("ema", "train"):
         raise ValueError(f"weights must be 'ema' or 'train', got {weights!r}")
+    model_file = isinstance(obj, dict) and obj.get("format") == "slimkernels-model"
+    if not model_file and not (isinstance(obj, dict) and "model" in obj and "config" in obj):
+        raise ValueError(f"{path} is not a slimkernels model file or training checkpoint")
     averaged = False
     try:
-        if isinstance(obj, dict) and obj.get("format") == "slimkernels-model":
+        if model_file:
             cfg, sd = obj["config"], obj["state_dict"]
-        elif isinstance(obj, dict) and "model" in obj and "config" in obj:  # training checkpoint
+        else:  # training checkpoint
             cfg = {"widths": obj["config"]["widths"], "gdn": obj["config"]["gdn"]}
             sd = obj["model"]
             if weights == "ema" and obj.get("ema") is not None:
@@ -131,25 +139,76 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
                     # here, their counts could differ by one with the CPU's vector unit)
                     sd = {**sd, **tables}
                     averaged = False
-        else:
-            raise ValueError(f"{path} is not a slimkernels model file or training checkpoint")
         if not isinstance(cfg, dict) or not isinstance(sd, dict):
             raise TypeError("its config and state_dict must be dicts")
         model = SlimCAE(**cfg)
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
+        # (a config of bad widths / gdn was SlimCAE's ValueError, without the file's name)
         raise ValueError(f"{path} is a damaged slimkernels model file ({type(e).__name__}: {e}); "
                          f"write it again with slimkernels.pretrained.save_model") from None
     missing, unexpected = state_dict_mismatch(model, sd)
     if missing or unexpected:
         raise ValueError(f"{path} does not match the model its config describes: "
                          f"{describe_mismatch(missing, unexpected)}: a damaged or foreign file")
+    wrong = _state_dict_problem(model, sd)
+    if wrong is not None:   # (torch's load_state_dict error listed every key: kilobytes)
+        raise ValueError(f"{path} does not match the model its config describes ({wrong}): a "
+                         f"damaged or foreign file")
     model.load_state_dict(sd)
+    wrong = _table_problem(model)
+    if wrong is not None:   # (they loaded, and compress failed with the coder's message)
+        raise ValueError(f"{path} is a damaged slimkernels model file ({wrong}); write it again "
+                         f"with slimkernels.pretrained.save_model")
     model = model.to(device).eval()
     if averaged or not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
         # (the tables of an averaged entropy model that an older checkpoint holds
         # no tables for are built from it, here)
-        model.update()
+        try:
+            model.update()
+        except ValueError as e:   # (diverged quantiles: the file was not named)
+            raise ValueError(f"{path}: {e}") from None
     return model
+
+
+def _state_dict_problem(model: SlimCAE, sd: Dict) -> Optional[str]:
+    """What makes ``sd`` (its keys those of ``model``) unloadable into ``model``: an entry
+    that is not a tensor, or a weight of another shape (the CDF tables take any shape: they are
+    checked by :func:`_table_problem` once loaded); None when nothing does."""
+    from ..nn.entropy import is_table_key
+    own = model.state_dict()
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            return f"{k} is a {type(v).__name__}, not a tensor"
+        if not is_table_key(k) and tuple(v.shape) != tuple(own[k].shape):
+            return f"{k} has shape {tuple(v.shape)}, the config's model {tuple(own[k].shape)}"
+    return None
+
+
+def _table_problem(model: SlimCAE) -> Optional[str]:
+    """What is wrong with the CDF tables ``model`` loaded (None when nothing is, or when it
+    loaded none: those are built): their dtype or shape for the bottleneck's channels, and
+    (where the range coder is built) what :func:`slimkernels.coding.validate_tables` refuses."""
+    for i, b in enumerate(model.entropy_bottleneck.bottlenecks):
+        where = f"entropy_bottleneck.bottlenecks.{i}"
+        cdf, length, offset = b._quantized_cdf, b._cdf_length, b._offset
+        if not (cdf.numel() or length.numel() or offset.numel()):
+            continue
+        for name, t in (("_quantized_cdf", cdf), ("_cdf_length", length), ("_offset", offset)):
+            if t.dtype != torch.int32:
+                return f"{where}.{name} is {t.dtype}, not torch.int32"
+        C = b.channels
+        if cdf.dim() != 2 or cdf.shape[0] != C or tuple(length.shape) != (C,) or \
+                tuple(offset.shape) != (C,):
+            return (f"{where}: CDF tables of shapes {tuple(cdf.shape)}, {tuple(length.shape)}, "
+                    f"{tuple(offset.shape)} for its {C} channels (want [{C}, L], [{C}], [{C}])")
+        try:
+            from .. import coding
+            coding.validate_tables(cdf.cpu(), length.cpu(), offset.cpu(), precision=b.precision)
+        except ImportError:   # (no coder built: nothing here codes with them)
+            return None
+        except ValueError as e:
+            return f"{where}'s CDF tables: {e}"
+    return None
 
 
 def model_info(path: Optional[str] = None) -> Dict:
@@ -157,7 +216,8 @@ def model_info(path: Optional[str] = None) -> Dict:
     ``{}`` when ``path`` is None and no model is bundled.
 
     Raises:
-        ValueError: ``path`` does not exist, is not a file, or is not a readable model file."""
+        ValueError: ``path`` does not exist, is not a file, is not a readable model file, or
+            its ``info`` is not a dict."""
     path = path or bundled_model_path()
     if path is None:
         return {}
@@ -165,4 +225,8 @@ def model_info(path: Optional[str] = None) -> Dict:
         raise ValueError(f"{path} does not exist or is not a file: pass a model file "
                          f"(slimkernels.pretrained.save_model)")
     obj = load_torch_file(path, "{path} is not a readable model file ({error})")
-    return dict(obj.get("info", {})) if isinstance(obj, dict) else {}
+    info = obj.get("info", {}) if isinstance(obj, dict) else {}
+    if not isinstance(info, dict):   # (a list was dict()'s "cannot convert dictionary update")
+        raise ValueError(f"{path} is a damaged slimkernels model file: its info is a "
+                         f"{type(info).__name__}, not a dict")
+    return dict(info)

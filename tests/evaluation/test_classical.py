@@ -74,3 +74,18 @@ def test_unknown_codec_is_a_value_error():
         evaluate_codec([torch.zeros(1, 3, 8, 8)], "png")
     with pytest.raises(ValueError, match="unknown codec 'avif'"):
         codec_available("avif")
+
+
+def test_qualities_that_are_not_ints_in_range_are_refused():
+    """(50.5 ran as quality 50; a single int 50 was "'int' object is not iterable"; evaluate_all
+    checked the qualities only after the whole SlimCAE run.)"""
+    from slimkernels.evaluation.classical import DEFAULT_QUALITIES, check_qualities
+    with pytest.raises(ValueError, match=r"qualities \[50.5, 101\]: jpeg qualities are ints in "
+                                         r"0..100"):
+        check_qualities("jpeg", [80, 50.5, 101])
+    with pytest.raises(ValueError, match="webp_qualities must be a list of ints in 0..100, got 50"):
+        check_qualities("webp", 50, "webp_qualities")
+    with pytest.raises(ValueError, match=r"qualities \[50.5\]"):
+        evaluate_codec([torch.rand(1, 3, 8, 8)], "jpeg", [50.5])
+    assert check_qualities("jpeg", None) == list(DEFAULT_QUALITIES["jpeg"])
+    assert check_qualities("webp", [90, 10]) == [90, 10]

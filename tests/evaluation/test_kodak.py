@@ -370,3 +370,138 @@ def test_evaluate_all_does_not_mix_two_runs(tiny_model, image_folder, tmp_path):
                        plot=False, overwrite=True)
     assert not (out / "jpeg.json").exists() and not (out / "webp.json").exists()
     assert sorted(p.name for p in (out / "bitstreams").iterdir()) == ["w8"]
+
+
+def _tree(folder):
+    """``{relative path: bytes}`` of every file under ``folder``."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, folder)] = fh.read()
+    return out
+
+
+def _no_coding(monkeypatch, model):
+    """Make ``model.compress`` fail the test: what is checked up front must not code."""
+    def compress(*a, **k):
+        raise AssertionError("an image was coded before the arguments were checked")
+    monkeypatch.setitem(model.__dict__, "compress", compress)   # (undone: the key goes)
+
+
+@needs_coder
+def test_evaluate_all_overwrite_keeps_the_earlier_evaluation_when_the_new_one_fails(
+        tiny_model, image_folder, tmp_path, monkeypatch):
+    """evaluate_all(..., overwrite=True) removed the earlier evaluation before it checked its
+    arguments: a typo in the folder's name, a width the model lacks, a JPEG quality of 200 or
+    an image too small for MS-SSIM left ``out_dir`` empty (and a bad image met mid-run too)."""
+    from PIL import Image
+
+    out = tmp_path / "ev"
+    kodak.evaluate_all(tiny_model, image_folder, str(out), widths=[8], classical=False,
+                       plot=False)
+    before = _tree(out)
+    assert "summary.json" in before and os.path.join("bitstreams", "w8", "a.slim") in before
+    small = tmp_path / "small"
+    small.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(small / "tiny.png")
+    with monkeypatch.context() as mp:
+        _no_coding(mp, tiny_model)
+        for kw, what in ((dict(folder=str(tmp_path / "typo")), "is not a directory"),
+                         (dict(widths=[5]), r"widths \[5\] are not widths of this model"),
+                         (dict(widths=8), "got the int 8"),
+                         (dict(classical=True, jpeg_qualities=[200]),
+                          r"jpeg_qualities \[200\]: jpeg qualities are ints in 0..100"),
+                         (dict(folder=str(small)), "tiny.png: 40x40 pixels; MS-SSIM"),
+                         (dict(limit=1.7), "limit must be an int")):
+            args = dict(folder=image_folder, widths=[16], classical=False, plot=False)
+            args.update(kw)
+            with pytest.raises(ValueError, match=what):
+                kodak.evaluate_all(tiny_model, out_dir=str(out), overwrite=True, **args)
+            assert _tree(out) == before, kw
+    # a bad image met after the run began: the earlier evaluation comes back, this run's
+    # outputs (w16's bitstreams) go
+    with open(os.path.join(image_folder, "b.png"), "r+b") as f:
+        f.truncate(os.path.getsize(f.name) // 2)
+    with pytest.raises(ValueError, match="b.png"):
+        kodak.evaluate_all(tiny_model, image_folder, str(out), widths=[16], classical=False,
+                           plot=False, overwrite=True)
+    assert _tree(out) == before
+    assert not [n for n in os.listdir(out) if n.startswith(".")]   # (nothing set aside left)
+    # into a new folder: a failed run leaves neither its outputs nor the folder it made
+    with pytest.raises(ValueError, match="b.png"):
+        kodak.evaluate_all(tiny_model, image_folder, str(tmp_path / "new"), classical=False,
+                           plot=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_evaluate_checks_image_sizes_and_arguments_before_coding(tiny_model, tmp_path,
+                                                                 monkeypatch):
+    """Images under 161 px failed only after they were coded, with "MS-SSIM needs both image
+    sides > 160 pixels, got (40, 40)" not naming the image; widths=8 was "'int' object is not
+    iterable", widths=[] ran every width, limit=1.7 ran 1 image and limit='2' 2."""
+    from PIL import Image
+
+    from .conftest import make_image
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(make_image(1, 176, 176)).save(d / "a.png")
+    Image.fromarray(make_image(2, 40, 200)).save(d / "tiny.png")
+    _no_coding(monkeypatch, tiny_model)
+    with pytest.raises(ValueError, match=r"tiny.png: 200x40 pixels; MS-SSIM \(part of every "
+                                         r"evaluation\) needs both sides > 160"):
+        kodak.evaluate(tiny_model, str(d), out_dir=str(tmp_path / "o"), warmup=False)
+    assert not (tmp_path / "o").exists()
+    os.remove(d / "tiny.png")
+    for kw, what in ((dict(widths=8), r"widths must be a list of widths, got the int 8: pass "
+                                      r"\[8\]"),
+                     (dict(widths=[]), r"widths is empty: pass some of the model's widths "
+                                       r"\[16, 8\], or None for all of them"),
+                     (dict(widths="16"), "widths must be a list of ints, got '16'"),
+                     (dict(limit=1.7), r"limit must be an int >= 1 \(or None: every image\), "
+                                       r"got 1.7"),
+                     (dict(limit="2"), "limit must be an int >= 1 .*got '2'"),
+                     (dict(streams=0), "streams must be an int in 1..255, got 0")):
+        with pytest.raises(ValueError, match=what):
+            kodak.evaluate(tiny_model, str(d), warmup=False, **kw)
+
+
+def test_an_out_dir_that_is_a_file_is_a_clear_error(tiny_model, image_folder, tmp_path,
+                                                    monkeypatch):
+    """evaluate(out_dir=<a file>) raised NotADirectoryError ".../f/bitstreams" after coding,
+    evaluate_all "FileExistsError: [Errno 17] File exists" (it exists, but is no folder)."""
+    f = tmp_path / "f"
+    f.write_text("x")
+    _no_coding(monkeypatch, tiny_model)
+    with pytest.raises(ValueError, match=r"out_dir .*f exists and is not a folder"):
+        kodak.evaluate(tiny_model, image_folder, out_dir=str(f), warmup=False)
+    with pytest.raises(ValueError, match=r"out_dir .*f exists and is not a folder"):
+        kodak.evaluate_all(tiny_model, image_folder, str(f), classical=False, plot=False)
+    with pytest.raises(ValueError, match=rf"out_dir .* cannot be made: {re.escape(str(f))} is "
+                                         r"not a folder"):
+        kodak.evaluate_all(tiny_model, image_folder, str(f / "sub" / "res"), classical=False,
+                           plot=False)
+    assert f.read_text() == "x"
+
+
+def test_rd_plot_checks_its_curves_and_path_first(tmp_path):
+    """A results dict without 'width' was KeyError 'width'; a path in a missing folder or with
+    an unknown extension was matplotlib's error after the plot was drawn."""
+    slim = _curve([0.1, 0.2], [26.0, 28.0], width=[8, 16])
+    png = str(tmp_path / "rd.png")
+    with pytest.raises(ValueError, match=r"rd_plot: slim\['results'\] has no list 'width' .*"
+                                         r"pass kodak.evaluate's output"):
+        rd_plot(_curve([0.1, 0.2], [26.0, 28.0]), {}, png)
+    with pytest.raises(ValueError, match=r"references\['JPEG'\]\['results'\] has no list "
+                                         r"'psnr-rgb'"):
+        rd_plot(slim, {"JPEG": {"results": {"bpp": [0.1]}}}, png)
+    with pytest.raises(ValueError, match=r"'width' has 3, 'bpp' has 2, 'psnr-rgb' has 2 values"):
+        rd_plot(_curve([0.1, 0.2], [26.0, 28.0], width=[8, 16, 32]), {}, png)
+    with pytest.raises(FileNotFoundError, match=r"cannot write .*rd.png: the folder .*missing "
+                                                r"does not exist"):
+        rd_plot(slim, {}, str(tmp_path / "missing" / "rd.png"))
+    with pytest.raises(ValueError, match=r"\.pnx is not an image format matplotlib writes"):
+        rd_plot(slim, {}, str(tmp_path / "rd.pnx"))
+    assert os.listdir(tmp_path) == []
+    assert rd_plot(slim, {}, png) == png and os.path.exists(png)
