@@ -275,7 +275,8 @@ def _table_key(d, end, i=0):
     # be 1-D with cdfs.shape[0] = 16 entries"), the file not named
     (lambda d: d["state_dict"].__setitem__(_table_key(d, "_offset"),
                                            torch.zeros(3, dtype=torch.int32)),
-     r"CDF tables of shapes \(16, \d+\), \(16,\), \(3,\) for its 16 channels"),
+     r"_offset have shapes \(16, \d+\) / \(16,\) / \(3,\), not \[16, L\] / \[16\] / \[16\] "
+     r"for this model's 16 channels"),
 ], ids=["widths-of-other-shapes", "weight-not-a-tensor", "table-not-a-tensor",
          "bad-config-widths", "bad-config-gdn", "offset-table-of-3"])
 def test_a_damaged_model_file_is_a_value_error_naming_it(tmp_path, small_model, edit, what):
@@ -303,8 +304,8 @@ def test_a_checkpoint_with_damaged_weight_average_is_named(tmp_path, small_model
     ema = {k: v for k, v in m.named_parameters()}
     torch.save({**base, "ema": ema, "ema_tables": tables}, ck)
     with pytest.raises(ValueError, match=r"checkpoint.pt is a damaged slimkernels model file "
-                                         r"\(entropy_bottleneck.bottlenecks.1's CDF tables: "
-                                         r"cdf_lengths\[0\] = 0"):
+                                         r"\(entropy_bottleneck.bottlenecks.1._quantized_cdf: the "
+                                         r"CDF tables are not valid \(cdf_lengths\[0\] = 0"):
         load_model(str(ck))
     torch.save({**base, "ema": ema, "ema_tables": {k: v.clone() for k, v in sd.items()
                                                    if k in tables}}, ck)

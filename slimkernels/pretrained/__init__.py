@@ -154,11 +154,11 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     if wrong is not None:   # (torch's load_state_dict error listed every key: kilobytes)
         raise ValueError(f"{path} does not match the model its config describes ({wrong}): a "
                          f"damaged or foreign file")
-    model.load_state_dict(sd)
-    wrong = _table_problem(model)
-    if wrong is not None:   # (they loaded, and compress failed with the coder's message)
-        raise ValueError(f"{path} is a damaged slimkernels model file ({wrong}); write it again "
-                         f"with slimkernels.pretrained.save_model")
+    try:   # (the entropy models check the CDF tables they load: they had loaded, and
+        model.load_state_dict(sd)   # compress failed with the coder's message)
+    except ValueError as e:
+        raise ValueError(f"{path} is a damaged slimkernels model file ({e}); write it again "
+                         f"with slimkernels.pretrained.save_model") from None
     model = model.to(device).eval()
     if averaged or not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
         # (the tables of an averaged entropy model that an older checkpoint holds
@@ -181,33 +181,6 @@ def _state_dict_problem(model: SlimCAE, sd: Dict) -> Optional[str]:
             return f"{k} is a {type(v).__name__}, not a tensor"
         if not is_table_key(k) and tuple(v.shape) != tuple(own[k].shape):
             return f"{k} has shape {tuple(v.shape)}, the config's model {tuple(own[k].shape)}"
-    return None
-
-
-def _table_problem(model: SlimCAE) -> Optional[str]:
-    """What is wrong with the CDF tables ``model`` loaded (None when nothing is, or when it
-    loaded none: those are built): their dtype or shape for the bottleneck's channels, and
-    (where the range coder is built) what :func:`slimkernels.coding.validate_tables` refuses."""
-    for i, b in enumerate(model.entropy_bottleneck.bottlenecks):
-        where = f"entropy_bottleneck.bottlenecks.{i}"
-        cdf, length, offset = b._quantized_cdf, b._cdf_length, b._offset
-        if not (cdf.numel() or length.numel() or offset.numel()):
-            continue
-        for name, t in (("_quantized_cdf", cdf), ("_cdf_length", length), ("_offset", offset)):
-            if t.dtype != torch.int32:
-                return f"{where}.{name} is {t.dtype}, not torch.int32"
-        C = b.channels
-        if cdf.dim() != 2 or cdf.shape[0] != C or tuple(length.shape) != (C,) or \
-                tuple(offset.shape) != (C,):
-            return (f"{where}: CDF tables of shapes {tuple(cdf.shape)}, {tuple(length.shape)}, "
-                    f"{tuple(offset.shape)} for its {C} channels (want [{C}, L], [{C}], [{C}])")
-        try:
-            from .. import coding
-            coding.validate_tables(cdf.cpu(), length.cpu(), offset.cpu(), precision=b.precision)
-        except ImportError:   # (no coder built: nothing here codes with them)
-            return None
-        except ValueError as e:
-            return f"{where}'s CDF tables: {e}"
     return None
 
 
