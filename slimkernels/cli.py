@@ -464,23 +464,33 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_info(args) -> int:
-    """``slimkernels info``: print each ``.slim`` file's header and metadata; the exit code."""
+    """``slimkernels info``: print each ``.slim`` file's header and metadata; the exit code (1
+    when a file could not be read: each is named, and the files after it are still shown)."""
+    from . import coding
     from .container import SlimFormatError, read
 
+    failed = False
     for path in args.files:
         try:
             f = read(path)
-        except FileNotFoundError:
-            raise CLIError(f"{path} does not exist") from None
-        except SlimFormatError as e:
-            raise CLIError(f"{path}: {e}") from None
+        except (FileNotFoundError, SlimFormatError) as e:
+            _err(f"{path} does not exist" if isinstance(e, FileNotFoundError) else f"{path}: {e}")
+            failed = True
+            continue
         size = os.path.getsize(path)
+        try:   # (the payload's own count: the coder may write fewer than the header's request)
+            held = coding.stream_count(f.payload)
+        except ValueError:
+            held = None
+        streams = (f"{f.streams}" if held == f.streams else
+                   f"{held} (the header asked {f.streams})" if held is not None else
+                   f"{f.streams} asked, payload header unreadable:")
         print(f"{path}: .slim format v{f.version}, model {f.model_id.hex()}, width {f.width}, "
-              f"image {f.img_width}x{f.height}, {f.streams} substream(s), payload "
+              f"image {f.img_width}x{f.height}, {streams} substream(s), payload "
               f"{len(f.payload)} bytes, file {size} bytes, {8 * size / (f.height * f.img_width):.4f} bpp")
         for k, v in f.metadata.items():   # (repr: a key's control characters stay visible)
             print(f"  {k if k.isprintable() else repr(k)}: {v[:80]!r}")
-    return EXIT_OK
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def cmd_eval(args) -> int:

@@ -902,3 +902,24 @@ def test_device_options_take_cpu_and_cuda_only(device, images, tmp_path, capsys)
     if not torch.cuda.is_available():
         assert main(["compress", images["RGB"], str(out), "--device", "cuda:1"]) == 1
         assert "no CUDA GPU is available" in capsys.readouterr().err
+
+
+def test_info_reports_the_substreams_the_payload_holds_and_every_file(model_file, images,
+                                                                      tmp_path, capsys):
+    """(info printed the header's requested substream count, 255, for a payload that holds
+    fewer; and it stopped at the first unreadable file, never showing the ones after it.)"""
+    from slimkernels import coding, container
+    many, one = str(tmp_path / "many.slim"), str(tmp_path / "one.slim")
+    assert main(["compress", images["RGB"], many, "--model", model_file, "--width", "8",
+                 "--streams", "255", "-q"]) == 0
+    assert main(["compress", images["RGB"], one, "--model", model_file, "--width", "8",
+                 "-q"]) == 0
+    held = coding.stream_count(container.read(many).payload)
+    assert held < 255
+    capsys.readouterr()
+    assert main(["info", many, images["RGB"], str(tmp_path / "missing.slim"), one]) == 1
+    r = capsys.readouterr()
+    lines = r.out.splitlines()
+    assert f"{held} (the header asked 255) substream(s)" in lines[0]
+    assert lines[1].startswith(one) and ", 1 substream(s)," in lines[1]
+    assert f"{images['RGB']}: " in r.err and "missing.slim does not exist" in r.err
