@@ -36,9 +36,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="device of the transforms: cpu, cuda, "
                         "cuda:N (default: cpu)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice; 1 is much faster "
-                             "on a machine busy with other work)")
-    parser.add_argument("--quiet", action="store_true", help="no per-image lines")
+                        help="torch intra-op threads (default or 0: torch's choice, as for "
+                             "compress; 1 is much faster on a machine busy with other work)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no per-image lines")
     parser.add_argument("-f", "--force", action="store_true",
                         help="replace the results of an earlier evaluation in --out")
     return parser
@@ -60,9 +60,9 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
 
-    if args.threads is not None:
-        if args.threads < 1:
-            return err(f"--threads must be >= 1, got {args.threads}")
+    if args.threads:   # (None or 0: torch's choice, as compress / decompress / train take 0)
+        if args.threads < 0:
+            return err(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
         from .._checks import too_many_threads
         if too_many_threads(args.threads):
             return err(too_many_threads(args.threads))

@@ -505,3 +505,23 @@ def test_rd_plot_checks_its_curves_and_path_first(tmp_path):
         rd_plot(slim, {}, str(tmp_path / "rd.pnx"))
     assert os.listdir(tmp_path) == []
     assert rd_plot(slim, {}, png) == png and os.path.exists(png)
+
+
+def test_cli_threads_zero_is_torch_s_choice_as_in_compress(image_folder, tmp_path, capsys,
+                                                            monkeypatch):
+    """(eval refused --threads 0, "must be >= 1", where compress, decompress and train take 0 as
+    "torch's default"; eval had no -q either.)"""
+    import torch
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    out = tmp_path / "r"
+    # (stopped right after the thread setting: a folder without images)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_eval(_args([str(empty), "--out", str(out), "--threads", "0", "-q"])) == 2
+    err = capsys.readouterr().err
+    assert "--threads" not in err and calls == []
+    assert run_eval(_args([str(empty), "--out", str(out), "--threads", "-1"])) == 2
+    assert "--threads must be >= 0 (0: torch's choice), got -1" in capsys.readouterr().err
+    assert run_eval(_args([str(empty), "--out", str(out), "--threads", "1"])) == 2
+    assert calls == [1]
