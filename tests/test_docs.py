@@ -486,3 +486,17 @@ def test_readme_machine_bullets_quote_their_latest_reports():
         det = json.load(f)["goals"]["vs_plain_fp32"]["detail"]
     comp = [v for k, v in det.items() if k.startswith("compress w=")]
     assert (float(m.group(1)), float(m.group(2))) == (round(min(comp), 2), round(max(comp), 2))
+
+
+def test_evaluation_md_synopsis_names_every_eval_option():
+    """(the synopsis had no --device and listed --precision fp32|bf16 without auto.)"""
+    import argparse
+    from slimkernels.evaluation.cli import add_eval_arguments
+    doc = _text(os.path.join("docs", "evaluation.md"))
+    syn = doc[doc.index("slimkernels eval ../shared/data/kodak"):]
+    syn = syn[:syn.index("```")]
+    for a in add_eval_arguments(argparse.ArgumentParser())._actions:
+        if a.option_strings and a.dest != "help":
+            assert any(o in syn for o in a.option_strings), a.option_strings
+            if a.choices:
+                assert "|".join(a.choices) in syn, a.choices
