@@ -70,7 +70,9 @@ def generated_images(n, size, seed=0):
 
 
 def folder_crops(folder, n, crop):
-    """``n`` random ``crop`` x ``crop`` crops ``[n, 3, crop, crop]`` from images in ``folder``."""
+    """``n`` random ``crop`` x ``crop`` crops ``[n, 3, crop, crop]`` from the first 16 images of
+    ``folder`` (by name): one fixed pool, which the example's training draws from (a few
+    minutes' run; ``slimkernels train`` samples fresh crops from every image at every step)."""
     from slimkernels.training.data import CropSampler, list_images, load_rgb
     return CropSampler([load_rgb(p) for p in list_images(folder)[:16]], seed=0).sample(n, crop)
 
@@ -110,7 +112,8 @@ def psnr(a, b):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="../shared/data/train", help="folder of training images")
+    p.add_argument("--data", default="../shared/data/train",
+                   help="folder of training images (the example takes 64 crops of its first 16)")
     p.add_argument("--image", default=SAMPLE, help="image to compress (default: bundled sample)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--crop", type=int, default=128)
