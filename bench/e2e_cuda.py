@@ -152,8 +152,8 @@ def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
                  device: Optional[str] = None, dry_run: bool = False, use_compile: bool = True,
                  compile_widths: Optional[List[int]] = None,
                  on_row: Optional[Callable[[Dict], None]] = None, log=print) -> Dict:
-    """Rows per width and dtype: encoder / decoder transforms (ours, ours + CUDA graph, eager,
-    torch.compile) and ours compress / decompress (the library's defaults: CUDA graphs from the
+    """Rows per width and dtype: encoder / decoder transforms (ours, ours + CUDA graph, plain
+    eager, plain eager + CUDA graph, torch.compile) and ours compress / decompress (the library's defaults: CUDA graphs from the
     second call with a key, ``cuda_graph=None``), in ms, with the same-run ratios.
 
     Args:
@@ -199,15 +199,20 @@ def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
             g_enc, g_dec = GraphRunner(f_enc, x), GraphRunner(f_dec, y_hat)
             p_enc = ac(lambda a, w=width: plain.encode(a, w))
             p_dec = ac(plain.decode)
+            # plain PyTorch replayed from a CUDA graph too: what a user gets from
+            # torch.cuda.graphs without this library (graph against graph, next to the issue's
+            # graph against eager)
+            gp_enc, gp_dec = GraphRunner(p_enc, x), GraphRunner(p_dec, y_hat)
             fns = {"enc_ours": lambda: f_enc(x), "enc_graph": lambda: g_enc(x),
-                   "enc_eager": lambda: p_enc(x), "dec_ours": lambda: f_dec(y_hat),
-                   "dec_graph": lambda: g_dec(y_hat), "dec_eager": lambda: p_dec(y_hat)}
-            notes = [f"{k} graph: {g.error}" for k, g in (("enc", g_enc), ("dec", g_dec))
-                     if g.error]
-            if g_enc.error:
-                del fns["enc_graph"]
-            if g_dec.error:
-                del fns["dec_graph"]
+                   "enc_eager": lambda: p_enc(x), "enc_eager_graph": lambda: gp_enc(x),
+                   "dec_ours": lambda: f_dec(y_hat), "dec_graph": lambda: g_dec(y_hat),
+                   "dec_eager": lambda: p_dec(y_hat), "dec_eager_graph": lambda: gp_dec(y_hat)}
+            runners = (("enc_graph", g_enc), ("dec_graph", g_dec), ("enc_eager_graph", gp_enc),
+                       ("dec_eager_graph", gp_dec))
+            notes = [f"{k}: {g.error}" for k, g in runners if g.error]
+            for k, g in runners:
+                if g.error:
+                    del fns[k]
             compile_s = None
             if compile_ok and (compile_widths is None or width in compile_widths):
                 try:
@@ -232,6 +237,9 @@ def cuda_section(model, x: torch.Tensor, widths=e2e.WIDTHS, repeats: int = 20,
             for part in ("enc", "dec"):
                 best = min(t[f"{part}_ours"], t.get(f"{part}_graph", float("inf")))
                 row[f"{part}_speedup_vs_eager"] = t[f"{part}_eager"] / best
+                if f"{part}_eager_graph" in t and f"{part}_graph" in t:
+                    row[f"{part}_graph_vs_eager_graph"] = (t[f"{part}_eager_graph"]
+                                                           / t[f"{part}_graph"])
                 if f"{part}_compile" in t:
                     row[f"{part}_speedup_vs_compile"] = t[f"{part}_compile"] / best
             rows.append(row)
@@ -290,9 +298,11 @@ def cuda_markdown(res: Dict) -> str:
                      "same code on a tiny image (no CUDA graphs, no torch.compile) and say "
                      "nothing about GPU speed. Run `bash bench/gpu_session.sh` on a CUDA machine.")
         lines.append("")
-    cols = ["width", "dtype", "enc_ours_ms", "enc_graph_ms", "enc_eager_ms", "enc_compile_ms",
-            "dec_ours_ms", "dec_graph_ms", "dec_eager_ms", "dec_compile_ms", "compress_ms",
-            "decompress_ms", "enc_speedup_vs_eager", "dec_speedup_vs_eager"]
+    cols = ["width", "dtype", "enc_ours_ms", "enc_graph_ms", "enc_eager_ms", "enc_eager_graph_ms",
+            "enc_compile_ms", "dec_ours_ms", "dec_graph_ms", "dec_eager_ms",
+            "dec_eager_graph_ms", "dec_compile_ms", "compress_ms", "decompress_ms",
+            "enc_speedup_vs_eager", "dec_speedup_vs_eager", "enc_graph_vs_eager_graph",
+            "dec_graph_vs_eager_graph"]
     lines.append("| " + " | ".join(c.replace("_ms", " ms") for c in cols) + " |")
     lines.append("|" + "---|" * len(cols))
     for r in res["rows"]:

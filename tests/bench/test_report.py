@@ -92,6 +92,9 @@ def test_report_quick(tmp_path):
     cuda = json.loads((tmp_path / "cuda_dry_run.json").read_text())
     assert cuda["dry_run"] and cuda["rows"]
     assert {"enc_ours_ms", "enc_graph_ms", "enc_eager_ms", "compress_ms"} <= set(cuda["rows"][0])
+    # (plain PyTorch under a CUDA graph as well: graph against graph, beside graph against eager)
+    assert {"enc_eager_graph_ms", "dec_eager_graph_ms", "enc_graph_vs_eager_graph",
+            "dec_graph_vs_eager_graph"} <= set(cuda["rows"][0])
     png = (tmp_path / "e2e_time.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
