@@ -94,13 +94,18 @@ def static_table(shapes=GPU_SHAPES, widths=WIDTHS):
 # ------------------------------------------------------------------------------------- CPU
 def _median_interleaved(fns, reps, warmup=2, stat=statistics.median):
     """Median (or ``stat``) seconds of each fn, measured round-robin so that load changes hit
-    all alike."""
+    all alike, in a new order every round (fixed seed: a fixed order biased a null A/B by
+    1.04-1.15x on this project's 2-core VM, docs/performance.md)."""
+    import random
+    rng = random.Random(0)
     for f in fns.values():
         for _ in range(warmup):
             f()
     ts = {k: [] for k in fns}
+    order = list(fns.items())
     for _ in range(reps):
-        for k, f in fns.items():
+        rng.shuffle(order)
+        for k, f in order:
             t0 = time.perf_counter()
             f()
             ts[k].append(time.perf_counter() - t0)
