@@ -292,7 +292,9 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
          f"{_f(meta['load_avg'][0] if meta.get('load_avg') else None, 2)}.", "",
          f"Command: `{meta['command']}`", ""] + ([meta["note"], ""] if meta.get("note") else []) + (
          ["glibc malloc thresholds tuned for the timings (`slimkernels.allocator.tune_malloc`, as "
-          "the command-line tools do); the memory children run with the defaults.", ""]
+          "the command-line tools do); the memory children do not tune them: they serve every "
+          "block >= 64 KiB by mmap (`MALLOC_MMAP_THRESHOLD_=65536`), so that RSS follows the "
+          "live tensors.", ""]
          if meta.get("malloc_tuned") else []) + [
          f"Image: {meta['image']} ({res['image']['width']}x{res['image']['height']}); model: "
          f"{meta['model']}. Medians of {meta['repeats']} interleaved repeats (all "
@@ -543,7 +545,7 @@ def main(argv=None) -> int:
                          "slower: fp32 alone keeps the report to minutes)")
     ap.add_argument("--no-tune-malloc", action="store_true",
                     help="keep glibc's default thresholds for the timings (the CLI tunes them: "
-                         "slimkernels.allocator; the memory children never do)")
+                         "slimkernels.allocator; the memory children never do: they map every block >= 64 KiB)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-layers", action="store_true")
     ap.add_argument("--no-compressai", action="store_true")
