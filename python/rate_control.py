@@ -118,8 +118,11 @@ def _main(argv, made) -> int:
                                                  "(e.g. runs/slimcae/checkpoint.pt); default: "
                                                  "the bundled model")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--max-images", type=int, default=0, help="use only the first N images")
+    p.add_argument("--limit", "--max-images", dest="limit", type=int, default=0,
+                   help="only the first N images (as eval --limit; --max-images: its earlier "
+                        "name)")
     p.add_argument("--json", default=None, help="write the tables and choices to this file")
+    p.add_argument("-f", "--force", action="store_true", help="replace an existing --json file")
     p.add_argument("--tiny", action="store_true",
                    help="random-weight model; generated images unless a folder is given (CI)")
     args = p.parse_args(argv)
@@ -130,13 +133,13 @@ def _main(argv, made) -> int:
                                              args.target_psnr > 0):
         p.error(f"--target-psnr must be a finite number > 0, got {args.target_psnr}")
     if args.json:   # (checked before the work: it was overwritten, or failed after it)
-        if os.path.exists(args.json):
-            p.error(f"--json {args.json} exists: not overwriting it")
+        if os.path.isdir(args.json) or (os.path.exists(args.json) and not args.force):
+            p.error(f"--json {args.json} exists: not overwriting it (-f replaces a file)")
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
             p.error(f"--json {args.json}: its folder does not exist")
 
     from slimkernels.evaluation.kodak import json_finite
-    from slimkernels.io import read_image
+    from slimkernels.io import atomic_write_bytes, read_image
     from slimkernels.training.data import list_images
     if args.tiny:
         if args.folder is None:   # generated images in a new temporary folder
@@ -158,7 +161,9 @@ def _main(argv, made) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    paths = paths[:args.max_images] if args.max_images > 0 else paths
+    if args.limit < 0:
+        p.error(f"--limit must be >= 1 (or 0: every image), got {args.limit}")
+    paths = paths[:args.limit] if args.limit > 0 else paths
 
     goal_txt = (f"target {args.target_bpp} bpp" if args.target_bpp is not None
                 else f"target {args.target_psnr} dB PSNR")
@@ -199,12 +204,12 @@ def _main(argv, made) -> int:
             (args.target_psnr is not None and m["psnr"] < args.target_psnr):
         print(f"note: no width reaches the {goal_txt} on average; width {folder_w} is the "
               f"closest ({m['bpp']:.3f} bpp, {m['psnr']:.2f} dB)")
-    if args.json:
-        with open(args.json, "x") as f:   # (a lossless row's inf PSNR: null, strict JSON)
-            json.dump(json_finite({"goal": goal_txt, "widths": model.widths,
-                                   "macs_per_pixel": cost, "per_image": tables,
-                                   "chosen": chosen, "folder_means": mean,
-                                   "folder_width": folder_w}), f, indent=1, allow_nan=False)
+    if args.json:   # (a lossless row's inf PSNR: null, strict JSON; a whole file or none)
+        text = json.dumps(json_finite({"goal": goal_txt, "widths": model.widths,
+                                       "macs_per_pixel": cost, "per_image": tables,
+                                       "chosen": chosen, "folder_means": mean,
+                                       "folder_width": folder_w}), indent=1, allow_nan=False)
+        atomic_write_bytes(args.json, text.encode(), overwrite=args.force)
     return 0
 
 

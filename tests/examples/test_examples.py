@@ -321,3 +321,20 @@ def test_rate_control_counts_every_gdn_variant_once():
     counts = {g: rc.macs_per_pixel(SlimCAE(widths=(16, 8), gdn=g).eval(), 16)
               for g in ("switch", "slim", "slim+")}
     assert counts["switch"] == counts["slim"] == counts["slim+"] > 0
+
+
+def test_rate_control_takes_eval_s_limit_and_force_for_its_json(tmp_path):
+    """(it named the image count --max-images where eval says --limit, and an existing --json
+    could not be replaced at all: "not overwriting it", no -f as the other tools have.)"""
+    out = tmp_path / "rc.json"
+    out.write_text("keep")
+    r = run("rate_control.py", "--tiny", "--target-bpp", 0.7, "--limit", 2, "--json", out)
+    assert r.returncode == 2 and "not overwriting it (-f replaces a file)" in r.stderr
+    assert out.read_text() == "keep"
+    r = run("rate_control.py", "--tiny", "--target-bpp", 0.7, "--limit", 2, "--json", out, "-f")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(out.read_text())["per_image"]) == 2
+    r = run("rate_control.py", "--tiny", "--target-bpp", 0.7, "--max-images", 1)
+    assert r.returncode == 0 and "1 images in" in r.stdout
+    r = run("rate_control.py", "--tiny", "--target-bpp", 0.7, "--limit", -1)
+    assert r.returncode == 2 and "--limit must be >= 1 (or 0: every image), got -1" in r.stderr
