@@ -101,7 +101,8 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     refused elsewhere. A model file (:func:`save_model`, ``python/export_model.py``) always
     stores its tables: share files written with one. ``weights`` picks, for a checkpoint
     that keeps a moving average of its weights (the trainer's ``ema``), the average (``"ema"``,
-    default: what the trainer validates) or the training weights (``"train"``).
+    default: what the trainer validates) or the training weights (``"train"``); a checkpoint
+    without an average (``--ema 0``) and a model file hold one set of weights, which both give.
 
     Raises:
         FileNotFoundError: no file at ``path`` (or no bundled model in this install).
