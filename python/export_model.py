@@ -6,8 +6,8 @@
 The weights are the moving average of the training weights when the checkpoint has one (the
 trainer's --ema, on by default; --raw takes the training weights instead); the CDF tables are built
 from the exported entropy model. The info stored with the model records the training run: steps,
-crop sizes, lambdas (initial and current), learning rate, which weights, data folder's name (not its path), and the log's
-last validation. Refuses to overwrite without --force.
+crop sizes, lambdas (initial and current), learning rate, which weights, the data folder's name
+(not its path), and the log's last validation. Refuses to overwrite without --force.
 
 A fine-tuning branch (e.g. a copy of the run resumed with a lower --lr and --no-schedule) has no
 schedule state of its own: --schedule-from MAIN_CHECKPOINT records the main run's (its lambdas
