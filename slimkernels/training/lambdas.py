@@ -5,10 +5,31 @@ Lambdas use the 255^2 convention: loss_k = bpp_k + lambda_k * 255^2 * MSE_k.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Dict, List, Optional, Sequence
 
 # the official predefined lambdas (2048 ... 128 on the [0,1]-MSE scale) in the 255^2 convention
 PREDEFINED_LAMBDAS = (0.0315, 0.0157, 0.00787, 0.00394, 0.00197)
+
+
+def check_lambdas(lambdas, where: str, count: Optional[int] = None) -> List[float]:
+    """``lambdas`` as a list of floats; ValueError naming ``where`` unless it is a sequence of
+    finite numbers > 0 (a negative lambda rewards distortion; NaN or inf make the loss NaN),
+    with ``count`` entries when given (one per width: paired with the widths by position, a
+    missing one left its width out of the loss)."""
+    if isinstance(lambdas, (str, bytes, dict)) or not hasattr(lambdas, "__iter__"):
+        raise ValueError(f"{where}: lambdas must be a list of numbers (one per width), got "
+                         f"{lambdas!r}")
+    # (numpy scalars and 0-dim tensors as their Python numbers)
+    lams = [v.item() if getattr(v, "ndim", None) == 0 and hasattr(v, "item") else v
+            for v in lambdas]
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < math.inf
+           for v in lams):
+        raise ValueError(f"{where}: lambdas {lams} must be finite numbers > 0")
+    if count is not None and len(lams) != count:
+        raise ValueError(f"{where}: {len(lams)} lambdas for {count} widths: give one lambda "
+                         f"per width")
+    return [float(v) for v in lams]
 
 
 def rd_slope(bpp: Sequence[float], psnr: Sequence[float], i: int) -> float:

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .._checks import is_int, too_many_threads
+from .._checks import check_image_tensor, is_int, too_many_threads, width_list
 from .._device import check_device, cli_device
 from .._state import describe_mismatch, first_non_finite, state_dict_mismatch
 from ..codec import native_bf16
@@ -29,7 +29,7 @@ from ..nn.entropy import check_quantization, is_table_key
 from ..nn.gdn import GDN_VARIANTS
 from ..ops.gdn import compiled_training
 from .data import CropSampler, center_crops, list_images, load_rgb, split_train_val
-from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler
+from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler, check_lambdas
 
 
 def _opt(default, help: str, factory=None, auto_bool: bool = False, arg_type=None,
@@ -207,9 +207,26 @@ def rd_loss(model: nn.Module, x: torch.Tensor, widths, lambdas, bf16: bool,
             only).
         x: ``[N, 3, H, W]`` float32 in [0, 1].
         quantization: ``"noise"`` or ``"mixed"`` (see :meth:`slimkernels.codec.SlimCodec.forward`).
+        widths, lambdas: the widths to train and one finite lambda > 0 per width (paired by
+            position).
+        bf16: True or False.
     Returns:
         ``(loss 0-dim float32, {"bpp": [K], "mse": [K]} floats)``.
+    Raises:
+        TypeError: ``x`` is not a tensor.
+        ValueError: ``x`` is not ``[N, 3, H, W]`` floats; ``widths`` is not a list of ints;
+            ``lambdas`` is not one finite number > 0 per width (2 widths and 1 lambda had left
+            the second width out of the loss, a negative lambda rewarded distortion);
+            ``bf16`` is not a bool.
     """
+    check_image_tensor(x, "rd_loss")
+    if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise ValueError(f"rd_loss expects a batch of RGB images [N, 3, H, W] float in [0, 1], "
+                         f"got {tuple(x.shape)} {x.dtype}")
+    widths = width_list(widths, "rd_loss")
+    lambdas = check_lambdas(lambdas, "rd_loss", len(widths))
+    if not isinstance(bf16, bool):
+        raise ValueError(f"rd_loss: bf16={bf16!r} must be True or False")
     N, _, H, W = x.shape
     num_pixels = N * H * W
     total = x.new_zeros(())
@@ -411,7 +428,7 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.rank)
         self.device = check_device(cfg.device)
         #: the resolved ``cfg.bf16``: whether the transforms run under bf16 autocast
-        self.bf16 = native_bf16(self.device) if cfg.bf16 is None else bool(cfg.bf16)
+        self.bf16 = bool(native_bf16(self.device)) if cfg.bf16 is None else bool(cfg.bf16)
         self.model = SlimCAE(cfg.widths, cfg.gdn).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

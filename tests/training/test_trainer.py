@@ -973,3 +973,42 @@ def test_validation_records_no_gradient(monkeypatch):
     monkeypatch.setattr(SlimCAE, "forward", spy)
     validate(model, torch.rand(2, 3, 32, 32), [8, 4], bf16=False)
     assert seen and not any(seen)
+
+
+@pytest.mark.parametrize("widths,lambdas,msg", [
+    ([8, 4], [0.01], r"rd_loss: 1 lambdas for 2 widths: give one lambda per width"),
+    ([8, 4], [-0.01, 0.01], r"rd_loss: lambdas \[-0.01, 0.01\] must be finite numbers > 0"),
+    ([8, 4], [float("nan"), 0.01], r"rd_loss: lambdas \[nan, 0.01\] must be finite"),
+    ([8, 4], ["0.01", 0.01], r"rd_loss: lambdas \['0.01', 0.01\] must be finite"),
+    (8, [0.01], r"rd_loss: widths must be a sequence of ints, got 8"),
+])
+def test_rd_loss_refuses_lambdas_that_do_not_pair_with_the_widths(widths, lambdas, msg):
+    """rd_loss zipped the widths with the lambdas: 2 widths and 1 lambda returned the loss of
+    the first width alone (the second never trained), a negative lambda gave a loss that
+    rewards distortion, a str lambda or a single int width failed inside torch / zip."""
+    from slimkernels.models import SlimCAE
+    from slimkernels.training import rd_loss
+    with pytest.raises(ValueError, match=msg):
+        rd_loss(SlimCAE([8, 4]), torch.rand(1, 3, 32, 32), widths, lambdas, False)
+
+
+def test_rd_loss_refuses_images_it_cannot_train_on():
+    """(A 3-D image: "not enough values to unpack (expected 4, got 3)"; a numpy image:
+    AttributeError 'new_zeros'; bf16='no': torch's set_autocast_enabled TypeError.)"""
+    from slimkernels.models import SlimCAE
+    from slimkernels.training import rd_loss
+    m = SlimCAE([8, 4])
+    with pytest.raises(ValueError, match=r"rd_loss expects a batch of RGB images \[N, 3, H, W\] "
+                                         r"float in \[0, 1\], got \(3, 32, 32\)"):
+        rd_loss(m, torch.rand(3, 32, 32), [8], [0.01], False)
+    with pytest.raises(TypeError, match="rd_loss expects the image as a tensor, got ndarray"):
+        rd_loss(m, np.random.rand(1, 3, 32, 32).astype(np.float32), [8], [0.01], False)
+    with pytest.raises(ValueError, match=r"rd_loss: bf16='no' must be True or False"):
+        rd_loss(m, torch.rand(1, 3, 32, 32), [8], [0.01], "no")
+    # numpy numbers and 0-dim tensors are numbers: the loss is the float lambdas' one
+    torch.manual_seed(0)
+    want, _ = rd_loss(m, torch.full((1, 3, 32, 32), 0.5), [8, 4], [0.01, 0.002], False)
+    torch.manual_seed(0)
+    got, _ = rd_loss(m, torch.full((1, 3, 32, 32), 0.5), np.array([8, 4]),
+                     [np.float64(0.01), torch.tensor(0.002, dtype=torch.float64)], False)
+    assert float(got.detach()) == float(want.detach())
