@@ -494,9 +494,14 @@ class Trainer:
                                                                      "step", "lambdas"))):
                 raise ValueError(f"{self.ckpt_path} is not a checkpoint of this trainer; move it "
                                  f"out of the run folder to start a new run there")
+            saved = ck.get("config") if isinstance(ck.get("config"), dict) else {}
+            # (they were trusted: 1 lambda for 2 widths trained the second width with no loss
+            # term, a negative one rewarded distortion)
+            ck_lambdas = self._checkpoint_lambdas(ck["lambdas"], "lambdas")
+            if saved.get("lambdas") is not None:
+                self._checkpoint_lambdas(saved["lambdas"], "config's lambdas")
             if cfg.lambdas is None:   # (unset: the lambdas the run started with)
-                saved = ck.get("config") if isinstance(ck.get("config"), dict) else {}
-                cfg.lambdas = list(saved.get("lambdas") or ck["lambdas"])
+                cfg.lambdas = list(saved.get("lambdas") or ck_lambdas)
             _check_same_run(ck.get("config"), cfg, self.ckpt_path)
             # (the saved tables are for loading the checkpoint as a model: the training model's
             # stay empty, as in a run that did not resume)
@@ -511,7 +516,7 @@ class Trainer:
                     group["fused"] = opt.defaults.get("fused")
                     group["foreach"] = opt.defaults.get("foreach")
             self.step = ck["step"]
-            self.lambdas = list(ck["lambdas"])
+            self.lambdas = ck_lambdas
             # the search's next step; before it began (no first reference slope measured yet,
             # e.g. a run trained without --schedule, or stopped before its --schedule-start),
             # an explicit --schedule-start of this run applies
@@ -574,9 +579,13 @@ class Trainer:
                 if cfg.init_continue:
                     self.step, lambdas = _init_progress(ck, cfg.init)
                     if lambdas is not None:
-                        if len(lambdas) != len(cfg.widths):
-                            raise ValueError(f"{cfg.init} was trained with {len(lambdas)} lambdas "
-                                             f"but this run has {len(cfg.widths)} widths")
+                        try:
+                            lambdas = check_lambdas(lambdas, "--init", len(cfg.widths))
+                        except ValueError:   # (a count or values the loss cannot use)
+                            raise ValueError(f"{cfg.init} was trained with lambdas {lambdas!r}, "
+                                             f"not one finite number > 0 per width of this run "
+                                             f"({len(cfg.widths)} widths): leave out "
+                                             f"--init-continue to train with --lambdas") from None
                         self.lambdas = list(lambdas)
                     msg += f"; continuing at step {self.step} with lambdas {self.lambdas}"
                     sched, due = _init_schedule(ck)
@@ -592,6 +601,20 @@ class Trainer:
                 self._print(msg)
             if self.scheduler is None:
                 self._make_scheduler(None, None)
+
+    def _damaged(self, what: str) -> ValueError:
+        """The error for a checkpoint.pt whose ``what`` cannot be resumed from."""
+        return ValueError(f"{self.ckpt_path} is damaged: {what}; move it out of the run folder "
+                          f"to start a new run there")
+
+    def _checkpoint_lambdas(self, lambdas, what: str) -> List[float]:
+        """The checkpoint's ``lambdas`` (its entry ``what``) as floats; ValueError naming the
+        checkpoint unless they are one finite number > 0 per width."""
+        try:
+            return check_lambdas(lambdas, what, len(self.cfg.widths))
+        except ValueError:
+            raise self._damaged(f"its {what} {lambdas!r} are not one finite number > 0 per "
+                                f"width ({len(self.cfg.widths)} widths)") from None
 
     def _make_scheduler(self, state: Optional[Dict], trained) -> None:
         """``self.scheduler`` (with ``cfg.schedule``) from the lambdas the run trains with

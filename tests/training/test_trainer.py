@@ -1012,3 +1012,40 @@ def test_rd_loss_refuses_images_it_cannot_train_on():
     got, _ = rd_loss(m, torch.full((1, 3, 32, 32), 0.5), np.array([8, 4]),
                      [np.float64(0.01), torch.tensor(0.002, dtype=torch.float64)], False)
     assert float(got.detach()) == float(want.detach())
+
+
+@pytest.mark.parametrize("where", ["lambdas", "config"])
+@pytest.mark.parametrize("lambdas", [[0.01], [-1.0, 0.002], [float("nan"), 0.002], "ab"])
+def test_resume_refuses_checkpoint_lambdas_that_cannot_train(image_dir, tmp_path, where, lambdas):
+    """The checkpoint's lambdas were trusted (the count check ran on the options before the
+    resume): 1 lambda for 2 widths resumed and trained width 4 with no loss term, [-1.0, 0.002]
+    trained with a negative lambda, NaN failed later as "loss is nan: lower the lr"."""
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=1, lambdas=None), log=lambda *_: None).fit()
+    ck = tmp_path / "r" / "checkpoint.pt"
+    c = torch.load(ck, weights_only=False)
+    if where == "lambdas":
+        c["lambdas"], c["config"]["lambdas"] = lambdas, None
+    else:
+        c["config"]["lambdas"] = lambdas
+    torch.save(c, ck)
+    key = "lambdas" if where == "lambdas" else "config's lambdas"
+    with pytest.raises(ValueError, match=rf"{re.escape(str(ck))} is damaged: its {key} .* are "
+                                         rf"not one finite number > 0 per width \(2 widths\); "
+                                         rf"move it out of the run folder"):
+        Trainer(_cfg(image_dir, tmp_path / "r", steps=2, lambdas=None), log=lambda *_: None)
+
+
+def test_init_continue_refuses_lambdas_that_cannot_train(image_dir, tmp_path):
+    """--init-continue checked the count of the init file's lambdas, not their values: a
+    negative one trained silently."""
+    from slimkernels.models import SlimCAE
+    from slimkernels.pretrained import save_model
+    m = SlimCAE([8, 4])
+    m.update()
+    path = str(tmp_path / "model.pt")
+    save_model(m, path, info={"steps": 3, "lambdas_final": [-0.01, 0.002]})
+    with pytest.raises(ValueError, match=r"model.pt was trained with lambdas \[-0.01, 0.002\], "
+                                         r"not one finite number > 0 per width of this run \(2 "
+                                         r"widths\): leave out --init-continue"):
+        Trainer(_cfg(image_dir, tmp_path / "r", init=path, init_continue=True),
+                log=lambda *_: None)
