@@ -261,6 +261,50 @@ class _AllWidths(nn.Module):
         return rd_loss(self.model, x, widths, lambdas, bf16, quantization)
 
 
+def _first_line(e: Exception) -> str:
+    """The first line of ``e``'s message, at most 200 characters (torch's can be kilobytes)."""
+    msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return msg if len(msg) <= 200 else msg[:197] + "..."
+
+
+def _weights_misfit(model: nn.Module, sd: Dict) -> Optional[str]:
+    """Why the state dict ``sd`` does not load into ``model`` (other keys, tensors of other
+    shapes, entries that are not tensors: torch's own error lists every key, kilobytes for a
+    foreign file), else None. The CDF table entries may have any size (they take the file's
+    sizes on load)."""
+    missing, extra = state_dict_mismatch(model, sd)
+    if missing or extra:
+        return describe_mismatch(missing, extra, 2)
+    mine = model.state_dict()
+    other = [k for k, v in sd.items() if not isinstance(v, torch.Tensor) or
+             (not is_table_key(k) and v.shape != mine[k].shape)]
+    if not other:
+        return None
+    got = sd[other[0]]
+    return (f"{len(other)} tensor(s) of another shape, e.g. {other[0]} "
+            f"{tuple(got.shape) if isinstance(got, torch.Tensor) else 'not a tensor'} against "
+            f"{tuple(mine[other[0]].shape)} here")
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, state, damaged) -> None:
+    """``opt.load_state_dict(state)``; ``damaged(reason)`` (an exception) raised for a state
+    that is not one of ``opt``'s parameters (torch: KeyError 'param_groups', a ValueError that
+    names no file; moments of another shape failed at the first step)."""
+    if not isinstance(state, dict):
+        raise damaged(f"a {type(state).__name__}, not a dict")
+    try:
+        opt.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as e:
+        raise damaged(_first_line(e) if not isinstance(e, KeyError) else f"no entry {e}") \
+            from None
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if k != "step" and isinstance(v, torch.Tensor) and v.shape != p.shape:
+                    raise damaged(f"its {k} is {tuple(v.shape)} for a parameter of "
+                                  f"{tuple(p.shape)}")
+
+
 def _without_tables(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """``sd`` with the entropy model's CDF table entries emptied (no tables: built on load)."""
     return {k: (v[:0] if v.dim() == 1 else v[:0, :0])
@@ -503,11 +547,27 @@ class Trainer:
             if cfg.lambdas is None:   # (unset: the lambdas the run started with)
                 cfg.lambdas = list(saved.get("lambdas") or ck_lambdas)
             _check_same_run(ck.get("config"), cfg, self.ckpt_path)
+            # each entry is checked before it is used: a damaged one was an AttributeError,
+            # KeyError, TypeError or torch RuntimeError from inside the resume (or, for a weight
+            # average of another shape, from the first training step)
+            if not is_int(ck["step"]) or ck["step"] < 0:
+                raise self._damaged(f"its step {ck['step']!r} is not an int >= 0")
+            if not isinstance(ck["model"], dict):
+                raise self._damaged(f"its model weights are a {type(ck['model']).__name__}, "
+                                    f"not a dict")
+            misfit = _weights_misfit(self.model, ck["model"])
+            if misfit:   # (a checkpoint without config: torch's error listed every key)
+                raise ValueError(f"{self.ckpt_path} does not fit this model (--widths "
+                                 f"{cfg.widths}, --gdn {cfg.gdn}): {misfit}; resume it with the "
+                                 f"options it was trained with, or move it out of the run "
+                                 f"folder to start a new run there")
             # (the saved tables are for loading the checkpoint as a model: the training model's
             # stay empty, as in a run that did not resume)
             self.model.load_state_dict(_without_tables(ck["model"]))
-            self.opt.load_state_dict(ck["opt"])
-            self.aux_opt.load_state_dict(ck["aux_opt"])
+            for what, opt, key in (("optimizer", self.opt, "opt"),
+                                   ("entropy models' optimizer", self.aux_opt, "aux_opt")):
+                _load_optimizer(opt, ck[key], lambda e, what=what: self._damaged(
+                    f"its {what} state does not fit this model ({e})"))
             # this run's learning rates and implementation apply from here on (load_state_dict
             # restored the old settings, e.g. fused=None from an older checkpoint)
             for opt, lr in ((self.opt, cfg.lr), (self.aux_opt, cfg.aux_lr)):
@@ -521,22 +581,48 @@ class Trainer:
             # e.g. a run trained without --schedule, or stopped before its --schedule-start),
             # an explicit --schedule-start of this run applies
             sst = ck.get("scheduler")
+            self._check_scheduler_state(sst)
+            if ck.get("next_schedule") is not None and not (
+                    is_int(ck["next_schedule"]) and ck["next_schedule"] >= 0):
+                raise self._damaged(f"its next_schedule {ck['next_schedule']!r} is not a step "
+                                    f"(an int >= 0)")
             begun = sst is not None and (sst.get("s_ref") is not None or sst.get("i", 0) > 0
                                          or bool(sst.get("history")))
             if begun or not self._explicit_schedule_start:
-                self.next_schedule = ck.get("next_schedule", self.next_schedule)
+                ns = ck.get("next_schedule")
+                self.next_schedule = self.next_schedule if ns is None else int(ns)
             # kept even when this run does not schedule: a later run with --schedule goes on
             self._scheduler_state = ck.get("scheduler")
             self._make_scheduler(self._scheduler_state, self.lambdas)
             self._sampler_state = ck.get("sampler")
+            if self._sampler_state is not None:
+                try:   # (set on a spare generator: load_data sets the sampler's)
+                    torch.Generator().set_state(self._sampler_state["gen"])
+                except (TypeError, KeyError, IndexError, RuntimeError, ValueError) as e:
+                    raise self._damaged(f"its crop sampler state is not one "
+                                        f"({_first_line(e)})") from None
             if cfg.ema > 0 and ck.get("ema") is not None:
-                names = [n for n, _ in self.model.named_parameters()]
-                if sorted(ck["ema"]) != sorted(names):
+                params = dict(self.model.named_parameters())
+                names = list(params)
+                if not isinstance(ck["ema"], dict) or sorted(ck["ema"]) != sorted(names):
                     raise ValueError(f"{self.ckpt_path}: its weight average does not match this "
                                      "model's parameters; start it afresh with --ema 0 once")
+                for n in names:   # (another shape failed at the first step's lerp)
+                    v = ck["ema"][n]
+                    if not (isinstance(v, torch.Tensor) and v.is_floating_point()
+                            and v.shape == params[n].shape):
+                        got = (f"{tuple(v.shape)} {v.dtype}" if isinstance(v, torch.Tensor)
+                               else type(v).__name__)
+                        raise ValueError(f"{self.ckpt_path}: its weight average of {n} is {got}, "
+                                         f"the weight {tuple(params[n].shape)} "
+                                         f"{params[n].dtype}; start it afresh with --ema 0 once")
                 self.ema = {n: ck["ema"][n].to(self.device) for n in names}
             if ck.get("torch_rng") is not None and self.world == 1:
-                torch.set_rng_state(ck["torch_rng"])   # the training noise continues exactly
+                try:   # the training noise continues exactly
+                    torch.set_rng_state(ck["torch_rng"])
+                except (TypeError, RuntimeError, ValueError) as e:
+                    raise self._damaged(f"its random number generator state is not one "
+                                        f"({_first_line(e)})") from None
             elif self.world > 1:
                 # one sampler state and RNG state are saved (rank 0's): each rank draws from a
                 # stream of its own, new at every resume (else every rank drew rank 0's crops)
@@ -558,22 +644,10 @@ class Trainer:
                     raise ValueError(f"--init file {cfg.init} holds a {type(sd).__name__}, not "
                                      f"weights: pass a model file or a checkpoint of "
                                      f"python/train.py")
-                missing, extra = state_dict_mismatch(self.model, sd)
-                if missing or extra:   # (torch's own error lists every key: kilobytes)
+                misfit = _weights_misfit(self.model, sd)
+                if misfit:   # (torch's own error lists every key: kilobytes)
                     raise ValueError(f"--init file {cfg.init} does not fit this model (--widths "
-                                     f"{cfg.widths}, --gdn {cfg.gdn}): "
-                                     f"{describe_mismatch(missing, extra, 2)}")
-                # parameters only: the CDF table buffers take the file's sizes on load
-                mine = dict(self.model.named_parameters())
-                other = [k for k, v in sd.items() if k in mine and
-                         getattr(v, "shape", None) != mine[k].shape]
-                if other:   # (torch's size-mismatch error lists every key)
-                    got = getattr(sd[other[0]], "shape", None)
-                    raise ValueError(f"--init file {cfg.init} does not fit this model (--widths "
-                                     f"{cfg.widths}, --gdn {cfg.gdn}): {len(other)} tensor(s) of "
-                                     f"another shape, e.g. {other[0]} "
-                                     f"{'not a tensor' if got is None else tuple(got)} against "
-                                     f"{tuple(mine[other[0]].shape)} here")
+                                     f"{cfg.widths}, --gdn {cfg.gdn}): {misfit}")
                 self.model.load_state_dict(sd)
                 msg = f"initialized weights from {cfg.init}"
                 if cfg.init_continue:
@@ -615,6 +689,21 @@ class Trainer:
         except ValueError:
             raise self._damaged(f"its {what} {lambdas!r} are not one finite number > 0 per "
                                 f"width ({len(self.cfg.widths)} widths)") from None
+
+    def _check_scheduler_state(self, sst) -> None:
+        """ValueError naming the checkpoint unless its lambda schedule state ``sst`` is None or a
+        state a scheduler of this run can load (checked with or without ``--schedule``: the
+        state is kept for a later run with it)."""
+        if sst is None:
+            return
+        if not isinstance(sst, dict):
+            raise self._damaged(f"its lambda schedule state is a {type(sst).__name__}, not a "
+                                f"dict")
+        if len(self.lambdas) >= 2:   # (one width: no schedule to load it into)
+            try:
+                LambdaScheduler(self.lambdas).load_state_dict(sst)
+            except ValueError as e:
+                raise self._damaged(f"its lambda schedule state: {e}") from None
 
     def _make_scheduler(self, state: Optional[Dict], trained) -> None:
         """``self.scheduler`` (with ``cfg.schedule``) from the lambdas the run trains with

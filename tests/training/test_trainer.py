@@ -1049,3 +1049,71 @@ def test_init_continue_refuses_lambdas_that_cannot_train(image_dir, tmp_path):
                                          r"widths\): leave out --init-continue"):
         Trainer(_cfg(image_dir, tmp_path / "r", init=path, init_continue=True),
                 log=lambda *_: None)
+
+
+def _first_of(d):
+    return next(iter(d))
+
+
+@pytest.mark.parametrize("edit,kw,msg", [
+    (lambda c: c.__setitem__("model", [1]), {}, r"is damaged: its model weights are a list"),
+    (lambda c: c["model"].__setitem__(_first_of(c["model"]), "x"), {},
+     r"does not fit this model .*: 1 tensor\(s\) of another shape, e.g. \S+ not a tensor"),
+    (lambda c: c.__setitem__("opt", {"foo": 1}), {},
+     r"is damaged: its optimizer state does not fit this model \(no entry 'param_groups'\)"),
+    (lambda c: c.__setitem__("aux_opt", "x"), {},
+     r"is damaged: its entropy models' optimizer state does not fit this model \(a str"),
+    (lambda c: c["opt"]["param_groups"][0].__setitem__("params", [0]), {},
+     r"is damaged: its optimizer state does not fit this model \(.*"),
+    (lambda c: c["opt"]["state"][0].__setitem__("exp_avg", torch.zeros(1)), {},
+     r"is damaged: its optimizer state does not fit this model \(its exp_avg is \(1,\) for a "
+     r"parameter of"),
+    (lambda c: c.__setitem__("step", "2"), {}, r"is damaged: its step '2' is not an int >= 0"),
+    (lambda c: c.__setitem__("sampler", {"foo": 1}), {},
+     r"is damaged: its crop sampler state is not one"),
+    (lambda c: c.__setitem__("sampler", {"gen": torch.zeros(3, dtype=torch.uint8)}), {},
+     r"is damaged: its crop sampler state is not one"),
+    (lambda c: c.__setitem__("torch_rng", torch.zeros(3, dtype=torch.uint8)), {},
+     r"is damaged: its random number generator state is not one"),
+    (lambda c: c.__setitem__("scheduler", "x"), dict(schedule=True),
+     r"is damaged: its lambda schedule state is a str, not a dict"),
+    (lambda c: c.__setitem__("scheduler", {"i": 7}), {},   # (kept without --schedule too)
+     r"is damaged: its lambda schedule state: the state's pair index i 7"),
+    (lambda c: c.__setitem__("next_schedule", "soon"), {},
+     r"is damaged: its next_schedule 'soon' is not a step"),
+    (lambda c: c["ema"].__setitem__(_first_of(c["ema"]), torch.zeros(1)), dict(ema=0.9),
+     r": its weight average of \S+ is \(1,\) torch.float32, the weight \(.*\) torch.float32; "
+     r"start it afresh with --ema 0 once"),
+    (lambda c: c.__setitem__("ema", [1]), dict(ema=0.9),
+     r": its weight average does not match this model's parameters"),
+])
+def test_resume_from_a_damaged_checkpoint_names_it(image_dir, tmp_path, edit, kw, msg):
+    """Only the top-level keys of checkpoint.pt were checked: a damaged entry gave an
+    AttributeError, KeyError, TypeError or torch RuntimeError (file not named) from inside the
+    resume, or, for a weight average of another shape, from the first training step. Now a
+    ValueError naming the checkpoint and what to do, before anything trains."""
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=1, val_every=0, **kw),
+            log=lambda *_: None).fit()
+    ck = tmp_path / "r" / "checkpoint.pt"
+    c = torch.load(ck, weights_only=False)
+    edit(c)
+    torch.save(c, ck)
+    with pytest.raises(ValueError, match=re.escape(str(ck)) + " ?" + msg):
+        Trainer(_cfg(image_dir, tmp_path / "r", steps=2, val_every=0, **kw),
+                log=lambda *_: None).fit()
+
+
+def test_resuming_a_checkpoint_without_config_of_other_widths_names_it(image_dir, tmp_path):
+    """(Without a config to compare, torch's load_state_dict RuntimeError listed every key of
+    another shape: kilobytes, the file not named.)"""
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=1, widths=[8, 2]), log=lambda *_: None).fit()
+    ck = tmp_path / "r" / "checkpoint.pt"
+    c = torch.load(ck, weights_only=False)
+    del c["config"]
+    torch.save(c, ck)
+    with pytest.raises(ValueError, match=re.escape(str(ck)) + r" does not fit this model "
+                                         r"\(--widths \[8, 4\], --gdn switch\): \d+ tensor\(s\) "
+                                         r"of another shape.*resume it with the options it was "
+                                         r"trained with, or move it out") as e:
+        Trainer(_cfg(image_dir, tmp_path / "r", steps=2), log=lambda *_: None)
+    assert len(str(e.value)) < 400
