@@ -561,6 +561,9 @@ class Trainer:
                                  f"{cfg.widths}, --gdn {cfg.gdn}): {misfit}; resume it with the "
                                  f"options it was trained with, or move it out of the run "
                                  f"folder to start a new run there")
+            bad = first_non_finite(ck["model"])
+            if bad is not None:   # (save() refuses them; was "loss is nan at step N: lower the lr")
+                raise self._damaged(f"its weight {bad} is not finite (NaN or inf)")
             # (the saved tables are for loading the checkpoint as a model: the training model's
             # stay empty, as in a run that did not resume)
             self.model.load_state_dict(_without_tables(ck["model"]))
@@ -616,6 +619,10 @@ class Trainer:
                         raise ValueError(f"{self.ckpt_path}: its weight average of {n} is {got}, "
                                          f"the weight {tuple(params[n].shape)} "
                                          f"{params[n].dtype}; start it afresh with --ema 0 once")
+                bad = first_non_finite(ck["ema"])
+                if bad is not None:
+                    raise ValueError(f"{self.ckpt_path}: its weight average of {bad} is not "
+                                     f"finite (NaN or inf); start it afresh with --ema 0 once")
                 self.ema = {n: ck["ema"][n].to(self.device) for n in names}
             if ck.get("torch_rng") is not None and self.world == 1:
                 try:   # the training noise continues exactly
@@ -648,6 +655,11 @@ class Trainer:
                 if misfit:   # (torch's own error lists every key: kilobytes)
                     raise ValueError(f"--init file {cfg.init} does not fit this model (--widths "
                                      f"{cfg.widths}, --gdn {cfg.gdn}): {misfit}")
+                bad = first_non_finite(sd)
+                if bad is not None:   # (was "loss is nan at step 0: lower the lr or resume")
+                    raise ValueError(f"--init file {cfg.init}: its weight {bad} is not finite "
+                                     f"(NaN or inf; a run that diverged?): pass weights saved "
+                                     f"before the divergence, or leave out --init")
                 self.model.load_state_dict(sd)
                 msg = f"initialized weights from {cfg.init}"
                 if cfg.init_continue:

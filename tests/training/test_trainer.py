@@ -1117,3 +1117,30 @@ def test_resuming_a_checkpoint_without_config_of_other_widths_names_it(image_dir
                                          r"trained with, or move it out") as e:
         Trainer(_cfg(image_dir, tmp_path / "r", steps=2), log=lambda *_: None)
     assert len(str(e.value)) < 400
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_init_or_resumed_weights_are_named(image_dir, tmp_path, value):
+    """--init weights holding NaN / inf (or a checkpoint.pt written by hand with them: save()
+    refuses them) trained, then failed with "loss is nan at step 0: lower the lr or resume from
+    the last checkpoint": neither helps. Now the file and the weight are named up front."""
+    from slimkernels.models import SlimCAE
+    sd = SlimCAE([8, 4]).state_dict()
+    sd["g_a.0.weight"][0] = value
+    torch.save(sd, tmp_path / "init.pt")
+    with pytest.raises(ValueError, match=r"--init file .*init.pt: its weight g_a.0.weight is not "
+                                         r"finite \(NaN or inf; a run that diverged\?\)"):
+        Trainer(_cfg(image_dir, tmp_path / "a", init=str(tmp_path / "init.pt")),
+                log=lambda *_: None)
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=1, ema=0.9), log=lambda *_: None).fit()
+    ck = tmp_path / "r" / "checkpoint.pt"
+    good = torch.load(ck, weights_only=False)
+    for entry, msg in (("model", r" is damaged: its weight g_a.0.weight is not finite"),
+                       ("ema", r": its weight average of g_a.0.weight is not finite \(NaN or "
+                               r"inf\); start it afresh with --ema 0 once")):
+        c = torch.load(ck, weights_only=False)
+        c[entry]["g_a.0.weight"][0, 0, 0, 0] = value
+        torch.save(c, ck)
+        with pytest.raises(ValueError, match=re.escape(str(ck)) + msg):
+            Trainer(_cfg(image_dir, tmp_path / "r", steps=2, ema=0.9), log=lambda *_: None)
+        torch.save(good, ck)
