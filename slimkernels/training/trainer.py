@@ -415,6 +415,16 @@ def _plain_config(cfg: "TrainConfig") -> "TrainConfig":
     return dataclasses.replace(cfg, **out)
 
 
+def _file_stamp(path: str) -> Optional[tuple]:
+    """``(device, inode, size, mtime_ns)`` of ``path``, or None when there is no such file: a
+    checkpoint written since (an atomic save: a new file) has another."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class _RunLock:
     """An exclusive lock on a run folder (``<out>/.lock``, ``flock``: released when the process
     ends, however it ends), holding the owner's pid for the message another trainer gets.
@@ -458,7 +468,15 @@ class Trainer:
     """Runs :class:`TrainConfig`; resumes from ``<out>/checkpoint.pt`` when it exists.
     :meth:`fit` holds a lock on ``cfg.out`` while it runs: a second one on the same folder (in
     another process, or another Trainer's fit in this one) is refused with a ValueError instead
-    of overwriting the first one's checkpoint."""
+    of overwriting the first one's checkpoint.
+
+    A Trainer trains on from the state it read when it was built (or last saved): when
+    ``checkpoint.pt`` has been written by another training since then (another Trainer on the
+    folder fitted after this one was built), :meth:`fit` and :meth:`save` refuse with a
+    ValueError instead of replacing the newer checkpoint with this one's older state (the
+    steps trained since would be lost); build a new Trainer to resume from it. (Two Trainers
+    built on one folder at step 2, ``a.fit()`` to step 4, then ``b.fit()`` re-trained steps
+    2..4 and overwrote a's checkpoint.)"""
 
     def __init__(self, cfg: TrainConfig, log=print):
         cfg.check()
@@ -531,6 +549,8 @@ class Trainer:
 
     def _resume_or_init(self):
         cfg = self.cfg
+        # (before it is read: a checkpoint written while it is read is another one)
+        self._ckpt_stamp = _file_stamp(self.ckpt_path)
         if os.path.exists(self.ckpt_path):
             ck = _torch_load(self.ckpt_path, self.device, "checkpoint",
                              "move it out of the run folder to start a new run there")
@@ -761,7 +781,22 @@ class Trainer:
               "bf16": self.bf16,   # (the resolved --bf16: config holds None for "auto")
               "ema_tables": self._tables(averaged=True) if self._ema_pairs is not None else None,
               "torch_rng": torch.get_rng_state()}
+        self._check_checkpoint_is_ours()
         atomic_torch_save(ck, self.ckpt_path)
+        self._ckpt_stamp = _file_stamp(self.ckpt_path)
+
+    def _check_checkpoint_is_ours(self) -> None:
+        """ValueError when ``checkpoint.pt`` is no longer the one this Trainer resumed from or
+        last wrote (another training wrote it since: saving would replace it with older state;
+        a checkpoint that is gone is not in the way)."""
+        now = _file_stamp(self.ckpt_path)
+        if now is None or now == self._ckpt_stamp:
+            return
+        was = ("was built (it started a new run)" if self._ckpt_stamp is None
+               else "read or last wrote it")
+        raise ValueError(f"{self.ckpt_path} was written by another training since this Trainer "
+                         f"{was} (this one is at step {self.step}): training on would replace "
+                         f"it with older state; build a new Trainer to resume from it")
 
     def _tables(self, averaged: bool) -> Optional[Dict[str, torch.Tensor]]:
         """The entropy model's CDF tables (its state_dict entries, on the CPU) built from the
@@ -886,7 +921,9 @@ class Trainer:
         """Train until ``cfg.steps``; validates, logs and checkpoints on the way. SIGTERM or
         SIGINT (Ctrl-C) end the current step, write the checkpoint and return; the signal's
         number is then in ``self.stopped_by`` (None when the run reached ``cfg.steps``), so
-        that callers can tell an interrupted run from a finished one."""
+        that callers can tell an interrupted run from a finished one. ValueError, before
+        anything trains, when another training holds the run folder, or has written its
+        checkpoint since this Trainer read or wrote it (see the class)."""
         cfg = self.cfg
         # one fit per run folder at a time (rank 0's lock; the other ranks of a torchrun share
         # the folder): two on one folder both saved checkpoint.pt, the last save winning, and
@@ -894,6 +931,8 @@ class Trainer:
         if self.rank == 0:
             self._lock = _RunLock(cfg.out)
         try:
+            if self.rank == 0:   # (under the lock: nobody writes it while this fit runs)
+                self._check_checkpoint_is_ours()
             return self._fit(cfg)
         finally:
             self.close()

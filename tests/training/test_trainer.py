@@ -737,14 +737,20 @@ def test_a_second_fit_on_the_same_run_folder_is_refused(image_dir, tmp_path):
         holder.wait()
     t.fit()                                     # the holder is gone: its lock with it
     assert t.step == 2
-    # released when fit() returns: another Trainer in this process fits on the folder
-    r = Trainer(_cfg(image_dir, out, steps=3, val_every=0), log=lambda *_: None)
-    assert r.step == 2
-    r.fit()
-    assert r.step == 3
-    t.cfg.steps = 4                             # and the first one can fit again
+    t.cfg.steps = 3                             # and the first one can fit again
     t.fit()
-    assert t.step == 4
+    assert t.step == 3
+    # released when fit() returns: another Trainer in this process fits on the folder
+    r = Trainer(_cfg(image_dir, out, steps=4, val_every=0), log=lambda *_: None)
+    assert r.step == 3
+    r.fit()
+    assert r.step == 4
+    # (t fitting again after r had re-trained r's steps from its own older state and replaced
+    # r's checkpoint: see test_a_stale_trainer_does_not_overwrite_a_newer_checkpoint)
+    t.cfg.steps = 5
+    with pytest.raises(ValueError, match="was written by another training since this Trainer"):
+        t.fit()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
 
 
 def test_out_that_is_a_file_is_refused(image_dir, tmp_path):
@@ -1144,3 +1150,37 @@ def test_non_finite_init_or_resumed_weights_are_named(image_dir, tmp_path, value
         with pytest.raises(ValueError, match=re.escape(str(ck)) + msg):
             Trainer(_cfg(image_dir, tmp_path / "r", steps=2, ema=0.9), log=lambda *_: None)
         torch.save(good, ck)
+
+
+def test_a_stale_trainer_does_not_overwrite_a_newer_checkpoint(image_dir, tmp_path):
+    """The run folder's lock is held only while fit() runs: two Trainers built on one folder at
+    step 2, a.fit() to step 4, then b.fit() re-trained steps 2..4 from the state it had read
+    and replaced a's checkpoint (a's steps lost). Now fit() (and save()) refuse while
+    checkpoint.pt is not the one the Trainer read or last wrote; a new Trainer resumes."""
+    out = tmp_path / "r"
+    quiet = dict(log=lambda *_: None)
+    Trainer(_cfg(image_dir, out, steps=2, val_every=0), **quiet).fit()
+    a = Trainer(_cfg(image_dir, out, steps=4, val_every=0), **quiet)
+    b = Trainer(_cfg(image_dir, out, steps=4, val_every=0), **quiet)
+    a.fit()
+    ck = out / "checkpoint.pt"
+    newer = ck.read_bytes()
+    msg = (rf"{re.escape(str(ck))} was written by another training since this Trainer read or "
+           rf"last wrote it \(this one is at step 2\): training on would replace it with older "
+           rf"state; build a new Trainer to resume from it")
+    with pytest.raises(ValueError, match=msg):
+        b.fit()
+    with pytest.raises(ValueError, match=msg):
+        b.save()
+    assert ck.read_bytes() == newer and b.step == 2
+    # a new run's Trainer, built before another one wrote the folder's first checkpoint
+    c = Trainer(_cfg(image_dir, tmp_path / "n", steps=1, val_every=0), **quiet)
+    Trainer(_cfg(image_dir, tmp_path / "n", steps=2, val_every=0), **quiet).fit()
+    with pytest.raises(ValueError, match=r"since this Trainer was built \(it started a new "
+                                         r"run\)"):
+        c.fit()
+    # a checkpoint moved away is not in the way; a new Trainer goes on from the newer one
+    os.replace(tmp_path / "n" / "checkpoint.pt", tmp_path / "moved.pt")
+    assert c.fit().step == 1
+    r = Trainer(_cfg(image_dir, out, steps=5, val_every=0), **quiet)
+    assert r.step == 4 and r.fit().step == 5
