@@ -21,7 +21,7 @@ import torch.nn as nn
 from .._checks import check_image_tensor, is_int, too_many_threads, width_list
 from .._device import check_device, cli_device
 from .._state import describe_mismatch, first_non_finite, state_dict_mismatch
-from ..codec import native_bf16
+from ..codec import PIXEL_RANGE, native_bf16
 from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
 from ..models.slimcae import DEFAULT_WIDTHS
@@ -313,7 +313,31 @@ def _without_tables(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def validate(model: SlimCAE, images: torch.Tensor, widths, bf16: bool, batch: int = 4) -> Dict:
-    """Per-width estimated bpp and PSNR (8-bit rounded) on ``images`` ``[M, 3, S, S]``."""
+    """Per-width estimated bpp and PSNR (8-bit rounded) on ``images`` ``[M, 3, S, S]`` float in
+    [0, 1] (``M >= 1``), ``batch`` (an int >= 1) images at a time.
+
+    Raises:
+        TypeError: ``images`` is not a tensor.
+        ValueError: no images, images that are not ``[M, 3, H, W]`` floats in [0, 1] (0-255
+            values gave a PSNR of -43 dB without a word), ``batch`` < 1, ``widths`` not a list
+            of ints, ``bf16`` not a bool.
+    """
+    check_image_tensor(images, "validate")
+    if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        raise ValueError(f"validate expects images [M, 3, H, W] float in [0, 1], got "
+                         f"{tuple(images.shape)} {images.dtype}")
+    if images.shape[0] == 0:   # (a ZeroDivisionError)
+        raise ValueError("validate: no images ([0, 3, H, W]): pass at least one")
+    if not is_int(batch) or batch < 1:   # (0: "range() arg 3 must not be zero")
+        raise ValueError(f"validate: batch {batch!r} must be an int >= 1")
+    widths = width_list(widths, "validate")
+    if not isinstance(bf16, bool):
+        raise ValueError(f"validate: bf16={bf16!r} must be True or False")
+    lo, hi = (float(v) for v in torch.aminmax(images.detach().float()))
+    if not (PIXEL_RANGE[0] <= lo and hi <= PIXEL_RANGE[1]):   # (NaN fails too)
+        hint = " (0-255 pixel values? divide by 255)" if hi > 2.0 else ""
+        raise ValueError(f"validate expects finite float images in [0, 1]; their values reach "
+                         f"{lo:.4g} .. {hi:.4g}{hint}")
     was = model.training
     model.eval()
     bpp, psnr = [], []

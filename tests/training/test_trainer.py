@@ -1184,3 +1184,27 @@ def test_a_stale_trainer_does_not_overwrite_a_newer_checkpoint(image_dir, tmp_pa
     assert c.fit().step == 1
     r = Trainer(_cfg(image_dir, out, steps=5, val_every=0), **quiet)
     assert r.step == 4 and r.fit().step == 5
+
+
+@pytest.mark.parametrize("images,kw,err,msg", [
+    (torch.rand(0, 3, 32, 32), {}, ValueError, r"validate: no images \(\[0, 3, H, W\]\)"),
+    (torch.rand(2, 3, 32, 32), dict(batch=0), ValueError, r"validate: batch 0 must be an int"),
+    (torch.rand(2, 3, 32, 32), dict(batch=-1), ValueError, r"validate: batch -1 must be an int"),
+    (np.random.rand(2, 3, 32, 32).astype(np.float32), {}, TypeError,
+     r"validate expects the image as a tensor, got ndarray"),
+    ([torch.rand(3, 32, 32)], {}, TypeError, r"validate expects the image as a tensor, got list"),
+    (torch.rand(3, 32, 32), {}, ValueError, r"validate expects images \[M, 3, H, W\] float in "
+                                            r"\[0, 1\], got \(3, 32, 32\)"),
+    (torch.rand(2, 3, 32, 32) * 255, {}, ValueError, r"validate expects finite float images in "
+                                                     r"\[0, 1\]; their values reach .*\(0-255 "
+                                                     r"pixel values\? divide by 255\)"),
+    (torch.full((1, 3, 32, 32), float("nan")), {}, ValueError, r"values reach nan"),
+])
+def test_validate_refuses_images_it_cannot_measure(images, kw, err, msg):
+    """(No images: ZeroDivisionError; batch 0: "range() arg 3 must not be zero", -1: a
+    ZeroDivisionError; numpy images: AttributeError "'str' object has no attribute 'type'", a
+    list: AttributeError 'device'; 0-255 float images: a PSNR of -43 dB without a word.)"""
+    from slimkernels.models import SlimCAE
+    from slimkernels.training import validate
+    with pytest.raises(err, match=msg):
+        validate(SlimCAE([8, 4]), images, [8], False, **kw)
