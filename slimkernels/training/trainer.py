@@ -142,13 +142,20 @@ class TrainConfig:
             raise ValueError(f"--clip {self.clip}: must be >= 0 (0: off)")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema {self.ema}: must be in [0, 1) (0: off)")
-        if not self.widths or any(not is_int(w) or w < 1 for w in self.widths):
-            raise ValueError(f"--widths {self.widths}: must be positive ints")
-        if list(self.widths) != sorted(set(self.widths), reverse=True):
+        if not -2 ** 63 <= self.seed < 2 ** 63:   # (torch: "Overflow when unpacking long long")
+            raise ValueError(f"--seed {self.seed}: must be in -2^63 .. 2^63-1")
+        for name in ("widths", "lambdas"):   # (a numpy array: "truth value ... is ambiguous")
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__")):
+                raise ValueError(f"--{name} {v!r}: must be a list (one entry per width)")
+        widths = list(self.widths)
+        if not widths or any(not is_int(w) or w < 1 for w in widths):
+            raise ValueError(f"--widths {widths}: must be positive ints")
+        if widths != sorted(set(widths), reverse=True):
             # (the lambdas pair with the widths by position, the model sorts its widths: out of
             # order, a width trained with another's lambda; the scheduler's "widest" was not)
-            raise ValueError(f"--widths {list(self.widths)}: must be distinct and widest first "
-                             f"(e.g. {sorted(set(self.widths), reverse=True)}), each lambda "
+            raise ValueError(f"--widths {widths}: must be distinct and widest first "
+                             f"(e.g. {sorted(set(widths), reverse=True)}), each lambda "
                              f"paired with the width at its place")
         if self.lambdas is not None and any(
                 isinstance(lam, bool) or not isinstance(lam, numbers.Real) or
@@ -926,7 +933,11 @@ class Trainer:
 
     def run_validation(self) -> Dict:
         """Validate (the weight average when ``ema`` is on, else the training weights), log it
-        and feed the lambda scheduler."""
+        and feed the lambda scheduler. RuntimeError before the validation images are read
+        (:meth:`load_data`, which :meth:`fit` calls)."""
+        if self.val_images is None:   # (was "object of type 'NoneType' has no len()")
+            raise RuntimeError("run_validation: no validation images yet: call load_data() (or "
+                               "fit()) first")
         with self.averaged_weights() as m:
             res = validate(m, self.val_images, self.cfg.widths, self.bf16)
         weights = "ema" if self._ema_pairs is not None else "train"

@@ -1208,3 +1208,33 @@ def test_validate_refuses_images_it_cannot_measure(images, kw, err, msg):
     from slimkernels.training import validate
     with pytest.raises(err, match=msg):
         validate(SlimCAE([8, 4]), images, [8], False, **kw)
+
+
+def test_config_numpy_widths_and_seed_range(image_dir, tmp_path):
+    """(widths=np.array([8, 4]): numpy's "truth value of an array ... is ambiguous" from
+    check(); a single number for widths or lambdas: "'int' object is not iterable"; seed=2**70
+    passed check(), then torch: "Overflow when unpacking long long".)"""
+    t = Trainer(_cfg(image_dir, tmp_path / "a", widths=np.array([8, 4]),
+                     lambdas=np.array([0.01, 0.002]), steps=1, val_every=0), log=lambda *_: None)
+    assert t.cfg.widths == [8, 4] and t.cfg.lambdas == [0.01, 0.002]
+    assert t.fit().step == 1
+    with pytest.raises(ValueError, match=r"--widths 8: must be a list \(one entry per width\)"):
+        Trainer(_cfg(image_dir, tmp_path / "b", widths=8), log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"--lambdas 0.01: must be a list"):
+        Trainer(_cfg(image_dir, tmp_path / "b", lambdas=0.01), log=lambda *_: None)
+    for seed in (2 ** 70, -2 ** 63 - 1, 2 ** 63):
+        with pytest.raises(ValueError, match=rf"--seed {seed}: must be in -2\^63 .. 2\^63-1"):
+            Trainer(_cfg(image_dir, tmp_path / "b", seed=seed), log=lambda *_: None)
+    assert not (tmp_path / "b").exists()
+    Trainer(_cfg(image_dir, tmp_path / "c", seed=2 ** 63 - 1), log=lambda *_: None)
+
+
+def test_run_validation_before_the_data_says_what_to_call(image_dir, tmp_path):
+    """(Trainer.run_validation() before fit() / load_data(): TypeError "object of type
+    'NoneType' has no len()".)"""
+    t = Trainer(_cfg(image_dir, tmp_path / "r"), log=lambda *_: None)
+    with pytest.raises(RuntimeError, match=r"run_validation: no validation images yet: call "
+                                           r"load_data\(\) \(or fit\(\)\) first"):
+        t.run_validation()
+    t.load_data()
+    assert len(t.run_validation()["bpp"]) == 2
