@@ -7,6 +7,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
+from .._checks import is_int
 from ..io import read_image_uint8
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
@@ -38,7 +39,10 @@ def load_rgb(path: str) -> torch.Tensor:
 
 
 def split_train_val(paths: Sequence[str], val_every: int = 20) -> Tuple[List[str], List[str]]:
-    """Deterministic hold-out: every ``val_every``-th path (sorted order) is validation."""
+    """Deterministic hold-out: every ``val_every``-th path (sorted order) is validation
+    (``val_every``: an int >= 1; 0 was "slice step cannot be zero")."""
+    if not is_int(val_every) or val_every < 1:
+        raise ValueError(f"split_train_val: val_every {val_every!r} must be an int >= 1")
     paths = list(paths)
     val = paths[val_every // 2::val_every]
     train = [p for p in paths if p not in set(val)]
@@ -61,6 +65,17 @@ class CropSampler:
         if not images:
             raise ValueError("CropSampler needs at least one image")
         self.images = list(images)
+        for i, im in enumerate(self.images):
+            # (float images in [0, 1] were cast into the uint8 batch: all-zero crops; HWC ones
+            # read as 3 pixels wide)
+            if not (isinstance(im, torch.Tensor) and im.dtype == torch.uint8 and im.dim() == 3
+                    and im.shape[0] == 3):
+                got = (f"{tuple(im.shape)} {im.dtype}" if isinstance(im, torch.Tensor)
+                       else type(im).__name__)
+                raise ValueError(f"CropSampler: image {i} is {got}: it takes [3, H, W] uint8 "
+                                 f"tensors (as load_rgb reads them)")
+        if not is_int(seed) or not -2 ** 63 <= seed < 2 ** 64:
+            raise ValueError(f"CropSampler: seed {seed!r} must be an int in -2^63 .. 2^64-1")
         self.gen = torch.Generator().manual_seed(seed)
         self.weights = (torch.tensor([float(im.shape[-2] * im.shape[-1]) for im in self.images],
                                      dtype=torch.float64) if by_area else None)
@@ -73,8 +88,8 @@ class CropSampler:
     def sample(self, batch: int, crop: int) -> torch.Tensor:
         """A ``[batch, 3, crop, crop]`` float32 batch in [0, 1] (crops of the images at least
         ``crop`` on both sides; ValueError if there is none)."""
-        if batch < 1:
-            raise ValueError(f"sample: batch {batch} must be >= 1")
+        if not is_int(batch) or batch < 1:
+            raise ValueError(f"sample: batch {batch!r} must be >= 1 (an int)")
         self.check_crop(crop)
         out = torch.empty(batch, 3, crop, crop, dtype=torch.uint8)
         g = self.gen
@@ -94,8 +109,8 @@ class CropSampler:
 
     def check_crop(self, crop: int) -> None:
         """ValueError unless ``crop >= 1`` and some image is at least ``crop`` on both sides."""
-        if crop < 1:
-            raise ValueError(f"crop {crop} must be >= 1")
+        if not is_int(crop) or crop < 1:
+            raise ValueError(f"crop {crop!r} must be >= 1 (an int)")
         if not any(im.shape[-2] >= crop and im.shape[-1] >= crop for im in self.images):
             big = max(self.images, key=lambda im: min(im.shape[-2:]))
             raise ValueError(f"no training image is at least {crop}x{crop} (the largest is "
@@ -114,9 +129,12 @@ class CropSampler:
 def center_crops(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
     """Center crops ``[len(images), 3, size, size]`` float32 in [0, 1] (for validation)."""
     out = []
-    for img in images:
+    for k, img in enumerate(images):
         _, H, W = img.shape
         s = min(size, H, W) // 16 * 16
+        if s == 0:   # (torch's interpolate error on the empty crop)
+            raise ValueError(f"center_crops: image {k} is {H}x{W} for size {size}: both (and "
+                             f"size) must be at least 16")
         i, j = (H - s) // 2, (W - s) // 2
         crop = img[:, i:i + s, j:j + s]
         if s != size:

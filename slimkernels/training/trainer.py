@@ -18,10 +18,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .._checks import is_int, too_many_threads
+from .._checks import check_image_tensor, is_int, too_many_threads, width_list
 from .._device import check_device, cli_device
 from .._state import describe_mismatch, first_non_finite, state_dict_mismatch
-from ..codec import native_bf16
+from ..codec import PIXEL_RANGE, native_bf16
 from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
 from ..models.slimcae import DEFAULT_WIDTHS
@@ -29,7 +29,7 @@ from ..nn.entropy import check_quantization, is_table_key
 from ..nn.gdn import GDN_VARIANTS
 from ..ops.gdn import compiled_training
 from .data import CropSampler, center_crops, list_images, load_rgb, split_train_val
-from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler
+from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler, check_lambdas
 
 
 def _opt(default, help: str, factory=None, auto_bool: bool = False, arg_type=None,
@@ -142,13 +142,20 @@ class TrainConfig:
             raise ValueError(f"--clip {self.clip}: must be >= 0 (0: off)")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema {self.ema}: must be in [0, 1) (0: off)")
-        if not self.widths or any(not is_int(w) or w < 1 for w in self.widths):
-            raise ValueError(f"--widths {self.widths}: must be positive ints")
-        if list(self.widths) != sorted(set(self.widths), reverse=True):
+        if not -2 ** 63 <= self.seed < 2 ** 63:   # (torch: "Overflow when unpacking long long")
+            raise ValueError(f"--seed {self.seed}: must be in -2^63 .. 2^63-1")
+        for name in ("widths", "lambdas"):   # (a numpy array: "truth value ... is ambiguous")
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__")):
+                raise ValueError(f"--{name} {v!r}: must be a list (one entry per width)")
+        widths = list(self.widths)
+        if not widths or any(not is_int(w) or w < 1 for w in widths):
+            raise ValueError(f"--widths {widths}: must be positive ints")
+        if widths != sorted(set(widths), reverse=True):
             # (the lambdas pair with the widths by position, the model sorts its widths: out of
             # order, a width trained with another's lambda; the scheduler's "widest" was not)
-            raise ValueError(f"--widths {list(self.widths)}: must be distinct and widest first "
-                             f"(e.g. {sorted(set(self.widths), reverse=True)}), each lambda "
+            raise ValueError(f"--widths {widths}: must be distinct and widest first "
+                             f"(e.g. {sorted(set(widths), reverse=True)}), each lambda "
                              f"paired with the width at its place")
         if self.lambdas is not None and any(
                 isinstance(lam, bool) or not isinstance(lam, numbers.Real) or
@@ -207,9 +214,26 @@ def rd_loss(model: nn.Module, x: torch.Tensor, widths, lambdas, bf16: bool,
             only).
         x: ``[N, 3, H, W]`` float32 in [0, 1].
         quantization: ``"noise"`` or ``"mixed"`` (see :meth:`slimkernels.codec.SlimCodec.forward`).
+        widths, lambdas: the widths to train and one finite lambda > 0 per width (paired by
+            position).
+        bf16: True or False.
     Returns:
         ``(loss 0-dim float32, {"bpp": [K], "mse": [K]} floats)``.
+    Raises:
+        TypeError: ``x`` is not a tensor.
+        ValueError: ``x`` is not ``[N, 3, H, W]`` floats; ``widths`` is not a list of ints;
+            ``lambdas`` is not one finite number > 0 per width (2 widths and 1 lambda had left
+            the second width out of the loss, a negative lambda rewarded distortion);
+            ``bf16`` is not a bool.
     """
+    check_image_tensor(x, "rd_loss")
+    if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise ValueError(f"rd_loss expects a batch of RGB images [N, 3, H, W] float in [0, 1], "
+                         f"got {tuple(x.shape)} {x.dtype}")
+    widths = width_list(widths, "rd_loss")
+    lambdas = check_lambdas(lambdas, "rd_loss", len(widths))
+    if not isinstance(bf16, bool):
+        raise ValueError(f"rd_loss: bf16={bf16!r} must be True or False")
     N, _, H, W = x.shape
     num_pixels = N * H * W
     total = x.new_zeros(())
@@ -244,6 +268,50 @@ class _AllWidths(nn.Module):
         return rd_loss(self.model, x, widths, lambdas, bf16, quantization)
 
 
+def _first_line(e: Exception) -> str:
+    """The first line of ``e``'s message, at most 200 characters (torch's can be kilobytes)."""
+    msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return msg if len(msg) <= 200 else msg[:197] + "..."
+
+
+def _weights_misfit(model: nn.Module, sd: Dict) -> Optional[str]:
+    """Why the state dict ``sd`` does not load into ``model`` (other keys, tensors of other
+    shapes, entries that are not tensors: torch's own error lists every key, kilobytes for a
+    foreign file), else None. The CDF table entries may have any size (they take the file's
+    sizes on load)."""
+    missing, extra = state_dict_mismatch(model, sd)
+    if missing or extra:
+        return describe_mismatch(missing, extra, 2)
+    mine = model.state_dict()
+    other = [k for k, v in sd.items() if not isinstance(v, torch.Tensor) or
+             (not is_table_key(k) and v.shape != mine[k].shape)]
+    if not other:
+        return None
+    got = sd[other[0]]
+    return (f"{len(other)} tensor(s) of another shape, e.g. {other[0]} "
+            f"{tuple(got.shape) if isinstance(got, torch.Tensor) else 'not a tensor'} against "
+            f"{tuple(mine[other[0]].shape)} here")
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, state, damaged) -> None:
+    """``opt.load_state_dict(state)``; ``damaged(reason)`` (an exception) raised for a state
+    that is not one of ``opt``'s parameters (torch: KeyError 'param_groups', a ValueError that
+    names no file; moments of another shape failed at the first step)."""
+    if not isinstance(state, dict):
+        raise damaged(f"a {type(state).__name__}, not a dict")
+    try:
+        opt.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as e:
+        raise damaged(_first_line(e) if not isinstance(e, KeyError) else f"no entry {e}") \
+            from None
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if k != "step" and isinstance(v, torch.Tensor) and v.shape != p.shape:
+                    raise damaged(f"its {k} is {tuple(v.shape)} for a parameter of "
+                                  f"{tuple(p.shape)}")
+
+
 def _without_tables(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """``sd`` with the entropy model's CDF table entries emptied (no tables: built on load)."""
     return {k: (v[:0] if v.dim() == 1 else v[:0, :0])
@@ -252,7 +320,31 @@ def _without_tables(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def validate(model: SlimCAE, images: torch.Tensor, widths, bf16: bool, batch: int = 4) -> Dict:
-    """Per-width estimated bpp and PSNR (8-bit rounded) on ``images`` ``[M, 3, S, S]``."""
+    """Per-width estimated bpp and PSNR (8-bit rounded) on ``images`` ``[M, 3, S, S]`` float in
+    [0, 1] (``M >= 1``), ``batch`` (an int >= 1) images at a time.
+
+    Raises:
+        TypeError: ``images`` is not a tensor.
+        ValueError: no images, images that are not ``[M, 3, H, W]`` floats in [0, 1] (0-255
+            values gave a PSNR of -43 dB without a word), ``batch`` < 1, ``widths`` not a list
+            of ints, ``bf16`` not a bool.
+    """
+    check_image_tensor(images, "validate")
+    if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        raise ValueError(f"validate expects images [M, 3, H, W] float in [0, 1], got "
+                         f"{tuple(images.shape)} {images.dtype}")
+    if images.shape[0] == 0:   # (a ZeroDivisionError)
+        raise ValueError("validate: no images ([0, 3, H, W]): pass at least one")
+    if not is_int(batch) or batch < 1:   # (0: "range() arg 3 must not be zero")
+        raise ValueError(f"validate: batch {batch!r} must be an int >= 1")
+    widths = width_list(widths, "validate")
+    if not isinstance(bf16, bool):
+        raise ValueError(f"validate: bf16={bf16!r} must be True or False")
+    lo, hi = (float(v) for v in torch.aminmax(images.detach().float()))
+    if not (PIXEL_RANGE[0] <= lo and hi <= PIXEL_RANGE[1]):   # (NaN fails too)
+        hint = " (0-255 pixel values? divide by 255)" if hi > 2.0 else ""
+        raise ValueError(f"validate expects finite float images in [0, 1]; their values reach "
+                         f"{lo:.4g} .. {hi:.4g}{hint}")
     was = model.training
     model.eval()
     bpp, psnr = [], []
@@ -354,6 +446,16 @@ def _plain_config(cfg: "TrainConfig") -> "TrainConfig":
     return dataclasses.replace(cfg, **out)
 
 
+def _file_stamp(path: str) -> Optional[tuple]:
+    """``(device, inode, size, mtime_ns)`` of ``path``, or None when there is no such file: a
+    checkpoint written since (an atomic save: a new file) has another."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class _RunLock:
     """An exclusive lock on a run folder (``<out>/.lock``, ``flock``: released when the process
     ends, however it ends), holding the owner's pid for the message another trainer gets.
@@ -397,7 +499,15 @@ class Trainer:
     """Runs :class:`TrainConfig`; resumes from ``<out>/checkpoint.pt`` when it exists.
     :meth:`fit` holds a lock on ``cfg.out`` while it runs: a second one on the same folder (in
     another process, or another Trainer's fit in this one) is refused with a ValueError instead
-    of overwriting the first one's checkpoint."""
+    of overwriting the first one's checkpoint.
+
+    A Trainer trains on from the state it read when it was built (or last saved): when
+    ``checkpoint.pt`` has been written by another training since then (another Trainer on the
+    folder fitted after this one was built), :meth:`fit` and :meth:`save` refuse with a
+    ValueError instead of replacing the newer checkpoint with this one's older state (the
+    steps trained since would be lost); build a new Trainer to resume from it. (Two Trainers
+    built on one folder at step 2, ``a.fit()`` to step 4, then ``b.fit()`` re-trained steps
+    2..4 and overwrote a's checkpoint.)"""
 
     def __init__(self, cfg: TrainConfig, log=print):
         cfg.check()
@@ -411,7 +521,7 @@ class Trainer:
         torch.manual_seed(cfg.seed + self.rank)
         self.device = check_device(cfg.device)
         #: the resolved ``cfg.bf16``: whether the transforms run under bf16 autocast
-        self.bf16 = native_bf16(self.device) if cfg.bf16 is None else bool(cfg.bf16)
+        self.bf16 = bool(native_bf16(self.device)) if cfg.bf16 is None else bool(cfg.bf16)
         self.model = SlimCAE(cfg.widths, cfg.gdn).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -470,6 +580,8 @@ class Trainer:
 
     def _resume_or_init(self):
         cfg = self.cfg
+        # (before it is read: a checkpoint written while it is read is another one)
+        self._ckpt_stamp = _file_stamp(self.ckpt_path)
         if os.path.exists(self.ckpt_path):
             ck = _torch_load(self.ckpt_path, self.device, "checkpoint",
                              "move it out of the run folder to start a new run there")
@@ -477,15 +589,39 @@ class Trainer:
                                                                      "step", "lambdas"))):
                 raise ValueError(f"{self.ckpt_path} is not a checkpoint of this trainer; move it "
                                  f"out of the run folder to start a new run there")
+            saved = ck.get("config") if isinstance(ck.get("config"), dict) else {}
+            # (they were trusted: 1 lambda for 2 widths trained the second width with no loss
+            # term, a negative one rewarded distortion)
+            ck_lambdas = self._checkpoint_lambdas(ck["lambdas"], "lambdas")
+            if saved.get("lambdas") is not None:
+                self._checkpoint_lambdas(saved["lambdas"], "config's lambdas")
             if cfg.lambdas is None:   # (unset: the lambdas the run started with)
-                saved = ck.get("config") if isinstance(ck.get("config"), dict) else {}
-                cfg.lambdas = list(saved.get("lambdas") or ck["lambdas"])
+                cfg.lambdas = list(saved.get("lambdas") or ck_lambdas)
             _check_same_run(ck.get("config"), cfg, self.ckpt_path)
+            # each entry is checked before it is used: a damaged one was an AttributeError,
+            # KeyError, TypeError or torch RuntimeError from inside the resume (or, for a weight
+            # average of another shape, from the first training step)
+            if not is_int(ck["step"]) or ck["step"] < 0:
+                raise self._damaged(f"its step {ck['step']!r} is not an int >= 0")
+            if not isinstance(ck["model"], dict):
+                raise self._damaged(f"its model weights are a {type(ck['model']).__name__}, "
+                                    f"not a dict")
+            misfit = _weights_misfit(self.model, ck["model"])
+            if misfit:   # (a checkpoint without config: torch's error listed every key)
+                raise ValueError(f"{self.ckpt_path} does not fit this model (--widths "
+                                 f"{cfg.widths}, --gdn {cfg.gdn}): {misfit}; resume it with the "
+                                 f"options it was trained with, or move it out of the run "
+                                 f"folder to start a new run there")
+            bad = first_non_finite(ck["model"])
+            if bad is not None:   # (save() refuses them; was "loss is nan at step N: lower the lr")
+                raise self._damaged(f"its weight {bad} is not finite (NaN or inf)")
             # (the saved tables are for loading the checkpoint as a model: the training model's
             # stay empty, as in a run that did not resume)
             self.model.load_state_dict(_without_tables(ck["model"]))
-            self.opt.load_state_dict(ck["opt"])
-            self.aux_opt.load_state_dict(ck["aux_opt"])
+            for what, opt, key in (("optimizer", self.opt, "opt"),
+                                   ("entropy models' optimizer", self.aux_opt, "aux_opt")):
+                _load_optimizer(opt, ck[key], lambda e, what=what: self._damaged(
+                    f"its {what} state does not fit this model ({e})"))
             # this run's learning rates and implementation apply from here on (load_state_dict
             # restored the old settings, e.g. fused=None from an older checkpoint)
             for opt, lr in ((self.opt, cfg.lr), (self.aux_opt, cfg.aux_lr)):
@@ -494,27 +630,57 @@ class Trainer:
                     group["fused"] = opt.defaults.get("fused")
                     group["foreach"] = opt.defaults.get("foreach")
             self.step = ck["step"]
-            self.lambdas = list(ck["lambdas"])
+            self.lambdas = ck_lambdas
             # the search's next step; before it began (no first reference slope measured yet,
             # e.g. a run trained without --schedule, or stopped before its --schedule-start),
             # an explicit --schedule-start of this run applies
             sst = ck.get("scheduler")
+            self._check_scheduler_state(sst)
+            if ck.get("next_schedule") is not None and not (
+                    is_int(ck["next_schedule"]) and ck["next_schedule"] >= 0):
+                raise self._damaged(f"its next_schedule {ck['next_schedule']!r} is not a step "
+                                    f"(an int >= 0)")
             begun = sst is not None and (sst.get("s_ref") is not None or sst.get("i", 0) > 0
                                          or bool(sst.get("history")))
             if begun or not self._explicit_schedule_start:
-                self.next_schedule = ck.get("next_schedule", self.next_schedule)
+                ns = ck.get("next_schedule")
+                self.next_schedule = self.next_schedule if ns is None else int(ns)
             # kept even when this run does not schedule: a later run with --schedule goes on
             self._scheduler_state = ck.get("scheduler")
             self._make_scheduler(self._scheduler_state, self.lambdas)
             self._sampler_state = ck.get("sampler")
+            if self._sampler_state is not None:
+                try:   # (set on a spare generator: load_data sets the sampler's)
+                    torch.Generator().set_state(self._sampler_state["gen"])
+                except (TypeError, KeyError, IndexError, RuntimeError, ValueError) as e:
+                    raise self._damaged(f"its crop sampler state is not one "
+                                        f"({_first_line(e)})") from None
             if cfg.ema > 0 and ck.get("ema") is not None:
-                names = [n for n, _ in self.model.named_parameters()]
-                if sorted(ck["ema"]) != sorted(names):
+                params = dict(self.model.named_parameters())
+                names = list(params)
+                if not isinstance(ck["ema"], dict) or sorted(ck["ema"]) != sorted(names):
                     raise ValueError(f"{self.ckpt_path}: its weight average does not match this "
                                      "model's parameters; start it afresh with --ema 0 once")
+                for n in names:   # (another shape failed at the first step's lerp)
+                    v = ck["ema"][n]
+                    if not (isinstance(v, torch.Tensor) and v.is_floating_point()
+                            and v.shape == params[n].shape):
+                        got = (f"{tuple(v.shape)} {v.dtype}" if isinstance(v, torch.Tensor)
+                               else type(v).__name__)
+                        raise ValueError(f"{self.ckpt_path}: its weight average of {n} is {got}, "
+                                         f"the weight {tuple(params[n].shape)} "
+                                         f"{params[n].dtype}; start it afresh with --ema 0 once")
+                bad = first_non_finite(ck["ema"])
+                if bad is not None:
+                    raise ValueError(f"{self.ckpt_path}: its weight average of {bad} is not "
+                                     f"finite (NaN or inf); start it afresh with --ema 0 once")
                 self.ema = {n: ck["ema"][n].to(self.device) for n in names}
             if ck.get("torch_rng") is not None and self.world == 1:
-                torch.set_rng_state(ck["torch_rng"])   # the training noise continues exactly
+                try:   # the training noise continues exactly
+                    torch.set_rng_state(ck["torch_rng"])
+                except (TypeError, RuntimeError, ValueError) as e:
+                    raise self._damaged(f"its random number generator state is not one "
+                                        f"({_first_line(e)})") from None
             elif self.world > 1:
                 # one sampler state and RNG state are saved (rank 0's): each rank draws from a
                 # stream of its own, new at every resume (else every rank drew rank 0's crops)
@@ -536,30 +702,27 @@ class Trainer:
                     raise ValueError(f"--init file {cfg.init} holds a {type(sd).__name__}, not "
                                      f"weights: pass a model file or a checkpoint of "
                                      f"python/train.py")
-                missing, extra = state_dict_mismatch(self.model, sd)
-                if missing or extra:   # (torch's own error lists every key: kilobytes)
+                misfit = _weights_misfit(self.model, sd)
+                if misfit:   # (torch's own error lists every key: kilobytes)
                     raise ValueError(f"--init file {cfg.init} does not fit this model (--widths "
-                                     f"{cfg.widths}, --gdn {cfg.gdn}): "
-                                     f"{describe_mismatch(missing, extra, 2)}")
-                # parameters only: the CDF table buffers take the file's sizes on load
-                mine = dict(self.model.named_parameters())
-                other = [k for k, v in sd.items() if k in mine and
-                         getattr(v, "shape", None) != mine[k].shape]
-                if other:   # (torch's size-mismatch error lists every key)
-                    got = getattr(sd[other[0]], "shape", None)
-                    raise ValueError(f"--init file {cfg.init} does not fit this model (--widths "
-                                     f"{cfg.widths}, --gdn {cfg.gdn}): {len(other)} tensor(s) of "
-                                     f"another shape, e.g. {other[0]} "
-                                     f"{'not a tensor' if got is None else tuple(got)} against "
-                                     f"{tuple(mine[other[0]].shape)} here")
+                                     f"{cfg.widths}, --gdn {cfg.gdn}): {misfit}")
+                bad = first_non_finite(sd)
+                if bad is not None:   # (was "loss is nan at step 0: lower the lr or resume")
+                    raise ValueError(f"--init file {cfg.init}: its weight {bad} is not finite "
+                                     f"(NaN or inf; a run that diverged?): pass weights saved "
+                                     f"before the divergence, or leave out --init")
                 self.model.load_state_dict(sd)
                 msg = f"initialized weights from {cfg.init}"
                 if cfg.init_continue:
                     self.step, lambdas = _init_progress(ck, cfg.init)
                     if lambdas is not None:
-                        if len(lambdas) != len(cfg.widths):
-                            raise ValueError(f"{cfg.init} was trained with {len(lambdas)} lambdas "
-                                             f"but this run has {len(cfg.widths)} widths")
+                        try:
+                            lambdas = check_lambdas(lambdas, "--init", len(cfg.widths))
+                        except ValueError:   # (a count or values the loss cannot use)
+                            raise ValueError(f"{cfg.init} was trained with lambdas {lambdas!r}, "
+                                             f"not one finite number > 0 per width of this run "
+                                             f"({len(cfg.widths)} widths): leave out "
+                                             f"--init-continue to train with --lambdas") from None
                         self.lambdas = list(lambdas)
                     msg += f"; continuing at step {self.step} with lambdas {self.lambdas}"
                     sched, due = _init_schedule(ck)
@@ -575,6 +738,35 @@ class Trainer:
                 self._print(msg)
             if self.scheduler is None:
                 self._make_scheduler(None, None)
+
+    def _damaged(self, what: str) -> ValueError:
+        """The error for a checkpoint.pt whose ``what`` cannot be resumed from."""
+        return ValueError(f"{self.ckpt_path} is damaged: {what}; move it out of the run folder "
+                          f"to start a new run there")
+
+    def _checkpoint_lambdas(self, lambdas, what: str) -> List[float]:
+        """The checkpoint's ``lambdas`` (its entry ``what``) as floats; ValueError naming the
+        checkpoint unless they are one finite number > 0 per width."""
+        try:
+            return check_lambdas(lambdas, what, len(self.cfg.widths))
+        except ValueError:
+            raise self._damaged(f"its {what} {lambdas!r} are not one finite number > 0 per "
+                                f"width ({len(self.cfg.widths)} widths)") from None
+
+    def _check_scheduler_state(self, sst) -> None:
+        """ValueError naming the checkpoint unless its lambda schedule state ``sst`` is None or a
+        state a scheduler of this run can load (checked with or without ``--schedule``: the
+        state is kept for a later run with it)."""
+        if sst is None:
+            return
+        if not isinstance(sst, dict):
+            raise self._damaged(f"its lambda schedule state is a {type(sst).__name__}, not a "
+                                f"dict")
+        if len(self.lambdas) >= 2:   # (one width: no schedule to load it into)
+            try:
+                LambdaScheduler(self.lambdas).load_state_dict(sst)
+            except ValueError as e:
+                raise self._damaged(f"its lambda schedule state: {e}") from None
 
     def _make_scheduler(self, state: Optional[Dict], trained) -> None:
         """``self.scheduler`` (with ``cfg.schedule``) from the lambdas the run trains with
@@ -620,7 +812,22 @@ class Trainer:
               "bf16": self.bf16,   # (the resolved --bf16: config holds None for "auto")
               "ema_tables": self._tables(averaged=True) if self._ema_pairs is not None else None,
               "torch_rng": torch.get_rng_state()}
+        self._check_checkpoint_is_ours()
         atomic_torch_save(ck, self.ckpt_path)
+        self._ckpt_stamp = _file_stamp(self.ckpt_path)
+
+    def _check_checkpoint_is_ours(self) -> None:
+        """ValueError when ``checkpoint.pt`` is no longer the one this Trainer resumed from or
+        last wrote (another training wrote it since: saving would replace it with older state;
+        a checkpoint that is gone is not in the way)."""
+        now = _file_stamp(self.ckpt_path)
+        if now is None or now == self._ckpt_stamp:
+            return
+        was = ("was built (it started a new run)" if self._ckpt_stamp is None
+               else "read or last wrote it")
+        raise ValueError(f"{self.ckpt_path} was written by another training since this Trainer "
+                         f"{was} (this one is at step {self.step}): training on would replace "
+                         f"it with older state; build a new Trainer to resume from it")
 
     def _tables(self, averaged: bool) -> Optional[Dict[str, torch.Tensor]]:
         """The entropy model's CDF tables (its state_dict entries, on the CPU) built from the
@@ -726,7 +933,11 @@ class Trainer:
 
     def run_validation(self) -> Dict:
         """Validate (the weight average when ``ema`` is on, else the training weights), log it
-        and feed the lambda scheduler."""
+        and feed the lambda scheduler. RuntimeError before the validation images are read
+        (:meth:`load_data`, which :meth:`fit` calls)."""
+        if self.val_images is None:   # (was "object of type 'NoneType' has no len()")
+            raise RuntimeError("run_validation: no validation images yet: call load_data() (or "
+                               "fit()) first")
         with self.averaged_weights() as m:
             res = validate(m, self.val_images, self.cfg.widths, self.bf16)
         weights = "ema" if self._ema_pairs is not None else "train"
@@ -745,7 +956,9 @@ class Trainer:
         """Train until ``cfg.steps``; validates, logs and checkpoints on the way. SIGTERM or
         SIGINT (Ctrl-C) end the current step, write the checkpoint and return; the signal's
         number is then in ``self.stopped_by`` (None when the run reached ``cfg.steps``), so
-        that callers can tell an interrupted run from a finished one."""
+        that callers can tell an interrupted run from a finished one. ValueError, before
+        anything trains, when another training holds the run folder, or has written its
+        checkpoint since this Trainer read or wrote it (see the class)."""
         cfg = self.cfg
         # one fit per run folder at a time (rank 0's lock; the other ranks of a torchrun share
         # the folder): two on one folder both saved checkpoint.pt, the last save winning, and
@@ -753,6 +966,8 @@ class Trainer:
         if self.rank == 0:
             self._lock = _RunLock(cfg.out)
         try:
+            if self.rank == 0:   # (under the lock: nobody writes it while this fit runs)
+                self._check_checkpoint_is_ours()
             return self._fit(cfg)
         finally:
             self.close()

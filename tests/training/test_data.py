@@ -78,3 +78,34 @@ def test_a_16_bit_grayscale_training_image_is_read_as_the_codec_reads_it(tmp_pat
     want = torch.from_numpy(np.round(g / 257.0).astype(np.uint8))
     assert torch.equal(x[0], want) and torch.equal(x[1], want)
     assert torch.equal(x[None].float() / 255, read_image(str(tmp_path / "g16.png"))[0])
+
+
+@pytest.mark.parametrize("image,msg", [
+    (torch.rand(3, 32, 32), r"image 0 is \(3, 32, 32\) torch.float32: it takes \[3, H, W\] uint8"),
+    (torch.zeros(32, 32, 3, dtype=torch.uint8), r"image 0 is \(32, 32, 3\) torch.uint8"),
+    ("a.png", r"image 0 is str"),
+])
+def test_sampler_refuses_images_it_would_crop_wrong(image, msg):
+    """(Float images in [0, 1] were cast into the uint8 batch: all-zero crops, silently; an HWC
+    image read as 3 pixels wide: "no training image is at least 16x16 (the largest is
+    32x3)".)"""
+    with pytest.raises(ValueError, match="CropSampler: " + msg):
+        CropSampler([image])
+
+
+def test_sampler_and_helpers_refuse_bad_numbers():
+    """(seed='a', sample(1.5, 16): torch errors; split_train_val(p, 0): "slice step cannot be
+    zero"; center_crops of an 8x8 image: torch's interpolate RuntimeError.)"""
+    from slimkernels.training.data import center_crops, split_train_val
+    with pytest.raises(ValueError, match=r"CropSampler: seed 'a' must be an int"):
+        CropSampler(_images(), seed="a")
+    s = CropSampler(_images())
+    with pytest.raises(ValueError, match=r"sample: batch 1.5 must be >= 1 \(an int\)"):
+        s.sample(1.5, 16)
+    with pytest.raises(ValueError, match=r"crop 16.0 must be >= 1 \(an int\)"):
+        s.sample(1, 16.0)
+    with pytest.raises(ValueError, match=r"split_train_val: val_every 0 must be an int >= 1"):
+        split_train_val(["a", "b"], 0)
+    with pytest.raises(ValueError, match=r"center_crops: image 1 is 8x8 for size 16"):
+        center_crops([torch.zeros(3, 16, 16, dtype=torch.uint8),
+                      torch.zeros(3, 8, 8, dtype=torch.uint8)], 16)

@@ -737,14 +737,20 @@ def test_a_second_fit_on_the_same_run_folder_is_refused(image_dir, tmp_path):
         holder.wait()
     t.fit()                                     # the holder is gone: its lock with it
     assert t.step == 2
-    # released when fit() returns: another Trainer in this process fits on the folder
-    r = Trainer(_cfg(image_dir, out, steps=3, val_every=0), log=lambda *_: None)
-    assert r.step == 2
-    r.fit()
-    assert r.step == 3
-    t.cfg.steps = 4                             # and the first one can fit again
+    t.cfg.steps = 3                             # and the first one can fit again
     t.fit()
-    assert t.step == 4
+    assert t.step == 3
+    # released when fit() returns: another Trainer in this process fits on the folder
+    r = Trainer(_cfg(image_dir, out, steps=4, val_every=0), log=lambda *_: None)
+    assert r.step == 3
+    r.fit()
+    assert r.step == 4
+    # (t fitting again after r had re-trained r's steps from its own older state and replaced
+    # r's checkpoint: see test_a_stale_trainer_does_not_overwrite_a_newer_checkpoint)
+    t.cfg.steps = 5
+    with pytest.raises(ValueError, match="was written by another training since this Trainer"):
+        t.fit()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
 
 
 def test_out_that_is_a_file_is_refused(image_dir, tmp_path):
@@ -973,3 +979,262 @@ def test_validation_records_no_gradient(monkeypatch):
     monkeypatch.setattr(SlimCAE, "forward", spy)
     validate(model, torch.rand(2, 3, 32, 32), [8, 4], bf16=False)
     assert seen and not any(seen)
+
+
+@pytest.mark.parametrize("widths,lambdas,msg", [
+    ([8, 4], [0.01], r"rd_loss: 1 lambdas for 2 widths: give one lambda per width"),
+    ([8, 4], [-0.01, 0.01], r"rd_loss: lambdas \[-0.01, 0.01\] must be finite numbers > 0"),
+    ([8, 4], [float("nan"), 0.01], r"rd_loss: lambdas \[nan, 0.01\] must be finite"),
+    ([8, 4], ["0.01", 0.01], r"rd_loss: lambdas \['0.01', 0.01\] must be finite"),
+    (8, [0.01], r"rd_loss: widths must be a sequence of ints, got 8"),
+])
+def test_rd_loss_refuses_lambdas_that_do_not_pair_with_the_widths(widths, lambdas, msg):
+    """rd_loss zipped the widths with the lambdas: 2 widths and 1 lambda returned the loss of
+    the first width alone (the second never trained), a negative lambda gave a loss that
+    rewards distortion, a str lambda or a single int width failed inside torch / zip."""
+    from slimkernels.models import SlimCAE
+    from slimkernels.training import rd_loss
+    with pytest.raises(ValueError, match=msg):
+        rd_loss(SlimCAE([8, 4]), torch.rand(1, 3, 32, 32), widths, lambdas, False)
+
+
+def test_rd_loss_refuses_images_it_cannot_train_on():
+    """(A 3-D image: "not enough values to unpack (expected 4, got 3)"; a numpy image:
+    AttributeError 'new_zeros'; bf16='no': torch's set_autocast_enabled TypeError.)"""
+    from slimkernels.models import SlimCAE
+    from slimkernels.training import rd_loss
+    m = SlimCAE([8, 4])
+    with pytest.raises(ValueError, match=r"rd_loss expects a batch of RGB images \[N, 3, H, W\] "
+                                         r"float in \[0, 1\], got \(3, 32, 32\)"):
+        rd_loss(m, torch.rand(3, 32, 32), [8], [0.01], False)
+    with pytest.raises(TypeError, match="rd_loss expects the image as a tensor, got ndarray"):
+        rd_loss(m, np.random.rand(1, 3, 32, 32).astype(np.float32), [8], [0.01], False)
+    with pytest.raises(ValueError, match=r"rd_loss: bf16='no' must be True or False"):
+        rd_loss(m, torch.rand(1, 3, 32, 32), [8], [0.01], "no")
+    # numpy numbers and 0-dim tensors are numbers: the loss is the float lambdas' one
+    torch.manual_seed(0)
+    want, _ = rd_loss(m, torch.full((1, 3, 32, 32), 0.5), [8, 4], [0.01, 0.002], False)
+    torch.manual_seed(0)
+    got, _ = rd_loss(m, torch.full((1, 3, 32, 32), 0.5), np.array([8, 4]),
+                     [np.float64(0.01), torch.tensor(0.002, dtype=torch.float64)], False)
+    assert float(got.detach()) == float(want.detach())
+
+
+@pytest.mark.parametrize("where", ["lambdas", "config"])
+@pytest.mark.parametrize("lambdas", [[0.01], [-1.0, 0.002], [float("nan"), 0.002], "ab"])
+def test_resume_refuses_checkpoint_lambdas_that_cannot_train(image_dir, tmp_path, where, lambdas):
+    """The checkpoint's lambdas were trusted (the count check ran on the options before the
+    resume): 1 lambda for 2 widths resumed and trained width 4 with no loss term, [-1.0, 0.002]
+    trained with a negative lambda, NaN failed later as "loss is nan: lower the lr"."""
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=1, lambdas=None), log=lambda *_: None).fit()
+    ck = tmp_path / "r" / "checkpoint.pt"
+    c = torch.load(ck, weights_only=False)
+    if where == "lambdas":
+        c["lambdas"], c["config"]["lambdas"] = lambdas, None
+    else:
+        c["config"]["lambdas"] = lambdas
+    torch.save(c, ck)
+    key = "lambdas" if where == "lambdas" else "config's lambdas"
+    with pytest.raises(ValueError, match=rf"{re.escape(str(ck))} is damaged: its {key} .* are "
+                                         rf"not one finite number > 0 per width \(2 widths\); "
+                                         rf"move it out of the run folder"):
+        Trainer(_cfg(image_dir, tmp_path / "r", steps=2, lambdas=None), log=lambda *_: None)
+
+
+def test_init_continue_refuses_lambdas_that_cannot_train(image_dir, tmp_path):
+    """--init-continue checked the count of the init file's lambdas, not their values: a
+    negative one trained silently."""
+    from slimkernels.models import SlimCAE
+    from slimkernels.pretrained import save_model
+    m = SlimCAE([8, 4])
+    m.update()
+    path = str(tmp_path / "model.pt")
+    save_model(m, path, info={"steps": 3, "lambdas_final": [-0.01, 0.002]})
+    with pytest.raises(ValueError, match=r"model.pt was trained with lambdas \[-0.01, 0.002\], "
+                                         r"not one finite number > 0 per width of this run \(2 "
+                                         r"widths\): leave out --init-continue"):
+        Trainer(_cfg(image_dir, tmp_path / "r", init=path, init_continue=True),
+                log=lambda *_: None)
+
+
+def _first_of(d):
+    return next(iter(d))
+
+
+@pytest.mark.parametrize("edit,kw,msg", [
+    (lambda c: c.__setitem__("model", [1]), {}, r"is damaged: its model weights are a list"),
+    (lambda c: c["model"].__setitem__(_first_of(c["model"]), "x"), {},
+     r"does not fit this model .*: 1 tensor\(s\) of another shape, e.g. \S+ not a tensor"),
+    (lambda c: c.__setitem__("opt", {"foo": 1}), {},
+     r"is damaged: its optimizer state does not fit this model \(no entry 'param_groups'\)"),
+    (lambda c: c.__setitem__("aux_opt", "x"), {},
+     r"is damaged: its entropy models' optimizer state does not fit this model \(a str"),
+    (lambda c: c["opt"]["param_groups"][0].__setitem__("params", [0]), {},
+     r"is damaged: its optimizer state does not fit this model \(.*"),
+    (lambda c: c["opt"]["state"][0].__setitem__("exp_avg", torch.zeros(1)), {},
+     r"is damaged: its optimizer state does not fit this model \(its exp_avg is \(1,\) for a "
+     r"parameter of"),
+    (lambda c: c.__setitem__("step", "2"), {}, r"is damaged: its step '2' is not an int >= 0"),
+    (lambda c: c.__setitem__("sampler", {"foo": 1}), {},
+     r"is damaged: its crop sampler state is not one"),
+    (lambda c: c.__setitem__("sampler", {"gen": torch.zeros(3, dtype=torch.uint8)}), {},
+     r"is damaged: its crop sampler state is not one"),
+    (lambda c: c.__setitem__("torch_rng", torch.zeros(3, dtype=torch.uint8)), {},
+     r"is damaged: its random number generator state is not one"),
+    (lambda c: c.__setitem__("scheduler", "x"), dict(schedule=True),
+     r"is damaged: its lambda schedule state is a str, not a dict"),
+    (lambda c: c.__setitem__("scheduler", {"i": 7}), {},   # (kept without --schedule too)
+     r"is damaged: its lambda schedule state: the state's pair index i 7"),
+    (lambda c: c.__setitem__("next_schedule", "soon"), {},
+     r"is damaged: its next_schedule 'soon' is not a step"),
+    (lambda c: c["ema"].__setitem__(_first_of(c["ema"]), torch.zeros(1)), dict(ema=0.9),
+     r": its weight average of \S+ is \(1,\) torch.float32, the weight \(.*\) torch.float32; "
+     r"start it afresh with --ema 0 once"),
+    (lambda c: c.__setitem__("ema", [1]), dict(ema=0.9),
+     r": its weight average does not match this model's parameters"),
+])
+def test_resume_from_a_damaged_checkpoint_names_it(image_dir, tmp_path, edit, kw, msg):
+    """Only the top-level keys of checkpoint.pt were checked: a damaged entry gave an
+    AttributeError, KeyError, TypeError or torch RuntimeError (file not named) from inside the
+    resume, or, for a weight average of another shape, from the first training step. Now a
+    ValueError naming the checkpoint and what to do, before anything trains."""
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=1, val_every=0, **kw),
+            log=lambda *_: None).fit()
+    ck = tmp_path / "r" / "checkpoint.pt"
+    c = torch.load(ck, weights_only=False)
+    edit(c)
+    torch.save(c, ck)
+    with pytest.raises(ValueError, match=re.escape(str(ck)) + " ?" + msg):
+        Trainer(_cfg(image_dir, tmp_path / "r", steps=2, val_every=0, **kw),
+                log=lambda *_: None).fit()
+
+
+def test_resuming_a_checkpoint_without_config_of_other_widths_names_it(image_dir, tmp_path):
+    """(Without a config to compare, torch's load_state_dict RuntimeError listed every key of
+    another shape: kilobytes, the file not named.)"""
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=1, widths=[8, 2]), log=lambda *_: None).fit()
+    ck = tmp_path / "r" / "checkpoint.pt"
+    c = torch.load(ck, weights_only=False)
+    del c["config"]
+    torch.save(c, ck)
+    with pytest.raises(ValueError, match=re.escape(str(ck)) + r" does not fit this model "
+                                         r"\(--widths \[8, 4\], --gdn switch\): \d+ tensor\(s\) "
+                                         r"of another shape.*resume it with the options it was "
+                                         r"trained with, or move it out") as e:
+        Trainer(_cfg(image_dir, tmp_path / "r", steps=2), log=lambda *_: None)
+    assert len(str(e.value)) < 400
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_init_or_resumed_weights_are_named(image_dir, tmp_path, value):
+    """--init weights holding NaN / inf (or a checkpoint.pt written by hand with them: save()
+    refuses them) trained, then failed with "loss is nan at step 0: lower the lr or resume from
+    the last checkpoint": neither helps. Now the file and the weight are named up front."""
+    from slimkernels.models import SlimCAE
+    sd = SlimCAE([8, 4]).state_dict()
+    sd["g_a.0.weight"][0] = value
+    torch.save(sd, tmp_path / "init.pt")
+    with pytest.raises(ValueError, match=r"--init file .*init.pt: its weight g_a.0.weight is not "
+                                         r"finite \(NaN or inf; a run that diverged\?\)"):
+        Trainer(_cfg(image_dir, tmp_path / "a", init=str(tmp_path / "init.pt")),
+                log=lambda *_: None)
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=1, ema=0.9), log=lambda *_: None).fit()
+    ck = tmp_path / "r" / "checkpoint.pt"
+    good = torch.load(ck, weights_only=False)
+    for entry, msg in (("model", r" is damaged: its weight g_a.0.weight is not finite"),
+                       ("ema", r": its weight average of g_a.0.weight is not finite \(NaN or "
+                               r"inf\); start it afresh with --ema 0 once")):
+        c = torch.load(ck, weights_only=False)
+        c[entry]["g_a.0.weight"][0, 0, 0, 0] = value
+        torch.save(c, ck)
+        with pytest.raises(ValueError, match=re.escape(str(ck)) + msg):
+            Trainer(_cfg(image_dir, tmp_path / "r", steps=2, ema=0.9), log=lambda *_: None)
+        torch.save(good, ck)
+
+
+def test_a_stale_trainer_does_not_overwrite_a_newer_checkpoint(image_dir, tmp_path):
+    """The run folder's lock is held only while fit() runs: two Trainers built on one folder at
+    step 2, a.fit() to step 4, then b.fit() re-trained steps 2..4 from the state it had read
+    and replaced a's checkpoint (a's steps lost). Now fit() (and save()) refuse while
+    checkpoint.pt is not the one the Trainer read or last wrote; a new Trainer resumes."""
+    out = tmp_path / "r"
+    quiet = dict(log=lambda *_: None)
+    Trainer(_cfg(image_dir, out, steps=2, val_every=0), **quiet).fit()
+    a = Trainer(_cfg(image_dir, out, steps=4, val_every=0), **quiet)
+    b = Trainer(_cfg(image_dir, out, steps=4, val_every=0), **quiet)
+    a.fit()
+    ck = out / "checkpoint.pt"
+    newer = ck.read_bytes()
+    msg = (rf"{re.escape(str(ck))} was written by another training since this Trainer read or "
+           rf"last wrote it \(this one is at step 2\): training on would replace it with older "
+           rf"state; build a new Trainer to resume from it")
+    with pytest.raises(ValueError, match=msg):
+        b.fit()
+    with pytest.raises(ValueError, match=msg):
+        b.save()
+    assert ck.read_bytes() == newer and b.step == 2
+    # a new run's Trainer, built before another one wrote the folder's first checkpoint
+    c = Trainer(_cfg(image_dir, tmp_path / "n", steps=1, val_every=0), **quiet)
+    Trainer(_cfg(image_dir, tmp_path / "n", steps=2, val_every=0), **quiet).fit()
+    with pytest.raises(ValueError, match=r"since this Trainer was built \(it started a new "
+                                         r"run\)"):
+        c.fit()
+    # a checkpoint moved away is not in the way; a new Trainer goes on from the newer one
+    os.replace(tmp_path / "n" / "checkpoint.pt", tmp_path / "moved.pt")
+    assert c.fit().step == 1
+    r = Trainer(_cfg(image_dir, out, steps=5, val_every=0), **quiet)
+    assert r.step == 4 and r.fit().step == 5
+
+
+@pytest.mark.parametrize("images,kw,err,msg", [
+    (torch.rand(0, 3, 32, 32), {}, ValueError, r"validate: no images \(\[0, 3, H, W\]\)"),
+    (torch.rand(2, 3, 32, 32), dict(batch=0), ValueError, r"validate: batch 0 must be an int"),
+    (torch.rand(2, 3, 32, 32), dict(batch=-1), ValueError, r"validate: batch -1 must be an int"),
+    (np.random.rand(2, 3, 32, 32).astype(np.float32), {}, TypeError,
+     r"validate expects the image as a tensor, got ndarray"),
+    ([torch.rand(3, 32, 32)], {}, TypeError, r"validate expects the image as a tensor, got list"),
+    (torch.rand(3, 32, 32), {}, ValueError, r"validate expects images \[M, 3, H, W\] float in "
+                                            r"\[0, 1\], got \(3, 32, 32\)"),
+    (torch.rand(2, 3, 32, 32) * 255, {}, ValueError, r"validate expects finite float images in "
+                                                     r"\[0, 1\]; their values reach .*\(0-255 "
+                                                     r"pixel values\? divide by 255\)"),
+    (torch.full((1, 3, 32, 32), float("nan")), {}, ValueError, r"values reach nan"),
+])
+def test_validate_refuses_images_it_cannot_measure(images, kw, err, msg):
+    """(No images: ZeroDivisionError; batch 0: "range() arg 3 must not be zero", -1: a
+    ZeroDivisionError; numpy images: AttributeError "'str' object has no attribute 'type'", a
+    list: AttributeError 'device'; 0-255 float images: a PSNR of -43 dB without a word.)"""
+    from slimkernels.models import SlimCAE
+    from slimkernels.training import validate
+    with pytest.raises(err, match=msg):
+        validate(SlimCAE([8, 4]), images, [8], False, **kw)
+
+
+def test_config_numpy_widths_and_seed_range(image_dir, tmp_path):
+    """(widths=np.array([8, 4]): numpy's "truth value of an array ... is ambiguous" from
+    check(); a single number for widths or lambdas: "'int' object is not iterable"; seed=2**70
+    passed check(), then torch: "Overflow when unpacking long long".)"""
+    t = Trainer(_cfg(image_dir, tmp_path / "a", widths=np.array([8, 4]),
+                     lambdas=np.array([0.01, 0.002]), steps=1, val_every=0), log=lambda *_: None)
+    assert t.cfg.widths == [8, 4] and t.cfg.lambdas == [0.01, 0.002]
+    assert t.fit().step == 1
+    with pytest.raises(ValueError, match=r"--widths 8: must be a list \(one entry per width\)"):
+        Trainer(_cfg(image_dir, tmp_path / "b", widths=8), log=lambda *_: None)
+    with pytest.raises(ValueError, match=r"--lambdas 0.01: must be a list"):
+        Trainer(_cfg(image_dir, tmp_path / "b", lambdas=0.01), log=lambda *_: None)
+    for seed in (2 ** 70, -2 ** 63 - 1, 2 ** 63):
+        with pytest.raises(ValueError, match=rf"--seed {seed}: must be in -2\^63 .. 2\^63-1"):
+            Trainer(_cfg(image_dir, tmp_path / "b", seed=seed), log=lambda *_: None)
+    assert not (tmp_path / "b").exists()
+    Trainer(_cfg(image_dir, tmp_path / "c", seed=2 ** 63 - 1), log=lambda *_: None)
+
+
+def test_run_validation_before_the_data_says_what_to_call(image_dir, tmp_path):
+    """(Trainer.run_validation() before fit() / load_data(): TypeError "object of type
+    'NoneType' has no len()".)"""
+    t = Trainer(_cfg(image_dir, tmp_path / "r"), log=lambda *_: None)
+    with pytest.raises(RuntimeError, match=r"run_validation: no validation images yet: call "
+                                           r"load_data\(\) \(or fit\(\)\) first"):
+        t.run_validation()
+    t.load_data()
+    assert len(t.run_validation()["bpp"]) == 2
