@@ -17,7 +17,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         name = "--" + f.name.replace("_", "-")
-        doc = f.metadata.get("help", "") + " (default: %(default)s)"
+        doc = f.metadata.get("help", "") + (" (default: none)" if default == "" else
+                                             " (default: %(default)s)")
         if f.metadata.get("auto_bool"):
             p.add_argument(name, action=argparse.BooleanOptionalAction, default=default,
                            help=f.metadata.get("help", "") + " (default: unset)")

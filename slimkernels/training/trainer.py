@@ -979,6 +979,15 @@ class Trainer:
             self._print(f"the run in {cfg.out} is at step {self.step} already (--steps "
                         f"{cfg.steps}): nothing to train; give a larger --steps to go on")
             return self
+        if self.step >= cfg.steps and cfg.init_continue:
+            # (it wrote a checkpoint of the --init weights and said "done": the bundled model is
+            # at step 123,269, past the default --steps 1000)
+            self.stopped_by = None
+            self._print(f"--init {cfg.init} --init-continue starts at its step {self.step}, "
+                        f"which is past --steps {cfg.steps}: nothing to train, no checkpoint "
+                        f"written; give a --steps above {self.step} (e.g. --steps "
+                        f"{self.step + 1000} for 1000 more)")
+            return self
         if self.sampler is None:
             self.load_data()
         last_ckpt = time.time()

@@ -1238,3 +1238,22 @@ def test_run_validation_before_the_data_says_what_to_call(image_dir, tmp_path):
         t.run_validation()
     t.load_data()
     assert len(t.run_validation()["bpp"]) == 2
+
+
+def test_init_continue_past_steps_says_nothing_to_train(image_dir, tmp_path):
+    """(train --init MODEL --init-continue with --steps at or below the model's step, e.g. the
+    bundled model at 123,269 with the default --steps 1000, trained nothing, wrote a checkpoint
+    of the --init weights and printed "done": it says so now, and writes nothing.)"""
+    from slimkernels.pretrained import save_model
+    t = Trainer(_cfg(image_dir, tmp_path / "a", steps=1), log=lambda *_: None).fit()
+    path = str(tmp_path / "model.pt")
+    t.model.update()
+    save_model(t.model, path, info={"steps": 7, "lambdas_final": [0.02, 0.001]})
+    said = []
+    out = tmp_path / "c"
+    cont = Trainer(_cfg(image_dir, out, init=path, init_continue=True, steps=5),
+                   log=said.append).fit()
+    assert cont.step == 7 and not (out / "checkpoint.pt").exists()
+    assert any(f"--init {path} --init-continue starts at its step 7, which is past --steps 5: "
+               f"nothing to train, no checkpoint written; give a --steps above 7 (e.g. --steps "
+               f"1007 for 1000 more)" in str(s) for s in said), said
