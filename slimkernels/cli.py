@@ -396,6 +396,7 @@ def cmd_compress(args) -> int:
     outs = _outputs(args.inputs, args.output, ".slim", args.force)
     _check_images(args.inputs)
     model = _load(args)
+    seen = []
 
     def one(src, dst, say):
         try:
@@ -421,12 +422,21 @@ def cmd_compress(args) -> int:
         bpp = 8 * len(data) / (H * W)
         if not args.quiet:
             say(f"{src} -> {dst}: width {width}, {len(data)} bytes, "
-                f"{bpp:.4f} bpp, {dt * 1e3:.1f} ms")
+                f"{bpp:.4f} bpp, {dt * 1e3:.1f} ms{_first_call(seen)}")
         if not fits:
             say(f"{src}: note: no width reaches --target-bpp {args.target_bpp:g}; wrote the "
                 f"narrowest, {width} ({bpp:.4f} bpp)", file=sys.stderr)
     _batch(list(zip(args.inputs, outs)), one, "compress", args.quiet)
     return EXIT_OK
+
+
+def _first_call(seen: list) -> str:
+    """The note after the first file's time (its call prepares the weights' caches and layouts:
+    several times a later call's time; the README's numbers are of later calls); empty after."""
+    if seen:
+        return ""
+    seen.append(True)
+    return " (first call: includes preparing the weights)"
 
 
 def cmd_decompress(args) -> int:
@@ -439,6 +449,7 @@ def cmd_decompress(args) -> int:
     outs = _outputs(args.inputs, args.output, ".png", args.force)
     _check_slim_files(args.inputs)
     model = _load(args)
+    seen = []
 
     def one(src, dst, say):
         fmt = {".png": "PNG", ".bmp": "BMP", ".ppm": "PPM", ".tif": "TIFF", ".tiff": "TIFF",
@@ -458,7 +469,8 @@ def cmd_decompress(args) -> int:
             raise CLIError(f"{src}: {e}") from None
         atomic_write_bytes(dst, image_to_png_bytes(x, fmt), overwrite=args.force)
         if not args.quiet:
-            say(f"{src} -> {dst}: {x.shape[-1]}x{x.shape[-2]}, {dt * 1e3:.1f} ms")
+            say(f"{src} -> {dst}: {x.shape[-1]}x{x.shape[-2]}, {dt * 1e3:.1f} ms"
+                f"{_first_call(seen)}")
     _batch(list(zip(args.inputs, outs)), one, "decompress", args.quiet)
     return EXIT_OK
 
