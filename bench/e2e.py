@@ -10,8 +10,9 @@ In ONE run, interleaved (round-robin, medians), on one image:
   weights, eager GDN, NCHW), loading the same state_dict, in fp32 (the issue's baseline: what a
   user would write) and under bf16 autocast (what a user would write knowing autocast); its
   latent is rounded, coded and packed exactly like ours, so the ratio isolates the transforms;
-* CompressAI ``bmshj2018-factorized`` quality 6 (N=192, M=320, random weights: same cost), its own
-  ``compress`` / ``decompress`` (``compressai.ans`` rANS).
+* CompressAI ``bmshj2018-factorized`` quality 6 (N=192, M=320, random weights: the same
+  transform cost, while its coder codes a larger payload than a trained model's would, so its
+  coding time is over-counted), its own ``compress`` / ``decompress`` (``compressai.ans`` rANS).
 
 Peak memory: a fresh subprocess per implementation (glibc told to return every block >= 64 KiB
 to the OS on free, so RSS follows the live tensors) runs each operation once (warm-up), resets

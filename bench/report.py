@@ -306,8 +306,9 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
          "F.conv2d on sliced weights, eager GDN, NCHW) in fp32 (the issue's baseline: what a user "
          "would write without this library) and under bf16 autocast; same weights, same coder "
          "and container, so its ratio isolates the transforms. CompressAI = "
-         "`bmshj2018-factorized` quality 6 (N=192, M=320, random weights: same cost), its own "
-         "compress/decompress.", ""]
+         "`bmshj2018-factorized` quality 6 (N=192, M=320, random weights: the same transform "
+         "cost, while its coder codes a larger payload than a trained model's would, so its "
+         "coding time is over-counted), its own compress/decompress.", ""]
     if meta.get("quick"):
         L += ["**Quick mode** (tiny image, 1 repeat): a smoke test, not a measurement.", ""]
     dp = meta.get("default_precision", "fp32")
