@@ -507,7 +507,10 @@ class Trainer:
     ValueError instead of replacing the newer checkpoint with this one's older state (the
     steps trained since would be lost); build a new Trainer to resume from it. (Two Trainers
     built on one folder at step 2, ``a.fit()`` to step 4, then ``b.fit()`` re-trained steps
-    2..4 and overwrote a's checkpoint.)"""
+    2..4 and overwrote a's checkpoint.) Under torchrun every rank raises rank 0's refusal.
+    :meth:`save` outside a fit takes the folder's lock too (refused while a fit holds it); a
+    checkpoint written around the lock while a fit runs (a copy over it) is kept, and the fit
+    saves to ``checkpoint.conflict-<pid>.pt`` instead, saying so."""
 
     def __init__(self, cfg: TrainConfig, log=print):
         cfg.check()
@@ -550,6 +553,8 @@ class Trainer:
         self.ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
         self.log_path = os.path.join(cfg.out, "log.jsonl")
         self._lock: Optional[_RunLock] = None   # held by fit()
+        self._fitting = False
+        self._conflict_warned = False
         self.ema: Optional[Dict[str, torch.Tensor]] = None
         self._resume_or_init()
         if cfg.ema > 0 and self.ema is None:   # a new run, or a checkpoint written without one
@@ -592,12 +597,17 @@ class Trainer:
             saved = ck.get("config") if isinstance(ck.get("config"), dict) else {}
             # (they were trusted: 1 lambda for 2 widths trained the second width with no loss
             # term, a negative one rewarded distortion)
-            ck_lambdas = self._checkpoint_lambdas(ck["lambdas"], "lambdas")
+            # (values first, the count after the run's options are known to be its own: a
+            # resume with other --widths is told so, not that a sound checkpoint is damaged)
+            ck_lambdas = self._checkpoint_lambdas(ck["lambdas"], "lambdas", count=False)
             if saved.get("lambdas") is not None:
-                self._checkpoint_lambdas(saved["lambdas"], "config's lambdas")
+                self._checkpoint_lambdas(saved["lambdas"], "config's lambdas", count=False)
             if cfg.lambdas is None:   # (unset: the lambdas the run started with)
                 cfg.lambdas = list(saved.get("lambdas") or ck_lambdas)
             _check_same_run(ck.get("config"), cfg, self.ckpt_path)
+            self._checkpoint_lambdas(ck["lambdas"], "lambdas")
+            if saved.get("lambdas") is not None:
+                self._checkpoint_lambdas(saved["lambdas"], "config's lambdas")
             # each entry is checked before it is used: a damaged one was an AttributeError,
             # KeyError, TypeError or torch RuntimeError from inside the resume (or, for a weight
             # average of another shape, from the first training step)
@@ -744,14 +754,16 @@ class Trainer:
         return ValueError(f"{self.ckpt_path} is damaged: {what}; move it out of the run folder "
                           f"to start a new run there")
 
-    def _checkpoint_lambdas(self, lambdas, what: str) -> List[float]:
+    def _checkpoint_lambdas(self, lambdas, what: str, count: bool = True) -> List[float]:
         """The checkpoint's ``lambdas`` (its entry ``what``) as floats; ValueError naming the
-        checkpoint unless they are one finite number > 0 per width."""
+        checkpoint unless they are finite numbers > 0, one per width (``count``)."""
+        n = len(self.cfg.widths)
         try:
-            return check_lambdas(lambdas, what, len(self.cfg.widths))
+            return check_lambdas(lambdas, what, n if count else None)
         except ValueError:
-            raise self._damaged(f"its {what} {lambdas!r} are not one finite number > 0 per "
-                                f"width ({len(self.cfg.widths)} widths)") from None
+            raise self._damaged(f"its {what} {lambdas!r} are not " + (
+                f"one finite number > 0 per width ({n} width{'s' if n != 1 else ''})" if count
+                else "finite numbers > 0")) from None
 
     def _check_scheduler_state(self, sst) -> None:
         """ValueError naming the checkpoint unless its lambda schedule state ``sst`` is None or a
@@ -812,16 +824,43 @@ class Trainer:
               "bf16": self.bf16,   # (the resolved --bf16: config holds None for "auto")
               "ema_tables": self._tables(averaged=True) if self._ema_pairs is not None else None,
               "torch_rng": torch.get_rng_state()}
-        self._check_checkpoint_is_ours()
-        atomic_torch_save(ck, self.ckpt_path)
-        self._ckpt_stamp = _file_stamp(self.ckpt_path)
+        if self._fitting:
+            # (under fit's lock: a checkpoint written since came from outside the lock, e.g. a
+            # copy over it; neither it nor this run's steps are lost, and no rank is left
+            # waiting for one that raised)
+            path = self.ckpt_path if self._checkpoint_is_ours() else self._conflict_path()
+            atomic_torch_save(ck, path)
+            if path == self.ckpt_path:
+                self._ckpt_stamp = _file_stamp(path)
+            return
+        lock = _RunLock(self.cfg.out)   # (refused while a fit holds the folder)
+        try:
+            self._check_checkpoint_is_ours()
+            atomic_torch_save(ck, self.ckpt_path)
+            self._ckpt_stamp = _file_stamp(self.ckpt_path)
+        finally:
+            lock.release()
+
+    def _checkpoint_is_ours(self) -> bool:
+        now = _file_stamp(self.ckpt_path)
+        return now is None or now == self._ckpt_stamp
+
+    def _conflict_path(self) -> str:
+        """Where a fit saves when ``checkpoint.pt`` was written from outside its lock (said
+        once): ``checkpoint.conflict-<pid>.pt`` beside it."""
+        path = os.path.join(self.cfg.out, f"checkpoint.conflict-{os.getpid()}.pt")
+        if not self._conflict_warned:
+            self._conflict_warned = True
+            self._print(f"warning: {self.ckpt_path} was written by something else during this "
+                        f"training (at step {self.step}); this run's checkpoints go to {path} "
+                        f"instead (move it to checkpoint.pt to resume from it)")
+        return path
 
     def _check_checkpoint_is_ours(self) -> None:
         """ValueError when ``checkpoint.pt`` is no longer the one this Trainer resumed from or
         last wrote (another training wrote it since: saving would replace it with older state;
         a checkpoint that is gone is not in the way)."""
-        now = _file_stamp(self.ckpt_path)
-        if now is None or now == self._ckpt_stamp:
+        if self._checkpoint_is_ours():
             return
         was = ("was built (it started a new run)" if self._ckpt_stamp is None
                else "read or last wrote it")
@@ -963,13 +1002,26 @@ class Trainer:
         # one fit per run folder at a time (rank 0's lock; the other ranks of a torchrun share
         # the folder): two on one folder both saved checkpoint.pt, the last save winning, and
         # mixed their logs
+        refused = None
         if self.rank == 0:
-            self._lock = _RunLock(cfg.out)
+            try:
+                self._lock = _RunLock(cfg.out)
+                self._check_checkpoint_is_ours()   # (under the lock: nobody else writes it now)
+            except ValueError as e:
+                refused = e
+        if self.world > 1:   # (every rank raises rank 0's refusal: the others had gone on into
+            said = [None if refused is None else str(refused)]   # training and waited in the
+            dist.broadcast_object_list(said, src=0)              # first collective for good)
+            if said[0] is not None and refused is None:
+                refused = ValueError(said[0])
+        if refused is not None:
+            self.close()
+            raise refused
+        self._fitting = True
         try:
-            if self.rank == 0:   # (under the lock: nobody writes it while this fit runs)
-                self._check_checkpoint_is_ours()
             return self._fit(cfg)
         finally:
+            self._fitting = False
             self.close()
 
     def _fit(self, cfg):

@@ -2,8 +2,10 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -1035,9 +1037,10 @@ def test_resume_refuses_checkpoint_lambdas_that_cannot_train(image_dir, tmp_path
         c["config"]["lambdas"] = lambdas
     torch.save(c, ck)
     key = "lambdas" if where == "lambdas" else "config's lambdas"
+    what = (r"one finite number > 0 per width \(2 widths\)" if lambdas == [0.01] else
+            r"finite numbers > 0")   # (values before the run's options, the count after)
     with pytest.raises(ValueError, match=rf"{re.escape(str(ck))} is damaged: its {key} .* are "
-                                         rf"not one finite number > 0 per width \(2 widths\); "
-                                         rf"move it out of the run folder"):
+                                         rf"not {what}; move it out of the run folder"):
         Trainer(_cfg(image_dir, tmp_path / "r", steps=2, lambdas=None), log=lambda *_: None)
 
 
@@ -1257,3 +1260,126 @@ def test_init_continue_past_steps_says_nothing_to_train(image_dir, tmp_path):
     assert any(f"--init {path} --init-continue starts at its step 7, which is past --steps 5: "
                f"nothing to train, no checkpoint written; give a --steps above 7 (e.g. --steps "
                f"1007 for 1000 more)" in str(s) for s in said), said
+
+
+@pytest.mark.parametrize("widths", [[8, 4, 2], [8]])
+def test_resume_with_other_widths_names_the_option_not_a_damaged_checkpoint(image_dir, tmp_path,
+                                                                            widths):
+    """(the checkpoint's lambda count was checked against the new --widths first: a sound
+    checkpoint was called damaged, "move it out of the run folder".)"""
+    Trainer(_cfg(image_dir, tmp_path / "r", steps=1, val_every=0), log=lambda *_: None).fit()
+    with pytest.raises(ValueError) as e:
+        Trainer(_cfg(image_dir, tmp_path / "r", widths=widths, lambdas=None), log=lambda *_: None)
+    assert "belongs to a run started with --widths [8, 4]" in str(e.value), str(e.value)
+    assert "damaged" not in str(e.value)
+
+
+def test_a_save_by_another_trainer_during_a_fit_does_not_lose_the_fit(image_dir, tmp_path):
+    """(save() outside a fit did not take the run lock: another Trainer's save during t1's fit
+    went through, and t1's own final save then refused: its steps were lost.) A save() is
+    refused while a fit holds the folder."""
+    out = tmp_path / "r"
+    Trainer(_cfg(image_dir, out, steps=2, val_every=0), log=lambda *_: None).fit()
+    t1 = Trainer(_cfg(image_dir, out, steps=4, val_every=0), log=lambda *_: None)
+    t2 = Trainer(_cfg(image_dir, out, steps=4, val_every=0), log=lambda *_: None)
+    real, seen = t1.train_step, {}
+
+    def step(x):
+        if t1.step == 2 and "t2" not in seen:
+            try:
+                t2.save()
+                seen["t2"] = "saved"
+            except ValueError as e:
+                seen["t2"] = str(e)
+        return real(x)
+    t1.train_step = step
+    t1.fit()
+    assert seen["t2"] != "saved", "a save() while another Trainer's fit holds the folder"
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
+
+
+_DDP_CHILD = textwrap.dedent(r'''
+    import json, os, shutil, sys, time
+    sys.path.insert(0, os.environ["SK_ROOT"])
+    import torch, torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    from slimkernels.training import TrainConfig, Trainer
+    data, out = sys.argv[1], sys.argv[2]
+    cfg = TrainConfig(data=data, out=out, widths=[8, 4], lambdas=[0.01, 0.002], batch=2, crop=32,
+                      steps=3, val_every=0, val_size=32, val_split=5, bf16=False,
+                      progress=False, ckpt_every_s=1e9, seed=3)
+    t = Trainer(cfg, log=lambda *_: None)
+    dist.barrier()
+    ck = os.path.join(out, "checkpoint.pt")
+    if rank == 0:   # another training writes the checkpoint after these Trainers read it
+        shutil.copy(ck, ck + ".new"); os.replace(ck + ".new", ck)
+    dist.barrier()
+    t0 = time.time()
+    try:
+        t.fit(); res = {"ok": True}
+    except BaseException as e:
+        res = {"ok": False, "type": type(e).__name__, "msg": str(e)[:300]}
+    res.update(rank=rank, s=round(time.time() - t0, 1))
+    print("RESULT " + json.dumps(res), flush=True)
+    if rank == 0:
+        time.sleep(8)   # (a caller that handles the error and goes on: the process lives)
+    os._exit(0)
+''')
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
+def test_a_stale_checkpoint_refusal_reaches_every_rank(image_dir, tmp_path):
+    """(rank 0 alone refused a checkpoint written since the Trainers read it: the other ranks
+    went on into training and waited in DDP's first collective until rank 0's process ended.)"""
+    out = tmp_path / "r"
+    Trainer(_cfg(image_dir, out, steps=1, val_every=0), log=lambda *_: None).fit()
+    child = tmp_path / "child.py"
+    child.write_text(_DDP_CHILD)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    procs = []
+    for r in range(2):
+        env = dict(os.environ, RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), SK_ROOT=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), PYTHONDONTWRITEBYTECODE="1")
+        procs.append(subprocess.Popen([sys.executable, str(child), image_dir, str(out)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    res = []
+    for p in procs:
+        o, _ = p.communicate(timeout=300)
+        line = [ln for ln in o.splitlines() if ln.startswith("RESULT ")]
+        assert line, o[-2000:]
+        res.append(json.loads(line[0][7:]))
+    for r in res:
+        assert not r["ok"] and r["type"] == "ValueError" and \
+            "was written by another training" in r["msg"], res
+        assert r["s"] < 5, res   # (not after waiting for rank 0's process to end)
+
+
+def test_a_checkpoint_replaced_from_outside_the_lock_during_a_fit_keeps_both(image_dir, tmp_path):
+    """A checkpoint.pt written around the lock while a fit runs (a copy over it) is neither
+    overwritten nor a reason to drop the fit's steps (or, under torchrun, to raise on rank 0
+    alone): the fit saves to checkpoint.conflict-<pid>.pt and says so."""
+    import shutil
+    out = tmp_path / "r"
+    Trainer(_cfg(image_dir, out, steps=2, val_every=0), log=lambda *_: None).fit()
+    ck = out / "checkpoint.pt"
+    said = []
+    t = Trainer(_cfg(image_dir, out, steps=4, val_every=0), log=said.append)
+    real = t.train_step
+
+    def step(x):
+        if t.step == 3 and not (out / "foreign.pt").exists():
+            shutil.copy(ck, out / "foreign.pt")
+            os.replace(shutil.copy(ck, out / "tmp.pt"), ck)   # (a new file: another stamp)
+        return real(x)
+    t.train_step = step
+    t.fit()
+    side = out / f"checkpoint.conflict-{os.getpid()}.pt"
+    assert torch.load(side, weights_only=False)["step"] == 4
+    assert torch.load(ck, weights_only=False)["step"] == 2          # (the foreign one, kept)
+    assert sum(f"this run's checkpoints go to {side} instead" in str(s) for s in said) == 1
