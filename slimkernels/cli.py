@@ -494,11 +494,11 @@ def cmd_info(args) -> int:
             held = coding.stream_count(f.payload)
         except ValueError:
             held = None
-        streams = (f"{f.streams}" if held == f.streams else
-                   f"{held} (the header asked {f.streams})" if held is not None else
-                   f"{f.streams} asked, payload header unreadable:")
+        streams = (f"{f.streams} substream(s)" if held == f.streams else
+                   f"{held} substream(s) (the header asked {f.streams})" if held is not None else
+                   f"{f.streams} substream(s) asked (the payload's header is unreadable)")
         print(f"{path}: .slim format v{f.version}, model {f.model_id.hex()}, width {f.width}, "
-              f"image {f.img_width}x{f.height}, {streams} substream(s), payload "
+              f"image {f.img_width}x{f.height}, {streams}, payload "
               f"{len(f.payload)} bytes, file {size} bytes, {8 * size / (f.height * f.img_width):.4f} bpp")
         for k, v in f.metadata.items():   # (repr: a key's control characters stay visible)
             print(f"  {k if k.isprintable() else repr(k)}: {v[:80]!r}")

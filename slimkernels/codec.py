@@ -39,6 +39,7 @@ import hashlib
 import inspect
 import json
 import math
+import operator
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -51,7 +52,7 @@ from .ops.image_io import bf16_to_image, image_to_bf16, value_range
 from ._hooks import runs_more_than_forward
 from ._amp import no_autocast
 from ._state import cached_on_module, first_non_finite, state_tensors
-from ._checks import as_width, check_image_tensor, is_int, not_a_tensor, width_list
+from ._checks import as_width, check_image_tensor, not_a_tensor, width_list
 from .nn.entropy import check_quantization
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
@@ -125,13 +126,9 @@ class SlimSequential(nn.Sequential):
             raise not_a_tensor(x, type(self).__name__)
         layers = list(self)
         if stop is not None:
-            if not is_int(stop) or not 0 <= stop <= len(layers):
-                raise ValueError(f"{type(self).__name__}: stop must be an int in 0..{len(layers)} "
-                                 f"(the layer count), got {stop!r}")
-            layers = layers[:int(stop)]
-        if not is_int(start) or not 0 <= start <= len(layers):
-            raise ValueError(f"{type(self).__name__}: start must be an int in 0..{len(layers)} "
-                             f"(<= stop), got {start!r}")
+            stop = _layer_index(stop, len(layers), "stop", type(self).__name__, "the layer count")
+            layers = layers[:stop]
+        start = _layer_index(start, len(layers), "start", type(self).__name__, "<= stop")
         fuse = self.fuses(x)
         i = int(start)
         while i < len(layers):
@@ -153,6 +150,19 @@ class SlimSequential(nn.Sequential):
             x = layer(x, w) if _takes_width(type(layer)) else layer(x)
             i += 1
         return x
+
+
+def _layer_index(v, n: int, name: str, where: str, bound: str) -> int:
+    """``v`` (an int, numpy int or 0-dim integer tensor: what ``operator.index`` takes) in
+    ``0..n``; ValueError naming ``name`` otherwise (-1 ran the last layer first; past the end
+    ran none; 0.7 was truncated)."""
+    try:
+        i = operator.index(v)
+    except TypeError:
+        i = None
+    if i is None or isinstance(v, bool) or not 0 <= i <= n:
+        raise ValueError(f"{where}: {name} must be an int in 0..{n} ({bound}), got {v!r}")
+    return i
 
 
 def _layer_width(layer: nn.Module, width: Optional[int]) -> Optional[int]:

@@ -920,7 +920,7 @@ def test_info_reports_the_substreams_the_payload_holds_and_every_file(model_file
     assert main(["info", many, images["RGB"], str(tmp_path / "missing.slim"), one]) == 1
     r = capsys.readouterr()
     lines = r.out.splitlines()
-    assert f"{held} (the header asked 255) substream(s)" in lines[0]
+    assert f"{held} substream(s) (the header asked 255)" in lines[0]
     assert lines[1].startswith(one) and ", 1 substream(s)," in lines[1]
     assert f"{images['RGB']}: " in r.err and "missing.slim does not exist" in r.err
 
@@ -939,3 +939,14 @@ def test_the_first_file_s_time_is_labelled_as_the_first_call(model_file, images,
         assert len(lines) == 2
         assert lines[0].endswith(" ms (first call: includes preparing the weights)")
         assert lines[1].endswith(" ms"), lines
+
+
+def test_info_line_for_an_unreadable_payload_header_reads_as_a_sentence(tmp_path, capsys):
+    from slimkernels import container
+    f = container.SlimFile(model_id=bytes(16), width=8, height=20, img_width=30, streams=3,
+                           payload=b"\x07garbage")
+    p = tmp_path / "bad.slim"
+    p.write_bytes(container.pack(f))
+    assert main(["info", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert ", 3 substream(s) asked (the payload's header is unreadable), payload 8 bytes" in out

@@ -1630,3 +1630,18 @@ def test_numpy_inputs_are_refused_as_not_tensors(model):
     with pytest.raises(TypeError, match="forward_widths takes a list of widths, got 8: for one "
                                         r"width call forward\(x, width\)"):
         model.forward_widths(torch.rand(1, 3, 32, 32), 8)
+
+
+def test_slim_sequential_start_takes_what_operator_index_takes():
+    """(the start / stop check took Python and numpy ints only: a 0-dim integer tensor, which
+    int() and the widths' check take, was refused.)"""
+    from slimkernels.codec import SlimSequential
+    from slimkernels.nn import SlimConv2d, SlimGDN
+    s = SlimSequential(SlimConv2d(3, 8, 3, padding=1, widths=[4, 8]), SlimGDN(8))
+    h = torch.rand(1, 4, 8, 8)
+    ref = s(h, 4, start=1)
+    for start in (torch.tensor(1), np.int64(1)):
+        assert torch.equal(s(h, 4, start=start), ref)
+    for bad in (torch.tensor(1.0), True):
+        with pytest.raises(ValueError, match="start must be an int in 0..2"):
+            s(h, 4, start=bad)

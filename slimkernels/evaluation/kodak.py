@@ -196,7 +196,7 @@ def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precisi
         limit: only the first ``limit`` images (sorted by name).
         out_dir: where the ``.slim`` files go (``out_dir/bitstreams/w{width}/{image}.slim``); a
             temporary folder (deleted afterwards) when None.
-        streams: coder substreams.
+        streams: coder substreams (None: compress's automatic count).
         warmup: one untimed compress/decompress per width before timing.
         progress: called with a line of text after every image and width.
 
@@ -303,8 +303,10 @@ def evaluate(model, folder: str, widths: Optional[Sequence[int]] = None, precisi
 
 def _check_streams(streams) -> None:
     from .._checks import is_int
-    if not (is_int(streams) and 1 <= streams <= 255):
-        raise ValueError(f"streams must be an int in 1..255, got {streams!r}")
+    # (None passes through: compress's automatic count)
+    if streams is not None and not (is_int(streams) and 1 <= streams <= 255):
+        raise ValueError(f"streams must be an int in 1..255 (or None: compress's choice), "
+                         f"got {streams!r}")
 
 
 #: below this shared fraction of the quality range a BD value is reported with a warning
@@ -542,24 +544,39 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
 
 def _set_aside(out: str, names: List[str]) -> Optional[str]:
     """Move ``names`` of folder ``out`` into a new hidden folder inside it; returns that folder
-    (None when there is nothing to move)."""
+    (None when there is nothing to move). Interrupted (Ctrl-C, an entry that cannot move), it
+    moves back what it had moved and raises (they had stayed hidden in the folder)."""
     if not names:
         return None
     aside = tempfile.mkdtemp(prefix=".earlier-", dir=out)
-    for n in names:
-        os.replace(os.path.join(out, n), os.path.join(aside, n))
+    try:
+        for n in names:
+            os.replace(os.path.join(out, n), os.path.join(aside, n))
+    except BaseException:
+        _put_back(out, aside)
+        raise
     return aside
+
+
+def _put_back(out: str, aside: str) -> None:
+    """Move everything in ``aside`` back into ``out`` (replacing what this run left under the
+    same names) and remove ``aside``."""
+    for n in os.listdir(aside):
+        dst = os.path.join(out, n)
+        if os.path.isdir(dst) and not os.path.islink(dst):
+            shutil.rmtree(dst)
+        os.replace(os.path.join(aside, n), dst)
+    os.rmdir(aside)
 
 
 def _restore(out: str, names, aside: Optional[str]) -> None:
     """After a failed run: its outputs named in ``names`` go, and what :func:`_set_aside` moved
-    to ``aside`` (None: nothing) comes back."""
-    remove_outputs(out, names)
-    if aside is None:
-        return
-    for n in os.listdir(aside):
-        os.replace(os.path.join(aside, n), os.path.join(out, n))
-    os.rmdir(aside)
+    to ``aside`` (None: nothing) comes back (also when the removal is interrupted)."""
+    try:
+        remove_outputs(out, names)
+    finally:
+        if aside is not None:
+            _put_back(out, aside)
 
 
 def _discard(aside: Optional[str]) -> None:

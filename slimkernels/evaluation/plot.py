@@ -16,7 +16,7 @@ def rd_plot(slim: Dict, references: Dict[str, Dict], path: str,
         slim: :func:`slimkernels.evaluation.kodak.evaluate` output (CompressAI layout with
             ``results["width"]``); each point is labelled with its width.
         references: ``{name: CompressAI-layout curve}`` (JPEG, WebP, Balle2017...).
-        path: output PNG path.
+        path: output PNG path (or a binary file object: the PNG is written to it).
         title: figure title.
 
     Returns:
@@ -44,11 +44,12 @@ def rd_plot(slim: Dict, references: Dict[str, Dict], path: str,
     _check_curve(slim, "slim", ("width", "bpp", "psnr-rgb"))
     for name, ref in references.items():
         _check_curve(ref, f"references[{name!r}]", ("bpp", "psnr-rgb"))
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
+    named = isinstance(path, (str, os.PathLike))   # (else a file object, as savefig takes)
+    folder = os.path.dirname(os.path.abspath(path)) if named else None
+    if named and not os.path.isdir(folder):
         raise FileNotFoundError(errno.ENOENT, f"cannot write {path}: the folder {folder} does "
                                               f"not exist")
-    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".") if named else ""
     formats = FigureCanvasBase.get_supported_filetypes()
     if ext and ext not in formats:
         raise ValueError(f"cannot write {path}: .{ext} is not an image format matplotlib writes "

@@ -57,7 +57,8 @@ class NonNegativeParametrizer(nn.Module):
     def __init__(self, minimum: float = 0.0, reparam_offset: float = 2 ** -18):
         super().__init__()
         minimum = finite_real(minimum, "minimum", type(self).__name__, 0.0, low_ok=True)
-        pedestal = finite_real(reparam_offset, "reparam_offset", type(self).__name__, 0.0) ** 2
+        pedestal = finite_real(reparam_offset, "reparam_offset", type(self).__name__, 0.0,
+                               low_ok=True) ** 2   # (0: no pedestal, as CompressAI allows)
         self.register_buffer("pedestal", torch.tensor([pedestal]))
         self.lower_bound = LowerBound((float(minimum) + pedestal) ** 0.5)
 

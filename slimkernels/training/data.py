@@ -49,6 +49,13 @@ def split_train_val(paths: Sequence[str], val_every: int = 20) -> Tuple[List[str
     return train, val
 
 
+def check_seed(seed, where: str) -> None:
+    """ValueError naming ``where`` unless ``seed`` is an int that torch's generators take
+    (``-2^63 .. 2^64-1``)."""
+    if not is_int(seed) or not -2 ** 63 <= seed < 2 ** 64:
+        raise ValueError(f"{where} {seed!r} must be an int in -2^63 .. 2^64-1 (torch's seeds)")
+
+
 class CropSampler:
     """Random crops with random horizontal flips from images kept in memory.
 
@@ -69,13 +76,13 @@ class CropSampler:
             # (float images in [0, 1] were cast into the uint8 batch: all-zero crops; HWC ones
             # read as 3 pixels wide)
             if not (isinstance(im, torch.Tensor) and im.dtype == torch.uint8 and im.dim() == 3
-                    and im.shape[0] == 3):
+                    and im.shape[0] in (1, 3)):
                 got = (f"{tuple(im.shape)} {im.dtype}" if isinstance(im, torch.Tensor)
                        else type(im).__name__)
                 raise ValueError(f"CropSampler: image {i} is {got}: it takes [3, H, W] uint8 "
-                                 f"tensors (as load_rgb reads them)")
-        if not is_int(seed) or not -2 ** 63 <= seed < 2 ** 64:
-            raise ValueError(f"CropSampler: seed {seed!r} must be an int in -2^63 .. 2^64-1")
+                                 f"tensors (as load_rgb reads them; [1, H, W] gray ones are "
+                                 f"repeated into the 3 channels)")
+        check_seed(seed, "CropSampler: seed")
         self.gen = torch.Generator().manual_seed(seed)
         self.weights = (torch.tensor([float(im.shape[-2] * im.shape[-1]) for im in self.images],
                                      dtype=torch.float64) if by_area else None)

@@ -28,7 +28,7 @@ from ..models.slimcae import DEFAULT_WIDTHS
 from ..nn.entropy import check_quantization, is_table_key
 from ..nn.gdn import GDN_VARIANTS
 from ..ops.gdn import compiled_training
-from .data import CropSampler, center_crops, list_images, load_rgb, split_train_val
+from .data import CropSampler, center_crops, check_seed, list_images, load_rgb, split_train_val
 from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler, check_lambdas
 
 
@@ -142,8 +142,7 @@ class TrainConfig:
             raise ValueError(f"--clip {self.clip}: must be >= 0 (0: off)")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema {self.ema}: must be in [0, 1) (0: off)")
-        if not -2 ** 63 <= self.seed < 2 ** 63:   # (torch: "Overflow when unpacking long long")
-            raise ValueError(f"--seed {self.seed}: must be in -2^63 .. 2^63-1")
+        check_seed(self.seed, "--seed")   # (torch: "Overflow when unpacking long long")
         for name in ("widths", "lambdas"):   # (a numpy array: "truth value ... is ambiguous")
             v = getattr(self, name)
             if v is not None and (isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__")):

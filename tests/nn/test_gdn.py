@@ -210,7 +210,8 @@ def test_gdn_layers_refuse_non_finite_or_negative_init_values(kw, match):
     with pytest.raises(ValueError, match=r"NonNegativeParametrizer: minimum must be a finite "
                                          r"number in \[0, inf\), got -1"):
         NonNegativeParametrizer(minimum=-1)
-    with pytest.raises(ValueError, match="reparam_offset must be a finite number in"):
-        NonNegativeParametrizer(reparam_offset=0)
+    with pytest.raises(ValueError, match=r"reparam_offset must be a finite number in \[0, inf\)"):
+        NonNegativeParametrizer(reparam_offset=-1)
+    assert float(NonNegativeParametrizer(reparam_offset=0).pedestal) == 0   # (no pedestal: fine)
     g = SlimGDN(4, beta_min=0.0, gamma_init=0.0)   # (the bounds themselves are fine)
     assert torch.isfinite(g(torch.rand(1, 4, 3, 3))).all()
