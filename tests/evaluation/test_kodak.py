@@ -462,7 +462,8 @@ def test_evaluate_checks_image_sizes_and_arguments_before_coding(tiny_model, tmp
                      (dict(limit=1.7), r"limit must be an int >= 1 \(or None: every image\), "
                                        r"got 1.7"),
                      (dict(limit="2"), "limit must be an int >= 1 .*got '2'"),
-                     (dict(streams=0), "streams must be an int in 1..255, got 0")):
+                     (dict(streams=0), r"streams must be an int in 1..255 \(or None: "
+                                       r"compress's choice\), got 0")):
         with pytest.raises(ValueError, match=what):
             kodak.evaluate(tiny_model, str(d), warmup=False, **kw)
 
