@@ -200,11 +200,16 @@ class SlimGDNPlus(_WidthSelectedGDN):
 
 #: The names :func:`make_gdn` (and ``SlimCAE(gdn=...)``, ``--gdn``) takes.
 GDN_VARIANTS = ("switch", "slim", "slim+")
+#: Earlier spellings still read, so that model files, checkpoints and runs that stored them load
+#: and resume with the model id they had (new models: the names above; the same weights under
+#: another spelling have another model id, as the config is part of it).
+GDN_LEGACY_NAMES = {"slimplus": "slim+"}
 
 
 def make_gdn(variant: str, widths: Sequence[int], inverse: bool = False) -> nn.Module:
     """Build a GDN layer of the named variant: ``"switch"`` (:class:`SwitchGDN`), ``"slim"``
-    (:class:`SlimGDN` of ``max(widths)`` channels) or ``"slim+"`` (:class:`SlimGDNPlus`).
+    (:class:`SlimGDN` of ``max(widths)`` channels) or ``"slim+"`` (:class:`SlimGDNPlus`; its
+    earlier spelling ``"slimplus"`` is still read: :data:`GDN_LEGACY_NAMES`).
 
     Raises:
         ValueError: unknown ``variant``; ``widths`` empty or not positive ints.
@@ -213,6 +218,6 @@ def make_gdn(variant: str, widths: Sequence[int], inverse: bool = False) -> nn.M
         return SlimGDN(max(width_list(widths, "make_gdn")), inverse)
     if variant == "switch":
         return SwitchGDN(widths, inverse)
-    if variant == "slim+":
+    if variant == "slim+" or GDN_LEGACY_NAMES.get(variant) == "slim+":
         return SlimGDNPlus(widths, inverse)
     raise ValueError(f"unknown GDN variant {variant!r}: use one of {', '.join(GDN_VARIANTS)}")

@@ -26,7 +26,7 @@ from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
 from ..models.slimcae import DEFAULT_WIDTHS
 from ..nn.entropy import check_quantization, is_table_key
-from ..nn.gdn import GDN_VARIANTS
+from ..nn.gdn import GDN_LEGACY_NAMES, GDN_VARIANTS
 from ..ops.gdn import compiled_training
 from .data import CropSampler, center_crops, check_seed, list_images, load_rgb, split_train_val
 from .lambdas import PREDEFINED_LAMBDAS, LambdaScheduler, check_lambdas
@@ -54,8 +54,9 @@ class TrainConfig:
                     "resumed")
     widths: List[int] = _opt(None, "sub-network widths (latent channels), widest first",
                              factory=lambda: list(DEFAULT_WIDTHS))
-    gdn: str = _opt("switch", "GDN variant: switch (SwitchGDN), slim (SlimGDN) or slim+ (SlimGDN+)",
-                    choices=GDN_VARIANTS)
+    gdn: str = _opt("switch", "GDN variant: switch (SwitchGDN), slim (SlimGDN) or slim+ (SlimGDN+; "
+                    "slimplus: its earlier spelling, for runs that used it)",
+                    choices=GDN_VARIANTS + tuple(GDN_LEGACY_NAMES))
     lambdas: Optional[List[float]] = _opt(
         None, "rate-distortion lambda of each width (loss = bpp + lambda * 255^2 * MSE). Unset: "
         "the predefined ladder 0.0315 0.0157 0.00787 0.00394 0.00197; with --schedule all "

@@ -185,11 +185,30 @@ def test_make_gdn_takes_exactly_the_listed_variants():
     assert set(GDN_VARIANTS) == set(kinds)
     for name in GDN_VARIANTS:
         assert type(make_gdn(name, [8, 4])) is kinds[name]
-    for bad in ("slimplus", "Slim", "gdn"):
+    for bad in ("Slim", "gdn", "slim plus"):
         with pytest.raises(ValueError, match=r"unknown GDN variant .* switch, slim, slim\+"):
             make_gdn(bad, [8, 4])
         with pytest.raises(ValueError, match="unknown GDN variant"):
             SlimCAE((16, 8), gdn=bad)
+
+
+def test_models_written_with_the_earlier_slimplus_spelling_still_load_with_their_id(tmp_path):
+    """(refusing the undocumented 'slimplus' made model files and checkpoints that stored it
+    unloadable, "damaged: write it again", which no version could: it is read as slim+, and
+    the stored spelling, part of the model id, is kept, so files coded with it still decode.)"""
+    from slimkernels.models import SlimCAE
+    from slimkernels.nn import SlimGDNPlus, make_gdn
+    from slimkernels.pretrained import load_model, save_model
+    assert type(make_gdn("slimplus", [8, 4])) is SlimGDNPlus
+    torch.manual_seed(0)
+    old = SlimCAE((16, 8), gdn="slimplus").eval()
+    old.update()
+    path = str(tmp_path / "m.pt")
+    save_model(old, path)
+    m = load_model(path)
+    assert m.config()["gdn"] == "slimplus" and m.model_id() == old.model_id()
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(m.decompress(old.compress(x, 8)), old.decompress(old.compress(x, 8)))
 
 
 @pytest.mark.parametrize("kw,match", [
