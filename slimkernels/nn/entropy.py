@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .parametrizers import lower_bound
 from .._amp import no_autocast
-from .._state import bump_generation, cached_on
+from .._state import bump_generation, cached_on, describe_mismatch, state_dict_mismatch
 from .._checks import as_width, finite_real, is_int, not_a_tensor, width_list
 
 #: training quantizations of the synthesis input (see :meth:`EntropyBottleneck.forward`)
@@ -32,6 +32,25 @@ def is_table_key(key: str) -> bool:
     """Whether a SlimCAE / SlimCodec state_dict key names a CDF table buffer of its entropy
     model (``entropy_bottleneck. ... ._quantized_cdf`` / ``._cdf_length`` / ``._offset``)."""
     return key.startswith("entropy_bottleneck.") and key.rsplit(".", 1)[-1] in _CDF_BUFFERS
+
+
+def state_dict_misfit(module: nn.Module, sd: Dict) -> Optional[str]:
+    """Why the state dict ``sd`` does not load into ``module`` (other keys; an entry that is not
+    a tensor; a tensor of another shape, the CDF tables excepted: they take the file's sizes),
+    in a line (torch's own error lists every key: kilobytes for a foreign file); None when it
+    fits. Shared by :func:`slimkernels.pretrained.load_model` and the trainer's resume."""
+    missing, extra = state_dict_mismatch(module, sd)
+    if missing or extra:
+        return describe_mismatch(missing, extra, 2)
+    mine = module.state_dict()
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor) or
+           (not is_table_key(k) and tuple(v.shape) != tuple(mine[k].shape))]
+    if not bad:
+        return None
+    k, v = bad[0], sd[bad[0]]
+    what = (f"{k} is a {type(v).__name__}, not a tensor" if not isinstance(v, torch.Tensor) else
+            f"{k} has shape {tuple(v.shape)}, the model {tuple(mine[k].shape)}")
+    return what if len(bad) == 1 else f"{what} ({len(bad)} entries do not fit)"
 
 
 class EntropyBottleneck(nn.Module):

@@ -11,9 +11,9 @@ from typing import Dict, Optional
 import torch
 
 from .._device import check_device
-from .._state import describe_mismatch, state_dict_mismatch
 from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
+from ..nn.entropy import state_dict_misfit
 
 __all__ = ["load_model", "save_model", "bundled_model_path", "model_info", "DEFAULT_MODEL"]
 
@@ -147,11 +147,7 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
         # (a config of bad widths / gdn was SlimCAE's ValueError, without the file's name)
         raise ValueError(f"{path} is a damaged slimkernels model file ({type(e).__name__}: {e}); "
                          f"write it again with slimkernels.pretrained.save_model") from None
-    missing, unexpected = state_dict_mismatch(model, sd)
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match the model its config describes: "
-                         f"{describe_mismatch(missing, unexpected)}: a damaged or foreign file")
-    wrong = _state_dict_problem(model, sd)
+    wrong = state_dict_misfit(model, sd)
     if wrong is not None:   # (torch's load_state_dict error listed every key: kilobytes)
         raise ValueError(f"{path} does not match the model its config describes ({wrong}): a "
                          f"damaged or foreign file")
@@ -169,20 +165,6 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
         except ValueError as e:   # (diverged quantiles: the file was not named)
             raise ValueError(f"{path}: {e}") from None
     return model
-
-
-def _state_dict_problem(model: SlimCAE, sd: Dict) -> Optional[str]:
-    """What makes ``sd`` (its keys those of ``model``) unloadable into ``model``: an entry
-    that is not a tensor, or a weight of another shape (the CDF tables take any shape: they are
-    checked by :func:`_table_problem` once loaded); None when nothing does."""
-    from ..nn.entropy import is_table_key
-    own = model.state_dict()
-    for k, v in sd.items():
-        if not isinstance(v, torch.Tensor):
-            return f"{k} is a {type(v).__name__}, not a tensor"
-        if not is_table_key(k) and tuple(v.shape) != tuple(own[k].shape):
-            return f"{k} has shape {tuple(v.shape)}, the config's model {tuple(own[k].shape)}"
-    return None
 
 
 def model_info(path: Optional[str] = None) -> Dict:

@@ -20,12 +20,12 @@ import torch.nn as nn
 
 from .._checks import check_image_tensor, is_int, too_many_threads, width_list
 from .._device import check_device, cli_device
-from .._state import describe_mismatch, first_non_finite, state_dict_mismatch
+from .._state import first_non_finite
 from ..codec import PIXEL_RANGE, native_bf16
 from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
 from ..models.slimcae import DEFAULT_WIDTHS
-from ..nn.entropy import check_quantization, is_table_key
+from ..nn.entropy import check_quantization, is_table_key, state_dict_misfit
 from ..nn.gdn import GDN_LEGACY_NAMES, GDN_VARIANTS
 from ..ops.gdn import compiled_training
 from .data import CropSampler, center_crops, check_seed, list_images, load_rgb, split_train_val
@@ -272,25 +272,6 @@ def _first_line(e: Exception) -> str:
     """The first line of ``e``'s message, at most 200 characters (torch's can be kilobytes)."""
     msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return msg if len(msg) <= 200 else msg[:197] + "..."
-
-
-def _weights_misfit(model: nn.Module, sd: Dict) -> Optional[str]:
-    """Why the state dict ``sd`` does not load into ``model`` (other keys, tensors of other
-    shapes, entries that are not tensors: torch's own error lists every key, kilobytes for a
-    foreign file), else None. The CDF table entries may have any size (they take the file's
-    sizes on load)."""
-    missing, extra = state_dict_mismatch(model, sd)
-    if missing or extra:
-        return describe_mismatch(missing, extra, 2)
-    mine = model.state_dict()
-    other = [k for k, v in sd.items() if not isinstance(v, torch.Tensor) or
-             (not is_table_key(k) and v.shape != mine[k].shape)]
-    if not other:
-        return None
-    got = sd[other[0]]
-    return (f"{len(other)} tensor(s) of another shape, e.g. {other[0]} "
-            f"{tuple(got.shape) if isinstance(got, torch.Tensor) else 'not a tensor'} against "
-            f"{tuple(mine[other[0]].shape)} here")
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, state, damaged) -> None:
@@ -616,7 +597,7 @@ class Trainer:
             if not isinstance(ck["model"], dict):
                 raise self._damaged(f"its model weights are a {type(ck['model']).__name__}, "
                                     f"not a dict")
-            misfit = _weights_misfit(self.model, ck["model"])
+            misfit = state_dict_misfit(self.model, ck["model"])
             if misfit:   # (a checkpoint without config: torch's error listed every key)
                 raise ValueError(f"{self.ckpt_path} does not fit this model (--widths "
                                  f"{cfg.widths}, --gdn {cfg.gdn}): {misfit}; resume it with the "
@@ -712,7 +693,7 @@ class Trainer:
                     raise ValueError(f"--init file {cfg.init} holds a {type(sd).__name__}, not "
                                      f"weights: pass a model file or a checkpoint of "
                                      f"python/train.py")
-                misfit = _weights_misfit(self.model, sd)
+                misfit = state_dict_misfit(self.model, sd)
                 if misfit:   # (torch's own error lists every key: kilobytes)
                     raise ValueError(f"--init file {cfg.init} does not fit this model (--widths "
                                      f"{cfg.widths}, --gdn {cfg.gdn}): {misfit}")
