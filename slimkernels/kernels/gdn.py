@@ -565,6 +565,15 @@ def gdn_triton(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inve
 _TL = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+def gdn_torch_reference(x, beta, gamma, inverse=False, gamma_scale=None, gamma_bias=None,
+                        beta_scale=None, beta_bias=None):
+    """Pure-PyTorch reference of what these kernels compute: :func:`slimkernels.ops.gdn_reference`
+    (kept under this name for code that imports it)."""
+    from ..ops.gdn import gdn_reference
+    return gdn_reference(x, beta, gamma, inverse=inverse, gamma_scale=gamma_scale,
+                         gamma_bias=gamma_bias, beta_scale=beta_scale, beta_bias=beta_bias)
+
+
 def aot_specs(dtype: torch.dtype = torch.float32, inverse: bool = False, all_configs: bool = True,
               layout: str = "nchw"):
     """Every (kernel, signature, constexprs, num_warps, num_stages) the CUDA path can launch.

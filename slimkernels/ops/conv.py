@@ -397,6 +397,10 @@ def clear_weight_caches() -> None:
     _cache.clear()
 
 
+#: :func:`clear_weight_caches`' earlier name (kept for code that imports it: the same function).
+clear_cpu_caches = clear_weight_caches
+
+
 @functools.lru_cache(maxsize=None)
 def _onednn(dtype) -> bool:
     """Whether torch's prepacked oneDNN conv ops exist here for ``dtype``."""
