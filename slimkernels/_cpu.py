@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
+import torch
+
 from . import _recording
 from . import _env
 
@@ -30,7 +32,7 @@ def cpu_kernels(probe: str) -> Optional[object]:
     and its capability check ``probe`` (``"amx_available"`` for the AMX-BF16 GDN / conv kernels,
     ``"latents_simd_available"`` for the AVX-512 / AVX2 latent quantization) returns True on this
     CPU; else None."""
-    if switched_off():
+    if switched_off() or tracing():
         return None
     if not _supported(probe):
         return None
@@ -42,3 +44,34 @@ def switched_off() -> bool:
     """``SLIMKERNELS_CPU_KERNELS=0`` (or ``off``, ``false``, ``no``) in the environment now
     (read at every call, cheaply: :func:`slimkernels._env.switched_off`)."""
     return _env.switched_off("SLIMKERNELS_CPU_KERNELS")
+
+
+def tracing() -> bool:
+    """Whether a torch dispatch mode is active (torch.export's FakeTensorMode, make_fx's proxy
+    mode, a FlopCounterMode...): the compiled kernels take data pointers, which fake tensors do
+    not have and a trace cannot record, so the ops take their PyTorch paths then (under
+    torch.export they had cached fake weights that broke every later call in the process).
+    torch.jit.trace is refused by the ops themselves (:func:`refuse_jit_trace`)."""
+    f = _dispatch_mode_getter()
+    return f is not None and f() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _dispatch_mode_getter():
+    try:   # (private, present since torch 1.13; without it nothing is detected, as before)
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+    except ImportError:   # pragma: no cover
+        return None
+    return _get_current_dispatch_mode
+
+
+def refuse_jit_trace(op: str) -> None:
+    """RuntimeError when torch.jit traces ``op``: a trace records tensor operations, not the
+    compiled kernels' calls (their outputs come from data pointers), so the traced module
+    returned uninitialised memory without a word (and with gradients on, failed with C++'s
+    "unordered_map::at")."""
+    if torch._C._get_tracing_state() is not None:
+        raise RuntimeError(f"{op}: torch.jit.trace cannot record slimkernels' ops (their "
+                           f"compiled kernels are not traceable: the trace would return "
+                           f"garbage); run the model eagerly, or use torch.compile or "
+                           f"torch.export")

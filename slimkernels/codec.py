@@ -40,6 +40,7 @@ import inspect
 import json
 import math
 import operator
+import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -48,6 +49,7 @@ import torch.nn as nn
 
 from . import coding, container
 from ._cpu import _module as _cpu_module, cpu_kernels, switched_off as _cpu_switched_off
+from ._cpu import tracing as _cpu_tracing
 from .ops.image_io import bf16_to_image, image_to_bf16, value_range
 from ._hooks import runs_more_than_forward
 from ._amp import no_autocast
@@ -215,6 +217,9 @@ def _config_json(config: Dict) -> str:
                          f"lists, str, int, float, bool, None), got {config!r}: {e}") from None
 
 
+_ORIG_MOD = re.compile(r"(^|\.)_orig_mod\.")
+
+
 def model_fingerprint(model: nn.Module, config: Dict) -> bytes:
     """16 bytes: the first half of SHA-256 over ``config`` (JSON, sorted keys) and every
     state_dict tensor (name, dtype, shape, raw bytes) in name order. The ``.slim`` model id.
@@ -223,7 +228,10 @@ def model_fingerprint(model: nn.Module, config: Dict) -> bytes:
     weights that wrote it; put an architecture name in ``config`` to tell codecs apart.
     """
     h = hashlib.sha256(_config_json(config).encode())
-    for k, v in sorted(model.state_dict().items()):
+    # (the names without torch.compile's wrapper: ``model.g_a = torch.compile(model.g_a)`` puts
+    # "_orig_mod." into them, and the same weights had another id: files refused both ways)
+    named = {_ORIG_MOD.sub(r"\1", k): v for k, v in model.state_dict().items()}
+    for k, v in sorted(named.items()):
         h.update(k.encode())
         t = v.detach().cpu().contiguous()
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
@@ -1236,9 +1244,10 @@ class SlimCodec(nn.Module):
         kernels = _cpu_module()
         d = self.__dict__
         cache = d.get("_model_id_cache")
-        if not self.cpu_replay or kernels is None or _cpu_switched_off() or cache is None or \
-                not x.is_cpu or "encode" in d or "decode" in d or "_decode_image" in d:
-            return run(x)   # (an instance's own encode / decode: not what a recording saw)
+        if not self.cpu_replay or kernels is None or _cpu_switched_off() or _cpu_tracing() or \
+                cache is None or not x.is_cpu or "encode" in d or "decode" in d or \
+                "_decode_image" in d:   # (an instance's own encode / decode: not what a
+            return run(x)               # recording saw; a torch mode: see _cpu.tracing)
         replays = d.get("_cpu_replays")
         if replays is None:
             from .cpu_replay import ReplayCache

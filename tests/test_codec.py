@@ -1645,3 +1645,59 @@ def test_slim_sequential_start_takes_what_operator_index_takes():
     for bad in (torch.tensor(1.0), True):
         with pytest.raises(ValueError, match="start must be an int in 0..2"):
             s(h, 4, start=bad)
+
+
+def test_torch_export_leaves_later_calls_working():
+    """(torch.export of a SlimCAE ran the sub-pixel plan under its FakeTensorMode: the process-wide
+    lru_cache kept a FakeTensor, and every later CPU decompress of any model in the process failed,
+    "Cannot access data pointer of Tensor". The compiled kernels are also skipped under a torch
+    dispatch mode: they take data pointers.) In a child process: the cache is process-wide."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import warnings; warnings.filterwarnings("ignore")
+        import torch
+        from slimkernels.models import SlimCAE
+        torch.manual_seed(0)
+        m = SlimCAE((32, 16)).eval(); m.update()
+        x = torch.rand(1, 3, 48, 64)
+        ep = torch.export.export(m, (x, 16))
+        fresh = SlimCAE((32, 16)).eval(); fresh.load_state_dict(m.state_dict())
+        for model in (fresh, m):
+            y = model.decompress(model.compress(x, 16))
+            assert y.shape == x.shape and bool(torch.isfinite(y).all())
+        print("OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]
+
+
+def test_torch_jit_trace_is_refused_by_name(model):
+    """(a trace under no_grad returned uninitialised memory from the compiled kernels without a
+    word; with gradients on it failed with C++'s "unordered_map::at".)"""
+    import warnings
+
+    class Enc(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m.encode(x, 8)
+    x = torch.rand(1, 3, 32, 32)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(RuntimeError, match="torch.jit.trace cannot record slimkernels' ops"):
+                torch.jit.trace(Enc(model), (x,), check_trace=False)
+    assert model.encode(x, 8).shape[1] == 8   # (eager calls are unaffected afterwards)
+
+
+def test_a_compiled_submodule_keeps_the_model_id(model):
+    """(model.g_a = torch.compile(model.g_a) put "_orig_mod." into the state_dict names: the same
+    weights had another model id, and files were refused both ways.)"""
+    import copy
+    c = copy.deepcopy(model)
+    c.g_a = torch.compile(c.g_a)
+    assert c.model_id() == model.model_id()

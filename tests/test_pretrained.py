@@ -319,3 +319,23 @@ def test_model_info_of_a_file_whose_info_is_not_a_dict(tmp_path):
     with pytest.raises(ValueError, match=r"m.pt is a damaged slimkernels model file: its info "
                                          r"is a list, not a dict"):
         model_info(str(tmp_path / "m.pt"))
+
+
+def test_load_model_builds_float32_whatever_the_default_dtype(tmp_path):
+    """(under torch.set_default_dtype(torch.float64) the model was built in float64 and the file's
+    float32 weights copied into it: it refused to compress, "weights in float32".)"""
+    from slimkernels.models import SlimCAE
+    from slimkernels.pretrained import save_model
+    m = SlimCAE((16, 8)).eval()
+    m.update()
+    path = str(tmp_path / "m.pt")
+    save_model(m, path)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = load_model(path)
+    finally:
+        torch.set_default_dtype(old)
+    assert all(p.dtype == torch.float32 for p in got.parameters())
+    x = torch.rand(1, 3, 32, 32)
+    assert got.compress(x, 8) == m.compress(x, 8)

@@ -23,15 +23,17 @@ entries; writes through ``.data`` bypass version counting: call :func:`clear_wei
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import numbers
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .._checks import is_int
-from .._cpu import cpu_kernels
+from .._cpu import cpu_kernels, refuse_jit_trace
 from ..backend import resolve_backend
 from . import conv_image, image_io, winograd
 from . import _cache
@@ -907,6 +909,7 @@ def _check(x, weight, bias, name, transposed, stride, padding):
     """Checks a conv op's arguments (ValueError naming the first problem); returns
     ``(stride, padding)`` as plain ints (numpy ints pass the checks; Triton's launcher takes
     only plain ones)."""
+    refuse_jit_trace(name)
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"{name}: x must be a 4-D [N, C, H, W] tensor, got "
                          f"{getattr(x, 'shape', type(x))}")
@@ -1354,6 +1357,27 @@ def subpixel_taps(k: int, s: int, p: int):
     return tuple(taps)
 
 
+def real_tensors():
+    """A context in which new tensors are real, normal ones, whatever torch modes are active
+    (torch.export's FakeTensorMode and its proxy / functional modes; inference mode): for the
+    values the process-wide ``lru_cache`` s keep. Private torch helpers (the fake mode is an
+    "infra" mode that ``_disable_current_modes`` alone leaves on); each skipped if a torch lacks
+    it."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    try:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+        stack.enter_context(unset_fake_temporarily())
+    except ImportError:   # pragma: no cover
+        pass
+    try:
+        from torch.utils._python_dispatch import _disable_current_modes
+        stack.enter_context(_disable_current_modes())
+    except ImportError:   # pragma: no cover
+        pass
+    return stack
+
+
 @functools.lru_cache(maxsize=32)
 def _subpixel_plan(k: int, s: int, p: int):
     """Tap map of a stride-``s`` transposed conv (kernel ``k``, padding ``p``) as a stride-1 conv
@@ -1363,17 +1387,19 @@ def _subpixel_plan(k: int, s: int, p: int):
     offs = [o for t in taps for o, _ in t]
     lo, hi = min(offs), max(offs)
     kc = hi - lo + 1
-    # (a normal tensor even when first asked for under torch.inference_mode(): an inference
+    # (a normal tensor even when first asked for under torch.inference_mode() (an inference
     # tensor kept here made every later training step of the layer fail, "Inference tensors
-    # cannot be saved for backward")
-    with torch.inference_mode(False):
-        idx = torch.full((s, s, kc, kc), k * k, dtype=torch.long)
+    # cannot be saved for backward"), and a real one under torch.export's FakeTensorMode (a
+    # FakeTensor kept here made every later CPU decompress in the process fail, "Cannot access
+    # data pointer of Tensor"))
+    idx = np.full((s, s, kc, kc), k * k, dtype=np.int64)
     for ry in range(s):
         for oy, ky in taps[ry]:
             for rx in range(s):
                 for ox, kx in taps[rx]:
                     idx[ry, rx, oy - lo, ox - lo] = ky * k + kx
-    return idx.flatten(), lo, hi, kc
+    with real_tensors():
+        return torch.from_numpy(idx.reshape(-1)), lo, hi, kc
 
 
 def _use_subpixel(kh: int, k: int, co: int, stride: int) -> bool:

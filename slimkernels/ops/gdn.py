@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..backend import resolve_backend
 
-from .._cpu import cpu_kernels
+from .._cpu import cpu_kernels, refuse_jit_trace
 from ._cache import _cached
 from ._raw import cpu_capability
 
@@ -719,6 +719,7 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
         ``[N, C, H, W]`` tensor, same dtype as ``x`` (an input without pixels, N, H or W = 0:
         an empty one).
     """
+    refuse_jit_trace("gdn")
     if x.dim() != 4:
         raise ValueError(f"gdn expects x of shape [N, C, H, W], got {tuple(x.shape)}")
     C = x.shape[1]

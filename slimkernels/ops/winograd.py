@@ -46,6 +46,7 @@ import functools
 import threading
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -436,8 +437,9 @@ def transform_weight_fp32(wc: torch.Tensor) -> torch.Tensor:
 @functools.lru_cache(maxsize=32)
 def _taps_conv(k: int, s: int) -> torch.Tensor:
     """int32 ``[s*s, 9]``: phase ``p*s + q``, tap ``a*3 + b`` -> kernel tap ``(s*a + p)*k + s*b +
-    q`` (-1 past the kernel), the polyphase split of :func:`_phase_weight_conv`."""
-    idx = torch.full((s, s, 3, 3), -1, dtype=torch.int32)
+    q`` (-1 past the kernel), the polyphase split of :func:`_phase_weight_conv`. (A real,
+    normal tensor whatever mode asks first, as it is kept for the process: ``real_tensors``.)"""
+    idx = np.full((s, s, 3, 3), -1, dtype=np.int32)
     for p in range(s):
         for q in range(s):
             for a in range(3):
@@ -445,17 +447,22 @@ def _taps_conv(k: int, s: int) -> torch.Tensor:
                     ky, kx = s * a + p, s * b + q
                     if ky < k and kx < k:
                         idx[p, q, a, b] = ky * k + kx
-    return idx.view(s * s, 9)
+    from .conv import real_tensors
+    with real_tensors():
+        return torch.from_numpy(idx.reshape(s * s, 9))
 
 
 @functools.lru_cache(maxsize=32)
 def _taps_transposed(k: int, s: int, padding: int) -> torch.Tensor:
     """int32 ``[s*s, 9]``: output phase ``ry*s + rx``, tap ``a*3 + b`` -> kernel tap (-1: none),
     the sub-pixel plan of :func:`_phase_weight_transposed` padded to 3x3."""
-    from .conv import _subpixel_plan
+    from .conv import _subpixel_plan, real_tensors
     idx, _, _, kc = _subpixel_plan(k, s, padding)
-    idx = F.pad(idx.view(s, s, kc, kc), (0, 3 - kc, 0, 3 - kc), value=k * k)
-    return torch.where(idx == k * k, -1, idx).to(torch.int32).reshape(s * s, 9)
+    full = np.full((s, s, 3, 3), -1, dtype=np.int32)   # (numpy, then real: see _taps_conv)
+    plan = idx.numpy().reshape(s, s, kc, kc)
+    full[:, :, :kc, :kc] = np.where(plan == k * k, -1, plan)
+    with real_tensors():
+        return torch.from_numpy(full.reshape(s * s, 9))
 
 
 def _kernel_weight(w: torch.Tensor, rows_dim: int, taps: torch.Tensor, U: torch.Tensor,

@@ -142,7 +142,9 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
                     averaged = False
         if not isinstance(cfg, dict) or not isinstance(sd, dict):
             raise TypeError("its config and state_dict must be dicts")
-        model = SlimCAE(**cfg)
+        # (float32 whatever torch.set_default_dtype says: the files hold float32 weights, and
+        # a float64 default built a model that refused to compress)
+        model = SlimCAE(**cfg).float()
     except (KeyError, TypeError, ValueError) as e:
         # (a config of bad widths / gdn was SlimCAE's ValueError, without the file's name)
         raise ValueError(f"{path} is a damaged slimkernels model file ({type(e).__name__}: {e}); "
