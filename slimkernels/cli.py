@@ -277,22 +277,23 @@ def _undo(created: List[str], replaced: List[Tuple[str, str]]) -> None:
     so on stderr (naming a file it could not put back, and where its copy is)."""
     for d in created:
         _remove_quietly(d)
-    lost = []
+    lost, restored = [], 0
     for dst, backup in replaced:
         try:
             if _same_entry(backup, dst):
                 os.remove(backup)   # (not replaced yet; rename() between two links does nothing)
             else:
                 os.replace(backup, dst)
+                restored += 1
         except OSError:
             lost.append(f"{dst} (its earlier content is in {backup})")
-    if created or replaced:
-        parts = []
+    if created or restored:   # (a file not replaced yet, e.g. its input failed to decode: nothing
+        parts = []            # to say; "put back 1 file" had been printed for it)
         if created:
             parts.append(f"removed the {len(created)} file(s) it had written "
                          f"({', '.join(created[:3])}{', ...' if len(created) > 3 else ''})")
-        if replaced:
-            parts.append(f"put back the {len(replaced) - len(lost)} file(s) it had replaced")
+        if restored:
+            parts.append(f"put back the {restored} file(s) it had replaced")
         print(f"slimkernels: the batch stopped: {' and '.join(parts)}", file=sys.stderr)
     for what in lost:
         print(f"slimkernels: could not put back {what}", file=sys.stderr)

@@ -669,7 +669,8 @@ def test_a_batch_stopped_on_a_file_it_has_not_replaced_yet_leaves_no_copy(
         (outdir / name).write_bytes(b"old " + name.encode())
     _stop_compress_at(monkeypatch, 2, stop)
     assert main(["compress", *srcs, str(outdir), "--model", model_file, "-f", "-q"]) in (1, 130)
-    assert "put back the 2 file(s) it had replaced" in capsys.readouterr().err
+    # (the second had not been replaced yet: only the first is put back, and said)
+    assert "put back the 1 file(s) it had replaced" in capsys.readouterr().err
     assert sorted(os.listdir(outdir)) == ["img_L.slim", "img_RGB.slim"]
     for name in ("img_RGB.slim", "img_L.slim"):
         assert (outdir / name).read_bytes() == b"old " + name.encode()
@@ -792,7 +793,8 @@ def test_a_stopped_batch_leaves_a_dangling_link_output_alone(model_file, images,
     assert main(["compress", images["L"], images["RGB"], str(outdir), "--model", model_file,
                  "-f", "-q"]) == 1     # (stopped on the link's own step)
     err = capsys.readouterr().err
-    assert "could not put back" not in err and "put back the 1 file(s)" in err, err
+    # (stopped before the link was replaced: nothing to put back, nothing said about it)
+    assert "could not put back" not in err and "put back" not in err, err
     assert os.listdir(outdir) == ["img_L.slim"] and os.path.islink(outdir / "img_L.slim")
 
 
@@ -950,3 +952,21 @@ def test_info_line_for_an_unreadable_payload_header_reads_as_a_sentence(tmp_path
     assert main(["info", str(p)]) == 0
     out = capsys.readouterr().out
     assert ", 3 substream(s) asked (the payload's header is unreadable), payload 8 bytes" in out
+
+
+def test_a_forced_decompress_of_a_corrupt_file_says_one_line(model_file, images, tmp_path,
+                                                             capsys):
+    """(--force onto an existing output whose input failed to decode printed "the batch stopped:
+    put back the 1 file(s) it had replaced" before the error: nothing had been replaced.)"""
+    slim = tmp_path / "a.slim"
+    assert main(["compress", images["RGB"], str(slim), "--model", model_file, "-q"]) == 0
+    data = bytearray(slim.read_bytes())
+    data[-3] ^= 0x10                        # (the container's checksum then refuses it)
+    slim.write_bytes(bytes(data))
+    out = tmp_path / "out.png"
+    out.write_bytes(b"old")
+    capsys.readouterr()
+    assert main(["decompress", str(slim), str(out), "--model", model_file, "--force", "-q"]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert out.read_bytes() == b"old"
+    assert len(err) == 1 and err[0].startswith("slimkernels: error: "), err
