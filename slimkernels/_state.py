@@ -5,6 +5,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 
 from . import _recording
+from ._cpu import tracing
 
 
 def tensor_state_key(tensors: Iterable[torch.Tensor]) -> Tuple:
@@ -55,6 +56,8 @@ def generation() -> int:
 
 
 def _cached(owner, slot: str, key, keep, build):
+    if tracing():   # (a torch mode, e.g. fake tensors: what it builds is not for later calls)
+        return build()
     cache = owner.__dict__.get(slot)
     if cache is None or cache[0] != key:
         _recording.transient(f"the cache {slot} was built during the recording")

@@ -1701,3 +1701,22 @@ def test_a_compiled_submodule_keeps_the_model_id(model):
     c = copy.deepcopy(model)
     c.g_a = torch.compile(c.g_a)
     assert c.model_id() == model.model_id()
+
+
+def test_a_forward_under_fake_tensors_gives_shapes_and_leaves_real_calls_alone():
+    """(under torch's FakeTensorMode, for shape / memory estimation, the forward reached a
+    compiled kernel with fake tensors' null pointers, or oneDNN's prepacking without a fake
+    rule; and a weight cache built there would have served fake tensors to later real calls.)"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from slimkernels.models import SlimCAE
+    torch.manual_seed(0)
+    m = SlimCAE((32, 16)).eval()
+    m.update()
+    x = torch.rand(1, 3, 64, 48)
+    before = m.compress(x, 16)
+    m.clear_caches()
+    with FakeTensorMode(allow_non_fake_inputs=True) as fm, torch.no_grad():
+        out = m(fm.from_tensor(x), 16)
+    assert tuple(out["x_hat"].shape) == (1, 3, 64, 48)
+    assert m.compress(x, 16) == before
+    assert m.decompress(before).shape == x.shape

@@ -10,6 +10,7 @@ from collections import Counter, OrderedDict
 import torch
 
 from .. import _recording
+from .._cpu import tracing
 from .._state import bump_generation, generation
 
 _PACK_CACHE: "OrderedDict" = OrderedDict()
@@ -104,6 +105,8 @@ def store_cast(key, entry, gen: int, max_entries: int) -> None:
     (``ops.conv._cast_full``) under the lock, after the sweep of :func:`drop_orphans`; not when
     the caches were cleared since generation ``gen`` (read before the copy was made); the cache
     is emptied first when it holds ``max_entries``."""
+    if tracing():   # (a torch mode's copy, e.g. a fake tensor: not for later calls)
+        return
     with _PACK_LOCK:
         drop_orphans()   # (first: a GC finalizer it sets off may clear the caches)
         if gen != generation():
@@ -134,6 +137,9 @@ def _cached(key, sources, build):
     ``torch.__future__.set_swap_module_params_on_conversion(True)``) refuses tensors that have
     weak references. A swapped tensor gets another storage and version: its entry misses."""
     src = [t for t in sources if t is not None]
+    if tracing():   # (a torch mode, e.g. fake tensors: what it builds is not for later calls)
+        with torch.no_grad():
+            return build()
     for t in src:
         if t.is_inference():   # (made under torch.inference_mode: no version counter to key by)
             with torch.no_grad():

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import is_int
-from .._cpu import cpu_kernels, refuse_jit_trace
+from .._cpu import cpu_kernels, refuse_jit_trace, tracing
 from ..backend import resolve_backend
 from . import conv_image, image_io, winograd
 from . import _cache
@@ -499,8 +499,8 @@ def _prepack_input(x, weight, bias, transposed: bool = False):
     autocast on an AVX-512 CPU that none of the image kernels takes: fp32 convs there go to the
     AVX-512 fp32 variant, bf16 ones on AVX512-BF16 CPUs to the bf16 one)."""
     if not CPU_PREPACK or not CPU_CHANNELS_LAST or _needs_grad(x, weight, bias) or \
-            not x.is_floating_point() or x.shape[1] < 2:
-        return None
+            not x.is_floating_point() or x.shape[1] < 2 or tracing():
+        return None   # (a torch mode: oneDNN's prepacking has no fake-tensor rule either)
     dt = _autocast_dtype(x)
     if dt is None and (weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)):
         return None
