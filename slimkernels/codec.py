@@ -579,10 +579,18 @@ def _check_value_range(lo: float, hi: float) -> None:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("compress: the image is not finite (it holds NaN or inf); pass a finite "
                          "float image in [0, 1]")
-    if lo < PIXEL_RANGE[0] or hi > PIXEL_RANGE[1]:
-        hint = " (0-255 pixel values? divide by 255)" if hi > 2.0 else ""
-        raise ValueError(f"compress expects a float image in [0, 1]; its values reach "
-                         f"{lo:.4g} .. {hi:.4g}{hint}")
+    reach = pixel_values_outside(lo, hi)
+    if reach is not None:
+        raise ValueError(f"compress expects a float image in [0, 1]; its values reach {reach}")
+
+
+def pixel_values_outside(lo: float, hi: float) -> Optional[str]:
+    """``"lo .. hi"`` (with a hint for 0-255 values) when images whose values span ``lo`` ..
+    ``hi`` reach outside :data:`PIXEL_RANGE` or are NaN, else None: the tail of the messages of
+    ``compress`` and the trainer's ``validate``."""
+    if PIXEL_RANGE[0] <= lo and hi <= PIXEL_RANGE[1]:   # (NaN fails it)
+        return None
+    return f"{lo:.4g} .. {hi:.4g}" + (" (0-255 pixel values? divide by 255)" if hi > 2.0 else "")
 
 
 @functools.lru_cache(maxsize=None)

@@ -21,7 +21,7 @@ import torch.nn as nn
 from .._checks import check_image_tensor, is_int, too_many_threads, width_list
 from .._device import check_device, cli_device
 from .._state import first_non_finite
-from ..codec import PIXEL_RANGE, native_bf16
+from ..codec import native_bf16, pixel_values_outside
 from ..io import atomic_torch_save, load_torch_file
 from ..models import SlimCAE
 from ..models.slimcae import DEFAULT_WIDTHS
@@ -321,11 +321,10 @@ def validate(model: SlimCAE, images: torch.Tensor, widths, bf16: bool, batch: in
     widths = width_list(widths, "validate")
     if not isinstance(bf16, bool):
         raise ValueError(f"validate: bf16={bf16!r} must be True or False")
-    lo, hi = (float(v) for v in torch.aminmax(images.detach().float()))
-    if not (PIXEL_RANGE[0] <= lo and hi <= PIXEL_RANGE[1]):   # (NaN fails too)
-        hint = " (0-255 pixel values? divide by 255)" if hi > 2.0 else ""
+    reach = pixel_values_outside(*(float(v) for v in torch.aminmax(images.detach().float())))
+    if reach is not None:
         raise ValueError(f"validate expects finite float images in [0, 1]; their values reach "
-                         f"{lo:.4g} .. {hi:.4g}{hint}")
+                         f"{reach}")
     was = model.training
     model.eval()
     bpp, psnr = [], []
@@ -534,7 +533,6 @@ class Trainer:
         self.ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
         self.log_path = os.path.join(cfg.out, "log.jsonl")
         self._lock: Optional[_RunLock] = None   # held by fit()
-        self._fitting = False
         self._conflict_warned = False
         self.ema: Optional[Dict[str, torch.Tensor]] = None
         self._resume_or_init()
@@ -805,7 +803,7 @@ class Trainer:
               "bf16": self.bf16,   # (the resolved --bf16: config holds None for "auto")
               "ema_tables": self._tables(averaged=True) if self._ema_pairs is not None else None,
               "torch_rng": torch.get_rng_state()}
-        if self._fitting:
+        if self._lock is not None:   # (inside fit: it holds the folder's lock)
             # (under fit's lock: a checkpoint written since came from outside the lock, e.g. a
             # copy over it; neither it nor this run's steps are lost, and no rank is left
             # waiting for one that raised)
@@ -990,19 +988,19 @@ class Trainer:
                 self._check_checkpoint_is_ours()   # (under the lock: nobody else writes it now)
             except ValueError as e:
                 refused = e
-        if self.world > 1:   # (every rank raises rank 0's refusal: the others had gone on into
-            said = [None if refused is None else str(refused)]   # training and waited in the
-            dist.broadcast_object_list(said, src=0)              # first collective for good)
+        if self.world > 1:
+            # every rank raises rank 0's refusal (the others had gone on into training and
+            # waited in the first collective for good)
+            said = [None if refused is None else str(refused)]
+            dist.broadcast_object_list(said, src=0)
             if said[0] is not None and refused is None:
                 refused = ValueError(said[0])
         if refused is not None:
             self.close()
             raise refused
-        self._fitting = True
         try:
             return self._fit(cfg)
         finally:
-            self._fitting = False
             self.close()
 
     def _fit(self, cfg):
