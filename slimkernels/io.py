@@ -14,7 +14,16 @@ import numpy as np
 import torch
 
 __all__ = ["read_image", "read_image_uint8", "open_image", "image_to_png_bytes",
-           "atomic_write_bytes", "atomic_torch_save", "load_torch_file"]
+           "atomic_write_bytes", "atomic_torch_save", "load_torch_file", "MissingFileError"]
+
+
+class MissingFileError(FileNotFoundError, ValueError):
+    """A file or folder that does not exist (an image to read, a model file, a training
+    checkpoint or data folder, an evaluation folder). Both a :class:`FileNotFoundError` (the
+    usual ``except`` for a missing path) and a :class:`ValueError` (what ``read_image``,
+    ``model_info`` and the trainer raised for a missing path before, while ``load_model``
+    raised FileNotFoundError): either ``except`` catches it, from every function. The message
+    names the path (no errno prefix)."""
 
 
 def _new_file_mode() -> int:
@@ -124,6 +133,7 @@ def open_image(path: str, todo: str = ""):
     """Open and load an image file with Pillow (``PIL.Image.Image``, any mode).
 
     Raises:
+        MissingFileError: ``path`` does not exist (a FileNotFoundError and a ValueError).
         ValueError: not an image Pillow can read, or one over Pillow's decompression-bomb limit
             (``PIL.Image.MAX_IMAGE_PIXELS``, 2x of it: ~179 MP by default); the message names
             the file and ends with ``todo`` (what the caller's user should do) when given.
@@ -155,7 +165,7 @@ def _open_image(path: str, todo: str = ""):
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.exists(path):
-        raise ValueError(f"{path} does not exist" + (f"; {todo}" if todo else ""))
+        raise MissingFileError(f"{path} does not exist" + (f"; {todo}" if todo else ""))
 
     def refuse(e):
         return ValueError(f"{path}: not an image file Pillow can read ({type(e).__name__}: {e})"
@@ -204,13 +214,16 @@ def _open_image(path: str, todo: str = ""):
 def load_torch_file(path: str, unreadable: str, map_location="cpu"):
     """``torch.load(path, map_location=map_location, weights_only=True)``, with one error for
     a file torch cannot read (torch raises many exception types for them): ValueError with
-    ``unreadable.format(path=path, error="<Type>: <message>")``. A missing file raises
-    FileNotFoundError; check existence first for another message.
+    ``unreadable.format(path=path, error="<Type>: <message>")``; check existence first for
+    another message than the one below for a missing file.
 
     ``weights_only``: only tensors, numbers, strings and plain containers are unpickled (what
     slimkernels' model files and training checkpoints hold), so that a model file from an
     untrusted source cannot run code while it loads; a file holding other Python objects is
-    refused (the ValueError above)."""
+    refused (the ValueError above). A missing file raises :class:`MissingFileError` (a
+    FileNotFoundError and a ValueError)."""
+    if isinstance(path, (str, bytes, os.PathLike)) and not os.path.exists(path):
+        raise MissingFileError(f"{os.fsdecode(path)} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
@@ -238,6 +251,7 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
     (:func:`read_image_uint8`'s pixels / 255), ``note`` what was converted ("" if nothing).
 
     Raises:
+        MissingFileError: ``path`` does not exist (a FileNotFoundError and a ValueError).
         ValueError: see :func:`read_image_uint8`.
     """
     rgb, note = read_image_uint8(path)
@@ -321,6 +335,7 @@ def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
     chunk without a profile is not applied.
 
     Raises:
+        MissingFileError: ``path`` does not exist (a FileNotFoundError and a ValueError).
         ValueError: see :func:`open_image` (raise ``PIL.Image.MAX_IMAGE_PIXELS`` in Python to read
             larger images; ``todo`` ends the message), an empty image, or floating-point /
             32-bit integer pixels (no agreed 8-bit meaning: a float TIFF used to come out black).

@@ -516,3 +516,54 @@ def test_atomic_write_closes_its_temp_file_when_setting_the_mode_fails(tmp_path,
             sio.atomic_write_bytes(str(tmp_path / "out.slim"), b"SLIM", overwrite=True)
     assert len(os.listdir("/proc/self/fd")) == before
     assert os.listdir(tmp_path) == []
+
+
+def _missing_path_callers(tmp_path):
+    """Every public entry point that takes a path to read, with a missing path."""
+    from slimkernels.evaluation.kodak import list_images as eval_images
+    from slimkernels.pretrained import load_model, model_info
+    from slimkernels.training import cli as train_cli
+    from slimkernels.training.data import list_images as train_images
+    from slimkernels.training.trainer import TrainConfig, Trainer
+    gone = str(tmp_path / "gone")
+    return [("read_image", lambda: sio.read_image(gone + ".png")),
+            ("read_image_uint8", lambda: sio.read_image_uint8(gone + ".png")),
+            ("open_image", lambda: sio.open_image(gone + ".png")),
+            ("load_torch_file", lambda: sio.load_torch_file(gone + ".pt", "{path}: {error}")),
+            ("load_model", lambda: load_model(gone + ".pt")),
+            ("model_info", lambda: model_info(gone + ".pt")),
+            ("training data", lambda: train_images(gone)),
+            ("train --data", lambda: train_cli.run(TrainConfig(data=gone,
+                                                               out=str(tmp_path / "run")))),
+            ("train --init", lambda: Trainer(TrainConfig(
+                data=str(tmp_path), out=str(tmp_path / "run2"), init=gone + ".pt")).fit()),
+            ("eval folder", lambda: eval_images(gone))]
+
+
+def test_a_missing_path_is_one_error_from_every_entry_point(tmp_path):
+    """read_image, model_info and the trainer raised ValueError for a missing path while
+    load_model raised FileNotFoundError: one MissingFileError now, both, so that either
+    ``except`` catches it from any of them; its message names the path, without an errno
+    prefix."""
+    for name, call in _missing_path_callers(tmp_path):
+        with pytest.raises(sio.MissingFileError) as info:
+            call()
+        e = info.value
+        assert isinstance(e, FileNotFoundError) and isinstance(e, ValueError), name
+        assert "gone" in str(e) and "does not exist" in str(e), (name, str(e))
+        assert not str(e).startswith("[Errno"), (name, str(e))
+
+
+def test_a_path_that_exists_but_is_not_a_file_is_not_a_missing_file(tmp_path):
+    """A folder where a file is expected (or a file where a folder is) exists: a ValueError
+    saying so, not a FileNotFoundError."""
+    from slimkernels.evaluation.kodak import list_images as eval_images
+    from slimkernels.pretrained import model_info
+    from slimkernels.training.data import list_images as train_images
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    for call in (lambda: model_info(str(tmp_path)), lambda: train_images(str(f)),
+                 lambda: eval_images(str(f))):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert not isinstance(info.value, FileNotFoundError), str(info.value)

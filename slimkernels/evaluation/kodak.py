@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..io import MissingFileError
 from .bdrate import NonMonotoneCurveWarning, bd_psnr, bd_rate, overlap, quality_at_rate
 from .metrics import ms_ssim, ms_ssim_db, psnr
 
@@ -47,6 +48,7 @@ def list_images(folder: str, limit: Optional[int] = None) -> List[str]:
     """Sorted image files in ``folder`` (first ``limit`` of them).
 
     Raises:
+        MissingFileError: ``folder`` does not exist (a FileNotFoundError and a ValueError).
         ValueError: ``folder`` is not a directory, holds no images, or ``limit`` is not an
             int >= 1.
     """
@@ -68,6 +70,9 @@ def list_images(folder: str, limit: Optional[int] = None) -> List[str]:
 
 def _check_folder(folder: str) -> None:
     if not os.path.isdir(folder):
+        if not os.path.exists(folder):
+            raise MissingFileError(f"{folder} does not exist: pass a folder of images (e.g. "
+                                   f"Kodak PNGs)")
         raise ValueError(f"{folder} is not a directory: pass a folder of images (e.g. Kodak PNGs)")
 
 

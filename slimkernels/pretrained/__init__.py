@@ -11,7 +11,7 @@ from typing import Dict, Optional
 import torch
 
 from .._device import check_device
-from ..io import atomic_torch_save, load_torch_file
+from ..io import MissingFileError, atomic_torch_save, load_torch_file
 from ..models import SlimCAE
 from ..nn.entropy import state_dict_misfit
 
@@ -105,7 +105,8 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     without an average (``--ema 0``) and a model file hold one set of weights, which both give.
 
     Raises:
-        FileNotFoundError: no file at ``path`` (or no bundled model in this install).
+        MissingFileError: no file at ``path`` (or no bundled model in this install); a
+            FileNotFoundError and a ValueError (:class:`slimkernels.io.MissingFileError`).
         ValueError: the file is not a slimkernels model, or a damaged one (named, with what is
             wrong: its config, a tensor's type or shape, its CDF tables); ``device`` is not a
             device name, or names a GPU that torch cannot use here.
@@ -114,10 +115,10 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     if path is None:
         path = bundled_model_path()
         if path is None:
-            raise FileNotFoundError("this install has no bundled pretrained model "
+            raise MissingFileError("this install has no bundled pretrained model "
                                     f"({DEFAULT_MODEL}); pass a model file with --model")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"model file {path} does not exist")
+        raise MissingFileError(f"model file {path} does not exist")
     obj = load_torch_file(path, "{path} is not a readable model file ({error})")
     if weights not in ("ema", "train"):
         raise ValueError(f"weights must be 'ema' or 'train', got {weights!r}")
@@ -174,14 +175,16 @@ def model_info(path: Optional[str] = None) -> Dict:
     ``{}`` when ``path`` is None and no model is bundled.
 
     Raises:
-        ValueError: ``path`` does not exist, is not a file, is not a readable model file, or
-            its ``info`` is not a dict."""
+        MissingFileError: ``path`` does not exist (a FileNotFoundError and a ValueError).
+        ValueError: ``path`` is not a file, is not a readable model file, or its ``info`` is
+            not a dict."""
     path = path or bundled_model_path()
     if path is None:
         return {}
     if not os.path.isfile(path):   # (a bare FileNotFoundError from torch.load before)
-        raise ValueError(f"{path} does not exist or is not a file: pass a model file "
-                         f"(slimkernels.pretrained.save_model)")
+        err = ValueError if os.path.exists(path) else MissingFileError
+        raise err(f"{path} does not exist or is not a file: pass a model file "
+                  f"(slimkernels.pretrained.save_model)")
     obj = load_torch_file(path, "{path} is not a readable model file ({error})")
     info = obj.get("info", {}) if isinstance(obj, dict) else {}
     if not isinstance(info, dict):   # (a list was dict()'s "cannot convert dictionary update")

@@ -8,6 +8,7 @@ import sys
 from typing import List, Optional
 
 from .._argparse import split_list
+from ..io import MissingFileError
 from .trainer import TrainConfig, Trainer
 
 
@@ -55,9 +56,9 @@ def run(cfg: TrainConfig) -> int:
     raises what the trainer raises."""
     if not os.path.isdir(cfg.data):   # (before the Trainer makes the run folder: none left)
         where = "" if os.path.isabs(cfg.data) else f" (relative to {os.getcwd()})"
-        raise ValueError(f"--data {cfg.data}: a file, not a folder of images" if
-                         os.path.exists(cfg.data) else
-                         f"--data {cfg.data}: the image folder does not exist{where}")
+        if not os.path.exists(cfg.data):
+            raise MissingFileError(f"--data {cfg.data}: the image folder does not exist{where}")
+        raise ValueError(f"--data {cfg.data}: a file, not a folder of images")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # launched by torchrun
         import torch

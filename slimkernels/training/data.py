@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .._checks import is_int
-from ..io import read_image_uint8
+from ..io import MissingFileError, read_image_uint8
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -16,8 +16,9 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 def list_images(folder: str) -> List[str]:
     """Sorted paths of the image files directly in ``folder`` (ValueError if there are none)."""
     if not os.path.isdir(folder):
-        raise ValueError(f"image folder {folder!r} is a file, not a folder" if
-                         os.path.exists(folder) else f"image folder {folder!r} does not exist")
+        if not os.path.exists(folder):
+            raise MissingFileError(f"image folder {folder!r} does not exist")
+        raise ValueError(f"image folder {folder!r} is a file, not a folder")
     paths = sorted(os.path.join(folder, f) for f in os.listdir(folder)
                    if f.lower().endswith(IMAGE_EXTS))
     if not paths:

@@ -22,7 +22,7 @@ from .._checks import check_image_tensor, is_int, too_many_threads, width_list
 from .._device import check_device, cli_device
 from .._state import first_non_finite
 from ..codec import native_bf16, pixel_values_outside
-from ..io import atomic_torch_save, load_torch_file
+from ..io import MissingFileError, atomic_torch_save, load_torch_file
 from ..models import SlimCAE
 from ..models.slimcae import DEFAULT_WIDTHS
 from ..nn.entropy import check_quantization, is_table_key, state_dict_misfit
@@ -405,7 +405,8 @@ def _torch_load(path: str, device, what: str, todo: str):
     """``torch.load`` with errors a user can act on (ValueError naming the file; the file is
     left untouched)."""
     if not os.path.isfile(path):
-        raise ValueError(f"{what} {path} does not exist or is not a file")
+        raise (ValueError if os.path.exists(path) else MissingFileError)(
+            f"{what} {path} does not exist or is not a file")
     return load_torch_file(path, f"{what} {{path}} is not readable ({{error}}); {todo}", device)
 
 

@@ -21,8 +21,11 @@ def test_list_images(image_folder, tmp_path):
     files = kodak.list_images(image_folder)
     assert [os.path.basename(f) for f in files] == ["a.png", "b.png"]
     assert len(kodak.list_images(image_folder, limit=1)) == 1
-    with pytest.raises(ValueError, match="not a directory"):
+    with pytest.raises(ValueError, match="missing does not exist"):
         kodak.list_images(str(tmp_path / "missing"))
+    (tmp_path / "file.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="file.png is not a directory"):
+        kodak.list_images(str(tmp_path / "file.png"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no image files"):
         kodak.list_images(str(tmp_path / "empty"))
@@ -163,7 +166,7 @@ def test_integer_lists_take_spaces_or_commas(capsys):
 
 def test_cli_input_errors(image_folder, tmp_path, capsys):
     assert run_eval(_args([str(tmp_path / "nope")])) == 2
-    assert "not a directory" in capsys.readouterr().err
+    assert "nope does not exist" in capsys.readouterr().err
     assert run_eval(_args([image_folder, "--model", str(tmp_path / "none.pt")])) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -408,7 +411,7 @@ def test_evaluate_all_overwrite_keeps_the_earlier_evaluation_when_the_new_one_fa
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(small / "tiny.png")
     with monkeypatch.context() as mp:
         _no_coding(mp, tiny_model)
-        for kw, what in ((dict(folder=str(tmp_path / "typo")), "is not a directory"),
+        for kw, what in ((dict(folder=str(tmp_path / "typo")), "typo does not exist"),
                          (dict(widths=[5]), r"widths \[5\] are not widths of this model"),
                          (dict(widths=8), "got the int 8"),
                          (dict(classical=True, jpeg_qualities=[200]),
