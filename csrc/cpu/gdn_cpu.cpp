@@ -223,11 +223,72 @@ inline __mmask16 tail_mask(int64_t n) {
 }
 
 // ---------------------------------------------------------------- channels_last worker
+// run_cl for a bf16 x with one split (the bf16 inference path) and NCH = ceil(C/16) vectors per
+// pixel: the chunks' effective beta and the last chunk's mask are held in registers for the
+// whole call and each pixel's chunks are unrolled (the generic loop below reloads beta and
+// builds a mask per vector). The same operations on the same values: the same bits.
+template <bool INV, int NCH>
+SK_TARGET void run_cl_bf16(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t row0,
+                           int64_t row1) {
+  const int64_t C = p.C, K3 = p.K3, Cpad = p.Cpad;
+  uint16_t* const zb = sc.z;
+  float* const nb = sc.n;
+  const uint16_t* const x = static_cast<const uint16_t*>(a.x);
+  uint16_t* const y = static_cast<uint16_t*>(a.y);
+  const __mmask16 last = tail_mask(C - (NCH - 1) * 16);
+  __m512 bv[NCH];
+  for (int j = 0; j < NCH; ++j) bv[j] = _mm512_loadu_ps(p.beta + 16 * j);  // (padded to Cpad)
+  bool tail_zeroed = false;
+  for (int64_t r0 = row0; r0 < row1; r0 += kClRows) {
+    const int64_t nr = std::min<int64_t>(kClRows, row1 - r0);
+    if (nr < kClRows && !tail_zeroed) {  // rows past the end: zeros (their n is discarded)
+      std::memset(zb + nr * K3, 0, (kClRows - nr) * K3 * sizeof(uint16_t));
+      tail_zeroed = true;
+    }
+    const uint16_t* xr = x + r0 * C;
+    for (int64_t r = 0; r < nr; ++r, xr += C) {
+      uint16_t* const zr = zb + r * K3;
+#pragma GCC unroll 16
+      for (int j = 0; j < NCH; ++j) {
+        const __mmask16 m = j + 1 < NCH ? static_cast<__mmask16>(0xffff) : last;
+        const __m512 v = from_bf16(_mm256_maskz_loadu_epi16(m, xr + 16 * j));
+        _mm256_mask_storeu_epi16(zr + 16 * j, m, to_bf16(_mm512_mul_ps(v, v)));
+      }
+    }
+    gemm(zb, K3, BTiles{p.gpack, K3}, nb, Cpad, kClRows, Cpad, K3);
+    xr = x + r0 * C;
+    uint16_t* yr = y + r0 * C;
+    for (int64_t r = 0; r < nr; ++r, xr += C, yr += C) {
+      const float* const nr_ = nb + r * Cpad;
+#pragma GCC unroll 16
+      for (int j = 0; j < NCH; ++j) {
+        const __mmask16 m = j + 1 < NCH ? static_cast<__mmask16>(0xffff) : last;
+        const __m512 v = from_bf16(_mm256_maskz_loadu_epi16(m, xr + 16 * j));
+        const __m512 n = _mm512_add_ps(_mm512_loadu_ps(nr_ + 16 * j), bv[j]);
+        _mm256_mask_storeu_epi16(yr + 16 * j, m, to_bf16(gdn_apply<INV, false>(v, n)));
+      }
+    }
+  }
+}
+
 // zb: A = [32 x K3] bf16, zeroed; nb: [32 x Cpad] fp32. XD: x's (and y's) dtype, a constant
 // (no dtype test per vector).
 template <bool INV, int XD>
 SK_TARGET void run_cl(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t row0,
                       int64_t row1) {
+  if constexpr (XD == kBF16) {
+    if (p.splits == 1) {
+      switch ((p.C + 15) / 16) {
+#define SK_GDN_CL_CASE(N) \
+  case N: return run_cl_bf16<INV, N>(a, p, sc, row0, row1);
+        SK_GDN_CL_CASE(1) SK_GDN_CL_CASE(2) SK_GDN_CL_CASE(3) SK_GDN_CL_CASE(4)
+        SK_GDN_CL_CASE(5) SK_GDN_CL_CASE(6) SK_GDN_CL_CASE(7) SK_GDN_CL_CASE(8)
+        SK_GDN_CL_CASE(9) SK_GDN_CL_CASE(10) SK_GDN_CL_CASE(11) SK_GDN_CL_CASE(12)
+#undef SK_GDN_CL_CASE
+        default: break;
+      }
+    }
+  }
   const int64_t C = p.C, K3 = p.K3, Kpad = p.Kpad, Cpad = p.Cpad;
   uint16_t* const zb = sc.z;
   float* const nb = sc.n;

@@ -35,10 +35,10 @@ def _kernels_on(monkeypatch):
     monkeypatch.setattr(gdn_mod, "USE_CPU_KERNELS", True)
 
 
-def _params(seed=0, dtype=torch.float32):
+def _params(seed=0, dtype=torch.float32, size=C_MAX):
     g = torch.Generator().manual_seed(seed)
-    beta = (torch.rand(C_MAX, generator=g) + 0.5).to(dtype)
-    gamma = (torch.rand(C_MAX, C_MAX, generator=g) * 0.1).to(dtype)  # not symmetric
+    beta = (torch.rand(size, generator=g) + 0.5).to(dtype)
+    gamma = (torch.rand(size, size, generator=g) * 0.1).to(dtype)  # not symmetric
     return beta, gamma
 
 
@@ -116,11 +116,25 @@ def test_fused_matches_float64(C, dtype, channels_last, inverse, scalars):
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_bf16_within_one_ulp_of_its_own_products(C, inverse, channels_last):
+    _check_within_one_ulp(C, inverse, channels_last)
+
+
+@needs_fused
+@pytest.mark.parametrize("C", [1, 15, 16, 17, 31, 33, 63, 80, 100, 127, 160, 176, 191, 193])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_bf16_channels_last_every_vector_count_within_one_ulp(C, inverse):
+    """The bf16 channels_last kernel is unrolled per count of 16-channel vectors (1..12, a
+    masked last one; above 192 channels the generic loop): every count, with and without a
+    tail, within one ulp of its own products."""
+    _check_within_one_ulp(C, inverse, True)
+
+
+def _check_within_one_ulp(C, inverse, channels_last):
     """A bf16 x: y is x * rsqrt(n) (x * sqrt(n)) of the kernel's own n (beta + bf16 gamma times
     bf16 x^2, exact sums) to within one bf16 unit in the last place. The channels_last kernel
     takes rsqrt14 without a Newton step for a bf16 y (relative error < 2^-14, far below the
     2^-8 of the rounding to bf16): a cruder root (8 bits) breaks this bound."""
-    beta, gamma = _params(5)
+    beta, gamma = _params(5, size=max(C, C_MAX))
     x = _x(1, C, 16, 24, channels_last, torch.bfloat16, seed=6)
     with torch.no_grad():
         y = gdn(x, beta, gamma, inverse=inverse)
