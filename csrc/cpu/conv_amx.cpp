@@ -142,6 +142,40 @@ SK_CTARGET inline void store_out(const ConvAmxArgs& a, int64_t off, const float*
     store_bf16(a.y + off, src, bias, n);
 }
 
+// rows runs of n values (src rows ldc floats apart, dst rows dstride elements apart) + bias
+// (may be null), rounded to bf16: store_bf16 per row, with the bias in registers and each row's
+// vectors unrolled where n is 16..192 full vectors (a conv's outputs per pixel, a sub-pixel
+// conv's phase run); the same values.
+template <int NCH>
+SK_CTARGET inline void store_rows_bf16_n(uint16_t* dst, int64_t dstride, const float* src,
+                                         int64_t ldc, const float* bias, int64_t rows) {
+  __m512 bv[NCH];
+  for (int j = 0; j < NCH; ++j) bv[j] = bias ? _mm512_loadu_ps(bias + 16 * j) : _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r, src += ldc, dst += dstride) {
+#pragma GCC unroll 16
+    for (int j = 0; j < NCH; ++j)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 16 * j),
+                          reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(
+                              _mm512_add_ps(_mm512_loadu_ps(src + 16 * j), bv[j]))));
+  }
+}
+
+SK_CTARGET inline void store_rows_bf16(uint16_t* dst, int64_t dstride, const float* src,
+                                       int64_t ldc, const float* bias, int64_t n, int64_t rows) {
+  if (n % 16 == 0) {
+    switch (n / 16) {
+#define SK_STORE_ROWS_CASE(N) \
+  case N: return store_rows_bf16_n<N>(dst, dstride, src, ldc, bias, rows);
+      SK_STORE_ROWS_CASE(1) SK_STORE_ROWS_CASE(2) SK_STORE_ROWS_CASE(3) SK_STORE_ROWS_CASE(4)
+      SK_STORE_ROWS_CASE(5) SK_STORE_ROWS_CASE(6) SK_STORE_ROWS_CASE(7) SK_STORE_ROWS_CASE(8)
+      SK_STORE_ROWS_CASE(9) SK_STORE_ROWS_CASE(10) SK_STORE_ROWS_CASE(11) SK_STORE_ROWS_CASE(12)
+#undef SK_STORE_ROWS_CASE
+      default: break;
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) store_bf16(dst + r * dstride, src + r * ldc, bias, n);
+}
+
 constexpr int kMaxBlocks = 4;
 
 // A growable 64-byte aligned allocation (contents not preserved on growth).
@@ -299,7 +333,7 @@ SK_CTARGET void store_blocks(const ConvAmxArgs& a, int mt, const int64_t* br, co
       for (int64_t p = 0; p < full; ++p)
         store_f32_clamped(a.yf + y0 + p * run, src + p * ldc, bias, run, a.out_lo, a.out_hi);
     else
-      for (int64_t p = 0; p < full; ++p) store_bf16(a.y + y0 + p * run, src + p * ldc, bias, run);
+      store_rows_bf16(a.y + y0, run, src, ldc, bias, run, full);
     for (int64_t p = full; p < npx; ++p) {
       const int64_t nrx = std::min<int64_t>(s, a.Wy - (bx[i] * 16 + p) * s);
       if (nrx <= 0) break;
@@ -314,7 +348,7 @@ SK_CTARGET void store_blocks(const ConvAmxArgs& a, int mt, const int64_t* br, co
 SK_CTARGET void epilogue_gdn(const ConvAmxArgs& a, const EpilogueGdn& eg, const float* accbuf,
                              int64_t ldc, int mt, const int64_t* br, const int64_t* bx) {
   const int64_t Co = a.Co;
-  for (int64_t r = 0; r < mt * 16; ++r) store_bf16(eg.xb + r * Co, accbuf + r * ldc, a.bias, Co);
+  store_rows_bf16(eg.xb, Co, accbuf, ldc, a.bias, Co, mt * 16);
   gdn_rows_bf16(eg.rows, eg.xb, mt * 16 * a.phase * a.phase, eg.z, eg.n);
   // per block and sub-pixel row: the runs of the pixels whose phases all lie inside y (phase 1:
   // the block's pixels, contiguous in y and in xb: one copy), then the others
