@@ -342,6 +342,35 @@ SK_CTARGET void store_blocks(const ConvAmxArgs& a, int mt, const int64_t* br, co
   });
 }
 
+// count runs of n bf16 elements, from src (runs sstride elements apart) to dst (dstride apart),
+// by 32-element vectors where n is 1..6 of them (a sub-pixel conv's phase run of 32..192
+// channels: a libc memcpy per run of a few hundred bytes cost more than the copy); returns the
+// runs copied (0: n has another size, the caller copies them).
+template <int NV>
+SK_CTARGET inline void copy_runs_n(uint16_t* dst, int64_t dstride, const uint16_t* src,
+                                   int64_t sstride, int64_t count) {
+  for (int64_t p = 0; p < count; ++p, dst += dstride, src += sstride) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NV; ++j)
+      _mm512_storeu_si512(reinterpret_cast<__m512i*>(dst + 32 * j),
+                          _mm512_loadu_si512(reinterpret_cast<const __m512i*>(src + 32 * j)));
+  }
+}
+
+SK_CTARGET inline int64_t copy_runs(uint16_t* dst, int64_t dstride, const uint16_t* src,
+                                    int64_t sstride, int64_t n, int64_t count) {
+  if (n % 32 != 0) return 0;
+  switch (n / 32) {
+    case 1: copy_runs_n<1>(dst, dstride, src, sstride, count); return count;
+    case 2: copy_runs_n<2>(dst, dstride, src, sstride, count); return count;
+    case 3: copy_runs_n<3>(dst, dstride, src, sstride, count); return count;
+    case 4: copy_runs_n<4>(dst, dstride, src, sstride, count); return count;
+    case 5: copy_runs_n<5>(dst, dstride, src, sstride, count); return count;
+    case 6: copy_runs_n<6>(dst, dstride, src, sstride, count); return count;
+    default: return 0;
+  }
+}
+
 // The group's output with the GDN: bf16(acc + bias) of all its conv pixels into xb, the GDN in
 // place on its rows of Cy channels (a conv pixel's Co = s*s*Cy channels are its phases' pixels),
 // then xb's runs copied to y.
@@ -360,7 +389,8 @@ SK_CTARGET void epilogue_gdn(const ConvAmxArgs& a, const EpilogueGdn& eg, const 
       std::memcpy(a.y + y0, src, static_cast<size_t>(full * Co) * 2);
       return;
     }
-    for (int64_t p = 0; p < npx; ++p) {
+    int64_t p = copy_runs(a.y + y0, run, src, Co, run, full);
+    for (; p < npx; ++p) {
       const int64_t nrx = p < full ? s : std::min<int64_t>(s, a.Wy - (bx[i] * 16 + p) * s);
       if (nrx <= 0) break;
       std::memcpy(a.y + y0 + p * run, src + p * Co, static_cast<size_t>(nrx * a.Cy) * 2);
