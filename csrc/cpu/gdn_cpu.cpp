@@ -223,6 +223,15 @@ inline __mmask16 tail_mask(int64_t n) {
 }
 
 // ---------------------------------------------------------------- channels_last worker
+// A block of nr < kClRows rows (the last): z's rows past the end zeroed, once per call (done);
+// their n is discarded.
+inline void zero_rows_past_end(uint16_t* zb, int64_t nr, int64_t K3, bool& done) {
+  if (nr < kClRows && !done) {
+    std::memset(zb + nr * K3, 0, (kClRows - nr) * K3 * sizeof(uint16_t));
+    done = true;
+  }
+}
+
 // run_cl for a bf16 x with one split (the bf16 inference path) and NCH = ceil(C/16) vectors per
 // pixel: the chunks' effective beta and the last chunk's mask are held in registers for the
 // whole call and each pixel's chunks are unrolled (the generic loop below reloads beta and
@@ -241,10 +250,7 @@ SK_TARGET void run_cl_bf16(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t
   bool tail_zeroed = false;
   for (int64_t r0 = row0; r0 < row1; r0 += kClRows) {
     const int64_t nr = std::min<int64_t>(kClRows, row1 - r0);
-    if (nr < kClRows && !tail_zeroed) {  // rows past the end: zeros (their n is discarded)
-      std::memset(zb + nr * K3, 0, (kClRows - nr) * K3 * sizeof(uint16_t));
-      tail_zeroed = true;
-    }
+    zero_rows_past_end(zb, nr, K3, tail_zeroed);
     const uint16_t* xr = x + r0 * C;
     for (int64_t r = 0; r < nr; ++r, xr += C) {
       uint16_t* const zr = zb + r * K3;
@@ -296,10 +302,7 @@ SK_TARGET void run_cl(const GdnArgs& a, const Plan& p, Scratch& sc, int64_t row0
   bool tail_zeroed = false;
   for (int64_t r0 = row0; r0 < row1; r0 += kClRows) {
     const int64_t nr = std::min<int64_t>(kClRows, row1 - r0);
-    if (nr < kClRows && !tail_zeroed) {  // rows past the end: zeros (their n is discarded)
-      std::memset(zb + nr * K3, 0, (kClRows - nr) * K3 * sizeof(uint16_t));
-      tail_zeroed = true;
-    }
+    zero_rows_past_end(zb, nr, K3, tail_zeroed);
     for (int64_t r = 0; r < nr; ++r) {
       const int64_t xo = (r0 + r) * C;
       uint16_t* zr = zb + r * K3;
