@@ -302,7 +302,31 @@ SK_CTARGET void store_narrow_phases(const ConvAmxArgs& a, int mt, const int64_t*
     const float* src = accbuf + i * 16 * ldc + ry * run;
     const float* bias = a.bias ? a.bias + ry * run : nullptr;
     const __m512 b = bias ? _mm512_maskz_loadu_ps(k, bias) : _mm512_setzero_ps();
-    for (int64_t p = 0; p < full; ++p) {
+    int64_t p = 0;
+    if (run == 12 && a.yf != nullptr) {
+      // 4 pixels' runs of 12 (4 x 4 phases of 3 channels: an RGB image) are 3 full vectors of
+      // the output row: joined by permutes, then stored whole instead of 4 masked stores
+      const __m512i j0 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19);
+      const __m512i j1 = _mm512_setr_epi32(4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19, 20, 21, 22,
+                                           23);
+      const __m512i j2 = _mm512_setr_epi32(8, 9, 10, 11, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
+                                           26, 27);
+      float* out = a.yf + y0;
+      for (; p + 4 <= full; p += 4, out += 48) {
+        const float* q = src + p * ldc;
+        const __m512 v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(k, q), b);
+        const __m512 v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(k, q + ldc), b);
+        const __m512 v2 = _mm512_add_ps(_mm512_maskz_loadu_ps(k, q + 2 * ldc), b);
+        const __m512 v3 = _mm512_add_ps(_mm512_maskz_loadu_ps(k, q + 3 * ldc), b);
+        const __m512 o[3] = {_mm512_permutex2var_ps(v0, j0, v1),
+                             _mm512_permutex2var_ps(v1, j1, v2),
+                             _mm512_permutex2var_ps(v2, j2, v3)};
+        for (int j = 0; j < 3; ++j)
+          _mm512_storeu_ps(out + 16 * j, widened_clamped(reinterpret_cast<__m256i>(
+                                             _mm512_cvtneps_pbh(o[j])), lo, hi));
+      }
+    }
+    for (; p < full; ++p) {
       const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(k, src + p * ldc), b);
       const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
       if (a.yf != nullptr) {
@@ -311,7 +335,7 @@ SK_CTARGET void store_narrow_phases(const ConvAmxArgs& a, int mt, const int64_t*
         _mm256_mask_storeu_epi16(a.y + y0 + p * run, k, h);
       }
     }
-    for (int64_t p = full; p < npx; ++p) {
+    for (p = full; p < npx; ++p) {
       const int64_t nrx = std::min<int64_t>(s, a.Wy - (bx[i] * 16 + p) * s);
       if (nrx <= 0) break;
       store_out(a, y0 + p * run, src + p * ldc, bias, nrx * a.Cy);
