@@ -149,8 +149,9 @@ SK_CTARGET inline void store_out(const ConvAmxArgs& a, int64_t off, const float*
 template <int NCH>
 SK_CTARGET inline void store_rows_bf16_n(uint16_t* dst, int64_t dstride, const float* src,
                                          int64_t ldc, const float* bias, int64_t rows) {
-  __m512 bv[NCH];
-  for (int j = 0; j < NCH; ++j) bv[j] = bias ? _mm512_loadu_ps(bias + 16 * j) : _mm512_setzero_ps();
+  __m512 bv[NCH];  // (no bias: -0, which adds to every value as nothing, -0 included)
+  for (int j = 0; j < NCH; ++j)
+    bv[j] = bias ? _mm512_loadu_ps(bias + 16 * j) : _mm512_set1_ps(-0.0f);
   for (int64_t r = 0; r < rows; ++r, src += ldc, dst += dstride) {
 #pragma GCC unroll 16
     for (int j = 0; j < NCH; ++j)
@@ -304,8 +305,9 @@ SK_CTARGET void store_narrow_phases(const ConvAmxArgs& a, int mt, const int64_t*
     const __m512 b = bias ? _mm512_maskz_loadu_ps(k, bias) : _mm512_setzero_ps();
     int64_t p = 0;
     if (run == 12 && a.yf != nullptr) {
-      // 4 pixels' runs of 12 (4 x 4 phases of 3 channels: an RGB image) are 3 full vectors of
-      // the output row: joined by permutes, then stored whole instead of 4 masked stores
+      // 4 pixels' runs of 12 values (e.g. 4 column phases x 3 channels: SlimCAE's image) are 3
+      // whole vectors of the output row: joined by permutes and stored whole instead of by 4
+      // masked stores (the same values)
       const __m512i j0 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19);
       const __m512i j1 = _mm512_setr_epi32(4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19, 20, 21, 22,
                                            23);
