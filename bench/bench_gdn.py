@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -28,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_conv import interleaved_medians  # noqa: E402
 from slimkernels.ops import gdn  # noqa: E402
 from slimkernels.ops.gdn import gdn_torch  # noqa: E402
 
@@ -92,27 +93,6 @@ def static_table(shapes=GPU_SHAPES, widths=WIDTHS):
 
 
 # ------------------------------------------------------------------------------------- CPU
-def _median_interleaved(fns, reps, warmup=2, stat=statistics.median):
-    """Median (or ``stat``) seconds of each fn, measured round-robin so that load changes hit
-    all alike, in a new order every round (fixed seed: a fixed order biased a null A/B by
-    1.04-1.15x on this project's 2-core VM, docs/performance.md)."""
-    import random
-    rng = random.Random(0)
-    for f in fns.values():
-        for _ in range(warmup):
-            f()
-    ts = {k: [] for k in fns}
-    order = list(fns.items())
-    for _ in range(reps):
-        rng.shuffle(order)
-        for k, f in order:
-            t0 = time.perf_counter()
-            f()
-            ts[k].append(time.perf_counter() - t0)
-    _median_interleaved.last = ts
-    return {k: stat(v) for k, v in ts.items()}
-
-
 def _rel_err(y, ref):
     return ((y.double() - ref).abs().max() / ref.abs().max()).item()
 
@@ -154,19 +134,20 @@ def cpu_timings(shapes=CPU_SHAPES, widths=WIDTHS, reps=9, backward=False):
                         errs = {k: (_rel_err(v, ref), _elem_err(v, ref)) for k, v in
                                 (("ours", y_ours), ("eager", y_eager), ("torch", y_torch))}
                         del y_ours, y_eager, y_torch
-                        t = _median_interleaved({"eager": lambda: eager_gdn(x, beta, gamma),
+                        # (the contenders in a new order every round: a fixed order biased a
+                        # null A/B by 1.04-1.15x on this project's 2-core VM)
+                        tmin = {}
+                        t = interleaved_medians({"eager": lambda: eager_gdn(x, beta, gamma),
                                                  "ours": lambda: gdn(x, beta, gamma),
                                                  "torch": lambda: gdn_torch(x, beta, gamma)},
-                                                reps)
-                        raw = _median_interleaved.last
-                    tmin = {k: min(v) for k, v in raw.items()}
+                                                reps, warmup=2, mins=tmin)
                     row = {"shape": f"{N}x{C}x{H}x{W}", "C": C, "dtype": str(dt)[6:],
-                           "layout": layout, "pass": "fwd", "eager_ms": t["eager"] * 1e3,
-                           "ours_ms": t["ours"] * 1e3, "speedup": t["eager"] / t["ours"],
-                           "torch_ms": t["torch"] * 1e3,
+                           "layout": layout, "pass": "fwd", "eager_ms": t["eager"],
+                           "ours_ms": t["ours"], "speedup": t["eager"] / t["ours"],
+                           "torch_ms": t["torch"],
                            "speedup_vs_torch": t["torch"] / t["ours"],
                            "path": path,
-                           "eager_min_ms": tmin["eager"] * 1e3, "ours_min_ms": tmin["ours"] * 1e3,
+                           "eager_min_ms": tmin["eager"], "ours_min_ms": tmin["ours"],
                            "speedup_min": tmin["eager"] / tmin["ours"], "reps": reps,
                            "err_ours": errs["ours"][0], "err_eager": errs["eager"][0],
                            "err_torch": errs["torch"][0], "err_ours_elem": errs["ours"][1],
@@ -203,11 +184,11 @@ def cpu_train_timings(shapes=((8, 32, 32),), widths=WIDTHS, reps=9):
                                             enabled=mode != "fp32"):
                             y = f(x, beta, gamma)
                         torch.autograd.grad(y, (x, beta, gamma), dy.to(y.dtype))
-                    t = _median_interleaved({"eager": lambda: step(eager_gdn),
-                                             "ours": lambda: step(gdn)}, reps)
+                    t = interleaved_medians({"eager": lambda: step(eager_gdn),
+                                             "ours": lambda: step(gdn)}, reps, warmup=2)
                     row = {"shape": f"{N}x{C}x{H}x{W}", "C": C, "dtype": mode, "layout": layout,
-                           "pass": "fwd+bwd", "eager_ms": t["eager"] * 1e3,
-                           "ours_ms": t["ours"] * 1e3, "speedup": t["eager"] / t["ours"]}
+                           "pass": "fwd+bwd", "eager_ms": t["eager"],
+                           "ours_ms": t["ours"], "speedup": t["eager"] / t["ours"]}
                     rows.append(row)
                     print(f"cpu {row['shape']:>12} {mode:>13} {layout:>13} fwd+bwd eager "
                           f"{row['eager_ms']:8.2f} ms  ours {row['ours_ms']:8.2f} ms  "
@@ -462,7 +443,7 @@ def main(argv=None):
         cuda_rows = cuda_timings(GPU_SHAPES, widths)
     elif args.dry_run:  # exercise the CUDA section's code on CPU with a wall-clock timer
         def cpu_timer(fn):
-            return _median_interleaved({"f": fn}, reps=2, warmup=1)["f"] * 1e3
+            return interleaved_medians({"f": fn}, 2, warmup=1)["f"]
         report["cuda_dry_run"] = cuda_timings([(1, 5, 7)], widths, device="cpu",
                                               timer=cpu_timer, use_compile=False)
         print(cuda_md(report["cuda_dry_run"]))

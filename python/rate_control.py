@@ -132,6 +132,8 @@ def _main(argv, made) -> int:
     if args.target_psnr is not None and not (math.isfinite(args.target_psnr) and
                                              args.target_psnr > 0):
         p.error(f"--target-psnr must be a finite number > 0, got {args.target_psnr}")
+    if args.limit < 0:
+        p.error(f"--limit must be >= 1 (or 0: every image), got {args.limit}")
     if args.json:   # (checked before the work: it was overwritten, or failed after it)
         if os.path.isdir(args.json) or (os.path.exists(args.json) and not args.force):
             p.error(f"--json {args.json} exists: not overwriting it (-f replaces a file)")
@@ -161,8 +163,6 @@ def _main(argv, made) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.limit < 0:
-        p.error(f"--limit must be >= 1 (or 0: every image), got {args.limit}")
     paths = paths[:args.limit] if args.limit > 0 else paths
 
     goal_txt = (f"target {args.target_bpp} bpp" if args.target_bpp is not None

@@ -1,8 +1,11 @@
 """The optional compiled CPU kernels (``slimkernels._cpu_kernels``, csrc/cpu/) and the one switch
 that turns all of them off: the environment variable ``SLIMKERNELS_CPU_KERNELS=0`` (read at every
-call), which sends every op to its PyTorch path."""
+call), which sends every op to its PyTorch path. Also what the ops do under torch's tracing and
+dispatch modes, which the kernels cannot serve: :func:`tracing`, :func:`real_tensors`,
+:func:`refuse_jit_trace`."""
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Optional
 
@@ -63,6 +66,27 @@ def _dispatch_mode_getter():
     except ImportError:   # pragma: no cover
         return None
     return _get_current_dispatch_mode
+
+
+def real_tensors():
+    """A context in which new tensors are real, normal ones, whatever torch modes are active
+    (torch.export's FakeTensorMode and its proxy / functional modes; inference mode): for the
+    values the process-wide ``lru_cache`` s keep. Private torch helpers (the fake mode is an
+    "infra" mode that ``_disable_current_modes`` alone leaves on); each skipped if a torch lacks
+    it."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    try:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+        stack.enter_context(unset_fake_temporarily())
+    except ImportError:   # pragma: no cover
+        pass
+    try:
+        from torch.utils._python_dispatch import _disable_current_modes
+        stack.enter_context(_disable_current_modes())
+    except ImportError:   # pragma: no cover
+        pass
+    return stack
 
 
 def refuse_jit_trace(op: str) -> None:

@@ -23,7 +23,6 @@ entries; writes through ``.data`` bypass version counting: call :func:`clear_wei
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import numbers
 from typing import Optional
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import is_int
-from .._cpu import cpu_kernels, refuse_jit_trace, tracing
+from .._cpu import cpu_kernels, real_tensors, refuse_jit_trace, tracing
 from ..backend import resolve_backend
 from . import conv_image, image_io, winograd
 from . import _cache
@@ -1355,27 +1354,6 @@ def subpixel_taps(k: int, s: int, p: int):
         c, d = (r + p) % s, (r + p) // s
         taps.append(tuple((d - t, c + s * t) for t in range(max(0, -(-(k - c) // s)))))
     return tuple(taps)
-
-
-def real_tensors():
-    """A context in which new tensors are real, normal ones, whatever torch modes are active
-    (torch.export's FakeTensorMode and its proxy / functional modes; inference mode): for the
-    values the process-wide ``lru_cache`` s keep. Private torch helpers (the fake mode is an
-    "infra" mode that ``_disable_current_modes`` alone leaves on); each skipped if a torch lacks
-    it."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.inference_mode(False))
-    try:
-        from torch._subclasses.fake_tensor import unset_fake_temporarily
-        stack.enter_context(unset_fake_temporarily())
-    except ImportError:   # pragma: no cover
-        pass
-    try:
-        from torch.utils._python_dispatch import _disable_current_modes
-        stack.enter_context(_disable_current_modes())
-    except ImportError:   # pragma: no cover
-        pass
-    return stack
 
 
 @functools.lru_cache(maxsize=32)

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._cpu import cpu_kernels
+from .._cpu import cpu_kernels, real_tensors
 from ._raw import bias_pointer, fp32_cpu_input, torch_avx512
 
 __all__ = ["winograd_available", "winograd_pays", "winograd_conv2d_weight", "winograd_conv_transpose2d_weight",
@@ -447,7 +447,6 @@ def _taps_conv(k: int, s: int) -> torch.Tensor:
                     ky, kx = s * a + p, s * b + q
                     if ky < k and kx < k:
                         idx[p, q, a, b] = ky * k + kx
-    from .conv import real_tensors
     with real_tensors():
         return torch.from_numpy(idx.reshape(s * s, 9))
 
@@ -456,7 +455,7 @@ def _taps_conv(k: int, s: int) -> torch.Tensor:
 def _taps_transposed(k: int, s: int, padding: int) -> torch.Tensor:
     """int32 ``[s*s, 9]``: output phase ``ry*s + rx``, tap ``a*3 + b`` -> kernel tap (-1: none),
     the sub-pixel plan of :func:`_phase_weight_transposed` padded to 3x3."""
-    from .conv import _subpixel_plan, real_tensors
+    from .conv import _subpixel_plan
     idx, _, _, kc = _subpixel_plan(k, s, padding)
     full = np.full((s, s, 3, 3), -1, dtype=np.int32)   # (numpy, then real: see _taps_conv)
     plan = idx.numpy().reshape(s, s, kc, kc)

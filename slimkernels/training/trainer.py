@@ -579,15 +579,17 @@ class Trainer:
             # term, a negative one rewarded distortion)
             # (values first, the count after the run's options are known to be its own: a
             # resume with other --widths is told so, not that a sound checkpoint is damaged)
-            ck_lambdas = self._checkpoint_lambdas(ck["lambdas"], "lambdas", count=False)
+            held = {"lambdas": ck["lambdas"]}
             if saved.get("lambdas") is not None:
-                self._checkpoint_lambdas(saved["lambdas"], "config's lambdas", count=False)
+                held["config's lambdas"] = saved["lambdas"]
+            checked = {what: self._checkpoint_lambdas(lams, what, count=False)
+                       for what, lams in held.items()}
+            ck_lambdas = checked["lambdas"]
             if cfg.lambdas is None:   # (unset: the lambdas the run started with)
-                cfg.lambdas = list(saved.get("lambdas") or ck_lambdas)
+                cfg.lambdas = list(checked.get("config's lambdas") or ck_lambdas)
             _check_same_run(ck.get("config"), cfg, self.ckpt_path)
-            self._checkpoint_lambdas(ck["lambdas"], "lambdas")
-            if saved.get("lambdas") is not None:
-                self._checkpoint_lambdas(saved["lambdas"], "config's lambdas")
+            for what, lams in held.items():
+                self._checkpoint_lambdas(lams, what)
             # each entry is checked before it is used: a damaged one was an AttributeError,
             # KeyError, TypeError or torch RuntimeError from inside the resume (or, for a weight
             # average of another shape, from the first training step)
