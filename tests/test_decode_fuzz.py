@@ -15,8 +15,6 @@ from slimkernels import coding, container
 from slimkernels.container import ModelMismatchError, SlimFormatError
 from slimkernels.pretrained import load_model
 
-_FIXED = struct.Struct("<4sBB16sHIIBH")
-
 
 @pytest.fixture(scope="module")
 def model():
@@ -45,9 +43,12 @@ def _with_payload(d, payload, **fields):
     vals = dict(width=f.width, height=f.height, img_width=f.img_width, streams=f.streams,
                 model_id=f.model_id)
     vals.update(fields)
-    pre = _FIXED.pack(b"SLIM", 1, 0, vals["model_id"], vals["width"] & 0xFFFF,
-                      vals["height"] & 0xFFFFFFFF, vals["img_width"] & 0xFFFFFFFF,
-                      vals["streams"] & 0xFF, 0)
+    # (the format's own header layout; its fields masked to their widths, not range-checked as
+    # pack() does: the extremes are the point)
+    pre = container._FIXED.pack(container.MAGIC, container.FORMAT_VERSION, 0, vals["model_id"],
+                                vals["width"] & 0xFFFF,
+                                vals["height"] & 0xFFFFFFFF, vals["img_width"] & 0xFFFFFFFF,
+                                vals["streams"] & 0xFF, 0)
     pre += struct.pack("<II", len(payload), zlib.crc32(payload))
     return pre + struct.pack("<I", zlib.crc32(pre)) + payload
 

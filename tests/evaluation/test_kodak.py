@@ -534,7 +534,6 @@ def test_cli_threads_zero_is_torch_s_choice_as_in_compress(image_folder, tmp_pat
 def test_an_interrupted_set_aside_leaves_the_earlier_evaluation_in_place(tmp_path, monkeypatch):
     """(the earlier outputs were set aside outside the try: a Ctrl-C between two moves left the
     moved ones in a hidden .earlier-* folder, never put back.)"""
-    from slimkernels.evaluation import kodak
     from slimkernels.models import SlimCAE
     out = tmp_path / "ev"
     (out / "bitstreams" / "w8").mkdir(parents=True)
@@ -563,18 +562,16 @@ def test_an_interrupted_set_aside_leaves_the_earlier_evaluation_in_place(tmp_pat
 def test_evaluate_takes_streams_none_as_compress_does(tiny_model, image_folder):
     """(the streams check took ints 1..255 only: None, compress's automatic count, which
     evaluate passed through before, was refused.)"""
-    from slimkernels.evaluation.kodak import evaluate
-    r = evaluate(tiny_model, image_folder, widths=[tiny_model.widths[-1]], streams=None, limit=1)
+    r = kodak.evaluate(tiny_model, image_folder, widths=[tiny_model.widths[-1]], streams=None, limit=1)
     assert len(r["results"]["bpp"]) == 1
     with pytest.raises(ValueError, match=r"streams must be an int in 1..255 \(or None"):
-        evaluate(tiny_model, image_folder, streams=0)
+        kodak.evaluate(tiny_model, image_folder, streams=0)
 
 
 def test_rd_plot_writes_to_a_file_object():
     """(the path checks ran os.path.abspath on it: a BytesIO, which matplotlib writes to, was a
     TypeError.)"""
     import io
-    from slimkernels.evaluation.plot import rd_plot
     slim = {"name": "s", "results": {"width": [8, 16], "bpp": [0.1, 0.2], "psnr-rgb": [25, 28]}}
     b = io.BytesIO()
     rd_plot(slim, {}, b)

@@ -221,7 +221,6 @@ def test_gdn_layers_refuse_non_finite_or_negative_init_values(kw, match):
     """(beta_min=nan or gamma_init=nan / inf built a layer whose output was NaN everywhere;
     beta_min=-1 raised "float() argument must be ... not 'complex'" from a negative ** 0.5, and
     beta_min='x' "could not convert string to float" naming no argument.)"""
-    from slimkernels.nn import NonNegativeParametrizer, SlimGDN, SlimGDNPlus, SwitchGDN
     for build in (lambda: SlimGDN(4, **kw), lambda: SwitchGDN([8, 4], **kw),
                   lambda: SlimGDNPlus([8, 4], **kw)):
         with pytest.raises(ValueError, match=f"SlimGDN: {match}"):

@@ -114,6 +114,5 @@ def test_sampler_and_helpers_refuse_bad_numbers():
 def test_crop_sampler_takes_gray_uint8_images_as_three_channels():
     """(the input check took [3, H, W] only: [1, H, W] gray images, repeated into the three
     channels before, were refused.)"""
-    from slimkernels.training.data import CropSampler
     b = CropSampler([torch.randint(0, 255, (1, 40, 40), dtype=torch.uint8)], seed=0).sample(2, 16)
     assert b.shape == (2, 3, 16, 16) and torch.equal(b[:, 0], b[:, 2])
