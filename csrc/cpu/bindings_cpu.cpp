@@ -114,7 +114,8 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
                          int group_rows, uintptr_t gdn_gamma, uintptr_t gdn_beta, int gdn_bdtype,
                          int64_t gdn_b_s0, double gdn_beta_scale, double gdn_beta_bias,
                          bool gdn_inverse, uintptr_t yf, double out_lo, double out_hi,
-                         bool windows, int64_t Cp, bool in_place, uintptr_t stats) {
+                         bool windows, int64_t Cp, bool in_place, uintptr_t stats,
+                         bool pair_tiles) {
   sk::ConvAmxArgs a;
   a.x = reinterpret_cast<const void*>(x);
   a.xdtype = xdtype;
@@ -132,6 +133,7 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
   a.windows = windows;
   a.Cp = Cp;
   a.in_place = in_place;
+  a.pair_tiles = pair_tiles;
   a.stats = reinterpret_cast<int64_t*>(stats);
   sk::GdnArgs g;  // the fused GDN's parameters (gdn_gamma 0: none)
   if (gdn_gamma != 0) {
@@ -623,7 +625,7 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("gdn_inverse") = false, py::arg("yf") = 0, py::arg("out_lo") = 0.0,
         py::arg("out_hi") = 1.0, py::arg("windows") = true,
         py::arg("Cp") = 0, py::arg("in_place") = true,
-        py::arg("stats") = 0,
+        py::arg("stats") = 0, py::arg("pair_tiles") = true,
         "Direct AMX-BF16 conv on raw pointers (see csrc/cpu/conv_amx.hpp): x [N, H, W, C] "
         "dense channels_last fp32 (xdtype 0) or bf16 (1), padded into [N, Hp, Wp, C] inside; "
         "w VNNI-packed bf16 (tile_nz: uint8 per B tile, 0 = all zero, skipped; or 0 = none), "
@@ -635,7 +637,9 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "windows: allow the window layout of x where it applies (conv_amx.hpp; same output for "
         "finite x). Cp (0: C): the padded buffer's channels per pixel, a multiple of 32 >= C "
         "(w packed for Cp input channels). in_place: allow the work groups inside x to read it "
-        "itself (conv_amx.hpp; the same output). stats (0: none): int64 [2], set to the work "
-        "groups read in place and all work groups.");
+        "itself (conv_amx.hpp; the same output). stats (0: none): int64 [3], set to the work "
+        "groups read in place, all work groups and the channel tiles each group runs in "
+        "pairs. pair_tiles: allow pairs of output channel tiles with the same K chunks to "
+        "share each A tile load (conv_amx.hpp; the same output).");
 }
 

@@ -91,6 +91,41 @@ SK_CTARGET void micro(const uint16_t* const* xs, long sa, const int64_t* xo, con
   if constexpr (MT > 3) _tile_stored(3, acc[3], sc);
 }
 
+// MB pixel blocks (1 or 2) x two tiles of 16 output channels whose chunk lists are the same
+// (the second's B tiles dw elements after the first's): C tiles 2i, 2i + 1 for block i. Each
+// chunk loads both B tiles (6, 7) and each block's A tile (4, 5) once: an A tile serves both
+// channel tiles (micro<MT> loads it once per channel tile). acc[i]: block i's first channel
+// tile, fp32 [16][ldc] (the second at acc[i] + 16).
+template <int MB>
+SK_CTARGET void micro22(const uint16_t* const* xs, long sa, const int64_t* xo, const int64_t* wo,
+                        int64_t dw, int64_t nq, const uint16_t* w, float* const* acc, long sc) {
+  _tile_zero(0);
+  _tile_zero(1);
+  if constexpr (MB > 1) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (int64_t j = 0; j < nq; ++j) {
+    const uint16_t* wq = w + wo[j];
+    _tile_loadd(4, xs[0] + xo[j], sa);
+    _tile_loadd(6, wq, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, wq + dw, 64);
+    _tile_dpbf16ps(1, 4, 7);
+    if constexpr (MB > 1) {
+      _tile_loadd(5, xs[1] + xo[j], sa);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, acc[0], sc);
+  _tile_stored(1, acc[0] + 16, sc);
+  if constexpr (MB > 1) {
+    _tile_stored(2, acc[1], sc);
+    _tile_stored(3, acc[1] + 16, sc);
+  }
+}
+
 // Lanes c.. (mask k) of src + bias (bias may be null), rounded to bf16.
 SK_CTARGET inline __m256i biased_bf16(const float* src, const float* bias, int64_t c,
                                       __mmask16 k) {
@@ -221,6 +256,10 @@ struct ChunkLists {
   const int64_t* wo;
   const int64_t* nq;
   int64_t per;  // chunks per channel tile (kh * KC), the lists' stride
+  // pair[nb] != 0: channel tiles nb and nb + 1 have the same chunks (so the same x offsets; the
+  // second's B tiles per * 512 elements after the first's): micro22 runs them together (null:
+  // never, ConvAmxArgs::pair_tiles off)
+  const int64_t* pair;
 };
 
 // The blocks of group g (up to kMaxBlocks): with group_rows == 2, 2 output rows x 2 column
@@ -539,6 +578,18 @@ SK_CTARGET int64_t run_blocks(const ConvAmxArgs& a, const ASource& pad, const Ch
     for (int64_t nb = 0; nb < NBt; ++nb) {
       float* acc[kMaxBlocks];
       for (int i = 0; i < mt; ++i) acc[i] = accbuf + i * 16 * ldc + nb * 16;
+      if (cl.pair != nullptr && cl.pair[nb]) {  // channel tiles nb, nb + 1 together
+        const int64_t* xo = cl.xo + nb * per;
+        const int64_t* wo = cl.wo + nb * per;
+        for (int i = 0; i < mt; i += 2) {
+          if (i + 1 < mt)
+            micro22<2>(xs + i, sa, xo, wo, per * 512, cl.nq[nb], a.w, acc + i, sc);
+          else
+            micro22<1>(xs + i, sa, xo, wo, per * 512, cl.nq[nb], a.w, acc + i, sc);
+        }
+        ++nb;
+        continue;
+      }
       const int64_t* xo = cl.xo + nb * per;
       const int64_t* wo = cl.wo + nb * per;
       const int64_t nq = cl.nq[nb];
@@ -812,7 +863,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
                         inside_ranges(a, cs, KC, nxb, ip);
   thread_local std::vector<int64_t> lists;
   try {
-    lists.resize(static_cast<size_t>(NBt * (3 * per + 1)));
+    lists.resize(static_cast<size_t>(NBt * (3 * per + 2)));
   } catch (const std::bad_alloc&) {
     return kCNoMem;
   }
@@ -820,6 +871,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   int64_t* xi = xo + NBt * per;  // the chunks' offsets in x (in place)
   int64_t* wo = xi + NBt * per;
   int64_t* nq = wo + NBt * per;
+  int64_t* pair = nq + NBt;
   const int64_t rowel = windows ? Wq * 32 : a.Wp * cs;  // elements between tap rows
   for (int64_t nb = 0; nb < NBt; ++nb) {
     int64_t k = 0;
@@ -832,12 +884,18 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     }
     nq[nb] = k;
   }
-  const ChunkLists cl{xo, wo, nq, per};
+  // pairs of channel tiles with the same chunks (all of them without tile_nz): the same x
+  // offsets, and xi's are the same as well then
+  for (int64_t nb = 0; nb < NBt; ++nb)
+    pair[nb] = nb + 1 < NBt && nq[nb] == nq[nb + 1] &&
+               std::equal(xo + nb * per, xo + nb * per + nq[nb], xo + (nb + 1) * per);
+  const int64_t* pairs = a.pair_tiles ? pair : nullptr;
+  const ChunkLists cl{xo, wo, nq, per, pairs};
   // with x read in place: the column order and the spans of the padded copy the border groups
   // read (the plain copy: whole rows)
   thread_local std::vector<int64_t> order, span;
   if (in_place) {
-    ip.cl = ChunkLists{xi, wo, nq, per};
+    ip.cl = ChunkLists{xi, wo, nq, per, pairs};
     try {
       order.resize(static_cast<size_t>(nxb));
       span.resize(static_cast<size_t>(2 * rows));
@@ -940,6 +998,10 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   if (a.stats != nullptr) {
     a.stats[0] = in_groups.load(std::memory_order_relaxed);
     a.stats[1] = groups;
+    int64_t paired = 0;  // channel tiles each work group runs in pairs (run_blocks' walk)
+    for (int64_t nb = 0; nb < NBt; ++nb)
+      if (pairs != nullptr && pairs[nb]) paired += 2, ++nb;
+    a.stats[2] = paired;
   }
   return nomem.load(std::memory_order_relaxed) ? kCNoMem : kCOk;
 }

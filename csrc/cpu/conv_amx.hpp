@@ -77,8 +77,14 @@ struct ConvAmxArgs {
   // then holds only the rows and columns the border groups read. The same values, so the same
   // output; it saves most of the copy (~0.2 of a 48-channel 5x5/2 conv on 2 threads).
   bool in_place = true;
+  // Run pairs of output channel tiles with the same K chunks (all of them, but the sub-pixel
+  // phases' skipped tiles) together: per chunk, each block's A tile is loaded once for both
+  // tiles' products (2 blocks x 2 channel tiles in the C tiles) instead of once per tile. The
+  // same products in the same order, so the same output.
+  bool pair_tiles = true;
   // Optional (nullptr: none): stats[0] = the work groups that read x in place, stats[1] = all
-  // work groups (for tests and benchmarks).
+  // work groups, stats[2] = the output channel tiles each group runs in pairs (pair_tiles; for
+  // tests and benchmarks).
   int64_t* stats = nullptr;
   int nthreads = 1;
 };

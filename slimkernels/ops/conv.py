@@ -1132,6 +1132,14 @@ AMX_CONV_PAD_CHANNELS_MIN_OUT = 16
 #: ``decompress`` 1.025 / 1.027 / 1.029 / 1.026 / 1.050x at w = 48 / 72 / 96 / 144 / 192
 #: (``/tmp/s29/e2e_ab.py``, 8 rounds).
 CPU_AMX_CONV_IN_PLACE = True
+#: The direct kernel runs pairs of output channel tiles with the same K chunks together
+#: (``ConvAmxArgs::pair_tiles``: 2 pixel blocks x 2 channel tiles in the C tiles, each A tile
+#: loaded once for both; the same products in the same order, so the same output).
+#: Forty-first sitting, kodim01, bundled model, 2 threads (``python bench/ab_switch.py
+#: CPU_AMX_CONV_PAIR_TILES --widths 48,72,96,144,192 --rounds 40``): ``compress`` / ``decompress``
+#: 1.00 / 1.02x at w=48, 1.07 / 1.04x at 72, 1.01 / 1.00x at 96, 1.05 / 1.01x at 144, 1.00 /
+#: 1.01x at 192; 1 thread 1.01-1.07x / 1.00-1.08x (docs/performance.md).
+CPU_AMX_CONV_PAIR_TILES = True
 
 
 def _amx_conv_kernels():
@@ -1271,7 +1279,7 @@ def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gd
         wpk[0].data_ptr(), wpk[1].data_ptr(), k, k, s, co, 0 if b is None else b.data_ptr(),
         Ho, Wo, yp, Hy, Wy, cy, phase, torch.get_num_threads(), AMX_CONV_GROUP_ROWS, *extra,
         windows=CPU_AMX_CONV_WINDOWS, Cp=0 if cp is None else cp,
-        in_place=CPU_AMX_CONV_IN_PLACE)
+        in_place=CPU_AMX_CONV_IN_PLACE, pair_tiles=CPU_AMX_CONV_PAIR_TILES)
     return y.permute(0, 3, 1, 2)
 
 

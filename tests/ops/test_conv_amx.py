@@ -817,18 +817,19 @@ def test_kernel_rejects_bad_padded_channels():
 # -- x read in place by the groups inside it (CPU_AMX_CONV_IN_PLACE) ------------------------------
 class _Counted:
     """The kernels' module with every conv_amx_forward call's stats (work groups read in place,
-    all work groups) recorded in ``calls``."""
+    all work groups) recorded in ``calls``, and the channel tiles run in pairs in ``paired``."""
 
     def __init__(self, mod):
-        self.mod, self.calls = getattr(mod, "mod", mod), []
+        self.mod, self.calls, self.paired = getattr(mod, "mod", mod), [], []
 
     def __getattr__(self, name):
         return getattr(self.mod, name)
 
     def conv_amx_forward(self, *a, **k):
-        st = torch.zeros(2, dtype=torch.int64)
+        st = torch.zeros(3, dtype=torch.int64)
         self.mod.conv_amx_forward(*a, **k, stats=st.data_ptr())
-        self.calls.append(tuple(st.tolist()))
+        self.calls.append(tuple(st.tolist()[:2]))
+        self.paired.append(int(st[2]))
 
 
 def _both_sources(monkeypatch, fn):
@@ -1064,6 +1065,142 @@ def test_in_place_equals_padded_copy_on_random_geometries(monkeypatch):
             done += bool(si and si[0][0] > 0)
     finally:
         torch.set_num_threads(nt)
+
+
+# -- pairs of output channel tiles sharing each A tile load (CPU_AMX_CONV_PAIR_TILES) ---------------
+def _paired_and_single(monkeypatch, fn):
+    """fn() with pairs of channel tiles run together where they can be and one tile at a time,
+    with the channel tiles each call's work groups ran in pairs."""
+    ck = _Counted(C._amx_conv_kernels())
+    monkeypatch.setattr(C, "_amx_conv_kernels", lambda: ck)
+
+    def counted():
+        ck.paired.clear()
+        return fn(), list(ck.paired)
+    return _switched(monkeypatch, "CPU_AMX_CONV_PAIR_TILES", counted)
+
+
+def test_paired_channel_tiles_equal_one_at_a_time_on_random_geometries(monkeypatch):
+    """40 seeded draws of bf16 / fp32 convs and transposed convs (1-5 channel tiles, partial
+    ones, kernels 3-9, strides 1-4, the window layout and x in place where they apply, both work
+    group shapes, 1 / 2 threads, the clamped fp32 output): the bits of one channel tile at a
+    time, within bf16's 1e-2 of float64; a plain conv pairs every tile but an odd last one, and
+    the switch off pairs none."""
+    rng = __import__("random").Random(11)
+    nt = torch.get_num_threads()
+    done = 0
+    try:
+        while done < 40:
+            transposed = rng.random() < 0.4
+            ci = rng.choice([3, 16, 24, 48, 72])
+            co = rng.choice([3, 16, 17, 32, 48, 72]) if transposed else \
+                rng.choice([16, 17, 32, 40, 48, 64, 80])
+            k, s = rng.choice([3, 5, 9]), rng.choice([1, 2, 4])
+            if transposed and k < s:
+                continue
+            p, n = rng.randint(0, k // 2), rng.randint(1, 2)
+            h, w = rng.randint(max(1, k - 2 * p), 40), rng.randint(max(1, k - 2 * p), 120)
+            torch.set_num_threads(rng.choice([1, 2]))
+            monkeypatch.setattr(C, "AMX_CONV_GROUP_ROWS", rng.choice([1, 2]))
+            monkeypatch.setattr(C, "CPU_AMX_CONV_PAD_CHANNELS", rng.random() < 0.5)
+            g = torch.Generator().manual_seed(300 + done)
+            x = torch.randn(n, ci, h, w, generator=g)
+            if rng.random() < 0.7:
+                x = x.to(torch.bfloat16)
+            x = x.contiguous(memory_format=torch.channels_last)
+            b = torch.randn(co, generator=g)
+            clamp = (-0.5, 0.5) if transposed and rng.random() < 0.3 else None
+            if transposed:
+                W = _param((ci, co, k, k), 400 + done)
+                op = rng.randint(0, s - 1)
+
+                def run():
+                    return C._conv_transpose2d_amx(x, W, b, co, s, p, op, None, clamp)
+                ref = F.conv_transpose2d(_bf(x), _bf(W), b.double(), stride=s, padding=p,
+                                         output_padding=op)
+            else:
+                W = _param((co, ci, k, k), 400 + done)
+
+                def run():
+                    return C._conv2d_amx(x, W, b, co, s, p)
+                ref = F.conv2d(_bf(x), _bf(W), b.double(), stride=s, padding=p)
+            (yp, paired), (y1, single) = _paired_and_single(monkeypatch, run)
+            if yp is None:        # a tap plan that crops x: not the direct kernel's
+                continue
+            what = (transposed, ci, co, k, s, p, n, h, w, clamp)
+            assert len(paired) == 1 and single == [0], what
+            if not transposed:
+                assert paired[0] == (co + 15) // 16 // 2 * 2, what
+            bits = torch.int16 if yp.dtype == torch.bfloat16 else torch.int32
+            assert torch.equal(yp.view(bits), y1.view(bits)), what
+            _close(yp, ref.clamp(*clamp) if clamp else ref)
+            done += 1
+    finally:
+        torch.set_num_threads(nt)
+
+
+@pytest.mark.parametrize("ci, co, k, s, p, want", [
+    (48, 48, 5, 2, 2, 8),     # dec2-like: 4 phases of 3 tiles, a pair in each phase
+    (24, 16, 9, 4, 4, 16),    # 16 phases of one tile: their chunks pair them all
+])
+def test_paired_channel_tiles_of_sub_pixel_phases(monkeypatch, ci, co, k, s, p, want):
+    """A transposed conv's channel tiles pair only with a neighbour that skips the same taps
+    (with the same count, another phase's taps are other chunks): ``want`` of its tiles run in
+    pairs, the bits of one tile at a time."""
+    monkeypatch.setattr(C, "CPU_AMX_CONV_PAD_CHANNELS", False)
+    W = _param((ci, co, k, k), 87)
+    b = torch.randn(co, generator=torch.Generator().manual_seed(88))
+    x = _x(1, ci, 20, 50, 89)
+    (yp, paired), (y1, _) = _paired_and_single(
+        monkeypatch, lambda: C._conv_transpose2d_amx(x, W, b, co, s, p, s - 1))
+    assert paired == [want]
+    assert torch.equal(yp.view(torch.int16), y1.view(torch.int16))
+    _close(yp, F.conv_transpose2d(_bf(x), _bf(W), b.double(), stride=s, padding=p,
+                                  output_padding=s - 1))
+
+
+def test_channel_tiles_with_as_many_other_chunks_are_not_paired():
+    """Two channel tiles that skip as many chunks but not the same ones (tile_nz) are run one at
+    a time (a pair reads one chunk list for both): pair_tiles on gives pair_tiles off's bits,
+    with no tile paired; the same two tiles skipping the same chunk do pair."""
+    ck = C._amx_conv_kernels()
+    ci, co, k, H, W = 16, 32, 3, 12, 40
+    x = _x(1, ci, H, W, 90)
+    wpk, nz = C._amx_pack(_param((co, ci, k, k), 91))
+    y = {}
+    for skip in ((0, 2), (1, 1)):          # the tap row each channel tile skips
+        nz2 = nz.clone()
+        nz2[0, skip[0]] = 0
+        nz2[1, skip[1]] = 0
+        for pair in (True, False):
+            st = torch.zeros(3, dtype=torch.int64)
+            out = torch.empty(1, H, W, co, dtype=torch.bfloat16)
+            ck.conv_amx_forward(x.data_ptr(), 1, 1, H, W, ci, H + 2, W + 34, 1, 1,
+                                wpk.data_ptr(), nz2.data_ptr(), k, k, 1, co, 0, H, W,
+                                out.data_ptr(), H, W, co, 1, 1, stats=st.data_ptr(),
+                                pair_tiles=pair)
+            y[skip, pair] = (out, int(st[2]))
+        assert y[skip, True][1] == (0 if skip == (0, 2) else 2)
+        assert y[skip, False][1] == 0
+        assert torch.equal(y[skip, True][0].view(torch.int16), y[skip, False][0].view(torch.int16))
+    assert not torch.equal(y[(0, 2), True][0], y[(1, 1), True][0])
+
+
+def test_paired_channel_tiles_with_the_epilogue_gdn(monkeypatch, two_threads):
+    """The fused GDN of a 48-channel layer (3 channel tiles: a pair and a single one), through
+    x in place and through the window layout of an image layer: the same bits either way."""
+    W = _param((48, 48, 5, 5), 81)
+    b = torch.randn(48, generator=torch.Generator().manual_seed(82))
+    gdn = C._amx_epilogue_gdn(_gdn_kw(48, 83, False), 48, 48)
+    x = _x(1, 48, 40, 100, 84)
+    (yp, paired), (y1, _) = _paired_and_single(monkeypatch,
+                                               lambda: C._conv2d_amx(x, W, b, 48, 2, 2, gdn))
+    assert paired == [2] and torch.equal(yp.view(torch.int16), y1.view(torch.int16))
+    W1 = _param((48, 3, 9, 9), 85)
+    xi = _x(1, 3, 64, 200, 86)
+    (yp, paired), (y1, _) = _paired_and_single(monkeypatch,
+                                               lambda: C._conv2d_amx(xi, W1, b, 48, 4, 4, gdn))
+    assert paired == [2] and torch.equal(yp.view(torch.int16), y1.view(torch.int16))
 
 
 # -- the GDN of a conv read through the window layout, band by band (AMX_CONV_GDN_WINDOWS) --------
