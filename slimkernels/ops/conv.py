@@ -771,7 +771,8 @@ def _conv2d_prepacked(x, weight, bias, co, stride, padding):
         w = torch.ops.mkldnn._reorder_convolution_weight(w.contiguous(), list(pd), list(st),
                                                          [1, 1], 1, list(x.shape))
         return w, None if bias is None else bias[:co].detach().to(dt).contiguous()
-    wp, bp = _cached(("conv", co, ci, dt, st, pd, tuple(x.shape)), (weight, bias), build)
+    wp, bp = _cached(("conv", co, ci, dt, st, pd, tuple(x.shape)), (weight, bias), build,
+                     shaped=True)
     return torch.ops.mkldnn._convolution_pointwise(x, wp, bp, list(pd), list(st), [1, 1], 1,
                                                    "none", [], "")
 
@@ -804,7 +805,7 @@ def _conv_transpose2d_prepacked(x, weight, bias, co, stride, padding, output_pad
                                                                    list(x.shape))
         return w, None if bias is None else bias[:co].detach().to(dt).contiguous()
     wp, bp = _cached(("convT", co, ci, dt, stride, padding, output_padding, tuple(x.shape)),
-                     (weight, bias), build)
+                     (weight, bias), build, shaped=True)
     return torch.ops.mkldnn._convolution_transpose_pointwise(x, wp, bp, pd, op, st, [1, 1], 1,
                                                              "none", [], "")
 
@@ -825,7 +826,7 @@ def _gdn_cpu_nograd(y: torch.Tensor, kw) -> torch.Tensor:
             g = torch.ops.mkldnn._reorder_convolution_weight(g, [0, 0], [1, 1], [1, 1], 1,
                                                              list(y.shape))
             return g, beta.detach().to(y.dtype).contiguous()
-        g, b = _cached(("gdn", c, y.dtype, tuple(y.shape), consts), srcs, build)
+        g, b = _cached(("gdn", c, y.dtype, consts, tuple(y.shape)), srcs, build, shaped=True)
         norm = torch.ops.mkldnn._convolution_pointwise(torch.square(y), g, b, [0, 0], [1, 1],
                                                        [1, 1], 1, "none", [], "")
         if y.dtype == torch.bfloat16:
@@ -1482,7 +1483,7 @@ def _subpixel_prepacked(x, weight, bias, co, stride, padding, output_padding):
                                                           [1, 1], 1, list(xp.shape))
         return w2, None if bias is None else bias[:co].detach().to(dt).repeat(s * s)
     wp, bp = _cached(("subpixel", co, ci, dt, s, padding, k, pc, tuple(xp.shape)),
-                     (weight, bias), build)
+                     (weight, bias), build, shaped=True)
     y = torch.ops.mkldnn._convolution_pointwise(xp, wp, bp, [pc, pc], [1, 1], [1, 1], 1, "none",
                                                 [], "")
     N = y.shape[0]

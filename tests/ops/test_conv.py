@@ -577,6 +577,58 @@ def test_prepacked_cache_is_bounded_lru(monkeypatch):
         assert len(conv_mod._PACK_CACHE) == 3
 
 
+def test_prepacked_cache_keeps_at_most_max_shapes_per_weight(monkeypatch):
+    """Entries built for an input shape: at most _PACK_CACHE_MAX_SHAPES shapes per weight and
+    configuration, the least recently used shape dropped first (a hit counts as a use); another
+    weight's shapes, another configuration's and the entries without a shape stay."""
+    conv_mod.clear_weight_caches()
+    monkeypatch.setattr(cache_mod, "_PACK_CACHE_MAX_SHAPES", 3)
+    w1, w2 = torch.ones(4), torch.ones(4)
+    built = []
+
+    def get(w, shape, cfg="a"):
+        key = ("test", cfg, shape) if shape is not None else ("test", cfg)
+        return cache_mod._cached(key, (w,), lambda: built.append((id(w), cfg, shape)) or shape,
+                                 shaped=shape is not None)
+
+    def shapes(w, cfg="a"):
+        return [k[0][2] for k in conv_mod._PACK_CACHE
+                if k[0][:2] == ("test", cfg) and len(k[0]) == 3 and k[1] == id(w)]
+    get(w1, None)
+    get(w2, (9,))
+    get(w1, (9,), "b")
+    for n in range(1, 6):
+        assert get(w1, (n,)) == (n,)
+    assert shapes(w1) == [(3,), (4,), (5,)]
+    nb = len(built)
+    assert get(w1, (3,)) == (3,) and len(built) == nb     # a hit: (3,) is the newest now
+    get(w1, (6,))
+    assert shapes(w1) == [(5,), (3,), (6,)]
+    assert shapes(w2) == [(9,)] and shapes(w1, "b") == [(9,)]
+    assert any(k[0] == ("test", "a") and k[1] == id(w1) for k in conv_mod._PACK_CACHE)
+    conv_mod.clear_weight_caches()
+
+
+def test_prepacked_onednn_weights_kept_for_at_most_max_shapes(monkeypatch):
+    """The oneDNN prepacked conv weights (one per input shape) of a 192-channel bf16 layer over
+    five image sizes: the newest _PACK_CACHE_MAX_SHAPES kept, every output right."""
+    if not conv_mod._onednn(torch.bfloat16):
+        pytest.skip("no oneDNN bf16 prepacked convs here")
+    conv_mod.clear_weight_caches()
+    monkeypatch.setattr(cache_mod, "_PACK_CACHE_MAX_SHAPES", 2)
+    w, b = _full("enc2", False, 5, torch.float32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for n in range(5):
+            x = torch.randn(1, 192, 60 + 4 * n, 64).contiguous(memory_format=torch.channels_last)
+            y = slim_conv2d(x, w, b, stride=2, padding=2, out_width=192)
+            r = F.conv2d(x.to(torch.bfloat16).double(), w.to(torch.bfloat16).double(),
+                         b.double(), stride=2, padding=2)
+            assert rel_err(y, r) < 1e-2
+    kept = [k[0][-1] for k in conv_mod._PACK_CACHE if k[0][0] == "conv"]
+    assert kept == [(1, 192, 72, 64), (1, 192, 76, 64)], kept
+    conv_mod.clear_weight_caches()
+
+
 def test_prepacked_gdn_cache_follows_gdn_parameters():
     conv_mod.clear_weight_caches()
     w, b = _full("enc2", False, 5, torch.float64)
@@ -668,13 +720,13 @@ def test_prepacked_igdn_input_and_output_vs_float64(dtype):
     avx2 = gdn_mod._avx2_kernels() is not None
     if conv_mod._onednn(y.dtype) and not conv_mod._fused_cpu_gdn_available() and not avx2:
         # both IGDNs ran the prepacked passes (NCHW fp32 x converted)
-        assert sorted(k[1] for k in conv_mod._PACK_CACHE if k[0] == "gdn") == [47, 72]
+        assert sorted(k[0][1] for k in conv_mod._PACK_CACHE if k[0][0] == "gdn") == [47, 72]
     elif avx2 and not conv_mod._fused_cpu_gdn_available():
         # both ran the AVX2 kernel; in bf16 on AVX512-BF16 CPUs the output IGDN (of the
         # channels_last conv output) the AVX512-BF16 one
         last = "avx512-bf16" if dtype == "bf16" and gdn_mod._bf16_kernel_here() else "avx2"
         assert gdn_mod.last_cpu_path == last
-        assert not [k for k in conv_mod._PACK_CACHE if k[0] == "gdn"]
+        assert not [k for k in conv_mod._PACK_CACHE if k[0][0] == "gdn"]
 
 
 @pytest.mark.parametrize("fused", [True, False])
