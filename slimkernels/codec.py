@@ -559,9 +559,19 @@ STREAM_MIN_SYMBOLS = 1 << 16
 
 
 #: ``compress`` rejects an image with a value outside this range (every value where the CPU's
-#: bf16 cast of the image measures them, a sample elsewhere): [0, 1] pixels with slack for
-#: resampling overshoot; it catches 0-255 images passed as floats.
+#: bf16 cast of the image measures them or the image goes to the transform as it is, a sample
+#: elsewhere): [0, 1] pixels with slack for resampling overshoot; it catches 0-255 images passed
+#: as floats.
 PIXEL_RANGE = (-0.5, 1.5)
+
+#: In bf16 on a CPU with the direct AMX conv, a float32 image with the dense channels_last
+#: strides goes to the analysis transform as it is (its first conv rounds it to bf16 while it
+#: reads it: the same bytes) and its range is measured by a pass that writes nothing, instead of
+#: the bf16 cast (``SlimCAE._image_input``). Forty-first sitting, kodim01, 2 threads
+#: (``python bench/ab_switch.py CPU_IMAGE_AS_IS --module slimkernels.codec --rounds 40 --ops
+#: compress``): 1.01 / 1.02 / 1.02 / 1.01 / 1.01x at w = 48 / 72 / 96 / 144 / 192, the same
+#: bytes (docs/performance.md).
+CPU_IMAGE_AS_IS = True
 
 
 def _check_pixel_range(x: torch.Tensor, grid: int = 64) -> None:
@@ -960,9 +970,14 @@ class SlimCodec(nn.Module):
         ones: an image read from an HWC buffer is "channels_last" with batch stride 3, which
         oneDNN runs 1.7-3x slower in bf16 (measured, Kodak 768x512). In bf16, when ``g_a`` starts
         with a :class:`~slimkernels.nn.SlimConv2d` (which casts its input to bf16 anyway), the
-        cast is done here in the same copy. ``ranges``: as for :func:`_dense` (the image's
-        ``(min, max)`` when that cast measured them)."""
+        cast is done here in the same copy; but where the direct AMX conv runs, a float32 image
+        that already has the dense channels_last strides (:func:`slimkernels.io.read_image`'s)
+        goes as it is: the conv rounds it to bf16 as it reads it, the same bits as the cast
+        (``compress`` at w=48 ~1.05x). ``ranges``: as for :func:`_dense` (the image's
+        ``(min, max)`` when that cast measured them; for an image passed as it is, by
+        :func:`~slimkernels.ops.image_io.value_range`, a pass that writes nothing)."""
         from .nn.conv import SlimConv2d
+        from .ops.conv import amx_conv_available
 
         cl = self._transforms_channels_last(x.device)
         if cl is None:
@@ -971,6 +986,12 @@ class SlimCodec(nn.Module):
         # (an encode of its own gets the image as it is: it may compute on it before g_a casts)
         dtype = (torch.bfloat16 if precision == "bf16" and isinstance(first, SlimConv2d) and
                  self._own_transform("encode") else x.dtype)
+        if dtype == torch.bfloat16 and cl and x.dtype == torch.float32 and x.is_cpu and \
+                x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and \
+                CPU_IMAGE_AS_IS and amx_conv_available():
+            if ranges is not None:
+                ranges.append(value_range(x))
+            dtype = x.dtype
         return _dense(x, dtype, torch.channels_last if cl else torch.contiguous_format, ranges)
 
     def _latent_input(self, eb, sym: torch.Tensor, precision: str,

@@ -390,10 +390,15 @@ def test_cross_precision_files_decode_to_the_same_latents(model, enc):
     assert (outs["bf16"] - outs["fp32"]).abs().max().item() < 5e-2
 
 
-def test_image_input_is_dense_channels_last_and_cast_once(model):
+@pytest.mark.parametrize("as_is", [True, False])
+def test_image_input_is_dense_channels_last_and_cast_once(model, monkeypatch, as_is):
     """An HWC image viewed as NCHW ("channels_last" with batch stride 3) reaches the first conv
-    with dense channels_last strides (oneDNN's fast path), already in bf16 under bf16, and the
-    file is the one the plain autocast pipeline writes."""
+    with dense channels_last strides (oneDNN's fast path), under bf16 already in bf16, or where
+    the direct AMX conv rounds it as it reads it (CPU_IMAGE_AS_IS) as it is in float32, and
+    the file is the one the plain autocast pipeline writes."""
+    from slimkernels import codec
+    from slimkernels.ops.conv import amx_conv_available
+    monkeypatch.setattr(codec, "CPU_IMAGE_AS_IS", as_is)
     torch.manual_seed(6)
     hwc = torch.rand(16, 24, 3)
     x = hwc.permute(2, 0, 1)[None]                       # strides (3, 1, 72, 3)
@@ -407,7 +412,8 @@ def test_image_input_is_dense_channels_last_and_cast_once(model):
     finally:
         hook.remove()
     dense_cl = (16 * 24 * 3, 1, 24 * 3, 3)
-    assert seen == [(dense_cl, torch.float32), (dense_cl, torch.bfloat16)]
+    b16 = torch.float32 if as_is and amx_conv_available() else torch.bfloat16
+    assert seen == [(dense_cl, torch.float32), (dense_cl, b16)]
     eb = model.entropy_bottleneck.for_width(12)
     for data, p in ((d32, "fp32"), (d16, "bf16")):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
@@ -950,18 +956,24 @@ def test_compress_accepts_slight_overshoot_and_edge_values(model):
         model.compress(x, 12)
 
 
+@pytest.mark.parametrize("as_is", [True, False])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_compress_checks_every_value_in_the_bf16_cast(model, monkeypatch, layout):
+def test_compress_checks_every_value_in_the_bf16_cast(model, monkeypatch, layout, as_is):
     """On CPU in bf16 the image's cast to the transform's input measures the range of every value
-    (image_to_bf16 with_range): a value off the sampling grid is refused, a NaN there is reported
-    as not finite, and the sampled check (a pass of its own over the image) does not run."""
+    (image_to_bf16 with_range), or the range pass of an image the transform takes as it is
+    (CPU_IMAGE_AS_IS, channels_last): a value off the sampling grid is refused, a NaN there is
+    reported as not finite, and the sampled check does not run."""
     from slimkernels import codec
     from slimkernels.ops import image_io
     if image_io._kernels() is None:
         pytest.skip("no AVX-512 image cast here: the sampled check runs")
+    monkeypatch.setattr(codec, "CPU_IMAGE_AS_IS", as_is)
     x = torch.rand(1, 3, 256, 256)               # sampling grid: every 4th row and column
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
+        from slimkernels.ops.conv import amx_conv_available
+        if as_is and amx_conv_available():       # (the image goes as it is: no cast at all)
+            monkeypatch.setattr(codec, "image_to_bf16", lambda *a, **k: pytest.fail("cast"))
 
     def sampled(_x, grid=64):
         raise AssertionError("the sampled pixel-range check ran")

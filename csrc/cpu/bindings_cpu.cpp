@@ -216,6 +216,17 @@ py::tuple image_to_bf16_py(uintptr_t x, bool channels_last, int64_t N, int64_t C
   return py::make_tuple(range[0], range[1]);
 }
 
+py::tuple value_range_py(uintptr_t x, int64_t n, int nthreads) {
+  sk::ValueRangeArgs a;
+  a.x = reinterpret_cast<const float*>(x);
+  a.n = n;
+  float range[2] = {0.0f, 0.0f};
+  a.range = range;
+  a.nthreads = nthreads;
+  call_released(sk::value_range, a, sk::image_io_error_message, "value_range");
+  return py::make_tuple(range[0], range[1]);
+}
+
 void bf16_to_image_py(uintptr_t x, uintptr_t out, int64_t n, float lo, float hi, int nthreads) {
   sk::Bf16ToImageArgs a;
   a.x = reinterpret_cast<const uint16_t*>(x);
@@ -510,6 +521,8 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "out bf16 [N, C, H, W] dense channels_last = x rounded as torch does (see "
         "csrc/cpu/image_io.hpp); x fp32 contiguous NCHW or dense channels_last. Returns (min, "
         "max) of x's values, both NaN when x holds a NaN (0, 0 for an empty x).");
+  m.def("value_range", &value_range_py, py::arg("x"), py::arg("n"), py::arg("nthreads"),
+        "(min, max) of the n fp32 values at x, both NaN when one is NaN (0, 0 for n == 0).");
   m.def("bf16_to_image", &bf16_to_image_py, py::arg("x"), py::arg("out"), py::arg("n"),
         py::arg("lo"), py::arg("hi"), py::arg("nthreads"),
         "out fp32 [n] = clamp(float(x), lo, hi) elementwise, NaN kept; x bf16 [n].");

@@ -148,6 +148,26 @@ SK_ITARGET void to_bf16_row_simd(const ImageToBf16Args& a, int64_t n, int64_t h,
   vrange_into(vr, rg);
 }
 
+// Values [i0, i1) of x into rg.
+SK_ITARGET void range_simd(const float* x, int64_t i0, int64_t i1, Range& rg) {
+  VRange vr = vrange_init(), vr2 = vrange_init();  // (two chains: min / max latency)
+  int64_t i = i0;
+  for (; i + 32 <= i1; i += 32) {
+    vrange_add(vr, _mm512_loadu_ps(x + i));
+    vrange_add(vr2, _mm512_loadu_ps(x + i + 16));
+  }
+  for (; i < i1; ++i) rg.add(x[i]);
+  // (through memory: gcc 12's _mm512_reduce_min_ps warns of an uninitialized value inlined
+  // here, a false positive)
+  alignas(64) float lo[32], hi[32];
+  _mm512_store_ps(lo, vr.lo);
+  _mm512_store_ps(lo + 16, vr2.lo);
+  _mm512_store_ps(hi, vr.hi);
+  _mm512_store_ps(hi + 16, vr2.hi);
+  Range v{*std::min_element(lo, lo + 32), *std::max_element(hi, hi + 32), (vr.nan | vr2.nan) != 0};
+  rg.add(v);
+}
+
 SK_ITARGET void to_image_simd(const Bf16ToImageArgs& a, int64_t i0, int64_t i1) {
   const __m512 lo = _mm512_set1_ps(a.lo), hi = _mm512_set1_ps(a.hi);
   int64_t i = i0;
@@ -199,6 +219,36 @@ int image_to_bf16(const ImageToBf16Args& a) {
     a.range[0] = all.nan ? NAN : all.lo;
     a.range[1] = all.nan ? NAN : all.hi;
   }
+  return kIOk;
+}
+
+int value_range(const ValueRangeArgs& a) {
+  if (a.n < 0 || a.range == nullptr) return kIBadArgs;
+  if (a.n == 0) {
+    a.range[0] = a.range[1] = 0.0f;
+    return kIOk;
+  }
+  if (a.x == nullptr) return kIBadArgs;
+  const bool wide = image_io_simd_available();
+  constexpr int64_t kChunk = 16384;  // values per unit of work
+  const int64_t chunks = (a.n + kChunk - 1) / kChunk;
+  std::vector<Range> parts(static_cast<size_t>(chunks));
+  for_rows(chunks, kChunk, a.nthreads, [&](int64_t r) {
+    const int64_t i0 = r * kChunk, i1 = std::min(a.n, i0 + kChunk);
+    Range& rg = parts[static_cast<size_t>(r)];
+#if SK_HAVE_AMX_CODE
+    if (wide) {
+      range_simd(a.x, i0, i1, rg);
+      return;
+    }
+#endif
+    for (int64_t i = i0; i < i1; ++i) rg.add(a.x[i]);
+  });
+  (void)wide;
+  Range all;
+  for (const Range& r : parts) all.add(r);
+  a.range[0] = all.nan ? NAN : all.lo;
+  a.range[1] = all.nan ? NAN : all.hi;
   return kIOk;
 }
 

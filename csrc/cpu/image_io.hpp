@@ -1,6 +1,6 @@
 // The image at the transforms' two ends, in one pass each: an fp32 RGB image to the bf16
-// channels_last input of the analysis transform, and the synthesis transform's bf16 output to the
-// fp32 image in [lo, hi]. Plain C++17 on raw pointers; AVX-512 (F + BW) code in functions with
+// channels_last input of the analysis transform (or only its value range), and the synthesis
+// transform's bf16 output to the fp32 image in [lo, hi]. Plain C++17 on raw pointers; AVX-512 (F + BW) code in functions with
 // target attributes, a scalar path elsewhere. Bit-exact with torch's own casts for finite values
 // (round to nearest even, subnormals kept); NaN stays NaN.
 #pragma once
@@ -31,6 +31,15 @@ struct Bf16ToImageArgs {
   int nthreads = 1;
 };
 
+struct ValueRangeArgs {
+  // x: fp32 [n] (any dense tensor's values, in memory order); range: receives {min, max} over
+  // them, both NaN when x holds a NaN ({0, 0} for n == 0).
+  const float* x = nullptr;
+  int64_t n = 0;
+  float* range = nullptr;
+  int nthreads = 1;
+};
+
 // The CPU has AVX512F + AVX512BW (the vector paths; elsewhere scalar loops, correct but slower
 // than torch's own casts).
 bool image_io_simd_available();
@@ -38,6 +47,9 @@ bool image_io_simd_available();
 // 0 on success; else an error code (image_io_error_message).
 int image_to_bf16(const ImageToBf16Args& a);
 int bf16_to_image(const Bf16ToImageArgs& a);
+// ImageToBf16Args::range alone, without the cast (compress checks an image that the first conv
+// reads as it is).
+int value_range(const ValueRangeArgs& a);
 const char* image_io_error_message(int code);
 
 }  // namespace sk

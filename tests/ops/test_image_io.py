@@ -106,6 +106,50 @@ def test_image_to_bf16_value_range_over_threads(channels_last):
 
 
 @kernels
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 16383, 16384, 16385, 3 * 130 * 200])
+def test_value_range_kernel_against_aminmax(monkeypatch, threads, n):
+    """value_range of a dense float32 tensor by the kernel (torch.aminmax not called): the
+    values' min and max exactly, in every chunk and vector tail (infinities, subnormals and
+    negatives among them), and both NaN for a NaN at the first, a middle or the last value."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = _values((n,), 11 + n)
+        x[n // 2] = -9.0                        # (the extremes somewhere inside)
+        want = tuple(float(v) for v in torch.aminmax(x))
+        monkeypatch.setattr(torch, "aminmax", lambda *a, **k: pytest.fail("aminmax ran"))
+        assert image_io.value_range(x) == want
+        for i in {0, n // 3, n - 1}:
+            y = x.clone()
+            y[i] = float("nan")
+            lo, hi = image_io.value_range(y)
+            assert lo != lo and hi != hi, i
+    finally:
+        torch.set_num_threads(old)
+
+
+@kernels
+def test_value_range_of_images_in_every_layout(monkeypatch):
+    """Contiguous NCHW, dense channels_last, an HWC view (batch stride 3) and a batch: the
+    kernel's pass over the memory gives aminmax's range; a strided view (not dense) falls back to
+    aminmax and sees only its own values."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.rand(2, 3, 37, 53, generator=g)
+    x[1, 2, 36, 52] = 4.5
+    x[0, 0, 0, 0] = -0.25
+    hwc = x[1].permute(1, 2, 0).contiguous().permute(2, 0, 1)[None]
+    cases = [x, x.contiguous(memory_format=torch.channels_last), hwc]
+    want = [tuple(float(v) for v in torch.aminmax(t)) for t in cases]
+    strided = x[:, :, :, :52]                   # misses column 52 (4.5)
+    want_strided = tuple(float(v) for v in torch.aminmax(strided))
+    assert want[0] == (-0.25, 4.5) and want[2][1] == 4.5 and want_strided[1] < 4.5
+    assert image_io.value_range(strided) == want_strided
+    monkeypatch.setattr(torch, "aminmax", lambda *a, **k: pytest.fail("aminmax ran"))
+    assert [image_io.value_range(t) for t in cases] == want
+
+
+@kernels
 @pytest.mark.parametrize("c", [1, 4])
 def test_image_to_bf16_other_channel_counts(c):
     """NCHW with C != 3 goes to the reference; channels_last to the kernel's flat cast."""
