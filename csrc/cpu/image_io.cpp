@@ -164,8 +164,8 @@ SK_ITARGET void range_simd(const float* x, int64_t i0, int64_t i1, Range& rg) {
   _mm512_store_ps(lo + 16, vr2.lo);
   _mm512_store_ps(hi, vr.hi);
   _mm512_store_ps(hi + 16, vr2.hi);
-  Range v{*std::min_element(lo, lo + 32), *std::max_element(hi, hi + 32), (vr.nan | vr2.nan) != 0};
-  rg.add(v);
+  rg.add(Range{*std::min_element(lo, lo + 32), *std::max_element(hi, hi + 32),
+                (vr.nan | vr2.nan) != 0});
 }
 
 SK_ITARGET void to_image_simd(const Bf16ToImageArgs& a, int64_t i0, int64_t i1) {

@@ -18,8 +18,9 @@ _PACK_CACHE: "OrderedDict" = OrderedDict()
 _PACK_CACHE_MAX = 128
 #: ... and of the entries built for an input shape (oneDNN's prepacked weights), at most this
 #: many shapes per weight and configuration (its least recently used shape dropped first):
-#: compressing images of many sizes at w=192 in bf16 added ~3.7 MB of prepacked 5x5 weights per
-#: size, and up to ~470 MB at 128 entries of fp32 ones, before this bound.
+#: compressing images of 40 sizes at w=192 in bf16 grew the process by 4.7 MiB per size before
+#: this bound (two 1.8 MB prepacked 5x5 weights per size, up to 128 entries), 1.2 MiB after
+#: (oneDNN's own primitive cache; RSS after ``malloc_trim``).
 _PACK_CACHE_MAX_SHAPES = 8
 _PACK_LOCK = threading.RLock()   # (reentrant: a finalizer run by the GC inside may clear)
 #: ``ops.conv._cast_full``'s cache: ``{key: (version, source tensor, copy)}`` (held here so that
@@ -145,8 +146,9 @@ def _cached(key, sources, build, shaped=False):
     """``build()`` (run without gradient) once per ``key`` while every tensor in ``sources``
     (None entries skipped) keeps its identity, version, storage and shape (LRU,
     ``_PACK_CACHE_MAX`` entries). ``shaped``: ``key``'s last element is the input shape the
-    value was built for (at most ``_PACK_CACHE_MAX_SHAPES`` kept per weight and configuration). Writes through ``.data`` bypass versions: clear the cache
-    after them (:func:`slimkernels.ops.clear_weight_caches`). A source that is an inference
+    value was built for (at most ``_PACK_CACHE_MAX_SHAPES`` kept per weight and
+    configuration). Writes through ``.data`` bypass versions: clear the cache after them
+    (:func:`slimkernels.ops.clear_weight_caches`). A source that is an inference
     tensor (``torch.inference_mode``) has no version counter: ``build()`` runs every call.
 
     An entry holds its source tensors (strong references, so that a freed tensor's id and

@@ -1067,7 +1067,7 @@ def test_in_place_equals_padded_copy_on_random_geometries(monkeypatch):
         torch.set_num_threads(nt)
 
 
-# -- pairs of output channel tiles sharing each A tile load (CPU_AMX_CONV_PAIR_TILES) ---------------
+# -- pairs of output channel tiles sharing each A tile load (CPU_AMX_CONV_PAIR_TILES) -------------
 def _paired_and_single(monkeypatch, fn):
     """fn() with pairs of channel tiles run together where they can be and one tile at a time,
     with the channel tiles each call's work groups ran in pairs."""
