@@ -832,16 +832,23 @@ class _Counted:
         self.paired.append(int(st[2]))
 
 
-def _both_sources(monkeypatch, fn):
-    """fn() with x read in place where it can be and with the padded copy only, and the stats of
-    each one's kernel calls."""
+def _switched_counted(monkeypatch, switch, fn, stat):
+    """[(fn(), its kernel calls' ``stat``: an attribute of :class:`_Counted`)] with the module
+    switch ``switch`` on, then off."""
     ck = _Counted(C._amx_conv_kernels())
     monkeypatch.setattr(C, "_amx_conv_kernels", lambda: ck)
 
     def counted():
         ck.calls.clear()
-        return fn(), list(ck.calls)
-    return _switched(monkeypatch, "CPU_AMX_CONV_IN_PLACE", counted)
+        ck.paired.clear()
+        return fn(), list(getattr(ck, stat))
+    return _switched(monkeypatch, switch, counted)
+
+
+def _both_sources(monkeypatch, fn):
+    """fn() with x read in place where it can be and with the padded copy only, and the stats of
+    each one's kernel calls."""
+    return _switched_counted(monkeypatch, "CPU_AMX_CONV_IN_PLACE", fn, "calls")
 
 
 def test_in_place_groups_of_an_encoder_layer(monkeypatch, two_threads):
@@ -1025,6 +1032,27 @@ def test_transposed_conv_on_random_geometries(monkeypatch):
         torch.set_num_threads(nt)
 
 
+def _random_geometry(rng, monkeypatch, cis, cos, cos_transposed, n_max, h_max, w_max):
+    """A random conv or (with probability 0.4) transposed conv for the random-geometry tests:
+    ``(transposed, ci, co, k, s, p, n, h, w)``, input channels from ``cis``, output channels from
+    ``cos`` (``cos_transposed``), kernel 3 / 5 / 9, stride 1 / 2 / 4, up to ``n_max`` images of
+    up to ``h_max`` x ``w_max``; the thread count, the work-group shape and the padded channels
+    drawn and set too (the caller restores the threads). None for a transposed kernel smaller
+    than its stride (draw again)."""
+    transposed = rng.random() < 0.4
+    ci = rng.choice(cis)
+    co = rng.choice(cos_transposed if transposed else cos)
+    k, s = rng.choice([3, 5, 9]), rng.choice([1, 2, 4])
+    if transposed and k < s:
+        return None
+    p, n = rng.randint(0, k // 2), rng.randint(1, n_max)
+    h, w = rng.randint(max(1, k - 2 * p), h_max), rng.randint(max(1, k - 2 * p), w_max)
+    torch.set_num_threads(rng.choice([1, 2]))
+    monkeypatch.setattr(C, "AMX_CONV_GROUP_ROWS", rng.choice([1, 2]))
+    monkeypatch.setattr(C, "CPU_AMX_CONV_PAD_CHANNELS", rng.random() < 0.5)
+    return transposed, ci, co, k, s, p, n, h, w
+
+
 def test_in_place_equals_padded_copy_on_random_geometries(monkeypatch):
     """40 seeded draws of bf16 convs and transposed convs with groups inside x (channels 16-144,
     kernels 3-9, strides, paddings, images, sizes, both work-group shapes, 1 / 2 threads): the
@@ -1034,16 +1062,11 @@ def test_in_place_equals_padded_copy_on_random_geometries(monkeypatch):
     done = 0
     try:
         while done < 40:
-            transposed = rng.random() < 0.4
-            ci, co = rng.choice([16, 24, 48, 72, 96, 144]), rng.choice([3, 16, 17, 48, 72])
-            k, s = rng.choice([3, 5, 9]), rng.choice([1, 2, 4])
-            if transposed and k < s:
+            drawn = _random_geometry(rng, monkeypatch, [16, 24, 48, 72, 96, 144],
+                                     [3, 16, 17, 48, 72], [3, 16, 17, 48, 72], 3, 60, 160)
+            if drawn is None:
                 continue
-            p, n = rng.randint(0, k // 2), rng.randint(1, 3)
-            h, w = rng.randint(max(1, k - 2 * p), 60), rng.randint(max(1, k - 2 * p), 160)
-            torch.set_num_threads(rng.choice([1, 2]))
-            monkeypatch.setattr(C, "AMX_CONV_GROUP_ROWS", rng.choice([1, 2]))
-            monkeypatch.setattr(C, "CPU_AMX_CONV_PAD_CHANNELS", rng.random() < 0.5)
+            transposed, ci, co, k, s, p, n, h, w = drawn
             g = torch.Generator().manual_seed(200 + done)
             x = torch.randn(n, ci, h, w, generator=g).to(torch.bfloat16)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -1071,13 +1094,7 @@ def test_in_place_equals_padded_copy_on_random_geometries(monkeypatch):
 def _paired_and_single(monkeypatch, fn):
     """fn() with pairs of channel tiles run together where they can be and one tile at a time,
     with the channel tiles each call's work groups ran in pairs."""
-    ck = _Counted(C._amx_conv_kernels())
-    monkeypatch.setattr(C, "_amx_conv_kernels", lambda: ck)
-
-    def counted():
-        ck.paired.clear()
-        return fn(), list(ck.paired)
-    return _switched(monkeypatch, "CPU_AMX_CONV_PAIR_TILES", counted)
+    return _switched_counted(monkeypatch, "CPU_AMX_CONV_PAIR_TILES", fn, "paired")
 
 
 def test_paired_channel_tiles_equal_one_at_a_time_on_random_geometries(monkeypatch):
@@ -1091,18 +1108,12 @@ def test_paired_channel_tiles_equal_one_at_a_time_on_random_geometries(monkeypat
     done = 0
     try:
         while done < 40:
-            transposed = rng.random() < 0.4
-            ci = rng.choice([3, 16, 24, 48, 72])
-            co = rng.choice([3, 16, 17, 32, 48, 72]) if transposed else \
-                rng.choice([16, 17, 32, 40, 48, 64, 80])
-            k, s = rng.choice([3, 5, 9]), rng.choice([1, 2, 4])
-            if transposed and k < s:
+            drawn = _random_geometry(rng, monkeypatch, [3, 16, 24, 48, 72],
+                                     [16, 17, 32, 40, 48, 64, 80], [3, 16, 17, 32, 48, 72], 2,
+                                     40, 120)
+            if drawn is None:
                 continue
-            p, n = rng.randint(0, k // 2), rng.randint(1, 2)
-            h, w = rng.randint(max(1, k - 2 * p), 40), rng.randint(max(1, k - 2 * p), 120)
-            torch.set_num_threads(rng.choice([1, 2]))
-            monkeypatch.setattr(C, "AMX_CONV_GROUP_ROWS", rng.choice([1, 2]))
-            monkeypatch.setattr(C, "CPU_AMX_CONV_PAD_CHANNELS", rng.random() < 0.5)
+            transposed, ci, co, k, s, p, n, h, w = drawn
             g = torch.Generator().manual_seed(300 + done)
             x = torch.randn(n, ci, h, w, generator=g)
             if rng.random() < 0.7:
