@@ -154,15 +154,15 @@ def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]
     return outs
 
 
-_IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".gif"}
-
-
 def _image_extensions() -> set:
-    """Lower-case file extensions of images (ours and every one Pillow registers: .pgm, .jfif,
-    .tga, ...): a ``compress`` output named so would put .slim bytes in an image's name (with
-    --force over an existing image)."""
+    """Lower-case file extensions of images (ours, .gif and every one Pillow registers: .pgm,
+    .jfif, .tga, ...): a ``compress`` output named so would put .slim bytes in an image's name
+    (with --force over an existing image)."""
     from PIL import Image
-    return (_IMAGE_EXTENSIONS | {e.lower() for e in Image.registered_extensions()}) - {".slim"}
+
+    from .io import IMAGE_EXTENSIONS
+    ours = set(IMAGE_EXTENSIONS) | {".gif"}
+    return (ours | {e.lower() for e in Image.registered_extensions()}) - {".slim"}
 
 
 def _batch(pairs, one, desc: str, quiet: bool) -> None:

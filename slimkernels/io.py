@@ -14,7 +14,12 @@ import numpy as np
 import torch
 
 __all__ = ["read_image", "read_image_uint8", "open_image", "image_to_png_bytes",
-           "atomic_write_bytes", "atomic_torch_save", "load_torch_file", "MissingFileError"]
+           "atomic_write_bytes", "atomic_torch_save", "load_torch_file", "MissingFileError",
+           "IMAGE_EXTENSIONS"]
+
+#: The file extensions (lower case) of the images a folder is read for: the evaluation's image
+#: folder and the trainer's data folder.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 
 class MissingFileError(FileNotFoundError, ValueError):

@@ -21,11 +21,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..io import MissingFileError
+from ..io import IMAGE_EXTENSIONS, MissingFileError
 from .bdrate import NonMonotoneCurveWarning, bd_psnr, bd_rate, overlap, quality_at_rate
 from .metrics import ms_ssim, ms_ssim_db, psnr
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 
 #: Published Kodak RD points (bpp, RGB PSNR dB), the SlimCAE paper (Yang et al. 2021).
 BALLE2017 = {

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from .._checks import is_int
+from ..io import IMAGE_EXTENSIONS
 from ..io import MissingFileError, read_image_uint8
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+IMAGE_EXTS = IMAGE_EXTENSIONS   # (the name this module had for it)
 
 
 def list_images(folder: str) -> List[str]:
