@@ -421,6 +421,23 @@ def test_image_input_is_dense_channels_last_and_cast_once(model, monkeypatch, as
         assert torch.equal(model.decompress_latent(data)[1], eb.quantize_symbols(y))
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("layout", ["nchw", "hwc", "channels_last"])
+def test_compress_leaves_the_image_unchanged(model, precision, layout):
+    """compress reads the caller's image and never writes it, also where the transform takes
+    it as it is (CPU_IMAGE_AS_IS: a float32 image with the dense channels_last strides), through
+    the CPU replay too (calls after the first replay the recording)."""
+    torch.manual_seed(9)
+    x = torch.rand(1, 3, 48, 64)
+    if layout == "hwc":
+        x = x[0].permute(1, 2, 0).contiguous().permute(2, 0, 1)[None]
+    elif layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    before = x.clone()
+    data = [model.compress(x, 12, precision=precision) for _ in range(4)]
+    assert torch.equal(x, before) and len(set(data)) == 1
+
+
 @pytest.mark.parametrize("layout, size", [("nchw", (37, 50)), ("hwc", (37, 50)),
                                           ("hwc", (40, 52)), ("channels_last", (37, 50))])
 def test_image_conversions_give_torchs_file_and_image(model, monkeypatch, layout, size):
