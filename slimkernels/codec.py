@@ -973,9 +973,9 @@ class SlimCodec(nn.Module):
         cast is done here in the same copy; but where the direct AMX conv runs, a float32 image
         that already has the dense channels_last strides (:func:`slimkernels.io.read_image`'s)
         goes as it is: the conv rounds it to bf16 as it reads it, the same bits as the cast
-        (``compress`` 1.01-1.02x, :data:`CPU_IMAGE_AS_IS`). ``ranges``: as for :func:`_dense` (the image's
-        ``(min, max)`` when that cast measured them; for an image passed as it is, by
-        :func:`~slimkernels.ops.image_io.value_range`, a pass that writes nothing)."""
+        (``compress`` 1.01-1.02x, :data:`CPU_IMAGE_AS_IS`). ``ranges``: as for :func:`_dense`
+        (the image's ``(min, max)`` when that cast measured them; for an image passed as it is,
+        by :func:`~slimkernels.ops.image_io.value_range`, a pass that writes nothing)."""
         from .nn.conv import SlimConv2d
         from .ops.conv import amx_conv_available
 

@@ -257,8 +257,8 @@ struct ChunkLists {
   const int64_t* nq;
   int64_t per;  // chunks per channel tile (kh * KC), the lists' stride
   // pair[nb] != 0: channel tiles nb and nb + 1 have the same chunks (so the same x offsets; the
-  // second's B tiles per * 512 elements after the first's): micro22 runs them together (null:
-  // never, ConvAmxArgs::pair_tiles off)
+  // second's B tiles per * 512 elements after the first's) and micro22 runs them together (set
+  // on a pair's first tile only; null: never, ConvAmxArgs::pair_tiles off)
   const int64_t* pair;
 };
 
@@ -884,11 +884,18 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     }
     nq[nb] = k;
   }
-  // pairs of channel tiles with the same chunks (all of them without tile_nz): the same x
-  // offsets, and xi's are the same as well then
-  for (int64_t nb = 0; nb < NBt; ++nb)
-    pair[nb] = nb + 1 < NBt && nq[nb] == nq[nb + 1] &&
-               std::equal(xo + nb * per, xo + nb * per + nq[nb], xo + (nb + 1) * per);
+  // the pairs of channel tiles with the same chunks (all of them without tile_nz: the same x
+  // offsets, and xi's are the same as well then), from the first tile on: pair[nb] marks a
+  // pair's first tile
+  int64_t paired = 0;
+  std::fill(pair, pair + NBt, 0);
+  for (int64_t nb = 0; nb + 1 < NBt; ++nb)
+    if (nq[nb] == nq[nb + 1] &&
+        std::equal(xo + nb * per, xo + nb * per + nq[nb], xo + (nb + 1) * per)) {
+      pair[nb] = 1;
+      paired += 2;
+      ++nb;
+    }
   const int64_t* pairs = a.pair_tiles ? pair : nullptr;
   const ChunkLists cl{xo, wo, nq, per, pairs};
   // with x read in place: the column order and the spans of the padded copy the border groups
@@ -998,10 +1005,7 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   if (a.stats != nullptr) {
     a.stats[0] = in_groups.load(std::memory_order_relaxed);
     a.stats[1] = groups;
-    int64_t paired = 0;  // channel tiles each work group runs in pairs (run_blocks' walk)
-    for (int64_t nb = 0; nb < NBt; ++nb)
-      if (pairs != nullptr && pairs[nb]) paired += 2, ++nb;
-    a.stats[2] = paired;
+    a.stats[2] = pairs != nullptr ? paired : 0;
   }
   return nomem.load(std::memory_order_relaxed) ? kCNoMem : kCOk;
 }

@@ -77,8 +77,13 @@ SK_ITARGET inline void vrange_add(VRange& r, __m512 v) {
   r.nan = static_cast<__mmask16>(r.nan | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
 }
 
+// (through memory: gcc 12's _mm512_reduce_min_ps, inlined into value_range's pass, warned of an
+// uninitialized value, a false positive)
 SK_ITARGET inline void vrange_into(const VRange& r, Range& rg) {
-  rg.add(Range{_mm512_reduce_min_ps(r.lo), _mm512_reduce_max_ps(r.hi), r.nan != 0});
+  alignas(64) float lo[16], hi[16];
+  _mm512_store_ps(lo, r.lo);
+  _mm512_store_ps(hi, r.hi);
+  rg.add(Range{*std::min_element(lo, lo + 16), *std::max_element(hi, hi + 16), r.nan != 0});
 }
 
 // 32 fp32 at p -> 32 bf16 in one register (lane order kept); the values into r
@@ -157,15 +162,8 @@ SK_ITARGET void range_simd(const float* x, int64_t i0, int64_t i1, Range& rg) {
     vrange_add(vr2, _mm512_loadu_ps(x + i + 16));
   }
   for (; i < i1; ++i) rg.add(x[i]);
-  // (through memory: gcc 12's _mm512_reduce_min_ps warns of an uninitialized value inlined
-  // here, a false positive)
-  alignas(64) float lo[32], hi[32];
-  _mm512_store_ps(lo, vr.lo);
-  _mm512_store_ps(lo + 16, vr2.lo);
-  _mm512_store_ps(hi, vr.hi);
-  _mm512_store_ps(hi + 16, vr2.hi);
-  rg.add(Range{*std::min_element(lo, lo + 32), *std::max_element(hi, hi + 32),
-                (vr.nan | vr2.nan) != 0});
+  vrange_into(vr, rg);
+  vrange_into(vr2, rg);
 }
 
 SK_ITARGET void to_image_simd(const Bf16ToImageArgs& a, int64_t i0, int64_t i1) {

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from .._checks import is_int
-from ..io import IMAGE_EXTENSIONS
-from ..io import MissingFileError, read_image_uint8
+from ..io import IMAGE_EXTENSIONS, MissingFileError, read_image_uint8
 
 IMAGE_EXTS = IMAGE_EXTENSIONS   # (the name this module had for it)
 

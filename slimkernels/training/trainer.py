@@ -23,6 +23,7 @@ from .._device import check_device, cli_device
 from .._state import first_non_finite
 from ..codec import native_bf16, pixel_values_outside
 from ..io import MissingFileError, atomic_torch_save, load_torch_file
+from ..ops.image_io import value_range
 from ..models import SlimCAE
 from ..models.slimcae import DEFAULT_WIDTHS
 from ..nn.entropy import check_quantization, is_table_key, state_dict_misfit
@@ -321,7 +322,7 @@ def validate(model: SlimCAE, images: torch.Tensor, widths, bf16: bool, batch: in
     widths = width_list(widths, "validate")
     if not isinstance(bf16, bool):
         raise ValueError(f"validate: bf16={bf16!r} must be True or False")
-    reach = pixel_values_outside(*(float(v) for v in torch.aminmax(images.detach().float())))
+    reach = pixel_values_outside(*value_range(images.detach().float()))
     if reach is not None:
         raise ValueError(f"validate expects finite float images in [0, 1]; their values reach "
                          f"{reach}")
