@@ -630,3 +630,21 @@ def test_two_threads_forking_at_once_leave_no_replay_lock_held():
         """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("layout", ["nchw", "hwc", "channels_last"])
+def test_compress_leaves_the_image_unchanged(model, precision, layout):
+    """compress reads the caller's image and never writes it, also where the transform takes
+    it as it is (codec.CPU_IMAGE_AS_IS: a float32 image with the dense channels_last strides),
+    eagerly and from the CPU replay (recorded at the second call, verified at the third,
+    replayed at the fourth)."""
+    x = _image(9, 48, 64)
+    if layout == "hwc":
+        x = x[0].permute(1, 2, 0).contiguous().permute(2, 0, 1)[None]
+    elif layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    before = x.clone()
+    data = [model.compress(x, 8, precision=precision) for _ in range(4)]
+    assert torch.equal(x, before) and len(set(data)) == 1
+    _require_replayed(model)

@@ -321,13 +321,11 @@ def test_model_info_of_a_file_whose_info_is_not_a_dict(tmp_path):
         model_info(str(tmp_path / "m.pt"))
 
 
-def test_load_model_builds_float32_whatever_the_default_dtype(tmp_path):
+def test_load_model_builds_float32_whatever_the_default_dtype(tmp_path, small_model):
     """(under torch.set_default_dtype(torch.float64) the model was built in float64 and the file's
     float32 weights copied into it: it refused to compress, "weights in float32".)"""
-    from slimkernels.models import SlimCAE
     from slimkernels.pretrained import save_model
-    m = SlimCAE((16, 8)).eval()
-    m.update()
+    m = small_model
     path = str(tmp_path / "m.pt")
     save_model(m, path)
     old = torch.get_default_dtype()

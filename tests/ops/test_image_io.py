@@ -110,16 +110,27 @@ def test_image_to_bf16_value_range_over_threads(channels_last):
 @pytest.mark.parametrize("n", [1, 31, 32, 33, 16383, 16384, 16385, 3 * 130 * 200])
 def test_value_range_kernel_against_aminmax(monkeypatch, threads, n):
     """value_range of a dense float32 tensor by the kernel (torch.aminmax not called): the
-    values' min and max exactly, in every chunk and vector tail (infinities, subnormals and
-    negatives among them), and both NaN for a NaN at the first, a middle or the last value."""
+    values' min and max exactly wherever they lie (the first value, a vector's edge, a chunk's
+    edge, the scalar tail, the last value; subnormals and negatives among the others), the
+    infinities too, and both NaN for a NaN at the first, a middle or the last value."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x = _values((n,), 11 + n)
-        x[n // 2] = -9.0                        # (the extremes somewhere inside)
-        want = tuple(float(v) for v in torch.aminmax(x))
+        base = _values((n,), 11 + n).nan_to_num(posinf=0.5, neginf=0.5)   # finite
+        cases = []
+        for i in sorted({0, 15, 16, 31, 32, 16383, 16384, n - 1} & set(range(n))):
+            for v in (-9.0, 7.0):                     # the minimum, then the maximum, at i
+                x = base.clone()
+                x[i] = v
+                cases.append(x)
+        x = base.clone()
+        x[n // 2] = -float("inf")
+        x[n - 1] = float("inf")
+        cases.append(x)
+        want = [tuple(float(v) for v in torch.aminmax(x)) for x in cases]
         monkeypatch.setattr(torch, "aminmax", lambda *a, **k: pytest.fail("aminmax ran"))
-        assert image_io.value_range(x) == want
+        assert [image_io.value_range(x) for x in cases] == want
+        x = cases[-1]
         for i in {0, n // 3, n - 1}:
             y = x.clone()
             y[i] = float("nan")
