@@ -11,6 +11,7 @@
 namespace py = pybind11;
 using I32 = py::array_t<int32_t, py::array::c_style>;
 using F64 = py::array_t<double, py::array::c_style>;
+using I64 = py::array_t<int64_t, py::array::c_style>;
 
 namespace {
 
@@ -59,16 +60,22 @@ void check_sizes(py::ssize_t symbols, py::ssize_t indexes, int64_t run) {
 
 py::bytes encode(const I32& symbols, const I32& indexes, const I32& cdfs, const I32& lengths,
                  const I32& offsets, int precision, int64_t streams, int threads, int64_t run,
-                 const py::object& executor) {
+                 const py::object& executor, const py::object& stats) {
   check_sizes(symbols.size(), indexes.size(), run);
   const slimcoder::Tables t = make_tables(cdfs, lengths, offsets, precision);
   const slimcoder::Executor ex = executor_of(executor);
+  // stats (tests: which path ran): [0] = the substreams coded as two lane halves
+  if (!stats.is_none() && (!py::isinstance<I64>(stats) || stats.cast<I64>().size() < 1 ||
+                           !stats.cast<I64>().writeable()))
+    throw slimcoder::Error("stats must be None or a writeable C-contiguous int64 numpy array of "
+                           "at least 1 element");
   slimcoder::EncodedParts parts;
   {
     py::gil_scoped_release release;
     slimcoder::encode_parts(symbols.data(), indexes.data(), symbols.size(), t, streams, threads,
                             parts, run, ex);
   }
+  if (!stats.is_none()) stats.cast<I64>().mutable_data()[0] = parts.split;
   // One copy, straight into the bytes object.
   PyObject* out = PyBytes_FromStringAndSize(nullptr, py::ssize_t(parts.total_size()));
   if (!out) throw py::error_already_set();
@@ -159,10 +166,12 @@ PYBIND11_MODULE(_coder, m) {
   m.doc() = "slimkernels interleaved rANS entropy coder (C++17). Use slimkernels.coding.";
   m.attr("FORMAT_VERSION") = int(slimcoder::kFormatVersion);
   m.attr("LANES") = slimcoder::kLanes;
+  m.attr("MIN_HALVES_SYMBOLS") = slimcoder::kMinHalvesSymbols;
   m.def("encode", &encode, py::arg("symbols").noconvert(), py::arg("indexes").noconvert(),
         py::arg("cdfs").noconvert(), py::arg("cdf_lengths").noconvert(),
         py::arg("offsets").noconvert(), py::arg("precision"), py::arg("streams"),
-        py::arg("threads"), py::arg("run") = 1, py::arg("executor") = py::none());
+        py::arg("threads"), py::arg("run") = 1, py::arg("executor") = py::none(),
+        py::arg("stats") = py::none());
   m.def("decode", &decode, py::arg("data"), py::arg("indexes").noconvert(),
         py::arg("cdfs").noconvert(), py::arg("cdf_lengths").noconvert(),
         py::arg("offsets").noconvert(), py::arg("precision"), py::arg("threads"),

@@ -702,18 +702,24 @@ SK_INLINE void enc_renorm(uint64_t& x, uint32_t*& ptr, uint64_t shifted_cmpl) {
 #endif
 }
 
-// Codes one symbol of row r. kP: the precision when known at compile time (0: p).
-template <int kP>
-SK_INLINE void enc_sym(const EncRow& r, int p_rt, int32_t sym, uint64_t& x, uint32_t*& ptr) {
+// Codes one symbol of row r. kP: the precision when known at compile time (0: p). kKeyed (the
+// lane halves below): every word this symbol may write gets `key` at the same place in a
+// parallel array, `delta` words above the word (one more store per symbol).
+template <int kP, bool kKeyed = false>
+SK_INLINE void enc_sym(const EncRow& r, int p_rt, int32_t sym, uint64_t& x, uint32_t*& ptr,
+                       ptrdiff_t delta = 0, uint32_t key = 0) {
   const int p = kP ? kP : p_rt;
   const int64_t v = int64_t(sym) - int64_t(r.offset);
   if (SK_UNLIKELY(uint64_t(v) >= uint64_t(r.nd))) {
     const EncPos o = enc_escape(x, ptr, v, r.nd, r.cdf, p);
+    if (kKeyed)
+      for (uint32_t* w = o.ptr; w < ptr; ++w) w[delta] = key;
     x = o.x;
     ptr = o.ptr;
     return;
   }
   const EncSym e = r.enc[v];
+  if (kKeyed) ptr[delta - 1] = key;
   enc_renorm(x, ptr, uint64_t(e.cmpl) << (63 - p));
   const uint64_t q = uint64_t((unsigned __int128)x * e.rcp >> 64) >> e.shift;
   x = x + e.bias + q * e.cmpl;
@@ -840,6 +846,119 @@ void encode_substream(const EncCtx& ctx, int64_t begin, int64_t end, uint32_t* r
   store64(st + 24, x3);
   out.data = st;
   out.size = size_t(top - ptr) * sizeof(uint32_t);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lane halves: one substream coded by two threads, same bytes. Lanes {0, 1} and {2, 3} of a
+// substream never read each other's state; they only share the word buffer, into which the
+// encoder writes words in the order it codes symbols (from the last down; in a group of kLanes
+// symbols, lane 3 first). So each half codes its own lanes into its own buffer, tagging every
+// word with its group (j - begin) >> 2, and the halves' words are merged by group: in the
+// decoder's (forward) order groups ascend, and within a group the words of lanes {0, 1} come
+// before those of lanes {2, 3}. A 768x512 latent at w=48 (73,728 symbols) writes ~1,300 words:
+// the merge is cheap next to the symbols.
+// The words of one half in the decoder's order: words[0..count) tagged keys[0..count), and the
+// final states of its lanes 2h (lo) and 2h + 1 (hi).
+struct HalfPiece {
+  const uint32_t* words = nullptr;
+  const uint32_t* keys = nullptr;
+  size_t count = 0;
+  uint64_t lo = kL, hi = kL;
+  std::unique_ptr<uint32_t[]> own;  // when it outgrew its share of the scratch buffer
+};
+
+// Moves a keyed buffer (words [ptr, top), keys delta words above them) into one twice as large
+// owned by `out`: words [nb, nb + ncap), keys [nb + ncap, nb + 2 ncap). Returns the new ptr.
+SK_NOINLINE uint32_t* enc_grow_keyed(uint32_t*& lo, uint32_t*& top, ptrdiff_t& delta,
+                                     uint32_t* ptr, size_t need, HalfPiece& out) {
+  const size_t used = size_t(top - ptr);
+  const size_t ncap = std::max(2 * size_t(top - lo), used + need + 64);
+  std::unique_ptr<uint32_t[]> nb(new uint32_t[2 * ncap]);
+  std::memcpy(nb.get() + ncap - used, ptr, used * sizeof(uint32_t));
+  std::memcpy(nb.get() + 2 * ncap - used, ptr + delta, used * sizeof(uint32_t));
+  lo = nb.get();
+  top = lo + ncap;
+  delta = ptrdiff_t(ncap);
+  out.own = std::move(nb);
+  return top - used;
+}
+
+// Codes the symbols of substream [begin, end) on lanes 2 * half and 2 * half + 1 (offsets
+// o = j - begin with (o >> 1) & 1 == half), from the last down, into words [region,
+// region + cap) and their keys [region + cap, region + 2 cap). Indexes: one per symbol
+// (run == 1: a run of one symbol per row below) or runs of at least kMinRowRun symbols.
+template <int kP>
+void encode_half(const EncCtx& ctx, int64_t begin, int64_t end, int half, uint32_t* region,
+                 size_t cap, HalfPiece& out) {
+  const EncCtx c = ctx;
+  uint64_t xl = kL, xh = kL;  // lanes 2 * half, 2 * half + 1
+  uint32_t* lo = region;
+  uint32_t* top = region + cap;
+  uint32_t* ptr = top;
+  ptrdiff_t delta = ptrdiff_t(cap);
+  constexpr size_t kNeed = size_t(kMaxWordsPerSymbol) * 2;
+  const int64_t run = c.run;  // 1 or >= kMinRowRun (the caller's rule)
+  // The last offset <= o of this half.
+  auto last_of_half = [half](int64_t o) {
+    return ((o >> 1) & 1) == half ? o : (o & ~int64_t(3)) + (half ? -1 : 1);
+  };
+  int64_t o = last_of_half(end - 1 - begin);
+  for (int64_t r = end > begin ? (end - 1) / run : 0; o >= 0; --r) {
+    const int64_t ob = std::max(begin, r * run) - begin;  // this run's first offset
+    const EncRow row = enc_row(c, c.idx[r]);
+    const int32_t* sy = c.sym + begin;
+    if (o >= ob && !(o & 1)) {  // lane 2 * half without its pair: alone
+      if (SK_UNLIKELY(size_t(ptr - lo) < kNeed)) ptr = enc_grow_keyed(lo, top, delta, ptr, kNeed, out);
+      enc_sym<kP, true>(row, c.p, sy[o], xl, ptr, delta, uint32_t(o >> 2));
+      o -= 3;
+    }
+    for (; o - 1 >= ob; o -= 4) {  // pairs: lane 2 * half + 1, then lane 2 * half
+      if (SK_UNLIKELY(size_t(ptr - lo) < kNeed)) ptr = enc_grow_keyed(lo, top, delta, ptr, kNeed, out);
+      const uint32_t key = uint32_t(o >> 2);
+      enc_sym<kP, true>(row, c.p, sy[o], xh, ptr, delta, key);
+      enc_sym<kP, true>(row, c.p, sy[o - 1], xl, ptr, delta, key);
+    }
+    if (o >= ob) {  // lane 2 * half + 1 whose pair is in the run before
+      if (SK_UNLIKELY(size_t(ptr - lo) < kNeed)) ptr = enc_grow_keyed(lo, top, delta, ptr, kNeed, out);
+      enc_sym<kP, true>(row, c.p, sy[o], xh, ptr, delta, uint32_t(o >> 2));
+      o -= 1;
+    }
+  }
+  out.words = ptr;
+  out.keys = ptr + delta;
+  out.count = size_t(top - ptr);
+  out.lo = xl;
+  out.hi = xh;
+}
+
+// The substream of halves a (lanes 0, 1) and b (lanes 2, 3): its states, then the words merged
+// by key (a's first among equal keys), as little-endian bytes in [dst, dst + cap words) or in an
+// owned buffer when they do not fit.
+void merge_halves(const HalfPiece& a, const HalfPiece& b, uint32_t* dst, size_t cap,
+                  Piece& out) {
+  const size_t words = a.count + b.count + 2 * kLanes;
+  if (words > cap) {
+    out.own.reset(new uint32_t[words]);
+    dst = out.own.get();
+  }
+  uint8_t* d = reinterpret_cast<uint8_t*>(dst);
+  out.data = d;
+  out.size = words * sizeof(uint32_t);
+  store64(d, a.lo);
+  store64(d + 8, a.hi);
+  store64(d + 16, b.lo);
+  store64(d + 24, b.hi);
+  d += kStateBytes;
+  size_t i = 0, k = 0;
+  while (i < a.count && k < b.count) {
+    const bool from_a = a.keys[i] <= b.keys[k];
+    store32(d, from_a ? a.words[i] : b.words[k]);
+    i += from_a;
+    k += !from_a;
+    d += 4;
+  }
+  for (; i < a.count; ++i, d += 4) store32(d, a.words[i]);
+  for (; k < b.count; ++k, d += 4) store32(d, b.words[k]);
 }
 
 // Scratch words for the substreams of this thread's encode calls, kept between calls (no
@@ -1465,14 +1584,39 @@ void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, con
     const int64_t m = chunk_begin(n, k, s + 1) - chunk_begin(n, k, s);
     region[size_t(s) + 1] = region[size_t(s)] + size_t(m / 2 + 64);
   }
-  uint32_t* scratch = tls_scratch.get(region.back());
+  // Threads beyond the substreams (asked for explicitly: threads=0 keeps one per substream) code
+  // each substream's lanes in two halves when every substream is long enough (see HalfPiece);
+  // each half gets its words and keys, a quarter of the symbols' 16 bits each, after the
+  // merged substreams' regions.
+  const bool halves = threads >= 2 * k && resolve_threads(threads, 2 * k) >= 2 * k &&
+                      (run == 1 || run >= kMinRowRun) && n / k >= kMinHalvesSymbols &&
+                      n / k / kLanes < int64_t(std::numeric_limits<uint32_t>::max());
+  std::vector<size_t> half_region(halves ? size_t(2 * k) + 1 : 0, region.back());
+  for (int64_t s = 0; halves && s < 2 * k; ++s) {
+    const int64_t m = chunk_begin(n, k, s / 2 + 1) - chunk_begin(n, k, s / 2);
+    half_region[size_t(s) + 1] = half_region[size_t(s)] + 2 * size_t(m / 4 + 32);
+  }
+  uint32_t* scratch = tls_scratch.get(halves ? half_region.back() : region.back());
   std::vector<Piece> pieces(static_cast<size_t>(k));
+  std::vector<HalfPiece> half_pieces(halves ? size_t(2 * k) : 0);
   std::atomic<int64_t> bad{std::numeric_limits<int64_t>::max()};
-  parallel_for(k, resolve_threads(threads, k), [&](int64_t s) {
+  const int64_t tasks = halves ? 2 * k : k;
+  parallel_for(tasks, resolve_threads(threads, tasks), [&](int64_t task) {
+    const int64_t s = halves ? task / 2 : task;
     const int64_t b = chunk_begin(n, k, s), e = chunk_begin(n, k, s + 1);
     const int64_t at = first_bad_index_of(indexes, run, b, e, t.num_cdfs);
     if (at >= 0) {
       atomic_min(bad, at);
+      return;
+    }
+    if (halves) {
+      uint32_t* const reg = scratch + half_region[size_t(task)];
+      const size_t cap = (half_region[size_t(task) + 1] - half_region[size_t(task)]) / 2;
+      const int half = int(task % 2);
+      if (c.p == 16)
+        encode_half<16>(c, b, e, half, reg, cap, half_pieces[size_t(task)]);
+      else
+        encode_half<0>(c, b, e, half, reg, cap, half_pieces[size_t(task)]);
       return;
     }
     uint32_t* const reg = scratch + region[size_t(s)];
@@ -1485,6 +1629,11 @@ void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, con
   const int64_t first_bad = bad.load();
   if (first_bad != std::numeric_limits<int64_t>::max())
     throw index_error(first_bad, indexes[first_bad], t.num_cdfs);
+  for (int64_t s = 0; halves && s < k; ++s)
+    merge_halves(half_pieces[size_t(2 * s)], half_pieces[size_t(2 * s + 1)],
+                 scratch + region[size_t(s)], region[size_t(s) + 1] - region[size_t(s)],
+                 pieces[size_t(s)]);
+  out.split = halves ? k : 0;
   out.header.clear();
   out.header.push_back(kFormatVersion);
   out.header.push_back(uint8_t(t.precision));

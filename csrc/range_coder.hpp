@@ -31,6 +31,9 @@ constexpr int kMinPrecision = 1;
 constexpr int kMaxPrecision = 16;
 constexpr int kLanes = 4;               // interleaved rANS states per substream
 constexpr uint8_t kFormatVersion = 1;   // first byte of every encoded string
+// The fewest symbols per substream whose lanes encode() codes as two halves on two threads
+// (given the threads; below, waking a thread costs about what the half saves).
+constexpr int64_t kMinHalvesSymbols = int64_t(1) << 14;
 
 // An external thread pool for the substreams, in place of the coder's own worker pool: it runs
 // task(ctx, t) for every t in [0, count) on up to `threads` threads (the calling thread
@@ -61,7 +64,10 @@ void validate_indexes(const int32_t* indexes, int64_t n, int64_t num_cdfs);
 
 // Encodes n symbols into the multi-stream container. streams >= 1 (clamped to max(1, n));
 // threads <= 0 means min(streams, hardware threads); at most 256 threads are used (the calling
-// thread is one of them; the others come from a process-wide pool kept between calls).
+// thread is one of them; the others come from a process-wide pool kept between calls). With
+// threads >= 2 x streams and at least kMinHalvesSymbols symbols per substream (indexes one per
+// symbol or in runs >= 4), each substream's lanes are coded as two halves on two threads: the
+// same bytes.
 // Validates everything first (tables found equal to recently validated ones are not re-checked).
 //
 // run >= 1 (dividing n): symbol j uses CDF indexes[j / run], indexes holding n / run entries
@@ -79,6 +85,7 @@ struct EncodedParts {
   std::vector<const uint8_t*> parts;  // valid until this thread's next encode call
   std::vector<size_t> sizes;
   std::vector<std::unique_ptr<uint32_t[]>> owned;  // substreams that outgrew the scratch space
+  int64_t split = 0;  // substreams whose lanes were coded as two halves by two threads
   size_t total_size() const;
   void copy_to(uint8_t* dst) const;  // writes total_size() bytes: the encoded string
 };

@@ -617,7 +617,7 @@ def coder_pool() -> str:
     2-substream encode right after the encoder transform 288 -> 196 us at w=96, 490 -> 354-420
     us at w=192). Same bytes either way. ``SLIMKERNELS_CPU_KERNELS=0`` (no compiled CPU kernels)
     also means ``"coder"``. The coder gets ``torch.get_num_threads()`` threads either way (at
-    most one per substream)."""
+    most one per substream, or two per substream of >= 16384 symbols: its lanes in halves)."""
     if _cpu_switched_off() or not _torch_on_openmp():
         return "coder"
     return "openmp" if coding.openmp_pool_available() else "coder"
@@ -626,7 +626,8 @@ def coder_pool() -> str:
 def auto_streams(num_symbols: int) -> int:
     """The substream count ``compress`` uses by default for ``num_symbols`` latent symbols:
     ``num_symbols // STREAM_MIN_SYMBOLS`` clamped to ``[1, min(torch.get_num_threads(), 255)]``
-    (the coder runs one thread per substream; a substream costs ~26 bytes of header and flush).
+    (the coder runs one thread per substream, two on a lone substream's lane halves where the
+    threads allow; a substream costs ~26 bytes of header and flush).
     """
     return max(1, min(int(num_symbols) // STREAM_MIN_SYMBOLS, torch.get_num_threads(), 255))
 
@@ -1036,9 +1037,10 @@ class SlimCodec(nn.Module):
             streams: range-coder substreams (1..255), coded and decoded in parallel threads.
                 Default (None): one per :data:`STREAM_MIN_SYMBOLS` latent symbols, at most
                 ``torch.get_num_threads()`` (each substream costs ~26 bytes; for a 768x512
-                image with 2 threads: 1 stream at w=48 and 72, 2 at w=96 and above, where it
-                halves the coding time for +0.01-0.12 % of rate). The bytes then depend on the
-                thread count; any decoder reads any stream count.
+                image with 2 threads: 1 stream at w=48 and 72, encoded by 2 threads each
+                coding 2 of its 4 rANS lanes (1.5x, same bytes), 2 at w=96 and above, where
+                they halve the coding time for +0.01-0.12 % of rate). The bytes then depend on
+                the thread count; any decoder reads any stream count.
             metadata: custom ``str -> bytes`` fields stored in the container.
             cuda_graph: on a CUDA model, run the analysis transform from a CUDA graph captured
                 for this width, precision and padded image size (and the current weights),

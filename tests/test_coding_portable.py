@@ -20,6 +20,7 @@ from slimkernels import coding
 from .test_coding import I32_MAX, I32_MIN, _kodak_like, _random_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIN_HALVES = coding._ext().MIN_HALVES_SYMBOLS
 def _compiler():
     """The C++ compiler command (``$CXX``, which may be e.g. ``ccache g++``, else c++ / g++ /
     clang++) as a list, or None."""
@@ -66,7 +67,7 @@ def test_portable_build_writes_the_same_bytes(portable_encoder, tmp_path, seed):
     rng = np.random.default_rng(seed)
     precision = [16, 12, 1, 8, 16, 3][seed]
     cdfs, lengths, offsets = _random_tables(rng, 5, [300, 40, 1, 8, 3, 2][seed], precision)
-    n = 4000 + seed
+    n = 2 * MIN_HALVES + 1 + seed   # one substream: the driver's lane halves at 2 threads too
     idx = rng.integers(0, 5, n).astype(np.int32)
     v = np.array([rng.integers(0, max(1, int(lengths[i]) - 2)) for i in idx], np.int64)
     sym = v + offsets[idx]
@@ -85,10 +86,12 @@ def test_portable_build_writes_the_same_bytes(portable_encoder, tmp_path, seed):
 @pytest.mark.parametrize("streams", [1, 2])
 def test_portable_build_same_bytes_on_a_latent(portable_encoder, tmp_path, rng, streams):
     # runs of h * w symbols sharing a CDF row (the run loop), every renormalisation rate from
-    # near-deterministic channels to ~5 bits per symbol, and escapes
-    sym, idx, cdfs, lengths, offsets = _kodak_like(rng, channels=24, h=12, w=20)
+    # near-deterministic channels to ~5 bits per symbol, and escapes; long enough substreams for
+    # the driver's lane halves
+    sym, idx, cdfs, lengths, offsets = _kodak_like(rng, channels=24, h=32, w=45)
+    assert sym.size // streams >= MIN_HALVES
     compact = np.arange(24, dtype=np.int32).reshape(1, 24, 1, 1)
     ours = coding.encode(sym, compact, cdfs, lengths, offsets, streams=streams)
     assert ours == coding.encode(sym, idx, cdfs, lengths, offsets, streams=streams)
     assert _encode_portable(portable_encoder, tmp_path, sym, np.arange(24), cdfs, lengths,
-                            offsets, 16, streams, 12 * 20) == ours
+                            offsets, 16, streams, 32 * 45) == ours

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from slimkernels import coding
-from tests.test_coding import _kodak_like, _random_tables, _ref_encode
+from tests.test_coding import I32_MAX, I32_MIN, _kodak_like, _random_tables, _ref_encode
 
 
 @pytest.fixture(scope="module")
@@ -341,3 +341,117 @@ def test_forked_since_import_marks_children_and_grandchildren():
             os._exit(code if isinstance(code, int) else 4)
     assert _wait_child(pid, timeout=30.0) == 0
     assert not forked_since_import()
+
+
+# ------------------------------------------------------------------------------------------
+# Lane halves: with threads >= 2 x streams, each long enough substream's lanes {0, 1} and
+# {2, 3} are coded by two threads and their words merged by group: the bytes of one thread.
+MIN_HALVES = coding._ext().MIN_HALVES_SYMBOLS
+
+
+def _encode_counted(sym, idx, cdfs, lengths, offsets, precision, streams, threads, run,
+                    pool="coder"):
+    """``(bytes, substreams coded as lane halves)`` from the binding, ``idx`` one entry per
+    ``run`` symbols."""
+    st = np.zeros(1, np.int64)
+    data = coding._ext().encode(
+        np.ascontiguousarray(sym, np.int32).reshape(-1), np.ascontiguousarray(idx, np.int32),
+        cdfs, lengths, offsets, precision, streams, threads, run,
+        executor=coding._executor(pool), stats=st)
+    return data, int(st[0])
+
+
+def _case(rng, n, run, precision, escapes, num_cdfs=5, max_symbols=40):
+    """Random tables and ``n`` symbols with one index per ``run`` of them; ``escapes``: the
+    fraction of symbols outside their table (every size of escape, int32's extremes included)."""
+    cdfs, lengths, offsets = _random_tables(rng, num_cdfs, max_symbols, precision)
+    idx = rng.integers(0, num_cdfs, n // run).astype(np.int32)
+    full = np.repeat(idx, run)
+    v = (rng.random(n) * np.maximum(lengths[full] - 2, 1)).astype(np.int64)
+    sym = v + offsets[full]
+    kind = rng.random(n)
+    sym = np.where(kind < escapes / 3, I32_MIN, sym)
+    sym = np.where((kind >= escapes / 3) & (kind < escapes / 2), I32_MAX, sym)
+    sym = np.where((kind >= escapes / 2) & (kind < escapes), rng.integers(I32_MIN, I32_MAX, n),
+                   sym)
+    return sym.astype(np.int32), idx, cdfs, lengths, offsets
+
+
+@pytest.mark.parametrize("n, run, precision, escapes, streams", [
+    (MIN_HALVES, 1, 16, 0.0, 1),              # the smallest substream split
+    (MIN_HALVES + 3, 1, 12, 0.05, 1),         # a partial last group; the generic precision
+    (MIN_HALVES + 1, MIN_HALVES + 1, 16, 0.01, 1),  # one run of every symbol
+    (12 * 1536, 1536, 16, 0.0, 1),            # a latent: a CDF per channel of 32x48 symbols
+    (5 * 4001, 5, 16, 0.02, 1),               # runs of 5: groups straddle rows
+    (4 * 4099, 4, 8, 0.0, 1),                 # the shortest runs coded run by run
+    (2 * MIN_HALVES + 7, 1, 16, 0.02, 2),     # two substreams on four threads
+    (3 * MIN_HALVES + 5, 1, 14, 0.0, 3),
+    (MIN_HALVES + 2, 1, 16, 1.0, 1),          # every symbol escaped: ~39 bits each, the half
+    (6 * 3000, 6, 16, 0.6, 1),                # buffers and the merged one outgrow the scratch
+])
+def test_lane_halves_write_the_bytes_of_one_thread(n, run, precision, escapes, streams):
+    rng = np.random.default_rng(n + run)
+    sym, idx, cdfs, lengths, offsets = _case(rng, n, run, precision, escapes)
+    one, split = _encode_counted(sym, idx, cdfs, lengths, offsets, precision, streams, 1, run)
+    assert split == 0
+    data, split = _encode_counted(sym, idx, cdfs, lengths, offsets, precision, streams,
+                                  2 * streams, run)
+    assert split == streams and data == one
+    out = coding.decode(data, np.repeat(idx, run), cdfs, lengths, offsets, precision=precision,
+                        threads=streams)
+    np.testing.assert_array_equal(out, sym)
+
+
+def test_lane_halves_match_the_reference_encoder():
+    # the one-thread bytes are themselves checked against _ref_encode elsewhere; this is the
+    # independent check of a split run (a latent with escapes, two substreams)
+    sym, idx, cdfs, lengths, offsets = _kodak_like(np.random.default_rng(5), channels=24, h=32,
+                                                   w=45)
+    ref = _ref_encode(sym, idx, cdfs, lengths, offsets, 16, 2)
+    data, split = _encode_counted(sym, np.arange(24), cdfs, lengths, offsets, 16, 2, 4, 32 * 45)
+    assert split == 2 and data == ref
+
+
+@pytest.mark.parametrize("n, run, streams, threads", [
+    (MIN_HALVES - 1, 1, 1, 2),        # too short
+    (2 * MIN_HALVES - 2, 1, 2, 4),    # substreams of MIN_HALVES - 1
+    (2 * MIN_HALVES, 1, 2, 3),        # fewer threads than 2 x streams
+    (2 * MIN_HALVES, 1, 1, 0),        # threads=0: one per substream
+    (2 * MIN_HALVES, 2, 1, 2),        # runs of 2 and 3 go through the index buffer
+    (3 * MIN_HALVES, 3, 1, 2),
+])
+def test_lane_halves_only_where_they_apply(n, run, streams, threads):
+    sym, idx, cdfs, lengths, offsets = _case(np.random.default_rng(n), n, run, 16, 0.01)
+    one, _ = _encode_counted(sym, idx, cdfs, lengths, offsets, 16, streams, 1, run)
+    data, split = _encode_counted(sym, idx, cdfs, lengths, offsets, 16, streams, threads, run)
+    assert split == 0 and data == one
+
+
+@needs_openmp_pool
+def test_lane_halves_on_the_openmp_pool():
+    sym, idx, cdfs, lengths, offsets = _case(np.random.default_rng(3), 48 * 1536, 1536, 16, 0.01)
+    one, _ = _encode_counted(sym, idx, cdfs, lengths, offsets, 16, 1, 1, 1536)
+    for _ in range(3):
+        data, split = _encode_counted(sym, idx, cdfs, lengths, offsets, 16, 1, 2, 1536,
+                                      pool="openmp")
+        assert split == 1 and data == one
+
+
+def test_lane_halves_name_the_first_bad_index():
+    sym, idx, cdfs, lengths, offsets = _case(np.random.default_rng(4), 2 * MIN_HALVES, 1, 16, 0)
+    bad = idx.copy()
+    bad[MIN_HALVES + 11] = 5        # the second half of the symbols; both halves read it
+    bad[-1] = -1
+    with pytest.raises(ValueError, match=rf"indexes\[{MIN_HALVES + 11}\]"):
+        _encode_counted(sym, bad, cdfs, lengths, offsets, 16, 1, 2, 1)
+
+
+def test_encode_stats_argument_checked():
+    sym, idx, cdfs, lengths, offsets = _case(np.random.default_rng(6), 64, 1, 16, 0)
+    for bad in (np.zeros(1, np.int32), np.zeros(0, np.int64), np.zeros((2, 2), np.int64)[:, 0],
+                [0], np.zeros(1, np.int64).view()):
+        if isinstance(bad, np.ndarray) and bad.dtype == np.int64 and bad.size:
+            bad.flags.writeable = False
+        with pytest.raises(ValueError, match="stats must be None or a writeable C-contiguous "
+                                             "int64"):
+            coding._ext().encode(sym, idx, cdfs, lengths, offsets, 16, 1, 1, 1, stats=bad)

@@ -7,7 +7,9 @@
 //   symbols[n], indexes[n / run], cdfs[num_cdfs * max_length], lengths[num_cdfs],
 //   offsets[num_cdfs]
 // Output: the encoded bytes. Usage: encode_file IN OUT. Exit 1 with a message on an error,
-// or when the bytes do not decode back to the symbols (with the same build).
+// when the bytes do not decode back to the symbols (with the same build), or when encoding with
+// 2 x streams threads (each substream's lanes in two halves where it is long enough) gives
+// other bytes.
 #include <algorithm>
 #include <cstdio>
 #include <exception>
@@ -51,6 +53,9 @@ int main(int argc, char** argv) {
     slimcoder::Tables t{cdfs.data(), num, len, lengths.data(), offsets.data(), int(head[3])};
     const std::vector<uint8_t> out =
         slimcoder::encode(sym.data(), idx.data(), n, t, head[4], 1, run);
+    const std::vector<uint8_t> halves =
+        slimcoder::encode(sym.data(), idx.data(), n, t, head[4], int(2 * head[4]), run);
+    if (halves != out) throw std::runtime_error("2 x streams threads wrote other bytes");
     std::vector<int32_t> back(sym.size());
     slimcoder::decode(out.data(), out.size(), idx.data(), n, t, 1, back.data(), run);
     if (back != sym) throw std::runtime_error("the bytes do not decode back to the symbols");
