@@ -179,8 +179,10 @@ def isolated(fns, repeat, idle_s=0.005):
 
 #: (streams, threads, indexes): "symbol" = one CDF index per symbol (CompressAI's contract),
 #: "channel" = the compact per-channel form ([1, C, 1, 1]) that compress uses; same bytes.
+#: 1 stream on 2 threads: the encoder codes the substream's lanes in two halves (the bytes of
+#: 1 thread; decode runs one thread per substream).
 SLIM_CONFIGS = ((1, 1, "symbol"), (2, 2, "symbol"), (2, 1, "symbol"), (1, 1, "channel"),
-                (2, 2, "channel"))
+                (2, 2, "channel"), (1, 2, "channel"))
 
 
 def bench_slimkernels(work, n, repeat, warmup):
@@ -404,6 +406,12 @@ def main(argv=None):
               f"encode {base['encode_msym_s_with_tolist']:.1f}, decode "
               f"{base['decode_msym_s_with_tolist']:.1f} M sym/s")
     two = next(r for r in rows if r["streams"] == 2 and r["threads"] == 2)
+    by_cfg = {(r["streams"], r["threads"], r["indexes"]): r for r in rows}
+    halves, one_ch = by_cfg.get((1, 2, "channel")), by_cfg.get((1, 1, "channel"))
+    halves_txt = ("" if halves is None or one_ch is None else
+                  f"1 stream on 2 threads (the encoder's lane halves) vs 1 thread, per-channel "
+                  f"indexes: encode {one_ch['encode_s'] / halves['encode_s']:.2f}x, same bytes: "
+                  f"{halves['size_bytes'] == one_ch['size_bytes']}")
     overheads = ", ".join(f"{r['streams']} stream(s) {r['overhead_bytes_vs_ideal_plus_bypass']:.0f} B"
                           for r in rows if "overhead_bytes_vs_ideal_plus_bypass" in r)
     print(f"slimkernels size - (ideal + {bypass:.0f} B of escape bypass bits): {overheads}")
@@ -416,6 +424,7 @@ def main(argv=None):
            f"({single['isolated_decode_s'] / two['isolated_decode_s']:.2f}x)")
     print(f"2 streams / 2 threads vs 1 stream: encode {two['encode_vs_slim_1_stream']:.2f}x, "
           f"decode {two['decode_vs_slim_1_stream']:.2f}x")
+    print(halves_txt)
     print(iso)
     split_lines = ["| op, streams, threads | Python call | C++ call | Python wrapper (16-symbol "
                    "call) | C++ call, new tables | new-tables cost |",
@@ -467,6 +476,8 @@ def main(argv=None):
                 f"{two['encode_vs_slim_1_stream']:.2f}x, decode "
                 f"{two['decode_vs_slim_1_stream']:.2f}x (the slimkernels configurations take "
                 f"turns in blocks of 5 back-to-back calls; median per call). In {iso}.\n")
+        if halves_txt:
+            f.write(f"\n{halves_txt}.\n")
         f.write("\nTime split, median per call. Python call: `slimkernels.coding`; C++ call: "
                 "`slimkernels._coder` on the same arrays; Python wrapper: the difference of "
                 "the two on a 16-symbol call (its fixed cost; nothing in it scales with the "

@@ -43,6 +43,7 @@ def test_bench_script_writes_results(tmp_path):
     assert [(r["streams"], r["threads"], r["indexes"]) for r in rows] == \
         list(bench_coder.SLIM_CONFIGS)
     assert len({r["size_bytes"] for r in rows if r["streams"] == 2}) == 1   # same bytes
+    assert len({r["size_bytes"] for r in rows if r["streams"] == 1}) == 1   # halves included
     res = json.loads((tmp_path / "coder_slimkernels.json").read_text())
     split = res["meta"]["time_split"]
     assert set(split) == {"1_stream", "2_stream"}
@@ -52,3 +53,5 @@ def test_bench_script_writes_results(tmp_path):
             assert sp[key] > 0
     md = (tmp_path / "coder_slimkernels.md").read_text()
     assert "--only-slimkernels" in md and "Time split" in md
+    assert "1 stream on 2 threads (the encoder's lane halves) vs 1 thread" in md
+    assert "same bytes: True" in md

@@ -1693,12 +1693,22 @@ namespace {
 // emitted word lie inside the data, so n symbols need more than sum(min_bits) - n 2^-14 bits.
 void check_capacity_of(const CachedTables& c, size_t size, const int32_t* indexes, int64_t n,
                        int64_t run) {
-  double need = -double(n) * std::ldexp(1.0, -14);
+  // Eight running sums: one sum's chain of float additions (4 cycles each) made this check half
+  // of a decode with an index per symbol (295k symbols: ~0.5 ms against ~1 ms of decoding).
+  // Their order changes the sum by ~1e-16 of it, far inside the 2^-14 bits of slack a symbol.
+  constexpr int kSums = 8;
+  double sums[kSums] = {};
   const int64_t runs = n / run;
-  for (int64_t r = 0; r < runs; ++r) {
-    const int32_t i = indexes[r];  // (a bad index counts 0 here: decode reports it)
-    if (i >= 0 && i < c.num) need += double(run) * c.min_bits[size_t(i)];
-  }
+  const auto bits_of = [&c](int32_t i) {  // (a bad index counts 0 here: decode reports it)
+    return uint32_t(i) < uint64_t(c.num) ? c.min_bits[size_t(i)] : 0.0;
+  };
+  int64_t r = 0;
+  for (; r + kSums <= runs; r += kSums)
+    for (int a = 0; a < kSums; ++a) sums[a] += bits_of(indexes[r + a]);
+  for (; r < runs; ++r) sums[0] += bits_of(indexes[r]);
+  double total = 0.0;
+  for (double v : sums) total += v;
+  const double need = double(run) * total - double(n) * std::ldexp(1.0, -14);
   const double have = double(size) * 8.0 + 64.0;
   if (need > have)
     throw Error("corrupt stream: " + std::to_string(n) + " symbols need at least " +

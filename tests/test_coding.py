@@ -728,6 +728,32 @@ def test_symbol_counts_the_tables_cannot_hold_are_refused_before_the_output_exis
                                         shape=sym.shape), sym)
 
 
+def test_the_capacity_check_counts_every_symbol_of_an_index_per_symbol():
+    """With an index per symbol the check sums each symbol's cost (in several running sums, then
+    the tail): here the last 5 symbols' costs are what puts the count over the data, so a
+    check that dropped the tail, or one of its sums, would let the forged count through."""
+    p = 4
+    cdfs = np.zeros((2, 17), np.int32)
+    cdfs[0, :3] = [0, 15, 16]            # A: one value of 15 / 16 and the escape: 0.093 bits
+    cdfs[1] = np.arange(17)              # B: 16 slots of 1: 4 bits each
+    lengths, offsets = np.array([3, 17], np.int32), np.zeros(2, np.int32)
+    n = 8 * 480 + 5
+    data = bytes([1, p]) + _varint(n) + _varint(1) + _varint(32) + bytes(range(1, 33))
+    idx = np.zeros(n, np.int32)
+    idx[-5:] = 1
+    bits = np.array([p - np.log2(15), 4.0])
+    have = 8 * len(data) + 64
+    need = bits[idx].sum() - n * 2.0 ** -14
+    assert need - 5 * 4.0 < have < need  # (the tail decides; so would any eighth of the rest)
+    with pytest.raises(ValueError, match=f"{n} symbols need at least \\d+ bytes with these "
+                                         f"tables, the data has {len(data)}"):
+        coding.decode(data, idx, cdfs, lengths, offsets, precision=p)
+    idx[-5:] = 0                         # the same count without the tail's cost passes the
+    with pytest.raises(ValueError, match="corrupt stream") as e:   # check (the forged states
+        coding.decode(data, idx, cdfs, lengths, offsets, precision=p)  # fail later)
+    assert "symbols need at least" not in str(e.value)
+
+
 def test_index_run_products_that_overflow_are_refused():
     cdfs = np.array([[0, 60000, 65000, 65536]], np.int32)
     lengths, offsets = np.array([4], np.int32), np.zeros(1, np.int32)
