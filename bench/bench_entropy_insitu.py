@@ -8,7 +8,9 @@ interleaved, for 1 and 2 coder streams:
   (``channel_indexes``), its substreams on the coder's own worker pool (``pool="coder"``);
 * ``in situ, OpenMP pool``: the same on torch's OpenMP threads (``pool="openmp"``, what
   ``compress`` runs where torch runs on OpenMP and ``slimkernels._cpu_kernels`` is built; the
-  row repeats ``pool="coder"`` elsewhere);
+  row repeats ``pool="coder"`` elsewhere) with ``compress``'s thread count,
+  ``torch.get_num_threads()`` (one substream on 2 threads: the encoder's lane halves; the other
+  rows give the coder one thread per substream);
 * ``in situ, per-symbol indexes``: the same with the per-symbol index array
   (``latent_indexes``: 4 more bytes read per symbol, as ``compress`` did before);
 * ``in situ, indexes warm``: per-symbol indexes read once just before (outside the timing), to
@@ -71,9 +73,11 @@ def measure(model, x: torch.Tensor, width: int, repeats: int, precision: str = "
                     if case == "in situ, indexes warm":
                         int(idx.sum())            # read once, outside the timing
                     t2 = time.perf_counter()
+                    as_compress = case == "in situ, OpenMP pool"
                     coding.encode(sym.numpy(), idx, *tabs, precision=eb.precision,
                                   streams=streams,
-                                  pool=openmp if case == "in situ, OpenMP pool" else "coder")
+                                  threads=torch.get_num_threads() if as_compress else None,
+                                  pool=openmp if as_compress else "coder")
                     t3 = time.perf_counter()
                     if case == "in situ":
                         add(("quantize", streams), t1 - t0)
