@@ -319,8 +319,10 @@ def _code_latent(model: SlimCAE, eb, y: torch.Tensor, width: int, H: int, W: int
         if streams is None:
             streams = _auto_streams(sym.size)
         kw = _pool_kw()
+        threads = _codec_fn("coder_encode_threads", lambda pool, k: kw["threads"])(kw["pool"],
+                                                                                  streams)
         payload = coding.encode_prepared(sym, idx, h * w, cdf, lengths, offsets,
-                                         eb.precision, streams, kw["threads"], kw["pool"])
+                                         eb.precision, streams, threads, kw["pool"])
     else:
         sym = (_codec_fn("_quantize", lambda e, t: e.quantize_symbols(t))(eb, y).cpu()
                .contiguous())

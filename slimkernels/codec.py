@@ -58,7 +58,8 @@ from ._checks import as_width, check_image_tensor, not_a_tensor, width_list
 from .nn.entropy import check_quantization
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
-           "native_bf16", "resolve_precision", "auto_streams", "coder_pool", "PRECISIONS",
+           "native_bf16", "resolve_precision", "auto_streams", "coder_pool",
+           "coder_encode_threads", "PRECISIONS",
            "STREAM_MIN_SYMBOLS", "PIXEL_RANGE"]
 
 #: The values of ``compress`` / ``decompress``'s ``precision``: ``"auto"`` (the default: bf16
@@ -616,18 +617,30 @@ def coder_pool() -> str:
     the coder's own pool took ~0.25 ms to wake up (768x512, 2-core AMX Xeon VM, bf16: the
     2-substream encode right after the encoder transform 288 -> 196 us at w=96, 490 -> 354-420
     us at w=192). Same bytes either way. ``SLIMKERNELS_CPU_KERNELS=0`` (no compiled CPU kernels)
-    also means ``"coder"``. The coder gets ``torch.get_num_threads()`` threads either way (at
-    most one per substream, or two per substream of >= 16384 symbols: its lanes in halves)."""
+    also means ``"coder"``. The coder's threads: :func:`coder_encode_threads` to encode,
+    ``torch.get_num_threads()`` to decode (at most one per substream)."""
     if _cpu_switched_off() or not _torch_on_openmp():
         return "coder"
     return "openmp" if coding.openmp_pool_available() else "coder"
 
 
+def coder_encode_threads(pool: str, streams: int) -> int:
+    """The threads ``compress`` gives the coder to encode ``streams`` substreams on ``pool``
+    (:func:`coder_pool`'s): ``torch.get_num_threads()`` on ``"openmp"``, whose threads are
+    still spinning right after the transform, so that one substream on 2 threads has its 4 rANS
+    lanes coded as two halves (the same bytes; kodim01 in situ on 2 threads, 1 substream:
+    137 -> 114 us at w=48, 182 -> 169 at w=72); on ``"coder"`` at most one per substream: its
+    workers sleep during the transform, and waking one for a half cost more than the half saved
+    (137 -> 168 us at w=48, 203 -> 250 at w=72)."""
+    n = torch.get_num_threads()
+    return n if pool == "openmp" else min(n, int(streams))
+
+
 def auto_streams(num_symbols: int) -> int:
     """The substream count ``compress`` uses by default for ``num_symbols`` latent symbols:
     ``num_symbols // STREAM_MIN_SYMBOLS`` clamped to ``[1, min(torch.get_num_threads(), 255)]``
-    (the coder runs one thread per substream, two on a lone substream's lane halves where the
-    threads allow; a substream costs ~26 bytes of header and flush).
+    (the coder runs one thread per substream, two on a lone substream's lane halves on the
+    OpenMP pool, :func:`coder_encode_threads`; a substream costs ~26 bytes of header and flush).
     """
     return max(1, min(int(num_symbols) // STREAM_MIN_SYMBOLS, torch.get_num_threads(), 255))
 
@@ -1037,9 +1050,10 @@ class SlimCodec(nn.Module):
             streams: range-coder substreams (1..255), coded and decoded in parallel threads.
                 Default (None): one per :data:`STREAM_MIN_SYMBOLS` latent symbols, at most
                 ``torch.get_num_threads()`` (each substream costs ~26 bytes; for a 768x512
-                image with 2 threads: 1 stream at w=48 and 72, encoded by 2 threads each
-                coding 2 of its 4 rANS lanes (1.5x, same bytes), 2 at w=96 and above, where
-                they halve the coding time for +0.01-0.12 % of rate). The bytes then depend on
+                image with 2 threads: 1 stream at w=48 and 72, encoded on torch's OpenMP
+                threads by 2 threads each coding 2 of its 4 rANS lanes (1.2x in situ, same
+                bytes; :func:`coder_encode_threads`), 2 at w=96 and above, where they halve
+                the coding time for +0.01-0.12 % of rate). The bytes then depend on
                 the thread count; any decoder reads any stream count.
             metadata: custom ``str -> bytes`` fields stored in the container.
             cuda_graph: on a CUDA model, run the analysis transform from a CUDA graph captured
@@ -1125,9 +1139,10 @@ class SlimCodec(nn.Module):
             streams = auto_streams(sym.size)
         else:
             streams = coding._check_int(streams, "streams", 1, 255)
+        pool = coder_pool()
         payload = coding.encode_prepared(sym, idx, h * w, cdfs, lengths, offsets,
-                                         eb.precision, streams, torch.get_num_threads(),
-                                         coder_pool())
+                                         eb.precision, streams,
+                                         coder_encode_threads(pool, streams), pool)
         return container.pack(container.SlimFile(
             model_id=mid, width=width, height=H, img_width=W, streams=streams,
             payload=payload, metadata=dict(metadata or {})))

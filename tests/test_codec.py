@@ -752,6 +752,34 @@ def test_coder_pool_choice_and_same_bytes(model, monkeypatch):
         torch.set_num_threads(threads)
 
 
+def test_compress_gives_the_coder_halves_threads_only_on_the_openmp_pool(model, monkeypatch):
+    """One substream gets all of torch's threads on the OpenMP pool (its lanes coded in halves,
+    the same bytes) but one thread per substream on the coder's own pool, whose workers sleep
+    during the transform (waking one for a half cost more than it saved)."""
+    from slimkernels import codec, coding
+    seen = []
+    real_encode = coding.encode_prepared
+    monkeypatch.setattr(coding, "encode_prepared", lambda *a: seen.append((a[7], a[8], a[9])) or
+                        real_encode(*a))
+    x = torch.rand(1, 3, 32, 32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert codec.coder_encode_threads("openmp", 1) == 2
+        assert codec.coder_encode_threads("coder", 1) == 1
+        assert codec.coder_encode_threads("coder", 3) == 2
+        for pool in ("openmp", "coder"):
+            monkeypatch.setattr(codec, "coder_pool", lambda pool=pool: pool)
+            data = model.compress(x, 12, precision="fp32", streams=1)
+            assert seen[-1] == (1, 2 if pool == "openmp" else 1, pool)
+            assert data == model.compress(x, 12, precision="fp32", streams=1)
+        monkeypatch.setattr(codec, "coder_pool", lambda: "coder")
+        model.compress(x, 12, precision="fp32", streams=2)
+        assert seen[-1] == (2, 2, "coder")
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_decompress_in_forked_child_with_one_torch_thread(model):
     """A worker process fork()ed from a process that coded (DataLoader-style, torch at 1 thread)
