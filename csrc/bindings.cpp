@@ -47,6 +47,14 @@ slimcoder::Executor executor_of(const py::object& o) {
   return reinterpret_cast<slimcoder::Executor>(PyCapsule_GetPointer(o.ptr(), kExecutorCapsule));
 }
 
+// An optional output of encode / decode: None or a writeable C-contiguous int64 array of >= 1.
+void check_stats(const py::object& stats) {
+  if (!stats.is_none() && (!py::isinstance<I64>(stats) || stats.cast<I64>().size() < 1 ||
+                           !stats.cast<I64>().writeable()))
+    throw slimcoder::Error("stats must be None or a writeable C-contiguous int64 numpy array of "
+                           "at least 1 element");
+}
+
 // run: symbols per index (symbol j uses indexes[j / run]); symbols.size() == indexes.size() * run.
 void check_sizes(py::ssize_t symbols, py::ssize_t indexes, int64_t run) {
   if (run < 1) throw slimcoder::Error("index run must be >= 1, got " + std::to_string(run));
@@ -64,11 +72,7 @@ py::bytes encode(const I32& symbols, const I32& indexes, const I32& cdfs, const 
   check_sizes(symbols.size(), indexes.size(), run);
   const slimcoder::Tables t = make_tables(cdfs, lengths, offsets, precision);
   const slimcoder::Executor ex = executor_of(executor);
-  // stats (tests: which path ran): [0] = the substreams coded as two lane halves
-  if (!stats.is_none() && (!py::isinstance<I64>(stats) || stats.cast<I64>().size() < 1 ||
-                           !stats.cast<I64>().writeable()))
-    throw slimcoder::Error("stats must be None or a writeable C-contiguous int64 numpy array of "
-                           "at least 1 element");
+  check_stats(stats);  // [0] = the substreams coded as two lane halves (tests: which path ran)
   slimcoder::EncodedParts parts;
   {
     py::gil_scoped_release release;
@@ -86,7 +90,8 @@ py::bytes encode(const I32& symbols, const I32& indexes, const I32& cdfs, const 
 // shape: the symbols' shape (None: that of indexes); run as for encode.
 I32 decode(const py::buffer& data, const I32& indexes, const I32& cdfs, const I32& lengths,
            const I32& offsets, int precision, int threads, py::object shape, int64_t run,
-           const py::object& executor) {
+           const py::object& executor, const py::object& stats) {
+  check_stats(stats);
   const py::buffer_info info = data.request();
   if (info.itemsize != 1 || info.ndim > 1 || (info.ndim == 1 && info.strides[0] != 1))
     throw slimcoder::Error("data must be a contiguous byte buffer (bytes, bytearray, uint8)");
@@ -109,14 +114,16 @@ I32 decode(const py::buffer& data, const I32& indexes, const I32& cdfs, const I3
   // The output is allocated only after decode_to's checks (arguments, header, the symbol count
   // against the data): a wrong shape= or a forged header allocates nothing.
   I32 out;
+  int64_t escapes = 0;
   {
     py::gil_scoped_release release;
-    slimcoder::decode_to(d, size, indexes.data(), int64_t(n), t, threads, [&]() {
+    escapes = slimcoder::decode_to(d, size, indexes.data(), int64_t(n), t, threads, [&]() {
       py::gil_scoped_acquire acquire;  // (a MemoryError propagates as error_already_set)
       out = I32(dims);
       return out.mutable_data();
     }, run, ex);
   }
+  if (!stats.is_none()) stats.cast<I64>().mutable_data()[0] = escapes;
   return out;
 }
 
@@ -175,7 +182,8 @@ PYBIND11_MODULE(_coder, m) {
   m.def("decode", &decode, py::arg("data"), py::arg("indexes").noconvert(),
         py::arg("cdfs").noconvert(), py::arg("cdf_lengths").noconvert(),
         py::arg("offsets").noconvert(), py::arg("precision"), py::arg("threads"),
-        py::arg("shape") = py::none(), py::arg("run") = 1, py::arg("executor") = py::none());
+        py::arg("shape") = py::none(), py::arg("run") = 1, py::arg("executor") = py::none(),
+        py::arg("stats") = py::none());
   m.def("stream_count", &stream_count, py::arg("data"));
   m.def("validate_tables", &validate, py::arg("cdfs").noconvert(),
         py::arg("cdf_lengths").noconvert(), py::arg("offsets").noconvert(),

@@ -1014,6 +1014,7 @@ struct DecState {
   const uint8_t* ptr;
   const uint8_t* end;
   bool overrun = false;  // a renormalisation wanted a word past the end of the substream
+  int64_t* escapes = nullptr;  // counts the escaped symbols (the cold path only)
 };
 
 // Renormalisation. The unchecked variant is only used when the caller has verified that the
@@ -1083,6 +1084,7 @@ SK_NOINLINE DecEsc dec_escape(uint64_t x, DecState st, int64_t nd, int32_t offse
   if (s < std::numeric_limits<int32_t>::min() || s > std::numeric_limits<int32_t>::max())
     throw Error("corrupt stream: an escaped symbol decodes to " + str(s) +
                 ", outside int32 (wrong tables or damaged data)");
+  ++*st.escapes;
   return DecEsc{x, st, int32_t(s)};
 }
 
@@ -1162,8 +1164,8 @@ SK_INLINE void dec_group(const DecCtx<LutT>& c, const RowOf& row_of, int64_t j, 
 }
 
 template <typename LutT, int kP, int kBits>
-void decode_substream(const DecCtx<LutT>& ctx, const uint8_t* data, int64_t size,
-                      int64_t begin, int64_t end, int32_t* out, int64_t stream_no) {
+int64_t decode_substream(const DecCtx<LutT>& ctx, const uint8_t* data, int64_t size,
+                         int64_t begin, int64_t end, int32_t* out, int64_t stream_no) {
   // A local copy: the symbol stores below cannot alias it, so its fields stay in registers.
   const DecCtx<LutT> c = ctx;
   // size >= kStateBytes and size % 4 == 0 were checked by parse_header.
@@ -1172,7 +1174,8 @@ void decode_substream(const DecCtx<LutT>& ctx, const uint8_t* data, int64_t size
   const uint64_t hi = 1ull << 63;
   if (x0 < kL || x1 < kL || x2 < kL || x3 < kL || x0 >= hi || x1 >= hi || x2 >= hi || x3 >= hi)
     throw Error("corrupt stream: substream " + str(stream_no) + " starts with an invalid state");
-  DecState st{data + kStateBytes, data + size};
+  int64_t escapes = 0;
+  DecState st{data + kStateBytes, data + size, false, &escapes};
   uint64_t overflow = 0;
   if (c.run >= kMinRowRun) {
     // Runs of symbols sharing one CDF row: its constants read once per run (as the encoder).
@@ -1222,6 +1225,7 @@ void decode_substream(const DecCtx<LutT>& ctx, const uint8_t* data, int64_t size
   if (x0 != kL || x1 != kL || x2 != kL || x3 != kL)
     throw Error("corrupt stream: substream " + str(stream_no) +
                 " fails its final state check (wrong tables or damaged data)");
+  return escapes;
 }
 
 // Lookup table rows [i0, i1) of CDFs t at `bits` bits: entry (i, b) is the symbol whose
@@ -1496,10 +1500,11 @@ TableCache* table_cache() {
   return per_process(cache);
 }
 
+// Returns the number of escaped symbols decoded.
 template <typename LutT>
-void decode_impl(const Header& h, const uint8_t* data, const int32_t* indexes, int64_t run,
-                 int64_t n, const Tables& t, CachedTables& tables, int threads, int32_t* out,
-                 Executor executor) {
+int64_t decode_impl(const Header& h, const uint8_t* data, const int32_t* indexes, int64_t run,
+                    int64_t n, const Tables& t, CachedTables& tables, int threads, int32_t* out,
+                    Executor executor) {
   // Lookup table: up to 2^12 buckets per CDF, fewer when the table would dwarf the data.
   int bits = std::min(t.precision, SK_LUT_BITS);
   const int64_t budget = std::max<int64_t>(int64_t(1) << 16, 4 * n);
@@ -1518,6 +1523,7 @@ void decode_impl(const Header& h, const uint8_t* data, const int32_t* indexes, i
     if (at != std::numeric_limits<int64_t>::max())
       throw index_error(at, indexes[at], t.num_cdfs);
   };
+  std::atomic<int64_t> escapes{0};
   try {
     parallel_for(k, nthreads, [&](int64_t s) {
       const uint8_t* sub = data + h.offsets[s];
@@ -1528,16 +1534,15 @@ void decode_impl(const Header& h, const uint8_t* data, const int32_t* indexes, i
         atomic_min(bad, at);
         return;
       }
-      if (fixed)
-        decode_substream<LutT, 16, 12>(c, sub, size, b, e, out, s);
-      else
-        decode_substream<LutT, 0, 0>(c, sub, size, b, e, out, s);
+      escapes += fixed ? decode_substream<LutT, 16, 12>(c, sub, size, b, e, out, s)
+                       : decode_substream<LutT, 0, 0>(c, sub, size, b, e, out, s);
     }, executor);
   } catch (const Error&) {
     check_bad();
     throw;
   }
   check_bad();
+  return escapes.load();
 }
 
 }  // namespace
@@ -1733,9 +1738,9 @@ void check_capacity_of(const CachedTables& c, size_t size, const int32_t* indexe
 
 }  // namespace
 
-void decode_to(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
-               const Tables& t, int threads, const std::function<int32_t*()>& out_for,
-               int64_t run, Executor executor) {
+int64_t decode_to(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
+                  const Tables& t, int threads, const std::function<int32_t*()>& out_for,
+                  int64_t run, Executor executor) {
   if (n < 0) throw Error("negative symbol count");
   check_run(n, run);
   const auto tables = table_cache()->get(t);  // validated (or found equal to validated tables)
@@ -1758,14 +1763,13 @@ void decode_to(const uint8_t* data, size_t size, const int32_t* indexes, int64_t
   int32_t* const out = out_for();
   // Symbol numbers fit in 8 bits when every CDF has at most 256 symbols (escape included).
   if (tables->max_len - 1 <= 256)
-    decode_impl<uint8_t>(h, data, indexes, run, n, t, *tables, threads, out, executor);
-  else
-    decode_impl<uint16_t>(h, data, indexes, run, n, t, *tables, threads, out, executor);
+    return decode_impl<uint8_t>(h, data, indexes, run, n, t, *tables, threads, out, executor);
+  return decode_impl<uint16_t>(h, data, indexes, run, n, t, *tables, threads, out, executor);
 }
 
-void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
-            const Tables& t, int threads, int32_t* out, int64_t run, Executor executor) {
-  decode_to(data, size, indexes, n, t, threads, [out] { return out; }, run, executor);
+int64_t decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
+               const Tables& t, int threads, int32_t* out, int64_t run, Executor executor) {
+  return decode_to(data, size, indexes, n, t, threads, [out] { return out; }, run, executor);
 }
 
 // ---------------------------------------------------------------------------------------------

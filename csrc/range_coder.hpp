@@ -99,19 +99,21 @@ void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, con
 // successful decode or an Error, in time O(n * max_length + size) (n at most what decode_to's
 // capacity check allows for size bytes; a substream stops at the first read past its end).
 // threads <= 0 means min(streams in the data, hardware threads). run, executor: as for encode.
-void decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
-            const Tables& t, int threads, int32_t* out, int64_t run = 1,
-            Executor executor = nullptr);
+// Returns the number of escaped symbols (values outside their CDF's table: 0 in a latent the
+// entropy model covers, so a caller can skip a check of the symbols' range).
+int64_t decode(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
+               const Tables& t, int threads, int32_t* out, int64_t run = 1,
+               Executor executor = nullptr);
 
 // decode() that asks for its output only once every check passed (arguments, tables, header,
 // and that `size` bytes can hold n symbols with these tables: each costs at least -log2 of its
 // CDF's largest frequency over 2^precision, less 2^-14 bits of rounding): out_for() returns the
 // buffer of n int32 (called once, on the calling thread, before any symbol is decoded), so a
 // caller that allocates it there allocates nothing for a stream decode refuses (a forged
-// symbol count must not allocate gigabytes).
-void decode_to(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
-               const Tables& t, int threads, const std::function<int32_t*()>& out_for,
-               int64_t run = 1, Executor executor = nullptr);
+// symbol count must not allocate gigabytes). Returns decode()'s escape count.
+int64_t decode_to(const uint8_t* data, size_t size, const int32_t* indexes, int64_t n,
+                  const Tables& t, int threads, const std::function<int32_t*()>& out_for,
+                  int64_t run = 1, Executor executor = nullptr);
 
 // Number of substreams recorded in an encoded string (parses and validates only the header).
 int64_t stream_count(const uint8_t* data, size_t size);

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -311,18 +311,22 @@ def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
 
 def decode_prepared(data: bytes, indexes: np.ndarray, run: int, shape: Tuple[int, ...],
                     cdfs: np.ndarray, cdf_lengths: np.ndarray, offsets: np.ndarray,
-                    precision: int, threads: int, pool: str = "coder") -> np.ndarray:
+                    precision: int, threads: int, pool: str = "coder",
+                    stats: Optional[np.ndarray] = None) -> np.ndarray:
     """:func:`decode` for arguments already in the coder's form, without its conversions (the
     codec's hot path): ``data`` bytes, C-contiguous int32 numpy ``indexes`` with element ``j`` of
     ``shape`` using index ``j // run``, tables as :func:`decode` takes them, ints ``precision``
     and ``threads >= 1`` (0: as ``threads=None``). The C++ decoder still validates everything
-    (safe on any ``data``, as :func:`decode`). Returns the same array as :func:`decode`."""
+    (safe on any ``data``, as :func:`decode`). Returns the same array as :func:`decode`.
+    ``stats``: None, or a writeable C-contiguous int64 numpy array whose element 0 receives the
+    number of escaped symbols (values outside their CDF's table; 0 for a latent the entropy
+    model covers)."""
     if threads < 0:
         raise ValueError(f"threads must be >= 0 (0: as threads=None), got {threads}")
     if not all(is_int(d) and 0 <= d < 2 ** 62 for d in shape):
         raise ValueError(f"shape must be a tuple of ints >= 0, got {tuple(shape)!r}")
     return _ext().decode(data, indexes, cdfs, cdf_lengths, offsets, precision, threads, shape,
-                         run, executor=_executor(pool))
+                         run, executor=_executor(pool), stats=stats)
 
 
 def stream_count(data) -> int:

@@ -752,6 +752,34 @@ def test_coder_pool_choice_and_same_bytes(model, monkeypatch):
         torch.set_num_threads(threads)
 
 
+def test_decompress_checks_the_symbols_range_only_when_the_decoder_saw_escapes(model,
+                                                                              monkeypatch):
+    """The pass over the decoded symbols (_beyond_support: are they beyond every table?) runs
+    only for a file with escaped symbols; a file compress wrote of an ordinary image has none,
+    and its image is the same either way."""
+    import dataclasses
+
+    import numpy as np
+
+    from slimkernels import codec, coding
+    calls = []
+    real = codec._beyond_support
+    monkeypatch.setattr(codec, "_beyond_support", lambda *a: calls.append(1) or real(*a))
+    x = torch.rand(1, 3, 32, 48)
+    data = model.compress(x, 12, precision="fp32")
+    y = model.decompress(data, precision="fp32")
+    assert calls == []
+    f = container.unpack(data)
+    eb = model.entropy_bottleneck.for_width(12)
+    _, cdfs, lengths, offsets, idx = model._latent_plan(eb, 12)
+    sym = model.decompress_latent(data)[1].numpy().copy()
+    sym[0, 3, 1, 2] = int(offsets[3]) + int(lengths[3]) + 5       # one escape
+    forged = container.pack(dataclasses.replace(f, payload=coding.encode(
+        sym, idx, cdfs, lengths, offsets, precision=eb.precision)))
+    y2 = model.decompress(forged, precision="fp32")
+    assert calls == [1] and y2.shape == y.shape and bool(torch.isfinite(y2).all())
+
+
 def test_compress_gives_the_coder_halves_threads_only_on_the_openmp_pool(model, monkeypatch):
     """One substream gets all of torch's threads on the OpenMP pool (its lanes coded in halves,
     the same bytes) but one thread per substream on the coder's own pool, whose workers sleep

@@ -184,6 +184,47 @@ def test_extreme_escapes(offset, length):
         assert data == _ref_encode(sym, idx, cdfs, lengths, offsets, 16, streams)
 
 
+@pytest.mark.parametrize("run", [1, 2, 37])
+@pytest.mark.parametrize("streams, threads", [(1, 1), (3, 1), (3, 3)])
+def test_decode_counts_the_escaped_symbols(run, streams, threads):
+    """decode's stats[0]: the symbols outside their CDF's table (value = symbol - offset not in
+    [0, length - 3]), over every substream; 0 when there is none (the codec then skips its range
+    check)."""
+    rng = np.random.default_rng(run * 10 + streams + threads)
+    cdfs, lengths, offsets = _random_tables(rng, 6, 30, 16)
+    n = 37 * 74
+    idx = rng.integers(0, 6, n // run).astype(np.int32)
+    full = np.repeat(idx, run)
+    inside = offsets[full] + (rng.random(n) * (lengths[full] - 2)).astype(np.int64)
+    for frac in (0.0, 0.03, 1.0):
+        out_of_table = rng.random(n) < frac
+        far = rng.integers(I32_MIN, I32_MAX, n, dtype=np.int64)
+        sym = np.where(out_of_table, far, inside).astype(np.int32)
+        v = sym.astype(np.int64) - offsets[full]
+        want = int(((v < 0) | (v > lengths[full] - 3)).sum())
+        assert (want == 0) == (frac == 0.0)
+        data = coding.encode(sym, full, cdfs, lengths, offsets, streams=streams)
+        st = np.full(2, -7, np.int64)
+        out = coding.decode_prepared(data, idx, run, (n,), cdfs, lengths, offsets, 16, threads,
+                                     stats=st)
+        np.testing.assert_array_equal(out, sym)
+        assert st[0] == want and st[1] == -7
+
+
+def test_decode_stats_argument_checked():
+    sym = np.zeros(8, np.int32)
+    cdfs = np.array([[0, 65535, 65536]], np.int32)
+    lengths, offsets = np.array([3], np.int32), np.zeros(1, np.int32)
+    data = coding.encode(sym, np.zeros_like(sym), cdfs, lengths, offsets)
+    ro = np.zeros(1, np.int64)
+    ro.flags.writeable = False
+    for bad in (np.zeros(1, np.int32), np.zeros(0, np.int64), ro, [0]):
+        with pytest.raises(ValueError, match="stats must be None or a writeable C-contiguous "
+                                             "int64"):
+            coding.decode_prepared(data, np.zeros(1, np.int32), 8, (8,), cdfs, lengths, offsets,
+                                   16, 1, stats=bad)
+
+
 @pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 5, 2)])
 @pytest.mark.parametrize("streams", [1, 4])
 def test_empty_input(shape, streams):
