@@ -855,8 +855,9 @@ void encode_substream(const EncCtx& ctx, int64_t begin, int64_t end, uint32_t* r
 // symbols, lane 3 first). So each half codes its own lanes into its own buffer, tagging every
 // word with its group (j - begin) >> 2, and the halves' words are merged by group: in the
 // decoder's (forward) order groups ascend, and within a group the words of lanes {0, 1} come
-// before those of lanes {2, 3}. A 768x512 latent at w=48 (73,728 symbols) writes ~1,300 words:
-// the merge is cheap next to the symbols.
+// before those of lanes {2, 3}. A 768x512 latent at w=48 (73,728 symbols) writes ~1,300 words;
+// at ~2 bits a symbol (28,800 words for 295k symbols) the merge is worth merging from both ends.
+
 // The words of one half in the decoder's order: words[0..count) tagged keys[0..count), and the
 // final states of its lanes 2h (lo) and 2h + 1 (hi).
 struct HalfPiece {
@@ -883,6 +884,14 @@ SK_NOINLINE uint32_t* enc_grow_keyed(uint32_t*& lo, uint32_t*& top, ptrdiff_t& d
   return top - used;
 }
 
+// Room for the words of two symbols below ptr (as enc_room): ptr, or its place in a larger buffer.
+SK_INLINE uint32_t* enc_room_keyed(uint32_t* ptr, uint32_t*& lo, uint32_t*& top, ptrdiff_t& delta,
+                                   HalfPiece& out) {
+  constexpr size_t kNeed = size_t(kMaxWordsPerSymbol) * 2;
+  return SK_UNLIKELY(size_t(ptr - lo) < kNeed) ? enc_grow_keyed(lo, top, delta, ptr, kNeed, out)
+                                               : ptr;
+}
+
 // Codes the symbols of substream [begin, end) on lanes 2 * half and 2 * half + 1 (offsets
 // o = j - begin with (o >> 1) & 1 == half), from the last down, into words [region,
 // region + cap) and their keys [region + cap, region + 2 cap). Indexes: one per symbol
@@ -896,8 +905,8 @@ void encode_half(const EncCtx& ctx, int64_t begin, int64_t end, int half, uint32
   uint32_t* top = region + cap;
   uint32_t* ptr = top;
   ptrdiff_t delta = ptrdiff_t(cap);
-  constexpr size_t kNeed = size_t(kMaxWordsPerSymbol) * 2;
   const int64_t run = c.run;  // 1 or >= kMinRowRun (the caller's rule)
+  const int32_t* sy = c.sym + begin;
   // The last offset <= o of this half.
   auto last_of_half = [half](int64_t o) {
     return ((o >> 1) & 1) == half ? o : (o & ~int64_t(3)) + (half ? -1 : 1);
@@ -906,20 +915,19 @@ void encode_half(const EncCtx& ctx, int64_t begin, int64_t end, int half, uint32
   for (int64_t r = end > begin ? (end - 1) / run : 0; o >= 0; --r) {
     const int64_t ob = std::max(begin, r * run) - begin;  // this run's first offset
     const EncRow row = enc_row(c, c.idx[r]);
-    const int32_t* sy = c.sym + begin;
     if (o >= ob && !(o & 1)) {  // lane 2 * half without its pair: alone
-      if (SK_UNLIKELY(size_t(ptr - lo) < kNeed)) ptr = enc_grow_keyed(lo, top, delta, ptr, kNeed, out);
+      ptr = enc_room_keyed(ptr, lo, top, delta, out);
       enc_sym<kP, true>(row, c.p, sy[o], xl, ptr, delta, uint32_t(o >> 2));
       o -= 3;
     }
     for (; o - 1 >= ob; o -= 4) {  // pairs: lane 2 * half + 1, then lane 2 * half
-      if (SK_UNLIKELY(size_t(ptr - lo) < kNeed)) ptr = enc_grow_keyed(lo, top, delta, ptr, kNeed, out);
+      ptr = enc_room_keyed(ptr, lo, top, delta, out);
       const uint32_t key = uint32_t(o >> 2);
       enc_sym<kP, true>(row, c.p, sy[o], xh, ptr, delta, key);
       enc_sym<kP, true>(row, c.p, sy[o - 1], xl, ptr, delta, key);
     }
     if (o >= ob) {  // lane 2 * half + 1 whose pair is in the run before
-      if (SK_UNLIKELY(size_t(ptr - lo) < kNeed)) ptr = enc_grow_keyed(lo, top, delta, ptr, kNeed, out);
+      ptr = enc_room_keyed(ptr, lo, top, delta, out);
       enc_sym<kP, true>(row, c.p, sy[o], xh, ptr, delta, uint32_t(o >> 2));
       o -= 1;
     }
@@ -1608,7 +1616,7 @@ void encode_parts(const int32_t* symbols, const int32_t* indexes, int64_t n, con
   // each substream's lanes in two halves when every substream is long enough (see HalfPiece);
   // each half gets its words and keys, a quarter of the symbols' 16 bits each, after the
   // merged substreams' regions.
-  const bool halves = threads >= 2 * k && resolve_threads(threads, 2 * k) >= 2 * k &&
+  const bool halves = threads >= 2 * k && 2 * k <= kMaxThreads &&
                       (run == 1 || run >= kMinRowRun) && n / k >= kMinHalvesSymbols &&
                       n / k / kLanes < int64_t(std::numeric_limits<uint32_t>::max());
   std::vector<size_t> half_region(halves ? size_t(2 * k) + 1 : 0, region.back());
