@@ -227,7 +227,8 @@ def encode(symbols, indexes, cdfs, cdf_lengths, offsets, *, precision=16, stream
         threads: threads (>= 1, capped at 2 x ``streams`` and 256), the calling thread
             included; the others come from ``pool``. ``None`` means ``min(streams, cpu
             count)``. With ``threads >= 2 * streams``, each substream of at least 16384
-            symbols has its 4 lanes coded as two halves on two threads: same bytes.
+            symbols (indexes per symbol or per run of >= 4) has its 4 lanes coded as two
+            halves on two threads: same bytes.
         pool: where the other threads come from: ``"coder"`` (default), the coder's own worker
             pool kept between calls; ``"openmp"``, the OpenMP threads of
             ``slimkernels._cpu_kernels``, which are torch's own (same ``libgomp``) where torch
