@@ -4,7 +4,8 @@ encoder and the decoder) writes the same bytes as the extension (built with it) 
 Builds ``tests/csrc/encode_file.cpp`` with the C++ core on its own (skipped without a C++
 compiler), then encodes the same cases both ways: every precision, escapes of every size, runs
 of one and of many symbols, one and several substreams. The driver decodes its bytes with the
-same build and fails when they do not give the symbols back.
+same build and fails when they do not give the symbols back. Also builds
+``tests/csrc/halves_check.cpp`` with AddressSanitizer and UBSan: the encoder's lane halves.
 """
 import os
 import shlex
@@ -95,3 +96,26 @@ def test_portable_build_same_bytes_on_a_latent(portable_encoder, tmp_path, rng, 
     assert ours == coding.encode(sym, idx, cdfs, lengths, offsets, streams=streams)
     assert _encode_portable(portable_encoder, tmp_path, sym, np.arange(24), cdfs, lengths,
                             offsets, 16, streams, 32 * 45) == ours
+
+
+def test_lane_halves_under_address_and_undefined_behaviour_sanitizers(tmp_path):
+    """tests/csrc/halves_check.cpp built with -fsanitize=address,undefined (skipped where the
+    compiler cannot): random cases of the encoder's lane halves (escapes of every size, buffers
+    that outgrow the scratch space, runs, several substreams) must write the bytes of one thread,
+    decode back, count their escapes, and read or write nothing out of bounds."""
+    cxx = _compiler()
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    exe = str(tmp_path / "halves_check")
+    cmd = [*cxx, "-O1", "-g", "-std=c++17", "-fno-omit-frame-pointer",
+           "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-pthread", "-I",
+           os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "range_coder.cpp"),
+           os.path.join(ROOT, "tests", "csrc", "halves_check.cpp"), "-o", exe]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 and "sanitize" in r.stderr:
+        pytest.skip(f"the compiler cannot build with the sanitizers: {r.stderr[-300:]}")
+    assert r.returncode == 0, f"building the check failed:\n{r.stderr[-3000:]}"
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=1",
+               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+    r = subprocess.run([exe, "120", "3"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and "120 cases" in r.stdout, (r.stdout + r.stderr)[-3000:]
