@@ -957,31 +957,26 @@ void merge_halves(const HalfPiece& a, const HalfPiece& b, uint32_t* dst, size_t 
   store64(d + 16, b.lo);
   store64(d + 24, b.hi);
   d += kStateBytes;
-  // From both ends at once: the first half of the output from the front (a first among equal
-  // keys), the rest from the back (b first there), two independent chains of loads and
-  // comparisons in one loop instead of one chain twice as long.
+  // From both ends at once: the smallest of what is left goes to the front (a's first among
+  // equal keys), the largest to the back (b's first there: they come after a's), two
+  // independent chains of loads and comparisons in one loop instead of one chain twice as long.
+  // What is left is always a[i, ie) and b[k, ke); once one is empty, the other fills [lo, hi).
   const uint32_t *ak = a.keys, *aw = a.words, *bk = b.keys, *bw = b.words;
-  const size_t na = a.count, nb = b.count, total = na + nb, mid = total / 2;
-  size_t i = 0, k = 0, lo = 0;     // front: next of a, of b, next output
-  size_t ie = na, ke = nb, hi = total;  // back: ends of a and b, end of the output
-  while (lo < mid && i < na && k < nb && ie > 0 && ke > 0) {
+  size_t i = 0, ie = a.count, k = 0, ke = b.count, lo = 0, hi = a.count + b.count;
+  while (i < ie && k < ke) {
     const bool fa = ak[i] <= bk[k];
     store32(d + 4 * lo++, fa ? aw[i] : bw[k]);
     i += fa;
     k += !fa;
+    // (when that emptied a side, this compares the word it took, no larger than any left on
+    // the other side, and so takes from the other side)
     const bool bb = bk[ke - 1] >= ak[ie - 1];
     store32(d + 4 * --hi, bb ? bw[ke - 1] : aw[ie - 1]);
     ke -= bb;
     ie -= !bb;
   }
-  for (; lo < mid; ++lo) {  // (one side may be used up)
-    const bool fa = i < na && (k == nb || ak[i] <= bk[k]);
-    store32(d + 4 * lo, fa ? aw[i++] : bw[k++]);
-  }
-  while (hi > mid) {
-    const bool bb = ke > 0 && (ie == 0 || bk[ke - 1] >= ak[ie - 1]);
-    store32(d + 4 * --hi, bb ? bw[--ke] : aw[--ie]);
-  }
+  for (; i < ie; ++i, ++lo) store32(d + 4 * lo, aw[i]);
+  for (; k < ke; ++k, ++lo) store32(d + 4 * lo, bw[k]);
 }
 
 // Scratch words for the substreams of this thread's encode calls, kept between calls (no
