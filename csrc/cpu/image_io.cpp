@@ -179,6 +179,14 @@ SK_ITARGET void to_image_simd(const Bf16ToImageArgs& a, int64_t i0, int64_t i1) 
 }
 #endif  // SK_HAVE_AMX_CODE
 
+// The range of all the parts into out {min, max}: both NaN when one part saw a NaN.
+void store_range(const std::vector<Range>& parts, float* out) {
+  Range all;
+  for (const Range& r : parts) all.add(r);
+  out[0] = all.nan ? NAN : all.lo;
+  out[1] = all.nan ? NAN : all.hi;
+}
+
 }  // namespace
 
 bool image_io_simd_available() { return cpu_avx512bw(); }
@@ -211,12 +219,7 @@ int image_to_bf16(const ImageToBf16Args& a) {
     to_bf16_row_scalar(a, r / a.H, r % a.H, 0, a.W, rg);
   });
   (void)wide;
-  if (a.range) {
-    Range all;
-    for (const Range& r : rows) all.add(r);
-    a.range[0] = all.nan ? NAN : all.lo;
-    a.range[1] = all.nan ? NAN : all.hi;
-  }
+  if (a.range) store_range(rows, a.range);
   return kIOk;
 }
 
@@ -243,10 +246,7 @@ int value_range(const ValueRangeArgs& a) {
     for (int64_t i = i0; i < i1; ++i) rg.add(a.x[i]);
   });
   (void)wide;
-  Range all;
-  for (const Range& r : parts) all.add(r);
-  a.range[0] = all.nan ? NAN : all.lo;
-  a.range[1] = all.nan ? NAN : all.hi;
+  store_range(parts, a.range);
   return kIOk;
 }
 

@@ -1,8 +1,8 @@
 // The image at the transforms' two ends, in one pass each: an fp32 RGB image to the bf16
 // channels_last input of the analysis transform (or only its value range), and the synthesis
 // transform's bf16 output to the fp32 image in [lo, hi]. Plain C++17 on raw pointers; AVX-512
-// (F + BW) code in functions with target attributes, a scalar path elsewhere. Bit-exact with torch's own casts for finite values
-// (round to nearest even, subnormals kept); NaN stays NaN.
+// (F + BW) code in functions with target attributes, a scalar path elsewhere. Bit-exact with
+// torch's own casts for finite values (round to nearest even, subnormals kept); NaN stays NaN.
 #pragma once
 #include <cstdint>
 
