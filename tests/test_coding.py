@@ -99,6 +99,20 @@ def _random_tables(rng, num_cdfs, max_symbols, precision, min_offset=-20, max_of
     return cdfs, lengths, offsets
 
 
+def _symbols(rng, idx, lengths, offsets, escaped=0.0):
+    """int32 symbols, one per entry of ``idx`` (CDF indexes): values inside each table, and a
+    fraction ``escaped`` of escapes (a third each: INT32_MIN, INT32_MAX, drawn over all int32).
+    A table of length 2 has no values: its symbols are escapes."""
+    n = idx.size
+    v = (rng.random(n) * np.maximum(lengths[idx] - 2, 1)).astype(np.int64)
+    sym = (v + offsets[idx]).clip(I32_MIN, I32_MAX)
+    kind = rng.random(n)
+    sym = np.where(kind < escaped / 3, I32_MIN, sym)
+    sym = np.where((kind >= escaped / 3) & (kind < 2 * escaped / 3), I32_MAX, sym)
+    far = rng.integers(I32_MIN, I32_MAX, n, endpoint=True)
+    return np.where((kind >= 2 * escaped / 3) & (kind < escaped), far, sym).astype(np.int32)
+
+
 def _kodak_like(rng, channels=192, h=32, w=48, n_sym=81, escapes=True):
     half = n_sym // 2
     scales = np.exp(np.linspace(np.log(0.3), np.log(8.0), channels))
@@ -195,11 +209,8 @@ def test_decode_counts_the_escaped_symbols(run, streams, threads):
     n = 37 * 74
     idx = rng.integers(0, 6, n // run).astype(np.int32)
     full = np.repeat(idx, run)
-    inside = offsets[full] + (rng.random(n) * (lengths[full] - 2)).astype(np.int64)
     for frac in (0.0, 0.03, 1.0):
-        out_of_table = rng.random(n) < frac
-        far = rng.integers(I32_MIN, I32_MAX, n, dtype=np.int64)
-        sym = np.where(out_of_table, far, inside).astype(np.int32)
+        sym = _symbols(rng, full, lengths, offsets, frac)
         v = sym.astype(np.int64) - offsets[full]
         want = int(((v < 0) | (v > lengths[full] - 3)).sum())
         assert (want == 0) == (frac == 0.0)

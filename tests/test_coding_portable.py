@@ -18,7 +18,7 @@ import pytest
 
 from slimkernels import coding
 
-from .test_coding import I32_MAX, I32_MIN, _kodak_like, _random_tables
+from .test_coding import _kodak_like, _random_tables, _symbols
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIN_HALVES = coding._ext().MIN_HALVES_SYMBOLS
@@ -70,13 +70,7 @@ def test_portable_build_writes_the_same_bytes(portable_encoder, tmp_path, seed):
     cdfs, lengths, offsets = _random_tables(rng, 5, [300, 40, 1, 8, 3, 2][seed], precision)
     n = 2 * MIN_HALVES + 1 + seed   # one substream: the driver's lane halves at 2 threads too
     idx = rng.integers(0, 5, n).astype(np.int32)
-    v = np.array([rng.integers(0, max(1, int(lengths[i]) - 2)) for i in idx], np.int64)
-    sym = v + offsets[idx]
-    kind = rng.random(n)
-    sym = np.where(kind < 0.03, I32_MIN, sym)
-    sym = np.where((kind >= 0.03) & (kind < 0.06), I32_MAX, sym)
-    sym = np.where((kind >= 0.06) & (kind < 0.1), rng.integers(I32_MIN, I32_MAX, n), sym)
-    sym = sym.astype(np.int32)
+    sym = _symbols(rng, idx, lengths, offsets, escaped=0.1)
     for streams in (1, 3):
         ours = coding.encode(sym, idx, cdfs, lengths, offsets, precision=precision,
                              streams=streams)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from slimkernels import coding
-from tests.test_coding import I32_MAX, I32_MIN, _kodak_like, _random_tables, _ref_encode
+from tests.test_coding import _kodak_like, _random_tables, _ref_encode, _symbols
 
 
 @pytest.fixture(scope="module")
@@ -366,15 +366,8 @@ def _case(rng, n, run, precision, escapes, num_cdfs=5, max_symbols=40):
     fraction of symbols outside their table (every size of escape, int32's extremes included)."""
     cdfs, lengths, offsets = _random_tables(rng, num_cdfs, max_symbols, precision)
     idx = rng.integers(0, num_cdfs, n // run).astype(np.int32)
-    full = np.repeat(idx, run)
-    v = (rng.random(n) * np.maximum(lengths[full] - 2, 1)).astype(np.int64)
-    sym = v + offsets[full]
-    kind = rng.random(n)
-    sym = np.where(kind < escapes / 3, I32_MIN, sym)
-    sym = np.where((kind >= escapes / 3) & (kind < escapes / 2), I32_MAX, sym)
-    sym = np.where((kind >= escapes / 2) & (kind < escapes), rng.integers(I32_MIN, I32_MAX, n),
-                   sym)
-    return sym.astype(np.int32), idx, cdfs, lengths, offsets
+    sym = _symbols(rng, np.repeat(idx, run), lengths, offsets, escapes)
+    return sym, idx, cdfs, lengths, offsets
 
 
 @pytest.mark.parametrize("n, run, precision, escapes, streams", [

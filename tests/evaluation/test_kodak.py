@@ -562,7 +562,8 @@ def test_an_interrupted_set_aside_leaves_the_earlier_evaluation_in_place(tmp_pat
 def test_evaluate_takes_streams_none_as_compress_does(tiny_model, image_folder):
     """(the streams check took ints 1..255 only: None, compress's automatic count, which
     evaluate passed through before, was refused.)"""
-    r = kodak.evaluate(tiny_model, image_folder, widths=[tiny_model.widths[-1]], streams=None, limit=1)
+    r = kodak.evaluate(tiny_model, image_folder, widths=[tiny_model.widths[-1]], streams=None,
+                       limit=1)
     assert len(r["results"]["bpp"]) == 1
     with pytest.raises(ValueError, match=r"streams must be an int in 1..255 \(or None"):
         kodak.evaluate(tiny_model, image_folder, streams=0)

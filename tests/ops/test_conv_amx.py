@@ -1035,10 +1035,10 @@ def test_transposed_conv_on_random_geometries(monkeypatch):
 def _random_geometry(rng, monkeypatch, cis, cos, n_max, h_max, w_max, cos_transposed=None):
     """A random conv or (with probability 0.4) transposed conv for the random-geometry tests:
     ``(transposed, ci, co, k, s, p, n, h, w)``, input channels from ``cis``, output channels from
-    ``cos`` (``cos_transposed`` when given), kernel 3 / 5 / 9, stride 1 / 2 / 4, up to ``n_max`` images of
-    up to ``h_max`` x ``w_max``; the thread count, the work-group shape and the padded channels
-    drawn and set too (the caller restores the threads). None for a transposed kernel smaller
-    than its stride (draw again)."""
+    ``cos`` (``cos_transposed`` when given), kernel 3 / 5 / 9, stride 1 / 2 / 4, up to
+    ``n_max`` images of up to ``h_max`` x ``w_max``; the thread count, the work-group shape and
+    the padded channels drawn and set too (the caller restores the threads). None for a
+    transposed kernel smaller than its stride (draw again)."""
     transposed = rng.random() < 0.4
     ci = rng.choice(cis)
     co = rng.choice(cos_transposed if transposed and cos_transposed else cos)
