@@ -98,8 +98,8 @@ def _state_key_module():
 _STATE_KEY = _state_key_module()
 
 
-def module_state_key(root: torch.nn.Module, native: bool = True, modules: bool = False
-                     ) -> Tuple:
+def module_state_key(root: torch.nn.Module, native: bool = True, modules: bool = False,
+                     prefetch: Optional[list] = None) -> Tuple:
     """``(key, tensors)`` of :func:`state_tensors` of ``root``: ``key`` changes when one of
     them is modified in place, replaced, added, removed or moved to new storage (as
     :func:`tensor_state_key`; writes through ``.data`` bypass version counters). Keep
@@ -108,9 +108,13 @@ def module_state_key(root: torch.nn.Module, native: bool = True, modules: bool =
     Python one (a tuple); the two keys are not comparable with each other. ``modules``: the
     key also changes when a module of the tree is added, removed or replaced (one without
     tensors too), and the modules come as a third element ``(key, tensors, modules)``: keep
-    them with the key as well."""
+    them with the key as well. ``prefetch``: a list the caller keeps between calls (start
+    with ``[]``; the compiled walk only): the walk first prefetches the objects the previous
+    walk left there, then leaves its own (strong references to the modules but ``root``, their
+    dicts and the tensors). The same key, ~2x faster when those objects are out of the caches
+    (right after a transform or an image read: 0.32 -> 0.17 ms on SlimCAE)."""
     if native and _STATE_KEY is not None:
-        return _STATE_KEY.state_key(root, modules)
+        return _STATE_KEY.state_key(root, modules, prefetch)
     tensors = state_tensors(root)
     if not modules:
         return tensor_state_key(tensors), tensors
@@ -138,9 +142,13 @@ def cached_on_module(owner, slot: str, root: torch.nn.Module, build, extra=None)
     one without tensors, also rebuilds it). The cache keeps the modules but not ``owner``
     itself (it holds the cache: keeping it would make a reference cycle, and a deleted model
     would wait for the cyclic garbage collector)."""
-    key, tensors, modules = module_state_key(root, modules=True)
-    return _cached(owner, slot, (extra, key), (tensors, [m for m in modules if m is not owner]),
-                   build)
+    cache = owner.__dict__.get(slot)
+    # the previous walk's objects, prefetched by this one (only where owner is root: the list
+    # holds no reference to root, so none to the cache holding it)
+    prefetch = (cache[2][2] if cache is not None else []) if owner is root else None
+    key, tensors, modules = module_state_key(root, modules=True, prefetch=prefetch)
+    return _cached(owner, slot, (extra, key),
+                   (tensors, [m for m in modules if m is not owner], prefetch), build)
 
 
 def state_dict_mismatch(module: torch.nn.Module, sd: Dict) -> Tuple[List[str], List[str]]:

@@ -193,3 +193,96 @@ def test_module_key_changes_with_the_tree_not_only_its_tensors(native):
     m[2] = torch.nn.Tanh()
     k2 = _state.module_state_key(m, native=native, modules=True)[0]
     assert len({k0, k1, k2}) == 3
+
+
+# ----------------------------------------------------------------- the compiled walk's prefetch
+@NATIVE
+@pytest.mark.parametrize("change", _changes(True), ids=lambda f: f.__name__)
+def test_prefetch_list_gives_the_same_key_through_every_change(change):
+    """A walk with a prefetch list (the previous walk's objects) keys exactly as one without,
+    before and after each change, and leaves in the list what it visited: every module but the
+    root, their dicts, and the state tensors (so the next walk prefetches the new tree)."""
+    torch.manual_seed(0)
+    m = Tree()
+    pf = []
+    for step in range(3):
+        if step == 2:
+            change(m)
+        k_pf, t_pf, mods = _state.module_state_key(m, modules=True, prefetch=pf)
+        k, t, _ = _state.module_state_key(m, modules=True)
+        assert k_pf == k and all(a is b for a, b in zip(t_pf, t)) and len(t_pf) == len(t)
+        ids = {id(o) for o in pf}
+        assert id(m) not in ids and id(m.__dict__) not in ids     # no cycle through root's dict
+        for mod in mods[1:]:
+            assert id(mod) in ids and id(mod.__dict__) in ids
+            assert {id(mod._parameters), id(mod._buffers), id(mod._modules)} <= ids
+        assert all(id(x) in ids for x in t)
+        # exactly those: nothing of an earlier tree is kept alive by the list
+        want = {id(x) for mod in mods[1:] for x in (mod, mod.__dict__)}
+        want |= {id(x) for mod in mods for x in (mod._parameters, mod._buffers, mod._modules)}
+        want |= {id(x) for x in t}
+        assert ids == want and len(pf) == len(want)
+
+
+@NATIVE
+def test_prefetch_list_of_anything_is_only_a_hint():
+    """Whatever the list holds (a caller's mistake, or a tree since rebuilt) is replaced, never
+    read as the state: the key is the walk's."""
+    m = Tree()
+    junk = [1, "a", {"x": 1}, torch.zeros(3), nn.Linear(1, 1), None] * 50
+    k, _ = _state.module_state_key(m)
+    assert _state.module_state_key(m, prefetch=junk)[0] == k
+    assert not any(o is None or isinstance(o, (int, str)) for o in junk)
+    with pytest.raises(TypeError, match="prefetch must be a list"):
+        _state.module_state_key(m, prefetch=(1, 2))
+
+
+@NATIVE
+def test_prefetch_reads_the_tensor_impl_where_torch_keeps_it():
+    """The TensorImpl prefetch finds where this torch keeps a tensor's TensorImpl address in its
+    Python object (``_cdata``): without it the walk loses most of its cold gain silently."""
+    import ctypes
+    _state.module_state_key(Tree(), prefetch=[])
+    off = _state._STATE_KEY.tensor_impl_offset()
+    assert off > 0, "the TensorImpl offset was not found in this torch's tensor objects"
+    for t in (torch.zeros(3), nn.Parameter(torch.ones(2)), torch.empty(0, dtype=torch.bfloat16)):
+        assert ctypes.c_uint64.from_address(id(t) + off).value == t._cdata
+
+
+def test_cached_on_module_keeps_its_prefetch_list_without_a_cycle():
+    """cached_on_module keeps the walk's list with its cache (root's own object and dict are
+    never in it): a model deleted after a cached build is freed without the cyclic collector."""
+    import gc
+    import weakref
+    m = Tree()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(2):
+            _state.cached_on_module(m, "_c", m, lambda: 1)
+        pf = m.__dict__["_c"][2][2]
+        assert (len(pf) > 0) == _native_built()
+        refs = [weakref.ref(x) for x in m.modules()]
+        del m, pf
+        alive = sum(r() is not None for r in refs)
+    finally:
+        gc.enable()
+    assert alive == 0, f"{alive} modules of a deleted tree wait for the cyclic collector"
+
+
+@NATIVE
+@pytest.mark.skipif(not (__import__("platform").machine() in ("x86_64", "AMD64") and
+                         __import__("shutil").which("objdump")),
+                    reason="checks x86-64 machine code with objdump")
+def test_the_built_walk_holds_its_prefetch_instructions():
+    """gcc dropped loops of __builtin_prefetch under Python's -DNDEBUG (loops without effects),
+    silently: the built walk then had no prefetch at all."""
+    import subprocess
+    path = _state._STATE_KEY.__file__
+    asm = subprocess.run(["objdump", "-d", path], capture_output=True, text=True,
+                         check=True).stdout
+    lines = [ln for ln in asm.splitlines() if "prefetcht0" in ln]
+    # level 1's loop: each previous object and the words before it (a managed dict: -0x20)
+    assert any("prefetcht0 -0x20(" in ln for ln in lines), \
+        f"{path}: the walk's first prefetch loop is missing ({len(lines)} prefetches in all)"
+    assert len(lines) >= 10, f"{path}: {len(lines)} prefetch instructions, expected the 3 levels"
