@@ -1,4 +1,5 @@
-// slimkernels._state_key: the identity key of an nn.Module tree's state tensors, in C.
+// slimkernels._state_key: the identity key of an nn.Module tree's state tensors, in C (and the
+// CPU replay's check of the same tree's hooks, `hooked`, at the end).
 //
 // Caches built from a model's weights (its model_id, checked on every compress / decompress)
 // must notice when any state tensor is modified in place, replaced or moved to new storage.
@@ -298,10 +299,42 @@ py::tuple state_key(const py::object& root, bool with_modules, const py::object&
   return py::make_tuple(kb, tensors);
 }
 
+// slimkernels._hooks.hooked over a list of its 5-tuples (a module's forward, forward-pre,
+// backward and backward-pre hook dicts, then its __dict__): whether one of the first four is
+// non-empty or a __dict__ holds "forward". Prefetched as the walk is (tuples, then their dicts):
+// the CPU replay asks it for all 193 modules of SlimCAE before every replay, cold.
+bool hooked(const py::list& dicts) {
+  static PyObject* forward = PyUnicode_InternFromString("forward");  // (never freed)
+  PyObject* list = dicts.ptr();
+  const Py_ssize_t n = PyList_GET_SIZE(list);
+  PyObject** items = reinterpret_cast<PyListObject*>(list)->ob_item;
+  for (Py_ssize_t i = 0; i < n; ++i) prefetch(items[i]);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (PyTuple_CheckExact(items[i]) && PyTuple_GET_SIZE(items[i]) == 5)
+      for (Py_ssize_t j = 0; j < 5; ++j) prefetch(PyTuple_GET_ITEM(items[i], j));
+  }
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {  // (a __bool__ may run Python code)
+    py::object t = py::reinterpret_borrow<py::object>(PyList_GET_ITEM(list, i));
+    if (!PyTuple_CheckExact(t.ptr()) || PyTuple_GET_SIZE(t.ptr()) != 5)
+      throw py::type_error("hooked: expected the 5-tuples of slimkernels._hooks.hook_dicts, got "
+                           "a " + std::string(Py_TYPE(t.ptr())->tp_name));
+    for (Py_ssize_t j = 0; j < 4; ++j) {
+      const int on = PyObject_IsTrue(PyTuple_GET_ITEM(t.ptr(), j));
+      if (on < 0) throw py::error_already_set();
+      if (on) return true;
+    }
+    const int own = PySequence_Contains(PyTuple_GET_ITEM(t.ptr(), 4), forward);
+    if (own < 0) throw py::error_already_set();
+    if (own) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_state_key, m) {
-  m.doc() = "The identity key of an nn.Module tree's state tensors (see slimkernels._state).";
+  m.doc() = "The identity key of an nn.Module tree's state tensors (see slimkernels._state), and "
+            "the check of its hooks (slimkernels._hooks.hooked).";
   m.def("state_key", &state_key, py::arg("root"), py::arg("with_modules") = false,
         py::arg("prefetch") = py::none(),
         "state_key(root: nn.Module, with_modules=False, prefetch=None) -> (bytes, list[Tensor]): "
@@ -314,6 +347,10 @@ PYBIND11_MODULE(_state_key, m) {
         "the caller keeps between calls (start with []): the walk prefetches the objects the "
         "previous walk left in it, then puts its own there (strong references to the modules, "
         "their dicts and the tensors, never root's): the same key ~2x faster cold.");
+  m.def("hooked", &hooked, py::arg("dicts"),
+        "hooked(dicts: list[tuple[dict, dict, dict, dict, dict]]) -> bool: "
+        "slimkernels._hooks.hooked over the list of hook_dicts (a hook dict non-empty, or an "
+        "instance __dict__ holding 'forward'), with the dicts prefetched first.");
   m.def("tensor_impl_offset", []() { return impl_offset(); },
         "tensor_impl_offset() -> int: where the walks with a prefetch list read a tensor's "
         "TensorImpl address in its Python object (bytes from its start); 0: not found in this "
