@@ -114,7 +114,12 @@ def module_state_key(root: torch.nn.Module, native: bool = True, modules: bool =
     dicts and the tensors). The same key, ~2x faster when those objects are out of the caches
     (right after a transform or an image read: 0.32 -> 0.17 ms on SlimCAE)."""
     if native and _STATE_KEY is not None:
-        return _STATE_KEY.state_key(root, modules, prefetch)
+        try:
+            return _STATE_KEY.state_key(root, modules, prefetch)
+        except ValueError as e:
+            if "deeper than" in str(e):
+                raise ValueError(_too_deep(root)) from None
+            raise
     tensors = state_tensors(root)
     if not modules:
         return tensor_state_key(tensors), tensors
@@ -122,18 +127,56 @@ def module_state_key(root: torch.nn.Module, native: bool = True, modules: bool =
     return tensor_state_key(tensors) + tuple((id(m), -1, -1) for m in mods), tensors, mods
 
 
+#: The walks take a module tree deeper than this for a cycle (csrc/py/state_key.cpp's
+#: kMaxDepth): a module registered under one of its own descendants would make them endless.
+MAX_DEPTH = 1000
+
+
 def _walk_modules(root: torch.nn.Module) -> List[torch.nn.Module]:
     """The modules of ``root``'s tree in the compiled walk's order (csrc/py/state_key.cpp): a
-    stack from ``root``, a module's children pushed in order and taken from the end."""
+    stack from ``root``, a module's children pushed in order and taken from the end.
+    ValueError (naming the cycle) for a tree deeper than :data:`MAX_DEPTH`."""
     out = []
-    stack = [root]
+    stack = [(root, 0)]
     pop, push = stack.pop, stack.extend
     while stack:
-        m = pop()
+        m, depth = pop()
         if m is not None:
+            if depth > MAX_DEPTH:
+                raise ValueError(_too_deep(root))
             out.append(m)
-            push(m._modules.values())
+            push([(c, depth + 1) for c in m._modules.values()])
     return out
+
+
+def _too_deep(root: torch.nn.Module) -> str:
+    """The error for a module tree the walks refuse: the first cycle found (a child that is
+    one of its ancestors), by name, with what to do; else the depth."""
+    on_path = {id(root): ""}   # the modules on the current path, by id: their names
+    stack = [(root, "", iter(root._modules.items()))]
+    while stack:
+        node, path, children = stack[-1]
+        for name, child in children:
+            if child is None:
+                continue
+            cpath = f"{path}.{name}" if path else name
+            if id(child) in on_path:
+                where = on_path[id(child)]
+                return (f"the module tree of {type(root).__name__} has a cycle: {cpath!r} is "
+                        f"{repr(where) if where else 'the root'} ({type(child).__name__}), a "
+                        f"module that contains it. Assigning a module to an attribute "
+                        f"registers it as a child: keep a reference to a parent out of the "
+                        f"tree (a weakref.ref, or object.__setattr__)")
+            if len(stack) <= MAX_DEPTH:
+                on_path[id(child)] = cpath
+                stack.append((child, cpath, iter(child._modules.items())))
+                break
+        else:
+            stack.pop()
+            if stack:
+                on_path.pop(id(node), None)
+    return (f"the module tree of {type(root).__name__} is deeper than {MAX_DEPTH} levels "
+            f"(no cycle found within them)")
 
 
 def cached_on_module(owner, slot: str, root: torch.nn.Module, build, extra=None):

@@ -286,3 +286,71 @@ def test_the_built_walk_holds_its_prefetch_instructions():
     assert any("prefetcht0 -0x20(" in ln for ln in lines), \
         f"{path}: the walk's first prefetch loop is missing ({len(lines)} prefetches in all)"
     assert len(lines) >= 10, f"{path}: {len(lines)} prefetch instructions, expected the 3 levels"
+
+
+# ------------------------------------------------------------------ trees the walks refuse
+_CYCLE_CHECKS = r"""
+import torch, torch.nn as nn
+from slimkernels import _state
+
+def refused(m, native):
+    try:
+        _state.module_state_key(m, native=native, modules=True)
+    except ValueError as e:
+        return str(e)
+    return None
+
+for native in ([True, False] if _state._STATE_KEY is not None else [False]):
+    a = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.Linear(2, 2)))
+    a[1][1].owner = a[1]                       # a grandchild holding its parent
+    msg = refused(a, native)
+    assert msg and "has a cycle: '1.1.owner' is '1' (Sequential)" in msg, msg
+    assert "weakref" in msg, msg
+    b = nn.Sequential(nn.Linear(2, 2))
+    b[0].me = b[0]                             # a module holding itself
+    assert "'0.me' is '0' (Linear)" in refused(b, native)
+    c = nn.Sequential(nn.Linear(2, 2))
+    c[0].top = c                               # the root
+    assert "'0.top' is the root (Sequential)" in refused(c, native)
+    deep = nn.Sequential()
+    cur = deep
+    for _ in range(_state.MAX_DEPTH + 5):      # acyclic, but past the limit
+        cur.add_module("x", nn.Sequential())
+        cur = cur.x
+    assert "deeper than" in refused(deep, native) and "no cycle" in refused(deep, native)
+    ok = nn.Sequential()
+    cur = ok
+    for _ in range(_state.MAX_DEPTH - 1):      # deep, within the limit: walked
+        cur.add_module("x", nn.Linear(1, 1))
+        cur = cur.x
+    assert refused(ok, native) is None
+    shared = nn.Linear(2, 2)                   # the same module twice is not a cycle
+    assert refused(nn.Sequential(shared, nn.Sequential(shared)), native) is None
+
+from slimkernels.models import SlimCAE
+m = SlimCAE(widths=(16, 8))
+m.update()
+x = torch.rand(1, 3, 32, 32)
+data = m.compress(x, 8)
+m.g_a[0].owner = m                             # the model's codec calls refuse it, by name
+for call in (lambda: m.compress(x, 8), lambda: m.decompress(data), m.model_id):
+    try:
+        call()
+    except ValueError as e:
+        assert "'g_a.0.owner' is the root (SlimCAE)" in str(e), e
+    else:
+        raise AssertionError("a model with a cycle was coded")
+print("ok")
+"""
+
+
+def test_a_module_tree_with_a_cycle_is_refused_by_name_not_walked_forever():
+    """A module registered under one of its descendants (``layer.owner = model``, a pattern
+    people write) made the walks loop until memory ran out (compress, decompress, model_id):
+    now a ValueError names the attribute. In a child process with a time limit, so that a
+    regression fails this test instead of hanging the run."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _CYCLE_CHECKS], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace py = pybind11;
@@ -184,6 +185,10 @@ class PrefetchList {
   std::vector<py::object> dropped_;
 };
 
+// Deeper trees are taken for cycles (a module registered under one of its own descendants, e.g. an
+// attribute holding a parent model): torch's own recursive walks (state_dict, to) fail far sooner.
+constexpr int kMaxDepth = 1000;
+
 // (key, tensors): tensors = every parameter and persistent buffer of root's module tree, in the
 // order of slimkernels._state.state_tensors (a stack: a module's parameters, then its persistent
 // buffers, then its children pushed in order and taken from the end); key = bytes of
@@ -201,12 +206,18 @@ py::tuple state_key(const py::object& root, bool with_modules, const py::object&
   PrefetchList visited(pf);  // this walk's objects, for the next call: never root or its dict
   py::list tensors;
   py::list modules;  // with_modules: every module of the tree, in walk order
-  std::vector<py::object> stack;  // strong references: nothing is borrowed across Python calls
-  stack.push_back(root);
+  // strong references (nothing is borrowed across Python calls), each with its depth
+  std::vector<std::pair<py::object, int>> stack;
+  stack.emplace_back(root, 0);
   while (!stack.empty()) {
-    py::object m = std::move(stack.back());
+    py::object m = std::move(stack.back().first);
+    const int depth = stack.back().second;
     stack.pop_back();
     if (m.is_none()) continue;
+    if (depth > kMaxDepth)  // (a cycle: the walk would never end, its stack growing)
+      throw py::value_error(
+          "state_key: the module tree is deeper than " + std::to_string(kMaxDepth) +
+          " levels: a module is its own descendant (a cycle)");
     if (with_modules && PyList_Append(modules.ptr(), m.ptr()) < 0) throw py::error_already_set();
     py::object mdict = py::reinterpret_steal<py::object>(PyObject_GenericGetDict(m.ptr(), nullptr));
     if (!mdict) PyErr_Clear();  // no instance dict: attribute protocol only
@@ -244,7 +255,7 @@ py::tuple state_key(const py::object& root, bool with_modules, const py::object&
     visited.put(children.ptr());
     pos = 0;
     while (PyDict_Next(children.ptr(), &pos, &key, &value))
-      stack.push_back(py::reinterpret_borrow<py::object>(value));
+      stack.emplace_back(py::reinterpret_borrow<py::object>(value), depth + 1);
   }
   const Py_ssize_t n = PyList_GET_SIZE(tensors.ptr());
   if (pf != nullptr) {
