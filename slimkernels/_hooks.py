@@ -5,6 +5,8 @@ from typing import Iterable, List, Tuple
 
 import torch
 
+from ._state import _STATE_KEY
+
 _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                  "_global_backward_pre_hooks", "_global_forward_hooks_always_called")
 
@@ -24,15 +26,8 @@ def hook_dicts(modules: Iterable[torch.nn.Module]) -> List[Tuple[dict, ...]]:
              m.__dict__) for m in modules]
 
 
-def _compiled():
-    try:
-        from . import _state_key
-    except ImportError:  # built without the optional extension
-        return None
-    return _state_key
-
-
-_COMPILED = _compiled()
+#: The compiled module-tree helpers (``slimkernels._state_key``), None where not built.
+_COMPILED = _STATE_KEY
 
 
 def hooked(dicts: Iterable[Tuple[dict, ...]]) -> bool:
