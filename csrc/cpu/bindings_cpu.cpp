@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 
 #include "conv_amx.hpp"
 #include "gdn_avx2.hpp"
@@ -23,6 +24,11 @@
 namespace py = pybind11;
 
 namespace {
+
+// conv_amx_forward's range check failed (kConvRangeError): ImageRangeError, a ValueError.
+struct ImageRangeError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 // fn(a) with the GIL released; a non-zero code becomes a RuntimeError naming the binding and
 // carrying msg(code).
@@ -115,7 +121,7 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
                          int64_t gdn_b_s0, double gdn_beta_scale, double gdn_beta_bias,
                          bool gdn_inverse, uintptr_t yf, double out_lo, double out_hi,
                          bool windows, int64_t Cp, bool in_place, uintptr_t stats,
-                         bool pair_tiles) {
+                         bool pair_tiles, double check_lo, double check_hi) {
   sk::ConvAmxArgs a;
   a.x = reinterpret_cast<const void*>(x);
   a.xdtype = xdtype;
@@ -145,7 +151,20 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
   a.yf = reinterpret_cast<float*>(yf);
   a.out_lo = static_cast<float>(out_lo);
   a.out_hi = static_cast<float>(out_hi);
-  call_released(sk::conv_amx_forward, a, sk::conv_amx_error_message, "conv_amx_forward");
+  a.check_lo = static_cast<float>(check_lo);
+  a.check_hi = static_cast<float>(check_hi);
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = sk::conv_amx_forward(a);
+  }
+  if (rc == sk::kConvRangeError)
+    throw ImageRangeError("slimkernels._cpu_kernels.conv_amx_forward: a value of the image is "
+                          "outside [" + std::to_string(check_lo) + ", " +
+                          std::to_string(check_hi) + "] or not finite");
+  if (rc != 0)
+    throw std::runtime_error(std::string("slimkernels._cpu_kernels.conv_amx_forward: ") +
+                             sk::conv_amx_error_message(rc));
 }
 
 }  // namespace
@@ -424,6 +443,7 @@ void conv_transpose_bf16_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W
 PYBIND11_MODULE(_cpu_kernels, m) {
   m.doc() = "CPU kernels of slimkernels (AMX-BF16 GDN/IGDN and conv, AVX2 fp32 GDN/IGDN, latent "
            "quantization).";
+  py::register_exception<ImageRangeError>(m, "ImageRangeError", PyExc_ValueError);
   m.attr("F32") = static_cast<int>(sk::kF32);
   m.attr("BF16") = static_cast<int>(sk::kBF16);
   m.def("amx_available", &sk::amx_available,
@@ -638,7 +658,8 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("gdn_inverse") = false, py::arg("yf") = 0, py::arg("out_lo") = 0.0,
         py::arg("out_hi") = 1.0, py::arg("windows") = true,
         py::arg("Cp") = 0, py::arg("in_place") = true,
-        py::arg("stats") = 0, py::arg("pair_tiles") = true,
+        py::arg("stats") = 0, py::arg("pair_tiles") = true, py::arg("check_lo") = 1.0,
+        py::arg("check_hi") = 0.0,
         "Direct AMX-BF16 conv on raw pointers (see csrc/cpu/conv_amx.hpp): x [N, H, W, C] "
         "dense channels_last fp32 (xdtype 0) or bf16 (1), padded into [N, Hp, Wp, C] inside; "
         "w VNNI-packed bf16 (tile_nz: uint8 per B tile, 0 = all zero, skipped; or 0 = none), "
@@ -653,6 +674,8 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "itself (conv_amx.hpp; the same output). stats (0: none): int64 [3], set to the work "
         "groups read in place, all work groups and the channel tiles each group runs in "
         "pairs. pair_tiles: allow pairs of output channel tiles with the same K chunks to "
-        "share each A tile load (conv_amx.hpp; the same output).");
+        "share each A tile load (conv_amx.hpp; the same output). check_lo <= check_hi (fp32 x "
+        "only): every value of x checked as it is read; ImageRangeError (a ValueError) when "
+        "one is outside [check_lo, check_hi] or NaN (y is written all the same).");
 }
 

@@ -27,7 +27,7 @@
 namespace sk {
 
 namespace {
-enum ConvErr { kCOk = 0, kCNoAmx = 1, kCBadArgs = 2, kCNoMem = 3 };
+enum ConvErr { kCOk = 0, kCNoAmx = 1, kCBadArgs = 2, kCNoMem = 3, kCRange = kConvRangeError };
 }
 
 const char* conv_amx_error_message(int code) {
@@ -37,6 +37,7 @@ const char* conv_amx_error_message(int code) {
     case kCBadArgs: return "bad arguments (x must be padded so every 16-pixel block reads in "
                            "bounds, see conv_amx.hpp; phase layout consistent)";
     case kCNoMem: return "out of memory for the per-thread buffer";
+    case kCRange: return "a value of x is outside [check_lo, check_hi] or NaN";
   }
   return "unknown error";
 }
@@ -614,9 +615,25 @@ SK_CTARGET int64_t run_blocks(const ConvAmxArgs& a, const ASource& pad, const Ch
   return inside;
 }
 
+// One worker's range check of an fp32 x (ConvAmxArgs::check_lo): the bounds, and the lanes
+// that held a value outside them or NaN.
+struct RangeAcc {
+  float lo = 1.0f, hi = 0.0f;
+  uint32_t bad = 0;
+};
+
+// Lanes k of v checked against acc's bounds (NaN fails both compares' "unordered" forms).
+SK_CTARGET inline void check_range(RangeAcc* acc, __m512 v, __mmask16 k) {
+  acc->bad |= static_cast<uint32_t>(
+      _mm512_mask_cmp_ps_mask(k, v, _mm512_set1_ps(acc->lo), _CMP_NGE_UQ) |
+      _mm512_mask_cmp_ps_mask(k, v, _mm512_set1_ps(acc->hi), _CMP_NLE_UQ));
+}
+
 // x's 32 elements from element offset e (may lie before x: only the lanes of k are read),
-// rounded to bf16 when x is fp32 (RNE), zeros outside k.
-SK_CTARGET inline __m512i load_bf16x32(const ConvAmxArgs& a, int64_t e, __mmask32 k) {
+// rounded to bf16 when x is fp32 (RNE), zeros outside k. acc (fp32 x): the lanes of k & ck
+// range-checked.
+SK_CTARGET inline __m512i load_bf16x32(const ConvAmxArgs& a, int64_t e, __mmask32 k,
+                                       RangeAcc* acc = nullptr, __mmask32 ck = ~__mmask32(0)) {
   if (a.xdtype == kBF16)
     return _mm512_maskz_loadu_epi16(
         k, reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(a.x) +
@@ -626,20 +643,26 @@ SK_CTARGET inline __m512i load_bf16x32(const ConvAmxArgs& a, int64_t e, __mmask3
                                           reinterpret_cast<const void*>(p));
   const __m512 f1 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(k >> 16),
                                           reinterpret_cast<const void*>(p + 64));
+  if (acc != nullptr) {
+    const __mmask32 c = k & ck;
+    if (static_cast<__mmask16>(c) != 0) check_range(acc, f0, static_cast<__mmask16>(c));
+    if (static_cast<__mmask16>(c >> 16) != 0)
+      check_range(acc, f1, static_cast<__mmask16>(c >> 16));
+  }
   return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f1, f0));
 }
 
 // Pixels p0..p1 of x's row (n, h) into dst with cs >= C (a multiple of 32) elements per pixel:
 // each pixel's C channels, then zeros (fp32 x rounded to bf16 as below).
 SK_CTARGET void spread_pixels(const ConvAmxArgs& a, int64_t n, int64_t h, int64_t p0, int64_t p1,
-                              int64_t cs, uint16_t* dst) {
+                              int64_t cs, uint16_t* dst, RangeAcc* acc) {
   for (int64_t px = p0; px < p1; ++px) {
     const int64_t src0 = ((n * a.H + h) * a.W + px) * a.C;
     for (int64_t c = 0; c < cs; c += 32) {
       const int64_t m = std::max<int64_t>(0, std::min<int64_t>(32, a.C - c));
       const __mmask32 k = m >= 32 ? ~__mmask32(0) : static_cast<__mmask32>((1u << m) - 1u);
       _mm512_storeu_si512(reinterpret_cast<__m512i*>(dst + (px - p0) * cs + c),
-                          load_bf16x32(a, src0 + c, k));
+                          load_bf16x32(a, src0 + c, k, acc));
     }
   }
 }
@@ -648,7 +671,7 @@ SK_CTARGET void spread_pixels(const ConvAmxArgs& a, int64_t n, int64_t h, int64_
 // zeros, with x's rows at pad_top and its columns at pad_left (fp32 x rounded to bf16, RNE as
 // torch does for finite values).
 SK_CTARGET void pad_span(const ConvAmxArgs& a, int64_t cs, uint16_t* xpad, int64_t r, int64_t c0,
-                         int64_t c1) {
+                         int64_t c1, RangeAcc* range) {
   if (c0 >= c1) return;
   const int64_t n = r / a.Hp, h = r % a.Hp - a.pad_top;
   uint16_t* row = xpad + r * a.Wp * cs;
@@ -659,10 +682,12 @@ SK_CTARGET void pad_span(const ConvAmxArgs& a, int64_t cs, uint16_t* xpad, int64
     return;
   }
   std::memset(row + c0 * cs, 0, static_cast<size_t>((xl - c0) * cs) * 2);
+  RangeAcc local = range != nullptr ? *range : RangeAcc{};  // (in registers: see build_windows)
+  RangeAcc* acc = range != nullptr ? &local : nullptr;
   uint16_t* d = row + xl * cs;
   const int64_t src0 = ((n * a.H + h) * a.W + xl - a.pad_left) * a.C, count = (xr - xl) * a.C;
   if (cs != a.C) {
-    spread_pixels(a, n, h, xl - a.pad_left, xr - a.pad_left, cs, d);
+    spread_pixels(a, n, h, xl - a.pad_left, xr - a.pad_left, cs, d, acc);
   } else if (a.xdtype == kBF16) {
     std::memcpy(d, static_cast<const uint16_t*>(a.x) + src0, static_cast<size_t>(count) * 2);
   } else {
@@ -671,9 +696,11 @@ SK_CTARGET void pad_span(const ConvAmxArgs& a, int64_t cs, uint16_t* xpad, int64
       const int64_t m = std::min<int64_t>(16, count - i);
       const __mmask16 k = static_cast<__mmask16>((1u << m) - 1u);
       const __m512 v = _mm512_maskz_loadu_ps(k, src + i);
+      if (acc != nullptr) check_range(acc, v, k);
       _mm256_mask_storeu_epi16(d + i, k, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
     }
   }
+  if (range != nullptr) range->bad |= local.bad;
   std::memset(row + xr * cs, 0, static_cast<size_t>((c1 - xr) * cs) * 2);
 }
 
@@ -681,12 +708,42 @@ SK_CTARGET void pad_span(const ConvAmxArgs& a, int64_t cs, uint16_t* xpad, int64
 // byte aligned): row iy - iy0 holds, for output column ox < Wq, the 32 elements at
 // dst + ((iy - iy0) * Wq + ox) * 32: the padded row's kw*C elements from column ox*stride
 // (x's, rounded to bf16 when fp32, or the border's zeros), then zeros. Read straight from x by
-// masked loads (lanes outside x's row are not accessed).
+// masked loads (lanes outside x's row are not accessed). acc (fp32 x): each value read
+// range-checked once per row: an interior window's first stride*C lanes (where the windows
+// tile the row: kw >= stride), the last interior window's and the edge windows' all.
 SK_CTARGET void build_windows(const ConvAmxArgs& a, int64_t n, int64_t iy0, int64_t iy1,
-                              int64_t Wq, uint16_t* dst) {
+                              int64_t Wq, uint16_t* dst, RangeAcc* range) {
   const int64_t taps = a.kw * a.C, step = a.stride * a.C, xrow = a.W * a.C;
   const int64_t left = a.pad_left * a.C;
   const uint64_t tapmask = (uint64_t(1) << taps) - 1;  // taps <= 32
+  // the lanes an interior window checks: those before the next window's first (all of them
+  // where the windows leave gaps)
+  const __mmask32 stepmask =
+      static_cast<__mmask32>(step < taps ? (uint64_t(1) << step) - 1 : tapmask);
+  // the range check's running min and max of the values checked and the sum of value * 0 (0,
+  // or NaN once a NaN or inf was read), in registers: two compares into mask registers per
+  // window cost 11 % of enc1 at w=48
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 vmin = _mm512_set1_ps(range != nullptr ? range->lo : 0.0f), vmax = vmin, vnan = zero;
+  const bool check = range != nullptr && a.xdtype == kF32;
+  // a window's 32 lanes k from element e (as load_bf16x32), the lanes k & ck checked
+  auto window = [&](int64_t e, __mmask32 k, __mmask32 ck) SK_CTARGET {
+    if (!check) return load_bf16x32(a, e, k);
+    const float* p = static_cast<const float*>(a.x) + e;
+    const __m512 f0 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(k), p);
+    const __m512 f1 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(k >> 16), p + 16);
+    const __mmask32 c = k & ck;
+    const __mmask16 c0 = static_cast<__mmask16>(c), c1 = static_cast<__mmask16>(c >> 16);
+    vmin = _mm512_mask_min_ps(vmin, c0, vmin, f0);
+    vmax = _mm512_mask_max_ps(vmax, c0, vmax, f0);
+    vnan = _mm512_mask3_fmadd_ps(f0, zero, vnan, c0);
+    if (c1 != 0) {
+      vmin = _mm512_mask_min_ps(vmin, c1, vmin, f1);
+      vmax = _mm512_mask_max_ps(vmax, c1, vmax, f1);
+      vnan = _mm512_mask3_fmadd_ps(f1, zero, vnan, c1);
+    }
+    return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f1, f0));
+  };
   // the windows of columns ox0..ox1 lie inside x's row: e0 = ox*step - left >= 0 and
   // e0 + taps <= xrow
   const int64_t ox0 = std::min<int64_t>(Wq, (left + step - 1) / step);
@@ -701,20 +758,29 @@ SK_CTARGET void build_windows(const ConvAmxArgs& a, int64_t n, int64_t iy0, int6
       continue;
     }
     const int64_t row0 = (n * a.H + h) * xrow;  // x's element offset of the row
+    const __mmask32 all = ~__mmask32(0);
     auto edge = [&](int64_t ox) SK_CTARGET {  // lanes j with 0 <= e0 + j < xrow, j < taps
       const int64_t e0 = ox * step - left;
       const int64_t lo = std::max<int64_t>(0, -e0), hi = std::min<int64_t>(taps, xrow - e0);
       const uint64_t m = hi <= lo ? 0 : tapmask & ~((uint64_t(1) << lo) - 1) &
                                             ((uint64_t(1) << hi) - 1);
       _mm512_store_si512(reinterpret_cast<__m512i*>(d + ox * 32),
-                         load_bf16x32(a, row0 + e0, static_cast<__mmask32>(m)));
+                         window(row0 + e0, static_cast<__mmask32>(m), all));
     };
     for (int64_t ox = 0; ox < ox0; ++ox) edge(ox);
     const __mmask32 tm = static_cast<__mmask32>(tapmask);
     for (int64_t ox = ox0; ox < ox1; ++ox)
       _mm512_store_si512(reinterpret_cast<__m512i*>(d + ox * 32),
-                         load_bf16x32(a, row0 + ox * step - left, tm));
+                         window(row0 + ox * step - left, tm, ox + 1 < ox1 ? stepmask : all));
     for (int64_t ox = ox1; ox < Wq; ++ox) edge(ox);
+  }
+  if (check) {  // (the lanes stored and read: see image_io.cpp's vrange_into)
+    alignas(64) float mn[16], mx[16], nn[16];
+    _mm512_store_ps(mn, vmin);
+    _mm512_store_ps(mx, vmax);
+    _mm512_store_ps(nn, vnan);
+    for (int i = 0; i < 16; ++i)  // (a NaN read: nn's lane is NaN, and so fails the test too)
+      if (!(nn[i] == 0.0f && mn[i] >= range->lo && mx[i] <= range->hi)) range->bad = 1;
   }
 }
 
@@ -730,6 +796,25 @@ inline void group_row_range(int64_t g, int64_t rows, int64_t nxb, int group_rows
   const int64_t b0 = g * kMaxBlocks, b1 = std::min<int64_t>(b0 + kMaxBlocks, rows * nxb);
   *r0 = b0 / nxb;
   *r1 = (b1 - 1) / nxb + 1;
+}
+
+// The range check of count fp32 values at x (a geometry whose windows skip some).
+SK_CTARGET void scan_range(const float* x, int64_t count, RangeAcc* acc) {
+  for (int64_t i = 0; i < count; i += 16) {
+    const int64_t m = std::min<int64_t>(16, count - i);
+    const __mmask16 k = static_cast<__mmask16>((1u << m) - 1u);
+    check_range(acc, _mm512_maskz_loadu_ps(k, x + i), k);
+  }
+}
+
+// Whether the window layout reads every value of x (the range check needs no scan of its own):
+// the windows of a row tile it (kw*C >= stride*C) up to its end, and the bands' input rows
+// tile x's rows (kh >= stride) down to its last.
+inline bool windows_read_all(const ConvAmxArgs& a, int64_t Wq) {
+  const int64_t taps = a.kw * a.C, step = a.stride * a.C;
+  return a.kw >= a.stride && a.kh >= a.stride &&
+         (Wq - 1) * step - a.pad_left * a.C + taps >= a.W * a.C &&
+         (a.Ho - 1) * a.stride + a.kh - a.pad_top >= a.H;
 }
 
 // Output rows per band of the window layout (at most kWindowBand: a band's windows, ~0.45 MB
@@ -770,7 +855,7 @@ SK_CTARGET void gdn_band(const ConvAmxArgs& a, const EpilogueGdn& eg, int64_t g0
 // windows built by this worker into wbuf, then its groups run.
 SK_CTARGET int run_blocks_windows(const ConvAmxArgs& a, const ChunkLists& cl, int64_t g0,
                                   int64_t g1, int group_rows, float* accbuf, int64_t ldc,
-                                  const EpilogueGdn* eg, AlignedBuffer& wbuf) {
+                                  const EpilogueGdn* eg, AlignedBuffer& wbuf, RangeAcc* acc) {
   const int64_t Wq = (a.Wo + 15) / 16 * 16, nxb = Wq / 16, rows = a.N * a.Ho;
   const int64_t band = window_band(a, Wq);
   // a band spans at most max(band, 4) <= kWindowBand output rows (a group: <= 4 rows), so at
@@ -799,7 +884,7 @@ SK_CTARGET int run_blocks_windows(const ConvAmxArgs& a, const ChunkLists& cl, in
     uint16_t* p = static_cast<uint16_t*>(wbuf.get(static_cast<size_t>(total) * 2, kKeepPadBytes));
     if (p == nullptr) return kCNoMem;
     for (int64_t n = n0; n <= n1; ++n)
-      build_windows(a, n, iy0[n - n0], iy1[n - n0], Wq, p + seg[n - n0]);
+      build_windows(a, n, iy0[n - n0], iy1[n - n0], Wq, p + seg[n - n0], acc);
     ASource src;
     src.base = p;
     src.rowel = Wq * 32;
@@ -839,6 +924,10 @@ int conv_amx_forward(const ConvAmxArgs& a) {
   if (a.Wp * cs < (Wq - 1) * a.stride * cs + KC * 32 || a.Hp < (a.Ho - 1) * a.stride + a.kh)
     return kCBadArgs;
   if (a.phase == 1 ? a.Cy != a.Co : a.Cy * a.phase * a.phase != a.Co) return kCBadArgs;
+  // the range check (an fp32 x only: the image)
+  const bool check = a.check_lo <= a.check_hi;
+  if (check && a.xdtype != kF32) return kCBadArgs;
+  std::atomic<bool> range_bad{false};
   // the padded input (unless the window layout is read): one 64-byte aligned buffer per calling
   // thread, reused across calls (workers only read it). Aligned, so that tile rows at 64-byte
   // multiples of the row start are single cache lines (an unaligned buffer measured 1.8x slower
@@ -943,11 +1032,14 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     const int64_t* sp = in_place ? span.data() : nullptr;  // (thread_local: not the workers')
     const int64_t ntp = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, rows / 8));
     run_on_threads(ntp, [&](int64_t t) {
+      RangeAcc acc{a.check_lo, a.check_hi};  // (the copy reads every value of x)
+      RangeAcc* ra = check ? &acc : nullptr;
       for (int64_t r = rows * t / ntp; r < rows * (t + 1) / ntp; ++r) {
         const int64_t left = sp ? sp[2 * r] : a.Wp, right = sp ? sp[2 * r + 1] : a.Wp;
-        pad_span(a, cs, xpad, r, 0, left);
-        pad_span(a, cs, xpad, r, std::max(left, right), a.Wp);
+        pad_span(a, cs, xpad, r, 0, left, ra);
+        pad_span(a, cs, xpad, r, std::max(left, right), a.Wp, ra);
       }
+      if (acc.bad != 0) range_bad.store(true, std::memory_order_relaxed);
     });
   }
   int64_t nt = std::max<int64_t>(1, std::min<int64_t>(a.nthreads, groups));
@@ -985,9 +1077,11 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     amx::config_full();
     if (windows) {
       thread_local AlignedBuffer wbuf;  // the band's windows
+      RangeAcc acc{a.check_lo, a.check_hi};
       if (run_blocks_windows(a, cl, g0, g1, group_rows, buf.data(), ldc, gdn ? &eg : nullptr,
-                             wbuf) != kCOk)
+                             wbuf, check ? &acc : nullptr) != kCOk)
         nomem.store(true, std::memory_order_relaxed);
+      if (acc.bad != 0) range_bad.store(true, std::memory_order_relaxed);
     } else {
       ASource src;
       src.base = xpad;
@@ -1007,7 +1101,14 @@ int conv_amx_forward(const ConvAmxArgs& a) {
     a.stats[1] = groups;
     a.stats[2] = pairs != nullptr ? paired : 0;
   }
-  return nomem.load(std::memory_order_relaxed) ? kCNoMem : kCOk;
+  if (nomem.load(std::memory_order_relaxed)) return kCNoMem;
+  if (check && windows && !windows_read_all(a, Wq) && !range_bad.load()) {
+    // the windows skipped values of x (rows or columns no output reads): all of x scanned
+    RangeAcc acc{a.check_lo, a.check_hi};
+    scan_range(static_cast<const float*>(a.x), a.N * a.H * a.W * a.C, &acc);
+    if (acc.bad != 0) range_bad.store(true);
+  }
+  return range_bad.load() ? kCRange : kCOk;
 }
 
 #else  // !SK_CONV_AMX_CODE

@@ -82,12 +82,22 @@ struct ConvAmxArgs {
   // tiles' products (2 blocks x 2 channel tiles in the C tiles) instead of once per tile. The
   // same products in the same order, so the same output.
   bool pair_tiles = true;
+  // Check every value of an fp32 x as it is read (check_lo <= check_hi; the default: none): a
+  // value below check_lo or above check_hi, or NaN, makes the call return kConvRangeError (its
+  // output is written all the same). The values are compared where the kernel reads them (the
+  // window layout's build, the padded copy), and where the windows do not read all of x (a
+  // geometry that skips rows or columns) the rest is scanned after: every value of x is
+  // checked. compress's image range check, without a pass of its own over the image.
+  float check_lo = 1.0f, check_hi = 0.0f;
   // Optional (nullptr: none): stats[0] = the work groups that read x in place, stats[1] = all
   // work groups, stats[2] = the output channel tiles each group runs in pairs (pair_tiles; for
   // tests and benchmarks).
   int64_t* stats = nullptr;
   int nthreads = 1;
 };
+
+// The code of a value of x outside [check_lo, check_hi] or NaN (ConvAmxArgs::check_lo).
+constexpr int kConvRangeError = 4;
 
 // 0 on success, else an error code (conv_amx_error_message).
 int conv_amx_forward(const ConvAmxArgs& a);

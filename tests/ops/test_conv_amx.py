@@ -1351,3 +1351,56 @@ def test_a_gdn_whose_output_is_both_layouts_keeps_the_op(ci, co, k, s, hw):
             assert torch.equal(out[1], out[2]), seed
     finally:
         torch.set_num_threads(nt)
+
+
+# -- the range check of an fp32 x (compress's image: ops.image_io.checked_by_first_conv) --------
+_RANGE = (-0.5, 1.5)
+
+
+@pytest.mark.parametrize("windows", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("ci, co, k, s, p, n, h, w", [
+    (3, 48, 9, 4, 4, 1, 67, 53),      # enc1: several bands, odd sizes (the windows read all)
+    (3, 17, 9, 4, 4, 2, 37, 21),      # two images
+    (3, 24, 5, 2, 2, 2, 19, 35),      # 5x5/2 from RGB
+    (3, 16, 3, 4, 1, 1, 21, 23),      # 3x3/4: the windows skip rows and columns (scanned after)
+    (3, 16, 9, 4, 0, 1, 30, 30),      # no padding: the last row and column no output reads
+    (3, 16, 9, 4, 0, 1, 13, 69),      # 16 output columns, all inside the row: no edge windows
+])
+def test_range_check_sees_every_value(monkeypatch, windows, threads, ci, co, k, s, p, n, h, w):
+    """The kernel's range check of an fp32 x refuses a value above or below the bounds, NaN or
+    inf wherever it lies (corners, edges, a row or column that no output reads), through the
+    window layout and the padded copy, on 1 and 2 threads; the bounds themselves pass, and the
+    output is the one without the check."""
+    from slimkernels.ops import image_io
+    monkeypatch.setattr(C, "CPU_AMX_CONV_WINDOWS", windows)
+    nt = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(h * w + co)
+        x = (torch.rand(n, ci, h, w, generator=g) * 1.9 - 0.45).contiguous(
+            memory_format=torch.channels_last)
+        x[0, 0, 0, 1], x[-1, -1, -1, -2] = _RANGE          # the bounds: allowed
+        W, b = _param((co, ci, k, k), 5), torch.randn(co, generator=g)
+        y = C._conv2d_amx(x, W, b, co, s, p)
+        assert torch.equal(C._conv2d_amx(x, W, b, co, s, p, check=_RANGE), y)
+        spots = [(0, 0, 0, 0), (n - 1, ci - 1, h - 1, w - 1), (0, ci - 1, 0, w - 1),
+                 (n - 1, 0, h - 1, 0), (0, 1, h // 2, w // 2), (n - 1, 2, h - 1, w // 3)]
+        for spot in spots:
+            for bad in (1.5001, -0.5001, float("nan"), float("inf"), -float("inf"), 200.0):
+                xb = x.clone(memory_format=torch.channels_last)
+                xb[spot] = bad
+                with pytest.raises(image_io.ImageRangeError, match="outside"):
+                    C._conv2d_amx(xb, W, b, co, s, p, check=_RANGE)
+    finally:
+        torch.set_num_threads(nt)
+
+
+def test_range_check_is_for_an_fp32_x_only():
+    """A bf16 x is not an image the kernel checks: bad arguments. (The range error is a
+    ValueError.)"""
+    from slimkernels.ops import image_io
+    x = _x(1, 3, 20, 20, 4)
+    with pytest.raises(RuntimeError, match="bad arguments"):
+        C._conv2d_amx(x, _param((16, 3, 9, 9), 6), None, 16, 4, 4, check=_RANGE)
+    assert issubclass(image_io.ImageRangeError, ValueError)
