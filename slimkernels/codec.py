@@ -50,6 +50,7 @@ import torch.nn as nn
 from . import coding, container
 from ._cpu import _module as _cpu_module, cpu_kernels, switched_off as _cpu_switched_off
 from ._cpu import tracing as _cpu_tracing
+from .ops import image_io
 from .ops.image_io import bf16_to_image, image_to_bf16, value_range
 from ._hooks import runs_more_than_forward
 from ._amp import no_autocast
@@ -576,6 +577,15 @@ PIXEL_RANGE = (-0.5, 1.5)
 #: bytes (docs/performance.md).
 CPU_IMAGE_AS_IS = True
 
+#: ... and that image's range is checked by the first conv as it reads it
+#: (:func:`slimkernels.ops.image_io.checked_by_first_conv`: the direct AMX conv compares every
+#: value in its window build, in the CPU replay too), instead of by a pass of its own over the
+#: image (4.7 MB for a Kodak image).
+CPU_IMAGE_RANGE_IN_CONV = True
+
+#: ``SlimCodec._image_input``'s note that the first conv checks the image's range.
+_RANGE_IN_CONV = object()
+
 
 def _check_pixel_range(x: torch.Tensor, grid: int = 64) -> None:
     """ValueError if a strided sample (about ``3 * grid^2`` values, a view: no copy of the image)
@@ -991,6 +1001,7 @@ class SlimCodec(nn.Module):
         goes as it is: the conv rounds it to bf16 as it reads it, the same bits as the cast
         (``compress`` 1.01-1.02x, :data:`CPU_IMAGE_AS_IS`). ``ranges``: as for :func:`_dense`
         (the image's ``(min, max)`` when that cast measured them; for an image passed as it is,
+        ``_RANGE_IN_CONV`` where the first conv checks it, :data:`CPU_IMAGE_RANGE_IN_CONV`, else
         by :func:`~slimkernels.ops.image_io.value_range`, a pass that writes nothing)."""
         from .nn.conv import SlimConv2d
         from .ops.conv import amx_conv_available
@@ -1006,7 +1017,7 @@ class SlimCodec(nn.Module):
                 x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and \
                 CPU_IMAGE_AS_IS and amx_conv_available():
             if ranges is not None:
-                ranges.append(value_range(x))
+                ranges.append(_RANGE_IN_CONV if CPU_IMAGE_RANGE_IN_CONV else value_range(x))
             dtype = x.dtype
         return _dense(x, dtype, torch.channels_last if cl else torch.contiguous_format, ranges)
 
@@ -1116,14 +1127,29 @@ class SlimCodec(nn.Module):
         ranges = [] if deferred else None
         image = x
         x = self._image_input(x, precision, ranges)
-        if deferred:
+        in_conv = bool(ranges) and ranges[0] is _RANGE_IN_CONV
+        if deferred and not in_conv:
             if ranges:
                 _check_value_range(*ranges[0])
             else:
                 _check_pixel_range(image)
         mid = self._coding_id("compress")   # once: the graph cache's key, the container's field
-        y = self._transform("encode", lambda t: self.encode(t, width), x, (width, precision),
-                            dev, precision, cuda_graph, mid)
+        if in_conv:   # (the first conv checks every value: its recordings are keyed apart)
+            try:
+                with image_io.checked_by_first_conv(x, *PIXEL_RANGE):
+                    y = self._transform("encode", lambda t: self.encode(t, width), x,
+                                        (width, precision, "range"), dev, precision, cuda_graph,
+                                        mid)
+            except image_io.ImageRangeError as e:
+                refused = e
+            else:
+                refused = None
+            if refused is not None:   # (raised here: the message names the values' range)
+                _check_value_range(*value_range(image))
+                raise refused
+        else:
+            y = self._transform("encode", lambda t: self.encode(t, width), x, (width, precision),
+                                dev, precision, cuda_graph, mid)
         want = (1, width, (H + ph) // s, (W + pw) // s)
         if tuple(y.shape) != want:   # (before the quantizer reads the width's medians per channel)
             raise ValueError(f"compress: the analysis transform returned a latent of shape "

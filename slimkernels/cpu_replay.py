@@ -562,7 +562,7 @@ class ReplayCache:
                 self._failed.clear()
                 self._seen.clear()
                 self._state = state
-            entry, recorder = None, False
+            entry, recorder, counted = None, False, False
             if full in self._failed:
                 self._failed.move_to_end(full)
             elif full in self._entries:
@@ -572,6 +572,7 @@ class ReplayCache:
                 uses = self._seen.pop(full, 0) + 1
                 if uses < record_after:
                     self._seen[full] = uses
+                    counted = True
                     while len(self._seen) > 8 * self.max_entries:
                         self._seen.popitem(last=False)
                 else:
@@ -580,7 +581,18 @@ class ReplayCache:
                     while len(self._entries) > self.max_entries:
                         self._entries.popitem(last=False)
         if entry is None or (entry.recording and not recorder):
-            return fn(x)   # (another thread is recording this key)
+            if not counted:
+                return fn(x)   # (another thread is recording this key)
+            try:
+                return fn(x)
+            except BaseException:
+                # a call that raised (e.g. compress's image refused by its first conv) is not a
+                # use: it may have built some of the caches the transform reads, and a recording
+                # at the next use would then see the rest built during it, and wait (transient)
+                with self._lock:
+                    if self._seen.get(full, 0) > 0:
+                        self._seen[full] -= 1
+                raise
         if recorder:
             try:   # (BaseException: a Ctrl-C here left the placeholder, and the key eager
                 rec, y = _record(fn, x)   # for good)

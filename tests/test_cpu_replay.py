@@ -648,3 +648,84 @@ def test_compress_leaves_the_image_unchanged(model, precision, layout):
     data = [model.compress(x, 8, precision=precision) for _ in range(4)]
     assert torch.equal(x, before) and len(set(data)) == 1
     _require_replayed(model)
+
+
+# -- the image's range check by the first conv (codec.CPU_IMAGE_RANGE_IN_CONV) ------------------
+_BAD = ((200.0, r"values reach \S+ \.\. 200 \(0-255"), (float("nan"), "not finite"),
+        (-float("inf"), "not finite"), (-0.75, r"values reach -0\.75"))
+
+
+def _as_is(seed=3):
+    """An image compress's bf16 transform takes as it is (float32, dense channels_last)."""
+    return _image(seed, 48, 64).contiguous(memory_format=torch.channels_last)
+
+
+def _spoiled(x, spot, value):
+    y = x.clone(memory_format=torch.channels_last)
+    y[spot] = value
+    return y
+
+
+@pytest.mark.parametrize("in_conv", [True, False])
+def test_a_bad_image_is_refused_from_the_replay_which_keeps_replaying(model, monkeypatch,
+                                                                     in_conv):
+    """Where the transform takes the image as it is, its range is checked by the first conv as it
+    reads it (the kernel, from the replay too: ``CPU_IMAGE_RANGE_IN_CONV``) or by a pass of its
+    own: a bad value anywhere is refused with compress's message while the transform replays,
+    and the recording keeps replaying after it, with the same bytes either way."""
+    from slimkernels import codec
+    if not _amx():
+        pytest.skip("the image goes as it is only to the direct AMX conv")
+    monkeypatch.setattr(codec, "CPU_IMAGE_RANGE_IN_CONV", in_conv)
+    x = _as_is()
+    data = {model.compress(x, w, precision="bf16") for w in (8, 16) for _ in range(4)}
+    assert len(data) == 2
+    count = sum(e.replays for e in _require_replayed(model))
+    for spot in ((0, 0, 0, 0), (0, 2, 47, 63), (0, 1, 20, 33)):
+        for bad, match in _BAD:
+            for w in (8, 16):
+                with pytest.raises(ValueError, match=match):
+                    model.compress(_spoiled(x, spot, bad), w, precision="bf16")
+    assert {model.compress(x, w, precision="bf16") for w in (8, 16)} == data
+    assert sum(e.replays for e in _replays(model)) > count
+    assert not model.__dict__["_cpu_replays"].failures()
+    monkeypatch.setattr(codec, "CPU_IMAGE_RANGE_IN_CONV", not in_conv)   # the other way: the
+    assert {model.compress(x, w, precision="bf16") for w in (8, 16)} == data   # same bytes
+
+
+@pytest.mark.parametrize("when", [0, 1, 2, 3])
+def test_a_bad_image_at_each_stage_of_a_recording(model, when):
+    """A bad image at the key's first (eager) call, its recording, its verification or its
+    first replay: refused each time, and the key goes on to record, verify and replay."""
+    if not _amx():
+        pytest.skip("the image goes as it is only to the direct AMX conv")
+    x = _as_is(5)
+    good = [model.compress(x, 8, precision="bf16") for _ in range(when)]
+    with pytest.raises(ValueError, match="values reach"):
+        model.compress(_spoiled(x, (0, 1, 47, 0), 2.0), 8, precision="bf16")
+    good += [model.compress(x, 8, precision="bf16") for _ in range(4)]
+    assert len(set(good)) == 1
+    _require_replayed(model)
+    assert not model.__dict__["_cpu_replays"].failures()
+
+
+def test_the_image_check_where_the_first_conv_is_not_the_direct_one(model, monkeypatch):
+    """Where the first conv does not take the direct AMX conv, it measures the image itself
+    (ops.image_io.check_values) before it computes: the same refusals, the same bytes as the
+    pass of compress's own."""
+    from slimkernels import codec
+    from slimkernels.ops import image_io
+    if not _amx():
+        pytest.skip("the image goes as it is only to the direct AMX conv")
+    monkeypatch.setattr(conv_ops, "_conv2d_amx_if_eligible", lambda *a, **k: None)
+    measured = []
+    check = image_io.check_values
+    monkeypatch.setattr(image_io, "check_values", lambda *a: measured.append(1) or check(*a))
+    x = _as_is(7)
+    data = [model.compress(x, 8, precision="bf16") for _ in range(3)]
+    assert len(measured) == 3
+    for bad, match in _BAD:
+        with pytest.raises(ValueError, match=match):
+            model.compress(_spoiled(x, (0, 0, 47, 63), bad), 8, precision="bf16")
+    monkeypatch.setattr(codec, "CPU_IMAGE_RANGE_IN_CONV", False)
+    assert model.compress(x, 8, precision="bf16") == data[0] and len(measured) == 3 + len(_BAD)

@@ -539,10 +539,12 @@ def _both_layouts(c: int, hw: int) -> bool:
     return c == 1 or hw == 1
 
 
-def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, gdn_kw=None):
+def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, gdn_kw=None, check=None):
     """The direct AMX conv when this geometry goes there (see ``_use_amx_conv``), else None.
     ``gdn_kw``: the GDN kwargs of the output (or None): applied in the kernel's epilogue where
-    :func:`_amx_epilogue_gdn` takes it, else by the GDN op after."""
+    :func:`_amx_epilogue_gdn` takes it, else by the GDN op after. ``check``: ``(lo, hi)``, every
+    value of the float32 x range-checked by the kernel as it reads it
+    (:func:`slimkernels.ops.image_io.checked_by_first_conv`)."""
     if not amx_conv_available():   # (most CPUs: decided before the sizes)
         return None
     k, ci = weight.shape[-1], x.shape[1]
@@ -554,7 +556,7 @@ def _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, gdn_kw=None):
             image=wide and k * ci <= 32 and _amx_image_conv_channels(co)):
         g = None if gdn_kw is None or _both_layouts(co, hw) else \
             _amx_epilogue_gdn(gdn_kw, co, ci, windows=_amx_windows(k, ci, stride))
-        y = _conv2d_amx(x, weight, bias, co, stride, padding, g)
+        y = _conv2d_amx(x, weight, bias, co, stride, padding, g, check)
         return y if g is not None else _apply_gdn(y, gdn_kw)
     return None
 
@@ -1248,7 +1250,7 @@ _AMX_NO_GDN = (0, 0, 0, 1, 1.0, 0.0, False)
 
 
 def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gdn=None,
-                  clamp=None, cp=None):
+                  clamp=None, cp=None, check=None):
     """One call of the kernel (``wpk``: ``_amx_pack``'s pair): x (dense channels_last, bf16 or
     fp32) is padded by ``top`` rows and columns into a ``[N, hp, wp, cp]`` buffer inside the
     kernel (``wp >= wneed``, wide enough for the last K chunk's over-read; ``cp``: its channels
@@ -1258,7 +1260,9 @@ def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gd
     ``gdn``: :func:`_amx_epilogue_gdn`'s arguments for a GDN of the output in the epilogue, or
     None. ``clamp`` (``(lo, hi)``, without ``gdn``):
     the output as float32 clamped to ``[lo, hi]`` instead (the bf16 values widened: what
-    :func:`slimkernels.ops.image_io.bf16_to_image` of the bf16 output gives)."""
+    :func:`slimkernels.ops.image_io.bf16_to_image` of the bf16 output gives). ``check``
+    (``(lo, hi)``, a float32 x): every value of x compared with the bounds as the kernel reads
+    it; :data:`slimkernels.ops.image_io.ImageRangeError` when one is outside or NaN."""
     N, ci, H, W = x.shape
     cs = ci if cp is None else cp
     kcw = -(-(k * cs) // 32) * 32  # K of a tap row; the last chunk may read past it
@@ -1280,14 +1284,15 @@ def _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, out_hw, phase, top, hp, wneed, gd
         wpk[0].data_ptr(), wpk[1].data_ptr(), k, k, s, co, 0 if b is None else b.data_ptr(),
         Ho, Wo, yp, Hy, Wy, cy, phase, torch.get_num_threads(), AMX_CONV_GROUP_ROWS, *extra,
         windows=CPU_AMX_CONV_WINDOWS, Cp=0 if cp is None else cp,
-        in_place=CPU_AMX_CONV_IN_PLACE, pair_tiles=CPU_AMX_CONV_PAIR_TILES)
+        in_place=CPU_AMX_CONV_IN_PLACE, pair_tiles=CPU_AMX_CONV_PAIR_TILES,
+        **({} if check is None else {"check_lo": check[0], "check_hi": check[1]}))
     return y.permute(0, 3, 1, 2)
 
 
-def _conv2d_amx(x, weight, bias, co, stride, padding, gdn=None):
+def _conv2d_amx(x, weight, bias, co, stride, padding, gdn=None, check=None):
     """No-grad direct AMX conv (square kernel); x bf16 or fp32 (rounded to bf16 by the kernel),
     dense channels_last. Returns bf16 channels_last (``gdn``: with that epilogue GDN applied,
-    see :func:`_amx_conv_run`)."""
+    ``check``: x's values range-checked, see :func:`_amx_conv_run`)."""
     N, ci, H, W = x.shape
     k, s, p = weight.shape[-1], stride, padding
     Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
@@ -1296,7 +1301,8 @@ def _conv2d_amx(x, weight, bias, co, stride, padding, gdn=None):
         b = None if bias is None else bias[:co].detach().float().contiguous()
         return _amx_pack(weight[:co, :ci].detach()), b
     wpk, b = _cached(("amx", co, ci), (weight, bias), build)
-    return _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, (Ho, Wo), 1, p, H + 2 * p, W + 2 * p, gdn)
+    return _amx_conv_run(x, wpk, b, k, s, co, Ho, Wo, (Ho, Wo), 1, p, H + 2 * p, W + 2 * p, gdn,
+                         check=check)
 
 
 def _conv_transpose2d_amx(x, weight, bias, co, stride, padding, output_padding, gdn=None,
@@ -1647,15 +1653,21 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         return y if kw is None else _gdn(y, **kw)
     if not x.is_cpu:
         return _apply_gdn(_plain_conv(x, weight, bias, co, stride, padding), kw)
+    # the image of compress, whose values this conv checks (image_io.checked_by_first_conv)
+    check = image_io.take_first_conv_check(x)
     if stride > 1 and _one_column_out(x, weight, stride, padding):
+        if check is not None:
+            image_io.check_values(x, *check)
         # the same conv on the transposed image (the transposed kernel): see _one_column_out
         y = slim_conv2d(x.transpose(2, 3), weight.transpose(2, 3), bias, stride=stride,
                         padding=padding, out_width=co, gdn=kw, backend="torch")
         return y.transpose(2, 3)
     if _amx_direct_input(x, weight, bias):
-        y = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, kw)
+        y = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, kw, check)
         if y is not None:
             return y
+    if check is not None:   # (another path: measured first)
+        image_io.check_values(x, *check)
     if _onednn_kfold_bug(x, weight):   # (oneDNN's bf16 result would be garbage: see there)
         return _apply_gdn(_conv2d_fp32_rounded(x, weight, bias, co, stride, padding), kw)
     xp = _prepack_input(x, weight, bias)

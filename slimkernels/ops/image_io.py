@@ -10,14 +10,84 @@ A 768x512 Kodak image, 2 threads, AMX Xeon: ``image_to_bf16`` of an NCHW image a
 """
 from __future__ import annotations
 
-from typing import Tuple
+import contextlib
+import contextvars
+from typing import Optional, Tuple
 
 import torch
 
+from .._cpu import _module as _cpu_module
 from .._cpu import cpu_kernels
 
 __all__ = ["image_to_bf16", "image_to_bf16_reference", "bf16_to_image",
-           "bf16_to_image_reference", "value_range"]
+           "bf16_to_image_reference", "value_range", "ImageRangeError", "checked_by_first_conv"]
+
+
+def _range_error_class() -> type:
+    ck = _cpu_module()
+    if ck is not None and hasattr(ck, "ImageRangeError"):
+        return ck.ImageRangeError   # (what the direct AMX conv's range check raises)
+
+    class ImageRangeError(ValueError):
+        pass
+    return ImageRangeError
+
+
+#: A value of an image outside the bounds its first conv was given to check
+#: (:func:`checked_by_first_conv`), or NaN. A ValueError; ``compress`` turns it into its own
+#: message.
+ImageRangeError = _range_error_class()
+ImageRangeError.__doc__ = ("A value of an image outside the bounds its first conv was told to "
+                           "check (slimkernels.ops.image_io.checked_by_first_conv), or NaN.")
+
+
+class _FirstConvCheck:
+    """The image a transform's first conv checks, by address and size, and the bounds."""
+    __slots__ = ("ptr", "numel", "lo", "hi", "taken")
+
+    def __init__(self, x: torch.Tensor, lo: float, hi: float):
+        self.ptr, self.numel, self.lo, self.hi = x.data_ptr(), x.numel(), float(lo), float(hi)
+        self.taken = False
+
+
+_FIRST_CONV_CHECK: contextvars.ContextVar = contextvars.ContextVar(
+    "slimkernels_first_conv_check", default=None)
+
+
+@contextlib.contextmanager
+def checked_by_first_conv(x: torch.Tensor, lo: float, hi: float):
+    """Within this context the first :func:`slimkernels.ops.slim_conv2d` that gets ``x`` (a
+    float32 CPU tensor: the same data and size) checks that every value of it lies in ``[lo,
+    hi]`` and is not NaN, and raises :data:`ImageRangeError` otherwise: the direct AMX conv
+    compares the values as it reads them (no pass of its own over the image), any other path
+    measures them first (:func:`value_range`). ``compress``'s image range check, where the
+    analysis transform takes the image as it is. Per thread and per context (a context
+    variable); a CPU replay re-issues the recorded conv with the same bounds."""
+    token = _FIRST_CONV_CHECK.set(_FirstConvCheck(x, lo, hi))
+    try:
+        yield
+    finally:
+        _FIRST_CONV_CHECK.reset(token)
+
+
+def take_first_conv_check(x: torch.Tensor) -> Optional[Tuple[float, float]]:
+    """``(lo, hi)`` when ``x`` is the image of the current :func:`checked_by_first_conv` and no
+    conv has taken it yet (this call takes it: the caller must check), else None."""
+    c = _FIRST_CONV_CHECK.get()
+    if c is None or c.taken or x.dtype != torch.float32 or not x.is_cpu or \
+            x.data_ptr() != c.ptr or x.numel() != c.numel:
+        return None
+    c.taken = True
+    return c.lo, c.hi
+
+
+def check_values(x: torch.Tensor, lo: float, hi: float) -> None:
+    """:data:`ImageRangeError` when a value of ``x`` lies outside ``[lo, hi]`` or is NaN (by
+    :func:`value_range`): a conv's check where the direct AMX conv does not run."""
+    vlo, vhi = value_range(x)
+    if not (lo <= vlo and vhi <= hi):   # (NaN fails it)
+        raise ImageRangeError(f"a value of the image is outside [{lo}, {hi}] or not finite "
+                              f"(its values span {vlo} .. {vhi})")
 
 
 def _kernels():

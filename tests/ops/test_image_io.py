@@ -262,3 +262,37 @@ def test_switched_off_uses_the_reference(monkeypatch):
     _same_bits(image_io.image_to_bf16(x), x.to(torch.bfloat16))
     y = x.to(torch.bfloat16)
     _same_bits(image_io.bf16_to_image(y), y.float().clamp(0, 1))
+
+
+def test_the_first_conv_check_is_taken_once_by_the_image_alone():
+    """checked_by_first_conv names one image (its data and size, float32): the first conv that
+    gets it takes the check (a view of other size, a copy, another dtype do not), once; none
+    outside the context, none in another thread."""
+    import threading
+    x = torch.rand(1, 3, 8, 8)
+    assert image_io.take_first_conv_check(x) is None
+    with image_io.checked_by_first_conv(x, -0.5, 1.5):
+        assert image_io.take_first_conv_check(x.clone()) is None
+        assert image_io.take_first_conv_check(x[..., :4]) is None
+        assert image_io.take_first_conv_check(x.double()) is None
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(image_io.take_first_conv_check(x)))
+        t.start()
+        t.join()
+        assert seen == [None]
+        assert image_io.take_first_conv_check(x) == (-0.5, 1.5)
+        assert image_io.take_first_conv_check(x) is None      # taken
+    with image_io.checked_by_first_conv(x, 0.0, 1.0):
+        pass
+    assert image_io.take_first_conv_check(x) is None
+
+
+def test_check_values_refuses_what_lies_outside_or_is_not_finite():
+    x = torch.rand(1, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    image_io.check_values(x, 0.0, 1.0)
+    for bad in (1.0001, -1e-6, float("nan"), float("inf")):
+        y = x.clone()
+        y[0, 2, 15, 15] = bad
+        with pytest.raises(image_io.ImageRangeError, match="outside"):
+            image_io.check_values(y, 0.0, 1.0)
+    assert issubclass(image_io.ImageRangeError, ValueError)
