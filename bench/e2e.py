@@ -355,10 +355,22 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
     xp = x.float().to(next(model.parameters()).device)
     if ph or pw:
         xp = torch.nn.functional.pad(xp, (0, pw, 0, ph), mode="replicate")
-    xp = _layout(model, xp, channels_last, image_precision=precision)
+    # the image's range check as compress runs it (in the cast, a pass, or the first conv)
+    image_input = getattr(type(model), "_image_input", None)
+    ranges = [] if xp.is_cpu and not channels_last and image_input is not None and \
+        _takes_kwarg(image_input, "ranges") else None
+    if ranges is not None:
+        xp = model._image_input(xp, precision, ranges)
+    else:
+        xp = _layout(model, xp, channels_last, image_precision=precision)
+    in_conv = bool(ranges) and ranges[0] is _codec_fn("_RANGE_IN_CONV", None)
+    if ranges and not in_conv:
+        _codec_fn("_check_value_range", lambda lo, hi: None)(*ranges[0])
     eb = model.entropy_bottleneck.for_width(width)   # compress takes it before the transform
     mid = model.model_id()   # compress computes it here, before the transform
-    if hasattr(model, "_transform") and not channels_last:   # as compress runs it (CPU replay)
+    if hasattr(model, "_encode_image") and not channels_last:   # as compress runs it
+        y = model._encode_image(xp, width, precision, xp.device, None, mid, in_conv)
+    elif hasattr(model, "_transform") and not channels_last:   # (an older checkout)
         y = model._transform("encode", lambda t: model.encode(t, width), xp, (width, precision),
                              xp.device, precision, None, mid)
     else:

@@ -1046,6 +1046,20 @@ class SlimCodec(nn.Module):
         return _dequantize(eb, sym, self._params_channels_last() if cl is None else cl, medians,
                            torch.bfloat16 if bf16 else torch.float32)
 
+    def _encode_image(self, x: torch.Tensor, width: int, precision: str, dev: torch.device,
+                      cuda_graph: Optional[bool], mid: bytes, in_conv: bool) -> torch.Tensor:
+        """:meth:`compress`'s analysis transform of ``x`` (``_image_input``'s) at ``width``:
+        the latent. ``in_conv``: the image's range is checked by the first conv as it reads it
+        (``_image_input`` said so: :data:`CPU_IMAGE_RANGE_IN_CONV`), which raises
+        :data:`slimkernels.ops.image_io.ImageRangeError`; those recordings are keyed apart."""
+        fn = lambda t: self.encode(t, width)  # noqa: E731
+        if not in_conv:
+            return self._transform("encode", fn, x, (width, precision), dev, precision,
+                                   cuda_graph, mid)
+        with image_io.checked_by_first_conv(x, *PIXEL_RANGE):
+            return self._transform("encode", fn, x, (width, precision, "range"), dev, precision,
+                                   cuda_graph, mid)
+
     @torch.no_grad()
     def compress(self, x: torch.Tensor, width: Optional[int] = None, *, precision: str = "auto",
                  streams: Optional[int] = None, metadata: Optional[Dict[str, bytes]] = None,
@@ -1134,22 +1148,15 @@ class SlimCodec(nn.Module):
             else:
                 _check_pixel_range(image)
         mid = self._coding_id("compress")   # once: the graph cache's key, the container's field
-        if in_conv:   # (the first conv checks every value: its recordings are keyed apart)
-            try:
-                with image_io.checked_by_first_conv(x, *PIXEL_RANGE):
-                    y = self._transform("encode", lambda t: self.encode(t, width), x,
-                                        (width, precision, "range"), dev, precision, cuda_graph,
-                                        mid)
-            except image_io.ImageRangeError as e:
-                refused = e
-            else:
-                refused = None
-            if refused is not None:   # (raised here: the message names the values' range)
-                _check_value_range(*value_range(image))
-                raise refused
+        try:
+            y = self._encode_image(x, width, precision, dev, cuda_graph, mid, in_conv)
+        except image_io.ImageRangeError as e:
+            refused = e
         else:
-            y = self._transform("encode", lambda t: self.encode(t, width), x, (width, precision),
-                                dev, precision, cuda_graph, mid)
+            refused = None
+        if refused is not None:   # (raised here: the message names the values' range)
+            _check_value_range(*value_range(image))
+            raise refused
         want = (1, width, (H + ph) // s, (W + pw) // s)
         if tuple(y.shape) != want:   # (before the quantizer reads the width's medians per channel)
             raise ValueError(f"compress: the analysis transform returned a latent of shape "
