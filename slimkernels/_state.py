@@ -92,7 +92,9 @@ def _state_key_module():
         from . import _state_key
     except ImportError:  # built without the optional extension
         return None
-    return _state_key
+    # (a build from before the prefetch list and the hook check, not rebuilt since: the walks
+    # of Python, rather than a TypeError on every compress)
+    return _state_key if hasattr(_state_key, "tensor_impl_offset") else None
 
 
 _STATE_KEY = _state_key_module()

@@ -582,7 +582,7 @@ class ReplayCache:
                         self._entries.popitem(last=False)
         if entry is None or (entry.recording and not recorder):
             if not counted:
-                return fn(x)   # (another thread is recording this key)
+                return fn(x)   # (a key that failed, or another thread records it now)
             try:
                 return fn(x)
             except BaseException:

@@ -630,10 +630,10 @@ SK_CTARGET inline void check_range(RangeAcc* acc, __m512 v, __mmask16 k) {
 }
 
 // x's 32 elements from element offset e (may lie before x: only the lanes of k are read),
-// rounded to bf16 when x is fp32 (RNE), zeros outside k. acc (fp32 x): the lanes of k & ck
+// rounded to bf16 when x is fp32 (RNE), zeros outside k. acc (fp32 x): those lanes
 // range-checked.
 SK_CTARGET inline __m512i load_bf16x32(const ConvAmxArgs& a, int64_t e, __mmask32 k,
-                                       RangeAcc* acc = nullptr, __mmask32 ck = ~__mmask32(0)) {
+                                       RangeAcc* acc = nullptr) {
   if (a.xdtype == kBF16)
     return _mm512_maskz_loadu_epi16(
         k, reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(a.x) +
@@ -644,10 +644,8 @@ SK_CTARGET inline __m512i load_bf16x32(const ConvAmxArgs& a, int64_t e, __mmask3
   const __m512 f1 = _mm512_maskz_loadu_ps(static_cast<__mmask16>(k >> 16),
                                           reinterpret_cast<const void*>(p + 64));
   if (acc != nullptr) {
-    const __mmask32 c = k & ck;
-    if (static_cast<__mmask16>(c) != 0) check_range(acc, f0, static_cast<__mmask16>(c));
-    if (static_cast<__mmask16>(c >> 16) != 0)
-      check_range(acc, f1, static_cast<__mmask16>(c >> 16));
+    check_range(acc, f0, static_cast<__mmask16>(k));
+    check_range(acc, f1, static_cast<__mmask16>(k >> 16));
   }
   return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(f1, f0));
 }
