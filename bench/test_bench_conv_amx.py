@@ -65,7 +65,7 @@ def test_switch_ab_runs_both_paths_and_restores_the_switches(capsys, monkeypatch
     saved = tuple(getattr(oc, k) for k in names)
     seen = []
     real = getattr(oc, fn)
-    monkeypatch.setattr(oc, fn, lambda *a: seen.append(record(a)) or real(*a))
+    monkeypatch.setattr(oc, fn, lambda *a, **k: seen.append(record(a)) or real(*a, **k))
     rows = bench.compare(kind, [width], threads=1, n=2, reps=1)
     assert tuple(getattr(oc, k) for k in names) == saved
     if oc._amx_conv_kernels() is None:
