@@ -242,6 +242,23 @@ def model_fingerprint(model: nn.Module, config: Dict) -> bytes:
     return h.digest()[:16]
 
 
+def _first_parameter(root: nn.Module) -> Optional[torch.Tensor]:
+    """``next(root.parameters(), None)`` without its chain of generators (one per tree level:
+    ~3.5 us warm and ~30 cold per call on SlimCAE, where every compress and decompress asks
+    for it): the same pre-order walk over the modules, each once, to the first parameter."""
+    stack, seen = [root], set()
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        for p in m._parameters.values():
+            if p is not None:
+                return p
+        stack.extend(reversed([c for c in m._modules.values() if c is not None]))
+    return None
+
+
 def _weight_problem(model: nn.Module) -> Optional[Tuple[str, str, str]]:
     """``(what coding needs, what the first floating-point state tensor that is not float32 or
     not finite is, what to do)``, else None."""
@@ -932,7 +949,7 @@ class SlimCodec(nn.Module):
 
     # -- coding --------------------------------------------------------------------------------
     def _first_parameter(self) -> torch.Tensor:
-        p = next(self.parameters(), None)
+        p = _first_parameter(self)
         if p is None:
             raise ValueError(f"{type(self).__name__} has no parameters: build its g_a, g_s and "
                              f"entropy_bottleneck in __init__ (docs/tutorial_custom_codec.md)")

@@ -1788,3 +1788,25 @@ def test_a_forward_under_fake_tensors_gives_shapes_and_leaves_real_calls_alone()
     assert tuple(out["x_hat"].shape) == (1, 3, 64, 48)
     assert m.compress(x, 16) == before
     assert m.decompress(before).shape == x.shape
+
+
+def test_first_parameter_is_the_first_of_parameters():
+    """codec._first_parameter (what compress and decompress ask for the device and dtype) is
+    ``next(parameters())`` on every tree: nested, a module shared twice, None parameters,
+    modules without any, a cycle (each module once, as torch's walk), none at all."""
+    import torch.nn as nn
+    from slimkernels.codec import _first_parameter
+    shared = nn.Linear(2, 2)
+    a = nn.Sequential(nn.ReLU(), nn.Sequential(nn.Identity(), shared), shared, nn.Linear(3, 3))
+    b = nn.Module()
+    b.register_parameter("none", None)
+    b.inner = nn.Sequential(nn.ReLU(), nn.Sequential(nn.Sequential(nn.Linear(1, 4))))
+    b.late = nn.Linear(5, 5)
+    c = nn.Sequential(nn.ReLU())
+    c[0].up = c                                   # a cycle without parameters
+    d = nn.Sequential(nn.ReLU(), nn.Conv2d(1, 1, 1))
+    d[0].up = d                                   # a cycle before the first one
+    for m in (a, b, c, d, nn.ReLU(), Tiny()):
+        want = next(m.parameters(), None)
+        got = _first_parameter(m)
+        assert got is want, type(m).__name__
