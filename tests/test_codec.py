@@ -1791,11 +1791,11 @@ def test_a_forward_under_fake_tensors_gives_shapes_and_leaves_real_calls_alone()
 
 
 def test_first_parameter_is_the_first_of_parameters():
-    """codec._first_parameter (what compress and decompress ask for the device and dtype) is
+    """codec._first_parameter_of (what compress and decompress ask for the device and dtype) is
     ``next(parameters())`` on every tree: nested, a module shared twice, None parameters,
     modules without any, a cycle (each module once, as torch's walk), none at all."""
     import torch.nn as nn
-    from slimkernels.codec import _first_parameter
+    from slimkernels.codec import _first_parameter_of
     shared = nn.Linear(2, 2)
     a = nn.Sequential(nn.ReLU(), nn.Sequential(nn.Identity(), shared), shared, nn.Linear(3, 3))
     b = nn.Module()
@@ -1808,5 +1808,5 @@ def test_first_parameter_is_the_first_of_parameters():
     d[0].up = d                                   # a cycle before the first one
     for m in (a, b, c, d, nn.ReLU(), Tiny()):
         want = next(m.parameters(), None)
-        got = _first_parameter(m)
+        got = _first_parameter_of(m)
         assert got is want, type(m).__name__
