@@ -33,3 +33,13 @@ def transient(why: str) -> None:
     rec = ACTIVE.get()
     if rec is not None:
         rec.transient = why
+
+
+def on_replay(fn) -> None:
+    """Report a side effect of the recorded call that its replays must repeat, as ``fn()`` (no
+    arguments, run at every replay before its kernels): Python state the call set that the
+    kernels alone would not (e.g. that compress's image was range-checked by its first conv,
+    :func:`slimkernels.ops.image_io.checked_by_first_conv`)."""
+    rec = ACTIVE.get()
+    if rec is not None:
+        rec.on_replay(fn)

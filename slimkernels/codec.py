@@ -1073,9 +1073,12 @@ class SlimCodec(nn.Module):
         if not in_conv:
             return self._transform("encode", fn, x, (width, precision), dev, precision,
                                    cuda_graph, mid)
-        with image_io.checked_by_first_conv(x, *PIXEL_RANGE):
-            return self._transform("encode", fn, x, (width, precision, "range"), dev, precision,
-                                   cuda_graph, mid)
+        with image_io.checked_by_first_conv(x, *PIXEL_RANGE) as check:
+            y = self._transform("encode", fn, x, (width, precision, "range"), dev, precision,
+                                cuda_graph, mid)
+        if not check.taken:   # (no conv got the image itself: a hook, a forward of its own)
+            _check_value_range(*value_range(x))
+        return y
 
     @torch.no_grad()
     def compress(self, x: torch.Tensor, width: Optional[int] = None, *, precision: str = "auto",

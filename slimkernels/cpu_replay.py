@@ -127,11 +127,15 @@ class _Recorder:
         self.env: dict = {}
         self.error: Optional[str] = None
         self.transient: Optional[str] = None   # (slimkernels._recording.transient)
+        self.effects: List[Callable[[], None]] = []   # (slimkernels._recording.on_replay)
         self.seq = 0
 
     # -- hooks (slimkernels._recording) --
     def keep_value(self, value) -> None:
         self.kept.extend(_tensors(value))
+
+    def on_replay(self, fn: Callable[[], None]) -> None:
+        self.effects.append(fn)
 
     def env_read(self, name: str) -> None:
         if name not in self.env:
@@ -268,6 +272,7 @@ class _Replay:
         self.keep: list = []
         self.output: Optional[Tuple] = None   # (bytes, element offset, dtype, shape, stride)
         self.env: dict = {}
+        self.effects: tuple = ()         # the recorded call's Python side effects (callables)
         self.hooks: list = []
         self.root = None                 # a weak reference to the first module (the model)
         self.forwards: tuple = ()        # ((module class, its forward), ...) as recorded
@@ -353,6 +358,7 @@ class _Replay:
         r.output = (allocs[ko][2] - allocs[ko][1], off // y.element_size(), y.dtype, y.shape,
                     y.stride())
         r.env = dict(rec.env)
+        r.effects = tuple(rec.effects)
         r.hooks = hooks
         r.root = weakref.ref(modules[0]) if modules else None
         # each module class's forward as recorded (a class patched afterwards runs eagerly)
@@ -383,6 +389,8 @@ class _Replay:
         buffer filled with NaN first, so that a buffer the steps do not write shows); the output
         (a view of its buffer), or None when a kernel's result differs from the recorded one
         (the eager call must run)."""
+        for effect in self.effects:   # (the recorded call's Python side effects)
+            effect()
         nbytes, off, dtype, shape, stride = self.output
         early, late = (torch.empty(max(n, 1), dtype=torch.uint8) for n in self.arena_bytes)
         if poison:

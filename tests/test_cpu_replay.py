@@ -729,3 +729,31 @@ def test_the_image_check_where_the_first_conv_is_not_the_direct_one(model, monke
             model.compress(_spoiled(x, (0, 0, 47, 63), bad), 8, precision="bf16")
     monkeypatch.setattr(codec, "CPU_IMAGE_RANGE_IN_CONV", False)
     assert model.compress(x, 8, precision="bf16") == data[0] and len(measured) == 3 + len(_BAD)
+
+
+def test_the_replay_says_its_conv_checked_the_image(model, monkeypatch):
+    """A replay repeats the recorded conv's taking of the check (``_recording.on_replay``), so
+    compress runs no pass of its own over the image while the transform replays; where no conv
+    got the image (a pre-hook hands the first conv a copy), compress measures it itself: the
+    same refusals, the same bytes."""
+    from slimkernels import codec
+    if not _amx():
+        pytest.skip("the image goes as it is only to the direct AMX conv")
+    passes = []
+    real = codec.value_range
+    monkeypatch.setattr(codec, "value_range", lambda t: passes.append(1) or real(t))
+    x = _as_is(11)
+    data = [model.compress(x, 8, precision="bf16") for _ in range(5)]
+    assert len(set(data)) == 1 and passes == []
+    _require_replayed(model)
+    handle = model.g_a[0].register_forward_pre_hook(lambda mod, args: (args[0].clone(),)
+                                                    + tuple(args[1:]))
+    try:
+        assert model.compress(x, 8, precision="bf16") == data[0] and len(passes) == 1
+        for bad, match in _BAD:
+            with pytest.raises(ValueError, match=match):
+                model.compress(_spoiled(x, (0, 2, 10, 63), bad), 8, precision="bf16")
+    finally:
+        handle.remove()
+    passes.clear()
+    assert model.compress(x, 8, precision="bf16") == data[0] and passes == []

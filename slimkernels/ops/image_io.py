@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .. import _recording
 from .._cpu import _module as _cpu_module
 from .._cpu import cpu_kernels
 
@@ -62,22 +63,36 @@ def checked_by_first_conv(x: torch.Tensor, lo: float, hi: float):
     compares the values as it reads them (no pass of its own over the image), any other path
     measures them first (:func:`value_range`). ``compress``'s image range check, where the
     analysis transform takes the image as it is. Per thread and per context (a context
-    variable); a CPU replay re-issues the recorded conv with the same bounds."""
-    token = _FIRST_CONV_CHECK.set(_FirstConvCheck(x, lo, hi))
+    variable); a CPU replay re-issues the recorded conv with the same bounds. Yields an object
+    whose ``taken`` says afterwards whether a conv took the check (also from a replay): where
+    none did (a hook or a ``forward`` of its own handed the first conv another tensor), the
+    caller must check the image itself."""
+    check = _FirstConvCheck(x, lo, hi)
+    token = _FIRST_CONV_CHECK.set(check)
     try:
-        yield
+        yield check
     finally:
         _FIRST_CONV_CHECK.reset(token)
 
 
+def _mark_taken() -> None:
+    """A replay's note that its recorded conv checked the current image (see
+    :func:`take_first_conv_check`)."""
+    c = _FIRST_CONV_CHECK.get()
+    if c is not None:
+        c.taken = True
+
+
 def take_first_conv_check(x: torch.Tensor) -> Optional[Tuple[float, float]]:
     """``(lo, hi)`` when ``x`` is the image of the current :func:`checked_by_first_conv` and no
-    conv has taken it yet (this call takes it: the caller must check), else None."""
+    conv has taken it yet (this call takes it: the caller must check), else None. A CPU replay
+    of the call repeats the taking (``slimkernels._recording.on_replay``) with its kernels."""
     c = _FIRST_CONV_CHECK.get()
     if c is None or c.taken or x.dtype != torch.float32 or not x.is_cpu or \
             x.data_ptr() != c.ptr or x.numel() != c.numel:
         return None
     c.taken = True
+    _recording.on_replay(_mark_taken)
     return c.lo, c.hi
 
 
