@@ -1068,7 +1068,9 @@ class SlimCodec(nn.Module):
         """:meth:`compress`'s analysis transform of ``x`` (``_image_input``'s) at ``width``:
         the latent. ``in_conv``: the image's range is checked by the first conv as it reads it
         (``_image_input`` said so: :data:`CPU_IMAGE_RANGE_IN_CONV`), which raises
-        :data:`slimkernels.ops.image_io.ImageRangeError`; those recordings are keyed apart."""
+        :data:`slimkernels.ops.image_io.ImageRangeError`; those recordings are keyed apart.
+        Where no conv took the check (a hook or a ``forward`` of its own handed the first conv
+        another tensor), ``x`` is measured here (ValueError, compress's message)."""
         fn = lambda t: self.encode(t, width)  # noqa: E731
         if not in_conv:
             return self._transform("encode", fn, x, (width, precision), dev, precision,
