@@ -355,17 +355,12 @@ def ours_compress_split(model: SlimCAE, x: torch.Tensor, width: int, precision: 
     xp = x.float().to(next(model.parameters()).device)
     if ph or pw:
         xp = torch.nn.functional.pad(xp, (0, pw, 0, ph), mode="replicate")
-    # the image's range check as compress runs it (in the cast, a pass, or the first conv)
-    image_input = getattr(type(model), "_image_input", None)
-    ranges = [] if xp.is_cpu and not channels_last and image_input is not None and \
-        _takes_kwarg(image_input, "ranges") else None
-    if ranges is not None:
-        xp = model._image_input(xp, precision, ranges)
-    else:
-        xp = _layout(model, xp, channels_last, image_precision=precision)
-    in_conv = bool(ranges) and ranges[0] is _codec_fn("_RANGE_IN_CONV", None)
-    if ranges and not in_conv:
-        _codec_fn("_check_value_range", lambda lo, hi: None)(*ranges[0])
+    if hasattr(model, "_checked_image_input") and not channels_last:
+        # compress's own step: the input and the image's range check (the cast's measure, a
+        # pass, or the first conv's in the transform)
+        xp, in_conv = model._checked_image_input(xp, precision, xp.is_cpu)
+    else:   # (a proposed layout, or an older checkout)
+        xp, in_conv = _layout(model, xp, channels_last, image_precision=precision), False
     eb = model.entropy_bottleneck.for_width(width)   # compress takes it before the transform
     mid = model.model_id()   # compress computes it here, before the transform
     if hasattr(model, "_encode_image") and not channels_last:   # as compress runs it

@@ -1063,6 +1063,23 @@ class SlimCodec(nn.Module):
         return _dequantize(eb, sym, self._params_channels_last() if cl is None else cl, medians,
                            torch.bfloat16 if bf16 else torch.float32)
 
+    def _checked_image_input(self, x: torch.Tensor, precision: str, deferred: bool
+                             ) -> Tuple[torch.Tensor, bool]:
+        """:meth:`compress`'s :meth:`_image_input` of its padded float32 image ``x``, with the
+        range check where it is ``deferred`` (the CPU: every value, from the cast's own measure
+        or a pass; a sample when neither measures them): ``(the transform's input, in_conv)``,
+        ``in_conv`` True where the first conv checks the image instead (:meth:`_encode_image`).
+        Elsewhere compress checked a sample before."""
+        ranges = [] if deferred else None
+        t = self._image_input(x, precision, ranges)
+        in_conv = bool(ranges) and ranges[0] is _RANGE_IN_CONV
+        if deferred and not in_conv:
+            if ranges:
+                _check_value_range(*ranges[0])
+            else:
+                _check_pixel_range(x)
+        return t, in_conv
+
     def _encode_image(self, x: torch.Tensor, width: int, precision: str, dev: torch.device,
                       cuda_graph: Optional[bool], mid: bytes, in_conv: bool) -> torch.Tensor:
         """:meth:`compress`'s analysis transform of ``x`` (``_image_input``'s) at ``width``:
@@ -1160,15 +1177,8 @@ class SlimCodec(nn.Module):
         x = x.to(dev, torch.float32)
         if ph or pw:
             x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
-        ranges = [] if deferred else None
         image = x
-        x = self._image_input(x, precision, ranges)
-        in_conv = bool(ranges) and ranges[0] is _RANGE_IN_CONV
-        if deferred and not in_conv:
-            if ranges:
-                _check_value_range(*ranges[0])
-            else:
-                _check_pixel_range(image)
+        x, in_conv = self._checked_image_input(image, precision, deferred)
         mid = self._coding_id("compress")   # once: the graph cache's key, the container's field
         try:
             y = self._encode_image(x, width, precision, dev, cuda_graph, mid, in_conv)
