@@ -1653,15 +1653,14 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         return y if kw is None else _gdn(y, **kw)
     if not x.is_cpu:
         return _apply_gdn(_plain_conv(x, weight, bias, co, stride, padding), kw)
-    # the image of compress, whose values this conv checks (image_io.checked_by_first_conv)
-    check = image_io.take_first_conv_check(x)
     if stride > 1 and _one_column_out(x, weight, stride, padding):
-        if check is not None:
-            image_io.check_values(x, *check)
         # the same conv on the transposed image (the transposed kernel): see _one_column_out
+        # (a view of the same data: the call below takes compress's image check, if any)
         y = slim_conv2d(x.transpose(2, 3), weight.transpose(2, 3), bias, stride=stride,
                         padding=padding, out_width=co, gdn=kw, backend="torch")
         return y.transpose(2, 3)
+    # the image of compress, whose values this conv checks (image_io.checked_by_first_conv)
+    check = image_io.take_first_conv_check(x)
     if _amx_direct_input(x, weight, bias):
         y = _conv2d_amx_if_eligible(x, weight, bias, co, stride, padding, kw, check)
         if y is not None:

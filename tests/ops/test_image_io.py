@@ -296,3 +296,29 @@ def test_check_values_refuses_what_lies_outside_or_is_not_finite():
         with pytest.raises(image_io.ImageRangeError, match="outside"):
             image_io.check_values(y, 0.0, 1.0)
     assert issubclass(image_io.ImageRangeError, ValueError)
+
+
+@pytest.mark.parametrize("w", [1, 40])
+def test_slim_conv2d_checks_the_image_of_its_context_on_every_route(w):
+    """Within checked_by_first_conv the first slim_conv2d checks the image, whichever route it
+    takes: the direct AMX conv where it runs, a measure first elsewhere, and the transposed
+    image of a one-column output (w=1: it hands the check to the conv it calls): a bad value is
+    refused, a good image gives the output of the conv without the context."""
+    from slimkernels.ops import slim_conv2d
+    g = torch.Generator().manual_seed(w)
+    x = torch.rand(1, 3, 40, w, generator=g).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(16, 3, 5, 5, generator=g) * 0.1, torch.randn(16, generator=g)
+
+    def conv(t):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return slim_conv2d(t, weight, bias, stride=2, padding=2)
+    want = conv(x)
+    with image_io.checked_by_first_conv(x, -0.5, 1.5) as check:
+        assert torch.equal(conv(x), want)
+    assert check.taken
+    bad = x.clone(memory_format=torch.channels_last)
+    bad[0, 1, 39, w - 1] = 7.0
+    with image_io.checked_by_first_conv(bad, -0.5, 1.5):
+        with pytest.raises(image_io.ImageRangeError):
+            conv(bad)
+    assert conv(bad).shape == want.shape      # outside the context: no check
