@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -24,22 +25,28 @@ __all__ = ["image_to_bf16", "image_to_bf16_reference", "bf16_to_image",
            "bf16_to_image_reference", "value_range", "ImageRangeError", "checked_by_first_conv"]
 
 
+@functools.lru_cache(maxsize=None)
 def _range_error_class() -> type:
     ck = _cpu_module()
     if ck is not None and hasattr(ck, "ImageRangeError"):
-        return ck.ImageRangeError   # (what the direct AMX conv's range check raises)
+        err = ck.ImageRangeError   # (what the direct AMX conv's range check raises)
+    else:
+        class ImageRangeError(ValueError):
+            pass
+        err = ImageRangeError
+    err.__doc__ = ("A value of an image outside the bounds its first conv was told to check "
+                   "(slimkernels.ops.image_io.checked_by_first_conv), or NaN.")
+    return err
 
-    class ImageRangeError(ValueError):
-        pass
-    return ImageRangeError
 
-
-#: A value of an image outside the bounds its first conv was given to check
-#: (:func:`checked_by_first_conv`), or NaN. A ValueError; ``compress`` turns it into its own
-#: message.
-ImageRangeError = _range_error_class()
-ImageRangeError.__doc__ = ("A value of an image outside the bounds its first conv was told to "
-                           "check (slimkernels.ops.image_io.checked_by_first_conv), or NaN.")
+def __getattr__(name: str):
+    # ImageRangeError: a value of an image outside the bounds its first conv was told to check
+    # (checked_by_first_conv), or NaN; a ValueError (compress turns it into its own message).
+    # The compiled kernels' class, looked up at first use: importing the package does not load
+    # them (~4.5 ms; an ``except`` clause reads it only when an exception is raised).
+    if name == "ImageRangeError":
+        return _range_error_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _FirstConvCheck:
@@ -101,7 +108,7 @@ def check_values(x: torch.Tensor, lo: float, hi: float) -> None:
     :func:`value_range`): a conv's check where the direct AMX conv does not run."""
     vlo, vhi = value_range(x)
     if not (lo <= vlo and vhi <= hi):   # (NaN fails it)
-        raise ImageRangeError(f"a value of the image is outside [{lo}, {hi}] or not finite "
+        raise _range_error_class()(f"a value of the image is outside [{lo}, {hi}] or not finite "
                               f"(its values span {vlo} .. {vhi})")
 
 
