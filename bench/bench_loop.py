@@ -23,7 +23,6 @@ model on two 64x96 images written to a temporary folder, to check that the code 
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import random
 import statistics
@@ -40,6 +39,7 @@ sys.path.insert(0, HERE)
 
 import e2e  # noqa: E402
 from slimkernels.io import read_image  # noqa: E402
+from slimkernels.training.data import list_images  # noqa: E402
 
 #: The table's columns: (op, case).
 COLUMNS = (("compress", "after a read"), ("compress", "back to back"),
@@ -133,13 +133,12 @@ def main(argv=None) -> int:
             widths = [24, 16]
             paths = _dry_images(tmp)
         else:
-            model = e2e.load_model(a.model)[0].eval()
-            paths = sorted(p for p in glob.glob(os.path.join(a.images, "*"))
-                           if p.lower().endswith((".png", ".jpg", ".jpeg", ".ppm", ".bmp")))
-            paths = paths[:a.limit]
-            if not paths:
-                print(f"bench_loop: no images in {a.images}", file=sys.stderr)
+            try:   # (the image files of the folder, as the trainer and the evaluation list them)
+                paths = list_images(a.images)[:a.limit]
+            except ValueError as e:
+                print(f"bench_loop: {e}", file=sys.stderr)
                 return 2
+            model = e2e.load_model(a.model)[0].eval()
         from slimkernels.allocator import tune_malloc
         tune_malloc()   # (as the command-line tools do)
         times = measure(model, paths, widths, a.rounds, a.precision)

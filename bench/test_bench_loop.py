@@ -45,3 +45,10 @@ def test_measure_keeps_one_call_per_image_width_and_case(tmp_path):
     calls = (1 + 3) * len(paths) * 2 * 2     # rounds x images x widths x (timed, again)
     assert len(written) == len(decoded) == calls
     assert set(decoded) <= set(written)       # each a file the loop's compress wrote
+
+
+def test_loop_refuses_a_folder_without_images(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    assert bench_loop.main(["--images", str(tmp_path)]) == 2
+    assert "no images" in capsys.readouterr().err
+    assert bench_loop.main(["--images", str(tmp_path / "missing")]) == 2
