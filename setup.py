@@ -17,6 +17,16 @@ def _version():
     return ns["__version__"]
 
 
+def _load_build_stamp():
+    """slimkernels/_build_stamp.py, loaded by its path (importing the package needs torch)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "_slimkernels_build_stamp", os.path.join(HERE, "slimkernels", "_build_stamp.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 _BUILDS = ("build_ext", "bdist_wheel", "develop", "install", "editable_wheel", "build")
 
 
@@ -28,39 +38,36 @@ def _ext_modules():
     except ImportError:  # pragma: no cover - only without build isolation
         sys.exit("slimkernels: building needs pybind11 (pip install pybind11), "
                  "or install with pip, which reads it from pyproject.toml.")
-    sources = sorted(os.path.join("csrc", f) for f in os.listdir(os.path.join(HERE, "csrc"))
-                     if f.endswith(".cpp"))
+    stamps = _load_build_stamp()
+    files = stamps.extension_files(HERE)
+
+    def ext(name, **kw):
+        # the sources' stamp compiled in (SOURCE_STAMP: slimkernels/_build_stamp.py compares it
+        # with the checkout's C++ when the package loads the extension); the headers as
+        # dependencies: an edited header rebuilds the extensions that include it (setuptools
+        # tracks only the listed sources otherwise)
+        sources, headers = files[name]
+        macro = ("SK_SOURCE_STAMP", '"%s"' % stamps.stamp(HERE, sources + headers))
+        return Pybind11Extension("slimkernels." + name, sources, depends=headers,
+                                 define_macros=[macro], cxx_std=17, **kw)
     args = ["-O3", "-std=c++17", "-fvisibility=hidden"]
-    cpu_dir = os.path.join("csrc", "cpu")
-    cpu_sources = sorted(os.path.join(cpu_dir, f) for f in os.listdir(os.path.join(HERE, cpu_dir))
-                         if f.endswith(".cpp"))
-    # headers as dependencies: an edited header rebuilds the extensions that include it
-    # (setuptools tracks only the listed sources otherwise)
-    def headers(d):
-        return sorted(os.path.join(d, f) for f in os.listdir(os.path.join(HERE, d))
-                      if f.endswith(".hpp"))
     # -pthread: the coder's worker pool (glibc >= 2.34 links it anyway; older systems need it).
     # -fno-wrapv: Python's own CFLAGS carry -fwrapv, which made the encoder's loop ~4 % slower
     # (the coder has no signed overflow: the fuzz and random drivers run it under UBSan).
-    return [Pybind11Extension("slimkernels._coder", sources, include_dirs=["csrc"],
-                              depends=headers("csrc"),
-                              extra_compile_args=args + ["-pthread", "-fno-wrapv"],
-                              extra_link_args=["-pthread"], cxx_std=17),
+    return [ext("_coder", include_dirs=["csrc"],
+                extra_compile_args=args + ["-pthread", "-fno-wrapv"],
+                extra_link_args=["-pthread"]),
             # The module-tree state key of the weight caches (model_id). Optional: without it
             # slimkernels._state walks the tree in Python (same key semantics, ~3x slower).
-            Pybind11Extension("slimkernels._state_key",
-                              [os.path.join("csrc", "py", "state_key.cpp")],
-                              extra_compile_args=args, cxx_std=17, optional=True),
+            ext("_state_key", extra_compile_args=args, optional=True),
             # CPU kernels (AMX / AVX-512 / AVX2 convolutions and GDN, Winograd, batched GEMM,
             # latents, image I/O, the coder's OpenMP executor). Optional: if it fails to build (old
             # compiler or assembler, another ISA), the package installs without it and every op
             # falls back to its PyTorch path.
             # -fopenmp: its threads are torch's (same libgomp.so.1 once torch is loaded).
-            Pybind11Extension("slimkernels._cpu_kernels", cpu_sources, include_dirs=[cpu_dir],
-                              depends=headers(cpu_dir),
-                              extra_compile_args=args + ["-pthread", "-fopenmp"],
-                              extra_link_args=["-pthread", "-fopenmp"], cxx_std=17,
-                              optional=True)]
+            ext("_cpu_kernels", include_dirs=[os.path.join("csrc", "cpu")],
+                extra_compile_args=args + ["-pthread", "-fopenmp"],
+                extra_link_args=["-pthread", "-fopenmp"], optional=True)]
 
 
 def _check_compiler():

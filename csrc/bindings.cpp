@@ -169,7 +169,14 @@ py::tuple pmfs_to_quantized_cdfs(const F64& pmfs, const I32& pmf_lengths, py::ob
 
 }  // namespace
 
+// The stamp of the sources this build was made from (setup.py: slimkernels/_build_stamp.py),
+// which the package compares with the checkout's C++ when it loads the extension.
+#ifndef SK_SOURCE_STAMP
+#define SK_SOURCE_STAMP ""
+#endif
+
 PYBIND11_MODULE(_coder, m) {
+  m.attr("SOURCE_STAMP") = SK_SOURCE_STAMP;
   m.doc() = "slimkernels interleaved rANS entropy coder (C++17). Use slimkernels.coding.";
   m.attr("FORMAT_VERSION") = int(slimcoder::kFormatVersion);
   m.attr("LANES") = slimcoder::kLanes;

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from . import _recording
+from . import _build_stamp, _recording
 from . import _env
 
 
@@ -21,7 +21,8 @@ def _module():
         from . import _cpu_kernels
     except ImportError:  # built without it (non-x86, old compiler or assembler)
         return None
-    return _cpu_kernels
+    return _build_stamp.optional(_cpu_kernels, "_cpu_kernels",
+                                 "every op takes its PyTorch path (slower on CPU)")
 
 
 @functools.lru_cache(maxsize=None)

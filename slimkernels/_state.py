@@ -4,7 +4,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-from . import _recording
+from . import _build_stamp, _recording
 from ._cpu import tracing
 
 
@@ -94,7 +94,10 @@ def _state_key_module():
         return None
     # (a build from before the prefetch list and the hook check, not rebuilt since: the walks
     # of Python, rather than a TypeError on every compress)
-    return _state_key if hasattr(_state_key, "tensor_impl_offset") else None
+    if not hasattr(_state_key, "tensor_impl_offset"):
+        return None
+    return _build_stamp.optional(_state_key, "_state_key",
+                                 "the model's state key is walked in Python (~3x slower)")
 
 
 _STATE_KEY = _state_key_module()

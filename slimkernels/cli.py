@@ -59,15 +59,24 @@ def env_report() -> str:
             lines.append(f"backend for {dev.upper()} tensors: unusable ({e})")
     env = os.environ.get(backend.ENV_VAR)
     lines.append(f"{backend.ENV_VAR}: {env or '(unset)'}")
+    from ._build_stamp import stale
     try:
-        from . import _coder  # noqa: F401
-        lines.append(f"compiled range coder: yes ({_coder.__file__})")
-    except ImportError as e:
+        from .coding import _ext
+        lines.append(f"compiled range coder: yes ({_ext().__file__})")
+    except ImportError as e:   # (not built, or built from other sources than csrc/ holds now)
         lines.append(f"compiled range coder: NO ({e})")
-    # the two optional extensions (a build that could not compile them installs without them)
+    # the two optional extensions (a build that could not compile them installs without them;
+    # a stale one is not used)
     from ._cpu import _module as _cpu_module, switched_off
-    ck = _cpu_module()
-    if ck is None:
+    try:
+        from . import _cpu_kernels
+        old = stale(_cpu_kernels, "_cpu_kernels")
+    except ImportError:
+        old = None
+    ck = None if old else _cpu_module()
+    if old:
+        lines.append(f"compiled CPU kernels: NOT USED ({old})")
+    elif ck is None:
         lines.append("compiled CPU kernels: NO (not built: the PyTorch paths run, slower; "
                      "rebuild with a C++17 compiler that has AVX-512 / AMX intrinsics)")
     else:
@@ -77,8 +86,15 @@ def env_report() -> str:
         lines.append(f"compiled CPU kernels: yes ({', '.join(isa) or 'no usable ISA here'}"
                      f"{'; switched off by SLIMKERNELS_CPU_KERNELS=0' if switched_off() else ''})")
     from . import _state
-    lines.append("model state key: " + ("compiled" if _state._STATE_KEY is not None else
-                                         "Python (the optional extension is not built)"))
+    try:
+        from . import _state_key
+        old = stale(_state_key, "_state_key")
+    except ImportError:
+        old = None
+    lines.append("model state key: " + (
+        "compiled" if _state._STATE_KEY is not None else
+        f"Python (the compiled walk is not used: {old})" if old else
+        "Python (the optional extension is not built)"))
     from .pretrained import bundled_model_path
     lines.append(f"bundled model: {bundled_model_path() or 'none'}")
     from .codec import native_bf16, resolve_precision
@@ -624,6 +640,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         _err(f"stopped by signal {e.signum}")
         return 128 + e.signum
     except (ValueError, FileExistsError) as e:   # (their messages say what was wrong)
+        _err(str(e))
+        return EXIT_ERROR
+    except ImportError as e:   # (e.g. the coder not built, or a stale build: the fix named)
         _err(str(e))
         return EXIT_ERROR
     except (RuntimeError, OSError, FloatingPointError, MemoryError) as e:

@@ -29,6 +29,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from . import _build_stamp
 from ._checks import is_int
 from ._fork import forked_since_import
 
@@ -55,6 +56,18 @@ _I32_MIN, _I32_MAX = np.iinfo(np.int32).min, np.iinfo(np.int32).max
 
 
 def _ext():
+    c = _CODER
+    return c if c is not None else _load_coder()
+
+
+_CODER = None   # the extension, once loaded and checked (_load_coder)
+
+
+def _load_coder():
+    """slimkernels._coder; ImportError naming the fix when it is not built, or is a build of
+    other C++ sources than the checkout beside it holds (``_build_stamp.stale``: the coder has
+    no fallback)."""
+    global _CODER
     try:
         from . import _coder
     except ImportError as e:  # pragma: no cover - only when the extension was not built
@@ -62,6 +75,10 @@ def _ext():
             "slimkernels._coder (the C++ entropy coder) is not built: run "
             "`pip install --no-build-isolation -e .` or `python setup.py build_ext --inplace` "
             "in the slimkernels checkout (needs a C++17 compiler and pybind11)") from e
+    msg = _build_stamp.stale(_coder, "_coder")
+    if msg is not None:
+        raise ImportError(msg)
+    _CODER = _coder
     return _coder
 
 

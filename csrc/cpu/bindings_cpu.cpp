@@ -440,7 +440,14 @@ void conv_transpose_bf16_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W
 
 }  // namespace
 
+// The stamp of the sources this build was made from (setup.py: slimkernels/_build_stamp.py),
+// which the package compares with the checkout's C++ when it loads the extension.
+#ifndef SK_SOURCE_STAMP
+#define SK_SOURCE_STAMP ""
+#endif
+
 PYBIND11_MODULE(_cpu_kernels, m) {
+  m.attr("SOURCE_STAMP") = SK_SOURCE_STAMP;
   m.doc() = "CPU kernels of slimkernels (AMX-BF16 GDN/IGDN and conv, AVX2 fp32 GDN/IGDN, latent "
            "quantization).";
   py::register_exception<ImageRangeError>(m, "ImageRangeError", PyExc_ValueError);

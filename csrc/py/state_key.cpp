@@ -343,7 +343,14 @@ bool hooked(const py::list& dicts) {
 
 }  // namespace
 
+// The stamp of the sources this build was made from (setup.py: slimkernels/_build_stamp.py),
+// which the package compares with the checkout's C++ when it loads the extension.
+#ifndef SK_SOURCE_STAMP
+#define SK_SOURCE_STAMP ""
+#endif
+
 PYBIND11_MODULE(_state_key, m) {
+  m.attr("SOURCE_STAMP") = SK_SOURCE_STAMP;
   m.doc() = "The identity key of an nn.Module tree's state tensors (see slimkernels._state), and "
             "the check of its hooks (slimkernels._hooks.hooked).";
   m.def("state_key", &state_key, py::arg("root"), py::arg("with_modules") = false,
