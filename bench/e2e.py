@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 import types
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -742,44 +742,58 @@ def ours_steps(model: SlimCAE, width: int, part: str):
             for nm, L in zip(names, seq)]
 
 
+#: The layers of :func:`layer_calls` (SlimCAE's), in chain order.
+LAYERS = tuple([f"enc.{n}{i}" for i in (1, 2, 3) for n in ("conv", "gdn")] +
+               [f"dec.{n}{i}" for i in (1, 2, 3) for n in ("igdn", "tconv")])
+
+
+@torch.no_grad()
+def layer_calls(model: SlimCAE, plain: PlainSlimCAE, x: torch.Tensor, width: int, part: str,
+                precisions=PRECISIONS) -> Tuple[List[str], Dict]:
+    """``(names, {(name, precision, impl): fn})``: each layer of the encoder (``part="enc"``)
+    or decoder at ``width`` as a call on its real input (this image): ours (each precision, bf16
+    under autocast) on the activations of our own chain (their layout and dtype), plain fp32
+    (``impl="plain"``, precision ``"fp32"``) on the plain chain's. The decoder's input: the
+    plain encoder's latent of ``x``, quantized and dequantized. The calls hold their inputs."""
+    psteps = plain.encoder_steps(width) if part == "enc" else plain.decoder_steps(width)
+    if part == "enc":
+        inp = x
+    else:
+        eb = model.entropy_bottleneck.for_width(width)
+        inp = eb.dequantize_symbols(eb.quantize_symbols(plain.encode(x, width)))
+    fns = {}
+    a = inp
+    for name, f in psteps:  # the inputs every layer sees (plain fp32 activations)
+        fns[(name, "fp32", "plain")] = (lambda f=f, a_in=a: f(a_in))
+        a = f(a)
+    for p in precisions:
+        # our layers see what our own chain hands them (layout, and bf16 under autocast)
+        a = _layout(model, inp, False, image_precision=p if part == "enc" else None)
+        for name, f in ours_steps(model, width, part):
+            def run(f=f, a_in=a, p=p):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
+                    return f(a_in)
+            fns[(name, p, "ours")] = run
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
+                a = f(a)
+    return [name for name, _ in psteps], fns
+
+
 @torch.no_grad()
 def layer_timings(model: SlimCAE, x: torch.Tensor, widths=WIDTHS, repeats: int = 5,
                   precisions=PRECISIONS, warmup: int = 1, log=print) -> List[Dict]:
-    """Each layer of the encoder and decoder on its real input (this image): ours (each
-    precision) on the activations of our own chain (their layout and dtype), plain fp32 on the
-    plain chain's; interleaved, medians.
+    """Each layer of the encoder and decoder on its real input (:func:`layer_calls`): ours
+    (each precision) and plain fp32; interleaved, medians.
 
     Rows: ``layer``, ``width``, ``precision``, ``ours_ms``, ``plain_ms``, ``speedup``."""
     plain = PlainSlimCAE.from_model(model).eval()
     rows = []
     for width in widths:
         for part in ("enc", "dec"):
-            psteps = plain.encoder_steps(width) if part == "enc" else plain.decoder_steps(width)
-            if part == "enc":
-                inp = x
-            else:
-                eb = model.entropy_bottleneck.for_width(width)
-                inp = eb.dequantize_symbols(eb.quantize_symbols(plain.encode(x, width)))
-            fns, acts = {}, {}
-            a = inp
-            for name, f in psteps:  # the inputs every layer sees (plain fp32 activations)
-                acts[name] = a
-                a = f(a)
+            names, calls = layer_calls(model, plain, x, width, part, precisions)
+            t = interleaved(calls, repeats, warmup=warmup)
             for p in precisions:
-                # our layers see what our own chain hands them (layout, and bf16 under autocast)
-                a = _layout(model, inp, False, image_precision=p if part == "enc" else None)
-                for name, f in ours_steps(model, width, part):
-                    def run(f=f, a_in=a, p=p):
-                        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
-                            f(a_in)
-                    fns[(name, p, "ours")] = run
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p == "bf16"):
-                        a = f(a)
-            for name, f in psteps:
-                fns[(name, "fp32", "plain")] = (lambda f=f, a_in=acts[name]: f(a_in))
-            t = interleaved(fns, repeats, warmup=warmup)
-            for p in precisions:
-                for name, _ in psteps:
+                for name in names:
                     o, pl = t[(name, p, "ours")]["total"], t[(name, "fp32", "plain")]["total"]
                     rows.append({"layer": name, "width": width, "precision": p,
                                  "ours_ms": o * 1e3, "plain_ms": pl * 1e3, "speedup": pl / o})
@@ -853,7 +867,26 @@ def _mem_child(common: Dict, configs: List[Dict]):
             if "model" not in cache:
                 cache["model"] = load_model(common.get("model"), common.get("seed", 0))[0]
             model = cache["model"]
-            if impl == "plain":
+            if op == "layer":   # one layer on its real input (layer_calls), as layer_timings
+                part = "enc" if c["layer"].startswith("enc.") else "dec"
+                if cache.get("layers_key") != (width, part):
+                    cache.pop("layers", None)   # (the previous width's activations first)
+                    if "plain" not in cache:
+                        cache["plain"] = PlainSlimCAE.from_model(model).eval()
+                    cache["layers"] = layer_calls(model, cache["plain"], x, width, part,
+                                                  precisions=(p,) if impl == "ours" else ())[1]
+                    cache["layers_key"] = (width, part)
+                calls = cache["layers"]
+                if (c["layer"], p, impl) not in calls:   # (another precision in the same child)
+                    calls.update(layer_calls(model, cache["plain"], x, width, part,
+                                             precisions=(p,))[1])
+                f = calls[(c["layer"], p, impl)]
+                _, pre, t_first = _first_call(f)
+
+                def run(f=f):
+                    with torch.no_grad():
+                        f()
+            elif impl == "plain":
                 if "plain" not in cache:
                     cache["plain"] = PlainSlimCAE.from_model(model).eval()
                 plain = cache["plain"]
@@ -915,8 +948,23 @@ def peak_memory(configs: List[Dict], common: Dict, log=print, timeout: float = 6
             res = json.loads(ln[4:])
             rows.append(res)
             log(f"  mem {res['impl']:10s} {res['precision']} w={res['width']:3d} "
-                f"{res['op']:10s} peak +{res['peak_mib']:.1f} MiB")
+                f"{res.get('layer', res['op']):10s} peak +{res['peak_mib']:.1f} MiB")
     return rows
+
+
+def layer_memory_configs(widths=WIDTHS, precisions=PRECISIONS, plain=True) -> List[Dict]:
+    """The memory configurations of every layer (:data:`LAYERS`) on its real input, per width:
+    ours in each precision, plain fp32 (``op="layer"``, ``layer``: its name)."""
+    cfg = []
+    for w in widths:
+        for name in LAYERS:
+            for p in precisions:
+                cfg.append({"impl": "ours", "op": "layer", "layer": name, "width": w,
+                            "precision": p})
+            if plain:
+                cfg.append({"impl": "plain", "op": "layer", "layer": name, "width": w,
+                            "precision": "fp32"})
+    return cfg
 
 
 def memory_configs(widths=WIDTHS, precisions=PRECISIONS, plain=True, compressai=True,

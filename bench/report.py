@@ -18,10 +18,12 @@ the tracked numbers the README quotes.
 
 * ``e2e.json``: every configuration (ours fp32/bf16, plain PyTorch, CompressAI), medians, the
   transform / entropy / container split, bytes, PSNR, the same-run ratios and the fidelity
-  checks; ``memory.json``: peak RSS per configuration; ``layers.json``: per-layer times;
+  checks; ``memory.json``: peak RSS per configuration (``layer_rows``: per layer);
+  ``layers.json``: per-layer times;
   ``goals.json``: issue 8's goals, met or not, with the numbers; ``cuda.json`` when the CUDA
   section ran (for real or dry);
-* ``e2e_time.png``, ``e2e_memory.png``, ``layers_time.png``: time and memory against width;
+* ``e2e_time.png``, ``e2e_memory.png``, ``layers_time.png``, ``layers_memory.png``: time and
+  memory against width, end to end and per layer;
 * ``README.md``: the tables (included / linked from the project README).
 """
 from __future__ import annotations
@@ -179,7 +181,7 @@ def goals(res: Dict, ratios: List[Dict], mem: List[Dict], widths, default: str =
 
 # ------------------------------------------------------------------------------------ plots
 def plot_all(out: str, res: Dict, mem: List[Dict], layers: List[Dict], widths,
-             default_precision: str = "fp32") -> List[str]:
+             default_precision: str = "fp32", layer_mem: List[Dict] = ()) -> List[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -242,24 +244,38 @@ def plot_all(out: str, res: Dict, mem: List[Dict], layers: List[Dict], widths,
         plt.close(fig)
         files.append(fn)
 
-    if layers:
-        names = list(dict.fromkeys(r["layer"] for r in layers))
+    # per layer: time (layer_timings' rows) and peak memory (the memory children's layer rows),
+    # one panel per layer
+    series = (
+        ("layers_time.png", "ms", [(name, f"{impl} {p}", style, sorted(
+            (r["width"], r[key]) for r in layers if r["layer"] == name and r["precision"] == p))
+            for name in dict.fromkeys(r["layer"] for r in layers)
+            for key, impl, p, style in (("ours_ms", "ours", "fp32", "o-"),
+                                        ("ours_ms", "ours", "bf16", "s-"),
+                                        ("plain_ms", "plain", "fp32", "x--"))]),
+        ("layers_memory.png", "peak MiB", [(name, f"{impl} {p}", style, sorted(
+            (m["width"], m["peak_mib"]) for m in layer_mem
+            if m["layer"] == name and m["impl"] == impl and m["precision"] == p))
+            for name in dict.fromkeys(m["layer"] for m in layer_mem)
+            for impl, p, style in (("ours", "fp32", "o-"), ("ours", "bf16", "s-"),
+                                   ("plain", "fp32", "x--"))]))
+    for fname, ylabel, lines in series:
+        if not lines:
+            continue
+        names = list(dict.fromkeys(ln[0] for ln in lines))
         fig, axes = plt.subplots(2, 6, figsize=(18, 6), sharex=True)
         for ax, name in zip(axes.flat, names):
-            for key, p, style in (("ours_ms", "fp32", "o-"), ("ours_ms", "bf16", "s-"),
-                                  ("plain_ms", "fp32", "x--")):
-                pts = sorted((r["width"], r[key]) for r in layers
-                             if r["layer"] == name and r["precision"] == p)
+            for _, label, style, pts in (ln for ln in lines if ln[0] == name):
                 if pts:
-                    ax.plot(*zip(*pts), style, label=f"{'ours' if key == 'ours_ms' else 'plain'} {p}")
+                    ax.plot(*zip(*pts), style, label=label)
             ax.set_title(name, fontsize=9)
             ax.set_xticks(ws)
             ax.grid(True, alpha=0.3)
-        axes.flat[0].set_ylabel("ms")
-        axes.flat[6].set_ylabel("ms")
+        axes.flat[0].set_ylabel(ylabel)
+        axes.flat[6].set_ylabel(ylabel)
         axes.flat[0].legend(fontsize=6)
         fig.tight_layout()
-        fn = os.path.join(out, "layers_time.png")
+        fn = os.path.join(out, fname)
         fig.savefig(fn, dpi=100)
         plt.close(fig)
         files.append(fn)
@@ -285,7 +301,8 @@ def _memory_table(mem: List[Dict], field: str, widths) -> List[str]:
 
 
 def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers: List[Dict],
-             gl: Dict, cuda_md: str, ext_layers: Dict, gl_prop: Dict = None) -> str:
+             gl: Dict, cuda_md: str, ext_layers: Dict, gl_prop: Dict = None,
+             layer_mem: List[Dict] = ()) -> str:
     L = [f"# Benchmarks on `{meta['machine']}`", "",
          f"{meta['cpu']}, {meta['cores']} cores, {meta['torch_threads']} torch threads, "
          f"torch {meta['torch']}; {meta['time_utc']}; load average at start "
@@ -460,7 +477,26 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
     if ext_layers:
         L += ["Per-op microbenchmarks (kernel engineers' files): " + ", ".join(
             f"[{k}]({os.path.relpath(v, meta['out'])})" for k, v in ext_layers.items()), ""]
-    L += ["Plots: `e2e_time.png`, `e2e_memory.png`, `layers_time.png`.", "",
+    if layer_mem:
+        L += ["## Per layer peak memory (MiB above the RSS before the call)", "",
+              "Each layer on its real input, as timed above, in the memory children (warmed up "
+              "three times, then the high-water mark reset and the layer called again): its "
+              "output and its working buffers (a conv's padded input or windows where it "
+              "builds them per call; buffers it keeps between calls count as RSS before the "
+              "call).", "",
+              "| layer | " + " | ".join(f"w={w} fp32 / bf16 / plain" for w in meta["widths"]) + " |",
+              "|---|" + "---|" * len(meta["widths"])]
+        mk = {(m["layer"], m["width"], m["impl"], m["precision"]): m["peak_mib"]
+              for m in layer_mem}
+        for name in dict.fromkeys(m["layer"] for m in layer_mem):
+            L.append(f"| {name} | " + " | ".join(
+                " / ".join(_f(mk.get((name, w, impl, p)), 2)
+                           for impl, p in (("ours", "fp32"), ("ours", "bf16"), ("plain", "fp32")))
+                for w in meta["widths"]) + " |")
+        L.append("")
+    plots = ["e2e_time.png", "e2e_memory.png", "layers_time.png"] + \
+        (["layers_memory.png"] if layer_mem else [])
+    L += ["Plots: " + ", ".join(f"`{p}`" for p in plots) + ".", "",
           "## CUDA", "", cuda_md, ""]
     return "\n".join(L)
 
@@ -659,6 +695,12 @@ def main(argv=None) -> int:
                                      "threads": threads})
     layers = [] if a.no_layers else e2e.layer_timings(model, x, widths, repeats=repeats,
                                                       warmup=warmup, precisions=precisions)
+    layer_mem = []
+    if not (a.no_memory or a.no_layers):   # (quick: the default precision and plain only)
+        layer_mem = e2e.peak_memory(
+            e2e.layer_memory_configs(widths, precisions=(meta["default_precision"],)
+                                     if a.quick else precisions),
+            {"image": a.image, "quick": a.quick, "model": a.model, "threads": threads})
     gl = goals(res, rat, mem, widths, default=meta["default_precision"])
     gl_prop = goals(res, rat, [], widths, impl="ours+cl") if a.proposals else {}
     ext_layers = {}
@@ -686,13 +728,13 @@ def main(argv=None) -> int:
     with open(os.path.join(out, "e2e.json"), "w") as f:
         json.dump({"meta": meta, **res, "ratios": rat}, f, indent=1)
     with open(os.path.join(out, "memory.json"), "w") as f:
-        json.dump({"meta": meta, "rows": mem}, f, indent=1)
+        json.dump({"meta": meta, "rows": mem, "layer_rows": layer_mem}, f, indent=1)
     with open(os.path.join(out, "layers.json"), "w") as f:
         json.dump({"meta": meta, "rows": layers}, f, indent=1)
     with open(os.path.join(out, "goals.json"), "w") as f:
         json.dump({"meta": meta, "goals": gl, "goals_proposal_ours_cl": gl_prop}, f, indent=1)
-    plot_all(out, res, mem, layers, widths, meta["default_precision"])
-    md = markdown(meta, res, rat, mem, layers, gl, cuda_md, ext_layers, gl_prop)
+    plot_all(out, res, mem, layers, widths, meta["default_precision"], layer_mem)
+    md = markdown(meta, res, rat, mem, layers, gl, cuda_md, ext_layers, gl_prop, layer_mem)
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(md)
     print(f"wrote {out} in {meta['seconds']:.0f} s")

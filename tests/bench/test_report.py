@@ -47,7 +47,8 @@ def test_report_quick(tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     for name in ("e2e.json", "memory.json", "layers.json", "goals.json", "cuda_dry_run.json",
-                 "README.md", "e2e_time.png", "e2e_memory.png", "layers_time.png"):
+                 "README.md", "e2e_time.png", "e2e_memory.png", "layers_time.png",
+                 "layers_memory.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     res = json.loads((tmp_path / "e2e.json").read_text())
     ws = res["meta"]["widths"]
@@ -70,6 +71,13 @@ def test_report_quick(tmp_path):
     assert mem and all(m["peak_mib"] > -1.0 for m in mem), mem
     # what the warm-up left resident (ours' weight caches): reported beside the peaks
     assert all(m["retained_mib"] >= 0 for m in mem), mem
+    # per layer: every layer at every width, ours in the default precision and plain fp32
+    lrows = json.loads((tmp_path / "memory.json").read_text())["layer_rows"]
+    dp_ = res["meta"]["default_precision"]
+    assert sorted((m["layer"], m["width"], m["impl"], m["precision"]) for m in lrows) == sorted(
+        (name, w, impl, p) for name in e2e.LAYERS for w in ws
+        for impl, p in (("ours", dp_), ("plain", "fp32")))
+    assert all(m["peak_mib"] > -1.0 and m["op"] == "layer" for m in lrows), lrows
     assert all(m["first_call_ms"] > 0 for m in mem), mem
     goals = json.loads((tmp_path / "goals.json").read_text())["goals"]
     assert "vs_plain_fp32" in goals and "entropy_share_compress_fp32" in goals
@@ -97,6 +105,23 @@ def test_report_quick(tmp_path):
             "dec_graph_vs_eager_graph"} <= set(cuda["rows"][0])
     png = (tmp_path / "e2e_time.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_layer_memory_counts_the_layers_output():
+    """The memory children's per-layer peak on the full image: enc1 at w=192 writes an output of
+    known size (ours fp32 channels_last, plain fp32 NCHW: 192 x 128 x 192 floats, 18 MiB), which
+    the peak holds; and the activations the calls are given are not counted."""
+    cfgs = [c for c in e2e.layer_memory_configs([192], precisions=("fp32",))
+            if c["layer"] in ("enc.conv1", "dec.tconv3")]
+    rows = e2e.peak_memory(cfgs, {"image": None, "quick": False, "model": None, "threads": 1},
+                           log=lambda *a: None)
+    got = {(r["layer"], r["impl"]): r["peak_mib"] for r in rows}
+    out = 192 * 128 * 192 * 4 / 2 ** 20
+    for impl in ("ours", "plain"):
+        assert 0.9 * out <= got[("enc.conv1", impl)] <= 4 * out, got
+    # dec3's output is the 768 x 512 RGB image (4.5 MiB), far less than its 18 MiB input
+    img = 3 * 512 * 768 * 4 / 2 ** 20
+    assert 0.9 * img <= got[("dec.tconv3", "ours")] <= 2 * img, got
 
 
 def test_machine_name():
