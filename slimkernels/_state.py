@@ -195,7 +195,11 @@ def cached_on_module(owner, slot: str, root: torch.nn.Module, build, extra=None)
     # holds no reference to root, so none to the cache holding it)
     prefetch = (cache[2][2] if cache is not None else []) if owner is root else None
     key, tensors, modules = module_state_key(root, modules=True, prefetch=prefetch)
-    return _cached(owner, slot, (extra, key),
+    key = (extra, key)
+    if cache is not None and cache[0] == key and not tracing():   # (a hit: nothing to keep anew)
+        _recording.keep(cache[1])
+        return cache[1]
+    return _cached(owner, slot, key,
                    (tensors, [m for m in modules if m is not owner], prefetch), build)
 
 
