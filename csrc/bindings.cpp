@@ -169,9 +169,7 @@ py::tuple pmfs_to_quantized_cdfs(const F64& pmfs, const I32& pmf_lengths, py::ob
 
 }  // namespace
 
-// The stamp of the sources this build was made from (setup.py: slimkernels/_build_stamp.py),
-// which the package compares with the checkout's C++ when it loads the extension.
-#ifndef SK_SOURCE_STAMP
+#ifndef SK_SOURCE_STAMP  // (the sources' stamp: setup.py, slimkernels/_build_stamp.py)
 #define SK_SOURCE_STAMP ""
 #endif
 

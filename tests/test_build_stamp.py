@@ -67,8 +67,9 @@ def test_every_source_is_built_and_every_local_include_is_a_dependency():
 
 
 def _tree(tmp_path):
+    """A copy of the checkout's csrc/ beside an empty setup.py and package folder."""
     root = tmp_path / "checkout"
-    shutil.copytree(os.path.join(ROOT, "csrc"), root / "csrc") if IN_CHECKOUT else None
+    shutil.copytree(os.path.join(ROOT, "csrc"), root / "csrc")
     (root / "setup.py").write_text("")
     (root / "slimkernels").mkdir()
     return str(root)
@@ -95,10 +96,9 @@ def test_the_stamp_follows_every_byte_and_name_of_the_sources(tmp_path):
     assert _build_stamp.extension_stamp(root, "_cpu_kernels") != before["_cpu_kernels"]
 
 
+@CHECKOUT
 def test_a_build_of_other_sources_is_named_with_the_fix(tmp_path):
-    root = _tree(tmp_path) if IN_CHECKOUT else None
-    if root is None:
-        pytest.skip("not a source checkout")
+    root = _tree(tmp_path)
     folder = os.path.join(root, "slimkernels")
     want = _build_stamp.extension_stamp(root, "_cpu_kernels")
     assert _build_stamp.stale(_fake(want, folder), "_cpu_kernels") is None

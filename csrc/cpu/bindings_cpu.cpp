@@ -440,9 +440,7 @@ void conv_transpose_bf16_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W
 
 }  // namespace
 
-// The stamp of the sources this build was made from (setup.py: slimkernels/_build_stamp.py),
-// which the package compares with the checkout's C++ when it loads the extension.
-#ifndef SK_SOURCE_STAMP
+#ifndef SK_SOURCE_STAMP  // (the sources' stamp: setup.py, slimkernels/_build_stamp.py)
 #define SK_SOURCE_STAMP ""
 #endif
 

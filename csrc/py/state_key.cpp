@@ -343,9 +343,7 @@ bool hooked(const py::list& dicts) {
 
 }  // namespace
 
-// The stamp of the sources this build was made from (setup.py: slimkernels/_build_stamp.py),
-// which the package compares with the checkout's C++ when it loads the extension.
-#ifndef SK_SOURCE_STAMP
+#ifndef SK_SOURCE_STAMP  // (the sources' stamp: setup.py, slimkernels/_build_stamp.py)
 #define SK_SOURCE_STAMP ""
 #endif
 
