@@ -34,7 +34,7 @@ def cached_on(owner, slot: str, tensors: Iterable[torch.Tensor], build, extra=No
     and storage cannot be reused by a new tensor that then matches the key. Drop it with
     ``owner.__dict__.pop(slot, None)``."""
     tensors = tuple(tensors)
-    return _cached(owner, slot, (extra, tensor_state_key(tensors)), tensors, build)
+    return _cached(owner, slot, (extra, tensor_state_key(tensors)), lambda: tensors, build)
 
 
 #: Bumped by every clear of a model's caches (:func:`bump_generation`): a build in flight in
@@ -56,13 +56,15 @@ def generation() -> int:
 
 
 def _cached(owner, slot: str, key, keep, build):
+    """``build()`` cached in ``owner.__dict__[slot]`` under ``key``, with ``keep()`` (what the
+    cache must hold alive: called only when it builds)."""
     if tracing():   # (a torch mode, e.g. fake tensors: what it builds is not for later calls)
         return build()
     cache = owner.__dict__.get(slot)
     if cache is None or cache[0] != key:
         _recording.transient(f"the cache {slot} was built during the recording")
         gen = _GENERATION
-        cache = (key, build(), keep)
+        cache = (key, build(), keep())
         if gen != _GENERATION:   # (cleared while it was built: not kept)
             _recording.keep(cache[1])
             return cache[1]
@@ -92,10 +94,8 @@ def _state_key_module():
         from . import _state_key
     except ImportError:  # built without the optional extension
         return None
-    # (a build from before the prefetch list and the hook check, not rebuilt since: the walks
-    # of Python, rather than a TypeError on every compress)
-    if not hasattr(_state_key, "tensor_impl_offset"):
-        return None
+    # (a build of other sources than the checkout's, e.g. from before the prefetch list, not
+    # rebuilt since: the walks of Python, rather than a TypeError on every compress)
     return _build_stamp.optional(_state_key, "_state_key",
                                  "the model's state key is walked in Python (~3x slower)")
 
@@ -195,12 +195,8 @@ def cached_on_module(owner, slot: str, root: torch.nn.Module, build, extra=None)
     # holds no reference to root, so none to the cache holding it)
     prefetch = (cache[2][2] if cache is not None else []) if owner is root else None
     key, tensors, modules = module_state_key(root, modules=True, prefetch=prefetch)
-    key = (extra, key)
-    if cache is not None and cache[0] == key and not tracing():   # (a hit: nothing to keep anew)
-        _recording.keep(cache[1])
-        return cache[1]
-    return _cached(owner, slot, key,
-                   (tensors, [m for m in modules if m is not owner], prefetch), build)
+    return _cached(owner, slot, (extra, key),
+                   lambda: (tensors, [m for m in modules if m is not owner], prefetch), build)
 
 
 def state_dict_mismatch(module: torch.nn.Module, sd: Dict) -> Tuple[List[str], List[str]]:

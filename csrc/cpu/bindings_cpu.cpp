@@ -31,18 +31,20 @@ struct ImageRangeError : std::runtime_error {
 };
 
 // fn(a) with the GIL released; a non-zero code becomes a RuntimeError naming the binding and
-// carrying msg(code).
+// carrying msg(code), but `passed` (non-zero: a code the caller raises its own error for), which
+// is returned.
 template <class Args>
-void call_released(int (*fn)(const Args&), const Args& a, const char* (*msg)(int),
-                   const char* name) {
+int call_released(int (*fn)(const Args&), const Args& a, const char* (*msg)(int),
+                  const char* name, int passed = 0) {
   int rc;
   {
     py::gil_scoped_release release;
     rc = fn(a);
   }
-  if (rc != 0) {
+  if (rc != 0 && rc != passed) {
     throw std::runtime_error(std::string("slimkernels._cpu_kernels.") + name + ": " + msg(rc));
   }
+  return rc;
 }
 
 
@@ -153,18 +155,11 @@ void conv_amx_forward_py(uintptr_t x, int xdtype, int64_t N, int64_t H, int64_t 
   a.out_hi = static_cast<float>(out_hi);
   a.check_lo = static_cast<float>(check_lo);
   a.check_hi = static_cast<float>(check_hi);
-  int rc;
-  {
-    py::gil_scoped_release release;
-    rc = sk::conv_amx_forward(a);
-  }
-  if (rc == sk::kConvRangeError)
+  if (call_released(sk::conv_amx_forward, a, sk::conv_amx_error_message, "conv_amx_forward",
+                    sk::kConvRangeError) == sk::kConvRangeError)
     throw ImageRangeError("slimkernels._cpu_kernels.conv_amx_forward: a value of the image is "
                           "outside [" + std::to_string(check_lo) + ", " +
                           std::to_string(check_hi) + "] or not finite");
-  if (rc != 0)
-    throw std::runtime_error(std::string("slimkernels._cpu_kernels.conv_amx_forward: ") +
-                             sk::conv_amx_error_message(rc));
 }
 
 }  // namespace
