@@ -579,10 +579,8 @@ def _beyond_support(sym: torch.Tensor, plan) -> Optional[int]:
 STREAM_MIN_SYMBOLS = 1 << 16
 
 
-#: ``compress`` rejects an image with a value outside this range (every value where the CPU's
-#: bf16 cast of the image measures them or the image goes to the transform as it is, a sample
-#: elsewhere): [0, 1] pixels with slack for resampling overshoot; it catches 0-255 images passed
-#: as floats.
+#: ``compress`` rejects an image with a value outside this range (every value is checked): [0, 1]
+#: pixels with slack for resampling overshoot; it catches 0-255 images passed as floats.
 PIXEL_RANGE = (-0.5, 1.5)
 
 #: In bf16 on a CPU with the direct AMX conv, a float32 image with the dense channels_last
@@ -604,13 +602,12 @@ CPU_IMAGE_RANGE_IN_CONV = True
 _RANGE_IN_CONV = object()
 
 
-def _check_pixel_range(x: torch.Tensor, grid: int = 64) -> None:
-    """ValueError if a strided sample (about ``3 * grid^2`` values, a view: no copy of the image)
-    of ``x`` ``[1, 3, H, W]`` float reaches outside :data:`PIXEL_RANGE` or is not finite (NaN /
-    inf elsewhere in the image are reported by the latent check)."""
-    H, W = x.shape[-2:]
-    sample = x[..., ::max(1, H // grid), ::max(1, W // grid)]
-    _check_value_range(*value_range(sample.float()))
+def _check_pixel_range(x: torch.Tensor) -> None:
+    """ValueError if a value of the image ``x`` (``[1, 3, H, W]`` float, any layout or device)
+    reaches outside :data:`PIXEL_RANGE` or is not finite: every value, by
+    :func:`~slimkernels.ops.image_io.value_range` (a dense float32 CPU image: one pass of the
+    compiled kernel, ~0.05 ms for 768x512 on 2 threads; else ``torch.aminmax``)."""
+    _check_value_range(*value_range(x))
 
 
 def _check_value_range(lo: float, hi: float) -> None:
@@ -1066,10 +1063,10 @@ class SlimCodec(nn.Module):
     def _checked_image_input(self, x: torch.Tensor, precision: str, deferred: bool
                              ) -> Tuple[torch.Tensor, bool]:
         """:meth:`compress`'s :meth:`_image_input` of its padded float32 image ``x``, with the
-        range check where it is ``deferred`` (the CPU: every value, from the cast's own measure
-        or a pass; a sample when neither measures them): ``(the transform's input, in_conv)``,
+        range check of every value where it is ``deferred`` (the CPU: from the cast's own
+        measure, else a pass, :func:`_check_pixel_range`): ``(the transform's input, in_conv)``,
         ``in_conv`` True where the first conv checks the image instead (:meth:`_encode_image`).
-        Elsewhere compress checked a sample before."""
+        Elsewhere compress checked every value before."""
         ranges = [] if deferred else None
         t = self._image_input(x, precision, ranges)
         in_conv = bool(ranges) and ranges[0] is _RANGE_IN_CONV
@@ -1135,11 +1132,10 @@ class SlimCodec(nn.Module):
             TypeError: ``x`` is not a tensor (e.g. the ``(x, note)`` tuple of
                 :func:`slimkernels.io.read_image`: pass ``x``).
             ValueError: bad shape, dtype, width, precision or ``metadata`` (see
-                :func:`slimkernels.container.check_metadata`); an image whose values are far
+                :func:`slimkernels.container.check_metadata`); an image with a value far
                 outside [0, 1] (e.g. 0-255 pixel values; see :data:`PIXEL_RANGE`: every value
-                is checked where the CPU's bf16 cast of the image measures them in its pass, a
-                sample of ~12k values elsewhere); an image (or model) that is not finite (NaN /
-                inf reach the latent); a latent of another shape than ``[1, width, H/s, W/s]``
+                is checked) or a NaN / inf; a model that is not finite (NaN / inf reach the
+                latent); a latent of another shape than ``[1, width, H/s, W/s]``
                 from the analysis transform (a ``g_a`` or ``downsampling`` that does not match).
             RuntimeError: :meth:`update` was not called.
         """
@@ -1160,10 +1156,10 @@ class SlimCodec(nn.Module):
             raise ValueError(f"compress: the image is {x.shape[-2]}x{x.shape[-1]} pixels; a .slim "
                              f"file holds sides of at most {container.MAX_SIDE}: split the image")
         dev = self._coding_device("compress")
-        # On CPU the range is checked after the image's cast to the transform's input: from
-        # that cast's own measure of every value when it is the bf16 image cast (a sampled check
-        # of its own read ~0.1 ms of a cold 768x512 image right after a transform), else (fp32,
-        # another first layer, no compiled kernel) on a sample, as elsewhere, where it is first.
+        # Every value's range is checked. On CPU after the image's cast to the transform's
+        # input: from that cast's own measure when it is the bf16 image cast, or by the first
+        # conv as it reads the image, else (fp32, another first layer) by a pass of its own;
+        # elsewhere first, by a pass.
         deferred = x.is_cpu and dev.type == "cpu"
         if not deferred:
             _check_pixel_range(x)

@@ -1007,7 +1007,7 @@ def test_compress_accepts_slight_overshoot_and_edge_values(model):
     x[..., 1::2, 1::2] = PIXEL_RANGE[0]
     y = model.decompress(model.compress(x, 12))
     assert y.shape == x.shape and bool(torch.isfinite(y).all())
-    x[0, 0, 0, 0] = PIXEL_RANGE[1] + 0.01                 # on the sampling grid: refused
+    x[0, 1, 17, 33] = PIXEL_RANGE[1] + 0.01               # one value just past it: refused
     with pytest.raises(ValueError, match="values reach"):
         model.compress(x, 12)
 
@@ -1017,35 +1017,77 @@ def test_compress_accepts_slight_overshoot_and_edge_values(model):
 def test_compress_checks_every_value_in_the_bf16_cast(model, monkeypatch, layout, as_is):
     """On CPU in bf16 the image's cast to the transform's input measures the range of every value
     (image_to_bf16 with_range), or the range pass of an image the transform takes as it is
-    (CPU_IMAGE_AS_IS, channels_last): a value off the sampling grid is refused, a NaN there is
-    reported as not finite, and the sampled check does not run."""
+    (CPU_IMAGE_AS_IS, channels_last): a value anywhere is refused, a NaN there is reported as
+    not finite, and no range pass of its own runs."""
     from slimkernels import codec
     from slimkernels.ops import image_io
     if image_io._kernels() is None:
-        pytest.skip("no AVX-512 image cast here: the sampled check runs")
+        pytest.skip("no AVX-512 image cast here: the range pass of its own runs")
     monkeypatch.setattr(codec, "CPU_IMAGE_AS_IS", as_is)
-    x = torch.rand(1, 3, 256, 256)               # sampling grid: every 4th row and column
+    x = torch.rand(1, 3, 256, 256)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
         from slimkernels.ops.conv import amx_conv_available
         if as_is and amx_conv_available():       # (the image goes as it is: no cast at all)
             monkeypatch.setattr(codec, "image_to_bf16", lambda *a, **k: pytest.fail("cast"))
 
-    def sampled(_x, grid=64):
-        raise AssertionError("the sampled pixel-range check ran")
-    monkeypatch.setattr(codec, "_check_pixel_range", sampled)
+    def own_pass(_x):
+        raise AssertionError("the pixel-range pass of its own ran")
+    monkeypatch.setattr(codec, "_check_pixel_range", own_pass)
     data = model.compress(x, 12, precision="bf16")
     assert model.decompress(data).shape == x.shape
     for bad, match in ((200.0, r"values reach \S+ \.\. 200 \(0-255"), (float("nan"), "not finite"),
                        (-float("inf"), "not finite")):
         y = x.clone(memory_format=torch.channels_last if layout == "channels_last"
                     else torch.contiguous_format)
-        y[0, 2, 129, 131] = bad                   # off the grid
+        y[0, 2, 129, 131] = bad
         with pytest.raises(ValueError, match=match):
             model.compress(y, 12, precision="bf16")
-    # fp32: no bf16 cast, so the sampled check runs (and raises here, as patched)
-    with pytest.raises(AssertionError, match="sampled"):
+    # fp32: no bf16 cast, so the pass of its own runs (and raises here, as patched)
+    with pytest.raises(AssertionError, match="pass of its own"):
         model.compress(x, 12, precision="fp32")
+
+
+def _image_layouts(x):
+    """``x`` [1, 3, H, W] in the layouts compress takes: NCHW, dense channels_last, a
+    non-dense view (a crop of a larger image) and float64."""
+    big = torch.zeros(1, 3, x.shape[2] + 3, x.shape[3] + 5)
+    big[..., 1:-2, 2:-3] = x
+    return {"nchw": x.contiguous(), "channels_last": x.contiguous(memory_format=torch.channels_last),
+            "crop": big[..., 1:-2, 2:-3], "float64": x.double()}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compress_checks_every_value_in_every_precision_and_layout(model, precision):
+    """Every value of the image is range-checked whatever the precision and layout (fp32 had
+    checked a sample of ~12k values: one 0-255 pixel off its grid was coded in fp32 and refused
+    in bf16: here every 2nd row and 3rd column). The bad value sits in odd rows, off that
+    grid."""
+    x = torch.rand(1, 3, 131, 197)
+    for layout, xl in _image_layouts(x).items():
+        data = model.compress(xl, 12, precision=precision)   # a good image: coded
+        assert model.decompress(data).shape == (1, 3, 131, 197), layout
+        for k, (bad, match) in enumerate(((200.0, r"values reach \S+ \.\. 200 \(0-255"),
+                                          (-0.51, r"values reach -0\.51 \.\. "),
+                                          (float("nan"), "not finite"),
+                                          (float("inf"), "not finite"))):
+            for c, h, w in ((k % 3, 1 + 14 * k, 4 + 17 * k), (2, 129, 196)):
+                y = x.clone()
+                y[0, c, h, w] = bad
+                with pytest.raises(ValueError, match=match):
+                    model.compress(_image_layouts(y)[layout], 12, precision=precision)
+
+
+def test_check_pixel_range_reads_every_value():
+    from slimkernels.codec import _check_pixel_range
+    x = torch.rand(1, 3, 300, 301)
+    for layout, xl in _image_layouts(x).items():
+        _check_pixel_range(xl)
+        for bad in (1.6, -0.6, float("nan")):
+            y = x.clone()
+            y[0, 1, 151, 299] = bad
+            with pytest.raises(ValueError):
+                _check_pixel_range(_image_layouts(y)[layout])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
