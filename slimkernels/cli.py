@@ -127,11 +127,19 @@ def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]
     (a device, a FIFO: ``force`` does not replace those), or lies in a missing folder."""
     if not output:
         raise CLIError("the output path is empty")
+    for p in inputs + [output]:
+        if p == "-":
+            raise CLIError("'-' (standard input / output) is not supported: give file paths "
+                           "(./- for a file named '-')")
     for i in inputs:
         if not os.path.exists(i):
             raise CLIError(f"{i} does not exist")
         if os.path.isdir(i):
             raise CLIError(f"{i} is a folder, not a file")
+        if not os.path.isfile(i):   # (a pipe such as /dev/stdin or <(...), a device)
+            raise CLIError(f"{i} is not a regular file (a pipe or a device): an input is read "
+                           f"twice (its type is checked before the batch starts); save it to a "
+                           f"file first")
     if len(inputs) > 1 or os.path.isdir(output) or output.endswith(os.sep):
         if not os.path.isdir(output):
             raise CLIError(f"{output} is not an existing folder (create it first: with several "
@@ -496,17 +504,18 @@ def cmd_info(args) -> int:
     """``slimkernels info``: print each ``.slim`` file's header and metadata; the exit code (1
     when a file could not be read: each is named, and the files after it are still shown)."""
     from . import coding
-    from .container import SlimFormatError, read
+    from .container import SlimFormatError, read_bytes, unpack
 
     failed = False
     for path in args.files:
         try:
-            f = read(path)
+            data = read_bytes(path)   # (once: a pipe reads as it is, and its size is this)
+            f = unpack(data)
         except (FileNotFoundError, SlimFormatError) as e:
             _err(f"{path} does not exist" if isinstance(e, FileNotFoundError) else f"{path}: {e}")
             failed = True
             continue
-        size = os.path.getsize(path)
+        size = len(data)
         try:   # (the payload's own count: the coder may write fewer than the header's request)
             held = coding.stream_count(f.payload)
         except ValueError:

@@ -970,3 +970,56 @@ def test_a_forced_decompress_of_a_corrupt_file_says_one_line(model_file, images,
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert out.read_bytes() == b"old"
     assert len(err) == 1 and err[0].startswith("slimkernels: error: "), err
+
+
+@pytest.mark.parametrize("cmd", ["compress", "decompress"])
+def test_a_pipe_as_input_is_refused_before_any_work(model_file, images, tmp_path, capsys, cmd):
+    """A pipe (/dev/stdin, <(...)) could not be read twice: its first bytes went to the type
+    check, so a good .slim file was called "not a .slim file" and an image "not an image"."""
+    import threading
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)   # (never opened: a read of it waits for a writer; the type check did)
+
+    def unblock():   # (a reader left waiting there gets end of file: the test fails, not hangs)
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    timer = threading.Timer(20.0, unblock)
+    timer.start()
+    first = tmp_path / ("a.slim" if cmd == "decompress" else "a.png")
+    if cmd == "decompress":
+        assert main(["compress", images["RGB"], str(first), "--model", model_file]) == 0
+    else:
+        first.write_bytes(open(images["RGB"], "rb").read())
+    out = tmp_path / "out"
+    out.mkdir()
+    capsys.readouterr()
+    assert main([cmd, str(first), str(fifo), str(out), "--model", model_file]) == 1
+    err = capsys.readouterr().err
+    timer.cancel()
+    assert f"{fifo} is not a regular file (a pipe or a device)" in err and "save it to a file" in err
+    assert os.listdir(out) == []   # (not even the first input's output)
+
+
+def test_dash_for_standard_input_or_output_is_refused(model_file, images, tmp_path, capsys,
+                                                      monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for args in (["compress", images["RGB"], "-"], ["compress", "--", "-", "x.slim"],
+                 ["decompress", "--", "-", "x.png"]):
+        assert main([*args, "--model", model_file]) == 1, args
+        assert "'-' (standard input / output) is not supported" in capsys.readouterr().err
+    assert os.listdir(work) == []   # (no file named '-' or x.*)
+
+
+def test_info_reads_a_pipe_once_and_reports_its_size(model_file, images, tmp_path):
+    slim = tmp_path / "a.slim"
+    assert main(["compress", images["RGB"], str(slim), "--model", model_file]) == 0
+    data = slim.read_bytes()
+    r = subprocess.run([sys.executable, "-m", "slimkernels", "info", "/dev/stdin"], input=data,
+                       capture_output=True)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert f"file {len(data)} bytes, {8 * len(data) / 600:.4f} bpp" in out   # (30x20 pixels)
