@@ -115,9 +115,12 @@ _CAST_CACHE_MAX = 64   # (the cache: _cache._CAST_CACHE)
 
 
 def _autocast_dtype(x: torch.Tensor):
-    """The reduced dtype autocast would use for a conv on x's device, or None."""
+    """The reduced dtype autocast would use for a conv on x's device, or None (also for a
+    float64 ``x``: autocast leaves float64 operands alone, and ``F.conv2d`` then computes in
+    float64)."""
     dev = x.device.type
-    if dev not in ("cpu", "cuda") or not torch.is_autocast_enabled(dev):
+    if dev not in ("cpu", "cuda") or x.dtype == torch.float64 or \
+            not torch.is_autocast_enabled(dev):
         return None
     dt = torch.get_autocast_dtype(dev)
     return dt if dt in (torch.bfloat16, torch.float16) else None
@@ -934,8 +937,10 @@ def _check(x, weight, bias, name, transposed, stride, padding):
             weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype)):
         raise ValueError(f"{name}: x is {x.dtype} but the weight {weight.dtype}"
                          + ("" if bias is None else f" and the bias {bias.dtype}")
-                         + ": cast x to the weight's dtype, or run under torch.autocast('cpu', "
-                         "torch.bfloat16) for bf16 compute with float32 weights")
+                         + (": autocast leaves float64 alone (as torch's conv does): cast x "
+                            "and the weights to one dtype" if torch.is_autocast_enabled("cpu")
+                            else ": cast x to the weight's dtype, or run under torch.autocast("
+                            "'cpu', torch.bfloat16) for bf16 compute with float32 weights"))
     cin_max = weight.shape[0] if transposed else weight.shape[1]
     if x.shape[1] > cin_max:
         raise ValueError(f"{name}: x has {x.shape[1]} channels but the weight holds {cin_max} "

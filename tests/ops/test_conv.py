@@ -132,6 +132,35 @@ def test_bf16_autocast_with_grad_flows_to_weight_slice():
     assert w.grad[:72, :47].abs().max() > 0
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_float64_under_bf16_autocast_stays_float64(transposed, grad):
+    """Autocast leaves float64 operands alone (F.conv2d computes them in float64); the ops had
+    cast them to bf16 (2.7e-3 relative error, a bf16 output). A float64 x with float32 weights is
+    refused as outside autocast, naming autocast's rule."""
+    name = "dec1" if transposed else "enc2"
+    w, b = _full(name, transposed, 5, torch.float64)
+    x = torch.randn(1, 40, 9, 11, dtype=torch.float64, requires_grad=grad)
+    op, ref_op = ((slim_conv_transpose2d, F.conv_transpose2d) if transposed else
+                  (slim_conv2d, F.conv2d))
+    kw = dict(stride=2, padding=2, **({"output_padding": 1} if transposed else {}))
+    ws = w[:40, :24] if transposed else w[:24, :40]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = op(x, w, b, out_width=24, **kw)
+        with torch.no_grad():
+            ref = ref_op(x, ws, b[:24], **kw)
+        assert ref.dtype == torch.float64
+        with pytest.raises(ValueError, match="autocast leaves float64 alone"):
+            op(x, w.float(), b.float(), out_width=24, **kw)
+    assert y.dtype == torch.float64
+    assert rel_err(y.detach(), ref) < 1e-12
+    if grad:
+        y.sum().backward()
+        xr = x.detach().clone().requires_grad_()
+        ref_op(xr, ws, b[:24], **kw).sum().backward()
+        assert x.grad.dtype == torch.float64 and rel_err(x.grad, xr.grad) < 1e-12
+
+
 @pytest.mark.parametrize("width", [47, 192])
 def test_gdn_fused_cpu_nograd_and_grad(width):
     w, b = _full("enc2", False, 5, torch.float64)
