@@ -118,6 +118,28 @@ class _WidthSelectedGDN(nn.Module):
     def op_kwargs(self, width: int) -> Dict:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # The widths go into the state dict's metadata (not a tensor: the state and the model id
+    # stay as they were), and a load checks them: the per-width parameters are matched by
+    # position, so SlimGDNPlus([96, 48])'s scalars loaded silently into SlimGDNPlus([48, 96])
+    # (swapped) or SlimGDNPlus([96, 72]) (width 48's given to 72). A state dict without them
+    # (saved before, or rebuilt as a plain dict) loads as before.
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        meta = getattr(destination, "_metadata", None)
+        if meta is not None and prefix[:-1] in meta:
+            meta[prefix[:-1]]["widths"] = list(self.widths)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        saved = local_metadata.get("widths")
+        if saved is not None and list(saved) != list(self.widths):
+            error_msgs.append(
+                f"{type(self).__name__} {prefix[:-1] or '(the root)'} was saved with widths "
+                f"{list(saved)}, this one has {self.widths}: its per-width parameters would go to "
+                f"other widths; build it with widths={list(saved)}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
     def forward(self, x: torch.Tensor, width: Optional[int] = None) -> torch.Tensor:
         """``x``: ``[N, C, H, W]`` with C one of ``widths``; returns the same shape and dtype.
         ``width`` is ignored, as by :class:`SlimGDN` (the input's channel count picks the

@@ -233,3 +233,40 @@ def test_gdn_layers_refuse_non_finite_or_negative_init_values(kw, match):
     assert float(NonNegativeParametrizer(reparam_offset=0).pedestal) == 0   # (no pedestal: fine)
     g = SlimGDN(4, beta_min=0.0, gamma_init=0.0)   # (the bounds themselves are fine)
     assert torch.isfinite(g(torch.rand(1, 4, 3, 3))).all()
+
+
+@pytest.mark.parametrize("cls", [SlimGDNPlus, SwitchGDN])
+def test_a_state_dict_of_other_widths_is_refused_naming_them(cls, tmp_path):
+    """The per-width parameters are matched by position: SlimGDNPlus([96, 48])'s scalars loaded
+    silently into SlimGDNPlus([48, 96]) (swapped) and ([96, 72]) (width 48's to 72). The
+    widths ride in the state dict's metadata (through torch.save / torch.load too); a plain
+    dict without them loads as before; the model id does not change."""
+    torch.manual_seed(0)
+    src = cls([96, 48])
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.rand_like(p))
+    path = tmp_path / "sd.pt"
+    torch.save(src.state_dict(), path)
+    for sd in (src.state_dict(), torch.load(path, weights_only=True)):
+        for widths in ([48, 96], [96, 72]):
+            with pytest.raises(RuntimeError, match=r"saved with widths \[96, 48\], this one has "
+                                                   rf"\[{widths[0]}, {widths[1]}\].*widths=\[96, 48\]"):
+                cls(widths).load_state_dict(sd)
+        same = cls([96, 48])
+        same.load_state_dict(sd)
+        x = torch.rand(1, 48, 4, 4)
+        torch.testing.assert_close(same(x), src(x), rtol=0, atol=0)
+    if cls is SlimGDNPlus:   # (a plain dict: no metadata, loads by position as it always did)
+        cls([48, 96]).load_state_dict(dict(src.state_dict()))
+
+
+def test_the_widths_metadata_leaves_the_model_id_alone():
+    from slimkernels.models import SlimCAE
+    torch.manual_seed(0)
+    m = SlimCAE(widths=(16, 8), gdn="slim+")
+    sd = m.state_dict()
+    assert sd._metadata["g_a.1"]["widths"] == [16, 8]
+    m2 = SlimCAE(widths=(16, 8), gdn="slim+")
+    m2.load_state_dict(dict(sd))   # (no metadata)
+    assert m2.model_id() == m.model_id()
