@@ -5,7 +5,7 @@ import math
 import numbers
 import operator
 import os
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 
 def is_int(v) -> bool:
@@ -42,6 +42,19 @@ def as_width(width, where: str) -> int:
                          f"({type(width).__name__})") from None
 
 
+def as_flag(v, name: str, where: str) -> bool:
+    """``v`` as a bool: True / False (numpy's too) or the ints 1 / 0; ValueError naming
+    ``name`` and ``where`` for anything else (a string such as ``"no"`` was truthy: an IGDN, or
+    training noise, where the caller meant the opposite)."""
+    if type(v) is bool:
+        return v
+    if (isinstance(v, numbers.Integral) or (type(v).__module__ == "numpy" and
+                                             type(v).__name__ in ("bool", "bool_"))) \
+            and v in (0, 1):
+        return bool(v)
+    raise ValueError(f"{where}: {name} must be True or False, got {v!r}")
+
+
 def width_list(widths: Iterable, where: str, full: Optional[int] = None) -> List[int]:
     """``widths`` as a non-empty list of ints (each :func:`as_width`), in their order; with
     ``full``, each in ``1..full``. ValueError naming ``where`` otherwise."""
@@ -73,15 +86,34 @@ def finite_real(v, name: str, where: str, lo: float = -math.inf, hi: float = mat
     return f
 
 
+def _kind_and_hint(x, name: str = "x") -> Tuple[str, str]:
+    """``x``'s type as a message names it (``numpy.ndarray``, ``list``) and, for a numpy
+    array, the conversion (``": convert it with torch.from_numpy(name)"``, else "")."""
+    kind = type(x).__name__ if type(x).__module__ == "builtins" else \
+        f"{type(x).__module__.split('.')[0]}.{type(x).__name__}"
+    hint = f": convert it with torch.from_numpy({name})" \
+        if type(x).__module__.startswith("numpy") else ""
+    return kind, hint
+
+
 def not_a_tensor(x, where: str, what: str = "[N, C, H, W]") -> TypeError:
     """The TypeError for a non-tensor input ``x`` of ``where`` (a layer or function name) that
     takes a ``torch.Tensor`` ``what``: names the type it got and, for a numpy array, the
     conversion. Built on the error path only (the callers check ``isinstance`` themselves)."""
-    kind = type(x).__name__ if type(x).__module__ == "builtins" else \
-        f"{type(x).__module__.split('.')[0]}.{type(x).__name__}"
-    hint = ": convert it with torch.from_numpy(x)" if type(x).__module__.startswith("numpy") \
-        else ""
+    kind, hint = _kind_and_hint(x)
     return TypeError(f"{where} takes a torch.Tensor {what}, got {kind}{hint}")
+
+
+def check_tensor_args(fn: str, **args) -> None:
+    """TypeError for the first of ``args`` (name -> value, in order) that is not a
+    ``torch.Tensor``: ``"fn: name must be a torch.Tensor, got numpy.ndarray: convert it with
+    torch.from_numpy(name)"`` (the ops' shape checks had read a numpy array's shape and said
+    "must be a 4-D tensor, got (1, 3, 4, 4)", or failed with an AttributeError)."""
+    import torch
+    for name, v in args.items():
+        if not isinstance(v, torch.Tensor):
+            kind, hint = _kind_and_hint(v, name)
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {kind}{hint}")
 
 
 def check_image_tensor(x, fn: str) -> None:

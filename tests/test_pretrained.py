@@ -305,7 +305,8 @@ def test_a_checkpoint_with_damaged_weight_average_is_named(tmp_path, small_model
     torch.save({**base, "ema": ema, "ema_tables": tables}, ck)
     with pytest.raises(ValueError, match=r"checkpoint.pt is a damaged slimkernels model file "
                                          r"\(entropy_bottleneck.bottlenecks.1._quantized_cdf: the "
-                                         r"CDF tables are not valid \(cdf_lengths\[0\] = 0"):
+                                         r"CDF tables are not valid at this model's precision "
+                                         r"16 \(cdf_lengths\[0\] = 0"):
         load_model(str(ck))
     torch.save({**base, "ema": ema, "ema_tables": {k: v.clone() for k, v in sd.items()
                                                    if k in tables}}, ck)

@@ -56,12 +56,20 @@ def _no_string_padding(layer: str, padding) -> None:
 #: The geometry attributes of nn.Conv2d / nn.ConvTranspose2d and the ints the forward reads.
 _GEOMETRY = {"stride": "_s", "padding": "_p", "output_padding": "_op"}
 
+#: nn.Conv2d's attributes the slimmable layers support at one value only (the values accepted).
+_FIXED = {"groups": (1,), "dilation": (1, (1, 1)), "padding_mode": ("zeros",)}
+
 
 class _SlimMixin:
     def __setattr__(self, name, value):
         # ``layer.padding = 2`` (or stride / output_padding) after construction, as on an
         # nn.Conv2d: the int the forward passes to the op follows (it was kept from __init__,
         # and the change ignored silently)
+        if name in _FIXED and "_k" in self.__dict__ and value not in _FIXED[name]:
+            # (groups / dilation / padding_mode set after construction, which the constructor
+            # refuses: the forward would ignore them silently, as it did)
+            raise ValueError(f"{type(self).__name__} supports {name}="
+                             f"{_FIXED[name][0]!r} only, got {value!r}")
         if name in _GEOMETRY and "_k" in self.__dict__:
             if name == "padding" and isinstance(value, str):
                 if isinstance(self, nn.ConvTranspose2d):

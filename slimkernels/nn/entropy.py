@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .parametrizers import lower_bound
 from .._amp import no_autocast
 from .._state import bump_generation, cached_on, describe_mismatch, state_dict_mismatch
-from .._checks import as_width, finite_real, is_int, not_a_tensor, width_list
+from .._checks import as_flag, as_width, finite_real, is_int, not_a_tensor, width_list
 
 #: training quantizations of the synthesis input (see :meth:`EntropyBottleneck.forward`)
 QUANTIZATIONS = ("noise", "mixed")
@@ -186,8 +186,8 @@ class EntropyBottleneck(nn.Module):
         """
         self._check_latent(y, "forward")
         check_quantization(quantization)
-        if training is None:
-            training = self.training
+        training = self.training if training is None else \
+            as_flag(training, "training", f"EntropyBottleneck({self.channels})")
         with no_autocast(y.device.type):
             y = y.float()
             if training:
@@ -342,7 +342,7 @@ class EntropyBottleneck(nn.Module):
         failed only at ``compress``, with the coder's messages). Empty tables (a model saved
         before :meth:`update`) are fine."""
         got = {n: state_dict[prefix + n] for n in _CDF_BUFFERS if prefix + n in state_dict}
-        todo = "the file is damaged: load it without its CDF tables and call update()"
+        todo = "a damaged file: load it without its CDF tables and call update()"
         for n, t in got.items():
             if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or \
                     t.dtype == torch.bool:
@@ -360,14 +360,18 @@ class EntropyBottleneck(nn.Module):
             raise ValueError(f"{prefix}_quantized_cdf / _cdf_length / _offset have shapes "
                              f"{tuple(cdf.shape)} / {tuple(length.shape)} / {tuple(offset.shape)}, "
                              f"not [{self.channels}, L] / [{self.channels}] / [{self.channels}] "
-                             f"for this model's {self.channels} channels: {todo}")
+                             f"for this model's {self.channels} channels: saved from a model of "
+                             f"other widths (build this one with the widths it was saved with), "
+                             f"or {todo}")
         from .. import coding
         try:
             coding.validate_tables(cdf.detach().cpu().numpy(), length.detach().cpu().numpy(),
                                    offset.detach().cpu().numpy(), precision=self.precision)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{prefix}_quantized_cdf: the CDF tables are not valid ({e}): "
-                             f"{todo}") from None
+            raise ValueError(f"{prefix}_quantized_cdf: the CDF tables are not valid at this "
+                             f"model's precision {self.precision} ({e}): saved from a model of "
+                             f"another precision (build this one with the precision it was saved "
+                             f"with), or {todo}") from None
 
 
 class SlimEntropyBottleneck(nn.Module):

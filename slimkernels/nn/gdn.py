@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from .. import ops
 from .._state import bump_generation, cached_on_module
-from .._checks import finite_real, is_int, not_a_tensor, width_list
+from .._checks import as_flag, as_width, finite_real, is_int, not_a_tensor, width_list
 from .parametrizers import NonNegativeParametrizer
 
 
@@ -36,7 +36,7 @@ class SlimGDN(nn.Module):
         where = type(self).__name__
         beta_min = finite_real(beta_min, "beta_min", where, 0.0, low_ok=True)
         gamma_init = finite_real(gamma_init, "gamma_init", where)
-        self.inverse = bool(inverse)
+        self.inverse = as_flag(inverse, "inverse", type(self).__name__)
         self.beta_reparam = NonNegativeParametrizer(minimum=beta_min)
         self.beta = nn.Parameter(self.beta_reparam.init(torch.ones(in_channels)))
         self.gamma_reparam = NonNegativeParametrizer()
@@ -78,6 +78,7 @@ class SlimGDN(nn.Module):
     def op_kwargs(self, width: int) -> Dict:
         """Keyword arguments of :func:`slimkernels.ops.gdn` at ``width`` (full effective
         parameters, read in place by the op), e.g. to fuse this GDN into a convolution."""
+        width = as_width(width, f"SlimGDN({self.in_channels}).op_kwargs")
         if not 1 <= width <= self.in_channels:
             raise ValueError(f"SlimGDN({self.in_channels}) cannot run at width {width}")
         beta, gamma = self.effective_params()
@@ -107,7 +108,7 @@ class _WidthSelectedGDN(nn.Module):
         if len(set(self.widths)) != len(self.widths) or min(self.widths) < 1:
             raise ValueError(f"{type(self).__name__}: widths must be distinct ints >= 1, got "
                              f"{list(widths)}")
-        self.inverse = bool(inverse)
+        self.inverse = as_flag(inverse, "inverse", type(self).__name__)
 
     def _index(self, C: int, shape) -> int:
         if C not in self.widths:

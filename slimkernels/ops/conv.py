@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .._checks import is_int
+from .._checks import as_width, check_tensor_args, is_int
 from .._cpu import cpu_kernels, real_tensors, refuse_jit_trace, tracing
 from ..backend import resolve_backend
 from . import conv_image, image_io, winograd
@@ -71,6 +71,7 @@ def _gdn_kwargs(spec, inverse: bool, backend: str):
                          "its GDN with it: drop the entry, or pass backend= to the conv op")
     if "beta" not in kw or "gamma" not in kw:
         raise ValueError("gdn/igdn dict needs 'beta' and 'gamma' entries")
+    check_tensor_args("gdn/igdn", beta=kw["beta"], gamma=kw["gamma"])
     _check_gdn_scalars(kw, "gdn/igdn dict")
     kw["inverse"] = inverse
     kw["backend"] = backend
@@ -915,14 +916,14 @@ def _check(x, weight, bias, name, transposed, stride, padding):
     ``(stride, padding)`` as plain ints (numpy ints pass the checks; Triton's launcher takes
     only plain ones)."""
     refuse_jit_trace(name)
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"{name}: x must be a 4-D [N, C, H, W] tensor, got "
-                         f"{getattr(x, 'shape', type(x))}")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
-        raise ValueError(f"{name}: weight must be the full 4-D parameter, got "
-                         f"{getattr(weight, 'shape', type(weight))}")
+    check_tensor_args(name, x=x, weight=weight)
     if bias is not None and not isinstance(bias, torch.Tensor):
-        raise ValueError(f"{name}: bias must be a tensor or None, got {type(bias).__name__}")
+        raise TypeError(f"{name}: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name}: x must be a 4-D [N, C, H, W] tensor, got {tuple(x.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"{name}: weight must be the full 4-D parameter, got "
+                         f"{tuple(weight.shape)}")
     # (a kernel handed a weight or bias of another device would read a wrong address, or none)
     for what, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.device != x.device:
@@ -1536,9 +1537,10 @@ def _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding):
 def _out_width(out_width, co_max, name):
     if out_width is None:
         return co_max
-    if not is_int(out_width):
-        raise ValueError(f"{name}: out_width must be an int, got {out_width!r}")
-    co = int(out_width)
+    try:   # (an int, a numpy int or a 0-dim integer tensor, as the layers take widths)
+        co = as_width(out_width, name)
+    except ValueError:
+        raise ValueError(f"{name}: out_width must be an int, got {out_width!r}") from None
     if not 1 <= co <= co_max:
         raise ValueError(f"{name}: out_width={out_width} must be in [1, {co_max}] (the weight's "
                          f"output channels)")
@@ -1637,6 +1639,8 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     ``bias`` and the GDN parameters.
 
     Raises:
+        TypeError: ``x``, ``weight``, ``bias`` (or a GDN's ``beta`` / ``gamma``) is not a
+            ``torch.Tensor`` (e.g. a numpy array).
         ValueError: ``out_width`` not an int in ``1 .. C_out_max``, more input channels than
             the weight has (or none), a bias / GDN parameter shorter than the width, tensors
             that are not floating-point, x / weight / bias of different dtypes outside autocast
@@ -1722,8 +1726,8 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         under bf16 autocast (float32 with ``out_clamp``).
 
     Raises:
-        ValueError: as :func:`slim_conv2d` (``out_width``, channels, parameters, geometry,
-            backend), a bad ``output_padding`` or ``out_clamp``.
+        TypeError, ValueError: as :func:`slim_conv2d` (``out_width``, channels, parameters,
+            geometry, backend), a bad ``output_padding`` or ``out_clamp``.
     """
     clamp = _check_clamp(out_clamp, "slim_conv_transpose2d")
     stride, padding = _check(x, weight, bias, "slim_conv_transpose2d", True, stride, padding)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..backend import resolve_backend
 
+from .._checks import as_flag, check_tensor_args
 from .._cpu import cpu_kernels, refuse_jit_trace
 from ._cache import _cached
 from ._raw import cpu_capability
@@ -713,6 +714,7 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
     TF32; bf16 x as one bf16 product with fp32 accumulation. ``gdn_torch`` is full fp32.
 
     Raises:
+        TypeError: ``x``, ``beta`` or ``gamma`` is not a ``torch.Tensor`` (e.g. a numpy array).
         ValueError: wrong shapes, C > C_max, non-float dtypes, parameters on another device.
 
     Returns:
@@ -720,6 +722,8 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
         an empty one).
     """
     refuse_jit_trace("gdn")
+    check_tensor_args("gdn", x=x, beta=beta, gamma=gamma)
+    inverse = as_flag(inverse, "inverse", "gdn")
     if x.dim() != 4:
         raise ValueError(f"gdn expects x of shape [N, C, H, W], got {tuple(x.shape)}")
     C = x.shape[1]

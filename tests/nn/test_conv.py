@@ -143,3 +143,19 @@ def test_a_string_padding_of_a_transposed_layer_is_named(pad):
     k, s = 5, 2
     m = SlimConvTranspose2d(8, 8, k, s, padding=(k - 1) // 2, output_padding=s - 1)
     assert m(torch.randn(1, 8, 6, 7)).shape == (1, 8, 12, 14)
+
+
+@pytest.mark.parametrize("cls", [SlimConv2d, SlimConvTranspose2d])
+def test_unsupported_attributes_set_after_construction_are_refused(cls):
+    """groups / dilation / padding_mode, refused by the constructor, had been ignored silently
+    when set afterwards (nn.Conv2d honours them: another output)."""
+    c = cls(8, 8, 3, padding=1)
+    x = torch.rand(1, 8, 7, 7)
+    want = c(x).shape
+    for name, bad in (("dilation", (2, 2)), ("dilation", 2), ("groups", 2),
+                      ("padding_mode", "reflect")):
+        with pytest.raises(ValueError, match=rf"{cls.__name__} supports {name}=.* only, got"):
+            setattr(c, name, bad)
+    for name, ok in (("dilation", (1, 1)), ("groups", 1), ("padding_mode", "zeros")):
+        setattr(c, name, ok)
+    assert c.dilation == (1, 1) and c.groups == 1 and c(x).shape == want

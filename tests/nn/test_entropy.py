@@ -354,3 +354,30 @@ def test_a_tiny_init_scale_is_refused_by_name():
     with pytest.raises(ValueError, match="init_scale 1e-30 is too small for 4 layers"):
         EntropyBottleneck(4, init_scale=1e-30)
     assert torch.isfinite(EntropyBottleneck(4, init_scale=1e-3).matrices[0]).all()
+
+
+def test_tables_of_another_config_are_named_as_such_not_only_as_damage():
+    """Loading a SlimEntropyBottleneck into other widths, or tables into another precision, said
+    only "the file is damaged"; the message now names the likelier cause first."""
+    pytest.importorskip("slimkernels._coder")
+    src = SlimEntropyBottleneck([8, 4])
+    src.update()
+    with pytest.raises(ValueError, match=r"for this model's 6 channels: saved from a model of "
+                                         r"other widths .*or a damaged file"):
+        SlimEntropyBottleneck([8, 6]).load_state_dict(src.state_dict())
+    eb = _trained_bottleneck()
+    eb.update()
+    with pytest.raises(ValueError, match=r"not valid at this model's precision 8 .*saved from a "
+                                         r"model of another precision .*or a damaged file"):
+        EntropyBottleneck(4, precision=8).load_state_dict(eb.state_dict())
+
+
+def test_training_must_be_a_bool():
+    """(training="no" was truthy: noise instead of rounding.)"""
+    eb = EntropyBottleneck(4).eval()
+    y = torch.randn(1, 4, 3, 3)
+    for bad in ("no", 0.0, 2):
+        with pytest.raises(ValueError, match=r"EntropyBottleneck\(4\): training must be True or "
+                                             r"False"):
+            eb(y, training=bad)
+    torch.testing.assert_close(eb(y, training=0)[0], eb(y, training=False)[0])

@@ -270,3 +270,16 @@ def test_the_widths_metadata_leaves_the_model_id_alone():
     m2 = SlimCAE(widths=(16, 8), gdn="slim+")
     m2.load_state_dict(dict(sd))   # (no metadata)
     assert m2.model_id() == m.model_id()
+
+
+def test_flags_and_widths_that_are_not_bools_or_ints_are_refused():
+    """SlimGDN(inverse="no") was an IGDN (bool("no")); op_kwargs(48.5) ran at width 48.5."""
+    for cls, args in ((SlimGDN, (8,)), (SwitchGDN, ([8, 4],)), (SlimGDNPlus, ([8, 4],))):
+        with pytest.raises(ValueError, match=rf"{cls.__name__}: inverse must be True or False"):
+            cls(*args, inverse="no")
+        assert cls(*args, inverse=1).inverse is True
+    g = SlimGDN(8)
+    for bad in (4.5, True, "4"):
+        with pytest.raises(ValueError, match="width must be an int"):
+            g.op_kwargs(bad)
+    assert g.op_kwargs(torch.tensor(4))["inverse"] is False

@@ -349,6 +349,9 @@ def test_out_width_must_be_an_int(bad):
     with pytest.raises(ValueError, match="out_width must be an int"):   # (was truncated: 48)
         slim_conv2d(x, w, b, out_width=bad)
     assert slim_conv2d(x, w, b, out_width=np.int64(48)).shape[1] == 48
+    assert slim_conv2d(x, w, b, out_width=torch.tensor(48)).shape[1] == 48   # (as the layers)
+    with pytest.raises(ValueError, match="out_width must be an int"):
+        slim_conv2d(x, w, b, out_width=torch.tensor(48.0))
 
 
 def test_transposed_padding_that_empties_the_output_is_named():
@@ -1088,3 +1091,26 @@ def test_the_earlier_public_names_still_import():
     from slimkernels.kernels.gdn import gdn_torch_reference
     x, beta, gamma = torch.rand(1, 4, 3, 3), torch.ones(4), 0.1 * torch.eye(4)
     assert torch.equal(gdn_torch_reference(x, beta, gamma), gdn_reference(x, beta, gamma))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_arguments_that_are_not_tensors_are_a_type_error_naming_them(transposed):
+    """A numpy x had been read by the shape check ("x must be a 4-D tensor, got (1, 8, 9, 9)",
+    its own shape) and a numpy GDN parameter failed with an AttributeError."""
+    import numpy as np
+    op = slim_conv_transpose2d if transposed else slim_conv2d
+    name = op.__name__
+    w, b = _full("dec1" if transposed else "enc2", transposed, 5, torch.float32)
+    x = torch.rand(1, 8, 9, 9)
+    gdn = (torch.ones(192), 0.1 * torch.eye(192))
+    for args, kw, what in (((x.numpy(), w, b), {}, "x"), ((x, w.numpy(), b), {}, "weight"),
+                           ((x, w, b.tolist()), {}, "bias"),
+                           ((x, w, b), {"gdn" if not transposed else "igdn": (gdn[0].numpy(),
+                                                                               gdn[1])}, "beta")):
+        with pytest.raises(TypeError, match=rf"{what} must be a torch\.Tensor.*, got "
+                                            rf"(numpy\.ndarray: convert it with torch\.from_numpy"
+                                            rf"\({what}\)|list)"):
+            op(*args, stride=2, padding=2, **kw)
+    y = op(x, w, b, stride=2, padding=2, gdn=gdn) if not transposed else \
+        op(x, w, b, stride=2, padding=2, igdn=gdn)
+    assert torch.isfinite(y).all()

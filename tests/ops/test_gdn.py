@@ -351,3 +351,20 @@ def test_one_element_scalars_of_any_shape(shape, grad):
         y = fn(x, beta, gamma, **sc)
         assert y.shape == x.shape
         assert ((y.detach().double() - ref).abs().max() / ref.abs().max()).item() < 1e-5
+
+
+def test_arguments_that_are_not_tensors_or_bools_are_refused_naming_them():
+    """(numpy arguments failed with an AttributeError; inverse="no" was truthy: an IGDN)."""
+    import numpy as np
+    x, beta, gamma = torch.rand(1, 4, 3, 3), torch.ones(4), 0.1 * torch.eye(4)
+    for args, what in (((x.numpy(), beta, gamma), "x"), ((x, beta.numpy(), gamma), "beta"),
+                       ((x, beta, gamma.tolist()), "gamma")):
+        with pytest.raises(TypeError, match=rf"gdn: {what} must be a torch\.Tensor"):
+            gdn(*args)
+    for bad in ("no", "False", 2, 0.0, None):
+        with pytest.raises(ValueError, match="gdn: inverse must be True or False"):
+            gdn(x, beta, gamma, inverse=bad)
+    ref = gdn_reference(x.double(), beta.double(), gamma.double(), inverse=True)
+    for ok in (True, 1, np.bool_(True)):
+        torch.testing.assert_close(gdn(x, beta, gamma, inverse=ok).double(), ref, rtol=1e-5,
+                                   atol=1e-6)
