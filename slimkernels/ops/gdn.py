@@ -699,7 +699,8 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
             CUDA tensors run the fused Triton kernels (:mod:`slimkernels.kernels.gdn`). CPU
             tensors run the fused C++ kernel :func:`gdn_cpu_fused` (AMX-BF16) when
             :func:`cpu_kernels_available` and the call is covered (fp32/bf16 x, NCHW or
-            channels_last, fp32/bf16 parameters, no autograd, no CPU autocast); on CPUs
+            channels_last, fp32/bf16 parameters, no autograd, CPU autocast off or bf16: an fp32
+            x then gets one bf16 product and an fp32 result, as autocast's GEMM); on CPUs
             without AMX but with AVX2 + FMA, fp32 x without autograd or autocast (channels_last;
             NCHW where it pays, see ``AVX2_NCHW_MIN_C``) runs a fused fp32 AVX2 kernel
             (csrc/cpu/gdn_avx2.cpp: fp32 accumulation, refined reciprocal square root), and on

@@ -618,6 +618,7 @@ class WinogradConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, b, stride: int, padding: int):
+        """``y = conv2d(x, w, b)`` (shapes in the class docstring), fp32 channels_last."""
         _require_fp32(x, "WinogradConv2dFunction")   # its backward is fp32 only
         k = w.shape[-1]
         U = conv2d_weight_fp32(w, stride)
@@ -629,6 +630,8 @@ class WinogradConv2dFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
+        """``(gx, gw, gb, None, None)`` for ``gy`` ``[N, C_out, Ho, Wo]`` (fp32 after a cast):
+        gx and gw in x's and w's shapes, gb ``[C_out]`` (None where not needed)."""
         x, w = ctx.saved_tensors
         s, p, has_b = ctx.geom
         k, H, Ho = w.shape[-1], x.shape[2], gy.shape[2]
@@ -664,6 +667,8 @@ class WinogradConvTranspose2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, b, stride: int, padding: int, output_padding: int):
+        """``y = conv_transpose2d(x, w, b)`` (shapes in the class docstring), fp32
+        channels_last."""
         _require_fp32(x, "WinogradConvTranspose2dFunction")   # its backward is fp32 only
         k = w.shape[-1]
         U = conv_transpose2d_weight_fp32(w, stride, padding)
@@ -676,6 +681,8 @@ class WinogradConvTranspose2dFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
+        """``(gx, gw, gb, None, None, None)`` for ``gy`` ``[N, C_out, Ho, Wo]`` (fp32 after a
+        cast): gx and gw in x's and w's shapes, gb ``[C_out]`` (None where not needed)."""
         x, w = ctx.saved_tensors
         s, p, op, has_b = ctx.geom
         gy = fp32_cpu_input(gy.to(torch.float32), "Winograd backward (gy)")
