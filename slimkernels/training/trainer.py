@@ -205,6 +205,26 @@ def _check_same_run(saved: Optional[Dict], cfg: "TrainConfig", path: str) -> Non
                          f"with the same options, or choose another --out for a new run")
 
 
+def _same_path(a: str, b: str) -> bool:
+    return a == b or os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_init_on_resume(saved: Dict, cfg: "TrainConfig", path: str, step) -> None:
+    """ValueError when a resume of the checkpoint at ``path`` would ignore ``cfg.init``: the run
+    there did not start from that file (a user who meant to start from a model got a resume of
+    another run, told only "resumed from ..."). The command the run started with, repeated with
+    its --init, resumes it (the --init then needs nothing: it was used at the start)."""
+    if not cfg.init:
+        return
+    started = saved.get("init") or ""
+    if started and _same_path(started, cfg.init):
+        return
+    raise ValueError(f"--out holds the checkpoint of a run (step {step}, {path}) that "
+                     + (f"started from {started}" if started else "did not start from a file")
+                     + f": resuming it would ignore --init {cfg.init}. Leave out --init to resume "
+                     f"that run, or choose another --out to start from {cfg.init}")
+
+
 def rd_loss(model: nn.Module, x: torch.Tensor, widths, lambdas, bf16: bool,
             quantization: str = "noise"):
     """Sum over widths of ``bpp_k + lambda_k * 255^2 * MSE_k`` (fp32) and per-width stats.
@@ -589,6 +609,7 @@ class Trainer:
             if cfg.lambdas is None:   # (unset: the lambdas the run started with)
                 cfg.lambdas = list(checked.get("config's lambdas") or ck_lambdas)
             _check_same_run(ck.get("config"), cfg, self.ckpt_path)
+            _check_init_on_resume(saved, cfg, self.ckpt_path, ck["step"])
             for what, lams in held.items():
                 self._checkpoint_lambdas(lams, what)
             # each entry is checked before it is used: a damaged one was an AttributeError,

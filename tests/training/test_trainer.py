@@ -1386,3 +1386,33 @@ def test_a_checkpoint_replaced_from_outside_the_lock_during_a_fit_keeps_both(ima
     assert torch.load(side, weights_only=False)["step"] == 4
     assert torch.load(ck, weights_only=False)["step"] == 2          # (the foreign one, kept)
     assert sum(f"this run's checkpoints go to {side} instead" in str(s) for s in said) == 1
+
+
+def test_init_that_a_resume_would_ignore_is_refused(image_dir, tmp_path):
+    """(--out holding a run's checkpoint resumed it and ignored --init silently: a user who meant
+    to start from a model trained on another run.) The run's own command, --init included,
+    still resumes it."""
+    from slimkernels.pretrained import save_model
+    quiet = {"log": lambda *_: None}
+    t = Trainer(_cfg(image_dir, tmp_path / "src", steps=1, val_every=0), **quiet).fit()
+    t.model.update()
+    model_a, model_b = str(tmp_path / "a.pt"), str(tmp_path / "b.pt")
+    save_model(t.model, model_a)
+    save_model(t.model, model_b)
+    fresh = tmp_path / "fresh"   # a run that started from new weights
+    Trainer(_cfg(image_dir, fresh, steps=1, val_every=0), **quiet).fit()
+    before = (fresh / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"holds the checkpoint of a run \(step 1, .*\) that did "
+                                         r"not start from a file: resuming it would ignore --init "
+                                         r".*a\.pt\. Leave out --init to resume that run, or "
+                                         r"choose another --out"):
+        Trainer(_cfg(image_dir, fresh, steps=2, val_every=0, init=model_a), **quiet)
+    assert (fresh / "checkpoint.pt").read_bytes() == before
+    run = tmp_path / "from_a"   # a run that started from a.pt
+    Trainer(_cfg(image_dir, run, steps=1, val_every=0, init=model_a), **quiet).fit()
+    with pytest.raises(ValueError, match=r"that started from .*a\.pt: resuming it would ignore "
+                                         r"--init .*b\.pt"):
+        Trainer(_cfg(image_dir, run, steps=2, val_every=0, init=model_b), **quiet)
+    again = Trainer(_cfg(image_dir, run, steps=2, val_every=0, init=model_a), **quiet)
+    assert again.step == 1   # (the same command: resumed)
+    assert again.fit().step == 2
