@@ -25,7 +25,11 @@ from slimkernels.pretrained import load_model, save_model
 
 
 def load_checkpoint(path: str) -> dict:
-    """The trainer's checkpoint at ``path``; ValueError saying what is wrong with it otherwise."""
+    """The trainer's checkpoint at ``path`` (a dict with ``model``, ``config`` (a dict),
+    ``step``...); ValueError saying what is wrong with it otherwise."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder: give the checkpoint file in it, e.g. "
+                         f"{os.path.join(path, 'checkpoint.pt')}")
     if not os.path.isfile(path):
         raise ValueError(f"{path} does not exist (expected a training checkpoint, e.g. "
                          f"runs/slimcae/checkpoint.pt)")
@@ -34,6 +38,9 @@ def load_checkpoint(path: str) -> dict:
         hint = (" (it is an exported model file already)"
                 if isinstance(ck, dict) and ck.get("format") == "slimkernels-model" else "")
         raise ValueError(f"{path} is not a training checkpoint of python/train.py{hint}")
+    if not isinstance(ck["config"], dict):
+        raise ValueError(f"{path} is a damaged checkpoint: its config is a "
+                         f"{type(ck['config']).__name__}, not a dict")
     return ck
 
 
@@ -71,6 +78,9 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def main(argv=None) -> int:
+    """The command line (``argv``: its arguments, default ``sys.argv[1:]``); returns the exit
+    code: 0 written, 1 an error (one ``export_model: error:`` line on stderr, nothing
+    written)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("output")
@@ -93,22 +103,26 @@ def main(argv=None) -> int:
             return 1
     folder = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(folder):   # (before reading the checkpoint)
-        print(f"export_model: error: cannot write {args.output}: the folder {folder} does not "
-              f"exist (create it first)", file=sys.stderr)
+        print(f"export_model: error: cannot write {args.output}: "
+              + (f"{folder} is a file, not a folder" if os.path.exists(folder) else
+                 f"the folder {folder} does not exist (create it first)"), file=sys.stderr)
         return 1
     if os.path.lexists(args.output) and not args.force:
         print(f"export_model: error: {args.output} exists: not overwriting it (use --force)",
               file=sys.stderr)
         return 1
+    use_ema = False
     try:
         ck = load_checkpoint(args.checkpoint)
         main_ck = load_checkpoint(args.schedule_from) if args.schedule_from else None
+        use_ema = ck.get("ema") is not None and not args.raw
+        model = load_model(args.checkpoint, weights="ema" if use_ema else "train")  # + tables
     except ValueError as e:
         print(f"export_model: error: {e}", file=sys.stderr)
         return 1
-    cfg = ck["config"]
-    use_ema = ck.get("ema") is not None and not args.raw
-    model = load_model(args.checkpoint, weights="ema" if use_ema else "train")  # + CDF tables
+    # (an older trainer's config may lack a field: recorded as None)
+    cfg = {k: ck["config"].get(k) for k in ("batch", "crop", "crop_large", "large_after",
+                                            "lambdas", "lr", "bf16", "data")}
     weights = f"ema (decay {ck.get('ema_decay')})" if use_ema else "train"
     log = os.path.join(os.path.dirname(args.checkpoint), "log.jsonl")
     val, updates, log_bf16 = _log_up_to(log, ck["step"])
@@ -121,21 +135,22 @@ def main(argv=None) -> int:
         isinstance(sched.get("history"), list) else updates
     info = {"steps": ck["step"], "batch": cfg["batch"], "crop": cfg["crop"],
             "crop_large": cfg["crop_large"], "large_after": cfg["large_after"],
-            "lambdas_initial": cfg["lambdas"], "lambdas_final": ck["lambdas"],
+            "lambdas_initial": cfg["lambdas"], "lambdas_final": ck.get("lambdas"),
             "lambda_updates": len(lambda_updates), "lr": cfg["lr"], "bf16": bf16,
             "weights": weights,
-            "data": os.path.basename(os.path.normpath(cfg["data"])), "last_validation": val,
+            "data": os.path.basename(os.path.normpath(cfg["data"]))
+            if isinstance(cfg["data"], str) and cfg["data"] else None, "last_validation": val,
             # the lambda schedule's state, so that --init MODEL --init-continue --schedule resumes it
             "scheduler": sched, "next_schedule": ck.get("next_schedule") if sched else None}
     if main_ck is not None:
         if main_ck.get("scheduler") is None:
-            print(f"{args.schedule_from} records no lambda schedule (trained without "
-                  f"--schedule): nothing to take", file=sys.stderr)
+            print(f"export_model: error: {args.schedule_from} records no lambda schedule "
+                  f"(trained without --schedule): nothing to take", file=sys.stderr)
             return 1
-        if list(main_ck.get("lambdas") or []) != list(ck["lambdas"]):
-            print(f"{args.schedule_from} has lambdas {main_ck.get('lambdas')}, {args.checkpoint} "
-                  f"{ck['lambdas']}: its schedule state does not describe this model",
-                  file=sys.stderr)
+        if list(main_ck.get("lambdas") or []) != list(ck.get("lambdas") or []):
+            print(f"export_model: error: {args.schedule_from} has lambdas "
+                  f"{main_ck.get('lambdas')}, {args.checkpoint} {ck.get('lambdas')}: its schedule "
+                  f"state does not describe this model", file=sys.stderr)
             return 1
         info["scheduler"] = main_ck["scheduler"]
         info["next_schedule"] = main_ck.get("next_schedule")
@@ -145,8 +160,9 @@ def main(argv=None) -> int:
     try:
         save_model(model, args.output, info=info)
     except OSError as e:
-        print(f"export_model: error: cannot write {args.output}: {e.strerror or e}",
-              file=sys.stderr)
+        msg = e.strerror or str(e)   # (slimkernels.io's atomic write names the path already)
+        print("export_model: error: " + (msg if msg.startswith("cannot write") else
+                                          f"cannot write {args.output}: {msg}"), file=sys.stderr)
         return 1
     except ValueError as e:   # (info the safe loader could not read back: nothing written)
         print(f"export_model: error: {e}", file=sys.stderr)

@@ -299,6 +299,48 @@ def test_export_refuses_outputs_it_cannot_or_must_not_write(image_dir, tmp_path,
     assert list((tmp_path / "folder").iterdir()) == []
 
 
+def test_export_of_odd_checkpoints_and_paths_is_one_line(image_dir, tmp_path, capsys):
+    """(A config without a field, or not a dict, gave a KeyError / ValueError traceback; a folder
+    as the checkpoint "does not exist"; an output under a file "the folder ... does not exist";
+    an unwritable output "cannot write X: cannot write X: ..."; --schedule-from's refusals had
+    no "export_model: error:" prefix.)"""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "export_model", os.path.join(ROOT, "python", "export_model.py"))
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    Trainer(_cfg(image_dir, tmp_path / "run", steps=1), log=lambda *_: None).fit()
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ck = torch.load(ckpt, weights_only=False)
+    older = tmp_path / "older.pt"   # (an older trainer's config, without crop_large)
+    torch.save({**ck, "config": {k: v for k, v in ck["config"].items() if k != "crop_large"}},
+               older)
+    bad_cfg = tmp_path / "badcfg.pt"
+    torch.save({**ck, "config": "x"}, bad_cfg)
+    (tmp_path / "afile").write_bytes(b"")
+    cases = [([str(bad_cfg), str(tmp_path / "o1.pt")],
+              r"^export_model: error: \S*badcfg\.pt is a damaged checkpoint: its config is a str, "
+              r"not a dict$"),
+             ([str(tmp_path / "run"), str(tmp_path / "o2.pt")],
+              r"^export_model: error: \S*run is a folder: give the checkpoint file in it, e\.g\. "
+              r"\S*run/checkpoint\.pt$"),
+             ([str(ckpt), str(tmp_path / "afile" / "m.pt")],
+              r"^export_model: error: cannot write \S*m\.pt: \S*afile is a file, not a folder$"),
+             ([str(ckpt), str(tmp_path / "o3.pt"), "--schedule-from", str(ckpt)],
+              r"^export_model: error: \S*checkpoint\.pt records no lambda schedule")]
+    for argv, msg in cases:
+        assert export.main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and re.search(msg, err), err
+    assert not any((tmp_path / f"o{i}.pt").exists() for i in (1, 2, 3))
+    assert export.main([str(older), str(tmp_path / "o4.pt")]) == 0
+    info = json.loads(capsys.readouterr().out.rsplit("\nwrote ", 1)[0])
+    assert info["crop_large"] is None and info["crop"] == 32
+    assert export.main([str(ckpt), "/proc/m.pt"]) == 1   # (a folder nobody can write in)
+    err = capsys.readouterr().err
+    assert err.count("cannot write /proc/m.pt") == 1 and len(err.strip().splitlines()) == 1, err
+
+
 def test_ema_off_keeps_no_average(image_dir, tmp_path):
     t = Trainer(_cfg(image_dir, tmp_path / "n", steps=1, ema=0.0), log=lambda *_: None).fit()
     assert t.ema is None
