@@ -135,10 +135,16 @@ def _main(argv, made) -> int:
     if args.limit < 0:
         p.error(f"--limit must be >= 1 (or 0: every image), got {args.limit}")
     if args.json:   # (checked before the work: it was overwritten, or failed after it)
-        if os.path.isdir(args.json) or (os.path.exists(args.json) and not args.force):
+        if os.path.isdir(args.json):
+            p.error(f"--json {args.json} is a folder: give a file path, e.g. "
+                    f"{os.path.join(args.json, 'rate_control.json')}")
+        if os.path.exists(args.json) and not args.force:
             p.error(f"--json {args.json} exists: not overwriting it (-f replaces a file)")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder):
             p.error(f"--json {args.json}: its folder does not exist")
+        if not os.access(folder, os.W_OK):
+            p.error(f"--json {args.json}: its folder {folder} is not writable")
 
     from slimkernels.evaluation.kodak import json_finite
     from slimkernels.io import atomic_write_bytes, read_image
@@ -209,7 +215,11 @@ def _main(argv, made) -> int:
                                        "macs_per_pixel": cost, "per_image": tables,
                                        "chosen": chosen, "folder_means": mean,
                                        "folder_width": folder_w}), indent=1, allow_nan=False)
-        atomic_write_bytes(args.json, text.encode(), overwrite=args.force)
+        try:   # (a folder that refuses the write all the same: a read-only file system)
+            atomic_write_bytes(args.json, text.encode(), overwrite=args.force)
+        except OSError as e:
+            print(f"error: --json: {e.strerror or e}", file=sys.stderr)
+            return 2
     return 0
 
 

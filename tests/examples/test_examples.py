@@ -207,6 +207,31 @@ def test_rate_control_tiny_removes_its_generated_images(tmp_path, monkeypatch, c
     assert list(tmp_path.iterdir()) == []
 
 
+def test_rate_control_json_it_cannot_write_is_refused_before_the_work(tmp_path, capsys,
+                                                                        monkeypatch):
+    """(--json into a folder nobody can write printed a PermissionError traceback after all the
+    work; --json naming a folder said "-f replaces a file".)"""
+    main = load_script("rate_control.py").main
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for target, msg in ((tmp_path, "is a folder: give a file path"),
+                        (tmp_path / "missing" / "rc.json", "its folder does not exist")):
+        with pytest.raises(SystemExit) as e:
+            main(["--tiny", "--target-bpp", "0.7", "--json", str(target)])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    if os.geteuid() != 0:   # (root may write anywhere: the check after the work below)
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        with pytest.raises(SystemExit):
+            main(["--tiny", "--target-bpp", "0.7", "--json", str(ro / "rc.json")])
+        assert "is not writable" in capsys.readouterr().err
+    else:   # a write refused all the same (/proc: no file can be made there): one line, exit 2
+        assert main(["--tiny", "--target-bpp", "0.7", "--json", "/proc/rc.json"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --json: ") and len(err.strip().splitlines()) == 1, err
+
+
 def test_rate_control_without_model_says_what_to_do(tmp_path):
     from slimkernels.pretrained import bundled_model_path
     (tmp_path / "a.png").write_bytes(b"")
