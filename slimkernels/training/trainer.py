@@ -26,7 +26,7 @@ from ..io import MissingFileError, atomic_torch_save, load_torch_file
 from ..ops.image_io import value_range
 from ..models import SlimCAE
 from ..models.slimcae import DEFAULT_WIDTHS
-from ..nn.entropy import check_quantization, is_table_key, state_dict_misfit
+from ..nn.entropy import QUANTIZATIONS, check_quantization, is_table_key, state_dict_misfit
 from ..nn.gdn import GDN_LEGACY_NAMES, GDN_VARIANTS
 from ..ops.gdn import compiled_training
 from .data import CropSampler, center_crops, check_seed, list_images, load_rgb, split_train_val
@@ -83,7 +83,8 @@ class TrainConfig:
     quantization: str = _opt("noise", "what the synthesis trains on: noise (y + U(-0.5, 0.5), "
                                      "Yang et al. 2021) or mixed (the rounded latent, "
                                      "straight-through "
-                                     "gradient; the rate term keeps the noise)")
+                                     "gradient; the rate term keeps the noise)",
+                             choices=list(QUANTIZATIONS))
     compile_gdn: bool = _opt(True, "CPU + bf16: GDN's autograd path through torch.compile")
     channels_last: bool = _opt(True, "channels_last activations and weights")
     device: str = _opt("cpu", "cpu, cuda or cuda:N (torchrun sets the rank's GPU)",
@@ -537,7 +538,10 @@ class Trainer:
         self.step = 0
         self.stopped_by = None   # the signal that ended the last fit(), if one did
         if cfg.lambdas is not None and len(cfg.lambdas) != len(cfg.widths):
-            raise ValueError(f"{len(cfg.widths)} widths but {len(cfg.lambdas)} lambdas")
+            raise ValueError(f"{len(cfg.widths)} widths but {len(cfg.lambdas)} lambdas (--widths "
+                             f"{' '.join(map(str, cfg.widths))}, --lambdas "
+                             f"{' '.join(map(str, cfg.lambdas))}): give one lambda per width, in "
+                             f"the same order, or leave out --lambdas for the defaults")
         self._explicit_schedule_start = cfg.schedule_start is not None
         if cfg.schedule_start is None:
             cfg.schedule_start = cfg.steps // 2
@@ -551,7 +555,13 @@ class Trainer:
         if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
             raise ValueError(f"--out {cfg.out} is a file: --out names the run's folder "
                              f"(checkpoint.pt, log.jsonl); give another path")
-        os.makedirs(cfg.out, exist_ok=True)
+        # (a failed fit removes a folder it made and left empty: _remove_unused_out)
+        self._made_out = not os.path.lexists(cfg.out)
+        try:
+            os.makedirs(cfg.out, exist_ok=True)
+        except OSError as e:   # (a parent that is a file, or cannot be written: a traceback)
+            raise ValueError(f"--out {cfg.out}: cannot make the run folder ({e.strerror}); "
+                             f"give another path") from None
         self.ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
         self.log_path = os.path.join(cfg.out, "log.jsonl")
         self._lock: Optional[_RunLock] = None   # held by fit()
@@ -1025,8 +1035,26 @@ class Trainer:
             raise refused
         try:
             return self._fit(cfg)
+        except BaseException:
+            self.close()
+            self._remove_unused_out()
+            raise
         finally:
             self.close()
+
+    def _remove_unused_out(self) -> None:
+        """After a fit that failed before writing anything (no images, an unreadable one...):
+        the run folder this Trainer made, when it holds nothing but the lock file (a failed run
+        left a folder with only ``.lock`` in it). Anything else in it stays."""
+        if self.rank != 0 or not self._made_out:
+            return
+        try:
+            if set(os.listdir(self.cfg.out)) <= {".lock"}:
+                if os.path.exists(os.path.join(self.cfg.out, ".lock")):
+                    os.remove(os.path.join(self.cfg.out, ".lock"))
+                os.rmdir(self.cfg.out)
+        except OSError:
+            pass
 
     def _fit(self, cfg):
         if self.step >= cfg.steps and os.path.exists(self.ckpt_path):

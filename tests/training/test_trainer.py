@@ -436,12 +436,19 @@ def test_cli_bad_option_is_one_line_error(image_dir, tmp_path, capsys, entry):
         from slimkernels.cli import main
         argv = ["train"]
     out = tmp_path / "bad"
-    rc = main(argv + ["--data", image_dir, "--out", str(out), "--quantization", "round",
+    rc = main(argv + ["--data", image_dir, "--out", str(out), "--crop", "40",
                       "--steps", "1", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1
-    assert "quantization must be one of noise, mixed, got 'round'" in err
+    assert "--crop 40: must be a positive multiple of 16" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    try:   # (a value outside an option's choices: argparse's usage error, exit 2; --help lists them)
+        rc = main(argv + ["--data", image_dir, "--out", str(out), "--quantization", "round"])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "invalid choice: 'round' (choose from" in err and "Traceback" not in err
     assert not out.exists()
 
 
@@ -1458,3 +1465,38 @@ def test_init_that_a_resume_would_ignore_is_refused(image_dir, tmp_path):
     again = Trainer(_cfg(image_dir, run, steps=2, val_every=0, init=model_a), **quiet)
     assert again.step == 1   # (the same command: resumed)
     assert again.fit().step == 2
+
+
+def test_a_fit_that_fails_before_writing_removes_the_folder_it_made(tmp_path):
+    """(A run on an empty image folder, or one with an unreadable image, left its --out folder
+    behind with only the lock file in it.) A folder that existed before, or that holds
+    anything else, stays."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    quiet = {"log": lambda *_: None}
+    out = tmp_path / "new" / "run"
+    (tmp_path / "new").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        Trainer(_cfg(str(empty), out), **quiet).fit()
+    assert not out.exists() and (tmp_path / "new").exists()
+    mine = tmp_path / "mine"   # (made by the user before the run: kept, as it was)
+    mine.mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        Trainer(_cfg(str(empty), mine), **quiet).fit()
+    assert mine.is_dir()
+    t = Trainer(_cfg(str(empty), tmp_path / "other"), **quiet)
+    (tmp_path / "other" / "notes.txt").write_text("keep")   # (written there meanwhile)
+    with pytest.raises(ValueError, match="no images"):
+        t.fit()
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep"
+
+
+def test_an_out_that_cannot_be_made_or_lambdas_of_another_count_name_the_options(image_dir,
+                                                                                   tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match=r"--out \S*afile/run: cannot make the run folder \(.*\); "
+                                         r"give another path"):
+        Trainer(_cfg(image_dir, tmp_path / "afile" / "run"))
+    with pytest.raises(ValueError, match=r"2 widths but 1 lambdas \(--widths 8 4, --lambdas 0\.01\)"
+                                         r": give one lambda per width"):
+        Trainer(_cfg(image_dir, tmp_path / "r", lambdas=[0.01]))
