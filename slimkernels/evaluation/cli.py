@@ -69,6 +69,8 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.limit is not None and args.limit < 1:   # (list_images' message names no option)
+        return err(f"--limit must be >= 1 (leave it out for every image), got {args.limit}")
     try:
         images = list_images(args.folder, args.limit)
     except ValueError as e:

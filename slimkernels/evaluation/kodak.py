@@ -44,7 +44,8 @@ COMPRESSAI_BMSHJ2018_FACTORIZED = {
 
 
 def list_images(folder: str, limit: Optional[int] = None) -> List[str]:
-    """Sorted image files in ``folder`` (first ``limit`` of them).
+    """Sorted image files in ``folder`` (first ``limit`` of them; a subfolder named like an
+    image, ``x.png/``, is not one).
 
     Raises:
         MissingFileError: ``folder`` does not exist (a FileNotFoundError and a ValueError).
@@ -53,7 +54,8 @@ def list_images(folder: str, limit: Optional[int] = None) -> List[str]:
     """
     _check_folder(folder)
     _check_limit(limit)
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)
+                   and not os.path.isdir(os.path.join(folder, f)))
     if not files:
         raise ValueError(f"{folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
     if limit is not None:
@@ -531,7 +533,11 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
     if classical:
         jpeg_qualities = check_qualities("jpeg", jpeg_qualities, "jpeg_qualities")
         webp_qualities = check_qualities("webp", webp_qualities, "webp_qualities")
-    created = not os.path.exists(out_dir)
+    made = []   # the folders makedirs creates, deepest first (out/ and its missing parents)
+    d = os.path.abspath(out_dir)
+    while not os.path.exists(d) and d != os.path.dirname(d):
+        made.append(d)
+        d = os.path.dirname(d)
     os.makedirs(out_dir, exist_ok=True)
     aside = _set_aside(out_dir, earlier)
     try:
@@ -539,8 +545,10 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
                                 jpeg_qualities, webp_qualities, streams, plot, progress)
     except BaseException:
         _restore(out_dir, OUTPUTS, aside)   # (this run's outputs go: a rerun needs no overwrite)
-        if created and os.path.isdir(out_dir) and not os.listdir(out_dir):
-            os.rmdir(out_dir)
+        for d in made:   # (the parents it made too: --out new/sub left new/ behind)
+            if not (os.path.isdir(d) and not os.listdir(d)):
+                break
+            os.rmdir(d)
         raise
     _discard(aside)
     return summary

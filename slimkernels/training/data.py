@@ -14,13 +14,15 @@ IMAGE_EXTS = IMAGE_EXTENSIONS   # (the name this module had for it)
 
 
 def list_images(folder: str) -> List[str]:
-    """Sorted paths of the image files directly in ``folder`` (ValueError if there are none)."""
+    """Sorted paths of the image files directly in ``folder`` (ValueError if there are none;
+    a subfolder named like an image, ``x.png/``, is not one)."""
     if not os.path.isdir(folder):
         if not os.path.exists(folder):
             raise MissingFileError(f"image folder {folder!r} does not exist")
         raise ValueError(f"image folder {folder!r} is a file, not a folder")
     paths = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                   if f.lower().endswith(IMAGE_EXTS))
+                   if f.lower().endswith(IMAGE_EXTS) and
+                   not os.path.isdir(os.path.join(folder, f)))
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder!r}")
     return paths

@@ -327,6 +327,12 @@ def test_eval_command_line_errors_are_one_line_with_its_name(image_folder, tmp_p
     assert main([image_folder, "--out", str(tmp_path / "o"), "--no-classical",
                  "--jpeg-qualities", "10"], prog="evaluate.py") == 2
     assert "--jpeg-qualities has no effect with --no-classical" in capsys.readouterr().err
+    for limit in ("0", "-2"):   # (list_images' "limit must be an int >= 1" named no option)
+        assert main([image_folder, "--out", str(tmp_path / "o"), "--no-classical", "--limit",
+                     limit], prog="evaluate.py") == 2
+        assert f"evaluate.py: error: --limit must be >= 1 (leave it out for every image), got " \
+               f"{limit}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_plot_title_names_the_folder():
@@ -437,6 +443,32 @@ def test_evaluate_all_overwrite_keeps_the_earlier_evaluation_when_the_new_one_fa
         kodak.evaluate_all(tiny_model, image_folder, str(tmp_path / "new"), classical=False,
                            plot=False)
     assert not (tmp_path / "new").exists()
+    # ... nor the parents it made (new/sub left new/ behind); a parent that was there stays
+    with pytest.raises(ValueError, match="b.png"):
+        kodak.evaluate_all(tiny_model, image_folder, str(tmp_path / "new" / "a" / "sub"),
+                           classical=False, plot=False)
+    assert not (tmp_path / "new").exists() and tmp_path.is_dir()
+
+
+def test_listing_skips_folders_named_like_images(tmp_path):
+    """(A subfolder named x.png was listed as an image, then "not an image file ...
+    IsADirectoryError".)"""
+    from PIL import Image
+
+    from slimkernels.training.data import list_images as train_images
+
+    from .conftest import make_image
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(make_image(1, 32, 32)).save(d / "a.png")
+    (d / "x.png").mkdir()
+    assert [os.path.basename(p) for p in kodak.list_images(str(d))] == ["a.png"]
+    assert [os.path.basename(p) for p in train_images(str(d))] == ["a.png"]
+    os.remove(d / "a.png")
+    with pytest.raises(ValueError, match="no image"):
+        kodak.list_images(str(d))
+    with pytest.raises(ValueError, match="no images"):
+        train_images(str(d))
 
 
 def test_evaluate_checks_image_sizes_and_arguments_before_coding(tiny_model, tmp_path,
