@@ -234,7 +234,24 @@ def load_torch_file(path: str, unreadable: str, map_location="cpu"):
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-        raise ValueError(unreadable.format(path=path, error=_load_error(e))) from None
+        raise ValueError(unreadable.format(path=path, error=_not_torch_file(path) or
+                                           _load_error(e))) from None
+
+
+def _not_torch_file(path) -> Optional[str]:
+    """What is wrong with a file that is plainly not one ``torch.save`` wrote (empty, or neither
+    a zip archive nor a pickle by its first bytes), else None: torch said "EOFError: " for an
+    empty file and "KeyError: 101" for a text file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except (OSError, TypeError):   # (a file object, or unreadable: torch's own error)
+        return None
+    if not head:
+        return "an empty file, 0 bytes"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    return f"not a file written by torch.save: it starts with {head!r}"
 
 
 def _load_error(e: Exception) -> str:

@@ -567,3 +567,26 @@ def test_a_path_that_exists_but_is_not_a_file_is_not_a_missing_file(tmp_path):
         with pytest.raises(ValueError) as info:
             call()
         assert not isinstance(info.value, FileNotFoundError), str(info.value)
+
+
+def test_load_torch_file_names_an_empty_or_foreign_file(tmp_path):
+    """(torch said "EOFError: " for an empty file and "KeyError: 101" for a text file.)"""
+    import torch
+
+    from slimkernels.io import load_torch_file
+    empty, text, good = tmp_path / "e.pt", tmp_path / "t.pt", tmp_path / "g.pt"
+    empty.write_bytes(b"")
+    text.write_text("hello world")
+    torch.save({"a": torch.ones(2)}, good)
+    msg = "{path}: unreadable ({error})"
+    with pytest.raises(ValueError, match=r"e\.pt: unreadable \(an empty file, 0 bytes\)"):
+        load_torch_file(str(empty), msg)
+    with pytest.raises(ValueError, match=r"t\.pt: unreadable \(not a file written by torch\.save: "
+                                         r"it starts with b'hello wo'\)"):
+        load_torch_file(str(text), msg)
+    truncated = tmp_path / "cut.pt"   # (a zip cut short: torch's own message, one line)
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"cut\.pt: unreadable \(\w+: ") as e:
+        load_torch_file(str(truncated), msg)
+    assert "\n" not in str(e.value)
+    assert torch.equal(load_torch_file(str(good), msg)["a"], torch.ones(2))
