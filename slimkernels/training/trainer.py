@@ -728,8 +728,15 @@ class Trainer:
                                      f"python/train.py")
                 misfit = state_dict_misfit(self.model, sd)
                 if misfit:   # (torch's own error lists every key: kilobytes)
+                    held = ck.get("config") if isinstance(ck, dict) else None
+                    held = {k: held[k] for k in ("widths", "gdn") if k in held} \
+                        if isinstance(held, dict) else {}
+                    said = ", ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                                     for k, v in held.items())
                     raise ValueError(f"--init file {cfg.init} does not fit this model (--widths "
-                                     f"{cfg.widths}, --gdn {cfg.gdn}): {misfit}")
+                                     f"{cfg.widths}, --gdn {cfg.gdn}): {misfit}"
+                                     + (f"; the file holds a model of {said}: train with those"
+                                        if said else ""))
                 bad = first_non_finite(sd)
                 if bad is not None:   # (was "loss is nan at step 0: lower the lr or resume")
                     raise ValueError(f"--init file {cfg.init}: its weight {bad} is not finite "

@@ -860,7 +860,9 @@ def test_config_and_init_mistakes_read_clearly(image_dir, tmp_path):
     save_model(SlimCAE(widths=(12, 4)), str(other))
     with pytest.raises(ValueError, match=r"--init file .*other.pt does not fit this model "
                                          r"\(--widths \[8, 4\].*\): \S+ has shape \(\d+(, \d+)*\), "
-                                         r"the model \(\d+(, \d+)*\) \(\d+ entries do not fit\)"):
+                                         r"the model \(\d+(, \d+)*\) \(\d+ entries do not fit\); "
+                                         r"the file holds a model of --widths 12 4, --gdn switch: "
+                                         r"train with those"):
         Trainer(_cfg(image_dir, tmp_path / "c", init=str(other)), log=lambda *_: None)
 
 
