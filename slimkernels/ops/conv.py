@@ -911,6 +911,9 @@ def _apply_gdn(y, kw):
     return _gdn(y, **kw)
 
 
+_MAX_GEOMETRY = 1 << 24   # (a stride or padding this large: an error, see _check)
+
+
 def _check(x, weight, bias, name, transposed, stride, padding):
     """Checks a conv op's arguments (ValueError naming the first problem); returns
     ``(stride, padding)`` as plain ints (numpy ints pass the checks; Triton's launcher takes
@@ -957,6 +960,12 @@ def _check(x, weight, bias, name, transposed, stride, padding):
         raise ValueError(f"{name}: stride must be an int >= 1, got {stride!r}")
     if not is_int(padding) or padding < 0:
         raise ValueError(f"{name}: padding must be an int >= 0, got {padding!r}")
+    # (2**63 failed in a pybind TypeError, 2**40 in oneDNN's "could not construct a memory
+    # descriptor": no geometry of 2**24 pixels a side or more is a real one)
+    for what, v in (("stride", stride), ("padding", padding)):
+        if v >= _MAX_GEOMETRY:
+            raise ValueError(f"{name}: {what} {v} is beyond any image (at most "
+                             f"{_MAX_GEOMETRY - 1})")
     if x.shape[-2] == 0 or x.shape[-1] == 0:
         raise ValueError(f"{name}: x {tuple(x.shape)} has no pixels (an empty batch, N = 0, is "
                          f"fine; an empty height or width is not)")

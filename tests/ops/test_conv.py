@@ -1114,3 +1114,17 @@ def test_arguments_that_are_not_tensors_are_a_type_error_naming_them(transposed)
     y = op(x, w, b, stride=2, padding=2, gdn=gdn) if not transposed else \
         op(x, w, b, stride=2, padding=2, igdn=gdn)
     assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("op", [slim_conv2d, slim_conv_transpose2d])
+def test_a_stride_or_padding_beyond_any_image_is_named(op):
+    """(stride=2**63 failed in a long pybind TypeError, 2**40 in oneDNN's "could not construct a
+    memory descriptor".)"""
+    x, w = torch.rand(1, 4, 8, 8), torch.rand(4, 4, 3, 3)
+    for kw in (dict(stride=2 ** 63), dict(stride=2 ** 40), dict(stride=2 ** 24),
+               dict(stride=2, padding=2 ** 40)):
+        what = "stride" if kw["stride"] > 2 else "padding"
+        with pytest.raises(ValueError, match=rf"{op.__name__}: {what} \d+ is beyond any image "
+                                             r"\(at most 16777215\)"):
+            op(x, w, **kw)
+    assert op(x, w, stride=3, padding=1).shape[:2] == (1, 4)
