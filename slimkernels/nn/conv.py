@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from .._checks import as_width, is_int, not_a_tensor, width_list
+from .._checks import as_flag, as_width, is_int, not_a_tensor, width_list
 
 
 _Size = Union[int, Tuple[int, int]]
@@ -120,7 +120,8 @@ class _SlimMixin:
 
 
 class SlimConv2d(_SlimMixin, nn.Conv2d):
-    """``nn.Conv2d`` (same arguments, same state_dict keys) that runs at any active width.
+    """``nn.Conv2d`` (its keyword arguments, the same state_dict keys) that runs at any active
+    width. Positionally ``bias`` comes after ``padding`` (nn.Conv2d has ``dilation`` there).
 
     The input width is ``x.shape[1]``; the output width is ``width`` (per call), else the one set
     by :meth:`set_width`, else the widest of ``widths`` (``out_channels`` by default). The op
@@ -139,6 +140,9 @@ class SlimConv2d(_SlimMixin, nn.Conv2d):
                 raise ValueError(f"SlimConv2d supports {k}=1 only")
         if kwargs.get("padding_mode", "zeros") != "zeros":
             raise ValueError("SlimConv2d supports padding_mode='zeros' only")
+        # (SlimConv2d(4, 4, 3, 1, 1, 2), nn.Conv2d's dilation=2, had made a bias silently)
+        bias = as_flag(bias, "bias (the 6th positional argument; dilation is not taken)",
+                       "SlimConv2d")
         if isinstance(padding, str):
             padding = _string_padding(padding, kernel_size, stride)
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
@@ -163,7 +167,9 @@ class SlimConv2d(_SlimMixin, nn.Conv2d):
 
 
 class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` (same arguments and state_dict keys) at any active width.
+    """``nn.ConvTranspose2d`` (its keyword arguments and the same state_dict keys) at any active
+    width. Positionally ``bias`` comes after ``output_padding`` (nn.ConvTranspose2d has
+    ``groups`` there).
 
     Reads ``weight[:w_in, :w_out]`` (PyTorch's ``[C_in, C_out, k, k]`` layout) in place; the
     output width is as in :class:`SlimConv2d` (per call, :meth:`set_width`, else the widest of
@@ -180,6 +186,8 @@ class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
             if kwargs.get(k, 1) not in (1, (1, 1)):
                 raise ValueError(f"SlimConvTranspose2d supports {k}=1 only")
         _no_string_padding("SlimConvTranspose2d", padding)
+        bias = as_flag(bias, "bias (the 7th positional argument; groups is not taken)",
+                       "SlimConvTranspose2d")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          output_padding=output_padding, bias=bias, **kwargs)
         self._init_geometry()

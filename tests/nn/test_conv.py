@@ -159,3 +159,15 @@ def test_unsupported_attributes_set_after_construction_are_refused(cls):
     for name, ok in (("dilation", (1, 1)), ("groups", 1), ("padding_mode", "zeros")):
         setattr(c, name, ok)
     assert c.dilation == (1, 1) and c.groups == 1 and c(x).shape == want
+
+
+def test_a_positional_dilation_or_groups_is_not_taken_as_bias():
+    """(SlimConv2d(4, 4, 3, 1, 1, 2), nn.Conv2d's dilation=2, made a layer with a bias and
+    dilation 1 silently: bias is the 6th positional argument here.)"""
+    with pytest.raises(ValueError, match=r"SlimConv2d: bias \(the 6th positional argument; "
+                                         r"dilation is not taken\) must be True or False, got 2"):
+        SlimConv2d(4, 4, 3, 1, 1, 2)
+    with pytest.raises(ValueError, match=r"SlimConvTranspose2d: bias \(the 7th positional"):
+        SlimConvTranspose2d(4, 4, 3, 1, 1, 0, 2)
+    assert SlimConv2d(4, 4, 3, 1, 1, False).bias is None
+    assert SlimConvTranspose2d(4, 4, 3, bias=1).bias is not None
