@@ -55,7 +55,7 @@ from .ops.image_io import bf16_to_image, image_to_bf16, value_range
 from ._hooks import runs_more_than_forward
 from ._amp import no_autocast
 from ._state import cached_on_module, first_non_finite, state_tensors
-from ._checks import as_width, check_image_tensor, not_a_tensor, width_list
+from ._checks import as_width, check_image_tensor, is_int, not_a_tensor, width_list
 from .nn.entropy import check_quantization
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
@@ -717,6 +717,15 @@ class SlimCodec(nn.Module):
             raise ValueError(f"widths must be positive integers, got {list(widths)}")
         self.widths = ws
 
+    def _stride(self) -> int:
+        """:attr:`downsampling` checked: an int >= 1 (0 was a ZeroDivisionError inside
+        ``compress``, None a TypeError from ``int()``, 4.5 ran as 4)."""
+        s = self.downsampling
+        if not is_int(s) or s < 1:
+            raise ValueError(f"{type(self).__name__}.downsampling must be an int >= 1 (g_a's "
+                             f"total stride), got {s!r}")
+        return int(s)
+
     # -- to be provided by a subclass --------------------------------------------------------
     def config(self) -> Dict:
         """JSON-serializable constructor arguments (and an architecture name); hashed into
@@ -788,7 +797,7 @@ class SlimCodec(nn.Module):
         """``forward``'s input: RGB with sides that are multiples of ``s`` (its ``x_hat`` is then
         x's size; otherwise it came back larger, and a distortion against x broadcast)."""
         self._check_rgb(x)
-        s = int(self.downsampling)
+        s = self._stride()
         if x.shape[2] % s or x.shape[3] % s:
             raise ValueError(f"{type(self).__name__}.forward: the image is "
                              f"{x.shape[2]}x{x.shape[3]}, its sides must be multiples of {s} "
@@ -1168,7 +1177,7 @@ class SlimCodec(nn.Module):
         if not eb.has_tables():
             raise RuntimeError("the entropy model has no CDF tables: call model.update() first")
         H, W = x.shape[-2:]
-        s = int(self.downsampling)
+        s = self._stride()
         ph, pw = (-H) % s, (-W) % s
         x = x.to(dev, torch.float32)
         if ph or pw:
@@ -1238,7 +1247,7 @@ class SlimCodec(nn.Module):
             raise container.SlimFormatError(f"the file's width {f.width} is not one of this "
                                             f"model's widths {self.widths}")
         eb = self.entropy_bottleneck.for_width(f.width)
-        s = int(self.downsampling)
+        s = self._stride()
         h, w = -(-f.height // s), -(-f.img_width // s)
         plan = self._latent_plan(eb, f.width)
         _, cdfs, lengths, offsets, idx = plan
@@ -1307,13 +1316,13 @@ class SlimCodec(nn.Module):
             x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
                                     precision, cuda_graph, f.model_id)
             image = _image_output(x_hat)
-        want = (1, 3, y_hat.shape[-2] * int(self.downsampling),
-                y_hat.shape[-1] * int(self.downsampling))
+        want = (1, 3, y_hat.shape[-2] * self._stride(),
+                y_hat.shape[-1] * self._stride())
         if tuple(image.shape) != want:   # (a larger one had been cropped to a corner, silently)
             raise ValueError(f"decompress: the synthesis transform returned {tuple(image.shape)}, "
                              f"expected {list(want)} for this file's {y_hat.shape[-2]}x"
                              f"{y_hat.shape[-1]} latent: check that g_s ends in 3 channels and "
-                             f"upsamples by downsampling = {int(self.downsampling)} (its "
+                             f"upsamples by downsampling = {self._stride()} (its "
                              f"output_padding)")
         return _cropped(image, f.height, f.img_width)
 

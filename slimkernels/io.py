@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import stat
 import struct
 import tempfile
@@ -258,11 +259,19 @@ def _load_error(e: Exception) -> str:
     """One line for what ``torch.load`` raised: torch's weights-only refusal is a page of
     advice (including to load with ``weights_only=False``, which slimkernels does not do); its
     reason is the line after "WeightsUnpickler error:"."""
-    text = str(e)
-    if "WeightsUnpickler error:" in text:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))   # (torch's bold / reset escapes)
+    reason = None
+    if "WeightsUnpickler error:" in text:   # (torch <= 2.5's wording)
         rest = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
         reason = rest[0].strip() if rest else "refused"
-        return (f"{type(e).__name__}: {reason}; only tensors and plain data are read, so that "
+    elif text.startswith("Weights only load failed"):   # (later: the reason is a paragraph
+        paras = [p.strip() for p in text.split("\n\n") if p.strip()]   # between advice)
+        reason = next((p.splitlines()[0] for p in paras[1:]
+                       if not p.startswith(("Check the documentation", "Please file an issue"))),
+                      "refused")
+    if reason is not None:   # (without torch's advice to allow the type, or to trust the file)
+        reason = reason.split(" Please use ")[0].split(" Re-running ")[0]
+        return (f"{type(e).__name__}: {reason.rstrip('.')}; only tensors and plain data are read, so that "
                 f"a file cannot run code while it loads")
     first = text.strip().splitlines()[0] if text.strip() else ""
     return f"{type(e).__name__}: {first}"

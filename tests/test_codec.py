@@ -1852,3 +1852,17 @@ def test_first_parameter_is_the_first_of_parameters():
         want = next(m.parameters(), None)
         got = _first_parameter_of(m)
         assert got is want, type(m).__name__
+
+
+@pytest.mark.parametrize("bad", [0, -4, None, 4.5, "4", True])
+def test_a_bad_downsampling_is_named(model, bad):
+    """(0 was a ZeroDivisionError inside compress, None a TypeError from int(), 4.5 ran as 4.)"""
+    import copy
+    m = copy.deepcopy(model)
+    m.downsampling = bad
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"Tiny\.downsampling must be an int >= 1 \(g_a's total "
+                                         r"stride\), got "):
+        m.compress(x, 12)
+    with pytest.raises(ValueError, match=r"Tiny\.downsampling must be an int >= 1"):
+        m.decompress(model.compress(x, 12))

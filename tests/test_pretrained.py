@@ -338,3 +338,102 @@ def test_load_model_builds_float32_whatever_the_default_dtype(tmp_path, small_mo
     assert all(p.dtype == torch.float32 for p in got.parameters())
     x = torch.rand(1, 3, 32, 32)
     assert got.compress(x, 8) == m.compress(x, 8)
+
+
+def test_a_model_with_a_compiled_submodule_saves_a_file_that_loads(tmp_path, small_model):
+    """(save_model wrote torch.compile's 'g_s._orig_mod.*' keys: a file load_model refused as
+    damaged, the saved model lost.)"""
+    from slimkernels.pretrained import save_model
+    m = copy.deepcopy(small_model)
+    mid = m.model_id()
+    m.g_s = torch.compile(m.g_s)
+    save_model(m, str(tmp_path / "c.pt"))
+    assert load_model(str(tmp_path / "c.pt")).model_id() == mid
+
+
+@pytest.mark.parametrize("widths", [[1500], [10 ** 9], list(range(1, 4000))])
+def test_a_forged_config_is_refused_before_its_model_is_built(tmp_path, small_model, widths,
+                                                              monkeypatch):
+    """(widths [1500] in a 181 KB file built a 1.4 GB model before the weights were checked;
+    [10**9] failed in torch's allocator.)"""
+    from slimkernels import pretrained
+    from slimkernels.pretrained import save_model
+    save_model(small_model, str(tmp_path / "m.pt"))
+    d = torch.load(tmp_path / "m.pt", weights_only=True)
+    torch.save({**d, "config": {"widths": widths, "gdn": "switch"}}, tmp_path / "bad.pt")
+    monkeypatch.setattr(pretrained, "SlimCAE", lambda **k: pytest.fail("built"))
+    with pytest.raises(ValueError, match=r"bad\.pt is a damaged slimkernels model file .*its "
+                                         r"config describes widths .* but it holds \d+ values"):
+        load_model(str(tmp_path / "bad.pt"))
+
+
+def test_a_flipped_bit_in_a_model_file_is_named(tmp_path, small_model):
+    """(torch's reader does not check the archive's CRC-32s: a flipped bit in a weight loaded,
+    and the original model's files were then refused as written by another model.)"""
+    import struct
+    import zipfile
+
+    from slimkernels.pretrained import save_model
+    path = tmp_path / "m.pt"
+    save_model(small_model, str(path))
+    b = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        member = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 64)
+    n, extra = struct.unpack("<HH", b[member.header_offset + 26:member.header_offset + 30])
+    b[member.header_offset + 30 + n + extra + 17] ^= 0x10
+    (tmp_path / "flip.pt").write_bytes(b)
+    with pytest.raises(ValueError, match=rf"flip\.pt is a damaged model file: its member "
+                                         rf"{re.escape(member.filename)} fails its CRC-32 check"):
+        load_model(str(tmp_path / "flip.pt"))
+    assert load_model(str(path)).model_id() == small_model.model_id()
+
+
+def test_odd_entries_in_a_model_file_or_its_info_are_named(tmp_path, small_model):
+    """(A sparse weight was torch's RuntimeError without the file's name; model_info of a list
+    file returned {}; save_model(info=[1, 2]) said "cannot convert dictionary update sequence";
+    a numpy key of info was reported as "info is a dict"; a malicious file's reason was lost
+    behind torch's advice to load it with weights_only=False.)"""
+    import numpy as np
+
+    from slimkernels.pretrained import save_model
+    save_model(small_model, str(tmp_path / "m.pt"))
+    d = torch.load(tmp_path / "m.pt", weights_only=True)
+    sd = dict(d["state_dict"])
+    sd["g_a.0.bias"] = sd["g_a.0.bias"].to_sparse()
+    torch.save({**d, "state_dict": sd}, tmp_path / "sparse.pt")
+    with pytest.raises(ValueError, match=r"sparse\.pt is a damaged slimkernels model file "
+                                         r"\(.*g_a\.0\.bias"):
+        load_model(str(tmp_path / "sparse.pt"))
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"list\.pt is not a slimkernels model file \(it holds "
+                                         r"a list\)"):
+        model_info(str(tmp_path / "list.pt"))
+    with pytest.raises(ValueError, match=r"info must be a dict \(or None\), got list"):
+        save_model(small_model, str(tmp_path / "x.pt"), info=[1, 2])
+    with pytest.raises(ValueError, match=r"a key of info \(np\.int64\(1\)\) is a numpy\.int64"):
+        save_model(small_model, str(tmp_path / "x.pt"), info={np.int64(1): 2})
+    assert not (tmp_path / "x.pt").exists()
+    torch.save({"format": "slimkernels-model", "info": _RunsCode(str(tmp_path / "ran"))},
+               tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"UnpicklingError: .*(GLOBAL|global).*; only tensors "
+                                         r"and plain data are read") as e:
+        load_model(str(tmp_path / "evil.pt"))
+    assert "weights_only set to False" not in str(e.value) and "\x1b" not in str(e.value)
+
+
+def test_a_weight_average_of_some_weights_only_is_refused(tmp_path, small_model):
+    """(An ``ema`` holding some parameters loaded them over the training weights: a mix; the
+    trainer's own resume refused such a checkpoint.)"""
+    sd = small_model.state_dict()
+    ema = {k: v.clone() for k, v in small_model.named_parameters()}
+    dropped = sorted(ema)[:2]
+    for k in dropped:
+        del ema[k]
+    ck = tmp_path / "checkpoint.pt"
+    torch.save({"model": sd, "config": {"widths": [16, 8], "gdn": "switch"}, "step": 1,
+                "ema": ema}, ck)
+    with pytest.raises(ValueError, match=rf"its weight average lacks 2 parameter\(s\) \(e\.g\. "
+                                         rf"{re.escape(str(dropped))}\); load it with "
+                                         rf"weights='train'"):
+        load_model(str(ck))
+    assert load_model(str(ck), weights="train").model_id() == small_model.model_id()

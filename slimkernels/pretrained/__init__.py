@@ -11,7 +11,8 @@ from typing import Dict, Optional
 import torch
 
 from .._device import check_device
-from ..io import MissingFileError, atomic_torch_save, load_torch_file
+from ..codec import _ORIG_MOD
+from ..io import MissingFileError, _load_error, atomic_torch_save, load_torch_file
 from ..models import SlimCAE
 from ..nn.entropy import state_dict_misfit
 
@@ -28,6 +29,12 @@ def bundled_model_path() -> Optional[str]:
 
 def save_model(model: SlimCAE, path: str, info: Optional[Dict] = None) -> None:
     """Save ``model`` (config + fp32 state_dict incl. CDF tables, built if missing) to ``path``.
+
+    The CDF tables are saved as they are when the model has them: after changing the entropy
+    models (training, a load of other weights) call ``model.update()`` first, or the file codes
+    with the old tables (valid files, but larger: e.g. 1474 bytes instead of 137 after the
+    quantiles moved by 3). They are not rebuilt here because a rebuild on another CPU can
+    change their counts by one, and so the model id of a model loaded from a file.
 
     A file at ``path`` is replaced (atomically: an interrupted save leaves it whole); check
     first where that matters (``python/export_model.py`` refuses an existing file without
@@ -46,6 +53,8 @@ def save_model(model: SlimCAE, path: str, info: Optional[Dict] = None) -> None:
         raise TypeError(f"save_model writes a SlimCAE (load_model rebuilds one from the file's "
                         f"config), got {type(model).__name__}: save your own model's state_dict "
                         f"with torch.save and load it with load_state_dict")
+    if info is not None and not isinstance(info, dict):   # (dict(info)'s message named neither)
+        raise ValueError(f"save_model: info must be a dict (or None), got {type(info).__name__}")
     why = _unloadable(dict(info or {}))
     if why is not None:   # (checked before writing: the file would not load, and replace one)
         where, what = _first_unloadable(dict(info or {}), "info")
@@ -54,7 +63,10 @@ def save_model(model: SlimCAE, path: str, info: Optional[Dict] = None) -> None:
                          f"lists, dicts, tensors)")
     if not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
         model.update()
-    sd = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
+    # (the keys without torch.compile's wrapper: model.g_s = torch.compile(model.g_s) saved
+    # "g_s._orig_mod.*" keys, a file load_model refused as damaged; the model id ignores it)
+    sd = {_ORIG_MOD.sub(r"\1", k): (v.detach().float() if v.is_floating_point() else
+                                    v.detach()).cpu().contiguous()
           for k, v in model.state_dict().items()}
     obj = {"format": "slimkernels-model", "config": model.config(), "state_dict": sd,
            "info": dict(info or {})}
@@ -71,8 +83,7 @@ def _unloadable(v) -> Optional[str]:
         buf.seek(0)
         torch.load(buf, weights_only=True)
     except Exception as e:   # noqa: BLE001 - any failure is the answer
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else \
-            type(e).__name__
+        return _load_error(e)[:200]
     return None
 
 
@@ -82,10 +93,55 @@ def _first_unloadable(v, where: str, depth: int = 0):
     if depth < 20 and isinstance(v, (dict, list, tuple)):
         items = v.items() if isinstance(v, dict) else enumerate(v)
         for k, e in items:
+            if isinstance(v, dict) and _unloadable(k) is not None:   # (a numpy key, say)
+                return _first_unloadable(k, f"a key of {where} ({k!r})", depth + 1)
             if e is not v and _unloadable(e) is not None:
                 return _first_unloadable(e, f"{where}[{k!r}]", depth + 1)
     t = type(v)
     return where, (t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}")
+
+
+def _check_config_size(cfg: Dict, sd: Dict) -> None:
+    """ValueError when the model ``cfg`` describes would be far larger than the weights ``sd``
+    holds (checked before the model is built: a forged config, widths [1500] in a 181 KB file,
+    built a model of 1.4 GB, [10**9] failed in torch's allocator). A SlimCAE of widest width N
+    holds at least 25 N^2 weights (one 5x5 conv of N -> N channels; a real file ~150 N^2) and,
+    with K widths, at most ~(150 + K) N^2 + O(K N): so N^2 must be within the file's count / 25
+    and K N^2 within 16x it."""
+    widths = cfg.get("widths")
+    if not isinstance(widths, (list, tuple)) or not widths or \
+            not all(isinstance(w, int) and not isinstance(w, bool) for w in widths):
+        return   # (SlimCAE names what is wrong with them)
+    held = sum(t.numel() for t in sd.values() if isinstance(t, torch.Tensor))
+    n = max(widths)
+    if 25 * n * n > held or len(widths) * n * n > 16 * held:
+        raise ValueError(f"its config describes widths {_short(widths)} (a model of more than "
+                         f"{25 * n * n} weights), but it holds {held} values: the config does "
+                         f"not belong to these weights")
+
+
+def _short(widths) -> str:
+    return str(list(widths)) if len(widths) <= 8 else f"[{widths[0]}, ... {len(widths)} widths]"
+
+
+def _check_archive(path: str) -> None:
+    """ValueError naming ``path`` when it is a zip archive (what ``torch.save`` writes) one of
+    whose members fails its CRC-32: torch's reader does not check them, so a flipped bit in a
+    weight loaded silently (and files of the original model were then refused as written by
+    another). ~10 ms for the bundled 17.6 MB model."""
+    import zipfile
+    try:
+        if not zipfile.is_zipfile(path):
+            return   # (not an archive: torch.load says what it is)
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{path} is a damaged model file (its archive: {e}); write it again "
+                         f"with slimkernels.pretrained.save_model") from None
+    if bad is not None:
+        raise ValueError(f"{path} is a damaged model file: its member {bad} fails its CRC-32 "
+                         f"check (changed on disk or in transfer); copy it again, or write it "
+                         f"again with slimkernels.pretrained.save_model")
 
 
 def load_model(path: Optional[str] = None, device: str = "cpu", *,
@@ -117,15 +173,16 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
         if path is None:
             raise MissingFileError("this install has no bundled pretrained model "
                                     f"({DEFAULT_MODEL}); pass a model file with --model")
+    if weights not in ("ema", "train"):   # (before the file is read)
+        raise ValueError(f"weights must be 'ema' or 'train', got {weights!r}")
     if not os.path.exists(path):
         raise MissingFileError(f"model file {path} does not exist")
+    _check_archive(path)
     obj = load_torch_file(path, "{path} is not a readable model file ({error})")
-    if weights not in ("ema", "train"):
-        raise ValueError(f"weights must be 'ema' or 'train', got {weights!r}")
     model_file = isinstance(obj, dict) and obj.get("format") == "slimkernels-model"
     if not model_file and not (isinstance(obj, dict) and "model" in obj and "config" in obj):
         raise ValueError(f"{path} is not a slimkernels model file or training checkpoint")
-    averaged = False
+    averaged = ema = False
     try:
         if model_file:
             cfg, sd = obj["config"], obj["state_dict"]
@@ -134,7 +191,7 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
             sd = obj["model"]
             if weights == "ema" and obj.get("ema") is not None:
                 sd = {**sd, **obj["ema"]}
-                averaged = True
+                averaged = ema = True
                 tables = obj.get("ema_tables")
                 if isinstance(tables, dict) and tables and set(tables) <= set(sd):
                     # the trainer's tables of the average: the same on every machine (built
@@ -143,6 +200,7 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
                     averaged = False
         if not isinstance(cfg, dict) or not isinstance(sd, dict):
             raise TypeError("its config and state_dict must be dicts")
+        _check_config_size(cfg, sd)
         # (float32 whatever torch.set_default_dtype says: the files hold float32 weights, and
         # a float64 default built a model that refused to compress)
         model = SlimCAE(**cfg).float()
@@ -154,11 +212,18 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     if wrong is not None:   # (torch's load_state_dict error listed every key: kilobytes)
         raise ValueError(f"{path} does not match the model its config describes ({wrong}): a "
                          f"damaged or foreign file")
+    if ema:   # (an average of some weights only mixed averaged and training weights)
+        missing = sorted(set(dict(model.named_parameters())) - set(obj["ema"]))
+        if missing:
+            raise ValueError(f"{path} is a damaged training checkpoint: its weight average "
+                             f"lacks {len(missing)} parameter(s) (e.g. {missing[:3]}); load it "
+                             f"with weights='train'")
     try:   # (the entropy models check the CDF tables they load: they had loaded, and
         model.load_state_dict(sd)   # compress failed with the coder's message)
-    except ValueError as e:
-        raise ValueError(f"{path} is a damaged slimkernels model file ({e}); write it again "
-                         f"with slimkernels.pretrained.save_model") from None
+    except (ValueError, RuntimeError) as e:   # (RuntimeError: torch's, e.g. a sparse tensor)
+        raise ValueError(f"{path} is a damaged slimkernels model file "
+                         f"({str(e).strip().splitlines()[-1].strip()}); write it again with "
+                         f"slimkernels.pretrained.save_model") from None
     model = model.to(device).eval()
     if averaged or not all(b.has_tables() for b in model.entropy_bottleneck.bottlenecks):
         # (the tables of an averaged entropy model that an older checkpoint holds
@@ -186,7 +251,10 @@ def model_info(path: Optional[str] = None) -> Dict:
         raise err(f"{path} does not exist or is not a file: pass a model file "
                   f"(slimkernels.pretrained.save_model)")
     obj = load_torch_file(path, "{path} is not a readable model file ({error})")
-    info = obj.get("info", {}) if isinstance(obj, dict) else {}
+    if not isinstance(obj, dict):   # (a list or None read as {})
+        raise ValueError(f"{path} is not a slimkernels model file (it holds a "
+                         f"{type(obj).__name__})")
+    info = obj.get("info", {})
     if not isinstance(info, dict):   # (a list was dict()'s "cannot convert dictionary update")
         raise ValueError(f"{path} is a damaged slimkernels model file: its info is a "
                          f"{type(info).__name__}, not a dict")
