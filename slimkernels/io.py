@@ -258,7 +258,8 @@ def _not_torch_file(path) -> Optional[str]:
 def _load_error(e: Exception) -> str:
     """One line for what ``torch.load`` raised: torch's weights-only refusal is a page of
     advice (including to load with ``weights_only=False``, which slimkernels does not do); its
-    reason is the line after "WeightsUnpickler error:"."""
+    reason is the line after "WeightsUnpickler error:" (torch <= 2.5) or the paragraph between
+    the advice (later), kept without the advice and torch's terminal escapes."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))   # (torch's bold / reset escapes)
     reason = None
     if "WeightsUnpickler error:" in text:   # (torch <= 2.5's wording)
@@ -271,8 +272,8 @@ def _load_error(e: Exception) -> str:
                       "refused")
     if reason is not None:   # (without torch's advice to allow the type, or to trust the file)
         reason = reason.split(" Please use ")[0].split(" Re-running ")[0]
-        return (f"{type(e).__name__}: {reason.rstrip('.')}; only tensors and plain data are read, so that "
-                f"a file cannot run code while it loads")
+        return (f"{type(e).__name__}: {reason.rstrip('.')}; only tensors and plain data are "
+                f"read, so that a file cannot run code while it loads")
     first = text.strip().splitlines()[0] if text.strip() else ""
     return f"{type(e).__name__}: {first}"
 

@@ -250,8 +250,9 @@ def test_a_state_dict_of_other_widths_is_refused_naming_them(cls, tmp_path):
     torch.save(src.state_dict(), path)
     for sd in (src.state_dict(), torch.load(path, weights_only=True)):
         for widths in ([48, 96], [96, 72]):
-            with pytest.raises(RuntimeError, match=r"saved with widths \[96, 48\], this one has "
-                                                   rf"\[{widths[0]}, {widths[1]}\].*widths=\[96, 48\]"):
+            want = (r"saved with widths \[96, 48\], this one has "
+                    rf"\[{widths[0]}, {widths[1]}\].*widths=\[96, 48\]")
+            with pytest.raises(RuntimeError, match=want):
                 cls(widths).load_state_dict(sd)
         same = cls([96, 48])
         same.load_state_dict(sd)
