@@ -40,6 +40,17 @@ def load(path):
     return mod
 
 
+def load_for(ap: argparse.ArgumentParser, path: str):
+    """:func:`load`, with ``ap.error`` (one line, exit status 2) for a ``path`` that is not a
+    file or does not load (a raw ImportError traceback before)."""
+    if not os.path.isfile(path):
+        ap.error(f"{path}: no such file: give the other build's extension file (.so)")
+    try:
+        return load(path)
+    except ImportError as e:   # (not an extension, another Python's, or a renamed file)
+        ap.error(f"{path} does not load as an extension module: {e}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("other", help="the other build's _cpu_kernels extension file")
@@ -50,7 +61,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if NEW is None:
         ap.error("slimkernels._cpu_kernels is not built here: nothing to compare with")
-    old = load(a.other)
+    old = load_for(ap, a.other)
     torch.set_num_threads(a.threads)
     print("| layer | width | transform | other ms | this ms | this speed-up |\n"
           "|---|---|---|---|---|---|")

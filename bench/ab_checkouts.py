@@ -52,6 +52,10 @@ def _child(repo: str, sizes: List[int], widths: List[int], precision: str, threa
     allocator.tune_malloc()
     torch.set_num_threads(threads)
     model = load_model()
+    bad = [w for w in widths if w not in model.widths]
+    if bad:   # (the parent checks the model files first; this is for one it could not read)
+        raise SystemExit(f"ab_checkouts: --widths {bad} are not widths of the model of {repo} "
+                         f"{list(model.widths)}")
     img = load_image(image)
     out = {}
     for s in sizes:
@@ -72,6 +76,19 @@ def _child(repo: str, sizes: List[int], widths: List[int], precision: str, threa
                 td.append(time.perf_counter() - t)
             out[f"{s},{w}"] = (statistics.median(tc) * 1e3, statistics.median(td) * 1e3)
     return out
+
+
+def model_widths(repo: str):
+    """The widths of the bundled model of the checkout at ``repo`` (read from its model file,
+    without importing that checkout), or None where the file is not there or not readable (the
+    child then checks them itself)."""
+    path = os.path.join(repo, "slimkernels", "pretrained", "slimcae.pt")
+    try:
+        import torch
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return [int(w) for w in obj["config"]["widths"]]
+    except Exception:   # (an older or newer file layout: no up-front check for it)
+        return None
 
 
 def _run_child(repo: str, a) -> Dict[str, Tuple[float, float]]:
@@ -127,6 +144,13 @@ def main(argv=None) -> int:
     for p in (a.base, a.new):
         if not os.path.isdir(os.path.join(p, "slimkernels")):
             ap.error(f"{p} is not a slimkernels checkout (no slimkernels/ in it)")
+    if a.image is not None and not os.path.isfile(a.image):
+        ap.error(f"--image {a.image}: no such image file (leave it out for the default image)")
+    for p in (a.new, a.base):   # (the codec's ValueError in a child, as a traceback, before)
+        have = model_widths(p)
+        bad = [w for w in widths if have is not None and w not in have]
+        if bad:
+            ap.error(f"--widths {bad} are not widths of the model of {p} {have}")
     keys = [f"{s},{w}" for s in sizes for w in widths]
     res = {r: {k: ([], []) for k in keys} for r in ("new", "base")}
     for i in range(a.rounds):

@@ -18,7 +18,8 @@ Usage::
 
     python bench/bench_coder.py [--repeat 21] [--warmup 3] [--out bench/results/cpu]
 
-Writes ``coder.json`` and ``coder.md`` into ``--out``.
+Writes ``coder.json`` and ``coder.md`` into ``--out``; files already there (the default folder
+holds the tracked tables) are refused before anything is measured, unless ``--force``.
 """
 from __future__ import annotations
 
@@ -287,8 +288,9 @@ def bench_compressai(work, n, repeat, warmup):
     tl = timeit(lambda: (sym.reshape(-1).tolist(), idx.reshape(-1).tolist(),
                          [row[:L].tolist() for row, L in zip(cdfs, lengths)]),
                 max(3, repeat // 3), 1)
+    # indexes: the form of the CDF index the coder takes (main's table keys rows by it)
     return [dict(coder="CompressAI rANS (compressai.ans, lists prepared)", streams=1, threads=1,
-                 encode_s=te, decode_s=td, encode_msym_s=n / te / 1e6,
+                 indexes="symbol", encode_s=te, decode_s=td, encode_msym_s=n / te / 1e6,
                  decode_msym_s=n / td / 1e6, size_bytes=len(data), tolist_s=tl,
                  encode_msym_s_with_tolist=n / (te + tl) / 1e6,
                  decode_msym_s_with_tolist=n / (td + tl) / 1e6)], None
@@ -333,22 +335,65 @@ def bench_constriction(work, n, repeat, warmup):
         te = timeit(encode, repeat, warmup)
         td = timeit(decode, repeat, warmup)
         rows.append(dict(coder=name + ", categorical per channel", streams=1, threads=1,
-                         encode_s=te, decode_s=td, encode_msym_s=n / te / 1e6,
+                         indexes="channel", encode_s=te, decode_s=td, encode_msym_s=n / te / 1e6,
                          decode_msym_s=n / td / 1e6, size_bytes=int(comp.nbytes)))
     return rows, None
 
 
+def check_args(ap: argparse.ArgumentParser, args) -> tuple:
+    """Refuse bad options with ``ap.error`` (one line, exit status 2) before anything is
+    measured: ``--repeat`` < 1 (a StatisticsError at the first median), ``--warmup`` < 0, an
+    ``--out`` that is not a folder, and result files already there without ``--force`` (the
+    default folder holds the tracked tables). Sets ``args.out`` to its default if not given;
+    returns the ``(json, md)`` paths to write."""
+    if args.repeat < 1 or args.warmup < 0:
+        ap.error(f"--repeat must be at least 1 and --warmup at least 0, got {args.repeat} / "
+                 f"{args.warmup}")
+    if args.out is None:
+        args.out = os.path.join(HERE, "results", "cpu")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        ap.error(f"--out {args.out} is a file: give a folder")
+    stem = "coder_slimkernels" if args.only_slimkernels else "coder"
+    files = tuple(os.path.join(args.out, stem + ext) for ext in (".json", ".md"))
+    have = [f for f in files if os.path.exists(f)]
+    if have and not args.force:
+        ap.error(f"--out {args.out} already holds {os.path.basename(have[0])}: --force to "
+                 f"replace it, or --out DIR")
+    return files
+
+
+def command_line(args) -> str:
+    """The command line stored with the results: every option that changes what was measured
+    or where it went (``--out`` and ``--note`` as given)."""
+    import shlex
+    cmd = f"python bench/bench_coder.py --repeat {args.repeat} --warmup {args.warmup}"
+    if args.only_slimkernels:
+        cmd += " --only-slimkernels"
+    if args.out != os.path.join(HERE, "results", "cpu"):
+        cmd += " --out " + shlex.quote(args.out)
+    if args.note:
+        cmd += " --note " + shlex.quote(args.note)
+    return cmd
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeat", type=int, default=21)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "cpu"))
+    ap.add_argument("--repeat", type=int, default=21, help="timed runs per median (default 21)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    ap.add_argument("--out", default=None,
+                    help="folder to write coder.json and coder.md into (coder_slimkernels.* "
+                         "with --only-slimkernels; default bench/results/cpu, the tracked "
+                         "tables)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the coder*.json / .md already in --out (refused without it, "
+                         "before anything is measured)")
     ap.add_argument("--only-slimkernels", action="store_true",
                     help="skip CompressAI and constriction (quick check of the multi-stream "
                          "speed-up); writes coder_slimkernels.json/md instead")
     ap.add_argument("--note", default="",
                     help="text recorded with the results (e.g. how the machine was kept quiet)")
     args = ap.parse_args(argv)
+    out_files = check_args(ap, args)
 
     work = kodak_like_workload()
     sym = work[0]
@@ -406,7 +451,10 @@ def main(argv=None):
               f"encode {base['encode_msym_s_with_tolist']:.1f}, decode "
               f"{base['decode_msym_s_with_tolist']:.1f} M sym/s")
     two = next(r for r in rows if r["streams"] == 2 and r["threads"] == 2)
-    by_cfg = {(r["streams"], r["threads"], r["indexes"]): r for r in rows}
+    # (slimkernels' rows only: the configurations compared; another coder's row of the same
+    # streams / threads must not stand in for one of them)
+    by_cfg = {(r["streams"], r["threads"], r["indexes"]): r for r in rows
+              if r["coder"].startswith("slimkernels")}
     halves, one_ch = by_cfg.get((1, 2, "channel")), by_cfg.get((1, 1, "channel"))
     halves_txt = ("" if halves is None or one_ch is None else
                   f"1 stream on 2 threads (the encoder's lane halves) vs 1 thread, per-channel "
@@ -448,14 +496,12 @@ def main(argv=None):
         print("note:", note)
 
     os.makedirs(args.out, exist_ok=True)
-    stem = "coder_slimkernels" if args.only_slimkernels else "coder"
-    cmd = (f"python bench/bench_coder.py --repeat {args.repeat} --warmup {args.warmup}"
-           + (" --only-slimkernels" if args.only_slimkernels else ""))
+    cmd = command_line(args)
     meta["command"] = cmd
     meta["note"] = args.note
-    with open(os.path.join(args.out, stem + ".json"), "w") as f:
+    with open(out_files[0], "w") as f:
         json.dump(dict(meta=meta, results=rows), f, indent=2)
-    with open(os.path.join(args.out, stem + ".md"), "w") as f:
+    with open(out_files[1], "w") as f:
         f.write("# Entropy coder, Kodak-like workload (CPU)\n\n")
         f.write(f"`{cmd}`: "
                 f"{n:,} symbols, {sym.shape[1]} CDFs x 81 symbols + escape, 16-bit, "

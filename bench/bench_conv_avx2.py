@@ -217,7 +217,8 @@ def gemm_table(widths, repeats, scale):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # (the first paragraph: its first line alone stops mid-sentence)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--widths", default="192,144,96,72,48")
@@ -232,6 +233,10 @@ def main(argv=None) -> int:
                     help="'ours' also with the opt-in bf16 Winograd transposed convs "
                          "(CPU_WINOGRAD_BF16_TRANSPOSED)")
     a = ap.parse_args(argv)
+    # (--repeats 0 was a StatisticsError at the first median, after the table's header)
+    for name, v in (("--repeats", a.repeats), ("--threads", a.threads), ("--scale", a.scale)):
+        if v < 1:
+            ap.error(f"{name} must be at least 1, got {v}")
     torch.set_num_threads(a.threads)
     print(f"threads {a.threads}, medians of {a.repeats}, image /{a.scale}, CPU "
           f"{C._cpu_capability()}, {a.precision}\n")

@@ -108,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--image", default=None, help="image (default: Kodak kodim01, as bench/report.py)")
     ap.add_argument("--dry-run", action="store_true", help="random tiny model, 64x96 image")
     a = ap.parse_args(argv)
+    if not a.dry_run and e2e.image_error(a.image):   # (a missing --image was silently noise)
+        ap.error(e2e.image_error(a.image))
     torch.set_num_threads(a.threads)
     if a.dry_run:
         from slimkernels.models import SlimCAE

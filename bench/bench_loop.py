@@ -108,6 +108,25 @@ def _dry_images(folder: str) -> List[str]:
     return paths
 
 
+def check_args(ap: argparse.ArgumentParser, a) -> List[int]:
+    """Refuse bad options with ``ap.error`` (one line, exit status 2) before anything is
+    measured: ``--rounds`` / ``--threads`` / ``--limit`` < 1 (``--rounds 0`` was a KeyError after
+    the run), ``--widths`` that are not integers, and an ``--out`` file whose folder is missing
+    (found only after the whole run) or that exists without ``--force``. Returns the widths."""
+    for name, v in (("--rounds", a.rounds), ("--threads", a.threads), ("--limit", a.limit)):
+        if v < 1:
+            ap.error(f"{name} must be at least 1, got {v}")
+    try:
+        widths = [int(w) for w in a.widths.split(",")]
+    except ValueError:
+        ap.error(f"--widths {a.widths!r}: give comma-separated integers, e.g. 192,48")
+    if a.out:
+        err = e2e.output_file_error(a.out, "--out", a.force)
+        if err:
+            ap.error(err)
+    return widths
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", default=e2e.KODAK, help="folder of images (default: Kodak)")
@@ -119,11 +138,13 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--model", default=None, help="model file (default: the bundled one)")
     ap.add_argument("--out", default=None, help="also write the table (Markdown) here")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the --out file if it exists (refused without it)")
     ap.add_argument("--dry-run", action="store_true",
                     help="random tiny model, two 64x96 images in a temporary folder")
     a = ap.parse_args(argv)
+    widths = check_args(ap, a)
     torch.set_num_threads(a.threads)
-    widths = [int(w) for w in a.widths.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         if a.dry_run:
             from slimkernels.models import SlimCAE
@@ -139,6 +160,9 @@ def main(argv=None) -> int:
                 print(f"bench_loop: {e}", file=sys.stderr)
                 return 2
             model = e2e.load_model(a.model)[0].eval()
+            bad = [w for w in widths if w not in model.widths]
+            if bad:   # (the codec's ValueError traceback at the first call before)
+                ap.error(f"--widths {bad} are not widths of the model {list(model.widths)}")
         from slimkernels.allocator import tune_malloc
         tune_malloc()   # (as the command-line tools do)
         times = measure(model, paths, widths, a.rounds, a.precision)

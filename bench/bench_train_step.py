@@ -32,7 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # (the first paragraph: its first line alone stops mid-sentence)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=8)
@@ -47,6 +48,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="leave glibc's allocator thresholds alone (the trainer's CLI sets them, "
                          "slimkernels.allocator.tune_malloc; they apply to every step here)")
     a = ap.parse_args(argv)
+    # (--rounds 0 was a ValueError from the medians after the steps were set up)
+    for name, v in (("--rounds", a.rounds), ("--batch", a.batch), ("--crop", a.crop)):
+        if v < 1:
+            ap.error(f"{name} must be at least 1, got {v}")
     tuned = False
     if not a.no_tune_malloc:
         from slimkernels.allocator import tune_malloc

@@ -75,14 +75,20 @@ def load_image(path: Optional[str] = None, quick: bool = False) -> torch.Tensor:
 
     ``path`` defaults to kodim01 (768x512) of ``$SLIMKERNELS_KODAK``; without Kodak a fixed
     random image of that size is used. ``quick`` crops the top-left 64x96.
+
+    Raises:
+        FileNotFoundError: ``path`` was given and is not a file (a given path is never
+            replaced by noise: timings of noise would pass for timings of that image).
     """
     from slimkernels.io import read_image
 
-    if path is None:
-        path = os.path.join(KODAK, DEFAULT_IMAGE)
-    if os.path.exists(path):
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such image file")
         x, _ = read_image(path)
-    else:
+    elif os.path.exists(os.path.join(KODAK, DEFAULT_IMAGE)):
+        x, _ = read_image(os.path.join(KODAK, DEFAULT_IMAGE))
+    else:   # (no path given and no Kodak here: the fallback the docstring names)
         x = torch.rand(1, 3, 512, 768, generator=torch.Generator().manual_seed(0))
     if quick:
         x = x[..., :QUICK_HW[0], :QUICK_HW[1]].contiguous()
@@ -90,8 +96,38 @@ def load_image(path: Optional[str] = None, quick: bool = False) -> torch.Tensor:
 
 
 def image_source(path: Optional[str] = None) -> str:
-    path = path or os.path.join(KODAK, DEFAULT_IMAGE)
+    """What :func:`load_image` reads for ``path``: the file, or the random fallback's name
+    (only without a ``path``: a given one that is missing is :func:`load_image`'s error)."""
+    if path is not None:
+        return path
+    path = os.path.join(KODAK, DEFAULT_IMAGE)
     return path if os.path.exists(path) else "random 768x512 (Kodak not found)"
+
+
+def image_error(path: Optional[str], option: str = "--image") -> Optional[str]:
+    """The one-line error for an ``--image`` that :func:`load_image` would refuse, or None
+    (None for no path: the default image, or noise without Kodak). For the scripts to refuse
+    it before they measure or create anything."""
+    if path is not None and not os.path.isfile(path):
+        return f"{option} {path}: no such image file (leave {option} out for the default image)"
+    return None
+
+
+def output_file_error(path: str, option: str, force: bool) -> Optional[str]:
+    """The one-line error for an output file ``path`` (given as ``option``) that a script could
+    not write, or would replace without ``--force``; None when it can go ahead. Checked before
+    measuring: a missing folder used to fail only after the whole run, and an existing file
+    (often a tracked table) was silently replaced."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return f"{option} {path} is a folder: give a file name"
+    if not os.path.isdir(folder):
+        return f"{option} {path}: the folder {folder} does not exist: create it first"
+    if os.path.exists(path) and not force:
+        return f"{option} {path} exists: --force to replace it, or give another file"
+    if not os.access(folder, os.W_OK):
+        return f"{option} {path}: the folder {folder} is not writable"
+    return None
 
 
 def load_model(path: Optional[str] = None, seed: int = 0):
@@ -982,7 +1018,11 @@ def memory_configs(widths=WIDTHS, precisions=PRECISIONS, plain=True, compressai=
     return cfg
 
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--mem-child":
-    _spec = json.loads(sys.argv[2])
-    for _res in _mem_child(_spec["common"], _spec["configs"]):
-        print("MEM " + json.dumps(_res), flush=True)
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--mem-child":   # (peak_memory's children)
+        _spec = json.loads(sys.argv[2])
+        for _res in _mem_child(_spec["common"], _spec["configs"]):
+            print("MEM " + json.dumps(_res), flush=True)
+    else:   # (run as a script it used to print nothing and exit 0, as if it had measured)
+        print("bench/e2e.py is a library: run python bench/report.py", file=sys.stderr)
+        sys.exit(2)

@@ -119,6 +119,10 @@ def gpu_script_options(a, count_option: str, count: int, what: str):
     if not widths or count < 1:
         print(f"error: give at least one width and {count_option} >= 1", file=sys.stderr)
         return 2
+    bad_image = e2e.image_error(getattr(a, "image", None))   # (timed as noise before)
+    if bad_image:
+        print(f"error: {bad_image}", file=sys.stderr)
+        return 2
     if a.out is None and a.dry_run:
         print(f"error: a dry run needs --out (it must not replace a GPU {what})", file=sys.stderr)
         return 2
@@ -321,3 +325,9 @@ def cuda_markdown(res: Dict) -> str:
             lines.append(f"| {k} | {g['goal']} | {v}{miss} | "
                          f"{'yes' if g['met'] else '**no**'} |")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":   # (run as a script it used to print nothing and exit 0)
+    import sys
+    print("bench/e2e_cuda.py is a library: run python bench/report.py", file=sys.stderr)
+    sys.exit(2)

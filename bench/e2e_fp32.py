@@ -41,7 +41,8 @@ def table(res, widths) -> str:
 
 
 def main(argv=None) -> str:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # (the first paragraph: its first line alone stops mid-sentence)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
@@ -49,17 +50,34 @@ def main(argv=None) -> str:
     ap.add_argument("--quick", action="store_true", help="tiny image, 1 repeat (tests)")
     ap.add_argument("--no-compressai", action="store_true")
     ap.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the --out file if it exists (refused without it)")
     ap.add_argument("--no-tune-malloc", action="store_true",
                     help="keep glibc's default thresholds (the CLI tunes them: "
                          "slimkernels.allocator)")
     a = ap.parse_args(argv)
+    if a.repeats < 1 or a.threads < 0:
+        ap.error(f"--repeats must be at least 1 and --threads at least 0 (0: torch's), got "
+                 f"{a.repeats} / {a.threads}")
+    try:
+        widths = tuple(int(w) for w in a.widths.split(","))
+    except ValueError:
+        ap.error(f"--widths {a.widths!r}: give comma-separated integers, e.g. 192,48")
+    if a.out:   # (a missing folder failed only after the run; a file there was replaced)
+        err = e2e.output_file_error(a.out, "--out", a.force)
+        if err:
+            ap.error(err)
+    if a.model is not None and not os.path.isfile(a.model):
+        ap.error(f"--model {a.model}: no such file (leave it out for the bundled model)")
     if not a.no_tune_malloc:
         from slimkernels.allocator import tune_malloc
         tune_malloc()
     if a.threads:
         torch.set_num_threads(a.threads)
-    widths = tuple(int(w) for w in a.widths.split(","))
     model, _ = e2e.load_model(a.model)
+    bad = [w for w in widths if w not in model.widths]
+    if bad:   # (the codec's ValueError traceback in the first timed call before)
+        ap.error(f"--widths {bad} are not widths of the model {list(model.widths)}")
     x = e2e.load_image(quick=a.quick)
     cai = None if a.no_compressai else e2e.make_compressai()
     res = e2e.e2e_timings(model, x, widths, repeats=1 if a.quick else a.repeats,

@@ -173,3 +173,9 @@ class PlainSlimCAE(nn.Module):
         y = self.encode(x, width)
         m = 0.0 if medians is None else medians.view(1, -1, 1, 1)
         return self.decode(torch.round(y - m) + m)
+
+
+if __name__ == "__main__":   # (run as a script it used to print nothing and exit 0)
+    import sys
+    print("bench/plain_slimcae.py is a library: run python bench/report.py", file=sys.stderr)
+    sys.exit(2)

@@ -558,6 +558,21 @@ def existing_report(folder: str):
     return None
 
 
+def _folder_error(folder: str):
+    """Why ``folder`` cannot be the output folder (``os.makedirs`` would fail on it), or
+    ``None``: checked before anything is measured or created."""
+    if os.path.exists(folder):
+        return None if os.path.isdir(folder) else f"{folder} is a file, not a folder"
+    up = os.path.dirname(os.path.abspath(folder))
+    while not os.path.exists(up):   # the nearest existing folder above: where makedirs starts
+        up = os.path.dirname(up)
+    if not os.path.isdir(up):
+        return f"{folder}: {up} is a file, not a folder"
+    if not os.access(up, os.W_OK):
+        return f"{folder}: cannot create it in {up} (not writable)"
+    return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny image, 1 repeat, widths 192/48")
@@ -598,6 +613,13 @@ def main(argv=None) -> int:
                     help="CUDA: comma-separated widths that get a torch.compile column (default "
                          "all; each width and dtype is a fresh compile)")
     a = ap.parse_args(argv)
+    # (None is the documented default; an explicit 0 was silently the default and a negative
+    # count an IndexError, a negative --threads torch's RuntimeError)
+    for name, v in (("--repeats", a.repeats), ("--burst", a.burst), ("--threads", a.threads)):
+        if v is not None and v < 1:
+            print(f"error: {name} must be at least 1, got {v} (leave it out for the default)",
+                  file=sys.stderr)
+            return 2
     tuned = False
     if not a.no_tune_malloc:
         from slimkernels.allocator import tune_malloc
@@ -639,23 +661,42 @@ def main(argv=None) -> int:
         print("error: --cuda-only needs a CUDA GPU (or --cuda-dry-run to exercise the code on "
               "CPU)", file=sys.stderr)
         return 2
+    targets = [cdir or out] if a.cuda_only else [out] + ([cdir] if cdir else [])
+    for folder in targets:   # (a file there was os.makedirs' FileExistsError traceback)
+        bad_out = _folder_error(folder)
+        if bad_out:
+            print(f"error: --out {bad_out}", file=sys.stderr)
+            return 2
     if not a.force:   # a report already there (tracked numbers under bench/results/) stays
-        targets = [cdir or out] if a.cuda_only else [out] + ([cdir] if cdir else [])
         for folder in targets:
             have = existing_report(folder)
             if have:
                 print(f"error: {folder} already holds a report ({os.path.basename(have)}); "
                       "--force to replace it, or --out DIR", file=sys.stderr)
                 return 2
-    if not a.cuda_only:
-        os.makedirs(out, exist_ok=True)
+    image_bad = e2e.image_error(a.image)   # (a missing --image was silently noise before)
+    if image_bad:
+        print(f"error: {image_bad}", file=sys.stderr)
+        return 2
+    # the model before any folder is made: a bad --model was a traceback after makedirs
     t_start = time.time()
-
-    model, model_desc = e2e.load_model(a.model)
+    if a.model is not None and not os.path.isfile(a.model):
+        print(f"error: --model {a.model}: no such file (leave --model out for the bundled "
+              "model)", file=sys.stderr)
+        return 2
+    try:
+        model, model_desc = e2e.load_model(a.model)
+    except Exception as e:   # (torch.load's errors are many: a one-line reason for each)
+        why = (str(e).splitlines() or [""])[0]
+        print(f"error: --model {a.model}: {type(e).__name__}: {why}", file=sys.stderr)
+        return 2
     bad = [w for w in widths if w not in model.widths]
     if bad:
         print(f"error: widths {bad} are not widths of the model {model.widths}", file=sys.stderr)
         return 2
+    if not a.cuda_only:
+        os.makedirs(out, exist_ok=True)
+
     x = e2e.load_image(a.image, a.quick)
     import shlex
     meta = {**env_info(threads), "command": "python bench/report.py " + shlex.join(

@@ -30,6 +30,7 @@ from typing import Dict, List, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ab_switch import add_run_options, check_run, parse_ops, rotation  # noqa: E402
+from e2e import output_file_error  # noqa: E402
 
 OPS = ("compress", "decompress")
 
@@ -147,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=8, help="timed calls per block (default 8)")
     ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
     ap.add_argument("--md", default=None, help="also write the tables to this Markdown file")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the --md file if it exists (refused without it)")
     a = ap.parse_args(argv)
     try:
         widths = [int(v) for v in a.widths.split(",")]
@@ -162,6 +165,10 @@ def main(argv=None) -> int:
     if min(a.rounds, a.calls, a.threads) < 1 or a.warm < 0:
         raise SystemExit("width_scaling: --rounds, --calls and --threads must be at least 1, "
                          "--warm at least 0")
+    if a.md:   # (a missing folder failed only after the run; a file there was replaced)
+        err = output_file_error(a.md, "--md", a.force)
+        if err:
+            ap.error(err)
     from slimkernels.pretrained import load_model
     try:
         model = load_model(a.model)

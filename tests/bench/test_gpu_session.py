@@ -239,3 +239,37 @@ def test_gpu_session_skips_a_step_left_less_than_half_its_limit(tmp_path):
     assert "skipped (no time left)" in status["tests"], lines
     assert " ok " in status["report"], lines
     assert not any("pytest" in c for c in calls)
+
+
+def _pytest_stub(tmp_path, line, no_gpu):
+    """A stand-in python: the CUDA check answers 3 (torch, no GPU) or 0, pytest prints
+    ``line`` as its summary, everything else passes."""
+    stub = tmp_path / "py"
+    stub.write_text("#!/usr/bin/env bash\ncase \"$*\" in *pytest*) echo '" + line + "' ;; "
+                    "*'else 3)'*) exit " + ("3" if no_gpu else "0") + " ;; esac\nexit 0\n")
+    stub.chmod(0o755)
+    return str(stub)
+
+
+def _tests_status(tmp_path, line, dry):
+    out = tmp_path / "out"
+    env = dict(os.environ, PY=_pytest_stub(tmp_path, line, no_gpu=dry), OUT=str(out),
+               GPU_SESSION_SKIP="report graphs gdn conv profile", GPU_SESSION_STEPS="tests")
+    env.pop("GPU_SESSION_DRY", None)
+    if dry:
+        env["GPU_SESSION_DRY"] = "1"
+    r = subprocess.run(["bash", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    lines = (out / "summary.txt").read_text().splitlines()
+    return r, next(ln for ln in lines if ln.split()[:1] == ["tests"])
+
+
+def test_gpu_session_dry_run_says_when_every_test_skipped(tmp_path):
+    """Without a GPU every CUDA test of the dry run skips: the summary says so instead of a
+    bare "ok" that read as passed kernels; tests that passed, and the GPU run, keep "ok"."""
+    r, status = _tests_status(tmp_path, "12 skipped, 900 deselected in 3.10s", dry=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok (dry: all skipped, no GPU)" in status, status
+    r, status = _tests_status(tmp_path, "2 passed, 10 skipped in 3.10s", dry=True)
+    assert r.returncode == 0 and " ok " in status and "skipped" not in status, status
+    r, status = _tests_status(tmp_path, "12 skipped in 3.10s", dry=False)
+    assert r.returncode == 0 and " ok " in status and "skipped" not in status, status
