@@ -766,18 +766,19 @@ def main(argv=None) -> int:
         cuda_md = cuda_elsewhere(out)
 
     meta["seconds"] = time.time() - t_start
-    with open(os.path.join(out, "e2e.json"), "w") as f:
-        json.dump({"meta": meta, **res, "ratios": rat}, f, indent=1)
-    with open(os.path.join(out, "memory.json"), "w") as f:
-        json.dump({"meta": meta, "rows": mem, "layer_rows": layer_mem}, f, indent=1)
-    with open(os.path.join(out, "layers.json"), "w") as f:
-        json.dump({"meta": meta, "rows": layers}, f, indent=1)
-    with open(os.path.join(out, "goals.json"), "w") as f:
-        json.dump({"meta": meta, "goals": gl, "goals_proposal_ours_cl": gl_prop}, f, indent=1)
-    plot_all(out, res, mem, layers, widths, meta["default_precision"], layer_mem)
+    # Everything rendered, and the plots drawn, before a table is written; each file then
+    # replaced whole (a failure in the plots or the Markdown had left new JSON beside the old
+    # README.md, which --force could mix into a tracked folder).
+    from slimkernels.io import atomic_write_bytes
     md = markdown(meta, res, rat, mem, layers, gl, cuda_md, ext_layers, gl_prop, layer_mem)
-    with open(os.path.join(out, "README.md"), "w") as f:
-        f.write(md)
+    tables = {"e2e.json": {"meta": meta, **res, "ratios": rat},
+              "memory.json": {"meta": meta, "rows": mem, "layer_rows": layer_mem},
+              "layers.json": {"meta": meta, "rows": layers},
+              "goals.json": {"meta": meta, "goals": gl, "goals_proposal_ours_cl": gl_prop}}
+    texts = {name: json.dumps(obj, indent=1) for name, obj in tables.items()}
+    plot_all(out, res, mem, layers, widths, meta["default_precision"], layer_mem)
+    for name, text in [*texts.items(), ("README.md", md)]:
+        atomic_write_bytes(os.path.join(out, name), text.encode(), overwrite=True)
     print(f"wrote {out} in {meta['seconds']:.0f} s")
     for k, g in gl.items():
         print(f"  goal {k}: {'met' if g['met'] else 'NOT met'} ({g['value']})")

@@ -444,3 +444,20 @@ def test_force_is_in_the_help():
     r = subprocess.run([sys.executable, os.path.join(BENCH, "report.py"), "--help"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--force" in r.stdout and "replace the report" in r.stdout
+
+
+def test_a_run_that_fails_while_plotting_leaves_the_earlier_tables_whole(tmp_path, monkeypatch):
+    """(report.py wrote the four JSON files, then the plots, then README.md: a failure in the
+    plots left new JSON beside the old README.md, which --force could mix into a tracked
+    folder.) Everything is rendered and plotted before a table is replaced."""
+    for name in ("e2e.json", "memory.json", "layers.json", "goals.json", "README.md"):
+        (tmp_path / name).write_text("earlier " + name)
+
+    def broken(*a, **k):
+        raise RuntimeError("the plotting failed")
+    monkeypatch.setattr(report, "plot_all", broken)
+    with pytest.raises(RuntimeError, match="the plotting failed"):
+        report.main(["--quick", "--threads", "1", "--no-tune-malloc", "--no-memory",
+                     "--no-layers", "--no-compressai", "--force", "--out", str(tmp_path)])
+    for name in ("e2e.json", "memory.json", "layers.json", "goals.json", "README.md"):
+        assert (tmp_path / name).read_text() == "earlier " + name, name
