@@ -4,6 +4,10 @@
 #   (make test-all also runs the tests marked slow)
 PYTHON ?= python3
 VENV   ?= .venv
+# where pip takes torch from: this project's machines hold a CPU wheel of torch 2.13.0 on local
+# disk that pip finds by its own settings; elsewhere PyPI's torch is a CUDA build of several GB,
+# and TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" takes the CPU one
+TORCH_PIP_ARGS ?=
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.slimkernels-installed
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.hpp csrc/*/*.cpp csrc/*/*.hpp)
@@ -15,8 +19,8 @@ $(PY):
 
 $(STAMP): $(PY) $(SOURCES)
 	$(PY) -m pip install -q --upgrade pip
-	@# a CPU build of torch from local disk when none is installed (an unpinned torch is a CUDA build)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	@# torch when none is installed, pinned (an unpinned torch is a CUDA build): see TORCH_PIP_ARGS
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIP_ARGS) torch==2.13.0
 	$(PY) -m pip install -q setuptools wheel pybind11
 	$(PY) -m pip install -q --no-build-isolation -e ".[test,bench,docs]"
 	@# references for tests and benchmarks (--no-deps: only their own files are used): CompressAI's

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from slimkernels import container  # noqa: E402
 from slimkernels.codec import SlimCodec, SlimSequential  # noqa: E402
@@ -123,15 +123,18 @@ def main(argv=None):
     p.add_argument("-f", "--force", action="store_true", help="replace an earlier run's files")
     args = p.parse_args(argv)
     if not re.fullmatch(r"\d+(,\d+)*", args.widths) or args.steps < 0 or args.crop % 16 or \
-            args.crop < 16:
-        p.error("--widths: comma-separated integers; --steps >= 0; --crop a multiple of 16")
+            args.crop < 16 or max(map(int, args.widths.split(","))) > 512:   # (RAM: N^2)
+        p.error("--widths: comma-separated integers <= 512; --steps >= 0; --crop a multiple of 16")
     widths = [int(w) for w in args.widths.split(",")]
     taken = [t for w in widths if args.out and os.path.lexists(t := os.path.join(
         args.out, f"image_w{w}.slim"))]                 # checked before the training
-    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
-        p.exit(1, f"custom_codec.py: error: --out {args.out} is a file: --out is a folder\n")
     if taken and not args.force:
         p.exit(1, f"custom_codec.py: error: {taken[0]} exists: not replacing it (use --force)\n")
+    out = args.out or tempfile.mkdtemp(prefix="custom-codec-")
+    try:   # (before the training: a file on the path failed after it)
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        p.exit(1, f"custom_codec.py: error: --out {out} cannot be made a folder ({e.strerror})\n")
     torch.manual_seed(0)
     steps = min(args.steps, 5) if args.tiny else args.steps
     try:
@@ -149,9 +152,6 @@ def main(argv=None):
     train(model, crops, steps, lambdas, batch=2 if args.tiny else 8)
     print(f"trained in {time.perf_counter() - t0:.1f} s")
     model.update()                                    # integer CDF tables for the coder
-
-    out = args.out or tempfile.mkdtemp(prefix="custom-codec-")
-    os.makedirs(out, exist_ok=True)
     H, W = image.shape[-2:]
     print(f"\nimage {W}x{H}, files in {out}")
     print(f"{'width':>5} {'bytes':>6} {'bpp':>7} {'PSNR dB':>8}")

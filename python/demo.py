@@ -62,7 +62,10 @@ def main(argv=None) -> int:
                       f"{len(taken) - 1} more of this demo's files): not replacing them "
                       f"(use --force, or another --out)\n")
     out = args.out or tempfile.mkdtemp(prefix="slimkernels-demo-")
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:   # (a file on the path, no permission: a traceback before)
+        p.exit(1, f"{p.prog}: error: --out {out} cannot be made ({e.strerror})\n")
     print(f"image {args.image} ({W}x{H}), model {args.model or bundled_model_path()}, "
           f"precision {args.precision}, outputs in {out}\n")
     print(f"{'width':>5} {'bytes':>7} {'bpp':>7} {'PSNR dB':>8} {'encode ms':>10} "

@@ -23,7 +23,7 @@ from typing import Dict, List
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from slimkernels.ratecontrol import rd_table  # noqa: E402
 
@@ -119,8 +119,8 @@ def _main(argv, made) -> int:
                                                  "the bundled model")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--limit", "--max-images", dest="limit", type=int, default=0,
-                   help="only the first N images (as eval --limit; --max-images: its earlier "
-                        "name)")
+                   help="only the first N images (0, the default: every image; eval's "
+                        "--limit takes no 0; --max-images: its earlier name)")
     p.add_argument("--json", default=None, help="write the tables and choices to this file")
     p.add_argument("-f", "--force", action="store_true", help="replace an existing --json file")
     p.add_argument("--tiny", action="store_true",

@@ -605,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("dir")
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("train", help="train a SlimCAE (see python/train.py)")
+    s = sub.add_parser("train", help="train a SlimCAE (python/train.py in the source "
+                                     "repository is the same program)")
     from .training.cli import build_parser as train_parser
     train_parser(s)
     s.set_defaults(func=cmd_train)

@@ -37,7 +37,9 @@ def test_sdist_holds_what_a_build_needs(tmp_path):
                "slimkernels/pretrained/slimcae.pt", "slimkernels/assets/sample.png",
                "slimkernels/assets/README.md",
                # what the sdist's Makefile runs (make demo / make test)
-               "python/demo.py", "tests/conftest.py", "tests/_env.py", "tests/nn/test_gdn.py"]
+               "python/demo.py", "tests/conftest.py", "tests/_env.py", "tests/nn/test_gdn.py",
+               # what tests/test_docs.py reads
+               "docs/api.md", "docs/format.md", "docs/build_api.py"]
     assert any(p.endswith(".hpp") for p in needed)
     missing = sorted(p for p in needed if p not in names)
     assert not missing, f"not in the sdist: {missing}"

@@ -1119,7 +1119,8 @@ class Trainer:
                         "checkpoint saved: run the same command again to resume")
         elif self.rank == 0:
             self._print(f"done: step {self.step}; checkpoint {self.ckpt_path} (load_model() reads "
-                        f"it; python/export_model.py writes a model file from it)")
+                        f"it; python/export_model.py of the source repository writes a model "
+                        f"file from it)")
         return self
 
     def _loop(self, cfg, bar, stop, t0, n0, last_ckpt):

@@ -55,7 +55,7 @@ def test_custom_codec_tiny(tmp_path):
     assert run("custom_codec.py", "--tiny", "--out", tmp_path, "--force").returncode == 0
     r = run("custom_codec.py", "--tiny", "--out", tmp_path / "image_w128.slim", "--force")
     assert r.returncode == 1 and "trained in" not in r.stdout and "Traceback" not in r.stderr
-    assert "--out is a folder" in r.stderr, r.stderr
+    assert "cannot be made a folder (File exists)" in r.stderr, r.stderr
 
 
 def test_custom_codec_is_short():
@@ -363,3 +363,32 @@ def test_rate_control_takes_eval_s_limit_and_force_for_its_json(tmp_path):
     assert r.returncode == 0 and "1 images in" in r.stdout
     r = run("rate_control.py", "--tiny", "--target-bpp", 0.7, "--limit", -1)
     assert r.returncode == 2 and "--limit must be >= 1 (or 0: every image), got -1" in r.stderr
+
+
+@pytest.mark.parametrize("script", ["evaluate.py", "rate_control.py", "custom_codec.py",
+                                    "accelerate_compressai.py", "demo.py", "train.py"])
+def test_examples_use_the_slimkernels_that_is_installed(tmp_path, script):
+    """(Four examples put the checkout's root first on sys.path: a wheel installed beside an
+    unbuilt checkout was shadowed, and they failed with "_coder ... is not built".) A package
+    found first on the path, here a stub, is the one they import."""
+    stub = tmp_path / "stub" / "slimkernels"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise SystemExit('the installed slimkernels was used')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "stub"), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, os.path.join(PY, script), "--help"], cwd=str(tmp_path),
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert "the installed slimkernels was used" in r.stderr, (r.stdout[-500:], r.stderr[-500:])
+
+
+def test_demo_and_custom_codec_name_an_out_they_cannot_make(tmp_path):
+    """(A file on the --out path was a NotADirectoryError traceback; custom_codec.py's came after
+    the training, and --widths 100000 tried to allocate 40 GB.)"""
+    (tmp_path / "afile").write_text("")
+    bad = str(tmp_path / "afile" / "sub")
+    r = run("demo.py", "--out", bad)
+    assert r.returncode == 1 and "error: --out" in r.stderr and "cannot be made" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run("custom_codec.py", "--tiny", "--out", bad)
+    assert r.returncode == 1 and "cannot be made" in r.stderr and "trained in" not in r.stdout
+    r = run("custom_codec.py", "--tiny", "--widths", "100000,8")
+    assert r.returncode == 2 and "--widths: comma-separated integers <= 512" in r.stderr
