@@ -129,6 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=60, help="timed calls per configuration")
     ap.add_argument("--image", default=None, help="image (default Kodak kodim01)")
     ap.add_argument("--md", default=None, help="also write the table to this Markdown file")
+    ap.add_argument("--force", action="store_true",
+                    help="replace the --md file if it exists (refused without it)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     sizes = [int(v) for v in a.sizes.split(",")]
@@ -146,6 +148,12 @@ def main(argv=None) -> int:
             ap.error(f"{p} is not a slimkernels checkout (no slimkernels/ in it)")
     if a.image is not None and not os.path.isfile(a.image):
         ap.error(f"--image {a.image}: no such image file (leave it out for the default image)")
+    if a.md:   # (before the rounds: an existing table was replaced, a missing folder failed late)
+        sys.path.insert(0, HERE)
+        from e2e import output_file_error
+        err = output_file_error(a.md, "--md", a.force)
+        if err:
+            ap.error(err)
     for p in (a.new, a.base):   # (the codec's ValueError in a child, as a traceback, before)
         have = model_widths(p)
         bad = [w for w in widths if have is not None and w not in have]

@@ -202,3 +202,25 @@ def test_gpu_scripts_refuse_a_missing_image(tmp_path, capsys):
     _refused(capsys, gpu_profile.main, ["--dry-run", "--out", str(tmp_path / "o"), "--image",
                                         str(tmp_path / "n.png")], "--image", "n.png")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_model_or_an_existing_md_is_refused_before_measuring(tmp_path, capsys):
+    """(bench_loop / bench_entropy_insitu: a missing --model was torch.load's traceback after
+    the set-up; ab_checkouts --md replaced an existing table after all its rounds.)"""
+    import ab_checkouts
+    import bench_entropy_insitu
+    import bench_loop
+    missing = str(tmp_path / "missing.pt")
+    for main, args in ((bench_loop.main, ["--model", missing, "--rounds", "1"]),
+                       (bench_entropy_insitu.main, ["--model", missing, "--repeats", "1"])):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2
+        assert f"--model {missing}: no such file" in capsys.readouterr().err
+    table = tmp_path / "ab.md"
+    table.write_text("the earlier table")
+    with pytest.raises(SystemExit) as e:
+        ab_checkouts.main(["--base", ab_checkouts.ROOT, "--md", str(table), "--rounds", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"--md {table} exists: --force to replace it" in err, err
+    assert table.read_text() == "the earlier table"
