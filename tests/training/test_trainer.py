@@ -250,12 +250,18 @@ def test_export_takes_the_schedule_from_the_main_run(image_dir, tmp_path):
     assert not (tmp_path / "m2.pt").exists()
 
 
-def test_export_refuses_bad_inputs_with_one_line(tmp_path, capsys):
+def _export_module():
+    """python/export_model.py loaded as a module (its main takes argv)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location(
         "export_model", os.path.join(ROOT, "python", "export_model.py"))
     export = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(export)
+    return export
+
+
+def test_export_refuses_bad_inputs_with_one_line(tmp_path, capsys):
+    export = _export_module()
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     model_file = tmp_path / "model.pt"
@@ -274,11 +280,7 @@ def test_export_refuses_bad_inputs_with_one_line(tmp_path, capsys):
 def test_export_refuses_outputs_it_cannot_or_must_not_write(image_dir, tmp_path, capsys):
     """An output in a missing folder or an existing folder printed a traceback; the
     checkpoint itself as the output (with --force) replaced the run's checkpoint."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "export_model", os.path.join(ROOT, "python", "export_model.py"))
-    export = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(export)
+    export = _export_module()
     Trainer(_cfg(image_dir, tmp_path / "run", steps=1), log=lambda *_: None).fit()
     ckpt = tmp_path / "run" / "checkpoint.pt"
     before = ckpt.read_bytes()
@@ -304,11 +306,7 @@ def test_export_of_odd_checkpoints_and_paths_is_one_line(image_dir, tmp_path, ca
     as the checkpoint "does not exist"; an output under a file "the folder ... does not exist";
     an unwritable output "cannot write X: cannot write X: ..."; --schedule-from's refusals had
     no "export_model: error:" prefix.)"""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "export_model", os.path.join(ROOT, "python", "export_model.py"))
-    export = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(export)
+    export = _export_module()
     Trainer(_cfg(image_dir, tmp_path / "run", steps=1), log=lambda *_: None).fit()
     ckpt = tmp_path / "run" / "checkpoint.pt"
     ck = torch.load(ckpt, weights_only=False)
