@@ -146,12 +146,11 @@ def main(argv=None) -> int:
     for p in (a.base, a.new):
         if not os.path.isdir(os.path.join(p, "slimkernels")):
             ap.error(f"{p} is not a slimkernels checkout (no slimkernels/ in it)")
-    if a.image is not None and not os.path.isfile(a.image):
-        ap.error(f"--image {a.image}: no such image file (leave it out for the default image)")
-    if a.md:   # (before the rounds: an existing table was replaced, a missing folder failed late)
-        sys.path.insert(0, HERE)
-        from e2e import output_file_error
-        err = output_file_error(a.md, "--md", a.force)
+    sys.path.insert(0, HERE)
+    from e2e import image_error, output_file_error
+    # (before the rounds: a missing --image was timed as noise, an existing --md table was
+    # replaced, a missing folder failed late)
+    for err in (image_error(a.image), a.md and output_file_error(a.md, "--md", a.force)):
         if err:
             ap.error(err)
     for p in (a.new, a.base):   # (the codec's ValueError in a child, as a traceback, before)

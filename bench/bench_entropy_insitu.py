@@ -110,8 +110,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if not a.dry_run and e2e.image_error(a.image):   # (a missing --image was silently noise)
         ap.error(e2e.image_error(a.image))
-    if not a.dry_run and a.model is not None and not os.path.isfile(a.model):
-        ap.error(f"--model {a.model}: no such file (leave it out for the bundled model)")
+    if not a.dry_run and e2e.model_error(a.model):
+        ap.error(e2e.model_error(a.model))
     if a.repeats < 1 or a.threads < 1:
         ap.error(f"--repeats and --threads must be at least 1, got {a.repeats} / {a.threads}")
     torch.set_num_threads(a.threads)

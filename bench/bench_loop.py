@@ -124,8 +124,8 @@ def check_args(ap: argparse.ArgumentParser, a) -> List[int]:
         err = e2e.output_file_error(a.out, "--out", a.force)
         if err:
             ap.error(err)
-    if not a.dry_run and a.model is not None and not os.path.isfile(a.model):
-        ap.error(f"--model {a.model}: no such file (leave it out for the bundled model)")
+    if not a.dry_run and e2e.model_error(a.model):
+        ap.error(e2e.model_error(a.model))
     return widths
 
 

@@ -113,6 +113,15 @@ def image_error(path: Optional[str], option: str = "--image") -> Optional[str]:
     return None
 
 
+def model_error(path: Optional[str], option: str = "--model") -> Optional[str]:
+    """The one-line error for a ``--model`` that is not a file, or None (None for no path: the
+    bundled model). For the scripts to refuse it before they set anything up (torch.load's
+    traceback came after, or after an output folder was made)."""
+    if path is not None and not os.path.isfile(path):
+        return f"{option} {path}: no such file (leave {option} out for the bundled model)"
+    return None
+
+
 def output_file_error(path: str, option: str, force: bool) -> Optional[str]:
     """The one-line error for an output file ``path`` (given as ``option``) that a script could
     not write, or would replace without ``--force``; None when it can go ahead. Checked before

@@ -67,8 +67,8 @@ def main(argv=None) -> str:
         err = e2e.output_file_error(a.out, "--out", a.force)
         if err:
             ap.error(err)
-    if a.model is not None and not os.path.isfile(a.model):
-        ap.error(f"--model {a.model}: no such file (leave it out for the bundled model)")
+    if e2e.model_error(a.model):
+        ap.error(e2e.model_error(a.model))
     if not a.no_tune_malloc:
         from slimkernels.allocator import tune_malloc
         tune_malloc()

@@ -680,9 +680,8 @@ def main(argv=None) -> int:
         return 2
     # the model before any folder is made: a bad --model was a traceback after makedirs
     t_start = time.time()
-    if a.model is not None and not os.path.isfile(a.model):
-        print(f"error: --model {a.model}: no such file (leave --model out for the bundled "
-              "model)", file=sys.stderr)
+    if e2e.model_error(a.model):
+        print(f"error: {e2e.model_error(a.model)}", file=sys.stderr)
         return 2
     try:
         model, model_desc = e2e.load_model(a.model)

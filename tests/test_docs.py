@@ -1,11 +1,12 @@
 """Docs smoke tests: the API reference builds (offline, pdoc) and the public API is documented."""
 import importlib
-import importlib.util
 import inspect
 import os
 import sys
 
 import pytest
+
+from tests._scripts import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLIC = ["slimkernels.ops", "slimkernels.nn", "slimkernels.coding", "slimkernels.container",
@@ -16,11 +17,7 @@ PUBLIC = ["slimkernels.ops", "slimkernels.nn", "slimkernels.coding", "slimkernel
 
 
 def _load_build_api():
-    spec = importlib.util.spec_from_file_location("build_api", os.path.join(ROOT, "docs",
-                                                                            "build_api.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file("docs/build_api.py", "build_api")
 
 
 def public_objects(modname):
@@ -281,10 +278,7 @@ def test_tutorial_architecture_is_the_scripts():
     assert len(blocks) == 1
     ns = {"__name__": "tutorial_block"}
     exec(compile(blocks[0], "docs/tutorial_custom_codec.md", "exec"), ns)
-    spec = importlib.util.spec_from_file_location(
-        "custom_codec_script", os.path.join(ROOT, "python", "custom_codec.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_file("python/custom_codec.py", "custom_codec_script")
     models = []
     for cls in (ns["FourLayerCodec"], script.FourLayerCodec):
         torch.manual_seed(0)

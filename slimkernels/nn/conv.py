@@ -60,16 +60,22 @@ _GEOMETRY = {"stride": "_s", "padding": "_p", "output_padding": "_op"}
 _FIXED = {"groups": (1,), "dilation": (1, (1, 1)), "padding_mode": ("zeros",)}
 
 
+def _check_fixed(layer: str, name: str, value) -> None:
+    """ValueError unless ``value`` is one that :data:`_FIXED` accepts for attribute ``name``
+    (in the constructor's keyword arguments, or set afterwards)."""
+    if value not in _FIXED[name]:
+        raise ValueError(f"{layer} supports {name}={_FIXED[name][0]!r} only, got {value!r}")
+
+
 class _SlimMixin:
     def __setattr__(self, name, value):
         # ``layer.padding = 2`` (or stride / output_padding) after construction, as on an
         # nn.Conv2d: the int the forward passes to the op follows (it was kept from __init__,
         # and the change ignored silently)
-        if name in _FIXED and "_k" in self.__dict__ and value not in _FIXED[name]:
+        if name in _FIXED and "_k" in self.__dict__:
             # (groups / dilation / padding_mode set after construction, which the constructor
             # refuses: the forward would ignore them silently, as it did)
-            raise ValueError(f"{type(self).__name__} supports {name}="
-                             f"{_FIXED[name][0]!r} only, got {value!r}")
+            _check_fixed(type(self).__name__, name, value)
         if name in _GEOMETRY and "_k" in self.__dict__:
             if name == "padding" and isinstance(value, str):
                 if isinstance(self, nn.ConvTranspose2d):
@@ -135,11 +141,8 @@ class SlimConv2d(_SlimMixin, nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
                  stride: _Size = 1, padding: _Size = 0, bias: bool = True,
                  widths: Optional[Sequence[int]] = None, **kwargs):
-        for k in ("groups", "dilation"):
-            if kwargs.get(k, 1) not in (1, (1, 1)):
-                raise ValueError(f"SlimConv2d supports {k}=1 only")
-        if kwargs.get("padding_mode", "zeros") != "zeros":
-            raise ValueError("SlimConv2d supports padding_mode='zeros' only")
+        for name in [n for n in _FIXED if n in kwargs]:   # (in _FIXED's order)
+            _check_fixed("SlimConv2d", name, kwargs[name])
         # (SlimConv2d(4, 4, 3, 1, 1, 2), nn.Conv2d's dilation=2, had made a bias silently)
         bias = as_flag(bias, "bias (the 6th positional argument; dilation is not taken)",
                        "SlimConv2d")
@@ -182,9 +185,8 @@ class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
                  stride: _Size = 1, padding: _Size = 0, output_padding: _Size = 0,
                  bias: bool = True, widths: Optional[Sequence[int]] = None, **kwargs):
-        for k in ("groups", "dilation"):
-            if kwargs.get(k, 1) not in (1, (1, 1)):
-                raise ValueError(f"SlimConvTranspose2d supports {k}=1 only")
+        for name in [n for n in _FIXED if n in kwargs]:   # (in _FIXED's order)
+            _check_fixed("SlimConvTranspose2d", name, kwargs[name])
         _no_string_padding("SlimConvTranspose2d", padding)
         bias = as_flag(bias, "bias (the 7th positional argument; groups is not taken)",
                        "SlimConvTranspose2d")

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from tests._scripts import load_file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = os.path.join(ROOT, "python")
 
@@ -24,10 +26,7 @@ def run(script, *args, timeout=120):
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(PY, name))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file(f"python/{name}", f"example_{name}")
 
 
 # -- custom_codec.py ----------------------------------------------------------------------------

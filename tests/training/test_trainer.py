@@ -15,6 +15,8 @@ from PIL import Image
 from slimkernels.training import TrainConfig, Trainer
 from slimkernels.training.trainer import SCHEDULE_START_LAMBDA, ema_decay
 
+from tests._scripts import load_file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -252,12 +254,7 @@ def test_export_takes_the_schedule_from_the_main_run(image_dir, tmp_path):
 
 def _export_module():
     """python/export_model.py loaded as a module (its main takes argv)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "export_model", os.path.join(ROOT, "python", "export_model.py"))
-    export = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(export)
-    return export
+    return load_file("python/export_model.py", "export_model")
 
 
 def test_export_refuses_bad_inputs_with_one_line(tmp_path, capsys):
