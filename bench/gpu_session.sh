@@ -149,7 +149,7 @@ else
     step build 120 "$PY" setup.py -q build_ext --inplace -j 3
 fi
 
-# limits: 10 + 120 + 110 + 170 + 80 + 110 + 70 + 75 = 745 s at most, cut to GPU_SESSION_BUDGET;
+# limits: 10 + 120 + 140 + 170 + 80 + 110 + 70 + 75 = 775 s at most, cut to GPU_SESSION_BUDGET;
 # measured on the H200 machine (2026-12-04, sittings 17 and 18): build 32-50 s, tests 86 s (170
 # tests, xdist), report > 170 s for 5 widths with torch.compile at two (cut during the 10th of 10
 # rows), ~25 s a row without, conv ~4.5 s a row after ~15 s of start (w=192,48: 24 rows),
@@ -173,7 +173,9 @@ else
     # SLIMKERNELS_AUTOTUNE=0 in the tests: each kernel's first config only (one compile per
     # specialisation, not one per config); the benchmark steps run the autotuned kernels, and
     # bench_conv checks each autotuned layer against cuDNN (rel_err_vs_cudnn)
-    T_REPORT=170 T_TESTS=110 T_CONV=110 T_PROFILE=80 T_GDN=75 T_GRAPHS=70
+    # (tests: 255 tests are marked cuda or interpret on 2026-12-07 against the 170 of the 86 s
+    # measured: ~130 s by that count, not measured; 110 s would cut the last third)
+    T_REPORT=170 T_TESTS=140 T_CONV=110 T_PROFILE=80 T_GDN=75 T_GRAPHS=70
     # a later call can set each limit, the widths, the tests and the order of the steps
     # (GPU_T_TESTS=140 GPU_CONV_WIDTHS=48 GPU_SESSION_STEPS="tests profile" ...)
     T_REPORT=${GPU_T_REPORT:-$T_REPORT} T_TESTS=${GPU_T_TESTS:-$T_TESTS}
