@@ -18,10 +18,12 @@ import time
 
 import torch
 
-from slimkernels.allocator import tune_from_env
-from slimkernels.cli import env_report
-from slimkernels.io import atomic_write_bytes, image_to_png_bytes, read_image
-from slimkernels.pretrained import bundled_model_path, load_model
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from slimkernels.allocator import tune_from_env  # noqa: E402
+from slimkernels.cli import env_report  # noqa: E402
+from slimkernels.io import atomic_write_bytes, image_to_png_bytes, read_image  # noqa: E402
+from slimkernels.pretrained import bundled_model_path, load_model  # noqa: E402
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__import__("slimkernels").__file__)),
                       "assets", "sample.png")

@@ -19,9 +19,10 @@ import json
 import os
 import sys
 
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from slimkernels.io import load_torch_file
-from slimkernels.pretrained import load_model, save_model
+from slimkernels.io import load_torch_file  # noqa: E402
+from slimkernels.pretrained import load_model, save_model  # noqa: E402
 
 
 def load_checkpoint(path: str) -> dict:

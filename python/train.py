@@ -8,9 +8,12 @@ Examples:
 
 Resumes from ``<out>/checkpoint.pt`` when it exists; logs to ``<out>/log.jsonl``.
 """
+import os
 import sys
 
-from slimkernels.training.cli import main
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from slimkernels.training.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())
