@@ -47,15 +47,14 @@ def _child(repo: str, sizes: List[int], widths: List[int], precision: str, threa
     from slimkernels import allocator
     from slimkernels.pretrained import load_model
     sys.path.insert(0, HERE)
-    from e2e import load_image
+    from e2e import load_image, widths_error
 
     allocator.tune_malloc()
     torch.set_num_threads(threads)
     model = load_model()
-    bad = [w for w in widths if w not in model.widths]
+    bad = widths_error(widths, model.widths, whose=f"the model of {repo}")
     if bad:   # (the parent checks the model files first; this is for one it could not read)
-        raise SystemExit(f"ab_checkouts: --widths {bad} are not widths of the model of {repo} "
-                         f"{list(model.widths)}")
+        raise SystemExit(f"ab_checkouts: {bad}")
     img = load_image(image)
     out = {}
     for s in sizes:
@@ -147,17 +146,13 @@ def main(argv=None) -> int:
         if not os.path.isdir(os.path.join(p, "slimkernels")):
             ap.error(f"{p} is not a slimkernels checkout (no slimkernels/ in it)")
     sys.path.insert(0, HERE)
-    from e2e import image_error, output_file_error
+    from e2e import image_error, output_file_error, refuse, widths_error
     # (before the rounds: a missing --image was timed as noise, an existing --md table was
     # replaced, a missing folder failed late)
-    for err in (image_error(a.image), a.md and output_file_error(a.md, "--md", a.force)):
-        if err:
-            ap.error(err)
+    refuse(ap, image_error(a.image), a.md and output_file_error(a.md, "--md", a.force))
     for p in (a.new, a.base):   # (the codec's ValueError in a child, as a traceback, before)
         have = model_widths(p)
-        bad = [w for w in widths if have is not None and w not in have]
-        if bad:
-            ap.error(f"--widths {bad} are not widths of the model of {p} {have}")
+        refuse(ap, have is not None and widths_error(widths, have, whose=f"the model of {p}"))
     keys = [f"{s},{w}" for s in sizes for w in widths]
     res = {r: {k: ([], []) for k in keys} for r in ("new", "base")}
     for i in range(a.rounds):

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ab_builds import load_for  # noqa: E402
 from bench_coder import kodak_like_workload  # noqa: E402
 from bench_conv import interleaved_medians  # noqa: E402
-from e2e import image_error, load_image  # noqa: E402
+from e2e import image_error, load_image, refuse  # noqa: E402
 
 from slimkernels import codec, coding  # noqa: E402
 
@@ -85,8 +85,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.rounds < 1 or a.threads < 1:
         ap.error(f"--rounds and --threads must be at least 1, got {a.rounds} / {a.threads}")
-    if image_error(a.image):   # (noise was timed instead)
-        ap.error(image_error(a.image))
+    refuse(ap, image_error(a.image))   # (noise was timed instead)
     torch.set_num_threads(a.threads)
     this, other = coding._ext(), load_for(ap, a.other)
     rows = [("Kodak-like synthetic", kodak_like_workload(), None)]   # 16-bit CDFs

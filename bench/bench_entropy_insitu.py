@@ -108,10 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--image", default=None, help="image (default: Kodak kodim01, as bench/report.py)")
     ap.add_argument("--dry-run", action="store_true", help="random tiny model, 64x96 image")
     a = ap.parse_args(argv)
-    if not a.dry_run and e2e.image_error(a.image):   # (a missing --image was silently noise)
-        ap.error(e2e.image_error(a.image))
-    if not a.dry_run and e2e.model_error(a.model):
-        ap.error(e2e.model_error(a.model))
+    if not a.dry_run:   # (a missing --image was silently noise)
+        e2e.refuse(ap, e2e.image_error(a.image), e2e.model_error(a.model))
     if a.repeats < 1 or a.threads < 1:
         ap.error(f"--repeats and --threads must be at least 1, got {a.repeats} / {a.threads}")
     torch.set_num_threads(a.threads)

@@ -120,12 +120,8 @@ def check_args(ap: argparse.ArgumentParser, a) -> List[int]:
         widths = [int(w) for w in a.widths.split(",")]
     except ValueError:
         ap.error(f"--widths {a.widths!r}: give comma-separated integers, e.g. 192,48")
-    if a.out:
-        err = e2e.output_file_error(a.out, "--out", a.force)
-        if err:
-            ap.error(err)
-    if not a.dry_run and e2e.model_error(a.model):
-        ap.error(e2e.model_error(a.model))
+    e2e.refuse(ap, a.out and e2e.output_file_error(a.out, "--out", a.force),
+               not a.dry_run and e2e.model_error(a.model))
     return widths
 
 
@@ -162,9 +158,8 @@ def main(argv=None) -> int:
                 print(f"bench_loop: {e}", file=sys.stderr)
                 return 2
             model = e2e.load_model(a.model)[0].eval()
-            bad = [w for w in widths if w not in model.widths]
-            if bad:   # (the codec's ValueError traceback at the first call before)
-                ap.error(f"--widths {bad} are not widths of the model {list(model.widths)}")
+            # (the codec's ValueError traceback at the first call before)
+            e2e.refuse(ap, e2e.widths_error(widths, model.widths))
         from slimkernels.allocator import tune_malloc
         tune_malloc()   # (as the command-line tools do)
         times = measure(model, paths, widths, a.rounds, a.precision)

@@ -122,6 +122,23 @@ def model_error(path: Optional[str], option: str = "--model") -> Optional[str]:
     return None
 
 
+def refuse(ap, *errors) -> None:
+    """``ap.error`` (one line, exit status 2) for the first of ``errors`` that is not None or
+    empty (the ``*_error`` checks here, each computed once), else nothing."""
+    for err in errors:
+        if err:
+            ap.error(err)
+
+
+def widths_error(widths, have, option: str = "--widths", whose: str = "the model"
+                 ) -> Optional[str]:
+    """The one-line error for ``widths`` (given as ``option``) that are not among ``have``, the
+    widths of ``whose`` model, or None: for the scripts to refuse them before they measure (the
+    codec's ValueError came as a traceback at the first timed call)."""
+    bad = [w for w in widths if w not in have]
+    return f"{option} {bad} are not widths of {whose} {list(have)}" if bad else None
+
+
 def output_file_error(path: str, option: str, force: bool) -> Optional[str]:
     """The one-line error for an output file ``path`` (given as ``option``) that a script could
     not write, or would replace without ``--force``; None when it can go ahead. Checked before

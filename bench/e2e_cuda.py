@@ -86,9 +86,9 @@ def gpu_script_setup(widths, dry_run: bool, image=None):
     if dev.type != "cuda" and not dry_run:
         raise SystemExit("no CUDA GPU: pass --dry-run to exercise the script on CPU")
     model, desc = e2e.load_model()
-    bad = [w for w in widths if w not in model.widths]
+    bad = e2e.widths_error(widths, model.widths, "widths")
     if bad:
-        raise SystemExit(f"error: widths {bad} are not widths of the model {model.widths}")
+        raise SystemExit(f"error: {bad}")
     return dev, model.to(dev).eval(), desc, e2e.load_image(image, quick=dry_run)
 
 

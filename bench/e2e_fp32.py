@@ -63,21 +63,17 @@ def main(argv=None) -> str:
         widths = tuple(int(w) for w in a.widths.split(","))
     except ValueError:
         ap.error(f"--widths {a.widths!r}: give comma-separated integers, e.g. 192,48")
-    if a.out:   # (a missing folder failed only after the run; a file there was replaced)
-        err = e2e.output_file_error(a.out, "--out", a.force)
-        if err:
-            ap.error(err)
-    if e2e.model_error(a.model):
-        ap.error(e2e.model_error(a.model))
+    # (a missing folder failed only after the run; a file there was replaced)
+    e2e.refuse(ap, a.out and e2e.output_file_error(a.out, "--out", a.force),
+               e2e.model_error(a.model))
     if not a.no_tune_malloc:
         from slimkernels.allocator import tune_malloc
         tune_malloc()
     if a.threads:
         torch.set_num_threads(a.threads)
     model, _ = e2e.load_model(a.model)
-    bad = [w for w in widths if w not in model.widths]
-    if bad:   # (the codec's ValueError traceback in the first timed call before)
-        ap.error(f"--widths {bad} are not widths of the model {list(model.widths)}")
+    # (the codec's ValueError traceback in the first timed call before)
+    e2e.refuse(ap, e2e.widths_error(widths, model.widths))
     x = e2e.load_image(quick=a.quick)
     cai = None if a.no_compressai else e2e.make_compressai()
     res = e2e.e2e_timings(model, x, widths, repeats=1 if a.quick else a.repeats,

@@ -563,9 +563,9 @@ def _folder_error(folder: str):
     ``None``: checked before anything is measured or created."""
     if os.path.exists(folder):
         return None if os.path.isdir(folder) else f"{folder} is a file, not a folder"
-    up = os.path.dirname(os.path.abspath(folder))
-    while not os.path.exists(up):   # the nearest existing folder above: where makedirs starts
-        up = os.path.dirname(up)
+    from slimkernels.io import missing_folders
+    made = missing_folders(folder)   # the nearest existing folder above: where makedirs starts
+    up = os.path.dirname(made[-1]) if made else os.path.abspath(folder)
     if not os.path.isdir(up):
         return f"{folder}: {up} is a file, not a folder"
     if not os.access(up, os.W_OK):
@@ -680,8 +680,9 @@ def main(argv=None) -> int:
         return 2
     # the model before any folder is made: a bad --model was a traceback after makedirs
     t_start = time.time()
-    if e2e.model_error(a.model):
-        print(f"error: {e2e.model_error(a.model)}", file=sys.stderr)
+    model_bad = e2e.model_error(a.model)
+    if model_bad:
+        print(f"error: {model_bad}", file=sys.stderr)
         return 2
     try:
         model, model_desc = e2e.load_model(a.model)
@@ -689,9 +690,9 @@ def main(argv=None) -> int:
         why = (str(e).splitlines() or [""])[0]
         print(f"error: --model {a.model}: {type(e).__name__}: {why}", file=sys.stderr)
         return 2
-    bad = [w for w in widths if w not in model.widths]
+    bad = e2e.widths_error(widths, model.widths, "widths")
     if bad:
-        print(f"error: widths {bad} are not widths of the model {model.widths}", file=sys.stderr)
+        print(f"error: {bad}", file=sys.stderr)
         return 2
     if not a.cuda_only:
         os.makedirs(out, exist_ok=True)

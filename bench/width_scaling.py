@@ -30,7 +30,7 @@ from typing import Dict, List, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ab_switch import add_run_options, check_run, parse_ops, rotation  # noqa: E402
-from e2e import output_file_error  # noqa: E402
+from e2e import output_file_error, refuse  # noqa: E402
 
 OPS = ("compress", "decompress")
 
@@ -165,10 +165,8 @@ def main(argv=None) -> int:
     if min(a.rounds, a.calls, a.threads) < 1 or a.warm < 0:
         raise SystemExit("width_scaling: --rounds, --calls and --threads must be at least 1, "
                          "--warm at least 0")
-    if a.md:   # (a missing folder failed only after the run; a file there was replaced)
-        err = output_file_error(a.md, "--md", a.force)
-        if err:
-            ap.error(err)
+    # (a missing folder failed only after the run; a file there was replaced)
+    refuse(ap, a.md and output_file_error(a.md, "--md", a.force))
     from slimkernels.pretrained import load_model
     try:
         model = load_model(a.model)

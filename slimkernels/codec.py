@@ -1316,14 +1316,13 @@ class SlimCodec(nn.Module):
             x_hat = self._transform("decode", self.decode, y_hat, (f.width, precision), dev,
                                     precision, cuda_graph, f.model_id)
             image = _image_output(x_hat)
-        want = (1, 3, y_hat.shape[-2] * self._stride(),
-                y_hat.shape[-1] * self._stride())
+        s = self._stride()
+        want = (1, 3, y_hat.shape[-2] * s, y_hat.shape[-1] * s)
         if tuple(image.shape) != want:   # (a larger one had been cropped to a corner, silently)
             raise ValueError(f"decompress: the synthesis transform returned {tuple(image.shape)}, "
                              f"expected {list(want)} for this file's {y_hat.shape[-2]}x"
                              f"{y_hat.shape[-1]} latent: check that g_s ends in 3 channels and "
-                             f"upsamples by downsampling = {self._stride()} (its "
-                             f"output_padding)")
+                             f"upsamples by downsampling = {s} (its output_padding)")
         return _cropped(image, f.height, f.img_width)
 
     def _decodes_image(self, width: int, precision: str) -> bool:

@@ -9,7 +9,7 @@ import stat
 import struct
 import tempfile
 import warnings
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,6 +21,34 @@ __all__ = ["read_image", "read_image_uint8", "open_image", "image_to_png_bytes",
 #: The file extensions (lower case) of the images a folder is read for: the evaluation's image
 #: folder and the trainer's data folder.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def image_names(folder: str) -> List[str]:
+    """The sorted names (not paths) of the image files directly in ``folder``: entries ending in
+    one of :data:`IMAGE_EXTENSIONS` (any case) that are not folders (a subfolder named like an
+    image, ``x.png/``, is not one). ``folder`` must exist (OSError from ``os.listdir``)."""
+    return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)
+                  and not os.path.isdir(os.path.join(folder, f)))
+
+
+def missing_folders(path: str) -> List[str]:
+    """The folders ``os.makedirs(path)`` would create: ``path`` and its missing parents, as
+    absolute paths, deepest first (empty when ``path`` exists). Taken before the makedirs, for
+    :func:`remove_empty_folders` to undo it after a failure."""
+    made, d = [], os.path.abspath(path)
+    while not os.path.lexists(d) and d != os.path.dirname(d):
+        made.append(d)
+        d = os.path.dirname(d)
+    return made
+
+
+def remove_empty_folders(folders: List[str]) -> None:
+    """Remove each of ``folders`` (deepest first, as :func:`missing_folders` lists them) while
+    it is an empty folder; stops at the first that is not (it and the ones above it stay)."""
+    for d in folders:
+        if not (os.path.isdir(d) and not os.listdir(d)):
+            break
+        os.rmdir(d)
 
 
 class MissingFileError(FileNotFoundError, ValueError):

@@ -590,3 +590,26 @@ def test_load_torch_file_names_an_empty_or_foreign_file(tmp_path):
         load_torch_file(str(truncated), msg)
     assert "\n" not in str(e.value)
     assert torch.equal(load_torch_file(str(good), msg)["a"], torch.ones(2))
+
+
+def test_image_names_lists_image_files_only(tmp_path):
+    """The evaluation's and the trainer's image listing: image extensions in any case, sorted,
+    no subfolder named like an image, no other files."""
+    for n in ("b.PNG", "a.jpg", "c.txt", "d.webp"):
+        (tmp_path / n).write_bytes(b"")
+    (tmp_path / "e.png").mkdir()
+    assert sio.image_names(str(tmp_path)) == ["a.jpg", "b.PNG", "d.webp"]
+
+
+def test_missing_folders_and_their_removal(tmp_path):
+    """missing_folders lists what os.makedirs creates, deepest first; remove_empty_folders
+    removes them while empty and stops at the first that is not."""
+    deep = tmp_path / "a" / "b" / "c"
+    made = sio.missing_folders(str(deep))
+    assert made == [str(deep), str(deep.parent), str(deep.parent.parent)]
+    assert sio.missing_folders(str(tmp_path)) == []
+    os.makedirs(deep)
+    (deep.parent / "keep.txt").write_text("x")
+    sio.remove_empty_folders(made)
+    assert not deep.exists() and (deep.parent / "keep.txt").exists()
+    assert (tmp_path / "a").is_dir()

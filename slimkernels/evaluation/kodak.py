@@ -21,7 +21,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..io import IMAGE_EXTENSIONS, MissingFileError
+from ..io import (IMAGE_EXTENSIONS, MissingFileError, image_names, missing_folders,
+                  remove_empty_folders)
 from .bdrate import NonMonotoneCurveWarning, bd_psnr, bd_rate, overlap, quality_at_rate
 from .metrics import ms_ssim, ms_ssim_db, psnr
 
@@ -54,8 +55,7 @@ def list_images(folder: str, limit: Optional[int] = None) -> List[str]:
     """
     _check_folder(folder)
     _check_limit(limit)
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)
-                   and not os.path.isdir(os.path.join(folder, f)))
+    files = image_names(folder)
     if not files:
         raise ValueError(f"{folder} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
     if limit is not None:
@@ -533,11 +533,7 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
     if classical:
         jpeg_qualities = check_qualities("jpeg", jpeg_qualities, "jpeg_qualities")
         webp_qualities = check_qualities("webp", webp_qualities, "webp_qualities")
-    made = []   # the folders makedirs creates, deepest first (out/ and its missing parents)
-    d = os.path.abspath(out_dir)
-    while not os.path.exists(d) and d != os.path.dirname(d):
-        made.append(d)
-        d = os.path.dirname(d)
+    made = missing_folders(out_dir)   # (out/ and its missing parents: removed on failure)
     os.makedirs(out_dir, exist_ok=True)
     aside = _set_aside(out_dir, earlier)
     try:
@@ -545,10 +541,7 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
                                 jpeg_qualities, webp_qualities, streams, plot, progress)
     except BaseException:
         _restore(out_dir, OUTPUTS, aside)   # (this run's outputs go: a rerun needs no overwrite)
-        for d in made:   # (the parents it made too: --out new/sub left new/ behind)
-            if not (os.path.isdir(d) and not os.listdir(d)):
-                break
-            os.rmdir(d)
+        remove_empty_folders(made)   # (the parents it made too: --out new/sub left new/)
         raise
     _discard(aside)
     return summary

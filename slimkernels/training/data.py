@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .._checks import is_int
-from ..io import IMAGE_EXTENSIONS, MissingFileError, read_image_uint8
+from ..io import IMAGE_EXTENSIONS, MissingFileError, image_names, read_image_uint8
 
 IMAGE_EXTS = IMAGE_EXTENSIONS   # (the name this module had for it)
 
@@ -20,9 +20,7 @@ def list_images(folder: str) -> List[str]:
         if not os.path.exists(folder):
             raise MissingFileError(f"image folder {folder!r} does not exist")
         raise ValueError(f"image folder {folder!r} is a file, not a folder")
-    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                   if f.lower().endswith(IMAGE_EXTS) and
-                   not os.path.isdir(os.path.join(folder, f)))
+    paths = [os.path.join(folder, f) for f in image_names(folder)]
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder!r}")
     return paths

@@ -22,7 +22,8 @@ from .._checks import check_image_tensor, is_int, too_many_threads, width_list
 from .._device import check_device, cli_device
 from .._state import first_non_finite
 from ..codec import native_bf16, pixel_values_outside
-from ..io import MissingFileError, atomic_torch_save, load_torch_file
+from ..io import (MissingFileError, atomic_torch_save, load_torch_file, missing_folders,
+                  remove_empty_folders)
 from ..ops.image_io import value_range
 from ..models import SlimCAE
 from ..models.slimcae import DEFAULT_WIDTHS
@@ -555,8 +556,8 @@ class Trainer:
         if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
             raise ValueError(f"--out {cfg.out} is a file: --out names the run's folder "
                              f"(checkpoint.pt, log.jsonl); give another path")
-        # (a failed fit removes a folder it made and left empty: _remove_unused_out)
-        self._made_out = not os.path.lexists(cfg.out)
+        # (a failed fit removes the folders it made and left empty: _remove_unused_out)
+        self._made_out = missing_folders(cfg.out)
         try:
             os.makedirs(cfg.out, exist_ok=True)
         except OSError as e:   # (a parent that is a file, or cannot be written: a traceback)
@@ -1051,15 +1052,17 @@ class Trainer:
 
     def _remove_unused_out(self) -> None:
         """After a fit that failed before writing anything (no images, an unreadable one...):
-        the run folder this Trainer made, when it holds nothing but the lock file (a failed run
-        left a folder with only ``.lock`` in it). Anything else in it stays."""
+        the run folder this Trainer made (and the missing parents it made for it), when it holds
+        nothing but the lock file (a failed run left a folder with only ``.lock`` in it).
+        Anything else in it stays."""
         if self.rank != 0 or not self._made_out:
             return
         try:
             if set(os.listdir(self.cfg.out)) <= {".lock"}:
-                if os.path.exists(os.path.join(self.cfg.out, ".lock")):
-                    os.remove(os.path.join(self.cfg.out, ".lock"))
-                os.rmdir(self.cfg.out)
+                lock = os.path.join(self.cfg.out, ".lock")
+                if os.path.exists(lock):
+                    os.remove(lock)
+                remove_empty_folders(self._made_out)
         except OSError:
             pass
 

@@ -1486,6 +1486,10 @@ def test_a_fit_that_fails_before_writing_removes_the_folder_it_made(tmp_path):
     with pytest.raises(ValueError, match="no images"):
         t.fit()
     assert (tmp_path / "other" / "notes.txt").read_text() == "keep"
+    deep = tmp_path / "p1" / "p2" / "run"   # (the missing parents it made go too)
+    with pytest.raises(ValueError, match="no images"):
+        Trainer(_cfg(str(empty), deep), **quiet).fit()
+    assert not (tmp_path / "p1").exists()
 
 
 def test_an_out_that_cannot_be_made_or_lambdas_of_another_count_name_the_options(image_dir,
