@@ -1521,9 +1521,21 @@ def _subpixel_prepacked(x, weight, bias, co, stride, padding, output_padding):
     return out.view(N, Qh * s, Qw * s, co)[:, :Ho, :Wo].permute(0, 3, 1, 2)
 
 
+def _triton_takes_dtype(x: torch.Tensor) -> bool:
+    """Whether the Triton conv kernels run ``x`` (the backend resolved to Triton): every dtype
+    but float64 on a GPU. There a float64 ``tl.dot`` compiles to a kernel of 255 registers and
+    ~300 local-memory (spill) instructions (sm_90, triton 3.6; never run on a GPU), so float64
+    CUDA convs go to PyTorch's own (cuDNN), as the GDN op sends float64 to PyTorch on every
+    device. Under
+    ``TRITON_INTERPRET=1`` (CPU tensors) float64 stays on the kernels: the exact references of
+    the interpreter tests."""
+    return x.dtype != torch.float64 or x.is_cpu
+
+
 def _plain_conv(x, weight, bias, co, stride, padding, output_padding=0, transposed=False):
     """The torch backend on a device other than the CPU (CUDA under ``backend="torch"``, MPS,
-    XPU, meta): PyTorch's own convolution of the active slice (views of ``weight`` and
+    XPU, meta; float64 CUDA tensors under either backend, :func:`_triton_takes_dtype`):
+    PyTorch's own convolution of the active slice (views of ``weight`` and
     ``bias``), under that device's autocast; the output in the layout PyTorch gives it (the
     CPU kernels, oneDNN prepacking and Winograd are for CPU tensors only)."""
     ci = x.shape[1]
@@ -1642,7 +1654,7 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         ``[N, out_width, H_out, W_out]``; channels_last (see ``CPU_CHANNELS_LAST`` and
         ``TRITON_CHANNELS_LAST``; the torch backend on another device than the CPU, e.g. CUDA
         with ``backend="torch"``, MPS or meta, runs ``F.conv2d`` on the slice and keeps its
-        layout); bf16 under bf16 autocast.
+        layout, as float64 CUDA tensors do under either backend); bf16 under bf16 autocast.
 
     Gradients flow to x, the active slice of ``weight`` (the rest of its gradient is zero),
     ``bias`` and the GDN parameters.
@@ -1660,6 +1672,8 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     co = _out_width(out_width, weight.shape[0], "slim_conv2d")
     name = resolve_backend(x, backend)
     kw = _gdn_kwargs(gdn, False, name)
+    if name == "triton" and not _triton_takes_dtype(x):
+        return _apply_gdn(_plain_conv(x, weight, bias, co, stride, padding), kw)
     if name == "triton":
         from ..kernels import conv as K
         x, weight, bias = _triton_operands(x, weight, bias)
@@ -1761,6 +1775,9 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
             xp = _prepack_input(x, weight, bias, transposed=True)
             x = x if xp is None else xp
         x = _apply_gdn(x, kin) if name == "torch" else _gdn(x, **kin)
+    if name == "triton" and not _triton_takes_dtype(x):
+        y = _plain_conv(x, weight, bias, co, stride, padding, output_padding, transposed=True)
+        return _clamp_out(_apply_gdn(y, kout), clamp)
     if name == "triton":
         from ..kernels import conv as K
         x, weight, bias = _triton_operands(x, weight, bias, transposed=True)

@@ -999,6 +999,95 @@ def test_cuda_under_the_torch_backend_matches_float64(case, grad, monkeypatch):
     assert rel_err(y.detach(), ref) < 1e-5
 
 
+def _no_triton_conv(monkeypatch):
+    """The Triton conv kernels' entry points made to fail the test when called."""
+    from slimkernels.kernels import conv as K
+
+    def refuse(*a, **k):
+        raise AssertionError("a float64 conv on a GPU device reached the Triton kernels")
+    for name in ("conv2d_fwd", "conv_transpose2d_fwd"):
+        monkeypatch.setattr(K, name, refuse)
+    for name in ("SlimConv2dFunction", "SlimConvTranspose2dFunction"):
+        monkeypatch.setattr(getattr(K, name), "apply", refuse)
+
+
+@pytest.mark.parametrize("case", META_CASES)
+def test_float64_off_the_cpu_takes_pytorch_conv_under_the_triton_backend(case, monkeypatch):
+    """float64 on a device other than the CPU never reaches the Triton kernels (their float64
+    tl.dot spills heavily on sm_90 and never ran on a GPU): the meta device stands in for CUDA
+    here, with backend="triton" (the interpreter is on in these tests); the result has the
+    shape and dtype of PyTorch's conv. On CPU tensors (the interpreter) float64 stays on the
+    kernels, whose exact tests need it."""
+    tr, ci, co_max, k, s, p, op, co = case
+    _no_triton_conv(monkeypatch)
+    w, b = (t.double().to("meta") for t in _meta_operands(tr, ci, co_max, k, False))
+    x = torch.empty(2, ci, 20, 12, dtype=torch.float64, device="meta")
+    if tr:
+        y = slim_conv_transpose2d(x, w, b, stride=s, padding=p, output_padding=op, out_width=co,
+                                  backend="triton")
+        want = F.conv_transpose2d(x, w[:ci, :co], b[:co], stride=s, padding=p, output_padding=op)
+    else:
+        y = slim_conv2d(x, w, b, stride=s, padding=p, out_width=co, backend="triton")
+        want = F.conv2d(x, w[:co, :ci], b[:co], stride=s, padding=p)
+    assert y.is_meta and y.shape == want.shape and y.dtype == torch.float64
+    assert conv_mod._triton_takes_dtype(torch.empty(1, dtype=torch.float64))       # the CPU
+    assert conv_mod._triton_takes_dtype(torch.empty(1, device="meta"))             # float32
+    assert not conv_mod._triton_takes_dtype(torch.empty(1, dtype=torch.float64, device="meta"))
+
+
+def _float64_conv_and_gdn_vs_plain(case, grad, dev):
+    """slim_conv2d with a fused-GDN argument (slim_conv_transpose2d with an out_igdn) on
+    float64 tensors on ``dev`` against PyTorch's float64 conv of the slice and the (I)GDN
+    written out; gradients of x and the weight when ``grad``."""
+    tr, ci, co_max, k, s, p, op, co = case
+    w, b = (t.double().to(dev) for t in _meta_operands(tr, ci, co_max, k, False))
+    x = torch.rand(2, ci, 20, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    g = torch.Generator().manual_seed(7)
+    beta = (torch.rand(co_max, generator=g, dtype=torch.float64) + 0.5).to(dev)
+    gamma = (torch.rand(co_max, co_max, generator=g, dtype=torch.float64) * 0.1).to(dev)
+    outs = []
+    for plain in (False, True):
+        xg, wg, bg = (t.detach().clone().to(dev).requires_grad_(grad) for t in (x, w, b))
+        with torch.set_grad_enabled(grad):
+            if plain:
+                y = conv_mod._plain_conv(xg, wg, bg, co, s, p, op, transposed=tr)
+                n = torch.sqrt(beta[:co, None, None] +
+                               torch.einsum("oc,nchw->nohw", gamma[:co, :co], y * y))
+                y = y * n if tr else y / n
+            elif tr:
+                y = slim_conv_transpose2d(xg, wg, bg, stride=s, padding=p, output_padding=op,
+                                          out_width=co, out_igdn=(beta, gamma))
+            else:
+                y = slim_conv2d(xg, wg, bg, stride=s, padding=p, out_width=co,
+                                gdn=(beta, gamma))
+            if grad:
+                (y * y).sum().backward()
+        outs.append((y.detach(), xg.grad, wg.grad))
+    (y, gx, gw), (ref, rx, rw) = outs
+    assert y.dtype == torch.float64 and y.device == ref.device and rel_err(y, ref) < 1e-12
+    if grad:
+        assert rel_err(gx, rx) < 1e-12 and rel_err(gw, rw) < 1e-12
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("case", META_CASES)
+def test_cpu_float64_conv_and_gdn_match_pytorch(case, grad):
+    """The CPU side of the CUDA test below (the same comparison): float64 conv + (I)GDN and its
+    gradients equal PyTorch's float64 conv and the (I)GDN written out."""
+    _float64_conv_and_gdn_vs_plain(case, grad, "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("case", META_CASES)
+def test_cuda_float64_matches_pytorch_without_the_triton_kernels(case, grad, monkeypatch):
+    """float64 CUDA tensors under the default backend (Triton on a GPU): PyTorch's float64
+    convolution of the slice (cuDNN) and its gradients, the fused-GDN argument run after it by
+    the GDN op (which sends float64 to PyTorch too), no Triton conv kernel called."""
+    _no_triton_conv(monkeypatch)
+    _float64_conv_and_gdn_vs_plain(case, grad, "cuda")
+
+
 # -- state a call under torch.inference_mode() leaves behind, then a call outside it ------------
 def test_autocast_conv_after_inference_mode_input_grad():
     """bf16 autocast on a 1-channel input (the route that casts the full weight through the
