@@ -1,11 +1,13 @@
 """Run the end-to-end benchmark set on this machine and write the report.
 
     python bench/report.py                          # full run: Kodak 768x512, every width
-    python bench/report.py --quick                  # tiny image, 1 repeat (CI smoke test)
+    python bench/report.py --quick                  # tiny image, 1 repeat (smoke test, temp folder)
     python bench/report.py --model runs/slimcae/checkpoint.pt --repeats 7 --threads 2
     python bench/report.py --cuda-dry-run           # also exercise the CUDA section on CPU
 
-Writes into ``bench/results/<machine>/`` (``--out`` overrides), where ``<machine>`` is
+Writes into ``bench/results/<machine>/`` (``--out`` overrides; ``--quick``, a smoke test and not
+a measurement, into a new folder under the system's temporary folder unless ``--out`` is given,
+so that it never lands beside the tracked reports), where ``<machine>`` is
 ``cpu-<cpu-model-slug>-<isa>-<cores>c``; on a CUDA machine the CUDA section goes to
 ``bench/results/cuda-<gpu-name-slug>/`` (``<out>/cuda-<gpu-name-slug>/`` with ``--out``; with
 ``--cuda-only``, to ``--out`` itself when given). A folder that already holds a report (its
@@ -573,9 +575,25 @@ def _folder_error(folder: str):
     return None
 
 
+def quick_folder(machine: str) -> str:
+    """The output folder of a ``--quick`` run without ``--out``: a path under the system's
+    temporary folder (``tempfile.gettempdir()``, ``$TMPDIR``) that does not exist yet, named after
+    the machine, the time and the process (created only once the run's checks have passed)."""
+    import tempfile
+    stem = os.path.join(tempfile.gettempdir(), f"slimkernels-report-quick-{machine}-"
+                        f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    path, n = stem, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{stem}-{n}"
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny image, 1 repeat, widths 192/48")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny image, 1 repeat, widths 192/48: a smoke test, written to a new "
+                         "temporary folder unless --out is given")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7; quick 1)")
     ap.add_argument("--burst", type=int, default=None,
                     help="end to end: calls of a configuration back to back per round, the last "
@@ -649,6 +667,8 @@ def main(argv=None) -> int:
               f"{a.precisions!r}", file=sys.stderr)
         return 2
     machine = machine_name("cpu")
+    if a.quick and not a.out:   # (a smoke test: never into bench/results/, whose reports are tracked)
+        a.out = quick_folder(machine)
     out = a.out or os.path.join(HERE, "results", machine)
     # where the CUDA section goes on a GPU (a dry run writes into out): bench/results/cuda-<gpu>/,
     # with --out <out>/cuda-<gpu>/ (--cuda-only: out itself)

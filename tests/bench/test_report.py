@@ -40,12 +40,31 @@ def test_report_precisions_fp32_only(tmp_path):
     assert bad.returncode == 2 and "--precisions takes fp32 and/or bf16" in bad.stderr
 
 
+def test_quick_folder_is_new_under_the_temporary_folder(tmp_path, monkeypatch):
+    """The --quick default folder: under tempfile.gettempdir(), not existing yet (a folder of
+    the same name gets a suffix), and not created by the naming."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    first = report.quick_folder("cpu-x")
+    assert os.path.dirname(first) == str(tmp_path) and not os.path.exists(first)
+    assert os.path.basename(first).startswith("slimkernels-report-quick-cpu-x-")
+    os.makedirs(first)
+    second = report.quick_folder("cpu-x")
+    assert second != first and second.startswith(first) and not os.path.exists(second)
+
+
 def test_report_quick(tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    """--quick without --out writes into a new folder under the temporary folder ($TMPDIR), never
+    into bench/results/ beside the tracked reports (it wrote there when the machine had none)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TMPDIR=str(tmp_path))
     r = subprocess.run([sys.executable, os.path.join(BENCH, "report.py"), "--quick", "--threads",
-                        "1", "--out", str(tmp_path), "--cuda-dry-run"],
+                        "1", "--cuda-dry-run"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    made = list(tmp_path.glob("slimkernels-report-quick-*"))
+    assert len(made) == 1 and made[0].is_dir() and f"wrote {made[0]}" in r.stdout, r.stdout[-2000:]
+    tmp_path = made[0]
     for name in ("e2e.json", "memory.json", "layers.json", "goals.json", "cuda_dry_run.json",
                  "README.md", "e2e_time.png", "e2e_memory.png", "layers_time.png",
                  "layers_memory.png"):
