@@ -216,7 +216,14 @@ fi
 
 # every result file written during this run, in one archive (the device returns at most 8 files)
 # shellcheck disable=SC2086  # RESULTS is a list of folders
-find $RESULTS -type f -newer "$STAMP" -print0 2>/dev/null | tar czf "$OUT/results.tgz" --null -T - 2>/dev/null
+# (member names relative: bench/results/... from the repository root; a dry run's dry_*/... from
+# inside $OUT, whose absolute path tar would otherwise store without its leading slash)
+if [ "$DRY" = 1 ]; then
+    (cd "$OUT" && find ${RESULTS//"$OUT/"/} -type f -newer "$STAMP" -print0 2>/dev/null |
+        tar czf results.tgz --null -T - 2>/dev/null)
+else
+    find $RESULTS -type f -newer "$STAMP" -print0 2>/dev/null | tar czf "$OUT/results.tgz" --null -T - 2>/dev/null
+fi
 rm -f "$STAMP"
 # shellcheck disable=SC2086  # a dry run's result folders are inside $OUT: archived, not kept
 [ "$DRY" = 1 ] && rm -rf $RESULTS

@@ -45,6 +45,8 @@ def test_gpu_session_script_dry_run(tmp_path):
     with tarfile.open(out / "results.tgz") as t:
         names = t.getnames()
     assert any(n.endswith(".md") for n in names) and any(n.endswith(".json") for n in names)
+    # relative members under the dry_* folders (they held $OUT's absolute path, slash stripped)
+    assert all(n.startswith("dry_") for n in names), names
     assert f"results.tgz: {len(names)} files" in lines[-1]
 
 
