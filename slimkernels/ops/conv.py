@@ -1525,16 +1525,23 @@ def _triton_takes_dtype(x: torch.Tensor) -> bool:
     """Whether the Triton conv kernels run ``x`` (the backend resolved to Triton): every dtype
     but float64 on a GPU. There a float64 ``tl.dot`` compiles to a kernel of 255 registers and
     ~300 local-memory (spill) instructions (sm_90, triton 3.6; never run on a GPU), so float64
-    CUDA convs go to PyTorch's own (cuDNN), as the GDN op sends float64 to PyTorch on every
-    device. Under
-    ``TRITON_INTERPRET=1`` (CPU tensors) float64 stays on the kernels: the exact references of
-    the interpreter tests."""
+    CUDA convs go to PyTorch's own (cuDNN, :func:`_float64_conv`), as the GDN op sends float64
+    to PyTorch on every device. Under ``TRITON_INTERPRET=1`` (CPU tensors) float64 stays on the
+    kernels: the exact references of the interpreter tests."""
     return x.dtype != torch.float64 or x.is_cpu
+
+
+def _float64_conv(x, weight, bias, co, stride, padding, output_padding=0, transposed=False):
+    """:func:`_plain_conv` for a float64 x that the Triton backend does not take
+    (:func:`_triton_takes_dtype`), with the weight and bias cast to float64 as the Triton path
+    casts them to x's dtype (cached without gradient: :func:`_cast_full`)."""
+    return _plain_conv(x, _cast_full(weight, x.dtype), _cast_full(bias, x.dtype), co, stride,
+                       padding, output_padding, transposed)
 
 
 def _plain_conv(x, weight, bias, co, stride, padding, output_padding=0, transposed=False):
     """The torch backend on a device other than the CPU (CUDA under ``backend="torch"``, MPS,
-    XPU, meta; float64 CUDA tensors under either backend, :func:`_triton_takes_dtype`):
+    XPU, meta; float64 CUDA tensors under either backend, :func:`_float64_conv`):
     PyTorch's own convolution of the active slice (views of ``weight`` and
     ``bias``), under that device's autocast; the output in the layout PyTorch gives it (the
     CPU kernels, oneDNN prepacking and Winograd are for CPU tensors only)."""
@@ -1673,7 +1680,7 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     name = resolve_backend(x, backend)
     kw = _gdn_kwargs(gdn, False, name)
     if name == "triton" and not _triton_takes_dtype(x):
-        return _apply_gdn(_plain_conv(x, weight, bias, co, stride, padding), kw)
+        return _apply_gdn(_float64_conv(x, weight, bias, co, stride, padding), kw)
     if name == "triton":
         from ..kernels import conv as K
         x, weight, bias = _triton_operands(x, weight, bias)
@@ -1776,7 +1783,7 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
             x = x if xp is None else xp
         x = _apply_gdn(x, kin) if name == "torch" else _gdn(x, **kin)
     if name == "triton" and not _triton_takes_dtype(x):
-        y = _plain_conv(x, weight, bias, co, stride, padding, output_padding, transposed=True)
+        y = _float64_conv(x, weight, bias, co, stride, padding, output_padding, transposed=True)
         return _clamp_out(_apply_gdn(y, kout), clamp)
     if name == "triton":
         from ..kernels import conv as K
