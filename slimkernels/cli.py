@@ -30,6 +30,48 @@ def _err(msg: str) -> None:
     print(f"slimkernels: error: {msg}", file=sys.stderr)
 
 
+def _printable(text: str, stream) -> str:
+    """``text`` as ``stream`` can encode it: characters it cannot (a file name's undecodable
+    bytes, which Python keeps as lone surrogates) as backslash escapes, as stderr writes them."""
+    enc = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        text.encode(enc)
+        return text
+    except (UnicodeEncodeError, LookupError):
+        return text.encode(enc, "backslashreplace").decode(enc, "replace")
+
+
+class _Lines:
+    """Progress and report lines (``say(text, file=None)``: stdout, or ``file``) that never fail
+    the command: a name the stream cannot encode is escaped (:func:`_printable`), each line is
+    flushed (a pipe sees it at once), and once stdout is gone (a closed pipe, e.g. ``| head``, or
+    a full disk) its lines are dropped and stdout goes to the null device (so that the exit's
+    flush does not fail either). Before, printing such a line raised inside a batch, which
+    then removed the outputs it had written."""
+
+    def __init__(self, write=print):
+        self.write = write
+        self.stdout_gone = False
+
+    def __call__(self, text: str, file=None) -> None:
+        stream = file if file is not None else sys.stdout
+        if file is None and self.stdout_gone:
+            return
+        try:
+            self.write(_printable(text, stream), file=file)
+            stream.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            if file is not None:
+                return   # (stderr gone: nothing to tell it with)
+            self.stdout_gone = True
+            try:
+                fd = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(fd, sys.stdout.fileno())
+                os.close(fd)
+            except (OSError, ValueError, AttributeError):
+                pass
+
+
 # -- env ---------------------------------------------------------------------------------------
 def env_report() -> str:
     """Human-readable versions, backend and capabilities of this install."""
@@ -200,7 +242,8 @@ def _batch(pairs, one, desc: str, quiet: bool) -> None:
     removal) runs with SIGINT / SIGTERM / SIGHUP deferred."""
     created, replaced = [], []   # replaced: (dst, backup)
     items = _progress(pairs, not quiet, desc)
-    say = getattr(items, "write", print)   # tqdm.write: clears the bar, prints, redraws it
+    # (tqdm.write: clears the bar, prints, redraws it)
+    say = _Lines(getattr(items, "write", print))
     dst, existed = None, True
     try:
         for src, dst in items:
@@ -507,12 +550,17 @@ def cmd_info(args) -> int:
     from .container import SlimFormatError, read_bytes, unpack
 
     failed = False
+    say = _Lines()
     for path in args.files:
         try:
             data = read_bytes(path)   # (once: a pipe reads as it is, and its size is this)
             f = unpack(data)
-        except (FileNotFoundError, SlimFormatError) as e:
-            _err(f"{path} does not exist" if isinstance(e, FileNotFoundError) else f"{path}: {e}")
+        except (OSError, SlimFormatError) as e:
+            # (any OSError: a folder, a path through a file, no permission, a name too long;
+            # only FileNotFoundError was caught, and the others ended the command there)
+            _err(f"{path} does not exist" if isinstance(e, FileNotFoundError) else
+                 f"{path}: cannot read it ({e.strerror or e})" if isinstance(e, OSError) else
+                 f"{path}: {e}")
             failed = True
             continue
         size = len(data)
@@ -523,11 +571,11 @@ def cmd_info(args) -> int:
         streams = (f"{f.streams} substream(s)" if held == f.streams else
                    f"{held} substream(s) (the header asked {f.streams})" if held is not None else
                    f"{f.streams} substream(s) asked (the payload's header is unreadable)")
-        print(f"{path}: .slim format v{f.version}, model {f.model_id.hex()}, width {f.width}, "
-              f"image {f.img_width}x{f.height}, {streams}, payload "
-              f"{len(f.payload)} bytes, file {size} bytes, {8 * size / (f.height * f.img_width):.4f} bpp")
+        say(f"{path}: .slim format v{f.version}, model {f.model_id.hex()}, width {f.width}, "
+            f"image {f.img_width}x{f.height}, {streams}, payload "
+            f"{len(f.payload)} bytes, file {size} bytes, {8 * size / (f.height * f.img_width):.4f} bpp")
         for k, v in f.metadata.items():   # (repr: a key's control characters stay visible)
-            print(f"  {k if k.isprintable() else repr(k)}: {v[:80]!r}")
+            say(f"  {k if k.isprintable() else repr(k)}: {v[:80]!r}")
     return EXIT_ERROR if failed else EXIT_OK
 
 

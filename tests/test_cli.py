@@ -927,6 +927,70 @@ def test_info_reports_the_substreams_the_payload_holds_and_every_file(model_file
     assert f"{images['RGB']}: " in r.err and "missing.slim does not exist" in r.err
 
 
+def test_info_goes_on_after_any_unreadable_path(model_file, images, tmp_path, capsys):
+    """A folder, a path through a file and a name too long are each named with the reason, and
+    the files after them are still shown (any OSError but a missing file ended the command with
+    its bare name before: 'NotADirectoryError: [Errno 20] ...')."""
+    ok = str(tmp_path / "ok.slim")
+    assert main(["compress", images["RGB"], ok, "--model", model_file, "--width", "8",
+                 "-q"]) == 0
+    capsys.readouterr()
+    long_name = str(tmp_path / ("a" * 300 + ".slim"))
+    assert main(["info", ok + "/x", long_name, ok]) == 1
+    r = capsys.readouterr()
+    assert r.out.startswith(ok + ": .slim format v1") and len(r.out.splitlines()) == 1
+    assert f"{ok}/x: cannot read it (Not a directory)" in r.err
+    assert "cannot read it (File name too long)" in r.err
+
+
+def _cli(args, cwd, **kw):
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")   # (strict, as in an en_US.UTF-8 locale)
+    return subprocess.run([sys.executable, "-m", "slimkernels", *args], cwd=cwd, env=env,
+                          timeout=120, **kw)
+
+
+def test_a_name_stdout_cannot_encode_is_escaped_not_a_failure(model_file, images, tmp_path):
+    """A file name with bytes that are not UTF-8, on a strict UTF-8 stdout: the progress and info
+    lines escape them, and the batch keeps its outputs (printing the line raised, and the
+    batch then removed every file it had written, the good ones too)."""
+    name = os.fsdecode(b"bad\xff.png")
+    with open(images["RGB"], "rb") as f, open(tmp_path / name, "wb") as g:
+        g.write(f.read())
+    out = tmp_path / "o"
+    out.mkdir()
+    r = _cli(["compress", name, images["L"], "-o", "o/", "--model", model_file, "--width", "8"],
+             tmp_path, capture_output=True)
+    assert r.returncode == 0, r.stderr.decode()
+    assert sorted(os.listdir(out)) == sorted([os.fsdecode(b"bad\xff.slim"), "img_L.slim"])
+    assert b"bad\\udcff.png -> o/bad\\udcff.slim: width 8" in r.stdout
+    r = _cli(["info", os.path.join("o", os.fsdecode(b"bad\xff.slim")), "o/img_L.slim"],
+             tmp_path, capture_output=True)
+    assert r.returncode == 0 and r.stdout.count(b".slim format v1") == 2, r.stderr.decode()
+
+
+def test_a_closed_stdout_keeps_the_batch(model_file, images, tmp_path):
+    """stdout closed after the first progress line (``| head -n1``): the batch finishes and
+    keeps every output, exit status 0 (the BrokenPipeError failed it and removed them all)."""
+    out = tmp_path / "o"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "slimkernels", "compress", images["RGB"],
+                             images["L"], images["RGBA"], "-o", "o/", "--model", model_file,
+                             "--width", "8"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()   # (the reader is gone: the next line meets a broken pipe)
+    _, err = proc.communicate(timeout=120)
+    assert b" -> o/img_RGB.slim" in first
+    assert proc.returncode == 0, err.decode()
+    assert sorted(os.listdir(out)) == ["img_L.slim", "img_RGB.slim", "img_RGBA.slim"]
+    if os.path.exists("/dev/full"):   # (a full disk under stdout: the same)
+        with open("/dev/full", "w") as full:
+            r = _cli(["compress", images["P"], "-o", "o/", "--model", model_file, "--width",
+                      "8"], tmp_path, stdout=full, stderr=subprocess.PIPE)
+        assert r.returncode == 0, r.stderr.decode()
+        assert os.path.exists(out / "img_P.slim")
+
+
 def test_the_first_file_s_time_is_labelled_as_the_first_call(model_file, images, tmp_path,
                                                               capsys):
     """(a one-image compress printed ~470 ms against the README's tens: the first call prepares
