@@ -25,10 +25,20 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".
 
 def image_names(folder: str) -> List[str]:
     """The sorted names (not paths) of the image files directly in ``folder``: entries ending in
-    one of :data:`IMAGE_EXTENSIONS` (any case) that are not folders (a subfolder named like an
-    image, ``x.png/``, is not one). ``folder`` must exist (OSError from ``os.listdir``)."""
+    one of :data:`IMAGE_EXTENSIONS` (any case) that are regular files, directly or through a
+    link (a subfolder named like an image, ``x.png/``, is not one, nor a FIFO, socket or device:
+    reading a FIFO would wait for a writer for good); a link that leads nowhere is listed, so
+    that reading it says so. ``folder`` must exist (OSError from ``os.listdir``)."""
     return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)
-                  and not os.path.isdir(os.path.join(folder, f)))
+                  and _regular_or_dangling(os.path.join(folder, f)))
+
+
+def _regular_or_dangling(path: str) -> bool:
+    """Whether ``path`` is a regular file (following links) or cannot be reached at all."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True
 
 
 def missing_folders(path: str) -> List[str]:

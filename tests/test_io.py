@@ -599,6 +599,13 @@ def test_image_names_lists_image_files_only(tmp_path):
         (tmp_path / n).write_bytes(b"")
     (tmp_path / "e.png").mkdir()
     assert sio.image_names(str(tmp_path)) == ["a.jpg", "b.PNG", "d.webp"]
+    # a FIFO named like an image is left out (reading it waited for a writer for good: eval and
+    # train hung on it); a link to an image is one, a link to nothing is listed (reading it
+    # then says so)
+    os.mkfifo(tmp_path / "f.png")
+    os.symlink(tmp_path / "a.jpg", tmp_path / "g.jpg")
+    os.symlink(tmp_path / "nowhere.png", tmp_path / "h.png")
+    assert sio.image_names(str(tmp_path)) == ["a.jpg", "b.PNG", "d.webp", "g.jpg", "h.png"]
 
 
 def test_missing_folders_and_their_removal(tmp_path):

@@ -37,6 +37,22 @@ def test_a_model_file_cannot_run_code_while_it_loads(tmp_path, reader):
     assert not marker.exists()
 
 
+def test_a_fifo_as_model_file_is_refused_not_waited_on(tmp_path):
+    """A FIFO passed as the model file (``--model fifo``) is refused at once: reading it blocked
+    until something wrote into it (a child process, so that a regression fails by its timeout
+    instead of hanging the tests)."""
+    import os
+    import subprocess
+    import sys
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    code = ("from slimkernels.pretrained import load_model\n"
+            "try:\n    load_model(%r)\nexcept ValueError as e:\n    print(e)\n" % str(fifo))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "is not a regular file (a pipe, a socket or a device)" in r.stdout
+
+
 @pytest.mark.parametrize("damage,what", [
     (lambda d: d.pop("state_dict"), "KeyError: 'state_dict'"),
     (lambda d: d.__setitem__("config", "widths=192"), "must be dicts"),

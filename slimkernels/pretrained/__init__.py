@@ -164,7 +164,8 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
         MissingFileError: no file at ``path`` (or no bundled model in this install); a
             FileNotFoundError and a ValueError (:class:`slimkernels.io.MissingFileError`).
         ValueError: the file is not a slimkernels model, or a damaged one (named, with what is
-            wrong: its config, a tensor's type or shape, its CDF tables); ``device`` is not a
+            wrong: its config, a tensor's type or shape, its CDF tables), or not a regular file
+            (a FIFO, a socket, a device: refused before any read); ``device`` is not a
             device name, or names a GPU that torch cannot use here.
     """
     device = check_device(device)
@@ -177,6 +178,10 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
         raise ValueError(f"weights must be 'ema' or 'train', got {weights!r}")
     if not os.path.exists(path):
         raise MissingFileError(f"model file {path} does not exist")
+    if not os.path.isfile(path) and not os.path.isdir(path):
+        # (a FIFO would block the read until something writes into it; a device has no end)
+        raise ValueError(f"{path} is not a regular file (a pipe, a socket or a device): pass "
+                         f"the model file itself")
     _check_archive(path)
     obj = load_torch_file(path, "{path} is not a readable model file ({error})")
     model_file = isinstance(obj, dict) and obj.get("format") == "slimkernels-model"
