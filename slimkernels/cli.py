@@ -507,12 +507,21 @@ def _first_call(seen: list) -> str:
     return " (first call: includes preparing the weights)"
 
 
+#: The largest side a WebP image holds (libwebp's limit: 16383 pixels).
+WEBP_MAX_SIDE = 16383
+
+
 def cmd_decompress(args) -> int:
     """``slimkernels decompress``: ``.slim`` files -> images (``args`` from :func:`build_parser`);
     the exit code (0, or 1 after a one-line error)."""
-    from .container import ModelMismatchError, SlimFormatError, read_bytes
+    from .codec import DECODE_MAX_PIXELS
+    from .container import (ImageTooLargeError, ModelMismatchError, SlimFormatError, read_bytes,
+                            unpack)
     from .io import atomic_write_bytes, image_to_png_bytes
 
+    limit = DECODE_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+    if limit < 0:
+        raise CLIError(f"--max-pixels must be >= 0 (0: no limit), got {limit}")
     _set_threads(args)
     outs = _outputs(args.inputs, args.output, ".png", args.force)
     _check_slim_files(args.inputs)
@@ -526,8 +535,13 @@ def cmd_decompress(args) -> int:
             raise CLIError(f"{dst}: choose a lossless output format (.png, .bmp, .ppm, .tif, .webp)")
         try:
             data = read_bytes(src)
+            if fmt == "WEBP":   # (its side limit, from the header: before the decoding)
+                f = unpack(data)
+                if max(f.height, f.img_width) > WEBP_MAX_SIDE:
+                    raise CLIError(f"{src}: its image is {f.img_width}x{f.height}, and WebP holds "
+                                   f"at most {WEBP_MAX_SIDE} pixels a side: write {dst} as .png")
             t0 = time.perf_counter()
-            x = model.decompress(data, precision=args.precision)
+            x = model.decompress(data, precision=args.precision, max_pixels=limit or None)
             dt = time.perf_counter() - t0
         except FileNotFoundError:
             raise CLIError(f"{src} does not exist") from None
@@ -535,6 +549,9 @@ def cmd_decompress(args) -> int:
             raise CLIError(f"{src}: {e} (--model MODEL picks the model file)") from None
         except SlimFormatError as e:
             raise CLIError(f"{src}: {e}") from None
+        except ImageTooLargeError as e:
+            raise CLIError(f"{src}: {e.what}: --max-pixels N raises the limit (0: none)") \
+                from None
         atomic_write_bytes(dst, image_to_png_bytes(x, fmt), overwrite=args.force)
         if not args.quiet:
             say(f"{src} -> {dst}: {x.shape[-1]}x{x.shape[-2]}, {dt * 1e3:.1f} ms"
@@ -638,6 +655,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output image (.png...), or folder (or give it as -o OUT)")
     s.add_argument("-o", "--output", dest="output_opt", metavar="OUT", default=None,
                    help="the output, as an option: then every positional argument is an input")
+    s.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse a file whose image has more than N pixels, before decoding it "
+                        "(default: ~179 million, Pillow's limit for reading an image; 0: no "
+                        "limit): a file of a few MB can ask for a 16384x16384 image")
     common(s)
     s.set_defaults(func=cmd_decompress)
 

@@ -61,7 +61,7 @@ from .nn.entropy import check_quantization
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
            "native_bf16", "resolve_precision", "auto_streams", "coder_pool",
            "coder_encode_threads", "PRECISIONS",
-           "STREAM_MIN_SYMBOLS", "PIXEL_RANGE"]
+           "STREAM_MIN_SYMBOLS", "PIXEL_RANGE", "DECODE_MAX_PIXELS"]
 
 #: The values of ``compress`` / ``decompress``'s ``precision``: ``"auto"`` (the default: bf16
 #: autocast where the device computes bf16 natively, else fp32), ``"fp32"`` and ``"bf16"``.
@@ -578,6 +578,14 @@ def _beyond_support(sym: torch.Tensor, plan) -> Optional[int]:
 #: Latent symbols per range-coder substream when ``compress(streams=None)`` picks the count.
 STREAM_MIN_SYMBOLS = 1 << 16
 
+
+#: The most pixels :meth:`Codec.decompress` and :meth:`Codec.decompress_latent` decode by
+#: default (their ``max_pixels``): Pillow's decompression-bomb limit for reading an image (2x its
+#: default ``PIL.Image.MAX_IMAGE_PIXELS``, ~179 MP), so that every image the command line reads
+#: also decodes. A file of a few MB of the most likely symbols asks for a 16384 x 16384 image
+#: (1.7 MB at w=48: a 3 GB image, 5.4 GB at its peak, measured); the limit refuses it before
+#: anything is decoded. ``max_pixels=None`` decodes any size the format holds.
+DECODE_MAX_PIXELS = 2 * 89_478_485
 
 #: ``compress`` rejects an image with a value outside this range (every value is checked): [0, 1]
 #: pixels with slack for resampling overshoot; it catches 0-255 images passed as floats.
@@ -1220,24 +1228,34 @@ class SlimCodec(nn.Module):
             payload=payload, metadata=dict(metadata or {})))
 
     @torch.no_grad()
-    def decompress_latent(self, data: bytes) -> Tuple[container.SlimFile, torch.Tensor]:
+    def decompress_latent(self, data: bytes, *, max_pixels: Optional[int] = DECODE_MAX_PIXELS
+                          ) -> Tuple[container.SlimFile, torch.Tensor]:
         """Parse ``data`` and decode its symbols: ``(SlimFile, int32 [1, width, h, w])``.
+
+        ``max_pixels``: as :meth:`decompress` (the image's pixels, not the latent's).
 
         Raises:
             slimkernels.container.SlimFormatError: invalid file, another model's file, or a
                 width this model does not have.
-            ValueError: the model is on the meta device.
+            slimkernels.container.ImageTooLargeError: see :meth:`decompress`.
+            ValueError: the model is on the meta device; a bad ``max_pixels``.
         """
         self._refuse_meta("decompress_latent")
-        f, sym, _, _ = self._decode_symbols(data)
+        f, sym, _, _ = self._decode_symbols(data, max_pixels)
         return f, sym
 
-    def _decode_symbols(self, data: bytes):
+    def _decode_symbols(self, data: bytes, max_pixels: Optional[int] = DECODE_MAX_PIXELS):
         """:meth:`decompress_latent`, the width's :meth:`_latent_plan` (``decompress``
         dequantizes with its medians) and the number of escaped symbols (values outside their
         channel's table: none, and so none beyond the model's range, in the files ``compress``
         writes of real images); ``(file, symbols, plan, escapes)``."""
+        if max_pixels is not None:   # (before the file: a bad argument is the caller's)
+            max_pixels = coding._check_int(max_pixels, "max_pixels", 1)
         f = container.unpack(data)
+        if max_pixels is not None and f.height * f.img_width > max_pixels:
+            raise container.ImageTooLargeError(
+                f.img_width, f.height, max_pixels,
+                "pass a larger max_pixels (or None) to decode it")
         mine = self._coding_id("decompress")
         if f.model_id != mine:
             raise container.ModelMismatchError(
@@ -1259,13 +1277,16 @@ class SlimCodec(nn.Module):
             sym = coding.decode_prepared(payload, idx, h * w, (1, f.width, h, w), cdfs, lengths,
                                          offsets, eb.precision, torch.get_num_threads(),
                                          coder_pool(), stats)
-        except ValueError as e:
-            raise container.SlimFormatError(f"corrupt .slim payload: {e}") from None
+        except ValueError as e:   # (the header's size and width say what was asked for)
+            raise container.SlimFormatError(
+                f"corrupt .slim payload: {e}; the header says a {f.img_width}x{f.height} image at "
+                f"width {f.width}, {f.width * h * w} latent symbols") from None
         return f, torch.from_numpy(sym), plan, int(stats[0])
 
     @torch.no_grad()
     def decompress(self, data: bytes, *, precision: str = "auto",
-                   cuda_graph: Optional[bool] = None) -> torch.Tensor:
+                   cuda_graph: Optional[bool] = None,
+                   max_pixels: Optional[int] = DECODE_MAX_PIXELS) -> torch.Tensor:
         """Decode the bytes of a ``.slim`` file to ``[1, 3, H, W]`` float32 in [0, 1].
 
         Args:
@@ -1275,8 +1296,13 @@ class SlimCodec(nn.Module):
             cuda_graph: the synthesis transform from a CUDA graph (see :meth:`compress`: by
                 default from the second call with the same width, precision and image size); the
                 image returned is a tensor of its own either way. Ignored on CPU.
+            max_pixels: the most pixels (H x W) of an image this call decodes (default
+                :data:`DECODE_MAX_PIXELS`, ~179 MP: Pillow's limit for reading one); a file
+                asking for more is refused before anything is decoded. None: no limit.
 
         Raises:
+            slimkernels.container.ImageTooLargeError: the file's image has more than
+                ``max_pixels`` pixels (a ValueError).
             slimkernels.container.SlimFormatError: see :meth:`decompress_latent`; also a file
                 whose latent lies far outside the entropy model's range and decodes to a
                 non-finite image (a forged or foreign payload: ``compress`` never writes one).
@@ -1286,7 +1312,7 @@ class SlimCodec(nn.Module):
         """
         dev = self._coding_device("decompress")
         precision = resolve_precision(precision, dev)
-        f, sym, plan, escapes = self._decode_symbols(data)
+        f, sym, plan, escapes = self._decode_symbols(data, max_pixels)
         # symbols beyond every table's range are escapes: a file without any needs no pass over
         # its symbols (kodim01, 2 threads: 39 / 126 us at w=48 / 192 right after the decoder;
         # none of the 24 Kodak images' files has an escape at w=48 or w=192)

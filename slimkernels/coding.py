@@ -364,12 +364,14 @@ def _encoded_bytes(data, who: str, error: type):
     uint8 numpy array or CPU torch tensor (its bytes in C order), a ``memoryview`` (its bytes;
     copied when not 1-D contiguous bytes); anything else raises ``error`` (:func:`decode`:
     ValueError, :func:`stream_count`: TypeError) naming ``who`` and what it got."""
+    dtype = None   # (a tensor's own dtype for the message: a bf16 one reaches numpy as float32)
     if type(data).__module__.startswith("torch"):
+        dtype = getattr(data, "dtype", None)
         data = _to_numpy(data, "data")
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8:
             raise error(f"{who} takes the encoded bytes as bytes or a uint8 array, got an "
-                        f"array of {data.dtype}")
+                        f"array of {dtype if dtype is not None else data.dtype}")
         return np.ascontiguousarray(data).reshape(-1)
     if isinstance(data, memoryview):
         return data if data.c_contiguous and data.ndim == 1 and data.itemsize == 1 \

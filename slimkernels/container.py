@@ -31,9 +31,9 @@ from typing import Dict
 
 from ._checks import is_int
 
-__all__ = ["SlimFile", "SlimFormatError", "ModelMismatchError", "pack", "unpack", "read", "read_bytes", "check_magic",
-           "check_metadata",
-           "write", "MAGIC", "FORMAT_VERSION", "MAX_SIDE"]
+__all__ = ["SlimFile", "SlimFormatError", "ModelMismatchError", "ImageTooLargeError", "pack",
+           "unpack", "read", "read_bytes", "check_magic", "check_metadata", "write", "MAGIC",
+           "FORMAT_VERSION", "MAX_SIDE"]
 
 MAGIC = b"SLIM"
 FORMAT_VERSION = 1
@@ -49,6 +49,20 @@ class SlimFormatError(ValueError):
 class ModelMismatchError(SlimFormatError):
     """A valid ``.slim`` file written by another model (its model id differs): decode it with
     the model that wrote it."""
+
+
+class ImageTooLargeError(ValueError):
+    """A valid ``.slim`` file whose image has more pixels than the decoder was allowed to make
+    (``max_pixels`` of :meth:`slimkernels.codec.Codec.decompress`; the command line's
+    ``--max-pixels``): a file of a few MB can ask for a 16384 x 16384 image (3 GB).
+    ``width``, ``height``: the file's image; ``limit``: the pixels allowed; ``what``: the
+    message without ``todo`` (what the caller's user can do)."""
+
+    def __init__(self, width: int, height: int, limit: int, todo: str):
+        self.width, self.height, self.limit = width, height, limit
+        self.what = (f"the file's image is {width}x{height} = {width * height} pixels, more than "
+                     f"the limit of {limit} (a guard against files that decode to huge images)")
+        super().__init__(f"{self.what}: {todo}")
 
 
 @dataclass

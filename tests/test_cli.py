@@ -991,6 +991,41 @@ def test_a_closed_stdout_keeps_the_batch(model_file, images, tmp_path):
         assert os.path.exists(out / "img_P.slim")
 
 
+def test_decompress_max_pixels_and_webp_sides_are_checked_before_decoding(model_file, images,
+                                                                         tmp_path, capsys,
+                                                                         monkeypatch):
+    """--max-pixels refuses a file whose image has more pixels (default DECODE_MAX_PIXELS; 0:
+    none), and a WebP output of an image wider than WebP holds (16383 pixels) is refused from
+    the header, before the decoding (it failed after it, without naming the file)."""
+    slim, wide = str(tmp_path / "a.slim"), str(tmp_path / "wide.slim")
+    assert main(["compress", images["RGB"], slim, "--model", model_file, "--width", "8",
+                 "-q"]) == 0
+    capsys.readouterr()
+    png = str(tmp_path / "a.png")
+    assert main(["decompress", slim, png, "--model", model_file, "--max-pixels", "599"]) == 1
+    err = capsys.readouterr().err
+    assert f"{slim}: the file's image is 30x20 = 600 pixels, more than the limit of 599" in err
+    assert "--max-pixels N raises the limit (0: none)" in err and not os.path.exists(png)
+    for limit in ("600", "0"):
+        assert main(["decompress", slim, png, "--model", model_file, "--max-pixels", limit,
+                     "-q", "-f"]) == 0
+        assert Image.open(png).size == (30, 20)
+    assert main(["decompress", slim, png, "--model", model_file, "--max-pixels", "-1"]) == 1
+    assert "--max-pixels must be >= 0" in capsys.readouterr().err
+    Image.fromarray(np.zeros((1, 16400, 3), np.uint8)).save(tmp_path / "wide.png")
+    assert main(["compress", str(tmp_path / "wide.png"), wide, "--model", model_file, "--width",
+                 "8", "-q"]) == 0
+    capsys.readouterr()
+    import slimkernels.codec as codec_mod
+    real, calls = codec_mod.SlimCodec.decompress, []
+    monkeypatch.setattr(codec_mod.SlimCodec, "decompress",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main(["decompress", wide, str(tmp_path / "w.webp"), "--model", model_file]) == 1
+    assert (f"{wide}: its image is 16400x1, and WebP holds at most 16383 pixels a side"
+            in capsys.readouterr().err)
+    assert calls == [] and not os.path.exists(tmp_path / "w.webp")
+
+
 def test_the_first_file_s_time_is_labelled_as_the_first_call(model_file, images, tmp_path,
                                                               capsys):
     """(a one-image compress printed ~470 ms against the README's tens: the first call prepares

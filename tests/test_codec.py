@@ -168,8 +168,38 @@ def test_a_corrupt_payload_with_a_valid_checksum_is_a_format_error(model):
     for bad in (dataclasses.replace(f, height=32),                # more symbols than coded
                 dataclasses.replace(f, payload=f.payload[:-2]),    # truncated stream
                 dataclasses.replace(f, payload=b"\x07" + f.payload[1:])):
-        with pytest.raises(container.SlimFormatError, match="corrupt .slim payload"):
+        with pytest.raises(container.SlimFormatError, match="corrupt .slim payload") as e:
             model.decompress(container.pack(bad))
+        # what the header asked for, so that a size / payload mismatch reads as one
+        st = model._stride()
+        want = 8 * (-(-bad.height // st)) * (-(-bad.img_width // st))
+        assert (f"the header says a {bad.img_width}x{bad.height} image at width 8, {want} "
+                f"latent symbols") in str(e.value)
+
+
+def test_decompress_refuses_an_image_over_max_pixels_before_decoding(model, monkeypatch):
+    """max_pixels (default DECODE_MAX_PIXELS, ~179 MP): a file whose image has more pixels is
+    refused before its symbols are decoded (a 1.7 MB file of the most likely symbols asked for a
+    16384 x 16384 image: 3 GB, 5.4 GB at its peak); None lifts it; bad values are refused."""
+    from slimkernels import codec as codec_mod, coding
+    assert codec_mod.DECODE_MAX_PIXELS == 178_956_970
+    data = model.compress(torch.rand(1, 3, 20, 30), 8)
+    assert model.decompress(data, max_pixels=600).shape == (1, 3, 20, 30)
+    ref = model.decompress(data, max_pixels=None)
+    real = coding.decode_prepared
+    calls = []
+    monkeypatch.setattr(coding, "decode_prepared", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for op in (model.decompress, model.decompress_latent):
+        with pytest.raises(container.ImageTooLargeError) as e:
+            op(data, max_pixels=599)
+        assert (e.value.width, e.value.height, e.value.limit) == (30, 20, 599)
+        assert "30x20 = 600 pixels, more than the limit of 599" in str(e.value)
+        assert "pass a larger max_pixels (or None)" in str(e.value)
+        assert isinstance(e.value, ValueError) and calls == []
+        for bad in (0, -5, 2.5, True, "600"):
+            with pytest.raises(ValueError, match="max_pixels must be"):
+                op(data, max_pixels=bad)
+    assert torch.equal(model.decompress(data), ref) and calls == [1]
 
 
 def test_a_forged_image_size_is_refused_before_its_latent_is_decoded(model):

@@ -1001,3 +1001,8 @@ def test_decode_and_stream_count_take_the_same_forms_of_the_bytes():
             coding.decode(bad, idx, cdfs, lengths, offsets)
         with pytest.raises(TypeError, match="stream_count takes the encoded bytes"):
             coding.stream_count(bad)
+    # a tensor is named by its own dtype (a bf16 one reached numpy as float32 and was called so)
+    with pytest.raises(ValueError, match=r"got an array of torch\.bfloat16$"):
+        coding.decode(torch.zeros(4, dtype=torch.bfloat16), idx, cdfs, lengths, offsets)
+    with pytest.raises(ValueError, match=r"got an array of int32$"):
+        coding.decode(arr.astype(np.int32), idx, cdfs, lengths, offsets)
