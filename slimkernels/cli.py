@@ -175,7 +175,8 @@ def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]
                            "(./- for a file named '-')")
     for i in inputs:
         if not os.path.exists(i):
-            raise CLIError(f"{i} does not exist")
+            raise CLIError(f"{i} is a symbolic link that leads nowhere (to a missing file, or in "
+                           f"a loop)" if os.path.islink(i) else f"{i} does not exist")
         if os.path.isdir(i):
             raise CLIError(f"{i} is a folder, not a file")
         if not os.path.isfile(i):   # (a pipe such as /dev/stdin or <(...), a device)
@@ -217,7 +218,20 @@ def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]
         if not os.path.isdir(folder):
             raise CLIError(f"cannot write {o}: the folder {folder} does not exist (create it "
                            "first)")
+        longest = _name_max(folder)   # (else the rename failed after the work, naming a temp)
+        if len(os.fsencode(os.path.basename(o))) > longest:
+            raise CLIError(f"cannot write {o}: its name is longer than the {longest} bytes the "
+                           f"file system in {folder} allows")
     return outs
+
+
+def _name_max(folder: str) -> int:
+    """The longest file name (bytes) the file system of ``folder`` takes (255 where it does not
+    say)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
 def _image_extensions() -> set:

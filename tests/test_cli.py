@@ -280,6 +280,20 @@ def test_inputs_are_checked_before_any_output_is_written(model_file, images, tmp
                  "--model", model_file]) == 1
     assert "nope.png does not exist" in capsys.readouterr().err
     assert os.listdir(out) == []
+    # a link to nothing, or a loop, is named as such (it read "does not exist" as well)
+    os.symlink(tmp_path / "nope.png", tmp_path / "dangling.png")
+    os.symlink(tmp_path / "loop.png", tmp_path / "loop.png")
+    for name in ("dangling.png", "loop.png"):
+        assert main(["compress", str(tmp_path / name), str(out), "--model", model_file]) == 1
+        assert (f"{name} is a symbolic link that leads nowhere (to a missing file, or in a loop)"
+                in capsys.readouterr().err)
+    assert os.listdir(out) == []
+    # an output name longer than the file system takes: refused before the work (the rename
+    # failed after it, naming the temporary file)
+    long_out = str(out / ("x" * 251 + ".slim"))
+    assert main(["compress", images["RGB"], long_out, "--model", model_file]) == 1
+    assert "its name is longer than the 255 bytes the file system in" in capsys.readouterr().err
+    assert os.listdir(out) == []
     assert main(["compress", images["RGB"], str(tmp_path / "newdir") + os.sep,
                  "--model", model_file]) == 1
     assert "is not an existing folder (create it first" in capsys.readouterr().err
