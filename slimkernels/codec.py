@@ -579,7 +579,7 @@ def _beyond_support(sym: torch.Tensor, plan) -> Optional[int]:
 STREAM_MIN_SYMBOLS = 1 << 16
 
 
-#: The most pixels :meth:`Codec.decompress` and :meth:`Codec.decompress_latent` decode by
+#: The most pixels :meth:`SlimCodec.decompress` and :meth:`SlimCodec.decompress_latent` decode by
 #: default (their ``max_pixels``): Pillow's decompression-bomb limit for reading an image (2x its
 #: default ``PIL.Image.MAX_IMAGE_PIXELS``, ~179 MP), so that every image the command line reads
 #: also decodes. A file of a few MB of the most likely symbols asks for a 16384 x 16384 image

@@ -53,7 +53,7 @@ class ModelMismatchError(SlimFormatError):
 
 class ImageTooLargeError(ValueError):
     """A valid ``.slim`` file whose image has more pixels than the decoder was allowed to make
-    (``max_pixels`` of :meth:`slimkernels.codec.Codec.decompress`; the command line's
+    (``max_pixels`` of :meth:`slimkernels.codec.SlimCodec.decompress`; the command line's
     ``--max-pixels``): a file of a few MB can ask for a 16384 x 16384 image (3 GB).
     ``width``, ``height``: the file's image; ``limit``: the pixels allowed; ``what``: the
     message without ``todo`` (what the caller's user can do)."""
