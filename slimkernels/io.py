@@ -255,6 +255,22 @@ def _open_image(path: str, todo: str = ""):
     return im, large, {"raw": raw, "raw_any": raw_any, "maxval": maxval}
 
 
+def torch_archive_problem(path: str) -> Optional[str]:
+    """What is damaged in the zip archive ``torch.save`` wrote at ``path`` ("its archive: <the
+    zip reader's error>", or "its member <name> fails its CRC-32 check"), or None (sound, or not
+    an archive: ``torch.load`` then says what it is). torch's reader does not check the members'
+    CRC-32, so a flipped bit in a tensor loaded silently. ~10 ms for a 17.6 MB file."""
+    import zipfile
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        return f"its archive: {e}"
+    return None if bad is None else f"its member {bad} fails its CRC-32 check"
+
+
 def load_torch_file(path: str, unreadable: str, map_location="cpu"):
     """``torch.load(path, map_location=map_location, weights_only=True)``, with one error for
     a file torch cannot read (torch raises many exception types for them): ValueError with

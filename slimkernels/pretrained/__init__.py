@@ -12,7 +12,8 @@ import torch
 
 from .._device import check_device
 from ..codec import _ORIG_MOD
-from ..io import MissingFileError, _load_error, atomic_torch_save, load_torch_file
+from ..io import (MissingFileError, _load_error, atomic_torch_save, load_torch_file,
+                  torch_archive_problem)
 from ..models import SlimCAE
 from ..nn.entropy import state_dict_misfit
 
@@ -125,23 +126,15 @@ def _short(widths) -> str:
 
 
 def _check_archive(path: str) -> None:
-    """ValueError naming ``path`` when it is a zip archive (what ``torch.save`` writes) one of
-    whose members fails its CRC-32: torch's reader does not check them, so a flipped bit in a
-    weight loaded silently (and files of the original model were then refused as written by
-    another). ~10 ms for the bundled 17.6 MB model."""
-    import zipfile
-    try:
-        if not zipfile.is_zipfile(path):
-            return   # (not an archive: torch.load says what it is)
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"{path} is a damaged model file (its archive: {e}); write it again "
-                         f"with slimkernels.pretrained.save_model") from None
-    if bad is not None:
-        raise ValueError(f"{path} is a damaged model file: its member {bad} fails its CRC-32 "
-                         f"check (changed on disk or in transfer); copy it again, or write it "
-                         f"again with slimkernels.pretrained.save_model")
+    """ValueError naming ``path`` when it is a zip archive (what ``torch.save`` writes) that is
+    damaged (:func:`slimkernels.io.torch_archive_problem`: torch's reader does not check the
+    members' CRC-32, so a flipped bit in a weight loaded silently, and files of the original
+    model were then refused as written by another)."""
+    problem = torch_archive_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path} is a damaged model file: {problem} (changed on disk or in "
+                         f"transfer); copy it again, or write it again with "
+                         f"slimkernels.pretrained.save_model")
 
 
 def load_model(path: Optional[str] = None, device: str = "cpu", *,

@@ -50,7 +50,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(cfg: TrainConfig) -> int:
     """Train ``cfg``; under ``torchrun`` (``WORLD_SIZE`` > 1) inside a process group (NCCL on
     CUDA, gloo on CPU), each rank on its local GPU. Returns 0 when the run reached
-    ``cfg.steps``, 128 + the signal's number (130 for SIGINT, 143 for SIGTERM) when a signal
+    ``cfg.steps``, 128 + the signal's number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP)
+    when a signal
     stopped it (its checkpoint saved: the same command resumes it), as a shell reports a
     process a signal ended, so that ``train && export`` does not export an unfinished model;
     raises what the trainer raises."""
@@ -82,7 +83,7 @@ def run(cfg: TrainConfig) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """``python python/train.py``: parse, tune malloc, :func:`run`. A bad option or file, or a
     loss that is not finite, ends with a one-line error on stderr and exit code 1; SIGINT /
-    SIGTERM with 130 / 143 after saving the checkpoint (see :func:`run`)."""
+    SIGTERM / SIGHUP with 130 / 143 / 129 after saving the checkpoint (see :func:`run`)."""
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
     from ..allocator import tune_from_env

@@ -23,7 +23,7 @@ from .._device import check_device, cli_device
 from .._state import first_non_finite
 from ..codec import native_bf16, pixel_values_outside
 from ..io import (MissingFileError, atomic_torch_save, load_torch_file, missing_folders,
-                  remove_empty_folders)
+                  remove_empty_folders, torch_archive_problem)
 from ..ops.image_io import value_range
 from ..models import SlimCAE
 from ..models.slimcae import DEFAULT_WIDTHS
@@ -426,10 +426,16 @@ def _rank_world():
 
 def _torch_load(path: str, device, what: str, todo: str):
     """``torch.load`` with errors a user can act on (ValueError naming the file; the file is
-    left untouched)."""
+    left untouched), after the archive's CRC-32 check (:func:`slimkernels.io.
+    torch_archive_problem`: a checkpoint with a flipped bit in a weight resumed silently and
+    the loss went to NaN, pointing at the same checkpoint)."""
     if not os.path.isfile(path):
         raise (ValueError if os.path.exists(path) else MissingFileError)(
             f"{what} {path} does not exist or is not a file")
+    problem = torch_archive_problem(path)
+    if problem is not None:
+        raise ValueError(f"{what} {path} is damaged: {problem} (changed on disk or in "
+                         f"transfer); {todo}")
     return load_torch_file(path, f"{what} {{path}} is not readable ({{error}}); {todo}", device)
 
 
@@ -1014,8 +1020,9 @@ class Trainer:
         return res
 
     def fit(self):
-        """Train until ``cfg.steps``; validates, logs and checkpoints on the way. SIGTERM or
-        SIGINT (Ctrl-C) end the current step, write the checkpoint and return; the signal's
+        """Train until ``cfg.steps``; validates, logs and checkpoints on the way. SIGTERM,
+        SIGINT (Ctrl-C) or SIGHUP (a closed terminal) end the current step, write the checkpoint
+        and return; the signal's
         number is then in ``self.stopped_by`` (None when the run reached ``cfg.steps``), so
         that callers can tell an interrupted run from a finished one. ValueError, before
         anything trains, when another training holds the run folder, or has written its
@@ -1106,8 +1113,12 @@ class Trainer:
 
         old = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                old[sig] = signal.signal(sig, _on_signal)
+            # (SIGHUP too: a closed terminal or a dropped ssh session ended the run without a
+            # checkpoint, losing the steps since the last periodic save)
+            for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    old[sig] = signal.signal(sig, _on_signal)
         try:
             self._loop(cfg, bar, stop, t0, n0, last_ckpt)
         finally:

@@ -484,19 +484,54 @@ def test_ddp_two_cpu_processes_keep_replicas_identical(image_dir, tmp_path):
     assert not torch.equal(c0, c1)                           # resumed ranks draw their own
 
 
-def test_sigterm_checkpoints_and_stops(image_dir, tmp_path):
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_checkpoints_and_stops(image_dir, tmp_path, signame):
+    """SIGTERM and SIGHUP (a closed terminal, a dropped ssh session: it ended the run without a
+    checkpoint before) finish the step, save and stop; the handlers are put back after."""
     import signal
     import threading
-    out = tmp_path / "sig"
-    t = Trainer(_cfg(image_dir, out, steps=10 ** 6, val_every=0), log=lambda *_: None)
-    t.load_data()
-    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    timer.start()
-    t.fit()
-    timer.join()
-    assert 0 < t.step < 10 ** 6
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == t.step
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    sig = getattr(signal, signame)
+
+    def unhandled(signum, frame):   # (not the default action: that ended the test process)
+        raise AssertionError(f"signal {signum} reached the test's handler: fit did not take it")
+    before = signal.signal(sig, unhandled)
+    try:
+        out = tmp_path / "sig"
+        t = Trainer(_cfg(image_dir, out, steps=10 ** 6, val_every=0), log=lambda *_: None)
+        t.load_data()
+        timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), sig))
+        timer.start()
+        t.fit()
+        timer.join()
+        assert 0 < t.step < 10 ** 6 and t.stopped_by == sig
+        assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == t.step
+        assert signal.getsignal(sig) is unhandled   # (fit put the handler back)
+    finally:
+        signal.signal(sig, before)
+
+
+def test_a_damaged_checkpoint_is_refused_not_resumed(image_dir, tmp_path):
+    """A checkpoint with a flipped bit inside a tensor (its archive's CRC-32 fails) is refused
+    with the file named and left as it is: it was resumed silently (a weight of 2e35, then 'loss
+    is nan ... resume from the last checkpoint', the same file)."""
+    import struct
+    import zipfile
+    out = tmp_path / "run"
+    Trainer(_cfg(image_dir, out, steps=2, val_every=0), log=lambda *_: None).fit()
+    path = out / "checkpoint.pt"
+    b = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        member = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 64)
+    n, extra = struct.unpack("<HH", b[member.header_offset + 26:member.header_offset + 30])
+    b[member.header_offset + 30 + n + extra + 3] ^= 0x40
+    path.write_bytes(b)
+    with pytest.raises(ValueError, match=r"checkpoint .*checkpoint\.pt is damaged: its member "
+                                         r".* fails its CRC-32 check"):
+        Trainer(_cfg(image_dir, out, steps=4, val_every=0), log=lambda *_: None)
+    assert path.read_bytes() == bytes(b)
+    with pytest.raises(ValueError, match=r"--init file .* is damaged: its member"):
+        Trainer(_cfg(image_dir, tmp_path / "other", steps=4, val_every=0, init=str(path)),
+                log=lambda *_: None)
 
 
 def test_every_option_has_help_and_parses_to_the_config():
