@@ -54,7 +54,7 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
     """
     from ..pretrained import load_model
     from .kodak import (check_widths, earlier_outputs, evaluate_all, list_images,
-                        ms_ssim_size_problem)
+                        ms_ssim_size_problem, recover_interrupted)
 
     def err(msg: str) -> int:
         print(f"{prog}: error: {msg}", file=sys.stderr)
@@ -96,6 +96,9 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
     small = ms_ssim_size_problem(images)
     if small:
         return err(small)
+    note = recover_interrupted(args.out)   # (a killed run's leftovers: before the check)
+    if note is not None:
+        print(f"{prog}: note: {note}", file=sys.stderr)
     earlier = earlier_outputs(args.out)
     if earlier and not args.force:
         return err(f"{args.out} already holds an evaluation ({', '.join(earlier)}): choose "

@@ -475,6 +475,32 @@ def earlier_outputs(out_dir: str) -> List[str]:
     return [n for n in OUTPUTS if os.path.lexists(os.path.join(out_dir, n))]
 
 
+def recover_interrupted(out_dir: str) -> Optional[str]:
+    """Put back the earlier evaluation that a run killed in ``out_dir`` left set aside (a
+    hidden ``.earlier-*`` folder: SIGKILL, an out-of-memory kill, or ``python/evaluate.py``'s
+    default SIGTERM ended the run before it could): that run's own outputs, which are partial,
+    are removed first. With several such folders (killed again while one was left) the oldest
+    holds the evaluation from before them and comes back; the others hold partial runs and go.
+    Returns a note saying what was done, or None when there was nothing to recover. (One
+    evaluation into a folder at a time: a run going on there owns its ``.earlier-*``.)"""
+    if not os.path.isdir(out_dir):
+        return None
+    left = [os.path.join(out_dir, n) for n in os.listdir(out_dir) if n.startswith(".earlier-")
+            and os.path.isdir(os.path.join(out_dir, n))
+            and not os.path.islink(os.path.join(out_dir, n))]
+    if not left:
+        return None
+    left.sort(key=lambda d: os.stat(d).st_mtime)
+    remove_outputs(out_dir, OUTPUTS)
+    for extra in left[1:]:
+        shutil.rmtree(extra)
+    kept = sorted(os.listdir(left[0]))
+    _put_back(out_dir, left[0])
+    return (f"{out_dir}: an evaluation killed before it finished had set the earlier results "
+            f"aside in {os.path.basename(left[0])}: put back ({', '.join(kept) or 'nothing'}), "
+            f"the killed run's partial outputs removed")
+
+
 def remove_outputs(out_dir: str, names) -> None:
     """Remove ``names`` (of :data:`OUTPUTS`) from ``out_dir``: folders with what they hold, a
     link itself (not its target); missing ones are skipped."""
@@ -504,7 +530,9 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
     stayed beside the new ones. The arguments are checked first (folder, widths, precision,
     limit, streams, qualities, ``out_dir``); the earlier evaluation is then set aside, put back
     when this run fails (a bad image, Ctrl-C: it had been deleted first), and removed when it
-    succeeds. A failed run leaves none of its own outputs (nor the ``out_dir`` it made).
+    succeeds. A failed run leaves none of its own outputs (nor the ``out_dir`` it made). What a
+    run killed without cleanup left set aside is put back first (:func:`recover_interrupted`,
+    with a RuntimeWarning saying so).
 
     Returns:
         ``{"slimcae": ..., "references": {name: curve}, "bd": {...}, "goals": {...},
@@ -519,6 +547,9 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
     from .classical import check_qualities
 
     check_out_dir(out_dir)
+    note = recover_interrupted(out_dir)
+    if note is not None:
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
     earlier = earlier_outputs(out_dir) if os.path.isdir(out_dir) else []
     if earlier and not overwrite:
         raise FileExistsError(f"{out_dir} already holds an evaluation ({', '.join(earlier)}): "

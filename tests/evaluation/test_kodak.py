@@ -563,6 +563,55 @@ def test_cli_threads_zero_is_torch_s_choice_as_in_compress(image_folder, tmp_pat
     assert calls == [1]
 
 
+def test_a_killed_run_s_set_aside_evaluation_comes_back(tiny_model, image_folder, tmp_path):
+    """A run killed where no cleanup runs (SIGKILL, an out-of-memory kill, python/evaluate.py's
+    default SIGTERM) left the earlier evaluation in a hidden .earlier-* folder beside its own
+    partial outputs; the next run (API or CLI) puts it back first and says so. Before: the next
+    run saw the partial outputs as 'an evaluation', and --force then hid them in a second
+    .earlier-* folder, the original results never coming back."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "ev"
+    kodak.evaluate_all(tiny_model, image_folder, str(out), widths=[8], classical=False,
+                       plot=False)
+    before = _tree(out)
+
+    def killed_twice():   # (as a killed --force run leaves it: the earlier results set aside,
+        a = out / ".earlier-a"          # partial outputs beside them; killed again: a second)
+        a.mkdir()
+        for n in os.listdir(out):
+            if n in kodak.OUTPUTS:
+                shutil.move(str(out / n), str(a / n))
+        time.sleep(0.05)
+        b = out / ".earlier-b"
+        b.mkdir()
+        (b / "slimcae.json").write_text("{\"partial\": 1}")
+        (out / "slimcae.json").write_text("{\"partial\": 2}")
+        (out / "bitstreams").mkdir()
+        os.utime(a, (1, 1))          # (the older one holds the evaluation from before)
+
+    killed_twice()
+    with pytest.warns(RuntimeWarning, match=r"\.earlier-a: put back \(balle2017\.json, "
+                                            r"bitstreams, slimcae\.json, summary\.json"):
+        with pytest.raises(FileExistsError, match="already holds an evaluation"):
+            kodak.evaluate_all(tiny_model, image_folder, str(out), widths=[8], classical=False,
+                               plot=False)
+    assert _tree(out) == before
+    assert not [n for n in os.listdir(out) if n.startswith(".")]
+    killed_twice()
+    from slimkernels.pretrained import save_model
+    save_model(tiny_model, str(tmp_path / "tiny.pt"))
+    r = subprocess.run([sys.executable, "-m", "slimkernels", "eval", image_folder, "--out",
+                        str(out), "--model", str(tmp_path / "tiny.pt"), "--widths", "8",
+                        "--no-classical", "-q"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "note: " in r.stderr and ".earlier-a: put back" in r.stderr
+    assert "already holds an evaluation" in r.stderr
+    assert _tree(out) == before
+    assert kodak.recover_interrupted(str(out)) is None   # (nothing left to recover)
+
+
 def test_an_interrupted_set_aside_leaves_the_earlier_evaluation_in_place(tmp_path, monkeypatch):
     """(the earlier outputs were set aside outside the try: a Ctrl-C between two moves left the
     moved ones in a hidden .earlier-* folder, never put back.)"""
