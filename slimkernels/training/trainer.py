@@ -562,6 +562,11 @@ class Trainer:
         if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
             raise ValueError(f"--out {cfg.out} is a file: --out names the run's folder "
                              f"(checkpoint.pt, log.jsonl); give another path")
+        if cfg.data and os.path.isdir(cfg.data) and _same_path(cfg.out, cfg.data):
+            # (the run's checkpoint and log went among the training images; eval refuses the
+            # same for its --out and image folder)
+            raise ValueError(f"--out {cfg.out} is the --data folder: give the run a folder of its "
+                             f"own")
         # (a failed fit removes the folders it made and left empty: _remove_unused_out)
         self._made_out = missing_folders(cfg.out)
         try:

@@ -510,6 +510,18 @@ def test_sigterm_checkpoints_and_stops(image_dir, tmp_path, signame):
         signal.signal(sig, before)
 
 
+def test_out_that_is_the_data_folder_is_refused(image_dir, tmp_path):
+    """--out equal to --data (also through a link) is refused before anything is written: the
+    run's checkpoint, log and lock went among the training images."""
+    before = sorted(os.listdir(image_dir))
+    link = tmp_path / "data_link"
+    os.symlink(image_dir, link)
+    for out in (image_dir, str(link)):
+        with pytest.raises(ValueError, match="is the --data folder: give the run a folder"):
+            Trainer(_cfg(image_dir, out, steps=2, val_every=0), log=lambda *_: None)
+    assert sorted(os.listdir(image_dir)) == before
+
+
 def test_a_damaged_checkpoint_is_refused_not_resumed(image_dir, tmp_path):
     """A checkpoint with a flipped bit inside a tensor (its archive's CRC-32 fails) is refused
     with the file named and left as it is: it was resumed silently (a weight of 2e35, then 'loss
