@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -209,6 +209,35 @@ def _check_same_run(saved: Optional[Dict], cfg: "TrainConfig", path: str) -> Non
 
 def _same_path(a: str, b: str) -> bool:
     return a == b or os.path.realpath(a) == os.path.realpath(b)
+
+
+#: Options :func:`_resume_differences` does not report: checked equal elsewhere (widths, gdn,
+#: lambdas, init), or about this invocation rather than the run's training (where it is
+#: written, how far it goes, threads, progress bar, checkpoint period).
+_RESUME_QUIET = {"out", "widths", "gdn", "lambdas", "steps", "threads", "progress",
+                 "ckpt_every_s", "init", "init_continue"}
+
+
+def _resume_differences(saved: Dict, cfg: "TrainConfig", world: int = 1,
+                        derived: Sequence[str] = ()) -> List[str]:
+    """``--option saved -> now`` for each training option of ``cfg`` that differs from the
+    saved run's config ``saved`` (a resume applies them from its first step; ``--seed`` is
+    noted as ignored in a one-process run, which continues its saved random state; ``--ema 0``
+    as dropping the weight average). ``derived``: fields this run computed rather than was
+    given (``--schedule-start``'s default, half of ``--steps``): not reported."""
+    out = []
+    for f in fields(cfg):
+        if f.name in _RESUME_QUIET or f.name in derived or f.name not in saved:
+            continue
+        old, new = saved[f.name], getattr(cfg, f.name)
+        if old == new or (f.name == "data" and isinstance(old, str) and isinstance(new, str)
+                          and _same_path(old, new)):
+            continue
+        note = (" (ignored: a resumed run continues its saved random state)"
+                if f.name == "seed" and world == 1 else " (the saved weight average is dropped)" if f.name == "ema" and not new
+                else "")
+        out.append(f"--{f.name.replace('_', '-')} {old} -> {new}{note}")
+    return out
 
 
 def _check_init_on_resume(saved: Dict, cfg: "TrainConfig", path: str, step) -> None:
@@ -724,6 +753,11 @@ class Trainer:
                 self._sampler_seed = _resume_seed(cfg.seed, self.rank, self.step, "crops")
                 self._sampler_state = None
             self._print(f"resumed from {self.ckpt_path} at step {self.step}")
+            changed = _resume_differences(saved, cfg, self.world,
+                                          derived=() if self._explicit_schedule_start
+                                          else ("schedule_start",))
+            if changed:   # (applied, or for --seed ignored, without a word before)
+                self._print("options that differ from the saved run's: " + "; ".join(changed))
         else:
             self._sampler_state = None
             self._scheduler_state = None

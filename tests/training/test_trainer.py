@@ -510,6 +510,26 @@ def test_sigterm_checkpoints_and_stops(image_dir, tmp_path, signame):
         signal.signal(sig, before)
 
 
+def test_a_resume_names_the_options_that_differ_from_the_saved_run(image_dir, tmp_path):
+    """Options changed on resume were applied (or, --seed, ignored) with only "resumed from
+    ...": the resume now lists each one, saved -> now, with what --seed and --ema 0 mean."""
+    out = tmp_path / "run"
+    Trainer(_cfg(image_dir, out, steps=2, val_every=0), log=lambda *_: None).fit()
+    lines = []
+    Trainer(_cfg(image_dir, out, steps=4, val_every=0, lr=1e-2, batch=1, seed=5, ema=0.0,
+                 threads=1), log=lines.append)
+    said = [ln for ln in lines if "differ from the saved run" in str(ln)]
+    assert len(said) == 1, lines
+    text = str(said[0])
+    assert "--lr 0.0001 -> 0.01" in text and "--batch 2 -> 1" in text
+    assert "--seed 3 -> 5 (ignored: a resumed run continues its saved random state)" in text
+    assert "-> 0.0 (the saved weight average is dropped)" in text
+    assert "--threads" not in text and "--steps" not in text   # (this invocation's, not the run's)
+    lines.clear()
+    Trainer(_cfg(image_dir, out, steps=4, val_every=0), log=lines.append)
+    assert not [ln for ln in lines if "differ from the saved run" in str(ln)], lines
+
+
 def test_out_that_is_the_data_folder_is_refused(image_dir, tmp_path):
     """--out equal to --data (also through a link) is refused before anything is written: the
     run's checkpoint, log and lock went among the training images."""
