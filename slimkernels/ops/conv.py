@@ -1672,8 +1672,10 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         ValueError: ``out_width`` not an int in ``1 .. C_out_max``, more input channels than
             the weight has (or none), a bias / GDN parameter shorter than the width, tensors
             that are not floating-point, x / weight / bias of different dtypes outside autocast
-            (CPU), bad stride / padding,
-            or a ``backend`` that cannot run these tensors (the message says which).
+            (CPU), bad stride / padding, or an unknown ``backend`` name.
+        RuntimeError: ``backend="triton"`` where it cannot run these tensors: CPU tensors
+            without ``TRITON_INTERPRET=1``, or Triton not installed (the message says which;
+            :func:`slimkernels.backend.resolve_backend`).
     """
     stride, padding = _check(x, weight, bias, "slim_conv2d", False, stride, padding)
     co = _out_width(out_width, weight.shape[0], "slim_conv2d")
@@ -1756,8 +1758,8 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         under bf16 autocast (float32 with ``out_clamp``).
 
     Raises:
-        TypeError, ValueError: as :func:`slim_conv2d` (``out_width``, channels, parameters,
-            geometry, backend), a bad ``output_padding`` or ``out_clamp``.
+        TypeError, ValueError, RuntimeError: as :func:`slim_conv2d` (``out_width``, channels,
+            parameters, geometry, backend), a bad ``output_padding`` or ``out_clamp``.
     """
     clamp = _check_clamp(out_clamp, "slim_conv_transpose2d")
     stride, padding = _check(x, weight, bias, "slim_conv_transpose2d", True, stride, padding)
