@@ -60,6 +60,14 @@ _GEOMETRY = {"stride": "_s", "padding": "_p", "output_padding": "_op"}
 _FIXED = {"groups": (1,), "dilation": (1, (1, 1)), "padding_mode": ("zeros",)}
 
 
+def _check_channels(layer: str, in_channels, out_channels) -> None:
+    """ValueError unless both channel counts are ints >= 1 (a float was torch's raw "empty():
+    argument 'size'" TypeError, 0 a layer without weights and only a warning)."""
+    for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if not is_int(v) or v < 1:
+            raise ValueError(f"{layer}: {name} must be an int >= 1, got {v!r}")
+
+
 def _check_fixed(layer: str, name: str, value) -> None:
     """ValueError unless ``value`` is one that :data:`_FIXED` accepts for attribute ``name``
     (in the constructor's keyword arguments, or set afterwards)."""
@@ -82,6 +90,9 @@ class _SlimMixin:
                     _no_string_padding(type(self).__name__, value)
                 value = _string_padding(value, self.kernel_size, self.stride)
             n = _single(value, name)
+            if n < (1 if name == "stride" else 0):   # (was accepted, then refused at forward)
+                raise ValueError(f"{type(self).__name__}: {name} must be "
+                                 f"{'>= 1' if name == 'stride' else '>= 0'}, got {n}")
             super().__setattr__(name, (n, n))
             super().__setattr__(_GEOMETRY[name], n)
             return
@@ -141,6 +152,7 @@ class SlimConv2d(_SlimMixin, nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
                  stride: _Size = 1, padding: _Size = 0, bias: bool = True,
                  widths: Optional[Sequence[int]] = None, **kwargs):
+        _check_channels("SlimConv2d", in_channels, out_channels)
         for name in [n for n in _FIXED if n in kwargs]:   # (in _FIXED's order)
             _check_fixed("SlimConv2d", name, kwargs[name])
         # (SlimConv2d(4, 4, 3, 1, 1, 2), nn.Conv2d's dilation=2, had made a bias silently)
@@ -185,6 +197,7 @@ class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size,
                  stride: _Size = 1, padding: _Size = 0, output_padding: _Size = 0,
                  bias: bool = True, widths: Optional[Sequence[int]] = None, **kwargs):
+        _check_channels("SlimConvTranspose2d", in_channels, out_channels)
         for name in [n for n in _FIXED if n in kwargs]:   # (in _FIXED's order)
             _check_fixed("SlimConvTranspose2d", name, kwargs[name])
         _no_string_padding("SlimConvTranspose2d", padding)

@@ -161,6 +161,30 @@ def test_unsupported_attributes_set_after_construction_are_refused(cls):
     assert c.dilation == (1, 1) and c.groups == 1 and c(x).shape == want
 
 
+@pytest.mark.parametrize("cls", [SlimConv2d, SlimConvTranspose2d])
+def test_bad_channels_and_geometry_are_refused_at_construction(cls):
+    """Channel counts that are not ints >= 1 and a stride < 1 or a negative padding /
+    output_padding are refused by the constructor and when set afterwards: stride 0 and padding
+    -1 built and failed only at forward, 16.0 channels was torch's raw "empty(): argument
+    'size'" TypeError, 0 channels a layer without weights and a warning."""
+    name = cls.__name__
+    for ci, co, what in ((0, 8, "in_channels"), (16.0, 8, "in_channels"),
+                         (8, True, "out_channels"), (8, -2, "out_channels")):
+        with pytest.raises(ValueError, match=rf"{name}: {what} must be an int >= 1, got"):
+            cls(ci, co, 3)
+    geometry = [("stride", 0, ">= 1"), ("padding", -1, ">= 0")]
+    if cls is SlimConvTranspose2d:
+        geometry.append(("output_padding", -1, ">= 0"))
+    for attr, bad, rule in geometry:
+        with pytest.raises(ValueError, match=rf"{name}: {attr} must be {rule}, got {bad}"):
+            cls(8, 8, 3, **{attr: bad})
+        c = cls(8, 8, 3)
+        with pytest.raises(ValueError, match=rf"{name}: {attr} must be {rule}, got {bad}"):
+            setattr(c, attr, bad)
+        assert getattr(c, attr) == ((1, 1) if attr == "stride" else (0, 0))   # (unchanged)
+    assert cls(8, 8, 3, stride=2, padding=1).stride == (2, 2)
+
+
 def test_a_positional_dilation_or_groups_is_not_taken_as_bias():
     """(SlimConv2d(4, 4, 3, 1, 1, 2), nn.Conv2d's dilation=2, made a layer with a bias and
     dilation 1 silently: bias is the 6th positional argument here.)"""
