@@ -158,6 +158,9 @@ class SwitchGDN(_WidthSelectedGDN):
     """An independent GDN per width (what the official SlimCAE code uses).
 
     ``gdns.k`` is a :class:`SlimGDN` of ``widths[k]`` channels; the input's channel count picks it.
+    The ``gdns`` hold the parameters: this module reads them (``op_kwargs``) and runs the op
+    itself, so a hook registered on one of them, or a ``forward`` of its own, does not run
+    (hook this module instead).
 
     Args:
         widths: the allowed widths (distinct; the largest is the full channel count).
@@ -185,7 +188,9 @@ class SlimGDNPlus(_WidthSelectedGDN):
 
     For width index k: ``gamma_k = gamma_scale[k] * gamma[:w,:w] + gamma_bias[k]`` and
     ``beta_k = beta_scale[k] * beta[:w] + beta_bias[k]``, after the reparameterization.
-    Scales start at 1, biases at 0.
+    Scales start at 1, biases at 0. ``gdn`` (the shared :class:`SlimGDN`) holds beta and gamma:
+    this module reads them and runs the op itself, so a hook on ``gdn``, or a ``forward`` of
+    its own, does not run (hook this module instead).
 
     Args:
         widths: the allowed widths (distinct; the largest is the full channel count).
