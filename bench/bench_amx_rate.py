@@ -19,6 +19,7 @@ Needs a CPU with AMX-BF16 (and a Linux that grants it) and a C++17 compiler (``$
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -45,26 +46,28 @@ KERNEL_CHANNELS = (64, 48)
 
 
 def compiler():
-    """The C++ compiler to use (``$CXX``, then ``c++``, ``g++``, ``clang++`` on PATH), or None."""
-    env = os.environ.get("CXX", "").strip()
+    """The C++ compiler command to use, as setup.py picks it: ``$CXX`` (with any arguments it
+    holds, its program found on PATH), else the first of ``c++``, ``g++``, ``clang++`` on PATH;
+    a list of arguments, or None."""
+    env = shlex.split(os.environ.get("CXX", ""))
     if env:
-        return shutil.which(env) or (env if os.path.isfile(env) else None)
+        return env if shutil.which(env[0]) else None
     for name in ("c++", "g++", "clang++"):
         path = shutil.which(name)
         if path:
-            return path
+            return [path]
     return None
 
 
-def build(cxx: str, folder: str) -> str:
-    """Compile the synthetic program into ``folder``; its path. RuntimeError with the
-    compiler's last lines when it fails."""
+def build(cxx, folder: str) -> str:
+    """Compile the synthetic program with the command ``cxx`` (:func:`compiler`'s) into
+    ``folder``; its path. RuntimeError with the compiler's last lines when it fails."""
     exe = os.path.join(folder, "amx_tile_rate")
-    r = subprocess.run([cxx, "-O2", "-std=c++17", SOURCE, "-o", exe], capture_output=True,
+    r = subprocess.run([*cxx, "-O2", "-std=c++17", SOURCE, "-o", exe], capture_output=True,
                        text=True)
     if r.returncode != 0:
         tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-5:])
-        raise RuntimeError(f"{cxx} could not compile {SOURCE}:\n{tail}")
+        raise RuntimeError(f"{' '.join(cxx)} could not compile {SOURCE}:\n{tail}")
     return exe
 
 
@@ -192,7 +195,7 @@ def main(argv=None) -> int:
                   ns=v, vs_peak=v / peak) for ci, v in kernel.items()]
     import torch
     meta = dict(time_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                torch=torch.__version__, compiler=cxx, runs=a.runs, scale=a.scale,
+                torch=torch.__version__, compiler=" ".join(cxx), runs=a.runs, scale=a.scale,
                 repeats=a.repeats,
                 command="python bench/bench_amx_rate.py " + " ".join(argv or sys.argv[1:]))
     md = table(rows)

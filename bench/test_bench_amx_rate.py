@@ -46,6 +46,19 @@ def test_no_compiler_is_a_one_line_error(capsys, monkeypatch):
     assert "no C++ compiler found" in capsys.readouterr().err
 
 
+def test_the_compiler_is_picked_as_setup_py_picks_it(monkeypatch):
+    """$CXX may hold arguments (its program is looked up on PATH, as setup.py does); a $CXX
+    whose program is missing is no compiler; without $CXX the first of c++ / g++ / clang++."""
+    import shutil
+    monkeypatch.setattr(shutil, "which", lambda n: f"/usr/bin/{n}" if n == "g++" else None)
+    monkeypatch.setenv("CXX", "g++ -m64")
+    assert bench.compiler() == ["g++", "-m64"]
+    monkeypatch.setenv("CXX", "nosuch++")
+    assert bench.compiler() is None
+    monkeypatch.delenv("CXX")
+    assert bench.compiler() == ["/usr/bin/g++"]
+
+
 def test_a_cpu_without_amx_is_refused(capsys, monkeypatch):
     import slimkernels.ops.conv as oc
     monkeypatch.setattr(oc, "amx_conv_available", lambda: False)

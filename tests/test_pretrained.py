@@ -386,17 +386,11 @@ def test_a_forged_config_is_refused_before_its_model_is_built(tmp_path, small_mo
 def test_a_flipped_bit_in_a_model_file_is_named(tmp_path, small_model):
     """(torch's reader does not check the archive's CRC-32s: a flipped bit in a weight loaded,
     and the original model's files were then refused as written by another model.)"""
-    import struct
-    import zipfile
-
     from slimkernels.pretrained import save_model
+    from tests._archives import flip_tensor_bit
     path = tmp_path / "m.pt"
     save_model(small_model, str(path))
-    b = bytearray(path.read_bytes())
-    with zipfile.ZipFile(path) as z:
-        member = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 64)
-    n, extra = struct.unpack("<HH", b[member.header_offset + 26:member.header_offset + 30])
-    b[member.header_offset + 30 + n + extra + 17] ^= 0x10
+    b, member = flip_tensor_bit(path, 17, 0x10)
     (tmp_path / "flip.pt").write_bytes(b)
     with pytest.raises(ValueError, match=rf"flip\.pt is a damaged model file: its member "
                                          rf"{re.escape(member.filename)} fails its CRC-32 check"):

@@ -485,9 +485,9 @@ def recover_interrupted(out_dir: str) -> Optional[str]:
     evaluation into a folder at a time: a run going on there owns its ``.earlier-*``.)"""
     if not os.path.isdir(out_dir):
         return None
-    left = [os.path.join(out_dir, n) for n in os.listdir(out_dir) if n.startswith(".earlier-")
-            and os.path.isdir(os.path.join(out_dir, n))
-            and not os.path.islink(os.path.join(out_dir, n))]
+    left = [p for p in (os.path.join(out_dir, n) for n in os.listdir(out_dir)
+                        if n.startswith(".earlier-"))
+            if os.path.isdir(p) and not os.path.islink(p)]
     if not left:
         return None
     left.sort(key=lambda d: os.stat(d).st_mtime)

@@ -89,10 +89,9 @@ class _SlimMixin:
                 if isinstance(self, nn.ConvTranspose2d):
                     _no_string_padding(type(self).__name__, value)
                 value = _string_padding(value, self.kernel_size, self.stride)
-            n = _single(value, name)
-            if n < (1 if name == "stride" else 0):   # (was accepted, then refused at forward)
-                raise ValueError(f"{type(self).__name__}: {name} must be "
-                                 f"{'>= 1' if name == 'stride' else '>= 0'}, got {n}")
+            n, lo = _single(value, name), 1 if name == "stride" else 0
+            if n < lo:   # (was accepted, then refused at forward)
+                raise ValueError(f"{type(self).__name__}: {name} must be >= {lo}, got {n}")
             super().__setattr__(name, (n, n))
             super().__setattr__(_GEOMETRY[name], n)
             return

@@ -51,9 +51,8 @@ def run(cfg: TrainConfig) -> int:
     """Train ``cfg``; under ``torchrun`` (``WORLD_SIZE`` > 1) inside a process group (NCCL on
     CUDA, gloo on CPU), each rank on its local GPU. Returns 0 when the run reached
     ``cfg.steps``, 128 + the signal's number (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP)
-    when a signal
-    stopped it (its checkpoint saved: the same command resumes it), as a shell reports a
-    process a signal ended, so that ``train && export`` does not export an unfinished model;
+    when a signal stopped it (its checkpoint saved: the same command resumes it), as a shell
+    reports a process a signal ended, so that ``train && export`` does not export an unfinished model;
     raises what the trainer raises."""
     if not os.path.isdir(cfg.data):   # (before the Trainer makes the run folder: none left)
         where = "" if os.path.isabs(cfg.data) else f" (relative to {os.getcwd()})"

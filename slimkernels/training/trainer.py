@@ -230,12 +230,13 @@ def _resume_differences(saved: Dict, cfg: "TrainConfig", world: int = 1,
         if f.name in _RESUME_QUIET or f.name in derived or f.name not in saved:
             continue
         old, new = saved[f.name], getattr(cfg, f.name)
-        if old == new or (f.name == "data" and isinstance(old, str) and isinstance(new, str)
-                          and _same_path(old, new)):
+        if old == new or (f.name == "data" and _same_path(str(old), str(new))):
             continue
-        note = (" (ignored: a resumed run continues its saved random state)"
-                if f.name == "seed" and world == 1 else " (the saved weight average is dropped)" if f.name == "ema" and not new
-                else "")
+        note = ""
+        if f.name == "seed" and world == 1:
+            note = " (ignored: a resumed run continues its saved random state)"
+        elif f.name == "ema" and not new:
+            note = " (the saved weight average is dropped)"
         out.append(f"--{f.name.replace('_', '-')} {old} -> {new}{note}")
     return out
 
@@ -1061,9 +1062,8 @@ class Trainer:
     def fit(self):
         """Train until ``cfg.steps``; validates, logs and checkpoints on the way. SIGTERM,
         SIGINT (Ctrl-C) or SIGHUP (a closed terminal) end the current step, write the checkpoint
-        and return; the signal's
-        number is then in ``self.stopped_by`` (None when the run reached ``cfg.steps``), so
-        that callers can tell an interrupted run from a finished one. ValueError, before
+        and return; the signal's number is then in ``self.stopped_by`` (None when the run
+        reached ``cfg.steps``), so that callers can tell an interrupted run from a finished one. ValueError, before
         anything trains, when another training holds the run folder, or has written its
         checkpoint since this Trainer read or wrote it (see the class)."""
         cfg = self.cfg

@@ -546,16 +546,11 @@ def test_a_damaged_checkpoint_is_refused_not_resumed(image_dir, tmp_path):
     """A checkpoint with a flipped bit inside a tensor (its archive's CRC-32 fails) is refused
     with the file named and left as it is: it was resumed silently (a weight of 2e35, then 'loss
     is nan ... resume from the last checkpoint', the same file)."""
-    import struct
-    import zipfile
+    from tests._archives import flip_tensor_bit
     out = tmp_path / "run"
     Trainer(_cfg(image_dir, out, steps=2, val_every=0), log=lambda *_: None).fit()
     path = out / "checkpoint.pt"
-    b = bytearray(path.read_bytes())
-    with zipfile.ZipFile(path) as z:
-        member = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 64)
-    n, extra = struct.unpack("<HH", b[member.header_offset + 26:member.header_offset + 30])
-    b[member.header_offset + 30 + n + extra + 3] ^= 0x40
+    b, _ = flip_tensor_bit(path, 3, 0x40)
     path.write_bytes(b)
     with pytest.raises(ValueError, match=r"checkpoint .*checkpoint\.pt is damaged: its member "
                                          r".* fails its CRC-32 check"):
