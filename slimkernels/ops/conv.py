@@ -1615,29 +1615,76 @@ def _one_column_out(x, weight, stride, padding) -> bool:
     return _half_compute_dtype(x) is not None
 
 
-def _onednn_kfold_bug(x, weight) -> bool:
-    """Whether a CPU conv in bf16 / fp16 (x's dtype or autocast's) has the input-channel and
-    kernel-width counts for which torch's oneDNN bf16 conv returns garbage: fewer than 16 input
-    channels whose ``C_in * k`` is a multiple of 32 and at least 64 ((8, 8), (12, 8), (8, 12),
-    (4, 16) ... (14, 16); torch 2.13 on an AMX Xeon, O(1) relative error at any output channel
-    count, with stride 1 to 4, any padding, NCHW or channels_last; a scan of C_in 1..24 and
-    k 1..17, ``/tmp/s33/scan_onednn2.py``, 3264 convs, found no other). :func:`slim_conv2d` runs
-    those (when the direct AMX kernel does not take them) in float32 and rounds the result."""
-    ci, k = x.shape[1], weight.shape[3]
-    if not (ci < 16 and ci * k >= 64 and (ci * k) % 32 == 0):
+def _onednn_bf16_wrong_forward(ci: int, k: int, stride: int, padding: int) -> bool:
+    """Whether torch's oneDNN bf16 conv (CPU) computes a conv of ``ci`` input channels, kernel
+    width ``k``, ``stride`` and ``padding`` wrong at some input sizes (torch 2.13 on an AMX
+    Xeon: O(1) relative error, the same on every run; fp32 is right):
+
+    * fewer than 16 input channels whose ``C_in * k`` is a multiple of 32 and at least 64
+      ((8, 8), (12, 8), (8, 12), (4, 16) ... (14, 16)), at any stride, padding and layout;
+    * 16 to 31 input channels, ``k`` a multiple of 4, stride 4 or 8 and no padding (16 and 24
+      channels at stride 4 and 8, 20 and 28 at stride 8, at some input sizes: e.g. 24x20, 32x32);
+      taken here for every stride that is a multiple of 4 and fewer than 32 channels.
+
+    From scans of ``F.conv2d`` on bf16 tensors against float64 (``/tmp/s33/scan_onednn2.py``:
+    C_in 1..24, k 1..17, 3264 convs; ``/tmp/s48/scan.py``: C_in 1..33 and 48..192, C_out 1..64,
+    k 1..12, strides 1..4, paddings 0 and k // 2, 8 input sizes, forward and both gradients,
+    ~146,000 convs; C_in 8..64 at strides 2..8 on 30 sizes). Not on that list (no failure found):
+    32 or more input channels, odd kernels (SlimCAE's 5x5 and 9x9), strides 2 and 3 outside the
+    first rule."""
+    kfold = ci < 16 and ci * k >= 64 and (ci * k) % 32 == 0
+    strided = ci < 32 and stride % 4 == 0 and k % 4 == 0 and padding == 0
+    return kfold or strided
+
+
+def _onednn_bf16_wrong(x, weight, co: int, stride: int, padding: int, transposed: bool,
+                       grad: bool) -> bool:
+    """Whether a CPU conv in bf16 / fp16 (x's dtype or autocast's) would get a wrong result or
+    gradient from torch's oneDNN bf16 kernels (:func:`_onednn_bf16_wrong_forward`, same scans):
+
+    * a conv: its forward meets the rules there; with a gradient recorded, also an input one
+      column wide (the weight gradient: NaN, 1e35 or O(1) error; rows are right);
+    * a transposed conv (its forward is right): with a gradient recorded, x's gradient is a conv
+      of the output's gradient onto x (``C_out`` input channels, the same kernel, stride and
+      padding) and meets the same rules, and an input one column wide gets wrong x and weight
+      gradients (SlimCAE's decoder at a 2x1 latent: x's gradient 1-2 off, once all NaN).
+
+    (A strided conv with one output column goes on the transposed image first:
+    :func:`_one_column_out`.) :func:`slim_conv2d` and :func:`slim_conv_transpose2d` run those
+    (where the direct AMX kernel does not take them) in float32 and round the result."""
+    if _half_compute_dtype(x) is None:
         return False
-    return _half_compute_dtype(x) is not None
+    k = weight.shape[3]
+    thin = grad and x.shape[3] == 1
+    if transposed:
+        return thin or (grad and _onednn_bf16_wrong_forward(co, k, stride, padding))
+    return thin or _onednn_bf16_wrong_forward(x.shape[1], k, stride, padding)
+
+
+def _fp32_rounded(x, conv):
+    """``conv(x in float32)`` with autocast off, returned in the dtype the conv would have had
+    in half precision (x's bf16 / fp16, or autocast's); differentiable."""
+    dt = _half_compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        y = conv(_cpu_layout(x).float())
+    return y.to(dt)
 
 
 def _conv2d_fp32_rounded(x, weight, bias, co, stride, padding):
-    """:func:`slim_conv2d`'s conv (the active slice) computed in float32, returned in the dtype
-    it would have had (x's bf16 / fp16, or autocast's)."""
-    dt = _half_compute_dtype(x)
-    ci = x.shape[1]
-    with torch.autocast(x.device.type, enabled=False):
-        b = None if bias is None else bias[:co].float()
-        y = F.conv2d(x.float(), weight[:co, :ci].float(), b, stride=stride, padding=padding)
-    return y.to(dt)
+    """:func:`slim_conv2d`'s conv (the active slice) computed in float32 (see
+    :func:`_fp32_rounded`)."""
+    b = None if bias is None else bias[:co].float()
+    w = weight[:co, :x.shape[1]].float()
+    return _fp32_rounded(x, lambda xf: F.conv2d(xf, w, b, stride=stride, padding=padding))
+
+
+def _conv_transpose2d_fp32_rounded(x, weight, bias, co, stride, padding, output_padding):
+    """:func:`slim_conv_transpose2d`'s conv (the active slice) computed in float32 (see
+    :func:`_fp32_rounded`)."""
+    b = None if bias is None else bias[:co].float()
+    w = weight[:x.shape[1], :co].float()
+    return _fp32_rounded(x, lambda xf: F.conv_transpose2d(
+        xf, w, b, stride=stride, padding=padding, output_padding=output_padding))
 
 
 def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
@@ -1708,7 +1755,7 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
             return y
     if check is not None:   # (another path: measured first)
         image_io.check_values(x, *check)
-    if _onednn_kfold_bug(x, weight):   # (oneDNN's bf16 result would be garbage: see there)
+    if _onednn_bf16_wrong(x, weight, co, stride, padding, False, _needs_grad(x, weight, bias)):
         return _apply_gdn(_conv2d_fp32_rounded(x, weight, bias, co, stride, padding), kw)
     xp = _prepack_input(x, weight, bias)
     if xp is not None:
@@ -1808,6 +1855,9 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
                                               output_padding, kout, clamp)
         if y is not None:
             return y
+    if _onednn_bf16_wrong(x, weight, co, stride, padding, True, _needs_grad(x, weight, bias)):
+        y = _conv_transpose2d_fp32_rounded(x, weight, bias, co, stride, padding, output_padding)
+        return _clamp_out(_apply_gdn(y, kout), clamp)
     xp = _prepack_input(x, weight, bias, transposed=True)
     if xp is not None:
         y = _conv_transpose2d_prepacked(xp, weight, bias, co, stride, padding, output_padding)

@@ -910,6 +910,64 @@ def test_bf16_conv_with_few_channels_and_a_wide_kernel(ci, k, stride, pad, co, g
         assert ((y.double() - r).abs().max() / r.abs().max()).item() < 1e-2
 
 
+# -- CPU audit (forty-eighth sitting): oneDNN bf16 forward and gradients on a scan's shapes -----
+BF16_WRONG_CASES = [  # (transposed, C_in, C_out, k, stride, pad, output_padding, H, W)
+    (False, 8, 16, 8, 1, 0, 0, 20, 17),     # C_in * k = 64 (the forward)
+    (False, 16, 8, 4, 4, 0, 0, 24, 20),     # 16 / 24 channels, k 4 / 8 / 12, stride 4, no padding
+    (False, 24, 8, 8, 4, 0, 0, 32, 32),
+    (False, 20, 8, 8, 8, 0, 0, 32, 32),     # 20 / 28 channels at stride 8
+    (False, 16, 8, 3, 2, 1, 0, 2, 1),       # one input column (one output row): the weight grad
+    (True, 16, 8, 8, 1, 0, 0, 6, 5),        # x's gradient is a conv with C_in * k = 64
+    (True, 8, 16, 4, 4, 0, 0, 6, 5),        # ... a conv of 16 channels, k 4, stride 4
+    (True, 64, 64, 5, 2, 2, 1, 8, 1),       # the decoder's 5x5/2 on one input column
+    (True, 1, 8, 3, 4, 1, 0, 1, 1),
+]
+
+
+@pytest.mark.parametrize("leaves", ["fp32 autocast", "bf16"])
+@pytest.mark.parametrize("case", BF16_WRONG_CASES)
+def test_bf16_convs_with_gradients_on_shapes_onednn_gets_wrong(case, leaves):
+    """torch's oneDNN bf16 convs (torch 2.13, AMX Xeon) return O(1) relative error, 1e35 or NaN
+    in the forward or a gradient on these shapes (a scan of ~146,000 convs,
+    ``ops.conv._onednn_bf16_wrong``): the ops run them in float32 and round. Forward and the
+    gradients of x, the weight and the bias against float64, with and without a gradient
+    recorded, under autocast and on bf16 tensors (before: 0.8-1.4 relative error, NaN)."""
+    tr, ci, co, k, s, p, op, H, W = case
+    torch.manual_seed(3)
+    wshape = (ci, co, k, k) if tr else (co, ci, k, k)
+    x, w = torch.randn(1, ci, H, W), torch.randn(wshape) / (ci * k) ** 0.5
+    b = torch.randn(co) * 0.1
+    x, w, b = (t.bfloat16().float() for t in (x, w, b))
+
+    def conv(x, w, b, lib=True):
+        if tr:
+            f = slim_conv_transpose2d if lib else F.conv_transpose2d
+            return f(x, w, b, stride=s, padding=p, output_padding=op)
+        return (slim_conv2d if lib else F.conv2d)(x, w, b, stride=s, padding=p)
+
+    xd, wd, bd = (t.double().requires_grad_() for t in (x, w, b))
+    ref = conv(xd, wd, bd, lib=False)
+    g = torch.randn(ref.shape).bfloat16().double()
+    ref.backward(g)
+
+    def close(a, r):
+        a = a.double()
+        assert torch.isfinite(a).all()
+        return ((a - r).abs().max() / r.abs().max()).item() < 1e-2
+
+    dt = torch.bfloat16 if leaves == "bf16" else torch.float32
+    leaf = [t.to(dt).requires_grad_() for t in (x, w, b)]
+    with torch.autocast("cpu", torch.bfloat16, enabled=leaves != "bf16"):
+        y = conv(*leaf)
+        with torch.no_grad():
+            y0 = conv(*(t.detach() for t in leaf))
+    assert y.dtype == y0.dtype == torch.bfloat16
+    assert close(y, ref.detach()) and close(y0, ref.detach())
+    y.backward(g.to(y.dtype))
+    for t, r, name in zip(leaf, (xd, wd, bd), ("x", "weight", "bias")):
+        assert t.grad.dtype == dt and close(t.grad, r.grad), name
+
+
 # -- the torch backend on another device than the CPU (CUDA with backend="torch", MPS, meta) ----
 META_CASES = [  # (transposed, C_in, C_out max, k, stride, pad, output_padding, out_width)
     (False, 24, 32, 5, 2, 2, 0, 16),
