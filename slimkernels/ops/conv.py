@@ -1653,7 +1653,8 @@ def _onednn_bf16_wrong(x, weight, co: int, stride: int, padding: int, transposed
     :func:`_one_column_out`.) :func:`slim_conv2d` and :func:`slim_conv_transpose2d` run those
     (where the direct AMX kernel does not take them) in float32 and round the result. fp16 is
     routed the same way, conservatively (oneDNN's fp16 convs were right on 600 of the shapes
-    found wrong in bf16, the only ones checked); torch 2.11's oneDNN (the GPU machine's stack) passes the ops' scan too."""
+    found wrong in bf16, the only ones checked); torch 2.11's oneDNN (the GPU machine's stack)
+    passes the ops' scan too."""
     if _half_compute_dtype(x) is None:
         return False
     k = weight.shape[3]
