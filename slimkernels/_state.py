@@ -37,6 +37,39 @@ def cached_on(owner, slot: str, tensors: Iterable[torch.Tensor], build, extra=No
     return _cached(owner, slot, (extra, tensor_state_key(tensors)), lambda: tensors, build)
 
 
+#: Bumped whenever a plain attribute of one of the library's modules is set
+#: (:class:`WatchedAttributes`): the recorded CPU replays and CUDA graphs are keyed by it.
+_ATTRIBUTES = 0
+
+
+def attribute_version() -> int:
+    """The count of plain attributes set on the library's modules (:class:`WatchedAttributes`)
+    in this process: a replay recorded before a change is not used after it."""
+    return _ATTRIBUTES
+
+
+class WatchedAttributes:
+    """``nn.Module`` mixin (before the module class in the bases): setting an attribute that is
+    not a parameter, a registered buffer or a submodule (``layer.padding = 1``,
+    ``gdn.inverse = True``, ``model.train()``) bumps :func:`attribute_version`. The recorded CPU
+    replays (:mod:`slimkernels.cpu_replay`) and CUDA graphs run what the modules did when they
+    were recorded; their keys hold the version, so that such a change is seen (it was not: a
+    warm ``compress`` kept the bytes of the old padding). Parameters and buffers are covered by
+    the weights' state key; the caches' own entries are written into ``__dict__`` directly.
+    A class names the attributes that do not change what its modules compute (e.g. the codec's
+    ``cpu_replay`` switch) in ``_unwatched_attributes``."""
+
+    _unwatched_attributes: frozenset = frozenset()
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if not isinstance(value, (torch.nn.Parameter, torch.nn.Module)) and \
+                name not in self._unwatched_attributes and \
+                name not in self.__dict__.get("_buffers", ()):
+            global _ATTRIBUTES
+            _ATTRIBUTES += 1
+
+
 #: Bumped by every clear of a model's caches (:func:`bump_generation`): a build in flight in
 #: another thread then is returned but not stored (it may hold weights of before a ``.data``
 #: write that the clear was for).

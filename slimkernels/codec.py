@@ -54,7 +54,8 @@ from .ops import image_io
 from .ops.image_io import bf16_to_image, image_to_bf16, value_range
 from ._hooks import runs_more_than_forward
 from ._amp import no_autocast
-from ._state import cached_on_module, first_non_finite, state_tensors
+from ._state import (WatchedAttributes, attribute_version, cached_on_module, first_non_finite,
+                     state_tensors)
 from ._checks import as_width, check_image_tensor, is_int, not_a_tensor, width_list
 from .nn.entropy import check_quantization
 
@@ -87,7 +88,7 @@ def _plain_sequential(g) -> bool:
         not runs_more_than_forward(g)
 
 
-class SlimSequential(nn.Sequential):
+class SlimSequential(WatchedAttributes, nn.Sequential):
     """``nn.Sequential`` whose ``forward(x, width)`` hands the active width to every layer that
     takes one (``forward(x, width)``: slimkernels' slimmable layers, or your own); other layers
     (activations, a plain ``nn.Conv2d``) are called with ``x`` alone.
@@ -684,7 +685,7 @@ def _autocast(device: torch.device, precision: str):
                           enabled=precision == "bf16")
 
 
-class SlimCodec(nn.Module):
+class SlimCodec(WatchedAttributes, nn.Module):
     """Base class of a slimmable codec: forward for training, compress/decompress for coding.
 
     Args:
@@ -717,6 +718,9 @@ class SlimCodec(nn.Module):
     CUDA_GRAPHS_KEPT: int = 4
     cpu_replay: bool = True
     CPU_REPLAYS_KEPT: int = 8
+    # (switching the replay or the caches' sizes does not change what the transforms compute:
+    # the recordings stay, _state.WatchedAttributes)
+    _unwatched_attributes = frozenset({"cpu_replay", "CPU_REPLAYS_KEPT", "CUDA_GRAPHS_KEPT"})
 
     def __init__(self, widths: Sequence[int]):
         super().__init__()
@@ -948,9 +952,10 @@ class SlimCodec(nn.Module):
         (:func:`slimkernels.ops.clear_weight_caches`: casts, layouts, prepacked), the layers' cached effective GDN
         parameters, the entropy models' coding medians and CDF tables, the :meth:`model_id`
         and the CUDA graphs of ``cuda_graph=True``. Needed only after writing a parameter or
-        buffer through ``.data``
-        (which bypasses version counters); in-place updates, ``load_state_dict`` and optimizer
-        steps are detected without it (fused ones too: :mod:`slimkernels._optim_versions`)."""
+        buffer through ``.data`` (which bypasses version counters) or setting a plain attribute
+        on a module class of your own inside the model; in-place updates, ``load_state_dict``,
+        optimizer steps (fused ones too: :mod:`slimkernels._optim_versions`) and attributes set
+        on the library's modules (``layer.padding = 1``) are detected without it."""
         from .ops.conv import clear_weight_caches
         clear_weight_caches()   # (also stops builds in flight from being kept: bump_generation)
         for m in self.modules():
@@ -1404,9 +1409,10 @@ class SlimCodec(nn.Module):
         # the class's transform methods key the recordings too (one patched on the class after
         # a recording ran the recorded kernels, not the new code)
         cls = type(self)
+        # (and the modules' plain attributes: a recording runs what they did then)
         return replays.run((kind,) + tuple(key) + (cls.encode, cls.decode, cls._decode_image),
-                           run, x, cache[0], lambda: state_tensors(self), kernels,
-                           lambda: list(self.modules()))
+                           run, x, (cache[0], attribute_version()), lambda: state_tensors(self),
+                           kernels, lambda: list(self.modules()))
 
     def _transform(self, kind: str, fn, x: torch.Tensor, key, dev: torch.device,
                    precision: str, cuda_graph: Optional[bool], model_id: bytes
@@ -1429,5 +1435,5 @@ class SlimCodec(nn.Module):
             from .ops.conv import cached_weight_copies
             graphs = self.__dict__["_cuda_graphs"] = GraphCache(self.CUDA_GRAPHS_KEPT,
                                                                 keepalive=cached_weight_copies)
-        return graphs.run((kind,) + tuple(key), run, x, model_id,
+        return graphs.run((kind,) + tuple(key), run, x, (model_id, attribute_version()),
                           capture_after=1 if cuda_graph else 2)

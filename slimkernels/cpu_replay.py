@@ -26,9 +26,12 @@ Safety, in order:
 * A replay re-checks the environment switches the recording read and the module-level dispatch
   switches (``slimkernels.ops.*`` constants), runs only while no module of the model has hooks
   or an instance-level ``forward`` and each module class has the ``forward`` it had when
-  recorded (the modules' other non-tensor attributes are assumed unchanged: after setting one,
-  call ``clear_caches()``), and compares every kernel's return value with the recorded one (a
+  recorded, and compares every kernel's return value with the recorded one (a
   difference drops the recording and runs the eager call).
+* A plain attribute set on one of the library's modules (``layer.padding = 1``,
+  ``gdn.inverse = True``, ``model.train()``) drops the recordings too (the codec keys them by
+  ``_state.attribute_version``, :class:`slimkernels._state.WatchedAttributes`); one set on a
+  module class of your own inside the model is not seen: call ``clear_caches()`` after it.
 * The cache is keyed by the model's state key (every parameter and buffer's identity, version
   counter and storage, :meth:`slimkernels.SlimCodec.model_id`): an update of the weights drops
   every recording (writes through ``.data`` bypass version counters: call ``clear_caches()``).

@@ -108,11 +108,13 @@ class GraphCache:
         self._warned.clear()
 
     def run(self, key: Hashable, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-            model_id: bytes, capture_after: int = 1) -> torch.Tensor:
+            model_id: Hashable, capture_after: int = 1) -> torch.Tensor:
         """``fn(x)``, from the graph captured for ``key`` and ``x``'s shape, dtype, strides and
         device (captured now if there is none for the weights ``model_id`` names).
 
         Args:
+            model_id: what the graphs were captured for (the codec: its :meth:`model_id` and
+                the modules' attribute version); another one drops them all.
             capture_after: capture at this use of a key (1: the first; 2: a key used once runs
                 eagerly, so that a one-off image size costs no capture); earlier uses run
                 ``fn(x)`` directly. Use counts of at most ``8 * max_entries`` keys are kept.

@@ -757,3 +757,56 @@ def test_the_replay_says_its_conv_checked_the_image(model, monkeypatch):
         handle.remove()
     passes.clear()
     assert model.compress(x, 8, precision="bf16") == data[0] and passes == []
+
+
+# -- audit (forty-eighth sitting) ----------------------------------------------------------------
+def test_a_plain_attribute_set_after_recording_is_seen(model):
+    """A GDN's ``inverse`` (a plain attribute, as a layer's padding) set after the encoder was
+    recorded: the replay ran the recorded kernels, so ``compress`` kept the old bytes (the eager
+    call, ``forward`` and a fresh model saw the change)."""
+    with torch.no_grad():   # (latents that are not all zero, so that the change shows)
+        model.g_a[2].weight.mul_(30)
+    model.update()
+    x = _image(1)
+    code = _bf16_calls(model, x, 4)[-1]
+    _require_replayed(model)
+    model.g_a[1].inverse = True
+    got = _bf16_calls(model, x, 3)
+    want = _eager(model, lambda: model.compress(x, 16, precision="bf16"))
+    assert want != code and got == [want] * 3
+
+
+def test_steady_calls_set_no_plain_attributes(model):
+    """What keys the replays on the modules' plain attributes (``_state.attribute_version``)
+    must not move in repeated calls, or nothing would replay."""
+    from slimkernels import _state
+    x = _image(2)
+    code = _bf16_calls(model, x, 2)[-1]
+    model.decompress(code, precision="bf16")
+    v = _state.attribute_version()
+    for w in (16, 8, 16):
+        for prec in ("bf16", "fp32"):
+            model.decompress(model.compress(x, w, precision=prec), precision=prec)
+    assert _state.attribute_version() == v
+
+
+def test_a_plain_attribute_set_after_recording_is_seen_by_the_bundled_decoder():
+    """The bundled model's decoder (replayed on an AMX CPU, unlike the Tiny model's): its
+    SwitchGDN's ``inverse`` set after a recording, ``decompress`` gave the old image."""
+    from slimkernels.pretrained import load_model
+    model = load_model()
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    code = model.compress(x, 48, precision="bf16")
+    for _ in range(4):
+        img = model.decompress(code, precision="bf16")
+    kept = model._cpu_replays._entries.items()   # ((kind, ...), shape, ...) -> recording
+    if not any(e.verified and e.replays > 0 and full[0][0] != "encode" for full, e in kept):
+        (pytest.fail if _amx() else pytest.skip)(f"decoder not replayed: "
+                                                 f"{model._cpu_replays.failures()}")
+    gdn = model.g_s[2]
+    gdn.inverse = False
+    for g in gdn.gdns:
+        g.inverse = False
+    got = [model.decompress(code, precision="bf16") for _ in range(3)]
+    want = _eager(model, lambda: model.decompress(code, precision="bf16"))
+    assert not torch.equal(want, img) and all(torch.equal(g, want) for g in got)

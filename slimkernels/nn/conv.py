@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from .. import ops
 from .._checks import as_flag, as_width, is_int, not_a_tensor, width_list
+from .._state import WatchedAttributes
 
 
 _Size = Union[int, Tuple[int, int]]
@@ -75,7 +76,7 @@ def _check_fixed(layer: str, name: str, value) -> None:
         raise ValueError(f"{layer} supports {name}={_FIXED[name][0]!r} only, got {value!r}")
 
 
-class _SlimMixin:
+class _SlimMixin(WatchedAttributes):
     def __setattr__(self, name, value):
         # ``layer.padding = 2`` (or stride / output_padding) after construction, as on an
         # nn.Conv2d: the int the forward passes to the op follows (it was kept from __init__,

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from .parametrizers import lower_bound
 from .._amp import no_autocast
-from .._state import bump_generation, cached_on, describe_mismatch, state_dict_mismatch
+from .._state import (WatchedAttributes, bump_generation, cached_on, describe_mismatch,
+                      state_dict_mismatch)
 from .._checks import as_flag, as_width, finite_real, is_int, not_a_tensor, width_list
 
 #: training quantizations of the synthesis input (see :meth:`EntropyBottleneck.forward`)
@@ -53,7 +54,7 @@ def state_dict_misfit(module: nn.Module, sd: Dict) -> Optional[str]:
     return what if len(bad) == 1 else f"{what} ({len(bad)} entries do not fit)"
 
 
-class EntropyBottleneck(nn.Module):
+class EntropyBottleneck(WatchedAttributes, nn.Module):
     """Per-channel factorized density with integer CDF tables for the range coder.
 
     Training adds uniform noise U(-0.5, 0.5); evaluation rounds around the channel medians:
@@ -374,7 +375,7 @@ class EntropyBottleneck(nn.Module):
                              f"with), or {todo}") from None
 
 
-class SlimEntropyBottleneck(nn.Module):
+class SlimEntropyBottleneck(WatchedAttributes, nn.Module):
     """One :class:`EntropyBottleneck` per width (not sliced): ``bottlenecks.k`` has ``widths[k]``
     channels; the latent's channel count picks it.
     """

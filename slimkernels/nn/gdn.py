@@ -7,12 +7,12 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from .._state import bump_generation, cached_on_module
+from .._state import WatchedAttributes, bump_generation, cached_on_module
 from .._checks import as_flag, as_width, finite_real, is_int, not_a_tensor, width_list
 from .parametrizers import NonNegativeParametrizer
 
 
-class SlimGDN(nn.Module):
+class SlimGDN(WatchedAttributes, nn.Module):
     """GDN / IGDN of ``in_channels`` channels, applied at any active width ``C <= in_channels``.
 
     Width ``C`` uses ``beta[:C]`` and ``gamma[:C, :C]`` (read in place). Parameters ``beta``
@@ -99,7 +99,7 @@ class SlimGDN(nn.Module):
         return f"{self.in_channels}, inverse={self.inverse}"
 
 
-class _WidthSelectedGDN(nn.Module):
+class _WidthSelectedGDN(WatchedAttributes, nn.Module):
     """Base of the GDN layers whose parameters depend on the active width (one of ``widths``)."""
 
     def __init__(self, widths: Sequence[int], inverse: bool):

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from .._checks import finite_real
+from .._state import WatchedAttributes
 
 
 class _LowerBoundFn(torch.autograd.Function):
@@ -31,7 +32,7 @@ def lower_bound(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     return _LowerBoundFn.apply(x, bound)
 
 
-class LowerBound(nn.Module):
+class LowerBound(WatchedAttributes, nn.Module):
     """Module form of :func:`lower_bound`; the bound is a buffer named ``bound`` (CompressAI keys)."""
 
     def __init__(self, bound: float):
@@ -43,7 +44,7 @@ class LowerBound(nn.Module):
         return lower_bound(x, self.bound.to(x.dtype))
 
 
-class NonNegativeParametrizer(nn.Module):
+class NonNegativeParametrizer(WatchedAttributes, nn.Module):
     """Stores ``v = sqrt(max(p + pedestal, pedestal))`` and returns ``p = lb(v)^2 - pedestal``.
 
     Buffers ``pedestal`` and ``lower_bound.bound`` have CompressAI's names so CompressAI
