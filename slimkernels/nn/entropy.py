@@ -217,10 +217,16 @@ class EntropyBottleneck(WatchedAttributes, nn.Module):
         ``[C]``) live in the state_dict, so decoding depends on no float arithmetic.
         Returns True when the tables were (re)built.
         """
+        if self.has_tables() and not force:
+            return False
+        with torch.inference_mode(False):
+            # (tables written under an outer torch.inference_mode() were inference tensors: no
+            # version counter, so the caches keyed by the model's state missed at every call)
+            return self._build_tables()
+
+    def _build_tables(self) -> bool:
         from .. import coding
 
-        if self._cdf_length.numel() and not force:
-            return False
         if not torch.isfinite(self.quantiles).all():
             bad = int((~torch.isfinite(self.quantiles)).any(-1).any(-1).nonzero()[0])
             raise ValueError(f"EntropyBottleneck.update: the quantiles of channel {bad} are not "
@@ -269,8 +275,12 @@ class EntropyBottleneck(WatchedAttributes, nn.Module):
         return True
 
     def has_tables(self) -> bool:
-        """True once :meth:`update` has built (or a state_dict has loaded) the CDF tables."""
-        return self._cdf_length.numel() == self.channels
+        """True once :meth:`update` has built (or a state_dict has loaded) the CDF tables: all
+        three, one row each per channel (a state_dict of some of them, loaded with
+        ``strict=False``, is not a set of tables)."""
+        c = self.channels
+        return self._cdf_length.numel() == c and self._offset.numel() == c and \
+            self._quantized_cdf.dim() == 2 and self._quantized_cdf.shape[0] == c
 
     def cdf_tables(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The coder's tables as CPU int32 numpy arrays: ``(cdfs [C, L_max], cdf_lengths [C],
@@ -410,5 +420,6 @@ class SlimEntropyBottleneck(WatchedAttributes, nn.Module):
         return sum(b.loss() for b in self.bottlenecks)
 
     def update(self, force: bool = True) -> bool:
-        """Build the CDF tables of every width; see :meth:`EntropyBottleneck.update`."""
-        return all([b.update(force) for b in self.bottlenecks])
+        """Build the CDF tables of every width; see :meth:`EntropyBottleneck.update`. Returns
+        True when some width's tables were (re)built."""
+        return any([b.update(force) for b in self.bottlenecks])

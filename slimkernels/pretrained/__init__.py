@@ -161,6 +161,14 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
             (a FIFO, a socket, a device: refused before any read); ``device`` is not a
             device name, or names a GPU that torch cannot use here.
     """
+    with torch.inference_mode(False):
+        # (built, loaded and its tables written as normal tensors under an outer
+        # torch.inference_mode(): inference tensors have no version counters, so every cache
+        # keyed by the weights' state missed at every call, ~45x slower)
+        return _load_model(path, device, weights)
+
+
+def _load_model(path, device, weights) -> SlimCAE:
     device = check_device(device)
     if path is None:
         path = bundled_model_path()
