@@ -119,7 +119,8 @@ def check_tensor_args(fn: str, **args) -> None:
 def check_image_tensor(x, fn: str) -> None:
     """TypeError unless ``x`` is a ``torch.Tensor`` (``fn``: the function named in the message;
     the ``(x, note)`` pair of :func:`slimkernels.io.read_image` is named as such); ValueError
-    for a tensor on the meta device (shapes only: there are no pixels to code)."""
+    for a tensor on the meta device (shapes only: there are no pixels to code) or a sparse one
+    (its first kernel's NotImplementedError: a dense tensor is what the transforms read)."""
     import torch
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{fn} expects the image as a tensor, got {type(x).__name__}"
@@ -128,3 +129,6 @@ def check_image_tensor(x, fn: str) -> None:
     if x.is_meta:
         raise ValueError(f"{fn}: the image is a meta tensor (a shape without values): pass "
                          f"its pixels, e.g. from slimkernels.io.read_image")
+    if x.layout != torch.strided:
+        raise ValueError(f"{fn}: the image is a {str(x.layout).replace('torch.', '')} tensor: "
+                         f"pass a dense one (x.to_dense())")

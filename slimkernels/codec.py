@@ -1331,7 +1331,8 @@ class SlimCodec(WatchedAttributes, nn.Module):
             raise container.SlimFormatError(
                 f"corrupt .slim payload: its latent holds symbols up to {beyond}, beyond the "
                 f"entropy model's range, and decodes to a non-finite image: a damaged, forged or "
-                f"foreign payload (compress never writes one)")
+                f"foreign payload, or one compressed with a model whose analysis transform gives "
+                f"latents that far out (damaged weights: compress it again with a sound model)")
         return image
 
     def _synthesize(self, y_hat: torch.Tensor, f, dev: torch.device, precision: str,

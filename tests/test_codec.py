@@ -1896,3 +1896,14 @@ def test_a_bad_downsampling_is_named(model, bad):
         m.compress(x, 12)
     with pytest.raises(ValueError, match=r"Tiny\.downsampling must be an int >= 1"):
         m.decompress(model.compress(x, 12))
+
+
+# -- audit (forty-eighth sitting) ----------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["sparse_coo", "sparse_csr"])
+def test_a_sparse_image_is_named(model, layout):
+    """A sparse image tensor reached the range check's kernel: torch's raw NotImplementedError
+    ("Could not run 'aten::aminmax' ... 'SparseCPU'")."""
+    x = torch.rand(1, 3, 16, 16)
+    xs = x.to_sparse() if layout == "sparse_coo" else x[0, 0].to_sparse_csr()
+    with pytest.raises(ValueError, match=f"the image is a {layout} tensor: pass a dense one"):
+        model.compress(xs, 12)
