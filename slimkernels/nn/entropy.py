@@ -219,9 +219,10 @@ class EntropyBottleneck(WatchedAttributes, nn.Module):
         """
         if self.has_tables() and not force:
             return False
-        with torch.inference_mode(False):
+        with torch.inference_mode(False), torch.no_grad():
             # (tables written under an outer torch.inference_mode() were inference tensors: no
-            # version counter, so the caches keyed by the model's state missed at every call)
+            # version counter, so the caches keyed by the model's state missed at every call;
+            # leaving it turns gradients back on: no_grad again)
             return self._build_tables()
 
     def _build_tables(self) -> bool:
