@@ -19,13 +19,12 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Dict, List
 
 import torch
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from slimkernels.ratecontrol import rd_table  # noqa: E402
+from slimkernels.ratecontrol import pick_width as pick, rd_table  # noqa: E402
 
 
 def macs_per_pixel(model, width: int, size: int = 64) -> float:
@@ -64,16 +63,6 @@ def macs_per_pixel(model, width: int, size: int = 64) -> float:
         for h in hooks:
             h.remove()
     return total[0] / (size * size)
-
-
-def pick(rows: List[Dict], target_bpp=None, target_psnr=None) -> int:
-    """The width for a target, from ``rd_table`` rows (widest first), by the rules of
-    ``slimkernels.ratecontrol.width_for_target_bpp`` / ``width_for_target_psnr``."""
-    if target_bpp is not None:
-        fits = [r["width"] for r in rows if r["bpp"] <= target_bpp]
-        return fits[0] if fits else rows[-1]["width"]
-    good = [r["width"] for r in rows if r["psnr"] >= target_psnr]
-    return good[-1] if good else rows[0]["width"]
 
 
 def generate_images(folder: str) -> None:
@@ -134,12 +123,18 @@ def _main(argv, made) -> int:
         p.error(f"--target-psnr must be a finite number > 0, got {args.target_psnr}")
     if args.limit < 0:
         p.error(f"--limit must be >= 1 (or 0: every image), got {args.limit}")
+    if args.json is not None and not args.json:
+        p.error("--json: give a file path")
     if args.json:   # (checked before the work: it was overwritten, or failed after it)
         if os.path.isdir(args.json):
             p.error(f"--json {args.json} is a folder: give a file path, e.g. "
                     f"{os.path.join(args.json, 'rate_control.json')}")
-        if os.path.exists(args.json) and not args.force:
+        # (lexists: a link leading nowhere is refused now, not after the work)
+        if os.path.lexists(args.json) and not args.force:
             p.error(f"--json {args.json} exists: not overwriting it (-f replaces a file)")
+        if os.path.exists(args.json) and not os.path.isfile(args.json):
+            p.error(f"--json {args.json} is not a regular file (a device or a FIFO): -f does "
+                    f"not replace those")
         folder = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(folder):
             p.error(f"--json {args.json}: its folder does not exist")
@@ -149,6 +144,8 @@ def _main(argv, made) -> int:
     from slimkernels.evaluation.kodak import json_finite
     from slimkernels.io import atomic_write_bytes, read_image
     from slimkernels.training.data import list_images
+    if args.tiny and args.model is not None:
+        p.error("--tiny uses a random-weight model: leave out --model")
     if args.tiny:
         if args.folder is None:   # generated images in a new temporary folder
             args.folder = tempfile.mkdtemp(prefix="rate-control-")
@@ -170,6 +167,13 @@ def _main(argv, made) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     paths = paths[:args.limit] if args.limit > 0 else paths
+    images = []
+    for path in paths:   # (all read first: a bad image last had thrown away the others' work)
+        try:
+            images.append((path, read_image(path)[0]))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
     goal_txt = (f"target {args.target_bpp} bpp" if args.target_bpp is not None
                 else f"target {args.target_psnr} dB PSNR")
@@ -177,13 +181,9 @@ def _main(argv, made) -> int:
     print(f"{len(paths)} images in {args.folder}, widths {model.widths}, {goal_txt}\n")
     print(f"{'image':<24} {'width':>5} {'bpp':>7} {'PSNR dB':>8} {'kMAC/px':>8}")
     tables, chosen = {}, {}
-    for path in paths:
-        try:
-            x, _ = read_image(path)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        rows = rd_table(model, x, precision=args.precision)
+    for path, x in images:
+        # (streams=1: the bytes the CLI's compress --target-bpp writes, whatever the threads)
+        rows = rd_table(model, x, precision=args.precision, streams=1)
         w = pick(rows, args.target_bpp, args.target_psnr)
         r = next(r for r in rows if r["width"] == w)
         name = os.path.basename(path)
@@ -208,7 +208,7 @@ def _main(argv, made) -> int:
     m = next(m for m in mean if m["width"] == folder_w)
     if (args.target_bpp is not None and m["bpp"] > args.target_bpp) or \
             (args.target_psnr is not None and m["psnr"] < args.target_psnr):
-        print(f"note: no width reaches the {goal_txt} on average; width {folder_w} is the "
+        print(f"note: no width reaches the {goal_txt} on average; width {folder_w} comes "
               f"closest ({m['bpp']:.3f} bpp, {m['psnr']:.2f} dB)")
     if args.json:   # (a lossless row's inf PSNR: null, strict JSON; a whole file or none)
         text = json.dumps(json_finite({"goal": goal_txt, "widths": model.widths,

@@ -507,7 +507,7 @@ def cmd_compress(args) -> int:
                 f"{bpp:.4f} bpp, {dt * 1e3:.1f} ms{_first_call(seen)}")
         if not fits:
             say(f"{src}: note: no width reaches --target-bpp {args.target_bpp:g}; wrote the "
-                f"narrowest, {width} ({bpp:.4f} bpp)", file=sys.stderr)
+                f"smallest file, width {width} ({bpp:.4f} bpp)", file=sys.stderr)
     _batch(list(zip(args.inputs, outs)), one, "compress", args.quiet)
     return EXIT_OK
 

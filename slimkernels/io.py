@@ -178,7 +178,8 @@ def open_image(path: str, todo: str = ""):
 
     Raises:
         MissingFileError: ``path`` does not exist (a FileNotFoundError and a ValueError).
-        ValueError: not an image Pillow can read, or one over Pillow's decompression-bomb limit
+        ValueError: not a regular file (a FIFO, a socket, a device: refused before it is
+            opened), not an image Pillow can read, or one over Pillow's decompression-bomb limit
             (``PIL.Image.MAX_IMAGE_PIXELS``, 2x of it: ~179 MP by default); the message names
             the file and ends with ``todo`` (what the caller's user should do) when given.
     """
@@ -210,6 +211,12 @@ def _open_image(path: str, todo: str = ""):
 
     if not os.path.exists(path):
         raise MissingFileError(f"{path} does not exist" + (f"; {todo}" if todo else ""))
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # (opening a FIFO waits for a writer for good; Pillow cannot read a pipe, which does
+        # not seek, nor a device; a folder gets Pillow's IsADirectoryError below)
+        raise ValueError(f"{path} is not a regular file (a pipe, a socket or a device): pass "
+                         f"the image file itself" + (f"; {todo}" if todo else ""))
 
     def refuse(e):
         return ValueError(f"{path}: not an image file Pillow can read ({type(e).__name__}: {e})"

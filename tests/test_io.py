@@ -620,3 +620,18 @@ def test_missing_folders_and_their_removal(tmp_path):
     sio.remove_empty_folders(made)
     assert not deep.exists() and (deep.parent / "keep.txt").exists()
     assert (tmp_path / "a").is_dir()
+
+
+def test_reading_a_fifo_as_an_image_is_refused_not_waited_on(tmp_path):
+    """``read_image`` / ``open_image`` on a FIFO (``demo.py --image fifo``) blocked until
+    something wrote into it (a child process, so that a regression fails by its timeout)."""
+    import subprocess
+    import sys
+    fifo = tmp_path / "image.png"
+    os.mkfifo(fifo)
+    code = ("from slimkernels.io import open_image, read_image\n"
+            "for f in (read_image, open_image):\n"
+            "    try:\n        f(%r)\n    except ValueError as e:\n        print(e)\n" % str(fifo))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("is not a regular file (a pipe, a socket or a device)") == 2

@@ -88,3 +88,38 @@ def test_the_read_image_pair_is_named():
                                             r"\(slimkernels.io.read_image returns \(x, note\): "
                                             r"pass x\)"):
             fn(m, pair, *args)
+
+
+# -- audit (forty-eighth sitting) ----------------------------------------------------------------
+def test_unreachable_targets_fall_back_to_the_closest_width():
+    """No width reaches the target: the fallback was the widest (PSNR) or the narrowest (bpp)
+    width, which on small images need not be the closest (an 8x8 crop: 38.7 dB at the widest
+    against 43.1 dB at the next)."""
+    rows = [{"width": 24, "bpp": 1.0, "psnr": 38.7}, {"width": 16, "bpp": 0.5, "psnr": 43.1},
+            {"width": 8, "bpp": 0.6, "psnr": 34.0}]
+    assert pick_width(rows, target_psnr=45.0) == 16   # the highest PSNR
+    assert pick_width(rows, target_bpp=0.1) == 16     # the smallest file
+    tie = [{"width": 24, "bpp": 0.5, "psnr": 40.0}, {"width": 8, "bpp": 0.5, "psnr": 40.0}]
+    assert pick_width(tie, target_bpp=0.1) == 8 and pick_width(tie, target_psnr=50.0) == 8
+
+
+class _Sizes:
+    """A Codec whose file sizes by width are given."""
+    def __init__(self, sizes):
+        self.sizes = sizes
+        self.widths = sorted(sizes, reverse=True)
+
+    def compress(self, x, width, precision="auto"):
+        return bytes(self.sizes[width])
+
+    def decompress(self, data, precision="auto"):
+        return torch.zeros(1, 3, 4, 4)
+
+
+def test_compress_to_target_bpp_falls_back_to_the_smallest_file():
+    from slimkernels.ratecontrol import compress_to_target_bpp
+    x = torch.zeros(1, 3, 4, 4)
+    w, data, fits = compress_to_target_bpp(_Sizes({24: 30, 16: 20, 8: 25}), x, 1.0)
+    assert (w, len(data), fits) == (16, 20, False)
+    w, data, fits = compress_to_target_bpp(_Sizes({24: 30, 16: 2, 8: 1}), x, 1.0)
+    assert (w, len(data), fits) == (16, 2, True)

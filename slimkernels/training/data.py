@@ -14,13 +14,18 @@ IMAGE_EXTS = IMAGE_EXTENSIONS   # (the name this module had for it)
 
 
 def list_images(folder: str) -> List[str]:
-    """Sorted paths of the image files directly in ``folder`` (ValueError if there are none;
-    a subfolder named like an image, ``x.png/``, is not one)."""
+    """Sorted paths of the image files directly in ``folder`` (ValueError if there are none,
+    or the folder cannot be listed, e.g. without read permission: a raw PermissionError
+    before; a subfolder named like an image, ``x.png/``, is not one)."""
     if not os.path.isdir(folder):
         if not os.path.exists(folder):
             raise MissingFileError(f"image folder {folder!r} does not exist")
         raise ValueError(f"image folder {folder!r} is a file, not a folder")
-    paths = [os.path.join(folder, f) for f in image_names(folder)]
+    try:
+        names = image_names(folder)
+    except OSError as e:
+        raise ValueError(f"image folder {folder!r} cannot be read ({e.strerror or e})") from None
+    paths = [os.path.join(folder, f) for f in names]
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder!r}")
     return paths

@@ -412,3 +412,51 @@ def test_demo_and_custom_codec_name_an_out_they_cannot_make(tmp_path):
     assert r.returncode == 1 and "cannot be made" in r.stderr and "trained in" not in r.stdout
     r = run("custom_codec.py", "--tiny", "--widths", "100000,8")
     assert r.returncode == 2 and "--widths: comma-separated integers <= 512" in r.stderr
+
+
+# -- audit (forty-eighth sitting) ----------------------------------------------------------------
+def test_rate_control_refuses_a_json_path_it_cannot_take_before_the_work(tmp_path, capsys):
+    """(--json on a link leading nowhere, or -f with /dev/null, ran every image and then failed
+    writing no JSON; --json "" wrote nothing silently; --tiny --model X ignored the model.)"""
+    main = load_script("rate_control.py").main
+    link = tmp_path / "out.json"
+    link.symlink_to(tmp_path / "nowhere" / "x.json")
+    cases = ((["--json", str(link)], "exists: not overwriting it"),
+             (["--json", os.devnull, "-f"], "is not a regular file"),
+             (["--json", ""], "--json: give a file path"),
+             (["--model", "m.pt"], "--tiny uses a random-weight model"))
+    for extra, msg in cases:
+        with pytest.raises(SystemExit) as e:
+            main(["--tiny", "--target-bpp", "0.7", *extra])
+        captured = capsys.readouterr()
+        assert e.value.code == 2 and msg in captured.err, captured.err
+        assert "folder width" not in captured.out   # (refused before the work)
+
+
+def test_rate_control_reads_every_image_before_the_work(tmp_path):
+    """(A text file named zz.png after the images stopped the run when its turn came: the
+    others' work lost.)"""
+    from PIL import Image
+    for i in range(2):
+        Image.new("RGB", (24, 16), (40 * i, 90, 200)).save(tmp_path / f"a{i}.png")
+    (tmp_path / "zz.png").write_text("not an image")
+    r = run("rate_control.py", tmp_path, "--tiny", "--target-bpp", 1)
+    assert r.returncode == 2 and "zz.png" in r.stderr and "Traceback" not in r.stderr
+    assert "a0.png" not in r.stdout   # (no image's table printed first)
+
+
+def test_rate_control_names_a_folder_it_cannot_list(tmp_path, monkeypatch, capsys):
+    """(A folder without read permission was os.listdir's PermissionError traceback; as root,
+    which lists any folder, the refusal is made by hand.)"""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    listdir = os.listdir
+
+    def refuse(path="."):
+        if os.path.abspath(path) == str(folder):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listdir(path)
+    monkeypatch.setattr(os, "listdir", refuse)
+    assert load_script("rate_control.py").main([str(folder), "--tiny", "--target-bpp", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read (Permission denied)" in err and str(folder) in err
