@@ -10,7 +10,6 @@ back and decompresses one image at every width and prints its rate and quality.
     python python/custom_codec.py --tiny        # generated images, a few seconds (CI)
 """
 import argparse
-import math
 import os
 import re
 import sys
@@ -23,6 +22,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from slimkernels import container  # noqa: E402
 from slimkernels.codec import SlimCodec, SlimSequential  # noqa: E402
+from slimkernels.evaluation.metrics import psnr  # noqa: E402
 from slimkernels.io import read_image  # noqa: E402
 from slimkernels.nn import (SlimConv2d, SlimConvTranspose2d, SlimEntropyBottleneck,  # noqa: E402
                             SlimGDNPlus)
@@ -104,11 +104,6 @@ def train(model, crops, steps, lambdas, batch=4, lr=3e-4):
 
 
 # -- 4. compress / decompress at every width --------------------------------------------------
-def psnr(a, b):
-    mse = float(((a.mul(255).round() - b.mul(255).round()) ** 2).mean())
-    return 10 * math.log10(255 ** 2 / mse) if mse > 0 else float("inf")
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,15 +121,11 @@ def main(argv=None):
             args.crop < 16 or max(map(int, args.widths.split(","))) > 512:   # (RAM: N^2)
         p.error("--widths: comma-separated integers <= 512; --steps >= 0; --crop a multiple of 16")
     widths = [int(w) for w in args.widths.split(",")]
-    taken = [t for w in widths if args.out and os.path.lexists(t := os.path.join(
-        args.out, f"image_w{w}.slim"))]                 # checked before the training
-    if taken and not args.force:
-        p.exit(1, f"custom_codec.py: error: {taken[0]} exists: not replacing it (use --force)\n")
-    out = args.out or tempfile.mkdtemp(prefix="custom-codec-")
-    try:   # (before the training: a file on the path failed after it)
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        p.exit(1, f"custom_codec.py: error: --out {out} cannot be made a folder ({e.strerror})\n")
+    taken = [t for w in widths if args.out and os.path.lexists(t := os.path.join(   # checked
+        args.out, f"image_w{w}.slim")) and not (args.force and os.path.isfile(t))]   # first
+    if taken:   # (--force replaces files, not a folder or FIFO of that name)
+        p.exit(1, f"custom_codec.py: error: {taken[0]} exists: not replacing it (use --force; "
+                  f"it replaces files only)\n")
     torch.manual_seed(0)
     steps = min(args.steps, 5) if args.tiny else args.steps
     try:
@@ -143,8 +134,13 @@ def main(argv=None):
         else:
             crops, image = folder_crops(args.data, 64, args.crop), read_image(args.image)[0]
         model = FourLayerCodec(widths)
+        out = args.out or tempfile.mkdtemp(prefix="custom-codec-")   # (after the checks)
+        os.makedirs(out, exist_ok=True)   # (before the training: failures came after it)
+        tempfile.TemporaryFile(dir=out).close()   # (can files be made there?)
     except ValueError as e:
         p.exit(1, f"custom_codec.py: error: {e}\n")
+    except OSError as e:   # (--out: a file on its path, no permission)
+        p.exit(1, f"custom_codec.py: error: --out cannot be made a folder ({e.strerror})\n")
     lambdas = [0.01 * 2 ** -k for k in range(len(model.widths))]   # widest: highest quality
     print(f"FourLayerCodec widths {model.widths}, "
           f"{sum(p.numel() for p in model.parameters())} parameters, {steps} steps")
@@ -162,7 +158,7 @@ def main(argv=None):
         f = container.read(path)                      # checksums verified
         assert f.width == w and f.metadata["codec"] == b"four-layer-gdn+"
         x_hat = model.decompress(container.pack(f))
-        print(f"{w:5d} {len(data):6d} {8 * len(data) / (H * W):7.3f} {psnr(x_hat, image):8.2f}")
+        print(f"{w:5d} {len(data):6d} {8 * len(data) / (H * W):7.3f} {float(psnr(x_hat, image)):8.2f}")
     return 0
 
 

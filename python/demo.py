@@ -63,16 +63,24 @@ def main(argv=None) -> int:
             p.exit(1, f"{p.prog}: error: {os.path.join(args.out, taken[0])} exists (and "
                       f"{len(taken) - 1} more of this demo's files): not replacing them "
                       f"(use --force, or another --out)\n")
+        odd = [f for f in taken if not os.path.isfile(os.path.join(args.out, f))]
+        if odd:   # (--force wrote the first widths' files, then failed on it: a traceback)
+            p.exit(1, f"{p.prog}: error: {os.path.join(args.out, odd[0])} is not a regular "
+                      f"file (a folder, a FIFO, a link leading nowhere): --force does not "
+                      f"replace those; remove it or use another --out\n")
     out = args.out or tempfile.mkdtemp(prefix="slimkernels-demo-")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:   # (a file on the path, no permission: a traceback before)
         p.exit(1, f"{p.prog}: error: --out {out} cannot be made ({e.strerror})\n")
+    if not os.access(out, os.W_OK | os.X_OK):   # (a PermissionError traceback after the work)
+        p.exit(1, f"{p.prog}: error: --out {out} is not writable\n")
     print(f"image {args.image} ({W}x{H}), model {args.model or bundled_model_path()}, "
           f"precision {args.precision}, outputs in {out}\n")
     print(f"{'width':>5} {'bytes':>7} {'bpp':>7} {'PSNR dB':>8} {'encode ms':>10} "
           f"{'decode ms':>10}")
     ref = x.mul(255).round()
+    files = []   # written after the work: (path, bytes)
     for w in model.widths:
         # untimed: the first call at a width prepares (casts, packs, caches) its weights, the
         # second records its CPU replay (slimkernels.cpu_replay, where the transform is all
@@ -91,10 +99,14 @@ def main(argv=None) -> int:
         mse = float(((xh.mul(255).round() - ref) ** 2).mean())
         psnr = 10 * math.log10(255 ** 2 / mse) if mse > 0 else float("inf")
         stem = os.path.join(out, f"{name}_w{w}")
-        atomic_write_bytes(stem + ".slim", data, overwrite=args.force)
-        atomic_write_bytes(stem + ".png", image_to_png_bytes(xh), overwrite=args.force)
+        files += [(stem + ".slim", data), (stem + ".png", image_to_png_bytes(xh))]
         print(f"{w:>5} {len(data):>7} {8 * len(data) / (H * W):>7.3f} {psnr:>8.2f} "
               f"{statistics.median(enc) * 1e3:>10.1f} {statistics.median(dec) * 1e3:>10.1f}")
+    for path, data in files:
+        try:   # (a folder that refuses the write all the same, e.g. a read-only file system)
+            atomic_write_bytes(path, data, overwrite=args.force)
+        except OSError as e:
+            p.exit(1, f"{p.prog}: error: {path}: {e.strerror or e}\n")
     print(f"\nEvery width decoded from its own .slim file; see {out}.")
     return 0
 

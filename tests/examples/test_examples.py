@@ -460,3 +460,35 @@ def test_rate_control_names_a_folder_it_cannot_list(tmp_path, monkeypatch, capsy
     assert load_script("rate_control.py").main([str(folder), "--tiny", "--target-bpp", "1"]) == 2
     err = capsys.readouterr().err
     assert "cannot be read (Permission denied)" in err and str(folder) in err
+
+
+def test_demo_and_custom_codec_refuse_an_output_name_force_cannot_replace(tmp_path):
+    """(--force with a FIFO or folder at an output name wrote the first widths' files, then
+    died with a FileExistsError traceback: a half-replaced set of files.)"""
+    out = tmp_path / "demo"
+    out.mkdir()
+    os.mkfifo(out / "sample_w96.png")
+    r = run("demo.py", "--out", out, "--force")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "sample_w96.png is not a regular file" in r.stderr and "width" not in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["sample_w96.png"]
+    cc = tmp_path / "cc"
+    (cc / "image_w64.slim").mkdir(parents=True)
+    r = run("custom_codec.py", "--tiny", "--out", cc, "--force")
+    assert r.returncode == 1 and "trained in" not in r.stdout and "Traceback" not in r.stderr
+    assert "image_w64.slim exists: not replacing it" in r.stderr
+
+
+def test_custom_codec_makes_no_folder_before_its_arguments_pass(tmp_path):
+    """(The --out folder, or a new temporary one, was made before --data / --image were
+    checked: every error left an empty folder behind.)"""
+    env_tmp = tmp_path / "tmp"
+    env_tmp.mkdir()
+    for args in (["--data", str(tmp_path / "missing")],
+                 ["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "new")]):
+        r = subprocess.run([sys.executable, os.path.join(PY, "custom_codec.py"), *args],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1",
+                                    TMPDIR=str(env_tmp)))
+        assert r.returncode == 1 and "does not exist" in r.stderr, r.stderr
+    assert list(env_tmp.iterdir()) == [] and not (tmp_path / "new").exists()
