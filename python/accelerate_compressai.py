@@ -27,6 +27,7 @@ import torch
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from slimkernels.io import load_torch_file  # noqa: E402
 from slimkernels.nn import SlimGDN  # noqa: E402
 
 
@@ -125,10 +126,12 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> str:
     """Load the state_dict at ``path`` into ``model``; ``""`` on success, else what is wrong,
     in one line: the file, its type, the keys it lacks or has beyond the model's (a few of
     each), or the first parameter whose shape differs (another N / M)."""
-    try:
-        sd = torch.load(path, map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - missing file, not a torch file, unsafe pickle
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if not os.path.exists(path):
+        return "FileNotFoundError: no such file"
+    try:   # (tensors and plain containers only; what is wrong with a file that is not one torch
+        sd = load_torch_file(path, "{error}")   # wrote: a text file said "KeyError: 105")
+    except ValueError as e:
+        return str(e)
     if not isinstance(sd, dict):
         return f"holds a {type(sd).__name__}, not a state_dict"
     try:   # (CompressAI's own load_state_dict renames an older release's entropy-model keys)
@@ -162,12 +165,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.tiny:
         args.N, args.M, args.size, args.reps = 16, 24, 64, 1
-    for name in ("N", "M", "reps"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} {getattr(args, name)}: must be >= 1")
-    if args.size < 64 or args.size % 64:
-        p.error(f"--size {args.size}: must be a positive multiple of 64")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    for name, top in (("N", 1024), ("M", 1024), ("reps", 1000)):   # (huge ones: the
+        v = getattr(args, name)                                      # allocator's traceback)
+        if not 1 <= v <= top:
+            p.error(f"--{name} {v}: must be " + (">= 1" if v < 1 else f"at most {top}"))
+    if args.size < 64 or args.size % 64 or args.size > 4096:
+        p.error(f"--size {args.size}: must be a positive multiple of 64, at most 4096")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:   # ("CPU", "foo": torch's own traceback; "meta" failed later)
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        p.error(f"--device {args.device}: use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: no CUDA GPU is available to this torch; use cpu")
 
     models = import_compressai_models()

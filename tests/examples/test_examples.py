@@ -492,3 +492,23 @@ def test_custom_codec_makes_no_folder_before_its_arguments_pass(tmp_path):
                                     TMPDIR=str(env_tmp)))
         assert r.returncode == 1 and "does not exist" in r.stderr, r.stderr
     assert list(env_tmp.iterdir()) == [] and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--device", "CPU"], "--device CPU: use cpu, cuda or cuda:N"),
+    (["--device", "meta"], "--device meta: use cpu, cuda or cuda:N"),
+    (["--N", "200000"], "--N 200000: must be at most 1024"),
+    (["--size", "640000"], "at most 4096")])
+def test_accelerate_compressai_refuses_devices_and_sizes_in_one_line(args, msg):
+    """(A device torch does not know, or meta, and huge --N / --size were raw tracebacks:
+    torch's "Expected one of cpu, cuda, ...", load_state_dict's, the allocator's.)"""
+    r = run("accelerate_compressai.py", *args)
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_accelerate_compressai_says_a_text_file_is_not_a_checkpoint(tmp_path):
+    """(A text file as --checkpoint printed "KeyError: 105".)"""
+    text = tmp_path / "notes.pt"
+    text.write_text("hi\n")
+    mod = load_script("accelerate_compressai.py")
+    assert "not a file written by torch.save" in mod.load_checkpoint(None, str(text))
