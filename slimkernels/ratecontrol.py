@@ -47,8 +47,10 @@ def rd_table(model: Codec, x: torch.Tensor, precision: str = "auto",
     whole ``.slim`` file; PSNR in dB on 8-bit rounded RGB, ``inf`` for a lossless result).
     ``compress_kwargs`` (e.g. ``streams=``) go to every ``model.compress`` call."""
     check_image_tensor(x, "rd_table")
+    if not _widest_first(model):
+        raise ValueError(f"{type(model).__name__} has no widths to choose from")
     H, W = x.shape[-2:]
-    ref = x.clamp(0, 1).mul(255).round()
+    ref = x.detach().clamp(0, 1).mul(255).round()   # (x may record a gradient: not needed)
     out = []
     for w in _widest_first(model):
         data = model.compress(x, w, precision=precision, **compress_kwargs)
@@ -60,14 +62,15 @@ def rd_table(model: Codec, x: torch.Tensor, precision: str = "auto",
 
 
 def _positive_target(t, what: str) -> float:
-    """``t`` as a float when it is a finite real number > 0 (bool, numpy and 0-d tensor numbers
+    """``t`` as a float when it is a finite real number > 0 (numpy and 0-d tensor numbers
     pass), else ValueError naming ``what`` (a str or None said "must be real number, not str";
-    an int beyond float range was an OverflowError)."""
+    an int beyond float range was an OverflowError; a bool is refused, as the library's other
+    numbers refuse it: ``True`` was a target of 1.0)."""
     try:
         v = float(t)
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{what} must be a finite number > 0, got {t!r:.60}") from None
-    if isinstance(t, str) or not (math.isfinite(v) and v > 0):
+    if isinstance(t, (str, bool)) or not (math.isfinite(v) and v > 0):
         raise ValueError(f"{what} must be a finite number > 0, got {t!r:.60}")
     return v
 

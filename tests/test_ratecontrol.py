@@ -50,9 +50,10 @@ def test_rd_table_is_widest_first_for_a_codec_listing_widths_in_any_order():
     assert width_for_target_bpp(_Unsorted(), x, 1e-6) == 8
 
 
-@pytest.mark.parametrize("bad", ["1", None, 10 ** 400, [0.5]])
+@pytest.mark.parametrize("bad", ["1", None, 10 ** 400, [0.5], True])
 def test_targets_that_are_not_numbers_are_named(bad):
-    """("must be real number, not str", an OverflowError for an int beyond float range.)"""
+    """("must be real number, not str", an OverflowError for an int beyond float range; True
+    was a target of 1.0.)"""
     from slimkernels.ratecontrol import compress_to_target_bpp, width_for_target_psnr
     x = torch.zeros(1, 3, 4, 4)
     with pytest.raises(ValueError, match="target bpp must be a finite number > 0"):
@@ -72,6 +73,8 @@ def test_a_codec_without_widths_is_named():
         widths = []
     with pytest.raises(ValueError, match="NoWidths has no widths to choose from"):
         compress_to_target_bpp(NoWidths(), torch.zeros(1, 3, 4, 4), 1.0)
+    with pytest.raises(ValueError, match="NoWidths has no widths to choose from"):
+        rd_table(NoWidths(), torch.zeros(1, 3, 4, 4))   # (it said "no rate-distortion rows")
 
 
 def test_the_read_image_pair_is_named():
@@ -123,3 +126,13 @@ def test_compress_to_target_bpp_falls_back_to_the_smallest_file():
     assert (w, len(data), fits) == (16, 20, False)
     w, data, fits = compress_to_target_bpp(_Sizes({24: 30, 16: 2, 8: 1}), x, 1.0)
     assert (w, len(data), fits) == (16, 2, True)
+
+
+def test_rd_table_of_an_image_that_records_a_gradient_warns_nothing():
+    """(torch's UserWarning "Converting a tensor with requires_grad=True to a scalar".)"""
+    import warnings
+    x = torch.zeros(1, 3, 4, 4, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = rd_table(_Unsorted(), x)
+    assert [r["width"] for r in rows] == [24, 16, 8]
