@@ -512,3 +512,11 @@ def test_accelerate_compressai_says_a_text_file_is_not_a_checkpoint(tmp_path):
     text.write_text("hi\n")
     mod = load_script("accelerate_compressai.py")
     assert "not a file written by torch.save" in mod.load_checkpoint(None, str(text))
+
+
+def test_export_model_names_a_fifo_checkpoint_as_such(tmp_path):
+    """(A FIFO given as the checkpoint was said not to exist.)"""
+    fifo = tmp_path / "checkpoint.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="is not a regular file"):
+        load_script("export_model.py").load_checkpoint(str(fifo))
