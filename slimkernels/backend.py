@@ -79,6 +79,8 @@ def resolve_backend(x: torch.Tensor, backend: Optional[str] = None) -> str:
         RuntimeError: Triton asked for on a CPU tensor without ``TRITON_INTERPRET=1``, or
             Triton not installed.
     """
+    if not isinstance(x, torch.Tensor):   # (a numpy array: "no attribute 'is_cuda'")
+        raise ValueError(f"resolve_backend: x must be a torch.Tensor, got {type(x).__name__}")
     return _resolve(x.is_cuda, backend)
 
 

@@ -284,7 +284,9 @@ def latent_indexes(width: int, h: int, w: int) -> np.ndarray:
     The array is cached per shape and read-only (the coder only reads it); copy it to modify it.
     :func:`channel_indexes` gives the same bytes without the array's 4 bytes per symbol.
     """
-    return _latent_indexes(int(width), int(h), int(w))
+    from .coding import _check_int
+    return _latent_indexes(_check_int(width, "width", 1), _check_int(h, "h", 0),
+                           _check_int(w, "w", 0))
 
 
 def channel_indexes(width: int) -> np.ndarray:
@@ -296,7 +298,8 @@ def channel_indexes(width: int) -> np.ndarray:
 
     Cached per width and read-only.
     """
-    return _channel_indexes(int(width))
+    from .coding import _check_int
+    return _channel_indexes(_check_int(width, "width", 1))
 
 
 @functools.lru_cache(maxsize=32)

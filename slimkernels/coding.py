@@ -282,10 +282,31 @@ def encode_prepared(symbols: np.ndarray, indexes: np.ndarray, run: int, cdfs: np
     as :func:`encode` takes them, ints ``precision``, ``streams >= 1``, ``threads >= 1`` (0: as
     ``threads=None``). The C++ coder still validates everything (a wrong argument raises
     ValueError or TypeError, never codes garbage). Same bytes as :func:`encode`."""
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0 (0: as threads=None), got {threads}")
+    threads = _prepared_threads(threads)
+    _prepared_array(symbols, "symbols", "encode_prepared")
+    _prepared_array(indexes, "indexes", "encode_prepared")
+    streams = min(_check_int(streams, "streams", 1), _CLAMP)
     return _ext().encode(symbols, indexes, cdfs, cdf_lengths, offsets, precision, streams,
                          threads, run, executor=_executor(pool))
+
+
+def _prepared_threads(threads) -> int:
+    """The prepared calls' ``threads``: None as 0 (what :func:`encode` reads as None), clamped
+    as :func:`encode` clamps it (None had been "'<' not supported", 2**40 pybind's dump)."""
+    if threads is None:
+        return 0
+    return min(_check_int(threads, "threads", 0), _CLAMP)
+
+
+def _prepared_array(a, name: str, fn: str) -> None:
+    """TypeError unless ``a`` is a C-contiguous int32 numpy array (the prepared calls take
+    them as they are: another one got pybind's signature dump, in the C++ argument order)."""
+    if type(a) is not np.ndarray or a.dtype != np.int32 or not a.flags.c_contiguous:
+        what = (f"a {a.dtype} array{'' if a.flags.c_contiguous else ' (not C-contiguous)'}"
+                if isinstance(a, np.ndarray) else type(a).__name__)
+        raise TypeError(f"{fn}: {name} must be a C-contiguous int32 numpy array, got {what} "
+                        f"(np.ascontiguousarray(x, dtype=np.int32); or use encode / decode, "
+                        f"which convert)")
 
 
 def decode(data, indexes, cdfs, cdf_lengths, offsets, *, precision=16,
@@ -339,10 +360,11 @@ def decode_prepared(data: bytes, indexes: np.ndarray, run: int, shape: Tuple[int
     ``stats``: None, or a writeable C-contiguous int64 numpy array whose element 0 receives the
     number of escaped symbols (values outside their CDF's table; 0 for a latent the entropy
     model covers)."""
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0 (0: as threads=None), got {threads}")
-    if not all(is_int(d) and 0 <= d < 2 ** 62 for d in shape):
-        raise ValueError(f"shape must be a tuple of ints >= 0, got {tuple(shape)!r}")
+    threads = _prepared_threads(threads)
+    _prepared_array(indexes, "indexes", "decode_prepared")
+    if not isinstance(shape, (tuple, list)) or \
+            not all(is_int(d) and 0 <= d < 2 ** 62 for d in shape):
+        raise ValueError(f"shape must be a tuple of ints >= 0, got {shape!r:.60}")
     return _ext().decode(data, indexes, cdfs, cdf_lengths, offsets, precision, threads, shape,
                          run, executor=_executor(pool), stats=stats)
 

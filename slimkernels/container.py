@@ -59,10 +59,15 @@ class ImageTooLargeError(ValueError):
     message without ``todo`` (what the caller's user can do)."""
 
     def __init__(self, width: int, height: int, limit: int, todo: str):
-        self.width, self.height, self.limit = width, height, limit
+        self.width, self.height, self.limit, self.todo = width, height, limit, todo
         self.what = (f"the file's image is {width}x{height} = {width * height} pixels, more than "
                      f"the limit of {limit} (a guard against files that decode to huge images)")
         super().__init__(f"{self.what}: {todo}")
+
+    def __reduce__(self):
+        # (pickled with its four arguments: the default passed the message alone, so a worker
+        # process's error could not reach its parent: a multiprocessing pool hung)
+        return type(self), (self.width, self.height, self.limit, self.todo)
 
 
 @dataclass
@@ -114,7 +119,8 @@ def _check_ints(f: SlimFile) -> None:
 
 def pack(f: SlimFile) -> bytes:
     """Serialize a :class:`SlimFile` to bytes (ValueError on out-of-range fields, TypeError on a
-    payload or model id that is not bytes)."""
+    payload or model id that is not bytes, or an ``f`` that is not a SlimFile)."""
+    _check_slim_file(f, "pack")
     model_id = _bytes_like(f.model_id, "model_id")
     if len(model_id) != 16:
         raise ValueError(f"model_id must be 16 bytes, got {len(model_id)}")
@@ -263,6 +269,7 @@ def check_magic(path: str) -> None:
 def _opened(path: str):
     """``path`` opened for reading, past its magic bytes (SlimFormatError for a folder or a
     file without them)."""
+    path = _check_path(path, "read")
     if os.path.isdir(path):
         raise SlimFormatError("not a .slim file: a folder")
     fh = open(path, "rb")
@@ -298,8 +305,22 @@ def write(path: str, f: SlimFile, *, overwrite: bool = False) -> None:
         ValueError: a field of ``f`` is out of range (see :func:`pack`).
     """
     from .io import atomic_write_bytes
-    if not isinstance(f, SlimFile):
-        raise TypeError(f"container.write takes a SlimFile, got {type(f).__name__}: bytes from "
+    path = _check_path(path, "write")
+    _check_slim_file(f, "write")
+    atomic_write_bytes(path, pack(f), overwrite=overwrite)
+
+
+def _check_slim_file(f, fn: str) -> None:
+    if not isinstance(f, SlimFile):   # (pack: "'bytes' object has no attribute 'model_id'")
+        raise TypeError(f"container.{fn} takes a SlimFile, got {type(f).__name__}: bytes from "
                         f"compress are a whole .slim file already (write them as they are, or "
                         f"container.unpack(data) for a SlimFile)")
-    atomic_write_bytes(path, pack(f), overwrite=overwrite)
+
+
+def _check_path(path, fn: str) -> str:
+    """``path`` as a str; TypeError unless it is a str, bytes or os.PathLike (an int was taken
+    as a file descriptor: read closed the caller's open file, read(0) waited on stdin)."""
+    if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"container.{fn}: path must be a file name (str or os.PathLike), got "
+                        f"{type(path).__name__} {path!r:.40}")
+    return os.fsdecode(path)

@@ -106,12 +106,17 @@ def _atomic_write(path: str, write, overwrite: bool) -> None:
     without hard links: an existence check, then a rename).
 
     With ``overwrite``, a regular file is replaced, and so is a symbolic link (the link itself:
-    its target is left alone); a folder, device, FIFO or socket never is.
+    its target is left alone); a folder, device, FIFO or socket never is. ``overwrite`` must be
+    a bool (ValueError: ``overwrite="no"`` replaced the file).
 
     Raises:
         FileExistsError: ``path`` exists and not ``overwrite`` (pass ``overwrite=True`` /
             ``--force`` to replace it), or it is not a regular file or a link.
+        ValueError: ``overwrite`` is not a bool.
     """
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"overwrite must be True or False, got {overwrite!r:.40}")
+
     def exists_error():
         return FileExistsError(f"{path} exists: refusing to overwrite it (use --force / "
                                "overwrite=True)")

@@ -99,3 +99,11 @@ def test_current_backend_of_something_that_is_not_a_device_is_a_clear_error(devi
     with pytest.raises(ValueError, match="current_backend: .*(not a device name|must be a "
                                          "torch.device)"):
         current_backend(device)
+
+
+def test_resolve_backend_of_what_is_not_a_tensor_is_named():
+    """(A numpy array: "'numpy.ndarray' object has no attribute 'is_cuda'".)"""
+    import numpy as np
+    from slimkernels.backend import resolve_backend
+    with pytest.raises(ValueError, match="x must be a torch.Tensor, got ndarray"):
+        resolve_backend(np.zeros(3))

@@ -1006,3 +1006,52 @@ def test_decode_and_stream_count_take_the_same_forms_of_the_bytes():
         coding.decode(torch.zeros(4, dtype=torch.bfloat16), idx, cdfs, lengths, offsets)
     with pytest.raises(ValueError, match=r"got an array of int32$"):
         coding.decode(arr.astype(np.int32), idx, cdfs, lengths, offsets)
+
+
+# -- audit (forty-eighth sitting) ----------------------------------------------------------------
+def test_prepared_calls_name_their_bad_arguments():
+    """(threads=None was "'<' not supported", shape=None "not iterable", an int64 or strided
+    array and threads=2**40 pybind's signature dump in the C++ argument order.)"""
+    rng = np.random.default_rng(7)
+    cdfs = np.stack([coding.pmf_to_quantized_cdf(rng.random(6) + 0.05) for _ in range(3)])
+    cdfs = np.ascontiguousarray(cdfs, dtype=np.int32)
+    lengths = np.full(3, cdfs.shape[1], np.int32)
+    offsets = np.array([-2, -3, -1], np.int32)
+    sym = np.ascontiguousarray(rng.integers(-4, 5, size=(1, 3, 7, 9)), dtype=np.int32)
+    idx = np.arange(3, dtype=np.int32).reshape(1, 3, 1, 1)
+    ref = coding.encode(sym, idx, cdfs, lengths, offsets, precision=16, streams=2)
+    for threads in (None, 2 ** 40):   # as encode takes them: None, clamped
+        got = coding.encode_prepared(sym, idx, 63, cdfs, lengths, offsets, 16, 2, threads)
+        assert got == ref
+        back = coding.decode_prepared(got, idx, 63, sym.shape, cdfs, lengths, offsets, 16,
+                                      threads)
+        assert np.array_equal(back, sym)
+    for bad, what in ((sym.astype(np.int64), "got a int64 array"),
+                      (np.asfortranarray(np.zeros((1, 3, 7, 9), np.int32)), "not C-contiguous"),
+                      (sym.tolist(), "got list")):
+        with pytest.raises(TypeError, match=f"symbols must be a C-contiguous int32 numpy "
+                                            f"array, .*{what}"):
+            coding.encode_prepared(bad, idx, 63, cdfs, lengths, offsets, 16, 1, 1)
+    with pytest.raises(TypeError, match="decode_prepared: indexes must be"):
+        coding.decode_prepared(ref, idx.astype(np.int64), 63, sym.shape, cdfs, lengths, offsets,
+                               16, 1)
+    with pytest.raises(ValueError, match="shape must be a tuple of ints"):
+        coding.decode_prepared(ref, idx, 63, None, cdfs, lengths, offsets, 16, 1)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        coding.encode_prepared(sym, idx, 63, cdfs, lengths, offsets, 16, 1, -1)
+
+
+def test_latent_indexes_take_ints_only():
+    """(3.9, "4" and True were taken: int(3.9) = 3; latent_indexes(-1, ...) was numpy's
+    broadcast message, latent_indexes(0, ...) an empty array where channel_indexes(0) raised.)"""
+    from slimkernels.codec import channel_indexes, latent_indexes
+    assert latent_indexes(np.int64(3), 2, 2).shape == (1, 3, 2, 2)
+    for bad, msg in ((3.9, "width must be an int"), ("4", "width must be an int"),
+                     (True, "width must be an int"), (0, "width must be >= 1"),
+                     (-1, "width must be >= 1")):
+        with pytest.raises(ValueError, match=msg):
+            latent_indexes(bad, 2, 2)
+        with pytest.raises(ValueError, match=msg):
+            channel_indexes(bad)
+    with pytest.raises(ValueError, match="h must be >= 0"):
+        latent_indexes(3, -1, 2)

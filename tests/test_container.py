@@ -193,3 +193,50 @@ def test_the_reader_closes_the_file_when_reading_the_magic_fails(tmp_path, monke
         with pytest.raises(OSError, match="Input/output"):
             fn(str(p))
     assert len(opened) == 3 and all(f.closed for f in opened)
+
+
+# -- audit (forty-eighth sitting) ----------------------------------------------------------------
+def test_image_too_large_error_pickles():
+    """(Its own __init__ made pickling fail: a worker process's refusal hung a
+    multiprocessing pool, broke a ProcessPoolExecutor.)"""
+    import copy
+    import pickle
+    e = C.ImageTooLargeError(20000, 10000, 1000, "pass max_pixels=None")
+    for back in (pickle.loads(pickle.dumps(e)), copy.copy(e)):
+        assert type(back) is C.ImageTooLargeError and str(back) == str(e)
+        assert (back.width, back.height, back.limit) == (20000, 10000, 1000)
+
+
+def test_a_path_that_is_not_a_file_name_is_refused(tmp_path):
+    """(An int was taken as a file descriptor: read closed the caller's open file, read(0)
+    waited on stdin; write with an int was lstat's TypeError.)"""
+    import os
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        for fn, args in ((C.read, ()), (C.read_bytes, ()), (C.check_magic, ()),
+                         (C.write, (_file(),))):
+            for bad in (fd, True, 3.0):
+                with pytest.raises(TypeError, match="path must be a file name"):
+                    fn(bad, *args)
+        os.fstat(fd)   # (still open)
+    finally:
+        os.close(fd)
+    C.write(os.fsencode(tmp_path / "b.slim"), _file())   # bytes paths: read and write
+    assert C.read(os.fsencode(tmp_path / "b.slim")) == C.read(str(tmp_path / "b.slim"))
+
+
+def test_overwrite_must_be_a_bool(tmp_path):
+    """(overwrite="no" replaced the file.)"""
+    path = str(tmp_path / "a.slim")
+    C.write(path, _file())
+    before = open(path, "rb").read()
+    for bad in ("no", 1, None):
+        with pytest.raises(ValueError, match="overwrite must be True or False"):
+            C.write(path, _file(width=9), overwrite=bad)
+    assert open(path, "rb").read() == before
+
+
+def test_pack_of_what_is_not_a_slim_file_is_named():
+    """(bytes from compress: "'bytes' object has no attribute 'model_id'".)"""
+    with pytest.raises(TypeError, match="container.pack takes a SlimFile, got bytes"):
+        C.pack(C.pack(_file()))

@@ -47,6 +47,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
+def _env_int(name: str, default: str, lo: int) -> int:
+    """The int in environment variable ``name`` (set by torchrun), ``default`` when unset;
+    ValueError naming it otherwise (``WORLD_SIZE=abc`` said only "invalid literal for int()")."""
+    text = os.environ.get(name, default)
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or v < lo:
+        raise ValueError(f"${name}={text!r} must be an integer >= {lo} (torchrun sets it; unset "
+                         f"it for a run in one process)")
+    return v
+
+
 def run(cfg: TrainConfig) -> int:
     """Train ``cfg``; under ``torchrun`` (``WORLD_SIZE`` > 1) inside a process group (NCCL on
     CUDA, gloo on CPU), each rank on its local GPU. Returns 0 when the run reached
@@ -59,14 +73,14 @@ def run(cfg: TrainConfig) -> int:
         if not os.path.exists(cfg.data):
             raise MissingFileError(f"--data {cfg.data}: the image folder does not exist{where}")
         raise ValueError(f"--data {cfg.data}: a file, not a folder of images")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _env_int("WORLD_SIZE", "1", 1)
     if world > 1:  # launched by torchrun
         import torch
         import torch.distributed as dist
         backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
         dist.init_process_group(backend)
         if cfg.device.startswith("cuda"):
-            local = int(os.environ.get("LOCAL_RANK", "0"))
+            local = _env_int("LOCAL_RANK", "0", 0)
             torch.cuda.set_device(local)
             cfg.device = f"cuda:{local}"
     try:

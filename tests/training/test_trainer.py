@@ -1563,3 +1563,18 @@ def test_an_out_that_cannot_be_made_or_lambdas_of_another_count_name_the_options
     with pytest.raises(ValueError, match=r"2 widths but 1 lambdas \(--widths 8 4, --lambdas 0\.01\)"
                                          r": give one lambda per width"):
         Trainer(_cfg(image_dir, tmp_path / "r", lambdas=[0.01]))
+
+
+# -- audit (forty-eighth sitting) ----------------------------------------------------------------
+@pytest.mark.parametrize("name,value", [("WORLD_SIZE", "abc"), ("WORLD_SIZE", ""),
+                                        ("WORLD_SIZE", "0")])
+def test_a_bad_torchrun_variable_is_named(tmp_path, monkeypatch, capsys, name, value):
+    """(WORLD_SIZE=abc printed "train: error: invalid literal for int() with base 10: 'abc'".)"""
+    from slimkernels.training import cli
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv(name, value)
+    assert cli.main(["--data", str(data), "--out", str(tmp_path / "run"), "--steps", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"${name}={value!r} must be an integer >= 1" in err
+    assert not (tmp_path / "run").exists()
