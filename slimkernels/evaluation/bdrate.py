@@ -97,8 +97,16 @@ def _delta(x_anchor, y_anchor, x_test, y_test, method: str) -> float:
 
 
 def overlap(anchor_values: Sequence[float], test_values: Sequence[float]) -> float:
-    """Fraction of the union range of two value sets that both cover (0 = disjoint, 1 = same)."""
+    """Fraction of the union range of two value sets that both cover (0 = disjoint, 1 = same).
+
+    Raises:
+        ValueError: an empty set, or a value that is not finite (NaN had given 1.0, a full
+            overlap; an empty set numpy's "zero-size array" message)."""
     a, t = np.asarray(anchor_values, float), np.asarray(test_values, float)
+    for v, name in ((a, "anchor"), (t, "test")):
+        if v.size == 0 or not np.isfinite(v).all():
+            raise ValueError(f"overlap: the {name} values must be finite and not empty, got "
+                             f"{v.tolist()!r:.80}")
     total = max(a.max(), t.max()) - min(a.min(), t.min())
     shared = max(0.0, min(a.max(), t.max()) - max(a.min(), t.min()))
     return float(shared / total) if total > 0 else 1.0

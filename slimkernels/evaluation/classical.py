@@ -32,9 +32,10 @@ def _check_codec(codec) -> None:
 
 
 def check_qualities(codec: str, qualities, name: str = "qualities") -> List[int]:
-    """``qualities`` of ``codec`` (None or empty: :data:`DEFAULT_QUALITIES`) as a list of ints;
-    ValueError naming the argument ``name`` for a single int, or values that are not ints in
-    0..100 (50.5 ran as 50)."""
+    """``qualities`` of ``codec`` (None or empty: :data:`DEFAULT_QUALITIES`) as a list of ints,
+    repeats dropped (a repeated quality made two points of one rate: every BD value against the
+    codec was then undefined); ValueError naming the argument ``name`` for a single int, or
+    values that are not ints in 0..100 (50.5 ran as 50)."""
     from .._checks import is_int
 
     _check_codec(codec)
@@ -49,7 +50,7 @@ def check_qualities(codec: str, qualities, name: str = "qualities") -> List[int]
     bad = [q for q in given if not (is_int(q) and 0 <= q <= 100)]
     if bad:
         raise ValueError(f"{name} {bad}: {codec} qualities are ints in 0..100")
-    return [int(q) for q in given] or list(DEFAULT_QUALITIES[codec])
+    return list(dict.fromkeys(int(q) for q in given)) or list(DEFAULT_QUALITIES[codec])
 
 
 def codec_available(codec: str) -> bool:

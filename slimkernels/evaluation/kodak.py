@@ -320,6 +320,22 @@ def _check_streams(streams) -> None:
 MIN_OVERLAP = 0.75
 
 
+def _finite_curve(curve: Dict):
+    """``(bpp, psnr, ms_ssim or None, dropped)`` of a CompressAI-layout ``curve`` without the
+    points whose rate, PSNR or MS-SSIM (in dB) is not finite or missing; ``dropped``: how many."""
+    res = curve["results"]
+    r, q, m = res["bpp"], res["psnr-rgb"], res.get("ms-ssim-rgb")
+    if m is not None and len(m) != len(r):
+        m = None
+
+    def finite(v):
+        return v is not None and math.isfinite(v)
+    keep = [i for i in range(len(r)) if finite(r[i]) and r[i] > 0 and finite(q[i]) and
+            (m is None or (m[i] is not None and finite(ms_ssim_db(m[i]))))]
+    pick = (lambda v: [v[i] for i in keep])
+    return pick(r), pick(q), None if m is None else pick(m), len(r) - len(keep)
+
+
 def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("pchip", "akima")
                ) -> Dict[str, Dict]:
     """BD-rate (%) and BD-PSNR (dB) of ``test`` against each anchor (CompressAI layout dicts).
@@ -329,17 +345,27 @@ def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("
     "overlap_log_rate": ..., "overlap_ms_ssim": ...}}``; a value the curves cannot give (no
     overlap, too few points) is None with the reason under ``"errors"``; a value computed over
     less than :data:`MIN_OVERLAP` of the union range, or over a curve whose quality does not rise
-    with its rate, gets a line under ``"warnings"``.
+    with its rate, gets a line under ``"warnings"``. Points that are not finite (a lossless
+    point's infinite PSNR, or null for it read back from a results file) are left out of the
+    BD values, with a warning saying so (one such point had made every BD value None).
     """
     out: Dict[str, Dict] = {}
-    rt, qt = test["results"]["bpp"], test["results"]["psnr-rgb"]
-    mt = test["results"].get("ms-ssim-rgb")
+    rt, qt, mt, dropped_t = _finite_curve(test)
     for name, ref in anchors.items():
-        ra, qa = ref["results"]["bpp"], ref["results"]["psnr-rgb"]
-        ma = ref["results"].get("ms-ssim-rgb")
-        row: Dict = {"overlap_psnr": overlap(qa, qt),
-                     "overlap_log_rate": overlap(np.log10(ra), np.log10(rt)), "errors": {},
-                     "warnings": []}
+        ra, qa, ma, dropped_a = _finite_curve(ref)
+        row: Dict = {"errors": {}, "warnings": []}
+        for n, whose in ((dropped_t, "the test curve"), (dropped_a, f"{name}'s curve")):
+            if n:
+                row["warnings"].append(f"{n} point(s) of {whose} left out: their PSNR or "
+                                       f"MS-SSIM is not finite (lossless)")
+        try:
+            row["overlap_psnr"] = overlap(qa, qt)
+            row["overlap_log_rate"] = overlap(np.log10(ra), np.log10(rt))
+        except ValueError as e:   # (no finite point left in a curve)
+            row["overlap_psnr"] = row["overlap_log_rate"] = None
+            row["errors"]["overlap"] = str(e)
+            out[name] = row
+            continue
         has_ms = bool(mt and ma and None not in mt and None not in ma)
         if has_ms:
             row["overlap_ms_ssim"] = overlap([ms_ssim_db(v) for v in ma], [ms_ssim_db(v) for v in mt])

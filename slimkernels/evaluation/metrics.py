@@ -130,8 +130,21 @@ def _ssim_cs(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, data_range: floa
     return ssim_map.flatten(2).mean(-1), cs_map.flatten(2).mean(-1)
 
 
+def _check_data_range(data_range) -> None:
+    """ValueError unless ``data_range`` is 255: the metrics compare the images' 8-bit values
+    (a [0, 1] float image is converted first), so pytorch_msssim's ``data_range=1.0`` for such
+    an image was a much lower score, silently (MS-SSIM 0.790 for 0.940), and 0, -255 or inf
+    were taken."""
+    if data_range != 255:
+        raise ValueError(f"data_range must be 255 (the images are compared as 8-bit values, "
+                         f"a float image in [0, 1] converted first), got {data_range!r:.40}: "
+                         f"leave it out")
+
+
 def ssim(a: ImageLike, b: ImageLike, data_range: float = 255.0) -> torch.Tensor:
-    """Single-scale SSIM (11x11 Gaussian, sigma 1.5) on 8-bit values: ``[N]`` float64."""
+    """Single-scale SSIM (11x11 Gaussian, sigma 1.5) on 8-bit values: ``[N]`` float64.
+    ``data_range``: 255 (another value is a ValueError: see :func:`ms_ssim`)."""
+    _check_data_range(data_range)
     x, y = _pair(a, b)
     if min(x.shape[-2:]) < WIN_SIZE:
         raise ValueError(f"SSIM needs images of at least {WIN_SIZE}x{WIN_SIZE}, got "
@@ -150,18 +163,18 @@ def ms_ssim(a: ImageLike, b: ImageLike, data_range: float = 255.0) -> torch.Tens
 
     Args:
         a, b: images ``[N, 3, H, W]`` / ``[3, H, W]``, float in [0, 1] or uint8.
-        data_range: dynamic range of the 8-bit values (255).
+        data_range: dynamic range of the 8-bit values: 255, the only value taken (the images
+            are compared as 8-bit values whatever their dtype: pass [0, 1] floats with the
+            default, not pytorch_msssim's ``data_range=1.0``).
 
     Returns:
         ``[N]`` float64 in [0, 1].
 
     Raises:
-        ValueError: shapes differ, or the smaller side is <= 160 pixels (the 5th scale would be
-            smaller than the window).
+        ValueError: shapes differ, the smaller side is <= 160 pixels (the 5th scale would be
+            smaller than the window), or ``data_range`` is not 255.
     """
-    if not data_range > 0:
-        raise ValueError(f"data_range must be > 0 (255 for the 8-bit values these metrics "
-                         f"compare), got {data_range}")
+    _check_data_range(data_range)
     x, y = _pair(a, b)
     levels = len(MS_SSIM_WEIGHTS)
     if min(x.shape[-2:]) <= MS_SSIM_MIN_SIDE:
@@ -182,7 +195,9 @@ def ms_ssim(a: ImageLike, b: ImageLike, data_range: float = 255.0) -> torch.Tens
 
 
 def ms_ssim_db(value: Union[float, torch.Tensor]):
-    """MS-SSIM on a dB scale, ``-10 log10(1 - ms_ssim)`` (how RD plots usually show it)."""
+    """MS-SSIM on a dB scale, ``-10 log10(1 - ms_ssim)`` (how RD plots usually show it): inf
+    for 1.0 (identical images; without numpy's divide-by-zero warning)."""
     if isinstance(value, torch.Tensor):
         return -10 * torch.log10(1 - value)
-    return float(-10 * np.log10(1 - value))
+    with np.errstate(divide="ignore"):
+        return float(-10 * np.log10(1 - value))

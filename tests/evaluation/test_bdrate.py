@@ -173,3 +173,33 @@ def test_bd_summary_flags_a_folding_curve_with_a_rate_tie():
     row = bd_summary(test, {"ref": anchor})["ref"]
     assert row["bd_rate_pchip"] is not None
     assert any("the quality falls" in w for w in row.get("warnings", []))
+
+
+# -- audit (forty-eighth sitting) ----------------------------------------------------------------
+def test_overlap_refuses_values_that_are_not_finite_or_empty():
+    """(overlap([25, nan], [30, 31]) was 1.0, a full overlap; an empty set numpy's "zero-size
+    array to reduction operation" message.)"""
+    for a, t in (([25.0, math.nan], [30.0, 31.0]), ([], [30.0, 31.0]), ([25.0, 26.0], [math.inf])):
+        with pytest.raises(ValueError, match="must be finite and not empty"):
+            overlap(a, t)
+    assert overlap([25.0, 30.0], [28.0, 31.0]) == pytest.approx(2 / 6)
+
+
+def test_bd_summary_leaves_out_a_lossless_point():
+    """(One point of infinite PSNR / MS-SSIM 1.0 made every BD value None and the PSNR overlap
+    0%, with numpy warnings; its finite points give the value.)"""
+    from slimkernels.evaluation.kodak import bd_summary
+    test = {"results": {"bpp": [0.15, 0.25, 0.4, 0.6, 9.0],
+                        "psnr-rgb": [27, 28.8, 30.5, 32.2, math.inf],
+                        "ms-ssim-rgb": [0.93, 0.95, 0.97, 0.98, 1.0]}}
+    anchor = {"results": {"bpp": [0.3, 0.5, 0.8, 1.2, 2.0], "psnr-rgb": [25, 28, 31, 33, 36],
+                          "ms-ssim-rgb": [0.90, 0.94, 0.97, 0.98, 0.99]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        row = bd_summary(test, {"JPEG": anchor})["JPEG"]
+    r = anchor["results"]
+    want = bd_rate(r["bpp"], r["psnr-rgb"], test["results"]["bpp"][:4],
+                   test["results"]["psnr-rgb"][:4])
+    assert row["bd_rate_pchip"] == pytest.approx(want) and row["bd_rate_ms_ssim_pchip"] is not None
+    assert row["overlap_psnr"] == pytest.approx(overlap(r["psnr-rgb"], [27, 28.8, 30.5, 32.2]))
+    assert any("1 point(s) of the test curve left out" in w for w in row["warnings"])

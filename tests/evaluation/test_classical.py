@@ -89,3 +89,10 @@ def test_qualities_that_are_not_ints_in_range_are_refused():
         evaluate_codec([torch.rand(1, 3, 8, 8)], "jpeg", [50.5])
     assert check_qualities("jpeg", None) == list(DEFAULT_QUALITIES["jpeg"])
     assert check_qualities("webp", [90, 10]) == [90, 10]
+
+
+def test_repeated_qualities_run_once():
+    """(A repeated quality made two points of one rate: every BD value against the codec was
+    then None.)"""
+    from slimkernels.evaluation.classical import check_qualities
+    assert check_qualities("jpeg", [50, 10, 50, 90, 10]) == [50, 10, 90]

@@ -174,5 +174,21 @@ def test_float_images_in_0_255_are_refused_not_clamped():
         with pytest.raises(ValueError, match=r"0-255 pixel values\? divide by 255"):
             f(a * 255, b * 255)
     assert torch.isfinite(psnr(a, b)).all()
-    with pytest.raises(ValueError, match="data_range must be > 0"):
+    with pytest.raises(ValueError, match="data_range must be 255"):
         ms_ssim(a, b, data_range=0)
+
+
+def test_data_range_other_than_255_is_refused():
+    """(pytorch_msssim's data_range=1.0 for [0, 1] images gave MS-SSIM 0.790 for 0.940 and SSIM
+    0.431 for 0.869, silently: the images are compared as 8-bit values; 0, -255 and inf were
+    taken too.)"""
+    import torch
+
+    from slimkernels.evaluation.metrics import ms_ssim, ssim
+    a = torch.rand(1, 3, 170, 170, generator=torch.Generator().manual_seed(0))
+    b = (a + 0.05).clamp(0, 1)
+    for f in (ssim, ms_ssim):
+        for bad in (1.0, 0, -255, float("inf")):
+            with pytest.raises(ValueError, match="data_range must be 255"):
+                f(a, b, data_range=bad)
+        assert f(a, b, data_range=255) == f(a, b)
