@@ -345,7 +345,8 @@ def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("
     "overlap_log_rate": ..., "overlap_ms_ssim": ...}}``; a value the curves cannot give (no
     overlap, too few points) is None with the reason under ``"errors"``; a value computed over
     less than :data:`MIN_OVERLAP` of the union range, or over a curve whose quality does not rise
-    with its rate, gets a line under ``"warnings"``. Points that are not finite (a lossless
+    with its rate, gets a line under ``"warnings"`` (and its key under ``"folded"``, the cells
+    :func:`markdown_table` marks). Points that are not finite (a lossless
     point's infinite PSNR, or null for it read back from a results file) are left out of the
     BD values, with a warning saying so (one such point had made every BD value None).
     """
@@ -387,6 +388,7 @@ def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("
                     row["errors"][key] = str(e)
             for w in caught:   # a curve that folds back: said once per anchor, in the summary
                 if issubclass(w.category, NonMonotoneCurveWarning):
+                    row.setdefault("folded", []).append(key)   # (the table marks these cells)
                     line = f"{key}: {w.message}"
                     if not any(x.split(": ", 1)[1] == str(w.message) for x in row["warnings"]):
                         row["warnings"].append(line)
@@ -408,8 +410,9 @@ def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("
 
 
 def goal_check(slim: Dict, bd: Dict[str, Dict], balle: Dict = BALLE2017) -> Dict:
-    """The issue's Kodak goals, evaluated on measured curves (values and pass/fail)."""
-    r = slim["results"]
+    """The issue's Kodak goals, evaluated on measured curves (values and pass/fail; None read
+    back from a results file is taken as NaN)."""
+    r = none_as_nan(slim)["results"]
     order = np.argsort(r["width"])
     bpp = np.asarray(r["bpp"])[order]
     q = np.asarray(r["psnr-rgb"])[order]
@@ -434,34 +437,44 @@ def _fmt(v, spec):
 
 
 def markdown_table(slim: Dict, bd: Dict[str, Dict]) -> str:
-    """Markdown tables: per width RD values and times; BD-rates against each anchor."""
-    r = slim["results"]
+    """Markdown tables: per width RD values and times; BD-rates against each anchor (a value
+    that is None or NaN, e.g. read back from a results file: n/a)."""
+    r = none_as_nan(slim)["results"]
     lines = ["| width | bpp (file) | bpp (estimated) | PSNR dB | MS-SSIM | MS-SSIM dB | "
              "encode ms | decode ms |", "|---|---|---|---|---|---|---|---|"]
     for i, w in enumerate(r["width"]):
-        lines.append(f"| {w} | {r['bpp'][i]:.4f} | {r['bpp-estimated'][i]:.4f} | "
-                     f"{r['psnr-rgb'][i]:.2f} | {r['ms-ssim-rgb'][i]:.4f} | "
-                     f"{r['ms-ssim-db'][i]:.2f} | {r['encode_ms'][i]:.0f} | {r['decode_ms'][i]:.0f} |")
+        cells = [_fmt(r[k][i], s) for k, s in (("bpp", ".4f"), ("bpp-estimated", ".4f"),
+                                               ("psnr-rgb", ".2f"), ("ms-ssim-rgb", ".4f"),
+                                               ("ms-ssim-db", ".2f"), ("encode_ms", ".0f"),
+                                               ("decode_ms", ".0f"))]
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
     lines += ["", "| anchor | BD-rate PSNR (PCHIP) | BD-rate PSNR (Akima) | BD-PSNR dB (PCHIP) | "
               "BD-rate MS-SSIM (PCHIP) | PSNR overlap |", "|---|---|---|---|---|---|"]
     low = folds = False
     for name, b in bd.items():
         small = " ".join(w for w in b.get("warnings", []) if "share only" in w)
-        folded = any("the quality falls" in w for w in b.get("warnings", []))
-        folds = folds or folded
+        # the cells computed over a curve that folds back ("folded": their keys; a summary
+        # without it, from before: every cell of the row; the mark went on all of them, also
+        # when only the MS-SSIM curve folded)
+        folded_keys = b.get("folded")
+        row_folded = folded_keys is None and any("the quality falls" in w
+                                                 for w in b.get("warnings", []))
 
         def cell(key, spec, unit=""):
-            nonlocal low
+            nonlocal low, folds
             v = _fmt(b.get(key), spec)
             if v == "n/a":
                 return v
             mark = "*" if key + ":" in small else ""
             low = low or bool(mark)
-            return v + unit + mark + ("^" if folded else "")
+            fold = row_folded or key in (folded_keys or ())
+            folds = folds or fold
+            return v + unit + mark + ("^" if fold else "")
 
         lines.append(f"| {name} | {cell('bd_rate_pchip', '+.1f', ' %')} | "
                      f"{cell('bd_rate_akima', '+.1f', ' %')} | {cell('bd_psnr_pchip', '+.2f')} | "
-                     f"{cell('bd_rate_ms_ssim_pchip', '+.1f', ' %')} | {b['overlap_psnr']:.0%} |")
+                     f"{cell('bd_rate_ms_ssim_pchip', '+.1f', ' %')} | "
+                     f"{_fmt(b.get('overlap_psnr'), '.0%')} |")
     if low:
         lines.append(f"\n\\* the two curves share less than {MIN_OVERLAP:.0%} of their range on "
                      "the integration axis: the value averages over a small range (see summary.json)")
@@ -469,6 +482,15 @@ def markdown_table(slim: Dict, bd: Dict[str, Dict]) -> str:
         lines.append("\n^ a curve's quality falls somewhere as its rate rises: the value averages "
                      "over a curve that folds back (see summary.json)")
     return "\n".join(lines) + "\n"
+
+
+def none_as_nan(curve: Dict) -> Dict:
+    """``curve`` (CompressAI layout) with the None entries of its ``results`` lists as NaN: a
+    results file read back holds null where :func:`json_finite` wrote a lossless point's inf
+    (the table, the goal check and the plot failed on it with TypeErrors)."""
+    res = {k: [math.nan if v is None else v for v in vals] if isinstance(vals, list) else vals
+           for k, vals in curve.get("results", {}).items()}
+    return {**curve, "results": res}
 
 
 def json_finite(obj):

@@ -54,6 +54,9 @@ def rd_plot(slim: Dict, references: Dict[str, Dict], path: str,
     if ext and ext not in formats:
         raise ValueError(f"cannot write {path}: .{ext} is not an image format matplotlib writes "
                          f"(one of {', '.join(sorted(formats))})")
+    from .kodak import none_as_nan
+    slim = none_as_nan(slim)   # (null read back from a results file: a TypeError before)
+    references = {name: none_as_nan(ref) for name, ref in references.items()}
     r = slim["results"]
     has_ms = r.get("ms-ssim-rgb") is not None
     fig, axes = plt.subplots(1, 2 if has_ms else 1, figsize=(13 if has_ms else 7, 5), squeeze=False)

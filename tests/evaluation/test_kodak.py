@@ -658,3 +658,42 @@ def test_rd_plot_writes_to_a_file_object():
     b = io.BytesIO()
     rd_plot(slim, {}, b)
     assert b.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- audit (forty-eighth sitting) ----------------------------------------------------------------
+def _lossless_results():
+    r = {"width": [48, 192], "bpp": [0.15, 9.0], "bpp-estimated": [0.15, 9.0],
+         "psnr-rgb": [27.0, float("inf")], "ms-ssim-rgb": [0.93, 1.0],
+         "ms-ssim-db": [11.5, float("inf")], "encode_ms": [1, 1], "decode_ms": [1, 1]}
+    return {"name": "SlimCAE", "results": r}
+
+
+def test_results_read_back_with_null_table_plot_and_goal_check(tmp_path):
+    """(json_finite writes a lossless point's inf as null: reading the file back, rd_plot,
+    markdown_table and goal_check failed with TypeErrors.)"""
+    from slimkernels.evaluation.kodak import goal_check, json_finite, markdown_table
+    from slimkernels.evaluation.plot import rd_plot
+    slim = json.loads(json.dumps(json_finite(_lossless_results())))
+    assert slim["results"]["psnr-rgb"][1] is None
+    table = markdown_table(slim, {})
+    assert "| 192 | 9.0000 | 9.0000 | n/a | 1.0000 | n/a | 1 | 1 |" in table
+    assert goal_check(slim, {})["monotone"] is False
+    rd_plot(slim, {}, str(tmp_path / "rd.png"))
+    assert (tmp_path / "rd.png").stat().st_size > 0
+
+
+def test_the_fold_mark_goes_on_the_cells_of_the_curve_that_folds():
+    """(Only the MS-SSIM curve folded back, and every cell of the row got the ^ mark.)"""
+    from slimkernels.evaluation.kodak import bd_summary, markdown_table
+    test = {"results": {"width": [48, 72, 96, 144, 192], "bpp": [0.2, 0.35, 0.5, 0.7, 1.0],
+                        "bpp-estimated": [0.2, 0.35, 0.5, 0.7, 1.0],
+                        "psnr-rgb": [27.0, 28.5, 30.0, 31.5, 33.0],
+                        "ms-ssim-rgb": [0.93, 0.95, 0.94, 0.97, 0.98],   # folds back
+                        "ms-ssim-db": [0.0] * 5, "encode_ms": [1] * 5, "decode_ms": [1] * 5}}
+    anchor = {"results": {"bpp": [0.15, 0.3, 0.5, 0.8, 1.2], "psnr-rgb": [26, 28, 30, 32, 34],
+                          "ms-ssim-rgb": [0.92, 0.94, 0.96, 0.975, 0.985]}}
+    bd = bd_summary(test, {"JPEG": anchor})
+    assert bd["JPEG"]["folded"] and all("ms_ssim" in k for k in bd["JPEG"]["folded"])
+    row = next(ln for ln in markdown_table(test, bd).splitlines() if ln.startswith("| JPEG"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4].endswith("^") and not any(c.endswith("^") for c in cells[1:4]), row
