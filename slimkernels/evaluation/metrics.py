@@ -30,18 +30,25 @@ def to_uint8_values(x: ImageLike) -> torch.Tensor:
 
     Args:
         x: float tensor/array in [0, 1] (rounded as ``round(clamp(x, 0, 1) * 255)``), or a uint8
-            tensor/array in [0, 255]; shape ``[N, C, H, W]`` or ``[C, H, W]``.
+            tensor/array in [0, 255]; shape ``[N, 3, H, W]`` or ``[3, H, W]``.
 
     Raises:
-        ValueError: wrong rank, a non-finite float image, or a float image with values far
-            outside [0, 1] (beyond ``slimkernels.codec.PIXEL_RANGE``: 0-255 values passed as
-            floats, which the clamp turned into a wrong PSNR silently).
+        ValueError: wrong rank, not 3 channels, empty, a non-finite float image, or a float
+            image with values far outside [0, 1] (beyond ``slimkernels.codec.PIXEL_RANGE``:
+            0-255 values passed as floats, which the clamp turned into a wrong PSNR silently).
     """
     t = torch.as_tensor(x)
     if t.dim() == 3:
         t = t[None]
     if t.dim() != 4:
         raise ValueError(f"expected an image [N, C, H, W] or [C, H, W], got shape {tuple(t.shape)}")
+    if t.shape[1] != 3:   # (RGBA was averaged over 4 channels; [H, W, 3] from PIL / numpy gave
+        # SSIM's "got (768, 3)")
+        hint = (": an [H, W, 3] array (numpy / PIL)? pass x.permute(2, 0, 1) / "
+                "x.transpose(2, 0, 1)" if t.shape[-1] == 3 else "")
+        raise ValueError(f"expected an RGB image (3 channels), got shape {tuple(t.shape)}{hint}")
+    if t.numel() == 0:   # (PSNR NaN)
+        raise ValueError(f"the image is empty: shape {tuple(t.shape)}")
     if t.dtype == torch.uint8:
         return t.to(torch.float64)
     if not torch.is_floating_point(t):

@@ -192,3 +192,19 @@ def test_data_range_other_than_255_is_refused():
             with pytest.raises(ValueError, match="data_range must be 255"):
                 f(a, b, data_range=bad)
         assert f(a, b, data_range=255) == f(a, b)
+
+
+def test_images_that_are_not_rgb_are_refused():
+    """(RGBA was averaged over its 4 channels; an [H, W, 3] array gave SSIM's "got (768, 3)";
+    an empty image a PSNR of NaN.)"""
+    import numpy as np
+
+    from slimkernels.evaluation.metrics import psnr, ssim
+    rgba = np.zeros((4, 32, 32), np.uint8)
+    with pytest.raises(ValueError, match=r"expected an RGB image \(3 channels\), got shape"):
+        psnr(rgba, rgba)
+    hwc = np.zeros((32, 40, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"an \[H, W, 3\] array"):
+        ssim(hwc, hwc)
+    with pytest.raises(ValueError, match="the image is empty"):
+        psnr(np.zeros((3, 0, 5), np.uint8), np.zeros((3, 0, 5), np.uint8))
