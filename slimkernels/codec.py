@@ -284,9 +284,8 @@ def latent_indexes(width: int, h: int, w: int) -> np.ndarray:
     The array is cached per shape and read-only (the coder only reads it); copy it to modify it.
     :func:`channel_indexes` gives the same bytes without the array's 4 bytes per symbol.
     """
-    from .coding import _check_int
-    return _latent_indexes(_check_int(width, "width", 1), _check_int(h, "h", 0),
-                           _check_int(w, "w", 0))
+    check = coding._check_int   # (ints only: int(3.9) was 3)
+    return _latent_indexes(check(width, "width", 1), check(h, "h", 0), check(w, "w", 0))
 
 
 def channel_indexes(width: int) -> np.ndarray:
@@ -298,8 +297,7 @@ def channel_indexes(width: int) -> np.ndarray:
 
     Cached per width and read-only.
     """
-    from .coding import _check_int
-    return _channel_indexes(_check_int(width, "width", 1))
+    return _channel_indexes(coding._check_int(width, "width", 1))
 
 
 @functools.lru_cache(maxsize=32)

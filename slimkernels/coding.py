@@ -301,7 +301,7 @@ def _prepared_threads(threads) -> int:
 def _prepared_array(a, name: str, fn: str) -> None:
     """TypeError unless ``a`` is a C-contiguous int32 numpy array (the prepared calls take
     them as they are: another one got pybind's signature dump, in the C++ argument order)."""
-    if type(a) is not np.ndarray or a.dtype != np.int32 or not a.flags.c_contiguous:
+    if not isinstance(a, np.ndarray) or a.dtype != np.int32 or not a.flags.c_contiguous:
         what = (f"a {a.dtype} array{'' if a.flags.c_contiguous else ' (not C-contiguous)'}"
                 if isinstance(a, np.ndarray) else type(a).__name__)
         raise TypeError(f"{fn}: {name} must be a C-contiguous int32 numpy array, got {what} "
