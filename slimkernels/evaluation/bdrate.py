@@ -16,6 +16,7 @@ piecewise interpolation is more robust than the single cubic.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Sequence, Tuple
 
@@ -37,7 +38,8 @@ def _curve(rate: Sequence[float], quality: Sequence[float], name: str) -> Tuple[
     if r.size < 2:
         raise ValueError(f"{name}: a BD metric needs at least 2 rate-distortion points, got {r.size}")
     if not (np.isfinite(r).all() and np.isfinite(q).all()):
-        raise ValueError(f"{name}: rates and quality values must be finite, got {r} / {q}")
+        raise ValueError(f"{name}: rates and quality values must be finite, got {r} / {q} (a "
+                         f"lossless point's infinite PSNR: leave that point out)")
     if (r <= 0).any():
         raise ValueError(f"{name}: rates must be > 0 (log-rate is interpolated), got {r}")
     order = np.argsort(r, kind="stable")
@@ -54,13 +56,15 @@ def _curve(rate: Sequence[float], quality: Sequence[float], name: str) -> Tuple[
 class _Interp:
     """``y(x)`` through the points, with ``integrate(a, b)``; x must be strictly increasing."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, method: str, name: str):
+    def __init__(self, x: np.ndarray, y: np.ndarray, method: str, name: str,
+                 shown=lambda v: f"{v:.6g}"):
         order = np.argsort(x, kind="stable")
         x, y = x[order], y[order]
-        if np.any(np.diff(x) <= 0):
-            raise ValueError(f"{name}: two points share the value {x[np.argmin(np.diff(x))]} on the "
-                             "integration axis; BD metrics need distinct values (average or drop "
-                             "duplicate points)")
+        if np.any(np.diff(x) <= 0):   # (shown: the value as the caller gave it, e.g. 0.5 bpp
+            #                            for log10 = -0.30103)
+            raise ValueError(f"{name}: two points share the value "
+                             f"{shown(x[np.argmin(np.diff(x))])} on the integration axis; BD "
+                             "metrics need distinct values (average or drop duplicate points)")
         from scipy import interpolate
 
         if method == "pchip":
@@ -83,9 +87,10 @@ class _Interp:
             raise ValueError(f"unknown interpolation method {method!r}; choose one of {METHODS}")
 
 
-def _delta(x_anchor, y_anchor, x_test, y_test, method: str) -> float:
-    fa = _Interp(x_anchor, y_anchor, method, "anchor")
-    ft = _Interp(x_test, y_test, method, "test")
+def _delta(x_anchor, y_anchor, x_test, y_test, method: str, shown=None) -> float:
+    kw = {} if shown is None else {"shown": shown}
+    fa = _Interp(x_anchor, y_anchor, method, "anchor", **kw)
+    ft = _Interp(x_test, y_test, method, "test", **kw)
     lo = max(x_anchor.min(), x_test.min())
     hi = min(x_anchor.max(), x_test.max())
     if not hi > lo:
@@ -149,14 +154,22 @@ def bd_psnr(rate_anchor: Sequence[float], quality_anchor: Sequence[float],
     """
     ra, qa = _curve(rate_anchor, quality_anchor, "anchor")
     rt, qt = _curve(rate_test, quality_test, "test")
-    return _delta(np.log10(ra), qa, np.log10(rt), qt, method)
+    return _delta(np.log10(ra), qa, np.log10(rt), qt, method,
+                  shown=lambda v: f"{10 ** v:.6g} (rate)")   # (the log10 rate had been named)
 
 
 def quality_at_rate(rate: Sequence[float], quality: Sequence[float], at: float,
                     method: str = "pchip") -> float:
-    """Quality of a curve at rate ``at`` (interpolated over log10 rate; NaN outside the curve)."""
+    """Quality of a curve at rate ``at`` (interpolated over log10 rate; NaN outside the curve).
+
+    Raises:
+        ValueError: a bad curve (see :func:`bd_rate`), or ``at`` not a finite number > 0 (0
+            gave NaN and numpy's divide-by-zero warning)."""
     r, q = _curve(rate, quality, "curve")
     x = np.log10(r)
+    if isinstance(at, bool) or not (isinstance(at, (int, float, np.number)) and
+                                    math.isfinite(at) and at > 0):
+        raise ValueError(f"quality_at_rate: at must be a finite rate > 0, got {at!r:.40}")
     t = np.log10(float(at))
     if t < x.min() or t > x.max():
         return float("nan")

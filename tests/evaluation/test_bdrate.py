@@ -203,3 +203,15 @@ def test_bd_summary_leaves_out_a_lossless_point():
     assert row["bd_rate_pchip"] == pytest.approx(want) and row["bd_rate_ms_ssim_pchip"] is not None
     assert row["overlap_psnr"] == pytest.approx(overlap(r["psnr-rgb"], [27, 28.8, 30.5, 32.2]))
     assert any("1 point(s) of the test curve left out" in w for w in row["warnings"])
+
+
+def test_messages_name_the_rate_and_a_bad_rate_to_read_at():
+    """(Two points of one rate were named by its log10, "share the value -0.30103"; reading a
+    curve at rate 0 gave NaN and numpy's divide-by-zero warning.)"""
+    from slimkernels.evaluation.bdrate import quality_at_rate
+    with pytest.raises(ValueError, match=r"share the value 0\.5 \(rate\)"):
+        bd_psnr([0.5, 0.5, 1.0], [30, 31, 33], [0.4, 0.8, 1.2], [29, 31, 33])
+    for bad in (0, -1.0, math.nan, True, "1"):
+        with pytest.raises(ValueError, match="at must be a finite rate > 0"):
+            quality_at_rate([0.5, 1.0], [30, 33], bad)
+    assert quality_at_rate([0.5, 1.0], [30, 33], 0.5) == pytest.approx(30)
