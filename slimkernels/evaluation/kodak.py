@@ -417,7 +417,8 @@ def goal_check(slim: Dict, bd: Dict[str, Dict], balle: Dict = BALLE2017) -> Dict
     bpp = np.asarray(r["bpp"])[order]
     q = np.asarray(r["psnr-rgb"])[order]
     widest_bpp, widest_psnr = float(bpp[-1]), float(q[-1])
-    ref = quality_at_rate(balle["results"]["bpp"], balle["results"]["psnr-rgb"], widest_bpp)
+    ref = quality_at_rate(balle["results"]["bpp"], balle["results"]["psnr-rgb"], widest_bpp) \
+        if math.isfinite(widest_bpp) and widest_bpp > 0 else math.nan   # (raises on those)
     gap = None if math.isnan(ref) else ref - widest_psnr
     jpeg = bd.get("JPEG", {}).get("bd_rate_pchip")
     return {
