@@ -429,7 +429,9 @@ def pmf_to_quantized_cdf(pmf, precision=16) -> np.ndarray:
         int32 ``[n + 2]`` CDF: ``cdf[0] = 0``, ``cdf[n + 1] = 2**precision``, every frequency
         ``cdf[k+1] - cdf[k] >= 1``. Each entry first gets frequency 1; the remaining
         ``2**precision - (n + 1)`` slots are shared in proportion to the pmf by the largest
-        remainder method (ties to the lower index). Deterministic (float64 in a fixed order).
+        remainder method (ties of the float64 remainders to the lower index: values that are
+        equal in exact arithmetic may round apart and not tie). Deterministic (float64 in a fixed
+        order).
 
     Raises:
         ValueError: negative, NaN or infinite entries, entries whose sum overflows float64
