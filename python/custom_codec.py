@@ -158,7 +158,8 @@ def main(argv=None):
         f = container.read(path)                      # checksums verified
         assert f.width == w and f.metadata["codec"] == b"four-layer-gdn+"
         x_hat = model.decompress(container.pack(f))
-        print(f"{w:5d} {len(data):6d} {8 * len(data) / (H * W):7.3f} {float(psnr(x_hat, image)):8.2f}")
+        q = float(psnr(x_hat, image))                 # dB on 8-bit RGB
+        print(f"{w:5d} {len(data):6d} {8 * len(data) / (H * W):7.3f} {q:8.2f}")
     return 0
 
 
