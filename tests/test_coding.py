@@ -685,18 +685,22 @@ def test_ideal_bytes_known_value():
     assert none == 0.0 and math.copysign(1.0, none) == 1.0   # (was -0.0)
 
 
-def test_prepared_entries_give_the_same_bytes_and_symbols_and_check_in_cpp():
-    """The codec's thin entry: same bytes as encode for arguments in the coder's form; the C++
-    side still refuses wrong arguments."""
-    import numpy as np
-    from slimkernels import coding
+def _prepared_operands():
+    """Three CDFs of 6 symbols in the coder's form, int32 symbols [1, 3, 7, 9] and their
+    compact channel indexes: ``(cdfs, lengths, offsets, symbols, indexes)``."""
     rng = np.random.default_rng(7)
     cdfs = np.stack([coding.pmf_to_quantized_cdf(rng.random(6) + 0.05) for _ in range(3)])
     cdfs = np.ascontiguousarray(cdfs, dtype=np.int32)
     lengths = np.full(3, cdfs.shape[1], np.int32)
     offsets = np.array([-2, -3, -1], np.int32)
     sym = np.ascontiguousarray(rng.integers(-4, 5, size=(1, 3, 7, 9)), dtype=np.int32)
-    idx = np.arange(3, dtype=np.int32).reshape(1, 3, 1, 1)
+    return cdfs, lengths, offsets, sym, np.arange(3, dtype=np.int32).reshape(1, 3, 1, 1)
+
+
+def test_prepared_entries_give_the_same_bytes_and_symbols_and_check_in_cpp():
+    """The codec's thin entry: same bytes as encode for arguments in the coder's form; the C++
+    side still refuses wrong arguments."""
+    cdfs, lengths, offsets, sym, idx = _prepared_operands()
     for streams in (1, 2, 3):
         ref = coding.encode(sym, idx, cdfs, lengths, offsets, precision=16, streams=streams,
                             threads=2)
@@ -1012,13 +1016,7 @@ def test_decode_and_stream_count_take_the_same_forms_of_the_bytes():
 def test_prepared_calls_name_their_bad_arguments():
     """(threads=None was "'<' not supported", shape=None "not iterable", an int64 or strided
     array and threads=2**40 pybind's signature dump in the C++ argument order.)"""
-    rng = np.random.default_rng(7)
-    cdfs = np.stack([coding.pmf_to_quantized_cdf(rng.random(6) + 0.05) for _ in range(3)])
-    cdfs = np.ascontiguousarray(cdfs, dtype=np.int32)
-    lengths = np.full(3, cdfs.shape[1], np.int32)
-    offsets = np.array([-2, -3, -1], np.int32)
-    sym = np.ascontiguousarray(rng.integers(-4, 5, size=(1, 3, 7, 9)), dtype=np.int32)
-    idx = np.arange(3, dtype=np.int32).reshape(1, 3, 1, 1)
+    cdfs, lengths, offsets, sym, idx = _prepared_operands()
     ref = coding.encode(sym, idx, cdfs, lengths, offsets, precision=16, streams=2)
     for threads in (None, 2 ** 40):   # as encode takes them: None, clamped
         got = coding.encode_prepared(sym, idx, 63, cdfs, lengths, offsets, 16, 2, threads)
