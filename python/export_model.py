@@ -34,10 +34,8 @@ def load_checkpoint(path: str) -> dict:
     if not os.path.exists(path):
         raise ValueError(f"{path} does not exist (expected a training checkpoint, e.g. "
                          f"runs/slimcae/checkpoint.pt)")
-    if not os.path.isfile(path):   # (a FIFO was said not to exist)
-        raise ValueError(f"{path} is not a regular file (a pipe, a socket or a device): give "
-                         f"the checkpoint file itself")
-    ck = load_torch_file(path, "{path} is not a readable checkpoint ({error})")
+    ck = load_torch_file(   # (it refuses a FIFO, which was said not to exist)
+        path, "{path} is not a readable checkpoint ({error})")
     if not (isinstance(ck, dict) and all(k in ck for k in ("model", "config", "step"))):
         hint = (" (it is an exported model file already)"
                 if isinstance(ck, dict) and ck.get("format") == "slimkernels-model" else "")

@@ -216,12 +216,9 @@ def _open_image(path: str, todo: str = ""):
 
     if not os.path.exists(path):
         raise MissingFileError(f"{path} does not exist" + (f"; {todo}" if todo else ""))
-    mode = os.stat(path).st_mode
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        # (opening a FIFO waits for a writer for good; Pillow cannot read a pipe, which does
-        # not seek, nor a device; a folder gets Pillow's IsADirectoryError below)
-        raise ValueError(f"{path} is not a regular file (a pipe, a socket or a device): pass "
-                         f"the image file itself" + (f"; {todo}" if todo else ""))
+    # (Pillow cannot read a pipe, which does not seek, nor a device; a folder gets Pillow's
+    # IsADirectoryError below)
+    refuse_special_file(path, "pass the image file itself" + (f"; {todo}" if todo else ""))
 
     def refuse(e):
         return ValueError(f"{path}: not an image file Pillow can read ({type(e).__name__}: {e})"
@@ -267,12 +264,39 @@ def _open_image(path: str, todo: str = ""):
     return im, large, {"raw": raw, "raw_any": raw_any, "maxval": maxval}
 
 
+def refuse_special_file(path, todo: str) -> None:
+    """ValueError ``"<path> is not a regular file (a pipe, a socket or a device): <todo>"``
+    when ``path`` exists and is neither a regular file nor a folder (links followed): opening a
+    FIFO waits for a writer for good, and a device has no end. A missing path or a folder is
+    left to the caller's own message; anything but a path (a file object) passes."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ValueError(f"{os.fsdecode(path)} is not a regular file (a pipe, a socket or a "
+                         f"device): {todo}")
+
+
+def _special_file(path) -> bool:
+    try:
+        refuse_special_file(path, "")
+    except ValueError:
+        return True
+    return False
+
+
 def torch_archive_problem(path: str) -> Optional[str]:
     """What is damaged in the zip archive ``torch.save`` wrote at ``path`` ("its archive: <the
     zip reader's error>", or "its member <name> fails its CRC-32 check"), or None (sound, or not
-    an archive: ``torch.load`` then says what it is). torch's reader does not check the members'
-    CRC-32, so a flipped bit in a tensor loaded silently. ~10 ms for a 17.6 MB file."""
+    an archive: ``torch.load`` then says what it is; a FIFO or a device is not read, and
+    :func:`load_torch_file` refuses it). torch's reader does not check the members' CRC-32, so
+    a flipped bit in a tensor loaded silently. ~10 ms for a 17.6 MB file."""
     import zipfile
+    if _special_file(path):
+        return None
     try:
         if not zipfile.is_zipfile(path):
             return None
@@ -293,9 +317,11 @@ def load_torch_file(path: str, unreadable: str, map_location="cpu"):
     slimkernels' model files and training checkpoints hold), so that a model file from an
     untrusted source cannot run code while it loads; a file holding other Python objects is
     refused (the ValueError above). A missing file raises :class:`MissingFileError` (a
-    FileNotFoundError and a ValueError)."""
+    FileNotFoundError and a ValueError); a FIFO, socket or device a ValueError before it is
+    opened (:func:`refuse_special_file`: a FIFO waited for a writer for good)."""
     if isinstance(path, (str, bytes, os.PathLike)) and not os.path.exists(path):
         raise MissingFileError(f"{os.fsdecode(path)} does not exist")
+    refuse_special_file(path, "pass the file itself")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

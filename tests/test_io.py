@@ -629,9 +629,13 @@ def test_reading_a_fifo_as_an_image_is_refused_not_waited_on(tmp_path):
     import sys
     fifo = tmp_path / "image.png"
     os.mkfifo(fifo)
-    code = ("from slimkernels.io import open_image, read_image\n"
-            "for f in (read_image, open_image):\n"
-            "    try:\n        f(%r)\n    except ValueError as e:\n        print(e)\n" % str(fifo))
+    code = ("from slimkernels.io import open_image, read_image, load_torch_file, "
+            "torch_archive_problem\n"
+            "assert torch_archive_problem(%r) is None\n"
+            "for f in (read_image, open_image, lambda p: load_torch_file(p, '{error}')):\n"
+            "    try:\n        f(%r)\n    except ValueError as e:\n        print(e)\n"
+            % (str(fifo), str(fifo)))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("is not a regular file (a pipe, a socket or a device)") == 2
+    # (load_torch_file too: accelerate_compressai.py --checkpoint fifo waited)
+    assert r.stdout.count("is not a regular file (a pipe, a socket or a device)") == 3

@@ -367,16 +367,15 @@ def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("
             row["errors"]["overlap"] = str(e)
             out[name] = row
             continue
-        has_ms = bool(mt and ma and None not in mt and None not in ma)
+        has_ms = bool(mt and ma)   # (_finite_curve: no None left in them)
         if has_ms:
-            row["overlap_ms_ssim"] = overlap([ms_ssim_db(v) for v in ma], [ms_ssim_db(v) for v in mt])
+            dba, dbt = [ms_ssim_db(v) for v in ma], [ms_ssim_db(v) for v in mt]
+            row["overlap_ms_ssim"] = overlap(dba, dbt)
         jobs = []
         for m in methods:
             jobs.append((f"bd_rate_{m}", bd_rate, (ra, qa, rt, qt, m)))
             jobs.append((f"bd_psnr_{m}", bd_psnr, (ra, qa, rt, qt, m)))
             if has_ms:
-                dba = [ms_ssim_db(v) for v in ma]
-                dbt = [ms_ssim_db(v) for v in mt]
                 jobs.append((f"bd_rate_ms_ssim_{m}", bd_rate, (ra, dba, rt, dbt, m)))
         for key, fn, a in jobs:
             with warnings.catch_warnings(record=True) as caught:

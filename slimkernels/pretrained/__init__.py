@@ -13,7 +13,7 @@ import torch
 from .._device import check_device
 from ..codec import _ORIG_MOD
 from ..io import (MissingFileError, _load_error, atomic_torch_save, load_torch_file,
-                  torch_archive_problem)
+                  refuse_special_file, torch_archive_problem)
 from ..models import SlimCAE
 from ..nn.entropy import state_dict_misfit
 
@@ -179,10 +179,7 @@ def _load_model(path, device, weights) -> SlimCAE:
         raise ValueError(f"weights must be 'ema' or 'train', got {weights!r}")
     if not os.path.exists(path):
         raise MissingFileError(f"model file {path} does not exist")
-    if not os.path.isfile(path) and not os.path.isdir(path):
-        # (a FIFO would block the read until something writes into it; a device has no end)
-        raise ValueError(f"{path} is not a regular file (a pipe, a socket or a device): pass "
-                         f"the model file itself")
+    refuse_special_file(path, "pass the model file itself")   # (before the archive is read)
     _check_archive(path)
     obj = load_torch_file(path, "{path} is not a readable model file ({error})")
     model_file = isinstance(obj, dict) and obj.get("format") == "slimkernels-model"
