@@ -25,6 +25,16 @@ import numpy as np
 METHODS = ("pchip", "akima", "cubic")
 
 
+#: Below this shared fraction of the two curves' union range on the integration axis a BD value
+#: comes with :class:`SmallOverlapWarning` (the ``bjontegaard`` package's default).
+MIN_OVERLAP = 0.75
+
+
+class SmallOverlapWarning(UserWarning):
+    """Two curves that share less than :data:`MIN_OVERLAP` of their union range on the BD
+    metric's integration axis: the value averages over that shared part only."""
+
+
 class NonMonotoneCurveWarning(UserWarning):
     """A rate-distortion curve whose quality falls somewhere as its rate rises: a BD metric
     assumes a monotone curve, and its value over this one averages a curve that folds back."""
@@ -98,6 +108,11 @@ def _delta(x_anchor, y_anchor, x_test, y_test, method: str, shown=None) -> float
             f"the curves do not overlap on the integration axis: anchor spans "
             f"[{x_anchor.min():.4g}, {x_anchor.max():.4g}], test spans [{x_test.min():.4g}, "
             f"{x_test.max():.4g}]; a BD metric is undefined without a shared range")
+    union = max(x_anchor.max(), x_test.max()) - min(x_anchor.min(), x_test.min())
+    if (hi - lo) < MIN_OVERLAP * union:
+        warnings.warn(f"the curves share only {(hi - lo) / union:.0%} of their range on the "
+                      f"integration axis (< {MIN_OVERLAP:.0%}); the value averages over that "
+                      "part only", SmallOverlapWarning, stacklevel=3)
     return float((ft.integrate(lo, hi) - fa.integrate(lo, hi)) / (hi - lo))
 
 
@@ -137,6 +152,8 @@ def bd_rate(rate_anchor: Sequence[float], quality_anchor: Sequence[float],
     Warns:
         NonMonotoneCurveWarning: a curve whose quality falls somewhere as its rate rises (the
         value is still computed, over the folded curve).
+        SmallOverlapWarning: the curves share less than :data:`MIN_OVERLAP` of their union
+        range on the integration axis (the value is still computed, over the shared part).
     """
     ra, qa = _curve(rate_anchor, quality_anchor, "anchor")
     rt, qt = _curve(rate_test, quality_test, "test")
@@ -150,7 +167,8 @@ def bd_psnr(rate_anchor: Sequence[float], quality_anchor: Sequence[float],
     """Bjontegaard delta quality (dB for PSNR) of ``test`` against ``anchor`` at equal rate.
 
     Same arguments as :func:`bd_rate`; the quality is interpolated over log10(rate) and averaged
-    over the shared log-rate range. Positive = the test codec is better.
+    over the shared log-rate range. Positive = the test codec is better. Raises and warns as
+    :func:`bd_rate` (the overlap on the log-rate axis).
     """
     ra, qa = _curve(rate_anchor, quality_anchor, "anchor")
     rt, qt = _curve(rate_test, quality_test, "test")

@@ -23,8 +23,9 @@ import torch
 
 from ..io import (IMAGE_EXTENSIONS, MissingFileError, image_names, missing_folders,
                   remove_empty_folders)
-from .bdrate import NonMonotoneCurveWarning, bd_psnr, bd_rate, overlap, quality_at_rate
-from .metrics import ms_ssim, ms_ssim_db, psnr
+from .bdrate import (MIN_OVERLAP, NonMonotoneCurveWarning, SmallOverlapWarning, bd_psnr, bd_rate,
+                     overlap, quality_at_rate)
+from .metrics import MS_SSIM_ROUNDING, ms_ssim, ms_ssim_db, psnr
 
 
 #: Published Kodak RD points (bpp, RGB PSNR dB), the SlimCAE paper (Yang et al. 2021).
@@ -315,9 +316,6 @@ def _check_streams(streams) -> None:
                          f"got {streams!r}")
 
 
-#: below this shared fraction of the quality range a BD value is reported with a warning
-#: (the ``bjontegaard`` package's default)
-MIN_OVERLAP = 0.75
 
 
 def _finite_curve(curve: Dict):
@@ -331,7 +329,8 @@ def _finite_curve(curve: Dict):
     def finite(v):
         return v is not None and math.isfinite(v)
     keep = [i for i in range(len(r)) if finite(r[i]) and r[i] > 0 and finite(q[i]) and
-            (m is None or (m[i] is not None and finite(ms_ssim_db(m[i]))))]
+            (m is None or (finite(m[i]) and m[i] <= 1 + MS_SSIM_ROUNDING and
+                            finite(ms_ssim_db(m[i]))))]
     pick = (lambda v: [v[i] for i in keep])
     return pick(r), pick(q), None if m is None else pick(m), len(r) - len(keep)
 
@@ -380,6 +379,7 @@ def bd_summary(test: Dict, anchors: Dict[str, Dict], methods: Sequence[str] = ("
         for key, fn, a in jobs:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", NonMonotoneCurveWarning)
+                warnings.simplefilter("ignore", SmallOverlapWarning)   # (said below)
                 try:
                     row[key] = fn(*a)
                 except ValueError as e:

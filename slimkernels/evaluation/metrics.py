@@ -201,10 +201,28 @@ def ms_ssim(a: ImageLike, b: ImageLike, data_range: float = 255.0) -> torch.Tens
     return torch.prod(vals ** w.view(-1, 1, 1), dim=0).mean(1)
 
 
+#: How far above 1 a value may lie and still be taken as MS-SSIM 1 by :func:`ms_ssim_db` (the
+#: rounding of a computed MS-SSIM of near-identical images).
+MS_SSIM_ROUNDING = 1e-6
+
+
 def ms_ssim_db(value: Union[float, torch.Tensor]):
     """MS-SSIM on a dB scale, ``-10 log10(1 - ms_ssim)`` (how RD plots usually show it): inf
-    for 1.0 (identical images; without numpy's divide-by-zero warning)."""
+    for 1.0 (identical images; without numpy's divide-by-zero warning), NaN for NaN.
+
+    Args:
+        value: MS-SSIM, a float or a float tensor of any shape, at most 1 (values up to
+            :data:`MS_SSIM_ROUNDING` above it, rounding, are taken as 1).
+
+    Raises:
+        ValueError: a value further above 1 (no MS-SSIM is: NaN and numpy's warning before)."""
     if isinstance(value, torch.Tensor):
-        return -10 * torch.log10(1 - value)
+        if bool((value > 1 + MS_SSIM_ROUNDING).any()):
+            raise ValueError(f"ms_ssim_db: MS-SSIM is at most 1, got a tensor with values up to "
+                             f"{float(value.max()):.6g}")
+        return -10 * torch.log10(1 - value.clamp_max(1))
+    if value > 1 + MS_SSIM_ROUNDING:
+        raise ValueError(f"ms_ssim_db: MS-SSIM is at most 1, got {value!r:.40}")
+    value = min(value, 1.0) if value == value else value   # (NaN stays NaN)
     with np.errstate(divide="ignore"):
         return float(-10 * np.log10(1 - value))

@@ -64,7 +64,7 @@ def rd_plot(slim: Dict, references: Dict[str, Dict], path: str,
     for ax, (key, label) in zip(axes[0], panels):
         def values(curve):
             v = curve["results"].get(key)
-            if v is None or None in v:
+            if v is None:   # (none_as_nan made a null value NaN: drawn as a gap)
                 return None
             return [ms_ssim_db(t) for t in v] if key == "ms-ssim-rgb" else list(v)
 

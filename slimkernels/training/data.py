@@ -127,7 +127,7 @@ class CropSampler:
         if not any(im.shape[-2] >= crop and im.shape[-1] >= crop for im in self.images):
             big = max(self.images, key=lambda im: min(im.shape[-2:]))
             raise ValueError(f"no training image is at least {crop}x{crop} (the largest is "
-                             f"{big.shape[-2]}x{big.shape[-1]}): use a smaller crop")
+                             f"{big.shape[-2]}x{big.shape[-1]}): use a smaller crop or larger images")
 
     def state_dict(self) -> dict:
         """``{"gen": uint8 tensor}``: the crop RNG's state (saved in training checkpoints)."""

@@ -5,8 +5,8 @@ import warnings
 import numpy as np
 import pytest
 
-from slimkernels.evaluation.bdrate import (NonMonotoneCurveWarning, bd_psnr, bd_rate, overlap,
-                                          quality_at_rate)
+from slimkernels.evaluation.bdrate import (NonMonotoneCurveWarning, SmallOverlapWarning, bd_psnr,
+                                          bd_rate, overlap, quality_at_rate)
 
 # a realistic pair: published Kodak points (Yang et al. 2021)
 BALLE = ([0.120, 0.195, 0.316, 0.481, 0.721, 1.061], [26.78, 28.35, 30.02, 31.73, 33.69, 35.82])
@@ -45,7 +45,9 @@ def test_linear_log_rate_analytic(method):
     qt = np.array([30.0, 31.0, 33.7, 34.9, 36.0])
     ra = 10 ** (0.10 * qa - 3.0)
     rt = 10 ** (0.08 * qt - 2.5)
-    assert bd_rate(ra, qa, rt, qt, method) == pytest.approx((10 ** -0.16 - 1) * 100, abs=1e-9)
+    with pytest.warns(SmallOverlapWarning, match="60%"):   # ([30, 36] of [28, 38])
+        v = bd_rate(ra, qa, rt, qt, method)
+    assert v == pytest.approx((10 ** -0.16 - 1) * 100, abs=1e-9)
 
 
 def test_point_order_does_not_matter():
@@ -105,11 +107,13 @@ def test_helpers():
     assert math.isnan(quality_at_rate(*BALLE, 2.0))
 
 
+@pytest.mark.filterwarnings("ignore::slimkernels.evaluation.bdrate.SmallOverlapWarning")
 def test_a_curve_that_folds_back_is_warned_and_still_computed():
     from slimkernels.evaluation.bdrate import NonMonotoneCurveWarning
     r, q = BALLE
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", NonMonotoneCurveWarning)
+        warnings.simplefilter("ignore", SmallOverlapWarning)
         bd_rate(r, q, [0.2, 0.3, 0.5], [28.0, 29.0, 31.0])      # monotone: no warning
     with pytest.warns(NonMonotoneCurveWarning, match=r"test: the quality falls.*\[0.2, 0.3, 0.5\]"):
         v = bd_psnr(r, q, [0.5, 0.2, 0.3], [31.0, 29.5, 29.0])   # order given does not matter
@@ -185,6 +189,7 @@ def test_overlap_refuses_values_that_are_not_finite_or_empty():
     assert overlap([25.0, 30.0], [28.0, 31.0]) == pytest.approx(2 / 6)
 
 
+@pytest.mark.filterwarnings("ignore::slimkernels.evaluation.bdrate.SmallOverlapWarning")
 def test_bd_summary_leaves_out_a_lossless_point():
     """(One point of infinite PSNR / MS-SSIM 1.0 made every BD value None and the PSNR overlap
     0%, with numpy warnings; its finite points give the value.)"""
@@ -215,3 +220,30 @@ def test_messages_name_the_rate_and_a_bad_rate_to_read_at():
         with pytest.raises(ValueError, match="at must be a finite rate > 0"):
             quality_at_rate([0.5, 1.0], [30, 33], bad)
     assert quality_at_rate([0.5, 1.0], [30, 33], 0.5) == pytest.approx(30)
+
+
+def test_a_small_overlap_is_warned_when_called_directly():
+    r, q = BALLE
+    # the test curve's quality range shares only its lowest part with the anchor's
+    hi_q = [v + 7.0 for v in q]
+    with pytest.warns(SmallOverlapWarning, match=r"share only \d+%"):
+        v = bd_rate(r, q, r, hi_q)
+    assert math.isfinite(v)
+    with pytest.warns(SmallOverlapWarning):
+        bd_psnr(r, q, [4 * v for v in r], q)   # log-rate ranges shifted by log10(4)
+    with warnings.catch_warnings():   # a full overlap says nothing
+        warnings.simplefilter("error")
+        bd_rate(*BALLE, *CAI)
+        bd_psnr(*BALLE, *CAI)
+
+
+def test_bd_summary_reports_a_small_overlap_once_without_python_warnings():
+    from slimkernels.evaluation.kodak import bd_summary
+
+    def curve(r, q):
+        return {"results": {"bpp": list(r), "psnr-rgb": list(q)}}
+    r, q = BALLE
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # (its own note only: no SmallOverlapWarning escapes)
+        out = bd_summary(curve(r, [v + 7.0 for v in q]), {"a": curve(r, q)})["a"]
+    assert any("bd_rate_pchip: the curves share only" in w for w in out["warnings"])

@@ -127,6 +127,16 @@ def test_ms_ssim_properties():
     assert ms_ssim_db(0.99) == pytest.approx(20.0)
 
 
+def test_ms_ssim_db_refuses_a_value_above_one():
+    assert ms_ssim_db(1.0) == math.inf and math.isnan(ms_ssim_db(float("nan")))
+    assert ms_ssim_db(1.0 + 1e-9) == math.inf   # (rounding of near-identical images)
+    for bad in (1.2, torch.tensor([0.5, 1.2])):
+        with pytest.raises(ValueError, match="at most 1"):
+            ms_ssim_db(bad)
+    t = ms_ssim_db(torch.tensor([0.99, 1.0 + 1e-9], dtype=torch.float64))
+    assert float(t[0]) == pytest.approx(20.0) and float(t[1]) == math.inf
+
+
 def test_ssim_and_ms_ssim_size_checks():
     with pytest.raises(ValueError, match="> 160"):
         ms_ssim(torch.rand(1, 3, 160, 300), torch.rand(1, 3, 160, 300))
