@@ -48,13 +48,13 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
     """Run the evaluation for parsed ``args``; print the table; return the exit code.
 
     Exit codes: 0 done, 2 bad input (missing folder/model, bad width, an earlier evaluation in
-    ``--out`` without ``--force``), 1 the range coder extension is missing. With ``--force`` the
-    earlier evaluation in ``--out`` is set aside and put back when this one fails (a bad image,
-    Ctrl-C), removed when it succeeds. ``prog``: the name the errors show.
+    ``--out`` without ``--force``, another evaluation running into ``--out``), 1 the range coder
+    extension is missing. With ``--force`` the earlier evaluation in ``--out`` is set aside and
+    put back when this one fails (a bad image, Ctrl-C), removed when it succeeds. ``prog``: the name the errors show.
     """
     from ..pretrained import load_model
-    from .kodak import (check_widths, earlier_outputs, evaluate_all, list_images,
-                        ms_ssim_size_problem, recover_interrupted)
+    from .kodak import (EvaluationBusyError, check_widths, earlier_outputs, evaluate_all,
+                        list_images, ms_ssim_size_problem, recover_interrupted)
 
     def err(msg: str) -> int:
         print(f"{prog}: error: {msg}", file=sys.stderr)
@@ -96,7 +96,10 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
     small = ms_ssim_size_problem(images)
     if small:
         return err(small)
-    note = recover_interrupted(args.out)   # (a killed run's leftovers: before the check)
+    try:
+        note = recover_interrupted(args.out)   # (a killed run's leftovers: before the check)
+    except EvaluationBusyError as e:
+        return err(str(e))
     if note is not None:
         print(f"{prog}: note: {note}", file=sys.stderr)
     earlier = earlier_outputs(args.out)
@@ -125,7 +128,7 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
                                classical=not args.no_classical, jpeg_qualities=args.jpeg_qualities,
                                webp_qualities=args.webp_qualities, streams=args.streams,
                                progress=log, overwrite=args.force)
-    except ValueError as e:
+    except (ValueError, EvaluationBusyError) as e:
         return err(str(e))
     with open(summary["files"]["table"]) as f:
         print(f.read(), end="")

@@ -9,6 +9,8 @@ original (the SlimCAE paper's conventions). The estimated rate is
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -523,16 +525,58 @@ def earlier_outputs(out_dir: str) -> List[str]:
     return [n for n in OUTPUTS if os.path.lexists(os.path.join(out_dir, n))]
 
 
+class EvaluationBusyError(RuntimeError):
+    """Another evaluation is running into the same folder (:func:`folder_lock`)."""
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: str):
+    """Hold an exclusive lock on the folder ``out_dir`` (which must exist) while the body runs:
+    one evaluation into a folder at a time (two had written the same files, and the second's
+    :func:`recover_interrupted` took the first's set-aside results for a killed run's). A
+    ``flock`` on the folder itself: no lock file, released by the system when the process
+    ends, even when killed. Where the file system has no such locks, the body runs unlocked.
+
+    Raises:
+        EvaluationBusyError: another process, or another open of this lock, holds it."""
+    try:
+        import fcntl
+    except ImportError:   # (no flock on this system)
+        yield
+        return
+    fd = os.open(out_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:   # (another errno: a file system without flock, unlocked)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise EvaluationBusyError(
+                    f"{out_dir}: another evaluation is running into this folder; wait for it "
+                    f"to finish, or choose another folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def recover_interrupted(out_dir: str) -> Optional[str]:
     """Put back the earlier evaluation that a run killed in ``out_dir`` left set aside (a
     hidden ``.earlier-*`` folder: SIGKILL, an out-of-memory kill, or ``python/evaluate.py``'s
     default SIGTERM ended the run before it could): that run's own outputs, which are partial,
     are removed first. With several such folders (killed again while one was left) the oldest
     holds the evaluation from before them and comes back; the others hold partial runs and go.
-    Returns a note saying what was done, or None when there was nothing to recover. (One
-    evaluation into a folder at a time: a run going on there owns its ``.earlier-*``.)"""
+    Returns a note saying what was done, or None when there was nothing to recover.
+
+    Raises:
+        EvaluationBusyError: an evaluation is running into ``out_dir`` (its ``.earlier-*`` is
+            its own, not a killed run's; :func:`folder_lock`)."""
     if not os.path.isdir(out_dir):
         return None
+    with folder_lock(out_dir):
+        return _recover_interrupted(out_dir)
+
+
+def _recover_interrupted(out_dir: str) -> Optional[str]:
+    """:func:`recover_interrupted`, with ``out_dir`` (a folder) locked by the caller."""
     left = [p for p in (os.path.join(out_dir, n) for n in os.listdir(out_dir)
                         if n.startswith(".earlier-"))
             if os.path.isdir(p) and not os.path.islink(p)]
@@ -580,7 +624,8 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
     when this run fails (a bad image, Ctrl-C: it had been deleted first), and removed when it
     succeeds. A failed run leaves none of its own outputs (nor the ``out_dir`` it made). What a
     run killed without cleanup left set aside is put back first (:func:`recover_interrupted`,
-    with a RuntimeWarning saying so).
+    with a RuntimeWarning saying so). The folder is locked while the run goes on
+    (:func:`folder_lock`).
 
     Returns:
         ``{"slimcae": ..., "references": {name: curve}, "bd": {...}, "goals": {...},
@@ -590,18 +635,20 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
         ValueError: a bad argument (as :func:`evaluate`; JPEG / WebP qualities not ints in
             0..100, ``out_dir`` a file), before anything is run or set aside.
         FileExistsError: an earlier evaluation in ``out_dir`` and not ``overwrite``.
+        EvaluationBusyError: another evaluation is running into ``out_dir``.
     """
     from ..codec import resolve_precision
     from .classical import check_qualities
 
     check_out_dir(out_dir)
+    # (a first recovery and look, before the arguments' checks; again under the folder's lock
+    # for the run below, where another run may have come and gone meanwhile)
     note = recover_interrupted(out_dir)
     if note is not None:
         warnings.warn(note, RuntimeWarning, stacklevel=2)
     earlier = earlier_outputs(out_dir) if os.path.isdir(out_dir) else []
     if earlier and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds an evaluation ({', '.join(earlier)}): "
-                              f"choose another out_dir, or pass overwrite=True to replace it")
+        raise _exists_error(out_dir, earlier)
     # what would fail late, checked before the earlier evaluation is touched (a typo in the
     # folder's name, a width the model lacks, a JPEG quality of 200 had removed it)
     resolve_precision(precision, next(model.parameters()).device)
@@ -614,16 +661,32 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
         webp_qualities = check_qualities("webp", webp_qualities, "webp_qualities")
     made = missing_folders(out_dir)   # (out/ and its missing parents: removed on failure)
     os.makedirs(out_dir, exist_ok=True)
-    aside = _set_aside(out_dir, earlier)
     try:
-        summary = _evaluate_all(model, folder, out_dir, widths, precision, limit, classical,
-                                jpeg_qualities, webp_qualities, streams, plot, progress)
+        with folder_lock(out_dir):   # (one evaluation into a folder at a time)
+            note = _recover_interrupted(out_dir)
+            if note is not None:
+                warnings.warn(note, RuntimeWarning, stacklevel=3)
+            earlier = earlier_outputs(out_dir)
+            if earlier and not overwrite:
+                raise _exists_error(out_dir, earlier)
+            aside = _set_aside(out_dir, earlier)
+            try:
+                summary = _evaluate_all(model, folder, out_dir, widths, precision, limit,
+                                        classical, jpeg_qualities, webp_qualities, streams, plot,
+                                        progress)
+            except BaseException:
+                _restore(out_dir, OUTPUTS, aside)   # (this run's outputs go: a rerun needs no
+                raise                               # overwrite)
+            _discard(aside)
     except BaseException:
-        _restore(out_dir, OUTPUTS, aside)   # (this run's outputs go: a rerun needs no overwrite)
         remove_empty_folders(made)   # (the parents it made too: --out new/sub left new/)
         raise
-    _discard(aside)
     return summary
+
+
+def _exists_error(out_dir: str, earlier: List[str]) -> FileExistsError:
+    return FileExistsError(f"{out_dir} already holds an evaluation ({', '.join(earlier)}): "
+                           f"choose another out_dir, or pass overwrite=True to replace it")
 
 
 def _set_aside(out: str, names: List[str]) -> Optional[str]:

@@ -697,3 +697,55 @@ def test_the_fold_mark_goes_on_the_cells_of_the_curve_that_folds():
     row = next(ln for ln in markdown_table(test, bd).splitlines() if ln.startswith("| JPEG"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4].endswith("^") and not any(c.endswith("^") for c in cells[1:4]), row
+
+
+@needs_coder
+def test_one_evaluation_into_a_folder_at_a_time(tiny_model, image_folder, tmp_path, capsys):
+    """(A second evaluation into a folder where one was running took the running one's
+    set-aside results for a killed run's: it removed that run's outputs so far and put the
+    earlier results back under them; both then wrote the same files.) The folder is locked
+    while a run goes on; the second is refused by name and touches nothing."""
+    out = tmp_path / "ev"
+    kodak.evaluate_all(tiny_model, image_folder, str(out), widths=[8], classical=False,
+                       plot=False)
+    # as a running --force run leaves it: the earlier results set aside, its own beside them
+    aside = out / ".earlier-running"
+    aside.mkdir()
+    for n in os.listdir(out):
+        if n in kodak.OUTPUTS:
+            os.replace(out / n, aside / n)
+    (out / "slimcae.json").write_text("{\"running\": 1}")
+    before = _tree(out)
+    with kodak.folder_lock(str(out)):   # (that run's lock; another open of it is refused)
+        with pytest.raises(kodak.EvaluationBusyError, match="another evaluation is running"):
+            kodak.recover_interrupted(str(out))
+        for overwrite in (False, True):
+            with pytest.raises(kodak.EvaluationBusyError, match=str(out)):
+                kodak.evaluate_all(tiny_model, image_folder, str(out), widths=[8],
+                                   classical=False, plot=False, overwrite=overwrite)
+        assert run_eval(_args([image_folder, "--out", str(out), "--widths", "8",
+                               "--no-classical", "-q", "--force"])) == 2
+        assert "another evaluation is running into this folder" in capsys.readouterr().err
+        assert _tree(out) == before and aside.is_dir()
+    # released (the run ended, or was killed): its leftovers are recovered
+    assert ".earlier-running: put back" in kodak.recover_interrupted(str(out))
+
+
+def test_evaluate_all_holds_the_folder_lock_while_it_runs(tmp_path, monkeypatch):
+    from slimkernels.models import SlimCAE
+    imgs, out, seen = tmp_path / "imgs", tmp_path / "ev", []
+    imgs.mkdir()
+
+    def run(model, folder, out_dir, *a):
+        with pytest.raises(kodak.EvaluationBusyError):
+            kodak.recover_interrupted(out_dir)
+        seen.append(out_dir)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(kodak, "_evaluate_all", run)
+    with pytest.raises(KeyboardInterrupt):
+        kodak.evaluate_all(SlimCAE([16, 8]), str(imgs), str(out), widths=[8], classical=False,
+                           plot=False)
+    assert seen == [str(out)] and not out.exists()   # (the folder it made goes)
+    out.mkdir()
+    with kodak.folder_lock(str(out)):   # (released after the failed run)
+        pass
