@@ -28,9 +28,11 @@ def image_names(folder: str) -> List[str]:
     one of :data:`IMAGE_EXTENSIONS` (any case) that are regular files, directly or through a
     link (a subfolder named like an image, ``x.png/``, is not one, nor a FIFO, socket or device:
     reading a FIFO would wait for a writer for good); a link that leads nowhere is listed, so
-    that reading it says so. ``folder`` must exist (OSError from ``os.listdir``)."""
+    that reading it says so. Hidden names (``.x.png``; macOS's ``._x.png`` beside every image
+    copied onto another file system, which are no images) are left out, as a shell's ``*.png``
+    leaves them. ``folder`` must exist (OSError from ``os.listdir``)."""
     return sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)
-                  and _regular_or_dangling(os.path.join(folder, f)))
+                  and not f.startswith(".") and _regular_or_dangling(os.path.join(folder, f)))
 
 
 def _regular_or_dangling(path: str) -> bool:

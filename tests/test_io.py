@@ -606,6 +606,10 @@ def test_image_names_lists_image_files_only(tmp_path):
     os.symlink(tmp_path / "a.jpg", tmp_path / "g.jpg")
     os.symlink(tmp_path / "nowhere.png", tmp_path / "h.png")
     assert sio.image_names(str(tmp_path)) == ["a.jpg", "b.PNG", "d.webp", "g.jpg", "h.png"]
+    # hidden names are no images to list (macOS's ._a.jpg beside a.jpg failed the evaluation)
+    (tmp_path / "._a.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    assert sio.image_names(str(tmp_path)) == ["a.jpg", "b.PNG", "d.webp", "g.jpg", "h.png"]
 
 
 def test_missing_folders_and_their_removal(tmp_path):
