@@ -478,8 +478,9 @@ def markdown_table(slim: Dict, bd: Dict[str, Dict]) -> str:
                      f"{cell('bd_rate_ms_ssim_pchip', '+.1f', ' %')} | "
                      f"{_fmt(b.get('overlap_psnr'), '.0%')} |")
     if low:
-        lines.append(f"\n\\* the two curves share less than {MIN_OVERLAP:.0%} of their range on "
-                     "the integration axis: the value averages over a small range (see summary.json)")
+        lines.append(f"\n\\* the shared part of the two curves' ranges on the integration axis "
+                     f"is less than {MIN_OVERLAP:.0%} of their union (one curve reaches well past "
+                     "the other): the value averages over the shared part only (see summary.json)")
     if folds:
         lines.append("\n^ a curve's quality falls somewhere as its rate rises: the value averages "
                      "over a curve that folds back (see summary.json)")

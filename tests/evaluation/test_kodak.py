@@ -133,7 +133,7 @@ def test_bd_summary_and_goals():
                                            "ms-ssim-db": [10.0] * 6, "encode_ms": [1.0] * 6,
                                            "decode_ms": [2.0] * 6}}, bd)
     assert "| 192 |" in md and "-10.0 %" in md and "n/a |" in md and "n/a %" not in md
-    assert "| JPEG | -" in md and " %* |" in md and "share less than 75%" in md
+    assert "| JPEG | -" in md and " %* |" in md and "is less than 75% of their union" in md
 
 
 def test_rd_plot_writes_png(tmp_path):
