@@ -50,7 +50,8 @@ def run_eval(args: argparse.Namespace, prog: str = "slimkernels eval") -> int:
     Exit codes: 0 done, 2 bad input (missing folder/model, bad width, an earlier evaluation in
     ``--out`` without ``--force``, another evaluation running into ``--out``), 1 the range coder
     extension is missing. With ``--force`` the earlier evaluation in ``--out`` is set aside and
-    put back when this one fails (a bad image, Ctrl-C), removed when it succeeds. ``prog``: the name the errors show.
+    put back when this one fails (a bad image, Ctrl-C), removed when it succeeds. ``prog``: the
+    name the errors show.
     """
     from ..pretrained import load_model
     from .kodak import (EvaluationBusyError, check_widths, earlier_outputs, evaluate_all,

@@ -318,8 +318,6 @@ def _check_streams(streams) -> None:
                          f"got {streams!r}")
 
 
-
-
 def _finite_curve(curve: Dict):
     """``(bpp, psnr, ms_ssim or None, dropped)`` of a CompressAI-layout ``curve`` without the
     points whose rate, PSNR or MS-SSIM (in dB) is not finite or missing; ``dropped``: how many."""
@@ -666,7 +664,7 @@ def evaluate_all(model, folder: str, out_dir: str, widths: Optional[Sequence[int
         with folder_lock(out_dir):   # (one evaluation into a folder at a time)
             note = _recover_interrupted(out_dir)
             if note is not None:
-                warnings.warn(note, RuntimeWarning, stacklevel=3)
+                warnings.warn(note, RuntimeWarning, stacklevel=2)
             earlier = earlier_outputs(out_dir)
             if earlier and not overwrite:
                 raise _exists_error(out_dir, earlier)
