@@ -897,8 +897,9 @@ class SlimCodec(WatchedAttributes, nn.Module):
 
     def update(self, force: bool = True) -> bool:
         """Build the integer CDF tables (int32 buffers) of every width; call after training and
-        before :meth:`compress`. Returns True when tables were (re)built. ValueError for a
-        model on the meta device."""
+        before :meth:`compress`. ``force``: rebuild the tables even where they exist (default);
+        False builds only the widths without them. Returns True when tables were (re)built.
+        ValueError for a model on the meta device."""
         self._refuse_meta("update")
         return self.entropy_bottleneck.update(force)
 

@@ -1834,6 +1834,18 @@ def test_torch_jit_trace_is_refused_by_name(model):
     assert model.encode(x, 8).shape[1] == 8   # (eager calls are unaffected afterwards)
 
 
+def test_torch_jit_script_is_refused_by_name(model):
+    """(torch.jit.script of a layer or a model failed inside TorchScript's type resolution:
+    "AssertionError: Unsupported annotation typing.Optional[dict] could not be resolved".)"""
+    from slimkernels.nn import SlimConv2d, SlimConvTranspose2d, SlimGDN, SwitchGDN
+    for m in (SlimConv2d(4, 8, 3, widths=[8, 4]), SlimConvTranspose2d(8, 4, 3, widths=[4, 2]),
+              SlimGDN(8), SwitchGDN([8, 4]), model):
+        with pytest.raises(RuntimeError, match=f"torch.jit.script cannot compile "
+                                               f"{'SlimConv2d' if m is model else type(m).__name__}"):
+            torch.jit.script(m)
+    assert model.encode(torch.rand(1, 3, 32, 32), 8).shape[1] == 8
+
+
 def test_a_compiled_submodule_keeps_the_model_id(model):
     """(model.g_a = torch.compile(model.g_a) put "_orig_mod." into the state_dict names: the same
     weights had another model id, and files were refused both ways.)"""

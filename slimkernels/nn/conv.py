@@ -9,6 +9,7 @@ import torch.nn as nn
 from .. import ops
 from .._checks import as_flag, as_width, is_int, not_a_tensor, width_list
 from .._state import WatchedAttributes
+from ._script import NotScriptable
 
 
 _Size = Union[int, Tuple[int, int]]
@@ -76,7 +77,7 @@ def _check_fixed(layer: str, name: str, value) -> None:
         raise ValueError(f"{layer} supports {name}={_FIXED[name][0]!r} only, got {value!r}")
 
 
-class _SlimMixin(WatchedAttributes):
+class _SlimMixin(NotScriptable, WatchedAttributes):
     def __setattr__(self, name, value):
         # ``layer.padding = 2`` (or stride / output_padding) after construction, as on an
         # nn.Conv2d: the int the forward passes to the op follows (it was kept from __init__,
@@ -167,7 +168,8 @@ class SlimConv2d(_SlimMixin, nn.Conv2d):
 
     def forward(self, x: torch.Tensor, width: Optional[int] = None,
                 gdn: Optional[dict] = None) -> torch.Tensor:
-        """``x``: ``[N, C_in<=in_channels, H, W]`` -> ``[N, width, H', W']`` (x's dtype).
+        """``x``: ``[N, C_in<=in_channels, H, W]`` -> ``[N, width, H', W']`` (x's dtype;
+        bf16 under bf16 autocast).
 
         ``gdn``: optional :func:`slimkernels.ops.gdn` keyword dict (e.g. a GDN layer's
         ``op_kwargs(width)``) applied to the output, fused into the convolution where the backend
@@ -211,12 +213,15 @@ class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
     def forward(self, x: torch.Tensor, width: Optional[int] = None,
                 output_size: None = None, out_igdn: Optional[dict] = None,
                 out_clamp=None) -> torch.Tensor:
-        """``x``: ``[N, C_in<=in_channels, H, W]`` -> ``[N, width, H', W']`` (x's dtype).
+        """``x``: ``[N, C_in<=in_channels, H, W]`` -> ``[N, width, H', W']`` (x's dtype;
+        bf16 under bf16 autocast).
 
         ``out_igdn``: optional :func:`slimkernels.ops.gdn` keyword dict applied (as IGDN) to the
         output, fused into the transposed convolution where the backend can. ``out_clamp``:
         optional ``(lo, hi)``: the output as float32 clamped to it (see
-        :func:`slimkernels.ops.slim_conv_transpose2d`)."""
+        :func:`slimkernels.ops.slim_conv_transpose2d`). ``output_size``: not taken (torch's
+        ``ConvTranspose2d`` argument, kept for its signature; the output size follows from
+        ``output_padding``): ValueError unless None."""
         if output_size is not None:
             raise ValueError("SlimConvTranspose2d does not take output_size; set output_padding")
         self._check_input(x, self.in_channels)

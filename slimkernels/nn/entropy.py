@@ -215,7 +215,12 @@ class EntropyBottleneck(WatchedAttributes, nn.Module):
 
         The tables (``_quantized_cdf`` int32 ``[C, L_max]``, ``_cdf_length`` and ``_offset`` int32
         ``[C]``) live in the state_dict, so decoding depends on no float arithmetic.
-        Returns True when the tables were (re)built.
+
+        Args:
+            force: rebuild the tables even where they exist (default); False builds them only
+                where one of the three is missing (e.g. after loading a state_dict without them).
+
+        Returns True when the tables were (re)built (False: ``force=False`` found them all).
         """
         if self.has_tables() and not force:
             return False
@@ -421,6 +426,7 @@ class SlimEntropyBottleneck(WatchedAttributes, nn.Module):
         return sum(b.loss() for b in self.bottlenecks)
 
     def update(self, force: bool = True) -> bool:
-        """Build the CDF tables of every width; see :meth:`EntropyBottleneck.update`. Returns
-        True when some width's tables were (re)built."""
+        """Build the CDF tables of every width; see :meth:`EntropyBottleneck.update` (``force``:
+        False builds only the widths without tables). Returns True when some width's tables
+        were (re)built."""
         return any([b.update(force) for b in self.bottlenecks])

@@ -9,10 +9,11 @@ import torch.nn as nn
 from .. import ops
 from .._state import WatchedAttributes, bump_generation, cached_on_module
 from .._checks import as_flag, as_width, finite_real, is_int, not_a_tensor, width_list
+from ._script import NotScriptable
 from .parametrizers import NonNegativeParametrizer
 
 
-class SlimGDN(WatchedAttributes, nn.Module):
+class SlimGDN(NotScriptable, WatchedAttributes, nn.Module):
     """GDN / IGDN of ``in_channels`` channels, applied at any active width ``C <= in_channels``.
 
     Width ``C`` uses ``beta[:C]`` and ``gamma[:C, :C]`` (read in place). Parameters ``beta``
@@ -99,7 +100,7 @@ class SlimGDN(WatchedAttributes, nn.Module):
         return f"{self.in_channels}, inverse={self.inverse}"
 
 
-class _WidthSelectedGDN(WatchedAttributes, nn.Module):
+class _WidthSelectedGDN(NotScriptable, WatchedAttributes, nn.Module):
     """Base of the GDN layers whose parameters depend on the active width (one of ``widths``)."""
 
     def __init__(self, widths: Sequence[int], inverse: bool):

@@ -152,6 +152,8 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
     that keeps a moving average of its weights (the trainer's ``ema``), the average (``"ema"``,
     default: what the trainer validates) or the training weights (``"train"``); a checkpoint
     without an average (``--ema 0``) and a model file hold one set of weights, which both give.
+    ``device``: where the model's parameters go (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a
+    ``torch.device``); the file is read on the CPU first.
 
     Raises:
         MissingFileError: no file at ``path`` (or no bundled model in this install); a
