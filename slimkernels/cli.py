@@ -16,6 +16,7 @@ import warnings
 from typing import List, Optional, Tuple
 
 from ._device import cli_device
+from ._lines import Lines as _Lines
 from ._checks import MAX_THREADS_PER_CPU, too_many_threads  # noqa: F401 (re-exported)
 from ._version import __version__
 
@@ -28,48 +29,6 @@ class CLIError(Exception):
 
 def _err(msg: str) -> None:
     print(f"slimkernels: error: {msg}", file=sys.stderr)
-
-
-def _printable(text: str, stream) -> str:
-    """``text`` as ``stream`` can encode it: characters it cannot (a file name's undecodable
-    bytes, which Python keeps as lone surrogates) as backslash escapes, as stderr writes them."""
-    enc = getattr(stream, "encoding", None) or "utf-8"
-    try:
-        text.encode(enc)
-        return text
-    except (UnicodeEncodeError, LookupError):
-        return text.encode(enc, "backslashreplace").decode(enc, "replace")
-
-
-class _Lines:
-    """Progress and report lines (``say(text, file=None)``: stdout, or ``file``) that never fail
-    the command: a name the stream cannot encode is escaped (:func:`_printable`), each line is
-    flushed (a pipe sees it at once), and once stdout is gone (a closed pipe, e.g. ``| head``, or
-    a full disk) its lines are dropped and stdout goes to the null device (so that the exit's
-    flush does not fail either). Before, printing such a line raised inside a batch, which
-    then removed the outputs it had written."""
-
-    def __init__(self, write=print):
-        self.write = write
-        self.stdout_gone = False
-
-    def __call__(self, text: str, file=None) -> None:
-        stream = file if file is not None else sys.stdout
-        if file is None and self.stdout_gone:
-            return
-        try:
-            self.write(_printable(text, stream), file=file)
-            stream.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            if file is not None:
-                return   # (stderr gone: nothing to tell it with)
-            self.stdout_gone = True
-            try:
-                fd = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(fd, sys.stdout.fileno())
-                os.close(fd)
-            except (OSError, ValueError, AttributeError):
-                pass
 
 
 # -- env ---------------------------------------------------------------------------------------

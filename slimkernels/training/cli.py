@@ -8,6 +8,7 @@ import sys
 from typing import List, Optional
 
 from .._argparse import split_list
+from .._lines import Lines
 from ..io import MissingFileError
 from .trainer import TrainConfig, Trainer
 
@@ -84,7 +85,9 @@ def run(cfg: TrainConfig) -> int:
             torch.cuda.set_device(local)
             cfg.device = f"cuda:{local}"
     try:
-        trainer = Trainer(cfg)
+        # (its lines never fail the run: with stdout a closed pipe, `train | tee log` after
+        # Ctrl-C or `| head`, the stop line raised BrokenPipeError: exit 1, not 130)
+        trainer = Trainer(cfg, log=Lines())
         trainer.fit()
     finally:
         if world > 1:

@@ -1153,10 +1153,12 @@ class Trainer:
         old = {}
         if threading.current_thread() is threading.main_thread():
             # (SIGHUP too: a closed terminal or a dropped ssh session ended the run without a
-            # checkpoint, losing the steps since the last periodic save)
+            # checkpoint, losing the steps since the last periodic save; a signal ignored on
+            # purpose stays ignored: SIGHUP under nohup, SIGINT in a script's background job,
+            # which stopped the run when the terminal closed)
             for name in ("SIGTERM", "SIGINT", "SIGHUP"):
                 sig = getattr(signal, name, None)
-                if sig is not None:
+                if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
                     old[sig] = signal.signal(sig, _on_signal)
         try:
             self._loop(cfg, bar, stop, t0, n0, last_ckpt)

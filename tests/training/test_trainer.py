@@ -510,6 +510,53 @@ def test_sigterm_checkpoints_and_stops(image_dir, tmp_path, signame):
         signal.signal(sig, before)
 
 
+def test_a_signal_ignored_on_purpose_stays_ignored(image_dir, tmp_path):
+    """(Under nohup, SIGHUP is ignored; fit installed its handler over that, so a closed
+    terminal stopped the run: exit 129.) A signal whose handler is SIG_IGN keeps it."""
+    import signal
+    import threading
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        seen = []
+        t = Trainer(_cfg(image_dir, tmp_path / "sig", steps=4, val_every=0), log=lambda *_: None)
+        t.load_data()
+        real = t.train_step
+
+        def step(x):   # (the handler in force while the run trains, and a hang-up sent then)
+            if not seen:
+                seen.append(signal.getsignal(signal.SIGHUP))
+                os.kill(os.getpid(), signal.SIGHUP)
+            return real(x)
+        t.train_step = step
+        t.fit()
+        assert seen == [signal.SIG_IGN] and t.step == 4 and t.stopped_by is None
+        assert threading.current_thread() is threading.main_thread()
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+def test_cli_run_survives_a_closed_stdout(image_dir, tmp_path):
+    """(`train | head -1`, or Ctrl-C on `train | tee log`, which ends tee: the next line the
+    trainer printed raised BrokenPipeError, and the run ended with exit 1; the stop line after
+    a signal did too, so 130 / 143 became 1.) The run's lines are dropped once stdout is gone;
+    run() finishes and returns its code."""
+    import subprocess
+    import sys
+    code = (
+        "import os, sys\n"
+        "from slimkernels.training.cli import run\n"
+        "from slimkernels.training.trainer import TrainConfig\n"
+        "r, w = os.pipe(); os.close(r); os.dup2(w, 1)   # (stdout: a pipe nobody reads)\n"
+        f"cfg = TrainConfig(data={image_dir!r}, out={str(tmp_path / 'run')!r}, widths=[8, 4], "
+        "lambdas=[0.01, 0.002], steps=2, batch=2, crop=32, val_every=0, val_split=5, "
+        "val_size=32, bf16=False, progress=False, threads=1)\n"
+        "sys.stderr.write('rc=%d\\n' % run(cfg))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "rc=0" in r.stderr, r.stderr[-2000:]
+    assert "BrokenPipe" not in r.stderr
+    assert os.path.exists(tmp_path / "run" / "checkpoint.pt")
+
+
 def test_a_resume_names_the_options_that_differ_from_the_saved_run(image_dir, tmp_path):
     """Options changed on resume were applied (or, --seed, ignored) with only "resumed from
     ...": the resume now lists each one, saved -> now, with what --seed and --ema 0 mean."""
