@@ -1,10 +1,12 @@
 """File helpers: atomic writes and image reading/writing with clear errors."""
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
 import re
+import shutil
 import stat
 import struct
 import tempfile
@@ -172,12 +174,35 @@ def _atomic_write(path: str, write, overwrite: bool) -> None:
             pass
 
 
+#: Free bytes under which a failed ``torch.save`` is taken for a full disk (:func:`atomic_torch_save`).
+_FULL_DISK_BYTES = 1 << 20
+
+
 def atomic_torch_save(obj, path: str) -> None:
     """``torch.save(obj, path)`` through :func:`_atomic_write` (replacing ``path`` if it
     exists): an interrupted save leaves the previous file whole, and no side file of a fixed
     name (``path + ".tmp"``) is written over. Streams into the temp file (no in-memory copy of
-    a training checkpoint)."""
-    _atomic_write(path, lambda f: torch.save(obj, f), overwrite=True)
+    a training checkpoint).
+
+    Raises:
+        OSError: the file could not be written (``errno.ENOSPC`` for a full disk; torch's own
+            error, ``[enforce fail at inline_container.cc] unexpected pos``, said neither that
+            nor which file); ``path`` itself is left as it was."""
+    def save(f):
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:   # (torch's zip writer after a short or failed write)
+            folder = os.path.dirname(os.path.abspath(path))
+            try:   # (measured while the partial temp file still holds its space)
+                full = shutil.disk_usage(folder).free < _FULL_DISK_BYTES
+            except OSError:
+                full = False
+            if full:
+                raise OSError(errno.ENOSPC, f"no space left on the device to write {path} "
+                                            f"(torch: {e}); it was left as it was") from None
+            raise OSError(errno.EIO, f"could not write {path}: {e}; it was left as it was") \
+                from None
+    _atomic_write(path, save, overwrite=True)
 
 
 def open_image(path: str, todo: str = ""):

@@ -101,6 +101,34 @@ def test_atomic_torch_save_round_trips_and_spares_side_files(tmp_path):
     assert sorted(q.name for q in tmp_path.iterdir()) == ["model.pt", "model.pt.tmp"]
 
 
+def test_atomic_torch_save_names_a_full_disk(tmp_path, monkeypatch):
+    """(A full disk made torch.save raise "RuntimeError: [enforce fail at inline_container.cc]
+    unexpected pos 594176 vs 594064": no word of the disk or of the file; the trainer printed
+    it, export_model.py a traceback.) Checked on a real 600 KB tmpfs too (root only, so not
+    here): the same OSError."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import torch
+    p = tmp_path / "checkpoint.pt"
+    sio.atomic_torch_save({"w": torch.arange(3)}, str(p))
+    before = p.read_bytes()
+    usage = namedtuple("usage", "total used free")
+
+    def torn(obj, f):   # (what torch's zip writer raises after a short write)
+        f.write(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    monkeypatch.setattr(torch, "save", torn)
+    for free, code, what in ((0, errno.ENOSPC, "no space left on the device to write"),
+                             (10 << 30, errno.EIO, "could not write")):
+        monkeypatch.setattr(shutil, "disk_usage", lambda _, f=free: usage(1, 1, f))
+        with pytest.raises(OSError, match=what) as e:
+            sio.atomic_torch_save({"w": torch.arange(5)}, str(p))
+        assert e.value.errno == code and str(p) in str(e.value)
+        assert p.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["checkpoint.pt"]
+
+
 @pytest.mark.parametrize("orientation,rot90", [(1, 0), (3, 2), (6, -1), (8, 1)])
 def test_read_image_applies_the_exif_orientation(tmp_path, orientation, rot90):
     # a camera JPEG stores its pixels unrotated plus an orientation tag: code what viewers show
