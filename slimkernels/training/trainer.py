@@ -1169,7 +1169,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.stopped_by = stop["signal"]
-        if stop["signal"] is not None:
+        if stop["signal"] is not None and self.rank == 0:   # (the rank that saved)
             self._print(f"stopped by signal {stop['signal']} at step {self.step} of {cfg.steps}; "
                         "checkpoint saved: run the same command again to resume")
         elif self.rank == 0:
@@ -1178,9 +1178,23 @@ class Trainer:
                         f"file from it)")
         return self
 
+    def _stop_now(self, stop) -> bool:
+        """Whether the run stops before its next step: a signal caught by this process
+        (``stop["signal"]``), and under torchrun by any rank's (each step's all-reduce of the
+        signal number, taken into ``stop``): the ranks stop at the same step, rank 0 saving it.
+        (A signal sent to one worker stopped that rank alone: rank 0 died in the next gradient
+        all-reduce with the run unsaved, while the other said its checkpoint was saved.)"""
+        if self.world == 1:
+            return stop["signal"] is not None
+        flag = torch.tensor([stop["signal"] or 0], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if stop["signal"] is None and int(flag.item()) != 0:
+            stop["signal"] = int(flag.item())
+        return stop["signal"] is not None
+
     def _loop(self, cfg, bar, stop, t0, n0, last_ckpt):
         x_dev = self.device
-        while self.step < cfg.steps and stop["signal"] is None:
+        while self.step < cfg.steps and not self._stop_now(stop):
             crop = cfg.crop_large if self.step >= cfg.large_after else cfg.crop
             x = self.sampler.sample(cfg.batch, crop).to(x_dev)
             if cfg.channels_last:

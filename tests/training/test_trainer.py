@@ -465,6 +465,24 @@ def test_mixed_quantization_trains_and_is_logged(image_dir, tmp_path):
     assert mixed["mse"] == pytest.approx(rounded["mse"], rel=1e-5)
 
 
+def test_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_step(image_dir, tmp_path):
+    """(SIGTERM sent to one torchrun worker stopped that rank alone: it said its checkpoint was
+    saved, which only rank 0 writes, and rank 0 died in the next gradient all-reduce: no
+    checkpoint, every step lost.) The ranks agree on the stop each step; rank 0 saves."""
+    import signal
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29500 + (os.getpid() + 7) % 1000),
+           os.path.join(ROOT, "tests", "training", "ddp_signal_worker.py"), image_dir, str(out)]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    got = [json.load(open(out / f"stopped{k}.json")) for k in (0, 1)]
+    assert got[0] == got[1] and got[0]["signal"] == signal.SIGTERM, got
+    assert 2 <= got[0]["step"] <= 4
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == got[0]["step"]
+
+
 def test_ddp_two_cpu_processes_keep_replicas_identical(image_dir, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
