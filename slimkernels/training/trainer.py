@@ -103,7 +103,8 @@ class TrainConfig:
                           "changes")
     schedule_start: Optional[int] = _opt(
         None, "first scheduler validation at this step (the search's first reference slope). "
-        "Unset: half of --steps (the paper trains with equal lambdas first, then searches)",
+        "Unset: half of --steps of the run's first invocation, which a resume keeps (the paper "
+        "trains with equal lambdas first, then searches)",
         arg_type=int)
     schedule_steps: int = _opt(2000, "fine-tuning steps between lambda updates (T)")
     init: str = _opt("", "weights to start from (a state_dict or a checkpoint)")
@@ -711,6 +712,10 @@ class Trainer:
             if begun or not self._explicit_schedule_start:
                 ns = ck.get("next_schedule")
                 self.next_schedule = self.next_schedule if ns is None else int(ns)
+            if not self._explicit_schedule_start and is_int(saved.get("schedule_start")):
+                # (unset: the run's own, which the resumed search keeps; the saved config said
+                # half of this invocation's --steps while the search went on from the first's)
+                cfg.schedule_start = int(saved["schedule_start"])
             # kept even when this run does not schedule: a later run with --schedule goes on
             self._scheduler_state = ck.get("scheduler")
             self._make_scheduler(self._scheduler_state, self.lambdas)

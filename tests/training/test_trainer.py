@@ -575,6 +575,34 @@ def test_cli_run_survives_a_closed_stdout(image_dir, tmp_path):
     assert os.path.exists(tmp_path / "run" / "checkpoint.pt")
 
 
+def test_a_resume_keeps_and_saves_the_run_s_own_schedule_start(image_dir, tmp_path):
+    """(A resume with a larger --steps and no --schedule-start went on with the first run's
+    search start while its saved config said half of the new --steps.)"""
+    import signal
+    out = tmp_path / "run"
+    t = Trainer(_cfg(image_dir, out, steps=40, val_every=0, schedule=True, schedule_steps=1),
+                log=lambda *_: None)
+    assert t.cfg.schedule_start == 20 == t.next_schedule
+    t.load_data()
+    real = t.train_step
+
+    def step(x):
+        if t.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(x)
+    t.train_step = step
+    t.fit()
+    assert t.stopped_by == signal.SIGTERM and t.step == 2
+    r = Trainer(_cfg(image_dir, out, steps=1000, val_every=0, schedule=True, schedule_steps=1),
+                log=lambda *_: None)
+    assert r.next_schedule == 20 and r.cfg.schedule_start == 20
+    r.save()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["config"]["schedule_start"] == 20
+    e = Trainer(_cfg(image_dir, out, steps=1000, val_every=0, schedule=True, schedule_steps=1,
+                     schedule_start=7), log=lambda *_: None)   # (an explicit one applies)
+    assert e.next_schedule == 7 and e.cfg.schedule_start == 7
+
+
 def test_a_resume_names_the_options_that_differ_from_the_saved_run(image_dir, tmp_path):
     """Options changed on resume were applied (or, --seed, ignored) with only "resumed from
     ...": the resume now lists each one, saved -> now, with what --seed and --ema 0 mean."""
