@@ -767,6 +767,7 @@ class Trainer:
         else:
             self._sampler_state = None
             self._scheduler_state = None
+            given = cfg.lambdas is not None
             if cfg.lambdas is None:
                 cfg.lambdas = cfg.default_lambdas()
             self.lambdas = list(cfg.lambdas)
@@ -818,6 +819,12 @@ class Trainer:
                             self.next_schedule = max(int(due or 0), self.step)
                             msg += (f"; lambda schedule at pair {self.scheduler.i}, next update "
                                     f"at step {self.next_schedule}")
+                    if given and list(cfg.lambdas) != self.lambdas:
+                        msg += (f" (--lambdas {cfg.lambdas} not used: --init-continue takes "
+                                f"the file's)")
+                    # (the run's config and an exported model's lambdas_initial: the lambdas it
+                    # started with, not the defaults it never trained with)
+                    cfg.lambdas = list(self.lambdas)
                 self._print(msg)
             if self.scheduler is None:
                 self._make_scheduler(None, None)

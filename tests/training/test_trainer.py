@@ -844,6 +844,14 @@ def test_scheduler_starts_from_the_lambdas_the_run_trains_with(image_dir, tmp_pa
                         schedule_start=2, schedule_steps=1, steps=3, val_every=0),
                    log=lambda *_: None)
     assert cont.lambdas == [0.02, 0.004] and cont.scheduler.lambdas == [0.02, 0.004]
+    # (the run's config, which an export's lambdas_initial takes: the defaults it never trained
+    # with, 4000 / 255^2 each with --schedule, before)
+    assert cont.cfg.lambdas == [0.02, 0.004]
+    lines = []
+    Trainer(_cfg(image_dir, tmp_path / "d", init=path, init_continue=True, lambdas=[0.5, 0.1],
+                 steps=3, val_every=0), log=lines.append)
+    assert any("--lambdas [0.5, 0.1] not used: --init-continue takes the file's" in str(ln)
+               for ln in lines), lines
     cont.fit()
     assert cont.lambdas[0] == 0.02 and cont.lambdas[1] == pytest.approx(0.004 * 0.8)
 
