@@ -610,7 +610,11 @@ class Trainer:
         self._lock: Optional[_RunLock] = None   # held by fit()
         self._conflict_warned = False
         self.ema: Optional[Dict[str, torch.Tensor]] = None
-        self._resume_or_init()
+        try:
+            self._resume_or_init()
+        except BaseException:   # (a refused --init, --schedule with one width: the folders it
+            self._remove_unused_out()   # made stayed behind, empty)
+            raise
         if cfg.ema > 0 and self.ema is None:   # a new run, or a checkpoint written without one
             self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters()}
         self._ema_pairs = None if self.ema is None else (
@@ -1109,7 +1113,9 @@ class Trainer:
             self.close()
 
     def _remove_unused_out(self) -> None:
-        """After a fit that failed before writing anything (no images, an unreadable one...):
+        """After a fit that failed before writing anything (no images, an unreadable one...), or
+        a construction refused after the folder was made (a bad ``--init``, ``--schedule`` with
+        one width):
         the run folder this Trainer made (and the missing parents it made for it), when it holds
         nothing but the lock file (a failed run left a folder with only ``.lock`` in it).
         Anything else in it stays."""

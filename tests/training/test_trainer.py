@@ -575,6 +575,23 @@ def test_cli_run_survives_a_closed_stdout(image_dir, tmp_path):
     assert os.path.exists(tmp_path / "run" / "checkpoint.pt")
 
 
+def test_a_refused_construction_leaves_no_folder_it_made(image_dir, tmp_path):
+    """(--out new/a/b with --schedule and one width, or a bad --init: refused after the run
+    folder was made, which stayed, with its parents.)"""
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"junk")
+    for kw, what in ((dict(widths=[8], lambdas=[0.01], schedule=True), "at least two widths"),
+                     (dict(init=str(junk)), "is not readable")):
+        with pytest.raises(ValueError, match=what):
+            Trainer(_cfg(image_dir, tmp_path / "new" / "a" / "b", **kw), log=lambda *_: None)
+        assert not (tmp_path / "new").exists(), kw
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(ValueError):   # (a folder that was there stays)
+        Trainer(_cfg(image_dir, kept, init=str(junk)), log=lambda *_: None)
+    assert kept.is_dir()
+
+
 def test_a_resume_keeps_and_saves_the_run_s_own_schedule_start(image_dir, tmp_path):
     """(A resume with a larger --steps and no --schedule-start went on with the first run's
     search start while its saved config said half of the new --steps.)"""
