@@ -615,14 +615,16 @@ class Trainer:
         except BaseException:   # (a refused --init, --schedule with one width: the folders it
             self._remove_unused_out()   # made stayed behind, empty)
             raise
+        self.wrapped = _AllWidths(self.model)
+        if self.world > 1:   # (its constructor gives every rank rank 0's weights)
+            self.wrapped = nn.parallel.DistributedDataParallel(self.wrapped,
+                                                               find_unused_parameters=True)
         if cfg.ema > 0 and self.ema is None:   # a new run, or a checkpoint written without one
+            # (after the wrap: each rank's average began at its own random weights before, and
+            # the ranks' validations differed until the average forgot them)
             self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters()}
         self._ema_pairs = None if self.ema is None else (
             list(self.ema.values()), [p for _, p in self.model.named_parameters()])
-        self.wrapped = _AllWidths(self.model)
-        if self.world > 1:
-            self.wrapped = nn.parallel.DistributedDataParallel(self.wrapped,
-                                                               find_unused_parameters=True)
 
     def close(self) -> None:
         """Release the run folder's lock (held while :meth:`fit` runs; it releases it when it

@@ -15,6 +15,7 @@ rank = dist.get_rank()
 cfg = TrainConfig(data=data, out=out, widths=[8, 4], lambdas=[0.01, 0.002], batch=2, crop=32,
                   steps=3, val_every=0, val_split=5, bf16=False, progress=False, ckpt_every_s=1e9)
 t = Trainer(cfg, log=lambda *_: None)
+torch.save(t.ema, os.path.join(out, f"ema{rank}.pt"))   # (the average the run starts from)
 if rank == 0:
     torch.save({k: v.clone() for k, v in t.model.state_dict().items()}, os.path.join(out, "init.pt"))
 t.fit()

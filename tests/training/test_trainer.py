@@ -494,6 +494,12 @@ def test_ddp_two_cpu_processes_keep_replicas_identical(image_dir, tmp_path):
     a = torch.load(out / "rank0.pt")
     b = torch.load(out / "rank1.pt")
     assert a.keys() == b.keys()
+    # every rank's weight average starts from rank 0's weights (each rank's own random ones
+    # before: the ranks' validations differed for the first hundreds of steps)
+    e0, e1 = torch.load(out / "ema0.pt"), torch.load(out / "ema1.pt")
+    assert e0 is not None and e0.keys() == e1.keys()
+    for k in e0:
+        torch.testing.assert_close(e0[k], e1[k], rtol=0, atol=0, msg=k)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     init = torch.load(out / "init.pt")
