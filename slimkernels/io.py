@@ -174,7 +174,8 @@ def _atomic_write(path: str, write, overwrite: bool) -> None:
             pass
 
 
-#: Free bytes under which a failed ``torch.save`` is taken for a full disk (:func:`atomic_torch_save`).
+#: Free bytes under which a failed ``torch.save`` is taken for a full disk
+#: (:func:`atomic_torch_save`).
 _FULL_DISK_BYTES = 1 << 20
 
 

@@ -612,8 +612,9 @@ class Trainer:
         self.ema: Optional[Dict[str, torch.Tensor]] = None
         try:
             self._resume_or_init()
-        except BaseException:   # (a refused --init, --schedule with one width: the folders it
-            self._remove_unused_out()   # made stayed behind, empty)
+        except BaseException:
+            # (a refused --init, --schedule with one width: the folders made stayed, empty)
+            self._remove_unused_out()
             raise
         self.wrapped = _AllWidths(self.model)
         if self.world > 1:   # (its constructor gives every rank rank 0's weights)
