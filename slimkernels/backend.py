@@ -46,11 +46,37 @@ def interpreter_enabled() -> bool:
     return getenv("TRITON_INTERPRET", "0").lower() in _TRITON_TRUE
 
 
+def _fp32_precision(*path: str) -> Optional[str]:
+    """PyTorch's ``fp32_precision`` switch (torch >= 2.9) of backend ``torch.backends.<path>``,
+    e.g. ``("cudnn", "conv")``: its own value, else (``"none"``) its parents' inward out, else
+    ``"ieee"``; None where this torch has no such switch (the ``allow_tf32`` ones only)."""
+    chain, obj = [torch.backends], torch.backends
+    for name in path:
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+        chain.append(obj)
+    if not isinstance(getattr(obj, "fp32_precision", None), str):
+        return None
+    for o in reversed(chain):
+        v = getattr(o, "fp32_precision", None)
+        if isinstance(v, str) and v != "none":
+            return v
+    return "ieee"
+
+
 def tf32_allowed() -> bool:
-    """Whether fp32 GPU kernels may use TF32 tensor cores: PyTorch's own switches
-    (``torch.backends.cudnn.allow_tf32``, on by default, governs convolutions;
-    ``torch.backends.cuda.matmul.allow_tf32`` matrix products). Either on allows it, as for the
-    convolutions and 1x1 channel mixing these kernels replace; both off asks for full fp32."""
+    """Whether fp32 GPU kernels may use TF32 tensor cores: PyTorch's own switches for
+    convolutions (on by default) and matrix products; either allowing TF32 allows it, as for the
+    convolutions and 1x1 channel mixing these kernels replace; both asking for IEEE fp32 gets
+    full fp32. Read from ``torch.backends.cudnn.conv.fp32_precision`` and
+    ``torch.backends.cuda.matmul.fp32_precision`` where this torch has them (with their parents'
+    values where they say ``"none"``; the legacy ``allow_tf32`` getters raise once those were
+    set: every fp32 Triton conv and GDN then failed), else from ``torch.backends.cudnn.allow_tf32``
+    and ``torch.backends.cuda.matmul.allow_tf32``."""
+    conv, mm = _fp32_precision("cudnn", "conv"), _fp32_precision("cuda", "matmul")
+    if conv is not None and mm is not None:
+        return "tf32" in (conv, mm)
     return bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
 
 

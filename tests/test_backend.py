@@ -39,6 +39,34 @@ def test_tf32_allowed_follows_pytorch_switches(cudnn, matmul, want):
         assert tf32_allowed() is want
 
 
+@pytest.mark.skipif(not hasattr(torch.backends.cudnn, "conv"),
+                    reason="torch before 2.9: no fp32_precision switches")
+@pytest.mark.parametrize("values,want", [
+    ({("cudnn", "conv"): "ieee", ("cuda", "matmul"): "ieee"}, False),
+    ({("",): "ieee"}, None),   # (torch 2.13: the children follow; 2.11 keeps conv's "tf32")
+    ({("cudnn", "conv"): "tf32", ("cuda", "matmul"): "ieee"}, True),
+    ({("cudnn", "conv"): "none", ("cuda", "matmul"): "tf32"}, True),
+    ({("cudnn", "conv"): "none", ("cuda", "matmul"): "none"}, False),   # (the root's "none")
+    ({("",): "tf32", ("cudnn", "conv"): "none", ("cuda", "matmul"): "none"}, True),
+])
+def test_tf32_allowed_follows_pytorch_s_fp32_precision_switches(values, want, monkeypatch):
+    """(After torch.backends.cudnn.conv.fp32_precision = "ieee", PyTorch's newer switches, the
+    legacy allow_tf32 getter that tf32_allowed read raised: every fp32 Triton conv and GDN
+    call failed.)"""
+    from slimkernels import ops
+    from slimkernels.backend import tf32_allowed
+    from tests._tf32 import fp32_precisions
+    with fp32_precisions(values):
+        conv = torch.backends.cudnn.conv.fp32_precision
+        if want is None:   # (what conv says then, with matmul's "ieee")
+            want = conv == "tf32"
+        assert tf32_allowed() is want
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        x, w = torch.rand(1, 4, 6, 6), torch.rand(4, 4, 3, 3)
+        y = ops.slim_conv2d(x, w, None, padding=1, backend="triton")
+        torch.testing.assert_close(y, torch.nn.functional.conv2d(x, w, padding=1))
+
+
 def test_a_backend_that_is_not_a_string_is_a_clear_error(monkeypatch):
     """(backend=1 said "'int' object has no attribute 'strip'"; a blank SLIMKERNELS_BACKEND was
     "unknown backend ''" where an empty one is unset.)"""
