@@ -111,14 +111,15 @@ def _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_
                gs_ptr, gb_ptr, bs_ptr, bb_ptr, HAS_GS: tl.constexpr, HAS_GB: tl.constexpr,
                HAS_BS: tl.constexpr, HAS_BB: tl.constexpr, FP32_PRECISION: tl.constexpr,
                EMULATE_HALF_DOT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr,
-               BLOCK_CI: tl.constexpr):
+               BLOCK_CI: tl.constexpr, WIDE: tl.constexpr = False):
     """n[p, co] = beta_k[co] + sum_ci gamma_k[co, ci] x[p, ci]^2, fp32 [BLOCK_P, BLOCK_CO]."""
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
     zsum = tl.zeros([BLOCK_P], dtype=tl.float32)
     for k in range(0, C, BLOCK_CI):
         offs_ci = k + tl.arange(0, BLOCK_CI)
         m = mask_p[:, None] & (offs_ci[None, :] < C)
-        xk = tl.load(x_ptr + x_off[:, None] + offs_ci[None, :] * sxc, mask=m, other=0.0)
+        xk = tl.load(x_ptr + x_off[:, None] + _wide(offs_ci, WIDE)[None, :] * sxc, mask=m,
+                     other=0.0)
         xf = xk.to(tl.float32)
         if HAS_GB:
             zsum += tl.sum(xf * xf, axis=1)
@@ -161,7 +162,7 @@ def _tile_norm(x_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, bb_ptr, P, C,
     x_off = _pixel_offsets(offs_p, HW, sxn, sxhw, WIDE)
     n = _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_ptr, gs0, gs1,
                    gs_ptr, gb_ptr, bs_ptr, bb_ptr, HAS_GS, HAS_GB, HAS_BS, HAS_BB, FP32_PRECISION,
-                   EMULATE_HALF_DOT, BLOCK_P, BLOCK_CO, BLOCK_CI)
+                   EMULATE_HALF_DOT, BLOCK_P, BLOCK_CO, BLOCK_CI, WIDE)
     return offs_p, mask_p, offs_co, mask_co, x_off, n
 
 
@@ -178,13 +179,14 @@ def _gdn_fwd_kernel(x_ptr, y_ptr, beta_ptr, gamma_ptr, gs_ptr, gb_ptr, bs_ptr, b
         gs0, gs1, stride_b, HAS_GS, HAS_GB, HAS_BS, HAS_BB, FP32_PRECISION, EMULATE_HALF_DOT,
         WIDE, BLOCK_P, BLOCK_CO, BLOCK_CI)
     m = mask_p[:, None] & mask_co[None, :]
-    xv = tl.load(x_ptr + x_off[:, None] + offs_co[None, :] * sxc, mask=m, other=0.0)
+    xv = tl.load(x_ptr + x_off[:, None] + _wide(offs_co, WIDE)[None, :] * sxc, mask=m, other=0.0)
     if INVERSE:
         y = xv.to(tl.float32) * tl.sqrt(n)
     else:
         y = xv.to(tl.float32) * tl.rsqrt(n)
     y_off = _pixel_offsets(offs_p, HW, syn, syhw, WIDE)
-    tl.store(y_ptr + y_off[:, None] + offs_co[None, :] * syc, y.to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(y_ptr + y_off[:, None] + _wide(offs_co, WIDE)[None, :] * syc,
+             y.to(y_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -200,9 +202,10 @@ def _gdn_bwd_dn_kernel(x_ptr, dy_ptr, dn_ptr, dx0_ptr, beta_ptr, gamma_ptr, gs_p
         gs0, gs1, stride_b, HAS_GS, HAS_GB, HAS_BS, HAS_BB, FP32_PRECISION, EMULATE_HALF_DOT,
         WIDE, BLOCK_P, BLOCK_CO, BLOCK_CI)
     m = mask_p[:, None] & mask_co[None, :]
-    xv = tl.load(x_ptr + x_off[:, None] + offs_co[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
+    xv = tl.load(x_ptr + x_off[:, None] + _wide(offs_co, WIDE)[None, :] * sxc, mask=m,
+                 other=0.0).to(tl.float32)
     dy_off = _pixel_offsets(offs_p, HW, sdn, sdhw, WIDE)
-    dy = tl.load(dy_ptr + dy_off[:, None] + offs_co[None, :] * sdc, mask=m,
+    dy = tl.load(dy_ptr + dy_off[:, None] + _wide(offs_co, WIDE)[None, :] * sdc, mask=m,
                  other=0.0).to(tl.float32)
     r = tl.rsqrt(n)
     if INVERSE:
@@ -254,12 +257,13 @@ def _gdn_bwd_dx_kernel(x_ptr, dn_ptr, dx0_ptr, dx_ptr, gamma_ptr, gs_ptr, gb_ptr
         acc += tl.load(gb_ptr).to(tl.float32) * dnsum[:, None]
     m = mask_p[:, None] & mask_j[None, :]
     x_off = _pixel_offsets(offs_p, HW, sxn, sxhw, WIDE)
-    xv = tl.load(x_ptr + x_off[:, None] + offs_j[None, :] * sxc, mask=m, other=0.0).to(tl.float32)
+    xv = tl.load(x_ptr + x_off[:, None] + _wide(offs_j, WIDE)[None, :] * sxc, mask=m,
+                 other=0.0).to(tl.float32)
     dx0 = tl.load(dx0_ptr + row + offs_j[None, :], mask=m, other=0.0)
     dx = dx0 + 2.0 * xv * acc
     dx_off = _pixel_offsets(offs_p, HW, sdxn, sdxhw, WIDE)
-    tl.store(dx_ptr + dx_off[:, None] + offs_j[None, :] * sdxc, dx.to(dx_ptr.dtype.element_ty),
-             mask=m)
+    tl.store(dx_ptr + dx_off[:, None] + _wide(offs_j, WIDE)[None, :] * sdxc,
+             dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -291,7 +295,7 @@ def _gdn_bwd_dgamma_kernel(x_ptr, dn_ptr, dgamma_ptr, dbeta_ptr, P, C, HW, sxn, 
         # dn^T tile [BLOCK_I, BLOCK_P] (feeds the dot only: see _gdn_bwd_dx_kernel's dnsum)
         dnt = _dn_cols(dn_ptr, offs_p, P, offs_i, mask_i, C, WIDE)
         x_off = _pixel_offsets(offs_p, HW, sxn, sxhw, WIDE)
-        xv = tl.load(x_ptr + x_off[:, None] + offs_j[None, :] * sxc,
+        xv = tl.load(x_ptr + x_off[:, None] + _wide(offs_j, WIDE)[None, :] * sxc,
                      mask=mask_p[:, None] & mask_j[None, :], other=0.0).to(tl.float32)
         acc += tl.dot(dnt, xv * xv, input_precision=FP32_PRECISION)
     base = split * C  # the split's slab (int32 is enough: dgamma_splits keeps SPLIT*C*C ~2 M)
