@@ -54,6 +54,7 @@ from .ops import image_io
 from .ops.image_io import bf16_to_image, image_to_bf16, value_range
 from ._hooks import runs_more_than_forward
 from ._amp import no_autocast
+from ._fork import one_thread_in_forked_child
 from ._state import (WatchedAttributes, attribute_version, cached_on_module, first_non_finite,
                      state_tensors)
 from ._checks import as_width, check_image_tensor, is_int, not_a_tensor, width_list
@@ -996,6 +997,8 @@ class SlimCodec(WatchedAttributes, nn.Module):
             raise ValueError(f"{op} needs the model's weights in float32, got {p.dtype}: call "
                              f"model.float() (for bf16 transforms pass precision='bf16', which "
                              f"autocasts)")
+        if p.device.type == "cpu":
+            one_thread_in_forked_child(op, depth=2)   # (compress -> _coding_device -> here)
         return p.device
 
     def _transforms_channels_last(self, device: torch.device) -> Optional[bool]:

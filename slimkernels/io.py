@@ -16,6 +16,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from ._fork import one_thread_in_forked_child
+
 __all__ = ["read_image", "read_image_uint8", "open_image", "image_to_png_bytes",
            "atomic_write_bytes", "atomic_torch_save", "load_torch_file", "MissingFileError",
            "IMAGE_EXTENSIONS"]
@@ -405,7 +407,12 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
     Raises:
         MissingFileError: ``path`` does not exist (a FileNotFoundError and a ValueError).
         ValueError: see :func:`read_image_uint8`.
+
+    In a ``fork()``ed child torch's thread count is set to 1 first, with a RuntimeWarning
+    (:func:`slimkernels._fork.one_thread_in_forked_child`: the conversion's parallel op waited
+    for good there).
     """
+    one_thread_in_forked_child("read_image")
     rgb, note = read_image_uint8(path)
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255.0), note
 

@@ -1,5 +1,6 @@
 """slimkernels.codec: the SlimCodec base class gives any slimmable autoencoder coding."""
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -857,6 +858,54 @@ def test_decompress_in_forked_child_with_one_torch_thread(model):
         finally:
             os._exit(code)
     assert _wait_child(pid, timeout=60.0) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_that_keeps_torch_s_threads_codes_instead_of_hanging(tmp_path):
+    """(ProcessPoolExecutor()'s default workers, fork()ed from a process that had coded, waited
+    for good in their first parallel op, read_image's or compress's: GNU OpenMP cannot run
+    threads in such a child.) read_image, load_model, compress and decompress set torch's
+    thread count to 1 there, with a RuntimeWarning, and give the parent's results."""
+    from PIL import Image
+
+    from slimkernels.io import read_image
+    from slimkernels.models import SlimCAE
+    from slimkernels.pretrained import load_model, save_model
+    from tests.test_coding_threads import _fork, _wait_child
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)   # (the parent's OpenMP threads are started below)
+    try:
+        path, mpath = str(tmp_path / "a.png"), str(tmp_path / "m.pt")
+        Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)
+                        ).save(path)
+        torch.manual_seed(0)
+        model = SlimCAE([16, 8])
+        model.update()
+        save_model(model, mpath)
+        model = load_model(mpath)
+        x = read_image(path)[0]
+        data = model.compress(x, 8, streams=1)
+        ref = model.decompress(data)
+        pid = _fork()
+        if pid == 0:
+            code = 1
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    xc = read_image(path)[0]
+                    same = model.compress(xc, 8, streams=1) == data and \
+                        torch.equal(model.decompress(data), ref) and \
+                        load_model(mpath).compress(xc, 8, streams=1) == data
+                said = [str(w.message) for w in caught if w.category is RuntimeWarning]
+                code = 0 if same and torch.get_num_threads() == 1 and len(said) == 1 and \
+                    "read_image: this process was fork()ed" in said[0] and "from 2 to 1" in \
+                    said[0] else 2
+            finally:
+                os._exit(code)
+        assert _wait_child(pid, timeout=120.0) == 0   # ("timeout": the child hung)
+        assert torch.get_num_threads() == 2   # (the parent's own count is left alone)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_native_bf16_fallbacks(monkeypatch):

@@ -11,6 +11,7 @@ from typing import Dict, Optional
 import torch
 
 from .._device import check_device
+from .._fork import one_thread_in_forked_child
 from ..codec import _ORIG_MOD
 from ..io import (MissingFileError, _load_error, atomic_torch_save, load_torch_file,
                   refuse_special_file, torch_archive_problem)
@@ -163,6 +164,9 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
             (a FIFO, a socket, a device: refused before any read); ``device`` is not a
             device name, or names a GPU that torch cannot use here.
     """
+    device = check_device(device)
+    if device.type == "cpu":   # (a parallel op in a fork()ed child waited for good)
+        one_thread_in_forked_child("load_model")
     with torch.inference_mode(False):
         # (built, loaded and its tables written as normal tensors under an outer
         # torch.inference_mode(): inference tensors have no version counters, so every cache
