@@ -12,30 +12,17 @@ their strides below 2^31 (int32 kernel arguments, as in a real large image) and 
 or channel past 2^31. Runs in a child process with a 6.5 GB
 address-space limit; skipped where that much cannot be reserved.
 """
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
 from slimkernels.backend import triton_available
 
+from ._wide import run_child
+
 pytestmark = pytest.mark.skipif(not triton_available(), reason="needs triton")
 
-_CHILD = textwrap.dedent(r"""
-    import os, resource
-    os.environ["TRITON_INTERPRET"] = "1"
-    lim = int(6.5 * 2 ** 30)
-    resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
-    import torch
+_CHILD = r"""
     import torch.nn.functional as F
     from slimkernels.kernels import conv as K
-    try:
-        big = torch.empty(2 ** 31 + 2 ** 18, dtype=torch.bfloat16)
-    except (RuntimeError, MemoryError):
-        print("SKIP: cannot reserve 4.3 GB of address space"); raise SystemExit(0)
-    g = torch.Generator().manual_seed(0)
     slot = iter(range(0, 2 ** 17, 8192))     # disjoint regions per view
 
     def view(shape, stride):
@@ -103,17 +90,8 @@ _CHILD = textwrap.dedent(r"""
                              output_padding=1)
     results.append(check("col2im", y, ref))
     raise SystemExit(0 if all(results) else 3)
-""")
+"""
 
 
 def test_conv_kernels_address_images_past_2_31_elements():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True,
-                       timeout=600)
-    if "SKIP:" in p.stdout:
-        pytest.skip(p.stdout.strip())
-    assert p.returncode == 0, (f"exit {p.returncode} (-11: a wrapped int32 offset, 3: wrong "
-                               f"values)\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
-    assert p.stdout.count(" ok ") == 5, p.stdout
+    run_child(_CHILD, 5)

@@ -11,30 +11,17 @@ except by a small view whose channel stride (< 2^31: an int32 kernel argument) p
 channel past 2^31. Runs in a child process with a 6.5 GB address-space limit; skipped where that
 much cannot be reserved.
 """
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
 from slimkernels.backend import triton_available
 
+from ._wide import run_child
+
 pytestmark = pytest.mark.skipif(not triton_available(), reason="needs triton")
 
-_CHILD = textwrap.dedent(r"""
-    import os, resource
-    os.environ["TRITON_INTERPRET"] = "1"
-    lim = int(6.5 * 2 ** 30)
-    resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
-    import torch
+_CHILD = r"""
     from slimkernels.kernels import gdn as G
     from slimkernels.ops.gdn import gdn_reference
-    try:
-        big = torch.empty(2 ** 31 + 2 ** 18, dtype=torch.bfloat16)
-    except (RuntimeError, MemoryError):
-        print("SKIP: cannot reserve 4.3 GB of address space"); raise SystemExit(0)
-    g = torch.Generator().manual_seed(0)
     q = -(-2 ** 31 // 2) + 64          # the channel stride: channel 2 starts past 2^31
     x = big.as_strided((1, 3, 2, 2), (3 * q, q, 2, 1), 0)
     x.copy_((torch.rand(1, 3, 2, 2, generator=g) + 0.5).to(torch.bfloat16))
@@ -63,17 +50,8 @@ _CHILD = textwrap.dedent(r"""
         results.append(check(f"dgamma inverse={inverse}", dg, gd.grad))
         results.append(check(f"dbeta inverse={inverse}", db, bd.grad))
     raise SystemExit(0 if all(results) else 3)
-""")
+"""
 
 
 def test_gdn_kernels_address_channels_past_2_31_elements():
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True,
-                       timeout=600)
-    if "SKIP:" in p.stdout:
-        pytest.skip(p.stdout.strip())
-    assert p.returncode == 0, (f"exit {p.returncode} (-11: a wrapped int32 offset, 3: wrong "
-                               f"values)\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
-    assert p.stdout.count(" ok ") == 8, p.stdout
+    run_child(_CHILD, 8)
