@@ -19,11 +19,11 @@ def forked_since_import() -> bool:
 
 def one_thread_in_forked_child(op: str, depth: int = 1) -> None:
     """In a ``fork()``ed child whose torch runs several threads, set torch's thread count to 1
-    before ``op`` (``compress`` / ``decompress`` on the CPU), with a RuntimeWarning saying so:
-    the transforms' kernels and torch's CPU ops run GNU OpenMP regions, which wait for good for
-    the parent's threads in such a child (``ProcessPoolExecutor()``'s default workers hung
-    without a word). Whether the parent ever started them cannot be told, so every forked child
-    runs one thread; start workers with ``"spawn"`` / ``"forkserver"`` for several. ``depth``:
+    before ``op`` (``read_image``, ``load_model``, ``compress`` / ``decompress`` on the CPU),
+    with a RuntimeWarning saying so: the transforms' kernels and torch's CPU ops run GNU OpenMP
+    regions, which wait for good for the parent's threads in such a child
+    (``ProcessPoolExecutor()``'s default workers hung without a word). Whether the parent ever
+    started them cannot be told, so every forked child runs one thread; start workers with ``"spawn"`` / ``"forkserver"`` for several. ``depth``:
     the caller's frames between this call and its user's (the warning names the user's line)."""
     if not forked_since_import():
         return

@@ -1889,8 +1889,8 @@ def test_torch_jit_script_is_refused_by_name(model):
     from slimkernels.nn import SlimConv2d, SlimConvTranspose2d, SlimGDN, SwitchGDN
     for m in (SlimConv2d(4, 8, 3, widths=[8, 4]), SlimConvTranspose2d(8, 4, 3, widths=[4, 2]),
               SlimGDN(8), SwitchGDN([8, 4]), model):
-        with pytest.raises(RuntimeError, match=f"torch.jit.script cannot compile "
-                                               f"{'SlimConv2d' if m is model else type(m).__name__}"):
+        name = "SlimConv2d" if m is model else type(m).__name__   # (a model: its first layer)
+        with pytest.raises(RuntimeError, match=f"torch.jit.script cannot compile {name}"):
             torch.jit.script(m)
     assert model.encode(torch.rand(1, 3, 32, 32), 8).shape[1] == 8
 
