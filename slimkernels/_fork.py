@@ -23,8 +23,9 @@ def one_thread_in_forked_child(op: str, depth: int = 1) -> None:
     with a RuntimeWarning saying so: the transforms' kernels and torch's CPU ops run GNU OpenMP
     regions, which wait for good for the parent's threads in such a child
     (``ProcessPoolExecutor()``'s default workers hung without a word). Whether the parent ever
-    started them cannot be told, so every forked child runs one thread; start workers with ``"spawn"`` / ``"forkserver"`` for several. ``depth``:
-    the caller's frames between this call and its user's (the warning names the user's line)."""
+    started them cannot be told, so every forked child runs one thread; start workers with
+    ``"spawn"`` / ``"forkserver"`` for several. ``depth``: the caller's frames between this call
+    and its user's (the warning names the user's line)."""
     if not forked_since_import():
         return
     import torch
