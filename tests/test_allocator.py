@@ -88,7 +88,7 @@ def test_training_cli_tunes_unless_switched_off(monkeypatch, tmp_path, env, call
     class FakeTrainer:
         stopped_by = None    # (as the Trainer's after a fit() no signal stopped)
 
-        def __init__(self, cfg):
+        def __init__(self, cfg, log=print):   # (the Trainer's signature)
             order.append("trainer")
 
         def fit(self):
