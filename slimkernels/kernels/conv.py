@@ -46,7 +46,7 @@ from ..backend import interpreter_enabled, tf32_allowed
 from .configs import (COL2IM_CONFIGS, COL2IM_INTERPRET_CONFIG, CONV_FWD_CONFIGS,
                       CONV_GDN256_CONFIGS, CONV_GDN_CONFIGS, CONV_GDN_SM80_MAX_BLOCK_M,
                       CONV_INTERPRET_CONFIG, to_triton)
-from .gdn import _needs_wide
+from .gdn import _needs_wide, _wide   # (_wide: int64 index math past 2^31 elements)
 
 # GDN epilogue modes
 EPI_NONE, EPI_GDN, EPI_IGDN = 0, 1, 2
@@ -61,17 +61,6 @@ def _round_bf16(v):
     u = v.to(tl.uint32, bitcast=True)
     u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
     return u.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _wide(i, WIDE: tl.constexpr):
-    """int64 copy of an index tensor when WIDE (an image of >= 2^31 elements: its in-image
-    offsets overflow int32), else unchanged: the usual int32 address math, the same code."""
-    if WIDE:
-        r = i.to(tl.int64)
-    else:
-        r = i
-    return r
 
 
 @triton.jit

@@ -61,7 +61,9 @@ def _pixel_offsets(offs_p, HW, stride_n, stride_hw, WIDE: tl.constexpr):
 
 @triton.jit
 def _wide(i, WIDE: tl.constexpr):
-    """int64 copy of an index tensor when WIDE, else unchanged (int32 address math)."""
+    """int64 copy of an index tensor when WIDE (a tensor of >= 2^31 elements: its offsets
+    overflow int32), else unchanged: the usual int32 address math, the same code. (The conv
+    kernels call it too.)"""
     if WIDE:
         r = i.to(tl.int64)
     else:
@@ -111,7 +113,7 @@ def _norm_tile(x_ptr, x_off, mask_p, offs_co, C, sxc, beta_ptr, stride_b, gamma_
                gs_ptr, gb_ptr, bs_ptr, bb_ptr, HAS_GS: tl.constexpr, HAS_GB: tl.constexpr,
                HAS_BS: tl.constexpr, HAS_BB: tl.constexpr, FP32_PRECISION: tl.constexpr,
                EMULATE_HALF_DOT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr,
-               BLOCK_CI: tl.constexpr, WIDE: tl.constexpr = False):
+               BLOCK_CI: tl.constexpr, WIDE: tl.constexpr):
     """n[p, co] = beta_k[co] + sum_ci gamma_k[co, ci] x[p, ci]^2, fp32 [BLOCK_P, BLOCK_CO]."""
     acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
     zsum = tl.zeros([BLOCK_P], dtype=tl.float32)
