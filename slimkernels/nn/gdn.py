@@ -10,7 +10,7 @@ from .. import ops
 from .._state import WatchedAttributes, bump_generation, cached_on_module
 from .._checks import as_flag, as_width, finite_real, is_int, not_a_tensor, width_list
 from ._script import NotScriptable
-from .parametrizers import NonNegativeParametrizer
+from .parametrizers import NonNegativeParametrizer, lower_bound
 
 
 class SlimGDN(NotScriptable, WatchedAttributes, nn.Module):
@@ -196,8 +196,8 @@ class SlimGDNPlus(_WidthSelectedGDN):
     Args:
         widths: the allowed widths (distinct; the largest is the full channel count).
         inverse: IGDN instead of GDN.
-        beta_min: lower bound of the effective beta. gamma_init: the effective gamma starts as
-            ``gamma_init * I``.
+        beta_min: lower bound of the effective beta, ``beta_k`` included (its scale and bias
+            can both reach 0). gamma_init: the effective gamma starts as ``gamma_init * I``.
 
     Raises:
         ValueError: ``widths`` empty or repeated; in ``forward``, an input whose channel count is
@@ -208,6 +208,7 @@ class SlimGDNPlus(_WidthSelectedGDN):
                  gamma_init: float = 0.1):
         super().__init__(widths, inverse)
         self.gdn = SlimGDN(max(self.widths), inverse, beta_min, gamma_init)
+        self.beta_min = finite_real(beta_min, "beta_min", type(self).__name__, 0.0, low_ok=True)
         K = len(self.widths)
         self.scalar_reparam = NonNegativeParametrizer()
         init = self.scalar_reparam.init
@@ -222,9 +223,13 @@ class SlimGDNPlus(_WidthSelectedGDN):
         k = self._index(width, ("?", width))
         beta, gamma = self.gdn.effective_params()
         r = self.scalar_reparam
-        return {"beta": beta, "gamma": gamma, "inverse": self.inverse,
-                "gamma_scale": r(self.gamma_scale)[k], "gamma_bias": r(self.gamma_bias)[k],
-                "beta_scale": r(self.beta_scale)[k], "beta_bias": r(self.beta_bias)[k]}
+        # beta_k itself, bounded below by beta_min: its scale and bias are only non-negative, so
+        # both at 0 (where training can take them) made beta_k 0 and the GDN's output inf / NaN
+        beta_k = r(self.beta_scale)[k] * beta + r(self.beta_bias)[k]
+        beta_k = lower_bound(beta_k, torch.tensor(self.beta_min, dtype=beta_k.dtype,
+                                                  device=beta_k.device))
+        return {"beta": beta_k, "gamma": gamma, "inverse": self.inverse,
+                "gamma_scale": r(self.gamma_scale)[k], "gamma_bias": r(self.gamma_bias)[k]}
 
 
 #: The names :func:`make_gdn` (and ``SlimCAE(gdn=...)``, ``--gdn``) takes.

@@ -84,6 +84,46 @@ def test_slim_gdn_plus_identity_scalars_and_gradients():
     assert gp.gamma_scale.grad[1] != 0 and gp.gamma_scale.grad[0] == 0
 
 
+@pytest.mark.parametrize("inverse", [False, True])
+def test_slim_gdn_plus_beta_k_keeps_beta_min_when_its_scalars_reach_zero(inverse):
+    """beta_k = beta_scale * beta + beta_bias with both scalars only non-negative: both at 0
+    (where an optimizer can take them) gave beta_k = 0, a GDN of a zero pixel inf / NaN."""
+    gp = SlimGDNPlus([8, 4], inverse=inverse, beta_min=1e-3).double()
+    with torch.no_grad():
+        gp.beta_scale.zero_()
+        gp.beta_bias.zero_()    # (stored below the reparameterization's bound: effective 0)
+    x = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    x[0, :, 0, 0] = 0
+    _, gamma = gp.gdn.effective_params()
+    ref = _gdn64(x, torch.full((4,), 1e-3, dtype=torch.float64), gamma[:4, :4], inverse)
+    y = gp(x)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, ref, rtol=1e-9, atol=1e-12)
+    # the bound lets a gradient that raises beta_k through (lower_bound): a loss falling as
+    # beta_k grows (|y| for GDN, -|y| for IGDN) reaches width 4's bias, and only its
+    (-y.abs().sum() if inverse else y.abs().sum()).backward()
+    g = gp.beta_bias.grad
+    assert torch.isfinite(g).all() and g[1] < 0 and g[0] == 0
+
+
+def test_slim_gdn_plus_trained_toward_zero_beta_stays_finite():
+    torch.manual_seed(0)
+    gp = SlimGDNPlus([8, 4])
+    x = torch.randn(4, 8, 8, 8)
+    opt = torch.optim.Adam(gp.parameters(), lr=0.05)
+    for _ in range(40):             # a loss that rewards a larger output: beta_k is pushed down
+        y = gp(x)
+        assert torch.isfinite(y).all()
+        opt.zero_grad()
+        (-y.abs().mean()).backward()
+        opt.step()
+    with torch.no_grad():
+        beta_k = gp.op_kwargs(8)["beta"]
+    bound = torch.tensor(1e-6).item()   # (float32 1e-6)
+    assert bound <= beta_k.min().item() < 1e-4   # it got to the bound, not below
+    assert all(torch.isfinite(p).all() for p in gp.parameters())
+
+
 def test_effective_params_cached_without_grad_and_invalidated_by_updates():
     g = SlimGDN(6)
     with torch.no_grad():
