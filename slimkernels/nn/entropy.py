@@ -191,8 +191,10 @@ class EntropyBottleneck(WatchedAttributes, nn.Module):
             as_flag(training, "training", f"EntropyBottleneck({self.channels})")
         with no_autocast(y.device.type):
             y = y.float()
-            if training:
-                y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+            if training:   # (the noise drawn in NCHW order whatever y's layout: the same
+                # seed gives the same noise on every path, channels_last kernels or not)
+                y_hat = y + torch.empty(y.shape, dtype=y.dtype, device=y.device).uniform_(-0.5,
+                                                                                           0.5)
             else:
                 y_hat = self._round(y)
             values = y_hat.permute(1, 0, 2, 3).reshape(self.channels, 1, -1)

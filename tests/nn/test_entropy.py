@@ -43,6 +43,20 @@ def test_training_adds_noise_and_eval_rounds_around_median():
     torch.testing.assert_close(eb.dequantize_symbols(s), y_ev, rtol=0, atol=0)
 
 
+
+def test_training_noise_does_not_depend_on_the_latent_layout():
+    """The noise of a seed, per element, is the same for an NCHW and a channels_last latent
+    (drawn in NCHW order): the CPU kernels give channels_last latents and PyTorch's own convs
+    NCHW ones, so the same seed trained other noise on each path."""
+    eb = EntropyBottleneck(4)
+    y = torch.randn(2, 4, 5, 6)
+    torch.manual_seed(7)
+    a, _ = eb(y, training=True)
+    torch.manual_seed(7)
+    b, _ = eb(y.contiguous(memory_format=torch.channels_last), training=True)
+    assert not torch.equal(a, y)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
 def test_mixed_quantization_decodes_rounded_values_with_straight_through_gradient():
     """quantization="mixed": the synthesis input is the median rounding (the values decode will
     see), its gradient passes straight through to ``y``, and the likelihoods (the rate term) are
