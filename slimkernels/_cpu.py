@@ -1,8 +1,8 @@
 """The optional compiled CPU kernels (``slimkernels._cpu_kernels``, csrc/cpu/) and the one switch
 that turns all of them off: the environment variable ``SLIMKERNELS_CPU_KERNELS=0`` (read at every
 call), which sends every op to its PyTorch path. Also what the ops do under torch's tracing and
-dispatch modes, which the kernels cannot serve: :func:`tracing`, :func:`real_tensors`,
-:func:`refuse_jit_trace`."""
+dispatch modes and torch.func's transforms, which the kernels cannot serve: :func:`tracing`,
+:func:`functorch_transform`, :func:`real_tensors`, :func:`refuse_jit_trace`."""
 from __future__ import annotations
 
 import contextlib
@@ -58,6 +58,25 @@ def tracing() -> bool:
     torch.jit.trace is refused by the ops themselves (:func:`refuse_jit_trace`)."""
     f = _dispatch_mode_getter()
     return f is not None and f() is not None
+
+
+def functorch_transform() -> bool:
+    """Whether a torch.func transform (``vmap``, ``grad``, ``jacrev``, ``jvp``...) is running: the
+    compiled kernels take data pointers, which its wrapper tensors (batched, gradient-tracking) do
+    not have, and the ops' hand-written autograd Functions have no vmap rule, so the ops compute
+    with plain PyTorch then (their references, :func:`slimkernels.ops.gdn_reference` and
+    ``F.conv2d`` / ``F.conv_transpose2d`` on the slices), which the transforms see through.
+    False inside torch.compile's tracing (it traces the ops' own paths)."""
+    if torch.compiler.is_compiling():
+        return False
+    f = _functorch_level_getter()
+    return f is not None and f() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _functorch_level_getter():
+    # (private, present since torch 2.0: the innermost transform's level, None outside any)
+    return getattr(getattr(torch._C, "_functorch", None), "maybe_current_level", None)
 
 
 @functools.lru_cache(maxsize=None)

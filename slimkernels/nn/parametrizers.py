@@ -9,10 +9,17 @@ from .._state import WatchedAttributes
 
 
 class _LowerBoundFn(torch.autograd.Function):
+    # (forward without ctx, setup_context and a generated vmap rule: torch.func's transforms
+    # take it, e.g. torch.func.grad of a model's loss)
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x, bound):
-        ctx.save_for_backward(x, bound)
+    def forward(x, bound):
         return torch.max(x, bound)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, grad):

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import as_width, check_tensor_args, is_int
-from .._cpu import cpu_kernels, real_tensors, refuse_jit_trace, tracing
+from .._cpu import cpu_kernels, functorch_transform, real_tensors, refuse_jit_trace, tracing
 from ..backend import resolve_backend
 from . import conv_image, image_io, winograd
 from . import _cache
@@ -41,7 +41,7 @@ from ._raw import cpu_capability
 from .gdn import _SCALAR_NAMES as _GDN_SCALARS
 from .gdn import (_check_gdn_scalars, _cpu_kernel_gdn, _effective_params, _kernel_scalars,
                   _packed_gamma, _params_readable, cpu_kernels_available)
-from .gdn import gdn as _gdn
+from .gdn import gdn as _gdn, gdn_reference
 from .._amp import no_autocast
 
 
@@ -892,6 +892,14 @@ def _fused_cpu_gdn_available() -> bool:
     return bool(cpu_kernels_available())
 
 
+def _reference_gdn(y, kw):
+    """GDN/IGDN of ``y`` with a conv op's checked ``kw`` (None: ``y``) by
+    :func:`slimkernels.ops.gdn_reference`, PyTorch's own ops (under torch.func)."""
+    if kw is None:
+        return y
+    return gdn_reference(y, **{k: v for k, v in kw.items() if k != "backend"})
+
+
 def _apply_gdn(y, kw):
     """GDN/IGDN of a conv output. CPU without gradient: the GDN op's one-pass kernels where one
     covers y (AMX: fp32/bf16, 2-2.5x faster than the passes below at every SlimCAE shape, e.g.
@@ -1731,6 +1739,8 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     co = _out_width(out_width, weight.shape[0], "slim_conv2d")
     name = resolve_backend(x, backend)
     kw = _gdn_kwargs(gdn, False, name)
+    if functorch_transform():   # (torch.func: PyTorch's own ops, which it sees through)
+        return _reference_gdn(_plain_conv(x, weight, bias, co, stride, padding), kw)
     if name == "triton" and not _triton_takes_dtype(x):
         return _apply_gdn(_float64_conv(x, weight, bias, co, stride, padding), kw)
     if name == "triton":
@@ -1828,6 +1838,11 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     name = resolve_backend(x, backend)
     kin = _gdn_kwargs(igdn, True, name)
     kout = _gdn_kwargs(out_igdn, True, name)
+    if functorch_transform():   # (torch.func: PyTorch's own ops, which it sees through)
+        y = _plain_conv(_reference_gdn(x, kin), weight, bias, co, stride, padding,
+                        output_padding, transposed=True)
+        y = _reference_gdn(y, kout)
+        return y if clamp is None else y.float().clamp(*clamp)
     if kin is not None:
         if name == "torch" and x.is_cpu and not _gdn_params_need_grad(kin):
             # cast + channels_last first (no grad): the IGDN then runs the prepacked bf16 passes

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..backend import resolve_backend
 
 from .._checks import as_flag, check_tensor_args
-from .._cpu import cpu_kernels, refuse_jit_trace
+from .._cpu import cpu_kernels, functorch_transform, refuse_jit_trace
 from ._cache import _cached
 from ._raw import cpu_capability
 
@@ -748,6 +748,9 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
     _check_gdn_scalars(kw, "gdn")
     if x.shape[-2] == 0 or x.shape[-1] == 0:   # no pixels (a pointwise op: an empty result, as
         return x.clone()                       # for N = 0; the 1x1 conv inside refused them)
+    if functorch_transform():   # (torch.func: PyTorch's own ops, which it sees through)
+        resolve_backend(x, backend)   # (its checks of the name)
+        return gdn_reference(x, beta, gamma, **kw)
     if resolve_backend(x, backend) == "triton" and x.dtype != torch.float64:
         from ..kernels.gdn import gdn_triton
         return gdn_triton(x, beta, gamma, **kw)

@@ -1,0 +1,137 @@
+"""The layers under torch.func's transforms (vmap, grad, jacrev, jvp): the ops compute with plain
+PyTorch there (slimkernels._cpu.functorch_transform). Before, vmap of a conv failed inside torch
+("NYI: querying is_contiguous inside of vmap") and vmap / grad of a GDN with "must override the
+setup_context staticmethod" (the lower bound's autograd Function)."""
+import pytest
+import torch
+
+from slimkernels import _cpu
+from slimkernels.models import SlimCAE
+from slimkernels.nn import (SlimConv2d, SlimConvTranspose2d, SlimGDN, SlimGDNPlus, SwitchGDN,
+                            lower_bound)
+
+
+def _layers():
+    """(name, layer, input channels): sliced widths (the weights hold more channels)."""
+    torch.manual_seed(0)
+    return [("conv", SlimConv2d(6, 5, 3, stride=2, padding=1), 4),
+            ("tconv", SlimConvTranspose2d(6, 5, 5, stride=2, padding=2, output_padding=1), 3),
+            ("gdn", SlimGDN(6), 4),
+            ("igdn", SlimGDN(6, inverse=True), 5),
+            ("switch", SwitchGDN([6, 4]), 4),
+            ("slim+", SlimGDNPlus([6, 3]), 3)]
+
+
+def _perturb(layer):
+    with torch.no_grad():   # (GDN parameters off their initial identity: a real mixing)
+        for p in layer.parameters():
+            p.add_(0.05 * torch.rand_like(p))
+    return layer
+
+
+@pytest.mark.parametrize("name", [n for n, _, _ in _layers()])
+def test_vmap_of_a_layer_matches_its_calls_one_by_one(name):
+    _, layer, c = next(t for t in _layers() if t[0] == name)
+    layer = _perturb(layer)
+    x = torch.randn(3, c, 7, 9)
+    out = torch.func.vmap(lambda xi: layer(xi[None])[0])(x)
+    with torch.no_grad():   # the layer's own kernels, one sample at a time
+        ref = torch.cat([layer(x[i:i + 1]) for i in range(3)])
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert not _cpu.functorch_transform()   # (outside the transform: the ops' own paths again)
+
+
+@pytest.mark.parametrize("name", [n for n, _, _ in _layers()])
+def test_func_grad_of_a_layer_matches_autograd_in_float64(name):
+    _, layer, c = next(t for t in _layers() if t[0] == name)
+    layer = _perturb(layer).double()
+    x = torch.randn(2, c, 6, 5, dtype=torch.float64)
+    params = dict(layer.named_parameters())
+
+    def loss(p):
+        return torch.func.functional_call(layer, p, (x,)).square().sum()
+
+    grads = torch.func.grad(loss)(params)
+    layer.zero_grad()
+    layer(x).square().sum().backward()
+    used = 0
+    for k, p in params.items():
+        if p.grad is None:   # (another width's parameters: SwitchGDN)
+            assert not grads[k].any(), k
+        else:
+            torch.testing.assert_close(grads[k], p.grad, rtol=1e-10, atol=1e-12)
+            used += 1
+    assert used >= 2
+
+
+def test_per_sample_gradients_of_a_conv():
+    """vmap over grad (per-sample gradients, as in differential privacy)."""
+    torch.manual_seed(1)
+    conv = SlimConv2d(4, 6, 3, padding=1).double()
+    x = torch.randn(3, 2, 5, 5, dtype=torch.float64)   # 2 of its 4 input channels
+    params = {k: v.detach() for k, v in conv.named_parameters()}
+
+    def loss(p, xi):
+        return torch.func.functional_call(conv, p, (xi[None],)).pow(3).sum()
+
+    per = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(3):
+        w = conv.weight.detach().clone().requires_grad_()
+        b = conv.bias.detach().clone().requires_grad_()
+        y = torch.nn.functional.conv2d(x[i:i + 1], w[:, :2], b, padding=1)
+        y.pow(3).sum().backward()
+        torch.testing.assert_close(per["weight"][i], w.grad, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(per["bias"][i], b.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_jvp_and_jacrev_of_an_igdn_conv_pair():
+    torch.manual_seed(2)
+    tconv = SlimConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1).double()
+    igdn = _perturb(SlimGDN(4, inverse=True)).double()
+
+    def f(x):
+        return tconv(igdn(x))
+
+    x = torch.randn(1, 4, 3, 2, dtype=torch.float64)
+    v = torch.randn_like(x)
+    _, tangent = torch.func.jvp(f, (x,), (v,))
+    jac = torch.func.jacrev(f)(x)
+    ref = torch.autograd.functional.jacobian(f, x)
+    torch.testing.assert_close(jac, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(tangent, (ref.flatten(4) @ v.flatten()), rtol=1e-10, atol=1e-12)
+
+
+def test_lower_bound_under_vmap_and_grad():
+    x = torch.tensor([[0.5, -1.0], [2.0, 0.1]])
+    bound = torch.tensor(0.2)
+    torch.testing.assert_close(torch.func.vmap(lambda r: lower_bound(r, bound))(x),
+                               torch.max(x, bound))
+    # the gradient passes where x is above the bound or the gradient pushes it up
+    g = torch.func.grad(lambda t: (lower_bound(t, bound) * torch.tensor([1.0, -1.0])).sum())(
+        torch.tensor([0.5, -1.0]))
+    torch.testing.assert_close(g, torch.tensor([1.0, -1.0]))
+    g = torch.func.grad(lambda t: lower_bound(t, bound).sum())(torch.tensor([-1.0]))
+    torch.testing.assert_close(g, torch.tensor([0.0]))
+
+
+def test_func_grad_of_a_slimcae_loss_matches_autograd():
+    torch.manual_seed(3)
+    model = SlimCAE(widths=[16, 8]).double()
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    params = dict(model.named_parameters())
+
+    def loss(p):
+        torch.manual_seed(4)   # (the same training noise in both runs)
+        out = torch.func.functional_call(model, p, (x,))
+        return out["x_hat"].square().mean()
+
+    grads = torch.func.grad(loss)(params)
+    model.zero_grad()
+    loss(params).backward()
+    assert len(grads) == len(params)
+    for k, p in params.items():
+        if p.grad is None:
+            assert not grads[k].any(), k
+        else:
+            torch.testing.assert_close(grads[k], p.grad, rtol=1e-8, atol=1e-12)
