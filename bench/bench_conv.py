@@ -37,6 +37,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from slimkernels.ops import gdn as gdn_op  # noqa: E402
 from slimkernels.ops import slim_conv2d, slim_conv_transpose2d  # noqa: E402
+from slimkernels.io import atomic_write_bytes  # noqa: E402
 
 WIDTHS = [192, 144, 96, 72, 48]
 HBM_BPS = 3.0e12
@@ -396,11 +397,13 @@ def cpu_goals(rows) -> Dict:
 # ------------------------------------------------------------------------------ device section
 def device_section(device="cuda", shapes=((1, 512, 768), (8, 256, 256)), widths=WIDTHS,
                    dtypes=(torch.float32, torch.bfloat16), compile_mode="max-autotune",
-                   compile_backend="inductor", rounds=None, layers=None) -> List[Dict]:
+                   compile_backend="inductor", rounds=None, layers=None,
+                   on_row: Callable = None) -> List[Dict]:
     """Ours (Triton) vs cuDNN vs torch.compile, and fused conv+GDN vs cuDNN + eager GDN.
 
     ``shapes``: (N, H, W) images; ``compile_mode`` None leaves the torch.compile column out (each
-    layer, width and dtype is a fresh compile: minutes in max-autotune mode)."""
+    layer, width and dtype is a fresh compile: minutes in max-autotune mode). ``on_row(rows)``:
+    called with the rows so far after each one (the caller writes them: a cut run keeps them)."""
     on_cuda = device == "cuda"
     if on_cuda:
         torch.backends.cudnn.benchmark = True
@@ -463,6 +466,8 @@ def device_section(device="cuda", shapes=((1, 512, 768), (8, 256, 256)), widths=
                     if L["gdn"]:
                         row["speedup_fused_gdn"] = t["cudnn+eager_gdn"] / t["ours_fused_gdn"]
                     rows.append(row)
+                    if on_row is not None:
+                        on_row(rows)
                     print(f"{n}x3x{h}x{w} {L['name']} w={width} {dt}: " + "  ".join(
                         f"{k}={v:.4f}" for k, v in t.items()), flush=True)
     return rows
@@ -487,9 +492,11 @@ def _command_line() -> str:
 
 
 def write(out_dir, result, name="conv") -> None:
+    """``<out_dir>/<name>.json`` and ``.md`` of ``result``, each replaced in one step (written
+    again after every device row: a run cut by its time limit keeps complete files)."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    atomic_write_bytes(os.path.join(out_dir, f"{name}.json"),
+                       json.dumps(result, indent=1).encode(), overwrite=True)
     md = [_command_line(), "# Width-sliced conv benchmark\n", f"Machine: {result['machine']}\n"]
     if result.get("static"):
         md.append("\n## Static: FLOPs, bytes, H100 floor (1x3x512x768 image; anchor rows: "
@@ -512,6 +519,9 @@ def write(out_dir, result, name="conv") -> None:
                             ["check", "ratio", "ratio_of_mins", "goal", "met", "met_on_mins"]))
     if result.get("device"):
         md.append(f"\n## Device ({result.get('device_name')})\n\n")
+        if result.get("device_partial"):
+            md.append(f"PARTIAL: the run ended (its time limit) after these "
+                      f"{len(result['device'])} rows.\n\n")
         md.append("`*_ms`: `triton.testing.do_bench` medians (the host's launch cost included "
                   "where it exceeds the kernel's); `*_graph_ms`: the same calls replayed from a "
                   "CUDA graph (`do_bench_cudagraph`): device time.\n\n")
@@ -524,8 +534,8 @@ def write(out_dir, result, name="conv") -> None:
     else:
         md.append("\n## GPU\n\nOwed: no GPU in the session that produced this file. Run "
                   "`python bench/bench_conv.py --device` on an H100.\n")
-    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
-        f.write("".join(md))
+    atomic_write_bytes(os.path.join(out_dir, f"{name}.md"), "".join(md).encode(),
+                       overwrite=True)
 
 
 def aot_section(out_dir) -> List[Dict]:
@@ -627,10 +637,13 @@ def main(argv=None):
         widths = [int(v) for v in a.widths.split(",")] if a.widths else [8, 5]
         res["cpu"] = cpu_section(1, 32, 48, widths, rounds=1)
         res["cpu_goals"] = cpu_goals(res["cpu"])
-        res["device"] = device_section("cpu", shapes=((1, 32, 32),), widths=widths,
-                                       dtypes=(torch.float32,), compile_backend="eager", rounds=1)
+        out = a.out or os.path.join("/tmp", "bench_conv_dry")
         res["device_name"] = "cpu dry run"
-        write(a.out or os.path.join("/tmp", "bench_conv_dry"), res)
+        res["device"] = device_section(
+            "cpu", shapes=((1, 32, 32),), widths=widths, dtypes=(torch.float32,),
+            compile_backend="eager", rounds=1,
+            on_row=lambda rows: write(out, {**res, "device": rows, "device_partial": True}))
+        write(out, res)
         return res
     if not a.no_cpu:
         res["cpu"] = cpu_section(widths=widths, rounds=a.rounds,
@@ -647,12 +660,14 @@ def main(argv=None):
             shapes = ()
         if not shapes or any(len(sh) != 3 or min(sh) < 1 for sh in shapes):
             raise SystemExit(f"--shapes takes comma-separated NxHxW, got {a.shapes!r}")
+        out = a.out or os.path.join(here, "results", "gpu")
+        res["device_name"] = torch.cuda.get_device_name()
         res["device"] = device_section(
             "cuda", shapes=shapes, widths=widths,
             compile_mode=None if a.compile_mode == "none" else a.compile_mode,
-            layers=a.layers.split(",") if a.layers else None)
-        res["device_name"] = torch.cuda.get_device_name()
-        out = a.out or os.path.join(here, "results", "gpu")
+            layers=a.layers.split(",") if a.layers else None,
+            on_row=lambda rows: write(out, {**res, "device": rows, "device_partial": True},
+                                      a.name or "conv"))
     write(out, res, a.name or "conv")
     return res
 

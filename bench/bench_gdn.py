@@ -207,11 +207,12 @@ def cpu_train_md(rows):
 
 # ------------------------------------------------------------------------------------ CUDA
 def cuda_timings(shapes=GPU_SHAPES, widths=WIDTHS, device="cuda", timer=None,
-                 use_compile=True):
+                 use_compile=True, on_row=None):
     """Forward and forward+backward: fused Triton vs eager vs torch.compile(eager), + floor.
 
     ``timer(fn) -> ms``; defaults to ``triton.testing.do_bench`` (median). ``device="cpu"``
-    with a CPU timer is the dry run that exercises this code without a GPU.
+    with a CPU timer is the dry run that exercises this code without a GPU. ``on_row(rows)``:
+    called with the rows so far after each one (the caller writes them: a cut run keeps them).
     """
     if timer is None:
         from triton.testing import do_bench
@@ -250,11 +251,26 @@ def cuda_timings(shapes=GPU_SHAPES, widths=WIDTHS, device="cuda", timer=None,
                        "fwdbwd_speedup_vs_eager": res["eager_fwdbwd_ms"] / res["fused_fwdbwd_ms"],
                        "fwd_vs_floor": res["fused_fwd_ms"] / st["fwd_floor_ms"]}
                 rows.append(row)
+                if on_row is not None:
+                    on_row(rows)
                 print(f"{device} {row['shape']:>14} {row['dtype']:>8} fwd fused "
                       f"{res['fused_fwd_ms']:.3f} eager {res['eager_fwd_ms']:.3f} ms "
                       f"(x{row['fwd_speedup_vs_eager']:.2f}, {row['fwd_vs_floor']:.1f}x floor) "
                       f"fwd+bwd x{row['fwdbwd_speedup_vs_eager']:.2f}", flush=True)
     return rows
+
+
+def write_cuda(folder: str, device_name: str, rows, partial: bool = False) -> None:
+    """``<folder>/gdn.json`` and ``gdn.md`` of the CUDA rows, each replaced in one step (written
+    again after every row: a run cut by its time limit keeps complete files, marked PARTIAL)."""
+    from slimkernels.io import atomic_write_bytes
+    os.makedirs(folder, exist_ok=True)
+    atomic_write_bytes(os.path.join(folder, "gdn.json"), json.dumps(
+        {"env": env_info(), "rows": rows, "partial": partial}, indent=1).encode(), overwrite=True)
+    cut = (f"PARTIAL: the run ended (its time limit) after these {len(rows)} rows.\n\n"
+           if partial else "")
+    atomic_write_bytes(os.path.join(folder, "gdn.md"), (
+        f"# GDN on {device_name}\n\n" + cut + cuda_md(rows) + "\n").encode(), overwrite=True)
 
 
 # ------------------------------------------------------------------------------------- AOT
@@ -390,6 +406,9 @@ def main(argv=None):
                     help="torch.set_num_threads for the CPU section (default: torch's); 1 gives "
                          "steadier ratios on a machine shared with other jobs")
     ap.add_argument("--out", default=RESULTS, help="results root (cpu/ and cuda/ below)")
+    ap.add_argument("--cuda-dir", default=None,
+                    help="folder of the CUDA table gdn.{json,md} (default <out>/cuda; "
+                         "bench/gpu_session.sh: the GPU's own bench/results/cuda-<gpu>/)")
     ap.add_argument("--aot", action="store_true",
                     help="only compile every kernel/config for sm_90 and sm_80 and write "
                          "cpu/<md-name>_aot.{json,md} (registers, spills, shared memory, "
@@ -440,12 +459,17 @@ def main(argv=None):
                 reps=2 if args.dry_run else args.reps)
     cuda_rows = None
     if torch.cuda.is_available() and not args.dry_run:
-        cuda_rows = cuda_timings(GPU_SHAPES, widths)
+        name = torch.cuda.get_device_name()
+        cuda_dir = args.cuda_dir or os.path.join(args.out, "cuda")
+        cuda_rows = cuda_timings(GPU_SHAPES, widths, on_row=lambda rows: write_cuda(
+            cuda_dir, name, rows, partial=True))
     elif args.dry_run:  # exercise the CUDA section's code on CPU with a wall-clock timer
         def cpu_timer(fn):
             return interleaved_medians({"f": fn}, 2, warmup=1)["f"]
-        report["cuda_dry_run"] = cuda_timings([(1, 5, 7)], widths, device="cpu",
-                                              timer=cpu_timer, use_compile=False)
+        report["cuda_dry_run"] = cuda_timings(
+            [(1, 5, 7)], widths, device="cpu", timer=cpu_timer, use_compile=False,
+            on_row=lambda rows: write_cuda(args.cuda_dir or os.path.join(args.out, "cuda_dry_run"),
+                                           "cpu dry run", rows, partial=True))
         print(cuda_md(report["cuda_dry_run"]))
 
     # the CPU file (static table, CPU timings): not written by a --no-cpu run on a GPU, whose
@@ -485,11 +509,10 @@ def main(argv=None):
         with open(os.path.join(args.out, "cpu", f"{args.md_name}.md"), "w") as f:
             f.write("\n".join(md))
     if cuda_rows is not None:
-        os.makedirs(os.path.join(args.out, "cuda"), exist_ok=True)
-        with open(os.path.join(args.out, "cuda", "gdn.json"), "w") as f:
-            json.dump({"env": env_info(), "rows": cuda_rows}, f, indent=1)
-        with open(os.path.join(args.out, "cuda", "gdn.md"), "w") as f:
-            f.write(f"# GDN on {torch.cuda.get_device_name()}\n\n" + cuda_md(cuda_rows) + "\n")
+        write_cuda(cuda_dir, torch.cuda.get_device_name(), cuda_rows)
+    elif args.dry_run:
+        write_cuda(args.cuda_dir or os.path.join(args.out, "cuda_dry_run"), "cpu dry run",
+                   report["cuda_dry_run"])
     if "cpu" in report:
         print(cpu_md(report["cpu"]))
     return report

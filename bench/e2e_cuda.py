@@ -72,10 +72,16 @@ def write_result(out: str, name: str, res: Dict, md: str) -> None:
     needed: what each GPU script writes (called again after every case by a script whose run a
     time limit may cut)."""
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"{name}.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    with open(os.path.join(out, f"{name}.md"), "w") as f:
-        f.write(md)
+    write_text(os.path.join(out, f"{name}.json"), json.dumps(res, indent=1))
+    write_text(os.path.join(out, f"{name}.md"), md)
+
+
+def write_text(path: str, text: str) -> None:
+    """``text`` into ``path`` (UTF-8), replaced in one step (a temporary file renamed over it):
+    a script killed by its time limit mid-write leaves the previous complete file, never a
+    truncated one."""
+    from slimkernels.io import atomic_write_bytes
+    atomic_write_bytes(path, text.encode("utf-8"), overwrite=True)
 
 
 def gpu_script_setup(widths, dry_run: bool, image=None):

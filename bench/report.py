@@ -526,13 +526,13 @@ def cuda_elsewhere(out: str) -> str:
 def write_cuda(cdir: str, meta: Dict, cres: Dict) -> str:
     """Write the CUDA section's ``cuda.json`` and ``README.md`` into ``cdir``; returns its table."""
     import e2e_cuda
-    os.makedirs(cdir, exist_ok=True)
-    with open(os.path.join(cdir, "cuda.json"), "w") as f:
-        json.dump({"meta": meta, **cres}, f, indent=1)
+    os.makedirs(cdir, exist_ok=True)   # (each file replaced in one step: the run may be cut)
+    e2e_cuda.write_text(os.path.join(cdir, "cuda.json"),
+                        json.dumps({"meta": meta, **cres}, indent=1))
     cuda_md = e2e_cuda.cuda_markdown(cres)
-    with open(os.path.join(cdir, "README.md"), "w") as f:
-        f.write(f"# CUDA end-to-end on {cres['device']}\n\nCommand: `{meta['command']}`\n\n"
-                + cuda_md + "\n")
+    e2e_cuda.write_text(os.path.join(cdir, "README.md"),
+                        f"# CUDA end-to-end on {cres['device']}\n\nCommand: `{meta['command']}`"
+                        "\n\n" + cuda_md + "\n")
     return cuda_md
 
 

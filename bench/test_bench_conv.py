@@ -3,6 +3,7 @@ import json
 import os
 import sys
 
+import pytest
 import torch
 
 # without a GPU the device section runs the Triton kernels under the interpreter (set before
@@ -83,3 +84,33 @@ def test_device_flag_needs_a_gpu(capsys):
         pytest.skip("checks the no-GPU path")
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         bench_conv.main(["--device", "--no-cpu", "--shapes", "1x32x32"])
+
+
+def test_device_rows_are_written_as_they_come_and_a_cut_run_keeps_them(tmp_path):
+    """The GPU session's time limit cuts bench_conv's device section: its table was written only
+    at the end, so a cut run left nothing. Now each row rewrites the files (marked PARTIAL
+    until the end)."""
+    import bench_conv as B
+
+    class Cut(Exception):
+        pass
+
+    res = {"machine": "test", "device_name": "cpu test"}
+
+    def on_row(rows):
+        B.write(str(tmp_path), {**res, "device": rows, "device_partial": True})
+        if len(rows) == 2:
+            raise Cut   # (the time limit, after the second row)
+    with pytest.raises(Cut):
+        B.device_section("cpu", shapes=((1, 16, 16),), widths=[8], dtypes=(torch.float32,),
+                         compile_backend="eager", compile_mode=None, rounds=1,
+                         layers=["enc2", "dec1", "dec2"], on_row=on_row)
+    data = json.loads((tmp_path / "conv.json").read_text())
+    assert [r["layer"] for r in data["device"]] == ["enc2", "dec1"] and data["device_partial"]
+    assert "PARTIAL: the run ended (its time limit) after these 2 rows" in \
+        (tmp_path / "conv.md").read_text()
+    # a whole run's files say nothing of the kind
+    B.main(["--dry-run", "--out", str(tmp_path / "whole")])
+    data = json.loads((tmp_path / "whole" / "conv.json").read_text())
+    assert "device_partial" not in data and len(data["device"]) == 12
+    assert "PARTIAL" not in (tmp_path / "whole" / "conv.md").read_text()

@@ -63,3 +63,32 @@ def test_static_numbers():
     assert abs(r["fwd_MB"] - 151.1) < 0.5
     assert abs(r["fwd_floor_ms"] - 0.0504) < 0.001
     assert abs(r["fwd_GFLOP"] - 2 * 192 * 192 * 98304 / 1e9 - 4 * 192 * 98304 / 1e9) < 1e-6
+
+
+def test_cuda_rows_are_written_as_they_come_and_a_cut_run_keeps_them(tmp_path):
+    """As bench_conv's: the CUDA table was written only at the end of the run (73 s measured on
+    the H200 against its 75 s limit in the GPU session)."""
+    import json
+
+    class Cut(Exception):
+        pass
+
+    def on_row(rows):
+        bench_gdn.write_cuda(str(tmp_path), "cpu test", rows, partial=True)
+        if len(rows) == 3:
+            raise Cut
+
+    def timer(fn):
+        fn()
+        return 1.0
+    with pytest.raises(Cut):
+        bench_gdn.cuda_timings([(1, 5, 7)], [8, 4], device="cpu", timer=timer,
+                               use_compile=False, on_row=on_row)
+    data = json.loads((tmp_path / "gdn.json").read_text())
+    assert len(data["rows"]) == 3 and data["partial"]
+    assert "PARTIAL: the run ended (its time limit) after these 3 rows" in \
+        (tmp_path / "gdn.md").read_text()
+    report = bench_gdn.main(["--dry-run", "--out", str(tmp_path / "whole")])
+    data = json.loads((tmp_path / "whole" / "cuda_dry_run" / "gdn.json").read_text())
+    assert not data["partial"] and len(data["rows"]) == len(report["cuda_dry_run"]) >= 4
+    assert "PARTIAL" not in (tmp_path / "whole" / "cuda_dry_run" / "gdn.md").read_text()

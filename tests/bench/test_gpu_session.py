@@ -21,7 +21,9 @@ def _results_files():
 
 def test_gpu_session_script_dry_run(tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, PY=sys.executable, GPU_SESSION_DRY="1", OUT=str(out))
+    # (no kodim01 carried: the sample tiled to Kodak's size is the image)
+    env = dict(os.environ, PY=sys.executable, GPU_SESSION_DRY="1", OUT=str(out),
+               GPU_CARRY_IMAGE=str(tmp_path / "not_carried.png"))
     before = _results_files()
     r = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_session.sh")], env=env,
                        capture_output=True, text=True, timeout=600)
@@ -32,6 +34,8 @@ def test_gpu_session_script_dry_run(tmp_path):
     names = ("env", "build", "tests", "graphs", "gdn", "conv", "report", "profile")
     steps = {ln.split()[0]: ln for ln in lines if ln.split()[:1] and ln.split()[0] in names}
     assert set(steps) == set(names), lines
+    assert "image: slimkernels/assets/sample.png tiled to 768x512 (kodim01 NOT carried" in \
+        "\n".join(lines)
     # three files come back, the logs inside logs.tgz
     assert sorted(p.name for p in out.iterdir()) == ["logs.tgz", "results.tgz", "summary.txt"]
     with tarfile.open(out / "logs.tgz") as t:
@@ -93,7 +97,8 @@ def test_gpu_session_steps_order_and_options(tmp_path):
     stub.chmod(0o755)
     env = dict(os.environ, PY=str(stub), OUT=str(out),
                GPU_SESSION_STEPS="tests conv report", GPU_TESTS="tests/kernels/test_conv_triton.py",
-               GPU_REPORT_WIDTHS="192,48", GPU_REPORT_COMPILE_WIDTHS="", GPU_CONV_LAYERS="dec3")
+               GPU_REPORT_WIDTHS="192,48", GPU_REPORT_COMPILE_WIDTHS="", GPU_CONV_LAYERS="dec3",
+               GPU_CARRY_IMAGE=str(tmp_path / "not_carried.png"))
     env.pop("GPU_SESSION_DRY", None)
     r = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu_session.sh")], env=env,
                        capture_output=True, text=True, timeout=600)
@@ -103,11 +108,33 @@ def test_gpu_session_steps_order_and_options(tmp_path):
                                                      "graphs")]
     assert steps == ["tests", "conv", "report"]
     runs = [ln for ln in calls.read_text().splitlines() if "bench/" in ln or "pytest" in ln]
+    # no kodim01 carried: the sample tiled to Kodak's size first, and the benchmarks time it
+    tiled = runs.pop(0).split()
+    assert tiled[0] == "bench/kodak_sized_sample.py" and \
+        tiled[1].endswith("/sample_tiled_768x512.png")
     assert "pytest" in runs[0] and runs[0].endswith("tests/kernels/test_conv_triton.py")
     assert "bench_conv.py" in runs[1] and "--layers dec3" in runs[1]
+    # the per-layer table in the GPU's own folder (the stand-in python names no GPU)
+    assert runs[1].endswith("--out bench/results/cuda-unknown")
     assert "report.py" in runs[2] and "--widths 192,48" in runs[2]
     assert "--force" in runs[2]     # the GPU's table in bench/results/cuda-<gpu>/ is replaced
     assert "--compile-widths  --image" in runs[2]      # an empty list: no torch.compile rows
+    assert f"--image {tiled[1]} " in runs[2]
+
+
+def test_kodak_sized_sample_tiles_the_sample_to_768x512(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import kodak_sized_sample as K
+    from PIL import Image
+    import numpy as np
+    assert K.main([str(tmp_path / "t.png")]) == 0
+    t = np.asarray(Image.open(tmp_path / "t.png"))
+    s = np.asarray(Image.open(K.SAMPLE).convert("RGB"))
+    h, w = s.shape[:2]
+    assert t.shape == (512, 768, 3) and (h, w) == (192, 256)
+    assert (t[:h, :w] == s).all() and (t[h:2 * h, w:2 * w] == s).all()
+    assert (t[2 * h:, :w] == s[:512 - 2 * h]).all()   # the last row of tiles cut at the bottom
+    assert K.main([]) == 2
 
 
 def _no_cuda_env(tmp_path, **kw):
