@@ -1815,7 +1815,8 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
         ``[N, out_width, (H-1)*stride - 2*padding + k + output_padding, ...]``; channels_last
         (``CPU_CHANNELS_LAST``, ``TRITON_CHANNELS_LAST``; the torch backend on another device
         than the CPU runs ``F.conv_transpose2d`` on the slice, as :func:`slim_conv2d`); bf16
-        under bf16 autocast (float32 with ``out_clamp``).
+        under bf16 autocast (float32 with ``out_clamp``). A NaN / inf in ``x`` can reach CPU
+        outputs beyond its footprint (zero-padded taps, Winograd tiles: docs/kernels_conv.md).
 
     Raises:
         TypeError, ValueError, RuntimeError: as :func:`slim_conv2d` (``out_width``, channels,
