@@ -354,3 +354,41 @@ def test_a_module_tree_with_a_cycle_is_refused_by_name_not_walked_forever():
     r = subprocess.run([sys.executable, "-c", _CYCLE_CHECKS], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+_FREED_BUFFERS = r"""
+import torch, torch.nn as nn
+from slimkernels import _state
+
+class M(nn.Module):
+    pass
+
+class Dropping(set):   # a membership test that runs Python code: it frees the module's buffers
+    def __contains__(self, key):
+        m._buffers.clear()
+        return False
+
+    def __bool__(self):
+        return True
+
+m = M()
+for i in range(4):
+    m.register_buffer(f"b{i}", torch.full((3,), float(i)))
+m.__dict__["_non_persistent_buffers_set"] = Dropping()
+key, tensors = _state.module_state_key(m, native=True)
+assert [t.tolist() for t in tensors] == [[float(i)] * 3 for i in range(4)], tensors
+print("ok")
+"""
+
+
+@NATIVE
+def test_the_built_walk_keeps_buffers_a_membership_test_frees():
+    """The compiled walk held the buffers dict's items as borrowed references across the
+    non-persistent set's membership test, which can run Python code: a test that drops the
+    buffers left it appending freed tensors (an ASan build's use after free; the normal build
+    crashed, exit -11). In a child process: a regression fails this test, not the run."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _FREED_BUFFERS], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stderr[-3000:])

@@ -240,15 +240,26 @@ py::tuple state_key(const py::object& root, bool with_modules, const py::object&
       py::object skip = attr(m.ptr(), md, nm.non_persistent);
       const int any_skip = PyObject_IsTrue(skip.ptr());
       if (any_skip < 0) throw py::error_already_set();
-      pos = 0;
-      while (PyDict_Next(buffers.ptr(), &pos, &key, &value)) {
-        if (value == Py_None) continue;
-        if (any_skip) {
-          const int in = PySequence_Contains(skip.ptr(), key);
+      if (!any_skip) {  // (no Python code runs in this loop: borrowed items stay valid)
+        pos = 0;
+        while (PyDict_Next(buffers.ptr(), &pos, &key, &value))
+          if (value != Py_None && PyList_Append(tensors.ptr(), value) < 0)
+            throw py::error_already_set();
+      } else {
+        // The membership test can run Python code (a set element's __eq__, a set subclass'
+        // __contains__) that changes the dict and frees a buffer held only by it: walk a
+        // snapshot of the items, strong references (a borrowed one was appended after its
+        // tensor was freed: a use after free, found by an ASan build)
+        py::list items = py::reinterpret_steal<py::list>(PyDict_Items(buffers.ptr()));
+        if (!items) throw py::error_already_set();
+        for (const py::handle item : items) {
+          PyObject* k = PyTuple_GET_ITEM(item.ptr(), 0);
+          PyObject* v = PyTuple_GET_ITEM(item.ptr(), 1);
+          if (v == Py_None) continue;
+          const int in = PySequence_Contains(skip.ptr(), k);
           if (in < 0) throw py::error_already_set();
-          if (in == 1) continue;
+          if (in == 0 && PyList_Append(tensors.ptr(), v) < 0) throw py::error_already_set();
         }
-        if (PyList_Append(tensors.ptr(), value) < 0) throw py::error_already_set();
       }
     }
     py::object children = dict_attr(m.ptr(), md, nm.modules);
