@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <string>
 
 #include "range_coder.hpp"
@@ -15,8 +16,24 @@ using I64 = py::array_t<int64_t, py::array::c_style>;
 
 namespace {
 
+// ValueError for an array whose data is not aligned to its element size (a C-contiguous view
+// at an odd byte offset, e.g. np.frombuffer(b[1:], np.int32)): pybind's array check takes it,
+// and the coder's int32 / int64 / double loads of it were undefined behaviour (UBSan). The
+// Python layer (slimkernels/coding.py) copies such arrays first; this refuses them here.
+template <class A>
+const A& aligned(const A& a, const char* name) {
+  if (reinterpret_cast<uintptr_t>(a.data()) % alignof(typename A::value_type) != 0)
+    throw slimcoder::Error(std::string(name) + " is not aligned to its element size (a view at "
+                           "an odd byte offset): pass a copy, e.g. np.require(a, requirements="
+                           "'CA'), or use slimkernels.coding, which copies");
+  return a;
+}
+
 slimcoder::Tables make_tables(const I32& cdfs, const I32& lengths, const I32& offsets,
                               int precision) {
+  aligned(cdfs, "cdfs");
+  aligned(lengths, "cdf_lengths");
+  aligned(offsets, "offsets");
   if (cdfs.ndim() != 2)
     throw slimcoder::Error("cdfs must be 2-D [num_cdfs, max_length], got " +
                            std::to_string(cdfs.ndim()) + " dimensions");
@@ -53,6 +70,7 @@ void check_stats(const py::object& stats) {
                            !stats.cast<I64>().writeable()))
     throw slimcoder::Error("stats must be None or a writeable C-contiguous int64 numpy array of "
                            "at least 1 element");
+  if (!stats.is_none()) aligned(stats.cast<I64>(), "stats");
 }
 
 // run: symbols per index (symbol j uses indexes[j / run]); symbols.size() == indexes.size() * run.
@@ -70,6 +88,8 @@ py::bytes encode(const I32& symbols, const I32& indexes, const I32& cdfs, const 
                  const I32& offsets, int precision, int64_t streams, int threads, int64_t run,
                  const py::object& executor, const py::object& stats) {
   check_sizes(symbols.size(), indexes.size(), run);
+  aligned(symbols, "symbols");
+  aligned(indexes, "indexes");
   const slimcoder::Tables t = make_tables(cdfs, lengths, offsets, precision);
   const slimcoder::Executor ex = executor_of(executor);
   check_stats(stats);  // [0] = the substreams coded as two lane halves (tests: which path ran)
@@ -95,6 +115,7 @@ I32 decode(const py::buffer& data, const I32& indexes, const I32& cdfs, const I3
   const py::buffer_info info = data.request();
   if (info.itemsize != 1 || info.ndim > 1 || (info.ndim == 1 && info.strides[0] != 1))
     throw slimcoder::Error("data must be a contiguous byte buffer (bytes, bytearray, uint8)");
+  aligned(indexes, "indexes");
   const slimcoder::Tables t = make_tables(cdfs, lengths, offsets, precision);
   const slimcoder::Executor ex = executor_of(executor);
   std::vector<py::ssize_t> dims(indexes.shape(), indexes.shape() + indexes.ndim());
@@ -140,6 +161,7 @@ void validate(const I32& cdfs, const I32& lengths, const I32& offsets, int preci
 
 I32 pmf_to_quantized_cdf(const F64& pmf, int precision) {
   if (pmf.ndim() != 1) throw slimcoder::Error("pmf must be 1-D");
+  aligned(pmf, "pmf");
   std::vector<int32_t> cdf = slimcoder::pmf_to_quantized_cdf(pmf.data(), pmf.size(), precision);
   I32 out(py::ssize_t(cdf.size()));
   std::copy(cdf.begin(), cdf.end(), out.mutable_data());
@@ -152,12 +174,15 @@ py::tuple pmfs_to_quantized_cdfs(const F64& pmfs, const I32& pmf_lengths, py::ob
   const py::ssize_t rows = pmfs.shape(0), cols = pmfs.shape(1);
   if (pmf_lengths.ndim() != 1 || pmf_lengths.shape(0) != rows)
     throw slimcoder::Error("pmf_lengths must be 1-D with pmfs.shape[0] entries");
+  aligned(pmfs, "pmfs");
+  aligned(pmf_lengths, "pmf_lengths");
   const double* tails = nullptr;
   F64 tail_arr;
   if (!tail_masses.is_none()) {
     tail_arr = tail_masses.cast<F64>();
     if (tail_arr.ndim() != 1 || tail_arr.shape(0) != rows)
       throw slimcoder::Error("tail_masses must be 1-D with pmfs.shape[0] entries");
+    aligned(tail_arr, "tail_masses");
     tails = tail_arr.data();
   }
   I32 cdfs({rows, cols + 2});

@@ -125,7 +125,13 @@ def _as_int32(x, name, ndim=None):
             raise ValueError(f"{name} has values outside the int32 range")
         a = a.astype(np.int32)
     # (reshaped: ascontiguousarray makes a 0-d array 1-d, and decode returns indexes' shape)
-    return np.ascontiguousarray(a).reshape(a.shape)
+    return _aligned(np.ascontiguousarray(a)).reshape(a.shape)
+
+
+def _aligned(a: np.ndarray) -> np.ndarray:
+    """``a``, copied when its data is not aligned to its element size (a view at an odd byte
+    offset, e.g. ``np.frombuffer(b[1:], np.int32)``: the C++ coder refuses those)."""
+    return a if a.flags.aligned else a.copy()
 
 
 def _as_float64(x, name, ndim):
@@ -134,7 +140,7 @@ def _as_float64(x, name, ndim):
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(a.shape)}")
     if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
         raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.float64)
+    return _aligned(np.ascontiguousarray(a, dtype=np.float64))
 
 
 def _check_int(v, name, lo, hi=None):
@@ -301,11 +307,13 @@ def _prepared_threads(threads) -> int:
 def _prepared_array(a, name: str, fn: str) -> None:
     """TypeError unless ``a`` is a C-contiguous int32 numpy array (the prepared calls take
     them as they are: another one got pybind's signature dump, in the C++ argument order)."""
-    if not isinstance(a, np.ndarray) or a.dtype != np.int32 or not a.flags.c_contiguous:
+    if not isinstance(a, np.ndarray) or a.dtype != np.int32 or not a.flags.c_contiguous \
+            or not a.flags.aligned:
         what = (f"a {a.dtype} array{'' if a.flags.c_contiguous else ' (not C-contiguous)'}"
+                f"{'' if a.flags.aligned else ' (not aligned: a view at an odd byte offset)'}"
                 if isinstance(a, np.ndarray) else type(a).__name__)
-        raise TypeError(f"{fn}: {name} must be a C-contiguous int32 numpy array, got {what} "
-                        f"(np.ascontiguousarray(x, dtype=np.int32); or use encode / decode, "
+        raise TypeError(f"{fn}: {name} must be a C-contiguous, aligned int32 numpy array, got "
+                        f"{what} (np.require(x, np.int32, 'CA'); or use encode / decode, "
                         f"which convert)")
 
 

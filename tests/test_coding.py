@@ -1027,7 +1027,7 @@ def test_prepared_calls_name_their_bad_arguments():
     for bad, what in ((sym.astype(np.int64), "got a int64 array"),
                       (np.asfortranarray(np.zeros((1, 3, 7, 9), np.int32)), "not C-contiguous"),
                       (sym.tolist(), "got list")):
-        with pytest.raises(TypeError, match=f"symbols must be a C-contiguous int32 numpy "
+        with pytest.raises(TypeError, match=f"symbols must be a C-contiguous, aligned int32 numpy "
                                             f"array, .*{what}"):
             coding.encode_prepared(bad, idx, 63, cdfs, lengths, offsets, 16, 1, 1)
     with pytest.raises(TypeError, match="decode_prepared: indexes must be"):
@@ -1053,3 +1053,43 @@ def test_latent_indexes_take_ints_only():
             channel_indexes(bad)
     with pytest.raises(ValueError, match="h must be >= 0"):
         latent_indexes(3, -1, 2)
+
+
+def _misaligned(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``a`` at an odd byte offset (not aligned to its element size)."""
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    out = np.frombuffer(buf.data, dtype=a.dtype, count=a.size, offset=1).reshape(a.shape)
+    out[...] = a
+    assert out.flags.c_contiguous and not out.flags.aligned
+    return out
+
+
+def test_misaligned_arrays_are_copied_by_the_api_and_refused_by_the_coder():
+    """A C-contiguous view at an odd byte offset (np.frombuffer of a sliced buffer) passed
+    pybind's array check: the coder read it through misaligned int32 loads (undefined behaviour,
+    an UBSan build's report). The Python API copies such arrays (same bytes, same symbols), the
+    extension refuses them by name, the prepared calls with a TypeError."""
+    cdfs, lengths, offsets, sym, idx = _prepared_operands()
+    want = coding.encode(sym, idx, cdfs, lengths, offsets)
+    mis = [_misaligned(a) for a in (sym, idx, cdfs, lengths, offsets)]
+    assert coding.encode(*mis) == want
+    np.testing.assert_array_equal(
+        coding.decode(want, np.ascontiguousarray(np.broadcast_to(idx, sym.shape)), cdfs, lengths,
+                      offsets), sym)
+    full_idx = np.ascontiguousarray(np.broadcast_to(idx, sym.shape))
+    np.testing.assert_array_equal(coding.decode(want, _misaligned(full_idx), *mis[2:]), sym)
+    pmf = np.random.default_rng(3).random(7) + 0.1
+    np.testing.assert_array_equal(coding.pmf_to_quantized_cdf(_misaligned(pmf)),
+                                  coding.pmf_to_quantized_cdf(pmf))
+    ext = coding._ext()
+    flat = np.ascontiguousarray(np.broadcast_to(idx, sym.shape))
+    for i, name in enumerate(("symbols", "indexes", "cdfs", "cdf_lengths", "offsets")):
+        args = [sym, flat, cdfs, lengths, offsets]
+        args[i] = _misaligned(args[i])
+        with pytest.raises(ValueError, match=f"{name} is not aligned to its element size"):
+            ext.encode(*args, 16, 1, 1)
+    with pytest.raises(ValueError, match="pmf is not aligned"):
+        ext.pmf_to_quantized_cdf(_misaligned(pmf), 16)
+    with pytest.raises(TypeError, match="symbols must be a C-contiguous, aligned int32 numpy "
+                                        "array, got a int32 array \\(not aligned"):
+        coding.encode_prepared(_misaligned(sym), flat, 1, cdfs, lengths, offsets, 16, 1, 1)
