@@ -982,9 +982,21 @@ def test_quantize_kernel_equals_the_torch_passes(dtype, channels_last, shape):
     assert arr.shape == tuple(y.shape) and invalid_np == invalid
     assert np.array_equal(arr, want.numpy())
     if codec._latent_kernels() is not None:
-        with pytest.raises(ValueError, match="negative size"):
-            codec._latent_kernels().quantize_latents_array(y.data_ptr(), 0, False, 1, -1, 1, 1,
-                                                           m.data_ptr(), 1)
+        ck = codec._latent_kernels()
+        with pytest.raises(ValueError, match="negative or too large a size"):
+            ck.quantize_latents_array(y.data_ptr(), 0, False, 1, -1, 1, 1, m.data_ptr(), 1)
+        # sizes whose product overflows: refused before numpy's array (pybind's stride product
+        # overflowed), and by the raw kernels (a product that wrapped to 0 had returned "ok")
+        with pytest.raises(ValueError, match="negative or too large a size"):
+            ck.quantize_latents_array(y.data_ptr(), 0, False, 2 ** 31, 2 ** 31, 2 ** 31, 2 ** 31,
+                                      m.data_ptr(), 1)
+        out = torch.empty(4, dtype=torch.int32)
+        with pytest.raises(RuntimeError, match="negative or overflowing size"):
+            ck.quantize_latents(y.data_ptr(), 0, False, 2 ** 32, 2 ** 32, 1, 1, m.data_ptr(),
+                                out.data_ptr(), 1)
+        with pytest.raises(RuntimeError, match="negative or overflowing size"):
+            ck.dequantize_latents(out.data_ptr(), 2 ** 40, 2 ** 40, 2 ** 40, 2 ** 40,
+                                  m.data_ptr(), y.data_ptr(), 1, 0)
 
 
 @pytest.mark.parametrize("shape", [(1, 48, 32, 48), (2, 37, 5, 19), (1, 192, 2, 33), (1, 24, 3, 40)])

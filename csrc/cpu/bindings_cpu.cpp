@@ -188,8 +188,11 @@ int64_t quantize_latents_py(uintptr_t y, int ydtype, bool channels_last, int64_t
 py::tuple quantize_latents_array_py(uintptr_t y, int ydtype, bool channels_last, int64_t N,
                                     int64_t C, int64_t H, int64_t W, uintptr_t medians,
                                     int nthreads) {
-  if (N < 0 || C < 0 || H < 0 || W < 0)
-    throw std::invalid_argument("quantize_latents_array: negative size");
+  int64_t n = 0;  // (the array's bytes must fit: pybind's stride product overflowed first)
+  if (N < 0 || C < 0 || H < 0 || W < 0 || __builtin_mul_overflow(N, C, &n) ||
+      __builtin_mul_overflow(n, H, &n) || __builtin_mul_overflow(n, W, &n) ||
+      n > PTRDIFF_MAX / static_cast<int64_t>(sizeof(int32_t)))
+    throw std::invalid_argument("quantize_latents_array: negative or too large a size");
   py::array_t<int32_t> out({static_cast<py::ssize_t>(N), static_cast<py::ssize_t>(C),
                             static_cast<py::ssize_t>(H), static_cast<py::ssize_t>(W)});
   const int64_t invalid = quantize_latents_py(y, ydtype, channels_last, N, C, H, W, medians,

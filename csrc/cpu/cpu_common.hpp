@@ -11,6 +11,14 @@
 namespace sk {
 namespace detail {
 
+// N, C, H, W all >= 0 with a product (the element count) inside int64: the raw-pointer kernels'
+// size check (a product that wrapped had read as 0 elements, "ok", or as a wrong count).
+inline bool sizes_ok(int64_t N, int64_t C, int64_t H, int64_t W) {
+  int64_t p = 0;
+  return N >= 0 && C >= 0 && H >= 0 && W >= 0 && !__builtin_mul_overflow(N, C, &p) &&
+         !__builtin_mul_overflow(p, H, &p) && !__builtin_mul_overflow(p, W, &p);
+}
+
 // bf16 bits -> fp32 (exact).
 inline float bf16_to_float(uint16_t h) {
   const uint32_t u = static_cast<uint32_t>(h) << 16;

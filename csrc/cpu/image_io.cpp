@@ -194,14 +194,15 @@ bool image_io_simd_available() { return cpu_avx512bw(); }
 const char* image_io_error_message(int code) {
   switch (code) {
     case kIOk: return "ok";
-    case kIBadArgs: return "bad arguments (null pointer or negative size; bf16_to_image: lo > hi "
+    case kIBadArgs: return "bad arguments (null pointer, negative or overflowing size; "
+                           "bf16_to_image: lo > hi "
                            "or a bound not finite)";
   }
   return "unknown error";
 }
 
 int image_to_bf16(const ImageToBf16Args& a) {
-  if (a.N < 0 || a.C < 0 || a.H < 0 || a.W < 0) return kIBadArgs;
+  if (!detail::sizes_ok(a.N, a.C, a.H, a.W)) return kIBadArgs;
   if (a.N * a.C * a.H * a.W == 0) return kIOk;
   if (a.x == nullptr || a.out == nullptr) return kIBadArgs;
   const bool wide = image_io_simd_available();

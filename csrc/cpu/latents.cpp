@@ -367,14 +367,15 @@ const char* latents_error_message(int code) {
     case kLOk: return "ok";
     case kLNoSimd: return "neither AVX-512 (F + BW) nor AVX2 + FMA is available on this CPU (or "
                           "this build)";
-    case kLBadArgs: return "bad arguments (null pointer, negative size or unknown dtype)";
+    case kLBadArgs: return "bad arguments (null pointer, negative or overflowing size or unknown "
+                           "dtype)";
   }
   return "unknown error";
 }
 
 int quantize_latents(const QuantizeArgs& a) {
   if (!latents_simd_available()) return kLNoSimd;
-  if (a.N < 0 || a.C < 0 || a.H < 0 || a.W < 0 || (a.ydtype != kLF32 && a.ydtype != kLBF16))
+  if (!detail::sizes_ok(a.N, a.C, a.H, a.W) || (a.ydtype != kLF32 && a.ydtype != kLBF16))
     return kLBadArgs;
   if (a.N * a.C * a.H * a.W == 0) return kLOk;
   if (a.y == nullptr || a.medians == nullptr || a.out == nullptr) return kLBadArgs;
@@ -393,7 +394,7 @@ int quantize_latents(const QuantizeArgs& a) {
 
 int dequantize_latents(const DequantizeArgs& a) {
   if (!latents_simd_available()) return kLNoSimd;
-  if (a.N < 0 || a.C < 0 || a.H < 0 || a.W < 0 || (a.out_bf16 != 0 && a.out_bf16 != 1))
+  if (!detail::sizes_ok(a.N, a.C, a.H, a.W) || (a.out_bf16 != 0 && a.out_bf16 != 1))
     return kLBadArgs;
   if (a.N * a.C * a.H * a.W == 0) return kLOk;
   if (a.sym == nullptr || a.medians == nullptr || a.out == nullptr) return kLBadArgs;

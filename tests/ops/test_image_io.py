@@ -322,3 +322,14 @@ def test_slim_conv2d_checks_the_image_of_its_context_on_every_route(w):
         with pytest.raises(image_io.ImageRangeError):
             conv(bad)
     assert conv(bad).shape == want.shape      # outside the context: no check
+
+
+@kernels
+def test_the_raw_kernel_refuses_sizes_whose_product_overflows():
+    """N * C * H * W wrapped in int64 (2^32 * 2^32 = 0): the kernel returned "ok" for a size it
+    never checked (an UBSan build's signed-overflow report)."""
+    x = torch.zeros(4)
+    out = torch.empty(4, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="negative or overflowing size"):
+        image_io._kernels().image_to_bf16(x.data_ptr(), False, 2 ** 32, 2 ** 32, 1, 1,
+                                          out.data_ptr(), 1)
