@@ -556,13 +556,23 @@ def test_a_fork_while_another_thread_records_a_replay_lets_the_child_replay(monk
     key's 'recording' placeholder, which no thread of the child completes: the child runs that
     transform eagerly for good (e10_fork_placeholder.py: 2/2, 0 replays in 40 calls). Fix: drop
     the placeholders in cpu_replay._new_locks_in_child."""
-    import os
-
     from slimkernels.pretrained import load_model
     if not _amx():
         pytest.skip("the bundled model's bf16 transforms replay on AMX CPUs")
     model = load_model()
     x = torch.rand(1, 3, 64, 96)
+    # (one thread here as in the threads below: the thread count is part of the replay's key,
+    # and with SLIMKERNELS_TEST_THREADS=2 the second use below was another key's first)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _fork_while_recording(model, x, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fork_while_recording(model, x, monkeypatch):
+    import os
     model.compress(x, 48, precision="bf16", streams=1)          # 1st use of the key
     inside, release = threading.Event(), threading.Event()
     real = cpu_replay._record
