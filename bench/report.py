@@ -324,7 +324,11 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
          "this run. `plain` = the same SlimCAE in plain PyTorch (`bench/plain_slimcae.py`: "
          "F.conv2d on sliced weights, eager GDN, NCHW) in fp32 (the issue's baseline: what a user "
          "would write without this library) and under bf16 autocast; same weights, same coder "
-         "and container, so its ratio isolates the transforms. CompressAI = "
+         "and container, so its ratio isolates the transforms. NCHW is PyTorch's default "
+         "layout; in channels_last plain PyTorch's decoder runs faster (its transposed convs), "
+         "so the decompress ratios against a plain model converted to channels_last are "
+         "lower: `python bench/plain_layouts.py` measures both layouts side by side. "
+         "CompressAI = "
          "`bmshj2018-factorized` quality 6 (N=192, M=320, random weights: the same transform "
          "cost, while its coder codes a larger payload than a trained model's would, so its "
          "coding time is over-counted), its own compress/decompress.", ""]
@@ -391,7 +395,11 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
               "RSS high-water mark reset (`/proc/self/clear_refs`) and the call run again, with "
               "glibc returning every block >= 64 KiB to the OS on free (a CPU replay, "
               "`slimkernels.cpu_replay`, holds no activations between calls: the measured call "
-              "is one, bf16 w=48 / 72 here).", "",
+              "is one, bf16 w=48 / 72 here). Buffers ours keeps between calls are left out of "
+              "these peaks, as they were allocated by the warm-up (they are in the retained "
+              "memory below): the per-thread Winograd workspace and GDN x^2 scratch, e.g. "
+              "~32 MiB of workspace for fp32 w=192 `compress`, which a one-off call's peak "
+              "includes.", "",
               *_memory_table(mem, "peak_mib", meta["widths"])]
         c = [(m["op"], m["peak_mib"]) for m in mem if m["impl"] == "compressai"]
         if c:

@@ -42,6 +42,9 @@ def test_dry_run_writes_results(tmp_path):
         assert r["ours_ms"] > 0 and r["cudnn_ms"] > 0 and r["compile_ms"] > 0
     assert all("ours_fused_gdn_ms" in r for r in data["device"] if r["layer"] != "dec3")
     assert "speedup_cl_vs_plain" in md and "Device" in md
+    for r in data["cpu"]:   # the fastest plain variant (any layout) is the one the ratio takes
+        best = min(r["plain_contig_ms"], r["plain_view_ms"], r["plain_cl_ms"])
+        assert abs(r["speedup_cl_vs_plain_best"] - best / r["ours_cl_ms"]) < 1e-9
     assert res["cpu_goals"]
     from slimkernels.backend import interpreter_enabled
     assert torch.cuda.is_available() or interpreter_enabled()  # the Triton path ran
