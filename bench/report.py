@@ -435,7 +435,11 @@ def markdown(meta: Dict, res: Dict, ratios: List[Dict], mem: List[Dict], layers:
         return out
 
     L += [f"## Goals (issue 8, CPU): `compress`/`decompress` as shipped, default precision "
-          f"(`auto` = {dp} here) vs plain PyTorch fp32", ""]
+          f"(`auto` = {dp} here) vs plain PyTorch fp32", "",
+          "Each flag is this run's medians: a value within the machine's spread of its target "
+          "can flip from run to run (a shared 2-core VM: ~5-10 % between repeats; `compress` "
+          "and `compress_split` in e2e.json do the same work and show that run's own spread).",
+          ""]
     L += goal_table({k: g for k, g in gl.items() if k.endswith("_" + dp)}) + [""]
     for p in others:
         sel = {k: g for k, g in gl.items() if k.endswith("_" + p)}
