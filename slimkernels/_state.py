@@ -33,6 +33,8 @@ def cached_on(owner, slot: str, tensors: Iterable[torch.Tensor], build, extra=No
     ``tensors`` (or ``extra``) changes. The cache keeps the tensors, so that a freed tensor's id
     and storage cannot be reused by a new tensor that then matches the key. Drop it with
     ``owner.__dict__.pop(slot, None)``."""
+    if tracing():   # (before the key: fake tensors have no data pointer to read)
+        return build()
     tensors = tuple(tensors)
     return _cached(owner, slot, (extra, tensor_state_key(tensors)), lambda: tensors, build)
 
@@ -223,6 +225,8 @@ def cached_on_module(owner, slot: str, root: torch.nn.Module, build, extra=None)
     one without tensors, also rebuilds it). The cache keeps the modules but not ``owner``
     itself (it holds the cache: keeping it would make a reference cycle, and a deleted model
     would wait for the cyclic garbage collector)."""
+    if tracing():   # (before the walk: fake tensors have no data pointer to read; torch.export
+        return build()   # under no_grad failed "Cannot access data pointer of Tensor")
     cache = owner.__dict__.get(slot)
     # the previous walk's objects, prefetched by this one (only where owner is root: the list
     # holds no reference to root, so none to the cache holding it)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..backend import resolve_backend
 
 from .._checks import as_flag, check_tensor_args
-from .._cpu import cpu_kernels, functorch_transform, refuse_jit_trace
+from .._cpu import cpu_kernels, functorch_transform, refuse_jit_trace, tracing
 from ._cache import _cached
 from ._raw import cpu_capability
 
@@ -128,7 +128,9 @@ def _scratch(shape, dtype, device) -> torch.Tensor:
     OS); reusing one buffer removes that cost for the temporary. Only used without autograd. On
     any other device (CUDA: its caching allocator already reuses blocks) a fresh tensor there.
     """
-    if torch.device(device).type != "cpu":
+    if torch.device(device).type != "cpu" or tracing():
+        # (under a torch mode, e.g. torch.export's fake tensors, a buffer of that mode: never
+        # kept, or every later real call got a fake x^2 and returned a FakeTensor)
         return torch.empty(shape, dtype=dtype, device=device)
     numel = 1
     for d in shape:
