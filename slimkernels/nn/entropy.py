@@ -192,9 +192,9 @@ class EntropyBottleneck(WatchedAttributes, nn.Module):
         with no_autocast(y.device.type):
             y = y.float()
             if training:   # (the noise drawn in NCHW order whatever y's layout: the same
-                # seed gives the same noise on every path, channels_last kernels or not)
-                y_hat = y + torch.empty(y.shape, dtype=y.dtype, device=y.device).uniform_(-0.5,
-                                                                                           0.5)
+                # seed gives the same noise on every path, channels_last kernels or not; out of
+                # place, so that torch.func.vmap(randomness="different") draws it per sample)
+                y_hat = y + (torch.rand(y.shape, dtype=y.dtype, device=y.device) - 0.5)
             else:
                 y_hat = self._round(y)
             values = y_hat.permute(1, 0, 2, 3).reshape(self.channels, 1, -1)

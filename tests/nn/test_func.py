@@ -135,3 +135,28 @@ def test_func_grad_of_a_slimcae_loss_matches_autograd():
             assert not grads[k].any(), k
         else:
             torch.testing.assert_close(grads[k], p.grad, rtol=1e-8, atol=1e-12)
+
+
+def test_per_sample_training_gradients_with_noise_drawn_per_sample():
+    """vmap(grad) of a training loss with randomness="different": the entropy model drew its
+    noise in place on a fresh unbatched tensor, which vmap refuses for "different" ("Cannot ask
+    for different inplace randomness on an unbatched tensor"). With "same" every sample gets
+    the same noise; with "different" each its own."""
+    from slimkernels.nn import EntropyBottleneck
+    torch.manual_seed(5)
+    eb = EntropyBottleneck(4).double().train()
+    y = torch.randn(3, 4, 3, 5, dtype=torch.float64) * 2
+    params = {k: v.detach() for k, v in eb.named_parameters()}
+
+    def loss(p, yi):
+        y_hat, lik = torch.func.functional_call(eb, p, (yi[None],))
+        return -torch.log2(lik).sum(), (y_hat - yi[None]).detach()
+
+    for randomness in ("same", "different"):
+        g, noise = torch.func.vmap(torch.func.grad(loss, has_aux=True), in_dims=(None, 0),
+                                   randomness=randomness)(params, y)
+        assert noise.shape == (3, 1, 4, 3, 5) and noise.abs().max() <= 0.5
+        assert all(torch.isfinite(v).all() for v in g.values())
+        # (y_hat is float32, y float64: the noise read back carries y's float32 rounding)
+        same = [torch.allclose(noise[0], noise[i], rtol=0, atol=1e-5) for i in (1, 2)]
+        assert same == ([True, True] if randomness == "same" else [False, False]), randomness
