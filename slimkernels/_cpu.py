@@ -61,16 +61,26 @@ def tracing() -> bool:
 
 
 def functorch_transform() -> bool:
-    """Whether a torch.func transform (``vmap``, ``grad``, ``jacrev``, ``jvp``...) is running: the
-    compiled kernels take data pointers, which its wrapper tensors (batched, gradient-tracking) do
-    not have, and the ops' hand-written autograd Functions have no vmap rule, so the ops compute
-    with plain PyTorch then (their references, :func:`slimkernels.ops.gdn_reference` and
-    ``F.conv2d`` / ``F.conv_transpose2d`` on the slices), which the transforms see through.
-    False inside torch.compile's tracing (it traces the ops' own paths)."""
+    """Whether a torch.func transform (``vmap``, ``grad``, ``jacrev``, ``jvp``...) is running, or
+    forward-mode AD (``torch.autograd.forward_ad.dual_level``): the compiled kernels take data
+    pointers, which the transforms' wrapper tensors (batched, gradient-tracking) do not have, and
+    they compute no tangents (a dual tensor's was dropped without a word), and the ops'
+    hand-written autograd Functions have no vmap rule, so the ops compute with plain PyTorch then
+    (their references, :func:`slimkernels.ops.gdn_reference` and ``F.conv2d`` /
+    ``F.conv_transpose2d`` on the slices), which the transforms see through. False inside
+    torch.compile's tracing (it traces the ops' own paths)."""
     if torch.compiler.is_compiling():
         return False
+    if _forward_ad_level() >= 0:
+        return True
     f = _functorch_level_getter()
     return f is not None and f() is not None
+
+
+def _forward_ad_level() -> int:
+    # (torch.autograd.forward_ad's innermost dual level, -1 outside any; a module global there)
+    fad = getattr(torch.autograd, "forward_ad", None)
+    return getattr(fad, "_current_level", -1)
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,7 +10,7 @@ from .._state import WatchedAttributes
 
 class _LowerBoundFn(torch.autograd.Function):
     # (forward without ctx, setup_context and a generated vmap rule: torch.func's transforms
-    # take it, e.g. torch.func.grad of a model's loss)
+    # take it, e.g. torch.func.grad of a model's loss; jvp: forward-mode AD)
     generate_vmap_rule = True
 
     @staticmethod
@@ -20,6 +20,14 @@ class _LowerBoundFn(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
+
+    @staticmethod
+    def jvp(ctx, x_t, bound_t):
+        # the derivative of max(x, bound) in x: 1 where x is at or above the bound (the bound is
+        # a constant of the parametrization: its tangent is not taken)
+        x, bound = ctx.saved_tensors
+        return None if x_t is None else torch.where(x >= bound, x_t, torch.zeros_like(x_t))
 
     @staticmethod
     def backward(ctx, grad):
