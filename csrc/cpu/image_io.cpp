@@ -195,8 +195,7 @@ const char* image_io_error_message(int code) {
   switch (code) {
     case kIOk: return "ok";
     case kIBadArgs: return "bad arguments (null pointer, negative or overflowing size; "
-                           "bf16_to_image: lo > hi "
-                           "or a bound not finite)";
+                           "bf16_to_image: lo > hi or a bound not finite)";
   }
   return "unknown error";
 }
