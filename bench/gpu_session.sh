@@ -31,7 +31,7 @@
 #              conv+GDN (where a GPU run of ours is slower than cuDNN: which layer)
 #   graphs     bench/bench_cuda_graph.py: compress / decompress with cuda_graph False and True
 #   gdn        bench/bench_gdn.py --no-cpu: GDN/IGDN forward and forward+backward vs eager and
-#              torch.compile (bench/results/cuda/gdn.*)
+#              torch.compile (gdn.* in the GPU's folder)
 # The benchmark steps of a real run write only the GPU's own folder, bench/results/cuda-<gpu>/
 # (report, profile, graphs, conv, gdn); never the CPU tables in bench/results/cpu/ or
 # bench/results/cpu-*/, nor the H200's conv and GDN tables of an earlier layout
