@@ -60,21 +60,32 @@ def tracing() -> bool:
     return f is not None and f() is not None
 
 
-def functorch_transform() -> bool:
-    """Whether a torch.func transform (``vmap``, ``grad``, ``jacrev``, ``jvp``...) is running, or
-    forward-mode AD (``torch.autograd.forward_ad.dual_level``): the compiled kernels take data
-    pointers, which the transforms' wrapper tensors (batched, gradient-tracking) do not have, and
-    they compute no tangents (a dual tensor's was dropped without a word), and the ops'
-    hand-written autograd Functions have no vmap rule, so the ops compute with plain PyTorch then
-    (their references, :func:`slimkernels.ops.gdn_reference` and ``F.conv2d`` /
+def functorch_transform(*tensors) -> bool:
+    """Whether a torch.func transform (``vmap``, ``grad``, ``jacrev``, ``jvp``...) is running in
+    this thread, or forward-mode AD (``torch.autograd.forward_ad``) reaches the op: the compiled
+    kernels take data pointers, which the transforms' wrapper tensors (batched, gradient-tracking)
+    do not have, and they compute no tangents (a dual tensor's was dropped without a word), and
+    the ops' hand-written autograd Functions have no vmap rule, so the ops compute with plain
+    PyTorch then (their references, :func:`slimkernels.ops.gdn_reference` and ``F.conv2d`` /
     ``F.conv_transpose2d`` on the slices), which the transforms see through. False inside
-    torch.compile's tracing (it traces the ops' own paths)."""
+    torch.compile's tracing (it traces the ops' own paths).
+
+    ``tensors``: the op's tensors (entries that are not tensors skipped). A forward-AD dual level is
+    process-wide in torch (another thread's open level is this thread's too), so an op takes the
+    PyTorch path only when one of its tensors carries a tangent; with no tensors given (the
+    caches' check: building uncached costs only time) any open level counts."""
     if torch.compiler.is_compiling():
         return False
-    if _forward_ad_level() >= 0:
-        return True
     f = _functorch_level_getter()
-    return f is not None and f() is not None
+    if f is not None and f() is not None:
+        return True
+    level = _forward_ad_level()
+    if level < 0:
+        return False
+    if not tensors:
+        return True
+    return any(isinstance(t, torch.Tensor) and torch._VF._unpack_dual(t, level)[1] is not None
+               for t in tensors)
 
 
 def _forward_ad_level() -> int:

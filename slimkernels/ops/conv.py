@@ -892,6 +892,13 @@ def _fused_cpu_gdn_available() -> bool:
     return bool(cpu_kernels_available())
 
 
+def _gdn_tensors(kw) -> tuple:
+    """The tensors of a conv op's checked GDN ``kw`` (None: none): parameters and scalars."""
+    if kw is None:
+        return ()
+    return tuple(v for k, v in kw.items() if isinstance(v, torch.Tensor))
+
+
 def _reference_gdn(y, kw):
     """GDN/IGDN of ``y`` with a conv op's checked ``kw`` (None: ``y``) by
     :func:`slimkernels.ops.gdn_reference`, PyTorch's own ops (under torch.func)."""
@@ -1739,7 +1746,8 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     co = _out_width(out_width, weight.shape[0], "slim_conv2d")
     name = resolve_backend(x, backend)
     kw = _gdn_kwargs(gdn, False, name)
-    if functorch_transform():   # (torch.func: PyTorch's own ops, which it sees through)
+    if functorch_transform(x, weight, bias, *_gdn_tensors(kw)):   # (torch.func, forward AD:
+        # PyTorch's own ops, which they see through)
         return _reference_gdn(_plain_conv(x, weight, bias, co, stride, padding), kw)
     if name == "triton" and not _triton_takes_dtype(x):
         return _apply_gdn(_float64_conv(x, weight, bias, co, stride, padding), kw)
@@ -1839,7 +1847,8 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     name = resolve_backend(x, backend)
     kin = _gdn_kwargs(igdn, True, name)
     kout = _gdn_kwargs(out_igdn, True, name)
-    if functorch_transform():   # (torch.func: PyTorch's own ops, which it sees through)
+    if functorch_transform(x, weight, bias, *_gdn_tensors(kin), *_gdn_tensors(kout)):
+        # (torch.func, forward AD: PyTorch's own ops, which they see through)
         y = _plain_conv(_reference_gdn(x, kin), weight, bias, co, stride, padding,
                         output_padding, transposed=True)
         y = _reference_gdn(y, kout)

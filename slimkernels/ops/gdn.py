@@ -750,7 +750,8 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
     _check_gdn_scalars(kw, "gdn")
     if x.shape[-2] == 0 or x.shape[-1] == 0:   # no pixels (a pointwise op: an empty result, as
         return x.clone()                       # for N = 0; the 1x1 conv inside refused them)
-    if functorch_transform():   # (torch.func: PyTorch's own ops, which it sees through)
+    if functorch_transform(x, beta, gamma, gamma_scale, gamma_bias, beta_scale, beta_bias):
+        # (torch.func, forward AD: PyTorch's own ops, which they see through)
         resolve_backend(x, backend)   # (its checks of the name)
         return gdn_reference(x, beta, gamma, **kw)
     if resolve_backend(x, backend) == "triton" and x.dtype != torch.float64:
