@@ -5,7 +5,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 
 from . import _build_stamp, _recording
-from ._cpu import tracing
+from ._cpu import functorch_transform, tracing
 
 
 def tensor_state_key(tensors: Iterable[torch.Tensor]) -> Tuple:
@@ -33,8 +33,8 @@ def cached_on(owner, slot: str, tensors: Iterable[torch.Tensor], build, extra=No
     ``tensors`` (or ``extra``) changes. The cache keeps the tensors, so that a freed tensor's id
     and storage cannot be reused by a new tensor that then matches the key. Drop it with
     ``owner.__dict__.pop(slot, None)``."""
-    if tracing():   # (before the key: fake tensors have no data pointer to read)
-        return build()
+    if tracing() or functorch_transform():   # (before the key: fake tensors and torch.func's
+        return build()   # wrappers have no data pointer to read; nothing built there is kept)
     tensors = tuple(tensors)
     return _cached(owner, slot, (extra, tensor_state_key(tensors)), lambda: tensors, build)
 
@@ -225,8 +225,10 @@ def cached_on_module(owner, slot: str, root: torch.nn.Module, build, extra=None)
     one without tensors, also rebuilds it). The cache keeps the modules but not ``owner``
     itself (it holds the cache: keeping it would make a reference cycle, and a deleted model
     would wait for the cyclic garbage collector)."""
-    if tracing():   # (before the walk: fake tensors have no data pointer to read; torch.export
-        return build()   # under no_grad failed "Cannot access data pointer of Tensor")
+    if tracing() or functorch_transform():   # (before the walk: fake tensors and torch.func's
+        # wrappers have no data pointer to read: torch.export under no_grad, vmap over stacked
+        # parameters failed "Cannot access data pointer of Tensor"; nothing built there is kept)
+        return build()
     cache = owner.__dict__.get(slot)
     # the previous walk's objects, prefetched by this one (only where owner is root: the list
     # holds no reference to root, so none to the cache holding it)
