@@ -49,7 +49,7 @@ import torch.nn as nn
 
 from . import coding, container
 from ._cpu import _module as _cpu_module, cpu_kernels, switched_off as _cpu_switched_off
-from ._cpu import tracing as _cpu_tracing
+from ._cpu import functorch_transform, tracing as _cpu_tracing
 from .ops import image_io
 from .ops.image_io import bf16_to_image, image_to_bf16, value_range
 from ._hooks import runs_more_than_forward
@@ -864,7 +864,10 @@ class SlimCodec(WatchedAttributes, nn.Module):
         top = max(ws)
         h = first(x, top)
         narrow = sorted({w for w in ws if w < top}, reverse=True)
-        slices = dict(zip(narrow, _WidthSlices.apply(h, *narrow)))
+        if functorch_transform(h):   # (torch.func, forward AD: autograd's own slices, which
+            slices = {w: h[:, :w] for w in narrow}   # they see through; the Function has no
+        else:                                         # vmap rule nor jvp)
+            slices = dict(zip(narrow, _WidthSlices.apply(h, *narrow)))
         slices[top] = h
         return [self._quantize_and_decode(self.g_a(slices[w], w, start=1), quantization)
                 for w in ws]
