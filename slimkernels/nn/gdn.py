@@ -226,8 +226,9 @@ class SlimGDNPlus(_WidthSelectedGDN):
         # beta_k itself, bounded below by beta_min: its scale and bias are only non-negative, so
         # both at 0 (where training can take them) made beta_k 0 and the GDN's output inf / NaN
         beta_k = r(self.beta_scale)[k] * beta + r(self.beta_bias)[k]
-        beta_k = lower_bound(beta_k, torch.tensor(self.beta_min, dtype=beta_k.dtype,
-                                                  device=beta_k.device))
+        # (the bound filled on beta_k's device: torch.tensor(float, device=...) was a
+        # host-to-device copy on CUDA, a sync per layer that breaks graph capture)
+        beta_k = lower_bound(beta_k, beta_k.new_full((), self.beta_min))
         return {"beta": beta_k, "gamma": gamma, "inverse": self.inverse,
                 "gamma_scale": r(self.gamma_scale)[k], "gamma_bias": r(self.gamma_bias)[k]}
 
