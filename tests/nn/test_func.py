@@ -187,3 +187,108 @@ def test_forward_mode_ad_through_the_layers_matches_jvp(frozen, dtype):
             jac = torch.autograd.functional.jacobian(lambda t: layer(t), x)
             torch.testing.assert_close(out.tangent,
                                        (jac.flatten(x.dim()) @ v.flatten()), **tol)
+
+
+def test_another_threads_dual_level_leaves_this_threads_ops_alone():
+    """torch's forward-AD dual level is process-wide: while another thread held one, every op of
+    this thread took the PyTorch path (other pixels from the same decompress, and slower). Only
+    an op with a dual tensor among its inputs does now."""
+    import threading
+
+    import torch.autograd.forward_ad as fwAD
+    torch.manual_seed(6)
+    model = SlimCAE(widths=[16, 8]).eval()
+    model.update()
+    x = torch.rand(1, 3, 32, 48)
+    data = model.compress(x, 16)
+    want = model.decompress(data)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold():
+        with fwAD.dual_level():
+            inside.set()
+            release.wait(30)
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert inside.wait(30)
+        assert not _cpu.functorch_transform(x) and _cpu.functorch_transform()   # (caches: any)
+        assert model.compress(x, 16) == data
+        assert torch.equal(model.decompress(data), want)
+    finally:
+        release.set()
+        t.join()
+
+
+@pytest.mark.parametrize("cls", [SlimGDN, SlimGDNPlus])
+def test_vmap_over_stacked_parameters_of_frozen_layers(cls):
+    """Model ensembling (torch.func.stack_module_state, vmap over functional_call) with detached
+    parameters: the effective-parameter cache walked the batched wrappers' data pointers
+    ("Cannot access data pointer of Tensor that doesn't have storage")."""
+    torch.manual_seed(7)
+    layers = [_perturb(cls(6) if cls is SlimGDN else cls([6, 4])) for _ in range(3)]
+    params, buffers = torch.func.stack_module_state(layers)
+    params = {k: v.detach() for k, v in params.items()}
+    x = torch.randn(2, 4, 5, 5)
+
+    def one(p, b):
+        return torch.func.functional_call(layers[0], (p, b), (x,))
+    got = torch.func.vmap(one)(params, buffers)
+    with torch.no_grad():
+        want = torch.stack([m(x) for m in layers])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # jvp in the parameters (detached): the same cache
+    layer = layers[0].double()
+    p = {k: v.detach() for k, v in layer.named_parameters()}
+    tangents = {k: torch.randn_like(v) for k, v in p.items()}
+    xd = x.double()
+    _, jt = torch.func.jvp(lambda q: torch.func.functional_call(layer, q, (xd,)), (p,),
+                           (tangents,))
+    eps = 1e-6
+    up = {k: v + eps * tangents[k] for k, v in p.items()}
+    dn = {k: v - eps * tangents[k] for k, v in p.items()}
+    with torch.no_grad():
+        fd = (torch.func.functional_call(layer, up, (xd,))
+              - torch.func.functional_call(layer, dn, (xd,))) / (2 * eps)
+    torch.testing.assert_close(jt, fd, rtol=1e-6, atol=1e-7)
+
+
+def test_func_grad_and_forward_ad_of_forward_widths():
+    """SlimCodec.forward_widths (the joint multi-width training step) sliced its shared first
+    layer's output through an autograd Function without setup_context, vmap rule or jvp:
+    torch.func.grad and forward-mode AD of it failed."""
+    import torch.autograd.forward_ad as fwAD
+    torch.manual_seed(8)
+    model = SlimCAE(widths=[16, 8]).double().eval()   # (eval: rounding, no noise to match)
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    params = dict(model.named_parameters())
+
+    def loss_widths(p):
+        return sum(o["x_hat"].square().mean() for o in _forward_widths(model, p, x))
+    g = torch.func.grad(loss_widths)(params)
+    model.zero_grad()
+    sum(o["x_hat"].square().mean() for o in model.forward_widths(x, [16, 8])).backward()
+    for k, p in params.items():
+        if p.grad is not None:
+            torch.testing.assert_close(g[k], p.grad, rtol=1e-8, atol=1e-12)
+    v = torch.randn_like(x)
+    with fwAD.dual_level():
+        outs = model.forward_widths(fwAD.make_dual(x, v), [16, 8])
+        tangents = [fwAD.unpack_dual(o["x_hat"]).tangent for o in outs]
+    assert all(t is not None for t in tangents)
+    for w, t in zip((16, 8), tangents):
+        _, want = torch.func.jvp(lambda xx: model(xx, w)["x_hat"], (x,), (v,))
+        torch.testing.assert_close(t, want, rtol=1e-8, atol=1e-10)
+
+
+def _forward_widths(model, p, x):
+    """model.forward_widths(x, [16, 8]) with the parameters ``p`` (torch.func.functional_call
+    swaps them in for the call)."""
+    class Call(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m.forward_widths(x, [16, 8])
+    return torch.func.functional_call(Call(model), {f"m.{k}": v for k, v in p.items()}, (x,))
