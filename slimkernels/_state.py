@@ -33,8 +33,8 @@ def cached_on(owner, slot: str, tensors: Iterable[torch.Tensor], build, extra=No
     ``tensors`` (or ``extra``) changes. The cache keeps the tensors, so that a freed tensor's id
     and storage cannot be reused by a new tensor that then matches the key. Drop it with
     ``owner.__dict__.pop(slot, None)``."""
-    if tracing() or functorch_transform():   # (before the key: fake tensors and torch.func's
-        return build()   # wrappers have no data pointer to read; nothing built there is kept)
+    if _uncached():
+        return build()
     tensors = tuple(tensors)
     return _cached(owner, slot, (extra, tensor_state_key(tensors)), lambda: tensors, build)
 
@@ -90,11 +90,18 @@ def generation() -> int:
     return _GENERATION
 
 
+def _uncached() -> bool:
+    """Whether the state-keyed caches build without caching, checked by :func:`cached_on` and
+    :func:`cached_on_module` before they compute a key: under a torch mode (torch.export's fake
+    tensors) or a torch.func transform / forward AD, whose tensors have no data pointer to key
+    on (torch.export under no_grad, vmap over stacked parameters failed "Cannot access data
+    pointer of Tensor") and whose results are not for later calls."""
+    return tracing() or functorch_transform()
+
+
 def _cached(owner, slot: str, key, keep, build):
     """``build()`` cached in ``owner.__dict__[slot]`` under ``key``, with ``keep()`` (what the
-    cache must hold alive: called only when it builds)."""
-    if tracing():   # (a torch mode, e.g. fake tensors: what it builds is not for later calls)
-        return build()
+    cache must hold alive: called only when it builds). Its callers check :func:`_uncached`."""
     cache = owner.__dict__.get(slot)
     if cache is None or cache[0] != key:
         _recording.transient(f"the cache {slot} was built during the recording")
@@ -225,9 +232,7 @@ def cached_on_module(owner, slot: str, root: torch.nn.Module, build, extra=None)
     one without tensors, also rebuilds it). The cache keeps the modules but not ``owner``
     itself (it holds the cache: keeping it would make a reference cycle, and a deleted model
     would wait for the cyclic garbage collector)."""
-    if tracing() or functorch_transform():   # (before the walk: fake tensors and torch.func's
-        # wrappers have no data pointer to read: torch.export under no_grad, vmap over stacked
-        # parameters failed "Cannot access data pointer of Tensor"; nothing built there is kept)
+    if _uncached():
         return build()
     cache = owner.__dict__.get(slot)
     # the previous walk's objects, prefetched by this one (only where owner is root: the list

@@ -15,6 +15,7 @@
 #include "image_io.hpp"
 #include "latents.hpp"
 #include "winograd.hpp"
+#include "cpu_common.hpp"  // detail::sizes_ok
 #include "conv_avx2.hpp"
 #include "batched_gemm.hpp"
 #include "coder_executor.hpp"
@@ -189,8 +190,7 @@ py::tuple quantize_latents_array_py(uintptr_t y, int ydtype, bool channels_last,
                                     int64_t C, int64_t H, int64_t W, uintptr_t medians,
                                     int nthreads) {
   int64_t n = 0;  // (the array's bytes must fit: pybind's stride product overflowed first)
-  if (N < 0 || C < 0 || H < 0 || W < 0 || __builtin_mul_overflow(N, C, &n) ||
-      __builtin_mul_overflow(n, H, &n) || __builtin_mul_overflow(n, W, &n) ||
+  if (!sk::detail::sizes_ok(N, C, H, W, &n) ||
       n > PTRDIFF_MAX / static_cast<int64_t>(sizeof(int32_t)))
     throw std::invalid_argument("quantize_latents_array: negative or too large a size");
   py::array_t<int32_t> out({static_cast<py::ssize_t>(N), static_cast<py::ssize_t>(C),

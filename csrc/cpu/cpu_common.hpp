@@ -11,12 +11,12 @@
 namespace sk {
 namespace detail {
 
-// N, C, H, W all >= 0 with a product (the element count) inside int64: the raw-pointer kernels'
-// size check (a product that wrapped had read as 0 elements, "ok", or as a wrong count).
-inline bool sizes_ok(int64_t N, int64_t C, int64_t H, int64_t W) {
-  int64_t p = 0;
-  return N >= 0 && C >= 0 && H >= 0 && W >= 0 && !__builtin_mul_overflow(N, C, &p) &&
-         !__builtin_mul_overflow(p, H, &p) && !__builtin_mul_overflow(p, W, &p);
+// N, C, H, W all >= 0 with a product (the element count, into *count) inside int64: the
+// raw-pointer kernels' size check (a product that wrapped had read as 0 elements, "ok", or as a
+// wrong count).
+inline bool sizes_ok(int64_t N, int64_t C, int64_t H, int64_t W, int64_t* count) {
+  return N >= 0 && C >= 0 && H >= 0 && W >= 0 && !__builtin_mul_overflow(N, C, count) &&
+         !__builtin_mul_overflow(*count, H, count) && !__builtin_mul_overflow(*count, W, count);
 }
 
 // bf16 bits -> fp32 (exact).

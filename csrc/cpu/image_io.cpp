@@ -201,8 +201,9 @@ const char* image_io_error_message(int code) {
 }
 
 int image_to_bf16(const ImageToBf16Args& a) {
-  if (!detail::sizes_ok(a.N, a.C, a.H, a.W)) return kIBadArgs;
-  if (a.N * a.C * a.H * a.W == 0) return kIOk;
+  int64_t count = 0;
+  if (!detail::sizes_ok(a.N, a.C, a.H, a.W, &count)) return kIBadArgs;
+  if (count == 0) return kIOk;
   if (a.x == nullptr || a.out == nullptr) return kIBadArgs;
   const bool wide = image_io_simd_available();
   // one Range per row (a few KB), merged after: rows run on any thread

@@ -375,9 +375,10 @@ const char* latents_error_message(int code) {
 
 int quantize_latents(const QuantizeArgs& a) {
   if (!latents_simd_available()) return kLNoSimd;
-  if (!detail::sizes_ok(a.N, a.C, a.H, a.W) || (a.ydtype != kLF32 && a.ydtype != kLBF16))
+  int64_t count = 0;
+  if (!detail::sizes_ok(a.N, a.C, a.H, a.W, &count) || (a.ydtype != kLF32 && a.ydtype != kLBF16))
     return kLBadArgs;
-  if (a.N * a.C * a.H * a.W == 0) return kLOk;
+  if (count == 0) return kLOk;
   if (a.y == nullptr || a.medians == nullptr || a.out == nullptr) return kLBadArgs;
 #if SK_HAVE_AMX_CODE
   std::atomic<int64_t> bad{0};
@@ -394,9 +395,10 @@ int quantize_latents(const QuantizeArgs& a) {
 
 int dequantize_latents(const DequantizeArgs& a) {
   if (!latents_simd_available()) return kLNoSimd;
-  if (!detail::sizes_ok(a.N, a.C, a.H, a.W) || (a.out_bf16 != 0 && a.out_bf16 != 1))
+  int64_t count = 0;
+  if (!detail::sizes_ok(a.N, a.C, a.H, a.W, &count) || (a.out_bf16 != 0 && a.out_bf16 != 1))
     return kLBadArgs;
-  if (a.N * a.C * a.H * a.W == 0) return kLOk;
+  if (count == 0) return kLOk;
   if (a.sym == nullptr || a.medians == nullptr || a.out == nullptr) return kLBadArgs;
 #if SK_HAVE_AMX_CODE
   const bool wide = avx512_rows();

@@ -174,8 +174,8 @@ def load_model(path: Optional[str] = None, device: str = "cpu", *,
         return _load_model(path, device, weights)
 
 
-def _load_model(path, device, weights) -> SlimCAE:
-    device = check_device(device)
+def _load_model(path, device: torch.device, weights) -> SlimCAE:
+    # (device: checked by load_model)
     if path is None:
         path = bundled_model_path()
         if path is None:
