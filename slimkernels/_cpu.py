@@ -55,7 +55,11 @@ def tracing() -> bool:
     mode, a FlopCounterMode...): the compiled kernels take data pointers, which fake tensors do
     not have and a trace cannot record, so the ops take their PyTorch paths then (under
     torch.export they had cached fake weights that broke every later call in the process).
-    torch.jit.trace is refused by the ops themselves (:func:`refuse_jit_trace`)."""
+    torch.jit.trace is refused by the ops themselves (:func:`refuse_jit_trace`). True while
+    torch.compile traces (its tensors are fake too; and the getter below is opaque to dynamo, a
+    graph break), so that the compiled graph holds the PyTorch paths whole."""
+    if torch.compiler.is_compiling():
+        return True
     f = _dispatch_mode_getter()
     return f is not None and f() is not None
 

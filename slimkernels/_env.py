@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import torch
+
 from . import _recording
 
 __all__ = ["getenv", "switched_off"]
@@ -24,6 +26,8 @@ _ENCODED: dict = {}   # name -> (encoded name, the os._Environ type it was encod
 
 def getenv(name: str, default: Optional[str] = None) -> Optional[str]:
     """``os.environ.get(name, default)`` (str or ``default``), read at every call."""
+    if torch.compiler.is_compiling():   # (torch.compile traces os.environ.get, and no CPU replay
+        return os.environ.get(name, default)   # records there: no context variable to read)
     v = _getenv(name, default)
     if _recording.ACTIVE.get() is not None:   # a CPU replay re-reads the switches it saw
         _recording.env_read(name)

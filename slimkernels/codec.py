@@ -70,9 +70,19 @@ __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes",
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-@functools.lru_cache(maxsize=None)
+_TAKES_WIDTH: Dict[type, bool] = {}   # (a dict, not an lru_cache: torch.compile traces
+# through it without dynamo's warning about the lru_cache wrapper it ignores)
+
+
 def _takes_width(cls: type) -> bool:
     """Whether ``cls.forward`` accepts a second positional argument (the active width)."""
+    v = _TAKES_WIDTH.get(cls)
+    if v is None:
+        v = _TAKES_WIDTH[cls] = _forward_takes_width(cls)
+    return v
+
+
+def _forward_takes_width(cls: type) -> bool:
     try:
         params = list(inspect.signature(cls.forward).parameters.values())[1:]   # after self
     except (TypeError, ValueError):

@@ -184,6 +184,12 @@ def _record(fn: Callable, x: torch.Tensor):
     class _Mode(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            if torch.compiler.is_compiling():   # (dynamo traces this mode through a compiled
+                # submodule, e.g. one compiled whole, fullgraph=True: no storage queries here)
+                if rec.error is None:
+                    rec.error = "the transform runs torch.compile'd code, which a replay " \
+                                "cannot repeat"
+                return func(*args, **kwargs)
             out = func(*args, **kwargs)
             name = getattr(func, "__name__", "")
             if name in _ALLOCATIONS:

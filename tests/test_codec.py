@@ -1916,6 +1916,32 @@ def test_a_compiled_submodule_keeps_the_model_id(model):
     assert c.model_id() == model.model_id()
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compress_with_an_encoder_compiled_whole_checks_the_image_and_decodes(model, precision):
+    """An analysis transform compiled whole (``fullgraph=True``): its first conv, inside the
+    compiled graph, leaves compress's image range check to compress (which still refuses a value
+    past the pixel range), and the stream decodes as the eager model's does."""
+    import copy
+    torch.manual_seed(3)
+    c = copy.deepcopy(model)
+    c.g_a = torch.compile(c.g_a, fullgraph=True, backend="eager")
+    x = torch.rand(1, 3, 40, 56)
+    data = c.compress(x, 12, precision=precision)
+    want = model.decompress(model.compress(x, 12, precision=precision), precision=precision)
+    got = model.decompress(data, precision=precision)
+    assert got.shape == want.shape == x.shape
+    # (the compiled graph's PyTorch convs round apart from the eager kernels: the same symbols
+    # but where a latent sits at a rounding boundary)
+    assert (got - want).abs().mean() < 1e-3, (got - want).abs().mean()
+    bad = x.clone()
+    bad[0, 1, 17, 33] = 2.0   # (past PIXEL_RANGE)
+    with pytest.raises(ValueError, match="values reach"):
+        c.compress(bad, 12, precision=precision)
+    bad[0, 1, 17, 33] = float("nan")
+    with pytest.raises(ValueError, match="not finite"):
+        c.compress(bad, 12, precision=precision)
+
+
 def test_a_forward_under_fake_tensors_gives_shapes_and_leaves_real_calls_alone():
     """(under torch's FakeTensorMode, for shape / memory estimation, the forward reached a
     compiled kernel with fake tensors' null pointers, or oneDNN's prepacking without a fake

@@ -8,15 +8,30 @@ from .._checks import finite_real
 from .._state import WatchedAttributes
 
 
-class _LowerBoundFn(torch.autograd.Function):
+class _LowerBoundTraced(torch.autograd.Function):
     # (forward without ctx, setup_context and a generated vmap rule: torch.func's transforms
-    # take it, e.g. torch.func.grad of a model's loss; jvp: forward-mode AD)
+    # take it, e.g. torch.func.grad of a model's loss. Without a jvp: what torch.compile
+    # traces, whose dynamo refuses a Function with one, a graph break)
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, bound):
         return torch.max(x, bound)
 
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, bound = ctx.saved_tensors
+        # pass the gradient where x is above the bound, or where it pushes x back up
+        pass_through = (x >= bound) | (grad < 0)
+        return pass_through.to(grad.dtype) * grad, None
+
+
+class _LowerBoundFn(_LowerBoundTraced):
+    # (with a jvp: forward-mode AD)
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
@@ -29,13 +44,6 @@ class _LowerBoundFn(torch.autograd.Function):
         x, bound = ctx.saved_tensors
         return None if x_t is None else torch.where(x >= bound, x_t, torch.zeros_like(x_t))
 
-    @staticmethod
-    def backward(ctx, grad):
-        x, bound = ctx.saved_tensors
-        # pass the gradient where x is above the bound, or where it pushes x back up
-        pass_through = (x >= bound) | (grad < 0)
-        return pass_through.to(grad.dtype) * grad, None
-
 
 def lower_bound(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     """``max(x, bound)`` whose gradient still flows when it would move ``x`` up past the bound.
@@ -44,6 +52,8 @@ def lower_bound(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
         x: any float tensor. bound: 0-dim tensor of the same dtype.
     Returns: tensor of x's shape and dtype.
     """
+    if torch.compiler.is_compiling():
+        return _LowerBoundTraced.apply(x, bound)
     return _LowerBoundFn.apply(x, bound)
 
 

@@ -144,7 +144,7 @@ def _cast_full(t: Optional[torch.Tensor], dtype, in_channel_dim: Optional[int] =
         not _needs_grad(t) and t.stride(in_channel_dim) != 1 and t.shape[in_channel_dim] > 1
     if t is None or (t.dtype == dtype and not want_layout):
         return t
-    if _needs_grad(t):
+    if _needs_grad(t) or tracing():   # (torch.compile, a torch mode: in the graph, uncached)
         return t.to(dtype)  # in the graph; one cast per call (autocast would do the same)
     inference = t.is_inference()   # (torch.inference_mode: no version counter, not cached)
     key = (t.data_ptr(), tuple(t.shape), t.stride(), dtype, in_channel_dim if want_layout else None)
@@ -1570,8 +1570,11 @@ def _plain_conv(x, weight, bias, co, stride, padding, output_padding=0, transpos
 
 def _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding):
     # (an empty batch: F.conv_transpose2d, whose backward gives zero gradients; pixel_shuffle's
-    # backward refused N = 0, "returned an invalid gradient")
-    if x.shape[0] > 0 and _use_subpixel(w.shape[-2], w.shape[-1], w.shape[1], stride):
+    # backward refused N = 0, "returned an invalid gradient"). Under torch.compile PyTorch's own
+    # transposed conv: the sub-pixel weight's gather runs eagerly there (_subpixel_weight), a
+    # graph break that fullgraph=True refuses.
+    if x.shape[0] > 0 and _use_subpixel(w.shape[-2], w.shape[-1], w.shape[1], stride) and \
+            not torch.compiler.is_compiling():
         return conv_transpose2d_subpixel(x, w, b, stride, padding, output_padding)
     return F.conv_transpose2d(x, w, b, stride=stride, padding=padding,
                               output_padding=output_padding)

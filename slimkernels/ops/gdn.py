@@ -280,9 +280,18 @@ def _norm(xv, shape, gc, bc, cd, channels_last, z=None):
     channels_last; addmm / baddbmm for half-precision NCHW (the convolution reorders x there).
     """
     N, C, H, W = shape
-    if z is None:
+    compiling = torch.compiler.is_compiling()
+    if z is None and compiling:
+        z = torch.mul(xv, xv)   # (no out=: what torch.compile traces is functional)
+    elif z is None:
         z = _scratch(xv.shape, cd, xv.device)
         torch.mul(xv, xv, out=z)
+    if compiling:
+        # (the bias added apart: torch 2.11's inductor failed to lower a convolution whose bias
+        # is a slice of a computed tensor, a slimmable GDN's, "NotImplementedError: SliceView")
+        n = F.conv2d(_image_view(z, shape, channels_last), gc[:, :, None, None]) + \
+            bc[None, :, None, None]
+        return _pixels_view(n, channels_last) if channels_last else n.reshape(N, C, H * W)
     if cd == torch.float32 or channels_last:
         n = F.conv2d(_image_view(z, shape, channels_last), gc[:, :, None, None], bc)
         return _pixels_view(n, channels_last) if channels_last else n.view(N, C, H * W)

@@ -93,7 +93,11 @@ def _mark_taken() -> None:
 def take_first_conv_check(x: torch.Tensor) -> Optional[Tuple[float, float]]:
     """``(lo, hi)`` when ``x`` is the image of the current :func:`checked_by_first_conv` and no
     conv has taken it yet (this call takes it: the caller must check), else None. A CPU replay
-    of the call repeats the taking (``slimkernels._recording.on_replay``) with its kernels."""
+    of the call repeats the taking (``slimkernels._recording.on_replay``) with its kernels.
+    None while torch.compile traces (the context variable is opaque to dynamo: a compiled conv
+    leaves the check to the caller, :func:`checked_by_first_conv`)."""
+    if torch.compiler.is_compiling():
+        return None
     c = _FIRST_CONV_CHECK.get()
     if c is None or c.taken or x.dtype != torch.float32 or not x.is_cpu or \
             x.data_ptr() != c.ptr or x.numel() != c.numel:

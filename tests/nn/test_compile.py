@@ -1,7 +1,7 @@
 """The slimmable layers under ``torch.compile`` with gradients (CPU, inductor): the compiled
-forward and backward give the eager results. Run in a child process: the first failure seen
-(a transposed conv's backward) aborted the process ("double free or corruption"), which would
-take pytest with it."""
+forward and backward give the eager results, each layer compiled whole (``fullgraph=True``: no
+graph break). Run in a child process: the first failure seen (a transposed conv's backward)
+aborted the process ("double free or corruption"), which would take pytest with it."""
 import os
 import subprocess
 import sys
@@ -14,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CHILD = textwrap.dedent("""
     import sys
     import torch
-    from slimkernels.nn import SlimConv2d, SlimConvTranspose2d, SlimGDN, SwitchGDN
+    from slimkernels.nn import (SlimConv2d, SlimConvTranspose2d, SlimEntropyBottleneck, SlimGDN,
+                                SlimGDNPlus, SwitchGDN)
 
     torch.manual_seed(0)
 
@@ -26,7 +27,7 @@ CHILD = textwrap.dedent("""
             (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
             return [out.detach(), xi.grad] + [p.grad for p in m.parameters()
                                               if p.grad is not None]
-        eager, comp = run(m), run(torch.compile(m))
+        eager, comp = run(m), run(torch.compile(m, fullgraph=True))
         assert len(eager) == len(comp), name
         for a, b in zip(eager, comp):
             assert torch.isfinite(b).all(), name
@@ -39,6 +40,18 @@ CHILD = textwrap.dedent("""
           torch.rand(2, 8, 32, 32), 8)
     check("gdn", SlimGDN(16), torch.rand(2, 16, 16, 16))
     check("switch", SwitchGDN([16, 8]), torch.rand(2, 8, 16, 16))
+    check("igdn", SlimGDN(16, inverse=True), torch.rand(2, 16, 16, 16))
+    check("gdnplus", SlimGDNPlus([16, 8]), torch.rand(2, 8, 16, 16))
+
+    class Likelihoods(torch.nn.Module):   # (the entropy model's likelihoods: one tensor)
+        def __init__(self):
+            super().__init__()
+            self.eb = SlimEntropyBottleneck([16, 8]).eval()   # (eval: rounding, no noise)
+
+        def forward(self, y):
+            return self.eb(y)[1]
+
+    check("entropy", Likelihoods(), torch.randn(2, 8, 8, 8) * 3)
 """)
 
 
@@ -47,7 +60,8 @@ def test_layers_compile_with_gradients():
     r = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, capture_output=True, text=True,
                        timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-3000:])
-    assert r.stdout.split() == ["ok", "tconv", "ok", "conv", "ok", "gdn", "ok", "switch"]
+    assert r.stdout.split() == ["ok", "tconv", "ok", "conv", "ok", "gdn", "ok", "switch",
+                                "ok", "igdn", "ok", "gdnplus", "ok", "entropy"]
 
 
 def test_importing_the_package_does_not_import_dynamo():
@@ -57,3 +71,58 @@ def test_importing_the_package_does_not_import_dynamo():
                         "slimkernels.ops; print('torch._dynamo' in sys.modules)"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stdout + r.stderr
+
+
+MODEL_CHILD = textwrap.dedent("""
+    import torch
+    from slimkernels.models import SlimCAE
+
+    for gdn in ("switch", "slim", "slim+"):
+        torch.manual_seed(0)
+        m = SlimCAE(widths=(16, 8), gdn=gdn)
+        x = torch.rand(1, 3, 64, 48)
+        for train in (False, True):
+            m.train(train)
+
+            def run(f):
+                m.zero_grad()
+                torch.manual_seed(1)   # (the training noise: the same draws in both runs)
+                out = f(x, 8)
+                loss = out["x_hat"].square().mean() + sum(
+                    -torch.log2(v).mean() for v in out["likelihoods"].values())
+                loss.backward()
+                return [out["x_hat"].detach(), loss.detach()] + [
+                    p.grad.clone() for p in m.parameters() if p.grad is not None]
+
+            # the model whole (fullgraph: no graph break) through dynamo alone (backend
+            # "eager": the same ops and random draws as eager, so the same values)
+            eager = run(m)
+            comp = run(torch.compile(m, fullgraph=True, backend="eager"))
+            assert len(eager) == len(comp) > 2, (gdn, train)
+            for a, b in zip(eager, comp):
+                assert torch.isfinite(b).all(), (gdn, train)
+                torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"{gdn} {train}")
+            torch._dynamo.reset()
+        # bf16 autocast without gradients (the codec's default on CPU): the compiled graph's
+        # PyTorch ops round apart from the eager CPU kernels, within bf16's precision
+        m.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            eager = m(x, 8)
+            comp = torch.compile(m, fullgraph=True, backend="eager")(x, 8)
+        a, b = eager["x_hat"].float(), comp["x_hat"].float()
+        assert torch.isfinite(b).all(), gdn
+        torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-2 * float(a.abs().max()), msg=gdn)
+        torch._dynamo.reset()
+        print("ok", gdn, flush=True)
+""")
+
+
+def test_the_model_compiles_whole_in_eval_and_training():
+    """SlimCAE's forward at a width compiles without a graph break (``fullgraph=True``: its
+    switches, caches, image check and lower bound are invisible to dynamo) and gives eager's
+    outputs and gradients, in eval and in training (noise)."""
+    pytest.importorskip("torch._dynamo")
+    r = subprocess.run([sys.executable, "-c", MODEL_CHILD], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-3000:])
+    assert r.stdout.split() == ["ok", "switch", "ok", "slim", "ok", "slim+"]
