@@ -13,6 +13,7 @@ import torch
 
 from . import _build_stamp, _recording
 from . import _env
+from ._env import _is_compiling   # (torch.compiler.is_compiling)
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,7 +59,7 @@ def tracing() -> bool:
     torch.jit.trace is refused by the ops themselves (:func:`refuse_jit_trace`). True while
     torch.compile traces (its tensors are fake too; and the getter below is opaque to dynamo, a
     graph break), so that the compiled graph holds the PyTorch paths whole."""
-    if torch.compiler.is_compiling():
+    if _is_compiling():
         return True
     f = _dispatch_mode_getter()
     return f is not None and f() is not None

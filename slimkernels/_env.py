@@ -21,12 +21,16 @@ __all__ = ["getenv", "switched_off"]
 #: The spellings (stripped, any case) that turn a ``SLIMKERNELS_*`` on/off switch off.
 OFF_VALUES = ("0", "false", "no", "off")
 
+# torch.compiler.is_compiling, looked up once (a few calls per layer read the switches; dynamo
+# knows the function itself, whatever name it is called by)
+_is_compiling = torch.compiler.is_compiling
+
 _ENCODED: dict = {}   # name -> (encoded name, the os._Environ type it was encoded for)
 
 
 def getenv(name: str, default: Optional[str] = None) -> Optional[str]:
     """``os.environ.get(name, default)`` (str or ``default``), read at every call."""
-    if torch.compiler.is_compiling():   # (torch.compile traces os.environ.get, and no CPU replay
+    if _is_compiling():   # (torch.compile traces os.environ.get, and no CPU replay
         return os.environ.get(name, default)   # records there: no context variable to read)
     v = _getenv(name, default)
     if _recording.ACTIVE.get() is not None:   # a CPU replay re-reads the switches it saw
