@@ -1942,6 +1942,28 @@ def test_compress_with_an_encoder_compiled_whole_checks_the_image_and_decodes(mo
         c.compress(bad, 12, precision=precision)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_decompress_with_a_synthesis_compiled_whole_gives_the_eager_image(precision):
+    """A synthesis transform compiled whole (``fullgraph=True``) decodes the eager model's stream
+    to its image (bf16: the IGDN of an fp32 latent under autocast, whose x^2 the compiled graph
+    had left in fp32 against a bf16 gamma, "Input type (torch.float32) and weight type
+    (torch.bfloat16) should be the same"), twice in a row."""
+    import copy
+    from slimkernels.models import SlimCAE
+    torch.manual_seed(4)
+    model = SlimCAE((16, 12)).eval()   # (the GDN family in the synthesis, as SlimCAE has it)
+    model.update()
+    c = copy.deepcopy(model)
+    c.g_s = torch.compile(c.g_s, fullgraph=True, backend="eager")
+    data = model.compress(torch.rand(1, 3, 40, 56), 12, precision=precision)
+    want = model.decompress(data, precision=precision)
+    for _ in range(2):
+        got = c.decompress(data, precision=precision)
+        assert got.shape == want.shape and bool(torch.isfinite(got).all())
+        tol = 1e-5 if precision == "fp32" else 1e-2
+        torch.testing.assert_close(got, want, rtol=0, atol=tol)
+
+
 def test_a_forward_under_fake_tensors_gives_shapes_and_leaves_real_calls_alone():
     """(under torch's FakeTensorMode, for shape / memory estimation, the forward reached a
     compiled kernel with fake tensors' null pointers, or oneDNN's prepacking without a fake

@@ -282,7 +282,7 @@ def _norm(xv, shape, gc, bc, cd, channels_last, z=None):
     N, C, H, W = shape
     compiling = torch.compiler.is_compiling()
     if z is None and compiling:
-        z = torch.mul(xv, xv)   # (no out=: what torch.compile traces is functional)
+        z = torch.mul(xv, xv).to(cd)   # (no out=: what torch.compile traces is functional)
     elif z is None:
         z = _scratch(xv.shape, cd, xv.device)
         torch.mul(xv, xv, out=z)
