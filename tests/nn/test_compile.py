@@ -114,15 +114,38 @@ MODEL_CHILD = textwrap.dedent("""
         torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-2 * float(a.abs().max()), msg=gdn)
         torch._dynamo.reset()
         print("ok", gdn, flush=True)
+
+    # the joint training step of several widths (its first layer once, checked for hooks)
+    m = SlimCAE(widths=(16, 8)).train()
+    x = torch.rand(2, 3, 64, 48)
+
+    def step(x):
+        return sum(o["x_hat"].square().mean() + sum(-torch.log2(v).mean()
+                                                    for v in o["likelihoods"].values())
+                   for o in m.forward_widths(x, [16, 8]))
+
+    def run(f):
+        m.zero_grad()
+        torch.manual_seed(1)
+        loss = f(x)
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in m.parameters() if p.grad is not None]
+
+    eager, comp = run(step), run(torch.compile(step, fullgraph=True, backend="eager"))
+    assert len(eager) == len(comp) > 1
+    for a, b in zip(eager, comp):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    print("ok", "widths", flush=True)
 """)
 
 
 def test_the_model_compiles_whole_in_eval_and_training():
-    """SlimCAE's forward at a width compiles without a graph break (``fullgraph=True``: its
-    switches, caches, image check and lower bound are invisible to dynamo) and gives eager's
-    outputs and gradients, in eval and in training (noise)."""
+    """SlimCAE's forward at a width, and its joint step of several widths, compile without a
+    graph break (``fullgraph=True``: its switches, caches, hook checks, image check and lower
+    bound are invisible to dynamo) and give eager's outputs and gradients, in eval and in
+    training (noise)."""
     pytest.importorskip("torch._dynamo")
     r = subprocess.run([sys.executable, "-c", MODEL_CHILD], cwd=ROOT, capture_output=True,
                        text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-3000:])
-    assert r.stdout.split() == ["ok", "switch", "ok", "slim", "ok", "slim+"]
+    assert r.stdout.split() == ["ok", "switch", "ok", "slim", "ok", "slim+", "ok", "widths"]
