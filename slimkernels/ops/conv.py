@@ -658,7 +658,7 @@ def _use_winograd_grad(x, w, b, stride, padding, transposed) -> bool:
     the AVX-512 GEMM), the training thresholds, and a geometry whose input gradient maps onto
     Winograd too."""
     if not CPU_WINOGRAD_TRAIN or not torch.is_grad_enabled() or not _needs_grad(x, w, b) or \
-            not x.is_cpu or x.dim() != 4 or w.dtype != torch.float32 or \
+            not x.is_cpu or x.dim() != 4 or w.dtype != torch.float32 or tracing() or \
             (b is not None and b.dtype != torch.float32) or w.shape[-1] != w.shape[-2]:
         return False
     ci, co = (w.shape[0], w.shape[1]) if transposed else (w.shape[1], w.shape[0])

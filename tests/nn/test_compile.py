@@ -40,6 +40,11 @@ CHILD = textwrap.dedent("""
           torch.rand(2, 8, 32, 32), 8)
     check("gdn", SlimGDN(16), torch.rand(2, 16, 16, 16))
     check("switch", SwitchGDN([16, 8]), torch.rand(2, 8, 16, 16))
+    # (shapes the eager fp32 training takes through Winograd: WINOGRAD_TRAIN_MIN_N channels,
+    # WINOGRAD_TRAIN_MIN_TILES tiles)
+    check("conv_wino", SlimConv2d(96, 96, 5, stride=2, padding=2), torch.rand(1, 96, 96, 96), 96)
+    check("tconv_wino", SlimConvTranspose2d(96, 96, 5, stride=2, padding=2, output_padding=1),
+          torch.rand(1, 96, 48, 48), 96)
     check("igdn", SlimGDN(16, inverse=True), torch.rand(2, 16, 16, 16))
     check("gdnplus", SlimGDNPlus([16, 8]), torch.rand(2, 8, 16, 16))
 
@@ -61,7 +66,8 @@ def test_layers_compile_with_gradients():
                        timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-3000:])
     assert r.stdout.split() == ["ok", "tconv", "ok", "conv", "ok", "gdn", "ok", "switch",
-                                "ok", "igdn", "ok", "gdnplus", "ok", "entropy"]
+                                "ok", "conv_wino", "ok", "tconv_wino", "ok", "igdn",
+                                "ok", "gdnplus", "ok", "entropy"]
 
 
 def test_importing_the_package_does_not_import_dynamo():
