@@ -142,6 +142,16 @@ MODEL_CHILD = textwrap.dedent("""
     for a, b in zip(eager, comp):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     print("ok", "widths", flush=True)
+
+    # the codec's transforms alone (what compress / decompress run), without gradients
+    m.eval()
+    y = torch.randn(1, 8, 4, 3).round()
+    with torch.no_grad():
+        for f, a in ((lambda t: m.encode(t, 8), x[:1]), (m.decode, y)):
+            torch.testing.assert_close(torch.compile(f, fullgraph=True, backend="eager")(a), f(a),
+                                       rtol=1e-5, atol=1e-6)
+            torch._dynamo.reset()
+    print("ok", "transforms", flush=True)
 """)
 
 
@@ -154,4 +164,5 @@ def test_the_model_compiles_whole_in_eval_and_training():
     r = subprocess.run([sys.executable, "-c", MODEL_CHILD], cwd=ROOT, capture_output=True,
                        text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-3000:])
-    assert r.stdout.split() == ["ok", "switch", "ok", "slim", "ok", "slim+", "ok", "widths"]
+    assert r.stdout.split() == ["ok", "switch", "ok", "slim", "ok", "slim+", "ok", "widths",
+                                "ok", "transforms"]
