@@ -13,7 +13,7 @@ import torch
 
 from . import _build_stamp, _recording
 from . import _env
-from ._env import _is_compiling   # (torch.compiler.is_compiling)
+from ._env import _is_compiling   # (torch.compiler.is_dynamo_compiling)
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,7 +79,7 @@ def functorch_transform(*tensors) -> bool:
     process-wide in torch (another thread's open level is this thread's too), so an op takes the
     PyTorch path only when one of its tensors carries a tangent; with no tensors given (the
     caches' check: building uncached costs only time) any open level counts."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_dynamo_compiling():
         return False
     f = _functorch_level_getter()
     if f is not None and f() is not None:

@@ -21,9 +21,11 @@ __all__ = ["getenv", "switched_off"]
 #: The spellings (stripped, any case) that turn a ``SLIMKERNELS_*`` on/off switch off.
 OFF_VALUES = ("0", "false", "no", "off")
 
-# torch.compiler.is_compiling, looked up once (a few calls per layer read the switches; dynamo
-# knows the function itself, whatever name it is called by)
-_is_compiling = torch.compiler.is_compiling
+# torch.compiler.is_dynamo_compiling, looked up once (a few calls per layer read the switches;
+# dynamo knows the function itself, whatever name it is called by). Not is_compiling: that reads
+# a process-wide flag, set while any thread compiles (torch 2.13) or exports, which sent other
+# threads' eager calls down the traced paths (10x slower compress, other bytes)
+_is_compiling = torch.compiler.is_dynamo_compiling
 
 _ENCODED: dict = {}   # name -> (encoded name, the os._Environ type it was encoded for)
 

@@ -36,7 +36,7 @@ def hooked(dicts: Iterable[Tuple[dict, ...]]) -> bool:
     ~1000 dicts prefetched first: the CPU replay asks it before every replay, right after a
     transform or an image read has evicted them). While torch.compile traces, the Python form
     (the compiled check is opaque to dynamo: a graph break)."""
-    if _COMPILED is not None and type(dicts) is list and not torch.compiler.is_compiling():
+    if _COMPILED is not None and type(dicts) is list and not torch.compiler.is_dynamo_compiling():
         return _COMPILED.hooked(dicts)
     return any(f or p or b or q or "forward" in d for f, p, b, q, d in dicts)
 

@@ -36,7 +36,7 @@ def _bump_fused(optimizer, args, kwargs) -> None:
               for p in g["params"] if p.grad is not None and not p.is_inference()]
     if not params:
         return
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_dynamo_compiling():
         # a compiled step: a graph break, so that the bump runs at every call of the compiled
         # step, not once while dynamo traces it (made at the first compiled step: disable()
         # imports dynamo, which importing slimkernels must not)

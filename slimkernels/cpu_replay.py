@@ -184,8 +184,8 @@ def _record(fn: Callable, x: torch.Tensor):
     class _Mode(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
-            if torch.compiler.is_compiling():   # (dynamo traces this mode through a compiled
-                # submodule, e.g. one compiled whole, fullgraph=True: no storage queries here)
+            if torch.compiler.is_dynamo_compiling():   # (dynamo traces this mode through a
+                # compiled submodule, e.g. one compiled whole, fullgraph=True: no storage queries)
                 if rec.error is None:
                     rec.error = "the transform runs torch.compile'd code, which a replay " \
                                 "cannot repeat"
@@ -611,9 +611,17 @@ class ReplayCache:
                         self._seen[full] -= 1
                 raise
         if recorder:
+            mods = modules()
+            if _global_hooks() or _hooked(_hook_dicts(mods)):
+                # hooks or an instance-level forward (a torch.compile'd submodule has one): not
+                # recorded now, tried again later (a compiled module run under the recording's
+                # mode was compiled again for it, at every new key, until dynamo's recompile
+                # limit failed a fullgraph one or left it uncompiled for good)
+                self._retry_later(full)
+                return fn(x)
             try:   # (BaseException: a Ctrl-C here left the placeholder, and the key eager
                 rec, y = _record(fn, x)   # for good)
-                entry = _Replay.build(rec, x, y, state_tensors(), modules())
+                entry = _Replay.build(rec, x, y, state_tensors(), mods)
             except BaseException:
                 with self._lock:
                     self._entries.pop(full, None)

@@ -1942,6 +1942,23 @@ def test_compress_with_an_encoder_compiled_whole_checks_the_image_and_decodes(mo
         c.compress(bad, 12, precision=precision)
 
 
+def test_compiled_transforms_keep_working_across_many_keys(model):
+    """A compiled g_a / g_s is not recorded for a CPU replay (an instance-level forward, as
+    hooks are not): each recording ran it under a new torch-function mode, which dynamo compiled
+    it again for, at every new image size, until its recompile limit failed compress
+    (FailOnRecompileLimitHit, fullgraph=True) or left the module uncompiled."""
+    import copy
+    c = copy.deepcopy(model)
+    c.g_a = torch.compile(c.g_a, fullgraph=True, backend="eager")
+    c.g_s = torch.compile(c.g_s, fullgraph=True, backend="eager")
+    for i in range(10):   # (dynamo's recompile limit: 8)
+        x = torch.rand(1, 3, 32 + 4 * i, 48)
+        for _ in range(3):   # (a key records at its second use, verifies at its third)
+            data = c.compress(x, 12, precision="fp32")
+            assert c.decompress(data, precision="fp32").shape == x.shape
+    assert data == model.compress(x, 12, precision="fp32")
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_decompress_with_a_synthesis_compiled_whole_gives_the_eager_image(precision):
     """A synthesis transform compiled whole (``fullgraph=True``) decodes the eager model's stream

@@ -52,7 +52,7 @@ def lower_bound(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
         x: any float tensor. bound: 0-dim tensor of the same dtype.
     Returns: tensor of x's shape and dtype.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_dynamo_compiling():
         return _LowerBoundTraced.apply(x, bound)
     return _LowerBoundFn.apply(x, bound)
 

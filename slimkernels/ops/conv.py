@@ -914,7 +914,7 @@ def _apply_gdn(y, kw):
     else ``_gdn_cpu_nograd``."""
     if kw is None:
         return y
-    if y.is_cpu and not _needs_grad(y) and not _gdn_params_need_grad(kw):
+    if y.is_cpu and not _needs_grad(y) and not _gdn_params_need_grad(kw) and not tracing():
         if y.dtype in (torch.float32, torch.bfloat16) and CPU_FUSED_GDN:
             scalars = tuple(kw.get(n) for n in _GDN_SCALARS)
             out = _cpu_kernel_gdn(y, kw["beta"], kw["gamma"], kw["inverse"], scalars)
@@ -1436,7 +1436,7 @@ def _subpixel_weight(w, b, s, p):
     order, and the bias repeated per phase. Run eagerly under torch.compile: inductor's CPU
     code for the gather's backward (an accumulating index_put over 36 phase taps, vectorized by
     16 with a transposed tail) corrupted memory, "double free or corruption" (torch 2.13)."""
-    if torch.compiler.is_compiling():   # (the check imports nothing; disable() imports dynamo)
+    if torch.compiler.is_dynamo_compiling():   # (imports nothing; disable() imports dynamo)
         return _subpixel_weight_eager()(w, b, s, p)
     return _subpixel_weight_impl(w, b, s, p)
 
@@ -1574,7 +1574,7 @@ def _conv_transpose2d_cpu(x, w, b, stride, padding, output_padding):
     # transposed conv: the sub-pixel weight's gather runs eagerly there (_subpixel_weight), a
     # graph break that fullgraph=True refuses.
     if x.shape[0] > 0 and _use_subpixel(w.shape[-2], w.shape[-1], w.shape[1], stride) and \
-            not torch.compiler.is_compiling():
+            not torch.compiler.is_dynamo_compiling():
         return conv_transpose2d_subpixel(x, w, b, stride, padding, output_padding)
     return F.conv_transpose2d(x, w, b, stride=stride, padding=padding,
                               output_padding=output_padding)

@@ -280,7 +280,7 @@ def _norm(xv, shape, gc, bc, cd, channels_last, z=None):
     channels_last; addmm / baddbmm for half-precision NCHW (the convolution reorders x there).
     """
     N, C, H, W = shape
-    compiling = torch.compiler.is_compiling()
+    compiling = torch.compiler.is_dynamo_compiling()
     if z is None and compiling:
         z = torch.mul(xv, xv).to(cd)   # (no out=: what torch.compile traces is functional)
     elif z is None:
@@ -327,9 +327,9 @@ class _GDNCpuFunction(torch.autograd.Function):
                 xv = _pixels_view(x, channels_last)
                 r = _norm(xv, x.shape, gk.detach().to(cd), bk.detach().to(cd), cd,
                           channels_last)
-                if torch.compiler.is_compiling():   # (dynamo refuses to save the in-place
-                    r = r.sqrt() if inverse else r.rsqrt()   # result, an alias, for backward)
-                else:
+                if torch.compiler.is_dynamo_compiling():   # (dynamo refuses to save the
+                    r = r.sqrt() if inverse else r.rsqrt()   # in-place result, an alias, for
+                else:                                         # backward)
                     r = r.sqrt_() if inverse else r.rsqrt_()
                 y = _image_view(torch.mul(xv, r), x.shape, channels_last)
         ctx.save_for_backward(x, gk, r)

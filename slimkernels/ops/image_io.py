@@ -96,7 +96,7 @@ def take_first_conv_check(x: torch.Tensor) -> Optional[Tuple[float, float]]:
     of the call repeats the taking (``slimkernels._recording.on_replay``) with its kernels.
     None while torch.compile traces (the context variable is opaque to dynamo: a compiled conv
     leaves the check to the caller, :func:`checked_by_first_conv`)."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_dynamo_compiling():
         return None
     c = _FIRST_CONV_CHECK.get()
     if c is None or c.taken or x.dtype != torch.float32 or not x.is_cpu or \

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -166,3 +167,62 @@ def test_the_model_compiles_whole_in_eval_and_training():
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-3000:])
     assert r.stdout.split() == ["ok", "switch", "ok", "slim", "ok", "slim+", "ok", "widths",
                                 "ok", "transforms"]
+
+
+def test_the_fused_gdn_paths_compile_whole():
+    """With SlimSequential's fuse_gdn switch on (a GDN folded into its conv), encode and decode
+    without gradients compile whole, fp32 and bf16 (the no-gradient GDN of the fused op reached
+    oneDNN's availability check, opaque to dynamo), and give eager's values."""
+    from slimkernels.models import SlimCAE
+
+    torch.manual_seed(0)
+    m = SlimCAE(widths=(32, 16)).eval()
+    m.g_a.fuse_gdn = True
+    m.g_s.fuse_gdn = True
+    x, y = torch.rand(1, 3, 64, 64), torch.randn(1, 16, 4, 4).round()
+    for f, a in ((lambda t: m.encode(t, 16), x), (m.decode, y)):
+        for bf16 in (False, True):
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                want = f(a).float()
+                got = torch.compile(f, fullgraph=True, backend="eager")(a).float()
+            tol = 1e-2 * float(want.abs().max()) if bf16 else 1e-6
+            torch.testing.assert_close(got, want, rtol=1e-2 if bf16 else 1e-5, atol=tol)
+            torch._dynamo.reset()
+
+
+def test_another_thread_compiling_leaves_this_thread_eager():
+    """torch.compiler.is_compiling() reads a process-wide flag (torch 2.13 holds it through a
+    whole compile, in any thread): while another thread compiled, this thread's eager calls took
+    the traced paths (the CPU kernels bypassed: compress ~10x slower, other bf16 bytes; forward
+    AD through the lower bound refused for want of a jvp). The checks are dynamo's own now."""
+    import threading
+    from slimkernels import _cpu
+    from slimkernels.models import SlimCAE
+    from slimkernels.nn import SlimEntropyBottleneck
+
+    torch.manual_seed(0)
+    m = SlimCAE(widths=(16, 12)).eval()
+    m.update()
+    x = torch.rand(1, 3, 64, 64)
+    want = {p: m.compress(x, 12, precision=p) for p in ("fp32", "bf16")}
+    eb = SlimEntropyBottleneck([8]).eval()
+    yl = torch.randn(1, 8, 4, 4) * 3
+    started, done = threading.Event(), threading.Event()
+
+    def slow_backend(gm, example):   # (holds the other thread's compile open meanwhile)
+        started.set()
+        done.wait(60)
+        return gm
+
+    t = threading.Thread(target=lambda: torch.compile(lambda v: v.sin() + 1,
+                                                      backend=slow_backend)(torch.ones(3)))
+    t.start()
+    try:
+        assert started.wait(60)
+        assert not _cpu.tracing()
+        for p in ("fp32", "bf16"):
+            assert m.compress(x, 12, precision=p) == want[p], p
+        torch.func.jvp(lambda v: eb(v)[1], (yl,), (torch.ones_like(yl),))
+    finally:
+        done.set()
+        t.join()
