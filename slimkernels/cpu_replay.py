@@ -47,6 +47,7 @@ from collections import OrderedDict
 from typing import Callable, Hashable, List, Optional, Tuple
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from . import _recording
 from ._hooks import global_hooks as _global_hooks, hook_dicts as _hook_dicts, \
@@ -175,35 +176,43 @@ def _shares(out, args) -> bool:
     return bool(outs) and all(t.untyped_storage().data_ptr() in bases for t in outs)
 
 
+class _RecordingMode(TorchFunctionMode):
+    """The torch-function mode of a recording (:func:`_record`): notes the allocations of the
+    call and the first torch op a replay cannot repeat. One class for every recording (a class
+    per recording made dynamo compile a compiled function run inside again for each, its guards
+    on the mode stack failing: past its recompile limit a fullgraph one failed the call)."""
+
+    def __init__(self, rec: "_Recorder"):
+        super().__init__()
+        self.rec = rec
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        rec = self.rec
+        if torch.compiler.is_dynamo_compiling():   # (dynamo traces this mode through a
+            # compiled function or submodule, e.g. one compiled whole: no storage queries)
+            if rec.error is None:
+                rec.error = "the transform runs torch.compile'd code, which a replay cannot " \
+                            "repeat"
+            return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name in _ALLOCATIONS:
+            for t in _tensors(out):
+                rec.allocation(t)
+        elif name not in _QUERIES and not (name in _VIEWS and _shares(out, args)) and \
+                rec.error is None:
+            rec.error = f"the transform runs torch's {name or func}, which a replay " \
+                        f"cannot repeat"
+        return out
+
+
 def _record(fn: Callable, x: torch.Tensor):
     """Run ``fn(x)`` eagerly while recording it; returns ``(recorder, output)``."""
-    from torch.overrides import TorchFunctionMode
-
     rec = _Recorder()
-
-    class _Mode(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if torch.compiler.is_dynamo_compiling():   # (dynamo traces this mode through a
-                # compiled submodule, e.g. one compiled whole, fullgraph=True: no storage queries)
-                if rec.error is None:
-                    rec.error = "the transform runs torch.compile'd code, which a replay " \
-                                "cannot repeat"
-                return func(*args, **kwargs)
-            out = func(*args, **kwargs)
-            name = getattr(func, "__name__", "")
-            if name in _ALLOCATIONS:
-                for t in _tensors(out):
-                    rec.allocation(t)
-            elif name not in _QUERIES and not (name in _VIEWS and _shares(out, args)) and \
-                    rec.error is None:
-                rec.error = f"the transform runs torch's {name or func}, which a replay " \
-                            f"cannot repeat"
-            return out
-
     token = _recording.ACTIVE.set(rec)
     try:
-        with _Mode():
+        with _RecordingMode(rec):
             y = fn(x)
     finally:
         _recording.ACTIVE.reset(token)

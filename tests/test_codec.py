@@ -1959,6 +1959,37 @@ def test_compiled_transforms_keep_working_across_many_keys(model):
     assert data == model.compress(x, 12, precision="fp32")
 
 
+@pytest.mark.skipif(tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 13),
+                    reason="torch 2.11's dynamo guards on the recording mode's instance: the "
+                           "function is compiled again per recording there (still the right "
+                           "bytes, until its recompile limit)")
+def test_a_compiled_function_inside_a_layer_keeps_working_across_many_keys(model):
+    """A torch.compile'd plain function called in a layer's forward (no compiled module, no
+    hook: the key is recorded, and its recording fails): each recording ran it under a new
+    torch-function mode class, which dynamo compiled it again for, until its recompile limit
+    failed compress at the 7th image size (fullgraph=True)."""
+    import copy
+    c = copy.deepcopy(model)
+    f = torch.compile(lambda t: t * 1.5, fullgraph=True, backend="eager")
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, w):
+            return f(self.inner(x, w))
+
+    c.g_a[0] = Wrap(c.g_a[0])
+    e = copy.deepcopy(c)
+    e.cpu_replay = False   # (no recording at all: the bytes each call must give)
+    for i in range(10):   # (dynamo's recompile limit: 8)
+        x = torch.rand(1, 3, 32 + 4 * i, 48)
+        want = e.compress(x, 12, precision="fp32")
+        for _ in range(4):   # (a key records at its second use, replays from its third)
+            assert c.compress(x, 12, precision="fp32") == want, i
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_decompress_with_a_synthesis_compiled_whole_gives_the_eager_image(precision):
     """A synthesis transform compiled whole (``fullgraph=True``) decodes the eager model's stream
