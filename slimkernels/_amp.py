@@ -14,8 +14,7 @@ def no_autocast(device_type: str):
     enabled=False)`` where that device has autocast, else a null context (``"meta"`` has none:
     ``torch.autocast("meta", enabled=False)`` raises "unsupported scalarType", which broke shape
     inference on meta tensors)."""
-    if device_type in ("cpu", "cuda"):   # (both have autocast; torch 2.11's dynamo cannot
-        return torch.autocast(device_type=device_type, enabled=False)   # trace the check below)
-    if not torch.amp.is_autocast_available(device_type):
+    # (cpu and cuda have autocast: not asked, torch 2.11's dynamo cannot trace the check)
+    if device_type not in ("cpu", "cuda") and not torch.amp.is_autocast_available(device_type):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, enabled=False)

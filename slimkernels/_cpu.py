@@ -13,7 +13,7 @@ import torch
 
 from . import _build_stamp, _recording
 from . import _env
-from ._env import _is_compiling   # (torch.compiler.is_dynamo_compiling)
+from ._env import _dynamo_compiling   # (torch.compiler.is_dynamo_compiling)
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,7 +59,7 @@ def tracing() -> bool:
     torch.jit.trace is refused by the ops themselves (:func:`refuse_jit_trace`). True while
     torch.compile traces (its tensors are fake too; and the getter below is opaque to dynamo, a
     graph break), so that the compiled graph holds the PyTorch paths whole."""
-    if _is_compiling():
+    if _dynamo_compiling():
         return True
     f = _dispatch_mode_getter()
     return f is not None and f() is not None
@@ -79,7 +79,7 @@ def functorch_transform(*tensors) -> bool:
     process-wide in torch (another thread's open level is this thread's too), so an op takes the
     PyTorch path only when one of its tensors carries a tangent; with no tensors given (the
     caches' check: building uncached costs only time) any open level counts."""
-    if torch.compiler.is_dynamo_compiling():
+    if _dynamo_compiling():
         return False
     f = _functorch_level_getter()
     if f is not None and f() is not None:

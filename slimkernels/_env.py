@@ -25,14 +25,14 @@ OFF_VALUES = ("0", "false", "no", "off")
 # dynamo knows the function itself, whatever name it is called by). Not is_compiling: that reads
 # a process-wide flag, set while any thread compiles (torch 2.13) or exports, which sent other
 # threads' eager calls down the traced paths (10x slower compress, other bytes)
-_is_compiling = torch.compiler.is_dynamo_compiling
+_dynamo_compiling = torch.compiler.is_dynamo_compiling
 
 _ENCODED: dict = {}   # name -> (encoded name, the os._Environ type it was encoded for)
 
 
 def getenv(name: str, default: Optional[str] = None) -> Optional[str]:
     """``os.environ.get(name, default)`` (str or ``default``), read at every call."""
-    if _is_compiling():   # (torch.compile traces os.environ.get, and no CPU replay
+    if _dynamo_compiling():   # (torch.compile traces os.environ.get, and no CPU replay
         return os.environ.get(name, default)   # records there: no context variable to read)
     v = _getenv(name, default)
     if _recording.ACTIVE.get() is not None:   # a CPU replay re-reads the switches it saw

@@ -286,15 +286,14 @@ def _norm(xv, shape, gc, bc, cd, channels_last, z=None):
     elif z is None:
         z = _scratch(xv.shape, cd, xv.device)
         torch.mul(xv, xv, out=z)
-    if compiling:
-        # (the bias added apart: torch 2.11's inductor failed to lower a convolution whose bias
-        # is a slice of a computed tensor, a slimmable GDN's, "NotImplementedError: SliceView")
-        n = F.conv2d(_image_view(z, shape, channels_last), gc[:, :, None, None]) + \
-            bc[None, :, None, None]
+    if compiling or cd == torch.float32 or channels_last:
+        # (under dynamo the bias added apart: torch 2.11's inductor failed to lower a convolution
+        # whose bias is a slice of a computed tensor, a slimmable GDN's, "SliceView")
+        n = F.conv2d(_image_view(z, shape, channels_last), gc[:, :, None, None],
+                     None if compiling else bc)
+        if compiling:
+            n = n + bc[None, :, None, None]
         return _pixels_view(n, channels_last) if channels_last else n.reshape(N, C, H * W)
-    if cd == torch.float32 or channels_last:
-        n = F.conv2d(_image_view(z, shape, channels_last), gc[:, :, None, None], bc)
-        return _pixels_view(n, channels_last) if channels_last else n.view(N, C, H * W)
     if N == 1:
         return torch.addmm(bc[:, None], gc, z[0]).unsqueeze(0)
     return torch.baddbmm(bc[None, :, None], gc.expand(N, C, C), z)
