@@ -396,9 +396,10 @@ def resolve_precision(precision: str = "auto", device=None) -> str:
     """The transforms' precision that ``precision`` means on ``device``: ``"fp32"`` or ``"bf16"``.
 
     ``"auto"`` is ``"bf16"`` (autocast) where :func:`native_bf16` is true, else ``"fp32"``;
-    ``"fp32"`` and ``"bf16"`` are returned as given (bf16 works everywhere, slowly without native
-    support). The entropy coding is exact in every precision: a file written in one precision
-    decodes in the other to the same latents.
+    ``"fp32"`` and ``"bf16"`` are returned as given (bf16 works everywhere; on a CPU whose
+    oneDNN has no bf16, i.e. without AVX-512, the convs and GDNs compute in fp32 and round
+    their outputs to bf16, at about fp32's cost). The entropy coding is exact in every
+    precision: a file written in one precision decodes in the other to the same latents.
 
     Raises:
         ValueError: ``precision`` is not one of :data:`PRECISIONS`.

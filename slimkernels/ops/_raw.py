@@ -50,3 +50,28 @@ def torch_avx512() -> bool:
     """Whether torch runs its CPU kernels at the AVX-512 level (:func:`cpu_capability`): the fp32
     AVX-512 variants of these kernels follow it, so that capping the capability caps them too."""
     return cpu_capability() == "AVX512"
+
+
+def _probe_onednn_half(dtype: torch.dtype) -> bool:
+    if not torch.backends.mkldnn.is_available():
+        return False
+    probe = "_is_mkldnn_bf16_supported" if dtype == torch.bfloat16 else \
+        "_is_mkldnn_fp16_supported"
+    try:
+        return bool(getattr(torch.ops.mkldnn, probe)())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# (read once, at import: a fact of the CPU and the torch build, which torch.compile's dynamo
+# reads as a constant; it cannot trace into torch.backends.mkldnn.is_available)
+_ONEDNN_HALF = {dt: _probe_onednn_half(dt) for dt in (torch.bfloat16, torch.float16)}
+
+
+def onednn_half(dtype: torch.dtype) -> bool:
+    """Whether torch's oneDNN computes CPU convs and GEMMs in ``dtype`` (``torch.bfloat16`` /
+    ``torch.float16``) itself. Where it does not (a CPU without AVX-512, e.g. a Zen 3 EPYC),
+    ``F.conv2d`` falls back to ATen's im2col convs and half-precision GEMMs: 50-100x slower than
+    float32, and those convs erred beyond one rounding (the conv and GDN ops run them in float32
+    and round there). False for any other dtype."""
+    return _ONEDNN_HALF.get(dtype, False)

@@ -37,11 +37,11 @@ from ..backend import resolve_backend
 from . import conv_image, image_io, winograd
 from . import _cache
 from ._cache import _CAST_CACHE, _PACK_CACHE, _cached  # noqa: F401 (tests read them here)
-from ._raw import cpu_capability
+from ._raw import cpu_capability, onednn_half as _onednn_half
 from .gdn import _SCALAR_NAMES as _GDN_SCALARS
 from .gdn import (_check_gdn_scalars, _cpu_kernel_gdn, _effective_params, _kernel_scalars,
                   _packed_gamma, _params_readable, cpu_kernels_available)
-from .gdn import gdn as _gdn, gdn_reference
+from .gdn import gdn as _gdn, gdn_reference, half_without_onednn
 from .._amp import no_autocast
 
 
@@ -922,6 +922,9 @@ def _apply_gdn(y, kw):
                 return out
             if _fused_cpu_gdn_available():   # AMX CPU, a y its kernel does not take: the op
                 return _gdn(y, **kw)
+        if half_without_onednn(y):   # in float32, rounded (see half_without_onednn)
+            with torch.autocast("cpu", enabled=False):
+                return _apply_gdn(y.float(), kw).to(y.dtype)
         return _gdn_cpu_nograd(y, kw)
     return _gdn(y, **kw)
 
@@ -1672,9 +1675,19 @@ def _onednn_bf16_wrong(x, weight, co: int, stride: int, padding: int, transposed
     (where the direct AMX kernel does not take them) in float32 and round the result. fp16 is
     routed the same way, conservatively (oneDNN's fp16 convs were right on 600 of the shapes
     found wrong in bf16, the only ones checked); torch 2.11's oneDNN (the GPU machine's stack)
-    passes the ops' scan too."""
-    if _half_compute_dtype(x) is None:
+    passes the ops' scan too.
+
+    On a CPU where torch's oneDNN does not take the half dtype (:func:`_onednn_half`: no
+    AVX-512, e.g. a Zen 3 EPYC with AVX2 only), every such conv is run in float32 and rounded:
+    torch's fallback there (``aten::_slow_conv2d_forward``, ``slow_conv_transpose2d``) erred
+    1.6e-2 relative (max over max) on a 16 -> 8 8x8 transposed conv where float32-and-round errs
+    2.8e-3, and took 195 ms for the three convs of a bf16 ``compress`` at w=48 that float32
+    computes in a few ms."""
+    dt = _half_compute_dtype(x)
+    if dt is None:
         return False
+    if not _onednn_half(dt):
+        return True
     k = weight.shape[3]
     thin = grad and x.shape[3] == 1
     if transposed:
@@ -1691,9 +1704,19 @@ def _fp32_rounded(x, conv):
     return y.to(dt)
 
 
+def _float32_weights(weight, bias) -> bool:
+    # (autocast over float32 parameters: the float32 op below reads them, and its weight caches)
+    return weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+
+
 def _conv2d_fp32_rounded(x, weight, bias, co, stride, padding):
     """:func:`slim_conv2d`'s conv (the active slice) computed in float32 (see
-    :func:`_fp32_rounded`)."""
+    :func:`_fp32_rounded`): by :func:`slim_conv2d` itself on float32 weights (autocast: its
+    float32 CPU kernels and cached weights), else by ``F.conv2d`` on float32 copies."""
+    if _float32_weights(weight, bias):
+        return _fp32_rounded(x, lambda xf: slim_conv2d(xf, weight, bias, stride=stride,
+                                                       padding=padding, out_width=co,
+                                                       backend="torch"))
     b = None if bias is None else bias[:co].float()
     w = weight[:co, :x.shape[1]].float()
     return _fp32_rounded(x, lambda xf: F.conv2d(xf, w, b, stride=stride, padding=padding))
@@ -1701,7 +1724,11 @@ def _conv2d_fp32_rounded(x, weight, bias, co, stride, padding):
 
 def _conv_transpose2d_fp32_rounded(x, weight, bias, co, stride, padding, output_padding):
     """:func:`slim_conv_transpose2d`'s conv (the active slice) computed in float32 (see
-    :func:`_fp32_rounded`)."""
+    :func:`_conv2d_fp32_rounded`)."""
+    if _float32_weights(weight, bias):
+        return _fp32_rounded(x, lambda xf: slim_conv_transpose2d(
+            xf, weight, bias, stride=stride, padding=padding, output_padding=output_padding,
+            out_width=co, backend="torch"))
     b = None if bias is None else bias[:co].float()
     w = weight[:x.shape[1], :co].float()
     return _fp32_rounded(x, lambda xf: F.conv_transpose2d(

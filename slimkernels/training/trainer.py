@@ -79,8 +79,8 @@ class TrainConfig:
     bf16: Optional[bool] = _opt(None, "bf16 autocast for the transforms; the entropy model and "
                                 "the loss stay fp32. Unset: on where the device computes bf16 "
                                 "natively (CPU with AMX-BF16 or AVX512-BF16, CUDA sm80+), off "
-                                "elsewhere (emulated bf16 measured 10x slower than fp32 on an "
-                                "AVX2 CPU)", auto_bool=True)
+                                "elsewhere (on a CPU without AVX-512 the ops compute bf16 in "
+                                "fp32 and round: no gain over fp32)", auto_bool=True)
     quantization: str = _opt("noise", "what the synthesis trains on: noise (y + U(-0.5, 0.5), "
                                      "Yang et al. 2021) or mixed (the rounded latent, "
                                      "straight-through "

@@ -141,13 +141,15 @@ class _UpdateDuringCast(torch.overrides.TorchFunctionMode):
 
 
 def test_cast_copy_is_not_kept_stale_after_an_in_place_update_during_its_build(
-        one_thread_clean_caches):
+        one_thread_clean_caches, monkeypatch):
     """ops/conv.py:158 stores ``t._version`` read after ``t.detach().to(dtype)``: an in-place
     update made by another thread while the copy is built leaves the OLD values cached under
     the NEW version, and every later call (after the updates stopped) computes with stale
     weights. (Real threads: e5_cast_stale.py, stale in 6/20 and 11/20 trials.) The path: a
     no-grad conv under CPU bf16 autocast whose input has 1 channel (no prepacked path); on CUDA
-    every no-grad Triton conv (_triton_operands)."""
+    every no-grad Triton conv (_triton_operands). (Where oneDNN has no bf16, no AVX-512, such a
+    conv runs as float32 and casts nothing: the probe is patched to take the cast path.)"""
+    monkeypatch.setattr(conv_mod, "_onednn_half", lambda dt: True)
     g = torch.Generator().manual_seed(0)
     w = torch.nn.Parameter(torch.randn(32, 1, 5, 5, generator=g))
     b = torch.nn.Parameter(torch.randn(32, generator=g))

@@ -8,6 +8,7 @@ from slimkernels.ops import _cache as cache_mod
 from slimkernels.ops import conv as conv_mod
 
 from tests._caches import fresh_op_caches
+from tests._gemm_dtypes import GemmDtypes
 
 # fp32 through Winograd F(4x4, 3x3) (the no-grad path of the 5x5/2 layers at >= 64 channels on
 # AVX2 CPUs): its error is 2-3x direct fp32's (max 4.7e-6 .. 1.0e-5 of the output's magnitude
@@ -97,6 +98,13 @@ def test_channels_last_kept():
     assert rel_err(y, ref) < _fp32_tol(x, 72, 72)
 
 
+def _leaves(entry):
+    """The tensors of a weight-cache entry (nested tuples / lists)."""
+    if isinstance(entry, (tuple, list)):
+        return [t for e in entry for t in _leaves(e)]
+    return [entry]
+
+
 @pytest.mark.parametrize("width", [48, 192])
 def test_bf16_autocast_matches_and_caches_weight_cast(width):
     conv_mod.clear_weight_caches()
@@ -110,8 +118,14 @@ def test_bf16_autocast_matches_and_caches_weight_cast(width):
     assert y.dtype == torch.bfloat16 == auto.dtype
     assert rel_err(y, ref) < 1e-2
     assert torch.equal(y, y2)
-    cache = conv_mod._PACK_CACHE if conv_mod._onednn(torch.bfloat16) else conv_mod._CAST_CACHE
-    assert len(cache) in (1, 2)  # prepacked slice (+bias), or full weight + full bias: once
+    if conv_mod._onednn_half(torch.bfloat16):
+        cache = conv_mod._PACK_CACHE if conv_mod._onednn(torch.bfloat16) else \
+            conv_mod._CAST_CACHE
+        assert len(cache) in (1, 2)  # prepacked slice (+bias), or full weight + full bias: once
+    else:   # (no bf16 in oneDNN: the float32 op reads the weights, no bf16 copy is made)
+        assert not conv_mod._CAST_CACHE and not any(
+            torch.bfloat16 in (getattr(v, "dtype", None) for v in _leaves(e))
+            for e in conv_mod._PACK_CACHE.values())
     # an in-place update of the weight invalidates the cached cast
     with torch.no_grad():
         w.mul_(2.0)
@@ -480,12 +494,14 @@ def test_prepacked_nograd_every_layer_vs_float64(layer, width, dtype):
     assert rel_err(y, ref) < (1e-2 if dtype == "bf16" else WINOGRAD_FP32_TOL if wino else 1e-5)
     assert torch.equal(y, y2)
     ci = x.shape[1]
+    # (bf16 where oneDNN has none: the float32 op runs, with its caches, and rounds)
+    fp32 = dtype == "fp32" or not conv_mod._onednn_half(torch.bfloat16)
     # fp32 from < 8 input channels on AVX-512: the image conv kernel's AVX-512 variant when it
     # takes the conv (enc1; it caches its packed weight), else F.conv2d
-    image = dtype == "fp32" and not tr and conv_mod._image_kernels_apply(
+    image = fp32 and not tr and conv_mod._image_kernels_apply(
         xf, wt.float(), ci, conv_mod.conv_image.MAX_INPUT_CHANNELS)
-    min_ci = 8 if dtype == "fp32" and conv_mod._cpu_capability() == "AVX512" and not image else 2
-    if conv_mod._onednn(y.dtype) and ci >= min_ci:
+    min_ci = 8 if fp32 and conv_mod._cpu_capability() == "AVX512" and not image else 2
+    if conv_mod._onednn(torch.float32 if fp32 else y.dtype) and ci >= min_ci:
         assert len(conv_mod._PACK_CACHE) >= 1  # the prepacked path ran
         if image:
             assert any(k[0][0] == "image" for k in conv_mod._PACK_CACHE)
@@ -1288,3 +1304,59 @@ def test_a_stride_or_padding_beyond_any_image_is_named(op):
                                              r"\(at most 16777215\)"):
             op(x, w, **kw)
     assert op(x, w, stride=3, padding=1).shape[:2] == (1, 4)
+
+
+# -- CPUs whose oneDNN has no bf16 / fp16 (no AVX-512, e.g. a Zen 3 EPYC) ---------------------
+@pytest.mark.parametrize("tr", [False, True])
+@pytest.mark.parametrize("leaves", ["fp32 autocast", "bf16"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_half_convs_run_in_float32_where_onednn_has_no_half(monkeypatch, tr, leaves, grad):
+    """Where torch's oneDNN has no bf16 (``_raw.onednn_half`` False: no AVX-512), torch's bf16
+    convs fall back to ATen's im2col ones: ~100x slower than float32 and, on a Zen 3 EPYC,
+    1.6e-2 relative error on a 16 -> 8 8x8 transposed conv (float32-and-round: 2.8e-3). The ops
+    run every bf16 conv there in float32 (the float32 op itself on float32 weights, its CPU
+    kernels and caches) and round: no conv or GEMM receives a bf16 tensor, and the result is
+    the float32 op's, rounded, bit for bit (the patch makes any CPU that machine)."""
+    monkeypatch.setattr(conv_mod, "_onednn_half", lambda dt: False, raising=False)
+    torch.manual_seed(5)
+    ci, co = 24, 16
+    wshape = (ci, co, 5, 5) if tr else (co, ci, 5, 5)
+    x, w, b = torch.randn(1, ci, 12, 10), torch.randn(wshape) * 0.1, torch.randn(co) * 0.1
+    if leaves == "bf16":
+        x, w, b = x.bfloat16(), w.bfloat16(), b.bfloat16()
+    kw = dict(stride=2, padding=2, **({"output_padding": 1} if tr else {}))
+    op = slim_conv_transpose2d if tr else slim_conv2d
+    with torch.no_grad(), GemmDtypes():   # the float32 op on the same values (and path), rounded
+        ref = op(x.float(), w.float(), b.float(), **kw).bfloat16()
+    leaf = [t.clone().requires_grad_(grad) for t in (x, w, b)]
+    with GemmDtypes() as rec, torch.autocast("cpu", torch.bfloat16, enabled=leaves != "bf16"):
+        y = op(*leaf, **kw)
+    assert rec.seen and all(dt == torch.float32 for _, dt in rec.seen), rec.seen
+    assert y.dtype == torch.bfloat16 and torch.equal(y, ref)
+    if grad:
+        y.float().square().sum().backward()
+        for t in leaf:
+            assert t.grad is not None and t.grad.dtype == t.dtype
+            assert torch.isfinite(t.grad.float()).all()
+
+
+def test_half_convs_are_within_one_rounding_of_float64_here():
+    """On this machine's own path (oneDNN's bf16 where it has it, float32-and-round where it
+    does not): bf16 convs of SlimCAE's four geometries within 1e-2 of float64 (the no-AVX-512
+    fallback of torch had the transposed 16 -> 8 8x8 conv at 1.6e-2)."""
+    torch.manual_seed(6)
+    for tr, ci, co, k, s, p, op, H, W in [(True, 16, 8, 8, 1, 0, 0, 6, 5),
+                                          (False, 3, 48, 9, 4, 4, 0, 32, 24),
+                                          (False, 48, 48, 5, 2, 2, 0, 16, 12),
+                                          (True, 48, 48, 5, 2, 2, 1, 8, 6),
+                                          (True, 48, 3, 9, 4, 4, 3, 8, 6)]:
+        wshape = (ci, co, k, k) if tr else (co, ci, k, k)
+        x = torch.randn(1, ci, H, W).bfloat16()
+        w = (torch.randn(wshape) / (ci * k) ** 0.5).bfloat16()
+        b = (torch.randn(co) * 0.1).bfloat16()
+        kw = dict(stride=s, padding=p, **({"output_padding": op} if tr else {}))
+        f64 = (F.conv_transpose2d if tr else F.conv2d)(x.double(), w.double(), b.double(), **kw)
+        with torch.no_grad():
+            y = (slim_conv_transpose2d if tr else slim_conv2d)(x, w, b, **kw)
+        assert y.dtype == torch.bfloat16
+        assert rel_err(y, f64) < 1e-2, (tr, ci, co, k)
