@@ -1,5 +1,6 @@
 """End to end in fp32 only, for CPUs without native bf16 (e.g. AMD EPYC with AVX2), where
-``precision="auto"`` is fp32 and an emulated-bf16 run of ``bench/report.py`` takes an hour:
+``precision="auto"`` is fp32 and a bf16 run of ``bench/report.py`` takes an hour (plain
+PyTorch's bf16 there is ATen's slow fallback):
 ``compress`` / ``decompress`` of ours vs plain PyTorch fp32 vs CompressAI, every width, one
 interleaved run (``e2e.e2e_timings``), printed as a Markdown table with the issue-8 goals.
 
