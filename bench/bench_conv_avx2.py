@@ -19,8 +19,8 @@ autocast (the model's default on AMX / AVX512-BF16 CPUs).
 transform rounds capped at each size (``winograd.CHUNK_*``), against the shipped rule.
 ``--gemm`` instead times the rounds' batched GEMM alone, at each Winograd layer's round shape
 ([36 x tiles x K] x [36 x K x N], the tiles of one round as ``winograd._run`` sizes them):
-``torch.bmm`` against the AVX-512 kernel (``csrc/cpu/batched_gemm.cpp``; where the Winograd
-convs use it), with the max error of each against float64; with ``--precision bf16`` the bf16
+``torch.bmm`` against the kernel the Winograd convs use here (``csrc/cpu/batched_gemm.cpp``:
+AVX-512, else AVX2), with the max error of each against float64; with ``--precision bf16`` the bf16
 kernel (AVX512-BF16) against ``torch.bmm`` in bf16 and the fp32 kernel.
 ``--opt-in`` adds the opt-in bf16 Winograd transposed convs (``CPU_WINOGRAD_BF16_TRANSPOSED``)
 to what "ours" runs.
@@ -191,21 +191,23 @@ def gemm_table_bf16(widths, repeats, scale):
 
 
 def gemm_table(widths, repeats, scale):
-    """Markdown rows: the batched GEMM of each Winograd layer, torch.bmm vs the AVX-512 kernel."""
+    """Markdown rows: the batched GEMM of each Winograd layer, torch.bmm vs the kernel the
+    rounds run here (``winograd.round_gemm()``: AVX-512 or AVX2)."""
     K = Wg._kernels()
-    if not Wg._gemm_avx512():
-        print("the Winograd convs do not use the AVX-512 batched GEMM here (it needs AVX-512F, "
-              "the built kernels, winograd.GEMM_AVX512 and torch at its AVX-512 level: not "
-              "under ATEN_CPU_CAPABILITY=avx2)")
+    which = Wg.round_gemm()
+    if which == "bmm":
+        print("the Winograd convs use torch.bmm here (our batched GEMMs need AVX2 + FMA, the "
+              "built kernels and winograd.GEMM_AVX512 / GEMM_AVX2 on)")
         return
-    print("| layer | width | T x K x N | bmm ms | ours ms | speed-up | ours GFLOP/s | max rel. "
-          "error bmm / ours |\n|---|---|---|---|---|---|---|---|")
+    kernel = getattr(K, "batched_gemm_" + which)
+    print(f"GEMM: batched_gemm_{which}\n\n| layer | width | T x K x N | bmm ms | ours ms | "
+          "speed-up | ours GFLOP/s | max rel. error bmm / ours |\n|---|---|---|---|---|---|---|---|")
     nt = torch.get_num_threads()
     for name, width, T, Kd, N, V, U in gemm_cases(widths, scale):
         M0, M1 = torch.empty(36, T, N), torch.empty(36, T, N)
 
         def ours():
-            K.batched_gemm_avx512(V.data_ptr(), U.data_ptr(), M1.data_ptr(), 36, T, Kd, N, nt)
+            kernel(V.data_ptr(), U.data_ptr(), M1.data_ptr(), 36, T, Kd, N, nt)
         ref = torch.bmm(V.double(), U.double())
         ours()
         torch.bmm(V, U, out=M0)
@@ -227,7 +229,7 @@ def main(argv=None) -> int:
     ap.add_argument("--round-mb", default=None,
                     help="comma-separated Winograd round sizes (MB) to sweep instead")
     ap.add_argument("--gemm", action="store_true",
-                    help="time the Winograd rounds' batched GEMM alone (bmm vs AVX-512 kernel; "
+                    help="time the Winograd rounds' batched GEMM alone (bmm vs our AVX-512 / AVX2 kernel; "
                          "with --precision bf16 the bf16 kernel)")
     ap.add_argument("--opt-in", action="store_true",
                     help="'ours' also with the opt-in bf16 Winograd transposed convs "

@@ -1086,18 +1086,22 @@ class SlimCodec(WatchedAttributes, nn.Module):
         bf16 under autocast anyway), bf16, channels_last (unless ``input_channels_last`` says
         otherwise): the first IGDN then runs the one-pass
         bf16 GDN kernel (AVX512-BF16; :func:`slimkernels.ops.gdn.gdn`) instead of the PyTorch
-        path it takes for fp32 x under autocast. Elsewhere float32 in the parameters' layout
-        (the CPU decoder's first IGDN and conv convert it themselves)."""
+        path it takes for fp32 x under autocast. In float32 on CPU, when ``g_s`` starts with one
+        of these layers, channels_last too (their layout there, ``CPU_CHANNELS_LAST``: the
+        dequantization's one pass writes it). Elsewhere float32 in the parameters' layout."""
         from .nn.conv import SlimConvTranspose2d
         from .nn.gdn import SlimGDN, _WidthSelectedGDN
 
         dev = sym.device
         first = self.g_s[0] if isinstance(self.g_s, nn.Sequential) and len(self.g_s) else None
-        bf16 = dev.type == "cpu" and precision == "bf16" and \
+        ours = dev.type == "cpu" and \
             isinstance(first, (SlimGDN, _WidthSelectedGDN, SlimConvTranspose2d)) and \
-            self._own_transform("decode")   # (a decode of its own gets the float32 latent)
-        # the transforms' layout (input_channels_last when set) on CUDA and for the bf16 latent
-        cl = self._transforms_channels_last(dev) if dev.type == "cuda" or bf16 else None
+            self._own_transform("decode")   # (a decode of its own gets the latent as before)
+        bf16 = ours and precision == "bf16"
+        # the transforms' layout (input_channels_last when set) on CUDA and where one of our
+        # layers takes the latent on CPU (it would convert it: no add-then-copy, and no torch
+        # copy in the transform, which keeps the CPU replay open to it)
+        cl = self._transforms_channels_last(dev) if dev.type == "cuda" or ours else None
         return _dequantize(eb, sym, self._params_channels_last() if cl is None else cl, medians,
                            torch.bfloat16 if bf16 else torch.float32)
 

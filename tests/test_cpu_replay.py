@@ -820,3 +820,25 @@ def test_a_plain_attribute_set_after_recording_is_seen_by_the_bundled_decoder():
     got = [model.decompress(code, precision="bf16") for _ in range(3)]
     want = _eager(model, lambda: model.decompress(code, precision="bf16"))
     assert not torch.equal(want, img) and all(torch.equal(g, want) for g in got)
+
+
+def test_the_bundled_models_fp32_transforms_replay_through_winograd_layers():
+    """The bundled model in fp32 where the Winograd rounds run our batched GEMM (AVX-512 or
+    AVX2; with torch.bmm in them, as on AVX2 CPUs before, neither transform replayed, and the
+    decoder's NCHW latent cost a torch copy in its first layer): both transforms replay, through
+    the GEMM, with the eager bytes and image."""
+    from slimkernels.ops import winograd as Wg
+    from slimkernels.pretrained import load_model
+    if not Wg.winograd_available() or Wg.round_gemm() == "bmm":
+        pytest.skip("no Winograd kernels or batched GEMM of ours here")
+    model = load_model()
+    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    ref = _eager(model, lambda: model.compress(x, 48, precision="fp32"))
+    img = _eager(model, lambda: model.decompress(ref, precision="fp32"))
+    for i in range(4):
+        assert model.compress(x, 48, precision="fp32") == ref, i
+        assert torch.equal(model.decompress(ref, precision="fp32"), img), i
+    kept = model._cpu_replays._entries.items()
+    done = {full[0][0] for full, e in kept if e.verified and e.replays > 0 and
+            any(step[0] == "batched_gemm_" + Wg.round_gemm() for step in e.steps)}
+    assert done == {"encode", "decode"}, model._cpu_replays.failures()

@@ -7,9 +7,11 @@
 // libraries run these narrow products well below the FMA peak; here each product is cut into
 // register micro-tiles held for the whole K: 8 rows x 48 columns (24 zmm accumulators; a row of
 // U as three 16-lane loads, one broadcast of V per row, three FMAs). The last vector of a row of
-// U / M is masked, so any N works; nothing outside M is written. (An AVX2 variant, 6 x 16 or
-// 4 x 24 ymm tiles, measured 1.07-1.22x torch.bmm at N = 48 but 0.9-1.0x at 72-192 on a Zen 4
-// running AVX2 code: not kept.)
+// U / M is masked, so any N works; nothing outside M is written. The AVX2 variant (4 x 24 ymm
+// tiles) measured 1.07-1.22x torch.bmm at N = 48 but 0.9-1.0x at 72-192 on a Zen 4 running
+// AVX2 code, and 1.0x at every width on a Zen 3 (both at its FMA peak): the Winograd convs use
+// it on CPUs without AVX-512 because it is a call of these kernels, which a CPU replay
+// (slimkernels/cpu_replay.py) can repeat, where torch.bmm is not.
 #pragma once
 #include <cstdint>
 
@@ -37,6 +39,9 @@ struct BatchedGemmBf16Args {
 bool batched_gemm_avx512_available();
 // 0 on success; else an error code (batched_gemm_error_message).
 int batched_gemm_avx512(const BatchedGemmArgs& a);
+// The same products on AVX2 + FMA (4 x 24 ymm tiles): for CPUs without AVX-512.
+bool batched_gemm_avx2_available();
+int batched_gemm_avx2(const BatchedGemmArgs& a);
 // True when the CPU has AVX512-BF16 (conv_bf16_available) and this build has the code.
 bool batched_gemm_bf16_available();
 int batched_gemm_bf16(const BatchedGemmBf16Args& a);

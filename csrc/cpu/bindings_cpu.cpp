@@ -371,8 +371,13 @@ void conv_fp32_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t 
                 Fn == sk::conv_avx2_forward ? "conv_avx2_forward" : "conv_avx512_forward");
 }
 
-// batched_gemm_avx512 (fp32 operands) or batched_gemm_bf16 (bf16 V, bf16-pair U): the same
+// batched_gemm_avx512 / _avx2 (fp32 operands) or batched_gemm_bf16 (bf16 V, bf16-pair U): the same
 // arguments, the operand pointer types from the Args struct
+const char* gemm_name(int (*fn)(const sk::BatchedGemmArgs&)) {
+  return fn == sk::batched_gemm_avx512 ? "batched_gemm_avx512" : "batched_gemm_avx2";
+}
+const char* gemm_name(int (*)(const sk::BatchedGemmBf16Args&)) { return "batched_gemm_bf16"; }
+
 template <class Args, int (*Fn)(const Args&)>
 void batched_gemm_py(uintptr_t V, uintptr_t U, uintptr_t M, int64_t B, int64_t T, int64_t K,
                      int64_t N, int nthreads) {
@@ -382,9 +387,7 @@ void batched_gemm_py(uintptr_t V, uintptr_t U, uintptr_t M, int64_t B, int64_t T
   a.M = reinterpret_cast<float*>(M);
   a.B = B; a.T = T; a.K = K; a.N = N;
   a.nthreads = nthreads;
-  call_released(Fn, a, sk::batched_gemm_error_message,
-                std::is_same<Args, sk::BatchedGemmBf16Args>::value ? "batched_gemm_bf16"
-                                                                   : "batched_gemm_avx512");
+  call_released(Fn, a, sk::batched_gemm_error_message, gemm_name(Fn));
 }
 
 void conv_bf16_forward_py(uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t C, uintptr_t w,
@@ -608,7 +611,7 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         "micro-tiles of 8 pixels x 48 channels.");
   m.def("batched_gemm_avx512_available", &sk::batched_gemm_avx512_available,
         "True when the CPU has AVX-512F (batched_gemm_avx512).");
-  // the two batched GEMMs take the same arguments (V, U, M pointers; B, T, K, N; nthreads)
+  // the batched GEMMs take the same arguments (V, U, M pointers; B, T, K, N; nthreads)
   auto def_gemm = [&m](const char* name, auto fn, const char* doc) {
     m.def(name, fn, py::arg("V"), py::arg("U"), py::arg("M"), py::arg("B"), py::arg("T"),
           py::arg("K"), py::arg("N"), py::arg("nthreads"), doc);
@@ -617,6 +620,11 @@ PYBIND11_MODULE(_cpu_kernels, m) {
            &batched_gemm_py<sk::BatchedGemmArgs, sk::batched_gemm_avx512>,
            "M[b] = V[b] U[b] on AVX-512 (see csrc/cpu/batched_gemm.hpp): V [B, T, K], "
            "U [B, K, N], M [B, T, N], contiguous fp32 (M written).");
+  m.def("batched_gemm_avx2_available", &sk::batched_gemm_avx2_available,
+        "True when the CPU has AVX2 and FMA (batched_gemm_avx2).");
+  def_gemm("batched_gemm_avx2", &batched_gemm_py<sk::BatchedGemmArgs, sk::batched_gemm_avx2>,
+           "batched_gemm_avx512's products on AVX2 + FMA (see csrc/cpu/batched_gemm.hpp): the "
+           "same arguments.");
   m.def("batched_gemm_bf16_available", &sk::batched_gemm_bf16_available,
         "True when the CPU has AVX512-BF16 (batched_gemm_bf16).");
   def_gemm("batched_gemm_bf16",

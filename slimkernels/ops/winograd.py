@@ -14,8 +14,8 @@ only way to make them faster is to do fewer multiplications:
   Winograd's F(4x4, 3x3) against 144 directly: 4x fewer, 2.8x after the zero padding.
 
 Per call: the C++ input transform (``csrc/cpu/winograd.cpp``) writes ``V = B^T d B`` for every
-6x6 patch, a batched GEMM (on AVX-512 CPUs ``csrc/cpu/batched_gemm.cpp``, :data:`GEMM_AVX512`;
-else ``torch.bmm``) multiplies the 36 ``[tiles, K]`` slices by the cached transformed weights
+6x6 patch, a batched GEMM (``csrc/cpu/batched_gemm.cpp``: AVX-512, :data:`GEMM_AVX512`, else
+AVX2, :data:`GEMM_AVX2`; ``torch.bmm`` with both off) multiplies the 36 ``[tiles, K]`` slices by the cached transformed weights
 ``U = G g G^T`` (``[36, K, C_out']``), and the output transform writes ``A^T M A`` (+ bias) into
 a channels_last output. The interpolation points are 0, 1, -1, 1/2, -1/2 and infinity. The
 result is within ~1e-5 of float64 relative to the output's largest magnitude, about 10x a
@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from .._cpu import cpu_kernels, real_tensors
+from .. import _recording
 from ._raw import bias_pointer, fp32_cpu_input, torch_avx512
 
 __all__ = ["winograd_available", "winograd_pays", "winograd_conv2d_weight", "winograd_conv_transpose2d_weight",
@@ -239,7 +240,11 @@ def round_tiles(T: int, kdim: int, cp: int) -> int:
 
 def _workspace(n: int) -> torch.Tensor:
     """A per-thread fp32 buffer of >= ``n`` elements, reused across calls (a fresh multi-MB
-    tensor per call costs its page faults: ~40 % of the transforms' time)."""
+    tensor per call costs its page faults: ~40 % of the transforms' time). While a CPU replay
+    records the call (:mod:`slimkernels.cpu_replay`), a buffer of the call's own instead: the
+    replay places it in its arena (this thread's buffer is not the replaying thread's)."""
+    if _recording.ACTIVE.get() is not None:
+        return torch.empty(n, dtype=torch.float32, device="cpu")
     buf = getattr(_WORKSPACE, "buf", None)
     if buf is None or buf.numel() < n:
         buf = torch.empty(n, dtype=torch.float32, device="cpu")
@@ -268,6 +273,30 @@ def _gemm_avx512() -> bool:
     K = _kernels()
     return GEMM_AVX512 and K is not None and hasattr(K, "batched_gemm_avx512") and \
         bool(K.batched_gemm_avx512_available()) and torch_avx512()
+
+
+#: ... and where that one does not run (a CPU without AVX-512, or torch held to AVX2 by
+#: ``ATEN_CPU_CAPABILITY=avx2``), the AVX2 batched GEMM (4-row x 24-column ymm tiles, the same
+#: blocked sums): at least as fast as ``torch.bmm`` (Zen 3 EPYC, 2 threads, medians of 15,
+#: ``python bench/bench_conv_avx2.py --gemm --repeats 15``, SlimCAE's rounds on kodim01:
+#: 0.98-1.04x at w=192 and 144, 1.07-1.20x at 96-48, both near that CPU's FMA peak, 57-67
+#: GFLOP/s; max error 1.9-3.8e-7 of float64 against bmm's 2.7-6.4e-7), and a call of the compiled kernels, so that the CPU replay
+#: (:mod:`slimkernels.cpu_replay`) can repeat a transform with Winograd layers there, which it
+#: cannot with ``torch.bmm`` in it.
+GEMM_AVX2 = True
+
+
+def _gemm_avx2() -> bool:
+    """:data:`GEMM_AVX2` is on, the kernel is built and the CPU has AVX2 + FMA."""
+    K = _kernels()
+    return GEMM_AVX2 and K is not None and hasattr(K, "batched_gemm_avx2") and \
+        bool(K.batched_gemm_avx2_available())
+
+
+def round_gemm() -> str:
+    """Which GEMM the fp32 Winograd rounds run here: ``"avx512"``, ``"avx2"`` or ``"bmm"``
+    (``torch.bmm``)."""
+    return "avx512" if _gemm_avx512() else "avx2" if _gemm_avx2() else "bmm"
 
 
 #: bf16 Winograd (transformed weights from :func:`pack_bf16_pairs`) on AVX512-BF16 CPUs:
@@ -342,7 +371,9 @@ def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int
     # y in x's dtype: the output transform rounds a bf16 y itself (no fp32 y and cast pass)
     y = torch.empty((N, co, Ho, Wo), dtype=xc.dtype, device="cpu",
                     memory_format=torch.channels_last)
-    gemm512 = not bf16 and _gemm_avx512() and U.is_contiguous()
+    gemm = "bmm" if bf16 or not U.is_contiguous() else round_gemm()
+    gemm = K.batched_gemm_bf16 if bf16 else None if gemm == "bmm" else \
+        getattr(K, "batched_gemm_" + gemm)
     xb = xc.dtype == torch.bfloat16   # x and y bf16
     for t0 in range(0, T, tc):
         n = min(tc, T - t0)
@@ -352,10 +383,8 @@ def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int
         M = ws[36 * tc * kdim:36 * tc * kdim + 36 * n * cp].view(36, n, cp)
         K.winograd_input(xc.data_ptr(), N, H, W, C, s, P, th, tw, t0, n, V.data_ptr(), nt,
                          x_bf16=xb, V_bf16=bf16)
-        if bf16:
-            K.batched_gemm_bf16(V.data_ptr(), U.data_ptr(), M.data_ptr(), 36, n, kdim, cp, nt)
-        elif gemm512:
-            K.batched_gemm_avx512(V.data_ptr(), U.data_ptr(), M.data_ptr(), 36, n, kdim, cp, nt)
+        if gemm is not None:
+            gemm(V.data_ptr(), U.data_ptr(), M.data_ptr(), 36, n, kdim, cp, nt)
         else:
             torch.bmm(V, U, out=M)
         K.winograd_output(M.data_ptr(), b, N, th, tw, co, r, Ho, Wo, t0, n, y.data_ptr(), nt,

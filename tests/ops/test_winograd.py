@@ -224,19 +224,20 @@ def test_geometry():
     assert not Wg.winograd_geometry_ok(9, 2, 4, True)
 
 
-# -- the AVX-512 batched GEMM of the rounds -----------------------------------------------------
-def _gemm_here() -> bool:
-    """The AVX-512 GEMM kernel can run here (the CPU has AVX-512F, the kernels are built)."""
+# -- the batched GEMMs of the rounds (AVX-512, AVX2) -------------------------------------------
+def _gemm_here(isa: str) -> bool:
+    """That GEMM kernel can run here (the CPU has the ISA, the kernels are built)."""
     K = Wg._kernels()
-    return K is not None and hasattr(K, "batched_gemm_avx512") and \
-        bool(K.batched_gemm_avx512_available())
+    return K is not None and hasattr(K, f"batched_gemm_{isa}") and \
+        bool(getattr(K, f"batched_gemm_{isa}_available")())
 
 
-needs_gemm = pytest.mark.skipif(not _gemm_here(), reason="no AVX-512F here or kernels not built")
-# ... and the Winograd convs use it (also torch at its AVX-512 level: not under
-# ATEN_CPU_CAPABILITY=avx2)
-needs_gemm_in_use = pytest.mark.skipif(not Wg._gemm_avx512(),
-                                       reason="the Winograd convs do not use the AVX-512 GEMM here")
+GEMMS = [pytest.param(isa, marks=pytest.mark.skipif(not _gemm_here(isa),
+                                                    reason=f"no {isa} here or kernels not built"))
+         for isa in ("avx512", "avx2")]
+
+def _gemm(isa: str):
+    return getattr(Wg._kernels(), f"batched_gemm_{isa}")
 
 
 def test_gemm_available_matches_the_cpu():
@@ -244,9 +245,21 @@ def test_gemm_available_matches_the_cpu():
     if K is None:
         pytest.skip("kernels not built or switched off")
     assert bool(K.batched_gemm_avx512_available()) == (HAS_AVX2 and " avx512f" in _FLAGS)
+    assert bool(K.batched_gemm_avx2_available()) == HAS_AVX2
 
 
-@needs_gemm
+def test_round_gemm_follows_the_switches(monkeypatch):
+    if Wg._kernels() is None:
+        pytest.skip("kernels not built or switched off")
+    first = "avx512" if Wg._gemm_avx512() else "avx2" if _gemm_here("avx2") else "bmm"
+    assert Wg.round_gemm() == first
+    monkeypatch.setattr(Wg, "GEMM_AVX512", False)
+    assert Wg.round_gemm() == ("avx2" if _gemm_here("avx2") else "bmm")
+    monkeypatch.setattr(Wg, "GEMM_AVX2", False)
+    assert Wg.round_gemm() == "bmm"
+
+
+@pytest.mark.parametrize("isa", GEMMS)
 @pytest.mark.parametrize("B, T, K, N", [
     (36, 384, 192, 48),   # SlimCAE's w=48 enc2 round: three full vectors per row tile
     (36, 37, 288, 72),    # 72 columns: a 3-vector and a 2-vector group, the last 8 lanes
@@ -254,65 +267,81 @@ def test_gemm_available_matches_the_cpu():
     (3, 17, 1, 16),       # K = 1, one full vector, row tails of 1
     (1, 64, 33, 200),     # 13 vectors: groups of 3, 3, 3, 3, 1 (8 lanes)
     (36, 130, 20, 97),    # rows across two work blocks of 64, 7 vectors (1 lane last)
+    (4, 7, 130, 29),      # AVX2: 4 vectors, the last of 5 lanes; K over two blocks of 64
 ])
-def test_gemm_matches_float64(B, T, K, N):
+def test_gemm_matches_float64(isa, B, T, K, N):
     g = _gen(B * 1000 + N)
     V, U = torch.randn(B, T, K, generator=g), torch.randn(B, K, N, generator=g)
     M = torch.full((B, T, N + 1), float("nan"))[..., :N].contiguous()  # written, not read
     guard = torch.full((B * T * N + 64,), 7.0)   # a buffer whose tail must stay untouched
     out = guard[:B * T * N].view(B, T, N)
-    Wg._kernels().batched_gemm_avx512(V.data_ptr(), U.data_ptr(), out.data_ptr(), B, T, K, N, 2)
+    _gemm(isa)(V.data_ptr(), U.data_ptr(), out.data_ptr(), B, T, K, N, 2)
     ref = torch.bmm(V.double(), U.double())
     assert torch.isfinite(out).all()
     assert _err(out, ref) < 1e-5
     assert (guard[B * T * N:] == 7.0).all()
-    Wg._kernels().batched_gemm_avx512(V.data_ptr(), U.data_ptr(), M.data_ptr(), B, T, K, N, 1)
+    _gemm(isa)(V.data_ptr(), U.data_ptr(), M.data_ptr(), B, T, K, N, 1)
     assert _err(M, ref) < 1e-5
 
 
-@needs_gemm
+@pytest.mark.parametrize("isa", GEMMS)
 @pytest.mark.parametrize("K", [768, 1536])
-def test_gemm_error_does_not_grow_with_k(K):
+def test_gemm_error_does_not_grow_with_k(isa, K):
     """Long reductions (K = 4 x 192 in SlimCAE's widest rounds) sum in blocks: the error stays at
     torch.bmm's level (one FMA chain over K had 3x its error, which Winograd's output transform
     carried past its 2e-5 bound at w=192)."""
     g = _gen(K)
     V, U = torch.randn(36, 64, K, generator=g), torch.randn(36, K, 48, generator=g)
     M = torch.empty(36, 64, 48)
-    Wg._kernels().batched_gemm_avx512(V.data_ptr(), U.data_ptr(), M.data_ptr(), 36, 64, K, 48, 2)
+    _gemm(isa)(V.data_ptr(), U.data_ptr(), M.data_ptr(), 36, 64, K, 48, 2)
     ref = torch.bmm(V.double(), U.double())
     assert _err(M, ref) <= 1.5 * _err(torch.bmm(V, U), ref)
 
 
-@needs_gemm
-def test_gemm_refuses_bad_arguments():
-    K = Wg._kernels()
+@pytest.mark.parametrize("isa", GEMMS)
+def test_gemm_refuses_bad_arguments(isa):
     V, U, M = torch.randn(1, 2, 3), torch.randn(1, 3, 4), torch.empty(1, 2, 4)
     for args in [(0, U.data_ptr(), M.data_ptr(), 1, 2, 3, 4), (V.data_ptr(), U.data_ptr(), 0, 1,
                                                                 2, 3, 4),
                  (V.data_ptr(), U.data_ptr(), M.data_ptr(), 1, 0, 3, 4),
                  (V.data_ptr(), U.data_ptr(), M.data_ptr(), 1, 2, -3, 4)]:
-        with pytest.raises(RuntimeError, match="batched_gemm_avx512: bad arguments"):
-            K.batched_gemm_avx512(*args, 1)
+        with pytest.raises(RuntimeError, match=f"batched_gemm_{isa}: bad arguments"):
+            _gemm(isa)(*args, 1)
 
 
-@needs_gemm_in_use
 @pytest.mark.parametrize("case", CONV_CASES[:2] + [(1, 48, 48, 40, 36, 5, 2, 2)])
-def test_conv2d_through_either_gemm(case, monkeypatch):
-    """The Winograd conv with the AVX-512 GEMM and with torch.bmm: both within the fp32
-    tolerance of float64 (the GEMM switch checked to take effect)."""
+def test_conv2d_through_each_gemm(case, monkeypatch):
+    """The Winograd conv with each GEMM this CPU has (AVX-512, AVX2) and with torch.bmm: all
+    within the fp32 tolerance of float64, and each switch takes effect (the kernel named runs,
+    bmm only with both off)."""
+    if not Wg.winograd_available():
+        pytest.skip("no Winograd kernels here")
     N, ci, co, H, W, k, s, p = case
     x, w, b = _conv_case(N, ci, co, H, W, k)
     ref = F.conv2d(x.double(), w.double(), b.double(), stride=s, padding=p)
     U = Wg.winograd_conv2d_weight(w, s)
     used = []
     real = torch.bmm
-    monkeypatch.setattr(Wg.torch, "bmm", lambda *a, **kw: used.append(1) or real(*a, **kw))
-    for gemm in (True, False):
-        monkeypatch.setattr(Wg, "GEMM_AVX512", gemm)
+    monkeypatch.setattr(Wg.torch, "bmm", lambda *a, **kw: used.append("bmm") or real(*a, **kw))
+    K = Wg._kernels()
+
+    class Spy:   # the kernels module, with the GEMM calls noted
+        def __getattr__(self, name):
+            fn = getattr(K, name)
+            if not name.startswith("batched_gemm_") or name.endswith("_available"):
+                return fn
+            return lambda *a, **kw: used.append(name[len("batched_gemm_"):]) or fn(*a, **kw)
+    monkeypatch.setattr(Wg, "_kernels", lambda: Spy())
+    runs = 0
+    for avx512, avx2 in ((True, True), (False, True), (False, False)):
+        monkeypatch.setattr(Wg, "GEMM_AVX512", avx512)
+        monkeypatch.setattr(Wg, "GEMM_AVX2", avx2)
+        want = Wg.round_gemm()
         used.clear()
         assert _err(Wg.conv2d_winograd(x, U, b, k, s, p), ref) < TOL
-        assert bool(used) == (not gemm)
+        assert used and set(used) == {want}, (avx512, avx2, used)
+        runs += want != "bmm"
+    assert runs >= (1 if _gemm_here("avx2") else 0)
 
 
 # -- dispatch from the conv ops ----------------------------------------------------------------
