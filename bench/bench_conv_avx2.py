@@ -201,7 +201,8 @@ def gemm_table(widths, repeats, scale):
         return
     kernel = getattr(K, "batched_gemm_" + which)
     print(f"GEMM: batched_gemm_{which}\n\n| layer | width | T x K x N | bmm ms | ours ms | "
-          "speed-up | ours GFLOP/s | max rel. error bmm / ours |\n|---|---|---|---|---|---|---|---|")
+          "speed-up | ours GFLOP/s | max rel. error bmm / ours |\n"
+          "|---|---|---|---|---|---|---|---|")
     nt = torch.get_num_threads()
     for name, width, T, Kd, N, V, U in gemm_cases(widths, scale):
         M0, M1 = torch.empty(36, T, N), torch.empty(36, T, N)
@@ -229,7 +230,8 @@ def main(argv=None) -> int:
     ap.add_argument("--round-mb", default=None,
                     help="comma-separated Winograd round sizes (MB) to sweep instead")
     ap.add_argument("--gemm", action="store_true",
-                    help="time the Winograd rounds' batched GEMM alone (bmm vs our AVX-512 / AVX2 kernel; "
+                    help="time the Winograd rounds' batched GEMM alone (bmm vs our AVX-512 / "
+                         "AVX2 kernel; "
                          "with --precision bf16 the bf16 kernel)")
     ap.add_argument("--opt-in", action="store_true",
                     help="'ours' also with the opt-in bf16 Winograd transposed convs "

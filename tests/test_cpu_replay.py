@@ -842,3 +842,18 @@ def test_the_bundled_models_fp32_transforms_replay_through_winograd_layers():
     done = {full[0][0] for full, e in kept if e.verified and e.replays > 0 and
             any(step[0] == "batched_gemm_" + Wg.round_gemm() for step in e.steps)}
     assert done == {"encode", "decode"}, model._cpu_replays.failures()
+
+
+def test_a_cycle_over_more_keys_than_the_old_limit_keeps_replaying(model):
+    """Transforms used in turn (compress and decompress at nine image sizes; SlimCAE's five
+    widths take ten): each replayable one replays from its fourth use on. With 8 recordings
+    kept, every call of such a cycle was a new recording, slower than eager."""
+    sizes = [(24 + 4 * i, 20) for i in range(9)]
+    for _ in range(4):
+        for h, w in sizes:
+            code = model.compress(_image(h, h, w), width=8, precision="fp32")
+            model.decompress(code, precision="fp32")
+    done = _require_replayed(model, expected=True)
+    cache = model._cpu_replays
+    # (Tiny's encoder at width 8 runs a oneDNN conv on an AVX2 CPU: its keys fail, kept apart)
+    assert len(done) == len(cache.entries()) > 8, cache.failures()

@@ -205,7 +205,7 @@ constexpr TileFn<Ops, VT, UT> kTiles[9] = {
     tile_fn<Ops, VT, UT, 3, G>(), tile_fn<Ops, VT, UT, 4, G>(), tile_fn<Ops, VT, UT, 5, G>(),
     tile_fn<Ops, VT, UT, 6, G>(), tile_fn<Ops, VT, UT, 7, G>(), tile_fn<Ops, VT, UT, 8, G>()};
 
-// Rows [t0, t1) of product b: row tiles of Ops::kMr, each across all columns in groups of 3 vectors.
+// Rows [t0, t1) of product b: tiles of Ops::kMr rows x Ops::kG vectors of columns.
 // Ku: rows of U per product (K, or K/2 rounded up for bf16 pairs).
 template <class Ops, class Args, class VT, class UT>
 void rows(const Args& a, int64_t Ku, int64_t b, int64_t t0, int64_t t1) {

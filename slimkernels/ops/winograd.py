@@ -15,7 +15,8 @@ only way to make them faster is to do fewer multiplications:
 
 Per call: the C++ input transform (``csrc/cpu/winograd.cpp``) writes ``V = B^T d B`` for every
 6x6 patch, a batched GEMM (``csrc/cpu/batched_gemm.cpp``: AVX-512, :data:`GEMM_AVX512`, else
-AVX2, :data:`GEMM_AVX2`; ``torch.bmm`` with both off) multiplies the 36 ``[tiles, K]`` slices by the cached transformed weights
+AVX2, :data:`GEMM_AVX2`; ``torch.bmm`` with both off) multiplies the 36 ``[tiles, K]`` slices
+by the cached transformed weights
 ``U = G g G^T`` (``[36, K, C_out']``), and the output transform writes ``A^T M A`` (+ bias) into
 a channels_last output. The interpolation points are 0, 1, -1, 1/2, -1/2 and infinity. The
 result is within ~1e-5 of float64 relative to the output's largest magnitude, about 10x a
@@ -67,7 +68,8 @@ __all__ = ["winograd_available", "winograd_pays", "winograd_conv2d_weight", "win
            "conv_transpose2d_winograd_reference", "winograd_geometry_ok",
            "transform_weight_fp32", "conv2d_weight_fp32", "conv_transpose2d_weight_fp32",
            "conv2d_weight_grad", "conv_transpose2d_weight_grad", "WinogradConv2dFunction",
-           "WinogradConvTranspose2dFunction", "pack_bf16_pairs", "gemm_bf16_available"]
+           "WinogradConvTranspose2dFunction", "pack_bf16_pairs", "gemm_bf16_available",
+           "round_gemm"]
 
 #: F(4x4, 3x3) for the points 0, 1, -1, 1/2, -1/2, inf (``Y = A^T [(G g G^T) * (B^T d B)] A``).
 _BT = ((0.25, 0, -1.25, 0, 1, 0), (0, -0.25, -0.25, 1, 1, 0), (0, 0.25, -0.25, -1, 1, 0),
@@ -280,9 +282,9 @@ def _gemm_avx512() -> bool:
 #: blocked sums): at least as fast as ``torch.bmm`` (Zen 3 EPYC, 2 threads, medians of 15,
 #: ``python bench/bench_conv_avx2.py --gemm --repeats 15``, SlimCAE's rounds on kodim01:
 #: 0.98-1.04x at w=192 and 144, 1.07-1.20x at 96-48, both near that CPU's FMA peak, 57-67
-#: GFLOP/s; max error 1.9-3.8e-7 of float64 against bmm's 2.7-6.4e-7), and a call of the compiled kernels, so that the CPU replay
-#: (:mod:`slimkernels.cpu_replay`) can repeat a transform with Winograd layers there, which it
-#: cannot with ``torch.bmm`` in it.
+#: GFLOP/s; max error 1.9-3.8e-7 of float64 against bmm's 2.7-6.4e-7), and a call of the
+#: compiled kernels, so that the CPU replay (:mod:`slimkernels.cpu_replay`) can repeat a
+#: transform with Winograd layers there, which it cannot with ``torch.bmm`` in it.
 GEMM_AVX2 = True
 
 
