@@ -43,3 +43,15 @@ def on_replay(fn) -> None:
     rec = ACTIVE.get()
     if rec is not None:
         rec.on_replay(fn)
+
+
+def scratch(t, provider) -> None:
+    """Report that the recorded call uses ``t``, a per-thread scratch buffer (its contents dead
+    between calls) obtained from ``provider(nbytes)``, which returns the calling thread's buffer
+    of at least ``nbytes`` bytes: a replay calls it, in the replaying thread, for the largest
+    size the recording used, and addresses inside ``t`` then point into that buffer (no copy of
+    it in the replay's arena, no buffer shared between threads)."""
+    rec = ACTIVE.get()
+    if rec is not None:
+        rec.scratch(t, provider)
+

@@ -10,7 +10,9 @@ those calls once per (transform, width, precision, input shape / dtype / strides
 dispatch switches) and re-issues them afterwards with the new input's address and the
 intermediate buffers in two arenas planned by their lifetimes (about the eager call's peak),
 allocated per call (the buffers dead before the output is first written in one freed right
-then, the others in one freed when the call returns, as the eager call's memory): the SlimCAE w=48
+then, the others in one freed when the call returns, as the eager call's memory; a per-thread
+scratch buffer the kernels used, the Winograd workspace, is the replaying thread's own,
+``_recording.scratch``): the SlimCAE w=48
 encoder on a Kodak image 1.83 -> 1.36 ms (2 threads, AMX Xeon).
 
 Safety, in order:
@@ -127,6 +129,8 @@ class _Recorder:
     def __init__(self):
         self.calls: List[Tuple[int, str, tuple, dict, object]] = []   # (seq, name, ...)
         self.allocated: List[Tuple[int, int, int]] = []   # (seq, start, end) byte ranges
+        # per-thread scratch buffers used: (seq, start, end, provider) (_recording.scratch)
+        self.scratches: List[Tuple[int, int, int, Callable]] = []
         self.kept: List[torch.Tensor] = []
         self.env: dict = {}
         self.error: Optional[str] = None
@@ -144,6 +148,12 @@ class _Recorder:
     def env_read(self, name: str) -> None:
         if name not in self.env:
             self.env[name] = _getenv(name)   # as set (None: unset), whatever the default
+
+    def scratch(self, t: torch.Tensor, provider: Callable) -> None:
+        self.seq += 1
+        a, b = _storage_range(t)
+        if b > a:
+            self.scratches.append((self.seq, a, b, provider))
 
     def allocation(self, t: torch.Tensor) -> None:
         self.seq += 1
@@ -266,8 +276,9 @@ def _arenas(lives: dict, born: int, out_bytes: int) -> Tuple[dict, Tuple[int, in
 
 # Where an address fix points (the second item of a step's fixes): the input, the output's
 # buffer, the arena of the buffers that die before the output is first written (freed right
-# then), the arena of the others (freed when the replay returns).
-_X, _OUT, _EARLY, _LATE = 0, 1, 2, 3
+# then), the arena of the others (freed when the replay returns); from _SCRATCH on, the
+# replaying thread's scratch buffers (_recording.scratch), in the order of _Replay.scratch.
+_X, _OUT, _EARLY, _LATE, _SCRATCH = 0, 1, 2, 3, 4
 
 
 class _Replay:
@@ -296,6 +307,7 @@ class _Replay:
         self.forwards: tuple = ()        # ((module class, its forward), ...) as recorded
         self.replays = 0
         self.arena_bytes = (0, 0)        # (early, late)
+        self.scratch: tuple = ()         # ((provider, bytes), ...): per-thread scratch buffers
         self.out_step = 0                # the step that first writes the output
 
     @classmethod
@@ -319,6 +331,8 @@ class _Replay:
         fixed_ranges += [_storage_range(t) for t in state_tensors if t.device.type == "cpu"]
         x0, x1 = x.data_ptr(), _storage_range(x)[1]   # offsets from x's first element
         allocs = rec.allocated
+        scratches = rec.scratches
+        providers: dict = {}   # provider -> [its index, the largest buffer's bytes]
 
         def owner(v: int, seq: int) -> int:
             """The latest allocation before ``seq`` holding address ``v``, or -1."""
@@ -327,6 +341,18 @@ class _Replay:
                 if s < seq and a <= v < b:
                     return k
             return -1
+
+        def scratch_of(v: int, seq: int, k: int) -> Optional[Tuple[int, int]]:
+            """``(provider index, offset)`` when a scratch buffer reported before ``seq`` holds
+            ``v``, later than allocation ``k`` (-1: none) if both do; else None."""
+            for s, a, b, prov in reversed(scratches):
+                if s < seq and a <= v < b:
+                    if k >= 0 and allocs[k][0] > s:
+                        return None
+                    hit = providers.setdefault(prov, [len(providers), 0])
+                    hit[1] = max(hit[1], b - a)
+                    return hit[0], v - a
+            return None
         first: dict = {}
         last: dict = {}
         raw = []
@@ -343,7 +369,10 @@ class _Replay:
                     continue                                  # a kept tensor: same address
                 else:
                     k = owner(v, seq)
-                    if k >= 0:
+                    sc = scratch_of(v, seq, k) if scratches else None
+                    if sc is not None:   # (k -2 - j: the replaying thread's scratch j)
+                        fixes.append((i, -2 - sc[0], sc[1]))
+                    elif k >= 0:
                         fixes.append((i, k, v - allocs[k][1]))
                         first.setdefault(k, step)
                         last[k] = step
@@ -367,8 +396,10 @@ class _Replay:
         r.out_step = first[ko]
         for name, args, kwargs, fixes, result in raw:
             r.steps.append((name, args, kwargs,
-                            [(i, _X, off) if k < 0 else (i, at[k][0], at[k][1] + off)
-                             for i, k, off in fixes], result))
+                            [(i, _X, off) if k == -1 else (i, _SCRATCH - 2 - k, off) if k < -1
+                             else (i, at[k][0], at[k][1] + off) for i, k, off in fixes], result))
+        r.scratch = tuple((prov, n) for prov, (_, n) in
+                          sorted(providers.items(), key=lambda kv: kv[1][0]))
         r.keep = list(rec.kept) + [t.detach() for t in state_tensors]
         off = y.data_ptr() - allocs[ko][1]
         if off % y.element_size():
@@ -414,7 +445,12 @@ class _Replay:
         if poison:
             early.fill_(255)
             late.fill_(255)
-        base = [x.data_ptr(), 0, early.data_ptr(), late.data_ptr()]
+        scratch = [prov(n) for prov, n in self.scratch]   # (this thread's; held till return)
+        if poison:
+            for t, (_, n) in zip(scratch, self.scratch):
+                t.view(torch.uint8)[:n].fill_(255)
+        base = [x.data_ptr(), 0, early.data_ptr(), late.data_ptr()] + \
+            [t.data_ptr() for t in scratch]
         out = None
         for step, (name, args, kwargs, fixes, result) in enumerate(self.steps):
             if step == self.out_step:   # the early buffers are dead: their arena goes first

@@ -857,3 +857,71 @@ def test_a_cycle_over_more_keys_than_the_old_limit_keeps_replaying(model):
     cache = model._cpu_replays
     # (Tiny's encoder at width 8 runs a oneDNN conv on an AVX2 CPU: its keys fail, kept apart)
     assert len(done) == len(cache.entries()) > 8, cache.failures()
+
+
+def test_a_replay_uses_the_replaying_threads_winograd_workspace():
+    """A Winograd conv's rounds work in a per-thread workspace (``winograd._workspace``): its
+    replay takes the replaying thread's (not a copy in its arena, nor the recording thread's,
+    which another thread's replay would share), grown or made anew when needed."""
+    from slimkernels.ops import winograd as Wg
+    if not Wg.winograd_available() or Wg.round_gemm() == "bmm":
+        pytest.skip("no Winograd kernels or batched GEMM of ours here")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 32, 40, 36, generator=g).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(48, 32, 5, 5, generator=g) * 0.05, torch.randn(48, generator=g)
+    U = Wg.winograd_conv2d_weight(w, 2)
+    want = Wg.conv2d_winograd(x, U, b, 5, 2, 2)
+    cache = ReplayCache(4)
+    kernels = _module()
+
+    def run(t):
+        return cache.run("wino", lambda v: Wg.conv2d_winograd(v, U, b, 5, 2, 2), t, 0,
+                         lambda: [U, b], kernels)
+    for _ in range(4):   # eager, recorded, checked, replayed
+        assert torch.equal(run(x), want)
+    (entry,) = cache.entries()
+    assert entry.verified and entry.replays == 2   # (the check is one)
+    (provider, nbytes), = entry.scratch
+    assert nbytes >= 36 * 4 * 4 * 48 * 4   # V and M of the rounds: not in the arena
+    assert entry.nbytes < nbytes
+    Wg.release_workspace()                 # this thread's workspace made anew by the replay
+    assert torch.equal(run(x), want)
+    mine = Wg._WORKSPACE.buf
+    got = {}
+
+    def other():
+        got["y"] = run(x)
+        got["ws"] = Wg._WORKSPACE.buf      # that thread's own workspace, made by the replay
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert torch.equal(got["y"], want) and entry.replays == 4
+    assert got["ws"].data_ptr() != mine.data_ptr() and got["ws"].numel() * 4 >= nbytes
+
+
+def test_an_address_belongs_to_its_latest_owner_a_scratch_buffer_or_an_allocation():
+    """Bytes reported as a thread's scratch, then allocated by the call (the scratch freed and
+    its memory reused), are that allocation's; allocated, then reported as scratch, the
+    scratch's (a fix to the replaying thread's buffer, sized by the recording's)."""
+    from slimkernels.cpu_replay import _SCRATCH
+    x, y, out = torch.rand(8), torch.empty(64), torch.empty(8)
+
+    def prov(n):
+        return torch.empty(n, dtype=torch.uint8)
+
+    def record(first_scratch: bool):
+        rec = _Recorder()
+        for step in ("scratch", "allocation") if first_scratch else ("allocation", "scratch"):
+            rec.scratch(y, prov) if step == "scratch" else rec.allocation(y)
+        rec.allocation(out)
+        rec.seq += 1
+        rec.calls.append((rec.seq, "k", (x.data_ptr(), y.data_ptr() + 4, out.data_ptr()), {},
+                          None))
+        return _Replay.build(rec, x, out, [])
+    r = record(True)
+    assert r.error is None and r.scratch == () and r.nbytes >= 256
+    fixes = r.steps[0][3]
+    assert (1, _SCRATCH, 4) not in fixes and len(fixes) == 3
+    r = record(False)
+    assert r.error is None and r.scratch == ((prov, 256),) and r.nbytes == 0
+    assert (1, _SCRATCH, 4) in r.steps[0][3]

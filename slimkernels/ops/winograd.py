@@ -242,16 +242,20 @@ def round_tiles(T: int, kdim: int, cp: int) -> int:
 
 def _workspace(n: int) -> torch.Tensor:
     """A per-thread fp32 buffer of >= ``n`` elements, reused across calls (a fresh multi-MB
-    tensor per call costs its page faults: ~40 % of the transforms' time). While a CPU replay
-    records the call (:mod:`slimkernels.cpu_replay`), a buffer of the call's own instead: the
-    replay places it in its arena (this thread's buffer is not the replaying thread's)."""
-    if _recording.ACTIVE.get() is not None:
-        return torch.empty(n, dtype=torch.float32, device="cpu")
+    tensor per call costs its page faults: ~40 % of the transforms' time). A CPU replay
+    (:mod:`slimkernels.cpu_replay`) of a call that used it uses the replaying thread's
+    (``_recording.scratch``)."""
     buf = getattr(_WORKSPACE, "buf", None)
     if buf is None or buf.numel() < n:
         buf = torch.empty(n, dtype=torch.float32, device="cpu")
         _WORKSPACE.buf = buf
+    _recording.scratch(buf, _workspace_bytes)
     return buf
+
+
+def _workspace_bytes(nbytes: int) -> torch.Tensor:
+    """This thread's :func:`_workspace` of at least ``nbytes`` bytes (a replay's scratch)."""
+    return _workspace(-(-nbytes // 4))
 
 
 def release_workspace() -> None:
