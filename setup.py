@@ -111,7 +111,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy"],
+        "test": ["pytest", "pytest-xdist", "pytest-benchmark", "hypothesis", "scipy"],
         "bench": ["matplotlib", "pytest-benchmark", "scipy"],
         "docs": ["pdoc"],
     },

@@ -35,3 +35,21 @@ def test_round_sweep(capsys):
     assert [n.split()[0] for n in names] == ["enc2", "enc3", "dec1", "dec2"]  # not the image layers
     for r in rows:
         assert all(float(c) > 0 for c in [c.strip() for c in r.split("|")[3:-1]])
+
+
+def test_gemm_table(capsys):
+    """--gemm: one row per Winograd layer, torch.bmm against the GEMM the rounds run here."""
+    from slimkernels.ops import winograd as Wg
+    assert B.main(["--gemm", "--widths", "48", "--repeats", "1", "--scale", "16",
+                   "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    if Wg.round_gemm() == "bmm":
+        assert "use torch.bmm here" in out
+        return
+    assert f"GEMM: batched_gemm_{Wg.round_gemm()}" in out
+    rows = _rows(out)
+    assert [r.split("|")[1].strip().split()[0] for r in rows] == ["enc2", "enc3", "dec1", "dec2"]
+    for r in rows:
+        cells = [c.strip() for c in r.split("|")[1:-1]]
+        assert float(cells[3]) > 0 and float(cells[4]) > 0 and cells[5].endswith("x")
+        assert all(float(e) < 1e-5 for e in cells[7].split(" / "))
