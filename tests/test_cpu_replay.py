@@ -822,17 +822,21 @@ def test_a_plain_attribute_set_after_recording_is_seen_by_the_bundled_decoder():
     assert not torch.equal(want, img) and all(torch.equal(g, want) for g in got)
 
 
-def test_the_bundled_models_fp32_transforms_replay_through_winograd_layers():
+@pytest.mark.parametrize("size", [256, 64])
+def test_the_bundled_models_fp32_transforms_replay_through_winograd_layers(size):
     """The bundled model in fp32 where the Winograd rounds run our batched GEMM (AVX-512 or
     AVX2; with torch.bmm in them, as on AVX2 CPUs before, neither transform replayed, and the
     decoder's NCHW latent cost a torch copy in its first layer): both transforms replay, through
-    the GEMM, with the eager bytes and image."""
+    the GEMM, with the eager bytes and image; at 64x64 too, whose 5x5/2 layers have 1-4 tiles
+    (on AVX2 CPUs oneDNN's before ``WINOGRAD_NARROW_C``, which kept the transforms eager)."""
     from slimkernels.ops import winograd as Wg
     from slimkernels.pretrained import load_model
     if not Wg.winograd_available() or Wg.round_gemm() == "bmm":
         pytest.skip("no Winograd kernels or batched GEMM of ours here")
+    if size == 64 and conv_ops._cpu_capability() != "AVX2":
+        pytest.skip("the AVX2 CPUs' tile rule (AVX-512 ones take narrow layers at any size)")
     model = load_model()
-    x = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     ref = _eager(model, lambda: model.compress(x, 48, precision="fp32"))
     img = _eager(model, lambda: model.decompress(ref, precision="fp32"))
     for i in range(4):

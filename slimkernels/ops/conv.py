@@ -287,6 +287,18 @@ WINOGRAD_AVX512_GEMM_MIN_TILES_WIDE = 9
 WINOGRAD_MIN_TILES = 8
 WINOGRAD_MIN_TILES_WIDE = 16
 WINOGRAD_WIDE_CHANNELS = 144 * 144
+#: ... except narrow layers (at most ``WINOGRAD_NARROW_C`` channels on both sides), which take
+#: Winograd at any tile count: there every step of a codec's transform is a call of the compiled
+#: kernels, which the CPU replay (:mod:`slimkernels.cpu_replay`, sitting 53: with the AVX2
+#: batched GEMM, ``winograd.GEMM_AVX2``) repeats without the Python between them, where a
+#: oneDNN conv kept the whole transform eager. Zen 3 EPYC, 2 threads, the bundled model on
+#: kodim01's top-left crops, ``compress`` / ``decompress`` with this rule against the tile
+#: threshold alone, 9 interleaved rounds of medians of 7 (``/tmp/small.py``): replayed (the
+#: default) w=48 1.57-1.88x at 32x32-128x128, w=72 1.30-1.49x at 32-128, w=96 1.14-1.27x at
+#: 64-128; eager (``cpu_replay=False``, or a layer called alone) w=48 0.92-1.04x, w=72
+#: 0.83-1.00x, w=96 0.73-0.97x: so up to 72 channels. From 256x256 on every layer had enough
+#: tiles already.
+WINOGRAD_NARROW_C = 72
 #: With gradient (training in fp32 on AVX2 CPUs), run the same layers by Winograd as well: the
 #: forward and the input gradient (:class:`~slimkernels.ops.winograd.WinogradConv2dFunction`),
 #: on weights transformed per call in fp32 (one AVX2 pass from the weight slice: ~3 ms per
@@ -616,7 +628,8 @@ def _winograd_tiles(x, k, stride, padding, transposed) -> int:
 
 def _use_winograd(x, ci, co, k, stride, padding, transposed) -> bool:
     """Whether this no-grad conv runs by Winograd (see ``CPU_WINOGRAD``, ``WINOGRAD_MIN_TILES``,
-    and on AVX-512 CPUs ``CPU_WINOGRAD_AVX512``, ``WINOGRAD_AVX512_GEMM_MIN_C``)."""
+    ``WINOGRAD_NARROW_C``, and on AVX-512 CPUs ``CPU_WINOGRAD_AVX512``,
+    ``WINOGRAD_AVX512_GEMM_MIN_C``)."""
     if x.dtype == torch.bfloat16:
         return _use_winograd_bf16(x, ci, co, k, stride, padding, transposed)
     if x.dtype != torch.float32:
@@ -635,7 +648,8 @@ def _use_winograd(x, ci, co, k, stride, padding, transposed) -> bool:
             return False
         if avx512 and (not CPU_WINOGRAD_AVX512 or min(ci, co) < WINOGRAD_AVX512_MIN_C):
             return False
-        need = WINOGRAD_MIN_TILES_WIDE if wide else WINOGRAD_MIN_TILES
+        need = WINOGRAD_MIN_TILES_WIDE if wide else \
+            1 if max(ci, co) <= WINOGRAD_NARROW_C else WINOGRAD_MIN_TILES
     if _winograd_tiles(x, k, stride, padding, transposed) < need:
         return False
     return _winograd_here(k, stride, padding, transposed, avx512=avx512)

@@ -420,7 +420,8 @@ def test_cached_weights_follow_parameter_updates():
 def test_dispatch_rule_follows_the_gemm_shape(monkeypatch):
     """Winograd where its GEMM is wide enough: not for the 3-channel image layer (even with 96
     outputs) nor a 32-channel conv (N = 32); yes for a 48-channel conv (N = 48) and a 48-channel
-    transposed conv (N = 4*48), each with enough tiles (``WINOGRAD_MIN_TILES``; 192 channels
+    transposed conv (N = 4*48) at any tile count (``WINOGRAD_NARROW_C``: a replayed transform),
+    96 channels with enough tiles (``WINOGRAD_MIN_TILES``; 192 channels
     ``WINOGRAD_MIN_TILES_WIDE``). The shipped thresholds, not patched."""
     conv_calls = _count_calls(monkeypatch, "conv2d_winograd")
     convt_calls = _count_calls(monkeypatch, "conv_transpose2d_winograd")
@@ -433,25 +434,34 @@ def test_dispatch_rule_follows_the_gemm_shape(monkeypatch):
         x, w, b = _conv_case(1, 48, 48, 24, 20, 5, seed=12)
         slim_conv2d(x, w, b, stride=2, padding=2)
         assert conv_calls == [1]
-        x, w, b = _convt_case(1, 48, 48, 6, 7, 5, seed=13)   # 2 x 2 tiles: too few
-        slim_conv_transpose2d(x, w, b, stride=2, padding=2, output_padding=1)
-        assert convt_calls == []
-        x, w, b = _convt_case(1, 48, 48, 12, 11, 5, seed=13)   # 3 x 3 tiles
+        # narrow: any tile count (2 x 2 tiles of the input grid, 1 tile of the output's)
+        x, w, b = _convt_case(1, 48, 48, 6, 7, 5, seed=13)
         ref = F.conv_transpose2d(x.double(), w.double(), b.double(), stride=2, padding=2,
                                  output_padding=1)
         y = slim_conv_transpose2d(x, w, b, stride=2, padding=2, output_padding=1)
         assert convt_calls == [1]
         assert _err(y, ref) < TOL
-        x, w, b = _conv_case(1, 48, 48, 16, 16, 5, seed=12)   # 8x8 output: 4 tiles, too few
+        x, w, b = _conv_case(1, 48, 48, 8, 8, 5, seed=12)
+        y = slim_conv2d(x, w, b, stride=2, padding=2)
+        assert conv_calls == [1, 1]
+        assert _err(y, F.conv2d(x.double(), w.double(), b.double(), stride=2, padding=2)) < TOL
+        # 96 channels: 2 x 2 and 4 tiles are too few, 3 x 3 enough
+        x, w, b = _convt_case(1, 96, 96, 6, 7, 5, seed=13)
+        slim_conv_transpose2d(x, w, b, stride=2, padding=2, output_padding=1)
+        assert convt_calls == [1]
+        x, w, b = _convt_case(1, 96, 96, 12, 11, 5, seed=13)   # 3 x 3 tiles
+        slim_conv_transpose2d(x, w, b, stride=2, padding=2, output_padding=1)
+        assert convt_calls == [1, 1]
+        x, w, b = _conv_case(1, 96, 96, 16, 16, 5, seed=12)   # 8x8 output: 4 tiles, too few
         slim_conv2d(x, w, b, stride=2, padding=2)
-        assert conv_calls == [1]
+        assert conv_calls == [1, 1]
         # 192 channels: 9 tiles are too few (the transformed weight outgrows the caches), 16 not
         x, w, b = _conv_case(1, 192, 192, 24, 24, 5, seed=15)
         slim_conv2d(x, w, b, stride=2, padding=2)
-        assert conv_calls == [1]
+        assert conv_calls == [1, 1]
         x, w, b = _conv_case(1, 192, 192, 32, 32, 5, seed=15)
         slim_conv2d(x, w, b, stride=2, padding=2)
-        assert conv_calls == [1, 1]
+        assert conv_calls == [1, 1, 1]
 
 
 @needs_dispatch
