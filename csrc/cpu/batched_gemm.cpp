@@ -89,7 +89,9 @@ struct Avx512Ops {
 // read and written through a lane mask only when it is partial (a masked load in every step
 // measured 0.6x torch.bmm on a Zen 3; without it, as fast: both at that CPU's FMA peak). A
 // panel of U's columns is held for the row block (the 6 x 16 tile and the rows-outer order
-// measured the same).
+// measured the same). Its body has Avx512Ops::tile's shape but its own: a shared template
+// would need one target attribute for both, and with "avx512f" GCC may emit AVX-512
+// instructions into the AVX2 instance, which a CPU without AVX-512 cannot run.
 struct Avx2Ops {
   static constexpr int kMr = 4, kG = 3, kLanes = 8;
   static constexpr bool kPanelOuter = true;

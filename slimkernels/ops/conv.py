@@ -37,8 +37,8 @@ from ..backend import resolve_backend
 from . import conv_image, image_io, winograd
 from . import _cache
 from ._cache import _CAST_CACHE, _PACK_CACHE, _cached  # noqa: F401 (tests read them here)
+from . import _raw
 from ._raw import cpu_capability, onednn_half as _onednn_half
-from ._raw import onednn_half as _raw_onednn_half   # (not patched by tests of the rules)
 from .gdn import _SCALAR_NAMES as _GDN_SCALARS
 from .gdn import (_check_gdn_scalars, _cpu_kernel_gdn, _effective_params, _kernel_scalars,
                   _packed_gamma, _params_readable, cpu_kernels_available)
@@ -428,8 +428,8 @@ def _onednn(dtype) -> bool:
         ops = torch.ops.mkldnn
         ops._convolution_pointwise, ops._reorder_convolution_weight  # noqa: B018
         ops._convolution_transpose_pointwise, ops._reorder_convolution_transpose_weight  # noqa
-        if dtype == torch.bfloat16:   # (_raw's probe itself: this answer is cached)
-            return _raw_onednn_half(dtype)
+        if dtype == torch.bfloat16:   # (_raw's probe itself, not the rules' patchable alias:
+            return _raw.onednn_half(dtype)   # this answer is cached)
     except (AttributeError, RuntimeError):
         return False
     return dtype == torch.float32

@@ -377,9 +377,9 @@ def _run(xc: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], s: int
     # y in x's dtype: the output transform rounds a bf16 y itself (no fp32 y and cast pass)
     y = torch.empty((N, co, Ho, Wo), dtype=xc.dtype, device="cpu",
                     memory_format=torch.channels_last)
-    gemm = "bmm" if bf16 or not U.is_contiguous() else round_gemm()
-    gemm = K.batched_gemm_bf16 if bf16 else None if gemm == "bmm" else \
-        getattr(K, "batched_gemm_" + gemm)
+    # the rounds' GEMM kernel (None: torch.bmm)
+    which = "bf16" if bf16 else round_gemm() if U.is_contiguous() else "bmm"
+    gemm = None if which == "bmm" else getattr(K, "batched_gemm_" + which)
     xb = xc.dtype == torch.bfloat16   # x and y bf16
     for t0 in range(0, T, tc):
         n = min(tc, T - t0)
