@@ -250,7 +250,7 @@ def model_fingerprint(model: nn.Module, config: Dict) -> bytes:
         t = v.detach().cpu().contiguous()
         h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
         # (flat first: a 0-dim tensor, e.g. a parametrization's scalar, cannot be viewed as bytes)
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")  # (no copy)
     return h.digest()[:16]
 
 

@@ -392,3 +392,24 @@ def test_the_built_walk_keeps_buffers_a_membership_test_frees():
     r = subprocess.run([sys.executable, "-c", _FREED_BUFFERS], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), (r.returncode, r.stderr[-3000:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_first_non_finite_names_the_first_bad_tensor(dtype, bad):
+    """Each float dtype (NumPy's path: float32 / 64 / 16; torch's: bfloat16), in a strided view
+    (transposed, sliced) and with requires_grad, finds NaN and +-inf; ints, empty tensors and
+    finite ones pass."""
+    ok = torch.randn(6, 5, dtype=dtype)
+    hit = torch.randn(8, 6, dtype=dtype)
+    hit[4, 3] = bad
+    view = hit.t()[:, ::2]                       # strided, holds the bad element (at [3, 2])
+    leaf = hit.clone().requires_grad_(True)
+    tensors = {"ints": torch.tensor([2 ** 31 - 1]), "empty": torch.empty(0, dtype=dtype),
+               "ok": ok, "bad_view": view, "bad_leaf": leaf}
+    assert _state.first_non_finite(tensors) == "bad_view"
+    del tensors["bad_view"]
+    assert _state.first_non_finite(tensors) == "bad_leaf"
+    del tensors["bad_leaf"]
+    assert _state.first_non_finite(tensors) is None
+    assert _state.first_non_finite({"neg": torch._neg_view(hit)}) == "neg"  # (NumPy refuses it)

@@ -133,12 +133,37 @@ def winograd_geometry_ok(k: int, stride: int, padding: int, transposed: bool) ->
     return kc <= 3 and hi - lo <= 2
 
 
+#: Columns of U per GEMM in :func:`_transform_weight`: a float64 block of 36 x 8192 (2.4 MiB)
+#: stays in cache; one GEMM into a fresh 42 MiB float64 U (w=192's encoder layer 2) paid 12 ms
+#: of page faults and a second pass to round it.
+_TRANSFORM_COLUMNS = 8192
+
+
 def _transform_weight(wc: torch.Tensor) -> torch.Tensor:
     """``[C_out', K, 3, 3]`` (any float dtype) -> ``U [36, K, C_out']`` fp32 (``G g G^T`` in
-    float64, then rounded once)."""
+    float64, then rounded once).
+
+    GEMMs by ``(G kron G) [36, 9]`` of the weight as ``[9, K * C_out']`` (taps, then the
+    channels in U's order), in blocks of columns rounded into U as they are made: 5x faster
+    than the einsum it replaced (w=192's encoder layer 2, ``[192, 768, 3, 3]``: 12.4 against
+    63.5 ms on a Zen 3), which paid for a permuted float64 result and its copy. As accurate:
+    every element within one ulp of the correctly rounded fp32 of the exact ``G g G^T`` and
+    ~99.3 % of them exactly it (the einsum: ~99.4 %; 24 x 16 random channels against rational
+    arithmetic)."""
     _, G, _ = winograd_matrices(device=wc.device)
-    u = torch.einsum("ik,ockl,jl->ijco", G, wc.double(), G)
-    return u.reshape(36, wc.shape[1], wc.shape[0]).to(torch.float32).contiguous()
+    GG = torch.kron(G, G)
+    co, k = wc.shape[:2]
+    n = k * co
+    taps = torch.empty(9, n, dtype=torch.float64, device=wc.device)
+    taps.view(3, 3, k, co).copy_(wc.detach().permute(2, 3, 1, 0))   # (one pass, any dtype)
+    U = torch.empty(36, n, dtype=torch.float32, device=wc.device)
+    block = torch.empty(36 * min(n, _TRANSFORM_COLUMNS), dtype=torch.float64, device=wc.device)
+    for c0 in range(0, n, _TRANSFORM_COLUMNS):
+        c1 = min(n, c0 + _TRANSFORM_COLUMNS)
+        part = block[:36 * (c1 - c0)].view(36, c1 - c0)
+        torch.mm(GG, taps[:, c0:c1], out=part)
+        U[:, c0:c1].copy_(part)
+    return U.view(36, k, co)
 
 
 def _phase_weight_conv(w: torch.Tensor, s: int) -> torch.Tensor:

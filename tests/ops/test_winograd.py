@@ -509,6 +509,24 @@ def _grads64(fn, x, w, b, gy):
     return y.detach(), x.grad, w.grad, b.grad
 
 
+@pytest.mark.parametrize("columns", [None, 7])
+def test_weight_transform_is_g_w_gt_in_float64_rounded_once(monkeypatch, columns):
+    """``_transform_weight`` (GEMMs by ``G kron G``, in blocks of columns: the default, and 7
+    to leave a partial last block) against ``G g G^T`` by einsum in float64: U's layout
+    ``[36, K, C_out']`` and every element within one fp32 ulp, for a contiguous weight and a
+    strided slice of a larger one (read in place)."""
+    if columns is not None:
+        monkeypatch.setattr(Wg, "_TRANSFORM_COLUMNS", columns)
+    G = Wg.winograd_matrices()[1]
+    big = torch.randn(40, 70, 3, 3, generator=_gen(21))
+    for wc in (big[:33, :50], big.transpose(0, 1)[:9, 1::3], torch.randn(5, 7, 3, 3)):
+        u = Wg._transform_weight(wc)
+        ref = torch.einsum("ik,ockl,jl->ijco", G, wc.double(), G).reshape(36, wc.shape[1],
+                                                                           wc.shape[0])
+        assert u.dtype == torch.float32 and u.is_contiguous() and u.shape == ref.shape
+        assert ((u.double() - ref).abs() <= ref.abs() * 2.0 ** -23).all()
+
+
 def test_fp32_weight_transform_matches_the_float64_one():
     for shape in [(80, 4 * 24, 3, 3), (7, 5, 3, 3)]:
         wc = torch.randn(*shape, generator=_gen(20))
