@@ -1,10 +1,19 @@
-"""Checking a user-given device name before anything is moved to it."""
-import torch
+"""Checking a user-given device name before anything is moved to it.
+
+Import-light (torch is imported by the calls that need it): the command line's parser takes
+:func:`cli_device` as a type, and ``slimkernels --help`` / ``info`` do not import torch."""
+from __future__ import annotations
+
+import re
+
+#: Names :func:`cli_device` accepts without asking torch (all of them are torch device names).
+_PLAIN = re.compile(r"(cpu|cuda)(:(0|[1-9][0-9]{0,8}))?")
 
 
 def check_device(device) -> torch.device:
     """``device`` as a ``torch.device``; ValueError (what to do instead) when it is not a device
     name, or a CUDA device torch cannot use in this process."""
+    import torch
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -26,6 +35,9 @@ def cli_device(text: str) -> str:
     transforms run on those two; ``mps`` / ``xpu`` / ``meta`` failed deep inside). Whether the
     GPU exists is checked where the model is loaded (:func:`check_device`)."""
     import argparse
+    if isinstance(text, str) and _PLAIN.fullmatch(text):   # (the default, "cpu", included)
+        return text
+    import torch
     try:
         dev = torch.device(text)
     except (RuntimeError, TypeError):

@@ -10,7 +10,9 @@ step: stale forward and validation results, and ``compress`` writing files with 
 convolution weights. :func:`install` registers, once per process, an optimizer step post-hook
 that bumps the counters of the parameters a fused parameter group has just updated, as a
 non-fused step does (the same effect on autograd: a graph that saved a parameter before the
-step refuses a backward after it). It is installed when ``slimkernels`` is imported.
+step refuses a backward after it). It is installed when :mod:`slimkernels._state` (the caches'
+keys: imported by ``slimkernels.nn``, ``.ops``, ``.codec``, ...) is imported; a bare ``import
+slimkernels`` imports no torch.
 """
 from __future__ import annotations
 

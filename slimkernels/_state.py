@@ -5,8 +5,13 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import torch
 
-from . import _build_stamp, _recording
+from . import _build_stamp, _optim_versions, _recording
 from ._cpu import functorch_transform, tracing
+
+# Fused optimizer steps bump the parameters' version counters, which key this library's caches:
+# installed with the module every cache key comes from (not on ``import slimkernels``, which
+# stays free of torch).
+_optim_versions.install()
 
 
 def tensor_state_key(tensors: Iterable[torch.Tensor]) -> Tuple:

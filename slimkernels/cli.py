@@ -583,8 +583,19 @@ def cmd_train(args) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    """The ``slimkernels`` argument parser: one subcommand per ``cmd_*`` function."""
+def _command(argv: Optional[List[str]]) -> Optional[str]:
+    """The subcommand ``argv`` names: its first word that is not an option (the top level's
+    options, ``-h`` and ``--version``, take no value); None for ``sys.argv``'s own."""
+    words = sys.argv[1:] if argv is None else argv
+    return next((w for w in words if not w.startswith("-")), None)
+
+
+def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
+    """The ``slimkernels`` argument parser: one subcommand per ``cmd_*`` function. Given the
+    arguments it will parse (``argv``; None: all of it), it leaves out the ``train`` and
+    ``eval`` options unless they name that command: they are built from the trainer's config
+    and the evaluation's defaults, whose modules import torch (so ``--help``, ``info`` and a
+    mistyped command line answer in ~0.1 s, without it)."""
     p = argparse.ArgumentParser(prog="slimkernels",
                                 description="Slimmable neural image compression (SlimCAE).")
     p.add_argument("--version", action="version", version=f"slimkernels {__version__}")
@@ -640,24 +651,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("eval", help="evaluate on a folder of images (RD table, JSON, plot)")
-    try:
-        from .evaluation.cli import add_eval_arguments
-        add_eval_arguments(s)
-    except ImportError:  # pragma: no cover - evaluation extras missing
-        s.add_argument("dir")
+    if argv is None or _command(argv) == "eval":
+        try:
+            from .evaluation.cli import add_eval_arguments
+            add_eval_arguments(s)
+        except ImportError:  # pragma: no cover - evaluation extras missing
+            s.add_argument("dir")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("train", help="train a SlimCAE (python/train.py in the source "
                                      "repository is the same program)")
-    from .training.cli import build_parser as train_parser
-    train_parser(s)
+    if argv is None or _command(argv) == "train":
+        from .training.cli import build_parser as train_parser
+        train_parser(s)
     s.set_defaults(func=cmd_train)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``slimkernels`` console script; returns the exit code."""
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     paths_too = hasattr(args, "output_opt") and not any(e.startswith("-") for e in extra)
     if extra and not paths_too:
@@ -677,8 +690,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return EXIT_USAGE
         else:
             args.inputs, args.output = paths[:-1], paths[-1]
-    from . import allocator
-    allocator.tune_from_env()   # page-fault-free activations at narrow widths (allocator.py)
+    if args.cmd != "info":   # (info reads headers: no torch, no tensors)
+        from . import allocator
+        allocator.tune_from_env()   # page-fault-free activations at narrow widths (allocator.py)
     old = _catch_termination()
     try:
         return args.func(args)

@@ -49,3 +49,43 @@ def test_entry_points_report_a_missing_gpu(monkeypatch, tmp_path, capsys):
     assert not (tmp_path / "a.slim").exists()
     with pytest.raises(ValueError, match="no CUDA GPU"):
         Trainer(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), device="cuda"))
+
+
+@pytest.mark.parametrize("name", ["cpu", "cuda", "cuda:0", "cuda:12", "cpu:0", "CPU", "cuda:01",
+                                  "cuda:-1", "cuda:x", "mps", "meta", "", " cpu", "cuda:0:1"])
+def test_cli_device_takes_what_torch_names_a_cpu_or_cuda_device(name):
+    """``cli_device`` answers plain names without torch (a regular expression) and the rest
+    through ``torch.device``: either way exactly the names torch parses as a CPU or CUDA
+    device."""
+    import argparse
+    from slimkernels._device import cli_device
+    try:
+        ok = torch.device(name).type in ("cpu", "cuda")
+    except (RuntimeError, TypeError):
+        ok = False
+    if ok:
+        assert cli_device(name) == name
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="not a device the transforms run on"):
+            cli_device(name)
+
+
+def test_lazy_package_names_resolve():
+    """The names ``slimkernels``, ``slimkernels.training`` and ``slimkernels.evaluation`` import
+    on first use are the submodules' own; others raise AttributeError naming them."""
+    import slimkernels
+    import slimkernels.evaluation as ev
+    import slimkernels.training as tr
+    from slimkernels.backend import resolve_backend
+    from slimkernels.evaluation.metrics import psnr
+    from slimkernels.training.lambdas import LambdaScheduler
+    from slimkernels.training.trainer import TrainConfig
+    assert slimkernels.resolve_backend is resolve_backend
+    assert ev.psnr is psnr and tr.TrainConfig is TrainConfig
+    assert tr.LambdaScheduler is LambdaScheduler
+    for mod in (slimkernels, ev, tr):
+        assert set(mod.__all__) <= set(dir(mod))
+        for name in mod.__all__:
+            assert getattr(mod, name) is not None
+        with pytest.raises(AttributeError, match="no_such_name"):
+            getattr(mod, "no_such_name")

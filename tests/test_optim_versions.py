@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-import slimkernels  # noqa: F401  (installs the hook)
+import slimkernels.nn  # noqa: F401  (installs the hook: slimkernels._state, the caches' keys)
 from slimkernels import _optim_versions
 
 OPTIMIZERS = [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD]
 
 
-def test_importing_the_package_installs_it_once():
+def test_importing_the_caching_modules_installs_it_once():
     assert _optim_versions.installed()
     handle = _optim_versions._HANDLE
     _optim_versions.install()
@@ -27,6 +27,23 @@ def test_every_updated_parameter_has_a_new_version(opt, fused):
     o.step()
     assert not torch.equal(a.detach(), before)        # (the step did update a)
     assert a._version > va and b._version == vb
+
+
+def test_the_hook_comes_with_the_caches_not_with_the_bare_package():
+    """``import slimkernels`` imports no torch (the command line's fast answers); the first module
+    that keys a cache (``_state``, imported by ``nn``, ``ops``, ``codec``, ...) installs the hook.
+    In a child process: this session imported both long ago."""
+    import subprocess
+    import sys
+    code = (
+        "import sys, slimkernels\n"
+        "print('torch' in sys.modules, 'slimkernels._optim_versions' in sys.modules)\n"
+        "import slimkernels.codec\n"
+        "from slimkernels import _optim_versions\n"
+        "print(_optim_versions.installed())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["False", "False", "True"], r.stdout
 
 
 def test_a_graph_that_saved_a_parameter_refuses_backward_after_a_fused_step():
@@ -64,7 +81,7 @@ def test_a_compiled_fused_step_bumps_at_every_call():
     import subprocess
     import sys
     code = (
-        "import torch, slimkernels\n"
+        "import torch, slimkernels.nn\n"
         "p = torch.nn.Parameter(torch.randn(16))\n"
         "o = torch.optim.Adam([p], lr=0.1, fused=True)\n"
         "step = torch.compile(o.step)\n"

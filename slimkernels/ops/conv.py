@@ -409,7 +409,7 @@ def clear_weight_caches() -> None:
     ``.data`` (EMA updates, some optimizers), which does not bump its version counter;
     in-place updates, ``load_state_dict`` and optimizer steps are detected without it (the
     steps of torch's fused optimizers, which do not bump the counters themselves, through the
-    hook of :mod:`slimkernels._optim_versions`, installed on import). A model
+    hook of :mod:`slimkernels._optim_versions`, installed with this module). A model
     built on :class:`slimkernels.codec.SlimCodec` has ``clear_caches()``, which calls this and
     drops its own caches too."""
     _cache.clear()
