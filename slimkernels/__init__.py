@@ -7,27 +7,16 @@ Submodules: ``ops`` (functional kernels), ``nn`` (modules), ``coding`` (C++ rang
 on first use (``slimkernels.nn`` after ``import slimkernels``); ``training``, ``evaluation`` and
 ``kernels`` (Triton) by name (``import slimkernels.training``).
 """
-import importlib
-
 from . import _fork  # noqa: F401  (records the importing process: see _fork.forked_since_import)
+from ._lazy import lazy_names
 from ._version import __version__
 
 _SUBMODULES = ("ops", "nn", "codec", "coding", "container", "models", "pretrained",
                "ratecontrol", "io", "allocator")
 __all__ = ["__version__", "resolve_backend", *_SUBMODULES]
 
-
-def __getattr__(name: str):
-    """Import the public submodules on first use (``slimkernels.nn`` after ``import slimkernels``),
-    and :func:`~slimkernels.backend.resolve_backend`: ``import slimkernels`` does not import torch
-    (the command line's ``--help``, ``--version`` and ``info`` answer in ~0.1 s, not ~2.5)."""
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    if name == "resolve_backend":
-        from .backend import resolve_backend
-        return resolve_backend
-    raise AttributeError(f"module 'slimkernels' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+# The public submodules on first use (``slimkernels.nn`` after ``import slimkernels``), and
+# resolve_backend: ``import slimkernels`` imports no torch (the command line's ``--help``,
+# ``--version`` and ``info`` answer in ~0.1 s, not ~2.5).
+__getattr__, __dir__ = lazy_names(__name__, {**dict.fromkeys(_SUBMODULES),
+                                             "resolve_backend": "backend"}, globals())
