@@ -8,6 +8,15 @@ from slimkernels import _optim_versions
 OPTIMIZERS = [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD]
 
 
+def _child(code: str) -> str:
+    """``code``'s stdout, run by ``python -c`` in a child process (which must exit 0)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
 def test_importing_the_caching_modules_installs_it_once():
     assert _optim_versions.installed()
     handle = _optim_versions._HANDLE
@@ -33,17 +42,14 @@ def test_the_hook_comes_with_the_caches_not_with_the_bare_package():
     """``import slimkernels`` imports no torch (the command line's fast answers); the first module
     that keys a cache (``_state``, imported by ``nn``, ``ops``, ``codec``, ...) installs the hook.
     In a child process: this session imported both long ago."""
-    import subprocess
-    import sys
     code = (
         "import sys, slimkernels\n"
         "print('torch' in sys.modules, 'slimkernels._optim_versions' in sys.modules)\n"
         "import slimkernels.codec\n"
         "from slimkernels import _optim_versions\n"
         "print(_optim_versions.installed())\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == ["False", "False", "True"], r.stdout
+    out = _child(code)
+    assert out.split() == ["False", "False", "True"], out
 
 
 def test_a_graph_that_saved_a_parameter_refuses_backward_after_a_fused_step():
@@ -78,8 +84,6 @@ def test_a_compiled_fused_step_bumps_at_every_call():
     """torch.compile(opt.step): the hook ran once, while dynamo traced the step, and the compiled
     calls left the counters as they were (a conv after it was 9.0 off the updated weights). Run
     in a child process (compiling imports torch._dynamo, which this test session must not)."""
-    import subprocess
-    import sys
     code = (
         "import torch, slimkernels.nn\n"
         "p = torch.nn.Parameter(torch.randn(16))\n"
@@ -92,9 +96,8 @@ def test_a_compiled_fused_step_bumps_at_every_call():
         "    step()\n"
         "    changes.append(p._version - v)\n"
         "print(changes)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip().splitlines()[-1] == "[1, 1, 1]", r.stdout
+    out = _child(code)
+    assert out.strip().splitlines()[-1] == "[1, 1, 1]", out
 
 
 def test_reloading_the_module_keeps_one_hook():
