@@ -671,3 +671,40 @@ def test_reading_a_fifo_as_an_image_is_refused_not_waited_on(tmp_path):
     assert r.returncode == 0, r.stderr
     # (load_torch_file too: accelerate_compressai.py --checkpoint fifo waited)
     assert r.stdout.count("is not a regular file (a pipe, a socket or a device)") == 3
+
+
+def _noisy_gradient(h: int = 48, w: int = 64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(5)
+    ramp = torch.linspace(0, 1, w).expand(3, h, w)
+    return (ramp + 0.05 * torch.rand(3, h, w, generator=g)).clamp(0, 1)
+
+
+def test_png_bytes_use_the_libraries_zlib_level_and_stay_lossless():
+    """The PNG is Pillow's at :data:`PNG_COMPRESS_LEVEL` (byte for byte), a ``compress_level``
+    picks another (9 no larger than 1 here), each decodes to the same 8-bit pixels; levels
+    outside 0..9 or not ints are refused by name."""
+    x = _noisy_gradient()
+    want = x.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    sizes = {}
+    for level in (None, 1, 9):
+        data = (sio.image_to_png_bytes(x) if level is None else
+                sio.image_to_png_bytes(x, compress_level=level))
+        assert np.array_equal(np.array(Image.open(io.BytesIO(data))), want)
+        buf = io.BytesIO()
+        Image.fromarray(want).save(buf, format="PNG",
+                                   compress_level=sio.PNG_COMPRESS_LEVEL if level is None else level)
+        assert data == buf.getvalue(), level
+        sizes[level] = len(data)
+    assert sizes[9] <= sizes[1]
+    for bad in (-1, 10, 4.0, True, "4"):
+        with pytest.raises(ValueError, match="compress_level must be an int 0..9"):
+            sio.image_to_png_bytes(x, compress_level=bad)
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "webp"])
+def test_webp_bytes_are_lossless_whatever_the_case_of_the_name(fmt):
+    x = _noisy_gradient()
+    want = x.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    data = sio.image_to_png_bytes(x, fmt)
+    assert data[8:12] == b"WEBP"
+    assert np.array_equal(np.array(Image.open(io.BytesIO(data)).convert("RGB")), want)
