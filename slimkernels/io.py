@@ -19,8 +19,8 @@ import torch
 from ._fork import one_thread_in_forked_child
 
 __all__ = ["read_image", "read_image_uint8", "open_image", "image_to_png_bytes",
-           "atomic_write_bytes", "atomic_torch_save", "load_torch_file", "MissingFileError",
-           "IMAGE_EXTENSIONS"]
+           "PNG_COMPRESS_LEVEL", "atomic_write_bytes", "atomic_torch_save", "load_torch_file",
+           "MissingFileError", "IMAGE_EXTENSIONS"]
 
 #: The file extensions (lower case) of the images a folder is read for: the evaluation's image
 #: folder and the trainer's data folder.
