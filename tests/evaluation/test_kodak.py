@@ -44,6 +44,36 @@ def test_estimated_bpp_uses_padded_input_and_unpadded_pixels(tiny_model):
     assert kodak.estimated_bpp(tiny_model, x, 8) == pytest.approx(bits / (40 * 50), rel=1e-12)
 
 
+def test_estimated_bpp_skips_the_synthesis_only_where_forward_is_the_codecs(tiny_model,
+                                                                           monkeypatch):
+    """A SlimCodec called as its class's forward: ``decode`` is not run (it raises here) and the
+    value is forward's; a forward hook, or a subclass's own forward, gets the whole call."""
+    x = torch.rand(1, 3, 40, 50)
+    with torch.no_grad():
+        lik = tiny_model(kodak.padded_input(x), 8)["likelihoods"]["y"].double()
+    want = float(-torch.log2(lik).sum()) / (40 * 50)
+
+    def no_synthesis(*a, **k):
+        raise AssertionError("the synthesis transform ran")
+    monkeypatch.setattr(tiny_model, "decode", no_synthesis)
+    assert kodak.estimated_bpp(tiny_model, x, 8) == want
+    handle = tiny_model.register_forward_hook(lambda m, i, o: None)
+    with pytest.raises(AssertionError, match="the synthesis transform ran"):
+        kodak.estimated_bpp(tiny_model, x, 8)
+    handle.remove()
+    monkeypatch.undo()
+
+    class Halved(type(tiny_model)):
+        def forward(self, x, width=None, quantization="noise"):
+            out = super().forward(x, width, quantization)
+            return {**out, "likelihoods": {"y": out["likelihoods"]["y"] ** 0.5}}
+    tiny_model.__class__ = Halved
+    try:
+        assert kodak.estimated_bpp(tiny_model, x, 8) == pytest.approx(want / 2, rel=1e-6)
+    finally:
+        tiny_model.__class__ = Halved.__bases__[0]
+
+
 @needs_coder
 def test_evaluate_rates_and_quality_from_the_written_files(tiny_model, image_folder, tmp_path):
     from slimkernels import container
