@@ -14,6 +14,7 @@
 #include "gdn_cpu.hpp"
 #include "image_io.hpp"
 #include "latents.hpp"
+#include "ssim_filter.hpp"
 #include "winograd.hpp"
 #include "cpu_common.hpp"  // detail::sizes_ok
 #include "conv_avx2.hpp"
@@ -211,6 +212,18 @@ void dequantize_latents_py(uintptr_t sym, int64_t N, int64_t C, int64_t H, int64
   a.out_bf16 = out_bf16;
   a.nthreads = nthreads;
   call_released(sk::dequantize_latents, a, sk::latents_error_message, "dequantize_latents");
+}
+
+void ssim_filter_py(uintptr_t x, int64_t P, int64_t H, int64_t W, uintptr_t g, int64_t k,
+                    uintptr_t out, int nthreads) {
+  sk::SsimFilterArgs a;
+  a.x = reinterpret_cast<const double*>(x);
+  a.P = P; a.H = H; a.W = W;
+  a.g = reinterpret_cast<const double*>(g);
+  a.k = k;
+  a.out = reinterpret_cast<double*>(out);
+  a.nthreads = nthreads;
+  call_released(sk::ssim_filter, a, sk::ssim_filter_error_message, "ssim_filter");
 }
 
 }  // namespace
@@ -540,6 +553,13 @@ PYBIND11_MODULE(_cpu_kernels, m) {
         py::arg("out_bf16") = 0,
         "out dense channels_last = float(sym) + medians[c], fp32 or (out_bf16=1) rounded to "
         "bf16 (nearest even); sym int32 NCHW contiguous.");
+  m.def("ssim_filter_available", &sk::ssim_filter_available,
+        "True (ssim_filter has a portable path; AVX2 + FMA where the CPU has them).");
+  m.def("ssim_filter", &ssim_filter_py, py::arg("x"), py::arg("P"), py::arg("H"), py::arg("W"),
+        py::arg("g"), py::arg("k"), py::arg("out"), py::arg("nthreads"),
+        "out [P, H-k+1, W-k+1] float64 = the 'valid' separable filter by g [k] (float64) along "
+        "the rows, then the columns, of x [P, H, W] float64 contiguous (see "
+        "csrc/cpu/ssim_filter.hpp).");
   m.def("image_io_simd_available", &sk::image_io_simd_available,
         "True when the CPU has AVX512F + AVX512BW (image_to_bf16 / bf16_to_image vector paths).");
   m.def("image_to_bf16", &image_to_bf16_py, py::arg("x"), py::arg("channels_last"), py::arg("N"),

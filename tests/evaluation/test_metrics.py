@@ -218,3 +218,58 @@ def test_images_that_are_not_rgb_are_refused():
         ssim(hwc, hwc)
     with pytest.raises(ValueError, match="the image is empty"):
         psnr(np.zeros((3, 0, 5), np.uint8), np.zeros((3, 0, 5), np.uint8))
+
+
+def _kernels_or_skip():
+    from slimkernels._cpu import cpu_kernels
+    K = cpu_kernels("ssim_filter_available")
+    if K is None:
+        pytest.skip("_cpu_kernels not built (or switched off): the PyTorch path only")
+    return K
+
+
+@pytest.mark.parametrize("shape", [(15, 96, 130), (3, 11, 11), (2, 43, 27), (1, 75, 17),
+                                   (4, 12, 400)])
+def test_the_compiled_window_filter_matches_the_shifted_slice_sums(shape):
+    """``_filter`` on CPU float64 (the compiled ``ssim_filter``: blocks of 32 rows, 16 columns in
+    registers, then the rest) against the PyTorch shifted-slice path: one output row or column,
+    several row blocks, widths below and past 16, a strided input, the Gaussian window and
+    random (asymmetric) taps. Bit for bit on this CPU
+    (the same multiply-adds in the same order); 1e-15 relative is the bound asserted."""
+    from slimkernels.evaluation import metrics as M
+    _kernels_or_skip()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(*shape, dtype=torch.float64, generator=gen) * 255
+    taps = torch.rand(11, dtype=torch.float64, generator=gen)   # (not symmetric: tap order shows)
+    for g, xin in ((M.gaussian_window(), x), (taps, x),
+                   (taps, x.transpose(-1, -2).contiguous().transpose(-1, -2))):
+        assert M._filter_kernel(xin.reshape(-1, *shape[-2:]), g) is not None
+        got = M._filter(xin, g)
+        ref = torch.stack([M._filter_plane(p, g) for p in xin.reshape(-1, *shape[-2:])])
+        assert got.shape == ref.shape == (shape[0], shape[1] - 10, shape[2] - 10)
+        assert torch.isfinite(got).all()
+        assert ((got - ref).abs() <= 1e-15 * ref.abs().clamp_min(1.0)).all()
+
+
+def test_ms_ssim_is_the_same_with_and_without_the_compiled_filter(monkeypatch):
+    from slimkernels.evaluation import metrics as M
+    _kernels_or_skip()
+    a = torch.from_numpy(make_image(4, 200, 176)).permute(2, 0, 1).double() / 255
+    b = (a + 0.05 * torch.randn(a.shape, dtype=torch.float64,
+                                generator=torch.Generator().manual_seed(5))).clamp(0, 1)
+    fast = ms_ssim(a, b)
+    monkeypatch.setattr(M, "_filter_kernel", lambda planes, g: None)
+    slow = ms_ssim(a, b)
+    assert torch.isfinite(fast).all() and abs(float(fast[0]) - float(slow[0])) <= 1e-14
+
+
+def test_the_compiled_window_filter_refuses_bad_arguments():
+    K = _kernels_or_skip()
+    x = torch.zeros(2, 12, 12, dtype=torch.float64)
+    g = torch.ones(11, dtype=torch.float64)
+    out = torch.empty(2, 2, 2, dtype=torch.float64)
+    for P, H, W, k in ((2, 10, 12, 11), (2, 12, 10, 11), (2, 12, 12, 0), (-1, 12, 12, 11)):
+        with pytest.raises(RuntimeError, match="ssim_filter: bad arguments"):
+            K.ssim_filter(x.data_ptr(), P, H, W, g.data_ptr(), k, out.data_ptr(), 1)
+    with pytest.raises(RuntimeError, match="ssim_filter: bad arguments"):
+        K.ssim_filter(0, 2, 12, 12, g.data_ptr(), 11, out.data_ptr(), 1)
