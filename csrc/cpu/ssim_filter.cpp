@@ -4,6 +4,8 @@
 // columns at a time are summed over the taps in registers.
 #include "ssim_filter.hpp"
 
+#include <atomic>
+#include <new>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -112,6 +114,7 @@ const char* ssim_filter_error_message(int code) {
     case kSOk: return "ok";
     case kSBadArgs: return "bad arguments (a null pointer, k < 1, a plane smaller than k x k, "
                            "or a negative or overflowing size)";
+    case kSNoMemory: return "out of memory for a thread's row buffer";
   }
   return "unknown error";
 }
@@ -130,14 +133,23 @@ int ssim_filter(const SsimFilterArgs& a) {
   if (cpu_avx2_fma()) block_fn = filter_block_avx2;
 #endif
   const int64_t tmp_size = (kBlockRows + a.k - 1) * Wo;
-  for_rows(a.P * blocks, tmp_size * a.k * 2, a.nthreads, [&](int64_t item) {
+  std::atomic<bool> no_memory{false};
+  // (work per item for the thread count: its output elements, kBlockRows * Wo <= 2^45)
+  for_rows(a.P * blocks, kBlockRows * Wo, a.nthreads, [&](int64_t item) {
     thread_local std::vector<double> tmp;   // (grown once per thread, kept between calls)
-    if (static_cast<int64_t>(tmp.size()) < tmp_size) tmp.resize(tmp_size);
+    if (static_cast<int64_t>(tmp.size()) < tmp_size) {
+      try {   // (an exception must not leave an OpenMP region: std::terminate)
+        tmp.resize(tmp_size);
+      } catch (const std::bad_alloc&) {
+        no_memory = true;
+        return;
+      }
+    }
     const int64_t p = item / blocks, r0 = (item % blocks) * kBlockRows;
     const int64_t r1 = r0 + kBlockRows < Ho ? r0 + kBlockRows : Ho;
     block_fn(a.x + p * a.H * a.W, a.W, a.g, a.k, r0, r1, a.out + p * Ho * Wo, tmp.data());
   });
-  return kSOk;
+  return no_memory ? kSNoMemory : kSOk;
 }
 
 }  // namespace sk

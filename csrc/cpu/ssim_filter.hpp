@@ -19,7 +19,7 @@ struct SsimFilterArgs {
   int nthreads = 1;
 };
 
-enum : int { kSOk = 0, kSBadArgs = 1 };
+enum : int { kSOk = 0, kSBadArgs = 1, kSNoMemory = 2 };
 
 int ssim_filter(const SsimFilterArgs& a);
 const char* ssim_filter_error_message(int code);
