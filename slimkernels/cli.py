@@ -583,11 +583,10 @@ def cmd_train(args) -> int:
 
 
 # -- parser ------------------------------------------------------------------------------------
-def _command(argv: Optional[List[str]]) -> Optional[str]:
+def _command(argv: List[str]) -> Optional[str]:
     """The subcommand ``argv`` names: its first word that is not an option (the top level's
-    options, ``-h`` and ``--version``, take no value); None for ``sys.argv``'s own."""
-    words = sys.argv[1:] if argv is None else argv
-    return next((w for w in words if not w.startswith("-")), None)
+    options, ``-h`` and ``--version``, take no value), else None."""
+    return next((w for w in argv if not w.startswith("-")), None)
 
 
 def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
@@ -596,6 +595,7 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     ``eval`` options unless they name that command: they are built from the trainer's config
     and the evaluation's defaults, whose modules import torch (so ``--help``, ``info`` and a
     mistyped command line answer in ~0.1 s, without it)."""
+    full = {"eval", "train"} if argv is None else {_command(argv)}   # (commands built whole)
     p = argparse.ArgumentParser(prog="slimkernels",
                                 description="Slimmable neural image compression (SlimCAE).")
     p.add_argument("--version", action="version", version=f"slimkernels {__version__}")
@@ -651,7 +651,7 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("eval", help="evaluate on a folder of images (RD table, JSON, plot)")
-    if argv is None or _command(argv) == "eval":
+    if "eval" in full:
         try:
             from .evaluation.cli import add_eval_arguments
             add_eval_arguments(s)
@@ -661,7 +661,7 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train a SlimCAE (python/train.py in the source "
                                      "repository is the same program)")
-    if argv is None or _command(argv) == "train":
+    if "train" in full:
         from .training.cli import build_parser as train_parser
         train_parser(s)
     s.set_defaults(func=cmd_train)
@@ -670,7 +670,8 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``slimkernels`` console script; returns the exit code."""
-    parser = build_parser(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
     paths_too = hasattr(args, "output_opt") and not any(e.startswith("-") for e in extra)
     if extra and not paths_too:

@@ -8,11 +8,9 @@
 #include <new>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
-
-#include "amx_tiles.hpp"  // for_rows
+#include "amx_tiles.hpp"    // for_rows
+#include "avx2_common.hpp"  // SK_HAVE_AVX2_CODE, SK_AVX2_TARGET
+#include "gdn_avx2.hpp"     // gdn_avx2_available: AVX2 + FMA
 
 namespace sk {
 namespace {
@@ -21,10 +19,8 @@ constexpr int64_t kBlockRows = 32;
 
 // dst[j] = sum_t w[t] * src[t * step + j] for j < n, each sum in tap order (t = 0 a product,
 // then one multiply-add per tap: the PyTorch path's shifted-slice sums).
-__attribute__((always_inline)) inline void taps_scalar(const double* __restrict src,
-                                                       int64_t step, const double* __restrict w,
-                                                       int64_t k, double* __restrict dst,
-                                                       int64_t n) {
+void taps_scalar(const double* __restrict src, int64_t step, const double* __restrict w,
+                 int64_t k, double* __restrict dst, int64_t n) {
   for (int64_t j = 0; j < n; ++j) dst[j] = src[j] * w[0];
   for (int64_t t = 1; t < k; ++t) {
     const double wt = w[t];
@@ -33,32 +29,30 @@ __attribute__((always_inline)) inline void taps_scalar(const double* __restrict 
   }
 }
 
-template <class Taps>
+using TapsFn = void (*)(const double*, int64_t, const double*, int64_t, double*, int64_t);
+
+template <TapsFn Taps>
 __attribute__((always_inline)) inline void filter_block(const double* x, int64_t W,
                                                         const double* g, int64_t k, int64_t r0,
-                                                        int64_t r1, double* out, double* tmp,
-                                                        const Taps& taps) {
+                                                        int64_t r1, double* out, double* tmp) {
   const int64_t Wo = W - k + 1;
   for (int64_t r = 0; r < r1 - r0 + k - 1; ++r)   // along the rows: taps one column apart
-    taps(x + (r0 + r) * W, 1, g, k, tmp + r * Wo, Wo);
+    Taps(x + (r0 + r) * W, 1, g, k, tmp + r * Wo, Wo);
   for (int64_t i = r0; i < r1; ++i)                 // along the columns: one row apart
-    taps(tmp + (i - r0) * Wo, Wo, g, k, out + i * Wo, Wo);
+    Taps(tmp + (i - r0) * Wo, Wo, g, k, out + i * Wo, Wo);
 }
 
 void filter_block_generic(const double* x, int64_t W, const double* g, int64_t k, int64_t r0,
                           int64_t r1, double* out, double* tmp) {
-  filter_block(x, W, g, k, r0, r1, out, tmp,
-               [](const double* s, int64_t st, const double* w, int64_t kk, double* d,
-                  int64_t n) { taps_scalar(s, st, w, kk, d, n); });
+  filter_block<taps_scalar>(x, W, g, k, r0, r1, out, tmp);
 }
 
-#if defined(__x86_64__) || defined(__i386__)
+#if SK_HAVE_AVX2_CODE
 // taps_scalar with 16 columns summed in four registers over all taps (one store per output,
 // not one per tap), each tap a fused multiply-add: the roundings of ATen's add_(x, alpha=w) on
 // an AVX2 + FMA CPU (the PyTorch path's; the portable path's compiler contracts likewise).
-__attribute__((target("avx2,fma"))) inline void taps_avx2(const double* src, int64_t step,
-                                                      const double* w, int64_t k, double* dst,
-                                                      int64_t n) {
+SK_AVX2_TARGET void taps_avx2(const double* src, int64_t step, const double* w, int64_t k,
+                              double* dst, int64_t n) {
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
     const __m256d w0 = _mm256_set1_pd(w[0]);
@@ -86,22 +80,9 @@ __attribute__((target("avx2,fma"))) inline void taps_avx2(const double* src, int
   }
 }
 
-__attribute__((target("avx2,fma"))) void filter_block_avx2(const double* x, int64_t W,
-                                                       const double* g, int64_t k, int64_t r0,
-                                                       int64_t r1, double* out, double* tmp) {
-  filter_block(x, W, g, k, r0, r1, out, tmp,
-               [](const double* s, int64_t st, const double* w, int64_t kk, double* d,
-                  int64_t n) __attribute__((target("avx2,fma"))) {
-                 taps_avx2(s, st, w, kk, d, n);
-               });
-}
-
-bool cpu_avx2_fma() {
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return ok;
+SK_AVX2_TARGET void filter_block_avx2(const double* x, int64_t W, const double* g, int64_t k,
+                                      int64_t r0, int64_t r1, double* out, double* tmp) {
+  filter_block<taps_avx2>(x, W, g, k, r0, r1, out, tmp);
 }
 #endif
 
@@ -129,8 +110,8 @@ int ssim_filter(const SsimFilterArgs& a) {
   const int64_t blocks = (Ho + kBlockRows - 1) / kBlockRows;
   void (*block_fn)(const double*, int64_t, const double*, int64_t, int64_t, int64_t, double*,
                    double*) = filter_block_generic;
-#if defined(__x86_64__) || defined(__i386__)
-  if (cpu_avx2_fma()) block_fn = filter_block_avx2;
+#if SK_HAVE_AVX2_CODE
+  if (gdn_avx2_available()) block_fn = filter_block_avx2;
 #endif
   const int64_t tmp_size = (kBlockRows + a.k - 1) * Wo;
   std::atomic<bool> no_memory{false};

@@ -142,7 +142,7 @@ def estimated_bpp(model, x: torch.Tensor, width: int, precision: str = "auto") -
     entropy model alone, the values ``forward`` returns without its synthesis transform (half of
     its time: the evaluation calls this for every image and width).
     """
-    from .._hooks import global_hooks, hook_dicts, hooked
+    from .._hooks import runs_more_than_forward
     from ..codec import SlimCodec, resolve_precision
 
     H, W = x.shape[-2:]
@@ -151,8 +151,8 @@ def estimated_bpp(model, x: torch.Tensor, width: int, precision: str = "auto") -
     xp = padded_input(x).to(dev)
     cls = type(model)
     encoder_only = isinstance(model, SlimCodec) and cls.forward is SlimCodec.forward and \
-        cls._quantize_and_decode is SlimCodec._quantize_and_decode and not global_hooks() and \
-        not hooked(hook_dicts((model,)))
+        cls._quantize_and_decode is SlimCodec._quantize_and_decode and \
+        not runs_more_than_forward(model)
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         if encoder_only:
             model._check_sides(xp)
