@@ -103,7 +103,9 @@ def resolve_backend(x: torch.Tensor, backend: Optional[str] = None) -> str:
     Raises:
         ValueError: unknown backend name.
         RuntimeError: Triton asked for on a CPU tensor without ``TRITON_INTERPRET=1``, or
-            Triton not installed.
+            with an interpreter that cannot run the kernels here
+            (:func:`slimkernels.kernels.interpreter.interpreter_problem`), or Triton not
+            installed.
     """
     if not isinstance(x, torch.Tensor):   # (a numpy array: "no attribute 'is_cuda'")
         raise ValueError(f"resolve_backend: x must be a torch.Tensor, got {type(x).__name__}")
@@ -126,6 +128,9 @@ def _resolve(cuda: bool, backend: Optional[str]) -> str:
             raise RuntimeError(
                 "the Triton backend needs CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 "
                 "before importing triton (slow, for testing) or use backend='torch'")
+        if not cuda:   # (the interpreter: can it run the kernels with this NumPy?)
+            from .kernels.interpreter import check_interpreter
+            check_interpreter("the Triton backend")
     return name
 
 

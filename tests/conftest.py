@@ -24,6 +24,22 @@ except Exception:  # pragma: no cover
     pass
 
 
+def pytest_report_header(config):
+    """Where Triton's interpreter cannot run the kernels here (triton 3.6 with NumPy >= 2.4),
+    say why at the top: every interpreted kernel test then fails with that RuntimeError."""
+    if _HAS_CUDA:
+        return None
+    try:
+        from slimkernels.backend import interpreter_enabled, triton_available
+        if not (triton_available() and interpreter_enabled()):
+            return None
+        from slimkernels.kernels.interpreter import interpreter_problem
+        problem = interpreter_problem()
+    except Exception as e:  # pragma: no cover (the tests will say it again)
+        problem = f"the interpreter probe failed: {type(e).__name__}: {e}"
+    return None if problem is None else f"NB: {problem}"
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:

@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 
 from ..backend import interpreter_enabled, tf32_allowed
+from .interpreter import check_interpreter
 from .configs import (COL2IM_CONFIGS, COL2IM_INTERPRET_CONFIG, CONV_FWD_CONFIGS,
                       CONV_GDN256_CONFIGS, CONV_GDN_CONFIGS, CONV_GDN_SM80_MAX_BLOCK_M,
                       CONV_INTERPRET_CONFIG, to_triton)
@@ -534,6 +535,8 @@ def _check_common(x, weight, bias, name):
     if weight.device != x.device or (bias is not None and bias.device != x.device):
         raise ValueError(f"{name}: x on {x.device} but weight on {weight.device}"
                          f"{'' if bias is None else f' and bias on {bias.device}'}")
+    if not x.is_cuda:
+        check_interpreter(name)
 
 
 def _bias_arg(bias, c_out):

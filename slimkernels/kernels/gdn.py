@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from ..backend import interpreter_enabled, tf32_allowed
+from .interpreter import check_interpreter
 from .configs import (GDN_BWD_DGAMMA_CONFIGS, GDN_BWD_DX_CONFIGS, GDN_FWD_CONFIGS,
                       GDN_INTERPRET_CONFIG, to_triton)
 
@@ -534,6 +535,8 @@ def _check_operands(x, beta, gamma) -> None:
                              f"{tuple(t.shape)}: it must hold at least {c} per side")
         if t.device != x.device:
             raise ValueError(f"gdn_triton: x is on {x.device} but {name} on {t.device}")
+    if not x.is_cuda:
+        check_interpreter("gdn_triton")
 
 
 def gdn_triton(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bool = False,
