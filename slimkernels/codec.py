@@ -57,7 +57,7 @@ from ._amp import no_autocast
 from ._fork import one_thread_in_forked_child
 from ._state import (WatchedAttributes, attribute_version, cached_on_module, first_non_finite,
                      state_tensors)
-from ._checks import as_width, check_image_tensor, is_int, not_a_tensor, width_list
+from ._checks import as_flag, as_width, check_image_tensor, is_int, not_a_tensor, width_list
 from .nn.entropy import check_quantization
 
 __all__ = ["SlimCodec", "SlimSequential", "model_fingerprint", "latent_indexes", "channel_indexes",
@@ -918,8 +918,9 @@ class SlimCodec(WatchedAttributes, nn.Module):
         """Build the integer CDF tables (int32 buffers) of every width; call after training and
         before :meth:`compress`. ``force``: rebuild the tables even where they exist (default);
         False builds only the widths without them. Returns True when tables were (re)built.
-        ValueError for a model on the meta device."""
+        ValueError for a model on the meta device, or a ``force`` that is not True / False."""
         self._refuse_meta("update")
+        force = as_flag(force, "force", f"{type(self).__name__}.update")
         return self.entropy_bottleneck.update(force)
 
     def _latent_plan(self, eb, width: int):

@@ -223,7 +223,9 @@ class EntropyBottleneck(WatchedAttributes, nn.Module):
                 where one of the three is missing (e.g. after loading a state_dict without them).
 
         Returns True when the tables were (re)built (False: ``force=False`` found them all).
+        ValueError when ``force`` is not True / False (a string such as ``"no"`` was truthy).
         """
+        force = as_flag(force, "force", "EntropyBottleneck.update")
         if self.has_tables() and not force:
             return False
         with torch.inference_mode(False), torch.no_grad():
@@ -430,5 +432,6 @@ class SlimEntropyBottleneck(WatchedAttributes, nn.Module):
     def update(self, force: bool = True) -> bool:
         """Build the CDF tables of every width; see :meth:`EntropyBottleneck.update` (``force``:
         False builds only the widths without tables). Returns True when some width's tables
-        were (re)built."""
+        were (re)built. ValueError when ``force`` is not True / False."""
+        force = as_flag(force, "force", f"{type(self).__name__}.update")
         return any([b.update(force) for b in self.bottlenecks])

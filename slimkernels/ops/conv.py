@@ -40,16 +40,18 @@ from ._cache import _CAST_CACHE, _PACK_CACHE, _cached  # noqa: F401 (tests read 
 from . import _raw
 from ._raw import cpu_capability, onednn_half as _onednn_half
 from .gdn import _SCALAR_NAMES as _GDN_SCALARS
-from .gdn import (_check_gdn_scalars, _cpu_kernel_gdn, _effective_params, _kernel_scalars,
-                  _packed_gamma, _params_readable, cpu_kernels_available)
+from .gdn import (_check_gdn_params, _check_gdn_scalars, _cpu_kernel_gdn, _effective_params,
+                  _kernel_scalars, _packed_gamma, _params_readable, cpu_kernels_available)
 from .gdn import gdn as _gdn, gdn_reference, half_without_onednn
 from .._amp import no_autocast
 
 
-def _gdn_kwargs(spec, inverse: bool, backend: str):
-    """The ops.gdn keyword arguments of a conv op's ``gdn`` / ``igdn`` / ``out_igdn`` argument,
-    checked, with ``inverse`` and the conv's resolved ``backend`` (the GDN runs on the conv's
-    backend: a dict's own ``"backend"`` entry must name the same one)."""
+def _gdn_kwargs(spec, inverse: bool, backend: str, device: torch.device, channels: int,
+                where: str):
+    """The ops.gdn keyword arguments of a conv op's ``gdn`` / ``igdn`` / ``out_igdn`` argument
+    (``where``: the op and argument, for messages), checked for a GDN over ``channels``
+    channels on ``device``, with ``inverse`` and the conv's resolved ``backend`` (the GDN runs on
+    the conv's backend: a dict's own ``"backend"`` entry must name the same one)."""
     if spec is None:
         return None
     if isinstance(spec, dict):
@@ -73,6 +75,7 @@ def _gdn_kwargs(spec, inverse: bool, backend: str):
     if "beta" not in kw or "gamma" not in kw:
         raise ValueError("gdn/igdn dict needs 'beta' and 'gamma' entries")
     check_tensor_args("gdn/igdn", beta=kw["beta"], gamma=kw["gamma"])
+    _check_gdn_params(kw["beta"], kw["gamma"], channels, device, where)
     _check_gdn_scalars(kw, "gdn/igdn dict")
     kw["inverse"] = inverse
     kw["backend"] = backend
@@ -1790,7 +1793,7 @@ def slim_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     stride, padding = _check(x, weight, bias, "slim_conv2d", False, stride, padding)
     co = _out_width(out_width, weight.shape[0], "slim_conv2d")
     name = resolve_backend(x, backend)
-    kw = _gdn_kwargs(gdn, False, name)
+    kw = _gdn_kwargs(gdn, False, name, x.device, co, "slim_conv2d(gdn=...)")
     if functorch_transform(x, weight, bias, *_gdn_tensors(kw)):   # (torch.func, forward AD:
         # PyTorch's own ops, which they see through)
         return _reference_gdn(_plain_conv(x, weight, bias, co, stride, padding), kw)
@@ -1890,8 +1893,9 @@ def slim_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
                          f"stride {stride}, padding {padding} and output_padding "
                          f"{output_padding} gives an empty {ho}x{wo} output: lower the padding")
     name = resolve_backend(x, backend)
-    kin = _gdn_kwargs(igdn, True, name)
-    kout = _gdn_kwargs(out_igdn, True, name)
+    kin = _gdn_kwargs(igdn, True, name, x.device, x.shape[1], "slim_conv_transpose2d(igdn=...)")
+    kout = _gdn_kwargs(out_igdn, True, name, x.device, co,
+                       "slim_conv_transpose2d(out_igdn=...)")
     if functorch_transform(x, weight, bias, *_gdn_tensors(kin), *_gdn_tensors(kout)):
         # (torch.func, forward AD: PyTorch's own ops, which they see through)
         y = _plain_conv(_reference_gdn(x, kin), weight, bias, co, stride, padding,

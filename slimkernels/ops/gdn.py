@@ -693,6 +693,28 @@ def _check_gdn_scalars(kw: dict, where: str) -> None:
                          f"got {v!r}")
 
 
+def _check_gdn_params(beta: torch.Tensor, gamma: torch.Tensor, channels: int,
+                      device: torch.device, where: str) -> None:
+    """The full effective GDN parameters a GDN over ``channels`` channels on ``device`` reads:
+    ``beta`` ``[C_max]`` and ``gamma`` ``[C_max, C_max]`` floating-point tensors on ``device``
+    with ``C_max >= channels``. Raises ValueError naming ``where`` (the op and argument) and
+    what was wrong."""
+    if beta.dim() != 1 or gamma.dim() != 2 or gamma.shape[0] != gamma.shape[1] \
+            or beta.shape[0] != gamma.shape[0]:
+        raise ValueError(f"{where} expects beta [C_max] and gamma [C_max, C_max], got "
+                         f"{tuple(beta.shape)} and {tuple(gamma.shape)}")
+    if channels > beta.shape[0]:
+        raise ValueError(f"{where}: the GDN runs on {channels} channels but its parameters hold "
+                         f"only {beta.shape[0]}: pass beta [>= {channels}] and gamma "
+                         f"[>= {channels}, >= {channels}]")
+    if not (beta.is_floating_point() and gamma.is_floating_point()):
+        raise ValueError(f"{where} expects floating-point beta and gamma, got {beta.dtype} and "
+                         f"{gamma.dtype}")
+    if beta.device != device or gamma.device != device:
+        raise ValueError(f"{where}: x is on {device} but beta on {beta.device} and gamma on "
+                         f"{gamma.device}; move the parameters to x's device")
+
+
 def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bool = False,
         gamma_scale=None, gamma_bias=None, beta_scale=None, beta_bias=None,
         backend: Optional[str] = None) -> torch.Tensor:
@@ -738,21 +760,13 @@ def gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, *, inverse: bo
     if x.dim() != 4:
         raise ValueError(f"gdn expects x of shape [N, C, H, W], got {tuple(x.shape)}")
     C = x.shape[1]
-    if beta.dim() != 1 or gamma.dim() != 2 or gamma.shape[0] != gamma.shape[1] \
-            or beta.shape[0] != gamma.shape[0]:
-        raise ValueError(f"gdn expects beta [C_max] and gamma [C_max, C_max], got "
-                         f"{tuple(beta.shape)} and {tuple(gamma.shape)}")
-    if C > beta.shape[0]:
-        raise ValueError(f"x has {C} channels but the GDN parameters hold only {beta.shape[0]}")
     if C == 0:
         raise ValueError(f"gdn: x {tuple(x.shape)} has no channels: the active width must be "
                          f">= 1")
-    if not (x.is_floating_point() and beta.is_floating_point() and gamma.is_floating_point()):
+    if not x.is_floating_point():
         raise ValueError(f"gdn expects floating-point x, beta, gamma, got {x.dtype}, "
                          f"{beta.dtype}, {gamma.dtype}")
-    if beta.device != x.device or gamma.device != x.device:
-        raise ValueError(f"gdn: x is on {x.device} but beta on {beta.device} and gamma on "
-                         f"{gamma.device}; move the parameters to x's device")
+    _check_gdn_params(beta, gamma, C, x.device, "gdn")
     kw = dict(inverse=inverse, gamma_scale=gamma_scale, gamma_bias=gamma_bias,
               beta_scale=beta_scale, beta_bias=beta_bias)
     _check_gdn_scalars(kw, "gdn")

@@ -432,3 +432,20 @@ def test_slim_update_says_whether_any_width_was_built():
     assert sb.update(force=False) is True
     assert all(b.has_tables() for b in sb.bottlenecks)
     assert sb.update(force=False) is False
+
+
+@pytest.mark.parametrize("force", ["no", "False", 2, -1, 0.0, None])
+def test_update_refuses_a_force_that_is_not_true_or_false(force):
+    """A string such as "no" was truthy: the tables were rebuilt where the caller had asked
+    not to (an update(force=False) keeps tables that a program may have set itself)."""
+    from slimkernels.models import SlimCAE
+    eb, sb, model = EntropyBottleneck(4), SlimEntropyBottleneck([8, 4]), SlimCAE(widths=[8, 4])
+    for obj in (eb, sb, model):
+        obj.update()
+        before = {k: v.clone() for k, v in obj.state_dict().items()}
+        with pytest.raises(ValueError, match=f"{type(obj).__name__}.update: force must be True "
+                                             f"or False, got {force!r}"):
+            obj.update(force=force)
+        after = obj.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        assert obj.update(force=False) is False and obj.update(force=1) is True

@@ -236,6 +236,55 @@ def test_errors():
                               out_igdn=dict(beta=beta, gamma=gamma, inverse=False))
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_gdn_parameters_of_a_conv_are_checked_for_the_channels_they_serve(grad):
+    """gdn= (the conv's out_width channels), igdn= (x's channels) and out_igdn= (out_width):
+    beta [C_max] and gamma [C_max, C_max] float on x's device with C_max >= those channels, a
+    ValueError naming the argument otherwise (a short beta had been a conv's 'expected bias of
+    size' error, a short or 1-D gamma oneDNN's 'could not create a primitive descriptor' or an
+    IndexError)."""
+    x = torch.randn(1, 8, 6, 6, requires_grad=grad)
+    w, wt = torch.randn(16, 8, 3, 3), torch.randn(8, 16, 3, 3)
+    beta, gamma = torch.rand(16) + 0.5, torch.rand(16, 16) * 0.1
+    shape = "expects beta \\[C_max\\] and gamma \\[C_max, C_max\\]"
+    cases = [
+        (dict(gdn=(beta[:4], gamma)), "slim_conv2d\\(gdn=...\\) " + shape),
+        (dict(gdn=(beta, gamma[:, :4])), "slim_conv2d\\(gdn=...\\) " + shape),
+        (dict(gdn=(beta, gamma[0])), "slim_conv2d\\(gdn=...\\) " + shape),
+        (dict(gdn=(beta[None], gamma)), "slim_conv2d\\(gdn=...\\) " + shape),
+        (dict(gdn=(beta[:12], gamma[:12, :12])),
+         "slim_conv2d\\(gdn=...\\): the GDN runs on 16 channels but its parameters hold only 12"),
+        (dict(gdn=(beta.int(), gamma)), "expects floating-point beta and gamma"),
+        (dict(gdn=(beta, gamma.to("meta"))), "x is on cpu but beta on cpu and gamma on meta"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            slim_conv2d(x, w, **kw)
+    # out_width=12 needs only 12 of them
+    y = slim_conv2d(x, w, out_width=12, gdn=(beta[:12], gamma[:12, :12]))
+    assert y.shape == (1, 12, 4, 4)
+    ref = _gdn_ref(F.conv2d(x.double(), w[:12].double()), beta.double(), gamma.double(), False)
+    assert rel_err(y, ref) < 1e-5
+    tcases = [
+        (dict(igdn=(beta[:4], gamma[:4, :4])),
+         "slim_conv_transpose2d\\(igdn=...\\): the GDN runs on 8 channels but its parameters "
+         "hold only 4"),
+        (dict(out_igdn=(beta[:8], gamma[:8, :8])),
+         "slim_conv_transpose2d\\(out_igdn=...\\): the GDN runs on 16 channels but its "
+         "parameters hold only 8"),
+        (dict(out_igdn=dict(beta=beta, gamma=gamma[:, :3])),
+         "slim_conv_transpose2d\\(out_igdn=...\\) " + shape),
+    ]
+    for kw, msg in tcases:
+        with pytest.raises(ValueError, match=msg):
+            slim_conv_transpose2d(x, wt, **kw)
+    # igdn= on 8 input channels with 8-channel parameters, out_igdn= on 16 with 16
+    y = slim_conv_transpose2d(x, wt, igdn=(beta[:8], gamma[:8, :8]), out_igdn=(beta, gamma))
+    ref = _gdn_ref(x.double(), beta[:8].double(), gamma[:8, :8].double(), True)
+    ref = _gdn_ref(F.conv_transpose2d(ref, wt.double()), beta.double(), gamma.double(), True)
+    assert rel_err(y, ref) < 1e-5
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_weight_or_bias_on_another_device_is_refused(transposed, autocast):
