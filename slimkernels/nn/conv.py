@@ -70,6 +70,14 @@ def _check_channels(layer: str, in_channels, out_channels) -> None:
             raise ValueError(f"{layer}: {name} must be an int >= 1, got {v!r}")
 
 
+def _check_kernel_size(layer: str, kernel_size) -> None:
+    """ValueError unless ``kernel_size`` is an int >= 1 or a pair of equal ones (0 had made a
+    layer without weights, and only torch's warning, until its forward failed)."""
+    k = _single(kernel_size, "kernel_size")
+    if k < 1:
+        raise ValueError(f"{layer}: kernel_size must be >= 1, got {kernel_size!r}")
+
+
 def _check_fixed(layer: str, name: str, value) -> None:
     """ValueError unless ``value`` is one that :data:`_FIXED` accepts for attribute ``name``
     (in the constructor's keyword arguments, or set afterwards)."""
@@ -86,6 +94,14 @@ class _SlimMixin(NotScriptable, WatchedAttributes):
             # (groups / dilation / padding_mode set after construction, which the constructor
             # refuses: the forward would ignore them silently, as it did)
             _check_fixed(type(self).__name__, name, value)
+        if name == "width" and "widths" in self.__dict__:
+            # (``layer.width = 5`` had bypassed set_width's check: a 5-channel output of a layer
+            # whose widths were [16, 8])
+            w = as_width(value, type(self).__name__)
+            if w not in self.widths:
+                raise ValueError(f"{type(self).__name__}: width {value!r} is not one of "
+                                 f"{self.widths}")
+            value = w
         if name in _GEOMETRY and "_k" in self.__dict__:
             if name == "padding" and isinstance(value, str):
                 if isinstance(self, nn.ConvTranspose2d):
@@ -154,6 +170,7 @@ class SlimConv2d(_SlimMixin, nn.Conv2d):
                  stride: _Size = 1, padding: _Size = 0, bias: bool = True,
                  widths: Optional[Sequence[int]] = None, **kwargs):
         _check_channels("SlimConv2d", in_channels, out_channels)
+        _check_kernel_size("SlimConv2d", kernel_size)
         for name in [n for n in _FIXED if n in kwargs]:   # (in _FIXED's order)
             _check_fixed("SlimConv2d", name, kwargs[name])
         # (SlimConv2d(4, 4, 3, 1, 1, 2), nn.Conv2d's dilation=2, had made a bias silently)
@@ -200,6 +217,7 @@ class SlimConvTranspose2d(_SlimMixin, nn.ConvTranspose2d):
                  stride: _Size = 1, padding: _Size = 0, output_padding: _Size = 0,
                  bias: bool = True, widths: Optional[Sequence[int]] = None, **kwargs):
         _check_channels("SlimConvTranspose2d", in_channels, out_channels)
+        _check_kernel_size("SlimConvTranspose2d", kernel_size)
         for name in [n for n in _FIXED if n in kwargs]:   # (in _FIXED's order)
             _check_fixed("SlimConvTranspose2d", name, kwargs[name])
         _no_string_padding("SlimConvTranspose2d", padding)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -183,6 +184,26 @@ def test_bad_channels_and_geometry_are_refused_at_construction(cls):
             setattr(c, attr, bad)
         assert getattr(c, attr) == ((1, 1) if attr == "stride" else (0, 0))   # (unchanged)
     assert cls(8, 8, 3, stride=2, padding=1).stride == (2, 2)
+    for k in (0, -1, (0, 0)):   # (0 had built a layer without weights, with torch's warning)
+        with pytest.raises(ValueError, match=rf"{name}: kernel_size must be >= 1, got"):
+            cls(8, 8, k)
+    assert cls(8, 8, 1).weight.shape[-2:] == (1, 1)
+
+
+@pytest.mark.parametrize("cls", [SlimConv2d, SlimConvTranspose2d])
+def test_width_assigned_directly_is_checked_as_set_width_does(cls):
+    """``layer.width = 5`` on a layer of widths [16, 8] had bypassed set_width's check and run a
+    5-channel output."""
+    c = cls(8, 16, 3, widths=[16, 8])
+    x = torch.randn(1, 8, 6, 6)
+    for bad, msg in ((5, "width 5 is not one of \\[16, 8\\]"), (17, "width 17 is not one of"),
+                     (None, "width must be an int, got None"), ("8", "width must be an int"),
+                     (8.0, "width must be an int")):
+        with pytest.raises(ValueError, match=rf"{cls.__name__}: {msg}"):
+            c.width = bad
+        assert c.width == 16 and c(x).shape[1] == 16   # (unchanged)
+    c.width = np.int64(8)
+    assert type(c.width) is int and c(x).shape[1] == 8
 
 
 def test_a_positional_dilation_or_groups_is_not_taken_as_bias():
