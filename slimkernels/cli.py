@@ -381,8 +381,10 @@ def _check_slim_files(paths: List[str]) -> None:
     for p in paths:
         try:
             check_magic(p)
+        except FileNotFoundError:   # (MissingFileError: no strerror)
+            raise CLIError(f"{p} does not exist") from None
         except OSError as e:
-            raise CLIError(f"{p}: cannot read it ({e.strerror})") from None
+            raise CLIError(f"{p}: cannot read it ({e.strerror or e})") from None
         except SlimFormatError as e:
             raise CLIError(f"{p}: {e}") from None
 

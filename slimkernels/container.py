@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Dict
 
 from ._checks import is_int
+from ._errors import MissingFileError
 
 __all__ = ["SlimFile", "SlimFormatError", "ModelMismatchError", "ImageTooLargeError", "pack",
            "unpack", "read", "read_bytes", "check_magic", "check_metadata", "write", "MAGIC",
@@ -79,8 +80,8 @@ class SlimFile:
         width: sub-network width. height, img_width: original image size in pixels.
         streams: number of coder substreams. payload: the coder's byte string.
         metadata: custom ``str -> bytes`` fields (keys up to 255 UTF-8 bytes).
-        version: the format version read (``FORMAT_VERSION`` when writing; ``pack`` always
-            writes the current version).
+        version: the format version read; ``pack`` writes ``FORMAT_VERSION`` (the default)
+            and refuses any other.
 
     The byte layout is specified in ``docs/format.md``.
     """
@@ -118,9 +119,13 @@ def _check_ints(f: SlimFile) -> None:
 
 
 def pack(f: SlimFile) -> bytes:
-    """Serialize a :class:`SlimFile` to bytes (ValueError on out-of-range fields, TypeError on a
-    payload or model id that is not bytes, or an ``f`` that is not a SlimFile)."""
+    """Serialize a :class:`SlimFile` to bytes (ValueError on out-of-range fields or a
+    ``version`` other than ``FORMAT_VERSION``, TypeError on a payload or model id that is not
+    bytes, or an ``f`` that is not a SlimFile)."""
     _check_slim_file(f, "pack")
+    if not is_int(f.version) or f.version != FORMAT_VERSION:   # (written as 1 silently)
+        raise ValueError(f"version {f.version!r}: pack writes format version {FORMAT_VERSION} "
+                         f"only (this library's); leave SlimFile.version at its default")
     model_id = _bytes_like(f.model_id, "model_id")
     if len(model_id) != 16:
         raise ValueError(f"model_id must be 16 bytes, got {len(model_id)}")
@@ -252,7 +257,9 @@ def read_bytes(path: str) -> bytes:
     reading it whole.
 
     Raises:
-        FileNotFoundError / OSError: the file cannot be opened.
+        slimkernels.io.MissingFileError: ``path`` does not exist (a FileNotFoundError and a
+            ValueError).
+        OSError: the file cannot be opened.
         SlimFormatError: a folder, or a file without the magic bytes.
     """
     with _opened(path) as fh:
@@ -272,7 +279,12 @@ def _opened(path: str):
     path = _check_path(path, "read")
     if os.path.isdir(path):
         raise SlimFormatError("not a .slim file: a folder")
-    fh = open(path, "rb")
+    # (a missing path: MissingFileError, as a missing image or model file; ENOTDIR,
+    # ENAMETOOLONG, EACCES, ... stay the OSErrors they are)
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise MissingFileError(f"{path} does not exist") from None
     try:
         magic = fh.read(len(MAGIC))
     except BaseException:   # (an I/O error: the file is not left open with the exception)
@@ -288,7 +300,9 @@ def read(path: str) -> SlimFile:
     """Read and verify a ``.slim`` file from ``path``.
 
     Raises:
-        FileNotFoundError / OSError: the file cannot be opened.
+        slimkernels.io.MissingFileError: ``path`` does not exist (a FileNotFoundError and a
+            ValueError).
+        OSError: the file cannot be opened.
         SlimFormatError: the bytes are not a valid ``.slim`` file (see :func:`unpack`).
     """
     return unpack(read_bytes(path))

@@ -16,6 +16,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from ._errors import MissingFileError
 from ._fork import one_thread_in_forked_child
 
 __all__ = ["read_image", "read_image_uint8", "open_image", "image_to_png_bytes",
@@ -65,15 +66,6 @@ def remove_empty_folders(folders: List[str]) -> None:
         if not (os.path.isdir(d) and not os.listdir(d)):
             break
         os.rmdir(d)
-
-
-class MissingFileError(FileNotFoundError, ValueError):
-    """A file or folder that does not exist (an image to read, a model file, a training
-    checkpoint or data folder, an evaluation folder). Both a :class:`FileNotFoundError` (the
-    usual ``except`` for a missing path) and a :class:`ValueError` (what ``read_image``,
-    ``model_info`` and the trainer raised for a missing path before, while ``load_model``
-    raised FileNotFoundError): either ``except`` catches it, from every function. The message
-    names the path (no errno prefix)."""
 
 
 def _new_file_mode() -> int:
@@ -213,6 +205,8 @@ def open_image(path: str, todo: str = ""):
 
     Raises:
         MissingFileError: ``path`` does not exist (a FileNotFoundError and a ValueError).
+        TypeError: ``path`` is not a str, ``os.PathLike`` or bytes path (e.g. the image's
+            bytes).
         ValueError: not a regular file (a FIFO, a socket, a device: refused before it is
             opened), not an image Pillow can read, or one over Pillow's decompression-bomb limit
             (``PIL.Image.MAX_IMAGE_PIXELS``, 2x of it: ~179 MP by default); the message names
@@ -244,6 +238,15 @@ def _open_image(path: str, todo: str = ""):
     ``maxval`` (a PPM / PGM's sample maximum when above 255, else None)."""
     from PIL import Image, UnidentifiedImageError
 
+    if not (isinstance(path, (str, os.PathLike)) or (type(path) is bytes and b"\0" not in path)):
+        # (an image's bytes, which hold NULs, were taken for a path: "MissingFileError:
+        # b'\x89PNG...' does not exist"; a BytesIO was os.stat's TypeError)
+        raise TypeError(f"an image file's path (str, os.PathLike or bytes) is needed, got "
+                        f"{type(path).__name__}"
+                        f"{' holding NUL bytes' if type(path) is bytes else ''}; for an image "
+                        f"in memory, open it with Pillow "
+                        f"(PIL.Image.open(io.BytesIO(data))), convert('RGB'), and make the "
+                        f"[1, 3, H, W] float tensor from numpy.asarray(im) / 255")
     if not os.path.exists(path):
         raise MissingFileError(f"{path} does not exist" + (f"; {todo}" if todo else ""))
     # (Pillow cannot read a pipe, which does not seek, nor a device; a folder gets Pillow's
@@ -406,6 +409,8 @@ def read_image(path: str) -> Tuple[torch.Tensor, str]:
 
     Raises:
         MissingFileError: ``path`` does not exist (a FileNotFoundError and a ValueError).
+        TypeError: ``path`` is not a str, ``os.PathLike`` or bytes path (e.g. the image's
+            bytes).
         ValueError: see :func:`read_image_uint8`.
 
     In a ``fork()``ed child torch's thread count is set to 1 first, with a RuntimeWarning
@@ -495,6 +500,8 @@ def read_image_uint8(path: str, todo: str = "") -> Tuple[np.ndarray, str]:
 
     Raises:
         MissingFileError: ``path`` does not exist (a FileNotFoundError and a ValueError).
+        TypeError: ``path`` is not a str, ``os.PathLike`` or bytes path (e.g. the image's
+            bytes).
         ValueError: see :func:`open_image` (raise ``PIL.Image.MAX_IMAGE_PIXELS`` in Python to read
             larger images; ``todo`` ends the message), an empty image, or floating-point /
             32-bit integer pixels (no agreed 8-bit meaning: a float TIFF used to come out black).

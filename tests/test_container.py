@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from slimkernels import container as C
@@ -135,6 +137,16 @@ def test_pack_refuses_fields_of_the_wrong_type():
         C.pack(_file(model_id=list(range(16))))
 
 
+@pytest.mark.parametrize("version", [0, 2, 255, "1", 1.0, None])
+def test_pack_refuses_a_version_it_does_not_write(version):
+    """(pack wrote version 1 whatever SlimFile.version said: unpack(pack(f)) != f.)"""
+    with pytest.raises(ValueError, match=rf"version {version!r}: pack writes format version "
+                                         rf"{C.FORMAT_VERSION} only"):
+        C.pack(_file(version=version))
+    f = _file(version=C.FORMAT_VERSION)
+    assert C.unpack(C.pack(f)) == f
+
+
 def test_pack_refuses_a_payload_its_length_field_cannot_hold():
     class Huge(bytes):      # reports 4 GiB without holding it
         def __len__(self):
@@ -240,3 +252,18 @@ def test_pack_of_what_is_not_a_slim_file_is_named():
     """(bytes from compress: "'bytes' object has no attribute 'model_id'".)"""
     with pytest.raises(TypeError, match="container.pack takes a SlimFile, got bytes"):
         C.pack(C.pack(_file()))
+
+
+def test_a_missing_slim_file_is_the_missing_file_error_of_the_other_readers(tmp_path):
+    """(A plain FileNotFoundError, where a missing image, model file or folder is a
+    slimkernels.io.MissingFileError: a FileNotFoundError and a ValueError.)"""
+    from slimkernels.io import MissingFileError
+    missing = tmp_path / "nope.slim"
+    for fn in (C.read, C.read_bytes, C.check_magic):
+        for path in (str(missing), missing, os.fsencode(missing)):
+            with pytest.raises(MissingFileError, match=r"nope.slim does not exist$") as e:
+                fn(path)
+            assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, ValueError)
+    os.symlink(tmp_path / "gone", tmp_path / "dangling.slim")
+    with pytest.raises(MissingFileError, match="dangling.slim does not exist"):
+        C.read(str(tmp_path / "dangling.slim"))

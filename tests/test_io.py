@@ -199,6 +199,22 @@ def test_a_missing_image_is_said_to_not_exist(tmp_path):
         read_image(str(tmp_path / "nope.png"))
 
 
+def test_an_image_given_as_bytes_or_a_file_object_is_a_type_error_not_a_missing_file(tmp_path):
+    """(The PNG's bytes were taken for a path: "MissingFileError: b'\\x89PNG...' does not
+    exist"; a BytesIO was os.stat's raw TypeError.)"""
+    path = tmp_path / "a.png"
+    Image.new("RGB", (5, 3), (10, 20, 30)).save(path)
+    data = path.read_bytes()
+    for bad in (data, bytearray(data), io.BytesIO(data), 3, None):
+        for read in (sio.read_image, sio.read_image_uint8, sio.open_image):
+            with pytest.raises(TypeError, match=rf"an image file's path \(str, os.PathLike or "
+                                                rf"bytes\) is needed, got {type(bad).__name__}"
+                                                rf"( holding NUL bytes)?; for an image in memory"):
+                read(bad)
+    for good in (str(path), path, os.fsencode(path)):   # (str, pathlib and bytes paths)
+        assert sio.read_image_uint8(good)[0][0, 0].tolist() == [10, 20, 30]
+
+
 def _png(path, w, h, bit_depth, color_type, raw_rows, extra=b""):
     """A PNG written by hand (Pillow cannot write 16-bit RGB): ``raw_rows`` the unfiltered
     scanlines' bytes; ``extra`` chunks (bytes) before IDAT."""
