@@ -71,6 +71,10 @@ class ImageTooLargeError(ValueError):
         return type(self), (self.width, self.height, self.limit, self.todo)
 
 
+#: The widest sub-network a file can name (its width field is 16 bits).
+MAX_WIDTH = 0xFFFF
+
+
 @dataclass
 class SlimFile:
     """The decoded fields of a ``.slim`` file.
@@ -130,8 +134,8 @@ def pack(f: SlimFile) -> bytes:
     if len(model_id) != 16:
         raise ValueError(f"model_id must be 16 bytes, got {len(model_id)}")
     _check_ints(f)
-    if not 1 <= f.width < 1 << 16:
-        raise ValueError(f"width {f.width} out of range 1..65535")
+    if not 1 <= f.width <= MAX_WIDTH:
+        raise ValueError(f"width {f.width} out of range 1..{MAX_WIDTH}")
     for name, v in (("height", f.height), ("img_width", f.img_width)):
         if not 1 <= v <= MAX_SIDE:
             raise ValueError(f"{name} {v} out of range 1..{MAX_SIDE}")

@@ -107,6 +107,19 @@ def test_widths_must_be_ints(model, bad):
     assert model.compress(x, np.int64(12)) == ref == model.compress(x, torch.tensor(12))
 
 
+def test_widths_a_slim_file_cannot_name_are_refused_before_any_layer_is_built():
+    """(SlimCAE(widths=[2**16]) went on to allocate its 2**16-channel layers: the process was
+    killed for its memory.)"""
+    from slimkernels import container
+    from slimkernels.models import SlimCAE
+    with pytest.raises(ValueError, match="SlimCAE: width 65536 is wider than a .slim file can "
+                                         "name \\(at most 65535\\): use narrower widths"):
+        SlimCAE(widths=[2 ** 16, 8])
+    assert SlimCodec([container.MAX_WIDTH, 1]).widths == [65535, 1]   # (no layers: no memory)
+    with pytest.raises(ValueError, match="width 65536 out of range 1..65535"):
+        container.pack(container.SlimFile(bytes(16), 65536, 1, 1, 1, b""))
+
+
 def _copy(model):
     m = Tiny().eval()
     m.load_state_dict(model.state_dict())
