@@ -24,6 +24,7 @@ is wrong: not a .slim file, newer version, corrupt header, truncated, corrupt pa
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -256,18 +257,76 @@ def unpack(data: bytes) -> SlimFile:
 
 
 def read_bytes(path: str) -> bytes:
-    """The bytes of the ``.slim`` file at ``path``, unverified but for its magic, which is
-    read first: a large file that is not a ``.slim`` file (or ``/dev/zero``) is refused without
-    reading it whole.
+    """The bytes of the ``.slim`` file at ``path`` (a file or a pipe), read as the header says:
+    the magic first (a large file that is not a ``.slim`` file, or ``/dev/zero``, is refused
+    without reading it whole), then the header, whose checksum is verified before the payload
+    is read (a large file or an endless pipe that only starts like a ``.slim`` file is refused
+    after its header), then the payload's declared length. Otherwise unverified: what is there
+    is returned for :func:`unpack` to check and name (a cut file, a bad version).
 
     Raises:
         slimkernels.io.MissingFileError: ``path`` does not exist (a FileNotFoundError and a
             ValueError).
         OSError: the file cannot be opened.
-        SlimFormatError: a folder, or a file without the magic bytes.
+        SlimFormatError: a folder, a file without the magic bytes, a header whose checksum
+            does not match, or bytes after the declared payload.
     """
     with _opened(path) as fh:
-        return MAGIC + fh.read()
+        return _read_declared(fh, path)
+
+
+def _read_declared(fh, path) -> bytes:
+    """:func:`read_bytes` after the magic: the header field by field, its checksum, then the
+    payload (at most what a regular file holds: a claimed length is not allocated ahead)."""
+    st = os.fstat(fh.fileno())
+    left = st.st_size - len(MAGIC) if stat.S_ISREG(st.st_mode) else None   # (None: a pipe)
+    buf = bytearray(MAGIC)
+
+    def take(n: int) -> bool:
+        """Append up to ``n`` more bytes (fewer at the end); whether all ``n`` came."""
+        nonlocal left
+        if left is not None and n > left:   # (a regular file: no read past its size)
+            n_read = left
+        else:
+            n_read = n
+        got = _read_up_to(fh, n_read)
+        buf.extend(got)
+        if left is not None:
+            left -= len(got)
+        return len(got) == n
+
+    if not take(_FIXED.size - len(MAGIC)) or not 1 <= buf[4] <= FORMAT_VERSION:
+        return bytes(buf)   # (unpack: truncated, or the version's own message)
+    nmeta = _FIXED.unpack_from(buf, 0)[-1]
+    for _ in range(nmeta):
+        if not take(1) or not take(buf[-1]) or not take(4):
+            return bytes(buf)
+        if not take(struct.unpack_from("<I", buf, len(buf) - 4)[0]):
+            return bytes(buf)
+    if not take(_TAIL.size):
+        return bytes(buf)
+    plen, _, hcrc = _TAIL.unpack_from(buf, len(buf) - _TAIL.size)
+    if zlib.crc32(memoryview(buf)[:len(buf) - 4]) != hcrc:
+        raise SlimFormatError("corrupt .slim file: the header checksum does not match")
+    if not take(plen):
+        return bytes(buf)   # (unpack: the payload is cut)
+    extra = len(_read_up_to(fh, 1))
+    if extra:
+        more = f"{left}" if left is not None else "some"
+        raise SlimFormatError(f"corrupt .slim file: {more} unexpected bytes after the payload")
+    return bytes(buf)
+
+
+def _read_up_to(fh, n: int) -> bytes:
+    """Up to ``n`` bytes of ``fh``: fewer only at its end (a pipe's read may return less)."""
+    parts, want = [], n
+    while want > 0:
+        got = fh.read(min(want, 1 << 24))
+        if not got:
+            break
+        parts.append(got)
+        want -= len(got)
+    return b"".join(parts)
 
 
 def check_magic(path: str) -> None:

@@ -267,3 +267,59 @@ def test_a_missing_slim_file_is_the_missing_file_error_of_the_other_readers(tmp_
     os.symlink(tmp_path / "gone", tmp_path / "dangling.slim")
     with pytest.raises(MissingFileError, match="dangling.slim does not exist"):
         C.read(str(tmp_path / "dangling.slim"))
+
+
+def test_read_bytes_checks_the_header_before_reading_what_it_declares(tmp_path):
+    """A large file (or an endless pipe) starting with b"SLIM" was read whole before its 47-byte
+    header was checked: 2.1 GB of memory and 4.2 s for a 1 GB file, an out-of-memory error for
+    a 4 GB one. Now the header is read field by field, its checksum verified, then the declared
+    payload; a cut file still reads as far as it goes (unpack names what is missing)."""
+    import threading
+    import tracemalloc
+    sparse = tmp_path / "sparse.slim"
+    with open(sparse, "wb") as fh:
+        fh.write(b"SLIM\x01\x00")
+        fh.truncate(1 << 30)   # (sparse: no disk used)
+    tracemalloc.start()
+    try:
+        with pytest.raises(C.SlimFormatError, match="the header checksum does not match"):
+            C.read_bytes(str(sparse))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    # an endless pipe that starts like a .slim file: refused after its header
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    chunk = bytes(1 << 16)
+
+    def writer():
+        try:
+            with open(fifo, "wb") as w:
+                w.write(b"SLIM\x01\x00")
+                for _ in range(1 << 14):   # (1 GiB, if it were all read)
+                    w.write(chunk)
+        except BrokenPipeError:
+            pass
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    with pytest.raises(C.SlimFormatError, match="the header checksum does not match"):
+        C.read_bytes(fifo)
+    t.join(30)
+    assert not t.is_alive()   # (the reader closed the pipe: the writer stopped)
+    # a good file: its bytes; with bytes after the payload: how many
+    path = tmp_path / "a.slim"
+    data = C.pack(_file())
+    path.write_bytes(data)
+    assert C.read_bytes(str(path)) == data and C.read(str(path)) == _file()
+    path.write_bytes(data + b"xyz")
+    with pytest.raises(C.SlimFormatError, match="^corrupt .slim file: 3 unexpected bytes after "
+                                                "the payload$"):
+        C.read_bytes(str(path))
+    # cut anywhere: what is there, and unpack's message for it
+    for k in range(4, len(data)):
+        path.write_bytes(data[:k])
+        got = C.read_bytes(str(path))
+        assert got == data[:k]
+        with pytest.raises(C.SlimFormatError, match="truncated"):
+            C.unpack(got)
