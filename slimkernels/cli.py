@@ -166,22 +166,33 @@ def _outputs(inputs: List[str], output: str, ext: str, force: bool) -> List[str]
             same = next((s for s in inputs if os.path.samefile(s, o)), None)   # (hard links)
         if same is not None:
             raise CLIError(f"output {o} is the input file {same}")
+        # (before the exists check: it advised --force, which then failed with this)
+        if os.path.splitext(o)[1].lower() in images:
+            raise CLIError(f"{o}: compress writes a .slim file, not an image: name it .slim")
         if os.path.lexists(o) and not force:   # (lexists: a dangling link too)
             raise CLIError(f"{o} exists: not overwriting it (use --force)")
         if os.path.exists(o) and not os.path.isfile(o):
             raise CLIError(f"{o} exists and is not a regular file (a folder, device or FIFO): "
                            f"not replacing it, even with --force")
-        if os.path.splitext(o)[1].lower() in images:
-            raise CLIError(f"{o}: compress writes a .slim file, not an image: name it .slim")
         folder = os.path.dirname(os.path.abspath(o))
         if not os.path.isdir(folder):
-            raise CLIError(f"cannot write {o}: the folder {folder} does not exist (create it "
-                           "first)")
+            raise CLIError(_missing_folder(o, folder))
         longest = _name_max(folder)   # (else the rename failed after the work, naming a temp)
         if len(os.fsencode(os.path.basename(o))) > longest:
             raise CLIError(f"cannot write {o}: its name is longer than the {longest} bytes the "
                            f"file system in {folder} allows")
     return outs
+
+
+def _missing_folder(out: str, folder: str) -> str:
+    """Why ``out`` cannot be written in ``folder``, which is not a folder: the first part of it
+    that exists but is not a folder (a file), else that the folder does not exist."""
+    part = folder
+    while not os.path.lexists(part) and os.path.dirname(part) != part:
+        part = os.path.dirname(part)
+    if os.path.lexists(part) and not os.path.isdir(part):   # (it said "does not exist (create
+        return f"cannot write {out}: {part} is a file, not a folder"   # it first)")
+    return f"cannot write {out}: the folder {folder} does not exist (create it first)"
 
 
 def _name_max(folder: str) -> int:
@@ -544,6 +555,11 @@ def cmd_info(args) -> int:
     failed = False
     say = _Lines()
     for path in args.files:
+        if path == "-":   # (as compress / decompress; it was "- does not exist")
+            _err("'-' (standard input) is not supported: give file paths (/dev/stdin for a "
+                 "pipe, ./- for a file named '-')")
+            failed = True
+            continue
         try:
             data = read_bytes(path)   # (once: a pipe reads as it is, and its size is this)
             f = unpack(data)

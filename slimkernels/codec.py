@@ -1207,8 +1207,10 @@ class SlimCodec(WatchedAttributes, nn.Module):
             raise ValueError(f"compress expects an image of at least 1x1 pixels, got "
                              f"{tuple(x.shape)}")
         if max(x.shape[-2:]) > container.MAX_SIDE:   # (before the transform: pack refuses it)
-            raise ValueError(f"compress: the image is {x.shape[-2]}x{x.shape[-1]} pixels; a .slim "
-                             f"file holds sides of at most {container.MAX_SIDE}: split the image")
+            # (width x height, as info and decompress say it; it said height x width)
+            raise ValueError(f"compress: the image is {x.shape[-1]}x{x.shape[-2]} pixels (width "
+                             f"x height); a .slim file holds sides of at most "
+                             f"{container.MAX_SIDE}: split the image")
         dev = self._coding_device("compress")
         # Every value's range is checked. On CPU after the image's cast to the transform's
         # input: from that cast's own measure when it is the bf16 image cast, or by the first

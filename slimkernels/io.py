@@ -375,7 +375,15 @@ def _not_torch_file(path) -> Optional[str]:
         return None
     if not head:
         return "an empty file, 0 bytes"
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    if head.startswith(b"PK\x03\x04"):   # (a cut archive: torch said "OSError: [Errno 22]
+        import zipfile                      # Invalid argument")
+        try:
+            whole = zipfile.is_zipfile(path)
+        except OSError:
+            return None
+        return None if whole else ("a zip archive without its end (no end-of-archive record): "
+                                   "cut short, e.g. a copy or download that did not finish")
+    if head[:1] == b"\x80":
         return None
     return f"not a file written by torch.save: it starts with {head!r}"
 

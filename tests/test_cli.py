@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,6 +139,18 @@ def test_missing_output_folder_is_an_error_before_any_work(model_file, images, t
         err = capsys.readouterr().err
         assert "does not exist (create it first)" in err and str(tmp_path / "no" / "such") in err
         assert not (tmp_path / "no").exists()
+
+
+def test_an_output_folder_that_is_a_file_is_named_as_one(model_file, images, tmp_path, capsys):
+    """(compress a.png a.png/x.slim said "the folder .../a.png does not exist (create it
+    first)": it exists, as a file.)"""
+    a = tmp_path / "a.png"
+    a.write_bytes(Path(images["RGB"]).read_bytes())
+    for dst in (a / "x.slim", a / "q" / "r" / "x.slim"):
+        assert main(["compress", images["RGB"], str(dst), "--model", model_file]) == 1
+        assert capsys.readouterr().err == (f"slimkernels: error: cannot write {dst}: {a} is a "
+                                           f"file, not a folder\n")
+    assert a.read_bytes() == Path(images["RGB"]).read_bytes()
 
 
 def test_refuses_overwrite_without_force(model_file, images, tmp_path, capsys):
@@ -502,6 +515,9 @@ def test_compress_refuses_any_image_extension_even_with_force(model_file, images
     dst = tmp_path / name
     dst.write_bytes(b"an image")
     assert main(["compress", images["RGB"], str(dst), "--model", model_file, "-f"]) == 1
+    assert "compress writes a .slim file, not an image" in capsys.readouterr().err
+    # without --force too (it said "exists: not overwriting it (use --force)", then this)
+    assert main(["compress", images["RGB"], str(dst), "--model", model_file]) == 1
     assert "compress writes a .slim file, not an image" in capsys.readouterr().err
     assert dst.read_bytes() == b"an image"
 
@@ -979,6 +995,19 @@ def test_info_reports_the_substreams_the_payload_holds_and_every_file(model_file
     assert f"{held} substream(s) (the header asked 255)" in lines[0]
     assert lines[1].startswith(one) and ", 1 substream(s)," in lines[1]
     assert f"{images['RGB']}: " in r.err and "missing.slim does not exist" in r.err
+
+
+def test_info_of_a_dash_says_what_compress_says_and_goes_on(model_file, images, tmp_path, capsys):
+    """(info - said "- does not exist"; compress and decompress say '-' is not supported.)"""
+    ok = str(tmp_path / "ok.slim")
+    assert main(["compress", images["RGB"], ok, "--model", model_file, "--width", "8",
+                 "-q"]) == 0
+    capsys.readouterr()
+    assert main(["info", "-", ok]) == 1
+    r = capsys.readouterr()
+    assert r.err == ("slimkernels: error: '-' (standard input) is not supported: give file paths "
+                     "(/dev/stdin for a pipe, ./- for a file named '-')\n")
+    assert r.out.startswith(ok + ": .slim format v1")
 
 
 def test_info_goes_on_after_any_unreadable_path(model_file, images, tmp_path, capsys):

@@ -259,8 +259,9 @@ def test_compress_refuses_a_side_a_file_cannot_hold_before_the_transform(model, 
     monkeypatch.setattr(container, "MAX_SIDE", 31)
     ran = []
     monkeypatch.setattr(type(model), "encode", lambda *a, **k: ran.append(1))
-    with pytest.raises(ValueError, match="sides of at most 31: split the image"):
-        model.compress(torch.rand(1, 3, 8, 32), 8)
+    with pytest.raises(ValueError, match=r"the image is 32x8 pixels \(width x height\); a "
+                                         r".slim file holds sides of at most 31: split the image"):
+        model.compress(torch.rand(1, 3, 8, 32), 8)   # (it said 8x32: height x width)
     assert not ran
 
 
