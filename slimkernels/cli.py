@@ -190,8 +190,8 @@ def _missing_folder(out: str, folder: str) -> str:
     part = folder
     while not os.path.lexists(part) and os.path.dirname(part) != part:
         part = os.path.dirname(part)
-    if os.path.lexists(part) and not os.path.isdir(part):   # (it said "does not exist (create
-        return f"cannot write {out}: {part} is a file, not a folder"   # it first)")
+    if os.path.lexists(part) and not os.path.isdir(part):   # (it said the folder does not
+        return f"cannot write {out}: {part} is a file, not a folder"   # exist: create it)
     return f"cannot write {out}: the folder {folder} does not exist (create it first)"
 
 

@@ -744,8 +744,8 @@ class SlimCodec(WatchedAttributes, nn.Module):
         ws = sorted(set(width_list(widths, type(self).__name__)), reverse=True)
         if ws[-1] < 1:
             raise ValueError(f"widths must be positive integers, got {list(widths)}")
-        if ws[0] > container.MAX_WIDTH:   # (SlimCAE(widths=[2**16]) went on to allocate 2**32-element
-            # layers: the process was killed for its memory)
+        if ws[0] > container.MAX_WIDTH:   # (SlimCAE(widths=[2**16]) went on to build its
+            # 65536-channel layers: the process was killed for its memory)
             raise ValueError(f"{type(self).__name__}: width {ws[0]} is wider than a .slim file "
                              f"can name (at most {container.MAX_WIDTH}): use narrower widths")
         self.widths = ws

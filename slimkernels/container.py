@@ -272,10 +272,10 @@ def read_bytes(path: str) -> bytes:
             does not match, or bytes after the declared payload.
     """
     with _opened(path) as fh:
-        return _read_declared(fh, path)
+        return _read_declared(fh)
 
 
-def _read_declared(fh, path) -> bytes:
+def _read_declared(fh) -> bytes:
     """:func:`read_bytes` after the magic: the header field by field, its checksum, then the
     payload (at most what a regular file holds: a claimed length is not allocated ahead)."""
     st = os.fstat(fh.fileno())
@@ -285,11 +285,7 @@ def _read_declared(fh, path) -> bytes:
     def take(n: int) -> bool:
         """Append up to ``n`` more bytes (fewer at the end); whether all ``n`` came."""
         nonlocal left
-        if left is not None and n > left:   # (a regular file: no read past its size)
-            n_read = left
-        else:
-            n_read = n
-        got = _read_up_to(fh, n_read)
+        got = _read_up_to(fh, n if left is None else min(n, left))   # (a file: not past its end)
         buf.extend(got)
         if left is not None:
             left -= len(got)
@@ -310,9 +306,8 @@ def _read_declared(fh, path) -> bytes:
         raise SlimFormatError("corrupt .slim file: the header checksum does not match")
     if not take(plen):
         return bytes(buf)   # (unpack: the payload is cut)
-    extra = len(_read_up_to(fh, 1))
-    if extra:
-        more = f"{left}" if left is not None else "some"
+    if _read_up_to(fh, 1):
+        more = "some" if left is None else f"{left}"   # (a pipe is not read to its end)
         raise SlimFormatError(f"corrupt .slim file: {more} unexpected bytes after the payload")
     return bytes(buf)
 
