@@ -16,7 +16,8 @@
 # Steps, each under its own time limit so that one slow step leaves time for the others, in
 # this order by default (GPU_SESSION_STEPS): the tests of the new code first, then the owed
 # tables:
-#   env        nvidia-smi, torch / triton versions
+#   env        nvidia-smi, torch / triton / NumPy versions (triton 3.6's interpreter fails
+#              with NumPy >= 2.4: slimkernels/kernels/interpreter.py)
 #   build      the C++ extensions in place, with the machine's python3 (pybind11 is there)
 #   tests      pytest -m "cuda or interpret": every Triton kernel test, compiled for the GPU,
 #              against float64 references (pytest-xdist when the machine has it; one line per
@@ -149,8 +150,9 @@ if [ ! -f "$IMAGE" ]; then
 fi
 echo "image: $IMAGE_NOTE; dry run: $DRY" >> "$SUMMARY"
 
-step env 10 bash -c "nvidia-smi || true; $PY -c 'import sys, torch, triton; \
-print(sys.version); print(\"torch\", torch.__version__, \"triton\", triton.__version__); \
+step env 10 bash -c "nvidia-smi || true; $PY -c 'import sys, numpy, torch, triton; \
+print(sys.version); print(\"torch\", torch.__version__, \"triton\", triton.__version__, \
+\"numpy\", numpy.__version__); \
 print(\"cuda\", torch.cuda.is_available(), torch.cuda.get_device_name() \
 if torch.cuda.is_available() else \"\")'"
 if [ "$DRY" = 1 ]; then  # no rebuild under a running test process: check the built modules
